@@ -1,0 +1,87 @@
+"""What every edgeswarm daemon shares: the HTTP server, errors, logs, shutdown.
+
+One aiohttp application per node.  Errors raised as HttpError become a short
+plain-text answer with the right status; anything unexpected becomes a 500
+with a log line, never a traceback on the wire.  The bound address is logged
+as ``listening on http://HOST:PORT`` so tests and scripts can use port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from edgeswarm.httpspec import HttpError
+from edgeswarm.metrics import Metrics
+
+log = logging.getLogger("edgeswarm")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=message.rstrip() + "\n", headers=headers)
+
+
+def make_app(metrics: Metrics) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        try:
+            resp = await handler(request)
+        except HttpError as exc:
+            log.info("%s %s -> %d %s", request.method, request.path_qs[:200], exc.status, exc.message)
+            resp = text_error(exc.status, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            resp = exc
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path_qs[:200])
+            resp = text_error(500, "internal error; see the node's log")
+        metrics.responses[resp.status] += 1
+        return resp
+
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    app.router.add_get("/healthz", lambda _: _ok())
+    app.router.add_get("/metrics", lambda _: web.Response(body=metrics.prometheus(), content_type="text/plain"))
+    return app
+
+
+async def _ok() -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=1) + "\n", status=status, content_type="application/json")
+
+
+async def serve(app: web.Application, host: str, port: int, role: str, access_log: bool = False) -> None:
+    """Run until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
+    runner = web.AppRunner(app, access_log=logging.getLogger("edgeswarm.access") if access_log else None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    log.info("%s listening on http://%s:%d", role, shown, bound[1])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("%s shutting down", role)
+    await runner.cleanup()

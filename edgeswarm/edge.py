@@ -1,0 +1,385 @@
+"""The edge cache: serves the origin's namespace, fetching only the pieces asked for.
+
+p2pd's cache mode (``-c DIR -S parent -l sibling -A host -n subnet``).  On a
+miss it asks siblings that already hold the piece (``Cache-Control:
+only-if-cached``, so siblings never fetch for each other and cannot loop),
+then its parent - the origin or another edge, which makes hierarchies.
+Concurrent misses for one piece share one upstream fetch.  Every piece is
+checked against the origin-signed manifest before it is stored or served;
+a source that sends a bad one is set aside and the next one tried.  Manifests
+are revalidated with the parent after ``--revalidate`` seconds (a cheap 304),
+and when the parent is down the edge keeps serving what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from edgeswarm.daemon import json_response, make_app, serve
+from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
+from edgeswarm.metrics import Metrics
+from edgeswarm.origin import have_response, manifest_response, piece_index
+from edgeswarm.paths import RESERVED, clean_request_path
+from edgeswarm.piecestore import CorruptPiece, PieceStore
+from edgeswarm.serving import serve_file
+from edgeswarm.signing import KeyFileError, load_public_key, public_pem
+from edgeswarm.sources import SourceRanking
+from edgeswarm.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("edgeswarm.edge")
+SIBLING_TIMEOUT = 2.0
+
+
+class EdgeSource:
+    """Pieces from this edge's cache, else fetched (collapsed) from siblings or parent."""
+
+    def __init__(self, edge: Edge, cid: str, may_fetch: bool):
+        self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
+
+    def local(self, index: int):
+        return self.edge.store.open_piece(self.cid, index)
+
+    async def fetch(self, index: int) -> bytes:
+        if not self.may_fetch:
+            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+        return await self.edge.fill(self.cid, index)
+
+
+class Edge:
+    def __init__(
+        self,
+        cache: Path,
+        parent: str,
+        siblings: list[str],
+        max_cache: int | None,
+        only_origin: list[str],
+        internal: list[str],
+        timeout: float,
+        revalidate: float,
+        origin_key: Path | None,
+    ):
+        self.cache = cache
+        self.parent = parent.rstrip("/")
+        self.siblings = [s.rstrip("/") for s in siblings]
+        self.max_cache = max_cache
+        self.only_origin = [h.lower() for h in only_origin]
+        self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
+        self.revalidate = revalidate
+        self.origin_key = origin_key
+        self.upstream = Upstream(timeout)
+        self.ranking = SourceRanking()
+        self.metrics = Metrics("edge")
+        self.store: PieceStore | None = None
+        self._checked: dict[str, float] = {}  # path -> when its manifest was last confirmed
+        self._manifest_tasks: dict[str, asyncio.Task] = {}
+        self._fills: dict[tuple[str, int], asyncio.Task] = {}
+        self._stale_warned: set[str] = set()
+        self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
+        self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
+
+    # -- start-up: learn and pin the origin key ---------------------------------
+    async def open_store(self) -> None:
+        pinned = self.cache / "origin.pub"
+        if self.origin_key is not None:
+            pem = self.origin_key.read_bytes()
+        elif pinned.exists():
+            pem = pinned.read_bytes()
+        else:
+            pem = await self._learn_key()
+        key = load_public_key(pem, str(self.origin_key or pinned))
+        self.cache.mkdir(parents=True, exist_ok=True)
+        if not pinned.exists() or pinned.read_bytes() != public_pem(key):
+            pinned.write_bytes(public_pem(key))
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+
+    async def _learn_key(self) -> bytes:
+        delay = 0.5
+        while True:
+            try:
+                reply = await self.upstream.get(self.parent, "/origin-key")
+                if reply.status == 200:
+                    load_public_key(reply.body, f"{self.parent}/origin-key")
+                    log.info("pinned the origin key served by %s", self.parent)
+                    return reply.body
+                log.warning("parent %s answered %d for /origin-key; retrying", self.parent, reply.status)
+            except (UpstreamError, KeyFileError) as exc:
+                log.warning("cannot learn the origin key yet: %s; retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+    def _store(self) -> PieceStore:
+        if self.store is None:
+            raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"})
+        return self.store
+
+    # -- access --------------------------------------------------------------------
+    def may_fetch(self, request: web.Request) -> bool:
+        """``--internal``: only these clients may make the edge fetch uncached content."""
+        if not self.internal:
+            return True
+        try:
+            addr = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(addr in net for net in self.internal)
+
+    def check_host(self, request: web.Request) -> None:
+        """``--only-origin``: serve the namespace only under the CDN host names given."""
+        if not self.only_origin:
+            return
+        host = (request.host or "").lower()
+        if host not in self.only_origin and host.rsplit(":", 1)[0] not in self.only_origin:
+            raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
+
+    # -- manifests ------------------------------------------------------------------
+    async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
+        store = self._store()
+        cached = store.manifest_for_path(path)
+        fresh = cached is not None and time.monotonic() - self._checked.get(path, -1e9) < self.revalidate
+        if cached is not None and (fresh or not may_fetch):
+            return cached
+        if not may_fetch:
+            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+        shared, _ = share(self._manifest_tasks, path, lambda: self._revalidate(path, cached))
+        return await shared
+
+    async def _revalidate(self, path: str, cached: SignedManifest | None) -> SignedManifest:
+        store = self._store()
+        headers = {"If-None-Match": cached.etag} if cached else None
+        try:
+            reply = await self.upstream.get(self.parent, "/manifest/" + quote(path, safe="/"), headers)
+        except UpstreamError as exc:
+            return self._stale_or_raise(path, cached, exc.status, exc.message)
+        if reply.status == 304 and cached is not None:
+            self._checked[path] = time.monotonic()
+            return cached
+        if reply.status == 404:
+            store.forget_path(path)
+            raise HttpError(404, f"{path} is not published")
+        if reply.status != 200:
+            return self._stale_or_raise(path, cached, 502, f"parent {self.parent} answered {reply.status} for {path}")
+        try:
+            signed = SignedManifest.parse(reply.body, store.public_key)
+            if signed.manifest.path != path:
+                raise ManifestError(f"manifest names {signed.manifest.path!r}")
+        except ManifestError as exc:
+            self.metrics.events[("bad_manifest", self.parent)] += 1
+            return self._stale_or_raise(path, cached, 502, f"parent {self.parent} sent a bad manifest for {path}: {exc}")
+        store.put_manifest(signed, reply.body)
+        self._checked[path] = time.monotonic()
+        self._stale_warned.discard(path)
+        return signed
+
+    def _stale_or_raise(self, path: str, cached: SignedManifest | None, status: int, message: str) -> SignedManifest:
+        if cached is None:
+            raise HttpError(status, message)
+        if path not in self._stale_warned:
+            log.warning("serving cached %s without revalidation: %s", path, message)
+            self._stale_warned.add(path)
+        self.metrics.events[("stale_manifest", "")] += 1
+        return cached
+
+    async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
+        store = self._store()
+        signed = store.manifest(cid)
+        if signed is not None:
+            return signed
+        if not is_content_id(cid):
+            raise HttpError(404, f"{cid[:80]!r} is not a content id")
+        if not may_fetch:
+            raise HttpError(404, f"content {cid[:80]} is not cached here")
+        try:
+            reply = await self.upstream.get(self.parent, f"/content/{quote(cid, safe='')}")
+        except UpstreamError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        if reply.status != 200:
+            raise HttpError(404 if reply.status == 404 else 502, f"parent {self.parent} answered {reply.status} for content {cid[:80]}")
+        try:
+            signed = SignedManifest.parse(reply.body, store.public_key)
+        except ManifestError as exc:
+            raise HttpError(502, f"parent {self.parent} sent a bad manifest: {exc}") from None
+        if signed.content_id != cid:
+            raise HttpError(502, f"parent {self.parent} sent the manifest of another content")
+        store.put_manifest(signed, reply.body)
+        return signed
+
+    # -- pieces -------------------------------------------------------------------
+    def fill(self, cid: str, index: int) -> asyncio.Future:
+        """The verified piece, fetched once however many requests wait for it."""
+        shared, new = share(self._fills, (cid, index), lambda: self._fill(cid, index))
+        self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
+        return shared
+
+    async def _fill(self, cid: str, index: int) -> bytes:
+        store = self._store()
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(502, f"content {cid[:12]} was withdrawn while being fetched")
+        now = time.monotonic()
+        candidates = [*self.ranking.ranked(self.siblings, now), self.parent]
+        problems: list[UpstreamError] = []
+        for source in candidates:
+            sibling = source != self.parent
+            started = time.monotonic()
+            try:
+                reply = await self.upstream.get(
+                    source,
+                    f"/piece/{cid}/{index}",
+                    {"Cache-Control": "only-if-cached"} if sibling else None,
+                    SIBLING_TIMEOUT if sibling else None,
+                )
+            except UpstreamError as exc:
+                self.ranking.failure(source, time.monotonic())
+                problems.append(exc)
+                continue
+            if reply.status != 200:
+                if not sibling:
+                    problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}"))
+                continue  # a sibling that does not hold it says 504
+            try:
+                store.put_piece(cid, index, reply.body)
+            except CorruptPiece:
+                self.metrics.events[("corrupt_piece", source)] += 1
+                backoff = self.ranking.failure(source, time.monotonic())
+                log.warning("%s sent a corrupt piece %d of %s; set aside for %.0f s", source, index, signed.manifest.path, backoff)
+                problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index} of {signed.manifest.path}"))
+                continue
+            except KeyError:  # superseded meanwhile: serve it if it is right, keep nothing
+                if not signed.manifest.check_piece(index, reply.body):
+                    problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index}"))
+                    continue
+            self.ranking.success(source, len(reply.body), time.monotonic() - started)
+            self.metrics.received[("sibling" if sibling else "parent", source)] += len(reply.body)
+            return reply.body
+        status = 504 if problems and all(p.status == 504 for p in problems) else 502
+        detail = "; ".join(p.message for p in problems) or "no source holds it"
+        raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}")
+
+    # -- handlers --------------------------------------------------------------------
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        self.check_host(request)
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        may_fetch = self.may_fetch(request)
+        signed = await self.resolve(rel, may_fetch)
+        return await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics)
+
+    async def get_manifest(self, request: web.Request) -> web.Response:
+        raw = request.raw_path
+        rel = clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
+        signed = await self.resolve(rel, self.may_fetch(request))
+        return manifest_response(request, signed.etag, self._store().raw_manifest(signed.content_id) or signed.to_json())
+
+    async def get_content(self, request: web.Request) -> web.Response:
+        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))
+        return manifest_response(request, signed.etag, self._store().raw_manifest(signed.content_id) or signed.to_json())
+
+    async def get_piece(self, request: web.Request) -> web.Response:
+        """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
+        store = self._store()
+        cid = request.match_info["cid"]
+        only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
+        may_fetch = self.may_fetch(request) and not only_cached
+        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch)
+        index = piece_index(request, signed.manifest.piece_count)
+        f = store.open_piece(cid, index)
+        if f is not None:
+            with f:
+                data = f.read()
+        elif only_cached:
+            raise HttpError(504, f"piece {index} of {cid[:12]} is not cached here")
+        else:
+            data = await EdgeSource(self, cid, may_fetch).fetch(index)
+        self.metrics.sent["node"] += len(data)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def get_have(self, request: web.Request) -> web.Response:
+        store = self._store()
+        cid = request.match_info["cid"]
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not cached here")
+        return have_response(cid, signed.manifest.piece_count, store.held(cid))
+
+    async def get_key(self, _: web.Request) -> web.Response:
+        return web.Response(body=public_pem(self._store().public_key), content_type="application/x-pem-file")
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        store = self.store
+        contents = []
+        if store is not None:
+            for signed in store.contents():
+                m = signed.manifest
+                contents.append(
+                    {"path": m.path, "id": signed.content_id, "pieces": m.piece_count, "held": len(store.held(signed.content_id))}
+                )
+        return json_response(
+            {
+                **self.metrics.status(),
+                "parent": self.parent,
+                "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
+                "evicted_pieces": store.evicted_pieces if store else 0,
+                "contents": sorted(contents, key=lambda c: c["path"]),
+            }
+        )
+
+    def app(self) -> web.Application:
+        app = make_app(self.metrics)
+        r = app.router
+        r.add_get("/origin-key", self.get_key)
+        r.add_get("/status", self.get_status)
+        r.add_get("/manifest/{path:.*}", self.get_manifest)
+        r.add_get("/content/{cid}", self.get_content)
+        r.add_get("/piece/{cid}/{index}", self.get_piece)
+        r.add_get("/have/{cid}", self.get_have)
+        r.add_get("/{path:.*}", self.get_file)
+
+        async def lifecycle(app: web.Application):
+            await self.upstream.start()
+            opener = None
+            if self.origin_key is not None or (self.cache / "origin.pub").exists():
+                await self.open_store()  # a bad key file stops start-up with its reason
+            else:
+                opener = asyncio.create_task(self.open_store())  # learn it from the parent
+            yield
+            if opener is not None:
+                opener.cancel()
+            await self.upstream.close()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app
+
+
+def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:
+    """One task per key, awaited by all who ask while it runs (request collapsing).
+
+    The task is shielded: a client that hangs up does not cancel the fetch
+    the others are waiting for.  Returns (awaitable, whether it was started now).
+    """
+    task = tasks.get(key)
+    if task is not None:
+        return asyncio.shield(task), False
+    task = asyncio.create_task(start())
+    tasks[key] = task
+
+    def done(t: asyncio.Task) -> None:
+        tasks.pop(key, None)
+        if not t.cancelled():
+            t.exception()  # seen: its waiters may all have gone
+
+    task.add_done_callback(done)
+    return asyncio.shield(task), True
+
+
+async def run(edge: Edge, listen: tuple[str, int], access_log: bool) -> None:
+    await serve(edge.app(), *listen, "edge", access_log)

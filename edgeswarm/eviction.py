@@ -1,0 +1,86 @@
+"""Which cached pieces to drop when the cache is over quota.
+
+LFU with dynamic aging (LFU-DA, Arlitt et al.): a piece's priority is the
+cache's "age" when it was last hit plus how often it was hit.  Popular content
+stays even if it was not read in the last minute, while a burst of hits long
+ago fades as the age rises with every eviction, so the cache follows a
+changing catalogue.  Pure bookkeeping, no I/O: the store carries it out.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Entry:
+    size: int
+    hits: int
+    priority: float
+    stamp: int  # tells a live heap row from a stale one
+
+
+class EvictionPolicy:
+    def __init__(self, capacity: int | None):
+        self.capacity = capacity
+        self.used = 0
+        self._age = 0.0
+        self._clock = 0
+        self._entries: dict[Hashable, _Entry] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _push(self, key: Hashable, entry: _Entry) -> None:
+        self._clock += 1
+        entry.stamp = self._clock
+        entry.priority = self._age + entry.hits
+        heapq.heappush(self._heap, (entry.priority, entry.stamp, key))
+        if len(self._heap) > 4 * len(self._entries) + 1024:  # drop stale rows now and then
+            self._heap = [(e.priority, e.stamp, k) for k, e in self._entries.items()]
+            heapq.heapify(self._heap)
+
+    def add(self, key: Hashable, size: int, hits: int = 1) -> list[Hashable]:
+        """Record a newly stored item; return the items to delete to make room (never itself)."""
+        if key in self._entries:
+            self.remove(key)
+        entry = _Entry(size, hits, 0.0, 0)
+        self._entries[key] = entry
+        self.used += size
+        self._push(key, entry)
+        return self._victims(protect=key)
+
+    def hit(self, key: Hashable) -> None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.hits += 1
+            self._push(key, entry)
+
+    def remove(self, key: Hashable) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.used -= entry.size
+
+    def _victims(self, protect: Hashable) -> list[Hashable]:
+        victims: list[Hashable] = []
+        spared = []
+        while self.capacity is not None and self.used > self.capacity and self._heap:
+            priority, stamp, key = heapq.heappop(self._heap)
+            entry = self._entries.get(key)
+            if entry is None or entry.stamp != stamp:
+                continue  # stale row
+            if key == protect:
+                spared.append((priority, stamp, key))
+                continue
+            self._age = priority
+            self.remove(key)
+            victims.append(key)
+        for row in spared:
+            heapq.heappush(self._heap, row)
+        return victims

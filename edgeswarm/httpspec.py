@@ -1,0 +1,131 @@
+"""RFC 9110 request semantics for serving a file: ranges and conditionals.
+
+Pure functions over header values, shared by every node that serves files, so
+that the origin, the edges and a peer's gateway answer a player identically.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+
+_EXTRA_TYPES = {
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".m4s": "video/iso.segment",
+    ".ts": "video/mp2t",
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".flac": "audio/flac",
+    ".opus": "audio/ogg",
+}
+_SPEC = re.compile(r"^(\d*)-(\d*)$")
+
+
+class HttpError(Exception):
+    """A request the node refuses; status and message go to the client as they are."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def content_type(path: str) -> str:
+    for ext, ctype in _EXTRA_TYPES.items():
+        if path.lower().endswith(ext):
+            return ctype
+    return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
+
+
+def http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """The one byte range asked for, as inclusive (first, last), or None for the whole file.
+
+    Units other than bytes are ignored, as RFC 9110 allows.  Malformed ranges
+    are a 400 and several ranges a 416: we do not produce multipart/byteranges,
+    and silently answering 200 would make a player download a whole film.
+    """
+    if value is None:
+        return None
+    unit, sep, specs = value.strip().partition("=")
+    if not sep:
+        raise HttpError(400, f"malformed Range header {value[:80]!r}: expected bytes=FIRST-LAST")
+    if unit.strip().lower() != "bytes":
+        return None
+    parts = [p.strip() for p in specs.split(",") if p.strip()]
+    if len(parts) != 1:
+        if not parts:
+            raise HttpError(400, "malformed Range header: no range given")
+        raise HttpError(416, "only a single byte range is supported", {"Content-Range": f"bytes */{size}"})
+    m = _SPEC.match(parts[0])
+    if not m or m.groups() == ("", ""):
+        raise HttpError(400, f"malformed byte range {parts[0][:80]!r}")
+    first_s, last_s = m.groups()
+    unsatisfiable = HttpError(416, f"range {parts[0][:80]} is outside the file ({size} bytes)", {"Content-Range": f"bytes */{size}"})
+    if not first_s:  # suffix: the last N bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    if last_s and int(last_s) < first:
+        raise HttpError(400, f"malformed byte range {parts[0][:80]!r}: last byte before first")
+    if first >= size:
+        raise unsatisfiable
+    return first, min(int(last_s), size - 1) if last_s else size - 1
+
+
+def _etags(value: str) -> list[tuple[bool, str]]:
+    """(weak, opaque-tag) pairs of an If-None-Match / If-Range list."""
+    tags = []
+    for raw in value.split(","):
+        raw = raw.strip()
+        weak = raw.startswith("W/")
+        tags.append((weak, raw[2:] if weak else raw))
+    return tags
+
+
+def _same_date(value: str, modified: int) -> bool:
+    try:
+        return int(parsedate_to_datetime(value).timestamp()) == modified
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False
+
+
+@dataclass(frozen=True)
+class Validators:
+    etag: str  # strong, quoted
+    modified: int  # epoch seconds
+
+
+def not_modified(headers, v: Validators) -> bool:
+    """If-None-Match (weak comparison), else If-Modified-Since: answer 304."""
+    inm = headers.get("If-None-Match")
+    if inm is not None:
+        return inm.strip() == "*" or any(tag == v.etag for _, tag in _etags(inm))
+    ims = headers.get("If-Modified-Since")
+    if ims is not None:
+        try:
+            return v.modified <= int(parsedate_to_datetime(ims).timestamp())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+    return False
+
+
+def range_applies(headers, v: Validators) -> bool:
+    """If-Range: the Range counts only if the representation is unchanged (strong match)."""
+    value = headers.get("If-Range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        weak, tag = _etags(value)[0]
+        return not weak and tag == v.etag
+    return _same_date(value, v.modified)

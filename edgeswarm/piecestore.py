@@ -1,0 +1,194 @@
+"""Verified pieces on disk, kept across restarts and under a byte quota.
+
+Layout: ``ROOT/content/<content-id>/manifest.json`` (the signed manifest as
+received) and one file per held piece, ``<index>.piece``.  A piece is written
+to a temporary file and renamed into place, so after a crash - even SIGKILL in
+the middle of a write - a piece file is either whole or absent, and the set of
+piece files *is* the have-set: there is no second index to fall out of step.
+Pieces are checked against the manifest before they are written; nothing
+unverified is ever stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeswarm.eviction import EvictionPolicy
+from edgeswarm.manifest import ManifestError, SignedManifest
+
+log = logging.getLogger(__name__)
+
+
+class CorruptPiece(ValueError):
+    """Bytes that do not match the manifest; they are never stored."""
+
+
+class PieceStore:
+    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None):
+        self.root = root
+        self.content_dir = root / "content"
+        self.public_key = public_key
+        self.policy = EvictionPolicy(max_bytes)
+        self._manifests: dict[str, SignedManifest] = {}
+        self._raw: dict[str, bytes] = {}
+        self._held: dict[str, set[int]] = {}
+        self._by_path: dict[str, str] = {}
+        self.evicted_pieces = 0
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # -- start-up -------------------------------------------------------
+    def _load(self) -> None:
+        """Rebuild the in-memory view from disk, dropping anything half-written or wrong."""
+        found: list[tuple[float, str, int, int]] = []
+        for cdir in sorted(self.content_dir.iterdir()):
+            if not cdir.is_dir():
+                continue
+            signed = self._load_manifest(cdir)
+            if signed is None:
+                continue
+            m = signed.manifest
+            for entry in os.scandir(cdir):
+                name = entry.name
+                if name.endswith(".tmp"):
+                    os.unlink(entry.path)
+                    continue
+                if not name.endswith(".piece") or not name[:-6].isdigit():
+                    continue
+                index = int(name[:-6])
+                st = entry.stat()
+                if index >= m.piece_count or st.st_size != m.piece_span(index)[1]:
+                    log.warning("dropping damaged piece %s", entry.path)
+                    os.unlink(entry.path)
+                    continue
+                self._held[signed.content_id].add(index)
+                found.append((st.st_atime, signed.content_id, index, st.st_size))
+        for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
+            for victim in self.policy.add((cid, index), size):
+                self._delete_piece(*victim)
+        log.info("piece store %s: %d contents, %d pieces, %d bytes", self.root, len(self._manifests), len(found), self.policy.used)
+
+    def _load_manifest(self, cdir: Path) -> SignedManifest | None:
+        try:
+            raw = (cdir / "manifest.json").read_bytes()
+            signed = SignedManifest.parse(raw, self.public_key)
+            if signed.content_id != cdir.name:
+                raise ManifestError("content id does not match its directory")
+        except (OSError, ManifestError) as exc:
+            log.warning("dropping cached content %s: %s", cdir.name, exc)
+            shutil.rmtree(cdir, ignore_errors=True)
+            return None
+        self._remember(signed, raw)
+        return signed
+
+    def _remember(self, signed: SignedManifest, raw: bytes) -> None:
+        cid = signed.content_id
+        self._manifests[cid] = signed
+        self._raw[cid] = raw
+        self._held.setdefault(cid, set())
+        old = self._by_path.get(signed.manifest.path)
+        if old is None or self._manifests[old].manifest.modified <= signed.manifest.modified:
+            self._by_path[signed.manifest.path] = cid
+
+    # -- manifests --------------------------------------------------------
+    def put_manifest(self, signed: SignedManifest, raw: bytes) -> None:
+        """Store a verified manifest; an older version of the same path is dropped."""
+        cid = signed.content_id
+        if cid in self._manifests:
+            return
+        cdir = self.content_dir / cid
+        cdir.mkdir(exist_ok=True)
+        tmp = cdir / "manifest.json.tmp"
+        tmp.write_bytes(raw)
+        os.replace(tmp, cdir / "manifest.json")
+        previous = self._by_path.get(signed.manifest.path)
+        self._remember(signed, raw)
+        if previous is not None and previous != cid and self._by_path[signed.manifest.path] == cid:
+            log.info("%s changed: dropping cached version %s", signed.manifest.path, previous[:12])
+            self.drop_content(previous)
+
+    def manifest(self, cid: str) -> SignedManifest | None:
+        return self._manifests.get(cid)
+
+    def raw_manifest(self, cid: str) -> bytes | None:
+        return self._raw.get(cid)
+
+    def manifest_for_path(self, path: str) -> SignedManifest | None:
+        cid = self._by_path.get(path)
+        return self._manifests.get(cid) if cid else None
+
+    def drop_content(self, cid: str) -> None:
+        signed = self._manifests.pop(cid, None)
+        self._raw.pop(cid, None)
+        for index in self._held.pop(cid, set()):
+            self.policy.remove((cid, index))
+        if signed is not None and self._by_path.get(signed.manifest.path) == cid:
+            del self._by_path[signed.manifest.path]
+        shutil.rmtree(self.content_dir / cid, ignore_errors=True)
+
+    def forget_path(self, path: str) -> None:
+        """The origin no longer publishes ``path``: drop what we hold of it."""
+        cid = self._by_path.get(path)
+        if cid:
+            self.drop_content(cid)
+
+    # -- pieces -------------------------------------------------------------
+    def has(self, cid: str, index: int) -> bool:
+        return index in self._held.get(cid, ())
+
+    def held(self, cid: str) -> set[int]:
+        return self._held.get(cid, set())
+
+    def piece_path(self, cid: str, index: int) -> Path:
+        return self.content_dir / cid / f"{index}.piece"
+
+    def put_piece(self, cid: str, index: int, data: bytes) -> None:
+        """Verify and store one piece; raises CorruptPiece (and stores nothing) on a mismatch."""
+        signed = self._manifests.get(cid)
+        if signed is None:
+            raise KeyError(f"no manifest for content {cid}")
+        if not signed.manifest.check_piece(index, data):
+            raise CorruptPiece(f"piece {index} of {signed.manifest.path} does not match its signed hash")
+        if index in self._held[cid]:
+            return
+        path = self.piece_path(cid, index)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        self._held[cid].add(index)
+        for victim in self.policy.add((cid, index), len(data)):
+            self._delete_piece(*victim)
+
+    def open_piece(self, cid: str, index: int):
+        """An open file for a held piece (counted as a hit), or None if it is not held."""
+        if index not in self._held.get(cid, ()):
+            return None
+        try:
+            f = open(self.piece_path(cid, index), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            self._held[cid].discard(index)
+            self.policy.remove((cid, index))
+            return None
+        self.policy.hit((cid, index))
+        return f
+
+    def _delete_piece(self, cid: str, index: int) -> None:
+        self._held.get(cid, set()).discard(index)
+        self.evicted_pieces += 1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.piece_path(cid, index))
+
+    @property
+    def used_bytes(self) -> int:
+        return self.policy.used
+
+    def contents(self) -> Iterator[SignedManifest]:
+        return iter(self._manifests.values())

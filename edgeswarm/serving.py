@@ -1,0 +1,120 @@
+"""Serving one published file over HTTP, the same way on every node.
+
+The node hands in a ``PieceSource`` (the origin reads and verifies its file,
+an edge reads its cache or fetches upstream); this module applies RFC 9110 -
+conditionals, a single byte range, HEAD - and streams the answer piece by
+piece.  Headers go out as soon as the first piece is ready and later pieces
+are fetched a few ahead, so a range starts flowing before it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import BinaryIO, Protocol
+
+from aiohttp import web
+
+from edgeswarm.httpspec import HttpError, Validators, http_date, not_modified, parse_range, range_applies
+from edgeswarm.manifest import SignedManifest
+from edgeswarm.metrics import Metrics
+
+log = logging.getLogger(__name__)
+LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
+
+
+class PieceSource(Protocol):
+    def local(self, index: int) -> BinaryIO | None:
+        """An open file holding the piece, if it can be sent straight from disk."""
+
+    async def fetch(self, index: int) -> bytes:
+        """The verified piece; raises HttpError when it cannot be had."""
+
+
+def file_headers(signed: SignedManifest) -> dict[str, str]:
+    m = signed.manifest
+    return {
+        "ETag": signed.etag,
+        "Last-Modified": http_date(m.modified),
+        "Accept-Ranges": "bytes",
+        "Content-Type": m.content_type,
+        "Cache-Control": "public, max-age=0, must-revalidate",
+    }
+
+
+async def serve_file(request: web.Request, signed: SignedManifest, source: PieceSource, metrics: Metrics) -> web.StreamResponse:
+    m = signed.manifest
+    headers = file_headers(signed)
+    v = Validators(signed.etag, m.modified)
+    if not_modified(request.headers, v):
+        return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")})
+    span = None
+    if request.method == "GET" and range_applies(request.headers, v):
+        span = parse_range(request.headers.get("Range"), m.size)
+    first, last = span or (0, m.size - 1)
+    status = 206 if span else 200
+    if span:
+        headers["Content-Range"] = f"bytes {first}-{last}/{m.size}"
+    headers["Content-Length"] = str(last - first + 1)
+    resp = web.StreamResponse(status=status, headers=headers)
+    if request.method == "HEAD" or m.size == 0:
+        await resp.prepare(request)
+        return resp
+    await _stream(request, resp, source, m, first, last, metrics)
+    return resp
+
+
+async def _stream(request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics) -> None:
+    indices = m.pieces_for(first, last)
+    pending: dict[int, asyncio.Future] = {}
+    loop = asyncio.get_running_loop()
+
+    def schedule(upto: int) -> None:
+        for j in range(indices.start, min(upto, indices.stop)):
+            if j not in pending:
+                pending[j] = asyncio.ensure_future(_obtain(source, j))
+
+    sent = 0
+    try:
+        for i in indices:
+            schedule(i + LOOKAHEAD + 1)
+            try:
+                piece = await pending.pop(i)
+            except HttpError:
+                if sent == 0 and not resp.prepared:
+                    raise
+                log.warning("aborting %s after %d bytes: piece %d unavailable", request.path, sent, i)
+                _abort(request)
+                return
+            offset, length = m.piece_span(i)
+            a = max(first, offset) - offset
+            b = min(last + 1, offset + length) - offset
+            if not resp.prepared:
+                await resp.prepare(request)
+            if isinstance(piece, bytes):
+                await resp.write(memoryview(piece)[a:b])
+            else:
+                with piece:
+                    transport = request.transport
+                    if transport is None or transport.is_closing():
+                        raise ConnectionResetError("client went away")
+                    await loop.sendfile(transport, piece, a, b - a)
+            sent += b - a
+        await resp.write_eof()
+    finally:
+        metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent
+        for fut in pending.values():
+            if fut.done() and not fut.cancelled() and fut.exception() is None and not isinstance(fut.result(), bytes):
+                fut.result().close()
+            fut.cancel()
+
+
+async def _obtain(source: PieceSource, index: int) -> bytes | BinaryIO:
+    f = source.local(index)
+    return f if f is not None else await source.fetch(index)
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the connection: a short body is the only honest signal once headers are out."""
+    if request.transport is not None:
+        request.transport.abort()

@@ -1,0 +1,68 @@
+"""The origin's Ed25519 identity: create once, pin everywhere.
+
+Every manifest is signed with this key, so an edge or a peer that pinned the
+public key can take content from any source - a parent, a sibling, a stranger's
+machine - and still know it is what the origin published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+log = logging.getLogger(__name__)
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be used; the message names the file and the reason."""
+
+
+def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
+    """The origin key at ``path``, created (mode 0600) on first start."""
+    if path.exists():
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyFileError(f"{path}: not an Ed25519 key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    log.info("created origin key %s", path)
+    return key
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(data: bytes, source: str = "key") -> Ed25519PublicKey:
+    """A public key from PEM (a private key file is accepted too, for convenience)."""
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"{source}: not a PEM Ed25519 key") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{source}: not an Ed25519 key")
+    return key
+
+
+def verify(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True

@@ -1,0 +1,62 @@
+"""Parsing of the human-friendly quantities that appear on command lines.
+
+Operators write sizes and rates the way they read them on a plan or a
+dashboard (``10GB``, ``512MiB``, ``20Mbit/s``); these helpers turn them into
+plain integers so that nothing else in the code deals with strings.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+class UnitError(ValueError):
+    """A quantity that cannot be read; the message says what was expected."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1048576``, ``512KiB``, ``10GB`` or ``1.5G`` (decimal unless ``i``)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UnitError(f"cannot read size {text!r}: expected a number with an optional unit such as 512MiB or 10GB")
+    number, prefix, binary, _ = m.groups()
+    base = 1024 if binary else 1000
+    return int(float(number) * base ** _POWERS[prefix.lower()])
+
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(B|bytes?|b|bits?)(?:/s|ps)\s*$")
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``2MB/s``, ``500KB/s``, ``20Mbit/s`` or ``800kbps``.
+
+    A capital ``B`` means bytes, ``b`` or ``bit`` means bits, the way ISPs and
+    download managers write them.
+    """
+    m = _RATE.match(text)
+    if not m:
+        raise UnitError(f"cannot read rate {text!r}: expected something like 2MB/s, 500KB/s or 20Mbit/s")
+    number, prefix, binary, unit = m.groups()
+    value = float(number) * (1024 if binary else 1000) ** _POWERS[prefix.lower()]
+    return int(value if unit.startswith("B") or unit.startswith("byte") else value / 8)
+
+
+def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``[::1]:PORT``; port 0 asks the kernel for a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise UnitError(f"cannot read listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    host = host.strip("[]") or default_host
+    return host, int(port)
+
+
+def format_bytes(n: float) -> str:
+    """Binary units with one decimal, for logs and reports."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
