@@ -79,6 +79,7 @@ class Edge:
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
         self.store: PieceStore | None = None
+        self._opened = asyncio.Event()
         self._checked: dict[str, float] = {}  # path -> when its manifest was last confirmed
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
@@ -100,6 +101,7 @@ class Edge:
         if not pinned.exists() or pinned.read_bytes() != public_pem(key):
             pinned.write_bytes(public_pem(key))
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self._opened.set()
 
     async def _learn_key(self) -> bytes:
         delay = 0.5
@@ -116,9 +118,14 @@ class Edge:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
 
-    def _store(self) -> PieceStore:
+    async def _store(self) -> PieceStore:
+        """The piece store; requests that arrive before the origin key is known wait for it a while."""
         if self.store is None:
-            raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"})
+            try:
+                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
+            except TimeoutError:
+                raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"}) from None
+        assert self.store is not None
         return self.store
 
     # -- access --------------------------------------------------------------------
@@ -142,7 +149,7 @@ class Edge:
 
     # -- manifests ------------------------------------------------------------------
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
-        store = self._store()
+        store = await self._store()
         cached = store.manifest_for_path(path)
         fresh = cached is not None and time.monotonic() - self._checked.get(path, -1e9) < self.revalidate
         if cached is not None and (fresh or not may_fetch):
@@ -153,7 +160,7 @@ class Edge:
         return await shared
 
     async def _revalidate(self, path: str, cached: SignedManifest | None) -> SignedManifest:
-        store = self._store()
+        store = await self._store()
         headers = {"If-None-Match": cached.etag} if cached else None
         try:
             reply = await self.upstream.get(self.parent, "/manifest/" + quote(path, safe="/"), headers)
@@ -189,7 +196,7 @@ class Edge:
         return cached
 
     async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
-        store = self._store()
+        store = await self._store()
         signed = store.manifest(cid)
         if signed is not None:
             return signed
@@ -220,7 +227,7 @@ class Edge:
         return shared
 
     async def _fill(self, cid: str, index: int) -> bytes:
-        store = self._store()
+        store = await self._store()
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(502, f"content {cid[:12]} was withdrawn while being fetched")
@@ -278,15 +285,15 @@ class Edge:
         raw = request.raw_path
         rel = clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
         signed = await self.resolve(rel, self.may_fetch(request))
-        return manifest_response(request, signed.etag, self._store().raw_manifest(signed.content_id) or signed.to_json())
+        return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
 
     async def get_content(self, request: web.Request) -> web.Response:
         signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))
-        return manifest_response(request, signed.etag, self._store().raw_manifest(signed.content_id) or signed.to_json())
+        return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
 
     async def get_piece(self, request: web.Request) -> web.Response:
         """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
-        store = self._store()
+        store = await self._store()
         cid = request.match_info["cid"]
         only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
         may_fetch = self.may_fetch(request) and not only_cached
@@ -304,7 +311,7 @@ class Edge:
         return web.Response(body=data, content_type="application/octet-stream")
 
     async def get_have(self, request: web.Request) -> web.Response:
-        store = self._store()
+        store = await self._store()
         cid = request.match_info["cid"]
         signed = store.manifest(cid)
         if signed is None:
@@ -312,7 +319,7 @@ class Edge:
         return have_response(cid, signed.manifest.piece_count, store.held(cid))
 
     async def get_key(self, _: web.Request) -> web.Response:
-        return web.Response(body=public_pem(self._store().public_key), content_type="application/x-pem-file")
+        return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
 
     async def get_status(self, _: web.Request) -> web.Response:
         store = self.store

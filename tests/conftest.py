@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from edgeswarm.process import ProcessGroup
 
@@ -73,3 +75,49 @@ def published(tmp_path: Path) -> Path:
 @pytest.fixture
 def origin(nodes: ProcessGroup, published: Path):
     return nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
+
+
+class Misbehaving:
+    """A test double for a bad upstream: proxies to a real node, corrupting or slowing pieces.
+
+    It stands where a parent or sibling would, so an edge meets a node that
+    flips bits in piece bodies (``corrupt``), answers slowly (``delay``
+    seconds per piece, one at a time) or never answers at all (``hang``).
+    """
+
+    def __init__(self, upstream: str, corrupt: bool = False, delay: float = 0.0, hang: bool = False):
+        self.upstream = upstream
+        self.corrupt, self.delay, self.hang = corrupt, delay, hang
+        self.pieces_served = 0
+        self.url = ""
+        self._lock = asyncio.Lock()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.hang:
+            await asyncio.sleep(3600)
+        headers = {k: v for k, v in request.headers.items() if k != "Host"}
+        async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(self.upstream + request.raw_path, headers=headers) as r:
+            body = await r.read()
+            status, ctype = r.status, r.headers.get("Content-Type", "application/octet-stream")
+            etag = r.headers.get("ETag")
+        if request.path.startswith("/piece/") and status == 200:
+            async with self._lock:
+                await asyncio.sleep(self.delay)
+            self.pieces_served += 1
+            if self.corrupt:
+                body = bytes([body[0] ^ 0xFF]) + body[1:]
+        headers = {"Content-Type": ctype, **({"ETag": etag} if etag else {})}
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def __aenter__(self) -> Misbehaving:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()

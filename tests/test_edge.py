@@ -1,0 +1,265 @@
+"""Edge caches end to end: hierarchy, partial fetches, collapsing, eviction, restarts, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+from conftest import Misbehaving, curl, make_file, received_from, sha, status
+
+MiB = 1024 * 1024
+
+
+def edge(nodes, tmp_path, parent_url, *extra, name="edge"):
+    return nodes.start("edge", "--cache", str(tmp_path / name), "--parent", parent_url, *extra, name=name)
+
+
+async def get(http, url, **headers):
+    async with http.get(url, headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+async def test_three_tier_hierarchy_serves_verified_bytes(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "movie.mp4", 3 * MiB + 123)
+    await asyncio.sleep(0.5)  # first scan
+    mid = edge(nodes, tmp_path, origin.url, name="mid")
+    leaf = edge(nodes, tmp_path, mid.url, name="leaf")
+    code, body = await get(http, leaf.url + "/movie.mp4")
+    assert code == 200 and sha(body) == sha(data)
+    # every tier now holds all 13 pieces, and each hop carried the file once
+    for node in (mid, leaf):
+        st = await status(http, node.url)
+        assert [(c["path"], c["held"], c["pieces"]) for c in st["contents"]] == [("movie.mp4", 13, 13)]
+        assert received_from(st, "parent") == len(data)
+    assert (await status(http, origin.url))["bytes_sent"]["node"] == len(data)
+    # a second read is a pure hit at the leaf
+    code, body = await get(http, leaf.url + "/movie.mp4")
+    assert code == 200 and body == data
+    assert received_from(await status(http, leaf.url), "parent") == len(data)
+    r = await asyncio.to_thread(curl, "-o", "-", leaf.url + "/movie.mp4")
+    assert sha(r.stdout) == sha(data)
+
+
+async def test_partial_fetch_of_a_huge_file_moves_only_the_pieces_needed(tmp_path, nodes, published, http):
+    """A 1 MiB range of a 1 GiB file: each hop carries the 3 pieces that hold it, no more."""
+    path = published / "huge.iso"
+    with open(path, "wb") as f:  # sparse, with real data around the range read
+        f.truncate(1024 * MiB)
+        f.seek(500 * MiB)
+        f.write(os.urandom(4 * MiB))
+    origin = nodes.start("origin", "--publish", str(published))
+    mid = edge(nodes, tmp_path, origin.url, name="mid")
+    leaf = edge(nodes, tmp_path, mid.url, name="leaf")
+    first = 500 * MiB + 1000
+    code, body = await get(http, leaf.url + "/huge.iso", Range=f"bytes={first}-{first + MiB - 1}")
+    with open(path, "rb") as f:
+        f.seek(first)
+        assert code == 206 and body == f.read(MiB)
+    piece = 512 * 1024  # 1 GiB -> 512 KiB pieces; the range touches pieces 1000..1002
+    leaf_st, mid_st, origin_st = [await status(http, n.url) for n in (leaf, mid, origin)]
+    assert received_from(leaf_st, "parent") == 3 * piece
+    assert received_from(mid_st, "parent") == 3 * piece
+    assert mid_st["bytes_sent"]["node"] == 3 * piece
+    assert origin_st["bytes_sent"]["node"] == 3 * piece
+    assert leaf_st["bytes_sent"]["client"] == MiB
+
+
+async def test_concurrent_misses_for_a_piece_cause_one_upstream_fetch(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "hot.bin", 2 * MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url)
+    results = await asyncio.gather(*[get(http, leaf.url + "/hot.bin") for _ in range(20)])
+    assert all(code == 200 and body == data for code, body in results)
+    origin_st, leaf_st = await status(http, origin.url), await status(http, leaf.url)
+    assert origin_st["bytes_sent"]["node"] == len(data)  # each of the 8 pieces crossed once
+    assert leaf_st["events"]["upstream_fetch"] == 8
+    assert leaf_st["events"]["collapsed"] >= 1
+    assert leaf_st["bytes_sent"]["client"] == 20 * len(data)
+
+
+async def test_cache_stays_under_quota_and_keeps_popular_content(tmp_path, nodes, origin, published, http):
+    files = {name: make_file(published / name, MiB) for name in ("popular.bin", "b.bin", "c.bin", "d.bin")}
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--max-cache", "2MiB")
+    for _ in range(5):
+        assert await get(http, leaf.url + "/popular.bin") == (200, files["popular.bin"])
+    for name in ("b.bin", "c.bin", "d.bin"):
+        assert await get(http, leaf.url + "/" + name) == (200, files[name])
+    st = await status(http, leaf.url)
+    held = {c["path"]: c["held"] for c in st["contents"]}
+    assert st["cache_bytes"] <= 2 * MiB
+    assert st["evicted_pieces"] >= 8
+    assert held["popular.bin"] == 4  # LFU-DA: the popular file survived three newer ones
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").rglob("*.piece"))
+    assert on_disk == st["cache_bytes"]
+
+
+async def test_sigkill_restart_keeps_the_cache_intact(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "keep.bin", 3 * MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url)
+    assert await get(http, leaf.url + "/keep.bin") == (200, data)
+    # a write cut short by the crash leaves a temporary file behind
+    cdir = next((tmp_path / "edge" / "content").iterdir())
+    (cdir / "5.tmp").write_bytes(b"half a piece")
+    leaf.kill()
+    origin.stop()  # nothing can be re-fetched: the cache alone must answer
+    leaf2 = edge(nodes, tmp_path, origin.url, name="edge")
+    assert await get(http, leaf2.url + "/keep.bin") == (200, data)
+    code, body = await get(http, leaf2.url + "/keep.bin", Range="bytes=1000-2999999")
+    assert code == 206 and body == data[1000:3000000]
+    st = await status(http, leaf2.url)
+    assert [(c["held"], c["pieces"]) for c in st["contents"]] == [(12, 12)]
+    assert not (cdir / "5.tmp").exists()
+
+
+async def test_parent_down_serves_cached_and_fails_uncached_with_502(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "cached.bin", MiB)
+    make_file(published / "cold.bin", MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--revalidate", "0")
+    code, body = await get(http, leaf.url + "/cached.bin", Range="bytes=0-262143")
+    assert code == 206
+    origin.stop()
+    started = time.monotonic()
+    code, body = await get(http, leaf.url + "/cached.bin", Range="bytes=0-262143")
+    assert code == 206 and body == data[:262144]
+    code, body = await get(http, leaf.url + "/cached.bin", Range="bytes=300000-300100")
+    assert code == 502 and b"unreachable" in body  # manifest cached, piece not: nowhere to get it
+    code, body = await get(http, leaf.url + "/cold.bin")
+    assert code == 502 and b"unreachable" in body
+    assert time.monotonic() - started < 5
+
+
+async def test_hung_parent_gives_504_within_the_timeout(tmp_path, nodes, origin, published, http):
+    key = published / ".edgeswarm" / "origin.key"
+    async with Misbehaving(origin.url, hang=True) as hung:
+        leaf = edge(nodes, tmp_path, hung.url, "--timeout", "1", "--origin-key", str(key))
+        started = time.monotonic()
+        code, body = await get(http, leaf.url + "/anything.bin")
+        elapsed = time.monotonic() - started
+    assert code == 504 and b"did not answer" in body
+    assert 0.9 < elapsed < 4
+
+
+async def test_corrupt_parent_is_detected_and_nothing_bad_is_kept(tmp_path, nodes, origin, published, http):
+    make_file(published / "x.bin", MiB)
+    await asyncio.sleep(0.5)
+    async with Misbehaving(origin.url, corrupt=True) as bad:
+        leaf = edge(nodes, tmp_path, bad.url)
+        code, body = await get(http, leaf.url + "/x.bin")
+        st = await status(http, leaf.url)
+    assert code == 502 and b"corrupt piece" in body
+    assert st["cache_bytes"] == 0
+    assert list((tmp_path / "edge" / "content").rglob("*.piece")) == []
+    assert st["events"][f"corrupt_piece:{bad.url}"] >= 1
+
+
+async def test_corrupt_sibling_is_set_aside_and_the_parent_used(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "y.bin", MiB)
+    await asyncio.sleep(0.5)
+    honest = edge(nodes, tmp_path, origin.url, name="honest")
+    assert await get(http, honest.url + "/y.bin") == (200, data)
+    async with Misbehaving(honest.url, corrupt=True) as liar:
+        leaf = edge(nodes, tmp_path, origin.url, "--sibling", liar.url, name="leaf")
+        assert await get(http, leaf.url + "/y.bin") == (200, data)
+        st = await status(http, leaf.url)
+    # only the pieces asked for in parallel before the first bad one came back; then set aside
+    corrupt = st["events"][f"corrupt_piece:{liar.url}"]
+    assert 1 <= corrupt <= 5 and liar.pieces_served == corrupt
+    assert received_from(st, "parent") == len(data)
+
+
+async def test_pieces_come_from_a_sibling_that_holds_them(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "z.bin", 2 * MiB)
+    await asyncio.sleep(0.5)
+    warm = edge(nodes, tmp_path, origin.url, name="warm")
+    assert await get(http, warm.url + "/z.bin") == (200, data)
+    leaf = edge(nodes, tmp_path, origin.url, "--sibling", warm.url, name="leaf")
+    assert await get(http, leaf.url + "/z.bin") == (200, data)
+    st = await status(http, leaf.url)
+    assert received_from(st, "sibling") == len(data)
+    assert received_from(st, "parent") == 0
+    assert (await status(http, origin.url))["bytes_sent"]["node"] == len(data)  # only the warm-up
+
+
+async def test_siblings_never_fetch_for_each_other(tmp_path, nodes, origin, published, http):
+    make_file(published / "cold.bin", MiB)
+    await asyncio.sleep(0.5)
+    a = edge(nodes, tmp_path, origin.url, name="a")
+    b = edge(nodes, tmp_path, origin.url, "--sibling", a.url, name="b")
+    code, _ = await get(http, b.url + "/cold.bin")
+    assert code == 200
+    assert (await status(http, a.url))["bytes_sent"] == {}
+    assert received_from(await status(http, b.url), "parent") == MiB
+
+
+async def test_internal_limits_who_may_cause_fetches(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "warm.bin", MiB)
+    make_file(published / "cold.bin", MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--internal", "127.0.0.2/32")
+    inside = await asyncio.to_thread(curl, "--interface", "127.0.0.2", "-o", "-", leaf.url + "/warm.bin")
+    assert inside.stdout == data
+    outside = await asyncio.to_thread(curl, "-o", "-", leaf.url + "/warm.bin")
+    assert outside.stdout == data  # cached content is served to anyone
+    cold = await asyncio.to_thread(curl, "-o", "-", "-w", "%{http_code}", leaf.url + "/cold.bin")
+    assert cold.stdout.endswith(b"403") and b"internal network" in cold.stdout
+
+
+async def test_only_origin_limits_the_host_names_served(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "a.txt", 1000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--only-origin", "cdn.example.com")
+    ok = await asyncio.to_thread(curl, "-H", "Host: cdn.example.com", leaf.url + "/a.txt")
+    assert ok.stdout == data
+    other = await asyncio.to_thread(curl, "-w", "%{http_code}", "-H", "Host: evil.example.net", leaf.url + "/a.txt")
+    assert other.stdout.endswith(b"403") and b"serves only cdn.example.com" in other.stdout
+
+
+async def test_changed_file_reaches_the_edge_and_old_pieces_go(tmp_path, nodes, origin, published, http):
+    make_file(published / "doc.txt", 1000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--revalidate", "0.2")
+    assert (await get(http, leaf.url + "/doc.txt"))[0] == 200
+    new = make_file(published / "doc.txt", 2000)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and await get(http, leaf.url + "/doc.txt") != (200, new):
+        await asyncio.sleep(0.1)
+    assert await get(http, leaf.url + "/doc.txt") == (200, new)
+    st = await status(http, leaf.url)
+    assert [c["path"] for c in st["contents"]] == ["doc.txt"]  # the old version was dropped
+    (published / "doc.txt").unlink()
+    await asyncio.sleep(1.5)
+    assert (await get(http, leaf.url + "/doc.txt"))[0] == 404
+
+
+async def test_range_streams_before_the_whole_range_is_fetched(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "slow.bin", 8 * 256 * 1024)
+    await asyncio.sleep(0.5)
+    async with Misbehaving(origin.url, delay=0.4) as slow:  # 0.4 s per piece, one at a time
+        leaf = edge(nodes, tmp_path, slow.url)
+        started = time.monotonic()
+        async with http.get(leaf.url + "/slow.bin") as resp:
+            first = await resp.content.readexactly(1000)
+            first_at = time.monotonic() - started
+            rest = await resp.read()
+        total = time.monotonic() - started
+    assert first + rest == data
+    assert total >= 8 * 0.4
+    assert first_at < total / 3
+
+
+@pytest.mark.parametrize("bad", ["http://", "ftp://x"])
+def test_edge_cli_rejects_bad_parent(tmp_path, bad):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "edge", "--cache", str(tmp_path), "--parent", bad.replace("http://", "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "not an http(s) URL" in r.stderr

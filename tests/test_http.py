@@ -1,0 +1,192 @@
+"""RFC 9110 behaviour, identical on the origin and on an edge, checked with aiohttp and curl."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import curl, make_file
+
+from edgeswarm.process import ProcessGroup
+
+SIZE = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """An origin publishing a 1 MB film and an edge in front of it, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("http")
+    data = make_file(root / "pub" / "dir" / "film.mp4", SIZE)
+    (root / "pub" / "empty.txt").write_bytes(b"")
+    with ProcessGroup(root / "logs") as group:
+        origin = group.start("origin", "--publish", str(root / "pub"))  # files present at start are published at once
+        edge = group.start("edge", "--cache", str(root / "cache"), "--parent", origin.url)
+        yield {"origin": origin.url, "edge": edge.url}, data
+
+
+@pytest.fixture(params=["origin", "edge"])
+def served(request, deployment):
+    """(base url, file bytes), from the origin or through the edge."""
+    urls, data = deployment
+    return urls[request.param], data
+
+
+async def fetch(http, url, method="GET", **headers):
+    async with http.request(method, url, headers=headers) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=100-199", 100, 199),
+        ("bytes=999000-", 999000, SIZE - 1),
+        ("bytes=-500", SIZE - 500, SIZE - 1),
+        ("bytes=-5000000", 0, SIZE - 1),
+        ("bytes=262000-800000", 262000, 800000),
+        ("bytes=999990-2000000", 999990, SIZE - 1),
+        ("BYTES = 10-20", 10, 20),
+    ],
+)
+async def test_single_ranges(served, http, header, first, last):
+    url, data = served
+    status, headers, body = await fetch(http, url + "/dir/film.mp4", Range=header)
+    assert status == 206
+    assert headers["Content-Range"] == f"bytes {first}-{last}/{SIZE}"
+    assert body == data[first : last + 1]
+    assert int(headers["Content-Length"]) == last - first + 1
+
+
+@pytest.mark.parametrize("header", ["bytes=1000000-", "bytes=2000000-3000000", "bytes=-0", "bytes=0-1,5-9"])
+async def test_unsatisfiable_and_multiple_ranges_get_416(served, http, header):
+    url, _ = served
+    status, headers, body = await fetch(http, url + "/dir/film.mp4", Range=header)
+    assert status == 416
+    assert headers["Content-Range"] == f"bytes */{SIZE}"
+    assert body.strip()
+
+
+@pytest.mark.parametrize("header", ["bytes=abc", "bytes=5-1", "bytes=", "bytes 0-1", "bytes=--1", "bytes=1-2-3"])
+async def test_malformed_ranges_get_400(served, http, header):
+    url, _ = served
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range=header)
+    assert status == 400 and b"range" in body.lower()
+
+
+async def test_unknown_range_unit_is_ignored(served, http):
+    url, data = served
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="items=0-5")
+    assert status == 200 and body == data
+
+
+async def test_whole_file_head_and_headers(served, http):
+    url, data = served
+    status, headers, body = await fetch(http, url + "/dir/film.mp4")
+    assert status == 200 and body == data
+    assert headers["Accept-Ranges"] == "bytes"
+    assert headers["Content-Type"] == "video/mp4"
+    etag = headers["ETag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    status, headers, body = await fetch(http, url + "/dir/film.mp4", "HEAD", Range="bytes=0-9")
+    assert status == 200 and body == b""  # Range is defined for GET only
+    assert headers["Content-Length"] == str(SIZE) and headers["ETag"] == etag
+    status, headers, body = await fetch(http, url + "/empty.txt")
+    assert (status, body, headers["Content-Type"]) == (200, b"", "text/plain")
+
+
+async def test_conditional_requests(served, http):
+    url, data = served
+    _, headers, _ = await fetch(http, url + "/dir/film.mp4", "HEAD")
+    etag, modified = headers["ETag"], headers["Last-Modified"]
+    status, h, body = await fetch(http, url + "/dir/film.mp4", **{"If-None-Match": f'"other", {etag}'})
+    assert (status, body, h["ETag"]) == (304, b"", etag)
+    assert (await fetch(http, url + "/dir/film.mp4", **{"If-None-Match": "*"}))[0] == 304
+    assert (await fetch(http, url + "/dir/film.mp4", **{"If-None-Match": '"other"'}))[0] == 200
+    assert (await fetch(http, url + "/dir/film.mp4", "HEAD", **{"If-Modified-Since": modified}))[0] == 304
+    # If-Range: the range only if the file is still the one we started
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=0-9", **{"If-Range": etag})
+    assert (status, body) == (206, data[:10])
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=0-9", **{"If-Range": '"stale"'})
+    assert status == 200 and body == data
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=0-9", **{"If-Range": "W/" + etag})
+    assert status == 200  # a weak validator never matches for If-Range
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=0-9", **{"If-Range": modified})
+    assert (status, body) == (206, data[:10])
+
+
+async def test_curl_resume_and_ranges(served, tmp_path):
+    url, data = served
+    partial = tmp_path / "film.part"
+    partial.write_bytes(data[:300_000])
+    r = await asyncio.to_thread(curl, "-C", "-", "-o", str(partial), url + "/dir/film.mp4")
+    assert r.returncode == 0 and partial.read_bytes() == data
+    r = await asyncio.to_thread(curl, "-r", "500-1499", url + "/dir/film.mp4")
+    assert r.stdout == data[500:1500]
+    r = await asyncio.to_thread(curl, "-I", url + "/dir/film.mp4")
+    assert b"accept-ranges: bytes" in r.stdout.lower()
+
+
+TRAVERSALS = [
+    "/../../../etc/passwd",
+    "/dir/../../etc/passwd",
+    "/%2e%2e/%2e%2e/etc/passwd",
+    "/%2E%2E/etc/passwd",
+    "/dir/..%2f..%2fetc%2fpasswd",
+    "//etc/passwd",
+    "/dir//film.mp4",
+    "/dir/./film.mp4",
+    "/dir\\..\\film.mp4",
+    "/%00etc/passwd",
+    "/%ff%fe",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+async def test_path_traversal_gets_400_and_no_outside_byte(served, path):
+    url, _ = served
+    r = await asyncio.to_thread(curl, "--path-as-is", "-o", "-", "-w", "\n%{http_code}", url + path)
+    body, _, code = r.stdout.rpartition(b"\n")
+    assert code == b"400", (path, r.stdout)
+    assert b"root:" not in body and b"invalid path" in body
+
+
+@pytest.mark.parametrize("path", ["/nope.mp4", "/dir", "/dir/", "/manifest", "/status/x", "/piece/zz/0", "/have/abc"])
+async def test_unknown_paths_get_404(served, http, path):
+    url, _ = served
+    status, _, body = await fetch(http, url + path)
+    assert status in (400, 404) and body.strip(), (path, status, body)
+
+
+def raw_request(url: str, payload: bytes) -> bytes:
+    """Send bytes no well-behaved client would, and read the answer."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as s:
+        s.sendall(payload)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_huge_headers_and_garbage_are_refused(served, http):
+    url, data = served
+    huge = b"GET /dir/film.mp4 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\nConnection: close\r\n\r\n"
+    answer = await asyncio.to_thread(raw_request, url, huge)
+    assert answer.split(b" ", 2)[1] in (b"400", b"431")
+    answer = await asyncio.to_thread(raw_request, url, b"\x16\x03\x01 not http at all\r\n\r\n")
+    assert answer.split(b" ", 2)[1] == b"400"
+    many = b"GET /dir/film.mp4 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(500)) + b"Connection: close\r\n\r\n"
+    answer = await asyncio.to_thread(raw_request, url, many)
+    assert answer.split(b" ", 2)[1] in (b"200", b"400", b"431")
+    # and the node is still fine
+    status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=0-99")
+    assert status == 206 and body == data[:100]
+
+
+async def test_methods_other_than_get_and_head_get_405(served, http):
+    url, _ = served
+    status, _, _ = await fetch(http, url + "/dir/film.mp4", "POST")
+    assert status == 405

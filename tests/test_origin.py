@@ -1,0 +1,156 @@
+"""The origin daemon end to end: publishing, manifests, restarts, hostile paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from conftest import curl, make_file, sha, status
+
+from edgeswarm.manifest import SignedManifest
+from edgeswarm.signing import load_public_key
+
+
+async def wait_for(predicate, timeout: float = 2.0):
+    """Poll an async predicate; the deadline is the requirement being tested."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_publishes_signed_manifests_and_serves_files(origin, published, http):
+    data = make_file(published / "films" / "a.mp4", 700_000)
+
+    async def published_yet():
+        async with http.head(origin.url + "/films/a.mp4") as resp:
+            return resp.status == 200
+
+    assert await wait_for(published_yet)
+    async with http.get(origin.url + "/origin-key") as resp:
+        key = load_public_key(await resp.read())
+    async with http.get(origin.url + "/manifest/films/a.mp4") as resp:
+        assert resp.status == 200
+        signed = SignedManifest.parse(await resp.read(), key)
+    m = signed.manifest
+    assert (m.path, m.size, m.content_type, m.piece_size) == ("films/a.mp4", 700_000, "video/mp4", 256 * 1024)
+    assert [m.check_piece(i, data[i * m.piece_size : (i + 1) * m.piece_size]) for i in range(m.piece_count)] == [True] * 3
+    async with http.get(origin.url + "/films/a.mp4") as resp:
+        assert resp.status == 200
+        assert resp.headers["ETag"] == signed.etag
+        assert sha(await resp.read()) == sha(data)
+    async with http.get(f"{origin.url}/piece/{signed.content_id}/2") as resp:
+        assert await resp.read() == data[2 * 262144 :]
+
+
+async def test_added_changed_and_deleted_files_show_within_two_seconds(origin, published, http):
+    async def code(path: str) -> int:
+        async with http.get(origin.url + path) as resp:
+            await resp.read()
+            return resp.status
+
+    assert await code("/new.txt") == 404
+    (published / "new.txt").write_text("first version\n")
+
+    async def body_is(text: str):
+        async with http.get(origin.url + "/new.txt") as resp:
+            return resp.status == 200 and await resp.text() == text
+
+    assert await wait_for(lambda: body_is("first version\n"))
+    (published / "new.txt").write_text("second, longer version\n")
+    assert await wait_for(lambda: body_is("second, longer version\n"))
+    (published / "new.txt").unlink()
+
+    async def gone():
+        return await code("/new.txt") == 404
+
+    assert await wait_for(gone)
+
+
+async def test_restart_does_not_rehash_unchanged_files(nodes, published, http):
+    make_file(published / "big.bin", 3_000_000)
+    first = nodes.start("origin", "--publish", str(published), name="origin-a")
+    st = await status(http, first.url)
+    assert st["hashed_bytes"] == 3_000_000
+    etag = st["files"]["big.bin"]
+    first.stop()
+    second = nodes.start("origin", "--publish", str(published), name="origin-b")
+    st = await status(http, second.url)
+    assert st["hashed_bytes"] == 0
+    assert st["files"]["big.bin"] == etag  # same key, same manifest, same id
+
+
+async def test_file_edited_behind_its_back_is_never_served_wrong(nodes, published, http):
+    """Same size and mtime after an edit: only the per-piece check can notice."""
+    path = published / "v.bin"
+    data = make_file(path, 600_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "30")
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(300_000)
+        f.write(b"X" * 10)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    async with http.get(origin.url + "/v.bin", headers={"Range": "bytes=262144-524287"}) as resp:
+        assert resp.status == 503
+        assert "changed on disk" in await resp.text()
+    async with http.get(origin.url + "/v.bin", headers={"Range": "bytes=0-99"}) as resp:
+        # withdrawn and re-hashed: either gone for a moment or served from the new manifest
+        body = await resp.read()
+        assert resp.status in (404, 206)
+        if resp.status == 206:
+            assert body == data[:100]
+
+
+async def test_symlinks_out_of_the_directory_are_not_published(tmp_path, nodes, published, http):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret\n")
+    os.symlink(secret, published / "leak.txt")
+    os.symlink(tmp_path, published / "leakdir")
+    (published / "ok.txt").write_text("fine\n")
+    origin = nodes.start("origin", "--publish", str(published))
+    for path in ("/leak.txt", "/leakdir/secret.txt"):
+        r = curl("-o", "-", "-w", "%{http_code}", origin.url + path)
+        assert b"top secret" not in r.stdout
+        assert r.stdout.endswith(b"404")
+    assert curl(origin.url + "/ok.txt").stdout == b"fine\n"
+    assert "not publishing leak.txt" in origin.log_text()
+
+
+async def test_hidden_and_reserved_names_are_not_published(nodes, published, http):
+    (published / ".partial").write_text("x")
+    (published / "status").write_text("x")
+    origin = nodes.start("origin", "--publish", str(published))
+    st = await status(http, origin.url)
+    assert st["files"] == {}
+    assert st["role"] == "origin"
+
+
+def test_origin_cli_errors_are_clear(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(tmp_path / "missing")], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "is not a directory" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(tmp_path), "--listen", "nonsense"], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "HOST:PORT" in r.stderr
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key")
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(tmp_path), "--key", str(bad_key)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert r.returncode == 2
+    assert "not a PEM private key" in r.stderr
+    assert "Traceback" not in r.stderr
