@@ -45,8 +45,11 @@ class EdgeSource:
     def __init__(self, edge: Edge, cid: str, may_fetch: bool):
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
 
-    def local(self, index: int):
-        return self.edge.store.open_piece(self.cid, index)
+    def local(self, index: int) -> int | None:
+        return self.edge.store.piece_fd(self.cid, index)
+
+    def held(self, index: int) -> bool:
+        return index in self.edge.store.held(self.cid)
 
     async def fetch(self, index: int) -> bytes:
         if not self.may_fetch:
@@ -299,13 +302,10 @@ class Edge:
         may_fetch = self.may_fetch(request) and not only_cached
         signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch)
         index = piece_index(request, signed.manifest.piece_count)
-        f = store.open_piece(cid, index)
-        if f is not None:
-            with f:
-                data = f.read()
-        elif only_cached:
+        data = store.read_piece(cid, index)
+        if data is None and only_cached:
             raise HttpError(504, f"piece {index} of {cid[:12]} is not cached here")
-        else:
+        if data is None:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
         self.metrics.sent["node"] += len(data)
         return web.Response(body=data, content_type="application/octet-stream")

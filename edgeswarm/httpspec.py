@@ -6,6 +6,7 @@ that the origin, the edges and a peer's gateway answer a player identically.
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import re
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def content_type(path: str) -> str:
     return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
@@ -68,18 +70,21 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     if not m or m.groups() == ("", ""):
         raise HttpError(400, f"malformed byte range {parts[0][:80]!r}")
     first_s, last_s = m.groups()
-    unsatisfiable = HttpError(416, f"range {parts[0][:80]} is outside the file ({size} bytes)", {"Content-Range": f"bytes */{size}"})
     if not first_s:  # suffix: the last N bytes
         n = int(last_s)
         if n == 0 or size == 0:
-            raise unsatisfiable
+            raise _unsatisfiable(parts[0], size)
         return max(0, size - n), size - 1
     first = int(first_s)
     if last_s and int(last_s) < first:
         raise HttpError(400, f"malformed byte range {parts[0][:80]!r}: last byte before first")
     if first >= size:
-        raise unsatisfiable
+        raise _unsatisfiable(parts[0], size)
     return first, min(int(last_s), size - 1) if last_s else size - 1
+
+
+def _unsatisfiable(spec: str, size: int) -> HttpError:
+    return HttpError(416, f"range {spec[:80]} is outside the file ({size} bytes)", {"Content-Range": f"bytes */{size}"})
 
 
 def _etags(value: str) -> list[tuple[bool, str]]:

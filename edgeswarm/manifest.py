@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -95,8 +96,9 @@ class Manifest:
     def canonical(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-    @property
+    @cached_property
     def content_id(self) -> str:
+        """Computed once: every request for the file needs it (ETag, store key)."""
         return hashlib.sha256(self.canonical()).hexdigest()
 
     @classmethod
@@ -131,7 +133,7 @@ class SignedManifest:
     def content_id(self) -> str:
         return self.manifest.content_id
 
-    @property
+    @cached_property
     def etag(self) -> str:
         return f'"{self.content_id}"'
 

@@ -37,6 +37,9 @@ class OriginSource:
     def local(self, index: int) -> None:
         return None  # always read and verify: the file may have changed under us
 
+    def held(self, index: int) -> bool:
+        return False
+
     async def fetch(self, index: int) -> bytes:
         data = await asyncio.to_thread(self._read, index)
         if data is None:
