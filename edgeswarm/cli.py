@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgeswarm.daemon import setup_logging
 from edgeswarm.signing import KeyFileError
-from edgeswarm.units import UnitError, parse_listen, parse_size
+from edgeswarm.units import UnitError, parse_listen, parse_rate, parse_size
 
 EPILOG_ORIGIN = """\
 example (p2pd scenario 1, a single server):
@@ -35,11 +35,33 @@ unless given with --origin-key; manifests signed by any other key are refused.
 """
 
 
+EPILOG_PEER = """\
+examples (p2pd scenarios 4 and 5, client contribution):
+  edgeswarm peer --cache ~/.cache/edgeswarm --edge http://edge.example:8080
+  mpv http://127.0.0.1:1111/films/a.mp4        # streams while it downloads
+  edgeswarm peer --cache /tmp/p1 --edge http://e1:8080 --edge http://e2:8080 \\
+      --listen 192.0.2.7:6881 --upload-limit 2MB/s --upload-slots 4
+"""
+
+
 def _size(text: str) -> int:
     try:
         return parse_size(text)
     except UnitError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -158,7 +180,79 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="re-check a cached manifest with the parent after this long (default 1)",
     )
+    p2p = p.add_argument_group("p2p mode (p2pd -i): the edge as tracker and super peer of its region")
+    p2p.add_argument("--p2p", action="store_true", help="track the peers that fetch from this edge and hand them to each other")
+    p2p.add_argument(
+        "--regions", type=Path, metavar="FILE", help="region map (YAML or JSON: CIDR -> ISP and region); default: one region for all"
+    )
+    p2p.add_argument(
+        "--locality",
+        choices=["strict", "prefer"],
+        default="prefer",
+        help="strict: never hand a peer one of another region; prefer: same region first (default prefer)",
+    )
+    p2p.add_argument(
+        "--announce-interval", type=_positive, default=30.0, metavar="SECONDS", help="how often peers re-announce (default 30)"
+    )
+    p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
     _common(p, "127.0.0.1:8080")
+
+    p = sub.add_parser(
+        "peer",
+        help="the user's daemon: a local gateway for players, sharing with other peers (p2pd client mode)",
+        epilog=EPILOG_PEER,
+        formatter_class=fmt,
+        description="Stream and download through a local gateway, from edges and other peers at once; upload to other peers within a cap.",
+    )
+    p.add_argument("--cache", type=Path, required=True, metavar="DIR", help="where pieces are kept (resumes after a restart)")
+    p.add_argument("--edge", type=_url, action="append", required=True, metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument(
+        "--gateway",
+        type=_listen,
+        default="127.0.0.1:1111",
+        metavar="HOST:PORT",
+        help="local HTTP gateway for players (default 127.0.0.1:1111)",
+    )
+    p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
+    p.add_argument("--upload-slots", type=_count, default=4, metavar="N", help="peers served at once (default 4)")
+    p.add_argument("--max-cache", type=_size, metavar="SIZE", help="cache quota (default: no limit)")
+    p.add_argument("--origin-key", type=Path, metavar="FILE", help="origin public key to pin (default: learned from the edge)")
+    p.add_argument(
+        "--read-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="a gateway read waiting this long for a piece fails with 504 (default 30)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--listen",
+        type=_listen,
+        default="0.0.0.0:6881",
+        metavar="HOST:PORT",
+        help="upload server for other peers (default 0.0.0.0:6881); outgoing connections leave from HOST when it is not 0.0.0.0",
+    )
+
+    p = sub.add_parser(
+        "get",
+        help="download one whole file through the swarm, like wget",
+        description="Download a file from an edge and its peers, verify every piece, and write it out.",
+        epilog="example:\n  edgeswarm get http://edge.example:8080/updates/os-2.1.img -o os.img",
+        formatter_class=fmt,
+    )
+    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="keep pieces here, so a rerun resumes (default: a temporary dir)")
+    p.add_argument("--edge", type=_url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
+    p.add_argument(
+        "--listen", type=_listen, default="0.0.0.0:0", metavar="HOST:PORT", help="upload server while downloading (default 0.0.0.0:0)"
+    )
+    p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="upload cap while downloading")
+    p.add_argument(
+        "--stall-timeout", type=_positive, default=60.0, metavar="SECONDS", help="give up when nothing arrives for this long (default 60)"
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log verbosity (default warning)")
 
     p = sub.add_parser(
         "demo",
@@ -182,13 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tracker(args: argparse.Namespace):
+    from edgeswarm.announce import TrackerService
+    from edgeswarm.regions import RegionMap
+
+    regions = RegionMap.load(args.regions) if args.regions else None
+    return TrackerService(regions, args.locality, args.announce_interval)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
         return 130
-    except (KeyFileError, OSError) as exc:
+    except (KeyFileError, OSError, ValueError) as exc:
         print(f"edgeswarm {args.command}: {exc}", file=sys.stderr)
         return 2
 
@@ -218,9 +320,32 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.timeout,
             args.revalidate,
             args.origin_key,
+            _tracker(args) if args.p2p else None,
+            args.upload_limit,
         )
         asyncio.run(edge.run(node, args.listen, args.access_log))
         return 0
+    if args.command == "peer":
+        from edgeswarm import peer
+
+        setup_logging(args.log_level)
+        node = peer.Peer(
+            args.cache,
+            args.edge,
+            args.upload_limit,
+            args.upload_slots,
+            args.origin_key,
+            bind=args.listen[0],
+            max_cache=args.max_cache,
+            read_timeout=args.read_timeout,
+        )
+        asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log))
+        return 0
+    if args.command == "get":
+        from edgeswarm import get
+
+        setup_logging(args.log_level)
+        return get.run(args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout)
     if args.command == "demo":
         from edgeswarm import demo
 

@@ -66,22 +66,38 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 
 async def serve(app: web.Application, host: str, port: int, role: str, access_log: bool = False) -> None:
-    """Run until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
-    runner = web.AppRunner(app, access_log=logging.getLogger("edgeswarm.access") if access_log else None, handle_signals=False)
-    await runner.setup()
+    await serve_many([(app, host, port, "")], role, access_log)
+
+
+async def serve_many(
+    sites: list[tuple[web.Application, str, int, str]],
+    role: str,
+    access_log: bool = False,
+    on_bound: Callable[[str, str, int], None] | None = None,
+) -> None:
+    """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
+    runners = []
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    log.info("%s listening on http://%s:%d", role, shown, bound[1])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("%s shutting down", role)
-    await runner.cleanup()
+        for app, host, port, label in sites:
+            runner = web.AppRunner(app, access_log=logging.getLogger("edgeswarm.access") if access_log else None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True)
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            log.info("%s %slistening on http://%s:%d", role, f"{label} " if label else "", shown, bound[1])
+            if on_bound is not None:
+                on_bound(label, bound[0], bound[1])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("%s shutting down", role)
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

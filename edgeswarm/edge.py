@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
@@ -30,7 +31,8 @@ from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import CorruptPiece, PieceStore
-from edgeswarm.serving import serve_file
+from edgeswarm.ratelimit import TokenBucket
+from edgeswarm.serving import serve_file, write_throttled
 from edgeswarm.signing import KeyFileError, load_public_key, public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.upstream import Upstream, UpstreamError
@@ -69,6 +71,8 @@ class Edge:
         timeout: float,
         revalidate: float,
         origin_key: Path | None,
+        tracker: TrackerService | None = None,
+        upload_limit: float | None = None,
     ):
         self.cache = cache
         self.parent = parent.rstrip("/")
@@ -81,6 +85,8 @@ class Edge:
         self.upstream = Upstream(timeout)
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
+        self.tracker = tracker
+        self.bucket = TokenBucket(upload_limit)
         self.store: PieceStore | None = None
         self._opened = asyncio.Event()
         self._checked: dict[str, float] = {}  # path -> when its manifest was last confirmed
@@ -274,6 +280,14 @@ class Edge:
         detail = "; ".join(p.message for p in problems) or "no source holds it"
         raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}")
 
+    async def _expire_loop(self) -> None:
+        assert self.tracker is not None
+        while True:
+            await asyncio.sleep(self.tracker.interval)
+            dropped = self.tracker.expire()
+            if dropped:
+                log.info("tracker: %d silent peers expired", dropped)
+
     # -- handlers --------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         self.check_host(request)
@@ -282,7 +296,7 @@ class Edge:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         may_fetch = self.may_fetch(request)
         signed = await self.resolve(rel, may_fetch)
-        return await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics)
+        return await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics, self.bucket)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         raw = request.raw_path
@@ -308,7 +322,27 @@ class Edge:
         if data is None:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
         self.metrics.sent["node"] += len(data)
-        return web.Response(body=data, content_type="application/octet-stream")
+        if not self.bucket.rate:
+            return web.Response(body=data, content_type="application/octet-stream")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await write_throttled(resp, data, self.bucket)
+        await resp.write_eof()
+        return resp
+
+    async def post_announce(self, request: web.Request) -> web.Response:
+        """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
+        if self.tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+        try:
+            doc = await request.json()
+        except ValueError:
+            raise HttpError(400, "announce body is not JSON") from None
+        cid = doc.get("content") if isinstance(doc, dict) else None
+        if not isinstance(cid, str) or not is_content_id(cid):
+            raise HttpError(400, "announce field 'content' is missing or not a content id")
+        signed = await self.manifest_by_id(cid, True)
+        return json_response(self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count))
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -337,6 +371,7 @@ class Edge:
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
+                **({"p2p": self.tracker.status()} if self.tracker else {}),
             }
         )
 
@@ -349,6 +384,7 @@ class Edge:
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
+        r.add_post("/announce", self.post_announce)
         r.add_get("/{path:.*}", self.get_file)
 
         async def lifecycle(app: web.Application):
@@ -358,9 +394,11 @@ class Edge:
                 await self.open_store()  # a bad key file stops start-up with its reason
             else:
                 opener = asyncio.create_task(self.open_store())  # learn it from the parent
+            expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
             yield
-            if opener is not None:
-                opener.cancel()
+            for task in (opener, expiry):
+                if task is not None:
+                    task.cancel()
             await self.upstream.close()
 
         app.cleanup_ctx.append(lifecycle)

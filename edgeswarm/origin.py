@@ -9,13 +9,13 @@ edited behind its back is withdrawn and re-hashed rather than served wrong.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from pathlib import Path
 
 from aiohttp import web
 
+from edgeswarm import bitfield
 from edgeswarm.catalog import Catalog, Entry
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
@@ -186,10 +186,7 @@ def piece_index(request: web.Request, count: int) -> int:
 
 def have_response(cid: str, count: int, held) -> web.Response:
     """The held pieces as a BitTorrent-style bitfield (MSB first), base64 in JSON."""
-    bits = bytearray((count + 7) // 8)
-    for i in held:
-        bits[i // 8] |= 0x80 >> (i % 8)
-    return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": base64.b64encode(bits).decode()})
+    return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 
 
 async def run(publish: Path, listen: tuple[str, int], state: Path, key_file: Path, scan_interval: float, access_log: bool) -> None:

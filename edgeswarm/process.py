@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-_LISTENING = re.compile(r"listening on (https?://\S+)")
+_LISTENING = re.compile(r"(?:(\w+) )?listening on (https?://\S+)")
+_SITES = {"peer": ("upload", "gateway")}  # roles with several servers: wait for all
 
 
 class NodeProcess:
@@ -25,7 +26,8 @@ class NodeProcess:
         self.args = args
         self.log_path = log_path
         self.env = env
-        self.url = ""
+        self.url = ""  # the first server's; ``urls`` has all by label
+        self.urls: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
@@ -43,9 +45,9 @@ class NodeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[start:].decode(errors="replace")
-            m = _LISTENING.search(text)
-            if m:
-                self.url = m.group(1)
+            self.urls = {label: url for label, url in _LISTENING.findall(text)}
+            if self.urls and all(label in self.urls for label in _SITES.get(self.role, ())):
+                self.url = next(iter(self.urls.values()))
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{text[-2000:]}")

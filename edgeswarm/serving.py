@@ -19,8 +19,10 @@ from aiohttp import web
 from edgeswarm.httpspec import HttpError, Validators, http_date, not_modified, parse_range, range_applies
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.metrics import Metrics
+from edgeswarm.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
+CHUNK = 64 * 1024  # write granularity under a rate cap
 LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
 
 
@@ -46,7 +48,9 @@ def file_headers(signed: SignedManifest) -> dict[str, str]:
     }
 
 
-async def serve_file(request: web.Request, signed: SignedManifest, source: PieceSource, metrics: Metrics) -> web.StreamResponse:
+async def serve_file(
+    request: web.Request, signed: SignedManifest, source: PieceSource, metrics: Metrics, bucket: TokenBucket | None = None
+) -> web.StreamResponse:
     m = signed.manifest
     headers = file_headers(signed)
     v = Validators(signed.etag, m.modified)
@@ -64,11 +68,11 @@ async def serve_file(request: web.Request, signed: SignedManifest, source: Piece
     if request.method == "HEAD" or m.size == 0:
         await resp.prepare(request)
         return resp
-    await _stream(request, resp, source, m, first, last, metrics)
+    await _stream(request, resp, source, m, first, last, metrics, bucket)
     return resp
 
 
-async def _stream(request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics) -> None:
+async def _stream(request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics, bucket: TokenBucket | None) -> None:
     """Send pieces in order; pieces not on disk are fetched LOOKAHEAD ahead of the one being sent."""
     indices = m.pieces_for(first, last)
     pending: dict[int, asyncio.Future] = {}
@@ -93,7 +97,10 @@ async def _stream(request, resp, source: PieceSource, m, first: int, last: int, 
             b = min(last + 1, offset + length) - offset
             if not resp.prepared:
                 await resp.prepare(request)
-            if isinstance(piece, bytes):
+            if bucket is not None and bucket.rate:
+                data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+                await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
+            elif isinstance(piece, bytes):
                 await resp.write(memoryview(piece)[a:b])
             else:
                 await _sendfile(request, resp, piece, a, b - a)
@@ -129,6 +136,15 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
             done += n
     if done < count:
         await resp.write(os.pread(fd, count - done, offset + done))
+
+
+async def write_throttled(resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket) -> None:
+    """Write under an upload cap, in chunks so the rate is smooth rather than bursty."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK):
+        chunk = view[start : start + CHUNK]
+        await bucket.throttle(len(chunk))
+        await resp.write(chunk)
 
 
 def _abort(request: web.Request) -> None:

@@ -33,13 +33,19 @@ class Reply:
 
 
 class Upstream:
-    def __init__(self, timeout: float, ssl: object = None):
+    def __init__(self, timeout: float, ssl: object = None, bind: str | None = None):
         self.timeout = timeout
         self.ssl = ssl
+        self.bind = bind  # source address for outgoing connections: how peers appear in their region
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=self.ssl if self.ssl is not None else True)
+        connector = aiohttp.TCPConnector(
+            limit=256,
+            limit_per_host=64,
+            ssl=self.ssl if self.ssl is not None else True,
+            local_addr=(self.bind, 0) if self.bind else None,
+        )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def close(self) -> None:
@@ -48,12 +54,20 @@ class Upstream:
 
     async def get(self, base: str, path: str, headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
         """GET base+path (path already percent-encoded); the body is read whole."""
+        return await self.request("GET", base, path, headers, timeout)
+
+    async def post_json(self, base: str, path: str, doc: object, timeout: float | None = None) -> Reply:
+        return await self.request("POST", base, path, None, timeout, doc)
+
+    async def request(
+        self, method: str, base: str, path: str, headers: dict[str, str] | None, timeout: float | None, doc: object = None
+    ) -> Reply:
         assert self.session is not None
         limit = timeout or self.timeout
         url = URL(base.rstrip("/") + path, encoded=True)
         try:
             async with asyncio.timeout(limit):
-                async with self.session.get(url, headers=headers, allow_redirects=False) as resp:
+                async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
                     length = resp.content_length
                     if length is not None and length > MAX_BODY:
                         raise UpstreamError(502, f"{base} sent a {length}-byte body for {path}; refusing")

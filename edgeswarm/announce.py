@@ -1,0 +1,150 @@
+"""The edge's p2p mode: ``POST /announce``, the regional tracker on the wire.
+
+Parses and checks an announce, places the peer in its region from the address
+the edge sees (never from what the peer claims), hands the request to the
+sans-IO ``Tracker`` and turns its ranking into the answer.  It also keeps
+what peers report having received, by source kind, so the edge can state its
+region's P2P share - the figure its operator pays for.
+
+An announce names the upload *port* only; the peer's URL is built from the
+connection's address, so a peer cannot point others at someone else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from edgeswarm import bitfield
+from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import is_content_id
+from edgeswarm.regions import Region, RegionMap
+from edgeswarm.tracker import Tracker
+
+EVENTS = {"started", "update", "completed", "stopped"}
+STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
+
+
+@dataclass
+class Announce:
+    peer_id: str
+    port: int
+    cid: str
+    pieces: int
+    have_field: str
+    uploaded: int
+    downloaded: int
+    event: str
+    stats: dict[str, int]
+
+
+def parse_announce(doc: object) -> Announce:
+    """Check every field; anything off is a 400 naming the field."""
+    if not isinstance(doc, dict):
+        raise HttpError(400, "announce must be a JSON object")
+
+    def field(name: str, kind: type, check=lambda v: True, why: str = ""):
+        value = doc.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            raise HttpError(400, f"announce field {name!r} is missing or invalid{': ' + why if why else ''}")
+        return value
+
+    stats = doc.get("stats", {})
+    if not isinstance(stats, dict) or not all(isinstance(stats.get(k, 0), int) and stats.get(k, 0) >= 0 for k in STAT_KINDS):
+        raise HttpError(400, "announce field 'stats' must map edge/peer_same_region/peer_other_region to byte counts")
+    return Announce(
+        peer_id=field("peer_id", str, lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
+        port=field("port", int, lambda v: 0 < v < 65536, "a TCP port"),
+        cid=field("content", str, is_content_id, "a content id"),
+        pieces=field("pieces", int, lambda v: 0 <= v <= 1 << 20),
+        have_field=field("have", str),
+        uploaded=field("uploaded", int, lambda v: v >= 0),
+        downloaded=field("downloaded", int, lambda v: v >= 0),
+        event=field("event", str, lambda v: v in EVENTS, "one of " + ", ".join(sorted(EVENTS))),
+        stats={k: stats.get(k, 0) for k in STAT_KINDS},
+    )
+
+
+class TrackerService:
+    def __init__(self, regions: RegionMap | None, locality: str, interval: float):
+        self.regions = regions
+        self.interval = interval
+        self.tracker = Tracker(locality=locality, ttl=interval * 3)  # type: ignore[arg-type]
+        self._reports: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, stats)
+        self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted
+
+    def region_of(self, address: str) -> Region | None:
+        return self.regions.lookup(address) if self.regions else None
+
+    def handle(self, doc: object, address: str, piece_count: int) -> dict:
+        a = parse_announce(doc)
+        if a.pieces != piece_count:
+            raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
+        try:
+            have = bitfield.decode(a.have_field, piece_count)
+        except ValueError as exc:
+            raise HttpError(400, f"announce field 'have': {exc}") from None
+        region = self.region_of(address)
+        host = f"[{address}]" if ":" in address else address
+        answer = self.tracker.announce(
+            time.monotonic(),
+            a.cid,
+            a.peer_id,
+            f"http://{host}:{a.port}",
+            address,
+            region,
+            have,
+            piece_count,
+            a.uploaded,
+            a.downloaded,
+            a.event,
+        )
+        self._report(a, region)
+        return {
+            "interval": self.interval,
+            "region": region.name if region else None,
+            "peers": [
+                {
+                    "peer_id": p.peer_id,
+                    "url": p.url,
+                    "have": bitfield.encode(p.have, piece_count),
+                    "complete": p.complete,
+                    "region": p.region.name if p.region else None,
+                }
+                for p in answer
+            ],
+        }
+
+    def _report(self, a: Announce, region: Region | None) -> None:
+        name = region.name if region else "unmapped"
+        key = (a.peer_id, a.cid)
+        previous = self._reports.get(key)
+        if previous is not None and any(a.stats[k] < previous[1][k] for k in STAT_KINDS):
+            self._retired.setdefault(previous[0], Counter()).update(previous[1])  # the peer restarted: keep what it had
+        self._reports[key] = (name, a.stats)
+
+    def expire(self) -> int:
+        return self.tracker.expire(time.monotonic())
+
+    def status(self) -> dict:
+        by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}
+        for name, stats in self._reports.values():
+            by_region.setdefault(name, Counter()).update(stats)
+        peers: Counter[str] = Counter()
+        for cid in self.tracker.contents():
+            for p in self.tracker.swarm(cid):
+                peers[p.region.name if p.region else "unmapped"] += 1
+        regions = {}
+        for name in sorted(set(by_region) | set(peers)):
+            c = by_region.get(name, Counter())
+            peer_bytes = c["peer_same_region"] + c["peer_other_region"]
+            total = peer_bytes + c["edge"]
+            regions[name] = {
+                "peers": peers[name],
+                "bytes_from_edge": c["edge"],
+                "bytes_from_peers_same_region": c["peer_same_region"],
+                "bytes_from_peers_other_region": c["peer_other_region"],
+                "p2p_share": round(peer_bytes / total, 4) if total else None,
+            }
+        return {"peers": self.tracker.peer_count(), "contents": len(self.tracker.contents()), "regions": regions}

@@ -1,0 +1,87 @@
+"""The uploader's choker: BitTorrent's fixed slots, tit-for-tat and optimistic unchoke.
+
+Sans-IO, time passed in.  ``slots - 1`` regular slots go to the interested
+peers that gave us most over the last ``window`` seconds (tit-for-tat); one
+optimistic slot rotates round-robin among the others every
+``optimistic_interval``, which is how a newcomer with nothing to give gets
+its first pieces.  While slots are free nobody is refused.  A seed receives
+nothing, so it ranks by who was served least lately instead: its slots
+rotate fairly among everyone interested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+class Choker:
+    def __init__(self, slots: int = 4, rechoke_interval: float = 10.0, optimistic_interval: float = 30.0, window: float = 20.0):
+        self.slots = max(1, slots)
+        self.rechoke_interval = rechoke_interval
+        self.optimistic_interval = optimistic_interval
+        self.window = window
+        self._got: dict[str, deque[tuple[float, int]]] = {}  # what each peer gave us
+        self._gave: dict[str, deque[tuple[float, int]]] = {}  # what we gave each peer
+        self._interested: dict[str, float] = {}  # peer -> last request
+        self._unchoked: set[str] = set()
+        self._optimistic: str | None = None
+        self._next_rechoke = -math.inf
+        self._next_optimistic = -math.inf
+        self._rotation = 0
+
+    def received(self, now: float, peer: str, nbytes: int) -> None:
+        self._got.setdefault(peer, deque()).append((now, nbytes))
+
+    def sent(self, now: float, peer: str, nbytes: int) -> None:
+        self._gave.setdefault(peer, deque()).append((now, nbytes))
+
+    def request(self, now: float, peer: str) -> bool:
+        """May ``peer`` download from us now?"""
+        self._interested[peer] = now
+        self._forget(now)
+        if peer in self._unchoked:
+            return True
+        if len(self._unchoked) < self.slots:
+            self._unchoked.add(peer)
+            return True
+        if now >= self._next_rechoke:
+            self._rechoke(now)
+        return peer in self._unchoked
+
+    def unchoked(self, now: float) -> set[str]:
+        self._forget(now)
+        return set(self._unchoked)
+
+    def retry_after(self, now: float) -> int:
+        return max(1, math.ceil(min(self._next_rechoke, self._next_optimistic) - now))
+
+    def _recent(self, log: dict[str, deque[tuple[float, int]]], peer: str, now: float) -> int:
+        q = log.get(peer)
+        if not q:
+            return 0
+        while q and now - q[0][0] > self.window:
+            q.popleft()
+        return sum(n for _, n in q)
+
+    def _forget(self, now: float) -> None:
+        for peer in [p for p, t in self._interested.items() if now - t > self.window]:
+            del self._interested[peer]
+            self._unchoked.discard(peer)
+            if self._optimistic == peer:
+                self._optimistic = None
+
+    def _rechoke(self, now: float) -> None:
+        peers = sorted(self._interested)
+        if any(self._recent(self._got, p, now) for p in peers):
+            key = lambda p: (-self._recent(self._got, p, now), -self._interested[p], p)  # noqa: E731
+        else:  # a seed: serve who got least from us lately
+            key = lambda p: (self._recent(self._gave, p, now), p)  # noqa: E731
+        regular = sorted(peers, key=key)[: self.slots - 1]
+        others = [p for p in peers if p not in regular]
+        if now >= self._next_optimistic or self._optimistic not in others:
+            self._optimistic = others[self._rotation % len(others)] if others else None
+            self._rotation += 1
+            self._next_optimistic = now + self.optimistic_interval
+        self._unchoked = set(regular) | ({self._optimistic} if self._optimistic else set())
+        self._next_rechoke = now + self.rechoke_interval

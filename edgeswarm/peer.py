@@ -1,0 +1,451 @@
+"""The user's daemon: a local gateway for players, an upload server for other peers.
+
+p2pd's client mode.  The gateway serves the CDN namespace with the edge's
+HTTP semantics, fetching pieces from the swarm as the player reads; the upload
+server hands held pieces to other peers under a choker and a rate cap.  Peers
+announce what they hold to their edges (the regional trackers) and get back
+whom to trade with.  Pieces live in the same verified piece store as an
+edge's, so a restarted download fetches only what is missing.
+
+An announce carries the upload *port* only: the edge builds the peer's URL
+from the address it sees the announce come from, so no peer can advertise
+somebody else's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+
+from edgeswarm import bitfield
+from edgeswarm.choker import Choker
+from edgeswarm.daemon import json_response, make_app, serve_many
+from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import ManifestError, SignedManifest
+from edgeswarm.metrics import Metrics
+from edgeswarm.origin import have_response, piece_index
+from edgeswarm.paths import RESERVED, clean_request_path
+from edgeswarm.piecestore import PieceStore
+from edgeswarm.ratelimit import TokenBucket
+from edgeswarm.serving import serve_file, write_throttled
+from edgeswarm.signing import KeyFileError, load_public_key, public_pem
+from edgeswarm.sources import SourceRanking
+from edgeswarm.swarm import Choked, NotHeld, Swarm
+from edgeswarm.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("edgeswarm.peer")
+PEER_HEADER = "X-Edgeswarm-Peer"
+REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
+
+
+class SwarmSource:
+    """What the gateway reads: the store, else the swarm (with a deadline, never a hang)."""
+
+    def __init__(self, peer: Peer, swarm: Swarm):
+        self.peer, self.swarm = peer, swarm
+
+    def local(self, index: int) -> int | None:
+        return self.peer.store.piece_fd(self.swarm.cid, index)
+
+    def held(self, index: int) -> bool:
+        return self.peer.store.has(self.swarm.cid, index)
+
+    async def fetch(self, index: int) -> bytes:
+        try:
+            await asyncio.wait_for(self.swarm.piece(index), self.peer.read_timeout)
+        except TimeoutError:
+            raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
+        data = self.peer.store.read_piece(self.swarm.cid, index)
+        if data is None:
+            raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
+        return data
+
+
+class Peer:
+    def __init__(
+        self,
+        cache: Path,
+        edges: list[str],
+        upload_limit: float | None = None,
+        upload_slots: int = 4,
+        origin_key: Path | None = None,
+        timeout: float = 10.0,
+        bind: str | None = None,
+        max_cache: int | None = None,
+        read_timeout: float = 30.0,
+    ):
+        self.cache = cache
+        self.edges = [e.rstrip("/") for e in edges]
+        self.origin_key = origin_key
+        self.max_cache = max_cache
+        self.read_timeout = read_timeout
+        self.deadline = 2.0
+        cache.mkdir(parents=True, exist_ok=True)
+        self.peer_id = _peer_id(cache / "peer_id")
+        self.upstream = Upstream(timeout, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
+        self.ranking = SourceRanking()
+        self.choker = Choker(slots=upload_slots)
+        self.bucket = TokenBucket(upload_limit)
+        self.metrics = Metrics("peer")
+        self.store: PieceStore | None = None
+        self.swarms: dict[str, Swarm] = {}
+        self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
+        self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
+        self.region: str | None = None
+        self.upload_port = 0
+        self.announce_interval = 30.0
+        self._p2p_edges = set(self.edges)
+        self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
+        self._completed: set[str] = set()
+        self._announce_now = asyncio.Event()
+        self.bound = asyncio.Event()  # the upload server has its port
+        self._checked: dict[str, float] = {}
+        self._opened = asyncio.Event()
+        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
+
+    # -- start-up ----------------------------------------------------------------------
+    async def open_store(self) -> None:
+        pinned = self.cache / "origin.pub"
+        if self.origin_key is not None:
+            pem = self.origin_key.read_bytes()
+        elif pinned.exists():
+            pem = pinned.read_bytes()
+        else:
+            pem = await self._learn_key()
+        key = load_public_key(pem, str(self.origin_key or pinned))
+        if not pinned.exists() or pinned.read_bytes() != public_pem(key):
+            pinned.write_bytes(public_pem(key))
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self._opened.set()
+
+    async def _learn_key(self) -> bytes:
+        delay = 0.5
+        while True:
+            for edge in self.edges:
+                try:
+                    reply = await self.upstream.get(edge, "/origin-key")
+                    if reply.status == 200:
+                        load_public_key(reply.body, f"{edge}/origin-key")
+                        log.info("pinned the origin key served by %s", edge)
+                        return reply.body
+                except (UpstreamError, KeyFileError) as exc:
+                    log.warning("cannot learn the origin key from %s yet: %s", edge, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+    async def _store(self) -> PieceStore:
+        if self.store is None:
+            try:
+                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
+            except TimeoutError:
+                raise HttpError(503, "peer is still learning the origin key from its edges", {"Retry-After": "2"}) from None
+        assert self.store is not None
+        return self.store
+
+    # -- manifests ---------------------------------------------------------------------
+    async def resolve(self, path: str) -> SignedManifest:
+        """The current manifest of ``path`` from the fastest edge; a cached one if no edge answers."""
+        store = await self._store()
+        cached = store.manifest_for_path(path)
+        if cached is not None and time.monotonic() - self._checked.get(path, -1e9) < REVALIDATE:
+            return cached
+        problems = []
+        for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
+            headers = {"If-None-Match": cached.etag} if cached else None
+            try:
+                reply = await self.upstream.get(edge, "/manifest/" + quote(path, safe="/"), headers)
+            except UpstreamError as exc:
+                self.ranking.failure(edge, time.monotonic())
+                problems.append(exc.message)
+                continue
+            if reply.status == 304 and cached is not None:
+                self._checked[path] = time.monotonic()
+                return cached
+            if reply.status == 404:
+                store.forget_path(path)
+                raise HttpError(404, f"no such file: /{path}")
+            if reply.status != 200:
+                problems.append(f"{edge} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}")
+                continue
+            try:
+                signed = SignedManifest.parse(reply.body, store.public_key)
+            except ManifestError as exc:
+                problems.append(f"{edge} sent a bad manifest: {exc}")
+                continue
+            store.put_manifest(signed, reply.body)
+            self._checked[path] = time.monotonic()
+            return signed
+        if cached is not None:
+            return cached
+        raise HttpError(502, f"no edge could give the manifest of /{path}: {'; '.join(problems)}")
+
+    def swarm(self, signed: SignedManifest) -> Swarm:
+        cid = signed.content_id
+        swarm = self.swarms.get(cid)
+        if swarm is None:
+            swarm = self.swarms[cid] = Swarm(self, signed)
+            self._announce_now.set()
+        return swarm
+
+    # -- transfers (driven by Swarm) -----------------------------------------------------
+    async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool) -> bytes:
+        headers = {PEER_HEADER: self.peer_id}
+        reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers)
+        if reply.status == 200:
+            return reply.body
+        if reply.status == 429:
+            try:
+                retry = float(reply.headers.get("Retry-After", "1"))
+            except ValueError:
+                retry = 1.0
+            raise Choked(min(max(retry, 0.2), 30))
+        if reply.status in (404, 504) and to_peer:
+            raise NotHeld()
+        raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
+
+    async def fetch_have(self, url: str, cid: str) -> set[int] | None:
+        store = await self._store()
+        signed = store.manifest(cid)
+        try:
+            reply = await self.upstream.get(url, f"/have/{cid}", timeout=2.0)
+            if reply.status != 200 or signed is None:
+                return None
+            return bitfield.decode(json.loads(reply.body).get("bitfield"), signed.manifest.piece_count)
+        except (UpstreamError, ValueError, AttributeError):
+            return None
+
+    def count_received(self, cid: str, kind: str, url: str, n: int) -> None:
+        self.metrics.received[(kind, url)] += n
+        self.received.setdefault(cid, Counter())[kind] += n
+
+    def on_complete(self, swarm: Swarm) -> None:
+        log.info("completed %s (%d pieces)", swarm.signed.manifest.path, swarm.signed.manifest.piece_count)
+        self._announce_now.set()
+
+    # -- announces -------------------------------------------------------------------------
+    async def announce_loop(self) -> None:
+        await self.bound.wait()
+        await self._store()
+        while True:
+            await self.announce_all("update")
+            self._announce_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), self.announce_interval)
+
+    async def announce_all(self, event: str) -> None:
+        store = self.store
+        if store is None:
+            return
+        cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+        await asyncio.gather(*(self._announce(edge, cid, event) for edge in list(self._p2p_edges) for cid in cids))
+
+    async def _announce(self, edge: str, cid: str, event: str) -> None:
+        store = self.store
+        signed = store.manifest(cid) if store else None
+        if signed is None:
+            return
+        count = signed.manifest.piece_count
+        held = store.held(cid)
+        if event != "stopped":
+            if (edge, cid) not in self._announced:
+                event = "started"
+            elif len(held) == count and cid not in self._completed:
+                event = "completed"
+        received = self.received.get(cid, Counter())
+        doc = {
+            "peer_id": self.peer_id,
+            "port": self.upload_port,
+            "content": cid,
+            "pieces": count,
+            "have": bitfield.encode(held, count),
+            "uploaded": self.uploaded[cid],
+            "downloaded": sum(received.values()),
+            "event": event,
+            "stats": {
+                "edge": received["edge"],
+                "peer_same_region": received["peer-same-region"],
+                "peer_other_region": received["peer-other-region"],
+            },
+        }
+        try:
+            reply = await self.upstream.post_json(edge, "/announce", doc, timeout=5.0)
+        except UpstreamError as exc:
+            log.info("announce to %s failed: %s", edge, exc.message)
+            return
+        if reply.status in (404, 405):
+            log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
+            self._p2p_edges.discard(edge)
+            return
+        if reply.status != 200:
+            log.warning("announce to %s refused: %d %s", edge, reply.status, reply.body[:200].decode(errors="replace").strip())
+            return
+        self._announced.add((edge, cid))
+        if event == "completed":
+            self._completed.add(cid)
+        self._take_answer(cid, count, reply.body)
+
+    def _take_answer(self, cid: str, count: int, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+            self.announce_interval = max(0.5, float(doc.get("interval", self.announce_interval)))
+            self.region = doc.get("region")
+            peers = [
+                {
+                    "peer_id": str(p["peer_id"]),
+                    "url": str(p["url"]),
+                    "have": bitfield.decode(p["have"], count),
+                    "same_region": p.get("region") == self.region,
+                }
+                for p in doc.get("peers", [])
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad announce answer: %s", exc)
+            return
+        swarm = self.swarms.get(cid)
+        if swarm is not None:
+            swarm.update_neighbours(peers)
+
+    # -- the gateway -------------------------------------------------------------------------
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        signed = await self.resolve(rel)
+        return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics)
+
+    async def post_file(self, request: web.Request) -> web.Response:
+        """``POST /<path>``: fetch the whole file in the background (rarest-first, to seed it later)."""
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        swarm = self.swarm(await self.resolve(rel))
+        swarm.want_whole()
+        return json_response(swarm.status(), status=202)
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        totals: Counter[str] = Counter()
+        for c in self.received.values():
+            totals.update(c)
+        got = sum(totals.values())
+        peer_bytes = totals["peer-same-region"] + totals["peer-other-region"]
+        return json_response(
+            {
+                **self.metrics.status(),
+                "peer_id": self.peer_id,
+                "region": self.region,
+                "edges": [{"url": e, "rate_Bps": self.ranking.rate(e), "tracker": e in self._p2p_edges} for e in self.edges],
+                "received_by_kind": dict(totals),
+                "uploaded_to_peers": sum(self.uploaded.values()),
+                "p2p_share": round(peer_bytes / got, 4) if got else None,
+                "swarms": [s.status() for s in self.swarms.values()],
+                "unchoked": sorted(self.choker.unchoked(time.monotonic())),
+            }
+        )
+
+    # -- the upload server ---------------------------------------------------------------------
+    async def get_piece(self, request: web.Request) -> web.StreamResponse:
+        store = await self._store()
+        cid = request.match_info["cid"]
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not held here")
+        index = piece_index(request, signed.manifest.piece_count)
+        if not store.has(cid, index):
+            raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
+        who = request.headers.get(PEER_HEADER, "")[:64] or (request.remote or "?")
+        now = time.monotonic()
+        if not self.choker.request(now, who):
+            self.metrics.events[("choked", "")] += 1
+            raise HttpError(429, "choked: all upload slots are taken", {"Retry-After": str(self.choker.retry_after(now))})
+        data = store.read_piece(cid, index)
+        if data is None:
+            raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await write_throttled(resp, data, self.bucket)
+        self.uploaded[cid] += len(data)
+        self.metrics.sent["peer"] += len(data)
+        self.choker.sent(time.monotonic(), who, len(data))
+        await resp.write_eof()
+        return resp
+
+    async def get_have(self, request: web.Request) -> web.Response:
+        store = await self._store()
+        cid = request.match_info["cid"]
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not held here")
+        return have_response(cid, signed.manifest.piece_count, store.held(cid))
+
+    # -- wiring -------------------------------------------------------------------------------
+    def gateway_app(self) -> web.Application:
+        app = make_app(self.metrics)
+        app.router.add_get("/status", self.get_status)
+        app.router.add_get("/{path:.*}", self.get_file)
+        app.router.add_post("/{path:.*}", self.post_file)
+        return app
+
+    def upload_app(self) -> web.Application:
+        app = make_app(self.metrics)
+        app.router.add_get("/piece/{cid}/{index}", self.get_piece)
+        app.router.add_get("/have/{cid}", self.get_have)
+
+        async def lifecycle(app: web.Application):
+            await self.start()
+            yield
+            await self.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        if self.origin_key is not None or (self.cache / "origin.pub").exists():
+            await self.open_store()
+            self._tasks = [asyncio.create_task(self.announce_loop())]
+        else:
+            self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for swarm in self.swarms.values():
+            await swarm.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.announce_all("stopped"), 2.0)
+        await self.upstream.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def _peer_id(path: Path) -> str:
+    """A random id kept in the cache dir, so a restarted peer is the same peer to its trackers."""
+    try:
+        pid = path.read_text().strip()
+        if pid:
+            return pid
+    except FileNotFoundError:
+        pass
+    pid = secrets.token_hex(8)
+    path.write_text(pid + "\n")
+    return pid
+
+
+async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool) -> None:
+    def bound(label: str, host: str, port: int) -> None:
+        if label == "upload":
+            peer.upload_port = port
+            peer.bound.set()
+
+    sites = [(peer.upload_app(), *listen, "upload"), (peer.gateway_app(), *gateway, "gateway")]
+    await serve_many(sites, "peer", access_log, on_bound=bound)

@@ -1,0 +1,143 @@
+"""Which piece to ask which source for next: the heart of the download engine.
+
+Sans-IO and deterministic (time is passed in), so the peer daemon drives it
+and tests and the simulator can replay it.  The rules, after BitTorrent and
+the hybrid CDN-P2P literature:
+
+* Streaming: the pieces just ahead of the reader are *urgent*.  Any source
+  that holds one takes it first; the edge takes one no peer holds, or one a
+  peer has had in flight for longer than its deadline (then two sources race
+  and the first verified copy wins).
+* Otherwise peers pick rarest-first among what they hold, so the swarm keeps
+  many distinct pieces in circulation; ties are broken by a per-downloader
+  hash so two newcomers do not chase the same piece.
+* The edge fills only what peers cannot deliver: pieces no known peer holds,
+  or anything when the engine says peers are not delivering (``fallback``).
+* Endgame: when every missing piece is already requested, a source may
+  duplicate a request still in flight elsewhere, so one slow source cannot
+  hold up the tail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+ENDGAME_COPIES = 2  # at most this many sources race for one piece
+
+
+class PiecePicker:
+    def __init__(self, piece_count: int, have: Iterable[int] = (), seed: str = "", deadline: float = 2.0):
+        self.count = piece_count
+        self.have: set[int] = set(have)
+        self.availability = [0] * piece_count
+        self.deadline = deadline
+        self.whole_file = False
+        self.wanted: set[int] = set()  # streaming: the reader's window
+        self.paused: set[str] = set()  # peers choking us or backed off
+        self.urgent: list[int] = []  # reading order
+        self._peers: dict[str, set[int]] = {}
+        self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
+        self._tiebreak = [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest()) for i in range(piece_count)]
+
+    # -- what others hold ------------------------------------------------------------
+    def peer_has(self, peer: str, pieces: Iterable[int]) -> None:
+        """Replace what we know ``peer`` holds (from an announce answer or a bitfield)."""
+        new = {i for i in pieces if 0 <= i < self.count}
+        old = self._peers.get(peer, set())
+        for i in old - new:
+            self.availability[i] -= 1
+        for i in new - old:
+            self.availability[i] += 1
+        self._peers[peer] = new
+
+    def peer_got(self, peer: str, index: int) -> None:
+        held = self._peers.setdefault(peer, set())
+        if 0 <= index < self.count and index not in held:
+            held.add(index)
+            self.availability[index] += 1
+
+    def peer_gone(self, peer: str) -> None:
+        self.peer_has(peer, ())
+        del self._peers[peer]
+        for sources in self._in_flight.values():
+            sources.pop(peer, None)
+
+    def peers(self) -> list[str]:
+        return list(self._peers)
+
+    def holds(self, peer: str, index: int) -> bool:
+        return index in self._peers.get(peer, ())
+
+    # -- what we want ------------------------------------------------------------------
+    def stream(self, position: int, urgent: int, window: int) -> None:
+        """A reader is at piece ``position``: want ``window`` pieces from there, the first ``urgent`` of them urgently."""
+        end = min(self.count, position + window)
+        self.wanted = set(range(position, end))
+        self.urgent = [i for i in range(position, min(end, position + urgent)) if i not in self.have]
+
+    def whole(self) -> None:
+        self.whole_file = True
+
+    def missing(self) -> list[int]:
+        pool = range(self.count) if self.whole_file else sorted(self.wanted)
+        return [i for i in pool if i not in self.have]
+
+    def done(self) -> bool:
+        return not self.missing()
+
+    # -- transfers ---------------------------------------------------------------------
+    def start(self, source: str, index: int, now: float) -> None:
+        self._in_flight.setdefault(index, {})[source] = now
+
+    def finish(self, source: str, index: int, ok: bool) -> None:
+        """A transfer ended; ``ok`` means the piece was verified and stored."""
+        sources = self._in_flight.get(index)
+        if sources is not None:
+            sources.pop(source, None)
+            if not sources or ok:
+                del self._in_flight[index]
+        if ok:
+            self.have.add(index)
+            if index in self.urgent:
+                self.urgent.remove(index)
+
+    def in_flight(self, index: int) -> set[str]:
+        return set(self._in_flight.get(index, ()))
+
+    # -- the decision --------------------------------------------------------------------
+    def pick(self, source: str, now: float, edge: bool = False, fallback: bool = False) -> int | None:
+        """The next piece to request from ``source``, or None if it should wait."""
+        if source in self.paused:
+            return None
+        holds = None if edge else self._peers.get(source, set())
+
+        def usable(i: int) -> bool:
+            return i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
+
+        for i in self.urgent:
+            if not usable(i):
+                continue
+            flying = self._in_flight.get(i)
+            if not flying:
+                if not edge or fallback or self.availability[i] == 0 or not self._idle_holder(i):
+                    return i
+            elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
+                return i  # a peer is late with an urgent piece: race it
+        free = [i for i in self.missing() if usable(i) and i not in self._in_flight]
+        if edge and not fallback:
+            free = [i for i in free if self.availability[i] == 0]
+        if free:
+            return min(free, key=lambda i: (self.availability[i], self._tiebreak[i]))
+        if any(i not in self._in_flight for i in self.missing()):
+            return None  # unrequested pieces remain, just not from this source
+        return self._endgame(usable)
+
+    def _idle_holder(self, index: int) -> bool:
+        """Some peer holds this piece and has nothing in flight: it can take it now."""
+        busy = {s for sources in self._in_flight.values() for s in sources}
+        return any(index in held and peer not in busy and peer not in self.paused for peer, held in self._peers.items())
+
+    def _endgame(self, usable) -> int | None:
+        racing = [i for i, sources in self._in_flight.items() if len(sources) < ENDGAME_COPIES and usable(i)]
+        return min(racing, key=lambda i: (min(self._in_flight[i].values()), i)) if racing else None

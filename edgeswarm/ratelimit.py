@@ -1,0 +1,36 @@
+"""A token bucket: the upload cap of edges and peers.
+
+The sans-IO core (``delay``) takes the time as an argument so tests and the
+simulator can drive it; ``throttle`` is the asyncio face the daemons use.
+Tokens may go negative (debt), so a piece larger than the burst still goes
+out and the sender then waits the debt off; callers should throttle in
+chunks of about 64 KiB so the rate on the wire is smooth, not bursty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class TokenBucket:
+    def __init__(self, rate: float | None, burst: float | None = None):
+        self.rate = rate or None  # bytes/s; None or 0: unlimited
+        self.burst = burst if burst is not None else max((rate or 0) * 0.25, 64 * 1024)
+        self._tokens = self.burst
+        self._stamp: float | None = None
+
+    def delay(self, now: float, nbytes: int) -> float:
+        """Reserve ``nbytes``; seconds the caller must wait before sending them."""
+        if not self.rate:
+            return 0.0
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= nbytes
+        return max(0.0, -self._tokens / self.rate)
+
+    async def throttle(self, nbytes: int) -> None:
+        wait = self.delay(time.monotonic(), nbytes)
+        if wait > 0:
+            await asyncio.sleep(wait)

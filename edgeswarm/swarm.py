@@ -1,0 +1,298 @@
+"""One content being fetched by a peer from its edges and from other peers at once.
+
+The asyncio shell around ``PiecePicker``: one worker per peer source (one
+request in flight each, as BitTorrent's upload slots expect) and a couple of
+workers on the edges.  Every piece is verified by the piece store before it
+counts; a peer that sends a bad one is banned for this content, one that
+vanishes or chokes us is set aside for a while and its piece goes back to the
+pool.  Edges are ranked by measured throughput, so the fastest one is used
+and a failed or slowed one replaced (p2pd scenario 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from edgeswarm.httpspec import HttpError
+from edgeswarm.picker import PiecePicker
+from edgeswarm.piecestore import CorruptPiece
+from edgeswarm.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from edgeswarm.manifest import SignedManifest
+    from edgeswarm.peer import Peer
+
+log = logging.getLogger("edgeswarm.swarm")
+MAX_PEERS = 5  # peer sources used at once
+EDGE_WORKERS = 2  # requests in flight to edges at once
+URGENT = 4  # pieces ahead of a reader that are urgent
+WINDOW = 16  # pieces ahead of a reader that are fetched at all
+FALLBACK_AFTER = 3.0  # seconds without a peer delivering before the edge may take anything
+MAX_FAILURES = 3  # consecutive failures before a peer is dropped
+
+
+@dataclass
+class Neighbour:
+    peer_id: str
+    url: str
+    same_region: bool
+    failures: int = 0
+    have_checked: float = 0.0
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+
+class Swarm:
+    def __init__(self, peer: Peer, signed: SignedManifest):
+        self.peer = peer
+        self.signed = signed
+        self.cid = signed.content_id
+        m = signed.manifest
+        self.picker = PiecePicker(m.piece_count, peer.store.held(self.cid), seed=peer.peer_id, deadline=peer.deadline)
+        self.neighbours: dict[str, Neighbour] = {}
+        self.banned: set[str] = set()
+        self.waiters: dict[int, list[asyncio.Future]] = {}
+        self.last_peer_delivery = time.monotonic()
+        self.completed = asyncio.Event()
+        self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._edge_tasks: list[asyncio.Task] = []
+        self._closed = False
+        if self.picker.done() and self.picker.whole_file:
+            self.completed.set()
+
+    # -- what the user wants -------------------------------------------------------
+    def want_whole(self) -> None:
+        self.picker.whole()
+        self._check_complete()
+        self._poke()
+
+    async def piece(self, index: int) -> None:
+        """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
+        if index in self.picker.have:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(index, []).append(fut)
+        self._reposition()
+        self._staff()
+        try:
+            await fut
+        finally:
+            waiting = self.waiters.get(index, [])
+            if fut in waiting:
+                waiting.remove(fut)
+            if not waiting:
+                self.waiters.pop(index, None)
+
+    def _reposition(self) -> None:
+        if self.waiters and not self.picker.whole_file:
+            self.picker.stream(min(self.waiters), URGENT, WINDOW)
+        elif self.waiters:
+            self.picker.urgent = sorted(i for i in self.waiters if i not in self.picker.have)[:URGENT]
+        self._poke()
+
+    # -- who else has it -------------------------------------------------------------
+    def update_neighbours(self, answer: list[dict]) -> None:
+        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
+        for p in answer:
+            pid = p["peer_id"]
+            if pid == self.peer.peer_id or pid in self.banned:
+                continue
+            n = self.neighbours.get(pid)
+            if n is None:
+                n = self.neighbours[pid] = Neighbour(pid, p["url"], p["same_region"])
+            self.picker.peer_has(pid, p["have"])
+        self._staff()
+        self._poke()
+
+    def _staff(self) -> None:
+        """Keep workers on the MAX_PEERS most useful neighbours."""
+        if self._closed:
+            return
+        active = [n for n in self.neighbours.values() if n.task is not None and not n.task.done()]
+        missing = set(self.picker.missing())
+        idle = sorted(
+            (n for n in self.neighbours.values() if n.task is None or n.task.done()),
+            key=lambda n: (not n.same_region, -len(missing & self._held_by(n.peer_id)), -(self.peer.ranking.rate(n.url) or 0)),
+        )
+        for n in idle[: max(0, MAX_PEERS - len(active))]:
+            if missing & self._held_by(n.peer_id):
+                n.task = asyncio.create_task(self._peer_worker(n))
+        while len(self._edge_tasks) < EDGE_WORKERS:
+            self._edge_tasks.append(asyncio.create_task(self._edge_worker(len(self._edge_tasks))))
+
+    def _held_by(self, peer_id: str) -> set[int]:
+        return {i for i in range(self.picker.count) if self.picker.holds(peer_id, i)}
+
+    # -- workers -------------------------------------------------------------------
+    async def _peer_worker(self, n: Neighbour) -> None:
+        while not self._closed and n.peer_id not in self.banned:
+            index = self.picker.pick(n.peer_id, time.monotonic())
+            if index is None:
+                if self.picker.done():
+                    return
+                await self._wait_change(1.0)
+                await self._refresh_have(n)
+                continue
+            outcome = await self._transfer(n.peer_id, n.url, index, peer=n)
+            if outcome == "gone":
+                return
+
+    async def _refresh_have(self, n: Neighbour) -> None:
+        """Tracker answers lag; an idle worker asks its peer directly what it holds now (at most once a second)."""
+        now = time.monotonic()
+        if now - n.have_checked < 1.0:
+            return
+        n.have_checked = now
+        held = await self.peer.fetch_have(n.url, self.cid)
+        if held is not None and n.peer_id in self.neighbours:
+            self.picker.peer_has(n.peer_id, held)
+
+    async def _edge_worker(self, slot: int) -> None:
+        picks = 0
+        while not self._closed:
+            now = time.monotonic()
+            fallback = not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
+            index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
+            if index is None:
+                await self._wait_change(0.5)
+                continue
+            edge = self._choose_edge(slot, picks)
+            picks += 1
+            if edge is None:
+                await self._wait_change(1.0)
+                continue
+            await self._transfer(f"edge#{slot}", edge, index)
+
+    def _choose_edge(self, slot: int, picks: int) -> str | None:
+        """The fastest live edge; the second slot probes the others now and then."""
+        ranked = self.peer.ranking.ranked(self.peer.edges, time.monotonic())
+        if not ranked:
+            return None
+        if slot > 0 and len(ranked) > 1 and picks % 4 == 3:
+            return ranked[1 + picks // 4 % (len(ranked) - 1)]
+        return ranked[0]
+
+    async def _transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None) -> str:
+        """Fetch one piece; returns "ok", "retry" or "gone" (stop using this peer)."""
+        self.picker.start(source, index, time.monotonic())
+        ok = False
+        try:
+            data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None)
+            self.peer.store.put_piece(self.cid, index, data)
+            ok = True
+            self._delivered(index, data, url, peer)
+            return "ok"
+        except CorruptPiece:
+            self.peer.metrics.events[("corrupt_piece", url)] += 1
+            if peer is not None:
+                log.warning("peer %s sent a corrupt piece %d of %s: banned for this content", url, index, self.signed.manifest.path)
+                self._ban(peer)
+                return "gone"
+            self.peer.ranking.failure(url, time.monotonic())
+            return "retry"
+        except Choked as exc:
+            if peer is not None:
+                self.picker.paused.add(peer.peer_id)
+                await asyncio.sleep(exc.retry_after)
+                self.picker.paused.discard(peer.peer_id)
+            return "retry"
+        except NotHeld:
+            if peer is not None:
+                self.picker.peer_has(peer.peer_id, self._held_by(peer.peer_id) - {index})
+            return "retry"
+        except (UpstreamError, HttpError) as exc:
+            backoff = self.peer.ranking.failure(url, time.monotonic())
+            if peer is None:
+                log.warning("edge %s failed (%s); set aside for %.0f s", url, exc, backoff)
+                return "retry"
+            peer.failures += 1
+            if peer.failures >= MAX_FAILURES:
+                log.info("dropping peer %s after %d failures (%s)", url, peer.failures, exc)
+                self._drop(peer)
+                return "gone"
+            self.picker.paused.add(peer.peer_id)
+            await asyncio.sleep(min(backoff, 5))
+            self.picker.paused.discard(peer.peer_id)
+            return "retry"
+        except KeyError:  # the content was dropped from the store meanwhile
+            return "gone"
+        finally:
+            self.picker.finish(source, index, ok)
+            self._poke()
+
+    def _delivered(self, index: int, data: bytes, url: str, peer: Neighbour | None) -> None:
+        n = len(data)
+        if peer is not None:
+            peer.failures = 0
+            self.last_peer_delivery = time.monotonic()
+            self.peer.choker.received(time.monotonic(), peer.peer_id, n)
+            kind = "peer-same-region" if peer.same_region else "peer-other-region"
+        else:
+            kind = "edge"
+        self.peer.count_received(self.cid, kind, url, n)
+        for fut in self.waiters.get(index, []):
+            if not fut.done():
+                fut.set_result(None)
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self.picker.whole_file and self.picker.done() and not self.completed.is_set():
+            self.completed.set()
+            self.peer.on_complete(self)
+
+    def _ban(self, peer: Neighbour) -> None:
+        self.banned.add(peer.peer_id)
+        self._drop(peer)
+
+    def _drop(self, peer: Neighbour) -> None:
+        self.neighbours.pop(peer.peer_id, None)
+        self.picker.peer_gone(peer.peer_id)
+        self._staff()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _poke(self) -> None:
+        """Wake every worker waiting for something to do (a fresh future per generation, so none misses it)."""
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
+
+    async def _wait_change(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._changed), timeout)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [*self._edge_tasks, *(n.task for n in self.neighbours.values() if n.task is not None)]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for futs in self.waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(HttpError(503, "the peer is shutting down"))
+
+    def status(self) -> dict:
+        m = self.signed.manifest
+        return {
+            "path": m.path,
+            "id": self.cid,
+            "pieces": m.piece_count,
+            "held": len(self.picker.have),
+            "complete": self.picker.done() and self.picker.whole_file,
+            "neighbours": len(self.neighbours),
+            "banned": sorted(self.banned),
+        }
+
+
+class Choked(Exception):
+    def __init__(self, retry_after: float):
+        super().__init__(f"choked; retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+class NotHeld(Exception):
+    """The source does not hold the piece (any more)."""

@@ -1,0 +1,312 @@
+"""The P2P half end to end: real peers and edges on loopback, regions as 127.x addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import make_file, sha, status
+
+from edgeswarm.process import ProcessGroup
+
+REGIONS = """\
+regions:
+  - {name: east, isp: att, networks: [127.1.0.0/16]}
+  - {name: west, isp: verizon, networks: [127.2.0.0/16]}
+"""
+SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, name: str, *extra: str):
+    return nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / name), "--parent", parent, "--p2p", "--regions", str(regions)),
+        *("--announce-interval", "1", *extra),
+        name=name,
+    )
+
+
+def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, upload: str = "1MB/s"):
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0"),
+        *("--upload-limit", upload),
+        name=name,
+    )
+
+
+async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
+    async with http.post(peer.urls["gateway"] + path) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def wait_complete(http: aiohttp.ClientSession, peers, timeout: float = 90) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        sts = [await status(http, p.urls["gateway"]) for p in peers]
+        if all(s["swarms"] and all(w["complete"] for w in s["swarms"]) for s in sts):
+            return sts
+        assert time.monotonic() < deadline, [(s["swarms"][0]["held"] if s["swarms"] else 0) for s in sts]
+        await asyncio.sleep(0.5)
+
+
+async def body_sha(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        return sha(await resp.read())
+
+
+async def test_flash_crowd_two_regions_strict(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "update.img", SIZE)
+    edges = {
+        r: start_edge(nodes, tmp_path, origin.url, regions, f"edge-{r}", "--locality", "strict", "--upload-limit", "1MB/s")
+        for r in ("east", "west")
+    }
+    peers = [
+        start_peer(nodes, tmp_path, edges[r].url, f"127.{n}.0.{i + 1}", f"{r}{i}") for r, n in (("east", 1), ("west", 2)) for i in range(6)
+    ]
+    await asyncio.gather(*(post(http, p, "/update.img") for p in peers))
+    sts = await wait_complete(http, peers)
+    for p in peers:
+        assert await body_sha(http, p.urls["gateway"] + "/update.img") == sha(data)
+    assert all(s["received_by_kind"].get("peer-other-region", 0) == 0 for s in sts), "strict locality leaked"
+    edge_sent = sum([(await status(http, e.url))["bytes_sent"].get("node", 0) for e in edges.values()])
+    peer_bytes = sum(s["received_by_kind"].get("peer-same-region", 0) for s in sts)
+    total = sum(sum(s["received_by_kind"].values()) for s in sts)
+    assert peer_bytes / total >= 0.5, (peer_bytes, total)
+    assert edge_sent <= 0.5 * len(peers) * SIZE
+    east = (await status(http, edges["east"].url))["p2p"]["regions"]["east"]
+    assert east["bytes_from_peers_other_region"] == 0 and east["p2p_share"] >= 0.5
+    assert "west" not in (await status(http, edges["east"].url))["p2p"]["regions"]
+
+
+class CorruptingPeer:
+    """A test double: announces that it holds everything, then serves flipped bytes."""
+
+    def __init__(self, origin: str, addr: str):
+        self.origin, self.addr = origin, addr
+        self.served = 0
+
+    async def piece(self, request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.origin}/piece/{request.match_info['cid']}/{request.match_info['i']}") as r:
+            body = bytearray(await r.read())
+        body[len(body) // 2] ^= 0xFF
+        self.served += 1
+        return web.Response(body=bytes(body))
+
+    async def start(self, edge: str, cid: str, pieces: int) -> None:
+        app = web.Application()
+        app.router.add_get("/piece/{cid}/{i}", self.piece)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.addr, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        bits = bytearray(b"\xff" * ((pieces + 7) // 8))
+        doc = {"peer_id": "evil", "port": port, "content": cid, "pieces": pieces, "uploaded": 10**9, "downloaded": 0}
+        doc |= {"have": base64.b64encode(bits).decode(), "event": "started"}
+        self.announcer = asyncio.create_task(self._announce(edge, doc))
+
+    async def _announce(self, edge: str, doc: dict) -> None:
+        connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            while True:
+                async with s.post(edge + "/announce", json=doc) as r:
+                    assert r.status == 200, await r.text()
+                doc["event"] = "update"
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        self.announcer.cancel()
+        await self.runner.cleanup()
+
+
+async def test_corrupting_peer_is_banned_and_nobody_keeps_bad_data(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "2MB/s")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    evil = CorruptingPeer(origin.url, "127.1.0.99")
+    await evil.start(edge.url, cid, SIZE // (256 * 1024))
+    try:
+        peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 1}", f"p{i}") for i in range(3)]
+        await asyncio.gather(*(post(http, p, "/f.bin") for p in peers))
+        sts = await wait_complete(http, peers)
+    finally:
+        await evil.stop()
+    assert evil.served > 0, "the double was never asked: the test proves nothing"
+    banned = [s for s in sts if "evil" in s["swarms"][0]["banned"]]
+    assert banned, "nobody banned the corrupting peer"
+    for p in peers:
+        assert await body_sha(http, p.urls["gateway"] + "/f.bin") == sha(data)
+    for i in range(3):  # and what is on disk is right too
+        for piece in (tmp_path / f"p{i}" / "content" / cid).glob("*.piece"):
+            index = int(piece.stem)
+            assert piece.read_bytes() == data[index * 262144 : (index + 1) * 262144]
+
+
+async def test_killed_peers_do_not_stop_the_others(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "1MB/s")
+    peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 1}", f"p{i}") for i in range(6)]
+    await asyncio.gather(*(post(http, p, "/f.bin") for p in peers))
+    await asyncio.sleep(3)
+    for p in peers[:2]:
+        p.kill()
+    survivors = peers[2:]
+    await wait_complete(http, survivors)
+    for p in survivors:
+        assert await body_sha(http, p.urls["gateway"] + "/f.bin") == sha(data)
+
+
+async def test_streaming_read_of_a_file_held_by_peers(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "film.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "4MB/s")
+    seeds = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 1}", f"seed{i}", upload="4MB/s") for i in range(3)]
+    await asyncio.gather(*(post(http, p, "/film.bin") for p in seeds))
+    await wait_complete(http, seeds)
+    edge_before = (await status(http, edge.url))["bytes_sent"].get("node", 0)
+    viewer = start_peer(nodes, tmp_path, edge.url, "127.1.0.50", "viewer")
+    await asyncio.sleep(1.5)  # one announce: it knows the seeds
+    proc = subprocess.run(["curl", "-sS", "--max-time", "60", viewer.urls["gateway"] + "/film.bin"], capture_output=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data  # correct bytes, in order
+    st = await status(http, viewer.urls["gateway"])
+    from_peers = st["received_by_kind"].get("peer-same-region", 0)
+    edge_after = (await status(http, edge.url))["bytes_sent"].get("node", 0)
+    assert from_peers > SIZE // 2, st["received_by_kind"]
+    assert edge_after - edge_before < SIZE // 2
+
+
+async def test_gateway_ranges_and_restart_resume(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "p")
+    gw = peer.urls["gateway"]
+    async with http.get(gw + "/f.bin", headers={"Range": "bytes=1000000-1999999"}) as r:
+        assert r.status == 206 and r.headers["Content-Range"] == f"bytes 1000000-1999999/{SIZE}"
+        assert await r.read() == data[1000000:2000000]
+        etag = r.headers["ETag"]
+    async with http.head(gw + "/f.bin") as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) == SIZE
+    async with http.get(gw + "/f.bin", headers={"If-None-Match": etag}) as r:
+        assert r.status == 304
+    held_before = (await status(http, gw))["swarms"][0]["held"]
+    assert 0 < held_before < SIZE // 262144, "a range must not pull the whole file"
+    peer.kill()
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "p")
+    gw = peer.urls["gateway"]
+    edge_before = (await status(http, edge.url))["bytes_sent"].get("node", 0)
+    async with http.get(gw + "/f.bin", headers={"Range": "bytes=1000000-1999999"}) as r:
+        assert await r.read() == data[1000000:2000000]
+    assert (await status(http, edge.url))["bytes_sent"].get("node", 0) == edge_before, "a restarted peer refetched what it held"
+
+
+async def test_edge_restart_rebuilds_the_swarm(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 1}", f"p{i}", upload="8MB/s") for i in range(3)]
+    await asyncio.gather(*(post(http, p, "/f.bin") for p in peers))
+    await wait_complete(http, peers)
+    port = edge.url.rsplit(":", 1)[1]
+    edge.kill()
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--listen", f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 3  # one interval (1 s) and slack
+    while (await status(http, edge.url))["p2p"]["peers"] < 3:
+        assert time.monotonic() < deadline, "peers did not re-announce to the restarted edge"
+        await asyncio.sleep(0.2)
+
+
+async def test_announce_bad_input(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    good = {"peer_id": "x", "port": 1234, "content": cid, "pieces": 32, "have": base64.b64encode(bytes(4)).decode()}
+    good |= {"uploaded": 0, "downloaded": 0, "event": "started"}
+    for bad, word in [
+        ({"port": 0}, "port"),
+        ({"have": "%%%"}, "have"),
+        ({"have": base64.b64encode(bytes(9)).decode()}, "have"),
+        ({"pieces": 31}, "pieces"),
+        ({"event": "party"}, "event"),
+        ({"content": "0" * 64}, "content"),
+    ]:
+        async with http.post(edge.url + "/announce", json=good | bad) as r:
+            assert 400 <= r.status < 500, (bad, r.status)
+            assert word in (await r.text()) or r.status == 404
+    async with http.post(edge.url + "/announce", data=b"{not json") as r:
+        assert r.status == 400
+    async with http.post(edge.url + "/announce", data=b"x" * 200_000) as r:
+        assert r.status == 413
+    assert (await status(http, edge.url))["p2p"]["peers"] == 0, "a bad announce changed the swarm"
+
+
+def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, published, regions):
+    data = make_file(published / "dir/app.bin", 3 * 1024 * 1024 + 17)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    out = tmp_path / "out.bin"
+    cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/dir/app.bin", "-o", str(out), "--listen", "127.1.0.7:0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert "verified" in proc.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "get", edge.url + "/nope.bin", "-o", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()
+    junk = subprocess.run([sys.executable, "-m", "edgeswarm", "get", "ftp://x/y"], capture_output=True, text=True, timeout=30)
+    assert junk.returncode == 2 and "not an http(s) URL" in junk.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+    reason="ffmpeg/ffprobe not installed (./dev test installs them as root)",
+)
+async def test_ffprobe_reads_media_through_the_gateway(tmp_path, nodes, origin, published, regions, http):
+    media = published / "clip.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=4:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(media)],
+        check=True,
+        timeout=60,
+    )
+    await asyncio.sleep(0.5)  # the origin publishes it
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "p")
+    proc = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration:stream=codec_name,width",
+            "-of",
+            "csv=p=0",
+            peer.urls["gateway"] + "/clip.mp4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "320" in proc.stdout and "4.0" in proc.stdout
