@@ -273,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=int, default=10, metavar="SECONDS", help="wrk run length per case (default 10)")
     b.add_argument("--connections", type=int, default=16, metavar="N", help="wrk concurrent connections (default 16)")
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b = bsub.add_parser(
+        "swarm",
+        help="a flash crowd of peers against the theoretical lower bound",
+        description="N peers with capped uploads fetch one file at once from one capped edge; prints the time until all are "
+        "complete beside max(F/u_s, F/d_min, N*F/(u_s+sum u_i)) and the P2P share.",
+    )
+    b.add_argument("--peers", type=_count, default=20, metavar="N", help="peers in the crowd (default 20)")
+    b.add_argument("--size", type=_size, default=parse_size("16MiB"), metavar="SIZE", help="file size (default 16MiB)")
+    b.add_argument("--edge-upload", type=_rate, default=parse_rate("2MB/s"), metavar="RATE", help="edge upload cap u_s (default 2MB/s)")
+    b.add_argument(
+        "--peer-upload", type=_rate, default=parse_rate("1MB/s"), metavar="RATE", help="each peer's upload cap u_i (default 1MB/s)"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     return parser
 
 
@@ -350,6 +364,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm import demo
 
         return demo.run(args.size, args.workdir)
+    if args.command == "bench" and args.bench == "swarm":
+        from edgeswarm import bench_swarm
+
+        return bench_swarm.run(args.peers, args.size, args.edge_upload, args.peer_upload, args.json, args.workdir)
     if args.command == "bench":
         from edgeswarm import bench_serve
 
