@@ -6,7 +6,9 @@ optimistic slot rotates round-robin among the others every
 ``optimistic_interval``, which is how a newcomer with nothing to give gets
 its first pieces.  While slots are free nobody is refused.  A seed receives
 nothing, so it ranks by who was served least lately instead: its slots
-rotate fairly among everyone interested.
+rotate fairly among everyone interested.  A peer that stops asking for
+``idle`` seconds loses its slot at once, so slots never sit on peers that
+have nothing left to get from us.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from collections import deque
 
 
 class Choker:
-    def __init__(self, slots: int = 4, rechoke_interval: float = 10.0, optimistic_interval: float = 30.0, window: float = 20.0):
+    def __init__(
+        self, slots: int = 4, rechoke_interval: float = 10.0, optimistic_interval: float = 30.0, window: float = 20.0, idle: float = 3.0
+    ):
         self.slots = max(1, slots)
+        self.idle = idle  # a peer that stops asking for this long gives its slot up
         self.rechoke_interval = rechoke_interval
         self.optimistic_interval = optimistic_interval
         self.window = window
@@ -54,7 +59,7 @@ class Choker:
         return set(self._unchoked)
 
     def retry_after(self, now: float) -> int:
-        return max(1, math.ceil(min(self._next_rechoke, self._next_optimistic) - now))
+        return max(1, math.ceil(min(self._next_rechoke - now, self._next_optimistic - now, self.idle)))
 
     def _recent(self, log: dict[str, deque[tuple[float, int]]], peer: str, now: float) -> int:
         q = log.get(peer)
@@ -65,7 +70,7 @@ class Choker:
         return sum(n for _, n in q)
 
     def _forget(self, now: float) -> None:
-        for peer in [p for p, t in self._interested.items() if now - t > self.window]:
+        for peer in [p for p, t in self._interested.items() if now - t > self.idle]:
             del self._interested[peer]
             self._unchoked.discard(peer)
             if self._optimistic == peer:

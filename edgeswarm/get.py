@@ -94,6 +94,11 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
             if held != last_held:
                 last_held, last_change = held, now
             elif now - last_change > stall_timeout:
+                log.debug(
+                    "stalled: missing %s, in flight %s",
+                    swarm.picker.missing(),
+                    {i: swarm.picker.in_flight(i) for i in swarm.picker.missing()},
+                )
                 raise GetError(f"no piece of {m.path} arrived for {stall_timeout:g} s from {', '.join(peer.edges)} or any peer")
             done = min(m.size, held * m.piece_size)
             share = _peer_share(peer, swarm.cid)

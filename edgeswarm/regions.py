@@ -1,7 +1,17 @@
 """The region map: which ISP and region an address belongs to (a coverage zone file).
 
 An edge places each peer by the address it sees, with longest-prefix match,
-never by what the peer says about itself.
+never by what the peer says about itself.  The file is YAML or JSON::
+
+    regions:
+      - name: east
+        isp: att
+        networks: [127.1.0.0/16, 10.1.0.0/16]
+
+Nested prefixes are fine (the longest wins: a /24 carved out of another
+region's /16); the very same prefix in two regions is an error, since no rule
+could say which was meant.  IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``,
+what a dual-stack socket reports) are looked up as the IPv4 address.
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 
 @dataclass(frozen=True)
 class Region:
@@ -20,13 +32,14 @@ class Region:
 
 
 class RegionMapError(ValueError):
-    """A region map that cannot be used; the message says where and why."""
+    """A region map that cannot be used; the message says which file, which entry and what is wrong."""
 
 
 class RegionMap:
-    def __init__(self, entries: list[tuple[Region, list[ipaddress.IPv4Network | ipaddress.IPv6Network]]]):
+    def __init__(self, entries: list[tuple[Region, list[Network]]]):
         self._regions = [r for r, _ in entries]
-        # per (version, prefix length): network address as int -> region; searched longest first
+        # per (version, prefix length): network address as int -> region; searched longest first,
+        # so a lookup costs one dict probe per distinct prefix length, whatever the number of prefixes
         self._tables: dict[tuple[int, int], dict[int, Region]] = {}
         for region, nets in entries:
             for net in nets:
@@ -40,43 +53,36 @@ class RegionMap:
     @classmethod
     def load(cls, path: Path) -> RegionMap:
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise RegionMapError(f"cannot read region map {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise RegionMapError(f"region map {path} is not a text file (expected YAML or JSON in UTF-8)") from None
         except yaml.YAMLError as exc:
-            raise RegionMapError(f"region map {path} is not valid YAML or JSON: {exc}") from None
+            hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
+            raise RegionMapError(f"region map {path} is not valid YAML or JSON{hint}: {exc}") from None
         return cls.from_doc(doc, str(path))
 
     @classmethod
     def from_doc(cls, doc: object, source: str = "<map>") -> RegionMap:
         if not isinstance(doc, dict) or not isinstance(doc.get("regions"), list):
             raise RegionMapError(f"{source}: expected a top-level 'regions' list")
-        entries, seen = [], set()
+        entries: list[tuple[Region, list[Network]]] = []
+        owner: dict[Network, str] = {}
         for n, item in enumerate(doc["regions"], 1):
-            where = f"{source}: region #{n}"
-            if not isinstance(item, dict):
-                raise RegionMapError(f"{where} is not a mapping")
-            name, isp, nets = item.get("name"), item.get("isp", ""), item.get("networks")
-            if not isinstance(name, str) or not name:
-                raise RegionMapError(f"{where} has no 'name'")
-            if name in seen:
-                raise RegionMapError(f"{where}: region {name!r} is defined twice")
-            seen.add(name)
-            if not isinstance(nets, list) or not nets:
-                raise RegionMapError(f"{where} ({name}) has no 'networks' list")
-            parsed = []
+            region, nets = _entry(item, f"{source}: region #{n}")
+            if any(r.name == region.name for r, _ in entries):
+                raise RegionMapError(f"{source}: region #{n}: region {region.name!r} is defined twice")
             for net in nets:
-                try:
-                    parsed.append(ipaddress.ip_network(str(net), strict=False))
-                except ValueError:
-                    raise RegionMapError(f"{where} ({name}): {net!r} is not a network such as 10.0.0.0/8") from None
-            entries.append((Region(name, str(isp)), parsed))
+                if owner.setdefault(net, region.name) != region.name:
+                    raise RegionMapError(f"{source}: region #{n} ({region.name}): {net} is already in region {owner[net]!r}")
+            entries.append((region, nets))
         return cls(entries)
 
     def lookup(self, addr: str) -> Region | None:
-        """The region of the longest matching prefix, or None."""
+        """The region of the longest matching prefix, or None (unmapped, or not an IP address)."""
         try:
-            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])  # drop an IPv6 zone id (fe80::1%eth0)
         except ValueError:
             return None
         if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -89,3 +95,25 @@ class RegionMap:
                 if region is not None:
                     return region
         return None
+
+
+def _entry(item: object, where: str) -> tuple[Region, list[Network]]:
+    """One ``{name, isp, networks}`` entry, checked; errors name the entry."""
+    if not isinstance(item, dict):
+        raise RegionMapError(f"{where} is not a mapping with name, isp and networks")
+    name, isp, nets = item.get("name"), item.get("isp"), item.get("networks")
+    if not isinstance(name, str) or not name:
+        raise RegionMapError(f"{where}: 'name' is missing or not a non-empty string")
+    if not isinstance(isp, str) or not isp:
+        raise RegionMapError(f"{where} ({name}): 'isp' is missing or not a non-empty string")
+    if not isinstance(nets, list) or not nets:
+        raise RegionMapError(f"{where} ({name}): 'networks' is missing or not a non-empty list")
+    return Region(name, isp), [_network(net, f"{where} ({name})") for net in nets]
+
+
+def _network(net: object, where: str) -> Network:
+    # strict=False: host bits are cleared (10.1.2.3/16 means 10.1.0.0/16), as routers read prefixes
+    try:
+        return ipaddress.ip_network(net if isinstance(net, str) else "", strict=False)
+    except ValueError:
+        raise RegionMapError(f"{where}: {net!r} is not a network such as 10.0.0.0/8 or 2001:db8::/32") from None

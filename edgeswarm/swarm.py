@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeswarm.swarm")
 MAX_PEERS = 5  # peer sources used at once
-EDGE_WORKERS = 2  # requests in flight to edges at once
+EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
-FALLBACK_AFTER = 3.0  # seconds without a peer delivering before the edge may take anything
+FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
 
 
@@ -68,6 +68,7 @@ class Swarm:
     def want_whole(self) -> None:
         self.picker.whole()
         self._check_complete()
+        self._staff()
         self._poke()
 
     async def piece(self, index: int) -> None:
@@ -112,7 +113,7 @@ class Swarm:
         """Keep workers on the MAX_PEERS most useful neighbours."""
         if self._closed:
             return
-        active = [n for n in self.neighbours.values() if n.task is not None and not n.task.done()]
+        active = [n for n in self.neighbours.values() if n.task is not None and not n.task.done() and n.peer_id not in self.picker.paused]
         missing = set(self.picker.missing())
         idle = sorted(
             (n for n in self.neighbours.values() if n.task is None or n.task.done()),
@@ -165,7 +166,11 @@ class Swarm:
             if edge is None:
                 await self._wait_change(1.0)
                 continue
-            await self._transfer(f"edge#{slot}", edge, index)
+            try:
+                await self._transfer(f"edge#{slot}", edge, index)
+            except Exception:  # a bug must not silently stop the only edge worker
+                log.exception("edge worker failed on piece %d of %s", index, self.signed.manifest.path)
+                await asyncio.sleep(1)
 
     def _choose_edge(self, slot: int, picks: int) -> str | None:
         """The fastest live edge; the second slot probes the others now and then."""
@@ -184,6 +189,7 @@ class Swarm:
             data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None)
             self.peer.store.put_piece(self.cid, index, data)
             ok = True
+            self.picker.finish(source, index, True)  # before _delivered: completion is judged from the picker
             self._delivered(index, data, url, peer)
             return "ok"
         except CorruptPiece:
@@ -197,6 +203,7 @@ class Swarm:
         except Choked as exc:
             if peer is not None:
                 self.picker.paused.add(peer.peer_id)
+                self._staff()  # someone else may have a free slot
                 await asyncio.sleep(exc.retry_after)
                 self.picker.paused.discard(peer.peer_id)
             return "retry"
@@ -221,7 +228,8 @@ class Swarm:
         except KeyError:  # the content was dropped from the store meanwhile
             return "gone"
         finally:
-            self.picker.finish(source, index, ok)
+            if not ok:
+                self.picker.finish(source, index, False)
             self._poke()
 
     def _delivered(self, index: int, data: bytes, url: str, peer: Neighbour | None) -> None:

@@ -11,9 +11,11 @@ peers, so nobody becomes a hot spot just by sorting first.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from edgeswarm.regions import Region
 
@@ -40,6 +42,30 @@ class PeerRecord:
     @property
     def complete(self) -> bool:
         return len(self.have) >= self.piece_count
+
+
+def url_matches_address(url: str, address: str) -> bool:
+    """Does ``url`` point at ``address``, the address the edge saw the peer connect from?
+
+    The address-claim rule: a peer may only advertise an upload URL on its own
+    address, or it could send a swarm's traffic at someone else.  The host must
+    be an IP literal (a name could resolve anywhere), the scheme http(s), no
+    user info (``http://a@b/`` is parsed differently by different clients);
+    IPv4-mapped IPv6 equals its IPv4 address.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+        host = _ip(parts.hostname or "")
+        seen = _ip(address)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and "@" not in parts.netloc and host == seen
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip
 
 
 def _spread(a: str, b: str) -> int:
