@@ -68,7 +68,7 @@ async def _flash_crowd(console: Console, group: ProcessGroup, root: Path, n: int
         origin = group.start("origin", "--publish", str(publish))
         edge = group.start(
             "edge",
-            *("--cache", str(root / "edge"), "--parent", origin.url, "--p2p", "--announce-interval", "2"),
+            *("--cache", str(root / "edge"), "--parent", origin.url, "--p2p", "--announce-interval", "1"),
             *("--upload-limit", f"{edge_rate}B/s"),
             name="edge",
         )

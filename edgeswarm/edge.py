@@ -25,7 +25,7 @@ from aiohttp import web
 
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import json_response, make_app, serve
-from edgeswarm.httpspec import HttpError
+from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
@@ -322,6 +322,7 @@ class Edge:
         if data is None:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
         self.metrics.sent["node"] += len(data)
+        self.metrics.content[("sent", cid, "peer" if request.headers.get(PEER_HEADER) else "node")] += len(data)
         if not self.bucket.rate:
             return web.Response(body=data, content_type="application/octet-stream")
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})

@@ -35,6 +35,9 @@ class HttpError(Exception):
         self.headers = headers or {}
 
 
+PEER_HEADER = "X-Edgeswarm-Peer"  # a peer names itself on piece requests (choker, accounting)
+
+
 def content_type(path: str) -> str:
     for ext, ctype in _EXTRA_TYPES.items():
         if path.lower().endswith(ext):

@@ -23,6 +23,7 @@ class Metrics:
         self.received: Counter[tuple[str, str]] = Counter()  # bytes, by (source kind, source url)
         self.events: Counter[tuple[str, str]] = Counter()  # (event, detail): fetch, collapsed, corrupt, ...
         self.responses: Counter[int] = Counter()
+        self.content: Counter[tuple[str, str, str]] = Counter()  # bytes by (direction, content id, source/destination kind)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -43,7 +44,14 @@ class Metrics:
         responses = CounterMetricFamily("edgeswarm_http_responses", "HTTP responses by status", labels=["role", "status"])
         for status, n in self.responses.items():
             responses.add_metric([self.role, str(status)], n)
-        yield from (sent, received, events, responses)
+        content = CounterMetricFamily(
+            "edgeswarm_content_bytes",
+            "Payload bytes per content, by direction and source kind",
+            labels=["role", "direction", "content", "kind"],
+        )
+        for (direction, cid, kind), n in self.content.items():
+            content.add_metric([self.role, direction, cid, kind], n)
+        yield from (sent, received, events, responses, content)
         for name, (doc, read) in self.gauges.items():
             yield GaugeMetricFamily(f"edgeswarm_{name}", doc, value=read(), labels=None)
 

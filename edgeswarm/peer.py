@@ -29,7 +29,7 @@ from aiohttp import web
 from edgeswarm import bitfield
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import json_response, make_app, serve_many
-from edgeswarm.httpspec import HttpError
+from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.manifest import ManifestError, SignedManifest
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, piece_index
@@ -43,7 +43,6 @@ from edgeswarm.swarm import Choked, NotHeld, Swarm
 from edgeswarm.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.peer")
-PEER_HEADER = "X-Edgeswarm-Peer"
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 
 
@@ -225,6 +224,7 @@ class Peer:
 
     def count_received(self, cid: str, kind: str, url: str, n: int) -> None:
         self.metrics.received[(kind, url)] += n
+        self.metrics.content[("received", cid, kind)] += n
         self.received.setdefault(cid, Counter())[kind] += n
 
     def on_complete(self, swarm: Swarm) -> None:
@@ -374,6 +374,7 @@ class Peer:
         await write_throttled(resp, data, self.bucket)
         self.uploaded[cid] += len(data)
         self.metrics.sent["peer"] += len(data)
+        self.metrics.content[("sent", cid, "peer")] += len(data)
         self.choker.sent(time.monotonic(), who, len(data))
         await resp.write_eof()
         return resp

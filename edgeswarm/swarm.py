@@ -173,21 +173,27 @@ class Swarm:
                 await asyncio.sleep(1)
 
     def _choose_edge(self, slot: int, picks: int) -> str | None:
-        """The fastest live edge; the second slot probes the others now and then."""
-        ranked = self.peer.ranking.ranked(self.peer.edges, time.monotonic())
-        if not ranked:
+        """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
+        ranking = self.peer.ranking
+        live = ranking.ranked(self.peer.edges, time.monotonic())
+        if not live:
             return None
-        if slot > 0 and len(ranked) > 1 and picks % 4 == 3:
-            return ranked[1 + picks // 4 % (len(ranked) - 1)]
-        return ranked[0]
+        unmeasured = [e for e in live if ranking.rate(e) is None]
+        if unmeasured:
+            return unmeasured[0]  # measure every edge once
+        if len(live) > 1 and picks % 8 == 7:
+            return live[1 + picks // 8 % (len(live) - 1)]  # re-measure the others now and then: they may have recovered
+        return live[0]
 
     async def _transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None) -> str:
         """Fetch one piece; returns "ok", "retry" or "gone" (stop using this peer)."""
         self.picker.start(source, index, time.monotonic())
         ok = False
         try:
+            started = time.monotonic()
             data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None)
             self.peer.store.put_piece(self.cid, index, data)
+            self.peer.ranking.success(url, len(data), time.monotonic() - started)
             ok = True
             self.picker.finish(source, index, True)  # before _delivered: completion is judged from the picker
             self._delivered(index, data, url, peer)

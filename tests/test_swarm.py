@@ -310,3 +310,63 @@ async def test_ffprobe_reads_media_through_the_gateway(tmp_path, nodes, origin, 
     )
     assert proc.returncode == 0, proc.stderr
     assert "320" in proc.stdout and "4.0" in proc.stdout
+
+
+async def test_several_edges_fastest_preferred_and_failed_one_replaced(tmp_path, nodes, origin, published, regions, http):
+    """p2pd scenario 2: independent servers, client-side choice of the fastest and failover."""
+    data = make_file(published / "f.bin", SIZE)
+    slow = start_edge(nodes, tmp_path, origin.url, regions, "slow", "--upload-limit", "300KB/s")
+    fast = start_edge(nodes, tmp_path, origin.url, regions, "fast", "--upload-limit", "3MB/s")
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--edge", slow.url, "--edge", fast.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
+        name="p2",
+    )
+    await post(http, peer, "/f.bin")
+    await asyncio.sleep(2.5)
+    before = await edge_bytes(http, peer)
+    assert before.get(fast.url, 0) > 2 * before.get(slow.url, 0), before  # the fastest is preferred
+    fast.kill()  # and fails mid-download: the slow one must finish it
+    await wait_complete(http, [peer], timeout=60)
+    assert await body_sha(http, peer.urls["gateway"] + "/f.bin") == sha(data)
+    after = await edge_bytes(http, peer)
+    assert after[slow.url] > before.get(slow.url, 0) and after[fast.url] <= before[fast.url] + 262144, (before, after)
+
+
+async def edge_bytes(http: aiohttp.ClientSession, peer) -> dict[str, int]:
+    st = await status(http, peer.urls["gateway"])
+    return {row["source"]: row["bytes"] for row in st["bytes_received"] if row["kind"] == "edge"}
+
+
+async def test_upload_cap_and_choking(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    seed = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "seed"), "--edge", edge.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
+        *("--upload-limit", "1MB/s", "--upload-slots", "1"),
+        name="seed",
+    )
+    await post(http, seed, "/f.bin")
+    await wait_complete(http, [seed])
+    cid = (await status(http, seed.urls["gateway"]))["swarms"][0]["id"]
+    upload = seed.urls["upload"]
+
+    async def piece(who: str, i: int) -> aiohttp.ClientResponse:
+        async with http.get(f"{upload}/piece/{cid}/{i}", headers={"X-Edgeswarm-Peer": who}) as r:
+            await r.read()
+            return r
+
+    started = time.monotonic()
+    first = await asyncio.gather(*(piece("a", i) for i in range(8)))  # 2 MiB through a 1 MB/s cap
+    assert all(r.status == 200 for r in first)
+    assert time.monotonic() - started >= 1.5, "the upload cap was not applied"
+    choked = await piece("b", 0)  # the only slot is a's
+    assert choked.status == 429 and int(choked.headers["Retry-After"]) >= 1
+    async with http.get(f"{upload}/piece/{cid}/999") as r:
+        assert r.status == 404
+    async with http.get(f"{upload}/piece/{cid}/x") as r:
+        assert r.status == 400
+    async with http.get(seed.urls["gateway"] + "/metrics") as r:
+        text = await r.text()
+    assert f'edgeswarm_content_bytes_total{{content="{cid}",direction="sent",kind="peer",role="peer"}}' in text
