@@ -1,0 +1,117 @@
+"""The piece picker, driven directly: no sockets, no clock."""
+
+from __future__ import annotations
+
+from base64 import b64encode
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeswarm import bitfield
+from edgeswarm.picker import PiecePicker
+
+
+def test_rarest_first_among_what_the_peer_holds():
+    p = PiecePicker(4, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1, 2, 3})
+    p.peer_has("b", {0, 1, 2})
+    p.peer_has("c", {0, 1})
+    assert p.pick("a", 0) == 3  # held by one peer only
+    p.start("a", 3, 0)
+    assert p.pick("b", 0) == 2  # next rarest that b holds
+    assert p.pick("c", 0) in (0, 1)
+
+
+def test_edge_only_fills_what_no_peer_holds_unless_told_to_fall_back():
+    p = PiecePicker(3, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1})
+    assert p.pick("edge", 0, edge=True) == 2
+    p.start("edge", 2, 0)
+    assert p.pick("edge", 0, edge=True) is None  # peers can deliver 0 and 1
+    assert p.pick("edge", 0, edge=True, fallback=True) in (0, 1)
+
+
+def test_nothing_is_requested_twice_until_the_endgame():
+    p = PiecePicker(2, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1})
+    p.peer_has("b", {0, 1})
+    first = p.pick("a", 0)
+    p.start("a", first, 0)
+    second = p.pick("b", 0)
+    assert second != first
+    p.start("b", second, 0)
+    # endgame: everything is in flight, so a may race b for the other piece, but only once
+    assert p.pick("a", 0) == second
+    p.start("a", second, 0)
+    assert p.pick("c", 0) is None
+
+
+def test_finish_marks_held_and_failure_returns_the_piece():
+    p = PiecePicker(2, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1})
+    i = p.pick("a", 0)
+    p.start("a", i, 0)
+    p.finish("a", i, ok=False)
+    assert p.pick("a", 0) is not None and not p.done()
+    p.finish("a", 0, ok=True)
+    p.finish("a", 1, ok=True)
+    assert p.done() and p.pick("a", 0) is None
+
+
+def test_streaming_urgent_pieces_first_and_edge_races_a_late_peer():
+    p = PiecePicker(100, seed="me", deadline=2.0)
+    p.stream(position=10, urgent=2, window=8)
+    assert p.missing() == list(range(10, 18))
+    p.peer_has("a", set(range(100)))
+    assert p.pick("a", 0) == 10
+    p.start("a", 10, 0)
+    assert p.pick("edge", 1.0, edge=True) == 11  # urgent and a is busy
+    p.start("edge", 11, 1.0)
+    assert p.pick("edge", 1.5, edge=True) is None  # a is not late yet, and the rest peers can give
+    assert p.pick("edge", 2.5, edge=True) == 10  # a is late with an urgent piece: race it
+
+
+def test_paused_peers_get_nothing():
+    p = PiecePicker(3, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1, 2})
+    p.paused.add("a")
+    assert p.pick("a", 0) is None
+
+
+def test_peer_gone_forgets_availability_and_in_flight():
+    p = PiecePicker(2, seed="me")
+    p.whole()
+    p.peer_has("a", {0})
+    p.start("a", 0, 0)
+    p.peer_gone("a")
+    assert p.availability == [0, 0] and p.in_flight(0) == set()
+    assert p.pick("edge", 0, edge=True) in (0, 1)
+
+
+def test_tiebreak_spreads_newcomers_over_pieces():
+    pickers = [PiecePicker(64, seed=f"peer{n}") for n in range(20)]
+    for p in pickers:
+        p.whole()
+    firsts = {p.pick("edge", 0, edge=True) for p in pickers}
+    assert len(firsts) > 5  # not all chasing the same piece
+
+
+@given(st.integers(1, 300), st.data())
+def test_bitfield_round_trip(count, data):
+    held = data.draw(st.sets(st.integers(0, count - 1)))
+    assert bitfield.decode(bitfield.encode(held, count), count) == held
+
+
+@given(st.integers(1, 300), st.binary(max_size=50))
+def test_bitfield_rejects_wrong_lengths_and_stray_bits(count, raw):
+    text = b64encode(raw).decode()
+    try:
+        held = bitfield.decode(text, count)
+    except ValueError:
+        return
+    assert len(raw) == (count + 7) // 8 and all(0 <= i < count for i in held)
