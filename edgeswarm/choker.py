@@ -33,13 +33,22 @@ class Choker:
         self._optimistic: str | None = None
         self._next_rechoke = -math.inf
         self._next_optimistic = -math.inf
-        self._rotation = 0
+        self._choked_at: dict[str, float] = {}  # when each peer last lost its slot
+        self._since: dict[str, float] = {}  # unchoked peers: since when
+        self._records = 0
 
     def received(self, now: float, peer: str, nbytes: int) -> None:
         self._got.setdefault(peer, deque()).append((now, nbytes))
+        self._tick(now)
 
     def sent(self, now: float, peer: str, nbytes: int) -> None:
         self._gave.setdefault(peer, deque()).append((now, nbytes))
+        self._tick(now)
+
+    def _tick(self, now: float) -> None:
+        self._records += 1
+        if self._records % 256 == 0:
+            self._prune(now)
 
     def request(self, now: float, peer: str) -> bool:
         """May ``peer`` download from us now?"""
@@ -48,7 +57,10 @@ class Choker:
         if peer in self._unchoked:
             return True
         if len(self._unchoked) < self.slots:
-            self._unchoked.add(peer)
+            self._set_unchoked(self._unchoked | {peer}, now)
+            if self._next_rechoke == -math.inf:  # the schedule starts with the first unchoke, not the first refusal
+                self._next_rechoke = now + self.rechoke_interval
+                self._next_optimistic = now + self.optimistic_interval
             return True
         if now >= self._next_rechoke:
             self._rechoke(now)
@@ -59,7 +71,7 @@ class Choker:
         return set(self._unchoked)
 
     def retry_after(self, now: float) -> int:
-        return max(1, math.ceil(min(self._next_rechoke - now, self._next_optimistic - now, self.idle)))
+        return max(1, math.ceil(max(0.0, min(self._next_rechoke - now, self._next_optimistic - now, self.idle))))
 
     def _recent(self, log: dict[str, deque[tuple[float, int]]], peer: str, now: float) -> int:
         q = log.get(peer)
@@ -73,6 +85,7 @@ class Choker:
         for peer in [p for p, t in self._interested.items() if now - t > self.idle]:
             del self._interested[peer]
             self._unchoked.discard(peer)
+            self._since.pop(peer, None)
             if self._optimistic == peer:
                 self._optimistic = None
 
@@ -80,13 +93,33 @@ class Choker:
         peers = sorted(self._interested)
         if any(self._recent(self._got, p, now) for p in peers):
             key = lambda p: (-self._recent(self._got, p, now), -self._interested[p], p)  # noqa: E731
-        else:  # a seed: serve who got least from us lately
-            key = lambda p: (self._recent(self._gave, p, now), p)  # noqa: E731
+        else:  # a seed: serve who got least from us lately; on ties, who has held a slot for the shortest time
+            key = lambda p: (self._recent(self._gave, p, now), -self._since.get(p, math.inf), p)  # noqa: E731
         regular = sorted(peers, key=key)[: self.slots - 1]
         others = [p for p in peers if p not in regular]
         if now >= self._next_optimistic or self._optimistic not in others:
-            self._optimistic = others[self._rotation % len(others)] if others else None
-            self._rotation += 1
+            # a choked peer first, the one choked longest ago (or never unchoked); else the newest holder: a true rotation
+            candidates = [p for p in others if p != self._optimistic] or others
+            key = lambda p: (p in self._unchoked, -self._since[p] if p in self._since else self._choked_at.get(p, -math.inf), p)  # noqa: E731
+            self._optimistic = min(candidates, key=key) if candidates else None
             self._next_optimistic = now + self.optimistic_interval
-        self._unchoked = set(regular) | ({self._optimistic} if self._optimistic else set())
+        self._set_unchoked(set(regular) | ({self._optimistic} if self._optimistic else set()), now)
         self._next_rechoke = now + self.rechoke_interval
+        self._prune(now)
+
+    def _set_unchoked(self, peers: set[str], now: float) -> None:
+        for peer in peers - self._unchoked:
+            self._since[peer] = now
+        for peer in self._unchoked - peers:
+            self._since.pop(peer, None)
+            self._choked_at[peer] = now
+        self._unchoked = peers
+
+    def _prune(self, now: float) -> None:
+        """Forget byte records older than the window, and peers left with none (a long-running daemon must not grow)."""
+        for log in (self._got, self._gave):
+            for peer in list(log):
+                if not self._recent(log, peer, now):
+                    del log[peer]
+        for peer in [p for p in self._choked_at if p not in self._interested]:
+            del self._choked_at[peer]

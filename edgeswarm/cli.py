@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run an origin and two tiers of edges on loopback and fetch through them",
-        description="Start an origin, a mid-tier edge and an edge on loopback, fetch a file through them, and report what crossed each hop.",
+        description="Start an origin, a mid-tier edge and two sibling leaf edges on loopback, fetch a file through them, and report what crossed each hop.",
     )
     p.add_argument("--size", type=_size, default=parse_size("64MiB"), metavar="SIZE", help="size of the demo file (default 64MiB)")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")

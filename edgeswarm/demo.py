@@ -65,7 +65,7 @@ async def _demo(console: Console, group: ProcessGroup, root: Path, size: int) ->
     ok = True
     async with aiohttp.ClientSession() as http:
         steps = [
-            ("range of 1 MiB at 10 MiB, cold, via edge-a", a, f"bytes={10 * MiB}-{11 * MiB - 1}"),
+            ("a range of up to 1 MiB in the middle, cold, via edge-a", a, f"bytes={size // 2}-{min(size, size // 2 + MiB) - 1}"),
             ("whole file via edge-a (origin → mid → edge-a)", a, None),
             ("whole file again via edge-a (cache hit)", a, None),
             ("whole file via edge-b (pieces from sibling edge-a)", b, None),

@@ -266,7 +266,8 @@ class Edge:
             except CorruptPiece:
                 self.metrics.events[("corrupt_piece", source)] += 1
                 backoff = self.ranking.failure(source, time.monotonic())
-                log.warning("%s sent a corrupt piece %d of %s; set aside for %.0f s", source, index, signed.manifest.path, backoff)
+                fate = f"set aside for {backoff:.0f} s" if sibling else "no other source to try"
+                log.warning("%s sent a corrupt piece %d of %s; %s", source, index, signed.manifest.path, fate)
                 problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index} of {signed.manifest.path}"))
                 continue
             except KeyError:  # superseded meanwhile: serve it if it is right, keep nothing

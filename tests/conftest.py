@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
@@ -89,6 +90,7 @@ class Misbehaving:
         self.upstream = upstream
         self.corrupt, self.delay, self.hang = corrupt, delay, hang
         self.pieces_served = 0
+        self.served_at: list[float] = []  # when each piece left the proxy
         self.url = ""
         self._lock = asyncio.Lock()
 
@@ -104,6 +106,7 @@ class Misbehaving:
             async with self._lock:
                 await asyncio.sleep(self.delay)
             self.pieces_served += 1
+            self.served_at.append(time.monotonic())
             if self.corrupt:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {"Content-Type": ctype, **({"ETag": etag} if etag else {})}

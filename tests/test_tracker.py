@@ -1,0 +1,304 @@
+"""The regional tracker: locality, usefulness ranking, spread, expiry and upload rates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import pairwise
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgeswarm.regions import Region
+from edgeswarm.tracker import PeerRecord, Tracker, rank, url_matches_address
+
+EAST, WEST = Region("east", "att"), Region("west", "verizon")
+N = 8  # pieces
+CID = "c" * 64
+
+
+def peer(pid: str, region: Region | None = EAST, have: set[int] | None = None, rate: float = 0.0, pieces: int = N) -> PeerRecord:
+    return PeerRecord(
+        peer_id=pid,
+        url=f"http://10.0.0.1:{1000 + len(pid)}",
+        address="10.0.0.1",
+        region=region,
+        have=set() if have is None else set(have),
+        piece_count=pieces,
+        uploaded=0,
+        downloaded=0,
+        upload_rate=rate,
+        last_seen=0.0,
+    )
+
+
+def announce(t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID):
+    return t.announce(now, cid, pid, f"http://10.0.0.9:{len(pid)}", "10.0.0.9", region, set(have), N, uploaded, 0, event)
+
+
+def ids(records) -> list[str]:
+    return [r.peer_id for r in records]
+
+
+# ---- ranking --------------------------------------------------------------------------------------
+
+
+def test_complete_is_holding_every_piece():
+    assert peer("s", have=set(range(N))).complete
+    assert not peer("p", have={0}).complete
+
+
+def test_asker_is_never_in_its_own_answer():
+    asker = peer("me", have={0})
+    others = [peer(f"p{i}", have=set(range(N))) for i in range(5)]
+    assert "me" not in ids(rank(asker, [asker, *others], "prefer"))
+    t = Tracker()
+    for i in range(5):
+        announce(t, 0, f"p{i}", have=range(N))
+    assert "me" not in ids(announce(t, 1, "me"))
+    assert "me" not in ids(announce(t, 2, "me"))  # not even once it is in the swarm
+
+
+def test_strict_excludes_other_regions_and_unmapped_is_its_own_region():
+    swarm = [peer("e1", EAST, {1}), peer("w1", WEST, set(range(N))), peer("u1", None, set(range(N))), peer("u2", None, {2})]
+    assert ids(rank(peer("e0", EAST), swarm, "strict")) == ["e1"]
+    assert ids(rank(peer("w0", WEST), swarm, "strict")) == ["w1"]
+    assert set(ids(rank(peer("u0", None), swarm, "strict"))) == {"u1", "u2"}
+
+
+def test_prefer_puts_same_region_first_even_before_better_peers():
+    asker = peer("me", WEST, {0})
+    swarm = [
+        peer("seed-east", EAST, set(range(N)), rate=1e9),
+        peer("seed-unmapped", None, set(range(N)), rate=1e9),
+        peer("weak-west", WEST, {1}),
+        peer("useless-west", WEST, {0}),
+    ]
+    assert ids(rank(asker, swarm, "prefer"))[:2] == ["weak-west", "useless-west"]
+    assert set(ids(rank(asker, swarm, "prefer"))[2:]) == {"seed-east", "seed-unmapped"}
+
+
+def test_useful_peers_before_useless_ones_whatever_their_rate():
+    asker = peer("me", have={0, 1})
+    ranked = rank(asker, [peer("fast-useless", have={0, 1}, rate=1e9), peer("slow-useful", have={5})], "prefer")
+    assert ids(ranked) == ["slow-useful", "fast-useless"]
+
+
+def test_seeds_first_then_more_useful_pieces_then_rate():
+    asker = peer("me", have=set(range(1, N)))  # lacks only piece 0
+    swarm = [
+        peer("partial-fast", have={0, 1}, rate=1e9),  # as useful as a seed (holds the one missing piece)
+        peer("seed-slow", have=set(range(N)), rate=1.0),
+    ]
+    assert ids(rank(asker, swarm, "prefer")) == ["seed-slow", "partial-fast"]
+    asker = peer("me", have=set())
+    swarm = [
+        peer("one", have={0}, rate=1e9),
+        peer("three", have={0, 1, 2}),
+        peer("two-fast", have={3, 4}, rate=50.0),
+        peer("two-slow", have={5, 6}),
+    ]
+    assert ids(rank(asker, swarm, "prefer")) == ["three", "two-fast", "two-slow", "one"]
+
+
+def test_rank_is_deterministic():
+    asker = peer("me")
+    swarm = [peer(f"p{i}", have={0}) for i in range(20)]
+    assert ids(rank(asker, swarm, "prefer")) == ids(rank(asker, list(reversed(swarm)), "prefer"))
+
+
+def test_tie_break_spreads_first_choices_across_askers():
+    """Equal candidates: each asker gets its own order, so nobody is everyone's first peer (a hot spot)."""
+    swarm = [peer(f"seed{i}", have=set(range(N))) for i in range(20)]
+    firsts = Counter(rank(peer(f"asker{a}"), swarm, "prefer")[0].peer_id for a in range(200))
+    assert len(firsts) >= 15
+    assert max(firsts.values()) <= 30  # 10 expected per seed
+
+
+regions = st.sampled_from([EAST, WEST, Region("north", "att"), None])
+records = st.builds(
+    peer,
+    pid=st.sampled_from([f"p{i}" for i in range(30)]),
+    region=regions,
+    have=st.sets(st.integers(0, N - 1)),
+    rate=st.sampled_from([0.0, 1.0, 1e3, 1e6]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(asker=records, swarm=st.lists(records, max_size=20))
+def test_strict_never_hands_out_another_region(asker, swarm):
+    answer = rank(asker, swarm, "strict")
+    assert all(p.region == asker.region for p in answer)
+    assert asker.peer_id not in ids(answer)
+    assert len(answer) == len([p for p in swarm if p.region == asker.region and p.peer_id != asker.peer_id])
+
+
+@settings(max_examples=40, deadline=None)
+@given(asker=records, swarm=st.lists(records, max_size=20))
+def test_prefer_is_a_same_region_block_then_the_rest(asker, swarm):
+    answer = rank(asker, swarm, "prefer")
+    same = [p.region == asker.region for p in answer]
+    assert same == sorted(same, reverse=True)
+    assert len(answer) == len([p for p in swarm if p.peer_id != asker.peer_id])
+    for a, b in pairwise(answer):  # within a block: useful before useless
+        if a.region == b.region:
+            assert bool(a.have - asker.have) >= bool(b.have - asker.have)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), regions, st.sets(st.integers(0, N - 1))), max_size=40), st.integers(1, 9))
+def test_tracker_strict_answers_stay_in_region(announces, max_answer):
+    t = Tracker(locality="strict", max_answer=max_answer)
+    placed: dict[str, Region | None] = {}
+    for now, (n, region, have) in enumerate(announces):
+        placed[f"p{n}"] = region
+        answer = announce(t, now, f"p{n}", region=region, have=have)
+        assert len(answer) <= max_answer
+        assert all(placed[p.peer_id] == region for p in answer)
+
+
+# ---- the tracker ----------------------------------------------------------------------------------
+
+
+def test_max_answer_is_honoured():
+    t = Tracker(max_answer=5)
+    for i in range(12):
+        announce(t, 0, f"p{i}", have={i % N})
+    assert len(announce(t, 1, "me")) == 5
+    t = Tracker()
+    for i in range(40):
+        announce(t, 0, f"p{i}")
+    assert len(announce(t, 1, "me")) == 30
+
+
+def test_answer_is_ranked():
+    t = Tracker()
+    announce(t, 0, "useless", have={0})
+    announce(t, 0, "seed", have=range(N))
+    announce(t, 0, "other-region-seed", region=WEST, have=range(N))
+    assert ids(announce(t, 1, "me", have={0})) == ["seed", "useless", "other-region-seed"]
+
+
+def test_announce_updates_the_record():
+    t = Tracker()
+    announce(t, 0, "p", have={0})
+    t.announce(5, CID, "p", "http://10.9.9.9:7", "10.9.9.9", WEST, {0, 1}, N, 100, 200, "update", user="alice")
+    (rec,) = t.swarm(CID)
+    assert (rec.url, rec.address, rec.region, rec.have, rec.uploaded, rec.downloaded, rec.last_seen, rec.user) == (
+        "http://10.9.9.9:7",
+        "10.9.9.9",
+        WEST,
+        {0, 1},
+        100,
+        200,
+        5,
+        "alice",
+    )
+
+
+def test_have_is_copied_not_aliased():
+    t = Tracker()
+    have = {0}
+    t.announce(0, CID, "p", "http://10.0.0.1:1", "10.0.0.1", EAST, have, N, 0, 0, "started")
+    have.add(5)
+    assert t.swarm(CID)[0].have == {0}
+
+
+def test_stopped_removes_the_peer_and_its_empty_swarm():
+    t = Tracker()
+    announce(t, 0, "a", event="started")
+    announce(t, 0, "b", event="started")
+    assert announce(t, 1, "a", event="stopped") == []
+    assert ids(t.swarm(CID)) == ["b"]
+    assert "a" not in ids(announce(t, 2, "c"))
+    announce(t, 3, "b", event="stopped")
+    announce(t, 3, "c", event="stopped")
+    assert t.contents() == []
+    assert announce(t, 4, "ghost", event="stopped") == []  # unknown peer: harmless
+    assert t.contents() == []
+
+
+def test_unknown_event_and_locality_are_refused():
+    with pytest.raises(ValueError, match="event"):
+        announce(Tracker(), 0, "p", event="paused")
+    with pytest.raises(ValueError, match="locality"):
+        Tracker(locality="nearby")  # type: ignore[arg-type]
+
+
+def test_expire_drops_silent_peers_and_empty_swarms():
+    t = Tracker(ttl=90)
+    announce(t, 0, "old", cid="1" * 64)
+    announce(t, 0, "old", cid="2" * 64)
+    announce(t, 50, "fresh", cid="2" * 64)
+    assert t.expire(90) == 0  # exactly ttl old: still in
+    assert t.expire(91) == 2
+    assert t.contents() == ["2" * 64]
+    assert ids(t.swarm("2" * 64)) == ["fresh"]
+    assert t.expire(200) == 1
+    assert t.contents() == []
+    assert t.peer_count() == 0
+
+
+def test_counts_and_listings():
+    t = Tracker()
+    announce(t, 0, "a", cid="1" * 64)
+    announce(t, 0, "a", cid="2" * 64)
+    announce(t, 0, "b", cid="2" * 64)
+    assert sorted(t.contents()) == ["1" * 64, "2" * 64]
+    assert t.peer_count() == 2  # a peer in two swarms is one peer
+    assert sorted(ids(t.swarm("2" * 64))) == ["a", "b"]
+    assert t.swarm("9" * 64) == []
+
+
+def test_upload_rate_is_derived_from_deltas():
+    t = Tracker()
+    announce(t, 0, "p", uploaded=0)
+    assert t.swarm(CID)[0].upload_rate == 0
+    announce(t, 10, "p", uploaded=10_000)
+    assert t.swarm(CID)[0].upload_rate == pytest.approx(1000)
+    announce(t, 20, "p", uploaded=30_000)  # 2000 B/s now: the average moves towards it
+    rate = t.swarm(CID)[0].upload_rate
+    assert 1000 < rate < 2000
+    announce(t, 20, "p", uploaded=40_000)  # no time elapsed: no sample, no division by zero
+    assert t.swarm(CID)[0].upload_rate == rate
+    announce(t, 30, "p", uploaded=500)  # restarted peer: counter went back, ignored
+    assert t.swarm(CID)[0].upload_rate == rate
+    announce(t, 40, "p", uploaded=500)  # idle since the restart: decays
+    assert t.swarm(CID)[0].upload_rate < rate
+
+
+def test_measured_rate_orders_equal_peers():
+    t = Tracker()
+    for pid, up in [("slow", 1_000), ("fast", 100_000)]:
+        announce(t, 0, pid, have=range(N))
+        announce(t, 10, pid, have=range(N), uploaded=up)
+    assert ids(announce(t, 11, "me")) == ["fast", "slow"]
+
+
+# ---- the address-claim rule -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "ok"),
+    [
+        ("http://10.0.0.5:7000", "10.0.0.5", True),
+        ("https://10.0.0.5", "10.0.0.5", True),
+        ("http://10.0.0.5:7000/piece", "10.0.0.5", True),
+        ("http://[2001:db8::5]:7000", "2001:db8::5", True),
+        ("http://[2001:DB8:0::5]:7000", "2001:db8::5", True),
+        ("http://10.0.0.5:7000", "::ffff:10.0.0.5", True),  # dual-stack socket
+        ("http://10.0.0.6:7000", "10.0.0.5", False),  # someone else's address
+        ("http://localhost:7000", "127.0.0.1", False),  # a name could resolve anywhere
+        ("http://peer.example:7000", "10.0.0.5", False),
+        ("http://10.0.0.5@10.0.0.6:7000", "10.0.0.5", False),
+        ("http://10.0.0.6@10.0.0.5:7000", "10.0.0.5", False),  # user info: clients disagree on the host
+        ("ftp://10.0.0.5", "10.0.0.5", False),
+        ("http://10.0.0.5:99999", "10.0.0.5", False),
+        ("http://10.0.0.5:7000", "not-an-ip", False),
+        ("not a url", "10.0.0.5", False),
+        ("", "10.0.0.5", False),
+    ],
+)
+def test_url_must_point_at_the_connecting_address(url, address, ok):
+    assert url_matches_address(url, address) is ok
