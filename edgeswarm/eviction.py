@@ -38,9 +38,9 @@ class EvictionPolicy:
         return len(self._entries)
 
     def _push(self, key: Hashable, entry: _Entry) -> None:
+        """A heap row at the entry's priority (set by add or hit: the age then, plus its hits)."""
         self._clock += 1
         entry.stamp = self._clock
-        entry.priority = self._age + entry.hits
         heapq.heappush(self._heap, (entry.priority, entry.stamp, key))
         if len(self._heap) > 4 * len(self._entries) + 1024:  # drop stale rows now and then
             self._heap = [(e.priority, e.stamp, k) for k, e in self._entries.items()]
@@ -50,17 +50,18 @@ class EvictionPolicy:
         """Record a newly stored item; return the items to delete to make room (never itself)."""
         if key in self._entries:
             self.remove(key)
-        entry = _Entry(size, hits, 0.0, 0)
+        entry = _Entry(size, hits, self._age + hits, 0)
         self._entries[key] = entry
         self.used += size
         self._push(key, entry)
         return self._victims(protect=key)
 
     def hit(self, key: Hashable) -> None:
+        """O(1): the heap row keeps the old (lower) priority and is corrected when it reaches the top."""
         entry = self._entries.get(key)
         if entry is not None:
             entry.hits += 1
-            self._push(key, entry)
+            entry.priority = self._age + entry.hits
 
     def remove(self, key: Hashable) -> None:
         entry = self._entries.pop(key, None)
@@ -75,6 +76,9 @@ class EvictionPolicy:
             entry = self._entries.get(key)
             if entry is None or entry.stamp != stamp:
                 continue  # stale row
+            if entry.priority > priority:  # hit since it was pushed: back in at its real priority
+                self._push(key, entry)
+                continue
             if key == protect:
                 spared.append((priority, stamp, key))
                 continue
