@@ -186,7 +186,7 @@ def parse_wrk(text: str) -> dict:
 
 
 def _wrk(url: str, duration: int, connections: int, extra: list[str]) -> dict:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", *extra, url]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "60s", *extra, url]  # whole 64 MiB GETs take seconds
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if proc.returncode != 0:
         raise BenchError(f"wrk failed: {proc.stderr.strip()[-500:]}")

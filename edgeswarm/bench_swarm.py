@@ -82,6 +82,7 @@ async def _flash_crowd(console: Console, group: ProcessGroup, root: Path, n: int
             for i in range(n)
         ]
     done: dict[int, float] = {}
+    timeline: list[tuple[float, int]] = []  # (seconds, pieces held by all peers together)
     async with aiohttp.ClientSession() as http:
         started = time.monotonic()
         for node in nodes:
@@ -98,6 +99,8 @@ async def _flash_crowd(console: Console, group: ProcessGroup, root: Path, n: int
                 for i, st in enumerate(sts):
                     if i not in done and st["swarms"] and st["swarms"][0]["complete"]:
                         done[i] = now
+                held = sum(st["swarms"][0]["held"] for st in sts if st["swarms"])
+                timeline.append((round(now, 2), held))
                 status.update(f"{len(done)}/{n} peers complete after {now:.1f} s (bound {bound:.1f} s)")
                 await asyncio.sleep(0.25)
         sts = await asyncio.gather(*(_status(http, node.urls["gateway"]) for node in nodes))
@@ -116,6 +119,7 @@ async def _flash_crowd(console: Console, group: ProcessGroup, root: Path, n: int
         "median_complete_s": round(sorted(done.values())[n // 2], 2),
         "p2p_share": round(from_peers / total, 4) if total else None,
         "edge_sent_bytes": edge_status["bytes_sent"].get("node", 0) + edge_status["bytes_sent"].get("client", 0),
+        "timeline": timeline,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }

@@ -33,6 +33,7 @@ EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensi
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
+TAIL = 4  # missing pieces at which the edge may take any of them
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
 
 
@@ -156,7 +157,11 @@ class Swarm:
         picks = 0
         while not self._closed:
             now = time.monotonic()
-            fallback = not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
+            fallback = (
+                not self.neighbours
+                or now - self.last_peer_delivery > FALLBACK_AFTER
+                or len(self.picker.missing()) <= TAIL  # the tail: the edge races choked or slow peers for the last pieces
+            )
             index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
             if index is None:
                 await self._wait_change(0.5)
