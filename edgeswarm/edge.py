@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from edgeswarm import originkey
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import PEER_HEADER, HttpError
@@ -33,7 +34,7 @@ from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import CorruptPiece, PieceStore
 from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import serve_file, write_throttled
-from edgeswarm.signing import KeyFileError, load_public_key, public_pem
+from edgeswarm.signing import public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.upstream import Upstream, UpstreamError
 
@@ -98,34 +99,9 @@ class Edge:
 
     # -- start-up: learn and pin the origin key ---------------------------------
     async def open_store(self) -> None:
-        pinned = self.cache / "origin.pub"
-        if self.origin_key is not None:
-            pem = self.origin_key.read_bytes()
-        elif pinned.exists():
-            pem = pinned.read_bytes()
-        else:
-            pem = await self._learn_key()
-        key = load_public_key(pem, str(self.origin_key or pinned))
-        self.cache.mkdir(parents=True, exist_ok=True)
-        if not pinned.exists() or pinned.read_bytes() != public_pem(key):
-            pinned.write_bytes(public_pem(key))
+        key = await originkey.pin(self.cache, self.origin_key, self.upstream, [self.parent])
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
         self._opened.set()
-
-    async def _learn_key(self) -> bytes:
-        delay = 0.5
-        while True:
-            try:
-                reply = await self.upstream.get(self.parent, "/origin-key")
-                if reply.status == 200:
-                    load_public_key(reply.body, f"{self.parent}/origin-key")
-                    log.info("pinned the origin key served by %s", self.parent)
-                    return reply.body
-                log.warning("parent %s answered %d for /origin-key; retrying", self.parent, reply.status)
-            except (UpstreamError, KeyFileError) as exc:
-                log.warning("cannot learn the origin key yet: %s; retrying", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
 
     async def _store(self) -> PieceStore:
         """The piece store; requests that arrive before the origin key is known wait for it a while."""

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from edgeswarm import bitfield
+from edgeswarm import bitfield, originkey
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import json_response, make_app, serve_many
 from edgeswarm.httpspec import PEER_HEADER, HttpError
@@ -37,7 +37,6 @@ from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import PieceStore
 from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import serve_file, write_throttled
-from edgeswarm.signing import KeyFileError, load_public_key, public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, Swarm
 from edgeswarm.upstream import Upstream, UpstreamError
@@ -113,33 +112,9 @@ class Peer:
 
     # -- start-up ----------------------------------------------------------------------
     async def open_store(self) -> None:
-        pinned = self.cache / "origin.pub"
-        if self.origin_key is not None:
-            pem = self.origin_key.read_bytes()
-        elif pinned.exists():
-            pem = pinned.read_bytes()
-        else:
-            pem = await self._learn_key()
-        key = load_public_key(pem, str(self.origin_key or pinned))
-        if not pinned.exists() or pinned.read_bytes() != public_pem(key):
-            pinned.write_bytes(public_pem(key))
+        key = await originkey.pin(self.cache, self.origin_key, self.upstream, self.edges)
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
         self._opened.set()
-
-    async def _learn_key(self) -> bytes:
-        delay = 0.5
-        while True:
-            for edge in self.edges:
-                try:
-                    reply = await self.upstream.get(edge, "/origin-key")
-                    if reply.status == 200:
-                        load_public_key(reply.body, f"{edge}/origin-key")
-                        log.info("pinned the origin key served by %s", edge)
-                        return reply.body
-                except (UpstreamError, KeyFileError) as exc:
-                    log.warning("cannot learn the origin key from %s yet: %s", edge, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
 
     async def _store(self) -> PieceStore:
         if self.store is None:
