@@ -40,7 +40,7 @@ examples (p2pd scenarios 4 and 5, client contribution):
   edgeswarm peer --cache ~/.cache/edgeswarm --edge http://edge.example:8080
   mpv http://127.0.0.1:1111/films/a.mp4        # streams while it downloads
   edgeswarm peer --cache /tmp/p1 --edge http://e1:8080 --edge http://e2:8080 \\
-      --listen 192.0.2.7:6881 --upload-limit 2MB/s --upload-slots 4
+      --listen 192.0.2.7:6881 --upload-limit 2MB/s --upload-slots 6
 """
 
 
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="local HTTP gateway for players (default 127.0.0.1:1111)",
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
-    p.add_argument("--upload-slots", type=_count, default=4, metavar="N", help="peers served at once (default 4)")
+    p.add_argument("--upload-slots", type=_count, default=6, metavar="N", help="peers served at once (default 6)")
     p.add_argument("--max-cache", type=_size, metavar="SIZE", help="cache quota (default: no limit)")
     p.add_argument("--origin-key", type=Path, metavar="FILE", help="origin public key to pin (default: learned from the edge)")
     p.add_argument(

@@ -74,7 +74,7 @@ class Peer:
         cache: Path,
         edges: list[str],
         upload_limit: float | None = None,
-        upload_slots: int = 4,
+        upload_slots: int = 6,
         origin_key: Path | None = None,
         timeout: float = 10.0,
         bind: str | None = None,
