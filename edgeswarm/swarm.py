@@ -172,7 +172,8 @@ class Swarm:
                 await self._wait_change(1.0)
                 continue
             try:
-                await self._transfer(f"edge#{slot}", edge, index)
+                if await self._transfer(f"edge#{slot}", edge, index) == "gone":
+                    await asyncio.sleep(1)  # the content left the store: do not spin
             except Exception:  # a bug must not silently stop the only edge worker
                 log.exception("edge worker failed on piece %d of %s", index, self.signed.manifest.path)
                 await asyncio.sleep(1)
