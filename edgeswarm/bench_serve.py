@@ -36,6 +36,7 @@ from edgeswarm.process import ProcessGroup
 MiB = 1024 * 1024
 ROUNDS = 3  # per case and server; a smoke run (duration < 3 s) does one
 TARGET = 0.5  # edge / nginx on 1 MiB ranges
+STEAL_WARN = 10.0  # % of CPU time taken by the hypervisor during a run, above which figures are flagged as noisy
 FILE = "/file.bin"
 RANGES, WHOLE = "1 MiB ranges", "whole file"
 RANGE_SCRIPT = """\
@@ -149,6 +150,7 @@ def _measure(console: Console, root: Path, size: int, duration: int, connections
         "rounds": rounds,
         "cases": cases,
         "target": {"ratio": TARGET, "case": RANGES, "met": ratio is not None and not cases[RANGES]["failed"] and ratio >= TARGET},
+        "steal_pct_max": _max_steal(cases),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -252,7 +254,9 @@ def _case(console: Console, case: str, servers: dict[str, str], rounds: int, loa
     for n in range(rounds):
         for name, url in servers.items():
             with console.status(f"{case}: {name}, round {n + 1} of {rounds} (wrk {' '.join(load)})"):
-                runs[name].append(_wrk(["wrk", *load, "--latency", "--timeout", "60s", url], timeout))  # a whole 64 MiB GET takes seconds
+                before = _cpu_ticks()
+                one = _wrk(["wrk", *load, "--latency", "--timeout", "60s", url], timeout)  # a whole 64 MiB GET takes seconds
+                runs[name].append({**one, "steal_pct": _steal_pct(before, _cpu_ticks())})
     figures = {name: _median(r) for name, r in runs.items()}
     edge, nginx = figures["edge"]["Bps"], figures["nginx"]["Bps"]
     return {
@@ -260,6 +264,27 @@ def _case(console: Console, case: str, servers: dict[str, str], rounds: int, loa
         "ratio": round(edge / nginx, 3) if nginx else None,
         "failed": any(f["failures"] for f in figures.values()) or not edge or not nginx,
     }
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) CPU ticks from /proc/stat; None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def _steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """CPU time the hypervisor gave to other guests during a run: on a shared VM it swings figures by 2-10x."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
+def _max_steal(cases: dict[str, dict]) -> float | None:
+    steals = [s for f in cases.values() for name in ("edge", "nginx") for s in f[name]["rounds_steal_pct"] if s is not None]
+    return max(steals, default=None)
 
 
 def _wrk(cmd: list[str], timeout: float) -> dict:
@@ -299,7 +324,12 @@ def parse_wrk(text: str) -> dict:
 def _median(runs: list[dict]) -> dict:
     """The median round by throughput, whole (its req/s and latencies belong with its bytes/s)."""
     middle = sorted(runs, key=lambda r: r["Bps"])[len(runs) // 2]
-    return {**middle, "failures": sum(r["failures"] for r in runs), "rounds_Bps": [round(r["Bps"]) for r in runs]}
+    return {
+        **middle,
+        "failures": sum(r["failures"] for r in runs),
+        "rounds_Bps": [round(r["Bps"]) for r in runs],
+        "rounds_steal_pct": [r["steal_pct"] for r in runs],
+    }
 
 
 def _version(cmd: list[str]) -> str:
@@ -312,7 +342,7 @@ def _version(cmd: list[str]) -> str:
 
 
 def _report(console: Console, r: dict) -> None:
-    title = f"warm edge vs nginx: {r['size'] / MiB:g} MiB file, wrk -t1 -c{r['connections']} -d{r['duration_s']}s, "
+    title = f"{r['size'] / MiB:g} MiB file, wrk -t1 -c{r['connections']} -d{r['duration_s']}s, "
     table = Table(title=title + (f"median of {r['rounds']} rounds" if r["rounds"] > 1 else "one round"))
     table.add_column("case", no_wrap=True)
     for col in ("edge\nMB/s", "nginx\nMB/s", "edge /\nnginx", "edge\nreq/s", "nginx\nreq/s", "failed\nrequests"):
@@ -335,3 +365,8 @@ def _report(console: Console, r: dict) -> None:
     why = " - requests failed, so no verdict" if ranges["failed"] else ""
     ratio = f"{ranges['ratio']:.2f}" if ranges["ratio"] is not None else "-"
     console.print(f"target edge ≥ {TARGET} × nginx on 1 MiB ranges: {verdict} (ratio {ratio}){why}")
+    if r["steal_pct_max"] is not None and r["steal_pct_max"] >= STEAL_WARN:
+        console.print(
+            f"[yellow]note:[/yellow] the hypervisor took up to {r['steal_pct_max']:.0f} % of CPU time during a run (steal); "
+            "absolute figures are noisy, compare ratios, or rerun on a quieter machine"
+        )

@@ -69,6 +69,7 @@ def test_bench_serve_smoke(tmp_path: Path):
         assert case["edge"]["failures"] == 0 and case["nginx"]["failures"] == 0
         assert case["ratio"] == pytest.approx(case["edge"]["Bps"] / case["nginx"]["Bps"], abs=1e-3)
     assert figures["size"] == 4 * 1024 * 1024 and figures["connections"] == 2 and figures["cpus"] >= 1
+    assert figures["steal_pct_max"] is None or 0 <= figures["steal_pct_max"] <= 100
     assert "target edge" in proc.stdout
     assert _pids("edgeswarm-bench-serve-") == set(), "origin, edge or nginx master left running"  # all name the workdir
     assert _pids("^nginx: ") <= nginx_before, "an nginx worker left running"
