@@ -10,6 +10,7 @@ import functools
 import mimetypes
 import re
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 
 _EXTRA_TYPES = {
@@ -22,7 +23,7 @@ _EXTRA_TYPES = {
     ".flac": "audio/flac",
     ".opus": "audio/ogg",
 }
-_SPEC = re.compile(r"^(\d*)-(\d*)$")
+_SPEC = re.compile(r"^([0-9]{0,19})-([0-9]{0,19})$")  # ASCII digits; longer numbers are malformed, not a 500
 
 
 class HttpError(Exception):
@@ -100,9 +101,17 @@ def _etags(value: str) -> list[tuple[bool, str]]:
     return tags
 
 
+def _http_timestamp(value: str) -> int:
+    """HTTP dates are GMT (RFC 9110), including the asctime form that parses without a zone."""
+    dt = parsedate_to_datetime(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
 def _same_date(value: str, modified: int) -> bool:
     try:
-        return int(parsedate_to_datetime(value).timestamp()) == modified
+        return _http_timestamp(value) == modified
     except (TypeError, ValueError, IndexError, OverflowError):
         return False
 
@@ -121,7 +130,7 @@ def not_modified(headers, v: Validators) -> bool:
     ims = headers.get("If-Modified-Since")
     if ims is not None:
         try:
-            return v.modified <= int(parsedate_to_datetime(ims).timestamp())
+            return v.modified <= _http_timestamp(ims)
         except (TypeError, ValueError, IndexError, OverflowError):
             return False
     return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,9 @@ from edgeswarm.signing import verify
 MIN_PIECE = 256 * 1024
 MAX_PIECES = 2048
 FORMAT = 1
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ValueError):
@@ -103,9 +107,10 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: object) -> Manifest:
-        """Validate a decoded manifest; anything off raises ManifestError."""
+        """Validate a decoded manifest; anything off raises ManifestError (real checks, not asserts: -O must not skip them)."""
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ManifestError("malformed manifest: not a manifest of this format")
         try:
-            assert isinstance(d, dict) and d.get("format") == FORMAT
             m = cls(
                 path=d["path"],
                 size=d["size"],
@@ -114,13 +119,24 @@ class Manifest:
                 pieces=tuple(d["pieces"]),
                 modified=d["modified"],
             )
-            assert isinstance(m.path, str) and isinstance(m.content_type, str)
-            assert all(isinstance(v, int) and v >= 0 for v in (m.size, m.modified, m.piece_size))
-            assert m.piece_size >= MIN_PIECE and m.piece_size & (m.piece_size - 1) == 0
-            assert len(m.pieces) == -(-m.size // m.piece_size)
-            assert all(isinstance(p, str) and len(p) == 64 for p in m.pieces)
-        except (AssertionError, KeyError, TypeError) as exc:
-            raise ManifestError(f"malformed manifest ({exc.__class__.__name__} {exc})") from exc
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"malformed manifest: missing or bad field {exc}") from exc
+        checks = [
+            (lambda: isinstance(m.path, str) and isinstance(m.content_type, str), "path and content_type must be strings"),
+            (
+                lambda: all(type(v) is int and v >= 0 for v in (m.size, m.modified, m.piece_size)),
+                "size, modified, piece_size must be integers ≥ 0",
+            ),
+            (lambda: m.piece_size >= MIN_PIECE and m.piece_size & (m.piece_size - 1) == 0, "piece_size must be a power of two ≥ 256 KiB"),
+            (lambda: len(m.pieces) == -(-m.size // max(m.piece_size, 1)), "piece count does not match size"),
+            (
+                lambda: all(isinstance(p, str) and len(p) == 64 and _HEX.fullmatch(p) for p in m.pieces),
+                "piece hashes must be 64 hex digits",
+            ),
+        ]
+        for ok, why in checks:  # in order: later checks assume the earlier ones passed
+            if not ok():
+                raise ManifestError(f"malformed manifest: {why}")
         return m
 
 

@@ -8,6 +8,7 @@ plain integers so that nothing else in the code deals with strings.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
@@ -24,7 +25,7 @@ def parse_size(text: str) -> int:
         raise UnitError(f"cannot read size {text!r}: expected a number with an optional unit such as 512MiB or 10GB")
     number, prefix, binary, _ = m.groups()
     base = 1024 if binary else 1000
-    return int(float(number) * base ** _POWERS[prefix.lower()])
+    return int(Decimal(number) * base ** _POWERS[prefix.lower()])  # exact: floats lose bytes
 
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(B|bytes?|b|bits?)(?:/s|ps)\s*$")
@@ -40,14 +41,14 @@ def parse_rate(text: str) -> int:
     if not m:
         raise UnitError(f"cannot read rate {text!r}: expected something like 2MB/s, 500KB/s or 20Mbit/s")
     number, prefix, binary, unit = m.groups()
-    value = float(number) * (1024 if binary else 1000) ** _POWERS[prefix.lower()]
+    value = Decimal(number) * (1024 if binary else 1000) ** _POWERS[prefix.lower()]
     return int(value if unit.startswith("B") or unit.startswith("byte") else value / 8)
 
 
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``[::1]:PORT``; port 0 asks the kernel for a free one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
         raise UnitError(f"cannot read listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     host = host.strip("[]") or default_host
     return host, int(port)
