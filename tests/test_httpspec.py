@@ -1,0 +1,332 @@
+"""edgeswarm.httpspec: RFC 9110 ranges and conditionals, as pure functions."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from edgeswarm.httpspec import HttpError, Validators, content_type, http_date, not_modified, parse_range, range_applies
+
+# RFC 9110 5.6.7: the same instant in the three formats a recipient must accept.
+RFC_INSTANT = calendar.timegm((1994, 11, 6, 8, 49, 37))
+IMF_FIXDATE = "Sun, 06 Nov 1994 08:49:37 GMT"
+RFC850_DATE = "Sunday, 06-Nov-94 08:49:37 GMT"
+ASCTIME_DATE = "Sun Nov  6 08:49:37 1994"
+
+ETAG = '"' + "ab" * 32 + '"'
+V = Validators(ETAG, RFC_INSTANT)
+
+
+def range_error(header: str, size: int) -> HttpError:
+    with pytest.raises(HttpError) as err:
+        parse_range(header, size)
+    return err.value
+
+
+# -- parse_range: what is served ----------------------------------------------
+
+
+def test_no_range_header_means_the_whole_file():
+    assert parse_range(None, 100) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "span"),
+    [
+        ("bytes=0-9", (0, 9)),
+        ("bytes=0-0", (0, 0)),
+        ("bytes=99-99", (99, 99)),
+        ("bytes=0-99", (0, 99)),
+        ("bytes=10-", (10, 99)),
+        ("bytes=99-", (99, 99)),
+        ("bytes=90-500", (90, 99)),  # last clamped to the file
+        ("bytes=-10", (90, 99)),  # suffix: the last 10 bytes
+        ("bytes=-1", (99, 99)),
+        ("bytes=-100", (0, 99)),
+        ("bytes=-1000", (0, 99)),  # a suffix longer than the file is the whole file
+        ("BYTES=0-9", (0, 9)),  # the unit is case-insensitive
+        ("Bytes=0-9", (0, 9)),
+        ("  bytes=0-9  ", (0, 9)),
+        ("bytes = 0-9", (0, 9)),
+        ("bytes= 5-6 ", (5, 6)),
+        ("bytes=0-9,", (0, 9)),  # empty list elements are allowed and ignored
+        ("bytes=, 0-9 ,", (0, 9)),
+    ],
+)
+def test_parse_range_satisfiable(header, span):
+    assert parse_range(header, 100) == span
+
+
+@pytest.mark.parametrize("header", ["items=0-9", "none=0-1", "pages=1-2,4-5", "x=garbage"])
+def test_parse_range_ignores_other_units(header):
+    """RFC 9110 14.2: a Range with an unknown unit is ignored; the whole file is served."""
+    assert parse_range(header, 100) is None
+
+
+# -- parse_range: what is refused ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "bytes",
+        "0-9",
+        "bytes 0-9",
+        "bytes=",
+        "bytes=,",
+        "bytes= , ,",
+        "bytes=-",
+        "bytes=5",
+        "bytes=a-b",
+        "bytes=0x1-2",
+        "bytes=+1-2",
+        "bytes=1-+2",
+        "bytes=-5-",
+        "bytes=1-2-3",
+        "bytes=1.5-2",
+        "bytes=1 - 2",
+        "bytes=--5",
+        "bytes=9-3",  # last before first
+        "bytes=1-0",
+    ],
+)
+def test_parse_range_malformed_is_400(header):
+    err = range_error(header, 100)
+    assert err.status == 400
+    assert "Content-Range" not in err.headers
+
+
+def test_parse_range_last_before_first_says_so():
+    assert "last byte before first" in range_error("bytes=9-3", 100).message
+
+
+def test_parse_range_error_message_does_not_echo_a_huge_header():
+    for header in ["x" * 10_000, "bytes=" + "y" * 10_000]:
+        assert len(range_error(header, 100).message) < 200
+
+
+@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "bytes=0-1, 0-1", "bytes=-5,0-", "bytes=0-0,1-1,2-2"])
+def test_parse_range_several_ranges_is_416(header):
+    """No multipart/byteranges: refuse rather than silently send the whole file."""
+    err = range_error(header, 100)
+    assert err.status == 416
+    assert err.headers == {"Content-Range": "bytes */100"}
+    assert "single" in err.message
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        ("bytes=100-", 100),
+        ("bytes=100-200", 100),
+        ("bytes=5000-", 100),
+        ("bytes=-0", 100),  # an empty suffix selects nothing
+        ("bytes=0-", 0),  # nothing can be selected from an empty file
+        ("bytes=0-0", 0),
+        ("bytes=-1", 0),
+    ],
+)
+def test_parse_range_unsatisfiable_is_416_with_the_size(header, size):
+    err = range_error(header, size)
+    assert err.status == 416
+    assert err.headers == {"Content-Range": f"bytes */{size}"}
+    assert f"({size} bytes)" in err.message
+
+
+@pytest.mark.parametrize("header", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000])
+def test_parse_range_absurdly_long_numbers_are_an_http_error(header):
+    with pytest.raises(HttpError):
+        parse_range(header, 100)
+
+
+# -- parse_range: properties ---------------------------------------------------
+
+
+@given(st.integers(0, 10**15), st.text(max_size=40))
+def test_parse_range_any_header_gives_a_span_inside_the_file_or_an_http_error(size, header):
+    try:
+        span = parse_range("bytes=" + header, size)
+    except HttpError as exc:
+        assert exc.status in (400, 416)
+        if exc.status == 416:
+            assert exc.headers["Content-Range"] == f"bytes */{size}"
+        return
+    assert span is not None  # the unit was bytes, so it was not ignored
+    first, last = span
+    assert 0 <= first <= last < size
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**12), st.integers(0, 10**12))
+def test_parse_range_first_last_matches_rfc_9110(size, first, last):
+    header = f"bytes={first}-{last}"
+    if last < first:
+        assert range_error(header, size).status == 400
+    elif first >= size:
+        assert range_error(header, size).status == 416
+    else:
+        assert parse_range(header, size) == (first, min(last, size - 1))
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**12))
+def test_parse_range_open_and_suffix_match_rfc_9110(size, n):
+    if n >= size:
+        assert range_error(f"bytes={n}-", size).status == 416
+    else:
+        assert parse_range(f"bytes={n}-", size) == (n, size - 1)
+    if n == 0 or size == 0:
+        assert range_error(f"bytes=-{n}", size).status == 416
+    else:
+        first, last = parse_range(f"bytes=-{n}", size)
+        assert last == size - 1 and last - first + 1 == min(n, size)
+
+
+# -- HttpError ------------------------------------------------------------------
+
+
+def test_http_error_carries_status_message_and_its_own_headers():
+    a, b = HttpError(404, "no such file"), HttpError(400, "bad")
+    assert (a.status, a.message, str(a)) == (404, "no such file", "no such file")
+    a.headers["X"] = "1"
+    assert b.headers == {}
+
+
+# -- content_type and http_date ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "ctype"),
+    [
+        ("films/a.mkv", "video/x-matroska"),
+        ("A.MKV", "video/x-matroska"),
+        ("a.webm", "video/webm"),
+        ("seg/1.m4s", "video/iso.segment"),
+        ("live/0001.ts", "video/mp2t"),
+        ("live/index.m3u8", "application/vnd.apple.mpegurl"),
+        ("dash/manifest.mpd", "application/dash+xml"),
+        ("a.flac", "audio/flac"),
+        ("a.opus", "audio/ogg"),
+        ("a.mp4", "video/mp4"),
+        ("page.html", "text/html"),
+        ("notes.txt", "text/plain"),
+        ("blob", "application/octet-stream"),
+        ("a.unknownext", "application/octet-stream"),
+        ("a.mts.bin", "application/octet-stream"),
+    ],
+)
+def test_content_type(path, ctype):
+    assert content_type(path) == ctype
+
+
+@pytest.mark.parametrize(
+    ("ts", "text"), [(0, "Thu, 01 Jan 1970 00:00:00 GMT"), (RFC_INSTANT, IMF_FIXDATE), (RFC_INSTANT + 0.9, IMF_FIXDATE)]
+)
+def test_http_date_is_imf_fixdate_in_gmt(ts, text):
+    assert http_date(ts) == text
+
+
+# -- not_modified (If-None-Match / If-Modified-Since) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, False),
+        ({"If-None-Match": ETAG}, True),
+        ({"If-None-Match": "W/" + ETAG}, True),  # weak comparison
+        ({"If-None-Match": f'"other", {ETAG}'}, True),
+        ({"If-None-Match": f' "other" ,W/{ETAG} '}, True),
+        ({"If-None-Match": "*"}, True),
+        ({"If-None-Match": " * "}, True),
+        ({"If-None-Match": '"other"'}, False),
+        ({"If-None-Match": ETAG.strip('"')}, False),  # unquoted is a different tag
+        ({"If-None-Match": ""}, False),
+        ({"If-Modified-Since": IMF_FIXDATE}, True),
+        ({"If-Modified-Since": RFC850_DATE}, True),
+        ({"If-Modified-Since": http_date(RFC_INSTANT + 3600)}, True),
+        ({"If-Modified-Since": http_date(RFC_INSTANT - 1)}, False),
+        ({"If-Modified-Since": "yesterday"}, False),
+        ({"If-Modified-Since": ""}, False),
+        # If-None-Match wins over If-Modified-Since (RFC 9110 13.1.3), in both directions
+        ({"If-None-Match": '"other"', "If-Modified-Since": IMF_FIXDATE}, False),
+        ({"If-None-Match": ETAG, "If-Modified-Since": http_date(RFC_INSTANT - 1)}, True),
+    ],
+)
+def test_not_modified(headers, expected):
+    assert not_modified(headers, V) is expected
+
+
+def test_not_modified_reads_case_insensitive_request_headers():
+    assert not_modified(CIMultiDict({"if-none-match": ETAG}), V) is True
+    assert not_modified(CIMultiDict({"if-modified-since": http_date(RFC_INSTANT - 1)}), V) is False
+
+
+# -- range_applies (If-Range) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, True),
+        ({"If-Range": ETAG}, True),
+        ({"If-Range": f" {ETAG} "}, True),
+        ({"If-Range": "W/" + ETAG}, False),  # If-Range needs a strong match
+        ({"If-Range": '"other"'}, False),
+        ({"If-Range": IMF_FIXDATE}, True),
+        ({"If-Range": RFC850_DATE}, True),
+        ({"If-Range": http_date(RFC_INSTANT + 1)}, False),  # a date must match exactly, not be later
+        ({"If-Range": http_date(RFC_INSTANT - 1)}, False),
+        ({"If-Range": "not a date"}, False),
+        ({"If-Range": ""}, False),
+    ],
+)
+def test_range_applies(headers, expected):
+    assert range_applies(headers, V) is expected
+
+
+def test_range_applies_reads_case_insensitive_request_headers():
+    assert range_applies(CIMultiDict({"if-range": ETAG}), V) is True
+    assert range_applies(CIMultiDict({"if-range": '"stale"'}), V) is False
+
+
+@pytest.fixture
+def utc():
+    """Run with the process's local time zone set to UTC (and restore it after)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    mp.undo()
+    time.tzset()
+
+
+@pytest.fixture
+def new_york():
+    """A server whose local time zone is five hours behind GMT (POSIX TZ, needs no tzdata)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TZ", "EST5")
+    time.tzset()
+    yield
+    mp.undo()
+    time.tzset()
+
+
+def test_asctime_dates_are_read_as_gmt_on_a_utc_server(utc):
+    assert range_applies({"If-Range": ASCTIME_DATE}, V) is True
+    assert not_modified({"If-Modified-Since": ASCTIME_DATE}, V) is True
+
+
+def test_zoned_dates_do_not_depend_on_the_server_time_zone(new_york):
+    assert range_applies({"If-Range": IMF_FIXDATE}, V) is True
+    assert not_modified({"If-Modified-Since": http_date(RFC_INSTANT - 1)}, V) is False
+
+
+def test_asctime_dates_are_read_as_gmt_whatever_the_server_time_zone(new_york):
+    assert range_applies({"If-Range": ASCTIME_DATE}, V) is True
+    modified_an_hour_later = Validators(ETAG, RFC_INSTANT + 3600)
+    assert not_modified({"If-Modified-Since": ASCTIME_DATE}, modified_an_hour_later) is False

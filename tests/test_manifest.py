@@ -1,0 +1,457 @@
+"""edgeswarm.manifest and edgeswarm.signing: content ids, signatures, piece geometry, key files."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeswarm.manifest import (
+    FORMAT,
+    MAX_PIECES,
+    MIN_PIECE,
+    Manifest,
+    ManifestError,
+    SignedManifest,
+    hash_pieces,
+    is_content_id,
+    piece_size_for,
+)
+from edgeswarm.signing import KeyFileError, load_or_create_private_key, load_public_key, public_pem, verify
+
+KEY = Ed25519PrivateKey.generate()
+OTHER_KEY = Ed25519PrivateKey.generate()
+
+
+def make_manifest(**kw) -> Manifest:
+    fields = {
+        "path": "films/café.mkv",
+        "size": MIN_PIECE + 1,
+        "content_type": "video/x-matroska",
+        "piece_size": MIN_PIECE,
+        "pieces": ("0" * 64, "f" * 64),
+        "modified": 1700000000,
+    }
+    return Manifest(**(fields | kw))
+
+
+def manifest_of(data: bytes, piece_size: int = MIN_PIECE, **kw) -> Manifest:
+    pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
+    return make_manifest(size=len(data), piece_size=piece_size, pieces=pieces, **kw)
+
+
+# -- piece geometry ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "piece"),
+    [
+        (0, MIN_PIECE),
+        (1, MIN_PIECE),
+        (MIN_PIECE * MAX_PIECES, MIN_PIECE),
+        (MIN_PIECE * MAX_PIECES + 1, 2 * MIN_PIECE),
+        (2**30, 2**19),  # 1 GiB: 512 KiB pieces
+        (4 * 2**30, 2**21),
+        (50 * 10**9, 2**25),
+    ],
+)
+def test_piece_size_for(size, piece):
+    assert piece_size_for(size) == piece
+
+
+@given(st.integers(0, 2**46))
+def test_piece_size_for_is_the_smallest_power_of_two_that_fits(size):
+    p = piece_size_for(size)
+    assert p >= MIN_PIECE and p & (p - 1) == 0
+    assert -(-size // p) <= MAX_PIECES
+    assert p == MIN_PIECE or -(-size // (p // 2)) > MAX_PIECES
+
+
+@given(st.integers(0, 2**40), st.integers(0, 2**40))
+def test_piece_size_for_never_shrinks_for_a_bigger_file(a, b):
+    assert piece_size_for(min(a, b)) <= piece_size_for(max(a, b))
+
+
+def test_piece_span_and_count():
+    m = make_manifest(size=2 * MIN_PIECE + 10, pieces=("0" * 64,) * 3)
+    assert m.piece_count == 3
+    assert m.piece_span(0) == (0, MIN_PIECE)
+    assert m.piece_span(1) == (MIN_PIECE, MIN_PIECE)
+    assert m.piece_span(2) == (2 * MIN_PIECE, 10)  # the last piece is short
+    exact = make_manifest(size=2 * MIN_PIECE, pieces=("0" * 64,) * 2)
+    assert exact.piece_span(1) == (MIN_PIECE, MIN_PIECE)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "indices"),
+    [
+        (0, 0, [0]),
+        (0, MIN_PIECE - 1, [0]),
+        (0, MIN_PIECE, [0, 1]),
+        (MIN_PIECE - 1, MIN_PIECE, [0, 1]),
+        (MIN_PIECE, 2 * MIN_PIECE + 9, [1, 2]),
+        (2 * MIN_PIECE + 9, 2 * MIN_PIECE + 9, [2]),
+    ],
+)
+def test_pieces_for_a_byte_range(first, last, indices):
+    m = make_manifest(size=2 * MIN_PIECE + 10, pieces=("0" * 64,) * 3)
+    assert list(m.pieces_for(first, last)) == indices
+
+
+def test_check_piece():
+    data = os.urandom(MIN_PIECE + 100)
+    m = manifest_of(data)
+    first, tail = data[:MIN_PIECE], data[MIN_PIECE:]
+    assert m.check_piece(0, first) and m.check_piece(1, tail)
+    assert not m.check_piece(1, first)  # another piece's bytes
+    assert not m.check_piece(0, first[:-1] + bytes([first[-1] ^ 1]))  # one bit flipped
+    assert not m.check_piece(1, tail + b"\0")  # right prefix, wrong length
+    assert not m.check_piece(0, b"")
+    assert not m.check_piece(2, tail)  # out of range
+    assert not m.check_piece(-1, tail)  # negative indices do not wrap around...
+    whole = os.urandom(2 * MIN_PIECE)
+    assert not manifest_of(whole).check_piece(-1, whole[MIN_PIECE:])  # ...even when the last piece is full-size
+
+
+def test_hash_pieces(tmp_path):
+    data = os.urandom(2500)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert hash_pieces(path, 1000) == tuple(hashlib.sha256(data[i : i + 1000]).hexdigest() for i in (0, 1000, 2000))
+    path.write_bytes(b"")
+    assert hash_pieces(path, 1000) == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("0" * 64, True),
+        ("0123456789abcdef" * 4, True),
+        ("A" * 64, False),
+        ("0" * 63, False),
+        ("0" * 65, False),
+        ("g" * 64, False),
+        ("", False),
+    ],
+)
+def test_is_content_id(text, ok):
+    assert is_content_id(text) is ok
+
+
+# -- canonical form and content id ------------------------------------------------------
+
+
+def test_canonical_form_is_pinned():
+    """Content ids are ETags and cache keys on every node: the canonical bytes must not drift."""
+    m = make_manifest()
+    assert m.canonical() == (
+        b'{"content_type":"video/x-matroska","format":1,"modified":1700000000,"path":"films/caf\xc3\xa9.mkv",'
+        b'"piece_size":262144,"pieces":["' + b"0" * 64 + b'","' + b"f" * 64 + b'"],"size":262145}'
+    )
+    assert m.content_id == "9447fd333ad7016a20c1d1c79a64e0711f60b8e89c565b2358ce5aaa5e7e7814"
+    assert m.content_id == hashlib.sha256(m.canonical()).hexdigest()
+    assert is_content_id(m.content_id)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"path": "films/cafe.mkv"},
+        {"size": MIN_PIECE + 2},
+        {"content_type": "video/webm"},
+        {"piece_size": 2 * MIN_PIECE, "pieces": ("0" * 64,)},
+        {"pieces": ("0" * 64, "e" * 64)},
+        {"pieces": ("f" * 64, "0" * 64)},  # order matters
+        {"modified": 1700000001},
+    ],
+)
+def test_every_field_changes_the_content_id(change):
+    assert make_manifest(**change).content_id != make_manifest().content_id
+
+
+def test_from_dict_round_trip_keeps_the_id_whatever_the_wire_form():
+    m = make_manifest()
+    d = json.loads(json.dumps(m.to_dict(), indent=3, ensure_ascii=True))  # other spacing and escaping
+    d = dict(reversed(list(d.items())))  # other key order
+    again = Manifest.from_dict(d)
+    assert again == m and again.content_id == m.content_id
+
+
+def test_from_dict_ignores_unknown_fields():
+    d = make_manifest().to_dict() | {"comment": "not part of the signed form"}
+    assert Manifest.from_dict(d).content_id == make_manifest().content_id
+
+
+def test_empty_file_manifest_is_valid():
+    m = Manifest.from_dict(make_manifest(size=0, pieces=()).to_dict())
+    assert m.piece_count == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"format": 2},
+        {"format": None},
+        {"format": "1"},
+        {"path": None},
+        {"path": 7},
+        {"content_type": b"video/mp4"},
+        {"size": -1},
+        {"size": "262145"},
+        {"size": 262145.0},
+        {"modified": -1},
+        {"modified": 1.5},
+        {"piece_size": 3 * MIN_PIECE},  # not a power of two
+        {"piece_size": MIN_PIECE // 2, "size": 10, "pieces": ["0" * 64]},  # below the minimum
+        {"piece_size": 0},
+        {"pieces": ["0" * 64]},  # too few for the size
+        {"pieces": ["0" * 64] * 3},  # too many
+        {"pieces": ["0" * 64, "f" * 63]},
+        {"pieces": ["0" * 64, 7]},
+        {"pieces": None},
+        {"pieces": 2},
+        {"pieces": "0" * 128},
+    ],
+)
+def test_from_dict_rejects(change):
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        Manifest.from_dict(make_manifest().to_dict() | change)
+
+
+@pytest.mark.parametrize("field", ["format", "path", "size", "content_type", "piece_size", "pieces", "modified"])
+def test_from_dict_rejects_a_missing_field(field):
+    d = make_manifest().to_dict()
+    del d[field]
+    with pytest.raises(ManifestError):
+        Manifest.from_dict(d)
+
+
+@pytest.mark.parametrize("doc", [None, [], "manifest", 1, {}])
+def test_from_dict_rejects_non_objects(doc):
+    with pytest.raises(ManifestError):
+        Manifest.from_dict(doc)
+
+
+def test_from_dict_validates_even_under_python_O():
+    code = textwrap.dedent(
+        """
+        from edgeswarm.manifest import Manifest, ManifestError
+        bad = {"format": 1, "path": 1, "size": -5, "content_type": None, "piece_size": 3, "pieces": ["x"], "modified": "no"}
+        try:
+            Manifest.from_dict(bad)
+        except ManifestError:
+            raise SystemExit(0)
+        raise SystemExit("accepted a malformed manifest")
+        """
+    )
+    env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- signed manifests ------------------------------------------------------------------
+
+
+def signed_doc(m: Manifest | None = None) -> dict:
+    return json.loads(SignedManifest.sign(m or make_manifest(), KEY).to_json())
+
+
+def parse(doc: dict | bytes, key=None) -> SignedManifest:
+    data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return SignedManifest.parse(data, key or KEY.public_key())
+
+
+def test_signed_manifest_round_trip():
+    m = make_manifest()
+    signed = SignedManifest.sign(m, KEY)
+    doc = json.loads(signed.to_json())
+    assert set(doc) == {"id", "manifest", "signature"}
+    assert doc["id"] == m.content_id
+    assert len(base64.b64decode(doc["signature"])) == 64
+    back = parse(signed.to_json())
+    assert back.manifest == m and back.signature == signed.signature
+    assert back.content_id == m.content_id
+    assert back.etag == f'"{m.content_id}"'
+
+
+def test_signature_is_over_the_canonical_form():
+    signed = SignedManifest.sign(make_manifest(), KEY)
+    assert verify(KEY.public_key(), signed.signature, make_manifest().canonical())
+    assert not verify(KEY.public_key(), signed.signature, make_manifest(modified=1).canonical())
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"path": "films/other.mkv"},
+        {"size": MIN_PIECE + 2},
+        {"content_type": "text/html"},
+        {"pieces": ["0" * 64, "e" * 64]},
+        {"modified": 1800000000},
+    ],
+)
+def test_tampered_manifest_fails_the_signature(tamper):
+    doc = signed_doc()
+    doc["manifest"] |= tamper
+    with pytest.raises(ManifestError, match="not signed by the pinned origin key"):
+        parse(doc)
+
+
+def test_tampered_signature_fails():
+    doc = signed_doc()
+    sig = bytearray(base64.b64decode(doc["signature"]))
+    sig[10] ^= 0x01
+    doc["signature"] = base64.b64encode(bytes(sig)).decode()
+    with pytest.raises(ManifestError, match="not signed"):
+        parse(doc)
+
+
+def test_another_origin_key_is_refused():
+    with pytest.raises(ManifestError, match="not signed"):
+        parse(signed_doc(), OTHER_KEY.public_key())
+
+
+def test_a_signature_from_another_manifest_is_refused():
+    doc = signed_doc()
+    doc["signature"] = signed_doc(make_manifest(modified=1))["signature"]
+    with pytest.raises(ManifestError, match="not signed"):
+        parse(doc)
+
+
+def test_the_advertised_id_is_not_trusted():
+    """The id in the document is informational: the content id is always recomputed."""
+    doc = signed_doc()
+    doc["id"] = "0" * 64
+    assert parse(doc).content_id == make_manifest().content_id
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'"manifest"',
+        b"null",
+        b"{}",
+        json.dumps({"manifest": {}, "signature": ""}).encode(),
+    ],
+)
+def test_malformed_signed_manifest(data):
+    with pytest.raises(ManifestError, match="malformed"):
+        SignedManifest.parse(data, KEY.public_key())
+
+
+@pytest.mark.parametrize("signature", ["not base64!", "AAA", "AA\nAA", None, 5])
+def test_malformed_signature_field(signature):
+    doc = signed_doc()
+    doc["signature"] = signature
+    with pytest.raises(ManifestError, match="malformed"):
+        parse(doc)
+
+
+@pytest.mark.parametrize("length", [0, 32, 63, 65])
+def test_wrong_length_signature_is_refused_not_raised(length):
+    doc = signed_doc()
+    doc["signature"] = base64.b64encode(b"\1" * length).decode()
+    with pytest.raises(ManifestError, match="not signed"):
+        parse(doc)
+
+
+def test_missing_signature_or_manifest():
+    for field in ("signature", "manifest"):
+        doc = signed_doc()
+        del doc[field]
+        with pytest.raises(ManifestError, match="malformed"):
+            parse(doc)
+
+
+# -- signing: key files ------------------------------------------------------------------
+
+
+def test_private_key_is_created_once_with_mode_0600(tmp_path):
+    path = tmp_path / "deep" / "dir" / "origin.pem"
+    key = load_or_create_private_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_or_create_private_key(path)
+    assert public_pem(again.public_key()) == public_pem(key.public_key())
+    assert verify(again.public_key(), key.sign(b"x"), b"x")
+
+
+def test_garbage_private_key_file(tmp_path):
+    path = tmp_path / "origin.pem"
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(KeyFileError, match="not a PEM private key") as err:
+        load_or_create_private_key(path)
+    assert str(path) in str(err.value)
+    assert path.read_bytes().startswith(b"-----BEGIN")  # never overwritten
+
+
+def ec_private_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def test_non_ed25519_private_key_file(tmp_path):
+    path = tmp_path / "origin.pem"
+    path.write_bytes(ec_private_pem())
+    with pytest.raises(KeyFileError, match="not an Ed25519 key"):
+        load_or_create_private_key(path)
+
+
+def test_encrypted_private_key_file(tmp_path):
+    path = tmp_path / "origin.pem"
+    path.write_bytes(
+        KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw"))
+    )
+    with pytest.raises(KeyFileError, match="not a PEM private key"):
+        load_or_create_private_key(path)
+
+
+def test_load_public_key_from_public_or_private_pem():
+    pem = public_pem(KEY.public_key())
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    assert public_pem(load_public_key(pem)) == pem
+    private = KEY.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert public_pem(load_public_key(private)) == pem
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
+def test_load_public_key_garbage(data):
+    with pytest.raises(KeyFileError, match=r"origin\.pub: not a PEM Ed25519 key"):
+        load_public_key(data, "origin.pub")
+
+
+def test_load_public_key_of_another_algorithm():
+    ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    pem = ec_public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for data in (pem, ec_private_pem()):
+        with pytest.raises(KeyFileError, match="not an Ed25519 key"):
+            load_public_key(data)
+
+
+def test_verify():
+    sig = KEY.sign(b"data")
+    assert verify(KEY.public_key(), sig, b"data") is True
+    assert verify(KEY.public_key(), sig, b"Data") is False
+    assert verify(OTHER_KEY.public_key(), sig, b"data") is False
+    assert verify(KEY.public_key(), sig[:-1], b"data") is False
+    assert verify(KEY.public_key(), b"", b"data") is False
+
+
+def test_format_constant():
+    """Bumping FORMAT changes every content id; it must be deliberate (and the golden id above updated)."""
+    assert FORMAT == 1

@@ -1,0 +1,438 @@
+"""edgeswarm.piecestore: verified pieces on disk, across restarts and under a quota."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm import piecestore
+from edgeswarm.manifest import MIN_PIECE, Manifest, SignedManifest
+from edgeswarm.piecestore import CorruptPiece, PieceStore
+
+KEY = Ed25519PrivateKey.generate()
+PUB = KEY.public_key()
+SIZE = 2 * MIN_PIECE + 100  # two full pieces and a short one
+
+
+@dataclass
+class Content:
+    signed: SignedManifest
+    raw: bytes
+    data: bytes
+
+    @property
+    def cid(self) -> str:
+        return self.signed.content_id
+
+    def piece(self, index: int) -> bytes:
+        offset, length = self.signed.manifest.piece_span(index)
+        return self.data[offset : offset + length]
+
+
+def make_content(path: str = "films/a.mkv", size: int = SIZE, modified: int = 1_700_000_000, key=KEY) -> Content:
+    data = os.urandom(size)
+    pieces = tuple(hashlib.sha256(data[i : i + MIN_PIECE]).hexdigest() for i in range(0, size, MIN_PIECE))
+    m = Manifest(path=path, size=size, content_type="video/x-matroska", piece_size=MIN_PIECE, pieces=pieces, modified=modified)
+    signed = SignedManifest.sign(m, key)
+    return Content(signed, signed.to_json(), data)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def open_store(root: Path, max_bytes: int | None = None) -> PieceStore:
+    return PieceStore(root, PUB, max_bytes)
+
+
+def stored(store: PieceStore, c: Content, *indices: int) -> None:
+    store.put_manifest(c.signed, c.raw)
+    for i in indices:
+        store.put_piece(c.cid, i, c.piece(i))
+
+
+def files(store: PieceStore, c: Content) -> set[str]:
+    cdir = store.content_dir / c.cid
+    return {p.name for p in cdir.iterdir()} if cdir.exists() else set()
+
+
+# -- manifests ------------------------------------------------------------------------------
+
+
+def test_put_manifest_keeps_the_raw_bytes(root):
+    store = open_store(root)
+    c = make_content()
+    store.put_manifest(c.signed, c.raw)
+    assert (root / "content" / c.cid / "manifest.json").read_bytes() == c.raw
+    assert files(store, c) == {"manifest.json"}  # no manifest.json.tmp left behind
+    assert store.manifest(c.cid) == c.signed
+    assert store.raw_manifest(c.cid) == c.raw
+    assert store.manifest_for_path("films/a.mkv") == c.signed
+    assert list(store.contents()) == [c.signed]
+    assert store.held(c.cid) == set() and store.used_bytes == 0
+
+
+def test_lookups_of_unknown_content_are_empty(root):
+    store = open_store(root)
+    assert store.manifest("0" * 64) is None
+    assert store.raw_manifest("0" * 64) is None
+    assert store.manifest_for_path("nope") is None
+    assert store.held("0" * 64) == set()
+    assert not store.has("0" * 64, 0)
+    assert store.read_piece("0" * 64, 0) is None
+    assert store.piece_fd("0" * 64, 0) is None
+
+
+def test_put_manifest_twice_is_harmless(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    store.put_manifest(c.signed, c.raw)
+    assert store.has(c.cid, 0) and store.used_bytes == MIN_PIECE
+
+
+# -- pieces ----------------------------------------------------------------------------------
+
+
+def test_put_and_read_pieces(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 2)
+    assert store.held(c.cid) == {0, 2}
+    assert store.has(c.cid, 0) and not store.has(c.cid, 1) and store.has(c.cid, 2)
+    assert store.read_piece(c.cid, 0) == c.piece(0)
+    assert store.read_piece(c.cid, 2) == c.piece(2) and len(c.piece(2)) == 100
+    assert store.read_piece(c.cid, 1) is None
+    assert Path(store.piece_path(c.cid, 2)).read_bytes() == c.piece(2)
+    assert files(store, c) == {"manifest.json", "0.piece", "2.piece"}
+    assert store.used_bytes == MIN_PIECE + 100
+    store.close()
+
+
+def test_piece_fd_reads_with_pread(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 1)
+    fd = store.piece_fd(c.cid, 1)
+    assert fd is not None and store.piece_fd(c.cid, 1) == fd  # the descriptor is kept open and reused
+    assert os.pread(fd, 16, 100) == c.piece(1)[100:116]
+    store.close()
+
+
+def test_putting_a_held_piece_again_changes_nothing(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    store.put_piece(c.cid, 0, c.piece(0))
+    assert store.used_bytes == MIN_PIECE and store.held(c.cid) == {0}
+
+
+def test_a_piece_without_its_manifest_is_refused(root):
+    store = open_store(root)
+    c = make_content()
+    with pytest.raises(KeyError, match=c.cid):
+        store.put_piece(c.cid, 0, c.piece(0))
+    assert not (store.content_dir / c.cid).exists()
+
+
+def flipped(data: bytes, at: int = 0) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x80]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("index", "make_data"),
+    [
+        (0, lambda c: flipped(c.piece(0))),
+        (0, lambda c: flipped(c.piece(0), MIN_PIECE - 1)),
+        (0, lambda c: c.piece(1)),  # another piece's (valid) bytes
+        (0, lambda c: c.piece(0)[:-1]),
+        (2, lambda c: c.piece(2) + b"\0"),
+        (2, lambda c: b""),
+        (3, lambda c: c.piece(2)),  # no such piece
+        (-1, lambda c: c.piece(2)),  # negative indices do not wrap around
+    ],
+)
+def test_corrupt_pieces_are_refused_and_never_stored(root, index, make_data):
+    store = open_store(root)
+    c = make_content()
+    store.put_manifest(c.signed, c.raw)
+    with pytest.raises(CorruptPiece, match=r"films/a\.mkv"):
+        store.put_piece(c.cid, index, make_data(c))
+    assert store.held(c.cid) == set() and not store.has(c.cid, index)
+    assert files(store, c) == {"manifest.json"}  # neither a piece file nor a temporary one
+    assert store.used_bytes == 0
+    assert store.read_piece(c.cid, index) is None
+
+
+def test_a_negative_index_is_refused_even_with_the_last_pieces_bytes(root):
+    store = open_store(root)
+    c = make_content(size=2 * MIN_PIECE)  # the last piece is full-size, so only the index can be wrong
+    store.put_manifest(c.signed, c.raw)
+    with pytest.raises(CorruptPiece):
+        store.put_piece(c.cid, -1, c.piece(1))
+    assert files(store, c) == {"manifest.json"}
+
+
+def test_a_corrupt_copy_of_a_held_piece_does_not_touch_the_good_one(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    with pytest.raises(CorruptPiece):
+        store.put_piece(c.cid, 0, flipped(c.piece(0)))
+    assert store.read_piece(c.cid, 0) == c.piece(0)
+    assert Path(store.piece_path(c.cid, 0)).read_bytes() == c.piece(0)
+
+
+def test_corrupt_piece_is_a_value_error():
+    assert issubclass(CorruptPiece, ValueError)
+
+
+def test_a_piece_file_deleted_behind_the_stores_back_is_forgotten(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    os.unlink(store.piece_path(c.cid, 1))
+    assert store.read_piece(c.cid, 1) is None
+    assert not store.has(c.cid, 1)
+    assert store.used_bytes == MIN_PIECE
+
+
+def test_open_descriptors_are_capped(root, monkeypatch):
+    monkeypatch.setattr(piecestore, "OPEN_FILES", 2)
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1, 2)
+    fd0 = store.piece_fd(c.cid, 0)
+    store.piece_fd(c.cid, 1)
+    store.piece_fd(c.cid, 2)  # a third: the least recently used descriptor is closed
+    with pytest.raises(OSError):
+        os.fstat(fd0)
+    assert store.read_piece(c.cid, 0) == c.piece(0)  # reopened on demand
+    store.close()
+
+
+# -- dropping content ------------------------------------------------------------------------
+
+
+def test_drop_content_removes_everything_and_closes_descriptors(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    fd = store.piece_fd(c.cid, 0)
+    store.drop_content(c.cid)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert not (store.content_dir / c.cid).exists()
+    assert store.manifest(c.cid) is None and store.manifest_for_path("films/a.mkv") is None
+    assert store.held(c.cid) == set() and store.used_bytes == 0
+    assert list(store.contents()) == []
+    store.drop_content(c.cid)  # twice is harmless
+
+
+def test_forget_path(root):
+    store = open_store(root)
+    a, b = make_content("a.mkv"), make_content("b.mkv")
+    stored(store, a, 0)
+    stored(store, b, 0)
+    store.forget_path("a.mkv")
+    store.forget_path("never-published.mkv")
+    assert store.manifest_for_path("a.mkv") is None and not (store.content_dir / a.cid).exists()
+    assert store.manifest_for_path("b.mkv") == b.signed and store.has(b.cid, 0)
+    assert store.used_bytes == MIN_PIECE
+
+
+def test_a_newer_version_of_a_path_drops_the_older_content(root):
+    store = open_store(root)
+    old, new = make_content(modified=1000), make_content(modified=2000)
+    stored(store, old, 0, 1)
+    store.put_manifest(new.signed, new.raw)
+    assert store.manifest_for_path("films/a.mkv") == new.signed
+    assert store.manifest(old.cid) is None and not store.has(old.cid, 0)
+    assert not (store.content_dir / old.cid).exists()
+    assert store.used_bytes == 0
+    with pytest.raises(KeyError):
+        store.put_piece(old.cid, 0, old.piece(0))  # late pieces of the old version are not taken any more
+    reopened = open_store(root)
+    assert [s.content_id for s in reopened.contents()] == [new.cid]
+
+
+def test_a_same_second_change_still_replaces_the_content(root):
+    """Same mtime, different bytes: the manifest that arrives later is the current one."""
+    store = open_store(root)
+    first, second = make_content(modified=1000), make_content(modified=1000)
+    stored(store, first, 0)
+    store.put_manifest(second.signed, second.raw)
+    assert store.manifest_for_path("films/a.mkv") == second.signed
+    assert store.manifest(first.cid) is None
+
+
+def test_an_older_version_arriving_late_does_not_replace_the_newer(root):
+    store = open_store(root)
+    old, new = make_content(modified=1000), make_content(modified=2000)
+    stored(store, new, 0)
+    store.put_manifest(old.signed, old.raw)
+    assert store.manifest_for_path("films/a.mkv") == new.signed
+    assert store.has(new.cid, 0) and store.read_piece(new.cid, 0) == new.piece(0)
+
+
+def test_other_paths_are_not_affected_by_a_new_version(root):
+    store = open_store(root)
+    a, b1, b2 = make_content("a.mkv"), make_content("b.mkv", modified=1), make_content("b.mkv", modified=2)
+    stored(store, a, 0)
+    stored(store, b1, 0)
+    store.put_manifest(b2.signed, b2.raw)
+    assert store.has(a.cid, 0) and store.manifest_for_path("a.mkv") == a.signed
+
+
+# -- restarts ---------------------------------------------------------------------------------
+
+
+def test_pieces_survive_a_restart(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 2)
+    store.close()
+    again = open_store(root)
+    assert again.held(c.cid) == {0, 2}
+    assert again.manifest_for_path("films/a.mkv") == c.signed
+    assert again.raw_manifest(c.cid) == c.raw
+    assert again.read_piece(c.cid, 2) == c.piece(2)
+    assert again.used_bytes == MIN_PIECE + 100
+    again.close()
+
+
+def test_load_after_a_crash_drops_partial_and_wrong_files(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    store.close()
+    cdir = store.content_dir / c.cid
+    (cdir / "1.tmp").write_bytes(c.piece(1)[:1000])  # killed in the middle of a write
+    (cdir / "manifest.json.tmp").write_bytes(c.raw[:10])
+    (cdir / "1.piece").write_bytes(c.piece(1)[:-1])  # wrong size
+    (cdir / "2.piece").write_bytes(c.piece(2) + b"x")
+    (cdir / "3.piece").write_bytes(c.piece(2))  # beyond the last piece
+    (cdir / "notes.txt").write_text("not ours")
+    again = open_store(root)
+    assert again.held(c.cid) == {0}
+    assert again.used_bytes == MIN_PIECE
+    assert {p.name for p in cdir.iterdir()} == {"manifest.json", "0.piece", "notes.txt"}
+    assert again.read_piece(c.cid, 0) == c.piece(0)
+    again.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda cdir, c: (cdir / "manifest.json").unlink(),  # killed between mkdir and the manifest's rename
+        lambda cdir, c: (cdir / "manifest.json").write_bytes(c.raw[: len(c.raw) // 2]),
+        lambda cdir, c: (cdir / "manifest.json").write_bytes(c.raw.replace(b'"size":', b'"size":1')),
+        lambda cdir, c: (cdir / "manifest.json").write_bytes(make_content(key=Ed25519PrivateKey.generate()).raw),
+        lambda cdir, c: (cdir / "manifest.json").write_bytes(make_content("other.mkv").raw),  # id does not match the directory
+    ],
+)
+def test_load_drops_content_whose_manifest_is_missing_or_untrusted(root, damage):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    store.close()
+    cdir = store.content_dir / c.cid
+    damage(cdir, c)
+    again = open_store(root)
+    assert not cdir.exists()
+    assert list(again.contents()) == [] and again.used_bytes == 0
+    assert again.manifest_for_path("films/a.mkv") is None
+
+
+def test_load_ignores_stray_files_in_the_content_directory(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    (store.content_dir / "README").write_text("hello")
+    again = open_store(root)
+    assert again.held(c.cid) == {0}
+    assert (store.content_dir / "README").exists()
+
+
+def test_load_with_two_versions_of_a_path_serves_the_newer_whatever_the_directory_order(root):
+    """A crash between writing a new manifest and dropping the old content leaves both on disk."""
+    seen_orders = set()
+    for n in range(40):
+        base = root / str(n)
+        old, new = make_content(modified=1000), make_content(modified=2000 + n)
+        for c in (old, new):
+            cdir = base / "content" / c.cid
+            cdir.mkdir(parents=True)
+            (cdir / "manifest.json").write_bytes(c.raw)
+        store = open_store(base)
+        assert store.manifest_for_path("films/a.mkv") == new.signed
+        seen_orders.add(new.cid < old.cid)
+        if len(seen_orders) == 2:
+            break
+    assert seen_orders == {True, False}
+
+
+# -- quota ------------------------------------------------------------------------------------------
+
+
+def test_quota_evicts_pieces_but_never_the_one_just_stored(root):
+    store = open_store(root, max_bytes=2 * MIN_PIECE)
+    c = make_content(size=3 * MIN_PIECE)
+    stored(store, c, 0, 1)
+    store.put_piece(c.cid, 2, c.piece(2))
+    assert store.used_bytes <= 2 * MIN_PIECE
+    assert store.evicted_pieces == 1
+    assert store.held(c.cid) == {1, 2}
+    assert not Path(store.piece_path(c.cid, 0)).exists()
+    assert store.read_piece(c.cid, 0) is None
+
+
+def test_quota_keeps_pieces_that_are_read(root):
+    store = open_store(root, max_bytes=2 * MIN_PIECE)
+    c = make_content(size=3 * MIN_PIECE)
+    stored(store, c, 0, 1)
+    for _ in range(3):
+        assert store.read_piece(c.cid, 0) == c.piece(0)
+    store.put_piece(c.cid, 2, c.piece(2))
+    assert store.held(c.cid) == {0, 2}
+    assert {p.name for p in (store.content_dir / c.cid).glob("*.piece")} == {"0.piece", "2.piece"}
+    store.close()
+
+
+def test_quota_spans_contents(root):
+    store = open_store(root, max_bytes=2 * MIN_PIECE)
+    a, b = make_content("a.mkv"), make_content("b.mkv")
+    stored(store, a, 0, 1)
+    stored(store, b, 0)
+    assert store.held(a.cid) == {1} and store.held(b.cid) == {0}
+    assert store.manifest(a.cid) is not None  # the manifest stays even when its pieces go
+
+
+def test_a_smaller_quota_on_restart_is_enforced_at_load(root):
+    store = open_store(root)
+    c = make_content(size=3 * MIN_PIECE)
+    stored(store, c, 0, 1, 2)
+    again = open_store(root, max_bytes=MIN_PIECE)
+    assert again.used_bytes <= MIN_PIECE and len(again.held(c.cid)) == 1
+    on_disk = {p.name for p in (again.content_dir / c.cid).glob("*.piece")}
+    assert on_disk == {f"{i}.piece" for i in again.held(c.cid)}
+
+
+def test_empty_file_content(root):
+    store = open_store(root)
+    c = make_content(size=0)
+    store.put_manifest(c.signed, c.raw)
+    again = open_store(root)
+    assert again.manifest_for_path("films/a.mkv") == c.signed and again.held(c.cid) == set()
+
+
+def test_store_root_is_created(tmp_path):
+    root = tmp_path / "a" / "b"
+    open_store(root)
+    assert (root / "content").is_dir()

@@ -1,0 +1,141 @@
+"""edgeswarm.sources: ranking sources by measured throughput, with back-off for failures."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeswarm.sources import ALPHA, BASE_BACKOFF, MAX_BACKOFF, SourceRanking
+
+
+def test_an_unknown_source_is_unmeasured_and_available():
+    r = SourceRanking()
+    assert r.rate("edge") is None
+    assert r.available("edge", 0.0)
+
+
+def test_first_sample_is_taken_as_is_then_smoothed():
+    r = SourceRanking()
+    r.success("edge", 1000, 2.0)
+    assert r.rate("edge") == 500.0
+    r.success("edge", 3000, 1.0)
+    assert r.rate("edge") == pytest.approx(ALPHA * 3000 + (1 - ALPHA) * 500)
+    assert r.rate("edge") == pytest.approx(1250.0)
+
+
+def test_one_fast_sample_does_not_outweigh_history():
+    r = SourceRanking()
+    for _ in range(10):
+        r.success("steady", 1000, 1.0)
+    r.success("steady", 1_000_000, 1.0)
+    assert r.rate("steady") < 1_000_000 / 2
+
+
+def test_smoothing_converges_to_a_new_steady_rate():
+    r = SourceRanking()
+    r.success("e", 100, 1.0)
+    for _ in range(50):
+        r.success("e", 10_000, 1.0)
+    assert r.rate("e") == pytest.approx(10_000, rel=1e-6)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, 1e-12])
+def test_an_instant_transfer_does_not_divide_by_zero(seconds):
+    r = SourceRanking()
+    r.success("e", 1000, seconds)
+    assert r.rate("e") == pytest.approx(1000 / 1e-6)
+
+
+def test_backoff_doubles_up_to_the_cap():
+    r = SourceRanking()
+    backoffs = [r.failure("peer", 100.0) for _ in range(8)]
+    assert backoffs == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert backoffs[0] == BASE_BACKOFF and max(backoffs) == MAX_BACKOFF
+
+
+def test_a_failed_source_is_set_aside_until_its_backoff_ends():
+    r = SourceRanking()
+    assert r.failure("peer", 10.0) == 2.0
+    assert not r.available("peer", 10.0)
+    assert not r.available("peer", 11.999)
+    assert r.available("peer", 12.0)
+    assert r.failure("peer", 12.0) == 4.0  # a repeat offence, counted from the new failure time
+    assert not r.available("peer", 15.9)
+    assert r.available("peer", 16.0)
+
+
+def test_success_clears_the_record():
+    r = SourceRanking()
+    for _ in range(4):
+        r.failure("peer", 0.0)
+    r.success("peer", 100, 1.0)
+    assert r.available("peer", 0.0)
+    assert r.failure("peer", 0.0) == BASE_BACKOFF
+
+
+def test_failure_keeps_the_measured_rate():
+    r = SourceRanking()
+    r.success("e", 5000, 1.0)
+    r.failure("e", 0.0)
+    assert r.rate("e") == 5000.0
+
+
+def test_sources_are_independent():
+    r = SourceRanking()
+    r.failure("a", 0.0)
+    r.failure("a", 0.0)
+    r.success("b", 10, 1.0)
+    assert r.failure("c", 0.0) == BASE_BACKOFF
+    assert r.rate("a") is None and r.rate("b") == 10.0
+    assert r.available("b", 0.0) and not r.available("a", 0.0)
+
+
+def test_ranked_fastest_first_then_unmeasured_in_given_order():
+    r = SourceRanking()
+    r.success("slow", 100, 1.0)
+    r.success("fast", 10_000, 1.0)
+    r.success("mid", 1000, 1.0)
+    assert r.ranked(["new1", "slow", "fast", "new2", "mid"], 0.0) == ["fast", "mid", "slow", "new1", "new2"]
+    assert r.ranked(["new2", "new1"], 0.0) == ["new2", "new1"]
+    assert r.ranked([], 0.0) == []
+
+
+def test_ranked_leaves_out_sources_that_are_set_aside():
+    r = SourceRanking()
+    r.success("fast", 10_000, 1.0)
+    r.success("slow", 100, 1.0)
+    r.failure("fast", 50.0)
+    assert r.ranked(["fast", "slow", "new"], 51.0) == ["slow", "new"]
+    assert r.ranked(["fast", "slow", "new"], 52.0) == ["fast", "slow", "new"]  # back, at its old rank
+
+
+def test_ranked_only_returns_what_it_was_given():
+    r = SourceRanking()
+    r.success("elsewhere", 10**9, 1.0)
+    assert r.ranked(["a", "b"], 0.0) == ["a", "b"]
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.one_of(st.none(), st.integers(0, 10**6)), max_size=8),
+    st.sets(st.sampled_from("abcdefgh")),
+    st.permutations(list("abcdefgh")),
+)
+def test_ranked_is_the_available_sources_sorted_by_rate(rates, failed, order):
+    r = SourceRanking()
+    for source, rate in rates.items():
+        if rate is not None:
+            r.success(source, rate, 1.0)
+    for source in failed:
+        r.failure(source, 0.0)
+    ranked = r.ranked(order, 1.0)
+    assert set(ranked) == set(order) - failed
+    measured = [r.rate(s) or 0.0 for s in ranked]
+    assert measured == sorted(measured, reverse=True)
+    # ties (including all unmeasured sources) keep the caller's order
+    for x, y in itertools.pairwise(ranked):
+        if (r.rate(x) or 0.0) == (r.rate(y) or 0.0):
+            assert order.index(x) < order.index(y)
+    assert r.ranked(order, 1.0 + BASE_BACKOFF) == sorted(order, key=lambda s: -(r.rate(s) or 0.0))
