@@ -33,7 +33,7 @@ from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import CorruptPiece, PieceStore
 from edgeswarm.ratelimit import TokenBucket
-from edgeswarm.serving import serve_file, write_throttled
+from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.upstream import Upstream, UpstreamError
@@ -300,13 +300,7 @@ class Edge:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
         self.metrics.sent["node"] += len(data)
         self.metrics.content[("sent", cid, "peer" if request.headers.get(PEER_HEADER) else "node")] += len(data)
-        if not self.bucket.rate:
-            return web.Response(body=data, content_type="application/octet-stream")
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
-        await resp.prepare(request)
-        await write_throttled(resp, data, self.bucket)
-        await resp.write_eof()
-        return resp
+        return await send_piece(request, data, self.bucket)
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""

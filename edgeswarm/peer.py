@@ -36,7 +36,7 @@ from edgeswarm.origin import have_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import PieceStore
 from edgeswarm.ratelimit import TokenBucket
-from edgeswarm.serving import serve_file, write_throttled
+from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, Swarm
 from edgeswarm.upstream import Upstream, UpstreamError
@@ -344,14 +344,11 @@ class Peer:
         data = store.read_piece(cid, index)
         if data is None:
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
-        await resp.prepare(request)
-        await write_throttled(resp, data, self.bucket)
+        resp = await send_piece(request, data, self.bucket)
         self.uploaded[cid] += len(data)
         self.metrics.sent["peer"] += len(data)
         self.metrics.content[("sent", cid, "peer")] += len(data)
         self.choker.sent(time.monotonic(), who, len(data))
-        await resp.write_eof()
         return resp
 
     async def get_have(self, request: web.Request) -> web.Response:

@@ -138,6 +138,17 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
         await resp.write(os.pread(fd, count - done, offset + done))
 
 
+async def send_piece(request: web.Request, data: bytes, bucket: TokenBucket) -> web.StreamResponse:
+    """One piece to another node: at once when uncapped, else streamed under the cap."""
+    if not bucket.rate:
+        return web.Response(body=data, content_type="application/octet-stream")
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+    await resp.prepare(request)
+    await write_throttled(resp, data, bucket)
+    await resp.write_eof()
+    return resp
+
+
 async def write_throttled(resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket) -> None:
     """Write under an upload cap, in chunks so the rate is smooth rather than bursty."""
     view = memoryview(data)
