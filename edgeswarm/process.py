@@ -21,8 +21,18 @@ _SITES = {"peer": ("upload", "gateway")}  # roles with several servers: wait for
 
 
 class NodeProcess:
-    def __init__(self, role: str, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        role: str,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+    ):
         self.role = role
+        self.host = host
+        self.prefix = prefix or []  # e.g. ["ip", "netns", "exec", NS]: run the daemon elsewhere
         self.args = args
         self.log_path = log_path
         self.env = env
@@ -35,7 +45,7 @@ class NodeProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         start = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeswarm", self.role, "--listen", "127.0.0.1:0", *self.args],
+            [*self.prefix, sys.executable, "-m", "edgeswarm", self.role, "--listen", f"{self.host}:0", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -85,9 +95,17 @@ class ProcessGroup:
         self.workdir = workdir
         self.nodes: list[NodeProcess] = []
 
-    def start(self, role: str, *args: str, name: str | None = None, env: dict[str, str] | None = None) -> NodeProcess:
+    def start(
+        self,
+        role: str,
+        *args: str,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+    ) -> NodeProcess:
         name = name or f"{role}{sum(n.role == role for n in self.nodes)}"
-        node = NodeProcess(role, list(args), self.workdir / f"{name}.log", env)
+        node = NodeProcess(role, list(args), self.workdir / f"{name}.log", env, host, prefix)
         self.nodes.append(node)
         return node.start()
 
