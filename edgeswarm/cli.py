@@ -214,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="local HTTP gateway for players (default 127.0.0.1:1111)",
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
+    p.add_argument(
+        "--download-limit",
+        type=_rate,
+        metavar="RATE",
+        help="cap on what this peer fetches from edges and peers, as a slow access link would (default: none)",
+    )
     p.add_argument("--upload-slots", type=_count, default=6, metavar="N", help="peers served at once (default 6)")
     p.add_argument("--max-cache", type=_size, metavar="SIZE", help="cache quota (default: no limit)")
     p.add_argument("--origin-key", type=Path, metavar="FILE", help="origin public key to pin (default: learned from the edge)")
@@ -352,6 +358,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             bind=args.listen[0],
             max_cache=args.max_cache,
             read_timeout=args.read_timeout,
+            download_limit=args.download_limit,
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log))
         return 0

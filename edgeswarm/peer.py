@@ -80,6 +80,7 @@ class Peer:
         bind: str | None = None,
         max_cache: int | None = None,
         read_timeout: float = 30.0,
+        download_limit: float | None = None,
     ):
         self.cache = cache
         self.edges = [e.rstrip("/") for e in edges]
@@ -93,6 +94,7 @@ class Peer:
         self.ranking = SourceRanking()
         self.choker = Choker(slots=upload_slots)
         self.bucket = TokenBucket(upload_limit)
+        self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
         self.store: PieceStore | None = None
         self.swarms: dict[str, Swarm] = {}
@@ -109,6 +111,7 @@ class Peer:
         self._checked: dict[str, float] = {}
         self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
+        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
 
     # -- start-up ----------------------------------------------------------------------
     async def open_store(self) -> None:
@@ -175,6 +178,7 @@ class Peer:
         headers = {PEER_HEADER: self.peer_id}
         reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers)
         if reply.status == 200:
+            await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
             return reply.body
         if reply.status == 429:
             try:
