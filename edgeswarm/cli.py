@@ -44,6 +44,19 @@ examples (p2pd scenarios 4 and 5, client contribution):
 """
 
 
+EPILOG_LAB = """\
+scenarios shipped:
+  flash-crowd  a software update everyone wants at once (Verizon tiers)
+  vod          Zipf-popular videos, Poisson arrivals, early quits (AT&T tiers)
+  churn        peers crash mid-download and rejoin to resume
+
+examples:
+  edgeswarm lab flash-crowd
+  edgeswarm lab vod --peers 6 --json vod.json
+  sudo edgeswarm lab flash-crowd --netns     # real links: namespaces and tc
+"""
+
+
 def _size(text: str) -> int:
     try:
         return parse_size(text)
@@ -268,6 +281,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=parse_size("64MiB"), metavar="SIZE", help="size of the demo file (default 64MiB)")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
+    p = sub.add_parser(
+        "lab",
+        help="run a whole deployment of real daemons through a scenario and report what P2P saved",
+        description="Start an origin, one edge per region and the scenario's peers on this machine, play the users "
+        "(downloads, viewers, churn), then report bytes by source, P2P share per region, bytes that crossed regions, "
+        "completion times against the lower bound, startup delay and rebuffering, with a table, JSON and PNG plots.",
+        epilog=EPILOG_LAB,
+        formatter_class=fmt,
+    )
+    p.add_argument("scenario", metavar="SCENARIO", help="flash-crowd, vod, churn, or a scenario YAML file")
+    p.add_argument("--peers", type=_count, metavar="N", help="peers per region (default: the scenario's)")
+    p.add_argument("--regions", type=_count, metavar="N", help="this many regions like the scenario's first (default: the scenario's)")
+    p.add_argument("--size", metavar="SIZE", help="download size such as 16MiB (default: the scenario's)")
+    p.add_argument("--rate-scale", type=_positive, metavar="X", help="multiply the tiers' 2007 rates by X (default: the scenario's)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for arrivals, tiers and choices (default: the scenario's)")
+    p.add_argument("--timeout", type=_positive, metavar="SECONDS", help="give up when users are not done by then (default: the scenario's)")
+    p.add_argument("--netns", action="store_true", help="every node in its own network namespace, links shaped with tc (root only)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every figure, per user and over time, here")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)")
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+
     p = sub.add_parser("bench", help="benchmarks against a reference measured in the same run")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     b = bsub.add_parser(
@@ -367,6 +401,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging(args.log_level)
         return get.run(args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout)
+    if args.command == "lab":
+        from edgeswarm import lab, scenario
+
+        try:
+            s = scenario.override(
+                scenario.load(args.scenario),
+                peers=args.peers,
+                region_count=args.regions,
+                size=args.size,
+                rate_scale=args.rate_scale,
+                seed=args.seed,
+                timeout_s=args.timeout,
+            )
+        except scenario.ScenarioError as exc:
+            print(f"edgeswarm lab: {exc}", file=sys.stderr)
+            return 2
+        return lab.run(s, netns=args.netns, json_path=args.json, plots=args.plots, workdir=args.workdir)
     if args.command == "demo":
         from edgeswarm import demo
 

@@ -110,6 +110,10 @@ class ProcessGroup:
         return node.start()
 
     def stop(self) -> None:
+        """SIGTERM to all at once, then wait: a lab of fifty daemons stops in one daemon's time."""
+        for node in reversed(self.nodes):
+            if node.running:
+                node.proc.send_signal(signal.SIGTERM)
         for node in reversed(self.nodes):
             node.stop()
 

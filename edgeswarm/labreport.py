@@ -1,0 +1,215 @@
+"""What a lab run shows: a live progress line, the closing table and the plots.
+
+Kept apart from the lab so the demo can print several runs the same way and
+so the lab module is only about running things.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from edgeswarm.units import format_bytes
+
+PLAIN_EVERY = 5.0  # seconds between progress lines when stdout is not a terminal
+
+
+class Progress:
+    """A bar of users done, with the edges' egress; plain lines every few seconds without a terminal."""
+
+    def __init__(self, console: Console, lab):
+        self.console, self.lab = console, lab
+        self.bar = None
+        self._last_line = 0.0
+        self._task = None
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self.bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.__enter__()
+            self._task = self.bar.add_task("starting", total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def phase(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self._task, description=text)
+        else:
+            self.console.print(f"lab {self.lab.s.name}: {text}")
+
+    def update(self, lab) -> None:
+        row = lab.timeline[-1] if lab.timeline else {"edges_Bps": {}, "done": 0}
+        egress = sum(row["edges_Bps"].values())
+        text = f"{lab.s.name}: edges send {format_bytes(egress)}/s"
+        if self.bar is not None:
+            self.bar.update(self._task, description=text, total=len(lab.users), completed=row["done"])
+        elif time.monotonic() - self._last_line >= PLAIN_EVERY:
+            self._last_line = time.monotonic()
+            self.console.print(f"  {lab.now():5.1f} s  {row['done']}/{len(lab.users)} users done, {text}")
+
+
+def print_report(console: Console, r: dict) -> None:
+    s = r["scenario"]
+    b = r["bytes"]
+    title = f"lab {s['name']} ({r['network']}): {sum(x['peers'] for x in r['regions'].values())} peers in {len(r['regions'])} regions, {r['elapsed_s']:.0f} s"
+    table = Table(title=title)
+    for col in ("region", "peers", "from edge", "from peers", "cross-region", "P2P share", "savings", *_extra_columns(s)):
+        table.add_column(col, justify="right" if col != "region" else "left")
+    for name, x in r["regions"].items():
+        rec = x["received"]
+        table.add_row(
+            name,
+            str(x["peers"]),
+            format_bytes(rec["edge"]),
+            format_bytes(rec["peer-same-region"]),
+            format_bytes(rec["peer-other-region"]),
+            _pct(x["p2p_share"]),
+            _pct(x["savings"]),
+            *_extra_cells(s, r, name),
+        )
+    console.print(table)
+    console.print(
+        f"origin sent {format_bytes(b['origin'])}; edges sent {format_bytes(b['edges_total'])}; "
+        f"peers got {format_bytes(sum(b['peers_received'].values()))}, {_pct(r['p2p_share'])} from each other; "
+        f"{format_bytes(b['crossed_regions'])} crossed regions; the edges sent {_pct(1 - r['savings'] if r['savings'] is not None else None)} "
+        f"of the {format_bytes(r['demand_bytes'])} a pure CDN would have: {_pct(r['savings'])} saved"
+    )
+    if s["kind"] == "vod":
+        views = [u for u in r["users"] if u.get("startup_s") is not None]
+        if views:
+            startups = sorted(u["startup_s"] for u in views)
+            rebuf = sum(u["stall_s"] for u in views) / sum(u["watch_s"] + u["stall_s"] for u in views)
+            console.print(
+                f"startup delay: median {startups[len(startups) // 2]:.2f} s, worst {startups[-1]:.2f} s; "
+                f"rebuffering {rebuf:.2%} of viewing time; {sum(u['stalls'] for u in views)} stalls in {len(views)} views"
+            )
+    if r.get("plots"):
+        console.print(f"plots: {Path(r['plots'][0]).parent}/")
+
+
+def _extra_columns(s: dict) -> tuple[str, ...]:
+    return ("done median", "done last", "bound") if s["kind"] == "download" else ("startup median", "rebuffering")
+
+
+def _extra_cells(s: dict, r: dict, region: str) -> list[str]:
+    x = r["regions"][region]
+    if s["kind"] == "download":
+        return [_secs(x.get("completion_median_s")), _secs(x.get("completion_max_s")), _secs(x.get("bound_s"))]
+    views = [u for u in r["users"] if u["region"] == region and u.get("startup_s") is not None]
+    if not views:
+        return ["-", "-"]
+    startups = sorted(u["startup_s"] for u in views)
+    rebuf = sum(u["stall_s"] for u in views) / sum(u["watch_s"] + u["stall_s"] for u in views)
+    return [_secs(startups[len(startups) // 2]), f"{rebuf:.2%}"]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _secs(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
+# -- plots ---------------------------------------------------------------------------------
+def plot(r: dict, out: Path) -> list[Path]:
+    """PNG files: bytes by source, P2P share per region, edge egress over time, and per kind
+    the completion CDF against the bound or startup delay and rebuffering per viewer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    name = r["scenario"]["name"]
+    paths = []
+    for title, draw in _figures(r):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        draw(ax)
+        ax.set_title(f"{name}: {title}")
+        fig.tight_layout()
+        path = out / f"{name}-{title.split(' ')[0].lower().replace('/', '-')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _figures(r: dict):
+    yield "bytes by source", lambda ax: _bytes(ax, r)
+    yield "P2P-share per region", lambda ax: _share(ax, r)
+    yield "egress of edges over time", lambda ax: _timeline(ax, r)
+    if r["scenario"]["kind"] == "download":
+        yield "completion CDF", lambda ax: _cdf(ax, r)
+    else:
+        yield "startup delay per viewer", lambda ax: _startup(ax, r)
+        yield "rebuffering ratio per viewer", lambda ax: _rebuffer(ax, r)
+
+
+def _bytes(ax, r: dict) -> None:
+    b = r["bytes"]
+    labels = ["origin", "edges", "peers (same region)", "peers (other region)"]
+    values = [b["origin"], b["edges_total"], b["peers_received"]["peer-same-region"], b["peers_received"]["peer-other-region"]]
+    ax.bar(labels, [v / 2**20 for v in values], color=["#777", "#d62728", "#2ca02c", "#ff7f0e"])
+    ax.set_ylabel("MiB sent")
+
+
+def _share(ax, r: dict) -> None:
+    names = list(r["regions"])
+    ax.bar(names, [100 * (r["regions"][n]["p2p_share"] or 0) for n in names], color="#2ca02c")
+    ax.set_ylabel("% of bytes from peers")
+    ax.set_ylim(0, 100)
+
+
+def _timeline(ax, r: dict) -> None:
+    t = [row["t"] for row in r["timeline"]]
+    for region in r["regions"]:
+        ax.plot(t, [row["edges_Bps"].get(region, 0) * 8 / 1e6 for row in r["timeline"]], label=f"edge {region}")
+    ax.plot(t, [row["origin_Bps"] * 8 / 1e6 for row in r["timeline"]], label="origin", color="#777", linestyle="--")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Mbit/s")
+    ax.legend()
+
+
+def _cdf(ax, r: dict) -> None:
+    for region, x in r["regions"].items():
+        times = sorted(u["complete_s"] for u in r["users"] if u["region"] == region and u.get("complete_s") is not None)
+        if times:
+            ax.step(times, [100 * (i + 1) / len(times) for i in range(len(times))], where="post", label=f"{region}")
+        if x.get("bound_s"):
+            ax.axvline(x["bound_s"], linestyle=":", color="#555")
+    ax.axvline(float("nan"), linestyle=":", color="#555", label="lower bound")
+    ax.set_xlabel("seconds from asking to the whole file")
+    ax.set_ylabel("% of peers complete")
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 100)
+    ax.legend()
+
+
+def _startup(ax, r: dict) -> None:
+    views = [u for u in r["users"] if u.get("startup_s") is not None]
+    ax.bar(range(len(views)), [u["startup_s"] for u in views], color=["#1f77b4" if i % 2 else "#aec7e8" for i in range(len(views))])
+    ax.set_xlabel("viewer (by name)")
+    ax.set_ylabel("seconds to start")
+
+
+def _rebuffer(ax, r: dict) -> None:
+    views = [u for u in r["users"] if u.get("startup_s") is not None]
+    ax.bar(range(len(views)), [100 * u["rebuffer_ratio"] for u in views], color="#d62728")
+    ax.set_xlabel("viewer (by name)")
+    ax.set_ylabel("% of viewing time stalled")

@@ -1,0 +1,151 @@
+"""`edgeswarm lab`: small real runs of every shipped scenario, its report, and that it leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeswarm import scenario
+from edgeswarm.lab import _Playback
+
+
+def lab(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[subprocess.CompletedProcess, dict | None]:
+    out = tmp_path / "lab.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "lab", *args, "--json", str(out), "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def leftovers(workdir: Path) -> list[str]:
+    """Processes whose command line names the run's directory: its daemons, if any survived."""
+    ps = subprocess.run(["pgrep", "-af", str(workdir)], capture_output=True, text=True)
+    return [line for line in ps.stdout.splitlines() if "pgrep" not in line]
+
+
+def test_flash_crowd(tmp_path):
+    proc, r = lab(tmp_path, "flash-crowd", "--peers", "4", "--size", "3MiB")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert all(u["verified"] and u["complete_s"] > 0 for u in r["users"])
+    assert len(r["users"]) == 8 and set(r["regions"]) == {"east", "west"}
+    for region in r["regions"].values():
+        assert region["p2p_share"] > 0.2  # peers did trade
+        assert region["completion_max_s"] >= region["bound_s"] * 0.95  # nothing beats the bound (sampling slack)
+    assert r["bytes"]["crossed_regions"] == 0  # strict locality
+    # every byte a peer got is accounted for by a sender: edges and peers
+    got = r["bytes"]["peers_received"]
+    assert got["edge"] <= r["bytes"]["edges_total"]
+    assert r["demand_bytes"] == 8 * 3 * 2**20
+    assert r["timeline"] and r["timeline"][-1]["done"] == 8
+    assert len(r["plots"]) == 4 and all(Path(p).stat().st_size > 5000 for p in r["plots"])
+    assert "P2P share" in proc.stdout and "plots:" in proc.stdout
+    assert leftovers(tmp_path / "work") == []
+
+
+def test_vod_from_a_scenario_file(tmp_path):
+    path = tmp_path / "short-vod.yaml"
+    path.write_text(
+        "kind: vod\ntiers: att\nrate_scale: 8\narrival: poisson\nrate: 2\n"
+        "regions: [{name: north, peers: 4}, {name: south, peers: 3}]\n"
+        "vod: {bitrate_kbps: 400, duration_s: 6, videos: 2, quit_prob: 0.5, leave_after_watch: true}\n"
+    )
+    proc, r = lab(tmp_path, str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    views = r["users"]
+    assert len(views) == 7 and all(u["startup_s"] is not None and u["startup_s"] < 6 for u in views)
+    assert all(0 <= u["rebuffer_ratio"] < 1 and u["watch_s"] <= 6 for u in views)
+    assert all(u["bytes"] >= u["watch_s"] * 400_000 * 0.99 for u in views)  # it got what it watched (400 kbit/s x 8 = 400 kB/s)
+    assert len(r["plots"]) == 5
+    assert "startup delay" in proc.stdout and "rebuffering" in proc.stdout
+    assert leftovers(tmp_path / "work") == []
+
+
+def test_churn(tmp_path):
+    proc, r = lab(tmp_path, "churn", "--peers", "4", "--size", "4MiB")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sum(u["left"] for u in r["users"]) >= 2  # 40 % of 8 crashed and came back
+    assert all(u["verified"] for u in r["users"])  # and still ended with the very file
+    assert leftovers(tmp_path / "work") == []
+
+
+def test_interrupt_stops_every_daemon(tmp_path):
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeswarm", "lab", "flash-crowd", "--peers", "3", "--size", "64MiB", "--workdir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(leftovers(work)) < 1 + 2 + 6:  # origin, 2 edges, 6 peers
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.5)  # into the run: 6 peers, 64 MiB each, take far longer
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert leftovers(work) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no-such-scenario"], "no scenario 'no-such-scenario'"),
+        (["flash-crowd", "--size", "lots"], "size"),
+    ],
+)
+def test_bad_input_is_a_message(tmp_path, args, message):
+    proc, r = lab(tmp_path, *args, timeout=30)
+    assert proc.returncode == 2 and r is None
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_scenario_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    for text, message in [
+        ("kind: stream\n", "kind must be one of"),
+        ("colour: blue\n", "unknown setting 'colour'"),
+        ("rate_scale: fast\n", "wrong type"),
+        ("regions: [{name: a, peers: 0}]\n", "peers must be 1..250"),
+        ("[1, 2]\n", "a mapping"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(scenario.ScenarioError, match=message):
+            scenario.load(str(path))
+
+
+def test_shipped_scenarios_load():
+    assert scenario.shipped() == ["churn", "flash-crowd", "vod"]
+    fc = scenario.load("flash-crowd")
+    assert fc.tiers == "verizon" and fc.peers == 24
+    assert fc.scaled_Bps(128) == 128_000 * 16 / 8
+    s = scenario.override(scenario.load("vod"), peers=2, region_count=3, seed=None)
+    assert [r.name for r in s.regions] == ["r1", "r2", "r3"] and s.peers == 6
+
+
+def test_playback_counts_stalls_exactly():
+    """1 byte/s video: start at 2 s buffered, the feed stops at 3 s for 5 s, resume at 1 s buffered."""
+    p = _Playback(rate=1.0, watch_s=10)
+    p.t0 = 0.0
+    p.arrived(0.5, 2, startup_s=2, resume_s=1)  # 2 s of video: plays from 0.5
+    assert p.startup == 0.5
+    p.arrived(1.5, 1, startup_s=2, resume_s=1)  # 3 s buffered, 1 s played
+    p.arrived(8.0, 1, startup_s=2, resume_s=1)  # ran dry at 3.5, 4 s buffered now: resume
+    assert p.stalls == 1 and p.stall_s == pytest.approx(4.5)
+    p.arrived(9.0, 6, startup_s=2, resume_s=1)  # all 10 s here: no more stalls
+    assert p.remaining(9.0) == pytest.approx(10 - 3 - 1)
+    assert p.summary()["rebuffer_ratio"] == pytest.approx(4.5 / 14.5, abs=1e-4)
