@@ -275,10 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="run an origin and two tiers of edges on loopback and fetch through them",
-        description="Start an origin, a mid-tier edge and two sibling leaf edges on loopback, fetch a file through them, and report what crossed each hop.",
+        help="the whole system in about a minute: a flash crowd and a VoD session in two regions, then the report",
+        description="Start an origin and two regions, each with an edge and a dozen peers on tiered links, on loopback; "
+        "run a flash crowd (a software update) and a short video-on-demand session through them; report the P2P share, "
+        "what the edges saved, download and startup times and rebuffering, and write plots. Nothing is left running.",
     )
-    p.add_argument("--size", type=_size, default=parse_size("64MiB"), metavar="SIZE", help="size of the demo file (default 64MiB)")
+    p.add_argument("--peers", type=_count, default=12, metavar="N", help="peers per region (default 12)")
+    p.add_argument(
+        "--out", type=Path, default=Path("edgeswarm-demo"), metavar="DIR", help="plots and demo.json go here (default ./edgeswarm-demo)"
+    )
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
     p = sub.add_parser(
@@ -421,7 +426,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from edgeswarm import demo
 
-        return demo.run(args.size, args.workdir)
+        return demo.run(args.out, args.peers, args.workdir)
     if args.command == "bench" and args.bench == "swarm":
         from edgeswarm import bench_swarm
 

@@ -467,25 +467,17 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     """The command: exit 0 with a report, 1 when the run failed, 2 when it could not start, 130 on Ctrl-C."""
     from edgeswarm import labreport
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=150)  # a log or CI: no terminal width to respect, and the table needs room
-    root = workdir or Path(tempfile.mkdtemp(prefix=f"edgeswarm-lab-{s.name}-"))
-    root.mkdir(parents=True, exist_ok=True)
+    console = report_console()
     try:
-        net = netns_network() if netns else Loopback()
-    except RuntimeError as exc:
+        result = execute(s, console, netns=netns, workdir=workdir)
+    except NetworkUnavailable as exc:
         console.print(f"[red]lab:[/red] {exc}")
         return 2
-    try:
-        with net, ProcessGroup(root / "logs") as group:
-            lab = Lab(s, group, net, root, console)
-            result = asyncio.run(_guarded(lab, console))
     except Interrupted:
         console.print("[yellow]lab: interrupted; every daemon it started has been stopped[/yellow]")
         return 130
-    except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
-        console.print(f"[red]lab {s.name} failed:[/red] {exc}\nlogs: {root / 'logs'}")
+    except LabError as exc:
+        console.print(f"[red]lab {s.name} failed:[/red] {exc}")
         return 1
     plots = plots or (json_path.parent if json_path else Path.cwd()) / f"lab-{s.name}-plots"
     result["plots"] = [str(p) for p in labreport.plot(result, plots)]
@@ -493,9 +485,38 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=1) + "\n")
         console.print(f"figures written to {json_path}")
+    return 0
+
+
+def report_console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=150)  # a log or CI: the table needs room
+
+
+class NetworkUnavailable(RuntimeError):
+    pass
+
+
+def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path | None = None) -> dict:
+    """Deploy, run and tear down; the result, or LabError (logs kept), Interrupted or NetworkUnavailable."""
+    root = workdir or Path(tempfile.mkdtemp(prefix=f"edgeswarm-lab-{s.name}-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        net = netns_network() if netns else Loopback()
+    except RuntimeError as exc:
+        raise NetworkUnavailable(str(exc)) from None
+    try:
+        with net, ProcessGroup(root / "logs") as group:
+            result = asyncio.run(_guarded(Lab(s, group, net, root, console), console))
+    except Interrupted:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
+        raise LabError(f"{exc}\nlogs kept in {root / 'logs'}") from None
     if workdir is None:
         shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return result
 
 
 async def _guarded(lab: Lab, console: Console) -> dict:

@@ -1,0 +1,29 @@
+"""The README's main command: `edgeswarm demo` runs both scenarios, reports and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_exits_0_with_a_report(tmp_path):
+    work = tmp_path / "work"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "demo", "--out", str(tmp_path / "out"), "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    for words in ("what P2P assistance did", "flash-crowd", "vod", "P2P share", "edges saved", "startup median", "rebuffering"):
+        assert words in proc.stdout
+    results = json.loads((tmp_path / "out" / "demo.json").read_text())
+    assert [r["scenario"]["name"] for r in results] == ["flash-crowd", "vod"]
+    assert all(r["p2p_share"] > 0.2 and 0 < r["savings"] < 1 for r in results)
+    assert all(u["verified"] for u in results[0]["users"])
+    assert sum(1 for p in (tmp_path / "out").glob("*.png")) == 9
+    ps = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True)
+    assert [line for line in ps.stdout.splitlines() if "pgrep" not in line] == []
