@@ -36,6 +36,8 @@ class PiecePicker:
         self.wanted: set[int] = set()  # streaming: the reader's window
         self.paused: set[str] = set()  # peers choking us or backed off
         self.urgent: list[int] = []  # reading order
+        self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
+        self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
         self._peers: dict[str, set[int]] = {}
         self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
         self._tiebreak = [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest()) for i in range(piece_count)]
@@ -120,7 +122,7 @@ class PiecePicker:
                 continue
             flying = self._in_flight.get(i)
             if not flying:
-                if not edge or fallback or self.availability[i] == 0 or not self._idle_holder(i):
+                if not edge or fallback or self.availability[i] == 0 or self._overdue(i, now):
                     return i
             elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
                 return i  # a peer is late with an urgent piece: race it
@@ -132,6 +134,13 @@ class PiecePicker:
         if any(i not in self._in_flight for i in self.missing()):
             return None  # unrequested pieces remain, just not from this source
         return self._endgame(usable)
+
+    def _overdue(self, index: int, now: float) -> bool:
+        """A reader has waited ``patience`` for a piece no idle holder can take: the edge may.
+        Earlier the edge took it at once, and a viewer's read-ahead went to the edge whenever
+        its one holder was busy with the previous piece."""
+        since = self.awaited.get(index)
+        return since is not None and now - since >= self.patience and not self._idle_holder(index)
 
     def _idle_holder(self, index: int) -> bool:
         """Some peer holds this piece and has nothing in flight: it can take it now."""

@@ -78,6 +78,7 @@ class Swarm:
             return
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
+        self.picker.awaited.setdefault(index, time.monotonic())
         self._reposition()
         self._staff()
         try:
@@ -88,6 +89,7 @@ class Swarm:
                 waiting.remove(fut)
             if not waiting:
                 self.waiters.pop(index, None)
+                self.picker.awaited.pop(index, None)
 
     def _reposition(self) -> None:
         if self.waiters and not self.picker.whole_file:
@@ -160,11 +162,12 @@ class Swarm:
             fallback = (
                 not self.neighbours
                 or now - self.last_peer_delivery > FALLBACK_AFTER
-                or len(self.picker.missing()) <= TAIL  # the tail: the edge races choked or slow peers for the last pieces
+                # the file's tail (not the stream window's): the edge races choked or slow peers for the last pieces
+                or self.picker.count - len(self.picker.have) <= TAIL
             )
             index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
             if index is None:
-                await self._wait_change(0.5)
+                await self._wait_change(0.25)
                 continue
             edge = self._choose_edge(slot, picks)
             picks += 1

@@ -69,7 +69,10 @@ def test_streaming_urgent_pieces_first_and_edge_races_a_late_peer():
     p.peer_has("a", set(range(100)))
     assert p.pick("a", 0) == 10
     p.start("a", 10, 0)
-    assert p.pick("edge", 1.0, edge=True) == 11  # urgent and a is busy
+    assert p.pick("edge", 1.0, edge=True) is None  # 11 is urgent and a is busy, but no reader waits for it yet
+    p.awaited[11] = 1.0
+    assert p.pick("edge", 1.2, edge=True) is None  # a reader waits, not yet for `patience`
+    assert p.pick("edge", 1.0 + p.patience, edge=True) == 11  # now the edge steps in
     p.start("edge", 11, 1.0)
     assert p.pick("edge", 1.5, edge=True) is None  # a is not late yet, and the rest peers can give
     assert p.pick("edge", 2.5, edge=True) == 10  # a is late with an urgent piece: race it
