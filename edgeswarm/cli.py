@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+
+    from edgeswarm import sim  # options only: numpy and friends load when a simulation runs
+
+    sim.add_parser(sub)
     return parser
 
 
@@ -427,6 +431,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm import demo
 
         return demo.run(args.out, args.peers, args.workdir)
+    if args.command == "sim":
+        from edgeswarm import sim
+
+        return sim.run(args)
     if args.command == "bench" and args.bench == "swarm":
         from edgeswarm import bench_swarm
 
