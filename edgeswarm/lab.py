@@ -32,7 +32,7 @@ from pathlib import Path
 import aiohttp
 from rich.console import Console
 
-from edgeswarm import tiers
+from edgeswarm import labsim, tiers
 from edgeswarm.process import NodeProcess, ProcessGroup
 from edgeswarm.scenario import Scenario
 from edgeswarm.tiers import Tier
@@ -345,7 +345,7 @@ class Lab:
         total = sum(got.values())
         edges_total = sum(self._edge_sent.values())
         demand = sum(x["demand_bytes"] for x in regions.values())
-        return {
+        result = {
             "scenario": asdict(s),
             "network": network,
             "elapsed_s": round(self.now(), 2),
@@ -363,6 +363,8 @@ class Lab:
             "users": [_user_row(u, s) for u in self.users],
             "timeline": self.timeline,
         }
+        result["model"] = labsim.compare(result)  # what the simulator's model says of the same sessions
+        return result
 
     def _demand(self, u: User) -> int:
         """What a pure CDN would have sent this user: the whole file, or what its player read."""

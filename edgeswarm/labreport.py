@@ -98,6 +98,14 @@ def print_report(console: Console, r: dict) -> None:
                 f"startup delay: median {startups[len(startups) // 2]:.2f} s, worst {startups[-1]:.2f} s; "
                 f"rebuffering {rebuf:.2%} of viewing time; {sum(u['stalls'] for u in views)} stalls in {len(views)} views"
             )
+    m = r.get("model")
+    if m:
+        t = m["total"]
+        verdict = "agrees" if t["agrees"] else "DISAGREES"
+        console.print(
+            f"model of the same sessions (simulator, no prefetch): {_pct(t['model_savings'])} saved, bound {_pct(t['bound_savings'])}; "
+            f"the lab's {_pct(t['lab_savings'])} {verdict} within ±{m['tolerance']:.0%}"
+        )
     if r.get("plots"):
         console.print(f"plots: {Path(r['plots'][0]).parent}/")
 

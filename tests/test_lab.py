@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm import scenario
+from edgeswarm import labsim, scenario
 from edgeswarm.lab import _Playback
 
 
@@ -66,6 +66,10 @@ def test_vod_from_a_scenario_file(tmp_path):
     assert all(0 <= u["rebuffer_ratio"] < 1 and u["watch_s"] <= 6 for u in views)
     assert all(u["bytes"] >= u["watch_s"] * 400_000 * 0.99 for u in views)  # it got what it watched (400 kbit/s x 8 = 400 kB/s)
     assert len(r["plots"]) == 5
+    m = r["model"]["total"]  # the simulator's model of the very sessions played
+    assert 0 <= m["model_savings"] <= m["bound_savings"] <= 1
+    assert m["lab_savings"] <= m["bound_savings"] + 0.02  # nothing beats the bound
+    assert "model of the same sessions" in proc.stdout
     assert "startup delay" in proc.stdout and "rebuffering" in proc.stdout
     assert leftovers(tmp_path / "work") == []
 
@@ -129,7 +133,7 @@ def test_bad_scenario_file(tmp_path):
 
 
 def test_shipped_scenarios_load():
-    assert scenario.shipped() == ["churn", "flash-crowd", "vod"]
+    assert scenario.shipped() == ["churn", "flash-crowd", "vod", "vod-model"]
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8
@@ -149,3 +153,28 @@ def test_playback_counts_stalls_exactly():
     p.arrived(9.0, 6, startup_s=2, resume_s=1)  # all 10 s here: no more stalls
     assert p.remaining(9.0) == pytest.approx(10 - 3 - 1)
     assert p.summary()["rebuffer_ratio"] == pytest.approx(4.5 / 14.5, abs=1e-4)
+
+
+def test_model_of_the_lab_sessions():
+    """Two viewers of one video from 0 s to 10 s; the first uploads 512 kbit/s >= r = 400, so with
+    no prefetch the edge sends only the first one's stream: half of pure CDN; the bound is 2r - 640."""
+    users = [
+        {"region": "east", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 512},
+        {"region": "east", "video": "v.mp4", "arrival_s": 0.1, "startup_s": 0.0, "watch_s": 9.9, "up_kbps": 128},
+        {"region": "west", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 768},
+    ]
+    result = {
+        "scenario": {"kind": "vod", "vod": {"bitrate_kbps": 400}},
+        "users": users,
+        "regions": {"east": {"savings": 0.45}, "west": {"savings": 0.0}},
+        "savings": 0.3,
+    }
+    m = labsim.compare(result)
+    east, west = m["regions"]["east"], m["regions"]["west"]
+    assert east["model_savings"] == pytest.approx(0.5, abs=0.01)
+    assert east["bound_savings"] == pytest.approx(1 - 160 / 800, abs=0.01)  # 2r - (512 + 128) = 160
+    assert east["agrees"] and east["difference"] == pytest.approx(-0.05, abs=0.01)
+    assert west["model_savings"] == 0.0  # alone: the edge sends it all
+    assert west["bound_savings"] == 1.0  # max(0, r - 768): the bound is 0 once u >= r
+    assert m["total"]["model_savings"] == pytest.approx(1 - 2 * 400 * 10 / (400 * 29.9), abs=0.01)  # west's alone
+    assert not labsim.compare({**result, "regions": {"east": {"savings": 0.9}, "west": {"savings": 0.0}}})["regions"]["east"]["agrees"]
