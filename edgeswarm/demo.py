@@ -27,7 +27,7 @@ def scenarios(peers: int) -> list[scenario.Scenario]:
 
 
 def run(out: Path, peers: int = 12, workdir: Path | None = None) -> int:
-    console = lab.report_console()
+    console = labreport.report_console()
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for s in scenarios(peers):

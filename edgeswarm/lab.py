@@ -469,7 +469,7 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     """The command: exit 0 with a report, 1 when the run failed, 2 when it could not start, 130 on Ctrl-C."""
     from edgeswarm import labreport
 
-    console = report_console()
+    console = labreport.report_console()
     try:
         result = execute(s, console, netns=netns, workdir=workdir)
     except NetworkUnavailable as exc:
@@ -488,11 +488,6 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
         json_path.write_text(json.dumps(result, indent=1) + "\n")
         console.print(f"figures written to {json_path}")
     return 0
-
-
-def report_console() -> Console:
-    console = Console()
-    return console if console.is_terminal else Console(width=150)  # a log or CI: the table needs room
 
 
 class NetworkUnavailable(RuntimeError):

@@ -19,6 +19,12 @@ from edgeswarm.units import format_bytes
 PLAIN_EVERY = 5.0  # seconds between progress lines when stdout is not a terminal
 
 
+def report_console() -> Console:
+    """The console for reports: wide when there is no terminal (a log or CI), so tables keep their columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=150)
+
+
 class Progress:
     """A bar of users done, with the edges' egress; plain lines every few seconds without a terminal."""
 

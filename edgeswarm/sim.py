@@ -255,9 +255,9 @@ def run(args: argparse.Namespace) -> int:
     result["plots"] = [str(x) for x in _plots(args, result)]
     result["elapsed_s"] = round(time.monotonic() - began, 2)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    from edgeswarm import simreport
+    from edgeswarm import labreport, simreport
 
-    simreport.table(Console(), result)
+    simreport.table(labreport.report_console(), result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
