@@ -174,8 +174,11 @@ def raw_request(url: str, payload: bytes) -> bytes:
 async def test_huge_headers_and_garbage_are_refused(served, http):
     url, data = served
     huge = b"GET /dir/film.mp4 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\nConnection: close\r\n\r\n"
-    answer = await asyncio.to_thread(raw_request, url, huge)
-    assert answer.split(b" ", 2)[1] in (b"400", b"431")
+    try:
+        answer = await asyncio.to_thread(raw_request, url, huge)
+        assert answer.split(b" ", 2)[1] in (b"400", b"431")
+    except ConnectionResetError:
+        pass  # the node answered and closed with our 100 kB unread: TCP may reset before we read the answer
     answer = await asyncio.to_thread(raw_request, url, b"\x16\x03\x01 not http at all\r\n\r\n")
     assert answer.split(b" ", 2)[1] == b"400"
     many = b"GET /dir/film.mp4 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(500)) + b"Connection: close\r\n\r\n"

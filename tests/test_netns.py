@@ -87,7 +87,7 @@ def test_lab_in_namespaces(tmp_path):
     out = tmp_path / "lab.json"
     before = namespaces()
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeswarm", "lab", "flash-crowd", "--netns", "--peers", "2", "--size", "2MiB", "--json", str(out)],
+        [sys.executable, "-m", "edgeswarm", "lab", "flash-crowd", "--netns", "--peers", "3", "--size", "4MiB", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -96,7 +96,7 @@ def test_lab_in_namespaces(tmp_path):
     r = json.loads(out.read_text())
     assert r["network"] == "netns"
     assert all(u["verified"] for u in r["users"]) and r["bytes"]["crossed_regions"] == 0
-    assert all(x["p2p_share"] > 0 for x in r["regions"].values())  # the tracker placed peers by their namespace address
+    assert r["p2p_share"] > 0  # peers found each other through their edges, by namespace address
     assert namespaces() == before
 
 
