@@ -52,8 +52,8 @@ PRESETS: dict[str, dict] = {
         "viewers": 1_570_000,
         "bitrate": 280.0,
         "zipf": 1.0,
-        "length": 20.0,
-        "length_sigma": 1.0,
+        "length": 47.0,
+        "length_sigma": 0.5,
         "quit_prob": 0.0,
         "diurnal": 0.2,
     },
@@ -102,7 +102,7 @@ presets (options given explicitly win; docs/calibration.md says why these values
                 400 kbit/s, stretched popularity (stretch 0.3), video life 0.25 days,
                 length 240 s (sigma 0.5), quit 0.6, diurnal 0.5
   paper-update  update, verizon tiers, 4 regions, 2 days, 2617 updates, 1.57M clients and
-                sessions, 280 kbit/s, zipf 1.0, length 20 s (sigma 1.0), no quits, diurnal 0.2
+                sessions, 280 kbit/s, zipf 1.0, length 47 s (sigma 0.5), no quits, diurnal 0.2
 """
 
 
