@@ -91,6 +91,7 @@ def netns_network():
     reason = netns.unavailable_reason()
     if reason:
         raise netns.NetnsUnavailable(f"--netns is not available here: {reason}")
+    netns.cleanup_stale()  # a crashed run's bridge would otherwise hold our /16 and take our traffic
 
     class Namespaces(netns.Netns):
         name = "netns"

@@ -19,8 +19,13 @@ def namespaces() -> set[str]:
     return {line.split()[0] for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines() if line}
 
 
-def links() -> str:
-    return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+def leftovers(tag: str) -> set[str]:
+    """Namespaces and root-namespace links that carry tag: none may outlive its Netns."""
+    names = namespaces() | {
+        line.split(": ")[1].split("@")[0]
+        for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.splitlines()
+    }
+    return {name for name in names if name.startswith(f"{netns.PREFIX}{tag}-")}
 
 
 def serve(host: netns.NetHost, root, size: int) -> subprocess.Popen:
@@ -67,9 +72,8 @@ def test_caps_shape_both_directions(tmp_path):
             assert uncapped < 1.0, uncapped
         finally:
             proc.kill()
-        names = {h.netns for h in net.hosts}
-    assert not names & namespaces()
-    assert "esbrt1" not in links()
+        assert leftovers("t1")  # the check below can see what it looks for
+    assert not leftovers("t1")
 
 
 def test_close_after_a_failed_add_leaves_nothing():
@@ -77,10 +81,37 @@ def test_close_after_a_failed_add_leaves_nothing():
     net.add("a", 1)
     with pytest.raises(netns.NetnsUnavailable):
         net.add("b", 300)  # no such region address
-    made = {h.netns for h in net.hosts}
+    assert len(leftovers("t2")) >= 3  # switch, host a, root link
     net.close()
     net.close()  # idempotent
-    assert not made & namespaces() and "esbrt2" not in links()
+    assert not leftovers("t2")
+
+
+def test_a_dead_runs_leftovers_are_removed_and_a_live_ones_kept():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    net = netns.Netns(tag="t4", base="10.252")
+    net.add("a", 1)
+    (netns.STATE / "t4").write_text(f"{dead.pid}\n")  # as if its owner had crashed
+    netns._open.discard("t4")
+    try:
+        with netns.Netns(tag="t5", base="10.251", root_link=False) as live:
+            live.add("b", 1)
+            removed = netns.cleanup_stale("t")
+            assert leftovers("t5")  # its owner (this process) is alive and holds it
+        assert not leftovers("t4") and any(name.startswith("eswt4-") for name in removed)
+    finally:
+        net.close()
+
+
+def test_a_subnet_in_use_is_refused():
+    with netns.Netns(tag="t6", base="10.250") as net:
+        net.add("a", 1)
+        other = netns.Netns(tag="t7", base="10.250")
+        with pytest.raises(netns.NetnsUnavailable, match="already in use"):
+            other.add("b", 1)
+        other.close()
+        assert not leftovers("t7")
 
 
 def test_lab_in_namespaces(tmp_path):
