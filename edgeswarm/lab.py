@@ -219,7 +219,8 @@ class Lab:
             sampler = asyncio.create_task(self._sample_loop(http, progress))
             try:
                 act = self._download if self.s.kind == "download" else self._watch
-                await asyncio.wait_for(asyncio.gather(*(act(http, u) for u in self.users)), self.s.timeout_s)
+                async with asyncio.timeout(self.s.timeout_s):  # not wait_for: on Ctrl-C it left the gather's error unretrieved
+                    await asyncio.gather(*(act(http, u) for u in self.users))
             except TimeoutError:
                 late = [u.name for u in self.users if u.done_at is None]
                 raise LabError(
