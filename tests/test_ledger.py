@@ -1,0 +1,443 @@
+"""The usage ledger and `edgeswarm usage report`, against SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
+
+from edgeswarm import usage
+from edgeswarm.ledger import EDGE_MISMATCH, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+
+MiB = 1 << 20
+T0 = 1_699_999_200  # a period start for 3600-second periods
+H = 3600
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path: Path) -> str:
+    """A fresh ledger target of each backend: the tests below must hold for both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "cache" / "usage.db")
+    return request.getfixturevalue("pg_database")
+
+
+def stored(target: str) -> list[tuple]:
+    """Every row as written, straight from the table."""
+    backend = _connect(target, create=False)
+    try:
+        return sorted(backend.select(-(1 << 62)))
+    finally:
+        backend.close()
+
+
+def drop_table(target: str) -> None:
+    if target.startswith("postgresql://"):
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("DROP TABLE usage")
+    else:
+        conn = sqlite3.connect(target)
+        conn.execute("DROP TABLE usage")
+        conn.commit()
+        conn.close()
+
+
+async def write(target: str, entries: list[tuple], edge: str = "edge-a", period: int = H) -> None:
+    """Record (user, content, path, region, kind, nbytes, when) entries through a Ledger and close it."""
+    ledger = Ledger(target, edge, period=period, flush_interval=3600)
+    await ledger.start()
+    for e in entries:
+        ledger.add(*e)
+    await ledger.close()
+
+
+def by_key(rows) -> dict:
+    return {r.key: r for r in rows}
+
+
+async def test_accumulates_across_flushes_periods_and_restarts(target: str):
+    ledger = Ledger(target, "edge-a", flush_interval=3600)
+    await ledger.start()
+    ledger.add("alice", "c1", "/a.mp4", "east", "edge_sent", 100, when=T0 + 10)
+    ledger.add("alice", "c1", "/a.mp4", "east", "edge_sent", 50, when=T0 + 20)
+    assert ledger.pending() == 1  # aggregated in memory, not one row per call
+    await ledger.flush()
+    assert ledger.pending() == 0
+    ledger.add("alice", "c1", "/a.mp4", "east", "edge_sent", 25, when=T0 + H - 1)
+    ledger.add("alice", "c1", "/a.mp4", "east", "edge_sent", 7, when=T0 + H)
+    await ledger.flush()
+    await ledger.close()
+    await write(target, [("alice", "c1", "/a.mp4", "east", "edge_sent", 1, T0 + 5)])  # a restarted edge keeps adding
+    assert stored(target) == [
+        (T0, "edge-a", "alice", "c1", "/a.mp4", "east", "edge_sent", 176),
+        (T0 + H, "edge-a", "alice", "c1", "/a.mp4", "east", "edge_sent", 7),
+    ]
+
+
+async def test_period_bucketing_and_region_none(target: str):
+    await write(
+        target,
+        [
+            ("bob", "c1", "/a", None, "reported_from_peers", 1, T0 + 299),
+            ("bob", "c1", "/a", None, "reported_from_peers", 2, T0 + 300),
+            ("bob", "c1", "/a", None, "reported_from_peers", 4, T0 + 601.5),
+        ],
+        period=300,
+    )
+    assert [(r[0], r[5], r[7]) for r in stored(target)] == [(T0, "", 1), (T0 + 300, "", 2), (T0 + 600, "", 4)]
+
+
+async def test_edges_keep_their_own_rows(target: str):
+    await write(target, [("alice", "c1", "/a", "east", "edge_sent", 10, T0)], edge="edge-a")
+    await write(target, [("alice", "c1", "/a", "east", "edge_sent", 20, T0)], edge="edge-b")
+    assert [(r[1], r[7]) for r in stored(target)] == [("edge-a", 10), ("edge-b", 20)]
+    assert report(target)[0].edge_sent == 30
+
+
+def test_add_validates_without_io():
+    ledger = Ledger("/nonexistent/never-opened.db", "e")  # add does no I/O, so no start is needed
+    with pytest.raises(ValueError, match="unknown usage kind"):
+        ledger.add("u", "c", "/p", None, "served", 10)
+    with pytest.raises(ValueError):
+        ledger.add("u", "c", "/p", None, "bogus", 0)  # the kind is checked even for bytes that are ignored
+    ledger.add("u", "c", "/p", None, "edge_sent", 0)
+    ledger.add("u", "c", "/p", None, "edge_sent", -5)
+    assert ledger.pending() == 0
+
+
+async def test_background_loop_flushes(target: str):
+    ledger = Ledger(target, "edge-a", flush_interval=0.05)
+    await ledger.start()
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 123)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if ledger.pending() == 0:
+            break
+    assert ledger.pending() == 0
+    assert [r[7] for r in stored(target)] == [123]
+    await ledger.close()
+
+
+async def test_since_filter(target: str):
+    await write(target, [("alice", "c1", "/a", "east", "edge_sent", n, T0 + i * H) for i, n in enumerate((1, 10, 100))])
+    assert report(target)[0].edge_sent == 111
+    assert report(target, since=T0 + H)[0].edge_sent == 110
+    assert report(target, since=T0 + H + 1)[0].edge_sent == 100  # periods that start at or after since
+    assert report(target, since=T0 + 3 * H) == []
+
+
+async def test_report_by_user_content_region(target: str):
+    await write(
+        target,
+        [
+            ("alice", "c1", "/a.mp4", "east", "edge_sent", 100, T0),
+            ("alice", "c2", "/b.mp4", "east", "edge_sent", 10, T0),
+            ("bob", "c1", "/a.mp4", "west", "edge_sent", 1000, T0),
+            ("bob", "c1", "/a.mp4", "west", "reported_from_peers", 3000, T0 + H),
+            ("carol", "c1", "/a.mp4", "west", "reported_uploaded", 3000, T0 + H),
+        ],
+    )
+    users = by_key(report(target, by="user"))
+    assert sorted(users) == ["alice", "bob", "carol"]
+    assert (users["alice"].edge_sent, users["bob"].edge_sent, users["bob"].reported_from_peers) == (110, 1000, 3000)
+    assert users["carol"].reported_uploaded == 3000
+    assert users["bob"].p2p_share == pytest.approx(0.75)
+    contents = by_key(report(target, by="content"))
+    assert sorted(contents) == ["/a.mp4", "/b.mp4"]  # keyed by path
+    assert (contents["/a.mp4"].edge_sent, contents["/b.mp4"].edge_sent) == (1100, 10)
+    regions = by_key(report(target, by="region"))
+    assert (regions["east"].edge_sent, regions["west"].edge_sent, regions["west"].reported_uploaded) == (110, 1000, 3000)
+    assert all(not r.flags for r in [*users.values(), *contents.values(), *regions.values()])
+    with pytest.raises(ValueError, match="cannot report by"):
+        report(target, by="edge")
+
+
+async def test_contents_sharing_a_path_stay_apart(target: str):
+    await write(target, [("u", "v1", "/a.mp4", "", "edge_sent", 1, T0), ("u", "v2", "/a.mp4", "", "edge_sent", 2, T0)])
+    assert {r.key: r.edge_sent for r in report(target, by="content")} == {"/a.mp4 [v1]": 1, "/a.mp4 [v2]": 2}
+
+
+async def test_inconsistent_reports_are_flagged(target: str):
+    await write(
+        target,
+        [
+            # alice says she got half of what the edge measured sending her
+            ("alice", "c1", "/a", "east", "edge_sent", 10 * MiB, T0),
+            ("alice", "c1", "/a", "east", "reported_from_edge", 5 * MiB, T0),
+            # bob claims 50 MiB of uploads in west; the only downloader there confirms 1 MiB
+            ("bob", "c2", "/b", "west", "reported_uploaded", 50 * MiB, T0),
+            ("carol", "c2", "/b", "west", "reported_from_peers", 1 * MiB, T0),
+            ("carol", "c2", "/b", "west", "edge_sent", 20 * MiB, T0),
+            ("carol", "c2", "/b", "west", "reported_from_edge", 20 * MiB, T0),
+            # dave is consistent
+            ("dave", "c3", "/c", "east", "edge_sent", 10 * MiB, T0),
+            ("dave", "c3", "/c", "east", "reported_from_edge", 10 * MiB, T0),
+        ],
+    )
+    users = {r.key: r.flags for r in report(target, by="user")}
+    assert users == {"alice": [EDGE_MISMATCH], "bob": [P2P_MISMATCH], "carol": [P2P_MISMATCH], "dave": []}
+    assert {r.key: r.flags for r in report(target, by="content")} == {"/a": [EDGE_MISMATCH], "/b": [P2P_MISMATCH], "/c": []}
+    assert {r.key: r.flags for r in report(target, by="region")} == {"east": [EDGE_MISMATCH], "west": [P2P_MISMATCH]}
+    # a claim with nothing measured behind it is flagged too
+    await write(target, [("erin", "c1", "/a", "north", "reported_from_edge", 8 * MiB, T0)])
+    assert by_key(report(target))["erin"].flags == [EDGE_MISMATCH]
+
+
+async def test_consistent_reports_within_tolerance_are_not_flagged(target: str):
+    await write(
+        target,
+        [
+            ("alice", "c1", "/a", "east", "edge_sent", 100 * MiB, T0),
+            ("alice", "c1", "/a", "east", "reported_from_edge", 95 * MiB, T0),  # 5 % off: within tolerance
+            ("bob", "c1", "/a", "east", "edge_sent", 900 * 1024, T0),  # split by a period boundary: within slack
+            ("bob", "c1", "/a", "east", "reported_from_edge", 900 * 1024, T0 + H),
+            ("bob", "c1", "/a", "east", "reported_uploaded", 100 * MiB, T0),
+            ("carol", "c1", "/a", "east", "reported_from_peers", 60 * MiB, T0),
+            ("dave", "c1", "/a", "east", "reported_from_peers", 32 * MiB, T0),  # 92 of 100 MiB confirmed
+            ("erin", "c2", "/b", "east", "edge_sent", 40 * MiB, T0),  # a plain HTTP client: no claim, no contradiction
+        ],
+    )
+    rows = report(target)
+    assert [(r.key, r.flags) for r in rows] == [("alice", []), ("bob", []), ("carol", []), ("dave", []), ("erin", [])]
+    strict = {r.key: r.flags for r in report(target, tolerance=0.01, slack=0)}
+    assert strict["alice"] == [EDGE_MISMATCH]
+    assert strict["bob"] == [EDGE_MISMATCH, P2P_MISMATCH]
+    assert strict["erin"] == []
+
+
+async def test_failed_flush_keeps_pending_and_recovers(target: str, caplog):
+    ledger = Ledger(target, "edge-a", flush_interval=3600)
+    await ledger.start()
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+    await ledger.flush()
+    drop_table(target)
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 100, when=T0)
+    ledger.add("bob", "c1", "/a", "east", "edge_sent", 1, when=T0)
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.ledger"):
+        await ledger.flush()  # must not raise
+    assert ledger.pending() == 2
+    assert "cannot write usage" in caplog.text and "kept pending" in caplog.text
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 20, when=T0)  # arrived while failing: merged, not lost
+    assert ledger.pending() == 2
+    await ledger.flush()  # reconnects, recreates the table, writes what was kept
+    assert ledger.pending() == 0
+    assert [(r[2], r[7]) for r in stored(target)] == [("alice", 120), ("bob", 1)]
+    await ledger.close()
+
+
+async def test_cancelled_flush_loses_nothing(tmp_path: Path, caplog):
+    ledger = Ledger(str(tmp_path / "usage.db"), "edge-a", flush_interval=3600)
+    await ledger.start()
+    real_write = ledger._write
+
+    def slow_failing_write(rows):
+        time.sleep(0.2)
+        raise OSError("disk gone")
+
+    ledger._write = slow_failing_write
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+    task = asyncio.create_task(ledger.flush())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the edge shutting down mid-write
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.ledger"):
+        await asyncio.sleep(0.4)
+    assert ledger.pending() == 1 and "disk gone" in caplog.text
+    ledger._write = real_write
+    await ledger.close()
+    assert [r[7] for r in stored(str(tmp_path / "usage.db"))] == [5]
+
+
+async def test_close_writes_what_is_left(target: str):
+    ledger = Ledger(target, "edge-a", flush_interval=3600)
+    await ledger.start()
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 9, when=T0)
+    await ledger.close()
+    assert [r[7] for r in stored(target)] == [9]
+
+
+async def test_sqlite_wal_and_parent_dir(tmp_path: Path):
+    path = tmp_path / "deep" / "er" / "usage.db"
+    ledger = Ledger(str(path), "edge-a")
+    await ledger.start()
+    await ledger.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_uncreatable_sqlite_path(tmp_path: Path):
+    (tmp_path / "afile").write_text("not a directory")
+    ledger = Ledger(str(tmp_path / "afile" / "sub" / "usage.db"), "edge-a")
+    with pytest.raises(LedgerError, match="cannot open SQLite ledger"):
+        await ledger.start()
+    (tmp_path / "junk.db").write_bytes(b"x" * 4096)
+    with pytest.raises(LedgerError, match=r"junk\.db"):
+        await Ledger(str(tmp_path / "junk.db"), "edge-a").start()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "reason"),
+    [
+        ("postgresql://postgres@127.0.0.1:notaport/postgres", "port"),
+        ("postgresql://[bad", "IPv6"),
+        ("postgres://postgres:s3cret@127.0.0.1:{port}/postgres", "refused"),
+    ],
+)
+async def test_unusable_postgresql_targets(dsn: str, reason: str):
+    dsn = dsn.format(port=free_port())
+    with pytest.raises(LedgerError, match=reason) as info:
+        await Ledger(dsn, "edge-a").start()
+    assert "s3cret" not in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(LedgerError, match=reason):
+        report(dsn)
+
+
+async def test_missing_database_on_a_live_server(pg_dsn: str):
+    with pytest.raises(LedgerError, match="does not exist"):
+        await Ledger(pg_dsn.rsplit("/", 1)[0] + "/no_such_db", "edge-a").start()
+
+
+async def test_postgresql_role_that_cannot_create_tables(pg_database: str):  # noqa: F811
+    await write(pg_database, [])  # the operator creates the table once
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'edge_writer') THEN CREATE ROLE edge_writer LOGIN; END IF; END $$"
+        )
+        conn.execute("GRANT SELECT, INSERT, UPDATE ON usage TO edge_writer")
+        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    limited = pg_database.replace("postgres@", "edge_writer@", 1)
+    await write(limited, [("alice", "c1", "/a", "east", "edge_sent", 3, T0)])
+    assert report(limited)[0].edge_sent == 3
+
+
+def test_report_never_creates_a_ledger(tmp_path: Path):
+    path = tmp_path / "missing.db"
+    with pytest.raises(LedgerError, match="no ledger at"):
+        report(str(path))
+    assert not path.exists()
+
+
+def test_report_of_a_ledger_without_table(tmp_path: Path, pg_database: str):  # noqa: F811
+    path = tmp_path / "empty.db"
+    sqlite3.connect(path).close()
+    assert report(str(path)) == []
+    assert report(pg_database) == []
+
+
+def test_sibling_module_import_of_the_fixture():
+    import pgserver
+
+    assert pgserver.pg_dsn is pg_dsn and callable(pgserver.fresh_database)
+
+
+# ----- the CLI -----
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    parser = argparse.ArgumentParser()
+    usage.add_parser(parser.add_subparsers(dest="command", required=True))
+    rc = usage.run(parser.parse_args(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+async def flagged(target: str) -> str:
+    await write(
+        target,
+        [
+            ("alice", "c1", "/a.mp4", "east", "edge_sent", 10 * MiB, T0),
+            ("alice", "c1", "/a.mp4", "east", "reported_from_edge", 2 * MiB, T0),
+            ("bob", "c1", "/a.mp4", "east", "edge_sent", 30 * MiB, T0),
+            ("bob", "c1", "/a.mp4", "east", "reported_from_peers", 10 * MiB, T0),
+            ("carol", "c1", "/a.mp4", "east", "reported_uploaded", 10 * MiB, T0),
+        ],
+    )
+    return target
+
+
+async def test_cli_table(flagged: str, capsys):
+    rc, out, err = cli(["usage", "report", "--ledger", flagged], capsys)
+    assert rc == 0, err
+    for text in ("served by edge", "reported from edge", "from peers", "uploaded to peers", "P2P share", "flags"):
+        assert text in out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│") and len(line.split()) > 1}
+    assert "10.0 MiB" in lines["alice"] and "2.0 MiB" in lines["alice"] and EDGE_MISMATCH in lines["alice"]
+    assert "25.0 %" in lines["bob"] and not lines["bob"].rstrip(" │").endswith("mismatch")
+    assert "total" in lines and "40.0 MiB" in lines["total"] and "1 flagged" in lines["total"]
+    rc, out, _ = cli(["usage", "report", "--ledger", flagged, "--by", "region"], capsys)
+    assert rc == 0 and "east" in out and "region" in out
+
+
+async def test_cli_csv(flagged: str, capsys):
+    rc, out, _ = cli(["usage", "report", "--ledger", flagged, "--csv"], capsys)
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["user"] for r in rows] == ["alice", "bob", "carol"]
+    alice, bob, carol = rows
+    assert (int(alice["edge_sent"]), int(alice["reported_from_edge"]), alice["flags"]) == (10 * MiB, 2 * MiB, EDGE_MISMATCH)
+    assert (int(bob["reported_from_peers"]), float(bob["p2p_share"]), bob["flags"]) == (10 * MiB, 0.25, "")
+    assert (int(carol["reported_uploaded"]), carol["p2p_share"]) == (10 * MiB, "")
+    rc, out, _ = cli(["usage", "report", "--ledger", flagged, "--csv", "--by", "content"], capsys)
+    assert next(csv.reader(io.StringIO(out)))[0] == "content" and "/a.mp4" in out
+
+
+async def test_cli_since(tmp_path: Path, capsys):
+    now = time.time()
+    ledger = str(tmp_path / "usage.db")
+    await write(ledger, [("old", "c", "/a", "", "edge_sent", 1, now - 3 * 86400), ("new", "c", "/a", "", "edge_sent", 2, now)])
+    for since, users in [("24h", ["new"]), ("90m", ["new"]), ("7d", ["new", "old"]), ("1970-01-02", ["new", "old"])]:
+        rc, out, err = cli(["usage", "report", "--ledger", ledger, "--since", since, "--csv"], capsys)
+        assert rc == 0, err
+        assert [r["user"] for r in csv.DictReader(io.StringIO(out))] == users, since
+    rc, out, _ = cli(["usage", "report", "--ledger", ledger, "--since", "2999-01-01T00:00Z"], capsys)
+    assert rc == 0 and "no usage recorded" in out
+
+
+def test_parse_since_forms():
+    now = 1_000_000.0
+    assert usage.parse_since("90m", now) == now - 5400
+    assert usage.parse_since("24h", now) == now - 86400
+    assert usage.parse_since("7d", now) == now - 7 * 86400
+    assert usage.parse_since("2024-05-01") == 1714521600  # naive means UTC
+    assert usage.parse_since("2024-05-01T12:00") == 1714521600 + 12 * H
+    assert usage.parse_since("2024-05-01 12:00:00Z") == 1714521600 + 12 * H
+    assert usage.parse_since("2024-05-01T12:00+02:00") == 1714521600 + 10 * H
+    for bad in ("yesterday", "5x", "-3h", "2024-13-01"):
+        with pytest.raises(ValueError, match="cannot read --since"):
+            usage.parse_since(bad)
+
+
+def test_cli_errors(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.db"
+    rc, out, err = cli(["usage", "report", "--ledger", str(missing)], capsys)
+    assert (rc, out, err.strip()) == (2, "", f"edgeswarm usage: no ledger at {missing}")
+    assert not missing.exists()
+    sqlite3.connect(tmp_path / "ok.db").close()
+    rc, _, err = cli(["usage", "report", "--ledger", str(tmp_path / "ok.db"), "--since", "last tuesday"], capsys)
+    assert rc == 2 and err.startswith("edgeswarm usage: cannot read --since 'last tuesday'") and "Traceback" not in err
+    rc, _, err = cli(["usage", "report", "--ledger", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"], capsys)
+    assert rc == 2 and err.startswith("edgeswarm usage: cannot connect to PostgreSQL") and err.count("\n") == 1
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["usage", "report", "--help"], capsys)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--ledger" in out and "examples:" in out and "p2p-report-mismatch" in out
+    with pytest.raises(SystemExit) as info:
+        cli(["usage"], capsys)  # the action is required
+    assert info.value.code == 2
