@@ -23,7 +23,8 @@ from edgeswarm.regions import Region, RegionMap
 from edgeswarm.tracker import Tracker
 
 EVENTS = {"started", "update", "completed", "stopped"}
-STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
+STAT_KINDS = ("edge", "peer_same_region", "peer_other_region", "from_this_edge")
+ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
 
 
 @dataclass
@@ -43,6 +44,9 @@ def parse_announce(doc: object) -> Announce:
     """Check every field; anything off is a 400 naming the field."""
     if not isinstance(doc, dict):
         raise HttpError(400, "announce must be a JSON object")
+    claimed = [f for f in ADDRESS_FIELDS if f in doc]
+    if claimed:
+        raise HttpError(400, f"announce may not name an address ({', '.join(claimed)}): the edge uses the one it sees the peer at")
 
     def field(name: str, kind: type, check=lambda v: True, why: str = ""):
         value = doc.get(name)
@@ -51,8 +55,8 @@ def parse_announce(doc: object) -> Announce:
         return value
 
     stats = doc.get("stats", {})
-    if not isinstance(stats, dict) or not all(isinstance(stats.get(k, 0), int) and stats.get(k, 0) >= 0 for k in STAT_KINDS):
-        raise HttpError(400, "announce field 'stats' must map edge/peer_same_region/peer_other_region to byte counts")
+    if not isinstance(stats, dict) or not all(type(stats.get(k, 0)) is int and stats.get(k, 0) >= 0 for k in STAT_KINDS):
+        raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts")
     return Announce(
         peer_id=field("peer_id", str, lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
         port=field("port", int, lambda v: 0 < v < 65536, "a TCP port"),
@@ -73,11 +77,16 @@ class TrackerService:
         self.tracker = Tracker(locality=locality, ttl=interval * 3)  # type: ignore[arg-type]
         self._reports: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, stats)
         self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted
+        self._uploaded: dict[tuple[str, str], int] = {}  # (peer, cid) -> last reported upload
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
 
-    def handle(self, doc: object, address: str, piece_count: int) -> dict:
+    def handle(self, doc: object, address: str, piece_count: int, user: str | None = None) -> tuple[dict, dict[str, int]]:
+        """The answer for the peer, and what this announce adds to the usage ledger (bytes by kind since the last one).
+
+        Every check comes before any change of state: a refused announce changes nothing.
+        """
         a = parse_announce(doc)
         if a.pieces != piece_count:
             raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
@@ -85,6 +94,7 @@ class TrackerService:
             have = bitfield.decode(a.have_field, piece_count)
         except ValueError as exc:
             raise HttpError(400, f"announce field 'have': {exc}") from None
+        self._check_identity(a, address, user)
         region = self.region_of(address)
         host = f"[{address}]" if ":" in address else address
         answer = self.tracker.announce(
@@ -99,7 +109,9 @@ class TrackerService:
             a.uploaded,
             a.downloaded,
             a.event,
+            user,
         )
+        usage = self._usage(a)
         self._report(a, region)
         return {
             "interval": self.interval,
@@ -114,6 +126,33 @@ class TrackerService:
                 }
                 for p in answer
             ],
+        }, usage
+
+    def _check_identity(self, a: Announce, address: str, user: str | None) -> None:
+        """A live peer id stays with its user and address: nobody takes over another peer's place in the swarm."""
+        rec = next((p for p in self.tracker.swarm(a.cid) if p.peer_id == a.peer_id), None)
+        if rec is None:
+            return
+        if rec.user != user:
+            raise HttpError(403, f"peer id {a.peer_id} is announced by another user")
+        if rec.address != address and user is None:
+            wait = max(0.0, self.tracker.ttl - (time.monotonic() - rec.last_seen))
+            raise HttpError(409, f"peer id {a.peer_id} is announced from another address; it expires in {wait:.0f} s")
+
+    def _usage(self, a: Announce) -> dict[str, int]:
+        """Bytes reported since this peer's previous announce for the content; all of it after a restart (counters went back)."""
+        key = (a.peer_id, a.cid)
+        previous = self._reports.get(key, ("", dict.fromkeys(STAT_KINDS, 0)))[1]
+        restarted = any(a.stats[k] < previous[k] for k in STAT_KINDS) or a.uploaded < self._uploaded.get(key, 0)
+        before = dict.fromkeys(STAT_KINDS, 0) if restarted else previous
+        up_before = 0 if restarted else self._uploaded.get(key, 0)
+        self._uploaded[key] = a.uploaded
+        if a.event == "stopped":
+            self._uploaded.pop(key, None)
+        return {
+            "reported_from_edge": a.stats["from_this_edge"] - before["from_this_edge"],
+            "reported_from_peers": sum(a.stats[k] - before[k] for k in ("peer_same_region", "peer_other_region")),
+            "reported_uploaded": a.uploaded - up_before,
         }
 
     def _report(self, a: Announce, region: Region | None) -> None:
@@ -132,9 +171,11 @@ class TrackerService:
         for name, stats in self._reports.values():
             by_region.setdefault(name, Counter()).update(stats)
         peers: Counter[str] = Counter()
+        users: Counter[str] = Counter()  # who the tracked peers are, as their tokens say
         for cid in self.tracker.contents():
             for p in self.tracker.swarm(cid):
                 peers[p.region.name if p.region else "unmapped"] += 1
+                users[p.user or "-"] += 1
         regions = {}
         for name in sorted(set(by_region) | set(peers)):
             c = by_region.get(name, Counter())
@@ -147,4 +188,4 @@ class TrackerService:
                 "bytes_from_peers_other_region": c["peer_other_region"],
                 "p2p_share": round(peer_bytes / total, 4) if total else None,
             }
-        return {"peers": self.tracker.peer_count(), "contents": len(self.tracker.contents()), "regions": regions}
+        return {"peers": self.tracker.peer_count(), "contents": len(self.tracker.contents()), "regions": regions, "users": dict(users)}

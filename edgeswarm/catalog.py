@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeswarm.httpspec import content_type
 from edgeswarm.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.paths import RESERVED, path_problem
+from edgeswarm.protect import cipher_for, is_protected, new_protection
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class Entry:
     stat: StatKey
     signed: SignedManifest
     raw: bytes  # the signed manifest as served
+    key: bytes | None = None  # a protected file's content key: released only to token holders
 
 
 def _stat_key(st: os.stat_result) -> StatKey:
@@ -41,10 +43,11 @@ def _stat_key(st: os.stat_result) -> StatKey:
 
 
 class Catalog:
-    def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey):
+    def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None):
         self.root = root.resolve()
         self.state_file = state_file
         self.key = key
+        self.protect = list(protect or [])
         self.by_path: dict[str, Entry] = {}
         self.by_id: dict[str, Entry] = {}
         self.hashed_bytes = 0
@@ -71,13 +74,22 @@ class Catalog:
                     continue
             except (KeyError, TypeError):
                 continue
-            self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json()))
+            key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
+            protection = signed.manifest.protection
+            if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
+                continue  # --protect changed, or the key is lost: the next scan publishes it afresh
+            self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json(), key))
 
     def _save_state(self) -> None:
-        state = {rel: {"stat": list(e.stat), "signed": json.loads(e.raw)} for rel, e in self.by_path.items()}
+        state = {
+            rel: {"stat": list(e.stat), "signed": json.loads(e.raw), **({"key": e.key.hex()} if e.key else {})}
+            for rel, e in self.by_path.items()
+        }
         tmp = self.state_file.with_suffix(".tmp")
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(state))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds content keys
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
         os.replace(tmp, self.state_file)
 
     def _add(self, rel: str, entry: Entry) -> None:
@@ -161,8 +173,9 @@ class Catalog:
     def _publish(self, rel: str, full: Path, key: StatKey) -> Entry | None:
         """Hash and sign one file; None if it changed while being read (next scan retries)."""
         piece_size = piece_size_for(key[0])
+        content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         try:
-            pieces = hash_pieces(full, piece_size)
+            pieces = hash_pieces(full, piece_size, cipher_for(content_key, protection) if protection else None)
             after = _stat_key(full.stat())
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)
@@ -177,9 +190,10 @@ class Catalog:
             piece_size=piece_size,
             pieces=pieces,
             modified=int(key[1] // 1_000_000_000) or int(time.time()),
+            protection=protection,
         )
         signed = SignedManifest.sign(manifest, self.key)
-        return Entry(full, key, signed, signed.to_json())
+        return Entry(full, key, signed, signed.to_json(), content_key)
 
     def recheck(self, rel: str) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ Files appear at their relative path (/srv/media/films/a.mp4 -> /films/a.mp4)
 within about a second of being written, and disappear when deleted.  Hidden
 files and directories (.name) are not published, nor are top-level names
 reserved for node endpoints (manifest, content, piece, have, announce, key,
-origin-key, healthz, status, metrics).
+origin-key, swarm-key, healthz, status, metrics).
 """
 
 EPILOG_EDGE = """\
@@ -108,6 +109,31 @@ def _positive(text: str) -> float:
     return value
 
 
+def _tls_server(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs --tls-key")
+    g.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
+
+
+def _credentials(p: argparse.ArgumentParser, who: str) -> None:
+    g = p.add_argument_group("trust")
+    g.add_argument("--token", metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
+    g.add_argument("--token-file", type=Path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
+    g.add_argument("--ca", type=Path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token or --token-file: the file's first line, so `token issue > f` works as is."""
+    if args.token and args.token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if args.token_file:
+        lines = [line.strip() for line in args.token_file.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{args.token_file} holds no token")
+        return lines[-1]
+    return args.token
+
+
 def _common(p: argparse.ArgumentParser, default_listen: str) -> None:
     p.add_argument(
         "--listen",
@@ -138,9 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish", type=Path, required=True, metavar="DIR", help="directory to publish")
     p.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 signing key (PEM), created if missing (default STATE/origin.key)")
     p.add_argument("--state", type=Path, metavar="DIR", help="where manifests are kept across restarts (default DIR/.edgeswarm)")
+    p.add_argument("--scan-interval", type=_positive, metavar="SECONDS", help="how often DIR is checked for changes (default 1)")
     p.add_argument(
-        "--scan-interval", type=_positive, default=1.0, metavar="SECONDS", help="how often DIR is checked for changes (default 1)"
+        "--protect",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="encrypt files whose path matches (such as 'films/*' or '*.mp4'; repeatable): nodes hold ciphertext, token holders get the key",
     )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML with any of these options by name (protect: [GLOB, ...], tls_cert: ...); flags win",
+    )
+    _tls_server(p)
     _common(p, "127.0.0.1:8000")
 
     p = sub.add_parser(
@@ -208,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--announce-interval", type=_positive, default=30.0, metavar="SECONDS", help="how often peers re-announce (default 30)"
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
+    trust = p.add_argument_group("trust and accounting")
+    trust.add_argument(
+        "--require-token",
+        action="store_true",
+        help="serve files, manifests, pieces and announces only with a valid token for the path (Bearer or ?token=)",
+    )
+    trust.add_argument(
+        "--ledger",
+        metavar="PATH_OR_DSN",
+        help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
+    )
+    trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
+    _credentials(p, "this edge")
+    _tls_server(p)
     _common(p, "127.0.0.1:8080")
 
     p = sub.add_parser(
@@ -243,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a gateway read waiting this long for a piece fails with 504 (default 30)",
     )
+    _credentials(p, "this peer")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
@@ -271,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stall-timeout", type=_positive, default=60.0, metavar="SECONDS", help="give up when nothing arrives for this long (default 60)"
     )
+    _credentials(p, "the download")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log verbosity (default warning)")
 
     p = sub.add_parser(
@@ -333,8 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
-    from edgeswarm import sim  # options only: numpy and friends load when a simulation runs
+    from edgeswarm import sim, tokens, usage  # options only: numpy and friends load when a simulation runs
 
+    tokens.add_parser(sub)
+    usage.add_parser(sub)
     sim.add_parser(sub)
     return parser
 
@@ -345,6 +401,35 @@ def _tracker(args: argparse.Namespace):
 
     regions = RegionMap.load(args.regions) if args.regions else None
     return TrackerService(regions, args.locality, args.announce_interval)
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """``origin --config FILE``: YAML naming options as flags do (dashes or underscores); a flag given wins, lists add up."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(args.config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{args.config}: not YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{args.config}: expected a mapping of option names to values")
+    known = {"state": Path, "key": Path, "tls_cert": Path, "tls_key": Path, "protect": list, "scan_interval": _positive}
+    for name, value in doc.items():
+        option = str(name).replace("-", "_")
+        kind = known.get(option)
+        if kind is None:
+            raise ValueError(f"{args.config}: unknown option {name!r} (known: {', '.join(sorted(known))})")
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{args.config}: {name} must be a list of globs")
+            args.protect = [*value, *args.protect]
+        elif getattr(args, option) is None:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"{args.config}: {name} must be a string or a number")
+            try:
+                setattr(args, option, kind(str(value)))
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"{args.config}: {name}: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,19 +445,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "origin":
-        from edgeswarm import origin
+        from edgeswarm import origin, tls
 
         setup_logging(args.log_level)
+        if args.config is not None:
+            _apply_config(args)
+        args.scan_interval = args.scan_interval or 1.0
         if not args.publish.is_dir():
             print(f"edgeswarm origin: {args.publish} is not a directory", file=sys.stderr)
             return 2
         state = args.state or args.publish / ".edgeswarm"
-        asyncio.run(origin.run(args.publish, args.listen, state, args.key or state / "origin.key", args.scan_interval, args.access_log))
+        ssl_context = tls.server_options(args.tls_cert, args.tls_key)
+        node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect)
+        asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context))
         return 0
     if args.command == "edge":
-        from edgeswarm import edge
+        from edgeswarm import edge, tls
+        from edgeswarm.ledger import Ledger
 
         setup_logging(args.log_level)
+        name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
+        ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
+        ssl_context = tls.server_options(args.tls_cert, args.tls_key)
         node = edge.Edge(
             args.cache,
             args.parent,
@@ -385,11 +479,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.origin_key,
             _tracker(args) if args.p2p else None,
             args.upload_limit,
+            require_token=args.require_token,
+            token=_token(args),
+            ca=tls.client_context(args.ca),
+            ledger=ledger,
         )
-        asyncio.run(edge.run(node, args.listen, args.access_log))
+        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context))
         return 0
     if args.command == "peer":
-        from edgeswarm import peer
+        from edgeswarm import peer, tls
 
         setup_logging(args.log_level)
         node = peer.Peer(
@@ -402,6 +500,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             max_cache=args.max_cache,
             read_timeout=args.read_timeout,
             download_limit=args.download_limit,
+            token=_token(args),
+            ca=tls.client_context(args.ca),
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log))
         return 0
@@ -409,7 +509,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm import get
 
         setup_logging(args.log_level)
-        return get.run(args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout)
+        return get.run(
+            args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout, _token(args), args.ca
+        )
     if args.command == "lab":
         from edgeswarm import lab, scenario
 
@@ -435,6 +537,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm import sim
 
         return sim.run(args)
+    if args.command == "token":
+        from edgeswarm import tokens
+
+        return tokens.run(args)
+    if args.command == "usage":
+        from edgeswarm import usage
+
+        return usage.run(args)
     if args.command == "bench" and args.bench == "swarm":
         from edgeswarm import bench_swarm
 

@@ -41,7 +41,9 @@ def make_app(metrics: Metrics) -> web.Application:
         except HttpError as exc:
             log.info("%s %s -> %d %s", request.method, request.path_qs[:200], exc.status, exc.message)
             resp = text_error(exc.status, exc.message, exc.headers)
-        except web.HTTPException as exc:
+        except web.HTTPException as exc:  # aiohttp's own refusals, such as 413 for a body over client_max_size
+            if exc.status >= 400:
+                log.info("%s %s -> %d %s", request.method, request.path_qs[:200], exc.status, exc.reason)
             resp = exc
         except (ConnectionResetError, asyncio.CancelledError):
             raise
@@ -65,8 +67,8 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=1) + "\n", status=status, content_type="application/json")
 
 
-async def serve(app: web.Application, host: str, port: int, role: str, access_log: bool = False) -> None:
-    await serve_many([(app, host, port, "")], role, access_log)
+async def serve(app: web.Application, host: str, port: int, role: str, access_log: bool = False, ssl_context=None) -> None:
+    await serve_many([(app, host, port, "")], role, access_log, ssl_context=ssl_context)
 
 
 async def serve_many(
@@ -74,22 +76,27 @@ async def serve_many(
     role: str,
     access_log: bool = False,
     on_bound: Callable[[str, str, int], None] | None = None,
+    ssl_context=None,
 ) -> None:
-    """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
+    """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
+
+    With ``ssl_context`` the first site (the node's public one) serves HTTPS.
+    """
     runners = []
     try:
-        for app, host, port, label in sites:
+        for n, (app, host, port, label) in enumerate(sites):
+            tls = ssl_context if n == 0 else None
             runner = web.AppRunner(app, access_log=logging.getLogger("edgeswarm.access") if access_log else None, handle_signals=False)
             await runner.setup()
             runners.append(runner)
             try:
-                site = web.TCPSite(runner, host, port, reuse_address=True)
+                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
                 await site.start()
             except OSError as exc:
                 raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
             bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
             shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            log.info("%s %slistening on http://%s:%d", role, f"{label} " if label else "", shown, bound[1])
+            log.info("%s %slistening on %s://%s:%d", role, f"{label} " if label else "", "https" if tls else "http", shown, bound[1])
             if on_bound is not None:
                 on_bound(label, bound[0], bound[1])
         stop = asyncio.Event()

@@ -23,23 +23,26 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from edgeswarm import originkey
+from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import PEER_HEADER, HttpError
+from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import CorruptPiece, PieceStore
+from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import send_piece, serve_file
-from edgeswarm.signing import public_pem
+from edgeswarm.signing import load_or_create_private_key, public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
+TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 
 
 class EdgeSource:
@@ -74,6 +77,10 @@ class Edge:
         origin_key: Path | None,
         tracker: TrackerService | None = None,
         upload_limit: float | None = None,
+        require_token: bool = False,
+        token: str | None = None,
+        ca=None,
+        ledger: Ledger | None = None,
     ):
         self.cache = cache
         self.parent = parent.rstrip("/")
@@ -83,7 +90,11 @@ class Edge:
         self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
         self.revalidate = revalidate
         self.origin_key = origin_key
-        self.upstream = Upstream(timeout)
+        self.require_token = require_token
+        self.upstream = Upstream(timeout, ssl=ca, headers={"Authorization": f"Bearer {token}"} if token else None)
+        self.ledger = ledger
+        self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
+        self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
         self.tracker = tracker
@@ -96,6 +107,7 @@ class Edge:
         self._stale_warned: set[str] = set()
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
+        self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
 
     # -- start-up: learn and pin the origin key ---------------------------------
     async def open_store(self) -> None:
@@ -131,6 +143,37 @@ class Edge:
         host = (request.host or "").lower()
         if host not in self.only_origin and host.rsplit(":", 1)[0] not in self.only_origin:
             raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
+
+    def region_name(self, request: web.Request) -> str | None:
+        region = self.tracker.region_of(request.remote or "") if self.tracker else None
+        return region.name if region else None
+
+    async def grant(self, request: web.Request, path: str, required: bool = False) -> tokens.Grant | None:
+        """The request's verified token for ``path``: checked whenever one is sent, required under --require-token."""
+        store = await self._store()
+        return access.grant(request, store.public_key, path, required=required or self.require_token, region=self.region_name(request))
+
+    def account(self, grant: tokens.Grant | None, request: web.Request, signed: SignedManifest, kind: str, nbytes: int) -> None:
+        if self.ledger is not None:
+            user = grant.user if grant else access.ANONYMOUS
+            self.ledger.add(user, signed.content_id, signed.manifest.path, self.region_name(request), kind, nbytes)
+
+    async def content_key(self, signed: SignedManifest) -> bytes:
+        """A protected file's key, from the parent (which checks this edge's own token); kept in memory only."""
+        cid = signed.content_id
+        if cid not in self._keys:
+            try:
+                reply = await self.upstream.get(self.parent, f"/key/{cid}")
+            except UpstreamError as exc:
+                raise HttpError(exc.status, f"cannot get the key of {signed.manifest.path}: {exc.message}") from None
+            if reply.status != 200:
+                why = reply.body[:200].decode(errors="replace").strip()
+                raise HttpError(502, f"parent {self.parent} refused the key of {signed.manifest.path}: {reply.status} {why}")
+            try:
+                self._keys[cid] = access.parse_key(reply.body, signed.manifest.protection)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise HttpError(502, f"parent {self.parent} sent a bad key for {signed.manifest.path}: {exc}") from None
+        return self._keys[cid]
 
     # -- manifests ------------------------------------------------------------------
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
@@ -272,18 +315,42 @@ class Edge:
         if rel.split("/", 1)[0] in RESERVED:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         may_fetch = self.may_fetch(request)
+        grant = await self.grant(request, rel) if self.require_token else None  # before anything is fetched for it
         signed = await self.resolve(rel, may_fetch)
-        return await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics, self.bucket)
+        protection = signed.manifest.protection
+        transform = None
+        if protection is not None:  # plaintext for an authorised client, decrypted on the fly
+            grant = await self.grant(request, rel, required=True)
+            transform = cipher_for(await self.content_key(signed), protection)
+        resp = await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics, self.bucket, transform)
+        self.account(grant, request, signed, "edge_sent", resp.content_length or 0 if request.method == "GET" else 0)
+        return resp
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         raw = request.raw_path
         rel = clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
+        if self.require_token:
+            await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))
         return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
 
     async def get_content(self, request: web.Request) -> web.Response:
-        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))
+        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request) and not self.require_token)
+        if self.require_token:
+            await self.grant(request, signed.manifest.path)
         return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
+
+    async def get_content_key(self, request: web.Request) -> web.Response:
+        """``GET /key/<content-id>``: a protected file's key, for a token that covers its path."""
+        signed = await self.manifest_by_id(request.match_info["cid"], False)
+        if signed.manifest.protection is None:
+            raise HttpError(404, f"{signed.manifest.path} is not protected: it has no key")
+        await self.grant(request, signed.manifest.path, required=True)
+        return access.key_response(signed.content_id, await self.content_key(signed))
+
+    async def get_swarm_key(self, _: web.Request) -> web.Response:
+        """The public key of this edge's swarm tickets: peers check each other's tickets with it."""
+        return web.Response(body=public_pem(self.swarm_key.public_key()), content_type="application/x-pem-file")
 
     async def get_piece(self, request: web.Request) -> web.Response:
         """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
@@ -291,7 +358,8 @@ class Edge:
         cid = request.match_info["cid"]
         only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
         may_fetch = self.may_fetch(request) and not only_cached
-        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch)
+        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
+        grant = await self.grant(request, signed.manifest.path) if self.require_token else None
         index = piece_index(request, signed.manifest.piece_count)
         data = store.read_piece(cid, index)
         if data is None and only_cached:
@@ -300,7 +368,9 @@ class Edge:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
         self.metrics.sent["node"] += len(data)
         self.metrics.content[("sent", cid, "peer" if request.headers.get(PEER_HEADER) else "node")] += len(data)
-        return await send_piece(request, data, self.bucket)
+        resp = await send_piece(request, data, self.bucket)
+        self.account(grant, request, signed, "edge_sent", len(data))
+        return resp
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
@@ -313,8 +383,15 @@ class Edge:
         cid = doc.get("content") if isinstance(doc, dict) else None
         if not isinstance(cid, str) or not is_content_id(cid):
             raise HttpError(400, "announce field 'content' is missing or not a content id")
-        signed = await self.manifest_by_id(cid, True)
-        return json_response(self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count))
+        signed = await self.manifest_by_id(cid, not self.require_token)
+        grant = await self.grant(request, signed.manifest.path)
+        user = grant.user if grant else None
+        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count, user)
+        for kind, nbytes in usage.items():
+            self.account(grant, request, signed, kind, nbytes)
+        ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
+        answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
+        return json_response(answer)
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -322,6 +399,8 @@ class Edge:
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not cached here")
+        if self.require_token:
+            await self.grant(request, signed.manifest.path)
         return have_response(cid, signed.manifest.piece_count, store.held(cid))
 
     async def get_key(self, _: web.Request) -> web.Response:
@@ -356,11 +435,15 @@ class Edge:
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
+        r.add_get("/key/{cid}", self.get_content_key)
+        r.add_get("/swarm-key", self.get_swarm_key)
         r.add_post("/announce", self.post_announce)
         r.add_get("/{path:.*}", self.get_file)
 
         async def lifecycle(app: web.Application):
             await self.upstream.start()
+            if self.ledger is not None:
+                await self.ledger.start()  # an unusable ledger stops start-up with its reason
             opener = None
             if self.origin_key is not None or (self.cache / "origin.pub").exists():
                 await self.open_store()  # a bad key file stops start-up with its reason
@@ -371,6 +454,8 @@ class Edge:
             for task in (opener, expiry):
                 if task is not None:
                     task.cancel()
+            if self.ledger is not None:
+                await self.ledger.close()
             await self.upstream.close()
 
         app.cleanup_ctx.append(lifecycle)
@@ -398,5 +483,5 @@ def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[a
     return asyncio.shield(task), True
 
 
-async def run(edge: Edge, listen: tuple[str, int], access_log: bool) -> None:
-    await serve(edge.app(), *listen, "edge", access_log)
+async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None) -> None:
+    await serve(edge.app(), *listen, "edge", access_log, ssl_context)

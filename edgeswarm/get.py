@@ -22,8 +22,10 @@ from urllib.parse import unquote, urlsplit
 from aiohttp import web
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from edgeswarm import tls
 from edgeswarm.httpspec import HttpError
 from edgeswarm.peer import Peer
+from edgeswarm.protect import cipher_for
 from edgeswarm.units import format_bytes
 
 log = logging.getLogger("edgeswarm.get")
@@ -52,9 +54,11 @@ async def download(
     upload_limit: float | None,
     extra_edges: list[str],
     stall_timeout: float,
+    token: str | None = None,
+    ca: Path | None = None,
 ) -> dict:
     edge, path = split_url(url)
-    peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0])
+    peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca))
     runner = web.AppRunner(peer.upload_app(), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -71,7 +75,11 @@ async def download(
         started = time.monotonic()
         await _watch(peer, swarm, stall_timeout)
         elapsed = time.monotonic() - started
-        await asyncio.to_thread(_write_output, peer, signed, output)
+        try:
+            key = await peer.content_key(signed) if signed.manifest.protection else None
+        except HttpError as exc:
+            raise GetError(f"{url}: {exc.message}") from None
+        await asyncio.to_thread(_write_output, peer, signed, output, key)
         got = peer.received.get(signed.content_id, {})
         from_peers = got.get("peer-same-region", 0) + got.get("peer-other-region", 0)
         total = sum(got.values())
@@ -119,9 +127,10 @@ def _peer_share(peer: Peer, cid: str) -> float:
     return (got.get("peer-same-region", 0) + got.get("peer-other-region", 0)) / total if total else 0.0
 
 
-def _write_output(peer: Peer, signed, output: Path) -> None:
-    """Assemble from stored pieces, each checked again against the manifest on the way out."""
+def _write_output(peer: Peer, signed, output: Path, key: bytes | None) -> None:
+    """Assemble from stored pieces, each checked again against the manifest on the way out (and decrypted, if protected)."""
     m = signed.manifest
+    decrypt = cipher_for(key, m.protection) if key is not None and m.protection else None
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".part")
     with open(tmp, "wb") as f:
@@ -130,7 +139,7 @@ def _write_output(peer: Peer, signed, output: Path) -> None:
             if data is None or not m.check_piece(i, data):
                 tmp.unlink(missing_ok=True)
                 raise GetError(f"piece {i} vanished or changed in the cache while writing {output}")
-            f.write(data)
+            f.write(decrypt(data, m.piece_span(i)[0]) if decrypt else data)
     os.replace(tmp, output)
 
 
@@ -142,6 +151,8 @@ def run(
     upload_limit: float | None,
     edges: list[str],
     stall_timeout: float,
+    token: str | None = None,
+    ca: Path | None = None,
 ) -> int:
     try:
         _, path = split_url(url)
@@ -151,7 +162,7 @@ def run(
     output = output or Path(path.rsplit("/", 1)[-1])
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
     try:
-        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout))
+        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca))
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 1

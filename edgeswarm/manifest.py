@@ -12,12 +12,14 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeswarm.protect import Protection
 from edgeswarm.signing import verify
 
 MIN_PIECE = 256 * 1024
@@ -48,12 +50,18 @@ def piece_size_for(size: int) -> int:
     return piece
 
 
-def hash_pieces(path: Path, piece_size: int) -> tuple[str, ...]:
-    """SHA-256 of each piece of a file, read once (blocking: run it in a thread)."""
+def hash_pieces(path: Path, piece_size: int, transform: Callable[[bytes, int], bytes] | None = None) -> tuple[str, ...]:
+    """SHA-256 of each piece of a file, read once (blocking: run it in a thread).
+
+    ``transform(data, offset)`` is applied first: a protected file's pieces are
+    hashed as the ciphertext that nodes will hold.
+    """
     digests = []
+    offset = 0
     with open(path, "rb") as f:
         while chunk := f.read(piece_size):
-            digests.append(hashlib.sha256(chunk).hexdigest())
+            digests.append(hashlib.sha256(transform(chunk, offset) if transform else chunk).hexdigest())
+            offset += len(chunk)
     return tuple(digests)
 
 
@@ -65,6 +73,7 @@ class Manifest:
     piece_size: int
     pieces: tuple[str, ...]
     modified: int  # seconds since the epoch; gives Last-Modified
+    protection: Protection | None = None  # set: the pieces are ciphertext (see protect.py)
 
     @property
     def piece_count(self) -> int:
@@ -87,7 +96,7 @@ class Manifest:
         )
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "format": FORMAT,
             "path": self.path,
             "size": self.size,
@@ -96,6 +105,9 @@ class Manifest:
             "pieces": list(self.pieces),
             "modified": self.modified,
         }
+        if self.protection is not None:  # absent otherwise: unprotected content ids stay what they were
+            d["protected"] = self.protection.to_dict()
+        return d
 
     def canonical(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -118,9 +130,12 @@ class Manifest:
                 piece_size=d["piece_size"],
                 pieces=tuple(d["pieces"]),
                 modified=d["modified"],
+                protection=Protection.from_dict(d["protected"]) if "protected" in d else None,
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"malformed manifest: missing or bad field {exc}") from exc
+        except ValueError as exc:
+            raise ManifestError(f"malformed manifest: {exc}") from exc
         checks = [
             (lambda: isinstance(m.path, str) and isinstance(m.content_type, str), "path and content_type must be strings"),
             (

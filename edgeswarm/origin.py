@@ -15,12 +15,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from edgeswarm import bitfield
+from edgeswarm import access, bitfield
 from edgeswarm.catalog import Catalog, Entry
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
 from edgeswarm.metrics import Metrics
 from edgeswarm.paths import RESERVED, clean_request_path
+from edgeswarm.protect import cipher_for, crypt
 from edgeswarm.serving import serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
 
@@ -58,13 +59,15 @@ class OriginSource:
                 data = f.read(length)
         except OSError:
             return None
+        if m.protection is not None and self.entry.key is not None:
+            data = crypt(self.entry.key, m.protection.nonce, offset, data)  # nodes get ciphertext only
         return data if m.check_piece(index, data) else None
 
 
 class Origin:
-    def __init__(self, publish: Path, state: Path, key_file: Path, scan_interval: float = 1.0):
+    def __init__(self, publish: Path, state: Path, key_file: Path, scan_interval: float = 1.0, protect: list[str] | None = None):
         self.key = load_or_create_private_key(key_file)
-        self.catalog = Catalog(publish, state / "catalog.json", self.key)
+        self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
         self.scan_interval = scan_interval
         self.metrics = Metrics("origin")
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
@@ -111,7 +114,20 @@ class Origin:
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         entry = self._entry_by_path(request)
-        return await serve_file(request, entry.signed, OriginSource(self, entry), self.metrics)
+        m = entry.signed.manifest
+        transform = None
+        if m.protection is not None and entry.key is not None:  # plaintext, but only for a token that covers it
+            access.grant(request, self.key.public_key(), m.path, required=True)
+            transform = cipher_for(entry.key, m.protection)
+        return await serve_file(request, entry.signed, OriginSource(self, entry), self.metrics, transform=transform)
+
+    async def get_content_key(self, request: web.Request) -> web.Response:
+        """A protected file's key, for a token that covers its path (an edge's, or a user's)."""
+        entry = self._entry_by_id(request.match_info["cid"])
+        if entry.key is None:
+            raise HttpError(404, f"{entry.signed.manifest.path} is not protected: it has no key")
+        access.grant(request, self.key.public_key(), entry.signed.manifest.path, required=True)
+        return access.key_response(entry.signed.content_id, entry.key)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         raw_path = "/" + request.raw_path.split("/", 2)[2] if request.raw_path.count("/") >= 2 else "/"
@@ -158,6 +174,7 @@ class Origin:
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
+        r.add_get("/key/{cid}", self.get_content_key)
         r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
 
         async def start_scanning(app: web.Application):
@@ -189,8 +206,8 @@ def have_response(cid: str, count: int, held) -> web.Response:
     return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 
 
-async def run(publish: Path, listen: tuple[str, int], state: Path, key_file: Path, scan_interval: float, access_log: bool) -> None:
-    origin = Origin(publish, state, key_file, scan_interval)
+async def run(origin: Origin, listen: tuple[str, int], access_log: bool, ssl_context=None) -> None:
     await origin.scan()
-    log.info("publishing %d files from %s", len(origin.catalog.by_path), origin.catalog.root)
-    await serve(origin.app(), *listen, "origin", access_log)
+    protected = sum(1 for e in origin.catalog.by_path.values() if e.key is not None)
+    log.info("publishing %d files (%d protected) from %s", len(origin.catalog.by_path), protected, origin.catalog.root)
+    await serve(origin.app(), *listen, "origin", access_log, ssl_context)

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from edgeswarm import bitfield, originkey
+from edgeswarm import access, bitfield, originkey, tokens
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import json_response, make_app, serve_many
 from edgeswarm.httpspec import PEER_HEADER, HttpError
@@ -35,8 +35,10 @@ from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import PieceStore
+from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import send_piece, serve_file
+from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, Swarm
 from edgeswarm.upstream import Upstream, UpstreamError
@@ -81,6 +83,8 @@ class Peer:
         max_cache: int | None = None,
         read_timeout: float = 30.0,
         download_limit: float | None = None,
+        token: str | None = None,
+        ca=None,
     ):
         self.cache = cache
         self.edges = [e.rstrip("/") for e in edges]
@@ -90,7 +94,12 @@ class Peer:
         self.deadline = 2.0
         cache.mkdir(parents=True, exist_ok=True)
         self.peer_id = _peer_id(cache / "peer_id")
-        self.upstream = Upstream(timeout, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
+        self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
+        self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
+        self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
+        self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
+        self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
+        self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
         self.ranking = SourceRanking()
         self.choker = Choker(slots=upload_slots)
         self.bucket = TokenBucket(upload_limit)
@@ -128,6 +137,64 @@ class Peer:
         assert self.store is not None
         return self.store
 
+    # -- credentials -------------------------------------------------------------------
+    def edge_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def peer_headers(self, cid: str) -> dict[str, str]:
+        ticket = self.tickets.get(cid)
+        return {"Authorization": f"Bearer {ticket}"} if ticket else {}
+
+    async def learn_ticket_keys(self) -> None:
+        """Each edge's swarm-ticket key: in managed mode, the only tickets this peer's upload server accepts."""
+        for edge in self.edges:
+            if edge in self.ticket_keys:
+                continue
+            try:
+                reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
+                if reply.status == 200:
+                    self.ticket_keys[edge] = load_public_key(reply.body, f"{edge}/swarm-key")
+            except (UpstreamError, KeyFileError) as exc:
+                log.info("no swarm-ticket key from %s yet: %s", edge, exc)
+
+    def check_ticket(self, request: web.Request, cid: str) -> None:
+        """Managed mode: a requester must show a ticket for this content from one of our edges (401/403 otherwise)."""
+        if not self.token:
+            return
+        try:
+            raw = tokens.from_request(request.headers, request.query)
+            if raw is None:
+                raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
+            tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+        except tokens.TokenError as exc:
+            self.metrics.events[("refused_ticket", "")] += 1
+            raise access.denied(exc) from None
+
+    async def content_key(self, signed: SignedManifest) -> bytes:
+        """A protected file's key from an edge (which checks our token); kept in memory, never on disk."""
+        cid = signed.content_id
+        if cid in self.content_keys:
+            return self.content_keys[cid]
+        problems = []
+        for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
+            try:
+                reply = await self.upstream.get(edge, f"/key/{cid}", self.edge_headers())
+            except UpstreamError as exc:
+                problems.append(exc.message)
+                continue
+            if reply.status in (401, 403):
+                raise HttpError(
+                    reply.status, f"{edge} refused the key of /{signed.manifest.path}: {reply.body[:200].decode(errors='replace').strip()}"
+                )
+            try:
+                if reply.status != 200:
+                    raise ValueError(f"answered {reply.status}")
+                self.content_keys[cid] = access.parse_key(reply.body, signed.manifest.protection)
+                return self.content_keys[cid]
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(f"{edge}: {exc}")
+        raise HttpError(502, f"no edge gave the key of /{signed.manifest.path}: {'; '.join(problems)}")
+
     # -- manifests ---------------------------------------------------------------------
     async def resolve(self, path: str) -> SignedManifest:
         """The current manifest of ``path`` from the fastest edge; a cached one if no edge answers."""
@@ -137,7 +204,7 @@ class Peer:
             return cached
         problems = []
         for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
-            headers = {"If-None-Match": cached.etag} if cached else None
+            headers = {**self.edge_headers(), **({"If-None-Match": cached.etag} if cached else {})}
             try:
                 reply = await self.upstream.get(edge, "/manifest/" + quote(path, safe="/"), headers)
             except UpstreamError as exc:
@@ -150,6 +217,9 @@ class Peer:
             if reply.status == 404:
                 store.forget_path(path)
                 raise HttpError(404, f"no such file: /{path}")
+            if reply.status in (401, 403):  # the player's user should know: a token is missing, expired or too narrow
+                why = reply.body[:200].decode(errors="replace").strip()
+                raise HttpError(reply.status, f"{edge} refused /{path}: {why}", {"WWW-Authenticate": 'Bearer realm="edgeswarm"'})
             if reply.status != 200:
                 problems.append(f"{edge} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}")
                 continue
@@ -175,11 +245,15 @@ class Peer:
 
     # -- transfers (driven by Swarm) -----------------------------------------------------
     async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool) -> bytes:
-        headers = {PEER_HEADER: self.peer_id}
+        headers = {PEER_HEADER: self.peer_id, **(self.peer_headers(cid) if to_peer else self.edge_headers())}
         reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers)
         if reply.status == 200:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
+            if not to_peer:
+                self.from_edge[(cid, url)] += len(reply.body)
             return reply.body
+        if reply.status in (401, 403) and to_peer:
+            raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
         if reply.status == 429:
             try:
                 retry = float(reply.headers.get("Retry-After", "1"))
@@ -194,7 +268,8 @@ class Peer:
         store = await self._store()
         signed = store.manifest(cid)
         try:
-            reply = await self.upstream.get(url, f"/have/{cid}", timeout=2.0)
+            headers = self.edge_headers() if url in self.edges else self.peer_headers(cid)
+            reply = await self.upstream.get(url, f"/have/{cid}", headers, timeout=2.0)
             if reply.status != 200 or signed is None:
                 return None
             return bitfield.decode(json.loads(reply.body).get("bitfield"), signed.manifest.piece_count)
@@ -215,6 +290,8 @@ class Peer:
         await self.bound.wait()
         await self._store()
         while True:
+            if len(self.ticket_keys) < len(self.edges):
+                await self.learn_ticket_keys()
             await self.announce_all("update")
             self._announce_now.clear()
             with contextlib.suppress(TimeoutError):
@@ -253,10 +330,11 @@ class Peer:
                 "edge": received["edge"],
                 "peer_same_region": received["peer-same-region"],
                 "peer_other_region": received["peer-other-region"],
+                "from_this_edge": self.from_edge[(cid, edge)],
             },
         }
         try:
-            reply = await self.upstream.post_json(edge, "/announce", doc, timeout=5.0)
+            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc)
         except UpstreamError as exc:
             log.info("announce to %s failed: %s", edge, exc.message)
             return
@@ -277,6 +355,8 @@ class Peer:
             doc = json.loads(body)
             self.announce_interval = max(0.5, float(doc.get("interval", self.announce_interval)))
             self.region = doc.get("region")
+            if isinstance(doc.get("ticket"), str):
+                self.tickets[cid] = doc["ticket"]
             peers = [
                 {
                     "peer_id": str(p["peer_id"]),
@@ -299,7 +379,9 @@ class Peer:
         if rel.split("/", 1)[0] in RESERVED:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         signed = await self.resolve(rel)
-        return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics)
+        protection = signed.manifest.protection
+        transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
+        return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics, transform=transform)
 
     async def post_file(self, request: web.Request) -> web.Response:
         """``POST /<path>``: fetch the whole file in the background (rarest-first, to seed it later)."""
@@ -337,6 +419,7 @@ class Peer:
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
+        self.check_ticket(request, cid)
         index = piece_index(request, signed.manifest.piece_count)
         if not store.has(cid, index):
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
@@ -361,6 +444,7 @@ class Peer:
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
+        self.check_ticket(request, cid)
         return have_response(cid, signed.manifest.piece_count, store.held(cid))
 
     # -- wiring -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -48,9 +49,18 @@ def file_headers(signed: SignedManifest) -> dict[str, str]:
     }
 
 
+Transform = Callable[[bytes | memoryview, int], bytes]  # (bytes, their offset in the file) -> bytes to send
+
+
 async def serve_file(
-    request: web.Request, signed: SignedManifest, source: PieceSource, metrics: Metrics, bucket: TokenBucket | None = None
+    request: web.Request,
+    signed: SignedManifest,
+    source: PieceSource,
+    metrics: Metrics,
+    bucket: TokenBucket | None = None,
+    transform: Transform | None = None,
 ) -> web.StreamResponse:
+    """The file (or its range) as RFC 9110 says; ``transform`` decrypts a protected file on its way out, never on disk."""
     m = signed.manifest
     headers = file_headers(signed)
     v = Validators(signed.etag, m.modified)
@@ -68,11 +78,13 @@ async def serve_file(
     if request.method == "HEAD" or m.size == 0:
         await resp.prepare(request)
         return resp
-    await _stream(request, resp, source, m, first, last, metrics, bucket)
+    await _stream(request, resp, source, m, first, last, metrics, bucket, transform)
     return resp
 
 
-async def _stream(request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics, bucket: TokenBucket | None) -> None:
+async def _stream(
+    request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics, bucket: TokenBucket | None, transform: Transform | None
+) -> None:
     """Send pieces in order; pieces not on disk are fetched LOOKAHEAD ahead of the one being sent."""
     indices = m.pieces_for(first, last)
     pending: dict[int, asyncio.Future] = {}
@@ -97,7 +109,11 @@ async def _stream(request, resp, source: PieceSource, m, first: int, last: int, 
             b = min(last + 1, offset + length) - offset
             if not resp.prepared:
                 await resp.prepare(request)
-            if bucket is not None and bucket.rate:
+            if transform is not None:
+                data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+                data = transform(data, offset + a)
+                await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
+            elif bucket is not None and bucket.rate:
                 data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
                 await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
             elif isinstance(piece, bytes):

@@ -33,10 +33,11 @@ class Reply:
 
 
 class Upstream:
-    def __init__(self, timeout: float, ssl: object = None, bind: str | None = None):
+    def __init__(self, timeout: float, ssl: object = None, bind: str | None = None, headers: dict[str, str] | None = None):
         self.timeout = timeout
-        self.ssl = ssl
+        self.ssl = ssl  # an SSLContext with the configured CA, or None for the system's trust store
         self.bind = bind  # source address for outgoing connections: how peers appear in their region
+        self.headers = headers or {}  # sent with every request: an edge's own token for its parent and siblings
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -46,7 +47,7 @@ class Upstream:
             ssl=self.ssl if self.ssl is not None else True,
             local_addr=(self.bind, 0) if self.bind else None,
         )
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, headers=self.headers)
 
     async def close(self) -> None:
         if self.session is not None:
@@ -55,9 +56,6 @@ class Upstream:
     async def get(self, base: str, path: str, headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
         """GET base+path (path already percent-encoded); the body is read whole."""
         return await self.request("GET", base, path, headers, timeout)
-
-    async def post_json(self, base: str, path: str, doc: object, timeout: float | None = None) -> Reply:
-        return await self.request("POST", base, path, None, timeout, doc)
 
     async def request(
         self, method: str, base: str, path: str, headers: dict[str, str] | None, timeout: float | None, doc: object = None
@@ -75,6 +73,8 @@ class Upstream:
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:
             raise UpstreamError(504, f"{base} did not answer {path} within {limit:g} s") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:

@@ -1,0 +1,56 @@
+"""Who may have what: the token checks that origin and edges make on requests.
+
+A node verifies access tokens against the origin key it pinned, so no node
+needs a secret to check one and a token works at every edge of the provider.
+The answers follow RFC 6750: 401 with ``WWW-Authenticate: Bearer`` when the
+token is missing, malformed or expired (the client should get a new one), 403
+when it is valid but not for this path or region.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeswarm import tokens
+from edgeswarm.httpspec import HttpError
+from edgeswarm.protect import SCHEME
+
+ANONYMOUS = "-"  # the ledger's user for requests without a token
+
+
+def grant(request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, required: bool, region: str | None = None):
+    """The verified grant for ``rel_path``, None if there is no token and none is required; else HttpError 401/403."""
+    try:
+        raw = tokens.from_request(request.headers, request.query)
+        if raw is None:
+            if not required:
+                return None
+            raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN, or ?token=TOKEN")
+        g = tokens.verify(raw, public_key)
+        tokens.authorize(g, rel_path, region)
+        return g
+    except tokens.TokenError as exc:
+        raise denied(exc) from None
+
+
+def denied(exc: tokens.TokenError) -> HttpError:
+    headers = {"WWW-Authenticate": f'Bearer realm="edgeswarm", error="{"invalid_token" if exc.status == 401 else "insufficient_scope"}"'}
+    return HttpError(exc.status, exc.message, headers)
+
+
+def key_response(cid: str, key: bytes) -> web.Response:
+    """A content key, for token holders only: never cached by anyone on the way."""
+    body = json.dumps({"content": cid, "scheme": SCHEME, "key": key.hex()})
+    return web.Response(text=body + "\n", content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def parse_key(body: bytes, protection) -> bytes:
+    """The key out of a ``/key`` answer, checked against the manifest's key hash; ValueError if it is not the right one."""
+    doc = json.loads(body)
+    key = bytes.fromhex(doc["key"]) if isinstance(doc, dict) and isinstance(doc.get("key"), str) else b""
+    if not protection.key_matches(key):
+        raise ValueError("the key does not match the manifest's key_sha256")
+    return key

@@ -1,0 +1,148 @@
+"""TLS: origin and edges over HTTPS, parents verified against a CA made here."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import curl, make_file, sha
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+class CA:
+    """A throwaway certificate authority that signs certificates for 127.0.0.1."""
+
+    def __init__(self, root: Path, name: str):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(_name(name))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.pem = root / f"{name}.pem"
+        self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = self.root / f"{name}.crt", self.root / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return cert_path, key_path
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> CA:
+    return CA(tmp_path / "pki", "edgeswarm-test-ca")
+
+
+def tls_args(ca: CA, name: str) -> tuple[str, ...]:
+    cert, key = ca.issue(name)
+    return ("--tls-cert", str(cert), "--tls-key", str(key))
+
+
+async def test_https_hierarchy_verified_against_the_ca(tmp_path, nodes, published, ca):
+    data = make_file(published / "a.bin", 600_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", *tls_args(ca, "origin"))
+    assert origin.url.startswith("https://127.0.0.1:")
+    edge = nodes.start(
+        "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--ca", str(ca.pem), "--p2p", *tls_args(ca, "edge")
+    )
+    assert edge.url.startswith("https://")
+    got = curl("--cacert", str(ca.pem), edge.url + "/a.bin")
+    assert got.returncode == 0 and sha(got.stdout) == sha(data)
+    assert curl(edge.url + "/a.bin").returncode != 0  # curl, too, refuses a certificate it cannot verify
+    peer = nodes.start(
+        "peer",
+        *(
+            "--cache",
+            str(tmp_path / "peer"),
+            "--edge",
+            edge.url,
+            "--ca",
+            str(ca.pem),
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            "127.0.0.1:0",
+        ),
+    )
+    assert sha(curl(peer.urls["gateway"] + "/a.bin").stdout) == sha(data)
+
+
+async def test_a_parent_with_a_certificate_of_another_ca_is_refused(tmp_path, nodes, published, ca):
+    make_file(published / "a.bin", 1000)
+    other = CA(tmp_path / "other", "someone-else")
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", *tls_args(other, "origin"))
+    edge = nodes.start(
+        "edge",
+        "--cache",
+        str(tmp_path / "edge"),
+        "--parent",
+        origin.url,
+        "--ca",
+        str(ca.pem),
+        "--origin-key",
+        str(published / ".edgeswarm" / "origin.key"),
+    )
+    got = curl("-w", "\n%{http_code}", edge.url + "/a.bin")
+    body, code = got.stdout.decode().rsplit("\n", 1)
+    assert code == "502" and "certificate" in body, body
+    assert "Traceback" not in edge.log_text()
+
+
+def test_bad_tls_files_are_a_clear_error(tmp_path, published, ca):
+    cert, _ = ca.issue("x")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    for extra in (["--tls-cert", str(cert), "--tls-key", str(junk)], ["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(junk)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), *extra], capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 2 and "TLS" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "edge", "--cache", str(tmp_path / "e"), "--parent", "https://127.0.0.1:1", "--ca", str(junk)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "CA" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -1,0 +1,350 @@
+"""Trust end to end: tokens at edges, swarm tickets between peers, protected content, the usage ledger.
+
+Real origin, edges and peers on loopback; tokens made with the real
+``edgeswarm token issue``; curl as the plain HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import curl, make_file, sha, status
+from pgserver import pg_database, pg_dsn  # noqa: F401 - fixtures
+
+from edgeswarm import tokens
+from edgeswarm.process import ProcessGroup
+
+SIZE = 3 * 256 * 1024 + 12345  # four pieces, the last one short
+
+
+def issue(key: Path, user: str, path: str = "/", ttl: str = "1h", *extra: str) -> str:
+    """A token from the real CLI: the last line of its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "token", "issue", "--key", str(key), "--user", user, "--path", path, "--ttl", ttl, *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def get(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "get", url, "-o", str(out), *extra], capture_output=True, text=True, timeout=60
+    )
+
+
+def usage_csv(ledger: str, by: str = "user") -> dict[str, dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "usage", "report", "--ledger", ledger, "--by", by, "--csv"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return {row[by]: row for row in csv.DictReader(io.StringIO(done.stdout))}
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, nodes: ProcessGroup, published: Path):
+    """An origin protecting films/*, with a public file beside them; its key file for issuing tokens."""
+    secret = make_file(published / "films" / "secret.bin", SIZE)
+    public = make_file(published / "pub" / "readme.bin", SIZE)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", "--protect", "films/*")
+    key = published / ".edgeswarm" / "origin.key"
+    return origin, key, secret, public
+
+
+def start_edge(nodes: ProcessGroup, tmp_path: Path, origin, key: Path, name: str = "edge", *extra: str):
+    cache = tmp_path / name
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(cache), "--parent", origin.url, "--p2p", "--announce-interval", "1", "--require-token"),
+        *("--token", issue(key, f"node-{name}"), *extra),
+        name=name,
+    )
+    return edge, cache
+
+
+async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployment, http):
+    origin, key, _, public = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    url = edge.url + "/pub/readme.bin"
+
+    async with http.get(url) as r:
+        assert r.status == 401 and "token is required" in await r.text()
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    alice = issue(key, "alice", "/pub/")
+    async with http.get(url, headers=bearer(alice)) as r:
+        assert r.status == 200 and sha(await r.read()) == sha(public)
+    async with http.get(url, params={"token": alice}) as r:  # for players that cannot set headers
+        assert r.status == 200 and sha(await r.read()) == sha(public)
+    st = await status(http, edge.url)
+    assert [c["path"] for c in st["contents"]] == ["pub/readme.bin"]  # the query string is not part of the cache key
+
+    async with http.get(url, headers=bearer(issue(key, "alice", "/films/"))) as r:
+        assert r.status == 403 and "/films/" in await r.text()
+    async with http.get(url, headers=bearer(alice[:-3] + ("AAA" if not alice.endswith("AAA") else "BBB"))) as r:
+        assert r.status == 401  # tampered signature
+    origin_key = tokens.load_private_key(key)
+    expired = tokens.issue(origin_key, "alice", "/", 60, now=time.time() - 3600)
+    async with http.get(url, headers=bearer(expired)) as r:
+        assert r.status == 401 and "expired" in await r.text()
+    async with http.get(url, headers={"Authorization": "Basic YWxpY2U6eA=="}) as r:
+        assert r.status == 401
+    async with http.get(edge.url + "/manifest/pub/readme.bin") as r:
+        assert r.status == 401
+    async with http.get(edge.url + "/manifest/pub/readme.bin", headers=bearer(alice)) as r:
+        assert r.status == 200
+        cid = (await r.json())["id"]
+    async with http.get(f"{edge.url}/piece/{cid}/0") as r:
+        assert r.status == 401
+    async with http.get(f"{edge.url}/piece/{cid}/0", headers=bearer(alice)) as r:
+        assert r.status == 200
+    log = (tmp_path / "logs" / "edge.log").read_text()
+    assert "-> 401" in log and "-> 403" in log and "Traceback" not in log
+
+
+async def test_region_scoped_token(tmp_path, nodes, deployment, http):
+    origin, key, _, _ = deployment
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(
+        "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: vz, networks: [127.2.0.0/16]}\n"
+    )
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--regions", str(regions), "--listen", "0.0.0.0:0")
+    port = edge.url.rsplit(":", 1)[1]
+    east = issue(key, "erin", "/", "1h", "--region", "east")
+    from_east = curl(
+        "--interface",
+        "127.1.0.9",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        f"Authorization: Bearer {east}",
+        f"http://127.0.0.1:{port}/pub/readme.bin",
+    )
+    from_west = curl(
+        "--interface", "127.2.0.9", "-w", "\n%{http_code}", "-H", f"Authorization: Bearer {east}", f"http://127.0.0.1:{port}/pub/readme.bin"
+    )
+    assert from_east.stdout.decode() == "200"
+    body, code = from_west.stdout.decode().rsplit("\n", 1)
+    assert code == "403" and "region" in body
+
+
+def plaintext_on_disk(root: Path, plain: bytes) -> list[str]:
+    """Files under root that hold any 64-byte stretch of plain (sampled every 4 KiB)."""
+    probes = [plain[i : i + 64] for i in range(0, len(plain) - 64, 4096)]
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            if any(p in data for p in probes):
+                hits.append(str(path))
+    return hits
+
+
+async def wait_complete(http: aiohttp.ClientSession, peer, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = await status(http, peer.urls["gateway"])
+        if st["swarms"] and all(s["complete"] for s in st["swarms"]):
+            return st
+        assert time.monotonic() < deadline, st["swarms"]
+        await asyncio.sleep(0.3)
+
+
+async def test_protected_content_travels_encrypted_and_only_to_token_holders(tmp_path, nodes, deployment, http):
+    origin, key, secret, _ = deployment
+    edge, edge_cache = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "1MB/s")
+
+    def peer(name: str, addr: str, token: str | None):
+        creds = ("--token", token) if token else ()
+        args = ("--cache", str(tmp_path / name), "--edge", edge.url, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0")
+        return nodes.start("peer", *args, *creds, name=name)
+
+    alice = peer("alice", "127.0.0.11", issue(key, "alice", "/films/"))
+    bob = peer("bob", "127.0.0.12", issue(key, "bob", "/"))
+    mallory = peer("mallory", "127.0.0.13", None)
+
+    # the manifest hashes ciphertext and says so; the key is not in it
+    async with http.get(edge.url + "/manifest/films/secret.bin", headers=bearer(issue(key, "carol", "/films/"))) as r:
+        doc = await r.json()
+    cid, protected = doc["id"], doc["manifest"]["protected"]
+    assert protected["scheme"] == "aes-128-ctr" and "key" not in protected
+
+    async with http.post(alice.urls["gateway"] + "/films/secret.bin") as r:
+        assert r.status == 202
+    await wait_complete(http, alice)
+    async with http.post(bob.urls["gateway"] + "/films/secret.bin") as r:
+        assert r.status == 202
+    st_bob = await wait_complete(http, bob)
+    assert st_bob["received_by_kind"].get("peer-same-region", 0) > 0  # bob's ticket opened alice's upload server
+
+    for p in (alice, bob):  # the gateways decrypt for the player, ranges too
+        async with http.get(p.urls["gateway"] + "/films/secret.bin") as r:
+            assert r.status == 200 and sha(await r.read()) == sha(secret)
+        async with http.get(p.urls["gateway"] + "/films/secret.bin", headers={"Range": "bytes=300000-300099"}) as r:
+            assert r.status == 206 and await r.read() == secret[300000:300100]
+    carol = issue(key, "carol", "/films/")
+    whole = curl("-H", f"Authorization: Bearer {carol}", edge.url + "/films/secret.bin")
+    assert sha(whole.stdout) == sha(secret)  # a plain HTTP client gets plaintext from the edge
+    part = curl("-H", f"Authorization: Bearer {carol}", "-r", "5-20", edge.url + "/films/secret.bin")
+    assert part.stdout == secret[5:21]
+
+    # mallory has no token: no file, no key, no pieces from the edge or from alice
+    async with http.get(mallory.urls["gateway"] + "/films/secret.bin") as r:
+        assert r.status == 401, await r.text()
+    async with http.get(f"{edge.url}/key/{cid}") as r:
+        assert r.status == 401
+    async with http.get(f"{edge.url}/key/{cid}", headers=bearer(issue(key, "dave", "/pub/"))) as r:
+        assert r.status == 403
+    async with http.get(f"{edge.url}/piece/{cid}/0") as r:
+        assert r.status == 401
+    alice_upload = alice.urls["upload"]
+    async with http.get(f"{alice_upload}/piece/{cid}/0") as r:
+        assert r.status == 401 and "ticket" in await r.text()
+    forged = tokens.issue_ticket(tokens.load_private_key(key), "m", "mallory", cid, 60)  # signed, but not by alice's edge
+    async with http.get(f"{alice_upload}/piece/{cid}/0", headers=bearer(forged)) as r:
+        assert r.status == 401
+    async with http.get(f"{alice_upload}/piece/{cid}/0", headers=bearer(carol)) as r:
+        assert r.status == 401  # an access token is not a ticket: peers never see users' tokens
+    mallory_files = [p for p in (tmp_path / "mallory").rglob("*") if p.is_file() and p.stat().st_size > 1000]
+    assert mallory_files == []
+
+    assert plaintext_on_disk(tmp_path / "pub" / "films", secret)  # the probe finds plaintext where it is
+    for root in (edge_cache, tmp_path / "alice", tmp_path / "bob"):
+        assert plaintext_on_disk(root, secret) == [], root
+    held = sum(p.stat().st_size for p in (tmp_path / "alice").rglob("*") if p.is_file())
+    assert held >= SIZE  # the check above looked at real pieces
+
+    users = (await status(http, edge.url))["p2p"]["users"]
+    assert users == {"alice": 1, "bob": 1}  # the tracker knows who each peer is; mallory was never tracked
+    out = tmp_path / "got.bin"
+    done = get(edge.url + "/films/secret.bin", out, "--token", issue(key, "gina", "/films/"), "--listen", "127.0.0.14:0")
+    assert done.returncode == 0 and sha(out.read_bytes()) == sha(secret), done.stderr
+    done = get(edge.url + "/films/secret.bin", tmp_path / "no.bin", "--listen", "127.0.0.15:0")
+    assert done.returncode == 1 and "token is required" in done.stderr, done.stderr
+    assert not (tmp_path / "no.bin").exists()
+
+    # the ledger: every user's bytes, from the edge's own count and the peers' reports
+    nodes.stop()  # the edge flushes on the way out
+    rows = usage_csv(str(edge_cache / "ledger.sqlite"))
+    assert int(rows["carol"]["edge_sent"]) == SIZE + 16  # the whole file and a 16-byte range
+    assert int(rows["alice"]["edge_sent"]) > 0 and int(rows["alice"]["reported_from_edge"]) > 0
+    assert int(rows["bob"]["reported_from_peers"]) > 0 and int(rows["alice"]["reported_uploaded"]) > 0
+    assert "mallory" not in rows
+
+
+async def test_announces_refuse_bad_input_without_changing_state(tmp_path, nodes, deployment, http):
+    origin, key, _, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    alice, bob = issue(key, "alice"), issue(key, "bob")
+    async with http.get(edge.url + "/manifest/pub/readme.bin", headers=bearer(alice)) as r:
+        cid = (await r.json())["id"]
+    good = {"peer_id": "p1", "port": 7000, "content": cid, "pieces": 4, "have": "AA==", "uploaded": 0, "downloaded": 0, "event": "started"}
+
+    async def announce(doc, token: str | None = alice, data: bytes | None = None) -> tuple[int, str]:
+        kwargs = {"data": data} if data is not None else {"json": doc}
+        async with http.post(edge.url + "/announce", headers=bearer(token) if token else {}, **kwargs) as r:
+            return r.status, await r.text()
+
+    assert (await announce(good, None))[0] == 401
+    code, answer = await announce(good)
+    assert code == 200 and json.loads(answer)["ticket"]
+    before = (await status(http, edge.url))["p2p"]
+    cases = [
+        ({**good, "ip": "10.9.9.9"}, alice, "address"),  # claims an address
+        ({**good, "url": "http://127.0.0.99:7000"}, alice, "address"),
+        (good, bob, "another user"),  # takes over alice's peer id
+        ({**good, "have": "!!!"}, alice, "have"),  # malformed bitfield
+        ({**good, "pieces": 5}, alice, "pieces"),
+        ({**good, "stats": {"edge": True}}, alice, "stats"),
+    ]
+    for doc, token, why in cases:
+        code, text = await announce(doc, token)
+        assert code in (400, 403) and why in text, (doc, code, text)
+    code, _ = await announce(None, alice, b"{" + b" " * (100 * 1024) + b"}")
+    assert code == 413  # oversized body
+    code, _ = await announce(None, alice, b"\xff\xfe not json")
+    assert code == 400
+    async with http.get(f"{edge.url}/piece/{cid}/99", headers=bearer(alice)) as r:
+        assert r.status == 404
+    async with http.get(f"{edge.url}/piece/{cid}/-1", headers=bearer(alice)) as r:
+        assert r.status == 400
+    assert (await status(http, edge.url))["p2p"] == before
+    assert "Traceback" not in (tmp_path / "logs" / "edge.log").read_text()
+
+
+async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture
+    origin, key, _, public = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--ledger", pg_database)
+    erin = issue(key, "erin", "/pub/")
+    for _ in range(2):
+        assert sha(curl("-H", f"Authorization: Bearer {erin}", edge.url + "/pub/readme.bin").stdout) == sha(public)
+    nodes.stop()
+    rows = usage_csv(pg_database, "user")
+    assert int(rows["erin"]["edge_sent"]) == 2 * SIZE
+    assert int(usage_csv(pg_database, "content")["pub/readme.bin"]["edge_sent"]) == 2 * SIZE
+
+
+def test_origin_config_file_and_bad_options(tmp_path, published):
+    make_file(published / "a.bin", 1000)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protect: films/*\n")  # a string, not a list
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "list" in done.stderr and "Traceback" not in done.stderr
+    bad.write_text("protekt: [x]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "unknown option" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--tls-cert", str(tmp_path / "none.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "--tls-key" in done.stderr
+
+
+async def test_config_file_protects(tmp_path, nodes, published, http):
+    plain = make_file(published / "films" / "a.bin", SIZE)
+    config = tmp_path / "origin.yaml"
+    config.write_text("protect: ['films/*']\nscan_interval: 0.2\n")
+    origin = nodes.start("origin", "--publish", str(published), "--config", str(config))
+    async with http.get(origin.url + "/manifest/films/a.bin") as r:
+        doc = await r.json()
+    assert "protected" in doc["manifest"]
+    async with http.get(origin.url + f"/piece/{doc['id']}/0") as r:
+        assert await r.read() != plain[: 256 * 1024]
+    async with http.get(origin.url + "/films/a.bin") as r:
+        assert r.status == 401  # plaintext only for a token, at the origin too
+    token = issue(published / ".edgeswarm" / "origin.key", "ops", "/films/")
+    async with http.get(origin.url + "/films/a.bin", headers=bearer(token)) as r:
+        assert sha(await r.read()) == sha(plain)
+    assert os.stat(published / ".edgeswarm" / "catalog.json").st_mode & 0o077 == 0  # it holds content keys
