@@ -30,6 +30,8 @@ def grant(request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, 
                 return None
             raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN, or ?token=TOKEN")
         g = tokens.verify(raw, public_key)
+        if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
+            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
         tokens.authorize(g, rel_path, region)
         return g
     except tokens.TokenError as exc:

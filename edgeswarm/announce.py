@@ -25,6 +25,7 @@ from edgeswarm.tracker import Tracker
 EVENTS = {"started", "update", "completed", "stopped"}
 STAT_KINDS = ("edge", "peer_same_region", "peer_other_region", "from_this_edge")
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
+MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Announce:
     downloaded: int
     event: str
     stats: dict[str, int]
+    session: str = ""  # the peer process's random id: a new one means its counters started again from zero
+    accounting: bool = True  # whether this edge books the peer's P2P counters (a peer reports them to one edge only)
 
 
 def parse_announce(doc: object) -> Announce:
@@ -54,19 +57,29 @@ def parse_announce(doc: object) -> Announce:
             raise HttpError(400, f"announce field {name!r} is missing or invalid{': ' + why if why else ''}")
         return value
 
+    def count(v: object) -> bool:
+        return type(v) is int and 0 <= v <= MAX_COUNT
+
     stats = doc.get("stats", {})
-    if not isinstance(stats, dict) or not all(type(stats.get(k, 0)) is int and stats.get(k, 0) >= 0 for k in STAT_KINDS):
-        raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts")
+    if not isinstance(stats, dict) or not all(count(stats.get(k, 0)) for k in STAT_KINDS):
+        raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+    session, accounting = doc.get("session", ""), doc.get("accounting", True)
+    if not isinstance(session, str) or len(session) > 64 or not session.isprintable():
+        raise HttpError(400, "announce field 'session' must be at most 64 printable characters")
+    if not isinstance(accounting, bool):
+        raise HttpError(400, "announce field 'accounting' must be true or false")
     return Announce(
         peer_id=field("peer_id", str, lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
         port=field("port", int, lambda v: 0 < v < 65536, "a TCP port"),
         cid=field("content", str, is_content_id, "a content id"),
         pieces=field("pieces", int, lambda v: 0 <= v <= 1 << 20),
         have_field=field("have", str),
-        uploaded=field("uploaded", int, lambda v: v >= 0),
-        downloaded=field("downloaded", int, lambda v: v >= 0),
+        uploaded=field("uploaded", int, lambda v: 0 <= v <= MAX_COUNT, "a byte count (0..2^53)"),
+        downloaded=field("downloaded", int, lambda v: 0 <= v <= MAX_COUNT, "a byte count (0..2^53)"),
         event=field("event", str, lambda v: v in EVENTS, "one of " + ", ".join(sorted(EVENTS))),
         stats={k: stats.get(k, 0) for k in STAT_KINDS},
+        session=session,
+        accounting=accounting,
     )
 
 
@@ -77,7 +90,7 @@ class TrackerService:
         self.tracker = Tracker(locality=locality, ttl=interval * 3)  # type: ignore[arg-type]
         self._reports: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, stats)
         self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted
-        self._uploaded: dict[tuple[str, str], int] = {}  # (peer, cid) -> last reported upload
+        self._baseline: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (session, counters booked)
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
@@ -94,13 +107,14 @@ class TrackerService:
             have = bitfield.decode(a.have_field, piece_count)
         except ValueError as exc:
             raise HttpError(400, f"announce field 'have': {exc}") from None
-        self._check_identity(a, address, user)
+        key = f"{user}/{a.peer_id}" if user else a.peer_id  # one user cannot squat another's peer id
+        self._check_address(a, key, address, user)
         region = self.region_of(address)
         host = f"[{address}]" if ":" in address else address
         answer = self.tracker.announce(
             time.monotonic(),
             a.cid,
-            a.peer_id,
+            key,
             f"http://{host}:{a.port}",
             address,
             region,
@@ -111,14 +125,14 @@ class TrackerService:
             a.event,
             user,
         )
-        usage = self._usage(a)
-        self._report(a, region)
+        usage = self._usage(a, key)
+        self._report(a, key, region)
         return {
             "interval": self.interval,
             "region": region.name if region else None,
             "peers": [
                 {
-                    "peer_id": p.peer_id,
+                    "peer_id": p.peer_id[len(p.user) + 1 :] if p.user else p.peer_id,  # not the user's name: that is the edge's business
                     "url": p.url,
                     "have": bitfield.encode(p.have, piece_count),
                     "complete": p.complete,
@@ -128,43 +142,50 @@ class TrackerService:
             ],
         }, usage
 
-    def _check_identity(self, a: Announce, address: str, user: str | None) -> None:
-        """A live peer id stays with its user and address: nobody takes over another peer's place in the swarm."""
-        rec = next((p for p in self.tracker.swarm(a.cid) if p.peer_id == a.peer_id), None)
-        if rec is None:
-            return
-        if rec.user != user:
-            raise HttpError(403, f"peer id {a.peer_id} is announced by another user")
-        if rec.address != address and user is None:
+    def _check_address(self, a: Announce, key: str, address: str, user: str | None) -> None:
+        """Without tokens a live peer id stays at its address: nobody takes over another peer's place in the swarm."""
+        rec = next((p for p in self.tracker.swarm(a.cid) if p.peer_id == key), None)
+        if rec is not None and rec.address != address and user is None:
             wait = max(0.0, self.tracker.ttl - (time.monotonic() - rec.last_seen))
             raise HttpError(409, f"peer id {a.peer_id} is announced from another address; it expires in {wait:.0f} s")
 
-    def _usage(self, a: Announce) -> dict[str, int]:
-        """Bytes reported since this peer's previous announce for the content; all of it after a restart (counters went back)."""
-        key = (a.peer_id, a.cid)
-        previous = self._reports.get(key, ("", dict.fromkeys(STAT_KINDS, 0)))[1]
-        restarted = any(a.stats[k] < previous[k] for k in STAT_KINDS) or a.uploaded < self._uploaded.get(key, 0)
-        before = dict.fromkeys(STAT_KINDS, 0) if restarted else previous
-        up_before = 0 if restarted else self._uploaded.get(key, 0)
-        self._uploaded[key] = a.uploaded
-        if a.event == "stopped":
-            self._uploaded.pop(key, None)
-        return {
-            "reported_from_edge": a.stats["from_this_edge"] - before["from_this_edge"],
-            "reported_from_peers": sum(a.stats[k] - before[k] for k in ("peer_same_region", "peer_other_region")),
-            "reported_uploaded": a.uploaded - up_before,
-        }
+    def _usage(self, a: Announce, key: str) -> dict[str, int]:
+        """Bytes reported since this peer process's previous announce for the content, for the ledger.
 
-    def _report(self, a: Announce, region: Region | None) -> None:
+        Counters are cumulative per peer process: a new session id (or, from
+        a peer that sends none, a counter that went back) starts from zero.
+        P2P counters are booked only where the peer says ``accounting``, so a
+        peer of several edges is not counted once per edge.
+        """
+        now = {**a.stats, "uploaded": a.uploaded}
+        ref = (key, a.cid)
+        session, before = self._baseline.get(ref, (a.session, dict.fromkeys(now, 0)))
+        if session != a.session or any(now[k] < before[k] for k in now):
+            before = dict.fromkeys(now, 0)
+        if a.event == "stopped":
+            self._baseline.pop(ref, None)
+        else:
+            self._baseline[ref] = (a.session, now)
+        usage = {"reported_from_edge": now["from_this_edge"] - before["from_this_edge"]}
+        if a.accounting:
+            usage["reported_from_peers"] = sum(now[k] - before[k] for k in ("peer_same_region", "peer_other_region"))
+            usage["reported_uploaded"] = now["uploaded"] - before["uploaded"]
+        return usage
+
+    def _report(self, a: Announce, peer_key: str, region: Region | None) -> None:
         name = region.name if region else "unmapped"
-        key = (a.peer_id, a.cid)
+        key = (peer_key, a.cid)
         previous = self._reports.get(key)
         if previous is not None and any(a.stats[k] < previous[1][k] for k in STAT_KINDS):
             self._retired.setdefault(previous[0], Counter()).update(previous[1])  # the peer restarted: keep what it had
         self._reports[key] = (name, a.stats)
 
     def expire(self) -> int:
-        return self.tracker.expire(time.monotonic())
+        dropped = self.tracker.expire(time.monotonic())
+        if dropped:
+            live = {(p.peer_id, cid) for cid in self.tracker.contents() for p in self.tracker.swarm(cid)}
+            self._baseline = {ref: v for ref, v in self._baseline.items() if ref in live}
+        return dropped
 
     def status(self) -> dict:
         by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}

@@ -74,7 +74,10 @@ class Catalog:
                     continue
             except (KeyError, TypeError):
                 continue
-            key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
+            try:
+                key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
+            except ValueError:
+                key = None  # a damaged key: the check below republishes the file
             protection = signed.manifest.protection
             if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
                 continue  # --protect changed, or the key is lost: the next scan publishes it afresh

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from edgeswarm.daemon import setup_logging
+from edgeswarm.ledger import LedgerError
 from edgeswarm.signing import KeyFileError
 from edgeswarm.units import UnitError, parse_listen, parse_rate, parse_size
 
@@ -123,7 +124,7 @@ def _credentials(p: argparse.ArgumentParser, who: str) -> None:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    """--token or --token-file: the file's first line, so `token issue > f` works as is."""
+    """--token or --token-file: the file's last non-empty line, so `token issue > f` works as is."""
     if args.token and args.token_file:
         raise ValueError("give --token or --token-file, not both")
     if args.token_file:
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         return 130
-    except (KeyFileError, OSError, ValueError) as exc:
+    except (KeyFileError, LedgerError, OSError, ValueError) as exc:
         print(f"edgeswarm {args.command}: {exc}", file=sys.stderr)
         return 2
 

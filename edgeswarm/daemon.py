@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import signal
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from edgeswarm.httpspec import HttpError
 from edgeswarm.metrics import Metrics
@@ -33,22 +35,46 @@ def text_error(status: int, message: str, headers: dict[str, str] | None = None)
     return web.Response(status=status, text=message.rstrip() + "\n", headers=headers)
 
 
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
+
+
+def shown(request: web.BaseRequest) -> str:
+    """The request target as logs may show it: a ``?token=`` is a credential, so it is cut out."""
+    return _TOKEN_PARAM.sub(r"\1***", request.path_qs)[:200]
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, minus credentials: the client, the request (tokens cut), status, size and time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.3f',
+            request.remote,
+            request.method,
+            shown(request),
+            *request.version,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
 def make_app(metrics: Metrics) -> web.Application:
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         try:
             resp = await handler(request)
         except HttpError as exc:
-            log.info("%s %s -> %d %s", request.method, request.path_qs[:200], exc.status, exc.message)
+            log.info("%s %s -> %d %s", request.method, shown(request), exc.status, exc.message)
             resp = text_error(exc.status, exc.message, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own refusals, such as 413 for a body over client_max_size
             if exc.status >= 400:
-                log.info("%s %s -> %d %s", request.method, request.path_qs[:200], exc.status, exc.reason)
+                log.info("%s %s -> %d %s", request.method, shown(request), exc.status, exc.reason)
             resp = exc
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
-            log.exception("internal error on %s %s", request.method, request.path_qs[:200])
+            log.exception("internal error on %s %s", request.method, shown(request))
             resp = text_error(500, "internal error; see the node's log")
         metrics.responses[resp.status] += 1
         return resp
@@ -86,7 +112,12 @@ async def serve_many(
     try:
         for n, (app, host, port, label) in enumerate(sites):
             tls = ssl_context if n == 0 else None
-            runner = web.AppRunner(app, access_log=logging.getLogger("edgeswarm.access") if access_log else None, handle_signals=False)
+            runner = web.AppRunner(
+                app,
+                access_log=logging.getLogger("edgeswarm.access") if access_log else None,
+                access_log_class=AccessLogger,
+                handle_signals=False,
+            )
             await runner.setup()
             runners.append(runner)
             try:

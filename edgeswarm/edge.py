@@ -136,6 +136,14 @@ class Edge:
             return False
         return any(addr in net for net in self.internal)
 
+    def _trusted_client(self, request: web.Request) -> bool:
+        """The operator's own machines: loopback, and ``--internal`` networks when given."""
+        try:
+            addr = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return addr.is_loopback or any(addr in net for net in self.internal)
+
     def check_host(self, request: web.Request) -> None:
         """``--only-origin``: serve the namespace only under the CDN host names given."""
         if not self.only_origin:
@@ -315,16 +323,19 @@ class Edge:
         if rel.split("/", 1)[0] in RESERVED:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         may_fetch = self.may_fetch(request)
-        grant = await self.grant(request, rel) if self.require_token else None  # before anything is fetched for it
+        grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
         signed = await self.resolve(rel, may_fetch)
         protection = signed.manifest.protection
         transform = None
         if protection is not None:  # plaintext for an authorised client, decrypted on the fly
             grant = await self.grant(request, rel, required=True)
             transform = cipher_for(await self.content_key(signed), protection)
-        resp = await serve_file(request, signed, EdgeSource(self, signed.content_id, may_fetch), self.metrics, self.bucket, transform)
-        self.account(grant, request, signed, "edge_sent", resp.content_length or 0 if request.method == "GET" else 0)
-        return resp
+        source = EdgeSource(self, signed.content_id, may_fetch)
+
+        def sent(n: int) -> None:  # what actually left, even when the client hung up
+            self.account(grant, request, signed, "edge_sent", n)
+
+        return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         raw = request.raw_path
@@ -342,7 +353,7 @@ class Edge:
 
     async def get_content_key(self, request: web.Request) -> web.Response:
         """``GET /key/<content-id>``: a protected file's key, for a token that covers its path."""
-        signed = await self.manifest_by_id(request.match_info["cid"], False)
+        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))  # a child edge may ask first
         if signed.manifest.protection is None:
             raise HttpError(404, f"{signed.manifest.path} is not protected: it has no key")
         await self.grant(request, signed.manifest.path, required=True)
@@ -359,7 +370,7 @@ class Edge:
         only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
         may_fetch = self.may_fetch(request) and not only_cached
         signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
-        grant = await self.grant(request, signed.manifest.path) if self.require_token else None
+        grant = await self.grant(request, signed.manifest.path)
         index = piece_index(request, signed.manifest.piece_count)
         data = store.read_piece(cid, index)
         if data is None and only_cached:
@@ -378,8 +389,8 @@ class Edge:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
         try:
             doc = await request.json()
-        except ValueError:
-            raise HttpError(400, "announce body is not JSON") from None
+        except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
+            raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
         cid = doc.get("content") if isinstance(doc, dict) else None
         if not isinstance(cid, str) or not is_content_id(cid):
             raise HttpError(400, "announce field 'content' is missing or not a content id")
@@ -389,8 +400,9 @@ class Edge:
         answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count, user)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
-        ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
-        answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
+        if doc["event"] != "stopped":
+            ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
+            answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
         return json_response(answer)
 
     async def get_have(self, request: web.Request) -> web.Response:
@@ -406,7 +418,9 @@ class Edge:
     async def get_key(self, _: web.Request) -> web.Response:
         return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
 
-    async def get_status(self, _: web.Request) -> web.Response:
+    async def get_status(self, request: web.Request) -> web.Response:
+        if self.require_token and not self._trusted_client(request):
+            await self.grant(request, "", required=True)  # it names users and contents: not for strangers
         store = self.store
         contents = []
         if store is not None:

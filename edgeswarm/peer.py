@@ -94,10 +94,12 @@ class Peer:
         self.deadline = 2.0
         cache.mkdir(parents=True, exist_ok=True)
         self.peer_id = _peer_id(cache / "peer_id")
+        self.session = secrets.token_hex(8)  # this process's: its counters start at zero, and edges should know
         self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
         self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
+        self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
         self.ranking = SourceRanking()
@@ -145,10 +147,17 @@ class Peer:
         ticket = self.tickets.get(cid)
         return {"Authorization": f"Bearer {ticket}"} if ticket else {}
 
-    async def learn_ticket_keys(self) -> None:
-        """Each edge's swarm-ticket key: in managed mode, the only tickets this peer's upload server accepts."""
+    async def learn_ticket_keys(self, again: bool = False) -> None:
+        """Each edge's swarm-ticket key: in managed mode, the only tickets this peer's upload server accepts.
+
+        ``again`` re-fetches known keys too (an edge's key changes when its
+        cache is rebuilt), at most once every 10 s.
+        """
+        if again and time.monotonic() - self._keys_checked < 10:
+            return
+        self._keys_checked = time.monotonic()
         for edge in self.edges:
-            if edge in self.ticket_keys:
+            if edge in self.ticket_keys and not again:
                 continue
             try:
                 reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
@@ -157,15 +166,23 @@ class Peer:
             except (UpstreamError, KeyFileError) as exc:
                 log.info("no swarm-ticket key from %s yet: %s", edge, exc)
 
-    def check_ticket(self, request: web.Request, cid: str) -> None:
-        """Managed mode: a requester must show a ticket for this content from one of our edges (401/403 otherwise)."""
+    async def check_ticket(self, request: web.Request, cid: str) -> None:
+        """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else 401/403)."""
         if not self.token:
             return
         try:
             raw = tokens.from_request(request.headers, request.query)
             if raw is None:
                 raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
-            tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+            try:
+                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+            except tokens.TokenError as exc:
+                if exc.status != 401 or "not signed" not in exc.message:
+                    raise
+                await self.learn_ticket_keys(again=True)  # perhaps an edge has a new key
+                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+            if ticket.peer_id != request.headers.get(PEER_HEADER):
+                raise tokens.TokenError(403, f"this ticket is peer {ticket.peer_id[:64]}'s, not yours")
         except tokens.TokenError as exc:
             self.metrics.events[("refused_ticket", "")] += 1
             raise access.denied(exc) from None
@@ -268,7 +285,7 @@ class Peer:
         store = await self._store()
         signed = store.manifest(cid)
         try:
-            headers = self.edge_headers() if url in self.edges else self.peer_headers(cid)
+            headers = self.edge_headers() if url in self.edges else {PEER_HEADER: self.peer_id, **self.peer_headers(cid)}
             reply = await self.upstream.get(url, f"/have/{cid}", headers, timeout=2.0)
             if reply.status != 200 or signed is None:
                 return None
@@ -326,6 +343,8 @@ class Peer:
             "uploaded": self.uploaded[cid],
             "downloaded": sum(received.values()),
             "event": event,
+            "session": self.session,
+            "accounting": edge == self._accounting_edge(),
             "stats": {
                 "edge": received["edge"],
                 "peer_same_region": received["peer-same-region"],
@@ -349,6 +368,10 @@ class Peer:
         if event == "completed":
             self._completed.add(cid)
         self._take_answer(cid, count, reply.body)
+
+    def _accounting_edge(self) -> str | None:
+        """The one tracker that books this peer's P2P counters in its ledger: the first of our edges that tracks."""
+        return next((e for e in self.edges if e in self._p2p_edges), None)
 
     def _take_answer(self, cid: str, count: int, body: bytes) -> None:
         try:
@@ -416,10 +439,10 @@ class Peer:
     async def get_piece(self, request: web.Request) -> web.StreamResponse:
         store = await self._store()
         cid = request.match_info["cid"]
+        await self.check_ticket(request, cid)  # first: strangers learn nothing, not even what is held
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
-        self.check_ticket(request, cid)
         index = piece_index(request, signed.manifest.piece_count)
         if not store.has(cid, index):
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
@@ -441,10 +464,10 @@ class Peer:
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
         cid = request.match_info["cid"]
+        await self.check_ticket(request, cid)
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
-        self.check_ticket(request, cid)
         return have_response(cid, signed.manifest.piece_count, store.held(cid))
 
     # -- wiring -------------------------------------------------------------------------------

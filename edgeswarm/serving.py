@@ -59,10 +59,20 @@ async def serve_file(
     metrics: Metrics,
     bucket: TokenBucket | None = None,
     transform: Transform | None = None,
+    on_sent: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
-    """The file (or its range) as RFC 9110 says; ``transform`` decrypts a protected file on its way out, never on disk."""
+    """The file (or its range) as RFC 9110 says.
+
+    ``transform`` decrypts a protected file on its way out, never on disk;
+    ``on_sent`` learns how many body bytes really left, however the answer
+    ended (the ledger bills that, not the Content-Length).
+    """
     m = signed.manifest
     headers = file_headers(signed)
+    if transform is not None:  # decrypted for one authorised client: no shared cache may keep it
+        headers["Cache-Control"] = "private, no-store"
+    elif "Authorization" in request.headers or "token" in request.query:
+        headers["Cache-Control"] = "private, max-age=0, must-revalidate"
     v = Validators(signed.etag, m.modified)
     if not_modified(request.headers, v):
         return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")})
@@ -78,12 +88,21 @@ async def serve_file(
     if request.method == "HEAD" or m.size == 0:
         await resp.prepare(request)
         return resp
-    await _stream(request, resp, source, m, first, last, metrics, bucket, transform)
+    await _stream(request, resp, source, m, first, last, metrics, bucket, transform, on_sent)
     return resp
 
 
 async def _stream(
-    request, resp, source: PieceSource, m, first: int, last: int, metrics: Metrics, bucket: TokenBucket | None, transform: Transform | None
+    request,
+    resp,
+    source: PieceSource,
+    m,
+    first: int,
+    last: int,
+    metrics: Metrics,
+    bucket: TokenBucket | None,
+    transform: Transform | None,
+    on_sent: Callable[[int], None] | None,
 ) -> None:
     """Send pieces in order; pieces not on disk are fetched LOOKAHEAD ahead of the one being sent."""
     indices = m.pieces_for(first, last)
@@ -124,6 +143,8 @@ async def _stream(
         await resp.write_eof()
     finally:
         metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent
+        if on_sent is not None:
+            on_sent(sent)
         for fut in pending.values():
             fut.cancel()
 

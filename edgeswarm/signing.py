@@ -38,7 +38,7 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    log.info("created origin key %s", path)
+    log.info("created signing key %s", path)
     return key
 
 

@@ -16,10 +16,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """An HTTPS context from PEM files; ValueError naming the file and the reason."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    for path in (cert, key):
+        if not path.is_file():
+            raise ValueError(f"TLS: no such file {path}")
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ValueError(f"TLS: no such file {exc.filename}") from None
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"TLS: cannot use certificate {cert} with key {key}: {exc}") from None
     return ctx

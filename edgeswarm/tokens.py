@@ -321,7 +321,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "token",
         help="issue access tokens signed by the origin key",
-        description="Access tokens are JWTs signed (EdDSA) with the origin's Ed25519 key: edges and peers check them "
+        description="Access tokens are JWTs signed (EdDSA) with the origin's Ed25519 key: edges (and the origin) check them "
         "against the origin public key they already pin, for a user, a path prefix, an expiry and optionally a region.",
     )
     tsub = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")

@@ -18,8 +18,8 @@ from edgeswarm.ledger import BY, LedgerError, ReportRow, redact, report
 
 EPILOG = """\
 examples:
-  edgeswarm usage report --ledger /var/cache/edgeswarm/usage.db
-  edgeswarm usage report --ledger /var/cache/edgeswarm/usage.db --since 24h --by content
+  edgeswarm usage report --ledger /var/cache/edgeswarm/ledger.sqlite
+  edgeswarm usage report --ledger /var/cache/edgeswarm/ledger.sqlite --since 24h --by content
   edgeswarm usage report --ledger postgresql://billing@db.example/edgeswarm --since 2024-05-01 --csv > may.csv
 
 --since takes an ISO 8601 date or date-time (UTC unless it has an offset:

@@ -146,3 +146,29 @@ def test_bad_tls_files_are_a_clear_error(tmp_path, published, ca):
         timeout=30,
     )
     assert done.returncode == 2 and "CA" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+async def test_protected_content_down_a_tls_hierarchy(tmp_path, nodes, published, ca):
+    """origin -> mid edge -> leaf edge, all HTTPS: keys travel only inside TLS, each edge asking its parent with its own token."""
+    from test_trust import issue  # the real `edgeswarm token issue`
+
+    secret = make_file(published / "films" / "s.bin", 700_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", "--protect", "films/*", *tls_args(ca, "origin"))
+    key = published / ".edgeswarm" / "origin.key"
+    mid = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "mid"), "--parent", origin.url, "--ca", str(ca.pem), "--token", issue(key, "edge-mid")),
+        *tls_args(ca, "mid"),
+        name="mid",
+    )
+    leaf = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "leaf"), "--parent", mid.url, "--ca", str(ca.pem), "--token", issue(key, "edge-leaf")),
+        *tls_args(ca, "leaf"),
+        name="leaf",
+    )
+    token = issue(key, "viewer", "/films/")
+    got = curl("--cacert", str(ca.pem), "-H", f"Authorization: Bearer {token}", leaf.url + "/films/s.bin")
+    assert got.returncode == 0 and sha(got.stdout) == sha(secret)
+    refused = curl("--cacert", str(ca.pem), "-w", "\n%{http_code}", leaf.url + "/films/s.bin")
+    assert refused.stdout.decode().rsplit("\n", 1)[1] == "401"

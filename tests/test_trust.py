@@ -83,7 +83,7 @@ def start_edge(nodes: ProcessGroup, tmp_path: Path, origin, key: Path, name: str
 
 async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployment, http):
     origin, key, _, public = deployment
-    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--access-log")
     url = edge.url + "/pub/readme.bin"
 
     async with http.get(url) as r:
@@ -118,6 +118,7 @@ async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployme
         assert r.status == 200
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "-> 401" in log and "-> 403" in log and "Traceback" not in log
+    assert "token=***" in log and alice not in log  # credentials stay out of the logs
 
 
 async def test_region_scoped_token(tmp_path, nodes, deployment, http):
@@ -146,6 +147,23 @@ async def test_region_scoped_token(tmp_path, nodes, deployment, http):
     assert from_east.stdout.decode() == "200"
     body, code = from_west.stdout.decode().rsplit("\n", 1)
     assert code == "403" and "region" in body
+    unplaced = curl(
+        "-w", "\n%{http_code}", "--interface", "127.3.0.9", "-H", f"Authorization: Bearer {east}", f"http://127.0.0.1:{port}/pub/readme.bin"
+    )
+    body, code = unplaced.stdout.decode().rsplit("\n", 1)
+    assert code == "403" and "cannot place you" in body  # unknown is not "any region"
+
+
+async def test_the_ledger_bills_what_left_not_what_was_promised(tmp_path, nodes, deployment):
+    origin, key, _, _ = deployment
+    edge, cache = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "256KB/s")
+    hasty = issue(key, "hasty", "/pub/")
+    cut = curl("--max-time", "1.5", "-H", f"Authorization: Bearer {hasty}", "-o", "/dev/null", edge.url + "/pub/readme.bin")
+    assert cut.returncode == 28  # curl gave up half way
+    await asyncio.sleep(0.5)
+    nodes.stop()
+    billed = int(usage_csv(str(cache / "ledger.sqlite"))["hasty"]["edge_sent"])
+    assert 0 < billed < SIZE, billed
 
 
 def plaintext_on_disk(root: Path, plain: bytes) -> list[str]:
@@ -272,7 +290,6 @@ async def test_announces_refuse_bad_input_without_changing_state(tmp_path, nodes
     cases = [
         ({**good, "ip": "10.9.9.9"}, alice, "address"),  # claims an address
         ({**good, "url": "http://127.0.0.99:7000"}, alice, "address"),
-        (good, bob, "another user"),  # takes over alice's peer id
         ({**good, "have": "!!!"}, alice, "have"),  # malformed bitfield
         ({**good, "pieces": 5}, alice, "pieces"),
         ({**good, "stats": {"edge": True}}, alice, "stats"),
@@ -289,6 +306,8 @@ async def test_announces_refuse_bad_input_without_changing_state(tmp_path, nodes
     async with http.get(f"{edge.url}/piece/{cid}/-1", headers=bearer(alice)) as r:
         assert r.status == 400
     assert (await status(http, edge.url))["p2p"] == before
+    assert (await announce(good, bob))[0] == 200  # the same peer id under another user is another peer, not a takeover
+    assert (await status(http, edge.url))["p2p"]["users"] == {"alice": 1, "bob": 1}
     assert "Traceback" not in (tmp_path / "logs" / "edge.log").read_text()
 
 
