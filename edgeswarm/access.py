@@ -10,6 +10,8 @@ when it is valid but not for this path or region.
 from __future__ import annotations
 
 import json
+import time
+from collections import OrderedDict
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,13 +31,34 @@ def grant(request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, 
             if not required:
                 return None
             raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN, or ?token=TOKEN")
-        g = tokens.verify(raw, public_key)
+        g = _verified(raw, public_key)
         if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
             raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
         tokens.authorize(g, rel_path, region)
         return g
     except tokens.TokenError as exc:
         raise denied(exc) from None
+
+
+_cache: OrderedDict[tuple[bytes, str], tokens.Grant] = OrderedDict()  # (origin key, token) -> its verified grant
+CACHE_SIZE = 4096
+
+
+def _verified(raw: str, public_key: Ed25519PublicKey) -> tokens.Grant:
+    """tokens.verify, remembered: a player's every range request carries the same token, and an
+    Ed25519 check costs about 0.16 ms, a third of what serving a cached 1 MiB range costs.  A
+    remembered grant is used only until it expires; only tokens that verified are kept."""
+    key = (public_key.public_bytes_raw(), raw)
+    grant = _cache.get(key)
+    if grant is not None and grant.expires + tokens.LEEWAY >= time.time():
+        _cache.move_to_end(key)
+        return grant
+    _cache.pop(key, None)
+    grant = tokens.verify(raw, public_key)  # raises for anything wrong, expiry included
+    _cache[key] = grant
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+    return grant
 
 
 def denied(exc: tokens.TokenError) -> HttpError:

@@ -150,7 +150,7 @@ def _common(p: argparse.ArgumentParser, default_listen: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeswarm",
-        description="Hybrid CDN-P2P content delivery: an origin, edge caches, and (soon) peers that share with each other.",
+        description="Hybrid CDN-P2P content delivery: an origin, edge caches, and peers that share with each other.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_size, default=parse_size("64MiB"), metavar="SIZE", help="file size (default 64MiB)")
     b.add_argument("--duration", type=int, default=10, metavar="SECONDS", help="wrk run length per case (default 10)")
     b.add_argument("--connections", type=int, default=16, metavar="N", help="wrk concurrent connections (default 16)")
+    b.add_argument(
+        "--protected", action="store_true", help="publish the file protected: the edge decrypts it (AES-128-CTR) for every request"
+    )
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b = bsub.add_parser(
         "swarm",
@@ -553,5 +556,5 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from edgeswarm import bench_serve
 
-        return bench_serve.run(args.size, args.duration, args.connections, args.json)
+        return bench_serve.run(args.size, args.duration, args.connections, args.json, args.protected)
     raise AssertionError(args.command)

@@ -328,7 +328,7 @@ class Edge:
         protection = signed.manifest.protection
         transform = None
         if protection is not None:  # plaintext for an authorised client, decrypted on the fly
-            grant = await self.grant(request, rel, required=True)
+            grant = grant or await self.grant(request, rel, required=True)
             transform = cipher_for(await self.content_key(signed), protection)
         source = EdgeSource(self, signed.content_id, may_fetch)
 

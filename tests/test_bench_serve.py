@@ -74,3 +74,21 @@ def test_bench_serve_smoke(tmp_path: Path):
     assert _pids("edgeswarm-bench-serve-") == set(), "origin, edge or nginx master left running"  # all name the workdir
     assert _pids("^nginx: ") <= nginx_before, "an nginx worker left running"
     assert took < 20, f"smoke run took {took:.1f} s"
+
+
+@pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("wrk") is None,
+    reason="needs nginx and wrk on PATH (Debian packages; ./dev test installs them as root)",
+)
+def test_bench_serve_protected_smoke(tmp_path: Path):
+    """The edge decrypts for every wrk request: no failed request means every one carried a valid token."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "edgeswarm", "bench", "serve", "--size", "4MiB", "--duration", "1", "--connections", "2", "--protected"]
+    proc = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out.read_text())
+    assert figures["protected"] is True and figures["target"]["met"] is False
+    for case in figures["cases"].values():
+        assert case["edge"]["Bps"] > 0 and case["edge"]["failures"] == 0
+    assert "protected file" in proc.stdout
+    assert _pids("edgeswarm-bench-serve-") == set()
