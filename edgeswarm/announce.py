@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgeswarm import bitfield
 from edgeswarm.httpspec import HttpError
@@ -23,8 +23,9 @@ from edgeswarm.regions import Region, RegionMap
 from edgeswarm.tracker import Tracker
 
 EVENTS = {"started", "update", "completed", "stopped"}
-STAT_KINDS = ("edge", "peer_same_region", "peer_other_region", "from_this_edge")
+STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
+USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_from_peers", "uploaded": "reported_uploaded"}
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 
 
@@ -39,8 +40,7 @@ class Announce:
     downloaded: int
     event: str
     stats: dict[str, int]
-    session: str = ""  # the peer process's random id: a new one means its counters started again from zero
-    accounting: bool = True  # whether this edge books the peer's P2P counters (a peer reports them to one edge only)
+    usage: dict[str, int] = field(default_factory=dict)  # bytes since the peer's last acknowledged announce here (USAGE_KINDS)
 
 
 def parse_announce(doc: object) -> Announce:
@@ -63,11 +63,9 @@ def parse_announce(doc: object) -> Announce:
     stats = doc.get("stats", {})
     if not isinstance(stats, dict) or not all(count(stats.get(k, 0)) for k in STAT_KINDS):
         raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
-    session, accounting = doc.get("session", ""), doc.get("accounting", True)
-    if not isinstance(session, str) or len(session) > 64 or not session.isprintable():
-        raise HttpError(400, "announce field 'session' must be at most 64 printable characters")
-    if not isinstance(accounting, bool):
-        raise HttpError(400, "announce field 'accounting' must be true or false")
+    usage = doc.get("usage", {})
+    if not isinstance(usage, dict) or not set(usage) <= set(USAGE_KINDS) or not all(count(v) for v in usage.values()):
+        raise HttpError(400, f"announce field 'usage' must map some of {'/'.join(USAGE_KINDS)} to byte counts (0..2^53)")
     return Announce(
         peer_id=field("peer_id", str, lambda v: 0 < len(v) <= 64 and v.isprintable(), "1-64 printable characters"),
         port=field("port", int, lambda v: 0 < v < 65536, "a TCP port"),
@@ -78,8 +76,7 @@ def parse_announce(doc: object) -> Announce:
         downloaded=field("downloaded", int, lambda v: 0 <= v <= MAX_COUNT, "a byte count (0..2^53)"),
         event=field("event", str, lambda v: v in EVENTS, "one of " + ", ".join(sorted(EVENTS))),
         stats={k: stats.get(k, 0) for k in STAT_KINDS},
-        session=session,
-        accounting=accounting,
+        usage=dict(usage),
     )
 
 
@@ -90,15 +87,18 @@ class TrackerService:
         self.tracker = Tracker(locality=locality, ttl=interval * 3)  # type: ignore[arg-type]
         self._reports: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, stats)
         self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted
-        self._baseline: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (session, counters booked)
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
 
     def handle(self, doc: object, address: str, piece_count: int, user: str | None = None) -> tuple[dict, dict[str, int]]:
-        """The answer for the peer, and what this announce adds to the usage ledger (bytes by kind since the last one).
+        """The answer for the peer, and what this announce adds to the usage ledger (bytes by ledger kind).
 
-        Every check comes before any change of state: a refused announce changes nothing.
+        The peer reports usage as deltas since its last announce that this
+        edge acknowledged, so neither a restarted peer nor a restarted edge
+        books anything twice, and a peer with several edges sends its P2P
+        bytes to one of them only.  Every check comes before any change of
+        state: a refused announce changes nothing.
         """
         a = parse_announce(doc)
         if a.pieces != piece_count:
@@ -125,7 +125,6 @@ class TrackerService:
             a.event,
             user,
         )
-        usage = self._usage(a, key)
         self._report(a, key, region)
         return {
             "interval": self.interval,
@@ -140,7 +139,7 @@ class TrackerService:
                 }
                 for p in answer
             ],
-        }, usage
+        }, {USAGE_KINDS[k]: v for k, v in a.usage.items() if v}
 
     def _check_address(self, a: Announce, key: str, address: str, user: str | None) -> None:
         """Without tokens a live peer id stays at its address: nobody takes over another peer's place in the swarm."""
@@ -148,29 +147,6 @@ class TrackerService:
         if rec is not None and rec.address != address and user is None:
             wait = max(0.0, self.tracker.ttl - (time.monotonic() - rec.last_seen))
             raise HttpError(409, f"peer id {a.peer_id} is announced from another address; it expires in {wait:.0f} s")
-
-    def _usage(self, a: Announce, key: str) -> dict[str, int]:
-        """Bytes reported since this peer process's previous announce for the content, for the ledger.
-
-        Counters are cumulative per peer process: a new session id (or, from
-        a peer that sends none, a counter that went back) starts from zero.
-        P2P counters are booked only where the peer says ``accounting``, so a
-        peer of several edges is not counted once per edge.
-        """
-        now = {**a.stats, "uploaded": a.uploaded}
-        ref = (key, a.cid)
-        session, before = self._baseline.get(ref, (a.session, dict.fromkeys(now, 0)))
-        if session != a.session or any(now[k] < before[k] for k in now):
-            before = dict.fromkeys(now, 0)
-        if a.event == "stopped":
-            self._baseline.pop(ref, None)
-        else:
-            self._baseline[ref] = (a.session, now)
-        usage = {"reported_from_edge": now["from_this_edge"] - before["from_this_edge"]}
-        if a.accounting:
-            usage["reported_from_peers"] = sum(now[k] - before[k] for k in ("peer_same_region", "peer_other_region"))
-            usage["reported_uploaded"] = now["uploaded"] - before["uploaded"]
-        return usage
 
     def _report(self, a: Announce, peer_key: str, region: Region | None) -> None:
         name = region.name if region else "unmapped"
@@ -181,11 +157,7 @@ class TrackerService:
         self._reports[key] = (name, a.stats)
 
     def expire(self) -> int:
-        dropped = self.tracker.expire(time.monotonic())
-        if dropped:
-            live = {(p.peer_id, cid) for cid in self.tracker.contents() for p in self.tracker.swarm(cid)}
-            self._baseline = {ref: v for ref, v in self._baseline.items() if ref in live}
-        return dropped
+        return self.tracker.expire(time.monotonic())
 
     def status(self) -> dict:
         by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}

@@ -94,7 +94,6 @@ class Peer:
         self.deadline = 2.0
         cache.mkdir(parents=True, exist_ok=True)
         self.peer_id = _peer_id(cache / "peer_id")
-        self.session = secrets.token_hex(8)  # this process's: its counters start at zero, and edges should know
         self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
         self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
@@ -102,6 +101,7 @@ class Peer:
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
+        self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
         self.choker = Choker(slots=upload_slots)
         self.bucket = TokenBucket(upload_limit)
@@ -334,6 +334,10 @@ class Peer:
             elif len(held) == count and cid not in self._completed:
                 event = "completed"
         received = self.received.get(cid, Counter())
+        usage = {"from_this_edge": (edge, self.from_edge[(cid, edge)])}  # what has been reported, and to whom
+        if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
+            usage["from_peers"] = ("", received["peer-same-region"] + received["peer-other-region"])
+            usage["uploaded"] = ("", self.uploaded[cid])
         doc = {
             "peer_id": self.peer_id,
             "port": self.upload_port,
@@ -343,13 +347,11 @@ class Peer:
             "uploaded": self.uploaded[cid],
             "downloaded": sum(received.values()),
             "event": event,
-            "session": self.session,
-            "accounting": edge == self._accounting_edge(),
+            "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
             "stats": {
                 "edge": received["edge"],
                 "peer_same_region": received["peer-same-region"],
                 "peer_other_region": received["peer-other-region"],
-                "from_this_edge": self.from_edge[(cid, edge)],
             },
         }
         try:
@@ -365,6 +367,8 @@ class Peer:
             log.warning("announce to %s refused: %d %s", edge, reply.status, reply.body[:200].decode(errors="replace").strip())
             return
         self._announced.add((edge, cid))
+        for k, (where, v) in usage.items():
+            self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
         if event == "completed":
             self._completed.add(cid)
         self._take_answer(cid, count, reply.body)

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import curl, make_file, sha, status
-from pgserver import pg_database, pg_dsn  # noqa: F401 - fixtures
+from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
 from edgeswarm import tokens
 from edgeswarm.process import ProcessGroup
@@ -367,3 +367,35 @@ async def test_config_file_protects(tmp_path, nodes, published, http):
     async with http.get(origin.url + "/films/a.bin", headers=bearer(token)) as r:
         assert sha(await r.read()) == sha(plain)
     assert os.stat(published / ".edgeswarm" / "catalog.json").st_mode & 0o077 == 0  # it holds content keys
+
+
+async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path, nodes, deployment, http):
+    origin, key, _, _ = deployment
+    port = free_port()  # the peers must find the restarted edge where it was
+    edge, cache = start_edge(nodes, tmp_path, origin, key, "edge", "--listen", f"127.0.0.1:{port}", "--upload-limit", "1MB/s")
+
+    def peer(name: str, addr: str):
+        args = ("--cache", str(tmp_path / name), "--edge", edge.url, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0")
+        return nodes.start("peer", *args, "--token", issue(key, name, "/pub/"), name=name)
+
+    alice, bob = peer("alice", "127.0.0.21"), peer("bob", "127.0.0.22")
+    for p in (alice, bob):
+        async with http.post(p.urls["gateway"] + "/pub/readme.bin") as r:
+            assert r.status == 202
+        await wait_complete(http, p)
+    edge.stop()
+    edge.start()
+    await asyncio.sleep(3)  # both peers re-announce to the new edge process
+    got = {"alice": await status(http, alice.urls["gateway"]), "bob": await status(http, bob.urls["gateway"])}
+    for p in (alice, bob):
+        p.stop()  # their last announces, with the last bytes, reach the edge before it stops
+    nodes.stop()
+    rows = usage_csv(str(cache / "ledger.sqlite"))
+    for name, st in got.items():
+        kinds = st["received_by_kind"]
+        assert int(rows[name]["reported_from_edge"]) == kinds.get("edge", 0)
+        assert int(rows[name]["reported_from_peers"]) == kinds.get("peer-same-region", 0) + kinds.get("peer-other-region", 0)
+        assert int(rows[name]["reported_uploaded"]) == st["uploaded_to_peers"]
+        assert int(rows[name]["edge_sent"]) == kinds.get("edge", 0)  # what the edge measured, across both of its lives
+        assert rows[name]["flags"] == ""
+    assert int(rows["bob"]["reported_from_peers"]) > 0
