@@ -381,6 +381,8 @@ class Edge:
         self.metrics.content[("sent", cid, "peer" if request.headers.get(PEER_HEADER) else "node")] += len(data)
         resp = await send_piece(request, data, self.bucket)
         self.account(grant, request, signed, "edge_sent", len(data))
+        if request.headers.get(PEER_HEADER):  # the user's peer daemon: its reports can confirm these bytes
+            self.account(grant, request, signed, "edge_sent_to_peers", len(data))
         return resp
 
     async def post_announce(self, request: web.Request) -> web.Response:

@@ -9,9 +9,12 @@ them instead of trusting either:
 
 - The billing basis is ``edge_sent``.  ``reported_from_edge`` is only a check
   on it: when a user's claim about this edge differs from what the edge
-  measured, the rows that include it are flagged ``edge-report-mismatch``.
-  A user who makes no claim (a plain HTTP client, or a peer that never
-  announced) is not flagged: the absence of a report is not a contradiction.
+  measured sending that user's peer daemon (``edge_sent_to_peers``, the part
+  of ``edge_sent`` that the daemon can know of: the user's curl or browser
+  downloads are not in it), the rows that include it are flagged
+  ``edge-report-mismatch``.  A user who makes no claim (a plain HTTP client,
+  or a peer that never announced) is not flagged: the absence of a report is
+  not a contradiction.
 - Peer-to-peer bytes are only credited when confirmed: in a (period, content,
   region) the uploads that peers claim must be matched by the downloads other
   peers claim, otherwise the rows involved are flagged ``p2p-report-mismatch``.
@@ -52,7 +55,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KINDS = ("edge_sent", "reported_from_edge", "reported_from_peers", "reported_uploaded")
+KINDS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded")
 BY = ("user", "content", "region")
 
 EDGE_MISMATCH = "edge-report-mismatch"
@@ -340,6 +343,7 @@ class ReportRow:
 
     key: str
     edge_sent: int = 0
+    edge_sent_to_peers: int = 0  # the part of edge_sent that went to the user's peer daemon: what its reports can confirm
     reported_from_edge: int = 0
     reported_from_peers: int = 0
     reported_uploaded: int = 0
@@ -416,7 +420,7 @@ def _aggregate(raw: list[tuple], by: str, tolerance: float, slack: int) -> list[
     flags: dict[str, set[str]] = defaultdict(set)
     for g, k in edge_groups.items():
         claimed = k.get("reported_from_edge", 0)
-        if claimed and _differs(claimed, k.get("edge_sent", 0), tolerance, slack):
+        if claimed and _differs(claimed, k.get("edge_sent_to_peers", 0), tolerance, slack):
             for key in edge_keys[g]:
                 flags[key].add(EDGE_MISMATCH)
     for g, k in p2p_groups.items():

@@ -172,14 +172,17 @@ async def test_inconsistent_reports_are_flagged(target: str):
         [
             # alice says she got half of what the edge measured sending her
             ("alice", "c1", "/a", "east", "edge_sent", 10 * MiB, T0),
+            ("alice", "c1", "/a", "east", "edge_sent_to_peers", 10 * MiB, T0),
             ("alice", "c1", "/a", "east", "reported_from_edge", 5 * MiB, T0),
             # bob claims 50 MiB of uploads in west; the only downloader there confirms 1 MiB
             ("bob", "c2", "/b", "west", "reported_uploaded", 50 * MiB, T0),
             ("carol", "c2", "/b", "west", "reported_from_peers", 1 * MiB, T0),
             ("carol", "c2", "/b", "west", "edge_sent", 20 * MiB, T0),
+            ("carol", "c2", "/b", "west", "edge_sent_to_peers", 20 * MiB, T0),
             ("carol", "c2", "/b", "west", "reported_from_edge", 20 * MiB, T0),
             # dave is consistent
             ("dave", "c3", "/c", "east", "edge_sent", 10 * MiB, T0),
+            ("dave", "c3", "/c", "east", "edge_sent_to_peers", 10 * MiB, T0),
             ("dave", "c3", "/c", "east", "reported_from_edge", 10 * MiB, T0),
         ],
     )
@@ -197,17 +200,24 @@ async def test_consistent_reports_within_tolerance_are_not_flagged(target: str):
         target,
         [
             ("alice", "c1", "/a", "east", "edge_sent", 100 * MiB, T0),
+            ("alice", "c1", "/a", "east", "edge_sent_to_peers", 100 * MiB, T0),
             ("alice", "c1", "/a", "east", "reported_from_edge", 95 * MiB, T0),  # 5 % off: within tolerance
-            ("bob", "c1", "/a", "east", "edge_sent", 900 * 1024, T0),  # split by a period boundary: within slack
+            ("bob", "c1", "/a", "east", "edge_sent", 900 * 1024, T0),
+            ("bob", "c1", "/a", "east", "edge_sent_to_peers", 900 * 1024, T0),  # split by a period boundary: within slack
             ("bob", "c1", "/a", "east", "reported_from_edge", 900 * 1024, T0 + H),
             ("bob", "c1", "/a", "east", "reported_uploaded", 100 * MiB, T0),
             ("carol", "c1", "/a", "east", "reported_from_peers", 60 * MiB, T0),
             ("dave", "c1", "/a", "east", "reported_from_peers", 32 * MiB, T0),  # 92 of 100 MiB confirmed
             ("erin", "c2", "/b", "east", "edge_sent", 40 * MiB, T0),  # a plain HTTP client: no claim, no contradiction
+            # frank's peer got 10 MiB from the edge and says so; his 30 MiB with curl are billed, not contradicted
+            ("frank", "c1", "/a", "east", "edge_sent", 40 * MiB, T0),
+            ("frank", "c1", "/a", "east", "edge_sent_to_peers", 10 * MiB, T0),
+            ("frank", "c1", "/a", "east", "reported_from_edge", 10 * MiB, T0),
         ],
     )
     rows = report(target)
-    assert [(r.key, r.flags) for r in rows] == [("alice", []), ("bob", []), ("carol", []), ("dave", []), ("erin", [])]
+    assert [(r.key, r.flags) for r in rows] == [("alice", []), ("bob", []), ("carol", []), ("dave", []), ("erin", []), ("frank", [])]
+    assert by_key(rows)["frank"].edge_sent == 40 * MiB
     strict = {r.key: r.flags for r in report(target, tolerance=0.01, slack=0)}
     assert strict["alice"] == [EDGE_MISMATCH]
     assert strict["bob"] == [EDGE_MISMATCH, P2P_MISMATCH]

@@ -386,6 +386,10 @@ async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path,
     edge.stop()
     edge.start()
     await asyncio.sleep(3)  # both peers re-announce to the new edge process
+    curl_alice = curl(
+        "-H", f"Authorization: Bearer {issue(key, 'alice', '/pub/')}", edge.url + "/pub/readme.bin"
+    )  # alice, without her peer
+    assert len(curl_alice.stdout) == SIZE
     got = {"alice": await status(http, alice.urls["gateway"]), "bob": await status(http, bob.urls["gateway"])}
     for p in (alice, bob):
         p.stop()  # their last announces, with the last bytes, reach the edge before it stops
@@ -396,6 +400,7 @@ async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path,
         assert int(rows[name]["reported_from_edge"]) == kinds.get("edge", 0)
         assert int(rows[name]["reported_from_peers"]) == kinds.get("peer-same-region", 0) + kinds.get("peer-other-region", 0)
         assert int(rows[name]["reported_uploaded"]) == st["uploaded_to_peers"]
-        assert int(rows[name]["edge_sent"]) == kinds.get("edge", 0)  # what the edge measured, across both of its lives
-        assert rows[name]["flags"] == ""
+        with_curl = SIZE if name == "alice" else 0
+        assert int(rows[name]["edge_sent"]) == kinds.get("edge", 0) + with_curl  # what the edge measured, across both of its lives
+        assert rows[name]["flags"] == ""  # her curl is billed, and does not contradict what her peer reported
     assert int(rows["bob"]["reported_from_peers"]) > 0
