@@ -77,9 +77,12 @@ _SCHEMA = f"""CREATE TABLE IF NOT EXISTS usage (
 # One statement for both databases: SQLite ≥ 3.24 and PostgreSQL share the ON CONFLICT syntax.
 _UPSERT = (
     f"INSERT INTO usage ({_COLUMNS}) VALUES ({{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}) "
-    f"ON CONFLICT ({_KEY}) DO UPDATE SET bytes = usage.bytes + excluded.bytes, path = excluded.path"
+    f"ON CONFLICT ({_KEY}) DO UPDATE SET path = excluded.path, "
+    f"bytes = CASE WHEN usage.bytes > {{cap}} - excluded.bytes THEN {{cap}} ELSE usage.bytes + excluded.bytes END"
 )
 _SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FROM usage WHERE period >= {p}"
+CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's huge claims must not overflow a
+# BIGINT, fail every write and so stop the ledger for everyone (its rows are flagged by the cross-checks anyway)
 _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays unwritable
 
 
@@ -121,7 +124,7 @@ class _Backend:
     def upsert(self, rows: list[tuple]) -> None:
         try:
             cur = self.conn.cursor()
-            cur.executemany(_UPSERT.format(p=self.placeholder), rows)
+            cur.executemany(_UPSERT.format(p=self.placeholder, cap=CAP), rows)
             self.conn.commit()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -244,9 +247,9 @@ class Ledger:
         key = (int(t // self.period) * self.period, user, content, region or "", kind)
         entry = self._pending.get(key)
         if entry is None:
-            self._pending[key] = [int(nbytes), path]
+            self._pending[key] = [min(int(nbytes), CAP), path]
         else:
-            entry[0] += int(nbytes)
+            entry[0] = min(entry[0] + int(nbytes), CAP)
             entry[1] = path
 
     def pending(self) -> int:
@@ -303,7 +306,7 @@ class Ledger:
             if entry is None:
                 self._pending[key] = [nbytes, path]
             else:
-                entry[0] += nbytes  # the newer path (from add) wins
+                entry[0] = min(entry[0] + nbytes, CAP)  # the newer path (from add) wins
 
     def _warn(self, exc: Exception) -> None:
         now = time.monotonic()

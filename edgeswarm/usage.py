@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from edgeswarm.ledger import BY, LedgerError, ReportRow, redact, report
+from edgeswarm.ledger import BY, KINDS, LedgerError, ReportRow, redact, report
 
 EPILOG = """\
 examples:
@@ -134,13 +134,7 @@ def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None)
             _share(r),
             ", ".join(r.flags),
         )
-    total = ReportRow(
-        "total",
-        sum(r.edge_sent for r in rows),
-        sum(r.reported_from_edge for r in rows),
-        sum(r.reported_from_peers for r in rows),
-        sum(r.reported_uploaded for r in rows),
-    )
+    total = ReportRow("total", **{kind: sum(getattr(r, kind) for r in rows) for kind in KINDS})
     flagged = sum(1 for r in rows if r.flags)
     t.add_section()
     t.add_row(

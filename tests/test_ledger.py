@@ -16,7 +16,7 @@ import pytest
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
 
 from edgeswarm import usage
-from edgeswarm.ledger import EDGE_MISMATCH, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+from edgeswarm.ledger import _SCHEMA, EDGE_MISMATCH, P2P_MISMATCH, Ledger, LedgerError, _connect, report
 
 MiB = 1 << 20
 T0 = 1_699_999_200  # a period start for 3600-second periods
@@ -451,3 +451,40 @@ def test_cli_help(capsys):
     with pytest.raises(SystemExit) as info:
         cli(["usage"], capsys)  # the action is required
     assert info.value.code == 2
+
+
+async def test_huge_claims_saturate_instead_of_stopping_the_ledger(target: str):
+    """One peer's absurd counts (each announce may claim up to 2^53) must not overflow a BIGINT and block every write."""
+    from edgeswarm.ledger import CAP
+
+    ledger = Ledger(target, "edge-a", flush_interval=3600)
+    await ledger.start()
+    try:
+        for _ in range(3):
+            for _ in range(600):
+                ledger.add("liar", "c1", "/a", "east", "reported_uploaded", 1 << 53, when=T0)
+            ledger.add("alice", "c1", "/a", "east", "edge_sent", 1000, when=T0)
+            await ledger.flush()
+            assert ledger.pending() == 0  # written, every time: alice's bytes are not held hostage
+    finally:
+        await ledger.close()
+    rows = by_key(report(target))
+    assert rows["liar"].reported_uploaded == CAP and rows["alice"].edge_sent == 3000
+    assert rows["liar"].flags == [P2P_MISMATCH]
+
+
+def test_the_table_total_adds_up_each_column(tmp_path: Path, capsys):
+    db = tmp_path / "l.sqlite"
+    ledger_rows = [("u1", "edge_sent", 1_000_000), ("u1", "reported_from_edge", 1_000_000), ("u1", "reported_from_peers", 3_000_000)]
+    ledger_rows += [("u2", "reported_uploaded", 5_000_000)]
+    conn = sqlite3.connect(db)
+    conn.execute(_SCHEMA)
+    conn.executemany("INSERT INTO usage VALUES (?, 'e', ?, 'c', '/a', '', ?, ?)", [(T0, user, kind, n) for user, kind, n in ledger_rows])
+    conn.commit()
+    conn.close()
+    parser = argparse.ArgumentParser()
+    usage.add_parser(parser.add_subparsers(dest="command"))
+    assert usage.run(parser.parse_args(["usage", "report", "--ledger", str(db)])) == 0
+    total = next(line for line in capsys.readouterr().out.splitlines() if "total (2)" in line)
+    cells = [c.strip() for c in total.split("│")]
+    assert cells[2:6] == ["976.6 KiB", "976.6 KiB", "2.9 MiB", "4.8 MiB"], cells
