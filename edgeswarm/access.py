@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm import tokens
 from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import SignedManifest
 from edgeswarm.protect import SCHEME
+from edgeswarm.upstream import Upstream, UpstreamError
 
 ANONYMOUS = "-"  # the ledger's user for requests without a token
 
@@ -70,6 +72,35 @@ def key_response(cid: str, key: bytes) -> web.Response:
     """A content key, for token holders only: never cached by anyone on the way."""
     body = json.dumps({"content": cid, "scheme": SCHEME, "key": key.hex()})
     return web.Response(text=body + "\n", content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+class KeyRefused(HttpError):
+    """The node asked answered, but not with the key: its status (401/403 and others) and reason."""
+
+
+async def fetch_key(
+    upstream: Upstream, base: str, signed: SignedManifest, headers: dict[str, str] | None = None, who: str | None = None
+) -> bytes:
+    """A protected file's key from ``base`` (a parent or an edge), checked against the manifest before anyone uses it.
+
+    HttpError with the upstream's status when ``base`` cannot be reached,
+    KeyRefused when it answers without the key, 502 for a wrong key;
+    ``who`` names ``base`` in the messages.
+    """
+    who = who or base
+    path = signed.manifest.path
+    try:
+        reply = await upstream.get(base, f"/key/{signed.content_id}", headers)
+    except UpstreamError as exc:
+        raise HttpError(exc.status, f"cannot get the key of {path}: {exc.message}") from None
+    if reply.status != 200:
+        raise KeyRefused(
+            reply.status, f"{base} refused the key of {path}: {reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+        )
+    try:
+        return parse_key(reply.body, signed.manifest.protection)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HttpError(502, f"{who} sent a bad key for {path}: {exc}") from None
 
 
 def parse_key(body: bytes, protection) -> bytes:

@@ -42,6 +42,7 @@ from edgeswarm.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
+REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 
 
@@ -130,19 +131,13 @@ class Edge:
         """``--internal``: only these clients may make the edge fetch uncached content."""
         if not self.internal:
             return True
-        try:
-            addr = ipaddress.ip_address(request.remote or "")
-        except ValueError:
-            return False
-        return any(addr in net for net in self.internal)
+        addr = _client_address(request)
+        return addr is not None and any(addr in net for net in self.internal)
 
     def _trusted_client(self, request: web.Request) -> bool:
         """The operator's own machines: loopback, and ``--internal`` networks when given."""
-        try:
-            addr = ipaddress.ip_address(request.remote or "")
-        except ValueError:
-            return False
-        return addr.is_loopback or any(addr in net for net in self.internal)
+        addr = _client_address(request)
+        return addr is not None and (addr.is_loopback or any(addr in net for net in self.internal))
 
     def check_host(self, request: web.Request) -> None:
         """``--only-origin``: serve the namespace only under the CDN host names given."""
@@ -153,8 +148,11 @@ class Edge:
             raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
 
     def region_name(self, request: web.Request) -> str | None:
-        region = self.tracker.region_of(request.remote or "") if self.tracker else None
-        return region.name if region else None
+        """The client's region by its address; looked up once per request (a piece answer asks up to three times)."""
+        if REGION_KEY not in request:
+            region = self.tracker.region_of(request.remote or "") if self.tracker else None
+            request[REGION_KEY] = region.name if region else None
+        return request[REGION_KEY]
 
     async def grant(self, request: web.Request, path: str, required: bool = False) -> tokens.Grant | None:
         """The request's verified token for ``path``: checked whenever one is sent, required under --require-token."""
@@ -171,16 +169,9 @@ class Edge:
         cid = signed.content_id
         if cid not in self._keys:
             try:
-                reply = await self.upstream.get(self.parent, f"/key/{cid}")
-            except UpstreamError as exc:
-                raise HttpError(exc.status, f"cannot get the key of {signed.manifest.path}: {exc.message}") from None
-            if reply.status != 200:
-                why = reply.body[:200].decode(errors="replace").strip()
-                raise HttpError(502, f"parent {self.parent} refused the key of {signed.manifest.path}: {reply.status} {why}")
-            try:
-                self._keys[cid] = access.parse_key(reply.body, signed.manifest.protection)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise HttpError(502, f"parent {self.parent} sent a bad key for {signed.manifest.path}: {exc}") from None
+                self._keys[cid] = await access.fetch_key(self.upstream, self.parent, signed, who=f"parent {self.parent}")
+            except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
+                raise HttpError(502, exc.message) from None
         return self._keys[cid]
 
     # -- manifests ------------------------------------------------------------------
@@ -476,6 +467,13 @@ class Edge:
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
 
 
 def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:

@@ -195,21 +195,14 @@ class Peer:
         problems = []
         for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
             try:
-                reply = await self.upstream.get(edge, f"/key/{cid}", self.edge_headers())
-            except UpstreamError as exc:
-                problems.append(exc.message)
-                continue
-            if reply.status in (401, 403):
-                raise HttpError(
-                    reply.status, f"{edge} refused the key of /{signed.manifest.path}: {reply.body[:200].decode(errors='replace').strip()}"
-                )
-            try:
-                if reply.status != 200:
-                    raise ValueError(f"answered {reply.status}")
-                self.content_keys[cid] = access.parse_key(reply.body, signed.manifest.protection)
+                self.content_keys[cid] = await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
                 return self.content_keys[cid]
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"{edge}: {exc}")
+            except access.KeyRefused as exc:
+                if exc.status in (401, 403):  # the user's token: another edge would say the same
+                    raise HttpError(exc.status, exc.message) from None
+                problems.append(exc.message)
+            except HttpError as exc:
+                problems.append(exc.message)
         raise HttpError(502, f"no edge gave the key of /{signed.manifest.path}: {'; '.join(problems)}")
 
     # -- manifests ---------------------------------------------------------------------
