@@ -39,6 +39,17 @@ def nodes(tmp_path: Path, request):
             print(f"----- {node.log_path.name} -----\n{node.log_text()[-4000:]}")
 
 
+# Fixtures that start real processes: a test that uses one is an integration test, whichever file it is in.
+PROCESS_FIXTURES = {"nodes", "origin", "pg_dsn", "pg_database"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start daemons, so ``-m "not integration"`` is the fast layer."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield

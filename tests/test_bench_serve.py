@@ -17,6 +17,8 @@ import pytest
 
 from edgeswarm.bench_serve import parse_wrk
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 WRK = """\
 Running 1s test @ http://127.0.0.1:1/file.bin
   1 threads and 2 connections

@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 
 def test_demo_exits_0_with_a_report(tmp_path):
     work = tmp_path / "work"

@@ -9,6 +9,8 @@ import time
 import pytest
 from conftest import Misbehaving, curl, make_file, received_from, sha, status
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 MiB = 1024 * 1024
 
 

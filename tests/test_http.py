@@ -11,6 +11,8 @@ from conftest import curl, make_file
 
 from edgeswarm.process import ProcessGroup
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 SIZE = 1_000_000
 
 

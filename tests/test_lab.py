@@ -14,6 +14,8 @@ import pytest
 from edgeswarm import labsim, scenario
 from edgeswarm.lab import _Playback
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 
 def lab(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[subprocess.CompletedProcess, dict | None]:
     out = tmp_path / "lab.json"

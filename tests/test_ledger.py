@@ -23,7 +23,7 @@ T0 = 1_699_999_200  # a period start for 3600-second periods
 H = 3600
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def target(request, tmp_path: Path) -> str:
     """A fresh ledger target of each backend: the tests below must hold for both."""
     if request.param == "sqlite":

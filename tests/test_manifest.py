@@ -244,6 +244,7 @@ def test_from_dict_rejects_non_objects(doc):
         Manifest.from_dict(doc)
 
 
+@pytest.mark.integration  # a python -O subprocess
 def test_from_dict_validates_even_under_python_O():
     code = textwrap.dedent(
         """

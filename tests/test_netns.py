@@ -12,7 +12,10 @@ import pytest
 from edgeswarm import netns
 
 REASON = netns.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}")
+pytestmark = [
+    pytest.mark.integration,  # starts namespaces, daemons and tools
+    pytest.mark.skipif(REASON is not None, reason=f"network namespaces unavailable: {REASON}"),
+]
 
 
 def namespaces() -> set[str]:

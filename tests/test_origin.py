@@ -6,10 +6,13 @@ import asyncio
 import os
 import time
 
+import pytest
 from conftest import curl, make_file, sha, status
 
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.signing import load_public_key
+
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
 
 async def wait_for(predicate, timeout: float = 2.0):

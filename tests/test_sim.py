@@ -12,6 +12,8 @@ import pytest
 
 from edgeswarm import cli, trace
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 FIGURES = ("cdn_mbps", "p2p_mbps", "limited_mbps", "bound_mbps", "savings")
 
 

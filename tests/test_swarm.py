@@ -18,6 +18,8 @@ from conftest import make_file, sha, status
 
 from edgeswarm.process import ProcessGroup
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 REGIONS = """\
 regions:
   - {name: east, isp: att, networks: [127.1.0.0/16]}

@@ -545,6 +545,7 @@ def _cli_has_token() -> bool:
     return any(isinstance(a, argparse._SubParsersAction) and "token" in a.choices for a in actions)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not _cli_has_token(), reason="edgeswarm.cli does not dispatch `token` yet")
 def test_cli_subprocess(tmp_path):
     import subprocess

@@ -24,6 +24,8 @@ from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 from edgeswarm import tokens
 from edgeswarm.process import ProcessGroup
 
+pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+
 SIZE = 3 * 256 * 1024 + 12345  # four pieces, the last one short
 
 
