@@ -88,7 +88,7 @@ def make_app(metrics: Metrics) -> web.Application:
     return app
 
 
-_STARTED = "edgeswarm.started"  # where the response whose head went out is kept in its request
+_STARTED = web.RequestKey("edgeswarm.started", web.StreamResponse)  # the answer whose head went out
 
 
 async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
