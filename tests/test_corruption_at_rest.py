@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import curl, make_file, received_from, status
-from test_piecestore import make_content, open_store, stored
+from test_piecestore import PUB, make_content, open_store, stored
 
+from edgeswarm import piecestore
 from edgeswarm.manifest import MIN_PIECE
+from edgeswarm.signing import public_pem
 
 PIECE = MIN_PIECE
 BAD = "does not match its signed hash"
@@ -70,6 +72,20 @@ def test_verify_held_checks_every_piece_once(tmp_path):
     assert store.corrupt_pieces == 1
     flip(Path(store.piece_path(c.cid, 0)))  # changed while running, after the check: not what this guards
     assert store.verify_held(c.cid) == {0, 1}
+
+
+def test_checking_a_whole_cache_up_front_reports_its_cost(tmp_path, capsys):
+    c = make_content()
+    store = open_store(tmp_path)
+    stored(store, c, 0, 1, 2)
+    store.close()
+    (tmp_path / "origin.pub").write_bytes(public_pem(PUB))
+    flip(Path(store.piece_path(c.cid, 0)))
+    assert piecestore.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 good pieces" in out and "1 bad ones dropped" in out and "MB/s" in out
+    assert open_store(tmp_path).held(c.cid) == {1, 2}
+    assert piecestore.main([str(tmp_path / "nowhere")]) == 1
 
 
 # -- daemons ------------------------------------------------------------------------------------------
