@@ -110,7 +110,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         if started is None or request.writer.output_size == 0:
             raise
         sent = request.writer.output_size
-        if isinstance(exc, ConnectionResetError):
+        if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
             log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)
         elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
             log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)

@@ -198,3 +198,45 @@ async def test_failing_piece_writes_mid_file_do_not_reach_the_body(tmp_path, nod
     assert r.returncode == 0 and got == data, r.stderr
     assert no_tmp(cache) == []
     assert "File too large" in e.log_text()
+
+
+async def test_peer_gateway_cuts_an_answer_whose_later_pieces_never_come(tmp_path, nodes, origin, published):
+    data = make_file(published / "f.bin", 10 * PIECE + 1)
+    await asyncio.sleep(0.5)
+    out = tmp_path / "out.bin"
+    async with FailingParent(origin.url, fail_from=3) as parent:
+        e = edge(nodes, tmp_path / "cache", parent.url)
+        peer = nodes.start(
+            "peer",
+            *("--cache", str(tmp_path / "peer"), "--edge", e.url, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"),
+            *("--read-timeout", "2"),
+            name="peer",
+        )
+        r = await asyncio.to_thread(curl, "-o", str(out), peer.urls["gateway"] + "/f.bin")
+        assert r.returncode == 18, r.stderr
+        got = out.read_bytes()
+        assert is_prefix(got, data) and len(got) == 3 * PIECE
+        parent.failing = False
+        r = await asyncio.to_thread(resume, peer.urls["gateway"] + "/f.bin", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    log = peer.log_text()
+    assert "cut after" in log and "Traceback" not in log
+
+
+async def test_a_client_hanging_up_mid_file_is_one_line_without_a_traceback(tmp_path, nodes, origin, published):
+    make_file(published / "f.bin", 32 * MiB)
+    await asyncio.sleep(1)
+    e = edge(nodes, tmp_path / "cache", origin.url)
+    assert (await asyncio.to_thread(curl, "-o", "/dev/null", e.url + "/f.bin")).returncode == 0  # cached: the sendfile path
+    port = int(e.url.rsplit(":", 1)[1])
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(100_000)
+        writer.transport.abort()  # gone, with most of the file still to come
+    deadline = time.monotonic() + 10
+    while e.log_text().count("client went away") < 3:
+        assert time.monotonic() < deadline, e.log_text()[-3000:]
+        await asyncio.sleep(0.1)
+    assert "Traceback" not in e.log_text()
