@@ -70,7 +70,7 @@ async def download(
             signed = await peer.resolve(path)
         except HttpError as exc:
             raise GetError(f"{url}: {exc.message}") from None
-        await asyncio.to_thread(peer.store.verify_held, signed.content_id)  # a rerun refetches what changed on disk since
+        peer.store.verify_held(signed.content_id)  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
         swarm = peer.swarm(signed)
         swarm.want_whole()
         started = time.monotonic()
