@@ -2,8 +2,10 @@
 
 One aiohttp application per node.  Errors raised as HttpError become a short
 plain-text answer with the right status; anything unexpected becomes a 500
-with a log line, never a traceback on the wire.  The bound address is logged
-as ``listening on http://HOST:PORT`` so tests and scripts can use port 0.
+with a log line, never a traceback on the wire.  Once an answer has started,
+a failure cuts the connection instead: nothing is ever appended to a body.
+The bound address is logged as ``listening on http://HOST:PORT`` so tests and
+scripts can use port 0.
 """
 
 from __future__ import annotations
@@ -79,10 +81,45 @@ def make_app(metrics: Metrics) -> web.Application:
         metrics.responses[resp.status] += 1
         return resp
 
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[errors, cut_after_start], client_max_size=64 * 1024)
+    app.on_response_prepare.append(_note_started)
     app.router.add_get("/healthz", lambda _: _ok())
     app.router.add_get("/metrics", lambda _: web.Response(body=metrics.prometheus(), content_type="text/plain"))
     return app
+
+
+_STARTED = web.RequestKey("edgeswarm.started", web.StreamResponse)  # the answer whose head went out
+
+
+async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[_STARTED] = response
+
+
+@web.middleware
+async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
+
+    The client then sees a short body (curl: "transfer closed with N bytes
+    remaining"), keeps what is right, and resumes with a range.  One log line;
+    a traceback only for an internal error.
+    """
+    try:
+        return await handler(request)
+    except Exception as exc:
+        started = request.get(_STARTED)
+        if started is None or request.writer.output_size == 0:
+            raise
+        sent = request.writer.output_size
+        if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
+            log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)
+        elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
+            log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)
+        else:
+            log.exception("internal error on %s %s after %d bytes: connection cut", request.method, shown(request), sent)
+        if request.transport is not None:
+            request.transport.abort()
+        started.force_close()
+        return started
 
 
 async def _ok() -> web.Response:

@@ -32,7 +32,7 @@ from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
-from edgeswarm.piecestore import CorruptPiece, PieceStore
+from edgeswarm.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import send_piece, serve_file
@@ -292,6 +292,8 @@ class Edge:
                 if not signed.manifest.check_piece(index, reply.body):
                     problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index}"))
                     continue
+            except PieceNotStored:
+                pass  # verified, but the disk would not take it: served from memory, not cached (the store logged it)
             self.ranking.success(source, len(reply.body), time.monotonic() - started)
             self.metrics.received[("sibling" if sibling else "parent", source)] += len(reply.body)
             return reply.body

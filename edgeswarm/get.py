@@ -70,6 +70,7 @@ async def download(
             signed = await peer.resolve(path)
         except HttpError as exc:
             raise GetError(f"{url}: {exc.message}") from None
+        peer.store.verify_held(signed.content_id)  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
         swarm = peer.swarm(signed)
         swarm.want_whole()
         started = time.monotonic()

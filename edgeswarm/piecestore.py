@@ -6,7 +6,12 @@ to a temporary file and renamed into place, so after a crash - even SIGKILL in
 the middle of a write - a piece file is either whole or absent, and the set of
 piece files *is* the have-set: there is no second index to fall out of step.
 Pieces are checked against the manifest before they are written; nothing
-unverified is ever stored.
+unverified is ever stored.  A piece found on disk at start is checked again
+the first time it is read (before its descriptor is handed out), so one that
+changed while the node was stopped is dropped and fetched again, never served.
+
+A write that fails (disk full, I/O error) leaves no temporary file behind and
+stores nothing: the caller still holds the verified bytes and may serve them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ class CorruptPiece(ValueError):
     """Bytes that do not match the manifest; they are never stored."""
 
 
+class PieceNotStored(OSError):
+    """A verified piece the disk would not take (full, or failing): the bytes are good, only the cache missed out."""
+
+
 class PieceStore:
     def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None):
         self.root = root
@@ -44,7 +53,10 @@ class PieceStore:
         self._held: dict[str, set[int]] = {}
         self._by_path: dict[str, str] = {}
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
+        self._write_failing = False  # logs a failing disk once per episode, not once per piece
         self.evicted_pieces = 0
+        self.corrupt_pieces = 0
         self.content_dir.mkdir(parents=True, exist_ok=True)
         self._load()
 
@@ -73,6 +85,7 @@ class PieceStore:
                     os.unlink(entry.path)
                     continue
                 self._held[signed.content_id].add(index)
+                self._unverified.add((signed.content_id, index))
                 found.append((st.st_atime, signed.content_id, index, st.st_size))
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
@@ -108,10 +121,11 @@ class PieceStore:
         if cid in self._manifests:
             return
         cdir = self.content_dir / cid
-        cdir.mkdir(exist_ok=True)
-        tmp = cdir / "manifest.json.tmp"
-        tmp.write_bytes(raw)
-        os.replace(tmp, cdir / "manifest.json")
+        try:
+            cdir.mkdir(exist_ok=True)
+            self._write(cdir / "manifest.json", raw)
+        except PieceNotStored:
+            pass  # kept in memory only: without it on disk, whatever is stored of it is dropped at the next start
         previous = self._by_path.get(signed.manifest.path)
         self._remember(signed, raw)
         if previous is not None and previous != cid and self._by_path[signed.manifest.path] == cid:
@@ -134,6 +148,7 @@ class PieceStore:
         for index in self._held.pop(cid, set()):
             self.policy.remove((cid, index))
             self._close(cid, index)
+            self._unverified.discard((cid, index))
         if signed is not None and self._by_path.get(signed.manifest.path) == cid:
             del self._by_path[signed.manifest.path]
         shutil.rmtree(self.content_dir / cid, ignore_errors=True)
@@ -164,14 +179,30 @@ class PieceStore:
             raise CorruptPiece(f"piece {index} of {signed.manifest.path} does not match its signed hash")
         if index in self._held[cid]:
             return
-        path = self.piece_path(cid, index)
-        tmp = path.removesuffix(".piece") + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        self._write(self.piece_path(cid, index), data)
         self._held[cid].add(index)
         for victim in self.policy.add((cid, index), len(data)):
             self._delete_piece(*victim)
+
+    def _write(self, path: str | Path, data: bytes) -> None:
+        """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if not self._write_failing:
+                log.warning(
+                    "piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc
+                )
+                self._write_failing = True
+            raise PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}") from None
+        if self._write_failing:
+            log.info("piece store %s: writes succeed again", self.root)
+            self._write_failing = False
 
     def piece_fd(self, cid: str, index: int) -> int | None:
         """A descriptor for a held piece (counted as a hit), or None if it is not held.
@@ -179,26 +210,68 @@ class PieceStore:
         Descriptors are kept open, up to OPEN_FILES of them, as nginx's
         open_file_cache does: open() was the largest cost of a cache hit.  The
         store owns them - callers use pread/sendfile with explicit offsets and
-        never close them.
+        never close them.  A piece found on disk at start is read back and
+        checked the first time it is opened; a bad one is dropped (None).
         """
         if index not in self._held.get(cid, ()):
             return None
         key = (cid, index)
         fd = self._fds.get(key)
         if fd is None:
-            try:
-                fd = os.open(self.piece_path(cid, index), os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                self._held[cid].discard(index)
-                self.policy.remove(key)
+            fd = self._open(cid, index)
+            if fd is None:
                 return None
-            self._fds[key] = fd
-            if len(self._fds) > OPEN_FILES:
-                os.close(self._fds.pop(next(iter(self._fds))))
         else:
             self._fds.move_to_end(key)
         self.policy.hit(key)
         return fd
+
+    def _open(self, cid: str, index: int) -> int | None:
+        """Open a held piece and keep its descriptor; one found on disk at start is checked against its manifest first."""
+        key = (cid, index)
+        try:
+            fd = os.open(self.piece_path(cid, index), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._drop(cid, index, None)
+            return None
+        if key in self._unverified:
+            problem = self._check(cid, index, fd)
+            self._unverified.discard(key)
+            if problem:
+                os.close(fd)
+                self._drop(cid, index, problem)
+                return None
+        self._fds[key] = fd
+        if len(self._fds) > OPEN_FILES:
+            os.close(self._fds.pop(next(iter(self._fds))))
+        return fd
+
+    def _check(self, cid: str, index: int, fd: int) -> str | None:
+        """What is wrong with a piece on disk, or None if it matches its signed hash."""
+        m = self._manifests[cid].manifest
+        try:
+            data = os.pread(fd, m.piece_span(index)[1], 0)
+        except OSError as exc:
+            return f"is unreadable ({exc.strerror or exc})"
+        return None if m.check_piece(index, data) else "does not match its signed hash"
+
+    def _drop(self, cid: str, index: int, problem: str | None) -> None:
+        """Forget a piece that is gone or bad on disk: the have-set shrinks, and it is fetched again when wanted."""
+        self._unverified.discard((cid, index))
+        self._held[cid].discard(index)
+        self.policy.remove((cid, index))
+        if problem:
+            log.warning("piece %d of %s %s on disk: dropped, to be fetched again", index, self._manifests[cid].manifest.path, problem)
+            self.corrupt_pieces += 1
+            with contextlib.suppress(OSError):
+                os.unlink(self.piece_path(cid, index))
+
+    def verify_held(self, cid: str) -> set[int]:
+        """Check the held pieces of ``cid`` not yet checked since start, dropping bad ones; the pieces left."""
+        for index in sorted(self.held(cid)):
+            if (cid, index) in self._unverified and (cid, index) not in self._fds:
+                self._open(cid, index)
+        return self.held(cid)
 
     def read_piece(self, cid: str, index: int) -> bytes | None:
         fd = self.piece_fd(cid, index)
@@ -218,6 +291,7 @@ class PieceStore:
 
     def _delete_piece(self, cid: str, index: int) -> None:
         self._close(cid, index)
+        self._unverified.discard((cid, index))
         self._held.get(cid, set()).discard(index)
         self.evicted_pieces += 1
         with contextlib.suppress(FileNotFoundError):
@@ -229,3 +303,43 @@ class PieceStore:
 
     def contents(self) -> Iterator[SignedManifest]:
         return iter(self._manifests.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgeswarm.piecestore CACHE``: check a stopped node's whole cache now, rather than piece by piece on first read.
+
+    Bad pieces are dropped as a node would drop them.  Prints what the check
+    cost, the figure behind lazy checking (docs/operations.md).
+    """
+    import sys
+    import time
+
+    from edgeswarm.signing import KeyFileError, load_public_key
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m edgeswarm.piecestore CACHE_DIR", file=sys.stderr)
+        return 2
+    root = Path(args[0])
+    try:
+        key = load_public_key((root / "origin.pub").read_bytes(), f"{root}/origin.pub")
+    except (OSError, KeyFileError) as exc:
+        print(f"piecestore: no pinned origin key in {root}: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    started = time.perf_counter()
+    store = PieceStore(root, key)
+    opened = time.perf_counter()
+    pieces = sum(len(store.verify_held(signed.content_id)) for signed in list(store.contents()))
+    checked = time.perf_counter()
+    store.close()
+    mb = store.used_bytes / 1e6
+    print(
+        f"{root}: opened in {opened - started:.3f} s; {pieces} good pieces ({mb:.0f} MB), {store.corrupt_pieces} bad ones dropped, "
+        f"checked in {checked - opened:.2f} s ({mb / max(checked - opened, 1e-9):.0f} MB/s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

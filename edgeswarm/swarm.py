@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from edgeswarm.httpspec import HttpError
 from edgeswarm.picker import PiecePicker
-from edgeswarm.piecestore import CorruptPiece
+from edgeswarm.piecestore import CorruptPiece, PieceNotStored
 from edgeswarm.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -75,7 +75,9 @@ class Swarm:
     async def piece(self, index: int) -> None:
         """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
         if index in self.picker.have:
-            return
+            if self.peer.store.has(self.cid, index):
+                return
+            self.picker.have.discard(index)  # evicted, or found bad on disk: fetch it again
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
         self.picker.awaited.setdefault(index, time.monotonic())
@@ -242,6 +244,9 @@ class Swarm:
             return "retry"
         except KeyError:  # the content was dropped from the store meanwhile
             return "gone"
+        except PieceNotStored:  # our disk is full or failing (the store logged it): the gateway reads from the store
+            await asyncio.sleep(1)
+            return "retry"
         finally:
             if not ok:
                 self.picker.finish(source, index, False)

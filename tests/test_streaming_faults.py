@@ -1,0 +1,242 @@
+"""A failure after an answer has started cuts the connection: never an error page inside a body (issue 9, defect 1).
+
+The client must see a short transfer (curl exit 18) holding a prefix of the
+right bytes, or the whole file, and ``curl -C -`` must then complete it
+byte for byte.  Disk full is a real tmpfs (root only) and, anywhere, a file
+size limit (``prlimit --fsize``) that makes every piece write fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import curl, make_file
+
+from edgeswarm.daemon import make_app
+from edgeswarm.httpspec import HttpError
+from edgeswarm.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+PIECE = 256 * 1024  # the piece size of every file below 256 MiB
+
+
+def edge(nodes, cache: Path, parent: str, *extra: str, prefix: list[str] | None = None):
+    return nodes.start("edge", "--cache", str(cache), "--parent", parent, *extra, name="edge", prefix=prefix)
+
+
+def is_prefix(got: bytes, data: bytes) -> bool:
+    return len(got) <= len(data) and data[: len(got)] == got
+
+
+def resume(url: str, out: Path) -> subprocess.CompletedProcess:
+    return curl("-C", "-", "-o", str(out), url)
+
+
+def no_tmp(cache: Path) -> list[Path]:
+    return list((cache / "content").rglob("*.tmp"))
+
+
+# -- the middleware, on its own --------------------------------------------------------------------
+
+
+async def _raw_get(port: int, path: str) -> bytes:
+    """Everything the server sends for one GET, until it closes the connection (bounded, so a hang fails)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), HttpError(502, "piece 3 unavailable")], ids=["internal", "http-error"])
+async def test_a_handler_failing_after_its_head_is_cut_not_followed_by_an_error_page(failure, caplog):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b"x" * 100)
+        raise failure
+
+    app = make_app(Metrics("test"))
+    app.router.add_get("/f", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="edgeswarm"):
+            raw = await _raw_get(site._server.sockets[0].getsockname()[1], "/f")
+    finally:
+        await runner.cleanup()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 1000" in head
+    assert body == b"x" * 100, body[100:200]  # cut short: nothing after the bytes that were right
+    cuts = [r for r in caplog.records if re.search(r"after \d+ bytes", r.getMessage())]
+    assert len(cuts) == 1, [r.getMessage() for r in caplog.records]
+    assert (cuts[0].exc_info is not None) == isinstance(failure, RuntimeError)  # a traceback only for a bug
+
+
+# -- a parent that fails in the middle of a file -------------------------------------------------------
+
+
+class FailingParent:
+    """A parent that passes the origin through, but hangs up halfway through pieces ``>= fail_from`` while ``failing``."""
+
+    def __init__(self, origin: str, fail_from: int):
+        self.origin, self.fail_from, self.failing = origin, fail_from, True
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        async with aiohttp.ClientSession() as s, s.get(self.origin + request.raw_path) as r:
+            body, status, ctype = await r.read(), r.status, r.headers.get("Content-Type", "application/octet-stream")
+        parts = request.path.split("/")
+        if self.failing and request.path.startswith("/piece/") and int(parts[-1]) >= self.fail_from:
+            resp = web.StreamResponse(headers={"Content-Length": str(len(body)), "Content-Type": ctype})
+            await resp.prepare(request)
+            await resp.write(body[: len(body) // 2])
+            assert request.transport is not None
+            request.transport.abort()
+            return resp
+        return web.Response(status=status, body=body, content_type=ctype.split(";")[0])
+
+    async def __aenter__(self) -> FailingParent:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+
+async def test_parent_failing_mid_file_gives_a_short_body_that_resumes(tmp_path, nodes, origin, published):
+    data = make_file(published / "f.bin", 12 * PIECE + 5)
+    await asyncio.sleep(0.5)
+    out = tmp_path / "out.bin"
+    async with FailingParent(origin.url, fail_from=4) as parent:
+        e = edge(nodes, tmp_path / "cache", parent.url)
+        r = await asyncio.to_thread(curl, "-o", str(out), e.url + "/f.bin")
+        assert r.returncode == 18, r.stderr  # "partial file": the client knows it is short
+        got = out.read_bytes()
+        assert is_prefix(got, data) and len(got) == 4 * PIECE
+        parent.failing = False
+        r = await asyncio.to_thread(resume, e.url + "/f.bin", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    log = e.log_text()
+    assert "cut after" in log and "Traceback" not in log
+
+
+# -- disk full -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A 20 MiB tmpfs: a disk that really fills.  Unmounted (lazily if a daemon still holds it) at the end."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip() or mounted.returncode}")
+    yield mnt
+    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_path, tmpfs, nodes, origin, published):
+    data = make_file(published / "big.bin", 64 * MiB + 77)  # three times the disk
+    deadline = time.monotonic() + 60
+    while (await asyncio.to_thread(curl, "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-0", origin.url + "/big.bin")).stdout != b"206":
+        assert time.monotonic() < deadline, "the origin did not publish the file"
+        await asyncio.sleep(0.2)  # being hashed
+    e = edge(nodes, tmpfs, origin.url)
+    out = tmp_path / "out.bin"
+    r = await asyncio.to_thread(curl, "-o", str(out), e.url + "/big.bin")
+    got = out.read_bytes()
+    assert is_prefix(got, data), "bytes that are not the file's went into the body"
+    assert r.returncode == 0 and got == data, r.stderr  # the edge serves what it cannot cache from memory
+    with open(out, "r+b") as f:  # as if an earlier transfer had been cut past the point where the disk filled
+        f.truncate(40 * MiB + 3)
+    r = await asyncio.to_thread(resume, e.url + "/big.bin", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert no_tmp(tmpfs) == []
+    log = e.log_text()
+    assert "No space left on device" in log and "Traceback" not in log
+    assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) not installed")
+async def test_failing_piece_writes_mid_file_do_not_reach_the_body(tmp_path, nodes, origin, published):
+    """No root needed: a file size limit below one piece makes every piece write fail (EFBIG) once the edge restarts."""
+    data = make_file(published / "f.bin", 8 * PIECE + 9)
+    await asyncio.sleep(0.5)
+    cache = tmp_path / "cache"
+    e = edge(nodes, cache, origin.url)
+    assert (await asyncio.to_thread(curl, "-o", "/dev/null", "-r", "0-0", e.url + "/f.bin")).returncode == 0  # piece 0 cached
+    e.stop()
+    e = edge(nodes, cache, origin.url, prefix=["prlimit", f"--fsize={PIECE - 4096}"])
+    out = tmp_path / "out.bin"
+    r = await asyncio.to_thread(curl, "-o", str(out), e.url + "/f.bin")
+    got = out.read_bytes()
+    assert is_prefix(got, data), "bytes that are not the file's went into the body"
+    assert r.returncode == 0 and got == data, r.stderr
+    assert no_tmp(cache) == []
+    assert "File too large" in e.log_text()
+
+
+async def test_peer_gateway_cuts_an_answer_whose_later_pieces_never_come(tmp_path, nodes, origin, published):
+    data = make_file(published / "f.bin", 10 * PIECE + 1)
+    await asyncio.sleep(0.5)
+    out = tmp_path / "out.bin"
+    async with FailingParent(origin.url, fail_from=3) as parent:
+        e = edge(nodes, tmp_path / "cache", parent.url)
+        peer = nodes.start(
+            "peer",
+            *("--cache", str(tmp_path / "peer"), "--edge", e.url, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"),
+            *("--read-timeout", "2"),
+            name="peer",
+        )
+        r = await asyncio.to_thread(curl, "-o", str(out), peer.urls["gateway"] + "/f.bin")
+        assert r.returncode == 18, r.stderr
+        got = out.read_bytes()
+        assert is_prefix(got, data) and len(got) == 3 * PIECE
+        parent.failing = False
+        r = await asyncio.to_thread(resume, peer.urls["gateway"] + "/f.bin", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    log = peer.log_text()
+    assert "cut after" in log and "Traceback" not in log
+
+
+async def test_a_client_hanging_up_mid_file_is_one_line_without_a_traceback(tmp_path, nodes, origin, published):
+    make_file(published / "f.bin", 32 * MiB)
+    await asyncio.sleep(1)
+    e = edge(nodes, tmp_path / "cache", origin.url)
+    assert (await asyncio.to_thread(curl, "-o", "/dev/null", e.url + "/f.bin")).returncode == 0  # cached: the sendfile path
+    port = int(e.url.rsplit(":", 1)[1])
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /f.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(100_000)
+        writer.transport.abort()  # gone, with most of the file still to come
+    deadline = time.monotonic() + 10
+    while e.log_text().count("client went away") < 3:
+        assert time.monotonic() < deadline, e.log_text()[-3000:]
+        await asyncio.sleep(0.1)
+    assert "Traceback" not in e.log_text()
