@@ -201,8 +201,9 @@ class Catalog:
             modified=int(key[1] // 1_000_000_000) or int(time.time()),
             protection=protection,
         )
-        if previous is not None and manifest != previous and manifest.modified <= previous.modified:
-            manifest = replace(manifest, modified=previous.modified + 1)
+        if previous is not None and manifest.modified <= previous.modified:
+            same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
+            manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key)
 
