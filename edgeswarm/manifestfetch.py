@@ -145,7 +145,6 @@ class ManifestFetcher:
                 raise ManifestError(problem)
         except ManifestError as exc:
             self.metrics.events[("bad_manifest", source)] += 1
-            log.warning("%s sent a bad manifest for %s: %s", who, path, exc)
             raise UpstreamError(502, f"{who} sent a bad manifest for {path}: {exc}") from None
         self._keep(store, signed, reply.body)
         return signed

@@ -41,6 +41,7 @@ class FakeParent:
         self.by_id: dict[str, tuple[SignedManifest, bytes]] = {}
         self.answers: dict[str, SignedManifest] = {}
         self.endless: set[str] = set()  # "manifest", "piece": answered with an endless chunked body
+        self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
         self.url = ""
 
@@ -61,6 +62,8 @@ class FakeParent:
     async def manifest(self, request: web.Request) -> web.StreamResponse:
         if "manifest" in self.endless:
             return await self._endless(request)
+        if self.oversized:
+            return web.Response(body=b" " * (2 * MiB))
         signed = self.answers.get(request.match_info["path"])
         if signed is None:
             raise web.HTTPNotFound(text="not published")
@@ -233,7 +236,10 @@ async def test_endless_manifest_and_piece_bodies_leave_edge_and_peer_bounded(tmp
                 else:  # an error, or a transfer cut short after the headers: never a wrong byte
                     assert code in (502, 504) or body is None, (code, body and body[:300])
             assert f"sent more than {cap} bytes" in edge.log_text() and f"sent more than {cap} bytes" in peer.log_text()
-        parent.endless = set()  # and once the parent behaves, the file comes through
+        parent.endless, parent.oversized = set(), True  # a Content-Length over the cap: refused before reading
+        code, body = await fetch(http, edge.url + "/new.bin")  # not cached: nothing stale to fall back on
+        assert code == 502 and b"sent more than 1048576 bytes for /manifest/new.bin (Content-Length 2097152)" in body, body
+        parent.oversized = False  # and once the parent behaves, the file comes through
         assert await fetch(http, edge.url + "/a.bin") == (200, b"a" * 600_000)
 
 
