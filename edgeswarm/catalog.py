@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -154,7 +154,7 @@ class Catalog:
             entry = known.get(rel)
             if entry is not None and entry.stat == key:
                 continue
-            fresh = self._publish(rel, full, key)
+            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
             if fresh is not None:
                 changes[rel] = fresh
         return changes
@@ -173,8 +173,14 @@ class Catalog:
             self._save_state()
         return lines
 
-    def _publish(self, rel: str, full: Path, key: StatKey) -> Entry | None:
-        """Hash and sign one file; None if it changed while being read (next scan retries)."""
+    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None) -> Entry | None:
+        """Hash and sign one file; None if it changed while being read (next scan retries).
+
+        ``previous`` is the version it replaces: a different new version gets
+        a later ``modified`` even if the file's mtime is not later (a rewrite
+        within the same second, an older file copied in), because nodes
+        accept only manifests that move forward (manifestfetch.ManifestOrder).
+        """
         piece_size = piece_size_for(key[0])
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         try:
@@ -195,6 +201,9 @@ class Catalog:
             modified=int(key[1] // 1_000_000_000) or int(time.time()),
             protection=protection,
         )
+        if previous is not None and manifest.modified <= previous.modified:
+            same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
+            manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key)
 

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -28,7 +27,8 @@ from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.ledger import Ledger
-from edgeswarm.manifest import ManifestError, SignedManifest, is_content_id
+from edgeswarm.manifest import SignedManifest, is_content_id
+from edgeswarm.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
@@ -89,7 +89,6 @@ class Edge:
         self.max_cache = max_cache
         self.only_origin = [h.lower() for h in only_origin]
         self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
-        self.revalidate = revalidate
         self.origin_key = origin_key
         self.require_token = require_token
         self.upstream = Upstream(timeout, ssl=ca, headers={"Authorization": f"Bearer {token}"} if token else None)
@@ -98,14 +97,13 @@ class Edge:
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
+        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
         self.tracker = tracker
         self.bucket = TokenBucket(upload_limit)
         self.store: PieceStore | None = None
         self._opened = asyncio.Event()
-        self._checked: dict[str, float] = {}  # path -> when its manifest was last confirmed
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
-        self._stale_warned: set[str] = set()
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
@@ -178,49 +176,12 @@ class Edge:
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
         store = await self._store()
         cached = store.manifest_for_path(path)
-        fresh = cached is not None and time.monotonic() - self._checked.get(path, -1e9) < self.revalidate
-        if cached is not None and (fresh or not may_fetch):
+        if cached is not None and (self.manifests.fresh(path) or not may_fetch):
             return cached
         if not may_fetch:
             raise HttpError(403, "this edge fetches uncached content only for its internal network")
-        shared, _ = share(self._manifest_tasks, path, lambda: self._revalidate(path, cached))
+        shared, _ = share(self._manifest_tasks, path, lambda: self.manifests.revalidate(store, path, [self.parent]))
         return await shared
-
-    async def _revalidate(self, path: str, cached: SignedManifest | None) -> SignedManifest:
-        store = await self._store()
-        headers = {"If-None-Match": cached.etag} if cached else None
-        try:
-            reply = await self.upstream.get(self.parent, "/manifest/" + quote(path, safe="/"), headers)
-        except UpstreamError as exc:
-            return self._stale_or_raise(path, cached, exc.status, exc.message)
-        if reply.status == 304 and cached is not None:
-            self._checked[path] = time.monotonic()
-            return cached
-        if reply.status == 404:
-            store.forget_path(path)
-            raise HttpError(404, f"{path} is not published")
-        if reply.status != 200:
-            return self._stale_or_raise(path, cached, 502, f"parent {self.parent} answered {reply.status} for {path}")
-        try:
-            signed = SignedManifest.parse(reply.body, store.public_key)
-            if signed.manifest.path != path:
-                raise ManifestError(f"manifest names {signed.manifest.path!r}")
-        except ManifestError as exc:
-            self.metrics.events[("bad_manifest", self.parent)] += 1
-            return self._stale_or_raise(path, cached, 502, f"parent {self.parent} sent a bad manifest for {path}: {exc}")
-        store.put_manifest(signed, reply.body)
-        self._checked[path] = time.monotonic()
-        self._stale_warned.discard(path)
-        return signed
-
-    def _stale_or_raise(self, path: str, cached: SignedManifest | None, status: int, message: str) -> SignedManifest:
-        if cached is None:
-            raise HttpError(status, message)
-        if path not in self._stale_warned:
-            log.warning("serving cached %s without revalidation: %s", path, message)
-            self._stale_warned.add(path)
-        self.metrics.events[("stale_manifest", "")] += 1
-        return cached
 
     async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
         store = await self._store()
@@ -231,20 +192,7 @@ class Edge:
             raise HttpError(404, f"{cid[:80]!r} is not a content id")
         if not may_fetch:
             raise HttpError(404, f"content {cid[:80]} is not cached here")
-        try:
-            reply = await self.upstream.get(self.parent, f"/content/{quote(cid, safe='')}")
-        except UpstreamError as exc:
-            raise HttpError(exc.status, exc.message) from None
-        if reply.status != 200:
-            raise HttpError(404 if reply.status == 404 else 502, f"parent {self.parent} answered {reply.status} for content {cid[:80]}")
-        try:
-            signed = SignedManifest.parse(reply.body, store.public_key)
-        except ManifestError as exc:
-            raise HttpError(502, f"parent {self.parent} sent a bad manifest: {exc}") from None
-        if signed.content_id != cid:
-            raise HttpError(502, f"parent {self.parent} sent the manifest of another content")
-        store.put_manifest(signed, reply.body)
-        return signed
+        return await self.manifests.by_id(store, self.parent, cid)
 
     # -- pieces -------------------------------------------------------------------
     def fill(self, cid: str, index: int) -> asyncio.Future:
@@ -270,6 +218,7 @@ class Edge:
                     f"/piece/{cid}/{index}",
                     {"Cache-Control": "only-if-cached"} if sibling else None,
                     SIBLING_TIMEOUT if sibling else None,
+                    limit=signed.manifest.piece_span(index)[1],  # a piece is never longer: more is refused as it streams
                 )
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
@@ -331,8 +280,7 @@ class Edge:
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        raw = request.raw_path
-        rel = clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
+        rel = requested_path(request)
         if self.require_token:
             await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))

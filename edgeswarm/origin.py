@@ -19,6 +19,7 @@ from edgeswarm import access, bitfield
 from edgeswarm.catalog import Catalog, Entry
 from edgeswarm.daemon import json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
+from edgeswarm.manifestfetch import requested_path
 from edgeswarm.metrics import Metrics
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.protect import cipher_for, crypt
@@ -130,8 +131,7 @@ class Origin:
         return access.key_response(entry.signed.content_id, entry.key)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        raw_path = "/" + request.raw_path.split("/", 2)[2] if request.raw_path.count("/") >= 2 else "/"
-        rel = clean_request_path(raw_path)
+        rel = requested_path(request)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
             raise HttpError(404, f"{rel} is not published")

@@ -22,7 +22,6 @@ import secrets
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -30,7 +29,8 @@ from edgeswarm import access, bitfield, originkey, tokens
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import json_response, make_app, serve_many
 from edgeswarm.httpspec import PEER_HEADER, HttpError
-from edgeswarm.manifest import ManifestError, SignedManifest
+from edgeswarm.manifest import SignedManifest
+from edgeswarm.manifestfetch import ManifestFetcher
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
@@ -41,7 +41,7 @@ from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, Swarm
-from edgeswarm.upstream import Upstream, UpstreamError
+from edgeswarm.upstream import MAX_ANNOUNCE, Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
@@ -107,6 +107,7 @@ class Peer:
         self.bucket = TokenBucket(upload_limit)
         self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
+        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True)
         self.store: PieceStore | None = None
         self.swarms: dict[str, Swarm] = {}
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
@@ -119,7 +120,6 @@ class Peer:
         self._completed: set[str] = set()
         self._announce_now = asyncio.Event()
         self.bound = asyncio.Event()  # the upload server has its port
-        self._checked: dict[str, float] = {}
         self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
@@ -210,40 +210,10 @@ class Peer:
         """The current manifest of ``path`` from the fastest edge; a cached one if no edge answers."""
         store = await self._store()
         cached = store.manifest_for_path(path)
-        if cached is not None and time.monotonic() - self._checked.get(path, -1e9) < REVALIDATE:
+        if cached is not None and self.manifests.fresh(path):
             return cached
-        problems = []
-        for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
-            headers = {**self.edge_headers(), **({"If-None-Match": cached.etag} if cached else {})}
-            try:
-                reply = await self.upstream.get(edge, "/manifest/" + quote(path, safe="/"), headers)
-            except UpstreamError as exc:
-                self.ranking.failure(edge, time.monotonic())
-                problems.append(exc.message)
-                continue
-            if reply.status == 304 and cached is not None:
-                self._checked[path] = time.monotonic()
-                return cached
-            if reply.status == 404:
-                store.forget_path(path)
-                raise HttpError(404, f"no such file: /{path}")
-            if reply.status in (401, 403):  # the player's user should know: a token is missing, expired or too narrow
-                why = reply.body[:200].decode(errors="replace").strip()
-                raise HttpError(reply.status, f"{edge} refused /{path}: {why}", {"WWW-Authenticate": 'Bearer realm="edgeswarm"'})
-            if reply.status != 200:
-                problems.append(f"{edge} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}")
-                continue
-            try:
-                signed = SignedManifest.parse(reply.body, store.public_key)
-            except ManifestError as exc:
-                problems.append(f"{edge} sent a bad manifest: {exc}")
-                continue
-            store.put_manifest(signed, reply.body)
-            self._checked[path] = time.monotonic()
-            return signed
-        if cached is not None:
-            return cached
-        raise HttpError(502, f"no edge could give the manifest of /{path}: {'; '.join(problems)}")
+        edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
+        return await self.manifests.revalidate(store, path, edges, self.edge_headers())
 
     def swarm(self, signed: SignedManifest) -> Swarm:
         cid = signed.content_id
@@ -256,7 +226,10 @@ class Peer:
     # -- transfers (driven by Swarm) -----------------------------------------------------
     async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool) -> bytes:
         headers = {PEER_HEADER: self.peer_id, **(self.peer_headers(cid) if to_peer else self.edge_headers())}
-        reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers)
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None:
+            raise KeyError(cid)  # the content left the store meanwhile
+        reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers, limit=signed.manifest.piece_span(index)[1])
         if reply.status == 200:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
             if not to_peer:
@@ -348,7 +321,7 @@ class Peer:
             },
         }
         try:
-            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc)
+            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, MAX_ANNOUNCE)
         except UpstreamError as exc:
             log.info("announce to %s failed: %s", edge, exc.message)
             return

@@ -4,6 +4,11 @@ Every failure an edge can meet upstream - refused connection, DNS, reset,
 timeout - becomes an UpstreamError carrying the status the edge should answer
 with (502 for a bad or unreachable upstream, 504 for one too slow) and a
 sentence an operator can act on.
+
+No body from another node is trusted to be small: every one is read in
+chunks against a cap and abandoned (502) as soon as it passes it, whether or
+not it announced a ``Content-Length``.  A peer answering with an endless
+chunked body costs its victim one chunk of memory, not all of it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-MAX_BODY = 256 * 1024 * 1024
+MAX_PIECE = 256 * 1024 * 1024  # no piece is read past this, whatever its manifest says (files up to 512 GiB)
+MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140 KB (2048 piece hashes)
+MAX_ANNOUNCE = 1024 * 1024  # an announce answer: a few dozen peers with their bitfields
+MAX_ANSWER = 64 * 1024  # anything else: /have, keys, error pages
+CHUNK = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -53,29 +62,52 @@ class Upstream:
         if self.session is not None:
             await self.session.close()
 
-    async def get(self, base: str, path: str, headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
-        """GET base+path (path already percent-encoded); the body is read whole."""
-        return await self.request("GET", base, path, headers, timeout)
+    async def get(
+        self, base: str, path: str, headers: dict[str, str] | None = None, timeout: float | None = None, limit: int = MAX_ANSWER
+    ) -> Reply:
+        """GET base+path (path already percent-encoded); the body is read whole, up to ``limit`` bytes."""
+        return await self.request("GET", base, path, headers, timeout, limit=limit)
 
     async def request(
-        self, method: str, base: str, path: str, headers: dict[str, str] | None, timeout: float | None, doc: object = None
+        self,
+        method: str,
+        base: str,
+        path: str,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+        doc: object = None,
+        limit: int = MAX_ANSWER,
     ) -> Reply:
+        """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams."""
         assert self.session is not None
-        limit = timeout or self.timeout
+        seconds = timeout or self.timeout
         url = URL(base.rstrip("/") + path, encoded=True)
         try:
-            async with asyncio.timeout(limit):
+            async with asyncio.timeout(seconds):
                 async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
-                    length = resp.content_length
-                    if length is not None and length > MAX_BODY:
-                        raise UpstreamError(502, f"{base} sent a {length}-byte body for {path}; refusing")
-                    body = await resp.read()
+                    body = await read_bounded(resp, min(limit, MAX_PIECE), base, path)
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:
-            raise UpstreamError(504, f"{base} did not answer {path} within {limit:g} s") from None
+            raise UpstreamError(504, f"{base} did not answer {path} within {seconds:g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{base} failed on {path}: {exc.__class__.__name__} {exc}") from None
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int, base: str, path: str) -> bytes:
+    """The body, read a chunk at a time; UpstreamError 502 as soon as it exceeds ``limit`` bytes.
+
+    A ``Content-Length`` over the limit is refused before anything is read;
+    one that lies, or a chunked body, is stopped at the first chunk past it.
+    """
+    if resp.content_length is not None and resp.content_length > limit:
+        raise UpstreamError(502, f"{base} sent more than {limit} bytes for {path} (Content-Length {resp.content_length}); refusing")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise UpstreamError(502, f"{base} sent more than {limit} bytes for {path}; refusing")
+    return bytes(body)

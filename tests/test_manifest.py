@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeswarm.catalog import Catalog
 from edgeswarm.manifest import (
     FORMAT,
     MAX_PIECES,
@@ -29,6 +30,7 @@ from edgeswarm.manifest import (
     is_content_id,
     piece_size_for,
 )
+from edgeswarm.manifestfetch import ManifestOrder
 from edgeswarm.signing import KeyFileError, load_or_create_private_key, load_public_key, public_pem, verify
 
 KEY = Ed25519PrivateKey.generate()
@@ -456,3 +458,70 @@ def test_verify():
 def test_format_constant():
     """Bumping FORMAT changes every content id; it must be deliberate (and the golden id above updated)."""
     assert FORMAT == 1
+
+
+# -- ManifestOrder: manifests of one path only move forward -----------------------------------
+
+
+def versions(*modified: int, path: str = "a.txt") -> list[SignedManifest]:
+    return [
+        SignedManifest.sign(make_manifest(path=path, modified=t, pieces=(hashlib.sha256(str(i).encode()).hexdigest(),) * 4), KEY)
+        for i, t in enumerate(modified)
+    ]
+
+
+def test_order_accepts_newer_and_the_same_version_refuses_older():
+    old, new, newer = versions(10, 20, 30)
+    order = ManifestOrder()
+    assert order.problem(old, None) is None  # nothing known: anything signed goes
+    order.accept(new)
+    assert order.problem(new, None) is None  # the same version again (a revalidation)
+    assert order.problem(newer, None) is None
+    assert "older version of 'a.txt'" in order.problem(old, None)
+
+
+def test_order_refuses_a_different_version_with_the_same_modified():
+    a, b = versions(10, 10)
+    assert "older version" in ManifestOrder().problem(b, held=a)
+
+
+def test_order_counts_what_the_store_holds_and_outlives_it():
+    old, new = versions(10, 20)
+    order = ManifestOrder()
+    assert order.problem(old, held=new)  # held from a previous run: nothing in memory yet
+    order.accept(new)
+    assert order.problem(old, held=None)  # the store forgot the path (a 404): memory did not
+    order.accept(old)  # accepting never moves the mark back
+    assert order.problem(old, held=None)
+
+
+def test_order_is_per_path():
+    (a,) = versions(20, path="a.txt")
+    (b,) = versions(10, path="b.txt")
+    order = ManifestOrder()
+    order.accept(a)
+    assert order.problem(b, None) is None
+
+
+def test_a_republished_file_moves_forward_even_when_its_mtime_does_not(tmp_path):
+    """The origin's side of the rule: a new version of a path always gets a later ``modified``."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    f = root / "a.txt"
+    f.write_bytes(b"one")
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    first = catalog.by_path["a.txt"].signed.manifest
+    f.write_bytes(b"two")
+    os.utime(f, (1_600_000_000, 1_600_000_000))  # an older file copied in
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    second = catalog.by_path["a.txt"].signed.manifest
+    assert second.modified == first.modified + 1
+    assert ManifestOrder().problem(catalog.by_path["a.txt"].signed, held=SignedManifest.sign(first, KEY)) is None
+    copy = root / ".copy"
+    copy.write_bytes(b"two")
+    os.utime(copy, (1_600_000_000, 1_600_000_000))
+    os.replace(copy, f)  # a new inode, the same bytes and mtime: the same version, not a new one
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert catalog.by_path["a.txt"].signed.manifest == second

@@ -1,0 +1,273 @@
+"""Lying and bloating upstreams (issue 9, defects 2 and 3): what edges, peer gateways and `get` refuse.
+
+The test double ``FakeParent`` stands where a parent (for an edge) or an edge
+(for a peer and `get`) would.  It serves real manifests, signed with the
+origin's own signing code, and the real pieces; each test makes it lie in
+one way: the signed manifest of another path, an older signed version after
+a newer one, or an endless chunked body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import sha, status
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_swarm import CorruptingPeer, regions, start_edge, start_peer, wait_complete  # noqa: F401 - regions is a fixture
+
+from edgeswarm.manifest import Manifest, SignedManifest, hash_pieces, piece_size_for
+from edgeswarm.origin import manifest_response
+from edgeswarm.signing import public_pem
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+ENDLESS = 512 * MiB  # what one "endless" answer sends at most: far past every cap, and past the RSS bound
+RSS_BOUND = 300 * MiB
+
+
+class FakeParent:
+    """Real signed manifests and pieces, served as the test says (``answers``: path -> manifest; ``endless``)."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.key = Ed25519PrivateKey.generate()
+        self.by_id: dict[str, tuple[SignedManifest, bytes]] = {}
+        self.answers: dict[str, SignedManifest] = {}
+        self.endless: set[str] = set()  # "manifest", "piece": answered with an endless chunked body
+        self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
+        self.endless_answers = 0
+        self.url = ""
+
+    def publish(self, path: str, data: bytes, modified: int) -> SignedManifest:
+        """Sign ``data`` as ``path`` the way the origin does, and answer ``/manifest/path`` with it."""
+        file = self.workdir / f"{len(self.by_id)}.bin"
+        file.write_bytes(data)
+        piece_size = piece_size_for(len(data))
+        m = Manifest(path, len(data), "application/octet-stream", piece_size, hash_pieces(file, piece_size), modified)
+        signed = SignedManifest.sign(m, self.key)
+        self.by_id[signed.content_id] = (signed, data)
+        self.answers[path] = signed
+        return signed
+
+    async def origin_key(self, _: web.Request) -> web.Response:
+        return web.Response(body=public_pem(self.key.public_key()), content_type="application/x-pem-file")
+
+    async def manifest(self, request: web.Request) -> web.StreamResponse:
+        if "manifest" in self.endless:
+            return await self._endless(request)
+        if self.oversized:
+            return web.Response(body=b" " * (2 * MiB))
+        signed = self.answers.get(request.match_info["path"])
+        if signed is None:
+            raise web.HTTPNotFound(text="not published")
+        return manifest_response(request, signed.etag, signed.to_json())
+
+    async def content(self, request: web.Request) -> web.Response:
+        if request.match_info["cid"] not in self.by_id:
+            raise web.HTTPNotFound()
+        signed, _ = self.by_id[request.match_info["cid"]]
+        return manifest_response(request, signed.etag, signed.to_json())
+
+    async def piece(self, request: web.Request) -> web.StreamResponse:
+        if "piece" in self.endless:
+            return await self._endless(request)
+        signed, data = self.by_id[request.match_info["cid"]]
+        start, length = signed.manifest.piece_span(int(request.match_info["i"]))
+        return web.Response(body=data[start : start + length])
+
+    async def _endless(self, request: web.Request) -> web.StreamResponse:
+        self.endless_answers += 1
+        return await stream_endless(request)
+
+    async def __aenter__(self) -> FakeParent:
+        app = web.Application()
+        app.router.add_get("/origin-key", self.origin_key)
+        app.router.add_get("/manifest/{path:.*}", self.manifest)
+        app.router.add_get("/content/{cid}", self.content)
+        app.router.add_get("/piece/{cid}/{i}", self.piece)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+
+async def stream_endless(request: web.Request) -> web.StreamResponse:
+    """A chunked 200 that goes on (up to ENDLESS bytes) until the reader hangs up."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    chunk = b"\0" * MiB
+    try:
+        for _ in range(ENDLESS // MiB):
+            await resp.write(chunk)
+    except (ConnectionError, RuntimeError):  # the victim hung up: what a bounded reader does
+        pass
+    return resp
+
+
+class RssWatch:
+    """The peak VmRSS of a process, sampled from /proc while the test runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0
+
+    def sample(self) -> None:
+        with open(f"/proc/{self.pid}/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        self.peak = max(self.peak, kb * 1024)
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(0.02)
+
+    async def __aenter__(self) -> RssWatch:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.task.cancel()
+        self.sample()
+
+
+async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes | None]:
+    """(status, body); body None if the transfer was cut short after the headers."""
+    async with http.get(url) as resp:
+        try:
+            return resp.status, await resp.read()
+        except aiohttp.ClientPayloadError:
+            return resp.status, None
+
+
+def get(url: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edgeswarm", "get", url, "-o", str(out), "--cache", str(cache), "--listen", "127.0.0.1:0"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def edge_of(nodes, tmp_path: Path, parent: str, *extra: str):
+    return nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", parent, *extra, name="edge")
+
+
+def peer_of(nodes, tmp_path: Path, edge: str, *extra: str):
+    args = ("--cache", str(tmp_path / "peer"), "--edge", edge, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+    return nodes.start("peer", *args, *extra, name="peer")
+
+
+# -- defect 2: a manifest signed for another path, or an older version ----------------------
+
+
+async def test_the_signed_manifest_of_another_path_is_refused_everywhere(tmp_path, nodes, http):
+    async with FakeParent(tmp_path) as parent:
+        b_data = b"b" * 300_000
+        b = parent.publish("b.txt", b_data, 1_700_000_000)
+        parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        parent.answers["a.txt"] = b  # validly signed, but for /b.txt
+        edge, peer = edge_of(nodes, tmp_path, parent.url), peer_of(nodes, tmp_path, parent.url)
+        for url in (edge.url, peer.urls["gateway"]):
+            code, body = await fetch(http, url + "/a.txt")
+            assert code == 502, (url, code, body[:200])
+            assert b"bad manifest for a.txt" in body and b"'b.txt'" in body, body
+        out = tmp_path / "a.out"
+        proc = await asyncio.to_thread(get, parent.url + "/a.txt", out, tmp_path / "get")
+        assert proc.returncode == 1, proc.stderr
+        assert "manifest of 'b.txt', not of 'a.txt'" in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
+        assert "a.txt" not in [c["path"] for c in (await status(http, edge.url))["contents"]]  # nothing of b kept as a
+        assert (await status(http, peer.urls["gateway"]))["swarms"] == []
+        code, body = await fetch(http, peer.urls["gateway"] + "/b.txt")  # b itself is fine
+        assert code == 200 and body == b_data
+
+
+async def test_an_older_signed_version_after_a_newer_one_is_refused_everywhere(tmp_path, nodes, http):
+    async with FakeParent(tmp_path) as parent:
+        v1, v2 = b"1" * 300_000, b"2" * 300_000
+        old = parent.publish("a.txt", v1, 1_700_000_000)
+        new = parent.publish("a.txt", v2, 1_700_000_001)
+        edge = edge_of(nodes, tmp_path, parent.url, "--revalidate", "0")
+        peer = peer_of(nodes, tmp_path, parent.url)
+        out = tmp_path / "a.out"
+        for url in (edge.url, peer.urls["gateway"]):
+            assert await fetch(http, url + "/a.txt") == (200, v2)
+        proc = await asyncio.to_thread(get, parent.url + "/a.txt", out, tmp_path / "get")
+        assert proc.returncode == 0 and out.read_bytes() == v2, proc.stderr
+
+        parent.answers["a.txt"] = old  # roll back
+        peer.stop()
+        peer.start()  # a fresh revalidation, with v2 in its store
+        for url in (edge.url, peer.urls["gateway"]):
+            async with http.get(url + "/a.txt") as r:  # v1 refused: the newest version held is served
+                assert (r.status, await r.read(), r.headers["ETag"]) == (200, v2, new.etag)
+        proc = await asyncio.to_thread(get, parent.url + "/a.txt", out, tmp_path / "get")
+        assert out.read_bytes() == v2, proc.stderr
+        assert "older version of 'a.txt'" in proc.stderr
+        for node in (edge, peer):
+            assert "older version of 'a.txt'" in node.log_text()
+
+
+# -- defect 3: endless bodies ------------------------------------------------------------------
+
+
+async def test_endless_manifest_and_piece_bodies_leave_edge_and_peer_bounded(tmp_path, nodes, http):
+    async with FakeParent(tmp_path) as parent:
+        parent.publish("a.bin", b"a" * 600_000, 1_700_000_000)
+        edge, peer = edge_of(nodes, tmp_path, parent.url), peer_of(nodes, tmp_path, parent.url, "--read-timeout", "3")
+        for what, cap in (("manifest", 1024 * 1024), ("piece", 262144)):
+            parent.endless = {what}
+            for node, url in ((edge, edge.url), (peer, peer.urls["gateway"])):
+                before = parent.endless_answers
+                async with RssWatch(node.proc.pid) as rss:
+                    code, body = await fetch(http, url + "/a.bin")
+                assert parent.endless_answers > before, "the double was never asked: the test proves nothing"
+                assert rss.peak < RSS_BOUND, f"{node.role} reached {rss.peak / MiB:.0f} MiB on an endless {what}"
+                if what == "manifest":
+                    assert code == 502 and f"sent more than {cap} bytes".encode() in body, body[:300]
+                else:  # an error, or a transfer cut short after the headers: never a wrong byte
+                    assert code in (502, 504) or body is None, (code, body and body[:300])
+            assert f"sent more than {cap} bytes" in edge.log_text() and f"sent more than {cap} bytes" in peer.log_text()
+        parent.endless, parent.oversized = set(), True  # a Content-Length over the cap: refused before reading
+        code, body = await fetch(http, edge.url + "/new.bin")  # not cached: nothing stale to fall back on
+        assert code == 502 and b"sent more than 1048576 bytes for /manifest/new.bin (Content-Length 2097152)" in body, body
+        parent.oversized = False  # and once the parent behaves, the file comes through
+        assert await fetch(http, edge.url + "/a.bin") == (200, b"a" * 600_000)
+
+
+class BloatingPeer(CorruptingPeer):
+    """Announces that it holds everything, then answers every piece with an endless chunked body."""
+
+    async def piece(self, request: web.Request) -> web.StreamResponse:
+        self.served += 1
+        return await stream_endless(request)
+
+
+async def test_a_peer_with_endless_pieces_leaves_the_victim_bounded(tmp_path, nodes, origin, published, regions, http):  # noqa: F811
+    data = b"".join(bytes([i]) * 262144 for i in range(8))
+    (published / "f.bin").write_bytes(data)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    evil = BloatingPeer(origin.url, "127.1.0.99")
+    await evil.start(edge.url, cid, 8)
+    try:
+        victim = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "victim")
+        async with RssWatch(victim.proc.pid) as rss:
+            async with http.post(victim.urls["gateway"] + "/f.bin") as r:
+                assert r.status == 202
+            await wait_complete(http, [victim])
+    finally:
+        await evil.stop()
+    assert evil.served > 0, "the double was never asked: the test proves nothing"
+    assert rss.peak < RSS_BOUND, f"the victim reached {rss.peak / MiB:.0f} MiB"
+    assert sha((await fetch(http, victim.urls["gateway"] + "/f.bin"))[1]) == sha(data)
+    assert "sent more than 262144 bytes" in victim.log_text()
