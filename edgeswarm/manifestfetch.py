@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from urllib.parse import quote
 
 from aiohttp import web
@@ -81,12 +82,20 @@ class ManifestFetcher:
     """
 
     def __init__(
-        self, upstream: Upstream, metrics: Metrics, ranking: SourceRanking, revalidate: float, role: str, user_credential: bool = False
+        self,
+        upstream: Upstream,
+        metrics: Metrics,
+        ranking: SourceRanking,
+        revalidate: float,
+        role: str,
+        user_credential: bool = False,
+        on_failure: Callable[[str], None] | None = None,
     ):
         self.upstream, self.metrics, self.ranking = upstream, metrics, ranking  # the node's: a failing source ranks lower
         self.revalidate_after = revalidate
         self.role = role
         self.user_credential = user_credential
+        self.on_failure = on_failure  # a peer checks that edge's tracker soon: it may have restarted
         self.order = ManifestOrder()
         self._checked: dict[str, float] = {}  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
@@ -104,6 +113,8 @@ class ManifestFetcher:
                 signed = await self._ask(store, source, path, cached, headers or {})
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
+                if self.on_failure is not None:
+                    self.on_failure(source)
                 problems.append(exc)
                 continue
             self._checked[path] = time.monotonic()

@@ -45,6 +45,51 @@ from edgeswarm.upstream import MAX_ANNOUNCE, Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
+FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+
+
+class AnnounceSchedule:
+    """When to announce to each tracker: every interval, and soon again after a failure.
+
+    Sans-IO (time is passed in).  An announce that fails is tried again after
+    1 s, 2 s, 4 s... capped at the interval, so a restarted tracker has its
+    peers back a few seconds after it, not an interval after.  A peer that
+    meets its edge down on another request (a piece, a manifest) checks the
+    tracker within ``FIRST_RETRY`` too, instead of at its next announce.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
+        self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
+
+    def due(self, trackers: list[str], now: float) -> list[str]:
+        return [t for t in trackers if self._next.get(t, now) <= now]
+
+    def wait(self, trackers: list[str], now: float) -> float:
+        """Seconds until the next tracker is due (a whole interval without trackers)."""
+        return max(0.0, min((self._next.get(t, now) for t in trackers), default=now + self.interval) - now)
+
+    def succeeded(self, tracker: str, now: float) -> int:
+        """The tracker answered: next announce in an interval.  Returns how many announces had failed before."""
+        self._next[tracker] = now + self.interval
+        return self._failures.pop(tracker, 0)
+
+    def failed(self, tracker: str, now: float) -> float:
+        """The tracker did not answer: returns the seconds until the next try."""
+        failures = self._failures[tracker] = self._failures.get(tracker, 0) + 1
+        delay = min(self.interval, FIRST_RETRY * 2 ** (failures - 1))
+        self._next[tracker] = now + delay
+        return delay
+
+    def hurry(self, tracker: str, now: float, within: float = 0.0) -> None:
+        """Announce to this tracker no later than ``within`` seconds from now."""
+        self._next[tracker] = min(self._next.get(tracker, now), now + within)
+
+    def unreachable(self, tracker: str, now: float) -> None:
+        """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
+        if tracker not in self._failures:
+            self.hurry(tracker, now, FIRST_RETRY)
 
 
 class SwarmSource:
@@ -107,18 +152,20 @@ class Peer:
         self.bucket = TokenBucket(upload_limit)
         self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
-        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True)
+        self.manifests = ManifestFetcher(
+            self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
+        )
         self.store: PieceStore | None = None
         self.swarms: dict[str, Swarm] = {}
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
         self.region: str | None = None
         self.upload_port = 0
-        self.announce_interval = 30.0
+        self.schedule = AnnounceSchedule(30.0)  # the interval until a tracker says otherwise
         self._p2p_edges = set(self.edges)
         self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
         self._completed: set[str] = set()
-        self._announce_now = asyncio.Event()
+        self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
         self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
@@ -220,7 +267,7 @@ class Peer:
         swarm = self.swarms.get(cid)
         if swarm is None:
             swarm = self.swarms[cid] = Swarm(self, signed)
-            self._announce_now.set()
+            self.announce_soon()
         return swarm
 
     # -- transfers (driven by Swarm) -----------------------------------------------------
@@ -229,7 +276,12 @@ class Peer:
         signed = self.store.manifest(cid) if self.store else None
         if signed is None:
             raise KeyError(cid)  # the content left the store meanwhile
-        reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers, limit=signed.manifest.piece_span(index)[1])
+        try:
+            reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers, limit=signed.manifest.piece_span(index)[1])
+        except UpstreamError:
+            if not to_peer:
+                self._edge_unreachable(url)
+            raise
         if reply.status == 200:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
             if not to_peer:
@@ -266,28 +318,55 @@ class Peer:
 
     def on_complete(self, swarm: Swarm) -> None:
         log.info("completed %s (%d pieces)", swarm.signed.manifest.path, swarm.signed.manifest.piece_count)
-        self._announce_now.set()
+        self.announce_soon()
 
     # -- announces -------------------------------------------------------------------------
+    def announce_soon(self) -> None:
+        """Something every tracker should hear now: a new content, or one completed."""
+        for edge in self._p2p_edges:
+            self.schedule.hurry(edge, time.monotonic())
+        self._wake_announcer.set()
+
+    def _edge_unreachable(self, edge: str) -> None:
+        if edge in self._p2p_edges:
+            self.schedule.unreachable(edge, time.monotonic())
+            self._wake_announcer.set()
+
     async def announce_loop(self) -> None:
         await self.bound.wait()
         await self._store()
         while True:
             if len(self.ticket_keys) < len(self.edges):
                 await self.learn_ticket_keys()
-            await self.announce_all("update")
-            self._announce_now.clear()
+            self._wake_announcer.clear()
+            due = self.schedule.due(sorted(self._p2p_edges), time.monotonic())
+            if due:
+                await self.announce_all("update", due)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._announce_now.wait(), self.announce_interval)
+                await asyncio.wait_for(self._wake_announcer.wait(), self.schedule.wait(sorted(self._p2p_edges), time.monotonic()))
 
-    async def announce_all(self, event: str) -> None:
+    async def announce_all(self, event: str, edges: list[str] | None = None) -> None:
         store = self.store
         if store is None:
             return
         cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
-        await asyncio.gather(*(self._announce(edge, cid, event) for edge in list(self._p2p_edges) for cid in cids))
+        await asyncio.gather(*(self._announce_to(edge, cids, event) for edge in (list(self._p2p_edges) if edges is None else edges)))
 
-    async def _announce(self, edge: str, cid: str, event: str) -> None:
+    async def _announce_to(self, edge: str, cids: set[str], event: str) -> None:
+        """Every content to one tracker; if it cannot be reached, the next try comes after a short back-off."""
+        failed = [why for why in await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids)) if why]
+        if event == "stopped":
+            return
+        now = time.monotonic()
+        if failed:
+            delay = self.schedule.failed(edge, now)
+            log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], delay)
+        elif self.schedule.succeeded(edge, now) and edge in self._p2p_edges:
+            log.info("%s answers announces again", edge)
+            self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
+
+    async def _announce(self, edge: str, cid: str, event: str) -> str | None:
+        """One announce; returns why the tracker could not be reached, if it could not."""
         store = self.store
         signed = store.manifest(cid) if store else None
         if signed is None:
@@ -323,21 +402,24 @@ class Peer:
         try:
             reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, MAX_ANNOUNCE)
         except UpstreamError as exc:
-            log.info("announce to %s failed: %s", edge, exc.message)
-            return
+            return exc.message
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
-            return
+            return None
         if reply.status != 200:
-            log.warning("announce to %s refused: %d %s", edge, reply.status, reply.body[:200].decode(errors="replace").strip())
-            return
+            why = f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+            if reply.status >= 500:  # an edge starting up, or one whose parent is down: try again soon
+                return why
+            log.warning("announce to %s refused: %s", edge, why)
+            return None
         self._announced.add((edge, cid))
         for k, (where, v) in usage.items():
             self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
         if event == "completed":
             self._completed.add(cid)
         self._take_answer(cid, count, reply.body)
+        return None
 
     def _accounting_edge(self) -> str | None:
         """The one tracker that books this peer's P2P counters in its ledger: the first of our edges that tracks."""
@@ -346,7 +428,7 @@ class Peer:
     def _take_answer(self, cid: str, count: int, body: bytes) -> None:
         try:
             doc = json.loads(body)
-            self.announce_interval = max(0.5, float(doc.get("interval", self.announce_interval)))
+            self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
             self.region = doc.get("region")
             if isinstance(doc.get("ticket"), str):
                 self.tickets[cid] = doc["ticket"]

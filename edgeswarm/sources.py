@@ -44,6 +44,12 @@ class SourceRanking:
         s.until = now + backoff
         return backoff
 
+    def revive(self, source: str) -> None:
+        """The source is known to answer again (a peer's edge answers announces): its back-off is over."""
+        s = self._get(source)
+        s.failures = 0
+        s.until = 0.0
+
     def available(self, source: str, now: float) -> bool:
         return self._get(source).until <= now
 

@@ -1,8 +1,8 @@
 """One content being fetched by a peer from its edges and from other peers at once.
 
 The asyncio shell around ``PiecePicker``: one worker per peer source (one
-request in flight each, as BitTorrent's upload slots expect) and a couple of
-workers on the edges.  Every piece is verified by the piece store before it
+request in flight each, as BitTorrent's upload slots expect), a couple of
+workers on the edges, and a scout asking the other neighbours what they hold.  Every piece is verified by the piece store before it
 counts; a peer that sends a bad one is banned for this content, one that
 vanishes or chokes us is set aside for a while and its piece goes back to the
 pool.  Edges are ranked by measured throughput, so the fastest one is used
@@ -35,6 +35,7 @@ WINDOW = 16  # pieces ahead of a reader that are fetched at all
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take any of them
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
+HAVE_POLL = 1.0  # seconds between two asks of one neighbour's /have
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Swarm:
         self.completed = asyncio.Event()
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._edge_tasks: list[asyncio.Task] = []
+        self._scout_task: asyncio.Task | None = None
         self._closed = False
         if self.picker.done() and self.picker.whole_file:
             self.completed.set()
@@ -120,15 +122,19 @@ class Swarm:
             return
         active = [n for n in self.neighbours.values() if n.task is not None and not n.task.done() and n.peer_id not in self.picker.paused]
         missing = set(self.picker.missing())
-        idle = sorted(
-            (n for n in self.neighbours.values() if n.task is None or n.task.done()),
+        useful = sorted(
+            (n for n in self._unstaffed() if missing & self._held_by(n.peer_id)),
             key=lambda n: (not n.same_region, -len(missing & self._held_by(n.peer_id)), -(self.peer.ranking.rate(n.url) or 0)),
         )
-        for n in idle[: max(0, MAX_PEERS - len(active))]:
-            if missing & self._held_by(n.peer_id):
-                n.task = asyncio.create_task(self._peer_worker(n))
+        for n in useful[: max(0, MAX_PEERS - len(active))]:
+            n.task = asyncio.create_task(self._peer_worker(n))
         while len(self._edge_tasks) < EDGE_WORKERS:
             self._edge_tasks.append(asyncio.create_task(self._edge_worker(len(self._edge_tasks))))
+        if self._scout_task is None:
+            self._scout_task = asyncio.create_task(self._scout())
+
+    def _unstaffed(self) -> list[Neighbour]:
+        return [n for n in self.neighbours.values() if n.task is None or n.task.done()]
 
     def _held_by(self, peer_id: str) -> set[int]:
         return {i for i in range(self.picker.count) if self.picker.holds(peer_id, i)}
@@ -142,19 +148,39 @@ class Swarm:
                     return
                 await self._wait_change(1.0)
                 await self._refresh_have(n)
+                if not set(self.picker.missing()) & self._held_by(n.peer_id):
+                    return  # nothing for us: free the slot; the scout keeps asking this peer
                 continue
             outcome = await self._transfer(n.peer_id, n.url, index, peer=n)
             if outcome == "gone":
                 return
 
+    async def _scout(self) -> None:
+        """Ask the neighbours without a worker what they hold: a few each second, the longest unasked first.
+
+        Tracker answers are an interval apart, tell what a neighbour held at
+        its last announce, and stop while the tracker is down.  A neighbour
+        that had nothing for us then would never be used; asking it directly
+        keeps peers that know each other trading whatever the tracker does.
+        """
+        while not self._closed:
+            unstaffed = self._unstaffed()
+            if unstaffed and self.picker.missing():
+                unstaffed.sort(key=lambda n: n.have_checked)
+                await asyncio.gather(*(self._refresh_have(n) for n in unstaffed[:MAX_PEERS]))
+                self._staff()
+            await asyncio.sleep(HAVE_POLL)
+
     async def _refresh_have(self, n: Neighbour) -> None:
-        """Tracker answers lag; an idle worker asks its peer directly what it holds now (at most once a second)."""
+        """Ask a neighbour what it holds now, at most once a second; one that does not answer is set aside, asked less and less often."""
         now = time.monotonic()
-        if now - n.have_checked < 1.0:
+        if now - n.have_checked < HAVE_POLL or not self.peer.ranking.available(n.url, now):
             return
         n.have_checked = now
         held = await self.peer.fetch_have(n.url, self.cid)
-        if held is not None and n.peer_id in self.neighbours:
+        if held is None:
+            self.peer.ranking.failure(n.url, time.monotonic())
+        elif n.peer_id in self.neighbours:
             self.picker.peer_has(n.peer_id, held)
 
     async def _edge_worker(self, slot: int) -> None:
@@ -295,6 +321,8 @@ class Swarm:
     async def close(self) -> None:
         self._closed = True
         tasks = [*self._edge_tasks, *(n.task for n in self.neighbours.values() if n.task is not None)]
+        if self._scout_task is not None:
+            tasks.append(self._scout_task)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -139,3 +139,13 @@ def test_ranked_is_the_available_sources_sorted_by_rate(rates, failed, order):
         if (r.rate(x) or 0.0) == (r.rate(y) or 0.0):
             assert order.index(x) < order.index(y)
     assert r.ranked(order, 1.0 + BASE_BACKOFF) == sorted(order, key=lambda s: -(r.rate(s) or 0.0))
+
+
+def test_revive_ends_the_back_off_and_keeps_the_rate():
+    r = SourceRanking()
+    r.success("edge", 1000, 1.0)
+    for _ in range(5):
+        r.failure("edge", 0.0)  # a dead edge: set aside for 32 s
+    r.revive("edge")  # it answers announces again
+    assert r.available("edge", 0.0) and r.rate("edge") == 1000
+    assert r.failure("edge", 1.0) == BASE_BACKOFF  # a new failure starts the back-off over

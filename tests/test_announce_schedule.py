@@ -1,0 +1,47 @@
+"""When a peer announces to each of its trackers: every interval, soon again after a failure (no sockets)."""
+
+from __future__ import annotations
+
+from edgeswarm.peer import AnnounceSchedule
+
+A, B = "http://a", "http://b"
+
+
+def test_every_tracker_is_due_at_once_then_every_interval():
+    s = AnnounceSchedule(30)
+    assert s.due([A, B], 100) == [A, B] and s.wait([A, B], 100) == 0
+    s.succeeded(A, 100)
+    s.succeeded(B, 105)
+    assert s.due([A, B], 129) == [] and s.wait([A, B], 129) == 1
+    assert s.due([A, B], 130) == [A]
+    assert s.wait([], 0) == 30  # no tracker: nothing to wait for but the interval
+
+
+def test_a_failed_announce_is_retried_after_1_2_4_s_capped_at_the_interval():
+    s = AnnounceSchedule(10)
+    delays = [s.failed(A, 0) for _ in range(6)]
+    assert delays == [1, 2, 4, 8, 10, 10]
+    assert s.succeeded(A, 50) == 6  # it had failed six times
+    assert s.failed(A, 60) == 1  # a success starts the back-off over
+    assert s.due([A], 60.5) == [] and s.due([A], 61) == [A]
+
+
+def test_an_unreachable_edge_gets_its_tracker_checked_within_the_first_retry():
+    s = AnnounceSchedule(30)
+    s.succeeded(A, 0)
+    s.unreachable(A, 5)  # a piece fetch from A failed: do not wait until 30
+    assert s.wait([A], 5) == 1 and s.due([A], 6) == [A]
+    s.failed(A, 6)
+    s.failed(A, 7)  # now retrying, next at 9
+    s.unreachable(A, 8)  # more failed pieces do not make the retries any faster
+    assert s.due([A], 8.5) == [] and s.due([A], 9) == [A]
+
+
+def test_hurry_never_postpones():
+    s = AnnounceSchedule(30)
+    s.succeeded(A, 0)
+    s.hurry(A, 10)
+    assert s.due([A], 10) == [A]
+    s.failed(B, 0)  # due at 1
+    s.hurry(B, 0, within=5)
+    assert s.due([B], 1) == [B]
