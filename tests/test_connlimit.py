@@ -1,0 +1,94 @@
+"""ConnectionPolicy: which connections a node closes (header and idle timeouts, the cap)."""
+
+import pytest
+
+from edgeswarm.connlimit import ConnectionPolicy
+
+
+def policy(cap: int = 10) -> ConnectionPolicy[str]:
+    return ConnectionPolicy(cap, header_timeout=20.0, idle_timeout=75.0)
+
+
+def test_a_new_connection_must_send_its_head_within_the_header_timeout():
+    p = policy()
+    p.opened("slow", 0.0)
+    p.opened("quick", 1.0)
+    p.started("quick")
+    assert p.expired(19.9) == ([], [])
+    assert p.expired(20.0) == (["slow"], [])
+    assert len(p) == 1  # "quick" is busy: never expired
+
+
+def test_trickled_bytes_do_not_restart_the_header_clock():
+    p = policy()
+    p.opened("loris", 0.0)
+    for t in range(1, 20):
+        p.data("loris", float(t))
+    assert p.expired(20.0) == (["loris"], [])
+
+
+def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_starts_the_header_clock():
+    p = policy()
+    p.opened("a", 0.0)
+    p.started("a")
+    p.finished("a", 5.0)
+    assert p.expired(79.9) == ([], [])
+    p.data("a", 79.9)  # the next request begins: now it has the header timeout, not the idle one
+    assert p.expired(99.8) == ([], [])
+    assert p.expired(99.9) == (["a"], [])
+
+
+def test_busy_connections_are_never_expired():
+    p = policy()
+    p.opened("download", 0.0)
+    p.started("download")
+    assert p.expired(10_000.0) == ([], [])
+    p.finished("download", 10_000.0)
+    assert p.expired(10_075.0) == ([], ["download"])
+
+
+def test_at_the_cap_the_longest_waiting_connection_makes_room():
+    p = policy(cap=3)
+    p.opened("busy", 0.0)
+    p.started("busy")
+    p.opened("idle", 1.0)
+    p.started("idle")
+    p.finished("idle", 2.0)
+    p.opened("head", 3.0)
+    assert p.opened("new", 4.0) == ["idle"]  # idle since 2.0: waiting longest
+    assert p.opened("newer", 5.0) == ["head"]
+    assert len(p) == 3
+
+
+def test_at_the_cap_with_every_other_connection_busy_the_newcomer_is_refused():
+    p = policy(cap=2)
+    for conn in ("a", "b"):
+        p.opened(conn, 0.0)
+        p.started(conn)
+    assert p.opened("c", 1.0) == ["c"]
+    assert len(p) == 2
+
+
+def test_closed_forgets_and_is_idempotent():
+    p = policy(cap=1)
+    p.opened("a", 0.0)
+    p.closed("a")
+    p.closed("a")
+    assert len(p) == 0
+    assert p.opened("b", 1.0) == []
+
+
+def test_shedding_takes_the_longest_waiting_and_leaves_busy_ones():
+    p = policy()
+    p.opened("busy", 0.0)
+    p.started("busy")
+    for t, conn in enumerate(("w1", "w2", "w3"), start=1):
+        p.opened(conn, float(t))
+    assert p.oldest_waiting(2) == ["w1", "w2"]
+    assert p.oldest_waiting(5) == ["w3"]
+    assert p.waiting == 0 and len(p) == 1
+
+
+def test_the_cap_is_at_least_one():
+    with pytest.raises(ValueError):
+        ConnectionPolicy(0, 1.0, 1.0)
