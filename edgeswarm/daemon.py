@@ -149,6 +149,7 @@ class Connections:
         self.file_limit = file_limit
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
         self.loop = asyncio.get_running_loop()
+        self._next_shed = 0.0
 
     def opened(self, conn: RequestHandler) -> None:
         victims = self.policy.opened(conn, self.loop.time())
@@ -180,17 +181,22 @@ class Connections:
         say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            shed = self.policy.oldest_waiting(max(8, self.policy.cap // 32))
-            _close(shed)
+            # asyncio retries accept() a second later, and closed sockets free their descriptors only on the
+            # next loop iteration: one shedding per second, not one per failed accept of a burst
+            shed = []
+            if self.loop.time() >= self._next_shed:
+                self._next_shed = self.loop.time() + 1.0
+                shed = self.policy.oldest_waiting(max(8, self.policy.cap // 32))
+                _close(shed)
             self.quiet.log(
                 logging.WARNING,
                 "out of descriptors",
-                "%s: %s (open-file limit %d, %d connections): closed the %d longest waiting",
+                "%s: %s (open-file limit %d, %d connections)%s",
                 context.get("message"),
                 exc.strerror,
                 self.file_limit,
                 len(self.policy) + len(shed),
-                len(shed),
+                f"; closed the {len(shed)} longest waiting" if shed else "",
             )
         elif self.quiet.allow(logging.ERROR, str(context.get("message"))[:80]):
             loop.default_exception_handler(context)
