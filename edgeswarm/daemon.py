@@ -230,7 +230,8 @@ class _Handler(RequestHandler):
         super().data_received(data)
 
     async def _handle_request(self, request, start_time, request_handler):
-        self._conns.policy.started(self)
+        if self.transport is not None:  # not when the connection was lost before this queued request began
+            self._conns.policy.started(self)
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
