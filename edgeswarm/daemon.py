@@ -317,43 +317,69 @@ async def serve_many(
     """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
 
     With ``ssl_context`` the first site (the node's public one) serves HTTPS.
-    All sites share one set of ``limits`` (one connection cap for the node).
     """
-    limits = limits or ServerLimits()
-    conns = _connections(limits, role)
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(conns.loop_error)
-    sweeper = asyncio.create_task(conns.sweep())
-    runners = []
+    servers = Servers(role, access_log, ssl_context, limits)
     try:
-        for n, (app, host, port, label) in enumerate(sites):
-            tls = ssl_context if n == 0 else None
-            runner = _Runner(
-                app,
-                conns,
-                access_log=logging.getLogger("edgeswarm.access") if access_log else None,
-                access_log_class=AccessLogger,
-                handle_signals=False,
-                keepalive_timeout=limits.idle_timeout,  # aiohttp's own idle close; the policy's is the same
-            )
-            await runner.setup()
-            runners.append(runner)
-            try:
-                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
-                await site.start()
-            except OSError as exc:
-                raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-            bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
-            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            log.info("%s %slistening on %s://%s:%d", role, f"{label} " if label else "", "https" if tls else "http", shown, bound[1])
+        for label, (host, port) in (await servers.start(sites)).items():
             if on_bound is not None:
-                on_bound(label, bound[0], bound[1])
+                on_bound(label, host, port)
         stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("%s shutting down", role)
     finally:
-        sweeper.cancel()
-        for runner in reversed(runners):
+        await servers.close()
+
+
+class Servers:
+    """A node's HTTP servers, all under one set of ``limits`` (one connection cap for the node).
+
+    ``serve_many`` runs a daemon's; ``get`` runs its upload server with one too.
+    """
+
+    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None):
+        self.role = role
+        self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self._runners: list[_Runner] = []
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
+        """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
+        conns = _connections(self.limits, self.role)
+        asyncio.get_running_loop().set_exception_handler(conns.loop_error)
+        self._sweeper = asyncio.create_task(conns.sweep())
+        bound = {}
+        for n, (app, host, port, label) in enumerate(sites):
+            tls = self.ssl_context if n == 0 else None
+            runner = _Runner(
+                app,
+                conns,
+                access_log=self.access_log,
+                access_log_class=AccessLogger,
+                handle_signals=False,
+                keepalive_timeout=self.limits.idle_timeout,  # aiohttp's own idle close; the policy's is the same
+            )
+            await runner.setup()
+            self._runners.append(runner)
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            address = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+            log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
+            bound[label] = (address[0], address[1])
+        return bound
+
+    async def close(self) -> None:
+        """Stop serving; the apps' cleanup hooks run."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for runner in reversed(self._runners):
             await runner.cleanup()
+        self._runners.clear()
