@@ -198,7 +198,7 @@ class Connections:
                 len(self.policy) + len(shed),
                 f"; closed the {len(shed)} longest waiting" if shed else "",
             )
-        elif self.quiet.allow(logging.ERROR, str(context.get("message"))[:80]):
+        elif self.quiet.allow(logging.ERROR, f"event loop: {type(exc).__name__ if exc else 'error'}"):  # a kind per type, not per message
             loop.default_exception_handler(context)
 
 

@@ -113,6 +113,17 @@ async def test_slow_request_heads_are_closed_after_the_header_timeout_and_the_no
     assert "closed" in origin.log_text() and "Traceback" not in origin.log_text()
 
 
+async def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(nodes, published):
+    origin = nodes.start("origin", "--publish", str(published), "--idle-timeout", "1")
+    reader, writer = await asyncio.open_connection(*address(origin.url))
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: origin\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"ok\n"), 10.0)
+        assert await closed_by_server(reader, 20.0), "an idle kept-alive connection was still open 20 s after an idle timeout of 1 s"
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize(
     "cap",
     [
