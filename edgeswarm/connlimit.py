@@ -1,13 +1,15 @@
 """Which client connections a node closes, so idle ones cannot take it offline.
 
-Every connection is in one of three states:
+Every connection is in one of four states:
 
 - *head*: waiting for a request line and headers (a new connection, or a kept-alive
   one whose next request has begun to arrive).  It must complete them within
   ``header_timeout`` of its first byte (of being opened, for a new one), however
   slowly it trickles bytes: a slowloris client gains nothing by sending one a second;
+- *body*: a request is handled and its body is still arriving.  The body, too,
+  must be complete within ``header_timeout`` of the head (bodies here are small);
 - *idle*: kept alive between requests; closed after ``idle_timeout``;
-- *busy*: a request is being handled; never closed here.
+- *busy*: a request is being handled, its body complete; never closed here.
 
 Head and idle connections are *waiting*: they hold a file descriptor and serve
 nobody.  At most ``cap`` connections are open; the one over the cap closes the
@@ -37,10 +39,11 @@ class ConnectionPolicy(Generic[C]):
         # waiting connections -> since when, oldest first (the clock only moves forward)
         self._head: OrderedDict[C, float] = OrderedDict()
         self._idle: OrderedDict[C, float] = OrderedDict()
+        self._body: OrderedDict[C, float] = OrderedDict()
         self._busy: set[C] = set()
 
     def __len__(self) -> int:
-        return len(self._head) + len(self._idle) + len(self._busy)
+        return len(self._head) + len(self._idle) + len(self._body) + len(self._busy)
 
     @property
     def waiting(self) -> int:
@@ -57,27 +60,38 @@ class ConnectionPolicy(Generic[C]):
             del self._idle[conn]
             self._head[conn] = now
 
-    def started(self, conn: C) -> None:
-        """A request's head is complete and its handling begins."""
+    def started(self, conn: C, now: float, body_pending: bool = False) -> None:
+        """A request's head is complete and its handling begins; its body may still be arriving."""
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
-        self._busy.add(conn)
+        if body_pending:
+            self._body[conn] = now
+        else:
+            self._busy.add(conn)
+
+    def body_done(self, conn: C) -> None:
+        """The request's body has arrived in full."""
+        if self._body.pop(conn, None) is not None:
+            self._busy.add(conn)
 
     def finished(self, conn: C, now: float) -> None:
         """A response is done and the connection is kept alive for the next request."""
-        if conn in self._busy:
+        if conn in self._busy or conn in self._body:
             self._busy.discard(conn)
+            self._body.pop(conn, None)
             self._idle[conn] = now
 
     def closed(self, conn: C) -> None:
         """The connection is gone, whoever closed it (idempotent)."""
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
+        self._body.pop(conn, None)
         self._busy.discard(conn)
 
     def expired(self, now: float) -> tuple[list[C], list[C]]:
-        """(late heads, idle too long) as of ``now``: to close; forgotten already."""
-        return self._expire(self._head, self.header_timeout, now), self._expire(self._idle, self.idle_timeout, now)
+        """(late requests: heads or bodies, idle too long) as of ``now``: to close; forgotten already."""
+        late = self._expire(self._head, self.header_timeout, now) + self._expire(self._body, self.header_timeout, now)
+        return late, self._expire(self._idle, self.idle_timeout, now)
 
     @staticmethod
     def _expire(queue: OrderedDict[C, float], timeout: float, now: float) -> list[C]:

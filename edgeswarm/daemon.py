@@ -169,7 +169,7 @@ class Connections:
                 self.quiet.log(
                     logging.INFO,
                     "slow heads",
-                    "closed %d connections that sent no complete request head within %gs",
+                    "closed %d connections that sent no complete request head or body within %gs",
                     len(late),
                     self.policy.header_timeout,
                 )
@@ -231,7 +231,10 @@ class _Handler(RequestHandler):
 
     async def _handle_request(self, request, start_time, request_handler):
         if self.transport is not None:  # not when the connection was lost before this queued request began
-            self._conns.policy.started(self)
+            pending = not request.content.is_eof()  # a body still arriving must, too, within the header timeout
+            self._conns.policy.started(self, self._loop.time(), pending)
+            if pending:
+                request.content.on_eof(lambda: self._conns.policy.body_done(self))
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:

@@ -113,6 +113,35 @@ async def test_slow_request_heads_are_closed_after_the_header_timeout_and_the_no
     assert "closed" in origin.log_text() and "Traceback" not in origin.log_text()
 
 
+async def test_a_request_body_trickled_slowly_is_cut_after_the_header_timeout(nodes, origin, tmp_path: Path):
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--header-timeout", "2")
+    conns = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection(*address(edge.url))
+        writer.write(b"POST /announce HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+        conns.append((reader, writer))
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for _, writer in conns:
+                if not writer.is_closing():
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(b" ")
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        closed = await asyncio.gather(*(closed_by_server(reader, 30.0) for reader, _ in conns))
+        assert sum(closed) == 50, f"{50 - sum(closed)} slow bodies were still arriving 30 s after a header timeout of 2 s"
+        assert await healthy(edge.url)
+    finally:
+        trickling.cancel()
+        for _, writer in conns:
+            writer.close()
+    log = edge.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
 async def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(nodes, published):
     origin = nodes.start("origin", "--publish", str(published), "--idle-timeout", "1")
     reader, writer = await asyncio.open_connection(*address(origin.url))

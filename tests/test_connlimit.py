@@ -13,7 +13,7 @@ def test_a_new_connection_must_send_its_head_within_the_header_timeout():
     p = policy()
     p.opened("slow", 0.0)
     p.opened("quick", 1.0)
-    p.started("quick")
+    p.started("quick", 1.0)
     assert p.expired(19.9) == ([], [])
     assert p.expired(20.0) == (["slow"], [])
     assert len(p) == 1  # "quick" is busy: never expired
@@ -30,7 +30,7 @@ def test_trickled_bytes_do_not_restart_the_header_clock():
 def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_starts_the_header_clock():
     p = policy()
     p.opened("a", 0.0)
-    p.started("a")
+    p.started("a", 0.0)
     p.finished("a", 5.0)
     assert p.expired(79.9) == ([], [])
     p.data("a", 79.9)  # the next request begins: now it has the header timeout, not the idle one
@@ -38,10 +38,30 @@ def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_star
     assert p.expired(99.9) == (["a"], [])
 
 
+def test_a_request_body_must_arrive_within_the_header_timeout_of_its_head():
+    p = policy()
+    p.opened("slow body", 0.0)
+    p.started("slow body", 1.0, body_pending=True)
+    p.opened("quick body", 2.0)
+    p.started("quick body", 2.0, body_pending=True)
+    p.body_done("quick body")
+    assert p.expired(20.9) == ([], [])
+    assert p.expired(21.0) == (["slow body"], [])
+    assert p.expired(1000.0) == ([], [])  # the other is busy with a complete body
+    assert len(p) == 1
+
+
+def test_a_connection_with_a_body_arriving_is_not_closed_to_make_room():
+    p = policy(cap=1)
+    p.opened("upload", 0.0)
+    p.started("upload", 0.0, body_pending=True)
+    assert p.opened("new", 1.0) == ["new"]
+
+
 def test_busy_connections_are_never_expired():
     p = policy()
     p.opened("download", 0.0)
-    p.started("download")
+    p.started("download", 0.0)
     assert p.expired(10_000.0) == ([], [])
     p.finished("download", 10_000.0)
     assert p.expired(10_075.0) == ([], ["download"])
@@ -50,9 +70,9 @@ def test_busy_connections_are_never_expired():
 def test_at_the_cap_the_longest_waiting_connection_makes_room():
     p = policy(cap=3)
     p.opened("busy", 0.0)
-    p.started("busy")
+    p.started("busy", 0.0)
     p.opened("idle", 1.0)
-    p.started("idle")
+    p.started("idle", 1.0)
     p.finished("idle", 2.0)
     p.opened("head", 3.0)
     assert p.opened("new", 4.0) == ["idle"]  # idle since 2.0: waiting longest
@@ -64,7 +84,7 @@ def test_at_the_cap_with_every_other_connection_busy_the_newcomer_is_refused():
     p = policy(cap=2)
     for conn in ("a", "b"):
         p.opened(conn, 0.0)
-        p.started(conn)
+        p.started(conn, 0.0)
     assert p.opened("c", 1.0) == ["c"]
     assert len(p) == 2
 
@@ -81,7 +101,7 @@ def test_closed_forgets_and_is_idempotent():
 def test_shedding_takes_the_longest_waiting_and_leaves_busy_ones():
     p = policy()
     p.opened("busy", 0.0)
-    p.started("busy")
+    p.started("busy", 0.0)
     for t, conn in enumerate(("w1", "w2", "w3"), start=1):
         p.opened(conn, float(t))
     assert p.oldest_waiting(2) == ["w1", "w2"]
