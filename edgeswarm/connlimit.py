@@ -9,7 +9,9 @@ Every connection is in one of four states:
 - *body*: a request is handled and its body is still arriving.  The body, too,
   must be complete within ``header_timeout`` of the head (bodies here are small);
 - *idle*: kept alive between requests; closed after ``idle_timeout``;
-- *busy*: a request is being handled, its body complete; never closed here.
+- *busy*: a request is being handled, its body complete; not closed here, unless
+  the client stops reading the response: a connection whose writes stay paused
+  (its client accepts no bytes) for ``idle_timeout`` is closed too.
 
 Head and idle connections are *waiting*: they hold a file descriptor and serve
 nobody.  At most ``cap`` connections are open; the one over the cap closes the
@@ -41,6 +43,7 @@ class ConnectionPolicy(Generic[C]):
         self._idle: OrderedDict[C, float] = OrderedDict()
         self._body: OrderedDict[C, float] = OrderedDict()
         self._busy: set[C] = set()
+        self._stalled: OrderedDict[C, float] = OrderedDict()  # the client accepts no bytes, since
 
     def __len__(self) -> int:
         return len(self._head) + len(self._idle) + len(self._body) + len(self._busy)
@@ -81,17 +84,30 @@ class ConnectionPolicy(Generic[C]):
             self._body.pop(conn, None)
             self._idle[conn] = now
 
+    def stalled(self, conn: C, now: float) -> None:
+        """Writes to the connection are paused: its client does not read what it is sent."""
+        if conn not in self._stalled:
+            self._stalled[conn] = now
+
+    def flowing(self, conn: C) -> None:
+        """The client reads again."""
+        self._stalled.pop(conn, None)
+
     def closed(self, conn: C) -> None:
         """The connection is gone, whoever closed it (idempotent)."""
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
         self._body.pop(conn, None)
         self._busy.discard(conn)
+        self._stalled.pop(conn, None)
 
     def expired(self, now: float) -> tuple[list[C], list[C]]:
-        """(late requests: heads or bodies, idle too long) as of ``now``: to close; forgotten already."""
+        """(late requests: heads or bodies; idle or not reading for too long) as of ``now``: to close.
+
+        They are forgotten already, except a stalled one, which stays counted until ``closed``.
+        """
         late = self._expire(self._head, self.header_timeout, now) + self._expire(self._body, self.header_timeout, now)
-        return late, self._expire(self._idle, self.idle_timeout, now)
+        return late, self._expire(self._idle, self.idle_timeout, now) + self._expire(self._stalled, self.idle_timeout, now)
 
     @staticmethod
     def _expire(queue: OrderedDict[C, float], timeout: float, now: float) -> list[C]:

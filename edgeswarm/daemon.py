@@ -203,7 +203,10 @@ class Connections:
 
 
 def _close(conns: list[RequestHandler]) -> None:
+    """Reset, not close: a close waits until the client reads what is buffered for it, which a stalled one never does."""
     for conn in conns:
+        if conn.transport is not None:
+            conn.transport.abort()
         conn.force_close()
 
 
@@ -228,6 +231,14 @@ class _Handler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         self._conns.policy.data(self, self._loop.time())
         super().data_received(data)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._conns.policy.stalled(self, self._loop.time())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._conns.policy.flowing(self)
 
     async def _handle_request(self, request, start_time, request_handler):
         if self.transport is not None:  # not when the connection was lost before this queued request began

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import resource
 import shutil
+import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -140,6 +142,34 @@ async def test_a_request_body_trickled_slowly_is_cut_after_the_header_timeout(no
             writer.close()
     log = edge.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def read_stalled(url: str, path: str, stall: float) -> int:
+    """GET with a tiny receive buffer, read nothing for ``stall`` seconds, then all that comes: the bytes received."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    try:
+        sock.connect(address(url))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(stall)
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        return received
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut_after_the_idle_timeout(nodes, published):
+    size = 32 << 20
+    make_file(published / "big.bin", size)
+    origin = nodes.start("origin", "--publish", str(published), "--idle-timeout", "2")
+    received = await asyncio.to_thread(read_stalled, origin.url, "/big.bin", 10.0)
+    assert received < size, "the whole file arrived: a client that read nothing for 10 s was not cut"
+    assert await healthy(origin.url)
+    assert "Traceback" not in origin.log_text()
 
 
 async def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(nodes, published):

@@ -58,6 +58,23 @@ def test_a_connection_with_a_body_arriving_is_not_closed_to_make_room():
     assert p.opened("new", 1.0) == ["new"]
 
 
+def test_a_client_that_stops_reading_its_response_is_closed_after_the_idle_timeout():
+    p = policy()
+    p.opened("stuck", 0.0)
+    p.started("stuck", 0.0)
+    p.opened("slow", 0.0)
+    p.started("slow", 0.0)
+    p.stalled("stuck", 10.0)
+    p.stalled("slow", 10.0)
+    p.stalled("slow", 50.0)  # still paused: the clock does not restart
+    p.flowing("slow")  # it read something
+    assert p.expired(84.9) == ([], [])
+    assert p.expired(85.0) == ([], ["stuck"])
+    assert len(p) == 2  # counted until the close is seen
+    p.closed("stuck")
+    assert len(p) == 1
+
+
 def test_busy_connections_are_never_expired():
     p = policy()
     p.opened("download", 0.0)
