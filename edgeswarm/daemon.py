@@ -168,7 +168,7 @@ class Connections:
             if late:
                 self.quiet.log(
                     logging.INFO,
-                    "slow heads",
+                    "slow requests",
                     "closed %d connections that sent no complete request head or body within %gs",
                     len(late),
                     self.policy.header_timeout,
@@ -241,6 +241,7 @@ class _Handler(RequestHandler):
         self._conns.policy.flowing(self)
 
     async def _handle_request(self, request, start_time, request_handler):
+        # aiohttp's own (private) step around one request; aiohttp is pinned, and tests/test_connlimit.py fails if it moves
         if self.transport is not None:  # not when the connection was lost before this queued request began
             pending = not request.content.is_eof()  # a body still arriving must, too, within the header timeout
             self._conns.policy.started(self, self._loop.time(), pending)

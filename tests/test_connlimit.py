@@ -1,6 +1,9 @@
 """ConnectionPolicy: which connections a node closes (header and idle timeouts, the cap)."""
 
+import inspect
+
 import pytest
+from aiohttp.web_protocol import RequestHandler
 
 from edgeswarm.connlimit import ConnectionPolicy
 
@@ -129,3 +132,9 @@ def test_shedding_takes_the_longest_waiting_and_leaves_busy_ones():
 def test_the_cap_is_at_least_one():
     with pytest.raises(ValueError):
         ConnectionPolicy(0, 1.0, 1.0)
+
+
+def test_the_aiohttp_hooks_the_daemons_rely_on_are_there():
+    """daemon._Handler wraps aiohttp's private per-request step; an aiohttp upgrade that moves it must fail here."""
+    assert list(inspect.signature(RequestHandler._handle_request).parameters) == ["self", "request", "start_time", "request_handler"]
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == ["self", "request", "status", "exc", "message"]
