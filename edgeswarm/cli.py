@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from edgeswarm.daemon import setup_logging
+from edgeswarm.daemon import ServerLimits, setup_logging
 from edgeswarm.ledger import LedgerError
 from edgeswarm.signing import KeyFileError
 from edgeswarm.units import UnitError, parse_listen, parse_rate, parse_size
@@ -116,6 +116,34 @@ def _tls_server(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
 
 
+def _connection_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("client connections")
+    g.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=ServerLimits.header_timeout,
+        metavar="SECONDS",
+        help=f"close a connection whose request line and headers take longer (default {ServerLimits.header_timeout:g})",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=ServerLimits.idle_timeout,
+        metavar="SECONDS",
+        help=f"close a kept-alive connection idle this long (default {ServerLimits.idle_timeout:g})",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=_count,
+        metavar="N",
+        help="client connections open at once; a new one closes the longest idle (default: half the open-file limit less 64, at most 16384)",
+    )
+
+
+def _limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(args.header_timeout, args.idle_timeout, args.max_connections)
+
+
 def _credentials(p: argparse.ArgumentParser, who: str) -> None:
     g = p.add_argument_group("trust")
     g.add_argument("--token", metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
@@ -180,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML with any of these options by name (protect: [GLOB, ...], tls_cert: ...); flags win",
     )
     _tls_server(p)
+    _connection_limits(p)
     _common(p, "127.0.0.1:8000")
 
     p = sub.add_parser(
@@ -261,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
     _credentials(p, "this edge")
     _tls_server(p)
+    _connection_limits(p)
     _common(p, "127.0.0.1:8080")
 
     p = sub.add_parser(
@@ -297,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway read waiting this long for a piece fails with 504 (default 30)",
     )
     _credentials(p, "this peer")
+    _connection_limits(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
@@ -461,7 +492,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         state = args.state or args.publish / ".edgeswarm"
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
         node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect)
-        asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context))
+        asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "edge":
         from edgeswarm import edge, tls
@@ -488,7 +519,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ca=tls.client_context(args.ca),
             ledger=ledger,
         )
-        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context))
+        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "peer":
         from edgeswarm import peer, tls
@@ -507,7 +538,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             token=_token(args),
             ca=tls.client_context(args.ca),
         )
-        asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log))
+        asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
     if args.command == "get":
         from edgeswarm import get

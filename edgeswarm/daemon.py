@@ -6,21 +6,33 @@ with a log line, never a traceback on the wire.  Once an answer has started,
 a failure cuts the connection instead: nothing is ever appended to a body.
 The bound address is logged as ``listening on http://HOST:PORT`` so tests and
 scripts can use port 0.
+
+Client connections are held to ``ServerLimits`` (see connlimit.py): a request
+head must arrive within a header timeout, kept-alive connections close when
+idle, and at a per-node cap the longest-waiting connections make room.  A
+client's malformed request or hang-up is one rate-limited log line, never a
+traceback: a flood of them costs a few lines (logthrottle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
+import resource
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
 
+from edgeswarm.connlimit import ConnectionPolicy
 from edgeswarm.httpspec import HttpError
+from edgeswarm.logthrottle import Throttle, ThrottledLog
 from edgeswarm.metrics import Metrics
 
 log = logging.getLogger("edgeswarm")
@@ -130,8 +142,220 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=1) + "\n", status=status, content_type="application/json")
 
 
-async def serve(app: web.Application, host: str, port: int, role: str, access_log: bool = False, ssl_context=None) -> None:
-    await serve_many([(app, host, port, "")], role, access_log, ssl_context=ssl_context)
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a client connection may cost a node (--header-timeout, --idle-timeout, --max-connections)."""
+
+    header_timeout: float = 20.0
+    idle_timeout: float = 75.0
+    max_connections: int | None = None  # None: half the open-file limit, less a reserve (default_cap)
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one where allowed; returns the limit now in force.
+
+    Each connection holds a descriptor, and the common soft limit of 1024 is
+    far below what a server needs while the hard limit is often much higher.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def default_cap(file_limit: int) -> int:
+    """Connections a node takes by default: half its descriptors, after a reserve, so that each
+    may have a file or an upstream fetch open too; at most 16384 (about 10 KB of memory each)."""
+    return max(16, min(16384, (file_limit - 128) // 2))
+
+
+class Connections:
+    """One node's client connections, held to a ConnectionPolicy across all its servers.
+
+    Closes what the policy names: at the cap when a connection opens, on a
+    periodic sweep for deadlines, and when accept() runs out of descriptors.
+    """
+
+    def __init__(self, policy: ConnectionPolicy[RequestHandler], file_limit: int):
+        self.policy = policy
+        self.file_limit = file_limit
+        self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
+        self.loop = asyncio.get_running_loop()
+        self._next_shed = 0.0
+
+    def opened(self, conn: RequestHandler) -> None:
+        victims = self.policy.opened(conn, self.loop.time())
+        if conn in victims:
+            self.quiet.log(logging.WARNING, "refused: all busy", "refused a connection: all %d connections are busy", self.policy.cap)
+        elif victims:
+            self.quiet.log(logging.INFO, "at the cap", "at the cap of %d connections: closed the longest waiting", self.policy.cap)
+        _close(victims)
+
+    async def sweep(self) -> None:
+        """Close connections past their deadlines; log the summaries of throttled lines."""
+        tick = min(1.0, self.policy.header_timeout / 4, self.policy.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            late, idle = self.policy.expired(self.loop.time())
+            if late:
+                self.quiet.log(
+                    logging.INFO,
+                    "slow requests",
+                    "closed %d connections that sent no complete request head or body within %gs",
+                    len(late),
+                    self.policy.header_timeout,
+                )
+            _close(late + idle)
+            self.quiet.flush()
+
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
+        say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # asyncio retries accept() a second later, and closed sockets free their descriptors only on the
+            # next loop iteration: one shedding per second, not one per failed accept of a burst
+            shed = []
+            if self.loop.time() >= self._next_shed:
+                self._next_shed = self.loop.time() + 1.0
+                shed = self.policy.oldest_waiting(max(8, self.policy.cap // 32))
+                _close(shed)
+            self.quiet.log(
+                logging.WARNING,
+                "out of descriptors",
+                "%s: %s (open-file limit %d, %d connections)%s",
+                context.get("message"),
+                exc.strerror,
+                self.file_limit,
+                len(self.policy) + len(shed),
+                f"; closed the {len(shed)} longest waiting" if shed else "",
+            )
+        elif self.quiet.allow(logging.ERROR, f"event loop: {type(exc).__name__ if exc else 'error'}"):  # a kind per type, not per message
+            loop.default_exception_handler(context)
+
+
+def _close(conns: list[RequestHandler]) -> None:
+    """Reset, not close: a close waits until the client reads what is buffered for it, which a stalled one never does."""
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.abort()
+        conn.force_close()
+
+
+class _Handler(RequestHandler):
+    """aiohttp's HTTP/1 protocol, telling Connections what each connection is doing, and logging
+    a client's malformed request or hang-up as one line without a traceback."""
+
+    __slots__ = ("_conns",)
+
+    def __init__(self, conns: Connections, manager: web.Server, **kwargs):
+        super().__init__(manager, **kwargs)
+        self._conns = conns
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._conns.opened(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._conns.policy.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._conns.policy.data(self, self._loop.time())
+        super().data_received(data)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._conns.policy.stalled(self, self._loop.time())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._conns.policy.flowing(self)
+
+    async def _handle_request(self, request, start_time, request_handler):
+        # aiohttp's own (private) step around one request; aiohttp is pinned, and tests/test_connlimit.py fails if it moves
+        if self.transport is not None:  # not when the connection was lost before this queued request began
+            pending = not request.content.is_eof()  # a body still arriving must, too, within the header timeout
+            self._conns.policy.started(self, self._loop.time(), pending)
+            if pending:
+                request.content.on_eof(lambda: self._conns.policy.body_done(self))
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._conns.policy.finished(self, self._loop.time())
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None):
+        if isinstance(exc, ConnectionError):  # the client went away mid-request: not an error of ours
+            self._conns.quiet.log(logging.DEBUG, "hang-ups", "%s went away: %s", request.remote, exc)
+            raise ConnectionError("client went away") from exc
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = _one_line(message or str(exc))
+        self._conns.quiet.log(logging.INFO, "bad requests", "bad request from %s: %r", request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response had started")
+        resp = text_error(status, f"bad request: {reason}")
+        resp.force_close()
+        return resp
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages span lines (the bad bytes, a caret under them): at most 160 characters on one."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip().strip("^"))[:160]
+
+
+class _Server(web.Server):
+    def __init__(self, conns: Connections, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conns = conns
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self._conns, self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections are _Handler's."""
+
+    def __init__(self, app: web.Application, conns: Connections, **kwargs):
+        super().__init__(app, **kwargs)
+        self._conns = conns
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _Server(self._conns, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **plain._kwargs)
+
+
+def _connections(limits: ServerLimits, role: str) -> Connections:
+    file_limit = raise_file_limit()
+    cap = limits.max_connections or default_cap(file_limit)
+    if cap >= file_limit:
+        log.warning("--max-connections %d is not below the open-file limit %d: accept() may run out of descriptors", cap, file_limit)
+    log.info(
+        "%s: open-file limit %d; at most %d connections, request heads within %gs, idle ones closed after %gs",
+        role,
+        file_limit,
+        cap,
+        limits.header_timeout,
+        limits.idle_timeout,
+    )
+    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout), file_limit)
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    role: str,
+    access_log: bool = False,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+) -> None:
+    await serve_many([(app, host, port, "")], role, access_log, ssl_context=ssl_context, limits=limits)
 
 
 async def serve_many(
@@ -140,33 +364,17 @@ async def serve_many(
     access_log: bool = False,
     on_bound: Callable[[str, str, int], None] | None = None,
     ssl_context=None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
 
     With ``ssl_context`` the first site (the node's public one) serves HTTPS.
     """
-    runners = []
+    servers = Servers(role, access_log, ssl_context, limits)
     try:
-        for n, (app, host, port, label) in enumerate(sites):
-            tls = ssl_context if n == 0 else None
-            runner = web.AppRunner(
-                app,
-                access_log=logging.getLogger("edgeswarm.access") if access_log else None,
-                access_log_class=AccessLogger,
-                handle_signals=False,
-            )
-            await runner.setup()
-            runners.append(runner)
-            try:
-                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
-                await site.start()
-            except OSError as exc:
-                raise SystemExit(f"edgeswarm {role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-            bound = site._server.sockets[0].getsockname()  # port 0 -> the real one
-            shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            log.info("%s %slistening on %s://%s:%d", role, f"{label} " if label else "", "https" if tls else "http", shown, bound[1])
+        for label, (host, port) in (await servers.start(sites)).items():
             if on_bound is not None:
-                on_bound(label, bound[0], bound[1])
+                on_bound(label, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,5 +382,56 @@ async def serve_many(
         await stop.wait()
         log.info("%s shutting down", role)
     finally:
-        for runner in reversed(runners):
+        await servers.close()
+
+
+class Servers:
+    """A node's HTTP servers, all under one set of ``limits`` (one connection cap for the node).
+
+    ``serve_many`` runs a daemon's; ``get`` runs its upload server with one too.
+    """
+
+    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None):
+        self.role = role
+        self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self._runners: list[_Runner] = []
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
+        """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
+        conns = _connections(self.limits, self.role)
+        asyncio.get_running_loop().set_exception_handler(conns.loop_error)
+        self._sweeper = asyncio.create_task(conns.sweep())
+        bound = {}
+        for n, (app, host, port, label) in enumerate(sites):
+            tls = self.ssl_context if n == 0 else None
+            runner = _Runner(
+                app,
+                conns,
+                access_log=self.access_log,
+                access_log_class=AccessLogger,
+                handle_signals=False,
+                keepalive_timeout=self.limits.idle_timeout,  # aiohttp's own idle close; the policy's is the same
+            )
+            await runner.setup()
+            self._runners.append(runner)
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            address = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+            log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
+            bound[label] = (address[0], address[1])
+        return bound
+
+    async def close(self) -> None:
+        """Stop serving; the apps' cleanup hooks run."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for runner in reversed(self._runners):
             await runner.cleanup()
+        self._runners.clear()

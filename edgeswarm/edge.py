@@ -24,7 +24,7 @@ from aiohttp import web
 
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
-from edgeswarm.daemon import json_response, make_app, serve
+from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
 from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import SignedManifest, is_content_id
@@ -447,5 +447,5 @@ def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[a
     return asyncio.shield(task), True
 
 
-async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None) -> None:
-    await serve(edge.app(), *listen, "edge", access_log, ssl_context)
+async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
+    await serve(edge.app(), *listen, "edge", access_log, ssl_context, limits)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from aiohttp import web
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from edgeswarm import tls
+from edgeswarm.daemon import Servers
 from edgeswarm.httpspec import HttpError
 from edgeswarm.peer import Peer
 from edgeswarm.protect import cipher_for
@@ -59,12 +59,9 @@ async def download(
 ) -> dict:
     edge, path = split_url(url)
     peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca))
-    runner = web.AppRunner(peer.upload_app(), access_log=None, handle_signals=False)
-    await runner.setup()
+    servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
     try:
-        site = web.TCPSite(runner, *listen)
-        await site.start()
-        peer.upload_port = site._server.sockets[0].getsockname()[1]
+        peer.upload_port = (await servers.start([(peer.upload_app(), *listen, "upload")]))["upload"][1]
         peer.bound.set()
         try:
             signed = await peer.resolve(path)
@@ -86,7 +83,7 @@ async def download(
         total = sum(got.values())
         return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
     finally:
-        await runner.cleanup()
+        await servers.close()
 
 
 async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edgeswarm import access, bitfield
 from edgeswarm.catalog import Catalog, Entry
-from edgeswarm.daemon import json_response, make_app, serve
+from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifestfetch import requested_path
 from edgeswarm.metrics import Metrics
@@ -206,8 +206,8 @@ def have_response(cid: str, count: int, held) -> web.Response:
     return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 
 
-async def run(origin: Origin, listen: tuple[str, int], access_log: bool, ssl_context=None) -> None:
+async def run(origin: Origin, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
     await origin.scan()
     protected = sum(1 for e in origin.catalog.by_path.values() if e.key is not None)
     log.info("publishing %d files (%d protected) from %s", len(origin.catalog.by_path), protected, origin.catalog.root)
-    await serve(origin.app(), *listen, "origin", access_log, ssl_context)
+    await serve(origin.app(), *listen, "origin", access_log, ssl_context, limits)

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from edgeswarm import access, bitfield, originkey, tokens
 from edgeswarm.choker import Choker
-from edgeswarm.daemon import json_response, make_app, serve_many
+from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
 from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.manifestfetch import ManifestFetcher
@@ -577,11 +577,11 @@ def _peer_id(path: Path) -> str:
     return pid
 
 
-async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool) -> None:
+async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool, limits: ServerLimits | None = None) -> None:
     def bound(label: str, host: str, port: int) -> None:
         if label == "upload":
             peer.upload_port = port
             peer.bound.set()
 
     sites = [(peer.upload_app(), *listen, "upload"), (peer.gateway_app(), *gateway, "gateway")]
-    await serve_many(sites, "peer", access_log, on_bound=bound)
+    await serve_many(sites, "peer", access_log, on_bound=bound, limits=limits)

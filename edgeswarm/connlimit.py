@@ -1,0 +1,134 @@
+"""Which client connections a node closes, so idle ones cannot take it offline.
+
+Every connection is in one of four states:
+
+- *head*: waiting for a request line and headers (a new connection, or a kept-alive
+  one whose next request has begun to arrive).  It must complete them within
+  ``header_timeout`` of its first byte (of being opened, for a new one), however
+  slowly it trickles bytes: a slowloris client gains nothing by sending one a second;
+- *body*: a request is handled and its body is still arriving.  The body, too,
+  must be complete within ``header_timeout`` of the head (bodies here are small);
+- *idle*: kept alive between requests; closed after ``idle_timeout``;
+- *busy*: a request is being handled, its body complete; not closed here, unless
+  the client stops reading the response: a connection whose writes stay paused
+  (its client accepts no bytes) for ``idle_timeout`` is closed too.
+
+Head and idle connections are *waiting*: they hold a file descriptor and serve
+nobody.  At most ``cap`` connections are open; the one over the cap closes the
+oldest waiting connection, as nginx reuses its oldest "reusable" connections, so
+active transfers and new clients go on while idle ones make room.  Only when
+every other connection is busy is the newcomer itself closed.
+
+I/O-free and deterministic: the caller passes the clock and closes what it is told to.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+C = TypeVar("C", bound=Hashable)
+
+
+class ConnectionPolicy(Generic[C]):
+    def __init__(self, cap: int, header_timeout: float, idle_timeout: float):
+        if cap < 1:
+            raise ValueError(f"the connection cap must be at least 1, got {cap}")
+        self.cap = cap
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        # waiting connections -> since when, oldest first (the clock only moves forward)
+        self._head: OrderedDict[C, float] = OrderedDict()
+        self._idle: OrderedDict[C, float] = OrderedDict()
+        self._body: OrderedDict[C, float] = OrderedDict()
+        self._busy: set[C] = set()
+        self._stalled: OrderedDict[C, float] = OrderedDict()  # the client accepts no bytes, since
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._idle) + len(self._body) + len(self._busy)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._head) + len(self._idle)
+
+    def opened(self, conn: C, now: float) -> list[C]:
+        """A new connection; returns those to close to stay within the cap (forgotten already)."""
+        self._head[conn] = now
+        return self.oldest_waiting(len(self) - self.cap)
+
+    def data(self, conn: C, now: float) -> None:
+        """Bytes arrived: on an idle connection they start the next request's header clock; otherwise nothing."""
+        if conn in self._idle:
+            del self._idle[conn]
+            self._head[conn] = now
+
+    def started(self, conn: C, now: float, body_pending: bool = False) -> None:
+        """A request's head is complete and its handling begins; its body may still be arriving."""
+        self._head.pop(conn, None)
+        self._idle.pop(conn, None)
+        if body_pending:
+            self._body[conn] = now
+        else:
+            self._busy.add(conn)
+
+    def body_done(self, conn: C) -> None:
+        """The request's body has arrived in full."""
+        if self._body.pop(conn, None) is not None:
+            self._busy.add(conn)
+
+    def finished(self, conn: C, now: float) -> None:
+        """A response is done and the connection is kept alive for the next request."""
+        if conn in self._busy or conn in self._body:
+            self._busy.discard(conn)
+            self._body.pop(conn, None)
+            self._idle[conn] = now
+
+    def stalled(self, conn: C, now: float) -> None:
+        """Writes to the connection are paused: its client does not read what it is sent."""
+        if conn not in self._stalled:
+            self._stalled[conn] = now
+
+    def flowing(self, conn: C) -> None:
+        """The client reads again."""
+        self._stalled.pop(conn, None)
+
+    def closed(self, conn: C) -> None:
+        """The connection is gone, whoever closed it (idempotent)."""
+        self._head.pop(conn, None)
+        self._idle.pop(conn, None)
+        self._body.pop(conn, None)
+        self._busy.discard(conn)
+        self._stalled.pop(conn, None)
+
+    def expired(self, now: float) -> tuple[list[C], list[C]]:
+        """(late requests: heads or bodies; idle or not reading for too long) as of ``now``: to close.
+
+        They are forgotten already, except a stalled one, which stays counted until ``closed``.
+        """
+        late = self._expire(self._head, self.header_timeout, now) + self._expire(self._body, self.header_timeout, now)
+        return late, self._expire(self._idle, self.idle_timeout, now) + self._expire(self._stalled, self.idle_timeout, now)
+
+    @staticmethod
+    def _expire(queue: OrderedDict[C, float], timeout: float, now: float) -> list[C]:
+        out = []
+        while queue:
+            conn, since = next(iter(queue.items()))
+            if now - since < timeout:
+                break
+            del queue[conn]
+            out.append(conn)
+        return out
+
+    def oldest_waiting(self, count: int) -> list[C]:
+        """Up to ``count`` waiting connections, the longest waiting first, to close (forgotten already).
+
+        Also what a node sheds when it runs out of file descriptors.
+        """
+        out: list[C] = []
+        while len(out) < count and (self._head or self._idle):
+            head = next(iter(self._head.values()), None)
+            idle = next(iter(self._idle.values()), None)
+            queue = self._head if idle is None or (head is not None and head < idle) else self._idle
+            out.append(queue.popitem(last=False)[0])
+        return out

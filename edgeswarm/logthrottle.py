@@ -1,0 +1,85 @@
+"""Rate-limited log lines: a flood of one kind of event costs a few lines, not a line per event.
+
+A node under attack sees the same event thousands of times a second (bad
+requests, refused accepts, slow headers).  ``Throttle`` lets through at most
+``burst`` lines of each kind per ``interval``; the rest are counted, and when
+that interval is over ``due()`` names each kind with the number held back, so
+the log says "suppressed K similar lines" once instead of K times.  It is
+I/O-free: the caller passes the clock and does the logging (``ThrottledLog``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Window:
+    start: float
+    shown: int = 0
+    held: int = 0
+
+
+class Throttle:
+    """At most ``burst`` lines per kind per ``interval`` seconds; the rest are counted for a summary."""
+
+    def __init__(self, burst: int = 5, interval: float = 60.0):
+        self.burst = burst
+        self.interval = interval
+        self._windows: dict[str, _Window] = {}
+        self._held: dict[str, int] = {}  # lines held back in windows that have ended, not yet reported
+
+    def admit(self, kind: str, now: float) -> bool:
+        """Whether a line of this kind may be logged now; if not, it is counted as held back."""
+        window = self._windows.get(kind)
+        if window is None or now - window.start >= self.interval:
+            self._end(kind)
+            window = self._windows[kind] = _Window(now)
+        if window.shown < self.burst:
+            window.shown += 1
+            return True
+        window.held += 1
+        return False
+
+    def due(self, now: float) -> list[tuple[str, int]]:
+        """(kind, lines held back) for every window that has ended with lines held back, each reported once."""
+        for kind, window in list(self._windows.items()):
+            if now - window.start >= self.interval:
+                self._end(kind)
+        out, self._held = list(self._held.items()), {}
+        return out
+
+    def _end(self, kind: str) -> None:
+        window = self._windows.pop(kind, None)
+        if window is not None and window.held:
+            self._held[kind] = self._held.get(kind, 0) + window.held
+
+
+class ThrottledLog:
+    """A logger whose lines pass through a ``Throttle``; call ``flush()`` now and then to log the summaries."""
+
+    def __init__(self, logger: logging.Logger, throttle: Throttle, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.throttle = throttle
+        self.clock = clock
+        self._levels: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, msg: str, *args: object) -> None:
+        """Log ``msg % args`` unless this kind already had its share of lines in this interval."""
+        if self.allow(level, kind):
+            self.logger.log(level, msg, *args)
+
+    def allow(self, level: int, kind: str) -> bool:
+        """Whether a line of this kind and level is to be logged now (for lines some other code writes)."""
+        if not self.logger.isEnabledFor(level):
+            return False
+        self._levels[kind] = level
+        return self.throttle.admit(kind, self.clock())
+
+    def flush(self) -> None:
+        """Log one summary line for each kind that had lines held back in an interval now over."""
+        for kind, held in self.throttle.due(self.clock()):
+            self.logger.log(self._levels.get(kind, logging.INFO), "suppressed %d similar lines: %s", held, kind)

@@ -1,0 +1,272 @@
+"""Hostile connections against real daemons: slow heads, idle floods under a small file limit, malformed requests.
+
+Issue 9, defects 4 and 10: slowloris connections stayed open for minutes; with the
+open-file limit reached, idle connections took an edge offline while asyncio logged
+every failed accept; every malformed request logged a parser traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import shutil
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from tests.conftest import make_file
+
+pytestmark = pytest.mark.integration
+
+BAD_REQUESTS = [
+    b"GARBAGE /x HTTP/1.1\r\n\r\n",  # bad method
+    b"GET /x HTTP/9.Z\r\n\r\n",  # bad version
+    b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",  # a header without a colon
+    b"GET / HTTP/1.1\r\nX: " + b"b" * 20000 + b"\r\n\r\n",  # a huge header
+    b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",  # a huge request line
+    "GÉT /ü HTTP/1.1\r\n\r\n".encode() + bytes(range(128, 256)),  # non-ASCII garbage
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # TLS on the HTTP port
+]
+
+
+def address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+async def exchange(url: str, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, return all the server answers until it closes (b"" when it closes silently)."""
+    reader, writer = await asyncio.open_connection(*address(url))
+    try:
+        writer.write(raw)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), timeout):
+                answer += chunk
+        return answer
+    finally:
+        writer.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(65536), timeout) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+async def healthy(url: str, timeout: float = 10.0) -> bool:
+    """/healthz answers on a new connection within ``timeout``: the node still takes clients."""
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+            s.get(url + "/healthz", timeout=aiohttp.ClientTimeout(total=timeout)) as resp,
+        ):
+            return resp.status == 200
+    except (TimeoutError, aiohttp.ClientError):
+        return False
+
+
+def need_descriptors(count: int) -> None:
+    """This test opens many sockets itself: raise its own soft limit, or skip."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count:
+        if hard != resource.RLIM_INFINITY and hard < count:
+            pytest.skip(f"the test needs {count} open files and the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
+async def test_slow_request_heads_are_closed_after_the_header_timeout_and_the_node_keeps_answering(nodes, published):
+    need_descriptors(1024)
+    origin = nodes.start("origin", "--publish", str(published), "--header-timeout", "2")
+    conns = []
+    for _ in range(300):  # slowloris: a request head that never ends
+        reader, writer = await asyncio.open_connection(*address(origin.url))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: victim\r\n")
+        conns.append((reader, writer))
+
+    async def trickle() -> None:
+        while True:
+            for _, writer in conns:
+                if not writer.is_closing():
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(b"X-Slow: 1\r\n")
+            await asyncio.sleep(0.5)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        assert await healthy(origin.url), "the node stopped answering while slow heads were open"
+        closed = await asyncio.gather(*(closed_by_server(reader, 30.0) for reader, _ in conns))
+        assert sum(closed) == 300, f"{300 - sum(closed)} slow heads were still open 30 s after a header timeout of 2 s"
+        assert await healthy(origin.url)
+    finally:
+        trickling.cancel()
+        for _, writer in conns:
+            writer.close()
+    assert "closed" in origin.log_text() and "Traceback" not in origin.log_text()
+
+
+async def test_a_request_body_trickled_slowly_is_cut_after_the_header_timeout(nodes, origin, tmp_path: Path):
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--header-timeout", "2")
+    conns = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection(*address(edge.url))
+        writer.write(b"POST /announce HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+        conns.append((reader, writer))
+
+    async def trickle() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for _, writer in conns:
+                if not writer.is_closing():
+                    with contextlib.suppress(ConnectionError):
+                        writer.write(b" ")
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        closed = await asyncio.gather(*(closed_by_server(reader, 30.0) for reader, _ in conns))
+        assert sum(closed) == 50, f"{50 - sum(closed)} slow bodies were still arriving 30 s after a header timeout of 2 s"
+        assert await healthy(edge.url)
+    finally:
+        trickling.cancel()
+        for _, writer in conns:
+            writer.close()
+    log = edge.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+def read_stalled(url: str, path: str, stall: float) -> int:
+    """GET with a tiny receive buffer, read nothing for ``stall`` seconds, then all that comes: the bytes received."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    try:
+        sock.connect(address(url))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(stall)
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        return received
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut_after_the_idle_timeout(nodes, published):
+    size = 32 << 20
+    make_file(published / "big.bin", size)
+    origin = nodes.start("origin", "--publish", str(published), "--idle-timeout", "2")
+    received = await asyncio.to_thread(read_stalled, origin.url, "/big.bin", 10.0)
+    assert received < size, "the whole file arrived: a client that read nothing for 10 s was not cut"
+    assert await healthy(origin.url)
+    assert "Traceback" not in origin.log_text()
+
+
+async def test_a_kept_alive_connection_is_closed_after_the_idle_timeout(nodes, published):
+    origin = nodes.start("origin", "--publish", str(published), "--idle-timeout", "1")
+    reader, writer = await asyncio.open_connection(*address(origin.url))
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: origin\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"ok\n"), 10.0)
+        assert await closed_by_server(reader, 20.0), "an idle kept-alive connection was still open 20 s after an idle timeout of 1 s"
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "cap",
+    [
+        [],  # the default cap, below the file limit
+        ["--max-connections", "1000"],  # above it: accept() runs out of descriptors, and waiting connections are shed
+    ],
+    ids=["default-cap", "cap-over-the-limit"],
+)
+async def test_idle_connections_over_the_file_limit_do_not_take_an_edge_offline(nodes, origin, published, tmp_path: Path, cap):
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed: cannot give the edge a small open-file limit")
+    need_descriptors(2048)
+    data = make_file(published / "a.bin", 300_000)
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--idle-timeout", "300", *cap),
+        prefix=["prlimit", "--nofile=256:256", "--"],
+    )
+    assert "open-file limit 256;" in edge.log_text()
+
+    async def idle_keepalive() -> asyncio.StreamWriter | None:
+        """One request on a kept-alive connection, which then stays open and idle."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address(edge.url)), 5.0)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            await asyncio.wait_for(reader.readuntil(b"ok\n"), 5.0)
+            return writer
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            return None
+
+    idle = []
+    try:
+        for _ in range(8):  # 400 idle connections, more than the edge has descriptors for
+            idle += await asyncio.gather(*(idle_keepalive() for _ in range(50)))
+        for _ in range(3):
+            assert await healthy(edge.url), "/healthz did not answer with more idle connections than descriptors"
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+                s.get(edge.url + "/a.bin", headers={"Range": "bytes=1000-1999"}, timeout=aiohttp.ClientTimeout(total=10)) as resp,
+            ):
+                assert resp.status == 206
+                assert await resp.read() == data[1000:2000]
+    finally:
+        for writer in idle:
+            if writer is not None:
+                writer.close()
+    log = edge.log_text()
+    assert "Traceback" not in log
+    resource_errors = sum("out of system resource" in line or "out of descriptors" in line for line in log.splitlines())
+    assert resource_errors <= 10, f"{resource_errors} resource-error lines in the edge's log"
+
+
+async def test_malformed_requests_get_400_without_a_traceback_on_every_server(nodes, origin, tmp_path: Path):
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p")
+    peer = nodes.start("peer", "--cache", str(tmp_path / "peer"), "--edge", edge.url, "--gateway", "127.0.0.1:0")
+    servers = [origin.url, edge.url, peer.urls["upload"], peer.urls["gateway"]]
+    for url in servers:
+        for raw in BAD_REQUESTS:
+            answer = await exchange(url, raw)
+            assert answer == b"" or (answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n")[0]), (url, raw[:40], answer[:200])
+    for node in (origin, edge, peer):
+        log = node.log_text()
+        assert "Traceback" not in log and "ERROR" not in log, f"{node.role}:\n{log[-3000:]}"
+
+
+async def test_a_flood_of_bad_requests_costs_a_bounded_number_of_log_lines(nodes, origin):
+    for n in range(1000):
+        await exchange(origin.url, BAD_REQUESTS[n % len(BAD_REQUESTS)])
+    assert await healthy(origin.url)
+    lines = origin.log_text().splitlines()
+    assert "Traceback" not in origin.log_text()
+    bad = [line for line in lines if "bad request" in line.lower() or "error handling request" in line.lower()]
+    assert 1 <= len(bad) <= 20, f"{len(bad)} log lines for 1000 bad requests"
+
+
+async def test_a_client_hanging_up_mid_body_is_not_an_error(nodes, origin, tmp_path: Path):
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p")
+    for _ in range(20):
+        _reader, writer = await asyncio.open_connection(*address(edge.url))
+        writer.write(b"POST /announce HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the handler is reading the body
+        writer.close()
+    assert await healthy(edge.url)
+    await asyncio.sleep(0.5)
+    log = edge.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]

@@ -1,0 +1,140 @@
+"""ConnectionPolicy: which connections a node closes (header and idle timeouts, the cap)."""
+
+import inspect
+
+import pytest
+from aiohttp.web_protocol import RequestHandler
+
+from edgeswarm.connlimit import ConnectionPolicy
+
+
+def policy(cap: int = 10) -> ConnectionPolicy[str]:
+    return ConnectionPolicy(cap, header_timeout=20.0, idle_timeout=75.0)
+
+
+def test_a_new_connection_must_send_its_head_within_the_header_timeout():
+    p = policy()
+    p.opened("slow", 0.0)
+    p.opened("quick", 1.0)
+    p.started("quick", 1.0)
+    assert p.expired(19.9) == ([], [])
+    assert p.expired(20.0) == (["slow"], [])
+    assert len(p) == 1  # "quick" is busy: never expired
+
+
+def test_trickled_bytes_do_not_restart_the_header_clock():
+    p = policy()
+    p.opened("loris", 0.0)
+    for t in range(1, 20):
+        p.data("loris", float(t))
+    assert p.expired(20.0) == (["loris"], [])
+
+
+def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_starts_the_header_clock():
+    p = policy()
+    p.opened("a", 0.0)
+    p.started("a", 0.0)
+    p.finished("a", 5.0)
+    assert p.expired(79.9) == ([], [])
+    p.data("a", 79.9)  # the next request begins: now it has the header timeout, not the idle one
+    assert p.expired(99.8) == ([], [])
+    assert p.expired(99.9) == (["a"], [])
+
+
+def test_a_request_body_must_arrive_within_the_header_timeout_of_its_head():
+    p = policy()
+    p.opened("slow body", 0.0)
+    p.started("slow body", 1.0, body_pending=True)
+    p.opened("quick body", 2.0)
+    p.started("quick body", 2.0, body_pending=True)
+    p.body_done("quick body")
+    assert p.expired(20.9) == ([], [])
+    assert p.expired(21.0) == (["slow body"], [])
+    assert p.expired(1000.0) == ([], [])  # the other is busy with a complete body
+    assert len(p) == 1
+
+
+def test_a_connection_with_a_body_arriving_is_not_closed_to_make_room():
+    p = policy(cap=1)
+    p.opened("upload", 0.0)
+    p.started("upload", 0.0, body_pending=True)
+    assert p.opened("new", 1.0) == ["new"]
+
+
+def test_a_client_that_stops_reading_its_response_is_closed_after_the_idle_timeout():
+    p = policy()
+    p.opened("stuck", 0.0)
+    p.started("stuck", 0.0)
+    p.opened("slow", 0.0)
+    p.started("slow", 0.0)
+    p.stalled("stuck", 10.0)
+    p.stalled("slow", 10.0)
+    p.stalled("slow", 50.0)  # still paused: the clock does not restart
+    p.flowing("slow")  # it read something
+    assert p.expired(84.9) == ([], [])
+    assert p.expired(85.0) == ([], ["stuck"])
+    assert len(p) == 2  # counted until the close is seen
+    p.closed("stuck")
+    assert len(p) == 1
+
+
+def test_busy_connections_are_never_expired():
+    p = policy()
+    p.opened("download", 0.0)
+    p.started("download", 0.0)
+    assert p.expired(10_000.0) == ([], [])
+    p.finished("download", 10_000.0)
+    assert p.expired(10_075.0) == ([], ["download"])
+
+
+def test_at_the_cap_the_longest_waiting_connection_makes_room():
+    p = policy(cap=3)
+    p.opened("busy", 0.0)
+    p.started("busy", 0.0)
+    p.opened("idle", 1.0)
+    p.started("idle", 1.0)
+    p.finished("idle", 2.0)
+    p.opened("head", 3.0)
+    assert p.opened("new", 4.0) == ["idle"]  # idle since 2.0: waiting longest
+    assert p.opened("newer", 5.0) == ["head"]
+    assert len(p) == 3
+
+
+def test_at_the_cap_with_every_other_connection_busy_the_newcomer_is_refused():
+    p = policy(cap=2)
+    for conn in ("a", "b"):
+        p.opened(conn, 0.0)
+        p.started(conn, 0.0)
+    assert p.opened("c", 1.0) == ["c"]
+    assert len(p) == 2
+
+
+def test_closed_forgets_and_is_idempotent():
+    p = policy(cap=1)
+    p.opened("a", 0.0)
+    p.closed("a")
+    p.closed("a")
+    assert len(p) == 0
+    assert p.opened("b", 1.0) == []
+
+
+def test_shedding_takes_the_longest_waiting_and_leaves_busy_ones():
+    p = policy()
+    p.opened("busy", 0.0)
+    p.started("busy", 0.0)
+    for t, conn in enumerate(("w1", "w2", "w3"), start=1):
+        p.opened(conn, float(t))
+    assert p.oldest_waiting(2) == ["w1", "w2"]
+    assert p.oldest_waiting(5) == ["w3"]
+    assert p.waiting == 0 and len(p) == 1
+
+
+def test_the_cap_is_at_least_one():
+    with pytest.raises(ValueError):
+        ConnectionPolicy(0, 1.0, 1.0)
+
+
+def test_the_aiohttp_hooks_the_daemons_rely_on_are_there():
+    """daemon._Handler wraps aiohttp's private per-request step; an aiohttp upgrade that moves it must fail here."""
+    assert list(inspect.signature(RequestHandler._handle_request).parameters) == ["self", "request", "start_time", "request_handler"]
+    assert list(inspect.signature(RequestHandler.handle_error).parameters) == ["self", "request", "status", "exc", "message"]

@@ -1,0 +1,42 @@
+"""Throttle and ThrottledLog: a flood of one kind of log line costs a few lines and one summary."""
+
+import logging
+
+from edgeswarm.logthrottle import Throttle, ThrottledLog
+
+
+def test_at_most_burst_lines_per_kind_per_interval_then_one_summary():
+    t = Throttle(burst=3, interval=10.0)
+    shown = [t.admit("bad", 0.1 * n) for n in range(50)]
+    assert shown == [True] * 3 + [False] * 47
+    assert t.admit("other kind", 1.0)  # kinds are counted apart
+    assert t.due(9.9) == []
+    assert t.due(10.0) == [("bad", 47)]
+    assert t.due(20.0) == []  # each summary once
+
+
+def test_a_new_interval_logs_again_and_keeps_the_previous_count_for_its_summary():
+    t = Throttle(burst=1, interval=10.0)
+    assert t.admit("bad", 0.0)
+    assert not t.admit("bad", 1.0)
+    assert t.admit("bad", 10.0)  # a new window; the old one's count waits for due()
+    assert not t.admit("bad", 11.0)
+    assert t.due(12.0) == [("bad", 1)]
+    assert t.due(20.0) == [("bad", 1)]
+
+
+def test_throttled_log_writes_lines_and_a_summary_at_their_level(caplog):
+    now = [0.0]
+    quiet = ThrottledLog(logging.getLogger("test.throttle"), Throttle(burst=2, interval=60.0), clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, "test.throttle"):
+        for n in range(1000):
+            quiet.log(logging.INFO, "bad requests", "bad request %d", n)
+        quiet.log(logging.DEBUG, "hang-ups", "below the level: neither shown nor counted")
+        now[0] = 60.0
+        quiet.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad request 0",
+        "bad request 1",
+        "suppressed 998 similar lines: bad requests",
+    ]
+    assert {r.levelno for r in caplog.records} == {logging.INFO}
