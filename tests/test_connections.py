@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-
-from tests.conftest import make_file
+from conftest import make_file
 
 pytestmark = pytest.mark.integration
 
