@@ -17,7 +17,8 @@ Bounds (docs/security.md#claim-bounds):
 - both: at most what the owner's link (the token's user, else the address)
   can carry, a byte bucket of ``max_rate`` bytes/s that fills for ``window``
   seconds, so fresh peer ids do not bring fresh budgets;
-- ``stats``: the received bytes by kind sum to at most the content's size.
+- ``stats``: the received bytes of each kind are at most the content's size
+  (not their sum: an endgame may fetch a piece from the edge and a peer both).
 
 What is cut is booked as ``claim_excess``, which flags the claimant, and only
 the claimant, in ``edgeswarm usage report``.
@@ -82,10 +83,7 @@ class ClaimPolicy:
         if "uploaded" in usage:
             booked["uploaded"] = self._spend(now, (link, "up"), min(usage["uploaded"], held * neighbours))
         excess = sum(usage.values()) - sum(booked.values())
-        bounded, budget = {}, size
-        for kind in STAT_KINDS:
-            bounded[kind] = min(stats.get(kind, 0), budget)
-            budget -= bounded[kind]
+        bounded = {kind: min(stats.get(kind, 0), size) for kind in STAT_KINDS}  # monotonic, so a restart still shows
         stats_excess = sum(stats.values()) - sum(bounded.values())
         excess += max(0, stats_excess - tally.stats_excess)  # cumulative figures: only what is new is cut now
         tally.stats_excess = stats_excess
