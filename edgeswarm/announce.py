@@ -219,5 +219,15 @@ class TrackerService:
             "contents": len(self.tracker.contents()),
             "regions": regions,
             "users": dict(users),
-            "state": {**self.tracker.state_size(), **self.claims.state_size(), "reports": len(self._reports)},
+            "state": self._state(),
+        }
+
+    def _state(self) -> dict[str, int]:
+        """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside)."""
+        tracker, claims = self.tracker.state_size(), self.claims.state_size()
+        return {
+            "records": tracker["records"],
+            "identities": tracker["identities"],
+            "reports": len(self._reports),
+            "claims": claims["claim_tallies"],
         }

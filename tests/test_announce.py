@@ -92,7 +92,7 @@ def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
         stats = {"edge": 100, "peer_same_region": 0, "peer_other_region": 0}
         service.handle(doc(f"p{i}", have=ALL, usage={"from_peers": 10, "uploaded": 10}, stats=stats), f"127.0.0.{i + 1}", M)
     state = service.status()["state"]
-    assert state["records"] == 10 and state["reports"] == 10 and state["claim_tallies"] == 10
+    assert state["records"] == 10 and state["reports"] == 10 and state["claims"] == 10
     stats_before = service.status()["regions"]
     later = time.monotonic() + 10
     monkeypatch.setattr(time, "monotonic", lambda: later)
