@@ -170,6 +170,9 @@ class TrackerService:
 
     def _report(self, cid: str, peer: PeerKey, region: Region | None, stats: dict[str, int], stopped: bool) -> None:
         previous = self._reports.get((peer, cid))
+        if previous is None and stopped:
+            self.claims.forget(peer, cid)
+            return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
         if previous is not None and any(stats[k] < previous[1][k] for k in STAT_KINDS):
             self._retire(peer, cid)  # the peer restarted: keep what it had, in its region's total
         self._reports[(peer, cid)] = (region.name if region else "unmapped", stats)

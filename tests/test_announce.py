@@ -78,6 +78,16 @@ def test_claims_beyond_what_was_possible_are_cut_and_booked_as_excess(service):
     assert usage == {}
 
 
+def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
+    stats = {"edge": 0, "peer_same_region": M.size, "peer_other_region": 0}
+    for i in range(50):  # fresh ids, each "leaving" with a swarm's worth of P2P bytes
+        service.handle(doc(f"ghost{i}", event="stopped", stats=stats), "127.0.0.66", M)
+    assert service.status()["regions"] == {}
+    service.handle(doc("real", stats=stats), "127.0.0.5", M)
+    service.handle(doc("real", event="stopped", stats=stats), "127.0.0.5", M)
+    assert service.status()["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
+
+
 def test_over_a_limit_is_429_with_retry_after():
     service = TrackerService(None, "prefer", 1.0, Limits(ids_per_address=2))
     service.handle(doc("a"), "127.0.0.5", M)
