@@ -12,18 +12,19 @@ connection's address, so a peer cannot point others at someone else.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from edgeswarm import bitfield
+from edgeswarm.claims import DEFAULT_MAX_RATE, STAT_KINDS, ClaimPolicy
 from edgeswarm.httpspec import HttpError
-from edgeswarm.manifest import is_content_id
+from edgeswarm.manifest import Manifest, is_content_id
 from edgeswarm.regions import Region, RegionMap
-from edgeswarm.tracker import Tracker
+from edgeswarm.tracker import Limits, PeerKey, Refused, Tracker, address_group, owner_of
 
 EVENTS = {"started", "update", "completed", "stopped"}
-STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
 USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_from_peers", "uploaded": "reported_uploaded"}
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
@@ -81,57 +82,83 @@ def parse_announce(doc: object) -> Announce:
 
 
 class TrackerService:
-    def __init__(self, regions: RegionMap | None, locality: str, interval: float):
+    """The tracker, the claim bounds and the per-peer report state of one edge; all per-peer state expires with the peer."""
+
+    def __init__(
+        self, regions: RegionMap | None, locality: str, interval: float, limits: Limits | None = None, max_peer_rate: float | None = None
+    ):
         self.regions = regions
         self.interval = interval
-        self.tracker = Tracker(locality=locality, ttl=interval * 3)  # type: ignore[arg-type]
-        self._reports: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, stats)
-        self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted
+        self.tracker = Tracker(locality=locality, ttl=interval * 3, limits=limits)  # type: ignore[arg-type]
+        self.claims = ClaimPolicy(max_peer_rate or DEFAULT_MAX_RATE, window=self.tracker.ttl)
+        self._reports: dict[tuple[PeerKey, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, bounded stats)
+        self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted, stopped or expired
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
 
-    def handle(self, doc: object, address: str, piece_count: int, user: str | None = None) -> tuple[dict, dict[str, int]]:
+    def handle(self, doc: object, address: str, manifest: Manifest, user: str | None = None) -> tuple[dict, dict[str, int]]:
         """The answer for the peer, and what this announce adds to the usage ledger (bytes by ledger kind).
 
         The peer reports usage as deltas since its last announce that this
         edge acknowledged, so neither a restarted peer nor a restarted edge
         books anything twice, and a peer with several edges sends its P2P
-        bytes to one of them only.  Every check comes before any change of
-        state: a refused announce changes nothing.
+        bytes to one of them only.  Claims are booked as ``ClaimPolicy``
+        bounds them; what it cuts is booked as ``claim_excess``.  Every check
+        comes before any change of state: a refused announce changes nothing
+        (but counts against its sender's announce rate).
         """
         a = parse_announce(doc)
+        piece_count = manifest.piece_count
         if a.pieces != piece_count:
             raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
         try:
             have = bitfield.decode(a.have_field, piece_count)
         except ValueError as exc:
             raise HttpError(400, f"announce field 'have': {exc}") from None
-        key = f"{user}/{a.peer_id}" if user else a.peer_id  # one user cannot squat another's peer id
-        self._check_address(a, key, address, user)
         region = self.region_of(address)
         host = f"[{address}]" if ":" in address else address
-        answer = self.tracker.announce(
-            time.monotonic(),
-            a.cid,
+        now = time.monotonic()
+        try:
+            answer = self.tracker.announce(
+                now,
+                a.cid,
+                a.peer_id,
+                f"http://{host}:{a.port}",
+                address,
+                region,
+                have,
+                piece_count,
+                a.uploaded,
+                a.downloaded,
+                a.event,
+                user,
+            )
+        except Refused as exc:
+            raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+        key = (owner_of(address, user), a.peer_id)
+        swarm = self.tracker.swarm(a.cid)
+        cut = self.claims.bound(
+            now,
             key,
-            f"http://{host}:{a.port}",
-            address,
-            region,
-            have,
-            piece_count,
-            a.uploaded,
-            a.downloaded,
-            a.event,
-            user,
+            user or address_group(address),
+            a.cid,
+            manifest.size,
+            min(manifest.size, len(have) * manifest.piece_size),
+            max(1, sum(1 for p in swarm if p.key != key)),  # one more than none: a neighbour may have just left
+            a.usage,
+            a.stats,
         )
-        self._report(a, key, region)
+        self._report(a.cid, key, region, cut.stats, a.event == "stopped")
+        booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}
+        if cut.excess:
+            booked["claim_excess"] = cut.excess
         return {
             "interval": self.interval,
             "region": region.name if region else None,
             "peers": [
                 {
-                    "peer_id": p.peer_id[len(p.user) + 1 :] if p.user else p.peer_id,  # not the user's name: that is the edge's business
+                    "peer_id": self.tracker.label(a.cid, p),  # never the user's name: that is the edge's business
                     "url": p.url,
                     "have": bitfield.encode(p.have, piece_count),
                     "complete": p.complete,
@@ -139,27 +166,36 @@ class TrackerService:
                 }
                 for p in answer
             ],
-        }, {USAGE_KINDS[k]: v for k, v in a.usage.items() if v}
+        }, booked
 
-    def _check_address(self, a: Announce, key: str, address: str, user: str | None) -> None:
-        """Without tokens a live peer id stays at its address: nobody takes over another peer's place in the swarm."""
-        rec = next((p for p in self.tracker.swarm(a.cid) if p.peer_id == key), None)
-        if rec is not None and rec.address != address and user is None:
-            wait = max(0.0, self.tracker.ttl - (time.monotonic() - rec.last_seen))
-            raise HttpError(409, f"peer id {a.peer_id} is announced from another address; it expires in {wait:.0f} s")
+    def _report(self, cid: str, peer: PeerKey, region: Region | None, stats: dict[str, int], stopped: bool) -> None:
+        previous = self._reports.get((peer, cid))
+        if previous is None and stopped:
+            self.claims.forget(peer, cid)
+            return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
+        if previous is not None and any(stats[k] < previous[1][k] for k in STAT_KINDS):
+            self._retire(peer, cid)  # the peer restarted: keep what it had, in its region's total
+        self._reports[(peer, cid)] = (region.name if region else "unmapped", stats)
+        if stopped:
+            self._retire(peer, cid)
+            self.claims.forget(peer, cid)
 
-    def _report(self, a: Announce, peer_key: str, region: Region | None) -> None:
-        name = region.name if region else "unmapped"
-        key = (peer_key, a.cid)
-        previous = self._reports.get(key)
-        if previous is not None and any(a.stats[k] < previous[1][k] for k in STAT_KINDS):
-            self._retired.setdefault(previous[0], Counter()).update(previous[1])  # the peer restarted: keep what it had
-        self._reports[key] = (name, a.stats)
+    def _retire(self, peer: PeerKey, cid: str) -> None:
+        name, stats = self._reports.pop((peer, cid))
+        self._retired.setdefault(name, Counter()).update(stats)
 
     def expire(self) -> int:
-        return self.tracker.expire(time.monotonic())
+        """Forget silent peers, with every piece of state kept for them; how many records went."""
+        now = time.monotonic()
+        dropped = self.tracker.expire(now)
+        for cid, rec in dropped:
+            if (rec.key, cid) in self._reports:
+                self._retire(rec.key, cid)
+        self.claims.expire(now)
+        return len(dropped)
 
     def status(self) -> dict:
+        self.expire()  # count live peers only, whenever the expiry loop last ran
         by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}
         for name, stats in self._reports.values():
             by_region.setdefault(name, Counter()).update(stats)
@@ -181,4 +217,20 @@ class TrackerService:
                 "bytes_from_peers_other_region": c["peer_other_region"],
                 "p2p_share": round(peer_bytes / total, 4) if total else None,
             }
-        return {"peers": self.tracker.peer_count(), "contents": len(self.tracker.contents()), "regions": regions, "users": dict(users)}
+        return {
+            "peers": self.tracker.peer_count(),
+            "contents": len(self.tracker.contents()),
+            "regions": regions,
+            "users": dict(users),
+            "state": self._state(),
+        }
+
+    def _state(self) -> dict[str, int]:
+        """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside)."""
+        tracker, claims = self.tracker.state_size(), self.claims.state_size()
+        return {
+            "records": tracker["records"],
+            "identities": tracker["identities"],
+            "reports": len(self._reports),
+            "claims": claims["claim_tallies"],
+        }

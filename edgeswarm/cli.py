@@ -275,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     p2p.add_argument(
         "--announce-interval", type=_positive, default=30.0, metavar="SECONDS", help="how often peers re-announce (default 30)"
     )
+    p2p.add_argument(
+        "--max-peer-ids",
+        type=_count,
+        default=16,
+        metavar="N",
+        help="live peer ids per address (IPv6: per /64) and per token user (default 16)",
+    )
+    p2p.add_argument(
+        "--announce-rate", type=_count, default=20, metavar="N", help="announces a second per address or token user (default 20)"
+    )
+    p2p.add_argument(
+        "--max-peer-rate", type=_rate, default=125_000_000, metavar="RATE", help="most a peer may claim to move each way (default 1Gbit/s)"
+    )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
     trust = p.add_argument_group("trust and accounting")
     trust.add_argument(
@@ -433,9 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _tracker(args: argparse.Namespace):
     from edgeswarm.announce import TrackerService
     from edgeswarm.regions import RegionMap
+    from edgeswarm.tracker import Limits
 
     regions = RegionMap.load(args.regions) if args.regions else None
-    return TrackerService(regions, args.locality, args.announce_interval)
+    limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
+    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate)
 
 
 def _apply_config(args: argparse.Namespace) -> None:

@@ -340,7 +340,7 @@ class Edge:
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
         user = grant.user if grant else None
-        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count, user)
+        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest, user)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         if doc["event"] != "stopped":

@@ -15,9 +15,15 @@ them instead of trusting either:
   ``edge-report-mismatch``.  A user who makes no claim (a plain HTTP client,
   or a peer that never announced) is not flagged: the absence of a report is
   not a contradiction.
-- Peer-to-peer bytes are only credited when confirmed: in a (period, content,
-  region) the uploads that peers claim must be matched by the downloads other
-  peers claim, otherwise the rows involved are flagged ``p2p-report-mismatch``.
+- Peer-to-peer bytes are only credited when confirmed: in a (period, content)
+  the uploads that peers claim must be matched by the downloads other peers
+  claim, otherwise the claimants that nobody backs are flagged
+  ``p2p-report-mismatch`` (``claims.overclaimers``): the author of a one-sided
+  claim, not the honest users who traded the same content.
+- ``claim_excess`` is what the edge cut from a peer's claims because it was
+  more than was possible (``claims.ClaimPolicy``); more than slack of it flags
+  that user's rows ``claim-over-bound``, and its claims are left out of the
+  P2P check (they are already accounted for).
   A flag means "do not trust these figures without a look", not "wrong".
 
 Both checks allow ``max(slack, tolerance × the larger figure)``.  Announces are
@@ -53,13 +59,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeswarm.claims import differs, overclaimers
+
 log = logging.getLogger(__name__)
 
-KINDS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded")
+KINDS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded", "claim_excess")
 BY = ("user", "content", "region")
 
 EDGE_MISMATCH = "edge-report-mismatch"
 P2P_MISMATCH = "p2p-report-mismatch"
+OVER_BOUND = "claim-over-bound"
 
 _COLUMNS = "period, edge, user_name, content, path, region, kind, bytes"
 _KEY = "period, edge, user_name, content, region, kind"
@@ -350,6 +359,7 @@ class ReportRow:
     reported_from_edge: int = 0
     reported_from_peers: int = 0
     reported_uploaded: int = 0
+    claim_excess: int = 0  # cut by the edge from the user's claims: more than was possible
     flags: list[str] = field(default_factory=list)
 
     @property
@@ -357,10 +367,6 @@ class ReportRow:
         """Share of the user's bytes that came from peers rather than this provider's edges (None without bytes)."""
         total = self.reported_from_peers + self.edge_sent
         return self.reported_from_peers / total if total else None
-
-
-def _differs(a: int, b: int, tolerance: float, slack: int) -> bool:
-    return abs(a - b) > max(slack, tolerance * max(a, b))
 
 
 def report(target: str, since: float | None = None, by: str = "user", tolerance: float = 0.1, slack: int = 1 << 20) -> list[ReportRow]:
@@ -403,8 +409,8 @@ def _aggregate(raw: list[tuple], by: str, tolerance: float, slack: int) -> list[
     # per (period, edge, user, content): kind -> bytes, and the report keys that include it
     edge_groups: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     edge_keys: dict[tuple, set[str]] = defaultdict(set)
-    # per (period, content, region): uploads and downloads claimed by peers, and the keys of the claimants
-    p2p_groups: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    # per (period, content): user -> kind -> bytes, and per (period, content, user) the report keys that include it
+    p2p_groups: dict[tuple, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     p2p_keys: dict[tuple, set[str]] = defaultdict(set)
     for period, edge, user, content, _path, region, kind, nbytes in raw:
         if kind not in KINDS:
@@ -415,21 +421,23 @@ def _aggregate(raw: list[tuple], by: str, tolerance: float, slack: int) -> list[
         g = (period, edge, user, content)
         edge_groups[g][kind] += int(nbytes)
         edge_keys[g].add(key)
-        if kind in ("reported_from_peers", "reported_uploaded"):
-            g = (period, content, region)
-            p2p_groups[g][kind] += int(nbytes)
-            p2p_keys[g].add(key)
+        if kind in ("reported_from_peers", "reported_uploaded", "claim_excess"):
+            p2p_groups[(period, content)][user][kind] += int(nbytes)
+            p2p_keys[(period, content, user)].add(key)
 
     flags: dict[str, set[str]] = defaultdict(set)
     for g, k in edge_groups.items():
         claimed = k.get("reported_from_edge", 0)
-        if claimed and _differs(claimed, k.get("edge_sent_to_peers", 0), tolerance, slack):
+        if claimed and differs(claimed, k.get("edge_sent_to_peers", 0), tolerance, slack):
             for key in edge_keys[g]:
                 flags[key].add(EDGE_MISMATCH)
-    for g, k in p2p_groups.items():
-        if _differs(k.get("reported_uploaded", 0), k.get("reported_from_peers", 0), tolerance, slack):
-            for key in p2p_keys[g]:
-                flags[key].add(P2P_MISMATCH)
+    for g, users in p2p_groups.items():
+        cut = {u for u, k in users.items() if k["claim_excess"] > slack}
+        claims = {u: (k["reported_uploaded"], k["reported_from_peers"]) for u, k in users.items() if u not in cut}
+        for flag, who in ((OVER_BOUND, cut), (P2P_MISMATCH, overclaimers(claims, tolerance, slack))):
+            for user in who:
+                for key in p2p_keys[(*g, user)]:
+                    flags[key].add(flag)
     for key, fs in flags.items():
         rows[key].flags = sorted(fs)
     return [rows[k] for k in sorted(rows)]

@@ -1,9 +1,11 @@
 """One content being fetched by a peer from its edges and from other peers at once.
 
 The asyncio shell around ``PiecePicker``: one worker per peer source (one
-request in flight each, as BitTorrent's upload slots expect), a couple of
-workers on the edges, and a scout asking the other neighbours what they hold.  Every piece is verified by the piece store before it
-counts; a peer that sends a bad one is banned for this content, one that
+request in flight each, as BitTorrent's upload slots expect), a worker on
+the edges, and a scout asking the other neighbours what they hold.  Every
+piece is verified by the piece store before it counts; a peer that sends a
+bad one has its address banned for this content (ids are free to mint,
+addresses are not), one that
 vanishes or chokes us is set aside for a while and its piece goes back to the
 pool.  Edges are ranked by measured throughput, so the fastest one is used
 and a failed or slowed one replaced (p2pd scenario 2).
@@ -17,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from edgeswarm.httpspec import HttpError
 from edgeswarm.picker import PiecePicker
@@ -107,7 +110,7 @@ class Swarm:
         """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
         for p in answer:
             pid = p["peer_id"]
-            if pid == self.peer.peer_id or pid in self.banned:
+            if pid == self.peer.peer_id or _host(p["url"]) in self.banned:
                 continue
             n = self.neighbours.get(pid)
             if n is None:
@@ -141,7 +144,7 @@ class Swarm:
 
     # -- workers -------------------------------------------------------------------
     async def _peer_worker(self, n: Neighbour) -> None:
-        while not self._closed and n.peer_id not in self.banned:
+        while not self._closed and _host(n.url) not in self.banned:
             index = self.picker.pick(n.peer_id, time.monotonic())
             if index is None:
                 if self.picker.done():
@@ -238,8 +241,7 @@ class Swarm:
         except CorruptPiece:
             self.peer.metrics.events[("corrupt_piece", url)] += 1
             if peer is not None:
-                log.warning("peer %s sent a corrupt piece %d of %s: banned for this content", url, index, self.signed.manifest.path)
-                self._ban(peer)
+                self._ban(peer, f"sent a corrupt piece {index} of {self.signed.manifest.path}")
                 return "gone"
             self.peer.ranking.failure(url, time.monotonic())
             return "retry"
@@ -298,9 +300,14 @@ class Swarm:
             self.completed.set()
             self.peer.on_complete(self)
 
-    def _ban(self, peer: Neighbour) -> None:
-        self.banned.add(peer.peer_id)
-        self._drop(peer)
+    def _ban(self, peer: Neighbour, why: str) -> None:
+        """Ban the peer's address, and so every id it announces under: a new id must not buy a new chance."""
+        host = _host(peer.url)
+        if host not in self.banned:
+            log.warning("peer %s %s: its address %s is banned for this content", peer.url, why, host)
+            self.banned.add(host)
+        for n in [n for n in self.neighbours.values() if _host(n.url) == host]:
+            self._drop(n)
 
     def _drop(self, peer: Neighbour) -> None:
         self.neighbours.pop(peer.peer_id, None)
@@ -342,6 +349,11 @@ class Swarm:
             "neighbours": len(self.neighbours),
             "banned": sorted(self.banned),
         }
+
+
+def _host(url: str) -> str:
+    """The address a neighbour's URL points at (the tracker built it from the address it saw): what a ban holds."""
+    return urlsplit(url).hostname or url
 
 
 class Choked(Exception):

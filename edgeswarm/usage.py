@@ -29,7 +29,8 @@ examples:
 served by edge is what the edges measured sending, the billing basis; the other
 columns are what users' peers reported.  Flags:
   edge-report-mismatch  a user's report of bytes from an edge differs from what that edge measured
-  p2p-report-mismatch   uploads claimed for a content in a region are not matched by downloads claimed there
+  p2p-report-mismatch   this user's claimed uploads (or downloads) of a content are what nobody else's claims back
+  claim-over-bound      the edge cut this user's claims: more than the content, its link or its neighbours allow
 A flag means the reports disagree beyond the tolerance; check before crediting them.
 """
 
@@ -101,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _csv(rows: list[ReportRow], by: str) -> None:
     out = csv.writer(sys.stdout, lineterminator="\n")
-    out.writerow([by, "edge_sent", "reported_from_edge", "reported_from_peers", "reported_uploaded", "p2p_share", "flags"])
+    out.writerow([by, "edge_sent", "reported_from_edge", "reported_from_peers", "reported_uploaded", "claim_excess", "p2p_share", "flags"])
     for r in rows:
         share = "" if r.p2p_share is None else f"{r.p2p_share:.4f}"
-        out.writerow([r.key, r.edge_sent, r.reported_from_edge, r.reported_from_peers, r.reported_uploaded, share, " ".join(r.flags)])
+        out.writerow(
+            [r.key, r.edge_sent, r.reported_from_edge, r.reported_from_peers, r.reported_uploaded, r.claim_excess, share, " ".join(r.flags)]
+        )
 
 
 def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from edgeswarm.announce import MAX_COUNT, TrackerService
 from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import Manifest
+from edgeswarm.tracker import Limits
 
 CID = "ab" * 32
+PIECE = 256 * 1024
+M = Manifest("a.bin", 4 * PIECE, "application/octet-stream", PIECE, ("0" * 64,) * 4, 0)  # 1 MiB, four pieces
+ALL = "8A=="  # the bitfield of all four
 
 
 def doc(peer: str = "p1", **extra) -> dict:
@@ -30,30 +37,78 @@ def service() -> TrackerService:
     return TrackerService(None, "prefer", 1.0)
 
 
-def test_a_live_peer_id_stays_at_its_address_without_tokens(service):
-    service.handle(doc(), "127.0.0.5", 4)
-    with pytest.raises(HttpError) as err:
-        service.handle(doc(), "127.0.0.6", 4)
-    assert err.value.status == 409
-    assert [p.address for p in service.tracker.swarm(CID)] == ["127.0.0.5"]  # refused: nothing changed
+def test_a_peer_id_is_its_addresses_without_tokens(service):
+    service.handle(doc(), "127.0.0.5", M)
+    service.handle(doc(event="stopped"), "127.0.0.5", M)
+    service.handle(doc(), "127.0.0.6", M)  # someone else takes the id the moment its owner stops ...
+    answer, _ = service.handle(doc(event="started"), "127.0.0.5", M)  # ... and the owner still gets back in (was 409)
+    assert [(p["peer_id"], p["url"]) for p in answer["peers"]] == [("p1@127.0.0.6", "http://127.0.0.6:7000")]
+    assert sorted(p.address for p in service.tracker.swarm(CID)) == ["127.0.0.5", "127.0.0.6"]
 
 
 def test_users_cannot_squat_each_others_peer_ids(service):
-    service.handle(doc(), "127.0.0.5", 4, "alice")
-    answer, _ = service.handle(doc(), "127.0.0.6", 4, "bob")  # the same id, another user: another peer
-    assert [(p["peer_id"], p["url"]) for p in answer["peers"]] == [("p1", "http://127.0.0.5:7000")]  # no user names to peers
+    service.handle(doc(), "127.0.0.5", M, "alice")
+    answer, _ = service.handle(doc(), "127.0.0.6", M, "bob")  # the same id, another user: another peer
+    assert [(p["peer_id"], p["url"]) for p in answer["peers"]] == [("p1@127.0.0.5", "http://127.0.0.5:7000")]  # no user names
     assert service.status()["users"] == {"alice": 1, "bob": 1}
-    service.handle(doc(), "127.0.0.7", 4, "alice")  # alice's peer moved: fine, it is hers
+    service.handle(doc(), "127.0.0.7", M, "alice")  # alice's peer moved: fine, it is hers
     assert sorted(p.address for p in service.tracker.swarm(CID)) == ["127.0.0.6", "127.0.0.7"]
 
 
 def test_usage_is_booked_as_the_peer_reports_it(service):
-    _, usage = service.handle(doc(usage={"from_this_edge": 50, "from_peers": 30, "uploaded": 100}), "127.0.0.5", 4)
+    service.handle(doc(peer="other"), "127.0.0.9", M)
+    _, usage = service.handle(doc(have=ALL, usage={"from_this_edge": 50, "from_peers": 30, "uploaded": 100}), "127.0.0.5", M)
     assert usage == {"reported_from_edge": 50, "reported_from_peers": 30, "reported_uploaded": 100}
-    _, usage = service.handle(doc(usage={"from_this_edge": 7}), "127.0.0.5", 4)  # this edge does not book its P2P bytes
+    _, usage = service.handle(doc(usage={"from_this_edge": 7}), "127.0.0.5", M)  # this edge does not book its P2P bytes
     assert usage == {"reported_from_edge": 7}
-    _, usage = service.handle(doc(), "127.0.0.5", 4)
+    _, usage = service.handle(doc(), "127.0.0.5", M)
     assert usage == {}
+
+
+def test_claims_beyond_what_was_possible_are_cut_and_booked_as_excess(service):
+    huge = 10 << 30
+    service.handle(doc(peer="honest"), "127.0.0.9", M)
+    stats = {"edge": 0, "peer_same_region": huge, "peer_other_region": 0}
+    _, usage = service.handle(doc(have=ALL, usage={"from_peers": huge, "uploaded": huge}, stats=stats), "127.0.0.5", M)
+    assert usage["reported_from_peers"] == M.size  # it cannot have got more than the content
+    assert usage["reported_uploaded"] == M.size  # what it holds, to its one neighbour
+    assert usage["claim_excess"] == 3 * huge - 3 * M.size  # both claims and the stats
+    assert service.status()["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size
+    _, usage = service.handle(doc(have=ALL, stats=stats), "127.0.0.5", M)  # the same cumulative lie again: nothing new to cut
+    assert usage == {}
+
+
+def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
+    stats = {"edge": 0, "peer_same_region": M.size, "peer_other_region": 0}
+    for i in range(50):  # fresh ids, each "leaving" with a swarm's worth of P2P bytes
+        service.handle(doc(f"ghost{i}", event="stopped", stats=stats), "127.0.0.66", M)
+    assert service.status()["regions"] == {}
+    service.handle(doc("real", stats=stats), "127.0.0.5", M)
+    service.handle(doc("real", event="stopped", stats=stats), "127.0.0.5", M)
+    assert service.status()["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
+
+
+def test_over_a_limit_is_429_with_retry_after():
+    service = TrackerService(None, "prefer", 1.0, Limits(ids_per_address=2))
+    service.handle(doc("a"), "127.0.0.5", M)
+    service.handle(doc("b"), "127.0.0.5", M)
+    with pytest.raises(HttpError) as err:
+        service.handle(doc("c"), "127.0.0.5", M)
+    assert err.value.status == 429 and err.value.headers == {"Retry-After": "3"} and "live peer ids" in err.value.message
+
+
+def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
+    for i in range(10):
+        stats = {"edge": 100, "peer_same_region": 0, "peer_other_region": 0}
+        service.handle(doc(f"p{i}", have=ALL, usage={"from_peers": 10, "uploaded": 10}, stats=stats), f"127.0.0.{i + 1}", M)
+    state = service.status()["state"]
+    assert state["records"] == 10 and state["reports"] == 10 and state["claims"] == 10
+    stats_before = service.status()["regions"]
+    later = time.monotonic() + 10
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    st = service.status()
+    assert st["peers"] == 0 and set(st["state"].values()) == {0}, st["state"]
+    assert st["regions"]["unmapped"]["bytes_from_edge"] == stats_before["unmapped"]["bytes_from_edge"] == 1000  # kept, per region
 
 
 @pytest.mark.parametrize(
@@ -70,6 +125,6 @@ def test_usage_is_booked_as_the_peer_reports_it(service):
 )
 def test_bad_fields_are_refused_before_any_change(service, bad):
     with pytest.raises(HttpError) as err:
-        service.handle(doc(**bad), "127.0.0.5", 4)
+        service.handle(doc(**bad), "127.0.0.5", M)
     assert err.value.status == 400
     assert service.tracker.peer_count() == 0 and service.status()["regions"] == {}

@@ -16,7 +16,7 @@ import pytest
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
 
 from edgeswarm import usage
-from edgeswarm.ledger import _SCHEMA, EDGE_MISMATCH, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+from edgeswarm.ledger import _SCHEMA, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
 
 MiB = 1 << 20
 T0 = 1_699_999_200  # a period start for 3600-second periods
@@ -187,12 +187,30 @@ async def test_inconsistent_reports_are_flagged(target: str):
         ],
     )
     users = {r.key: r.flags for r in report(target, by="user")}
-    assert users == {"alice": [EDGE_MISMATCH], "bob": [P2P_MISMATCH], "carol": [P2P_MISMATCH], "dave": []}
+    assert users == {"alice": [EDGE_MISMATCH], "bob": [P2P_MISMATCH], "carol": [], "dave": []}  # the claimant, not carol
     assert {r.key: r.flags for r in report(target, by="content")} == {"/a": [EDGE_MISMATCH], "/b": [P2P_MISMATCH], "/c": []}
     assert {r.key: r.flags for r in report(target, by="region")} == {"east": [EDGE_MISMATCH], "west": [P2P_MISMATCH]}
     # a claim with nothing measured behind it is flagged too
     await write(target, [("erin", "c1", "/a", "north", "reported_from_edge", 8 * MiB, T0)])
     assert by_key(report(target))["erin"].flags == [EDGE_MISMATCH]
+
+
+async def test_a_one_sided_claim_flags_its_author_only(target: str):
+    """Issue 9: a liar's claim used to flag every honest trader of the same content and region."""
+    await write(
+        target,
+        [
+            ("alice", "c1", "/a", "east", "reported_uploaded", 4 * MiB, T0),
+            ("bob", "c1", "/a", "east", "reported_from_peers", 4 * MiB, T0),
+            ("mallory", "c1", "/a", "east", "reported_uploaded", 8 * MiB, T0),  # what the edge let through
+            ("mallory", "c1", "/a", "east", "reported_from_peers", 8 * MiB, T0),
+            ("mallory", "c1", "/a", "east", "claim_excess", 20 << 30, T0),  # and what it cut
+            ("trudy", "c1", "/a", "west", "reported_uploaded", 30 * MiB, T0),  # under the bounds, backed by nobody
+        ],
+    )
+    users = {r.key: r.flags for r in report(target)}
+    assert users == {"alice": [], "bob": [], "mallory": [OVER_BOUND], "trudy": [P2P_MISMATCH]}
+    assert by_key(report(target))["mallory"].claim_excess == 20 << 30
 
 
 async def test_consistent_reports_within_tolerance_are_not_flagged(target: str):

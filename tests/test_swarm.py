@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import shutil
 import subprocess
 import sys
@@ -99,10 +100,10 @@ async def test_flash_crowd_two_regions_strict(tmp_path, nodes, origin, published
 
 
 class CorruptingPeer:
-    """A test double: announces that it holds everything, then serves flipped bytes."""
+    """A test double: announces that it holds everything, then serves flipped bytes (under a new id each time: ``fresh_ids``)."""
 
-    def __init__(self, origin: str, addr: str):
-        self.origin, self.addr = origin, addr
+    def __init__(self, origin: str, addr: str, fresh_ids: bool = False):
+        self.origin, self.addr, self.fresh_ids = origin, addr, fresh_ids
         self.served = 0
 
     async def piece(self, request: web.Request) -> web.Response:
@@ -128,10 +129,11 @@ class CorruptingPeer:
     async def _announce(self, edge: str, doc: dict) -> None:
         connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
         async with aiohttp.ClientSession(connector=connector) as s:
-            while True:
+            for n in itertools.count():
                 async with s.post(edge + "/announce", json=doc) as r:
                     assert r.status == 200, await r.text()
                 doc["event"] = "update"
+                doc["peer_id"] = f"evil{n}" if self.fresh_ids else doc["peer_id"]
                 await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
@@ -153,7 +155,7 @@ async def test_corrupting_peer_is_banned_and_nobody_keeps_bad_data(tmp_path, nod
     finally:
         await evil.stop()
     assert evil.served > 0, "the double was never asked: the test proves nothing"
-    banned = [s for s in sts if "evil" in s["swarms"][0]["banned"]]
+    banned = [s for s in sts if "127.1.0.99" in s["swarms"][0]["banned"]]  # its address
     assert banned, "nobody banned the corrupting peer"
     for p in peers:
         assert await body_sha(http, p.urls["gateway"] + "/f.bin") == sha(data)
@@ -161,6 +163,27 @@ async def test_corrupting_peer_is_banned_and_nobody_keeps_bad_data(tmp_path, nod
         for piece in (tmp_path / f"p{i}" / "content" / cid).glob("*.piece"):
             index = int(piece.stem)
             assert piece.read_bytes() == data[index * 262144 : (index + 1) * 262144]
+
+
+async def test_a_corrupting_peer_under_ever_new_ids_is_banned_once_by_address(tmp_path, nodes, origin, published, regions, http):
+    """Issue 9: bans were per peer id, so a new id every second was banned 6-8 times per victim."""
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "2MB/s")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    evil = CorruptingPeer(origin.url, "127.1.0.99", fresh_ids=True)
+    await evil.start(edge.url, cid, SIZE // (256 * 1024))
+    try:
+        peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 1}", f"p{i}") for i in range(3)]
+        await asyncio.gather(*(post(http, p, "/f.bin") for p in peers))
+        sts = await wait_complete(http, peers)
+    finally:
+        await evil.stop()
+    assert evil.served > 0, "the double was never asked: the test proves nothing"
+    bans = [p.log_text().count("banned for this content") for p in peers]
+    assert max(bans) == 1 and all(s["swarms"][0]["banned"] in ([], ["127.1.0.99"]) for s in sts), bans
+    for p in peers:
+        assert await body_sha(http, p.urls["gateway"] + "/f.bin") == sha(data)
 
 
 async def test_killed_peers_do_not_stop_the_others(tmp_path, nodes, origin, published, regions, http):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import zlib
 from collections import Counter
 from itertools import pairwise
 
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.regions import Region
-from edgeswarm.tracker import PeerRecord, Tracker, rank, url_matches_address
+from edgeswarm.tracker import Limits, PeerRecord, Refused, Tracker, address_group, rank, url_matches_address
 
 EAST, WEST = Region("east", "att"), Region("west", "verizon")
 N = 8  # pieces
@@ -32,8 +34,14 @@ def peer(pid: str, region: Region | None = EAST, have: set[int] | None = None, r
     )
 
 
+def address(pid: str) -> str:
+    """Each test peer at its own address (10.x.y.z from its id), so per-address limits stay out of the way."""
+    return str(ipaddress.IPv4Address(0x0A000000 + zlib.crc32(pid.encode()) % (1 << 24)))
+
+
 def announce(t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID):
-    return t.announce(now, cid, pid, f"http://10.0.0.9:{len(pid)}", "10.0.0.9", region, set(have), N, uploaded, 0, event)
+    addr = address(pid)
+    return t.announce(now, cid, pid, f"http://{addr}:{len(pid)}", addr, region, set(have), N, uploaded, 0, event)
 
 
 def ids(records) -> list[str]:
@@ -182,8 +190,8 @@ def test_answer_is_ranked():
 
 def test_announce_updates_the_record():
     t = Tracker()
-    announce(t, 0, "p", have={0})
-    t.announce(5, CID, "p", "http://10.9.9.9:7", "10.9.9.9", WEST, {0, 1}, N, 100, 200, "update", user="alice")
+    t.announce(0, CID, "p", "http://10.0.0.9:7", "10.0.0.9", EAST, {0}, N, 0, 0, "update", user="alice")
+    t.announce(5, CID, "p", "http://10.9.9.9:7", "10.9.9.9", WEST, {0, 1}, N, 100, 200, "update", user="alice")  # hers: it moved
     (rec,) = t.swarm(CID)
     assert (rec.url, rec.address, rec.region, rec.have, rec.uploaded, rec.downloaded, rec.last_seen, rec.user) == (
         "http://10.9.9.9:7",
@@ -231,11 +239,11 @@ def test_expire_drops_silent_peers_and_empty_swarms():
     announce(t, 0, "old", cid="1" * 64)
     announce(t, 0, "old", cid="2" * 64)
     announce(t, 50, "fresh", cid="2" * 64)
-    assert t.expire(90) == 0  # exactly ttl old: still in
-    assert t.expire(91) == 2
+    assert t.expire(90) == []  # exactly ttl old: still in
+    assert len(t.expire(91)) == 2
     assert t.contents() == ["2" * 64]
     assert ids(t.swarm("2" * 64)) == ["fresh"]
-    assert t.expire(200) == 1
+    assert len(t.expire(200)) == 1
     assert t.contents() == []
     assert t.peer_count() == 0
 
@@ -302,3 +310,97 @@ def test_measured_rate_orders_equal_peers():
 )
 def test_url_must_point_at_the_connecting_address(url, address, ok):
     assert url_matches_address(url, address) is ok
+
+
+# ---- identity and limits (issue 9, defects 5 and 8) ------------------------------------------------
+
+
+def at(t: Tracker, now: float, pid: str, addr: str, *, user: str | None = None, event: str = "update", cid=CID, have=()):
+    return t.announce(now, cid, pid, f"http://{addr}:7000", addr, EAST, set(have), N, 0, 0, event, user)
+
+
+def test_an_id_cannot_be_taken_over_after_its_owner_stops():
+    t = Tracker()
+    at(t, 0, "x", "10.0.0.1")
+    at(t, 1, "x", "10.0.0.1", event="stopped")
+    at(t, 2, "x", "10.0.0.66")  # the squatter: gets an id of its own address, not the owner's
+    at(t, 3, "x", "10.0.0.1", event="started")  # the owner comes back: no refusal
+    assert sorted(r.address for r in t.swarm(CID)) == ["10.0.0.1", "10.0.0.66"]
+    at(t, 4, "x", "10.0.0.66", event="stopped")  # nor can it stop the owner's peer
+    assert [r.address for r in t.swarm(CID)] == ["10.0.0.1"]
+
+
+def test_a_shared_bare_id_is_labelled_apart_in_answers():
+    t = Tracker()
+    at(t, 0, "x", "10.0.0.1", user="alice")
+    at(t, 0, "x", "10.0.0.2", user="bob")
+    answer = at(t, 1, "me", "10.0.0.3")
+    assert sorted(t.label(CID, r) for r in answer) == ["x@10.0.0.1", "x@10.0.0.2"]
+    at(t, 2, "x", "10.0.0.2", user="bob", event="stopped")
+    assert [t.label(CID, r) for r in at(t, 3, "me", "10.0.0.3")] == ["x"]  # unique again: its own name
+
+
+def test_live_ids_per_address_are_limited_until_one_expires():
+    t = Tracker(ttl=90, limits=Limits(ids_per_address=3))
+    for i in range(3):
+        at(t, 0, f"fake{i}", "10.0.0.66")
+    at(t, 0, "fake0", "10.0.0.66", cid="1" * 64)  # an id it has, in another swarm: still one id
+    with pytest.raises(Refused) as err:
+        at(t, 10, "fake3", "10.0.0.66")
+    assert "10.0.0.66 already has 3 live peer ids" in err.value.message and err.value.retry_after == pytest.approx(80)
+    at(t, 10, "honest", "10.0.0.1")  # other addresses are not affected
+    at(t, 60, "fake0", "10.0.0.66")
+    t.expire(91)  # fake1 and fake2 went silent
+    at(t, 91, "fake3", "10.0.0.66")
+    assert t.state_size()["identities"] == 3  # fake0, fake3, honest
+
+
+def test_a_token_user_is_limited_across_addresses():
+    t = Tracker(limits=Limits(ids_per_user=2))
+    at(t, 0, "a", "10.0.0.1", user="mallory")
+    at(t, 0, "b", "10.0.0.2", user="mallory")
+    with pytest.raises(Refused, match="user:mallory"):
+        at(t, 0, "c", "10.0.0.3", user="mallory")
+    at(t, 0, "c", "10.0.0.3", user="alice")
+
+
+def test_announce_rate_per_address_refuses_without_charging_refusals():
+    t = Tracker(limits=Limits(announces_per_s=2, announce_burst=4))
+    for _ in range(4):
+        at(t, 0, "p", "10.0.0.1")
+    with pytest.raises(Refused, match="too many announces") as err:
+        at(t, 0, "p", "10.0.0.1")
+    assert err.value.retry_after == pytest.approx(0.5)
+    with pytest.raises(Refused):
+        at(t, 0.25, "p", "10.0.0.1")
+    at(t, 0.5, "p", "10.0.0.1")  # one announce refilled at 2/s; the refusals did not cost any
+    at(t, 0.5, "q", "10.0.0.2")  # another address has its own bucket
+
+
+def test_one_address_gets_a_few_places_in_an_answer_whatever_it_floods():
+    t = Tracker(limits=Limits(ids_per_address=1000, announce_burst=1000))
+    for i in range(500):
+        at(t, 0, f"sybil{i}", "10.0.0.66", have=range(N))  # seeds: the best ranked of all
+    for i in range(5):
+        at(t, 0, f"honest{i}", f"10.0.1.{i}", have={i})
+    answer = at(t, 1, "me", "10.0.2.1")
+    assert Counter(r.address for r in answer)["10.0.0.66"] == 2
+    assert {r.peer_id for r in answer} >= {f"honest{i}" for i in range(5)}
+
+
+def test_expiry_frees_every_per_peer_table():
+    t = Tracker(ttl=10)
+    for i in range(20):
+        at(t, 0, f"p{i}", f"10.0.0.{i}", user="u" if i % 2 else None, cid=str(i % 3) * 64)
+    assert t.state_size()["identities"] == 20
+    t.expire(11)
+    assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0}
+    assert t.contents() == [] and t._names == {}
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [("10.0.0.5", "10.0.0.5"), ("::ffff:10.0.0.5", "10.0.0.5"), ("2001:db8::5", "2001:db8::/64"), ("2001:db8::1:0:0:9", "2001:db8::/64")],
+)
+def test_ipv6_addresses_are_limited_by_their_64(address, group):
+    assert address_group(address) == group

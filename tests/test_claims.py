@@ -1,0 +1,83 @@
+"""The claim bounds an edge applies to announces, and whom the usage report blames (sans-IO)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeswarm.claims import ClaimPolicy, overclaimers
+
+MiB = 1 << 20
+SIZE = 8 * MiB
+NO_STATS = {"edge": 0, "peer_same_region": 0, "peer_other_region": 0}
+
+
+def bound(policy: ClaimPolicy, now: float, usage: dict, *, peer="p", link="10.0.0.1", held=SIZE, neighbours=2, stats=NO_STATS):
+    return policy.bound(now, peer, link, "c", SIZE, held, neighbours, usage, stats)
+
+
+def test_honest_claims_pass_untouched():
+    cut = bound(ClaimPolicy(), 0, {"from_this_edge": 3 * MiB, "from_peers": 5 * MiB, "uploaded": 6 * MiB})
+    assert cut.usage == {"from_this_edge": 3 * MiB, "from_peers": 5 * MiB, "uploaded": 6 * MiB} and cut.excess == 0
+
+
+def test_from_peers_is_bounded_by_the_content_over_a_peers_life():
+    policy = ClaimPolicy()
+    assert bound(policy, 0, {"from_peers": 6 * MiB}).usage["from_peers"] == 6 * MiB
+    cut = bound(policy, 1, {"from_peers": 6 * MiB})
+    assert cut.usage["from_peers"] == 2 * MiB and cut.excess == 4 * MiB
+    assert bound(policy, 2, {"from_peers": 1}).usage["from_peers"] == 0
+
+
+def test_uploaded_is_bounded_by_what_it_holds_times_its_neighbours():
+    policy = ClaimPolicy()
+    cut = bound(policy, 0, {"uploaded": 10 << 30}, held=3 * MiB, neighbours=2)
+    assert cut.usage["uploaded"] == 6 * MiB and cut.excess == (10 << 30) - 6 * MiB
+    assert bound(policy, 1, {"uploaded": 1}, held=0).usage["uploaded"] == 0  # holds nothing: uploaded nothing
+
+
+def test_a_link_carries_at_most_max_rate_whatever_ids_it_uses():
+    policy = ClaimPolicy(max_rate=1 * MiB, window=4)  # a 4 MiB bucket that refills at 1 MiB/s
+    granted = sum(bound(policy, 0, {"from_peers": 1 * MiB}, peer=f"fresh{i}").usage["from_peers"] for i in range(10))
+    assert granted == 4 * MiB  # fresh peer ids bring no fresh budget
+    assert bound(policy, 2, {"from_peers": 5 * MiB}, peer="again").usage["from_peers"] == 2 * MiB
+    assert bound(policy, 2, {"from_peers": 1 * MiB}, link="10.0.0.2").usage["from_peers"] == 1 * MiB  # another link
+    assert bound(policy, 2, {"uploaded": 4 * MiB}).usage["uploaded"] == 4 * MiB  # the other direction has its own
+
+
+def test_stats_are_at_most_the_content_each_and_only_new_excess_counts():
+    policy = ClaimPolicy()
+    lie = {"edge": 0, "peer_same_region": 10 << 30, "peer_other_region": 5}
+    cut = bound(policy, 0, {}, stats=lie)
+    assert cut.stats == {"edge": 0, "peer_same_region": SIZE, "peer_other_region": 5}
+    assert cut.excess == (10 << 30) - SIZE
+    assert bound(policy, 1, {}, stats=lie).excess == 0  # cumulative: the same lie is cut, not counted twice
+    honest = {"edge": 2 * MiB, "peer_same_region": 7 * MiB, "peer_other_region": 1 * MiB}  # an endgame piece twice
+    assert bound(ClaimPolicy(), 0, {}, stats=honest).stats == honest
+
+
+def test_expire_forgets_silent_peers_and_full_buckets():
+    policy = ClaimPolicy(max_rate=MiB, window=10)
+    bound(policy, 0, {"from_peers": MiB})
+    bound(policy, 8, {"from_peers": 5 * MiB}, peer="q")
+    policy.expire(10.5)
+    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1}  # q's tally; the link is full again at 13
+    policy.expire(20)
+    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0}
+
+
+@pytest.mark.parametrize(
+    ("claims", "flagged"),
+    [
+        ({"alice": (4 * MiB, 4 * MiB), "bob": (4 * MiB, 4 * MiB)}, set()),  # they agree
+        ({"liar": (10 << 30, 0), "alice": (4 * MiB, 3 * MiB), "bob": (0, 1 * MiB)}, {"liar"}),  # a one-sided claim
+        ({"liar": (16 * MiB, 8 * MiB), "alice": (4 * MiB, 4 * MiB)}, {"liar"}),  # both sides, more up than down
+        ({"seed": (8 * MiB, 0), "leech": (0, 8 * MiB), "ghost": (0, 50 * MiB)}, {"ghost"}),  # downloads nobody sent
+        ({"up": (100 * MiB, 0), "a": (0, 60 * MiB), "b": (0, 32 * MiB)}, set()),  # 92 of 100 confirmed: within 10 %
+    ],
+)
+def test_a_disagreement_flags_the_claimants_nobody_backs(claims, flagged):
+    assert overclaimers(claims, 0.1, MiB) == flagged
+
+
+def test_blame_stops_once_the_rest_agree_and_never_swaps_sides():
+    assert overclaimers({"up": (100 * MiB, 0), "a": (0, 60 * MiB), "b": (0, 32 * MiB)}, 0.01, 0) == {"up"}
