@@ -112,8 +112,39 @@ def print_report(console: Console, r: dict) -> None:
             f"model of the same sessions (simulator, no prefetch): {_pct(t['model_savings'])} saved, bound {_pct(t['bound_savings'])}; "
             f"the lab's {_pct(t['lab_savings'])} {verdict} within ±{m['tolerance']:.0%}"
         )
+    if r.get("chaos"):
+        print_chaos(console, r["chaos"])
     if r.get("plots"):
         console.print(f"plots: {Path(r['plots'][0]).parent}/")
+
+
+def print_chaos(console: Console, c: dict) -> None:
+    """A chaos run's faults, one row each, and what it delivered through them."""
+    table = Table(title="faults")
+    for col in ("at", "fault", "target", "for", "probes failed", "recovered after", "what happened"):
+        table.add_column(col, justify="left" if col in ("fault", "target", "what happened") else "right")
+    for f in c["faults"]:
+        recovered = f"skipped: {f['skipped']}" if f["skipped"] else _secs(f["recover_s"]) if f["recover_s"] is not None else "not recovered"
+        p = f["probes"]
+        table.add_row(
+            f"{f['at']:g} s",
+            f["kind"],
+            f["target"],
+            f"{f['for_s']:g} s",
+            f"{p['failed']}/{p['ok'] + p['failed']}",
+            recovered,
+            f["last_error"][:80] if p["failed"] else "",
+        )
+    console.print(table)
+    d, lost, rss = c["downloads"], c["data_lost"], c["worst_rss"]
+    console.print(
+        f"downloads completed {d['completed']}/{d['expected']}; corrupt bytes delivered {c['corrupt_bytes']} "
+        f"(of {format_bytes(c['checked']['bytes'])} checked in {c['checked']['reads']} reads); "
+        f"data lost {lost['copies']} copies; worst RSS {format_bytes(rss['bytes'])} ({rss['node']}); "
+        f"crashes {len(c['crashes'])}"
+    )
+    for failure in c["failures"]:
+        console.print(f"[red]chaos: {failure}[/red]")
 
 
 def _extra_columns(s: dict) -> tuple[str, ...]:
