@@ -62,7 +62,7 @@ OPTIONS = {
 }
 DEFAULT_FOR = {"kill": 0.0, "restart": 0.0}  # seconds a fault lasts; others: LASTS
 LASTS = 8.0
-RECOVERY_LIMIT = 30.0  # a fault not recovered from this long after its end is reported as not recovered
+RECOVERY_LIMIT = 20.0  # a fault not recovered from this long after its end is reported as not recovered
 PROBE_EVERY = 0.25
 PROBE_BYTES = 256 * 1024
 FRESH_BYTES = 2 * 1024 * 1024  # the file a disk-full edge is asked for: it has to store it
@@ -331,7 +331,7 @@ class Chaos(Lab):
         whole = first == 0 and last == size - 1
         got = wrong = 0
         error = ""
-        timeout = aiohttp.ClientTimeout(total=60, sock_read=15)
+        timeout = aiohttp.ClientTimeout(total=60, sock_read=10)
         try:
             async with http.get(url, headers={} if whole else {"Range": f"bytes={first}-{last}"}, timeout=timeout) as resp:
                 if resp.status not in (200, 206):
