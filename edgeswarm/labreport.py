@@ -121,8 +121,18 @@ def print_report(console: Console, r: dict) -> None:
 def print_chaos(console: Console, c: dict) -> None:
     """A chaos run's faults, one row each, and what it delivered through them."""
     table = Table(title="faults")
-    for col in ("at", "fault", "target", "for", "probes failed", "recovered after", "what happened"):
-        table.add_column(col, justify="left" if col in ("fault", "target", "what happened") else "right")
+    for col in (
+        "at",
+        "fault",
+        "target",
+        "for",
+        "what the attacker did",
+        "probes failed",
+        "corrupt bytes",
+        "recovered after",
+        "first failure",
+    ):
+        table.add_column(col, justify="left" if col in ("fault", "target", "what the attacker did", "first failure") else "right")
     for f in c["faults"]:
         recovered = f"skipped: {f['skipped']}" if f["skipped"] else _secs(f["recover_s"]) if f["recover_s"] is not None else "not recovered"
         p = f["probes"]
@@ -131,9 +141,11 @@ def print_chaos(console: Console, c: dict) -> None:
             f["kind"],
             f["target"],
             f"{f['for_s']:g} s",
+            _attack(f["details"]),
             f"{p['failed']}/{p['ok'] + p['failed']}",
+            str(f["corrupt_bytes"]),
             recovered,
-            f["last_error"][:80] if p["failed"] else "",
+            f["first_error"][:60],
         )
     console.print(table)
     d, lost, rss = c["downloads"], c["data_lost"], c["worst_rss"]
@@ -145,6 +157,28 @@ def print_chaos(console: Console, c: dict) -> None:
     )
     for failure in c["failures"]:
         console.print(f"[red]chaos: {failure}[/red]")
+
+
+def _attack(details: dict) -> str:
+    """The doubles' own counters (their /status), in a few words."""
+    total: dict[str, int] = {}
+    for counts in (details.get("doubles") or {}).values():
+        for k, v in (counts or {}).items():
+            if isinstance(v, int):
+                total[k] = total.get(k, 0) + v
+    refused = sum(v for k, v in total.items() if k.startswith("announce_") and k[9:].isdigit() and k != "announce_200")
+    lies = sum(v for k, v in total.items() if k.startswith("lies_"))
+    announced = "announce_200" in total or refused
+    parts = [
+        (total.get("corrupt_pieces_served"), "bad pieces served"),
+        (total.get("bloat_bytes_sent") and format_bytes(total["bloat_bytes_sent"]), "of bloat sent"),
+        (total.get("bloated_answers_cut"), "bloated answers cut"),
+        (lies, "lies told"),
+        (total.get("opened"), f"connections opened, {total.get('open', 0)} still open"),
+        (announced and str(total.get("announce_200", 0)), "announces accepted"),
+        (refused, "refused"),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in parts if n)
 
 
 def _extra_columns(s: dict) -> tuple[str, ...]:
