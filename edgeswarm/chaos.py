@@ -21,12 +21,14 @@ It exits 1 when a byte delivered was wrong or a node crashed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import random
 import subprocess
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -60,6 +62,7 @@ OPTIONS = {
     "sybil": ("ids", "region"),
     "slowloris": ("connections", "target", "every"),
 }
+PREPARED = ("corrupt_peer", "bloating_peer", "lying_parent", "sybil", "slowloris")  # their processes start with the deployment
 DEFAULT_FOR = {"kill": 0.0, "restart": 0.0}  # seconds a fault lasts; others: LASTS
 LASTS = 8.0
 RECOVERY_LIMIT = 20.0  # a fault not recovered from this long after its end is reported as not recovered
@@ -93,6 +96,8 @@ class Fault:
     probe: Callable[[], str] | None = None  # the base URL to read through, looked up at each probe
     probe_file: str = "update.img"
     whole: bool = False  # read the whole file rather than a range
+    undo: Callable | None = None  # prepared faults: how to end it
+    activate: list[Callable] = field(default_factory=list)  # prepared faults: what starts it, given the run's session
     details: dict = field(default_factory=dict)
 
     def row(self) -> dict:
@@ -202,6 +207,7 @@ class Chaos(Lab):
         self.victim_copies: dict[str, bool | None] = {}
         self.refused: dict[str, str] = {}  # users whose download was refused at least once, and the last reason
         self._serial = itertools.count(1)  # names of doubles and victims
+        self._background: set[asyncio.Task] = set()
         self._meant: set[int] = set()  # pids this run stopped on purpose
         self._mounted: list[Path] = []
         self._mount_skips: dict[str, str] = {}
@@ -229,6 +235,14 @@ class Chaos(Lab):
             raise
         for name in self.files:
             self._originals[name] = os.open(self.root / "publish" / name, os.O_RDONLY)
+        await asyncio.gather(*(self._prepare(f) for f in self.faults if f.kind in PREPARED))
+
+    async def _prepare(self, f: Fault) -> None:
+        """Start a fault's doubles and victim now, idle: on a busy machine a start takes seconds, and the fault is due at its time."""
+        try:
+            f.undo = await getattr(self, "_" + f.kind)(f)
+        except (RuntimeError, OSError) as exc:
+            f.skipped = f"could not make the fault: {exc}"
 
     def _mount(self, edge: str) -> None:
         """A tmpfs as this edge's cache, so that its disk can be filled; a reason to skip if it cannot be had."""
@@ -252,9 +266,14 @@ class Chaos(Lab):
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self, progress) -> None:
+        # Starting and stopping a process holds a thread for seconds; the default pool (CPUs + 4) made
+        # faults due at once wait for each other.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
         try:
             await super().run(progress)
         finally:
+            for task in self._background:
+                task.cancel()
             await self._stop_doubles()
             self._unmount()
             for fd in self._originals.values():
@@ -283,7 +302,9 @@ class Chaos(Lab):
         await self._at(f.at)
         f.started = self.now()
         try:
-            undo = await getattr(self, "_" + f.kind)(http, f)
+            if f.skipped:
+                return
+            undo = await self._begin(http, f)
         except Skip as exc:
             f.skipped = str(exc)
             return
@@ -297,6 +318,13 @@ class Chaos(Lab):
             await undo()
         f.ended = self.now()
         await probe
+
+    async def _begin(self, http: aiohttp.ClientSession, f: Fault):
+        """Make the fault; how to end it, or None."""
+        if f.kind not in PREPARED:
+            return await getattr(self, "_" + f.kind)(http, f)
+        await asyncio.gather(*(go(http) for go in f.activate))
+        return f.undo
 
     async def _probe(self, http: aiohttp.ClientSession, f: Fault) -> None:
         """Read through the fault's target until it serves correct bytes after the fault ended."""
@@ -408,38 +436,39 @@ class Chaos(Lab):
 
         return free
 
-    async def _corrupt_peer(self, http: aiohttp.ClientSession, f: Fault):
-        return await self._seeds(http, f, "corrupting")
+    # The doubles' faults are prepared with the deployment (_prepare) and started at their time (_begin).
+    async def _corrupt_peer(self, f: Fault):
+        return await self._seeds(f, "corrupting")
 
-    async def _bloating_peer(self, http: aiohttp.ClientSession, f: Fault):
-        return await self._seeds(http, f, "bloating", "--rate", str(f.options["rate"]))
+    async def _bloating_peer(self, f: Fault):
+        return await self._seeds(f, "bloating", "--rate", str(f.options["rate"]))
 
-    async def _sybil(self, http: aiohttp.ClientSession, f: Fault):
+    async def _sybil(self, f: Fault):
         f.options["count"] = 1
-        return await self._seeds(http, f, "sybil", "--ids", str(f.options["ids"]))
+        return await self._seeds(f, "sybil", "--ids", str(f.options["ids"]))
 
-    async def _seeds(self, http: aiohttp.ClientSession, f: Fault, kind: str, *args: str):
+    async def _seeds(self, f: Fault, kind: str, *args: str):
         """Doubles in the attacked region, and a fresh peer there that has to download through them."""
         region = f.options["region"]
         edge = self.edges[region].url
         *doubles, victim = await asyncio.gather(
             *(self._double(f, kind, region, "--edge", edge, *args) for _ in range(f.options["count"])),
-            self._victim(http, f, region, [edge]),
+            self._victim(f, region, [edge]),
         )
         f.probe = lambda: victim.urls["gateway"]
         return lambda: self._end_doubles(f, doubles)
 
-    async def _lying_parent(self, http: aiohttp.ClientSession, f: Fault):
+    async def _lying_parent(self, f: Fault):
         """A parent that lies, and a fresh peer whose first edge it is (the real edge second)."""
         region = f.options["region"]
         edge = self.edges[region].url
         key = self.root / "publish" / ".edgeswarm" / "origin.key"
         liar = await self._double(f, "lying", region, "--edge", edge, "--lie", f.options["lie"], "--key", str(key))
-        victim = await self._victim(http, f, region, [liar.url, edge])
+        victim = await self._victim(f, region, [liar.url, edge])
         f.probe = lambda: victim.urls["gateway"]
         return lambda: self._end_doubles(f, [liar])
 
-    async def _slowloris(self, http: aiohttp.ClientSession, f: Fault):
+    async def _slowloris(self, f: Fault):
         o = f.options
         target = self._node(f.target)
         region = next((r.name for r in self.s.regions if f.target in (f"edge-{r.name}", *self._peer_names(r))), None)
@@ -452,11 +481,18 @@ class Chaos(Lab):
         k = next((k for k, r in self._regions() if r.name == region), 0)
         name = f"{kind}-{next(self._serial)}"
         host = self.net.add(name, k)
-        node = await asyncio.to_thread(self.group.start, "double", kind, *args, name=name, host=host.address)
+        node = await asyncio.to_thread(self.group.start, "double", kind, "--wait", *args, name=name, host=host.address)
         f.details.setdefault("doubles", {})[name] = None
+
+        async def go(http: aiohttp.ClientSession) -> None:
+            async with http.post(node.url + "/go") as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"{name} would not start: {resp.status}")
+
+        f.activate.append(go)
         return node
 
-    async def _victim(self, http: aiohttp.ClientSession, f: Fault, region: str, edges: list[str]) -> NodeProcess:
+    async def _victim(self, f: Fault, region: str, edges: list[str]) -> NodeProcess:
         """A peer that starts its download as the attack starts, slowed to last about as long as the attack."""
         k = next(k for k, r in self._regions() if r.name == region)
         name = f"victim-{f.kind}-{next(self._serial)}"
@@ -468,8 +504,22 @@ class Chaos(Lab):
         node = await asyncio.to_thread(self.group.start, "peer", *args, name=name, host=host.address)
         self.victims.append(node)
         f.details["victim"] = name
-        async with http.post(node.urls["gateway"] + "/update.img") as resp:
-            f.details["victim_asked"] = resp.status
+
+        async def ask(http: aiohttp.ClientSession) -> None:
+            """Until its edge takes the request (it may be down): in the background, the fault is on already."""
+
+            async def again() -> None:
+                for _ in range(int(f.duration + RECOVERY_LIMIT)):
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with http.post(node.urls["gateway"] + "/update.img") as resp:
+                            f.details["victim_asked"] = resp.status
+                            if resp.status == 202:
+                                return
+                    await asyncio.sleep(1.0)
+
+            self._background.add(asyncio.create_task(again()))
+
+        f.activate.append(ask)
         return node
 
     async def _end_doubles(self, f: Fault, doubles: list[NodeProcess]) -> None:

@@ -59,9 +59,14 @@ class Double:
         self.content: dict = {}  # the manifest as the edge sends it (the double needs only id, size and pieces)
         self.http: aiohttp.ClientSession | None = None
         self.started = time.monotonic()
+        self.go = asyncio.Event()  # set at once, or by POST /go (--wait)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/status", self.status), web.get("/healthz", lambda r: web.Response(text="ok\n"))]
+        return [web.get("/status", self.status), web.get("/healthz", lambda r: web.Response(text="ok\n")), web.post("/go", self.start)]
+
+    async def start(self, request: web.Request) -> web.Response:
+        self.go.set()
+        return web.Response(text="started\n")
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"kind": self.args.kind, "uptime_s": round(time.monotonic() - self.started, 2), **self.counts})
@@ -263,7 +268,7 @@ class Lying(Double):
         self.honest_answers = 0
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/status", self.status), web.route("*", "/{tail:.*}", self.handle)]
+        return [web.get("/status", self.status), web.post("/go", self.start), web.route("*", "/{tail:.*}", self.handle)]
 
     async def work(self) -> None:
         await self.learn()
@@ -284,7 +289,7 @@ class Lying(Double):
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         parts = request.path.strip("/").split("/")
-        if self.decoy is not None and request.method in ("GET", "HEAD"):
+        if self.decoy is not None and self.go.is_set() and request.method in ("GET", "HEAD"):
             lie = self.lie(parts)
             if lie is not None:
                 self.counts[f"lies_{parts[0]}"] += 1
@@ -338,6 +343,7 @@ def add_parser(sub) -> None:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--listen", type=parse_listen, required=True, metavar="HOST:PORT", help="its /status (and piece server)")
     p.add_argument("--edge", metavar="URL", help="the tracker edge it announces to, or the upstream a lying parent passes through")
+    p.add_argument("--wait", action="store_true", help="start the attack at POST /go rather than at once")
     p.add_argument("--path", default="update.img", metavar="PATH", help="the content it attacks")
     p.add_argument("--ids", type=int, default=2000, metavar="N", help="sybil: peer ids to announce")
     p.add_argument("--target", metavar="URL", help="slowloris: the node to hold connections to")
@@ -346,6 +352,11 @@ def add_parser(sub) -> None:
     p.add_argument("--rate", type=parse_rate, default=parse_rate("4MB/s"), metavar="RATE", help="bloating: bytes/s per answer")
     p.add_argument("--lie", choices=LIES, default="other-path", help="lying: what it lies about")
     p.add_argument("--key", type=Path, metavar="FILE", help="lying: the origin's private key, to sign what it lies with")
+
+
+async def _after(event: asyncio.Event, work) -> None:
+    await event.wait()
+    await work()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -366,7 +377,9 @@ async def _serve(double: Double) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await double.setup()
-    work = asyncio.create_task(double.work())
+    if not double.args.wait:
+        double.go.set()
+    work = asyncio.create_task(_after(double.go, double.work))
     await asyncio.wait([work, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     work.cancel()
     (failure,) = await asyncio.gather(work, return_exceptions=True)

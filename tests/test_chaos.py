@@ -29,14 +29,14 @@ timeout_s: 150
 regions: [{name: east, peers: 2}, {name: west, peers: 2}]
 faults:
   - {at: 1, kill: edge-east}
-  - {at: 3, restart: edge-east}
+  - {at: 2, restart: edge-east}
   - {at: 2, kill: peer-west-1, for: 2}
-  - {at: 4, corrupt_peer: {count: 1, region: east}, for: 4}
-  - {at: 4, sybil: {ids: 200, region: west}, for: 4}
-  - {at: 5, slowloris: {connections: 40, target: edge-west}, for: 4}
-  - {at: 5, disk_full: edge-west, for: 3}
-  - {at: 6, lying_parent: {lie: wrong-bytes, region: east}, for: 4}
-  - {at: 6, bloating_peer: {count: 1, region: east, rate: 1MB/s}, for: 4}
+  - {at: 7, corrupt_peer: {count: 1, region: east}, for: 4}
+  - {at: 7, sybil: {ids: 200, region: west}, for: 4}
+  - {at: 8, slowloris: {connections: 40, target: edge-west}, for: 4}
+  - {at: 8, disk_full: edge-west, for: 3}
+  - {at: 9, lying_parent: {lie: wrong-bytes, region: east}, for: 4}
+  - {at: 9, bloating_peer: {count: 1, region: east, rate: 1MB/s}, for: 4}
 """
 
 
@@ -136,6 +136,8 @@ def test_a_short_run_through_every_kind_of_fault(tmp_path):
         if f["skipped"]:
             continue
         assert f["started_s"] >= f["at"] and f["ended_s"] >= f["started_s"] + f["for_s"], f
+        if f["kind"] in chaos.PREPARED:  # their doubles were started with the deployment: the fault is on at its time
+            assert f["details"]["in_effect_after_s"] < 5, f
         if f["kind"] in SLOW and f["recover_s"] is None:
             assert f["probes"]["failed"] >= 1 and f["last_error"], f  # then it says what it saw
         else:
@@ -145,7 +147,8 @@ def test_a_short_run_through_every_kind_of_fault(tmp_path):
     kill = next(f for f in c["faults"] if f["kind"] == "kill" and f["target"] == "edge-east")
     assert kill["probes"]["failed"] >= 1  # the probe did notice the edge was down
     corrupt = next(f for f in c["faults"] if f["kind"] == "corrupt_peer")
-    assert all(d["announce_200"] >= 1 for d in corrupt["details"]["doubles"].values())  # the tracker listed it
+    assert all(d is not None and d["kind"] == "corrupting" for d in corrupt["details"]["doubles"].values())  # it ran, and said what it did
+    assert corrupt["details"]["victim_asked"] == 202
     loris = next(f for f in c["faults"] if f["kind"] == "slowloris")
     assert next(iter(loris["details"]["doubles"].values()))["opened"] >= 40
     # what was delivered: every byte checked, none wrong except where a defect is still open
