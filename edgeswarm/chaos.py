@@ -91,6 +91,7 @@ class Fault:
     ok: int = 0
     failed: int = 0
     corrupt: int = 0  # wrong bytes its probes read
+    last_ok: bool = False  # the latest probe's verdict
     first_error: str = ""
     last_error: str = ""
     probe: Callable[[], str] | None = None  # the base URL to read through, looked up at each probe
@@ -317,6 +318,8 @@ class Chaos(Lab):
         if undo is not None:
             await undo()
         f.ended = self.now()
+        if f.last_ok:
+            f.recovered = f.ended  # it was serving right when the fault ended: nothing to recover from
         await probe
 
     async def _begin(self, http: aiohttp.ClientSession, f: Fault):
@@ -332,6 +335,9 @@ class Chaos(Lab):
         while True:
             ok, why = await self._check(http, f, rng)
             t = self.now()
+            f.last_ok = ok
+            if f.recovered is not None:
+                return
             if ok:
                 f.ok += 1
             else:
