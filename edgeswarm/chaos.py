@@ -231,12 +231,12 @@ class Chaos(Lab):
                 self._mount(f.target)
         try:
             await super().deploy()
-        except BaseException:
+            for name in self.files:
+                self._originals[name] = os.open(self.root / "publish" / name, os.O_RDONLY)
+            await asyncio.gather(*(self._prepare(f) for f in self.faults if f.kind in PREPARED))
+        except BaseException:  # Ctrl-C included: run() will not be there to unmount
             self._unmount()
             raise
-        for name in self.files:
-            self._originals[name] = os.open(self.root / "publish" / name, os.O_RDONLY)
-        await asyncio.gather(*(self._prepare(f) for f in self.faults if f.kind in PREPARED))
 
     async def _prepare(self, f: Fault) -> None:
         """Start a fault's doubles and victim now, idle: on a busy machine a start takes seconds, and the fault is due at its time."""
@@ -465,12 +465,13 @@ class Chaos(Lab):
         return lambda: self._end_doubles(f, doubles)
 
     async def _lying_parent(self, f: Fault):
-        """A parent that lies, and a fresh peer whose first edge it is (the real edge second)."""
+        """A parent that lies, and a fresh peer whose only edge it is.  To be told an old version, the victim
+        must have had the new one: it downloads through the liar, still honest, before the fault."""
         region = f.options["region"]
         edge = self.edges[region].url
         key = self.root / "publish" / ".edgeswarm" / "origin.key"
         liar = await self._double(f, "lying", region, "--edge", edge, "--lie", f.options["lie"], "--key", str(key))
-        victim = await self._victim(f, region, [liar.url, edge])
+        victim = await self._victim(f, region, [liar.url], early=f.options["lie"] == "old-version")
         f.probe = lambda: victim.urls["gateway"]
         return lambda: self._end_doubles(f, [liar])
 
@@ -498,7 +499,7 @@ class Chaos(Lab):
         f.activate.append(go)
         return node
 
-    async def _victim(self, f: Fault, region: str, edges: list[str]) -> NodeProcess:
+    async def _victim(self, f: Fault, region: str, edges: list[str], early: bool = False) -> NodeProcess:
         """A peer that starts its download as the attack starts, slowed to last about as long as the attack."""
         k = next(k for k, r in self._regions() if r.name == region)
         name = f"victim-{f.kind}-{next(self._serial)}"
@@ -525,7 +526,11 @@ class Chaos(Lab):
 
             self._background.add(asyncio.create_task(again()))
 
-        f.activate.append(ask)
+        if early:
+            async with aiohttp.ClientSession() as http, http.post(node.urls["gateway"] + "/update.img") as resp:
+                f.details["victim_asked_early"] = resp.status
+        else:
+            f.activate.append(ask)
         return node
 
     async def _end_doubles(self, f: Fault, doubles: list[NodeProcess]) -> None:

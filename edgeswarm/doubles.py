@@ -15,9 +15,9 @@ the run that measures it.  Each logs ``listening on URL`` and answers
   request; it reopens those the node closes and counts them.
 - ``lying``: a parent that passes everything through to ``--edge`` except
   the content at ``--path``: ``--lie other-path`` answers its manifest with
-  a validly signed manifest of another path, ``old-version`` (after one
-  honest answer) with an older signed version of it, ``wrong-bytes`` answers
-  its pieces with random bytes.  Signing takes the origin's key (``--key``),
+  a validly signed manifest of another path, ``old-version`` with an older
+  signed version of it, ``wrong-bytes`` answers its pieces with random bytes.
+  With ``--wait`` it is honest until ``POST /go``.  Signing takes the origin's key (``--key``),
   as a replayed manifest would carry.
 """
 
@@ -265,7 +265,6 @@ class Lying(Double):
         super().__init__(args)
         self.decoy: SignedManifest | None = None
         self.decoy_bytes = b""
-        self.honest_answers = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/status", self.status), web.post("/go", self.start), web.route("*", "/{tail:.*}", self.handle)]
@@ -299,9 +298,6 @@ class Lying(Double):
     def lie(self, parts: list[str]) -> web.Response | None:
         decoy, lie = self.decoy, self.args.lie
         if parts[0] == "manifest" and "/".join(parts[1:]) == self.args.path and lie != "wrong-bytes":
-            if lie == "old-version" and self.honest_answers == 0:
-                self.honest_answers += 1
-                return None
             return web.Response(body=decoy.to_json(), content_type="application/json", headers={"ETag": decoy.etag})
         if parts[0] == "content" and parts[1:] == [decoy.content_id]:
             return web.Response(body=decoy.to_json(), content_type="application/json", headers={"ETag": decoy.etag})

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,12 @@ faults:
   - {at: 9, lying_parent: {lie: wrong-bytes, region: east}, for: 4}
   - {at: 9, bloating_peer: {count: 1, region: east, rate: 1MB/s}, for: 4}
 """
+
+
+def running(work: Path) -> list[str]:
+    """Processes whose command line names the run's directory: its daemons and victims, if any survived."""
+    ps = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True)
+    return [line for line in ps.stdout.splitlines() if "pgrep" not in line]
 
 
 def _s() -> scenario.Scenario:
@@ -159,6 +167,31 @@ def test_a_short_run_through_every_kind_of_fault(tmp_path):
     assert c["worst_rss"]["bytes"] > 10 << 20 and c["worst_rss"]["node"]
     assert proc.returncode == (1 if c["corrupt_bytes"] else 0), text
     assert "faults" in proc.stdout and "corrupt bytes delivered" in proc.stdout
-    ps = subprocess.run(["pgrep", "-af", str(work)], capture_output=True, text=True)
-    assert [line for line in ps.stdout.splitlines() if "pgrep" not in line] == []  # nothing left running
+    assert running(work) == []  # nothing left running
     assert not any(Path(p).is_mount() for p in work.iterdir())  # and no tmpfs left mounted
+
+
+@pytest.mark.integration
+def test_interrupt_stops_every_process_and_unmounts(tmp_path):
+    path, work = tmp_path / "full.yaml", tmp_path / "work"
+    path.write_text(SHORT.replace("at: 8, disk_full", "at: 0, disk_full"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeswarm", "chaos", str(path), "--workdir", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not any("victim-" in line for line in running(work)):  # victims start last: the deployment is up
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert running(work) == []
+    assert str(work) not in Path("/proc/mounts").read_text()
