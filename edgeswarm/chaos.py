@@ -92,6 +92,7 @@ class Fault:
     failed: int = 0
     corrupt: int = 0  # wrong bytes its probes read
     last_ok: bool = False  # the latest probe's verdict
+    ok_at_end: bool = False  # serving when the fault ended, and no probe has failed since
     first_error: str = ""
     last_error: str = ""
     probe: Callable[[], str] | None = None  # the base URL to read through, looked up at each probe
@@ -318,8 +319,7 @@ class Chaos(Lab):
         if undo is not None:
             await undo()
         f.ended = self.now()
-        if f.last_ok:
-            f.recovered = f.ended  # it was serving right when the fault ended: nothing to recover from
+        f.ok_at_end = f.last_ok
         await probe
 
     async def _begin(self, http: aiohttp.ClientSession, f: Fault):
@@ -336,16 +336,15 @@ class Chaos(Lab):
             ok, why = await self._check(http, f, rng)
             t = self.now()
             f.last_ok = ok
-            if f.recovered is not None:
-                return
             if ok:
                 f.ok += 1
             else:
                 f.failed += 1
                 f.first_error = f.first_error or why[:300]
                 f.last_error = why[:300]
+                f.ok_at_end = False
             if f.ended is not None and ok:
-                f.recovered = t
+                f.recovered = f.ended if f.ok_at_end else t  # serving throughout: nothing to recover from
                 return
             if f.ended is not None and t - f.ended > RECOVERY_LIMIT:
                 return
