@@ -150,7 +150,8 @@ def print_chaos(console: Console, c: dict) -> None:
     console.print(table)
     d, lost, rss = c["downloads"], c["data_lost"], c["worst_rss"]
     console.print(
-        f"downloads completed {d['completed']}/{d['expected']}; corrupt bytes delivered {c['corrupt_bytes']} "
+        f"downloads completed {d['completed']}/{d['expected']} (victims' copies intact: "
+        f"{sum(v is True for v in d['victims_intact'].values())}/{len(d['victims_intact'])}); corrupt bytes delivered {c['corrupt_bytes']} "
         f"(of {format_bytes(c['checked']['bytes'])} checked in {c['checked']['reads']} reads); "
         f"data lost {lost['copies']} copies; worst RSS {format_bytes(rss['bytes'])} ({rss['node']}); "
         f"crashes {len(c['crashes'])}"
