@@ -464,15 +464,22 @@ class Chaos(Lab):
         return lambda: self._end_doubles(f, doubles)
 
     async def _lying_parent(self, f: Fault):
-        """A parent that lies, and a fresh peer whose only edge it is.  To be told an old version, the victim
-        must have had the new one: it downloads through the liar, still honest, before the fault."""
+        """A parent that lies, and a fresh peer whose only edge it is; the fault ends when it turns honest.  To be
+        told an old version, the victim must have had the new one: it downloads through the liar before the fault."""
         region = f.options["region"]
         edge = self.edges[region].url
         key = self.root / "publish" / ".edgeswarm" / "origin.key"
         liar = await self._double(f, "lying", region, "--edge", edge, "--lie", f.options["lie"], "--key", str(key))
         victim = await self._victim(f, region, [liar.url], early=f.options["lie"] == "old-version")
         f.probe = lambda: victim.urls["gateway"]
-        return lambda: self._end_doubles(f, [liar])
+        return lambda: self._end_lies(f, liar)
+
+    async def _end_lies(self, f: Fault, liar: NodeProcess) -> None:
+        """The liar turns honest rather than going away: it is the victim's only edge."""
+        async with aiohttp.ClientSession() as http:
+            async with http.post(liar.url + "/end") as resp:
+                await resp.read()
+            f.details["doubles"][liar.log_path.stem] = await _json(http, liar.url + "/status")
 
     async def _slowloris(self, f: Fault):
         o = f.options

@@ -17,7 +17,7 @@ the run that measures it.  Each logs ``listening on URL`` and answers
   the content at ``--path``: ``--lie other-path`` answers its manifest with
   a validly signed manifest of another path, ``old-version`` with an older
   signed version of it, ``wrong-bytes`` answers its pieces with random bytes.
-  With ``--wait`` it is honest until ``POST /go``.  Signing takes the origin's key (``--key``),
+  With ``--wait`` it is honest until ``POST /go``, and after ``POST /end``.  Signing takes the origin's key (``--key``),
   as a replayed manifest would carry.
 """
 
@@ -267,7 +267,17 @@ class Lying(Double):
         self.decoy_bytes = b""
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/status", self.status), web.post("/go", self.start), web.route("*", "/{tail:.*}", self.handle)]
+        return [
+            web.get("/status", self.status),
+            web.post("/go", self.start),
+            web.post("/end", self.end),
+            web.route("*", "/{tail:.*}", self.handle),
+        ]
+
+    async def end(self, request: web.Request) -> web.Response:
+        """Honest from now on: does the node that was lied to come back?"""
+        self.go.clear()
+        return web.Response(text="ended\n")
 
     async def work(self) -> None:
         await self.learn()

@@ -176,6 +176,7 @@ def _attack(details: dict) -> str:
         (total.get("bloated_answers_cut"), "bloated answers cut"),
         (lies, "lies told"),
         (total.get("opened"), f"connections opened, {total.get('open', 0)} still open"),
+        (total.get("closed_by_target"), "closed by the node"),
         (announced and str(total.get("announce_200", 0)), "announces accepted"),
         (refused, "refused"),
     ]
