@@ -28,7 +28,6 @@ import random
 import subprocess
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -268,9 +267,6 @@ class Chaos(Lab):
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self, progress) -> None:
-        # Starting and stopping a process holds a thread for seconds; the default pool (CPUs + 4) made
-        # faults due at once wait for each other.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(64))
         try:
             await super().run(progress)
         finally:
@@ -313,11 +309,14 @@ class Chaos(Lab):
         except (RuntimeError, OSError, aiohttp.ClientError) as exc:  # a double or a node that would not start or answer
             f.skipped = f"could not make the fault: {exc}"
             return
-        f.details["in_effect_after_s"] = round(self.now() - f.started, 2)  # starting doubles takes a few seconds
+        f.details["in_effect_after_s"] = round(self.now() - f.started, 2)  # a restart takes as long as a start
         probe = asyncio.create_task(self._probe(http, f))
         await asyncio.sleep(f.duration)
         if undo is not None:
-            await undo()
+            try:
+                await undo()
+            except (RuntimeError, OSError, aiohttp.ClientError) as exc:  # a double that died: the crash check says so
+                f.details["could_not_end"] = str(exc)[:300]
         f.ended = self.now()
         f.ok_at_end = f.last_ok
         await probe
