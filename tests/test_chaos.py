@@ -14,8 +14,8 @@ import pytest
 
 from edgeswarm import chaos, scenario
 
-# Faults whose corrupt bytes are a defect still open on this branch, and where it is fixed.  A run
-# merged with that branch must deliver 0 corrupt bytes everywhere: empty this once it is merged.
+# Defects still open on this branch, and where they are fixed.  On main f9dba87 + this branch the test
+# passes with both empty (0 corrupt bytes everywhere): empty them once this branch is merged.
 OPEN = {"disk_full": "issue 9 defect 1 (an error written into a started body): fixed on w/stream"}
 SLOW = {"sybil": "issue 9 defect 5 (a victim tries every fake id in turn): fixed on w/tracker"}  # may not recover in time
 
