@@ -51,11 +51,25 @@ scenarios shipped:
   flash-crowd  a software update everyone wants at once (Verizon tiers)
   vod          Zipf-popular videos, Poisson arrivals, early quits (AT&T tiers)
   churn        peers crash mid-download and rejoin to resume
+  chaos        every kind of fault in turn (see edgeswarm chaos --help)
 
 examples:
   edgeswarm lab flash-crowd
   edgeswarm lab vod --peers 6 --json vod.json
   sudo edgeswarm lab flash-crowd --netns     # real links: namespaces and tc
+"""
+
+
+EPILOG_CHAOS = """\
+faults (in the scenario's `faults:` list, at seconds after the start; `for:` how long it lasts):
+  kill / restart NODE      SIGKILL a daemon (origin, edge-REGION, peer-REGION-N); restart it on its port
+  disk_full edge-REGION    the edge's cache is a tmpfs (root); filled to the last MiB, then freed
+  corrupt_peer / bloating_peer / sybil / lying_parent / slowloris
+                           misbehaving nodes (edgeswarm/doubles.py) against a region, with a fresh victim peer
+
+examples:
+  sudo edgeswarm chaos --json chaos.json      # the shipped schedule: every kind of fault
+  edgeswarm chaos my-faults.yaml --peers 2
 """
 
 
@@ -406,6 +420,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
+    p = sub.add_parser(
+        "chaos",
+        help="a lab run under a schedule of faults: kills, a full disk, lying and flooding nodes; what got through",
+        description="Run a lab download scenario with its fault schedule (kill, restart, disk_full, corrupt_peer, bloating_peer, "
+        "lying_parent, sybil, slowloris) and report downloads completed, corrupt bytes delivered (every read is compared "
+        "with the original), data lost, the worst RSS of any process and the time to recover after each fault. "
+        "Exit 1 if a wrong byte was delivered or a node crashed. `edgeswarm lab chaos` is the same run.",
+        epilog=EPILOG_CHAOS,
+        formatter_class=fmt,
+    )
+    p.add_argument("scenario", nargs="?", default="chaos", metavar="SCENARIO", help="a scenario with faults (default: chaos)")
+    p.add_argument("--peers", type=_count, metavar="N", help="peers per region (default: the scenario's)")
+    p.add_argument("--size", metavar="SIZE", help="download size such as 16MiB (default: the scenario's)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed for arrivals, tiers and choices (default: the scenario's)")
+    p.add_argument("--timeout", type=_positive, metavar="SECONDS", help="end the run by then (default: the scenario's)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every figure, per fault, user and node, here")
+    p.add_argument("--plots", type=Path, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)")
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+
     p = sub.add_parser("bench", help="benchmarks against a reference measured in the same run")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     b = bsub.add_parser(
@@ -435,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
-    from edgeswarm import sim, tokens, usage  # options only: numpy and friends load when a simulation runs
+    from edgeswarm import doubles, sim, tokens, usage  # options only: numpy and friends load when a simulation runs
 
+    doubles.add_parser(sub)
     tokens.add_parser(sub)
     usage.add_parser(sub)
     sim.add_parser(sub)
@@ -562,23 +596,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         return get.run(
             args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout, _token(args), args.ca
         )
-    if args.command == "lab":
+    if args.command in ("lab", "chaos"):
         from edgeswarm import lab, scenario
 
         try:
             s = scenario.override(
                 scenario.load(args.scenario),
                 peers=args.peers,
-                region_count=args.regions,
+                region_count=getattr(args, "regions", None),
                 size=args.size,
-                rate_scale=args.rate_scale,
+                rate_scale=getattr(args, "rate_scale", None),
                 seed=args.seed,
                 timeout_s=args.timeout,
             )
+            if args.command == "chaos" and not s.faults:
+                raise scenario.ScenarioError(f"{args.scenario} has no faults: a chaos run needs a schedule (see docs/chaos.md)")
         except scenario.ScenarioError as exc:
-            print(f"edgeswarm lab: {exc}", file=sys.stderr)
+            print(f"edgeswarm {args.command}: {exc}", file=sys.stderr)
             return 2
-        return lab.run(s, netns=args.netns, json_path=args.json, plots=args.plots, workdir=args.workdir)
+        return lab.run(s, netns=getattr(args, "netns", False), json_path=args.json, plots=args.plots, workdir=args.workdir)
+    if args.command == "double":
+        from edgeswarm import doubles
+
+        return doubles.run(args)
     if args.command == "demo":
         from edgeswarm import demo
 

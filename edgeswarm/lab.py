@@ -218,14 +218,10 @@ class Lab:
             self.t0 = time.monotonic()
             sampler = asyncio.create_task(self._sample_loop(http, progress))
             try:
-                act = self._download if self.s.kind == "download" else self._watch
                 async with asyncio.timeout(self.s.timeout_s):  # not wait_for: on Ctrl-C it left the gather's error unretrieved
-                    await asyncio.gather(*(act(http, u) for u in self.users))
+                    await asyncio.gather(*self._acts(http))
             except TimeoutError:
-                late = [u.name for u in self.users if u.done_at is None]
-                raise LabError(
-                    f"{len(late)} of {len(self.users)} users were not done after {self.s.timeout_s:g} s: {', '.join(late[:8])}"
-                ) from None
+                self._late()
             finally:
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -233,6 +229,15 @@ class Lab:
             await self._sample(http)
             if self.s.kind == "download":
                 await self._verify(http)
+
+    def _acts(self, http: aiohttp.ClientSession) -> list:
+        """What runs while the users are served: the users (a chaos run adds its faults)."""
+        act = self._download if self.s.kind == "download" else self._watch
+        return [act(http, u) for u in self.users]
+
+    def _late(self) -> None:
+        late = [u.name for u in self.users if u.done_at is None]
+        raise LabError(f"{len(late)} of {len(self.users)} users were not done after {self.s.timeout_s:g} s: {', '.join(late[:8])}")
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -489,7 +494,7 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=1) + "\n")
         console.print(f"figures written to {json_path}")
-    return 0
+    return 1 if result.get("chaos", {}).get("failures") else 0
 
 
 class NetworkUnavailable(RuntimeError):
@@ -506,7 +511,7 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
         raise NetworkUnavailable(str(exc)) from None
     try:
         with net, ProcessGroup(root / "logs") as group:
-            result = asyncio.run(_guarded(Lab(s, group, net, root, console), console))
+            result = asyncio.run(_guarded(_lab(s, group, net, root, console), console))
     except Interrupted:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -516,6 +521,15 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
     if workdir is None:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _lab(s: Scenario, *args) -> Lab:
+    """A chaos run when the scenario has faults (chaos.py), a plain lab run otherwise."""
+    if s.faults:
+        from edgeswarm.chaos import Chaos
+
+        return Chaos(s, *args)
+    return Lab(s, *args)
 
 
 async def _guarded(lab: Lab, console: Console) -> dict:

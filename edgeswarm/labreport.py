@@ -112,8 +112,75 @@ def print_report(console: Console, r: dict) -> None:
             f"model of the same sessions (simulator, no prefetch): {_pct(t['model_savings'])} saved, bound {_pct(t['bound_savings'])}; "
             f"the lab's {_pct(t['lab_savings'])} {verdict} within ±{m['tolerance']:.0%}"
         )
+    if r.get("chaos"):
+        print_chaos(console, r["chaos"])
     if r.get("plots"):
         console.print(f"plots: {Path(r['plots'][0]).parent}/")
+
+
+def print_chaos(console: Console, c: dict) -> None:
+    """A chaos run's faults, one row each, and what it delivered through them."""
+    table = Table(title="faults")
+    for col in (
+        "at",
+        "fault",
+        "target",
+        "for",
+        "what the attacker did",
+        "probes failed",
+        "corrupt bytes",
+        "recovered after",
+        "first failure",
+    ):
+        table.add_column(col, justify="left" if col in ("fault", "target", "what the attacker did", "first failure") else "right")
+    for f in c["faults"]:
+        recovered = f"skipped: {f['skipped']}" if f["skipped"] else _secs(f["recover_s"]) if f["recover_s"] is not None else "not recovered"
+        p = f["probes"]
+        table.add_row(
+            f"{f['at']:g} s",
+            f["kind"],
+            f["target"],
+            f"{f['for_s']:g} s",
+            _attack(f["details"]),
+            f"{p['failed']}/{p['ok'] + p['failed']}",
+            str(f["corrupt_bytes"]),
+            recovered,
+            f["first_error"][:60],
+        )
+    console.print(table)
+    d, lost, rss = c["downloads"], c["data_lost"], c["worst_rss"]
+    console.print(
+        f"downloads completed {d['completed']}/{d['expected']} (victims' copies intact: "
+        f"{sum(v is True for v in d['victims_intact'].values())}/{len(d['victims_intact'])}); corrupt bytes delivered {c['corrupt_bytes']} "
+        f"(of {format_bytes(c['checked']['bytes'])} checked in {c['checked']['reads']} reads); "
+        f"data lost {lost['copies']} copies; worst RSS {format_bytes(rss['bytes'])} ({rss['node']}); "
+        f"crashes {len(c['crashes'])}"
+    )
+    for failure in c["failures"]:
+        console.print(f"[red]chaos: {failure}[/red]")
+
+
+def _attack(details: dict) -> str:
+    """The doubles' own counters (their /status), in a few words."""
+    total: dict[str, int] = {}
+    for counts in (details.get("doubles") or {}).values():
+        for k, v in (counts or {}).items():
+            if isinstance(v, int):
+                total[k] = total.get(k, 0) + v
+    refused = sum(v for k, v in total.items() if k.startswith("announce_") and k[9:].isdigit() and k != "announce_200")
+    lies = sum(v for k, v in total.items() if k.startswith("lies_"))
+    announced = "announce_200" in total or refused
+    parts = [
+        (total.get("corrupt_pieces_served"), "bad pieces served"),
+        (total.get("bloat_bytes_sent") and format_bytes(total["bloat_bytes_sent"]), "of bloat sent"),
+        (total.get("bloated_answers_cut"), "bloated answers cut"),
+        (lies, "lies told"),
+        (total.get("opened"), f"connections opened, {total.get('open', 0)} still open"),
+        (total.get("closed_by_target"), "closed by the node"),
+        (announced and str(total.get("announce_200", 0)), "announces accepted"),
+        (refused, "refused"),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in parts if n)
 
 
 def _extra_columns(s: dict) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ class NodeProcess:
         self.args = args
         self.log_path = log_path
         self.env = env
+        self.port = 0  # 0: the kernel picks; a chaos run restarts a node on the port it had
         self.url = ""  # the first server's; ``urls`` has all by label
         self.urls: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
@@ -45,7 +46,7 @@ class NodeProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         start = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "edgeswarm", self.role, "--listen", f"{self.host}:0", *self.args],
+            [*self.prefix, sys.executable, "-m", "edgeswarm", self.role, "--listen", f"{self.host}:{self.port}", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

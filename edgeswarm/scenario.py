@@ -78,6 +78,7 @@ class Scenario:
     timeout_s: float = 240.0
     vod: Vod = field(default_factory=Vod)
     churn: Churn = field(default_factory=Churn)
+    faults: list[dict] = field(default_factory=list)  # a chaos run's schedule (chaos.py)
 
     @property
     def peers(self) -> int:
@@ -182,6 +183,14 @@ def _check(s: Scenario, where: str) -> Scenario:
     c = s.churn
     need(0 <= c.leave <= 1, "churn: leave is a fraction")
     need(0 <= c.between_s[0] <= c.between_s[1] and c.away_s >= 0, "churn: between_s is [from, to], away_s >= 0")
+    if s.faults:
+        from edgeswarm import chaos
+
+        need(s.kind == "download", "faults need kind: download")
+        try:
+            chaos.parse_faults(s.faults, s)
+        except ValueError as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
     return s
 
 

@@ -135,7 +135,7 @@ def test_bad_scenario_file(tmp_path):
 
 
 def test_shipped_scenarios_load():
-    assert scenario.shipped() == ["churn", "flash-crowd", "vod", "vod-model"]
+    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "vod", "vod-model"]
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8
