@@ -366,7 +366,7 @@ class Edge:
         peer = request.headers.get(PEER_HEADER)
         self.metrics.sent["node"] += len(data)
         self.metrics.content[("sent", cid, "peer" if peer else "node")] += len(data)
-        resp = await send_piece(request, data, self.bucket, {"X-Edgeswarm-Piece": str(index)})
+        resp = await send_piece(request, data, self.bucket, {"X-Edgeswarm-Piece": str(index)} if endpoint == "seed" else None)
         self.account(grant, request, signed, "edge_sent", len(data))
         if peer:  # the user's peer daemon: its reports can confirm these bytes
             self.account(grant, request, signed, "edge_sent_to_peers", len(data))
@@ -480,19 +480,19 @@ class Edge:
             raise HttpError(400, "announce field 'content' is missing or not a content id")
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
-        user = grant.user if grant else None
         try:
             latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
+        user = grant.user if grant else None
         answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest.piece_count, user)
+        for kind, nbytes in usage.items():
+            self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
         if doc["event"] == "stopped":
             self.seeder.leave(region, cid, peer)
         elif latency is not None:
             self.seed_stats.report_latency(region, peer, latency)
-        for kind, nbytes in usage.items():
-            self.account(grant, request, signed, kind, nbytes)
         if doc["event"] != "stopped":
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)

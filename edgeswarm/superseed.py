@@ -134,8 +134,8 @@ def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int]:
     except ValueError as exc:
         raise ValueError(f"seed field 'have': {exc}") from None
     start = doc.get("from", 0)
-    if type(start) is not int or not 0 <= start < max(piece_count, 1):
-        raise ValueError(f"seed field 'from' must be a piece index, 0 to {max(piece_count - 1, 0)}")
+    if type(start) is not int or not 0 <= start <= piece_count:  # piece_count: a reader at the end, nothing to seed
+        raise ValueError(f"seed field 'from' must be an integer from 0 to {piece_count} (the piece count)")
     return have, start
 
 

@@ -158,13 +158,14 @@ def test_parse_request():
     have = bitfield.encode({0, 3}, 10)
     assert parse_request(json.dumps({"have": have}).encode(), 10) == ({0, 3}, 0)
     assert parse_request(json.dumps({"have": have, "from": 9}).encode(), 10) == ({0, 3}, 9)
+    assert parse_request(json.dumps({"have": have, "from": 10}).encode(), 10) == ({0, 3}, 10)  # a reader at the end
     for body, word in [
         (b"{nope", "JSON"),
         (b"[]", "object"),
         (json.dumps({}).encode(), "have"),
         (json.dumps({"have": "%%"}).encode(), "have"),
         (json.dumps({"have": bitfield.encode(set(), 17)}).encode(), "have"),
-        *[(json.dumps({"have": have, "from": bad}).encode(), "from") for bad in (-1, 10, 1.5, True, "3", None)],
+        *[(json.dumps({"have": have, "from": bad}).encode(), "from") for bad in (-1, 11, 1.5, True, "3", None)],
     ]:
         with pytest.raises(ValueError, match=word):
             parse_request(body, 10)

@@ -101,6 +101,7 @@ async def test_peers_asking_in_turn_get_different_pieces_then_trade(tmp_path, no
         assert await east[0].seed() is None, "every piece went to east once: trade for it there"
         assert await west.seed() == 0, "west is counted apart from east"
         assert await west.seed(start=5) == 5, "'from' skips the pieces before the reader"
+        assert await west.seed(start=PIECES) is None, "a reader at the end wants nothing more"
         assert await stranger.seed() == 1, "a peer the tracker does not know is served..."
         assert await west.seed() == 1, "...but leaves no copy behind"
 
@@ -133,7 +134,7 @@ async def test_peers_asking_in_turn_get_different_pieces_then_trade(tmp_path, no
         assert st["east"]["live_copies"] == {cid: 8}  # e0, e3 hold 8 between them; e1 and e2 left
         assert st["east"]["seeded"] == {"sent": sent_east, "none": 3}
         assert st["west"]["copies"] == {cid: 6 / PIECES} and st["west"]["deadline_forced"] == 1  # stranger's piece too
-        assert st["west"]["live_copies"] == {cid: 5} and st["west"]["seeded"] == {"sent": 5, "none": 0}
+        assert st["west"]["live_copies"] == {cid: 5} and st["west"]["seeded"] == {"sent": 5, "none": 1}
         assert st["west"]["piece_requests"] == {"urgent": 1, "background": 0, "none": 0}
         async with http.get(edge.url + "/metrics") as r:
             text = await r.text()
@@ -181,7 +182,7 @@ async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, publis
         (b"[1]", "object"),
         (b'{"have": "%%%"}', "have"),
         (f'{{"have": "{bitfield.encode(set(), 17)}"}}'.encode(), "have"),
-        *[(f'{{"have": "{good["have"]}", "from": {bad}}}'.encode(), "from") for bad in ("-1", str(PIECES), "1.5", "true", '"2"')],
+        *[(f'{{"have": "{good["have"]}", "from": {bad}}}'.encode(), "from") for bad in ("-1", str(PIECES + 1), "1.5", "true", '"2"')],
     ]:
         async with http.post(url, data=body, headers=auth) as r:
             assert r.status == 400 and word in await r.text(), (body, r.status)
