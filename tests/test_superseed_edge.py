@@ -195,3 +195,29 @@ async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, publis
         assert len(await r.read()) == PIECE
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "Traceback" not in log
+
+
+async def test_a_seed_that_fails_leaves_no_copy(tmp_path, nodes, origin, published, regions, http):
+    """--internal 127.0.0.1/32: peers may not make the edge fetch, so a seed of an uncached piece fails (403)."""
+    global DATA
+    DATA = make_file(published / "f.bin", PIECES * PIECE)
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--internal", "127.0.0.1/32"),
+        name="edge",
+    )
+    cid = await content_id(http, edge.url, "f.bin")
+    peer = FakePeer(edge.url, cid, "127.1.0.1", "e0")
+    try:
+        assert (await peer.announce("started")).status == 200
+        async with peer.session.post(
+            f"{edge.url}/seed/{cid}", json={"have": bitfield.encode(set(), PIECES)}, headers={PEER_HEADER: "e0"}
+        ) as r:
+            assert r.status == 403
+        async with http.get(f"{edge.url}/piece/{cid}/0") as r:  # an internal client: the edge fetches and caches it
+            assert r.status == 200
+        assert await peer.seed() == 0, "the failed seed of piece 0 still counted as a copy"
+        st = (await status(http, edge.url))["p2p"]["regions"]["east"]
+        assert st["live_copies"] == {cid: 1} and st["seeded"] == {"sent": 1, "none": 0}
+    finally:
+        await peer.close()
