@@ -8,7 +8,9 @@ Concurrent misses for one piece share one upstream fetch.  Every piece is
 checked against the origin-signed manifest before it is stored or served;
 a source that sends a bad one is set aside and the next one tried.  Manifests
 are revalidated with the parent after ``--revalidate`` seconds (a cheap 304),
-and when the parent is down the edge keeps serving what it holds.
+and when the parent is down the edge keeps serving what it holds.  In p2p
+mode (``--p2p``) it is also its peers' tracker and their region's
+super-seeder (``POST /seed``: superseed.py picks the piece).
 """
 
 from __future__ import annotations
