@@ -8,19 +8,23 @@ Concurrent misses for one piece share one upstream fetch.  Every piece is
 checked against the origin-signed manifest before it is stored or served;
 a source that sends a bad one is set aside and the next one tried.  Manifests
 are revalidated with the parent after ``--revalidate`` seconds (a cheap 304),
-and when the parent is down the edge keeps serving what it holds.
+and when the parent is down the edge keeps serving what it holds.  In p2p
+mode (``--p2p``) it is also its peers' tracker and their region's
+super-seeder (``POST /seed``: superseed.py picks the piece).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
@@ -38,12 +42,15 @@ from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
 from edgeswarm.sources import SourceRanking
+from edgeswarm.superseed import URGENCIES, Region, RegionStats, SuperSeeder, parse_latency, parse_request
+from edgeswarm.tracker import PeerRecord
 from edgeswarm.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
+URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece: "urgent" (a reader's deadline) or "background"
 
 
 class EdgeSource:
@@ -107,6 +114,10 @@ class Edge:
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
+        self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
+        self.seed_stats = RegionStats()
+        if tracker is not None:
+            self.metrics.registry.register(_Families(self._region_metrics))
 
     # -- start-up: learn and pin the origin key ---------------------------------
     async def open_store(self) -> None:
@@ -255,6 +266,7 @@ class Edge:
         while True:
             await asyncio.sleep(self.tracker.interval)
             dropped = self.tracker.expire()
+            self._forget_departed()
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
 
@@ -318,13 +330,144 @@ class Edge:
             raise HttpError(504, f"piece {index} of {cid[:12]} is not cached here")
         if data is None:
             data = await EdgeSource(self, cid, may_fetch).fetch(index)
-        self.metrics.sent["node"] += len(data)
-        self.metrics.content[("sent", cid, "peer" if request.headers.get(PEER_HEADER) else "node")] += len(data)
-        resp = await send_piece(request, data, self.bucket)
-        self.account(grant, request, signed, "edge_sent", len(data))
-        if request.headers.get(PEER_HEADER):  # the user's peer daemon: its reports can confirm these bytes
-            self.account(grant, request, signed, "edge_sent_to_peers", len(data))
+        if self.tracker is not None and request.headers.get(PEER_HEADER):
+            urgency = request.headers.get(URGENCY_HEADER, "").strip().lower()
+            self.seed_stats.piece_requests[(self.region_name(request), urgency if urgency in URGENCIES else "none")] += 1
+        with self._copy(request, cid, index):
+            return await self._send_to_node(request, signed, grant, index, data, "piece")
+
+    async def post_seed(self, request: web.Request) -> web.StreamResponse:
+        """p2p mode: a peer asks the edge to pick a piece for it, one its region has no live copy of (else 204)."""
+        if self.tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p): it does not seed")
+        store = await self._store()
+        cid = request.match_info["cid"]
+        may_fetch = self.may_fetch(request)
+        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
+        grant = await self.grant(request, signed.manifest.path)
+        try:
+            have, start = parse_request(await request.read(), signed.manifest.piece_count)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        region = self.region_name(request)
+        index = self.seeder.choose(region, cid, have, start, signed.manifest.piece_count)
+        if index is None:
+            self.seed_stats.seeded[(region, "none")] += 1
+            return web.Response(status=204)
+        with self._copy(request, cid, index):  # before any wait, so that concurrent askers get other pieces
+            data = store.read_piece(cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
+            resp = await self._send_to_node(request, signed, grant, index, data, "seed")
+        self.seed_stats.seeded[(region, "sent")] += 1
         return resp
+
+    async def _send_to_node(
+        self, request: web.Request, signed: SignedManifest, grant: tokens.Grant | None, index: int, data: bytes, endpoint: str
+    ) -> web.StreamResponse:
+        """A piece to a node or peer under the upload cap, counted and billed as edge bytes (/piece and /seed alike)."""
+        cid = signed.content_id
+        peer = request.headers.get(PEER_HEADER)
+        self.metrics.sent["node"] += len(data)
+        self.metrics.content[("sent", cid, "peer" if peer else "node")] += len(data)
+        resp = await send_piece(request, data, self.bucket, {"X-Edgeswarm-Piece": str(index)} if endpoint == "seed" else None)
+        self.account(grant, request, signed, "edge_sent", len(data))
+        if peer:  # the user's peer daemon: its reports can confirm these bytes
+            self.account(grant, request, signed, "edge_sent_to_peers", len(data))
+        if self.tracker is not None:
+            self.seed_stats.sent(self.region_name(request), cid, endpoint, len(data))
+        return resp
+
+    # -- seeding: copies per region ------------------------------------------------------
+    def _tracked(self, cid: str) -> set[tuple[str, str]]:
+        """The seeder's names of the live peers of ``cid``'s swarm, as the tracker holds them."""
+        assert self.tracker is not None
+        return {_seed_name(rec) for rec in self.tracker.tracker.swarm(cid)}
+
+    @contextlib.contextmanager
+    def _copy(self, request: web.Request, cid: str, index: int) -> Iterator[None]:
+        """The piece counts as a copy in the asker's region while it is sent, and after if it arrived.
+
+        Only a live peer of the swarm makes a copy (p2p mode, its peer id, the
+        address it announced from): one the tracker will tell us has left.
+        """
+        peer = (request.remote or "", request.headers.get(PEER_HEADER, ""))
+        if self.tracker is None or peer not in self._tracked(cid):
+            yield
+            return
+        region = self.region_name(request)
+        self.seeder.record(time.monotonic(), region, cid, index, peer)
+        try:
+            yield
+        except BaseException:
+            self.seeder.unrecord(region, cid, index, peer)
+            raise
+
+    def _forget_departed(self) -> None:
+        """Copies and latency reports of peers the tracker no longer holds (stopped, expired) stop counting."""
+        assert self.tracker is not None
+        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.contents()}
+        for region, cid in self.seeder.entries():
+            self.seeder.retain(region, cid, live.get(cid, set()))
+        self.seed_stats.retain_latency(set().union(*live.values()))
+
+    def _p2p_status(self) -> dict:
+        """The tracker's status, each region with what the edge seeded there (docs/operations.md#the-edge-as-super-seeder)."""
+        assert self.tracker is not None
+        p2p = self.tracker.status()
+        self._forget_departed()  # after the tracker's own expiry, whenever that ran
+        sizes = {s.content_id: s.manifest.size for s in self.store.contents()} if self.store else {}
+        entries = self.seeder.entries()
+        regions: set[Region] = self.seed_stats.regions() | {r for r, _ in entries}
+        named = {_region_label(r): r for r in regions}
+        for name in set(p2p["regions"]) | set(named):
+            region = named.get(name, name if name != "unmapped" else None)
+            requests = {u: self.seed_stats.piece_requests[(region, u)] for u in URGENCIES}
+            p2p["regions"].setdefault(name, {}).update(
+                copies=self.seed_stats.copies(region, sizes),
+                live_copies={cid: self.seeder.live_copies(region, cid) for r, cid in entries if r == region},
+                seeded={o: self.seed_stats.seeded[(region, o)] for o in ("sent", "none")},
+                piece_requests=requests,
+                deadline_forced=requests["urgent"],
+                have_latency=self.seed_stats.latency(region),
+            )
+        return p2p
+
+    def _region_metrics(self):
+        """/metrics per region (p2p mode); never a content id in a label."""
+        p2p = self._p2p_status()
+        seed = CounterMetricFamily(
+            "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
+        )
+        for (region, outcome), n in self.seed_stats.seeded.items():
+            seed.add_metric([_region_label(region), outcome], n)
+        asked = CounterMetricFamily(
+            "edgeswarm_edge_piece_requests",
+            "Peers' GET /piece by region and X-Edgeswarm-Urgency (urgent: deadline-forced)",
+            labels=["region", "urgency"],
+        )
+        for (region, urgency), n in self.seed_stats.piece_requests.items():
+            asked.add_metric([_region_label(region), urgency], n)
+        sent = CounterMetricFamily(
+            "edgeswarm_edge_region_sent_bytes", "Piece bytes sent to each region, by endpoint", labels=["region", "endpoint"]
+        )
+        for (region, endpoint), n in self.seed_stats.bytes.items():
+            sent.add_metric([_region_label(region), endpoint], n)
+        copies = GaugeMetricFamily(
+            "edgeswarm_seed_live_copies", "Pieces sent to peers of the region that are still live", labels=["region"]
+        )
+        share = GaugeMetricFamily("edgeswarm_region_p2p_share_ratio", "Share of the region's bytes that came from peers", labels=["region"])
+        latency = GaugeMetricFamily(
+            "edgeswarm_region_have_latency_seconds",
+            "Peers' reported availability latency (median p50, p95 of p95s)",
+            labels=["region", "quantile"],
+        )
+        for name, row in p2p["regions"].items():
+            copies.add_metric([name], sum(row["live_copies"].values()))
+            if row.get("p2p_share") is not None:
+                share.add_metric([name], row["p2p_share"])
+            if row["have_latency"]:
+                latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
+                latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
+        return [seed, asked, sent, copies, share, latency]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
@@ -339,10 +482,19 @@ class Edge:
             raise HttpError(400, "announce field 'content' is missing or not a content id")
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
+        try:
+            latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
         user = grant.user if grant else None
         answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest, user)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
+        peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
+        if doc["event"] == "stopped":
+            self.seeder.leave(region, cid, peer)
+        elif latency is not None:
+            self.seed_stats.report_latency(region, peer, latency)
         if doc["event"] != "stopped":
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
@@ -379,7 +531,7 @@ class Edge:
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
-                **({"p2p": self.tracker.status()} if self.tracker else {}),
+                **({"p2p": self._p2p_status()} if self.tracker else {}),
             }
         )
 
@@ -395,6 +547,7 @@ class Edge:
         r.add_get("/key/{cid}", self.get_content_key)
         r.add_get("/swarm-key", self.get_swarm_key)
         r.add_post("/announce", self.post_announce)
+        r.add_post("/seed/{cid}", self.post_seed)
         r.add_get("/{path:.*}", self.get_file)
 
         async def lifecycle(app: web.Application):
@@ -424,6 +577,22 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
         return ipaddress.ip_address(request.remote or "")
     except ValueError:
         return None
+
+
+def _seed_name(rec: PeerRecord) -> tuple[str, str]:
+    """A tracked peer as the seeder names it: the address it announced from, and the peer id it sends."""
+    return rec.address, rec.peer_id.removeprefix(f"{rec.user}/") if rec.user else rec.peer_id  # the tracker keys a user's peer user/id
+
+
+def _region_label(region: Region) -> str:
+    return region if region is not None else "unmapped"
+
+
+class _Families:
+    """A Prometheus collector around a function: the registry wants an object with ``collect``."""
+
+    def __init__(self, collect: Callable[[], list]):
+        self.collect = collect
 
 
 def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:

@@ -168,11 +168,11 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
         await resp.write(os.pread(fd, count - done, offset + done))
 
 
-async def send_piece(request: web.Request, data: bytes, bucket: TokenBucket) -> web.StreamResponse:
+async def send_piece(request: web.Request, data: bytes, bucket: TokenBucket, headers: dict[str, str] | None = None) -> web.StreamResponse:
     """One piece to another node: at once when uncapped, else streamed under the cap."""
     if not bucket.rate:
-        return web.Response(body=data, content_type="application/octet-stream")
-    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data))})
+        return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)), **(headers or {})})
     await resp.prepare(request)
     await write_throttled(resp, data, bucket)
     await resp.write_eof()

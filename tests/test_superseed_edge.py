@@ -1,0 +1,223 @@
+"""POST /seed end to end: a real origin and p2p edge; the test plays peers of two regions by their source addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, status
+
+from edgeswarm import bitfield, tokens
+from edgeswarm.httpspec import PEER_HEADER
+
+pytestmark = pytest.mark.integration  # starts daemons as subprocesses
+
+REGIONS = """\
+regions:
+  - {name: east, isp: att, networks: [127.1.0.0/16]}
+  - {name: west, isp: verizon, networks: [127.2.0.0/16]}
+"""
+PIECE = 256 * 1024
+PIECES = 8
+
+
+class FakePeer:
+    """A peer as the edge sees it: requests from its own address, its peer id on them, announces naming its port."""
+
+    def __init__(self, edge: str, cid: str, addr: str, peer_id: str):
+        self.edge, self.cid, self.peer_id = edge, cid, peer_id
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(addr, 0)))
+        self.have: set[int] = set()
+
+    async def announce(self, event: str = "update", **extra) -> aiohttp.ClientResponse:
+        doc = {"peer_id": self.peer_id, "port": 9, "content": self.cid, "pieces": PIECES, "have": bitfield.encode(self.have, PIECES)}
+        async with self.session.post(self.edge + "/announce", json=doc | {"uploaded": 0, "downloaded": 0, "event": event} | extra) as r:
+            await r.read()
+            return r
+
+    async def seed(self, start: int | None = None, headers: dict | None = None) -> int | None:
+        """One POST /seed: the piece index it brought (now held), or None for 204."""
+        doc = {"have": bitfield.encode(self.have, PIECES), **({"from": start} if start is not None else {})}
+        async with self.session.post(f"{self.edge}/seed/{self.cid}", json=doc, headers={PEER_HEADER: self.peer_id, **(headers or {})}) as r:
+            if r.status == 204:
+                assert await r.read() == b""
+                return None
+            assert r.status == 200, await r.text()
+            assert r.headers["Content-Type"] == "application/octet-stream"
+            index = int(r.headers["X-Edgeswarm-Piece"])
+            assert await r.read() == DATA[index * PIECE : (index + 1) * PIECE]
+            self.have.add(index)
+            return index
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+DATA = b""
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+async def content_id(http: aiohttp.ClientSession, edge: str, path: str, headers: dict | None = None) -> str:
+    async with http.get(f"{edge}/manifest/{path}", headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["id"]
+
+
+async def test_peers_asking_in_turn_get_different_pieces_then_trade(tmp_path, nodes, origin, published, regions, http):
+    global DATA
+    DATA = make_file(published / "f.bin", PIECES * PIECE)
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--announce-interval", "2"),
+        name="edge",
+    )
+    cid = await content_id(http, edge.url, "f.bin")
+    east = [FakePeer(edge.url, cid, f"127.1.0.{n + 1}", f"e{n}") for n in range(4)]
+    west = FakePeer(edge.url, cid, "127.2.0.1", "w0")
+    stranger = FakePeer(edge.url, cid, "127.2.0.99", "never-announced")
+    alive = [*east, west]
+
+    async def keep_alive() -> None:  # re-announce well within the tracker's ttl (3 intervals)
+        while True:
+            for p in list(alive):
+                await p.announce()
+            await asyncio.sleep(0.5)
+
+    for p in alive:
+        assert (await p.announce("started")).status == 200
+    announcer = asyncio.create_task(keep_alive())
+    try:
+        got = [await p.seed() for _ in range(2) for p in east]  # the edge reads most pieces from its parent, a miss each
+        assert sorted(got) == list(range(PIECES)), "peers asking in turn got the same piece twice"
+        assert await east[0].seed() is None, "every piece went to east once: trade for it there"
+        assert await west.seed() == 0, "west is counted apart from east"
+        assert await west.seed(start=5) == 5, "'from' skips the pieces before the reader"
+        assert await west.seed(start=PIECES) is None, "a reader at the end wants nothing more"
+        assert await stranger.seed() == 1, "a peer the tracker does not know is served..."
+        assert await west.seed() == 1, "...but leaves no copy behind"
+
+        # an urgent /piece from a peer is a deadline-forced copy in its region
+        headers = {PEER_HEADER: "w0", "X-Edgeswarm-Urgency": "urgent"}
+        async with west.session.get(f"{edge.url}/piece/{cid}/2", headers=headers) as r:
+            assert r.status == 200 and await r.read() == DATA[2 * PIECE : 3 * PIECE]
+        west.have.add(2)
+        assert await west.seed() == 3, "the piece west fetched urgently counts as its region's copy"
+
+        # e1 stops: its two pieces may go out again at once; e2 falls silent: its pieces again once it expired
+        gone = set(east[1].have)
+        alive.remove(east[1])
+        assert (await east[1].announce("stopped")).status == 200
+        assert {await east[0].seed(), await east[0].seed()} == gone
+        assert await east[0].seed() is None
+
+        silent = set(east[2].have)
+        alive.remove(east[2])
+        deadline = time.monotonic() + 20
+        while (await status(http, edge.url))["p2p"]["peers"] != 3:
+            assert time.monotonic() < deadline, "e2 never expired"
+            await asyncio.sleep(0.2)
+        assert {await east[3].seed(), await east[3].seed()} == silent, "a copy to an expired peer still counted"
+        assert await east[3].seed() is None
+
+        st = (await status(http, edge.url))["p2p"]["regions"]
+        sent_east = 8 + 2 + 2  # 8 pieces, then e1's two and e2's two again
+        assert st["east"]["copies"] == {cid: sent_east / PIECES + 0.0}
+        assert st["east"]["live_copies"] == {cid: 8}  # e0, e3 hold 8 between them; e1 and e2 left
+        assert st["east"]["seeded"] == {"sent": sent_east, "none": 3}
+        assert st["west"]["copies"] == {cid: 6 / PIECES} and st["west"]["deadline_forced"] == 1  # stranger's piece too
+        assert st["west"]["live_copies"] == {cid: 5} and st["west"]["seeded"] == {"sent": 5, "none": 1}
+        assert st["west"]["piece_requests"] == {"urgent": 1, "background": 0, "none": 0}
+        async with http.get(edge.url + "/metrics") as r:
+            text = await r.text()
+        assert f'edgeswarm_seed_pieces_total{{outcome="sent",region="east"}} {sent_east}.0' in text
+        assert 'edgeswarm_edge_piece_requests_total{region="west",urgency="urgent"} 1.0' in text
+        assert 'edgeswarm_seed_live_copies{region="east"} 8.0' in text
+        regional = [line for line in text.splitlines() if 'region="' in line]
+        assert regional and not [line for line in regional if cid in line], "a content id in a per-region metric"
+
+        # peers report how fast availability reaches them; the region shows the median p50 and the p95
+        await east[0].announce(have_latency={"p50": 0.02, "p95": 0.09})
+        await east[3].announce(have_latency={"p50": 0.04, "p95": 0.2})
+        bad = await east[3].announce(have_latency={"p50": 1, "p95": 0.5})
+        assert bad.status == 400
+        latency = (await status(http, edge.url))["p2p"]["regions"]["east"]["have_latency"]
+        assert latency == {"p50": 0.02, "p95": 0.2, "peers": 2}
+    finally:
+        announcer.cancel()
+        for p in [*east, west, stranger]:
+            await p.close()
+    assert "Traceback" not in (tmp_path / "logs" / "edge.log").read_text()
+
+
+async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", PIECES * PIECE)
+    plain = nodes.start("edge", *("--cache", str(tmp_path / "plain"), "--parent", origin.url), name="plain")
+    cid = await content_id(http, plain.url, "f.bin")
+    async with http.post(f"{plain.url}/seed/{cid}", json={"have": bitfield.encode(set(), PIECES)}) as r:
+        assert r.status == 404 and "--p2p" in await r.text()
+
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--require-token"),
+        name="edge",
+    )
+    key = tokens.load_private_key(published / ".edgeswarm" / "origin.key")
+    auth = {"Authorization": "Bearer " + tokens.issue(key, "alice", "/", 3600)}
+    cid = await content_id(http, edge.url, "f.bin", auth)
+    url = f"{edge.url}/seed/{cid}"
+    good = {"have": bitfield.encode(set(), PIECES)}
+    async with http.post(url, json=good) as r:
+        assert r.status == 401, "a seed needs the same token as a piece"
+    for body, word in [
+        (b"{nope", "JSON"),
+        (b"[1]", "object"),
+        (b'{"have": "%%%"}', "have"),
+        (f'{{"have": "{bitfield.encode(set(), 17)}"}}'.encode(), "have"),
+        *[(f'{{"have": "{good["have"]}", "from": {bad}}}'.encode(), "from") for bad in ("-1", str(PIECES + 1), "1.5", "true", '"2"')],
+    ]:
+        async with http.post(url, data=body, headers=auth) as r:
+            assert r.status == 400 and word in await r.text(), (body, r.status)
+    async with http.post(url, data=b"x" * 200_000, headers=auth) as r:
+        assert r.status == 413
+    async with http.post(f"{edge.url}/seed/{'0' * 64}", json=good, headers=auth) as r:
+        assert r.status == 404
+    async with http.post(url, json=good, headers=auth) as r:
+        assert r.status == 200 and r.headers["X-Edgeswarm-Piece"] == "0"
+        assert len(await r.read()) == PIECE
+    log = (tmp_path / "logs" / "edge.log").read_text()
+    assert "Traceback" not in log
+
+
+async def test_a_seed_that_fails_leaves_no_copy(tmp_path, nodes, origin, published, regions, http):
+    """--internal 127.0.0.1/32: peers may not make the edge fetch, so a seed of an uncached piece fails (403)."""
+    global DATA
+    DATA = make_file(published / "f.bin", PIECES * PIECE)
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--internal", "127.0.0.1/32"),
+        name="edge",
+    )
+    cid = await content_id(http, edge.url, "f.bin")
+    peer = FakePeer(edge.url, cid, "127.1.0.1", "e0")
+    try:
+        assert (await peer.announce("started")).status == 200
+        async with peer.session.post(
+            f"{edge.url}/seed/{cid}", json={"have": bitfield.encode(set(), PIECES)}, headers={PEER_HEADER: "e0"}
+        ) as r:
+            assert r.status == 403
+        async with http.get(f"{edge.url}/piece/{cid}/0") as r:  # an internal client: the edge fetches and caches it
+            assert r.status == 200
+        assert await peer.seed() == 0, "the failed seed of piece 0 still counted as a copy"
+        st = (await status(http, edge.url))["p2p"]["regions"]["east"]
+        assert st["live_copies"] == {cid: 1} and st["seeded"] == {"sent": 1, "none": 0}
+    finally:
+        await peer.close()
