@@ -581,7 +581,7 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
 
 def _seed_name(rec: PeerRecord) -> tuple[str, str]:
     """A tracked peer as the seeder names it: the address it announced from, and the peer id it sends."""
-    return rec.address, rec.peer_id.removeprefix(f"{rec.user}/") if rec.user else rec.peer_id  # the tracker keys a user's peer user/id
+    return rec.address, rec.peer_id
 
 
 def _region_label(region: Region) -> str:
