@@ -157,9 +157,12 @@ def run(crowd: Crowd, json_path: Path | None, workdir: Path | None = None) -> in
     try:
         with ProcessGroup(root / "logs") as group:
             result = asyncio.run(_with_progress(console, group, root, crowd))
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        console.print(f"[red]bench swarm failed:[/red] {exc} (logs in {root / 'logs'})")
+    except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+        console.print(f"[red]bench swarm failed:[/red] {exc or type(exc).__name__} (logs in {root / 'logs'})")
         return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]bench swarm interrupted; every process it started has been stopped[/yellow]")
+        return 130
     finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -96,3 +96,5 @@ def test_a_small_crowd_runs_end_to_end(mode: str, tmp_path: Path):
     assert "P2P share" in proc.stdout and "every copy identical" in proc.stdout
     if mode == "get":
         assert not list((tmp_path / "work").glob("get*/update.img.part"))
+    ps = subprocess.run(["pgrep", "-af", str(tmp_path / "work")], capture_output=True, text=True)
+    assert [line for line in ps.stdout.splitlines() if "pgrep" not in line] == []  # every daemon and `get` stopped
