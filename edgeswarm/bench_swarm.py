@@ -193,7 +193,8 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
     bound = lower_bound(crowd.size, crowd.peers, crowd.edge_Bps, [crowd.peer_Bps] * crowd.peers)
     meter, timeline = Meter(), []
     ticks = _cpu_ticks()
-    async with aiohttp.ClientSession() as http:
+    # every peer's request at the same moment (no connection pool limit), and the run's deadline instead of aiohttp's 300 s
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)) as http:
         ask = {"stream": _stream, "post": _post}.get(crowd.mode)
         work = ask(http, nodes, crowd, meter) if ask else _get(root, crowd, edge.url, meter)
         watch = asyncio.create_task(_watch(progress, crowd, bound, meter, timeline))

@@ -78,7 +78,7 @@ def test_too_many_regions_is_a_message_not_a_traceback():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode", ["get", "post"])
+@pytest.mark.parametrize("mode", ["stream", "get", "post"])
 def test_a_small_crowd_runs_end_to_end(mode: str, tmp_path: Path):
     out = tmp_path / "swarm.json"
     cmd = [sys.executable, "-m", "edgeswarm", "bench", "swarm", "--mode", mode, "--peers", "4", "--regions", "2", "--size", "2MiB"]

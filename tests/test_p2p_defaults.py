@@ -33,6 +33,7 @@ USER_FLAGS = {
 
 @pytest.mark.xfail(
     strict=False,
+    raises=AssertionError,  # only the figures may fall short: a crash or a hang is a failure
     reason="issue 10: until availability push (PUSH) and the edge's super-seeding (SEEDER) land, "
     "gateways streaming together take nearly everything from the edge (P2P share ~0 %)",
 )
