@@ -455,11 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b = bsub.add_parser(
         "swarm",
-        help="a flash crowd of peers against the theoretical lower bound",
-        description="N peers with capped uploads fetch one file at once from one capped edge; prints the time until all are "
-        "complete beside max(F/u_s, F/d_min, N*F/(u_s+sum u_i)) and the P2P share.",
+        help="a crowd of peers against the theoretical lower bound",
+        description="N peers with capped uploads, in R regions of one capped p2p edge (strict locality, daemons' defaults "
+        "otherwise), want one file at once; prints the time until all are complete beside max(F/u_s, F/d_min, N*F/(u_s+sum u_i)), "
+        "the P2P share, the bytes that crossed regions and whether every copy is the origin's.",
+    )
+    b.add_argument(
+        "--mode",
+        choices=["stream", "get", "post"],
+        default="stream",
+        help="stream: a plain GET to every gateway at once, read at full speed (players pressing play together); "
+        "get: N `edgeswarm get` at once; post: POST to every gateway, then read the copies back (default stream)",
     )
     b.add_argument("--peers", type=_count, default=20, metavar="N", help="peers in the crowd (default 20)")
+    b.add_argument(
+        "--regions", type=_count, default=1, metavar="R", help="regions (127.R.0.0/16), peers dealt round robin (default 1; at most 254)"
+    )
     b.add_argument("--size", type=_size, default=parse_size("16MiB"), metavar="SIZE", help="file size (default 16MiB)")
     b.add_argument("--edge-upload", type=_rate, default=parse_rate("2MB/s"), metavar="RATE", help="edge upload cap u_s (default 2MB/s)")
     b.add_argument(
@@ -638,7 +649,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench" and args.bench == "swarm":
         from edgeswarm import bench_swarm
 
-        return bench_swarm.run(args.peers, args.size, args.edge_upload, args.peer_upload, args.json, args.workdir)
+        if args.regions > 254:
+            print("edgeswarm bench swarm: --regions is at most 254 (127.R.0.0/16 each)", file=sys.stderr)
+            return 2
+        crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
+        return bench_swarm.run(crowd, args.json, args.workdir)
     if args.command == "bench":
         from edgeswarm import bench_serve
 

@@ -174,7 +174,7 @@ class Lab:
         rate = self.s.edge_upload_Bps
         host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
         args = ["--cache", str(self.root / f"edge-{region}"), "--parent", self.origin.url, "--p2p"]
-        args += ["--regions", str(regions_file), "--locality", self.s.locality, "--announce-interval", "1"]
+        args += ["--regions", str(regions_file), "--locality", self.s.locality]  # no announce interval: the lab runs the defaults
         if rate and self.net.daemon_caps:
             args += ["--upload-limit", f"{rate}B/s"]
         self.edges[region] = await self._start("edge", f"edge-{region}", host, *args)
