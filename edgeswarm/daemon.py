@@ -95,8 +95,12 @@ def make_app(metrics: Metrics) -> web.Application:
 
     app = web.Application(middlewares=[errors, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
-    app.router.add_get("/healthz", lambda _: _ok())
-    app.router.add_get("/metrics", lambda _: web.Response(body=metrics.prometheus(), content_type="text/plain"))
+    app.router.add_get("/healthz", _ok)
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.prometheus(), content_type="text/plain")
+
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 
@@ -134,7 +138,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         return started
 
 
-async def _ok() -> web.Response:
+async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
