@@ -89,7 +89,30 @@ def origin(nodes: ProcessGroup, published: Path):
     return nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
 
 
-class Misbehaving:
+class DoubleServer:
+    """A small aiohttp server on a free loopback port, playing a node that misbehaves: subclasses add ``routes``."""
+
+    host = "127.0.0.1"
+    url = ""
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self):
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        self.url = f"http://{self.host}:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+
+class Misbehaving(DoubleServer):
     """A test double for a bad upstream: proxies to a real node, corrupting or slowing pieces.
 
     It stands where a parent or sibling would, so an edge meets a node that
@@ -102,7 +125,6 @@ class Misbehaving:
         self.corrupt, self.delay, self.hang = corrupt, delay, hang
         self.pieces_served = 0
         self.served_at: list[float] = []  # when each piece left the proxy
-        self.url = ""
         self._lock = asyncio.Lock()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -123,15 +145,5 @@ class Misbehaving:
         headers = {"Content-Type": ctype, **({"ETag": etag} if etag else {})}
         return web.Response(status=status, body=body, headers=headers)
 
-    async def __aenter__(self) -> Misbehaving:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import sha, status
+from conftest import DoubleServer, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_swarm import CorruptingPeer, regions, start_edge, start_peer, wait_complete  # noqa: F401 - regions is a fixture
 
@@ -32,7 +32,7 @@ ENDLESS = 512 * MiB  # what one "endless" answer sends at most: far past every c
 RSS_BOUND = 300 * MiB
 
 
-class FakeParent:
+class FakeParent(DoubleServer):
     """Real signed manifests and pieces, served as the test says (``answers``: path -> manifest; ``endless``)."""
 
     def __init__(self, workdir: Path):
@@ -43,7 +43,6 @@ class FakeParent:
         self.endless: set[str] = set()  # "manifest", "piece": answered with an endless chunked body
         self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
-        self.url = ""
 
     def publish(self, path: str, data: bytes, modified: int) -> SignedManifest:
         """Sign ``data`` as ``path`` the way the origin does, and answer ``/manifest/path`` with it."""
@@ -86,21 +85,11 @@ class FakeParent:
         self.endless_answers += 1
         return await stream_endless(request)
 
-    async def __aenter__(self) -> FakeParent:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/origin-key", self.origin_key)
         app.router.add_get("/manifest/{path:.*}", self.manifest)
         app.router.add_get("/content/{cid}", self.content)
         app.router.add_get("/piece/{cid}/{i}", self.piece)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()
 
 
 async def stream_endless(request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import curl, make_file
+from conftest import DoubleServer, curl, make_file
 
 from edgeswarm.daemon import make_app
 from edgeswarm.httpspec import HttpError
@@ -90,12 +90,11 @@ async def test_a_handler_failing_after_its_head_is_cut_not_followed_by_an_error_
 # -- a parent that fails in the middle of a file -------------------------------------------------------
 
 
-class FailingParent:
+class FailingParent(DoubleServer):
     """A parent that passes the origin through, but hangs up halfway through pieces ``>= fail_from`` while ``failing``."""
 
     def __init__(self, origin: str, fail_from: int):
         self.origin, self.fail_from, self.failing = origin, fail_from, True
-        self.url = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         async with aiohttp.ClientSession() as s, s.get(self.origin + request.raw_path) as r:
@@ -110,18 +109,8 @@ class FailingParent:
             return resp
         return web.Response(status=status, body=body, content_type=ctype.split(";")[0])
 
-    async def __aenter__(self) -> FailingParent:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()
 
 
 async def test_parent_failing_mid_file_gives_a_short_body_that_resumes(tmp_path, nodes, origin, published):
