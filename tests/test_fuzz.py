@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
-from fuzzkit import CLOSED_PORT, FILES, FUZZ_PEER, Deployment, Tally, exchange, http_request, table
+from fuzzkit import CLOSED_PORT, FILES, FUZZ_PEER, PATIENCE_S, Deployment, Tally, b64url, exchange, http_request, table
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -73,12 +73,12 @@ def fuzz(tmp_path_factory, request) -> Iterator[Deployment]:
 def surface(fuzz: Deployment, name: str) -> Iterator[Tally]:
     """The tally of one surface; it fails on any 5xx, hang, crash or traceback of ours."""
     tally = Tally(name)
-    before, started = fuzz.tracebacks(), time.monotonic()
+    fuzz.watch_logs()
+    started = time.monotonic()
     yield tally
     tally.seconds = time.monotonic() - started
-    new = fuzz.tracebacks() - before
-    tally.tracebacks = sum(new.values())
-    tally.parser_tracebacks = sum(n for logger, n in new.items() if logger.startswith("aiohttp"))
+    time.sleep(0.5)  # what the daemons log after their last answer
+    fuzz.count_tracebacks(tally, final=True)
     TALLIES.append(tally)
     assert tally.inputs > 0
     failures = (tally.five_xx, tally.own_tracebacks, tally.crashes, tally.hangs)
@@ -161,10 +161,6 @@ def mutated(draw, base: dict, special: dict[str, st.SearchStrategy]) -> dict:
         else:
             doc[key] = value
     return doc
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 # -- paths --------------------------------------------------------------------------------------------------------------
@@ -364,8 +360,8 @@ def test_announce(fuzz):
         @FUZZ
         @given(data=st.data(), server=st.sampled_from(["edge", "locked"]))
         def run(data, server: str) -> None:
-            request, half_close = data.draw(announce_request(fuzz, server))
-            fuzz.send(tally, server, request, half_close)
+            request, unframed = data.draw(announce_request(fuzz, server))
+            fuzz.send(tally, server, request, PATIENCE_S if unframed else None)
 
         run()
 
@@ -602,6 +598,6 @@ def test_raw_http(fuzz):
         @FUZZ
         @given(server=st.sampled_from(HTTP_SERVERS), data=garbage)
         def run(server: str, data: bytes) -> None:
-            fuzz.send(tally, server, data, half_close=True)
+            fuzz.send(tally, server, data, PATIENCE_S)
 
         run()
