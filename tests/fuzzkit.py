@@ -130,6 +130,7 @@ class Tally:
     parser_tracebacks: int = 0  # of those, aiohttp's (see LogWatch; issue 9's defect 10, not ours to fix here)
     crashes: int = 0
     hangs: int = 0
+    unexplained: int = 0  # 4xx answers with an empty body: a refusal must say why
     statuses: Counter[int] = field(default_factory=Counter)
     samples: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -361,6 +362,10 @@ class Deployment:
             tally.five_xx += 1
             said = answer.body.split(b"\r\n\r\n", 1)[-1][:120]
             tally.note(server, data, f"{fives[0]} ({said!r})")
+        refused = patience is None and 400 <= (answer.status or 0) < 500 and not data.startswith(b"HEAD ")  # HEAD: never a body
+        if refused and not answer.body.partition(b"\r\n\r\n")[2].strip():
+            tally.unexplained += 1
+            tally.note(server, data, f"{answer.status} without a reason")
         self.count_tracebacks(tally, server, data)
         for node in {s.node for s in self.servers.values()}:
             if not node.running:

@@ -71,7 +71,7 @@ def fuzz(tmp_path_factory, request) -> Iterator[Deployment]:
 
 @contextmanager
 def surface(fuzz: Deployment, name: str) -> Iterator[Tally]:
-    """The tally of one surface; it fails on any 5xx, hang, crash or traceback of ours."""
+    """The tally of one surface; it fails on any 5xx, hang, crash, traceback of ours or 4xx without a reason."""
     tally = Tally(name)
     fuzz.watch_logs()
     started = time.monotonic()
@@ -81,8 +81,10 @@ def surface(fuzz: Deployment, name: str) -> Iterator[Tally]:
     fuzz.count_tracebacks(tally, final=True)
     TALLIES.append(tally)
     assert tally.inputs > 0
-    failures = (tally.five_xx, tally.own_tracebacks, tally.crashes, tally.hangs)
-    assert failures == (0, 0, 0, 0), f"{name}: 5xx, tracebacks, crashes, hangs = {failures}\n" + "\n".join(tally.samples)
+    failures = (tally.five_xx, tally.own_tracebacks, tally.crashes, tally.hangs, tally.unexplained)
+    assert failures == (0, 0, 0, 0, 0), f"{name}: 5xx, tracebacks, crashes, hangs, 4xx without a reason = {failures}\n" + "\n".join(
+        tally.samples
+    )
 
 
 # -- what the fuzzer found, kept as plain regression tests (issue 9, defect 9) ------------------------------------------
