@@ -2,12 +2,13 @@
 
 An origin, an open and a ``--require-token`` edge (both ``--p2p``) and a peer
 behind each are started once for the module (tests/fuzzkit.py).  Every input
-must get an answer below 500, log no traceback, kill no daemon and end within
-10 s.  CI runs the "fuzz-ci" hypothesis profile: a fixed, derandomised budget
-per surface.  ``./dev fuzz`` runs "fuzz-long" (10 000 random inputs per
-surface) and prints the figures that docs/security.md quotes.  Tracebacks
-that aiohttp's own server logs for unparsable requests are counted but not
-failed on here: issue 9's defect 10 is about them.
+must get an answer below 500 (a 4xx that says why), log no traceback, kill no
+daemon and end within 10 s.  CI runs the "fuzz-ci" hypothesis profile: a
+fixed, derandomised budget per surface.  ``./dev fuzz`` runs "fuzz-long"
+(10 000 random inputs per surface) and prints the figures that
+docs/security.md quotes.  Tracebacks that aiohttp's own server logs (requests
+it cannot parse, clients that hang up) are counted but not failed on here:
+issue 9's defect 10 is about them.
 """
 
 from __future__ import annotations
