@@ -12,7 +12,7 @@ from pathlib import Path
 from edgeswarm.daemon import ServerLimits, setup_logging
 from edgeswarm.ledger import LedgerError
 from edgeswarm.signing import KeyFileError
-from edgeswarm.units import UnitError, parse_listen, parse_rate, parse_size
+from edgeswarm.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
 
 EPILOG_ORIGIN = """\
 example (p2pd scenario 1, a single server):
@@ -88,9 +88,10 @@ def _rate(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    n = ascii_decimal(text)
+    if n is None or n < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
-    return int(text)
+    return n
 
 
 def _listen(text: str) -> tuple[str, int]:

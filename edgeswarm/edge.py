@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -29,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
-from edgeswarm.httpspec import PEER_HEADER, HttpError
+from edgeswarm.httpspec import PEER_HEADER, HttpError, check_json_body
 from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import SignedManifest, is_content_id
 from edgeswarm.manifestfetch import ManifestFetcher, requested_path
@@ -473,8 +474,9 @@ class Edge:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
         if self.tracker is None:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+        check_json_body(request.headers)
         try:
-            doc = await request.json()
+            doc = json.loads(await request.read())
         except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
         cid = doc.get("content") if isinstance(doc, dict) else None

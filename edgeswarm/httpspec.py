@@ -24,6 +24,7 @@ _EXTRA_TYPES = {
     ".opus": "audio/ogg",
 }
 _SPEC = re.compile(r"^([0-9]{0,19})-([0-9]{0,19})$")  # ASCII digits; longer numbers are malformed, not a 500
+_CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";]*)', re.IGNORECASE)
 
 
 class HttpError(Exception):
@@ -85,6 +86,22 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     if first >= size:
         raise _unsatisfiable(parts[0], size)
     return first, min(int(last_s), size - 1) if last_s else size - 1
+
+
+def check_json_body(headers) -> None:
+    """Refuse a JSON request body we would misread, before reading it (RFC 8259: JSON on the wire is UTF-8).
+
+    A compressed body is a 415, since we accept none (RFC 9110 15.5.16); a
+    charset other than UTF-8 is a 400, whatever the body says.
+    """
+    encoding = headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise HttpError(
+            415, f"Content-Encoding {encoding[:40]!r} is not accepted: send the JSON body uncompressed", {"Accept-Encoding": "identity"}
+        )
+    m = _CHARSET.search(headers.get("Content-Type", ""))
+    if m and m.group(1).lower() not in ("utf-8", "utf8"):
+        raise HttpError(400, f"charset {m.group(1)[:40]!r} is not accepted: JSON bodies are UTF-8")
 
 
 def _unsatisfiable(spec: str, size: int) -> HttpError:

@@ -25,6 +25,7 @@ from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.protect import cipher_for, crypt
 from edgeswarm.serving import serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
+from edgeswarm.units import ascii_decimal
 
 log = logging.getLogger("edgeswarm.origin")
 
@@ -195,10 +196,12 @@ def manifest_response(request: web.Request, etag: str, raw: bytes) -> web.Respon
 
 
 def piece_index(request: web.Request, count: int) -> int:
+    """The piece a ``/piece/<cid>/<index>`` request names: 400 unless ASCII digits, 404 past the end."""
     raw = request.match_info["index"]
-    if not raw.isdigit() or len(raw) > 9 or int(raw) >= count:
-        raise HttpError(400 if not raw.isdigit() else 404, f"no piece {raw[:20]!r}: the content has {count} pieces (0..{count - 1})")
-    return int(raw)
+    index = ascii_decimal(raw, 9)
+    if index is None or index >= count:
+        raise HttpError(400 if index is None else 404, f"no piece {raw[:20]!r}: the content has {count} pieces (0..{count - 1})")
+    return index
 
 
 def have_response(cid: str, count: int, held) -> web.Response:

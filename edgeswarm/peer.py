@@ -41,6 +41,7 @@ from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, Swarm
+from edgeswarm.units import ascii_decimal
 from edgeswarm.upstream import MAX_ANNOUNCE, Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.peer")
@@ -290,11 +291,8 @@ class Peer:
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
         if reply.status == 429:
-            try:
-                retry = float(reply.headers.get("Retry-After", "1"))
-            except ValueError:
-                retry = 1.0
-            raise Choked(min(max(retry, 0.2), 30))
+            retry = ascii_decimal(reply.headers.get("Retry-After", "").strip(), 4)  # delay-seconds; float() took "nan"
+            raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")

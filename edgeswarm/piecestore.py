@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.eviction import EvictionPolicy
 from edgeswarm.manifest import ManifestError, SignedManifest
+from edgeswarm.units import ascii_decimal
 
 log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits
@@ -76,9 +77,9 @@ class PieceStore:
                 if name.endswith(".tmp"):
                     os.unlink(entry.path)
                     continue
-                if not name.endswith(".piece") or not name[:-6].isdigit():
+                index = ascii_decimal(name.removesuffix(".piece")) if name.endswith(".piece") else None
+                if index is None:
                     continue
-                index = int(name[:-6])
                 st = entry.stat()
                 if index >= m.piece_count or st.st_size != m.piece_span(index)[1]:
                     log.warning("dropping damaged piece %s", entry.path)

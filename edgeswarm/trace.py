@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeswarm import tiers as tiermod
+from edgeswarm.units import ascii_decimal
 
 DAY = 86400.0
 
@@ -214,10 +215,11 @@ def _check_workload(w: Workload) -> None:
 def region_names(spec: str) -> tuple[str, ...]:
     """`4` → r1..r4; `att7` / `limelight10` → seed 001's city codes; `a,b,c` → those names."""
     spec = spec.strip()
-    if spec.isdigit():
-        if int(spec) < 1:
+    count = ascii_decimal(spec)
+    if count is not None:
+        if count < 1:
             raise TraceError("--regions must be at least 1")
-        return tuple(f"r{i}" for i in range(1, int(spec) + 1))
+        return tuple(f"r{i}" for i in range(1, count + 1))
     if spec.lower() in REGION_SETS:
         return REGION_SETS[spec.lower()]
     names = tuple(x.strip() for x in spec.split(","))

@@ -10,12 +10,25 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
 class UnitError(ValueError):
     """A quantity that cannot be read; the message says what was expected."""
+
+
+def ascii_decimal(text: str, max_digits: int = 18) -> int | None:
+    """The whole number ``text`` spells in 1 to ``max_digits`` ASCII digits, else None.
+
+    The one reader of numbers that come from the wire, a file name or a
+    command line.  ``int()`` and ``str.isdigit()`` also take other scripts'
+    digits ('١', '²', '①'), and ``int()`` signs, spaces and underscores: a
+    node that used them would answer 500, or serve a piece nobody named.
+    """
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
 
 
 def parse_size(text: str) -> int:
@@ -28,7 +41,7 @@ def parse_size(text: str) -> int:
     return int(Decimal(number) * base ** _POWERS[prefix.lower()])  # exact: floats lose bytes
 
 
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(B|bytes?|b|bits?)(?:/s|ps)\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)(B|bytes?|b|bits?)(?:/s|ps)\s*$", re.ASCII)
 
 
 def parse_rate(text: str) -> int:
@@ -47,11 +60,11 @@ def parse_rate(text: str) -> int:
 
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``[::1]:PORT``; port 0 asks the kernel for a free one."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+    host, sep, digits = text.rpartition(":")
+    port = ascii_decimal(digits, 5)
+    if not sep or port is None or port > 65535:
         raise UnitError(f"cannot read listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
-    host = host.strip("[]") or default_host
-    return host, int(port)
+    return host.strip("[]") or default_host, port
 
 
 def format_bytes(n: float) -> str:

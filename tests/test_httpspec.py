@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edgeswarm.httpspec import HttpError, Validators, content_type, http_date, not_modified, parse_range, range_applies
+from edgeswarm.httpspec import HttpError, Validators, check_json_body, content_type, http_date, not_modified, parse_range, range_applies
 
 # RFC 9110 5.6.7: the same instant in the three formats a recipient must accept.
 RFC_INSTANT = calendar.timegm((1994, 11, 6, 8, 49, 37))
@@ -330,3 +330,36 @@ def test_asctime_dates_are_read_as_gmt_whatever_the_server_time_zone(new_york):
     assert range_applies({"If-Range": ASCTIME_DATE}, V) is True
     modified_an_hour_later = Validators(ETAG, RFC_INSTANT + 3600)
     assert not_modified({"If-Modified-Since": ASCTIME_DATE}, modified_an_hour_later) is False
+
+
+# -- JSON request bodies ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json; charset=utf-8"},
+        {"Content-Type": 'application/json;charset="UTF-8"'},
+        {"Content-Encoding": "identity"},
+        {"Content-Encoding": " Identity "},
+    ],
+)
+def test_json_body_in_utf8_without_coding_is_read(headers):
+    check_json_body(CIMultiDict(headers))
+
+
+@pytest.mark.parametrize("charset", ["bogus", "latin-1", "utf-16", "", "utf-8x"])
+def test_json_body_in_another_charset_is_a_400(charset):
+    with pytest.raises(HttpError) as err:
+        check_json_body(CIMultiDict({"Content-Type": f"application/json; charset={charset}"}))
+    assert err.value.status == 400 and "UTF-8" in err.value.message
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd", "x-bogus", "gzip, identity"])
+def test_compressed_json_body_is_a_415(coding):
+    with pytest.raises(HttpError) as err:
+        check_json_body(CIMultiDict({"Content-Encoding": coding}))
+    assert err.value.status == 415 and "Content-Encoding" in err.value.message
+    assert err.value.headers == {"Accept-Encoding": "identity"}  # RFC 9110 15.5.16: say what would do

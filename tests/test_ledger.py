@@ -434,6 +434,11 @@ async def test_cli_since(tmp_path: Path, capsys):
     assert rc == 0 and "no usage recorded" in out
 
 
+def test_parse_since_reads_ascii_digits_only():
+    with pytest.raises(ValueError, match="--since"):
+        usage.parse_since("١h", 1e9)  # \\d took it for 1h
+
+
 def test_parse_since_forms():
     now = 1_000_000.0
     assert usage.parse_since("90m", now) == now - 5400

@@ -327,6 +327,20 @@ def test_load_after_a_crash_drops_partial_and_wrong_files(root):
     again.close()
 
 
+def test_load_ignores_piece_names_in_other_digits(root):
+    """'².piece' passed str.isdigit() and then crashed int(); '١.piece' was read as piece 1."""
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    store.close()
+    cdir = store.content_dir / c.cid
+    (cdir / "².piece").write_bytes(c.piece(1))
+    (cdir / "١.piece").write_bytes(c.piece(1))
+    again = open_store(root)
+    assert again.held(c.cid) == {0}
+    again.close()
+
+
 @pytest.mark.parametrize(
     "damage",
     [

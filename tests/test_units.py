@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.units import UnitError, format_bytes, parse_listen, parse_rate, parse_size
+from edgeswarm.units import UnitError, ascii_decimal, format_bytes, parse_listen, parse_rate, parse_size
 
 DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
@@ -200,6 +200,38 @@ def test_parse_listen_ascii_either_reads_a_valid_port_or_raises_unit_error(text)
 def test_parse_listen_non_ascii_digits_are_a_unit_error(text):
     with pytest.raises(UnitError):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(("func", "text"), [(parse_size, "١٠MB"), (parse_size, "１0MB"), (parse_size, "10\u212aB"), (parse_rate, "٢MB/s")])
+def test_sizes_and_rates_are_ascii_only(func, text):
+    """``\\d`` and IGNORECASE match far more than 0-9 and k in a str pattern: ١٠MB was 10 MB, and the Kelvin sign a k."""
+    with pytest.raises(UnitError):
+        func(text)
+
+
+# -- ascii_decimal ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("7", 7), ("0042", 42), ("9" * 18, 10**18 - 1)])
+def test_ascii_decimal_reads_ascii_digits(text, expected):
+    assert ascii_decimal(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "²", "①", "⁰", "١", "१", "１", "𝟙", "1²", "-1", "+1", " 1", "1 ", "1_0", "1.0", "0x1", "9" * 19])
+def test_ascii_decimal_refuses_everything_else(text):
+    """int() takes '١', ' 1' and '1_0'; str.isdigit() takes '²' (which int() then refuses): neither is how a number is sent."""
+    assert ascii_decimal(text) is None
+
+
+def test_ascii_decimal_bounds_the_digits():
+    assert ascii_decimal("123", max_digits=3) == 123
+    assert ascii_decimal("1234", max_digits=3) is None
+
+
+@given(st.text(max_size=12))
+def test_ascii_decimal_is_int_of_ascii_digits_or_none(text):
+    expected = int(text) if text and all(c in "0123456789" for c in text) else None
+    assert ascii_decimal(text) == expected
 
 
 # -- format_bytes -------------------------------------------------------------
