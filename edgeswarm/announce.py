@@ -20,7 +20,7 @@ from edgeswarm import bitfield
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import is_content_id
 from edgeswarm.regions import Region, RegionMap
-from edgeswarm.tracker import Tracker
+from edgeswarm.tracker import Tracker, peer_url
 
 EVENTS = {"started", "update", "completed", "stopped"}
 STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
@@ -110,12 +110,11 @@ class TrackerService:
         key = f"{user}/{a.peer_id}" if user else a.peer_id  # one user cannot squat another's peer id
         self._check_address(a, key, address, user)
         region = self.region_of(address)
-        host = f"[{address}]" if ":" in address else address
         answer = self.tracker.announce(
             time.monotonic(),
             a.cid,
             key,
-            f"http://{host}:{a.port}",
+            peer_url(address, a.port),
             address,
             region,
             have,

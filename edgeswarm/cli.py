@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="strict: never hand a peer one of another region; prefer: same region first (default prefer)",
     )
     p2p.add_argument(
-        "--announce-interval", type=_positive, default=30.0, metavar="SECONDS", help="how often peers re-announce (default 30)"
+        "--announce-interval", type=_positive, default=300.0, metavar="SECONDS", help="how often peers re-announce (default 300)"
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
     trust = p.add_argument_group("trust and accounting")
