@@ -32,6 +32,7 @@ UPLOAD_PORT_HEADER = "X-Edgeswarm-Upload-Port"  # a subscriber's upload port: th
 REGION_HEADER = "X-Edgeswarm-Region"  # a subscriber's region, as its tracker named it (ranking and accounting only)
 BATCH = 0.02  # seconds newly stored pieces are gathered into one line
 HEARTBEAT = 10.0  # seconds between two lines at most
+CHECK = 0.5  # seconds between two looks at whether a quiet subscriber is still connected
 MAX_BUFFER = 256 * 1024  # bytes queued for a subscriber that does not read before it is dropped
 MAX_SUBSCRIBERS = 64  # per content per peer; the next one gets 429
 MAX_BACKOFF = 30.0  # seconds between two attempts to reopen a lost subscription, at most
@@ -129,27 +130,38 @@ async def serve(request: web.Request, sub: Subscriber, first: bytes) -> web.Stre
     sub.on_pending = wake.set
     line: bytes | None = first
     try:
-        while not sub.closed:
+        while not sub.closed and not transport.is_closing():
             if line is not None:
-                if transport.is_closing():
-                    break
                 if too_slow(transport.get_write_buffer_size()):
                     log.info("dropped a HAVE subscriber from %s: it reads nothing (over %d bytes queued)", request.remote, MAX_BUFFER)
                     transport.abort()
                     break
                 async with asyncio.timeout(HEARTBEAT):
                     await resp.write(line)
-            try:
-                await asyncio.wait_for(wake.wait(), HEARTBEAT)
-            except TimeoutError:
-                line = HEARTBEAT_LINE
-                continue
-            await asyncio.sleep(BATCH)  # gather what else is stored meanwhile into the same line
-            wake.clear()
-            line = sub.take()
+            line = await _next_line(sub, wake, transport)
     except (ConnectionError, TimeoutError):
         transport.abort()  # gone, or its buffer stayed full: nothing more to say to it
     return resp
+
+
+async def _next_line(sub: Subscriber, wake: asyncio.Event, transport: asyncio.BaseTransport) -> bytes | None:
+    """The next batch after BATCH seconds of gathering, a heartbeat after HEARTBEAT, or None when the subscriber left.
+
+    aiohttp does not tell a handler that its client went away, so the
+    transport is looked at every CHECK seconds: a subscriber that left frees
+    its place under the cap within that, not at the next heartbeat.
+    """
+    for _ in range(int(HEARTBEAT / CHECK)):
+        try:
+            await asyncio.wait_for(wake.wait(), CHECK)
+        except TimeoutError:
+            if transport.is_closing():
+                return None
+            continue
+        await asyncio.sleep(BATCH)  # gather what else is stored meanwhile into the same line
+        wake.clear()
+        return sub.take()
+    return HEARTBEAT_LINE
 
 
 # -- the subscriber's side ----------------------------------------------------------------

@@ -53,6 +53,7 @@ REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 ANNOUNCE_INTERVAL = 300.0  # until a tracker says otherwise: neighbours' HAVE streams, not announces, carry availability
 URGENCY_HEADER = "X-Edgeswarm-Urgency"  # on piece requests to edges: urgent (a reader's deadline) or background
+MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 PIECE_HEADER = "X-Edgeswarm-Piece"  # the index of the piece an edge's /seed answer carries
 
 
@@ -172,6 +173,7 @@ class Peer:
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
         self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
         self.have_latency = LatencyStats()  # how late neighbours' HAVE lines reach us
+        self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
         self._completed: set[str] = set()
@@ -360,7 +362,7 @@ class Peer:
         UpstreamError when it cannot be opened or goes silent past heartbeats.
         """
         signed = self.store.manifest(cid) if self.store else None
-        if signed is None or self.upstream.session is None:
+        if signed is None or self.streams is None:
             return
         count = signed.manifest.piece_count
         headers = {
@@ -373,7 +375,7 @@ class Peer:
         silence = 3 * havefeed.HEARTBEAT
         try:
             async with asyncio.timeout(self.upstream.timeout):
-                resp = await self.upstream.session.get(URL(url.rstrip("/") + f"/have/{cid}", encoded=True), headers=headers)
+                resp = await self.streams.get(URL(url.rstrip("/") + f"/have/{cid}", encoded=True), headers=headers)
             async with resp:
                 if resp.status == 429:
                     raise UpstreamError(429, f"{url} has all the HAVE subscribers it takes")
@@ -677,6 +679,12 @@ class Peer:
 
     async def start(self) -> None:
         await self.upstream.start()
+        # HAVE streams hold a connection each for as long as they last: their own pool, so that
+        # piece requests never queue behind them; from the same source address (it names us to neighbours)
+        bind = self.upstream.bind
+        self.streams = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None), auto_decompress=False
+        )
         if self.origin_key is not None or (self.cache / "origin.pub").exists():
             await self.open_store()
             self._tasks = [asyncio.create_task(self.announce_loop())]
@@ -695,6 +703,8 @@ class Peer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.announce_all("stopped"), 2.0)
         await self.upstream.close()
+        if self.streams is not None:
+            await self.streams.close()
         if self.store is not None:
             self.store.close()
 

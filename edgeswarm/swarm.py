@@ -42,6 +42,7 @@ TAIL = 4  # missing pieces at which the edge may take any of them
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
 HAVE_POLL = 1.0  # seconds between two asks of the /have of a neighbour without a HAVE stream
 MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others are polled
+MAX_NEIGHBOURS = 128  # known at once per content: tracker answers and subscribers add, idle ones make room
 SEED_WAIT = 2.0  # seconds after an edge's 204 ("trade with your region") before asking /seed again
 
 
@@ -130,6 +131,8 @@ class Swarm:
             return None
         n = self.neighbours.get(peer_id) or next((m for m in self.neighbours.values() if m.url == url), None)
         if n is None:
+            if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
+                return None
             n = self.neighbours[peer_id] = Neighbour(peer_id, url, same_region)
         if (
             n.subscription is None
@@ -138,6 +141,14 @@ class Swarm:
         ):
             n.subscription = asyncio.create_task(self._subscription(n))
         return n
+
+    def _forget_one(self) -> bool:
+        """Make room for a neighbour: forget one with neither a worker nor a live stream (gone, most likely)."""
+        idle = [m for m in self.neighbours.values() if not m.stream and (m.task is None or m.task.done())]
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda m: m.have_checked))
+        return True
 
     async def _subscription(self, n: Neighbour) -> None:
         """Keep ``n``'s HAVE stream open while we download: reopen a lost one after 1, 2, 4... s.
@@ -151,6 +162,8 @@ class Swarm:
                 async for event in self.peer.have_stream(n.url, self.cid):
                     failures, n.stream = 0, True
                     self._heard(n, event)
+                    if self.completed.is_set() or self.neighbours.get(n.peer_id) is not n:
+                        break  # done with this content, or with this neighbour: free the uploader's slot
             except StreamUnsupported:
                 n.stream = False
                 return
@@ -426,6 +439,8 @@ class Swarm:
 
     def _drop(self, peer: Neighbour) -> None:
         self.neighbours.pop(peer.peer_id, None)
+        if peer.subscription is not None and peer.subscription is not asyncio.current_task():
+            peer.subscription.cancel()
         self.picker.peer_gone(peer.peer_id)
         self._staff()
 
