@@ -147,11 +147,15 @@ class PiecePicker:
             return None  # unrequested pieces remain, just not from this source
         return self._endgame(usable)
 
-    def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False) -> int | None:
+    def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
         """A piece of the reader's urgent window for ``source``, or None.
 
         A peer takes any it holds; the edge one no peer holds, one a reader has
         waited ``patience`` for with no idle holder, or one a peer is late with.
+        ``seeding``: the edge seeds the region, lowest lacked piece first, so a
+        piece no peer holds yet is on its way to one (readers that start
+        together all lack the same next pieces): the edge takes it only once a
+        reader has waited ``patience`` for it.
         """
         if source in self.paused:
             return None
@@ -161,7 +165,7 @@ class PiecePicker:
                 continue
             flying = self._in_flight.get(i)
             if not flying:
-                if not edge or fallback or self.availability[i] == 0 or self._overdue(i, now):
+                if not edge or fallback or (self.availability[i] == 0 and not seeding) or self._overdue(i, now):
                     return i
             elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
                 return i  # a peer is late with an urgent piece: race it

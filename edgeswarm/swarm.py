@@ -286,7 +286,7 @@ class Swarm:
             if fallback or self._seeder() is None:
                 index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
             else:  # the seeding worker asks the edge for the rest
-                index = self.picker.pick_urgent(f"edge#{slot}", now, edge=True)
+                index = self.picker.pick_urgent(f"edge#{slot}", now, edge=True, seeding=True)
             if index is None:
                 await self._wait_change(0.25)
                 continue

@@ -170,3 +170,19 @@ def test_wants_and_urgency():
     assert p.is_urgent(3)
     p.whole()
     assert p.wants(5) and not p.wants(1)
+
+
+def test_with_a_seeding_edge_a_piece_nobody_holds_waits_for_the_region_first():
+    """Readers that start together lack the same next piece; the seeder sends it to one of them, the others trade for it."""
+    p = PiecePicker(8, seed="me")
+    p.stream(0, 2, 8)
+    assert p.pick_urgent("edge", 0, edge=True) == 0  # no seeder: nobody holds it, the edge takes it at once
+    assert p.pick_urgent("edge", 0, edge=True, seeding=True) is None  # a neighbour is about to hold it
+    p.awaited[0] = 0.0
+    assert p.pick_urgent("edge", p.patience / 2, edge=True, seeding=True) is None
+    assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) == 0  # the reader waited long enough
+    p.peer_has("a", {1})
+    p.awaited[1] = 0.0
+    p.start("edge", 0, 0)
+    assert p.pick_urgent("edge", 5.0, edge=True, seeding=True) is None  # a has 1 and is idle: a's worker takes it
+    assert p.pick_urgent("edge", 0, edge=True, fallback=True, seeding=True) == 1  # peers are not delivering at all
