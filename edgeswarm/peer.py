@@ -683,7 +683,9 @@ class Peer:
         # piece requests never queue behind them; from the same source address (it names us to neighbours)
         bind = self.upstream.bind
         self.streams = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None), auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
         )
         if self.origin_key is not None or (self.cache / "origin.pub").exists():
             await self.open_store()

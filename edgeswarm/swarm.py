@@ -159,19 +159,22 @@ class Swarm:
         failures = 0
         while not self._closed and self.neighbours.get(n.peer_id) is n and not self.completed.is_set():
             try:
-                async for event in self.peer.have_stream(n.url, self.cid):
-                    failures, n.stream = 0, True
-                    self._heard(n, event)
-                    if self.completed.is_set() or self.neighbours.get(n.peer_id) is not n:
-                        break  # done with this content, or with this neighbour: free the uploader's slot
+                async with contextlib.aclosing(self.peer.have_stream(n.url, self.cid)) as events:  # a break closes it
+                    async for event in events:
+                        failures, n.stream = 0, True
+                        self._heard(n, event)
+                        if self.completed.is_set() or self.neighbours.get(n.peer_id) is not n:
+                            break  # done with this content, or with this neighbour: free the uploader's slot
             except StreamUnsupported:
                 n.stream = False
                 return
             except UpstreamError as exc:
                 log.debug("HAVE stream of %s: %s", n.url, exc.message)
-            if n.stream:
+            if n.stream:  # it was live: reopen at once, and forget what it held meanwhile
                 self.picker.peer_has(n.peer_id, ())
-            n.stream = None
+                n.stream = None
+                await asyncio.sleep(0.1)
+                continue
             failures += 1
             await asyncio.sleep(havefeed.backoff(failures))
         n.subscription = None
@@ -432,6 +435,13 @@ class Swarm:
         if self.picker.whole_file and self.picker.done() and not self.completed.is_set():
             self.completed.set()
             self.peer.on_complete(self)
+            for n in self.neighbours.values():  # we need nobody's pieces now: free our places under their caps
+                self._unsubscribe(n)
+
+    def _unsubscribe(self, n: Neighbour) -> None:
+        if n.subscription is not None and n.subscription is not asyncio.current_task():
+            n.subscription.cancel()
+            n.subscription, n.stream = None, None
 
     def _ban(self, peer: Neighbour) -> None:
         self.banned.add(peer.peer_id)
@@ -439,8 +449,7 @@ class Swarm:
 
     def _drop(self, peer: Neighbour) -> None:
         self.neighbours.pop(peer.peer_id, None)
-        if peer.subscription is not None and peer.subscription is not asyncio.current_task():
-            peer.subscription.cancel()
+        self._unsubscribe(peer)
         self.picker.peer_gone(peer.peer_id)
         self._staff()
 

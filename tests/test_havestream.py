@@ -106,6 +106,13 @@ async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, no
     print(f"b's availability latency from its stream of a: {st['have_latency']}")
     assert st["have_latency"] is not None and st["have_latency"]["p95"] < 2.0
     assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]
+    # both are complete: neither holds a place under the other's subscriber cap any more
+    await until(lambda: _no_subscribers(http, a, b), 5, "subscriptions outlived the download")
+
+
+async def _no_subscribers(http: aiohttp.ClientSession, *peers) -> bool:
+    counts = [(await status(http, p.urls["gateway"]))["have_subscribers"] for p in peers]
+    return not any(counts)
 
 
 async def _complete(http: aiohttp.ClientSession, peer) -> bool:
