@@ -43,6 +43,9 @@ class PiecePicker:
         self.position = 0  # streaming: the reader's piece
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
+        # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
+        # serving several requesters at 2 MB/s takes about a second for a 256 KiB piece
+        self.seed_patience = 1.0
         self._peers: dict[str, set[int]] = {}
         self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
         self._tiebreak = [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest()) for i in range(piece_count)]
@@ -155,7 +158,7 @@ class PiecePicker:
         ``seeding``: the edge seeds the region, lowest lacked piece first, so a
         piece no peer holds yet is on its way to one (readers that start
         together all lack the same next pieces): the edge takes it only once a
-        reader has waited ``patience`` for it.
+        reader has waited ``seed_patience`` for it.
         """
         if source in self.paused:
             return None
@@ -165,7 +168,12 @@ class PiecePicker:
                 continue
             flying = self._in_flight.get(i)
             if not flying:
-                if not edge or fallback or (self.availability[i] == 0 and not seeding) or self._overdue(i, now):
+                if (
+                    not edge
+                    or fallback
+                    or (self.availability[i] == 0 and not seeding)
+                    or self._overdue(i, now, self.seed_patience if seeding else self.patience)
+                ):
                     return i
             elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
                 return i  # a peer is late with an urgent piece: race it
@@ -175,12 +183,12 @@ class PiecePicker:
         holds = None if edge else self._peers.get(source, set())
         return lambda i: i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
 
-    def _overdue(self, index: int, now: float) -> bool:
+    def _overdue(self, index: int, now: float, patience: float) -> bool:
         """A reader has waited ``patience`` for a piece no idle holder can take: the edge may.
         Earlier the edge took it at once, and a viewer's read-ahead went to the edge whenever
         its one holder was busy with the previous piece."""
         since = self.awaited.get(index)
-        return since is not None and now - since >= self.patience and not self._idle_holder(index)
+        return since is not None and now - since >= patience and not self._idle_holder(index)
 
     def _idle_holder(self, index: int) -> bool:
         """Some peer holds this piece and has nothing in flight: it can take it now."""

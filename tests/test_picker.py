@@ -179,8 +179,8 @@ def test_with_a_seeding_edge_a_piece_nobody_holds_waits_for_the_region_first():
     assert p.pick_urgent("edge", 0, edge=True) == 0  # no seeder: nobody holds it, the edge takes it at once
     assert p.pick_urgent("edge", 0, edge=True, seeding=True) is None  # a neighbour is about to hold it
     p.awaited[0] = 0.0
-    assert p.pick_urgent("edge", p.patience / 2, edge=True, seeding=True) is None
-    assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) == 0  # the reader waited long enough
+    assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) is None  # the region gets it soon
+    assert p.pick_urgent("edge", p.seed_patience, edge=True, seeding=True) == 0  # the reader waited long enough
     p.peer_has("a", {1})
     p.awaited[1] = 0.0
     p.start("edge", 0, 0)
