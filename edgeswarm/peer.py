@@ -647,13 +647,13 @@ class Peer:
         """
         port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
         peer_id = request.headers.get(PEER_HEADER, "")
-        if (port and not (port.isdigit() and 0 < int(port) < 65536)) or len(peer_id) > 64:
+        if (port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)) or len(peer_id) > 64:
             raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
         swarm = self.swarms.get(cid)
         if swarm is None or not port or not peer_id or not request.remote:
             return
-        claimed = request.headers.get(havefeed.REGION_HEADER)
-        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed is not None and claimed == self.region)
+        claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
+        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed == self.region)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:

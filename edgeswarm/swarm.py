@@ -324,6 +324,7 @@ class Swarm:
             if self.picker.done() or self._fallback(time.monotonic()):
                 await self._wait_change(1.0)
                 continue
+            started = time.monotonic()
             try:
                 got = await self.peer.fetch_seed(edge, self.cid, self.picker.claimed(), self.picker.seed_from())
             except SeedUnsupported:
@@ -338,10 +339,16 @@ class Swarm:
                 return
             if got is None:
                 await asyncio.sleep(SEED_WAIT)
-            elif got[0] in self.picker.have:
-                await asyncio.sleep(0)  # it crossed a peer's copy: nothing to store
-            else:
-                await self._transfer("edge-seed", edge, got[0], data=got[1])
+                continue
+            elapsed = time.monotonic() - started
+            if got[0] in self.picker.have:
+                continue  # it crossed a peer's copy: nothing to store
+            try:
+                if await self._transfer("edge-seed", edge, got[0], data=got[1]) == "ok":
+                    self.peer.ranking.success(edge, len(got[1]), elapsed)
+            except Exception:  # a bug must not silently stop seeding
+                log.exception("seeding worker failed on piece %d of %s", got[0], self.signed.manifest.path)
+                await asyncio.sleep(1)
 
     def _choose_edge(self, slot: int, picks: int) -> str | None:
         """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
@@ -364,10 +371,12 @@ class Swarm:
         ok = False
         try:
             started = time.monotonic()
+            fetched = data is None  # else /seed's answer, timed by the seeding worker
             if data is None:
                 data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None, urgent=urgent)
             self.peer.store.put_piece(self.cid, index, data)
-            self.peer.ranking.success(url, len(data), time.monotonic() - started)
+            if fetched:
+                self.peer.ranking.success(url, len(data), time.monotonic() - started)
             ok = True
             self.picker.finish(source, index, True)  # before _delivered: completion is judged from the picker
             self._delivered(index, data, url, peer)

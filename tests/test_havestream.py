@@ -253,8 +253,9 @@ async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, publi
             await asyncio.sleep(0.5)  # the uploader notices the subscriber left
             async with s.get(url, headers=NDJSON) as again:
                 assert again.status == 200
-            async with s.get(url, headers={**NDJSON, "X-Edgeswarm-Upload-Port": "99999", "X-Edgeswarm-Peer": "x"}) as bad:
-                assert bad.status == 400
+            for port in ("99999", "0", "8O80", "9" * 5000):
+                async with s.get(url, headers={**NDJSON, "X-Edgeswarm-Upload-Port": port, "X-Edgeswarm-Peer": "x"}) as bad:
+                    assert bad.status == 400, port
         finally:
             for r in streams:
                 r.close()
