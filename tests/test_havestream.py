@@ -259,3 +259,61 @@ async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, publi
         finally:
             for r in streams:
                 r.close()
+
+
+class OldPeer:
+    """A test double of a peer from before the HAVE stream: a plain /have only, and correct pieces.
+
+    It announces once, holding nothing, so only its /have can tell that it holds everything now.
+    """
+
+    def __init__(self, origin: str, addr: str):
+        self.origin, self.addr = origin, addr
+        self.served = 0
+        self.have_asks: list[str] = []  # the Accept header of each /have
+
+    async def have(self, request: web.Request) -> web.Response:
+        self.have_asks.append(request.headers.get("Accept", ""))
+        n = self.pieces
+        return web.json_response({"id": request.match_info["cid"], "pieces": n, "held": n, "bitfield": bitfield.encode(range(n), n)})
+
+    async def piece(self, request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.origin}/piece/{request.match_info['cid']}/{request.match_info['i']}") as r:
+            body = await r.read()
+        self.served += 1
+        return web.Response(body=body)
+
+    async def start(self, edge: str, cid: str, pieces: int) -> None:
+        self.pieces = pieces
+        app = web.Application()
+        app.router.add_get("/have/{cid}", self.have)
+        app.router.add_get("/piece/{cid}/{i}", self.piece)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.addr, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        doc = {"peer_id": "old", "port": port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
+        doc |= {"have": bitfield.encode((), pieces), "event": "started"}
+        connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
+        async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    old = OldPeer(origin.url, "127.1.0.99")
+    await old.start(edge.url, cid, 32)
+    try:
+        new = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "new")
+        await post(http, new, "/f.bin")
+        await until(lambda: _complete(http, new), 60, "new did not complete")
+    finally:
+        await old.runner.cleanup()
+    async with http.get(new.urls["gateway"] + "/f.bin") as resp:
+        assert sha(await resp.read()) == sha(data)
+    assert old.have_asks[:1] == ["application/x-ndjson"], old.have_asks  # it tried the stream first
+    assert old.served > 0, "the old peer's pieces were never used"
