@@ -137,7 +137,7 @@ class Swarm:
         if (
             n.subscription is None
             and not self._closed
-            and sum(m.subscription is not None for m in self.neighbours.values()) < MAX_SUBSCRIPTIONS
+            and sum(m.subscription is not None and not m.subscription.done() for m in self.neighbours.values()) < MAX_SUBSCRIPTIONS
         ):
             n.subscription = asyncio.create_task(self._subscription(n))
         return n
@@ -151,10 +151,14 @@ class Swarm:
         return True
 
     async def _subscription(self, n: Neighbour) -> None:
-        """Keep ``n``'s HAVE stream open while we download: reopen a lost one after 1, 2, 4... s.
+        """Keep ``n``'s HAVE stream open while we download: reopen a lost one at once, then after 1, 2, 4... s.
 
         While it is not open, what ``n`` held is forgotten (it may have left)
-        and the scout polls it; one that answers plain /have only is polled for good.
+        and the scout polls it.  One that answers plain /have only is polled
+        for good; one at its subscriber cap (429) is polled until a tracker
+        answer names it again; one that cannot be reached MAX_FAILURES times
+        in a row has left: it is dropped, and comes back with a tracker answer
+        or its own subscription.
         """
         failures = 0
         while not self._closed and self.neighbours.get(n.peer_id) is n and not self.completed.is_set():
@@ -170,14 +174,19 @@ class Swarm:
                 return
             except UpstreamError as exc:
                 log.debug("HAVE stream of %s: %s", n.url, exc.message)
+                if exc.status == 429:
+                    break
             if n.stream:  # it was live: reopen at once, and forget what it held meanwhile
                 self.picker.peer_has(n.peer_id, ())
                 n.stream = None
                 await asyncio.sleep(0.1)
                 continue
             failures += 1
+            if failures >= MAX_FAILURES and (n.task is None or n.task.done()):
+                self._drop(n)
+                break
             await asyncio.sleep(havefeed.backoff(failures))
-        n.subscription = None
+        n.subscription, n.stream = None, None
 
     def _heard(self, n: Neighbour, event: havefeed.HaveEvent) -> None:
         """A line of ``n``'s HAVE stream: availability for the picker; a worker for ``n`` if it now has something for us."""
