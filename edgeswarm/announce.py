@@ -22,7 +22,7 @@ from edgeswarm.claims import DEFAULT_MAX_RATE, STAT_KINDS, ClaimPolicy
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import Manifest, is_content_id
 from edgeswarm.regions import Region, RegionMap
-from edgeswarm.tracker import Limits, PeerKey, Refused, Tracker, address_group, owner_of
+from edgeswarm.tracker import Limits, PeerKey, Refused, Tracker, address_group, owner_of, peer_url
 
 EVENTS = {"started", "update", "completed", "stopped"}
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
@@ -117,14 +117,13 @@ class TrackerService:
         except ValueError as exc:
             raise HttpError(400, f"announce field 'have': {exc}") from None
         region = self.region_of(address)
-        host = f"[{address}]" if ":" in address else address
         now = time.monotonic()
         try:
             answer = self.tracker.announce(
                 now,
                 a.cid,
                 a.peer_id,
-                f"http://{host}:{a.port}",
+                peer_url(address, a.port),
                 address,
                 region,
                 have,

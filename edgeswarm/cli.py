@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="strict: never hand a peer one of another region; prefer: same region first (default prefer)",
     )
     p2p.add_argument(
-        "--announce-interval", type=_positive, default=30.0, metavar="SECONDS", help="how often peers re-announce (default 30)"
+        "--announce-interval", type=_positive, default=300.0, metavar="SECONDS", help="how often peers re-announce (default 300)"
     )
     p2p.add_argument(
         "--max-peer-ids",

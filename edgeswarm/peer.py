@@ -21,13 +21,17 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+from yarl import URL
 
-from edgeswarm import access, bitfield, originkey, tokens
+from edgeswarm import access, bitfield, havefeed, originkey, tokens
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
+from edgeswarm.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.httpspec import PEER_HEADER, HttpError
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.manifestfetch import ManifestFetcher
@@ -40,13 +44,18 @@ from edgeswarm.ratelimit import TokenBucket
 from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
-from edgeswarm.swarm import Choked, NotHeld, Swarm
+from edgeswarm.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
+from edgeswarm.tracker import peer_url
 from edgeswarm.units import ascii_decimal
-from edgeswarm.upstream import MAX_ANNOUNCE, Upstream, UpstreamError
+from edgeswarm.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, read_bounded
 
 log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+ANNOUNCE_INTERVAL = 300.0  # until a tracker says otherwise: neighbours' HAVE streams, not announces, carry availability
+URGENCY_HEADER = "X-Edgeswarm-Urgency"  # on piece requests to edges: urgent (a reader's deadline) or background
+MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+PIECE_HEADER = "X-Edgeswarm-Piece"  # the index of the piece an edge's /seed answer carries
 
 
 class AnnounceSchedule:
@@ -162,7 +171,10 @@ class Peer:
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
         self.region: str | None = None
         self.upload_port = 0
-        self.schedule = AnnounceSchedule(30.0)  # the interval until a tracker says otherwise
+        self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
+        self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
+        self.have_latency = LatencyStats()  # how late neighbours' HAVE lines reach us
+        self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
         self._completed: set[str] = set()
@@ -171,6 +183,13 @@ class Peer:
         self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
+        for q in ("p50", "p95"):
+            self.metrics.gauge(
+                f"have_latency_{q}_seconds",
+                f"Availability latency {q}: when a neighbour's HAVE line arrived less when it stored the piece (0: no sample yet)",
+                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),
+            )
+        self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
 
     # -- start-up ----------------------------------------------------------------------
     async def open_store(self) -> None:
@@ -272,8 +291,11 @@ class Peer:
         return swarm
 
     # -- transfers (driven by Swarm) -----------------------------------------------------
-    async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool) -> bytes:
+    async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool, urgent: bool = False) -> bytes:
+        """One piece; to an edge, saying whether a reader's deadline forces it (the edge counts those copies)."""
         headers = {PEER_HEADER: self.peer_id, **(self.peer_headers(cid) if to_peer else self.edge_headers())}
+        if not to_peer:
+            headers[URGENCY_HEADER] = "urgent" if urgent else "background"
         signed = self.store.manifest(cid) if self.store else None
         if signed is None:
             raise KeyError(cid)  # the content left the store meanwhile
@@ -296,6 +318,87 @@ class Peer:
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
+
+    async def fetch_seed(self, edge: str, cid: str, claimed: set[int], start: int) -> tuple[int, bytes] | None:
+        """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
+
+        ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
+        we are interested in.  SeedUnsupported: the edge does not seed (404/405).
+        """
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None:
+            raise KeyError(cid)
+        m = signed.manifest
+        headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
+        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+        try:
+            reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size)
+        except UpstreamError:
+            self._edge_unreachable(edge)
+            raise
+        if reply.status == 204:
+            return None
+        if reply.status in (404, 405):
+            raise SeedUnsupported()
+        if reply.status != 200:
+            raise UpstreamError(502, f"{edge} answered {reply.status} to /seed")
+        try:
+            index = int(reply.headers.get(PIECE_HEADER, ""))
+        except ValueError:
+            raise UpstreamError(502, f"{edge} answered /seed without a valid {PIECE_HEADER}") from None
+        if not 0 <= index < m.piece_count:
+            raise UpstreamError(502, f"{edge} sent piece {index} of a {m.piece_count}-piece file")
+        await self.down_bucket.throttle(len(reply.body))
+        self.from_edge[(cid, edge)] += len(reply.body)
+        return index, reply.body
+
+    async def have_stream(self, url: str, cid: str) -> AsyncIterator[HaveEvent]:
+        """A neighbour's HAVE stream, one event per line; ends when the stream does.
+
+        A neighbour that answers a plain ``/have`` (an older peer) yields one
+        snapshot and then raises StreamUnsupported: it is polled instead.
+        UpstreamError when it cannot be opened or goes silent past heartbeats.
+        """
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None or self.streams is None:
+            return
+        count = signed.manifest.piece_count
+        headers = {
+            PEER_HEADER: self.peer_id,
+            "Accept": havefeed.CONTENT_TYPE,
+            havefeed.UPLOAD_PORT_HEADER: str(self.upload_port),
+            **({havefeed.REGION_HEADER: self.region} if self.region else {}),
+            **self.peer_headers(cid),
+        }
+        silence = 3 * havefeed.HEARTBEAT
+        try:
+            async with asyncio.timeout(self.upstream.timeout):
+                resp = await self.streams.get(URL(url.rstrip("/") + f"/have/{cid}", encoded=True), headers=headers)
+            async with resp:
+                if resp.status == 429:
+                    raise UpstreamError(429, f"{url} has all the HAVE subscribers it takes")
+                if resp.status != 200:
+                    raise UpstreamError(502, f"{url} answered {resp.status} to a HAVE subscription")
+                if resp.content_type != havefeed.CONTENT_TYPE:
+                    body = await read_bounded(resp, MAX_ANSWER, url, "/have")
+                    held = bitfield.decode(json.loads(body).get("bitfield"), count)
+                    yield HaveEvent("snapshot", frozenset(held), None)
+                    raise StreamUnsupported()
+                while True:
+                    async with asyncio.timeout(silence):
+                        line = await resp.content.readline()
+                    if not line:
+                        return
+                    if not line.endswith(b"\n") or len(line) > MAX_ANSWER:
+                        raise UpstreamError(502, f"{url} sent a broken HAVE line")
+                    event = havefeed.parse_line(line, count)
+                    if event.at is not None and event.kind == "have":
+                        self.have_latency.add(time.time() - event.at)
+                    yield event
+        except TimeoutError:
+            raise UpstreamError(504, f"{url}'s HAVE stream went silent") from None
+        except (aiohttp.ClientError, OSError, ValueError, AttributeError) as exc:
+            raise UpstreamError(502, f"{url}'s HAVE stream failed: {exc.__class__.__name__} {exc}") from None
 
     async def fetch_have(self, url: str, cid: str) -> set[int] | None:
         store = await self._store()
@@ -391,6 +494,7 @@ class Peer:
             "downloaded": sum(received.values()),
             "event": event,
             "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
+            **({"have_latency": latency} if (latency := self.have_latency.percentiles()) else {}),
             "stats": {
                 "edge": received["edge"],
                 "peer_same_region": received["peer-same-region"],
@@ -482,6 +586,8 @@ class Peer:
                 "p2p_share": round(peer_bytes / got, 4) if got else None,
                 "swarms": [s.status() for s in self.swarms.values()],
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
+                "have_latency": self.have_latency.percentiles(),
+                "have_subscribers": self.havefeed.count(),
             }
         )
 
@@ -511,14 +617,41 @@ class Peer:
         self.choker.sent(time.monotonic(), who, len(data))
         return resp
 
-    async def get_have(self, request: web.Request) -> web.Response:
+    async def get_have(self, request: web.Request) -> web.StreamResponse:
+        """What we hold: a bitfield, or with ``Accept: application/x-ndjson`` the HAVE stream."""
         store = await self._store()
         cid = request.match_info["cid"]
         await self.check_ticket(request, cid)
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
-        return have_response(cid, signed.manifest.piece_count, store.held(cid))
+        count = signed.manifest.piece_count
+        if havefeed.CONTENT_TYPE not in request.headers.get("Accept", ""):
+            return have_response(cid, count, store.held(cid))
+        self._met_subscriber(request, cid)
+        sub = self.havefeed.subscribe(cid)
+        if sub is None:
+            raise HttpError(429, f"this peer has {self.havefeed.cap} HAVE subscribers for {cid[:12]} already", {"Retry-After": "30"})
+        try:
+            return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()))
+        finally:
+            self.havefeed.unsubscribe(cid, sub)
+
+    def _met_subscriber(self, request: web.Request, cid: str) -> None:
+        """A subscriber is a peer downloading this content: our swarm may trade with it too (BitTorrent's incoming peers).
+
+        Its URL is its connection's address and its announced port, as the
+        tracker builds it, so nobody can point us at another's address.
+        """
+        port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
+        peer_id = request.headers.get(PEER_HEADER, "")
+        if (port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)) or len(peer_id) > 64:
+            raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
+        swarm = self.swarms.get(cid)
+        if swarm is None or not port or not peer_id or not request.remote:
+            return
+        claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
+        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed == self.region)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
@@ -532,6 +665,7 @@ class Peer:
         app = make_app(self.metrics)
         app.router.add_get("/piece/{cid}/{index}", self.get_piece)
         app.router.add_get("/have/{cid}", self.get_have)
+        app.on_shutdown.append(lambda _: self._end_streams())
 
         async def lifecycle(app: web.Application):
             await self.start()
@@ -543,11 +677,22 @@ class Peer:
 
     async def start(self) -> None:
         await self.upstream.start()
+        # HAVE streams hold a connection each for as long as they last: their own pool, so that
+        # piece requests never queue behind them; from the same source address (it names us to neighbours)
+        bind = self.upstream.bind
+        self.streams = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
+        )
         if self.origin_key is not None or (self.cache / "origin.pub").exists():
             await self.open_store()
             self._tasks = [asyncio.create_task(self.announce_loop())]
         else:
             self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+
+    async def _end_streams(self) -> None:
+        self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -558,6 +703,8 @@ class Peer:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.announce_all("stopped"), 2.0)
         await self.upstream.close()
+        if self.streams is not None:
+            await self.streams.close()
         if self.store is not None:
             self.store.close()
 

@@ -13,6 +13,10 @@ the hybrid CDN-P2P literature:
   hash so two newcomers do not chase the same piece.
 * The edge fills only what peers cannot deliver: pieces no known peer holds,
   or anything when the engine says peers are not delivering (``fallback``).
+  An edge that seeds its region (``POST /seed``) is asked by the engine for
+  non-urgent pieces instead: then the picker gives it urgent ones only
+  (``pick_urgent``), and the edge chooses what the region lacks
+  (p2p-media-loader's HTTP window near the playhead, P2P window beyond it).
 * Endgame: when every missing piece is already requested, a source may
   duplicate a request still in flight elsewhere, so one slow source cannot
   hold up the tail.
@@ -36,8 +40,12 @@ class PiecePicker:
         self.wanted: set[int] = set()  # streaming: the reader's window
         self.paused: set[str] = set()  # peers choking us or backed off
         self.urgent: list[int] = []  # reading order
+        self.position = 0  # streaming: the reader's piece
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
+        # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
+        # serving several requesters at 2 MB/s takes about a second for a 256 KiB piece
+        self.seed_patience = 1.0
         self._peers: dict[str, set[int]] = {}
         self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
         self._tiebreak = [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest()) for i in range(piece_count)]
@@ -75,6 +83,7 @@ class PiecePicker:
     def stream(self, position: int, urgent: int, window: int) -> None:
         """A reader is at piece ``position``: want ``window`` pieces from there, the first ``urgent`` of them urgently."""
         end = min(self.count, position + window)
+        self.position = position
         self.wanted = set(range(position, end))
         self.urgent = [i for i in range(position, min(end, position + urgent)) if i not in self.have]
 
@@ -87,6 +96,22 @@ class PiecePicker:
 
     def done(self) -> bool:
         return not self.missing()
+
+    def wants(self, index: int) -> bool:
+        """Is ``index`` one we still need (cheaper than ``index in missing()``)?"""
+        return index not in self.have and (self.whole_file or index in self.wanted)
+
+    def is_urgent(self, index: int) -> bool:
+        """Does a reader need ``index`` now (its deadline window, or it is waiting for it)?"""
+        return index in self.urgent or index in self.awaited
+
+    def seed_from(self) -> int:
+        """The lowest piece we are interested in, for the edge's seeding: the reader's, or 0 for a whole file."""
+        return 0 if self.whole_file else self.position
+
+    def claimed(self) -> set[int]:
+        """Pieces held or being fetched: what an edge should not seed to us again."""
+        return self.have | set(self._in_flight)
 
     # -- transfers ---------------------------------------------------------------------
     def start(self, source: str, index: int, now: float) -> None:
@@ -112,20 +137,10 @@ class PiecePicker:
         """The next piece to request from ``source``, or None if it should wait."""
         if source in self.paused:
             return None
-        holds = None if edge else self._peers.get(source, set())
-
-        def usable(i: int) -> bool:
-            return i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
-
-        for i in self.urgent:
-            if not usable(i):
-                continue
-            flying = self._in_flight.get(i)
-            if not flying:
-                if not edge or fallback or self.availability[i] == 0 or self._overdue(i, now):
-                    return i
-            elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
-                return i  # a peer is late with an urgent piece: race it
+        urgent = self.pick_urgent(source, now, edge, fallback)
+        if urgent is not None:
+            return urgent
+        usable = self._usable(source, edge)
         free = [i for i in self.missing() if usable(i) and i not in self._in_flight]
         if edge and not fallback:
             free = [i for i in free if self.availability[i] == 0]
@@ -135,12 +150,45 @@ class PiecePicker:
             return None  # unrequested pieces remain, just not from this source
         return self._endgame(usable)
 
-    def _overdue(self, index: int, now: float) -> bool:
+    def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
+        """A piece of the reader's urgent window for ``source``, or None.
+
+        A peer takes any it holds; the edge one no peer holds, one a reader has
+        waited ``patience`` for with no idle holder, or one a peer is late with.
+        ``seeding``: the edge seeds the region, lowest lacked piece first, so a
+        piece no peer holds yet is on its way to one (readers that start
+        together all lack the same next pieces): the edge takes it only once a
+        reader has waited ``seed_patience`` for it.
+        """
+        if source in self.paused:
+            return None
+        usable = self._usable(source, edge)
+        for i in self.urgent:
+            if not usable(i):
+                continue
+            flying = self._in_flight.get(i)
+            if not flying:
+                if (
+                    not edge
+                    or fallback
+                    or (self.availability[i] == 0 and not seeding)
+                    or self._overdue(i, now, self.seed_patience if seeding else self.patience)
+                ):
+                    return i
+            elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
+                return i  # a peer is late with an urgent piece: race it
+        return None
+
+    def _usable(self, source: str, edge: bool):
+        holds = None if edge else self._peers.get(source, set())
+        return lambda i: i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
+
+    def _overdue(self, index: int, now: float, patience: float) -> bool:
         """A reader has waited ``patience`` for a piece no idle holder can take: the edge may.
         Earlier the edge took it at once, and a viewer's read-ahead went to the edge whenever
         its one holder was busy with the previous piece."""
         since = self.awaited.get(index)
-        return since is not None and now - since >= self.patience and not self._idle_holder(index)
+        return since is not None and now - since >= patience and not self._idle_holder(index)
 
     def _idle_holder(self, index: int) -> bool:
         """Some peer holds this piece and has nothing in flight: it can take it now."""

@@ -1,11 +1,14 @@
 """One content being fetched by a peer from its edges and from other peers at once.
 
 The asyncio shell around ``PiecePicker``: one worker per peer source (one
-request in flight each, as BitTorrent's upload slots expect), a worker on
-the edges, and a scout asking the other neighbours what they hold.  Every
-piece is verified by the piece store before it counts; a peer that sends a
-bad one has its address banned for this content (ids are free to mint,
-addresses are not), one that
+request in flight each, as BitTorrent's upload slots expect), a worker on the
+edges for what readers need urgently, and one asking the edge what to spread
+(``POST /seed``: the edge as its region's super-seeder).  What neighbours hold
+arrives on their HAVE streams (edgeswarm.havefeed), one subscription per
+neighbour, reopened with back-off; a scout polls ``/have`` only of the
+neighbours whose stream cannot be opened.  Every piece is verified by the
+piece store before it counts; a peer that sends a bad one has its address
+banned for this content (ids are free to mint, addresses are not), one that
 vanishes or chokes us is set aside for a while and its piece goes back to the
 pool.  Edges are ranked by measured throughput, so the fastest one is used
 and a failed or slowed one replaced (p2pd scenario 2).
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from edgeswarm import havefeed
 from edgeswarm.httpspec import HttpError
 from edgeswarm.picker import PiecePicker
 from edgeswarm.piecestore import CorruptPiece, PieceNotStored
@@ -38,7 +42,10 @@ WINDOW = 16  # pieces ahead of a reader that are fetched at all
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take any of them
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
-HAVE_POLL = 1.0  # seconds between two asks of one neighbour's /have
+HAVE_POLL = 1.0  # seconds between two asks of the /have of a neighbour without a HAVE stream
+MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others are polled
+MAX_NEIGHBOURS = 128  # known at once per content: tracker answers and subscribers add, idle ones make room
+SEED_WAIT = 2.0  # seconds after an edge's 204 ("trade with your region") before asking /seed again
 
 
 @dataclass
@@ -49,6 +56,8 @@ class Neighbour:
     failures: int = 0
     have_checked: float = 0.0
     task: asyncio.Task | None = field(default=None, repr=False)
+    stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
+    subscription: asyncio.Task | None = field(default=None, repr=False)
 
 
 class Swarm:
@@ -65,6 +74,7 @@ class Swarm:
         self.completed = asyncio.Event()
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._edge_tasks: list[asyncio.Task] = []
+        self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._scout_task: asyncio.Task | None = None
         self._closed = False
         if self.picker.done() and self.picker.whole_file:
@@ -109,14 +119,90 @@ class Swarm:
     def update_neighbours(self, answer: list[dict]) -> None:
         """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
         for p in answer:
-            pid = p["peer_id"]
-            if pid == self.peer.peer_id or _host(p["url"]) in self.banned:
-                continue
-            n = self.neighbours.get(pid)
-            if n is None:
-                n = self.neighbours[pid] = Neighbour(pid, p["url"], p["same_region"])
-            self.picker.peer_has(pid, p["have"])
+            n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
+            if n is not None:
+                n.same_region = p["same_region"]  # the tracker knows regions; a subscriber only claims one
+                if not n.stream:  # a live stream is newer than the tracker's view
+                    self.picker.peer_has(n.peer_id, p["have"])
         self._staff()
+        self._poke()
+
+    def add_neighbour(self, peer_id: str, url: str, same_region: bool) -> Neighbour | None:
+        """A neighbour (from the tracker, or one that subscribed to us), subscribed to; None if it may not be one."""
+        if peer_id == self.peer.peer_id or _host(url) in self.banned:
+            return None
+        n = self.neighbours.get(peer_id) or next((m for m in self.neighbours.values() if m.url == url), None)
+        if n is None:
+            if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
+                return None
+            n = self.neighbours[peer_id] = Neighbour(peer_id, url, same_region)
+        if (
+            n.subscription is None
+            and not self._closed
+            and sum(m.subscription is not None and not m.subscription.done() for m in self.neighbours.values()) < MAX_SUBSCRIPTIONS
+        ):
+            n.subscription = asyncio.create_task(self._subscription(n))
+        return n
+
+    def _forget_one(self) -> bool:
+        """Make room for a neighbour: forget one with neither a worker nor a live stream (gone, most likely)."""
+        idle = [m for m in self.neighbours.values() if not m.stream and (m.task is None or m.task.done())]
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda m: m.have_checked))
+        return True
+
+    async def _subscription(self, n: Neighbour) -> None:
+        """Keep ``n``'s HAVE stream open while we download: reopen a lost one at once, then after 1, 2, 4... s.
+
+        While it is not open, what ``n`` held is forgotten (it may have left)
+        and the scout polls it.  One that answers plain /have only is polled
+        for good; one at its subscriber cap (429) is polled until a tracker
+        answer names it again; one that cannot be reached MAX_FAILURES times
+        in a row has left: it is dropped, and comes back with a tracker answer
+        or its own subscription.
+        """
+        failures = 0
+        while not self._closed and self.neighbours.get(n.peer_id) is n and not self.completed.is_set():
+            try:
+                async with contextlib.aclosing(self.peer.have_stream(n.url, self.cid)) as events:  # a break closes it
+                    async for event in events:
+                        failures, n.stream = 0, True
+                        self._heard(n, event)
+                        if self.completed.is_set() or self.neighbours.get(n.peer_id) is not n:
+                            break  # done with this content, or with this neighbour: free the uploader's slot
+            except StreamUnsupported:
+                n.stream = False
+                return
+            except UpstreamError as exc:
+                log.debug("HAVE stream of %s: %s", n.url, exc.message)
+                if exc.status == 429:
+                    break
+            if n.stream:  # it was live: reopen at once, and forget what it held meanwhile
+                self.picker.peer_has(n.peer_id, ())
+                n.stream = None
+                await asyncio.sleep(0.1)
+                continue
+            failures += 1
+            if failures >= MAX_FAILURES and (n.task is None or n.task.done()):
+                self._drop(n)
+                break
+            await asyncio.sleep(havefeed.backoff(failures))
+        n.subscription, n.stream = None, None
+
+    def _heard(self, n: Neighbour, event: havefeed.HaveEvent) -> None:
+        """A line of ``n``'s HAVE stream: availability for the picker; a worker for ``n`` if it now has something for us."""
+        if n.peer_id not in self.neighbours:
+            return
+        if event.kind == "snapshot":
+            self.picker.peer_has(n.peer_id, event.pieces)
+        elif event.kind == "have":
+            for i in event.pieces:
+                self.picker.peer_got(n.peer_id, i)
+        else:
+            return
+        if (n.task is None or n.task.done()) and any(self.picker.wants(i) for i in event.pieces):
+            self._staff()
         self._poke()
 
     def _staff(self) -> None:
@@ -133,6 +219,8 @@ class Swarm:
             n.task = asyncio.create_task(self._peer_worker(n))
         while len(self._edge_tasks) < EDGE_WORKERS:
             self._edge_tasks.append(asyncio.create_task(self._edge_worker(len(self._edge_tasks))))
+        if len(self._edge_tasks) == EDGE_WORKERS:
+            self._edge_tasks.append(asyncio.create_task(self._seed_worker()))
         if self._scout_task is None:
             self._scout_task = asyncio.create_task(self._scout())
 
@@ -150,7 +238,8 @@ class Swarm:
                 if self.picker.done():
                     return
                 await self._wait_change(1.0)
-                await self._refresh_have(n)
+                if not n.stream:
+                    await self._refresh_have(n)
                 if not set(self.picker.missing()) & self._held_by(n.peer_id):
                     return  # nothing for us: free the slot; the scout keeps asking this peer
                 continue
@@ -159,15 +248,16 @@ class Swarm:
                 return
 
     async def _scout(self) -> None:
-        """Ask the neighbours without a worker what they hold: a few each second, the longest unasked first.
+        """Ask the neighbours with neither a worker nor a live HAVE stream what they hold: a few each second.
 
         Tracker answers are an interval apart, tell what a neighbour held at
         its last announce, and stop while the tracker is down.  A neighbour
-        that had nothing for us then would never be used; asking it directly
-        keeps peers that know each other trading whatever the tracker does.
+        whose stream cannot be opened (an older peer, one at its subscriber
+        cap) would never be used; asking it directly keeps peers that know
+        each other trading whatever the tracker does.
         """
         while not self._closed:
-            unstaffed = self._unstaffed()
+            unstaffed = [n for n in self._unstaffed() if not n.stream]
             if unstaffed and self.picker.missing():
                 unstaffed.sort(key=lambda n: n.have_checked)
                 await asyncio.gather(*(self._refresh_have(n) for n in unstaffed[:MAX_PEERS]))
@@ -186,17 +276,31 @@ class Swarm:
         elif n.peer_id in self.neighbours:
             self.picker.peer_has(n.peer_id, held)
 
+    def _fallback(self, now: float) -> bool:
+        """Peers cannot be counted on: the edge may take anything, as before it seeded."""
+        return (
+            not self.neighbours
+            or now - self.last_peer_delivery > FALLBACK_AFTER
+            # the file's tail (not the stream window's): the edge races choked or slow peers for the last pieces
+            or self.picker.count - len(self.picker.have) <= TAIL
+        )
+
+    def _seeder(self) -> str | None:
+        """The edge to ask /seed: the fastest live one that has not refused it."""
+        live = self.peer.ranking.ranked(self.peer.edges, time.monotonic())
+        return next((e for e in live if e not in self._no_seed), None)
+
     async def _edge_worker(self, slot: int) -> None:
+        """Urgent pieces (a reader's deadline window) from the edge; everything else too when peers cannot be counted on
+        or no edge seeds."""
         picks = 0
         while not self._closed:
             now = time.monotonic()
-            fallback = (
-                not self.neighbours
-                or now - self.last_peer_delivery > FALLBACK_AFTER
-                # the file's tail (not the stream window's): the edge races choked or slow peers for the last pieces
-                or self.picker.count - len(self.picker.have) <= TAIL
-            )
-            index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
+            fallback = self._fallback(now)
+            if fallback or self._seeder() is None:
+                index = self.picker.pick(f"edge#{slot}", now, edge=True, fallback=fallback)
+            else:  # the seeding worker asks the edge for the rest
+                index = self.picker.pick_urgent(f"edge#{slot}", now, edge=True, seeding=True)
             if index is None:
                 await self._wait_change(0.25)
                 continue
@@ -206,10 +310,55 @@ class Swarm:
                 await self._wait_change(1.0)
                 continue
             try:
-                if await self._transfer(f"edge#{slot}", edge, index) == "gone":
+                if await self._transfer(f"edge#{slot}", edge, index, urgent=self.picker.is_urgent(index)) == "gone":
                     await asyncio.sleep(1)  # the content left the store: do not spin
             except Exception:  # a bug must not silently stop the only edge worker
                 log.exception("edge worker failed on piece %d of %s", index, self.signed.manifest.path)
+                await asyncio.sleep(1)
+
+    async def _seed_worker(self) -> None:
+        """Non-urgent pieces as the edge chooses them (``POST /seed``): each goes to the region about once, and the region trades it.
+
+        After a 204 ("your region has every piece you lack") it asks again only
+        after SEED_WAIT; meanwhile urgent needs and fallbacks are the edge
+        worker's.  Ends when no edge seeds (they answered 404): the edge worker
+        then takes what no peer holds, as before.
+        """
+        while not self._closed:
+            edge = self._seeder()
+            if edge is None:
+                if not self._no_seed:  # every edge set aside for now
+                    await self._wait_change(1.0)
+                    continue
+                self._poke()  # the edge worker takes over the non-urgent pieces
+                return
+            if self.picker.done() or self._fallback(time.monotonic()):
+                await self._wait_change(1.0)
+                continue
+            started = time.monotonic()
+            try:
+                got = await self.peer.fetch_seed(edge, self.cid, self.picker.claimed(), self.picker.seed_from())
+            except SeedUnsupported:
+                log.info("%s does not seed (404 to /seed): its pieces are fetched as before", edge)
+                self._no_seed.add(edge)
+                continue
+            except UpstreamError as exc:
+                backoff = self.peer.ranking.failure(edge, time.monotonic())
+                log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, exc.message, backoff)
+                continue
+            except KeyError:  # the content left the store
+                return
+            if got is None:
+                await asyncio.sleep(SEED_WAIT)
+                continue
+            elapsed = time.monotonic() - started
+            if got[0] in self.picker.have:
+                continue  # it crossed a peer's copy: nothing to store
+            try:
+                if await self._transfer("edge-seed", edge, got[0], data=got[1]) == "ok":
+                    self.peer.ranking.success(edge, len(got[1]), elapsed)
+            except Exception:  # a bug must not silently stop seeding
+                log.exception("seeding worker failed on piece %d of %s", got[0], self.signed.manifest.path)
                 await asyncio.sleep(1)
 
     def _choose_edge(self, slot: int, picks: int) -> str | None:
@@ -225,15 +374,20 @@ class Swarm:
             return live[1 + picks // 8 % (len(live) - 1)]  # re-measure the others now and then: they may have recovered
         return live[0]
 
-    async def _transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None) -> str:
-        """Fetch one piece; returns "ok", "retry" or "gone" (stop using this peer)."""
+    async def _transfer(
+        self, source: str, url: str, index: int, peer: Neighbour | None = None, urgent: bool = False, data: bytes | None = None
+    ) -> str:
+        """Fetch one piece (unless ``data`` came already, from /seed) and store it; returns "ok", "retry" or "gone" (stop using this peer)."""
         self.picker.start(source, index, time.monotonic())
         ok = False
         try:
             started = time.monotonic()
-            data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None)
+            fetched = data is None  # else /seed's answer, timed by the seeding worker
+            if data is None:
+                data = await self.peer.fetch_piece(url, self.cid, index, to_peer=peer is not None, urgent=urgent)
             self.peer.store.put_piece(self.cid, index, data)
-            self.peer.ranking.success(url, len(data), time.monotonic() - started)
+            if fetched:
+                self.peer.ranking.success(url, len(data), time.monotonic() - started)
             ok = True
             self.picker.finish(source, index, True)  # before _delivered: completion is judged from the picker
             self._delivered(index, data, url, peer)
@@ -290,6 +444,7 @@ class Swarm:
         else:
             kind = "edge"
         self.peer.count_received(self.cid, kind, url, n)
+        self.peer.havefeed.stored(self.cid, index, time.time())
         for fut in self.waiters.get(index, []):
             if not fut.done():
                 fut.set_result(None)
@@ -299,6 +454,13 @@ class Swarm:
         if self.picker.whole_file and self.picker.done() and not self.completed.is_set():
             self.completed.set()
             self.peer.on_complete(self)
+            for n in self.neighbours.values():  # we need nobody's pieces now: free our places under their caps
+                self._unsubscribe(n)
+
+    def _unsubscribe(self, n: Neighbour) -> None:
+        if n.subscription is not None and n.subscription is not asyncio.current_task():
+            n.subscription.cancel()
+            n.subscription, n.stream = None, None
 
     def _ban(self, peer: Neighbour, why: str) -> None:
         """Ban the peer's address, and so every id it announces under: a new id must not buy a new chance."""
@@ -311,6 +473,7 @@ class Swarm:
 
     def _drop(self, peer: Neighbour) -> None:
         self.neighbours.pop(peer.peer_id, None)
+        self._unsubscribe(peer)
         self.picker.peer_gone(peer.peer_id)
         self._staff()
 
@@ -327,7 +490,7 @@ class Swarm:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [*self._edge_tasks, *(n.task for n in self.neighbours.values() if n.task is not None)]
+        tasks = [*self._edge_tasks, *(t for n in self.neighbours.values() for t in (n.task, n.subscription) if t is not None)]
         if self._scout_task is not None:
             tasks.append(self._scout_task)
         for t in tasks:
@@ -347,6 +510,7 @@ class Swarm:
             "held": len(self.picker.have),
             "complete": self.picker.done() and self.picker.whole_file,
             "neighbours": len(self.neighbours),
+            "have_streams": sum(1 for n in self.neighbours.values() if n.stream),
             "banned": sorted(self.banned),
         }
 
@@ -364,3 +528,11 @@ class Choked(Exception):
 
 class NotHeld(Exception):
     """The source does not hold the piece (any more)."""
+
+
+class SeedUnsupported(Exception):
+    """The edge answered 404 to /seed: it does not seed (not in p2p mode, or older)."""
+
+
+class StreamUnsupported(Exception):
+    """The neighbour answers a plain /have only (an older peer): it is polled instead."""

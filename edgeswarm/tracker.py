@@ -120,6 +120,12 @@ def url_matches_address(url: str, address: str) -> bool:
     return parts.scheme in ("http", "https") and "@" not in parts.netloc and host == seen
 
 
+def peer_url(address: str, port: int) -> str:
+    """A peer's upload URL: the address its connection came from and the port it names."""
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
+
+
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     ip = ipaddress.ip_address(text.split("%", 1)[0])
     return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip

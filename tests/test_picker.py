@@ -118,3 +118,71 @@ def test_bitfield_rejects_wrong_lengths_and_stray_bits(count, raw):
     except ValueError:
         return
     assert len(raw) == (count + 7) // 8 and all(0 <= i < count for i in held)
+
+
+def test_a_seeding_edge_is_given_urgent_pieces_only():
+    """With an edge that seeds, the rest of the window is the seeder's (POST /seed) and the peers'."""
+    p = PiecePicker(16, seed="me")
+    p.stream(0, 2, 8)
+    assert p.pick_urgent("edge", 0, edge=True) == 0  # a reader needs it and no peer holds it
+    p.start("edge", 0, 0)
+    assert p.pick_urgent("edge", 0, edge=True) == 1
+    p.start("edge", 1, 0)
+    assert p.pick_urgent("edge", 0, edge=True) is None  # pieces 2..7 are not urgent
+    assert p.pick("edge", 0, edge=True) == 2  # the edge without seeding takes them
+
+
+def test_pieces_ahead_of_the_urgent_window_go_to_peers_rarest_first():
+    """Readers that start together: the edge is not given what peers hold ahead of the readers."""
+    p = PiecePicker(16, seed="me")
+    p.stream(0, 2, 8)
+    p.peer_has("a", {5, 6})
+    p.peer_has("b", {6})
+    assert p.pick("a", 0) == 5  # rarest among what a holds, though 0 and 1 are missing: a does not hold them
+    p.start("a", 5, 0)
+    assert p.pick("b", 0) == 6
+    assert p.pick_urgent("edge", 0, edge=True) == 0
+    p.peer_has("b", {0, 6})
+    p.urgent = [0]
+    assert p.pick_urgent("edge", 0, edge=True) is None  # b holds it: b's worker takes it, in time
+    assert p.pick_urgent("edge", 5.0, edge=True) is None  # not awaited by a reader, not in flight: still b's
+    p.start("b", 0, 0)
+    assert p.pick_urgent("edge", 0.5, edge=True) is None
+    assert p.pick_urgent("edge", p.deadline + 0.1, edge=True) == 0  # b is late: the edge races it
+
+
+def test_what_the_seeder_is_told():
+    p = PiecePicker(8, have={0}, seed="me")
+    p.stream(3, 2, 4)
+    assert p.seed_from() == 3  # the reader's position
+    p.start("a", 4, 0)
+    assert p.claimed() == {0, 4}  # held or in flight: the edge should pick another
+    p.whole()
+    assert p.seed_from() == 0
+
+
+def test_wants_and_urgency():
+    p = PiecePicker(8, have={1}, seed="me")
+    p.stream(0, 2, 4)
+    assert [p.wants(i) for i in range(6)] == [True, False, True, True, False, False]
+    assert p.is_urgent(0) and not p.is_urgent(3)
+    p.awaited[3] = 0.0
+    assert p.is_urgent(3)
+    p.whole()
+    assert p.wants(5) and not p.wants(1)
+
+
+def test_with_a_seeding_edge_a_piece_nobody_holds_waits_for_the_region_first():
+    """Readers that start together lack the same next piece; the seeder sends it to one of them, the others trade for it."""
+    p = PiecePicker(8, seed="me")
+    p.stream(0, 2, 8)
+    assert p.pick_urgent("edge", 0, edge=True) == 0  # no seeder: nobody holds it, the edge takes it at once
+    assert p.pick_urgent("edge", 0, edge=True, seeding=True) is None  # a neighbour is about to hold it
+    p.awaited[0] = 0.0
+    assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) is None  # the region gets it soon
+    assert p.pick_urgent("edge", p.seed_patience, edge=True, seeding=True) == 0  # the reader waited long enough
+    p.peer_has("a", {1})
+    p.awaited[1] = 0.0
+    p.start("edge", 0, 0)
+    assert p.pick_urgent("edge", 5.0, edge=True, seeding=True) is None  # a has 1 and is idle: a's worker takes it
+    assert p.pick_urgent("edge", 0, edge=True, fallback=True, seeding=True) == 1  # peers are not delivering at all

@@ -1,0 +1,124 @@
+"""The HAVE stream's rules, driven directly: batching, the subscriber cap, the line format, latency, back-off."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeswarm import bitfield
+from edgeswarm.havefeed import (
+    HEARTBEAT_LINE,
+    MAX_BACKOFF,
+    MAX_BUFFER,
+    HaveFeed,
+    LatencyStats,
+    Subscriber,
+    backoff,
+    have_line,
+    parse_line,
+    snapshot_line,
+    too_slow,
+)
+
+
+def test_a_batch_is_one_line_with_each_piece_once_and_the_time_of_the_first():
+    sub = Subscriber()
+    woken = []
+    sub.on_pending = lambda: woken.append(1)
+    sub.add(5, 100.0)
+    sub.add(2, 100.01)
+    sub.add(5, 100.02)  # stored again (evicted and refetched): said once
+    assert len(woken) == 3
+    assert json.loads(sub.take()) == {"have": [5, 2], "at": 100.0}
+    assert sub.take() is None  # nothing new since
+    sub.add(7, 101.0)
+    assert json.loads(sub.take()) == {"have": [7], "at": 101.0}
+
+
+def test_stored_pieces_reach_the_subscribers_of_that_content_only():
+    feed = HaveFeed()
+    a, b, other = feed.subscribe("c1"), feed.subscribe("c1"), feed.subscribe("c2")
+    feed.stored("c1", 3, 1.0)
+    assert parse_line(a.take(), 8).pieces == {3}
+    assert parse_line(b.take(), 8).pieces == {3}
+    assert other.take() is None
+    feed.unsubscribe("c1", a)
+    feed.stored("c1", 4, 2.0)
+    assert a.take() is None and parse_line(b.take(), 8).pieces == {4}
+
+
+def test_at_most_cap_subscribers_per_content():
+    feed = HaveFeed(cap=64)
+    subs = [feed.subscribe("c") for _ in range(64)]
+    assert all(subs) and feed.count("c") == 64
+    assert feed.subscribe("c") is None  # the 65th: 429
+    assert feed.subscribe("d") is not None  # another content has its own cap
+    feed.unsubscribe("c", subs[0])
+    assert feed.subscribe("c") is not None
+
+
+def test_close_wakes_every_writer():
+    feed = HaveFeed()
+    sub = feed.subscribe("c")
+    woken = []
+    sub.on_pending = lambda: woken.append(1)
+    feed.close()
+    assert sub.closed and woken
+
+
+def test_a_subscriber_that_reads_nothing_is_dropped_past_the_buffer_cap():
+    assert not too_slow(MAX_BUFFER)
+    assert too_slow(MAX_BUFFER + 1)
+
+
+def test_lines_round_trip():
+    snap = parse_line(snapshot_line({0, 9}, 10, 5.5), 10)
+    assert (snap.kind, snap.pieces, snap.at) == ("snapshot", {0, 9}, 5.5)
+    have = parse_line(have_line([1, 2], 6.0), 10)
+    assert (have.kind, have.pieces, have.at) == ("have", {1, 2}, 6.0)
+    assert parse_line(HEARTBEAT_LINE, 10).kind == "heartbeat"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"have": [10], "at": 1}\n',  # past the last piece
+        b'{"have": [-1], "at": 1}\n',
+        b'{"have": [true], "at": 1}\n',
+        b'{"have": "1,2", "at": 1}\n',
+        b'{"have": [1], "at": "soon"}\n',
+        b'{"bitfield": "!!", "at": 1}\n',
+        json.dumps({"bitfield": bitfield.encode({1}, 32)}).encode(),  # wrong length for 10 pieces
+        b"\xff\xfe\n",
+    ],
+)
+def test_malformed_lines_are_refused(line):
+    with pytest.raises(ValueError):
+        parse_line(line, 10)
+
+
+def test_latency_percentiles():
+    stats = LatencyStats()
+    assert stats.percentiles() is None
+    for ms in range(1, 101):
+        stats.add(ms / 1000)
+    assert stats.percentiles() == {"p50": 0.051, "p95": 0.096}
+    stats.add(-3.0)  # the sender's clock is ahead of ours
+    assert min(stats._samples) == 0.0
+
+
+def test_latency_keeps_the_newest_samples_only():
+    stats = LatencyStats(keep=10)
+    for _ in range(10):
+        stats.add(5.0)
+    for _ in range(10):
+        stats.add(0.01)
+    assert stats.percentiles() == {"p50": 0.01, "p95": 0.01}
+
+
+def test_reconnect_backoff_doubles_up_to_a_cap():
+    assert [backoff(n) for n in range(1, 6)] == [1, 2, 4, 8, 16]
+    assert backoff(50) == MAX_BACKOFF

@@ -1,0 +1,319 @@
+"""Availability pushed between neighbours (the HAVE stream) and the edge asked to seed, end to end on loopback.
+
+The edges run with the default announce interval (300 s): nothing here may
+wait for a second announce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import statistics
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import make_file, sha, status
+
+from edgeswarm import bitfield
+from edgeswarm.process import ProcessGroup
+
+pytestmark = pytest.mark.integration  # starts daemons as subprocesses
+
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16, 127.0.0.0/16]}\n"
+SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
+NDJSON = {"Accept": "application/x-ndjson"}
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
+    return nodes.start(
+        "edge", *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), *extra), name="edge"
+    )
+
+
+def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str):
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", "--upload-limit", "4MB/s"),
+        name=name,
+    )
+
+
+async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
+    async with http.post(peer.urls["gateway"] + path) as resp:
+        assert resp.status == 202, await resp.text()
+
+
+async def swarm_status(http: aiohttp.ClientSession, peer) -> dict:
+    st = await status(http, peer.urls["gateway"])
+    return st["swarms"][0] if st["swarms"] else {}
+
+
+async def until(check, timeout: float, what: str):
+    """Poll ``check`` (an async callable returning a truthy value when done) within a generous bound."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "2MB/s")
+    a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
+    b = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "b")
+    await post(http, a, "/f.bin")
+    cid = (await until(lambda: swarm_status(http, a), 20, "a has no swarm"))["id"]
+    await post(http, b, "/f.bin")  # b finds a in its first announce's answer, and subscribes to it
+    upload = a.urls["upload"]
+
+    async with http.get(f"{upload}/have/{cid}") as resp:  # an old client: the bitfield as before
+        assert resp.status == 200 and resp.content_type == "application/json"
+        assert "bitfield" in await resp.json()
+
+    latencies, seen = [], set()
+    async with http.get(f"{upload}/have/{cid}", headers=NDJSON) as resp:
+        assert resp.status == 200 and resp.content_type == "application/x-ndjson"
+        first = json.loads(await resp.content.readline())
+        seen |= bitfield.decode(first["bitfield"], 32)
+        while len(seen) < 32:
+            line = await asyncio.wait_for(resp.content.readline(), 15)
+            doc = json.loads(line)
+            if "have" in doc:
+                latencies.append(time.time() - doc["at"])
+                seen |= set(doc["have"])
+    assert latencies, "every piece was stored before we subscribed: make the edge slower"
+    print(
+        f"availability latency over {len(latencies)} lines: median {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+    )
+    assert max(latencies) < 2.0
+
+    await until(lambda: _complete(http, b), 60, "b did not complete")
+    st = await status(http, b.urls["gateway"])
+    print(f"b's availability latency from its stream of a: {st['have_latency']}")
+    assert st["have_latency"] is not None and st["have_latency"]["p95"] < 2.0
+    assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]
+    # both are complete: neither holds a place under the other's subscriber cap any more
+    await until(lambda: _no_subscribers(http, a, b), 5, "subscriptions outlived the download")
+
+
+async def _no_subscribers(http: aiohttp.ClientSession, *peers) -> bool:
+    counts = [(await status(http, p.urls["gateway"]))["have_subscribers"] for p in peers]
+    return not any(counts)
+
+
+async def _complete(http: aiohttp.ClientSession, peer) -> bool:
+    return bool((await swarm_status(http, peer)).get("complete"))
+
+
+async def test_a_late_joiner_is_found_through_its_subscription_without_a_tracker_round(tmp_path, nodes, origin, published, regions, http):
+    """a announced before b existed and will not announce again for 300 s: it learns of b when b subscribes to it."""
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
+    await post(http, a, "/f.bin")
+    await until(lambda: _held(http, a, 2), 30, "a fetched nothing")
+    assert (await swarm_status(http, a))["neighbours"] == 0
+    b = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "b")
+    await post(http, b, "/f.bin")
+    started = time.monotonic()
+    await until(lambda: _streams(http, a, 1), 10, "a never learned of b")
+    print(f"a knows b and has its HAVE stream {time.monotonic() - started:.2f} s after b asked for the file")
+    assert (await swarm_status(http, a))["neighbours"] == 1
+    for p in (a, b):
+        await until(lambda p=p: _complete(http, p), 60, "a peer did not complete")
+        async with http.get(p.urls["gateway"] + "/f.bin") as resp:
+            assert sha(await resp.read()) == sha(data)
+    st = await status(http, a.urls["gateway"])
+    assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]  # a traded with b
+
+
+async def _held(http: aiohttp.ClientSession, peer, n: int) -> bool:
+    return (await swarm_status(http, peer)).get("held", 0) >= n
+
+
+async def _streams(http: aiohttp.ClientSession, peer, n: int) -> bool:
+    return (await swarm_status(http, peer)).get("have_streams", 0) >= n
+
+
+class SeedingEdge:
+    """A test double of a seeding edge: everything goes to a real edge, except ``POST /seed``.
+
+    Its /seed hands each piece to the region once (lowest index first) and
+    answers 204 after that; every request's urgency header is recorded.
+    """
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.seeded: list[int] = []
+        self.seed_asks: list[dict] = []
+        self.urgency: list[str | None] = []
+        self.url = ""
+
+    async def seed(self, request: web.Request) -> web.StreamResponse:
+        doc = await request.json()
+        self.seed_asks.append(doc)
+        cid = request.match_info["cid"]
+        async with aiohttp.ClientSession() as s, s.get(f"{self.upstream}/have/{cid}") as r:
+            count = (await r.json())["pieces"]
+        have = bitfield.decode(doc["have"], count)
+        lacking = [i for i in range(doc.get("from", 0), count) if i not in have and i not in self.seeded]
+        if not lacking:
+            return web.Response(status=204)
+        index = lacking[0]
+        self.seeded.append(index)  # before the fetch: concurrent asks get other pieces
+        async with aiohttp.ClientSession() as s, s.get(f"{self.upstream}/piece/{cid}/{index}") as r:
+            body = await r.read()
+        return web.Response(body=body, content_type="application/octet-stream", headers={"X-Edgeswarm-Piece": str(index)})
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/piece/"):
+            self.urgency.append(request.headers.get("X-Edgeswarm-Urgency"))
+        headers = {k: v for k, v in request.headers.items() if k not in ("Host", "Content-Length")}
+        body = await request.read()
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            s.request(request.method, self.upstream + request.raw_path, headers=headers, data=body) as r,
+        ):
+            return web.Response(body=await r.read(), status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "text/plain")})
+
+    async def __aenter__(self) -> SeedingEdge:
+        app = web.Application()
+        app.router.add_post("/seed/{cid}", self.seed)
+        app.router.add_route("*", "/{path:.*}", self.forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._runner.cleanup()
+
+
+async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    async with SeedingEdge(edge.url) as seeder:
+        # the double forwards announces, so the edge sees every peer at its address: all listen there
+        viewer = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "viewer")
+        async with http.get(viewer.urls["gateway"] + "/f.bin", headers={"Range": "bytes=0-1"}) as resp:
+            assert resp.status == 206  # a reader's piece, and nobody else holds it: an urgent /piece
+        assert seeder.urgency[:1] == ["urgent"], seeder.urgency
+        peers = [start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", f"p{i}") for i in range(3)]
+        for p in peers:  # one after the other: each finds the earlier ones in its tracker answer
+            await post(http, p, "/f.bin")
+            await until(lambda p=p: swarm_status(http, p), 20, "no swarm")
+        for p in peers:
+            await until(lambda p=p: _complete(http, p), 90, "a peer did not complete")
+            async with http.get(p.urls["gateway"] + "/f.bin") as resp:
+                assert sha(await resp.read()) == sha(data)
+        assert seeder.seed_asks and all(ask["from"] == 0 and base64.b64decode(ask["have"]) for ask in seeder.seed_asks)
+        assert len(seeder.seeded) == len(set(seeder.seeded))  # the double's rule: once per region
+        assert set(seeder.urgency) <= {"urgent", "background"}, seeder.urgency  # every /piece says why
+        got = [await status(http, p.urls["gateway"]) for p in peers]
+        from_peers = sum(st["received_by_kind"].get("peer-same-region", 0) for st in got)
+        print(f"seeded {len(seeder.seeded)} pieces, {len(seeder.urgency)} by /piece; peers traded {from_peers // 262144} pieces")
+        assert from_peers >= SIZE  # at least one whole copy went between peers, not from the edge
+
+
+async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "f.bin", 1024 * 1024)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
+    await post(http, a, "/f.bin")
+    await until(lambda: _complete(http, a), 30, "a did not complete")
+    cid = (await swarm_status(http, a))["id"]
+    url = f"{a.urls['upload']}/have/{cid}"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        streams = [await s.get(url, headers=NDJSON) for _ in range(64)]
+        try:
+            assert [r.status for r in streams] == [200] * 64
+            for r in streams:
+                assert json.loads(await r.content.readline())["bitfield"]
+            async with s.get(url, headers=NDJSON) as extra:
+                assert extra.status == 429 and extra.headers["Retry-After"] == "30"
+            async with s.get(url) as plain:  # the bitfield is not capped
+                assert plain.status == 200
+            streams.pop().close()
+            await asyncio.sleep(0.5)  # the uploader notices the subscriber left
+            async with s.get(url, headers=NDJSON) as again:
+                assert again.status == 200
+            for port in ("99999", "0", "8O80", "9" * 5000):
+                async with s.get(url, headers={**NDJSON, "X-Edgeswarm-Upload-Port": port, "X-Edgeswarm-Peer": "x"}) as bad:
+                    assert bad.status == 400, port
+        finally:
+            for r in streams:
+                r.close()
+
+
+class OldPeer:
+    """A test double of a peer from before the HAVE stream: a plain /have only, and correct pieces.
+
+    It announces once, holding nothing, so only its /have can tell that it holds everything now.
+    """
+
+    def __init__(self, origin: str, addr: str):
+        self.origin, self.addr = origin, addr
+        self.served = 0
+        self.have_asks: list[str] = []  # the Accept header of each /have
+
+    async def have(self, request: web.Request) -> web.Response:
+        self.have_asks.append(request.headers.get("Accept", ""))
+        n = self.pieces
+        return web.json_response({"id": request.match_info["cid"], "pieces": n, "held": n, "bitfield": bitfield.encode(range(n), n)})
+
+    async def piece(self, request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.origin}/piece/{request.match_info['cid']}/{request.match_info['i']}") as r:
+            body = await r.read()
+        self.served += 1
+        return web.Response(body=body)
+
+    async def start(self, edge: str, cid: str, pieces: int) -> None:
+        self.pieces = pieces
+        app = web.Application()
+        app.router.add_get("/have/{cid}", self.have)
+        app.router.add_get("/piece/{cid}/{i}", self.piece)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.addr, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        doc = {"peer_id": "old", "port": port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
+        doc |= {"have": bitfield.encode((), pieces), "event": "started"}
+        connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
+        async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    old = OldPeer(origin.url, "127.1.0.99")
+    await old.start(edge.url, cid, 32)
+    try:
+        new = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "new")
+        await post(http, new, "/f.bin")
+        await until(lambda: _complete(http, new), 60, "new did not complete")
+    finally:
+        await old.runner.cleanup()
+    async with http.get(new.urls["gateway"] + "/f.bin") as resp:
+        assert sha(await resp.read()) == sha(data)
+    assert old.have_asks[:1] == ["application/x-ndjson"], old.have_asks  # it tried the stream first
+    assert old.served > 0, "the old peer's pieces were never used"
