@@ -97,6 +97,10 @@ class PiecePicker:
     def done(self) -> bool:
         return not self.missing()
 
+    def complete(self) -> bool:
+        """Every piece of the file is held, whether it was fetched whole or read by a player."""
+        return len(self.have) >= self.count
+
     def wants(self, index: int) -> bool:
         """Is ``index`` one we still need (cheaper than ``index in missing()``)?"""
         return index not in self.have and (self.whole_file or index in self.wanted)

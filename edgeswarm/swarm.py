@@ -77,7 +77,7 @@ class Swarm:
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._scout_task: asyncio.Task | None = None
         self._closed = False
-        if self.picker.done() and self.picker.whole_file:
+        if self.picker.complete():
             self.completed.set()
 
     # -- what the user wants -------------------------------------------------------
@@ -451,7 +451,7 @@ class Swarm:
         self._check_complete()
 
     def _check_complete(self) -> None:
-        if self.picker.whole_file and self.picker.done() and not self.completed.is_set():
+        if self.picker.complete() and not self.completed.is_set():  # a player that read it all completed it too
             self.completed.set()
             self.peer.on_complete(self)
             for n in self.neighbours.values():  # we need nobody's pieces now: free our places under their caps
@@ -508,7 +508,7 @@ class Swarm:
             "id": self.cid,
             "pieces": m.piece_count,
             "held": len(self.picker.have),
-            "complete": self.picker.done() and self.picker.whole_file,
+            "complete": self.picker.complete(),
             "neighbours": len(self.neighbours),
             "have_streams": sum(1 for n in self.neighbours.values() if n.stream),
             "banned": sorted(self.banned),

@@ -186,3 +186,11 @@ def test_with_a_seeding_edge_a_piece_nobody_holds_waits_for_the_region_first():
     p.start("edge", 0, 0)
     assert p.pick_urgent("edge", 5.0, edge=True, seeding=True) is None  # a has 1 and is idle: a's worker takes it
     assert p.pick_urgent("edge", 0, edge=True, fallback=True, seeding=True) == 1  # peers are not delivering at all
+
+
+def test_complete_means_every_piece_held_however_it_came():
+    p = PiecePicker(3)
+    p.stream(0, urgent=2, window=3)  # a player reading, not a whole-file download
+    assert not p.complete()
+    p.have.update({0, 1, 2})
+    assert p.complete() and not p.whole_file
