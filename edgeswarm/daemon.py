@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from edgeswarm.connlimit import ConnectionPolicy
 from edgeswarm.httpspec import HttpError
@@ -292,6 +292,15 @@ class _Handler(RequestHandler):
             return await super()._handle_request(request, start_time, request_handler)
         finally:
             self._conns.policy.finished(self, self._loop.time())
+
+    def log_exception(self, *args, **kw) -> None:
+        """aiohttp drains what is left of a body after the answer; a body it cannot decode there (a bad gzip after
+        our 415, say) is the client's mistake: one rate-limited line, not an "Unhandled exception" traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            self._conns.quiet.log(logging.INFO, "bad request bodies", "bad request body: %s", _one_line(str(exc)))
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None):
         if isinstance(exc, ConnectionError):  # the client went away mid-request: not an error of ours

@@ -269,3 +269,18 @@ async def test_a_client_hanging_up_mid_body_is_not_an_error(nodes, origin, tmp_p
     await asyncio.sleep(0.5)
     log = edge.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+
+
+async def test_a_body_aiohttp_cannot_decode_after_our_refusal_is_one_line_not_a_traceback(nodes, origin, tmp_path: Path):
+    """aiohttp drains the rest of a refused body; a gzip it cannot decode there was an "Unhandled exception" traceback."""
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--p2p", "--parent", origin.url)
+    body = b"not gzip at all " * 64
+    for encoding in ("gzip", "deflate"):
+        head = f"POST /announce HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\nContent-Encoding: {encoding}\r\n"
+        answer = await exchange(edge.url, head.encode() + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        assert b" 415 " in answer.split(b"\r\n")[0], answer[:200]
+    assert await healthy(edge.url)
+    await asyncio.sleep(0.5)
+    log = edge.log_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    assert "bad request body" in log
