@@ -243,7 +243,8 @@ class BloatingPeer(CorruptingPeer):
 async def test_a_peer_with_endless_pieces_leaves_the_victim_bounded(tmp_path, nodes, origin, published, regions, http):  # noqa: F811
     data = b"".join(bytes([i]) * 262144 for i in range(8))
     (published / "f.bin").write_bytes(data)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    # a slow edge, so the victim keeps asking the double until it gives up on it (a seeding edge would be done first)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "256KB/s")
     async with http.get(edge.url + "/manifest/f.bin") as r:
         cid = (await r.json())["id"]
     evil = BloatingPeer(origin.url, "127.1.0.99")
