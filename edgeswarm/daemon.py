@@ -74,16 +74,23 @@ class AccessLogger(AbstractAccessLogger):
 
 
 def make_app(metrics: Metrics) -> web.Application:
+    # one line per refusal, but a flood of them (a Sybil's 429s, a scanner's 400s) costs 20 lines per status per 10 s
+    refusals = ThrottledLog(log, Throttle(burst=20, interval=10.0))
+
+    def refused(request: web.Request, status: int, why: str) -> None:
+        refusals.flush()
+        refusals.log(logging.INFO, f"{status} answers", "%s %s -> %d %s", request.method, shown(request), status, why)
+
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         try:
             resp = await handler(request)
         except HttpError as exc:
-            log.info("%s %s -> %d %s", request.method, shown(request), exc.status, exc.message)
+            refused(request, exc.status, exc.message)
             resp = text_error(exc.status, exc.message, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own refusals, such as 413 for a body over client_max_size
             if exc.status >= 400:
-                log.info("%s %s -> %d %s", request.method, shown(request), exc.status, exc.reason)
+                refused(request, exc.status, exc.reason)
             resp = exc
         except (ConnectionResetError, asyncio.CancelledError):
             raise

@@ -284,3 +284,14 @@ async def test_a_body_aiohttp_cannot_decode_after_our_refusal_is_one_line_not_a_
     log = edge.log_text()
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
     assert "bad request body" in log
+
+
+async def test_a_flood_of_refused_requests_costs_a_bounded_number_of_log_lines(nodes, origin):
+    """Well-formed requests that get a 4xx log one line each, up to a rate: 2000 requests for unknown pieces, not 2000 lines."""
+    async with aiohttp.ClientSession() as http:
+        for n in range(2000):
+            async with http.get(f"{origin.url}/piece/{'0' * 64}/x{n}") as r:
+                assert r.status == 404
+    assert await healthy(origin.url)
+    refusals = [line for line in origin.log_text().splitlines() if "-> 404" in line]
+    assert 1 <= len(refusals) <= 60, len(refusals)
