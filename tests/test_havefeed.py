@@ -11,6 +11,7 @@ from edgeswarm.havefeed import (
     HEARTBEAT_LINE,
     MAX_BACKOFF,
     MAX_BUFFER,
+    MAX_LATENCY_S,
     HaveFeed,
     LatencyStats,
     Subscriber,
@@ -90,6 +91,10 @@ def test_lines_round_trip():
         b'{"have": [true], "at": 1}\n',
         b'{"have": "1,2", "at": 1}\n',
         b'{"have": [1], "at": "soon"}\n',
+        b'{"have": [1], "at": -Infinity}\n',  # json.loads takes these: a hostile clock would be an unbounded latency
+        b'{"have": [1], "at": NaN}\n',
+        b'{"bitfield": "gA==", "at": Infinity}\n',
+        b'{"have": [1], "at": true}\n',
         b'{"bitfield": "!!", "at": 1}\n',
         json.dumps({"bitfield": bitfield.encode({1}, 32)}).encode(),  # wrong length for 10 pieces
         b"\xff\xfe\n",
@@ -105,9 +110,16 @@ def test_latency_percentiles():
     assert stats.percentiles() is None
     for ms in range(1, 101):
         stats.add(ms / 1000)
-    assert stats.percentiles() == {"p50": 0.051, "p95": 0.096}
-    stats.add(-3.0)  # the sender's clock is ahead of ours
-    assert min(stats._samples) == 0.0
+    assert stats.percentiles() == {"p50": 0.05, "p95": 0.095}  # nearest rank, as the edge's region figures
+
+
+def test_latency_ignores_samples_a_skewed_clock_made():
+    stats = LatencyStats()
+    for seconds in (-3.0, MAX_LATENCY_S + 1, 1e12, float("inf")):  # sender's clock ahead of ours, or far behind
+        stats.add(seconds)
+    assert stats.percentiles() is None  # nothing the edge would refuse in an announce
+    stats.add(MAX_LATENCY_S)
+    assert stats.percentiles() == {"p50": MAX_LATENCY_S, "p95": MAX_LATENCY_S}
 
 
 def test_latency_keeps_the_newest_samples_only():
