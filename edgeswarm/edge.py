@@ -350,6 +350,8 @@ class Edge:
             have, start = parse_request(await request.read(), signed.manifest.piece_count)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
+        if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
+            have |= set(range(signed.manifest.piece_count)) - store.held(cid)
         region = self.region_name(request)
         index = self.seeder.choose(region, cid, have, start, signed.manifest.piece_count)
         if index is None:

@@ -340,6 +340,9 @@ class Peer:
             return None
         if reply.status in (404, 405):
             raise SeedUnsupported()
+        if 400 <= reply.status < 500:  # refused this asker (403 under --internal, 429...): wait, as on 204; the edge is fine
+            log.info("%s answered %d to /seed for %s: waiting, as on 204", edge, reply.status, cid[:12])
+            return None
         if reply.status != 200:
             raise UpstreamError(502, f"{edge} answered {reply.status} to /seed")
         try:
