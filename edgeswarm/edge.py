@@ -346,6 +346,7 @@ class Edge:
         may_fetch = self.may_fetch(request)
         signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
+        check_json_body(request.headers)
         try:
             have, start = parse_request(await request.read(), signed.manifest.piece_count)
         except ValueError as exc:

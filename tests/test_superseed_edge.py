@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
 from pathlib import Path
 
@@ -188,6 +190,11 @@ async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, publis
             assert r.status == 400 and word in await r.text(), (body, r.status)
     async with http.post(url, data=b"x" * 200_000, headers=auth) as r:
         assert r.status == 413
+    body = json.dumps(good).encode()
+    async with http.post(url, data=gzip.compress(body), headers={**auth, "Content-Encoding": "gzip"}) as r:
+        assert r.status == 415 and "uncompressed" in await r.text()
+    async with http.post(url, data=body, headers={**auth, "Content-Type": "application/json; charset=latin-1"}) as r:
+        assert r.status == 400 and "UTF-8" in await r.text()
     async with http.post(f"{edge.url}/seed/{'0' * 64}", json=good, headers=auth) as r:
         assert r.status == 404
     async with http.post(url, json=good, headers=auth) as r:
