@@ -654,7 +654,7 @@ class Peer:
         if swarm is None or not port or not peer_id or not request.remote:
             return
         claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
-        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed == self.region)
+        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed == self.region, subscriber=True)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
