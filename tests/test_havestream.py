@@ -236,7 +236,7 @@ async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_p
 async def test_an_edge_refusing_a_seed_is_waited_for_not_set_aside(tmp_path, nodes, origin, published, regions, http):
     """A 4xx to /seed (an edge under --internal, say) says nothing of the edge's health: its /piece stays first."""
     data = make_file(published / "f.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")  # p cannot finish before its tracker answer
     async with SeedingEdge(edge.url, refuse=403) as seeder:
         first = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "first")  # alone it has no neighbour: no seeding
         await post(http, first, "/f.bin")
