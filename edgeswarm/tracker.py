@@ -43,7 +43,7 @@ class Limits:
     behind one NAT address, each machine running one peer daemon (a daemon
     uses one id for all its contents); carrier-grade NAT needs more, or
     tokens, whose users are counted apart.  The rate lets such an address
-    announce a few hundred contents per default 30 s interval, with a burst
+    announce a few thousand contents per default 300 s interval, with a burst
     for daemons that start together.
     """
 
