@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
-from edgeswarm.httpspec import PEER_HEADER, HttpError, check_json_body
+from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
 from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import SignedManifest, is_content_id
 from edgeswarm.manifestfetch import ManifestFetcher, requested_path
@@ -51,7 +51,6 @@ log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
-URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece: "urgent" (a reader's deadline) or "background"
 
 
 class EdgeSource:
@@ -372,7 +371,7 @@ class Edge:
         peer = request.headers.get(PEER_HEADER)
         self.metrics.sent["node"] += len(data)
         self.metrics.content[("sent", cid, "peer" if peer else "node")] += len(data)
-        resp = await send_piece(request, data, self.bucket, {"X-Edgeswarm-Piece": str(index)} if endpoint == "seed" else None)
+        resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None)
         self.account(grant, request, signed, "edge_sent", len(data))
         if peer:  # the user's peer daemon: its reports can confirm these bytes
             self.account(grant, request, signed, "edge_sent_to_peers", len(data))
