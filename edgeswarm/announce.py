@@ -28,6 +28,7 @@ EVENTS = {"started", "update", "completed", "stopped"}
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
 USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_from_peers", "uploaded": "reported_uploaded"}
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
+CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
 
 @dataclass
@@ -90,7 +91,7 @@ class TrackerService:
         self.regions = regions
         self.interval = interval
         self.tracker = Tracker(locality=locality, ttl=interval * 3, limits=limits)  # type: ignore[arg-type]
-        self.claims = ClaimPolicy(max_peer_rate or DEFAULT_MAX_RATE, window=self.tracker.ttl)
+        self.claims = ClaimPolicy(max_peer_rate or DEFAULT_MAX_RATE, window=interval * CLAIM_WINDOW, keep=self.tracker.ttl)
         self._reports: dict[tuple[PeerKey, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, bounded stats)
         self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted, stopped or expired
 

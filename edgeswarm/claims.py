@@ -16,7 +16,8 @@ Bounds (docs/security.md#claim-bounds):
   at most once an interval), counting at least one, who may have just left;
 - both: at most what the owner's link (the token's user, else the address)
   can carry, a byte bucket of ``max_rate`` bytes/s that fills for ``window``
-  seconds, so fresh peer ids do not bring fresh budgets;
+  seconds (1.2 announce intervals: one interval at full rate, and a late
+  announce), so fresh peer ids do not bring fresh budgets;
 - ``stats``: the received bytes of each kind are at most the content's size
   (not their sum: an endgame may fetch a piece from the edge and a peer both).
 
@@ -57,7 +58,8 @@ class _Tally:
 @dataclass
 class ClaimPolicy:
     max_rate: float = DEFAULT_MAX_RATE
-    window: float = 90.0  # seconds of link capacity a claim may draw on: the tracker's ttl
+    window: float = 360.0  # seconds of link capacity a claim may draw on: one announce interval (300 s) and 20 %
+    keep: float = 900.0  # seconds a silent peer's tally is kept: the tracker's ttl, so a live peer's is never forgotten
     _tallies: dict[tuple[Hashable, str], _Tally] = field(default_factory=dict)
     _links: dict[tuple[Hashable, str], tuple[float, float]] = field(default_factory=dict)
 
@@ -103,8 +105,8 @@ class ClaimPolicy:
         self._tallies.pop((peer, cid), None)
 
     def expire(self, now: float) -> None:
-        """Drop tallies silent for a window, and buckets that are full again (a fresh one is the same)."""
-        for key in [k for k, t in self._tallies.items() if now - t.seen > self.window]:
+        """Drop tallies silent for ``keep``, and buckets that are full again (a fresh one is the same)."""
+        for key in [k for k, t in self._tallies.items() if now - t.seen > self.keep]:
             del self._tallies[key]
         full = self.max_rate * self.window
         for key in [k for k, (tokens, then) in self._links.items() if tokens + (now - then) * self.max_rate >= full]:

@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
-from edgeswarm.httpspec import PEER_HEADER, HttpError, check_json_body
+from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
 from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import SignedManifest, is_content_id
 from edgeswarm.manifestfetch import ManifestFetcher, requested_path
@@ -51,7 +51,6 @@ log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
-URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece: "urgent" (a reader's deadline) or "background"
 
 
 class EdgeSource:
@@ -346,10 +345,13 @@ class Edge:
         may_fetch = self.may_fetch(request)
         signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
+        check_json_body(request.headers)
         try:
             have, start = parse_request(await request.read(), signed.manifest.piece_count)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
+        if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
+            have |= set(range(signed.manifest.piece_count)) - store.held(cid)
         region = self.region_name(request)
         index = self.seeder.choose(region, cid, have, start, signed.manifest.piece_count)
         if index is None:
@@ -369,7 +371,7 @@ class Edge:
         peer = request.headers.get(PEER_HEADER)
         self.metrics.sent["node"] += len(data)
         self.metrics.content[("sent", cid, "peer" if peer else "node")] += len(data)
-        resp = await send_piece(request, data, self.bucket, {"X-Edgeswarm-Piece": str(index)} if endpoint == "seed" else None)
+        resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None)
         self.account(grant, request, signed, "edge_sent", len(data))
         if peer:  # the user's peer daemon: its reports can confirm these bytes
             self.account(grant, request, signed, "edge_sent_to_peers", len(data))

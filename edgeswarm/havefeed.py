@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ MAX_BUFFER = 256 * 1024  # bytes queued for a subscriber that does not read befo
 MAX_SUBSCRIBERS = 64  # per content per peer; the next one gets 429
 MAX_BACKOFF = 30.0  # seconds between two attempts to reopen a lost subscription, at most
 HEARTBEAT_LINE = b"{}\n"
+MAX_LATENCY_S = 3600.0  # an availability latency above this is a broken or lying clock, never a measurement
 
 
 # -- the uploader's side ------------------------------------------------------------------
@@ -181,8 +183,8 @@ def parse_line(line: bytes, count: int) -> HaveEvent:
     if not isinstance(doc, dict):
         raise ValueError("a HAVE line must be a JSON object")
     at = doc.get("at")
-    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float)):
-        raise ValueError("'at' must be a number")
+    if at is not None and (isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at)):
+        raise ValueError("'at' must be a finite number")
     if "bitfield" in doc:
         return HaveEvent("snapshot", frozenset(bitfield.decode(doc["bitfield"], count)), at)
     if "have" in doc:
@@ -200,18 +202,26 @@ class LatencyStats:
         self._samples: deque[float] = deque(maxlen=keep)
 
     def add(self, seconds: float) -> None:
-        self._samples.append(max(0.0, seconds))  # a clock behind the sender's is not a negative delay
+        """One sample; ignored outside [0, MAX_LATENCY_S]: a skewed or hostile sender's clock is no measurement.
+
+        Kept samples are what this peer reports in announces, and the edge
+        refuses an announce whose figures are out of that range.
+        """
+        if 0.0 <= seconds <= MAX_LATENCY_S:
+            self._samples.append(seconds)
 
     def percentiles(self) -> dict[str, float] | None:
         """``{"p50": s, "p95": s}``, or None before the first sample."""
         if not self._samples:
             return None
-        ordered = sorted(self._samples)
-        return {"p50": round(_rank(ordered, 0.50), 4), "p95": round(_rank(ordered, 0.95), 4)}
+        samples = list(self._samples)
+        return {"p50": round(quantile(samples, 0.50), 4), "p95": round(quantile(samples, 0.95), 4)}
 
 
-def _rank(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def backoff(failures: int) -> float:

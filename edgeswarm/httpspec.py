@@ -38,6 +38,8 @@ class HttpError(Exception):
 
 
 PEER_HEADER = "X-Edgeswarm-Peer"  # a peer names itself on piece requests (choker, accounting)
+URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece to an edge: "urgent" (a reader's deadline) or "background"
+PIECE_HEADER = "X-Edgeswarm-Piece"  # the index of the piece an edge's /seed answer carries
 
 
 def content_type(path: str) -> str:

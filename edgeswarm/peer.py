@@ -32,7 +32,7 @@ from edgeswarm import access, bitfield, havefeed, originkey, tokens
 from edgeswarm.choker import Choker
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
 from edgeswarm.havefeed import HaveEvent, HaveFeed, LatencyStats
-from edgeswarm.httpspec import PEER_HEADER, HttpError
+from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.manifestfetch import ManifestFetcher
 from edgeswarm.metrics import Metrics
@@ -53,9 +53,7 @@ log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 ANNOUNCE_INTERVAL = 300.0  # until a tracker says otherwise: neighbours' HAVE streams, not announces, carry availability
-URGENCY_HEADER = "X-Edgeswarm-Urgency"  # on piece requests to edges: urgent (a reader's deadline) or background
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
-PIECE_HEADER = "X-Edgeswarm-Piece"  # the index of the piece an edge's /seed answer carries
 
 
 class AnnounceSchedule:
@@ -340,13 +338,15 @@ class Peer:
             return None
         if reply.status in (404, 405):
             raise SeedUnsupported()
+        if 400 <= reply.status < 500:  # refused this asker (403 under --internal, 429...): wait, as on 204; the edge is fine
+            log.info("%s answered %d to /seed for %s: waiting, as on 204", edge, reply.status, cid[:12])
+            return None
         if reply.status != 200:
             raise UpstreamError(502, f"{edge} answered {reply.status} to /seed")
-        try:
-            index = int(reply.headers.get(PIECE_HEADER, ""))
-        except ValueError:
-            raise UpstreamError(502, f"{edge} answered /seed without a valid {PIECE_HEADER}") from None
-        if not 0 <= index < m.piece_count:
+        index = ascii_decimal(reply.headers.get(PIECE_HEADER, ""))
+        if index is None:
+            raise UpstreamError(502, f"{edge} answered /seed without a valid {PIECE_HEADER}")
+        if not index < m.piece_count:
             raise UpstreamError(502, f"{edge} sent piece {index} of a {m.piece_count}-piece file")
         await self.down_bucket.throttle(len(reply.body))
         self.from_edge[(cid, edge)] += len(reply.body)
@@ -645,13 +645,14 @@ class Peer:
         """
         port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
         peer_id = request.headers.get(PEER_HEADER, "")
-        if (port and not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536)) or len(peer_id) > 64:
+        number = ascii_decimal(port, max_digits=5)
+        if (port and not (number is not None and 0 < number < 65536)) or len(peer_id) > 64:
             raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
         swarm = self.swarms.get(cid)
-        if swarm is None or not port or not peer_id or not request.remote:
+        if swarm is None or number is None or not peer_id or not request.remote:
             return
         claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
-        swarm.add_neighbour(peer_id, peer_url(request.remote, int(port)), same_region=claimed == self.region)
+        swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:

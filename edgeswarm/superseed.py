@@ -19,18 +19,17 @@ may then send a piece a second time, never withhold one.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from edgeswarm import bitfield
+from edgeswarm.havefeed import MAX_LATENCY_S, quantile
 
 Region = str | None  # a region's name; None for addresses the region map does not place
 MAX_COPIES = 1 << 18  # live copies remembered over all entries (~20 MB); 2^18 pieces of 256 KiB is 64 GiB sent
 MAX_SENT_ENTRIES = 4096  # (region, content) byte tallies kept for /status, least recently used dropped
 URGENCIES = ("urgent", "background", "none")  # X-Edgeswarm-Urgency of a peer's /piece request; anything else is "none"
-MAX_LATENCY_S = 3600.0  # a have-latency report above this is a lie or a broken clock
 
 
 @dataclass
@@ -154,12 +153,6 @@ def parse_latency(value: object) -> tuple[float, float] | None:
     if p50 > p95:
         raise ValueError("announce field 'have_latency': p50 is above p95")
     return p50, p95
-
-
-def quantile(values: list[float], q: float) -> float:
-    """Nearest-rank quantile of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class RegionStats:

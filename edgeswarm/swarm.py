@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from edgeswarm import havefeed
 from edgeswarm.httpspec import HttpError
 from edgeswarm.picker import PiecePicker
 from edgeswarm.piecestore import CorruptPiece, PieceNotStored
+from edgeswarm.tracker import PER_ADDRESS, address_group
 from edgeswarm.upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ class Swarm:
         self.cid = signed.content_id
         m = signed.manifest
         self.picker = PiecePicker(m.piece_count, peer.store.held(self.cid), seed=peer.peer_id, deadline=peer.deadline)
-        self.neighbours: dict[str, Neighbour] = {}
+        self.neighbours: dict[str, Neighbour] = {}  # by URL (built from a connection's address), not by stated id
         self.banned: set[str] = set()
         self.waiters: dict[int, list[asyncio.Future]] = {}
         self.last_peer_delivery = time.monotonic()
@@ -127,15 +129,29 @@ class Swarm:
         self._staff()
         self._poke()
 
-    def add_neighbour(self, peer_id: str, url: str, same_region: bool) -> Neighbour | None:
-        """A neighbour (from the tracker, or one that subscribed to us), subscribed to; None if it may not be one."""
+    def add_neighbour(self, peer_id: str, url: str, same_region: bool, subscriber: bool = False) -> Neighbour | None:
+        """A neighbour (from the tracker, or one that subscribed to us), subscribed to; None if it may not be one.
+
+        Neighbours are known by URL, which the tracker and our own listener
+        build from the address a connection came from; the id is only what a
+        peer states.  So a subscriber stating the id of a peer known at
+        another URL is not taken for it (the tracker, which checks addresses,
+        moves an id), and no address gets more than ``PER_ADDRESS``
+        neighbours, as no address gets more of a tracker answer.
+        """
         if peer_id == self.peer.peer_id or _host(url) in self.banned:
             return None
-        n = self.neighbours.get(peer_id) or next((m for m in self.neighbours.values() if m.url == url), None)
+        n = self.neighbours.get(url)
         if n is None:
+            if subscriber and (why := refuse_subscriber(self.neighbours.values(), peer_id, url)):
+                log.info("subscriber %s at %s is not taken as a neighbour: %s", peer_id[:64], url, why)
+                return None
+            known = next((m for m in self.neighbours.values() if m.peer_id == peer_id), None)
+            if known is not None:  # the tracker checked the address: the id moved (a restart on a new port)
+                self._drop(known)
             if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
                 return None
-            n = self.neighbours[peer_id] = Neighbour(peer_id, url, same_region)
+            n = self.neighbours[url] = Neighbour(peer_id, url, same_region)
         if (
             n.subscription is None
             and not self._closed
@@ -163,13 +179,13 @@ class Swarm:
         or its own subscription.
         """
         failures = 0
-        while not self._closed and self.neighbours.get(n.peer_id) is n and not self.completed.is_set():
+        while not self._closed and self.neighbours.get(n.url) is n and not self.completed.is_set():
             try:
                 async with contextlib.aclosing(self.peer.have_stream(n.url, self.cid)) as events:  # a break closes it
                     async for event in events:
                         failures, n.stream = 0, True
                         self._heard(n, event)
-                        if self.completed.is_set() or self.neighbours.get(n.peer_id) is not n:
+                        if self.completed.is_set() or self.neighbours.get(n.url) is not n:
                             break  # done with this content, or with this neighbour: free the uploader's slot
             except StreamUnsupported:
                 n.stream = False
@@ -192,7 +208,7 @@ class Swarm:
 
     def _heard(self, n: Neighbour, event: havefeed.HaveEvent) -> None:
         """A line of ``n``'s HAVE stream: availability for the picker; a worker for ``n`` if it now has something for us."""
-        if n.peer_id not in self.neighbours:
+        if self.neighbours.get(n.url) is not n:
             return
         if event.kind == "snapshot":
             self.picker.peer_has(n.peer_id, event.pieces)
@@ -273,7 +289,7 @@ class Swarm:
         held = await self.peer.fetch_have(n.url, self.cid)
         if held is None:
             self.peer.ranking.failure(n.url, time.monotonic())
-        elif n.peer_id in self.neighbours:
+        elif self.neighbours.get(n.url) is n:
             self.picker.peer_has(n.peer_id, held)
 
     def _fallback(self, now: float) -> bool:
@@ -472,7 +488,8 @@ class Swarm:
             self._drop(n)
 
     def _drop(self, peer: Neighbour) -> None:
-        self.neighbours.pop(peer.peer_id, None)
+        if self.neighbours.get(peer.url) is peer:
+            del self.neighbours[peer.url]
         self._unsubscribe(peer)
         self.picker.peer_gone(peer.peer_id)
         self._staff()
@@ -513,6 +530,21 @@ class Swarm:
             "have_streams": sum(1 for n in self.neighbours.values() if n.stream),
             "banned": sorted(self.banned),
         }
+
+
+def refuse_subscriber(neighbours: Iterable[Neighbour], peer_id: str, url: str) -> str | None:
+    """Why a subscriber at a new ``url`` may not become a neighbour, or None if it may.
+
+    The id is only what it states: one known at another URL stays that
+    peer's.  Its address may have ``PER_ADDRESS`` neighbours, as it may have
+    that many places in a tracker answer.
+    """
+    group, same_address = address_group(_host(url)), 0
+    for m in neighbours:
+        if m.peer_id == peer_id:
+            return f"id already known at {m.url}"
+        same_address += address_group(_host(m.url)) == group
+    return f"its address has {PER_ADDRESS} neighbours already" if same_address >= PER_ADDRESS else None
 
 
 def _host(url: str) -> str:

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from edgeswarm.regions import Region
 
+PER_ADDRESS = 2  # peers of one address (group) in a tracker answer, and among a peer's neighbours
+
 Locality = Literal["strict", "prefer"]
 EVENTS = ("started", "update", "completed", "stopped")
 ALPHA = 0.5  # weight of the newest upload-rate sample
@@ -41,7 +43,7 @@ class Limits:
     behind one NAT address, each machine running one peer daemon (a daemon
     uses one id for all its contents); carrier-grade NAT needs more, or
     tokens, whose users are counted apart.  The rate lets such an address
-    announce a few hundred contents per default 30 s interval, with a burst
+    announce a few thousand contents per default 300 s interval, with a burst
     for daemons that start together.
     """
 
@@ -49,7 +51,7 @@ class Limits:
     ids_per_user: int = 16
     announces_per_s: float = 20.0
     announce_burst: float = 200.0
-    answer_per_address: int = 2  # one address's share of any answer: never the whole of it
+    answer_per_address: int = PER_ADDRESS  # one address's share of any answer: never the whole of it
 
 
 class Refused(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeswarm.announce import TrackerService
 from edgeswarm.claims import ClaimPolicy, overclaimers
 
 MiB = 1 << 20
@@ -56,7 +57,7 @@ def test_stats_are_at_most_the_content_each_and_only_new_excess_counts():
 
 
 def test_expire_forgets_silent_peers_and_full_buckets():
-    policy = ClaimPolicy(max_rate=MiB, window=10)
+    policy = ClaimPolicy(max_rate=MiB, window=10, keep=10)
     bound(policy, 0, {"from_peers": MiB})
     bound(policy, 8, {"from_peers": 5 * MiB}, peer="q")
     policy.expire(10.5)
@@ -81,3 +82,16 @@ def test_a_disagreement_flags_the_claimants_nobody_backs(claims, flagged):
 
 def test_blame_stops_once_the_rest_agree_and_never_swaps_sides():
     assert overclaimers({"up": (100 * MiB, 0), "a": (0, 60 * MiB), "b": (0, 32 * MiB)}, 0.01, 0) == {"up"}
+
+
+def test_a_tally_outlives_the_bucket_window_until_the_tracker_forgets_the_peer():
+    policy = ClaimPolicy(max_rate=MiB, window=10, keep=30)
+    bound(policy, 0, {"from_peers": SIZE})
+    policy.expire(20)  # silent for longer than the window, still live on the tracker
+    assert bound(policy, 20, {"from_peers": SIZE}).excess == SIZE, "a live peer's life-long from_peers bound was forgotten"
+
+
+def test_an_edges_claim_window_is_one_interval_and_a_fifth_not_the_trackers_ttl():
+    service = TrackerService(None, "prefer", interval=300)
+    assert (service.claims.window, service.claims.keep) == (360, service.tracker.ttl)
+    assert service.claims.max_rate * service.claims.window <= 45e9  # 1 Gbit/s for 360 s, not 112 GB over a 900 s ttl

@@ -11,6 +11,7 @@ from edgeswarm.havefeed import (
     HEARTBEAT_LINE,
     MAX_BACKOFF,
     MAX_BUFFER,
+    MAX_LATENCY_S,
     HaveFeed,
     LatencyStats,
     Subscriber,
@@ -20,6 +21,7 @@ from edgeswarm.havefeed import (
     snapshot_line,
     too_slow,
 )
+from edgeswarm.swarm import Neighbour, refuse_subscriber
 
 
 def test_a_batch_is_one_line_with_each_piece_once_and_the_time_of_the_first():
@@ -90,6 +92,10 @@ def test_lines_round_trip():
         b'{"have": [true], "at": 1}\n',
         b'{"have": "1,2", "at": 1}\n',
         b'{"have": [1], "at": "soon"}\n',
+        b'{"have": [1], "at": -Infinity}\n',  # json.loads takes these: a hostile clock would be an unbounded latency
+        b'{"have": [1], "at": NaN}\n',
+        b'{"bitfield": "gA==", "at": Infinity}\n',
+        b'{"have": [1], "at": true}\n',
         b'{"bitfield": "!!", "at": 1}\n',
         json.dumps({"bitfield": bitfield.encode({1}, 32)}).encode(),  # wrong length for 10 pieces
         b"\xff\xfe\n",
@@ -105,9 +111,16 @@ def test_latency_percentiles():
     assert stats.percentiles() is None
     for ms in range(1, 101):
         stats.add(ms / 1000)
-    assert stats.percentiles() == {"p50": 0.051, "p95": 0.096}
-    stats.add(-3.0)  # the sender's clock is ahead of ours
-    assert min(stats._samples) == 0.0
+    assert stats.percentiles() == {"p50": 0.05, "p95": 0.095}  # nearest rank, as the edge's region figures
+
+
+def test_latency_ignores_samples_a_skewed_clock_made():
+    stats = LatencyStats()
+    for seconds in (-3.0, MAX_LATENCY_S + 1, 1e12, float("inf")):  # sender's clock ahead of ours, or far behind
+        stats.add(seconds)
+    assert stats.percentiles() is None  # nothing the edge would refuse in an announce
+    stats.add(MAX_LATENCY_S)
+    assert stats.percentiles() == {"p50": MAX_LATENCY_S, "p95": MAX_LATENCY_S}
 
 
 def test_latency_keeps_the_newest_samples_only():
@@ -122,3 +135,15 @@ def test_latency_keeps_the_newest_samples_only():
 def test_reconnect_backoff_doubles_up_to_a_cap():
     assert [backoff(n) for n in range(1, 6)] == [1, 2, 4, 8, 16]
     assert backoff(50) == MAX_BACKOFF
+
+
+def test_a_subscriber_cannot_take_a_known_id_nor_a_third_place_for_its_address():
+    known = [Neighbour("a", "http://10.0.0.1:7000", True), Neighbour("b", "http://10.0.0.2:7000", True)]
+    assert refuse_subscriber(known, "c", "http://10.0.0.3:7000") is None
+    assert "already known" in refuse_subscriber(known, "a", "http://10.0.0.9:7000")  # a's id, claimed from elsewhere
+    known.append(Neighbour("d", "http://10.0.0.3:7001", True))
+    assert refuse_subscriber(known, "e", "http://10.0.0.3:7002") is None  # a second place for 10.0.0.3
+    known.append(Neighbour("e", "http://10.0.0.3:7002", True))
+    assert "address has 2" in refuse_subscriber(known, "f", "http://10.0.0.3:7003")
+    v6 = [Neighbour("g", "http://[2001:db8::1]:7000", True), Neighbour("h", "http://[2001:db8::2]:7000", True)]
+    assert refuse_subscriber(v6, "i", "http://[2001:db8::3]:7000"), "an IPv6 /64 counts as one address, as on the tracker"

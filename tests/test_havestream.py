@@ -156,8 +156,8 @@ class SeedingEdge:
     answers 204 after that; every request's urgency header is recorded.
     """
 
-    def __init__(self, upstream: str):
-        self.upstream = upstream
+    def __init__(self, upstream: str, refuse: int | None = None):
+        self.upstream, self.refuse = upstream, refuse  # refuse: every /seed gets this status
         self.seeded: list[int] = []
         self.seed_asks: list[dict] = []
         self.urgency: list[str | None] = []
@@ -166,6 +166,8 @@ class SeedingEdge:
     async def seed(self, request: web.Request) -> web.StreamResponse:
         doc = await request.json()
         self.seed_asks.append(doc)
+        if self.refuse is not None:
+            return web.Response(status=self.refuse, text="refused by the test")
         cid = request.match_info["cid"]
         async with aiohttp.ClientSession() as s, s.get(f"{self.upstream}/have/{cid}") as r:
             count = (await r.json())["pieces"]
@@ -229,6 +231,24 @@ async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_p
         from_peers = sum(st["received_by_kind"].get("peer-same-region", 0) for st in got)
         print(f"seeded {len(seeder.seeded)} pieces, {len(seeder.urgency)} by /piece; peers traded {from_peers // 262144} pieces")
         assert from_peers >= SIZE  # at least one whole copy went between peers, not from the edge
+
+
+async def test_an_edge_refusing_a_seed_is_waited_for_not_set_aside(tmp_path, nodes, origin, published, regions, http):
+    """A 4xx to /seed (an edge under --internal, say) says nothing of the edge's health: its /piece stays first."""
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")  # p cannot finish before its tracker answer
+    async with SeedingEdge(edge.url, refuse=403) as seeder:
+        first = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "first")  # alone it has no neighbour: no seeding
+        await post(http, first, "/f.bin")
+        await until(lambda: _complete(http, first), 90, "the first peer did not complete")
+        peer = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "p")  # a neighbour: it asks the edge to seed
+        await post(http, peer, "/f.bin")
+        await until(lambda: _complete(http, peer), 90, "the peer did not complete")
+        async with http.get(peer.urls["gateway"] + "/f.bin") as resp:
+            assert sha(await resp.read()) == sha(data)
+        assert seeder.seed_asks, "the peer never asked the edge to seed"
+    log = (tmp_path / "logs" / "p.log").read_text()
+    assert "failed on /seed" not in log and "answered 403 to /seed" in log
 
 
 async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, published, regions, http):
