@@ -91,7 +91,12 @@ class TrackerService:
         self.regions = regions
         self.interval = interval
         self.tracker = Tracker(locality=locality, ttl=interval * 3, limits=limits)  # type: ignore[arg-type]
-        self.claims = ClaimPolicy(max_peer_rate or DEFAULT_MAX_RATE, window=interval * CLAIM_WINDOW, keep=self.tracker.ttl)
+        self.claims = ClaimPolicy(
+            max_peer_rate or DEFAULT_MAX_RATE,
+            window=interval * CLAIM_WINDOW,
+            keep=self.tracker.ttl,
+            ids_per_link=self.tracker.limits.ids_per_address,
+        )
         self._reports: dict[tuple[PeerKey, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, bounded stats)
         self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted, stopped or expired
 

@@ -61,9 +61,9 @@ def test_expire_forgets_silent_peers_and_full_buckets():
     bound(policy, 0, {"from_peers": MiB})
     bound(policy, 8, {"from_peers": 5 * MiB}, peer="q")
     policy.expire(10.5)
-    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1}  # q's tally; the link is full again at 13
+    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1, "claim_copies": 1}  # q's; the link is full again at 13
     policy.expire(20)
-    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0}
+    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0}
 
 
 @pytest.mark.parametrize(
@@ -95,3 +95,22 @@ def test_an_edges_claim_window_is_one_interval_and_a_fifth_not_the_trackers_ttl(
     service = TrackerService(None, "prefer", interval=300)
     assert (service.claims.window, service.claims.keep) == (360, service.tracker.ttl)
     assert service.claims.max_rate * service.claims.window <= 45e9  # 1 Gbit/s for 360 s, not 112 GB over a 900 s ttl
+
+
+def test_id_churn_brings_no_new_copies_to_claim():
+    """One address announcing, stopping and coming back under 100 fresh ids: at most ids_per_link copies count."""
+    policy = ClaimPolicy(ids_per_link=4)
+    lie = {"edge": 0, "peer_same_region": SIZE, "peer_other_region": 0}
+    cuts = [bound(policy, i, {"from_peers": SIZE}, stats=lie, peer=f"sybil{i}") for i in range(100)]
+    assert sum(c.usage["from_peers"] for c in cuts) == 4 * SIZE
+    assert sum(c.stats["peer_same_region"] for c in cuts) == 4 * SIZE
+    assert sum(c.excess for c in cuts) == 96 * 2 * SIZE  # every byte cut is flagged
+    other = bound(policy, 100, {"from_peers": SIZE}, stats=lie, peer="neighbour", link="10.0.0.2")
+    assert other.usage["from_peers"] == SIZE and other.excess == 0  # another owner is not touched
+
+
+def test_a_peer_that_restarts_its_counters_is_booked_again_within_its_owners_copies():
+    policy = ClaimPolicy(ids_per_link=2)
+    assert bound(policy, 0, {}, stats={"edge": SIZE}).stats["edge"] == SIZE
+    assert bound(policy, 1, {}, stats={"edge": SIZE // 2}).stats["edge"] == SIZE // 2  # a restart: counted afresh
+    assert bound(policy, 2, {}, stats={"edge": SIZE}).stats["edge"] == SIZE // 2 + SIZE // 2  # the owner's second copy is spent
