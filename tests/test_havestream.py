@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import conftest
 import pytest
 from aiohttp import web
-from conftest import make_file, sha, status
+from conftest import make_file, post, sha, status
 
 from edgeswarm import bitfield
 from edgeswarm.process import ProcessGroup
@@ -42,16 +43,7 @@ def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, 
 
 
 def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str):
-    return nodes.start(
-        "peer",
-        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", "--upload-limit", "4MB/s"),
-        name=name,
-    )
-
-
-async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
-    async with http.post(peer.urls["gateway"] + path) as resp:
-        assert resp.status == 202, await resp.text()
+    return conftest.start_peer(nodes, tmp_path, edge, addr, name, upload="4MB/s")
 
 
 async def swarm_status(http: aiohttp.ClientSession, peer) -> dict:
@@ -99,12 +91,12 @@ async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, no
     print(
         f"availability latency over {len(latencies)} lines: median {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
-    assert max(latencies) < 2.0
+    assert max(latencies) < 10.0  # generous: catches a stream that batches forever, not a slow machine
 
     await until(lambda: _complete(http, b), 60, "b did not complete")
     st = await status(http, b.urls["gateway"])
     print(f"b's availability latency from its stream of a: {st['have_latency']}")
-    assert st["have_latency"] is not None and st["have_latency"]["p95"] < 2.0
+    assert st["have_latency"] is not None and st["have_latency"]["p95"] < 10.0
     assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]
     # both are complete: neither holds a place under the other's subscriber cap any more
     await until(lambda: _no_subscribers(http, a, b), 5, "subscriptions outlived the download")
@@ -270,9 +262,13 @@ async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, publi
             async with s.get(url) as plain:  # the bitfield is not capped
                 assert plain.status == 200
             streams.pop().close()
-            await asyncio.sleep(0.5)  # the uploader notices the subscriber left
-            async with s.get(url, headers=NDJSON) as again:
-                assert again.status == 200
+            deadline = time.monotonic() + 10  # the uploader notices the subscriber left within a CHECK or so
+            while True:
+                async with s.get(url, headers=NDJSON) as again:
+                    if again.status == 200:
+                        break
+                    assert again.status == 429 and time.monotonic() < deadline, "a closed subscription kept its place"
+                await asyncio.sleep(0.1)
             for port in ("99999", "0", "8O80", "9" * 5000):
                 async with s.get(url, headers={**NDJSON, "X-Edgeswarm-Upload-Port": port, "X-Edgeswarm-Peer": "x"}) as bad:
                     assert bad.status == 400, port
