@@ -148,8 +148,9 @@ class SeedingEdge:
     answers 204 after that; every request's urgency header is recorded.
     """
 
-    def __init__(self, upstream: str, refuse: int | None = None):
+    def __init__(self, upstream: str, refuse: int | None = None, index_text=str):
         self.upstream, self.refuse = upstream, refuse  # refuse: every /seed gets this status
+        self.index_text = index_text  # how the X-Edgeswarm-Piece header spells the index
         self.seeded: list[int] = []
         self.seed_asks: list[dict] = []
         self.urgency: list[str | None] = []
@@ -171,7 +172,7 @@ class SeedingEdge:
         self.seeded.append(index)  # before the fetch: concurrent asks get other pieces
         async with aiohttp.ClientSession() as s, s.get(f"{self.upstream}/piece/{cid}/{index}") as r:
             body = await r.read()
-        return web.Response(body=body, content_type="application/octet-stream", headers={"X-Edgeswarm-Piece": str(index)})
+        return web.Response(body=body, content_type="application/octet-stream", headers={"X-Edgeswarm-Piece": self.index_text(index)})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/piece/"):
@@ -223,6 +224,23 @@ async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_p
         from_peers = sum(st["received_by_kind"].get("peer-same-region", 0) for st in got)
         print(f"seeded {len(seeder.seeded)} pieces, {len(seeder.urgency)} by /piece; peers traded {from_peers // 262144} pieces")
         assert from_peers >= SIZE  # at least one whole copy went between peers, not from the edge
+
+
+async def test_a_seed_index_in_anything_but_ascii_digits_is_refused(tmp_path, nodes, origin, published, regions, http):
+    """int() reads '+1' or '1_0' as a piece index; the peer must not store a body under an index nobody spelled plainly."""
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    async with SeedingEdge(edge.url, index_text=lambda i: f"+{i}") as seeder:
+        first = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "first")
+        await post(http, first, "/f.bin")
+        await until(lambda: _complete(http, first), 90, "the first peer did not complete")
+        peer = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "p")
+        await post(http, peer, "/f.bin")
+        await until(lambda: _complete(http, peer), 90, "the peer did not complete")
+        async with http.get(peer.urls["gateway"] + "/f.bin") as resp:
+            assert sha(await resp.read()) == sha(data)
+        assert seeder.seed_asks, "the peer never asked the edge to seed"
+    assert "without a valid X-Edgeswarm-Piece" in (tmp_path / "logs" / "p.log").read_text()
 
 
 async def test_an_edge_refusing_a_seed_is_waited_for_not_set_aside(tmp_path, nodes, origin, published, regions, http):
