@@ -272,7 +272,7 @@ class Swarm:
         cap) would never be used; asking it directly keeps peers that know
         each other trading whatever the tracker does.
         """
-        while not self._closed:
+        while not self._closed and not self._gone():
             unstaffed = [n for n in self._unstaffed() if not n.stream]
             if unstaffed and self.picker.missing():
                 unstaffed.sort(key=lambda n: n.have_checked)
@@ -287,10 +287,14 @@ class Swarm:
             return
         n.have_checked = now
         held = await self.peer.fetch_have(n.url, self.cid)
-        if held is None:
+        if held is None and not self._gone():  # with the content gone, no answer could be read: not the neighbour's fault
             self.peer.ranking.failure(n.url, time.monotonic())
         elif self.neighbours.get(n.url) is n:
             self.picker.peer_has(n.peer_id, held)
+
+    def _gone(self) -> bool:
+        """The content left the store (evicted or dropped): nobody needs asking what they hold of it."""
+        return self.peer.store.manifest(self.cid) is None
 
     def _fallback(self, now: float) -> bool:
         """Peers cannot be counted on: the edge may take anything, as before it seeded."""

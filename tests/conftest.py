@@ -147,3 +147,19 @@ class Misbehaving(DoubleServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, upload: str = "1MB/s"):
+    """A peer daemon uploading from ``addr`` (its address is its identity to the tracker), gateway on loopback."""
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0"),
+        *("--upload-limit", upload),
+        name=name,
+    )
+
+
+async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
+    """Ask a peer's gateway to download ``path`` in the background (202)."""
+    async with http.post(peer.urls["gateway"] + path) as resp:
+        assert resp.status == 202, await resp.text()

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import conftest
 import pytest
 from aiohttp import web
-from conftest import make_file, sha, status
+from conftest import make_file, post, sha, status
 
 from edgeswarm import bitfield
 from edgeswarm.process import ProcessGroup
@@ -42,16 +43,7 @@ def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, 
 
 
 def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str):
-    return nodes.start(
-        "peer",
-        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", "--upload-limit", "4MB/s"),
-        name=name,
-    )
-
-
-async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
-    async with http.post(peer.urls["gateway"] + path) as resp:
-        assert resp.status == 202, await resp.text()
+    return conftest.start_peer(nodes, tmp_path, edge, addr, name, upload="4MB/s")
 
 
 async def swarm_status(http: aiohttp.ClientSession, peer) -> dict:
@@ -99,12 +91,12 @@ async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, no
     print(
         f"availability latency over {len(latencies)} lines: median {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
     )
-    assert max(latencies) < 2.0
+    assert max(latencies) < 10.0  # generous: catches a stream that batches forever, not a slow machine
 
     await until(lambda: _complete(http, b), 60, "b did not complete")
     st = await status(http, b.urls["gateway"])
     print(f"b's availability latency from its stream of a: {st['have_latency']}")
-    assert st["have_latency"] is not None and st["have_latency"]["p95"] < 2.0
+    assert st["have_latency"] is not None and st["have_latency"]["p95"] < 10.0
     assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]
     # both are complete: neither holds a place under the other's subscriber cap any more
     await until(lambda: _no_subscribers(http, a, b), 5, "subscriptions outlived the download")
@@ -156,8 +148,9 @@ class SeedingEdge:
     answers 204 after that; every request's urgency header is recorded.
     """
 
-    def __init__(self, upstream: str, refuse: int | None = None):
+    def __init__(self, upstream: str, refuse: int | None = None, index_text=str):
         self.upstream, self.refuse = upstream, refuse  # refuse: every /seed gets this status
+        self.index_text = index_text  # how the X-Edgeswarm-Piece header spells the index
         self.seeded: list[int] = []
         self.seed_asks: list[dict] = []
         self.urgency: list[str | None] = []
@@ -179,7 +172,7 @@ class SeedingEdge:
         self.seeded.append(index)  # before the fetch: concurrent asks get other pieces
         async with aiohttp.ClientSession() as s, s.get(f"{self.upstream}/piece/{cid}/{index}") as r:
             body = await r.read()
-        return web.Response(body=body, content_type="application/octet-stream", headers={"X-Edgeswarm-Piece": str(index)})
+        return web.Response(body=body, content_type="application/octet-stream", headers={"X-Edgeswarm-Piece": self.index_text(index)})
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         if request.path.startswith("/piece/"):
@@ -233,6 +226,23 @@ async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_p
         assert from_peers >= SIZE  # at least one whole copy went between peers, not from the edge
 
 
+async def test_a_seed_index_in_anything_but_ascii_digits_is_refused(tmp_path, nodes, origin, published, regions, http):
+    """int() reads '+1' or '1_0' as a piece index; the peer must not store a body under an index nobody spelled plainly."""
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    async with SeedingEdge(edge.url, index_text=lambda i: f"+{i}") as seeder:
+        first = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "first")
+        await post(http, first, "/f.bin")
+        await until(lambda: _complete(http, first), 90, "the first peer did not complete")
+        peer = start_peer(nodes, tmp_path, seeder.url, "127.0.0.1", "p")
+        await post(http, peer, "/f.bin")
+        await until(lambda: _complete(http, peer), 90, "the peer did not complete")
+        async with http.get(peer.urls["gateway"] + "/f.bin") as resp:
+            assert sha(await resp.read()) == sha(data)
+        assert seeder.seed_asks, "the peer never asked the edge to seed"
+    assert "without a valid X-Edgeswarm-Piece" in (tmp_path / "logs" / "p.log").read_text()
+
+
 async def test_an_edge_refusing_a_seed_is_waited_for_not_set_aside(tmp_path, nodes, origin, published, regions, http):
     """A 4xx to /seed (an edge under --internal, say) says nothing of the edge's health: its /piece stays first."""
     data = make_file(published / "f.bin", SIZE)
@@ -270,9 +280,13 @@ async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, publi
             async with s.get(url) as plain:  # the bitfield is not capped
                 assert plain.status == 200
             streams.pop().close()
-            await asyncio.sleep(0.5)  # the uploader notices the subscriber left
-            async with s.get(url, headers=NDJSON) as again:
-                assert again.status == 200
+            deadline = time.monotonic() + 10  # the uploader notices the subscriber left within a CHECK or so
+            while True:
+                async with s.get(url, headers=NDJSON) as again:
+                    if again.status == 200:
+                        break
+                    assert again.status == 429 and time.monotonic() < deadline, "a closed subscription kept its place"
+                await asyncio.sleep(0.1)
             for port in ("99999", "0", "8O80", "9" * 5000):
                 async with s.get(url, headers={**NDJSON, "X-Edgeswarm-Upload-Port": port, "X-Edgeswarm-Peer": "x"}) as bad:
                     assert bad.status == 400, port

@@ -14,6 +14,7 @@ from conftest import make_file, status
 
 from edgeswarm import bitfield, tokens
 from edgeswarm.httpspec import PEER_HEADER
+from edgeswarm.process import ProcessGroup
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 
@@ -68,6 +69,13 @@ def regions(tmp_path: Path) -> Path:
     return path
 
 
+def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
+    """The p2p edge every test here runs: tracker and seeder of the two regions."""
+    return nodes.start(
+        "edge", *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), *extra), name="edge"
+    )
+
+
 async def content_id(http: aiohttp.ClientSession, edge: str, path: str, headers: dict | None = None) -> str:
     async with http.get(f"{edge}/manifest/{path}", headers=headers) as r:
         assert r.status == 200, await r.text()
@@ -77,11 +85,7 @@ async def content_id(http: aiohttp.ClientSession, edge: str, path: str, headers:
 async def test_peers_asking_in_turn_get_different_pieces_then_trade(tmp_path, nodes, origin, published, regions, http):
     global DATA
     DATA = make_file(published / "f.bin", PIECES * PIECE)
-    edge = nodes.start(
-        "edge",
-        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--announce-interval", "2"),
-        name="edge",
-    )
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--announce-interval", "2")
     cid = await content_id(http, edge.url, "f.bin")
     east = [FakePeer(edge.url, cid, f"127.1.0.{n + 1}", f"e{n}") for n in range(4)]
     west = FakePeer(edge.url, cid, "127.2.0.1", "w0")
@@ -167,11 +171,7 @@ async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, publis
     async with http.post(f"{plain.url}/seed/{cid}", json={"have": bitfield.encode(set(), PIECES)}) as r:
         assert r.status == 404 and "--p2p" in await r.text()
 
-    edge = nodes.start(
-        "edge",
-        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--require-token"),
-        name="edge",
-    )
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--require-token")
     key = tokens.load_private_key(published / ".edgeswarm" / "origin.key")
     auth = {"Authorization": "Bearer " + tokens.issue(key, "alice", "/", 3600)}
     cid = await content_id(http, edge.url, "f.bin", auth)
@@ -208,11 +208,7 @@ async def test_under_internal_an_outside_peer_is_seeded_only_what_the_edge_holds
     """--internal 127.0.0.1/32: peers may not make the edge fetch, so /seed picks among cached pieces (else 204, not 403)."""
     global DATA
     DATA = make_file(published / "f.bin", PIECES * PIECE)
-    edge = nodes.start(
-        "edge",
-        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions), "--internal", "127.0.0.1/32"),
-        name="edge",
-    )
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--internal", "127.0.0.1/32")
     cid = await content_id(http, edge.url, "f.bin")
     peer = FakePeer(edge.url, cid, "127.1.0.1", "e0")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import make_file, sha, status
+from conftest import make_file, post, sha, start_peer, status
 
 from edgeswarm.process import ProcessGroup
 
@@ -43,20 +43,6 @@ def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, 
         *("--announce-interval", "1", *extra),
         name=name,
     )
-
-
-def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, upload: str = "1MB/s"):
-    return nodes.start(
-        "peer",
-        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0"),
-        *("--upload-limit", upload),
-        name=name,
-    )
-
-
-async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
-    async with http.post(peer.urls["gateway"] + path) as resp:
-        assert resp.status == 202, await resp.text()
 
 
 async def wait_complete(http: aiohttp.ClientSession, peers, timeout: float = 90) -> list[dict]:
