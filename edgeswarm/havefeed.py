@@ -36,6 +36,7 @@ HEARTBEAT = 10.0  # seconds between two lines at most
 CHECK = 0.5  # seconds between two looks at whether a quiet subscriber is still connected
 MAX_BUFFER = 256 * 1024  # bytes queued for a subscriber that does not read before it is dropped
 MAX_SUBSCRIBERS = 64  # per content per peer; the next one gets 429
+PER_SOURCE = 4  # of those, from one address (an IPv6 /64): one address cannot take every place and push honest neighbours to polling
 MAX_BACKOFF = 30.0  # seconds between two attempts to reopen a lost subscription, at most
 HEARTBEAT_LINE = b"{}\n"
 MAX_LATENCY_S = 3600.0  # an availability latency above this is a broken or lying clock, never a measurement
@@ -45,7 +46,8 @@ MAX_LATENCY_S = 3600.0  # an availability latency above this is a broken or lyin
 class Subscriber:
     """One subscription's pending batch: the pieces stored since its last line, and when the first of them was."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: str = "") -> None:
+        self.source = source  # the address group it came from, for the per-address cap
         self.pending: dict[int, None] = {}  # ordered set, at most one entry per piece: bounded by the piece count
         self.first_at: float | None = None
         self.closed = False
@@ -73,16 +75,17 @@ class Subscriber:
 class HaveFeed:
     """Every content's subscribers on one peer; told by the swarm when a piece is stored."""
 
-    def __init__(self, cap: int = MAX_SUBSCRIBERS):
+    def __init__(self, cap: int = MAX_SUBSCRIBERS, per_source: int = PER_SOURCE):
         self.cap = cap
+        self.per_source = per_source
         self._subs: dict[str, set[Subscriber]] = {}
 
-    def subscribe(self, cid: str) -> Subscriber | None:
-        """A new subscriber, or None when the content has ``cap`` already."""
+    def subscribe(self, cid: str, source: str = "") -> Subscriber | None:
+        """A new subscriber, or None when the content has ``cap`` already, or ``per_source`` from ``source``."""
         subs = self._subs.setdefault(cid, set())
-        if len(subs) >= self.cap:
+        if len(subs) >= self.cap or (source and sum(s.source == source for s in subs) >= self.per_source):
             return None
-        sub = Subscriber()
+        sub = Subscriber(source)
         subs.add(sub)
         return sub
 

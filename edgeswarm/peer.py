@@ -45,7 +45,7 @@ from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
-from edgeswarm.tracker import peer_url
+from edgeswarm.tracker import address_group, peer_url
 from edgeswarm.units import ascii_decimal
 from edgeswarm.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, read_bounded
 
@@ -629,9 +629,10 @@ class Peer:
         if havefeed.CONTENT_TYPE not in request.headers.get("Accept", ""):
             return have_response(cid, count, store.held(cid))
         self._met_subscriber(request, cid)
-        sub = self.havefeed.subscribe(cid)
+        sub = self.havefeed.subscribe(cid, address_group(request.remote or ""))
         if sub is None:
-            raise HttpError(429, f"this peer has {self.havefeed.cap} HAVE subscribers for {cid[:12]} already", {"Retry-After": "30"})
+            why = f"at most {self.havefeed.cap} HAVE subscribers for {cid[:12]}, {self.havefeed.per_source} from one address"
+            raise HttpError(429, f"no room: {why}", {"Retry-After": "30"})
         try:
             return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()))
         finally:

@@ -147,3 +147,11 @@ def test_a_subscriber_cannot_take_a_known_id_nor_a_third_place_for_its_address()
     assert "address has 2" in refuse_subscriber(known, "f", "http://10.0.0.3:7003")
     v6 = [Neighbour("g", "http://[2001:db8::1]:7000", True), Neighbour("h", "http://[2001:db8::2]:7000", True)]
     assert refuse_subscriber(v6, "i", "http://[2001:db8::3]:7000"), "an IPv6 /64 counts as one address, as on the tracker"
+
+
+def test_one_address_takes_at_most_per_source_places():
+    feed = HaveFeed(cap=64, per_source=4)
+    assert all(feed.subscribe("c", "10.0.0.9") is not None for _ in range(4))
+    assert feed.subscribe("c", "10.0.0.9") is None  # the fifth from that address: 429
+    assert feed.subscribe("c", "10.0.0.10") is not None  # another address still finds room
+    assert feed.subscribe("d", "10.0.0.9") is not None  # another content has its own places

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import time
@@ -261,7 +262,7 @@ async def test_an_edge_refusing_a_seed_is_waited_for_not_set_aside(tmp_path, nod
     assert "failed on /seed" not in log and "answered 403 to /seed" in log
 
 
-async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, published, regions, http):
+async def test_at_most_64_subscribers_per_content_and_4_per_address(tmp_path, nodes, origin, published, regions, http):
     make_file(published / "f.bin", 1024 * 1024)
     edge = start_edge(nodes, tmp_path, origin.url, regions)
     a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
@@ -269,17 +270,25 @@ async def test_at_most_64_subscribers_per_content(tmp_path, nodes, origin, publi
     await until(lambda: _complete(http, a), 30, "a did not complete")
     cid = (await swarm_status(http, a))["id"]
     url = f"{a.urls['upload']}/have/{cid}"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        streams = [await s.get(url, headers=NDJSON) for _ in range(64)]
+
+    def session(address: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(address, 0)))
+
+    sessions = {f"127.9.0.{n}": session(f"127.9.0.{n}") for n in range(1, 17)}  # 16 addresses, 4 places each
+    async with contextlib.AsyncExitStack() as stack:
+        for ses in sessions.values():
+            await stack.enter_async_context(ses)
+        s = sessions["127.9.0.1"]
+        streams = [await ses.get(url, headers=NDJSON) for ses in sessions.values() for _ in range(4)]
         try:
             assert [r.status for r in streams] == [200] * 64
             for r in streams:
                 assert json.loads(await r.content.readline())["bitfield"]
-            async with s.get(url, headers=NDJSON) as extra:
-                assert extra.status == 429 and extra.headers["Retry-After"] == "30"
+            async with session("127.9.1.1") as other, other.get(url, headers=NDJSON) as extra:
+                assert extra.status == 429 and extra.headers["Retry-After"] == "30"  # the content's 64 places are taken
             async with s.get(url) as plain:  # the bitfield is not capped
                 assert plain.status == 200
-            streams.pop().close()
+            streams.pop(0).close()  # one of 127.9.0.1's
             deadline = time.monotonic() + 10  # the uploader notices the subscriber left within a CHECK or so
             while True:
                 async with s.get(url, headers=NDJSON) as again:
