@@ -94,6 +94,7 @@ class DoubleServer:
 
     host = "127.0.0.1"
     url = ""
+    port = 0
 
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -105,7 +106,8 @@ class DoubleServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        self.url = f"http://{self.host}:{site._server.sockets[0].getsockname()[1]}"
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://{self.host}:{self.port}"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -147,6 +149,13 @@ class Misbehaving(DoubleServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+def start_p2p_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
+    """A p2p edge (tracker and seeder of the regions in ``regions``) named "edge", caching under tmp_path/edge."""
+    return nodes.start(
+        "edge", *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), *extra), name="edge"
+    )
 
 
 def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, upload: str = "1MB/s"):

@@ -18,7 +18,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp import web
-from conftest import make_file, post, sha, status
+from conftest import DoubleServer, make_file, post, sha, start_p2p_edge, status
 
 from edgeswarm import bitfield
 from edgeswarm.process import ProcessGroup
@@ -37,10 +37,7 @@ def regions(tmp_path: Path) -> Path:
     return path
 
 
-def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
-    return nodes.start(
-        "edge", *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), *extra), name="edge"
-    )
+start_edge = start_p2p_edge
 
 
 def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str):
@@ -142,7 +139,7 @@ async def _streams(http: aiohttp.ClientSession, peer, n: int) -> bool:
     return (await swarm_status(http, peer)).get("have_streams", 0) >= n
 
 
-class SeedingEdge:
+class SeedingEdge(DoubleServer):
     """A test double of a seeding edge: everything goes to a real edge, except ``POST /seed``.
 
     Its /seed hands each piece to the region once (lowest index first) and
@@ -186,19 +183,9 @@ class SeedingEdge:
         ):
             return web.Response(body=await r.read(), status=r.status, headers={"Content-Type": r.headers.get("Content-Type", "text/plain")})
 
-    async def __aenter__(self) -> SeedingEdge:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/seed/{cid}", self.seed)
         app.router.add_route("*", "/{path:.*}", self.forward)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()
 
 
 async def test_the_edge_seeds_each_piece_once_and_the_peers_trade_the_rest(tmp_path, nodes, origin, published, regions, http):
@@ -304,7 +291,7 @@ async def test_at_most_64_subscribers_per_content_and_4_per_address(tmp_path, no
                 r.close()
 
 
-class OldPeer:
+class OldPeer(DoubleServer):
     """A test double of a peer from before the HAVE stream: a plain /have only, and correct pieces.
 
     It announces once, holding nothing, so only its /have can tell that it holds everything now.
@@ -312,6 +299,7 @@ class OldPeer:
 
     def __init__(self, origin: str, addr: str):
         self.origin, self.addr = origin, addr
+        self.host = addr
         self.served = 0
         self.have_asks: list[str] = []  # the Accept header of each /have
 
@@ -326,17 +314,14 @@ class OldPeer:
         self.served += 1
         return web.Response(body=body)
 
-    async def start(self, edge: str, cid: str, pieces: int) -> None:
-        self.pieces = pieces
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/have/{cid}", self.have)
         app.router.add_get("/piece/{cid}/{i}", self.piece)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.addr, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        doc = {"peer_id": "old", "port": port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
+
+    async def start(self, edge: str, cid: str, pieces: int) -> None:
+        self.pieces = pieces
+        await self.__aenter__()
+        doc = {"peer_id": "old", "port": self.port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
         doc |= {"have": bitfield.encode((), pieces), "event": "started"}
         connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
         async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
@@ -355,7 +340,7 @@ async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin,
         await post(http, new, "/f.bin")
         await until(lambda: _complete(http, new), 60, "new did not complete")
     finally:
-        await old.runner.cleanup()
+        await old.__aexit__()
     async with http.get(new.urls["gateway"] + "/f.bin") as resp:
         assert sha(await resp.read()) == sha(data)
     assert old.have_asks[:1] == ["application/x-ndjson"], old.have_asks  # it tried the stream first

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import make_file, status
+from conftest import make_file, start_p2p_edge, status
 
 from edgeswarm import bitfield, tokens
 from edgeswarm.httpspec import PEER_HEADER
-from edgeswarm.process import ProcessGroup
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 
@@ -69,11 +68,7 @@ def regions(tmp_path: Path) -> Path:
     return path
 
 
-def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
-    """The p2p edge every test here runs: tracker and seeder of the two regions."""
-    return nodes.start(
-        "edge", *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), *extra), name="edge"
-    )
+start_edge = start_p2p_edge  # the p2p edge every test here runs: tracker and seeder of the two regions
 
 
 async def content_id(http: aiohttp.ClientSession, edge: str, path: str, headers: dict | None = None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import make_file, post, sha, start_peer, status
+from conftest import DoubleServer, make_file, post, sha, start_peer, status
 
 from edgeswarm.process import ProcessGroup
 
@@ -85,12 +85,16 @@ async def test_flash_crowd_two_regions_strict(tmp_path, nodes, origin, published
     assert "west" not in (await status(http, edges["east"].url))["p2p"]["regions"]
 
 
-class CorruptingPeer:
+class CorruptingPeer(DoubleServer):
     """A test double: announces that it holds everything, then serves flipped bytes (under a new id each time: ``fresh_ids``)."""
 
     def __init__(self, origin: str, addr: str, fresh_ids: bool = False):
         self.origin, self.addr, self.fresh_ids = origin, addr, fresh_ids
+        self.host = addr
         self.served = 0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/piece/{cid}/{i}", self.piece)
 
     async def piece(self, request: web.Request) -> web.Response:
         async with aiohttp.ClientSession() as s, s.get(f"{self.origin}/piece/{request.match_info['cid']}/{request.match_info['i']}") as r:
@@ -100,15 +104,9 @@ class CorruptingPeer:
         return web.Response(body=bytes(body))
 
     async def start(self, edge: str, cid: str, pieces: int) -> None:
-        app = web.Application()
-        app.router.add_get("/piece/{cid}/{i}", self.piece)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.addr, 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        await self.__aenter__()
         bits = bytearray(b"\xff" * ((pieces + 7) // 8))
-        doc = {"peer_id": "evil", "port": port, "content": cid, "pieces": pieces, "uploaded": 10**9, "downloaded": 0}
+        doc = {"peer_id": "evil", "port": self.port, "content": cid, "pieces": pieces, "uploaded": 10**9, "downloaded": 0}
         doc |= {"have": base64.b64encode(bits).decode(), "event": "started"}
         self.announcer = asyncio.create_task(self._announce(edge, doc))
 
@@ -124,7 +122,7 @@ class CorruptingPeer:
 
     async def stop(self) -> None:
         self.announcer.cancel()
-        await self.runner.cleanup()
+        await self.__aexit__()
 
 
 async def test_corrupting_peer_is_banned_and_nobody_keeps_bad_data(tmp_path, nodes, origin, published, regions, http):
