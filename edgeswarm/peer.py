@@ -26,7 +26,6 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from edgeswarm import access, bitfield, havefeed, originkey, tokens
 from edgeswarm.choker import Choker
@@ -47,7 +46,7 @@ from edgeswarm.sources import SourceRanking
 from edgeswarm.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.tracker import address_group, peer_url
 from edgeswarm.units import ascii_decimal
-from edgeswarm.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, read_bounded
+from edgeswarm.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 
 log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
@@ -373,7 +372,7 @@ class Peer:
         silence = 3 * havefeed.HEARTBEAT
         try:
             async with asyncio.timeout(self.upstream.timeout):
-                resp = await self.streams.get(URL(url.rstrip("/") + f"/have/{cid}", encoded=True), headers=headers)
+                resp = await self.streams.get(node_url(url, f"/have/{cid}"), headers=headers)
             async with resp:
                 if resp.status == 429:
                     raise UpstreamError(429, f"{url} has all the HAVE subscribers it takes")

@@ -27,6 +27,11 @@ MAX_ANSWER = 64 * 1024  # anything else: /have, keys, error pages
 CHUNK = 64 * 1024
 
 
+def node_url(base: str, path: str) -> URL:
+    """Another node's URL: its base and a path already percent-encoded (yarl must not encode it again)."""
+    return URL(base.rstrip("/") + path, encoded=True)
+
+
 class UpstreamError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -81,7 +86,7 @@ class Upstream:
         """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams."""
         assert self.session is not None
         seconds = timeout or self.timeout
-        url = URL(base.rstrip("/") + path, encoded=True)
+        url = node_url(base, path)
         try:
             async with asyncio.timeout(seconds):
                 async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
