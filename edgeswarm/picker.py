@@ -73,11 +73,9 @@ class PiecePicker:
         for sources in self._in_flight.values():
             sources.pop(peer, None)
 
-    def peers(self) -> list[str]:
-        return list(self._peers)
-
-    def holds(self, peer: str, index: int) -> bool:
-        return index in self._peers.get(peer, ())
+    def held(self, peer: str) -> set[int]:
+        """What we know ``peer`` holds (a copy)."""
+        return set(self._peers.get(peer, ()))
 
     # -- what we want ------------------------------------------------------------------
     def stream(self, position: int, urgent: int, window: int) -> None:

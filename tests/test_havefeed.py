@@ -7,6 +7,7 @@ import json
 import pytest
 
 from edgeswarm import bitfield
+from edgeswarm.engine import Neighbour, refuse_subscriber
 from edgeswarm.havefeed import (
     HEARTBEAT_LINE,
     MAX_BACKOFF,
@@ -21,7 +22,6 @@ from edgeswarm.havefeed import (
     snapshot_line,
     too_slow,
 )
-from edgeswarm.swarm import Neighbour, refuse_subscriber
 
 
 def test_a_batch_is_one_line_with_each_piece_once_and_the_time_of_the_first():
