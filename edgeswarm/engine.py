@@ -291,7 +291,7 @@ class Engine:
 
     def useful(self, n: Neighbour) -> int:
         """How many pieces we lack that ``n`` holds."""
-        return sum(1 for i in self.held_by(n) if self.picker.wants(i))
+        return self.picker.useful(n.peer_id)
 
     # -- staffing ----------------------------------------------------------------------------
     def staff(self) -> None:
@@ -304,18 +304,26 @@ class Engine:
             for slot in range(EDGE_WORKERS):
                 self.host.spawn(self.edge_worker(slot))
             self.host.spawn(self.seed_worker())
-        active = sum(n.working and n.peer_id not in self.picker.paused for n in self.neighbours.values())
+        active = self._busy()
+        if active >= MAX_PEERS:
+            return
         scored = [(self.useful(n), n) for n in self.neighbours.values() if not n.working]
         ranked = sorted(((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, -t[0], -(self.ranking.rate(t[1].url) or 0)))
         for _, n in ranked[: max(0, MAX_PEERS - active)]:
             n.working = True
             self.host.spawn(self.peer_worker(n))
 
+    def _busy(self, but: Neighbour | None = None) -> int:
+        """Neighbours with a worker that is not paused (choked or backing off): the requests we may have in flight."""
+        return sum(n.working and n is not but and n.peer_id not in self.picker.paused for n in self.neighbours.values())
+
     # -- workers -----------------------------------------------------------------------------
     def peer_worker(self, n: Neighbour) -> Worker:
         """One request at a time to ``n`` while it has something for us; ends (freeing the slot) when it has not."""
         try:
             while not self.closed and host_of(n.url) not in self.banned and self.neighbours.get(n.url) is n:
+                if self._busy(but=n) >= MAX_PEERS:
+                    return  # back from a pause, and others took its place meanwhile: at most MAX_PEERS requests at once
                 index = self.picker.pick(n.peer_id, self.clock())
                 if index is None:
                     if self.picker.done():

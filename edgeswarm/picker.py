@@ -77,6 +77,11 @@ class PiecePicker:
         """What we know ``peer`` holds (a copy)."""
         return set(self._peers.get(peer, ()))
 
+    def useful(self, peer: str) -> int:
+        """How many pieces we still want that ``peer`` holds."""
+        held = self._peers.get(peer, set())
+        return len(held - self.have) if self.whole_file else len((held & self.wanted) - self.have)
+
     # -- what we want ------------------------------------------------------------------
     def stream(self, position: int, urgent: int, window: int) -> None:
         """A reader is at piece ``position``: want ``window`` pieces from there, the first ``urgent`` of them urgently."""

@@ -1,0 +1,234 @@
+"""The download engine in memory: its rules driven directly, then whole swarms in virtual time (edgeswarm.swarmsim).
+
+No sockets and no sleeping: every figure below is a deterministic result of
+the same engine the peer daemon runs, against simulated peers and edges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from edgeswarm import engine
+from edgeswarm.engine import Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
+from edgeswarm.sources import SourceRanking
+from edgeswarm.swarmsim import Crowd, simulate
+
+
+class RecordingHost:
+    """Records what the engine asks of its driver; runs nothing (the test sends the workers their results)."""
+
+    def __init__(self) -> None:
+        self.spawned: list = []
+        self.delivered_pieces: list[int] = []
+        self.dropped_urls: list[str] = []
+
+    def spawn(self, worker) -> None:
+        self.spawned.append(worker)
+
+    def changed(self) -> None:
+        pass
+
+    def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
+        self.delivered_pieces.append(index)
+
+    def dropped(self, n: Neighbour) -> None:
+        self.dropped_urls.append(n.url)
+
+    def gone(self) -> bool:
+        return False
+
+
+def make(count: int = 8, now: list[float] | None = None) -> tuple[Engine, RecordingHost]:
+    clock = now or [0.0]
+    host = RecordingHost()
+    e = Engine(host, count, (), seed="me", deadline=2.0, edges=["http://edge:8000"], ranking=SourceRanking(), clock=lambda: clock[0])
+    return e, host
+
+
+def peer_workers(host: RecordingHost) -> list:
+    return [w for w in host.spawned if w.gi_code.co_name == "peer_worker"]
+
+
+# -- the rules, driven directly -------------------------------------------------------------------------
+def test_a_have_line_puts_a_worker_on_the_neighbour_at_once():
+    """Availability as it happens: a neighbour heard to hold a piece we want is staffed on that line, not at the next announce."""
+    e, host = make()
+    e.want_whole()
+    n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert n is not None and not peer_workers(host)
+    e.heard(n, "have", [3])
+    (worker,) = peer_workers(host)
+    assert n.working and n.stream
+    command = worker.send(None)
+    assert isinstance(command, Fetch) and (command.url, command.index) == (n.url, 3)
+
+
+def test_a_choked_request_pauses_the_peer_and_puts_its_piece_back():
+    e, host = make()
+    e.want_whole()
+    n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert n is not None
+    e.heard(n, "snapshot", range(8))
+    worker = peer_workers(host)[0]
+    fetch = worker.send(None)
+    assert isinstance(fetch, Fetch)
+    sleep = worker.send(Result("choked", 3.0))
+    assert sleep == Sleep(3.0) and "b" in e.picker.paused
+    assert fetch.index not in e.picker.claimed(), "a choked piece goes back to the pool while the peer is paused"
+    assert isinstance(worker.send(None), Fetch) and "b" not in e.picker.paused
+
+
+def test_a_corrupt_piece_bans_the_address_and_every_id_on_it():
+    e, host = make()
+    e.want_whole()
+    a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
+    b = e.add_neighbour("a2", "http://10.0.0.2:7001", True)
+    assert a is not None and b is not None
+    e.heard(a, "snapshot", range(8))
+    worker = next(w for w in peer_workers(host))
+    worker.send(None)
+    with pytest.raises(StopIteration):
+        worker.send(Result("corrupt"))
+    assert e.banned == {"10.0.0.2"} and not e.neighbours
+    assert sorted(host.dropped_urls) == [a.url, b.url]
+    assert e.add_neighbour("a3", "http://10.0.0.2:7002", True) is None
+
+
+def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
+    now = [0.0]
+    e, _ = make(count=16, now=now)
+    e.want_whole()
+    assert e.fallback(now[0]), "no neighbours: the edge is the only source"
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert not e.fallback(now[0])
+    now[0] = engine.FALLBACK_AFTER + 1
+    assert e.fallback(now[0]), "no peer delivered for FALLBACK_AFTER"
+    e.last_peer_delivery = now[0]
+    e.picker.have.update(range(16 - engine.TAIL))
+    assert e.fallback(now[0]), "the file's tail: the edge races slow peers"
+
+
+def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
+    e, host = make()
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    e.want_whole()
+    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    ask = seed.send(None)
+    assert isinstance(ask, Seed) and ask.start == 0 and ask.claimed == frozenset()
+    assert seed.send(Result("none")) == Sleep(engine.SEED_WAIT)
+    ask = seed.send(None)
+    stored = seed.send(Result("ok", 0.1, 1000, index=5, data=b"x"))
+    assert isinstance(stored, Fetch) and stored.index == 5 and stored.data == b"x"
+    assert isinstance(seed.send(Result("ok", 0.0, 1000)), Seed)
+    assert 5 in e.picker.have and host.delivered_pieces == [5]
+
+
+def test_an_edge_that_does_not_seed_leaves_the_rest_to_the_edge_worker():
+    e, host = make()
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    e.want_whole()
+    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    seed.send(None)
+    with pytest.raises(StopIteration):
+        seed.send(Result("unsupported"))
+    assert e.seeder() is None
+    edge = next(w for w in host.spawned if w.gi_code.co_name == "edge_worker")
+    command = edge.send(None)
+    assert isinstance(command, Fetch) and command.peer is None, "pieces no peer holds go to the edge again"
+
+
+def test_staffing_prefers_the_same_region_and_stops_at_max_peers():
+    e, _ = make(count=64)
+    e.want_whole()
+    ns = [e.add_neighbour(f"p{i}", f"http://10.0.{i}.1:7000", same_region=i % 2 == 0) for i in range(12)]
+    for n in ns:
+        assert n is not None
+        e.picker.peer_has(n.peer_id, range(64))
+    e.staff()
+    working = [n for n in ns if n is not None and n.working]
+    assert len(working) == engine.MAX_PEERS
+    assert all(n.same_region for n in working)
+
+
+def test_a_worker_frees_its_slot_when_the_neighbour_has_nothing_for_us():
+    e, host = make()
+    e.want_whole()
+    n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert n is not None
+    e.heard(n, "have", [1])
+    worker = peer_workers(host)[0]
+    fetch = worker.send(None)
+    assert isinstance(worker.send(Result("ok", 0.1, 100)), Wait) and fetch.index in e.picker.have
+    with pytest.raises(StopIteration):
+        worker.send(None)  # a live stream: no /have poll; nothing useful left
+    assert not n.working
+
+
+# -- whole swarms in virtual time -------------------------------------------------------------------
+def test_viewers_who_press_play_together_trade_and_read_on_time():
+    """12 gateways streaming at once, 2 regions, every default: most bytes from peers, none across regions,
+    readers' pieces within the picker's deadline, and one announce each (availability rides the HAVE streams)."""
+    o = simulate(Crowd(mode="stream"))
+    assert o.finished == 12
+    assert o.share >= 0.75
+    assert o.cross_region == 0
+    assert o.ratio <= 1.5
+    assert o.read_wait_p95 < 2.0
+    assert o.events["announces"] == 12
+
+
+def test_the_edge_sends_each_region_about_one_copy():
+    seeding = simulate(Crowd(mode="get"))
+    plain = simulate(Crowd(mode="get", seeding=False))
+    assert all(c <= 1.1 for c in seeding.edge_copies.values()), seeding.edge_copies
+    assert not seeding.forced_copies
+    assert sum(plain.edge_copies.values()) > 1.2 * sum(seeding.edge_copies.values()), "the super-seeder is why"
+
+
+def test_streams_need_the_seeding_edge():
+    """Readers who start together all lack the same next pieces: without /seed every one of them takes those from the edge."""
+    assert simulate(Crowd(mode="stream", seeding=False)).share < 0.1
+    assert simulate(Crowd(mode="stream")).share > 0.7
+
+
+def test_staggered_streams_and_larger_crowds_still_trade():
+    o = simulate(Crowd(mode="stream", stagger=1.0))
+    assert o.finished == 12 and o.share >= 0.75
+    big = simulate(Crowd(peers=50, mode="get"))
+    assert big.finished == 50 and big.share >= 0.9
+    assert big.events["most_peer_requests_at_once"] <= engine.MAX_PEERS
+
+
+def test_the_fastest_edge_carries_the_load():
+    o = simulate(Crowd(peers=1, regions=1, mode="get", edge_rates=(1e6, 8e6)))
+    slow, fast = o.edge_sent.values()
+    assert fast >= 0.75 * (slow + fast)
+
+
+def test_a_dead_edge_is_replaced():
+    o = simulate(Crowd(peers=6, regions=1, mode="get", edges=2, edge_down=(0.0, math.inf)))
+    assert o.finished == 6
+    assert o.edge_sent["http://edge0:8000"] == 0
+
+
+def test_peers_that_never_deliver_hand_the_file_to_the_edge():
+    """A neighbour that claims every piece and never answers: after FALLBACK_AFTER the edge takes anything."""
+    o = simulate(Crowd(peers=1, regions=1, mode="get", seeding=False, black_holes=1))
+    assert o.finished == 1
+    assert o.last_done >= engine.FALLBACK_AFTER
+    assert o.events.get("failed", 0) >= 1
+
+
+def test_a_choking_uploader_sends_requests_elsewhere():
+    o = simulate(Crowd(peers=8, choke_slots=1))
+    assert o.finished == 8
+    assert o.events["choked"] > 0
+    assert o.share > 0.3
+
+
+def test_a_run_replays_exactly():
+    a, b = simulate(Crowd(peers=8, stagger=0.3)), simulate(Crowd(peers=8, stagger=0.3))
+    assert dataclasses.asdict(a) == dataclasses.asdict(b)
