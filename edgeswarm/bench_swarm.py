@@ -388,6 +388,7 @@ def _result(
         "regions_detail": {name: {**{k: c[k] for k in SOURCES}, "p2p_share": share(c)} for name, c in by_region.items()},
         "edge_sent_bytes": edge_sent,
         "edge_copies": round(edge_sent / crowd.size, 2),
+        "edge_requests": _edge_requests(edge),
         "copies_identical": all(p["sha256"] == digest for p in peers),
         "peers_detail": [{**p, "identical": p["sha256"] == digest} for p in peers],
         "timeline": timeline,
@@ -395,6 +396,16 @@ def _result(
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
+
+
+def _edge_requests(edge: dict) -> dict[str, int]:
+    """What the edge's pieces to peers were for, over all regions: seeded (POST /seed), or a /piece request a reader's
+    deadline forced ("urgent"), one a peer fetched otherwise ("background": a fallback, or the file's tail)."""
+    out: Counter[str] = Counter()
+    for row in edge.get("p2p", {}).get("regions", {}).values():
+        out["seeded"] += row.get("seeded", {}).get("sent", 0)
+        out.update(row.get("piece_requests", {}))
+    return {k: out[k] for k in ("seeded", "urgent", "background")}
 
 
 def report(console: Console, r: dict) -> None:
@@ -413,6 +424,7 @@ def report(console: Console, r: dict) -> None:
         *((f"received from {k.replace('_', ' ')}", format_bytes(r["bytes"][k])) for k in SOURCES),
         ("crossed regions", format_bytes(r["cross_region_bytes"])),
         ("edge sent", f"{format_bytes(r['edge_sent_bytes'])} ({r['edge_copies']:.1f} copies)"),
+        ("edge pieces: seeded / urgent / other", " / ".join(str(v) for v in r["edge_requests"].values())),
         ("every copy identical (SHA-256)", "yes" if r["copies_identical"] else "[red]NO[/red]"),
     ]
     for name, c in r["regions_detail"].items():

@@ -37,7 +37,7 @@ EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensi
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
-TAIL = 4  # missing pieces at which the edge may take any of them
+TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
 HAVE_POLL = 1.0  # seconds between two asks of the /have of a neighbour without a HAVE stream
 MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others are polled
@@ -172,6 +172,7 @@ class Engine:
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
+        self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
 
     # -- what the user wants -------------------------------------------------------------
     def want_whole(self) -> None:
@@ -345,9 +346,9 @@ class Engine:
         picks, source = 0, f"edge#{slot}"
         while not self.closed:
             now = self.clock()
-            fallback = self.fallback(now)
-            if fallback or self.seeder() is None:
-                index = self.picker.pick(source, now, edge=True, fallback=fallback)
+            fallback, tail, seeding = self.fallback(now), self.tail(), self.seeder() is not None
+            if fallback or tail or not seeding:
+                index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
             else:  # the seeding worker asks the edge for the rest
                 index = self.picker.pick_urgent(source, now, edge=True, seeding=True)
             if index is None:
@@ -381,8 +382,12 @@ class Engine:
             if self.picker.done() or self.fallback(self.clock()):
                 yield Wait(1.0)
                 continue
+            self._seed_coming = None
             got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from())
             assert isinstance(got, Result)
+            if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
+                self.picker.finish(SEED_SOURCE, self._seed_coming, False)  # announced, then not delivered (or not needed)
+            self._seed_coming = None
             if got.kind == "unsupported":
                 log.info("%s does not seed (404 to /seed): its pieces are fetched as before", edge)
                 self._no_seed.add(edge)
@@ -397,6 +402,12 @@ class Engine:
                 continue  # it crossed a peer's copy: nothing to store
             elif (yield from self.transfer(SEED_SOURCE, edge, got.index, data=got.data)) == "ok":
                 self.ranking.success(edge, got.nbytes, got.seconds)
+
+    def seed_coming(self, index: int) -> None:
+        """The edge's answer to our /seed names piece ``index`` (its head came; the body follows): it is in flight
+        from the edge from now on, so no worker asks anyone for it meanwhile, and the edge is not asked twice."""
+        self._seed_coming = index
+        self.picker.start(SEED_SOURCE, index, self.clock(), edge=True)
 
     def scout(self) -> Worker:
         """Ask the neighbours with neither a worker nor a live HAVE stream what they hold: a few each second.
@@ -434,12 +445,11 @@ class Engine:
     # -- the rules ---------------------------------------------------------------------------
     def fallback(self, now: float) -> bool:
         """Peers cannot be counted on: the edge may take anything, as before it seeded."""
-        return (
-            not self.neighbours
-            or now - self.last_peer_delivery > FALLBACK_AFTER
-            # the file's tail (not the stream window's): the edge races choked or slow peers for the last pieces
-            or self.picker.count - len(self.picker.have) <= TAIL
-        )
+        return not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
+
+    def tail(self) -> bool:
+        """The file's last TAIL pieces (not the stream window's): the edge may take one no reachable peer holds."""
+        return self.picker.count - len(self.picker.have) <= TAIL
 
     def seeder(self) -> str | None:
         """The edge to ask /seed: the fastest live one that has not refused it."""
@@ -460,7 +470,7 @@ class Engine:
 
     def transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None, urgent: bool = False, data: object = None) -> Step:
         """One piece from ``source``, and what its outcome costs; returns "ok", "retry" or "gone" (stop using this peer)."""
-        self.picker.start(source, index, self.clock())
+        self.picker.start(source, index, self.clock(), edge=peer is None)
         try:
             result = yield Fetch(source, url, index, peer, urgent, data)
         except BaseException:

@@ -21,11 +21,12 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from edgeswarm import access, bitfield, havefeed, originkey, tokens
 from edgeswarm.choker import Choker
@@ -316,11 +317,14 @@ class Peer:
             raise NotHeld()
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
-    async def fetch_seed(self, edge: str, cid: str, claimed: set[int], start: int) -> tuple[int, bytes] | None:
+    async def fetch_seed(
+        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None
+    ) -> tuple[int, bytes] | None:
         """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
 
         ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
         we are interested in.  SeedUnsupported: the edge does not seed (404/405).
+        ``on_piece`` learns the piece's index from the answer's head, before its body.
         """
         signed = self.store.manifest(cid) if self.store else None
         if signed is None:
@@ -328,8 +332,14 @@ class Peer:
         m = signed.manifest
         headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
         doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+
+        def head(status: int, headers: CIMultiDictProxy[str]) -> None:
+            index = ascii_decimal(headers.get(PIECE_HEADER, ""))
+            if on_piece is not None and status == 200 and index is not None and index < m.piece_count:
+                on_piece(index)
+
         try:
-            reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size)
+            reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size, on_head=head)
         except UpstreamError:
             self._edge_unreachable(edge)
             raise

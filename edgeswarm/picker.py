@@ -48,6 +48,7 @@ class PiecePicker:
         self.seed_patience = 1.0
         self._peers: dict[str, set[int]] = {}
         self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
+        self._edge_sources: set[str] = set()  # the names edges go by in _in_flight
         self._tiebreak = [int.from_bytes(hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=4).digest()) for i in range(piece_count)]
 
     # -- what others hold ------------------------------------------------------------
@@ -121,8 +122,11 @@ class PiecePicker:
         return self.have | set(self._in_flight)
 
     # -- transfers ---------------------------------------------------------------------
-    def start(self, source: str, index: int, now: float) -> None:
-        self._in_flight.setdefault(index, {})[source] = now
+    def start(self, source: str, index: int, now: float, edge: bool = False) -> None:
+        """``source`` is fetching ``index`` (since ``now``, or since it first said so); ``edge``: it is an edge."""
+        self._in_flight.setdefault(index, {}).setdefault(source, now)
+        if edge:
+            self._edge_sources.add(source)
 
     def finish(self, source: str, index: int, ok: bool) -> None:
         """A transfer ended; ``ok`` means the piece was verified and stored."""
@@ -140,22 +144,31 @@ class PiecePicker:
         return set(self._in_flight.get(index, ()))
 
     # -- the decision --------------------------------------------------------------------
-    def pick(self, source: str, now: float, edge: bool = False, fallback: bool = False) -> int | None:
-        """The next piece to request from ``source``, or None if it should wait."""
+    def pick(
+        self, source: str, now: float, edge: bool = False, fallback: bool = False, tail: bool = False, seeding: bool = False
+    ) -> int | None:
+        """The next piece to request from ``source``, or None if it should wait.
+
+        ``tail``: the file's last few pieces; the edge may also take one whose
+        every holder is choking us or backing off, so the file does not wait
+        on an optimistic unchoke.  In the endgame the edge races a peer's
+        request only once it has run for ``patience``: most end in a fraction
+        of that, and each race is a copy the edge pays for.
+        """
         if source in self.paused:
             return None
-        urgent = self.pick_urgent(source, now, edge, fallback)
+        urgent = self.pick_urgent(source, now, edge, fallback, seeding)
         if urgent is not None:
             return urgent
         usable = self._usable(source, edge)
         free = [i for i in self.missing() if usable(i) and i not in self._in_flight]
         if edge and not fallback:
-            free = [i for i in free if self.availability[i] == 0]
+            free = [i for i in free if self.availability[i] == 0 or (tail and not self._reachable_holder(i))]
         if free:
             return min(free, key=lambda i: (self.availability[i], self._tiebreak[i]))
         if any(i not in self._in_flight for i in self.missing()):
             return None  # unrequested pieces remain, just not from this source
-        return self._endgame(usable)
+        return self._endgame(usable, now - self.patience if edge and not fallback else None)
 
     def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
         """A piece of the reader's urgent window for ``source``, or None.
@@ -182,8 +195,13 @@ class PiecePicker:
                     or self._overdue(i, now, self.seed_patience if seeding else self.patience)
                 ):
                     return i
-            elif edge and len(flying) < ENDGAME_COPIES and now - min(flying.values()) > self.deadline:
-                return i  # a peer is late with an urgent piece: race it
+            elif (
+                edge
+                and len(flying) < ENDGAME_COPIES
+                and not flying.keys() & self._edge_sources
+                and now - min(flying.values()) > self.deadline
+            ):
+                return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
         return None
 
     def _usable(self, source: str, edge: bool):
@@ -202,6 +220,16 @@ class PiecePicker:
         busy = {s for sources in self._in_flight.values() for s in sources}
         return any(index in held and peer not in busy and peer not in self.paused for peer, held in self._peers.items())
 
-    def _endgame(self, usable) -> int | None:
-        racing = [i for i, sources in self._in_flight.items() if len(sources) < ENDGAME_COPIES and usable(i)]
+    def _reachable_holder(self, index: int) -> bool:
+        """Some peer that is not choking us (nor backing off) holds this piece."""
+        return any(index in held and peer not in self.paused for peer, held in self._peers.items())
+
+    def _endgame(self, usable, started_before: float | None = None) -> int | None:
+        """A piece in flight elsewhere to race, the oldest request first; only requests started before
+        ``started_before`` when given (the edge's races)."""
+        racing = [
+            i
+            for i, sources in self._in_flight.items()
+            if len(sources) < ENDGAME_COPIES and usable(i) and (started_before is None or min(sources.values()) <= started_before)
+        ]
         return min(racing, key=lambda i: (min(self._in_flight[i].values()), i)) if racing else None

@@ -157,6 +157,7 @@ class SimEdge:
         if index is None:
             self.sim.loop.after(RTT, reply, Result("none"))
             return
+        self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
         self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n, index, data=True)))
 
     def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:

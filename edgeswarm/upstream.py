@@ -14,6 +14,7 @@ chunked body costs its victim one chunk of memory, not all of it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -82,14 +83,20 @@ class Upstream:
         timeout: float | None,
         doc: object = None,
         limit: int = MAX_ANSWER,
+        on_head: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
     ) -> Reply:
-        """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams."""
+        """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams.
+
+        ``on_head`` is called with the status and headers as soon as they come, before the body is read.
+        """
         assert self.session is not None
         seconds = timeout or self.timeout
         url = node_url(base, path)
         try:
             async with asyncio.timeout(seconds):
                 async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
+                    if on_head is not None:
+                        on_head(resp.status, resp.headers)
                     body = await read_bounded(resp, min(limit, MAX_PIECE), base, path)
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:

@@ -106,9 +106,37 @@ def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
     assert not e.fallback(now[0])
     now[0] = engine.FALLBACK_AFTER + 1
     assert e.fallback(now[0]), "no peer delivered for FALLBACK_AFTER"
-    e.last_peer_delivery = now[0]
+
+
+def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
+    """The file's last pieces: a piece whose holder chokes us goes to the edge; one an unchoked holder has does not."""
+    e, _ = make(count=16)
+    e.want_whole()
+    for peer, url in (("b", "http://10.0.0.2:7000"), ("c", "http://10.0.0.3:7000")):
+        e.add_neighbour(peer, url, True)
+    e.last_peer_delivery = e.clock()
     e.picker.have.update(range(16 - engine.TAIL))
-    assert e.fallback(now[0]), "the file's tail: the edge races slow peers"
+    e.picker.peer_has("b", [12, 13, 14, 15])
+    e.picker.peer_has("c", [15])
+    assert e.tail() and not e.fallback(e.clock())
+    assert e.picker.pick("edge#0", 0.0, edge=True, tail=True, seeding=True) is None
+    e.picker.paused.add("b")
+    assert e.picker.pick("edge#0", 0.0, edge=True, tail=True, seeding=True) in {12, 13, 14}, "b chokes us: its pieces go to the edge"
+
+
+def test_the_edge_races_a_peer_only_after_patience_and_never_itself():
+    e, _ = make(count=4)
+    e.want_whole()
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    e.picker.peer_has("b", range(4))
+    e.picker.have.update({0, 1, 2})
+    e.picker.start("b", 3, 10.0)
+    assert e.picker.pick("edge#0", 10.1, edge=True) is None, "a peer's request of 0.1 s is not raced"
+    assert e.picker.pick("edge#0", 10.0 + e.picker.patience, edge=True) == 3
+    e.picker.start("edge-seed", 3, 10.0, edge=True)
+    e.picker.urgent = [3]
+    e.picker.awaited[3] = 0.0
+    assert e.picker.pick_urgent("edge#0", 20.0, edge=True) is None, "the edge is sending it already: asking again only slows it"
 
 
 def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
@@ -165,6 +193,18 @@ def test_a_worker_frees_its_slot_when_the_neighbour_has_nothing_for_us():
     with pytest.raises(StopIteration):
         worker.send(None)  # a live stream: no /have poll; nothing useful left
     assert not n.working
+
+
+def test_a_seeded_piece_is_in_flight_from_the_answers_head_until_it_lands_or_fails():
+    e, host = make()
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    e.want_whole()
+    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    seed.send(None)
+    e.seed_coming(5)
+    assert e.picker.in_flight(5) == {engine.SEED_SOURCE} and 5 in e.picker.claimed()
+    seed.send(Result("failed", message="reset mid-body"))
+    assert not e.picker.in_flight(5), "a body that never came frees the piece for any source"
 
 
 # -- whole swarms in virtual time -------------------------------------------------------------------
