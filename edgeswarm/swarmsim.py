@@ -54,6 +54,8 @@ class Crowd:
     regions: int = 2
     size: int = 32 * 1024 * 1024
     mode: str = "stream"  # stream: each reads the file in order, as a player or curl through the gateway; get: whole file
+    # a peer that completes leaves (stops seeding), as `edgeswarm get` exits; None: as the mode does (get leaves)
+    leave_when_done: bool | None = None
     stagger: float = 0.0  # seconds between two peers' starts
     edge_Bps: float = 8e6
     peer_Bps: float = 2e6
@@ -210,6 +212,7 @@ class SimPeer:
         self._parked: list[list] = []  # [worker, resumed?] waiting for a change
         self._readers: dict[int, Callable[[], None]] = {}
         self.announces = 0
+        self.left = False
         self._fetching = 0  # requests to peers in flight
 
     # -- the engine's host --------------------------------------------------------------------
@@ -237,6 +240,24 @@ class SimPeer:
             self.done_at = now
             for n in list(self.engine.neighbours.values()):  # as the daemon: free our places under their caps
                 self.dropped(n)
+            leave = self.sim.crowd.leave_when_done
+            if leave or (leave is None and self.sim.crowd.mode == "get"):
+                self.leave()
+
+    def leave(self) -> None:
+        """Stop, as `edgeswarm get` does when its file is written: a `stopped` announce, streams and uploads end."""
+        self.left = True
+        self.engine.closed = True
+        edge = self.sim.edges[0]
+        edge.tracker.announce(
+            self.sim.loop.now, CID, self.peer_id, self.url, self.address, self.region, self.have(), self.sim.count, 0, 0, "stopped"
+        )
+        edge.seeder.leave(self.region.name, CID, self.key)
+        for s in list(self.subscribers.values()):
+            n = s.engine.neighbours.get(self.url)
+            if n is not None:
+                s.engine.stream_lost(n)
+        self.subscribers.clear()
 
     def dropped(self, n: Neighbour) -> None:
         other = self.sim.peers.get(n.url)
@@ -283,8 +304,12 @@ class SimPeer:
             loop.after(RTT / 2, self.sim.node(command.edge).seed, self, command.claimed, command.start, answer)
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
-            held = [None if self.sim.peers[n.url].hole else self.sim.peers[n.url].have() for n in command.neighbours]
+            held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
             loop.after(RTT, answer, held)
+
+    def _unanswered(self, n: Neighbour) -> bool:
+        other = self.sim.peers[n.url]
+        return other.hole or other.left
 
     def _timeout(self, w: list) -> None:
         if not w[1]:
@@ -300,6 +325,8 @@ class SimPeer:
         loop = self.sim.loop
         if self.hole:
             loop.after(TIMEOUT, reply, Result("failed", message="timed out"))
+        elif self.left:
+            loop.after(RTT, reply, Result("failed", message="connection refused"))
         elif index not in self.engine.picker.have:
             loop.after(RTT / 2, reply, Result("not_held"))
         elif not self.choker.request(loop.now, asker.peer_id):
@@ -320,7 +347,7 @@ class SimPeer:
             if not self.engine.may_subscribe(n):
                 continue
             other = self.sim.peers[n.url]
-            if other.hole or len(other.subscribers) >= havefeed.MAX_SUBSCRIBERS:
+            if other.hole or other.left or len(other.subscribers) >= havefeed.MAX_SUBSCRIBERS:
                 continue  # polled by the scout instead
             n.subscribed = True
             other.subscribers[self.url] = self
@@ -347,6 +374,8 @@ class SimPeer:
             self._read(0)
 
     def announce(self) -> None:
+        if self.left:
+            return
         answer = self.sim.edges[0].announce(self)
         self.announces += 1
         if not self.hole:
