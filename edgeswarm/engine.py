@@ -185,7 +185,7 @@ class Engine:
         self._readers[index] += 1
         self.picker.awaited.setdefault(index, self.clock())
         if not self.picker.whole_file:
-            self.picker.stream(min(self._readers), URGENT, WINDOW)
+            self.picker.stream(self._readers, URGENT, WINDOW)
         else:
             self.picker.urgent = sorted(i for i in self._readers if i not in self.picker.have)[:URGENT]
         self.staff()

@@ -84,12 +84,18 @@ class PiecePicker:
         return len(held - self.have) if self.whole_file else len((held & self.wanted) - self.have)
 
     # -- what we want ------------------------------------------------------------------
-    def stream(self, position: int, urgent: int, window: int) -> None:
-        """A reader is at piece ``position``: want ``window`` pieces from there, the first ``urgent`` of them urgently."""
-        end = min(self.count, position + window)
-        self.position = position
-        self.wanted = set(range(position, end))
-        self.urgent = [i for i in range(position, min(end, position + urgent)) if i not in self.have]
+    def stream(self, position: int | Iterable[int], urgent: int, window: int) -> None:
+        """Readers are at these pieces: want ``window`` pieces from each, the first ``urgent`` of each urgently.
+
+        Each reader has its own window, and the urgent pieces alternate between
+        readers, so a player's second connection (the index at the end of an
+        MP4, a seek) is served beside the first instead of waiting behind it.
+        """
+        positions = sorted({position} if isinstance(position, int) else set(position))
+        self.position = positions[0]
+        self.wanted = {i for p in positions for i in range(p, min(self.count, p + window))}
+        ahead = sorted((k, p + k) for p in positions for k in range(min(urgent, window)) if p + k < self.count)
+        self.urgent = list(dict.fromkeys(i for _, i in ahead if i not in self.have))
 
     def whole(self) -> None:
         self.whole_file = True
