@@ -62,10 +62,8 @@ def summary(results: list[dict]) -> Table:
             waited = f"median {times[len(times) // 2]:.1f} s, last {times[-1]:.1f} s ({worst:.2f}× the bound)"
             rebuf = "-"
         else:
-            views = [u for u in users if u.get("startup_s") is not None]
-            starts = sorted(u["startup_s"] for u in views)
-            waited = f"startup median {starts[len(starts) // 2]:.2f} s, worst {starts[-1]:.2f} s"
-            stalled = sum(u["stall_s"] for u in views) / sum(u["watch_s"] + u["stall_s"] for u in views)
-            rebuf = f"{stalled:.2%} ({sum(u['stalls'] for u in views)} stalls)"
+            pb = r["playback"]
+            waited = f"startup median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s"
+            rebuf = f"{pb['rebuffering']:.2%} ({pb['stalls']} stalls)"
         table.add_row(r["scenario"]["name"], f"{r['p2p_share']:.1%}", f"{r['savings']:.1%}", str(len(users)), waited, rebuf)
     return table

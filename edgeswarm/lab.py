@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 from rich.console import Console
 
 from edgeswarm import labsim, tiers
@@ -137,6 +138,7 @@ class Lab:
         self.timeline: list[dict] = []
         self.t0 = 0.0
         self._edge_sent: dict[str, int] = {}
+        self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
         self._origin_sent = 0
 
     # -- deployment ------------------------------------------------------------------------
@@ -296,6 +298,7 @@ class Lab:
             if st is None:
                 continue
             sent = sum(st["bytes_sent"].values())
+            self._edge_p2p[region] = (st.get("p2p") or {}).get("regions", {}).get(region, {})
             row["edges_Bps"][region] = (sent - self._edge_sent.get(region, 0)) / dt if dt > 0 else 0.0
             self._edge_sent[region] = sent
         if origin is not None:
@@ -346,6 +349,8 @@ class Lab:
                 "p2p_share": _ratio(got["peer-same-region"] + got["peer-other-region"], total),
                 "savings": _ratio(demand - edge, demand),
                 "bound_s": self._bound(users) if s.kind == "download" else None,
+                "edge_why": _edge_why(self._edge_p2p.get(r.name, {})),
+                "playback": playback([_user_row(u, s) for u in users]) if s.kind == "vod" else None,
             }
             _completion(regions[r.name], users)
         got = sum((u.got() for u in self.users), Counter())
@@ -370,6 +375,7 @@ class Lab:
             "users": [_user_row(u, s) for u in self.users],
             "timeline": self.timeline,
         }
+        result["playback"] = playback(result["users"]) if s.kind == "vod" else None
         result["model"] = labsim.compare(result)  # what the simulator's model says of the same sessions
         return result
 
@@ -574,6 +580,31 @@ def _random_file(path: Path, size: int, seed: int) -> str:
 
 def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
+
+
+def playback(users: list[dict]) -> dict | None:
+    """What the viewers of a VoD run got: startup delay (median, 95th percentile as numpy's linear
+    interpolation, worst) and rebuffering (stalled over stalled plus watched time); None without a view."""
+    views = [u for u in users if u.get("startup_s") is not None]
+    if not views:
+        return None
+    startups = np.array([u["startup_s"] for u in views])
+    stalled = sum(u["stall_s"] for u in views)
+    return {
+        "views": len(views),
+        "startup_median_s": round(float(np.median(startups)), 3),
+        "startup_p95_s": round(float(np.percentile(startups, 95)), 3),
+        "startup_max_s": round(float(startups.max()), 3),
+        "rebuffering": round(stalled / (stalled + sum(u["watch_s"] for u in views)), 5),
+        "stalls": sum(u["stalls"] for u in views),
+    }
+
+
+def _edge_why(p2p: dict) -> dict:
+    """Why the edge sent its region what it did, from its own counters: pieces it seeded (``POST /seed``),
+    and pieces peers asked for (``GET /piece``) because a reader's deadline forced them or not."""
+    asked = p2p.get("piece_requests") or {}
+    return {"seeded": (p2p.get("seeded") or {}).get("sent", 0), **{f"asked_{k}": n for k, n in sorted(asked.items())}}
 
 
 def _completion(row: dict, users: list[User]) -> None:

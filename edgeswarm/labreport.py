@@ -95,15 +95,12 @@ def print_report(console: Console, r: dict) -> None:
         f"{format_bytes(b['crossed_regions'])} crossed regions; the edges sent {_pct(1 - r['savings'] if r['savings'] is not None else None)} "
         f"of the {format_bytes(r['demand_bytes'])} a pure CDN would have: {_pct(r['savings'])} saved"
     )
-    if s["kind"] == "vod":
-        views = [u for u in r["users"] if u.get("startup_s") is not None]
-        if views:
-            startups = sorted(u["startup_s"] for u in views)
-            rebuf = sum(u["stall_s"] for u in views) / sum(u["watch_s"] + u["stall_s"] for u in views)
-            console.print(
-                f"startup delay: median {startups[len(startups) // 2]:.2f} s, worst {startups[-1]:.2f} s; "
-                f"rebuffering {rebuf:.2%} of viewing time; {sum(u['stalls'] for u in views)} stalls in {len(views)} views"
-            )
+    pb = r.get("playback")
+    if pb:
+        console.print(
+            f"startup delay: median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s; "
+            f"rebuffering {pb['rebuffering']:.2%} of viewing time; {pb['stalls']} stalls in {pb['views']} views"
+        )
     m = r.get("model")
     if m:
         t = m["total"]
@@ -184,27 +181,25 @@ def _attack(details: dict) -> str:
 
 
 def _extra_columns(s: dict) -> tuple[str, ...]:
-    return ("done median", "done last", "bound") if s["kind"] == "download" else ("startup median", "rebuffering")
+    return ("done median", "done last", "bound") if s["kind"] == "download" else ("startup median", "startup p95", "rebuffering")
 
 
 def _extra_cells(s: dict, r: dict, region: str) -> list[str]:
     x = r["regions"][region]
     if s["kind"] == "download":
         return [_secs(x.get("completion_median_s")), _secs(x.get("completion_max_s")), _secs(x.get("bound_s"))]
-    views = [u for u in r["users"] if u["region"] == region and u.get("startup_s") is not None]
-    if not views:
-        return ["-", "-"]
-    startups = sorted(u["startup_s"] for u in views)
-    rebuf = sum(u["stall_s"] for u in views) / sum(u["watch_s"] + u["stall_s"] for u in views)
-    return [_secs(startups[len(startups) // 2]), f"{rebuf:.2%}"]
+    pb = x.get("playback")
+    if not pb:
+        return ["-", "-", "-"]
+    return [_secs(pb["startup_median_s"], 2), _secs(pb["startup_p95_s"], 2), f"{pb['rebuffering']:.2%}"]
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
-def _secs(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f} s"
+def _secs(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f} s"
 
 
 # -- plots ---------------------------------------------------------------------------------

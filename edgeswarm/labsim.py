@@ -8,10 +8,10 @@ no-prefetch P2P, and the bound no scheme can beat; the lab measured what they
 same sessions (the model's n·r against the bytes the players read), so the
 rate scale drops out.
 
-Tolerance: the lab's savings must be within ``TOLERANCE`` (0.15, absolute)
-of the model's no-prefetch savings, and must not beat the bound.  Why 0.15:
-the model moves bits as a fluid at exactly r, the lab moves 256 KiB pieces and
-its players buffer.  Three effects push the lab's edge load up - each
+Tolerance: the lab's savings must be within ``TOLERANCE`` (0.10, absolute:
+issue 10's target, where it was 0.15) of the model's no-prefetch savings, and
+must not beat the bound.  Why any: the model moves bits as a fluid at exactly
+r, the lab moves 256 KiB pieces and its players buffer.  Three effects push the lab's edge load up - each
 viewer's startup burst (2 s of video, fetched faster than r), the read-ahead a
 quitter never plays (up to 16 pieces), the edge's half-second patience before
 it covers a busy holder - and two push it down: read-ahead lets a viewer hold
@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeswarm import model
 
-TOLERANCE = 0.15
+TOLERANCE = 0.10
 STEP = 0.25  # seconds; divides the model's 5-minute bin
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeswarm import labsim, scenario
-from edgeswarm.lab import _Playback
+from edgeswarm.lab import _Playback, playback
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
@@ -155,6 +155,19 @@ def test_playback_counts_stalls_exactly():
     p.arrived(9.0, 6, startup_s=2, resume_s=1)  # all 10 s here: no more stalls
     assert p.remaining(9.0) == pytest.approx(10 - 3 - 1)
     assert p.summary()["rebuffer_ratio"] == pytest.approx(4.5 / 14.5, abs=1e-4)
+
+
+def test_playback_figures_of_a_vod_run():
+    """Startup p95 is numpy's linear percentile over the views; a viewer that never started is not a view."""
+    users = [{"startup_s": 0.1 * (i + 1), "stall_s": 0.0, "stalls": 0, "watch_s": 10.0} for i in range(20)]
+    users[3] |= {"stall_s": 1.0, "stalls": 2}
+    users.append({"startup_s": None, "stall_s": 0.0, "stalls": 0, "watch_s": 0.0})
+    pb = playback(users)
+    assert pb["views"] == 20 and pb["stalls"] == 2
+    assert pb["startup_median_s"] == pytest.approx(1.05) and pb["startup_max_s"] == pytest.approx(2.0)
+    assert pb["startup_p95_s"] == pytest.approx(0.1 + 0.95 * 19 * 0.1)  # between the 19th and 20th views
+    assert pb["rebuffering"] == pytest.approx(1 / 201, abs=1e-5)
+    assert playback(users[-1:]) is None
 
 
 def test_model_of_the_lab_sessions():

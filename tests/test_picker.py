@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeswarm import bitfield
-from edgeswarm.picker import PiecePicker
+from edgeswarm.picker import WORKING, PiecePicker
 
 
 def test_rarest_first_among_what_the_peer_holds():
@@ -181,9 +181,10 @@ def test_with_a_seeding_edge_a_piece_nobody_holds_waits_for_the_region_first():
     p.awaited[0] = 0.0
     assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) is None  # the region gets it soon
     assert p.pick_urgent("edge", p.seed_patience, edge=True, seeding=True) == 0  # the reader waited long enough
+    p.start("edge", 0, 0)
+    assert p.pick("a", 4.5) is None  # a's worker asks; a holds nothing yet
     p.peer_has("a", {1})
     p.awaited[1] = 0.0
-    p.start("edge", 0, 0)
     assert p.pick_urgent("edge", 5.0, edge=True, seeding=True) is None  # a has 1 and is idle: a's worker takes it
     assert p.pick_urgent("edge", 0, edge=True, fallback=True, seeding=True) == 1  # peers are not delivering at all
 
@@ -194,3 +195,18 @@ def test_complete_means_every_piece_held_however_it_came():
     assert not p.complete()
     p.have.update({0, 1, 2})
     assert p.complete() and not p.whole_file
+
+
+def test_a_holder_nobody_asks_does_not_keep_the_edge_from_a_blocked_reader():
+    """Most neighbours have no worker (a few are worked at once): only a worked, idle holder is worth waiting for."""
+    p = PiecePicker(8, seed="me")
+    p.stream(0, 2, 8)
+    p.peer_has("a", {0})  # named by the tracker, but no worker asks it
+    p.awaited[0] = 0.0
+    assert p.pick_urgent("edge", p.seed_patience, edge=True, seeding=True) == 0
+    p.paused.add("b")
+    assert p.pick("b", 0.9) is None  # b's worker asked (choked for now) and b then got piece 0
+    p.peer_got("b", 0)
+    p.paused.discard("b")
+    assert p.pick_urgent("edge", 1.0, edge=True, seeding=True) is None  # b is idle and worked: it takes 0
+    assert p.pick_urgent("edge", 0.9 + WORKING + 0.1, edge=True, seeding=True) == 0  # b's worker stopped asking
