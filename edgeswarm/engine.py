@@ -349,8 +349,8 @@ class Engine:
             fallback, tail, seeding = self.fallback(now), self.tail(), self.seeder() is not None
             if fallback or tail or not seeding:
                 index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
-            else:  # the seeding worker asks the edge for the rest
-                index = self.picker.pick_urgent(source, now, edge=True, seeding=True)
+            else:  # the seeding worker asks the edge for the rest; urgent pieces at once while we know no neighbour
+                index = self.picker.pick_urgent(source, now, edge=True, fallback=not self.neighbours, seeding=True)
             if index is None:
                 yield Wait(0.25)
                 continue
@@ -371,8 +371,9 @@ class Engine:
         worker's.  Ends when no edge seeds (they answered 404): the edge worker
         then takes what no peer holds, as before.
         """
+        asks = 0
         while not self.closed:
-            edge = self.seeder()
+            edge = self.seeder(asks)
             if edge is None:
                 if not self._no_seed:  # every edge set aside for now
                     yield Wait(1.0)
@@ -382,7 +383,7 @@ class Engine:
             if self.picker.done() or self.fallback(self.clock()):
                 yield Wait(1.0)
                 continue
-            self._seed_coming = None
+            self._seed_coming, asks = None, asks + 1
             got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from())
             assert isinstance(got, Result)
             if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
@@ -444,21 +445,26 @@ class Engine:
 
     # -- the rules ---------------------------------------------------------------------------
     def fallback(self, now: float) -> bool:
-        """Peers cannot be counted on: the edge may take anything, as before it seeded."""
-        return not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
+        """Peers cannot be counted on: the edge may take anything, as before it seeded.
+
+        That is when none has delivered for FALLBACK_AFTER, or when we know
+        none and no edge seeds.  With a seeding edge and no neighbours yet (the
+        first tracker answer is on its way) the edge takes only urgent pieces
+        at once; the rest comes by /seed, as pieces the region lacks.
+        """
+        return now - self.last_peer_delivery > FALLBACK_AFTER or (not self.neighbours and self.seeder() is None)
 
     def tail(self) -> bool:
         """The file's last TAIL pieces (not the stream window's): the edge may take one no reachable peer holds."""
         return self.picker.count - len(self.picker.have) <= TAIL
 
-    def seeder(self) -> str | None:
-        """The edge to ask /seed: the fastest live one that has not refused it."""
-        live = self.ranking.ranked(self.edges, self.clock())
-        return next((e for e in live if e not in self._no_seed), None)
+    def seeder(self, picks: int = 0) -> str | None:
+        """The edge to ask /seed: chosen as any edge request is, among the live ones that have not refused it."""
+        return self.choose_edge(picks, exclude=self._no_seed)
 
-    def choose_edge(self, picks: int) -> str | None:
+    def choose_edge(self, picks: int, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
-        live = self.ranking.ranked(self.edges, self.clock())
+        live = [e for e in self.ranking.ranked(self.edges, self.clock()) if e not in exclude]
         if not live:
             return None
         unmeasured = [e for e in live if self.ranking.rate(e) is None]

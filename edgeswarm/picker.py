@@ -162,8 +162,9 @@ class PiecePicker:
         ``tail``: the file's last few pieces; the edge may also take one whose
         every holder is choking us or backing off, so the file does not wait
         on an optimistic unchoke.  In the endgame the edge races a peer's
-        request only once it has run for ``patience``: most end in a fraction
-        of that, and each race is a copy the edge pays for.
+        request only once it is late (``deadline``): a neighbour sharing a
+        1 MB/s uplink among six takes over a second for a piece, and each race
+        is a copy the edge pays for.
         """
         if not edge:
             self._asked[source] = now
@@ -180,7 +181,7 @@ class PiecePicker:
             return min(free, key=lambda i: (self.availability[i], self._tiebreak[i]))
         if any(i not in self._in_flight for i in self.missing()):
             return None  # unrequested pieces remain, just not from this source
-        return self._endgame(usable, now - self.patience if edge and not fallback else None)
+        return self._endgame(usable, now - self.deadline if edge and not fallback else None)
 
     def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
         """A piece of the reader's urgent window for ``source``, or None.

@@ -101,11 +101,23 @@ def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
     now = [0.0]
     e, _ = make(count=16, now=now)
     e.want_whole()
-    assert e.fallback(now[0]), "no neighbours: the edge is the only source"
+    assert not e.fallback(now[0]), "no neighbours yet, but the edge seeds: pieces the region lacks come by /seed"
+    e._no_seed.add("http://edge:8000")
+    assert e.fallback(now[0]), "no neighbours and no seeding edge: the edge is the only source"
+    e._no_seed.clear()
     e.add_neighbour("b", "http://10.0.0.2:7000", True)
     assert not e.fallback(now[0])
     now[0] = engine.FALLBACK_AFTER + 1
     assert e.fallback(now[0]), "no peer delivered for FALLBACK_AFTER"
+
+
+def test_a_reader_with_no_neighbours_yet_gets_its_urgent_pieces_from_the_edge_at_once():
+    """Start-up: the first tracker answer is on its way; a player's first pieces must not wait for it."""
+    e, host = make(count=16)
+    e.reading(0)
+    edge = next(w for w in host.spawned if w.gi_code.co_name == "edge_worker")
+    command = edge.send(None)
+    assert isinstance(command, Fetch) and command.index == 0 and command.urgent
 
 
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
@@ -124,15 +136,15 @@ def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
     assert e.picker.pick("edge#0", 0.0, edge=True, tail=True, seeding=True) in {12, 13, 14}, "b chokes us: its pieces go to the edge"
 
 
-def test_the_edge_races_a_peer_only_after_patience_and_never_itself():
+def test_the_edge_races_a_late_peer_only_and_never_itself():
     e, _ = make(count=4)
     e.want_whole()
     e.add_neighbour("b", "http://10.0.0.2:7000", True)
     e.picker.peer_has("b", range(4))
     e.picker.have.update({0, 1, 2})
     e.picker.start("b", 3, 10.0)
-    assert e.picker.pick("edge#0", 10.1, edge=True) is None, "a peer's request of 0.1 s is not raced"
-    assert e.picker.pick("edge#0", 10.0 + e.picker.patience, edge=True) == 3
+    assert e.picker.pick("edge#0", 11.0, edge=True) is None, "a peer's request of 1 s is not raced"
+    assert e.picker.pick("edge#0", 10.0 + e.picker.deadline, edge=True) == 3
     e.picker.start("edge-seed", 3, 10.0, edge=True)
     e.picker.urgent = [3]
     e.picker.awaited[3] = 0.0
