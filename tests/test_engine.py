@@ -101,10 +101,7 @@ def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
     now = [0.0]
     e, _ = make(count=16, now=now)
     e.want_whole()
-    assert not e.fallback(now[0]), "no neighbours yet, but the edge seeds: pieces the region lacks come by /seed"
-    e._no_seed.add("http://edge:8000")
-    assert e.fallback(now[0]), "no neighbours and no seeding edge: the edge is the only source"
-    e._no_seed.clear()
+    assert e.fallback(now[0]), "no neighbours: the edge is the only source"
     e.add_neighbour("b", "http://10.0.0.2:7000", True)
     assert not e.fallback(now[0])
     now[0] = engine.FALLBACK_AFTER + 1
