@@ -52,6 +52,19 @@ def peer_workers(host: RecordingHost) -> list:
     return [w for w in host.spawned if w.gi_code.co_name == "peer_worker"]
 
 
+def seeding_engine():
+    """An engine downloading a whole file with one neighbour known, and its seeding worker."""
+    e, host = make()
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    e.want_whole()
+    return spawned(host, "seed_worker"), e, host
+
+
+def spawned(host: RecordingHost, name: str):
+    """The engine's worker of that name (edge_worker, seed_worker...) among those it asked to run."""
+    return next(w for w in host.spawned if w.gi_code.co_name == name)
+
+
 # -- the rules, driven directly -------------------------------------------------------------------------
 def test_a_have_line_puts_a_worker_on_the_neighbour_at_once():
     """Availability as it happens: a neighbour heard to hold a piece we want is staffed on that line, not at the next announce."""
@@ -112,7 +125,7 @@ def test_a_reader_with_no_neighbours_yet_gets_its_urgent_pieces_from_the_edge_at
     """Start-up: the first tracker answer is on its way; a player's first pieces must not wait for it."""
     e, host = make(count=16)
     e.reading(0)
-    edge = next(w for w in host.spawned if w.gi_code.co_name == "edge_worker")
+    edge = spawned(host, "edge_worker")
     command = edge.send(None)
     assert isinstance(command, Fetch) and command.index == 0 and command.urgent
 
@@ -149,10 +162,7 @@ def test_the_edge_races_a_late_peer_only_and_never_itself():
 
 
 def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
-    e, host = make()
-    e.add_neighbour("b", "http://10.0.0.2:7000", True)
-    e.want_whole()
-    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    seed, e, host = seeding_engine()
     ask = seed.send(None)
     assert isinstance(ask, Seed) and ask.start == 0 and ask.claimed == frozenset()
     assert seed.send(Result("none")) == Sleep(engine.SEED_WAIT)
@@ -164,15 +174,12 @@ def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
 
 
 def test_an_edge_that_does_not_seed_leaves_the_rest_to_the_edge_worker():
-    e, host = make()
-    e.add_neighbour("b", "http://10.0.0.2:7000", True)
-    e.want_whole()
-    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    seed, e, host = seeding_engine()
     seed.send(None)
     with pytest.raises(StopIteration):
         seed.send(Result("unsupported"))
     assert e.seeder() is None
-    edge = next(w for w in host.spawned if w.gi_code.co_name == "edge_worker")
+    edge = spawned(host, "edge_worker")
     command = edge.send(None)
     assert isinstance(command, Fetch) and command.peer is None, "pieces no peer holds go to the edge again"
 
@@ -205,10 +212,7 @@ def test_a_worker_frees_its_slot_when_the_neighbour_has_nothing_for_us():
 
 
 def test_a_seeded_piece_is_in_flight_from_the_answers_head_until_it_lands_or_fails():
-    e, host = make()
-    e.add_neighbour("b", "http://10.0.0.2:7000", True)
-    e.want_whole()
-    seed = next(w for w in host.spawned if w.gi_code.co_name == "seed_worker")
+    seed, e, _ = seeding_engine()
     seed.send(None)
     e.seed_coming(5)
     assert e.picker.in_flight(5) == {engine.SEED_SOURCE} and 5 in e.picker.claimed()
