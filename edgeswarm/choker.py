@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from collections import deque
 
+SLOTS = 6  # peers served at once: 6 beat 4 and 8 in `bench swarm` (docs/configuration.md, --upload-slots)
+
 
 class Choker:
     def __init__(
-        self, slots: int = 4, rechoke_interval: float = 10.0, optimistic_interval: float = 30.0, window: float = 20.0, idle: float = 3.0
+        self, slots: int = SLOTS, rechoke_interval: float = 10.0, optimistic_interval: float = 30.0, window: float = 20.0, idle: float = 3.0
     ):
         self.slots = max(1, slots)
         self.idle = idle  # a peer that stops asking for this long gives its slot up

@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from edgeswarm.choker import SLOTS
 from edgeswarm.daemon import ServerLimits, setup_logging
 from edgeswarm.ledger import LedgerError
 from edgeswarm.signing import KeyFileError
@@ -344,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="cap on what this peer fetches from edges and peers, as a slow access link would (default: none)",
     )
-    p.add_argument("--upload-slots", type=_count, default=6, metavar="N", help="peers served at once (default 6)")
+    p.add_argument("--upload-slots", type=_count, default=SLOTS, metavar="N", help=f"peers served at once (default {SLOTS})")
     p.add_argument("--max-cache", type=_size, metavar="SIZE", help="cache quota (default: no limit)")
     p.add_argument("--origin-key", type=Path, metavar="FILE", help="origin public key to pin (default: learned from the edge)")
     p.add_argument(

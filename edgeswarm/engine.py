@@ -297,7 +297,7 @@ class Engine:
     # -- staffing ----------------------------------------------------------------------------
     def staff(self) -> None:
         """Keep workers on the MAX_PEERS most useful neighbours, same region first, then fastest; one edge worker
-        for urgent needs and fallbacks, and one asking the edge what to seed."""
+        for urgent needs and fallbacks, one asking the edge what to seed, and the scout (from the first want on)."""
         if self.closed:
             return
         if not self._edge_workers_started:
@@ -305,6 +305,7 @@ class Engine:
             for slot in range(EDGE_WORKERS):
                 self.host.spawn(self.edge_worker(slot))
             self.host.spawn(self.seed_worker())
+            self.host.spawn(self.scout())
         active = self._busy()
         if active >= MAX_PEERS:
             return
@@ -419,7 +420,7 @@ class Engine:
         cap) would never be used; asking it directly keeps peers that know
         each other trading whatever the tracker does.
         """
-        while not self.closed and not self.host.gone():
+        while not self.closed and not self.host.gone() and not self.picker.complete():
             idle = [n for n in self.neighbours.values() if not n.working and not n.stream]
             if idle and self.picker.missing():
                 idle.sort(key=lambda n: n.have_checked)

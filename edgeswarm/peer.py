@@ -29,7 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from edgeswarm import access, bitfield, havefeed, originkey, tokens
-from edgeswarm.choker import Choker
+from edgeswarm.choker import SLOTS, Choker
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
 from edgeswarm.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError
@@ -129,7 +129,7 @@ class Peer:
         cache: Path,
         edges: list[str],
         upload_limit: float | None = None,
-        upload_slots: int = 6,
+        upload_slots: int = SLOTS,
         origin_key: Path | None = None,
         timeout: float = 10.0,
         bind: str | None = None,

@@ -52,7 +52,6 @@ class Swarm:
             clock=time.monotonic,
         )
         self.picker = self.engine.picker
-        self._scout = self._start(self.engine.scout())
         if self.picker.complete():
             self.completed.set()
 

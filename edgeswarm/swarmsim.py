@@ -31,7 +31,7 @@ from pathlib import Path
 
 from edgeswarm import havefeed
 from edgeswarm.bench_swarm import lower_bound
-from edgeswarm.choker import Choker
+from edgeswarm.choker import SLOTS, Choker
 from edgeswarm.engine import AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.peer import ANNOUNCE_INTERVAL
 from edgeswarm.regions import Region
@@ -43,7 +43,6 @@ PIECE = 256 * 1024
 RTT = 0.002  # seconds for a request to reach its server and the answer's head to come back
 TIMEOUT = 10.0  # seconds a request to a node that is down takes to fail
 CID = "c0ffee"
-UPLOAD_SLOTS = 6  # the peer daemon's --upload-slots default
 
 
 @dataclass
@@ -64,7 +63,7 @@ class Crowd:
     seeding: bool = True  # False: edges answer 404 to /seed, as one that is not a super-seeder
     edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
     black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
-    choke_slots: int = UPLOAD_SLOTS
+    choke_slots: int = SLOTS
     limit: float = 3600.0  # virtual seconds before the run is cut
 
 
@@ -366,7 +365,6 @@ class SimPeer:
 
     # -- what the user does ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.spawn(self.engine.scout())
         self.announce()
         if self.sim.crowd.mode == "get":
             self.engine.want_whole()
