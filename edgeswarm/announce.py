@@ -18,11 +18,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from edgeswarm import bitfield
-from edgeswarm.claims import DEFAULT_MAX_RATE, STAT_KINDS, ClaimPolicy
+from edgeswarm.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import Manifest, is_content_id
 from edgeswarm.regions import Region, RegionMap
 from edgeswarm.tracker import Limits, PeerKey, Refused, Tracker, address_group, owner_of, peer_url
+from edgeswarm.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 
 EVENTS = {"started", "update", "completed", "stopped"}
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
@@ -213,14 +214,10 @@ class TrackerService:
         regions = {}
         for name in sorted(set(by_region) | set(peers)):
             c = by_region.get(name, Counter())
-            peer_bytes = c["peer_same_region"] + c["peer_other_region"]
-            total = peer_bytes + c["edge"]
             regions[name] = {
                 "peers": peers[name],
-                "bytes_from_edge": c["edge"],
-                "bytes_from_peers_same_region": c["peer_same_region"],
-                "bytes_from_peers_other_region": c["peer_other_region"],
-                "p2p_share": round(peer_bytes / total, 4) if total else None,
+                **{TRACKER_FIELDS[kind]: c[STAT_KEYS[kind]] for kind in SOURCE_KINDS},
+                "p2p_share": reported_share(sum(c[STAT_KEYS[k]] for k in PEER_KINDS), sum(c[k] for k in STAT_KINDS)),
             }
         return {
             "peers": self.tracker.peer_count(),

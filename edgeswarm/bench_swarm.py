@@ -52,11 +52,13 @@ from rich.table import Table
 from edgeswarm.bench_serve import _cpu_ticks, _steal_pct
 from edgeswarm.process import NodeProcess, ProcessGroup
 from edgeswarm.units import format_bytes
+from edgeswarm.vocabulary import BENCH_KEYS, EDGE, PEER_OTHER_REGION, PEER_SAME_REGION, TRACKER_FIELDS, flash_crowd_bound, reported_share
 
 MODES = ("stream", "get", "post")
 TARGETS = {"stream": (0.80, 1.5), "get": (0.85, 1.3), "post": (0.80, 1.5)}  # (P2P share at least, time / bound at most)
 FILE = "update.img"
-SOURCES = ("edge", "peers_same_region", "peers_other_region")
+SOURCES = tuple(BENCH_KEYS.values())  # this JSON's "bytes" keys
+SAME, OTHER = BENCH_KEYS[PEER_SAME_REGION], BENCH_KEYS[PEER_OTHER_REGION]
 
 
 @dataclass(frozen=True)
@@ -81,14 +83,6 @@ class Crowd:
 
 def _rate(bps: int) -> str:
     return f"{bps // 1_000_000}MB/s" if bps % 1_000_000 == 0 else f"{bps}B/s"
-
-
-def lower_bound(size: int, n: int, server_up: float, peer_up: list[float], min_down: float | None = None) -> float:
-    """Seconds: no schedule can deliver the file to all N peers faster."""
-    terms = [size / server_up, n * size / (server_up + sum(peer_up))]
-    if min_down:
-        terms.append(size / min_down)
-    return max(terms)
 
 
 def region_of(i: int, regions: int) -> int:
@@ -121,25 +115,21 @@ def tally(st: dict, region: int) -> Counter[str]:
     got: Counter[str] = Counter()
     for row in st["bytes_received"]:
         if row["kind"].startswith("peer"):
-            got["peers_same_region" if url_region(row["source"]) == region else "peers_other_region"] += row["bytes"]
+            got[SAME if url_region(row["source"]) == region else OTHER] += row["bytes"]
         else:
-            got["edge"] += row["bytes"]
+            got[BENCH_KEYS[EDGE]] += row["bytes"]
     return got
 
 
 def tracker_tally(p2p: dict) -> dict[str, Counter[str]]:
     """Per region, what the edge's peers reported (their final announces): the figures for peers that have exited."""
-    keys = {
-        "bytes_from_edge": "edge",
-        "bytes_from_peers_same_region": "peers_same_region",
-        "bytes_from_peers_other_region": "peers_other_region",
-    }
+    keys = {TRACKER_FIELDS[kind]: BENCH_KEYS[kind] for kind in BENCH_KEYS}
     return {name: Counter({k: row.get(f, 0) for f, k in keys.items()}) for name, row in p2p.get("regions", {}).items()}
 
 
 def share(got: Counter[str]) -> float | None:
-    total = sum(got[k] for k in SOURCES)
-    return round((got["peers_same_region"] + got["peers_other_region"]) / total, 4) if total else None
+    """The P2P share of bytes counted by this JSON's keys."""
+    return reported_share(got[SAME] + got[OTHER], sum(got[k] for k in SOURCES))
 
 
 class Meter:
@@ -190,7 +180,7 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
         name="edge",
     )
     nodes = [] if crowd.mode == "get" else [_start_peer(group, root, crowd, i, edge.url) for i in range(crowd.peers)]
-    bound = lower_bound(crowd.size, crowd.peers, crowd.edge_Bps, [crowd.peer_Bps] * crowd.peers)
+    bound = flash_crowd_bound(crowd.size, crowd.peers, crowd.edge_Bps, [crowd.peer_Bps] * crowd.peers)
     meter, timeline = Meter(), []
     ticks = _cpu_ticks()
     # every peer's request at the same moment (no connection pool limit), and the run's deadline instead of aiohttp's 300 s
@@ -384,7 +374,7 @@ def _result(
         "ratio_to_bound": round(times[-1] / bound, 3),
         "p2p_share": share(got),
         "bytes": {k: got[k] for k in SOURCES},
-        "cross_region_bytes": got["peers_other_region"],
+        "cross_region_bytes": got[OTHER],
         "regions_detail": {name: {**{k: c[k] for k in SOURCES}, "p2p_share": share(c)} for name, c in by_region.items()},
         "edge_sent_bytes": edge_sent,
         "edge_copies": round(edge_sent / crowd.size, 2),

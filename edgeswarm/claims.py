@@ -35,8 +35,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
+from edgeswarm.vocabulary import STAT_KINDS
+
 DEFAULT_MAX_RATE = 125_000_000  # bytes/s a peer's link may carry each way: 1 Gbit/s, generous for a user's line
-STAT_KINDS = ("edge", "peer_same_region", "peer_other_region")
 
 
 def differs(a: int, b: int, tolerance: float, slack: int) -> bool:

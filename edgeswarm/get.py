@@ -27,6 +27,7 @@ from edgeswarm.httpspec import HttpError
 from edgeswarm.peer import Peer
 from edgeswarm.protect import cipher_for
 from edgeswarm.units import format_bytes
+from edgeswarm.vocabulary import p2p_share, peer_bytes
 
 log = logging.getLogger("edgeswarm.get")
 
@@ -79,8 +80,7 @@ async def download(
             raise GetError(f"{url}: {exc.message}") from None
         await asyncio.to_thread(_write_output, peer, signed, output, key)
         got = peer.received.get(signed.content_id, {})
-        from_peers = got.get("peer-same-region", 0) + got.get("peer-other-region", 0)
-        total = sum(got.values())
+        from_peers, total = peer_bytes(got), sum(got.values())
         return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
     finally:
         await servers.close()
@@ -121,8 +121,7 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
 
 def _peer_share(peer: Peer, cid: str) -> float:
     got = peer.received.get(cid, {})
-    total = sum(got.values())
-    return (got.get("peer-same-region", 0) + got.get("peer-other-region", 0)) / total if total else 0.0
+    return p2p_share(peer_bytes(got), sum(got.values())) or 0.0
 
 
 def _write_output(peer: Peer, signed, output: Path, key: bytes | None) -> None:
@@ -167,7 +166,7 @@ def run(
     finally:
         if cache is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    share = result["from_peers"] / result["received"] if result["received"] else 0.0
+    share = p2p_share(result["from_peers"], result["received"]) or 0.0
     rate = result["size"] / max(result["seconds"], 1e-3)
     print(
         f"{output}: {format_bytes(result['size'])} in {result['seconds']:.1f} s ({format_bytes(rate)}/s), "

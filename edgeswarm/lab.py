@@ -37,9 +37,9 @@ from edgeswarm import labsim, tiers
 from edgeswarm.process import NodeProcess, ProcessGroup
 from edgeswarm.scenario import Scenario
 from edgeswarm.tiers import Tier
+from edgeswarm.vocabulary import PEER_OTHER_REGION, SOURCE_KINDS, flash_crowd_bound, peer_bytes, reported_share
 
 SAMPLE_EVERY = 0.5  # seconds between status sweeps
-KINDS = ("edge", "peer-same-region", "peer-other-region")
 
 
 class LabError(RuntimeError):
@@ -311,7 +311,7 @@ class Lab:
         st = await _status(http, u.node.urls.get("gateway", ""))
         if st is None:
             return
-        u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in KINDS})
+        u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in SOURCE_KINDS})
         if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
             u.done_at = self.now()
 
@@ -345,8 +345,8 @@ class Lab:
                 "peers": len(users),
                 "edge_bytes": edge,
                 "demand_bytes": demand,
-                "received": {k: got[k] for k in KINDS},
-                "p2p_share": _ratio(got["peer-same-region"] + got["peer-other-region"], total),
+                "received": {k: got[k] for k in SOURCE_KINDS},
+                "p2p_share": reported_share(peer_bytes(got), total),
                 "savings": _ratio(demand - edge, demand),
                 "bound_s": self._bound(users) if s.kind == "download" else None,
                 "edge_why": _edge_why(self._edge_p2p.get(r.name, {})),
@@ -365,10 +365,10 @@ class Lab:
                 "origin": self._origin_sent,
                 "edges": dict(self._edge_sent),
                 "edges_total": edges_total,
-                "peers_received": {k: got[k] for k in KINDS},
-                "crossed_regions": got["peer-other-region"],
+                "peers_received": {k: got[k] for k in SOURCE_KINDS},
+                "crossed_regions": got[PEER_OTHER_REGION],
             },
-            "p2p_share": _ratio(got["peer-same-region"] + got["peer-other-region"], total),
+            "p2p_share": reported_share(peer_bytes(got), total),
             "demand_bytes": demand,
             "savings": _ratio(demand - edges_total, demand),
             "regions": regions,
@@ -386,14 +386,10 @@ class Lab:
         return (u.view or {}).get("bytes", 0)
 
     def _bound(self, users: list[User]) -> float:
-        """max(F/u_s, F/d_min, N·F/(u_s + Σu_i)): no schedule does better (seed 003)."""
-        size = self.s.size_bytes
+        """The flash-crowd bound for these users' tiers and the edge's upload cap (none: unlimited)."""
         ups = [self.s.scaled_Bps(u.tier.up_kbps) for u in users]
-        server = self.s.edge_upload_Bps or math.inf
-        terms = [size / min(self.s.scaled_Bps(u.tier.down_kbps) for u in users), len(users) * size / (server + sum(ups))]
-        if server != math.inf:
-            terms.append(size / server)
-        return round(max(terms), 3)
+        slowest = min(self.s.scaled_Bps(u.tier.down_kbps) for u in users)
+        return round(flash_crowd_bound(self.s.size_bytes, len(users), self.s.edge_upload_Bps or math.inf, ups, slowest), 3)
 
 
 async def play(http: aiohttp.ClientSession, url: str, rate: float, watch_s: float, v) -> dict:

@@ -15,6 +15,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from edgeswarm.units import format_bytes
+from edgeswarm.vocabulary import EDGE, PEER_OTHER_REGION, PEER_SAME_REGION
 
 PLAIN_EVERY = 5.0  # seconds between progress lines when stdout is not a terminal
 
@@ -81,9 +82,9 @@ def print_report(console: Console, r: dict) -> None:
         table.add_row(
             name,
             str(x["peers"]),
-            format_bytes(rec["edge"]),
-            format_bytes(rec["peer-same-region"]),
-            format_bytes(rec["peer-other-region"]),
+            format_bytes(rec[EDGE]),
+            format_bytes(rec[PEER_SAME_REGION]),
+            format_bytes(rec[PEER_OTHER_REGION]),
             _pct(x["p2p_share"]),
             _pct(x["savings"]),
             *_extra_cells(s, r, name),
@@ -240,7 +241,7 @@ def _figures(r: dict):
 def _bytes(ax, r: dict) -> None:
     b = r["bytes"]
     labels = ["origin", "edges", "peers (same region)", "peers (other region)"]
-    values = [b["origin"], b["edges_total"], b["peers_received"]["peer-same-region"], b["peers_received"]["peer-other-region"]]
+    values = [b["origin"], b["edges_total"], b["peers_received"][PEER_SAME_REGION], b["peers_received"][PEER_OTHER_REGION]]
     ax.bar(labels, [v / 2**20 for v in values], color=["#777", "#d62728", "#2ca02c", "#ff7f0e"])
     ax.set_ylabel("MiB sent")
 

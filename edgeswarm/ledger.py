@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeswarm.claims import differs, overclaimers
+from edgeswarm.vocabulary import p2p_share
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +366,7 @@ class ReportRow:
     @property
     def p2p_share(self) -> float | None:
         """Share of the user's bytes that came from peers rather than this provider's edges (None without bytes)."""
-        total = self.reported_from_peers + self.edge_sent
-        return self.reported_from_peers / total if total else None
+        return p2p_share(self.reported_from_peers, self.reported_from_peers + self.edge_sent)
 
 
 def report(target: str, since: float | None = None, by: str = "user", tolerance: float = 0.1, slack: int = 1 << 20) -> list[ReportRow]:

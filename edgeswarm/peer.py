@@ -48,6 +48,7 @@ from edgeswarm.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported,
 from edgeswarm.tracker import address_group, peer_url
 from edgeswarm.units import ascii_decimal
 from edgeswarm.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 
 log = logging.getLogger("edgeswarm.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
@@ -491,7 +492,7 @@ class Peer:
         received = self.received.get(cid, Counter())
         usage = {"from_this_edge": (edge, self.from_edge[(cid, edge)])}  # what has been reported, and to whom
         if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
-            usage["from_peers"] = ("", received["peer-same-region"] + received["peer-other-region"])
+            usage["from_peers"] = ("", peer_bytes(received))
             usage["uploaded"] = ("", self.uploaded[cid])
         doc = {
             "peer_id": self.peer_id,
@@ -504,11 +505,7 @@ class Peer:
             "event": event,
             "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
             **({"have_latency": latency} if (latency := self.have_latency.percentiles()) else {}),
-            "stats": {
-                "edge": received["edge"],
-                "peer_same_region": received["peer-same-region"],
-                "peer_other_region": received["peer-other-region"],
-            },
+            "stats": {STAT_KEYS[kind]: received[kind] for kind in SOURCE_KINDS},
         }
         try:
             reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, MAX_ANNOUNCE)
@@ -582,8 +579,6 @@ class Peer:
         totals: Counter[str] = Counter()
         for c in self.received.values():
             totals.update(c)
-        got = sum(totals.values())
-        peer_bytes = totals["peer-same-region"] + totals["peer-other-region"]
         return json_response(
             {
                 **self.metrics.status(),
@@ -592,7 +587,7 @@ class Peer:
                 "edges": [{"url": e, "rate_Bps": self.ranking.rate(e), "tracker": e in self._p2p_edges} for e in self.edges],
                 "received_by_kind": dict(totals),
                 "uploaded_to_peers": sum(self.uploaded.values()),
-                "p2p_share": round(peer_bytes / got, 4) if got else None,
+                "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
                 "swarms": [s.status() for s in self.swarms.values()],
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),

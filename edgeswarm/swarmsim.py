@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeswarm import havefeed
-from edgeswarm.bench_swarm import lower_bound
 from edgeswarm.choker import SLOTS, Choker
 from edgeswarm.engine import AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.peer import ANNOUNCE_INTERVAL
@@ -38,6 +37,7 @@ from edgeswarm.regions import Region
 from edgeswarm.sources import SourceRanking
 from edgeswarm.superseed import SuperSeeder
 from edgeswarm.tracker import Tracker
+from edgeswarm.vocabulary import EDGE, PEER_OTHER_REGION, flash_crowd_bound, p2p_share, peer_bytes, peer_kind
 
 PIECE = 256 * 1024
 RTT = 0.002  # seconds for a request to reach its server and the answer's head to come back
@@ -204,7 +204,7 @@ class SimPeer:
             edges=[e.url for e in sim.edges], ranking=self.ranking, clock=lambda: sim.loop.now,
         )  # fmt: skip
         self.subscribers: dict[str, SimPeer] = {}
-        self.received: Counter[str] = Counter()  # "edge", "peer-same-region", "peer-other-region" -> bytes
+        self.received: Counter[str] = Counter()  # vocabulary.SOURCE_KINDS -> bytes
         self.started = sim.loop.now
         self.done_at: float | None = None
         self.read_waits: list[float] = []  # seconds a reader waited for each piece it did not have
@@ -229,7 +229,7 @@ class SimPeer:
         now = self.sim.loop.now
         if peer is not None:
             self.choker.received(now, peer.peer_id, nbytes)
-        self.received["edge" if peer is None else "peer-same-region" if peer.same_region else "peer-other-region"] += nbytes
+        self.received[EDGE if peer is None else peer_kind(peer.same_region)] += nbytes
         for s in list(self.subscribers.values()):
             self.sim.loop.after(havefeed.BATCH + RTT / 2, s.heard_from, self, index)
         wake = self._readers.pop(index, None)
@@ -402,7 +402,7 @@ class SimPeer:
 class Outcome:
     crowd: Crowd
     share: float  # bytes from peers / bytes received
-    bound: float  # seconds: bench_swarm.lower_bound
+    bound: float  # seconds: vocabulary.flash_crowd_bound
     last_done: float  # seconds from the first start to the last peer's completion (inf: not all finished)
     edge_copies: dict[str, float]  # region -> copies of the file the edge sent there
     forced_copies: dict[str, float]  # of which urgent (deadline-forced) requests
@@ -461,12 +461,12 @@ class Simulation:
         forced = sum((e.forced for e in self.edges), Counter())
         return Outcome(
             crowd=c,
-            share=(got["peer-same-region"] + got["peer-other-region"]) / total,
+            share=p2p_share(peer_bytes(got), total) or 0.0,
             bound=bound(c),
             last_done=max(done) if len(done) == len(ps) else math.inf,
             edge_copies={r: sent[r] / c.size for r in sorted(sent)},
             forced_copies={r: forced[r] / c.size for r in sorted(forced)},
-            cross_region=got["peer-other-region"],
+            cross_region=got[PEER_OTHER_REGION],
             read_wait_p95=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else 0.0,
             finished=len(done),
             events=dict(self.events) | {"announces": sum(p.announces for p in ps)},
@@ -478,7 +478,7 @@ def bound(c: Crowd) -> float:
     """Seconds from the first start before which the last peer cannot be done: bench swarm's bound for a crowd
     that starts together; for a staggered one, the last start plus the whole swarm's upload delivering one copy."""
     rates = c.edge_rates or (c.edge_Bps,) * c.edges
-    together = lower_bound(c.size, c.peers, sum(rates), [c.peer_Bps] * c.peers)
+    together = flash_crowd_bound(c.size, c.peers, sum(rates), [c.peer_Bps] * c.peers)
     return max(together, (c.peers - 1) * c.stagger + c.size / (sum(rates) + c.peers * c.peer_Bps))
 
 

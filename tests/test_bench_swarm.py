@@ -15,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm.bench_swarm import Crowd, address, lower_bound, region_of, share, tally, tracker_tally, url_region
+from edgeswarm.bench_swarm import Crowd, address, region_of, share, tally, tracker_tally, url_region
 from edgeswarm.cli import build_parser
 from edgeswarm.units import parse_rate, parse_size
-
-
-def test_bound_is_the_largest_of_its_terms():
-    f = 32 << 20
-    assert lower_bound(f, 12, 8e6, [2e6] * 12) == pytest.approx(12 * f / 32e6)  # the swarm's total upload
-    assert lower_bound(f, 1, 8e6, [2e6]) == pytest.approx(f / 8e6)  # the edge alone
-    assert lower_bound(f, 1, 8e6, [2e6], min_down=1e6) == pytest.approx(f / 1e6)  # the slowest download
 
 
 def test_peers_are_dealt_round_robin_into_their_regions_block():

@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from edgeswarm import bitfield, tokens
-from edgeswarm.announce import EVENTS, MAX_COUNT, STAT_KINDS, USAGE_KINDS
+from edgeswarm.announce import EVENTS, MAX_COUNT, USAGE_KINDS
 from edgeswarm.signing import public_pem
+from edgeswarm.vocabulary import STAT_KINDS
 
 pytestmark = pytest.mark.integration
 

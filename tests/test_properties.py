@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edgeswarm import announce, bitfield, tokens
+from edgeswarm import announce, bitfield, tokens, vocabulary
 from edgeswarm.httpspec import HttpError, parse_range
 from edgeswarm.tokens import Grant, TokenError
 
@@ -160,7 +160,7 @@ def test_scope_is_segment_aware(scope, path):
 # ----- 4. parse_announce --------------------------------------------------------------------------------------------------
 
 FIELDS = ("peer_id", "port", "content", "pieces", "have", "uploaded", "downloaded", "event", "stats")
-STAT_KINDS = tuple(announce.STAT_KINDS)
+STAT_KINDS = tuple(vocabulary.STAT_KINDS)
 ADDRESS_FIELDS = tuple(getattr(announce, "ADDRESS_FIELDS", ()))
 VALID = {
     "peer_id": "peer-1",
