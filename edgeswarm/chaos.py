@@ -40,7 +40,7 @@ from edgeswarm.lab import Lab, LabError
 from edgeswarm.process import NodeProcess
 from edgeswarm.units import parse_rate
 
-KINDS = ("kill", "restart", "disk_full", "corrupt_peer", "bloating_peer", "lying_parent", "sybil", "slowloris")
+FAULT_KINDS = ("kill", "restart", "disk_full", "corrupt_peer", "bloating_peer", "lying_parent", "sybil", "slowloris")
 SCALAR = {
     "kill": "node",
     "restart": "node",
@@ -137,8 +137,8 @@ def _fault(doc: object, where: str, s) -> Fault:
     at, duration = doc.pop("at", None), doc.pop("for", None)
     if type(at) not in (int, float) or at < 0:
         raise ValueError(f"{where}: 'at' must be the seconds after the start (>= 0)")
-    if len(doc) != 1 or next(iter(doc)) not in KINDS:
-        raise ValueError(f"{where}: one fault kind of {', '.join(KINDS)} besides 'at' and 'for', not {sorted(doc)}")
+    if len(doc) != 1 or next(iter(doc)) not in FAULT_KINDS:
+        raise ValueError(f"{where}: one fault kind of {', '.join(FAULT_KINDS)} besides 'at' and 'for', not {sorted(doc)}")
     kind, value = doc.popitem()
     options = dict(value) if isinstance(value, dict) else {SCALAR[kind]: value}
     unknown = set(options) - set(OPTIONS[kind])

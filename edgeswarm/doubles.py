@@ -43,7 +43,7 @@ from edgeswarm import bitfield
 from edgeswarm.manifest import Manifest, SignedManifest
 from edgeswarm.units import parse_listen, parse_rate
 
-KINDS = ("corrupting", "bloating", "sybil", "slowloris", "lying")
+MISBEHAVIOURS = ("corrupting", "bloating", "sybil", "slowloris", "lying")  # the doubles this module can run
 LIES = ("other-path", "old-version", "wrong-bytes")
 CHUNK = 64 * 1024
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-encoding", "host", "content-length"}
@@ -346,7 +346,7 @@ CLASSES = {"corrupting": Corrupting, "bloating": Bloating, "sybil": Sybil, "slow
 def add_parser(sub) -> None:
     """``edgeswarm double``: not for users; the chaos run starts these."""
     p = sub.add_parser("double", description="A misbehaving node for `edgeswarm chaos` (see edgeswarm/doubles.py).")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=MISBEHAVIOURS)
     p.add_argument("--listen", type=parse_listen, required=True, metavar="HOST:PORT", help="its /status (and piece server)")
     p.add_argument("--edge", metavar="URL", help="the tracker edge it announces to, or the upstream a lying parent passes through")
     p.add_argument("--wait", action="store_true", help="start the attack at POST /go rather than at once")

@@ -49,7 +49,7 @@ def compare(result: dict) -> dict | None:
         step=STEP,
     )
     series = model.vod_series(sessions, regions, r, 1 / 3, STEP)
-    kbits = {kind: series.rates[kind].sum(axis=0) * STEP for kind in model.KINDS}  # per region, kbit at 2007 rates
+    kbits = {kind: series.rates[kind].sum(axis=0) * STEP for kind in model.RATE_SERIES}  # per region, kbit at 2007 rates
     out = {"tolerance": TOLERANCE, "regions": {}}
     for i, name in enumerate(regions):
         out["regions"][name] = _row(kbits, i, result["regions"][name]["savings"])

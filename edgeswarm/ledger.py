@@ -1,7 +1,7 @@
 """The usage ledger: bytes per user, content and period, kept so the provider can bill.
 
 Every edge counts, per (period, user, content, region), four kinds of bytes
-(see KINDS).  Only ``edge_sent`` is measured by the edge itself; the other
+(see USAGE_COUNTERS).  Only ``edge_sent`` is measured by the edge itself; the other
 three are what the user's peer daemon says in its announces, and a user has
 every reason to under-report what it took from the edge or to over-report
 what it gave to others.  So the ledger keeps both and the report cross-checks
@@ -64,7 +64,7 @@ from edgeswarm.vocabulary import p2p_share
 
 log = logging.getLogger(__name__)
 
-KINDS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded", "claim_excess")
+USAGE_COUNTERS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded", "claim_excess")
 BY = ("user", "content", "region")
 
 EDGE_MISMATCH = "edge-report-mismatch"
@@ -249,8 +249,8 @@ class Ledger:
 
     def add(self, user: str, content: str, path: str, region: str | None, kind: str, nbytes: int, when: float | None = None) -> None:
         """Count bytes; no I/O, so it is safe on every response and announce."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown usage kind {kind!r}: expected one of {', '.join(KINDS)}")
+        if kind not in USAGE_COUNTERS:
+            raise ValueError(f"unknown usage kind {kind!r}: expected one of {', '.join(USAGE_COUNTERS)}")
         if nbytes <= 0:
             return
         t = time.time() if when is None else when
@@ -413,7 +413,7 @@ def _aggregate(raw: list[tuple], by: str, tolerance: float, slack: int) -> list[
     p2p_groups: dict[tuple, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     p2p_keys: dict[tuple, set[str]] = defaultdict(set)
     for period, edge, user, content, _path, region, kind, nbytes in raw:
-        if kind not in KINDS:
+        if kind not in USAGE_COUNTERS:
             continue  # written by a newer edgeswarm; this report does not know what it means
         key = key_of(user, content, region)
         row = rows.setdefault(key, ReportRow(key))

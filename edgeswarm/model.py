@@ -31,7 +31,7 @@ import numpy as np
 BIN_S = 300.0  # the paper bills 5-minute averages
 PERCENTILE = 95.0
 CHUNK_PAIRS = 500_000  # (step, session) pairs held at once: bounds memory
-KINDS = ("cdn", "p2p", "limited", "bound")
+RATE_SERIES = ("cdn", "p2p", "limited", "bound")  # the server-rate series computed: one per policy, and the bound
 
 
 # -- one group, for reference and tests -----------------------------------------------------
@@ -44,8 +44,11 @@ def server_rate(u: np.ndarray | list[float], r: float) -> float:
     return float(np.max(np.arange(1, u.size + 1) * r - before))
 
 
-def lower_bound(u: np.ndarray | list[float], r: float) -> float:
-    """What any policy must still send to a group: max(0, N·r − Σu)."""
+def vod_group_bound(u: np.ndarray | list[float], r: float) -> float:
+    """What any policy must still send to a VoD group, a rate: max(0, N·r − Σu).
+
+    Not vocabulary.flash_crowd_bound, which is a time for one file to reach a crowd.
+    """
     u = np.asarray(u, dtype=float)
     return max(0.0, u.size * r - float(u.sum()))
 
@@ -71,7 +74,7 @@ def segment_server_rates(starts: np.ndarray, u: np.ndarray, r: float) -> np.ndar
 
 
 def segment_bounds(starts: np.ndarray, u: np.ndarray, r: float) -> np.ndarray:
-    """lower_bound of every segment of u."""
+    """vod_group_bound of every segment of u."""
     n = np.diff(np.append(starts, u.size))
     return np.maximum(0.0, n * r - np.add.reduceat(u, starts))
 
@@ -162,7 +165,7 @@ def vod_series(
     `chunk_pairs` (instant, session) pairs, so memory stays bounded whatever the trace's length."""
     nreg = len(regions)
     online = _per_step((s.k0, s.k1), s.region, np.ones(s.k0.size), s.steps, nreg)
-    rates = {"cdn": online * r, **{kind: np.zeros((s.steps, nreg)) for kind in KINDS[1:]}}
+    rates = {"cdn": online * r, **{kind: np.zeros((s.steps, nreg)) for kind in RATE_SERIES[1:]}}
     g = _group_order(s)
     maxlen = int((s.k1 - s.k0).max(initial=0))
     edges = _chunk_edges(online.sum(axis=1), chunk_pairs)
@@ -248,7 +251,7 @@ def p95(x: np.ndarray) -> float:
 def figures(rates: dict[str, np.ndarray], step: float) -> dict[str, float]:
     """95th percentiles of 5-minute means in Mbit/s, the mean loads, and the savings against pure CDN."""
     out: dict[str, float] = {}
-    for kind in KINDS:
+    for kind in RATE_SERIES:
         bins = five_minute_means(rates[kind], step) / 1000.0
         out[f"{kind}_mbps"] = p95(bins)
         out[f"{kind}_mean_mbps"] = float(bins.mean()) if bins.size else 0.0
@@ -263,5 +266,5 @@ def summary(series: Series) -> dict:
     one CDN), so its percentile is not the sum of the regions' percentiles."""
     regions = {name: figures({k: v[:, i] for k, v in series.rates.items()}, series.step) for i, name in enumerate(series.regions)}
     total = figures({k: v.sum(axis=1) for k, v in series.rates.items()}, series.step)
-    total["sum_of_region_p95_mbps"] = {k: sum(x[f"{k}_mbps"] for x in regions.values()) for k in KINDS}
+    total["sum_of_region_p95_mbps"] = {k: sum(x[f"{k}_mbps"] for x in regions.values()) for k in RATE_SERIES}
     return {"total": total, "regions": regions}

@@ -24,7 +24,7 @@ from edgeswarm import tiers
 from edgeswarm.units import parse_rate, parse_size
 
 SHIPPED = Path(__file__).with_name("scenarios")
-KINDS = ("download", "vod")
+WORKLOADS = ("download", "vod")  # what a scenario's users do: fetch a file, or watch a video
 
 
 class ScenarioError(ValueError):
@@ -158,7 +158,7 @@ def _check(s: Scenario, where: str) -> Scenario:
         if not ok:
             raise ScenarioError(f"{where}: {message}")
 
-    need(s.kind in KINDS, f"kind must be one of {', '.join(KINDS)}, not {s.kind!r}")
+    need(s.kind in WORKLOADS, f"kind must be one of {', '.join(WORKLOADS)}, not {s.kind!r}")
     try:
         tiers.table(s.tiers)
         s.size_bytes  # noqa: B018 - parsed for its error

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from edgeswarm.model import KINDS, Series, five_minute_means
+from edgeswarm.model import RATE_SERIES, Series, five_minute_means
 
 PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 LABELS = {"cdn": "pure CDN", "p2p": "CDN-P2P", "limited": "CDN-P2P (lmt.)", "bound": "lower bound"}
@@ -82,7 +82,7 @@ def table(console: Console, r: dict) -> None:
 
 def _cells(x: dict) -> list[str]:
     return [
-        *(f"{x[f'{k}_mbps']:.1f}" for k in KINDS),
+        *(f"{x[f'{k}_mbps']:.1f}" for k in RATE_SERIES),
         f"{x['savings']:.1%}",
         f"{x['limited_savings']:.1%}",
         f"{x['bound_savings']:.1%}",
@@ -124,7 +124,7 @@ def plot(r: dict, out: Path) -> list[Path]:
 
 def _kinds(r: dict) -> tuple[str, ...]:
     """The bound is the full CDN-P2P figure in update mode: not drawn twice."""
-    return KINDS if r["mode"] == "vod" else ("cdn", "limited", "p2p")
+    return RATE_SERIES if r["mode"] == "vod" else ("cdn", "limited", "p2p")
 
 
 def _bars(ax, r: dict) -> None:

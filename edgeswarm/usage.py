@@ -14,7 +14,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from edgeswarm.ledger import BY, KINDS, LedgerError, ReportRow, redact, report
+from edgeswarm.ledger import BY, USAGE_COUNTERS, LedgerError, ReportRow, redact, report
 
 EPILOG = """\
 examples:
@@ -137,7 +137,7 @@ def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None)
             _share(r),
             ", ".join(r.flags),
         )
-    total = ReportRow("total", **{kind: sum(getattr(r, kind) for r in rows) for kind in KINDS})
+    total = ReportRow("total", **{kind: sum(getattr(r, kind) for r in rows) for kind in USAGE_COUNTERS})
     flagged = sum(1 for r in rows if r.flags)
     t.add_section()
     t.add_row(

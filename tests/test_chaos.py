@@ -49,7 +49,7 @@ def _s() -> scenario.Scenario:
 
 def test_the_shipped_schedule_has_every_kind_of_fault():
     s = scenario.load("chaos")
-    assert {f.kind for f in chaos.parse_faults(s.faults, s)} == set(chaos.KINDS)
+    assert {f.kind for f in chaos.parse_faults(s.faults, s)} == set(chaos.FAULT_KINDS)
 
 
 def test_short_forms_defaults_and_targets():
@@ -134,7 +134,7 @@ def test_a_short_run_through_every_kind_of_fault(tmp_path):
     assert "Traceback" not in text
     assert out.exists(), text
     c = json.loads(out.read_text())["chaos"]
-    assert {f["kind"] for f in c["faults"]} == set(chaos.KINDS)
+    assert {f["kind"] for f in c["faults"]} == set(chaos.FAULT_KINDS)
     for f in c["faults"]:  # each fault was made and recovered from, or says why it was skipped
         if f["skipped"]:
             continue

@@ -21,13 +21,13 @@ def test_server_rate_by_hand():
 def test_one_viewer_costs_r_and_nobody_costs_nothing():
     assert model.server_rate([6000], 400) == 400
     assert model.server_rate([], 400) == 0
-    assert model.lower_bound([], 400) == 0
+    assert model.vod_group_bound([], 400) == 0
 
 
 def test_bound_by_hand():
-    assert model.lower_bound([128, 768, 512], 400) == 0  # 1200 − 1408 < 0
-    assert model.lower_bound([128, 128, 128], 400) == 1200 - 384
-    assert model.lower_bound([128], 400) == 272
+    assert model.vod_group_bound([128, 768, 512], 400) == 0  # 1200 − 1408 < 0
+    assert model.vod_group_bound([128, 128, 128], 400) == 1200 - 384
+    assert model.vod_group_bound([128], 400) == 272
 
 
 def test_limited_is_a_third_of_the_upload():
@@ -51,7 +51,7 @@ def test_segments_match_one_group_at_a_time():
     got, bound = model.segment_server_rates(starts, u, 400), model.segment_bounds(starts, u, 400)
     for i, (a, n) in enumerate(zip(starts, sizes, strict=True)):
         assert got[i] == pytest.approx(model.server_rate(u[a : a + n], 400))
-        assert bound[i] == pytest.approx(model.lower_bound(u[a : a + n], 400))
+        assert bound[i] == pytest.approx(model.vod_group_bound(u[a : a + n], 400))
         assert bound[i] <= got[i]
 
 
@@ -96,7 +96,7 @@ def test_five_minute_mean_and_p95():
     x = np.arange(60, dtype=float)  # 10-second steps: 10 minutes, two bins
     assert model.five_minute_means(x, 10).tolist() == [14.5, 44.5]
     assert model.p95(np.arange(1, 21, dtype=float)) == pytest.approx(19.05)  # 1 + 0.95 · 19
-    rates = {k: np.array([[100.0], [300.0]]).repeat(30, axis=0) for k in model.KINDS}  # one region, 2 bins
+    rates = {k: np.array([[100.0], [300.0]]).repeat(30, axis=0) for k in model.RATE_SERIES}  # one region, 2 bins
     f = model.figures({k: v[:, 0] for k, v in rates.items()}, 10)
     assert f["cdn_mbps"] == pytest.approx(0.29)  # 100 + 0.95 · 200 kbit/s
     assert f["savings"] == 0
@@ -106,7 +106,7 @@ def test_total_is_the_percentile_of_the_sum():
     # two regions peaking at different times: the total's p95 is below the sum of their p95s
     a = np.array([1000.0] * 30 + [0.0] * 30)
     b = a[::-1].copy()
-    series = model.Series(0, 10, ("a", "b"), {k: np.stack([a, b], axis=1) for k in model.KINDS})
+    series = model.Series(0, 10, ("a", "b"), {k: np.stack([a, b], axis=1) for k in model.RATE_SERIES})
     out = model.summary(series)
     assert out["total"]["cdn_mbps"] == pytest.approx(1.0)
     assert out["total"]["sum_of_region_p95_mbps"]["cdn"] == pytest.approx(2 * 0.95)
@@ -114,7 +114,7 @@ def test_total_is_the_percentile_of_the_sum():
 
 def reference(s: model.Sessions, nreg: int, r: float, share: float) -> dict:
     """The per-instant formulas, one group at a time, with Python loops."""
-    out = {k: np.zeros((s.steps, nreg)) for k in model.KINDS}
+    out = {k: np.zeros((s.steps, nreg)) for k in model.RATE_SERIES}
     for k in range(s.steps):
         on = np.flatnonzero((s.k0 <= k) & (k < s.k1))  # arrival order
         for g in {(s.region[i], s.content[i]) for i in on}:
@@ -122,7 +122,7 @@ def reference(s: model.Sessions, nreg: int, r: float, share: float) -> dict:
             out["cdn"][k, g[0]] += u.size * r
             out["p2p"][k, g[0]] += model.server_rate(u, r)
             out["limited"][k, g[0]] += model.server_rate(share * u, r)
-            out["bound"][k, g[0]] += model.lower_bound(u, r)
+            out["bound"][k, g[0]] += model.vod_group_bound(u, r)
     return out
 
 
@@ -137,7 +137,7 @@ def test_vectorised_matches_the_loop(small):
     s, nreg = small
     want = reference(s, nreg, 400, 1 / 3)
     got = model.vod_series(s, tuple("abc"), 400, 1 / 3, 30).rates
-    for k in model.KINDS:
+    for k in model.RATE_SERIES:
         np.testing.assert_allclose(got[k], want[k], atol=1e-6)
 
 
@@ -146,7 +146,7 @@ def test_chunks_do_not_change_the_answer(small, chunk):
     s, _ = small
     one = model.vod_series(s, tuple("abc"), 400, 1 / 3, 30, chunk_pairs=10**12).rates
     many = model.vod_series(s, tuple("abc"), 400, 1 / 3, 30, chunk_pairs=chunk).rates
-    for k in model.KINDS:
+    for k in model.RATE_SERIES:
         np.testing.assert_allclose(many[k], one[k], atol=1e-6)
 
 
