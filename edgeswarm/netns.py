@@ -98,21 +98,6 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def delay_unavailable_reason() -> str | None:
-    """None when delay_ms works here (tc's netem qdisc exists), else why not."""
-    reason = unavailable_reason()
-    if reason:
-        return reason
-    probe = Netns(root_link=False)
-    try:
-        probe.add("probe", 1, delay_ms=1.0)
-    except NetnsUnavailable as exc:
-        return str(exc)
-    finally:
-        probe.close()
-    return None
-
-
 class Netns:
     """Hosts in namespaces behind one bridge; a context manager whose exit removes everything."""
 

@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 
 from edgeswarm.regions import Region
 
@@ -101,25 +100,6 @@ class PeerRecord:
     @property
     def key(self) -> PeerKey:
         return (self.owner, self.peer_id)
-
-
-def url_matches_address(url: str, address: str) -> bool:
-    """Does ``url`` point at ``address``, the address the edge saw the peer connect from?
-
-    The address-claim rule: a peer may only advertise an upload URL on its own
-    address, or it could send a swarm's traffic at someone else.  The host must
-    be an IP literal (a name could resolve anywhere), the scheme http(s), no
-    user info (``http://a@b/`` is parsed differently by different clients);
-    IPv4-mapped IPv6 equals its IPv4 address.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-        host = _ip(parts.hostname or "")
-        seen = _ip(address)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and "@" not in parts.netloc and host == seen
 
 
 def peer_url(address: str, port: int) -> str:
