@@ -1,7 +1,8 @@
 """A token bucket: the upload cap of edges and peers.
 
-The sans-IO core (``delay``) takes the time as an argument so tests and the
-simulator can drive it; ``throttle`` is the asyncio face the daemons use.
+The sans-IO core (``delay``) takes the time as an argument so tests can
+drive it without sleeping; ``throttle`` is the asyncio face the daemons use.
+(Neither simulator uses it: ``sim`` models rates, ``swarmsim`` its own links.)
 Tokens may go negative (debt), so a piece larger than the burst still goes
 out and the sender then waits the debt off; callers should throttle in
 chunks of about 64 KiB so the rate on the wire is smooth, not bursty.

@@ -3,7 +3,8 @@
 Throughput is measured per transfer and smoothed (EWMA); a source that fails
 or sends bad data is set aside for a back-off period that doubles on repeat
 offences.  Deterministic and clock-free (callers pass ``now``), so edges,
-peers and the simulator rank sources the same way and tests need no sleeps.
+peers and the swarm simulator (``swarmsim``, not ``sim``) rank sources the
+same way and tests need no sleeps.
 """
 
 from __future__ import annotations
