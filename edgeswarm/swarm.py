@@ -23,6 +23,7 @@ from edgeswarm.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, S
 from edgeswarm.httpspec import HttpError
 from edgeswarm.piecestore import CorruptPiece, PieceNotStored
 from edgeswarm.upstream import UpstreamError
+from edgeswarm.vocabulary import EDGE, peer_kind
 
 if TYPE_CHECKING:
     from edgeswarm.manifest import SignedManifest
@@ -161,9 +162,7 @@ class Swarm:
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         if peer is not None:
             self.peer.choker.received(time.monotonic(), peer.peer_id, nbytes)
-            kind = "peer-same-region" if peer.same_region else "peer-other-region"
-        else:
-            kind = "edge"
+        kind = EDGE if peer is None else peer_kind(peer.same_region)
         self.peer.count_received(self.cid, kind, url, nbytes)
         self.peer.havefeed.stored(self.cid, index, time.time())
         for fut in self.waiters.get(index, []):
