@@ -481,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
+    b = bsub.add_parser(
+        "players",
+        help="ffprobe and a seek through a cold gateway against a cold edge",
+        description="Make a moov-at-end MP4 and a WebM with ffmpeg, publish them through an origin, and time ffprobe on each and "
+        "`ffmpeg -ss` to the middle of the MP4 straight against a cold p2p edge and through a cold peer gateway (with its own cold "
+        "edge): fresh nodes with empty caches for every request, only the origin shared, daemons' defaults. Prints the medians "
+        "and gateway/edge per request against the target of 1.5 x (issue 12). Needs ffmpeg and ffprobe.",
+    )
+    b.add_argument("--runs", type=_count, default=3, metavar="N", help="requests per case and way, each on fresh cold nodes (default 3)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
+
     from edgeswarm import doubles, sim, tokens, usage  # options only: numpy and friends load when a simulation runs
 
     doubles.add_parser(sub)
@@ -656,6 +668,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
         return bench_swarm.run(crowd, args.json, args.workdir)
+    if args.command == "bench" and args.bench == "players":
+        from edgeswarm import bench_players
+
+        return bench_players.run(args.runs, args.json, args.workdir)
     if args.command == "bench":
         from edgeswarm import bench_serve
 
