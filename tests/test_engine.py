@@ -220,6 +220,17 @@ def test_a_seeded_piece_is_in_flight_from_the_answers_head_until_it_lands_or_fai
     assert not e.picker.in_flight(5), "a body that never came frees the piece for any source"
 
 
+def test_each_open_read_has_its_own_urgent_window():
+    """A response waiting on pieces 0-4 (its read-ahead) and a second connection at the file's end: the end is
+    urgent second, not after the first response's whole run."""
+    e, _ = make(count=64)
+    for i in range(5):
+        e.reading(i)
+    e.reading(62)
+    assert e.picker.urgent[:2] == [0, 62]
+    assert {62, 63} <= e.picker.wanted
+
+
 # -- whole swarms in virtual time -------------------------------------------------------------------
 def test_viewers_who_press_play_together_trade_and_read_on_time():
     """12 gateways streaming at once, 2 regions, every default: most bytes from peers, none across regions,
