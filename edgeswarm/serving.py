@@ -160,6 +160,7 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
             except BlockingIOError:
                 break
             except OSError as exc:
+                transport.abort()  # the socket is dead: the transport says so too (daemon.client_gone)
                 raise ConnectionResetError(f"client went away ({exc})") from exc
             if n == 0:
                 break
