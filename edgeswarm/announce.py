@@ -22,7 +22,7 @@ from edgeswarm.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import Manifest, is_content_id
 from edgeswarm.regions import Region, RegionMap
-from edgeswarm.tracker import Limits, PeerKey, Refused, Tracker, address_group, owner_of, peer_url
+from edgeswarm.tracker import Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
 from edgeswarm.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 
 EVENTS = {"started", "update", "completed", "stopped"}
@@ -44,6 +44,10 @@ class Announce:
     event: str
     stats: dict[str, int]
     usage: dict[str, int] = field(default_factory=dict)  # bytes since the peer's last acknowledged announce here (USAGE_KINDS)
+
+
+def _region_name(p: PeerRecord) -> str:
+    return p.region.name if p.region else "unmapped"
 
 
 def parse_announce(doc: object) -> Announce:
@@ -205,27 +209,44 @@ class TrackerService:
         by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}
         for name, stats in self._reports.values():
             by_region.setdefault(name, Counter()).update(stats)
-        peers: Counter[str] = Counter()
-        users: Counter[str] = Counter()  # who the tracked peers are, as their tokens say
-        for cid in self.tracker.contents():
-            for p in self.tracker.swarm(cid):
-                peers[p.region.name if p.region else "unmapped"] += 1
-                users[p.user or "-"] += 1
+        peers, memberships, users = self._counts()
         regions = {}
-        for name in sorted(set(by_region) | set(peers)):
+        for name in sorted(set(by_region) | set(memberships)):
             c = by_region.get(name, Counter())
             regions[name] = {
                 "peers": peers[name],
+                "swarm_memberships": memberships[name],
                 **{TRACKER_FIELDS[kind]: c[STAT_KEYS[kind]] for kind in SOURCE_KINDS},
                 "p2p_share": reported_share(sum(c[STAT_KEYS[k]] for k in PEER_KINDS), sum(c[k] for k in STAT_KINDS)),
             }
         return {
             "peers": self.tracker.peer_count(),
+            "swarm_memberships": memberships.total(),
             "contents": len(self.tracker.contents()),
             "regions": regions,
             "users": dict(users),
             "state": self._state(),
         }
+
+    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
+        """Distinct live peers per region, (peer, content) records per region, distinct live peers per token user.
+
+        A peer in five swarms is one peer and five memberships: "peers" counts
+        it once everywhere, so a region's figure and the top-level one agree
+        (a peer is placed by its most recent announce, should its address
+        have moved between regions); "swarm_memberships" keeps the per-swarm
+        tally, which is what the tracker's memory grows with.
+        """
+        latest: dict[PeerKey, PeerRecord] = {}
+        memberships: Counter[str] = Counter()
+        for cid in self.tracker.contents():
+            for key, p in self.tracker.records(cid):
+                memberships[_region_name(p)] += 1
+                if key not in latest or p.last_seen > latest[key].last_seen:
+                    latest[key] = p
+        peers = Counter(_region_name(p) for p in latest.values())
+        users = Counter(p.user or "-" for p in latest.values())  # who the tracked peers are, as their tokens say
+        return peers, memberships, users
 
     def _state(self) -> dict[str, int]:
         """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside)."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from edgeswarm.connlimit import ConnectionPolicy
 from edgeswarm.httpspec import HttpError
@@ -92,11 +93,23 @@ def make_app(metrics: Metrics) -> web.Application:
             if exc.status >= 400:
                 refused(request, exc.status, exc.reason)
             resp = exc
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionError as exc:
+            if not client_gone(request):  # an upstream's refusal or reset that nothing handled: a bug of ours
+                log.exception("internal error on %s %s", request.method, shown(request))
+                return _count(text_error(500, "internal error; see the node's log"))
+            # the client hung up before a byte of the answer (a player's seek, a timeout): normal, not a 500
+            log.info("%s %s: client went away before the answer (%s)", request.method, shown(request), exc)
+            metrics.events[(HANGUP, "")] += 1
+            started = request.get(_STARTED)  # (a StreamResponse is a mapping: an empty one is falsy)
+            return started if started is not None else web.Response(status=CLIENT_CLOSED)  # not sent: the access log says 499
         except Exception:
             log.exception("internal error on %s %s", request.method, shown(request))
             resp = text_error(500, "internal error; see the node's log")
+        if request.get(_HUNG_UP):
+            metrics.events[(HANGUP, "")] += 1
+        return _count(resp)
+
+    def _count(resp: web.StreamResponse) -> web.StreamResponse:
         metrics.responses[resp.status] += 1
         return resp
 
@@ -105,17 +118,26 @@ def make_app(metrics: Metrics) -> web.Application:
     app.router.add_get("/healthz", _ok)
 
     async def get_metrics(_: web.Request) -> web.Response:
-        return web.Response(body=metrics.prometheus(), content_type="text/plain")
+        """Prometheus' text format, saying its version and charset as scrapers expect."""
+        return web.Response(body=metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
     app.router.add_get("/metrics", get_metrics)
     return app
 
 
 _STARTED = web.RequestKey("edgeswarm.started", web.StreamResponse)  # the answer whose head went out
+_HUNG_UP = web.RequestKey("edgeswarm.hung_up", bool)  # the client left once the answer had started
+HANGUP = "client_hangup"  # edgeswarm_events_total{event="client_hangup"}: before or during the answer
+CLIENT_CLOSED = 499  # nginx's "client closed request": in the access log only, never sent nor counted as a response
 
 
 async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
     request[_STARTED] = response
+
+
+def client_gone(request: web.Request) -> bool:
+    """Has the client closed its connection?  Tells its hang-up from a ConnectionError of an upstream."""
+    return request.transport is None or request.transport.is_closing()
 
 
 @web.middleware
@@ -134,6 +156,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
             raise
         sent = request.writer.output_size
         if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
+            request[_HUNG_UP] = client_gone(request)
             log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)
         elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
             log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)

@@ -49,6 +49,20 @@ def content_type(path: str) -> str:
     return mimetypes.guess_type(path, strict=False)[0] or "application/octet-stream"
 
 
+def served_type(ctype: str) -> str:
+    """The Content-Type to send for a file of type ``ctype``: ``text/*`` without a charset gets ``charset=utf-8``.
+
+    Without one a browser guesses (often windows-1252) and shows UTF-8 text
+    garbled; nginx with ``charset utf-8`` does the same for its text types.
+    The manifest keeps the bare type, so published manifests, their
+    signatures and content ids do not change.  A text file in another
+    encoding is declared UTF-8 too: publish it as UTF-8, as with nginx.
+    """
+    if ctype.split("/", 1)[0].strip().lower() == "text" and not _CHARSET.search(ctype):
+        return f"{ctype}; charset=utf-8"
+    return ctype
+
+
 @functools.lru_cache(maxsize=4096)
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)

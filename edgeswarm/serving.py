@@ -16,7 +16,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from edgeswarm.httpspec import Validators, http_date, not_modified, parse_range, range_applies
+from edgeswarm.httpspec import Validators, http_date, not_modified, parse_range, range_applies, served_type
 from edgeswarm.manifest import SignedManifest
 from edgeswarm.metrics import Metrics
 from edgeswarm.ratelimit import TokenBucket
@@ -42,7 +42,7 @@ def file_headers(signed: SignedManifest) -> dict[str, str]:
         "ETag": signed.etag,
         "Last-Modified": http_date(m.modified),
         "Accept-Ranges": "bytes",
-        "Content-Type": m.content_type,
+        "Content-Type": served_type(m.content_type),
         "Cache-Control": "public, max-age=0, must-revalidate",
     }
 
@@ -160,6 +160,7 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
             except BlockingIOError:
                 break
             except OSError as exc:
+                transport.abort()  # the socket is dead: the transport says so too (daemon.client_gone)
                 raise ConnectionResetError(f"client went away ({exc})") from exc
             if n == 0:
                 break

@@ -278,6 +278,10 @@ class Tracker:
     def swarm(self, cid: str) -> list[PeerRecord]:
         return list(self._swarms.get(cid, {}).values())
 
+    def records(self, cid: str) -> list[tuple[PeerKey, PeerRecord]]:
+        """The swarm of ``cid`` with each record's identity: one peer is one key across all its swarms."""
+        return list(self._swarms.get(cid, {}).items())
+
     def contents(self) -> list[str]:
         return list(self._swarms)
 

@@ -9,6 +9,7 @@ import pytest
 from edgeswarm.announce import MAX_COUNT, TrackerService
 from edgeswarm.httpspec import HttpError
 from edgeswarm.manifest import Manifest
+from edgeswarm.regions import RegionMap
 from edgeswarm.tracker import Limits
 
 CID = "ab" * 32
@@ -128,3 +129,28 @@ def test_bad_fields_are_refused_before_any_change(service, bad):
         service.handle(doc(**bad), "127.0.0.5", M)
     assert err.value.status == 400
     assert service.tracker.peer_count() == 0 and service.status()["regions"] == {}
+
+
+def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarms():
+    """A peer in several swarms is one peer at the top, in its region and for its user; memberships count per swarm."""
+    regions = RegionMap.from_doc(
+        {
+            "regions": [
+                {"name": "east", "isp": "a", "networks": ["127.1.0.0/16"]},
+                {"name": "west", "isp": "b", "networks": ["127.2.0.0/16"]},
+            ]
+        }
+    )
+    service = TrackerService(regions, "strict", 1.0)
+    cids = ["ab" * 32, "cd" * 32, "ef" * 32]
+    joined = {("e1", "127.1.0.1", "alice"): cids, ("e2", "127.1.0.2", "alice"): cids[:2], ("w1", "127.2.0.1", None): cids[:1]}
+    for (peer, address, user), theirs in joined.items():
+        for cid in theirs:
+            service.handle(doc(peer, content=cid), address, M, user)
+    st = service.status()
+    memberships = sum(len(theirs) for theirs in joined.values())
+    assert st["peers"] == len(joined) == sum(r["peers"] for r in st["regions"].values())
+    assert st["regions"]["east"]["peers"] == 2 and st["regions"]["west"]["peers"] == 1
+    assert st["swarm_memberships"] == memberships == sum(r["swarm_memberships"] for r in st["regions"].values())
+    assert st["regions"]["east"]["swarm_memberships"] == len(cids) + 2
+    assert st["users"] == {"alice": 2, "-": 1}

@@ -14,6 +14,7 @@ from edgeswarm.process import ProcessGroup
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
 SIZE = 1_000_000
+NOTES = "Grüße, naïve café — 東京\n".encode()  # UTF-8 that a browser guessing windows-1252 would garble
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,7 @@ def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("http")
     data = make_file(root / "pub" / "dir" / "film.mp4", SIZE)
     (root / "pub" / "empty.txt").write_bytes(b"")
+    (root / "pub" / "dir" / "notes.txt").write_bytes(NOTES)
     with ProcessGroup(root / "logs") as group:
         origin = group.start("origin", "--publish", str(root / "pub"))  # files present at start are published at once
         edge = group.start("edge", "--cache", str(root / "cache"), "--parent", origin.url)
@@ -96,7 +98,7 @@ async def test_whole_file_head_and_headers(served, http):
     assert status == 200 and body == b""  # Range is defined for GET only
     assert headers["Content-Length"] == str(SIZE) and headers["ETag"] == etag
     status, headers, body = await fetch(http, url + "/empty.txt")
-    assert (status, body, headers["Content-Type"]) == (200, b"", "text/plain")
+    assert (status, body, headers["Content-Type"]) == (200, b"", "text/plain; charset=utf-8")
 
 
 async def test_conditional_requests(served, http):
@@ -129,6 +131,16 @@ async def test_curl_resume_and_ranges(served, tmp_path):
     assert r.stdout == data[500:1500]
     r = await asyncio.to_thread(curl, "-I", url + "/dir/film.mp4")
     assert b"accept-ranges: bytes" in r.stdout.lower()
+
+
+async def test_curl_gets_text_with_a_charset_and_binary_without(served, tmp_path):
+    url, _ = served
+    body = tmp_path / "notes.txt"
+    r = await asyncio.to_thread(curl, "-D", "-", "-o", str(body), url + "/dir/notes.txt")
+    assert r.returncode == 0 and body.read_bytes() == NOTES
+    assert b"content-type: text/plain; charset=utf-8\r\n" in r.stdout.lower(), r.stdout
+    r = await asyncio.to_thread(curl, "-I", url + "/dir/film.mp4")
+    assert b"content-type: video/mp4\r\n" in r.stdout.lower(), r.stdout
 
 
 TRAVERSALS = [

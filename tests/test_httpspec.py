@@ -10,7 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edgeswarm.httpspec import HttpError, Validators, check_json_body, content_type, http_date, not_modified, parse_range, range_applies
+from edgeswarm.httpspec import (
+    HttpError,
+    Validators,
+    check_json_body,
+    content_type,
+    http_date,
+    not_modified,
+    parse_range,
+    range_applies,
+    served_type,
+)
 
 # RFC 9110 5.6.7: the same instant in the three formats a recipient must accept.
 RFC_INSTANT = calendar.timegm((1994, 11, 6, 8, 49, 37))
@@ -221,6 +231,32 @@ def test_http_error_carries_status_message_and_its_own_headers():
 )
 def test_content_type(path, ctype):
     assert content_type(path) == ctype
+
+
+@pytest.mark.parametrize(
+    ("ctype", "sent"),
+    [
+        ("text/plain", "text/plain; charset=utf-8"),
+        ("text/html", "text/html; charset=utf-8"),
+        ("text/vtt", "text/vtt; charset=utf-8"),
+        ("TEXT/CSS", "TEXT/CSS; charset=utf-8"),
+        ("text/plain; charset=iso-8859-1", "text/plain; charset=iso-8859-1"),  # a known charset is kept
+        ('text/csv;CHARSET="utf-8"', 'text/csv;CHARSET="utf-8"'),
+        ("video/mp4", "video/mp4"),  # binary types have no charset
+        ("application/vnd.apple.mpegurl", "application/vnd.apple.mpegurl"),
+        ("application/octet-stream", "application/octet-stream"),
+        ("textual/x", "textual/x"),
+    ],
+)
+def test_text_is_served_with_a_charset(ctype, sent):
+    assert served_type(ctype) == sent
+
+
+def test_every_text_type_the_origin_guesses_is_served_with_a_charset():
+    for path in ("a.txt", "a.html", "a.css", "a.csv", "a.vtt", "a.srt", "a.xml", "a.md"):
+        ctype = content_type(path)
+        sent = served_type(ctype)
+        assert ("charset=utf-8" in sent) == ctype.startswith("text/"), (path, ctype, sent)
 
 
 @pytest.mark.parametrize(

@@ -225,7 +225,17 @@ async def test_a_client_hanging_up_mid_file_is_one_line_without_a_traceback(tmp_
         await reader.readexactly(100_000)
         writer.transport.abort()  # gone, with most of the file still to come
     deadline = time.monotonic() + 10
-    while e.log_text().count("client went away") < 3:
-        assert time.monotonic() < deadline, e.log_text()[-3000:]
+    while True:
+        metrics = await asyncio.to_thread(curl, e.url + "/metrics")
+        if e.log_text().count("client went away") >= 3 and hangups(metrics) >= 3:
+            break
+        assert time.monotonic() < deadline, (e.log_text()[-3000:], metrics.stdout.decode())
         await asyncio.sleep(0.1)
     assert "Traceback" not in e.log_text()
+    assert hangups(metrics) == 3 and b'status="500"' not in metrics.stdout, metrics.stdout.decode()  # counted as such, not as 500s
+
+
+def hangups(metrics: subprocess.CompletedProcess) -> int:
+    """``edgeswarm_events_total{event="client_hangup"}`` in a node's /metrics as curl got it."""
+    m = re.search(rb'^edgeswarm_events_total\{[^}]*event="client_hangup"[^}]*\} ([0-9.e+]+)$', metrics.stdout, re.MULTILINE)
+    return int(float(m.group(1))) if m else 0

@@ -227,6 +227,34 @@ async def test_gateway_ranges_and_restart_resume(tmp_path, nodes, origin, publis
     assert (await status(http, edge.url))["bytes_sent"].get("node", 0) == edge_before, "a restarted peer refetched what it held"
 
 
+async def test_status_says_complete_however_the_file_came(tmp_path, nodes, origin, published, regions, http):
+    """Every piece held is ``complete`` in the gateway's /status: read whole through it, POSTed, or fetched by ``edgeswarm get``."""
+    data = {name: make_file(published / name, 5 * 262144 + 7) for name in ("read.bin", "posted.bin", "got.bin")}
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    got = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/got.bin", "-o", str(tmp_path / "got.out")]
+    proc = subprocess.run([*got, "--cache", str(tmp_path / "p"), "--listen", "127.1.0.7:0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "p")  # on the cache `edgeswarm get` filled
+    gw = peer.urls["gateway"]
+
+    async def swarm_of(path: str) -> dict:
+        return next(s for s in (await status(http, gw))["swarms"] if s["path"] == path)
+
+    async with http.get(gw + "/read.bin", headers={"Range": "bytes=0-0"}) as r:
+        assert r.status == 206
+    assert not (await swarm_of("read.bin"))["complete"]  # one piece of six is not the file
+    async with http.get(gw + "/read.bin") as r:  # a player reading it all: no POST, no whole-file want
+        assert r.status == 200 and await r.read() == data["read.bin"]
+    st = await swarm_of("read.bin")
+    assert st["complete"] and st["held"] == st["pieces"], st
+    await post(http, peer, "/posted.bin")
+    await wait_complete(http, [peer])
+    async with http.get(gw + "/got.bin", headers={"Range": "bytes=0-0"}) as r:  # its swarm starts on a full store
+        assert r.status == 206
+    assert all(s["complete"] and s["held"] == s["pieces"] for s in (await status(http, gw))["swarms"])
+    assert {s["path"] for s in (await status(http, gw))["swarms"]} == set(data)
+
+
 async def test_edge_restart_rebuilds_the_swarm(tmp_path, nodes, origin, published, regions, http):
     make_file(published / "f.bin", SIZE)
     edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")

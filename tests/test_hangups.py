@@ -1,0 +1,164 @@
+"""A client that hangs up is a normal event, never a 500 (issue 12, item 5): the middleware on its own, in process.
+
+A player that seeks, or a curl that times out, closes its connection in the
+middle of a body, or before the first byte while the node still waits for a
+piece.  Either way the node logs one line without a traceback and counts
+``edgeswarm_events_total{event="client_hangup"}``; ``/metrics`` shows no 500.
+A ConnectionError of an upstream, with the client still there, stays a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edgeswarm.daemon import HANGUP, client_gone, make_app
+from edgeswarm.metrics import Metrics
+from edgeswarm.serving import _sendfile
+
+BODY = 1 << 30  # far more than loopback's socket buffers hold: the server is still writing when the client leaves
+READ = 4 * 1024 * 1024
+CHUNK = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def server(handler: Handler, metrics: Metrics) -> AsyncIterator[int]:
+    """``make_app`` with ``handler`` at /f, on a free loopback port."""
+    app = make_app(metrics)
+    app.router.add_get("/f", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()
+
+
+async def hang_up_after(port: int, nbytes: int) -> None:
+    """GET /f, read ``nbytes`` of the answer (head included), then close the connection with the rest unread."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    if nbytes:
+        await reader.readexactly(nbytes)
+    writer.transport.abort()
+
+
+async def wait_gone(request: web.Request) -> None:
+    for _ in range(500):
+        if client_gone(request):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the client never went away")
+
+
+def tracebacks(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info is not None]
+
+
+async def metrics_text(port: int) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+        return await r.text()
+
+
+async def test_a_client_leaving_mid_body_is_counted_as_a_hangup_not_a_500(caplog):
+    metrics, done = Metrics("test"), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(BODY)})
+        await resp.prepare(request)
+        try:
+            for _ in range(BODY // CHUNK):
+                await resp.write(b"x" * CHUNK)
+            return resp
+        finally:
+            done.set()
+
+    with caplog.at_level(logging.DEBUG):
+        async with server(handler, metrics) as port:
+            await hang_up_after(port, READ)
+            await asyncio.wait_for(done.wait(), 10)
+            text = await metrics_text(port)
+    assert metrics.events[(HANGUP, "")] == 1 and 500 not in metrics.responses, (metrics.events, metrics.responses)
+    assert 'edgeswarm_events_total{detail="",event="client_hangup",role="test"} 1.0' in text
+    assert 'status="500"' not in text
+    assert not tracebacks(caplog)
+    assert any("client went away after" in r.getMessage() and r.levelno <= logging.INFO for r in caplog.records)
+
+
+async def test_a_client_gone_before_its_piece_came_is_a_hangup_not_a_500(caplog, tmp_path: Path):
+    """A cold read: the piece comes after the player has seeked elsewhere; the cached path then finds the client gone."""
+    metrics, done = Metrics("test"), asyncio.Event()
+    piece = tmp_path / "piece"
+    piece.write_bytes(os.urandom(CHUNK))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            await wait_gone(request)
+            resp = web.StreamResponse(headers={"Content-Length": str(CHUNK)})
+            await resp.prepare(request)
+            fd = os.open(piece, os.O_RDONLY)
+            try:
+                await _sendfile(request, resp, fd, 0, CHUNK)
+            finally:
+                os.close(fd)
+            return resp
+        finally:
+            done.set()
+
+    with caplog.at_level(logging.DEBUG):
+        async with server(handler, metrics) as port:
+            await hang_up_after(port, 0)
+            await asyncio.wait_for(done.wait(), 10)
+            text = await metrics_text(port)
+    assert metrics.events[(HANGUP, "")] == 1, metrics.events
+    assert 500 not in metrics.responses and 'status="500"' not in text, metrics.responses
+    assert not tracebacks(caplog), tracebacks(caplog)
+
+
+async def test_a_hangup_before_the_answer_started_is_one_line_and_no_response(caplog):
+    """Say, a request body that stops coming: nothing was answered, so nothing is counted but the hang-up."""
+    metrics, done = Metrics("test"), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            await wait_gone(request)
+            raise ConnectionResetError("Connection lost")
+        finally:
+            done.set()
+
+    with caplog.at_level(logging.DEBUG):
+        async with server(handler, metrics) as port:
+            await hang_up_after(port, 0)
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(0.1)  # aiohttp finishes the request after the handler
+    assert metrics.events[(HANGUP, "")] == 1 and not metrics.responses, (metrics.events, metrics.responses)
+    assert not tracebacks(caplog), tracebacks(caplog)
+    assert any("client went away before the answer" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("failure", [ConnectionRefusedError("parent refused"), ConnectionResetError("parent reset")])
+async def test_an_upstreams_connection_error_with_the_client_still_there_stays_a_500(failure, caplog):
+    metrics = Metrics("test")
+
+    async def handler(_: web.Request) -> web.StreamResponse:
+        raise failure
+
+    with caplog.at_level(logging.INFO):
+        async with server(handler, metrics) as port, aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/f") as r:
+            assert r.status == 500
+    assert metrics.responses[500] == 1 and not any(e == HANGUP for e, _ in metrics.events)
+    assert tracebacks(caplog)  # a bug of ours: it must be seen
