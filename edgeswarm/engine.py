@@ -185,20 +185,11 @@ class Engine:
         self._readers[index] += 1
         self.picker.awaited.setdefault(index, self.clock())
         if not self.picker.whole_file:
-            self.picker.stream(self._read_positions(), URGENT, WINDOW)
+            self.picker.stream(self._readers, URGENT, WINDOW)
         else:
             self.picker.urgent = sorted(i for i in self._readers if i not in self.picker.have)[:URGENT]
         self.staff()
         self.host.changed()
-
-    def _read_positions(self) -> list[int]:
-        """Where the readers are: the first piece of each run of waited pieces.
-
-        One response waits on several pieces at once (its read-ahead); counted
-        as readers of their own, they put a second connection's piece (an MP4's
-        index at the end) behind all of them.
-        """
-        return [i for i in self._readers if i - 1 not in self._readers]
 
     def read_done(self, index: int) -> None:
         """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""

@@ -25,6 +25,7 @@ the hybrid CDN-P2P literature:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from collections.abc import Iterable
 
@@ -89,17 +90,24 @@ class PiecePicker:
 
     # -- what we want ------------------------------------------------------------------
     def stream(self, position: int | Iterable[int], urgent: int, window: int) -> None:
-        """Readers are at these pieces: want ``window`` pieces from each, the first ``urgent`` of each urgently.
+        """Readers wait at these pieces: want ``window`` pieces from each, the first ``urgent`` of each urgently.
 
-        Each reader has its own window, and the urgent pieces alternate between
-        readers, so a player's second connection (the index at the end of an
-        MP4, a seek) is served beside the first instead of waiting behind it.
+        Consecutive pieces are one reader (a response waits on its read-ahead
+        at once), whose window runs from its first piece past its last.  The
+        urgent pieces alternate between readers, so a player's second
+        connection (the index at the end of an MP4, a seek) is served beside
+        the first instead of waiting behind its read-ahead.
         """
-        positions = sorted({position} if isinstance(position, int) else set(position))
-        self.position = positions[0]
-        self.wanted = {i for p in positions for i in range(p, min(self.count, p + window))}
-        ahead = sorted((k, p + k) for p in positions for k in range(min(urgent, window)) if p + k < self.count)
-        self.urgent = list(dict.fromkeys(i for _, i in ahead if i not in self.have))
+        runs: list[list[int]] = []  # [first, last] waited piece of each reader
+        for p in sorted({position} if isinstance(position, int) else set(position)):
+            if runs and p == runs[-1][1] + 1:
+                runs[-1][1] = p
+            else:
+                runs.append([p, p])
+        self.position = runs[0][0]
+        self.wanted = {i for first, last in runs for i in range(first, min(self.count, last + window))}
+        lists = [[i for i in range(first, min(self.count, last + urgent)) if i not in self.have] for first, last in runs]
+        self.urgent = list(dict.fromkeys(i for rank in itertools.zip_longest(*lists) for i in rank if i is not None))
 
     def whole(self) -> None:
         self.whole_file = True
