@@ -183,11 +183,8 @@ class Engine:
     def reading(self, index: int) -> None:
         """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
         self._readers[index] += 1
-        self.picker.awaited.setdefault(index, self.clock())
-        if not self.picker.whole_file:
-            self.picker.stream(self._readers, URGENT, WINDOW)
-        else:
-            self.picker.urgent = sorted(i for i in self._readers if i not in self.picker.have)[:URGENT]
+        self.picker.wait_for(index, self.clock())
+        self.picker.readers_at(self._readers, URGENT, WINDOW)
         self.staff()
         self.host.changed()
 
@@ -196,11 +193,11 @@ class Engine:
         self._readers[index] -= 1
         if self._readers[index] <= 0:
             del self._readers[index]
-            self.picker.awaited.pop(index, None)
+            self.picker.stop_waiting(index)
 
     def forget_piece(self, index: int) -> None:
         """A piece we counted as held is not in the store (evicted, or bad on disk): fetch it again."""
-        self.picker.have.discard(index)
+        self.picker.lost(index)
 
     # -- who else has it -------------------------------------------------------------------
     def tracker_answer(self, answer: list[dict]) -> None:
@@ -317,7 +314,7 @@ class Engine:
 
     def _busy(self, but: Neighbour | None = None) -> int:
         """Neighbours with a worker that is not paused (choked or backing off): the requests we may have in flight."""
-        return sum(n.working and n is not but and n.peer_id not in self.picker.paused for n in self.neighbours.values())
+        return sum(n.working and n is not but and not self.picker.is_paused(n.peer_id) for n in self.neighbours.values())
 
     # -- workers -----------------------------------------------------------------------------
     def peer_worker(self, n: Neighbour) -> Worker:
@@ -528,12 +525,12 @@ class Engine:
 
     def _pause(self, peer: Neighbour, seconds: float) -> Worker:
         """Leave ``peer`` alone for ``seconds`` (it choked us, or failed); someone else may have a free slot."""
-        self.picker.paused.add(peer.peer_id)
+        self.picker.pause(peer.peer_id)
         self.staff()
         try:
             yield Sleep(seconds)
         finally:
-            self.picker.paused.discard(peer.peer_id)
+            self.picker.unpause(peer.peer_id)
 
     def ban(self, peer: Neighbour, why: str) -> None:
         """Ban the peer's address, and so every id it announces under: a new id must not buy a new chance."""

@@ -109,6 +109,35 @@ class PiecePicker:
         lists = [[i for i in range(first, min(self.count, last + urgent)) if i not in self.have] for first, last in runs]
         self.urgent = list(dict.fromkeys(i for rank in itertools.zip_longest(*lists) for i in rank if i is not None))
 
+    def readers_at(self, positions: Iterable[int], urgent: int, window: int) -> None:
+        """Readers wait at these pieces: streaming, their windows (``stream``); a whole file, they are its urgent pieces."""
+        if self.whole_file:
+            self.urgent = sorted(i for i in set(positions) if i not in self.have)[:urgent]
+        else:
+            self.stream(positions, urgent, window)
+
+    def wait_for(self, index: int, now: float) -> None:
+        """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
+        self.awaited.setdefault(index, now)
+
+    def stop_waiting(self, index: int) -> None:
+        """No reader waits for ``index`` any more."""
+        self.awaited.pop(index, None)
+
+    def lost(self, index: int) -> None:
+        """A piece counted as held is not in the store (evicted, or bad on disk): it is wanted again."""
+        self.have.discard(index)
+
+    def pause(self, peer: str) -> None:
+        """``peer`` choked us or failed: ask it nothing until ``unpause``."""
+        self.paused.add(peer)
+
+    def unpause(self, peer: str) -> None:
+        self.paused.discard(peer)
+
+    def is_paused(self, peer: str) -> bool:
+        return peer in self.paused
+
     def whole(self) -> None:
         self.whole_file = True
 
