@@ -7,12 +7,16 @@ import hashlib
 import os
 import subprocess
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from edgeswarm.daemon import make_app
+from edgeswarm.metrics import Metrics
 from edgeswarm.process import ProcessGroup
 
 
@@ -172,3 +176,21 @@ async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
     """Ask a peer's gateway to download ``path`` in the background (202)."""
     async with http.post(peer.urls["gateway"] + path) as resp:
         assert resp.status == 202, await resp.text()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def serve_handler(handler: Handler, metrics: Metrics) -> AsyncIterator[int]:
+    """Our aiohttp app (``make_app``: error middleware, logs, metrics) with ``handler`` at /f, on a free loopback port."""
+    app = make_app(metrics)
+    app.router.add_get("/f", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1]
+    finally:
+        await runner.cleanup()

@@ -12,38 +12,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import serve_handler
 
-from edgeswarm.daemon import HANGUP, client_gone, make_app
+from edgeswarm.daemon import HANGUP, client_gone
 from edgeswarm.metrics import Metrics
 from edgeswarm.serving import _sendfile
 
 BODY = 1 << 30  # far more than loopback's socket buffers hold: the server is still writing when the client leaves
 READ = 4 * 1024 * 1024
 CHUNK = 64 * 1024
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@asynccontextmanager
-async def server(handler: Handler, metrics: Metrics) -> AsyncIterator[int]:
-    """``make_app`` with ``handler`` at /f, on a free loopback port."""
-    app = make_app(metrics)
-    app.router.add_get("/f", handler)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1]
-    finally:
-        await runner.cleanup()
 
 
 async def hang_up_after(port: int, nbytes: int) -> None:
@@ -88,7 +70,7 @@ async def test_a_client_leaving_mid_body_is_counted_as_a_hangup_not_a_500(caplog
             done.set()
 
     with caplog.at_level(logging.DEBUG):
-        async with server(handler, metrics) as port:
+        async with serve_handler(handler, metrics) as port:
             await hang_up_after(port, READ)
             await asyncio.wait_for(done.wait(), 10)
             text = await metrics_text(port)
@@ -120,7 +102,7 @@ async def test_a_client_gone_before_its_piece_came_is_a_hangup_not_a_500(caplog,
             done.set()
 
     with caplog.at_level(logging.DEBUG):
-        async with server(handler, metrics) as port:
+        async with serve_handler(handler, metrics) as port:
             await hang_up_after(port, 0)
             await asyncio.wait_for(done.wait(), 10)
             text = await metrics_text(port)
@@ -141,7 +123,7 @@ async def test_a_hangup_before_the_answer_started_is_one_line_and_no_response(ca
             done.set()
 
     with caplog.at_level(logging.DEBUG):
-        async with server(handler, metrics) as port:
+        async with serve_handler(handler, metrics) as port:
             await hang_up_after(port, 0)
             await asyncio.wait_for(done.wait(), 10)
             await asyncio.sleep(0.1)  # aiohttp finishes the request after the handler
@@ -158,7 +140,7 @@ async def test_an_upstreams_connection_error_with_the_client_still_there_stays_a
         raise failure
 
     with caplog.at_level(logging.INFO):
-        async with server(handler, metrics) as port, aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/f") as r:
+        async with serve_handler(handler, metrics) as port, aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/f") as r:
             assert r.status == 500
     assert metrics.responses[500] == 1 and not any(e == HANGUP for e, _ in metrics.events)
     assert tracebacks(caplog)  # a bug of ours: it must be seen

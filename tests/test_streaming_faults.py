@@ -19,9 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, curl, make_file
+from conftest import DoubleServer, curl, make_file, serve_handler
 
-from edgeswarm.daemon import make_app
 from edgeswarm.httpspec import HttpError
 from edgeswarm.metrics import Metrics
 
@@ -68,17 +67,9 @@ async def test_a_handler_failing_after_its_head_is_cut_not_followed_by_an_error_
         await resp.write(b"x" * 100)
         raise failure
 
-    app = make_app(Metrics("test"))
-    app.router.add_get("/f", handler)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        with caplog.at_level(logging.INFO, logger="edgeswarm"):
-            raw = await _raw_get(site._server.sockets[0].getsockname()[1], "/f")
-    finally:
-        await runner.cleanup()
+    with caplog.at_level(logging.INFO, logger="edgeswarm"):
+        async with serve_handler(handler, Metrics("test")) as port:
+            raw = await _raw_get(port, "/f")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 1000" in head
     assert body == b"x" * 100, body[100:200]  # cut short: nothing after the bytes that were right
