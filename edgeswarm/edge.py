@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 
@@ -119,6 +120,7 @@ class Edge:
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
         self.seed_stats = RegionStats()
+        self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -293,7 +295,7 @@ class Edge:
         def sent(n: int) -> None:  # what actually left, even when the client hung up
             self.account(grant, request, signed, "edge_sent", n)
             if self.tracker is not None:  # the region's edge egress counts files to clients too
-                self.seed_stats.bytes[(self.region_name(request), "file")] += n
+                self.file_egress[self.region_name(request)] += n
 
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
@@ -469,6 +471,8 @@ class Edge:
         )
         for (region, endpoint), n in self.seed_stats.bytes.items():
             sent.add_metric([_region_label(region), endpoint], n)
+        for region, n in self.file_egress.items():
+            sent.add_metric([_region_label(region), "file"], n)
         copies = GaugeMetricFamily(
             "edgeswarm_seed_live_copies", "Pieces sent to peers of the region that are still live", labels=["region"]
         )

@@ -128,7 +128,7 @@ class Metrics:
             "Pieces asked of the edge's cache: held (hit), fetched upstream (miss), or joined to a fetch in flight (collapsed)",
             labels=["role", "result"],
         )
-        for result in CACHE_RESULTS if self.role == "edge" else ():
+        for result in CACHE_RESULTS:
             cache.add_metric([self.role, result], self.cache[result])
         content = CounterMetricFamily(
             "edgeswarm_content_bytes",
@@ -137,7 +137,9 @@ class Metrics:
         )
         for (direction, cid, kind), n in self.content.items():
             content.add_metric([self.role, direction, cid, kind], n)
-        yield from (sent, received, events, responses, cache, content)
+        yield from (sent, received, events, responses, content)
+        if self.role == "edge":  # the one role with a piece cache that answers others (a peer's is the engine's)
+            yield cache
         for name, (doc, read) in self.gauges.items():
             yield GaugeMetricFamily(f"edgeswarm_{name}", doc, value=read(), labels=None)
 

@@ -166,7 +166,7 @@ class RegionStats:
     def __init__(self, max_sent_entries: int = MAX_SENT_ENTRIES):
         self.seeded: Counter[tuple[Region, str]] = Counter()  # (region, "sent" | "none") -> /seed answers
         self.piece_requests: Counter[tuple[Region, str]] = Counter()  # (region, urgency) -> peers' /piece requests
-        self.bytes: Counter[tuple[Region, str]] = Counter()  # (region, "seed" | "piece" | "file") -> bytes sent (file: to clients)
+        self.bytes: Counter[tuple[Region, str]] = Counter()  # (region, "seed" | "piece") -> bytes sent to peers
         self._sent: OrderedDict[tuple[Region, str], int] = OrderedDict()  # (region, cid) -> bytes via /seed and /piece
         self._latency: dict[Region, dict[Hashable, tuple[float, float]]] = {}
         self.max_sent_entries = max_sent_entries
