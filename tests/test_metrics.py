@@ -16,7 +16,10 @@ from aiohttp import web
 from conftest import make_file, start_p2p_edge, start_peer
 
 from edgeswarm.daemon import make_app
+from edgeswarm.edge import Edge
 from edgeswarm.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
+from edgeswarm.origin import Origin
+from edgeswarm.peer import Peer
 
 # every route the nodes register (edge.py, origin.py, peer.py, daemon.py), with the class it must get
 ROUTES = {
@@ -42,6 +45,16 @@ def test_every_route_template_has_its_class_and_anything_else_is_other():
     assert {endpoint_class(t) for t in ROUTES} | {OTHER} == set(ENDPOINTS)
     for unknown in (None, "", "/dashboard", "/films/a.mp4"):  # no route, or a route no node has: never the path itself
         assert endpoint_class(unknown) == OTHER
+
+
+async def test_every_route_a_node_registers_is_in_the_table(tmp_path: Path):
+    """A new route must be given its class here (and in metrics._BY_FIRST_SEGMENT), not fall into "other"."""
+    (tmp_path / "pub").mkdir()
+    origin = Origin(tmp_path / "pub", tmp_path / "state", tmp_path / "origin.key")
+    edge = Edge(tmp_path / "edge", "http://127.0.0.1:9", [], None, [], [], 5.0, 1.0, None)
+    peer = Peer(tmp_path / "peer", ["http://127.0.0.1:9"])
+    templates = {r.canonical for app in (origin.app(), edge.app(), peer.gateway_app(), peer.upload_app()) for r in app.router.resources()}
+    assert templates == set(ROUTES)
 
 
 @asynccontextmanager
