@@ -23,6 +23,7 @@ import logging
 import re
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from edgeswarm.connlimit import ConnectionPolicy
 from edgeswarm.httpspec import HttpError
 from edgeswarm.logthrottle import Throttle, ThrottledLog
-from edgeswarm.metrics import Metrics
+from edgeswarm.metrics import Metrics, endpoint_class
 
 log = logging.getLogger("edgeswarm")
 
@@ -84,6 +85,13 @@ def make_app(metrics: Metrics) -> web.Application:
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        t0 = time.monotonic()
+        endpoint = route_endpoint(request)
+
+        def _count(resp: web.StreamResponse) -> web.StreamResponse:
+            metrics.response(resp.status, endpoint, time.monotonic() - t0)
+            return resp
+
         try:
             resp = await handler(request)
         except HttpError as exc:
@@ -109,10 +117,6 @@ def make_app(metrics: Metrics) -> web.Application:
             metrics.events[(HANGUP, "")] += 1
         return _count(resp)
 
-    def _count(resp: web.StreamResponse) -> web.StreamResponse:
-        metrics.responses[resp.status] += 1
-        return resp
-
     app = web.Application(middlewares=[errors, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
     app.router.add_get("/healthz", _ok)
@@ -123,6 +127,12 @@ def make_app(metrics: Metrics) -> web.Application:
 
     app.router.add_get("/metrics", get_metrics)
     return app
+
+
+def route_endpoint(request: web.Request) -> str:
+    """The endpoint class of the route that matched ``request`` (metrics.endpoint_class): never its path."""
+    resource = request.match_info.route.resource
+    return endpoint_class(resource.canonical if resource is not None else None)
 
 
 _STARTED = web.RequestKey("edgeswarm.started", web.StreamResponse)  # the answer whose head went out

@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 
@@ -60,7 +61,10 @@ class EdgeSource:
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
 
     def local(self, index: int) -> int | None:
-        return self.edge.store.piece_fd(self.cid, index)
+        fd = self.edge.store.piece_fd(self.cid, index)
+        if fd is not None:
+            self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
+        return fd
 
     def held(self, index: int) -> bool:
         return index in self.edge.store.held(self.cid)
@@ -116,6 +120,7 @@ class Edge:
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
         self.seed_stats = RegionStats()
+        self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -210,6 +215,7 @@ class Edge:
         """The verified piece, fetched once however many requests wait for it."""
         shared, new = share(self._fills, (cid, index), lambda: self._fill(cid, index))
         self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
+        self.metrics.cache["miss" if new else "collapsed"] += 1
         return shared
 
     async def _fill(self, cid: str, index: int) -> bytes:
@@ -255,7 +261,7 @@ class Edge:
             except PieceNotStored:
                 pass  # verified, but the disk would not take it: served from memory, not cached (the store logged it)
             self.ranking.success(source, len(reply.body), time.monotonic() - started)
-            self.metrics.received[("sibling" if sibling else "parent", source)] += len(reply.body)
+            self.metrics.count_received("sibling" if sibling else "parent", source, len(reply.body))
             return reply.body
         status = 504 if problems and all(p.status == 504 for p in problems) else 502
         detail = "; ".join(p.message for p in problems) or "no source holds it"
@@ -288,6 +294,8 @@ class Edge:
 
         def sent(n: int) -> None:  # what actually left, even when the client hung up
             self.account(grant, request, signed, "edge_sent", n)
+            if self.tracker is not None:  # the region's edge egress counts files to clients too
+                self.file_egress[self.region_name(request)] += n
 
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
@@ -325,7 +333,7 @@ class Edge:
         signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
         index = piece_index(request, signed.manifest.piece_count)
-        data = store.read_piece(cid, index)
+        data = self._cached_piece(store, cid, index)
         if data is None and only_cached:
             raise HttpError(504, f"piece {index} of {cid[:12]} is not cached here")
         if data is None:
@@ -358,10 +366,17 @@ class Edge:
             self.seed_stats.seeded[(region, "none")] += 1
             return web.Response(status=204)
         with self._copy(request, cid, index):  # before any wait, so that concurrent askers get other pieces
-            data = store.read_piece(cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
+            data = self._cached_piece(store, cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
             resp = await self._send_to_node(request, signed, grant, index, data, "seed")
         self.seed_stats.seeded[(region, "sent")] += 1
         return resp
+
+    def _cached_piece(self, store: PieceStore, cid: str, index: int) -> bytes | None:
+        """The piece if the cache holds it, counted as a hit (a miss is counted by the fill that follows)."""
+        data = store.read_piece(cid, index)
+        if data is not None:
+            self.metrics.cache["hit"] += 1
+        return data
 
     async def _send_to_node(
         self, request: web.Request, signed: SignedManifest, grant: tokens.Grant | None, index: int, data: bytes, endpoint: str
@@ -370,7 +385,7 @@ class Edge:
         cid = signed.content_id
         peer = request.headers.get(PEER_HEADER)
         self.metrics.sent["node"] += len(data)
-        self.metrics.content[("sent", cid, "peer" if peer else "node")] += len(data)
+        self.metrics.count_content("sent", cid, "peer" if peer else "node", len(data))
         resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None)
         self.account(grant, request, signed, "edge_sent", len(data))
         if peer:  # the user's peer daemon: its reports can confirm these bytes
@@ -450,14 +465,19 @@ class Edge:
         for (region, urgency), n in self.seed_stats.piece_requests.items():
             asked.add_metric([_region_label(region), urgency], n)
         sent = CounterMetricFamily(
-            "edgeswarm_edge_region_sent_bytes", "Piece bytes sent to each region, by endpoint", labels=["region", "endpoint"]
+            "edgeswarm_edge_region_sent_bytes",
+            "Edge egress to each region, by endpoint: file (to clients), piece and seed (to peers)",
+            labels=["region", "endpoint"],
         )
         for (region, endpoint), n in self.seed_stats.bytes.items():
             sent.add_metric([_region_label(region), endpoint], n)
+        for region, n in self.file_egress.items():
+            sent.add_metric([_region_label(region), "file"], n)
         copies = GaugeMetricFamily(
             "edgeswarm_seed_live_copies", "Pieces sent to peers of the region that are still live", labels=["region"]
         )
         share = GaugeMetricFamily("edgeswarm_region_p2p_share_ratio", "Share of the region's bytes that came from peers", labels=["region"])
+        peers = GaugeMetricFamily("edgeswarm_region_peers", "Distinct live peers the tracker holds in the region", labels=["region"])
         latency = GaugeMetricFamily(
             "edgeswarm_region_have_latency_seconds",
             "Peers' reported availability latency (median p50, p95 of p95s)",
@@ -465,12 +485,13 @@ class Edge:
         )
         for name, row in p2p["regions"].items():
             copies.add_metric([name], sum(row["live_copies"].values()))
+            peers.add_metric([name], row.get("peers", 0))
             if row.get("p2p_share") is not None:
                 share.add_metric([name], row["p2p_share"])
             if row["have_latency"]:
                 latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
                 latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
-        return [seed, asked, sent, copies, share, latency]
+        return [seed, asked, sent, copies, share, peers, latency]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""

@@ -423,8 +423,8 @@ class Peer:
             return None
 
     def count_received(self, cid: str, kind: str, url: str, n: int) -> None:
-        self.metrics.received[(kind, url)] += n
-        self.metrics.content[("received", cid, kind)] += n
+        self.metrics.count_received(kind, url, n)
+        self.metrics.count_content("received", cid, kind, n)
         self.received.setdefault(cid, Counter())[kind] += n
 
     def on_complete(self, swarm: Swarm) -> None:
@@ -617,7 +617,7 @@ class Peer:
         resp = await send_piece(request, data, self.bucket)
         self.uploaded[cid] += len(data)
         self.metrics.sent["peer"] += len(data)
-        self.metrics.content[("sent", cid, "peer")] += len(data)
+        self.metrics.count_content("sent", cid, "peer", len(data))
         self.choker.sent(time.monotonic(), who, len(data))
         return resp
 
