@@ -100,7 +100,8 @@ def make_app(metrics: Metrics) -> web.Application:
         except web.HTTPException as exc:  # aiohttp's own refusals, such as 413 for a body over client_max_size
             if exc.status >= 400:
                 refused(request, exc.status, exc.reason)
-            resp = exc
+            # answered as a plain response: aiohttp deprecates returning the exception itself
+            resp = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
         except ConnectionError as exc:
             if not client_gone(request):  # an upstream's refusal or reset that nothing handled: a bug of ours
                 log.exception("internal error on %s %s", request.method, shown(request))
