@@ -186,6 +186,13 @@ async def serve_handler(handler: Handler, metrics: Metrics) -> AsyncIterator[int
     """Our aiohttp app (``make_app``: error middleware, logs, metrics) with ``handler`` at /f, on a free loopback port."""
     app = make_app(metrics)
     app.router.add_get("/f", handler)
+    async with serve_app(app) as port:
+        yield port
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    """``app`` in this process on a free loopback port (yielded), cleaned up after."""
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import make_file, start_p2p_edge, start_peer
+from conftest import make_file, serve_app, start_p2p_edge, start_peer
 
 from edgeswarm.daemon import make_app
 from edgeswarm.edge import Edge
@@ -68,14 +68,8 @@ async def edge_like(metrics: Metrics):
     app.router.add_get("/piece/{cid}/{index}", ok)
     app.router.add_post("/announce", ok)
     app.router.add_get("/{path:.*}", ok)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 async def test_responses_and_durations_are_labelled_by_the_matched_route_never_the_path():
