@@ -66,6 +66,11 @@ class Crowd:
     choke_slots: int = SLOTS
     limit: float = 3600.0  # virtual seconds before the run is cut
 
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """Each edge's upload rate."""
+        return self.edge_rates or (self.edge_Bps,) * self.edges
+
 
 class Loop:
     """Virtual time: callbacks in time order; a run never sleeps."""
@@ -422,8 +427,7 @@ class Simulation:
         self.crowd = crowd
         self.loop = Loop()
         self.count = math.ceil(crowd.size / PIECE)
-        rates = crowd.edge_rates or (crowd.edge_Bps,) * crowd.edges
-        self.edges = [SimEdge(self, f"http://edge{k}:8000", rate) for k, rate in enumerate(rates)]
+        self.edges = [SimEdge(self, f"http://edge{k}:8000", rate) for k, rate in enumerate(crowd.rates)]
         self.peers: dict[str, SimPeer] = {}
         self.crowd_peers: list[SimPeer] = []
         self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
@@ -477,9 +481,9 @@ class Simulation:
 def bound(c: Crowd) -> float:
     """Seconds from the first start before which the last peer cannot be done: bench swarm's bound for a crowd
     that starts together; for a staggered one, the last start plus the whole swarm's upload delivering one copy."""
-    rates = c.edge_rates or (c.edge_Bps,) * c.edges
-    together = flash_crowd_bound(c.size, c.peers, sum(rates), [c.peer_Bps] * c.peers)
-    return max(together, (c.peers - 1) * c.stagger + c.size / (sum(rates) + c.peers * c.peer_Bps))
+    edge = sum(c.rates)
+    together = flash_crowd_bound(c.size, c.peers, edge, [c.peer_Bps] * c.peers)
+    return max(together, (c.peers - 1) * c.stagger + c.size / (edge + c.peers * c.peer_Bps))
 
 
 def simulate(crowd: Crowd) -> Outcome:
