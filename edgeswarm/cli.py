@@ -9,11 +9,11 @@ import socket
 import sys
 from pathlib import Path
 
-from edgeswarm.choker import SLOTS
-from edgeswarm.daemon import ServerLimits, setup_logging
-from edgeswarm.ledger import LedgerError
-from edgeswarm.signing import KeyFileError
-from edgeswarm.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
+from edgeswarm.node.daemon import ServerLimits, setup_logging
+from edgeswarm.policy.choker import SLOTS
+from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
+from edgeswarm.store.ledger import LedgerError
+from edgeswarm.trust.signing import KeyFileError
 
 EPILOG_ORIGIN = """\
 example (p2pd scenario 1, a single server):
@@ -66,7 +66,7 @@ faults (in the scenario's `faults:` list, at seconds after the start; `for:` how
   kill / restart NODE      SIGKILL a daemon (origin, edge-REGION, peer-REGION-N); restart it on its port
   disk_full edge-REGION    the edge's cache is a tmpfs (root); filled to the last MiB, then freed
   corrupt_peer / bloating_peer / sybil / lying_parent / slowloris
-                           misbehaving nodes (edgeswarm/doubles.py) against a region, with a fresh victim peer
+                           misbehaving nodes (edgeswarm/measure/doubles.py) against a region, with a fresh victim peer
 
 examples:
   sudo edgeswarm chaos --json chaos.json      # the shipped schedule: every kind of fault
@@ -493,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
 
-    from edgeswarm import doubles, sim, tokens, usage  # options only: numpy and friends load when a simulation runs
+    # options only: numpy and friends load when a simulation runs
+    from edgeswarm.measure import doubles, usage
+    from edgeswarm.sim import sim
+    from edgeswarm.trust import tokens
 
     doubles.add_parser(sub)
     tokens.add_parser(sub)
@@ -503,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tracker(args: argparse.Namespace):
-    from edgeswarm.announce import TrackerService
-    from edgeswarm.regions import RegionMap
-    from edgeswarm.tracker import Limits
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.tracker import Limits
+    from edgeswarm.roles.announce import TrackerService
 
     regions = RegionMap.load(args.regions) if args.regions else None
     limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
@@ -554,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "origin":
-        from edgeswarm import origin, tls
+        from edgeswarm.roles import origin
+        from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
         if args.config is not None:
@@ -569,8 +573,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "edge":
-        from edgeswarm import edge, tls
-        from edgeswarm.ledger import Ledger
+        from edgeswarm.roles import edge
+        from edgeswarm.store.ledger import Ledger
+        from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
@@ -596,7 +601,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "peer":
-        from edgeswarm import peer, tls
+        from edgeswarm.roles import peer
+        from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
         node = peer.Peer(
@@ -615,14 +621,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
     if args.command == "get":
-        from edgeswarm import get
+        from edgeswarm.roles import get
 
         setup_logging(args.log_level)
         return get.run(
             args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout, _token(args), args.ca
         )
     if args.command in ("lab", "chaos"):
-        from edgeswarm import lab, scenario
+        from edgeswarm.measure import lab, scenario
 
         try:
             s = scenario.override(
@@ -641,27 +647,27 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         return lab.run(s, netns=getattr(args, "netns", False), json_path=args.json, plots=args.plots, workdir=args.workdir)
     if args.command == "double":
-        from edgeswarm import doubles
+        from edgeswarm.measure import doubles
 
         return doubles.run(args)
     if args.command == "demo":
-        from edgeswarm import demo
+        from edgeswarm.measure import demo
 
         return demo.run(args.out, args.peers, args.workdir)
     if args.command == "sim":
-        from edgeswarm import sim
+        from edgeswarm.sim import sim
 
         return sim.run(args)
     if args.command == "token":
-        from edgeswarm import tokens
+        from edgeswarm.trust import tokens
 
         return tokens.run(args)
     if args.command == "usage":
-        from edgeswarm import usage
+        from edgeswarm.measure import usage
 
         return usage.run(args)
     if args.command == "bench" and args.bench == "swarm":
-        from edgeswarm import bench_swarm
+        from edgeswarm.measure import bench_swarm
 
         if args.regions > 254:
             print("edgeswarm bench swarm: --regions is at most 254 (127.R.0.0/16 each)", file=sys.stderr)
@@ -669,11 +675,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
         return bench_swarm.run(crowd, args.json, args.workdir)
     if args.command == "bench" and args.bench == "players":
-        from edgeswarm import bench_players
+        from edgeswarm.measure import bench_players
 
         return bench_players.run(args.runs, args.json, args.workdir)
     if args.command == "bench":
-        from edgeswarm import bench_serve
+        from edgeswarm.measure import bench_serve
 
         return bench_serve.run(args.size, args.duration, args.connections, args.json, args.protected)
     raise AssertionError(args.command)

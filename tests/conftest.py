@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edgeswarm.daemon import make_app
-from edgeswarm.metrics import Metrics
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
 
 
 def make_file(path: Path, size: int) -> bytes:

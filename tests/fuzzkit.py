@@ -28,9 +28,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import edgeswarm
-from edgeswarm import tokens
-from edgeswarm.process import NodeProcess, ProcessGroup
-from edgeswarm.signing import load_or_create_private_key
+from edgeswarm.measure.process import NodeProcess, ProcessGroup
+from edgeswarm.trust import tokens
+from edgeswarm.trust.signing import load_or_create_private_key
 
 HANG_S = 10.0  # an exchange longer than this is a hang
 PATIENCE_S = 0.3  # silence after which a raw input is taken as all the client sends

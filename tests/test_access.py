@@ -7,7 +7,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeswarm import access, tokens
+from edgeswarm.trust import access, tokens
 
 
 @pytest.fixture

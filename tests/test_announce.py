@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from edgeswarm.announce import MAX_COUNT, TrackerService
-from edgeswarm.httpspec import HttpError
-from edgeswarm.manifest import Manifest
-from edgeswarm.regions import RegionMap
-from edgeswarm.tracker import Limits
+from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.tracker import Limits
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.manifest import Manifest
+from edgeswarm.roles.announce import MAX_COUNT, TrackerService
 
 CID = "ab" * 32
 PIECE = 256 * 1024

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeswarm.peer import AnnounceSchedule
+from edgeswarm.roles.peer import AnnounceSchedule
 
 A, B = "http://a", "http://b"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm.bench_players import CASES, median, summarize
 from edgeswarm.cli import build_parser
+from edgeswarm.measure.bench_players import CASES, median, summarize
 
 
 def test_the_median_ignores_one_slow_run():

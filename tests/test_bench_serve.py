@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm.bench_serve import parse_wrk
+from edgeswarm.measure.bench_serve import parse_wrk
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm.bench_swarm import Crowd, address, region_of, share, tally, tracker_tally, url_region
 from edgeswarm.cli import build_parser
-from edgeswarm.units import parse_rate, parse_size
+from edgeswarm.measure.bench_swarm import Crowd, address, region_of, share, tally, tracker_tally, url_region
+from edgeswarm.protocol.units import parse_rate, parse_size
 
 
 def test_peers_are_dealt_round_robin_into_their_regions_block():

@@ -7,12 +7,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.eviction import EvictionPolicy
-from edgeswarm.httpspec import HttpError, parse_range
-from edgeswarm.manifest import MIN_PIECE, Manifest, ManifestError, SignedManifest, piece_size_for
-from edgeswarm.paths import clean_request_path
-from edgeswarm.sources import SourceRanking
-from edgeswarm.units import UnitError, parse_rate, parse_size
+from edgeswarm.policy.eviction import EvictionPolicy
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.protocol.httpspec import HttpError, parse_range
+from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, ManifestError, SignedManifest, piece_size_for
+from edgeswarm.protocol.paths import clean_request_path
+from edgeswarm.protocol.units import UnitError, parse_rate, parse_size
 
 
 @pytest.mark.parametrize(

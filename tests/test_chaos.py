@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm import chaos, scenario
+from edgeswarm.measure import chaos, scenario
 
 SHORT = """\
 kind: download

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from itertools import pairwise
 
-from edgeswarm.choker import Choker
+from edgeswarm.policy.choker import Choker
 
 PIECE = 256 * 1024
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeswarm.announce import TrackerService
-from edgeswarm.claims import ClaimPolicy, overclaimers
+from edgeswarm.policy.claims import ClaimPolicy, overclaimers
+from edgeswarm.roles.announce import TrackerService
 
 MiB = 1 << 20
 SIZE = 8 * MiB

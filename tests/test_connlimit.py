@@ -5,7 +5,7 @@ import inspect
 import pytest
 from aiohttp.web_protocol import RequestHandler
 
-from edgeswarm.connlimit import ConnectionPolicy
+from edgeswarm.node.connlimit import ConnectionPolicy
 
 
 def policy(cap: int = 10) -> ConnectionPolicy[str]:

@@ -13,9 +13,9 @@ import pytest
 from conftest import curl, make_file, received_from, status
 from test_piecestore import PUB, make_content, open_store, stored
 
-from edgeswarm import piecestore
-from edgeswarm.manifest import MIN_PIECE
-from edgeswarm.signing import public_pem
+from edgeswarm.protocol.manifest import MIN_PIECE
+from edgeswarm.store import piecestore
+from edgeswarm.trust.signing import public_pem
 
 PIECE = MIN_PIECE
 BAD = "does not match its signed hash"
@@ -47,7 +47,7 @@ def test_a_piece_changed_while_closed_is_dropped_on_first_read(tmp_path, caplog)
     flip(Path(store.piece_path(c.cid, 1)))
     store = open_store(tmp_path)
     assert store.held(c.cid) == {0, 1, 2}  # opening costs no reads: pieces are checked when first used
-    with caplog.at_level(logging.WARNING, logger="edgeswarm.piecestore"):
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.piecestore"):
         assert store.piece_fd(c.cid, 1) is None  # the sendfile path never gets a descriptor of it
         assert store.read_piece(c.cid, 1) is None
     assert store.read_piece(c.cid, 0) == c.piece(0) and store.read_piece(c.cid, 2) == c.piece(2)

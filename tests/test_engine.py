@@ -1,4 +1,4 @@
-"""The download engine in memory: its rules driven directly, then whole swarms in virtual time (edgeswarm.swarmsim).
+"""The download engine in memory: its rules driven directly, then whole swarms in virtual time (edgeswarm.sim.swarmsim).
 
 No sockets and no sleeping: every figure below is a deterministic result of
 the same engine the peer daemon runs, against simulated peers and edges.
@@ -11,10 +11,10 @@ import math
 
 import pytest
 
-from edgeswarm import engine
-from edgeswarm.engine import Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
-from edgeswarm.sources import SourceRanking
-from edgeswarm.swarmsim import Crowd, simulate
+from edgeswarm.policy import engine
+from edgeswarm.policy.engine import Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.sim.swarmsim import Crowd, simulate
 
 
 class RecordingHost:

@@ -1,4 +1,4 @@
-"""edgeswarm.eviction: LFU with dynamic aging, as pure bookkeeping."""
+"""edgeswarm.policy.eviction: LFU with dynamic aging, as pure bookkeeping."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.eviction import EvictionPolicy
+from edgeswarm.policy.eviction import EvictionPolicy
 
 
 def filled(capacity: int | None, *keys: str, size: int = 1) -> EvictionPolicy:

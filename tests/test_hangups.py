@@ -19,9 +19,9 @@ import pytest
 from aiohttp import web
 from conftest import serve_handler
 
-from edgeswarm.daemon import HANGUP, client_gone
-from edgeswarm.metrics import Metrics
-from edgeswarm.serving import _sendfile
+from edgeswarm.node.daemon import HANGUP, client_gone
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.serving import _sendfile
 
 BODY = 1 << 30  # far more than loopback's socket buffers hold: the server is still writing when the client leaves
 READ = 4 * 1024 * 1024

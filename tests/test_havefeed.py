@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from edgeswarm import bitfield
-from edgeswarm.engine import Neighbour, refuse_subscriber
-from edgeswarm.havefeed import (
+from edgeswarm.policy.engine import Neighbour, refuse_subscriber
+from edgeswarm.protocol import bitfield
+from edgeswarm.protocol.havefeed import (
     HEARTBEAT_LINE,
     MAX_BACKOFF,
     MAX_BUFFER,

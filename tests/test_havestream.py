@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer, make_file, post, sha, start_p2p_edge, status
 
-from edgeswarm import bitfield
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.protocol import bitfield
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 

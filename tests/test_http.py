@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import curl, make_file
 
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

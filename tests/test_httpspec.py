@@ -1,4 +1,4 @@
-"""edgeswarm.httpspec: RFC 9110 ranges and conditionals, as pure functions."""
+"""edgeswarm.protocol.httpspec: RFC 9110 ranges and conditionals, as pure functions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edgeswarm.httpspec import (
+from edgeswarm.protocol.httpspec import (
     HttpError,
     Validators,
     check_json_body,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm import labsim, scenario
-from edgeswarm.lab import _Playback, playback
+from edgeswarm.measure import labsim, scenario
+from edgeswarm.measure.lab import _Playback, playback
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
 
-from edgeswarm import usage
-from edgeswarm.ledger import _SCHEMA, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+from edgeswarm.measure import usage
+from edgeswarm.store.ledger import _SCHEMA, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
 
 MiB = 1 << 20
 T0 = 1_699_999_200  # a period start for 3600-second periods
@@ -250,7 +250,7 @@ async def test_failed_flush_keeps_pending_and_recovers(target: str, caplog):
     drop_table(target)
     ledger.add("alice", "c1", "/a", "east", "edge_sent", 100, when=T0)
     ledger.add("bob", "c1", "/a", "east", "edge_sent", 1, when=T0)
-    with caplog.at_level(logging.WARNING, logger="edgeswarm.ledger"):
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
         await ledger.flush()  # must not raise
     assert ledger.pending() == 2
     assert "cannot write usage" in caplog.text and "kept pending" in caplog.text
@@ -278,7 +278,7 @@ async def test_cancelled_flush_loses_nothing(tmp_path: Path, caplog):
     task.cancel()  # the edge shutting down mid-write
     with pytest.raises(asyncio.CancelledError):
         await task
-    with caplog.at_level(logging.WARNING, logger="edgeswarm.ledger"):
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
         await asyncio.sleep(0.4)
     assert ledger.pending() == 1 and "disk gone" in caplog.text
     ledger._write = real_write
@@ -478,7 +478,7 @@ def test_cli_help(capsys):
 
 async def test_huge_claims_saturate_instead_of_stopping_the_ledger(target: str):
     """One peer's absurd counts (each announce may claim up to 2^53) must not overflow a BIGINT and block every write."""
-    from edgeswarm.ledger import CAP
+    from edgeswarm.store.ledger import CAP
 
     ledger = Ledger(target, "edge-a", flush_interval=3600)
     await ledger.start()

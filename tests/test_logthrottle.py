@@ -2,7 +2,7 @@
 
 import logging
 
-from edgeswarm.logthrottle import Throttle, ThrottledLog
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 
 
 def test_at_most_burst_lines_per_kind_per_interval_then_one_summary():

@@ -21,9 +21,9 @@ from conftest import DoubleServer, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_swarm import CorruptingPeer, regions, start_edge, start_peer, wait_complete  # noqa: F401 - regions is a fixture
 
-from edgeswarm.manifest import Manifest, SignedManifest, hash_pieces, piece_size_for
-from edgeswarm.origin import manifest_response
-from edgeswarm.signing import public_pem
+from edgeswarm.protocol.manifest import Manifest, SignedManifest, hash_pieces, piece_size_for
+from edgeswarm.protocol.wire import manifest_response
+from edgeswarm.trust.signing import public_pem
 
 pytestmark = pytest.mark.integration
 

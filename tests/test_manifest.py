@@ -1,4 +1,4 @@
-"""edgeswarm.manifest and edgeswarm.signing: content ids, signatures, piece geometry, key files."""
+"""edgeswarm.protocol.manifest and edgeswarm.trust.signing: content ids, signatures, piece geometry, key files."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.catalog import Catalog
-from edgeswarm.manifest import (
+from edgeswarm.node.manifestfetch import ManifestOrder
+from edgeswarm.protocol.manifest import (
     FORMAT,
     MAX_PIECES,
     MIN_PIECE,
@@ -30,8 +30,8 @@ from edgeswarm.manifest import (
     is_content_id,
     piece_size_for,
 )
-from edgeswarm.manifestfetch import ManifestOrder
-from edgeswarm.signing import KeyFileError, load_or_create_private_key, load_public_key, public_pem, verify
+from edgeswarm.store.catalog import Catalog
+from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key, load_public_key, public_pem, verify
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -250,7 +250,7 @@ def test_from_dict_rejects_non_objects(doc):
 def test_from_dict_validates_even_under_python_O():
     code = textwrap.dedent(
         """
-        from edgeswarm.manifest import Manifest, ManifestError
+        from edgeswarm.protocol.manifest import Manifest, ManifestError
         bad = {"format": 1, "path": 1, "size": -5, "content_type": None, "piece_size": 3, "pieces": ["x"], "modified": "no"}
         try:
             Manifest.from_dict(bad)

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from conftest import make_file, serve_app, start_p2p_edge, start_peer
 
-from edgeswarm.daemon import make_app
-from edgeswarm.edge import Edge
-from edgeswarm.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
-from edgeswarm.origin import Origin
-from edgeswarm.peer import Peer
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
+from edgeswarm.roles.edge import Edge
+from edgeswarm.roles.origin import Origin
+from edgeswarm.roles.peer import Peer
 
 # every route the nodes register (edge.py, origin.py, peer.py, daemon.py), with the class it must get
 ROUTES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeswarm import model, trace
+from edgeswarm.sim import model, trace
 
 
 # -- one group ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from edgeswarm import netns
+from edgeswarm.measure import netns
 
 REASON = netns.unavailable_reason()
 pytestmark = [

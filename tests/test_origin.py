@@ -9,8 +9,8 @@ import time
 import pytest
 from conftest import curl, make_file, sha, status
 
-from edgeswarm.manifest import SignedManifest
-from edgeswarm.signing import load_public_key
+from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.trust.signing import load_public_key
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeswarm.bench_swarm import Crowd, run_crowd
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.bench_swarm import Crowd, run_crowd
+from edgeswarm.measure.process import ProcessGroup
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""edgeswarm.paths: hostile request paths fail early with a 400."""
+"""edgeswarm.protocol.paths: hostile request paths fail early with a 400."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.httpspec import HttpError
-from edgeswarm.paths import RESERVED, clean_request_path, path_problem
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.paths import RESERVED, clean_request_path, path_problem
 
 
 def rejected(raw: str) -> HttpError:

@@ -1,4 +1,4 @@
-"""edgeswarm.piecestore: verified pieces on disk, across restarts and under a quota."""
+"""edgeswarm.store.piecestore: verified pieces on disk, across restarts and under a quota."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeswarm import piecestore
-from edgeswarm.manifest import MIN_PIECE, Manifest, SignedManifest
-from edgeswarm.piecestore import CorruptPiece, PieceStore
+from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
+from edgeswarm.store import piecestore
+from edgeswarm.store.piecestore import CorruptPiece, PieceStore
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key()

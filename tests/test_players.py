@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import start_peer
 
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
 
 pytestmark = [
     pytest.mark.integration,

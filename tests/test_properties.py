@@ -16,9 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edgeswarm import announce, bitfield, tokens, vocabulary
-from edgeswarm.httpspec import HttpError, parse_range
-from edgeswarm.tokens import Grant, TokenError
+from edgeswarm.policy import vocabulary
+from edgeswarm.protocol import bitfield
+from edgeswarm.protocol.httpspec import HttpError, parse_range
+from edgeswarm.roles import announce
+from edgeswarm.trust import tokens
+from edgeswarm.trust.tokens import Grant, TokenError
 
 NOW = 1_800_000_000.0
 ORIGIN = Ed25519PrivateKey.generate()

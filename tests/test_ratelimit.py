@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeswarm.ratelimit import TokenBucket
+from edgeswarm.policy.ratelimit import TokenBucket
 
 KIB = 1024
 MB = 1_000_000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from edgeswarm.regions import Region, RegionMap, RegionMapError
+from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
 
 MAP = """\
 regions:

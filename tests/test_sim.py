@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeswarm import cli, trace
+from edgeswarm import cli
+from edgeswarm.sim import trace
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -1,4 +1,4 @@
-"""edgeswarm.sources: ranking sources by measured throughput, with back-off for failures."""
+"""edgeswarm.policy.sources: ranking sources by measured throughput, with back-off for failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.sources import ALPHA, BASE_BACKOFF, MAX_BACKOFF, SourceRanking
+from edgeswarm.policy.sources import ALPHA, BASE_BACKOFF, MAX_BACKOFF, SourceRanking
 
 
 def test_an_unknown_source_is_unmeasured_and_available():

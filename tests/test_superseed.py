@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from edgeswarm import bitfield
-from edgeswarm.superseed import RegionStats, SuperSeeder, parse_latency, parse_request
+from edgeswarm.policy.superseed import RegionStats, SuperSeeder
+from edgeswarm.protocol import bitfield
+from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64
 

@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from conftest import make_file, start_p2p_edge, status
 
-from edgeswarm import bitfield, tokens
-from edgeswarm.httpspec import PEER_HEADER
+from edgeswarm.protocol import bitfield
+from edgeswarm.protocol.httpspec import PEER_HEADER
+from edgeswarm.trust import tokens
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 

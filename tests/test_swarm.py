@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer, make_file, post, sha, start_peer, status
 
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -1,4 +1,4 @@
-"""edgeswarm.tokens: origin-signed access tokens, edge-signed swarm tickets, and the `token issue` command."""
+"""edgeswarm.trust.tokens: origin-signed access tokens, edge-signed swarm tickets, and the `token issue` command."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multidict import CIMultiDict
 
-from edgeswarm import tokens
-from edgeswarm.signing import public_pem
-from edgeswarm.tokens import Grant, Ticket, TokenError
+from edgeswarm.trust import tokens
+from edgeswarm.trust.signing import public_pem
+from edgeswarm.trust.tokens import Grant, Ticket, TokenError
 
 NOW = 1_800_000_000.0
 ORIGIN = Ed25519PrivateKey.generate()

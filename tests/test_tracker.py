@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeswarm.regions import Region
-from edgeswarm.tracker import Limits, PeerRecord, Refused, Tracker, address_group, peer_url, rank
+from edgeswarm.policy.regions import Region
+from edgeswarm.policy.tracker import Limits, PeerRecord, Refused, Tracker, address_group, peer_url, rank
 
 EAST, WEST = Region("east", "att"), Region("west", "verizon")
 N = 8  # pieces

@@ -21,8 +21,8 @@ import pytest
 from conftest import curl, make_file, sha, status
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
-from edgeswarm import tokens
-from edgeswarm.process import ProcessGroup
+from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.trust import tokens
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 

@@ -1,4 +1,4 @@
-"""edgeswarm.units: sizes, rates and listen addresses as operators type them."""
+"""edgeswarm.protocol.units: sizes, rates and listen addresses as operators type them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.units import UnitError, ascii_decimal, format_bytes, parse_listen, parse_rate, parse_size
+from edgeswarm.protocol.units import UnitError, ascii_decimal, format_bytes, parse_listen, parse_rate, parse_size
 
 DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}

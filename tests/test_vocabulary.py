@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from edgeswarm import vocabulary as v
+from edgeswarm.policy import vocabulary as v
 
 
 def test_each_document_keeps_its_own_spelling_of_the_three_source_kinds():

@@ -1,0 +1,629 @@
+"""``edgeswarm lab``: a whole deployment of real daemons on this machine, and what it delivered.
+
+An origin, one edge per region (tracker and super peer of its region) and the
+scenario's peers run as separate processes.  The lab then plays the users:
+peers ask for a download at their arrival time (and may crash and come back),
+or viewers play a video through their gateway at its bitrate with a player's
+buffer.  While it runs it samples every node's ``/status``; at the end it
+checks every downloaded copy byte for byte and reports where the bytes came
+from, how long users waited and how that compares with the lower bound.
+
+Two networks: loopback, where a region is a 127.R.0.0/16 block and the
+daemons cap their own rates (no privileges), and ``--netns``, where every node
+is a network namespace behind a bridge and tc shapes its link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from rich.console import Console
+
+from edgeswarm.measure import labsim
+from edgeswarm.measure.process import NodeProcess, ProcessGroup
+from edgeswarm.measure.scenario import Scenario
+from edgeswarm.policy.vocabulary import PEER_OTHER_REGION, SOURCE_KINDS, flash_crowd_bound, peer_bytes, reported_share
+from edgeswarm.sim import tiers
+from edgeswarm.sim.tiers import Tier
+
+SAMPLE_EVERY = 0.5  # seconds between status sweeps
+
+
+class LabError(RuntimeError):
+    pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: stop everything, report nothing."""
+
+
+@dataclass
+class Host:
+    address: str
+    prefix: list[str] = field(default_factory=list)
+
+
+class Loopback:
+    """Regions are 127.R.0.0/16 blocks; every daemon caps its own rates."""
+
+    name = "loopback"
+    daemon_caps = True
+
+    def __init__(self) -> None:
+        self._count: Counter[int] = Counter()
+
+    def add(self, name: str, region: int, up_bps: float | None = None, down_bps: float | None = None, delay_ms: float = 0.0) -> Host:
+        if region == 0:
+            return Host("127.0.0.1")
+        self._count[region] += 1
+        k = self._count[region] + 1
+        return Host(f"127.{region}.{k // 250}.{k % 250 + 1}")
+
+    def region_network(self, region: int) -> str:
+        return f"127.{region}.0.0/16"
+
+    def gateway_host(self, host: Host) -> str:
+        return "127.0.0.1"
+
+    def __enter__(self) -> Loopback:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def netns_network():
+    """The namespace network, or NetnsUnavailable saying why not."""
+    from edgeswarm.measure import netns
+
+    reason = netns.unavailable_reason()
+    if reason:
+        raise netns.NetnsUnavailable(f"--netns is not available here: {reason}")
+    netns.cleanup_stale()  # a crashed run's bridge would otherwise hold our /16 and take our traffic
+
+    class Namespaces(netns.Netns):
+        name = "netns"
+        daemon_caps = False
+
+        def gateway_host(self, host) -> str:
+            return host.address  # the lab, in the root namespace, reaches gateways over the bridge
+
+    return Namespaces()
+
+
+@dataclass
+class User:
+    """One peer daemon and what its user does and gets."""
+
+    name: str
+    region: str
+    tier: Tier
+    node: NodeProcess
+    arrival: float  # seconds after the start
+    leave_at: float | None = None  # churn: seconds after the start
+    video: str | None = None
+    watch_s: float = 0.0
+    done_at: float | None = None
+    left: int = 0
+    verified: bool | None = None
+    received: Counter[str] = field(default_factory=Counter)  # by source kind, over all its lives
+    last: Counter[str] = field(default_factory=Counter)  # this life's, as last sampled
+    view: dict | None = None
+
+    def got(self) -> Counter[str]:
+        return self.received + self.last
+
+
+class Lab:
+    def __init__(self, s: Scenario, group: ProcessGroup, net, root: Path, console: Console):
+        self.s, self.group, self.net, self.root, self.console = s, group, net, root, console
+        self.rng = random.Random(s.seed)
+        self.users: list[User] = []
+        self.edges: dict[str, NodeProcess] = {}
+        self.origin: NodeProcess | None = None
+        self.files: dict[str, str] = {}  # published name -> sha256
+        self.timeline: list[dict] = []
+        self.t0 = 0.0
+        self._edge_sent: dict[str, int] = {}
+        self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
+        self._origin_sent = 0
+
+    # -- deployment ------------------------------------------------------------------------
+    async def deploy(self) -> None:
+        publish = self.root / "publish"
+        publish.mkdir(parents=True, exist_ok=True)
+        for name, size in self._content().items():
+            self.files[name] = await asyncio.to_thread(_random_file, publish / name, size, self.rng.getrandbits(64))
+        host = self.net.add("origin", 0)
+        self.origin = await self._start("origin", "origin", host, "--publish", str(publish))
+        regions_file = self.root / "regions.yaml"
+        regions_file.write_text(
+            json.dumps(
+                {"regions": [{"name": r.name, "isp": self.s.tiers, "networks": [self.net.region_network(k)]} for k, r in self._regions()]}
+            )
+        )
+        await asyncio.gather(*(self._start_edge(k, r.name, r.latency_ms, regions_file) for k, r in self._regions()))
+        specs = [(k, r, i, t) for k, r in self._regions() for i, t in enumerate(tiers.apportion(tiers.table(self.s.tiers), r.peers))]
+        self.users = list(await asyncio.gather(*(self._start_peer(k, r, i, t) for k, r, i, t in specs)))
+        self._plan()
+
+    def _regions(self):
+        return list(enumerate(self.s.regions, start=1))
+
+    def _content(self) -> dict[str, int]:
+        if self.s.kind == "download":
+            return {"update.img": self.s.size_bytes}
+        size = int(self.s.scaled_Bps(self.s.vod.bitrate_kbps) * self.s.vod.duration_s)
+        return {f"video{i + 1}.mp4": size for i in range(self.s.vod.videos)}
+
+    async def _start(self, role: str, name: str, host, *args: str) -> NodeProcess:
+        return await asyncio.to_thread(self.group.start, role, *args, name=name, host=host.address, prefix=host.prefix)
+
+    async def _start_edge(self, k: int, region: str, delay_ms: float, regions_file: Path) -> None:
+        rate = self.s.edge_upload_Bps
+        host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
+        args = ["--cache", str(self.root / f"edge-{region}"), "--parent", self.origin.url, "--p2p"]
+        args += ["--regions", str(regions_file), "--locality", self.s.locality]  # no announce interval: the lab runs the defaults
+        if rate and self.net.daemon_caps:
+            args += ["--upload-limit", f"{rate}B/s"]
+        self.edges[region] = await self._start("edge", f"edge-{region}", host, *args)
+
+    async def _start_peer(self, k: int, region, i: int, tier: Tier) -> User:
+        name = f"peer-{region.name}-{i + 1}"
+        up, down = self.s.scaled_Bps(tier.up_kbps), self.s.scaled_Bps(tier.down_kbps)
+        host = self.net.add(name, k, up * 8, down * 8, region.latency_ms)
+        args = ["--cache", str(self.root / name), "--edge", self.edges[region.name].url]
+        args += ["--gateway", f"{self.net.gateway_host(host)}:0"]
+        if self.net.daemon_caps:
+            args += ["--upload-limit", f"{int(up)}B/s", "--download-limit", f"{int(down)}B/s"]
+        node = await self._start("peer", name, host, *args)
+        return User(name, region.name, tier, node, 0.0)
+
+    def _plan(self) -> None:
+        """Arrival times, churn and what each viewer watches: all drawn from the seed, before anything runs."""
+        order = list(self.users)
+        self.rng.shuffle(order)
+        t = 0.0
+        for u in order:
+            if self.s.arrival == "poisson":
+                t += self.rng.expovariate(self.s.rate)
+            u.arrival = t if self.s.arrival == "poisson" else 0.0
+        if self.s.churn.leave:
+            for u in self.rng.sample(order, round(self.s.churn.leave * len(order))):
+                u.leave_at = u.arrival + self.rng.uniform(*self.s.churn.between_s)
+        if self.s.kind == "vod":
+            v = self.s.vod
+            names = sorted(self.files, key=lambda n: int(n[5:-4]))
+            weights = [1 / (i + 1) ** v.zipf for i in range(len(names))]
+            for u in order:
+                u.video = self.rng.choices(names, weights)[0]
+                quits = self.rng.random() < v.quit_prob
+                u.watch_s = v.duration_s * (self.rng.uniform(0.1, 1.0) if quits else 1.0)
+
+    # -- the run ---------------------------------------------------------------------------
+    async def run(self, progress) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            self.t0 = time.monotonic()
+            sampler = asyncio.create_task(self._sample_loop(http, progress))
+            try:
+                async with asyncio.timeout(self.s.timeout_s):  # not wait_for: on Ctrl-C it left the gather's error unretrieved
+                    await asyncio.gather(*self._acts(http))
+            except TimeoutError:
+                self._late()
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            await self._sample(http)
+            if self.s.kind == "download":
+                await self._verify(http)
+
+    def _acts(self, http: aiohttp.ClientSession) -> list:
+        """What runs while the users are served: the users (a chaos run adds its faults)."""
+        act = self._download if self.s.kind == "download" else self._watch
+        return [act(http, u) for u in self.users]
+
+    def _late(self) -> None:
+        late = [u.name for u in self.users if u.done_at is None]
+        raise LabError(f"{len(late)} of {len(self.users)} users were not done after {self.s.timeout_s:g} s: {', '.join(late[:8])}")
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def _at(self, t: float) -> None:
+        await asyncio.sleep(max(0.0, t - self.now()))
+
+    async def _download(self, http: aiohttp.ClientSession, u: User) -> None:
+        await self._at(u.arrival)
+        await self._ask(http, u)
+        if u.leave_at is not None:
+            await self._at(u.leave_at)
+            if u.done_at is None:
+                await self._leave_and_return(http, u)
+        while u.done_at is None:
+            await asyncio.sleep(SAMPLE_EVERY / 2)
+
+    async def _ask(self, http: aiohttp.ClientSession, u: User) -> None:
+        async with http.post(u.node.urls["gateway"] + "/update.img") as resp:
+            if resp.status != 202:
+                raise LabError(f"{u.name} refused the download: {resp.status} {await resp.text()}")
+
+    async def _leave_and_return(self, http: aiohttp.ClientSession, u: User) -> None:
+        await self._sample_user(http, u)  # its last counters, before they die with it
+        u.received, u.last = u.got(), Counter()
+        await asyncio.to_thread(u.node.kill if self.s.churn.crash else u.node.stop)
+        u.left += 1
+        await asyncio.sleep(self.s.churn.away_s)
+        await asyncio.to_thread(u.node.start)
+        await self._ask(http, u)
+
+    async def _watch(self, http: aiohttp.ClientSession, u: User) -> None:
+        await self._at(u.arrival)
+        rate = self.s.scaled_Bps(self.s.vod.bitrate_kbps)
+        u.view = await play(http, f"{u.node.urls['gateway']}/{u.video}", rate, u.watch_s, self.s.vod)
+        u.done_at = self.now()
+        if self.s.vod.leave_after_watch:
+            await self._sample_user(http, u)
+            await asyncio.to_thread(u.node.stop)
+
+    # -- watching the deployment -------------------------------------------------------------
+    async def _sample_loop(self, http: aiohttp.ClientSession, progress) -> None:
+        while True:
+            await self._sample(http)
+            progress(self)
+            await asyncio.sleep(SAMPLE_EVERY)
+
+    async def _sample(self, http: aiohttp.ClientSession) -> None:
+        t = self.now()
+        edges = dict(zip(self.edges, await asyncio.gather(*(_status(http, e.url) for e in self.edges.values())), strict=True))
+        origin = await _status(http, self.origin.url)
+        await asyncio.gather(*(self._sample_user(http, u) for u in self.users if u.node.running))
+        row = {"t": round(t, 2), "edges_Bps": {}, "origin_Bps": 0.0, "done": sum(u.done_at is not None for u in self.users)}
+        dt = t - self.timeline[-1]["t"] if self.timeline else t
+        for region, st in edges.items():
+            if st is None:
+                continue
+            sent = sum(st["bytes_sent"].values())
+            self._edge_p2p[region] = (st.get("p2p") or {}).get("regions", {}).get(region, {})
+            row["edges_Bps"][region] = (sent - self._edge_sent.get(region, 0)) / dt if dt > 0 else 0.0
+            self._edge_sent[region] = sent
+        if origin is not None:
+            sent = sum(origin["bytes_sent"].values())
+            row["origin_Bps"] = (sent - self._origin_sent) / dt if dt > 0 else 0.0
+            self._origin_sent = sent
+        self.timeline.append(row)
+
+    async def _sample_user(self, http: aiohttp.ClientSession, u: User) -> None:
+        st = await _status(http, u.node.urls.get("gateway", ""))
+        if st is None:
+            return
+        u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in SOURCE_KINDS})
+        if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
+            u.done_at = self.now()
+
+    async def _verify(self, http: aiohttp.ClientSession) -> None:
+        """Every copy, byte for byte, against what the origin published."""
+        limit = asyncio.Semaphore(4)
+
+        async def one(u: User) -> None:
+            async with limit, http.get(u.node.urls["gateway"] + "/update.img") as resp:
+                digest = hashlib.sha256()
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    digest.update(chunk)
+                u.verified = resp.status == 200 and digest.hexdigest() == self.files["update.img"]
+
+        await asyncio.gather(*(one(u) for u in self.users))
+        bad = [u.name for u in self.users if not u.verified]
+        if bad:
+            raise LabError(f"{len(bad)} peers hold a copy that differs from the origin's: {', '.join(bad)}")
+
+    # -- the result ------------------------------------------------------------------------
+    def result(self, network: str) -> dict:
+        s = self.s
+        regions = {}
+        for k, r in self._regions():
+            users = [u for u in self.users if u.region == r.name]
+            got = sum((u.got() for u in users), Counter())
+            total = sum(got.values())
+            edge = self._edge_sent.get(r.name, 0)
+            demand = sum(self._demand(u) for u in users)
+            regions[r.name] = {
+                "peers": len(users),
+                "edge_bytes": edge,
+                "demand_bytes": demand,
+                "received": {k: got[k] for k in SOURCE_KINDS},
+                "p2p_share": reported_share(peer_bytes(got), total),
+                "savings": _ratio(demand - edge, demand),
+                "bound_s": self._bound(users) if s.kind == "download" else None,
+                "edge_why": _edge_why(self._edge_p2p.get(r.name, {})),
+                "playback": playback([_user_row(u, s) for u in users]) if s.kind == "vod" else None,
+            }
+            _completion(regions[r.name], users)
+        got = sum((u.got() for u in self.users), Counter())
+        total = sum(got.values())
+        edges_total = sum(self._edge_sent.values())
+        demand = sum(x["demand_bytes"] for x in regions.values())
+        result = {
+            "scenario": asdict(s),
+            "network": network,
+            "elapsed_s": round(self.now(), 2),
+            "bytes": {
+                "origin": self._origin_sent,
+                "edges": dict(self._edge_sent),
+                "edges_total": edges_total,
+                "peers_received": {k: got[k] for k in SOURCE_KINDS},
+                "crossed_regions": got[PEER_OTHER_REGION],
+            },
+            "p2p_share": reported_share(peer_bytes(got), total),
+            "demand_bytes": demand,
+            "savings": _ratio(demand - edges_total, demand),
+            "regions": regions,
+            "users": [_user_row(u, s) for u in self.users],
+            "timeline": self.timeline,
+        }
+        result["playback"] = playback(result["users"]) if s.kind == "vod" else None
+        result["model"] = labsim.compare(result)  # what the simulator's model says of the same sessions
+        return result
+
+    def _demand(self, u: User) -> int:
+        """What a pure CDN would have sent this user: the whole file, or what its player read."""
+        if self.s.kind == "download":
+            return self.s.size_bytes if u.done_at is not None else 0
+        return (u.view or {}).get("bytes", 0)
+
+    def _bound(self, users: list[User]) -> float:
+        """The flash-crowd bound for these users' tiers and the edge's upload cap (none: unlimited)."""
+        ups = [self.s.scaled_Bps(u.tier.up_kbps) for u in users]
+        slowest = min(self.s.scaled_Bps(u.tier.down_kbps) for u in users)
+        return round(flash_crowd_bound(self.s.size_bytes, len(users), self.s.edge_upload_Bps or math.inf, ups, slowest), 3)
+
+
+async def play(http: aiohttp.ClientSession, url: str, rate: float, watch_s: float, v) -> dict:
+    """A player: starts with ``startup_s`` buffered, stalls when the buffer runs dry and resumes
+    with ``resume_s``, reads no further than ``max_buffer_s`` ahead, and quits after ``watch_s``."""
+    p = _Playback(rate, watch_s)
+    async with http.get(url) as resp:
+        if resp.status != 200:
+            return {"error": f"{resp.status} {(await resp.text())[:200]}", "startup_s": None, "stall_s": 0.0, "stalls": 0}
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            p.arrived(time.monotonic(), len(chunk), v.startup_s, v.resume_s)
+            if p.buffered >= watch_s:
+                break  # all it will watch is here
+            ahead = p.ahead(time.monotonic())
+            if p.playing_since is not None and ahead > v.max_buffer_s:
+                await asyncio.sleep(ahead - v.max_buffer_s)
+    now = time.monotonic()
+    if p.startup is None and p.buffered > 0:  # shorter than the startup buffer: it plays once all is here
+        p.start(now)
+    await asyncio.sleep(max(0.0, p.remaining(now)))  # the viewer is present until it stops watching
+    return p.summary()
+
+
+class _Playback:
+    """Playback position against bytes received; time is passed in, so it is exact whatever the read pattern."""
+
+    def __init__(self, rate: float, watch_s: float):
+        self.rate, self.watch_s = rate, watch_s
+        self.t0 = time.monotonic()
+        self.got = 0
+        self.played = 0.0
+        self.playing_since: float | None = None
+        self.stalled_since: float | None = None
+        self.startup: float | None = None
+        self.stall_s = 0.0
+        self.stalls = 0
+
+    @property
+    def buffered(self) -> float:
+        return self.got / self.rate
+
+    def arrived(self, now: float, n: int, startup_s: float, resume_s: float) -> None:
+        self._advance(now)
+        self.got += n
+        if self.startup is None and self.buffered >= min(startup_s, self.watch_s):
+            self.start(now)
+        elif self.stalled_since is not None and self.buffered - self.played >= min(resume_s, self.watch_s - self.played):
+            self.stall_s += now - self.stalled_since
+            self.stalled_since, self.playing_since = None, now
+
+    def start(self, now: float) -> None:
+        self.startup, self.playing_since = now - self.t0, now
+
+    def _advance(self, now: float) -> None:
+        if self.playing_since is None:
+            return
+        can = self.buffered - self.played
+        elapsed = now - self.playing_since
+        if elapsed >= can and self.played + can < self.watch_s:  # ran dry before now
+            self.played += can
+            self.stalled_since, self.playing_since = self.playing_since + can, None
+            self.stalls += 1
+        else:
+            self.played = min(self.watch_s, self.played + elapsed)
+            self.playing_since = now
+
+    def ahead(self, now: float) -> float:
+        self._advance(now)
+        return self.buffered - self.played
+
+    def remaining(self, now: float) -> float:
+        self._advance(now)
+        return self.watch_s - self.played
+
+    def summary(self) -> dict:
+        return {
+            "startup_s": None if self.startup is None else round(self.startup, 3),
+            "stall_s": round(self.stall_s, 3),
+            "stalls": self.stalls,
+            "rebuffer_ratio": round(self.stall_s / (self.watch_s + self.stall_s), 4),
+            "bytes": self.got,
+        }
+
+
+def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plots: Path | None = None, workdir: Path | None = None) -> int:
+    """The command: exit 0 with a report, 1 when the run failed, 2 when it could not start, 130 on Ctrl-C."""
+    from edgeswarm.measure import labreport
+
+    console = labreport.report_console()
+    try:
+        result = execute(s, console, netns=netns, workdir=workdir)
+    except NetworkUnavailable as exc:
+        console.print(f"[red]lab:[/red] {exc}")
+        return 2
+    except Interrupted:
+        console.print("[yellow]lab: interrupted; every daemon it started has been stopped[/yellow]")
+        return 130
+    except LabError as exc:
+        console.print(f"[red]lab {s.name} failed:[/red] {exc}")
+        return 1
+    plots = plots or (json_path.parent if json_path else Path.cwd()) / f"lab-{s.name}-plots"
+    result["plots"] = [str(p) for p in labreport.plot(result, plots)]
+    labreport.print_report(console, result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+        console.print(f"figures written to {json_path}")
+    return 1 if result.get("chaos", {}).get("failures") else 0
+
+
+class NetworkUnavailable(RuntimeError):
+    pass
+
+
+def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path | None = None) -> dict:
+    """Deploy, run and tear down; the result, or LabError (logs kept), Interrupted or NetworkUnavailable."""
+    root = workdir or Path(tempfile.mkdtemp(prefix=f"edgeswarm-lab-{s.name}-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        net = netns_network() if netns else Loopback()
+    except RuntimeError as exc:
+        raise NetworkUnavailable(str(exc)) from None
+    try:
+        with net, ProcessGroup(root / "logs") as group:
+            result = asyncio.run(_guarded(_lab(s, group, net, root, console), console))
+    except Interrupted:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
+        raise LabError(f"{exc}\nlogs kept in {root / 'logs'}") from None
+    if workdir is None:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _lab(s: Scenario, *args) -> Lab:
+    """A chaos run when the scenario has faults (chaos.py), a plain lab run otherwise."""
+    if s.faults:
+        from edgeswarm.measure.chaos import Chaos
+
+        return Chaos(s, *args)
+    return Lab(s, *args)
+
+
+async def _guarded(lab: Lab, console: Console) -> dict:
+    """Deploy and run with Ctrl-C and SIGTERM turned into a clean stop."""
+    from edgeswarm.measure import labreport
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        with labreport.Progress(console, lab) as progress:
+            progress.phase(f"starting an origin, {len(lab.s.regions)} edges and {lab.s.peers} peers")
+            await lab.deploy()
+            progress.phase("running")
+            await lab.run(progress.update)
+        return lab.result(lab.net.name)
+    except asyncio.CancelledError:
+        raise Interrupted() from None
+
+
+async def _status(http: aiohttp.ClientSession, url: str) -> dict | None:
+    if not url:
+        return None
+    try:
+        async with http.get(url + "/status", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return await resp.json() if resp.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None  # a peer that is down or restarting: counted when it is back
+
+
+def _random_file(path: Path, size: int, seed: int) -> str:
+    rng = random.Random(seed)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for left in range(size, 0, -(1 << 20)):
+            block = rng.randbytes(min(left, 1 << 20))
+            digest.update(block)
+            f.write(block)
+    return digest.hexdigest()
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def playback(users: list[dict]) -> dict | None:
+    """What the viewers of a VoD run got: startup delay (median, 95th percentile as numpy's linear
+    interpolation, worst) and rebuffering (stalled over stalled plus watched time); None without a view."""
+    views = [u for u in users if u.get("startup_s") is not None]
+    if not views:
+        return None
+    startups = np.array([u["startup_s"] for u in views])
+    stalled = sum(u["stall_s"] for u in views)
+    return {
+        "views": len(views),
+        "startup_median_s": round(float(np.median(startups)), 3),
+        "startup_p95_s": round(float(np.percentile(startups, 95)), 3),
+        "startup_max_s": round(float(startups.max()), 3),
+        "rebuffering": round(stalled / (stalled + sum(u["watch_s"] for u in views)), 5),
+        "stalls": sum(u["stalls"] for u in views),
+    }
+
+
+def _edge_why(p2p: dict) -> dict:
+    """Why the edge sent its region what it did, from its own counters: pieces it seeded (``POST /seed``),
+    and pieces peers asked for (``GET /piece``) because a reader's deadline forced them or not."""
+    asked = p2p.get("piece_requests") or {}
+    return {"seeded": (p2p.get("seeded") or {}).get("sent", 0), **{f"asked_{k}": n for k, n in sorted(asked.items())}}
+
+
+def _completion(row: dict, users: list[User]) -> None:
+    times = sorted(u.done_at - u.arrival for u in users if u.done_at is not None and u.view is None)
+    if times:
+        row["completion_median_s"] = round(times[len(times) // 2], 2)
+        row["completion_max_s"] = round(times[-1], 2)
+        if row.get("bound_s"):
+            row["max_over_bound"] = round(times[-1] / row["bound_s"], 3)
+
+
+def _user_row(u: User, s: Scenario) -> dict:
+    row = {
+        "name": u.name,
+        "region": u.region,
+        "up_kbps": u.tier.up_kbps,
+        "down_kbps": u.tier.down_kbps,
+        "arrival_s": round(u.arrival, 3),
+        "received": dict(u.got()),
+    }
+    if s.kind == "download":
+        row |= {"complete_s": None if u.done_at is None else round(u.done_at - u.arrival, 3), "left": u.left, "verified": u.verified}
+    else:
+        row |= {"video": u.video, "watch_s": round(u.watch_s, 3), **(u.view or {})}
+    return row

@@ -1,0 +1,72 @@
+"""Closing the loop: the simulator's model run on the very sessions a VoD lab run played.
+
+The lab knows, for each viewer, when playback started, how long it watched,
+its region, its video and its upload tier.  Fed to the model of Huang, Li and
+Ross (``model.vod_series``), that gives what the edges *should* have sent with
+no-prefetch P2P, and the bound no scheme can beat; the lab measured what they
+*did* send.  Both are compared as savings against the pure-CDN load of the
+same sessions (the model's n·r against the bytes the players read), so the
+rate scale drops out.
+
+Tolerance: the lab's savings must be within ``TOLERANCE`` (0.10, absolute:
+issue 10's target, where it was 0.15) of the model's no-prefetch savings, and
+must not beat the bound.  Why any: the model moves bits as a fluid at exactly
+r, the lab moves 256 KiB pieces and its players buffer.  Three effects push the lab's edge load up - each
+viewer's startup burst (2 s of video, fetched faster than r), the read-ahead a
+quitter never plays (up to 16 pieces), the edge's half-second patience before
+it covers a busy holder - and two push it down: read-ahead lets a viewer hold
+pieces sooner than the fluid model says, so it serves later arrivals more,
+and (unless ``leave_after_watch``) a viewer's daemon keeps serving after it
+stops watching.  Each is worth a few per cent of a 6-20 s session's bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeswarm.sim import model
+
+TOLERANCE = 0.10
+STEP = 0.25  # seconds; divides the model's 5-minute bin
+
+
+def compare(result: dict) -> dict | None:
+    """Model figures for a VoD lab result, beside the lab's; None for other kinds."""
+    s = result["scenario"]
+    views = [u for u in result["users"] if u.get("startup_s") is not None]
+    if s["kind"] != "vod" or not views:
+        return None
+    regions = tuple(result["regions"])
+    videos = sorted({u["video"] for u in views})
+    r = s["vod"]["bitrate_kbps"]
+    sessions = model.sessions(
+        start=np.array([u["arrival_s"] + u["startup_s"] for u in views]),
+        duration=np.array([u["watch_s"] for u in views]),
+        region=np.array([regions.index(u["region"]) for u in views]),
+        content=np.array([videos.index(u["video"]) for u in views]),
+        up=np.array([u["up_kbps"] for u in views]),
+        rate=np.full(len(views), r),
+        step=STEP,
+    )
+    series = model.vod_series(sessions, regions, r, 1 / 3, STEP)
+    kbits = {kind: series.rates[kind].sum(axis=0) * STEP for kind in model.RATE_SERIES}  # per region, kbit at 2007 rates
+    out = {"tolerance": TOLERANCE, "regions": {}}
+    for i, name in enumerate(regions):
+        out["regions"][name] = _row(kbits, i, result["regions"][name]["savings"])
+    total = {kind: np.array([v.sum()]) for kind, v in kbits.items()}
+    out["total"] = _row(total, 0, result["savings"])
+    return out
+
+
+def _row(kbits: dict[str, np.ndarray], i: int, lab_savings: float | None) -> dict:
+    cdn = float(kbits["cdn"][i])
+    model_savings = 1 - float(kbits["p2p"][i]) / cdn if cdn else 0.0
+    bound_savings = 1 - float(kbits["bound"][i]) / cdn if cdn else 0.0
+    lab = lab_savings or 0.0
+    return {
+        "lab_savings": round(lab, 4),
+        "model_savings": round(model_savings, 4),
+        "bound_savings": round(bound_savings, 4),
+        "difference": round(lab - model_savings, 4),
+        "agrees": abs(lab - model_savings) <= TOLERANCE and lab <= bound_savings + 0.02,
+    }

@@ -1,0 +1,486 @@
+"""What every edgeswarm daemon shares: the HTTP server, errors, logs, shutdown.
+
+One aiohttp application per node.  Errors raised as HttpError become a short
+plain-text answer with the right status; anything unexpected becomes a 500
+with a log line, never a traceback on the wire.  Once an answer has started,
+a failure cuts the connection instead: nothing is ever appended to a body.
+The bound address is logged as ``listening on http://HOST:PORT`` so tests and
+scripts can use port 0.
+
+Client connections are held to ``ServerLimits`` (see connlimit.py): a request
+head must arrive within a header timeout, kept-alive connections close when
+idle, and at a per-node cap the longest-waiting connections make room.  A
+client's malformed request or hang-up is one rate-limited log line, never a
+traceback: a flood of them costs a few lines (logthrottle.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+import resource
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from edgeswarm.node.connlimit import ConnectionPolicy
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
+from edgeswarm.node.metrics import Metrics, endpoint_class
+from edgeswarm.protocol.httpspec import HttpError
+
+log = logging.getLogger("edgeswarm")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=message.rstrip() + "\n", headers=headers)
+
+
+_TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
+
+
+def shown(request: web.BaseRequest) -> str:
+    """The request target as logs may show it: a ``?token=`` is a credential, so it is cut out."""
+    return _TOKEN_PARAM.sub(r"\1***", request.path_qs)[:200]
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, minus credentials: the client, the request (tokens cut), status, size and time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.3f',
+            request.remote,
+            request.method,
+            shown(request),
+            *request.version,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+def make_app(metrics: Metrics) -> web.Application:
+    # one line per refusal, but a flood of them (a Sybil's 429s, a scanner's 400s) costs 20 lines per status per 10 s
+    refusals = ThrottledLog(log, Throttle(burst=20, interval=10.0))
+
+    def refused(request: web.Request, status: int, why: str) -> None:
+        refusals.flush()
+        refusals.log(logging.INFO, f"{status} answers", "%s %s -> %d %s", request.method, shown(request), status, why)
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        t0 = time.monotonic()
+        endpoint = route_endpoint(request)
+
+        def _count(resp: web.StreamResponse) -> web.StreamResponse:
+            metrics.response(resp.status, endpoint, time.monotonic() - t0)
+            return resp
+
+        try:
+            resp = await handler(request)
+        except HttpError as exc:
+            refused(request, exc.status, exc.message)
+            resp = text_error(exc.status, exc.message, exc.headers)
+        except web.HTTPException as exc:  # aiohttp's own refusals, such as 413 for a body over client_max_size
+            if exc.status >= 400:
+                refused(request, exc.status, exc.reason)
+            # answered as a plain response: aiohttp deprecates returning the exception itself
+            resp = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
+        except ConnectionError as exc:
+            if not client_gone(request):  # an upstream's refusal or reset that nothing handled: a bug of ours
+                log.exception("internal error on %s %s", request.method, shown(request))
+                return _count(text_error(500, "internal error; see the node's log"))
+            # the client hung up before a byte of the answer (a player's seek, a timeout): normal, not a 500
+            log.info("%s %s: client went away before the answer (%s)", request.method, shown(request), exc)
+            metrics.events[(HANGUP, "")] += 1
+            started = request.get(_STARTED)  # (a StreamResponse is a mapping: an empty one is falsy)
+            return started if started is not None else web.Response(status=CLIENT_CLOSED)  # not sent: the access log says 499
+        except Exception:
+            log.exception("internal error on %s %s", request.method, shown(request))
+            resp = text_error(500, "internal error; see the node's log")
+        if request.get(_HUNG_UP):
+            metrics.events[(HANGUP, "")] += 1
+        return _count(resp)
+
+    app = web.Application(middlewares=[errors, cut_after_start], client_max_size=64 * 1024)
+    app.on_response_prepare.append(_note_started)
+    app.router.add_get("/healthz", _ok)
+
+    async def get_metrics(_: web.Request) -> web.Response:
+        """Prometheus' text format, saying its version and charset as scrapers expect."""
+        return web.Response(body=metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    app.router.add_get("/metrics", get_metrics)
+    return app
+
+
+def route_endpoint(request: web.Request) -> str:
+    """The endpoint class of the route that matched ``request`` (metrics.endpoint_class): never its path."""
+    resource = request.match_info.route.resource
+    return endpoint_class(resource.canonical if resource is not None else None)
+
+
+_STARTED = web.RequestKey("edgeswarm.started", web.StreamResponse)  # the answer whose head went out
+_HUNG_UP = web.RequestKey("edgeswarm.hung_up", bool)  # the client left once the answer had started
+HANGUP = "client_hangup"  # edgeswarm_events_total{event="client_hangup"}: before or during the answer
+CLIENT_CLOSED = 499  # nginx's "client closed request": in the access log only, never sent nor counted as a response
+
+
+async def _note_started(request: web.Request, response: web.StreamResponse) -> None:
+    request[_STARTED] = response
+
+
+def client_gone(request: web.Request) -> bool:
+    """Has the client closed its connection?  Tells its hang-up from a ConnectionError of an upstream."""
+    return request.transport is None or request.transport.is_closing()
+
+
+@web.middleware
+async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
+
+    The client then sees a short body (curl: "transfer closed with N bytes
+    remaining"), keeps what is right, and resumes with a range.  One log line;
+    a traceback only for an internal error.
+    """
+    try:
+        return await handler(request)
+    except Exception as exc:
+        started = request.get(_STARTED)
+        if started is None or request.writer.output_size == 0:
+            raise
+        sent = request.writer.output_size
+        if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
+            request[_HUNG_UP] = client_gone(request)
+            log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)
+        elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
+            log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)
+        else:
+            log.exception("internal error on %s %s after %d bytes: connection cut", request.method, shown(request), sent)
+        if request.transport is not None:
+            request.transport.abort()
+        started.force_close()
+        return started
+
+
+async def _ok(_: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a client connection may cost a node (--header-timeout, --idle-timeout, --max-connections)."""
+
+    header_timeout: float = 20.0
+    idle_timeout: float = 75.0
+    max_connections: int | None = None  # None: half the open-file limit, less a reserve (default_cap)
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-file limit to the hard one where allowed; returns the limit now in force.
+
+    Each connection holds a descriptor, and the common soft limit of 1024 is
+    far below what a server needs while the hard limit is often much higher.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def default_cap(file_limit: int) -> int:
+    """Connections a node takes by default: half its descriptors, after a reserve, so that each
+    may have a file or an upstream fetch open too; at most 16384 (about 10 KB of memory each)."""
+    return max(16, min(16384, (file_limit - 128) // 2))
+
+
+class Connections:
+    """One node's client connections, held to a ConnectionPolicy across all its servers.
+
+    Closes what the policy names: at the cap when a connection opens, on a
+    periodic sweep for deadlines, and when accept() runs out of descriptors.
+    """
+
+    def __init__(self, policy: ConnectionPolicy[RequestHandler], file_limit: int):
+        self.policy = policy
+        self.file_limit = file_limit
+        self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
+        self.loop = asyncio.get_running_loop()
+        self._next_shed = 0.0
+
+    def opened(self, conn: RequestHandler) -> None:
+        victims = self.policy.opened(conn, self.loop.time())
+        if conn in victims:
+            self.quiet.log(logging.WARNING, "refused: all busy", "refused a connection: all %d connections are busy", self.policy.cap)
+        elif victims:
+            self.quiet.log(logging.INFO, "at the cap", "at the cap of %d connections: closed the longest waiting", self.policy.cap)
+        _close(victims)
+
+    async def sweep(self) -> None:
+        """Close connections past their deadlines; log the summaries of throttled lines."""
+        tick = min(1.0, self.policy.header_timeout / 4, self.policy.idle_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            late, idle = self.policy.expired(self.loop.time())
+            if late:
+                self.quiet.log(
+                    logging.INFO,
+                    "slow requests",
+                    "closed %d connections that sent no complete request head or body within %gs",
+                    len(late),
+                    self.policy.header_timeout,
+                )
+            _close(late + idle)
+            self.quiet.flush()
+
+    def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
+        say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            # asyncio retries accept() a second later, and closed sockets free their descriptors only on the
+            # next loop iteration: one shedding per second, not one per failed accept of a burst
+            shed = []
+            if self.loop.time() >= self._next_shed:
+                self._next_shed = self.loop.time() + 1.0
+                shed = self.policy.oldest_waiting(max(8, self.policy.cap // 32))
+                _close(shed)
+            self.quiet.log(
+                logging.WARNING,
+                "out of descriptors",
+                "%s: %s (open-file limit %d, %d connections)%s",
+                context.get("message"),
+                exc.strerror,
+                self.file_limit,
+                len(self.policy) + len(shed),
+                f"; closed the {len(shed)} longest waiting" if shed else "",
+            )
+        elif self.quiet.allow(logging.ERROR, f"event loop: {type(exc).__name__ if exc else 'error'}"):  # a kind per type, not per message
+            loop.default_exception_handler(context)
+
+
+def _close(conns: list[RequestHandler]) -> None:
+    """Reset, not close: a close waits until the client reads what is buffered for it, which a stalled one never does."""
+    for conn in conns:
+        if conn.transport is not None:
+            conn.transport.abort()
+        conn.force_close()
+
+
+class _Handler(RequestHandler):
+    """aiohttp's HTTP/1 protocol, telling Connections what each connection is doing, and logging
+    a client's malformed request or hang-up as one line without a traceback."""
+
+    __slots__ = ("_conns",)
+
+    def __init__(self, conns: Connections, manager: web.Server, **kwargs):
+        super().__init__(manager, **kwargs)
+        self._conns = conns
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._conns.opened(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._conns.policy.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._conns.policy.data(self, self._loop.time())
+        super().data_received(data)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._conns.policy.stalled(self, self._loop.time())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._conns.policy.flowing(self)
+
+    async def _handle_request(self, request, start_time, request_handler):
+        # aiohttp's own (private) step around one request; aiohttp is pinned, and tests/test_connlimit.py fails if it moves
+        if self.transport is not None:  # not when the connection was lost before this queued request began
+            pending = not request.content.is_eof()  # a body still arriving must, too, within the header timeout
+            self._conns.policy.started(self, self._loop.time(), pending)
+            if pending:
+                request.content.on_eof(lambda: self._conns.policy.body_done(self))
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._conns.policy.finished(self, self._loop.time())
+
+    def log_exception(self, *args, **kw) -> None:
+        """aiohttp drains what is left of a body after the answer; a body it cannot decode there (a bad gzip after
+        our 415, say) is the client's mistake: one rate-limited line, not an "Unhandled exception" traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError):
+            self._conns.quiet.log(logging.INFO, "bad request bodies", "bad request body: %s", _one_line(str(exc)))
+            return
+        super().log_exception(*args, **kw)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None):
+        if isinstance(exc, ConnectionError):  # the client went away mid-request: not an error of ours
+            self._conns.quiet.log(logging.DEBUG, "hang-ups", "%s went away: %s", request.remote, exc)
+            raise ConnectionError("client went away") from exc
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = _one_line(message or str(exc))
+        self._conns.quiet.log(logging.INFO, "bad requests", "bad request from %s: %r", request.remote, reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response had started")
+        resp = text_error(status, f"bad request: {reason}")
+        resp.force_close()
+        return resp
+
+
+def _one_line(text: str) -> str:
+    """aiohttp's parser messages span lines (the bad bytes, a caret under them): at most 160 characters on one."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip().strip("^"))[:160]
+
+
+class _Server(web.Server):
+    def __init__(self, conns: Connections, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._conns = conns
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self._conns, self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections are _Handler's."""
+
+    def __init__(self, app: web.Application, conns: Connections, **kwargs):
+        super().__init__(app, **kwargs)
+        self._conns = conns
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        return _Server(self._conns, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **plain._kwargs)
+
+
+def _connections(limits: ServerLimits, role: str) -> Connections:
+    file_limit = raise_file_limit()
+    cap = limits.max_connections or default_cap(file_limit)
+    if cap >= file_limit:
+        log.warning("--max-connections %d is not below the open-file limit %d: accept() may run out of descriptors", cap, file_limit)
+    log.info(
+        "%s: open-file limit %d; at most %d connections, request heads within %gs, idle ones closed after %gs",
+        role,
+        file_limit,
+        cap,
+        limits.header_timeout,
+        limits.idle_timeout,
+    )
+    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout), file_limit)
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    role: str,
+    access_log: bool = False,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+) -> None:
+    await serve_many([(app, host, port, "")], role, access_log, ssl_context=ssl_context, limits=limits)
+
+
+async def serve_many(
+    sites: list[tuple[web.Application, str, int, str]],
+    role: str,
+    access_log: bool = False,
+    on_bound: Callable[[str, str, int], None] | None = None,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+) -> None:
+    """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
+
+    With ``ssl_context`` the first site (the node's public one) serves HTTPS.
+    """
+    servers = Servers(role, access_log, ssl_context, limits)
+    try:
+        for label, (host, port) in (await servers.start(sites)).items():
+            if on_bound is not None:
+                on_bound(label, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("%s shutting down", role)
+    finally:
+        await servers.close()
+
+
+class Servers:
+    """A node's HTTP servers, all under one set of ``limits`` (one connection cap for the node).
+
+    ``serve_many`` runs a daemon's; ``get`` runs its upload server with one too.
+    """
+
+    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None):
+        self.role = role
+        self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self._runners: list[_Runner] = []
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
+        """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
+        conns = _connections(self.limits, self.role)
+        asyncio.get_running_loop().set_exception_handler(conns.loop_error)
+        self._sweeper = asyncio.create_task(conns.sweep())
+        bound = {}
+        for n, (app, host, port, label) in enumerate(sites):
+            tls = self.ssl_context if n == 0 else None
+            runner = _Runner(
+                app,
+                conns,
+                access_log=self.access_log,
+                access_log_class=AccessLogger,
+                handle_signals=False,
+                keepalive_timeout=self.limits.idle_timeout,  # aiohttp's own idle close; the policy's is the same
+            )
+            await runner.setup()
+            self._runners.append(runner)
+            try:
+                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            address = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+            log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
+            bound[label] = (address[0], address[1])
+        return bound
+
+    async def close(self) -> None:
+        """Stop serving; the apps' cleanup hooks run."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()

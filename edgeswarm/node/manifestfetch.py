@@ -1,0 +1,185 @@
+"""Getting manifests from upstream nodes: one copy of the fetch, the checks and revalidation for every node.
+
+Edges ask their parent, peer gateways and ``edgeswarm get`` ask their edges;
+all of them go through ``ManifestFetcher``.  A manifest from upstream is used
+only if it is signed by the pinned origin key, names the path (or has the id)
+that was asked for, and is not older than the version this node already
+holds or has accepted for that path (``ManifestOrder``).  Anything else is a
+bad source: the next one is tried, and with none left the cached manifest is
+served (logged once) or, with none cached, the request fails with the reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+from aiohttp import web
+
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.upstream import MAX_MANIFEST, Upstream, UpstreamError
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.manifest import ManifestError, SignedManifest
+from edgeswarm.protocol.paths import clean_request_path
+from edgeswarm.store.piecestore import PieceStore
+
+log = logging.getLogger("edgeswarm.node.manifestfetch")
+
+
+def manifest_url(path: str) -> str:
+    """The request target of ``GET /manifest/<path>`` for a published path."""
+    return "/manifest/" + quote(path, safe="/")
+
+
+def requested_path(request: web.Request) -> str:
+    """The published path a ``GET /manifest/<path>`` names, from the raw target (400 if it is no valid path)."""
+    raw = request.raw_path
+    return clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
+
+
+class ManifestOrder:
+    """Manifests of one path only move forward: a newer version needs a larger ``modified``.
+
+    The origin gives every new version of a path a ``modified`` greater than
+    the last one's (catalog.py), so two different versions never tie.  A node
+    remembers the newest version it accepted for each path, beyond what its
+    store holds (a withdrawn path is forgotten by the store, not here), and
+    refuses a different manifest whose ``modified`` is not larger: a parent
+    cannot roll a file back to an older signed version.
+    """
+
+    def __init__(self) -> None:
+        self._newest: dict[str, tuple[int, str]] = {}  # path -> (modified, content id) of the newest accepted
+
+    def problem(self, signed: SignedManifest, held: SignedManifest | None) -> str | None:
+        """Why ``signed`` may not replace what is known of its path, or None if it may."""
+        m = signed.manifest
+        known = [v for v in (self._newest.get(m.path), held and (held.manifest.modified, held.content_id)) if v]
+        if not known:
+            return None
+        modified, cid = max(known)
+        if signed.content_id == cid or m.modified > modified:
+            return None
+        return f"it is an older version of {m.path!r} (modified {m.modified}, not after {modified} of the version held)"
+
+    def accept(self, signed: SignedManifest) -> None:
+        m = signed.manifest
+        mark = (m.modified, signed.content_id)
+        if mark > self._newest.get(m.path, (-1, "")):
+            self._newest[m.path] = mark
+
+
+class ManifestFetcher:
+    """Fetches, checks and revalidates the manifests of one node.
+
+    ``role`` names the sources in messages ("parent", "edge").  With
+    ``user_credential`` the headers carry the requesting user's token, so a
+    source's 401/403 is passed on to the user; otherwise it is the node's own
+    credential that was refused, which is the source's problem (502).
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        metrics: Metrics,
+        ranking: SourceRanking,
+        revalidate: float,
+        role: str,
+        user_credential: bool = False,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        self.upstream, self.metrics, self.ranking = upstream, metrics, ranking  # the node's: a failing source ranks lower
+        self.revalidate_after = revalidate
+        self.role = role
+        self.user_credential = user_credential
+        self.on_failure = on_failure  # a peer checks that edge's tracker soon: it may have restarted
+        self.order = ManifestOrder()
+        self._checked: dict[str, float] = {}  # path -> when a source last confirmed its manifest
+        self._stale_warned: set[str] = set()
+
+    def fresh(self, path: str) -> bool:
+        """Confirmed by a source less than ``revalidate`` seconds ago: no need to ask again."""
+        return time.monotonic() - self._checked.get(path, -1e9) < self.revalidate_after
+
+    async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
+        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError."""
+        cached = store.manifest_for_path(path)
+        problems: list[UpstreamError] = []
+        for source in sources:
+            try:
+                signed = await self._ask(store, source, path, cached, headers or {})
+            except UpstreamError as exc:
+                self.ranking.failure(source, time.monotonic())
+                if self.on_failure is not None:
+                    self.on_failure(source)
+                problems.append(exc)
+                continue
+            self._checked[path] = time.monotonic()
+            self._stale_warned.discard(path)
+            return signed
+        status = 504 if problems and all(p.status == 504 for p in problems) else 502
+        reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
+        if cached is None:
+            raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
+        if path not in self._stale_warned:
+            log.warning("serving cached %s without revalidation: %s", path, reasons)
+            self._stale_warned.add(path)
+        self.metrics.events[("stale_manifest", "")] += 1
+        return cached
+
+    async def _ask(
+        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str]
+    ) -> SignedManifest:
+        """One source's manifest of ``path``: checked and stored; HttpError to pass on as it is, UpstreamError to try another."""
+        who = f"{self.role} {source}"
+        conditional = {"If-None-Match": cached.etag} if cached else {}
+        reply = await self.upstream.get(source, manifest_url(path), {**headers, **conditional}, limit=MAX_MANIFEST)
+        if reply.status == 304 and cached is not None:
+            return cached
+        if reply.status == 404:
+            store.forget_path(path)
+            raise HttpError(404, f"no such file: {path} is not published")
+        if reply.status in (401, 403) and self.user_credential:  # the user's token is missing, expired or too narrow
+            why = reply.body[:200].decode(errors="replace").strip()
+            raise HttpError(reply.status, f"{source} refused /{path}: {why}", {"WWW-Authenticate": 'Bearer realm="edgeswarm"'})
+        if reply.status != 200:
+            raise UpstreamError(502, f"{who} answered {reply.status} for {path}: {reply.body[:200].decode(errors='replace').strip()}")
+        try:
+            signed = SignedManifest.parse(reply.body, store.public_key)
+            if signed.manifest.path != path:
+                raise ManifestError(f"it is the manifest of {signed.manifest.path!r}, not of {path!r}")
+            problem = self.order.problem(signed, store.manifest_for_path(path))
+            if problem:
+                raise ManifestError(problem)
+        except ManifestError as exc:
+            self.metrics.events[("bad_manifest", source)] += 1
+            raise UpstreamError(502, f"{who} sent a bad manifest for {path}: {exc}") from None
+        self._keep(store, signed, reply.body)
+        return signed
+
+    async def by_id(self, store: PieceStore, source: str, cid: str) -> SignedManifest:
+        """The manifest with content id ``cid`` from ``source`` (``/content/<id>``), checked and stored; else HttpError."""
+        who = f"{self.role} {source}"
+        try:
+            reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", limit=MAX_MANIFEST)
+        except UpstreamError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        if reply.status != 200:
+            raise HttpError(404 if reply.status == 404 else 502, f"{who} answered {reply.status} for content {cid[:80]}")
+        try:
+            signed = SignedManifest.parse(reply.body, store.public_key)
+        except ManifestError as exc:
+            self.metrics.events[("bad_manifest", source)] += 1
+            raise HttpError(502, f"{who} sent a bad manifest: {exc}") from None
+        if signed.content_id != cid:
+            self.metrics.events[("bad_manifest", source)] += 1
+            raise HttpError(502, f"{who} sent the manifest of another content")
+        self._keep(store, signed, reply.body)
+        return signed
+
+    def _keep(self, store: PieceStore, signed: SignedManifest, raw: bytes) -> None:
+        store.put_manifest(signed, raw)
+        self.order.accept(signed)

@@ -1,0 +1,189 @@
+"""Serving one published file over HTTP, the same way on every node.
+
+The node hands in a ``PieceSource`` (the origin reads and verifies its file,
+an edge reads its cache or fetches upstream); this module applies RFC 9110 -
+conditionals, a single byte range, HEAD - and streams the answer piece by
+piece.  Headers go out as soon as the first piece is ready and later pieces
+are fetched a few ahead, so a range starts flowing before it is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
+
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.protocol.httpspec import Validators, http_date, not_modified, parse_range, range_applies, served_type
+from edgeswarm.protocol.manifest import SignedManifest
+
+CHUNK = 64 * 1024  # write granularity under a rate cap
+LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
+
+
+class PieceSource(Protocol):
+    def local(self, index: int) -> int | None:
+        """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open."""
+
+    def held(self, index: int) -> bool:
+        """Whether ``local`` would probably succeed (no need to fetch ahead)."""
+
+    async def fetch(self, index: int) -> bytes:
+        """The verified piece; raises HttpError when it cannot be had."""
+
+
+def file_headers(signed: SignedManifest) -> dict[str, str]:
+    m = signed.manifest
+    return {
+        "ETag": signed.etag,
+        "Last-Modified": http_date(m.modified),
+        "Accept-Ranges": "bytes",
+        "Content-Type": served_type(m.content_type),
+        "Cache-Control": "public, max-age=0, must-revalidate",
+    }
+
+
+Transform = Callable[[bytes | memoryview, int], bytes]  # (bytes, their offset in the file) -> bytes to send
+
+
+async def serve_file(
+    request: web.Request,
+    signed: SignedManifest,
+    source: PieceSource,
+    metrics: Metrics,
+    bucket: TokenBucket | None = None,
+    transform: Transform | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> web.StreamResponse:
+    """The file (or its range) as RFC 9110 says.
+
+    ``transform`` decrypts a protected file on its way out, never on disk;
+    ``on_sent`` learns how many body bytes really left, however the answer
+    ended (the ledger bills that, not the Content-Length).
+    """
+    m = signed.manifest
+    headers = file_headers(signed)
+    if transform is not None:  # decrypted for one authorised client: no shared cache may keep it
+        headers["Cache-Control"] = "private, no-store"
+    elif "Authorization" in request.headers or "token" in request.query:
+        headers["Cache-Control"] = "private, max-age=0, must-revalidate"
+    v = Validators(signed.etag, m.modified)
+    if not_modified(request.headers, v):
+        return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")})
+    span = None
+    if request.method == "GET" and range_applies(request.headers, v):
+        span = parse_range(request.headers.get("Range"), m.size)
+    first, last = span or (0, m.size - 1)
+    status = 206 if span else 200
+    if span:
+        headers["Content-Range"] = f"bytes {first}-{last}/{m.size}"
+    headers["Content-Length"] = str(last - first + 1)
+    resp = web.StreamResponse(status=status, headers=headers)
+    if request.method == "HEAD" or m.size == 0:
+        await resp.prepare(request)
+        return resp
+    await _stream(request, resp, source, m, first, last, metrics, bucket, transform, on_sent)
+    return resp
+
+
+async def _stream(
+    request,
+    resp,
+    source: PieceSource,
+    m,
+    first: int,
+    last: int,
+    metrics: Metrics,
+    bucket: TokenBucket | None,
+    transform: Transform | None,
+    on_sent: Callable[[int], None] | None,
+) -> None:
+    """Send pieces in order; pieces not on disk are fetched LOOKAHEAD ahead of the one being sent."""
+    indices = m.pieces_for(first, last)
+    pending: dict[int, asyncio.Future] = {}
+    sent = 0
+    try:
+        for i in indices:
+            piece = None if i in pending else source.local(i)
+            if piece is None:
+                for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
+                    if j not in pending and (j == i or not source.held(j)):
+                        pending[j] = asyncio.ensure_future(source.fetch(j))
+                piece = await pending.pop(i)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
+            offset, length = m.piece_span(i)
+            a = max(first, offset) - offset
+            b = min(last + 1, offset + length) - offset
+            if not resp.prepared:
+                await resp.prepare(request)
+            if transform is not None:
+                data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+                data = transform(data, offset + a)
+                await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
+            elif bucket is not None and bucket.rate:
+                data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+                await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
+            elif isinstance(piece, bytes):
+                await resp.write(memoryview(piece)[a:b])
+            else:
+                await _sendfile(request, resp, piece, a, b - a)
+            sent += b - a
+        await resp.write_eof()
+    finally:
+        metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent
+        if on_sent is not None:
+            on_sent(sent)
+        for fut in pending.values():
+            fut.cancel()
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # seen: a failed fetch ahead of a cut answer is not "never retrieved"
+
+
+async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int) -> None:
+    """Zero-copy straight to the socket while it has room; the rest through the transport's buffer.
+
+    asyncio's loop.sendfile costs several futures per call, which made a
+    cache hit CPU-bound in Python rather than in the kernel.
+    """
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    done = 0
+    if transport.get_write_buffer_size() == 0:
+        sock = transport.get_extra_info("socket").fileno()
+        while done < count:
+            try:
+                n = os.sendfile(sock, fd, offset + done, count - done)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                transport.abort()  # the socket is dead: the transport says so too (daemon.client_gone)
+                raise ConnectionResetError(f"client went away ({exc})") from exc
+            if n == 0:
+                break
+            done += n
+    if done < count:
+        await resp.write(os.pread(fd, count - done, offset + done))
+
+
+async def send_piece(request: web.Request, data: bytes, bucket: TokenBucket, headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """One piece to another node: at once when uncapped, else streamed under the cap."""
+    if not bucket.rate:
+        return web.Response(body=data, content_type="application/octet-stream", headers=headers)
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)), **(headers or {})})
+    await resp.prepare(request)
+    await write_throttled(resp, data, bucket)
+    await resp.write_eof()
+    return resp
+
+
+async def write_throttled(resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket) -> None:
+    """Write under an upload cap, in chunks so the rate is smooth rather than bursty."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK):
+        chunk = view[start : start + CHUNK]
+        await bucket.throttle(len(chunk))
+        await resp.write(chunk)

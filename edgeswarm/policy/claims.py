@@ -1,0 +1,179 @@
+"""What a peer may claim in its announces, and whom a disagreement between claims points at.
+
+Sans-IO, time passed in.  An announce claims bytes the peer got from peers
+and sent to peers since its last acknowledged announce (ledger credit), and
+the bytes it has received for the content by kind (its region's P2P share on
+the edge's ``/status``).  A peer can write any number there, so the edge books
+no more than was physically possible (``ClaimPolicy``), and the usage report
+blames the claimant whose figures the others do not back (``overclaimers``).
+
+Bounds (docs/security.md#claim-bounds):
+
+- ``from_peers``: over a peer id's life in a swarm, at most the content's size
+  (a piece counts once it is verified, and a peer keeps what it has);
+- ``uploaded``: per announce, at most the bytes the peer holds times the
+  swarm's other peers (the peers this edge tickets: each takes a held piece
+  at most once an interval), counting at least one, who may have just left;
+- both: at most what the owner's link (the token's user, else the address)
+  can carry, a byte bucket of ``max_rate`` bytes/s that fills for ``window``
+  seconds (1.2 announce intervals: one interval at full rate, and a late
+  announce), so fresh peer ids do not bring fresh budgets;
+- ``stats``: the received bytes of each kind are at most the content's size
+  (not their sum: an endgame may fetch a piece from the edge and a peer both);
+- per owner and content, over ``keep`` seconds: ``from_peers`` and the bytes
+  a peer's ``stats`` add are at most ``ids_per_link`` times the content (as
+  many copies as the tracker lets one address have live ids), so a peer id
+  that announces, stops and comes back under a new id brings no new copy to
+  claim: id churn cannot raise a region's P2P share or a user's credit.
+
+What is cut is booked as ``claim_excess``, which flags the claimant, and only
+the claimant, in ``edgeswarm usage report``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+from edgeswarm.policy.vocabulary import STAT_KINDS
+
+DEFAULT_MAX_RATE = 125_000_000  # bytes/s a peer's link may carry each way: 1 Gbit/s, generous for a user's line
+
+
+def differs(a: int, b: int, tolerance: float, slack: int) -> bool:
+    """Two figures that should match disagree beyond ``max(slack, tolerance × the larger)``."""
+    return abs(a - b) > max(slack, tolerance * max(a, b))
+
+
+@dataclass
+class Cut:
+    """An announce's claims as the edge books them."""
+
+    usage: dict[str, int]  # announce usage kind -> bytes to book
+    stats: dict[str, int]  # received bytes by kind, bounded
+    excess: int  # bytes cut from this announce's claims
+
+
+@dataclass
+class _Tally:
+    from_peers: int = 0  # booked over the peer id's life in this swarm
+    stats_excess: int = 0  # cut from its cumulative stats at the last announce
+    stats: dict[str, int] = field(default_factory=dict)  # its cumulative stats as booked
+    seen: float = 0.0
+
+
+@dataclass
+class _Copies:
+    """What one owner's peer ids together claimed of one content: copies of it, whatever ids they used."""
+
+    from_peers: int = 0
+    stats: int = 0
+    seen: float = 0.0
+
+
+@dataclass
+class ClaimPolicy:
+    max_rate: float = DEFAULT_MAX_RATE
+    window: float = 360.0  # seconds of link capacity a claim may draw on: one announce interval (300 s) and 20 %
+    keep: float = 900.0  # seconds a silent peer's tally is kept: the tracker's ttl, so a live peer's is never forgotten
+    ids_per_link: int = 16  # live peer ids the tracker lets one owner have: copies of a content it may claim per ``keep``
+    _tallies: dict[tuple[Hashable, str], _Tally] = field(default_factory=dict)
+    _copies: dict[tuple[Hashable, str], _Copies] = field(default_factory=dict)
+    _links: dict[tuple[Hashable, str], tuple[float, float]] = field(default_factory=dict)
+
+    def bound(
+        self,
+        now: float,
+        peer: Hashable,
+        link: Hashable,
+        cid: str,
+        size: int,
+        held: int,
+        neighbours: int,
+        usage: Mapping[str, int],
+        stats: Mapping[str, int],
+    ) -> Cut:
+        """Clamp one announce of ``peer`` (behind ``link``) for content ``cid`` of ``size`` bytes, of which it holds ``held``."""
+        tally = self._tallies.setdefault((peer, cid), _Tally())
+        tally.seen = now
+        copies = self._copies.setdefault((link, cid), _Copies())
+        copies.seen = now
+        room = size * self.ids_per_link
+        booked = dict(usage)
+        if "from_peers" in usage:
+            want = min(usage["from_peers"], size - tally.from_peers, room - copies.from_peers)
+            booked["from_peers"] = self._spend(now, (link, "down"), want)
+            tally.from_peers += booked["from_peers"]
+            copies.from_peers += booked["from_peers"]
+        if "uploaded" in usage:
+            booked["uploaded"] = self._spend(now, (link, "up"), min(usage["uploaded"], held * neighbours))
+        excess = sum(usage.values()) - sum(booked.values())
+        bounded = self._bounded_stats(tally, copies, room, size, stats)
+        stats_excess = sum(stats.values()) - sum(bounded.values())
+        excess += max(0, stats_excess - tally.stats_excess)  # cumulative figures: only what is new is cut now
+        tally.stats_excess = stats_excess
+        return Cut(booked, bounded, excess)
+
+    @staticmethod
+    def _bounded_stats(tally: _Tally, copies: _Copies, room: int, size: int, stats: Mapping[str, int]) -> dict[str, int]:
+        """A peer's cumulative stats as booked: each kind at most the content, and what they add at most what its owner has left."""
+        bounded = {}
+        for kind in STAT_KINDS:
+            before = tally.stats.get(kind, 0)
+            now = min(stats.get(kind, 0), size)
+            if now < before:  # the peer restarted its counters: a new run of the same id
+                before = 0
+            added = min(now - before, max(0, room - copies.stats))
+            copies.stats += added
+            bounded[kind] = before + added
+        tally.stats = bounded
+        return bounded
+
+    def _spend(self, now: float, key: tuple[Hashable, str], want: int) -> int:
+        """Take up to ``want`` bytes from a link's bucket; what it grants."""
+        full = self.max_rate * self.window
+        tokens, then = self._links.get(key, (full, now))
+        tokens = min(full, tokens + max(0.0, now - then) * self.max_rate)
+        granted = max(0, min(want, int(tokens)))
+        self._links[key] = (tokens - granted, now)
+        return granted
+
+    def forget(self, peer: Hashable, cid: str) -> None:
+        """Nothing to keep for a peer id that stopped announcing a content: its link's bucket still remembers."""
+        self._tallies.pop((peer, cid), None)
+
+    def expire(self, now: float) -> None:
+        """Drop tallies silent for ``keep``, and buckets that are full again (a fresh one is the same)."""
+        for key in [k for k, t in self._tallies.items() if now - t.seen > self.keep]:
+            del self._tallies[key]
+        for key in [k for k, c in self._copies.items() if now - c.seen > self.keep]:
+            del self._copies[key]
+        full = self.max_rate * self.window
+        for key in [k for k, (tokens, then) in self._links.items() if tokens + (now - then) * self.max_rate >= full]:
+            del self._links[key]
+
+    def state_size(self) -> dict[str, int]:
+        return {"claim_tallies": len(self._tallies), "claim_links": len(self._links), "claim_copies": len(self._copies)}
+
+
+def overclaimers(claims: Mapping[str, tuple[int, int]], tolerance: float, slack: int) -> set[str]:
+    """Whom to flag when a content's claimed uploads and downloads (``who -> (uploaded, from_peers)``) disagree.
+
+    Nobody, if they agree.  Otherwise the claimants on the heavy side, the
+    largest net claim first (ties: the larger total claim, then the name), until
+    what the others claim agrees: a one-sided claim flags its author and leaves
+    the honest traders of the same content alone.  Two liars who agree with
+    each other pass; this only spots claims that nobody backs.
+    """
+    up = sum(u for u, _ in claims.values())
+    down = sum(d for _, d in claims.values())
+    flagged: set[str] = set()
+    side = 1 if up > down else -1
+    while differs(up, down, tolerance, slack) and side * (up - down) > 0:
+        who = max(
+            (k for k in claims if k not in flagged),
+            key=lambda k: (side * (claims[k][0] - claims[k][1]), sum(claims[k]), k),
+        )
+        flagged.add(who)
+        up, down = up - claims[who][0], down - claims[who][1]
+    return flagged

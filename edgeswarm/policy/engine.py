@@ -1,0 +1,569 @@
+"""The download engine of one content: every decision, none of the I/O.
+
+What a peer fetches from whom, and what it does when a source fails, chokes
+or lies, lives here; the network does not.  The engine's workers are
+generators that *yield* what they want done (fetch a piece, ask the edge
+what to seed, ask a neighbour what it holds, wait, sleep) and are sent back
+what came of it, as h11 and wsproto keep protocol state behind methods and
+leave the sockets to the caller.  Two drivers run them:
+
+* ``edgeswarm.roles.swarm`` in the peer daemon, over HTTP with asyncio;
+* ``edgeswarm.sim.swarmsim`` in memory and virtual time, against simulated peers
+  and edges, so a unit test runs a 200-peer swarm in a second.
+
+So the daemon and the simulator take the same decisions: staffing (which
+neighbours get a worker), edge choice, the fallback to the edge, the
+picker's choices, what a choked, failing or corrupting source costs, and
+when to ask the edge to seed.  Time comes from the ``clock`` the driver
+passes in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from edgeswarm.policy.picker import PiecePicker
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.tracker import PER_ADDRESS, address_group
+
+log = logging.getLogger("edgeswarm.roles.swarm")
+MAX_PEERS = 5  # peer sources used at once
+EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
+URGENT = 4  # pieces ahead of a reader that are urgent
+WINDOW = 16  # pieces ahead of a reader that are fetched at all
+FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
+TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
+MAX_FAILURES = 3  # consecutive failures before a peer is dropped
+HAVE_POLL = 1.0  # seconds between two asks of the /have of a neighbour without a HAVE stream
+MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others are polled
+MAX_NEIGHBOURS = 128  # known at once per content: tracker answers and subscribers add, idle ones make room
+SEED_WAIT = 2.0  # seconds after an edge's 204 ("trade with your region") before asking /seed again
+SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST /seed)
+
+
+@dataclass(eq=False)
+class Neighbour:
+    """A peer we may fetch from, known by the URL the tracker or our listener built from its address."""
+
+    peer_id: str
+    url: str
+    same_region: bool
+    failures: int = 0
+    have_checked: float = float("-inf")
+    working: bool = False  # a worker (one request at a time) is on it
+    subscribed: bool = False  # the driver keeps (or tries to keep) its HAVE stream open
+    stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
+
+
+# -- what a worker asks its driver to do ------------------------------------------------------
+@dataclass(frozen=True)
+class Wait:
+    """Until the engine's state changes (``Engine.changed``), or ``timeout`` seconds."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Fetch piece ``index`` from ``url`` and store it (verified); ``data``: it came already, from /seed."""
+
+    source: str
+    url: str
+    index: int
+    peer: Neighbour | None = None
+    urgent: bool = False
+    data: object = None
+
+
+@dataclass(frozen=True)
+class Seed:
+    """``POST /seed``: the piece ``edge`` wants us to spread, given what we claim and where we read from."""
+
+    edge: str
+    claimed: frozenset[int]
+    start: int
+
+
+@dataclass(frozen=True)
+class AskHave:
+    """Ask these neighbours (plain ``/have``) what they hold; answered with one set or None each."""
+
+    neighbours: tuple[Neighbour, ...]
+
+
+Command = Wait | Sleep | Fetch | Seed | AskHave
+
+
+@dataclass(frozen=True)
+class Result:
+    """What came of a Fetch or a Seed.
+
+    ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
+    "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
+    "corrupt", "choked" (``seconds``: retry after), "not_held", "failed"
+    (``message``), "not_stored" (our disk), "gone" (the content left the store).
+    ``seconds`` of an "ok" is how long the transfer took.
+    """
+
+    kind: str
+    seconds: float = 0.0
+    nbytes: int = 0
+    index: int = -1
+    data: object = None
+    message: str = ""
+
+
+Worker = Generator[Command, object, None]
+Step = Generator[Command, object, str]  # a worker's step, returning how it went
+
+
+class Host(Protocol):
+    """What the engine needs from its driver."""
+
+    def spawn(self, worker: Worker) -> None:
+        """Run a worker until it returns, or the engine closes."""
+
+    def changed(self) -> None:
+        """Wake every worker waiting on Wait."""
+
+    def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
+        """A piece was stored: count it, announce it to our subscribers, wake readers."""
+
+    def dropped(self, neighbour: Neighbour) -> None:
+        """A neighbour is forgotten: close its HAVE stream."""
+
+    def gone(self) -> bool:
+        """The content left the store (evicted or dropped): nobody needs asking what they hold of it."""
+
+
+class Engine:
+    def __init__(
+        self,
+        host: Host,
+        piece_count: int,
+        have: Iterable[int],
+        *,
+        seed: str,
+        deadline: float,
+        edges: list[str],
+        ranking: SourceRanking,
+        clock: Callable[[], float],
+    ):
+        self.host = host
+        self.picker = PiecePicker(piece_count, have, seed=seed, deadline=deadline)
+        self.self_id = seed
+        self.edges = edges  # the peer's list: edges it learns later are used too
+        self.ranking = ranking
+        self.clock = clock
+        self.neighbours: dict[str, Neighbour] = {}
+        self.banned: set[str] = set()
+        self.last_peer_delivery = clock()
+        self.closed = False
+        self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
+        self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
+        self._edge_workers_started = False
+        self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
+
+    # -- what the user wants -------------------------------------------------------------
+    def want_whole(self) -> None:
+        self.picker.whole()
+        self.staff()
+        self.host.changed()
+
+    def reading(self, index: int) -> None:
+        """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
+        self._readers[index] += 1
+        self.picker.wait_for(index, self.clock())
+        self.picker.readers_at(self._readers, URGENT, WINDOW)
+        self.staff()
+        self.host.changed()
+
+    def read_done(self, index: int) -> None:
+        """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""
+        self._readers[index] -= 1
+        if self._readers[index] <= 0:
+            del self._readers[index]
+            self.picker.stop_waiting(index)
+
+    def forget_piece(self, index: int) -> None:
+        """A piece we counted as held is not in the store (evicted, or bad on disk): fetch it again."""
+        self.picker.lost(index)
+
+    # -- who else has it -------------------------------------------------------------------
+    def tracker_answer(self, answer: list[dict]) -> None:
+        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
+        for p in answer:
+            n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
+            if n is not None:
+                n.same_region = p["same_region"]  # the tracker knows regions; a subscriber only claims one
+                if not n.stream:  # a live stream is newer than the tracker's view
+                    self.picker.peer_has(n.peer_id, p["have"])
+        self.staff()
+        self.host.changed()
+
+    def add_neighbour(self, peer_id: str, url: str, same_region: bool, subscriber: bool = False) -> Neighbour | None:
+        """A neighbour from the tracker, or one that subscribed to us; None if it may not be one.
+
+        Neighbours are known by URL, which the tracker and our own listener
+        build from the address a connection came from; the id is only what a
+        peer states.  So a subscriber stating the id of a peer known at
+        another URL is not taken for it (the tracker, which checks addresses,
+        moves an id), and no address gets more than ``PER_ADDRESS``
+        neighbours, as no address gets more of a tracker answer.
+        """
+        if peer_id == self.self_id or host_of(url) in self.banned:
+            return None
+        n = self.neighbours.get(url)
+        if n is not None:
+            return n
+        if subscriber and (why := refuse_subscriber(self.neighbours.values(), peer_id, url)):
+            log.info("subscriber %s at %s is not taken as a neighbour: %s", peer_id[:64], url, why)
+            return None
+        known = next((m for m in self.neighbours.values() if m.peer_id == peer_id), None)
+        if known is not None:  # the tracker checked the address: the id moved (a restart on a new port)
+            self.drop(known)
+        if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
+            return None
+        n = self.neighbours[url] = Neighbour(peer_id, url, same_region)
+        return n
+
+    def may_subscribe(self, n: Neighbour) -> bool:
+        """Open ``n``'s HAVE stream? Only while we download, and up to MAX_SUBSCRIPTIONS at once."""
+        return (
+            not n.subscribed
+            and not self.closed
+            and not self.picker.complete()
+            and sum(m.subscribed for m in self.neighbours.values()) < MAX_SUBSCRIPTIONS
+        )
+
+    def _forget_one(self) -> bool:
+        """Make room for a neighbour: forget one with neither a worker nor a live stream (gone, most likely)."""
+        idle = [m for m in self.neighbours.values() if not m.stream and not m.working]
+        if not idle:
+            return False
+        self.drop(min(idle, key=lambda m: m.have_checked))
+        return True
+
+    def heard(self, n: Neighbour, kind: str, pieces: Iterable[int]) -> None:
+        """A line of ``n``'s HAVE stream ("snapshot" or "have"): availability for the picker, a worker if useful now."""
+        if self.neighbours.get(n.url) is not n:
+            return
+        n.stream = True  # any line, a heartbeat too, says the stream is live
+        if kind not in ("snapshot", "have"):
+            return
+        pieces = list(pieces)
+        if kind == "snapshot":
+            self.picker.peer_has(n.peer_id, pieces)
+        else:
+            for i in pieces:
+                self.picker.peer_got(n.peer_id, i)
+        if not n.working and any(self.picker.wants(i) for i in pieces):
+            self.staff()
+        self.host.changed()
+
+    def stream_lost(self, n: Neighbour) -> None:
+        """``n``'s live stream ended: what it held is forgotten (it may have left) until it is heard again."""
+        if n.stream:
+            self.picker.peer_has(n.peer_id, ())
+        n.stream = None
+
+    def unreachable(self, n: Neighbour, failures: int) -> bool:
+        """``n``'s stream failed ``failures`` times in a row; True if it is taken for gone (and dropped)."""
+        if failures >= MAX_FAILURES and not n.working:
+            self.drop(n)
+            return True
+        return False
+
+    def held_by(self, n: Neighbour) -> set[int]:
+        return self.picker.held(n.peer_id)
+
+    def useful(self, n: Neighbour) -> int:
+        """How many pieces we lack that ``n`` holds."""
+        return self.picker.useful(n.peer_id)
+
+    # -- staffing ----------------------------------------------------------------------------
+    def staff(self) -> None:
+        """Keep workers on the MAX_PEERS most useful neighbours, same region first, then fastest; one edge worker
+        for urgent needs and fallbacks, one asking the edge what to seed, and the scout (from the first want on)."""
+        if self.closed:
+            return
+        if not self._edge_workers_started:
+            self._edge_workers_started = True
+            for slot in range(EDGE_WORKERS):
+                self.host.spawn(self.edge_worker(slot))
+            self.host.spawn(self.seed_worker())
+            self.host.spawn(self.scout())
+        active = self._busy()
+        if active >= MAX_PEERS:
+            return
+        scored = [(self.useful(n), n) for n in self.neighbours.values() if not n.working]
+        ranked = sorted(((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, -t[0], -(self.ranking.rate(t[1].url) or 0)))
+        for _, n in ranked[: max(0, MAX_PEERS - active)]:
+            n.working = True
+            self.host.spawn(self.peer_worker(n))
+
+    def _busy(self, but: Neighbour | None = None) -> int:
+        """Neighbours with a worker that is not paused (choked or backing off): the requests we may have in flight."""
+        return sum(n.working and n is not but and not self.picker.is_paused(n.peer_id) for n in self.neighbours.values())
+
+    # -- workers -----------------------------------------------------------------------------
+    def peer_worker(self, n: Neighbour) -> Worker:
+        """One request at a time to ``n`` while it has something for us; ends (freeing the slot) when it has not."""
+        try:
+            while not self.closed and host_of(n.url) not in self.banned and self.neighbours.get(n.url) is n:
+                if self._busy(but=n) >= MAX_PEERS:
+                    return  # back from a pause, and others took its place meanwhile: at most MAX_PEERS requests at once
+                index = self.picker.pick(n.peer_id, self.clock())
+                if index is None:
+                    if self.picker.done():
+                        return
+                    yield Wait(1.0)
+                    if not n.stream:
+                        yield from self.ask_have((n,))
+                    if not self.useful(n):
+                        return  # nothing for us: free the slot; the scout keeps asking this peer
+                    continue
+                if (yield from self.transfer(n.peer_id, n.url, index, peer=n)) == "gone":
+                    return
+        finally:
+            n.working = False
+
+    def edge_worker(self, slot: int) -> Worker:
+        """Urgent pieces (a reader's deadline window) from the edge; everything else too when peers cannot be
+        counted on or no edge seeds."""
+        picks, source = 0, f"edge#{slot}"
+        while not self.closed:
+            now = self.clock()
+            fallback, tail, seeding = self.fallback(now), self.tail(), self.seeder() is not None
+            if fallback or tail or not seeding:
+                index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
+            else:  # the seeding worker asks the edge for the rest
+                index = self.picker.pick_urgent(source, now, edge=True, seeding=True)
+            if index is None:
+                yield Wait(0.25)
+                continue
+            edge = self.choose_edge(picks)
+            picks += 1
+            if edge is None:
+                yield Wait(1.0)
+                continue
+            if (yield from self.transfer(source, edge, index, urgent=self.picker.is_urgent(index))) == "gone":
+                yield Sleep(1.0)  # the content left the store: do not spin
+
+    def seed_worker(self) -> Worker:
+        """Non-urgent pieces as the edge chooses them (``POST /seed``): each goes to the region about once, and the
+        region trades it.
+
+        After a 204 ("your region has every piece you lack") it asks again only
+        after SEED_WAIT; meanwhile urgent needs and fallbacks are the edge
+        worker's.  Ends when no edge seeds (they answered 404): the edge worker
+        then takes what no peer holds, as before.
+        """
+        asks = 0
+        while not self.closed:
+            edge = self.seeder(asks)
+            if edge is None:
+                if not self._no_seed:  # every edge set aside for now
+                    yield Wait(1.0)
+                    continue
+                self.host.changed()  # the edge worker takes over the non-urgent pieces
+                return
+            if self.picker.done() or self.fallback(self.clock()):
+                yield Wait(1.0)
+                continue
+            self._seed_coming, asks = None, asks + 1
+            got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from())
+            assert isinstance(got, Result)
+            if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
+                self.picker.finish(SEED_SOURCE, self._seed_coming, False)  # announced, then not delivered (or not needed)
+            self._seed_coming = None
+            if got.kind == "unsupported":
+                log.info("%s does not seed (404 to /seed): its pieces are fetched as before", edge)
+                self._no_seed.add(edge)
+            elif got.kind == "failed":
+                backoff = self.ranking.failure(edge, self.clock())
+                log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
+            elif got.kind == "gone":
+                return
+            elif got.kind == "none":
+                yield Sleep(SEED_WAIT)
+            elif got.index in self.picker.have:
+                continue  # it crossed a peer's copy: nothing to store
+            elif (yield from self.transfer(SEED_SOURCE, edge, got.index, data=got.data)) == "ok":
+                self.ranking.success(edge, got.nbytes, got.seconds)
+
+    def seed_coming(self, index: int) -> None:
+        """The edge's answer to our /seed names piece ``index`` (its head came; the body follows): it is in flight
+        from the edge from now on, so no worker asks anyone for it meanwhile, and the edge is not asked twice."""
+        self._seed_coming = index
+        self.picker.start(SEED_SOURCE, index, self.clock(), edge=True)
+
+    def scout(self) -> Worker:
+        """Ask the neighbours with neither a worker nor a live HAVE stream what they hold: a few each second.
+
+        Tracker answers are an interval apart, tell what a neighbour held at
+        its last announce, and stop while the tracker is down.  A neighbour
+        whose stream cannot be opened (an older peer, one at its subscriber
+        cap) would never be used; asking it directly keeps peers that know
+        each other trading whatever the tracker does.
+        """
+        while not self.closed and not self.host.gone() and not self.picker.complete():
+            idle = [n for n in self.neighbours.values() if not n.working and not n.stream]
+            if idle and self.picker.missing():
+                idle.sort(key=lambda n: n.have_checked)
+                yield from self.ask_have(tuple(idle[:MAX_PEERS]))
+                self.staff()
+            yield Sleep(HAVE_POLL)
+
+    def ask_have(self, ns: tuple[Neighbour, ...]) -> Worker:
+        """Ask neighbours what they hold now, each at most once a HAVE_POLL; one that does not answer is set aside."""
+        now = self.clock()
+        due = tuple(n for n in ns if now - n.have_checked >= HAVE_POLL and self.ranking.available(n.url, now))
+        if not due:
+            return
+        for n in due:
+            n.have_checked = now
+        answers = yield AskHave(due)
+        assert isinstance(answers, list)
+        for n, held in zip(due, answers, strict=True):
+            if held is None and not self.host.gone():  # with the content gone, no answer could be read: not their fault
+                self.ranking.failure(n.url, self.clock())
+            elif held is not None and self.neighbours.get(n.url) is n:
+                self.picker.peer_has(n.peer_id, held)
+
+    # -- the rules ---------------------------------------------------------------------------
+    def fallback(self, now: float) -> bool:
+        """Peers cannot be counted on: the edge may take anything, as before it seeded.
+
+        That is when we know none, or none has delivered for FALLBACK_AFTER.
+        (Leaving the pieces to /seed until the first tracker answer came was
+        tried: the seeding and the edge worker's requests, in flight together,
+        halved each one's share of the edge, and the 8-gateway crowd fell from
+        65 % to 48 % P2P.)
+        """
+        return not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
+
+    def tail(self) -> bool:
+        """The file's last TAIL pieces (not the stream window's): the edge may take one no reachable peer holds."""
+        return self.picker.count - len(self.picker.have) <= TAIL
+
+    def seeder(self, picks: int = 0) -> str | None:
+        """The edge to ask /seed: chosen as any edge request is, among the live ones that have not refused it."""
+        return self.choose_edge(picks, exclude=self._no_seed)
+
+    def choose_edge(self, picks: int, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
+        live = [e for e in self.ranking.ranked(self.edges, self.clock()) if e not in exclude]
+        if not live:
+            return None
+        unmeasured = [e for e in live if self.ranking.rate(e) is None]
+        if unmeasured:
+            return unmeasured[0]  # measure every edge once
+        if len(live) > 1 and picks % 8 == 7:
+            return live[1 + picks // 8 % (len(live) - 1)]  # re-measure the others now and then: they may have recovered
+        return live[0]
+
+    def transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None, urgent: bool = False, data: object = None) -> Step:
+        """One piece from ``source``, and what its outcome costs; returns "ok", "retry" or "gone" (stop using this peer)."""
+        self.picker.start(source, index, self.clock(), edge=peer is None)
+        try:
+            result = yield Fetch(source, url, index, peer, urgent, data)
+        except BaseException:
+            self.picker.finish(source, index, False)
+            raise
+        assert isinstance(result, Result)
+        ok = result.kind == "ok"
+        self.picker.finish(source, index, ok)  # before delivered(): completion is judged from the picker
+        if ok:
+            if data is None:  # else /seed's answer, timed by the seeding worker
+                self.ranking.success(url, result.nbytes, result.seconds)
+            if peer is not None:
+                peer.failures = 0
+                self.last_peer_delivery = self.clock()
+            self.host.delivered(index, url, peer, result.nbytes)
+        self.host.changed()
+        return (yield from self._after(result, url, index, peer))
+
+    def _after(self, result: Result, url: str, index: int, peer: Neighbour | None) -> Step:
+        """What a failed transfer costs its source; "ok" passes through."""
+        kind = result.kind
+        if kind in ("ok", "gone"):
+            return kind
+        if kind == "corrupt":
+            if peer is not None:
+                self.ban(peer, f"sent a corrupt piece {index}")
+                return "gone"
+            self.ranking.failure(url, self.clock())
+        elif kind == "choked" and peer is not None:
+            yield from self._pause(peer, result.seconds)
+        elif kind == "not_held" and peer is not None:
+            self.picker.peer_has(peer.peer_id, self.held_by(peer) - {index})
+        elif kind == "failed":
+            backoff = self.ranking.failure(url, self.clock())
+            if peer is None:
+                log.warning("edge %s failed (%s); set aside for %.0f s", url, result.message, backoff)
+                return "retry"
+            peer.failures += 1
+            if peer.failures >= MAX_FAILURES:
+                log.info("dropping peer %s after %d failures (%s)", url, peer.failures, result.message)
+                self.drop(peer)
+                return "gone"
+            yield from self._pause(peer, min(backoff, 5))
+        elif kind == "not_stored":  # our disk is full or failing (the store logged it): the gateway reads from the store
+            yield Sleep(1.0)
+        return "retry"
+
+    def _pause(self, peer: Neighbour, seconds: float) -> Worker:
+        """Leave ``peer`` alone for ``seconds`` (it choked us, or failed); someone else may have a free slot."""
+        self.picker.pause(peer.peer_id)
+        self.staff()
+        try:
+            yield Sleep(seconds)
+        finally:
+            self.picker.unpause(peer.peer_id)
+
+    def ban(self, peer: Neighbour, why: str) -> None:
+        """Ban the peer's address, and so every id it announces under: a new id must not buy a new chance."""
+        host = host_of(peer.url)
+        if host not in self.banned:
+            log.warning("peer %s %s: its address %s is banned for this content", peer.url, why, host)
+            self.banned.add(host)
+        for n in [n for n in self.neighbours.values() if host_of(n.url) == host]:
+            self.drop(n)
+
+    def drop(self, peer: Neighbour) -> None:
+        if self.neighbours.get(peer.url) is peer:
+            del self.neighbours[peer.url]
+        self.picker.peer_gone(peer.peer_id)
+        self.host.dropped(peer)
+        self.staff()
+
+
+def refuse_subscriber(neighbours: Iterable[Neighbour], peer_id: str, url: str) -> str | None:
+    """Why a subscriber at a new ``url`` may not become a neighbour, or None if it may.
+
+    The id is only what it states: one known at another URL stays that
+    peer's.  Its address may have ``PER_ADDRESS`` neighbours, as it may have
+    that many places in a tracker answer.
+    """
+    group, same_address = address_group(host_of(url)), 0
+    for m in neighbours:
+        if m.peer_id == peer_id:
+            return f"id already known at {m.url}"
+        same_address += address_group(host_of(m.url)) == group
+    return f"its address has {PER_ADDRESS} neighbours already" if same_address >= PER_ADDRESS else None
+
+
+def host_of(url: str) -> str:
+    """The address a neighbour's URL points at (the tracker built it from the address it saw): what a ban holds."""
+    return urlsplit(url).hostname or url

@@ -1,0 +1,169 @@
+"""The edge as its region's super-seeder (BitTorrent's BEP 16, per region): which piece ``POST /seed`` hands out.
+
+Sans-IO and deterministic: the edge feeds it what it sent to whom and who left,
+time is passed in.  Per (region, content) it keeps the copies the edge sent to
+peers of that region that are still live.  A seed request gets the lowest piece
+the asker lacks, at or after its ``from``, of which the region holds no live
+copy; when there is none the answer is "trade for it with your region" (204).
+So N peers asking in turn get N different pieces, and each piece leaves the
+edge about once per region; the region spreads it.  A copy to a peer that
+stopped or expired stops counting (``leave``/``retain``): its pieces may go
+out again.
+
+Bounded memory: a (region, content) entry goes when its last recipient leaves;
+at most ``max_copies`` live copies are kept over all entries, and past that the
+least recently used entry's first recipient is forgotten.  Forgetting is safe: the edge
+may then send a piece a second time, never withhold one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from edgeswarm.policy.vocabulary import quantile
+
+Region = str | None  # a region's name; None for addresses the region map does not place
+MAX_COPIES = 1 << 18  # live copies remembered over all entries (~20 MB); 2^18 pieces of 256 KiB is 64 GiB sent
+MAX_SENT_ENTRIES = 4096  # (region, content) byte tallies kept for /status, least recently used dropped
+URGENCIES = ("urgent", "background", "none")  # X-Edgeswarm-Urgency of a peer's /piece request; anything else is "none"
+
+
+@dataclass
+class _Entry:
+    """One content in one region: the live copies, per recipient and per piece."""
+
+    sent: dict[Hashable, dict[int, float]] = field(default_factory=dict)  # recipient -> piece -> when sent
+    copies: Counter[int] = field(default_factory=Counter)  # piece -> live copies in the region
+
+
+class SuperSeeder:
+    def __init__(self, max_copies: int = MAX_COPIES):
+        self.max_copies = max_copies
+        self._entries: OrderedDict[tuple[Region, str], _Entry] = OrderedDict()  # least recently used first
+        self._total = 0  # live copies over all entries
+
+    def choose(self, region: Region, cid: str, have: Collection[int], start: int, piece_count: int) -> int | None:
+        """The piece for a seed request: lacked, at or after ``start``, no live copy in the region; lowest index.
+
+        None when every piece the asker lacks from ``start`` on already went to a
+        live peer of its region: the asker should trade for it there.
+        """
+        entry = self._entries.get((region, cid))
+        copies = entry.copies if entry is not None else Counter()
+        return next((i for i in range(max(0, start), piece_count) if i not in have and not copies[i]), None)
+
+    def record(self, now: float, region: Region, cid: str, index: int, peer: Hashable) -> None:
+        """The edge sent (or is sending) piece ``index`` to ``peer`` of ``region``: one more live copy there."""
+        key = (region, cid)
+        entry = self._entries.get(key) or self._entries.setdefault(key, _Entry())
+        self._entries.move_to_end(key)
+        pieces = entry.sent.setdefault(peer, {})
+        if index not in pieces:
+            entry.copies[index] += 1
+            self._total += 1
+        pieces[index] = now
+        while self._total > self.max_copies:  # the least recently used entry's first recipient goes
+            region, cid = next(iter(self._entries))
+            self.leave(region, cid, next(iter(self._entries[(region, cid)].sent)))
+
+    def unrecord(self, region: Region, cid: str, index: int, peer: Hashable) -> None:
+        """A recorded copy never arrived (the send failed): it does not count."""
+        entry = self._entries.get((region, cid))
+        pieces = entry.sent.get(peer) if entry is not None else None
+        if pieces is None or pieces.pop(index, None) is None:
+            return
+        self._uncount(entry, [index])
+        if not pieces:
+            del entry.sent[peer]
+        if not entry.sent:
+            self._drop((region, cid))
+
+    def leave(self, region: Region, cid: str, peer: Hashable) -> None:
+        """``peer`` left the swarm of ``cid`` (stopped, or expired): its copies no longer count."""
+        entry = self._entries.get((region, cid))
+        if entry is None or peer not in entry.sent:
+            return
+        self._uncount(entry, entry.sent.pop(peer))
+        if not entry.sent:
+            self._drop((region, cid))
+
+    def retain(self, region: Region, cid: str, live: Collection[Hashable]) -> None:
+        """Only the recipients in ``live`` are still in the swarm: forget the copies of all others."""
+        entry = self._entries.get((region, cid))
+        for peer in [p for p in entry.sent if p not in live] if entry is not None else []:
+            self.leave(region, cid, peer)
+
+    def entries(self) -> list[tuple[Region, str]]:
+        return list(self._entries)
+
+    def live_copies(self, region: Region, cid: str) -> int:
+        entry = self._entries.get((region, cid))
+        return entry.copies.total() if entry is not None else 0
+
+    def size(self) -> int:
+        """Live copies remembered, over all entries (bounded by ``max_copies``)."""
+        return self._total
+
+    def _uncount(self, entry: _Entry, pieces: Iterable[int]) -> None:
+        for i in pieces:
+            entry.copies[i] -= 1
+            if not entry.copies[i]:
+                del entry.copies[i]
+            self._total -= 1
+
+    def _drop(self, key: tuple[Region, str]) -> None:
+        entry = self._entries.pop(key)
+        self._total -= entry.copies.total()
+
+
+class RegionStats:
+    """What /status and /metrics show per region about the edge's seeding: counters, byte tallies, latency reports.
+
+    Bounded: counters are per region (the region map is finite); byte tallies
+    per (region, content) keep the ``MAX_SENT_ENTRIES`` most recently used;
+    latency reports are per live peer (``retain_latency`` drops the others).
+    """
+
+    def __init__(self, max_sent_entries: int = MAX_SENT_ENTRIES):
+        self.seeded: Counter[tuple[Region, str]] = Counter()  # (region, "sent" | "none") -> /seed answers
+        self.piece_requests: Counter[tuple[Region, str]] = Counter()  # (region, urgency) -> peers' /piece requests
+        self.bytes: Counter[tuple[Region, str]] = Counter()  # (region, "seed" | "piece") -> bytes sent to peers
+        self._sent: OrderedDict[tuple[Region, str], int] = OrderedDict()  # (region, cid) -> bytes via /seed and /piece
+        self._latency: dict[Region, dict[Hashable, tuple[float, float]]] = {}
+        self.max_sent_entries = max_sent_entries
+
+    def sent(self, region: Region, cid: str, endpoint: str, nbytes: int) -> None:
+        self.bytes[(region, endpoint)] += nbytes
+        key = (region, cid)
+        self._sent[key] = self._sent.get(key, 0) + nbytes
+        self._sent.move_to_end(key)
+        if len(self._sent) > self.max_sent_entries:
+            self._sent.popitem(last=False)
+
+    def report_latency(self, region: Region, peer: Hashable, p50_p95: tuple[float, float]) -> None:
+        self._latency.setdefault(region, {})[peer] = p50_p95
+
+    def retain_latency(self, live: Collection[Hashable]) -> None:
+        for region in list(self._latency):
+            reports = self._latency[region]
+            for peer in [p for p in reports if p not in live]:
+                del reports[peer]
+            if not reports:
+                del self._latency[region]
+
+    def latency(self, region: Region) -> dict[str, float | int] | None:
+        """The region's have-latency: the median of its peers' reported p50s, the 95th percentile of their p95s."""
+        reports = list(self._latency.get(region, {}).values())
+        if not reports:
+            return None
+        return {"p50": quantile([r[0] for r in reports], 0.5), "p95": quantile([r[1] for r in reports], 0.95), "peers": len(reports)}
+
+    def regions(self) -> set[Region]:
+        keys = [*self.seeded, *self.piece_requests, *self.bytes]
+        return {r for r, _ in keys} | set(self._latency)
+
+    def copies(self, region: Region, sizes: dict[str, int]) -> dict[str, float]:
+        """Per content: bytes sent to the region over the content's size (``sizes``: content id -> bytes)."""
+        return {cid: round(n / sizes[cid], 3) for (r, cid), n in self._sent.items() if r == region and sizes.get(cid)}

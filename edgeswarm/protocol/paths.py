@@ -1,0 +1,46 @@
+"""What counts as a publishable path, decided in one place.
+
+Request paths are never joined to a directory: nodes look them up in the
+catalogue of published files.  This check only makes hostile paths fail early
+and loudly (400) instead of as a puzzling 404.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from edgeswarm.protocol.httpspec import HttpError
+
+# First path segments that name node endpoints; files there are not published.
+RESERVED = frozenset({"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics"})
+
+
+def clean_request_path(raw_path: str) -> str:
+    """The relative path a request names, from its raw (still percent-encoded) target."""
+    try:
+        path = unquote(raw_path.split("?", 1)[0], errors="strict")
+    except UnicodeDecodeError:
+        raise HttpError(400, "invalid path: percent-encoding is not UTF-8") from None
+    if not path.startswith("/"):
+        raise HttpError(400, "request target must be an absolute path")
+    rel = path[1:]
+    problem = path_problem(rel)
+    if problem:
+        raise HttpError(400, f"invalid path: {problem}")
+    return rel
+
+
+def path_problem(rel: str) -> str | None:
+    """Why ``rel`` can never be a published path, or None if it could be one."""
+    if not rel:
+        return "empty path"
+    if len(rel) > 4096:
+        return "path too long"
+    if any(ord(c) < 0x20 or c in "\x7f\\" for c in rel):
+        return "control character or backslash in path"
+    if rel.startswith("/"):
+        return "absolute path"
+    for seg in rel.split("/"):
+        if seg in ("", ".", ".."):
+            return f"path segment {seg!r} is not allowed"
+    return None

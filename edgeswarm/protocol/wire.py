@@ -1,0 +1,78 @@
+"""Wire helpers every role answers with: JSON bodies, manifests, piece indices, bitfields, and the /seed and announce fields.
+
+They lived in the origin (and the daemon and the super-seeder), so the edge and
+the peer imported them from there; a role now imports them from the protocol
+layer, never from another role.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from edgeswarm.protocol import bitfield
+from edgeswarm.protocol.havefeed import MAX_LATENCY_S
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.units import ascii_decimal
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=1) + "\n", status=status, content_type="application/json")
+
+
+def manifest_response(request: web.Request, etag: str, raw: bytes) -> web.Response:
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    inm = request.headers.get("If-None-Match")
+    if inm and etag in [t.strip().removeprefix("W/") for t in inm.split(",")]:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=raw, content_type="application/json", headers=headers)
+
+
+def piece_index(request: web.Request, count: int) -> int:
+    """The piece a ``/piece/<cid>/<index>`` request names: 400 unless ASCII digits, 404 past the end."""
+    raw = request.match_info["index"]
+    index = ascii_decimal(raw, 9)
+    if index is None or index >= count:
+        raise HttpError(400 if index is None else 404, f"no piece {raw[:20]!r}: the content has {count} pieces (0..{count - 1})")
+    return index
+
+
+def have_response(cid: str, count: int, held) -> web.Response:
+    """The held pieces as a BitTorrent-style bitfield (MSB first), base64 in JSON."""
+    return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
+
+
+def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int]:
+    """A ``POST /seed`` body: ``{"have": "<bitfield>", "from": <optional piece index>}``; ValueError says what is wrong."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ValueError("seed request body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("seed request body must be a JSON object")
+    try:
+        have = bitfield.decode(doc.get("have"), piece_count)
+    except ValueError as exc:
+        raise ValueError(f"seed field 'have': {exc}") from None
+    start = doc.get("from", 0)
+    if type(start) is not int or not 0 <= start <= piece_count:  # piece_count: a reader at the end, nothing to seed
+        raise ValueError(f"seed field 'from' must be an integer from 0 to {piece_count} (the piece count)")
+    return have, start
+
+
+def parse_latency(value: object) -> tuple[float, float] | None:
+    """An announce's optional ``have_latency``: ``{"p50": s, "p95": s}``, seconds, or null; ValueError if malformed."""
+    if value is None:
+        return None
+
+    def seconds(name: str) -> float:
+        v = value.get(name) if isinstance(value, dict) else None
+        if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= MAX_LATENCY_S:
+            raise ValueError(f"announce field 'have_latency' needs {name!r} in seconds, 0 to {MAX_LATENCY_S:g}")
+        return float(v)
+
+    p50, p95 = seconds("p50"), seconds("p95")
+    if p50 > p95:
+        raise ValueError("announce field 'have_latency': p50 is above p95")
+    return p50, p95

@@ -1,0 +1,645 @@
+"""The edge cache: serves the origin's namespace, fetching only the pieces asked for.
+
+p2pd's cache mode (``-c DIR -S parent -l sibling -A host -n subnet``).  On a
+miss it asks siblings that already hold the piece (``Cache-Control:
+only-if-cached``, so siblings never fetch for each other and cannot loop),
+then its parent - the origin or another edge, which makes hierarchies.
+Concurrent misses for one piece share one upstream fetch.  Every piece is
+checked against the origin-signed manifest before it is stored or served;
+a source that sends a bad one is set aside and the next one tried.  Manifests
+are revalidated with the parent after ``--revalidate`` seconds (a cheap 304),
+and when the parent is down the edge keeps serving what it holds.  In p2p
+mode (``--p2p``) it is also its peers' tracker and their region's
+super-seeder (``POST /seed``: superseed.py picks the piece).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from edgeswarm.node.daemon import ServerLimits, make_app, serve
+from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.serving import send_piece, serve_file
+from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
+from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
+from edgeswarm.protocol.manifest import SignedManifest, is_content_id
+from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.wire import have_response, json_response, manifest_response, parse_latency, parse_request, piece_index
+from edgeswarm.roles.announce import TrackerService
+from edgeswarm.store.ledger import Ledger
+from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
+from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust.protect import cipher_for
+from edgeswarm.trust.signing import load_or_create_private_key, public_pem
+
+log = logging.getLogger("edgeswarm.roles.edge")
+SIBLING_TIMEOUT = 2.0
+REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
+TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
+
+
+class EdgeSource:
+    """Pieces from this edge's cache, else fetched (collapsed) from siblings or parent."""
+
+    def __init__(self, edge: Edge, cid: str, may_fetch: bool):
+        self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
+
+    def local(self, index: int) -> int | None:
+        fd = self.edge.store.piece_fd(self.cid, index)
+        if fd is not None:
+            self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
+        return fd
+
+    def held(self, index: int) -> bool:
+        return index in self.edge.store.held(self.cid)
+
+    async def fetch(self, index: int) -> bytes:
+        if not self.may_fetch:
+            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+        return await self.edge.fill(self.cid, index)
+
+
+class Edge:
+    def __init__(
+        self,
+        cache: Path,
+        parent: str,
+        siblings: list[str],
+        max_cache: int | None,
+        only_origin: list[str],
+        internal: list[str],
+        timeout: float,
+        revalidate: float,
+        origin_key: Path | None,
+        tracker: TrackerService | None = None,
+        upload_limit: float | None = None,
+        require_token: bool = False,
+        token: str | None = None,
+        ca=None,
+        ledger: Ledger | None = None,
+    ):
+        self.cache = cache
+        self.parent = parent.rstrip("/")
+        self.siblings = [s.rstrip("/") for s in siblings]
+        self.max_cache = max_cache
+        self.only_origin = [h.lower() for h in only_origin]
+        self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
+        self.origin_key = origin_key
+        self.require_token = require_token
+        self.upstream = Upstream(timeout, ssl=ca, headers={"Authorization": f"Bearer {token}"} if token else None)
+        self.ledger = ledger
+        self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
+        self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
+        self.ranking = SourceRanking()
+        self.metrics = Metrics("edge")
+        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
+        self.tracker = tracker
+        self.bucket = TokenBucket(upload_limit)
+        self.store: PieceStore | None = None
+        self._opened = asyncio.Event()
+        self._manifest_tasks: dict[str, asyncio.Task] = {}
+        self._fills: dict[tuple[str, int], asyncio.Task] = {}
+        self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
+        self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
+        self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
+        self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
+        self.seed_stats = RegionStats()
+        self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
+        if tracker is not None:
+            self.metrics.registry.register(_Families(self._region_metrics))
+
+    # -- start-up: learn and pin the origin key ---------------------------------
+    async def open_store(self) -> None:
+        key = await originkey.pin(self.cache, self.origin_key, self.upstream, [self.parent])
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self._opened.set()
+
+    async def _store(self) -> PieceStore:
+        """The piece store; requests that arrive before the origin key is known wait for it a while."""
+        if self.store is None:
+            try:
+                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
+            except TimeoutError:
+                raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"}) from None
+        assert self.store is not None
+        return self.store
+
+    # -- access --------------------------------------------------------------------
+    def may_fetch(self, request: web.Request) -> bool:
+        """``--internal``: only these clients may make the edge fetch uncached content."""
+        if not self.internal:
+            return True
+        addr = _client_address(request)
+        return addr is not None and any(addr in net for net in self.internal)
+
+    def _trusted_client(self, request: web.Request) -> bool:
+        """The operator's own machines: loopback, and ``--internal`` networks when given."""
+        addr = _client_address(request)
+        return addr is not None and (addr.is_loopback or any(addr in net for net in self.internal))
+
+    def check_host(self, request: web.Request) -> None:
+        """``--only-origin``: serve the namespace only under the CDN host names given."""
+        if not self.only_origin:
+            return
+        host = (request.host or "").lower()
+        if host not in self.only_origin and host.rsplit(":", 1)[0] not in self.only_origin:
+            raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
+
+    def region_name(self, request: web.Request) -> str | None:
+        """The client's region by its address; looked up once per request (a piece answer asks up to three times)."""
+        if REGION_KEY not in request:
+            region = self.tracker.region_of(request.remote or "") if self.tracker else None
+            request[REGION_KEY] = region.name if region else None
+        return request[REGION_KEY]
+
+    async def grant(self, request: web.Request, path: str, required: bool = False) -> tokens.Grant | None:
+        """The request's verified token for ``path``: checked whenever one is sent, required under --require-token."""
+        store = await self._store()
+        return access.grant(request, store.public_key, path, required=required or self.require_token, region=self.region_name(request))
+
+    def account(self, grant: tokens.Grant | None, request: web.Request, signed: SignedManifest, kind: str, nbytes: int) -> None:
+        if self.ledger is not None:
+            user = grant.user if grant else access.ANONYMOUS
+            self.ledger.add(user, signed.content_id, signed.manifest.path, self.region_name(request), kind, nbytes)
+
+    async def content_key(self, signed: SignedManifest) -> bytes:
+        """A protected file's key, from the parent (which checks this edge's own token); kept in memory only."""
+        cid = signed.content_id
+        if cid not in self._keys:
+            try:
+                self._keys[cid] = await access.fetch_key(self.upstream, self.parent, signed, who=f"parent {self.parent}")
+            except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
+                raise HttpError(502, exc.message) from None
+        return self._keys[cid]
+
+    # -- manifests ------------------------------------------------------------------
+    async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
+        store = await self._store()
+        cached = store.manifest_for_path(path)
+        if cached is not None and (self.manifests.fresh(path) or not may_fetch):
+            return cached
+        if not may_fetch:
+            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+        shared, _ = share(self._manifest_tasks, path, lambda: self.manifests.revalidate(store, path, [self.parent]))
+        return await shared
+
+    async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
+        store = await self._store()
+        signed = store.manifest(cid)
+        if signed is not None:
+            return signed
+        if not is_content_id(cid):
+            raise HttpError(404, f"{cid[:80]!r} is not a content id")
+        if not may_fetch:
+            raise HttpError(404, f"content {cid[:80]} is not cached here")
+        return await self.manifests.by_id(store, self.parent, cid)
+
+    # -- pieces -------------------------------------------------------------------
+    def fill(self, cid: str, index: int) -> asyncio.Future:
+        """The verified piece, fetched once however many requests wait for it."""
+        shared, new = share(self._fills, (cid, index), lambda: self._fill(cid, index))
+        self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
+        self.metrics.cache["miss" if new else "collapsed"] += 1
+        return shared
+
+    async def _fill(self, cid: str, index: int) -> bytes:
+        store = await self._store()
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(502, f"content {cid[:12]} was withdrawn while being fetched")
+        now = time.monotonic()
+        candidates = [*self.ranking.ranked(self.siblings, now), self.parent]
+        problems: list[UpstreamError] = []
+        for source in candidates:
+            sibling = source != self.parent
+            started = time.monotonic()
+            try:
+                reply = await self.upstream.get(
+                    source,
+                    f"/piece/{cid}/{index}",
+                    {"Cache-Control": "only-if-cached"} if sibling else None,
+                    SIBLING_TIMEOUT if sibling else None,
+                    limit=signed.manifest.piece_span(index)[1],  # a piece is never longer: more is refused as it streams
+                )
+            except UpstreamError as exc:
+                self.ranking.failure(source, time.monotonic())
+                problems.append(exc)
+                continue
+            if reply.status != 200:
+                if not sibling:
+                    problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}"))
+                continue  # a sibling that does not hold it says 504
+            try:
+                store.put_piece(cid, index, reply.body)
+            except CorruptPiece:
+                self.metrics.events[("corrupt_piece", source)] += 1
+                backoff = self.ranking.failure(source, time.monotonic())
+                fate = f"set aside for {backoff:.0f} s" if sibling else "no other source to try"
+                log.warning("%s sent a corrupt piece %d of %s; %s", source, index, signed.manifest.path, fate)
+                problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index} of {signed.manifest.path}"))
+                continue
+            except KeyError:  # superseded meanwhile: serve it if it is right, keep nothing
+                if not signed.manifest.check_piece(index, reply.body):
+                    problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index}"))
+                    continue
+            except PieceNotStored:
+                pass  # verified, but the disk would not take it: served from memory, not cached (the store logged it)
+            self.ranking.success(source, len(reply.body), time.monotonic() - started)
+            self.metrics.count_received("sibling" if sibling else "parent", source, len(reply.body))
+            return reply.body
+        status = 504 if problems and all(p.status == 504 for p in problems) else 502
+        detail = "; ".join(p.message for p in problems) or "no source holds it"
+        raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}")
+
+    async def _expire_loop(self) -> None:
+        assert self.tracker is not None
+        while True:
+            await asyncio.sleep(self.tracker.interval)
+            dropped = self.tracker.expire()
+            self._forget_departed()
+            if dropped:
+                log.info("tracker: %d silent peers expired", dropped)
+
+    # -- handlers --------------------------------------------------------------------
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        self.check_host(request)
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        may_fetch = self.may_fetch(request)
+        grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
+        signed = await self.resolve(rel, may_fetch)
+        protection = signed.manifest.protection
+        transform = None
+        if protection is not None:  # plaintext for an authorised client, decrypted on the fly
+            grant = grant or await self.grant(request, rel, required=True)
+            transform = cipher_for(await self.content_key(signed), protection)
+        source = EdgeSource(self, signed.content_id, may_fetch)
+
+        def sent(n: int) -> None:  # what actually left, even when the client hung up
+            self.account(grant, request, signed, "edge_sent", n)
+            if self.tracker is not None:  # the region's edge egress counts files to clients too
+                self.file_egress[self.region_name(request)] += n
+
+        return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
+
+    async def get_manifest(self, request: web.Request) -> web.Response:
+        rel = requested_path(request)
+        if self.require_token:
+            await self.grant(request, rel)
+        signed = await self.resolve(rel, self.may_fetch(request))
+        return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
+
+    async def get_content(self, request: web.Request) -> web.Response:
+        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request) and not self.require_token)
+        if self.require_token:
+            await self.grant(request, signed.manifest.path)
+        return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
+
+    async def get_content_key(self, request: web.Request) -> web.Response:
+        """``GET /key/<content-id>``: a protected file's key, for a token that covers its path."""
+        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))  # a child edge may ask first
+        if signed.manifest.protection is None:
+            raise HttpError(404, f"{signed.manifest.path} is not protected: it has no key")
+        await self.grant(request, signed.manifest.path, required=True)
+        return access.key_response(signed.content_id, await self.content_key(signed))
+
+    async def get_swarm_key(self, _: web.Request) -> web.Response:
+        """The public key of this edge's swarm tickets: peers check each other's tickets with it."""
+        return web.Response(body=public_pem(self.swarm_key.public_key()), content_type="application/x-pem-file")
+
+    async def get_piece(self, request: web.Request) -> web.Response:
+        """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
+        store = await self._store()
+        cid = request.match_info["cid"]
+        only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
+        may_fetch = self.may_fetch(request) and not only_cached
+        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
+        grant = await self.grant(request, signed.manifest.path)
+        index = piece_index(request, signed.manifest.piece_count)
+        data = self._cached_piece(store, cid, index)
+        if data is None and only_cached:
+            raise HttpError(504, f"piece {index} of {cid[:12]} is not cached here")
+        if data is None:
+            data = await EdgeSource(self, cid, may_fetch).fetch(index)
+        if self.tracker is not None and request.headers.get(PEER_HEADER):
+            urgency = request.headers.get(URGENCY_HEADER, "").strip().lower()
+            self.seed_stats.piece_requests[(self.region_name(request), urgency if urgency in URGENCIES else "none")] += 1
+        with self._copy(request, cid, index):
+            return await self._send_to_node(request, signed, grant, index, data, "piece")
+
+    async def post_seed(self, request: web.Request) -> web.StreamResponse:
+        """p2p mode: a peer asks the edge to pick a piece for it, one its region has no live copy of (else 204)."""
+        if self.tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p): it does not seed")
+        store = await self._store()
+        cid = request.match_info["cid"]
+        may_fetch = self.may_fetch(request)
+        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
+        grant = await self.grant(request, signed.manifest.path)
+        check_json_body(request.headers)
+        try:
+            have, start = parse_request(await request.read(), signed.manifest.piece_count)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
+            have |= set(range(signed.manifest.piece_count)) - store.held(cid)
+        region = self.region_name(request)
+        index = self.seeder.choose(region, cid, have, start, signed.manifest.piece_count)
+        if index is None:
+            self.seed_stats.seeded[(region, "none")] += 1
+            return web.Response(status=204)
+        with self._copy(request, cid, index):  # before any wait, so that concurrent askers get other pieces
+            data = self._cached_piece(store, cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
+            resp = await self._send_to_node(request, signed, grant, index, data, "seed")
+        self.seed_stats.seeded[(region, "sent")] += 1
+        return resp
+
+    def _cached_piece(self, store: PieceStore, cid: str, index: int) -> bytes | None:
+        """The piece if the cache holds it, counted as a hit (a miss is counted by the fill that follows)."""
+        data = store.read_piece(cid, index)
+        if data is not None:
+            self.metrics.cache["hit"] += 1
+        return data
+
+    async def _send_to_node(
+        self, request: web.Request, signed: SignedManifest, grant: tokens.Grant | None, index: int, data: bytes, endpoint: str
+    ) -> web.StreamResponse:
+        """A piece to a node or peer under the upload cap, counted and billed as edge bytes (/piece and /seed alike)."""
+        cid = signed.content_id
+        peer = request.headers.get(PEER_HEADER)
+        self.metrics.sent["node"] += len(data)
+        self.metrics.count_content("sent", cid, "peer" if peer else "node", len(data))
+        resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None)
+        self.account(grant, request, signed, "edge_sent", len(data))
+        if peer:  # the user's peer daemon: its reports can confirm these bytes
+            self.account(grant, request, signed, "edge_sent_to_peers", len(data))
+        if self.tracker is not None:
+            self.seed_stats.sent(self.region_name(request), cid, endpoint, len(data))
+        return resp
+
+    # -- seeding: copies per region ------------------------------------------------------
+    def _tracked(self, cid: str) -> set[tuple[str, str]]:
+        """The seeder's names of the live peers of ``cid``'s swarm, as the tracker holds them."""
+        assert self.tracker is not None
+        return {_seed_name(rec) for rec in self.tracker.tracker.swarm(cid)}
+
+    @contextlib.contextmanager
+    def _copy(self, request: web.Request, cid: str, index: int) -> Iterator[None]:
+        """The piece counts as a copy in the asker's region while it is sent, and after if it arrived.
+
+        Only a live peer of the swarm makes a copy (p2p mode, its peer id, the
+        address it announced from): one the tracker will tell us has left.
+        """
+        peer = (request.remote or "", request.headers.get(PEER_HEADER, ""))
+        if self.tracker is None or peer not in self._tracked(cid):
+            yield
+            return
+        region = self.region_name(request)
+        self.seeder.record(time.monotonic(), region, cid, index, peer)
+        try:
+            yield
+        except BaseException:
+            self.seeder.unrecord(region, cid, index, peer)
+            raise
+
+    def _forget_departed(self) -> None:
+        """Copies and latency reports of peers the tracker no longer holds (stopped, expired) stop counting."""
+        assert self.tracker is not None
+        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.contents()}
+        for region, cid in self.seeder.entries():
+            self.seeder.retain(region, cid, live.get(cid, set()))
+        self.seed_stats.retain_latency(set().union(*live.values()))
+
+    def _p2p_status(self) -> dict:
+        """The tracker's status, each region with what the edge seeded there (docs/operations.md#the-edge-as-super-seeder)."""
+        assert self.tracker is not None
+        p2p = self.tracker.status()
+        self._forget_departed()  # after the tracker's own expiry, whenever that ran
+        sizes = {s.content_id: s.manifest.size for s in self.store.contents()} if self.store else {}
+        entries = self.seeder.entries()
+        regions: set[Region] = self.seed_stats.regions() | {r for r, _ in entries}
+        named = {_region_label(r): r for r in regions}
+        for name in set(p2p["regions"]) | set(named):
+            region = named.get(name, name if name != "unmapped" else None)
+            requests = {u: self.seed_stats.piece_requests[(region, u)] for u in URGENCIES}
+            p2p["regions"].setdefault(name, {}).update(
+                copies=self.seed_stats.copies(region, sizes),
+                live_copies={cid: self.seeder.live_copies(region, cid) for r, cid in entries if r == region},
+                seeded={o: self.seed_stats.seeded[(region, o)] for o in ("sent", "none")},
+                piece_requests=requests,
+                deadline_forced=requests["urgent"],
+                have_latency=self.seed_stats.latency(region),
+            )
+        return p2p
+
+    def _region_metrics(self):
+        """/metrics per region (p2p mode); never a content id in a label."""
+        p2p = self._p2p_status()
+        seed = CounterMetricFamily(
+            "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
+        )
+        for (region, outcome), n in self.seed_stats.seeded.items():
+            seed.add_metric([_region_label(region), outcome], n)
+        asked = CounterMetricFamily(
+            "edgeswarm_edge_piece_requests",
+            "Peers' GET /piece by region and X-Edgeswarm-Urgency (urgent: deadline-forced)",
+            labels=["region", "urgency"],
+        )
+        for (region, urgency), n in self.seed_stats.piece_requests.items():
+            asked.add_metric([_region_label(region), urgency], n)
+        sent = CounterMetricFamily(
+            "edgeswarm_edge_region_sent_bytes",
+            "Edge egress to each region, by endpoint: file (to clients), piece and seed (to peers)",
+            labels=["region", "endpoint"],
+        )
+        for (region, endpoint), n in self.seed_stats.bytes.items():
+            sent.add_metric([_region_label(region), endpoint], n)
+        for region, n in self.file_egress.items():
+            sent.add_metric([_region_label(region), "file"], n)
+        copies = GaugeMetricFamily(
+            "edgeswarm_seed_live_copies", "Pieces sent to peers of the region that are still live", labels=["region"]
+        )
+        share = GaugeMetricFamily("edgeswarm_region_p2p_share_ratio", "Share of the region's bytes that came from peers", labels=["region"])
+        peers = GaugeMetricFamily("edgeswarm_region_peers", "Distinct live peers the tracker holds in the region", labels=["region"])
+        latency = GaugeMetricFamily(
+            "edgeswarm_region_have_latency_seconds",
+            "Peers' reported availability latency (median p50, p95 of p95s)",
+            labels=["region", "quantile"],
+        )
+        for name, row in p2p["regions"].items():
+            copies.add_metric([name], sum(row["live_copies"].values()))
+            peers.add_metric([name], row.get("peers", 0))
+            if row.get("p2p_share") is not None:
+                share.add_metric([name], row["p2p_share"])
+            if row["have_latency"]:
+                latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
+                latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
+        return [seed, asked, sent, copies, share, peers, latency]
+
+    async def post_announce(self, request: web.Request) -> web.Response:
+        """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
+        if self.tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+        check_json_body(request.headers)
+        try:
+            doc = json.loads(await request.read())
+        except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
+            raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
+        cid = doc.get("content") if isinstance(doc, dict) else None
+        if not isinstance(cid, str) or not is_content_id(cid):
+            raise HttpError(400, "announce field 'content' is missing or not a content id")
+        signed = await self.manifest_by_id(cid, not self.require_token)
+        grant = await self.grant(request, signed.manifest.path)
+        try:
+            latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        user = grant.user if grant else None
+        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest, user)
+        for kind, nbytes in usage.items():
+            self.account(grant, request, signed, kind, nbytes)
+        peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
+        if doc["event"] == "stopped":
+            self.seeder.leave(region, cid, peer)
+        elif latency is not None:
+            self.seed_stats.report_latency(region, peer, latency)
+        if doc["event"] != "stopped":
+            ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
+            answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
+        return json_response(answer)
+
+    async def get_have(self, request: web.Request) -> web.Response:
+        store = await self._store()
+        cid = request.match_info["cid"]
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not cached here")
+        if self.require_token:
+            await self.grant(request, signed.manifest.path)
+        return have_response(cid, signed.manifest.piece_count, store.held(cid))
+
+    async def get_key(self, _: web.Request) -> web.Response:
+        return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        if self.require_token and not self._trusted_client(request):
+            await self.grant(request, "", required=True)  # it names users and contents: not for strangers
+        store = self.store
+        contents = []
+        if store is not None:
+            for signed in store.contents():
+                m = signed.manifest
+                contents.append(
+                    {"path": m.path, "id": signed.content_id, "pieces": m.piece_count, "held": len(store.held(signed.content_id))}
+                )
+        return json_response(
+            {
+                **self.metrics.status(),
+                "parent": self.parent,
+                "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
+                "evicted_pieces": store.evicted_pieces if store else 0,
+                "contents": sorted(contents, key=lambda c: c["path"]),
+                **({"p2p": self._p2p_status()} if self.tracker else {}),
+            }
+        )
+
+    def app(self) -> web.Application:
+        app = make_app(self.metrics)
+        r = app.router
+        r.add_get("/origin-key", self.get_key)
+        r.add_get("/status", self.get_status)
+        r.add_get("/manifest/{path:.*}", self.get_manifest)
+        r.add_get("/content/{cid}", self.get_content)
+        r.add_get("/piece/{cid}/{index}", self.get_piece)
+        r.add_get("/have/{cid}", self.get_have)
+        r.add_get("/key/{cid}", self.get_content_key)
+        r.add_get("/swarm-key", self.get_swarm_key)
+        r.add_post("/announce", self.post_announce)
+        r.add_post("/seed/{cid}", self.post_seed)
+        r.add_get("/{path:.*}", self.get_file)
+
+        async def lifecycle(app: web.Application):
+            await self.upstream.start()
+            if self.ledger is not None:
+                await self.ledger.start()  # an unusable ledger stops start-up with its reason
+            opener = None
+            if self.origin_key is not None or (self.cache / "origin.pub").exists():
+                await self.open_store()  # a bad key file stops start-up with its reason
+            else:
+                opener = asyncio.create_task(self.open_store())  # learn it from the parent
+            expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
+            yield
+            for task in (opener, expiry):
+                if task is not None:
+                    task.cancel()
+            if self.ledger is not None:
+                await self.ledger.close()
+            await self.upstream.close()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app
+
+
+def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return None
+
+
+def _seed_name(rec: PeerRecord) -> tuple[str, str]:
+    """A tracked peer as the seeder names it: the address it announced from, and the peer id it sends."""
+    return rec.address, rec.peer_id
+
+
+def _region_label(region: Region) -> str:
+    return region if region is not None else "unmapped"
+
+
+class _Families:
+    """A Prometheus collector around a function: the registry wants an object with ``collect``."""
+
+    def __init__(self, collect: Callable[[], list]):
+        self.collect = collect
+
+
+def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:
+    """One task per key, awaited by all who ask while it runs (request collapsing).
+
+    The task is shielded: a client that hangs up does not cancel the fetch
+    the others are waiting for.  Returns (awaitable, whether it was started now).
+    """
+    task = tasks.get(key)
+    if task is not None:
+        return asyncio.shield(task), False
+    task = asyncio.create_task(start())
+    tasks[key] = task
+
+    def done(t: asyncio.Task) -> None:
+        tasks.pop(key, None)
+        if not t.cancelled():
+            t.exception()  # seen: its waiters may all have gone
+
+    task.add_done_callback(done)
+    return asyncio.shield(task), True
+
+
+async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
+    await serve(edge.app(), *listen, "edge", access_log, ssl_context, limits)

@@ -1,0 +1,175 @@
+"""``edgeswarm get URL``: one whole file through the hybrid swarm, like wget.
+
+The software-update case.  It runs a short-lived peer in-process - with an
+upload server, so it gives back while it downloads - fetches every piece from
+the edge and from other peers, then writes the output from verified pieces
+only.  Either the output is complete and checked, or it exits non-zero with
+a sentence saying why; a partial download is kept in the cache to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from edgeswarm.node.daemon import Servers
+from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.units import format_bytes
+from edgeswarm.roles.peer import Peer
+from edgeswarm.trust import tls
+from edgeswarm.trust.protect import cipher_for
+
+log = logging.getLogger("edgeswarm.roles.get")
+
+
+class GetError(Exception):
+    """Why the download failed, in words for the user."""
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(edge base URL, published path) of a URL such as http://edge:8080/films/a.mp4."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise GetError(f"not an http(s) URL: {url!r}")
+    path = unquote(parts.path).lstrip("/")
+    if not path:
+        raise GetError(f"{url} names no file")
+    return f"{parts.scheme}://{parts.netloc}", path
+
+
+async def download(
+    url: str,
+    output: Path,
+    cache: Path,
+    listen: tuple[str, int],
+    upload_limit: float | None,
+    extra_edges: list[str],
+    stall_timeout: float,
+    token: str | None = None,
+    ca: Path | None = None,
+) -> dict:
+    edge, path = split_url(url)
+    peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca))
+    servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
+    try:
+        peer.upload_port = (await servers.start([(peer.upload_app(), *listen, "upload")]))["upload"][1]
+        peer.bound.set()
+        try:
+            signed = await peer.resolve(path)
+        except HttpError as exc:
+            raise GetError(f"{url}: {exc.message}") from None
+        peer.store.verify_held(signed.content_id)  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
+        swarm = peer.swarm(signed)
+        swarm.want_whole()
+        started = time.monotonic()
+        await _watch(peer, swarm, stall_timeout)
+        elapsed = time.monotonic() - started
+        try:
+            key = await peer.content_key(signed) if signed.manifest.protection else None
+        except HttpError as exc:
+            raise GetError(f"{url}: {exc.message}") from None
+        await asyncio.to_thread(_write_output, peer, signed, output, key)
+        got = peer.received.get(signed.content_id, {})
+        from_peers, total = peer_bytes(got), sum(got.values())
+        return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
+    finally:
+        await servers.close()
+
+
+async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
+    """Show progress until complete; give up when nothing arrives for ``stall_timeout`` seconds."""
+    m = swarm.signed.manifest
+    interactive = sys.stderr.isatty()
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    last_held, last_change, last_line = -1, time.monotonic(), 0.0
+    with Progress(*columns, transient=False, disable=not interactive) as bar:
+        task = bar.add_task(m.path, total=m.size)
+        while not swarm.completed.is_set():
+            held = len(swarm.picker.have)
+            now = time.monotonic()
+            if held != last_held:
+                last_held, last_change = held, now
+            elif now - last_change > stall_timeout:
+                log.debug(
+                    "stalled: missing %s, in flight %s",
+                    swarm.picker.missing(),
+                    {i: swarm.picker.in_flight(i) for i in swarm.picker.missing()},
+                )
+                raise GetError(f"no piece of {m.path} arrived for {stall_timeout:g} s from {', '.join(peer.edges)} or any peer")
+            done = min(m.size, held * m.piece_size)
+            share = _peer_share(peer, swarm.cid)
+            bar.update(task, completed=done, description=f"{m.path} (peers {share:.0%})")
+            if not interactive and now - last_line >= 2:
+                print(
+                    f"{m.path}: {done * 100 // max(m.size, 1)}% {format_bytes(done)} of {format_bytes(m.size)}, peers {share:.0%}",
+                    file=sys.stderr,
+                )
+                last_line = now
+            await asyncio.sleep(0.2)
+        bar.update(task, completed=m.size)
+
+
+def _peer_share(peer: Peer, cid: str) -> float:
+    got = peer.received.get(cid, {})
+    return p2p_share(peer_bytes(got), sum(got.values())) or 0.0
+
+
+def _write_output(peer: Peer, signed, output: Path, key: bytes | None) -> None:
+    """Assemble from stored pieces, each checked again against the manifest on the way out (and decrypted, if protected)."""
+    m = signed.manifest
+    decrypt = cipher_for(key, m.protection) if key is not None and m.protection else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".part")
+    with open(tmp, "wb") as f:
+        for i in range(m.piece_count):
+            data = peer.store.read_piece(signed.content_id, i)
+            if data is None or not m.check_piece(i, data):
+                tmp.unlink(missing_ok=True)
+                raise GetError(f"piece {i} vanished or changed in the cache while writing {output}")
+            f.write(decrypt(data, m.piece_span(i)[0]) if decrypt else data)
+    os.replace(tmp, output)
+
+
+def run(
+    url: str,
+    output: Path | None,
+    cache: Path | None,
+    listen: tuple[str, int],
+    upload_limit: float | None,
+    edges: list[str],
+    stall_timeout: float,
+    token: str | None = None,
+    ca: Path | None = None,
+) -> int:
+    try:
+        _, path = split_url(url)
+    except GetError as exc:
+        print(f"edgeswarm get: {exc}", file=sys.stderr)
+        return 2
+    output = output or Path(path.rsplit("/", 1)[-1])
+    workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
+    try:
+        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca))
+    except GetError as exc:
+        print(f"edgeswarm get: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if cache is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    share = p2p_share(result["from_peers"], result["received"]) or 0.0
+    rate = result["size"] / max(result["seconds"], 1e-3)
+    print(
+        f"{output}: {format_bytes(result['size'])} in {result['seconds']:.1f} s ({format_bytes(rate)}/s), "
+        f"{share:.0%} from peers, every piece verified"
+    )
+    return 0

@@ -1,0 +1,194 @@
+"""The origin: publishes a directory, signs its manifests, serves pieces and files.
+
+p2pd's server mode (``-p DIR``).  It is the root of trust: edges and peers pin
+its public key (served at /origin-key) and accept only what it signed.  The
+origin itself re-checks every piece it reads against the manifest, so a file
+edited behind its back is withdrawn and re-hashed rather than served wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from edgeswarm.node.daemon import ServerLimits, make_app, serve
+from edgeswarm.node.manifestfetch import requested_path
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.serving import serve_file
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.wire import have_response, json_response, manifest_response, piece_index
+from edgeswarm.store.catalog import Catalog, Entry
+from edgeswarm.trust import access
+from edgeswarm.trust.protect import cipher_for, crypt
+from edgeswarm.trust.signing import load_or_create_private_key, public_pem
+
+log = logging.getLogger("edgeswarm.roles.origin")
+
+
+class OriginSource:
+    """Pieces read from the published file and checked against the manifest before they go out."""
+
+    def __init__(self, origin: Origin, entry: Entry):
+        self.origin = origin
+        self.entry = entry
+
+    def local(self, index: int) -> None:
+        return None  # always read and verify: the file may have changed under us
+
+    def held(self, index: int) -> bool:
+        return False
+
+    async def fetch(self, index: int) -> bytes:
+        data = await asyncio.to_thread(self._read, index)
+        if data is None:
+            self.origin.withdraw(self.entry)
+            raise HttpError(503, f"{self.entry.signed.manifest.path} changed on disk and is being republished", {"Retry-After": "2"})
+        return data
+
+    def _read(self, index: int) -> bytes | None:
+        m = self.entry.signed.manifest
+        offset, length = m.piece_span(index)
+        try:
+            if not self.entry.file.resolve().is_relative_to(self.origin.catalog.root):
+                return None
+            with open(self.entry.file, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError:
+            return None
+        if m.protection is not None and self.entry.key is not None:
+            data = crypt(self.entry.key, m.protection.nonce, offset, data)  # nodes get ciphertext only
+        return data if m.check_piece(index, data) else None
+
+
+class Origin:
+    def __init__(self, publish: Path, state: Path, key_file: Path, scan_interval: float = 1.0, protect: list[str] | None = None):
+        self.key = load_or_create_private_key(key_file)
+        self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
+        self.scan_interval = scan_interval
+        self.metrics = Metrics("origin")
+        self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
+        self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
+        self._rescan = asyncio.Event()
+
+    def withdraw(self, entry: Entry) -> None:
+        m = entry.signed.manifest
+        if self.catalog.by_path.get(m.path) is entry:
+            log.warning("%s no longer matches its manifest: withdrawn until re-hashed", m.path)
+            self.catalog.recheck(m.path)
+            self._rescan.set()
+
+    async def scan(self) -> None:
+        changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
+        for line in self.catalog.apply(changes):
+            log.info("%s", line)
+
+    async def _scan_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescan.wait(), self.scan_interval)
+            self._rescan.clear()
+            try:
+                await self.scan()
+            except Exception:
+                log.exception("scan of %s failed", self.catalog.root)
+
+    # -- handlers --------------------------------------------------------------
+    def _entry_by_path(self, request: web.Request) -> Entry:
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        entry = self.catalog.by_path.get(rel)
+        if entry is None:
+            raise HttpError(404, f"{rel} is not published")
+        return entry
+
+    def _entry_by_id(self, cid: str) -> Entry:
+        entry = self.catalog.by_id.get(cid)
+        if entry is None:
+            raise HttpError(404, f"content {cid[:80]} is not published (it may have changed)")
+        return entry
+
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        entry = self._entry_by_path(request)
+        m = entry.signed.manifest
+        transform = None
+        if m.protection is not None and entry.key is not None:  # plaintext, but only for a token that covers it
+            access.grant(request, self.key.public_key(), m.path, required=True)
+            transform = cipher_for(entry.key, m.protection)
+        return await serve_file(request, entry.signed, OriginSource(self, entry), self.metrics, transform=transform)
+
+    async def get_content_key(self, request: web.Request) -> web.Response:
+        """A protected file's key, for a token that covers its path (an edge's, or a user's)."""
+        entry = self._entry_by_id(request.match_info["cid"])
+        if entry.key is None:
+            raise HttpError(404, f"{entry.signed.manifest.path} is not protected: it has no key")
+        access.grant(request, self.key.public_key(), entry.signed.manifest.path, required=True)
+        return access.key_response(entry.signed.content_id, entry.key)
+
+    async def get_manifest(self, request: web.Request) -> web.Response:
+        rel = requested_path(request)
+        entry = self.catalog.by_path.get(rel)
+        if entry is None:
+            raise HttpError(404, f"{rel} is not published")
+        return manifest_response(request, entry.signed.etag, entry.raw)
+
+    async def get_content(self, request: web.Request) -> web.Response:
+        entry = self._entry_by_id(request.match_info["cid"])
+        return manifest_response(request, entry.signed.etag, entry.raw)
+
+    async def get_piece(self, request: web.Request) -> web.Response:
+        entry = self._entry_by_id(request.match_info["cid"])
+        index = piece_index(request, entry.signed.manifest.piece_count)
+        data = await OriginSource(self, entry).fetch(index)
+        self.metrics.sent["node"] += len(data)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def get_have(self, request: web.Request) -> web.Response:
+        entry = self._entry_by_id(request.match_info["cid"])
+        n = entry.signed.manifest.piece_count
+        return have_response(entry.signed.content_id, n, range(n))
+
+    async def get_key(self, _: web.Request) -> web.Response:
+        return web.Response(body=public_pem(self.key.public_key()), content_type="application/x-pem-file")
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        return json_response(
+            {
+                **self.metrics.status(),
+                "publish": str(self.catalog.root),
+                "files": {rel: e.signed.content_id for rel, e in sorted(self.catalog.by_path.items())},
+            }
+        )
+
+    def app(self) -> web.Application:
+        app = make_app(self.metrics)
+        r = app.router
+        r.add_get("/origin-key", self.get_key)
+        r.add_get("/status", self.get_status)
+        r.add_get("/manifest/{path:.*}", self.get_manifest)
+        r.add_get("/content/{cid}", self.get_content)
+        r.add_get("/piece/{cid}/{index}", self.get_piece)
+        r.add_get("/have/{cid}", self.get_have)
+        r.add_get("/key/{cid}", self.get_content_key)
+        r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
+
+        async def start_scanning(app: web.Application):
+            task = asyncio.create_task(self._scan_loop())
+            yield
+            task.cancel()
+
+        app.cleanup_ctx.append(start_scanning)
+        return app
+
+
+async def run(origin: Origin, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
+    await origin.scan()
+    protected = sum(1 for e in origin.catalog.by_path.values() if e.key is not None)
+    log.info("publishing %d files (%d protected) from %s", len(origin.catalog.by_path), protected, origin.catalog.root)
+    await serve(origin.app(), *listen, "origin", access_log, ssl_context, limits)

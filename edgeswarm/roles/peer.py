@@ -1,0 +1,738 @@
+"""The user's daemon: a local gateway for players, an upload server for other peers.
+
+p2pd's client mode.  The gateway serves the CDN namespace with the edge's
+HTTP semantics, fetching pieces from the swarm as the player reads; the upload
+server hands held pieces to other peers under a choker and a rate cap.  Peers
+announce what they hold to their edges (the regional trackers) and get back
+whom to trade with.  Pieces live in the same verified piece store as an
+edge's, so a restarted download fetches only what is missing.
+
+An announce carries the upload *port* only: the edge builds the peer's URL
+from the address it sees the announce come from, so no peer can advertise
+somebody else's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
+from edgeswarm.node.manifestfetch import ManifestFetcher
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.serving import send_piece, serve_file
+from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.policy.choker import SLOTS, Choker
+from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
+from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
+from edgeswarm.protocol import bitfield, havefeed
+from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError
+from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.units import ascii_decimal
+from edgeswarm.protocol.wire import have_response, json_response, piece_index
+from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
+from edgeswarm.store.piecestore import PieceStore
+from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust.protect import cipher_for
+from edgeswarm.trust.signing import KeyFileError, load_public_key
+
+log = logging.getLogger("edgeswarm.roles.peer")
+REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
+FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+
+
+class AnnounceSchedule:
+    """When to announce to each tracker: every interval, and soon again after a failure.
+
+    Sans-IO (time is passed in).  An announce that fails is tried again after
+    1 s, 2 s, 4 s... capped at the interval, so a restarted tracker has its
+    peers back a few seconds after it, not an interval after.  A peer that
+    meets its edge down on another request (a piece, a manifest) checks the
+    tracker within ``FIRST_RETRY`` too, instead of at its next announce.
+    """
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
+        self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
+
+    def due(self, trackers: list[str], now: float) -> list[str]:
+        return [t for t in trackers if self._next.get(t, now) <= now]
+
+    def wait(self, trackers: list[str], now: float) -> float:
+        """Seconds until the next tracker is due (a whole interval without trackers)."""
+        return max(0.0, min((self._next.get(t, now) for t in trackers), default=now + self.interval) - now)
+
+    def succeeded(self, tracker: str, now: float) -> int:
+        """The tracker answered: next announce in an interval.  Returns how many announces had failed before."""
+        self._next[tracker] = now + self.interval
+        return self._failures.pop(tracker, 0)
+
+    def failed(self, tracker: str, now: float) -> float:
+        """The tracker did not answer: returns the seconds until the next try."""
+        failures = self._failures[tracker] = self._failures.get(tracker, 0) + 1
+        delay = min(self.interval, FIRST_RETRY * 2 ** (failures - 1))
+        self._next[tracker] = now + delay
+        return delay
+
+    def hurry(self, tracker: str, now: float, within: float = 0.0) -> None:
+        """Announce to this tracker no later than ``within`` seconds from now."""
+        self._next[tracker] = min(self._next.get(tracker, now), now + within)
+
+    def unreachable(self, tracker: str, now: float) -> None:
+        """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
+        if tracker not in self._failures:
+            self.hurry(tracker, now, FIRST_RETRY)
+
+
+class SwarmSource:
+    """What the gateway reads: the store, else the swarm (with a deadline, never a hang)."""
+
+    def __init__(self, peer: Peer, swarm: Swarm):
+        self.peer, self.swarm = peer, swarm
+
+    def local(self, index: int) -> int | None:
+        return self.peer.store.piece_fd(self.swarm.cid, index)
+
+    def held(self, index: int) -> bool:
+        return self.peer.store.has(self.swarm.cid, index)
+
+    async def fetch(self, index: int) -> bytes:
+        try:
+            await asyncio.wait_for(self.swarm.piece(index), self.peer.read_timeout)
+        except TimeoutError:
+            raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
+        data = self.peer.store.read_piece(self.swarm.cid, index)
+        if data is None:
+            raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
+        return data
+
+
+class Peer:
+    def __init__(
+        self,
+        cache: Path,
+        edges: list[str],
+        upload_limit: float | None = None,
+        upload_slots: int = SLOTS,
+        origin_key: Path | None = None,
+        timeout: float = 10.0,
+        bind: str | None = None,
+        max_cache: int | None = None,
+        read_timeout: float = 30.0,
+        download_limit: float | None = None,
+        token: str | None = None,
+        ca=None,
+    ):
+        self.cache = cache
+        self.edges = [e.rstrip("/") for e in edges]
+        self.origin_key = origin_key
+        self.max_cache = max_cache
+        self.read_timeout = read_timeout
+        self.deadline = 2.0
+        cache.mkdir(parents=True, exist_ok=True)
+        self.peer_id = _peer_id(cache / "peer_id")
+        self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
+        self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
+        self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
+        self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
+        self._keys_checked = 0.0  # when ticket keys were last fetched
+        self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
+        self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
+        self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
+        self.ranking = SourceRanking()
+        self.choker = Choker(slots=upload_slots)
+        self.bucket = TokenBucket(upload_limit)
+        self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
+        self.metrics = Metrics("peer")
+        self.manifests = ManifestFetcher(
+            self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
+        )
+        self.store: PieceStore | None = None
+        self.swarms: dict[str, Swarm] = {}
+        self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
+        self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
+        self.region: str | None = None
+        self.upload_port = 0
+        self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
+        self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
+        self.have_latency = LatencyStats()  # how late neighbours' HAVE lines reach us
+        self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
+        self._p2p_edges = set(self.edges)
+        self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
+        self._completed: set[str] = set()
+        self._wake_announcer = asyncio.Event()  # the schedule changed
+        self.bound = asyncio.Event()  # the upload server has its port
+        self._opened = asyncio.Event()
+        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
+        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
+        for q in ("p50", "p95"):
+            self.metrics.gauge(
+                f"have_latency_{q}_seconds",
+                f"Availability latency {q}: when a neighbour's HAVE line arrived less when it stored the piece (0: no sample yet)",
+                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),
+            )
+        self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
+
+    # -- start-up ----------------------------------------------------------------------
+    async def open_store(self) -> None:
+        key = await originkey.pin(self.cache, self.origin_key, self.upstream, self.edges)
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self._opened.set()
+
+    async def _store(self) -> PieceStore:
+        if self.store is None:
+            try:
+                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
+            except TimeoutError:
+                raise HttpError(503, "peer is still learning the origin key from its edges", {"Retry-After": "2"}) from None
+        assert self.store is not None
+        return self.store
+
+    # -- credentials -------------------------------------------------------------------
+    def edge_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def peer_headers(self, cid: str) -> dict[str, str]:
+        ticket = self.tickets.get(cid)
+        return {"Authorization": f"Bearer {ticket}"} if ticket else {}
+
+    async def learn_ticket_keys(self, again: bool = False) -> None:
+        """Each edge's swarm-ticket key: in managed mode, the only tickets this peer's upload server accepts.
+
+        ``again`` re-fetches known keys too (an edge's key changes when its
+        cache is rebuilt), at most once every 10 s.
+        """
+        if again and time.monotonic() - self._keys_checked < 10:
+            return
+        self._keys_checked = time.monotonic()
+        for edge in self.edges:
+            if edge in self.ticket_keys and not again:
+                continue
+            try:
+                reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
+                if reply.status == 200:
+                    self.ticket_keys[edge] = load_public_key(reply.body, f"{edge}/swarm-key")
+            except (UpstreamError, KeyFileError) as exc:
+                log.info("no swarm-ticket key from %s yet: %s", edge, exc)
+
+    async def check_ticket(self, request: web.Request, cid: str) -> None:
+        """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else 401/403)."""
+        if not self.token:
+            return
+        try:
+            raw = tokens.from_request(request.headers, request.query)
+            if raw is None:
+                raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
+            try:
+                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+            except tokens.TokenError as exc:
+                if exc.status != 401 or "not signed" not in exc.message:
+                    raise
+                await self.learn_ticket_keys(again=True)  # perhaps an edge has a new key
+                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
+            if ticket.peer_id != request.headers.get(PEER_HEADER):
+                raise tokens.TokenError(403, f"this ticket is peer {ticket.peer_id[:64]}'s, not yours")
+        except tokens.TokenError as exc:
+            self.metrics.events[("refused_ticket", "")] += 1
+            raise access.denied(exc) from None
+
+    async def content_key(self, signed: SignedManifest) -> bytes:
+        """A protected file's key from an edge (which checks our token); kept in memory, never on disk."""
+        cid = signed.content_id
+        if cid in self.content_keys:
+            return self.content_keys[cid]
+        problems = []
+        for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
+            try:
+                self.content_keys[cid] = await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
+                return self.content_keys[cid]
+            except access.KeyRefused as exc:
+                if exc.status in (401, 403):  # the user's token: another edge would say the same
+                    raise HttpError(exc.status, exc.message) from None
+                problems.append(exc.message)
+            except HttpError as exc:
+                problems.append(exc.message)
+        raise HttpError(502, f"no edge gave the key of /{signed.manifest.path}: {'; '.join(problems)}")
+
+    # -- manifests ---------------------------------------------------------------------
+    async def resolve(self, path: str) -> SignedManifest:
+        """The current manifest of ``path`` from the fastest edge; a cached one if no edge answers."""
+        store = await self._store()
+        cached = store.manifest_for_path(path)
+        if cached is not None and self.manifests.fresh(path):
+            return cached
+        edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
+        return await self.manifests.revalidate(store, path, edges, self.edge_headers())
+
+    def swarm(self, signed: SignedManifest) -> Swarm:
+        cid = signed.content_id
+        swarm = self.swarms.get(cid)
+        if swarm is None:
+            swarm = self.swarms[cid] = Swarm(self, signed)
+            self.announce_soon()
+        return swarm
+
+    # -- transfers (driven by Swarm) -----------------------------------------------------
+    async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool, urgent: bool = False) -> bytes:
+        """One piece; to an edge, saying whether a reader's deadline forces it (the edge counts those copies)."""
+        headers = {PEER_HEADER: self.peer_id, **(self.peer_headers(cid) if to_peer else self.edge_headers())}
+        if not to_peer:
+            headers[URGENCY_HEADER] = "urgent" if urgent else "background"
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None:
+            raise KeyError(cid)  # the content left the store meanwhile
+        try:
+            reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers, limit=signed.manifest.piece_span(index)[1])
+        except UpstreamError:
+            if not to_peer:
+                self._edge_unreachable(url)
+            raise
+        if reply.status == 200:
+            await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
+            if not to_peer:
+                self.from_edge[(cid, url)] += len(reply.body)
+            return reply.body
+        if reply.status in (401, 403) and to_peer:
+            raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
+        if reply.status == 429:
+            retry = ascii_decimal(reply.headers.get("Retry-After", "").strip(), 4)  # delay-seconds; float() took "nan"
+            raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
+        if reply.status in (404, 504) and to_peer:
+            raise NotHeld()
+        raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
+
+    async def fetch_seed(
+        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None
+    ) -> tuple[int, bytes] | None:
+        """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
+
+        ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
+        we are interested in.  SeedUnsupported: the edge does not seed (404/405).
+        ``on_piece`` learns the piece's index from the answer's head, before its body.
+        """
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None:
+            raise KeyError(cid)
+        m = signed.manifest
+        headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
+        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+
+        def head(status: int, headers: CIMultiDictProxy[str]) -> None:
+            index = ascii_decimal(headers.get(PIECE_HEADER, ""))
+            if on_piece is not None and status == 200 and index is not None and index < m.piece_count:
+                on_piece(index)
+
+        try:
+            reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size, on_head=head)
+        except UpstreamError:
+            self._edge_unreachable(edge)
+            raise
+        if reply.status == 204:
+            return None
+        if reply.status in (404, 405):
+            raise SeedUnsupported()
+        if 400 <= reply.status < 500:  # refused this asker (403 under --internal, 429...): wait, as on 204; the edge is fine
+            log.info("%s answered %d to /seed for %s: waiting, as on 204", edge, reply.status, cid[:12])
+            return None
+        if reply.status != 200:
+            raise UpstreamError(502, f"{edge} answered {reply.status} to /seed")
+        index = ascii_decimal(reply.headers.get(PIECE_HEADER, ""))
+        if index is None:
+            raise UpstreamError(502, f"{edge} answered /seed without a valid {PIECE_HEADER}")
+        if not index < m.piece_count:
+            raise UpstreamError(502, f"{edge} sent piece {index} of a {m.piece_count}-piece file")
+        await self.down_bucket.throttle(len(reply.body))
+        self.from_edge[(cid, edge)] += len(reply.body)
+        return index, reply.body
+
+    async def have_stream(self, url: str, cid: str) -> AsyncIterator[HaveEvent]:
+        """A neighbour's HAVE stream, one event per line; ends when the stream does.
+
+        A neighbour that answers a plain ``/have`` (an older peer) yields one
+        snapshot and then raises StreamUnsupported: it is polled instead.
+        UpstreamError when it cannot be opened or goes silent past heartbeats.
+        """
+        signed = self.store.manifest(cid) if self.store else None
+        if signed is None or self.streams is None:
+            return
+        count = signed.manifest.piece_count
+        headers = {
+            PEER_HEADER: self.peer_id,
+            "Accept": havefeed.CONTENT_TYPE,
+            havefeed.UPLOAD_PORT_HEADER: str(self.upload_port),
+            **({havefeed.REGION_HEADER: self.region} if self.region else {}),
+            **self.peer_headers(cid),
+        }
+        silence = 3 * havefeed.HEARTBEAT
+        try:
+            async with asyncio.timeout(self.upstream.timeout):
+                resp = await self.streams.get(node_url(url, f"/have/{cid}"), headers=headers)
+            async with resp:
+                if resp.status == 429:
+                    raise UpstreamError(429, f"{url} has all the HAVE subscribers it takes")
+                if resp.status != 200:
+                    raise UpstreamError(502, f"{url} answered {resp.status} to a HAVE subscription")
+                if resp.content_type != havefeed.CONTENT_TYPE:
+                    body = await read_bounded(resp, MAX_ANSWER, url, "/have")
+                    held = bitfield.decode(json.loads(body).get("bitfield"), count)
+                    yield HaveEvent("snapshot", frozenset(held), None)
+                    raise StreamUnsupported()
+                while True:
+                    async with asyncio.timeout(silence):
+                        line = await resp.content.readline()
+                    if not line:
+                        return
+                    if not line.endswith(b"\n") or len(line) > MAX_ANSWER:
+                        raise UpstreamError(502, f"{url} sent a broken HAVE line")
+                    event = havefeed.parse_line(line, count)
+                    if event.at is not None and event.kind == "have":
+                        self.have_latency.add(time.time() - event.at)
+                    yield event
+        except TimeoutError:
+            raise UpstreamError(504, f"{url}'s HAVE stream went silent") from None
+        except (aiohttp.ClientError, OSError, ValueError, AttributeError) as exc:
+            raise UpstreamError(502, f"{url}'s HAVE stream failed: {exc.__class__.__name__} {exc}") from None
+
+    async def fetch_have(self, url: str, cid: str) -> set[int] | None:
+        store = await self._store()
+        signed = store.manifest(cid)
+        try:
+            headers = self.edge_headers() if url in self.edges else {PEER_HEADER: self.peer_id, **self.peer_headers(cid)}
+            reply = await self.upstream.get(url, f"/have/{cid}", headers, timeout=2.0)
+            if reply.status != 200 or signed is None:
+                return None
+            return bitfield.decode(json.loads(reply.body).get("bitfield"), signed.manifest.piece_count)
+        except (UpstreamError, ValueError, AttributeError):
+            return None
+
+    def count_received(self, cid: str, kind: str, url: str, n: int) -> None:
+        self.metrics.count_received(kind, url, n)
+        self.metrics.count_content("received", cid, kind, n)
+        self.received.setdefault(cid, Counter())[kind] += n
+
+    def on_complete(self, swarm: Swarm) -> None:
+        log.info("completed %s (%d pieces)", swarm.signed.manifest.path, swarm.signed.manifest.piece_count)
+        self.announce_soon()
+
+    # -- announces -------------------------------------------------------------------------
+    def announce_soon(self) -> None:
+        """Something every tracker should hear now: a new content, or one completed."""
+        for edge in self._p2p_edges:
+            self.schedule.hurry(edge, time.monotonic())
+        self._wake_announcer.set()
+
+    def _edge_unreachable(self, edge: str) -> None:
+        if edge in self._p2p_edges:
+            self.schedule.unreachable(edge, time.monotonic())
+            self._wake_announcer.set()
+
+    async def announce_loop(self) -> None:
+        await self.bound.wait()
+        await self._store()
+        while True:
+            if len(self.ticket_keys) < len(self.edges):
+                await self.learn_ticket_keys()
+            self._wake_announcer.clear()
+            due = self.schedule.due(sorted(self._p2p_edges), time.monotonic())
+            if due:
+                await self.announce_all("update", due)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_announcer.wait(), self.schedule.wait(sorted(self._p2p_edges), time.monotonic()))
+
+    async def announce_all(self, event: str, edges: list[str] | None = None) -> None:
+        store = self.store
+        if store is None:
+            return
+        cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+        await asyncio.gather(*(self._announce_to(edge, cids, event) for edge in (list(self._p2p_edges) if edges is None else edges)))
+
+    async def _announce_to(self, edge: str, cids: set[str], event: str) -> None:
+        """Every content to one tracker; if it cannot be reached, the next try comes after a short back-off."""
+        failed = [why for why in await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids)) if why]
+        if event == "stopped":
+            return
+        now = time.monotonic()
+        if failed:
+            delay = self.schedule.failed(edge, now)
+            log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], delay)
+        elif self.schedule.succeeded(edge, now) and edge in self._p2p_edges:
+            log.info("%s answers announces again", edge)
+            self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
+
+    async def _announce(self, edge: str, cid: str, event: str) -> str | None:
+        """One announce; returns why the tracker could not be reached, if it could not."""
+        store = self.store
+        signed = store.manifest(cid) if store else None
+        if signed is None:
+            return
+        count = signed.manifest.piece_count
+        held = store.held(cid)
+        if event != "stopped":
+            if (edge, cid) not in self._announced:
+                event = "started"
+            elif len(held) == count and cid not in self._completed:
+                event = "completed"
+        received = self.received.get(cid, Counter())
+        usage = {"from_this_edge": (edge, self.from_edge[(cid, edge)])}  # what has been reported, and to whom
+        if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
+            usage["from_peers"] = ("", peer_bytes(received))
+            usage["uploaded"] = ("", self.uploaded[cid])
+        doc = {
+            "peer_id": self.peer_id,
+            "port": self.upload_port,
+            "content": cid,
+            "pieces": count,
+            "have": bitfield.encode(held, count),
+            "uploaded": self.uploaded[cid],
+            "downloaded": sum(received.values()),
+            "event": event,
+            "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
+            **({"have_latency": latency} if (latency := self.have_latency.percentiles()) else {}),
+            "stats": {STAT_KEYS[kind]: received[kind] for kind in SOURCE_KINDS},
+        }
+        try:
+            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, MAX_ANNOUNCE)
+        except UpstreamError as exc:
+            return exc.message
+        if reply.status in (404, 405):
+            log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
+            self._p2p_edges.discard(edge)
+            return None
+        if reply.status != 200:
+            why = f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+            if reply.status >= 500:  # an edge starting up, or one whose parent is down: try again soon
+                return why
+            log.warning("announce to %s refused: %s", edge, why)
+            return None
+        self._announced.add((edge, cid))
+        for k, (where, v) in usage.items():
+            self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
+        if event == "completed":
+            self._completed.add(cid)
+        self._take_answer(cid, count, reply.body)
+        return None
+
+    def _accounting_edge(self) -> str | None:
+        """The one tracker that books this peer's P2P counters in its ledger: the first of our edges that tracks."""
+        return next((e for e in self.edges if e in self._p2p_edges), None)
+
+    def _take_answer(self, cid: str, count: int, body: bytes) -> None:
+        try:
+            doc = json.loads(body)
+            self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
+            self.region = doc.get("region")
+            if isinstance(doc.get("ticket"), str):
+                self.tickets[cid] = doc["ticket"]
+            peers = [
+                {
+                    "peer_id": str(p["peer_id"]),
+                    "url": str(p["url"]),
+                    "have": bitfield.decode(p["have"], count),
+                    "same_region": p.get("region") == self.region,
+                }
+                for p in doc.get("peers", [])
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad announce answer: %s", exc)
+            return
+        swarm = self.swarms.get(cid)
+        if swarm is not None:
+            swarm.update_neighbours(peers)
+
+    # -- the gateway -------------------------------------------------------------------------
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        signed = await self.resolve(rel)
+        protection = signed.manifest.protection
+        transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
+        return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics, transform=transform)
+
+    async def post_file(self, request: web.Request) -> web.Response:
+        """``POST /<path>``: fetch the whole file in the background (rarest-first, to seed it later)."""
+        rel = clean_request_path(request.raw_path)
+        if rel.split("/", 1)[0] in RESERVED:
+            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        swarm = self.swarm(await self.resolve(rel))
+        swarm.want_whole()
+        return json_response(swarm.status(), status=202)
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        totals: Counter[str] = Counter()
+        for c in self.received.values():
+            totals.update(c)
+        return json_response(
+            {
+                **self.metrics.status(),
+                "peer_id": self.peer_id,
+                "region": self.region,
+                "edges": [{"url": e, "rate_Bps": self.ranking.rate(e), "tracker": e in self._p2p_edges} for e in self.edges],
+                "received_by_kind": dict(totals),
+                "uploaded_to_peers": sum(self.uploaded.values()),
+                "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
+                "swarms": [s.status() for s in self.swarms.values()],
+                "unchoked": sorted(self.choker.unchoked(time.monotonic())),
+                "have_latency": self.have_latency.percentiles(),
+                "have_subscribers": self.havefeed.count(),
+            }
+        )
+
+    # -- the upload server ---------------------------------------------------------------------
+    async def get_piece(self, request: web.Request) -> web.StreamResponse:
+        store = await self._store()
+        cid = request.match_info["cid"]
+        await self.check_ticket(request, cid)  # first: strangers learn nothing, not even what is held
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not held here")
+        index = piece_index(request, signed.manifest.piece_count)
+        if not store.has(cid, index):
+            raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
+        who = request.headers.get(PEER_HEADER, "")[:64] or (request.remote or "?")
+        now = time.monotonic()
+        if not self.choker.request(now, who):
+            self.metrics.events[("choked", "")] += 1
+            raise HttpError(429, "choked: all upload slots are taken", {"Retry-After": str(self.choker.retry_after(now))})
+        data = store.read_piece(cid, index)
+        if data is None:
+            raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
+        resp = await send_piece(request, data, self.bucket)
+        self.uploaded[cid] += len(data)
+        self.metrics.sent["peer"] += len(data)
+        self.metrics.count_content("sent", cid, "peer", len(data))
+        self.choker.sent(time.monotonic(), who, len(data))
+        return resp
+
+    async def get_have(self, request: web.Request) -> web.StreamResponse:
+        """What we hold: a bitfield, or with ``Accept: application/x-ndjson`` the HAVE stream."""
+        store = await self._store()
+        cid = request.match_info["cid"]
+        await self.check_ticket(request, cid)
+        signed = store.manifest(cid)
+        if signed is None:
+            raise HttpError(404, f"content {cid[:80]} is not held here")
+        count = signed.manifest.piece_count
+        if havefeed.CONTENT_TYPE not in request.headers.get("Accept", ""):
+            return have_response(cid, count, store.held(cid))
+        self._met_subscriber(request, cid)
+        sub = self.havefeed.subscribe(cid, address_group(request.remote or ""))
+        if sub is None:
+            why = f"at most {self.havefeed.cap} HAVE subscribers for {cid[:12]}, {self.havefeed.per_source} from one address"
+            raise HttpError(429, f"no room: {why}", {"Retry-After": "30"})
+        try:
+            return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()))
+        finally:
+            self.havefeed.unsubscribe(cid, sub)
+
+    def _met_subscriber(self, request: web.Request, cid: str) -> None:
+        """A subscriber is a peer downloading this content: our swarm may trade with it too (BitTorrent's incoming peers).
+
+        Its URL is its connection's address and its announced port, as the
+        tracker builds it, so nobody can point us at another's address.
+        """
+        port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
+        peer_id = request.headers.get(PEER_HEADER, "")
+        number = ascii_decimal(port, max_digits=5)
+        if (port and not (number is not None and 0 < number < 65536)) or len(peer_id) > 64:
+            raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
+        swarm = self.swarms.get(cid)
+        if swarm is None or number is None or not peer_id or not request.remote:
+            return
+        claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
+        swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True)
+
+    # -- wiring -------------------------------------------------------------------------------
+    def gateway_app(self) -> web.Application:
+        app = make_app(self.metrics)
+        app.router.add_get("/status", self.get_status)
+        app.router.add_get("/{path:.*}", self.get_file)
+        app.router.add_post("/{path:.*}", self.post_file)
+        return app
+
+    def upload_app(self) -> web.Application:
+        app = make_app(self.metrics)
+        app.router.add_get("/piece/{cid}/{index}", self.get_piece)
+        app.router.add_get("/have/{cid}", self.get_have)
+        app.on_shutdown.append(lambda _: self._end_streams())
+
+        async def lifecycle(app: web.Application):
+            await self.start()
+            yield
+            await self.stop()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        # HAVE streams hold a connection each for as long as they last: their own pool, so that
+        # piece requests never queue behind them; from the same source address (it names us to neighbours)
+        bind = self.upstream.bind
+        self.streams = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
+        )
+        if self.origin_key is not None or (self.cache / "origin.pub").exists():
+            await self.open_store()
+            self._tasks = [asyncio.create_task(self.announce_loop())]
+        else:
+            self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+
+    async def _end_streams(self) -> None:
+        self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for swarm in self.swarms.values():
+            await swarm.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.announce_all("stopped"), 2.0)
+        await self.upstream.close()
+        if self.streams is not None:
+            await self.streams.close()
+        if self.store is not None:
+            self.store.close()
+
+
+def _peer_id(path: Path) -> str:
+    """A random id kept in the cache dir, so a restarted peer is the same peer to its trackers."""
+    try:
+        pid = path.read_text().strip()
+        if pid:
+            return pid
+    except FileNotFoundError:
+        pass
+    pid = secrets.token_hex(8)
+    path.write_text(pid + "\n")
+    return pid
+
+
+async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool, limits: ServerLimits | None = None) -> None:
+    def bound(label: str, host: str, port: int) -> None:
+        if label == "upload":
+            peer.upload_port = port
+            peer.bound.set()
+
+    sites = [(peer.upload_app(), *listen, "upload"), (peer.gateway_app(), *gateway, "gateway")]
+    await serve_many(sites, "peer", access_log, on_bound=bound, limits=limits)

@@ -1,0 +1,318 @@
+"""One content being fetched by a peer from its edges and from other peers at once: the engine over HTTP.
+
+Every decision is edgeswarm.policy.engine's (which neighbours get a worker, which
+piece each is asked for, which edge, when the edge may take anything, what a
+failure costs); this module runs its workers as asyncio tasks and does what
+they ask with the peer's HTTP client and piece store.  It also keeps the
+neighbours' HAVE streams open (edgeswarm.protocol.havefeed), one subscription per
+neighbour, reopened with back-off.  Every piece is verified by the piece
+store before it counts; one that fails is reported to the engine as
+corrupt, which bans the sender's address for this content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.policy import engine
+from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
+from edgeswarm.policy.vocabulary import EDGE, peer_kind
+from edgeswarm.protocol import havefeed
+from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored
+
+if TYPE_CHECKING:
+    from edgeswarm.protocol.manifest import SignedManifest
+    from edgeswarm.roles.peer import Peer
+
+log = logging.getLogger("edgeswarm.roles.swarm")
+
+
+class Swarm:
+    def __init__(self, peer: Peer, signed: SignedManifest):
+        self.peer = peer
+        self.signed = signed
+        self.cid = signed.content_id
+        self.waiters: dict[int, list[asyncio.Future]] = {}
+        self.completed = asyncio.Event()
+        self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Task] = set()
+        self._subscriptions: dict[str, asyncio.Task] = {}  # neighbour URL -> its HAVE stream's task
+        self.engine = engine.Engine(
+            self,
+            signed.manifest.piece_count,
+            peer.store.held(self.cid),
+            seed=peer.peer_id,
+            deadline=peer.deadline,
+            edges=peer.edges,
+            ranking=peer.ranking,
+            clock=time.monotonic,
+        )
+        self.picker = self.engine.picker
+        if self.picker.complete():
+            self.completed.set()
+
+    # -- what the user wants -------------------------------------------------------
+    def want_whole(self) -> None:
+        self.engine.want_whole()
+        self._check_complete()
+
+    async def piece(self, index: int) -> None:
+        """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
+        if index in self.picker.have:
+            if self.peer.store.has(self.cid, index):
+                return
+            self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(index, []).append(fut)
+        self.engine.reading(index)
+        try:
+            await fut
+        finally:
+            waiting = self.waiters.get(index, [])
+            if fut in waiting:
+                waiting.remove(fut)
+            if not waiting:
+                self.waiters.pop(index, None)
+            self.engine.read_done(index)
+
+    # -- who else has it -------------------------------------------------------------
+    def update_neighbours(self, answer: list[dict]) -> None:
+        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
+        self.engine.tracker_answer(answer)
+        for n in list(self.engine.neighbours.values()):
+            self._subscribe(n)
+
+    def add_neighbour(self, peer_id: str, url: str, same_region: bool, subscriber: bool = False) -> Neighbour | None:
+        """A neighbour (from the tracker, or one that subscribed to us), subscribed to; None if it may not be one."""
+        n = self.engine.add_neighbour(peer_id, url, same_region, subscriber)
+        if n is not None:
+            self._subscribe(n)
+        return n
+
+    @property
+    def neighbours(self) -> dict[str, Neighbour]:
+        return self.engine.neighbours
+
+    @property
+    def banned(self) -> set[str]:
+        return self.engine.banned
+
+    def _subscribe(self, n: Neighbour) -> None:
+        if self.engine.may_subscribe(n):
+            n.subscribed = True
+            self._subscriptions[n.url] = self._start(self._subscription(n))
+
+    async def _subscription(self, n: Neighbour) -> None:
+        """Keep ``n``'s HAVE stream open while we download: reopen a lost one at once, then after 1, 2, 4... s.
+
+        While it is not open, what ``n`` held is forgotten (it may have left)
+        and the scout polls it.  One that answers plain /have only is polled
+        for good; one at its subscriber cap (429) is polled until a tracker
+        answer names it again; one that cannot be reached MAX_FAILURES times
+        in a row has left: it is dropped, and comes back with a tracker answer
+        or its own subscription.
+        """
+        failures = 0
+        try:
+            while not self.engine.closed and self.neighbours.get(n.url) is n and not self.completed.is_set():
+                try:
+                    async with contextlib.aclosing(self.peer.have_stream(n.url, self.cid)) as events:  # a break closes it
+                        async for event in events:
+                            failures = 0
+                            self.engine.heard(n, event.kind, event.pieces)
+                            if self.completed.is_set() or self.neighbours.get(n.url) is not n:
+                                break  # done with this content, or with this neighbour: free the uploader's slot
+                except StreamUnsupported:
+                    n.stream = False
+                    return
+                except UpstreamError as exc:
+                    log.debug("HAVE stream of %s: %s", n.url, exc.message)
+                    if exc.status == 429:
+                        break
+                if n.stream:  # it was live: reopen at once, and forget what it held meanwhile
+                    self.engine.stream_lost(n)
+                    await asyncio.sleep(0.1)
+                    continue
+                failures += 1
+                if self.engine.unreachable(n, failures):
+                    break
+                await asyncio.sleep(havefeed.backoff(failures))
+        finally:
+            if self._subscriptions.get(n.url) is asyncio.current_task():
+                del self._subscriptions[n.url]
+            n.subscribed = False
+            if n.stream:
+                n.stream = None
+
+    # -- the engine's host -----------------------------------------------------------
+    def spawn(self, worker: Worker) -> None:
+        self._start(self._drive(worker))
+
+    def changed(self) -> None:
+        """Wake every worker waiting for something to do (a fresh future per generation, so none misses it)."""
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
+
+    def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
+        if peer is not None:
+            self.peer.choker.received(time.monotonic(), peer.peer_id, nbytes)
+        kind = EDGE if peer is None else peer_kind(peer.same_region)
+        self.peer.count_received(self.cid, kind, url, nbytes)
+        self.peer.havefeed.stored(self.cid, index, time.time())
+        for fut in self.waiters.get(index, []):
+            if not fut.done():
+                fut.set_result(None)
+        self._check_complete()
+
+    def dropped(self, n: Neighbour) -> None:
+        self._unsubscribe(n)
+
+    def gone(self) -> bool:
+        return self.peer.store.manifest(self.cid) is None
+
+    # -- running the engine's workers ------------------------------------------------------
+    def _start(self, coro) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _drive(self, worker: Worker) -> None:
+        """Do what ``worker`` asks until it returns; a bug is logged, never a silently stopped worker."""
+        reply: object = None
+        try:
+            while True:
+                command = worker.send(reply)
+                reply = await self._do(command)
+        except StopIteration:
+            pass
+        except asyncio.CancelledError:
+            worker.close()
+            raise
+        except Exception:
+            log.exception("a download worker of %s failed", self.signed.manifest.path)
+            worker.close()
+
+    async def _do(self, command: Command) -> object:
+        """Do one command; a bug in doing it is logged and reported as a failure, so the worker goes on."""
+        try:
+            return await self._execute(command)
+        except Exception as exc:
+            log.exception("%s failed on %s", type(command).__name__, self.signed.manifest.path)
+            if isinstance(command, AskHave):
+                return [None] * len(command.neighbours)
+            return Result("failed", message=repr(exc)) if isinstance(command, Fetch | Seed) else None
+
+    async def _execute(self, command: Command) -> object:
+        if isinstance(command, Wait):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._changed), command.timeout)
+            return None
+        if isinstance(command, Sleep):
+            await asyncio.sleep(command.seconds)
+            return None
+        if isinstance(command, Fetch):
+            return await self._fetch(command)
+        if isinstance(command, Seed):
+            return await self._seed(command)
+        return await asyncio.gather(*(self.peer.fetch_have(n.url, self.cid) for n in command.neighbours))
+
+    async def _fetch(self, f: Fetch) -> Result:
+        """Fetch one piece (unless it came from /seed already) and store it, verified."""
+        started = time.monotonic()
+        try:
+            data = f.data
+            if not isinstance(data, bytes):
+                data = await self.peer.fetch_piece(f.url, self.cid, f.index, to_peer=f.peer is not None, urgent=f.urgent)
+            self.peer.store.put_piece(self.cid, f.index, data)
+            return Result("ok", time.monotonic() - started, len(data))
+        except CorruptPiece:
+            self.peer.metrics.events[("corrupt_piece", f.url)] += 1
+            return Result("corrupt")
+        except Choked as exc:
+            return Result("choked", exc.retry_after)
+        except NotHeld:
+            return Result("not_held")
+        except (UpstreamError, HttpError) as exc:
+            return Result("failed", message=str(exc))
+        except KeyError:  # the content was dropped from the store meanwhile
+            return Result("gone")
+        except PieceNotStored:
+            return Result("not_stored")
+
+    async def _seed(self, s: Seed) -> Result:
+        started = time.monotonic()
+        try:
+            got = await self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=self.engine.seed_coming)
+        except SeedUnsupported:
+            return Result("unsupported")
+        except UpstreamError as exc:
+            return Result("failed", message=exc.message)
+        except KeyError:
+            return Result("gone")
+        if got is None:
+            return Result("none")
+        return Result("ok", time.monotonic() - started, len(got[1]), got[0], got[1])
+
+    # -- completion and shutdown --------------------------------------------------------
+    def _check_complete(self) -> None:
+        if self.picker.complete() and not self.completed.is_set():  # a player that read it all completed it too
+            self.completed.set()
+            self.peer.on_complete(self)
+            for n in self.neighbours.values():  # we need nobody's pieces now: free our places under their caps
+                self._unsubscribe(n)
+
+    def _unsubscribe(self, n: Neighbour) -> None:
+        task = self._subscriptions.pop(n.url, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        n.subscribed = False
+
+    async def close(self) -> None:
+        self.engine.closed = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for futs in self.waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_exception(HttpError(503, "the peer is shutting down"))
+
+    def status(self) -> dict:
+        m = self.signed.manifest
+        return {
+            "path": m.path,
+            "id": self.cid,
+            "pieces": m.piece_count,
+            "held": len(self.picker.have),
+            "complete": self.picker.complete(),
+            "neighbours": len(self.neighbours),
+            "have_streams": sum(1 for n in self.neighbours.values() if n.stream),
+            "banned": sorted(self.banned),
+        }
+
+
+class Choked(Exception):
+    def __init__(self, retry_after: float):
+        super().__init__(f"choked; retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+class NotHeld(Exception):
+    """The source does not hold the piece (any more)."""
+
+
+class SeedUnsupported(Exception):
+    """The edge answered 404 to /seed: it does not seed (not in p2p mode, or older)."""
+
+
+class StreamUnsupported(Exception):
+    """The neighbour answers a plain /have only (an older peer): it is polled instead."""

@@ -1,0 +1,561 @@
+"""A swarm in memory and virtual time: the download engine against simulated peers and edges.
+
+Every peer runs edgeswarm.policy.engine exactly as the daemon does: the same
+workers, picker, staffing, edge choice, fallback and failure costs.  Only
+what they ask for is simulated: a piece request takes a round trip and then
+shares its uploader's link with the uploader's other transfers (processor
+sharing, as TCP flows roughly do); an uploading peer answers through the
+real Choker; an edge chooses what to seed with the real SuperSeeder and
+hands out neighbours with the real Tracker (strict locality); what a peer
+stores reaches its HAVE subscribers after the HAVE stream's batching delay.
+No sockets and no sleeping, so a unit test runs a 200-peer crowd in seconds
+and any run replays exactly.
+
+``python -m edgeswarm.sim.swarmsim`` sweeps N for synchronized streams,
+staggered streams and whole-file downloads and writes the curves of
+docs/engine.md (P2P share, and the last peer's time against the bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeswarm.policy.choker import SLOTS, Choker
+from edgeswarm.policy.engine import AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
+from edgeswarm.policy.regions import Region
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.superseed import SuperSeeder
+from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, Tracker
+from edgeswarm.policy.vocabulary import EDGE, PEER_OTHER_REGION, flash_crowd_bound, p2p_share, peer_bytes, peer_kind
+from edgeswarm.protocol import havefeed
+
+PIECE = 256 * 1024
+RTT = 0.002  # seconds for a request to reach its server and the answer's head to come back
+TIMEOUT = 10.0  # seconds a request to a node that is down takes to fail
+CID = "c0ffee"
+
+
+@dataclass
+class Crowd:
+    """One simulated run; the defaults are `bench swarm`'s loopback set-up (12 peers, 2 regions, 32 MiB)."""
+
+    peers: int = 12
+    regions: int = 2
+    size: int = 32 * 1024 * 1024
+    mode: str = "stream"  # stream: each reads the file in order, as a player or curl through the gateway; get: whole file
+    # a peer that completes leaves (stops seeding), as `edgeswarm get` exits; None: as the mode does (get leaves)
+    leave_when_done: bool | None = None
+    stagger: float = 0.0  # seconds between two peers' starts
+    edge_Bps: float = 8e6
+    peer_Bps: float = 2e6
+    edges: int = 1
+    edge_rates: tuple[float, ...] | None = None  # one rate per edge, overriding edges and edge_Bps
+    seeding: bool = True  # False: edges answer 404 to /seed, as one that is not a super-seeder
+    edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
+    black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
+    choke_slots: int = SLOTS
+    limit: float = 3600.0  # virtual seconds before the run is cut
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """Each edge's upload rate."""
+        return self.edge_rates or (self.edge_Bps,) * self.edges
+
+
+class Loop:
+    """Virtual time: callbacks in time order; a run never sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable, tuple]] = []
+        self._seq = itertools.count()
+
+    def after(self, delay: float, fn: Callable, *args: object) -> None:
+        heapq.heappush(self._heap, (self.now + max(0.0, delay), next(self._seq), fn, args))
+
+    def run(self, done: Callable[[], bool], limit: float) -> None:
+        while self._heap and not done():
+            when, _, fn, args = heapq.heappop(self._heap)
+            if when > limit:
+                break
+            self.now = when
+            fn(*args)
+
+
+class Uplink:
+    """One node's upload capacity, shared equally by the transfers in progress (processor sharing)."""
+
+    def __init__(self, loop: Loop, rate: float):
+        self.loop, self.rate = loop, rate
+        self._flows: dict[int, list] = {}  # id -> [bytes left, callback]
+        self._ids = itertools.count()
+        self._last = 0.0
+        self._version = 0
+
+    def send(self, nbytes: int, done: Callable[[], None]) -> None:
+        self._advance()
+        self._flows[next(self._ids)] = [float(nbytes), done]
+        self._schedule()
+
+    def _advance(self) -> None:
+        if self._flows:
+            share = self.rate * (self.loop.now - self._last) / len(self._flows)
+            for f in self._flows.values():
+                f[0] -= share
+        self._last = self.loop.now
+
+    def _schedule(self) -> None:
+        self._version += 1
+        if self._flows:
+            least = min(f[0] for f in self._flows.values())
+            self.loop.after(max(0.0, least) * len(self._flows) / self.rate, self._tick, self._version)
+
+    def _tick(self, version: int) -> None:
+        if version != self._version:
+            return
+        self._advance()
+        for fid in [fid for fid, f in self._flows.items() if f[0] <= 1e-6]:
+            self._flows.pop(fid)[1]()
+        self._schedule()
+
+
+class SimEdge:
+    """An edge in p2p mode holding the whole file: tracker, super-seeder, one upload link."""
+
+    def __init__(self, sim: Simulation, url: str, rate: float):
+        self.sim, self.url = sim, url
+        self.uplink = Uplink(sim.loop, rate)
+        self.tracker = Tracker(locality="strict", ttl=3 * ANNOUNCE_INTERVAL)
+        self.seeder = SuperSeeder()
+        self.sent: Counter[str] = Counter()  # region -> bytes
+        self.forced: Counter[str] = Counter()  # region -> bytes a reader's deadline forced (urgent /piece)
+
+    def down(self) -> bool:
+        window = self.sim.crowd.edge_down
+        return window is not None and self is self.sim.edges[0] and window[0] <= self.sim.loop.now < window[1]
+
+    def piece(self, asker: SimPeer, index: int, urgent: bool, reply: Callable[[Result], None]) -> None:
+        if self.down():
+            self.sim.loop.after(RTT, reply, Result("failed", message="connection refused"))
+            return
+        if urgent:
+            self.forced[asker.region.name] += self.sim.piece_len(index)
+        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n)))
+
+    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, reply: Callable[[Result], None]) -> None:
+        if self.down():
+            self.sim.loop.after(RTT, reply, Result("failed", message="connection refused"))
+            return
+        if not self.sim.crowd.seeding:
+            self.sim.loop.after(RTT, reply, Result("unsupported"))
+            return
+        index = self.seeder.choose(asker.region.name, CID, claimed, start, self.sim.count)
+        if index is None:
+            self.sim.loop.after(RTT, reply, Result("none"))
+            return
+        self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
+        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n, index, data=True)))
+
+    def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:
+        """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``)."""
+        loop, nbytes, started = self.sim.loop, self.sim.piece_len(index), self.sim.loop.now
+        self.seeder.record(loop.now, asker.region.name, CID, index, asker.key)
+        self.sent[asker.region.name] += nbytes
+        self.uplink.send(nbytes, lambda: loop.after(RTT / 2, reply, loop.now + RTT / 2 - started, nbytes))
+
+    def announce(self, peer: SimPeer) -> list[dict]:
+        now = self.sim.loop.now
+        answer = self.tracker.announce(
+            now,
+            CID,
+            peer.peer_id,
+            peer.url,
+            peer.address,
+            peer.region,
+            peer.have(),
+            self.sim.count,
+            0,
+            0,
+            "started" if peer.announces == 0 else "update",
+        )
+        return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
+
+
+class SimPeer:
+    """A peer daemon: the engine, a HAVE feed to its subscribers, an uploader with the real choker."""
+
+    def __init__(self, sim: Simulation, i: int, region: int, hole: bool = False):
+        self.sim, self.hole = sim, hole
+        self.peer_id = f"{'hole' if hole else 'peer'}{i}"
+        self.address = f"10.{region}.{i // 250}.{i % 250 + 1}"
+        self.url = f"http://{self.address}:7000"
+        self.key = (self.address, self.peer_id)
+        self.region = Region(f"r{region}", "sim")
+        self.uplink = Uplink(sim.loop, sim.crowd.peer_Bps)
+        self.choker = Choker(slots=sim.crowd.choke_slots)
+        self.ranking = SourceRanking()
+        self.engine = Engine(
+            self, sim.count, range(sim.count) if hole else (), seed=self.peer_id, deadline=2.0,
+            edges=[e.url for e in sim.edges], ranking=self.ranking, clock=lambda: sim.loop.now,
+        )  # fmt: skip
+        self.subscribers: dict[str, SimPeer] = {}
+        self.received: Counter[str] = Counter()  # vocabulary.SOURCE_KINDS -> bytes
+        self.started = sim.loop.now
+        self.done_at: float | None = None
+        self.read_waits: list[float] = []  # seconds a reader waited for each piece it did not have
+        self._parked: list[list] = []  # [worker, resumed?] waiting for a change
+        self._readers: dict[int, Callable[[], None]] = {}
+        self.announces = 0
+        self.left = False
+        self._fetching = 0  # requests to peers in flight
+
+    # -- the engine's host --------------------------------------------------------------------
+    def spawn(self, worker: Worker) -> None:
+        self.sim.loop.after(0.0, self._resume, worker, None)
+
+    def changed(self) -> None:
+        parked, self._parked = self._parked, []
+        for w in parked:
+            if not w[1]:
+                w[1] = True
+                self.sim.loop.after(0.0, self._resume, w[0], None)
+
+    def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
+        now = self.sim.loop.now
+        if peer is not None:
+            self.choker.received(now, peer.peer_id, nbytes)
+        self.received[EDGE if peer is None else peer_kind(peer.same_region)] += nbytes
+        for s in list(self.subscribers.values()):
+            self.sim.loop.after(havefeed.BATCH + RTT / 2, s.heard_from, self, index)
+        wake = self._readers.pop(index, None)
+        if wake is not None:
+            wake()
+        if self.engine.picker.complete() and self.done_at is None:
+            self.done_at = now
+            for n in list(self.engine.neighbours.values()):  # as the daemon: free our places under their caps
+                self.dropped(n)
+            leave = self.sim.crowd.leave_when_done
+            if leave or (leave is None and self.sim.crowd.mode == "get"):
+                self.leave()
+
+    def leave(self) -> None:
+        """Stop, as `edgeswarm get` does when its file is written: a `stopped` announce, streams and uploads end."""
+        self.left = True
+        self.engine.closed = True
+        edge = self.sim.edges[0]
+        edge.tracker.announce(
+            self.sim.loop.now, CID, self.peer_id, self.url, self.address, self.region, self.have(), self.sim.count, 0, 0, "stopped"
+        )
+        edge.seeder.leave(self.region.name, CID, self.key)
+        for s in list(self.subscribers.values()):
+            n = s.engine.neighbours.get(self.url)
+            if n is not None:
+                s.engine.stream_lost(n)
+        self.subscribers.clear()
+
+    def dropped(self, n: Neighbour) -> None:
+        other = self.sim.peers.get(n.url)
+        if other is not None:
+            other.subscribers.pop(self.url, None)
+        n.subscribed, n.stream = False, None
+
+    def gone(self) -> bool:
+        return False
+
+    # -- running the workers --------------------------------------------------------------------
+    def _resume(self, worker: Worker, reply: object) -> None:
+        try:
+            command = worker.send(reply)
+        except StopIteration:
+            return
+        self._do(worker, command)
+
+    def _do(self, worker: Worker, command: Command) -> None:
+        loop, events = self.sim.loop, self.sim.events
+
+        def answer(reply: object) -> None:
+            if isinstance(reply, Result):
+                events[reply.kind] += 1
+            if isinstance(command, Fetch) and command.peer is not None:
+                self._fetching -= 1
+            self._resume(worker, reply)
+
+        if isinstance(command, Wait):
+            w = [worker, False]
+            self._parked.append(w)
+            loop.after(command.timeout, self._timeout, w)
+        elif isinstance(command, Sleep):
+            loop.after(command.seconds, self._resume, worker, None)
+        elif isinstance(command, Fetch) and command.data is not None:
+            loop.after(0.0, answer, Result("ok", 0.0, self.sim.piece_len(command.index)))
+        elif isinstance(command, Fetch):
+            if command.peer is not None:
+                self._fetching += 1
+                events["most_peer_requests_at_once"] = max(events["most_peer_requests_at_once"], self._fetching)
+            source = self.sim.node(command.url)
+            loop.after(RTT / 2, source.piece, self, command.index, command.urgent, answer)
+        elif isinstance(command, Seed):
+            loop.after(RTT / 2, self.sim.node(command.edge).seed, self, command.claimed, command.start, answer)
+        elif isinstance(command, AskHave):
+            events["have_polls"] += len(command.neighbours)
+            held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
+            loop.after(RTT, answer, held)
+
+    def _unanswered(self, n: Neighbour) -> bool:
+        other = self.sim.peers[n.url]
+        return other.hole or other.left
+
+    def _timeout(self, w: list) -> None:
+        if not w[1]:
+            w[1] = True
+            self._parked.remove(w)
+            self._resume(w[0], None)
+
+    # -- as an uploader -------------------------------------------------------------------------
+    def have(self) -> set[int]:
+        return set(self.engine.picker.have)
+
+    def piece(self, asker: SimPeer, index: int, urgent: bool, reply: Callable[[Result], None]) -> None:
+        loop = self.sim.loop
+        if self.hole:
+            loop.after(TIMEOUT, reply, Result("failed", message="timed out"))
+        elif self.left:
+            loop.after(RTT, reply, Result("failed", message="connection refused"))
+        elif index not in self.engine.picker.have:
+            loop.after(RTT / 2, reply, Result("not_held"))
+        elif not self.choker.request(loop.now, asker.peer_id):
+            loop.after(RTT / 2, reply, Result("choked", self.choker.retry_after(loop.now)))
+        else:
+            nbytes, started = self.sim.piece_len(index), loop.now
+
+            def sent() -> None:
+                self.choker.sent(loop.now, asker.peer_id, nbytes)
+                loop.after(RTT / 2, reply, Result("ok", loop.now + RTT / 2 - started, nbytes))
+
+            self.uplink.send(nbytes, sent)
+
+    # -- the HAVE stream ----------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        """Open the HAVE streams the engine allows; the uploader adds the subscriber as its neighbour too."""
+        for n in list(self.engine.neighbours.values()):
+            if not self.engine.may_subscribe(n):
+                continue
+            other = self.sim.peers[n.url]
+            if other.hole or other.left or len(other.subscribers) >= havefeed.MAX_SUBSCRIBERS:
+                continue  # polled by the scout instead
+            n.subscribed = True
+            other.subscribers[self.url] = self
+            self.sim.loop.after(RTT, self._snapshot, n, other)
+            if other.engine.add_neighbour(self.peer_id, self.url, other.region == self.region, subscriber=True) is not None:
+                other.subscribe()
+
+    def _snapshot(self, n: Neighbour, other: SimPeer) -> None:
+        if n.subscribed:
+            self.engine.heard(n, "snapshot", other.have())
+
+    def heard_from(self, other: SimPeer, index: int) -> None:
+        n = self.engine.neighbours.get(other.url)
+        if n is not None and n.subscribed and self.done_at is None:
+            self.engine.heard(n, "have", [index])
+
+    # -- what the user does ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.announce()
+        if self.sim.crowd.mode == "get":
+            self.engine.want_whole()
+        else:
+            self._read(0)
+
+    def announce(self) -> None:
+        if self.left:
+            return
+        answer = self.sim.edges[0].announce(self)
+        self.announces += 1
+        if not self.hole:
+            self.engine.tracker_answer(answer)
+            self.subscribe()
+            self.sim.loop.after(ANNOUNCE_INTERVAL, self.announce)
+
+    def _read(self, index: int) -> None:
+        """A player reading in order, as fast as pieces come (curl through the gateway)."""
+        while index < self.sim.count and index in self.engine.picker.have:
+            index += 1
+        if index >= self.sim.count:
+            return
+        asked = self.sim.loop.now
+        self.engine.reading(index)
+
+        def got() -> None:
+            self.engine.read_done(index)
+            self.read_waits.append(self.sim.loop.now - asked)
+            self._read(index + 1)
+
+        self._readers[index] = got
+
+
+@dataclass
+class Outcome:
+    crowd: Crowd
+    share: float  # bytes from peers / bytes received
+    bound: float  # seconds: vocabulary.flash_crowd_bound
+    last_done: float  # seconds from the first start to the last peer's completion (inf: not all finished)
+    edge_copies: dict[str, float]  # region -> copies of the file the edge sent there
+    forced_copies: dict[str, float]  # of which urgent (deadline-forced) requests
+    cross_region: int  # bytes between regions
+    read_wait_p95: float  # seconds a reader waited for a piece, 95th percentile
+    finished: int
+    events: dict = field(default_factory=dict)
+    edge_sent: dict = field(default_factory=dict)  # edge URL -> bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.last_done / self.bound
+
+
+class Simulation:
+    def __init__(self, crowd: Crowd):
+        self.crowd = crowd
+        self.loop = Loop()
+        self.count = math.ceil(crowd.size / PIECE)
+        self.edges = [SimEdge(self, f"http://edge{k}:8000", rate) for k, rate in enumerate(crowd.rates)]
+        self.peers: dict[str, SimPeer] = {}
+        self.crowd_peers: list[SimPeer] = []
+        self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
+
+    def piece_len(self, index: int) -> int:
+        return min(PIECE, self.crowd.size - index * PIECE)
+
+    def node(self, url: str) -> SimEdge | SimPeer:
+        return next((e for e in self.edges if e.url == url), None) or self.peers[url]
+
+    def run(self) -> Outcome:
+        c = self.crowd
+        for k in range(c.black_holes * c.regions):
+            hole = SimPeer(self, 1000 + k, k % c.regions + 1, hole=True)
+            self.peers[hole.url] = hole
+            hole.announce()
+        for i in range(c.peers):
+            self.loop.after(i * c.stagger, self._join, i)
+        self.loop.run(lambda: len(self.crowd_peers) == c.peers and all(p.done_at is not None for p in self.crowd_peers), c.limit)
+        return self._outcome()
+
+    def _join(self, i: int) -> None:
+        p = SimPeer(self, i, i % self.crowd.regions + 1)
+        self.peers[p.url] = p
+        self.crowd_peers.append(p)
+        p.start()
+
+    def _outcome(self) -> Outcome:
+        c, ps = self.crowd, self.crowd_peers
+        got = sum((p.received for p in ps), Counter())
+        total = sum(got.values()) or 1
+        done = [p.done_at for p in ps if p.done_at is not None]
+        waits = sorted(w for p in ps for w in p.read_waits)
+        sent = sum((e.sent for e in self.edges), Counter())
+        forced = sum((e.forced for e in self.edges), Counter())
+        return Outcome(
+            crowd=c,
+            share=p2p_share(peer_bytes(got), total) or 0.0,
+            bound=bound(c),
+            last_done=max(done) if len(done) == len(ps) else math.inf,
+            edge_copies={r: sent[r] / c.size for r in sorted(sent)},
+            forced_copies={r: forced[r] / c.size for r in sorted(forced)},
+            cross_region=got[PEER_OTHER_REGION],
+            read_wait_p95=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else 0.0,
+            finished=len(done),
+            events=dict(self.events) | {"announces": sum(p.announces for p in ps)},
+            edge_sent={e.url: sum(e.sent.values()) for e in self.edges},
+        )
+
+
+def bound(c: Crowd) -> float:
+    """Seconds from the first start before which the last peer cannot be done: bench swarm's bound for a crowd
+    that starts together; for a staggered one, the last start plus the whole swarm's upload delivering one copy."""
+    edge = sum(c.rates)
+    together = flash_crowd_bound(c.size, c.peers, edge, [c.peer_Bps] * c.peers)
+    return max(together, (c.peers - 1) * c.stagger + c.size / (edge + c.peers * c.peer_Bps))
+
+
+def simulate(crowd: Crowd) -> Outcome:
+    return Simulation(crowd).run()
+
+
+# -- the sweep behind docs/engine.md ----------------------------------------------------------------
+SCENARIOS = {
+    "synchronized streams": {"mode": "stream"},
+    "staggered streams (one start a second)": {"mode": "stream", "stagger": 1.0},
+    "whole-file downloads": {"mode": "get"},
+}
+SIZES = (2, 4, 8, 12, 25, 50, 100, 200)
+
+
+def sweep(sizes: tuple[int, ...] = SIZES) -> list[dict]:
+    from rich.progress import Progress
+
+    rows = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("simulating", total=len(SCENARIOS) * len(sizes))
+        for name, knobs in SCENARIOS.items():
+            for n in sizes:
+                o = simulate(Crowd(peers=n, **knobs))
+                rows.append({"scenario": name, "peers": n, "share": o.share, "ratio": o.ratio, "bound_s": o.bound,
+                             "last_s": o.last_done, "edge_copies": sum(o.edge_copies.values()),
+                             "read_wait_p95_s": o.read_wait_p95})  # fmt: skip
+                progress.advance(task)
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in SCENARIOS:
+        mine = [r for r in rows if r["scenario"] == name]
+        left.plot([r["peers"] for r in mine], [100 * r["share"] for r in mine], marker="o", label=name)
+        right.plot([r["peers"] for r in mine], [r["ratio"] for r in mine], marker="o", label=name)
+    n = [r["peers"] for r in rows if r["scenario"] == next(iter(SCENARIOS))]
+    left.plot(n, [100 * (1 - 2 / k) if k > 2 else 0 for k in n], "k--", linewidth=1, label="ceiling (one edge copy per region)")
+    left.set(xscale="log", xlabel="peers (2 regions)", ylabel="P2P share (%)", ylim=(0, 100), title="P2P share")
+    right.set(xscale="log", xlabel="peers (2 regions)", ylabel="last peer done / lower bound", title="Time against the bound")
+    right.axhline(1.0, color="k", linestyle="--", linewidth=1)
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edgeswarm.sim.swarmsim",
+        description="Sweep the download engine in virtual time over crowd sizes (edge 8 MB/s, peers 2 MB/s, "
+        "32 MiB, 2 regions, strict locality, every other knob at its default) and write the table and plot of docs/engine.md.",
+    )
+    parser.add_argument("--peers", type=int, nargs="+", default=list(SIZES), help="crowd sizes (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="directory for engine-sweep.json and .png (default docs)")
+    args = parser.parse_args(argv)
+    rows = sweep(tuple(args.peers))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine-sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, args.out / "engine-sweep.png")
+    print("| scenario | peers | P2P share | last done / bound | edge copies | read wait p95 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['scenario']} | {r['peers']} | {100 * r['share']:.1f} % | {r['ratio']:.2f} | {r['edge_copies']:.2f} | {r['read_wait_p95_s']:.2f} s |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The origin's catalogue: which files are published, and their signed manifests.
+
+The published directory is scanned every second or so; a file that is new or
+whose (size, mtime, inode) changed is hashed again in a worker thread, and
+one that vanished is withdrawn.  Manifests are kept in a state file, so a
+restart re-hashes nothing that did not change.  Request paths are looked up
+here and never joined to the directory, which is what keeps ``..`` and
+symlink tricks from reaching a byte outside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm.protocol.httpspec import content_type
+from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
+from edgeswarm.protocol.paths import RESERVED, path_problem
+from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
+
+log = logging.getLogger(__name__)
+
+StatKey = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+@dataclass(frozen=True)
+class Entry:
+    file: Path
+    stat: StatKey
+    signed: SignedManifest
+    raw: bytes  # the signed manifest as served
+    key: bytes | None = None  # a protected file's content key: released only to token holders
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class Catalog:
+    def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None):
+        self.root = root.resolve()
+        self.state_file = state_file
+        self.key = key
+        self.protect = list(protect or [])
+        self.by_path: dict[str, Entry] = {}
+        self.by_id: dict[str, Entry] = {}
+        self.hashed_bytes = 0
+        self._skipped: set[str] = set()
+        self._load_state()
+
+    def _load_state(self) -> None:
+        """Reuse manifests of the previous run; re-sign them if the key changed."""
+        try:
+            state = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable catalogue state %s: %s", self.state_file, exc)
+            return
+        public = self.key.public_key()
+        for rel, row in state.items():
+            try:
+                signed = SignedManifest.parse(json.dumps(row["signed"]).encode(), public)
+            except ManifestError:
+                try:
+                    signed = SignedManifest.sign(Manifest.from_dict(row["signed"]["manifest"]), self.key)
+                except (ManifestError, KeyError, TypeError):
+                    continue
+            except (KeyError, TypeError):
+                continue
+            try:
+                key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
+            except ValueError:
+                key = None  # a damaged key: the check below republishes the file
+            protection = signed.manifest.protection
+            if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
+                continue  # --protect changed, or the key is lost: the next scan publishes it afresh
+            self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json(), key))
+
+    def _save_state(self) -> None:
+        state = {
+            rel: {"stat": list(e.stat), "signed": json.loads(e.raw), **({"key": e.key.hex()} if e.key else {})}
+            for rel, e in self.by_path.items()
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds content keys
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
+        os.replace(tmp, self.state_file)
+
+    def _add(self, rel: str, entry: Entry) -> None:
+        old = self.by_path.get(rel)
+        if old is not None:
+            self.by_id.pop(old.signed.content_id, None)
+        self.by_path[rel] = entry
+        self.by_id[entry.signed.content_id] = entry
+
+    def _remove(self, rel: str) -> None:
+        old = self.by_path.pop(rel, None)
+        if old is not None:
+            self.by_id.pop(old.signed.content_id, None)
+
+    # -- scanning (blocking: run in a thread) --------------------------------
+    def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
+        """Every publishable regular file under root, by relative path."""
+        found: dict[str, tuple[Path, os.stat_result]] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            base = Path(dirpath)
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                full = base / name
+                rel = full.relative_to(self.root).as_posix()
+                reason = path_problem(rel)
+                if reason is None and rel.split("/", 1)[0] in RESERVED:
+                    reason = "its first path segment is reserved for node endpoints"
+                if reason is None and full.is_symlink() and not full.resolve().is_relative_to(self.root):
+                    reason = "it is a symlink out of the published directory"
+                try:
+                    st = full.stat()
+                except OSError:
+                    continue
+                if reason is None and not os.path.isfile(full):
+                    continue
+                if reason:
+                    if rel not in self._skipped:
+                        log.warning("not publishing %s: %s", rel, reason)
+                        self._skipped.add(rel)
+                    continue
+                found[rel] = (full, st)
+        return found
+
+    def scan_changes(self, known: dict[str, Entry]) -> dict[str, Entry | None]:
+        """What differs between the directory and ``known``: new entries, or None to withdraw.
+
+        Blocking (walks and hashes): run it in a thread and hand it a copy of
+        ``by_path``; ``apply`` then changes the catalogue on the event loop.
+        """
+        changes: dict[str, Entry | None] = {}
+        found = self._walk()
+        for rel in known:
+            if rel not in found:
+                changes[rel] = None
+        for rel, (full, st) in found.items():
+            key = _stat_key(st)
+            entry = known.get(rel)
+            if entry is not None and entry.stat == key:
+                continue
+            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+            if fresh is not None:
+                changes[rel] = fresh
+        return changes
+
+    def apply(self, changes: dict[str, Entry | None]) -> list[str]:
+        """Make scan results visible; returns a log line per change."""
+        lines = []
+        for rel, entry in changes.items():
+            if entry is None:
+                self._remove(rel)
+                lines.append(f"withdrew {rel}")
+            else:
+                lines.append(f"{'republished' if rel in self.by_path else 'published'} {rel} ({entry.signed.manifest.size} bytes)")
+                self._add(rel, entry)
+        if changes:
+            self._save_state()
+        return lines
+
+    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None) -> Entry | None:
+        """Hash and sign one file; None if it changed while being read (next scan retries).
+
+        ``previous`` is the version it replaces: a different new version gets
+        a later ``modified`` even if the file's mtime is not later (a rewrite
+        within the same second, an older file copied in), because nodes
+        accept only manifests that move forward (manifestfetch.ManifestOrder).
+        """
+        piece_size = piece_size_for(key[0])
+        content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
+        try:
+            pieces = hash_pieces(full, piece_size, cipher_for(content_key, protection) if protection else None)
+            after = _stat_key(full.stat())
+        except OSError as exc:
+            log.warning("cannot read %s: %s", rel, exc)
+            return None
+        if after != key:
+            return None
+        self.hashed_bytes += key[0]
+        manifest = Manifest(
+            path=rel,
+            size=key[0],
+            content_type=content_type(rel),
+            piece_size=piece_size,
+            pieces=pieces,
+            modified=int(key[1] // 1_000_000_000) or int(time.time()),
+            protection=protection,
+        )
+        if previous is not None and manifest.modified <= previous.modified:
+            same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
+            manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
+        signed = SignedManifest.sign(manifest, self.key)
+        return Entry(full, key, signed, signed.to_json(), content_key)
+
+    def recheck(self, rel: str) -> None:
+        """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""
+        self._remove(rel)

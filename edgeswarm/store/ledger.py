@@ -1,0 +1,443 @@
+"""The usage ledger: bytes per user, content and period, kept so the provider can bill.
+
+Every edge counts, per (period, user, content, region), four kinds of bytes
+(see USAGE_COUNTERS).  Only ``edge_sent`` is measured by the edge itself; the other
+three are what the user's peer daemon says in its announces, and a user has
+every reason to under-report what it took from the edge or to over-report
+what it gave to others.  So the ledger keeps both and the report cross-checks
+them instead of trusting either:
+
+- The billing basis is ``edge_sent``.  ``reported_from_edge`` is only a check
+  on it: when a user's claim about this edge differs from what the edge
+  measured sending that user's peer daemon (``edge_sent_to_peers``, the part
+  of ``edge_sent`` that the daemon can know of: the user's curl or browser
+  downloads are not in it), the rows that include it are flagged
+  ``edge-report-mismatch``.  A user who makes no claim (a plain HTTP client,
+  or a peer that never announced) is not flagged: the absence of a report is
+  not a contradiction.
+- Peer-to-peer bytes are only credited when confirmed: in a (period, content)
+  the uploads that peers claim must be matched by the downloads other peers
+  claim, otherwise the claimants that nobody backs are flagged
+  ``p2p-report-mismatch`` (``claims.overclaimers``): the author of a one-sided
+  claim, not the honest users who traded the same content.
+- ``claim_excess`` is what the edge cut from a peer's claims because it was
+  more than was possible (``claims.ClaimPolicy``); more than slack of it flags
+  that user's rows ``claim-over-bound``, and its claims are left out of the
+  P2P check (they are already accounted for).
+  A flag means "do not trust these figures without a look", not "wrong".
+
+Both checks allow ``max(slack, tolerance × the larger figure)``.  Announces are
+periodic, so a transfer that straddles a period boundary is measured by the
+edge in one period and reported by the peer in the next, and an uploader and
+its downloader announce at different moments; slack absorbs that for small
+transfers and tolerance for large ones.
+
+Writes never block the edge: ``add`` only aggregates in memory, and a
+background task writes the aggregates every ``flush_interval`` seconds with an
+UPSERT that adds bytes, so several edges (each its own ``edge`` column) can
+share one PostgreSQL database and a restarted edge simply keeps adding.  A
+failed write keeps the aggregates pending for the next try: losing the
+database for a while costs memory, not bills, and never takes the edge down.
+SQLite (one file, WAL mode, so a report can read while the edge writes) is the
+default; a ``postgresql://`` DSN selects PostgreSQL with the same SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import re
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeswarm.policy.claims import differs, overclaimers
+from edgeswarm.policy.vocabulary import p2p_share
+
+log = logging.getLogger(__name__)
+
+USAGE_COUNTERS = ("edge_sent", "edge_sent_to_peers", "reported_from_edge", "reported_from_peers", "reported_uploaded", "claim_excess")
+BY = ("user", "content", "region")
+
+EDGE_MISMATCH = "edge-report-mismatch"
+P2P_MISMATCH = "p2p-report-mismatch"
+OVER_BOUND = "claim-over-bound"
+
+_COLUMNS = "period, edge, user_name, content, path, region, kind, bytes"
+_KEY = "period, edge, user_name, content, region, kind"
+_SCHEMA = f"""CREATE TABLE IF NOT EXISTS usage (
+    period BIGINT NOT NULL,
+    edge TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    content TEXT NOT NULL,
+    path TEXT NOT NULL,
+    region TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    PRIMARY KEY ({_KEY})
+)"""
+# One statement for both databases: SQLite ≥ 3.24 and PostgreSQL share the ON CONFLICT syntax.
+_UPSERT = (
+    f"INSERT INTO usage ({_COLUMNS}) VALUES ({{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}, {{p}}) "
+    f"ON CONFLICT ({_KEY}) DO UPDATE SET path = excluded.path, "
+    f"bytes = CASE WHEN usage.bytes > {{cap}} - excluded.bytes THEN {{cap}} ELSE usage.bytes + excluded.bytes END"
+)
+_SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FROM usage WHERE period >= {p}"
+CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's huge claims must not overflow a
+# BIGINT, fail every write and so stop the ledger for everyone (its rows are flagged by the cross-checks anyway)
+_WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays unwritable
+
+
+class LedgerError(Exception):
+    """A ledger target that cannot be used; the message names it (without a password) and says why."""
+
+
+def is_dsn(target: str) -> bool:
+    """PostgreSQL for a DSN, SQLite for anything else (a path), so an edge needs a single option."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def redact(target: str) -> str:
+    """The target as it may appear in logs and messages: DSN passwords replaced by ***."""
+    target = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", target)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", target)
+
+
+def _one_line(exc: BaseException) -> str:
+    """psycopg and libpq put hints on further lines; a CLI message and a log line want one."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Backend:
+    """One connection and its placeholder style: the only things SQLite and PostgreSQL do not share."""
+
+    placeholder = "?"
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+
+    def ensure_schema(self) -> None:
+        # Look before creating: an edge's database role may be allowed to write rows but not to create
+        # tables, and PostgreSQL checks that privilege even for CREATE TABLE IF NOT EXISTS.
+        if not self.has_table():
+            self.conn.execute(_SCHEMA)
+            self.conn.commit()
+
+    def upsert(self, rows: list[tuple]) -> None:
+        try:
+            cur = self.conn.cursor()
+            cur.executemany(_UPSERT.format(p=self.placeholder, cap=CAP), rows)
+            self.conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.conn.rollback()
+            raise
+
+    def has_table(self) -> bool:
+        cur = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'")
+        return cur.fetchone() is not None
+
+    def select(self, since: int) -> list[tuple]:
+        cur = self.conn.cursor()
+        cur.execute(_SELECT.format(p=self.placeholder), (since,))
+        return cur.fetchall()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class _Postgres(_Backend):
+    placeholder = "%s"
+
+    def has_table(self) -> bool:
+        cur = self.conn.execute("SELECT to_regclass('usage') IS NOT NULL")
+        row = cur.fetchone()
+        self.conn.rollback()  # end the implicit transaction so later reads see new rows
+        return bool(row and row[0])
+
+    def select(self, since: int) -> list[tuple]:
+        rows = super().select(since)
+        self.conn.rollback()
+        return rows
+
+
+def _connect_sqlite(path: str, create: bool) -> _Backend:
+    p = Path(path).expanduser()
+    try:
+        if create:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(p, timeout=10.0, check_same_thread=False)
+        else:
+            if not p.is_file():
+                raise LedgerError(f"no ledger at {path}")
+            # mode=rw: a report must never create an empty ledger where the operator mistyped a path
+            uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")  # the edge and a report may touch the file at once
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            log.warning("ledger %s: journal mode is %s, not WAL; reports will wait for writes", path, mode)
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL; a lost last flush is a few seconds of counts
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"cannot open SQLite ledger {path}: {_one_line(exc)}") from None
+    return _Backend(conn)
+
+
+def _connect_postgres(dsn: str) -> _Backend:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - a pinned dependency
+        raise LedgerError(f"PostgreSQL ledger {redact(dsn)} needs psycopg: {exc}") from None
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(_one_line(exc))}") from None
+    except Exception as exc:  # an unparseable DSN can surface as other errors
+        raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(_one_line(exc))}") from None
+    return _Postgres(conn)
+
+
+def _connect(target: str, create: bool) -> _Backend:
+    backend = _connect_postgres(target) if is_dsn(target) else _connect_sqlite(target, create)
+    for attempt in range(2) if create else ():
+        try:
+            backend.ensure_schema()
+            break
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                backend.conn.rollback()
+            if attempt:  # the first failure may be another edge creating the table at the same moment (PostgreSQL)
+                backend.close()
+                raise LedgerError(f"cannot create the usage table in {redact(target)}: {_one_line(exc)}") from None
+    return backend
+
+
+class Ledger:
+    """One edge's usage counts, aggregated in memory and written in the background."""
+
+    def __init__(self, target: str, edge_id: str, period: int = 3600, flush_interval: float = 2.0):
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period}")
+        self.target = target
+        self.edge_id = edge_id
+        self.period = int(period)
+        self.flush_interval = flush_interval
+        # (period start, user, content, region, kind) -> [bytes, path]; path rides along, it is not part of the key
+        self._pending: dict[tuple[int, str, str, str, str], list] = {}
+        self._backend: _Backend | None = None
+        self._lock = asyncio.Lock()  # one flush at a time, so a batch and its retry never overlap
+        self._db_lock = threading.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._failing_since: float | None = None
+        self._last_warning = 0.0
+
+    async def start(self) -> None:
+        """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later."""
+        self._backend = await asyncio.to_thread(_connect, self.target, True)
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._loop(), name="ledger-flush")
+
+    def add(self, user: str, content: str, path: str, region: str | None, kind: str, nbytes: int, when: float | None = None) -> None:
+        """Count bytes; no I/O, so it is safe on every response and announce."""
+        if kind not in USAGE_COUNTERS:
+            raise ValueError(f"unknown usage kind {kind!r}: expected one of {', '.join(USAGE_COUNTERS)}")
+        if nbytes <= 0:
+            return
+        t = time.time() if when is None else when
+        key = (int(t // self.period) * self.period, user, content, region or "", kind)
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = [min(int(nbytes), CAP), path]
+        else:
+            entry[0] = min(entry[0] + int(nbytes), CAP)
+            entry[1] = path
+
+    def pending(self) -> int:
+        """Rows waiting to be written; a number that keeps growing means the database is unreachable."""
+        return len(self._pending)
+
+    async def flush(self) -> None:
+        """Write what is pending; on failure keep it (merged with what arrived meanwhile) and warn."""
+        async with self._lock:
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, {}
+            rows = [
+                (period, self.edge_id, user, content, path, region, kind, nbytes)
+                for (period, user, content, region, kind), (nbytes, path) in batch.items()
+            ]
+            write = asyncio.ensure_future(asyncio.to_thread(self._write, rows))
+            # The outcome is handled by a callback and the write is shielded: if whoever awaits this flush is
+            # cancelled (an edge shutting down), the thread still finishes and a failed batch still goes back.
+            write.add_done_callback(functools.partial(self._written, batch))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(write)
+
+    def _written(self, batch: dict, write: asyncio.Future) -> None:
+        exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
+        if exc is not None:
+            self._restore(batch)
+            self._warn(exc)
+        elif self._failing_since is not None:
+            log.info("ledger %s: writing again after %.0f s; nothing lost", redact(self.target), time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def _write(self, rows: list[tuple]) -> None:
+        """In a thread.  After a failure the connection is dropped and rebuilt, which also recreates a missing table."""
+        with self._db_lock:  # a connection is not for two threads, and a cancelled flush's thread may still be running
+            if self._backend is None:
+                self._backend = _connect(self.target, True)
+            try:
+                self._backend.upsert(rows)
+            except Exception:
+                self._backend.close()
+                self._backend = None
+                raise
+
+    def _disconnect(self) -> None:
+        with self._db_lock:
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
+
+    def _restore(self, batch: dict) -> None:
+        for key, (nbytes, path) in batch.items():
+            entry = self._pending.get(key)
+            if entry is None:
+                self._pending[key] = [nbytes, path]
+            else:
+                entry[0] = min(entry[0] + nbytes, CAP)  # the newer path (from add) wins
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._last_warning < _WARN_EVERY:
+            return  # one line a minute while the database is down, not one per flush
+        self._last_warning = now
+        log.warning("ledger %s: cannot write usage (%s); %d rows kept pending", redact(self.target), _one_line(exc), len(self._pending))
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
+            try:
+                await self.flush()
+            except Exception:  # flush already handles write errors; this keeps the loop alive whatever happens
+                log.exception("ledger flush loop")
+
+    async def close(self) -> None:
+        """Stop the loop (letting a flush in progress finish), write what is left, disconnect."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+            self._task = None
+        await self.flush()
+        if self._pending:
+            log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), len(self._pending))
+        async with self._lock:
+            await asyncio.to_thread(self._disconnect)
+
+
+@dataclass
+class ReportRow:
+    """What one user, content or region used over the selected periods, and whether the reports agree."""
+
+    key: str
+    edge_sent: int = 0
+    edge_sent_to_peers: int = 0  # the part of edge_sent that went to the user's peer daemon: what its reports can confirm
+    reported_from_edge: int = 0
+    reported_from_peers: int = 0
+    reported_uploaded: int = 0
+    claim_excess: int = 0  # cut by the edge from the user's claims: more than was possible
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def p2p_share(self) -> float | None:
+        """Share of the user's bytes that came from peers rather than this provider's edges (None without bytes)."""
+        return p2p_share(self.reported_from_peers, self.reported_from_peers + self.edge_sent)
+
+
+def report(target: str, since: float | None = None, by: str = "user", tolerance: float = 0.1, slack: int = 1 << 20) -> list[ReportRow]:
+    """Totals per user, content or region since a time, with cross-check flags; rows sorted by key.
+
+    ``since`` selects the periods that start at or after it.  by=content keys
+    rows by path (the content id is added when several contents share a path,
+    e.g. a file that was republished).  A ledger without a usage table yet is
+    empty, not an error; a missing SQLite file is (it is never created here).
+    """
+    if by not in BY:
+        raise ValueError(f"cannot report by {by!r}: expected one of {', '.join(BY)}")
+    backend = _connect(target, create=False)
+    try:
+        raw = backend.select(math.floor(since) if since is not None else -(1 << 62)) if backend.has_table() else []
+    except Exception as exc:
+        raise LedgerError(f"cannot read ledger {redact(target)}: {_one_line(exc)}") from None
+    finally:
+        backend.close()
+    return _aggregate(raw, by, tolerance, slack)
+
+
+def _aggregate(raw: list[tuple], by: str, tolerance: float, slack: int) -> list[ReportRow]:
+    paths: dict[str, set[str]] = defaultdict(set)
+    for _, _, _, content, path, _, _, _ in raw:
+        paths[content].add(path)
+    shared: dict[str, int] = defaultdict(int)
+    for ps in paths.values():
+        for p in ps:
+            shared[p] += 1
+
+    def content_key(content: str) -> str:
+        path = sorted(paths[content])[-1] if paths[content] else content
+        return f"{path} [{content}]" if shared[path] > 1 or len(paths[content]) > 1 else path
+
+    def key_of(user: str, content: str, region: str) -> str:
+        return user if by == "user" else content_key(content) if by == "content" else region
+
+    rows: dict[str, ReportRow] = {}
+    # per (period, edge, user, content): kind -> bytes, and the report keys that include it
+    edge_groups: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    edge_keys: dict[tuple, set[str]] = defaultdict(set)
+    # per (period, content): user -> kind -> bytes, and per (period, content, user) the report keys that include it
+    p2p_groups: dict[tuple, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    p2p_keys: dict[tuple, set[str]] = defaultdict(set)
+    for period, edge, user, content, _path, region, kind, nbytes in raw:
+        if kind not in USAGE_COUNTERS:
+            continue  # written by a newer edgeswarm; this report does not know what it means
+        key = key_of(user, content, region)
+        row = rows.setdefault(key, ReportRow(key))
+        setattr(row, kind, getattr(row, kind) + int(nbytes))
+        g = (period, edge, user, content)
+        edge_groups[g][kind] += int(nbytes)
+        edge_keys[g].add(key)
+        if kind in ("reported_from_peers", "reported_uploaded", "claim_excess"):
+            p2p_groups[(period, content)][user][kind] += int(nbytes)
+            p2p_keys[(period, content, user)].add(key)
+
+    flags: dict[str, set[str]] = defaultdict(set)
+    for g, k in edge_groups.items():
+        claimed = k.get("reported_from_edge", 0)
+        if claimed and differs(claimed, k.get("edge_sent_to_peers", 0), tolerance, slack):
+            for key in edge_keys[g]:
+                flags[key].add(EDGE_MISMATCH)
+    for g, users in p2p_groups.items():
+        cut = {u for u, k in users.items() if k["claim_excess"] > slack}
+        claims = {u: (k["reported_uploaded"], k["reported_from_peers"]) for u, k in users.items() if u not in cut}
+        for flag, who in ((OVER_BOUND, cut), (P2P_MISMATCH, overclaimers(claims, tolerance, slack))):
+            for user in who:
+                for key in p2p_keys[(*g, user)]:
+                    flags[key].add(flag)
+    for key, fs in flags.items():
+        rows[key].flags = sorted(fs)
+    return [rows[k] for k in sorted(rows)]

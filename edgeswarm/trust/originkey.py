@@ -1,0 +1,54 @@
+"""Pinning the origin's public key: how edges and peers decide which manifests to trust.
+
+Given with ``--origin-key``, or pinned in ``CACHE/origin.pub`` on a previous
+start, or else learned once from an upstream node's ``/origin-key`` and
+pinned from then on (trust on first use, as ssh does).  Manifests signed by
+any other key are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
+
+log = logging.getLogger("edgeswarm.trust.originkey")
+
+
+async def pin(cache: Path, given: Path | None, upstream: Upstream, sources: list[str]) -> Ed25519PublicKey:
+    """The key to trust; a bad key file raises KeyFileError with its reason."""
+    pinned = cache / "origin.pub"
+    if given is not None:
+        pem = given.read_bytes()
+    elif pinned.exists():
+        pem = pinned.read_bytes()
+    else:
+        pem = await learn(upstream, sources)
+    key = load_public_key(pem, str(given or pinned))
+    cache.mkdir(parents=True, exist_ok=True)
+    if not pinned.exists() or pinned.read_bytes() != public_pem(key):
+        pinned.write_bytes(public_pem(key))
+    return key
+
+
+async def learn(upstream: Upstream, sources: list[str]) -> bytes:
+    """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds."""
+    delay = 0.5
+    while True:
+        for source in sources:
+            try:
+                reply = await upstream.get(source, "/origin-key")
+                if reply.status == 200:
+                    load_public_key(reply.body, f"{source}/origin-key")
+                    log.info("pinned the origin key served by %s", source)
+                    return reply.body
+                log.warning("%s answered %d for /origin-key; retrying", source, reply.status)
+            except (UpstreamError, KeyFileError) as exc:
+                log.warning("cannot learn the origin key from %s yet: %s; retrying", source, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10)
