@@ -506,11 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tracker(args: argparse.Namespace):
-    from edgeswarm.policy.regions import RegionMap
     from edgeswarm.policy.tracker import Limits
-    from edgeswarm.roles.announce import TrackerService
+    from edgeswarm.roles.announce import TrackerService, load_region_map
 
-    regions = RegionMap.load(args.regions) if args.regions else None
+    regions = load_region_map(args.regions) if args.regions else None
     limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
     return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate)
 

@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
+from edgeswarm.roles.announce import load_region_map
 
 MAP = """\
 regions:
@@ -44,7 +45,7 @@ def write(tmp_path: Path, text: str | bytes, name: str = "regions.yaml") -> Path
 
 
 def test_yaml_file_as_documented(tmp_path):
-    m = RegionMap.load(write(tmp_path, MAP))
+    m = load_region_map(write(tmp_path, MAP))
     assert m.regions == [EAST, WEST]
     assert m.lookup("127.1.0.7") == EAST
     assert m.lookup("10.1.255.255") == EAST
@@ -53,7 +54,7 @@ def test_yaml_file_as_documented(tmp_path):
 
 
 def test_json_file(tmp_path):
-    m = RegionMap.load(write(tmp_path, json.dumps(NESTED), "regions.json"))
+    m = load_region_map(write(tmp_path, json.dumps(NESTED), "regions.json"))
     assert [r.name for r in m.regions] == ["world", "city", "block"]
     assert m.lookup("10.1.2.3") == Region("block", "metro")
 
@@ -150,7 +151,7 @@ def _bad_entry(entry: object) -> str:
 def test_bad_file_says_where_and_what(tmp_path, content, needles):
     path = write(tmp_path, content)
     with pytest.raises(RegionMapError) as info:
-        RegionMap.load(path)
+        load_region_map(path)
     message = str(info.value)
     assert str(path) in message
     for needle in needles:
@@ -160,11 +161,11 @@ def test_bad_file_says_where_and_what(tmp_path, content, needles):
 def test_missing_file_directory_and_binary_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(RegionMapError, match=r"cannot read region map .*nope\.yaml: No such file"):
-        RegionMap.load(missing)
+        load_region_map(missing)
     with pytest.raises(RegionMapError, match="cannot read region map"):
-        RegionMap.load(tmp_path)
+        load_region_map(tmp_path)
     with pytest.raises(RegionMapError, match="not a text file"):
-        RegionMap.load(write(tmp_path, b"\xff\xfe\x00garbage", "regions.bin"))
+        load_region_map(write(tmp_path, b"\xff\xfe\x00garbage", "regions.bin"))
 
 
 def test_error_is_a_value_error():

@@ -12,15 +12,15 @@ Nested prefixes are fine (the longest wins: a /24 carved out of another
 region's /16); the very same prefix in two regions is an error, since no rule
 could say which was meant.  IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``,
 what a dual-stack socket reports) are looked up as the IPv4 address.
+
+Sans-IO like every policy: ``RegionMap.from_doc`` takes the parsed document;
+the tracker service reads the file (``roles.announce.load_region_map``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from pathlib import Path
-
-import yaml
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -49,19 +49,6 @@ class RegionMap:
     @property
     def regions(self) -> list[Region]:
         return list(self._regions)
-
-    @classmethod
-    def load(cls, path: Path) -> RegionMap:
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise RegionMapError(f"cannot read region map {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise RegionMapError(f"region map {path} is not a text file (expected YAML or JSON in UTF-8)") from None
-        except yaml.YAMLError as exc:
-            hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
-            raise RegionMapError(f"region map {path} is not valid YAML or JSON{hint}: {exc}") from None
-        return cls.from_doc(doc, str(path))
 
     @classmethod
     def from_doc(cls, doc: object, source: str = "<map>") -> RegionMap:

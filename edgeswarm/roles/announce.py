@@ -16,9 +16,12 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
-from edgeswarm.policy.regions import Region, RegionMap
+from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
 from edgeswarm.policy.tracker import Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol import bitfield
@@ -257,3 +260,17 @@ class TrackerService:
             "reports": len(self._reports),
             "claims": claims["claim_tallies"],
         }
+
+
+def load_region_map(path: Path) -> RegionMap:
+    """A region map file, YAML or JSON: read here so the region policy stays free of I/O and of yaml."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RegionMapError(f"cannot read region map {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise RegionMapError(f"region map {path} is not a text file (expected YAML or JSON in UTF-8)") from None
+    except yaml.YAMLError as exc:
+        hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
+        raise RegionMapError(f"region map {path} is not valid YAML or JSON{hint}: {exc}") from None
+    return RegionMap.from_doc(doc, str(path))
