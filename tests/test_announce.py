@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from edgeswarm.errors import HttpError
 from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.tracker import Limits
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.roles.announce import MAX_COUNT, TrackerService
 

@@ -7,9 +7,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeswarm.errors import HttpError
 from edgeswarm.policy.eviction import EvictionPolicy
 from edgeswarm.policy.sources import SourceRanking
-from edgeswarm.protocol.httpspec import HttpError, parse_range
+from edgeswarm.protocol.httpspec import parse_range
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, ManifestError, SignedManifest, piece_size_for
 from edgeswarm.protocol.paths import clean_request_path
 from edgeswarm.protocol.units import UnitError, parse_rate, parse_size

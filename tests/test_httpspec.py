@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from edgeswarm.errors import HttpError
 from edgeswarm.protocol.httpspec import (
-    HttpError,
     Validators,
     check_json_body,
     content_type,

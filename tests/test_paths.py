@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.errors import HttpError
 from edgeswarm.protocol.paths import RESERVED, clean_request_path, path_problem
 
 

@@ -16,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from edgeswarm.errors import HttpError
 from edgeswarm.policy import vocabulary
 from edgeswarm.protocol import bitfield
-from edgeswarm.protocol.httpspec import HttpError, parse_range
+from edgeswarm.protocol.httpspec import parse_range
 from edgeswarm.roles import announce
 from edgeswarm.trust import tokens
 from edgeswarm.trust.tokens import Grant, TokenError

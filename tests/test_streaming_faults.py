@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer, curl, make_file, serve_handler
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.protocol.httpspec import HttpError
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024

@@ -31,6 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.measure.process import ProcessGroup
 
 MiB = 1024 * 1024
@@ -66,7 +67,7 @@ http {{
 """
 
 
-class BenchError(Exception):
+class BenchError(EdgeswarmError):
     """The benchmark could not produce figures (as opposed to figures that miss the target)."""
 
 

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.measure.doubles import LIES
 from edgeswarm.measure.lab import Lab, LabError
 from edgeswarm.measure.process import NodeProcess
@@ -72,7 +73,7 @@ DISK_SLACK = 16 * 1024 * 1024  # the tmpfs holds the content, its state and this
 LEFT_FREE = 1024 * 1024  # what the ballast leaves: a few pieces fit, then the disk is full mid-file
 
 
-class Skip(Exception):
+class Skip(EdgeswarmError):
     """A fault that cannot be made here, and why."""
 
 

@@ -33,6 +33,7 @@ import aiohttp
 import numpy as np
 from rich.console import Console
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.measure import labsim
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.measure.scenario import Scenario
@@ -43,11 +44,11 @@ from edgeswarm.sim.tiers import Tier
 SAMPLE_EVERY = 0.5  # seconds between status sweeps
 
 
-class LabError(RuntimeError):
+class LabError(EdgeswarmError, RuntimeError):
     pass
 
 
-class Interrupted(Exception):
+class Interrupted(EdgeswarmError):
     """Ctrl-C or SIGTERM: stop everything, report nothing."""
 
 
@@ -500,7 +501,7 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     return 1 if result.get("chaos", {}).get("failures") else 0
 
 
-class NetworkUnavailable(RuntimeError):
+class NetworkUnavailable(EdgeswarmError, RuntimeError):
     pass
 
 

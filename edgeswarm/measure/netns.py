@@ -50,6 +50,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeswarm.errors import EdgeswarmError
+
 PREFIX = "esw"  # every namespace and root-namespace link we make starts with this, then the tag
 STATE = Path("/run/edgeswarm-netns")  # one file per live tag, holding its owner's pid
 TAG = re.compile(r"[a-z0-9]{1,6}")  # short enough that "esw<tag>-r" fits a 15-character link name
@@ -65,7 +67,7 @@ _seq = itertools.count()
 _open: set[str] = set()  # tags of this process's live Netns
 
 
-class NetnsUnavailable(RuntimeError):
+class NetnsUnavailable(EdgeswarmError, RuntimeError):
     """This machine cannot build (a part of) the namespace network; the message says why and what to do."""
 
 

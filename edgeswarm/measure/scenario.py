@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol.units import parse_rate, parse_size
 from edgeswarm.sim import tiers
 
@@ -27,7 +28,7 @@ SHIPPED = Path(__file__).with_name("scenarios")
 WORKLOADS = ("download", "vod")  # what a scenario's users do: fetch a file, or watch a video
 
 
-class ScenarioError(ValueError):
+class ScenarioError(EdgeswarmError, ValueError):
     pass
 
 

@@ -31,10 +31,10 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import ConnectionPolicy
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
-from edgeswarm.protocol.httpspec import HttpError
 
 log = logging.getLogger("edgeswarm")
 

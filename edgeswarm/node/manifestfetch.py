@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, Upstream, UpstreamError
 from edgeswarm.policy.sources import SourceRanking
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
 from edgeswarm.protocol.paths import clean_request_path
 from edgeswarm.store.piecestore import PieceStore

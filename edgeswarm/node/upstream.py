@@ -21,6 +21,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from edgeswarm.errors import HttpError
+
 MAX_PIECE = 256 * 1024 * 1024  # no piece is read past this, whatever its manifest says (files up to 512 GiB)
 MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140 KB (2048 piece hashes)
 MAX_ANNOUNCE = 1024 * 1024  # an announce answer: a few dozen peers with their bitfields
@@ -33,11 +35,8 @@ def node_url(base: str, path: str) -> URL:
     return URL(base.rstrip("/") + path, encoded=True)
 
 
-class UpstreamError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class UpstreamError(HttpError):
+    """Another node failed us: the status this node should answer (502, 504, or the upstream's 429) and why."""
 
 
 @dataclass

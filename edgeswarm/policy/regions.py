@@ -22,6 +22,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from edgeswarm.errors import EdgeswarmError
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -31,7 +33,7 @@ class Region:
     isp: str
 
 
-class RegionMapError(ValueError):
+class RegionMapError(EdgeswarmError, ValueError):
     """A region map that cannot be used; the message says which file, which entry and what is wrong."""
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.regions import Region
 
 PER_ADDRESS = 2  # peers of one address (group) in a tracker answer, and among a peer's neighbours
@@ -54,7 +55,7 @@ class Limits:
     answer_per_address: int = PER_ADDRESS  # one address's share of any answer: never the whole of it
 
 
-class Refused(Exception):
+class Refused(EdgeswarmError):
     """Over a limit: the edge answers 429 with ``retry_after`` and this message."""
 
     def __init__(self, message: str, retry_after: float):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 
+from edgeswarm.errors import HttpError
+
 _EXTRA_TYPES = {
     ".mkv": "video/x-matroska",
     ".webm": "video/webm",
@@ -25,16 +27,6 @@ _EXTRA_TYPES = {
 }
 _SPEC = re.compile(r"^([0-9]{0,19})-([0-9]{0,19})$")  # ASCII digits; longer numbers are malformed, not a 500
 _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";]*)', re.IGNORECASE)
-
-
-class HttpError(Exception):
-    """A request the node refuses; status and message go to the client as they are."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 PEER_HEADER = "X-Edgeswarm-Peer"  # a peer names itself on piece requests (choker, accounting)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.trust.protect import Protection
 from edgeswarm.trust.signing import verify
 
@@ -30,7 +31,7 @@ FORMAT = 1
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
-class ManifestError(ValueError):
+class ManifestError(EdgeswarmError, ValueError):
     """A manifest that is malformed or not signed by the pinned origin key."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-from edgeswarm.protocol.httpspec import HttpError
+from edgeswarm.errors import HttpError
 
 # First path segments that name node endpoints; files there are not published.
 RESERVED = frozenset({"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics"})

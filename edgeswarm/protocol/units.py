@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+from edgeswarm.errors import EdgeswarmError
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)(b?)\s*$", re.IGNORECASE | re.ASCII)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
-class UnitError(ValueError):
+class UnitError(EdgeswarmError, ValueError):
     """A quantity that cannot be read; the message says what was expected."""
 
 

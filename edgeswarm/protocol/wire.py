@@ -11,9 +11,9 @@ import json
 
 from aiohttp import web
 
+from edgeswarm.errors import HttpError
 from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.havefeed import MAX_LATENCY_S
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.units import ascii_decimal
 
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from edgeswarm.errors import HttpError
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
 from edgeswarm.policy.tracker import Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol import bitfield
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 
 EVENTS = {"started", "update", "completed", "stopped"}

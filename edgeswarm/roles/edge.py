@@ -28,6 +28,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.node.metrics import Metrics
@@ -37,7 +38,7 @@ from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import PeerRecord
-from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
 from edgeswarm.protocol.wire import have_response, json_response, manifest_response, parse_latency, parse_request, piece_index

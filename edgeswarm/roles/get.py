@@ -21,9 +21,9 @@ from urllib.parse import unquote, urlsplit
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.peer import Peer
 from edgeswarm.trust import tls
@@ -32,7 +32,7 @@ from edgeswarm.trust.protect import cipher_for
 log = logging.getLogger("edgeswarm.roles.get")
 
 
-class GetError(Exception):
+class GetError(EdgeswarmError):
     """Why the download failed, in words for the user."""
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.manifestfetch import requested_path
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
 from edgeswarm.protocol.wire import have_response, json_response, manifest_response, piece_index
 from edgeswarm.store.catalog import Catalog, Entry

@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
@@ -40,7 +41,7 @@ from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import bitfield, havefeed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
-from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
 from edgeswarm.protocol.units import ascii_decimal

@@ -18,12 +18,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.upstream import UpstreamError
 from edgeswarm.policy import engine
 from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.vocabulary import EDGE, peer_kind
 from edgeswarm.protocol import havefeed
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored
 
 if TYPE_CHECKING:
@@ -300,19 +300,19 @@ class Swarm:
         }
 
 
-class Choked(Exception):
+class Choked(EdgeswarmError):
     def __init__(self, retry_after: float):
         super().__init__(f"choked; retry after {retry_after:g} s")
         self.retry_after = retry_after
 
 
-class NotHeld(Exception):
+class NotHeld(EdgeswarmError):
     """The source does not hold the piece (any more)."""
 
 
-class SeedUnsupported(Exception):
+class SeedUnsupported(EdgeswarmError):
     """The edge answered 404 to /seed: it does not seed (not in p2p mode, or older)."""
 
 
-class StreamUnsupported(Exception):
+class StreamUnsupported(EdgeswarmError):
     """The neighbour answers a plain /have only (an older peer): it is polled instead."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeswarm.errors import EdgeswarmError
+
 
 @dataclass(frozen=True)
 class Tier:
@@ -35,7 +37,7 @@ TABLES: dict[str, tuple[Tier, ...]] = {
 }
 
 
-class TierError(ValueError):
+class TierError(EdgeswarmError, ValueError):
     pass
 
 

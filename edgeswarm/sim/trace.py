@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.sim import tiers as tiermod
 
@@ -29,7 +30,7 @@ LIMELIGHT_CITIES = ("GA", "IL", "DC", "TX", "CA-LA", "FL", "NY", "AZ", "CA-SJ", 
 REGION_SETS = {"att7": ATT_CITIES, "limelight10": LIMELIGHT_CITIES}
 
 
-class TraceError(ValueError):
+class TraceError(EdgeswarmError, ValueError):
     """A trace or workload that cannot be simulated; the message says what and where."""
 
 

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.claims import differs, overclaimers
 from edgeswarm.policy.vocabulary import p2p_share
 
@@ -96,7 +97,7 @@ CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's 
 _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays unwritable
 
 
-class LedgerError(Exception):
+class LedgerError(EdgeswarmError):
     """A ledger target that cannot be used; the message names it (without a password) and says why."""
 
 

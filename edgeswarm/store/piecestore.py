@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.eviction import EvictionPolicy
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
 from edgeswarm.protocol.units import ascii_decimal
@@ -34,11 +35,11 @@ log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits
 
 
-class CorruptPiece(ValueError):
+class CorruptPiece(EdgeswarmError, ValueError):
     """Bytes that do not match the manifest; they are never stored."""
 
 
-class PieceNotStored(OSError):
+class PieceNotStored(EdgeswarmError, OSError):
     """A verified piece the disk would not take (full, or failing): the bytes are good, only the cache missed out."""
 
 

@@ -16,8 +16,8 @@ from collections import OrderedDict
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import Upstream, UpstreamError
-from edgeswarm.protocol.httpspec import HttpError
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.trust import tokens
 from edgeswarm.trust.protect import SCHEME

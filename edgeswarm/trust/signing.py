@@ -15,10 +15,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeswarm.errors import EdgeswarmError
+
 log = logging.getLogger(__name__)
 
 
-class KeyFileError(Exception):
+class KeyFileError(EdgeswarmError):
     """A key file that cannot be used; the message names the file and the reason."""
 
 

@@ -29,6 +29,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeswarm.errors import HttpError
 from edgeswarm.trust.signing import KeyFileError
 
 ISSUER = "edgeswarm"
@@ -46,13 +47,8 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DECODE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 
 
-class TokenError(Exception):
+class TokenError(HttpError):
     """status is 401 (no/bad/expired token) or 403 (valid but not for this); message is a sentence for the client and the log."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
