@@ -314,17 +314,22 @@ async def test_the_dashboard_shows_what_status_says_in_chromium_without_console_
 
 
 @pytest.mark.integration
-async def test_the_dashboard_says_down_when_status_cannot_be_had(tmp_path: Path, nodes, origin, browser):
-    """An edge that stops while the page is open: the page says so (a failed fetch is no console error of ours)."""
-    regions = tmp_path / "regions.yaml"
-    regions.write_text(REGIONS)
-    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_status_cannot_be_had(tmp_path: Path, nodes, origin, browser):
+    """A plain edge (no tracker) shows no regions; when it stops while the page is open, the page says so."""
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(edge.url + "/dashboard")
+    page.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))
+    polled: list[str] = []
+    page.on("request", lambda r: polled.append(r.url) if "/status" in r.url else None)
+    await page.goto(edge.url + "/dashboard?token=t0k%26en")  # a token on the page's URL goes to /status (--require-token)
     await wait_for_health(page, "up")
+    assert polled and all(url == edge.url + "/status?token=t0k%26en" for url in polled), polled
+    assert "not a tracker" in await page.text_content("#p2p-note")
+    assert await page.locator("#regions tbody tr").count() == 0 and await page.locator("#share-chart canvas").count() == 0
+    assert await page.get_attribute("#capacity", "data-value") is None and await page.text_content("#capacity") == "no limit"
     edge.stop()
     await wait_for_health(page, "down")
-    assert "down" in await page.text_content("#health")
-    assert not errors, errors
+    assert "/status" in await page.text_content("#health")
+    assert not errors, errors  # the failed fetch is the browser's network error, not an error of the page's script
