@@ -127,6 +127,7 @@ REGIONS = (
 HOSTILE_REGION = "<img src=x onerror=alert(1)>"
 HOSTILE_PATH = "films/<b>x</b>&.bin"
 PIECE = 256 * 1024
+EVENTS = {"hangups": "client_hangup", "corrupt": "corrupt_piece", "stale": "stale_manifest"}  # the health panel's counts
 
 # what the page shows, read from the DOM: each figure's text and the raw value it keeps in data-value
 READ_DOM = """() => {
@@ -159,6 +160,7 @@ def shown_figures(st: dict) -> dict:
         "sent-node": st["bytes_sent"].get("node", 0),
         "sent-client": st["bytes_sent"].get("client", 0),
         "responses-5xx": sum(n for code, n in st["responses"].items() if code.startswith("5")),
+        **{key: sum(n for e, n in st["events"].items() if e.split(":")[0] == event) for key, event in EVENTS.items()},
         "regions": {
             name: (
                 r.get("peers", 0),
@@ -194,6 +196,7 @@ def dom_figures(dom: dict) -> dict:
             for k in ("cache-used", "cache-max", "cache-entries", "cache-pieces", "cache-evicted", "capacity", "sent-node", "sent-client")
         },
         "responses-5xx": num("responses-5xx"),
+        **{key: num(key) for key in EVENTS},
         "regions": regions,
         "swarms": {(row["region"], row["content"]): int(row["cells"][2][0]) for row in dom["swarms"]},
         "paths": {row["content"]: row["cells"][1][0] for row in dom["swarms"]},
@@ -245,7 +248,7 @@ async def polls(page) -> int:
 
 @pytest.mark.integration
 async def test_the_dashboard_shows_what_status_says_in_chromium_without_console_errors(
-    tmp_path: Path, nodes, origin, published, http, browser
+    browser, tmp_path: Path, nodes, origin, published, http
 ):
     data = make_file(published / HOSTILE_PATH, 9 * PIECE + 1000)
     regions = tmp_path / "regions.yaml"
@@ -314,7 +317,7 @@ async def test_the_dashboard_shows_what_status_says_in_chromium_without_console_
 
 
 @pytest.mark.integration
-async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_status_cannot_be_had(tmp_path: Path, nodes, origin, browser):
+async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_status_cannot_be_had(browser, tmp_path: Path, nodes, origin):
     """A plain edge (no tracker) shows no regions; when it stops while the page is open, the page says so."""
     edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
     page = await browser.new_page()
