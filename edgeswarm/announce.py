@@ -216,7 +216,7 @@ class TrackerService:
             regions[name] = {
                 "peers": peers[name],
                 "swarm_memberships": memberships[name],
-                "swarms": {cid: n for (region, cid), n in sorted(swarms.items()) if region == name},
+                "swarms": dict(sorted(swarms.get(name, {}).items())),
                 **{TRACKER_FIELDS[kind]: c[STAT_KEYS[kind]] for kind in SOURCE_KINDS},
                 "p2p_share": reported_share(sum(c[STAT_KEYS[k]] for k in PEER_KINDS), sum(c[k] for k in STAT_KINDS)),
             }
@@ -229,9 +229,9 @@ class TrackerService:
             "state": self._state(),
         }
 
-    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str], Counter[tuple[str, str]]]:
+    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str], dict[str, Counter[str]]]:
         """Distinct live peers per region, (peer, content) records per region, distinct live peers per token user,
-        and live peers per (region, content): the region's swarms, as the dashboard lists them.
+        and per region the live peers of each content: the region's swarms, as the dashboard lists them.
 
         A peer in five swarms is one peer and five memberships: "peers" counts
         it once everywhere, so a region's figure and the top-level one agree
@@ -241,11 +241,11 @@ class TrackerService:
         """
         latest: dict[PeerKey, PeerRecord] = {}
         memberships: Counter[str] = Counter()
-        swarms: Counter[tuple[str, str]] = Counter()
+        swarms: dict[str, Counter[str]] = {}
         for cid in self.tracker.contents():
             for key, p in self.tracker.records(cid):
                 memberships[_region_name(p)] += 1
-                swarms[(_region_name(p), cid)] += 1
+                swarms.setdefault(_region_name(p), Counter())[cid] += 1
                 if key not in latest or p.last_seen > latest[key].last_seen:
                     latest[key] = p
         peers = Counter(_region_name(p) for p in latest.values())

@@ -52,6 +52,9 @@
     return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
   }
   const TIME_AXIS = { space: 70, incrs: TIME_INCRS, values: (u, ticks) => ticks.map(clock) };
+  function plural(n, noun) {
+    return n + " " + noun + (n === 1 ? "" : "s");
+  }
   function duration(s) {
     const d = Math.floor(s / 86400);
     const h = Math.floor((s % 86400) / 3600);
@@ -175,7 +178,7 @@
     const regions = regionsOf(st);
     const paths = new Map((st.contents || []).map((c) => [c.id, c.path]));
     const tracker = Boolean(st.p2p);
-    show("p2p-note", tracker ? st.p2p.peers + " peers in " + st.p2p.contents + " swarms" : "not a tracker: this node was started without --p2p");
+    show("p2p-note", tracker ? plural(st.p2p.peers, "peer") + " in " + plural(st.p2p.contents, "swarm") : "not a tracker: this node was started without --p2p");
     show("share-note", tracker ? "share of the bytes each region's peers report having received that came from peers" : "no P2P share without --p2p");
     const rows = [];
     const swarmRows = [];
