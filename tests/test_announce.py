@@ -153,4 +153,7 @@ def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarms():
     assert st["regions"]["east"]["peers"] == 2 and st["regions"]["west"]["peers"] == 1
     assert st["swarm_memberships"] == memberships == sum(r["swarm_memberships"] for r in st["regions"].values())
     assert st["regions"]["east"]["swarm_memberships"] == len(cids) + 2
+    assert st["regions"]["east"]["swarms"] == {cids[0]: 2, cids[1]: 2, cids[2]: 1} and st["regions"]["west"]["swarms"] == {cids[0]: 1}
+    for row in st["regions"].values():  # a region's swarms hold its memberships, content by content
+        assert sum(row["swarms"].values()) == row["swarm_memberships"]
     assert st["users"] == {"alice": 2, "-": 1}

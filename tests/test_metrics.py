@@ -35,6 +35,8 @@ ROUTES = {
     "/have/{cid}": "have",
     "/announce": "announce",
     "/seed/{cid}": "seed",
+    "/dashboard": "dashboard",
+    "/dashboard/{name}": "dashboard",
     "/{path}": "file",
 }
 
@@ -43,7 +45,7 @@ def test_every_route_template_has_its_class_and_anything_else_is_other():
     for template, expected in ROUTES.items():
         assert endpoint_class(template) == expected, template
     assert {endpoint_class(t) for t in ROUTES} | {OTHER} == set(ENDPOINTS)
-    for unknown in (None, "", "/dashboard", "/films/a.mp4"):  # no route, or a route no node has: never the path itself
+    for unknown in (None, "", "/nosuch", "/films/a.mp4"):  # no route, or a route no node has: never the path itself
         assert endpoint_class(unknown) == OTHER
 
 

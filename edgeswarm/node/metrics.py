@@ -23,7 +23,21 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 # the endpoint classes of /metrics' `endpoint` label: one per kind of route, whatever the path asked
-ENDPOINTS = ("file", "piece", "manifest", "content", "have", "announce", "seed", "key", "status", "metrics", "healthz", "other")
+ENDPOINTS = (
+    "file",
+    "piece",
+    "manifest",
+    "content",
+    "have",
+    "announce",
+    "seed",
+    "key",
+    "status",
+    "metrics",
+    "healthz",
+    "dashboard",
+    "other",
+)
 _BY_FIRST_SEGMENT = {
     "piece": "piece",
     "manifest": "manifest",
@@ -37,6 +51,7 @@ _BY_FIRST_SEGMENT = {
     "status": "status",
     "metrics": "metrics",
     "healthz": "healthz",
+    "dashboard": "dashboard",
 }
 OTHER = "other"  # the label value of what is past a cap, and of requests no route matched
 MAX_CONTENT_SERIES = 256  # content ids with their own edgeswarm_content_bytes_total series; later ones count as "other"

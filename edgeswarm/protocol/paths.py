@@ -12,7 +12,9 @@ from urllib.parse import unquote
 from edgeswarm.errors import HttpError
 
 # First path segments that name node endpoints; files there are not published.
-RESERVED = frozenset({"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics"})
+RESERVED = frozenset(
+    {"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics", "dashboard"}
+)
 
 
 def clean_request_path(raw_path: str) -> str:

@@ -212,13 +212,14 @@ class TrackerService:
         by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}
         for name, stats in self._reports.values():
             by_region.setdefault(name, Counter()).update(stats)
-        peers, memberships, users = self._counts()
+        peers, memberships, users, swarms = self._counts()
         regions = {}
         for name in sorted(set(by_region) | set(memberships)):
             c = by_region.get(name, Counter())
             regions[name] = {
                 "peers": peers[name],
                 "swarm_memberships": memberships[name],
+                "swarms": dict(sorted(swarms.get(name, {}).items())),
                 **{TRACKER_FIELDS[kind]: c[STAT_KEYS[kind]] for kind in SOURCE_KINDS},
                 "p2p_share": reported_share(sum(c[STAT_KEYS[k]] for k in PEER_KINDS), sum(c[k] for k in STAT_KINDS)),
             }
@@ -231,8 +232,9 @@ class TrackerService:
             "state": self._state(),
         }
 
-    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str]]:
-        """Distinct live peers per region, (peer, content) records per region, distinct live peers per token user.
+    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str], dict[str, Counter[str]]]:
+        """Distinct live peers per region, (peer, content) records per region, distinct live peers per token user,
+        and per region the live peers of each content: the region's swarms, as the dashboard lists them.
 
         A peer in five swarms is one peer and five memberships: "peers" counts
         it once everywhere, so a region's figure and the top-level one agree
@@ -242,14 +244,16 @@ class TrackerService:
         """
         latest: dict[PeerKey, PeerRecord] = {}
         memberships: Counter[str] = Counter()
+        swarms: dict[str, Counter[str]] = {}
         for cid in self.tracker.contents():
             for key, p in self.tracker.records(cid):
                 memberships[_region_name(p)] += 1
+                swarms.setdefault(_region_name(p), Counter())[cid] += 1
                 if key not in latest or p.last_seen > latest[key].last_seen:
                     latest[key] = p
         peers = Counter(_region_name(p) for p in latest.values())
         users = Counter(p.user or "-" for p in latest.values())  # who the tracked peers are, as their tokens say
-        return peers, memberships, users
+        return peers, memberships, users, swarms
 
     def _state(self) -> dict[str, int]:
         """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside)."""

@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.node.metrics import Metrics
@@ -555,6 +556,7 @@ class Edge:
                 **self.metrics.status(),
                 "parent": self.parent,
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
+                "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
                 **({"p2p": self._p2p_status()} if self.tracker else {}),
@@ -566,6 +568,7 @@ class Edge:
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)
+        dashboard.mount(app)
         r.add_get("/manifest/{path:.*}", self.get_manifest)
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)

@@ -1,0 +1,326 @@
+// edgeswarm's live dashboard (edgeswarm/dashboard.py): polls the node's /status and draws it.
+// No build step, no framework: uPlot (vendored, global `uPlot`) for the two charts, the DOM API for the rest.
+// Every string that comes from /status (region names, paths, content ids, URLs) is set with textContent,
+// never parsed as HTML, and nothing here evaluates code: the page runs under a strict CSP.
+"use strict";
+
+(function () {
+  const POLL_MS = 2000;
+  const TIMEOUT_MS = 5000;
+  const KEEP_S = 30 * 60; // history kept in the browser, for the charts
+  const ERROR_WINDOW_S = 60; // the error rate is over this much of the history
+  const OWN_ENDPOINTS = new Set(["status", "dashboard"]); // what this page causes: left out of the error rate
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600]; // x ticks: whole seconds, never fractions
+  const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
+
+  const statusUrl = statusLocation();
+  const samples = []; // {t, sent, answers, errors, share: {region: fraction|null}, egress: B/s|null, capacity}
+  let polls = 0;
+  let shareChart = null;
+  let shareRegions = "";
+  let egressChart = null;
+
+  // -- the status URL: the page's meta tag, relative to the page; a ?token= on the page goes along ----------
+  function statusLocation() {
+    const meta = document.querySelector('meta[name="edgeswarm-status"]');
+    const url = new URL(meta ? meta.content : "status", document.baseURI);
+    const token = new URLSearchParams(window.location.search).get("token");
+    if (token) url.searchParams.set("token", token);
+    return url;
+  }
+
+  // -- formatting ------------------------------------------------------------------------------------------
+  function bytes(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let i = 0;
+    let v = n;
+    while (Math.abs(v) >= 1000 && i < units.length - 1) {
+      v /= 1000;
+      i += 1;
+    }
+    return (i === 0 ? String(Math.round(v)) : v.toFixed(2)) + " " + units[i];
+  }
+  function rate(n) {
+    return n === null || n === undefined ? "–" : bytes(n) + "/s";
+  }
+  function percent(fraction) {
+    return fraction === null || fraction === undefined || !isFinite(fraction) ? "–" : (fraction * 100).toFixed(1) + " %";
+  }
+  function clock(t) {
+    const d = new Date(t * 1000);
+    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+  }
+  const TIME_AXIS = { space: 70, incrs: TIME_INCRS, values: (u, ticks) => ticks.map(clock) };
+  function plural(n, noun) {
+    return n + " " + noun + (n === 1 ? "" : "s");
+  }
+  function duration(s) {
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const parts = d ? [d + " d", h + " h"] : h ? [h + " h", m + " min"] : [m + " min", Math.floor(s % 60) + " s"];
+    return parts.join(" ");
+  }
+
+  // -- DOM: text only --------------------------------------------------------------------------------------
+  // `value` (the raw figure from /status) goes into data-value, so what is shown can be checked against /status.
+  function show(id, text, value) {
+    const el = document.getElementById(id);
+    el.textContent = text;
+    if (value === undefined || value === null) el.removeAttribute("data-value");
+    else el.setAttribute("data-value", String(value));
+  }
+  function cell(row, text, value, title) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (value !== undefined && value !== null) td.setAttribute("data-value", String(value));
+    if (title) td.title = title;
+    row.appendChild(td);
+    return td;
+  }
+  function fillTable(id, rows) {
+    const body = document.getElementById(id).tBodies[0];
+    body.replaceChildren(...rows);
+  }
+
+  // -- figures derived from /status ------------------------------------------------------------------------
+  function sum(values) {
+    return values.reduce((a, b) => a + b, 0);
+  }
+  function answers(st) {
+    let all = 0;
+    let errors = 0;
+    for (const [endpoint, byStatus] of Object.entries(st.responses_by_endpoint || {})) {
+      if (OWN_ENDPOINTS.has(endpoint)) continue;
+      for (const [code, n] of Object.entries(byStatus)) {
+        all += n;
+        if (code.startsWith("5")) errors += n;
+      }
+    }
+    return { all, errors };
+  }
+  function events(st, name) {
+    return sum(Object.entries(st.events || {}).filter(([k]) => k === name || k.startsWith(name + ":")).map(([, n]) => n));
+  }
+  function regionsOf(st) {
+    return st.p2p && st.p2p.regions ? st.p2p.regions : {};
+  }
+
+  function record(st) {
+    const now = Date.now() / 1000;
+    const sent = sum(Object.values(st.bytes_sent || {}));
+    const { all, errors } = answers(st);
+    const last = samples[samples.length - 1];
+    if (last && (sent < last.sent || st.uptime_s < last.uptime)) samples.length = 0; // the node restarted: a new history
+    const prev = samples[samples.length - 1];
+    const egress = prev && now > prev.t ? (sent - prev.sent) / (now - prev.t) : null;
+    const share = {};
+    for (const [name, row] of Object.entries(regionsOf(st))) share[name] = row.p2p_share ?? null;
+    samples.push({ t: now, uptime: st.uptime_s, sent, answers: all, errors, share, egress, capacity: st.upload_limit_Bps ?? null });
+    while (samples.length && samples[0].t < now - KEEP_S) samples.shift();
+  }
+
+  function errorRate() {
+    const last = samples[samples.length - 1];
+    const first = samples.find((s) => s.t >= last.t - ERROR_WINDOW_S) || last;
+    const all = last.answers - first.answers;
+    return { rate: all > 0 ? (last.errors - first.errors) / all : null, all };
+  }
+
+  // -- panels ----------------------------------------------------------------------------------------------
+  function renderHealth(st) {
+    show("uptime", duration(st.uptime_s), st.uptime_s);
+    const total = sum(Object.values(st.responses || {}));
+    const errors = sum(Object.entries(st.responses || {}).filter(([k]) => k.startsWith("5")).map(([, n]) => n));
+    show("responses-total", String(total), total);
+    show("responses-5xx", String(errors), errors);
+    const recent = errorRate();
+    show("error-rate", recent.all ? percent(recent.rate) + " of " + recent.all + " answers" : "no answers", recent.rate);
+    show("hangups", String(events(st, "client_hangup")), events(st, "client_hangup"));
+    show("corrupt", String(events(st, "corrupt_piece")), events(st, "corrupt_piece"));
+    show("stale", String(events(st, "stale_manifest")), events(st, "stale_manifest"));
+    show("parent", st.parent || "–", st.parent || null);
+  }
+
+  function renderEgress(st) {
+    const last = samples[samples.length - 1];
+    const cap = st.upload_limit_Bps ?? null;
+    show("egress-rate", rate(last.egress), last.egress === null ? null : Math.round(last.egress));
+    show("capacity", cap ? rate(cap) : "no limit", cap);
+    const use = cap && last.egress !== null ? last.egress / cap : null;
+    document.getElementById("egress-meter").value = use === null ? 0 : Math.min(use, 1);
+    show("egress-use", cap ? percent(use) : "no limit to compare with", use);
+    show("sent-client", bytes(st.bytes_sent?.client ?? 0), st.bytes_sent?.client ?? 0);
+    show("sent-node", bytes(st.bytes_sent?.node ?? 0), st.bytes_sent?.node ?? 0);
+    drawEgress();
+  }
+
+  function renderCache(st) {
+    const used = st.cache_bytes ?? 0;
+    const max = st.cache_max_bytes || null;
+    const contents = st.contents || [];
+    show("cache-used", bytes(used), used);
+    show("cache-max", max ? bytes(max) : "no limit", max);
+    document.getElementById("cache-meter").value = max ? Math.min(used / max, 1) : 0;
+    show("cache-fill", max ? percent(used / max) : "no quota", max ? used / max : null);
+    show("cache-entries", String(contents.length), contents.length);
+    const held = sum(contents.map((c) => c.held));
+    const pieces = sum(contents.map((c) => c.pieces));
+    show("cache-pieces", held + " of " + pieces, held);
+    const lookups = st.cache_lookups || {};
+    const looked = (lookups.hit || 0) + (lookups.miss || 0) + (lookups.collapsed || 0);
+    show("cache-hits", looked ? percent(lookups.hit / looked) : "no lookups yet", looked ? lookups.hit / looked : null);
+    show("cache-evicted", String(st.evicted_pieces ?? 0), st.evicted_pieces ?? 0);
+  }
+
+  function renderRegions(st) {
+    const regions = regionsOf(st);
+    const paths = new Map((st.contents || []).map((c) => [c.id, c.path]));
+    const tracker = Boolean(st.p2p);
+    show("p2p-note", tracker ? plural(st.p2p.peers, "peer") + " in " + plural(st.p2p.contents, "swarm") : "not a tracker: this node was started without --p2p");
+    show("share-note", tracker ? "share of the bytes each region's peers report having received that came from peers" : "no P2P share without --p2p");
+    const rows = [];
+    const swarmRows = [];
+    for (const name of Object.keys(regions).sort()) {
+      const r = regions[name];
+      const swarms = r.swarms || {};
+      const row = document.createElement("tr");
+      row.setAttribute("data-region", name);
+      cell(row, name);
+      cell(row, String(r.peers ?? 0), r.peers ?? 0);
+      cell(row, String(Object.keys(swarms).length), Object.keys(swarms).length);
+      cell(row, percent(r.p2p_share), r.p2p_share ?? null);
+      cell(row, bytes(r.bytes_from_edge ?? 0), r.bytes_from_edge ?? 0);
+      const fromPeers = (r.bytes_from_peers_same_region ?? 0) + (r.bytes_from_peers_other_region ?? 0);
+      cell(row, bytes(fromPeers), fromPeers);
+      rows.push(row);
+      for (const cid of Object.keys(swarms).sort()) {
+        const srow = document.createElement("tr");
+        srow.setAttribute("data-region", name);
+        srow.setAttribute("data-content", cid);
+        cell(srow, name);
+        cell(srow, paths.get(cid) ?? cid.slice(0, 16) + "…", cid, cid);
+        cell(srow, String(swarms[cid]), swarms[cid]);
+        swarmRows.push(srow);
+      }
+    }
+    fillTable("regions", rows);
+    fillTable("swarms", swarmRows);
+    drawShare(Object.keys(regions).sort());
+  }
+
+  // -- charts ----------------------------------------------------------------------------------------------
+  function chartWidth(id) {
+    return Math.max(320, document.getElementById(id).clientWidth - 8);
+  }
+
+  function drawShare(regions) {
+    const key = JSON.stringify(regions);
+    if (key !== shareRegions) {
+      // a region appeared or went: a new chart with a series per region
+      if (shareChart) shareChart.destroy();
+      shareChart = null;
+      shareRegions = key;
+      if (!regions.length) return;
+      const series = [{}].concat(
+        regions.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, value: (u, v) => (v === null ? "–" : v.toFixed(1) + " %") })),
+      );
+      const opts = {
+        width: chartWidth("share-chart"),
+        height: 220,
+        series,
+        scales: { y: { range: [0, 100] } },
+        axes: [TIME_AXIS, { label: "P2P share (%)", values: (u, ticks) => ticks.map((v) => v + " %") }],
+      };
+      shareChart = new uPlot(opts, shareData(regions), document.getElementById("share-chart"));
+    } else if (shareChart) {
+      shareChart.setData(shareData(regions));
+    }
+  }
+
+  function shareData(regions) {
+    const t = samples.map((s) => s.t);
+    const lines = regions.map((name) => samples.map((s) => (s.share[name] === null || s.share[name] === undefined ? null : s.share[name] * 100)));
+    return [t, ...lines];
+  }
+
+  function drawEgress() {
+    const t = samples.map((s) => s.t);
+    const data = [t, samples.map((s) => s.egress), samples.map((s) => s.capacity)];
+    if (egressChart) {
+      egressChart.setData(data);
+      return;
+    }
+    const opts = {
+      width: chartWidth("egress-chart"),
+      height: 220,
+      series: [
+        {},
+        { label: "egress", stroke: COLOURS[0], width: 2, value: (u, v) => rate(v) },
+        { label: "capacity", stroke: COLOURS[1], width: 1, dash: [6, 4], value: (u, v) => rate(v) },
+      ],
+      scales: { y: { range: (u, min, max) => [0, Math.max(max || 0, 1)] } },
+      axes: [TIME_AXIS, { label: "bytes/s", size: 70, values: (u, ticks) => ticks.map((v) => bytes(v)) }],
+    };
+    egressChart = new uPlot(opts, data, document.getElementById("egress-chart"));
+  }
+
+  function resize() {
+    if (shareChart) shareChart.setSize({ width: chartWidth("share-chart"), height: 220 });
+    if (egressChart) egressChart.setSize({ width: chartWidth("egress-chart"), height: 220 });
+  }
+
+  // -- polling ---------------------------------------------------------------------------------------------
+  function health(state, text) {
+    const el = document.getElementById("health");
+    el.textContent = text;
+    el.setAttribute("data-state", state);
+    el.className = "badge " + state;
+  }
+
+  async function fetchStatus() {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
+    try {
+      const resp = await fetch(statusUrl, { cache: "no-store", signal: abort.signal, headers: { Accept: "application/json" } });
+      if (!resp.ok) {
+        const why = (await resp.text()).trim().slice(0, 200);
+        const hint = resp.status === 401 ? "; add ?token=… to this page's URL" : "";
+        health("down", "down: /status answered " + resp.status + (why ? " (" + why + ")" : "") + hint);
+        return null;
+      }
+      return await resp.json();
+    } catch (err) {
+      const why = err && err.name === "AbortError" ? "no answer from /status within " + TIMEOUT_MS / 1000 + " s" : "cannot reach /status (" + err + ")";
+      health("down", "down: " + why);
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  function render(st) {
+    record(st);
+    show("role", st.role || "node");
+    renderHealth(st);
+    renderEgress(st);
+    renderCache(st);
+    renderRegions(st);
+    health("up", "up");
+    show("updated", clock(Date.now() / 1000));
+  }
+
+  async function poll() {
+    const st = await fetchStatus();
+    polls += 1;
+    setTimeout(poll, POLL_MS);
+    if (st) render(st); // a bug in here is thrown, so it shows on the browser's console; the next poll is already set
+    show("polls", String(polls), polls); // after the page shows this poll's figures
+  }
+
+  show("node", window.location.host);
+  show("interval", String(POLL_MS / 1000));
+  window.addEventListener("resize", resize);
+  poll();
+})();

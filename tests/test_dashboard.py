@@ -1,0 +1,338 @@
+"""The live dashboard (issue 12): its files as served, and the page in headless Chromium against a real edge.
+
+The browser test drives Debian's chromium through playwright with the system
+binary (never a downloaded browser), reads the figures the page shows and
+compares them with the edge's own /status, and saves a screenshot to
+out/test-artifacts/ (or $EDGESWARM_TEST_ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import make_file, serve_app, start_p2p_edge, start_peer, status
+
+from edgeswarm.node import dashboard
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.protocol.paths import RESERVED
+from edgeswarm.roles.edge import Edge
+
+CHROMIUM = os.environ.get("EDGESWARM_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("EDGESWARM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "out" / "test-artifacts"))
+
+
+@pytest.fixture
+async def dash():
+    """Our node app (make_app: error middleware, /healthz, /metrics) with only the dashboard mounted, in this process."""
+    app = make_app(Metrics("edge"))
+    dashboard.mount(app)
+    async with serve_app(app) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+def referenced(page: str) -> list[str]:
+    """The URLs the page loads (scripts and stylesheets), as written in it."""
+    return [url for url in re.findall(r'(?:src|href)="([^"]+)"', page) if not url.startswith("data:")]
+
+
+async def test_the_page_and_every_file_it_loads_are_served_with_their_types_and_cache_rules(dash):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(dash + "/dashboard") as r:
+            assert r.status == 200
+            page = await r.text()
+            assert r.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert r.headers["Cache-Control"] == "no-cache"  # revalidated: a new edgeswarm's page shows at once
+            csp = r.headers["Content-Security-Policy"]
+            assert "script-src 'self'" in csp and "unsafe" not in csp and "default-src 'none'" in csp
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert '<meta name="edgeswarm-status" content="status">' in page
+        urls = referenced(page)
+        assert {u.rsplit(".", 1)[-1] for u in urls} == {"js", "css"} and all(u.startswith("dashboard/") for u in urls)
+        assert "@@" not in page
+        expected = {"js": "text/javascript; charset=utf-8", "css": "text/css; charset=utf-8"}
+        for url in urls:
+            async with s.get(f"{dash}/{url}") as r:
+                assert r.status == 200, url
+                body = await r.read()
+                assert r.headers["Content-Type"] == expected[url.rsplit(".", 1)[-1]], url
+                vendored = dashboard.UPLOT in url
+                assert r.headers["Cache-Control"] == (dashboard.IMMUTABLE if vendored else dashboard.REVALIDATE), url
+                assert body == (dashboard.STATIC / url.split("/", 1)[1]).read_bytes()
+                etag = r.headers["ETag"]
+            async with s.get(f"{dash}/{url}", headers={"If-None-Match": etag}) as r:
+                assert r.status == 304 and await r.read() == b"", url
+            async with s.head(f"{dash}/{url}") as r:
+                assert r.status == 200 and r.headers["Content-Type"] == expected[url.rsplit(".", 1)[-1]]
+        async with s.get(f"{dash}/dashboard/{dashboard.UPLOT}.LICENSE") as r:
+            assert r.status == 200 and "MIT License" in await r.text()
+        for missing in ("nope.js", "..%2fdashboard.py", "README.md", "dashboard.html"):
+            async with s.get(f"{dash}/dashboard/{missing}") as r:
+                assert r.status == 404, missing
+
+
+def test_a_mounted_page_points_at_its_status_url_and_its_assets_relative_to_itself_escaped():
+    app = web.Application()
+    dashboard.mount(app, prefix="/edges/dashboard", status_url='../status?x="><script>')
+    templates = {r.canonical for r in app.router.resources()}
+    assert templates == {"/edges/dashboard", "/edges/dashboard/{name}"}
+    page = dashboard.load('../status?x="><script>', "dashboard")[""].body.decode()
+    assert 'content="../status?x=&quot;&gt;&lt;script&gt;"' in page and "<script>" not in page.replace("<script src=", "")
+
+
+def test_the_edge_serves_the_dashboard_and_no_file_can_hide_behind_it(tmp_path: Path):
+    edge = Edge(tmp_path / "edge", "http://127.0.0.1:9", [], None, [], [], 5.0, 1.0, None)
+    templates = {r.canonical for r in edge.app().router.resources()}
+    assert {"/dashboard", "/dashboard/{name}"} <= templates
+    assert "dashboard" in RESERVED  # the origin publishes nothing under dashboard/, which the edge's route would shadow
+
+
+def test_the_vendored_chart_library_is_the_pinned_release_and_the_page_evaluates_no_code():
+    """uPlot is byte for byte the release static/README.md names; neither it nor our script builds HTML or code from strings."""
+    readme = (dashboard.STATIC / "README.md").read_text()
+    for name in (f"{dashboard.UPLOT}.iife.min.js", f"{dashboard.UPLOT}.min.css"):
+        digest = hashlib.sha256((dashboard.STATIC / name).read_bytes()).hexdigest()
+        assert re.search(rf"`{re.escape(name)}` sha256 `{digest}`", readme), f"{name} is not the release static/README.md records"
+    version = dashboard.UPLOT.split("-", 1)[1]
+    assert (
+        (dashboard.STATIC / f"{dashboard.UPLOT}.iife.min.js")
+        .read_text()
+        .startswith(f"/*! https://github.com/leeoniya/uPlot (v{version}) */")
+    )
+    for name in ("dashboard.js", f"{dashboard.UPLOT}.iife.min.js"):
+        code = (dashboard.STATIC / name).read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", 'setAttribute("style'):
+            assert sink not in code, f"{name} uses {sink}"
+    page = (dashboard.STATIC / dashboard.PAGE).read_text()
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "an inline script"
+    assert not re.search(r"\sstyle=|\son\w+=|javascript:", page), "an inline style or handler"
+
+
+# -- in a browser ------------------------------------------------------------------------------------------
+
+REGIONS = (
+    "regions:\n"
+    "  - {name: '<img src=x onerror=alert(1)>', isp: att, networks: [127.1.0.0/16]}\n"  # names come from operators: text, never HTML
+    "  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
+)
+HOSTILE_REGION = "<img src=x onerror=alert(1)>"
+HOSTILE_PATH = "films/<b>x</b>&.bin"
+PIECE = 256 * 1024
+EVENTS = {"hangups": "client_hangup", "corrupt": "corrupt_piece", "stale": "stale_manifest"}  # the health panel's counts
+
+# what the page shows, read from the DOM: each figure's text and the raw value it keeps in data-value
+READ_DOM = """() => {
+  const fig = {};
+  for (const el of document.querySelectorAll("[id]")) fig[el.id] = [el.textContent, el.getAttribute("data-value")];
+  const rows = (id) => [...document.querySelectorAll("#" + id + " tbody tr")].map((tr) => ({
+    region: tr.getAttribute("data-region"), content: tr.getAttribute("data-content"),
+    cells: [...tr.cells].map((td) => [td.textContent, td.getAttribute("data-value")]),
+  }));
+  const legend = (id) => [...document.querySelectorAll("#" + id + " .u-legend .u-series .u-label")].map((e) => e.textContent);
+  return {
+    fig, regions: rows("regions"), swarms: rows("swarms"), health: document.getElementById("health").getAttribute("data-state"),
+    shareLegend: legend("share-chart"), egressLegend: legend("egress-chart"),
+    canvases: document.querySelectorAll(".chart canvas").length, images: document.images.length,
+  };
+}"""
+
+
+def shown_figures(st: dict) -> dict:
+    """The figures the page must show for this /status, in the page's terms (what dashboard.js derives from them)."""
+    contents = st["contents"]
+    regions = st["p2p"]["regions"]
+    return {
+        "cache-used": st["cache_bytes"],
+        "cache-max": st["cache_max_bytes"],
+        "cache-entries": len(contents),
+        "cache-pieces": sum(c["held"] for c in contents),
+        "cache-evicted": st["evicted_pieces"],
+        "capacity": st["upload_limit_Bps"],
+        "sent-node": st["bytes_sent"].get("node", 0),
+        "sent-client": st["bytes_sent"].get("client", 0),
+        "responses-5xx": sum(n for code, n in st["responses"].items() if code.startswith("5")),
+        **{key: sum(n for e, n in st["events"].items() if e.split(":")[0] == event) for key, event in EVENTS.items()},
+        "regions": {
+            name: (
+                r.get("peers", 0),
+                len(r.get("swarms", {})),
+                r.get("p2p_share"),
+                r.get("bytes_from_edge", 0),
+                r.get("bytes_from_peers_same_region", 0) + r.get("bytes_from_peers_other_region", 0),
+            )
+            for name, r in regions.items()
+        },
+        "swarms": {(name, cid): n for name, r in regions.items() for cid, n in r.get("swarms", {}).items()},
+        "paths": {c["id"]: c["path"] for c in contents},
+    }
+
+
+def dom_figures(dom: dict) -> dict:
+    """The same figures as the page shows them (raw values from data-value)."""
+    fig = dom["fig"]
+
+    def num(key: str):
+        raw = fig[key][1]
+        return None if raw is None else float(raw) if "." in raw else int(raw)
+
+    regions = {}
+    for row in dom["regions"]:
+        cells = row["cells"]
+        assert cells[0][0] == row["region"], "a region's name is shown as it is"
+        share = None if cells[3][1] is None else float(cells[3][1])
+        regions[row["region"]] = (int(cells[1][0]), int(cells[2][0]), share, int(cells[4][1]), int(cells[5][1]))
+    return {
+        **{
+            k: num(k)
+            for k in ("cache-used", "cache-max", "cache-entries", "cache-pieces", "cache-evicted", "capacity", "sent-node", "sent-client")
+        },
+        "responses-5xx": num("responses-5xx"),
+        **{key: num(key) for key in EVENTS},
+        "regions": regions,
+        "swarms": {(row["region"], row["content"]): int(row["cells"][2][0]) for row in dom["swarms"]},
+        "paths": {row["content"]: row["cells"][1][0] for row in dom["swarms"]},
+    }
+
+
+def comparable(st: dict) -> dict:
+    """What must be equal between two /status answers for the page's figures to be checked against them."""
+    figures = shown_figures(st)
+    return {k: v for k, v in figures.items() if k != "paths"}
+
+
+@pytest.fixture
+async def browser():
+    """Headless Debian chromium driven by playwright; skipped, saying why, when either is missing."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright==1.49.0: the test extras)")
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which(CHROMIUM)):
+        pytest.skip(f"no chromium at {CHROMIUM} (Debian package chromium; ./dev test installs it; or set EDGESWARM_CHROMIUM)")
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def wait_for_polls(page, count: int, timeout: float = 15.0) -> None:
+    """Until the page has drawn ``count`` polls.  Polled from here: playwright's wait_for_function evaluates
+    its predicate with eval, which the page's CSP forbids (as it should)."""
+    deadline = time.monotonic() + timeout
+    while await polls(page) < count:
+        assert time.monotonic() < deadline, f"the page did not poll /status {count} times in {timeout} s"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_health(page, state: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while await page.get_attribute("#health", "data-state") != state:
+        assert time.monotonic() < deadline, f"the page never said {state!r}"
+        await asyncio.sleep(0.1)
+
+
+async def polls(page) -> int:
+    return int(await page.get_attribute("#polls", "data-value"))
+
+
+@pytest.mark.integration
+async def test_the_dashboard_shows_what_status_says_in_chromium_without_console_errors(
+    browser, tmp_path: Path, nodes, origin, published, http
+):
+    data = make_file(published / HOSTILE_PATH, 9 * PIECE + 1000)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(
+        nodes, tmp_path, origin.url, regions, "--announce-interval", "1", "--upload-limit", "8MB/s", "--max-cache", "64MiB"
+    )
+    peers = [
+        start_peer(nodes, tmp_path, edge.url, addr, name) for addr, name in (("127.1.0.1", "e1"), ("127.1.0.2", "e2"), ("127.2.0.1", "w1"))
+    ]
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    outside = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(edge.url) else None)
+    response = await page.goto(edge.url + "/dashboard")
+    assert response is not None and response.status == 200
+    await wait_for_polls(page, 1)
+
+    quoted = "/" + HOSTILE_PATH.replace("<", "%3C").replace(">", "%3E").replace("&", "%26")
+    for peer in peers:  # a download through each peer's gateway: the edge and the peers before it serve the pieces
+        async with http.get(peer.urls["gateway"] + quoted) as r:
+            assert r.status == 200 and await r.read() == data
+    deadline = time.monotonic() + 30
+    while not all(row.get("peers") for row in (await status(http, edge.url))["p2p"]["regions"].values()):
+        assert time.monotonic() < deadline, "the peers never announced"
+        await asyncio.sleep(0.3)
+
+    # Compare once /status holds still across a read of the page: figures from a poll made after the first /status
+    # fetch, and equal to a second one, must be what both say.
+    for _ in range(20):
+        before = await status(http, edge.url)
+        await wait_for_polls(page, await polls(page) + 2)  # a poll that started after `before` was answered, and drawn
+        dom = await page.evaluate(READ_DOM)
+        after = await status(http, edge.url)
+        if comparable(before) == comparable(after):
+            break
+        await asyncio.sleep(0.5)
+    else:
+        pytest.fail("the edge's /status never held still for two polls")
+
+    expected = shown_figures(after)
+    assert dom["health"] == "up"
+    assert dom_figures(dom) == expected
+    assert set(expected["regions"]) == {HOSTILE_REGION, "west"} and expected["swarms"]
+    assert all(dom["fig"][k][1] is not None for k in ("egress-rate", "uptime", "error-rate"))
+    for row in dom["regions"]:  # the share is shown as a percentage of what /status says
+        share = expected["regions"][row["region"]][2]
+        assert row["cells"][3][0] == f"{share * 100:.1f} %"
+    assert set(dom["fig"]["cache-entries"][0]) <= set("0123456789") and int(dom["fig"]["cache-entries"][0]) == len(after["contents"])
+    assert set(expected["paths"].values()) == {HOSTILE_PATH}, "the swarms table names the content by its path, as text"
+    assert dom["shareLegend"] == ["Time", HOSTILE_REGION, "west"] and dom["egressLegend"] == ["Time", "egress", "capacity"]
+    assert dom["canvases"] == 2 and dom["images"] == 0, "a hostile string became markup"
+    assert not problems, problems
+    assert not outside, f"the page loaded something from elsewhere: {outside}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"dashboard screenshot: {shot}")
+
+
+@pytest.mark.integration
+async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_status_cannot_be_had(browser, tmp_path: Path, nodes, origin):
+    """A plain edge (no tracker) shows no regions; when it stops while the page is open, the page says so."""
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))
+    polled: list[str] = []
+    page.on("request", lambda r: polled.append(r.url) if "/status" in r.url else None)
+    await page.goto(edge.url + "/dashboard?token=t0k%26en")  # a token on the page's URL goes to /status (--require-token)
+    await wait_for_health(page, "up")
+    assert polled and all(url == edge.url + "/status?token=t0k%26en" for url in polled), polled
+    assert "not a tracker" in await page.text_content("#p2p-note")
+    assert await page.locator("#regions tbody tr").count() == 0 and await page.locator("#share-chart canvas").count() == 0
+    assert await page.get_attribute("#capacity", "data-value") is None and await page.text_content("#capacity") == "no limit"
+    edge.stop()
+    await wait_for_health(page, "down")
+    assert "/status" in await page.text_content("#health")
+    assert not errors, errors  # the failed fetch is the browser's network error, not an error of the page's script
