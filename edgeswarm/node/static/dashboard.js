@@ -1,4 +1,4 @@
-// edgeswarm's live dashboard (edgeswarm/dashboard.py): polls the node's /status and draws it.
+// edgeswarm's live dashboard (edgeswarm/node/dashboard.py): polls the node's /status and draws it.
 // No build step, no framework: uPlot (vendored, global `uPlot`) for the two charts, the DOM API for the rest.
 // Every string that comes from /status (region names, paths, content ids, URLs) is set with textContent,
 // never parsed as HTML, and nothing here evaluates code: the page runs under a strict CSP.
