@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
+from edgeswarm.cors import PUBLIC, CorsPolicy
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
 from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
 from edgeswarm.ledger import Ledger
@@ -93,8 +94,10 @@ class Edge:
         token: str | None = None,
         ca=None,
         ledger: Ledger | None = None,
+        cors: CorsPolicy = PUBLIC,
     ):
         self.cache = cache
+        self.cors = cors  # who may read answers from another origin (--cors-origin)
         self.parent = parent.rstrip("/")
         self.siblings = [s.rstrip("/") for s in siblings]
         self.max_cache = max_cache
@@ -561,7 +564,7 @@ class Edge:
         )
 
     def app(self) -> web.Application:
-        app = make_app(self.metrics)
+        app = make_app(self.metrics, self.cors)
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)

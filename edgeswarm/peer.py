@@ -30,7 +30,8 @@ from multidict import CIMultiDictProxy
 
 from edgeswarm import access, bitfield, havefeed, originkey, tokens
 from edgeswarm.choker import SLOTS, Choker
-from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
+from edgeswarm.cors import PUBLIC, CorsPolicy
+from edgeswarm.daemon import PRIVATE, ServerLimits, json_response, make_app, serve_many
 from edgeswarm.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError
 from edgeswarm.manifest import SignedManifest
@@ -139,8 +140,10 @@ class Peer:
         download_limit: float | None = None,
         token: str | None = None,
         ca=None,
+        cors: CorsPolicy = PUBLIC,
     ):
         self.cache = cache
+        self.cors = cors  # who may read the gateway's answers from another origin (--cors-origin)
         self.edges = [e.rstrip("/") for e in edges]
         self.origin_key = origin_key
         self.max_cache = max_cache
@@ -563,6 +566,8 @@ class Peer:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         signed = await self.resolve(rel)
         protection = signed.manifest.protection
+        if protection is not None:  # decrypted with our user's token: for listed origins only, never "*"
+            request[PRIVATE] = True
         transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
         return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics, transform=transform)
 
@@ -575,7 +580,8 @@ class Peer:
         swarm.want_whole()
         return json_response(swarm.status(), status=202)
 
-    async def get_status(self, _: web.Request) -> web.Response:
+    async def get_status(self, request: web.Request) -> web.Response:
+        request[PRIVATE] = True  # what this user watches: for listed origins only, never "*"
         totals: Counter[str] = Counter()
         for c in self.received.values():
             totals.update(c)
@@ -661,7 +667,7 @@ class Peer:
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
-        app = make_app(self.metrics)
+        app = make_app(self.metrics, self.cors)
         app.router.add_get("/status", self.get_status)
         app.router.add_get("/{path:.*}", self.get_file)
         app.router.add_post("/{path:.*}", self.post_file)
