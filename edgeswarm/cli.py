@@ -598,6 +598,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm.ledger import Ledger
 
         setup_logging(args.log_level)
+        cors = _cors(args)  # a bad combination stops here, before anything is created
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
         ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
@@ -617,7 +618,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             token=_token(args),
             ca=tls.client_context(args.ca),
             ledger=ledger,
-            cors=_cors(args),
+            cors=cors,
         )
         asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
@@ -625,6 +626,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm import peer, tls
 
         setup_logging(args.log_level)
+        cors = _cors(args)
         node = peer.Peer(
             args.cache,
             args.edge,
@@ -637,7 +639,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             download_limit=args.download_limit,
             token=_token(args),
             ca=tls.client_context(args.ca),
-            cors=_cors(args),
+            cors=cors,
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
