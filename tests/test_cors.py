@@ -283,6 +283,10 @@ async def test_gateway_decrypted_content_goes_to_listed_origins_only(tmp_path, n
         async with http.get(gw.urls["gateway"] + "/films/secret.bin", headers={"Origin": PAGE, "Range": "bytes=0-99"}) as r:
             assert r.status == 206 and await r.read() == secret[:100]
             assert r.headers.get("Access-Control-Allow-Origin") == allow
+    async with http.get(listed.urls["gateway"] + "/films/secret.bin", headers={"Origin": PAGE, "Range": "bytes=0-9,299990-"}) as r:
+        body = await r.read()  # several ranges of decrypted content: each part decrypted at its own offset
+        assert r.status == 206 and r.headers["Content-Type"].startswith("multipart/byteranges")
+        assert secret[:10] in body and secret[299990:] in body and r.headers["Access-Control-Allow-Origin"] == PAGE
     async with http.get(edge.url + "/films/secret.bin", headers={"Origin": PAGE, **bearer(token)}) as r:
         assert r.status == 200 and await r.read() == secret
         assert r.headers["Access-Control-Allow-Origin"] == "*"  # the page sent the token itself: nothing ambient
