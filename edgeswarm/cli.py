@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgeswarm.node.daemon import ServerLimits, setup_logging
 from edgeswarm.policy.choker import SLOTS
+from edgeswarm.protocol.cors import CorsPolicy, parse_origin
 from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
 from edgeswarm.store.ledger import LedgerError
 from edgeswarm.trust.signing import KeyFileError
@@ -154,6 +155,28 @@ def _connection_limits(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="client connections open at once; a new one closes the longest idle (default: half the open-file limit less 64, at most 16384)",
     )
+
+
+def _cors_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--cors-origin",
+        type=_cors_origin,
+        action="append",
+        metavar="ORIGIN",
+        help=f"who may read {what} from a web page on another origin (CORS; repeatable): '*' anyone (the default), "
+        "scheme://host[:port] that origin, 'none' nobody",
+    )
+
+
+def _cors_origin(text: str) -> str:
+    try:
+        return parse_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cors(args: argparse.Namespace) -> CorsPolicy:
+    return CorsPolicy.from_flags(args.cors_origin)
 
 
 def _limits(args: argparse.Namespace) -> ServerLimits:
@@ -317,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
     )
     trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
+    _cors_flag(p, "this edge's answers")
     _credentials(p, "this edge")
     _tls_server(p)
     _connection_limits(p)
@@ -355,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a gateway read waiting this long for a piece fails with 504 (default 30)",
     )
+    _cors_flag(p, "the gateway's answers (protected content and /status: listed origins only)")
     _credentials(p, "this peer")
     _connection_limits(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
@@ -577,6 +602,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
+        cors = _cors(args)  # a bad combination stops here, before anything is created
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
         ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
@@ -596,6 +622,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             token=_token(args),
             ca=tls.client_context(args.ca),
             ledger=ledger,
+            cors=cors,
         )
         asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
@@ -604,6 +631,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
+        cors = _cors(args)
         node = peer.Peer(
             args.cache,
             args.edge,
@@ -616,6 +644,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             download_limit=args.download_limit,
             token=_token(args),
             ca=tls.client_context(args.ca),
+            cors=cors,
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from edgeswarm.errors import HttpError
 from edgeswarm.policy.eviction import EvictionPolicy
 from edgeswarm.policy.sources import SourceRanking
-from edgeswarm.protocol.httpspec import parse_range
+from edgeswarm.protocol.httpspec import parse_ranges
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, ManifestError, SignedManifest, piece_size_for
 from edgeswarm.protocol.paths import clean_request_path
 from edgeswarm.protocol.units import UnitError, parse_rate, parse_size
@@ -21,16 +21,16 @@ from edgeswarm.protocol.units import UnitError, parse_rate, parse_size
     [("bytes=0-9", (0, 9)), ("bytes=10-", (10, 99)), ("bytes=-10", (90, 99)), ("bytes=90-500", (90, 99)), ("items=0-1", None)],
 )
 def test_parse_range_forms(header, span):
-    assert parse_range(header, 100) == span
+    assert parse_ranges(header, 100) == (None if span is None else [span])
 
 
 @pytest.mark.parametrize(
     ("header", "status"),
-    [("bytes=5", 400), ("bytes=9-3", 400), ("0-1", 400), ("bytes=0-1,5-6", 416), ("bytes=100-", 416), ("bytes=-0", 416)],
+    [("bytes=5", 400), ("bytes=9-3", 400), ("0-1", 400), ("bytes=100-,200-300", 416), ("bytes=100-", 416), ("bytes=-0", 416)],
 )
 def test_parse_range_errors(header, status):
     with pytest.raises(HttpError) as err:
-        parse_range(header, 100)
+        parse_ranges(header, 100)
     assert err.value.status == status
     if status == 416:
         assert err.value.headers["Content-Range"] == "bytes */100"
@@ -39,11 +39,11 @@ def test_parse_range_errors(header, status):
 @given(st.integers(1, 10**12), st.text(max_size=40))
 def test_parse_range_never_escapes_the_file(size, header):
     try:
-        span = parse_range(header, size)
+        spans = parse_ranges(header, size)
     except HttpError as exc:
         assert exc.status in (400, 416)
         return
-    assert span is None or 0 <= span[0] <= span[1] < size
+    assert spans is None or all(0 <= first <= last < size for first, last in spans)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
-"""RFC 9110 behaviour, identical on the origin and on an edge, checked with aiohttp and curl."""
+"""RFC 9110 behaviour, identical on the origin and on an edge (and, for several ranges, a peer's gateway), checked with aiohttp and curl."""
 
 from __future__ import annotations
 
 import asyncio
+import email
 import socket
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from conftest import curl, make_file
 
@@ -19,7 +21,7 @@ NOTES = "Grüße, naïve café — 東京\n".encode()  # UTF-8 that a browser gu
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """An origin publishing a 1 MB film and an edge in front of it, shared by this module's tests."""
+    """An origin publishing a 1 MB film, an edge in front of it and a peer on that edge, shared by this module's tests."""
     root = tmp_path_factory.mktemp("http")
     data = make_file(root / "pub" / "dir" / "film.mp4", SIZE)
     (root / "pub" / "empty.txt").write_bytes(b"")
@@ -27,12 +29,22 @@ def deployment(tmp_path_factory):
     with ProcessGroup(root / "logs") as group:
         origin = group.start("origin", "--publish", str(root / "pub"))  # files present at start are published at once
         edge = group.start("edge", "--cache", str(root / "cache"), "--parent", origin.url)
-        yield {"origin": origin.url, "edge": edge.url}, data
+        peer = group.start(
+            "peer", *("--cache", str(root / "peer"), "--edge", edge.url, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+        )
+        yield {"origin": origin.url, "edge": edge.url, "gateway": peer.urls["gateway"]}, data
 
 
 @pytest.fixture(params=["origin", "edge"])
 def served(request, deployment):
     """(base url, file bytes), from the origin or through the edge."""
+    urls, data = deployment
+    return urls[request.param], data
+
+
+@pytest.fixture(params=["origin", "edge", "gateway"])
+def served_anywhere(request, deployment):
+    """(base url, file bytes), from the origin, through the edge or through a peer's gateway."""
     urls, data = deployment
     return urls[request.param], data
 
@@ -64,13 +76,80 @@ async def test_single_ranges(served, http, header, first, last):
     assert int(headers["Content-Length"]) == last - first + 1
 
 
-@pytest.mark.parametrize("header", ["bytes=1000000-", "bytes=2000000-3000000", "bytes=-0", "bytes=0-1,5-9"])
-async def test_unsatisfiable_and_multiple_ranges_get_416(served, http, header):
+@pytest.mark.parametrize("header", ["bytes=1000000-", "bytes=2000000-3000000", "bytes=-0", "bytes=1000000-,2000000-"])
+async def test_unsatisfiable_ranges_get_416(served, http, header):
     url, _ = served
     status, headers, body = await fetch(http, url + "/dir/film.mp4", Range=header)
     assert status == 416
     assert headers["Content-Range"] == f"bytes */{SIZE}"
     assert body.strip()
+
+
+def parts_by_email(ctype: str, body: bytes) -> list[tuple[str, str, bytes]]:
+    """(Content-Type, Content-Range, bytes) of each part, as Python's MIME parser reads a multipart/byteranges body."""
+    msg = email.message_from_bytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+    assert msg.is_multipart() and msg.get_content_type() == "multipart/byteranges"
+    return [(p["Content-Type"], p["Content-Range"], p.get_payload(decode=True)) for p in msg.get_payload()]
+
+
+async def parts_by_aiohttp(resp: aiohttp.ClientResponse) -> list[tuple[str, str, bytes]]:
+    """The same, as aiohttp's MultipartReader reads it off the wire."""
+    reader = aiohttp.MultipartReader.from_response(resp)
+    parts = []
+    while (part := await reader.next()) is not None:
+        parts.append((part.headers["Content-Type"], part.headers["Content-Range"], await part.read()))
+    return parts
+
+
+@pytest.mark.parametrize(
+    ("header", "spans"),
+    [
+        ("bytes=0-9,20-29", [(0, 9), (20, 29)]),
+        ("bytes=999990-,0-0", [(999990, SIZE - 1), (0, 0)]),  # the request's order, across pieces
+        ("bytes=100-199, 262000-800000, -5", [(100, 199), (262000, 800000), (SIZE - 5, SIZE - 1)]),
+        ("bytes=0-9,5000000-,20-29", [(0, 9), (20, 29)]),  # an unsatisfiable one among them is dropped, never a 416
+        ("bytes=0-99,50-149,400-499", [(0, 149), (400, 499)]),  # overlapping ones are coalesced
+    ],
+)
+async def test_several_ranges_are_multipart_byteranges(served_anywhere, http, header, spans):
+    """RFC 9110 14.6, as nginx answers: one part per range, each with its Content-Range; read back by two parsers."""
+    url, data = served_anywhere
+    async with http.get(url + "/dir/film.mp4", headers={"Range": header}) as resp:
+        assert resp.status == 206
+        assert "Content-Range" not in resp.headers
+        ctype = resp.headers["Content-Type"]
+        assert ctype.startswith("multipart/byteranges; boundary=")
+        by_aiohttp = await parts_by_aiohttp(resp)
+    async with http.get(url + "/dir/film.mp4", headers={"Range": header}) as resp:
+        body = await resp.read()
+        assert int(resp.headers["Content-Length"]) == len(body)
+        by_email = parts_by_email(resp.headers["Content-Type"], body)
+    expected = [("video/mp4", f"bytes {a}-{b}/{SIZE}", data[a : b + 1]) for a, b in spans]
+    assert by_aiohttp == expected
+    assert by_email == expected
+
+
+@pytest.mark.parametrize(("header", "first", "last"), [("bytes=0-9,10-19", 0, 19), ("bytes=5-9, 0-1000", 0, 1000), ("bytes=7-7,7-7", 7, 7)])
+async def test_ranges_that_coalesce_into_one_are_a_plain_206(served_anywhere, http, header, first, last):
+    url, data = served_anywhere
+    status, headers, body = await fetch(http, url + "/dir/film.mp4", Range=header)
+    assert status == 206
+    assert headers["Content-Range"] == f"bytes {first}-{last}/{SIZE}"
+    assert headers["Content-Type"] == "video/mp4"
+    assert body == data[first : last + 1]
+
+
+async def test_curl_several_ranges(served_anywhere, tmp_path):
+    """curl -r A-B,C-D prints the multipart body as it came; with -D the head too: parsed, it holds the bytes asked for."""
+    url, data = served_anywhere
+    head = tmp_path / "head"
+    r = await asyncio.to_thread(curl, "-r", "0-9,500000-500009", "-D", str(head), url + "/dir/film.mp4")
+    assert r.returncode == 0, r.stderr
+    lines = head.read_text().splitlines()
+    assert lines[0].split()[1] == "206"
+    ctype = next(line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("content-type:"))
+    parts = parts_by_email(ctype, r.stdout)
+    assert [(p[1], p[2]) for p in parts] == [(f"bytes 0-9/{SIZE}", data[:10]), (f"bytes 500000-500009/{SIZE}", data[500000:500010])]
 
 
 @pytest.mark.parametrize("header", ["bytes=abc", "bytes=5-1", "bytes=", "bytes 0-1", "bytes=--1", "bytes=1-2-3"])

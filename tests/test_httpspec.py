@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import email
 import time
 
 import pytest
@@ -12,12 +13,15 @@ from multidict import CIMultiDict
 
 from edgeswarm.errors import HttpError
 from edgeswarm.protocol.httpspec import (
+    MAX_PARTS,
     Validators,
+    byteranges,
     check_json_body,
+    coalesce,
     content_type,
     http_date,
     not_modified,
-    parse_range,
+    parse_ranges,
     range_applies,
     served_type,
 )
@@ -34,15 +38,15 @@ V = Validators(ETAG, RFC_INSTANT)
 
 def range_error(header: str, size: int) -> HttpError:
     with pytest.raises(HttpError) as err:
-        parse_range(header, size)
+        parse_ranges(header, size)
     return err.value
 
 
-# -- parse_range: what is served ----------------------------------------------
+# -- parse_ranges: what is served ---------------------------------------------
 
 
 def test_no_range_header_means_the_whole_file():
-    assert parse_range(None, 100) is None
+    assert parse_ranges(None, 100) is None
 
 
 @pytest.mark.parametrize(
@@ -69,16 +73,16 @@ def test_no_range_header_means_the_whole_file():
     ],
 )
 def test_parse_range_satisfiable(header, span):
-    assert parse_range(header, 100) == span
+    assert parse_ranges(header, 100) == [span]
 
 
 @pytest.mark.parametrize("header", ["items=0-9", "none=0-1", "pages=1-2,4-5", "x=garbage"])
 def test_parse_range_ignores_other_units(header):
     """RFC 9110 14.2: a Range with an unknown unit is ignored; the whole file is served."""
-    assert parse_range(header, 100) is None
+    assert parse_ranges(header, 100) is None
 
 
-# -- parse_range: what is refused ---------------------------------------------
+# -- parse_ranges: what is refused --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -121,13 +125,102 @@ def test_parse_range_error_message_does_not_echo_a_huge_header():
         assert len(range_error(header, 100).message) < 200
 
 
-@pytest.mark.parametrize("header", ["bytes=0-1,5-6", "bytes=0-1, 0-1", "bytes=-5,0-", "bytes=0-0,1-1,2-2"])
-def test_parse_range_several_ranges_is_416(header):
-    """No multipart/byteranges: refuse rather than silently send the whole file."""
+# -- parse_ranges: several ranges (RFC 9110 14.2, 15.3.7) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "spans"),
+    [
+        ("bytes=0-1,5-6", [(0, 1), (5, 6)]),
+        ("bytes=0-9,20-29", [(0, 9), (20, 29)]),
+        ("bytes=20-29,0-9", [(20, 29), (0, 9)]),  # disjoint: the request's order is kept
+        ("bytes=-5,0-4", [(95, 99), (0, 4)]),
+        ("bytes=0-0,2-2,4-4", [(0, 0), (2, 2), (4, 4)]),
+        ("bytes=0-9, 90-", [(0, 9), (90, 99)]),
+    ],
+)
+def test_several_disjoint_ranges_are_each_a_part(header, spans):
+    assert parse_ranges(header, 100) == spans
+
+
+@pytest.mark.parametrize(
+    ("header", "spans"),
+    [
+        ("bytes=0-1, 0-1", [(0, 1)]),  # the same range twice: one plain 206
+        ("bytes=0-9,5-14", [(0, 14)]),  # overlapping
+        ("bytes=0-9,10-19", [(0, 19)]),  # touching
+        ("bytes=-5,0-", [(0, 99)]),  # the whole file, asked for twice over
+        ("bytes=0-0,1-1,2-2", [(0, 2)]),
+        ("bytes=50-59,0-9,55-70", [(0, 9), (50, 70)]),  # coalesced: ascending order
+        ("bytes=30-39,0-49", [(0, 49)]),  # one inside another
+    ],
+)
+def test_overlapping_or_touching_ranges_are_coalesced(header, spans):
+    """RFC 9110 15.3.7.2: a server may coalesce overlapping ranges; a multipart body then never repeats a byte."""
+    assert parse_ranges(header, 100) == spans
+
+
+@pytest.mark.parametrize(
+    ("header", "spans"),
+    [
+        ("bytes=0-9,200-300", [(0, 9)]),
+        ("bytes=500-,-0,90-", [(90, 99)]),
+        ("bytes=100-,0-0,20-29", [(0, 0), (20, 29)]),
+    ],
+)
+def test_unsatisfiable_ranges_beside_satisfiable_ones_are_dropped(header, spans):
+    """Never 416 while one range can be served (RFC 9110 15.5.17: 416 only when none overlaps the file)."""
+    assert parse_ranges(header, 100) == spans
+
+
+@pytest.mark.parametrize("header", ["bytes=100-,200-300", "bytes=-0,100-", "bytes=150-160, 101-"])
+def test_several_ranges_all_unsatisfiable_is_416(header):
     err = range_error(header, 100)
     assert err.status == 416
     assert err.headers == {"Content-Range": "bytes */100"}
-    assert "single" in err.message
+
+
+@pytest.mark.parametrize("header", ["bytes=0-9,abc", "bytes=0-9,9-3", "bytes=xyz,0-9", "bytes=0-1,5"])
+def test_a_malformed_range_among_others_is_400(header):
+    assert range_error(header, 100).status == 400
+
+
+def test_more_parts_than_the_cap_give_the_whole_file():
+    """RFC 9110 14.2: a server may ignore a Range of many small ranges; the whole file with 200 is a valid answer."""
+    many = ",".join(f"{2 * i}-{2 * i}" for i in range(MAX_PARTS + 1))
+    assert parse_ranges(f"bytes={many}", 10_000) is None
+    at_cap = ",".join(f"{2 * i}-{2 * i}" for i in range(MAX_PARTS))
+    assert len(parse_ranges(f"bytes={at_cap}", 10_000)) == MAX_PARTS
+
+
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)).map(sorted), min_size=1, max_size=12))
+def test_coalesce_keeps_exactly_the_bytes_asked_for(pairs):
+    spans = [(a, b) for a, b in pairs]
+    merged = coalesce(spans)
+    covered = {x for a, b in spans for x in range(a, b + 1)}
+    assert {x for a, b in merged for x in range(a, b + 1)} == covered
+    assert all(merged[k][1] + 1 < merged[k + 1][0] for k in range(len(merged) - 1))  # sorted, apart, never touching
+
+
+def test_byteranges_framing_as_nginx_lays_it_out():
+    heads, close = byteranges([(0, 9), (20, 29)], 100, "video/mp4", "B0UND")
+    assert heads == [
+        b"\r\n--B0UND\r\nContent-Type: video/mp4\r\nContent-Range: bytes 0-9/100\r\n\r\n",
+        b"\r\n--B0UND\r\nContent-Type: video/mp4\r\nContent-Range: bytes 20-29/100\r\n\r\n",
+    ]
+    assert close == b"\r\n--B0UND--\r\n"
+
+
+def test_byteranges_body_reads_back_with_pythons_email_parser():
+    """The body a node builds from the framing parses, part by part, with the standard library's MIME parser."""
+    data = bytes(range(100))
+    spans = [(0, 9), (20, 29), (95, 99)]
+    heads, close = byteranges(spans, len(data), "application/octet-stream", "xyz123")
+    body = b"".join(h + data[a : b + 1] for h, (a, b) in zip(heads, spans, strict=True)) + close
+    msg = email.message_from_bytes(b"Content-Type: multipart/byteranges; boundary=xyz123\r\n\r\n" + body)
+    parts = msg.get_payload()
+    assert [p["Content-Range"] for p in parts] == ["bytes 0-9/100", "bytes 20-29/100", "bytes 95-99/100"]
+    assert [p.get_payload(decode=True) for p in parts] == [data[0:10], data[20:30], data[95:100]]
 
 
 @pytest.mark.parametrize(
@@ -152,24 +245,24 @@ def test_parse_range_unsatisfiable_is_416_with_the_size(header, size):
 @pytest.mark.parametrize("header", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "9" * 5000])
 def test_parse_range_absurdly_long_numbers_are_an_http_error(header):
     with pytest.raises(HttpError):
-        parse_range(header, 100)
+        parse_ranges(header, 100)
 
 
-# -- parse_range: properties ---------------------------------------------------
+# -- parse_ranges: properties --------------------------------------------------
 
 
 @given(st.integers(0, 10**15), st.text(max_size=40))
 def test_parse_range_any_header_gives_a_span_inside_the_file_or_an_http_error(size, header):
     try:
-        span = parse_range("bytes=" + header, size)
+        spans = parse_ranges("bytes=" + header, size)
     except HttpError as exc:
         assert exc.status in (400, 416)
         if exc.status == 416:
             assert exc.headers["Content-Range"] == f"bytes */{size}"
         return
-    assert span is not None  # the unit was bytes, so it was not ignored
-    first, last = span
-    assert 0 <= first <= last < size
+    assert spans  # the unit was bytes, so it was not ignored
+    for first, last in spans:
+        assert 0 <= first <= last < size
 
 
 @given(st.integers(0, 10**12), st.integers(0, 10**12), st.integers(0, 10**12))
@@ -180,7 +273,7 @@ def test_parse_range_first_last_matches_rfc_9110(size, first, last):
     elif first >= size:
         assert range_error(header, size).status == 416
     else:
-        assert parse_range(header, size) == (first, min(last, size - 1))
+        assert parse_ranges(header, size) == [(first, min(last, size - 1))]
 
 
 @given(st.integers(0, 10**12), st.integers(0, 10**12))
@@ -188,11 +281,11 @@ def test_parse_range_open_and_suffix_match_rfc_9110(size, n):
     if n >= size:
         assert range_error(f"bytes={n}-", size).status == 416
     else:
-        assert parse_range(f"bytes={n}-", size) == (n, size - 1)
+        assert parse_ranges(f"bytes={n}-", size) == [(n, size - 1)]
     if n == 0 or size == 0:
         assert range_error(f"bytes=-{n}", size).status == 416
     else:
-        first, last = parse_range(f"bytes=-{n}", size)
+        [(first, last)] = parse_ranges(f"bytes=-{n}", size)
         assert last == size - 1 and last - first + 1 == min(n, size)
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from edgeswarm.errors import HttpError
 from edgeswarm.policy import vocabulary
 from edgeswarm.protocol import bitfield
-from edgeswarm.protocol.httpspec import parse_range
+from edgeswarm.protocol.httpspec import parse_ranges
 from edgeswarm.roles import announce
 from edgeswarm.trust import tokens
 from edgeswarm.trust.tokens import Grant, TokenError
@@ -223,7 +223,7 @@ def test_announce_stats_refuse_booleans():
     assert err.value.status == 400
 
 
-# ----- 5. parse_range -----------------------------------------------------------------------------------------------------
+# ----- 5. parse_ranges ----------------------------------------------------------------------------------------------------
 
 sizes = st.integers(0, 10**12)
 numbers = st.integers(0, 10**13).map(str) | st.text("0123456789", max_size=22)
@@ -244,12 +244,11 @@ range_headers = (
 @given(st.none() | range_headers, sizes)
 def test_parse_range_span_none_or_4xx(header, size):
     try:
-        span = parse_range(header, size)
+        spans = parse_ranges(header, size)
     except HttpError as exc:
         assert exc.status in (400, 416)
         return
-    if span is not None:
-        first, last = span
+    for first, last in spans or []:
         assert 0 <= first <= last < size
 
 
@@ -258,9 +257,9 @@ def test_parse_range_span_none_or_4xx(header, size):
 def test_parse_range_well_formed(data, size):
     first = data.draw(st.integers(0, size - 1))
     last = data.draw(st.integers(first, size - 1))
-    assert parse_range(f"bytes={first}-{last}", size) == (first, last)
-    assert parse_range(f"bytes={first}-", size) == (first, size - 1)
-    assert parse_range(f"bytes=-{last + 1}", size) == (size - last - 1, size - 1)
+    assert parse_ranges(f"bytes={first}-{last}", size) == [(first, last)]
+    assert parse_ranges(f"bytes={first}-", size) == [(first, size - 1)]
+    assert parse_ranges(f"bytes=-{last + 1}", size) == [(size - last - 1, size - 1)]
 
 
 # ----- 6. bitfield --------------------------------------------------------------------------------------------------------

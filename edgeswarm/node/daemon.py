@@ -12,6 +12,10 @@ head must arrive within a header timeout, kept-alive connections close when
 idle, and at a per-node cap the longest-waiting connections make room.  A
 client's malformed request or hang-up is one rate-limited log line, never a
 traceback: a flood of them costs a few lines (logthrottle.py).
+
+An app made with a CORS policy (cors.py: the edge's, the gateway's) answers
+``OPTIONS`` itself and adds the policy's headers to every answer as its head
+goes out, errors and streamed bodies alike.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import ConnectionPolicy
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
+from edgeswarm.protocol.cors import CorsPolicy, merge_vary
 
 log = logging.getLogger("edgeswarm")
 
@@ -74,7 +79,7 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-def make_app(metrics: Metrics) -> web.Application:
+def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Application:
     # one line per refusal, but a flood of them (a Sybil's 429s, a scanner's 400s) costs 20 lines per status per 10 s
     refusals = ThrottledLog(log, Throttle(burst=20, interval=10.0))
 
@@ -117,8 +122,11 @@ def make_app(metrics: Metrics) -> web.Application:
             metrics.events[(HANGUP, "")] += 1
         return _count(resp)
 
-    app = web.Application(middlewares=[errors, cut_after_start], client_max_size=64 * 1024)
+    options = [_options(cors)] if cors is not None and cors.enabled else []
+    app = web.Application(middlewares=[errors, *options, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
+    if options:
+        app.on_response_prepare.append(_cors_headers(cors))
     app.router.add_get("/healthz", _ok)
 
     async def get_metrics(_: web.Request) -> web.Response:
@@ -127,6 +135,44 @@ def make_app(metrics: Metrics) -> web.Application:
 
     app.router.add_get("/metrics", get_metrics)
     return app
+
+
+PRIVATE = web.RequestKey("edgeswarm.private", bool)  # a handler's mark: this answer is for the user only (cors.py)
+
+
+def _options(cors: CorsPolicy):
+    """``OPTIONS`` answered here, whatever the route: a CORS preflight, or the plain question of what is allowed."""
+
+    @web.middleware
+    async def options(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if request.method != "OPTIONS":
+            return await handler(request)
+        headers = {"Allow": ", ".join(_allowed_methods(request))}
+        if "Access-Control-Request-Method" in request.headers:
+            headers.update(cors.preflight(request.headers.get("Origin")))
+        return web.Response(status=204, headers=headers)
+
+    return options
+
+
+def _allowed_methods(request: web.Request) -> list[str]:
+    """The methods the matched path takes, as a 405 would list them, and OPTIONS."""
+    exc = getattr(request.match_info, "http_exception", None)
+    methods = set(getattr(exc, "allowed_methods", ())) or {"GET", "HEAD"}
+    return sorted(methods | {"OPTIONS"})
+
+
+def _cors_headers(cors: CorsPolicy):
+    """The on_response_prepare hook that puts the policy's headers on every answer, just before its head is sent."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in cors.headers(request.headers.get("Origin"), request.get(PRIVATE, False)).items():
+            if name == "Vary":
+                response.headers["Vary"] = merge_vary(response.headers.get("Vary"), value)
+            else:
+                response.headers.setdefault(name, value)
+
+    return add
 
 
 def route_endpoint(request: web.Request) -> str:

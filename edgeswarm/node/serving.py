@@ -2,8 +2,8 @@
 
 The node hands in a ``PieceSource`` (the origin reads and verifies its file,
 an edge reads its cache or fetches upstream); this module applies RFC 9110 -
-conditionals, a single byte range, HEAD - and streams the answer piece by
-piece.  Headers go out as soon as the first piece is ready and later pieces
+conditionals, byte ranges (several as multipart/byteranges), HEAD - and
+streams the answer piece by piece.  Headers go out as soon as the first piece is ready and later pieces
 are fetched a few ahead, so a range starts flowing before it is complete.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.policy.ratelimit import TokenBucket
-from edgeswarm.protocol.httpspec import Validators, http_date, not_modified, parse_range, range_applies, served_type
+from edgeswarm.protocol.httpspec import Validators, byteranges, http_date, not_modified, parse_ranges, range_applies, served_type
 from edgeswarm.protocol.manifest import SignedManifest
 
 CHUNK = 64 * 1024  # write granularity under a rate cap
@@ -74,20 +75,34 @@ async def serve_file(
     v = Validators(signed.etag, m.modified)
     if not_modified(request.headers, v):
         return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")})
-    span = None
+    spans = None
     if request.method == "GET" and range_applies(request.headers, v):
-        span = parse_range(request.headers.get("Range"), m.size)
-    first, last = span or (0, m.size - 1)
-    status = 206 if span else 200
-    if span:
-        headers["Content-Range"] = f"bytes {first}-{last}/{m.size}"
-    headers["Content-Length"] = str(last - first + 1)
-    resp = web.StreamResponse(status=status, headers=headers)
+        spans = parse_ranges(request.headers.get("Range"), m.size)
+    parts, close = _layout(spans, m.size, headers)
+    headers["Content-Length"] = str(sum(len(head) + last - first + 1 for head, first, last in parts) + len(close))
+    resp = web.StreamResponse(status=206 if spans else 200, headers=headers)
     if request.method == "HEAD" or m.size == 0:
         await resp.prepare(request)
         return resp
-    await _stream(request, resp, source, m, first, last, metrics, bucket, transform, on_sent)
+    await _stream(request, resp, source, m, parts, close, metrics, bucket, transform, on_sent)
     return resp
+
+
+Part = tuple[bytes, int, int]  # (framing sent before the bytes, first, last): one span of the file in the body
+
+
+def _layout(spans: list[tuple[int, int]] | None, size: int, headers: dict[str, str]) -> tuple[list[Part], bytes]:
+    """The body's parts and closing bytes for ``spans`` (None: the whole file); sets Content-Range or the multipart type."""
+    if spans is None:
+        return [(b"", 0, size - 1)], b""
+    if len(spans) == 1:
+        first, last = spans[0]
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        return [(b"", first, last)], b""
+    boundary = secrets.token_hex(10)
+    heads, close = byteranges(spans, size, headers["Content-Type"], boundary)
+    headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+    return [(head, first, last) for head, (first, last) in zip(heads, spans, strict=True)], close
 
 
 async def _stream(
@@ -95,51 +110,78 @@ async def _stream(
     resp,
     source: PieceSource,
     m,
-    first: int,
-    last: int,
+    parts: list[Part],
+    close: bytes,
     metrics: Metrics,
     bucket: TokenBucket | None,
     transform: Transform | None,
     on_sent: Callable[[int], None] | None,
 ) -> None:
-    """Send pieces in order; pieces not on disk are fetched LOOKAHEAD ahead of the one being sent."""
-    indices = m.pieces_for(first, last)
+    """Send each part's framing, then its pieces in order; pieces not on disk are fetched LOOKAHEAD ahead."""
     pending: dict[int, asyncio.Future] = {}
-    sent = 0
+    sent = [0]  # file bytes that left, for the counters and on_sent
     try:
-        for i in indices:
-            piece = None if i in pending else source.local(i)
-            if piece is None:
-                for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
-                    if j not in pending and (j == i or not source.held(j)):
-                        pending[j] = asyncio.ensure_future(source.fetch(j))
-                piece = await pending.pop(i)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
-            offset, length = m.piece_span(i)
-            a = max(first, offset) - offset
-            b = min(last + 1, offset + length) - offset
-            if not resp.prepared:
-                await resp.prepare(request)
-            if transform is not None:
-                data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
-                data = transform(data, offset + a)
-                await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
-            elif bucket is not None and bucket.rate:
-                data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
-                await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
-            elif isinstance(piece, bytes):
-                await resp.write(memoryview(piece)[a:b])
-            else:
-                await _sendfile(request, resp, piece, a, b - a)
-            sent += b - a
+        for head, first, last in parts:
+            await _send_span(request, resp, source, m, head, first, last, pending, bucket, transform, sent)
+        if close:
+            await resp.write(close)
         await resp.write_eof()
     finally:
-        metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent
+        metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent[0]
         if on_sent is not None:
-            on_sent(sent)
+            on_sent(sent[0])
         for fut in pending.values():
             fut.cancel()
             if fut.done() and not fut.cancelled():
                 fut.exception()  # seen: a failed fetch ahead of a cut answer is not "never retrieved"
+
+
+async def _send_span(
+    request,
+    resp,
+    source: PieceSource,
+    m,
+    head: bytes,
+    first: int,
+    last: int,
+    pending: dict[int, asyncio.Future],
+    bucket: TokenBucket | None,
+    transform: Transform | None,
+    sent: list[int],
+) -> None:
+    """The part's framing ``head``, then bytes first..last of the file.
+
+    Nothing goes out before the first piece is ready, so a piece that cannot be
+    had is still an answer with its status, not a cut connection.
+    """
+    indices = m.pieces_for(first, last)
+    for i in indices:
+        piece = None if i in pending else source.local(i)
+        if piece is None:
+            for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
+                if j not in pending and (j == i or not source.held(j)):
+                    pending[j] = asyncio.ensure_future(source.fetch(j))
+            piece = await pending.pop(i)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
+        offset, length = m.piece_span(i)
+        a = max(first, offset) - offset
+        b = min(last + 1, offset + length) - offset
+        if not resp.prepared:
+            await resp.prepare(request)
+        if head:
+            await resp.write(head)
+            head = b""
+        if transform is not None:
+            data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+            data = transform(data, offset + a)
+            await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
+        elif bucket is not None and bucket.rate:
+            data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+            await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
+        elif isinstance(piece, bytes):
+            await resp.write(memoryview(piece)[a:b])
+        else:
+            await _sendfile(request, resp, piece, a, b - a)
+        sent[0] += b - a
 
 
 async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int) -> None:

@@ -60,12 +60,19 @@ def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
-def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
-    """The one byte range asked for, as inclusive (first, last), or None for the whole file.
+MAX_PARTS = 64  # ranges in one multipart answer, after coalescing; more and the whole file goes out (RFC 9110 14.2 allows it)
+Span = tuple[int, int]  # inclusive (first, last) byte offsets
 
-    Units other than bytes are ignored, as RFC 9110 allows.  Malformed ranges
-    are a 400 and several ranges a 416: we do not produce multipart/byteranges,
-    and silently answering 200 would make a player download a whole film.
+
+def parse_ranges(value: str | None, size: int) -> list[Span] | None:
+    """The byte ranges to send, as inclusive (first, last) spans, or None for the whole file with 200.
+
+    RFC 9110 14.2 and 15.3.7: unsatisfiable ranges are dropped, and 416 comes
+    only when none is left; ranges that overlap or touch are coalesced (then
+    sent in ascending order), otherwise the request's order is kept.  One span
+    is a plain 206; several are a multipart/byteranges 206 (``byteranges``).
+    Units other than bytes and more than MAX_PARTS ranges are ignored (200).
+    A malformed range is a 400, as before: a player that sends one has a bug.
     """
     if value is None:
         return None
@@ -75,25 +82,59 @@ def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes":
         return None
     parts = [p.strip() for p in specs.split(",") if p.strip()]
-    if len(parts) != 1:
-        if not parts:
-            raise HttpError(400, "malformed Range header: no range given")
-        raise HttpError(416, "only a single byte range is supported", {"Content-Range": f"bytes */{size}"})
-    m = _SPEC.match(parts[0])
+    if not parts:
+        raise HttpError(400, "malformed Range header: no range given")
+    wanted = [_span(p, size) for p in parts]  # every spec is checked, so a malformed one is a 400 wherever it is
+    spans = [s for s in wanted if s is not None]
+    if not spans:
+        raise _unsatisfiable(", ".join(parts), size)
+    merged = coalesce(spans)
+    if len(merged) > MAX_PARTS:
+        return None
+    return merged if len(merged) < len(spans) else spans
+
+
+def _span(spec: str, size: int) -> Span | None:
+    """One range-spec as a span inside the file, None when unsatisfiable; a malformed one is a 400."""
+    m = _SPEC.match(spec)
     if not m or m.groups() == ("", ""):
-        raise HttpError(400, f"malformed byte range {parts[0][:80]!r}")
+        raise HttpError(400, f"malformed byte range {spec[:80]!r}")
     first_s, last_s = m.groups()
     if not first_s:  # suffix: the last N bytes
         n = int(last_s)
-        if n == 0 or size == 0:
-            raise _unsatisfiable(parts[0], size)
-        return max(0, size - n), size - 1
+        return None if n == 0 or size == 0 else (max(0, size - n), size - 1)
     first = int(first_s)
     if last_s and int(last_s) < first:
-        raise HttpError(400, f"malformed byte range {parts[0][:80]!r}: last byte before first")
+        raise HttpError(400, f"malformed byte range {spec[:80]!r}: last byte before first")
     if first >= size:
-        raise _unsatisfiable(parts[0], size)
+        return None
     return first, min(int(last_s), size - 1) if last_s else size - 1
+
+
+def coalesce(spans: list[Span]) -> list[Span]:
+    """Spans sorted, those that overlap or touch merged into one: a multipart answer never repeats a byte."""
+    out: list[Span] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
+
+
+def byteranges(spans: list[Span], size: int, ctype: str, boundary: str) -> tuple[list[bytes], bytes]:
+    """The framing of a multipart/byteranges body (RFC 9110 14.6), laid out as nginx does.
+
+    Returns the head that goes before each span's bytes (delimiter,
+    Content-Type, Content-Range) and the closing delimiter; the body is
+    head, bytes, head, bytes, ..., close.  Its length is known before a byte
+    is read, so the answer has a Content-Length.
+    """
+    heads = [
+        f"\r\n--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {first}-{last}/{size}\r\n\r\n".encode("latin-1")
+        for first, last in spans
+    ]
+    return heads, f"\r\n--{boundary}--\r\n".encode("latin-1")
 
 
 def check_json_body(headers) -> None:

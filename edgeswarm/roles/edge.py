@@ -39,6 +39,7 @@ from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
@@ -95,8 +96,10 @@ class Edge:
         token: str | None = None,
         ca=None,
         ledger: Ledger | None = None,
+        cors: CorsPolicy = PUBLIC,
     ):
         self.cache = cache
+        self.cors = cors  # who may read answers from another origin (--cors-origin)
         self.parent = parent.rstrip("/")
         self.siblings = [s.rstrip("/") for s in siblings]
         self.max_cache = max_cache
@@ -564,7 +567,7 @@ class Edge:
         )
 
     def app(self) -> web.Application:
-        app = make_app(self.metrics)
+        app = make_app(self.metrics, self.cors)
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)

@@ -29,7 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
+from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import send_piece, serve_file
@@ -40,6 +40,7 @@ from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import bitfield, havefeed
+from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
@@ -140,8 +141,10 @@ class Peer:
         download_limit: float | None = None,
         token: str | None = None,
         ca=None,
+        cors: CorsPolicy = PUBLIC,
     ):
         self.cache = cache
+        self.cors = cors  # who may read the gateway's answers from another origin (--cors-origin)
         self.edges = [e.rstrip("/") for e in edges]
         self.origin_key = origin_key
         self.max_cache = max_cache
@@ -564,6 +567,8 @@ class Peer:
             raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
         signed = await self.resolve(rel)
         protection = signed.manifest.protection
+        if protection is not None:  # decrypted with our user's token: for listed origins only, never "*"
+            request[PRIVATE] = True
         transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
         return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics, transform=transform)
 
@@ -576,7 +581,8 @@ class Peer:
         swarm.want_whole()
         return json_response(swarm.status(), status=202)
 
-    async def get_status(self, _: web.Request) -> web.Response:
+    async def get_status(self, request: web.Request) -> web.Response:
+        request[PRIVATE] = True  # what this user watches: for listed origins only, never "*"
         totals: Counter[str] = Counter()
         for c in self.received.values():
             totals.update(c)
@@ -662,7 +668,7 @@ class Peer:
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
-        app = make_app(self.metrics)
+        app = make_app(self.metrics, self.cors)
         app.router.add_get("/status", self.get_status)
         app.router.add_get("/{path:.*}", self.get_file)
         app.router.add_post("/{path:.*}", self.post_file)

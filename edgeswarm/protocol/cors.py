@@ -1,0 +1,118 @@
+"""Cross-origin access (CORS) for browsers: which headers an edge's or gateway's answer carries.
+
+A web player on another origin (hls.js, dash.js, Shaka, a ``<video
+crossorigin>``) reads media with ``fetch``/XHR and a ``Range`` header; the
+browser lets it see the answer only if the node says so.  This is the one
+rule, with no I/O: daemon.py applies it to every answer of the apps that take
+a policy (the edge's, and the peer's gateway), errors included, so a page sees
+a 404 or a 416 as what it is rather than as a network error.
+
+``--cors-origin`` (repeatable) lists who may read: ``*`` (the default) is
+anyone, for public content; an origin such as ``https://player.example`` is
+echoed back to that origin only (with ``Vary: Origin``); ``none`` turns CORS
+off.  An answer the node marks *private* (the gateway's decrypted protected
+content and its ``/status``, which it serves with the user's own token and
+history) goes only to listed origins, never to ``*``: the gateway is on the
+user's machine, so any page the user visits could otherwise read through it.
+Credentials (cookies) are never allowed: edgeswarm has none, and a token
+travels in ``Authorization``, which the page must hold and send itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ANY = "*"
+OFF = "none"
+ALLOW_METHODS = ("GET", "HEAD", "OPTIONS")  # reading media; announces and POSTs stay same-origin
+ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since")
+EXPOSE_HEADERS = ("Accept-Ranges", "Content-Length", "Content-Range", "ETag", "Retry-After", "WWW-Authenticate")
+MAX_AGE = 7200  # seconds a browser may keep a preflight's answer (Chromium's own cap is 2 h)
+
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$", re.IGNORECASE)  # scheme://host[:port], nothing after
+
+
+def parse_origin(text: str) -> str:
+    """One ``--cors-origin`` value: ``*``, ``none``, or an origin (scheme, host and port; no path); ValueError otherwise."""
+    value = text.strip()
+    if value in (ANY, OFF):
+        return value
+    if not _ORIGIN.match(value):
+        raise ValueError(f"{text!r} is not an origin: give scheme://host[:port] (no path), '*' for anyone, or 'none'")
+    scheme, rest = value.split("://", 1)
+    return f"{scheme.lower()}://{rest.lower()}"  # browsers send origins in lower case (RFC 6454 serialisation)
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    """Who may read a node's answers from another origin: ``*``, listed origins, or nobody (empty)."""
+
+    origins: tuple[str, ...] = (ANY,)
+
+    @classmethod
+    def from_flags(cls, values: list[str] | None) -> CorsPolicy:
+        """The policy of repeated ``--cors-origin`` values (already parsed); none given: ``*``; ``none``: off."""
+        if not values:
+            return cls()
+        if OFF in values:
+            if len(set(values)) > 1:
+                raise ValueError("--cors-origin none turns CORS off: it cannot be combined with origins")
+            return cls(())
+        return cls(tuple(dict.fromkeys(values)))
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.origins)
+
+    @property
+    def varies(self) -> bool:
+        """Whether the answer depends on the request's Origin: then caches must key on it (``Vary: Origin``)."""
+        return any(o != ANY for o in self.origins)
+
+    def allowed(self, origin: str | None, private: bool = False) -> str | None:
+        """The ``Access-Control-Allow-Origin`` value for a request from ``origin``, or None to send none.
+
+        ``*`` goes out whether or not the request names an origin, so that a
+        shared cache never hands a CORS request an answer without it.
+        """
+        if origin is not None and origin.lower() in self.origins:
+            return origin
+        if ANY in self.origins and not private:
+            return ANY
+        return None
+
+    def headers(self, origin: str | None, private: bool = False) -> dict[str, str]:
+        """The CORS headers of an ordinary answer (any status)."""
+        out = {"Vary": "Origin"} if self.varies else {}
+        allow = self.allowed(origin, private)
+        if allow is not None:
+            out["Access-Control-Allow-Origin"] = allow
+            out["Access-Control-Expose-Headers"] = ", ".join(EXPOSE_HEADERS)
+        return out
+
+    def preflight(self, origin: str | None) -> dict[str, str]:
+        """The headers of the 204 to a preflight ``OPTIONS``: what a page on ``origin`` may send, for how long.
+
+        The handler has not run, so nothing is known to be private yet: a
+        private answer itself then goes without Allow-Origin, and the browser
+        refuses it there.
+        """
+        out = self.headers(origin)
+        if "Access-Control-Allow-Origin" in out:
+            out.pop("Access-Control-Expose-Headers")  # meaningful on the real answer only
+            out["Access-Control-Allow-Methods"] = ", ".join(ALLOW_METHODS)
+            out["Access-Control-Allow-Headers"] = ", ".join(ALLOW_HEADERS)
+            out["Access-Control-Max-Age"] = str(MAX_AGE)
+        return out
+
+
+PUBLIC = CorsPolicy()  # the default: anyone may read public answers
+
+
+def merge_vary(existing: str | None, name: str) -> str:
+    """A ``Vary`` value with ``name`` added once (case-insensitive), keeping what was there."""
+    if not existing:
+        return name
+    present = {v.strip().lower() for v in existing.split(",")}
+    return existing if name.lower() in present or "*" in present else f"{existing}, {name}"
