@@ -13,6 +13,7 @@ from edgeswarm.httpspec import HttpError
 
 # First path segments that name node endpoints; files there are not published.
 RESERVED = frozenset({"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics"})
+RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (torrent.py)
 
 
 def clean_request_path(raw_path: str) -> str:
