@@ -46,7 +46,7 @@ from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.superseed import URGENCIES, Region, RegionStats, SuperSeeder, parse_latency, parse_request
-from edgeswarm.torrent import Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
+from edgeswarm.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
 from edgeswarm.tracker import PeerRecord, Refused, Tracker, peer_url
 from edgeswarm.upstream import Upstream, UpstreamError
 
@@ -54,7 +54,6 @@ log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
-TORRENTS_KEPT = 1024  # torrents kept in memory (~100 KB each at most: 2048 pieces x (20 + 32) bytes of hashes)
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 
@@ -349,7 +348,7 @@ class Edge:
         self._torrents[signed.content_id] = (torrent, seeds)
         for h in torrent.announce_hashes:
             self._bt_hashes[h] = signed.content_id
-        while len(self._torrents) > TORRENTS_KEPT:
+        while len(self._torrents) > KEPT:
             old, _ = self._torrents.popitem(last=False)
             self._bt_hashes = {h: c for h, c in self._bt_hashes.items() if c != old}
         return torrent, seeds
@@ -548,6 +547,12 @@ class Edge:
             )
         return p2p
 
+    def _bt_status(self) -> dict:
+        """BitTorrent clients this edge tracks (p2p mode): distinct clients, and swarms (a hybrid torrent is two: v1 and v2)."""
+        assert self.bt_tracker is not None
+        self.bt_tracker.expire(time.monotonic())
+        return {"torrents": len(self._torrents), "clients": self.bt_tracker.peer_count(), "swarms": len(self.bt_tracker.contents())}
+
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
         p2p = self._p2p_status()
@@ -656,6 +661,7 @@ class Edge:
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
                 **({"p2p": self._p2p_status()} if self.tracker else {}),
+                **({"bittorrent": self._bt_status()} if self.bt_tracker else {}),
             }
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,13 +21,26 @@ from edgeswarm import access, bitfield
 from edgeswarm.catalog import Catalog, Entry
 from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
 from edgeswarm.httpspec import HttpError
+from edgeswarm.manifest import Manifest
 from edgeswarm.manifestfetch import requested_path
 from edgeswarm.metrics import Metrics
 from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.protect import cipher_for, crypt
 from edgeswarm.serving import serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
-from edgeswarm.torrent import TORRENT_TYPE, Torrent, build_in_child, hand_out, magnet, sign, torrent_name, web_seed, why_none
+from edgeswarm.torrent import (
+    KEPT,
+    TORRENT_TYPE,
+    Torrent,
+    TorrentError,
+    build_in_child,
+    hand_out,
+    magnet,
+    sign,
+    torrent_name,
+    web_seed,
+    why_none,
+)
 from edgeswarm.units import ascii_decimal
 
 log = logging.getLogger("edgeswarm.origin")
@@ -82,7 +96,7 @@ class Origin:
         self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
         self.scan_interval = scan_interval
         self.web_seeds = [s.rstrip("/") for s in web_seeds or []]  # --web-seed: the edges' public base URLs
-        self._torrents: dict[str, Torrent] = {}  # by content id: made once, on first request
+        self._torrents: OrderedDict[str, Torrent] = OrderedDict()  # by content id: made on first request, the latest KEPT kept
         self._making: dict[str, asyncio.Task] = {}
         self._hashing = asyncio.Semaphore(1)  # one child hashes at a time: the disk, not the CPU, is the limit
         self.metrics = Metrics("origin")
@@ -168,6 +182,7 @@ class Origin:
         """The signed torrent of an entry, made once per content id (concurrent first requests share one hash)."""
         cid = entry.signed.content_id
         if cid in self._torrents:
+            self._torrents.move_to_end(cid)
             return self._torrents[cid]
         task = self._making.get(cid)
         if task is None:
@@ -178,7 +193,10 @@ class Origin:
     async def _make_torrent(self, entry: Entry) -> Torrent:
         cid = entry.signed.content_id
         async with self._hashing:
-            data = await build_in_child(entry.file, entry.signed.manifest)
+            try:
+                data = await build_in_child(entry.file, entry.signed.manifest)
+            except TorrentError as exc:
+                raise HttpError(500, str(exc)) from None
         if not entry.unchanged():  # it was hashed as it changed: the next scan republishes it, and the next request makes it anew
             self.withdraw(entry)
             raise HttpError(503, f"{entry.signed.manifest.path} changed on disk and is being republished", {"Retry-After": "2"})
@@ -186,6 +204,8 @@ class Origin:
         for old in [c for c in self._torrents if c not in self.catalog.by_id]:  # withdrawn or replaced versions
             del self._torrents[old]
         self._torrents[cid] = torrent
+        while len(self._torrents) > KEPT:
+            self._torrents.popitem(last=False)
         return torrent
 
     def _handed_out(self, request: web.Request, entry: Entry, torrent: Torrent) -> bytes:
@@ -268,7 +288,7 @@ def _forget(tasks: dict, key: str, task: asyncio.Task) -> None:
         task.exception()
 
 
-def torrent_link(manifest) -> str | None:
+def torrent_link(manifest: Manifest) -> str | None:
     """The ``Link`` header that points a manifest's reader at its torrent (RFC 8288); None if it has none.
 
     A header, not a manifest field: the signed bytes and every content id stay what they were.
@@ -283,7 +303,7 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-def torrent_response(data: bytes, manifest) -> web.Response:
+def torrent_response(data: bytes, manifest: Manifest) -> web.Response:
     name = torrent_name(manifest).replace('"', "")
     disposition = f"attachment; filename=\"{quote(name)}.torrent\"; filename*=UTF-8''{quote(name)}.torrent"
     return web.Response(body=data, content_type=TORRENT_TYPE, headers={"Cache-Control": "no-cache", "Content-Disposition": disposition})

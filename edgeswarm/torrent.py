@@ -38,6 +38,7 @@ from edgeswarm.signing import verify
 TORRENT_TYPE = "application/x-bittorrent"
 SIGNED_KEY = b"edgeswarm"  # top-level, outside info: clients ignore it and no info hash changes
 CREATOR = "edgeswarm"
+KEPT = 1024  # torrents a node keeps in memory, most recently asked first (~110 KB each at most: 2048 x (20 + 32) bytes of hashes)
 
 
 class TorrentError(ValueError):

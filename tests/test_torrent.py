@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import aiohttp
 import libtorrent as lt
 import pytest
-from conftest import make_file, sha, status
+from aiohttp import web
+from conftest import DoubleServer, make_file, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm import bttracker, torrent
@@ -262,6 +264,43 @@ async def test_manifest_links_the_torrent_and_the_magnet_names_it(tmp_path, node
     ti = lt.torrent_info(body)
     assert params.info_hashes.v1 == ti.info_hashes().v1 and params.info_hashes.v2 == ti.info_hashes().v2
     assert params.url_seeds == [edge.url + "/open.bin"]  # the edge, not its parent
+    leaf = nodes.start("edge", "--cache", str(tmp_path / "leaf"), "--parent", edge.url, name="leaf")
+    code, leaf_body, _ = await fetch(http, leaf.url + "/torrent/open.bin")
+    assert code == 200 and torrent.seeds_of(leaf_body) == [leaf.url + "/open.bin"]  # checked through a middle edge; not named
+    assert lt.torrent_info(leaf_body).info_hashes() == ti.info_hashes()
+
+
+class ForgingParent(DoubleServer):
+    """A parent that passes everything on from the origin, but signs torrents with a key of its own."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.key = Ed25519PrivateKey.generate()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as s, s.get(self.upstream + request.raw_path) as r:
+            body, status, ctype = await r.read(), r.status, r.headers.get("Content-Type", "application/octet-stream")
+        if request.path.startswith("/torrent/") and status == 200:
+            doc = lt.bdecode(body)
+            cid = doc[torrent.SIGNED_KEY][b"content"].decode()
+            body = torrent.sign(lt.bencode({k: v for k, v in doc.items() if k != torrent.SIGNED_KEY}), cid, self.key).data
+        return web.Response(status=status, body=body, headers={"Content-Type": ctype})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/{tail:.*}", self.handle)
+
+
+async def test_an_edge_refuses_a_torrent_its_parent_did_not_get_from_the_origin(tmp_path, nodes, origin, published, http):
+    make_file(published / "f.bin", MiB)
+    await asyncio.sleep(0.5)
+    async with ForgingParent(origin.url) as forger:
+        edge = nodes.start(
+            "edge", "--cache", str(tmp_path / "e"), "--parent", forger.url, "--origin-key", str(published / ".edgeswarm/origin.key")
+        )
+        code, body, _ = await fetch(http, edge.url + "/torrent/f.bin")
+        assert code == 502 and b"signature" in body, body
+        code, _, _ = await fetch(http, edge.url + "/f.bin")
+        assert code == 200  # the file itself is still served: its pieces are checked against the signed manifest
 
 
 async def test_bittorrent_clients_of_a_region_find_each_other_through_the_edge_and_no_one_else(tmp_path, nodes, published, http):
@@ -296,4 +335,6 @@ async def test_bittorrent_clients_of_a_region_find_each_other_through_the_edge_a
     await asyncio.to_thread(wait_seeding, near, 60)
     assert sha((tmp_path / "near" / "c.bin").read_bytes()) == sha(data)
     assert far.status().total_wanted_done == 0 and far.status().num_peers == 0  # west was never handed an east client
+    st = await status(http, edge.url)
+    assert st["bittorrent"] == {"torrents": 1, "clients": 3, "swarms": 2}  # a hybrid torrent: a v1 swarm and a v2 swarm
     del seeder, leecher, stranger
