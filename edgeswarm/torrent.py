@@ -24,6 +24,7 @@ once per content id and keeps the result.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,12 @@ class Torrent:
     data: bytes  # bencoded, with the origin's signature
     v1: bytes  # SHA-1 info hash (20 bytes)
     v2: bytes  # SHA-256 info hash (32 bytes)
+    aria2_136: bytes  # the hash aria2 1.36 computes instead of v1 (see aria2_136_hash)
 
     @property
-    def announce_hashes(self) -> tuple[bytes, bytes]:
-        """What clients announce a hybrid torrent under: the v1 hash and the v2 hash cut to 20 bytes (BEP 52)."""
-        return self.v1, self.v2[:20]
+    def announce_hashes(self) -> tuple[bytes, ...]:
+        """What clients announce a hybrid torrent under: the v1 hash, the v2 hash cut to 20 bytes (BEP 52), and aria2 1.36's."""
+        return self.v1, self.v2[:20], self.aria2_136
 
 
 def torrent_name(manifest: Manifest) -> str:
@@ -100,6 +102,26 @@ async def build_in_child(file: Path, manifest: Manifest) -> bytes:
     return out
 
 
+def _without_empty_keys(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _without_empty_keys(v) for k, v in node.items() if k != b""}
+    if isinstance(node, list):
+        return [_without_empty_keys(v) for v in node]
+    return node
+
+
+def aria2_136_hash(data: bytes) -> bytes:
+    """The info hash aria2 up to 1.36 (Debian 12's) announces a hybrid torrent under.
+
+    It re-encodes ``info`` without the entries whose key is empty, which is
+    where v2's ``file tree`` keeps each file (aria2 issue 1903, fixed in
+    1.37).  Such clients download from web seeds all the same; knowing their
+    hash lets the tracker put them in a swarm of their own instead of
+    refusing them (they can trade only among themselves).
+    """
+    return hashlib.sha1(lt.bencode(_without_empty_keys(lt.bdecode(data)[b"info"]))).digest()
+
+
 def _statement(cid: str, v1: bytes, v2: bytes) -> bytes:
     """What the origin signs: this content id is this pair of info hashes."""
     return b"edgeswarm torrent\n" + cid.encode() + b"\n" + v1 + v2
@@ -121,7 +143,7 @@ def sign(data: bytes, cid: str, key: Ed25519PrivateKey) -> Torrent:
     v1, v2, _ = _hashes(data)
     doc = lt.bdecode(data)
     doc[SIGNED_KEY] = {b"content": cid.encode(), b"signature": key.sign(_statement(cid, v1, v2))}
-    return Torrent(lt.bencode(doc), v1, v2)
+    return Torrent(lt.bencode(doc), v1, v2, aria2_136_hash(data))
 
 
 def check(data: bytes, manifest: Manifest, cid: str, key: Ed25519PublicKey) -> Torrent:
@@ -137,7 +159,7 @@ def check(data: bytes, manifest: Manifest, cid: str, key: Ed25519PublicKey) -> T
         raise TorrentError(f"the torrent does not describe {manifest.path} as its manifest does")
     doc.pop(b"url-list", None)
     doc.pop(b"announce", None)
-    return Torrent(lt.bencode(doc), v1, v2)
+    return Torrent(lt.bencode(doc), v1, v2, aria2_136_hash(data))
 
 
 def web_seed(base: str, path: str) -> str:

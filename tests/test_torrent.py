@@ -54,6 +54,7 @@ def test_a_torrent_is_hybrid_v1_v2_with_edgeswarm_piece_size(tmp_path):
     ti = lt.torrent_info(t.data)
     assert ti.info_hashes().has_v1() and ti.info_hashes().has_v2()
     assert (ti.info_hashes().v1.to_bytes(), ti.info_hashes().v2.to_bytes()) == (t.v1, t.v2)
+    assert t.aria2_136 not in (t.v1, t.v2[:20])  # aria2 1.36 gets hybrid torrents' hash wrong (aria2 issue 1903)
 
 
 def test_info_hashes_are_stable_and_web_seeds_do_not_change_them(tmp_path):
@@ -202,7 +203,7 @@ async def start_web_seed_setup(tmp_path, nodes, published, http, rel: str, size:
     data = make_file(published / rel, size)
     port_b = free_port()
     origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", "--web-seed", f"http://127.0.0.1:{port_b}")
-    edge_a = nodes.start("edge", "--cache", str(tmp_path / "a"), "--parent", origin.url, name="edge-a")
+    edge_a = nodes.start("edge", "--cache", str(tmp_path / "a"), "--parent", origin.url, "--p2p", name="edge-a")  # also the tracker
     edge_b = nodes.start("edge", "--cache", str(tmp_path / "b"), "--parent", origin.url, "--listen", f"127.0.0.1:{port_b}", name="edge-b")
     code, body, headers = await fetch(http, f"{edge_a.url}/torrent/{quote(rel)}")
     assert code == 200, body
@@ -225,7 +226,9 @@ async def test_aria2c_downloads_a_published_file_from_the_edges_as_web_seeds(tmp
         capture_output=True,
         timeout=90,
     )
-    assert run.returncode == 0, run.stdout.decode()[-2000:] + run.stderr.decode()[-2000:]
+    output = run.stdout.decode()[-2000:] + run.stderr.decode()[-2000:]
+    assert run.returncode == 0, output
+    assert "Tracker" not in output, output  # its announces were answered, under the hash aria2 1.36 computes too
     assert sha((out / "a clip.bin").read_bytes()) == sha(data)
     sent = [(await status(http, e.url))["bytes_sent"].get("client", 0) for e in (edge_a, edge_b)]
     print("bytes sent to clients by edges A, B:", sent)
