@@ -23,7 +23,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 # the endpoint classes of /metrics' `endpoint` label: one per kind of route, whatever the path asked
-ENDPOINTS = ("file", "piece", "manifest", "content", "have", "announce", "seed", "key", "status", "metrics", "healthz", "other")
+ENDPOINTS = ("file", "piece", "manifest", "content", "have", "announce", "seed", "key", "torrent", "status", "metrics", "healthz", "other")
 _BY_FIRST_SEGMENT = {
     "piece": "piece",
     "manifest": "manifest",
@@ -34,6 +34,8 @@ _BY_FIRST_SEGMENT = {
     "key": "key",
     "origin-key": "key",
     "swarm-key": "key",
+    "torrent": "torrent",
+    "magnet": "torrent",
     "status": "status",
     "metrics": "metrics",
     "healthz": "healthz",

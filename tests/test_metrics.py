@@ -35,6 +35,8 @@ ROUTES = {
     "/have/{cid}": "have",
     "/announce": "announce",
     "/seed/{cid}": "seed",
+    "/torrent/{path}": "torrent",
+    "/magnet/{path}": "torrent",
     "/{path}": "file",
 }
 
