@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import libtorrent as lt
-
+from edgeswarm.torrent import encode
 from edgeswarm.tracker import PeerRecord
 
 EVENTS = {"": "update", "started": "started", "completed": "completed", "stopped": "stopped", "paused": "update"}  # BEP 3, BEP 21
@@ -97,7 +97,7 @@ def compact(records: list[PeerRecord]) -> tuple[bytes, bytes]:
 def answer(interval: float, records: list[PeerRecord], seeds: int, leechers: int) -> bytes:
     """A successful announce answer, compact whatever the client asked (BEP 23 lets a tracker do so)."""
     v4, v6 = compact(records)
-    doc: dict[bytes, object] = {
+    doc: dict[bytes, Any] = {
         b"interval": max(1, round(interval)),
         b"min interval": max(1, round(interval / 2)),
         b"complete": seeds,
@@ -106,12 +106,12 @@ def answer(interval: float, records: list[PeerRecord], seeds: int, leechers: int
     }
     if v6:
         doc[b"peers6"] = v6
-    return lt.bencode(doc)
+    return encode(doc)
 
 
 def failure(reason: str, retry_in: float | None = None) -> bytes:
     """A refusal as BitTorrent clients read one: 200 with ``failure reason`` (and BEP 31's ``retry in``, minutes)."""
-    doc: dict[bytes, object] = {b"failure reason": reason.encode()}
+    doc: dict[bytes, Any] = {b"failure reason": reason.encode()}
     if retry_in is not None:
         doc[b"retry in"] = max(1, round(retry_in / 60))
-    return lt.bencode(doc)
+    return encode(doc)

@@ -28,6 +28,7 @@ import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import quote
 
 import libtorrent as lt
@@ -119,7 +120,20 @@ def aria2_136_hash(data: bytes) -> bytes:
     hash lets the tracker put them in a swarm of their own instead of
     refusing them (they can trade only among themselves).
     """
-    return hashlib.sha1(lt.bencode(_without_empty_keys(lt.bdecode(data)[b"info"]))).digest()
+    return hashlib.sha1(encode(cast(dict[bytes, Any], _without_empty_keys(decode(data)[b"info"])))).digest()
+
+
+def decode(data: bytes) -> dict[bytes, Any]:
+    """A bencoded dictionary, by libtorrent (whose stubs type any bencoded value as one union); TorrentError if it is none."""
+    doc = lt.bdecode(data)
+    if not isinstance(doc, dict):
+        raise TorrentError("not a bencoded dictionary")
+    return cast(dict[bytes, Any], doc)
+
+
+def encode(doc: dict[bytes, Any]) -> bytes:
+    """A dictionary bencoded by libtorrent."""
+    return lt.bencode(cast(Any, doc))
 
 
 def _statement(cid: str, v1: bytes, v2: bytes) -> bytes:
@@ -129,7 +143,7 @@ def _statement(cid: str, v1: bytes, v2: bytes) -> bytes:
 
 def _hashes(data: bytes) -> tuple[bytes, bytes, lt.torrent_info]:
     try:
-        info = lt.torrent_info(lt.bdecode(data))
+        info = lt.torrent_info(data)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise TorrentError(f"not a torrent ({exc})") from None
     hashes = info.info_hashes()
@@ -141,15 +155,15 @@ def _hashes(data: bytes) -> tuple[bytes, bytes, lt.torrent_info]:
 def sign(data: bytes, cid: str, key: Ed25519PrivateKey) -> Torrent:
     """The origin's torrent for content ``cid``, with its signature of (cid, info hashes)."""
     v1, v2, _ = _hashes(data)
-    doc = lt.bdecode(data)
+    doc = decode(data)
     doc[SIGNED_KEY] = {b"content": cid.encode(), b"signature": key.sign(_statement(cid, v1, v2))}
-    return Torrent(lt.bencode(doc), v1, v2, aria2_136_hash(data))
+    return Torrent(encode(doc), v1, v2, aria2_136_hash(data))
 
 
 def check(data: bytes, manifest: Manifest, cid: str, key: Ed25519PublicKey) -> Torrent:
     """A torrent from a parent, if the origin signed it for ``cid`` and it describes the manifest's file; else TorrentError."""
     v1, v2, info = _hashes(data)
-    doc = lt.bdecode(data)
+    doc = decode(data)
     signed = doc.get(SIGNED_KEY)
     if not isinstance(signed, dict) or signed.get(b"content") != cid.encode() or not isinstance(signed.get(b"signature"), bytes):
         raise TorrentError(f"the torrent is not signed for content {cid[:12]}")
@@ -159,7 +173,7 @@ def check(data: bytes, manifest: Manifest, cid: str, key: Ed25519PublicKey) -> T
         raise TorrentError(f"the torrent does not describe {manifest.path} as its manifest does")
     doc.pop(b"url-list", None)
     doc.pop(b"announce", None)
-    return Torrent(lt.bencode(doc), v1, v2, aria2_136_hash(data))
+    return Torrent(encode(doc), v1, v2, aria2_136_hash(data))
 
 
 def web_seed(base: str, path: str) -> str:
@@ -169,19 +183,18 @@ def web_seed(base: str, path: str) -> str:
 
 def hand_out(torrent: Torrent, seeds: list[str], announce: str | None = None) -> bytes:
     """The torrent as a client gets it: these web seeds (in order, once each) and this tracker, if any."""
-    doc = lt.bdecode(torrent.data)
+    doc = decode(torrent.data)
     unique = list(dict.fromkeys(seeds))
     if unique:
         doc[b"url-list"] = [s.encode() for s in unique]
     if announce:
         doc[b"announce"] = announce.encode()
-    return lt.bencode(doc)
+    return encode(doc)
 
 
 def seeds_of(data: bytes) -> list[str]:
     """The web seeds a handed-out torrent lists."""
-    doc = lt.bdecode(data)
-    seeds = doc.get(b"url-list", []) if isinstance(doc, dict) else []
+    seeds = decode(data).get(b"url-list", [])
     if isinstance(seeds, bytes):
         seeds = [seeds]
     return [s.decode(errors="replace") for s in seeds if isinstance(s, bytes)]
@@ -189,7 +202,7 @@ def seeds_of(data: bytes) -> list[str]:
 
 def magnet(data: bytes) -> str:
     """The magnet link of a handed-out torrent (both info hashes, name, web seeds, tracker), as libtorrent writes it."""
-    return lt.make_magnet_uri(lt.torrent_info(lt.bdecode(data)))
+    return lt.make_magnet_uri(lt.torrent_info(data))
 
 
 def main(argv: list[str]) -> int:
