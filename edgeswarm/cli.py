@@ -241,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="encrypt files whose path matches (such as 'films/*' or '*.mp4'; repeatable): nodes hold ciphertext, token holders get the key",
     )
     p.add_argument(
+        "--web-seed",
+        type=_url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an edge's public base URL, listed as a web seed in every torrent (repeatable; default: the origin itself)",
+    )
+    p.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
@@ -593,7 +601,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         state = args.state or args.publish / ".edgeswarm"
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-        node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect)
+        node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed)
         asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "edge":

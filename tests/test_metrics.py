@@ -37,6 +37,8 @@ ROUTES = {
     "/seed/{cid}": "seed",
     "/dashboard": "dashboard",
     "/dashboard/{name}": "dashboard",
+    "/torrent/{path}": "torrent",
+    "/magnet/{path}": "torrent",
     "/{path}": "file",
 }
 

@@ -107,7 +107,20 @@ def test_path_problem_names_the_reason():
 
 def test_reserved_names_the_node_endpoints():
     """Files under these would be shadowed by the endpoints, so the catalogue and the nodes refuse them."""
-    assert {"manifest", "content", "piece", "have", "announce", "healthz", "status", "metrics", "key", "origin-key"} <= RESERVED
+    assert {
+        "manifest",
+        "content",
+        "piece",
+        "have",
+        "announce",
+        "healthz",
+        "status",
+        "metrics",
+        "key",
+        "origin-key",
+        "torrent",
+        "magnet",
+    } <= RESERVED
     assert "films" not in RESERVED
 
 

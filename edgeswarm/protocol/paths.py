@@ -15,6 +15,7 @@ from edgeswarm.errors import HttpError
 RESERVED = frozenset(
     {"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics", "dashboard"}
 )
+RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (protocol/torrent.py)
 
 
 def clean_request_path(raw_path: str) -> str:

@@ -8,12 +8,15 @@ layer, never from another role.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.havefeed import MAX_LATENCY_S
+from edgeswarm.protocol.manifest import Manifest
+from edgeswarm.protocol.torrent import TORRENT_TYPE, magnet, torrent_name, why_none
 from edgeswarm.protocol.units import ascii_decimal
 
 
@@ -21,8 +24,8 @@ def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=1) + "\n", status=status, content_type="application/json")
 
 
-def manifest_response(request: web.Request, etag: str, raw: bytes) -> web.Response:
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+def manifest_response(request: web.Request, etag: str, raw: bytes, link: str | None = None) -> web.Response:
+    headers = {"ETag": etag, "Cache-Control": "no-cache", **({"Link": link} if link else {})}
     inm = request.headers.get("If-None-Match")
     if inm and etag in [t.strip().removeprefix("W/") for t in inm.split(",")]:
         return web.Response(status=304, headers=headers)
@@ -76,3 +79,28 @@ def parse_latency(value: object) -> tuple[float, float] | None:
     if p50 > p95:
         raise ValueError("announce field 'have_latency': p50 is above p95")
     return p50, p95
+
+
+def torrent_link(manifest: Manifest) -> str | None:
+    """The ``Link`` header that points a manifest's reader at its torrent (RFC 8288); None if it has none.
+
+    A header, not a manifest field: the signed bytes and every content id stay what they were.
+    """
+    if why_none(manifest):
+        return None
+    return f'</torrent/{quote(manifest.path, safe="/")}>; rel="alternate"; type="{TORRENT_TYPE}"'
+
+
+def base_url(request: web.Request) -> str:
+    """This node's URL as the client reached it: the web seed it names for itself."""
+    return f"{request.scheme}://{request.host}"
+
+
+def torrent_response(data: bytes, manifest: Manifest) -> web.Response:
+    name = torrent_name(manifest).replace('"', "")
+    disposition = f"attachment; filename=\"{quote(name)}.torrent\"; filename*=UTF-8''{quote(name)}.torrent"
+    return web.Response(body=data, content_type=TORRENT_TYPE, headers={"Cache-Control": "no-cache", "Content-Disposition": disposition})
+
+
+def magnet_response(data: bytes) -> web.Response:
+    return web.Response(text=magnet(data) + "\n", content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-cache"})

@@ -21,9 +21,10 @@ import ipaddress
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -38,12 +39,25 @@ from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.policy.tracker import PeerRecord, Refused, Tracker, peer_url
 from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
-from edgeswarm.protocol.wire import have_response, json_response, manifest_response, parse_latency, parse_request, piece_index
+from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
+from edgeswarm.protocol.wire import (
+    base_url,
+    have_response,
+    json_response,
+    magnet_response,
+    manifest_response,
+    parse_latency,
+    parse_request,
+    piece_index,
+    torrent_link,
+    torrent_response,
+)
+from edgeswarm.roles import bttracker
 from edgeswarm.roles.announce import TrackerService
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
@@ -55,6 +69,8 @@ log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
+TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
+TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 
 
 class EdgeSource:
@@ -126,6 +142,12 @@ class Edge:
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
         self.seed_stats = RegionStats()
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
+        self._torrents: OrderedDict[str, tuple[Torrent, list[str]]] = OrderedDict()  # cid -> (torrent, the origin's web seeds)
+        self._torrent_tasks: dict[str, asyncio.Task] = {}
+        self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
+        self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
+            Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
+        )
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -277,6 +299,8 @@ class Edge:
         while True:
             await asyncio.sleep(self.tracker.interval)
             dropped = self.tracker.expire()
+            if self.bt_tracker is not None:
+                self.bt_tracker.expire(time.monotonic())
             self._forget_departed()
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
@@ -309,7 +333,93 @@ class Edge:
         if self.require_token:
             await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))
-        return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
+        raw = (await self._store()).raw_manifest(signed.content_id) or signed.to_json()
+        return manifest_response(request, signed.etag, raw, torrent_link(signed.manifest))
+
+    # -- BitTorrent ------------------------------------------------------------------
+    async def torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
+        """The origin's signed torrent of a content, from the parent once, and the web seeds the origin lists."""
+        cid = signed.content_id
+        if cid in self._torrents:
+            self._torrents.move_to_end(cid)
+            return self._torrents[cid]
+        shared, _ = share(self._torrent_tasks, cid, lambda: self._fetch_torrent(signed))
+        return await shared
+
+    async def _fetch_torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
+        store = await self._store()
+        path = f"/torrent/{quote(signed.manifest.path, safe='/')}"
+        try:
+            reply = await self.upstream.get(self.parent, path, None, max(TORRENT_TIMEOUT, self.upstream.timeout), limit=TORRENT_MAX)
+        except UpstreamError as exc:
+            raise HttpError(exc.status, exc.message) from None
+        if reply.status != 200:
+            raise HttpError(502 if reply.status != 404 else 404, f"parent {self.parent} answered {reply.status} for {path}")
+        try:
+            torrent = check(reply.body, signed.manifest, signed.content_id, store.public_key)
+        except TorrentError as exc:
+            raise HttpError(
+                502, f"parent {self.parent} sent a torrent for {signed.manifest.path} that is not the origin's: {exc}"
+            ) from None
+        seeds = [s for s in seeds_of(reply.body) if not s.startswith(self.parent + "/")]  # the parent names itself: clients use us
+        self._torrents[signed.content_id] = (torrent, seeds)
+        for h in torrent.announce_hashes:
+            self._bt_hashes[h] = signed.content_id
+        while len(self._torrents) > KEPT:
+            old, _ = self._torrents.popitem(last=False)
+            self._bt_hashes = {h: c for h, c in self._bt_hashes.items() if c != old}
+        return torrent, seeds
+
+    async def _handed_out(self, request: web.Request) -> tuple[SignedManifest, bytes]:
+        """The torrent a ``/torrent/<path>`` or ``/magnet/<path>`` request gets: this edge first among its web seeds."""
+        self.check_host(request)
+        rel = requested_path(request)
+        await self.grant(request, rel)
+        signed = await self.resolve(rel, self.may_fetch(request))
+        reason = why_none(signed.manifest)
+        if reason:
+            raise HttpError(404, reason)
+        torrent, seeds = await self.torrent(signed)
+        base = base_url(request)
+        announce = base + "/announce" if self.tracker is not None else None
+        return signed, hand_out(torrent, [web_seed(base, rel), *seeds], announce)
+
+    async def get_torrent(self, request: web.Request) -> web.Response:
+        signed, data = await self._handed_out(request)
+        return torrent_response(data, signed.manifest)
+
+    async def get_magnet(self, request: web.Request) -> web.Response:
+        _, data = await self._handed_out(request)
+        return magnet_response(data)
+
+    async def get_bt_announce(self, request: web.Request) -> web.Response:
+        """p2p mode: a BitTorrent client's announce (BEP 3); it is handed BitTorrent clients of its own region."""
+        if self.tracker is None or self.bt_tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+
+        def bencoded(body: bytes) -> web.Response:
+            return web.Response(body=body, content_type="text/plain", headers={"Cache-Control": "no-cache"})
+
+        if self.require_token:
+            return bencoded(bttracker.failure("this edge requires access tokens, which BitTorrent announces cannot carry"))
+        try:
+            a = bttracker.parse(request.rel_url.raw_query_string, self.bt_tracker.max_answer)
+        except ValueError as exc:
+            return bencoded(bttracker.failure(str(exc)))
+        if a.info_hash not in self._bt_hashes:
+            return bencoded(bttracker.failure("unknown torrent: get it from this edge's /torrent/<path> first"))
+        address = request.remote or ""
+        have, key = ({0} if a.left == 0 else set()), a.info_hash.hex()
+        try:
+            peers = self.bt_tracker.announce(
+                time.monotonic(), key, a.peer_id.hex(), peer_url(address, a.port), address,
+                self.tracker.region_of(address), have, 1, a.uploaded, a.downloaded, a.event,
+            )  # fmt: skip
+        except Refused as exc:
+            return bencoded(bttracker.failure(exc.message, exc.retry_after))
+        swarm = self.bt_tracker.swarm(key)
+        seeds = sum(1 for p in swarm if p.complete)
+        return bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, len(swarm) - seeds))
 
     async def get_content(self, request: web.Request) -> web.Response:
         signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request) and not self.require_token)
@@ -454,6 +564,12 @@ class Edge:
             )
         return p2p
 
+    def _bt_status(self) -> dict:
+        """BitTorrent clients this edge tracks (p2p mode): distinct clients, and swarms (a hybrid torrent is two: v1 and v2)."""
+        assert self.bt_tracker is not None
+        self.bt_tracker.expire(time.monotonic())
+        return {"torrents": len(self._torrents), "clients": self.bt_tracker.peer_count(), "swarms": len(self.bt_tracker.contents())}
+
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
         p2p = self._p2p_status()
@@ -563,6 +679,7 @@ class Edge:
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
                 **({"p2p": self._p2p_status()} if self.tracker else {}),
+                **({"bittorrent": self._bt_status()} if self.bt_tracker else {}),
             }
         )
 
@@ -579,6 +696,9 @@ class Edge:
         r.add_get("/key/{cid}", self.get_content_key)
         r.add_get("/swarm-key", self.get_swarm_key)
         r.add_post("/announce", self.post_announce)
+        r.add_get("/announce", self.get_bt_announce)  # BitTorrent clients' announce (BEP 3); peers POST theirs
+        r.add_get("/torrent/{path:.*}", self.get_torrent)
+        r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
         r.add_get("/{path:.*}", self.get_file)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 from aiohttp import web
@@ -21,7 +22,26 @@ from edgeswarm.node.manifestfetch import requested_path
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
-from edgeswarm.protocol.wire import have_response, json_response, manifest_response, piece_index
+from edgeswarm.protocol.torrent import (
+    KEPT,
+    Torrent,
+    TorrentError,
+    build_in_child,
+    hand_out,
+    sign,
+    web_seed,
+    why_none,
+)
+from edgeswarm.protocol.wire import (
+    base_url,
+    have_response,
+    json_response,
+    magnet_response,
+    manifest_response,
+    piece_index,
+    torrent_link,
+    torrent_response,
+)
 from edgeswarm.store.catalog import Catalog, Entry
 from edgeswarm.trust import access
 from edgeswarm.trust.protect import cipher_for, crypt
@@ -67,10 +87,22 @@ class OriginSource:
 
 
 class Origin:
-    def __init__(self, publish: Path, state: Path, key_file: Path, scan_interval: float = 1.0, protect: list[str] | None = None):
+    def __init__(
+        self,
+        publish: Path,
+        state: Path,
+        key_file: Path,
+        scan_interval: float = 1.0,
+        protect: list[str] | None = None,
+        web_seeds: list[str] | None = None,
+    ):
         self.key = load_or_create_private_key(key_file)
         self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
         self.scan_interval = scan_interval
+        self.web_seeds = [s.rstrip("/") for s in web_seeds or []]  # --web-seed: the edges' public base URLs
+        self._torrents: OrderedDict[str, Torrent] = OrderedDict()  # by content id: made on first request, the latest KEPT kept
+        self._making: dict[str, asyncio.Task] = {}
+        self._hashing = asyncio.Semaphore(1)  # one child hashes at a time: the disk, not the CPU, is the limit
         self.metrics = Metrics("origin")
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
@@ -136,7 +168,63 @@ class Origin:
         entry = self.catalog.by_path.get(rel)
         if entry is None:
             raise HttpError(404, f"{rel} is not published")
-        return manifest_response(request, entry.signed.etag, entry.raw)
+        return manifest_response(request, entry.signed.etag, entry.raw, torrent_link(entry.signed.manifest))
+
+    # -- BitTorrent ---------------------------------------------------------------
+    def _entry_at(self, request: web.Request) -> Entry:
+        """The entry a ``/torrent/<path>`` or ``/magnet/<path>`` request names: 404 if none, or if it has no torrent."""
+        rel = requested_path(request)
+        entry = self.catalog.by_path.get(rel)
+        if entry is None:
+            raise HttpError(404, f"{rel} is not published")
+        reason = why_none(entry.signed.manifest)
+        if reason:
+            raise HttpError(404, reason)
+        return entry
+
+    async def torrent(self, entry: Entry) -> Torrent:
+        """The signed torrent of an entry, made once per content id (concurrent first requests share one hash)."""
+        cid = entry.signed.content_id
+        if cid in self._torrents:
+            self._torrents.move_to_end(cid)
+            return self._torrents[cid]
+        task = self._making.get(cid)
+        if task is None:
+            task = self._making[cid] = asyncio.create_task(self._make_torrent(entry))
+            task.add_done_callback(lambda t: _forget(self._making, cid, t))
+        return await asyncio.shield(task)
+
+    async def _make_torrent(self, entry: Entry) -> Torrent:
+        cid = entry.signed.content_id
+        async with self._hashing:
+            try:
+                data = await build_in_child(entry.file, entry.signed.manifest)
+            except TorrentError as exc:
+                raise HttpError(500, str(exc)) from None
+        if not entry.unchanged():  # it was hashed as it changed: the next scan republishes it, and the next request makes it anew
+            self.withdraw(entry)
+            raise HttpError(503, f"{entry.signed.manifest.path} changed on disk and is being republished", {"Retry-After": "2"})
+        torrent = sign(data, cid, self.key)
+        for old in [c for c in self._torrents if c not in self.catalog.by_id]:  # withdrawn or replaced versions
+            del self._torrents[old]
+        self._torrents[cid] = torrent
+        while len(self._torrents) > KEPT:
+            self._torrents.popitem(last=False)
+        return torrent
+
+    def _handed_out(self, request: web.Request, entry: Entry, torrent: Torrent) -> bytes:
+        """The torrent with its web seeds: the ``--web-seed`` edges, else this origin itself."""
+        path = entry.signed.manifest.path
+        return hand_out(torrent, [web_seed(base, path) for base in self.web_seeds or [base_url(request)]])
+
+    async def get_torrent(self, request: web.Request) -> web.Response:
+        entry = self._entry_at(request)
+        data = self._handed_out(request, entry, await self.torrent(entry))
+        return torrent_response(data, entry.signed.manifest)
+
+    async def get_magnet(self, request: web.Request) -> web.Response:
+        entry = self._entry_at(request)
+        return magnet_response(self._handed_out(request, entry, await self.torrent(entry)))
 
     async def get_content(self, request: web.Request) -> web.Response:
         entry = self._entry_by_id(request.match_info["cid"])
@@ -176,6 +264,8 @@ class Origin:
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
         r.add_get("/key/{cid}", self.get_content_key)
+        r.add_get("/torrent/{path:.*}", self.get_torrent)
+        r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
 
         async def start_scanning(app: web.Application):
@@ -185,6 +275,13 @@ class Origin:
 
         app.cleanup_ctx.append(start_scanning)
         return app
+
+
+def _forget(tasks: dict, key: str, task: asyncio.Task) -> None:
+    """A finished task leaves the table; its exception is marked seen (its waiters may all have gone)."""
+    tasks.pop(key, None)
+    if not task.cancelled():
+        task.exception()
 
 
 async def run(origin: Origin, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:

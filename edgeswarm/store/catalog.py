@@ -37,6 +37,13 @@ class Entry:
     raw: bytes  # the signed manifest as served
     key: bytes | None = None  # a protected file's content key: released only to token holders
 
+    def unchanged(self) -> bool:
+        """Whether the file on disk is still the one hashed (same size, mtime and inode), as a scan would judge it."""
+        try:
+            return _stat_key(self.file.stat()) == self.stat
+        except OSError:
+            return False
+
 
 def _stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
