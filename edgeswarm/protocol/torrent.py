@@ -34,6 +34,7 @@ from urllib.parse import quote
 import libtorrent as lt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.trust.signing import verify
 
@@ -43,7 +44,7 @@ CREATOR = "edgeswarm"
 KEPT = 1024  # torrents a node keeps in memory, most recently asked first (~110 KB each at most: 2048 x (20 + 32) bytes of hashes)
 
 
-class TorrentError(ValueError):
+class TorrentError(EdgeswarmError, ValueError):
     """A torrent that cannot be made, or one that is not the origin's for this content."""
 
 
