@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import socket
 import sys
+import time
 from pathlib import Path
 
 from edgeswarm.choker import SLOTS
@@ -35,6 +36,18 @@ examples (p2pd scenario 3, origin plus caches):
 
 The origin's public key is pinned on first contact (stored in CACHE/origin.pub)
 unless given with --origin-key; manifests signed by any other key are refused.
+"""
+
+
+EPILOG_ROUTER = """\
+examples (two regions behind one router):
+  edgeswarm router --regions regions.yaml --edge http://10.1.0.5:8080,east,1Gbit/s \\
+      --edge http://10.2.0.5:8080,west,1Gbit/s --listen 0.0.0.0:8090 --dns-port 5353 --dns-name cdn.example.com
+  curl -L http://router:8090/films/a.mp4 -o a.mp4          # 302 to an edge of the client's region
+  dig @router -p 5353 cdn.example.com                        # A record of that edge
+  curl 'http://router:8090/edges?path=films/a.mp4'           # ranked edges, JSON (peer --router uses it)
+  curl -X POST http://127.0.0.1:8090/register -H 'Content-Type: application/json' \\
+      -d '{"url": "http://10.1.0.6:8080", "region": "east", "capacity": "100MB/s"}'
 """
 
 
@@ -323,6 +336,59 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "127.0.0.1:8080")
 
     p = sub.add_parser(
+        "router",
+        help="send each client to the best healthy edge of its region: HTTP 302, JSON for peers, DNS",
+        epilog=EPILOG_ROUTER,
+        formatter_class=fmt,
+        description="Map a client's address to its region (the edges' region map) and to an up edge of it, keeping a path on "
+        "the same edges (rendezvous hashing) and moving paths off edges that run hot; answer with a 302, with JSON "
+        "(GET /edges?path=P) and with DNS A records; poll every edge's /status to mark it down or up.",
+    )
+    p.add_argument("--regions", type=Path, required=True, metavar="FILE", help="region map: CIDR -> ISP and region, as the edges use")
+    p.add_argument(
+        "--edge",
+        action="append",
+        default=[],
+        metavar="URL,REGION,CAPACITY",
+        help="an edge, its region and what it may send, such as http://10.1.0.5:8080,east,1Gbit/s (repeatable)",
+    )
+    p.add_argument("--edge-list", type=Path, metavar="FILE", help="YAML or JSON {edges: [{url, region, capacity}, ...]}")
+    p.add_argument(
+        "--register-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="POST /register needs Authorization: Bearer <the file's last line> (default: no secret, loopback only)",
+    )
+    p.add_argument("--default-region", metavar="NAME", help="region of clients the map does not place (default: refuse them)")
+    health = p.add_argument_group("health (docs/operations.md#the-router-health-and-failover)")
+    health.add_argument(
+        "--poll-interval", type=_positive, default=2.0, metavar="SECONDS", help="each edge's /status, this often (default 2)"
+    )
+    health.add_argument(
+        "--poll-timeout", type=_positive, metavar="SECONDS", help="a poll not answered by then fails (default: half the interval)"
+    )
+    health.add_argument(
+        "--down-after", type=_count, default=1, metavar="N", help="failed polls in a row that make an edge down (default 1)"
+    )
+    health.add_argument("--up-after", type=_count, default=2, metavar="N", help="good polls in a row that bring it back (default 2)")
+    health.add_argument(
+        "--max-error-rate", type=float, default=0.5, metavar="X", help="5xx share of an interval's answers that fails a poll (default 0.5)"
+    )
+    health.add_argument(
+        "--hot-load", type=float, default=0.8, metavar="X", help="egress / capacity above which an edge sheds paths (default 0.8)"
+    )
+    dns = p.add_argument_group("DNS")
+    dns.add_argument("--dns-port", type=int, metavar="PORT", help="answer DNS on this UDP port (0: a free one; default: no DNS)")
+    dns.add_argument("--dns-host", metavar="HOST", help="address for DNS (default: the --listen host)")
+    dns.add_argument(
+        "--dns-name", default="cdn.example.com", metavar="NAME", help="the name answered, and names under it (default cdn.example.com)"
+    )
+    dns.add_argument("--dns-ttl", type=int, default=5, metavar="SECONDS", help="TTL of the answers (default 5)")
+    dns.add_argument("--dns-answers", type=_count, default=1, metavar="N", help="A records per answer, best first (default 1)")
+    _connection_limits(p)
+    _common(p, "127.0.0.1:8090")
+
+    p = sub.add_parser(
         "peer",
         help="the user's daemon: a local gateway for players, sharing with other peers (p2pd client mode)",
         epilog=EPILOG_PEER,
@@ -330,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream and download through a local gateway, from edges and other peers at once; upload to other peers within a cap.",
     )
     p.add_argument("--cache", type=Path, required=True, metavar="DIR", help="where pieces are kept (resumes after a restart)")
-    p.add_argument("--edge", type=_url, action="append", required=True, metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument("--edge", type=_url, action="append", default=[], metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument("--router", type=_url, metavar="URL", help="learn this address's edges from a router (GET /edges), and follow it")
     p.add_argument(
         "--gateway",
         type=_listen,
@@ -374,10 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  edgeswarm get http://edge.example:8080/updates/os-2.1.img -o os.img",
         formatter_class=fmt,
     )
-    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file")
+    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file (with --router: or /path/file)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="keep pieces here, so a rerun resumes (default: a temporary dir)")
     p.add_argument("--edge", type=_url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
+    p.add_argument("--router", type=_url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
     p.add_argument(
         "--listen", type=_listen, default="0.0.0.0:0", metavar="HOST:PORT", help="upload server while downloading (default 0.0.0.0:0)"
     )
@@ -541,6 +609,41 @@ def _apply_config(args: argparse.Namespace) -> None:
                 raise ValueError(f"{args.config}: {name}: {exc}") from None
 
 
+def _router(args: argparse.Namespace) -> int:
+    """``edgeswarm router``: the table from the flags and files, checked before anything listens."""
+    from edgeswarm import router, routing
+    from edgeswarm.regions import RegionMap
+
+    setup_logging(args.log_level)
+    regions = RegionMap.load(args.regions)
+    names = [r.name for r in regions.regions]
+    if not 0 <= args.max_error_rate <= 1 or not args.hot_load > 0:
+        raise ValueError("--max-error-rate is a share from 0 to 1, and --hot-load a positive share of capacity")
+    if args.dns_port is not None and not 0 <= args.dns_port <= 65535:
+        raise ValueError(f"--dns-port {args.dns_port} is not a port")
+    thresholds = routing.Thresholds(args.down_after, args.up_after, args.max_error_rate, routing.Thresholds.min_requests, args.hot_load)
+    table = routing.RoutingTable(thresholds)
+    specs = [routing.parse_edge_flag(text, names) for text in args.edge]
+    if args.edge_list is not None:
+        specs += routing.load_edge_list(args.edge_list, names)
+    now = time.monotonic()
+    for spec in specs:
+        table.add(spec, now)
+    secret = None
+    if args.register_secret_file is not None:
+        lines = [line.strip() for line in args.register_secret_file.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{args.register_secret_file} holds no secret")
+        secret = lines[-1]
+    config = router.RouterConfig(
+        args.poll_interval, args.poll_timeout, args.dns_name.rstrip("."), args.dns_ttl, args.dns_answers, secret, args.default_region
+    )
+    node = router.Router(regions, table, config)
+    dns = (args.dns_host or args.listen[0], args.dns_port) if args.dns_port is not None else None
+    asyncio.run(router.run(node, args.listen, dns, args.access_log, _limits(args)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -595,10 +698,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
+    if args.command == "router":
+        return _router(args)
     if args.command == "peer":
         from edgeswarm import peer, tls
 
         setup_logging(args.log_level)
+        if not args.edge and not args.router:
+            print("edgeswarm peer: give --edge URL (repeatable) or --router URL", file=sys.stderr)
+            return 2
         node = peer.Peer(
             args.cache,
             args.edge,
@@ -611,6 +719,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             download_limit=args.download_limit,
             token=_token(args),
             ca=tls.client_context(args.ca),
+            router=args.router,
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
@@ -619,7 +728,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging(args.log_level)
         return get.run(
-            args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout, _token(args), args.ca
+            args.url,
+            args.output,
+            args.cache,
+            args.listen,
+            args.upload_limit,
+            args.edge,
+            args.stall_timeout,
+            _token(args),
+            args.ca,
+            args.router,
         )
     if args.command in ("lab", "chaos"):
         from edgeswarm import lab, scenario

@@ -41,6 +41,7 @@ from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import PieceStore
 from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
+from edgeswarm.routerclient import RouterFollower
 from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import KeyFileError, load_public_key
 from edgeswarm.sources import SourceRanking
@@ -139,9 +140,11 @@ class Peer:
         download_limit: float | None = None,
         token: str | None = None,
         ca=None,
+        router: str | None = None,
     ):
         self.cache = cache
         self.edges = [e.rstrip("/") for e in edges]
+        self.router = RouterFollower(router) if router else None  # --router: the edges come from it, and follow it
         self.origin_key = origin_key
         self.max_cache = max_cache
         self.read_timeout = read_timeout
@@ -438,7 +441,18 @@ class Peer:
             self.schedule.hurry(edge, time.monotonic())
         self._wake_announcer.set()
 
+    def use_edges(self, urls: list[str]) -> None:
+        """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list."""
+        new = [u for u in urls if u not in self.edges]
+        self.edges[:] = urls
+        self._p2p_edges.intersection_update(urls)
+        self._p2p_edges.update(new)
+        if new:
+            self.announce_soon()
+
     def _edge_unreachable(self, edge: str) -> None:
+        if self.router is not None:
+            self.router.edge_failed()
         if edge in self._p2p_edges:
             self.schedule.unreachable(edge, time.monotonic())
             self._wake_announcer.set()
@@ -683,6 +697,8 @@ class Peer:
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.router is not None:
+            self.use_edges(await self.router.first(self.upstream, self.edges))
         # HAVE streams hold a connection each for as long as they last: their own pool, so that
         # piece requests never queue behind them; from the same source address (it names us to neighbours)
         bind = self.upstream.bind
@@ -696,6 +712,8 @@ class Peer:
             self._tasks = [asyncio.create_task(self.announce_loop())]
         else:
             self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+        if self.router is not None:
+            self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
 
     async def _end_streams(self) -> None:
         self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout
