@@ -550,6 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
     b = bsub.add_parser(
+        "router",
+        help="the router's decisions per second, by HTTP (302) and by DNS",
+        description="A router in front of four edges in two regions: wrk asks it for random paths (302s), a UDP client keeps "
+        "64 DNS queries in flight; prints decisions per second for each, and for the policy alone in process. No target.",
+    )
+    b.add_argument("--duration", type=_count, default=10, metavar="SECONDS", help="length of each way's run (default 10)")
+    b.add_argument("--connections", type=_count, default=32, metavar="N", help="wrk concurrent connections (default 32)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep logs here (default: a temporary directory)")
+
+    b = bsub.add_parser(
         "players",
         help="ffprobe and a seek through a cold gateway against a cold edge",
         description="Make a moov-at-end MP4 and a WebM with ffmpeg, publish them through an origin, and time ffprobe on each and "
@@ -786,6 +797,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
         return bench_swarm.run(crowd, args.json, args.workdir)
+    if args.command == "bench" and args.bench == "router":
+        from edgeswarm import bench_router
+
+        return bench_router.run(args.duration, args.connections, args.json, args.workdir)
     if args.command == "bench" and args.bench == "players":
         from edgeswarm import bench_players
 

@@ -297,3 +297,24 @@ def test_dns_answers_never_raise():
         packet = bytes(packet[: rng.randint(0, len(packet))]) if n % 3 == 0 else bytes(packet)
         reply = router.dns_answer(packet, EAST_CLIENT)
         assert reply is None or DNSRecord.parse(reply).header.qr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+def test_bench_router_runs_end_to_end(tmp_path):
+    """The benchmark's figures are real (every way made decisions) and it leaves nothing running; no figure is a target."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "bench", "router", "--duration", "1", "--json", str(out), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["http"]["decisions_per_s"] > 0 and r["dns"]["decisions_per_s"] > 0 and r["policy"]["decisions_per_s"] > 0
+    assert "decisions/s" in run.stdout
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True, text=True).stdout.split()
+    assert leftover == []
