@@ -57,6 +57,7 @@ examples (p2pd scenarios 4 and 5, client contribution):
   mpv http://127.0.0.1:1111/films/a.mp4        # streams while it downloads
   edgeswarm peer --cache /tmp/p1 --edge http://e1:8080 --edge http://e2:8080 \\
       --listen 192.0.2.7:6881 --upload-limit 2MB/s --upload-slots 6
+  edgeswarm peer --cache /tmp/p2 --router http://router:8090 --listen 192.0.2.7:6881   # its region's edges
 """
 
 
@@ -330,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
     )
     trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
+    reg = p.add_argument_group("registering with routers (edgeswarm router)")
+    reg.add_argument("--register-with", type=_url, action="append", default=[], metavar="URL", help="router to register with (repeatable)")
+    reg.add_argument("--register-region", metavar="NAME", help="the region this edge serves, as in the routers' region map")
+    reg.add_argument(
+        "--register-capacity", type=_rate, metavar="RATE", help="what this edge may send, such as 1Gbit/s (routers compare its egress)"
+    )
+    reg.add_argument("--register-url", type=_url, metavar="URL", help="this edge's URL for clients (default: the address it listens on)")
+    reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
     _credentials(p, "this edge")
     _tls_server(p)
     _connection_limits(p)
@@ -620,6 +629,31 @@ def _apply_config(args: argparse.Namespace) -> None:
                 raise ValueError(f"{args.config}: {name}: {exc}") from None
 
 
+def _registration(args: argparse.Namespace):
+    """``edge --register-with``: checked here, so that a missing region or a wildcard address stops start-up with a reason."""
+    from edgeswarm.registrar import Registration
+
+    if not args.register_with:
+        return None
+    if not args.register_region or not args.register_capacity:
+        raise ValueError("--register-with needs --register-region NAME and --register-capacity RATE")
+    if args.register_url is None and args.listen[0] in ("", "0.0.0.0", "::"):
+        raise ValueError(f"--listen {args.listen[0]} is every address: give --register-url, the URL clients reach this edge at")
+    return Registration(
+        args.register_with, args.register_region, args.register_capacity, args.register_url, _secret(args.register_secret_file)
+    )
+
+
+def _secret(path: Path | None) -> str | None:
+    """A secret file's last non-empty line (so `echo s > f` and editors' trailing newlines both work)."""
+    if path is None:
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no secret")
+    return lines[-1]
+
+
 def _router(args: argparse.Namespace) -> int:
     """``edgeswarm router``: the table from the flags and files, checked before anything listens."""
     from edgeswarm import router, routing
@@ -640,12 +674,7 @@ def _router(args: argparse.Namespace) -> int:
     now = time.monotonic()
     for spec in specs:
         table.add(spec, now)
-    secret = None
-    if args.register_secret_file is not None:
-        lines = [line.strip() for line in args.register_secret_file.read_text().splitlines() if line.strip()]
-        if not lines:
-            raise ValueError(f"{args.register_secret_file} holds no secret")
-        secret = lines[-1]
+    secret = _secret(args.register_secret_file)
     config = router.RouterConfig(
         args.poll_interval, args.poll_timeout, args.dns_name.rstrip("."), args.dns_ttl, args.dns_answers, secret, args.default_region
     )
@@ -707,7 +736,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ca=tls.client_context(args.ca),
             ledger=ledger,
         )
-        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
+        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args), _registration(args)))
         return 0
     if args.command == "router":
         return _router(args)

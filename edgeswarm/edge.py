@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm import access, originkey, tokens
 from edgeswarm.announce import TrackerService
-from edgeswarm.daemon import ServerLimits, json_response, make_app, serve
+from edgeswarm.daemon import ServerLimits, json_response, make_app, serve_many
 from edgeswarm.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, HttpError, check_json_body
 from edgeswarm.ledger import Ledger
 from edgeswarm.manifest import SignedManifest, is_content_id
@@ -41,6 +41,7 @@ from edgeswarm.paths import RESERVED, clean_request_path
 from edgeswarm.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
+from edgeswarm.registrar import Registration
 from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
 from edgeswarm.sources import SourceRanking
@@ -641,5 +642,21 @@ def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[a
     return asyncio.shield(task), True
 
 
-async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
-    await serve(edge.app(), *listen, "edge", access_log, ssl_context, limits)
+async def run(
+    edge: Edge,
+    listen: tuple[str, int],
+    access_log: bool,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+    registration: Registration | None = None,
+) -> None:
+    app = edge.app()
+    on_bound = None
+    if registration is not None:  # --register-with: the routers learn this edge once it listens
+        registration.attach(app)
+        scheme = "https" if ssl_context is not None else "http"
+
+        def on_bound(_: str, host: str, port: int) -> None:
+            registration.on_bound(scheme, host, port)
+
+    await serve_many([(app, *listen, "")], "edge", access_log, on_bound, ssl_context, limits)

@@ -86,14 +86,17 @@ class Router:
         region = self.regions.lookup(address)
         return region.name if region is not None else self.config.default_region
 
-    def decide(self, address: str, key: str, want=None) -> Decision:
-        """The ranked edges for a client address and key; HttpError when there is none to give."""
+    def decide(self, address: str, key: str, way: str, want=None) -> Decision:
+        """The ranked edges for a client address and key, counted by ``way``; HttpError when there is none to give."""
         region = self.region_of(address)
         if region is None:
             raise HttpError(403, f"no region for client address {address[:60]}: the region map does not cover it (and no --default-region)")
         decision = self.table.decide(region, key, want)
         if not decision.ranked:
             raise HttpError(503, f"no edge is up for region {region} (nor in any other region)", {"Retry-After": str(self._retry_after())})
+        self.metrics.events[("decision", way)] += 1
+        if decision.fallback:
+            self.metrics.events[("fallback", way)] += 1
         return decision
 
     def _retry_after(self) -> int:
@@ -103,10 +106,7 @@ class Router:
     async def redirect(self, request: web.Request) -> web.Response:
         """``/<path>``: 302 to the chosen edge, the request target kept as it came (query too)."""
         rel = clean_request_path(request.raw_path)
-        decision = self.decide(request.remote or "", rel)
-        self.metrics.events[("decision", "http")] += 1
-        if decision.fallback:
-            self.metrics.events[("fallback", "http")] += 1
+        decision = self.decide(request.remote or "", rel, "http")
         target = decision.ranked[0].spec.url + request.raw_path
         return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"}, text=f"{target}\n")
 
@@ -116,8 +116,7 @@ class Router:
         if len(path) > 4096:
             raise HttpError(400, "path is longer than 4096 characters")
         key = clean_request_path("/" + quote(path.lstrip("/"), safe="/")) if path.strip("/") else ""
-        decision = self.decide(request.remote or "", key)
-        self.metrics.events[("decision", "json")] += 1
+        decision = self.decide(request.remote or "", key, "json")
         return json_response(
             {
                 "client": request.remote,
@@ -274,7 +273,7 @@ class Router:
             return reply.pack()  # the name exists, with no record of that type
         version = 6 if qtype == QTYPE.AAAA else 4
         try:
-            decision = self.decide(address, qname, lambda s: s.address is not None and s.address.version == version)
+            decision = self.decide(address, qname, "dns", lambda s: s.address is not None and s.address.version == version)
         except HttpError as exc:
             reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
             self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
@@ -282,7 +281,6 @@ class Router:
         for c in decision.ranked[: self.config.dns_answers]:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
             reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
-        self.metrics.events[("decision", "dns")] += 1
         return reply.pack()
 
     async def start_dns(self, host: str, port: int) -> None:

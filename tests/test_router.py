@@ -50,6 +50,12 @@ def edges_for(router, client: str, path: str = "") -> list[str]:
     return [e["url"] for e in json.loads(out.stdout)["edges"]]
 
 
+def up_edges(router, client: str) -> list[str]:
+    """The client's up edges, or [] while the router has none (503)."""
+    body, _, status = ask(router, "/edges", client, "-w", "\n%{http_code}").stdout.decode().rpartition("\n")
+    return [e["url"] for e in json.loads(body)["edges"]] if status == "200" else []
+
+
 def dig(router_status: dict, client: str, name: str = "cdn.test", *extra: str) -> list[str]:
     port = router_status["dns"]["port"]
     out = subprocess.run(
@@ -318,3 +324,25 @@ def test_bench_router_runs_end_to_end(tmp_path):
     assert "decisions/s" in run.stdout
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+@needs_tools
+def test_an_edge_registers_itself_and_gets_its_regions_clients(nodes, tmp_path, origin):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    router = start_router(nodes, tmp_path, extra=("--register-secret-file", str(secret)))
+    e1 = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "e1"), "--parent", origin.url, "--register-with", router.url, "--register-region", "east"),
+        *("--register-capacity", "10MB/s", "--register-secret-file", str(secret)),
+        host="127.10.0.1",
+        name="e1",
+    )
+    deadline = time.monotonic() + 10 * POLL
+    while e1.url not in up_edges(router, EAST_CLIENT):
+        assert time.monotonic() < deadline, router_status(router)["edges"]
+        time.sleep(POLL / 4)
+    assert location(router, "/films/x", EAST_CLIENT) == e1.url + "/films/x"
+    row = router_status(router)["edges"][0]
+    assert (row["url"], row["region"], row["capacity_Bps"], row["listed"]) == (e1.url, "east", 10_000_000, False)
+    assert "registered with router" in e1.log_text()
