@@ -40,6 +40,7 @@ from edgeswarm.metrics import Metrics
 from edgeswarm.paths import clean_request_path
 from edgeswarm.regions import RegionMap
 from edgeswarm.routing import DOWN, Decision, EdgeSpec, RoutingError, RoutingTable, edge_spec, sample_from_status
+from edgeswarm.upstream import UpstreamError, read_bounded
 
 log = logging.getLogger("edgeswarm.router")
 FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the router forgets it
@@ -210,14 +211,14 @@ class Router:
             return
         try:
             async with asyncio.timeout(self.config.timeout), self.session.get(url + "/status", allow_redirects=False) as resp:
-                body = await resp.content.read(MAX_STATUS + 1)
                 if resp.status != 200:
                     raise ValueError(f"/status answered {resp.status}")
-                if len(body) > MAX_STATUS:
-                    raise ValueError(f"/status is larger than {MAX_STATUS} bytes")
+                body = await read_bounded(resp, MAX_STATUS, url, "/status")
             sample = sample_from_status(json.loads(body), time.monotonic())
         except TimeoutError:
             changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
+        except UpstreamError as exc:
+            changed = health.failed(now, exc.message, self.table.thresholds)
         except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
             changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
         else:
