@@ -25,12 +25,12 @@ def start_edge(nodes, tmp_path: Path, origin, name: str, host: str):
     return nodes.start("edge", "--cache", str(tmp_path / name), "--parent", origin.url, host=host, name=name)
 
 
-def start_router(nodes, tmp_path: Path, *edges: tuple[object, str], extra: tuple[str, ...] = ()):
+def start_router(nodes, tmp_path: Path, *edges: tuple[object, str], extra: tuple[str, ...] = (), capacity: str = "10MB/s"):
     regions = tmp_path / "regions.yaml"
     regions.write_text(REGIONS)
     args = ["--regions", str(regions), "--poll-interval", str(POLL), "--dns-port", "0", "--dns-name", "cdn.test", *extra]
     for node, region in edges:
-        args += ["--edge", f"{node.url},{region},10MB/s"]
+        args += ["--edge", f"{node.url},{region},{capacity}"]
     return nodes.start("router", *args, name="router")
 
 
@@ -346,3 +346,26 @@ def test_an_edge_registers_itself_and_gets_its_regions_clients(nodes, tmp_path, 
     row = router_status(router)["edges"][0]
     assert (row["url"], row["region"], row["capacity_Bps"], row["listed"]) == (e1.url, "east", 10_000_000, False)
     assert "registered with router" in e1.log_text()
+
+
+@needs_tools
+def test_a_hot_edge_hands_its_paths_to_another_until_it_cools(nodes, tmp_path, origin, published):
+    """Edges stated at 200 KB/s: a 3 MiB download makes the chosen one run far above capacity for a poll or two."""
+    data = make_file(published / "films" / "a.bin", 3 * 1024 * 1024)
+    e1 = start_edge(nodes, tmp_path, origin, "e1", "127.10.0.1")
+    e2 = start_edge(nodes, tmp_path, origin, "e2", "127.10.0.2")
+    router = start_router(nodes, tmp_path, (e1, "east"), (e2, "east"), capacity="200KB/s")
+    deadline = time.monotonic() + 10
+    while curl("-o", "/dev/null", "-w", "%{http_code}", origin.url + "/films/a.bin").stdout != b"200":
+        assert time.monotonic() < deadline, "origin did not publish the file"
+        time.sleep(0.1)
+    chosen = location(router, "/films/a.bin", EAST_CLIENT).rsplit("/films/", 1)[0]
+    assert ask(router, "/films/a.bin", EAST_CLIENT, "-L").stdout == data  # through the chosen edge
+    seen, deadline = [], time.monotonic() + 4 * POLL
+    while time.monotonic() < deadline:
+        seen.append(location(router, "/films/a.bin", EAST_CLIENT).rsplit("/films/", 1)[0])
+        time.sleep(POLL / 10)
+    assert set(seen) - {chosen}, "the hot edge kept its path"  # moved while hot...
+    assert seen[-1] == chosen  # ...and came back once its egress fell
+    row = next(e for e in router_status(router)["edges"] if e["url"] == chosen)
+    assert row["state"] == "up"
