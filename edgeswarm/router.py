@@ -45,7 +45,6 @@ from edgeswarm.upstream import UpstreamError, read_bounded
 log = logging.getLogger("edgeswarm.router")
 FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the router forgets it
 MAX_STATUS = 4 * 1024 * 1024  # an edge's /status lists its contents: generous, but bounded
-ROUTER_ENDPOINTS = ("edges", "register")  # its own API; the rest of the namespace is redirected
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,6 @@ class Router:
         self.dns_transport: asyncio.DatagramTransport | None = None
         self.dns_address: tuple[str, int] | None = None
         self.quiet = ThrottledLog(log, Throttle(burst=20, interval=10.0))
-        self._wake = asyncio.Event()
         self.metrics.gauge("router_edges_up", "Edges whose last polls say up", lambda: len(self.table.up()))
         self.metrics.gauge("router_edges", "Edges the router knows (listed and registered)", lambda: len(self.table.edges))
 
