@@ -76,7 +76,7 @@ def _measure(console: Console, root: Path, duration: int, connections: int) -> d
             http = _http(root, router.url, duration, connections)
         with console.status(f"DNS: {WINDOW} queries in flight for {duration} s"):
             dns = asyncio.run(_dns(status["dns"]["port"], duration))
-        rss = _rss_kib(router.proc.pid)
+        rss = _rss_kib(router.proc.pid) if router.proc is not None else None
     return {
         "duration_s": duration,
         "connections": connections,
