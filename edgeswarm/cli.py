@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import socket
 import sys
+import time
 from pathlib import Path
 
 from edgeswarm.node.daemon import ServerLimits, setup_logging
@@ -39,12 +40,25 @@ unless given with --origin-key; manifests signed by any other key are refused.
 """
 
 
+EPILOG_ROUTER = """\
+examples (two regions behind one router):
+  edgeswarm router --regions regions.yaml --edge http://10.1.0.5:8080,east,1Gbit/s \\
+      --edge http://10.2.0.5:8080,west,1Gbit/s --listen 0.0.0.0:8090 --dns-port 5353 --dns-name cdn.example.com
+  curl -L http://router:8090/films/a.mp4 -o a.mp4          # 302 to an edge of the client's region
+  dig @router -p 5353 cdn.example.com                        # A record of that edge
+  curl 'http://router:8090/edges?path=films/a.mp4'           # ranked edges, JSON (peer --router uses it)
+  curl -X POST http://127.0.0.1:8090/register -H 'Content-Type: application/json' \\
+      -d '{"url": "http://10.1.0.6:8080", "region": "east", "capacity": "100MB/s"}'
+"""
+
+
 EPILOG_PEER = """\
 examples (p2pd scenarios 4 and 5, client contribution):
   edgeswarm peer --cache ~/.cache/edgeswarm --edge http://edge.example:8080
   mpv http://127.0.0.1:1111/films/a.mp4        # streams while it downloads
   edgeswarm peer --cache /tmp/p1 --edge http://e1:8080 --edge http://e2:8080 \\
       --listen 192.0.2.7:6881 --upload-limit 2MB/s --upload-slots 6
+  edgeswarm peer --cache /tmp/p2 --router http://router:8090 --listen 192.0.2.7:6881   # its region's edges
 """
 
 
@@ -349,10 +363,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
     _cors_flag(p, "this edge's answers")
+    reg = p.add_argument_group("registering with routers (edgeswarm router)")
+    reg.add_argument("--register-with", type=_url, action="append", default=[], metavar="URL", help="router to register with (repeatable)")
+    reg.add_argument("--register-region", metavar="NAME", help="the region this edge serves, as in the routers' region map")
+    reg.add_argument(
+        "--register-capacity", type=_rate, metavar="RATE", help="what this edge may send, such as 1Gbit/s (routers compare its egress)"
+    )
+    reg.add_argument("--register-url", type=_url, metavar="URL", help="this edge's URL for clients (default: the address it listens on)")
+    reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
     _credentials(p, "this edge")
     _tls_server(p)
     _connection_limits(p)
     _common(p, "127.0.0.1:8080")
+
+    p = sub.add_parser(
+        "router",
+        help="send each client to the best healthy edge of its region: HTTP 302, JSON for peers, DNS",
+        epilog=EPILOG_ROUTER,
+        formatter_class=fmt,
+        description="Map a client's address to its region (the edges' region map) and to an up edge of it, keeping a path on "
+        "the same edges (rendezvous hashing) and moving paths off edges that run hot; answer with a 302, with JSON "
+        "(GET /edges?path=P) and with DNS A records; poll every edge's /status to mark it down or up.",
+    )
+    p.add_argument("--regions", type=Path, required=True, metavar="FILE", help="region map: CIDR -> ISP and region, as the edges use")
+    p.add_argument(
+        "--edge",
+        action="append",
+        default=[],
+        metavar="URL,REGION,CAPACITY",
+        help="an edge, its region and what it may send, such as http://10.1.0.5:8080,east,1Gbit/s (repeatable)",
+    )
+    p.add_argument("--edge-list", type=Path, metavar="FILE", help="YAML or JSON {edges: [{url, region, capacity}, ...]}")
+    p.add_argument(
+        "--register-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="POST /register needs Authorization: Bearer <the file's last line> (default: no secret, loopback only)",
+    )
+    p.add_argument("--default-region", metavar="NAME", help="region of clients the map does not place (default: refuse them)")
+    health = p.add_argument_group("health (docs/operations.md#the-router-health-and-failover)")
+    health.add_argument(
+        "--poll-interval", type=_positive, default=2.0, metavar="SECONDS", help="each edge's /status, this often (default 2)"
+    )
+    health.add_argument(
+        "--poll-timeout", type=_positive, metavar="SECONDS", help="a poll not answered by then fails (default: half the interval)"
+    )
+    health.add_argument(
+        "--down-after", type=_count, default=1, metavar="N", help="failed polls in a row that make an edge down (default 1)"
+    )
+    health.add_argument("--up-after", type=_count, default=2, metavar="N", help="good polls in a row that bring it back (default 2)")
+    health.add_argument(
+        "--max-error-rate", type=float, default=0.5, metavar="X", help="5xx share of an interval's answers that fails a poll (default 0.5)"
+    )
+    health.add_argument(
+        "--hot-load", type=float, default=0.8, metavar="X", help="egress / capacity above which an edge sheds paths (default 0.8)"
+    )
+    dns = p.add_argument_group("DNS")
+    dns.add_argument("--dns-port", type=int, metavar="PORT", help="answer DNS on this UDP port (0: a free one; default: no DNS)")
+    dns.add_argument("--dns-host", metavar="HOST", help="address for DNS (default: the --listen host)")
+    dns.add_argument(
+        "--dns-name", default="cdn.example.com", metavar="NAME", help="the name answered, and names under it (default cdn.example.com)"
+    )
+    dns.add_argument("--dns-ttl", type=int, default=5, metavar="SECONDS", help="TTL of the answers (default 5)")
+    dns.add_argument("--dns-answers", type=_count, default=1, metavar="N", help="A records per answer, best first (default 1)")
+    _connection_limits(p)
+    _common(p, "127.0.0.1:8090")
 
     p = sub.add_parser(
         "peer",
@@ -362,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream and download through a local gateway, from edges and other peers at once; upload to other peers within a cap.",
     )
     p.add_argument("--cache", type=Path, required=True, metavar="DIR", help="where pieces are kept (resumes after a restart)")
-    p.add_argument("--edge", type=_url, action="append", required=True, metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument("--edge", type=_url, action="append", default=[], metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument("--router", type=_url, metavar="URL", help="learn this address's edges from a router (GET /edges), and follow it")
     p.add_argument(
         "--gateway",
         type=_listen,
@@ -407,10 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  edgeswarm get http://edge.example:8080/updates/os-2.1.img -o os.img",
         formatter_class=fmt,
     )
-    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file")
+    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file (with --router: or /path/file)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="keep pieces here, so a rerun resumes (default: a temporary dir)")
     p.add_argument("--edge", type=_url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
+    p.add_argument("--router", type=_url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
     p.add_argument(
         "--listen", type=_listen, default="0.0.0.0:0", metavar="HOST:PORT", help="upload server while downloading (default 0.0.0.0:0)"
     )
@@ -515,6 +592,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
     b = bsub.add_parser(
+        "router",
+        help="the router's decisions per second, by HTTP (302) and by DNS",
+        description="A router in front of four edges in two regions: wrk asks it for random paths (302s), a UDP client keeps "
+        "64 DNS queries in flight; prints decisions per second for each, and for the policy alone in process. No target.",
+    )
+    b.add_argument("--duration", type=_count, default=10, metavar="SECONDS", help="length of each way's run (default 10)")
+    b.add_argument("--connections", type=_count, default=32, metavar="N", help="wrk concurrent connections (default 32)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep logs here (default: a temporary directory)")
+
+    b = bsub.add_parser(
         "players",
         help="ffprobe and a seek through a cold gateway against a cold edge",
         description="Make a moov-at-end MP4 and a WebM with ffmpeg, publish them through an origin, and time ffprobe on each and "
@@ -576,6 +664,63 @@ def _apply_config(args: argparse.Namespace) -> None:
                 raise ValueError(f"{args.config}: {name}: {exc}") from None
 
 
+def _registration(args: argparse.Namespace):
+    """``edge --register-with``: checked here, so that a missing region or a wildcard address stops start-up with a reason."""
+    from edgeswarm.node.registrar import Registration
+
+    if not args.register_with:
+        return None
+    if not args.register_region or not args.register_capacity:
+        raise ValueError("--register-with needs --register-region NAME and --register-capacity RATE")
+    if args.register_url is None and args.listen[0] in ("", "0.0.0.0", "::"):
+        raise ValueError(f"--listen {args.listen[0]} is every address: give --register-url, the URL clients reach this edge at")
+    return Registration(
+        args.register_with, args.register_region, args.register_capacity, args.register_url, _secret(args.register_secret_file)
+    )
+
+
+def _secret(path: Path | None) -> str | None:
+    """A secret file's last non-empty line (so `echo s > f` and editors' trailing newlines both work)."""
+    if path is None:
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no secret")
+    return lines[-1]
+
+
+def _router(args: argparse.Namespace) -> int:
+    """``edgeswarm router``: the table from the flags and files, checked before anything listens."""
+    from edgeswarm.policy import routing
+    from edgeswarm.protocol import registration
+    from edgeswarm.roles import router
+    from edgeswarm.roles.announce import load_region_map
+
+    setup_logging(args.log_level)
+    regions = load_region_map(args.regions)
+    names = [r.name for r in regions.regions]
+    if not 0 <= args.max_error_rate <= 1 or not args.hot_load > 0:
+        raise ValueError("--max-error-rate is a share from 0 to 1, and --hot-load a positive share of capacity")
+    if args.dns_port is not None and not 0 <= args.dns_port <= 65535:
+        raise ValueError(f"--dns-port {args.dns_port} is not a port")
+    thresholds = routing.Thresholds(args.down_after, args.up_after, args.max_error_rate, routing.Thresholds.min_requests, args.hot_load)
+    table = routing.RoutingTable(thresholds)
+    specs = [registration.parse_edge_flag(text, names) for text in args.edge]
+    if args.edge_list is not None:
+        specs += registration.load_edge_list(args.edge_list, names)
+    now = time.monotonic()
+    for spec in specs:
+        table.add(spec, now)
+    secret = _secret(args.register_secret_file)
+    config = router.RouterConfig(
+        args.poll_interval, args.poll_timeout, args.dns_name.rstrip("."), args.dns_ttl, args.dns_answers, secret, args.default_region
+    )
+    node = router.Router(regions, table, config)
+    dns = (args.dns_host or args.listen[0], args.dns_port) if args.dns_port is not None else None
+    asyncio.run(router.run(node, args.listen, dns, args.access_log, _limits(args)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -632,14 +777,19 @@ def _dispatch(args: argparse.Namespace) -> int:
             ledger=ledger,
             cors=cors,
         )
-        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
+        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args), _registration(args)))
         return 0
+    if args.command == "router":
+        return _router(args)
     if args.command == "peer":
         from edgeswarm.roles import peer
         from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
         cors = _cors(args)
+        if not args.edge and not args.router:
+            print("edgeswarm peer: give --edge URL (repeatable) or --router URL", file=sys.stderr)
+            return 2
         node = peer.Peer(
             args.cache,
             args.edge,
@@ -653,6 +803,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             token=_token(args),
             ca=tls.client_context(args.ca),
             cors=cors,
+            router=args.router,
         )
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
@@ -661,7 +812,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging(args.log_level)
         return get.run(
-            args.url, args.output, args.cache, args.listen, args.upload_limit, args.edge, args.stall_timeout, _token(args), args.ca
+            args.url,
+            args.output,
+            args.cache,
+            args.listen,
+            args.upload_limit,
+            args.edge,
+            args.stall_timeout,
+            _token(args),
+            args.ca,
+            args.router,
         )
     if args.command in ("lab", "chaos"):
         from edgeswarm.measure import lab, scenario
@@ -710,6 +870,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
         return bench_swarm.run(crowd, args.json, args.workdir)
+    if args.command == "bench" and args.bench == "router":
+        from edgeswarm.measure import bench_router
+
+        return bench_router.run(args.duration, args.connections, args.json, args.workdir)
     if args.command == "bench" and args.bench == "players":
         from edgeswarm.measure import bench_players
 

@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
-from edgeswarm.node.daemon import ServerLimits, make_app, serve
+from edgeswarm.node.daemon import ServerLimits, make_app
 from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import send_piece, serve_file
@@ -768,5 +768,21 @@ def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[a
     return asyncio.shield(task), True
 
 
-async def run(edge: Edge, listen: tuple[str, int], access_log: bool, ssl_context=None, limits: ServerLimits | None = None) -> None:
-    await serve(edge.app(), *listen, "edge", access_log, ssl_context, limits)
+async def run(
+    edge: Edge,
+    listen: tuple[str, int],
+    access_log: bool,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+    registration: Registration | None = None,
+) -> None:
+    app = edge.app()
+    on_bound = None
+    if registration is not None:  # --register-with: the routers learn this edge once it listens
+        registration.attach(app)
+        scheme = "https" if ssl_context is not None else "http"
+
+        def on_bound(_: str, host: str, port: int) -> None:
+            registration.on_bound(scheme, host, port)
+
+    await serve_many([(app, *listen, "")], "edge", access_log, on_bound, ssl_context, limits)

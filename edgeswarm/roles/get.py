@@ -47,6 +47,16 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{parts.scheme}://{parts.netloc}", path
 
 
+def split_target(url: str, router: str | None) -> tuple[str | None, str]:
+    """(edge or None, path): with a router, the URL may be just the path (/films/a.mp4)."""
+    if router is not None and not url.startswith(("http://", "https://")):
+        path = unquote(url.split("?", 1)[0]).lstrip("/")
+        if not path:
+            raise GetError(f"{url!r} names no file")
+        return None, path
+    return split_url(url)
+
+
 async def download(
     url: str,
     output: Path,
@@ -57,9 +67,13 @@ async def download(
     stall_timeout: float,
     token: str | None = None,
     ca: Path | None = None,
+    router: str | None = None,
 ) -> dict:
-    edge, path = split_url(url)
-    peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca))
+    edge, path = split_target(url, router)
+    edges = [e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/"))]
+    peer = Peer(cache, edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca), router=router)
+    if peer.router is not None:
+        peer.router.path = path  # the router ranks this file's edges (its consistent hash)
     servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
     try:
         peer.upload_port = (await servers.start([(peer.upload_app(), *listen, "upload")]))["upload"][1]
@@ -150,16 +164,17 @@ def run(
     stall_timeout: float,
     token: str | None = None,
     ca: Path | None = None,
+    router: str | None = None,
 ) -> int:
     try:
-        _, path = split_url(url)
+        _, path = split_target(url, router)
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 2
     output = output or Path(path.rsplit("/", 1)[-1])
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
     try:
-        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca))
+        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router))
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy.choker import SLOTS, Choker
@@ -142,10 +143,12 @@ class Peer:
         token: str | None = None,
         ca=None,
         cors: CorsPolicy = PUBLIC,
+        router: str | None = None,
     ):
         self.cache = cache
         self.cors = cors  # who may read the gateway's answers from another origin (--cors-origin)
         self.edges = [e.rstrip("/") for e in edges]
+        self.router = RouterFollower(router) if router else None  # --router: the edges come from it, and follow it
         self.origin_key = origin_key
         self.max_cache = max_cache
         self.read_timeout = read_timeout
@@ -442,7 +445,18 @@ class Peer:
             self.schedule.hurry(edge, time.monotonic())
         self._wake_announcer.set()
 
+    def use_edges(self, urls: list[str]) -> None:
+        """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list."""
+        new = [u for u in urls if u not in self.edges]
+        self.edges[:] = urls
+        self._p2p_edges.intersection_update(urls)
+        self._p2p_edges.update(new)
+        if new:
+            self.announce_soon()
+
     def _edge_unreachable(self, edge: str) -> None:
+        if self.router is not None:
+            self.router.edge_failed()
         if edge in self._p2p_edges:
             self.schedule.unreachable(edge, time.monotonic())
             self._wake_announcer.set()
@@ -690,6 +704,8 @@ class Peer:
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.router is not None:
+            self.use_edges(await self.router.first(self.upstream, self.edges))
         # HAVE streams hold a connection each for as long as they last: their own pool, so that
         # piece requests never queue behind them; from the same source address (it names us to neighbours)
         bind = self.upstream.bind
@@ -703,6 +719,8 @@ class Peer:
             self._tasks = [asyncio.create_task(self.announce_loop())]
         else:
             self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+        if self.router is not None:
+            self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
 
     async def _end_streams(self) -> None:
         self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout

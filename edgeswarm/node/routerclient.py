@@ -1,0 +1,98 @@
+"""A peer's side of the router: its region's edges, learnt from ``GET /edges`` and kept current.
+
+``peer --router URL`` and ``get --router URL``.  The router sees the peer
+at its source address (the peer's ``--listen`` host), so it answers with
+the edges of the peer's region, best first.  The peer uses all of them: its
+own measurements pick the fastest (SourceRanking) and move off one that
+fails.  Every ``REFRESH`` seconds, and soon after an edge fails a request,
+the list is asked again: edges the router reports down leave the peer's
+list, new ones join it.  Edges given with ``--edge`` always stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from urllib.parse import quote
+
+from edgeswarm.node.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("edgeswarm.node.routerclient")
+REFRESH = 5.0  # seconds between two asks of the router; an edge failure asks sooner
+SOON = 0.5  # seconds after an edge failure before the router is asked (its poll may need that long to see it)
+FIRST_PATIENCE = 60.0  # seconds a peer without --edge waits for a router that gives it edges, before giving up
+
+
+async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[str]:
+    """The router's ranked edges for this host's region (and ``path``, for its hash); UpstreamError if it gives none."""
+    query = f"/edges?path={quote(path, safe='/')}" if path else "/edges"
+    reply = await upstream.get(router, query, timeout=5.0)
+    if reply.status != 200:
+        raise UpstreamError(502, f"router {router} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}")
+    try:
+        rows = json.loads(reply.body)["edges"]
+        urls = [str(r["url"]).rstrip("/") for r in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UpstreamError(502, f"router {router} sent no edge list: {exc}") from None
+    urls = [u for u in urls if u.startswith(("http://", "https://"))]
+    if not urls:
+        raise UpstreamError(502, f"router {router} listed no edge")
+    return urls
+
+
+class RouterFollower:
+    """Keeps a peer's edge list to what the router says (the ``--edge`` ones stay whatever it says)."""
+
+    def __init__(self, router: str, path: str = "", refresh: float = REFRESH):
+        self.router = router.rstrip("/")
+        self.path = path
+        self.refresh = refresh
+        self.fixed: list[str] = []  # --edge: kept
+        self.wake = asyncio.Event()
+        self.routed: list[str] = []
+
+    def merged(self, routed: list[str]) -> list[str]:
+        return [*self.fixed, *(u for u in routed if u not in self.fixed)]
+
+    async def first(self, upstream: Upstream, fixed: list[str]) -> list[str]:
+        """The edges to start with: the router's (and ``fixed``); without ``fixed``, waits for the router a while."""
+        self.fixed = list(fixed)
+        deadline = time.monotonic() + FIRST_PATIENCE
+        while True:
+            try:
+                self.routed = await region_edges(upstream, self.router, self.path)
+                log.info("router %s: edges %s", self.router, ", ".join(self.routed))
+                return self.merged(self.routed)
+            except UpstreamError as exc:
+                if self.fixed:
+                    log.warning("router %s: %s; starting with --edge %s", self.router, exc.message, ", ".join(self.fixed))
+                    return list(self.fixed)
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no edge from router {self.router} within {FIRST_PATIENCE:g} s: {exc.message}") from None
+                log.warning("router %s: %s; asking again", self.router, exc.message)
+                await asyncio.sleep(1.0)
+
+    def edge_failed(self) -> None:
+        """An edge did not answer: ask the router soon, for it may know."""
+        self.wake.set()
+
+    async def follow(self, upstream: Upstream, apply) -> None:
+        """Ask the router every ``refresh`` s (or soon after a wake) and ``apply(edges)`` when its answer changes."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.refresh)
+                await asyncio.sleep(SOON)
+            self.wake.clear()
+            try:
+                routed = await region_edges(upstream, self.router, self.path)
+            except UpstreamError as exc:
+                log.info("router %s: %s; keeping edges %s", self.router, exc.message, ", ".join(self.routed or self.fixed))
+                continue
+            if routed != self.routed:
+                gone = [u for u in self.routed if u not in routed]
+                log.info("router %s: edges now %s%s", self.router, ", ".join(routed), f" ({', '.join(gone)} left)" if gone else "")
+                self.routed = routed
+                apply(self.merged(routed))

@@ -1,0 +1,71 @@
+"""What the router is told about edges: a registration, an ``--edge`` flag, an ``--edge-list`` file, each checked.
+
+The router's wire and configuration format; the policy that ranks the edges
+(edgeswarm.policy.routing) takes the checked ``EdgeSpec`` and reads nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from edgeswarm.policy.routing import EdgeSpec, RoutingError
+from edgeswarm.protocol.units import UnitError, parse_rate
+
+
+def edge_spec(doc: object, regions: Iterable[str], listed: bool, where: str = "registration") -> EdgeSpec:
+    """``{url, region, capacity}`` checked: an http(s) URL with a host, a region of the map, a positive rate."""
+    if not isinstance(doc, dict):
+        raise RoutingError(f"{where}: expected a JSON object with url, region and capacity")
+    url, region, capacity = doc.get("url"), doc.get("region"), doc.get("capacity")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+        raise RoutingError(f"{where}: 'url' must be an http(s) URL such as http://10.1.0.5:8080")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        raise RoutingError(f"{where}: {url!r} has a bad port") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise RoutingError(f"{where}: 'url' must be an edge's base URL (scheme, host, port), not {url[:200]!r}")
+    known = sorted(regions)
+    if not isinstance(region, str) or region not in known:
+        raise RoutingError(f"{where}: unknown region {str(region)[:100]!r} (the region map has: {', '.join(known)})")
+    return EdgeSpec(url.rstrip("/"), region, _capacity(capacity, where), listed)
+
+
+def _capacity(value: object, where: str) -> float:
+    """A rate such as ``100MB/s`` or ``1Gbit/s``, or a number of bytes per second."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise RoutingError(f"{where}: 'capacity' must be a rate such as 100MB/s or a number of bytes per second")
+    try:
+        rate = float(value) if not isinstance(value, str) else float(parse_rate(value))
+    except UnitError as exc:
+        raise RoutingError(f"{where}: capacity: {exc}") from None
+    if not (rate > 0 and math.isfinite(rate)):
+        raise RoutingError(f"{where}: 'capacity' must be above zero")
+    return rate
+
+
+def parse_edge_flag(text: str, regions: Iterable[str]) -> EdgeSpec:
+    """``--edge URL,REGION,CAPACITY`` (such as ``http://10.1.0.5:8080,east,1Gbit/s``)."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise RoutingError(f"--edge {text!r}: expected URL,REGION,CAPACITY such as http://10.1.0.5:8080,east,100MB/s")
+    url, region, capacity = (p.strip() for p in parts)
+    return edge_spec({"url": url, "region": region, "capacity": capacity}, regions, True, f"--edge {text!r}")
+
+
+def load_edge_list(path: Path, regions: Iterable[str]) -> list[EdgeSpec]:
+    """``--edge-list FILE``: YAML or JSON ``{edges: [{url, region, capacity}, ...]}``."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RoutingError(f"cannot read edge list {path}: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("edges"), list):
+        raise RoutingError(f"{path}: expected a top-level 'edges' list of {{url, region, capacity}}")
+    known = list(regions)
+    return [edge_spec(item, known, True, f"{path}: edge #{n}") for n, item in enumerate(doc["edges"], 1)]

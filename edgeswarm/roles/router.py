@@ -1,0 +1,351 @@
+"""``edgeswarm router``: sends each client to the best healthy edge of its region.
+
+The request-routing role (Akamai's mapping DNS, Apache Traffic Router with
+Traffic Monitor).  The client's region comes from its source address and the
+region map the edges use (regions.py); the choice among that region's edges
+is routing.py's policy.  It answers three ways:
+
+- ``GET|HEAD /<path>``: ``302`` to the chosen edge's ``/<path>`` (query kept),
+  so curl -L, players and browsers follow it;
+- ``GET /edges?path=P``: the ranked up edges of the client's region, JSON, for
+  peers (``peer --router``, ``get --router``);
+- DNS on a UDP port of its own (``--dns-port``): A/AAAA records of the chosen
+  edges for ``--dns-name`` and names under it, the name being the key.
+
+It polls every edge's ``/status`` each ``--poll-interval`` (health, egress
+against stated capacity, 5xx rate) and keeps the routing table's states.
+Edges come from ``--edge``/``--edge-list`` and from ``POST /register``
+(a shared secret when ``--register-secret-file`` is given, else loopback only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+
+from edgeswarm.errors import HttpError
+from edgeswarm.node.daemon import ServerLimits, make_app, serve
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.upstream import UpstreamError, read_bounded
+from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.routing import DOWN, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
+from edgeswarm.protocol.httpspec import check_json_body
+from edgeswarm.protocol.paths import clean_request_path
+from edgeswarm.protocol.registration import edge_spec
+from edgeswarm.protocol.wire import json_response
+
+log = logging.getLogger("edgeswarm.roles.router")
+FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the router forgets it
+MAX_STATUS = 4 * 1024 * 1024  # an edge's /status lists its contents: generous, but bounded
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    poll_interval: float = 2.0
+    poll_timeout: float | None = None  # None: half the interval, so that a hung edge is out within 1.5 intervals
+    dns_name: str = "cdn.example.com"
+    dns_ttl: int = 5
+    dns_answers: int = 1
+    register_secret: str | None = None  # None: registrations from loopback only
+    default_region: str | None = None  # the region of clients the map does not place (None: refuse them)
+    edges_limit: int = 16  # edges in a JSON answer at most
+
+    @property
+    def timeout(self) -> float:
+        return self.poll_timeout or self.poll_interval / 2
+
+
+class Router:
+    def __init__(self, regions: RegionMap, table: RoutingTable, config: RouterConfig):
+        names = {r.name for r in regions.regions}
+        if config.default_region is not None and config.default_region not in names:
+            raise RoutingError(f"--default-region {config.default_region!r} is not in the region map ({', '.join(sorted(names))})")
+        self.regions = regions
+        self.region_names = names
+        self.table = table
+        self.config = config
+        self.metrics = Metrics("router")
+        self.session: aiohttp.ClientSession | None = None
+        self.dns_transport: asyncio.DatagramTransport | None = None
+        self.dns_address: tuple[str, int] | None = None
+        self.quiet = ThrottledLog(log, Throttle(burst=20, interval=10.0))
+        self.metrics.gauge("router_edges_up", "Edges whose last polls say up", lambda: len(self.table.up()))
+        self.metrics.gauge("router_edges", "Edges the router knows (listed and registered)", lambda: len(self.table.edges))
+
+    # -- who is asking -------------------------------------------------------------------
+    def region_of(self, address: str) -> str | None:
+        region = self.regions.lookup(address)
+        return region.name if region is not None else self.config.default_region
+
+    def decide(self, address: str, key: str, way: str, want=None) -> Decision:
+        """The ranked edges for a client address and key, counted by ``way``; HttpError when there is none to give."""
+        region = self.region_of(address)
+        if region is None:
+            raise HttpError(403, f"no region for client address {address[:60]}: the region map does not cover it (and no --default-region)")
+        decision = self.table.decide(region, key, want)
+        if not decision.ranked:
+            raise HttpError(503, f"no edge is up for region {region} (nor in any other region)", {"Retry-After": str(self._retry_after())})
+        self.metrics.events[("decision", way)] += 1
+        if decision.fallback:
+            self.metrics.events[("fallback", way)] += 1
+        return decision
+
+    def _retry_after(self) -> int:
+        return max(1, round(self.config.poll_interval))
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    async def redirect(self, request: web.Request) -> web.Response:
+        """``/<path>``: 302 to the chosen edge, the request target kept as it came (query too)."""
+        rel = clean_request_path(request.raw_path)
+        decision = self.decide(request.remote or "", rel, "http")
+        target = decision.ranked[0].spec.url + request.raw_path
+        return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"}, text=f"{target}\n")
+
+    async def get_edges(self, request: web.Request) -> web.Response:
+        """``/edges?path=P``: the client region's up edges, best first, for peers to choose among."""
+        path = request.query.get("path", "")
+        if len(path) > 4096:
+            raise HttpError(400, "path is longer than 4096 characters")
+        key = clean_request_path("/" + quote(path.lstrip("/"), safe="/")) if path.strip("/") else ""
+        decision = self.decide(request.remote or "", key, "json")
+        return json_response(
+            {
+                "client": request.remote,
+                "region": decision.region,
+                "path": key,
+                "fallback": decision.fallback,
+                "edges": [
+                    {"url": c.spec.url, "region": c.spec.region, "capacity_Bps": c.spec.capacity, "load": round(c.load, 3), "shed": c.shed}
+                    for c in decision.ranked[: self.config.edges_limit]
+                ],
+            }
+        )
+
+    async def post_register(self, request: web.Request) -> web.Response:
+        """``POST /register`` ``{url, region, capacity}``: an edge joins (or updates itself); polled at once."""
+        self._check_registrar(request)
+        check_json_body(request.headers)
+        try:
+            doc = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            raise HttpError(400, "registration body is not JSON") from None
+        try:
+            spec = edge_spec(doc, self.region_names, listed=False)
+            new = self.table.add(spec, time.monotonic())
+        except RoutingError as exc:
+            raise HttpError(409 if "listed" in str(exc) else 400, str(exc)) from None
+        log.info("%s %s: region %s, capacity %.0f B/s", "registered" if new else "re-registered", spec.url, spec.region, spec.capacity)
+        await self._poll(spec.url)
+        return json_response(self._edge_row(spec), status=201 if new else 200)
+
+    def _check_registrar(self, request: web.Request) -> None:
+        secret = self.config.register_secret
+        if secret is None:
+            try:
+                loopback = ipaddress.ip_address(request.remote or "").is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise HttpError(403, "registrations are taken from loopback only (start the router with --register-secret-file)")
+            return
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer "):
+            raise HttpError(
+                401, "registration needs Authorization: Bearer <the router's registration secret>", {"WWW-Authenticate": "Bearer"}
+            )
+        if not hmac.compare_digest(given[7:].strip().encode(), secret.encode()):
+            raise HttpError(403, "wrong registration secret")
+
+    def _edge_row(self, spec: EdgeSpec) -> dict:
+        h = self.table.health[spec.url]
+        return {
+            "url": spec.url,
+            "region": spec.region,
+            "capacity_Bps": spec.capacity,
+            "listed": spec.listed,
+            "state": h.state,
+            "reason": h.reason,
+            "since_s": round(time.monotonic() - h.since, 1),
+            "egress_Bps": round(h.egress_Bps),
+            "load": round(h.load(spec.capacity), 3),
+            "error_rate": round(h.error_rate, 3),
+        }
+
+    async def get_status(self, _: web.Request) -> web.Response:
+        t = self.table.thresholds
+        return json_response(
+            {
+                **self.metrics.status(),
+                "poll_interval_s": self.config.poll_interval,
+                "poll_timeout_s": self.config.timeout,
+                "thresholds": {
+                    "down_after": t.down_after,
+                    "up_after": t.up_after,
+                    "max_error_rate": t.max_error_rate,
+                    "min_requests": t.min_requests,
+                    "hot_load": t.hot_load,
+                },
+                "dns": {"name": self.config.dns_name, "port": self.dns_address[1]} if self.dns_address else None,
+                "regions": sorted(self.region_names),
+                "edges": [self._edge_row(s) for s in sorted(self.table.edges.values(), key=lambda s: (s.region, s.url))],
+            }
+        )
+
+    # -- health ---------------------------------------------------------------------------------
+    async def _poll(self, url: str) -> None:
+        """One /status poll of one edge, its outcome handed to the table."""
+        assert self.session is not None
+        now = time.monotonic()
+        health = self.table.health.get(url)
+        if health is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.timeout), self.session.get(url + "/status", allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"/status answered {resp.status}")
+                body = await read_bounded(resp, MAX_STATUS, url, "/status")
+            sample = sample_from_status(json.loads(body), time.monotonic())
+        except TimeoutError:
+            changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
+        except UpstreamError as exc:
+            changed = health.failed(now, exc.message, self.table.thresholds)
+        except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
+            changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
+        else:
+            changed = health.succeeded(sample, self.table.thresholds)
+        if changed and url in self.table.edges:
+            level = logging.WARNING if health.state == DOWN else logging.INFO
+            log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
+            self.metrics.events[(f"edge_{health.state}", "")] += 1
+
+    async def poll_all(self) -> None:
+        urls = list(self.table.edges)
+        await asyncio.gather(*(self._poll(u) for u in urls))
+        now = time.monotonic()
+        for url in self.table.forgettable(now, FORGET_AFTER):
+            log.info("forgot %s: registered, and down for over %g s", url, FORGET_AFTER)
+            self.table.remove(url)
+
+    async def poll_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_all()
+            except Exception:  # a bug must not stop health checks: the table would freeze as it is
+                log.exception("health poll failed")
+            await asyncio.sleep(max(0.0, self.config.poll_interval - (time.monotonic() - started)))
+
+    # -- DNS --------------------------------------------------------------------------------------
+    def dns_answer(self, packet: bytes, address: str) -> bytes | None:
+        """The answer to one DNS packet from ``address``; None when nothing should be sent (not a query at all)."""
+        try:
+            query = DNSRecord.parse(packet)
+        except (DNSError, ValueError, IndexError, UnicodeError):
+            self.metrics.events[("dns_refused", "formerr")] += 1
+            if len(packet) < 12:
+                return None
+            return DNSRecord(DNSHeader(id=int.from_bytes(packet[:2], "big"), qr=1, rcode=RCODE.FORMERR)).pack()
+        if query.header.qr or query.header.opcode != 0:  # an answer, or not a standard query: nothing to say
+            return None
+        reply = query.reply()
+        reply.header.ra = 0
+        if len(query.questions) != 1:
+            reply.header.rcode = RCODE.FORMERR
+            return reply.pack()
+        qname = str(query.q.qname).rstrip(".").lower()
+        zone = self.config.dns_name.lower()
+        if qname != zone and not qname.endswith("." + zone):
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.REFUSED  # not our name: we answer for one zone only
+            self.metrics.events[("dns_refused", "zone")] += 1
+            return reply.pack()
+        qtype = query.q.qtype
+        if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
+            return reply.pack()  # the name exists, with no record of that type
+        version = 6 if qtype == QTYPE.AAAA else 4
+        try:
+            decision = self.decide(address, qname, "dns", lambda s: s.address is not None and s.address.version == version)
+        except HttpError as exc:
+            reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
+            self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
+            return reply.pack()
+        for c in decision.ranked[: self.config.dns_answers]:
+            rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
+            reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
+        return reply.pack()
+
+    async def start_dns(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _DnsProtocol(self), local_addr=(host, port))
+        except OSError as exc:
+            raise SystemExit(f"edgeswarm router: cannot listen for DNS on udp {host}:{port}: {exc.strerror or exc}") from None
+        self.dns_transport = transport
+        self.dns_address = transport.get_extra_info("sockname")[:2]
+        log.info("router dns listening on udp://%s:%d for %s", *self.dns_address, self.config.dns_name)
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def app(self, dns: tuple[str, int] | None = None) -> web.Application:
+        app = make_app(self.metrics)
+        app.router.add_get("/status", self.get_status)
+        app.router.add_get("/edges", self.get_edges)
+        app.router.add_post("/register", self.post_register)
+        app.router.add_get("/{path:.*}", self.redirect)  # HEAD too
+
+        async def lifecycle(app: web.Application):
+            self.session = aiohttp.ClientSession(
+                auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=256, force_close=False),
+                headers={"User-Agent": "edgeswarm-router"},
+            )
+            if dns is not None:
+                await self.start_dns(*dns)
+            await self.poll_all()  # before the first client: every listed edge has a state
+            poller = asyncio.create_task(self.poll_loop())
+            yield
+            poller.cancel()
+            if self.dns_transport is not None:
+                self.dns_transport.close()
+            await self.session.close()
+
+        app.cleanup_ctx.append(lifecycle)
+        return app
+
+
+class _DnsProtocol(asyncio.DatagramProtocol):
+    """UDP: one query, one answer; whatever arrives, the router keeps running."""
+
+    def __init__(self, router: Router):
+        self.router = router
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            answer = self.router.dns_answer(data, addr[0])
+        except Exception:  # a bug: one log line per kind, never a dead DNS server
+            if self.router.quiet.allow(logging.ERROR, "dns bug"):
+                log.exception("DNS query from %s failed", addr[0])
+            answer = None
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.router.quiet.log(logging.INFO, "dns send", "DNS: %s", exc)
+
+
+async def run(router: Router, listen: tuple[str, int], dns: tuple[str, int] | None, access_log: bool, limits: ServerLimits | None) -> None:
+    await serve(router.app(dns), *listen, "router", access_log, None, limits)

@@ -1,0 +1,371 @@
+"""The router with real daemons: regions, 302s curl follows, dig, health polls, peers with --router, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import curl, make_file
+
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
+EAST_CLIENT, WEST_CLIENT = "127.1.0.5", "127.2.0.5"
+POLL = 1.0  # the router's --poll-interval in these tests
+
+
+def start_edge(nodes, tmp_path: Path, origin, name: str, host: str):
+    """A plain edge on its own loopback address, so a DNS answer (an address, no port) names it."""
+    return nodes.start("edge", "--cache", str(tmp_path / name), "--parent", origin.url, host=host, name=name)
+
+
+def start_router(nodes, tmp_path: Path, *edges: tuple[object, str], extra: tuple[str, ...] = (), capacity: str = "10MB/s"):
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    args = ["--regions", str(regions), "--poll-interval", str(POLL), "--dns-port", "0", "--dns-name", "cdn.test", *extra]
+    for node, region in edges:
+        args += ["--edge", f"{node.url},{region},{capacity}"]
+    return nodes.start("router", *args, name="router")
+
+
+def ask(router, path: str, client: str, *extra: str) -> subprocess.CompletedProcess:
+    return curl("--interface", client, *extra, router.url + path)
+
+
+def location(router, path: str, client: str) -> str:
+    out = ask(router, path, client, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}").stdout.decode()
+    status, _, target = out.partition(" ")
+    assert status == "302", out
+    return target
+
+
+def edges_for(router, client: str, path: str = "") -> list[str]:
+    out = ask(router, f"/edges?path={path}" if path else "/edges", client)
+    return [e["url"] for e in json.loads(out.stdout)["edges"]]
+
+
+def up_edges(router, client: str) -> list[str]:
+    """The client's up edges, or [] while the router has none (503)."""
+    body, _, status = ask(router, "/edges", client, "-w", "\n%{http_code}").stdout.decode().rpartition("\n")
+    return [e["url"] for e in json.loads(body)["edges"]] if status == "200" else []
+
+
+def dig(router_status: dict, client: str, name: str = "cdn.test", *extra: str) -> list[str]:
+    port = router_status["dns"]["port"]
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "-b", client, name, "+short", "+tries=1", "+time=2", *extra],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return out.stdout.split()
+
+
+def router_status(router) -> dict:
+    return json.loads(curl(router.url + "/status").stdout)
+
+
+def restart(node) -> None:
+    node.port = urlsplit(node.url).port
+    node.start()
+
+
+needs_tools = pytest.mark.skipif(not (shutil.which("curl") and shutil.which("dig")), reason="needs curl and dig (Debian dnsutils)")
+
+
+@pytest.fixture
+def deployment(nodes, tmp_path, origin, published):
+    """Two edges in east, one in west, a router in front; a 3 MiB file published and seen by the origin."""
+    data = make_file(published / "films" / "a.bin", 3 * 1024 * 1024)
+    e1 = start_edge(nodes, tmp_path, origin, "e1", "127.10.0.1")
+    e2 = start_edge(nodes, tmp_path, origin, "e2", "127.10.0.2")
+    w1 = start_edge(nodes, tmp_path, origin, "w1", "127.20.0.1")
+    router = start_router(nodes, tmp_path, (e1, "east"), (e2, "east"), (w1, "west"))
+    deadline = time.monotonic() + 10
+    while curl("-o", "/dev/null", "-w", "%{http_code}", origin.url + "/films/a.bin").stdout != b"200":
+        assert time.monotonic() < deadline, "origin did not publish the file"
+        time.sleep(0.1)
+    return {"data": data, "east": [e1.url, e2.url], "west": [w1.url], "router": router, "edges": {"e1": e1, "e2": e2, "w1": w1}}
+
+
+@needs_tools
+def test_each_region_goes_to_its_edges_and_curl_follows_to_an_identical_file(deployment, tmp_path):
+    router = deployment["router"]
+    east = location(router, "/films/a.bin", EAST_CLIENT)
+    assert east.rsplit("/films/", 1)[0] in deployment["east"] and east.endswith("/films/a.bin")
+    assert all(location(router, "/films/a.bin", f"127.1.0.{n}") == east for n in range(6, 10))  # one path, one edge
+    west = location(router, "/films/a.bin?token=x", WEST_CLIENT)
+    assert west == deployment["west"][0] + "/films/a.bin?token=x"  # the request target kept as it came
+    ranked = edges_for(router, EAST_CLIENT, "films/a.bin")
+    assert sorted(ranked) == sorted(deployment["east"]) and east.startswith(ranked[0] + "/")
+    out = tmp_path / "a.bin"
+    got = ask(router, "/films/a.bin", EAST_CLIENT, "-L", "-o", str(out), "-w", "%{http_code} %{num_redirects}")
+    assert got.stdout == b"200 1", got.stderr
+    assert out.read_bytes() == deployment["data"]
+
+
+@needs_tools
+def test_dig_gets_the_chosen_edges_address(deployment):
+    router = deployment["router"]
+    st = router_status(router)
+    east = dig(st, EAST_CLIENT)
+    assert len(east) == 1 and east[0] in {"127.10.0.1", "127.10.0.2"}
+    assert dig(st, "127.1.0.77") == east  # the name is the key: the region's clients agree
+    assert dig(st, WEST_CLIENT) == ["127.20.0.1"]
+    assert dig(st, EAST_CLIENT, "x.cdn.test") != [] and dig(st, EAST_CLIENT, "cdn.test", "AAAA") == []  # no IPv6 edge
+    chosen = next(n for n in deployment["edges"].values() if n.host == east[0])
+    chosen.kill()
+    time.sleep(2 * POLL)
+    other = ({"127.10.0.1", "127.10.0.2"} - set(east)).pop()
+    assert dig(st, EAST_CLIENT) == [other]
+
+
+@needs_tools
+def test_a_killed_edge_is_out_within_two_polls_and_back_after_a_restart(deployment):
+    router = deployment["router"]
+    path = "/films/a.bin"
+    chosen_url = location(router, path, EAST_CLIENT).rsplit("/films/", 1)[0]
+    chosen = next(n for n in deployment["edges"].values() if n.url == chosen_url)
+    chosen.kill()
+    time.sleep(2 * POLL)
+    assert chosen_url not in edges_for(router, EAST_CLIENT, "films/a.bin")
+    assert not location(router, path, EAST_CLIENT).startswith(chosen_url)  # its next request goes elsewhere
+    row = next(e for e in router_status(router)["edges"] if e["url"] == chosen_url)
+    assert row["state"] == "down" and row["reason"]
+    restart(chosen)
+    deadline = time.monotonic() + 10 * POLL
+    while chosen_url not in edges_for(router, EAST_CLIENT):
+        assert time.monotonic() < deadline, "a restarted edge was not put back"
+        time.sleep(POLL / 4)
+    assert location(router, path, EAST_CLIENT).startswith(chosen_url)  # and its paths come back to it
+
+
+@needs_tools
+def test_a_peer_with_router_completes_while_its_first_edge_is_killed(deployment, nodes, tmp_path):
+    router = deployment["router"]
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--router", router.url, "--listen", f"{EAST_CLIENT}:0", "--gateway", "127.0.0.1:0"),
+        *("--download-limit", "1MB/s"),
+        name="peer",
+    )
+    st = json.loads(curl(peer.urls["gateway"] + "/status").stdout)
+    edges = [e["url"] for e in st["edges"]]
+    assert sorted(edges) == sorted(deployment["east"])  # its region's edges, from the router
+    first_edge = next(n for n in deployment["edges"].values() if n.url == edges[0])
+    assert curl("-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", peer.urls["gateway"] + "/films/a.bin").stdout == b"202"
+    deadline = time.monotonic() + 20
+    while not _swarm(peer).get("held"):
+        assert time.monotonic() < deadline, "no piece arrived"
+        time.sleep(0.1)
+    first_edge.kill()
+    deadline = time.monotonic() + 60
+    while not _swarm(peer).get("complete"):
+        assert time.monotonic() < deadline, f"not complete: {_swarm(peer)}"
+        time.sleep(0.2)
+    assert curl(peer.urls["gateway"] + "/films/a.bin").stdout == deployment["data"]
+    deadline = time.monotonic() + 15  # the router's next answer (every 5 s, sooner after a failure) drops it
+    while first_edge.url in [e["url"] for e in json.loads(curl(peer.urls["gateway"] + "/status").stdout)["edges"]]:
+        assert time.monotonic() < deadline, "the peer kept an edge the router reports down"
+        time.sleep(0.2)
+
+
+def _swarm(peer) -> dict:
+    swarms = json.loads(curl(peer.urls["gateway"] + "/status").stdout)["swarms"]
+    return swarms[0] if swarms else {}
+
+
+GET_OPTS = ("--listen", f"{WEST_CLIENT}:0", "--stall-timeout", "20")
+
+
+@needs_tools
+def test_get_with_router_and_a_bare_path(deployment, tmp_path):
+    out = tmp_path / "got.bin"
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "get", "--router", deployment["router"].url, "/films/a.bin", "-o", str(out), *GET_OPTS],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert out.read_bytes() == deployment["data"]
+
+
+@needs_tools
+def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    router = start_router(nodes, tmp_path, extra=("--register-secret-file", str(secret)))
+    w1 = start_edge(nodes, tmp_path, origin, "w1", "127.20.0.1")
+
+    def register(body: str, *headers: str) -> tuple[str, str]:
+        args = ["-X", "POST", "-H", "Content-Type: application/json", *(a for h in headers for a in ("-H", h)), "-d", body]
+        out = curl(*args, "-w", "\n%{http_code}", router.url + "/register").stdout.decode()
+        text, _, status = out.rpartition("\n")
+        return status, text
+
+    good = json.dumps({"url": w1.url, "region": "west", "capacity": "10MB/s"})
+    assert register(good)[0] == "401"
+    assert register(good, "Authorization: Bearer wrong")[0] == "403"
+    auth = "Authorization: Bearer s3cret"
+    status, text = register(json.dumps({"url": w1.url, "region": "north", "capacity": "1MB/s"}), auth)
+    assert status == "400" and "unknown region 'north'" in text and "east, west" in text
+    for body in ("{", "[]", json.dumps({"url": "gopher://x", "region": "west", "capacity": 1}), '{"url": 1}'):
+        status, text = register(body, auth)
+        assert status == "400" and text.strip(), (body, text)
+    status, text = register(good, auth)
+    assert status == "201" and json.loads(text)["state"] == "up"  # polled before the answer
+    assert location(router, "/films/x", WEST_CLIENT) == w1.url + "/films/x"
+    assert register(good, auth)[0] == "200"  # again: an update
+
+    unmapped = ask(router, "/films/x", "127.0.0.1", "-w", " %{http_code}").stdout.decode()
+    assert unmapped.endswith(" 403") and "region map does not cover" in unmapped
+    assert location(router, "/films/x", EAST_CLIENT) == w1.url + "/films/x"  # no edge of east: another region's
+    assert json.loads(ask(router, "/edges", EAST_CLIENT).stdout)["fallback"] is True
+    assert ask(router, "/%ff", WEST_CLIENT, "-w", " %{http_code}").stdout.decode().endswith(" 400")
+
+    st = router_status(router)
+    port = st["dns"]["port"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.bind((WEST_CLIENT, 0))
+        for junk in (b"", b"\x00", os.urandom(11), b"\x12\x34" + os.urandom(40), b"\x12\x34\x81\x80" + bytes(8)):
+            s.sendto(junk, ("127.0.0.1", port))
+        s.sendto(b"\xab\xcd" + os.urandom(30), ("127.0.0.1", port))
+        answers = []
+        try:
+            while True:
+                answers.append(s.recv(4096))
+        except TimeoutError:
+            pass
+        assert all(len(a) >= 12 and a[2] & 0x80 for a in answers)  # whatever came back is a DNS answer
+    assert dig(st, WEST_CLIENT) == ["127.20.0.1"]  # still answering
+    refused = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "-b", WEST_CLIENT, "example.org", "+tries=1", "+time=2"], capture_output=True, text=True
+    )
+    assert "status: REFUSED" in refused.stdout
+    assert (
+        "status: REFUSED"
+        in subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(port), "-b", "127.0.0.1", "cdn.test", "+tries=1", "+time=2"], capture_output=True, text=True
+        ).stdout
+    )  # an unmapped client
+    assert router.running
+
+
+@pytest.mark.integration
+def test_router_refuses_bad_configuration(tmp_path):
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    cases = [
+        (["--regions", str(tmp_path / "missing.yaml")], "cannot read region map"),
+        (["--regions", str(regions), "--edge", "http://127.10.0.1:1,north,1MB/s"], "unknown region 'north'"),
+        (["--regions", str(regions), "--edge", "http://127.10.0.1:1,east"], "URL,REGION,CAPACITY"),
+        (["--regions", str(regions), "--default-region", "north"], "--default-region 'north'"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for args, words in cases:
+        run = subprocess.run([sys.executable, "-m", "edgeswarm", "router", *args], capture_output=True, text=True, timeout=30, env=env)
+        assert run.returncode == 2 and words in run.stderr, (args, run.stderr)
+
+
+def test_dns_answers_never_raise():
+    """The DNS handler in process, fed every kind of packet: an answer or silence, never an exception."""
+    from dnslib import DNSRecord
+
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
+    from edgeswarm.roles.router import Router, RouterConfig
+
+    table = RoutingTable()
+    table.add(EdgeSpec("http://127.10.0.1:8080", "east", 1e6), 0.0)
+    table.health["http://127.10.0.1:8080"].succeeded(Sample(1.0, 0, 0, 0), table.thresholds)
+    router = Router(
+        RegionMap.from_doc({"regions": [{"name": "east", "isp": "a", "networks": ["127.1.0.0/16"]}]}),
+        table,
+        RouterConfig(dns_name="cdn.test"),
+    )
+    good = DNSRecord.question("cdn.test").pack()
+    answer = DNSRecord.parse(router.dns_answer(good, EAST_CLIENT))
+    assert [str(r.rdata) for r in answer.rr] == ["127.10.0.1"] and answer.header.aa
+    assert DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", "MX").pack(), EAST_CLIENT)).rr == []
+    rng = __import__("random").Random(7)
+    for n in range(3000):
+        packet = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            packet[rng.randrange(len(packet))] = rng.randrange(256)
+        packet = bytes(packet[: rng.randint(0, len(packet))]) if n % 3 == 0 else bytes(packet)
+        reply = router.dns_answer(packet, EAST_CLIENT)
+        assert reply is None or DNSRecord.parse(reply).header.qr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
+def test_bench_router_runs_end_to_end(tmp_path):
+    """The benchmark's figures are real (every way made decisions) and it leaves nothing running; no figure is a target."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "bench", "router", "--duration", "1", "--json", str(out), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["http"]["decisions_per_s"] > 0 and r["dns"]["decisions_per_s"] > 0 and r["policy"]["decisions_per_s"] > 0
+    assert "decisions/s" in run.stdout
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "w")], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+
+
+@needs_tools
+def test_an_edge_registers_itself_and_gets_its_regions_clients(nodes, tmp_path, origin):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    router = start_router(nodes, tmp_path, extra=("--register-secret-file", str(secret)))
+    e1 = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "e1"), "--parent", origin.url, "--register-with", router.url, "--register-region", "east"),
+        *("--register-capacity", "10MB/s", "--register-secret-file", str(secret)),
+        host="127.10.0.1",
+        name="e1",
+    )
+    deadline = time.monotonic() + 10 * POLL
+    while e1.url not in up_edges(router, EAST_CLIENT):
+        assert time.monotonic() < deadline, router_status(router)["edges"]
+        time.sleep(POLL / 4)
+    assert location(router, "/films/x", EAST_CLIENT) == e1.url + "/films/x"
+    row = router_status(router)["edges"][0]
+    assert (row["url"], row["region"], row["capacity_Bps"], row["listed"]) == (e1.url, "east", 10_000_000, False)
+    assert "registered with router" in e1.log_text()
+
+
+@needs_tools
+def test_a_hot_edge_hands_its_paths_to_another_until_it_cools(nodes, tmp_path, origin, published):
+    """Edges stated at 200 KB/s: a 3 MiB download makes the chosen one run far above capacity for a poll or two."""
+    data = make_file(published / "films" / "a.bin", 3 * 1024 * 1024)
+    e1 = start_edge(nodes, tmp_path, origin, "e1", "127.10.0.1")
+    e2 = start_edge(nodes, tmp_path, origin, "e2", "127.10.0.2")
+    router = start_router(nodes, tmp_path, (e1, "east"), (e2, "east"), capacity="200KB/s")
+    deadline = time.monotonic() + 10
+    while curl("-o", "/dev/null", "-w", "%{http_code}", origin.url + "/films/a.bin").stdout != b"200":
+        assert time.monotonic() < deadline, "origin did not publish the file"
+        time.sleep(0.1)
+    chosen = location(router, "/films/a.bin", EAST_CLIENT).rsplit("/films/", 1)[0]
+    assert ask(router, "/films/a.bin", EAST_CLIENT, "-L").stdout == data  # through the chosen edge
+    seen, deadline = [], time.monotonic() + 4 * POLL
+    while time.monotonic() < deadline:
+        seen.append(location(router, "/films/a.bin", EAST_CLIENT).rsplit("/films/", 1)[0])
+        time.sleep(POLL / 10)
+    assert set(seen) - {chosen}, "the hot edge kept its path"  # moved while hot...
+    assert seen[-1] == chosen  # ...and came back once its egress fell
+    row = next(e for e in router_status(router)["edges"] if e["url"] == chosen)
+    assert row["state"] == "up"
