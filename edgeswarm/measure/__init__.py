@@ -1,4 +1,4 @@
-"""measure: running the real thing and counting - the lab, scenarios, network namespaces, chaos, benches, demo.
+"""measure: real daemons as processes, measured - the lab, scenarios, network namespaces, chaos, benches, demo.
 
-May import every layer, roles included (it starts them as processes, and drives the CLI).
+May import every layer, roles included; it starts the daemons as processes through the CLI.
 """

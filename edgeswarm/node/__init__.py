@@ -1,4 +1,5 @@
 """node: what every daemon shares - the aiohttp app, file serving, the upstream client, metrics, connection limits.
 
-May import protocol, policy, trust and store; never roles, measure, sim or cli.
+Imports no roles, measure, sim or cli (import-linter contracts in pyproject.toml); it uses protocol, policy, store
+and edgeswarm.errors.
 """

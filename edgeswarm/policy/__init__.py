@@ -1,4 +1,5 @@
-"""policy: the decisions, sans-IO and deterministic - piece picking, choking, tracking, source ranking, eviction.
+"""policy: the decisions, deterministic and without I/O - piece picking, choking, tracking, source ranking, eviction.
 
-May import the standard library and other policy modules only: no I/O, no third-party library, no other layer.
+Imports only the standard library, other policy modules and edgeswarm.errors (import-linter contract in
+pyproject.toml, and tests/test_layers.py for any third-party package).
 """

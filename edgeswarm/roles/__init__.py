@@ -1,5 +1,5 @@
 """roles: the daemons and their commands - origin, edge, peer (with its swarm), get, the tracker service.
 
-May import every layer below (protocol, policy, trust, store, node) and other roles; never measure or sim.
-Only cli and measure import a role.
+Import neither measure, sim nor cli, and only cli, measure and other roles import a role (import-linter contracts
+in pyproject.toml); they use every layer below: protocol, policy, trust, store, node.
 """

@@ -32,9 +32,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
-from edgeswarm.node.registrar import Registration
 from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.ratelimit import TokenBucket

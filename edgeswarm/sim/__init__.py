@@ -1,4 +1,4 @@
 """sim: in memory and virtual time - the server-load model, traces, the swarm simulator, their reports.
 
-May import protocol, policy and measure's reports; never roles.
+Imports no role (import-linter contract in pyproject.toml); it uses policy, protocol and measure's report helpers.
 """

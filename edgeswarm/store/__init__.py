@@ -1,4 +1,5 @@
 """store: what a node keeps on disk - the piece store, the origin's catalogue, the usage ledger.
 
-May import protocol, policy and trust; never roles, measure, sim or cli.
+Imports no roles, measure, sim or cli (import-linter contracts in pyproject.toml); it uses protocol, policy, trust
+and edgeswarm.errors.
 """

@@ -1,4 +1,5 @@
 """trust: who may do what - signing and key pinning, tokens, access checks, protected content, TLS.
 
-May import protocol, policy and node (an HTTP client to fetch keys); never roles, measure, sim or cli.
+Imports no roles, measure, sim or cli (import-linter contracts in pyproject.toml); it uses protocol, node's HTTP
+client (to fetch keys) and edgeswarm.errors.
 """
