@@ -43,6 +43,7 @@ PIECE = 256 * 1024
 RTT = 0.002  # seconds for a request to reach its server and the answer's head to come back
 TIMEOUT = 10.0  # seconds a request to a node that is down takes to fail
 CID = "c0ffee"
+IDLE_SAMPLE = 0.5  # seconds between two looks at which uplinks idle
 
 
 @dataclass
@@ -107,6 +108,9 @@ class Uplink:
         self._flows[next(self._ids)] = [float(nbytes), done]
         self._schedule()
 
+    def busy(self) -> bool:
+        return bool(self._flows)
+
     def _advance(self) -> None:
         if self._flows:
             share = self.rate * (self.loop.now - self._last) / len(self._flows)
@@ -139,6 +143,7 @@ class SimEdge:
         self.seeder = SuperSeeder()
         self.sent: Counter[str] = Counter()  # region -> bytes
         self.forced: Counter[str] = Counter()  # region -> bytes a reader's deadline forced (urgent /piece)
+        self._seeds: list[Callable[[], None]] = []  # /seed answers in order of asking; the first is being sent
 
     def down(self) -> bool:
         window = self.sim.crowd.edge_down
@@ -163,8 +168,21 @@ class SimEdge:
         if index is None:
             self.sim.loop.after(RTT, reply, Result("none"))
             return
-        self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
-        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n, index, data=True)))
+        self.seeder.record(self.sim.loop.now, asker.region.name, CID, index, asker.key)  # before the queue, as the edge's _copy
+
+        def send() -> None:
+            self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
+            self._send(asker, index, lambda seconds, n: (reply(Result("ok", seconds, n, index, data=True)), self._next_seed()))
+
+        self._seeds.append(send)
+        if len(self._seeds) == 1:
+            send()
+
+    def _next_seed(self) -> None:
+        """One /seed answer at a time (``Edge.post_seed``): the first asker's piece lands in one piece time, not N."""
+        self._seeds.pop(0)
+        if self._seeds:
+            self._seeds[0]()
 
     def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:
         """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``)."""
@@ -416,6 +434,8 @@ class Outcome:
     finished: int
     events: dict = field(default_factory=dict)
     edge_sent: dict = field(default_factory=dict)  # edge URL -> bytes
+    # the longest a peer's uplink sent nothing while it held a piece another peer still lacked (sampled)
+    idle_uplink_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -431,6 +451,8 @@ class Simulation:
         self.peers: dict[str, SimPeer] = {}
         self.crowd_peers: list[SimPeer] = []
         self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
+        self.idle: Counter[str] = Counter()  # peer id -> seconds its uplink has idled with something to give (sampled)
+        self.longest_idle = 0.0  # the longest such stretch
 
     def piece_len(self, index: int) -> int:
         return min(PIECE, self.crowd.size - index * PIECE)
@@ -446,8 +468,20 @@ class Simulation:
             hole.announce()
         for i in range(c.peers):
             self.loop.after(i * c.stagger, self._join, i)
+        self.loop.after(IDLE_SAMPLE, self._sample_idle)
         self.loop.run(lambda: len(self.crowd_peers) == c.peers and all(p.done_at is not None for p in self.crowd_peers), c.limit)
         return self._outcome()
+
+    def _sample_idle(self) -> None:
+        """Time each uplink's stretches of sending nothing while it holds a piece another peer still lacks."""
+        live = [(p, p.engine.picker.have) for p in self.crowd_peers if not p.left]
+        for p, held in live:
+            if not p.uplink.busy() and any(not held <= other for q, other in live if q is not p):
+                self.idle[p.peer_id] += IDLE_SAMPLE
+                self.longest_idle = max(self.longest_idle, self.idle[p.peer_id])
+            else:
+                self.idle[p.peer_id] = 0.0
+        self.loop.after(IDLE_SAMPLE, self._sample_idle)
 
     def _join(self, i: int) -> None:
         p = SimPeer(self, i, i % self.crowd.regions + 1)
@@ -475,6 +509,7 @@ class Simulation:
             finished=len(done),
             events=dict(self.events) | {"announces": sum(p.announces for p in ps)},
             edge_sent={e.url: sum(e.sent.values()) for e in self.edges},
+            idle_uplink_s=self.longest_idle,
         )
 
 
