@@ -311,9 +311,12 @@ class Engine:
         if active >= MAX_PEERS:
             return
         scored = [(self.useful(n), n) for n in self.neighbours.values() if not n.working]
-        # same region first, then the one our workers left longest ago (never asked: first), then in an order of
-        # our own (a hash), so that a crowd's downloaders, who learn their neighbours in the same order, spread out
-        ranked = sorted(((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, t[1].idle_since, self._order(t[1])))
+        # same region first, then the one our workers left longest ago (never asked: first), then one with a few
+        # pieces for us before one with fewer (a streaming reader's window), then in an order of our own (a hash),
+        # so that a crowd's downloaders, who learn their neighbours in the same order, spread out
+        ranked = sorted(
+            ((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, t[1].idle_since, -min(t[0], URGENT), self._order(t[1]))
+        )
         for _, n in ranked[: max(0, MAX_PEERS - active)]:
             n.working = True
             self.host.spawn(self.peer_worker(n))
