@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -51,7 +51,6 @@ from edgeswarm.upstream import Upstream, UpstreamError
 log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
-SEED_TURN = 4.0  # a /seed answer's turn at the capped upload: this many times its piece's time at the cap
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 
 
@@ -120,7 +119,6 @@ class Edge:
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
-        self._seed_turn = asyncio.Lock()  # /seed answers go out one at a time (see _one_seed_at_a_time)
         self.seed_stats = RegionStats()
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         if tracker is not None:
@@ -369,42 +367,9 @@ class Edge:
             return web.Response(status=204)
         with self._copy(request, cid, index):  # before any wait, so that concurrent askers get other pieces
             data = self._cached_piece(store, cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
-            async with self._one_seed_at_a_time(len(data)):
-                resp = await self._send_to_node(request, signed, grant, index, data, "seed")
+            resp = await self._send_to_node(request, signed, grant, index, data, "seed")
         self.seed_stats.seeded[(region, "sent")] += 1
         return resp
-
-    @contextlib.asynccontextmanager
-    async def _one_seed_at_a_time(self, nbytes: int) -> AsyncIterator[None]:
-        """Send /seed answers one after the other, in order of asking, when the upload is capped.
-
-        Sent side by side, the N answers of a crowd that starts together share
-        the cap and all land after N piece times, and until then no peer holds
-        anything to trade: 2.6 s of 20 idle uplinks at `bench swarm`'s
-        defaults.  One at a time, the first lands after one piece time and the
-        region trades it while the edge sends the next.  A turn lasts at most
-        SEED_TURN times what the piece takes at the cap: a peer that stops
-        reading its answer holds up the others no longer than that, and its
-        answer then goes on beside theirs.
-        """
-        if not self.bucket.rate:
-            yield
-            return
-        await self._seed_turn.acquire()
-        held = True
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                self._seed_turn.release()
-
-        timer = asyncio.get_running_loop().call_later(SEED_TURN * nbytes / self.bucket.rate, release)
-        try:
-            yield
-        finally:
-            timer.cancel()
-            release()
 
     def _cached_piece(self, store: PieceStore, cid: str, index: int) -> bytes | None:
         """The piece if the cache holds it, counted as a hit (a miss is counted by the fill that follows)."""

@@ -143,7 +143,6 @@ class SimEdge:
         self.seeder = SuperSeeder()
         self.sent: Counter[str] = Counter()  # region -> bytes
         self.forced: Counter[str] = Counter()  # region -> bytes a reader's deadline forced (urgent /piece)
-        self._seeds: list[Callable[[], None]] = []  # /seed answers in order of asking; the first is being sent
 
     def down(self) -> bool:
         window = self.sim.crowd.edge_down
@@ -168,21 +167,8 @@ class SimEdge:
         if index is None:
             self.sim.loop.after(RTT, reply, Result("none"))
             return
-        self.seeder.record(self.sim.loop.now, asker.region.name, CID, index, asker.key)  # before the queue, as the edge's _copy
-
-        def send() -> None:
-            self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
-            self._send(asker, index, lambda seconds, n: (reply(Result("ok", seconds, n, index, data=True)), self._next_seed()))
-
-        self._seeds.append(send)
-        if len(self._seeds) == 1:
-            send()
-
-    def _next_seed(self) -> None:
-        """One /seed answer at a time (``Edge.post_seed``): the first asker's piece lands in one piece time, not N."""
-        self._seeds.pop(0)
-        if self._seeds:
-            self._seeds[0]()
+        self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
+        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n, index, data=True)))
 
     def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:
         """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``)."""
