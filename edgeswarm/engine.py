@@ -185,14 +185,7 @@ class Engine:
         self.host.changed()
 
     def reading(self, index: int) -> None:
-        """A reader waits for piece ``index``: it and the next ones become urgent, the window moves.
-
-        A read that starts where we hold nothing before it (a player's first
-        request, a seek) marks its first URGENT pieces as a startup: the player
-        plays nothing until they are here (``PiecePicker.pick_urgent``).
-        """
-        if index - 1 not in self.picker.have and index - 1 not in self._readers and index not in self._readers:
-            self.picker.read_starts(index, URGENT)
+        """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
         self._readers[index] += 1
         self.picker.wait_for(index, self.clock())
         self.picker.readers_at(self._readers, URGENT, WINDOW)

@@ -49,7 +49,6 @@ class PiecePicker:
         # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
         # serving several requesters at 2 MB/s takes about a second for a 256 KiB piece
         self.seed_patience = 1.0
-        self.startup: set[int] = set()  # the first pieces of reads that start where we hold nothing (play, a seek)
         self._peers: dict[str, set[int]] = {}
         self._asked: dict[str, float] = {}  # peer source -> when its worker last asked for a piece
         self._in_flight: dict[int, dict[str, float]] = {}  # piece -> {source: started}
@@ -116,10 +115,6 @@ class PiecePicker:
             self.urgent = sorted(i for i in set(positions) if i not in self.have)[:urgent]
         else:
             self.stream(positions, urgent, window)
-
-    def read_starts(self, index: int, pieces: int) -> None:
-        """A read starts at ``index`` with nothing held before it: its first ``pieces`` are a player's startup."""
-        self.startup.update(range(index, min(self.count, index + pieces)))
 
     def wait_for(self, index: int, now: float) -> None:
         """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
@@ -234,11 +229,6 @@ class PiecePicker:
         piece no peer holds yet is on its way to one (readers that start
         together all lack the same next pieces): the edge takes it only once a
         reader has waited ``seed_patience`` for it.
-
-        A read's first pieces (``startup``: a player waits for them before it
-        plays at all) have shorter deadlines, as libtorrent's time-critical
-        pieces have: the edge takes one after ``patience`` with no idle holder,
-        and races a peer that has had it in flight for ``patience``.
         """
         if source in self.paused:
             return None
@@ -247,20 +237,19 @@ class PiecePicker:
             if not usable(i):
                 continue
             flying = self._in_flight.get(i)
-            start = i in self.startup
             if not flying:
                 if (
                     not edge
                     or fallback
                     or (self.availability[i] == 0 and not seeding)
-                    or self._overdue(i, now, self.seed_patience if seeding and not start else self.patience)
+                    or self._overdue(i, now, self.seed_patience if seeding else self.patience)
                 ):
                     return i
             elif (
                 edge
                 and len(flying) < ENDGAME_COPIES
                 and not flying.keys() & self._edge_sources
-                and now - min(flying.values()) > (self.patience if start else self.deadline)
+                and now - min(flying.values()) > self.deadline
             ):
                 return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
         return None

@@ -261,42 +261,6 @@ def test_each_open_read_has_its_own_urgent_window():
     assert {62, 63} <= e.picker.wanted
 
 
-def test_a_players_first_pieces_have_shorter_deadlines():
-    """A read that starts where nothing is held (play, a seek): the edge takes its first URGENT pieces after
-    `patience` with no idle holder, and races a peer on them after `patience`; later pieces wait `seed_patience`."""
-    now = [0.0]
-    e, _ = make(count=32, now=now)
-    n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
-    assert n is not None
-    e.heard(n, "snapshot", range(32))
-    e.picker.start("b", 31, 0.0)  # b is busy: not an idle holder
-    for i in range(5):
-        e.reading(i)  # a response and its read-ahead
-    assert e.picker.startup == set(range(engine.URGENT))
-    p = e.picker
-    assert p.pick_urgent("edge", p.patience - 0.01, edge=True, seeding=True) is None
-    assert p.pick_urgent("edge", p.patience, edge=True, seeding=True) == 0, "a startup piece: the edge after `patience`"
-    p.start("edge", 0, p.patience, edge=True)
-    p.start("b", 1, p.patience)
-    assert p.pick_urgent("edge", 2 * p.patience + 0.01, edge=True, seeding=True) == 1, "b is late with a startup piece"
-
-    for i in range(5):  # the start is here
-        p.finish("edge", i, True)
-        e.read_done(i)
-    e.reading(20)  # a seek, and its read-ahead
-    e.reading(21)
-    assert {20, 21, 22, 23} <= p.startup
-    for i in range(20, 24):
-        p.finish("edge", i, True)
-    e.read_done(20)
-    e.read_done(21)
-    now[0] = later = 10.0
-    e.reading(24)  # the same reader, right after the pieces it got: not a startup
-    assert 24 not in p.startup
-    assert p.pick_urgent("edge", later + p.patience, edge=True, seeding=True) is None
-    assert p.pick_urgent("edge", later + p.seed_patience, edge=True, seeding=True) == 24
-
-
 # -- whole swarms in virtual time -------------------------------------------------------------------
 def test_viewers_who_press_play_together_trade_and_read_on_time():
     """12 gateways streaming at once, 2 regions, every default: most bytes from peers, none across regions,
