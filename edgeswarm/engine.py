@@ -297,7 +297,7 @@ class Engine:
 
     # -- staffing ----------------------------------------------------------------------------
     def staff(self) -> None:
-        """Keep workers on MAX_PEERS useful neighbours, same region first, then the least recently asked; one edge worker
+        """Keep workers on MAX_PEERS useful neighbours (in ``_rank``'s order); one edge worker
         for urgent needs and fallbacks, one asking the edge what to seed, and the scout (from the first want on)."""
         if self.closed:
             return
@@ -311,15 +311,20 @@ class Engine:
         if active >= MAX_PEERS:
             return
         scored = [(self.useful(n), n) for n in self.neighbours.values() if not n.working]
-        # same region first, then the one our workers left longest ago (never asked: first), then one with a few
-        # pieces for us before one with fewer (a streaming reader's window), then in an order of our own (a hash),
-        # so that a crowd's downloaders, who learn their neighbours in the same order, spread out
-        ranked = sorted(
-            ((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, t[1].idle_since, -min(t[0], URGENT), self._order(t[1]))
-        )
+        ranked = sorted(((u, n) for u, n in scored if u), key=self._rank)
         for _, n in ranked[: max(0, MAX_PEERS - active)]:
             n.working = True
             self.host.spawn(self.peer_worker(n))
+
+    def _rank(self, scored: tuple[int, Neighbour]) -> tuple:
+        """Staffing order (lowest first): same region first; then, for a stream, the most useful and fastest (the
+        reader's window is short); for a whole file, the one our workers left longest ago (never asked: first),
+        then in an order of our own (a hash), so a crowd's downloaders, who learn their neighbours in the same
+        order and find them about as useful, spread over every uplink."""
+        useful, n = scored
+        if not self.picker.whole_file:
+            return (not n.same_region, -useful, -(self.ranking.rate(n.url) or 0))
+        return (not n.same_region, n.idle_since, self._order(n))
 
     def _order(self, n: Neighbour) -> bytes:
         """This downloader's own arbitrary rank of a neighbour, stable for the download."""
@@ -328,7 +333,7 @@ class Engine:
     def _rotate(self, n: Neighbour) -> bool:
         """Should the worker on ``n`` leave it, for the useful neighbour none of our workers has asked for longest?
 
-        Yes, at most once every ROTATE seconds, when ``n`` is the slowest of our
+        For a whole file, yes, at most once every ROTATE seconds, when ``n`` is the slowest of our
         workers' neighbours and another useful one (as near) has no worker.  A
         worker otherwise stays on its neighbour for as long as that neighbour
         has pieces for us: for a whole file, the whole download.  So whichever
@@ -340,7 +345,7 @@ class Engine:
         uplink within a few seconds.
         """
         now = self.clock()
-        if now - self._rotated < ROTATE:
+        if now - self._rotated < ROTATE or not self.picker.whole_file:
             return False
         working = [m for m in self.neighbours.values() if m.working]
         slowest = min(working, key=lambda m: self.ranking.rate(m.url) or 0.0)
