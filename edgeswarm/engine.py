@@ -333,16 +333,17 @@ class Engine:
     def _rotate(self, n: Neighbour) -> bool:
         """Should the worker on ``n`` leave it, for the useful neighbour none of our workers has asked for longest?
 
-        For a whole file, yes, at most once every ROTATE seconds, when ``n`` is the slowest of our
-        workers' neighbours and another useful one (as near) has no worker.  A
-        worker otherwise stays on its neighbour for as long as that neighbour
-        has pieces for us: for a whole file, the whole download.  So whichever
-        uploaders the crowd's workers first landed on kept serving five or six
-        each while others, holding what everyone lacked, sent nothing: two of
-        the 20 uplinks of `bench swarm --mode get` idle for 10 s in the
-        simulator.  Rotating the slowest, as BitTorrent's optimistic unchoke
-        rotates on the uploader's side, spreads the requests over every
-        uplink within a few seconds.
+        For a whole file, yes, at most once every ROTATE seconds, when ``n`` is
+        the slowest of our workers' neighbours and another useful one (as near)
+        has no worker.  A worker otherwise stays on its neighbour for as long
+        as that neighbour has pieces for us: for a whole file, the whole
+        download.  So whichever uploaders the crowd's workers first landed on
+        kept serving five or six each while others, holding what everyone
+        lacked, sent nothing: two of the 20 uplinks of `bench swarm --mode get`
+        idle for 10 s in the simulator.  Rotating the slowest, as BitTorrent's
+        optimistic unchoke rotates on the uploader's side, spreads the requests
+        over every uplink within a few seconds.  Streams do not rotate: a
+        reader's window is short, and its most useful neighbour holds most of it.
         """
         now = self.clock()
         if now - self._rotated < ROTATE or not self.picker.whole_file:
