@@ -45,3 +45,13 @@ def test_hurry_never_postpones():
     s.failed(B, 0)  # due at 1
     s.hurry(B, 0, within=5)
     assert s.due([B], 1) == [B]
+
+
+def test_a_hurry_while_an_announce_is_in_flight_is_not_lost():
+    """A content created while an announce (without it) was in flight is announced at once, not an interval later."""
+    s = AnnounceSchedule(300)
+    s.hurry(A, 0.5)  # `get` created its swarm; the announce begun at 0 did not carry it
+    s.succeeded(A, 1.0, started=0.0)
+    assert s.due([A], 1.0) == [A]
+    s.succeeded(A, 2.0, started=1.0)  # that announce carried it: next in an interval
+    assert s.due([A], 2.0) == [] and s.due([A], 302.0) == [A]

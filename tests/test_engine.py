@@ -211,6 +211,36 @@ def test_a_worker_frees_its_slot_when_the_neighbour_has_nothing_for_us():
     assert not n.working
 
 
+def test_a_worker_leaves_its_slowest_neighbour_for_one_none_of_ours_asks():
+    """Rotation: every ROTATE s, the worker on the slowest neighbour makes room for a useful one nobody of ours asks."""
+    now = [0.0]
+    e, host = make(count=64, now=now)
+    e.want_whole()
+    ns = [e.add_neighbour(f"p{i}", f"http://10.0.{i}.1:7000", True) for i in range(engine.MAX_PEERS + 1)]
+    for n in ns:
+        assert n is not None
+        e.picker.peer_has(n.peer_id, range(64))
+    e.staff()
+    idle = [n for n in ns if n is not None and not n.working]
+    assert len(idle) == 1
+    workers = {w: w.send(None) for w in peer_workers(host)}  # each asks its neighbour for a piece
+    by_url = {f.url: w for w, f in workers.items()}
+    working = [n for n in ns if n is not None and n.working]
+    for k, n in enumerate(working):  # the first is the slowest
+        e.ranking.success(n.url, 256 * 1024, 1.0 if k == 0 else 0.2)
+    fast, slow = by_url[working[1].url], by_url[working[0].url]
+    now[0] = engine.ROTATE
+    assert isinstance(fast.send(Result("ok", 0.2, 256 * 1024)), Fetch), "a fast neighbour keeps its worker"
+    with pytest.raises(StopIteration):
+        slow.send(Result("ok", 1.0, 256 * 1024))
+    assert not working[0].working and idle[0].working, "the slot went to the neighbour none of ours had asked"
+    assert sum(n.working for n in ns if n is not None) == engine.MAX_PEERS
+    now[0] += engine.ROTATE / 2
+    nxt = next(w for w in peer_workers(host) if w not in workers)
+    first = nxt.send(None)
+    assert isinstance(nxt.send(Result("ok", 5.0, 256 * 1024)), Fetch) and first.url == idle[0].url, "one rotation per ROTATE s"
+
+
 def test_a_seeded_piece_is_in_flight_from_the_answers_head_until_it_lands_or_fails():
     seed, e, _ = seeding_engine()
     seed.send(None)
@@ -264,6 +294,18 @@ def test_staggered_streams_and_larger_crowds_still_trade():
     big = simulate(Crowd(peers=50, mode="get"))
     assert big.finished == 50 and big.share >= 0.9
     assert big.events["most_peer_requests_at_once"] <= engine.MAX_PEERS
+
+
+def test_every_uplink_with_something_to_give_is_asked_within_seconds():
+    """`bench swarm --mode get` at its defaults: no peer's uplink idles long while it holds what others lack.
+
+    Without rotation (and each downloader's own order of neighbours), the
+    crowd's workers stayed on the uplinks they first found, and one holding
+    pieces everyone lacked sent nothing for 6-9 s.
+    """
+    o = simulate(Crowd(peers=20, regions=1, size=16 * 1024 * 1024, edge_Bps=2e6, peer_Bps=1e6, mode="get"))
+    assert o.finished == 20
+    assert o.idle_uplink_s <= 2 * engine.ROTATE
 
 
 def test_the_fastest_edge_carries_the_load():

@@ -20,6 +20,7 @@ passes in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
@@ -44,6 +45,7 @@ MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others
 MAX_NEIGHBOURS = 128  # known at once per content: tracker answers and subscribers add, idle ones make room
 SEED_WAIT = 2.0  # seconds after an edge's 204 ("trade with your region") before asking /seed again
 SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST /seed)
+ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
 
 
 @dataclass(eq=False)
@@ -56,6 +58,7 @@ class Neighbour:
     failures: int = 0
     have_checked: float = float("-inf")
     working: bool = False  # a worker (one request at a time) is on it
+    idle_since: float = float("-inf")  # when our last worker on it ended
     subscribed: bool = False  # the driver keeps (or tries to keep) its HAVE stream open
     stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
 
@@ -173,6 +176,7 @@ class Engine:
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
         self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
+        self._rotated = float("-inf")  # when a worker last left a slow neighbour for an unworked one
 
     # -- what the user wants -------------------------------------------------------------
     def want_whole(self) -> None:
@@ -293,7 +297,7 @@ class Engine:
 
     # -- staffing ----------------------------------------------------------------------------
     def staff(self) -> None:
-        """Keep workers on the MAX_PEERS most useful neighbours, same region first, then fastest; one edge worker
+        """Keep workers on MAX_PEERS useful neighbours (in ``_rank``'s order); one edge worker
         for urgent needs and fallbacks, one asking the edge what to seed, and the scout (from the first want on)."""
         if self.closed:
             return
@@ -307,10 +311,53 @@ class Engine:
         if active >= MAX_PEERS:
             return
         scored = [(self.useful(n), n) for n in self.neighbours.values() if not n.working]
-        ranked = sorted(((u, n) for u, n in scored if u), key=lambda t: (not t[1].same_region, -t[0], -(self.ranking.rate(t[1].url) or 0)))
+        ranked = sorted(((u, n) for u, n in scored if u), key=self._rank)
         for _, n in ranked[: max(0, MAX_PEERS - active)]:
             n.working = True
             self.host.spawn(self.peer_worker(n))
+
+    def _rank(self, scored: tuple[int, Neighbour]) -> tuple:
+        """Staffing order (lowest first): same region first; then, for a stream, the most useful and fastest (the
+        reader's window is short); for a whole file, the one our workers left longest ago (never asked: first),
+        then in an order of our own (a hash), so a crowd's downloaders, who learn their neighbours in the same
+        order and find them about as useful, spread over every uplink."""
+        useful, n = scored
+        if not self.picker.whole_file:
+            return (not n.same_region, -useful, -(self.ranking.rate(n.url) or 0))
+        return (not n.same_region, n.idle_since, self._order(n))
+
+    def _order(self, n: Neighbour) -> bytes:
+        """This downloader's own arbitrary rank of a neighbour, stable for the download."""
+        return hashlib.blake2b(f"{self.self_id}/{n.peer_id}".encode(), digest_size=4).digest()
+
+    def _rotate(self, n: Neighbour) -> bool:
+        """Should the worker on ``n`` leave it, for the useful neighbour none of our workers has asked for longest?
+
+        For a whole file, yes, at most once every ROTATE seconds, when ``n`` is
+        the slowest of our workers' neighbours and another useful one (as near)
+        has no worker.  A worker otherwise stays on its neighbour for as long
+        as that neighbour has pieces for us: for a whole file, the whole
+        download.  So whichever uploaders the crowd's workers first landed on
+        kept serving five or six each while others, holding what everyone
+        lacked, sent nothing: two of the 20 uplinks of `bench swarm --mode get`
+        idle for 10 s in the simulator.  Rotating the slowest, as BitTorrent's
+        optimistic unchoke rotates on the uploader's side, spreads the requests
+        over every uplink within a few seconds.  Streams do not rotate: a
+        reader's window is short, and its most useful neighbour holds most of it.
+        """
+        now = self.clock()
+        if now - self._rotated < ROTATE or not self.picker.whole_file:
+            return False
+        working = [m for m in self.neighbours.values() if m.working]
+        slowest = min(working, key=lambda m: self.ranking.rate(m.url) or 0.0)
+        waiting = any(
+            not m.working and m.same_region >= n.same_region and self.useful(m) and not self.picker.is_paused(m.peer_id)
+            for m in self.neighbours.values()
+        )
+        if slowest is not n or not waiting:
+            return False
+        self._rotated = now
+        return True
 
     def _busy(self, but: Neighbour | None = None) -> int:
         """Neighbours with a worker that is not paused (choked or backing off): the requests we may have in flight."""
@@ -335,8 +382,13 @@ class Engine:
                     continue
                 if (yield from self.transfer(n.peer_id, n.url, index, peer=n)) == "gone":
                     return
+                if self._rotate(n):
+                    n.working, n.idle_since = False, self.clock()
+                    self.staff()  # the neighbour none of our workers has asked for longest takes the slot
+                    return
         finally:
-            n.working = False
+            if n.working:
+                n.working, n.idle_since = False, self.clock()
 
     def edge_worker(self, slot: int) -> Worker:
         """Urgent pieces (a reader's deadline window) from the edge; everything else too when peers cannot be

@@ -42,6 +42,7 @@ PIECE = 256 * 1024
 RTT = 0.002  # seconds for a request to reach its server and the answer's head to come back
 TIMEOUT = 10.0  # seconds a request to a node that is down takes to fail
 CID = "c0ffee"
+IDLE_SAMPLE = 0.5  # seconds between two looks at which uplinks idle
 
 
 @dataclass
@@ -105,6 +106,9 @@ class Uplink:
         self._advance()
         self._flows[next(self._ids)] = [float(nbytes), done]
         self._schedule()
+
+    def busy(self) -> bool:
+        return bool(self._flows)
 
     def _advance(self) -> None:
         if self._flows:
@@ -415,6 +419,8 @@ class Outcome:
     finished: int
     events: dict = field(default_factory=dict)
     edge_sent: dict = field(default_factory=dict)  # edge URL -> bytes
+    # the longest a peer's uplink sent nothing while it held a piece another peer still lacked (sampled)
+    idle_uplink_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -430,6 +436,8 @@ class Simulation:
         self.peers: dict[str, SimPeer] = {}
         self.crowd_peers: list[SimPeer] = []
         self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
+        self.idle: Counter[str] = Counter()  # peer id -> seconds its uplink has idled with something to give (sampled)
+        self.longest_idle = 0.0  # the longest such stretch
 
     def piece_len(self, index: int) -> int:
         return min(PIECE, self.crowd.size - index * PIECE)
@@ -445,8 +453,20 @@ class Simulation:
             hole.announce()
         for i in range(c.peers):
             self.loop.after(i * c.stagger, self._join, i)
+        self.loop.after(IDLE_SAMPLE, self._sample_idle)
         self.loop.run(lambda: len(self.crowd_peers) == c.peers and all(p.done_at is not None for p in self.crowd_peers), c.limit)
         return self._outcome()
+
+    def _sample_idle(self) -> None:
+        """Time each uplink's stretches of sending nothing while it holds a piece another peer still lacks."""
+        live = [(p, p.engine.picker.have) for p in self.crowd_peers if not p.left]
+        for p, held in live:
+            if not p.uplink.busy() and any(not held <= other for q, other in live if q is not p):
+                self.idle[p.peer_id] += IDLE_SAMPLE
+                self.longest_idle = max(self.longest_idle, self.idle[p.peer_id])
+            else:
+                self.idle[p.peer_id] = 0.0
+        self.loop.after(IDLE_SAMPLE, self._sample_idle)
 
     def _join(self, i: int) -> None:
         p = SimPeer(self, i, i % self.crowd.regions + 1)
@@ -474,6 +494,7 @@ class Simulation:
             finished=len(done),
             events=dict(self.events) | {"announces": sum(p.announces for p in ps)},
             edge_sent={e.url: sum(e.sent.values()) for e in self.edges},
+            idle_uplink_s=self.longest_idle,
         )
 
 
