@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
-from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
+from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
@@ -40,7 +40,7 @@ from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeed
 from edgeswarm.policy.tracker import PeerRecord
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
-from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.wire import have_response, json_response, manifest_response, parse_latency, parse_request, piece_index
 from edgeswarm.roles.announce import TrackerService
 from edgeswarm.store.ledger import Ledger
@@ -280,9 +280,7 @@ class Edge:
     # -- handlers --------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         self.check_host(request)
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         may_fetch = self.may_fetch(request)
         grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
         signed = await self.resolve(rel, may_fetch)
@@ -301,7 +299,7 @@ class Edge:
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        rel = requested_path(request)
+        rel = manifest_request_path(request.raw_path)
         if self.require_token:
             await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))

@@ -43,7 +43,7 @@ from edgeswarm.protocol import bitfield, havefeed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
-from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
@@ -559,9 +559,7 @@ class Peer:
 
     # -- the gateway -------------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         signed = await self.resolve(rel)
         protection = signed.manifest.protection
         transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
@@ -569,9 +567,7 @@ class Peer:
 
     async def post_file(self, request: web.Request) -> web.Response:
         """``POST /<path>``: fetch the whole file in the background (rarest-first, to seed it later)."""
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         swarm = self.swarm(await self.resolve(rel))
         swarm.want_whole()
         return json_response(swarm.status(), status=202)
