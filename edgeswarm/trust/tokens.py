@@ -26,11 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
-from edgeswarm.trust.signing import KeyFileError
+from edgeswarm.trust.signing import KeyFileError, load_private_key
 
 ISSUER = "edgeswarm"
 ALGORITHM = "EdDSA"
@@ -281,23 +280,6 @@ def parse_duration(text: str) -> float:
     if not seconds <= MAX_TTL:
         raise ValueError(f"invalid duration {text[:40]!r}: at most {MAX_TTL // 86400:.0f}d")
     return seconds
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The origin key at ``path``; unlike signing.load_or_create_private_key, a missing file is an error, never a new key."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for some key types
-        raise KeyFileError(f"{path}: unusable private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path}: not an Ed25519 key")
-    return key
 
 
 EPILOG = """\
