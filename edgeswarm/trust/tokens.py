@@ -29,6 +29,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
+from edgeswarm.protocol.units import parse_duration
 from edgeswarm.trust.signing import KeyFileError, load_private_key
 
 ISSUER = "edgeswarm"
@@ -40,8 +41,6 @@ MAX_PEER_ID_LENGTH = 64  # as in an announce
 MAX_CONTENT_LENGTH = 128
 MAX_TTL = 100 * 365 * 86400.0  # what the CLI accepts: a longer "duration" is surely a typo
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", re.ASCII)  # JWS compact form, no padding
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.ASCII)
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Everything a hostile string can make PyJWT or json raise; anything else would be a bug worth a traceback.
 _DECODE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 
@@ -269,12 +268,12 @@ def from_request(headers: Mapping[str, str], query: Mapping[str, str]) -> str | 
 # ----- command line -------------------------------------------------------------------------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "15m", "2h" or "7d": ValueError for anything else, since a typo must not mint a year-long token."""
-    m = _DURATION.fullmatch(text)
-    if not m:
-        raise ValueError(f"invalid duration {text[:40]!r}: expected a number with an optional unit s, m, h or d (90, 90s, 15m, 2h, 7d)")
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+def parse_ttl(text: str) -> float:
+    """Seconds of a token's life from a duration (units.parse_duration): ValueError unless more than zero and at most MAX_TTL.
+
+    A typo must not mint a year-long token, so the CLI refuses what is surely not meant.
+    """
+    seconds = parse_duration(text)
     if not seconds > 0:
         raise ValueError(f"invalid duration {text[:40]!r}: must be more than zero")
     if not seconds <= MAX_TTL:
@@ -289,7 +288,7 @@ examples:
   curl -H "Authorization: Bearer $TOKEN" http://edge:8080/films/a.mp4
 
 The description of the grant goes to stderr and the token alone to stdout, so
-$(...) captures just the token.  DURATION is seconds, or a number with s, m, h or d.
+$(...) captures just the token.  DURATION is seconds, or a number with s, m, h, d or w.
 The origin keeps its key in STATE/origin.key (default PUBLISHED_DIR/.edgeswarm/origin.key).
 """
 
@@ -318,7 +317,7 @@ def add_parser(sub) -> None:
         metavar="PREFIX",
         help="what it covers: / for everything, /films/ for a directory, /films/a.mp4 for one file (whole segments only)",
     )
-    i.add_argument("--ttl", required=True, metavar="DURATION", help="how long it is valid: 90, 90s, 15m, 2h, 7d")
+    i.add_argument("--ttl", required=True, metavar="DURATION", help="how long it is valid: 90, 90s, 15m, 2h, 7d, 2w")
     i.add_argument("--region", metavar="REGION", help="only valid at edges of this region (default: any region)")
 
 
@@ -331,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     if args.token_command != "issue":
         raise AssertionError(args.token_command)
     try:
-        ttl = parse_duration(args.ttl)
+        ttl = parse_ttl(args.ttl)
         key = load_private_key(args.key)
         now = time.time()
         expires = _iso(now + ttl)
