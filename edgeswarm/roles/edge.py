@@ -32,6 +32,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -45,7 +46,7 @@ from edgeswarm.protocol.wire import have_response, json_response, manifest_respo
 from edgeswarm.roles.announce import TrackerService
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
@@ -112,8 +113,7 @@ class Edge:
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
         self.tracker = tracker
         self.bucket = TokenBucket(upload_limit)
-        self.store: PieceStore | None = None
-        self._opened = asyncio.Event()
+        self.pinned = PinnedStore(cache, origin_key, max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
@@ -126,20 +126,17 @@ class Edge:
             self.metrics.registry.register(_Families(self._region_metrics))
 
     # -- start-up: learn and pin the origin key ---------------------------------
+    @property
+    def store(self) -> PieceStore | None:
+        """The piece store, None until the origin key is pinned."""
+        return self.pinned.store
+
     async def open_store(self) -> None:
-        key = await originkey.pin(self.cache, self.origin_key, self.upstream, [self.parent])
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
-        self._opened.set()
+        await self.pinned.open(self.upstream, [self.parent])
 
     async def _store(self) -> PieceStore:
         """The piece store; requests that arrive before the origin key is known wait for it a while."""
-        if self.store is None:
-            try:
-                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
-            except TimeoutError:
-                raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"}) from None
-        assert self.store is not None
-        return self.store
+        return await self.pinned.wait(self.upstream.timeout)
 
     # -- access --------------------------------------------------------------------
     def may_fetch(self, request: web.Request) -> bool:
@@ -579,7 +576,7 @@ class Edge:
             if self.ledger is not None:
                 await self.ledger.start()  # an unusable ledger stops start-up with its reason
             opener = None
-            if self.origin_key is not None or (self.cache / "origin.pub").exists():
+            if self.pinned.key_known():
                 await self.open_store()  # a bad key file stops start-up with its reason
             else:
                 opener = asyncio.create_task(self.open_store())  # learn it from the parent

@@ -32,6 +32,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy.choker import SLOTS, Choker
@@ -48,7 +49,7 @@ from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.store.piecestore import PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
 
@@ -165,7 +166,7 @@ class Peer:
         self.manifests = ManifestFetcher(
             self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
         )
-        self.store: PieceStore | None = None
+        self.pinned = PinnedStore(cache, origin_key, max_cache, "peer is still learning the origin key from its edges")
         self.swarms: dict[str, Swarm] = {}
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
@@ -180,7 +181,6 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
-        self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
         for q in ("p50", "p95"):
@@ -192,19 +192,17 @@ class Peer:
         self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
 
     # -- start-up ----------------------------------------------------------------------
+    @property
+    def store(self) -> PieceStore | None:
+        """The piece store, None until the origin key is pinned."""
+        return self.pinned.store
+
     async def open_store(self) -> None:
-        key = await originkey.pin(self.cache, self.origin_key, self.upstream, self.edges)
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
-        self._opened.set()
+        await self.pinned.open(self.upstream, self.edges)
 
     async def _store(self) -> PieceStore:
-        if self.store is None:
-            try:
-                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
-            except TimeoutError:
-                raise HttpError(503, "peer is still learning the origin key from its edges", {"Retry-After": "2"}) from None
-        assert self.store is not None
-        return self.store
+        """The piece store; requests that arrive before the origin key is known wait for it a while."""
+        return await self.pinned.wait(self.upstream.timeout)
 
     # -- credentials -------------------------------------------------------------------
     def edge_headers(self) -> dict[str, str]:
@@ -688,7 +686,7 @@ class Peer:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
         )
-        if self.origin_key is not None or (self.cache / "origin.pub").exists():
+        if self.pinned.key_known():
             await self.open_store()
             self._tasks = [asyncio.create_task(self.announce_loop())]
         else:
