@@ -471,7 +471,9 @@ class Servers:
                 await site.start()
             except OSError as exc:
                 raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-            address = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            server = site._server
+            assert isinstance(server, asyncio.Server)  # TCPSite's, once started
+            address = server.sockets[0].getsockname()  # port 0 -> the real one
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]
             log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
             bound[label] = (address[0], address[1])

@@ -38,6 +38,13 @@ class PinnedStore:
         self._opened.set()
         return self.store
 
+    @property
+    def opened(self) -> PieceStore:
+        """The store, for code that runs only once it is open (a swarm, a piece source: both need a checked manifest first)."""
+        if self.store is None:
+            raise RuntimeError("the piece store is not open yet")
+        return self.store
+
     async def wait(self, timeout: float) -> PieceStore:
         """The store, waiting up to ``timeout`` seconds for it to open; else HttpError 503."""
         if self.store is None:

@@ -24,7 +24,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from edgeswarm.policy.picker import PiecePicker
@@ -200,7 +200,7 @@ class Engine:
         self.picker.lost(index)
 
     # -- who else has it -------------------------------------------------------------------
-    def tracker_answer(self, answer: list[dict]) -> None:
+    def tracker_answer(self, answer: list[dict[str, Any]]) -> None:
         """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
         for p in answer:
             n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])

@@ -22,8 +22,9 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -63,13 +64,13 @@ class EdgeSource:
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
 
     def local(self, index: int) -> int | None:
-        fd = self.edge.store.piece_fd(self.cid, index)
+        fd = self.edge.pinned.opened.piece_fd(self.cid, index)
         if fd is not None:
             self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
         return fd
 
     def held(self, index: int) -> bool:
-        return index in self.edge.store.held(self.cid)
+        return index in self.edge.pinned.opened.held(self.cid)
 
     async def fetch(self, index: int) -> bytes:
         if not self.may_fetch:
@@ -320,7 +321,7 @@ class Edge:
         """The public key of this edge's swarm tickets: peers check each other's tickets with it."""
         return web.Response(body=public_pem(self.swarm_key.public_key()), content_type="application/x-pem-file")
 
-    async def get_piece(self, request: web.Request) -> web.Response:
+    async def get_piece(self, request: web.Request) -> web.StreamResponse:
         """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
         store = await self._store()
         cid = request.match_info["cid"]
@@ -616,7 +617,7 @@ class _Families:
         self.collect = collect
 
 
-def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:
+def share(tasks: dict, key: Hashable, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Future, bool]:
     """One task per key, awaited by all who ask while it runs (request collapsing).
 
     The task is shielded: a client that hangs up does not cancel the fetch

@@ -21,11 +21,12 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDictProxy
 
 from edgeswarm.errors import HttpError
@@ -110,17 +111,17 @@ class SwarmSource:
         self.peer, self.swarm = peer, swarm
 
     def local(self, index: int) -> int | None:
-        return self.peer.store.piece_fd(self.swarm.cid, index)
+        return self.peer.pinned.opened.piece_fd(self.swarm.cid, index)
 
     def held(self, index: int) -> bool:
-        return self.peer.store.has(self.swarm.cid, index)
+        return self.peer.pinned.opened.has(self.swarm.cid, index)
 
     async def fetch(self, index: int) -> bytes:
         try:
             await asyncio.wait_for(self.swarm.piece(index), self.peer.read_timeout)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
-        data = self.peer.store.read_piece(self.swarm.cid, index)
+        data = self.peer.pinned.opened.read_piece(self.swarm.cid, index)
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data
@@ -153,7 +154,7 @@ class Peer:
         self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
         self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
-        self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
+        self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
@@ -187,7 +188,7 @@ class Peer:
             self.metrics.gauge(
                 f"have_latency_{q}_seconds",
                 f"Availability latency {q}: when a neighbour's HAVE line arrived less when it stored the piece (0: no sample yet)",
-                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),
+                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),  # type: ignore[misc]  # q bound per gauge: mypy types no lambda with a default
             )
         self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
 
@@ -361,7 +362,7 @@ class Peer:
         self.from_edge[(cid, edge)] += len(reply.body)
         return index, reply.body
 
-    async def have_stream(self, url: str, cid: str) -> AsyncIterator[HaveEvent]:
+    async def have_stream(self, url: str, cid: str) -> AsyncGenerator[HaveEvent, None]:
         """A neighbour's HAVE stream, one event per line; ends when the stream does.
 
         A neighbour that answers a plain ``/have`` (an older peer) yields one
@@ -479,8 +480,8 @@ class Peer:
         """One announce; returns why the tracker could not be reached, if it could not."""
         store = self.store
         signed = store.manifest(cid) if store else None
-        if signed is None:
-            return
+        if store is None or signed is None:
+            return None
         count = signed.manifest.piece_count
         held = store.held(cid)
         if event != "stopped":

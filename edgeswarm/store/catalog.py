@@ -184,7 +184,9 @@ class Catalog:
         piece_size = piece_size_for(key[0])
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         try:
-            pieces = hash_pieces(full, piece_size, cipher_for(content_key, protection) if protection else None)
+            pieces = hash_pieces(
+                full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
+            )
             after = _stat_key(full.stat())
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -92,7 +93,7 @@ def _check_issue(user: str, ttl: float) -> None:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
 
 
-def _sign(key: Ed25519PrivateKey, claims: dict) -> str:
+def _sign(key: Ed25519PrivateKey, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
@@ -104,7 +105,7 @@ def issue(key: Ed25519PrivateKey, user: str, path: str, ttl: float, region: str 
     if region is not None and _name_problem(region, "region", MAX_USER_LENGTH):
         raise ValueError(_name_problem(region, "region", MAX_USER_LENGTH))
     iat = time.time() if now is None else now
-    claims: dict = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "access", "path": path}
+    claims: dict[str, Any] = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "access", "path": path}
     if region is not None:
         claims["region"] = region
     return _sign(key, claims)
@@ -124,7 +125,7 @@ def issue_ticket(edge_key: Ed25519PrivateKey, peer_id: str, user: str, content: 
 # ----- verifying ----------------------------------------------------------------------------------------------------------
 
 
-def _decode(token: object, key: Ed25519PublicKey, what: str) -> dict:
+def _decode(token: object, key: Ed25519PublicKey, what: str) -> dict[str, Any]:
     """The claims of a token signed by ``key``; any flaw is a TokenError(401) naming it."""
     try:
         return jwt.decode(
@@ -159,21 +160,21 @@ def _precheck(token: object, what: str) -> str:
     return token
 
 
-def _number(claims: dict, name: str, what: str) -> float:
+def _number(claims: dict[str, Any], name: str, what: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TokenError(401, f"{what} has an invalid {name!r} claim")
     return float(value)
 
 
-def _text(claims: dict, name: str, what: str, limit: int) -> str:
+def _text(claims: dict[str, Any], name: str, what: str, limit: int) -> str:
     value = claims.get(name)
     if _name_problem(value, name, limit):
         raise TokenError(401, f"{what} has an invalid {name!r} claim")
     return value  # type: ignore[return-value]
 
 
-def _check_claims(claims: dict, use: str, what: str, now: float | None) -> tuple[str, float]:
+def _check_claims(claims: dict[str, Any], use: str, what: str, now: float | None) -> tuple[str, float]:
     """The user and expiry, after checking the kind of token and its validity period (with LEEWAY)."""
     if claims.get("use") != use:
         other = "a swarm ticket" if use == "access" else "an access token"
@@ -293,7 +294,7 @@ The origin keeps its key in STATE/origin.key (default PUBLISHED_DIR/.edgeswarm/o
 """
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `token` subcommand and its `issue` subcommand."""
     p = sub.add_parser(
         "token",
