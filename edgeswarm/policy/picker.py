@@ -1,7 +1,8 @@
 """Which piece to ask which source for next: the heart of the download engine.
 
-Sans-IO and deterministic (time is passed in), so the peer daemon drives it
-and tests and the simulator can replay it.  The rules, after BitTorrent and
+Sans-IO and deterministic (time is passed in), so the download engine
+(edgeswarm.policy.engine) drives it alike in the peer daemon and in the swarm
+simulator, and tests replay it.  The rules, after BitTorrent and
 the hybrid CDN-P2P literature:
 
 * Streaming: the pieces just ahead of the reader are *urgent*.  Any source
