@@ -8,6 +8,7 @@ import ipaddress
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeswarm.node.daemon import ServerLimits, setup_logging
@@ -645,7 +646,14 @@ def _apply_config(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: not YAML ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{args.config}: expected a mapping of option names to values")
-    known = {"state": Path, "key": Path, "tls_cert": Path, "tls_key": Path, "protect": list, "scan_interval": _positive}
+    known: dict[str, Callable[[str], object]] = {
+        "state": Path,
+        "key": Path,
+        "tls_cert": Path,
+        "tls_key": Path,
+        "protect": list,
+        "scan_interval": _positive,
+    }
     for name, value in doc.items():
         option = str(name).replace("-", "_")
         kind = known.get(option)
@@ -746,8 +754,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         state = args.state or args.publish / ".edgeswarm"
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-        node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed)
-        asyncio.run(origin.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
+        origin_node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed)
+        asyncio.run(origin.run(origin_node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "edge":
         from edgeswarm.roles import edge
@@ -759,7 +767,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
         ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-        node = edge.Edge(
+        edge_node = edge.Edge(
             args.cache,
             args.parent,
             args.sibling,
@@ -777,7 +785,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             ledger=ledger,
             cors=cors,
         )
-        asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args), _registration(args)))
+        asyncio.run(edge.run(edge_node, args.listen, args.access_log, ssl_context, _limits(args), _registration(args)))
         return 0
     if args.command == "router":
         return _router(args)
@@ -790,7 +798,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not args.edge and not args.router:
             print("edgeswarm peer: give --edge URL (repeatable) or --router URL", file=sys.stderr)
             return 2
-        node = peer.Peer(
+        peer_node = peer.Peer(
             args.cache,
             args.edge,
             args.upload_limit,
@@ -805,7 +813,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             cors=cors,
             router=args.router,
         )
-        asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
+        asyncio.run(peer.run(peer_node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
     if args.command == "get":
         from edgeswarm.roles import get

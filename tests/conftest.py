@@ -181,6 +181,11 @@ async def post(http: aiohttp.ClientSession, peer, path: str) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def status_count(metrics: Metrics, status: int) -> int:
+    """Answers a node gave with ``status``, over all endpoints."""
+    return sum(n for (s, _), n in metrics.responses.items() if s == status)
+
+
 @asynccontextmanager
 async def serve_handler(handler: Handler, metrics: Metrics) -> AsyncIterator[int]:
     """Our aiohttp app (``make_app``: error middleware, logs, metrics) with ``handler`` at /f, on a free loopback port."""

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import edgeswarm
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.trust import tokens
-from edgeswarm.trust.signing import load_or_create_private_key
+from edgeswarm.trust.signing import load_or_create_private_key, load_private_key
 
 HANG_S = 10.0  # an exchange longer than this is a hang
 PATIENCE_S = 0.3  # silence after which a raw input is taken as all the client sends
@@ -262,7 +262,7 @@ class Deployment:
             (pub / rel).write_bytes(os.urandom(size))
         ports = {name: _free_port() for name in ("origin", "edge", "locked", "upload", "gateway", "locked-upload", "locked-gateway")}
         origin = self._node("origin", ports["origin"], "--publish", str(pub), "--scan-interval", "5", "--protect", "films/*")
-        self.origin_key = tokens.load_private_key(pub / ".edgeswarm" / "origin.key")
+        self.origin_key = load_private_key(pub / ".edgeswarm" / "origin.key")
         self.alice = tokens.issue(self.origin_key, "alice", "/", 7 * 86400)
         node_token = tokens.issue(self.origin_key, "node-locked", "/", 7 * 86400)
         p2p = ("--p2p", "--announce-interval", "5")

@@ -31,7 +31,7 @@ from edgeswarm.protocol.manifest import (
     piece_size_for,
 )
 from edgeswarm.store.catalog import Catalog
-from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key, load_public_key, public_pem, verify
+from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key, load_private_key, load_public_key, public_pem, verify
 
 KEY = Ed25519PrivateKey.generate()
 OTHER_KEY = Ed25519PrivateKey.generate()
@@ -422,6 +422,19 @@ def test_encrypted_private_key_file(tmp_path):
     )
     with pytest.raises(KeyFileError, match="not a PEM private key"):
         load_or_create_private_key(path)
+
+
+def test_load_private_key_never_creates_one(tmp_path):
+    """The reader `token issue` uses: a missing file is an error, where the origin would make a new key."""
+    path = tmp_path / "origin.pem"
+    with pytest.raises(KeyFileError, match="cannot read key file"):
+        load_private_key(path)
+    assert not path.exists()
+    key = load_or_create_private_key(path)
+    assert public_pem(load_private_key(path).public_key()) == public_pem(key.public_key())
+    path.write_bytes(ec_private_pem())
+    with pytest.raises(KeyFileError, match="not an Ed25519 key"):
+        load_private_key(path)
 
 
 def test_load_public_key_from_public_or_private_pem():

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import make_file, serve_app, start_p2p_edge, start_peer
+from conftest import make_file, serve_app, start_p2p_edge, start_peer, status_count
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
@@ -91,7 +91,7 @@ async def test_responses_and_durations_are_labelled_by_the_matched_route_never_t
             text = await r.text()
     expected = {(200, e) for e in paths.values()} | {(200, "announce"), (405, OTHER)}
     assert set(metrics.responses) == expected
-    assert metrics.responses[(200, "file")] == 2 and metrics.status_count(200) == len(paths) + 2  # + announce, + the last scrape
+    assert metrics.responses[(200, "file")] == 2 and status_count(metrics, 200) == len(paths) + 2  # + announce, + the last scrape
     assert 'edgeswarm_http_responses_total{endpoint="announce",role="edge",status="200"} 1.0' in text
     assert 'edgeswarm_http_request_duration_seconds_count{endpoint="file",role="edge"} 2.0' in text
     labels = set(re.findall(r'="([^"]*)"', text))

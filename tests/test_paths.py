@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeswarm.errors import HttpError
-from edgeswarm.protocol.paths import RESERVED, clean_request_path, path_problem
+from edgeswarm.protocol.paths import (
+    RESERVED,
+    clean_request_path,
+    file_request_path,
+    manifest_request_path,
+    manifest_url,
+    path_problem,
+    reserved_segment,
+)
 
 
 def rejected(raw: str) -> HttpError:
@@ -122,6 +130,36 @@ def test_reserved_names_the_node_endpoints():
         "magnet",
     } <= RESERVED
     assert "films" not in RESERVED
+
+
+def test_reserved_segment_is_the_first_segment_only():
+    assert reserved_segment("manifest/a.mp4") == "manifest"
+    assert reserved_segment("status") == "status"
+    assert reserved_segment("films/manifest") is None
+    assert reserved_segment("manifests/a.mp4") is None
+
+
+def test_file_request_path_refuses_endpoint_names_with_404():
+    """Every node's file handler: /status/x is no file (404), /../x no path at all (400)."""
+    assert file_request_path("/films/a.mp4") == "films/a.mp4"
+    with pytest.raises(HttpError) as err:
+        file_request_path("/piece/abc/0")
+    assert (err.value.status, err.value.message) == (404, "no such endpoint /piece")
+    with pytest.raises(HttpError) as err:
+        file_request_path("/films/../x")
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize("path", ["a.mp4", "films/a b.mp4", "café/é.mkv", "manifest/x", "a%2Fb"])
+def test_manifest_request_path_reads_what_manifest_url_writes(path):
+    assert manifest_request_path(manifest_url(path)) == path
+
+
+@pytest.mark.parametrize("raw", ["/manifest", "/manifest/", "/manifest/..", "/manifest//a"])
+def test_manifest_request_path_refuses_no_path(raw):
+    with pytest.raises(HttpError) as err:
+        manifest_request_path(raw)
+    assert err.value.status == 400
 
 
 # -- properties ---------------------------------------------------------------------

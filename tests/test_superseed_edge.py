@@ -15,6 +15,7 @@ from conftest import make_file, start_p2p_edge, status
 from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.trust import tokens
+from edgeswarm.trust.signing import load_private_key
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 
@@ -168,7 +169,7 @@ async def test_bad_seed_requests_and_who_may_ask(tmp_path, nodes, origin, publis
         assert r.status == 404 and "--p2p" in await r.text()
 
     edge = start_edge(nodes, tmp_path, origin.url, regions, "--require-token")
-    key = tokens.load_private_key(published / ".edgeswarm" / "origin.key")
+    key = load_private_key(published / ".edgeswarm" / "origin.key")
     auth = {"Authorization": "Bearer " + tokens.issue(key, "alice", "/", 3600)}
     cid = await content_id(http, edge.url, "f.bin", auth)
     url = f"{edge.url}/seed/{cid}"

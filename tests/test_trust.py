@@ -23,6 +23,7 @@ from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.trust import tokens
+from edgeswarm.trust.signing import load_private_key
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
@@ -103,7 +104,7 @@ async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployme
         assert r.status == 403 and "/films/" in await r.text()
     async with http.get(url, headers=bearer(alice[:-3] + ("AAA" if not alice.endswith("AAA") else "BBB"))) as r:
         assert r.status == 401  # tampered signature
-    origin_key = tokens.load_private_key(key)
+    origin_key = load_private_key(key)
     expired = tokens.issue(origin_key, "alice", "/", 60, now=time.time() - 3600)
     async with http.get(url, headers=bearer(expired)) as r:
         assert r.status == 401 and "expired" in await r.text()
@@ -240,7 +241,7 @@ async def test_protected_content_travels_encrypted_and_only_to_token_holders(tmp
     alice_upload = alice.urls["upload"]
     async with http.get(f"{alice_upload}/piece/{cid}/0") as r:
         assert r.status == 401 and "ticket" in await r.text()
-    forged = tokens.issue_ticket(tokens.load_private_key(key), "m", "mallory", cid, 60)  # signed, but not by alice's edge
+    forged = tokens.issue_ticket(load_private_key(key), "m", "mallory", cid, 60)  # signed, but not by alice's edge
     async with http.get(f"{alice_upload}/piece/{cid}/0", headers=bearer(forged)) as r:
         assert r.status == 401
     async with http.get(f"{alice_upload}/piece/{cid}/0", headers=bearer(carol)) as r:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeswarm.protocol.units import UnitError, ascii_decimal, format_bytes, parse_listen, parse_rate, parse_size
+from edgeswarm.protocol.units import UnitError, ascii_decimal, format_bytes, parse_duration, parse_listen, parse_rate, parse_size
 
 DECIMAL = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
 BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
@@ -263,3 +263,37 @@ def test_format_bytes_reads_back_within_rounding(n):
     back = parse_size(number + unit)
     mult = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit]
     assert abs(back - n) <= mult * 0.05 + 1
+
+
+# -- durations: one grammar for token lifetimes and --since ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),  # token --ttl took bare seconds
+        ("90s", 90),
+        ("15m", 900),
+        ("1.5h", 5400),
+        ("7d", 7 * 86400),
+        ("2w", 14 * 86400),  # --since took weeks
+        ("24H", 86400),  # --since took either case
+        (" 2 h ", 7200),  # both took spaces around and between
+        ("0s", 0),  # a bound is the caller's business
+    ],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "-5s", "5y", "5mm", "1e3", "nan", "inf", "٣h", "1,5h", "2 hours", ".5h"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(UnitError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_with_a_unit_required_leaves_bare_numbers_to_dates():
+    """--since 20240501 is a date (ISO 8601 basic form), not 20 million seconds ago."""
+    assert parse_duration("90m", unit_required=True) == 5400
+    with pytest.raises(UnitError, match="with a unit"):
+        parse_duration("20240501", unit_required=True)

@@ -185,8 +185,9 @@ def _write_file(path: Path, size: int) -> str:
 def _token(publish: Path) -> str:
     """A token for everything, signed with the key the origin just created: the edge's, and the load's."""
     from edgeswarm.trust import tokens
+    from edgeswarm.trust.signing import load_private_key
 
-    return tokens.issue(tokens.load_private_key(publish / ".edgeswarm" / "origin.key"), "bench", "/", 24 * 3600)
+    return tokens.issue(load_private_key(publish / ".edgeswarm" / "origin.key"), "bench", "/", 24 * 3600)
 
 
 def _warm(edge: str, expected: str, headers: dict[str, str] | None = None) -> None:

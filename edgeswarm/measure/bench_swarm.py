@@ -189,7 +189,7 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
     )
     nodes = [] if crowd.mode == "get" else [_start_peer(group, root, crowd, i, edge.url) for i in range(crowd.peers)]
     bound = flash_crowd_bound(crowd.size, crowd.peers, crowd.edge_Bps, [crowd.peer_Bps] * crowd.peers)
-    meter, timeline = Meter(), []
+    meter, timeline = Meter(), list[tuple[float, int, int]]()
     ticks = _cpu_ticks()
     # every peer's request at the same moment (no connection pool limit), and the run's deadline instead of aiohttp's 300 s
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)) as http:
@@ -346,7 +346,7 @@ async def _watch(progress: Progress | None, crowd: Crowd, bound: float, meter: M
     while True:
         now = time.monotonic() - started
         timeline.append((round(now, 2), meter.bytes, meter.complete))
-        if progress is not None:
+        if progress is not None and task is not None:
             state = f"{format_bytes(meter.bytes)} delivered, {meter.complete}/{crowd.peers} complete, bound {bound:.1f} s"
             progress.update(task, completed=meter.bytes, state=state)
         await asyncio.sleep(0.25)

@@ -351,6 +351,7 @@ class Chaos(Lab):
             await asyncio.sleep(PROBE_EVERY)
 
     async def _check(self, http: aiohttp.ClientSession, f: Fault, rng: random.Random) -> tuple[bool, str]:
+        assert f.probe is not None, "set when the fault is injected, before probing starts"
         base = f.probe()
         try:
             async with http.get(base + "/healthz", timeout=aiohttp.ClientTimeout(total=3)) as resp:
@@ -407,7 +408,7 @@ class Chaos(Lab):
         node = self._node(f.target)
         if not node.running:
             raise Skip(f"{f.target} is not running")
-        self._meant.add(node.proc.pid)
+        self._meant.add(node.pid)
         await asyncio.to_thread(node.kill)
         f.probe = lambda: _base(node)
         return (lambda: self._start_again(http, f.target)) if f.duration else None
@@ -415,7 +416,7 @@ class Chaos(Lab):
     async def _restart(self, http: aiohttp.ClientSession, f: Fault):
         node = self._node(f.target)
         if node.running:
-            self._meant.add(node.proc.pid)
+            self._meant.add(node.pid)
             await asyncio.to_thread(node.stop)
         await self._start_again(http, f.target)
         f.probe = lambda: _base(node)
@@ -423,7 +424,9 @@ class Chaos(Lab):
     async def _start_again(self, http: aiohttp.ClientSession, name: str) -> None:
         """On the same port, so that what points at it (peers at their edge, edges at the origin) finds it again."""
         node = self._node(name)
-        node.port = urlsplit(node.urls.get("upload", node.url)).port
+        port = urlsplit(node.urls.get("upload", node.url)).port
+        assert port is not None, "a started node's URLs carry their port"
+        node.port = port
         await asyncio.to_thread(node.start)
         user = next((u for u in self.users if u.node is node), None)
         if user is not None and user.done_at is None:
@@ -550,7 +553,7 @@ class Chaos(Lab):
         """All at once: each takes a second or two to exit on a busy machine."""
         for node in nodes:
             if node.running:
-                self._meant.add(node.proc.pid)
+                self._meant.add(node.pid)
         await asyncio.gather(*(asyncio.to_thread(node.stop) for node in nodes))
 
     async def _stop_doubles(self) -> None:
@@ -561,6 +564,7 @@ class Chaos(Lab):
 
     def _node(self, name: str) -> NodeProcess:
         if name == "origin":
+            assert self.origin is not None, "started first"
             return self.origin
         if name.startswith("edge-"):
             return self.edges[name[5:]]
@@ -573,11 +577,11 @@ class Chaos(Lab):
         for node in list(self.group.nodes):
             name = node.log_path.stem
             if node.running:
-                rss = _rss(node.proc.pid)
+                rss = _rss(node.pid)
                 if rss is not None and rss > self.rss.get(name, 0):
                     self.rss[name] = rss
-            elif node.proc is not None and node.proc.pid not in self._meant and id(node) not in churned:
-                self._meant.add(node.proc.pid)  # reported once
+            elif node.proc is not None and node.pid not in self._meant and id(node) not in churned:
+                self._meant.add(node.pid)  # reported once
                 self.crashes.append({"node": name, "t": round(self.now(), 2), "exit": node.proc.returncode, "log": node.log_text()[-600:]})
 
     async def _verify(self, http: aiohttp.ClientSession) -> None:

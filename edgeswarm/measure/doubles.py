@@ -41,6 +41,7 @@ from aiohttp import web
 
 from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
+from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.protocol.units import parse_listen, parse_rate
 
 MISBEHAVIOURS = ("corrupting", "bloating", "sybil", "slowloris", "lying")  # the doubles this module can run
@@ -62,7 +63,17 @@ class Double:
         self.go = asyncio.Event()  # set at once, or by POST /go (--wait)
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get("/status", self.status), web.get("/healthz", lambda r: web.Response(text="ok\n")), web.post("/go", self.start)]
+        return [web.get("/status", self.status), web.get("/healthz", self.healthz), web.post("/go", self.start)]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        """The client side, once ``setup`` opened it."""
+        if self.http is None:
+            raise RuntimeError("the double's client is not open yet")
+        return self.http
 
     async def start(self, request: web.Request) -> web.Response:
         self.go.set()
@@ -80,7 +91,7 @@ class Double:
         """The content's manifest from the edge, retried while the edge is not up yet."""
         for _ in range(100):
             try:
-                async with self.http.get(f"{self.args.edge}/manifest/{self.args.path}") as resp:
+                async with self.client.get(self.args.edge + manifest_url(self.args.path)) as resp:
                     if resp.status == 200:
                         self.content = json.loads(await resp.read())
                         return
@@ -123,7 +134,7 @@ class Double:
         }
         t = time.monotonic()
         try:
-            async with self.http.post(f"{self.args.edge}/announce", json=body) as resp:
+            async with self.client.post(f"{self.args.edge}/announce", json=body) as resp:
                 await resp.read()
                 self.counts["announce_ms_total"] += round(1000 * (time.monotonic() - t))
                 self.counts[f"announce_{resp.status}"] += 1
@@ -307,6 +318,7 @@ class Lying(Double):
 
     def lie(self, parts: list[str]) -> web.Response | None:
         decoy, lie = self.decoy, self.args.lie
+        assert decoy is not None, "made before the double serves"
         if parts[0] == "manifest" and "/".join(parts[1:]) == self.args.path and lie != "wrong-bytes":
             return web.Response(body=decoy.to_json(), content_type="application/json", headers={"ETag": decoy.etag})
         if parts[0] == "content" and parts[1:] == [decoy.content_id]:
@@ -326,7 +338,7 @@ class Lying(Double):
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         body = await request.read() if request.can_read_body else None
         try:
-            async with self.http.request(request.method, self.args.edge + request.path_qs, headers=headers, data=body) as up:
+            async with self.client.request(request.method, self.args.edge + request.path_qs, headers=headers, data=body) as up:
                 resp = web.StreamResponse(status=up.status, headers={k: v for k, v in up.headers.items() if k.lower() not in HOP_HEADERS})
                 if up.content_length is not None:
                     resp.content_length = up.content_length

@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -177,6 +178,7 @@ class Lab:
     async def _start_edge(self, k: int, region: str, delay_ms: float, regions_file: Path) -> None:
         rate = self.s.edge_upload_Bps
         host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
+        assert self.origin is not None, "started before the edges"
         args = ["--cache", str(self.root / f"edge-{region}"), "--parent", self.origin.url, "--p2p"]
         args += ["--regions", str(regions_file), "--locality", self.s.locality]  # no announce interval: the lab runs the defaults
         if rate and self.net.daemon_caps:
@@ -292,9 +294,10 @@ class Lab:
     async def _sample(self, http: aiohttp.ClientSession) -> None:
         t = self.now()
         edges = dict(zip(self.edges, await asyncio.gather(*(_status(http, e.url) for e in self.edges.values())), strict=True))
+        assert self.origin is not None, "sampled only once deployed"
         origin = await _status(http, self.origin.url)
         await asyncio.gather(*(self._sample_user(http, u) for u in self.users if u.node.running))
-        row = {"t": round(t, 2), "edges_Bps": {}, "origin_Bps": 0.0, "done": sum(u.done_at is not None for u in self.users)}
+        row: dict[str, Any] = {"t": round(t, 2), "edges_Bps": {}, "origin_Bps": 0.0, "done": sum(u.done_at is not None for u in self.users)}
         dt = t - self.timeline[-1]["t"] if self.timeline else t
         for region, st in edges.items():
             if st is None:
@@ -336,7 +339,7 @@ class Lab:
     # -- the result ------------------------------------------------------------------------
     def result(self, network: str) -> dict:
         s = self.s
-        regions = {}
+        regions: dict[str, dict[str, Any]] = {}
         for k, r in self._regions():
             users = [u for u in self.users if u.region == r.name]
             got = sum((u.got() for u in users), Counter())
@@ -359,7 +362,7 @@ class Lab:
         total = sum(got.values())
         edges_total = sum(self._edge_sent.values())
         demand = sum(x["demand_bytes"] for x in regions.values())
-        result = {
+        result: dict[str, Any] = {
             "scenario": asdict(s),
             "network": network,
             "elapsed_s": round(self.now(), 2),
@@ -541,6 +544,7 @@ async def _guarded(lab: Lab, console: Console) -> dict:
     from edgeswarm.measure import labreport
 
     task = asyncio.current_task()
+    assert task is not None, "called from a task"
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)

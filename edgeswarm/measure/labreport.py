@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -31,9 +32,9 @@ class Progress:
 
     def __init__(self, console: Console, lab):
         self.console, self.lab = console, lab
-        self.bar = None
+        self.bar: RichProgress | None = None
         self._last_line = 0.0
-        self._task = None
+        self._task = TaskID(0)  # the bar's, once there is one
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:
@@ -60,7 +61,7 @@ class Progress:
             self.console.print(f"lab {self.lab.s.name}: {text}")
 
     def update(self, lab) -> None:
-        row = lab.timeline[-1] if lab.timeline else {"edges_Bps": {}, "done": 0}
+        row: dict[str, Any] = lab.timeline[-1] if lab.timeline else {"edges_Bps": {}, "done": 0}
         egress = sum(row["edges_Bps"].values())
         text = f"{lab.s.name}: edges send {format_bytes(egress)}/s"
         if self.bar is not None:

@@ -22,6 +22,8 @@ stops watching.  Each is worth a few per cent of a 6-20 s session's bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from edgeswarm.sim import model
@@ -50,7 +52,7 @@ def compare(result: dict) -> dict | None:
     )
     series = model.vod_series(sessions, regions, r, 1 / 3, STEP)
     kbits = {kind: series.rates[kind].sum(axis=0) * STEP for kind in model.RATE_SERIES}  # per region, kbit at 2007 rates
-    out = {"tolerance": TOLERANCE, "regions": {}}
+    out: dict[str, Any] = {"tolerance": TOLERANCE, "regions": {}}
     for i, name in enumerate(regions):
         out["regions"][name] = _row(kbits, i, result["regions"][name]["savings"])
     total = {kind: np.array([v.sum()]) for kind, v in kbits.items()}

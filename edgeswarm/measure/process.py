@@ -73,20 +73,29 @@ class NodeProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The process id of the daemon, once started."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.role} was never started")
+        return self.proc.pid
+
     def stop(self, timeout: float = 10.0) -> None:
-        if self.running:
-            self.proc.send_signal(signal.SIGTERM)
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                proc.kill()
+                proc.wait()
 
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as in a crash."""
-        if self.running:
-            self.proc.kill()
-            self.proc.wait()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class ProcessGroup:
@@ -113,7 +122,7 @@ class ProcessGroup:
     def stop(self) -> None:
         """SIGTERM to all at once, then wait: a lab of fifty daemons stops in one daemon's time."""
         for node in reversed(self.nodes):
-            if node.running:
+            if node.proc is not None and node.running:
                 node.proc.send_signal(signal.SIGTERM)
         for node in reversed(self.nodes):
             node.stop()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import sys
 import time
 from datetime import UTC, datetime
 
+from edgeswarm.protocol.units import UnitError, parse_duration
 from edgeswarm.store.ledger import BY, USAGE_COUNTERS, LedgerError, ReportRow, redact, report
 
 EPILOG = """\
@@ -34,15 +34,13 @@ columns are what users' peers reported.  Flags:
 A flag means the reports disagree beyond the tolerance; check before crediting them.
 """
 
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE | re.ASCII)
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_since(text: str, now: float | None = None) -> float:
-    """Epoch seconds from an ISO 8601 date/date-time (naive means UTC) or a relative 90m/24h/7d."""
-    m = _AGO.match(text)
-    if m:
-        return (time.time() if now is None else now) - float(m.group(1)) * _SECONDS[m.group(2).lower()]
+    """Epoch seconds from an ISO 8601 date/date-time (naive means UTC) or a time ago (90m, 24h, 7d: units.parse_duration with a unit)."""
+    try:
+        return (time.time() if now is None else now) - parse_duration(text, unit_required=True)
+    except UnitError:
+        pass  # not a time ago (a bare number is a date here: 20240501), so perhaps a date
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -125,7 +125,7 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
     options = [_options(cors)] if cors is not None and cors.enabled else []
     app = web.Application(middlewares=[errors, *options, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
-    if options:
+    if cors is not None and options:
         app.on_response_prepare.append(_cors_headers(cors))
     app.router.add_get("/healthz", _ok)
 
@@ -517,7 +517,9 @@ class Servers:
                 await site.start()
             except OSError as exc:
                 raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-            address = site._server.sockets[0].getsockname()  # port 0 -> the real one
+            server = site._server
+            assert isinstance(server, asyncio.Server)  # TCPSite's, once started
+            address = server.sockets[0].getsockname()  # port 0 -> the real one
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]
             log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
             bound[label] = (address[0], address[1])

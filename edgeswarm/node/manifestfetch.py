@@ -16,28 +16,15 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
-from aiohttp import web
-
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, Upstream, UpstreamError
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
-from edgeswarm.protocol.paths import clean_request_path
+from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.store.piecestore import PieceStore
 
 log = logging.getLogger("edgeswarm.node.manifestfetch")
-
-
-def manifest_url(path: str) -> str:
-    """The request target of ``GET /manifest/<path>`` for a published path."""
-    return "/manifest/" + quote(path, safe="/")
-
-
-def requested_path(request: web.Request) -> str:
-    """The published path a ``GET /manifest/<path>`` names, from the raw target (400 if it is no valid path)."""
-    raw = request.raw_path
-    return clean_request_path("/" + raw.split("/", 2)[2] if raw.count("/") >= 2 else "/")
 
 
 class ManifestOrder:

@@ -114,10 +114,6 @@ class Metrics:
         self.responses[(status, endpoint)] += 1
         self.durations.labels(self.role, endpoint).observe(seconds)
 
-    def status_count(self, status: int) -> int:
-        """Answers with ``status`` over all endpoints."""
-        return sum(n for (s, _), n in self.responses.items() if s == status)
-
     def count_content(self, direction: str, cid: str, kind: str, nbytes: int) -> None:
         """Bytes of one content; past MAX_CONTENT_SERIES distinct ids, new ones count as content="other"."""
         self.content[(direction, _capped(cid, self._content_ids, MAX_CONTENT_SERIES), kind)] += nbytes

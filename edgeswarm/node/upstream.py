@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from ssl import SSLContext
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -47,7 +48,7 @@ class Reply:
 
 
 class Upstream:
-    def __init__(self, timeout: float, ssl: object = None, bind: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(self, timeout: float, ssl: SSLContext | None = None, bind: str | None = None, headers: dict[str, str] | None = None):
         self.timeout = timeout
         self.ssl = ssl  # an SSLContext with the configured CA, or None for the system's trust store
         self.bind = bind  # source address for outgoing connections: how peers appear in their region

@@ -25,7 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from edgeswarm.policy.picker import PiecePicker
@@ -204,7 +204,7 @@ class Engine:
         self.picker.lost(index)
 
     # -- who else has it -------------------------------------------------------------------
-    def tracker_answer(self, answer: list[dict]) -> None:
+    def tracker_answer(self, answer: list[dict[str, Any]]) -> None:
         """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
         for p in answer:
             n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
@@ -316,7 +316,7 @@ class Engine:
             n.working = True
             self.host.spawn(self.peer_worker(n))
 
-    def _rank(self, scored: tuple[int, Neighbour]) -> tuple:
+    def _rank(self, scored: tuple[int, Neighbour]) -> tuple[object, ...]:
         """Staffing order (lowest first): same region first; then, for a stream, the most useful and fastest (the
         reader's window is short); for a whole file, the one our workers left longest ago (never asked: first),
         then in an order of our own (a hash), so a crowd's downloaders, who learn their neighbours in the same

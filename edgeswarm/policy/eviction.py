@@ -12,6 +12,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -22,22 +25,24 @@ class _Entry:
     stamp: int  # tells a live heap row from a stale one
 
 
-class EvictionPolicy:
+class EvictionPolicy(Generic[K]):
+    """The bookkeeping of one cache, whose items are keyed by ``K`` (the piece store's: (content id, index))."""
+
     def __init__(self, capacity: int | None):
         self.capacity = capacity
         self.used = 0
         self._age = 0.0
         self._clock = 0
-        self._entries: dict[Hashable, _Entry] = {}
-        self._heap: list[tuple[float, int, Hashable]] = []
+        self._entries: dict[K, _Entry] = {}
+        self._heap: list[tuple[float, int, K]] = []
 
-    def __contains__(self, key: Hashable) -> bool:
+    def __contains__(self, key: K) -> bool:
         return key in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _push(self, key: Hashable, entry: _Entry) -> None:
+    def _push(self, key: K, entry: _Entry) -> None:
         """A heap row at the entry's priority (set by add or hit: the age then, plus its hits)."""
         self._clock += 1
         entry.stamp = self._clock
@@ -46,7 +51,7 @@ class EvictionPolicy:
             self._heap = [(e.priority, e.stamp, k) for k, e in self._entries.items()]
             heapq.heapify(self._heap)
 
-    def add(self, key: Hashable, size: int, hits: int = 1) -> list[Hashable]:
+    def add(self, key: K, size: int, hits: int = 1) -> list[K]:
         """Record a newly stored item; return the items to delete to make room (never itself)."""
         if key in self._entries:
             self.remove(key)
@@ -56,20 +61,20 @@ class EvictionPolicy:
         self._push(key, entry)
         return self._victims(protect=key)
 
-    def hit(self, key: Hashable) -> None:
+    def hit(self, key: K) -> None:
         """O(1): the heap row keeps the old (lower) priority and is corrected when it reaches the top."""
         entry = self._entries.get(key)
         if entry is not None:
             entry.hits += 1
             entry.priority = self._age + entry.hits
 
-    def remove(self, key: Hashable) -> None:
+    def remove(self, key: K) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.used -= entry.size
 
-    def _victims(self, protect: Hashable) -> list[Hashable]:
-        victims: list[Hashable] = []
+    def _victims(self, protect: K) -> list[K]:
+        victims: list[K] = []
         spared = []
         while self.capacity is not None and self.used > self.capacity and self._heap:
             priority, stamp, key = heapq.heappop(self._heap)

@@ -1,7 +1,8 @@
 """Which piece to ask which source for next: the heart of the download engine.
 
-Sans-IO and deterministic (time is passed in), so the peer daemon drives it
-and tests and the simulator can replay it.  The rules, after BitTorrent and
+Sans-IO and deterministic (time is passed in), so the download engine
+(edgeswarm.policy.engine) drives it alike in the peer daemon and in the swarm
+simulator, and tests replay it.  The rules, after BitTorrent and
 the hybrid CDN-P2P literature:
 
 * Streaming: the pieces just ahead of the reader are *urgent*.  Any source
@@ -27,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 ENDGAME_COPIES = 2  # at most this many sources race for one piece
 WORKING = 2.0  # seconds since a peer source last asked for a piece within which it counts as worked on
@@ -254,7 +255,7 @@ class PiecePicker:
                 return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
         return None
 
-    def _usable(self, source: str, edge: bool):
+    def _usable(self, source: str, edge: bool) -> Callable[[int], bool]:
         holds = None if edge else self._peers.get(source, set())
         return lambda i: i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
 
@@ -285,7 +286,7 @@ class PiecePicker:
         """Some peer that is not choking us (nor backing off) holds this piece."""
         return any(index in held and peer not in self.paused for peer, held in self._peers.items())
 
-    def _endgame(self, usable, started_before: float | None = None) -> int | None:
+    def _endgame(self, usable: Callable[[int], bool], started_before: float | None = None) -> int | None:
         """A piece in flight elsewhere to race, the oldest request first; only requests started before
         ``started_before`` when given (the edge's races)."""
         racing = [

@@ -41,7 +41,7 @@ class SourceRanking:
         """Set a source aside; returns the back-off in seconds."""
         s = self._get(source)
         s.failures += 1
-        backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (s.failures - 1))
+        backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2.0 ** (s.failures - 1))
         s.until = now + backoff
         return backoff
 

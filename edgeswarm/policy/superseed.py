@@ -72,7 +72,7 @@ class SuperSeeder:
         """A recorded copy never arrived (the send failed): it does not count."""
         entry = self._entries.get((region, cid))
         pieces = entry.sent.get(peer) if entry is not None else None
-        if pieces is None or pieces.pop(index, None) is None:
+        if entry is None or pieces is None or pieces.pop(index, None) is None:
             return
         self._uncount(entry, [index])
         if not pieces:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import mimetypes
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
@@ -137,7 +138,7 @@ def byteranges(spans: list[Span], size: int, ctype: str, boundary: str) -> tuple
     return heads, f"\r\n--{boundary}--\r\n".encode("latin-1")
 
 
-def check_json_body(headers) -> None:
+def check_json_body(headers: Mapping[str, str]) -> None:
     """Refuse a JSON request body we would misread, before reading it (RFC 8259: JSON on the wire is UTF-8).
 
     A compressed body is a 415, since we accept none (RFC 9110 15.5.16); a
@@ -188,7 +189,7 @@ class Validators:
     modified: int  # epoch seconds
 
 
-def not_modified(headers, v: Validators) -> bool:
+def not_modified(headers: Mapping[str, str], v: Validators) -> bool:
     """If-None-Match (weak comparison), else If-Modified-Since: answer 304."""
     inm = headers.get("If-None-Match")
     if inm is not None:
@@ -202,7 +203,7 @@ def not_modified(headers, v: Validators) -> bool:
     return False
 
 
-def range_applies(headers, v: Validators) -> bool:
+def range_applies(headers: Mapping[str, str], v: Validators) -> bool:
     """If-Range: the Range counts only if the representation is unchanged (strong match)."""
     value = headers.get("If-Range")
     if value is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -96,7 +97,7 @@ class Manifest:
             and hashlib.sha256(data).hexdigest() == self.pieces[index]
         )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {
             "format": FORMAT,
             "path": self.path,
@@ -137,7 +138,7 @@ class Manifest:
             raise ManifestError(f"malformed manifest: missing or bad field {exc}") from exc
         except ValueError as exc:
             raise ManifestError(f"malformed manifest: {exc}") from exc
-        checks = [
+        checks: list[tuple[Callable[[], bool], str]] = [
             (lambda: isinstance(m.path, str) and isinstance(m.content_type, str), "path and content_type must be strings"),
             (
                 lambda: all(type(v) is int and v >= 0 for v in (m.size, m.modified, m.piece_size)),

@@ -7,7 +7,7 @@ and loudly (400) instead of as a puzzling 404.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from edgeswarm.errors import HttpError
 
@@ -30,6 +30,31 @@ def clean_request_path(raw_path: str) -> str:
     problem = path_problem(rel)
     if problem:
         raise HttpError(400, f"invalid path: {problem}")
+    return rel
+
+
+def manifest_url(path: str) -> str:
+    """The request target of ``GET /manifest/<path>`` for a published path."""
+    return "/manifest/" + quote(path, safe="/")
+
+
+def manifest_request_path(raw_path: str) -> str:
+    """The published path a ``GET /manifest/<path>`` (or ``/torrent/<path>``, ``/magnet/<path>``) names, from its raw target (400 if it is no valid path)."""
+    return clean_request_path("/" + raw_path.split("/", 2)[2] if raw_path.count("/") >= 2 else "/")
+
+
+def reserved_segment(rel: str) -> str | None:
+    """The first segment of ``rel`` if it names a node endpoint (never a published file), else None."""
+    first = rel.split("/", 1)[0]
+    return first if first in RESERVED else None
+
+
+def file_request_path(raw_path: str) -> str:
+    """The published path a ``GET /<path>`` names: 400 if it can be no path, 404 if it is a node endpoint's."""
+    rel = clean_request_path(raw_path)
+    reserved = reserved_segment(rel)
+    if reserved is not None:
+        raise HttpError(404, f"no such endpoint /{reserved}")
     return rel
 
 

@@ -60,6 +60,24 @@ def parse_rate(text: str) -> int:
     return int(value if unit.startswith("B") or unit.startswith("byte") else value / 8)
 
 
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE | re.ASCII)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, unit_required: bool = False) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``1.5h``, ``7d`` or ``2w``: the one grammar of durations (docs/configuration.md).
+
+    A decimal number (ASCII digits, optional fraction) and an optional unit s, m,
+    h, d or w, in either case; no unit means seconds.  ``unit_required`` is for
+    options that also take a date, where ``20240501`` must stay a date.
+    """
+    m = _DURATION.fullmatch(text)
+    if not m or (unit_required and not m.group(2)):
+        units = "a unit" if unit_required else "an optional unit"
+        raise UnitError(f"cannot read duration {text[:40]!r}: expected a number with {units} s, m, h, d or w (90s, 15m, 2h, 7d, 2w)")
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+
+
 def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``[::1]:PORT``; port 0 asks the kernel for a free one."""
     host, sep, digits = text.rpartition(":")

@@ -8,6 +8,7 @@ layer, never from another role.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from urllib.parse import quote
 
 from aiohttp import web
@@ -41,7 +42,7 @@ def piece_index(request: web.Request, count: int) -> int:
     return index
 
 
-def have_response(cid: str, count: int, held) -> web.Response:
+def have_response(cid: str, count: int, held: Collection[int]) -> web.Response:
     """The held pieces as a BitTorrent-style bitfield (MSB first), base64 in JSON."""
     return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 

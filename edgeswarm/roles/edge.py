@@ -22,8 +22,9 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -32,8 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
-from edgeswarm.node.manifestfetch import ManifestFetcher, requested_path
+from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
@@ -44,7 +46,7 @@ from edgeswarm.policy.tracker import PeerRecord, Refused, Tracker, peer_url
 from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
-from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
 from edgeswarm.protocol.wire import (
     base_url,
@@ -62,7 +64,7 @@ from edgeswarm.roles import bttracker
 from edgeswarm.roles.announce import TrackerService
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
@@ -81,13 +83,13 @@ class EdgeSource:
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
 
     def local(self, index: int) -> int | None:
-        fd = self.edge.store.piece_fd(self.cid, index)
+        fd = self.edge.pinned.opened.piece_fd(self.cid, index)
         if fd is not None:
             self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
         return fd
 
     def held(self, index: int) -> bool:
-        return index in self.edge.store.held(self.cid)
+        return index in self.edge.pinned.opened.held(self.cid)
 
     async def fetch(self, index: int) -> bytes:
         if not self.may_fetch:
@@ -133,8 +135,7 @@ class Edge:
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
         self.tracker = tracker
         self.bucket = TokenBucket(upload_limit)
-        self.store: PieceStore | None = None
-        self._opened = asyncio.Event()
+        self.pinned = PinnedStore(cache, origin_key, max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
@@ -153,20 +154,17 @@ class Edge:
             self.metrics.registry.register(_Families(self._region_metrics))
 
     # -- start-up: learn and pin the origin key ---------------------------------
+    @property
+    def store(self) -> PieceStore | None:
+        """The piece store, None until the origin key is pinned."""
+        return self.pinned.store
+
     async def open_store(self) -> None:
-        key = await originkey.pin(self.cache, self.origin_key, self.upstream, [self.parent])
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
-        self._opened.set()
+        await self.pinned.open(self.upstream, [self.parent])
 
     async def _store(self) -> PieceStore:
         """The piece store; requests that arrive before the origin key is known wait for it a while."""
-        if self.store is None:
-            try:
-                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
-            except TimeoutError:
-                raise HttpError(503, f"edge is still learning the origin key from {self.parent}", {"Retry-After": "2"}) from None
-        assert self.store is not None
-        return self.store
+        return await self.pinned.wait(self.upstream.timeout)
 
     # -- access --------------------------------------------------------------------
     def may_fetch(self, request: web.Request) -> bool:
@@ -309,9 +307,7 @@ class Edge:
     # -- handlers --------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         self.check_host(request)
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         may_fetch = self.may_fetch(request)
         grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
         signed = await self.resolve(rel, may_fetch)
@@ -330,7 +326,7 @@ class Edge:
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        rel = requested_path(request)
+        rel = manifest_request_path(request.raw_path)
         if self.require_token:
             await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))
@@ -374,7 +370,7 @@ class Edge:
     async def _handed_out(self, request: web.Request) -> tuple[SignedManifest, bytes]:
         """The torrent a ``/torrent/<path>`` or ``/magnet/<path>`` request gets: this edge first among its web seeds."""
         self.check_host(request)
-        rel = requested_path(request)
+        rel = manifest_request_path(request.raw_path)  # /torrent/<path>, /magnet/<path>: the same shape
         await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))
         reason = why_none(signed.manifest)
@@ -440,7 +436,7 @@ class Edge:
         """The public key of this edge's swarm tickets: peers check each other's tickets with it."""
         return web.Response(body=public_pem(self.swarm_key.public_key()), content_type="application/x-pem-file")
 
-    async def get_piece(self, request: web.Request) -> web.Response:
+    async def get_piece(self, request: web.Request) -> web.StreamResponse:
         """Node to node.  ``Cache-Control: only-if-cached`` (siblings) never triggers a fetch."""
         store = await self._store()
         cid = request.match_info["cid"]
@@ -708,7 +704,7 @@ class Edge:
             if self.ledger is not None:
                 await self.ledger.start()  # an unusable ledger stops start-up with its reason
             opener = None
-            if self.origin_key is not None or (self.cache / "origin.pub").exists():
+            if self.pinned.key_known():
                 await self.open_store()  # a bad key file stops start-up with its reason
             else:
                 opener = asyncio.create_task(self.open_store())  # learn it from the parent
@@ -748,7 +744,7 @@ class _Families:
         self.collect = collect
 
 
-def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:
+def share(tasks: dict, key: Hashable, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Future, bool]:
     """One task per key, awaited by all who ask while it runs (request collapsing).
 
     The task is shielded: a client that hangs up does not cancel the fetch

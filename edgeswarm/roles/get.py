@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,7 +83,9 @@ async def download(
             signed = await peer.resolve(path)
         except HttpError as exc:
             raise GetError(f"{url}: {exc.message}") from None
-        peer.store.verify_held(signed.content_id)  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
+        peer.pinned.opened.verify_held(
+            signed.content_id
+        )  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
         swarm = peer.swarm(signed)
         swarm.want_whole()
         started = time.monotonic()
@@ -93,7 +96,7 @@ async def download(
         except HttpError as exc:
             raise GetError(f"{url}: {exc.message}") from None
         await asyncio.to_thread(_write_output, peer, signed, output, key)
-        got = peer.received.get(signed.content_id, {})
+        got = peer.received.get(signed.content_id, Counter())
         from_peers, total = peer_bytes(got), sum(got.values())
         return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
     finally:
@@ -134,7 +137,7 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
 
 
 def _peer_share(peer: Peer, cid: str) -> float:
-    got = peer.received.get(cid, {})
+    got = peer.received.get(cid, Counter())
     return p2p_share(peer_bytes(got), sum(got.values())) or 0.0
 
 
@@ -146,7 +149,7 @@ def _write_output(peer: Peer, signed, output: Path, key: bytes | None) -> None:
     tmp = output.with_name(output.name + ".part")
     with open(tmp, "wb") as f:
         for i in range(m.piece_count):
-            data = peer.store.read_piece(signed.content_id, i)
+            data = peer.pinned.opened.read_piece(signed.content_id, i)
             if data is None or not m.check_piece(i, data):
                 tmp.unlink(missing_ok=True)
                 raise GetError(f"piece {i} vanished or changed in the cache while writing {output}")

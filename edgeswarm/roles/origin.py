@@ -18,10 +18,9 @@ from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
-from edgeswarm.node.manifestfetch import requested_path
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
-from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
     KEPT,
     Torrent,
@@ -132,9 +131,7 @@ class Origin:
 
     # -- handlers --------------------------------------------------------------
     def _entry_by_path(self, request: web.Request) -> Entry:
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
             raise HttpError(404, f"{rel} is not published")
@@ -164,7 +161,7 @@ class Origin:
         return access.key_response(entry.signed.content_id, entry.key)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        rel = requested_path(request)
+        rel = manifest_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
             raise HttpError(404, f"{rel} is not published")
@@ -173,7 +170,7 @@ class Origin:
     # -- BitTorrent ---------------------------------------------------------------
     def _entry_at(self, request: web.Request) -> Entry:
         """The entry a ``/torrent/<path>`` or ``/magnet/<path>`` request names: 404 if none, or if it has no torrent."""
-        rel = requested_path(request)
+        rel = manifest_request_path(request.raw_path)  # /torrent/<path>, /magnet/<path>: the same shape
         entry = self.catalog.by_path.get(rel)
         if entry is None:
             raise HttpError(404, f"{rel} is not published")

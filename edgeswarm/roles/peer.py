@@ -22,17 +22,19 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDictProxy
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
@@ -46,12 +48,12 @@ from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
-from edgeswarm.protocol.paths import RESERVED, clean_request_path
+from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.store.piecestore import PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
 
@@ -125,17 +127,17 @@ class SwarmSource:
         self.peer, self.swarm = peer, swarm
 
     def local(self, index: int) -> int | None:
-        return self.peer.store.piece_fd(self.swarm.cid, index)
+        return self.peer.pinned.opened.piece_fd(self.swarm.cid, index)
 
     def held(self, index: int) -> bool:
-        return self.peer.store.has(self.swarm.cid, index)
+        return self.peer.pinned.opened.has(self.swarm.cid, index)
 
     async def fetch(self, index: int) -> bytes:
         try:
             await asyncio.wait_for(self.swarm.piece(index), self.peer.read_timeout)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
-        data = self.peer.store.read_piece(self.swarm.cid, index)
+        data = self.peer.pinned.opened.read_piece(self.swarm.cid, index)
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data
@@ -172,7 +174,7 @@ class Peer:
         self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
         self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
-        self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
+        self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
@@ -185,7 +187,7 @@ class Peer:
         self.manifests = ManifestFetcher(
             self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
         )
-        self.store: PieceStore | None = None
+        self.pinned = PinnedStore(cache, origin_key, max_cache, "peer is still learning the origin key from its edges")
         self.swarms: dict[str, Swarm] = {}
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
@@ -200,31 +202,28 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
-        self._opened = asyncio.Event()
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
         for q in ("p50", "p95"):
             self.metrics.gauge(
                 f"have_latency_{q}_seconds",
                 f"Availability latency {q}: when a neighbour's HAVE line arrived less when it stored the piece (0: no sample yet)",
-                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),
+                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),  # type: ignore[misc]  # q bound per gauge: mypy types no lambda with a default
             )
         self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
 
     # -- start-up ----------------------------------------------------------------------
+    @property
+    def store(self) -> PieceStore | None:
+        """The piece store, None until the origin key is pinned."""
+        return self.pinned.store
+
     async def open_store(self) -> None:
-        key = await originkey.pin(self.cache, self.origin_key, self.upstream, self.edges)
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
-        self._opened.set()
+        await self.pinned.open(self.upstream, self.edges)
 
     async def _store(self) -> PieceStore:
-        if self.store is None:
-            try:
-                await asyncio.wait_for(self._opened.wait(), self.upstream.timeout)
-            except TimeoutError:
-                raise HttpError(503, "peer is still learning the origin key from its edges", {"Retry-After": "2"}) from None
-        assert self.store is not None
-        return self.store
+        """The piece store; requests that arrive before the origin key is known wait for it a while."""
+        return await self.pinned.wait(self.upstream.timeout)
 
     # -- credentials -------------------------------------------------------------------
     def edge_headers(self) -> dict[str, str]:
@@ -383,7 +382,7 @@ class Peer:
         self.from_edge[(cid, edge)] += len(reply.body)
         return index, reply.body
 
-    async def have_stream(self, url: str, cid: str) -> AsyncIterator[HaveEvent]:
+    async def have_stream(self, url: str, cid: str) -> AsyncGenerator[HaveEvent, None]:
         """A neighbour's HAVE stream, one event per line; ends when the stream does.
 
         A neighbour that answers a plain ``/have`` (an older peer) yields one
@@ -513,8 +512,8 @@ class Peer:
         """One announce; returns why the tracker could not be reached, if it could not."""
         store = self.store
         signed = store.manifest(cid) if store else None
-        if signed is None:
-            return
+        if store is None or signed is None:
+            return None
         count = signed.manifest.piece_count
         held = store.held(cid)
         if event != "stopped":
@@ -591,9 +590,7 @@ class Peer:
 
     # -- the gateway -------------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         signed = await self.resolve(rel)
         protection = signed.manifest.protection
         if protection is not None:  # decrypted with our user's token: for listed origins only, never "*"
@@ -603,9 +600,7 @@ class Peer:
 
     async def post_file(self, request: web.Request) -> web.Response:
         """``POST /<path>``: fetch the whole file in the background (rarest-first, to seed it later)."""
-        rel = clean_request_path(request.raw_path)
-        if rel.split("/", 1)[0] in RESERVED:
-            raise HttpError(404, f"no such endpoint /{rel.split('/', 1)[0]}")
+        rel = file_request_path(request.raw_path)
         swarm = self.swarm(await self.resolve(rel))
         swarm.want_whole()
         return json_response(swarm.status(), status=202)
@@ -729,7 +724,7 @@ class Peer:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
         )
-        if self.origin_key is not None or (self.cache / "origin.pub").exists():
+        if self.pinned.key_known():
             await self.open_store()
             self._tasks = [asyncio.create_task(self.announce_loop())]
         else:

@@ -46,7 +46,7 @@ class Swarm:
         self.engine = engine.Engine(
             self,
             signed.manifest.piece_count,
-            peer.store.held(self.cid),
+            peer.pinned.opened.held(self.cid),
             seed=peer.peer_id,
             deadline=peer.deadline,
             edges=peer.edges,
@@ -65,7 +65,7 @@ class Swarm:
     async def piece(self, index: int) -> None:
         """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
         if index in self.picker.have:
-            if self.peer.store.has(self.cid, index):
+            if self.peer.pinned.opened.has(self.cid, index):
                 return
             self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
         fut = asyncio.get_running_loop().create_future()
@@ -175,7 +175,7 @@ class Swarm:
         self._unsubscribe(n)
 
     def gone(self) -> bool:
-        return self.peer.store.manifest(self.cid) is None
+        return self.peer.pinned.opened.manifest(self.cid) is None
 
     # -- running the engine's workers ------------------------------------------------------
     def _start(self, coro) -> asyncio.Task:
@@ -231,7 +231,7 @@ class Swarm:
             data = f.data
             if not isinstance(data, bytes):
                 data = await self.peer.fetch_piece(f.url, self.cid, f.index, to_peer=f.peer is not None, urgent=f.urgent)
-            self.peer.store.put_piece(self.cid, f.index, data)
+            self.peer.pinned.opened.put_piece(self.cid, f.index, data)
             return Result("ok", time.monotonic() - started, len(data))
         except CorruptPiece:
             self.peer.metrics.events[("corrupt_piece", f.url)] += 1

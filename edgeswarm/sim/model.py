@@ -128,12 +128,12 @@ def sessions(start, duration, region, content, up, rate, step: float, span_s: fl
     k0 = np.ceil((start[order] - t0) / step).astype(np.int64)
     k1 = np.minimum(np.ceil((end[order] - t0) / step), steps).astype(np.int64)
     del end
-    ints = [np.asarray(a)[order].astype(np.int64, copy=False) for a in (region, content)]
-    floats = [np.asarray(a)[order].astype(float, copy=False) for a in (up, rate)]
-    return Sessions(k0, k1, *ints, *floats, steps, t0)
+    region_i, content_i = (np.asarray(a)[order].astype(np.int64, copy=False) for a in (region, content))
+    up_f, rate_f = (np.asarray(a)[order].astype(float, copy=False) for a in (up, rate))
+    return Sessions(k0, k1, region_i, content_i, up_f, rate_f, steps, t0)
 
 
-def _per_step(k: np.ndarray, region: np.ndarray, weights: np.ndarray, steps: int, nreg: int) -> np.ndarray:
+def _per_step(k: tuple[np.ndarray, np.ndarray], region: np.ndarray, weights: np.ndarray, steps: int, nreg: int) -> np.ndarray:
     """Σ weights of the sessions online at each instant, per region (a difference array, then cumsum)."""
     at = np.bincount(k[0] * nreg + region, weights, minlength=(steps + 1) * nreg)
     at -= np.bincount(k[1] * nreg + region, weights, minlength=(steps + 1) * nreg)
@@ -265,6 +265,6 @@ def summary(series: Series) -> dict:
     """Figures per region and for the total, which is the sum of the regions' series (the bill of
     one CDN), so its percentile is not the sum of the regions' percentiles."""
     regions = {name: figures({k: v[:, i] for k, v in series.rates.items()}, series.step) for i, name in enumerate(series.regions)}
-    total = figures({k: v.sum(axis=1) for k, v in series.rates.items()}, series.step)
+    total: dict[str, object] = {**figures({k: v.sum(axis=1) for k, v in series.rates.items()}, series.step)}
     total["sum_of_region_p95_mbps"] = {k: sum(x[f"{k}_mbps"] for x in regions.values()) for k in RATE_SERIES}
     return {"total": total, "regions": regions}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
@@ -30,7 +30,7 @@ class Progress:
     def __init__(self, console: Console):
         self.console = console
         self.bar: RichProgress | None = None
-        self._task = None
+        self._task = TaskID(0)  # the bar's, once there is one
         self._last = 0.0
 
     def __enter__(self) -> Progress:

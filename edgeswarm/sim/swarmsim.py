@@ -24,10 +24,11 @@ import itertools
 import json
 import math
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgeswarm.policy.choker import SLOTS, Choker
 from edgeswarm.policy.engine import AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
@@ -308,7 +309,7 @@ class SimPeer:
             source = self.sim.node(command.url)
             loop.after(RTT / 2, source.piece, self, command.index, command.urgent, answer)
         elif isinstance(command, Seed):
-            loop.after(RTT / 2, self.sim.node(command.edge).seed, self, command.claimed, command.start, answer)
+            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, answer)
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
             held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
@@ -436,11 +437,14 @@ class Simulation:
         self.peers: dict[str, SimPeer] = {}
         self.crowd_peers: list[SimPeer] = []
         self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
-        self.idle: Counter[str] = Counter()  # peer id -> seconds its uplink has idled with something to give (sampled)
+        self.idle: dict[str, float] = defaultdict(float)  # peer id -> seconds its uplink has idled with something to give (sampled)
         self.longest_idle = 0.0  # the longest such stretch
 
     def piece_len(self, index: int) -> int:
         return min(PIECE, self.crowd.size - index * PIECE)
+
+    def edge(self, url: str) -> SimEdge:
+        return next(e for e in self.edges if e.url == url)
 
     def node(self, url: str) -> SimEdge | SimPeer:
         return next((e for e in self.edges if e.url == url), None) or self.peers[url]
@@ -511,7 +515,7 @@ def simulate(crowd: Crowd) -> Outcome:
 
 
 # -- the sweep behind docs/engine.md ----------------------------------------------------------------
-SCENARIOS = {
+SCENARIOS: dict[str, dict[str, Any]] = {
     "synchronized streams": {"mode": "stream"},
     "staggered streams (one start a second)": {"mode": "stream", "stagger": 1.0},
     "whole-file downloads": {"mode": "get"},

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
-from edgeswarm.protocol.paths import RESERVED, path_problem
+from edgeswarm.protocol.paths import path_problem, reserved_segment
 from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class Catalog:
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
                 reason = path_problem(rel)
-                if reason is None and rel.split("/", 1)[0] in RESERVED:
+                if reason is None and reserved_segment(rel) is not None:
                     reason = "its first path segment is reserved for node endpoints"
                 if reason is None and full.is_symlink() and not full.resolve().is_relative_to(self.root):
                     reason = "it is a symlink out of the published directory"
@@ -191,7 +191,9 @@ class Catalog:
         piece_size = piece_size_for(key[0])
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         try:
-            pieces = hash_pieces(full, piece_size, cipher_for(content_key, protection) if protection else None)
+            pieces = hash_pieces(
+                full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
+            )
             after = _stat_key(full.stat())
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)

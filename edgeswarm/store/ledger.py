@@ -319,7 +319,7 @@ class Ledger:
             else:
                 entry[0] = min(entry[0] + nbytes, CAP)  # the newer path (from add) wins
 
-    def _warn(self, exc: Exception) -> None:
+    def _warn(self, exc: BaseException) -> None:
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now

@@ -49,7 +49,7 @@ class PieceStore:
         self.content_dir = root / "content"
         self._content_prefix = f"{self.content_dir}/"
         self.public_key = public_key
-        self.policy = EvictionPolicy(max_bytes)
+        self.policy = EvictionPolicy[tuple[str, int]](max_bytes)
         self._manifests: dict[str, SignedManifest] = {}
         self._raw: dict[str, bytes] = {}
         self._held: dict[str, set[int]] = {}

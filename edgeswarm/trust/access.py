@@ -20,12 +20,14 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.trust import tokens
-from edgeswarm.trust.protect import SCHEME
+from edgeswarm.trust.protect import SCHEME, Protection
 
 ANONYMOUS = "-"  # the ledger's user for requests without a token
 
 
-def grant(request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, required: bool, region: str | None = None):
+def grant(
+    request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, required: bool, region: str | None = None
+) -> tokens.Grant | None:
     """The verified grant for ``rel_path``, None if there is no token and none is required; else HttpError 401/403."""
     try:
         raw = tokens.from_request(request.headers, request.query)
@@ -97,13 +99,15 @@ async def fetch_key(
         raise KeyRefused(
             reply.status, f"{base} refused the key of {path}: {reply.status} {reply.body[:200].decode(errors='replace').strip()}"
         )
+    protection = signed.manifest.protection
+    assert protection is not None, "only a protected file has a key to fetch"  # callers check; a bug otherwise
     try:
-        return parse_key(reply.body, signed.manifest.protection)
+        return parse_key(reply.body, protection)
     except (ValueError, KeyError, TypeError) as exc:
         raise HttpError(502, f"{who} sent a bad key for {path}: {exc}") from None
 
 
-def parse_key(body: bytes, protection) -> bytes:
+def parse_key(body: bytes, protection: Protection) -> bytes:
     """The key out of a ``/key`` answer, checked against the manifest's key hash; ValueError if it is not the right one."""
     doc = json.loads(body)
     key = bytes.fromhex(doc["key"]) if isinstance(doc, dict) and isinstance(doc.get("key"), str) else b""

@@ -38,7 +38,7 @@ class Protection:
     nonce: bytes  # the counter block's upper half
     key_hash: str  # SHA-256 of the key, hex
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {"scheme": SCHEME, "nonce": self.nonce.hex(), "key_sha256": self.key_hash}
 
     @classmethod

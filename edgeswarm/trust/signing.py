@@ -24,16 +24,27 @@ class KeyFileError(EdgeswarmError):
     """A key file that cannot be used; the message names the file and the reason."""
 
 
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key in the PEM file at ``path``; KeyFileError (naming the file and why) for anything else, a missing file too."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{path}: not a PEM private key, or an encrypted one ({exc})") from None
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for some key types
+        raise KeyFileError(f"{path}: unusable private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 key")
+    return key
+
+
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """The origin key at ``path``, created (mode 0600) on first start."""
+    """The key at ``path``, created (mode 0600) on first start; an existing file that is no usable key is never replaced."""
     if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:
-            raise KeyFileError(f"{path}: not a PEM private key ({exc})") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(f"{path}: not an Ed25519 key")
-        return key
+        return load_private_key(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,13 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
-from edgeswarm.trust.signing import KeyFileError
+from edgeswarm.protocol.units import parse_duration
+from edgeswarm.trust.signing import KeyFileError, load_private_key
 
 ISSUER = "edgeswarm"
 ALGORITHM = "EdDSA"
@@ -41,8 +42,6 @@ MAX_PEER_ID_LENGTH = 64  # as in an announce
 MAX_CONTENT_LENGTH = 128
 MAX_TTL = 100 * 365 * 86400.0  # what the CLI accepts: a longer "duration" is surely a typo
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", re.ASCII)  # JWS compact form, no padding
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.ASCII)
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 # Everything a hostile string can make PyJWT or json raise; anything else would be a bug worth a traceback.
 _DECODE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
 
@@ -94,7 +93,7 @@ def _check_issue(user: str, ttl: float) -> None:
         raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
 
 
-def _sign(key: Ed25519PrivateKey, claims: dict) -> str:
+def _sign(key: Ed25519PrivateKey, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
@@ -106,7 +105,7 @@ def issue(key: Ed25519PrivateKey, user: str, path: str, ttl: float, region: str 
     if region is not None and _name_problem(region, "region", MAX_USER_LENGTH):
         raise ValueError(_name_problem(region, "region", MAX_USER_LENGTH))
     iat = time.time() if now is None else now
-    claims: dict = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "access", "path": path}
+    claims: dict[str, Any] = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "access", "path": path}
     if region is not None:
         claims["region"] = region
     return _sign(key, claims)
@@ -126,7 +125,7 @@ def issue_ticket(edge_key: Ed25519PrivateKey, peer_id: str, user: str, content: 
 # ----- verifying ----------------------------------------------------------------------------------------------------------
 
 
-def _decode(token: object, key: Ed25519PublicKey, what: str) -> dict:
+def _decode(token: object, key: Ed25519PublicKey, what: str) -> dict[str, Any]:
     """The claims of a token signed by ``key``; any flaw is a TokenError(401) naming it."""
     try:
         return jwt.decode(
@@ -161,21 +160,21 @@ def _precheck(token: object, what: str) -> str:
     return token
 
 
-def _number(claims: dict, name: str, what: str) -> float:
+def _number(claims: dict[str, Any], name: str, what: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise TokenError(401, f"{what} has an invalid {name!r} claim")
     return float(value)
 
 
-def _text(claims: dict, name: str, what: str, limit: int) -> str:
+def _text(claims: dict[str, Any], name: str, what: str, limit: int) -> str:
     value = claims.get(name)
     if _name_problem(value, name, limit):
         raise TokenError(401, f"{what} has an invalid {name!r} claim")
     return value  # type: ignore[return-value]
 
 
-def _check_claims(claims: dict, use: str, what: str, now: float | None) -> tuple[str, float]:
+def _check_claims(claims: dict[str, Any], use: str, what: str, now: float | None) -> tuple[str, float]:
     """The user and expiry, after checking the kind of token and its validity period (with LEEWAY)."""
     if claims.get("use") != use:
         other = "a swarm ticket" if use == "access" else "an access token"
@@ -270,34 +269,17 @@ def from_request(headers: Mapping[str, str], query: Mapping[str, str]) -> str | 
 # ----- command line -------------------------------------------------------------------------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in "90", "90s", "15m", "2h" or "7d": ValueError for anything else, since a typo must not mint a year-long token."""
-    m = _DURATION.fullmatch(text)
-    if not m:
-        raise ValueError(f"invalid duration {text[:40]!r}: expected a number with an optional unit s, m, h or d (90, 90s, 15m, 2h, 7d)")
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+def parse_ttl(text: str) -> float:
+    """Seconds of a token's life from a duration (units.parse_duration): ValueError unless more than zero and at most MAX_TTL.
+
+    A typo must not mint a year-long token, so the CLI refuses what is surely not meant.
+    """
+    seconds = parse_duration(text)
     if not seconds > 0:
         raise ValueError(f"invalid duration {text[:40]!r}: must be more than zero")
     if not seconds <= MAX_TTL:
         raise ValueError(f"invalid duration {text[:40]!r}: at most {MAX_TTL // 86400:.0f}d")
     return seconds
-
-
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The origin key at ``path``; unlike signing.load_or_create_private_key, a missing file is an error, never a new key."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for some key types
-        raise KeyFileError(f"{path}: unusable private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(f"{path}: not an Ed25519 key")
-    return key
 
 
 EPILOG = """\
@@ -307,12 +289,12 @@ examples:
   curl -H "Authorization: Bearer $TOKEN" http://edge:8080/films/a.mp4
 
 The description of the grant goes to stderr and the token alone to stdout, so
-$(...) captures just the token.  DURATION is seconds, or a number with s, m, h or d.
+$(...) captures just the token.  DURATION is seconds, or a number with s, m, h, d or w.
 The origin keeps its key in STATE/origin.key (default PUBLISHED_DIR/.edgeswarm/origin.key).
 """
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `token` subcommand and its `issue` subcommand."""
     p = sub.add_parser(
         "token",
@@ -336,7 +318,7 @@ def add_parser(sub) -> None:
         metavar="PREFIX",
         help="what it covers: / for everything, /films/ for a directory, /films/a.mp4 for one file (whole segments only)",
     )
-    i.add_argument("--ttl", required=True, metavar="DURATION", help="how long it is valid: 90, 90s, 15m, 2h, 7d")
+    i.add_argument("--ttl", required=True, metavar="DURATION", help="how long it is valid: 90, 90s, 15m, 2h, 7d, 2w")
     i.add_argument("--region", metavar="REGION", help="only valid at edges of this region (default: any region)")
 
 
@@ -349,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     if args.token_command != "issue":
         raise AssertionError(args.token_command)
     try:
-        ttl = parse_duration(args.ttl)
+        ttl = parse_ttl(args.ttl)
         key = load_private_key(args.key)
         now = time.time()
         expires = _iso(now + ttl)

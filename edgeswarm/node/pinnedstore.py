@@ -1,0 +1,56 @@
+"""An edge's or a peer's piece store, opened once the origin key is pinned: one copy for both.
+
+A node cannot check a manifest before it trusts a key, so its store opens
+only after ``originkey.pin``: at once when the key is given or was pinned on a
+previous start (a bad key file then stops start-up with its reason), else in
+the background while it learns the key from upstream.  Requests that arrive
+before that wait a while, then get a 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edgeswarm.errors import HttpError
+from edgeswarm.node.upstream import Upstream
+from edgeswarm.store.piecestore import PieceStore
+from edgeswarm.trust import originkey
+
+
+class PinnedStore:
+    """The store of a node that keeps its cache in ``cache``; ``waiting`` is the 503's message while the key is unknown."""
+
+    def __init__(self, cache: Path, given_key: Path | None, max_cache: int | None, waiting: str):
+        self.cache, self.given_key, self.max_cache = cache, given_key, max_cache
+        self.waiting = waiting
+        self.store: PieceStore | None = None
+        self._opened = asyncio.Event()
+
+    def key_known(self) -> bool:
+        """Given or pinned before: open at start-up, so that a bad key file stops the node instead of a background task."""
+        return self.given_key is not None or (self.cache / "origin.pub").exists()
+
+    async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
+        """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
+        key = await originkey.pin(self.cache, self.given_key, upstream, sources)
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self._opened.set()
+        return self.store
+
+    @property
+    def opened(self) -> PieceStore:
+        """The store, for code that runs only once it is open (a swarm, a piece source: both need a checked manifest first)."""
+        if self.store is None:
+            raise RuntimeError("the piece store is not open yet")
+        return self.store
+
+    async def wait(self, timeout: float) -> PieceStore:
+        """The store, waiting up to ``timeout`` seconds for it to open; else HttpError 503."""
+        if self.store is None:
+            try:
+                await asyncio.wait_for(self._opened.wait(), timeout)
+            except TimeoutError:
+                raise HttpError(503, self.waiting, {"Retry-After": "2"}) from None
+        assert self.store is not None
+        return self.store

@@ -1,0 +1,65 @@
+"""edgeswarm.node.manifestfetch, driven in-process through a real Peer: the peer checks manifests with the edge's code.
+
+Issue 11 found the peer's copy of the manifest fetch without the edge's
+"is this the manifest of the path I asked for?" check.  There is one copy
+now; these tests drive ``Peer.resolve`` (no process, no socket of its own)
+against ``FakeParent``, a real HTTP server that answers validly signed
+manifests as the test says.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_lying_upstream import FakeParent
+
+from edgeswarm.errors import HttpError
+from edgeswarm.roles.peer import Peer
+
+
+async def started_peer(tmp_path, parent: FakeParent) -> Peer:
+    """A peer gateway's state, its origin key learned from ``parent`` (no upload server, no announces)."""
+    peer = Peer(tmp_path / "peer", [parent.url], timeout=5.0)
+    await peer.upstream.start()
+    await peer.open_store()
+    return peer
+
+
+async def close(peer: Peer) -> None:
+    await peer.upstream.close()
+    if peer.store is not None:
+        peer.store.close()
+
+
+async def test_a_peer_refuses_the_signed_manifest_of_another_path(tmp_path):
+    async with FakeParent(tmp_path) as parent:
+        b = parent.publish("b.txt", b"b" * 300_000, 1_700_000_000)
+        parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        parent.answers["a.txt"] = b  # signed with the pinned key, but for /b.txt
+        peer = await started_peer(tmp_path, parent)
+        try:
+            with pytest.raises(HttpError) as err:
+                await peer.resolve("a.txt")
+            assert err.value.status == 502
+            assert "bad manifest for a.txt: it is the manifest of 'b.txt', not of 'a.txt'" in err.value.message
+            assert peer.store is not None and peer.store.manifest_for_path("a.txt") is None  # nothing of b kept as a
+            assert peer.metrics.events[("bad_manifest", parent.url)] == 1
+            assert (await peer.resolve("b.txt")).content_id == b.content_id  # the same answer, asked for its own path
+        finally:
+            await close(peer)
+
+
+async def test_a_peer_serves_what_it_holds_when_its_edge_turns_to_another_paths_manifest(tmp_path):
+    """Revalidation goes through the same check: a lie after a good answer leaves the good one in use."""
+    async with FakeParent(tmp_path) as parent:
+        a = parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        b = parent.publish("b.txt", b"b" * 300_000, 1_700_000_001)  # newer than a: only the path check refuses it
+        peer = await started_peer(tmp_path, parent)
+        try:
+            assert (await peer.resolve("a.txt")).content_id == a.content_id
+            parent.answers["a.txt"] = b
+            peer.manifests.revalidate_after = 0  # ask again now
+            assert (await peer.resolve("a.txt")).content_id == a.content_id
+            assert peer.metrics.events[("stale_manifest", "")] == 1
+            assert peer.metrics.events[("bad_manifest", parent.url)] == 1
+        finally:
+            await close(peer)

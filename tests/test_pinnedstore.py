@@ -1,0 +1,44 @@
+"""edgeswarm.node.pinnedstore: an edge's or a peer's store opens once the origin key is pinned."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm.errors import HttpError
+from edgeswarm.node.pinnedstore import PinnedStore
+from edgeswarm.node.upstream import Upstream
+from edgeswarm.trust.signing import KeyFileError, public_pem
+
+
+async def test_requests_before_the_key_is_known_wait_then_get_a_503(tmp_path):
+    pinned = PinnedStore(tmp_path, None, None, "still learning the origin key")
+    assert not pinned.key_known() and pinned.store is None
+    with pytest.raises(HttpError) as err:
+        await pinned.wait(0.05)
+    assert (err.value.status, err.value.message, err.value.headers) == (503, "still learning the origin key", {"Retry-After": "2"})
+
+
+async def test_a_given_key_opens_the_store_and_is_pinned_for_the_next_start(tmp_path):
+    given = tmp_path / "origin.pem"
+    given.write_bytes(public_pem(Ed25519PrivateKey.generate().public_key()))
+    cache = tmp_path / "cache"
+    pinned = PinnedStore(cache, given, None, "-")
+    assert pinned.key_known()
+    waiter = asyncio.create_task(pinned.wait(5.0))  # a request that arrived first
+    store = await pinned.open(Upstream(1.0), [])  # no source is asked: the key is given
+    assert await waiter is store
+    store.close()
+    assert (cache / "origin.pub").read_bytes() == given.read_bytes()
+    assert PinnedStore(cache, None, None, "-").key_known()
+
+
+async def test_a_bad_key_file_is_an_error_not_a_store(tmp_path):
+    given = tmp_path / "origin.pem"
+    given.write_bytes(b"not a key")
+    pinned = PinnedStore(tmp_path / "cache", given, None, "-")
+    with pytest.raises(KeyFileError):
+        await pinned.open(Upstream(1.0), [])
+    assert pinned.store is None
