@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
-import socket
 import sys
 from pathlib import Path
 
@@ -238,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent", type=_url, required=True, metavar="URL", help="origin or parent edge to fetch misses from")
     p.add_argument(
         "--sibling",
+        dest="siblings",
         type=_url,
         action="append",
         default=[],
@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream and download through a local gateway, from edges and other peers at once; upload to other peers within a cap.",
     )
     p.add_argument("--cache", type=Path, required=True, metavar="DIR", help="where pieces are kept (resumes after a restart)")
-    p.add_argument("--edge", type=_url, action="append", required=True, metavar="URL", help="edge to use (repeatable: the fastest wins)")
+    p.add_argument(
+        "--edge", dest="edges", type=_url, action="append", required=True, metavar="URL", help="edge to use (repeatable: the fastest wins)"
+    )
     p.add_argument(
         "--gateway",
         type=_listen,
@@ -505,15 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tracker(args: argparse.Namespace):
-    from edgeswarm.policy.tracker import Limits
-    from edgeswarm.roles.announce import TrackerService, load_region_map
-
-    regions = load_region_map(args.regions) if args.regions else None
-    limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
-    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate)
-
-
 def _apply_config(args: argparse.Namespace) -> None:
     """``origin --config FILE``: YAML naming options as flags do (dashes or underscores); a flag given wins, lists add up."""
     import yaml
@@ -573,50 +566,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "edge":
         from edgeswarm.roles import edge
-        from edgeswarm.store.ledger import Ledger
+        from edgeswarm.roles.config import EdgeConfig
         from edgeswarm.trust import tls
 
         setup_logging(args.log_level)
-        name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
-        ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-        node = edge.Edge(
-            args.cache,
-            args.parent,
-            args.sibling,
-            args.max_cache,
-            args.only_origin,
-            args.internal,
-            args.timeout,
-            args.revalidate,
-            args.origin_key,
-            _tracker(args) if args.p2p else None,
-            args.upload_limit,
-            require_token=args.require_token,
-            token=_token(args),
-            ca=tls.client_context(args.ca),
-            ledger=ledger,
-        )
+        node = edge.Edge(EdgeConfig.from_options(args, token=_token(args)))
         asyncio.run(edge.run(node, args.listen, args.access_log, ssl_context, _limits(args)))
         return 0
     if args.command == "peer":
         from edgeswarm.roles import peer
-        from edgeswarm.trust import tls
+        from edgeswarm.roles.config import PeerConfig
 
         setup_logging(args.log_level)
-        node = peer.Peer(
-            args.cache,
-            args.edge,
-            args.upload_limit,
-            args.upload_slots,
-            args.origin_key,
-            bind=args.listen[0],
-            max_cache=args.max_cache,
-            read_timeout=args.read_timeout,
-            download_limit=args.download_limit,
-            token=_token(args),
-            ca=tls.client_context(args.ca),
-        )
+        node = peer.Peer(PeerConfig.from_options(args, token=_token(args), bind=args.listen[0]))
         asyncio.run(peer.run(node, args.listen, args.gateway, args.access_log, _limits(args)))
         return 0
     if args.command == "get":

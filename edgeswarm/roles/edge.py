@@ -20,10 +20,10 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable, Iterator
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -37,15 +37,16 @@ from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.policy.tracker import Limits, PeerRecord
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
 from edgeswarm.protocol.wire import have_response, json_response, manifest_response, parse_latency, parse_request, piece_index
-from edgeswarm.roles.announce import TrackerService
+from edgeswarm.roles.announce import TrackerService, load_region_map
+from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, originkey, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
@@ -77,41 +78,30 @@ class EdgeSource:
 
 
 class Edge:
-    def __init__(
-        self,
-        cache: Path,
-        parent: str,
-        siblings: list[str],
-        max_cache: int | None,
-        only_origin: list[str],
-        internal: list[str],
-        timeout: float,
-        revalidate: float,
-        origin_key: Path | None,
-        tracker: TrackerService | None = None,
-        upload_limit: float | None = None,
-        require_token: bool = False,
-        token: str | None = None,
-        ca=None,
-        ledger: Ledger | None = None,
-    ):
-        self.cache = cache
-        self.parent = parent.rstrip("/")
-        self.siblings = [s.rstrip("/") for s in siblings]
-        self.max_cache = max_cache
-        self.only_origin = [h.lower() for h in only_origin]
-        self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
-        self.origin_key = origin_key
-        self.require_token = require_token
-        self.upstream = Upstream(timeout, ssl=ca, headers={"Authorization": f"Bearer {token}"} if token else None)
-        self.ledger = ledger
-        self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
+    def __init__(self, config: EdgeConfig):
+        self.config = config
+        self.cache = config.cache
+        self.parent = config.parent.rstrip("/")
+        self.siblings = [s.rstrip("/") for s in config.siblings]
+        self.max_cache = config.max_cache
+        self.only_origin = [h.lower() for h in config.only_origin]
+        self.internal = [ipaddress.ip_network(n, strict=False) for n in config.internal]
+        self.origin_key = config.origin_key
+        self.require_token = config.require_token
+        token = config.token
+        self.upstream = Upstream(
+            config.timeout, ssl=tls.client_context(config.ca), headers={"Authorization": f"Bearer {token}"} if token else None
+        )
+        self.ledger = ledger = Ledger(
+            config.ledger or str(config.cache / "ledger.sqlite"), config.name or f"{socket.gethostname()}:{config.cache.resolve()}"
+        )
+        self.swarm_key = load_or_create_private_key(config.cache / "swarm.key")  # signs the tickets peers show each other
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
-        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
-        self.tracker = tracker
-        self.bucket = TokenBucket(upload_limit)
+        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
+        self.tracker = tracker = _tracker(config) if config.p2p else None
+        self.bucket = TokenBucket(config.upload_limit)
         self.store: PieceStore | None = None
         self._opened = asyncio.Event()
         self._manifest_tasks: dict[str, asyncio.Task] = {}
@@ -619,6 +609,13 @@ class _Families:
 
     def __init__(self, collect: Callable[[], list]):
         self.collect = collect
+
+
+def _tracker(config: EdgeConfig) -> TrackerService:
+    """p2p mode's tracker, with the region map, locality and limits the config names."""
+    regions = load_region_map(config.regions) if config.regions else None
+    limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate)
+    return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate)
 
 
 def share(tasks: dict, key: Hashable, start: Callable[[], Awaitable]) -> tuple[asyncio.Future, bool]:

@@ -25,8 +25,8 @@ from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.protocol.units import format_bytes
+from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
-from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 
 log = logging.getLogger("edgeswarm.roles.get")
@@ -52,14 +52,14 @@ async def download(
     output: Path,
     cache: Path,
     listen: tuple[str, int],
-    upload_limit: float | None,
+    upload_limit: int | None,
     extra_edges: list[str],
     stall_timeout: float,
     token: str | None = None,
     ca: Path | None = None,
 ) -> dict:
     edge, path = split_url(url)
-    peer = Peer(cache, [edge, *extra_edges], upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca))
+    peer = Peer(PeerConfig(cache=cache, edges=(edge, *extra_edges), upload_limit=upload_limit, bind=listen[0], token=token, ca=ca))
     servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
     try:
         peer.upload_port = (await servers.start([(peer.upload_app(), *listen, "upload")]))["upload"][1]
@@ -145,7 +145,7 @@ def run(
     output: Path | None,
     cache: Path | None,
     listen: tuple[str, int],
-    upload_limit: float | None,
+    upload_limit: int | None,
     edges: list[str],
     stall_timeout: float,
     token: str | None = None,

@@ -34,7 +34,7 @@ from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
-from edgeswarm.policy.choker import SLOTS, Choker
+from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
@@ -46,9 +46,10 @@ from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.protocol.paths import RESERVED, clean_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
+from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.store.piecestore import PieceStore
-from edgeswarm.trust import access, originkey, tokens
+from edgeswarm.trust import access, originkey, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
 
@@ -126,31 +127,21 @@ class SwarmSource:
 
 
 class Peer:
-    def __init__(
-        self,
-        cache: Path,
-        edges: list[str],
-        upload_limit: float | None = None,
-        upload_slots: int = SLOTS,
-        origin_key: Path | None = None,
-        timeout: float = 10.0,
-        bind: str | None = None,
-        max_cache: int | None = None,
-        read_timeout: float = 30.0,
-        download_limit: float | None = None,
-        token: str | None = None,
-        ca=None,
-    ):
+    def __init__(self, config: PeerConfig):
+        self.config = config
+        cache, bind = config.cache, config.bind
         self.cache = cache
-        self.edges = [e.rstrip("/") for e in edges]
-        self.origin_key = origin_key
-        self.max_cache = max_cache
-        self.read_timeout = read_timeout
+        self.edges = [e.rstrip("/") for e in config.edges]
+        self.origin_key = config.origin_key
+        self.max_cache = config.max_cache
+        self.read_timeout = config.read_timeout
         self.deadline = 2.0
         cache.mkdir(parents=True, exist_ok=True)
         self.peer_id = _peer_id(cache / "peer_id")
-        self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
-        self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
+        self.upstream = Upstream(
+            config.timeout, ssl=tls.client_context(config.ca), bind=bind if bind not in (None, "", "0.0.0.0", "::") else None
+        )
+        self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self.ticket_keys: dict[str, object] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
@@ -158,9 +149,9 @@ class Peer:
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
         self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
-        self.choker = Choker(slots=upload_slots)
-        self.bucket = TokenBucket(upload_limit)
-        self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
+        self.choker = Choker(slots=config.upload_slots)
+        self.bucket = TokenBucket(config.upload_limit)
+        self.down_bucket = TokenBucket(config.download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
         self.manifests = ManifestFetcher(
             self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
@@ -181,8 +172,8 @@ class Peer:
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
         self._opened = asyncio.Event()
-        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
-        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
+        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
+        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
         for q in ("p50", "p95"):
             self.metrics.gauge(
                 f"have_latency_{q}_seconds",
