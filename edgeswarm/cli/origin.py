@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeswarm.cli import options
@@ -81,7 +82,14 @@ def apply_config(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.config}: not YAML ({exc})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{args.config}: expected a mapping of option names to values")
-    known = {"state": Path, "key": Path, "tls_cert": Path, "tls_key": Path, "protect": list, "scan_interval": options.positive}
+    known: dict[str, Callable[[str], object]] = {
+        "state": Path,
+        "key": Path,
+        "tls_cert": Path,
+        "tls_key": Path,
+        "protect": list,
+        "scan_interval": options.positive,
+    }
     for name, value in doc.items():
         option = str(name).replace("-", "_")
         kind = known.get(option)
