@@ -25,6 +25,7 @@ from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.protocol.paths import RESERVED
+from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.edge import Edge
 
 CHROMIUM = os.environ.get("EDGESWARM_CHROMIUM", "/usr/bin/chromium")
@@ -90,7 +91,7 @@ def test_a_mounted_page_points_at_its_status_url_and_its_assets_relative_to_itse
 
 
 def test_the_edge_serves_the_dashboard_and_no_file_can_hide_behind_it(tmp_path: Path):
-    edge = Edge(tmp_path / "edge", "http://127.0.0.1:9", [], None, [], [], 5.0, 1.0, None)
+    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0))
     templates = {r.canonical for r in edge.app().router.resources()}
     assert {"/dashboard", "/dashboard/{name}"} <= templates
     assert "dashboard" in RESERVED  # the origin publishes nothing under dashboard/, which the edge's route would shadow

@@ -13,12 +13,13 @@ import pytest
 from test_lying_upstream import FakeParent
 
 from edgeswarm.errors import HttpError
+from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
 
 
 async def started_peer(tmp_path, parent: FakeParent) -> Peer:
     """A peer gateway's state, its origin key learned from ``parent`` (no upload server, no announces)."""
-    peer = Peer(tmp_path / "peer", [parent.url], timeout=5.0)
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(parent.url,), timeout=5.0))
     await peer.upstream.start()
     await peer.open_store()
     return peer

@@ -17,6 +17,7 @@ from conftest import make_file, serve_app, start_p2p_edge, start_peer, status_co
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
+from edgeswarm.roles.config import EdgeConfig, PeerConfig
 from edgeswarm.roles.edge import Edge
 from edgeswarm.roles.origin import Origin
 from edgeswarm.roles.peer import Peer
@@ -55,8 +56,8 @@ async def test_every_route_a_node_registers_is_in_the_table(tmp_path: Path):
     """A new route must be given its class here (and in metrics._BY_FIRST_SEGMENT), not fall into "other"."""
     (tmp_path / "pub").mkdir()
     origin = Origin(tmp_path / "pub", tmp_path / "state", tmp_path / "origin.key")
-    edge = Edge(tmp_path / "edge", "http://127.0.0.1:9", [], None, [], [], 5.0, 1.0, None)
-    peer = Peer(tmp_path / "peer", ["http://127.0.0.1:9"])
+    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0))
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=("http://127.0.0.1:9",)))
     templates = {r.canonical for app in (origin.app(), edge.app(), peer.gateway_app(), peer.upload_app()) for r in app.router.resources()}
     assert templates == set(ROUTES)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import zlib
 from collections import Counter
+from dataclasses import replace
 from itertools import pairwise
 from urllib.parse import urlsplit
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.policy.regions import Region
-from edgeswarm.policy.tracker import Limits, PeerRecord, Refused, Tracker, address_group, peer_url, rank
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, address_group, peer_url, rank
 
 EAST, WEST = Region("east", "att"), Region("west", "verizon")
 N = 8  # pieces
@@ -42,7 +43,11 @@ def address(pid: str) -> str:
 
 def announce(t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID):
     addr = address(pid)
-    return t.announce(now, cid, pid, f"http://{addr}:{len(pid)}", addr, region, set(have), N, uploaded, 0, event)
+    url = f"http://{addr}:{len(pid)}"
+    heard = AnnounceRecord(
+        cid=cid, peer_id=pid, url=url, address=addr, region=region, have=set(have), piece_count=N, uploaded=uploaded, event=event
+    )
+    return t.announce(now, heard)
 
 
 def ids(records) -> list[str]:
@@ -191,8 +196,20 @@ def test_answer_is_ranked():
 
 def test_announce_updates_the_record():
     t = Tracker()
-    t.announce(0, CID, "p", "http://10.0.0.9:7", "10.0.0.9", EAST, {0}, N, 0, 0, "update", user="alice")
-    t.announce(5, CID, "p", "http://10.9.9.9:7", "10.9.9.9", WEST, {0, 1}, N, 100, 200, "update", user="alice")  # hers: it moved
+    first = AnnounceRecord(
+        cid=CID,
+        peer_id="p",
+        url="http://10.0.0.9:7",
+        address="10.0.0.9",
+        region=EAST,
+        have={0},
+        piece_count=N,
+        event="update",
+        user="alice",
+    )
+    t.announce(0, first)
+    moved = replace(first, url="http://10.9.9.9:7", address="10.9.9.9", region=WEST, have={0, 1}, uploaded=100, downloaded=200)
+    t.announce(5, moved)  # hers: it moved
     (rec,) = t.swarm(CID)
     assert (rec.url, rec.address, rec.region, rec.have, rec.uploaded, rec.downloaded, rec.last_seen, rec.user) == (
         "http://10.9.9.9:7",
@@ -209,7 +226,12 @@ def test_announce_updates_the_record():
 def test_have_is_copied_not_aliased():
     t = Tracker()
     have = {0}
-    t.announce(0, CID, "p", "http://10.0.0.1:1", "10.0.0.1", EAST, have, N, 0, 0, "started")
+    t.announce(
+        0,
+        AnnounceRecord(
+            cid=CID, peer_id="p", url="http://10.0.0.1:1", address="10.0.0.1", region=EAST, have=have, piece_count=N, event="started"
+        ),
+    )
     have.add(5)
     assert t.swarm(CID)[0].have == {0}
 
@@ -299,7 +321,10 @@ def test_a_peers_url_is_built_on_the_address_it_connected_from(address):
 
 
 def at(t: Tracker, now: float, pid: str, addr: str, *, user: str | None = None, event: str = "update", cid=CID, have=()):
-    return t.announce(now, cid, pid, f"http://{addr}:7000", addr, EAST, set(have), N, 0, 0, event, user)
+    url = f"http://{addr}:7000"
+    return t.announce(
+        now, AnnounceRecord(cid=cid, peer_id=pid, url=url, address=addr, region=EAST, have=set(have), piece_count=N, event=event, user=user)
+    )
 
 
 def test_an_id_cannot_be_taken_over_after_its_owner_stops():

@@ -51,6 +51,7 @@ from rich.table import Table
 from edgeswarm.measure.bench_serve import _cpu_ticks, _steal_pct
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.protocol.units import format_bytes
+from edgeswarm.roles.config import EdgeConfig, PeerConfig
 
 TARGET = 1.5  # cold gateway / cold edge, at most, per request
 DURATION = 20  # seconds of video in each file; the seek goes to the middle
@@ -207,14 +208,11 @@ def _one(root: Path, origin: str, case: Case, way: str, tag: str) -> tuple[float
     scratch = root / "scratch" / tag
     scratch.mkdir(parents=True, exist_ok=True)
     with ProcessGroup(root / "logs") as nodes:
-        edge = nodes.start("edge", "--cache", str(scratch / "edge"), "--parent", origin, "--p2p", name=f"{tag}-edge")
+        edge = nodes.start("edge", *EdgeConfig(cache=scratch / "edge", parent=origin, p2p=True).argv(), name=f"{tag}-edge")
         url = edge.url
         if way == "gateway":
-            peer = nodes.start(
-                "peer",
-                *("--cache", str(scratch / "peer"), "--edge", edge.url, "--gateway", "127.0.0.1:0"),
-                name=f"{tag}-peer",
-            )
+            config = PeerConfig(cache=scratch / "peer", edges=(edge.url,))
+            peer = nodes.start("peer", *config.argv(), "--gateway", "127.0.0.1:0", name=f"{tag}-peer")
             url = peer.urls["gateway"]
         argv = case.argv(f"{url}/{case.file}", scratch)
         started = time.monotonic()

@@ -29,6 +29,7 @@ from rich.table import Table
 from edgeswarm.measure.bench_serve import BenchError, parse_wrk
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
+from edgeswarm.roles.config import EdgeConfig
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.0.0.0/16, 127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
 DNS_NAME = "cdn.bench"
@@ -61,7 +62,7 @@ def _measure(console: Console, root: Path, duration: int, connections: int) -> d
     with ProcessGroup(root / "logs") as nodes:
         origin = nodes.start("origin", "--publish", str(root / "pub"))
         edges = [
-            (nodes.start("edge", "--cache", str(root / f"e{n}"), "--parent", origin.url, host=f"127.10.0.{n}", name=f"e{n}"), region)
+            (nodes.start("edge", *EdgeConfig(cache=root / f"e{n}", parent=origin.url).argv(), host=f"127.10.0.{n}", name=f"e{n}"), region)
             for n, region in ((1, "east"), (2, "east"), (3, "west"), (4, "west"))
         ]
         args = ["--regions", str(root / "regions.yaml"), "--dns-port", "0", "--dns-name", DNS_NAME]

@@ -33,6 +33,7 @@ from rich.table import Table
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.roles.config import EdgeConfig
 
 MiB = 1024 * 1024
 ROUNDS = 3  # per case and server; a smoke run (duration < 3 s) does one
@@ -134,9 +135,7 @@ def _measure(console: Console, root: Path, size: int, duration: int, connections
         with console.status("starting origin and edge, warming the edge with one whole GET"):
             origin = group.start("origin", "--publish", str(publish), *(("--protect", "*") if protected else ()), name="origin")
             token = _token(publish) if protected else None
-            edge = group.start(
-                "edge", "--cache", str(root / "cache"), "--parent", origin.url, *(("--token", token) if token else ()), name="edge"
-            )
+            edge = group.start("edge", *EdgeConfig(cache=root / "cache", parent=origin.url, token=token).argv(), name="edge")
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             _warm(edge.url, digest, headers)
         script = root / "ranges.lua"

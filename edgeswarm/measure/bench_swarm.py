@@ -61,6 +61,7 @@ from edgeswarm.policy.vocabulary import (
     reported_share,
 )
 from edgeswarm.protocol.units import format_bytes
+from edgeswarm.roles.config import EdgeConfig, PeerConfig
 
 MODES = ("stream", "get", "post")
 TARGETS = {"stream": (0.80, 1.5), "get": (0.85, 1.3), "post": (0.80, 1.5)}  # (P2P share at least, time / bound at most)
@@ -181,12 +182,10 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
     digest = _publish(root / "publish", crowd.size)
     (root / "regions.yaml").write_text(json.dumps(region_map(crowd.regions)))
     origin = group.start("origin", "--publish", str(root / "publish"))
-    edge = group.start(
-        "edge",
-        *("--cache", str(root / "edge"), "--parent", origin.url, "--p2p"),
-        *("--regions", str(root / "regions.yaml"), "--locality", "strict", "--upload-limit", f"{crowd.edge_Bps}B/s"),
-        name="edge",
+    config = EdgeConfig(
+        cache=root / "edge", parent=origin.url, p2p=True, regions=root / "regions.yaml", locality="strict", upload_limit=crowd.edge_Bps
     )
+    edge = group.start("edge", *config.argv(), name="edge")
     nodes = [] if crowd.mode == "get" else [_start_peer(group, root, crowd, i, edge.url) for i in range(crowd.peers)]
     bound = flash_crowd_bound(crowd.size, crowd.peers, crowd.edge_Bps, [crowd.peer_Bps] * crowd.peers)
     meter, timeline = Meter(), list[tuple[float, int, int]]()
@@ -223,12 +222,9 @@ def _publish(directory: Path, size: int) -> str:
 
 
 def _start_peer(group: ProcessGroup, root: Path, crowd: Crowd, i: int, edge: str) -> NodeProcess:
-    return group.start(
-        "peer",
-        *("--cache", str(root / f"peer{i}"), "--edge", edge, "--listen", f"{address(i, crowd.regions)}:0"),
-        *("--gateway", "127.0.0.1:0", "--upload-limit", f"{crowd.peer_Bps}B/s"),
-        name=f"peer{i}",
-    )
+    config = PeerConfig(cache=root / f"peer{i}", edges=(edge,), upload_limit=crowd.peer_Bps)
+    servers = ("--listen", f"{address(i, crowd.regions)}:0", "--gateway", "127.0.0.1:0")
+    return group.start("peer", *config.argv(), *servers, name=f"peer{i}")
 
 
 async def _stream(http: aiohttp.ClientSession, nodes: list[NodeProcess], crowd: Crowd, meter: Meter) -> list[dict]:

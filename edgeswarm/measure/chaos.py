@@ -40,6 +40,7 @@ from edgeswarm.measure.doubles import LIES
 from edgeswarm.measure.lab import Lab, LabError
 from edgeswarm.measure.process import NodeProcess
 from edgeswarm.protocol.units import parse_rate
+from edgeswarm.roles.config import PeerConfig
 
 FAULT_KINDS = ("kill", "restart", "disk_full", "corrupt_peer", "bloating_peer", "lying_parent", "sybil", "slowloris")
 SCALAR = {
@@ -514,9 +515,8 @@ class Chaos(Lab):
         name = f"victim-{f.kind}-{next(self._serial)}"
         host = self.net.add(name, k)
         rate = max(64 * 1024, int(self.s.size_bytes / max(f.duration, 1.0)))
-        args = ["--cache", str(self.root / name), "--gateway", "127.0.0.1:0", "--download-limit", f"{rate}B/s"]
-        for e in edges:
-            args += ["--edge", e]
+        config = PeerConfig(cache=self.root / name, edges=tuple(edges), download_limit=rate)
+        args = [*config.argv(), "--gateway", "127.0.0.1:0"]
         node = await asyncio.to_thread(self.group.start, "peer", *args, name=name, host=host.address)
         self.victims.append(node)
         f.details["victim"] = name

@@ -39,6 +39,7 @@ from edgeswarm.measure import labsim
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.measure.scenario import Scenario
 from edgeswarm.policy.vocabulary import PEER_OTHER_REGION, SOURCE_KINDS, flash_crowd_bound, peer_bytes, reported_share
+from edgeswarm.roles.config import EdgeConfig, PeerConfig
 from edgeswarm.sim import tiers
 from edgeswarm.sim.tiers import Tier
 
@@ -179,21 +180,28 @@ class Lab:
         rate = self.s.edge_upload_Bps
         host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
         assert self.origin is not None, "started before the edges"
-        args = ["--cache", str(self.root / f"edge-{region}"), "--parent", self.origin.url, "--p2p"]
-        args += ["--regions", str(regions_file), "--locality", self.s.locality]  # no announce interval: the lab runs the defaults
-        if rate and self.net.daemon_caps:
-            args += ["--upload-limit", f"{rate}B/s"]
-        self.edges[region] = await self._start("edge", f"edge-{region}", host, *args)
+        config = EdgeConfig(  # no announce interval: the lab runs the defaults
+            cache=self.root / f"edge-{region}",
+            parent=self.origin.url,
+            p2p=True,
+            regions=regions_file,
+            locality=self.s.locality,
+            upload_limit=rate if rate and self.net.daemon_caps else None,
+        )
+        self.edges[region] = await self._start("edge", f"edge-{region}", host, *config.argv())
 
     async def _start_peer(self, k: int, region, i: int, tier: Tier) -> User:
         name = f"peer-{region.name}-{i + 1}"
         up, down = self.s.scaled_Bps(tier.up_kbps), self.s.scaled_Bps(tier.down_kbps)
         host = self.net.add(name, k, up * 8, down * 8, region.latency_ms)
-        args = ["--cache", str(self.root / name), "--edge", self.edges[region.name].url]
-        args += ["--gateway", f"{self.net.gateway_host(host)}:0"]
-        if self.net.daemon_caps:
-            args += ["--upload-limit", f"{int(up)}B/s", "--download-limit", f"{int(down)}B/s"]
-        node = await self._start("peer", name, host, *args)
+        caps = self.net.daemon_caps
+        config = PeerConfig(
+            cache=self.root / name,
+            edges=(self.edges[region.name].url,),
+            upload_limit=int(up) if caps else None,
+            download_limit=int(down) if caps else None,
+        )
+        node = await self._start("peer", name, host, *config.argv(), "--gateway", f"{self.net.gateway_host(host)}:0")
         return User(name, region.name, tier, node, 0.0)
 
     def _plan(self) -> None:

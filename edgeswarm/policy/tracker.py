@@ -21,6 +21,7 @@ import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +77,34 @@ def address_group(address: str) -> str:
     except ValueError:
         return address
     return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnnounceRecord:
+    """One announce as the tracker takes it: what the peer said, and where the edge saw it come from."""
+
+    cid: str
+    """The content announced."""
+    peer_id: str
+    """The id the peer gave (an identity only with its owner: see the module's docstring)."""
+    url: str
+    """The peer's upload server, built from the address the edge saw and the port the peer named."""
+    address: str
+    """The address the announce came from."""
+    region: Region | None
+    """The region of that address; None: unmapped."""
+    have: AbstractSet[int]
+    """Indexes of the pieces the peer holds."""
+    piece_count: int
+    """Pieces in the content."""
+    event: str
+    """started, update, completed or stopped."""
+    uploaded: int = 0
+    """Bytes the peer says it has sent to peers (upload-rate samples)."""
+    downloaded: int = 0
+    """Bytes the peer says it has received."""
+    user: str | None = None
+    """The verified token's user, if the announce carried one: then the owner of the peer id."""
 
 
 @dataclass
@@ -149,22 +178,10 @@ class Tracker:
         self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
 
-    def announce(
-        self,
-        now: float,
-        cid: str,
-        peer_id: str,
-        url: str,
-        address: str,
-        region: Region | None,
-        have: set[int],
-        piece_count: int,
-        uploaded: int,
-        downloaded: int,
-        event: str,
-        user: str | None = None,
-    ) -> list[PeerRecord]:
+    def announce(self, now: float, ann: AnnounceRecord) -> list[PeerRecord]:
         """Record the announce and rank the swarm for the asker; ``Refused`` (changing nothing) when over a limit."""
+        cid, peer_id, url, address, region, have, user = ann.cid, ann.peer_id, ann.url, ann.address, ann.region, ann.have, ann.user
+        piece_count, uploaded, downloaded, event = ann.piece_count, ann.uploaded, ann.downloaded, ann.event
         if event not in EVENTS:
             raise ValueError(f"unknown announce event {event!r}")
         key, group = (owner_of(address, user), peer_id), address_group(address)

@@ -23,7 +23,7 @@ import yaml
 from edgeswarm.errors import HttpError
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
-from edgeswarm.policy.tracker import Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.manifest import Manifest, is_content_id
@@ -133,20 +133,20 @@ class TrackerService:
         region = self.region_of(address)
         now = time.monotonic()
         try:
-            answer = self.tracker.announce(
-                now,
-                a.cid,
-                a.peer_id,
-                peer_url(address, a.port),
-                address,
-                region,
-                have,
-                piece_count,
-                a.uploaded,
-                a.downloaded,
-                a.event,
-                user,
+            heard = AnnounceRecord(
+                cid=a.cid,
+                peer_id=a.peer_id,
+                url=peer_url(address, a.port),
+                address=address,
+                region=region,
+                have=have,
+                piece_count=piece_count,
+                uploaded=a.uploaded,
+                downloaded=a.downloaded,
+                event=a.event,
+                user=user,
             )
+            answer = self.tracker.announce(now, heard)
         except Refused as exc:
             raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
         key = (owner_of(address, user), a.peer_id)

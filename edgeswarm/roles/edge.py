@@ -20,10 +20,10 @@ import contextlib
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Hashable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -42,8 +42,7 @@ from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import PeerRecord, Refused, Tracker, peer_url
-from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
@@ -61,10 +60,11 @@ from edgeswarm.protocol.wire import (
     torrent_response,
 )
 from edgeswarm.roles import bttracker
-from edgeswarm.roles.announce import TrackerService
+from edgeswarm.roles.announce import TrackerService, load_region_map
+from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
-from edgeswarm.trust import access, tokens
+from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
@@ -98,44 +98,32 @@ class EdgeSource:
 
 
 class Edge:
-    def __init__(
-        self,
-        cache: Path,
-        parent: str,
-        siblings: list[str],
-        max_cache: int | None,
-        only_origin: list[str],
-        internal: list[str],
-        timeout: float,
-        revalidate: float,
-        origin_key: Path | None,
-        tracker: TrackerService | None = None,
-        upload_limit: float | None = None,
-        require_token: bool = False,
-        token: str | None = None,
-        ca=None,
-        ledger: Ledger | None = None,
-        cors: CorsPolicy = PUBLIC,
-    ):
-        self.cache = cache
-        self.cors = cors  # who may read answers from another origin (--cors-origin)
-        self.parent = parent.rstrip("/")
-        self.siblings = [s.rstrip("/") for s in siblings]
-        self.max_cache = max_cache
-        self.only_origin = [h.lower() for h in only_origin]
-        self.internal = [ipaddress.ip_network(n, strict=False) for n in internal]
-        self.origin_key = origin_key
-        self.require_token = require_token
-        self.upstream = Upstream(timeout, ssl=ca, headers={"Authorization": f"Bearer {token}"} if token else None)
-        self.ledger = ledger
+    def __init__(self, config: EdgeConfig):
+        self.config = config
+        self.cache = cache = config.cache
+        self.cors = config.cors  # who may read answers from another origin (--cors-origin)
+        self.parent = config.parent.rstrip("/")
+        self.siblings = [s.rstrip("/") for s in config.siblings]
+        self.max_cache = config.max_cache
+        self.only_origin = [h.lower() for h in config.only_origin]
+        self.internal = [ipaddress.ip_network(n, strict=False) for n in config.internal]
+        self.origin_key = config.origin_key
+        self.require_token = config.require_token
+        token = config.token
+        self.upstream = Upstream(
+            config.timeout, ssl=tls.client_context(config.ca), headers={"Authorization": f"Bearer {token}"} if token else None
+        )
+        self.ledger = ledger = Ledger(
+            config.ledger or str(cache / "ledger.sqlite"), config.name or f"{socket.gethostname()}:{cache.resolve()}"
+        )
         self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.metrics = Metrics("edge")
-        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, revalidate, "parent")
-        self.tracker = tracker
-        self.bucket = TokenBucket(upload_limit)
-        self.pinned = PinnedStore(cache, origin_key, max_cache, f"edge is still learning the origin key from {self.parent}")
+        self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
+        self.tracker = tracker = _tracker(config) if config.p2p else None
+        self.bucket = TokenBucket(config.upload_limit)
+        self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
@@ -408,10 +396,19 @@ class Edge:
         address = request.remote or ""
         have, key = ({0} if a.left == 0 else set()), a.info_hash.hex()
         try:
-            peers = self.bt_tracker.announce(
-                time.monotonic(), key, a.peer_id.hex(), peer_url(address, a.port), address,
-                self.tracker.region_of(address), have, 1, a.uploaded, a.downloaded, a.event,
-            )  # fmt: skip
+            heard = AnnounceRecord(
+                cid=key,
+                peer_id=a.peer_id.hex(),
+                url=peer_url(address, a.port),
+                address=address,
+                region=self.tracker.region_of(address),
+                have=have,
+                piece_count=1,  # a BitTorrent client is a seed or not: one "piece"
+                uploaded=a.uploaded,
+                downloaded=a.downloaded,
+                event=a.event,
+            )
+            peers = self.bt_tracker.announce(time.monotonic(), heard)
         except Refused as exc:
             return bencoded(bttracker.failure(exc.message, exc.retry_after))
         swarm = self.bt_tracker.swarm(key)
@@ -742,6 +739,13 @@ class _Families:
 
     def __init__(self, collect: Callable[[], list]):
         self.collect = collect
+
+
+def _tracker(config: EdgeConfig) -> TrackerService:
+    """p2p mode's tracker, with the region map, locality and limits the config names."""
+    regions = load_region_map(config.regions) if config.regions else None
+    limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate)
+    return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate)
 
 
 def share(tasks: dict, key: Hashable, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Future, bool]:

@@ -26,8 +26,8 @@ from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.protocol.units import format_bytes
+from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
-from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 
 log = logging.getLogger("edgeswarm.roles.get")
@@ -63,7 +63,7 @@ async def download(
     output: Path,
     cache: Path,
     listen: tuple[str, int],
-    upload_limit: float | None,
+    upload_limit: int | None,
     extra_edges: list[str],
     stall_timeout: float,
     token: str | None = None,
@@ -71,8 +71,9 @@ async def download(
     router: str | None = None,
 ) -> dict:
     edge, path = split_target(url, router)
-    edges = [e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/"))]
-    peer = Peer(cache, edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=tls.client_context(ca), router=router)
+    edges = tuple(e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/")))
+    config = PeerConfig(cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router)
+    peer = Peer(config)
     if peer.router is not None:
         peer.router.path = path  # the router ranks this file's edges (its consistent hash)
     servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
@@ -162,7 +163,7 @@ def run(
     output: Path | None,
     cache: Path | None,
     listen: tuple[str, int],
-    upload_limit: float | None,
+    upload_limit: int | None,
     edges: list[str],
     stall_timeout: float,
     token: str | None = None,

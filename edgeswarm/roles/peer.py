@@ -38,22 +38,22 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
-from edgeswarm.policy.choker import SLOTS, Choker
+from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import bitfield, havefeed
-from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
+from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.store.piecestore import PieceStore
-from edgeswarm.trust import access, tokens
+from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
 
@@ -144,35 +144,23 @@ class SwarmSource:
 
 
 class Peer:
-    def __init__(
-        self,
-        cache: Path,
-        edges: list[str],
-        upload_limit: float | None = None,
-        upload_slots: int = SLOTS,
-        origin_key: Path | None = None,
-        timeout: float = 10.0,
-        bind: str | None = None,
-        max_cache: int | None = None,
-        read_timeout: float = 30.0,
-        download_limit: float | None = None,
-        token: str | None = None,
-        ca=None,
-        cors: CorsPolicy = PUBLIC,
-        router: str | None = None,
-    ):
+    def __init__(self, config: PeerConfig):
+        self.config = config
+        cache, bind = config.cache, config.bind
         self.cache = cache
-        self.cors = cors  # who may read the gateway's answers from another origin (--cors-origin)
-        self.edges = [e.rstrip("/") for e in edges]
-        self.router = RouterFollower(router) if router else None  # --router: the edges come from it, and follow it
-        self.origin_key = origin_key
-        self.max_cache = max_cache
-        self.read_timeout = read_timeout
+        self.cors = config.cors  # who may read the gateway's answers from another origin (--cors-origin)
+        self.edges = [e.rstrip("/") for e in config.edges]
+        self.router = RouterFollower(config.router) if config.router else None  # --router: the edges come from it, and follow it
+        self.origin_key = config.origin_key
+        self.max_cache = config.max_cache
+        self.read_timeout = config.read_timeout
         self.deadline = 2.0
         cache.mkdir(parents=True, exist_ok=True)
         self.peer_id = _peer_id(cache / "peer_id")
-        self.upstream = Upstream(timeout, ssl=ca, bind=bind if bind not in (None, "", "0.0.0.0", "::") else None)
-        self.token = token  # managed mode: sent to edges only; other peers see tickets, never the token
+        self.upstream = Upstream(
+            config.timeout, ssl=tls.client_context(config.ca), bind=bind if bind not in (None, "", "0.0.0.0", "::") else None
+        )
+        self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
@@ -180,14 +168,14 @@ class Peer:
         self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
         self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
-        self.choker = Choker(slots=upload_slots)
-        self.bucket = TokenBucket(upload_limit)
-        self.down_bucket = TokenBucket(download_limit)  # the access link's downstream, for the lab
+        self.choker = Choker(slots=config.upload_slots)
+        self.bucket = TokenBucket(config.upload_limit)
+        self.down_bucket = TokenBucket(config.download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
         self.manifests = ManifestFetcher(
             self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
         )
-        self.pinned = PinnedStore(cache, origin_key, max_cache, "peer is still learning the origin key from its edges")
+        self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.swarms: dict[str, Swarm] = {}
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
@@ -202,8 +190,8 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
-        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: upload_limit or 0)
-        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: download_limit or 0)
+        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
+        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
         for q in ("p50", "p95"):
             self.metrics.gauge(
                 f"have_latency_{q}_seconds",

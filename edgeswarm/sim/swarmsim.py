@@ -35,7 +35,7 @@ from edgeswarm.policy.engine import AskHave, Command, Engine, Fetch, Neighbour, 
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import SuperSeeder
-from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, Tracker
+from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, AnnounceRecord, Tracker
 from edgeswarm.policy.vocabulary import EDGE, PEER_OTHER_REGION, flash_crowd_bound, p2p_share, peer_bytes, peer_kind
 from edgeswarm.protocol import havefeed
 
@@ -179,19 +179,7 @@ class SimEdge:
 
     def announce(self, peer: SimPeer) -> list[dict]:
         now = self.sim.loop.now
-        answer = self.tracker.announce(
-            now,
-            CID,
-            peer.peer_id,
-            peer.url,
-            peer.address,
-            peer.region,
-            peer.have(),
-            self.sim.count,
-            0,
-            0,
-            "started" if peer.announces == 0 else "update",
-        )
+        answer = self.tracker.announce(now, peer.announce_record("started" if peer.announces == 0 else "update"))
         return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
 
 
@@ -252,14 +240,25 @@ class SimPeer:
             if leave or (leave is None and self.sim.crowd.mode == "get"):
                 self.leave()
 
+    def announce_record(self, event: str) -> AnnounceRecord:
+        """What the edge's tracker hears from this peer (simulated peers report no byte counts)."""
+        return AnnounceRecord(
+            cid=CID,
+            peer_id=self.peer_id,
+            url=self.url,
+            address=self.address,
+            region=self.region,
+            have=self.have(),
+            piece_count=self.sim.count,
+            event=event,
+        )
+
     def leave(self) -> None:
         """Stop, as `edgeswarm get` does when its file is written: a `stopped` announce, streams and uploads end."""
         self.left = True
         self.engine.closed = True
         edge = self.sim.edges[0]
-        edge.tracker.announce(
-            self.sim.loop.now, CID, self.peer_id, self.url, self.address, self.region, self.have(), self.sim.count, 0, 0, "stopped"
-        )
+        edge.tracker.announce(self.sim.loop.now, self.announce_record("stopped"))
         edge.seeder.leave(self.region.name, CID, self.key)
         for s in list(self.subscribers.values()):
             n = s.engine.neighbours.get(self.url)

@@ -1,0 +1,116 @@
+"""``edgeswarm bench serve|swarm|router|players``: benchmarks against a reference measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from edgeswarm.cli import options
+from edgeswarm.protocol.units import parse_rate, parse_size
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks against a reference measured in the same run")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    b = bsub.add_parser(
+        "serve",
+        help="a warm edge against nginx, with wrk",
+        description="Serve one file from a warm edge and from nginx on loopback, load both with wrk at the same concurrency, and print throughputs and their ratio.",
+    )
+    b.add_argument("--size", type=options.size, default=parse_size("64MiB"), metavar="SIZE", help="file size (default 64MiB)")
+    b.add_argument("--duration", type=int, default=10, metavar="SECONDS", help="wrk run length per case (default 10)")
+    b.add_argument("--connections", type=int, default=16, metavar="N", help="wrk concurrent connections (default 16)")
+    b.add_argument(
+        "--protected", action="store_true", help="publish the file protected: the edge decrypts it (AES-128-CTR) for every request"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.set_defaults(run=run_serve)
+
+    b = bsub.add_parser(
+        "swarm",
+        help="a crowd of peers against the theoretical lower bound",
+        description="N peers with capped uploads, in R regions of one capped p2p edge (strict locality, daemons' defaults "
+        "otherwise), want one file at once; prints the time until all are complete beside max(F/u_s, F/d_min, N*F/(u_s+sum u_i)), "
+        "the P2P share, the bytes that crossed regions and whether every copy is the origin's.",
+    )
+    b.add_argument(
+        "--mode",
+        choices=["stream", "get", "post"],
+        default="stream",
+        help="stream: a plain GET to every gateway at once, read at full speed (players pressing play together); "
+        "get: N `edgeswarm get` at once; post: POST to every gateway, then read the copies back (default stream)",
+    )
+    b.add_argument("--peers", type=options.count, default=20, metavar="N", help="peers in the crowd (default 20)")
+    b.add_argument(
+        "--regions",
+        type=options.count,
+        default=1,
+        metavar="R",
+        help="regions (127.R.0.0/16), peers dealt round robin (default 1; at most 254)",
+    )
+    b.add_argument("--size", type=options.size, default=parse_size("16MiB"), metavar="SIZE", help="file size (default 16MiB)")
+    b.add_argument(
+        "--edge-upload", type=options.rate, default=parse_rate("2MB/s"), metavar="RATE", help="edge upload cap u_s (default 2MB/s)"
+    )
+    b.add_argument(
+        "--peer-upload", type=options.rate, default=parse_rate("1MB/s"), metavar="RATE", help="each peer's upload cap u_i (default 1MB/s)"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    b.set_defaults(run=run_swarm)
+
+    b = bsub.add_parser(
+        "router",
+        help="the router's decisions per second, by HTTP (302) and by DNS",
+        description="A router in front of four edges in two regions: wrk asks it for random paths (302s), a UDP client keeps "
+        "64 DNS queries in flight; prints decisions per second for each, and for the policy alone in process. No target.",
+    )
+    b.add_argument("--duration", type=options.count, default=10, metavar="SECONDS", help="length of each way's run (default 10)")
+    b.add_argument("--connections", type=options.count, default=32, metavar="N", help="wrk concurrent connections (default 32)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep logs here (default: a temporary directory)")
+    b.set_defaults(run=run_router)
+
+    b = bsub.add_parser(
+        "players",
+        help="ffprobe and a seek through a cold gateway against a cold edge",
+        description="Make a moov-at-end MP4 and a WebM with ffmpeg, publish them through an origin, and time ffprobe on each and "
+        "`ffmpeg -ss` to the middle of the MP4 straight against a cold p2p edge and through a cold peer gateway (with its own cold "
+        "edge): fresh nodes with empty caches for every request, only the origin shared, daemons' defaults. Prints the medians "
+        "and gateway/edge per request against the target of 1.5 x (issue 12). Needs ffmpeg and ffprobe.",
+    )
+    b.add_argument(
+        "--runs", type=options.count, default=3, metavar="N", help="requests per case and way, each on fresh cold nodes (default 3)"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
+    b.set_defaults(run=run_players)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_serve
+
+    return bench_serve.run(args.size, args.duration, args.connections, args.json, args.protected)
+
+
+def run_swarm(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_swarm
+
+    if args.regions > 254:
+        print("edgeswarm bench swarm: --regions is at most 254 (127.R.0.0/16 each)", file=sys.stderr)
+        return 2
+    crowd = bench_swarm.Crowd(args.mode, args.peers, args.regions, args.size, args.edge_upload, args.peer_upload)
+    return bench_swarm.run(crowd, args.json, args.workdir)
+
+
+def run_router(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_router
+
+    return bench_router.run(args.duration, args.connections, args.json, args.workdir)
+
+
+def run_players(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_players
+
+    return bench_players.run(args.runs, args.json, args.workdir)

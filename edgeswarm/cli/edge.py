@@ -1,0 +1,185 @@
+"""``edgeswarm edge``: the flags of an ``EdgeConfig``, and the edge cache they start."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeswarm.cli import options
+from edgeswarm.roles.config import EdgeConfig
+
+if TYPE_CHECKING:
+    from edgeswarm.node.registrar import Registration
+
+EPILOG = """\
+examples (p2pd scenario 3, origin plus caches):
+  edgeswarm edge --cache /var/cache/es --parent http://origin:8000 --listen 0.0.0.0:8080
+  edgeswarm edge --cache /var/cache/es2 --parent http://mid:8080 \\
+      --sibling http://edge3:8080 --max-cache 50GB --only-origin cdn.example.com \\
+      --internal 10.0.0.0/8
+
+The origin's public key is pinned on first contact (stored in CACHE/origin.pub)
+unless given with --origin-key; manifests signed by any other key are refused.
+"""
+
+
+def add_parser(sub) -> None:
+    """Every flag's dest is its EdgeConfig field's name, so ``EdgeConfig.from_options`` reads them all."""
+    d = EdgeConfig
+    p = sub.add_parser(
+        "edge",
+        help="cache the origin's content near users (p2pd cache mode)",
+        epilog=EPILOG,
+        formatter_class=options.FORMATTER,
+        description="Serve the origin's namespace from a verified piece cache, fetching only what is asked for.",
+    )
+    options.cache(p, "cache directory (kept across restarts)")
+    p.add_argument("--parent", type=options.url, required=True, metavar="URL", help="origin or parent edge to fetch misses from")
+    p.add_argument(
+        "--sibling",
+        dest="siblings",
+        type=options.url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="edge to ask first for pieces it already holds (repeatable)",
+    )
+    options.max_cache(p, "cache quota such as 50GB or 512MiB (default: no limit)")
+    p.add_argument(
+        "--only-origin",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="serve files only for requests addressed to this host name (repeatable; p2pd -A)",
+    )
+    p.add_argument(
+        "--internal",
+        type=options.cidr,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="only these clients may cause fetches of uncached content; others get cached content or 403 (repeatable; p2pd -n)",
+    )
+    options.origin_key(p, "origin public key to pin (default: learned from the parent on first start)")
+    p.add_argument(
+        "--timeout",
+        type=options.positive,
+        default=d.timeout,
+        metavar="SECONDS",
+        help=f"give up on an upstream request after this long: 504 (default {d.timeout:g})",
+    )
+    p.add_argument(
+        "--revalidate",
+        type=float,
+        default=d.revalidate,
+        metavar="SECONDS",
+        help=f"re-check a cached manifest with the parent after this long (default {d.revalidate:g})",
+    )
+    p2p = p.add_argument_group("p2p mode (p2pd -i): the edge as tracker and super peer of its region")
+    p2p.add_argument("--p2p", action="store_true", help="track the peers that fetch from this edge and hand them to each other")
+    p2p.add_argument(
+        "--regions", type=Path, metavar="FILE", help="region map (YAML or JSON: CIDR -> ISP and region); default: one region for all"
+    )
+    p2p.add_argument(
+        "--locality",
+        choices=["strict", "prefer"],
+        default=d.locality,
+        help=f"strict: never hand a peer one of another region; prefer: same region first (default {d.locality})",
+    )
+    p2p.add_argument(
+        "--announce-interval",
+        type=options.positive,
+        default=d.announce_interval,
+        metavar="SECONDS",
+        help=f"how often peers re-announce (default {d.announce_interval:g})",
+    )
+    p2p.add_argument(
+        "--max-peer-ids",
+        type=options.count,
+        default=d.max_peer_ids,
+        metavar="N",
+        help=f"live peer ids per address (IPv6: per /64) and per token user (default {d.max_peer_ids})",
+    )
+    p2p.add_argument(
+        "--announce-rate",
+        type=options.count,
+        default=d.announce_rate,
+        metavar="N",
+        help=f"announces a second per address or token user (default {d.announce_rate})",
+    )
+    p2p.add_argument(
+        "--max-peer-rate",
+        type=options.rate,
+        default=d.max_peer_rate,
+        metavar="RATE",
+        help=f"most a peer may claim to move each way (default {d.max_peer_rate * 8 / 1e9:g}Gbit/s)",
+    )
+    options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s")
+    trust = p.add_argument_group("trust and accounting")
+    trust.add_argument(
+        "--require-token",
+        action="store_true",
+        help="serve files, manifests, pieces and announces only with a valid token for the path (Bearer or ?token=)",
+    )
+    trust.add_argument(
+        "--ledger",
+        metavar="PATH_OR_DSN",
+        help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
+    )
+    trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
+    options.cors(p, "this edge's answers")
+    reg = p.add_argument_group("registering with routers (edgeswarm router)")
+    reg.add_argument(
+        "--register-with", type=options.url, action="append", default=[], metavar="URL", help="router to register with (repeatable)"
+    )
+    reg.add_argument("--register-region", metavar="NAME", help="the region this edge serves, as in the routers' region map")
+    reg.add_argument(
+        "--register-capacity",
+        type=options.rate,
+        metavar="RATE",
+        help="what this edge may send, such as 1Gbit/s (routers compare its egress)",
+    )
+    reg.add_argument(
+        "--register-url", type=options.url, metavar="URL", help="this edge's URL for clients (default: the address it listens on)"
+    )
+    reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
+    options.credentials(p, "this edge")
+    options.tls_server(p)
+    options.connection_limits(p)
+    options.daemon(p, "127.0.0.1:8080")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeswarm.node.daemon import setup_logging
+    from edgeswarm.roles import edge
+    from edgeswarm.trust import tls
+
+    setup_logging(args.log_level)
+    config = EdgeConfig.from_options(args, token=options.token(args))  # a bad --cors-origin combination stops here
+    registration = _registration(config, args.listen[0])  # and so does an incomplete --register-with, before anything is created
+    ssl_context = tls.server_options(args.tls_cert, args.tls_key)
+    edge_node = edge.Edge(config)
+    asyncio.run(edge.run(edge_node, args.listen, args.access_log, ssl_context, options.limits(args), registration))
+    return 0
+
+
+def _registration(config: EdgeConfig, listen_host: str) -> Registration | None:
+    """``--register-with``: checked here, so that a missing region or a wildcard address stops start-up with a reason."""
+    from edgeswarm.node.registrar import Registration
+
+    if not config.register_with:
+        return None
+    if not config.register_region or not config.register_capacity:
+        raise ValueError("--register-with needs --register-region NAME and --register-capacity RATE")
+    if config.register_url is None and listen_host in ("", "0.0.0.0", "::"):
+        raise ValueError(f"--listen {listen_host} is every address: give --register-url, the URL clients reach this edge at")
+    return Registration(
+        list(config.register_with),
+        config.register_region,
+        config.register_capacity,
+        config.register_url,
+        options.secret(config.register_secret_file),
+    )

@@ -1,0 +1,54 @@
+"""``edgeswarm get``: download one whole file through the swarm, like wget."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edgeswarm.cli import options
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "get",
+        help="download one whole file through the swarm, like wget",
+        description="Download a file from an edge and its peers, verify every piece, and write it out.",
+        epilog="example:\n  edgeswarm get http://edge.example:8080/updates/os-2.1.img -o os.img",
+        formatter_class=options.FORMATTER,
+    )
+    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file (with --router: or /path/file)")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
+    options.cache(p, "keep pieces here, so a rerun resumes (default: a temporary dir)", required=False)
+    p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
+    p.add_argument("--router", type=options.url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
+    options.listen(p, "0.0.0.0:0", "upload server while downloading (default 0.0.0.0:0)")
+    options.upload_limit(p, "upload cap while downloading")
+    p.add_argument(
+        "--stall-timeout",
+        type=options.positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when nothing arrives for this long (default 60)",
+    )
+    options.credentials(p, "the download")
+    options.log_flags(p, "warning", access_log=False)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeswarm.node.daemon import setup_logging
+    from edgeswarm.roles import get
+
+    setup_logging(args.log_level)
+    return get.run(
+        args.url,
+        args.output,
+        args.cache,
+        args.listen,
+        args.upload_limit,
+        args.edge,
+        args.stall_timeout,
+        options.token(args),
+        args.ca,
+        args.router,
+    )

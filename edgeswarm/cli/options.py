@@ -1,0 +1,192 @@
+"""Flag types and the flag groups several subcommands share, each declared once.
+
+Types turn a flag's text into a value or an argparse error that names the
+mistake; the groups (listening, logging, TLS, client connections, credentials,
+and the cache flags of edge and peer) keep one spelling, type and default for
+every subcommand that has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+
+from edgeswarm.node.daemon import ServerLimits
+from edgeswarm.protocol.cors import parse_origin
+from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
+
+FORMATTER = argparse.RawDescriptionHelpFormatter  # epilogs keep their line breaks
+
+
+# -- types -----------------------------------------------------------------------------------
+def size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def count(text: str) -> int:
+    n = ascii_decimal(text)
+    if n is None or n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return n
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cidr(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a network: {text!r} (expected CIDR such as 10.0.0.0/8)") from None
+    return text
+
+
+def url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    return text
+
+
+def cors_origin(text: str) -> str:
+    try:
+        return parse_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+# -- flag groups -------------------------------------------------------------------------------
+def listen(p: argparse.ArgumentParser, default: str, help: str | None = None) -> None:
+    """``--listen HOST:PORT``: where a daemon serves."""
+    help = help or f"address to serve on (default {default}; port 0 picks a free one)"
+    p.add_argument("--listen", type=listen_address, default=default, metavar="HOST:PORT", help=help)
+
+
+def log_flags(p: argparse.ArgumentParser, default: str = "info", access_log: bool = True) -> None:
+    """``--log-level`` and, for daemons, ``--access-log``."""
+    levels = ["debug", "info", "warning", "error"]
+    p.add_argument("--log-level", default=default, choices=levels, help=f"log verbosity (default {default})")
+    if access_log:
+        p.add_argument("--access-log", action="store_true", help="log every request")
+
+
+def daemon(p: argparse.ArgumentParser, default_listen: str) -> None:
+    """What every server daemon has: ``--listen``, ``--log-level``, ``--access-log``."""
+    listen(p, default_listen)
+    log_flags(p)
+
+
+def tls_server(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS")
+    g.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs --tls-key")
+    g.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
+
+
+def connection_limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("client connections")
+    g.add_argument(
+        "--header-timeout",
+        type=positive,
+        default=ServerLimits.header_timeout,
+        metavar="SECONDS",
+        help=f"close a connection whose request line and headers take longer (default {ServerLimits.header_timeout:g})",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=positive,
+        default=ServerLimits.idle_timeout,
+        metavar="SECONDS",
+        help=f"close a kept-alive connection idle this long (default {ServerLimits.idle_timeout:g})",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=count,
+        metavar="N",
+        help="client connections open at once; a new one closes the longest idle (default: half the open-file limit less 64, at most 16384)",
+    )
+
+
+def cors(p: argparse.ArgumentParser, what: str) -> None:
+    """``--cors-origin`` (edge and peer): read into the config's ``cors`` policy by ``from_options``."""
+    p.add_argument(
+        "--cors-origin",
+        type=cors_origin,
+        action="append",
+        metavar="ORIGIN",
+        help=f"who may read {what} from a web page on another origin (CORS; repeatable): '*' anyone (the default), "
+        "scheme://host[:port] that origin, 'none' nobody",
+    )
+
+
+def limits(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(args.header_timeout, args.idle_timeout, args.max_connections)
+
+
+def credentials(p: argparse.ArgumentParser, who: str) -> None:
+    g = p.add_argument_group("trust")
+    g.add_argument("--token", metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
+    g.add_argument("--token-file", type=Path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
+    g.add_argument("--ca", type=Path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
+
+
+def token(args: argparse.Namespace) -> str | None:
+    """--token or --token-file: the file's last non-empty line, so `token issue > f` works as is."""
+    if args.token and args.token_file:
+        raise ValueError("give --token or --token-file, not both")
+    if args.token_file:
+        lines = [line.strip() for line in args.token_file.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{args.token_file} holds no token")
+        return lines[-1]
+    return args.token
+
+
+def secret(path: Path | None) -> str | None:
+    """A secret file's last non-empty line (so `echo s > f` and editors' trailing newlines both work)."""
+    if path is None:
+        return None
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} holds no secret")
+    return lines[-1]
+
+
+# -- the cache flags of edge and peer (EdgeConfig, PeerConfig) ---------------------------------
+def cache(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
+    p.add_argument("--cache", type=Path, required=required, metavar="DIR", help=help)
+
+
+def max_cache(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--max-cache", type=size, metavar="SIZE", help=help)
+
+
+def origin_key(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--origin-key", type=Path, metavar="FILE", help=help)
+
+
+def upload_limit(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--upload-limit", type=rate, metavar="RATE", help=help)

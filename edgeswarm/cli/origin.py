@@ -1,0 +1,116 @@
+"""``edgeswarm origin``: publish a directory, with signed manifests, over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from edgeswarm.cli import options
+
+EPILOG = """\
+example (p2pd scenario 1, a single server):
+  edgeswarm origin --publish /srv/media --listen 0.0.0.0:8000
+
+Files appear at their relative path (/srv/media/films/a.mp4 -> /films/a.mp4)
+within about a second of being written, and disappear when deleted.  Hidden
+files and directories (.name) are not published, nor are top-level names
+reserved for node endpoints (manifest, content, piece, have, announce, key,
+origin-key, swarm-key, healthz, status, metrics).
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "origin",
+        help="publish a directory (p2pd server mode)",
+        epilog=EPILOG,
+        formatter_class=options.FORMATTER,
+        description="Publish every file under DIR, with signed manifests, over HTTP.",
+    )
+    p.add_argument("--publish", type=Path, required=True, metavar="DIR", help="directory to publish")
+    p.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 signing key (PEM), created if missing (default STATE/origin.key)")
+    p.add_argument("--state", type=Path, metavar="DIR", help="where manifests are kept across restarts (default DIR/.edgeswarm)")
+    p.add_argument("--scan-interval", type=options.positive, metavar="SECONDS", help="how often DIR is checked for changes (default 1)")
+    p.add_argument(
+        "--protect",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="encrypt files whose path matches (such as 'films/*' or '*.mp4'; repeatable): nodes hold ciphertext, token holders get the key",
+    )
+    p.add_argument(
+        "--web-seed",
+        type=options.url,
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an edge's public base URL, listed as a web seed in every torrent (repeatable; default: the origin itself)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML with any of these options by name (protect: [GLOB, ...], tls_cert: ...); flags win",
+    )
+    options.tls_server(p)
+    options.connection_limits(p)
+    options.daemon(p, "127.0.0.1:8000")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeswarm.node.daemon import setup_logging
+    from edgeswarm.roles import origin
+    from edgeswarm.trust import tls
+
+    setup_logging(args.log_level)
+    if args.config is not None:
+        apply_config(args)
+    args.scan_interval = args.scan_interval or 1.0
+    if not args.publish.is_dir():
+        print(f"edgeswarm origin: {args.publish} is not a directory", file=sys.stderr)
+        return 2
+    state = args.state or args.publish / ".edgeswarm"
+    ssl_context = tls.server_options(args.tls_cert, args.tls_key)
+    origin_node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed)
+    asyncio.run(origin.run(origin_node, args.listen, args.access_log, ssl_context, options.limits(args)))
+    return 0
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """``origin --config FILE``: YAML naming options as flags do (dashes or underscores); a flag given wins, lists add up."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(args.config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{args.config}: not YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{args.config}: expected a mapping of option names to values")
+    known: dict[str, Callable[[str], object]] = {
+        "state": Path,
+        "key": Path,
+        "tls_cert": Path,
+        "tls_key": Path,
+        "protect": list,
+        "scan_interval": options.positive,
+    }
+    for name, value in doc.items():
+        option = str(name).replace("-", "_")
+        kind = known.get(option)
+        if kind is None:
+            raise ValueError(f"{args.config}: unknown option {name!r} (known: {', '.join(sorted(known))})")
+        if kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{args.config}: {name} must be a list of globs")
+            args.protect = [*value, *args.protect]
+        elif getattr(args, option) is None:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"{args.config}: {name} must be a string or a number")
+            try:
+                setattr(args, option, kind(str(value)))
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"{args.config}: {name}: {exc}") from None

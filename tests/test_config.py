@@ -1,0 +1,132 @@
+"""EdgeConfig and PeerConfig: what the CLI parses, what the lab writes, and the defaults are one thing.
+
+The lab and the benches start daemons with ``config.argv()``; the CLI reads
+flags back with ``from_options``.  A field whose flag were misspelt, typed or
+defaulted differently on either side would break this round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edgeswarm.cli import build_parser, main, options
+from edgeswarm.protocol.cors import PUBLIC, CorsPolicy
+from edgeswarm.roles.config import EdgeConfig, PeerConfig
+
+
+def parsed_edge(*flags: str) -> EdgeConfig:
+    args = build_parser().parse_args(["edge", *flags])
+    return EdgeConfig.from_options(args, token=options.token(args))
+
+
+def parsed_peer(*flags: str) -> PeerConfig:
+    args = build_parser().parse_args(["peer", *flags])
+    return PeerConfig.from_options(args, token=options.token(args), bind=args.listen[0])
+
+
+def test_the_clis_defaults_are_the_configs():
+    assert parsed_edge("--cache", "c", "--parent", "http://o:1") == EdgeConfig(cache=Path("c"), parent="http://o:1")
+    assert parsed_peer("--cache", "c", "--edge", "http://e:1") == PeerConfig(cache=Path("c"), edges=("http://e:1",), bind="0.0.0.0")
+
+
+def test_an_edge_config_with_every_field_set_survives_its_command_line():
+    config = EdgeConfig(
+        cache=Path("/var/cache/es"),
+        parent="https://mid:8080",
+        siblings=("http://e2:8080", "http://e3:8080"),
+        max_cache=50 * 10**9,
+        only_origin=("cdn.example.com",),
+        internal=("10.0.0.0/8", "fd00::/8"),
+        origin_key=Path("origin.pub"),
+        timeout=2.5,
+        revalidate=0.25,
+        upload_limit=1_250_000,
+        p2p=True,
+        regions=Path("regions.yaml"),
+        locality="strict",
+        announce_interval=30.0,
+        max_peer_ids=3,
+        announce_rate=7,
+        max_peer_rate=5_000_000,
+        require_token=True,
+        ledger="postgresql://db/usage",
+        name="edge-east",
+        token="t0k3n",
+        ca=Path("ca.pem"),
+        cors=CorsPolicy(("https://player.example", "http://localhost:3000")),
+        register_with=("http://r1:8090", "http://r2:8090"),
+        register_region="east",
+        register_capacity=125_000_000,
+        register_url="http://10.1.0.5:8080",
+        register_secret_file=Path("router.secret"),
+    )
+    defaults = EdgeConfig(cache=Path("c"), parent="http://o:1")
+    assert all(getattr(config, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(EdgeConfig))  # every flag is written
+    assert parsed_edge(*config.argv()) == config
+
+
+def test_a_peer_config_survives_its_command_line():
+    config = PeerConfig(
+        cache=Path("/tmp/p1"),
+        edges=("http://e1:8080", "http://e2:8080"),
+        upload_limit=2_000_000,
+        download_limit=500_000,
+        upload_slots=4,
+        max_cache=512 * 2**20,
+        origin_key=Path("origin.pub"),
+        read_timeout=5.0,
+        token="t0k3n",
+        ca=Path("ca.pem"),
+        cors=CorsPolicy(()),
+        router="http://router:8090",
+        bind="192.0.2.7",
+    )
+    defaults = PeerConfig(cache=Path("c"), edges=())
+    written = [f for f in dataclasses.fields(PeerConfig) if f.name != "timeout"]  # timeout: the program's (get), no flag
+    assert all(getattr(config, f.name) != getattr(defaults, f.name) for f in written)
+    assert parsed_peer(*config.argv(), "--listen", "192.0.2.7:6881") == config
+
+
+def test_cors_policies_survive_their_flags_and_a_bad_combination_is_refused():
+    for policy in (PUBLIC, CorsPolicy(()), CorsPolicy(("https://a.example",)), CorsPolicy(("*", "https://a.example"))):
+        config = EdgeConfig(cache=Path("c"), parent="http://o:1", cors=policy)
+        assert parsed_edge(*config.argv()).cors == policy
+    assert EdgeConfig(cache=Path("c"), parent="http://o:1", cors=CorsPolicy(())).argv()[-2:] == ["--cors-origin", "none"]
+    with pytest.raises(ValueError, match="cannot be combined"):
+        parsed_peer("--cache", "c", "--edge", "http://e:1", "--cors-origin", "none", "--cors-origin", "https://a.example")
+
+
+def test_a_peer_with_a_router_needs_no_edge():
+    config = parsed_peer("--cache", "c", "--router", "http://router:8090")
+    assert config.edges == () and config.router == "http://router:8090"
+
+
+def test_fields_the_program_sets_are_not_flags():
+    config = PeerConfig(cache=Path("c"), edges=("http://e:1",), bind="192.0.2.7", timeout=3.0)
+    assert config.argv() == ["--cache", "c", "--edge", "http://e:1"]
+
+
+def test_configs_are_frozen_and_keyword_only():
+    config = EdgeConfig(cache=Path("c"), parent="http://o:1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.timeout = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        EdgeConfig(Path("c"), "http://o:1")  # type: ignore[misc]
+
+
+def test_a_peer_without_edge_or_router_is_refused_before_it_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["peer", "--cache", str(tmp_path / "p")]) == 2
+    assert "give --edge URL (repeatable) or --router URL" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # refused before the peer made its cache
+
+
+def test_an_edge_registering_with_a_router_needs_its_region_and_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    base = ["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--register-with", "http://r:8090"]
+    assert main(base) == 2
+    assert "needs --register-region NAME and --register-capacity RATE" in capsys.readouterr().err
+    assert main([*base, "--register-region", "east", "--register-capacity", "1Gbit/s", "--listen", "0.0.0.0:0"]) == 2
+    assert "give --register-url" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # refused before the edge made its cache
