@@ -302,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--announce-rate", type=_count, default=20, metavar="N", help="announces a second per address or token user (default 20)"
     )
     p2p.add_argument(
+        "--tracker-store",
+        default="memory",
+        metavar="STORE",
+        help="where the swarms and P2P-share totals live: memory (this edge only, the default) or redis://HOST:PORT/DB, "
+        "shared by the edges of a region and kept across restarts",
+    )
+    p2p.add_argument(
         "--max-peer-rate", type=_rate, default=125_000_000, metavar="RATE", help="most a peer may claim to move each way (default 1Gbit/s)"
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
@@ -504,12 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tracker(args: argparse.Namespace):
     from edgeswarm.announce import TrackerService
+    from edgeswarm.peerstore import open_store
     from edgeswarm.regions import RegionMap
     from edgeswarm.tracker import Limits
 
     regions = RegionMap.load(args.regions) if args.regions else None
     limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
-    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate)
+    store = open_store(args.tracker_store, 3 * args.announce_interval)  # ValueError for a bad URL: a message and exit 2
+    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate, store)
 
 
 def _apply_config(args: argparse.Namespace) -> None:
@@ -573,6 +582,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm.ledger import Ledger
 
         setup_logging(args.log_level)
+        if args.tracker_store != "memory" and not args.p2p:
+            print("edgeswarm edge: --tracker-store is the tracker's: it needs --p2p", file=sys.stderr)
+            return 2
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
         ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)

@@ -38,6 +38,7 @@ from edgeswarm.manifestfetch import ManifestFetcher, requested_path
 from edgeswarm.metrics import Metrics
 from edgeswarm.origin import have_response, manifest_response, piece_index
 from edgeswarm.paths import RESERVED, clean_request_path
+from edgeswarm.peerstore import StoreUnavailable
 from edgeswarm.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.protect import cipher_for
 from edgeswarm.ratelimit import TokenBucket
@@ -45,13 +46,13 @@ from edgeswarm.serving import send_piece, serve_file
 from edgeswarm.signing import load_or_create_private_key, public_pem
 from edgeswarm.sources import SourceRanking
 from edgeswarm.superseed import URGENCIES, Region, RegionStats, SuperSeeder, parse_latency, parse_request
-from edgeswarm.tracker import PeerRecord
 from edgeswarm.upstream import Upstream, UpstreamError
 
 log = logging.getLogger("edgeswarm.edge")
 SIBLING_TIMEOUT = 2.0
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
-TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
+TICKET_MIN_S = 60.0
+MAX_BATCH = 100  # contents in one announce: a peer holding more sends several (64 KiB bodies hold ~200)  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 
 
 class EdgeSource:
@@ -121,6 +122,7 @@ class Edge:
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
         self.seed_stats = RegionStats()
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
+        self._p2p_last: dict = {"regions": {}}
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -271,7 +273,10 @@ class Edge:
         assert self.tracker is not None
         while True:
             await asyncio.sleep(self.tracker.interval)
-            dropped = self.tracker.expire()
+            try:
+                dropped = await self.tracker.expire()
+            except HttpError:  # the store is down: logged by the tracker service; this edge's own tables still expire
+                dropped = 0
             self._forget_departed()
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
@@ -396,9 +401,9 @@ class Edge:
 
     # -- seeding: copies per region ------------------------------------------------------
     def _tracked(self, cid: str) -> set[tuple[str, str]]:
-        """The seeder's names of the live peers of ``cid``'s swarm, as the tracker holds them."""
+        """The seeder's names of the live peers of ``cid``'s swarm that announce to this edge (its copies are this edge's)."""
         assert self.tracker is not None
-        return {_seed_name(rec) for rec in self.tracker.tracker.swarm(cid)}
+        return self.tracker.tracker.local(cid)
 
     @contextlib.contextmanager
     def _copy(self, request: web.Request, cid: str, index: int) -> Iterator[None]:
@@ -422,15 +427,15 @@ class Edge:
     def _forget_departed(self) -> None:
         """Copies and latency reports of peers the tracker no longer holds (stopped, expired) stop counting."""
         assert self.tracker is not None
-        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.contents()}
+        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.local_contents()}
         for region, cid in self.seeder.entries():
             self.seeder.retain(region, cid, live.get(cid, set()))
         self.seed_stats.retain_latency(set().union(*live.values()))
 
-    def _p2p_status(self) -> dict:
+    async def _p2p_status(self) -> dict:
         """The tracker's status, each region with what the edge seeded there (docs/operations.md#the-edge-as-super-seeder)."""
         assert self.tracker is not None
-        p2p = self.tracker.status()
+        p2p = await self.tracker.status()
         self._forget_departed()  # after the tracker's own expiry, whenever that ran
         sizes = {s.content_id: s.manifest.size for s in self.store.contents()} if self.store else {}
         entries = self.seeder.entries()
@@ -451,7 +456,7 @@ class Edge:
 
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
-        p2p = self._p2p_status()
+        p2p = self._p2p_last  # computed just before the scrape (app middleware), as collectors cannot wait
         seed = CounterMetricFamily(
             "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
         )
@@ -494,7 +499,13 @@ class Edge:
         return [seed, asked, sent, copies, share, peers, latency]
 
     async def post_announce(self, request: web.Request) -> web.Response:
-        """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
+        """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
+
+        One content per announce (``content``), or a batch (``contents``): all
+        a peer holds in one request per interval, charged once against its
+        announce rate; each item gets its own answer or error
+        (docs/protocol.md#announce).
+        """
         if self.tracker is None:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
         check_json_body(request.headers)
@@ -502,9 +513,41 @@ class Edge:
             doc = json.loads(await request.read())
         except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
+        if isinstance(doc, dict) and "contents" in doc:
+            return json_response(await self._announce_batch(request, doc))
+        return json_response(await self._announce_one(request, doc, True))
+
+    async def _announce_batch(self, request: web.Request, doc: dict) -> dict:
+        """Each item as a single announce with the batch's peer id, port and latency; a refusal of the sender (429) or a store that is down (503) answers the whole batch."""
+        assert self.tracker is not None
+        items = doc["contents"]
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
+            raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
+        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency") if k in doc}
+        answers: dict[str, dict] = {}
+        charged = False
+        for item in items:
+            single = {**item, **shared}
+            cid = single.get("content")
+            try:
+                answer = await self._announce_one(request, single, not charged)
+                charged = True
+            except HttpError as exc:
+                if exc.status in (429, 503):
+                    raise
+                answer = {"error": {"status": exc.status, "message": exc.message}}
+            if isinstance(cid, str) and is_content_id(cid):
+                answer.pop("interval", None)
+                answer.pop("region", None)
+                answers[cid] = answer
+        return {"interval": self.tracker.interval, "region": self.region_name(request), "contents": answers}
+
+    async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
+        assert self.tracker is not None
         cid = doc.get("content") if isinstance(doc, dict) else None
         if not isinstance(cid, str) or not is_content_id(cid):
             raise HttpError(400, "announce field 'content' is missing or not a content id")
+        assert isinstance(doc, dict)
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
         try:
@@ -512,7 +555,7 @@ class Edge:
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         user = grant.user if grant else None
-        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest, user)
+        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
@@ -523,7 +566,7 @@ class Edge:
         if doc["event"] != "stopped":
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
-        return json_response(answer)
+        return answer
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -556,12 +599,33 @@ class Edge:
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
-                **({"p2p": self._p2p_status()} if self.tracker else {}),
+                **({"p2p": await self._p2p_status()} if self.tracker else {}),
             }
         )
 
+    async def _check_store(self) -> None:
+        """At start-up: say where the swarms are kept, and warn (never stop) when a shared store is not there yet."""
+        assert self.tracker is not None
+        store = self.tracker.store
+        ping = getattr(store, "ping", None)
+        try:
+            if ping is not None:
+                await ping()
+            log.info("tracker store: %s", store.describe())
+        except StoreUnavailable as exc:
+            log.warning("%s; announces are answered 503 until it is reachable (files are served as ever)", exc)
+
+    @web.middleware
+    async def _fresh_p2p_metrics(self, request: web.Request, handler):
+        """Before a /metrics scrape, the tracker's figures (a store read: the collector itself cannot wait for one)."""
+        if request.path == "/metrics":
+            self._p2p_last = await self._p2p_status()
+        return await handler(request)
+
     def app(self) -> web.Application:
         app = make_app(self.metrics)
+        if self.tracker is not None:
+            app.middlewares.append(self._fresh_p2p_metrics)
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)
@@ -585,10 +649,14 @@ class Edge:
             else:
                 opener = asyncio.create_task(self.open_store())  # learn it from the parent
             expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
+            if self.tracker is not None:
+                await self._check_store()
             yield
             for task in (opener, expiry):
                 if task is not None:
                     task.cancel()
+            if self.tracker is not None:
+                await self.tracker.store.close()
             if self.ledger is not None:
                 await self.ledger.close()
             await self.upstream.close()
@@ -602,11 +670,6 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
         return ipaddress.ip_address(request.remote or "")
     except ValueError:
         return None
-
-
-def _seed_name(rec: PeerRecord) -> tuple[str, str]:
-    """A tracked peer as the seeder names it: the address it announced from, and the peer id it sends."""
-    return rec.address, rec.peer_id
 
 
 def _region_label(region: Region) -> str:

@@ -22,9 +22,13 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from edgeswarm import bitfield
 from edgeswarm.regions import Region
+
+if TYPE_CHECKING:
+    from edgeswarm.peerstore import PeerStore
 
 PER_ADDRESS = 2  # peers of one address (group) in a tracker answer, and among a peer's neighbours
 
@@ -78,6 +82,8 @@ def address_group(address: str) -> str:
 
 @dataclass
 class PeerRecord:
+    """One peer in one swarm.  ``have`` and ``mask`` are the same pieces: a set for people, an integer for ranking."""
+
     peer_id: str
     url: str
     address: str
@@ -95,11 +101,41 @@ class PeerRecord:
 
     @property
     def complete(self) -> bool:
-        return len(self.have) >= self.piece_count
+        return self.mask.bit_count() >= self.piece_count
 
     @property
     def key(self) -> PeerKey:
         return (self.owner, self.peer_id)
+
+    @property
+    def mask(self) -> int:
+        """The held pieces as the wire's bits in one integer, so usefulness is a popcount, not a set difference."""
+        if self._mask is None:
+            self._mask = bitfield.to_mask(self._have or (), self.piece_count)
+        return self._mask
+
+    @classmethod
+    def from_mask(cls, mask: int, **fields) -> PeerRecord:
+        """A record read from a store: its set of pieces is built only if someone asks for it."""
+        rec = cls(have=None, **fields)  # type: ignore[arg-type]
+        rec._mask = mask
+        return rec
+
+
+def _get_have(rec: PeerRecord) -> set[int]:
+    if rec._have is None:
+        rec._have = bitfield.from_mask(rec._mask or 0, rec.piece_count)
+    return rec._have
+
+
+def _set_have(rec: PeerRecord, have: set[int] | None) -> None:
+    rec._have = None if have is None else set(have)
+    rec._mask = None
+
+
+PeerRecord._have = None  # type: ignore[attr-defined]
+PeerRecord._mask = None  # type: ignore[attr-defined]
+PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
 
 
 def peer_url(address: str, port: int) -> str:
@@ -118,7 +154,10 @@ def _spread(a: str, b: str) -> int:
 
 
 def rank(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality) -> list[PeerRecord]:
+    """The handout order (module docstring); usefulness is a popcount of the candidate's bits the asker lacks."""
     home = asker.region.name if asker.region else None
+    lacks = ~asker.mask
+    me = "/".join(asker.key)
     out = []
     for c in candidates:
         if c.key == asker.key:
@@ -126,28 +165,87 @@ def rank(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality
         away = (c.region.name if c.region else None) != home
         if away and locality == "strict":
             continue
-        useful = len(c.have - asker.have)
-        out.append(((away, useful == 0, not c.complete, -useful, -c.upload_rate, _spread("/".join(asker.key), "/".join(c.key))), c))
+        useful = (c.mask & lacks).bit_count()
+        out.append(((away, useful == 0, not c.complete, -useful, -c.upload_rate, _spread(me, "/".join(c.key))), c))
     out.sort(key=lambda t: t[0])
     return [c for _, c in out]
 
 
+def handout(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality, max_answer: int, per_address: int) -> list[PeerRecord]:
+    """The best-ranked candidates, at most ``per_address`` of any one address (group)."""
+    taken: Counter[str] = Counter()
+    out = []
+    for c in rank(asker, candidates, locality):
+        if taken[c.group] < per_address:
+            taken[c.group] += 1
+            out.append(c)
+            if len(out) == max_answer:
+                break
+    return out
+
+
+def labels(answer: list[PeerRecord], asker: str | None = None) -> list[str]:
+    """The names an answer gives its peers: the bare id, or id@address where another owner in it (or the asker) uses the same id."""
+    names = Counter(r.peer_id for r in answer)
+    if asker is not None:
+        names[asker] += 1
+    return [r.peer_id if names[r.peer_id] <= 1 else f"{r.peer_id}@{r.address}" for r in answer]
+
+
+def next_rate(previous: PeerRecord | None, uploaded: int, now: float) -> float:
+    """A peer's upload rate: an average of the deltas between its announces (a counter that went back is a restart: no sample).
+
+    The Redis store computes the same in its announce script (peerstore.py), next to the record it reads.
+    """
+    if previous is None:
+        return 0.0
+    if uploaded >= previous.uploaded and now > previous.last_seen:
+        sample = (uploaded - previous.uploaded) / (now - previous.last_seen)
+        return sample if previous.upload_rate == 0 else ALPHA * sample + (1 - ALPHA) * previous.upload_rate
+    return previous.upload_rate
+
+
+SAMPLE_PER_ANSWER = 2  # candidates read from the store per place in an answer
+
+
 class Tracker:
-    def __init__(self, locality: Locality = "prefer", ttl: float = 90.0, max_answer: int = 30, limits: Limits | None = None):
+    """Admission and handout policy over a ``PeerStore`` (peerstore.py), which holds the swarms.
+
+    The store may be shared by several edges of a region (Redis); what this
+    class keeps itself is per edge: the announce-rate buckets and the live
+    ids per address or user *announced here*, and which (address, peer id)
+    of each swarm announced here (the super-seeder's copies are this edge's).
+    An announce reads at most ``sample`` candidates, whatever the swarm's
+    size: the handout is the best of a random sample once the swarm is larger.
+    """
+
+    def __init__(
+        self,
+        locality: Locality = "prefer",
+        ttl: float = 90.0,
+        max_answer: int = 30,
+        limits: Limits | None = None,
+        store: PeerStore | None = None,
+        sample: int | None = None,
+    ):
         if locality not in ("strict", "prefer"):
             raise ValueError(f"locality must be strict or prefer, not {locality!r}")
+        from edgeswarm.peerstore import MemoryPeerStore  # the store module builds on this one's records
+
         self.locality = locality
         self.ttl = ttl
         self.max_answer = max_answer
         self.limits = limits or Limits()
-        self._swarms: dict[str, dict[PeerKey, PeerRecord]] = {}
-        self._names: dict[str, Counter[str]] = {}  # cid -> how many owners use each bare id there
-        self._joined: dict[PeerKey, set[str]] = {}  # live identities -> their swarms
+        self.sample = sample if sample is not None else SAMPLE_PER_ANSWER * max_answer
+        self.store: PeerStore = store or MemoryPeerStore()
+        self.store.ttl = ttl
+        self._here: dict[str, dict[PeerKey, tuple[float, str]]] = {}  # cid -> identity -> (last announce here, its address)
+        self._joined: dict[PeerKey, set[str]] = {}  # identities live here -> their swarms
         self._counted: dict[PeerKey, tuple[str, ...]] = {}  # live identity -> the limit keys it counts against
         self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
 
-    def announce(
+    async def announce(
         self,
         now: float,
         cid: str,
@@ -155,40 +253,54 @@ class Tracker:
         url: str,
         address: str,
         region: Region | None,
-        have: set[int],
+        have: set[int] | int,
         piece_count: int,
         uploaded: int,
         downloaded: int,
         event: str,
         user: str | None = None,
+        charge: bool = True,
     ) -> list[PeerRecord]:
-        """Record the announce and rank the swarm for the asker; ``Refused`` (changing nothing) when over a limit."""
+        """Record the announce and hand the asker the best of its swarm; ``Refused`` (changing nothing) when over a limit."""
+        answer, _ = await self.announce_sized(now, cid, peer_id, url, address, region, have, piece_count, uploaded, downloaded, event, user, charge)
+        return answer
+
+    async def announce_sized(
+        self,
+        now: float,
+        cid: str,
+        peer_id: str,
+        url: str,
+        address: str,
+        region: Region | None,
+        have: set[int] | int,
+        piece_count: int,
+        uploaded: int,
+        downloaded: int,
+        event: str,
+        user: str | None = None,
+        charge: bool = True,
+    ) -> tuple[list[PeerRecord], int]:
+        """``announce``, and the swarm's size after it.  ``charge``: count it against the sender's rate (once per batch)."""
         if event not in EVENTS:
             raise ValueError(f"unknown announce event {event!r}")
         key, group = (owner_of(address, user), peer_id), address_group(address)
         counted = (group, owner_of(address, user)) if user is not None else (group,)
-        self._admit(now, key, counted, event == "stopped")
+        self._admit(now, key, counted, event == "stopped", charge)
         if event == "stopped":
-            self.drop(cid, key)
-            return []
-        swarm = self._swarms.setdefault(cid, {})
-        rec = swarm.get(key)
-        if rec is None:
-            rec = swarm[key] = PeerRecord(peer_id, url, address, region, set(), piece_count, first_seen=now, last_seen=now, owner=key[0])
-            self._names.setdefault(cid, Counter())[peer_id] += 1
-        elif uploaded >= rec.uploaded and now > rec.last_seen:
-            sample = (uploaded - rec.uploaded) / (now - rec.last_seen)
-            rec.upload_rate = sample if rec.upload_rate == 0 else ALPHA * sample + (1 - ALPHA) * rec.upload_rate
-        rec.url, rec.address, rec.region, rec.user, rec.group = url, address, region, user, group
-        rec.have, rec.piece_count = set(have), piece_count
-        rec.uploaded, rec.downloaded, rec.last_seen = uploaded, downloaded, now
-        self._join(key, cid, counted)
-        return self._answer(rec, swarm.values())
+            await self.drop(cid, key)
+            return [], 0
+        fields = dict(peer_id=peer_id, url=url, address=address, region=region, piece_count=piece_count, uploaded=uploaded)
+        rec = PeerRecord.from_mask(have, **fields) if isinstance(have, int) else PeerRecord(have=set(have), **fields)
+        rec.downloaded, rec.last_seen, rec.first_seen, rec.user, rec.owner, rec.group = downloaded, now, now, user, key[0], group
+        placed = await self.store.put(now, cid, rec, self.sample)
+        self._join(now, key, cid, counted, address)
+        return handout(rec, placed.candidates, self.locality, self.max_answer, self.limits.answer_per_address), placed.size
 
-    def _admit(self, now: float, key: PeerKey, counted: tuple[str, ...], leaving: bool) -> None:
+    def _admit(self, now: float, key: PeerKey, counted: tuple[str, ...], leaving: bool, charge: bool = True) -> None:
         """The rate per user (tokens) or address, then the live ids of each limit key this identity would join."""
         rate_key = counted[-1]
-        wait = self._take(now, rate_key)
+        wait = self._take(now, rate_key) if charge else 0.0
         if wait:
             raise Refused(f"too many announces from {rate_key}: at most {self.limits.announces_per_s:g} a second", wait)
         if leaving:
@@ -212,9 +324,12 @@ class Tracker:
         return 0.0
 
     def _last_seen(self, key: PeerKey) -> float:
-        return max(self._swarms[cid][key].last_seen for cid in self._joined[key])
+        return max(self._here[cid][key][0] for cid in self._joined[key])
 
-    def _join(self, key: PeerKey, cid: str, counted: tuple[str, ...]) -> None:
+    def _join(self, now: float, key: PeerKey, cid: str, counted: tuple[str, ...], address: str) -> None:
+        here = self._here.setdefault(cid, {})
+        here.pop(key, None)  # re-inserted last: each swarm's table stays in order of last announce, for expiry
+        here[key] = (now, address)
         self._joined.setdefault(key, set()).add(cid)
         old = self._counted.get(key, ())
         if old != counted:  # new, or a token user's peer that moved address
@@ -230,68 +345,67 @@ class Tracker:
             if not ids:
                 del self._ids[limit_key]
 
-    def _answer(self, asker: PeerRecord, swarm: Iterable[PeerRecord]) -> list[PeerRecord]:
-        """The best-ranked peers, at most ``answer_per_address`` of any one address."""
-        taken: Counter[str] = Counter()
-        out = []
-        for c in rank(asker, swarm, self.locality):
-            if taken[c.group] < self.limits.answer_per_address:
-                taken[c.group] += 1
-                out.append(c)
-                if len(out) == self.max_answer:
-                    break
-        return out
-
-    def label(self, cid: str, rec: PeerRecord) -> str:
-        """The name an answer gives ``rec``: its own id, or id@address while another owner uses the same id here."""
-        return rec.peer_id if self._names.get(cid, Counter())[rec.peer_id] <= 1 else f"{rec.peer_id}@{rec.address}"
-
-    def drop(self, cid: str, key: PeerKey) -> PeerRecord | None:
-        """Forget one record (``stopped``, or expired); an identity in no swarm any more stops counting anywhere."""
-        swarm = self._swarms.get(cid, {})
-        rec = swarm.pop(key, None)
-        if rec is None:
-            return None
-        names = self._names[cid]
-        names[key[1]] -= 1
-        if not names[key[1]]:
-            del names[key[1]]
-        if not swarm:
-            del self._swarms[cid], self._names[cid]
+    def _leave(self, cid: str, key: PeerKey) -> None:
+        """This edge forgets one membership; an identity in no swarm here any more stops counting against limits."""
+        here = self._here.get(cid, {})
+        if here.pop(key, None) is None:
+            return
+        if not here:
+            del self._here[cid]
         joined = self._joined[key]
         joined.discard(cid)
         if not joined:
             del self._joined[key]
             self._uncount(key)
-        return rec
 
-    def expire(self, now: float) -> list[tuple[str, PeerRecord]]:
-        """Drop records silent for longer than the ttl, and rate state that has refilled; the dropped (cid, record)."""
-        dropped = [(cid, r) for cid, swarm in self._swarms.items() for r in swarm.values() if now - r.last_seen > self.ttl]
-        for cid, r in dropped:
-            self.drop(cid, r.key)
+    async def drop(self, cid: str, key: PeerKey) -> PeerRecord | None:
+        """Forget one record (``stopped``, or expired), here and in the store."""
+        self._leave(cid, key)
+        return await self.store.remove(cid, key)
+
+    async def expire(self, now: float) -> list[tuple[str, PeerRecord]]:
+        """Drop records silent for longer than the ttl, and rate state that has refilled; the dropped (cid, record).
+
+        This edge's own tables go by this edge's announces; the store's by
+        any edge's (a peer that announces to another edge of the region stays
+        in the store, and comes back here with its next announce).
+        """
+        dropped = await self.store.expire(now)
+        for cid in list(self._here):
+            here = self._here[cid]
+            silent = []
+            for key, (seen, _) in here.items():  # oldest first: stops at the first live one
+                if now - seen <= self.ttl:
+                    break
+                silent.append(key)
+            for key in silent:
+                self._leave(cid, key)
         rate, burst = self.limits.announces_per_s, self.limits.announce_burst
         for rate_key in [k for k, (tokens, then) in self._buckets.items() if tokens + (now - then) * rate >= burst]:
             del self._buckets[rate_key]
         return dropped
 
-    def swarm(self, cid: str) -> list[PeerRecord]:
-        return list(self._swarms.get(cid, {}).values())
+    async def swarm(self, cid: str) -> list[PeerRecord]:
+        """Every live record of ``cid`` (a full read: for status and tests, never per announce)."""
+        return await self.store.swarm(cid)
 
-    def records(self, cid: str) -> list[tuple[PeerKey, PeerRecord]]:
-        """The swarm of ``cid`` with each record's identity: one peer is one key across all its swarms."""
-        return list(self._swarms.get(cid, {}).items())
+    async def contents(self) -> list[str]:
+        return await self.store.contents()
 
-    def contents(self) -> list[str]:
-        return list(self._swarms)
+    async def peer_count(self, now: float | None = None) -> int:
+        return (await self.store.counts(now)).identities
 
-    def peer_count(self) -> int:
-        return len(self._joined)
+    def local(self, cid: str) -> set[tuple[str, str]]:
+        """(address, peer id) of the peers of ``cid`` that announce to this edge: the super-seeder's live copies."""
+        return {(address, key[1]) for key, (_, address) in self._here.get(cid, {}).items()}
+
+    def local_contents(self) -> list[str]:
+        return list(self._here)
 
     def state_size(self) -> dict[str, int]:
-        """How many entries each per-peer table holds: bounded by the live peers (a test and /status watch it)."""
+        """How many entries each of this edge's per-peer tables holds: bounded by the live peers (a test and /status watch it)."""
         return {
-            "records": sum(len(s) for s in self._swarms.values()),
+            "records": sum(len(s) for s in self._here.values()),
             "identities": len(self._joined),
             "limit_keys": len(self._ids),
             "rate_keys": len(self._buckets),
