@@ -36,7 +36,7 @@ from edgeswarm.peer import ANNOUNCE_INTERVAL
 from edgeswarm.regions import Region
 from edgeswarm.sources import SourceRanking
 from edgeswarm.superseed import SuperSeeder
-from edgeswarm.tracker import Tracker
+from edgeswarm.tracker import Tracker, settle
 from edgeswarm.vocabulary import EDGE, PEER_OTHER_REGION, flash_crowd_bound, p2p_share, peer_bytes, peer_kind
 
 PIECE = 256 * 1024
@@ -175,18 +175,20 @@ class SimEdge:
 
     def announce(self, peer: SimPeer) -> list[dict]:
         now = self.sim.loop.now
-        answer = self.tracker.announce(
-            now,
-            CID,
-            peer.peer_id,
-            peer.url,
-            peer.address,
-            peer.region,
-            peer.have(),
-            self.sim.count,
-            0,
-            0,
-            "started" if peer.announces == 0 else "update",
+        answer = settle(
+            self.tracker.announce(
+                now,
+                CID,
+                peer.peer_id,
+                peer.url,
+                peer.address,
+                peer.region,
+                peer.have(),
+                self.sim.count,
+                0,
+                0,
+                "started" if peer.announces == 0 else "update",
+            )
         )
         return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
 
@@ -253,8 +255,10 @@ class SimPeer:
         self.left = True
         self.engine.closed = True
         edge = self.sim.edges[0]
-        edge.tracker.announce(
-            self.sim.loop.now, CID, self.peer_id, self.url, self.address, self.region, self.have(), self.sim.count, 0, 0, "stopped"
+        settle(
+            edge.tracker.announce(
+                self.sim.loop.now, CID, self.peer_id, self.url, self.address, self.region, self.have(), self.sim.count, 0, 0, "stopped"
+            )
         )
         edge.seeder.leave(self.region.name, CID, self.key)
         for s in list(self.subscribers.values()):

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from edgeswarm import bitfield
 from edgeswarm.regions import Region
@@ -30,6 +30,7 @@ from edgeswarm.regions import Region
 if TYPE_CHECKING:
     from edgeswarm.peerstore import PeerStore
 
+T = TypeVar("T")
 PER_ADDRESS = 2  # peers of one address (group) in a tracker answer, and among a peer's neighbours
 
 Locality = Literal["strict", "prefer"]
@@ -205,6 +206,16 @@ def next_rate(previous: PeerRecord | None, uploaded: int, now: float) -> float:
     return previous.upload_rate
 
 
+def settle(step: Coroutine[object, None, T]) -> T:
+    """Run a tracker call over the memory store, which never waits, to its end without an event loop (the simulator's clock is its own)."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    raise RuntimeError("the tracker's store waited: settle() is for the memory store only")
+
+
 SAMPLE_PER_ANSWER = 2  # candidates read from the store per place in an answer
 
 
@@ -262,7 +273,9 @@ class Tracker:
         charge: bool = True,
     ) -> list[PeerRecord]:
         """Record the announce and hand the asker the best of its swarm; ``Refused`` (changing nothing) when over a limit."""
-        answer, _ = await self.announce_sized(now, cid, peer_id, url, address, region, have, piece_count, uploaded, downloaded, event, user, charge)
+        answer, _ = await self.announce_sized(
+            now, cid, peer_id, url, address, region, have, piece_count, uploaded, downloaded, event, user, charge
+        )
         return answer
 
     async def announce_sized(

@@ -41,7 +41,9 @@ def address(pid: str) -> str:
     return str(ipaddress.IPv4Address(0x0A000000 + zlib.crc32(pid.encode()) % (1 << 24)))
 
 
-async def announce(t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID):
+async def announce(
+    t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID
+):
     addr = address(pid)
     return await t.announce(now, cid, pid, f"http://{addr}:{len(pid)}", addr, region, set(have), N, uploaded, 0, event)
 
