@@ -155,7 +155,8 @@ class MemoryPeerStore:
         if previous is not None:
             rec.first_seen = previous.first_seen
         swarm.put(rec)
-        return Placed(len(swarm.records), swarm.sample(self._rng, sample + 1))
+        cutoff = now - self.ttl  # silent since the last expiry run: not handed out
+        return Placed(len(swarm.records), [c for c in swarm.sample(self._rng, sample + 1) if c.last_seen >= cutoff])
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None:
         swarm = self._swarms.get(cid)
