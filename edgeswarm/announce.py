@@ -182,7 +182,7 @@ class TrackerService:
                 {
                     "peer_id": label,  # never the user's name: that is the edge's business
                     "url": p.url,
-                    "have": bitfield.encode_mask(p.mask, piece_count),
+                    "have": p.have_field(),
                     "complete": p.complete,
                     "region": p.region.name if p.region else None,
                 }

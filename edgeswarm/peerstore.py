@@ -130,9 +130,12 @@ class _Swarm:
         return rec
 
     def sample(self, rng: random.Random, n: int) -> list[PeerRecord]:
-        if len(self.keys) <= n:
-            return list(self.records.values())
-        return [self.records[self.keys[i]] for i in rng.sample(range(len(self.keys)), n)]
+        """Up to ``n`` distinct records: all of a small swarm, else ``n`` draws with replacement, repeats dropped (rare when n is small)."""
+        keys, records = self.keys, self.records
+        if len(keys) <= n:
+            return list(records.values())
+        draw, size = rng.random, len(keys)
+        return [records[k] for k in dict.fromkeys([keys[int(draw() * size)] for _ in range(n)])]
 
 
 class MemoryPeerStore:
@@ -227,6 +230,9 @@ class MemoryPeerStore:
 # -- Redis ---------------------------------------------------------------------------------------
 SEP = "\x1f"  # between a record's fields: no peer id (printable), address, URL or region name holds it
 KEYSEP = "\x1e"  # between a member's owner and peer id
+PAIRSEP = "\x1d"  # between a member and its record, in an announce's sample
+ENTRYSEP = "\x1c"  # between the sample's entries
+_CONTROL = str.maketrans({c: "?" for c in (SEP, KEYSEP, PAIRSEP, ENTRYSEP)})
 
 # ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha
 _PUT = """
@@ -267,9 +273,14 @@ redis.call('SADD', p .. 'userset', user)
 local n = redis.call('ZCARD', seen)
 local picked
 if n <= sample then picked = redis.call('ZRANGE', seen, 0, -1) else picked = redis.call('ZRANDMEMBER', seen, sample) end
-local out = {}
-if #picked > 0 then out = redis.call('HMGET', recs, unpack(picked)) end
-return {n, picked, out, rstr}
+local blob = {}
+if #picked > 0 then
+  local got = redis.call('HMGET', recs, unpack(picked))
+  for i = 1, #picked do
+    if got[i] then blob[#blob + 1] = picked[i] .. '\\29' .. got[i] end
+  end
+end
+return {n, rstr, table.concat(blob, '\\28')}
 """
 
 # ARGV: prefix cid member
@@ -338,7 +349,8 @@ def _member(key: PeerKey) -> str:
 
 
 def _clean(text: str) -> str:
-    return text.replace(SEP, "?")
+    """A field as stored: the separators cannot occur in it (peer ids are printable; addresses and region names hold none)."""
+    return text.translate(_CONTROL)
 
 
 class RedisPeerStore:
@@ -425,14 +437,12 @@ class RedisPeerStore:
             _clean(rec.user if rec.user is not None else NO_USER),
             repr(ALPHA),
         ]
-        size, members, raws, rate = await self._call(self._put, keys=[], args=args)
+        size, rate, blob = await self._call(self._put, keys=[], args=args)  # one string for the sample: parsed here, not per field
         rec.upload_rate = float(rate)
         cutoff = now - self.ttl
         candidates = []
-        for member, raw in zip(members, raws, strict=True):
-            if raw is None:
-                continue  # expired between the sample and the read
-            c = self._decode(member, raw)
+        for entry in blob.split(ENTRYSEP) if blob else ():
+            c = self._decode(*entry.split(PAIRSEP, 1))
             if c.last_seen >= cutoff:
                 candidates.append(c)
         return Placed(int(size), candidates)

@@ -17,8 +17,8 @@ places in one answer, so a flood from one address cannot crowd others out.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
+import zlib
 from collections import Counter
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -115,6 +115,12 @@ class PeerRecord:
             self._mask = bitfield.to_mask(self._have or (), self.piece_count)
         return self._mask
 
+    def have_field(self) -> str:
+        """The wire bitfield of ``have`` (bitfield.encode), built once per record: a record is in many answers."""
+        if self._field is None:
+            self._field = bitfield.encode_mask(self.mask, self.piece_count)
+        return self._field
+
     @classmethod
     def from_mask(cls, mask: int, **fields) -> PeerRecord:
         """A record read from a store: its set of pieces is built only if someone asks for it."""
@@ -131,11 +137,12 @@ def _get_have(rec: PeerRecord) -> set[int]:
 
 def _set_have(rec: PeerRecord, have: set[int] | None) -> None:
     rec._have = None if have is None else set(have)
-    rec._mask = None
+    rec._mask = rec._field = None
 
 
 PeerRecord._have = None  # type: ignore[attr-defined]
 PeerRecord._mask = None  # type: ignore[attr-defined]
+PeerRecord._field = None  # type: ignore[attr-defined]
 PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
 
 
@@ -151,23 +158,34 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def _spread(a: str, b: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{a}|{b}".encode(), digest_size=8).digest())
+    """The tie-break of (asker, candidate): CRC-32, deterministic across processes and runs, a fraction of a microsecond."""
+    return zlib.crc32(b.encode(), zlib.crc32(f"{a}|".encode()))
 
 
 def rank(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality) -> list[PeerRecord]:
-    """The handout order (module docstring); usefulness is a popcount of the candidate's bits the asker lacks."""
+    """The handout order (module docstring); usefulness is a popcount of the candidate's bits the asker lacks.
+
+    Per candidate a few integer operations and one CRC: an announce ranks
+    its whole sample in well under a millisecond.
+    """
     home = asker.region.name if asker.region else None
     lacks = ~asker.mask
-    me = "/".join(asker.key)
+    me = asker.key
+    base = zlib.crc32(f"{me[0]}/{me[1]}|".encode())
+    strict = locality == "strict"
     out = []
     for c in candidates:
-        if c.key == asker.key:
+        ck = c.key
+        if ck == me:
             continue
-        away = (c.region.name if c.region else None) != home
-        if away and locality == "strict":
+        region = c.region
+        away = (region.name if region else None) != home
+        if away and strict:
             continue
-        useful = (c.mask & lacks).bit_count()
-        out.append(((away, useful == 0, not c.complete, -useful, -c.upload_rate, _spread(me, "/".join(c.key))), c))
+        cm = c.mask
+        useful = (cm & lacks).bit_count()
+        spread = zlib.crc32(f"{ck[0]}/{ck[1]}".encode(), base)
+        out.append(((away, useful == 0, cm.bit_count() < c.piece_count, -useful, -c.upload_rate, spread), c))
     out.sort(key=lambda t: t[0])
     return [c for _, c in out]
 
