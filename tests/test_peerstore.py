@@ -16,6 +16,7 @@ from collections import Counter
 import pytest
 from redisserver import redis_server, redis_url  # noqa: F401 - fixtures
 
+from edgeswarm import cli
 from edgeswarm.peerstore import MemoryPeerStore, RedisPeerStore, StoreUnavailable, added, check_url
 from edgeswarm.regions import Region
 from edgeswarm.tracker import PeerRecord
@@ -169,6 +170,30 @@ def test_added():
 def test_a_bad_url_says_what_is_wrong(url, why):
     with pytest.raises(ValueError, match=why):
         check_url(url)
+
+
+# -- the edge's option ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "why"),
+    [
+        ("mysql://db/0", "expected memory or redis://HOST:PORT/DB"),
+        ("redis://cache:port/0", "port is not a number"),
+        ("redis://cache:6379/zero", "is not a number"),
+    ],
+)
+def test_a_bad_tracker_store_is_a_message_and_exit_2(tmp_path, capsys, store, why):
+    args = ["edge", "--cache", str(tmp_path / "c"), "--parent", "http://127.0.0.1:9", "--p2p", "--tracker-store", store]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgeswarm edge: --tracker-store") and why in err, err
+
+
+def test_a_tracker_store_without_p2p_is_refused(tmp_path, capsys):
+    args = ["edge", "--cache", str(tmp_path / "c"), "--parent", "http://127.0.0.1:9", "--tracker-store", "redis://h:1/0"]
+    assert cli.main(args) == 2
+    assert "needs --p2p" in capsys.readouterr().err
 
 
 # -- what only a shared store does --------------------------------------------------------------
