@@ -26,6 +26,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import os
 import random
 import shutil
 import signal
@@ -41,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeswarm.announce import TrackerService
+from edgeswarm.bench_serve import _cpu_ticks, _steal_pct
 from edgeswarm.manifest import Manifest
 from edgeswarm.peerstore import MemoryPeerStore, RedisPeerStore
 from edgeswarm.regions import RegionMap
@@ -62,6 +64,8 @@ class Phase:
     p99_ms: float
     max_ms: float
     errors: int
+    steal_pct: float | None = None  # CPU the hypervisor gave other guests meanwhile: on a shared VM it swings figures several-fold
+    load: float | None = None  # the machine's 1-minute load average at the end (other processes on the same cores)
 
     @property
     def rate(self) -> float:
@@ -150,13 +154,14 @@ async def _drive(svc: TrackerService, jobs, concurrency: int, on_done) -> tuple[
     return times, errors
 
 
-def _phase(store: str, name: str, times: list[float], wall: float, cpu: float, errors: int) -> Phase:
+def _phase(store: str, name: str, times: list[float], wall: float, cpu: float, errors: int, ticks) -> Phase:
     ordered = sorted(times)
 
     def pct(q: float) -> float:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
-    return Phase(store, name, len(times), wall, cpu, pct(0.5), pct(0.99), 1000 * (ordered[-1] if ordered else 0.0), errors)
+    top = 1000 * (ordered[-1] if ordered else 0.0)
+    return Phase(store, name, len(times), wall, cpu, pct(0.5), pct(0.99), top, errors, _steal_pct(ticks, _cpu_ticks()), os.getloadavg()[0])
 
 
 async def measure(
@@ -188,9 +193,9 @@ async def measure(
     phases = []
     try:
         task = progress.add_task(f"{store_name}: {peers:,} peers join", total=peers)
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, ticks = time.perf_counter(), time.process_time(), _cpu_ticks()
         times, errors = await _drive(svc, (doc(n, "started", 0) for n in range(peers)), concurrency, lambda: progress.advance(task))
-        phases.append(_phase(store_name, "join", times, time.perf_counter() - wall, time.process_time() - cpu, errors))
+        phases.append(_phase(store_name, "join", times, time.perf_counter() - wall, time.process_time() - cpu, errors, ticks))
         progress.remove_task(task)
 
         task = progress.add_task(f"{store_name}: updates for {duration:g} s", total=duration)
@@ -205,9 +210,9 @@ async def measure(
         def tick() -> None:
             progress.update(task, completed=min(duration, duration - (end - time.perf_counter())))
 
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, ticks = time.perf_counter(), time.process_time(), _cpu_ticks()
         times, errors = await _drive(svc, updates(), concurrency, tick)
-        phases.append(_phase(store_name, "update", times, time.perf_counter() - wall, time.process_time() - cpu, errors))
+        phases.append(_phase(store_name, "update", times, time.perf_counter() - wall, time.process_time() - cpu, errors, ticks))
         progress.remove_task(task)
     finally:
         await store.close()
@@ -230,7 +235,7 @@ def run(peers: int, contents: int, pieces: int, duration: float, concurrency: in
                     console.print(f"[red]redis: {exc}")
                     return 1
     table = Table(title=f"tracker: {peers:,} peers, {contents} contents of {pieces} pieces, {concurrency} announces in flight")
-    for col in ("store", "phase", "announces", "per s (wall)", "per CPU s", "p50 ms", "p99 ms", "max ms", "errors"):
+    for col in ("store", "phase", "announces", "per s (wall)", "per CPU s", "p50 ms", "p99 ms", "max ms", "errors", "steal %", "load"):
         table.add_column(col, justify="right" if col not in ("store", "phase") else "left")
     for p in phases:
         table.add_row(
@@ -243,8 +248,13 @@ def run(peers: int, contents: int, pieces: int, duration: float, concurrency: in
             f"{p.p99_ms:.2f}",
             f"{p.max_ms:.1f}",
             str(p.errors),
+            "-" if p.steal_pct is None else f"{p.steal_pct:g}",
+            "-" if p.load is None else f"{p.load:.1f}",
         )
     console.print(table)
+    console.print(
+        "load: the 1-minute load average on this machine's cores at the end of the phase; above 1 per core, other processes shared them"
+    )
     for p in phases:
         if p.phase == "update":
             ok = p.rate_per_cpu >= GOAL_RATE and p.p99_ms < GOAL_P99_MS
