@@ -159,7 +159,10 @@ class MemoryPeerStore:
             rec.first_seen = previous.first_seen
         swarm.put(rec)
         cutoff = now - self.ttl  # silent since the last expiry run: not handed out
-        return Placed(len(swarm.records), [c for c in swarm.sample(self._rng, sample + 1) if c.last_seen >= cutoff])
+        picked = swarm.sample(self._rng, sample + 1)
+        if next(iter(swarm.records.values())).last_seen < cutoff:  # the oldest record: are any silent at all?
+            picked = [c for c in picked if c.last_seen >= cutoff]
+        return Placed(len(swarm.records), picked)
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None:
         swarm = self._swarms.get(cid)
