@@ -413,7 +413,7 @@ class Edge:
         address it announced from): one the tracker will tell us has left.
         """
         peer = (request.remote or "", request.headers.get(PEER_HEADER, ""))
-        if self.tracker is None or peer not in self._tracked(cid):
+        if self.tracker is None or not self.tracker.tracker.announces_here(cid, *peer):
             yield
             return
         region = self.region_name(request)
