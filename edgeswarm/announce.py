@@ -190,14 +190,6 @@ class TrackerService:
             ],
         }, booked
 
-    def charge(self, address: str, user: str | None) -> None:
-        """One announce against the sender's rate, for a batch of contents (its items are handled with ``charge=False``)."""
-        key = owner_of(address, user) if user is not None else address_group(address)
-        wait = self.tracker._take(self.clock(), key)
-        if wait:
-            message = f"too many announces from {key}: at most {self.tracker.limits.announces_per_s:g} a second"
-            raise HttpError(429, message, {"Retry-After": str(math.ceil(wait))})
-
     @contextlib.asynccontextmanager
     async def _reaching(self) -> AsyncIterator[None]:
         """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too."""
