@@ -221,6 +221,8 @@ async def measure(
 
 def run(peers: int, contents: int, pieces: int, duration: float, concurrency: int, stores: list[str], json_path: Path | None) -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # a log or a pipe: whole columns rather than 80 characters
     phases: list[Phase] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
