@@ -67,6 +67,10 @@ class PeerStore(Protocol):
 
     ttl: float
 
+    def describe(self) -> str:
+        """The store as logs and /status name it (never a password)."""
+        ...
+
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int) -> Placed:
         """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces) and read a sample of its swarm."""
         ...

@@ -100,6 +100,11 @@ class PeerRecord:
     first_seen: float = field(default=0.0, repr=False)
     owner: str = ""
     group: str = ""
+    if TYPE_CHECKING:  # set on the class below, never fields: what the type checker should know of them
+        _have: set[int] | None = field(init=False, default=None)
+        _mask: int | None = field(init=False, default=None)
+        _field: str | None = field(init=False, default=None)
+        _ident: bytes | None = field(init=False, default=None)
 
     @property
     def complete(self) -> bool:
@@ -334,8 +339,11 @@ class Tracker:
         if event == "stopped":
             await self.drop(cid, key)
             return [], 0
-        fields = dict(peer_id=peer_id, url=url, address=address, region=region, piece_count=piece_count, uploaded=uploaded)
-        rec = PeerRecord.from_mask(have, **fields) if isinstance(have, int) else PeerRecord(have=set(have), **fields)
+        if isinstance(have, int):
+            rec = PeerRecord.from_mask(have, peer_id=peer_id, url=url, address=address, region=region, piece_count=piece_count)
+        else:
+            rec = PeerRecord(peer_id, url, address, region, set(have), piece_count)
+        rec.uploaded = uploaded
         rec.downloaded, rec.last_seen, rec.first_seen, rec.user, rec.owner, rec.group = downloaded, now, now, user, key[0], group
         placed = await self.store.put(now, cid, rec, self.sample)
         self._join(now, key, cid, counted, address)
