@@ -518,24 +518,35 @@ class Edge:
         return json_response(await self._announce_one(request, doc, True))
 
     async def _announce_batch(self, request: web.Request, doc: dict) -> dict:
-        """Each item as a single announce with the batch's peer id, port and latency; a refusal of the sender (429) or a store that is down (503) answers the whole batch."""
+        """Each item as a single announce with the batch's peer id, port and latency.
+
+        A refusal of the sender (429) or a store that is down (503) before any
+        item was taken answers the whole batch; after some were, those keep
+        their answers (their usage is booked: the peer must see it
+        acknowledged, or it would report it again) and the rest get the error.
+        """
         assert self.tracker is not None
         items = doc["contents"]
         if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
             raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
         shared = {k: doc[k] for k in ("peer_id", "port", "have_latency") if k in doc}
         answers: dict[str, dict] = {}
-        charged = False
+        charged, stop = False, None
         for item in items:
             single = {**item, **shared}
             cid = single.get("content")
-            try:
-                answer = await self._announce_one(request, single, not charged)
-                charged = True
-            except HttpError as exc:
-                if exc.status in (429, 503):
-                    raise
-                answer = {"error": {"status": exc.status, "message": exc.message}}
+            if stop is not None:
+                answer = {"error": stop}
+            else:
+                try:
+                    answer = await self._announce_one(request, single, not charged)
+                    charged = True
+                except HttpError as exc:
+                    if exc.status in (429, 503):
+                        if not charged:
+                            raise
+                        stop = {"status": exc.status, "message": exc.message}
+                    answer = {"error": {"status": exc.status, "message": exc.message}}
             if isinstance(cid, str) and is_content_id(cid):
                 answer.pop("interval", None)
                 answer.pop("region", None)

@@ -573,13 +573,18 @@ class Peer:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad announce answer from %s: %s", edge, exc)
             return None
+        unreachable = None
         for cid, (item, usage, count) in parts.items():
             one = answers.get(cid) if isinstance(answers, dict) else None
             if not isinstance(one, dict) or "error" in one:
-                log.info("announce of %s to %s refused: %s", cid[:12], edge, one.get("error") if isinstance(one, dict) else "no answer")
+                error = one.get("error") if isinstance(one, dict) else None
+                if isinstance(error, dict) and isinstance(error.get("status"), int) and error["status"] >= 500:
+                    unreachable = f"{error['status']} {str(error.get('message'))[:200]}"  # the rest of the batch: try again soon
+                else:
+                    log.info("announce of %s to %s refused: %s", cid[:12], edge, error or "no answer")
                 continue
             self._took(edge, item, usage, count, {**one, **shared})
-        return None
+        return unreachable
 
     async def _announce(self, edge: str, cid: str, event: str) -> str | None:
         """One content's announce (edges from before batches); returns why the tracker could not be reached, if it could not."""
