@@ -348,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--announce-rate", type=_count, default=20, metavar="N", help="announces a second per address or token user (default 20)"
     )
     p2p.add_argument(
+        "--tracker-store",
+        default="memory",
+        metavar="STORE",
+        help="where the swarms and P2P-share totals live: memory (this edge only, the default) or redis://HOST:PORT/DB, "
+        "shared by the edges of a region and kept across restarts",
+    )
+    p2p.add_argument(
         "--max-peer-rate", type=_rate, default=125_000_000, metavar="RATE", help="most a peer may claim to move each way (default 1Gbit/s)"
     )
     p.add_argument("--upload-limit", type=_rate, metavar="RATE", help="cap on what this edge sends, such as 10MB/s or 100Mbit/s")
@@ -615,6 +622,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
 
+    b = bsub.add_parser(
+        "tracker",
+        help="simulated announces against the tracker, memory and Redis stores",
+        description="Drive the tracker service in this process (no daemons, no HTTP) with simulated announces: N peers of one "
+        "region join contents of P pieces, then random peers announce updates for a while. Prints announces per second "
+        "(wall and per CPU second of this process: one core) and the p50/p99 answer time, for the memory store and for "
+        "Redis (a redis-server the bench starts). Goal (issue 13): >= 5 000 announces/s on one core, p99 < 50 ms.",
+    )
+    b.add_argument("--peers", type=_count, default=100_000, metavar="N", help="simulated peers, one region (default 100000)")
+    b.add_argument("--contents", type=_count, default=10, metavar="N", help="contents, peers dealt round robin (default 10)")
+    b.add_argument("--pieces", type=_count, default=1000, metavar="N", help="pieces per content (default 1000)")
+    b.add_argument("--duration", type=_positive, default=10.0, metavar="SECONDS", help="length of the update phase (default 10)")
+    b.add_argument("--concurrency", type=_count, default=16, metavar="N", help="announces in flight at once (default 16)")
+    b.add_argument(
+        "--stores", default="memory,redis", metavar="LIST", help="stores to measure, comma-separated: memory, redis (default both)"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+
     # options only: numpy and friends load when a simulation runs
     from edgeswarm.measure import doubles, usage
     from edgeswarm.sim import sim
@@ -630,10 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _tracker(args: argparse.Namespace):
     from edgeswarm.policy.tracker import Limits
     from edgeswarm.roles.announce import TrackerService, load_region_map
+    from edgeswarm.store.redispeers import open_store
 
     regions = load_region_map(args.regions) if args.regions else None
     limits = Limits(args.max_peer_ids, args.max_peer_ids, args.announce_rate, 10 * args.announce_rate)
-    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate)
+    store = open_store(args.tracker_store, 3 * args.announce_interval)  # ValueError for a bad URL: a message and exit 2
+    return TrackerService(regions, args.locality, args.announce_interval, limits, args.max_peer_rate, store)
 
 
 def _apply_config(args: argparse.Namespace) -> None:
@@ -764,6 +791,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         setup_logging(args.log_level)
         cors = _cors(args)  # a bad combination stops here, before anything is created
+        if args.tracker_store != "memory" and not args.p2p:
+            print("edgeswarm edge: --tracker-store is the tracker's: it needs --p2p", file=sys.stderr)
+            return 2
         name = args.name or f"{socket.gethostname()}:{args.cache.resolve()}"
         ledger = Ledger(args.ledger or str(args.cache / "ledger.sqlite"), name)
         ssl_context = tls.server_options(args.tls_cert, args.tls_key)
@@ -882,6 +912,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeswarm.measure import bench_router
 
         return bench_router.run(args.duration, args.connections, args.json, args.workdir)
+    if args.command == "bench" and args.bench == "tracker":
+        from edgeswarm.measure import bench_tracker
+
+        stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+        if not stores or set(stores) - {"memory", "redis"}:
+            print(f"edgeswarm bench tracker: --stores takes memory and/or redis, not {args.stores!r}", file=sys.stderr)
+            return 2
+        return bench_tracker.run(args.peers, args.contents, args.pieces, args.duration, args.concurrency, stores, args.json)
     if args.command == "bench" and args.bench == "players":
         from edgeswarm.measure import bench_players
 
