@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerKey, PeerRecord, next_rate
 
@@ -35,7 +36,7 @@ KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls (R
 SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms (Redis); beyond, the list is partial
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(EdgeswarmError):
     """The shared store cannot be reached: the edge answers announces 503 and keeps serving files."""
 
 
