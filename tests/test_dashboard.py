@@ -18,14 +18,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from conftest import make_file, serve_app, start_p2p_edge, start_peer, status
 
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Thresholds
 from edgeswarm.protocol.paths import RESERVED
+from edgeswarm.roles import router as router_module
 from edgeswarm.roles.edge import Edge
+from edgeswarm.roles.router import Router, RouterConfig, polled_figures
 
 CHROMIUM = os.environ.get("EDGESWARM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("EDGESWARM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "out" / "test-artifacts"))
@@ -108,13 +113,14 @@ def test_the_vendored_chart_library_is_the_pinned_release_and_the_page_evaluates
         .read_text()
         .startswith(f"/*! https://github.com/leeoniya/uPlot (v{version}) */")
     )
-    for name in ("dashboard.js", f"{dashboard.UPLOT}.iife.min.js"):
+    for name in ("common.js", "dashboard.js", "router.js", f"{dashboard.UPLOT}.iife.min.js"):
         code = (dashboard.STATIC / name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", 'setAttribute("style'):
             assert sink not in code, f"{name} uses {sink}"
-    page = (dashboard.STATIC / dashboard.PAGE).read_text()
-    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "an inline script"
-    assert not re.search(r"\sstyle=|\son\w+=|javascript:", page), "an inline style or handler"
+    for name in (dashboard.PAGE, dashboard.ROUTER_PAGE):
+        page = (dashboard.STATIC / name).read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", page), f"an inline script in {name}"
+        assert not re.search(r"\sstyle=|\son\w+=|javascript:", page), f"an inline style or handler in {name}"
 
 
 # -- in a browser ------------------------------------------------------------------------------------------
@@ -336,3 +342,94 @@ async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_st
     await wait_for_health(page, "down")
     assert "/status" in await page.text_content("#health")
     assert not errors, errors  # the failed fetch is the browser's network error, not an error of the page's script
+
+
+# -- the router's page -------------------------------------------------------------------------------------
+
+
+def make_router(*edges: tuple[str, str, float]) -> Router:
+    """A router over REGIONS with these (url, region, capacity B/s) edges listed, not yet polled."""
+    regions = RegionMap.from_doc(yaml.safe_load(REGIONS))
+    table = RoutingTable(Thresholds())
+    for url, region, capacity in edges:
+        table.add(EdgeSpec(url, region, capacity), time.monotonic())
+    return Router(regions, table, RouterConfig())
+
+
+async def test_the_router_serves_its_own_page_and_files_and_never_redirects_them():
+    """/dashboard is the router's own path (like /edges): never a 302 to an edge; its files are served as the edge's."""
+    router = make_router(("http://127.0.0.1:9", "west", 1e6))
+    async with serve_app(router.app()) as port, aiohttp.ClientSession() as s:
+        base = f"http://127.0.0.1:{port}"
+        async with s.get(base + "/dashboard", allow_redirects=False) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert r.headers["Content-Security-Policy"] == dashboard.CSP
+            page = await r.text()
+        assert '<meta name="edgeswarm-status" content="status">' in page and "@@" not in page
+        urls = referenced(page)
+        assert {"dashboard/common.js", "dashboard/router.js"} <= set(urls) and "dashboard/dashboard.js" not in urls
+        for url in urls:
+            async with s.get(f"{base}/{url}", allow_redirects=False) as r:
+                assert r.status == 200, url
+                assert await r.read() == (dashboard.STATIC / url.split("/", 1)[1]).read_bytes()
+        for path in ("/dashboard/nope.js", "/dashboard/router.html"):
+            async with s.get(base + path, allow_redirects=False) as r:
+                assert r.status == 404, path  # the router's namespace: not redirected to an edge
+        async with s.get(base + "/status") as r:
+            st = await r.json()
+    (edge,) = st["edges"]
+    assert edge["state"] == "down" and edge["polled"] is None  # port 9 answers nothing: never a good poll
+    assert set(st["region_totals"]) == set(st["regions"])
+    west = st["region_totals"]["west"]
+    assert (west["edges"], west["edges_up"], west["capacity_Bps"], west["peers"], west["p2p_share"]) == (1, 0, 1e6, 0, None)
+
+
+def test_the_router_keeps_a_bounded_typed_summary_of_each_polled_status():
+    """An edge's /status is input: odd values become None, long names are cut, the rows are capped."""
+    doc = {
+        "upload_limit_Bps": 5e6,
+        "cache_bytes": True,  # not a count
+        "cache_max_bytes": 0,  # no quota
+        "contents": [{}, {}],
+        "p2p": {
+            "peers": 3,
+            "regions": {
+                "x" * 500: {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers_same_region": 5, "bytes_from_peers_other_region": 1},
+                **{f"r{n}": {"peers": -1, "p2p_share": "lots"} for n in range(200)},
+            },
+        },
+    }
+    got = polled_figures(doc, 1234.5)
+    assert (got["at"], got["upload_limit_Bps"], got["cache_bytes"], got["cache_max_bytes"], got["cache_entries"], got["peers"]) == (
+        1234.5,
+        5e6,
+        None,
+        None,
+        2,
+        3,
+    )
+    assert len(got["regions"]) == router_module.MAX_POLLED_REGIONS
+    assert got["regions"]["x" * router_module.MAX_NAME] == {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers": 6, "p2p_share": None}
+    assert got["regions"]["r0"] == {"peers": None, "bytes_from_edge": None, "bytes_from_peers": None, "p2p_share": None}
+    assert polled_figures({"bytes_sent": {}}, 0)["regions"] is None  # no tracker: no rows, not zero rows
+
+
+def test_region_totals_sum_the_tracker_rows_of_every_edge_for_each_region():
+    router = make_router(("http://a:1", "west", 4e6), ("http://b:1", "west", 6e6), ("http://c:1", HOSTILE_REGION, 1e6))
+    row = {"bytes_from_peers_same_region": 30, "bytes_from_peers_other_region": 0}
+    router.polled["http://a:1"] = polled_figures({"p2p": {"peers": 2, "regions": {"west": {"peers": 2, "bytes_from_edge": 70, **row}}}}, 1)
+    router.polled["http://b:1"] = polled_figures({"p2p": {"peers": 1, "regions": {"west": {"peers": 1, "bytes_from_edge": 100}}}}, 1)
+    router.table.health["http://a:1"].egress_Bps = 2e6
+    totals = router.region_totals()
+    assert totals["west"] == {
+        "edges": 2,
+        "edges_up": 0,
+        "capacity_Bps": 10e6,
+        "egress_Bps": 2_000_000,
+        "load": 0.2,
+        "peers": 3,
+        "bytes_from_edge": 170,
+        "bytes_from_peers": 30,
+        "p2p_share": 0.15,
+    }
+    assert totals[HOSTILE_REGION]["peers"] == 0 and totals[HOSTILE_REGION]["p2p_share"] is None
