@@ -433,3 +433,145 @@ def test_region_totals_sum_the_tracker_rows_of_every_edge_for_each_region():
         "p2p_share": 0.15,
     }
     assert totals[HOSTILE_REGION]["peers"] == 0 and totals[HOSTILE_REGION]["p2p_share"] is None
+
+
+# what the router's page shows, read from the DOM at one instant (with the poll it drew)
+READ_ROUTER_DOM = """() => {
+  const rows = (id) => [...document.querySelectorAll("#" + id + " tbody tr")].map((tr) => ({
+    region: tr.getAttribute("data-region"), url: tr.getAttribute("data-url"), cls: tr.className,
+    cells: [...tr.cells].map((td) => [td.textContent, td.getAttribute("data-value")]),
+  }));
+  const legend = (id) => [...document.querySelectorAll("#" + id + " .u-legend .u-series .u-label")].map((e) => e.textContent);
+  const value = (id) => document.getElementById(id).getAttribute("data-value");
+  return {
+    polls: Number(value("polls")), health: document.getElementById("health").getAttribute("data-state"),
+    edgesUp: value("edges-up"), edgesKnown: value("edges-known"), regions: rows("regions"), edges: rows("edges"),
+    loadLegend: legend("load-chart"), shareLegend: legend("share-chart"),
+    canvases: document.querySelectorAll(".chart canvas").length, images: document.images.length,
+  };
+}"""
+
+
+def _num(raw: str | None) -> float | None:
+    return None if raw is None else float(raw)
+
+
+def router_expected(st: dict) -> dict:
+    """The figures the router's page must show for this /status (numbers as floats, None where it shows none)."""
+
+    def f(v):
+        return None if v is None else float(v)
+
+    regions = {
+        name: tuple(
+            f(r[k]) for k in ("edges_up", "egress_Bps", "capacity_Bps", "load", "peers", "p2p_share", "bytes_from_edge", "bytes_from_peers")
+        )
+        for name, r in st["region_totals"].items()
+    }
+    edges = {}
+    for e in st["edges"]:
+        p = e["polled"] or {}
+        edges[e["url"]] = (
+            e["region"],
+            e["state"],
+            e["reason"],
+            *(f(e[k]) for k in ("since_s", "egress_Bps", "capacity_Bps", "load")),
+            *(f(p.get(k)) for k in ("peers", "cache_bytes", "cache_max_bytes", "at")),
+        )
+    return {"regions": regions, "edges": edges, "up": sum(e["state"] == "up" for e in st["edges"]), "known": len(st["edges"])}
+
+
+def router_shown(dom: dict) -> dict:
+    regions = {}
+    for row in dom["regions"]:
+        assert row["cells"][0][0] == row["region"], "a region's name is shown as it is"
+        regions[row["region"]] = tuple(_num(c[1]) for c in row["cells"][1:])
+    edges = {}
+    for row in dom["edges"]:
+        c = row["cells"]
+        assert c[1][0] == row["url"] and c[0][0] == row["region"], "URLs and regions are shown as they are"
+        assert c[2][0] == c[2][1] and c[3][0] == c[3][1], "the state and the reason are shown as /status says them"
+        edges[row["url"]] = (row["region"], c[2][1], c[3][1], *(_num(x[1]) for x in c[4:]))
+    return {"regions": regions, "edges": edges, "up": int(dom["edgesUp"]), "known": int(dom["edgesKnown"])}
+
+
+async def shown_with_its_status(page, answers: list[asyncio.Future], polls_at_least: int) -> tuple[dict, dict]:
+    """The page's figures and the /status answer it drew them from (the page's n-th poll is the n-th answer)."""
+    await wait_for_polls(page, polls_at_least)
+    dom = await page.evaluate(READ_ROUTER_DOM)
+    assert len(answers) >= dom["polls"], "a poll with no answer: the router should be up throughout"
+    return dom, await answers[dom["polls"] - 1]
+
+
+@pytest.mark.integration
+async def test_the_routers_dashboard_shows_its_edges_per_region_and_a_killed_edge_as_down(
+    browser, tmp_path: Path, nodes, origin, published, http
+):
+    """A router with a p2p edge in each of two regions and peers behind them: the page shows what the router's
+    /status said at the poll it drew (per region and per edge), with no console error; a killed edge turns down."""
+    data = make_file(published / "films" / "a.bin", 9 * PIECE + 1000)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    flags = ("--p2p", "--regions", str(regions), "--announce-interval", "1", "--upload-limit", "8MB/s", "--max-cache", "64MiB")
+    east = nodes.start("edge", "--cache", str(tmp_path / "east"), "--parent", origin.url, *flags, name="east")
+    west = nodes.start("edge", "--cache", str(tmp_path / "west"), "--parent", origin.url, *flags, name="west")
+    router = nodes.start(
+        "router",
+        *("--regions", str(regions), "--poll-interval", "1"),
+        *("--edge", f"{east.url},{HOSTILE_REGION},10MB/s", "--edge", f"{west.url},west,20MB/s"),
+        name="router",
+    )
+    peers = [
+        start_peer(nodes, tmp_path, east.url, "127.1.0.1", "e1"),
+        start_peer(nodes, tmp_path, east.url, "127.1.0.2", "e2"),
+        start_peer(nodes, tmp_path, west.url, "127.2.0.1", "w1"),
+    ]
+    for peer in peers:
+        async with http.get(peer.urls["gateway"] + "/films/a.bin") as r:
+            assert r.status == 200 and await r.read() == data
+    deadline = time.monotonic() + 30
+    while not all(t["peers"] and t["edges_up"] for t in (await status(http, router.url))["region_totals"].values()):
+        assert time.monotonic() < deadline, "the router never saw both regions' peers through its edges' /status"
+        await asyncio.sleep(0.3)
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(router.url) else None)
+    answers: list[asyncio.Future] = []
+    page.on("response", lambda r: answers.append(asyncio.ensure_future(r.json())) if r.url == router.url + "/status" else None)
+    response = await page.goto(router.url + "/dashboard")
+    assert response is not None and response.status == 200
+
+    dom, st = await shown_with_its_status(page, answers, 3)
+    assert dom["health"] == "up"
+    assert router_shown(dom) == router_expected(st)
+    assert set(st["region_totals"]) == {HOSTILE_REGION, "west"} and router_expected(st)["up"] == 2
+    assert all(e["polled"]["cache_bytes"] and e["polled"]["peers"] for e in st["edges"]), "the edges' cache and peers reach the page"
+    assert all(t["capacity_Bps"] and t["peers"] for t in st["region_totals"].values())
+    assert dom["loadLegend"] == dom["shareLegend"] == ["Time", HOSTILE_REGION, "west"]
+    assert dom["canvases"] == 2 and dom["images"] == 0, "a hostile string became markup"
+
+    west.stop()
+    deadline = time.monotonic() + 20
+    while True:
+        dom, st = await shown_with_its_status(page, answers, dom["polls"] + 1)
+        if router_shown(dom)["edges"][west.url][1] == "down":
+            break
+        assert time.monotonic() < deadline, "the page never showed the killed edge as down"
+    assert router_shown(dom) == router_expected(st)
+    row = next(e for e in st["edges"] if e["url"] == west.url)
+    assert row["reason"] and row["polled"]["cache_bytes"], "a down edge shows why, and the last figures polled from it"
+    assert st["region_totals"]["west"]["edges_up"] == 0 and next(r for r in dom["edges"] if r["url"] == west.url)["cls"] == "edge down"
+    assert not problems, problems
+    assert not outside, f"the page loaded something from elsewhere: {outside}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "router-dashboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"router dashboard screenshot: {shot}")
