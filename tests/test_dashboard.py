@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -395,7 +396,8 @@ def test_the_router_keeps_a_bounded_typed_summary_of_each_polled_status():
             "peers": 3,
             "regions": {
                 "x" * 500: {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers_same_region": 5, "bytes_from_peers_other_region": 1},
-                **{f"r{n}": {"peers": -1, "p2p_share": "lots"} for n in range(200)},
+                "r0": {"peers": -1, "p2p_share": "lots", "bytes_from_edge": float("nan"), "bytes_from_peers_same_region": float("inf")},
+                **{f"r{n}": {"peers": 1} for n in range(1, 200)},
             },
         },
     }
@@ -412,6 +414,7 @@ def test_the_router_keeps_a_bounded_typed_summary_of_each_polled_status():
     assert got["regions"]["x" * router_module.MAX_NAME] == {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers": 6, "p2p_share": None}
     assert got["regions"]["r0"] == {"peers": None, "bytes_from_edge": None, "bytes_from_peers": None, "p2p_share": None}
     assert polled_figures({"bytes_sent": {}}, 0)["regions"] is None  # no tracker: no rows, not zero rows
+    json.dumps(got, allow_nan=False)  # what the router's /status passes on is JSON a browser parses
 
 
 def test_region_totals_sum_the_tracker_rows_of_every_edge_for_each_region():

@@ -27,6 +27,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -58,8 +59,8 @@ MAX_NAME = 100  # characters of a region name kept from an edge's /status
 
 def _number(value: object) -> float | int | None:
     """A non-negative number from an edge's /status, else None (a missing or odd field is shown as unknown)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != value:
-        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None  # json.loads takes NaN and Infinity, which our own JSON must not pass on
     return value
 
 
