@@ -44,7 +44,7 @@ def nodes(tmp_path: Path, request):
 
 
 # Fixtures that start real processes: a test that uses one is an integration test, whichever file it is in.
-PROCESS_FIXTURES = {"nodes", "origin", "pg_dsn", "pg_database"}
+PROCESS_FIXTURES = {"nodes", "origin", "pg_dsn", "pg_database", "redis_url", "redis_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -38,76 +38,76 @@ def service() -> TrackerService:
     return TrackerService(None, "prefer", 1.0)
 
 
-def test_a_peer_id_is_its_addresses_without_tokens(service):
-    service.handle(doc(), "127.0.0.5", M)
-    service.handle(doc(event="stopped"), "127.0.0.5", M)
-    service.handle(doc(), "127.0.0.6", M)  # someone else takes the id the moment its owner stops ...
-    answer, _ = service.handle(doc(event="started"), "127.0.0.5", M)  # ... and the owner still gets back in (was 409)
+async def test_a_peer_id_is_its_addresses_without_tokens(service):
+    await service.handle(doc(), "127.0.0.5", M)
+    await service.handle(doc(event="stopped"), "127.0.0.5", M)
+    await service.handle(doc(), "127.0.0.6", M)  # someone else takes the id the moment its owner stops ...
+    answer, _ = await service.handle(doc(event="started"), "127.0.0.5", M)  # ... and the owner still gets back in (was 409)
     assert [(p["peer_id"], p["url"]) for p in answer["peers"]] == [("p1@127.0.0.6", "http://127.0.0.6:7000")]
-    assert sorted(p.address for p in service.tracker.swarm(CID)) == ["127.0.0.5", "127.0.0.6"]
+    assert sorted(p.address for p in await service.tracker.swarm(CID)) == ["127.0.0.5", "127.0.0.6"]
 
 
-def test_users_cannot_squat_each_others_peer_ids(service):
-    service.handle(doc(), "127.0.0.5", M, "alice")
-    answer, _ = service.handle(doc(), "127.0.0.6", M, "bob")  # the same id, another user: another peer
+async def test_users_cannot_squat_each_others_peer_ids(service):
+    await service.handle(doc(), "127.0.0.5", M, "alice")
+    answer, _ = await service.handle(doc(), "127.0.0.6", M, "bob")  # the same id, another user: another peer
     assert [(p["peer_id"], p["url"]) for p in answer["peers"]] == [("p1@127.0.0.5", "http://127.0.0.5:7000")]  # no user names
-    assert service.status()["users"] == {"alice": 1, "bob": 1}
-    service.handle(doc(), "127.0.0.7", M, "alice")  # alice's peer moved: fine, it is hers
-    assert sorted(p.address for p in service.tracker.swarm(CID)) == ["127.0.0.6", "127.0.0.7"]
+    assert (await service.status())["users"] == {"alice": 1, "bob": 1}
+    await service.handle(doc(), "127.0.0.7", M, "alice")  # alice's peer moved: fine, it is hers
+    assert sorted(p.address for p in await service.tracker.swarm(CID)) == ["127.0.0.6", "127.0.0.7"]
 
 
-def test_usage_is_booked_as_the_peer_reports_it(service):
-    service.handle(doc(peer="other"), "127.0.0.9", M)
-    _, usage = service.handle(doc(have=ALL, usage={"from_this_edge": 50, "from_peers": 30, "uploaded": 100}), "127.0.0.5", M)
+async def test_usage_is_booked_as_the_peer_reports_it(service):
+    await service.handle(doc(peer="other"), "127.0.0.9", M)
+    _, usage = await service.handle(doc(have=ALL, usage={"from_this_edge": 50, "from_peers": 30, "uploaded": 100}), "127.0.0.5", M)
     assert usage == {"reported_from_edge": 50, "reported_from_peers": 30, "reported_uploaded": 100}
-    _, usage = service.handle(doc(usage={"from_this_edge": 7}), "127.0.0.5", M)  # this edge does not book its P2P bytes
+    _, usage = await service.handle(doc(usage={"from_this_edge": 7}), "127.0.0.5", M)  # this edge does not book its P2P bytes
     assert usage == {"reported_from_edge": 7}
-    _, usage = service.handle(doc(), "127.0.0.5", M)
+    _, usage = await service.handle(doc(), "127.0.0.5", M)
     assert usage == {}
 
 
-def test_claims_beyond_what_was_possible_are_cut_and_booked_as_excess(service):
+async def test_claims_beyond_what_was_possible_are_cut_and_booked_as_excess(service):
     huge = 10 << 30
-    service.handle(doc(peer="honest"), "127.0.0.9", M)
+    await service.handle(doc(peer="honest"), "127.0.0.9", M)
     stats = {"edge": 0, "peer_same_region": huge, "peer_other_region": 0}
-    _, usage = service.handle(doc(have=ALL, usage={"from_peers": huge, "uploaded": huge}, stats=stats), "127.0.0.5", M)
+    _, usage = await service.handle(doc(have=ALL, usage={"from_peers": huge, "uploaded": huge}, stats=stats), "127.0.0.5", M)
     assert usage["reported_from_peers"] == M.size  # it cannot have got more than the content
     assert usage["reported_uploaded"] == M.size  # what it holds, to its one neighbour
     assert usage["claim_excess"] == 3 * huge - 3 * M.size  # both claims and the stats
-    assert service.status()["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size
-    _, usage = service.handle(doc(have=ALL, stats=stats), "127.0.0.5", M)  # the same cumulative lie again: nothing new to cut
+    assert (await service.status())["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size
+    _, usage = await service.handle(doc(have=ALL, stats=stats), "127.0.0.5", M)  # the same cumulative lie again: nothing new to cut
     assert usage == {}
 
 
-def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
+async def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
     stats = {"edge": 0, "peer_same_region": M.size, "peer_other_region": 0}
     for i in range(50):  # fresh ids, each "leaving" with a swarm's worth of P2P bytes
-        service.handle(doc(f"ghost{i}", event="stopped", stats=stats), "127.0.0.66", M)
-    assert service.status()["regions"] == {}
-    service.handle(doc("real", stats=stats), "127.0.0.5", M)
-    service.handle(doc("real", event="stopped", stats=stats), "127.0.0.5", M)
-    assert service.status()["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
+        await service.handle(doc(f"ghost{i}", event="stopped", stats=stats), "127.0.0.66", M)
+    assert (await service.status())["regions"] == {}
+    await service.handle(doc("real", stats=stats), "127.0.0.5", M)
+    await service.handle(doc("real", event="stopped", stats=stats), "127.0.0.5", M)
+    assert (await service.status())["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
 
 
-def test_over_a_limit_is_429_with_retry_after():
+async def test_over_a_limit_is_429_with_retry_after():
     service = TrackerService(None, "prefer", 1.0, Limits(ids_per_address=2))
-    service.handle(doc("a"), "127.0.0.5", M)
-    service.handle(doc("b"), "127.0.0.5", M)
+    await service.handle(doc("a"), "127.0.0.5", M)
+    await service.handle(doc("b"), "127.0.0.5", M)
     with pytest.raises(HttpError) as err:
-        service.handle(doc("c"), "127.0.0.5", M)
+        await service.handle(doc("c"), "127.0.0.5", M)
     assert err.value.status == 429 and err.value.headers == {"Retry-After": "3"} and "live peer ids" in err.value.message
 
 
-def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
+async def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
     for i in range(10):
         stats = {"edge": 100, "peer_same_region": 0, "peer_other_region": 0}
-        service.handle(doc(f"p{i}", have=ALL, usage={"from_peers": 10, "uploaded": 10}, stats=stats), f"127.0.0.{i + 1}", M)
-    state = service.status()["state"]
+        await service.handle(doc(f"p{i}", have=ALL, usage={"from_peers": 10, "uploaded": 10}, stats=stats), f"127.0.0.{i + 1}", M)
+    state = (await service.status())["state"]
     assert state["records"] == 10 and state["reports"] == 10 and state["claims"] == 10
-    stats_before = service.status()["regions"]
-    later = time.monotonic() + 10
-    monkeypatch.setattr(time, "monotonic", lambda: later)
-    st = service.status()
+    stats_before = (await service.status())["regions"]
+    later = time.time() + 10
+    service.clock = lambda: later
+    st = await service.status()
     assert st["peers"] == 0 and set(st["state"].values()) == {0}, st["state"]
     assert st["regions"]["unmapped"]["bytes_from_edge"] == stats_before["unmapped"]["bytes_from_edge"] == 1000  # kept, per region
 
@@ -124,14 +124,14 @@ def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
         {"ip": "10.0.0.1"},
     ],
 )
-def test_bad_fields_are_refused_before_any_change(service, bad):
+async def test_bad_fields_are_refused_before_any_change(service, bad):
     with pytest.raises(HttpError) as err:
-        service.handle(doc(**bad), "127.0.0.5", M)
+        await service.handle(doc(**bad), "127.0.0.5", M)
     assert err.value.status == 400
-    assert service.tracker.peer_count() == 0 and service.status()["regions"] == {}
+    assert await service.tracker.peer_count() == 0 and (await service.status())["regions"] == {}
 
 
-def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarms():
+async def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarms():
     """A peer in several swarms is one peer at the top, in its region and for its user; memberships count per swarm."""
     regions = RegionMap.from_doc(
         {
@@ -146,8 +146,8 @@ def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarms():
     joined = {("e1", "127.1.0.1", "alice"): cids, ("e2", "127.1.0.2", "alice"): cids[:2], ("w1", "127.2.0.1", None): cids[:1]}
     for (peer, address, user), theirs in joined.items():
         for cid in theirs:
-            service.handle(doc(peer, content=cid), address, M, user)
-    st = service.status()
+            await service.handle(doc(peer, content=cid), address, M, user)
+    st = await service.status()
     memberships = sum(len(theirs) for theirs in joined.values())
     assert st["peers"] == len(joined) == sum(r["peers"] for r in st["regions"].values())
     assert st["regions"]["east"]["peers"] == 2 and st["regions"]["west"]["peers"] == 1

@@ -50,6 +50,7 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         announce_interval=30.0,
         max_peer_ids=3,
         announce_rate=7,
+        tracker_store="redis://127.0.0.1:6379/2",
         max_peer_rate=5_000_000,
         require_token=True,
         ledger="postgresql://db/usage",

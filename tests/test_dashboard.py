@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -18,15 +19,20 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from conftest import make_file, serve_app, start_p2p_edge, start_peer, status
 
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Thresholds
 from edgeswarm.protocol.paths import RESERVED
+from edgeswarm.roles import router as router_module
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.edge import Edge
+from edgeswarm.roles.router import Router, RouterConfig, polled_figures
 
 CHROMIUM = os.environ.get("EDGESWARM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("EDGESWARM_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "out" / "test-artifacts"))
@@ -109,13 +115,14 @@ def test_the_vendored_chart_library_is_the_pinned_release_and_the_page_evaluates
         .read_text()
         .startswith(f"/*! https://github.com/leeoniya/uPlot (v{version}) */")
     )
-    for name in ("dashboard.js", f"{dashboard.UPLOT}.iife.min.js"):
+    for name in ("common.js", "dashboard.js", "router.js", f"{dashboard.UPLOT}.iife.min.js"):
         code = (dashboard.STATIC / name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function", 'setAttribute("style'):
             assert sink not in code, f"{name} uses {sink}"
-    page = (dashboard.STATIC / dashboard.PAGE).read_text()
-    assert not re.search(r"<script(?![^>]*\bsrc=)", page), "an inline script"
-    assert not re.search(r"\sstyle=|\son\w+=|javascript:", page), "an inline style or handler"
+    for name in (dashboard.PAGE, dashboard.ROUTER_PAGE):
+        page = (dashboard.STATIC / name).read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)", page), f"an inline script in {name}"
+        assert not re.search(r"\sstyle=|\son\w+=|javascript:", page), f"an inline style or handler in {name}"
 
 
 # -- in a browser ------------------------------------------------------------------------------------------
@@ -337,3 +344,238 @@ async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_st
     await wait_for_health(page, "down")
     assert "/status" in await page.text_content("#health")
     assert not errors, errors  # the failed fetch is the browser's network error, not an error of the page's script
+
+
+# -- the router's page -------------------------------------------------------------------------------------
+
+
+def make_router(*edges: tuple[str, str, float]) -> Router:
+    """A router over REGIONS with these (url, region, capacity B/s) edges listed, not yet polled."""
+    regions = RegionMap.from_doc(yaml.safe_load(REGIONS))
+    table = RoutingTable(Thresholds())
+    for url, region, capacity in edges:
+        table.add(EdgeSpec(url, region, capacity), time.monotonic())
+    return Router(regions, table, RouterConfig())
+
+
+async def test_the_router_serves_its_own_page_and_files_and_never_redirects_them():
+    """/dashboard is the router's own path (like /edges): never a 302 to an edge; its files are served as the edge's."""
+    router = make_router(("http://127.0.0.1:9", "west", 1e6))
+    async with serve_app(router.app()) as port, aiohttp.ClientSession() as s:
+        base = f"http://127.0.0.1:{port}"
+        async with s.get(base + "/dashboard", allow_redirects=False) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert r.headers["Content-Security-Policy"] == dashboard.CSP
+            page = await r.text()
+        assert '<meta name="edgeswarm-status" content="status">' in page and "@@" not in page
+        urls = referenced(page)
+        assert {"dashboard/common.js", "dashboard/router.js"} <= set(urls) and "dashboard/dashboard.js" not in urls
+        for url in urls:
+            async with s.get(f"{base}/{url}", allow_redirects=False) as r:
+                assert r.status == 200, url
+                assert await r.read() == (dashboard.STATIC / url.split("/", 1)[1]).read_bytes()
+        for path in ("/dashboard/nope.js", "/dashboard/router.html"):
+            async with s.get(base + path, allow_redirects=False) as r:
+                assert r.status == 404, path  # the router's namespace: not redirected to an edge
+        async with s.get(base + "/status") as r:
+            st = await r.json()
+    (edge,) = st["edges"]
+    assert edge["state"] == "down" and edge["polled"] is None  # port 9 answers nothing: never a good poll
+    assert set(st["region_totals"]) == set(st["regions"])
+    west = st["region_totals"]["west"]
+    assert (west["edges"], west["edges_up"], west["capacity_Bps"], west["peers"], west["p2p_share"]) == (1, 0, 1e6, 0, None)
+
+
+def test_the_router_keeps_a_bounded_typed_summary_of_each_polled_status():
+    """An edge's /status is input: odd values become None, long names are cut, the rows are capped."""
+    doc = {
+        "upload_limit_Bps": 5e6,
+        "cache_bytes": True,  # not a count
+        "cache_max_bytes": 0,  # no quota
+        "contents": [{}, {}],
+        "p2p": {
+            "peers": 3,
+            "regions": {
+                "x" * 500: {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers_same_region": 5, "bytes_from_peers_other_region": 1},
+                "r0": {"peers": -1, "p2p_share": "lots", "bytes_from_edge": float("nan"), "bytes_from_peers_same_region": float("inf")},
+                **{f"r{n}": {"peers": 1} for n in range(1, 200)},
+            },
+        },
+    }
+    got = polled_figures(doc, 1234.5)
+    assert (got["at"], got["upload_limit_Bps"], got["cache_bytes"], got["cache_max_bytes"], got["cache_entries"], got["peers"]) == (
+        1234.5,
+        5e6,
+        None,
+        None,
+        2,
+        3,
+    )
+    assert len(got["regions"]) == router_module.MAX_POLLED_REGIONS
+    assert got["regions"]["x" * router_module.MAX_NAME] == {"peers": 2, "bytes_from_edge": 10, "bytes_from_peers": 6, "p2p_share": None}
+    assert got["regions"]["r0"] == {"peers": None, "bytes_from_edge": None, "bytes_from_peers": None, "p2p_share": None}
+    assert polled_figures({"bytes_sent": {}}, 0)["regions"] is None  # no tracker: no rows, not zero rows
+    json.dumps(got, allow_nan=False)  # what the router's /status passes on is JSON a browser parses
+
+
+def test_region_totals_sum_the_tracker_rows_of_every_edge_for_each_region():
+    router = make_router(("http://a:1", "west", 4e6), ("http://b:1", "west", 6e6), ("http://c:1", HOSTILE_REGION, 1e6))
+    row = {"bytes_from_peers_same_region": 30, "bytes_from_peers_other_region": 0}
+    router.polled["http://a:1"] = polled_figures({"p2p": {"peers": 2, "regions": {"west": {"peers": 2, "bytes_from_edge": 70, **row}}}}, 1)
+    router.polled["http://b:1"] = polled_figures({"p2p": {"peers": 1, "regions": {"west": {"peers": 1, "bytes_from_edge": 100}}}}, 1)
+    router.table.health["http://a:1"].egress_Bps = 2e6
+    totals = router.region_totals()
+    assert totals["west"] == {
+        "edges": 2,
+        "edges_up": 0,
+        "capacity_Bps": 10e6,
+        "egress_Bps": 2_000_000,
+        "load": 0.2,
+        "peers": 3,
+        "bytes_from_edge": 170,
+        "bytes_from_peers": 30,
+        "p2p_share": 0.15,
+    }
+    assert totals[HOSTILE_REGION]["peers"] == 0 and totals[HOSTILE_REGION]["p2p_share"] is None
+
+
+# what the router's page shows, read from the DOM at one instant (with the poll it drew)
+READ_ROUTER_DOM = """() => {
+  const rows = (id) => [...document.querySelectorAll("#" + id + " tbody tr")].map((tr) => ({
+    region: tr.getAttribute("data-region"), url: tr.getAttribute("data-url"), cls: tr.className,
+    cells: [...tr.cells].map((td) => [td.textContent, td.getAttribute("data-value")]),
+  }));
+  const legend = (id) => [...document.querySelectorAll("#" + id + " .u-legend .u-series .u-label")].map((e) => e.textContent);
+  const value = (id) => document.getElementById(id).getAttribute("data-value");
+  return {
+    polls: Number(value("polls")), health: document.getElementById("health").getAttribute("data-state"),
+    edgesUp: value("edges-up"), edgesKnown: value("edges-known"), regions: rows("regions"), edges: rows("edges"),
+    loadLegend: legend("load-chart"), shareLegend: legend("share-chart"),
+    canvases: document.querySelectorAll(".chart canvas").length, images: document.images.length,
+  };
+}"""
+
+
+def _num(raw: str | None) -> float | None:
+    return None if raw is None else float(raw)
+
+
+def router_expected(st: dict) -> dict:
+    """The figures the router's page must show for this /status (numbers as floats, None where it shows none)."""
+
+    def f(v):
+        return None if v is None else float(v)
+
+    regions = {
+        name: tuple(
+            f(r[k]) for k in ("edges_up", "egress_Bps", "capacity_Bps", "load", "peers", "p2p_share", "bytes_from_edge", "bytes_from_peers")
+        )
+        for name, r in st["region_totals"].items()
+    }
+    edges = {}
+    for e in st["edges"]:
+        p = e["polled"] or {}
+        edges[e["url"]] = (
+            e["region"],
+            e["state"],
+            e["reason"],
+            *(f(e[k]) for k in ("since_s", "egress_Bps", "capacity_Bps", "load")),
+            *(f(p.get(k)) for k in ("peers", "cache_bytes", "cache_max_bytes", "at")),
+        )
+    return {"regions": regions, "edges": edges, "up": sum(e["state"] == "up" for e in st["edges"]), "known": len(st["edges"])}
+
+
+def router_shown(dom: dict) -> dict:
+    regions = {}
+    for row in dom["regions"]:
+        assert row["cells"][0][0] == row["region"], "a region's name is shown as it is"
+        regions[row["region"]] = tuple(_num(c[1]) for c in row["cells"][1:])
+    edges = {}
+    for row in dom["edges"]:
+        c = row["cells"]
+        assert c[1][0] == row["url"] and c[0][0] == row["region"], "URLs and regions are shown as they are"
+        assert c[2][0] == c[2][1] and c[3][0] == c[3][1], "the state and the reason are shown as /status says them"
+        edges[row["url"]] = (row["region"], c[2][1], c[3][1], *(_num(x[1]) for x in c[4:]))
+    return {"regions": regions, "edges": edges, "up": int(dom["edgesUp"]), "known": int(dom["edgesKnown"])}
+
+
+async def shown_with_its_status(page, answers: list[asyncio.Future], polls_at_least: int) -> tuple[dict, dict]:
+    """The page's figures and the /status answer it drew them from (the page's n-th poll is the n-th answer)."""
+    await wait_for_polls(page, polls_at_least)
+    dom = await page.evaluate(READ_ROUTER_DOM)
+    assert len(answers) >= dom["polls"], "a poll with no answer: the router should be up throughout"
+    return dom, await answers[dom["polls"] - 1]
+
+
+@pytest.mark.integration
+async def test_the_routers_dashboard_shows_its_edges_per_region_and_a_killed_edge_as_down(
+    browser, tmp_path: Path, nodes, origin, published, http
+):
+    """A router with a p2p edge in each of two regions and peers behind them: the page shows what the router's
+    /status said at the poll it drew (per region and per edge), with no console error; a killed edge turns down."""
+    data = make_file(published / "films" / "a.bin", 9 * PIECE + 1000)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    flags = ("--p2p", "--regions", str(regions), "--announce-interval", "1", "--upload-limit", "8MB/s", "--max-cache", "64MiB")
+    east = nodes.start("edge", "--cache", str(tmp_path / "east"), "--parent", origin.url, *flags, name="east")
+    west = nodes.start("edge", "--cache", str(tmp_path / "west"), "--parent", origin.url, *flags, name="west")
+    router = nodes.start(
+        "router",
+        *("--regions", str(regions), "--poll-interval", "1"),
+        *("--edge", f"{east.url},{HOSTILE_REGION},10MB/s", "--edge", f"{west.url},west,20MB/s"),
+        name="router",
+    )
+    peers = [
+        start_peer(nodes, tmp_path, east.url, "127.1.0.1", "e1"),
+        start_peer(nodes, tmp_path, east.url, "127.1.0.2", "e2"),
+        start_peer(nodes, tmp_path, west.url, "127.2.0.1", "w1"),
+    ]
+    for peer in peers:
+        async with http.get(peer.urls["gateway"] + "/films/a.bin") as r:
+            assert r.status == 200 and await r.read() == data
+    deadline = time.monotonic() + 30
+    while not all(t["peers"] and t["edges_up"] for t in (await status(http, router.url))["region_totals"].values()):
+        assert time.monotonic() < deadline, "the router never saw both regions' peers through its edges' /status"
+        await asyncio.sleep(0.3)
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: problems.append(f"dialog: {d.message}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} {r.failure}"))
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(router.url) else None)
+    answers: list[asyncio.Future] = []
+    page.on("response", lambda r: answers.append(asyncio.ensure_future(r.json())) if r.url == router.url + "/status" else None)
+    response = await page.goto(router.url + "/dashboard")
+    assert response is not None and response.status == 200
+
+    dom, st = await shown_with_its_status(page, answers, 3)
+    assert dom["health"] == "up"
+    assert router_shown(dom) == router_expected(st)
+    assert set(st["region_totals"]) == {HOSTILE_REGION, "west"} and router_expected(st)["up"] == 2
+    assert all(e["polled"]["cache_bytes"] and e["polled"]["peers"] for e in st["edges"]), "the edges' cache and peers reach the page"
+    assert all(t["capacity_Bps"] and t["peers"] for t in st["region_totals"].values())
+    assert dom["loadLegend"] == dom["shareLegend"] == ["Time", HOSTILE_REGION, "west"]
+    assert dom["canvases"] == 2 and dom["images"] == 0, "a hostile string became markup"
+
+    west.stop()
+    deadline = time.monotonic() + 20
+    while True:
+        dom, st = await shown_with_its_status(page, answers, dom["polls"] + 1)
+        if router_shown(dom)["edges"][west.url][1] == "down":
+            break
+        assert time.monotonic() < deadline, "the page never showed the killed edge as down"
+    assert router_shown(dom) == router_expected(st)
+    row = next(e for e in st["edges"] if e["url"] == west.url)
+    assert row["reason"] and row["polled"]["cache_bytes"], "a down edge shows why, and the last figures polled from it"
+    assert st["region_totals"]["west"]["edges_up"] == 0 and next(r for r in dom["edges"] if r["url"] == west.url)["cls"] == "edge down"
+    assert not problems, problems
+    assert not outside, f"the page loaded something from elsewhere: {outside}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "router-dashboard.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    print(f"router dashboard screenshot: {shot}")

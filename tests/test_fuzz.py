@@ -30,8 +30,8 @@ from fuzzkit import CLOSED_PORT, FILES, FUZZ_PEER, PATIENCE_S, Deployment, Tally
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.vocabulary import STAT_KINDS
-from edgeswarm.protocol import bitfield
 from edgeswarm.roles.announce import EVENTS, MAX_COUNT, USAGE_KINDS
 from edgeswarm.trust import tokens
 from edgeswarm.trust.signing import public_pem

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.engine import Neighbour, refuse_subscriber
-from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.havefeed import (
     HEARTBEAT_LINE,
     MAX_BACKOFF,

@@ -21,7 +21,7 @@ from aiohttp import web
 from conftest import DoubleServer, make_file, post, sha, start_p2p_edge, status
 
 from edgeswarm.measure.process import ProcessGroup
-from edgeswarm.protocol import bitfield
+from edgeswarm.policy import bitfield
 
 pytestmark = pytest.mark.integration  # starts daemons as subprocesses
 

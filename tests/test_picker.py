@@ -7,8 +7,8 @@ from base64 import b64encode
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.picker import WORKING, PiecePicker
-from edgeswarm.protocol import bitfield
 
 
 def test_rarest_first_among_what_the_peer_holds():

@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.errors import HttpError
-from edgeswarm.policy import vocabulary
-from edgeswarm.protocol import bitfield
+from edgeswarm.policy import bitfield, vocabulary
 from edgeswarm.protocol.httpspec import parse_ranges
 from edgeswarm.roles import announce
 from edgeswarm.trust import tokens

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.superseed import RegionStats, SuperSeeder
-from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from conftest import make_file, start_p2p_edge, status
 
-from edgeswarm.protocol import bitfield
+from edgeswarm.policy import bitfield
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.trust import tokens
 from edgeswarm.trust.signing import load_private_key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import zlib
 from collections import Counter
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.policy.regions import Region
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, address_group, peer_url, rank
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, address_group, labels, peer_url, rank
 
 EAST, WEST = Region("east", "att"), Region("west", "verizon")
 N = 8  # pieces
@@ -41,13 +42,15 @@ def address(pid: str) -> str:
     return str(ipaddress.IPv4Address(0x0A000000 + zlib.crc32(pid.encode()) % (1 << 24)))
 
 
-def announce(t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID):
+async def announce(
+    t: Tracker, now: float, pid: str, *, region: Region | None = EAST, have=(), uploaded: int = 0, event: str = "update", cid=CID
+):
     addr = address(pid)
     url = f"http://{addr}:{len(pid)}"
     heard = AnnounceRecord(
         cid=cid, peer_id=pid, url=url, address=addr, region=region, have=set(have), piece_count=N, uploaded=uploaded, event=event
     )
-    return t.announce(now, heard)
+    return await t.announce(now, heard)
 
 
 def ids(records) -> list[str]:
@@ -62,15 +65,15 @@ def test_complete_is_holding_every_piece():
     assert not peer("p", have={0}).complete
 
 
-def test_asker_is_never_in_its_own_answer():
+async def test_asker_is_never_in_its_own_answer():
     asker = peer("me", have={0})
     others = [peer(f"p{i}", have=set(range(N))) for i in range(5)]
     assert "me" not in ids(rank(asker, [asker, *others], "prefer"))
     t = Tracker()
     for i in range(5):
-        announce(t, 0, f"p{i}", have=range(N))
-    assert "me" not in ids(announce(t, 1, "me"))
-    assert "me" not in ids(announce(t, 2, "me"))  # not even once it is in the swarm
+        await announce(t, 0, f"p{i}", have=range(N))
+    assert "me" not in ids(await announce(t, 1, "me"))
+    assert "me" not in ids(await announce(t, 2, "me"))  # not even once it is in the swarm
 
 
 def test_strict_excludes_other_regions_and_unmapped_is_its_own_region():
@@ -163,38 +166,41 @@ def test_prefer_is_a_same_region_block_then_the_rest(asker, swarm):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 9), regions, st.sets(st.integers(0, N - 1))), max_size=40), st.integers(1, 9))
 def test_tracker_strict_answers_stay_in_region(announces, max_answer):
-    t = Tracker(locality="strict", max_answer=max_answer)
-    placed: dict[str, Region | None] = {}
-    for now, (n, region, have) in enumerate(announces):
-        placed[f"p{n}"] = region
-        answer = announce(t, now, f"p{n}", region=region, have=have)
-        assert len(answer) <= max_answer
-        assert all(placed[p.peer_id] == region for p in answer)
+    async def run() -> None:
+        t = Tracker(locality="strict", max_answer=max_answer)
+        placed: dict[str, Region | None] = {}
+        for now, (n, region, have) in enumerate(announces):
+            placed[f"p{n}"] = region
+            answer = await announce(t, now, f"p{n}", region=region, have=have)
+            assert len(answer) <= max_answer
+            assert all(placed[p.peer_id] == region for p in answer)
+
+    asyncio.run(run())
 
 
 # ---- the tracker ----------------------------------------------------------------------------------
 
 
-def test_max_answer_is_honoured():
+async def test_max_answer_is_honoured():
     t = Tracker(max_answer=5)
     for i in range(12):
-        announce(t, 0, f"p{i}", have={i % N})
-    assert len(announce(t, 1, "me")) == 5
+        await announce(t, 0, f"p{i}", have={i % N})
+    assert len(await announce(t, 1, "me")) == 5
     t = Tracker()
     for i in range(40):
-        announce(t, 0, f"p{i}")
-    assert len(announce(t, 1, "me")) == 30
+        await announce(t, 0, f"p{i}")
+    assert len(await announce(t, 1, "me")) == 30
 
 
-def test_answer_is_ranked():
+async def test_answer_is_ranked():
     t = Tracker()
-    announce(t, 0, "useless", have={0})
-    announce(t, 0, "seed", have=range(N))
-    announce(t, 0, "other-region-seed", region=WEST, have=range(N))
-    assert ids(announce(t, 1, "me", have={0})) == ["seed", "useless", "other-region-seed"]
+    await announce(t, 0, "useless", have={0})
+    await announce(t, 0, "seed", have=range(N))
+    await announce(t, 0, "other-region-seed", region=WEST, have=range(N))
+    assert ids(await announce(t, 1, "me", have={0})) == ["seed", "useless", "other-region-seed"]
 
 
-def test_announce_updates_the_record():
+async def test_announce_updates_the_record():
     t = Tracker()
     first = AnnounceRecord(
         cid=CID,
@@ -207,10 +213,10 @@ def test_announce_updates_the_record():
         event="update",
         user="alice",
     )
-    t.announce(0, first)
+    await t.announce(0, first)
     moved = replace(first, url="http://10.9.9.9:7", address="10.9.9.9", region=WEST, have={0, 1}, uploaded=100, downloaded=200)
-    t.announce(5, moved)  # hers: it moved
-    (rec,) = t.swarm(CID)
+    await t.announce(5, moved)  # hers: it moved
+    (rec,) = await t.swarm(CID)
     assert (rec.url, rec.address, rec.region, rec.have, rec.uploaded, rec.downloaded, rec.last_seen, rec.user) == (
         "http://10.9.9.9:7",
         "10.9.9.9",
@@ -223,88 +229,88 @@ def test_announce_updates_the_record():
     )
 
 
-def test_have_is_copied_not_aliased():
+async def test_have_is_copied_not_aliased():
     t = Tracker()
     have = {0}
-    t.announce(
+    await t.announce(
         0,
         AnnounceRecord(
             cid=CID, peer_id="p", url="http://10.0.0.1:1", address="10.0.0.1", region=EAST, have=have, piece_count=N, event="started"
         ),
     )
     have.add(5)
-    assert t.swarm(CID)[0].have == {0}
+    assert (await t.swarm(CID))[0].have == {0}
 
 
-def test_stopped_removes_the_peer_and_its_empty_swarm():
+async def test_stopped_removes_the_peer_and_its_empty_swarm():
     t = Tracker()
-    announce(t, 0, "a", event="started")
-    announce(t, 0, "b", event="started")
-    assert announce(t, 1, "a", event="stopped") == []
-    assert ids(t.swarm(CID)) == ["b"]
-    assert "a" not in ids(announce(t, 2, "c"))
-    announce(t, 3, "b", event="stopped")
-    announce(t, 3, "c", event="stopped")
-    assert t.contents() == []
-    assert announce(t, 4, "ghost", event="stopped") == []  # unknown peer: harmless
-    assert t.contents() == []
+    await announce(t, 0, "a", event="started")
+    await announce(t, 0, "b", event="started")
+    assert await announce(t, 1, "a", event="stopped") == []
+    assert ids(await t.swarm(CID)) == ["b"]
+    assert "a" not in ids(await announce(t, 2, "c"))
+    await announce(t, 3, "b", event="stopped")
+    await announce(t, 3, "c", event="stopped")
+    assert await t.contents() == []
+    assert await announce(t, 4, "ghost", event="stopped") == []  # unknown peer: harmless
+    assert await t.contents() == []
 
 
-def test_unknown_event_and_locality_are_refused():
+async def test_unknown_event_and_locality_are_refused():
     with pytest.raises(ValueError, match="event"):
-        announce(Tracker(), 0, "p", event="paused")
+        await announce(Tracker(), 0, "p", event="paused")
     with pytest.raises(ValueError, match="locality"):
         Tracker(locality="nearby")  # type: ignore[arg-type]
 
 
-def test_expire_drops_silent_peers_and_empty_swarms():
+async def test_expire_drops_silent_peers_and_empty_swarms():
     t = Tracker(ttl=90)
-    announce(t, 0, "old", cid="1" * 64)
-    announce(t, 0, "old", cid="2" * 64)
-    announce(t, 50, "fresh", cid="2" * 64)
-    assert t.expire(90) == []  # exactly ttl old: still in
-    assert len(t.expire(91)) == 2
-    assert t.contents() == ["2" * 64]
-    assert ids(t.swarm("2" * 64)) == ["fresh"]
-    assert len(t.expire(200)) == 1
-    assert t.contents() == []
-    assert t.peer_count() == 0
+    await announce(t, 0, "old", cid="1" * 64)
+    await announce(t, 0, "old", cid="2" * 64)
+    await announce(t, 50, "fresh", cid="2" * 64)
+    assert await t.expire(90) == []  # exactly ttl old: still in
+    assert len(await t.expire(91)) == 2
+    assert await t.contents() == ["2" * 64]
+    assert ids(await t.swarm("2" * 64)) == ["fresh"]
+    assert len(await t.expire(200)) == 1
+    assert await t.contents() == []
+    assert await t.peer_count() == 0
 
 
-def test_counts_and_listings():
+async def test_counts_and_listings():
     t = Tracker()
-    announce(t, 0, "a", cid="1" * 64)
-    announce(t, 0, "a", cid="2" * 64)
-    announce(t, 0, "b", cid="2" * 64)
-    assert sorted(t.contents()) == ["1" * 64, "2" * 64]
-    assert t.peer_count() == 2  # a peer in two swarms is one peer
-    assert sorted(ids(t.swarm("2" * 64))) == ["a", "b"]
-    assert t.swarm("9" * 64) == []
+    await announce(t, 0, "a", cid="1" * 64)
+    await announce(t, 0, "a", cid="2" * 64)
+    await announce(t, 0, "b", cid="2" * 64)
+    assert sorted(await t.contents()) == ["1" * 64, "2" * 64]
+    assert await t.peer_count() == 2  # a peer in two swarms is one peer
+    assert sorted(ids(await t.swarm("2" * 64))) == ["a", "b"]
+    assert await t.swarm("9" * 64) == []
 
 
-def test_upload_rate_is_derived_from_deltas():
+async def test_upload_rate_is_derived_from_deltas():
     t = Tracker()
-    announce(t, 0, "p", uploaded=0)
-    assert t.swarm(CID)[0].upload_rate == 0
-    announce(t, 10, "p", uploaded=10_000)
-    assert t.swarm(CID)[0].upload_rate == pytest.approx(1000)
-    announce(t, 20, "p", uploaded=30_000)  # 2000 B/s now: the average moves towards it
-    rate = t.swarm(CID)[0].upload_rate
+    await announce(t, 0, "p", uploaded=0)
+    assert (await t.swarm(CID))[0].upload_rate == 0
+    await announce(t, 10, "p", uploaded=10_000)
+    assert (await t.swarm(CID))[0].upload_rate == pytest.approx(1000)
+    await announce(t, 20, "p", uploaded=30_000)  # 2000 B/s now: the average moves towards it
+    rate = (await t.swarm(CID))[0].upload_rate
     assert 1000 < rate < 2000
-    announce(t, 20, "p", uploaded=40_000)  # no time elapsed: no sample, no division by zero
-    assert t.swarm(CID)[0].upload_rate == rate
-    announce(t, 30, "p", uploaded=500)  # restarted peer: counter went back, ignored
-    assert t.swarm(CID)[0].upload_rate == rate
-    announce(t, 40, "p", uploaded=500)  # idle since the restart: decays
-    assert t.swarm(CID)[0].upload_rate < rate
+    await announce(t, 20, "p", uploaded=40_000)  # no time elapsed: no sample, no division by zero
+    assert (await t.swarm(CID))[0].upload_rate == rate
+    await announce(t, 30, "p", uploaded=500)  # restarted peer: counter went back, ignored
+    assert (await t.swarm(CID))[0].upload_rate == rate
+    await announce(t, 40, "p", uploaded=500)  # idle since the restart: decays
+    assert (await t.swarm(CID))[0].upload_rate < rate
 
 
-def test_measured_rate_orders_equal_peers():
+async def test_measured_rate_orders_equal_peers():
     t = Tracker()
     for pid, up in [("slow", 1_000), ("fast", 100_000)]:
-        announce(t, 0, pid, have=range(N))
-        announce(t, 10, pid, have=range(N), uploaded=up)
-    assert ids(announce(t, 11, "me")) == ["fast", "slow"]
+        await announce(t, 0, pid, have=range(N))
+        await announce(t, 10, pid, have=range(N), uploaded=up)
+    assert ids(await announce(t, 11, "me")) == ["fast", "slow"]
 
 
 # ---- the address-claim rule -----------------------------------------------------------------------
@@ -320,90 +326,91 @@ def test_a_peers_url_is_built_on_the_address_it_connected_from(address):
 # ---- identity and limits (issue 9, defects 5 and 8) ------------------------------------------------
 
 
-def at(t: Tracker, now: float, pid: str, addr: str, *, user: str | None = None, event: str = "update", cid=CID, have=()):
+async def at(t: Tracker, now: float, pid: str, addr: str, *, user: str | None = None, event: str = "update", cid=CID, have=()):
     url = f"http://{addr}:7000"
-    return t.announce(
+    return await t.announce(
         now, AnnounceRecord(cid=cid, peer_id=pid, url=url, address=addr, region=EAST, have=set(have), piece_count=N, event=event, user=user)
     )
 
 
-def test_an_id_cannot_be_taken_over_after_its_owner_stops():
+async def test_an_id_cannot_be_taken_over_after_its_owner_stops():
     t = Tracker()
-    at(t, 0, "x", "10.0.0.1")
-    at(t, 1, "x", "10.0.0.1", event="stopped")
-    at(t, 2, "x", "10.0.0.66")  # the squatter: gets an id of its own address, not the owner's
-    at(t, 3, "x", "10.0.0.1", event="started")  # the owner comes back: no refusal
-    assert sorted(r.address for r in t.swarm(CID)) == ["10.0.0.1", "10.0.0.66"]
-    at(t, 4, "x", "10.0.0.66", event="stopped")  # nor can it stop the owner's peer
-    assert [r.address for r in t.swarm(CID)] == ["10.0.0.1"]
+    await at(t, 0, "x", "10.0.0.1")
+    await at(t, 1, "x", "10.0.0.1", event="stopped")
+    await at(t, 2, "x", "10.0.0.66")  # the squatter: gets an id of its own address, not the owner's
+    await at(t, 3, "x", "10.0.0.1", event="started")  # the owner comes back: no refusal
+    assert sorted(r.address for r in await t.swarm(CID)) == ["10.0.0.1", "10.0.0.66"]
+    await at(t, 4, "x", "10.0.0.66", event="stopped")  # nor can it stop the owner's peer
+    assert [r.address for r in await t.swarm(CID)] == ["10.0.0.1"]
 
 
-def test_a_shared_bare_id_is_labelled_apart_in_answers():
+async def test_a_shared_bare_id_is_labelled_apart_in_answers():
     t = Tracker()
-    at(t, 0, "x", "10.0.0.1", user="alice")
-    at(t, 0, "x", "10.0.0.2", user="bob")
-    answer = at(t, 1, "me", "10.0.0.3")
-    assert sorted(t.label(CID, r) for r in answer) == ["x@10.0.0.1", "x@10.0.0.2"]
-    at(t, 2, "x", "10.0.0.2", user="bob", event="stopped")
-    assert [t.label(CID, r) for r in at(t, 3, "me", "10.0.0.3")] == ["x"]  # unique again: its own name
+    await at(t, 0, "x", "10.0.0.1", user="alice")
+    await at(t, 0, "x", "10.0.0.2", user="bob")
+    answer = await at(t, 1, "me", "10.0.0.3")
+    assert sorted(labels(answer)) == ["x@10.0.0.1", "x@10.0.0.2"]
+    await at(t, 2, "x", "10.0.0.2", user="bob", event="stopped")
+    assert labels(await at(t, 3, "me", "10.0.0.3")) == ["x"]  # unique again: its own name
 
 
-def test_live_ids_per_address_are_limited_until_one_expires():
+async def test_live_ids_per_address_are_limited_until_one_expires():
     t = Tracker(ttl=90, limits=Limits(ids_per_address=3))
     for i in range(3):
-        at(t, 0, f"fake{i}", "10.0.0.66")
-    at(t, 0, "fake0", "10.0.0.66", cid="1" * 64)  # an id it has, in another swarm: still one id
+        await at(t, 0, f"fake{i}", "10.0.0.66")
+    await at(t, 0, "fake0", "10.0.0.66", cid="1" * 64)  # an id it has, in another swarm: still one id
     with pytest.raises(Refused) as err:
-        at(t, 10, "fake3", "10.0.0.66")
+        await at(t, 10, "fake3", "10.0.0.66")
     assert "10.0.0.66 already has 3 live peer ids" in err.value.message and err.value.retry_after == pytest.approx(80)
-    at(t, 10, "honest", "10.0.0.1")  # other addresses are not affected
-    at(t, 60, "fake0", "10.0.0.66")
-    t.expire(91)  # fake1 and fake2 went silent
-    at(t, 91, "fake3", "10.0.0.66")
+    await at(t, 10, "honest", "10.0.0.1")  # other addresses are not affected
+    await at(t, 60, "fake0", "10.0.0.66")
+    await t.expire(91)  # fake1 and fake2 went silent
+    await at(t, 91, "fake3", "10.0.0.66")
     assert t.state_size()["identities"] == 3  # fake0, fake3, honest
 
 
-def test_a_token_user_is_limited_across_addresses():
+async def test_a_token_user_is_limited_across_addresses():
     t = Tracker(limits=Limits(ids_per_user=2))
-    at(t, 0, "a", "10.0.0.1", user="mallory")
-    at(t, 0, "b", "10.0.0.2", user="mallory")
+    await at(t, 0, "a", "10.0.0.1", user="mallory")
+    await at(t, 0, "b", "10.0.0.2", user="mallory")
     with pytest.raises(Refused, match="user:mallory"):
-        at(t, 0, "c", "10.0.0.3", user="mallory")
-    at(t, 0, "c", "10.0.0.3", user="alice")
+        await at(t, 0, "c", "10.0.0.3", user="mallory")
+    await at(t, 0, "c", "10.0.0.3", user="alice")
 
 
-def test_announce_rate_per_address_refuses_without_charging_refusals():
+async def test_announce_rate_per_address_refuses_without_charging_refusals():
     t = Tracker(limits=Limits(announces_per_s=2, announce_burst=4))
     for _ in range(4):
-        at(t, 0, "p", "10.0.0.1")
+        await at(t, 0, "p", "10.0.0.1")
     with pytest.raises(Refused, match="too many announces") as err:
-        at(t, 0, "p", "10.0.0.1")
+        await at(t, 0, "p", "10.0.0.1")
     assert err.value.retry_after == pytest.approx(0.5)
     with pytest.raises(Refused):
-        at(t, 0.25, "p", "10.0.0.1")
-    at(t, 0.5, "p", "10.0.0.1")  # one announce refilled at 2/s; the refusals did not cost any
-    at(t, 0.5, "q", "10.0.0.2")  # another address has its own bucket
+        await at(t, 0.25, "p", "10.0.0.1")
+    await at(t, 0.5, "p", "10.0.0.1")  # one announce refilled at 2/s; the refusals did not cost any
+    await at(t, 0.5, "q", "10.0.0.2")  # another address has its own bucket
 
 
-def test_one_address_gets_a_few_places_in_an_answer_whatever_it_floods():
-    t = Tracker(limits=Limits(ids_per_address=1000, announce_burst=1000))
+async def test_one_address_gets_a_few_places_in_an_answer_whatever_it_floods():
+    """Within the candidates an announce reads: a swarm larger than the sample dilutes others by the flood's share of it."""
+    t = Tracker(limits=Limits(ids_per_address=1000, announce_burst=1000), sample=1000)
     for i in range(500):
-        at(t, 0, f"sybil{i}", "10.0.0.66", have=range(N))  # seeds: the best ranked of all
+        await at(t, 0, f"sybil{i}", "10.0.0.66", have=range(N))  # seeds: the best ranked of all
     for i in range(5):
-        at(t, 0, f"honest{i}", f"10.0.1.{i}", have={i})
-    answer = at(t, 1, "me", "10.0.2.1")
+        await at(t, 0, f"honest{i}", f"10.0.1.{i}", have={i})
+    answer = await at(t, 1, "me", "10.0.2.1")
     assert Counter(r.address for r in answer)["10.0.0.66"] == 2
     assert {r.peer_id for r in answer} >= {f"honest{i}" for i in range(5)}
 
 
-def test_expiry_frees_every_per_peer_table():
+async def test_expiry_frees_every_per_peer_table():
     t = Tracker(ttl=10)
     for i in range(20):
-        at(t, 0, f"p{i}", f"10.0.0.{i}", user="u" if i % 2 else None, cid=str(i % 3) * 64)
+        await at(t, 0, f"p{i}", f"10.0.0.{i}", user="u" if i % 2 else None, cid=str(i % 3) * 64)
     assert t.state_size()["identities"] == 20
-    t.expire(11)
+    await t.expire(11)
     assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0}
-    assert t.contents() == [] and t._names == {}
+    assert await t.contents() == [] and t._here == {}
 
 
 @pytest.mark.parametrize(
@@ -412,3 +419,18 @@ def test_expiry_frees_every_per_peer_table():
 )
 def test_ipv6_addresses_are_limited_by_their_64(address, group):
     assert address_group(address) == group
+
+
+async def test_which_peers_announce_here_is_known_per_content_and_forgotten_with_them():
+    """The super-seeder asks this for every piece it sends: the answer must follow joins, moves, stops and expiry."""
+    t = Tracker(ttl=10)
+    await at(t, 0, "a", "10.0.0.1", user="alice")
+    await at(t, 0, "b", "10.0.0.2", cid="1" * 64)
+    assert t.announces_here(CID, "10.0.0.1", "a") and not t.announces_here(CID, "10.0.0.2", "b")
+    assert t.local(CID) == {("10.0.0.1", "a")}
+    await at(t, 1, "a", "10.0.0.9", user="alice")  # her peer moved
+    assert t.announces_here(CID, "10.0.0.9", "a") and not t.announces_here(CID, "10.0.0.1", "a")
+    await at(t, 2, "a", "10.0.0.9", user="alice", event="stopped")
+    assert not t.announces_here(CID, "10.0.0.9", "a") and t.local(CID) == set()
+    await t.expire(11)
+    assert not t.announces_here("1" * 64, "10.0.0.2", "b") and t._names_here == {}

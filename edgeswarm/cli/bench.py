@@ -1,4 +1,4 @@
-"""``edgeswarm bench serve|swarm|router|players``: benchmarks against a reference measured in the same run."""
+"""``edgeswarm bench serve|swarm|router|players|tracker``: benchmarks against a reference measured in the same run."""
 
 from __future__ import annotations
 
@@ -87,6 +87,25 @@ def add_parser(sub) -> None:
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
     b.set_defaults(run=run_players)
 
+    b = bsub.add_parser(
+        "tracker",
+        help="simulated announces against the tracker, memory and Redis stores",
+        description="Drive the tracker service in this process (no daemons, no HTTP) with simulated announces: N peers of one "
+        "region join contents of P pieces, then random peers announce updates for a while. Prints announces per second "
+        "(wall and per CPU second of this process: one core) and the p50/p99 answer time, for the memory store and for "
+        "Redis (a redis-server the bench starts). Goal (issue 13): >= 5 000 announces/s on one core, p99 < 50 ms.",
+    )
+    b.add_argument("--peers", type=options.count, default=100_000, metavar="N", help="simulated peers, one region (default 100000)")
+    b.add_argument("--contents", type=options.count, default=10, metavar="N", help="contents, peers dealt round robin (default 10)")
+    b.add_argument("--pieces", type=options.count, default=1000, metavar="N", help="pieces per content (default 1000)")
+    b.add_argument("--duration", type=options.positive, default=10.0, metavar="SECONDS", help="length of the update phase (default 10)")
+    b.add_argument("--concurrency", type=options.count, default=16, metavar="N", help="announces in flight at once (default 16)")
+    b.add_argument(
+        "--stores", default="memory,redis", metavar="LIST", help="stores to measure, comma-separated: memory, redis (default both)"
+    )
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.set_defaults(run=run_tracker)
+
 
 def run_serve(args: argparse.Namespace) -> int:
     from edgeswarm.measure import bench_serve
@@ -114,3 +133,13 @@ def run_players(args: argparse.Namespace) -> int:
     from edgeswarm.measure import bench_players
 
     return bench_players.run(args.runs, args.json, args.workdir)
+
+
+def run_tracker(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_tracker
+
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if not stores or set(stores) - {"memory", "redis"}:
+        print(f"edgeswarm bench tracker: --stores takes memory and/or redis, not {args.stores!r}", file=sys.stderr)
+        return 2
+    return bench_tracker.run(args.peers, args.contents, args.pieces, args.duration, args.concurrency, stores, args.json)

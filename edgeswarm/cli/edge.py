@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,13 @@ def add_parser(sub) -> None:
         help=f"announces a second per address or token user (default {d.announce_rate})",
     )
     p2p.add_argument(
+        "--tracker-store",
+        default=d.tracker_store,
+        metavar="STORE",
+        help="where the swarms and P2P-share totals live: memory (this edge only, the default) or redis://HOST:PORT/DB, "
+        "shared by the edges of a region and kept across restarts",
+    )
+    p2p.add_argument(
         "--max-peer-rate",
         type=options.rate,
         default=d.max_peer_rate,
@@ -159,6 +167,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = EdgeConfig.from_options(args, token=options.token(args))  # a bad --cors-origin combination stops here
+    if config.tracker_store != "memory" and not config.p2p:
+        print("edgeswarm edge: --tracker-store is the tracker's: it needs --p2p", file=sys.stderr)
+        return 2
     registration = _registration(config, args.listen[0])  # and so does an incomplete --register-with, before anything is created
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
     edge_node = edge.Edge(config)

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from edgeswarm.protocol import bitfield
+from edgeswarm.policy import bitfield
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.protocol.units import parse_listen, parse_rate

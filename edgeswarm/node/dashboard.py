@@ -10,9 +10,9 @@ The page is written for a strict Content-Security-Policy (sent with it): no
 inline script or style, no eval, and every string from ``/status`` (region
 names, paths, content ids) reaches the DOM as ``textContent`` only.
 
-``mount`` adds the routes to any aiohttp app: edges call it, and another node
-(the router) can mount the same page under its own prefix, pointing it at its
-own status URL.  Every URL in the page is relative to the page.
+``mount`` adds the routes to any aiohttp app: edges mount their page
+(dashboard.html), the router its own (router.html, its edges per region);
+both load common.js (the shared helpers) and their own script.  Every URL in the page is relative to the page.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from edgeswarm.protocol.httpspec import Validators, http_date, not_modified
 
 STATIC = Path(__file__).parent / "static"
 UPLOT = "uplot-1.6.32"  # the vendored uPlot release (static/README.md: source, checksums, licence)
-PAGE = "dashboard.html"
+PAGE = "dashboard.html"  # the edge's page
+ROUTER_PAGE = "router.html"  # the router's: its edges per region (same helpers, its own script)
 STATUS_PLACEHOLDER = "@@STATUS@@"  # in the page's <meta name="edgeswarm-status">: the URL it polls
 BASE_PLACEHOLDER = "@@BASE@@"  # the page's assets are at BASE/NAME, relative to the page: BASE is its own last segment
 # Our own files change with edgeswarm under a fixed name: browsers revalidate them (a cheap 304).
@@ -37,7 +38,9 @@ BASE_PLACEHOLDER = "@@BASE@@"  # the page's assets are at BASE/NAME, relative to
 REVALIDATE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
 ASSETS = {
+    "common.js": ("text/javascript; charset=utf-8", REVALIDATE),  # helpers both pages share
     "dashboard.js": ("text/javascript; charset=utf-8", REVALIDATE),
+    "router.js": ("text/javascript; charset=utf-8", REVALIDATE),
     "dashboard.css": ("text/css; charset=utf-8", REVALIDATE),
     f"{UPLOT}.iife.min.js": ("text/javascript; charset=utf-8", IMMUTABLE),
     f"{UPLOT}.min.css": ("text/css; charset=utf-8", IMMUTABLE),
@@ -82,13 +85,13 @@ class Asset:
         return web.Response(body=self.body, headers={**headers, "Content-Type": self.content_type})
 
 
-def load(status_url: str = "status", base: str = "dashboard") -> dict[str, Asset]:
+def load(status_url: str = "status", base: str = "dashboard", page_name: str = PAGE) -> dict[str, Asset]:
     """The page and its assets, by the name they are served at ("" for the page).
 
-    The page polls ``status_url`` and loads its assets from ``base/NAME``,
-    both relative to the page's own URL.
+    The page (``page_name`` in static/) polls ``status_url`` and loads its
+    assets from ``base/NAME``, both relative to the page's own URL.
     """
-    page_path = STATIC / PAGE
+    page_path = STATIC / page_name
     page = page_path.read_text(encoding="utf-8")
     page = page.replace(STATUS_PLACEHOLDER, html.escape(status_url, quote=True)).replace(BASE_PLACEHOLDER, html.escape(base, quote=True))
     assets = {"": Asset.of(page.encode(), "text/html; charset=utf-8", REVALIDATE, page_path.stat().st_mtime)}
@@ -98,17 +101,18 @@ def load(status_url: str = "status", base: str = "dashboard") -> dict[str, Asset
     return assets
 
 
-def mount(app: web.Application, prefix: str = "/dashboard", status_url: str = "status") -> None:
+def mount(app: web.Application, prefix: str = "/dashboard", status_url: str = "status", page: str = PAGE) -> None:
     """Serve the dashboard at ``prefix`` and its assets at ``prefix/NAME`` on ``app``.
 
     ``status_url`` is what the page polls, relative to ``prefix`` (the
     default is the node's own ``/status`` for a page at ``/dashboard``).
+    ``page`` is the HTML file: the edge's (PAGE) or the router's (ROUTER_PAGE).
     The first path segment of ``prefix`` must be reserved (paths.RESERVED)
     on nodes that serve a file namespace, or it would hide published files.
     """
-    assets = load(status_url, prefix.rstrip("/").rsplit("/", 1)[-1])
+    assets = load(status_url, prefix.rstrip("/").rsplit("/", 1)[-1], page)
 
-    async def page(request: web.Request) -> web.Response:
+    async def serve_page(request: web.Request) -> web.Response:
         return assets[""].response(request)
 
     async def asset(request: web.Request) -> web.Response:
@@ -117,5 +121,5 @@ def mount(app: web.Application, prefix: str = "/dashboard", status_url: str = "s
             raise HttpError(404, f"the dashboard has no file {name[:80]!r}")
         return assets[name].response(request)
 
-    app.router.add_get(prefix, page)
+    app.router.add_get(prefix, serve_page)
     app.router.add_get(prefix + "/{name}", asset)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.vocabulary import quantile
-from edgeswarm.protocol import bitfield
 
 log = logging.getLogger("edgeswarm.protocol.havefeed")
 CONTENT_TYPE = "application/x-ndjson"

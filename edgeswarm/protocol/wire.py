@@ -14,7 +14,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
-from edgeswarm.protocol import bitfield
+from edgeswarm.policy import bitfield
 from edgeswarm.protocol.havefeed import MAX_LATENCY_S
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.torrent import TORRENT_TYPE, magnet, torrent_name, why_none

@@ -12,25 +12,30 @@ connection's address, so a peer cannot point others at someone else.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from edgeswarm.errors import HttpError
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
+from edgeswarm.policy.peerstore import Counts, PeerStore, StoreUnavailable
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerKey, PeerRecord, Refused, Tracker, address_group, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, address_group, labels, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
-from edgeswarm.protocol import bitfield
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 
 EVENTS = {"started", "update", "completed", "stopped"}
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
 USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_from_peers", "uploaded": "reported_uploaded"}
+log = logging.getLogger("edgeswarm.roles.announce")
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
@@ -47,10 +52,6 @@ class Announce:
     event: str
     stats: dict[str, int]
     usage: dict[str, int] = field(default_factory=dict)  # bytes since the peer's last acknowledged announce here (USAGE_KINDS)
-
-
-def _region_name(p: PeerRecord) -> str:
-    return p.region.name if p.region else "unmapped"
 
 
 def parse_announce(doc: object) -> Announce:
@@ -91,27 +92,45 @@ def parse_announce(doc: object) -> Announce:
 
 
 class TrackerService:
-    """The tracker, the claim bounds and the per-peer report state of one edge; all per-peer state expires with the peer."""
+    """The tracker, the claim bounds and the per-peer report state of one edge; all per-peer state expires with the peer.
+
+    The swarms and the per-region share totals live in the tracker's store
+    (peerstore.py): this edge's memory, or Redis shared by the region's
+    edges.  A store that cannot be reached makes announces 503 (logged once
+    per outage), never a crash; files are served as ever.
+    """
 
     def __init__(
-        self, regions: RegionMap | None, locality: str, interval: float, limits: Limits | None = None, max_peer_rate: float | None = None
+        self,
+        regions: RegionMap | None,
+        locality: str,
+        interval: float,
+        limits: Limits | None = None,
+        max_peer_rate: float | None = None,
+        store: PeerStore | None = None,
     ):
         self.regions = regions
         self.interval = interval
-        self.tracker = Tracker(locality=locality, ttl=interval * 3, limits=limits)  # type: ignore[arg-type]
+        self.tracker = Tracker(locality=locality, ttl=interval * 3, limits=limits, store=store)  # type: ignore[arg-type]
         self.claims = ClaimPolicy(
             max_peer_rate or DEFAULT_MAX_RATE,
             window=interval * CLAIM_WINDOW,
             keep=self.tracker.ttl,
             ids_per_link=self.tracker.limits.ids_per_address,
         )
-        self._reports: dict[tuple[PeerKey, str], tuple[str, dict[str, int]]] = {}  # (peer, cid) -> (region, bounded stats)
-        self._retired: dict[str, Counter[str]] = {}  # region -> stats of peers that restarted, stopped or expired
+        self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
+        self._down: str | None = None  # why the store is unreachable, while it is
+
+    @property
+    def store(self) -> PeerStore:
+        return self.tracker.store
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
 
-    def handle(self, doc: object, address: str, manifest: Manifest, user: str | None = None) -> tuple[dict, dict[str, int]]:
+    async def handle(
+        self, doc: object, address: str, manifest: Manifest, user: str | None = None, charge: bool = True
+    ) -> tuple[dict, dict[str, int]]:
         """The answer for the peer, and what this announce adds to the usage ledger (bytes by ledger kind).
 
         The peer reports usage as deltas since its last announce that this
@@ -120,49 +139,53 @@ class TrackerService:
         bytes to one of them only.  Claims are booked as ``ClaimPolicy``
         bounds them; what it cuts is booked as ``claim_excess``.  Every check
         comes before any change of state: a refused announce changes nothing
-        (but counts against its sender's announce rate).
+        (but counts against its sender's announce rate).  ``charge``: count
+        it against that rate (a batch is charged once).
         """
         a = parse_announce(doc)
         piece_count = manifest.piece_count
         if a.pieces != piece_count:
             raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
         try:
-            have = bitfield.decode(a.have_field, piece_count)
+            have = bitfield.decode_mask(a.have_field, piece_count)
         except ValueError as exc:
             raise HttpError(400, f"announce field 'have': {exc}") from None
         region = self.region_of(address)
-        now = time.monotonic()
-        try:
-            heard = AnnounceRecord(
-                cid=a.cid,
-                peer_id=a.peer_id,
-                url=peer_url(address, a.port),
-                address=address,
-                region=region,
-                have=have,
-                piece_count=piece_count,
-                uploaded=a.uploaded,
-                downloaded=a.downloaded,
-                event=a.event,
-                user=user,
-            )
-            answer = self.tracker.announce(now, heard)
-        except Refused as exc:
-            raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+        now = self.clock()
         key = (owner_of(address, user), a.peer_id)
-        swarm = self.tracker.swarm(a.cid)
-        cut = self.claims.bound(
-            now,
-            key,
-            user or address_group(address),
-            a.cid,
-            manifest.size,
-            min(manifest.size, len(have) * manifest.piece_size),
-            max(1, sum(1 for p in swarm if p.key != key)),  # one more than none: a neighbour may have just left
-            a.usage,
-            a.stats,
-        )
-        self._report(a.cid, key, region, cut.stats, a.event == "stopped")
+        url = peer_url(address, a.port)
+        async with self._reaching():
+            try:
+                heard = AnnounceRecord(
+                    cid=a.cid,
+                    peer_id=a.peer_id,
+                    url=url,
+                    address=address,
+                    region=region,
+                    have=have,
+                    piece_count=piece_count,
+                    uploaded=a.uploaded,
+                    downloaded=a.downloaded,
+                    event=a.event,
+                    user=user,
+                )
+                answer, size = await self.tracker.announce_sized(now, heard, charge)
+            except Refused as exc:
+                raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+            cut = self.claims.bound(
+                now,
+                key,
+                user or address_group(address),
+                a.cid,
+                manifest.size,
+                min(manifest.size, have.bit_count() * manifest.piece_size),
+                max(1, size - 1),  # one more than none: a neighbour may have just left
+                a.usage,
+                a.stats,
+            )
+            await self.store.report(a.cid, key, region.name if region else "unmapped", cut.stats, a.event == "stopped")
+        if a.event == "stopped":
+            self.claims.forget(key, a.cid)
         booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}
         if cut.excess:
             booked["claim_excess"] = cut.excess
@@ -171,97 +194,82 @@ class TrackerService:
             "region": region.name if region else None,
             "peers": [
                 {
-                    "peer_id": self.tracker.label(a.cid, p),  # never the user's name: that is the edge's business
+                    "peer_id": label,  # never the user's name: that is the edge's business
                     "url": p.url,
-                    "have": bitfield.encode(p.have, piece_count),
+                    "have": p.have_field(),
                     "complete": p.complete,
                     "region": p.region.name if p.region else None,
                 }
-                for p in answer
+                for p, label in zip(answer, labels(answer, a.peer_id), strict=True)
             ],
         }, booked
 
-    def _report(self, cid: str, peer: PeerKey, region: Region | None, stats: dict[str, int], stopped: bool) -> None:
-        previous = self._reports.get((peer, cid))
-        if previous is None and stopped:
-            self.claims.forget(peer, cid)
-            return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
-        if previous is not None and any(stats[k] < previous[1][k] for k in STAT_KINDS):
-            self._retire(peer, cid)  # the peer restarted: keep what it had, in its region's total
-        self._reports[(peer, cid)] = (region.name if region else "unmapped", stats)
-        if stopped:
-            self._retire(peer, cid)
-            self.claims.forget(peer, cid)
+    @contextlib.asynccontextmanager
+    async def _reaching(self) -> AsyncIterator[None]:
+        """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too."""
+        try:
+            yield
+        except StoreUnavailable as exc:
+            if self._down is None:
+                log.warning("%s: answering announces 503 until it is back (files are served as ever)", exc)
+            self._down = str(exc)
+            raise HttpError(503, f"{exc}; try again later", {"Retry-After": str(math.ceil(min(self.interval, 10)))}) from None
+        if self._down is not None:
+            log.warning("tracker store %s is reachable again", self.store.describe())
+            self._down = None
 
-    def _retire(self, peer: PeerKey, cid: str) -> None:
-        name, stats = self._reports.pop((peer, cid))
-        self._retired.setdefault(name, Counter()).update(stats)
-
-    def expire(self) -> int:
+    async def expire(self) -> int:
         """Forget silent peers, with every piece of state kept for them; how many records went."""
-        now = time.monotonic()
-        dropped = self.tracker.expire(now)
+        now = self.clock()
+        async with self._reaching():
+            dropped = await self.tracker.expire(now)
         for cid, rec in dropped:
-            if (rec.key, cid) in self._reports:
-                self._retire(rec.key, cid)
+            self.claims.forget(rec.key, cid)
         self.claims.expire(now)
         return len(dropped)
 
-    def status(self) -> dict:
-        self.expire()  # count live peers only, whenever the expiry loop last ran
-        by_region: dict[str, Counter[str]] = {name: Counter(c) for name, c in self._retired.items()}
-        for name, stats in self._reports.values():
-            by_region.setdefault(name, Counter()).update(stats)
-        peers, memberships, users, swarms = self._counts()
+    async def status(self) -> dict:
+        """The tracker's figures per region; with the store down, what this edge knows without it and the reason."""
+        try:
+            await self.expire()  # count live peers only, whenever the expiry loop last ran
+            async with self._reaching():
+                counts = await self.store.counts(self.clock())
+                by_region = await self.store.shares()
+                contents = len(await self.store.contents())
+        except HttpError as exc:
+            return {"store": self.store.describe(), "store_error": exc.message, "regions": {}, "state": self._state(None)}
+        peers, memberships = counts.peers, counts.memberships
         regions = {}
         for name in sorted(set(by_region) | set(memberships)):
             c = by_region.get(name, Counter())
             regions[name] = {
                 "peers": peers[name],
                 "swarm_memberships": memberships[name],
-                "swarms": dict(sorted(swarms.get(name, {}).items())),
+                "swarms": dict(sorted(counts.swarms.get(name, {}).items())),
                 **{TRACKER_FIELDS[kind]: c[STAT_KEYS[kind]] for kind in SOURCE_KINDS},
                 "p2p_share": reported_share(sum(c[STAT_KEYS[k]] for k in PEER_KINDS), sum(c[k] for k in STAT_KINDS)),
             }
         return {
-            "peers": self.tracker.peer_count(),
+            "store": self.store.describe(),
+            "peers": counts.identities,
             "swarm_memberships": memberships.total(),
-            "contents": len(self.tracker.contents()),
+            "contents": contents,
             "regions": regions,
-            "users": dict(users),
-            "state": self._state(),
+            "users": dict(counts.users),
+            "state": self._state(counts),
         }
 
-    def _counts(self) -> tuple[Counter[str], Counter[str], Counter[str], dict[str, Counter[str]]]:
-        """Distinct live peers per region, (peer, content) records per region, distinct live peers per token user,
-        and per region the live peers of each content: the region's swarms, as the dashboard lists them.
+    def _state(self, counts: Counts | None) -> dict[str, int]:
+        """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside).
 
-        A peer in five swarms is one peer and five memberships: "peers" counts
-        it once everywhere, so a region's figure and the top-level one agree
-        (a peer is placed by its most recent announce, should its address
-        have moved between regions); "swarm_memberships" keeps the per-swarm
-        tally, which is what the tracker's memory grows with.
+        ``records`` and ``identities`` are this edge's own tables (its
+        announcers); ``reports`` the store's per-peer stats.
         """
-        latest: dict[PeerKey, PeerRecord] = {}
-        memberships: Counter[str] = Counter()
-        swarms: dict[str, Counter[str]] = {}
-        for cid in self.tracker.contents():
-            for key, p in self.tracker.records(cid):
-                memberships[_region_name(p)] += 1
-                swarms.setdefault(_region_name(p), Counter())[cid] += 1
-                if key not in latest or p.last_seen > latest[key].last_seen:
-                    latest[key] = p
-        peers = Counter(_region_name(p) for p in latest.values())
-        users = Counter(p.user or "-" for p in latest.values())  # who the tracked peers are, as their tokens say
-        return peers, memberships, users, swarms
-
-    def _state(self) -> dict[str, int]:
-        """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside)."""
         tracker, claims = self.tracker.state_size(), self.claims.state_size()
         return {
             "records": tracker["records"],
             "identities": tracker["identities"],
-            "reports": len(self._reports),
+            "reports": counts.reports if counts else 0,
             "claims": claims["claim_tallies"],
         }
 

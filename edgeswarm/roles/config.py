@@ -110,6 +110,8 @@ class EdgeConfig(_Flags):
     """Live peer ids per address (IPv6: per /64) and per token user."""
     announce_rate: int = int(Limits.announces_per_s)
     """Announces a second per address or token user (the burst is ten times this)."""
+    tracker_store: str = "memory"
+    """Where the swarms and P2P-share totals live: ``memory`` (this edge only) or ``redis://HOST:PORT/DB`` (shared, kept)."""
     max_peer_rate: int = field(default=DEFAULT_MAX_RATE, metadata=_RATE)
     """The most a peer may claim to move each way, in bytes/s."""
     require_token: bool = False

@@ -39,10 +39,11 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
@@ -64,6 +65,7 @@ from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
+from edgeswarm.store.redispeers import open_store
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
@@ -74,6 +76,7 @@ REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the req
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
+MAX_BATCH = 100  # contents in one announce: a peer holding more sends several (64 KiB bodies hold ~200)
 
 
 class EdgeSource:
@@ -138,6 +141,7 @@ class Edge:
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
         )
+        self._p2p_last: dict = {"regions": {}}
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -285,9 +289,12 @@ class Edge:
         assert self.tracker is not None
         while True:
             await asyncio.sleep(self.tracker.interval)
-            dropped = self.tracker.expire()
+            try:
+                dropped = await self.tracker.expire()
+            except HttpError:  # the store is down: logged by the tracker service; this edge's own tables still expire
+                dropped = 0
             if self.bt_tracker is not None:
-                self.bt_tracker.expire(time.monotonic())
+                await self.bt_tracker.expire(time.monotonic())
             self._forget_departed()
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
@@ -408,10 +415,10 @@ class Edge:
                 downloaded=a.downloaded,
                 event=a.event,
             )
-            peers = self.bt_tracker.announce(time.monotonic(), heard)
+            peers = await self.bt_tracker.announce(time.monotonic(), heard)
         except Refused as exc:
             return bencoded(bttracker.failure(exc.message, exc.retry_after))
-        swarm = self.bt_tracker.swarm(key)
+        swarm = await self.bt_tracker.swarm(key)
         seeds = sum(1 for p in swarm if p.complete)
         return bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, len(swarm) - seeds))
 
@@ -505,9 +512,9 @@ class Edge:
 
     # -- seeding: copies per region ------------------------------------------------------
     def _tracked(self, cid: str) -> set[tuple[str, str]]:
-        """The seeder's names of the live peers of ``cid``'s swarm, as the tracker holds them."""
+        """The seeder's names of the live peers of ``cid``'s swarm that announce to this edge (its copies are this edge's)."""
         assert self.tracker is not None
-        return {_seed_name(rec) for rec in self.tracker.tracker.swarm(cid)}
+        return self.tracker.tracker.local(cid)
 
     @contextlib.contextmanager
     def _copy(self, request: web.Request, cid: str, index: int) -> Iterator[None]:
@@ -517,7 +524,7 @@ class Edge:
         address it announced from): one the tracker will tell us has left.
         """
         peer = (request.remote or "", request.headers.get(PEER_HEADER, ""))
-        if self.tracker is None or peer not in self._tracked(cid):
+        if self.tracker is None or not self.tracker.tracker.announces_here(cid, *peer):
             yield
             return
         region = self.region_name(request)
@@ -531,15 +538,15 @@ class Edge:
     def _forget_departed(self) -> None:
         """Copies and latency reports of peers the tracker no longer holds (stopped, expired) stop counting."""
         assert self.tracker is not None
-        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.contents()}
+        live = {cid: self._tracked(cid) for cid in self.tracker.tracker.local_contents()}
         for region, cid in self.seeder.entries():
             self.seeder.retain(region, cid, live.get(cid, set()))
         self.seed_stats.retain_latency(set().union(*live.values()))
 
-    def _p2p_status(self) -> dict:
+    async def _p2p_status(self) -> dict:
         """The tracker's status, each region with what the edge seeded there (docs/operations.md#the-edge-as-super-seeder)."""
         assert self.tracker is not None
-        p2p = self.tracker.status()
+        p2p = await self.tracker.status()
         self._forget_departed()  # after the tracker's own expiry, whenever that ran
         sizes = {s.content_id: s.manifest.size for s in self.store.contents()} if self.store else {}
         entries = self.seeder.entries()
@@ -558,15 +565,16 @@ class Edge:
             )
         return p2p
 
-    def _bt_status(self) -> dict:
+    async def _bt_status(self) -> dict:
         """BitTorrent clients this edge tracks (p2p mode): distinct clients, and swarms (a hybrid torrent is two: v1 and v2)."""
         assert self.bt_tracker is not None
-        self.bt_tracker.expire(time.monotonic())
-        return {"torrents": len(self._torrents), "clients": self.bt_tracker.peer_count(), "swarms": len(self.bt_tracker.contents())}
+        await self.bt_tracker.expire(time.monotonic())
+        clients, swarms = await self.bt_tracker.peer_count(), await self.bt_tracker.contents()
+        return {"torrents": len(self._torrents), "clients": clients, "swarms": len(swarms)}
 
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
-        p2p = self._p2p_status()
+        p2p = self._p2p_last  # computed just before the scrape (app middleware), as collectors cannot wait
         seed = CounterMetricFamily(
             "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
         )
@@ -609,7 +617,13 @@ class Edge:
         return [seed, asked, sent, copies, share, peers, latency]
 
     async def post_announce(self, request: web.Request) -> web.Response:
-        """p2p mode: a peer reports what it holds and gets peers of its region to trade with."""
+        """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
+
+        One content per announce (``content``), or a batch (``contents``): all
+        a peer holds in one request per interval, charged once against its
+        announce rate; each item gets its own answer or error
+        (docs/protocol.md#announce).
+        """
         if self.tracker is None:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
         check_json_body(request.headers)
@@ -617,9 +631,52 @@ class Edge:
             doc = json.loads(await request.read())
         except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
+        if isinstance(doc, dict) and "contents" in doc:
+            return json_response(await self._announce_batch(request, doc))
+        return json_response(await self._announce_one(request, doc, True))
+
+    async def _announce_batch(self, request: web.Request, doc: dict) -> dict:
+        """Each item as a single announce with the batch's peer id, port and latency.
+
+        A refusal of the sender (429) or a store that is down (503) before any
+        item was taken answers the whole batch; after some were, those keep
+        their answers (their usage is booked: the peer must see it
+        acknowledged, or it would report it again) and the rest get the error.
+        """
+        assert self.tracker is not None
+        items = doc["contents"]
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
+            raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
+        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency") if k in doc}
+        answers: dict[str, dict] = {}
+        charged, stop = False, None
+        for item in items:
+            single = {**item, **shared}
+            cid = single.get("content")
+            if stop is not None:
+                answer = {"error": stop}
+            else:
+                try:
+                    answer = await self._announce_one(request, single, not charged)
+                    charged = True
+                except HttpError as exc:
+                    if exc.status in (429, 503):
+                        if not charged:
+                            raise
+                        stop = {"status": exc.status, "message": exc.message}
+                    answer = {"error": {"status": exc.status, "message": exc.message}}
+            if isinstance(cid, str) and is_content_id(cid):
+                answer.pop("interval", None)
+                answer.pop("region", None)
+                answers[cid] = answer
+        return {"interval": self.tracker.interval, "region": self.region_name(request), "contents": answers}
+
+    async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
+        assert self.tracker is not None
         cid = doc.get("content") if isinstance(doc, dict) else None
         if not isinstance(cid, str) or not is_content_id(cid):
             raise HttpError(400, "announce field 'content' is missing or not a content id")
+        assert isinstance(doc, dict)
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
         try:
@@ -627,7 +684,7 @@ class Edge:
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         user = grant.user if grant else None
-        answer, usage = self.tracker.handle(doc, request.remote or "", signed.manifest, user)
+        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
@@ -638,7 +695,7 @@ class Edge:
         if doc["event"] != "stopped":
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
-        return json_response(answer)
+        return answer
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -672,13 +729,34 @@ class Edge:
                 "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
-                **({"p2p": self._p2p_status()} if self.tracker else {}),
-                **({"bittorrent": self._bt_status()} if self.bt_tracker else {}),
+                **({"p2p": await self._p2p_status()} if self.tracker else {}),
+                **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
             }
         )
 
+    async def _check_store(self) -> None:
+        """At start-up: say where the swarms are kept, and warn (never stop) when a shared store is not there yet."""
+        assert self.tracker is not None
+        store = self.tracker.store
+        ping = getattr(store, "ping", None)
+        try:
+            if ping is not None:
+                await ping()
+            log.info("tracker store: %s", store.describe())
+        except StoreUnavailable as exc:
+            log.warning("%s; announces are answered 503 until it is reachable (files are served as ever)", exc)
+
+    @web.middleware
+    async def _fresh_p2p_metrics(self, request: web.Request, handler):
+        """Before a /metrics scrape, the tracker's figures (a store read: the collector itself cannot wait for one)."""
+        if request.path == "/metrics":
+            self._p2p_last = await self._p2p_status()
+        return await handler(request)
+
     def app(self) -> web.Application:
         app = make_app(self.metrics, self.cors)
+        if self.tracker is not None:
+            app.middlewares.append(self._fresh_p2p_metrics)
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)
@@ -706,10 +784,14 @@ class Edge:
             else:
                 opener = asyncio.create_task(self.open_store())  # learn it from the parent
             expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
+            if self.tracker is not None:
+                await self._check_store()
             yield
             for task in (opener, expiry):
                 if task is not None:
                     task.cancel()
+            if self.tracker is not None:
+                await self.tracker.store.close()
             if self.ledger is not None:
                 await self.ledger.close()
             await self.upstream.close()
@@ -725,11 +807,6 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
         return None
 
 
-def _seed_name(rec: PeerRecord) -> tuple[str, str]:
-    """A tracked peer as the seeder names it: the address it announced from, and the peer id it sends."""
-    return rec.address, rec.peer_id
-
-
 def _region_label(region: Region) -> str:
     return region if region is not None else "unmapped"
 
@@ -742,10 +819,11 @@ class _Families:
 
 
 def _tracker(config: EdgeConfig) -> TrackerService:
-    """p2p mode's tracker, with the region map, locality and limits the config names."""
+    """p2p mode's tracker, with the region map, locality, limits and swarm store the config names."""
     regions = load_region_map(config.regions) if config.regions else None
     limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate)
-    return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate)
+    store = open_store(config.tracker_store, 3 * config.announce_interval)  # ValueError for a bad URL: a message and exit 2
+    return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate, store)
 
 
 def share(tasks: dict, key: Hashable, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Future, bool]:

@@ -38,12 +38,13 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
-from edgeswarm.protocol import bitfield, havefeed
+from edgeswarm.protocol import havefeed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
@@ -60,6 +61,7 @@ from edgeswarm.trust.signing import KeyFileError, load_public_key
 log = logging.getLogger("edgeswarm.roles.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 
 
@@ -187,6 +189,7 @@ class Peer:
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
+        self._single: set[str] = set()  # edges that take one content per announce (from before batches)
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
@@ -483,9 +486,19 @@ class Peer:
         await asyncio.gather(*(self._announce_to(edge, cids, event) for edge in (list(self._p2p_edges) if edges is None else edges)))
 
     async def _announce_to(self, edge: str, cids: set[str], event: str) -> None:
-        """Every content to one tracker; if it cannot be reached, the next try comes after a short back-off."""
+        """Every content to one tracker, in one request per BATCH contents; if it cannot be reached, a short back-off.
+
+        An edge that refuses a batch (400: it predates them) gets one announce
+        per content from then on, as before batches.
+        """
         started = time.monotonic()
-        failed = [why for why in await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids)) if why]
+        if edge in self._single:
+            results = await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids))
+        else:
+            ordered = sorted(cids)
+            chunks = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)] or []
+            results = await asyncio.gather(*(self._announce_batch(edge, chunk, event) for chunk in chunks))
+        failed = [why for why in results if why]
         if event == "stopped":
             return
         now = time.monotonic()
@@ -496,8 +509,8 @@ class Peer:
             log.info("%s answers announces again", edge)
             self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
 
-    async def _announce(self, edge: str, cid: str, event: str) -> str | None:
-        """One announce; returns why the tracker could not be reached, if it could not."""
+    def _item(self, edge: str, cid: str, event: str) -> tuple[dict, dict[str, tuple[str, int]], int] | None:
+        """One content's part of an announce: its fields, the usage it reports (and to whom), its piece count."""
         store = self.store
         signed = store.manifest(cid) if store else None
         if store is None or signed is None:
@@ -514,9 +527,7 @@ class Peer:
         if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
             usage["from_peers"] = ("", peer_bytes(received))
             usage["uploaded"] = ("", self.uploaded[cid])
-        doc = {
-            "peer_id": self.peer_id,
-            "port": self.upload_port,
+        item = {
             "content": cid,
             "pieces": count,
             "have": bitfield.encode(held, count),
@@ -524,38 +535,110 @@ class Peer:
             "downloaded": sum(received.values()),
             "event": event,
             "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
-            **({"have_latency": latency} if (latency := self.have_latency.percentiles()) else {}),
             "stats": {STAT_KEYS[kind]: received[kind] for kind in SOURCE_KINDS},
         }
+        return item, usage, count
+
+    def _took(self, edge: str, item: dict, usage: dict[str, tuple[str, int]], count: int, answer: dict) -> None:
+        """An edge accepted one content's announce: book what it acknowledged, and take its peers."""
+        cid = item["content"]
+        self._announced.add((edge, cid))
+        for k, (where, v) in usage.items():
+            self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
+        if item["event"] == "completed":
+            self._completed.add(cid)
+        self._take_answer(cid, count, answer)
+
+    def _head(self) -> dict:
+        latency = self.have_latency.percentiles()
+        return {"peer_id": self.peer_id, "port": self.upload_port, **({"have_latency": latency} if latency else {})}
+
+    async def _post_announce(self, edge: str, doc: dict, limit: int) -> tuple[int, bytes] | str:
+        """POST /announce: (status, body), or why the tracker could not be reached; a non-tracker is dropped from the announce list."""
         try:
-            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, MAX_ANNOUNCE)
+            reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, limit)
         except UpstreamError as exc:
             return exc.message
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
+        return reply.status, reply.body
+
+    async def _announce_batch(self, edge: str, cids: list[str], event: str) -> str | None:
+        """One request for several contents (docs/protocol.md#announce); returns why the tracker could not be reached, if it could not."""
+        parts = {cid: part for cid in cids if (part := self._item(edge, cid, event)) is not None}
+        if not parts:
             return None
-        if reply.status != 200:
-            why = f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
-            if reply.status >= 500:  # an edge starting up, or one whose parent is down: try again soon
+        doc = {**self._head(), "contents": [item for item, _, _ in parts.values()]}
+        got = await self._post_announce(edge, doc, MAX_ANNOUNCE * 4)
+        if isinstance(got, str):
+            return got
+        status, body = got
+        if status == 400 and b"'content'" in body:  # an edge from before batches: it asks for a single content
+            log.info("%s takes one content per announce: announcing so from now on", edge)
+            self._single.add(edge)
+            failed = [why for why in await asyncio.gather(*(self._announce(edge, cid, event) for cid in parts)) if why]
+            return failed[0] if failed else None
+        if status in (404, 405):
+            return None
+        if status != 200:
+            why = f"{status} {body[:200].decode(errors='replace').strip()}"
+            if status >= 500:  # an edge starting up, one whose parent or tracker store is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)
             return None
-        self._announced.add((edge, cid))
-        for k, (where, v) in usage.items():
-            self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
-        if event == "completed":
-            self._completed.add(cid)
-        self._take_answer(cid, count, reply.body)
+        try:
+            answer = json.loads(body)
+            answers = answer["contents"]
+            shared = {k: answer[k] for k in ("interval", "region") if k in answer}
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad announce answer from %s: %s", edge, exc)
+            return None
+        unreachable = None
+        for cid, (item, usage, count) in parts.items():
+            one = answers.get(cid) if isinstance(answers, dict) else None
+            if not isinstance(one, dict) or "error" in one:
+                error = one.get("error") if isinstance(one, dict) else None
+                if isinstance(error, dict) and isinstance(error.get("status"), int) and error["status"] >= 500:
+                    unreachable = f"{error['status']} {str(error.get('message'))[:200]}"  # the rest of the batch: try again soon
+                else:
+                    log.info("announce of %s to %s refused: %s", cid[:12], edge, error or "no answer")
+                continue
+            self._took(edge, item, usage, count, {**one, **shared})
+        return unreachable
+
+    async def _announce(self, edge: str, cid: str, event: str) -> str | None:
+        """One content's announce (edges from before batches); returns why the tracker could not be reached, if it could not."""
+        part = self._item(edge, cid, event)
+        if part is None:
+            return None
+        item, usage, count = part
+        got = await self._post_announce(edge, {**self._head(), **item}, MAX_ANNOUNCE)
+        if isinstance(got, str):
+            return got
+        status, body = got
+        if status in (404, 405):
+            return None
+        if status != 200:
+            why = f"{status} {body[:200].decode(errors='replace').strip()}"
+            if status >= 500:  # an edge starting up, or one whose parent is down: try again soon
+                return why
+            log.warning("announce to %s refused: %s", edge, why)
+            return None
+        try:
+            answer = json.loads(body)
+        except ValueError as exc:
+            log.warning("bad announce answer: %s", exc)
+            return None
+        self._took(edge, item, usage, count, answer)
         return None
 
     def _accounting_edge(self) -> str | None:
         """The one tracker that books this peer's P2P counters in its ledger: the first of our edges that tracks."""
         return next((e for e in self.edges if e in self._p2p_edges), None)
 
-    def _take_answer(self, cid: str, count: int, body: bytes) -> None:
+    def _take_answer(self, cid: str, count: int, doc: dict) -> None:
         try:
-            doc = json.loads(body)
             self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
             self.region = doc.get("region")
             if isinstance(doc.get("ticket"), str):
@@ -569,7 +652,7 @@ class Peer:
                 }
                 for p in doc.get("peers", [])
             ]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("bad announce answer: %s", exc)
             return
         swarm = self.swarms.get(cid)

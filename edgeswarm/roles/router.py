@@ -13,7 +13,9 @@ is routing.py's policy.  It answers three ways:
   edges for ``--dns-name`` and names under it, the name being the key.
 
 It polls every edge's ``/status`` each ``--poll-interval`` (health, egress
-against stated capacity, 5xx rate) and keeps the routing table's states.
+against stated capacity, 5xx rate) and keeps the routing table's states,
+and the last polled figures the dashboard shows (cache, peers, P2P share:
+``polled_figures``).  ``GET /dashboard`` is the live page over its ``/status``.
 Edges come from ``--edge``/``--edge-list`` and from ``POST /register``
 (a shared secret when ``--register-secret-file`` is given, else loopback only).
 """
@@ -25,6 +27,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -34,12 +37,14 @@ from aiohttp import web
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import UpstreamError, read_bounded
 from edgeswarm.policy.regions import RegionMap
-from edgeswarm.policy.routing import DOWN, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
+from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
+from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import clean_request_path
 from edgeswarm.protocol.registration import edge_spec
@@ -48,6 +53,50 @@ from edgeswarm.protocol.wire import json_response
 log = logging.getLogger("edgeswarm.roles.router")
 FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the router forgets it
 MAX_STATUS = 4 * 1024 * 1024  # an edge's /status lists its contents: generous, but bounded
+MAX_POLLED_REGIONS = 64  # tracker rows kept per edge: an edge's /status is not ours to trust with our memory
+MAX_NAME = 100  # characters of a region name kept from an edge's /status
+
+
+def _number(value: object) -> float | int | None:
+    """A non-negative number from an edge's /status, else None (a missing or odd field is shown as unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None  # json.loads takes NaN and Infinity, which our own JSON must not pass on
+    return value
+
+
+def polled_figures(doc: dict, at: float) -> dict:
+    """What the router keeps of one good /status poll for its dashboard (bounded; odd fields become None).
+
+    ``at`` is the wall-clock time of the poll.  ``peers`` and ``regions`` are
+    the edge's tracker's (null without ``--p2p``); each region row keeps the
+    peers and the bytes the region's peers report, from the edge and from
+    peers, so that the router can sum them over edges.
+    """
+    p2p = doc.get("p2p") if isinstance(doc.get("p2p"), dict) else None
+    regions: dict[str, dict] | None = None
+    if p2p is not None:
+        rows = p2p.get("regions") if isinstance(p2p.get("regions"), dict) else {}
+        regions = {}
+        for name, row in list(rows.items())[:MAX_POLLED_REGIONS]:
+            if not isinstance(row, dict):
+                continue
+            from_peers = [_number(row.get(k)) for k in ("bytes_from_peers_same_region", "bytes_from_peers_other_region")]
+            regions[str(name)[:MAX_NAME]] = {
+                "peers": _number(row.get("peers")),
+                "bytes_from_edge": _number(row.get("bytes_from_edge")),
+                "bytes_from_peers": None if None in from_peers else sum(n for n in from_peers if n is not None),
+                "p2p_share": _number(row.get("p2p_share")),
+            }
+    contents = doc.get("contents")
+    return {
+        "at": round(at, 3),
+        "upload_limit_Bps": _number(doc.get("upload_limit_Bps")),
+        "cache_bytes": _number(doc.get("cache_bytes")),
+        "cache_max_bytes": _number(doc.get("cache_max_bytes")) or None,  # 0: no quota
+        "cache_entries": len(contents) if isinstance(contents, list) else None,
+        "peers": _number(p2p.get("peers")) if p2p is not None else None,
+        "regions": regions,
+    }
 
 
 @dataclass(frozen=True)
@@ -80,6 +129,7 @@ class Router:
         self.dns_transport: asyncio.DatagramTransport | None = None
         self.dns_address: tuple[str, int] | None = None
         self.quiet = ThrottledLog(log, Throttle(burst=20, interval=10.0))
+        self.polled: dict[str, dict] = {}  # url -> polled_figures of its last good poll (kept while it is down)
         self.metrics.gauge("router_edges_up", "Edges whose last polls say up", lambda: len(self.table.up()))
         self.metrics.gauge("router_edges", "Edges the router knows (listed and registered)", lambda: len(self.table.edges))
 
@@ -180,7 +230,36 @@ class Router:
             "egress_Bps": round(h.egress_Bps),
             "load": round(h.load(spec.capacity), 3),
             "error_rate": round(h.error_rate, 3),
+            "polled": self.polled.get(spec.url),
         }
+
+    def region_totals(self) -> dict[str, dict]:
+        """Per region of the map: its edges' states, capacity and egress, and its peers and P2P share summed
+        over the tracker rows of that region in every edge's last good poll (what the dashboard shows per region)."""
+        totals: dict[str, dict] = {}
+        for name in sorted(self.region_names):
+            specs = [s for s in self.table.edges.values() if s.region == name]
+            capacity = sum(s.capacity for s in specs)
+            egress = sum(self.table.health[s.url].egress_Bps for s in specs)
+            rows = [
+                f["regions"][name]
+                for f in self.polled.values()
+                if f["regions"] and isinstance(f["regions"].get(name), dict)  # the edges' trackers' rows for this region
+            ]
+            from_edge = sum(r["bytes_from_edge"] or 0 for r in rows)
+            from_peers = sum(r["bytes_from_peers"] or 0 for r in rows)
+            totals[name] = {
+                "edges": len(specs),
+                "edges_up": sum(self.table.health[s.url].state == UP for s in specs),
+                "capacity_Bps": capacity,
+                "egress_Bps": round(egress),
+                "load": round(egress / capacity, 3) if capacity else None,
+                "peers": sum(r["peers"] or 0 for r in rows),
+                "bytes_from_edge": from_edge,
+                "bytes_from_peers": from_peers,
+                "p2p_share": reported_share(from_peers, from_edge + from_peers),
+            }
+        return totals
 
     async def get_status(self, _: web.Request) -> web.Response:
         t = self.table.thresholds
@@ -198,6 +277,7 @@ class Router:
                 },
                 "dns": {"name": self.config.dns_name, "port": self.dns_address[1]} if self.dns_address else None,
                 "regions": sorted(self.region_names),
+                "region_totals": self.region_totals(),
                 "edges": [self._edge_row(s) for s in sorted(self.table.edges.values(), key=lambda s: (s.region, s.url))],
             }
         )
@@ -215,7 +295,9 @@ class Router:
                 if resp.status != 200:
                     raise ValueError(f"/status answered {resp.status}")
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
-            sample = sample_from_status(json.loads(body), time.monotonic())
+            doc = json.loads(body)
+            sample = sample_from_status(doc, time.monotonic())
+            figures = polled_figures(doc, time.time())
         except TimeoutError:
             changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
         except UpstreamError as exc:
@@ -224,6 +306,8 @@ class Router:
             changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
         else:
             changed = health.succeeded(sample, self.table.thresholds)
+            if url in self.table.edges:
+                self.polled[url] = figures
         if changed and url in self.table.edges:
             level = logging.WARNING if health.state == DOWN else logging.INFO
             log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
@@ -236,6 +320,7 @@ class Router:
         for url in self.table.forgettable(now, FORGET_AFTER):
             log.info("forgot %s: registered, and down for over %g s", url, FORGET_AFTER)
             self.table.remove(url)
+            self.polled.pop(url, None)
 
     async def poll_loop(self) -> None:
         while True:
@@ -301,6 +386,7 @@ class Router:
         app.router.add_get("/status", self.get_status)
         app.router.add_get("/edges", self.get_edges)
         app.router.add_post("/register", self.post_register)
+        dashboard.mount(app, page=dashboard.ROUTER_PAGE)  # before the catch-all: /dashboard is the router's own
         app.router.add_get("/{path:.*}", self.redirect)  # HEAD too
 
         async def lifecycle(app: web.Application):

@@ -35,7 +35,7 @@ from edgeswarm.policy.engine import AskHave, Command, Engine, Fetch, Neighbour, 
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import SuperSeeder
-from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, AnnounceRecord, Tracker
+from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, AnnounceRecord, Tracker, settle
 from edgeswarm.policy.vocabulary import EDGE, PEER_OTHER_REGION, flash_crowd_bound, p2p_share, peer_bytes, peer_kind
 from edgeswarm.protocol import havefeed
 
@@ -179,7 +179,7 @@ class SimEdge:
 
     def announce(self, peer: SimPeer) -> list[dict]:
         now = self.sim.loop.now
-        answer = self.tracker.announce(now, peer.announce_record("started" if peer.announces == 0 else "update"))
+        answer = settle(self.tracker.announce(now, peer.announce_record("started" if peer.announces == 0 else "update")))
         return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
 
 
@@ -258,7 +258,7 @@ class SimPeer:
         self.left = True
         self.engine.closed = True
         edge = self.sim.edges[0]
-        edge.tracker.announce(self.sim.loop.now, self.announce_record("stopped"))
+        settle(edge.tracker.announce(self.sim.loop.now, self.announce_record("stopped")))
         edge.seeder.leave(self.region.name, CID, self.key)
         for s in list(self.subscribers.values()):
             n = s.engine.neighbours.get(self.url)

@@ -1,93 +1,23 @@
-// edgeswarm's live dashboard (edgeswarm/node/dashboard.py): polls the node's /status and draws it.
-// No build step, no framework: uPlot (vendored, global `uPlot`) for the two charts, the DOM API for the rest.
+// edgeswarm's live dashboard for an edge (edgeswarm/node/dashboard.py): polls the node's /status and draws it.
+// The helpers (formatting, text-only DOM, polling, charts) are common.js's, shared with the router's page.
 // Every string that comes from /status (region names, paths, content ids, URLs) is set with textContent,
 // never parsed as HTML, and nothing here evaluates code: the page runs under a strict CSP.
 "use strict";
 
 (function () {
-  const POLL_MS = 2000;
-  const TIMEOUT_MS = 5000;
+  const { COLOURS, TIME_AXIS, CHART_HEIGHT, bytes, rate, percent, plural, duration, sum, show, cell, fillTable, chartWidth, namedChart, start } =
+    window.edgeswarmDashboard;
   const KEEP_S = 30 * 60; // history kept in the browser, for the charts
   const ERROR_WINDOW_S = 60; // the error rate is over this much of the history
   const OWN_ENDPOINTS = new Set(["status", "dashboard"]); // what this page causes: left out of the error rate
-  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600]; // x ticks: whole seconds, never fractions
-  const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
 
-  const statusUrl = statusLocation();
   const samples = []; // {t, sent, answers, errors, share: {region: fraction|null}, egress: B/s|null, capacity}
-  let polls = 0;
-  let shareChart = null;
-  let shareRegions = "";
+  const shareChart = namedChart("share-chart", { label: "P2P share (%)", values: (u, ticks) => ticks.map((v) => v + " %") }, { range: [0, 100] }, (v) =>
+    v === null ? "–" : v.toFixed(1) + " %",
+  );
   let egressChart = null;
 
-  // -- the status URL: the page's meta tag, relative to the page; a ?token= on the page goes along ----------
-  function statusLocation() {
-    const meta = document.querySelector('meta[name="edgeswarm-status"]');
-    const url = new URL(meta ? meta.content : "status", document.baseURI);
-    const token = new URLSearchParams(window.location.search).get("token");
-    if (token) url.searchParams.set("token", token);
-    return url;
-  }
-
-  // -- formatting ------------------------------------------------------------------------------------------
-  function bytes(n) {
-    if (n === null || n === undefined) return "–";
-    const units = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let i = 0;
-    let v = n;
-    while (Math.abs(v) >= 1000 && i < units.length - 1) {
-      v /= 1000;
-      i += 1;
-    }
-    return (i === 0 ? String(Math.round(v)) : v.toFixed(2)) + " " + units[i];
-  }
-  function rate(n) {
-    return n === null || n === undefined ? "–" : bytes(n) + "/s";
-  }
-  function percent(fraction) {
-    return fraction === null || fraction === undefined || !isFinite(fraction) ? "–" : (fraction * 100).toFixed(1) + " %";
-  }
-  function clock(t) {
-    const d = new Date(t * 1000);
-    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
-  }
-  const TIME_AXIS = { space: 70, incrs: TIME_INCRS, values: (u, ticks) => ticks.map(clock) };
-  function plural(n, noun) {
-    return n + " " + noun + (n === 1 ? "" : "s");
-  }
-  function duration(s) {
-    const d = Math.floor(s / 86400);
-    const h = Math.floor((s % 86400) / 3600);
-    const m = Math.floor((s % 3600) / 60);
-    const parts = d ? [d + " d", h + " h"] : h ? [h + " h", m + " min"] : [m + " min", Math.floor(s % 60) + " s"];
-    return parts.join(" ");
-  }
-
-  // -- DOM: text only --------------------------------------------------------------------------------------
-  // `value` (the raw figure from /status) goes into data-value, so what is shown can be checked against /status.
-  function show(id, text, value) {
-    const el = document.getElementById(id);
-    el.textContent = text;
-    if (value === undefined || value === null) el.removeAttribute("data-value");
-    else el.setAttribute("data-value", String(value));
-  }
-  function cell(row, text, value, title) {
-    const td = document.createElement("td");
-    td.textContent = text;
-    if (value !== undefined && value !== null) td.setAttribute("data-value", String(value));
-    if (title) td.title = title;
-    row.appendChild(td);
-    return td;
-  }
-  function fillTable(id, rows) {
-    const body = document.getElementById(id).tBodies[0];
-    body.replaceChildren(...rows);
-  }
-
   // -- figures derived from /status ------------------------------------------------------------------------
-  function sum(values) {
-    return values.reduce((a, b) => a + b, 0);
-  }
   function answers(st) {
     let all = 0;
     let errors = 0;
@@ -211,32 +141,8 @@
   }
 
   // -- charts ----------------------------------------------------------------------------------------------
-  function chartWidth(id) {
-    return Math.max(320, document.getElementById(id).clientWidth - 8);
-  }
-
   function drawShare(regions) {
-    const key = JSON.stringify(regions);
-    if (key !== shareRegions) {
-      // a region appeared or went: a new chart with a series per region
-      if (shareChart) shareChart.destroy();
-      shareChart = null;
-      shareRegions = key;
-      if (!regions.length) return;
-      const series = [{}].concat(
-        regions.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2, spanGaps: true, value: (u, v) => (v === null ? "–" : v.toFixed(1) + " %") })),
-      );
-      const opts = {
-        width: chartWidth("share-chart"),
-        height: 220,
-        series,
-        scales: { y: { range: [0, 100] } },
-        axes: [TIME_AXIS, { label: "P2P share (%)", values: (u, ticks) => ticks.map((v) => v + " %") }],
-      };
-      shareChart = new uPlot(opts, shareData(regions), document.getElementById("share-chart"));
-    } else if (shareChart) {
-      shareChart.setData(shareData(regions));
-    }
+    shareChart.draw(regions, shareData(regions));
   }
 
   function shareData(regions) {
@@ -254,7 +160,7 @@
     }
     const opts = {
       width: chartWidth("egress-chart"),
-      height: 220,
+      height: CHART_HEIGHT,
       series: [
         {},
         { label: "egress", stroke: COLOURS[0], width: 2, value: (u, v) => rate(v) },
@@ -267,37 +173,8 @@
   }
 
   function resize() {
-    if (shareChart) shareChart.setSize({ width: chartWidth("share-chart"), height: 220 });
-    if (egressChart) egressChart.setSize({ width: chartWidth("egress-chart"), height: 220 });
-  }
-
-  // -- polling ---------------------------------------------------------------------------------------------
-  function health(state, text) {
-    const el = document.getElementById("health");
-    el.textContent = text;
-    el.setAttribute("data-state", state);
-    el.className = "badge " + state;
-  }
-
-  async function fetchStatus() {
-    const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), TIMEOUT_MS);
-    try {
-      const resp = await fetch(statusUrl, { cache: "no-store", signal: abort.signal, headers: { Accept: "application/json" } });
-      if (!resp.ok) {
-        const why = (await resp.text()).trim().slice(0, 200);
-        const hint = resp.status === 401 ? "; add ?token=… to this page's URL" : "";
-        health("down", "down: /status answered " + resp.status + (why ? " (" + why + ")" : "") + hint);
-        return null;
-      }
-      return await resp.json();
-    } catch (err) {
-      const why = err && err.name === "AbortError" ? "no answer from /status within " + TIMEOUT_MS / 1000 + " s" : "cannot reach /status (" + err + ")";
-      health("down", "down: " + why);
-      return null;
-    } finally {
-      clearTimeout(timer);
-    }
+    shareChart.resize();
+    if (egressChart) egressChart.setSize({ width: chartWidth("egress-chart"), height: CHART_HEIGHT });
   }
 
   function render(st) {
@@ -307,20 +184,7 @@
     renderEgress(st);
     renderCache(st);
     renderRegions(st);
-    health("up", "up");
-    show("updated", clock(Date.now() / 1000));
   }
 
-  async function poll() {
-    const st = await fetchStatus();
-    polls += 1;
-    setTimeout(poll, POLL_MS);
-    if (st) render(st); // a bug in here is thrown, so it shows on the browser's console; the next poll is already set
-    show("polls", String(polls), polls); // after the page shows this poll's figures
-  }
-
-  show("node", window.location.host);
-  show("interval", String(POLL_MS / 1000));
-  window.addEventListener("resize", resize);
-  poll();
+  start(render, resize);
 })();

@@ -1,0 +1,90 @@
+"""One announce per edge per interval, whatever the number of contents a peer holds (issue 13).
+
+An HLS stream is one content per segment: a peer announcing each content
+apart made ten peers cost an edge ~25 announces a second at a 2 s interval.
+A batch carries them all (docs/protocol.md#announce); single-content
+announces stay accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, start_peer, status
+
+pytestmark = pytest.mark.integration
+FILES = 6
+INTERVAL = 1.0
+
+
+def announce_count(metrics: str) -> float:
+    found = re.search(r'edgeswarm_http_request_duration_seconds_count\{endpoint="announce",role="edge"\} (\S+)', metrics)
+    return float(found[1]) if found else 0.0
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/metrics") as r:
+        return await r.text()
+
+
+async def test_a_peer_holding_many_contents_announces_once_per_interval(tmp_path: Path, nodes, origin, published, http):
+    for i in range(FILES):
+        make_file(published / f"seg{i}.ts", 300 * 1024)
+    edge = nodes.start(
+        "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--announce-interval", str(INTERVAL), name="edge"
+    )
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "p")
+    for i in range(FILES):
+        deadline = time.monotonic() + 20
+        while True:  # the origin publishes within its scan interval
+            async with http.get(f"{peer.urls['gateway']}/seg{i}.ts") as r:
+                if r.status == 200:
+                    await r.read()
+                    break
+            assert time.monotonic() < deadline, r.status
+            await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 20
+    while (await status(http, edge.url))["p2p"]["swarm_memberships"] < FILES:
+        assert time.monotonic() < deadline, "the peer did not announce every content"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2 * INTERVAL)  # past the announces that new contents and completions hurry
+    before, started = announce_count(await scrape(http, edge.url)), time.monotonic()
+    await asyncio.sleep(5 * INTERVAL)
+    after, took = announce_count(await scrape(http, edge.url)), time.monotonic() - started
+    intervals = took / INTERVAL
+    assert after - before <= intervals + 2, f"{after - before:.0f} announces in {intervals:.1f} intervals for {FILES} contents"
+    assert after - before >= 1, "the peer stopped announcing"
+    assert (await status(http, edge.url))["p2p"]["swarm_memberships"] == FILES
+
+
+async def test_a_batch_answers_each_content_and_refuses_items_apart(tmp_path: Path, nodes, origin, published, http):
+    make_file(published / "a.bin", 256 * 1024)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", name="edge")
+    deadline = time.monotonic() + 20
+    while True:
+        async with http.get(f"{edge.url}/manifest/a.bin") as r:
+            if r.status == 200:
+                cid = (await r.json())["id"]
+                break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.2)
+    item = {"pieces": 1, "have": "gA==", "uploaded": 0, "downloaded": 0, "event": "started"}
+    unknown = "f" * 64
+    batch = {"peer_id": "p", "port": 9000, "contents": [{"content": cid, **item}, {"content": unknown, **item}]}
+    async with http.post(edge.url + "/announce", json=batch) as r:
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+    assert answer["interval"] == 300 and set(answer["contents"]) == {cid, unknown}
+    assert answer["contents"][cid]["peers"] == [] and "ticket" in answer["contents"][cid]
+    assert answer["contents"][unknown]["error"]["status"] in (404, 502)
+    async with http.post(edge.url + "/announce", json={"peer_id": "p", "port": 9000, "contents": []}) as r:
+        assert r.status == 400 and "'contents'" in await r.text()
+    single = {"peer_id": "q", "port": 9001, "content": cid, **item}  # one content, as before batches
+    async with http.post(edge.url + "/announce", json=single) as r:
+        assert r.status == 200
+        assert [p["peer_id"] for p in (await r.json())["peers"]] == ["p"]

@@ -1,0 +1,237 @@
+"""The tracker's store contract, run against both stores: the edge's memory and a real redis-server.
+
+What the tracker relies on: a record comes back as it was put (its bitfield
+included), the upload rate is derived from the record replaced, an announce
+reads a bounded sample and never a silent peer, removal and expiry, the
+per-region share totals fed by deltas, and the counts /status shows.  Redis
+adds what memory cannot do: a second edge (another client) and a restarted
+one see the same swarms and totals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from redisserver import redis_server, redis_url  # noqa: F401 - fixtures
+
+from edgeswarm import cli
+from edgeswarm.policy.peerstore import MemoryPeerStore, StoreUnavailable, added
+from edgeswarm.policy.regions import Region
+from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.store.redispeers import RedisPeerStore, check_url
+
+TTL = 30.0
+CID, OTHER = "a" * 64, "b" * 64
+EAST, WEST = Region("east", "att"), Region("west", "verizon")
+PIECES = 1000
+
+
+def record(n: int, now: float, have: set[int] | None = None, region: Region | None = EAST, user: str | None = None, **extra) -> PeerRecord:
+    rec = PeerRecord(
+        peer_id=f"p{n}",
+        url=f"http://10.0.{n // 250}.{n % 250}:7000",
+        address=f"10.0.{n // 250}.{n % 250}",
+        region=region,
+        have=set(range(n % 7, PIECES, 3)) if have is None else have,
+        piece_count=PIECES,
+        uploaded=extra.get("uploaded", 0),
+        downloaded=extra.get("downloaded", 17),
+        last_seen=now,
+        user=user,
+        first_seen=now,
+        owner=f"user:{user}" if user else f"addr:10.0.{n // 250}.{n % 250}",
+        group=f"10.0.{n // 250}.{n % 250}",
+    )
+    return rec
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+async def store(request):
+    s = MemoryPeerStore(TTL) if request.param == "memory" else RedisPeerStore(request.getfixturevalue("redis_url"), TTL)
+    yield s
+    await s.close()
+
+
+def fields(rec: PeerRecord) -> tuple:
+    return (rec.key, rec.url, rec.address, rec.region, rec.have, rec.piece_count, rec.uploaded, rec.downloaded, rec.user, rec.group)
+
+
+async def test_a_record_comes_back_as_it_was_put(store):
+    now = time.time()
+    recs = [record(0, now), record(1, now, have=set(), region=None, user="alice"), record(2, now, have=set(range(PIECES)))]
+    for r in recs:
+        await store.put(now, CID, r, 10)
+    got = {r.key: r for r in await store.swarm(CID)}
+    assert sorted(fields(r) for r in got.values()) == sorted(fields(r) for r in recs)
+    assert got[recs[2].key].complete and not got[recs[0].key].complete
+    assert all(r.last_seen == pytest.approx(now) for r in got.values())
+
+
+async def test_the_upload_rate_comes_from_the_record_replaced(store):
+    now = time.time()
+    await store.put(now, CID, record(0, now, uploaded=1000), 10)
+    later = record(0, now + 10, uploaded=11_000)
+    await store.put(now + 10, CID, later, 10)
+    assert later.upload_rate == pytest.approx(1000)
+    (stored,) = await store.swarm(CID)
+    assert stored.upload_rate == pytest.approx(1000)
+    restarted = record(0, now + 20, uploaded=5)  # the counter went back: no sample, the rate stays
+    await store.put(now + 20, CID, restarted, 10)
+    assert restarted.upload_rate == pytest.approx(1000)
+
+
+async def test_an_announce_reads_a_bounded_sample_of_a_large_swarm(store):
+    now = time.time()
+    for n in range(200):
+        await store.put(now, CID, record(n, now), 20)
+    placed = await store.put(now, CID, record(200, now), 20)
+    assert placed.size == 201
+    keys = [c.key for c in placed.candidates]
+    assert 0 < len(keys) <= 21 and len(set(keys)) == len(keys)
+    small = await store.put(now, OTHER, record(0, now), 20)
+    assert small.size == 1 and [c.key for c in small.candidates] == [record(0, now).key]  # a small swarm: all of it
+
+
+async def test_samples_vary_so_no_peer_is_left_out_for_good(store):
+    now = time.time()
+    for n in range(100):
+        await store.put(now, CID, record(n, now), 10)
+    seen = set()
+    for _ in range(40):
+        seen |= {c.key for c in (await store.put(now, CID, record(0, now), 10)).candidates}
+    assert len(seen) > 60
+
+
+async def test_silent_peers_are_never_handed_out_and_expire(store):
+    now = time.time()
+    await store.put(now - TTL - 5, CID, record(1, now - TTL - 5), 10)  # silent for longer than the ttl
+    placed = await store.put(now, CID, record(2, now), 10)
+    assert [c.peer_id for c in placed.candidates] == ["p2"]
+    await store.expire(now)
+    assert [r.peer_id for r in await store.swarm(CID)] == ["p2"]
+    assert (await store.counts(now)).identities == 1
+
+
+async def test_remove(store):
+    now = time.time()
+    await store.put(now, CID, record(1, now), 10)
+    await store.put(now, CID, record(2, now), 10)
+    gone = await store.remove(CID, record(1, now).key)
+    assert gone is not None and gone.peer_id == "p1"
+    assert await store.remove(CID, record(1, now).key) is None
+    assert [r.peer_id for r in await store.swarm(CID)] == ["p2"]
+    placed = await store.put(now, CID, record(3, now), 10)
+    assert sorted(c.peer_id for c in placed.candidates) == ["p2", "p3"]
+
+
+def stats(edge: int, same: int, other: int = 0) -> dict[str, int]:
+    return {"edge": edge, "peer_same_region": same, "peer_other_region": other}
+
+
+async def test_share_totals_add_what_is_new_in_each_report(store):
+    key = record(1, 0).key
+    await store.report(CID, key, "east", stats(100, 50), False)
+    await store.report(CID, key, "east", stats(150, 80), False)  # cumulative: +50, +30
+    await store.report(CID, key, "east", stats(150, 80), False)  # the same again (another edge of the region): nothing
+    await store.report(CID, key, "east", stats(10, 0), False)  # a restarted peer: all of its new run
+    await store.report(CID, record(2, 0).key, "west", stats(0, 7), False)
+    await store.report(CID, record(3, 0).key, "west", stats(1000, 0), True)  # stopped, never reported: its word adds nothing
+    assert await store.shares() == {"east": Counter(stats(160, 80)), "west": Counter(stats(0, 7))}
+    await store.report(CID, key, "east", stats(20, 0), True)  # stopped: +10, and its baseline goes
+    await store.report(CID, key, "east", stats(5, 0), False)  # back later: a new run
+    assert (await store.shares())["east"] == Counter(stats(175, 80))
+
+
+async def test_counts_per_region_and_user(store):
+    now = time.time()
+    await store.put(now, CID, record(1, now, user="alice"), 10)
+    await store.put(now, OTHER, record(1, now, user="alice"), 10)
+    await store.put(now, CID, record(2, now, region=WEST), 10)
+    await store.put(now, CID, record(3, now, region=None), 10)
+    c = await store.counts(now)
+    assert c.identities == 3
+    assert c.peers == Counter({"east": 1, "west": 1, "unmapped": 1})
+    assert c.memberships == Counter({"east": 2, "west": 1, "unmapped": 1})
+    assert c.users == Counter({"alice": 1, "-": 2})
+    assert sorted(await store.contents()) == [CID, OTHER]
+
+
+def test_added():
+    assert added(None, [5, 6]) == [5, 6]
+    assert added([1, 2], [5, 6]) == [4, 4]
+    assert added([1, 9], [5, 6]) == [5, 6]  # one counter went back: a restart
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("mysql://h/0", "expected memory or redis"), ("redis:///0", "no host"), ("redis://h:port/0", "port"), ("redis://h:1/x", "database")],
+)
+def test_a_bad_url_says_what_is_wrong(url, why):
+    with pytest.raises(ValueError, match=why):
+        check_url(url)
+
+
+# -- the edge's option ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("store", "why"),
+    [
+        ("mysql://db/0", "expected memory or redis://HOST:PORT/DB"),
+        ("redis://cache:port/0", "port is not a number"),
+        ("redis://cache:6379/zero", "is not a number"),
+    ],
+)
+def test_a_bad_tracker_store_is_a_message_and_exit_2(tmp_path, capsys, store, why):
+    args = ["edge", "--cache", str(tmp_path / "c"), "--parent", "http://127.0.0.1:9", "--p2p", "--tracker-store", store]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgeswarm edge: --tracker-store") and why in err, err
+
+
+def test_a_tracker_store_without_p2p_is_refused(tmp_path, capsys):
+    args = ["edge", "--cache", str(tmp_path / "c"), "--parent", "http://127.0.0.1:9", "--tracker-store", "redis://h:1/0"]
+    assert cli.main(args) == 2
+    assert "needs --p2p" in capsys.readouterr().err
+
+
+# -- what only a shared store does --------------------------------------------------------------
+
+
+async def test_two_clients_share_swarms_and_totals_and_a_new_one_finds_them(redis_url):  # noqa: F811
+    a, b = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
+    now = time.time()
+    try:
+        await a.put(now, CID, record(1, now), 10)
+        placed = await b.put(now, CID, record(2, now), 10)
+        assert sorted(c.peer_id for c in placed.candidates) == ["p1", "p2"]
+        await a.report(CID, record(1, now).key, "east", stats(100, 10), False)
+        await b.report(CID, record(1, now).key, "east", stats(100, 10), False)  # the same figures via the other edge
+    finally:
+        await a.close()
+        await b.close()
+    fresh = RedisPeerStore(redis_url, TTL)  # a restarted edge
+    try:
+        assert sorted(r.peer_id for r in await fresh.swarm(CID)) == ["p1", "p2"]
+        assert await fresh.shares() == {"east": Counter(stats(100, 10))}
+    finally:
+        await fresh.close()
+
+
+async def test_a_store_that_is_down_raises_store_unavailable_and_recovers(redis_server):  # noqa: F811
+    s = RedisPeerStore(redis_server.url, TTL)
+    now = time.time()
+    try:
+        await s.put(now, CID, record(1, now), 10)
+        redis_server.stop()
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            await s.put(now, CID, record(2, now), 10)
+        with pytest.raises(StoreUnavailable):
+            await s.counts(now)
+        redis_server.start()  # empty: nothing was saved
+        placed = await s.put(now, CID, record(2, now), 10)  # the same client reconnects (and reloads its scripts)
+        assert [c.peer_id for c in placed.candidates] == ["p2"]
+    finally:
+        await s.close()

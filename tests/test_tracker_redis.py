@@ -1,0 +1,165 @@
+"""Issue 13, a region larger than one edge: edges in p2p mode sharing their tracker state in a real redis-server.
+
+Raw announces come from the test, bound to 127.1.0.x source addresses (one
+machine each, region "east"), so what each edge hands out is exact; the
+origin, the edges and redis-server are real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, sha, status
+from redisserver import RedisServer, redis_server, redis_url  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+PIECES = 4
+PIECE = 256 * 1024
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+NONE = "AA=="  # the bitfield of none of four pieces
+STATS = {"edge": 3 * PIECE, "peer_same_region": 2 * PIECE, "peer_other_region": 0}
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+def start_edge(nodes, tmp_path: Path, origin, regions: Path, name: str, store: str, *extra: str):
+    return nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / name), "--parent", origin.url, "--p2p", "--regions", str(regions)),
+        *("--announce-interval", "5", "--tracker-store", store, *extra),
+        name=name,
+    )
+
+
+def doc(cid: str, peer_id: str, event: str = "update", stats: dict | None = None) -> dict:
+    return {
+        "peer_id": peer_id,
+        "port": 9000,
+        "content": cid,
+        "pieces": PIECES,
+        "have": NONE,
+        "uploaded": 0,
+        "downloaded": 0,
+        "event": event,
+        **({"stats": stats} if stats else {}),
+    }
+
+
+async def announce(edge: str, addr: str, body: dict) -> tuple[int, dict | str, str | None]:
+    """One announce from ``addr``: a machine of its own, as the edge sees it."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(addr, 0))) as s,
+        s.post(edge + "/announce", json=body) as r,
+    ):
+        return r.status, (await r.json() if r.status == 200 else await r.text()), r.headers.get("Retry-After")
+
+
+def handed(answer: dict) -> set[str]:
+    return {p["url"] for p in answer["peers"]}
+
+
+async def content_id(http: aiohttp.ClientSession, url: str, path: str) -> str:
+    deadline = time.monotonic() + 20
+    while True:  # the origin publishes within its scan interval
+        async with http.get(f"{url}/manifest/{path}") as r:
+            if r.status == 200:
+                return (await r.json())["id"]
+        assert time.monotonic() < deadline, r.status
+        await asyncio.sleep(0.2)
+
+
+async def test_two_edges_on_one_redis_hand_each_other_peers_out(tmp_path, nodes, origin, published, regions, http, redis_url):  # noqa: F811
+    make_file(published / "f.bin", PIECES * PIECE)
+    a = start_edge(nodes, tmp_path, origin, regions, "edge-a", redis_url)
+    b = start_edge(nodes, tmp_path, origin, regions, "edge-b", redis_url)
+    cid = await content_id(http, a.url, "f.bin")
+    code, answer, _ = await announce(a.url, "127.1.0.1", doc(cid, "x", "started"))
+    assert code == 200 and handed(answer) == set()
+    code, answer, _ = await announce(b.url, "127.1.0.2", doc(cid, "y", "started"))  # to the other edge
+    assert code == 200 and handed(answer) == {"http://127.1.0.1:9000"}, answer
+    code, answer, _ = await announce(a.url, "127.1.0.1", doc(cid, "x"))
+    assert code == 200 and handed(answer) == {"http://127.1.0.2:9000"}, answer
+    for edge in (a, b):  # one region, one swarm, whichever edge is asked
+        p2p = (await status(http, edge.url))["p2p"]
+        assert p2p["store"].startswith("redis://") and p2p["regions"]["east"]["peers"] == 2, p2p
+
+
+async def test_a_tracker_edge_killed_and_restarted_hands_out_the_same_swarm_at_once(
+    tmp_path,
+    nodes,
+    origin,
+    published,
+    regions,
+    http,
+    redis_url,  # noqa: F811
+):
+    make_file(published / "f.bin", PIECES * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_url)
+    port = edge.url.rsplit(":", 1)[1]
+    cid = await content_id(http, edge.url, "f.bin")
+    swarm = {f"http://127.1.0.{i}:9000" for i in range(1, 4)}
+    for i in range(1, 4):
+        code, _, _ = await announce(edge.url, f"127.1.0.{i}", doc(cid, f"p{i}", "started", STATS))
+        assert code == 200
+    before = (await status(http, edge.url))["p2p"]["regions"]["east"]
+    assert before["bytes_from_edge"] == 3 * STATS["edge"] and before["peers"] == 3
+
+    edge.kill()  # SIGKILL: nothing is written on the way out
+    edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_url, "--listen", f"127.0.0.1:{port}")
+    code, answer, _ = await announce(edge.url, "127.1.0.9", doc(cid, "newcomer", "started"))  # the first announce it takes
+    assert code == 200 and handed(answer) == swarm, answer
+    after = (await status(http, edge.url))["p2p"]["regions"]["east"]
+    assert (after["bytes_from_edge"], after["bytes_from_peers_same_region"], after["p2p_share"]) == (
+        before["bytes_from_edge"],
+        before["bytes_from_peers_same_region"],
+        before["p2p_share"],
+    )
+    assert after["peers"] == 4
+    code, _, _ = await announce(edge.url, "127.1.0.1", doc(cid, "p1", stats=STATS))  # the same cumulative figures again
+    assert code == 200
+    assert (await status(http, edge.url))["p2p"]["regions"]["east"]["bytes_from_edge"] == before["bytes_from_edge"]
+
+
+async def test_redis_down_files_are_served_announces_get_503_and_the_edge_recovers(
+    tmp_path,
+    nodes,
+    origin,
+    published,
+    regions,
+    http,
+    redis_server: RedisServer,  # noqa: F811
+):
+    data = make_file(published / "f.bin", PIECES * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_server.url)
+    cid = await content_id(http, edge.url, "f.bin")
+    assert (await announce(edge.url, "127.1.0.1", doc(cid, "x", "started")))[0] == 200
+
+    redis_server.stop()
+    async with http.get(edge.url + "/f.bin") as r:
+        assert r.status == 200 and sha(await r.read()) == sha(data)
+    code, text, retry = await announce(edge.url, "127.1.0.2", doc(cid, "y", "started"))
+    assert code == 503 and "tracker store" in str(text) and "unreachable" in str(text) and retry is not None, (code, text)
+    st = await status(http, edge.url)  # the edge still answers, and says why the tracker does not
+    assert "unreachable" in st["p2p"]["store_error"]
+    assert edge.running
+
+    redis_server.start()  # empty (nothing was saved): peers fill it again with their next announces
+    deadline = time.monotonic() + 15
+    while (result := await announce(edge.url, "127.1.0.2", doc(cid, "y", "started")))[0] != 200:
+        assert time.monotonic() < deadline, result
+        await asyncio.sleep(0.3)
+    assert (await announce(edge.url, "127.1.0.1", doc(cid, "x")))[0] == 200
+    code, answer, _ = await announce(edge.url, "127.1.0.2", doc(cid, "y"))
+    assert code == 200 and handed(answer) == {"http://127.1.0.1:9000"}
+    log = (tmp_path / "logs" / "edge.log").read_text()
+    assert log.count("answering announces 503") == 1, "the outage is logged once, not per announce"
+    assert "reachable again" in log
