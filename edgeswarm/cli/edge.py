@@ -112,6 +112,7 @@ def add_parser(sub) -> None:
     )
     p2p.add_argument(
         "--tracker-store",
+        type=tracker_store,
         default=d.tracker_store,
         metavar="STORE",
         help="where the swarms and P2P-share totals live: memory (this edge only, the default) or redis://HOST:PORT/DB, "
@@ -158,6 +159,18 @@ def add_parser(sub) -> None:
     options.connection_limits(p)
     options.daemon(p, "127.0.0.1:8080")
     p.set_defaults(run=run)
+
+
+def tracker_store(text: str) -> str:
+    """``--tracker-store``, checked while the flags are read: a bad URL stops the edge before it creates anything."""
+    from edgeswarm.store.redispeers import check_url
+
+    if text == "memory":
+        return text
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--tracker-store {text!r}: ")) from None
 
 
 def run(args: argparse.Namespace) -> int:
