@@ -168,6 +168,8 @@ class Router:
         if len(path) > 4096:
             raise HttpError(400, "path is longer than 4096 characters")
         key = clean_request_path("/" + quote(path.lstrip("/"), safe="/")) if path.strip("/") else ""
+        if "region" in request.query:
+            return self._region_edges(request.query["region"], key)
         decision = self.decide(request.remote or "", key, "json")
         return json_response(
             {
@@ -179,6 +181,22 @@ class Router:
                     {"url": c.spec.url, "region": c.spec.region, "capacity_Bps": c.spec.capacity, "load": round(c.load, 3), "shed": c.shed}
                     for c in decision.ranked[: self.config.edges_limit]
                 ],
+            }
+        )
+
+    def _region_edges(self, region: str, key: str) -> web.Response:
+        """``/edges?region=R``: every edge of region R, up ones ranked first, for tools that act on a whole
+        region (``edgeswarm preheat``); no fallback to other regions, and an unknown region is a 404."""
+        if region not in self.region_names:
+            raise HttpError(404, f"no region {region[:MAX_NAME]!r} in the router's map (regions: {', '.join(sorted(self.region_names))})")
+        ranked = self.table.rank(self.table.up(region), key)
+        down = sorted(s.url for s in self.table.edges.values() if s.region == region and self.table.health[s.url].state != UP)
+        return json_response(
+            {
+                "region": region,
+                "path": key,
+                "edges": [{"url": c.spec.url, "region": c.spec.region, "capacity_Bps": c.spec.capacity} for c in ranked],
+                "down": down,
             }
         )
 

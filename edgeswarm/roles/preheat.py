@@ -1,0 +1,133 @@
+"""``edgeswarm preheat``: fill a region's edges with content before a release, so the crowd finds it cached.
+
+Each path is read through each edge of the region and the body thrown away:
+the edge fetches the pieces it lacks from its parent once, now, instead of
+while thousands of clients wait.  An edge whose ``/status`` already lists a
+path whole is not asked again (its answer would cost egress for nothing).
+The region's edges come from a router (``GET /edges?region=R``) or are given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+CHUNK = 1 << 16
+CACHED, FILLED, FETCHED, FAILED = "cached", "filled", "fetched", "failed"
+
+
+class PreheatError(Exception):
+    """Preheat cannot start: the region or its edges cannot be learned."""
+
+
+@dataclass
+class Result:
+    """One path through one edge: what it cost and how it ended."""
+
+    edge: str
+    path: str
+    outcome: str = FAILED  # cached | filled (was not whole before) | fetched (the edge would not say) | failed
+    nbytes: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Plan:
+    """The work: every path through every edge, at most ``concurrency`` transfers at once."""
+
+    paths: list[str]
+    edges: list[str]
+    concurrency: int = 4
+    token: str | None = None
+    ca: Path | None = None
+    timeout: float = 600.0
+    down: list[str] = field(default_factory=list)  # edges of the region the router reports not up: each a failure
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _ssl(ca: Path | None) -> ssl.SSLContext | bool:
+    """The CA's context; True (the system's CAs) without one."""
+    return ssl.create_default_context(cafile=str(ca)) if ca else True
+
+
+async def region_edges(router: str, region: str, ca: Path | None = None) -> tuple[list[str], list[str]]:
+    """The region's up edges and its edges that are not up, as the router knows them."""
+    url = f"{router.rstrip('/')}/edges?region={quote(region, safe='')}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(url, ssl=_ssl(ca)) as reply:
+            if reply.status == 404:
+                raise PreheatError(f"router {router}: {(await reply.text()).strip()[:300]}")
+            if reply.status != 200:
+                raise PreheatError(f"router {router} answered {reply.status} to /edges?region= (too old to list a region?)")
+            doc = await reply.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise PreheatError(f"cannot reach router {router}: {exc or type(exc).__name__}") from None
+    return [str(e["url"]) for e in doc.get("edges", [])], [str(u) for u in doc.get("down", [])]
+
+
+async def _whole_paths(session: aiohttp.ClientSession, edge: str, plan: Plan) -> set[str] | None:
+    """The paths the edge holds every piece of (its ``/status``), or None when it will not say."""
+    try:
+        async with session.get(f"{edge.rstrip('/')}/status", headers=_headers(plan.token), ssl=_ssl(plan.ca)) as reply:
+            if reply.status != 200:
+                return None
+            doc = await reply.json()
+        return {c["path"] for c in doc.get("contents", []) if c.get("pieces") == c.get("held")}
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan, on_bytes: Callable[[int, int], None]) -> Result:
+    """Read ``path`` through ``edge`` to the end; ``on_bytes(total, n)`` reports the length, then each chunk."""
+    result = Result(edge, path)
+    started = time.monotonic()
+    url = f"{edge.rstrip('/')}/{quote(path.lstrip('/'), safe='/')}"
+    try:
+        async with session.get(url, headers=_headers(plan.token), ssl=_ssl(plan.ca)) as reply:
+            if reply.status != 200:
+                result.error = f"{reply.status} {(await reply.text())[:200].strip()}"
+                return result
+            on_bytes(reply.content_length or 0, 0)
+            async for chunk in reply.content.iter_chunked(CHUNK):
+                result.nbytes += len(chunk)
+                on_bytes(0, len(chunk))
+        result.outcome = FETCHED
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        result.error = f"unreachable: {exc or type(exc).__name__}"
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
+
+
+async def preheat(plan: Plan, on_bytes: Callable[[int, int], None] = lambda t, n: None) -> list[Result]:
+    """Every path through every edge, in (edge, path) order; each of the plan's down edges a failure per path."""
+    results = [Result(edge, path, error="the router reports this edge not up") for edge in plan.down for path in plan.paths]
+    limit = asyncio.Semaphore(plan.concurrency)
+    timeout = aiohttp.ClientTimeout(total=plan.timeout, sock_connect=10)
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        held = await asyncio.gather(*(_whole_paths(session, e, plan) for e in plan.edges))
+        whole = dict(zip(plan.edges, held, strict=True))
+
+        async def one(edge: str, path: str) -> Result:
+            before = whole[edge]
+            if before is not None and path.strip("/") in {p.strip("/") for p in before}:
+                return Result(edge, path, CACHED)
+            async with limit:
+                r = await _warm(session, edge, path, plan, on_bytes)
+            if r.outcome == FETCHED and before is not None:
+                r.outcome = FILLED
+            return r
+
+        results += await asyncio.gather(*(one(e, p) for e in plan.edges for p in plan.paths))
+    return results

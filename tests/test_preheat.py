@@ -1,0 +1,92 @@
+"""``edgeswarm preheat`` and managed seeders with real daemons: a region's edges filled before the crowd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import curl, make_file
+
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
+PATH = "films/a.bin"
+
+
+def status(node) -> dict:
+    return json.loads(curl(node.url + "/status").stdout)
+
+
+def preheat(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def held(node, path: str = PATH) -> tuple[int, int] | None:
+    """(held, pieces) of ``path`` in the edge's cache, or None when it has none of it."""
+    row = next((c for c in status(node)["contents"] if c["path"].strip("/") == path), None)
+    return (row["held"], row["pieces"]) if row else None
+
+
+def origin_piece_answers(origin) -> int:
+    return sum(n for k, row in status(origin)["responses_by_endpoint"].items() if "piece" in k for n in row.values())
+
+
+@pytest.fixture
+def region(nodes, tmp_path, origin, published):
+    """Two edges in east, one in west, a router in front of them; a 3 MiB file the origin serves."""
+    data = make_file(published / PATH, 3 * 1024 * 1024)
+    edges = {
+        name: nodes.start("edge", "--cache", str(tmp_path / name), "--parent", origin.url, host=host, name=name)
+        for name, host in (("e1", "127.10.0.1"), ("e2", "127.10.0.2"), ("w1", "127.20.0.1"))
+    }
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    args = ["--regions", str(regions), "--poll-interval", "0.5"]
+    for name, node in edges.items():
+        args += ["--edge", f"{node.url},{'west' if name == 'w1' else 'east'},10MB/s"]
+    router = nodes.start("router", *args, name="router")
+    deadline = time.monotonic() + 10
+    while len(json.loads(curl(router.url + "/edges?region=east").stdout).get("edges", [])) < 2:
+        assert time.monotonic() < deadline, "the router did not see the east edges up"
+        time.sleep(0.2)
+    while curl("-o", "/dev/null", "-w", "%{http_code}", origin.url + "/" + PATH).stdout != b"200":
+        assert time.monotonic() < deadline, "origin did not publish the file"
+        time.sleep(0.1)
+    return {"data": data, "router": router, "origin": origin, **edges}
+
+
+def test_preheat_fills_every_edge_of_the_region_and_they_then_answer_from_cache(region, tmp_path):
+    e1, e2, w1, origin = region["e1"], region["e2"], region["w1"], region["origin"]
+    assert held(e1) is None and held(e2) is None
+    got = preheat(PATH, "--region", "east", "--router", region["router"].url)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.count("filled") == 2 and str(len(region["data"])) in got.stdout, got.stdout
+    for edge in (e1, e2):
+        have, pieces = held(edge) or (0, -1)
+        assert have == pieces > 0
+    assert held(w1) is None  # another region's edge is left alone
+    asked = origin_piece_answers(origin)
+    misses = [status(e)["cache_lookups"]["miss"] for e in (e1, e2)]
+    for edge in (e1, e2):
+        out = tmp_path / "out.bin"
+        assert curl("-o", str(out), "-w", "%{http_code}", f"{edge.url}/{PATH}").stdout == b"200"
+        assert out.read_bytes() == region["data"]
+    assert [status(e)["cache_lookups"]["miss"] for e in (e1, e2)] == misses  # every piece from the cache
+    assert origin_piece_answers(origin) == asked  # the origin sees nothing more
+    again = preheat(PATH, "--region", "east", "--edge", e1.url, "--edge", e2.url)
+    assert again.returncode == 0 and again.stdout.count("cached") == 2, again.stdout
+
+
+def test_preheat_names_a_bad_region_an_unreachable_router_or_edge_and_a_missing_path(region, tmp_path):
+    router = region["router"].url
+    bad = preheat(PATH, "--region", "north", "--router", router)
+    assert bad.returncode == 1 and "north" in bad.stderr and "east" in bad.stderr, bad.stderr
+    gone = preheat(PATH, "--region", "east", "--router", "http://127.0.0.1:9")
+    assert gone.returncode == 1 and "cannot reach router" in gone.stderr, gone.stderr
+    dead = preheat(PATH, "--region", "east", "--edge", region["e1"].url, "--edge", "http://127.0.0.1:9")
+    assert dead.returncode == 1 and "127.0.0.1:9" in dead.stderr and "unreachable" in dead.stderr, dead.stderr
+    assert held(region["e1"]) is not None  # the reachable edge was filled all the same
+    missing = preheat("films/none.bin", "--region", "east", "--router", router)
+    assert missing.returncode == 1 and "404" in missing.stderr and "films/none.bin" in missing.stderr, missing.stderr
