@@ -238,3 +238,11 @@ def test_hits_only_never_evict(capacity):
     for n in range(500):
         policy.hit(str(n % capacity))
     assert len(policy) == capacity and policy.used == capacity
+
+
+def test_pinned_items_are_never_victims_and_the_others_still_make_room():
+    policy = filled(10, "seed1", "seed2", "a", size=3)
+    policy.pinned = lambda key: key.startswith("seed")
+    assert policy.add("b", 3) == ["a"]  # the least-used unpinned item goes, the pinned ones stay
+    assert policy.add("c", 3) == ["b"]
+    assert "seed1" in policy and "seed2" in policy

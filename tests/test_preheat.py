@@ -90,3 +90,51 @@ def test_preheat_names_a_bad_region_an_unreachable_router_or_edge_and_a_missing_
     assert held(region["e1"]) is not None  # the reachable edge was filled all the same
     missing = preheat("films/none.bin", "--region", "east", "--router", router)
     assert missing.returncode == 1 and "404" in missing.stderr and "films/none.bin" in missing.stderr, missing.stderr
+
+
+def gateway_status(peer) -> dict:
+    return json.loads(curl(peer.urls["gateway"] + "/status").stdout)
+
+
+def wait_whole(peer, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        st = gateway_status(peer)
+        if st["swarms"] and all(s["complete"] for s in st["swarms"]):
+            return st
+        assert time.monotonic() < deadline, st["swarms"]
+        time.sleep(0.3)
+
+
+def test_a_managed_seeder_holds_content_nobody_asked_for_and_its_region_gets_pieces_from_it(nodes, tmp_path, origin, published):
+    data = make_file(published / PATH, 4 * 1024 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions)),
+        *("--announce-interval", "1", "--upload-limit", "1MB/s"),
+        name="edge",
+    )
+
+    def peer(name: str, addr: str, *extra: str):
+        return nodes.start(
+            "peer",
+            *("--cache", str(tmp_path / name), "--edge", edge.url, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0"),
+            *("--upload-limit", "8MB/s", *extra),
+            name=name,
+        )
+
+    seeder = peer("seeder", "127.1.0.1", "--seed", PATH, "--max-cache", "1MB")
+    st = wait_whole(seeder)  # nobody asked: the seeder fetched it of its own accord
+    assert [(s["path"].strip("/"), s["held"] == s["pieces"]) for s in st["swarms"]] == [(PATH, True)]
+    time.sleep(1.5)  # an announce: the edge lists it as a seed of east
+    viewer = peer("viewer", "127.1.0.50")
+    out = tmp_path / "got.bin"
+    got = curl("--max-time", "60", "-o", str(out), "-w", "%{http_code}", viewer.urls["gateway"] + "/" + PATH)
+    assert got.stdout == b"200" and out.read_bytes() == data, got.stderr
+    from_peers = gateway_status(viewer)["received_by_kind"].get("peer-same-region", 0)
+    assert from_peers > 0, gateway_status(viewer)["received_by_kind"]
+    assert gateway_status(seeder)["bytes_sent"].get("peer", 0) > 0, gateway_status(seeder)["bytes_sent"]
+    pieces = gateway_status(seeder)["swarms"][0]["pieces"]
+    assert len(list((tmp_path / "seeder").rglob("*.piece"))) == pieces  # all on disk: pinned, though over --max-cache

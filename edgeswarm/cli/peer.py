@@ -47,6 +47,14 @@ def add_parser(sub) -> None:
         metavar="HOST:PORT",
         help="local HTTP gateway for players (default 127.0.0.1:1111)",
     )
+    p.add_argument(
+        "--seed",
+        dest="seeds",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="managed seeder: keep this path whole, pinned against eviction and announced, without any player asking (repeatable)",
+    )
     options.upload_limit(p, "upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
     p.add_argument(
         "--download-limit",

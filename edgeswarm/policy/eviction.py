@@ -10,7 +10,7 @@ changing catalogue.  Pure bookkeeping, no I/O: the store carries it out.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -35,6 +35,7 @@ class EvictionPolicy(Generic[K]):
         self._clock = 0
         self._entries: dict[K, _Entry] = {}
         self._heap: list[tuple[float, int, K]] = []
+        self.pinned: Callable[[K], bool] = lambda key: False  # items never evicted (a managed seeder's content)
 
     def __contains__(self, key: K) -> bool:
         return key in self._entries
@@ -84,7 +85,7 @@ class EvictionPolicy(Generic[K]):
             if entry.priority > priority:  # hit since it was pushed: back in at its real priority
                 self._push(key, entry)
                 continue
-            if key == protect:
+            if key == protect or self.pinned(key):
                 spared.append((priority, stamp, key))
                 continue
             self._age = priority

@@ -166,6 +166,8 @@ class PeerConfig(_Flags):
     """Who may read the gateway's answers from another origin (private ones: listed origins only); default: anyone."""
     router: str | None = None
     """A router (``edgeswarm router``) the edges are learned from, and followed; None: ``edges`` only."""
+    seeds: tuple[str, ...] = field(default=(), metadata={"flag": "--seed"})
+    """Paths this peer keeps whole and seeded for its region (a managed seeder): fetched at start, never evicted."""
     bind: str | None = field(default=None, metadata=_NO_FLAG)
     """Address outgoing connections leave from (the upload server's host); None: the system's choice."""
     timeout: float = field(default=10.0, metadata=_NO_FLAG)

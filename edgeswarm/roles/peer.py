@@ -802,6 +802,30 @@ class Peer:
             self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
         if self.router is not None:
             self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
+        self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]
+
+    async def keep_seeded(self, path: str, recheck: float = 60.0) -> None:
+        """``--seed PATH``: hold the current version of ``path`` whole and pinned, for the region's other peers.
+
+        Fetched through the swarm like a gateway download, so it costs the edge
+        no more than any peer would; checked again every ``recheck`` seconds, so
+        a new version published under the path replaces the old one."""
+        delay = FIRST_RETRY
+        while True:
+            try:
+                signed = await self.resolve(path.lstrip("/"))
+                (await self._store()).pinned.add(signed.content_id)
+                swarm = self.swarm(signed)
+                swarm.want_whole()
+                await swarm.completed.wait()
+                delay = FIRST_RETRY
+                await asyncio.sleep(recheck)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an edge down or the path not there yet: the seeder keeps trying
+                log.warning("seed %s: %s; trying again in %g s", path, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, recheck)
 
     async def _end_streams(self) -> None:
         self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout

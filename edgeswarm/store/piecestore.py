@@ -50,6 +50,8 @@ class PieceStore:
         self._content_prefix = f"{self.content_dir}/"
         self.public_key = public_key
         self.policy = EvictionPolicy[tuple[str, int]](max_bytes)
+        self.pinned: set[str] = set()  # content ids whose pieces are never evicted (peer --seed)
+        self.policy.pinned = lambda key: key[0] in self.pinned
         self._manifests: dict[str, SignedManifest] = {}
         self._raw: dict[str, bytes] = {}
         self._held: dict[str, set[int]] = {}
