@@ -61,6 +61,20 @@ def add_parser(sub) -> None:
     b.set_defaults(run=run_swarm)
 
     b = bsub.add_parser(
+        "preheat",
+        help="a flash crowd on a region's edges, cold and after edgeswarm preheat",
+        description="An origin, a parent edge with a capped upload, two region edges under it; N clients read one file through "
+        "them at once, on fresh caches, once cold and once after preheat. Prints the bytes the edges took from their parent "
+        "during the crowd and the crowd's time for each, and the ratios. No target.",
+    )
+    b.add_argument("--clients", type=options.count, default=32, metavar="N", help="readers at once (default 32)")
+    b.add_argument("--size", type=options.size, default=16 * 1024 * 1024, metavar="SIZE", help="the file (default 16MiB)")
+    b.add_argument("--parent-rate", default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)")
+    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    b.set_defaults(run=run_preheat)
+
+    b = bsub.add_parser(
         "router",
         help="the router's decisions per second, by HTTP (302) and by DNS",
         description="A router in front of four edges in two regions: wrk asks it for random paths (302s), a UDP client keeps "
@@ -105,6 +119,12 @@ def add_parser(sub) -> None:
     )
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.set_defaults(run=run_tracker)
+
+
+def run_preheat(args: argparse.Namespace) -> int:
+    from edgeswarm.measure import bench_preheat
+
+    return bench_preheat.run(args.clients, args.size, args.parent_rate, args.json, args.workdir)
 
 
 def run_serve(args: argparse.Namespace) -> int:
