@@ -83,6 +83,7 @@ def test_a_peer_config_survives_its_command_line():
         ca=Path("ca.pem"),
         cors=CorsPolicy(()),
         router="http://router:8090",
+        seeds=("films/a.mp4", "os/update.img"),
         bind="192.0.2.7",
     )
     defaults = PeerConfig(cache=Path("c"), edges=())

@@ -19,11 +19,13 @@ from urllib.parse import quote
 
 import aiohttp
 
+from edgeswarm.errors import EdgeswarmError
+
 CHUNK = 1 << 16
 CACHED, FILLED, FETCHED, FAILED = "cached", "filled", "fetched", "failed"
 
 
-class PreheatError(Exception):
+class PreheatError(EdgeswarmError):
     """Preheat cannot start: the region or its edges cannot be learned."""
 
 
