@@ -138,3 +138,15 @@ def test_a_managed_seeder_holds_content_nobody_asked_for_and_its_region_gets_pie
     assert gateway_status(seeder)["bytes_sent"].get("peer", 0) > 0, gateway_status(seeder)["bytes_sent"]
     pieces = gateway_status(seeder)["swarms"][0]["pieces"]
     assert len(list((tmp_path / "seeder").rglob("*.piece"))) == pieces  # all on disk: pinned, though over --max-cache
+
+
+@pytest.mark.integration
+def test_bench_preheat_runs_small_and_the_preheated_crowd_takes_nothing_from_the_parent(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "edgeswarm", "bench", "preheat", "--clients", "4", "--size", "1MiB", "--json", str(out)]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert "cold" in got.stdout and "preheated" in got.stdout and "crowd time" in got.stdout, got.stdout
+    cold, warm = json.loads(out.read_text())["runs"]
+    assert cold["parent_bytes"] == 2 * 2**20  # each edge fetched the file once, while the crowd waited
+    assert warm["parent_bytes"] == 0 and warm["preheat_parent_bytes"] == 2 * 2**20
