@@ -810,11 +810,14 @@ class Peer:
         Fetched through the swarm like a gateway download, so it costs the edge
         no more than any peer would; checked again every ``recheck`` seconds, so
         a new version published under the path replaces the old one."""
-        delay = FIRST_RETRY
+        delay, pinned = FIRST_RETRY, None
         while True:
             try:
                 signed = await self.resolve(path.lstrip("/"))
-                (await self._store()).pinned.add(signed.content_id)
+                store = await self._store()
+                if pinned != signed.content_id:  # a new version: the old one's pieces may go
+                    store.pinned.discard(pinned or "")
+                    store.pinned.add(pinned := signed.content_id)
                 swarm = self.swarm(signed)
                 swarm.want_whole()
                 await swarm.completed.wait()
