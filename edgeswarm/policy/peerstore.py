@@ -3,20 +3,13 @@
 Kraken's split: this module is the storage contract (``PeerStore``) and its
 memory implementation, which does no I/O; the Redis one is
 edgeswarm.store.redispeers (one contract: tests/test_peerstore.py runs the
-same tests against both); tracker.py is the policy that ranks what it reads.  What one announce costs is O(what changed): it writes the
-asker's record (its bitfield as one value) and reads a bounded random sample
-of its swarm, never the whole swarm.  A record silent for ``ttl`` is gone;
-the P2P-share totals per region are counters updated by each announce's
-delta, so they survive the peers, and with Redis the edges too.
+same tests against both); tracker.py is the policy that ranks what it reads.
 
-Redis layout (every key under ``edgeswarm:``; docs/operations.md lists them):
-per content a sorted set of its peers by last announce (``seen:CID``) and a
-hash of their records (``rec:CID``) and of their last stats (``stats:CID``),
-all three expiring ``keep`` seconds after the content's last announce;
-per region counters of bytes by source kind (``share:REGION``, never
-expiring); and for /status, sorted sets of live identities per region and
-user, trimmed by ``expire``.  One Lua script per announce does the write,
-expires up to 32 silent peers of that swarm, and samples: one round trip.
+What one announce costs is O(what changed): it writes the asker's record
+(its bitfield as one value) and reads a bounded random sample of its swarm,
+never the whole swarm.  A record silent for ``ttl`` is gone; the P2P-share
+totals per region are counters updated by each announce's delta, so they
+survive the peers, and with Redis the edges too.
 """
 
 from __future__ import annotations
@@ -32,8 +25,6 @@ from edgeswarm.policy.tracker import PeerKey, PeerRecord, next_rate
 
 UNMAPPED = "unmapped"
 NO_USER = "-"
-KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls (Redis)
-SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms (Redis); beyond, the list is partial
 
 
 class StoreUnavailable(EdgeswarmError):
@@ -94,7 +85,7 @@ class PeerStore(Protocol):
     async def close(self) -> None: ...
 
 
-def _region_name(region: Region | None) -> str:
+def region_name(region: Region | None) -> str:
     return region.name if region else UNMAPPED
 
 
@@ -202,11 +193,11 @@ class MemoryPeerStore:
         out = Counts(reports=len(self._stats))
         for cid, swarm in self._swarms.items():
             for key, rec in swarm.records.items():
-                out.memberships[_region_name(rec.region)] += 1
-                out.swarms.setdefault(_region_name(rec.region), Counter())[cid] += 1
+                out.memberships[region_name(rec.region)] += 1
+                out.swarms.setdefault(region_name(rec.region), Counter())[cid] += 1
                 if key not in latest or rec.last_seen > latest[key].last_seen:
                     latest[key] = rec
-        out.peers = Counter(_region_name(r.region) for r in latest.values())
+        out.peers = Counter(region_name(r.region) for r in latest.values())
         out.users = Counter(r.user or NO_USER for r in latest.values())
         out.identities = len(latest)
         return out

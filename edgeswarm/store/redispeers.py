@@ -1,8 +1,16 @@
 """The Redis peer store: one tracker state for several edges of a region (``--tracker-store redis://…``).
 
 The store contract is edgeswarm.policy.peerstore's ``PeerStore``; tests/test_peerstore.py
-runs the same tests against this store and the memory one.  See that module
-for the Redis layout.
+runs the same tests against this store and the memory one.
+
+Redis layout (every key under ``edgeswarm:``; docs/operations.md lists them):
+per content a sorted set of its peers by last announce (``seen:CID``) and a
+hash of their records (``rec:CID``) and of their last stats (``stats:CID``),
+all three expiring ``keep`` seconds after the content's last announce;
+per region counters of bytes by source kind (``share:REGION``, never
+expiring); and for /status, sorted sets of live identities per region and
+user, trimmed by ``expire``.  One Lua script per announce does the write,
+expires up to 32 silent peers of that swarm, and samples: one round trip.
 """
 
 from __future__ import annotations
@@ -13,20 +21,20 @@ import urllib.parse
 from collections import Counter
 
 from edgeswarm.policy.peerstore import (
-    KEEP_TTLS,
     NO_USER,
-    SWARMS_READ,
     Counts,
     MemoryPeerStore,
     Placed,
     StoreUnavailable,
-    _region_name,
+    region_name,
 )
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import ALPHA, PeerKey, PeerRecord
 
 log = logging.getLogger("edgeswarm.store.redispeers")
 EXPIRE_PER_ANNOUNCE = 32  # silent peers an announce removes from its swarm, at most
+KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls
+SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms; beyond, the list is partial
 
 SEP = "\x1f"  # between a record's fields: no peer id (printable), address, URL or region name holds it
 KEYSEP = "\x1e"  # between a member's owner and peer id
@@ -249,7 +257,7 @@ class RedisPeerStore:
             repr(self.ttl),
             str(self.keep),
             str(sample + 1),
-            _clean(_region_name(rec.region)),
+            _clean(region_name(rec.region)),
             _clean(rec.user if rec.user is not None else NO_USER),
             repr(ALPHA),
         ]
