@@ -15,8 +15,8 @@ def encode(held: Iterable[int], count: int) -> str:
     return base64.b64encode(bits).decode()
 
 
-def decode(text: object, count: int) -> set[int]:
-    """The held pieces; a malformed field (wrong type or length, bits past the end) raises ValueError."""
+def _checked(text: object, count: int) -> bytes:
+    """The field's bytes; a malformed field (wrong type or length, bits past the end) raises ValueError."""
     if not isinstance(text, str):
         raise ValueError("bitfield must be a base64 string")
     try:
@@ -25,10 +25,15 @@ def decode(text: object, count: int) -> set[int]:
         raise ValueError(f"bitfield is not base64: {exc}") from None
     if len(bits) != (count + 7) // 8:
         raise ValueError(f"bitfield has {len(bits)} bytes; {count} pieces need {(count + 7) // 8}")
-    held = {i for i in range(count) if bits[i // 8] & (0x80 >> (i % 8))}
     if count % 8 and bits[-1] & (0xFF >> (count % 8)):
         raise ValueError("bitfield has bits set past the last piece")
-    return held
+    return bits
+
+
+def decode(text: object, count: int) -> set[int]:
+    """The held pieces; a malformed field (wrong type or length, bits past the end) raises ValueError."""
+    bits = _checked(text, count)
+    return {i for i in range(count) if bits[i // 8] & (0x80 >> (i % 8))}
 
 
 # -- the same bits as one integer: what the tracker ranks with and stores (bit order of the wire field) --
@@ -57,14 +62,4 @@ def encode_mask(mask: int, count: int) -> str:
 
 def decode_mask(text: object, count: int) -> int:
     """``decode`` as an integer (same checks), O(bytes): the tracker never needs the pieces one by one."""
-    if not isinstance(text, str):
-        raise ValueError("bitfield must be a base64 string")
-    try:
-        bits = base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"bitfield is not base64: {exc}") from None
-    if len(bits) != (count + 7) // 8:
-        raise ValueError(f"bitfield has {len(bits)} bytes; {count} pieces need {(count + 7) // 8}")
-    if count % 8 and bits[-1] & (0xFF >> (count % 8)):
-        raise ValueError("bitfield has bits set past the last piece")
-    return int.from_bytes(bits, "big")
+    return int.from_bytes(_checked(text, count), "big")
