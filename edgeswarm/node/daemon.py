@@ -122,11 +122,12 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
             metrics.events[(HANGUP, "")] += 1
         return _count(resp)
 
-    options = [_options(cors)] if cors is not None and cors.enabled else []
+    enabled = cors if cors is not None and cors.enabled else None  # the CORS rule, if this app answers browsers
+    options = [_options(enabled)] if enabled is not None else []
     app = web.Application(middlewares=[errors, *options, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
-    if cors is not None and options:
-        app.on_response_prepare.append(_cors_headers(cors))
+    if enabled is not None:
+        app.on_response_prepare.append(_cors_headers(enabled))
     app.router.add_get("/healthz", _ok)
 
     async def get_metrics(_: web.Request) -> web.Response:
