@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edgeswarm.cli import bench, demo, edge, get, lab, origin, peer, preheat, router
+from edgeswarm.cli import bench, demo, edge, get, lab, origin, peer, preheat, publish, router
 from edgeswarm.store.ledger import LedgerError
 from edgeswarm.trust.signing import KeyFileError
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hybrid CDN-P2P content delivery: an origin, edge caches, and peers that share with each other.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (origin, edge, router, peer, get, preheat, demo, lab, bench):  # lab adds chaos
+    for command in (origin, edge, router, peer, get, publish, preheat, demo, lab, bench):  # lab adds chaos
         command.add_parser(sub)
 
     # options only: numpy and friends load when a simulation runs

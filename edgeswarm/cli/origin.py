@@ -19,6 +19,11 @@ within about a second of being written, and disappear when deleted.  Hidden
 files and directories (.name) are not published, nor are top-level names
 reserved for node endpoints (manifest, content, piece, have, announce, key,
 origin-key, swarm-key, healthz, status, metrics).
+
+Users whose token has the publish scope upload through their edge (PUT, or
+`edgeswarm publish FILE --edge URL`) into DIR/users/USER/, within
+--user-quota bytes each:
+  edgeswarm origin --publish /srv/media --user-quota 5GB --user-quota alice=50GB --user-quota mallory=0
 """
 
 
@@ -50,6 +55,14 @@ def add_parser(sub) -> None:
         help="an edge's public base URL, listed as a web seed in every torrent (repeatable; default: the origin itself)",
     )
     p.add_argument(
+        "--user-quota",
+        type=user_quota,
+        action="append",
+        default=[],
+        metavar="[USER=]SIZE",
+        help="bytes each publishing user may keep under users/USER/ (default 1GB); USER=SIZE for one user; 0 refuses uploads (repeatable)",
+    )
+    p.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
@@ -75,9 +88,28 @@ def run(args: argparse.Namespace) -> int:
         return 2
     state = args.state or args.publish / ".edgeswarm"
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-    origin_node = origin.Origin(args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed)
+    quota = quota_policy(args.user_quota, origin.DEFAULT_QUOTA)
+    origin_node = origin.Origin(
+        args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed, quota
+    )
     asyncio.run(origin.run(origin_node, args.listen, args.access_log, ssl_context, options.limits(args)))
     return 0
+
+
+def user_quota(text: str) -> tuple[str | None, int]:
+    """``--user-quota SIZE`` (everyone) or ``USER=SIZE`` (one user): (user or None, bytes)."""
+    user, sep, size = text.rpartition("=")
+    if sep and not user:
+        raise argparse.ArgumentTypeError(f"expected SIZE or USER=SIZE, got {text!r}")
+    return (user or None, options.size(size))
+
+
+def quota_policy(given: list[tuple[str | None, int]], default: int):
+    """The QuotaPolicy of the --user-quota flags: the last bare SIZE is everyone's, USER=SIZE overrides it."""
+    from edgeswarm.policy.quota import QuotaPolicy
+
+    everyone = [n for user, n in given if user is None]
+    return QuotaPolicy(everyone[-1] if everyone else default, {user: n for user, n in given if user is not None})
 
 
 def apply_config(args: argparse.Namespace) -> None:

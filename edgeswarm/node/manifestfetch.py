@@ -91,6 +91,10 @@ class ManifestFetcher:
         """Confirmed by a source less than ``revalidate`` seconds ago: no need to ask again."""
         return time.monotonic() - self._checked.get(path, -1e9) < self.revalidate_after
 
+    def expire(self, path: str) -> None:
+        """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""
+        self._checked.pop(path, None)
+
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError."""
         cached = store.manifest_for_path(path)

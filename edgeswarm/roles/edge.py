@@ -60,7 +60,7 @@ from edgeswarm.protocol.wire import (
     torrent_link,
     torrent_response,
 )
-from edgeswarm.roles import bttracker
+from edgeswarm.roles import bttracker, publish
 from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.ledger import Ledger
@@ -319,6 +319,19 @@ class Edge:
                 self.file_egress[self.region_name(request)] += n
 
         return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
+
+    async def put_file(self, request: web.Request) -> web.Response:
+        """A user publishes through this edge (roles/publish.py): the token checked here, the upload streamed to the parent."""
+        self.check_host(request)
+        rel = publish.upload_path(request)
+        if not self.may_fetch(request):
+            raise HttpError(403, "this edge takes uploads only from its internal network")
+        store = await self._store()
+        access.publish_grant(request, store.public_key, rel, self.region_name(request))
+        resp = await publish.forward(self.upstream, self.parent, request, self.upstream.timeout)
+        if resp.status == 201:
+            self.manifests.expire(rel)  # a new version: the next GET asks the parent
+        return resp
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         rel = manifest_request_path(request.raw_path)
@@ -773,6 +786,7 @@ class Edge:
         r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
         r.add_get("/{path:.*}", self.get_file)
+        r.add_put("/{path:.*}", self.put_file)
 
         async def lifecycle(app: web.Application):
             await self.upstream.start()

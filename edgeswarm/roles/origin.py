@@ -20,6 +20,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
+from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
     KEPT,
@@ -41,12 +42,15 @@ from edgeswarm.protocol.wire import (
     torrent_link,
     torrent_response,
 )
+from edgeswarm.roles.publish import Publisher
 from edgeswarm.store.catalog import Catalog, Entry
+from edgeswarm.store.uploads import Staging
 from edgeswarm.trust import access
 from edgeswarm.trust.protect import cipher_for, crypt
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
 log = logging.getLogger("edgeswarm.roles.origin")
+DEFAULT_QUOTA = 1_000_000_000  # bytes a publishing user may keep published (--user-quota)
 
 
 class OriginSource:
@@ -94,9 +98,12 @@ class Origin:
         scan_interval: float = 1.0,
         protect: list[str] | None = None,
         web_seeds: list[str] | None = None,
+        quota: QuotaPolicy | None = None,
     ):
         self.key = load_or_create_private_key(key_file)
         self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
+        # users' uploads (PUT, through their edges): staged in the state dir, published under users/<user>/
+        self.publisher = Publisher(self.key.public_key(), self.catalog, Staging(state / "uploads"), quota or QuotaPolicy(DEFAULT_QUOTA))
         self.scan_interval = scan_interval
         self.web_seeds = [s.rstrip("/") for s in web_seeds or []]  # --web-seed: the edges' public base URLs
         self._torrents: OrderedDict[str, Torrent] = OrderedDict()  # by content id: made on first request, the latest KEPT kept
@@ -248,6 +255,7 @@ class Origin:
                 **self.metrics.status(),
                 "publish": str(self.catalog.root),
                 "files": {rel: e.signed.content_id for rel, e in sorted(self.catalog.by_path.items())},
+                "uploads_published": self.publisher.published,
             }
         )
 
@@ -264,6 +272,7 @@ class Origin:
         r.add_get("/torrent/{path:.*}", self.get_torrent)
         r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
+        r.add_put("/{path:.*}", self.publisher.put)
 
         async def start_scanning(app: web.Application):
             task = asyncio.create_task(self._scan_loop())

@@ -10,9 +10,11 @@ symlink tricks from reaching a byte outside it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -215,6 +217,37 @@ class Catalog:
             manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key)
+
+    def publish_staged(self, rel: str, staged: Path) -> Entry:
+        """Sign a verified upload and move it into place as ``rel``; the entry for ``apply``.  Blocking: run in a thread.
+
+        The manifest is made from the staged file, then the file is renamed
+        (same inode, size and mtime, so the next scan finds it unchanged);
+        across file systems it is copied to a hidden name beside the target
+        first, so the published path only ever holds the whole file.
+        OSError when ``rel`` cannot be a file (a directory in the way, or a
+        file where a directory should be); the staged file is then left.
+        """
+        target = self.root / rel
+        if target.is_dir():
+            raise IsADirectoryError(f"{rel} is a directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.resolve().is_relative_to(self.root):
+            raise PermissionError(f"{rel} would leave the published directory")
+        previous = self.by_path.get(rel)
+        entry = self._publish(rel, staged, _stat_key(staged.stat()), previous.signed.manifest if previous else None)
+        if entry is None:
+            raise OSError(f"the upload of {rel} changed while it was hashed")
+        try:
+            os.replace(staged, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            hidden = target.with_name(f".{target.name}.publishing")
+            shutil.copyfile(staged, hidden)
+            os.replace(hidden, target)
+            staged.unlink()
+        return replace(entry, file=target, stat=_stat_key(target.stat()))
 
     def recheck(self, rel: str) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""

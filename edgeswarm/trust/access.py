@@ -114,3 +114,24 @@ def parse_key(body: bytes, protection: Protection) -> bytes:
     if not protection.key_matches(key):
         raise ValueError("the key does not match the manifest's key_sha256")
     return key
+
+
+def publish_grant(
+    request: web.Request, public_key: Ed25519PublicKey, rel_path: str, region: str | None = None, placed: bool = True
+) -> tokens.Grant:
+    """The verified grant of a request that uploads ``rel_path``: a token is always required, with the publish scope; else 401/403.
+
+    ``placed`` false (the origin, which knows no regions) skips the region
+    check: the edge the upload came through made it.
+    """
+    try:
+        raw = tokens.from_request(request.headers, request.query)
+        if raw is None:
+            raise tokens.TokenError(401, "publishing needs a token with the publish scope: send Authorization: Bearer TOKEN")
+        g = _verified(raw, public_key)
+        if placed and g.region is not None and region is None:
+            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
+        tokens.authorize_publish(g, rel_path, region if placed else None)
+        return g
+    except tokens.TokenError as exc:
+        raise denied(exc) from None

@@ -41,6 +41,10 @@ MAX_USER_LENGTH = 128
 MAX_PEER_ID_LENGTH = 64  # as in an announce
 MAX_CONTENT_LENGTH = 128
 MAX_TTL = 100 * 365 * 86400.0  # what the CLI accepts: a longer "duration" is surely a typo
+PUBLISH = "publish"  # the scope that lets a user upload under their own prefix (roles/publish.py)
+SCOPES = frozenset({PUBLISH})  # what an access token's "scope" claim may grant beyond reading its path
+USERS_PREFIX = "users"  # a publishing user's files live under /users/<subject>/
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}", re.ASCII)  # a subject usable as one path segment
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+", re.ASCII)  # JWS compact form, no padding
 # Everything a hostile string can make PyJWT or json raise; anything else would be a bug worth a traceback.
 _DECODE_ERRORS = (jwt.PyJWTError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError)
@@ -59,6 +63,7 @@ class Grant:
     region: str | None
     expires: float  # epoch seconds
     token: str  # the raw token, so a peer can forward it to its edge
+    scopes: frozenset[str] = frozenset()  # beyond reading: "publish" (the "scope" claim, RFC 8693 style)
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,26 @@ def _sign(key: Ed25519PrivateKey, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def issue(key: Ed25519PrivateKey, user: str, path: str, ttl: float, region: str | None = None, now: float | None = None) -> str:
-    """An access token for ``user`` to fetch everything under ``path`` for ``ttl`` seconds (optionally only in ``region``)."""
+def issue(
+    key: Ed25519PrivateKey,
+    user: str,
+    path: str,
+    ttl: float,
+    region: str | None = None,
+    now: float | None = None,
+    scopes: Sequence[str] = (),
+) -> str:
+    """An access token for ``user`` to fetch everything under ``path`` for ``ttl`` seconds (optionally only in ``region``).
+
+    ``scopes`` adds rights beyond reading (SCOPES): "publish" lets the user
+    upload under /users/<user>/, so the user must then be a path segment.
+    """
     _check_issue(user, ttl)
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scope {unknown[0]!r} (known: {', '.join(sorted(SCOPES))})")
+    if PUBLISH in scopes and publish_prefix_problem(user):
+        raise ValueError(publish_prefix_problem(user))
     if not isinstance(path, str) or not path.startswith("/") or not path.isprintable():
         raise ValueError(f"path must be an absolute path prefix such as /films/, not {path!r}")
     if region is not None and _name_problem(region, "region", MAX_USER_LENGTH):
@@ -108,6 +130,8 @@ def issue(key: Ed25519PrivateKey, user: str, path: str, ttl: float, region: str 
     claims: dict[str, Any] = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "access", "path": path}
     if region is not None:
         claims["region"] = region
+    if scopes:
+        claims["scope"] = " ".join(sorted(set(scopes)))
     return _sign(key, claims)
 
 
@@ -208,7 +232,11 @@ def verify(token: str, public_key: Ed25519PublicKey, now: float | None = None) -
     region = claims.get("region")
     if region is not None and _name_problem(region, "region", MAX_USER_LENGTH):
         raise TokenError(401, "token has an invalid 'region' claim")
-    return Grant(user=user, path=path, region=region, expires=expires, token=token)
+    scope = claims.get("scope", "")
+    if not isinstance(scope, str) or len(scope) > 256:
+        raise TokenError(401, "token has an invalid 'scope' claim")
+    scopes = frozenset(scope.split()) & SCOPES  # a scope this node does not know grants nothing here
+    return Grant(user=user, path=path, region=region, expires=expires, token=token, scopes=scopes)
 
 
 def verify_ticket(ticket: str, keys: Sequence[Ed25519PublicKey], content: str, now: float | None = None) -> Ticket:
@@ -252,6 +280,55 @@ def authorize(grant: Grant, rel_path: str, region: str | None = None) -> None:
         raise TokenError(403, f"token for user {grant.user} is for region {grant.region}, not {region}")
 
 
+def publish_prefix_problem(user: str) -> str | None:
+    """Why ``user`` cannot own a publishing prefix /users/<user>/ (it must be one safe path segment), or None."""
+    if not _SEGMENT.fullmatch(user) or user.strip(".") == "":
+        return f"user {user[:80]!r} cannot publish: a publishing user's name must be 1-64 of A-Z a-z 0-9 . _ @ + - (starting with a letter or digit)"
+    return None
+
+
+def publish_prefix(user: str) -> str:
+    """The relative directory a publishing user's files live in: "users/<user>/"."""
+    return f"{USERS_PREFIX}/{user}/"
+
+
+def authorize_publish(grant: Grant, rel_path: str, region: str | None = None) -> None:
+    """Raise TokenError(403) unless ``grant`` may upload the file ``rel_path`` ("users/alice/a.mp4").
+
+    It needs the publish scope, and the path must lie under the user's own
+    prefix, whatever the token's read ``path`` claim says: a user publishes
+    only as themselves.
+    """
+    shown = "/" + rel_path.lstrip("/")
+    if PUBLISH not in grant.scopes:
+        raise TokenError(403, f"token for user {grant.user} has no publish scope: ask for one with --scope publish")
+    problem = publish_prefix_problem(grant.user)
+    if problem:
+        raise TokenError(403, problem)
+    prefix = publish_prefix(grant.user)
+    segments = rel_path.split("/")
+    if not rel_path.startswith(prefix) or len(rel_path) == len(prefix) or any(s in ("", ".", "..") for s in segments):
+        raise TokenError(403, f"user {grant.user} may publish only under /{prefix}, not {shown[:200]}")
+    if grant.region is not None and region is not None and region != grant.region:
+        raise TokenError(403, f"token for user {grant.user} is for region {grant.region}, not {region}")
+
+
+def unverified_subject(token: str) -> str:
+    """The ``sub`` claim of a token, read without checking its signature: what a client needs to name its prefix.
+
+    Never a basis for trust: the origin checks the token itself.  ValueError
+    when it cannot be read.
+    """
+    try:
+        claims = jwt.decode(_precheck(token, "token"), options={"verify_signature": False})
+    except (TokenError, *_DECODE_ERRORS) as exc:
+        raise ValueError(f"cannot read the token: {getattr(exc, 'message', exc)}") from None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    if not isinstance(sub, str) or not sub:
+        raise ValueError("the token names no user (no 'sub' claim)")
+    return sub
+
+
 def from_request(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
     """The token a request carries: "Authorization: Bearer X", else the query parameter "token"; None if neither."""
     value = headers.get("Authorization")
@@ -287,6 +364,7 @@ examples:
   edgeswarm token issue --key films/.edgeswarm/origin.key --user alice --path /films/ --ttl 2h
   TOKEN=$(edgeswarm token issue --key films/.edgeswarm/origin.key --user bob --path / --ttl 7d --region east)
   curl -H "Authorization: Bearer $TOKEN" http://edge:8080/films/a.mp4
+  edgeswarm token issue --key pub/.edgeswarm/origin.key --user alice --path /users/alice/ --ttl 1d --scope publish
 
 The description of the grant goes to stderr and the token alone to stdout, so
 $(...) captures just the token.  DURATION is seconds, or a number with s, m, h, d or w.
@@ -320,6 +398,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     i.add_argument("--ttl", required=True, metavar="DURATION", help="how long it is valid: 90, 90s, 15m, 2h, 7d, 2w")
     i.add_argument("--region", metavar="REGION", help="only valid at edges of this region (default: any region)")
+    i.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        choices=sorted(SCOPES),
+        help="a right beyond reading (repeatable): publish lets the user upload under /users/USER/ (edgeswarm publish)",
+    )
 
 
 def _iso(ts: float) -> str:
@@ -335,11 +420,12 @@ def run(args: argparse.Namespace) -> int:
         key = load_private_key(args.key)
         now = time.time()
         expires = _iso(now + ttl)
-        token = issue(key, args.user, args.path, ttl, args.region, now=now)
+        token = issue(key, args.user, args.path, ttl, args.region, now=now, scopes=args.scope)
     except (KeyFileError, ValueError) as exc:
         print(f"edgeswarm token: {exc}", file=sys.stderr)
         return 2
     region = f", region {args.region}" if args.region is not None else ""
-    print(f"token for user {args.user}, path {args.path}{region}, expires {expires}", file=sys.stderr)
+    scope = f", scope {' '.join(sorted(set(args.scope)))}" if args.scope else ""
+    print(f"token for user {args.user}, path {args.path}{region}{scope}, expires {expires}", file=sys.stderr)
     print(token)
     return 0

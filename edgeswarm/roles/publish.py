@@ -1,0 +1,215 @@
+"""Users publish through their edge: the origin's ``PUT /<path>`` and the edge's forward of it.
+
+The upload protocol is protocol/upload.py's (docs/protocol.md#publishing).
+The edge checks the user's token early (no bytes cross the network for a
+token that cannot publish) and streams the body to its parent with the
+user's own token; the origin checks that token again, against its own key, so
+an edge can neither publish on its own nor widen a user's rights
+(docs/security.md#publishing).  The origin appends to a part file in its
+state directory (store/uploads.py), checks length, SHA-256 and quota, and
+only then signs a manifest and renames the file into place
+(Catalog.publish_staged): from then on it is served and swarmed like any
+other file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+import aiohttp
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgeswarm.errors import HttpError
+from edgeswarm.node.upstream import MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.policy.quota import QuotaPolicy
+from edgeswarm.protocol import upload
+from edgeswarm.protocol.paths import file_request_path
+from edgeswarm.protocol.wire import json_response
+from edgeswarm.store.catalog import Catalog
+from edgeswarm.store.uploads import Staging, Upload
+from edgeswarm.trust import access, tokens
+
+log = logging.getLogger("edgeswarm.roles.publish")
+CHUNK = 1 << 16
+FLUSH = 1 << 20  # bytes gathered before a write (in a thread): fewer hops off the event loop
+FORWARDED = ("Authorization", "Content-Range", "Content-Length", upload.LENGTH_HEADER, upload.SHA256_HEADER)
+ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", upload.OFFSET_HEADER)
+
+
+def upload_path(request: web.Request) -> str:
+    """The path a ``PUT`` names: 400 for one that can never be published (hidden names too), 404 for an endpoint's."""
+    rel = file_request_path(request.raw_path)
+    hidden = next((s for s in rel.split("/") if s.startswith(".")), None)
+    if hidden is not None:
+        raise HttpError(400, f"invalid path: {hidden!r} starts with '.', and hidden names are never published")
+    return rel
+
+
+class Publisher:
+    """The origin's side: receive, verify, and publish uploads under their users' prefixes."""
+
+    def __init__(self, public_key: Ed25519PublicKey, catalog: Catalog, staging: Staging, quota: QuotaPolicy):
+        self.public_key = public_key
+        self.catalog = catalog
+        self.staging = staging
+        self.quota = quota
+        self._busy: set[tuple[str, str]] = set()  # (user, path) being received: one request at a time each
+        self.published = 0  # uploads completed since start (/status)
+
+    def _published_by(self, user: str) -> dict[str, int]:
+        """The user's published files and their sizes: what counts against the quota."""
+        prefix = tokens.publish_prefix(user)
+        return {p: e.signed.manifest.size for p, e in self.catalog.by_path.items() if p.startswith(prefix)}
+
+    async def put(self, request: web.Request) -> web.Response:
+        """``PUT /<path>``: a whole file, a chunk of one, or a status query (docs/protocol.md#publishing)."""
+        rel = upload_path(request)
+        grant = access.publish_grant(request, self.public_key, rel, placed=False)
+        declared = upload.declared(request.headers, request.query)
+        if self.quota.limit(grant.user) <= 0:
+            raise HttpError(403, f"this origin accepts no uploads from user {grant.user} (its --user-quota is 0)")
+        key = (grant.user, rel)
+        if key in self._busy:
+            raise HttpError(409, f"an upload of /{rel} is already in progress: wait for it, then ask for the offset", {"Retry-After": "2"})
+        self._busy.add(key)
+        try:
+            return await self._put(request, grant.user, rel, declared)
+        finally:
+            self._busy.discard(key)
+
+    async def _put(self, request: web.Request, user: str, rel: str, declared: upload.Declared) -> web.Response:
+        await asyncio.to_thread(self.staging.sweep)
+        pending = await asyncio.to_thread(self.staging.pending, user)
+        self.quota.check(user, self._published_by(user), pending, rel, declared.length)
+        if declared.query:
+            held = await asyncio.to_thread(self.staging.find, user, rel)
+            same = held is not None and (held.length, held.sha256) == (declared.length, declared.sha256)
+            return _incomplete(held.offset() if same and held else 0, declared.length)
+        staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
+        offset = staged.offset()
+        if declared.start is not None and declared.start != offset:
+            raise HttpError(
+                409, f"this chunk starts at byte {declared.start}, but the origin holds {offset}: resume there", _offset(offset)
+            )
+        offset += await self._receive(request, staged, offset, declared)
+        if offset < declared.length:
+            if declared.whole:  # the body was all the client meant to send, and it is short
+                await asyncio.to_thread(self.staging.discard, staged)
+                raise HttpError(400, f"upload truncated: {offset} of the {declared.length} bytes declared arrived; nothing was kept")
+            return _incomplete(offset, declared.length)
+        return await self._finish(user, rel, staged)
+
+    async def _receive(self, request: web.Request, staged: Upload, offset: int, declared: upload.Declared) -> int:
+        """Append the body at ``offset``; the bytes taken.  More than declared: 400 and the upload is dropped.
+
+        A client that goes away mid-body keeps what arrived (it can resume):
+        the error then goes to the daemon as a hang-up.
+        """
+        room = declared.end - declared.start + 1 if declared.start is not None and declared.end is not None else declared.length
+        f: BinaryIO = await asyncio.to_thread(open, staged.part, "r+b")
+        got = 0
+        buffer = bytearray()
+        try:
+            await asyncio.to_thread(_seek_truncate, f, offset)
+            try:
+                async for chunk in request.content.iter_chunked(CHUNK):
+                    got += len(chunk)
+                    if got > room:
+                        raise HttpError(400, f"the body holds more than the {room} bytes declared; nothing was kept")
+                    buffer += chunk
+                    if len(buffer) >= FLUSH:
+                        await asyncio.to_thread(f.write, bytes(buffer))
+                        buffer.clear()
+            except HttpError:
+                buffer.clear()
+                await asyncio.to_thread(f.close)
+                await asyncio.to_thread(self.staging.discard, staged)
+                raise
+            finally:
+                if buffer:
+                    await asyncio.to_thread(f.write, bytes(buffer))
+        finally:
+            await asyncio.to_thread(f.close)
+        return got
+
+    async def _finish(self, user: str, rel: str, staged: Upload) -> web.Response:
+        """Every byte is here: check the hash, sign, move into place; or drop it all with a 400/409."""
+        digest = await asyncio.to_thread(self.staging.sha256, staged)
+        if digest != staged.sha256:
+            await asyncio.to_thread(self.staging.discard, staged)
+            raise HttpError(
+                400, f"SHA-256 mismatch: declared {staged.sha256}, the {staged.length} bytes received hash to {digest}; nothing was kept"
+            )
+        try:
+            entry = await asyncio.to_thread(self.catalog.publish_staged, rel, staged.part)
+        except OSError as exc:
+            await asyncio.to_thread(self.staging.discard, staged)
+            raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
+        await asyncio.to_thread(self.staging.discard, staged)
+        for line in self.catalog.apply({rel: entry}):
+            log.info("%s (uploaded by %s)", line, user)
+        self.published += 1
+        signed = entry.signed
+        doc = {"path": "/" + rel, "size": signed.manifest.size, "sha256": staged.sha256, "content_id": signed.content_id}
+        resp = json_response(doc)
+        resp.set_status(201)
+        resp.headers["Location"] = "/" + rel
+        return resp
+
+
+def _seek_truncate(f: BinaryIO, offset: int) -> None:
+    f.seek(offset)
+    f.truncate()
+
+
+def _offset(offset: int) -> dict[str, str]:
+    return {upload.OFFSET_HEADER: str(offset)}
+
+
+def _incomplete(offset: int, length: int) -> web.Response:
+    """202: the upload is not whole yet; the client sends from ``offset`` on."""
+    resp = json_response({"offset": offset, "length": length})
+    resp.set_status(202)
+    resp.headers.update(_offset(offset))
+    return resp
+
+
+# ----- the edge: check, then forward -------------------------------------------------------------------------------------
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+async def forward(upstream: Upstream, parent: str, request: web.Request, timeout: float) -> web.Response:
+    """Stream an upload to ``parent`` with the user's own headers (token included) and relay its answer.
+
+    ``timeout`` bounds connecting and each read, not the whole transfer: a
+    large upload takes as long as it takes while bytes keep moving.
+    """
+    assert upstream.session is not None
+    headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+    headers["X-Forwarded-For"] = request.remote or ""
+    path = request.raw_path
+    has_body = request.can_read_body
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    try:
+        async with upstream.session.put(
+            node_url(parent, path), data=_body(request) if has_body else None, headers=headers, timeout=client_timeout
+        ) as reply:
+            body = await read_bounded(reply, MAX_ANSWER, parent, path)
+            answered = {h: reply.headers[h] for h in ANSWERED if h in reply.headers}
+            return web.Response(status=reply.status, body=body, headers=answered)
+    except UpstreamError:
+        raise
+    except TimeoutError:
+        raise HttpError(504, f"parent {parent} did not take the upload within {timeout:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("the uploader went away") from None  # the daemon logs a hang-up
+        raise HttpError(502, f"parent {parent} failed on the upload: {exc.__class__.__name__} {exc}") from None

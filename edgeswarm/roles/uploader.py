@@ -1,0 +1,149 @@
+"""The client of the upload protocol: ``edgeswarm publish`` sends a file to an edge in resumable chunks.
+
+It hashes the file, asks how much of it the origin already holds (a status
+query), and sends the rest in chunks of ``chunk`` bytes with
+``Content-Range``.  A chunk that fails for a network reason or a 5xx is
+retried from the offset the origin reports, so an interrupted upload - this
+run's or an earlier one's - goes on where it stopped rather than from zero
+(docs/protocol.md#publishing).  A 4xx is final: its message is the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+
+from edgeswarm.errors import EdgeswarmError
+from edgeswarm.protocol import upload
+
+READ = 1 << 16
+DEFAULT_CHUNK = 8 << 20
+
+
+class PublishError(EdgeswarmError):
+    """The upload was refused (the edge's or origin's 4xx message) or could not be finished after retries."""
+
+
+@dataclass
+class Published:
+    """What the origin answered once the file was whole, and how the upload went."""
+
+    path: str
+    size: int
+    sha256: str
+    content_id: str
+    resumed_from: int  # bytes the origin already held when this run started
+    sent: int  # bytes this run sent, retried chunks included
+
+
+@dataclass
+class Job:
+    file: Path
+    edge: str
+    path: str  # the published path, such as users/alice/a.mp4
+    token: str
+    chunk: int = DEFAULT_CHUNK
+    ca: Path | None = None
+    retries: int = 5
+    timeout: float = 60.0  # connecting, and each read: not the whole transfer
+
+
+def file_sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+async def _read(file: Path, start: int, end: int, on_bytes: Callable[[int], None]) -> AsyncIterator[bytes]:
+    """Bytes [start, end) of ``file``, in READ-sized blocks."""
+    with open(file, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            block = f.read(min(READ, left))
+            if not block:
+                raise PublishError(f"{file} shrank while it was being sent")
+            left -= len(block)
+            on_bytes(len(block))
+            yield block
+
+
+class _Attempt(Exception):
+    """A failure worth a retry: the network, or a 5xx."""
+
+
+async def publish(
+    job: Job, on_bytes: Callable[[int], None] = lambda n: None, on_offset: Callable[[int], None] = lambda n: None
+) -> Published:
+    """Send ``job.file`` to ``job.edge`` as ``job.path``; ``on_offset`` hears each offset the origin reports, ``on_bytes`` each block sent."""
+    length = job.file.stat().st_size
+    sha = await asyncio.to_thread(file_sha256, job.file)
+    url = f"{job.edge.rstrip('/')}/{quote(job.path.lstrip('/'), safe='/')}"
+    base = {"Authorization": f"Bearer {job.token}", upload.LENGTH_HEADER: str(length), upload.SHA256_HEADER: sha}
+    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(job.ca)) if job.ca else True
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=job.timeout)
+    failures = 0
+    sent = 0
+    first: int | None = None
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def put(headers: dict[str, str], start: int, end: int) -> tuple[int, dict]:
+            nonlocal sent
+
+            def count(n: int) -> None:
+                nonlocal sent
+                sent += n
+                on_bytes(n)
+
+            body = _read(job.file, start, end, count) if end > start else None
+            try:
+                async with session.put(url, headers={**base, **headers, "Content-Length": str(end - start)}, data=body, ssl=context) as r:
+                    text = await r.text()
+                    if r.status >= 500:
+                        raise _Attempt(f"{r.status} {text.strip()[:300]}")
+                    if r.status in (201, 202, 409):
+                        offset = r.headers.get(upload.OFFSET_HEADER)
+                        return r.status, {"text": text, "offset": int(offset) if offset and offset.isdigit() else None}
+                    raise PublishError(f"{r.status} {text.strip()[:500]}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
+
+        offset: int | None = None
+        while True:
+            try:
+                if offset is None:
+                    if length == 0:
+                        status, doc = await put({}, 0, 0)
+                    else:
+                        status, doc = await put({"Content-Range": upload.status_query(length)}, 0, 0)
+                        offset = doc["offset"] or 0
+                        first = offset if first is None else first
+                        on_offset(offset)
+                        continue
+                else:
+                    end = min(length, offset + job.chunk)
+                    status, doc = await put({"Content-Range": upload.content_range(offset, end, length)}, offset, end)
+                failures = 0
+            except _Attempt as exc:
+                failures += 1
+                if failures > job.retries:
+                    raise PublishError(f"gave up after {job.retries} retries: {exc}") from None
+                await asyncio.sleep(min(8.0, 0.5 * 2**failures))
+                offset = None  # ask where to go on from
+                continue
+            if status == 201:
+                got = json.loads(doc["text"])
+                return Published(got["path"], got["size"], got["sha256"], got["content_id"], first or 0, sent)
+            offset = doc["offset"]  # 202: go on; 409: the origin says where
+            if offset is None:
+                raise PublishError(f"{status} answer without {upload.OFFSET_HEADER}: {doc['text'][:300]}")

@@ -1,0 +1,135 @@
+"""The origin's staging area for uploads: partial files kept in its state directory until whole and verified.
+
+One unfinished upload per (user, path): ``<key>.part`` holds the bytes so far
+and ``<key>.json`` what was declared (user, path, length, SHA-256).  A request
+for the same path that declares another length or hash starts afresh.  Nothing
+here is ever in the published directory: the origin renames a part into
+place only once it is whole and its hash matches (Catalog.publish_staged), so
+a refused or abandoned upload leaves nothing half-published.  Parts untouched
+for ``ttl`` seconds are swept.  Blocking file I/O: call from a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+READ_CHUNK = 1 << 20
+STRAY_AGE = 60.0  # a part without its declaration (a crash between the two writes) goes after this long
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One unfinished upload: who, where to, what was declared, and its files."""
+
+    user: str
+    path: str
+    length: int
+    sha256: str
+    part: Path
+
+    @property
+    def meta(self) -> Path:
+        return self.part.with_suffix(".json")
+
+    def offset(self) -> int:
+        """Bytes held so far."""
+        try:
+            return self.part.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+class Staging:
+    def __init__(self, directory: Path, ttl: float = 86400.0):
+        self.dir = directory
+        self.ttl = ttl
+
+    def _key(self, user: str, path: str) -> str:
+        return hashlib.sha256(f"{user}\0{path}".encode()).hexdigest()[:40]
+
+    def find(self, user: str, path: str) -> Upload | None:
+        """The unfinished upload of ``path`` by ``user``, if any."""
+        part = self.dir / f"{self._key(user, path)}.part"
+        try:
+            doc = json.loads(part.with_suffix(".json").read_text())
+            return Upload(doc["user"], doc["path"], int(doc["length"]), str(doc["sha256"]), part)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def open(self, user: str, path: str, length: int, sha256: str, fresh: bool) -> Upload:
+        """The upload to append to: the held one if it declared the same file and ``fresh`` is false, else a new empty one."""
+        held = self.find(user, path)
+        if held is not None and not fresh and held.length == length and held.sha256 == sha256:
+            return held
+        if held is not None:
+            self.discard(held)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        upload = Upload(user, path, length, sha256, self.dir / f"{self._key(user, path)}.part")
+        upload.part.write_bytes(b"")
+        tmp = upload.meta.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}))
+        os.replace(tmp, upload.meta)
+        return upload
+
+    def pending(self, user: str) -> dict[str, int]:
+        """The declared lengths of ``user``'s unfinished uploads, by path: what they reserve of the quota."""
+        found: dict[str, int] = {}
+        for meta in self._metas():
+            try:
+                doc = json.loads(meta.read_text())
+                if doc["user"] == user:
+                    found[str(doc["path"])] = int(doc["length"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return found
+
+    def _metas(self) -> list[Path]:
+        try:
+            return sorted(self.dir.glob("*.json"))
+        except OSError:
+            return []
+
+    @staticmethod
+    def discard(upload: Upload) -> None:
+        """Forget an upload: its part and its declaration."""
+        for f in (upload.part, upload.meta):
+            f.unlink(missing_ok=True)
+
+    @staticmethod
+    def sha256(upload: Upload) -> str:
+        """The SHA-256 of the bytes held."""
+        h = hashlib.sha256()
+        with open(upload.part, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove uploads untouched for ``ttl`` seconds, and strays (a part without its declaration); how many files went."""
+        now = time.time() if now is None else now
+        groups: dict[str, list[tuple[Path, float]]] = {}
+        try:
+            for f in self.dir.iterdir():
+                with contextlib.suppress(OSError):
+                    groups.setdefault(f.name.split(".", 1)[0], []).append((f, f.stat().st_mtime))
+        except OSError:
+            return 0
+        removed = 0
+        for files in groups.values():
+            newest = max(m for _, m in files)
+            declared = any(f.suffix == ".json" for f, _ in files)
+            if now - newest > (self.ttl if declared else STRAY_AGE):
+                for f, _ in files:
+                    f.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            log.info("swept %d files of abandoned uploads from %s", removed, self.dir)
+        return removed
