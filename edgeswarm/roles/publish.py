@@ -73,6 +73,8 @@ class Publisher:
         if self.quota.limit(grant.user) <= 0:
             raise HttpError(403, f"this origin accepts no uploads from user {grant.user} (its --user-quota is 0)")
         key = (grant.user, rel)
+        if declared.query:  # answered even while a request appends: the offset so far
+            return await self._query(grant.user, rel, declared, busy=key in self._busy)
         if key in self._busy:
             raise HttpError(409, f"an upload of /{rel} is already in progress: wait for it, then ask for the offset", {"Retry-After": "2"})
         self._busy.add(key)
@@ -85,10 +87,6 @@ class Publisher:
         await asyncio.to_thread(self.staging.sweep)
         pending = await asyncio.to_thread(self.staging.pending, user)
         self.quota.check(user, self._published_by(user), pending, rel, declared.length)
-        if declared.query:
-            held = await asyncio.to_thread(self.staging.find, user, rel)
-            same = held is not None and (held.length, held.sha256) == (declared.length, declared.sha256)
-            return _incomplete(held.offset() if same and held else 0, declared.length)
         staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
         offset = staged.offset()
         if declared.start is not None and declared.start != offset:
@@ -102,6 +100,25 @@ class Publisher:
                 raise HttpError(400, f"upload truncated: {offset} of the {declared.length} bytes declared arrived; nothing was kept")
             return _incomplete(offset, declared.length)
         return await self._finish(user, rel, staged)
+
+    async def _query(self, user: str, rel: str, declared: upload.Declared, busy: bool) -> web.Response:
+        """A status query: the bytes held of this very file (0 if another was declared), after the quota check it will meet.
+
+        A part already whole (the origin stopped before finishing it) is finished now: 201.
+        """
+        pending = await asyncio.to_thread(self.staging.pending, user)
+        self.quota.check(user, self._published_by(user), pending, rel, declared.length)
+        held = await asyncio.to_thread(self.staging.find, user, rel)
+        if held is None or (held.length, held.sha256) != (declared.length, declared.sha256):
+            return _incomplete(0, declared.length)
+        offset = held.offset()
+        if offset < held.length or busy:
+            return _incomplete(offset, declared.length)
+        self._busy.add((user, rel))
+        try:
+            return await self._finish(user, rel, held)
+        finally:
+            self._busy.discard((user, rel))
 
     async def _receive(self, request: web.Request, staged: Upload, offset: int, declared: upload.Declared) -> int:
         """Append the body at ``offset``; the bytes taken.  More than declared: 400 and the upload is dropped.

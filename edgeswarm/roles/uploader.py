@@ -78,7 +78,7 @@ async def _read(file: Path, start: int, end: int, on_bytes: Callable[[int], None
             yield block
 
 
-class _Attempt(Exception):
+class _Attempt(EdgeswarmError):
     """A failure worth a retry: the network, or a 5xx."""
 
 
@@ -126,14 +126,14 @@ async def publish(
                         status, doc = await put({}, 0, 0)
                     else:
                         status, doc = await put({"Content-Range": upload.status_query(length)}, 0, 0)
-                        offset = doc["offset"] or 0
-                        first = offset if first is None else first
-                        on_offset(offset)
-                        continue
+                        if status != 201:  # 201: the origin held it whole and has just published it
+                            offset = doc["offset"] or 0
+                            first = offset if first is None else first
+                            on_offset(offset)
+                            continue
                 else:
                     end = min(length, offset + job.chunk)
                     status, doc = await put({"Content-Range": upload.content_range(offset, end, length)}, offset, end)
-                failures = 0
             except _Attempt as exc:
                 failures += 1
                 if failures > job.retries:
@@ -143,7 +143,14 @@ async def publish(
                 continue
             if status == 201:
                 got = json.loads(doc["text"])
-                return Published(got["path"], got["size"], got["sha256"], got["content_id"], first or 0, sent)
-            offset = doc["offset"]  # 202: go on; 409: the origin says where
+                return Published(got["path"], got["size"], got["sha256"], got["content_id"], length if first is None else first, sent)
+            offset = doc["offset"]  # 202: go on; 409: the origin says where, or (None) another request is still appending
             if offset is None:
-                raise PublishError(f"{status} answer without {upload.OFFSET_HEADER}: {doc['text'][:300]}")
+                if status != 409:
+                    raise PublishError(f"{status} answer without {upload.OFFSET_HEADER}: {doc['text'][:300]}")
+                failures += 1
+                if failures > job.retries:
+                    raise PublishError(f"gave up: {doc['text'].strip()[:300]}")
+                await asyncio.sleep(2.0)
+            else:
+                failures = 0
