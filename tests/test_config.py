@@ -84,6 +84,7 @@ def test_a_peer_config_survives_its_command_line():
         cors=CorsPolicy(()),
         router="http://router:8090",
         seeds=("films/a.mp4", "os/update.img"),
+        accept_preheat=2_000_000_000,
         bind="192.0.2.7",
     )
     defaults = PeerConfig(cache=Path("c"), edges=())

@@ -55,6 +55,13 @@ def add_parser(sub) -> None:
         metavar="PATH",
         help="managed seeder: keep this path whole, pinned against eviction and announced, without any player asking (repeatable)",
     )
+    p.add_argument(
+        "--accept-preheat",
+        type=options.size,
+        metavar="SIZE",
+        help="let edges ask this peer to fetch and seed content for its region (edgeswarm preheat --peers), "
+        "holding at most SIZE of it at once (default: never)",
+    )
     options.upload_limit(p, "upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
     p.add_argument(
         "--download-limit",

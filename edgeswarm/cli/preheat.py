@@ -12,6 +12,7 @@ EPILOG = """\
 examples:
   edgeswarm preheat releases/os-2.1.img releases/os-2.1.sig --region east --router http://router:8090
   edgeswarm preheat films/a.mp4 --region east --edge http://10.1.0.5:8080 --edge http://10.1.0.6:8080
+  edgeswarm preheat releases/os-2.1.img --region east --router http://router:8090 --peers 25%
 exit status: 0 when every path is whole at every edge, 1 when any failed (each failure is named), 2 on bad flags
 """
 
@@ -35,9 +36,44 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--timeout", type=options.positive, default=600.0, metavar="SECONDS", help="one path through one edge, at most (default 600)"
     )
+    p.add_argument(
+        "--peers",
+        type=share,
+        metavar="SHARE",
+        help="also have this share of the region's volunteering peers (25%% or 0.25) fetch and seed the paths: each p2p edge "
+        "hands the order to peers started with --accept-preheat",
+    )
+    p.add_argument(
+        "--peers-for",
+        type=duration,
+        default="1d",
+        metavar="DURATION",
+        help="how long the peers keep it pinned and seeded (default 1d; 90s, 15m, 2h, 7d)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary is still printed)")
     options.credentials(p, "preheat")
     p.set_defaults(run=run)
+
+
+def share(text: str) -> float:
+    from edgeswarm.roles.preheat import parse_share
+
+    try:
+        return parse_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def duration(text: str) -> float:
+    from edgeswarm.protocol.units import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not 0 < seconds <= 30 * 86400:
+        raise argparse.ArgumentTypeError(f"expected a duration from 1s to 30d, got {text!r}")
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +108,23 @@ async def _run(args: argparse.Namespace, plan) -> int:
             bar.advance(task, n)
 
         results = await preheat.preheat(plan, on_bytes)
-    return _summary(results, plan)
+    status = _summary(results, plan)
+    if args.peers is not None:
+        status = max(status, _orders(await preheat.order_peers(plan, args.region, args.peers, args.peers_for), args))
+    return status
+
+
+def _orders(answers, args: argparse.Namespace) -> int:
+    """Per edge and path: how many volunteering peers it has in the region and how many it asked; 1 when an edge refused."""
+    failed = 0
+    for a in answers:
+        if a.error:
+            failed += 1
+            print(f"edgeswarm preheat: peer orders at {a.edge}: {a.error}", file=sys.stderr)
+        for row in a.rows:
+            print(f"{a.edge}  {row['path']}: {len(row['chosen'])} of {row['volunteers']} volunteering peers asked (wants {row['wanted']})")
+    print(f"preheat: {args.peers:.0%} of the volunteering peers of {args.region} asked to seed for {args.peers_for:g} s")
+    return 1 if failed else 0
 
 
 def _summary(results, plan) -> int:

@@ -168,6 +168,8 @@ class PeerConfig(_Flags):
     """A router (``edgeswarm router``) the edges are learned from, and followed; None: ``edges`` only."""
     seeds: tuple[str, ...] = field(default=(), metadata={"flag": "--seed"})
     """Paths this peer keeps whole and seeded for its region (a managed seeder): fetched at start, never evicted."""
+    accept_preheat: int | None = field(default=None, metadata=_SIZE)
+    """Bytes of content this peer fetches and seeds when its edges ask (``preheat --peers``); None: it takes no such orders."""
     bind: str | None = field(default=None, metadata=_NO_FLAG)
     """Address outgoing connections leave from (the upload server's host); None: the system's choice."""
     timeout: float = field(default=10.0, metadata=_NO_FLAG)

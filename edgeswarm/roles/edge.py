@@ -63,6 +63,7 @@ from edgeswarm.protocol.wire import (
 from edgeswarm.roles import bttracker, publish
 from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.store.redispeers import open_store
@@ -142,6 +143,7 @@ class Edge:
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
         )
         self._p2p_last: dict = {"regions": {}}
+        self.preheat = PreheatDesk(self) if tracker is not None else None  # p2p mode: preheat orders for the region's peers
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -785,6 +787,10 @@ class Edge:
         r.add_get("/torrent/{path:.*}", self.get_torrent)
         r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
+        if self.preheat is not None:
+            r.add_post("/preheat", self.preheat.post_preheat)
+            r.add_get("/preheat", self.preheat.get_preheat)
+            r.add_get("/preheat/orders", self.preheat.get_orders)
         r.add_get("/{path:.*}", self.get_file)
         r.add_put("/{path:.*}", self.put_file)
 

@@ -53,6 +53,7 @@ from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
+from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
@@ -803,6 +804,8 @@ class Peer:
         if self.router is not None:
             self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
         self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]
+        if self.config.accept_preheat:  # the user lets edges ask this peer to seed content for the region
+            self._tasks.append(asyncio.create_task(Volunteer(self, self.config.accept_preheat).run()))
 
     async def keep_seeded(self, path: str, recheck: float = 60.0) -> None:
         """``--seed PATH``: hold the current version of ``path`` whole and pinned, for the region's other peers.

@@ -133,3 +133,46 @@ async def preheat(plan: Plan, on_bytes: Callable[[int, int], None] = lambda t, n
 
         results += await asyncio.gather(*(one(e, p) for e in plan.edges for p in plan.paths))
     return results
+
+
+@dataclass
+class PeerOrders:
+    """What one edge answered to ``POST /preheat``: per path, how many volunteers it has and whom it chose."""
+
+    edge: str
+    rows: list[dict] = field(default_factory=list)
+    error: str = ""
+
+
+async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list[PeerOrders]:
+    """Ask each edge of the plan to have ``share`` of its region's volunteering peers fetch and seed the paths."""
+    body = {"paths": plan.paths, "share": share, "region": region, "ttl": ttl}
+    timeout = aiohttp.ClientTimeout(total=plan.timeout, sock_connect=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one(edge: str) -> PeerOrders:
+            out = PeerOrders(edge)
+            try:
+                async with session.post(f"{edge.rstrip('/')}/preheat", json=body, headers=_headers(plan.token), ssl=_ssl(plan.ca)) as r:
+                    if r.status != 200:
+                        why = (await r.text()).strip()[:300]
+                        out.error = f"{r.status} {why}" if r.status != 404 else f"404: not a p2p edge, or too old for peer orders ({why})"
+                        return out
+                    out.rows = list((await r.json()).get("orders", []))
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                out.error = f"unreachable: {exc or type(exc).__name__}"
+            return out
+
+        return list(await asyncio.gather(*(one(e) for e in plan.edges)))
+
+
+def parse_share(text: str) -> float:
+    """``25%`` or ``0.25``: a share more than 0 and at most 1; ValueError otherwise."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"expected a share such as 25% or 0.25 (more than 0, at most 100%), got {text!r}")
+    return value

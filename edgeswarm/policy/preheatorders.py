@@ -1,0 +1,110 @@
+"""Which of a region's volunteering peers an edge asks to fetch and seed preheated content; no I/O.
+
+``edgeswarm preheat PATH --region R --peers 25%`` leaves an order at each edge
+of the region: a content, the share of the region's volunteers that should
+hold it, and an expiry.  A peer volunteers by asking its edge for orders
+(``GET /preheat/orders``, only when its ``--accept-preheat`` allows it), with
+the room it gives preheated content; the edge answers with the orders it
+assigns to that peer.
+
+An order wants ``ceil(share x volunteers)`` peers of its region.  Peers are
+ranked per content by a hash of (content, peer) - rendezvous hashing - so the
+choice is spread evenly, is the same whichever edge or restart makes it, and
+changes little as volunteers come and go.  A peer once assigned stays assigned
+while it keeps volunteering: it is fetching or seeding already, and swapping
+it for a better-ranked newcomer would waste both uplinks.  A peer without the
+room for a content is never chosen for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+Volunteer = tuple[str, str]  # (address, peer id): how the tracker names a peer too
+Region = str | None
+
+
+@dataclass(frozen=True)
+class Order:
+    """Have ``share`` of ``region``'s volunteers hold ``content`` (published at ``path``, ``size`` bytes) until ``expires``."""
+
+    content: str
+    path: str
+    size: int
+    region: Region
+    share: float
+    expires: float
+
+
+@dataclass
+class _Seen:
+    region: Region
+    room: int
+    last: float
+
+
+@dataclass
+class PreheatOrders:
+    """Orders and volunteers of one edge; time is passed in (monotonic seconds)."""
+
+    forget_after: float  # a volunteer silent this long has left (the edge uses three announce intervals)
+    orders: dict[tuple[str, Region], Order] = field(default_factory=dict)
+    volunteers: dict[Volunteer, _Seen] = field(default_factory=dict)
+    assigned: dict[tuple[str, Region], set[Volunteer]] = field(default_factory=dict)
+
+    def add(self, order: Order) -> None:
+        """A new order, or a new share or expiry for the same content and region (its assigned peers are kept)."""
+        if not 0 < order.share <= 1:
+            raise ValueError(f"share must be more than 0 and at most 1, not {order.share!r}")
+        key = (order.content, order.region)
+        self.orders[key] = order
+        self.assigned.setdefault(key, set())
+
+    def seen(self, now: float, volunteer: Volunteer, region: Region, room: int) -> None:
+        """A peer of ``region`` asked for orders, giving ``room`` bytes to preheated content."""
+        self.volunteers[volunteer] = _Seen(region, max(0, room), now)
+
+    def expire(self, now: float) -> None:
+        """Drop expired orders, and volunteers silent for ``forget_after`` seconds (and their assignments)."""
+        for key in [k for k, o in self.orders.items() if o.expires <= now]:
+            del self.orders[key]
+            self.assigned.pop(key, None)
+        gone = {v for v, s in self.volunteers.items() if now - s.last > self.forget_after}
+        for v in gone:
+            del self.volunteers[v]
+        for peers in self.assigned.values():
+            peers -= gone
+
+    def in_region(self, region: Region) -> list[Volunteer]:
+        """The region's volunteers, in a stable order."""
+        return sorted(v for v, s in self.volunteers.items() if s.region == region)
+
+    def wanted(self, order: Order) -> int:
+        """How many of its region's volunteers the order wants: the share of them, rounded up."""
+        return math.ceil(order.share * len(self.in_region(order.region)) - 1e-9)
+
+    def chosen(self, order: Order) -> set[Volunteer]:
+        """The peers holding the order: those assigned, topped up with the best-ranked volunteers that have the room."""
+        key = (order.content, order.region)
+        peers = self.assigned.setdefault(key, set())
+        short = self.wanted(order) - len(peers)
+        if short > 0:
+            able = [v for v in self.in_region(order.region) if v not in peers and self.volunteers[v].room >= order.size]
+            peers.update(sorted(able, key=lambda v: rank(order.content, v))[:short])
+        return set(peers)
+
+    def for_volunteer(self, now: float, volunteer: Volunteer) -> list[Order]:
+        """The orders assigned to ``volunteer`` (which must have been ``seen``), by path."""
+        self.expire(now)
+        seen = self.volunteers.get(volunteer)
+        if seen is None:
+            return []
+        mine = [o for o in self.orders.values() if o.region == seen.region and volunteer in self.chosen(o)]
+        return sorted(mine, key=lambda o: o.path)
+
+
+def rank(content: str, volunteer: Volunteer) -> str:
+    """The volunteer's place for ``content`` (lower first): a hash, so every edge ranks alike and no peer can choose."""
+    return hashlib.sha256(f"{content}\0{volunteer[0]}\0{volunteer[1]}".encode()).hexdigest()

@@ -1,0 +1,141 @@
+"""The edge's side of preheating peers: orders from the operator, handed to the region's volunteering peers.
+
+``POST /preheat`` (the operator, from loopback or ``--internal`` networks)
+leaves an order per path: have this share of the region's volunteers fetch
+and seed it.  ``GET /preheat/orders`` (a peer whose ``--accept-preheat``
+allows it, every announce interval) registers the peer as a volunteer with
+the room it offers and answers the orders assigned to it; policy/preheatorders.py
+decides which.  ``GET /preheat`` shows the orders and whom they went to.
+Peers fetch through their swarm like any download, so the edge sends each
+piece about once per region (docs/protocol.md#preheating-peers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from edgeswarm.errors import HttpError
+from edgeswarm.policy.preheatorders import Order, PreheatOrders
+from edgeswarm.protocol.httpspec import check_json_body
+from edgeswarm.protocol.paths import file_request_path
+from edgeswarm.protocol.units import ascii_decimal
+from edgeswarm.protocol.wire import json_response
+from edgeswarm.trust import tokens
+
+if TYPE_CHECKING:
+    from edgeswarm.roles.edge import Edge
+
+MAX_PATHS = 100  # paths in one order request
+MAX_VOLUNTEERS = 1 << 16  # volunteers an edge remembers at once: beyond, newcomers wait (503)
+MAX_TTL = 30 * 86400.0  # an order lasts at most a month
+
+
+class PreheatDesk:
+    def __init__(self, edge: Edge):
+        assert edge.tracker is not None, "only a p2p edge knows its region's peers"
+        self.edge = edge
+        self.tracker = edge.tracker
+        self.orders = PreheatOrders(forget_after=3 * edge.tracker.interval)
+
+    def _operator(self, request: web.Request) -> None:
+        if not self.edge._trusted_client(request):
+            raise HttpError(403, "preheat orders are taken from loopback and this edge's --internal networks only")
+
+    async def post_preheat(self, request: web.Request) -> web.Response:
+        """``POST /preheat`` {"paths": [...], "share": 0.25, "region": "east", "ttl": 86400}: an order per path."""
+        self._operator(request)
+        check_json_body(request.headers)
+        try:
+            doc = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            raise HttpError(400, "preheat body is not JSON") from None
+        paths, share, ttl = (doc.get(k) if isinstance(doc, dict) else None for k in ("paths", "share", "ttl"))
+        if not isinstance(paths, list) or not 0 < len(paths) <= MAX_PATHS or not all(isinstance(p, str) for p in paths):
+            raise HttpError(400, f"preheat field 'paths' must list 1 to {MAX_PATHS} paths")
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+            raise HttpError(400, "preheat field 'share' must be a number more than 0 and at most 1 (0.25: a quarter of the volunteers)")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL:
+            raise HttpError(400, f"preheat field 'ttl' must be seconds, more than 0 and at most {MAX_TTL:g}")
+        region = doc.get("region") if self.tracker.regions else None  # without a region map, all its peers are one region
+        if region is not None and not isinstance(region, str):
+            raise HttpError(400, "preheat field 'region' must be a region name")
+        now = time.monotonic()
+        answer = []
+        for path in paths:
+            rel = file_request_path("/" + path.lstrip("/"))
+            signed = await self.edge.resolve(rel, True)
+            order = Order(signed.content_id, rel, signed.manifest.size, region, float(share), now + float(ttl))
+            self.orders.add(order)
+            answer.append(self._row(order))
+        return json_response({"region": region, "volunteers": len(self.orders.in_region(region)), "orders": answer})
+
+    def _row(self, order: Order) -> dict:
+        chosen = self.orders.chosen(order)
+        return {
+            "path": order.path,
+            "content": order.content,
+            "region": order.region,
+            "share": order.share,
+            "volunteers": len(self.orders.in_region(order.region)),
+            "wanted": self.orders.wanted(order),
+            "chosen": sorted(pid for _, pid in chosen),
+        }
+
+    async def get_preheat(self, request: web.Request) -> web.Response:
+        """``GET /preheat``: the orders, their volunteers and whom each went to (operators only: it names peers)."""
+        self._operator(request)
+        self.orders.expire(time.monotonic())
+        regions = Counter(s.region for s in self.orders.volunteers.values())
+        return json_response(
+            {
+                "volunteers": {str(r) if r is not None else "unmapped": n for r, n in regions.items()},
+                "orders": [self._row(o) for o in sorted(self.orders.orders.values(), key=lambda o: (o.path, str(o.region)))],
+            }
+        )
+
+    async def _covers(self, request: web.Request, path: str) -> bool:
+        """The request's token covers ``path`` (403: no); a missing or bad token is the request's 401."""
+        try:
+            await self.edge.grant(request, path, required=True)
+            return True
+        except HttpError as exc:
+            if exc.status == 403:
+                return False
+            raise
+
+    async def get_orders(self, request: web.Request) -> web.Response:
+        """``GET /preheat/orders?peer_id=ID&room=BYTES``: a peer volunteers, and hears what it should fetch and seed."""
+        peer_id = request.query.get("peer_id", "")
+        if not 0 < len(peer_id) <= tokens.MAX_PEER_ID_LENGTH or not peer_id.isprintable():
+            raise HttpError(400, "preheat orders: 'peer_id' must be 1-64 printable characters")
+        room = ascii_decimal(request.query.get("room", ""))
+        if room is None:
+            raise HttpError(400, "preheat orders: 'room' must be the bytes this peer gives to preheated content")
+        if self.edge.require_token and tokens.from_request(request.headers, request.query) is None:
+            raise HttpError(401, "a token is required: send Authorization: Bearer TOKEN")
+        address = request.remote or ""
+        volunteer = (address, peer_id)
+        now = time.monotonic()
+        known = self.orders.volunteers
+        if volunteer not in known:
+            if len(known) >= MAX_VOLUNTEERS:
+                raise HttpError(503, "this edge has all the preheat volunteers it can keep", {"Retry-After": "60"})
+            if sum(1 for a, _ in known if a == address) >= self.edge.config.max_peer_ids:
+                raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
+        region = self.edge.region_name(request)
+        self.orders.seen(now, volunteer, region, room)
+        orders = self.orders.for_volunteer(now, volunteer)
+        if self.edge.require_token:  # only what the peer's token may fetch
+            orders = [o for o in orders if await self._covers(request, o.path)]
+        return json_response(
+            {
+                "interval": self.tracker.interval,
+                "region": region,
+                "orders": [{"path": o.path, "content": o.content, "size": o.size} for o in orders],
+            }
+        )

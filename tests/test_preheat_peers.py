@@ -1,0 +1,69 @@
+"""``edgeswarm preheat --peers`` with real daemons: a share of the region's volunteering peers fetch and seed the content."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from conftest import curl, make_file, start_p2p_edge
+
+PATH = "films/release.bin"
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+
+
+def get(url: str) -> dict:
+    return json.loads(curl(url).stdout)
+
+
+def start_peer(nodes, tmp_path, edge: str, n: int, *extra: str):
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / f"p{n}"), "--edge", edge, "--listen", f"127.1.0.{n}:0", "--gateway", "127.0.0.1:0", *extra),
+        name=f"p{n}",
+    )
+
+
+def whole(peer) -> bool:
+    """The peer holds PATH whole (its gateway's /status)."""
+    st = get(peer.urls["gateway"] + "/status")
+    return any(s["path"].strip("/") == PATH and s["complete"] for s in st["swarms"])
+
+
+def holds_any(peer) -> bool:
+    st = get(peer.urls["gateway"] + "/status")
+    return any(s["path"].strip("/") == PATH and s["held"] for s in st["swarms"])
+
+
+def wait(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_preheat_peers_asks_a_share_of_the_volunteers_and_only_them(nodes, tmp_path, origin, published):
+    data = make_file(published / PATH, 2 * 1024 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions, "--announce-interval", "1")
+    volunteers = [start_peer(nodes, tmp_path, edge.url, n, "--accept-preheat", "100MB") for n in (1, 2, 3, 4)]
+    cramped = start_peer(nodes, tmp_path, edge.url, 5, "--accept-preheat", "1MB")  # volunteers, but the file does not fit
+    bystander = start_peer(nodes, tmp_path, edge.url, 6)  # takes no orders: its disk is its user's
+    wait(lambda: get(edge.url + "/preheat")["volunteers"].get("east") == 5, "the volunteers never asked the edge for orders")
+    wait(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/{PATH}").stdout == b"200", "not published")
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "50%", "--no-progress"]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert f"{PATH}: 3 of 5 volunteering peers asked (wants 3)" in got.stdout, got.stdout
+    chosen = set(get(edge.url + "/preheat")["orders"][0]["chosen"])
+    ids = {get(p.urls["gateway"] + "/status")["peer_id"]: p for p in [*volunteers, cramped, bystander]}
+    assert len(chosen) == 3 and chosen <= {get(p.urls["gateway"] + "/status")["peer_id"] for p in volunteers}
+    for pid in chosen:
+        wait(lambda p=ids[pid]: whole(p), f"chosen peer {pid} never held {PATH} whole")
+        out = tmp_path / "out.bin"
+        assert curl("-o", str(out), f"{ids[pid].urls['gateway']}/{PATH}").returncode == 0 and out.read_bytes() == data
+    for pid, peer in ids.items():
+        if pid not in chosen:
+            assert not holds_any(peer), f"{pid} was not asked, yet fetched {PATH}"
