@@ -58,6 +58,7 @@ class Publisher:
         self.staging = staging
         self.quota = quota
         self._busy: set[tuple[str, str]] = set()  # (user, path) being received: one request at a time each
+        self._admitting = asyncio.Lock()
         self.published = 0  # uploads completed since start (/status)
 
     def _published_by(self, user: str) -> dict[str, int]:
@@ -85,9 +86,10 @@ class Publisher:
 
     async def _put(self, request: web.Request, user: str, rel: str, declared: upload.Declared) -> web.Response:
         await asyncio.to_thread(self.staging.sweep)
-        pending = await asyncio.to_thread(self.staging.pending, user)
-        self.quota.check(user, self._published_by(user), pending, rel, declared.length)
-        staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
+        async with self._admitting:  # check and reserve as one step: two uploads at once cannot both take the last room
+            pending = await asyncio.to_thread(self.staging.pending, user)
+            self.quota.check(user, self._published_by(user), pending, rel, declared.length)
+            staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
         offset = staged.offset()
         if declared.start is not None and declared.start != offset:
             raise HttpError(
