@@ -152,3 +152,6 @@ async def test_refused_uploads_get_a_clear_4xx_and_leave_nothing_behind(site, tm
         assert resp.status == 404
     code, message = await put(http, url, site["alice"], data, len(data), digest)  # the same upload, well formed, goes through
     assert code == 201, message
+    query = {"Content-Range": f"bytes */{len(data)}"}  # a client that missed that answer asks, and hears it again
+    again, answer = await put(http, url, site["alice"], b"", len(data), digest, query)
+    assert again == 201 and json.loads(answer)["content_id"] == json.loads(message)["content_id"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
@@ -36,6 +37,8 @@ from edgeswarm.trust import access, tokens
 log = logging.getLogger("edgeswarm.roles.publish")
 CHUNK = 1 << 16
 FLUSH = 1 << 20  # bytes gathered before a write (in a thread): fewer hops off the event loop
+FINISH_WAIT = 600.0  # seconds an answer may take after the last byte: the origin hashes the whole file twice (~1 GB/s)
+RECENT = 1024  # finished uploads remembered, so a client that missed its 201 gets it again instead of sending it anew
 FORWARDED = ("Authorization", "Content-Range", "Content-Length", upload.LENGTH_HEADER, upload.SHA256_HEADER)
 ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", upload.OFFSET_HEADER)
 
@@ -59,6 +62,7 @@ class Publisher:
         self.quota = quota
         self._busy: set[tuple[str, str]] = set()  # (user, path) being received: one request at a time each
         self._admitting = asyncio.Lock()
+        self._finished: OrderedDict[tuple[str, str], tuple[int, str, str, dict]] = OrderedDict()  # -> (length, sha, cid, 201 doc)
         self.published = 0  # uploads completed since start (/status)
 
     def _published_by(self, user: str) -> dict[str, int]:
@@ -112,6 +116,10 @@ class Publisher:
         self.quota.check(user, self._published_by(user), pending, rel, declared.length)
         held = await asyncio.to_thread(self.staging.find, user, rel)
         if held is None or (held.length, held.sha256) != (declared.length, declared.sha256):
+            done = self._finished.get((user, rel))
+            entry = self.catalog.by_path.get(rel)
+            if done and done[:2] == (declared.length, declared.sha256) and entry and entry.signed.content_id == done[2]:
+                return _created(done[3])  # published already: the client missed the answer (a timeout, a dropped edge)
             return _incomplete(0, declared.length)
         offset = held.offset()
         if offset < held.length or busy:
@@ -174,10 +182,19 @@ class Publisher:
         self.published += 1
         signed = entry.signed
         doc = {"path": "/" + rel, "size": signed.manifest.size, "sha256": staged.sha256, "content_id": signed.content_id}
-        resp = json_response(doc)
-        resp.set_status(201)
-        resp.headers["Location"] = "/" + rel
-        return resp
+        self._finished[(user, rel)] = (staged.length, staged.sha256, signed.content_id, doc)
+        self._finished.move_to_end((user, rel))
+        while len(self._finished) > RECENT:
+            self._finished.popitem(last=False)
+        return _created(doc)
+
+
+def _created(doc: dict) -> web.Response:
+    """201: the upload is published; ``doc`` says where and as what."""
+    resp = json_response(doc)
+    resp.set_status(201)
+    resp.headers["Location"] = doc["path"]
+    return resp
 
 
 def _seek_truncate(f: BinaryIO, offset: int) -> None:
@@ -208,15 +225,16 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 async def forward(upstream: Upstream, parent: str, request: web.Request, timeout: float) -> web.Response:
     """Stream an upload to ``parent`` with the user's own headers (token included) and relay its answer.
 
-    ``timeout`` bounds connecting and each read, not the whole transfer: a
-    large upload takes as long as it takes while bytes keep moving.
+    ``timeout`` bounds connecting, not the whole transfer: a large upload
+    takes as long as it takes, and the answer may come FINISH_WAIT seconds
+    after the last byte (the origin hashes it first).
     """
     assert upstream.session is not None
     headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
     headers["X-Forwarded-For"] = request.remote or ""
     path = request.raw_path
     has_body = request.can_read_body
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=max(timeout, FINISH_WAIT))
     try:
         async with upstream.session.put(
             node_url(parent, path), data=_body(request) if has_body else None, headers=headers, timeout=client_timeout

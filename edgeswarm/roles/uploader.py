@@ -26,6 +26,7 @@ from edgeswarm.protocol import upload
 
 READ = 1 << 16
 DEFAULT_CHUNK = 8 << 20
+FINISH_WAIT = 660.0  # the edge may wait 600 s for the origin to hash a large file after its last byte
 
 
 class PublishError(EdgeswarmError):
@@ -91,8 +92,9 @@ async def publish(
     url = f"{job.edge.rstrip('/')}/{quote(job.path.lstrip('/'), safe='/')}"
     base = {"Authorization": f"Bearer {job.token}", upload.LENGTH_HEADER: str(length), upload.SHA256_HEADER: sha}
     context: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(job.ca)) if job.ca else True
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=job.timeout)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=max(job.timeout, FINISH_WAIT))
     failures = 0
+    checking = 0.0  # seconds spent asking while the origin checks a whole upload
     sent = 0
     first: int | None = None
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -126,10 +128,15 @@ async def publish(
                         status, doc = await put({}, 0, 0)
                     else:
                         status, doc = await put({"Content-Range": upload.status_query(length)}, 0, 0)
-                        if status != 201:  # 201: the origin held it whole and has just published it
+                        if status != 201:  # 201: the origin held it whole and has (just) published it
                             offset = doc["offset"] or 0
                             first = offset if first is None else first
                             on_offset(offset)
+                            if offset >= length:  # whole, and the origin is still checking it: ask again shortly
+                                offset, checking = None, checking + 2.0
+                                if checking > FINISH_WAIT:
+                                    raise PublishError(f"the origin held all {length} bytes but did not publish them in {FINISH_WAIT:g} s")
+                                await asyncio.sleep(2.0)
                             continue
                 else:
                     end = min(length, offset + job.chunk)
