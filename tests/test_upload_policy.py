@@ -173,3 +173,21 @@ def test_sweep_removes_abandoned_uploads_and_strays_only(tmp_path):
     os.utime(live.meta, (now - 1000, now - 1000))  # its part was written lately: still live
     assert st.sweep(now) == 3
     assert sorted(p.name for p in (tmp_path / "up").iterdir()) == sorted([live.part.name, live.meta.name])
+
+
+def test_publish_staged_never_writes_through_a_symlink_out_of_the_published_directory(tmp_path):
+    from edgeswarm.store.catalog import Catalog
+
+    root, outside = tmp_path / "pub", tmp_path / "outside"
+    (root / "users").mkdir(parents=True)
+    outside.mkdir()
+    (root / "users" / "alice").symlink_to(outside)
+    catalog = Catalog(root, tmp_path / "catalog.json", KEY)
+    staged = tmp_path / "staged.part"
+    staged.write_bytes(b"hello")
+    with pytest.raises(PermissionError):
+        catalog.publish_staged("users/alice/sub/a.txt", staged)
+    assert list(outside.iterdir()) == [] and staged.exists()
+    entry = catalog.publish_staged("users/bob/a.txt", staged)
+    assert (root / "users/bob/a.txt").read_bytes() == b"hello" and not staged.exists()
+    assert entry.unchanged() and entry.signed.manifest.size == 5  # the next scan finds it as signed

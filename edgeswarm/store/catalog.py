@@ -231,9 +231,9 @@ class Catalog:
         target = self.root / rel
         if target.is_dir():
             raise IsADirectoryError(f"{rel} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.parent.resolve().is_relative_to(self.root):
+        if not target.parent.resolve().is_relative_to(self.root):  # a symlinked directory on the way: before any mkdir
             raise PermissionError(f"{rel} would leave the published directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
         previous = self.by_path.get(rel)
         entry = self._publish(rel, staged, _stat_key(staged.stat()), previous.signed.manifest if previous else None)
         if entry is None:
