@@ -482,16 +482,20 @@ class Peer:
         store = self.store
         if store is None:
             return
+        started = time.monotonic()  # before the contents are listed: a swarm created after this is hurried after it
         cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
-        await asyncio.gather(*(self._announce_to(edge, cids, event) for edge in (list(self._p2p_edges) if edges is None else edges)))
+        targets = list(self._p2p_edges) if edges is None else edges
+        await asyncio.gather(*(self._announce_to(edge, cids, event, started) for edge in targets))
 
-    async def _announce_to(self, edge: str, cids: set[str], event: str) -> None:
+    async def _announce_to(self, edge: str, cids: set[str], event: str, started: float) -> None:
         """Every content to one tracker, in one request per BATCH contents; if it cannot be reached, a short back-off.
 
         An edge that refuses a batch (400: it predates them) gets one announce
-        per content from then on, as before batches.
+        per content from then on, as before batches.  ``started`` is when
+        ``cids`` was listed: gather starts this coroutine a loop turn later,
+        and a swarm created in between (`edgeswarm get`'s, as its manifest
+        arrives) is not in ``cids``, so its hurry must outlive this announce.
         """
-        started = time.monotonic()
         if edge in self._single:
             results = await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids))
         else:
