@@ -330,12 +330,13 @@ class Peer:
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
-        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None
+        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None, whole: bool = False
     ) -> tuple[int, bytes] | None:
         """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
 
         ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
-        we are interested in.  SeedUnsupported: the edge does not seed (404/405).
+        we are interested in, ``whole`` says no reader waits (the answer may
+        queue behind others').  SeedUnsupported: the edge does not seed (404/405).
         ``on_piece`` learns the piece's index from the answer's head, before its body.
         """
         signed = self.store.manifest(cid) if self.store else None
@@ -343,7 +344,7 @@ class Peer:
             raise KeyError(cid)
         m = signed.manifest
         headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
-        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start, **({"whole": True} if whole else {})}
 
         def head(status: int, headers: CIMultiDictProxy[str]) -> None:
             index = ascii_decimal(headers.get(PIECE_HEADER, ""))
