@@ -32,3 +32,13 @@ async def test_a_body_cancelled_in_line_frees_the_line():
     first.cancel()
     await asyncio.wait_for(in_line(line, _write(log, "next", 0.01), hold=5.0), 1.0)
     assert log == ["gone starts", "next starts", "next ends"]
+
+
+async def test_an_asker_that_leaves_while_waiting_never_starts_and_the_line_goes_on():
+    line, log = asyncio.Lock(), []
+    first = asyncio.ensure_future(in_line(line, _write(log, "first", 0.05), hold=5.0))
+    waiting = asyncio.ensure_future(in_line(line, _write(log, "left", 0.01), hold=5.0))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await asyncio.wait_for(asyncio.gather(first, in_line(line, _write(log, "next", 0.01), hold=5.0)), 1.0)
+    assert log == ["first starts", "first ends", "next starts", "next ends"]

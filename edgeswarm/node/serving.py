@@ -243,13 +243,20 @@ async def in_line(line: asyncio.Lock, write: Coroutine[Any, Any, None], hold: fl
     lets the next one start and finishes outside the line, so no asker can
     stall those behind it.
     """
-    async with line:
+    try:
+        await line.acquire()
+    except asyncio.CancelledError:
+        write.close()  # the asker left while waiting: its body never starts
+        raise
+    try:
         task = asyncio.ensure_future(write)
         try:
             await asyncio.wait({task}, timeout=hold)
         except asyncio.CancelledError:
             task.cancel()
             raise
+    finally:
+        line.release()
     await task
 
 
