@@ -173,6 +173,18 @@ def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
     assert 5 in e.picker.have and host.delivered_pieces == [5]
 
 
+def test_a_whole_file_download_with_no_reader_tells_the_seeding_edge_it_can_wait_in_line():
+    seed, e, _ = seeding_engine()
+    assert seed.send(None).whole
+    e.reading(3)  # a reader waits (a player on a gateway that is also fetching the whole file)
+    assert seed.send(Result("none")) == Sleep(engine.SEED_WAIT)
+    assert not seed.send(None).whole
+    stream, host = make()
+    stream.add_neighbour("b", "http://10.0.0.2:7000", True)
+    stream.reading(0)
+    assert not spawned(host, "seed_worker").send(None).whole
+
+
 def test_an_edge_that_does_not_seed_leaves_the_rest_to_the_edge_worker():
     seed, e, host = seeding_engine()
     seed.send(None)
@@ -280,6 +292,17 @@ def test_the_edge_sends_each_region_about_one_copy():
     assert all(c <= 1.1 for c in seeding.edge_copies.values()), seeding.edge_copies
     assert not seeding.forced_copies
     assert sum(plain.edge_copies.values()) > 1.2 * sum(seeding.edge_copies.values()), "the super-seeder is why"
+
+
+def test_whole_file_askers_get_their_seed_answers_one_at_a_time():
+    """`bench swarm --mode get` at its defaults: 20 answers sharing the edge's uplink all land after 20 piece times,
+    and until then no peer holds anything to trade; one at a time, the first lands after one piece time."""
+    crowd = Crowd(mode="get", peers=20, regions=1, size=16 << 20, edge_Bps=2e6, peer_Bps=1e6)
+    line, together = simulate(crowd), simulate(dataclasses.replace(crowd, seed_line=False))
+    assert line.last_done < together.last_done
+    assert line.share >= together.share - 0.01
+    streams = dataclasses.replace(crowd, mode="stream")
+    assert simulate(streams).last_done == simulate(dataclasses.replace(streams, seed_line=False)).last_done, "readers never wait in line"
 
 
 def test_streams_need_the_seeding_edge():

@@ -147,8 +147,10 @@ def test_playback_counts_stalls_exactly():
     """1 byte/s video: start at 2 s buffered, the feed stops at 3 s for 5 s, resume at 1 s buffered."""
     p = _Playback(rate=1.0, watch_s=10)
     p.t0 = 0.0
-    p.arrived(0.5, 2, startup_s=2, resume_s=1)  # 2 s of video: plays from 0.5
-    assert p.startup == 0.5
+    p.arrived(0.25, 1, startup_s=2, resume_s=1)  # the first bytes: 1 s of video, not enough to start
+    assert p.first_byte == 0.25 and p.startup is None
+    p.arrived(0.5, 1, startup_s=2, resume_s=1)  # 2 s of video: plays from 0.5
+    assert p.startup == 0.5 and p.first_byte == 0.25
     p.arrived(1.5, 1, startup_s=2, resume_s=1)  # 3 s buffered, 1 s played
     p.arrived(8.0, 1, startup_s=2, resume_s=1)  # ran dry at 3.5, 4 s buffered now: resume
     assert p.stalls == 1 and p.stall_s == pytest.approx(4.5)
@@ -159,13 +161,14 @@ def test_playback_counts_stalls_exactly():
 
 def test_playback_figures_of_a_vod_run():
     """Startup p95 is numpy's linear percentile over the views; a viewer that never started is not a view."""
-    users = [{"startup_s": 0.1 * (i + 1), "stall_s": 0.0, "stalls": 0, "watch_s": 10.0} for i in range(20)]
+    users = [{"startup_s": 0.1 * (i + 1), "first_byte_s": 0.01 * (i + 1), "stall_s": 0.0, "stalls": 0, "watch_s": 10.0} for i in range(20)]
     users[3] |= {"stall_s": 1.0, "stalls": 2}
     users.append({"startup_s": None, "stall_s": 0.0, "stalls": 0, "watch_s": 0.0})
     pb = playback(users)
     assert pb["views"] == 20 and pb["stalls"] == 2
     assert pb["startup_median_s"] == pytest.approx(1.05) and pb["startup_max_s"] == pytest.approx(2.0)
     assert pb["startup_p95_s"] == pytest.approx(0.1 + 0.95 * 19 * 0.1)  # between the 19th and 20th views
+    assert pb["first_byte_median_s"] == pytest.approx(0.105) and pb["first_byte_p95_s"] == pytest.approx(0.01 + 0.95 * 19 * 0.01, abs=1e-3)
     assert pb["rebuffering"] == pytest.approx(1 / 201, abs=1e-5)
     assert playback(users[-1:]) is None
 

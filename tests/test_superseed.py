@@ -157,9 +157,10 @@ def test_pieces_that_only_a_departed_peer_got_go_out_again_and_no_more():
 
 def test_parse_request():
     have = bitfield.encode({0, 3}, 10)
-    assert parse_request(json.dumps({"have": have}).encode(), 10) == ({0, 3}, 0)
-    assert parse_request(json.dumps({"have": have, "from": 9}).encode(), 10) == ({0, 3}, 9)
-    assert parse_request(json.dumps({"have": have, "from": 10}).encode(), 10) == ({0, 3}, 10)  # a reader at the end
+    assert parse_request(json.dumps({"have": have}).encode(), 10) == ({0, 3}, 0, False)
+    assert parse_request(json.dumps({"have": have, "from": 9}).encode(), 10) == ({0, 3}, 9, False)
+    assert parse_request(json.dumps({"have": have, "from": 10}).encode(), 10) == ({0, 3}, 10, False)  # a reader at the end
+    assert parse_request(json.dumps({"have": have, "whole": True}).encode(), 10) == ({0, 3}, 0, True)
     for body, word in [
         (b"{nope", "JSON"),
         (b"[]", "object"),
@@ -167,6 +168,7 @@ def test_parse_request():
         (json.dumps({"have": "%%"}).encode(), "have"),
         (json.dumps({"have": bitfield.encode(set(), 17)}).encode(), "have"),
         *[(json.dumps({"have": have, "from": bad}).encode(), "from") for bad in (-1, 11, 1.5, True, "3", None)],
+        *[(json.dumps({"have": have, "whole": bad}).encode(), "whole") for bad in (1, "yes", None)],
     ]:
         with pytest.raises(ValueError, match=word):
             parse_request(body, 10)

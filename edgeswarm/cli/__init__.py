@@ -11,21 +11,32 @@ those load when their subcommand runs, so ``--help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from edgeswarm.cli import bench, demo, edge, get, lab, origin, peer, preheat, publish, router
 from edgeswarm.store.ledger import LedgerError
 from edgeswarm.trust.signing import KeyFileError
 
+COMMANDS = ("origin", "edge", "router", "peer", "get", "publish", "preheat", "demo", "lab", "bench")  # modules here; lab adds chaos
+ALONE = frozenset(COMMANDS) - {"lab"}  # one subparser each: the command line names it, the others need not load
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; with ``only`` (one of ALONE), that one alone.
+
+    Importing every subcommand's module costs each process about a tenth of
+    a second of CPU (their flag modules, the simulator's, the lab's): 20
+    `edgeswarm get`s started together on two cores wait a second for it.
+    """
     parser = argparse.ArgumentParser(
         prog="edgeswarm",
         description="Hybrid CDN-P2P content delivery: an origin, edge caches, and peers that share with each other.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (origin, edge, router, peer, get, publish, preheat, demo, lab, bench):  # lab adds chaos
-        command.add_parser(sub)
+    for name in COMMANDS if only is None else (only,):
+        importlib.import_module(f"edgeswarm.cli.{name}").add_parser(sub)
+    if only is not None:
+        return parser
 
     # options only: numpy and friends load when a simulation runs
     from edgeswarm.measure import doubles, usage
@@ -39,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and argv[0] in ALONE else None).parse_args(argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:

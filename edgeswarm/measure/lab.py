@@ -437,6 +437,7 @@ class _Playback:
         self.playing_since: float | None = None
         self.stalled_since: float | None = None
         self.startup: float | None = None
+        self.first_byte: float | None = None  # seconds from asking to the first bytes: startup is this plus the buffer's fill
         self.stall_s = 0.0
         self.stalls = 0
 
@@ -446,6 +447,8 @@ class _Playback:
 
     def arrived(self, now: float, n: int, startup_s: float, resume_s: float) -> None:
         self._advance(now)
+        if self.first_byte is None:
+            self.first_byte = now - self.t0
         self.got += n
         if self.startup is None and self.buffered >= min(startup_s, self.watch_s):
             self.start(now)
@@ -480,6 +483,7 @@ class _Playback:
     def summary(self) -> dict:
         return {
             "startup_s": None if self.startup is None else round(self.startup, 3),
+            "first_byte_s": None if self.first_byte is None else round(self.first_byte, 3),
             "stall_s": round(self.stall_s, 3),
             "stalls": self.stalls,
             "rebuffer_ratio": round(self.stall_s / (self.watch_s + self.stall_s), 4),
@@ -605,9 +609,19 @@ def playback(users: list[dict]) -> dict | None:
         "startup_median_s": round(float(np.median(startups)), 3),
         "startup_p95_s": round(float(np.percentile(startups, 95)), 3),
         "startup_max_s": round(float(startups.max()), 3),
+        **_first_bytes(views),
         "rebuffering": round(stalled / (stalled + sum(u["watch_s"] for u in views)), 5),
         "stalls": sum(u["stalls"] for u in views),
     }
+
+
+def _first_bytes(views: list[dict]) -> dict:
+    """Seconds from asking to the first bytes (median, p95): the part of startup before the buffer fills (the
+    manifest, the swarm's start, the first piece's source)."""
+    firsts = np.array([u["first_byte_s"] for u in views if u.get("first_byte_s") is not None])
+    if not firsts.size:
+        return {}
+    return {"first_byte_median_s": round(float(np.median(firsts)), 3), "first_byte_p95_s": round(float(np.percentile(firsts, 95)), 3)}
 
 
 def _edge_why(p2p: dict) -> dict:

@@ -100,7 +100,13 @@ def print_report(console: Console, r: dict) -> None:
     pb = r.get("playback")
     if pb:
         console.print(
-            f"startup delay: median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s; "
+            f"startup delay: median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s"
+            + (
+                f" (first bytes: median {pb['first_byte_median_s']:.2f} s, p95 {pb['first_byte_p95_s']:.2f} s)"
+                if "first_byte_p95_s" in pb
+                else ""
+            )
+            + "; "
             f"rebuffering {pb['rebuffering']:.2%} of viewing time; {pb['stalls']} stalls in {pb['views']} views"
         )
     m = r.get("model")

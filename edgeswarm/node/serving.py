@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -211,15 +211,53 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
         await resp.write(os.pread(fd, count - done, offset + done))
 
 
-async def send_piece(request: web.Request, data: bytes, bucket: TokenBucket, headers: dict[str, str] | None = None) -> web.StreamResponse:
-    """One piece to another node: at once when uncapped, else streamed under the cap."""
+async def send_piece(
+    request: web.Request, data: bytes, bucket: TokenBucket, headers: dict[str, str] | None = None, line: asyncio.Lock | None = None
+) -> web.StreamResponse:
+    """One piece to another node: at once when uncapped, else streamed under the cap.
+
+    ``line``: under a cap, the head goes at once and the body waits its turn
+    (``in_line``): the edge's seed answers to whole-file downloads.
+    """
     if not bucket.rate:
         return web.Response(body=data, content_type="application/octet-stream", headers=headers)
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)), **(headers or {})})
     await resp.prepare(request)
-    await write_throttled(resp, data, bucket)
+    if line is None:
+        await write_throttled(resp, data, bucket)
+    else:
+        await in_line(line, write_throttled(resp, data, bucket), LINE_HOLD * len(data) / bucket.rate)
     await resp.write_eof()
     return resp
+
+
+LINE_HOLD = 4  # a body keeps its line for at most this many times its own time alone at the cap
+
+
+async def in_line(line: asyncio.Lock, write: Coroutine[Any, Any, None], hold: float) -> None:
+    """Run ``write`` when ``line`` is free (asyncio.Lock wakes its waiters in order), one at a time.
+
+    Bodies in line share the uplink one after the other instead of all at
+    once, so the first lands after one piece time and can be traded while the
+    others are sent.  A body that takes longer than ``hold`` (a slow reader)
+    lets the next one start and finishes outside the line, so no asker can
+    stall those behind it.
+    """
+    try:
+        await line.acquire()
+    except asyncio.CancelledError:
+        write.close()  # the asker left while waiting: its body never starts
+        raise
+    try:
+        task = asyncio.ensure_future(write)
+        try:
+            await asyncio.wait({task}, timeout=hold)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+    finally:
+        line.release()
+    await task
 
 
 async def write_throttled(resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket) -> None:

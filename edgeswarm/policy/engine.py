@@ -95,6 +95,7 @@ class Seed:
     edge: str
     claimed: frozenset[int]
     start: int
+    whole: bool = False  # a whole-file download with no reader waiting: its answer may queue behind others' (docs/protocol.md)
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,8 @@ class Engine:
                 yield Wait(1.0)
                 continue
             self._seed_coming, asks = None, asks + 1
-            got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from())
+            whole = self.picker.whole_file and not self.picker.urgent
+            got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from(), whole)
             assert isinstance(got, Result)
             if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
                 self.picker.finish(SEED_SOURCE, self._seed_coming, False)  # announced, then not delivered (or not needed)

@@ -28,15 +28,17 @@ import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
-import libtorrent as lt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.trust.signing import verify
+
+if TYPE_CHECKING:  # libtorrent loads where a torrent is built or read: `edgeswarm get` and the peers never do
+    import libtorrent as lt
 
 TORRENT_TYPE = "application/x-bittorrent"
 SIGNED_KEY = b"edgeswarm"  # top-level, outside info: clients ignore it and no info hash changes
@@ -79,6 +81,8 @@ def why_none(manifest: Manifest) -> str | None:
 
 def build(directory: Path, name: str, size: int, piece_size: int, created: int) -> bytes:
     """A hybrid v1+v2 torrent of ``directory/name`` (blocking; holds the GIL for the whole hash: run it in a child)."""
+    import libtorrent as lt
+
     ct = lt.create_torrent([lt.create_file_entry(name, size)], piece_size)  # flags 0: hybrid v1+v2
     ct.set_creator(CREATOR)
     ct.set_creation_date(created)  # the file's, not now: the same file gives the same torrent bytes
@@ -126,6 +130,8 @@ def aria2_136_hash(data: bytes) -> bytes:
 
 def decode(data: bytes) -> dict[bytes, Any]:
     """A bencoded dictionary, by libtorrent (whose stubs type any bencoded value as one union); TorrentError if it is none."""
+    import libtorrent as lt
+
     doc = lt.bdecode(data)
     if not isinstance(doc, dict):
         raise TorrentError("not a bencoded dictionary")
@@ -134,6 +140,8 @@ def decode(data: bytes) -> dict[bytes, Any]:
 
 def encode(doc: dict[bytes, Any]) -> bytes:
     """A dictionary bencoded by libtorrent."""
+    import libtorrent as lt
+
     return lt.bencode(cast(Any, doc))
 
 
@@ -143,6 +151,8 @@ def _statement(cid: str, v1: bytes, v2: bytes) -> bytes:
 
 
 def _hashes(data: bytes) -> tuple[bytes, bytes, lt.torrent_info]:
+    import libtorrent as lt
+
     try:
         info = lt.torrent_info(data)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -203,6 +213,8 @@ def seeds_of(data: bytes) -> list[str]:
 
 def magnet(data: bytes) -> str:
     """The magnet link of a handed-out torrent (both info hashes, name, web seeds, tracker), as libtorrent writes it."""
+    import libtorrent as lt
+
     return lt.make_magnet_uri(lt.torrent_info(data))
 
 

@@ -47,8 +47,11 @@ def have_response(cid: str, count: int, held: Collection[int]) -> web.Response:
     return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 
 
-def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int]:
-    """A ``POST /seed`` body: ``{"have": "<bitfield>", "from": <optional piece index>}``; ValueError says what is wrong."""
+def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int, bool]:
+    """A ``POST /seed`` body: ``{"have": "<bitfield>", "from": <optional piece index>, "whole": <optional bool>}``.
+
+    Returns (have, from, whole); ValueError says what is wrong.
+    """
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
@@ -62,7 +65,10 @@ def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int]:
     start = doc.get("from", 0)
     if type(start) is not int or not 0 <= start <= piece_count:  # piece_count: a reader at the end, nothing to seed
         raise ValueError(f"seed field 'from' must be an integer from 0 to {piece_count} (the piece count)")
-    return have, start
+    whole = doc.get("whole", False)
+    if type(whole) is not bool:
+        raise ValueError("seed field 'whole' must be true or false")
+    return have, start, whole
 
 
 def parse_latency(value: object) -> tuple[float, float] | None:

@@ -134,6 +134,7 @@ class Edge:
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
+        self.seed_line = asyncio.Lock()  # seed answers to whole-file downloads: their bodies one at a time (serving.in_line)
         self.seed_stats = RegionStats()
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         self._torrents: OrderedDict[str, tuple[Torrent, list[str]]] = OrderedDict()  # cid -> (torrent, the origin's web seeds)
@@ -486,7 +487,7 @@ class Edge:
         grant = await self.grant(request, signed.manifest.path)
         check_json_body(request.headers)
         try:
-            have, start = parse_request(await request.read(), signed.manifest.piece_count)
+            have, start, whole = parse_request(await request.read(), signed.manifest.piece_count)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
@@ -498,7 +499,7 @@ class Edge:
             return web.Response(status=204)
         with self._copy(request, cid, index):  # before any wait, so that concurrent askers get other pieces
             data = self._cached_piece(store, cid, index) or await EdgeSource(self, cid, may_fetch).fetch(index)
-            resp = await self._send_to_node(request, signed, grant, index, data, "seed")
+            resp = await self._send_to_node(request, signed, grant, index, data, "seed", self.seed_line if whole else None)
         self.seed_stats.seeded[(region, "sent")] += 1
         return resp
 
@@ -510,14 +511,21 @@ class Edge:
         return data
 
     async def _send_to_node(
-        self, request: web.Request, signed: SignedManifest, grant: tokens.Grant | None, index: int, data: bytes, endpoint: str
+        self,
+        request: web.Request,
+        signed: SignedManifest,
+        grant: tokens.Grant | None,
+        index: int,
+        data: bytes,
+        endpoint: str,
+        line: asyncio.Lock | None = None,
     ) -> web.StreamResponse:
         """A piece to a node or peer under the upload cap, counted and billed as edge bytes (/piece and /seed alike)."""
         cid = signed.content_id
         peer = request.headers.get(PEER_HEADER)
         self.metrics.sent["node"] += len(data)
         self.metrics.count_content("sent", cid, "peer" if peer else "node", len(data))
-        resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None)
+        resp = await send_piece(request, data, self.bucket, {PIECE_HEADER: str(index)} if endpoint == "seed" else None, line)
         self.account(grant, request, signed, "edge_sent", len(data))
         if peer:  # the user's peer daemon: its reports can confirm these bytes
             self.account(grant, request, signed, "edge_sent_to_peers", len(data))

@@ -10,6 +10,7 @@ a sentence saying why; a partial download is kept in the cache to resume.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -19,8 +20,6 @@ import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
@@ -105,13 +104,17 @@ async def download(
 
 
 async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
-    """Show progress until complete; give up when nothing arrives for ``stall_timeout`` seconds."""
+    """Show progress until complete; give up when nothing arrives for ``stall_timeout`` seconds.
+
+    Returns as soon as the last piece is stored (it waits on completion, not
+    on the next look at the progress).  The bar is rich's on a terminal, and
+    rich loads only then: a line every 2 s otherwise.
+    """
     m = swarm.signed.manifest
     interactive = sys.stderr.isatty()
-    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
     last_held, last_change, last_line = -1, time.monotonic(), 0.0
-    with Progress(*columns, transient=False, disable=not interactive) as bar:
-        task = bar.add_task(m.path, total=m.size)
+    with _bar() if interactive else contextlib.nullcontext() as bar:
+        task = bar.add_task(m.path, total=m.size) if bar is not None else None
         while not swarm.completed.is_set():
             held = len(swarm.picker.have)
             now = time.monotonic()
@@ -126,15 +129,26 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
                 raise GetError(f"no piece of {m.path} arrived for {stall_timeout:g} s from {', '.join(peer.edges)} or any peer")
             done = min(m.size, held * m.piece_size)
             share = _peer_share(peer, swarm.cid)
-            bar.update(task, completed=done, description=f"{m.path} (peers {share:.0%})")
-            if not interactive and now - last_line >= 2:
+            if bar is not None:
+                bar.update(task, completed=done, description=f"{m.path} (peers {share:.0%})")
+            elif now - last_line >= 2:
                 print(
                     f"{m.path}: {done * 100 // max(m.size, 1)}% {format_bytes(done)} of {format_bytes(m.size)}, peers {share:.0%}",
                     file=sys.stderr,
                 )
                 last_line = now
-            await asyncio.sleep(0.2)
-        bar.update(task, completed=m.size)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(swarm.completed.wait(), 0.2)
+        if bar is not None:
+            bar.update(task, completed=m.size)
+
+
+def _bar():
+    """rich's progress bar for a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, transient=False)
 
 
 def _peer_share(peer: Peer, cid: str) -> float:

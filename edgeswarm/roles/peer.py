@@ -331,12 +331,13 @@ class Peer:
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
-        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None
+        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None, whole: bool = False
     ) -> tuple[int, bytes] | None:
         """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
 
         ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
-        we are interested in.  SeedUnsupported: the edge does not seed (404/405).
+        we are interested in, ``whole`` says no reader waits (the answer may
+        queue behind others').  SeedUnsupported: the edge does not seed (404/405).
         ``on_piece`` learns the piece's index from the answer's head, before its body.
         """
         signed = self.store.manifest(cid) if self.store else None
@@ -344,7 +345,7 @@ class Peer:
             raise KeyError(cid)
         m = signed.manifest
         headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
-        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start, **({"whole": True} if whole else {})}
 
         def head(status: int, headers: CIMultiDictProxy[str]) -> None:
             index = ascii_decimal(headers.get(PIECE_HEADER, ""))
@@ -483,16 +484,20 @@ class Peer:
         store = self.store
         if store is None:
             return
+        started = time.monotonic()  # before the contents are listed: a swarm created after this is hurried after it
         cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
-        await asyncio.gather(*(self._announce_to(edge, cids, event) for edge in (list(self._p2p_edges) if edges is None else edges)))
+        targets = list(self._p2p_edges) if edges is None else edges
+        await asyncio.gather(*(self._announce_to(edge, cids, event, started) for edge in targets))
 
-    async def _announce_to(self, edge: str, cids: set[str], event: str) -> None:
+    async def _announce_to(self, edge: str, cids: set[str], event: str, started: float) -> None:
         """Every content to one tracker, in one request per BATCH contents; if it cannot be reached, a short back-off.
 
         An edge that refuses a batch (400: it predates them) gets one announce
-        per content from then on, as before batches.
+        per content from then on, as before batches.  ``started`` is when
+        ``cids`` was listed: gather starts this coroutine a loop turn later,
+        and a swarm created in between (`edgeswarm get`'s, as its manifest
+        arrives) is not in ``cids``, so its hurry must outlive this announce.
         """
-        started = time.monotonic()
         if edge in self._single:
             results = await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids))
         else:

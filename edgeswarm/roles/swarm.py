@@ -250,7 +250,7 @@ class Swarm:
     async def _seed(self, s: Seed) -> Result:
         started = time.monotonic()
         try:
-            got = await self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=self.engine.seed_coming)
+            got = await self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=self.engine.seed_coming, whole=s.whole)
         except SeedUnsupported:
             return Result("unsupported")
         except UpstreamError as exc:

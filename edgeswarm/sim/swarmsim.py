@@ -62,6 +62,7 @@ class Crowd:
     edges: int = 1
     edge_rates: tuple[float, ...] | None = None  # one rate per edge, overriding edges and edge_Bps
     seeding: bool = True  # False: edges answer 404 to /seed, as one that is not a super-seeder
+    seed_line: bool = True  # False: the edge sends whole-file askers' seed answers all at once, as streams' (before the line)
     edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
     black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
     choke_slots: int = SLOTS
@@ -143,6 +144,8 @@ class SimEdge:
         self.seeder = SuperSeeder()
         self.sent: Counter[str] = Counter()  # region -> bytes
         self.forced: Counter[str] = Counter()  # region -> bytes a reader's deadline forced (urgent /piece)
+        self._line: list[Callable[[], None]] = []  # seed answers to whole-file askers waiting for their turn, in order
+        self._line_busy = False
 
     def down(self) -> bool:
         window = self.sim.crowd.edge_down
@@ -156,7 +159,7 @@ class SimEdge:
             self.forced[asker.region.name] += self.sim.piece_len(index)
         self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n)))
 
-    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, reply: Callable[[Result], None]) -> None:
+    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, reply: Callable[[Result], None]) -> None:
         if self.down():
             self.sim.loop.after(RTT, reply, Result("failed", message="connection refused"))
             return
@@ -168,7 +171,31 @@ class SimEdge:
             self.sim.loop.after(RTT, reply, Result("none"))
             return
         self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
-        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n, index, data=True)))
+
+        def answer(seconds: float, n: int) -> None:
+            reply(Result("ok", seconds, n, index, data=True))
+
+        if not (whole and self.sim.crowd.seed_line):
+            self._send(asker, index, answer)
+            return
+        self.seeder.record(self.sim.loop.now, asker.region.name, CID, index, asker.key)  # a copy from the moment it is picked
+
+        def turn(asked: float = self.sim.loop.now) -> None:
+            def done(seconds: float, n: int) -> None:
+                answer(self.sim.loop.now - asked, n)
+                self._line_busy = False
+                self._next_in_line()
+
+            self._line_busy = True
+            self._send(asker, index, done)
+
+        self._line.append(turn)
+        self._next_in_line()
+
+    def _next_in_line(self) -> None:
+        """Seed answers to whole-file askers go out one at a time, in order, as the edge's ``seed_line``."""
+        if self._line and not self._line_busy:
+            self._line.pop(0)()
 
     def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:
         """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``)."""
@@ -308,7 +335,7 @@ class SimPeer:
             source = self.sim.node(command.url)
             loop.after(RTT / 2, source.piece, self, command.index, command.urgent, answer)
         elif isinstance(command, Seed):
-            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, answer)
+            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, answer)
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
             held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
