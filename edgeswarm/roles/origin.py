@@ -41,6 +41,7 @@ from edgeswarm.protocol.wire import (
     torrent_link,
     torrent_response,
 )
+from edgeswarm.roles.livewatch import LiveWatcher
 from edgeswarm.store.catalog import Catalog, Entry
 from edgeswarm.trust import access
 from edgeswarm.trust.protect import cipher_for, crypt
@@ -106,6 +107,9 @@ class Origin:
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
         self._rescan = asyncio.Event()
+        self._publishing = asyncio.Lock()  # the full scan and the live watcher apply changes one at a time
+        self.live = LiveWatcher(self.catalog, self._publishing)  # rewritten playlists and their segments, between scans
+        self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
 
     def withdraw(self, entry: Entry) -> None:
         m = entry.signed.manifest
@@ -115,9 +119,10 @@ class Origin:
             self._rescan.set()
 
     async def scan(self) -> None:
-        changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
-        for line in self.catalog.apply(changes):
-            log.info("%s", line)
+        async with self._publishing:
+            changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
+            for line in self.catalog.apply(changes):
+                log.info("%s", line)
 
     async def _scan_loop(self) -> None:
         while True:
@@ -266,9 +271,10 @@ class Origin:
         r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
 
         async def start_scanning(app: web.Application):
-            task = asyncio.create_task(self._scan_loop())
+            tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self.live.run())]
             yield
-            task.cancel()
+            for task in tasks:
+                task.cancel()
 
         app.cleanup_ctx.append(start_scanning)
         return app

@@ -27,6 +27,7 @@ from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
 log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int]  # size, mtime_ns, inode
+PARTIAL = ".tmp"  # a writer's name for a file not yet complete (ffmpeg's hls temp_file): renamed when done
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Catalog:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             base = Path(dirpath)
             for name in filenames:
-                if name.startswith("."):
+                if name.startswith(".") or name.endswith(PARTIAL):  # hidden, or still being written (ffmpeg's temp_file)
                     continue
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
@@ -158,6 +159,32 @@ class Catalog:
                 changes[rel] = None
         for rel, (full, st) in found.items():
             key = _stat_key(st)
+            entry = known.get(rel)
+            if entry is not None and entry.stat == key:
+                continue
+            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+            if fresh is not None:
+                changes[rel] = fresh
+        return changes
+
+    def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
+        """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
+
+        Blocking (stats and hashes).  A file that is missing is left to the
+        next full scan; one that changed is hashed again, in the order given,
+        so a playlist named last is published after the segments it names.
+        """
+        changes: dict[str, Entry | None] = {}
+        for rel in rels:
+            if path_problem(rel) is not None or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
+                continue
+            full = self.root / rel
+            try:
+                if full.is_symlink() or not full.is_file():
+                    continue
+                key = _stat_key(full.stat())
+            except OSError:
+                continue
             entry = known.get(rel)
             if entry is not None and entry.stat == key:
                 continue
