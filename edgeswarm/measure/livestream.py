@@ -3,8 +3,9 @@
 * ``ffmpeg_command``: a synthetic live stream (lavfi test pattern at a
   constant bitrate, ``-re`` so it runs in real time) written as HLS into a
   directory the origin publishes: ``SEGMENT_S``-second segments, a playlist
-  rewritten at each, old segments deleted, every file written as ``.tmp``
-  and renamed when complete.
+  rewritten at each, old segments deleted (``LIST_SIZE`` segments after
+  they left the playlist, so a player or a swarm a little behind still
+  finds them), every file written as ``.tmp`` and renamed when complete.
 * ``DiskWatch``: the truth to measure against - every version of the
   playlist on the origin's disk and when it appeared, and each segment's
   bytes as ffmpeg finished them.
@@ -30,6 +31,7 @@ from edgeswarm.protocol import hls
 
 SEGMENT_S = 2.0
 LIST_SIZE = 6  # segments the playlist names (ffmpeg's -hls_list_size)
+RETRY_S = 0.5  # seconds before a player asks again for a segment that failed
 WATCH_POLL = 0.05  # seconds between two looks at the origin's playlist on disk
 
 
@@ -41,7 +43,7 @@ def ffmpeg_command(out: Path, seconds: float, bitrate_bps: int, segment_s: float
         *("ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"),
         *("-t", f"{seconds:g}", "-c:v", "libx264", "-preset", "ultrafast", "-g", gop, "-keyint_min", gop, "-sc_threshold", "0"),
         *("-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", rate, "-x264-params", "nal-hrd=cbr"),
-        *("-f", "hls", "-hls_time", f"{segment_s:g}", "-hls_list_size", str(LIST_SIZE)),
+        *("-f", "hls", "-hls_time", f"{segment_s:g}", "-hls_list_size", str(LIST_SIZE), "-hls_delete_threshold", str(LIST_SIZE)),
         *("-hls_flags", "delete_segments+temp_file", "-hls_segment_filename", str(out / "seg%05d.ts"), str(out / playlist)),
     ]
 
@@ -114,9 +116,10 @@ class LiveView:
     stall_s: float = 0.0
     stalls: int = 0
     skipped: int = 0  # segments that left the playlist before the player got to them
+    failures: int = 0  # segment requests that failed (retried while the segment is in the playlist)
     watched_s: float = 0.0
     bytes: int = 0
-    error: str | None = None
+    error: str | None = None  # the first failure, or why the player could not play at all
 
 
 async def play_live(
@@ -187,7 +190,13 @@ async def _play(
             continue
         if playing_until is not None and playing_until - time.monotonic() > ahead * segment.duration:
             await asyncio.sleep(playing_until - time.monotonic() - ahead * segment.duration)
-        digest, n = await _fetch(http, f"{base}/{segment.path}")
+        try:
+            digest, n = await _fetch(http, f"{base}/{segment.path}")
+        except (aiohttp.ClientError, TimeoutError, PlayerError) as exc:  # a player retries; the wait counts as a stall
+            view.failures += 1
+            view.error = view.error or str(exc) or type(exc).__name__
+            await asyncio.sleep(RETRY_S)
+            continue
         done = time.monotonic()
         view.bytes += n
         if playing_until is None:

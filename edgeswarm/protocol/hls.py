@@ -36,8 +36,8 @@ class MediaPlaylist:
 
     @property
     def last_sequence(self) -> int:
-        """The newest segment's sequence number (one before the first when there is none)."""
-        return self.media_sequence + len(self.segments) - 1
+        """The newest segment's sequence number of ours (one before the first when there is none)."""
+        return self.segments[-1].sequence if self.segments else self.media_sequence - 1
 
 
 def parse(text: str, playlist_path: str) -> MediaPlaylist:
@@ -49,6 +49,7 @@ def parse(text: str, playlist_path: str) -> MediaPlaylist:
     target, sequence, ended = 0.0, 0, False
     segments: list[Segment] = []
     duration: float | None = None
+    count = 0  # segment URIs so far
     for line in lines[1:]:
         if not line:
             continue
@@ -66,9 +67,9 @@ def parse(text: str, playlist_path: str) -> MediaPlaylist:
             ended = ended or tag == "#EXT-X-ENDLIST"
             continue
         path = _segment_path(base, line)
-        if path is not None:
-            segments.append(Segment(sequence + len(segments), line, path, duration if duration is not None else target))
-        duration = None
+        if path is not None:  # a URI that is not ours still takes its sequence number
+            segments.append(Segment(sequence + count, line, path, duration if duration is not None else target))
+        count, duration = count + 1, None
     return MediaPlaylist(target, sequence, tuple(segments), ended)
 
 

@@ -5,7 +5,7 @@ fetched from the edge (verified against its signed manifest like any
 piece), never from peers, so no reader waits out the swarm's patience for it
 and no swarm is made for each of its versions.  Each playlist the player is
 handed names the newest segments; the gateway then fetches the last
-``LIVE_AHEAD`` of them through their swarms (``want_whole``: background
+``LIVE_AHEAD`` of them through their swarms (``want_live``: background
 pieces, which the edge hands its region about once - policy/superseed.py -
 and peers pass on over their HAVE streams), so by the time the player asks
 for a segment it is usually here already, or at a neighbour.
@@ -99,7 +99,7 @@ class LiveFollower:
             except HttpError as exc:
                 log.info("live segment %s of %s: %s", segment.path, path, exc.message)
                 continue
-            self.peer.swarm(seg).want_whole()
+            self.peer.swarm(seg).want_live()
             self._newest[path] = segment.sequence
 
     async def close(self) -> None:

@@ -64,6 +64,10 @@ class OriginSource:
         return False
 
     async def fetch(self, index: int) -> bytes:
+        kept = self.entry.data  # a live playlist: the bytes signed, whatever the file holds now
+        if kept is not None:
+            offset, length = self.entry.signed.manifest.piece_span(index)
+            return kept[offset : offset + length]
         data = await asyncio.to_thread(self._read, index)
         if data is None:
             self.origin.withdraw(self.entry)
@@ -143,7 +147,7 @@ class Origin:
         return entry
 
     def _entry_by_id(self, cid: str) -> Entry:
-        entry = self.catalog.by_id.get(cid)
+        entry = self.catalog.by_id.get(cid) or self.catalog.superseded.get(cid)  # a playlist just rewritten: still served
         if entry is None:
             raise HttpError(404, f"content {cid[:80]} is not published (it may have changed)")
         return entry
