@@ -8,7 +8,9 @@ handed names the newest segments; the gateway then fetches the last
 ``LIVE_AHEAD`` of them through their swarms (``want_live``: background
 pieces, which the edge hands its region about once - policy/superseed.py -
 and peers pass on over their HAVE streams), so by the time the player asks
-for a segment it is usually here already, or at a neighbour.
+for a segment it is usually here already, or at a neighbour.  Segments that
+left the playlist are dropped a little later: a live stream does not fill
+the cache, and a peer's announces stay the size of the live window.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
 
 log = logging.getLogger("edgeswarm.roles.livegateway")
+RETIRE_AFTER = 2  # segments after one left the playlist before the gateway drops it (a player reading it late finishes)
 
 
 class EdgeSource:
@@ -68,6 +71,7 @@ class LiveFollower:
         self.peer = peer
         self._following: dict[str, asyncio.Task] = {}  # playlist path -> its follow task
         self._newest: dict[str, int] = {}  # playlist path -> the newest segment sequence already asked for
+        self._segments: dict[str, dict[int, str]] = {}  # playlist path -> the segments it named (sequence -> path), until retired
 
     def served(self, signed: SignedManifest) -> None:
         path = signed.manifest.path
@@ -91,6 +95,10 @@ class LiveFollower:
         except hls.PlaylistError:
             return  # a master playlist or something else: nothing to fetch ahead
         path = signed.manifest.path
+        known = self._segments.setdefault(path, {})
+        known.update((s.sequence, s.path) for s in playlist.segments)
+        for sequence in [q for q in known if q < playlist.media_sequence - RETIRE_AFTER]:
+            await self._retire(known.pop(sequence))
         for segment in playlist.segments[-LIVE_AHEAD:]:
             if segment.sequence <= self._newest.get(path, -1):
                 continue
@@ -101,6 +109,17 @@ class LiveFollower:
                 continue
             self.peer.swarm(seg).want_live()
             self._newest[path] = segment.sequence
+
+    async def _retire(self, path: str) -> None:
+        """A segment that left the live window: its swarm ends and its pieces go, so announces stay the window's size."""
+        store = self.peer.pinned.opened
+        signed = store.manifest_for_path(path)
+        if signed is None:
+            return
+        swarm = self.peer.swarms.pop(signed.content_id, None)
+        if swarm is not None:
+            await swarm.close()
+        store.drop_content(signed.content_id)
 
     async def close(self) -> None:
         for task in list(self._following.values()):

@@ -330,6 +330,8 @@ class Peer:
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
+        if reply.status == 404:  # the edge's parent no longer publishes it (a deleted live segment): gone, not the edge's failure
+            raise KeyError(cid)
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
