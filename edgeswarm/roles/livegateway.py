@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
 
 log = logging.getLogger("edgeswarm.roles.livegateway")
-RETIRE_AFTER = 2  # segments after one left the playlist before the gateway drops it (a player reading it late finishes)
+RETIRE_AFTER = 6  # segments after one left the playlist before the gateway drops it: a player far behind still finishes it
 
 
 class EdgeSource:
