@@ -27,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol import hls
 
 SEGMENT_S = 2.0
@@ -144,7 +145,7 @@ async def play_live(
     return view
 
 
-class PlayerError(Exception):
+class PlayerError(EdgeswarmError):
     pass
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
+from edgeswarm.errors import EdgeswarmError
 
-class PlaylistError(ValueError):
+
+class PlaylistError(EdgeswarmError, ValueError):
     pass
 
 
