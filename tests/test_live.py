@@ -76,3 +76,26 @@ async def _get(http, url: str) -> bytes:
 
 def _count(st: dict, endpoint: str) -> int:
     return sum(st["responses_by_endpoint"].get(endpoint, {}).values())
+
+
+async def test_a_piece_of_a_deleted_segment_is_a_404_at_the_edge_not_its_failure(tmp_path, nodes, origin, published, http):
+    """The encoder deletes old segments: an edge asked for one it did not cache says 404 (gone), not 502 (its fault)."""
+    (published / "seg00001.ts").write_bytes(b"x" * 300_000)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    cid = None
+    for _ in range(50):
+        async with http.get(f"{edge.url}/manifest/seg00001.ts") as resp:
+            if resp.status == 200:
+                cid = resp.headers["ETag"].strip('"')  # the content id
+                break
+        await asyncio.sleep(0.2)
+    assert cid is not None, "the edge never had the manifest"
+    (published / "seg00001.ts").unlink()
+    for _ in range(50):  # until the origin's scan withdrew it
+        async with http.get(f"{origin.url}/manifest/seg00001.ts") as resp:
+            if resp.status == 404:
+                break
+        await asyncio.sleep(0.2)
+    async with http.get(f"{edge.url}/piece/{cid}/0") as resp:
+        assert resp.status == 404, await resp.text()
+        assert "no longer published" in await resp.text()
