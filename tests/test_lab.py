@@ -128,6 +128,8 @@ def test_bad_scenario_file(tmp_path):
         ("rate_scale: fast\n", "wrong type"),
         ("regions: [{name: a, peers: 0}]\n", "peers must be 1..250"),
         ("[1, 2]\n", "a mapping"),
+        ("kind: live\nlive: {join_s: [5, 200]}\n", "join_s is"),
+        ("kind: live\nlive: {start_behind: 0}\n", "start_behind"),
     ]:
         path.write_text(text)
         with pytest.raises(scenario.ScenarioError, match=message):
@@ -135,7 +137,7 @@ def test_bad_scenario_file(tmp_path):
 
 
 def test_shipped_scenarios_load():
-    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "vod", "vod-model"]
+    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "live", "vod", "vod-model"]
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8
@@ -196,3 +198,11 @@ def test_model_of_the_lab_sessions():
     assert west["bound_savings"] == 1.0  # max(0, r - 768): the bound is 0 once u >= r
     assert m["total"]["model_savings"] == pytest.approx(1 - 2 * 400 * 10 / (400 * 29.9), abs=0.01)  # west's alone
     assert not labsim.compare({**result, "regions": {"east": {"savings": 0.9}, "west": {"savings": 0.0}}})["regions"]["east"]["agrees"]
+
+
+def test_the_live_scenario_is_issue_14s():
+    """24 viewers in 2 regions join over the first minute of a 3-minute stream of 2 s segments."""
+    s = scenario.load("live")
+    assert s.kind == "live" and s.peers == 24 and len(s.regions) == 2
+    assert s.live.duration_s == 180 and s.live.segment_s == 2
+    assert s.live.join_s[0] < s.live.join_s[1] <= 60

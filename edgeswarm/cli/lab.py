@@ -13,6 +13,7 @@ scenarios shipped:
   flash-crowd  a software update everyone wants at once (Verizon tiers)
   vod          Zipf-popular videos, Poisson arrivals, early quits (AT&T tiers)
   churn        peers crash mid-download and rejoin to resume
+  live         24 viewers follow a 3-minute live HLS stream made by ffmpeg during the run
   chaos        every kind of fault in turn (see edgeswarm chaos --help)
 
 examples:
@@ -46,7 +47,7 @@ def add_parser(sub) -> None:
         epilog=EPILOG_LAB,
         formatter_class=options.FORMATTER,
     )
-    p.add_argument("scenario", metavar="SCENARIO", help="flash-crowd, vod, churn, or a scenario YAML file")
+    p.add_argument("scenario", metavar="SCENARIO", help="flash-crowd, vod, churn, live, or a scenario YAML file")
     _scenario_flags(p, lab=True)
     p.set_defaults(run=run)
 

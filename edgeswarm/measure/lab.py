@@ -543,11 +543,15 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
 
 
 def _lab(s: Scenario, *args) -> Lab:
-    """A chaos run when the scenario has faults (chaos.py), a plain lab run otherwise."""
+    """A chaos run when the scenario has faults (chaos.py), a live one for kind live (livelab.py), a plain lab run otherwise."""
     if s.faults:
         from edgeswarm.measure.chaos import Chaos
 
         return Chaos(s, *args)
+    if s.kind == "live":
+        from edgeswarm.measure.livelab import LiveLab
+
+        return LiveLab(s, *args)
     return Lab(s, *args)
 
 

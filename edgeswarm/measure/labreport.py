@@ -109,6 +109,8 @@ def print_report(console: Console, r: dict) -> None:
             + "; "
             f"rebuffering {pb['rebuffering']:.2%} of viewing time; {pb['stalls']} stalls in {pb['views']} views"
         )
+    if r.get("live"):
+        print_live(console, r["live"])
     m = r.get("model")
     if m:
         t = m["total"]
@@ -121,6 +123,25 @@ def print_report(console: Console, r: dict) -> None:
         print_chaos(console, r["chaos"])
     if r.get("plots"):
         console.print(f"plots: {Path(r['plots'][0]).parent}/")
+
+
+def print_live(console: Console, lv: dict) -> None:
+    """A live run's figures (livelab.py) and its targets, met or missed."""
+    copies = ", ".join(f"{region} {'-' if c is None else f'{c:.2f}'}" for region, c in lv["edge_copies_per_segment"].items())
+    console.print(
+        f"live: {lv['segments_published']} segments published, {lv['segments_played']} played ({lv['segments_wrong']} wrong, "
+        f"{lv['segments_skipped']} skipped, {lv['segment_failures']} requests failed and retried); edge copies per segment: {copies}; latency behind live p50 {_secs(lv['latency_p50_s'], 2)} "
+        f"({_num(lv['latency_p50_segments'])} segments), p95 {_secs(lv['latency_p95_s'], 2)} ({_num(lv['latency_p95_segments'])} segments); "
+        f"playlists handed out: {lv['playlists_handed']}, age p95 {_secs(lv['playlist_age_p95_s'], 2)}, max {_secs(lv['playlist_age_max_s'], 2)}"
+    )
+    for name, t in lv["targets"].items():
+        console.print(f"  target {name}: {t['target']:g}, measured {_num(t['measured'])}: {'met' if t['met'] else '[red]MISSED[/red]'}")
+    for name, error in list(lv["errors"].items())[:6]:
+        console.print(f"  [red]{name}[/red] (first failure): {error[:160]}")
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
 def print_chaos(console: Console, c: dict) -> None:

@@ -25,7 +25,7 @@ from edgeswarm.protocol.units import parse_rate, parse_size
 from edgeswarm.sim import tiers
 
 SHIPPED = Path(__file__).with_name("scenarios")
-WORKLOADS = ("download", "vod")  # what a scenario's users do: fetch a file, or watch a video
+WORKLOADS = ("download", "vod", "live")  # what a scenario's users do: fetch a file, watch a video, or follow a live stream
 
 
 class ScenarioError(EdgeswarmError, ValueError):
@@ -63,6 +63,18 @@ class Vod:
 
 
 @dataclass
+class Live:
+    """A live HLS stream made by ffmpeg during the run (measure/livelab.py)."""
+
+    bitrate_kbps: float = 200.0  # before rate_scale
+    duration_s: float = 180.0  # how long ffmpeg streams; viewers watch until it ends
+    segment_s: float = 2.0
+    join_s: tuple[float, float] = (5.0, 60.0)  # viewers join at uniform times in this window after the stream starts
+    start_behind: int = 2  # the player starts this many segments from the live edge
+    buffer_segments: int = 1  # and buffers at most this many ahead of playback
+
+
+@dataclass
 class Scenario:
     name: str
     description: str = ""
@@ -78,6 +90,7 @@ class Scenario:
     seed: int = 1
     timeout_s: float = 240.0
     vod: Vod = field(default_factory=Vod)
+    live: Live = field(default_factory=Live)
     churn: Churn = field(default_factory=Churn)
     faults: list[dict] = field(default_factory=list)  # a chaos run's schedule (chaos.py)
 
@@ -123,10 +136,13 @@ def from_doc(doc: dict, where: str = "<scenario>") -> Scenario:
     try:
         regions = [Region(**r) for r in doc.pop("regions", [])] or None
         vod = Vod(**doc.pop("vod", None) or {})
+        live = doc.pop("live", None) or {}
+        if "join_s" in live:
+            live["join_s"] = tuple(live["join_s"])
         churn = doc.pop("churn", None) or {}
         if "between_s" in churn:
             churn["between_s"] = tuple(churn["between_s"])
-        scenario = Scenario(**doc, vod=vod, churn=Churn(**churn))
+        scenario = Scenario(**doc, vod=vod, live=Live(**live), churn=Churn(**churn))
     except TypeError as exc:
         raise ScenarioError(f"{where}: {_unknown(exc)}") from None
     if regions:
@@ -181,6 +197,10 @@ def _check(s: Scenario, where: str) -> Scenario:
     need(v.bitrate_kbps > 0 and v.duration_s > 0 and v.videos >= 1, "vod: bitrate_kbps, duration_s and videos must be positive")
     need(0 <= v.quit_prob <= 1, "vod: quit_prob is a probability")
     need(0 < v.startup_s <= v.max_buffer_s and 0 < v.resume_s <= v.max_buffer_s, "vod: 0 < startup_s, resume_s <= max_buffer_s")
+    lv = s.live
+    need(lv.bitrate_kbps > 0 and lv.duration_s > 0 and lv.segment_s > 0, "live: bitrate_kbps, duration_s and segment_s must be positive")
+    need(0 <= lv.join_s[0] <= lv.join_s[1] < lv.duration_s, "live: join_s is [from, to] within the stream")
+    need(lv.start_behind >= 1 and lv.buffer_segments >= 1, "live: start_behind and buffer_segments are at least 1")
     c = s.churn
     need(0 <= c.leave <= 1, "churn: leave is a fraction")
     need(0 <= c.between_s[0] <= c.between_s[1] and c.away_s >= 0, "churn: between_s is [from, to], away_s >= 0")

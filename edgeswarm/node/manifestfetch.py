@@ -19,6 +19,7 @@ from urllib.parse import quote
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, Upstream, UpstreamError
+from edgeswarm.policy import live
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
 from edgeswarm.protocol.paths import manifest_url
@@ -88,8 +89,8 @@ class ManifestFetcher:
         self._stale_warned: set[str] = set()
 
     def fresh(self, path: str) -> bool:
-        """Confirmed by a source less than ``revalidate`` seconds ago: no need to ask again."""
-        return time.monotonic() - self._checked.get(path, -1e9) < self.revalidate_after
+        """Confirmed by a source less than ``revalidate`` seconds ago (a live playlist: less, policy/live.py): no need to ask again."""
+        return time.monotonic() - self._checked.get(path, -1e9) < live.revalidate_after(path, self.revalidate_after)
 
     def expire(self, path: str) -> None:
         """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""

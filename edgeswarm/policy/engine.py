@@ -173,6 +173,7 @@ class Engine:
         self.banned: set[str] = set()
         self.last_peer_delivery = clock()
         self.closed = False
+        self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
@@ -184,6 +185,19 @@ class Engine:
         self.picker.whole()
         self.staff()
         self.host.changed()
+
+    def want_live(self) -> None:
+        """A live segment, fetched ahead of its player: the region's peers and the edge's ``/seed`` carry it.
+
+        Every viewer of a region wants each new segment within a second or
+        two of each other, and a segment is a few pieces: the tail rule would
+        let the edge send all of them to everyone, and so would the fallback
+        while the tracker's first answer is on its way.  Both are off; the
+        edge still takes a piece a reader has waited ``seed_patience`` for,
+        and anything once known peers stop delivering (FALLBACK_AFTER).
+        """
+        self.live = True
+        self.want_whole()
 
     def reading(self, index: int) -> None:
         """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
@@ -505,11 +519,13 @@ class Engine:
         halved each one's share of the edge, and the 8-gateway crowd fell from
         65 % to 48 % P2P.)
         """
+        if self.live:  # a new segment: no neighbour yet is the normal start, and /seed hands it out (want_live)
+            return bool(self.neighbours) and now - self.last_peer_delivery > FALLBACK_AFTER
         return not self.neighbours or now - self.last_peer_delivery > FALLBACK_AFTER
 
     def tail(self) -> bool:
         """The file's last TAIL pieces (not the stream window's): the edge may take one no reachable peer holds."""
-        return self.picker.count - len(self.picker.have) <= TAIL
+        return not self.live and self.picker.count - len(self.picker.have) <= TAIL
 
     def seeder(self, picks: int = 0) -> str | None:
         """The edge to ask /seed: chosen as any edge request is, among the live ones that have not refused it."""

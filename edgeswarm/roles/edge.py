@@ -262,6 +262,8 @@ class Edge:
                 self.ranking.failure(source, time.monotonic())
                 problems.append(exc)
                 continue
+            if reply.status == 404 and not sibling:  # withdrawn upstream (a live segment the encoder deleted): not our failure
+                raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
             if reply.status != 200:
                 if not sibling:
                     problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}"))

@@ -43,6 +43,7 @@ from edgeswarm.protocol.wire import (
     torrent_response,
 )
 from edgeswarm.roles.publish import Publisher
+from edgeswarm.roles.livewatch import LiveWatcher
 from edgeswarm.store.catalog import Catalog, Entry
 from edgeswarm.store.uploads import Staging
 from edgeswarm.trust import access
@@ -67,6 +68,10 @@ class OriginSource:
         return False
 
     async def fetch(self, index: int) -> bytes:
+        kept = self.entry.data  # a live playlist: the bytes signed, whatever the file holds now
+        if kept is not None:
+            offset, length = self.entry.signed.manifest.piece_span(index)
+            return kept[offset : offset + length]
         data = await asyncio.to_thread(self._read, index)
         if data is None:
             self.origin.withdraw(self.entry)
@@ -113,6 +118,9 @@ class Origin:
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
         self._rescan = asyncio.Event()
+        self._publishing = asyncio.Lock()  # the full scan and the live watcher apply changes one at a time
+        self.live = LiveWatcher(self.catalog, self._publishing)  # rewritten playlists and their segments, between scans
+        self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
 
     def withdraw(self, entry: Entry) -> None:
         m = entry.signed.manifest
@@ -122,9 +130,10 @@ class Origin:
             self._rescan.set()
 
     async def scan(self) -> None:
-        changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
-        for line in self.catalog.apply(changes):
-            log.info("%s", line)
+        async with self._publishing:
+            changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
+            for line in self.catalog.apply(changes):
+                log.info("%s", line)
 
     async def _scan_loop(self) -> None:
         while True:
@@ -145,7 +154,7 @@ class Origin:
         return entry
 
     def _entry_by_id(self, cid: str) -> Entry:
-        entry = self.catalog.by_id.get(cid)
+        entry = self.catalog.by_id.get(cid) or self.catalog.superseded.get(cid)  # a playlist just rewritten: still served
         if entry is None:
             raise HttpError(404, f"content {cid[:80]} is not published (it may have changed)")
         return entry
@@ -275,9 +284,10 @@ class Origin:
         r.add_put("/{path:.*}", self.publisher.put)
 
         async def start_scanning(app: web.Application):
-            task = asyncio.create_task(self._scan_loop())
+            tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self.live.run())]
             yield
-            task.cancel()
+            for task in tasks:
+                task.cancel()
 
         app.cleanup_ctx.append(start_scanning)
         return app

@@ -40,6 +40,7 @@ from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.choker import Choker
+from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
@@ -51,6 +52,7 @@ from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
+from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
@@ -180,6 +182,7 @@ class Peer:
         )
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.swarms: dict[str, Swarm] = {}
+        self.live = livegateway.LiveFollower(self)  # live playlists: their newest segments fetched ahead
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
         self.region: str | None = None
@@ -328,6 +331,8 @@ class Peer:
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
+        if reply.status == 404:  # the edge's parent no longer publishes it (a deleted live segment): gone, not the edge's failure
+            raise KeyError(cid)
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
@@ -673,6 +678,10 @@ class Peer:
         if protection is not None:  # decrypted with our user's token: for listed origins only, never "*"
             request[PRIVATE] = True
         transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
+        if is_playlist(rel) and protection is None:  # live: fresh from the edge, its new segments fetched ahead (livegateway.py)
+            response = await serve_file(request, signed, livegateway.EdgeSource(self, signed), self.metrics)
+            self.live.served(signed)
+            return response
         return await serve_file(request, signed, SwarmSource(self, self.swarm(signed)), self.metrics, transform=transform)
 
     async def post_file(self, request: web.Request) -> web.Response:
@@ -845,6 +854,7 @@ class Peer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.live.close()
         for swarm in self.swarms.values():
             await swarm.close()
         with contextlib.suppress(Exception):

@@ -62,6 +62,11 @@ class Swarm:
         self.engine.want_whole()
         self._check_complete()
 
+    def want_live(self) -> None:
+        """A live segment ahead of the player: fetched whole, by the swarm more than by the edge (engine.want_live)."""
+        self.engine.want_live()
+        self._check_complete()
+
     async def piece(self, index: int) -> None:
         """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
         if index in self.picker.have:

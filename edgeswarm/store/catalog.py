@@ -11,16 +11,19 @@ symlink tricks from reaching a byte outside it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import path_problem, reserved_segment
@@ -29,6 +32,9 @@ from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
 log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int]  # size, mtime_ns, inode
+KEPT_PLAYLIST = 1 << 20  # a playlist up to this size is kept in memory as signed, and its superseded versions a while
+SUPERSEDED_KEPT = 8  # superseded playlist versions still served by id: a node that was handed one can fetch its bytes
+PARTIAL = ".tmp"  # a writer's name for a file not yet complete (ffmpeg's hls temp_file): renamed when done
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Entry:
     signed: SignedManifest
     raw: bytes  # the signed manifest as served
     key: bytes | None = None  # a protected file's content key: released only to token holders
+    data: bytes | None = None  # a live playlist's bytes as signed: served from memory, as the file is rewritten at every segment
 
     def unchanged(self) -> bool:
         """Whether the file on disk is still the one hashed (same size, mtime and inode), as a scan would judge it."""
@@ -51,6 +58,13 @@ def _stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _read_whole(full: Path) -> tuple[bytes, StatKey]:
+    """A small file's bytes and its stat key as read (one open, so the two belong together)."""
+    with open(full, "rb") as f:
+        data = f.read(KEPT_PLAYLIST + 1)
+        return data, _stat_key(os.fstat(f.fileno()))
+
+
 class Catalog:
     def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None):
         self.root = root.resolve()
@@ -59,6 +73,7 @@ class Catalog:
         self.protect = list(protect or [])
         self.by_path: dict[str, Entry] = {}
         self.by_id: dict[str, Entry] = {}
+        self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
         self._skipped: set[str] = set()
         self._load_state()
@@ -108,6 +123,10 @@ class Catalog:
         old = self.by_path.get(rel)
         if old is not None:
             self.by_id.pop(old.signed.content_id, None)
+            if old.data is not None:  # a playlist version a node may have just been handed: its bytes stay a while
+                self.superseded[old.signed.content_id] = old
+                while len(self.superseded) > SUPERSEDED_KEPT:
+                    self.superseded.popitem(last=False)
         self.by_path[rel] = entry
         self.by_id[entry.signed.content_id] = entry
 
@@ -124,7 +143,7 @@ class Catalog:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             base = Path(dirpath)
             for name in filenames:
-                if name.startswith("."):
+                if name.startswith(".") or name.endswith(PARTIAL):  # hidden, or still being written (ffmpeg's temp_file)
                     continue
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
@@ -168,6 +187,32 @@ class Catalog:
                 changes[rel] = fresh
         return changes
 
+    def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
+        """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
+
+        Blocking (stats and hashes).  A file that is missing is left to the
+        next full scan; one that changed is hashed again, in the order given,
+        so a playlist named last is published after the segments it names.
+        """
+        changes: dict[str, Entry | None] = {}
+        for rel in rels:
+            if path_problem(rel) is not None or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
+                continue
+            full = self.root / rel
+            try:
+                if full.is_symlink() or not full.is_file():
+                    continue
+                key = _stat_key(full.stat())
+            except OSError:
+                continue
+            entry = known.get(rel)
+            if entry is not None and entry.stat == key:
+                continue
+            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+            if fresh is not None:
+                changes[rel] = fresh
+        return changes
+
     def apply(self, changes: dict[str, Entry | None]) -> list[str]:
         """Make scan results visible; returns a log line per change."""
         lines = []
@@ -192,11 +237,16 @@ class Catalog:
         """
         piece_size = piece_size_for(key[0])
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
+        data = None
         try:
-            pieces = hash_pieces(
-                full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
-            )
-            after = _stat_key(full.stat())
+            if protection is None and is_playlist(rel) and key[0] <= KEPT_PLAYLIST:
+                data, after = _read_whole(full)
+                pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
+            else:
+                pieces = hash_pieces(
+                    full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
+                )
+                after = _stat_key(full.stat())
         except OSError as exc:
             log.warning("cannot read %s: %s", rel, exc)
             return None
@@ -216,7 +266,7 @@ class Catalog:
             same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
             manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
-        return Entry(full, key, signed, signed.to_json(), content_key)
+        return Entry(full, key, signed, signed.to_json(), content_key, data)
 
     def publish_staged(self, rel: str, staged: Path) -> Entry:
         """Sign a verified upload and move it into place as ``rel``; the entry for ``apply``.  Blocking: run in a thread.

@@ -1,0 +1,126 @@
+"""A peer gateway's side of live streaming: fresh playlists straight from the edge, new segments through the swarm.
+
+A live playlist is a few hundred bytes that change at every segment: it is
+fetched from the edge (verified against its signed manifest like any
+piece), never from peers, so no reader waits out the swarm's patience for it
+and no swarm is made for each of its versions.  Each playlist the player is
+handed names the newest segments; the gateway then fetches the last
+``LIVE_AHEAD`` of them through their swarms (``want_live``: background
+pieces, which the edge hands its region about once - policy/superseed.py -
+and peers pass on over their HAVE streams), so by the time the player asks
+for a segment it is usually here already, or at a neighbour.  Segments that
+left the playlist are dropped a little later: a live stream does not fill
+the cache, and a peer's announces stay the size of the live window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from edgeswarm.errors import HttpError
+from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.policy.live import LIVE_AHEAD
+from edgeswarm.policy.vocabulary import EDGE
+from edgeswarm.protocol import hls
+from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored
+
+if TYPE_CHECKING:
+    from edgeswarm.roles.peer import Peer
+
+log = logging.getLogger("edgeswarm.roles.livegateway")
+RETIRE_AFTER = 6  # segments after one left the playlist before the gateway drops it: a player far behind still finishes it
+
+
+class EdgeSource:
+    """A playlist's pieces: the store, else the fastest edge that gives a verified copy."""
+
+    def __init__(self, peer: Peer, signed: SignedManifest):
+        self.peer, self.signed = peer, signed
+
+    def local(self, index: int) -> int | None:
+        return self.peer.pinned.opened.piece_fd(self.signed.content_id, index)
+
+    def held(self, index: int) -> bool:
+        return self.peer.pinned.opened.has(self.signed.content_id, index)
+
+    async def fetch(self, index: int) -> bytes:
+        cid = self.signed.content_id
+        problems = []
+        for edge in self.peer.ranking.ranked(self.peer.edges, time.monotonic()) or self.peer.edges:
+            try:
+                data = await self.peer.fetch_piece(edge, cid, index, to_peer=False, urgent=True)
+                self.peer.pinned.opened.put_piece(cid, index, data)
+            except (UpstreamError, CorruptPiece, KeyError) as exc:
+                problems.append(f"{edge}: {exc}")
+                continue
+            except PieceNotStored:
+                pass  # verified by put_piece before the disk refused it: served from memory
+            self.peer.count_received(cid, EDGE, edge, len(data))
+            return data
+        raise HttpError(502, f"no edge gave piece {index} of {self.signed.manifest.path}: {'; '.join(problems) or 'no edge'}")
+
+
+class LiveFollower:
+    """After a playlist is served, fetches its newest segments through the swarm (one follow per playlist path at a time)."""
+
+    def __init__(self, peer: Peer):
+        self.peer = peer
+        self._following: dict[str, asyncio.Task] = {}  # playlist path -> its follow task
+        self._newest: dict[str, int] = {}  # playlist path -> the newest segment sequence already asked for
+        self._segments: dict[str, dict[int, str]] = {}  # playlist path -> the segments it named (sequence -> path), until retired
+
+    def served(self, signed: SignedManifest) -> None:
+        path = signed.manifest.path
+        if path in self._following:
+            return
+        task = self._following[path] = asyncio.create_task(self._follow(signed))
+        task.add_done_callback(lambda t: self._done(path, t))
+
+    def _done(self, path: str, task: asyncio.Task) -> None:
+        self._following.pop(path, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("following %s: %s", path, task.exception())
+
+    async def _follow(self, signed: SignedManifest) -> None:
+        store = self.peer.pinned.opened
+        data = b"".join(store.read_piece(signed.content_id, i) or b"" for i in range(signed.manifest.piece_count))
+        if len(data) != signed.manifest.size:
+            return  # evicted or superseded meanwhile: the next playlist request follows it
+        try:
+            playlist = hls.parse(data.decode("utf-8", errors="replace"), signed.manifest.path)
+        except hls.PlaylistError:
+            return  # a master playlist or something else: nothing to fetch ahead
+        path = signed.manifest.path
+        known = self._segments.setdefault(path, {})
+        known.update((s.sequence, s.path) for s in playlist.segments)
+        for sequence in [q for q in known if q < playlist.media_sequence - RETIRE_AFTER]:
+            await self._retire(known.pop(sequence))
+        for segment in playlist.segments[-LIVE_AHEAD:]:
+            if segment.sequence <= self._newest.get(path, -1):
+                continue
+            try:
+                seg = await self.peer.resolve(segment.path)
+            except HttpError as exc:
+                log.info("live segment %s of %s: %s", segment.path, path, exc.message)
+                continue
+            self.peer.swarm(seg).want_live()
+            self._newest[path] = segment.sequence
+
+    async def _retire(self, path: str) -> None:
+        """A segment that left the live window: its swarm ends and its pieces go, so announces stay the window's size."""
+        store = self.peer.pinned.opened
+        signed = store.manifest_for_path(path)
+        if signed is None:
+            return
+        swarm = self.peer.swarms.pop(signed.content_id, None)
+        if swarm is not None:
+            await swarm.close()
+        store.drop_content(signed.content_id)
+
+    async def close(self) -> None:
+        for task in list(self._following.values()):
+            task.cancel()

@@ -1,0 +1,101 @@
+"""Live HLS end to end: ffmpeg writes a stream into the origin's directory while players follow it through peer gateways.
+
+Real daemons (origin, p2p edge, three peers of one region) and a real
+ffmpeg.  The players are checked against the origin's disk, watched by the
+test: every playlist they are handed was on disk and was outdated there for
+less than one segment duration, and every segment they play is the bytes
+ffmpeg wrote.  Concurrent playlist requests to the edge cost its parent one
+manifest request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import pytest
+from conftest import start_p2p_edge, start_peer, status
+
+from edgeswarm.measure.livestream import SEGMENT_S, DiskWatch, ffmpeg_command, play_live
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (./dev installs it)"),
+]
+
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+STREAM_S = 16
+PLAYLIST = "live/live.m3u8"
+
+
+async def test_players_follow_a_live_stream_through_their_gateways(tmp_path, nodes, http):
+    published = tmp_path / "pub"
+    (published / "live").mkdir(parents=True)
+    origin = nodes.start("origin", "--publish", str(published))  # the default 1 s full scan: live publishing is the watcher's
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 2}", f"peer{i}", upload="2MB/s") for i in range(3)]
+    ffmpeg = subprocess.Popen(ffmpeg_command(published / "live", STREAM_S, 400_000), stdin=subprocess.DEVNULL)
+    disk = DiskWatch(published, PLAYLIST)
+    watcher = asyncio.create_task(disk.run())
+    try:
+        until = time.monotonic() + STREAM_S - 1
+        views = await asyncio.gather(*(play_live(http, p.urls["gateway"], PLAYLIST, until) for p in peers))
+    finally:
+        watcher.cancel()
+        await asyncio.to_thread(ffmpeg.wait, 30)
+
+    for view in views:
+        assert view.error is None, view.error
+        assert len(view.segments) >= 3, "a player played at least three segments"
+        for seq, (path, digest, _) in view.segments.items():
+            assert digest == disk.digests[path], f"segment {seq} differs from what ffmpeg wrote"
+        assert view.playlists, "the player got playlists"
+        for asked, text in view.playlists:
+            age = disk.age(text, asked)
+            assert age is not None, "a player was handed a playlist that was never on the origin's disk"
+            assert age <= SEGMENT_S, f"a playlist outdated for {age:.2f} s was handed out"
+
+    before = await status(http, origin.url)
+    await asyncio.sleep(0.6)  # past the edge's hold of the playlist's manifest
+    bodies = await asyncio.gather(*(_get(http, f"{edge.url}/{PLAYLIST}") for _ in range(20)))
+    after = await status(http, origin.url)
+    assert len(set(bodies)) == 1, "concurrent requests were handed one version"
+    asked = _count(after, "manifest") - _count(before, "manifest")
+    assert asked == 1, f"20 concurrent playlist requests cost the origin {asked} manifest requests"
+
+
+async def _get(http, url: str) -> bytes:
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        return await resp.read()
+
+
+def _count(st: dict, endpoint: str) -> int:
+    return sum(st["responses_by_endpoint"].get(endpoint, {}).values())
+
+
+async def test_a_piece_of_a_deleted_segment_is_a_404_at_the_edge_not_its_failure(tmp_path, nodes, origin, published, http):
+    """The encoder deletes old segments: an edge asked for one it did not cache says 404 (gone), not 502 (its fault)."""
+    (published / "seg00001.ts").write_bytes(b"x" * 300_000)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    cid = None
+    for _ in range(50):
+        async with http.get(f"{edge.url}/manifest/seg00001.ts") as resp:
+            if resp.status == 200:
+                cid = resp.headers["ETag"].strip('"')  # the content id
+                break
+        await asyncio.sleep(0.2)
+    assert cid is not None, "the edge never had the manifest"
+    (published / "seg00001.ts").unlink()
+    for _ in range(50):  # until the origin's scan withdrew it
+        async with http.get(f"{origin.url}/manifest/seg00001.ts") as resp:
+            if resp.status == 404:
+                break
+        await asyncio.sleep(0.2)
+    async with http.get(f"{edge.url}/piece/{cid}/0") as resp:
+        assert resp.status == 404, await resp.text()
+        assert "no longer published" in await resp.text()

@@ -1,0 +1,172 @@
+"""Live streaming's pieces without daemons: playlist parsing, hold times, the origin's live watcher, the engine's live mode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from edgeswarm.measure.livestream import DiskWatch, ffmpeg_command
+from edgeswarm.policy import engine, live
+from edgeswarm.policy.engine import Engine
+from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.protocol import hls
+from edgeswarm.roles.livewatch import LiveWatcher
+from edgeswarm.store.catalog import Catalog
+from edgeswarm.trust.signing import load_or_create_private_key
+
+PLAYLIST = """#EXTM3U
+#EXT-X-VERSION:3
+#EXT-X-TARGETDURATION:2
+#EXT-X-MEDIA-SEQUENCE:7
+#EXTINF:2.000000,
+seg00007.ts
+#EXTINF:1.960000,
+seg00008.ts
+#EXTINF:2.0,
+http://elsewhere.example/seg.ts
+#EXTINF:2.0,
+../../../escape.ts
+#EXTINF:2.0,
+seg00011.ts
+"""
+
+
+def test_a_media_playlist_names_its_segments_beside_it():
+    pl = hls.parse(PLAYLIST, "live/ch1/index.m3u8")
+    assert pl.target_duration == 2 and pl.media_sequence == 7 and not pl.ended
+    assert [(s.sequence, s.path, s.duration) for s in pl.segments] == [
+        (7, "live/ch1/seg00007.ts", 2.0),
+        (8, "live/ch1/seg00008.ts", 1.96),
+        (11, "live/ch1/seg00011.ts", 2.0),
+    ]
+    assert pl.last_sequence == 11, "absolute URLs and paths out of the tree are not ours, but keep their numbers"
+    assert hls.parse(PLAYLIST + "#EXT-X-ENDLIST\n", "a.m3u8").ended
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "EXTM3U"), ("<html>", "EXTM3U"), ("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:x\n", "MEDIA-SEQUENCE")]
+)
+def test_what_is_not_a_media_playlist(text, message):
+    with pytest.raises(hls.PlaylistError, match=message):
+        hls.parse(text, "a.m3u8")
+
+
+def test_playlists_are_held_briefly_and_other_files_as_configured():
+    assert live.revalidate_after("live/index.M3U8", 1.0) == live.PLAYLIST_REVALIDATE < 1.0
+    assert live.revalidate_after("live/index.m3u8", 0.1) == 0.1, "a shorter --revalidate still wins"
+    assert live.revalidate_after("live/seg00001.ts", 1.0) == 1.0
+    assert live.LIVE_POLL + 2 * live.PLAYLIST_REVALIDATE < 2.0, "origin poll and two hops stay under one 2 s segment"
+
+
+def test_ffmpeg_writes_two_second_segments_with_temp_files(tmp_path):
+    argv = ffmpeg_command(tmp_path, 10, 400_000)
+    assert argv[argv.index("-hls_time") + 1] == "2" and "delete_segments+temp_file" in argv
+    assert argv[-1] == str(tmp_path / "live.m3u8")
+
+
+def _catalog(tmp_path):
+    root = tmp_path / "pub"
+    (root / "live").mkdir(parents=True)
+    return Catalog(root, tmp_path / "state.json", load_or_create_private_key(tmp_path / "key.pem"))
+
+
+def _write(path, text: str | bytes) -> None:
+    """As ffmpeg does with temp_file: write NAME.tmp, then rename it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def _playlist(first: int, last: int) -> str:
+    body = "".join(f"#EXTINF:2.0,\nseg{i:05d}.ts\n" for i in range(first, last + 1))
+    return f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n{body}"
+
+
+async def test_the_watcher_publishes_new_segments_with_their_playlist_and_never_a_partial_file(tmp_path):
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    _write(root / "seg00000.ts", b"a" * 1000)
+    _write(root / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))  # the full scan finds the stream first
+    assert set(catalog.by_path) == {"live/seg00000.ts", "live/live.m3u8"}
+    watcher = LiveWatcher(catalog, asyncio.Lock())
+    await watcher.check()
+    assert watcher.published == 0, "nothing changed"
+
+    (root / "seg00002.ts.tmp").write_bytes(b"half")  # ffmpeg is still writing the next one
+    _write(root / "seg00001.ts", b"b" * 1000)
+    _write(root / "live.m3u8", _playlist(0, 1))
+    old = catalog.by_path["live/live.m3u8"].signed
+    await watcher.check()
+    assert watcher.published == 1
+    assert "live/seg00001.ts" in catalog.by_path and not any(p.endswith(".tmp") for p in catalog.by_path)
+    new = catalog.by_path["live/live.m3u8"].signed
+    assert new.content_id != old.content_id and new.manifest.modified > old.manifest.modified, "a newer version moves forward"
+    assert not any(p.endswith(".tmp") for p in catalog.scan_changes(dict(catalog.by_path))), "nor does the full scan publish one"
+
+
+async def test_a_playlist_rewritten_while_it_is_published_waits_for_the_next_poll(tmp_path):
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    _write(root / "seg00000.ts", b"a" * 100)
+    _write(root / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))
+    watcher = LiveWatcher(catalog, asyncio.Lock())
+    _write(root / "seg00001.ts", b"b" * 100)
+    _write(root / "live.m3u8", _playlist(0, 1))
+    changed = watcher.changed_playlists()
+    read_too_early = watcher._changes(changed, dict(catalog.by_path))
+    assert "live/live.m3u8" in read_too_early
+    # the same, but the encoder rewrites the playlist between the read and the hashing: it names a segment not yet published
+    original = catalog.changes_for
+
+    def rewrite_first(rels, known):
+        _write(root / "seg00002.ts", b"c" * 100)
+        _write(root / "live.m3u8", _playlist(0, 2))
+        return original(rels, known)
+
+    catalog.changes_for = rewrite_first
+    changes = watcher._changes(changed, dict(catalog.by_path))
+    assert "live/live.m3u8" not in changes, "published only with the segments it names, at the next poll"
+
+
+def test_the_disk_watch_ages_a_handed_out_playlist(tmp_path):
+    disk = DiskWatch(tmp_path, "live.m3u8")
+    disk.versions = [(10.0, "v1"), (12.0, "v2")]
+    assert disk.age("v2", 20.0) == 0.0, "the newest version is never outdated"
+    assert disk.age("v1", 11.0) == 0.0 and disk.age("v1", 13.5) == 1.5
+    assert disk.age("forged", 13.0) is None
+
+
+def _engine(count: int) -> Engine:
+    host = type("Host", (), {"spawn": lambda s, w: None, "changed": lambda s: None, "gone": lambda s: False})()
+    return Engine(host, count, (), seed="me", deadline=2.0, edges=["http://edge:8000"], ranking=SourceRanking(), clock=lambda: 0.0)
+
+
+def test_a_live_segment_is_left_to_the_swarm_and_seeding_not_to_the_tail_rule():
+    whole, seg = _engine(3), _engine(3)
+    whole.want_whole()
+    seg.want_live()
+    assert whole.tail() and whole.fallback(0.0), "a small file without neighbours: the edge fills it"
+    assert not seg.tail() and not seg.fallback(0.0), "a live segment waits for /seed and the region"
+    seg.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert seg.fallback(engine.FALLBACK_AFTER + 1), "known peers that deliver nothing: the edge takes over"
+
+
+def test_a_playlist_is_kept_as_signed_and_its_last_versions_stay_servable(tmp_path):
+    """An edge handed version N just before the rewrite still gets N's bytes (the file now holds N+1)."""
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    _write(root / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))
+    first = catalog.by_path["live/live.m3u8"]
+    assert first.data == _playlist(0, 0).encode() and first.signed.manifest.check_piece(0, first.data)
+    for last in range(1, 12):
+        _write(root / "live.m3u8", _playlist(0, last))
+        catalog.apply(catalog.changes_for(["live/live.m3u8"], dict(catalog.by_path)))
+    assert first.signed.content_id not in catalog.superseded, "only the last few versions are kept"
+    kept = list(catalog.superseded.values())
+    assert len(kept) == 8 and all(e.signed.manifest.check_piece(0, e.data) for e in kept)
+    assert catalog.by_path["live/live.m3u8"].signed.content_id not in catalog.superseded
