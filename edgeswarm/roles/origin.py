@@ -42,8 +42,8 @@ from edgeswarm.protocol.wire import (
     torrent_link,
     torrent_response,
 )
-from edgeswarm.roles.publish import Publisher
 from edgeswarm.roles.livewatch import LiveWatcher
+from edgeswarm.roles.publish import Publisher
 from edgeswarm.store.catalog import Catalog, Entry
 from edgeswarm.store.uploads import Staging
 from edgeswarm.trust import access
