@@ -125,6 +125,20 @@ def add_parser(sub) -> None:
         metavar="RATE",
         help=f"most a peer may claim to move each way (default {d.max_peer_rate * 8 / 1e9:g}Gbit/s)",
     )
+    p2p.add_argument(
+        "--relay-peers",
+        type=options.count_or_zero,
+        default=d.relay_peers,
+        metavar="N",
+        help=f"peers that cannot accept connections (peer --unreachable) relayed at once; 0: none (default {d.relay_peers})",
+    )
+    p2p.add_argument(
+        "--relay-requests",
+        type=options.count,
+        default=d.relay_requests,
+        metavar="N",
+        help=f"piece requests in flight through the relay to one relayed peer (default {d.relay_requests})",
+    )
     options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s")
     trust = p.add_argument_group("trust and accounting")
     trust.add_argument(

@@ -55,6 +55,11 @@ def add_parser(sub) -> None:
         metavar="PATH",
         help="managed seeder: keep this path whole, pinned against eviction and announced, without any player asking (repeatable)",
     )
+    p.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="other peers cannot connect to this one (NAT, firewall): upload through a relay at each edge (a WebSocket out)",
+    )
     options.upload_limit(p, "upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
     p.add_argument(
         "--download-limit",

@@ -16,6 +16,7 @@ RESERVED = frozenset(
     {"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics", "dashboard"}
 )
 RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (protocol/torrent.py)
+RESERVED |= {"relay"}  # the edge's relay for peers that cannot accept connections (protocol/relay.py)
 
 
 def clean_request_path(raw_path: str) -> str:

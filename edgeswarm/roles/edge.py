@@ -63,6 +63,7 @@ from edgeswarm.protocol.wire import (
 from edgeswarm.roles import bttracker
 from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.roles.relay import RelayHub, RelayLimits
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.store.redispeers import open_store
@@ -142,6 +143,11 @@ class Edge:
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
         )
         self._p2p_last: dict = {"regions": {}}
+        self.relay = (  # p2p mode: neighbours reach peers that cannot accept connections through this edge
+            RelayHub(RelayLimits(config.relay_peers, config.relay_requests, timeout=config.timeout), self._known_manifest)
+            if tracker is not None and config.relay_peers
+            else None
+        )
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -205,6 +211,34 @@ class Edge:
             except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
                 raise HttpError(502, exc.message) from None
         return self._keys[cid]
+
+    def _known_manifest(self, cid: str) -> SignedManifest | None:
+        return self.store.manifest(cid) if self.store is not None else None
+
+    async def get_relay(self, request: web.Request) -> web.StreamResponse:
+        """``GET /relay`` (WebSocket, p2p mode): a peer that cannot accept connections answers its neighbours through us.
+
+        Any valid access token will do (the contents it serves were checked at
+        its announces); under ``--require-token`` one is needed.
+        """
+        if self.relay is None:
+            raise HttpError(404, "this edge relays no peers (it needs --p2p, and --relay-peers above 0)")
+        store = await self._store()
+        user = None
+        try:
+            raw = tokens.from_request(request.headers, request.query)
+            if raw is None and self.require_token:
+                raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN")
+            user = tokens.verify(raw, store.public_key).user if raw is not None else None
+        except tokens.TokenError as exc:
+            raise access.denied(exc) from None
+        return await self.relay.connect(request, user)
+
+    async def get_relayed(self, request: web.Request) -> web.StreamResponse:
+        """``GET /relay/<id>/piece/..`` and ``/have/..``: a neighbour's request, passed to the relayed peer."""
+        if self.relay is None:
+            raise HttpError(404, "this edge relays no peers (it needs --p2p, and --relay-peers above 0)")
+        return await self.relay.forward(request)
 
     # -- manifests ------------------------------------------------------------------
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
@@ -647,7 +681,7 @@ class Edge:
         items = doc["contents"]
         if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
             raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
-        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency") if k in doc}
+        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency", "relay") if k in doc}
         answers: dict[str, dict] = {}
         charged, stop = False, None
         for item in items:
@@ -684,7 +718,12 @@ class Edge:
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         user = grant.user if grant else None
-        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge)
+        relay_url = None
+        if doc.get("relay") is True and isinstance(doc.get("peer_id"), str):  # it cannot be reached: hand it out at our relay
+            if self.relay is None:
+                raise HttpError(400, "this edge relays no peers (--relay-peers 0): announce without 'relay', from a reachable address")
+            relay_url = self.relay.url_for(f"{request.scheme}://{request.host}", request.remote or "", user, doc["peer_id"])
+        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge, relay_url)
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
@@ -731,6 +770,7 @@ class Edge:
                 "contents": sorted(contents, key=lambda c: c["path"]),
                 **({"p2p": await self._p2p_status()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
+                **({"relay": self.relay.status()} if self.relay else {}),
             }
         )
 
@@ -772,6 +812,11 @@ class Edge:
         r.add_get("/torrent/{path:.*}", self.get_torrent)
         r.add_get("/magnet/{path:.*}", self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
+        r.add_get("/relay", self.get_relay)
+        if self.relay is not None:
+            relay = self.relay
+            app.on_shutdown.append(lambda _: relay.close())  # relayed peers' WebSockets end now, not at the shutdown timeout
+        r.add_get("/relay/{rid}/{tail:.*}", self.get_relayed)
         r.add_get("/{path:.*}", self.get_file)
 
         async def lifecycle(app: web.Application):

@@ -52,6 +52,7 @@ from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles.config import PeerConfig
+from edgeswarm.roles.relay import RelayClient, relayed_middleware
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust import access, tls, tokens
@@ -193,6 +194,7 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
+        self.relay = RelayClient(self) if config.unreachable else None  # --unreachable: neighbours reach us through our edges
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
         for q in ("p50", "p95"):
@@ -292,6 +294,11 @@ class Peer:
         edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
         return await self.manifests.revalidate(store, path, edges, self.edge_headers())
 
+    def loopback_host(self) -> str:
+        """Where this process reaches its own upload server (the relay client's requests)."""
+        bind = self.config.bind
+        return "127.0.0.1" if bind in (None, "", "0.0.0.0") else "::1" if bind == "::" else f"[{bind}]" if ":" in bind else bind
+
     def swarm(self, signed: SignedManifest) -> Swarm:
         cid = signed.content_id
         swarm = self.swarms.get(cid)
@@ -387,7 +394,7 @@ class Peer:
         headers = {
             PEER_HEADER: self.peer_id,
             "Accept": havefeed.CONTENT_TYPE,
-            havefeed.UPLOAD_PORT_HEADER: str(self.upload_port),
+            **({} if self.relay else {havefeed.UPLOAD_PORT_HEADER: str(self.upload_port)}),  # relayed: the tracker's URL only
             **({havefeed.REGION_HEADER: self.region} if self.region else {}),
             **self.peer_headers(cid),
         }
@@ -468,6 +475,8 @@ class Peer:
     async def announce_loop(self) -> None:
         await self.bound.wait()
         await self._store()
+        if self.relay is not None:  # handed out before our relay is up, we would cost neighbours failures: give it a moment
+            await self.relay.wait_connected(5.0)
         while True:
             if len(self.ticket_keys) < len(self.edges):
                 await self.learn_ticket_keys()
@@ -551,7 +560,8 @@ class Peer:
 
     def _head(self) -> dict:
         latency = self.have_latency.percentiles()
-        return {"peer_id": self.peer_id, "port": self.upload_port, **({"have_latency": latency} if latency else {})}
+        relayed = {"relay": True} if self.relay else {}  # unreachable: the edge hands us out at its relay
+        return {"peer_id": self.peer_id, "port": self.upload_port, **relayed, **({"have_latency": latency} if latency else {})}
 
     async def _post_announce(self, edge: str, doc: dict, limit: int) -> tuple[int, bytes] | str:
         """POST /announce: (status, body), or why the tracker could not be reached; a non-tracker is dropped from the announce list."""
@@ -694,6 +704,7 @@ class Peer:
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),
                 "have_subscribers": self.havefeed.count(),
+                **({"relay": self.relay.status()} if self.relay else {}),
             }
         )
 
@@ -773,6 +784,7 @@ class Peer:
         app = make_app(self.metrics)
         app.router.add_get("/piece/{cid}/{index}", self.get_piece)
         app.router.add_get("/have/{cid}", self.get_have)
+        app.middlewares.append(relayed_middleware(self.relay))
         app.on_shutdown.append(lambda _: self._end_streams())
 
         async def lifecycle(app: web.Application):
@@ -803,6 +815,8 @@ class Peer:
         if self.router is not None:
             self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
         self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(lambda: set(self._p2p_edges))))
 
     async def keep_seeded(self, path: str, recheck: float = 60.0) -> None:
         """``--seed PATH``: hold the current version of ``path`` whole and pinned, for the region's other peers.

@@ -1,0 +1,132 @@
+"""Relays for peers that cannot accept connections (issue 14, item 2): real daemons on loopback.
+
+An ``--unreachable`` peer announces ``"relay": true``; the tracker hands it
+out at ``http://EDGE/relay/<id>``, and its neighbours fetch through that
+WebSocket-backed relay exactly as from any peer, verifying every piece.
+No privileges are needed: the relayed peer's upload port is never handed
+out, so its neighbours can reach it only through the relay (the lab blocks
+inbound connections with iptables as well: docs/lab.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, post, sha, status
+
+from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.roles.relay import RelayHub
+
+SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
+    return nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), "--announce-interval", "1"),
+        *extra,
+        name="edge",
+    )
+
+
+def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, *extra: str):
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", *extra),
+        name=name,
+    )
+
+
+async def until(check, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.3)
+
+
+async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
+    st = await status(http, peer.urls["gateway"])
+    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
+
+
+async def test_an_unreachable_peer_uploads_through_its_edges_relay(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    # the edge sends slowly, so the downloader takes what it can from the relayed seeder
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "400KB/s")
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "hidden", "--unreachable")
+    await post(http, seeder, "/f.bin")
+    await until(lambda: complete(http, seeder), 60, "the seeder's download")
+    relay_up = await until(lambda: _relay_peers(http, edge.url), 10, "the seeder's relay")
+    assert relay_up == 1
+
+    downloader = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "viewer")
+    await post(http, downloader, "/f.bin")
+    st = await until(lambda: complete(http, downloader), 60, "the downloader's download")
+    async with http.get(downloader.urls["gateway"] + "/f.bin") as resp:
+        assert resp.status == 200 and sha(await resp.read()) == sha(data)
+
+    from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]
+    assert from_peers, st["bytes_received"]
+    assert all(f"{edge.url}/relay/" in row["source"] for row in from_peers), from_peers  # never the seeder's own address
+    peer_bytes = sum(row["bytes"] for row in from_peers)
+    hidden = await status(http, seeder.urls["gateway"])
+    relay_st = (await status(http, edge.url))["relay"]
+    assert hidden["uploaded_to_peers"] >= peer_bytes  # every byte the viewer got from peers, the hidden seeder sent
+    assert relay_st["bytes_out"] >= peer_bytes  # and the edge carried it
+    assert hidden["relay"]["served"].get("piece", 0) >= peer_bytes // (256 * 1024)
+
+
+async def _relay_peers(http: aiohttp.ClientSession, edge: str) -> int:
+    return (await status(http, edge))["relay"]["peers"]
+
+
+async def test_the_relay_refuses_quickly_what_it_cannot_pass(tmp_path, nodes, origin, published, regions, http):
+    """Unknown relay id: a quick 503; a path other than the two upload endpoints: 404; a relay with no peer id: 400."""
+    make_file(published / "g.bin", 300_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    cid = "a" * 64
+    started = time.monotonic()
+    async with http.get(f"{edge.url}/relay/{'0' * 12}-{'1' * 12}/piece/{cid}/0") as resp:
+        assert resp.status == 503 and "not connected" in await resp.text()
+    assert time.monotonic() - started < 2
+    async with http.get(f"{edge.url}/relay/{'0' * 12}-{'1' * 12}/status") as resp:
+        assert resp.status == 404
+    async with http.get(f"{edge.url}/relay") as resp:
+        assert resp.status == 400 and "X-Edgeswarm-Peer" in await resp.text()
+
+
+async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, origin, published, regions, http):
+    """A relayed peer killed: its relay URL answers 503 at once, and the edge forgets it."""
+    make_file(published / "h.bin", 600_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.3", "gone", "--unreachable")
+    await post(http, seeder, "/h.bin")
+    await until(lambda: complete(http, seeder), 60, "the seeder's download")
+    await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
+    rid = RelayHub.relay_id("127.1.0.3", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
+    seeder.stop()
+    await until(lambda: _no_relay(http, edge.url), 10, "the edge to see the relay close")
+    cid = (await status(http, edge.url))["contents"][0]["id"]
+    started = time.monotonic()
+    async with http.get(f"{edge.url}/relay/{rid}/piece/{cid}/0") as resp:
+        assert resp.status == 503 and "not connected" in await resp.text()
+    assert time.monotonic() - started < 2
+
+
+async def _no_relay(http: aiohttp.ClientSession, edge: str) -> bool:
+    return (await status(http, edge))["relay"]["peers"] == 0
