@@ -103,6 +103,14 @@ def print_report(console: Console, r: dict) -> None:
             f"startup delay: median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s; "
             f"rebuffering {pb['rebuffering']:.2%} of viewing time; {pb['stalls']} stalls in {pb['views']} views"
         )
+    rl = r.get("relay")
+    if rl:
+        how = "behind a firewall that drops inbound connections" if rl["firewalled"] else "announced --unreachable (loopback: no firewall)"
+        console.print(
+            f"relay: {rl['unreachable_peers']} peers {how} sent {format_bytes(rl['uploaded_by_unreachable'])}, "
+            f"{_pct(rl['share_of_peer_uploads'])} of what peers sent each other; the edges relayed {format_bytes(rl['edge_relay_bytes'])}, "
+            f"{_pct(rl['edge_relay_share_of_egress'])} of their egress"
+        )
     m = r.get("model")
     if m:
         t = m["total"]

@@ -80,6 +80,7 @@ class Scenario:
     vod: Vod = field(default_factory=Vod)
     churn: Churn = field(default_factory=Churn)
     faults: list[dict] = field(default_factory=list)  # a chaos run's schedule (chaos.py)
+    unreachable: float = 0.0  # share of each region's peers that accept no connections (--netns: a firewall): relayed by the edge
 
     @property
     def peers(self) -> int:
@@ -181,6 +182,7 @@ def _check(s: Scenario, where: str) -> Scenario:
     need(v.bitrate_kbps > 0 and v.duration_s > 0 and v.videos >= 1, "vod: bitrate_kbps, duration_s and videos must be positive")
     need(0 <= v.quit_prob <= 1, "vod: quit_prob is a probability")
     need(0 < v.startup_s <= v.max_buffer_s and 0 < v.resume_s <= v.max_buffer_s, "vod: 0 < startup_s, resume_s <= max_buffer_s")
+    need(0 <= s.unreachable <= 1, "unreachable is a share of the peers, 0..1")
     c = s.churn
     need(0 <= c.leave <= 1, "churn: leave is a fraction")
     need(0 <= c.between_s[0] <= c.between_s[1] and c.away_s >= 0, "churn: between_s is [from, to], away_s >= 0")
