@@ -11,6 +11,8 @@ inbound connections with iptables as well: docs/lab.md).
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -130,3 +132,52 @@ async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, o
 
 async def _no_relay(http: aiohttp.ClientSession, edge: str) -> bool:
     return (await status(http, edge))["relay"]["peers"] == 0
+
+
+def _netns_reason() -> str | None:
+    from edgeswarm.measure import netns
+
+    reason = netns.unavailable_reason()
+    if reason is None and shutil.which("iptables") is None:
+        reason = "iptables is not installed (apt-get install iptables)"
+    return reason
+
+
+async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_path, nodes, published, http):
+    """Each node in its own namespace; the seeder's drops every inbound SYN: its neighbour cannot connect, yet gets its pieces."""
+    from edgeswarm.measure import netns
+
+    reason = _netns_reason()
+    if reason is not None:
+        pytest.skip(f"network namespaces or iptables unavailable: {reason}")
+    data = make_file(published / "f.bin", SIZE)
+    with netns.Netns(tag="rly", base="10.79") as net:
+        hosts = {name: net.add(name, region) for name, region in (("origin", 0), ("edge", 1), ("hidden", 1), ("viewer", 1))}
+        net.block_inbound(hosts["hidden"])
+        regions = tmp_path / "regions-ns.yaml"
+        regions.write_text(f"regions:\n  - {{name: east, isp: att, networks: [{net.region_network(1)}]}}\n")
+
+        def start(role: str, name: str, *args: str):
+            h = hosts[name]
+            return nodes.start(role, *args, name=name, host=h.address, prefix=h.prefix)
+
+        origin = start("origin", "origin", "--publish", str(published), "--scan-interval", "0.2")
+        p2p = ("--p2p", "--regions", str(regions), "--announce-interval", "1", "--upload-limit", "400KB/s")
+        edge = start("edge", "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, *p2p)
+        peer_args = ("--edge", edge.url, "--gateway")
+        seeder = start("peer", "hidden", "--cache", str(tmp_path / "hidden"), *peer_args, f"{hosts['hidden'].address}:0", "--unreachable")
+        await post(http, seeder, "/f.bin")
+        await until(lambda: complete(http, seeder), 60, "the seeder's download")
+        viewer = start("peer", "viewer", "--cache", str(tmp_path / "viewer"), *peer_args, f"{hosts['viewer'].address}:0")
+        direct = subprocess.run(
+            [*hosts["viewer"].prefix, "curl", "-s", "-o", "/dev/null", "--max-time", "2", seeder.urls["upload"] + "/healthz"],
+            capture_output=True,
+        )
+        assert direct.returncode == 28, direct  # a timeout: the SYN is dropped, as a NAT or firewall would
+        await post(http, viewer, "/f.bin")
+        st = await until(lambda: complete(http, viewer), 60, "the viewer's download")
+        async with http.get(viewer.urls["gateway"] + "/f.bin") as resp:
+            assert resp.status == 200 and sha(await resp.read()) == sha(data)
+        from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]
+        assert from_peers and all("/relay/" in row["source"] for row in from_peers), st["bytes_received"]
+        assert (await status(http, edge.url))["relay"]["bytes_out"] >= sum(row["bytes"] for row in from_peers)
