@@ -72,13 +72,13 @@ async def test_an_unreachable_peer_uploads_through_its_edges_relay(tmp_path, nod
     edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "400KB/s")
     seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "hidden", "--unreachable")
     await post(http, seeder, "/f.bin")
-    await until(lambda: complete(http, seeder), 60, "the seeder's download")
+    await until(lambda: complete(http, seeder), 90, "the seeder's download")
     relay_up = await until(lambda: _relay_peers(http, edge.url), 10, "the seeder's relay")
     assert relay_up == 1
 
     downloader = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "viewer")
     await post(http, downloader, "/f.bin")
-    st = await until(lambda: complete(http, downloader), 60, "the downloader's download")
+    st = await until(lambda: complete(http, downloader), 90, "the downloader's download")
     async with http.get(downloader.urls["gateway"] + "/f.bin") as resp:
         assert resp.status == 200 and sha(await resp.read()) == sha(data)
 
@@ -118,7 +118,7 @@ async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, o
     edge = start_edge(nodes, tmp_path, origin.url, regions)
     seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.3", "gone", "--unreachable")
     await post(http, seeder, "/h.bin")
-    await until(lambda: complete(http, seeder), 60, "the seeder's download")
+    await until(lambda: complete(http, seeder), 90, "the seeder's download")
     await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
     rid = RelayHub.relay_id("127.1.0.3", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
     seeder.stop()
@@ -167,7 +167,7 @@ async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_pat
         peer_args = ("--edge", edge.url, "--gateway")
         seeder = start("peer", "hidden", "--cache", str(tmp_path / "hidden"), *peer_args, f"{hosts['hidden'].address}:0", "--unreachable")
         await post(http, seeder, "/f.bin")
-        await until(lambda: complete(http, seeder), 60, "the seeder's download")
+        await until(lambda: complete(http, seeder), 90, "the seeder's download")
         viewer = start("peer", "viewer", "--cache", str(tmp_path / "viewer"), *peer_args, f"{hosts['viewer'].address}:0")
         direct = subprocess.run(
             [*hosts["viewer"].prefix, "curl", "-s", "-o", "/dev/null", "--max-time", "2", seeder.urls["upload"] + "/healthz"],
@@ -175,7 +175,7 @@ async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_pat
         )
         assert direct.returncode == 28, direct  # a timeout: the SYN is dropped, as a NAT or firewall would
         await post(http, viewer, "/f.bin")
-        st = await until(lambda: complete(http, viewer), 60, "the viewer's download")
+        st = await until(lambda: complete(http, viewer), 90, "the viewer's download")
         async with http.get(viewer.urls["gateway"] + "/f.bin") as resp:
             assert resp.status == 200 and sha(await resp.read()) == sha(data)
         from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]

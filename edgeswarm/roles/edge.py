@@ -144,10 +144,16 @@ class Edge:
         )
         self._p2p_last: dict = {"regions": {}}
         self.relay = (  # p2p mode: neighbours reach peers that cannot accept connections through this edge
-            RelayHub(RelayLimits(config.relay_peers, config.relay_requests, timeout=config.timeout), self._known_manifest)
+            RelayHub(RelayLimits(config.relay_peers, config.relay_requests, timeout=config.timeout), self._known_manifest, self.bucket)
             if tracker is not None and config.relay_peers
             else None
         )
+        if self.relay is not None:
+            hub = self.relay
+            self.metrics.gauge("relay_peers", "Peers that cannot accept connections relayed by this edge now", lambda: len(hub.links))
+            self.metrics.gauge(
+                "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
+            )
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 

@@ -33,6 +33,7 @@ from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import CHUNK
+from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.tracker import address_group, owner_of
 from edgeswarm.protocol import havefeed, relay
 from edgeswarm.protocol.httpspec import PEER_HEADER
@@ -89,9 +90,10 @@ class _Link:
 class RelayHub:
     """The edge's side: relayed peers' WebSockets, and their neighbours' requests passed down them."""
 
-    def __init__(self, limits: RelayLimits, manifest: Callable[[str], SignedManifest | None]):
+    def __init__(self, limits: RelayLimits, manifest: Callable[[str], SignedManifest | None], bucket: TokenBucket | None = None):
         self.limits = limits
         self.manifest = manifest  # the edge's store lookup: a piece's exact length bounds its answer
+        self.bucket = bucket  # the edge's --upload-limit: relayed bytes are its egress too
         self.links: dict[str, _Link] = {}
         self.bytes: Counter[str] = Counter()  # "out" to requesters, "in" from relayed peers
         self.events: Counter[str] = Counter()  # requests, refusals and failures by kind
@@ -263,6 +265,8 @@ class RelayHub:
                 sent += len(item)
                 if limit is not None and sent > limit:
                     raise HttpError(502, f"cut: relayed peer {rid} sent more than the piece's {limit} bytes")
+                if self.bucket is not None:
+                    await self.bucket.throttle(len(item))
                 await resp.write(item)
                 self.bytes["out"] += len(item)
 
