@@ -60,6 +60,8 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         cors=CorsPolicy(("https://player.example", "http://localhost:3000")),
         relay_peers=0,
         relay_requests=3,
+        promote_upload=250_000,
+        promote_uptime=60.0,
         register_with=("http://r1:8090", "http://r2:8090"),
         register_region="east",
         register_capacity=125_000_000,

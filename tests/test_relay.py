@@ -181,3 +181,60 @@ async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_pat
         from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]
         assert from_peers and all("/relay/" in row["source"] for row in from_peers), st["bytes_received"]
         assert (await status(http, edge.url))["relay"]["bytes_out"] >= sum(row["bytes"] for row in from_peers)
+
+
+async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when_killed(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "p.bin", SIZE)
+    edge = start_edge(
+        nodes, tmp_path, origin.url, regions, "--upload-limit", "600KB/s", "--promote-upload", "20KB/s", "--promote-uptime", "1"
+    )
+    reachable = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i}", f"r{i}", "--upload-limit", "300KB/s") for i in (1, 2)]
+    for p in reachable:
+        await post(http, p, "/p.bin")
+    for p in reachable:
+        await until(lambda p=p: complete(http, p), 90, "the reachable peers' downloads")
+    await until(lambda: _promoted(http, edge.url), 30, "a promotion")
+
+    hidden = start_peer(nodes, tmp_path, edge.url, "127.1.0.3", "hidden", "--unreachable")
+    await post(http, hidden, "/p.bin")
+    await until(lambda: complete(http, hidden), 90, "the hidden peer's download")
+    at = await until(lambda: _relay_at(http, hidden), 20, "the hidden peer's relay at a promoted peer")
+    relay_peer = next(p for p in reachable if p.urls["upload"] == at)
+    assert at in await _promoted(http, edge.url)
+    for p in reachable:
+        if p is not relay_peer:
+            p.stop()  # the viewer's peers: the promoted one, and the hidden one through it
+
+    viewer = start_peer(nodes, tmp_path, edge.url, "127.1.0.4", "viewer")
+    await post(http, viewer, "/p.bin")
+    st = await until(lambda: complete(http, viewer), 90, "the viewer's download")
+    async with http.get(viewer.urls["gateway"] + "/p.bin") as resp:
+        assert resp.status == 200 and sha(await resp.read()) == sha(data)
+    via_promoted = [r for r in st["bytes_received"] if r["source"].startswith(relay_peer.urls["upload"] + "/relay/")]
+    assert via_promoted and via_promoted[0]["bytes"] > 0, st["bytes_received"]
+    assert (await status(http, relay_peer.urls["gateway"]))["relaying_for"]["bytes_out"] >= via_promoted[0]["bytes"]
+
+    relay_peer.kill()
+    await until(lambda: _demoted(http, edge.url, relay_peer.urls["upload"]), 20, "the demotion of the killed peer")
+    await until(lambda: _holds_relay_at(http, hidden, None), 20, "the hidden peer back at the edge's relay only")
+
+
+async def _promoted(http: aiohttp.ClientSession, edge: str) -> list[str]:
+    return (await status(http, edge))["promotion"]["promoted"]
+
+
+async def _demoted(http: aiohttp.ClientSession, edge: str, url: str) -> bool:
+    promotion = (await status(http, edge))["promotion"]
+    return url not in promotion["promoted"] and promotion["demotions"] >= 1
+
+
+async def _relay_at(http: aiohttp.ClientSession, peer) -> str | None:
+    """The promoted peer whose relay ``peer`` holds open, if any."""
+    relay = (await status(http, peer.urls["gateway"]))["relay"]
+    return next((v for v in relay["via"].values() if v and relay["edges"].get(v)), None)
+
+
+async def _holds_relay_at(http: aiohttp.ClientSession, peer, url: str | None) -> bool:
+    relay = (await status(http, peer.urls["gateway"]))["relay"]
+    vias = {v for v in relay["via"].values()}
+    return relay["edges"].get(url, False) if url else not any(vias)

@@ -130,6 +130,10 @@ class EdgeConfig(_Flags):
     """p2p mode: peers that cannot accept connections (``peer --unreachable``) this edge relays at once; 0: none."""
     relay_requests: int = 8
     """p2p mode: piece requests in flight through the relay to one relayed peer (its HAVE streams apart)."""
+    promote_upload: int | None = field(default=None, metadata=_RATE)
+    """p2p mode: promote reachable peers that upload at least this (bytes/s) to relays for their region; None: never."""
+    promote_uptime: float = 300.0
+    """p2p mode: seconds a peer must have announced here before it may be promoted."""
     register_with: tuple[str, ...] = ()
     """Routers (``edgeswarm router``) this edge registers with once it listens; empty: none."""
     register_region: str | None = None

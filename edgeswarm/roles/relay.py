@@ -90,8 +90,15 @@ class _Link:
 class RelayHub:
     """The edge's side: relayed peers' WebSockets, and their neighbours' requests passed down them."""
 
-    def __init__(self, limits: RelayLimits, manifest: Callable[[str], SignedManifest | None], bucket: TokenBucket | None = None):
+    def __init__(
+        self,
+        limits: RelayLimits,
+        manifest: Callable[[str], SignedManifest | None],
+        bucket: TokenBucket | None = None,
+        unknown_piece_limit: int | None = None,
+    ):
         self.limits = limits
+        self.unknown_piece_limit = unknown_piece_limit  # a promoted peer's relay: pieces of contents it does not hold, up to this
         self.manifest = manifest  # the edge's store lookup: a piece's exact length bounds its answer
         self.bucket = bucket  # the edge's --upload-limit: relayed bytes are its egress too
         self.links: dict[str, _Link] = {}
@@ -197,7 +204,7 @@ class RelayHub:
             await self._send(link, relay.encode(relay.Request(fid, tail, headers, request.remote or "")))
             head = await self._head(pending, rid)
             resp = web.StreamResponse(status=head.status, headers=relay.pick(head.headers, relay.RESPONSE_HEADERS))
-            if head.status == 200 and not stream:
+            if head.status == 200 and not stream and self.manifest(tail.split("/")[2]) is not None:
                 resp.content_length = limit  # a piece is exactly this long: a short one is cut, never passed on whole
             await resp.prepare(request)
             ended = await self._body(request, resp, pending, limit if head.status == 200 and not stream else None, rid)
@@ -219,6 +226,8 @@ class RelayHub:
             return 64 * 1024
         signed = self.manifest(parts[2])
         index = int(parts[3])
+        if signed is None and self.unknown_piece_limit is not None:
+            return self.unknown_piece_limit  # the requester verifies the piece against its manifest, as ever
         if signed is None or index >= signed.manifest.piece_count:
             raise HttpError(404, f"content {parts[2][:12]} or its piece {index} is not known to this relay")
         return signed.manifest.piece_span(index)[1]
@@ -256,7 +265,7 @@ class RelayHub:
                 if item.error:
                     self.events["failed"] += 1
                     raise HttpError(502, f"cut: relayed peer {rid}: {item.error}")
-                if limit is not None and sent != limit:
+                if limit is not None and sent != limit and resp.content_length is not None:
                     raise HttpError(502, f"cut: relayed peer {rid} sent {sent} bytes of a {limit}-byte piece")
                 await resp.write_eof()
                 return True
@@ -291,7 +300,8 @@ class RelayClient:
     def __init__(self, peer: Peer):
         self.peer = peer
         self.secret = secrets.token_hex(16)  # proves a relayed request came through us (X-Edgeswarm-Relayed-For)
-        self.connected: dict[str, bool] = {}  # edge -> its relay is up
+        self.connected: dict[str, bool] = {}  # edge (or promoted peer) -> its relay is up
+        self.via: dict[str, str | None] = {}  # edge -> the promoted peer of our region it told us to hold a relay at
         self.served: Counter[str] = Counter()  # requests answered, by kind
         self._tasks: dict[str, asyncio.Task] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -317,7 +327,7 @@ class RelayClient:
         )
         try:
             while True:
-                wanted = edges()
+                wanted = edges() | {url for url in self.via.values() if url}
                 for edge in wanted - set(self._tasks):
                     self._tasks[edge] = asyncio.create_task(self._keep(edge))
                 for edge in set(self._tasks) - wanted:
@@ -346,7 +356,8 @@ class RelayClient:
     async def _serve(self, edge: str) -> bool:
         """One WebSocket's life; True if it was open (the edge took us)."""
         assert self._session is not None
-        headers = {PEER_HEADER: self.peer.peer_id, **self.peer.edge_headers()}
+        credentials = self.peer.edge_headers() if edge in self.peer.edges else {}  # a promoted peer never sees our token
+        headers = {PEER_HEADER: self.peer.peer_id, **credentials}
         async with asyncio.timeout(self.peer.upstream.timeout):
             ws = await self._session.ws_connect(f"{edge}/relay", headers=headers, heartbeat=HEARTBEAT, max_msg_size=relay.MAX_FRAME)
         lock, tasks = asyncio.Lock(), dict[int, asyncio.Task]()
@@ -396,8 +407,13 @@ class RelayClient:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await send(relay.encode(relay.End(req.id, f"the peer's upload server failed: {exc.__class__.__name__}")))
 
+    def relay_at(self, edge: str) -> str | None:
+        """The promoted peer ``edge`` named whose relay we hold open now (said in announces to ``edge``)."""
+        via = self.via.get(edge)
+        return via if via and self.connected.get(via) else None
+
     def status(self) -> dict:
-        return {"edges": dict(self.connected), "served": dict(self.served)}
+        return {"edges": dict(self.connected), "via": dict(self.via), "served": dict(self.served)}
 
 
 def _forget(tasks: dict[int, asyncio.Task], fid: int, _: asyncio.Task) -> None:
