@@ -132,6 +132,7 @@ class User:
     unreachable: bool = False  # accepts no connections: uploads through its edge's relay
     uploaded: int = 0  # bytes sent to peers over its earlier lives
     up_last: int = 0  # this life's, as last sampled
+    relayed: int = 0  # bytes it relayed for unreachable peers while promoted, as last sampled (the most seen: a demotion resets it)
 
     def got(self) -> Counter[str]:
         return self.received + self.last
@@ -189,13 +190,16 @@ class Lab:
         rate = self.s.edge_upload_Bps
         host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
         assert self.origin is not None, "started before the edges"
-        config = EdgeConfig(  # no announce interval: the lab runs the defaults
+        config = EdgeConfig(  # no announce interval unless the scenario names one: the lab runs the defaults
             cache=self.root / f"edge-{region}",
             parent=self.origin.url,
             p2p=True,
             regions=regions_file,
             locality=self.s.locality,
             upload_limit=rate if rate and self.net.daemon_caps else None,
+            promote_upload=self.s.promote_upload_Bps,
+            announce_interval=self.s.announce_interval or EdgeConfig.announce_interval,
+            promote_uptime=self.s.promote_uptime,
         )
         self.edges[region] = await self._start("edge", f"edge-{region}", host, *config.argv())
 
@@ -340,6 +344,7 @@ class Lab:
             return
         u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in SOURCE_KINDS})
         u.up_last = st.get("uploaded_to_peers", 0)
+        u.relayed = max(u.relayed, (st.get("relaying_for") or {}).get("bytes_out", 0))
         if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
             u.done_at = self.now()
 
@@ -428,6 +433,8 @@ class Lab:
             "share_of_peer_uploads": _ratio(sum(up[u.name] for u in hidden), sum(up.values())),
             "edge_relay_bytes": relayed,
             "edge_relay_share_of_egress": _ratio(relayed, relayed + edges_total),
+            "promoted_relay_bytes": sum(u.relayed for u in self.users),
+            "promoted_peers": sum(1 for u in self.users if u.relayed),
             "edges": {region: r for region, r in self._edge_relay.items()},
         }
 

@@ -110,6 +110,11 @@ def print_report(console: Console, r: dict) -> None:
             f"relay: {rl['unreachable_peers']} peers {how} sent {format_bytes(rl['uploaded_by_unreachable'])}, "
             f"{_pct(rl['share_of_peer_uploads'])} of what peers sent each other; the edges relayed {format_bytes(rl['edge_relay_bytes'])}, "
             f"{_pct(rl['edge_relay_share_of_egress'])} of their egress"
+            + (
+                f"; {rl['promoted_peers']} promoted peers relayed {format_bytes(rl['promoted_relay_bytes'])}"
+                if rl["promoted_peers"]
+                else ""
+            )
         )
     m = r.get("model")
     if m:

@@ -7,13 +7,15 @@ whether that peer is promoted, and which promoted peer of its region an
 unreachable peer should hold its relay at.
 
 - **Promotion**: a reachable peer whose measured upload (the bytes it reports
-  sending to peers, over the last ``WINDOW`` announces) is at least
+  sending to peers, over the last ``WINDOW`` announces) has reached
   ``min_upload_Bps`` and that has announced for at least ``min_uptime_s``;
   at most ``per_region`` promoted peers per region.
 - **Demotion**: a promoted peer that stops announcing (``expire``: the
-  tracker's ttl), says ``stopped``, moves address, or whose upload over the
-  window falls below half the threshold without stopping (a peer that sends
-  nothing is idle, not slow: nobody asked it).  Its relayed peers are sent back to the edge's relay by their
+  tracker's ttl), says ``stopped``, moves address or restarts (its counters
+  go back).  Not for a fall of its measured upload: what a peer uploads
+  follows what its neighbours ask of it, and demoting on it made peers flap
+  between promoted and demoted as a crowd completed (lab ``relay-promoted``,
+  docs/lab.md), dropping their relayed peers' connections each time.  Its relayed peers are sent back to the edge's relay by their
   next announce answer.
 - **Assignment**: an unreachable peer's relay is the promoted peer of its
   region that a hash of its relay id picks, so a region's relayed peers
@@ -44,6 +46,7 @@ class _Seen:
     last: float
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
     uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
+    best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
 
     def rate(self) -> float:
         """Bytes a second uploaded over the window of announces (0 before two samples)."""
@@ -73,15 +76,14 @@ class Promoter:
             self.forget(key)
             seen = self.seen[key] = _Seen(url, region, now, now)
         seen.last, seen.region = now, region
-        if uploaded < seen.uploaded.get(cid, 0):  # a restart: its counters start again
-            seen.samples.clear()
+        if uploaded < seen.uploaded.get(cid, 0):  # a restart: its counters start again, and so does its measure
+            self.forget(key)
+            seen = self.seen[key] = _Seen(url, region, now, now)
         seen.uploaded[cid] = uploaded
         seen.samples.append((now, sum(seen.uploaded.values())))
-        rate, rules = seen.rate(), self.rules
-        if key in self.promoted:
-            if 0 < rate < rules.min_upload_Bps / 2 and len(seen.samples) == WINDOW:  # idle is not slow: nobody asked
-                self._demote(key)
-        elif rate >= rules.min_upload_Bps and now - seen.first >= rules.min_uptime_s and self._room(region):
+        seen.best = max(seen.best, seen.rate())
+        rules = self.rules
+        if key not in self.promoted and seen.best >= rules.min_upload_Bps and now - seen.first >= rules.min_uptime_s and self._room(region):
             self.promoted[key] = url
             self.promotions += 1
         return key in self.promoted
