@@ -58,6 +58,10 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         token="t0k3n",
         ca=Path("ca.pem"),
         cors=CorsPolicy(("https://player.example", "http://localhost:3000")),
+        relay_peers=0,
+        relay_requests=3,
+        promote_upload=250_000,
+        promote_uptime=60.0,
         register_with=("http://r1:8090", "http://r2:8090"),
         register_region="east",
         register_capacity=125_000_000,
@@ -85,6 +89,7 @@ def test_a_peer_config_survives_its_command_line():
         router="http://router:8090",
         seeds=("films/a.mp4", "os/update.img"),
         accept_preheat=2_000_000_000,
+        unreachable=True,
         bind="192.0.2.7",
     )
     defaults = PeerConfig(cache=Path("c"), edges=())
@@ -133,3 +138,11 @@ def test_an_edge_registering_with_a_router_needs_its_region_and_capacity(tmp_pat
     assert main([*base, "--register-region", "east", "--register-capacity", "1Gbit/s", "--listen", "0.0.0.0:0"]) == 2
     assert "give --register-url" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # refused before the edge made its cache
+
+
+def test_relay_flags_are_checked_while_they_are_read(capsys: pytest.CaptureFixture[str]):
+    assert parsed_edge("--cache", "c", "--parent", "http://o:1", "--relay-peers", "0").relay_peers == 0  # 0: this edge relays nobody
+    for bad in (("--relay-peers", "-1"), ("--relay-requests", "0")):
+        with pytest.raises(SystemExit):
+            parsed_edge("--cache", "c", "--parent", "http://o:1", *bad)
+    assert "expected a whole number" in capsys.readouterr().err

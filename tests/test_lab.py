@@ -137,7 +137,10 @@ def test_bad_scenario_file(tmp_path):
 
 
 def test_shipped_scenarios_load():
-    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "live", "vod", "vod-model"]
+    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "live", "relay", "relay-promoted", "vod", "vod-model"]
+    relay = scenario.load("relay")
+    assert relay.unreachable == 0.34 and relay.promote_upload is None
+    assert scenario.load("relay-promoted").promote_upload_Bps == 64_000 and scenario.load("relay-promoted").announce_interval == 5
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8

@@ -40,6 +40,8 @@ ROUTES = {
     "/dashboard/{name}": "dashboard",
     "/torrent/{path}": "torrent",
     "/magnet/{path}": "torrent",
+    "/relay": "relay",
+    "/relay/{rid}/{tail}": "relay",
     "/{path}": "file",
 }
 

@@ -128,6 +128,7 @@ def test_reserved_names_the_node_endpoints():
         "origin-key",
         "torrent",
         "magnet",
+        "relay",
     } <= RESERVED
     assert "films" not in RESERVED
 

@@ -125,6 +125,33 @@ def add_parser(sub) -> None:
         metavar="RATE",
         help=f"most a peer may claim to move each way (default {d.max_peer_rate * 8 / 1e9:g}Gbit/s)",
     )
+    p2p.add_argument(
+        "--relay-peers",
+        type=options.count_or_zero,
+        default=d.relay_peers,
+        metavar="N",
+        help=f"peers that cannot accept connections (peer --unreachable) relayed at once; 0: none (default {d.relay_peers})",
+    )
+    p2p.add_argument(
+        "--relay-requests",
+        type=options.count,
+        default=d.relay_requests,
+        metavar="N",
+        help=f"piece requests in flight through the relay to one relayed peer (default {d.relay_requests})",
+    )
+    p2p.add_argument(
+        "--promote-upload",
+        type=options.rate,
+        metavar="RATE",
+        help="promote reachable peers that upload at least this to relays for their region's unreachable peers (default: never)",
+    )
+    p2p.add_argument(
+        "--promote-uptime",
+        type=options.positive,
+        default=d.promote_uptime,
+        metavar="SECONDS",
+        help=f"how long a peer must have announced here before it may be promoted (default {d.promote_uptime:g})",
+    )
     options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s")
     trust = p.add_argument_group("trust and accounting")
     trust.add_argument(

@@ -41,6 +41,13 @@ def count(text: str) -> int:
     return n
 
 
+def count_or_zero(text: str) -> int:
+    n = ascii_decimal(text)
+    if n is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return n
+
+
 def listen_address(text: str) -> tuple[str, int]:
     try:
         return parse_listen(text)

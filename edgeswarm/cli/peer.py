@@ -62,6 +62,11 @@ def add_parser(sub) -> None:
         help="let edges ask this peer to fetch and seed content for its region (edgeswarm preheat --peers), "
         "holding at most SIZE of it at once (default: never)",
     )
+    p.add_argument(
+        "--unreachable",
+        action="store_true",
+        help="other peers cannot connect to this one (NAT, firewall): upload through a relay at each edge (a WebSocket out)",
+    )
     options.upload_limit(p, "upload cap such as 2MB/s, 500KB/s or 20Mbit/s (default: none)")
     p.add_argument(
         "--download-limit",

@@ -76,6 +76,9 @@ class Loopback:
         k = self._count[region] + 1
         return Host(f"127.{region}.{k // 250}.{k % 250 + 1}")
 
+    def block_inbound(self, host: Host) -> None:
+        """On loopback nothing can be firewalled: an unreachable peer is one that tells its edge so (``--unreachable``)."""
+
     def region_network(self, region: int) -> str:
         return f"127.{region}.0.0/16"
 
@@ -126,6 +129,10 @@ class User:
     received: Counter[str] = field(default_factory=Counter)  # by source kind, over all its lives
     last: Counter[str] = field(default_factory=Counter)  # this life's, as last sampled
     view: dict | None = None
+    unreachable: bool = False  # accepts no connections: uploads through its edge's relay
+    uploaded: int = 0  # bytes sent to peers over its earlier lives
+    up_last: int = 0  # this life's, as last sampled
+    relayed: int = 0  # bytes it relayed for unreachable peers while promoted, as last sampled (the most seen: a demotion resets it)
 
     def got(self) -> Counter[str]:
         return self.received + self.last
@@ -143,6 +150,7 @@ class Lab:
         self.t0 = 0.0
         self._edge_sent: dict[str, int] = {}
         self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
+        self._edge_relay: dict[str, dict] = {}  # region -> its edge's relay figures (its /status "relay")
         self._origin_sent = 0
 
     # -- deployment ------------------------------------------------------------------------
@@ -161,7 +169,9 @@ class Lab:
         )
         await asyncio.gather(*(self._start_edge(k, r.name, r.latency_ms, regions_file) for k, r in self._regions()))
         specs = [(k, r, i, t) for k, r in self._regions() for i, t in enumerate(tiers.apportion(tiers.table(self.s.tiers), r.peers))]
-        self.users = list(await asyncio.gather(*(self._start_peer(k, r, i, t) for k, r, i, t in specs)))
+        self.users = list(
+            await asyncio.gather(*(self._start_peer(k, r, i, t, _unreachable(i, self.s.unreachable)) for k, r, i, t in specs))
+        )
         self._plan()
 
     def _regions(self):
@@ -180,29 +190,35 @@ class Lab:
         rate = self.s.edge_upload_Bps
         host = self.net.add(f"edge-{region}", k, rate * 8 if rate else None, None, delay_ms)
         assert self.origin is not None, "started before the edges"
-        config = EdgeConfig(  # no announce interval: the lab runs the defaults
+        config = EdgeConfig(  # no announce interval unless the scenario names one: the lab runs the defaults
             cache=self.root / f"edge-{region}",
             parent=self.origin.url,
             p2p=True,
             regions=regions_file,
             locality=self.s.locality,
             upload_limit=rate if rate and self.net.daemon_caps else None,
+            promote_upload=self.s.promote_upload_Bps,
+            announce_interval=self.s.announce_interval or EdgeConfig.announce_interval,
+            promote_uptime=self.s.promote_uptime,
         )
         self.edges[region] = await self._start("edge", f"edge-{region}", host, *config.argv())
 
-    async def _start_peer(self, k: int, region, i: int, tier: Tier) -> User:
+    async def _start_peer(self, k: int, region, i: int, tier: Tier, unreachable: bool = False) -> User:
         name = f"peer-{region.name}-{i + 1}"
         up, down = self.s.scaled_Bps(tier.up_kbps), self.s.scaled_Bps(tier.down_kbps)
         host = self.net.add(name, k, up * 8, down * 8, region.latency_ms)
+        if unreachable:
+            self.net.block_inbound(host)
         caps = self.net.daemon_caps
         config = PeerConfig(
             cache=self.root / name,
             edges=(self.edges[region.name].url,),
             upload_limit=int(up) if caps else None,
             download_limit=int(down) if caps else None,
+            unreachable=unreachable,
         )
         node = await self._start("peer", name, host, *config.argv(), "--gateway", f"{self.net.gateway_host(host)}:0")
-        return User(name, region.name, tier, node, 0.0)
+        return User(name, region.name, tier, node, 0.0, unreachable=unreachable)
 
     def _plan(self) -> None:
         """Arrival times, churn and what each viewer watches: all drawn from the seed, before anything runs."""
@@ -277,6 +293,7 @@ class Lab:
     async def _leave_and_return(self, http: aiohttp.ClientSession, u: User) -> None:
         await self._sample_user(http, u)  # its last counters, before they die with it
         u.received, u.last = u.got(), Counter()
+        u.uploaded, u.up_last = u.uploaded + u.up_last, 0
         await asyncio.to_thread(u.node.kill if self.s.churn.crash else u.node.stop)
         u.left += 1
         await asyncio.sleep(self.s.churn.away_s)
@@ -312,6 +329,7 @@ class Lab:
                 continue
             sent = sum(st["bytes_sent"].values())
             self._edge_p2p[region] = (st.get("p2p") or {}).get("regions", {}).get(region, {})
+            self._edge_relay[region] = st.get("relay") or {}
             row["edges_Bps"][region] = (sent - self._edge_sent.get(region, 0)) / dt if dt > 0 else 0.0
             self._edge_sent[region] = sent
         if origin is not None:
@@ -325,6 +343,8 @@ class Lab:
         if st is None:
             return
         u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in SOURCE_KINDS})
+        u.up_last = st.get("uploaded_to_peers", 0)
+        u.relayed = max(u.relayed, (st.get("relaying_for") or {}).get("bytes_out", 0))
         if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
             u.done_at = self.now()
 
@@ -389,8 +409,34 @@ class Lab:
             "timeline": self.timeline,
         }
         result["playback"] = playback(result["users"]) if s.kind == "vod" else None
+        result["relay"] = self._relay_result(edges_total) if s.unreachable else None
         result["model"] = labsim.compare(result)  # what the simulator's model says of the same sessions
         return result
+
+    def _relay_result(self, edges_total: int) -> dict:
+        """What the unreachable peers gave their regions, and what relaying it cost the edges.
+
+        ``share_of_peer_uploads``: their part of all bytes peers sent each
+        other (were the relay as good as a direct connection, about their
+        share of the peers).  ``edge_relay_bytes``: what the edges' relays
+        sent on (their egress beyond the pieces and files they serve, which
+        ``edges_total`` counts), and its share of all the edges sent.
+        """
+        up = {u.name: u.uploaded + u.up_last for u in self.users}
+        hidden = [u for u in self.users if u.unreachable]
+        relayed = sum(r.get("bytes_out", 0) for r in self._edge_relay.values())
+        return {
+            "unreachable_peers": len(hidden),
+            "firewalled": self.net.name == "netns",
+            "uploaded_by_unreachable": sum(up[u.name] for u in hidden),
+            "uploaded_by_all": sum(up.values()),
+            "share_of_peer_uploads": _ratio(sum(up[u.name] for u in hidden), sum(up.values())),
+            "edge_relay_bytes": relayed,
+            "edge_relay_share_of_egress": _ratio(relayed, relayed + edges_total),
+            "promoted_relay_bytes": sum(u.relayed for u in self.users),
+            "promoted_peers": sum(1 for u in self.users if u.relayed),
+            "edges": {region: r for region, r in self._edge_relay.items()},
+        }
 
     def _demand(self, u: User) -> int:
         """What a pure CDN would have sent this user: the whole file, or what its player read."""
@@ -594,6 +640,11 @@ def _random_file(path: Path, size: int, seed: int) -> str:
             digest.update(block)
             f.write(block)
     return digest.hexdigest()
+
+
+def _unreachable(i: int, share: float) -> bool:
+    """Whether a region's ``i``-th peer is one of its unreachable ones: spread evenly, the same in every run."""
+    return math.floor((i + 1) * share) > math.floor(i * share)
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -111,6 +111,19 @@ def print_report(console: Console, r: dict) -> None:
         )
     if r.get("live"):
         print_live(console, r["live"])
+    rl = r.get("relay")
+    if rl:
+        how = "behind a firewall that drops inbound connections" if rl["firewalled"] else "announced --unreachable (loopback: no firewall)"
+        console.print(
+            f"relay: {rl['unreachable_peers']} peers {how} sent {format_bytes(rl['uploaded_by_unreachable'])}, "
+            f"{_pct(rl['share_of_peer_uploads'])} of what peers sent each other; the edges relayed {format_bytes(rl['edge_relay_bytes'])}, "
+            f"{_pct(rl['edge_relay_share_of_egress'])} of their egress"
+            + (
+                f"; {rl['promoted_peers']} promoted peers relayed {format_bytes(rl['promoted_relay_bytes'])}"
+                if rl["promoted_peers"]
+                else ""
+            )
+        )
     m = r.get("model")
     if m:
         t = m["total"]

@@ -165,6 +165,21 @@ class Netns:
             _run("ip", "addr", "add", f"{self.gateway}/16", "dev", self.uplink)
             _run("ip", "link", "set", self.uplink, "up")
 
+    def block_inbound(self, host: NetHost) -> None:
+        """A firewall in ``host``'s namespace, as a NAT or a home router keeps: no TCP connection may be opened to it.
+
+        Its own connections out (and their answers) pass; so does its loopback,
+        where a relayed peer's relay client reaches its own upload server, and
+        the root namespace (the gateway address: the lab's player and its
+        ``/status`` reads stand for the user's own machine behind the NAT).
+        Needs iptables (Debian: the ``iptables`` package), else NetnsUnavailable.
+        """
+        if shutil.which("iptables") is None:
+            raise NetnsUnavailable("blocking inbound connections needs iptables (apt-get install iptables)")
+        _run(*host.prefix, "iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT")
+        _run(*host.prefix, "iptables", "-A", "INPUT", "-s", f"{self.gateway}/32", "-j", "ACCEPT")
+        _run(*host.prefix, "iptables", "-A", "INPUT", "-p", "tcp", "--syn", "-j", "DROP")
+
     def close(self) -> None:
         """Remove every namespace and link this made (and kill what still runs in them); idempotent, never raises."""
         if not self._started:

@@ -93,6 +93,10 @@ class Scenario:
     live: Live = field(default_factory=Live)
     churn: Churn = field(default_factory=Churn)
     faults: list[dict] = field(default_factory=list)  # a chaos run's schedule (chaos.py)
+    promote_upload: str | None = None  # the edges' --promote-upload (a rate at lab scale): promoted peers relay; none: never
+    promote_uptime: float = 300.0  # the edges' --promote-uptime
+    announce_interval: float | None = None  # the edges' --announce-interval; none: the default (promotion measures upload at announces)
+    unreachable: float = 0.0  # share of each region's peers that accept no connections (--netns: a firewall): relayed by the edge
 
     @property
     def peers(self) -> int:
@@ -101,6 +105,10 @@ class Scenario:
     @property
     def size_bytes(self) -> int:
         return parse_size(self.size)
+
+    @property
+    def promote_upload_Bps(self) -> int | None:
+        return parse_rate(self.promote_upload) if self.promote_upload else None
 
     @property
     def edge_upload_Bps(self) -> int | None:
@@ -180,6 +188,7 @@ def _check(s: Scenario, where: str) -> Scenario:
         tiers.table(s.tiers)
         s.size_bytes  # noqa: B018 - parsed for its error
         s.edge_upload_Bps  # noqa: B018
+        s.promote_upload_Bps  # noqa: B018
     except ValueError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
     need(s.size_bytes > 0, "size must be positive")
@@ -201,6 +210,8 @@ def _check(s: Scenario, where: str) -> Scenario:
     need(lv.bitrate_kbps > 0 and lv.duration_s > 0 and lv.segment_s > 0, "live: bitrate_kbps, duration_s and segment_s must be positive")
     need(0 <= lv.join_s[0] <= lv.join_s[1] < lv.duration_s, "live: join_s is [from, to] within the stream")
     need(lv.start_behind >= 1 and lv.buffer_segments >= 1, "live: start_behind and buffer_segments are at least 1")
+    need(0 <= s.unreachable <= 1, "unreachable is a share of the peers, 0..1")
+    need(s.announce_interval is None or s.announce_interval > 0, "announce_interval must be positive")
     c = s.churn
     need(0 <= c.leave <= 1, "churn: leave is a fraction")
     need(0 <= c.between_s[0] <= c.between_s[1] and c.away_s >= 0, "churn: between_s is [from, to], away_s >= 0")

@@ -37,6 +37,7 @@ ENDPOINTS = (
     "metrics",
     "healthz",
     "dashboard",
+    "relay",
     "other",
 )
 _BY_FIRST_SEGMENT = {
@@ -55,6 +56,7 @@ _BY_FIRST_SEGMENT = {
     "metrics": "metrics",
     "healthz": "healthz",
     "dashboard": "dashboard",
+    "relay": "relay",
 }
 OTHER = "other"  # the label value of what is past a cap, and of requests no route matched
 MAX_CONTENT_SERIES = 256  # content ids with their own edgeswarm_content_bytes_total series; later ones count as "other"

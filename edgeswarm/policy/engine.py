@@ -635,5 +635,15 @@ def refuse_subscriber(neighbours: Iterable[Neighbour], peer_id: str, url: str) -
 
 
 def host_of(url: str) -> str:
-    """The address a neighbour's URL points at (the tracker built it from the address it saw): what a ban holds."""
-    return urlsplit(url).hostname or url
+    """The address a neighbour's URL points at (the tracker built it from the address it saw): what a ban holds.
+
+    A relayed peer's URL (``http://EDGE/relay/<group>-<peer>``) points at its
+    relay: its ban holds the relay and the peer's address group, so the
+    relay's other peers stay usable and a new peer id buys no new chance.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    segments = parts.path.split("/")
+    if len(segments) >= 3 and segments[1] == "relay" and segments[2]:
+        return f"{host}/relay/{segments[2].split('-')[0]}"
+    return host

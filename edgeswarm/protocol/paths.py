@@ -17,6 +17,7 @@ RESERVED = frozenset(
 )
 RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (protocol/torrent.py)
 RESERVED |= {"preheat"}  # an edge's preheat orders (roles/preheatdesk.py)
+RESERVED |= {"relay"}  # the edge's relay for peers that cannot accept connections (protocol/relay.py)
 
 
 def clean_request_path(raw_path: str) -> str:

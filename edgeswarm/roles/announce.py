@@ -74,6 +74,8 @@ def parse_announce(doc: object) -> Announce:
     stats = doc.get("stats", {})
     if not isinstance(stats, dict) or not all(count(stats.get(k, 0)) for k in STAT_KINDS):
         raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+    if not isinstance(doc.get("relay", False), bool):
+        raise HttpError(400, "announce field 'relay' must be true or false")
     usage = doc.get("usage", {})
     if not isinstance(usage, dict) or not set(usage) <= set(USAGE_KINDS) or not all(count(v) for v in usage.values()):
         raise HttpError(400, f"announce field 'usage' must map some of {'/'.join(USAGE_KINDS)} to byte counts (0..2^53)")
@@ -129,7 +131,13 @@ class TrackerService:
         return self.regions.lookup(address) if self.regions else None
 
     async def handle(
-        self, doc: object, address: str, manifest: Manifest, user: str | None = None, charge: bool = True
+        self,
+        doc: object,
+        address: str,
+        manifest: Manifest,
+        user: str | None = None,
+        charge: bool = True,
+        relay_url: str | None = None,
     ) -> tuple[dict, dict[str, int]]:
         """The answer for the peer, and what this announce adds to the usage ledger (bytes by ledger kind).
 
@@ -140,7 +148,9 @@ class TrackerService:
         bounds them; what it cuts is booked as ``claim_excess``.  Every check
         comes before any change of state: a refused announce changes nothing
         (but counts against its sender's announce rate).  ``charge``: count
-        it against that rate (a batch is charged once).
+        it against that rate (a batch is charged once).  ``relay_url``: the
+        peer cannot be reached (``"relay": true``) and is handed out at this
+        URL, its relay at this edge, instead of its address and port.
         """
         a = parse_announce(doc)
         piece_count = manifest.piece_count
@@ -153,7 +163,7 @@ class TrackerService:
         region = self.region_of(address)
         now = self.clock()
         key = (owner_of(address, user), a.peer_id)
-        url = peer_url(address, a.port)
+        url = relay_url or peer_url(address, a.port)
         async with self._reaching():
             try:
                 heard = AnnounceRecord(

@@ -126,6 +126,14 @@ class EdgeConfig(_Flags):
     """CA (PEM) that HTTPS parents are verified against; None: the system's."""
     cors: CorsPolicy = field(default=PUBLIC, metadata=_CORS)
     """Who may read this edge's answers from a web page on another origin; default: anyone."""
+    relay_peers: int = 256
+    """p2p mode: peers that cannot accept connections (``peer --unreachable``) this edge relays at once; 0: none."""
+    relay_requests: int = 8
+    """p2p mode: piece requests in flight through the relay to one relayed peer (its HAVE streams apart)."""
+    promote_upload: int | None = field(default=None, metadata=_RATE)
+    """p2p mode: promote reachable peers that upload at least this (bytes/s) to relays for their region; None: never."""
+    promote_uptime: float = 300.0
+    """p2p mode: seconds a peer must have announced here before it may be promoted."""
     register_with: tuple[str, ...] = ()
     """Routers (``edgeswarm router``) this edge registers with once it listens; empty: none."""
     register_region: str | None = None
@@ -170,6 +178,8 @@ class PeerConfig(_Flags):
     """Paths this peer keeps whole and seeded for its region (a managed seeder): fetched at start, never evicted."""
     accept_preheat: int | None = field(default=None, metadata=_SIZE)
     """Bytes of content this peer fetches and seeds when its edges ask (``preheat --peers``); None: it takes no such orders."""
+    unreachable: bool = False
+    """Other peers cannot connect to this one (NAT, firewall): it uploads through a relay at each of its edges."""
     bind: str | None = field(default=None, metadata=_NO_FLAG)
     """Address outgoing connections leave from (the upload server's host); None: the system's choice."""
     timeout: float = field(default=10.0, metadata=_NO_FLAG)

@@ -40,10 +40,11 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.peerstore import StoreUnavailable
+from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
@@ -64,6 +65,7 @@ from edgeswarm.roles import bttracker, publish
 from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
+from edgeswarm.roles.relay import RelayHub, RelayLimits
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.store.redispeers import open_store
@@ -145,6 +147,19 @@ class Edge:
         )
         self._p2p_last: dict = {"regions": {}}
         self.preheat = PreheatDesk(self) if tracker is not None else None  # p2p mode: preheat orders for the region's peers
+        self.relay = (  # p2p mode: neighbours reach peers that cannot accept connections through this edge
+            RelayHub(RelayLimits(config.relay_peers, config.relay_requests, timeout=config.timeout), self._known_manifest, self.bucket)
+            if tracker is not None and config.relay_peers
+            else None
+        )
+        promote = config.promote_upload
+        self.promoter = Promoter(PromotionRules(promote, config.promote_uptime)) if self.relay is not None and promote else None
+        if self.relay is not None:
+            hub = self.relay
+            self.metrics.gauge("relay_peers", "Peers that cannot accept connections relayed by this edge now", lambda: len(hub.links))
+            self.metrics.gauge(
+                "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
+            )
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -208,6 +223,34 @@ class Edge:
             except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
                 raise HttpError(502, exc.message) from None
         return self._keys[cid]
+
+    def _known_manifest(self, cid: str) -> SignedManifest | None:
+        return self.store.manifest(cid) if self.store is not None else None
+
+    async def get_relay(self, request: web.Request) -> web.StreamResponse:
+        """``GET /relay`` (WebSocket, p2p mode): a peer that cannot accept connections answers its neighbours through us.
+
+        Any valid access token will do (the contents it serves were checked at
+        its announces); under ``--require-token`` one is needed.
+        """
+        if self.relay is None:
+            raise HttpError(404, "this edge relays no peers (it needs --p2p, and --relay-peers above 0)")
+        store = await self._store()
+        user = None
+        try:
+            raw = tokens.from_request(request.headers, request.query)
+            if raw is None and self.require_token:
+                raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN")
+            user = tokens.verify(raw, store.public_key).user if raw is not None else None
+        except tokens.TokenError as exc:
+            raise access.denied(exc) from None
+        return await self.relay.connect(request, user)
+
+    async def get_relayed(self, request: web.Request) -> web.StreamResponse:
+        """``GET /relay/<id>/piece/..`` and ``/have/..``: a neighbour's request, passed to the relayed peer."""
+        if self.relay is None:
+            raise HttpError(404, "this edge relays no peers (it needs --p2p, and --relay-peers above 0)")
+        return await self.relay.forward(request)
 
     # -- manifests ------------------------------------------------------------------
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
@@ -301,6 +344,9 @@ class Edge:
             if self.bt_tracker is not None:
                 await self.bt_tracker.expire(time.monotonic())
             self._forget_departed()
+            if self.promoter is not None:
+                for key in self.promoter.expire(time.monotonic(), 3 * self.tracker.interval):
+                    log.info("demoted %s: it stopped announcing", key)
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
 
@@ -672,7 +718,7 @@ class Edge:
         items = doc["contents"]
         if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
             raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
-        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency") if k in doc}
+        shared = {k: doc[k] for k in ("peer_id", "port", "have_latency", "relay", "relay_at") if k in doc}
         answers: dict[str, dict] = {}
         charged, stop = False, None
         for item in items:
@@ -709,7 +755,14 @@ class Edge:
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         user = grant.user if grant else None
-        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge)
+        relay_url, via = None, None
+        if doc.get("relay") is True and isinstance(doc.get("peer_id"), str):  # it cannot be reached: hand it out at a relay
+            relay_url, via = self._relay_url(request, doc, user)
+        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge, relay_url)
+        if via is not None:
+            answer["relay_via"] = via
+        elif relay_url is None and self._promoted(request, doc, user, cid):
+            answer["promoted"] = True
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
@@ -721,6 +774,30 @@ class Edge:
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
         return answer
+
+    def _relay_url(self, request: web.Request, doc: dict, user: str | None) -> tuple[str, str | None]:
+        """An unreachable peer's URL: at the promoted peer of its region it holds a relay at, else at ours; and that promoted peer."""
+        if self.relay is None:
+            raise HttpError(400, "this edge relays no peers (--relay-peers 0): announce without 'relay', from a reachable address")
+        address, peer_id = request.remote or "", doc["peer_id"]
+        ours = self.relay.url_for(f"{request.scheme}://{request.host}", address, user, peer_id)
+        if self.promoter is None:
+            return ours, None
+        via = self.promoter.relay_for(self.region_name(request), RelayHub.relay_id(address, user, peer_id))
+        if via is not None and doc.get("relay_at") == via:  # its relay there is open: neighbours go there, not through us
+            return self.relay.url_for(via, address, None, peer_id), via  # a peer's relay knows no token users: owner by address
+        return ours, via
+
+    def _promoted(self, request: web.Request, doc: dict, user: str | None, cid: str) -> bool:
+        """A reachable peer's announce, for the promoter; whether that peer is promoted (module policy/promotion.py)."""
+        if self.promoter is None or not isinstance(doc.get("port"), int):
+            return False
+        address = request.remote or ""
+        key = f"{owner_of(address, user)}/{doc['peer_id']}"
+        url = peer_url(address, doc["port"])
+        return self.promoter.observe(
+            time.monotonic(), key, url, self.region_name(request), cid, doc.get("uploaded", 0), doc["event"] == "stopped"
+        )
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -756,6 +833,8 @@ class Edge:
                 "contents": sorted(contents, key=lambda c: c["path"]),
                 **({"p2p": await self._p2p_status()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
+                **({"relay": self.relay.status()} if self.relay else {}),
+                **({"promotion": self.promoter.status()} if self.promoter else {}),
             }
         )
 
@@ -801,6 +880,11 @@ class Edge:
             r.add_post("/preheat", self.preheat.post_preheat)
             r.add_get("/preheat", self.preheat.get_preheat)
             r.add_get("/preheat/orders", self.preheat.get_orders)
+        r.add_get("/relay", self.get_relay)
+        if self.relay is not None:
+            relay = self.relay
+            app.on_shutdown.append(lambda _: relay.close())  # relayed peers' WebSockets end now, not at the shutdown timeout
+        r.add_get("/relay/{rid}/{tail:.*}", self.get_relayed)
         r.add_get("/{path:.*}", self.get_file)
         r.add_put("/{path:.*}", self.put_file)
 

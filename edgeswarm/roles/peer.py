@@ -54,6 +54,7 @@ from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
+from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore
@@ -66,6 +67,7 @@ REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+MAX_RELAYED_PIECE = 16 * 1024 * 1024  # a piece a promoted peer relays for a content it does not hold: the largest of files to 32 GiB
 
 
 class AnnounceSchedule:
@@ -197,6 +199,9 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self.bound = asyncio.Event()  # the upload server has its port
+        self.relay = RelayClient(self) if config.unreachable else None  # --unreachable: neighbours reach us through our edges
+        self.hosting: RelayHub | None = None  # promoted by an edge: we relay for our region's unreachable peers
+        self._promoted_by: dict[str, bool] = {}  # edge -> whether its last answer promoted us
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
         for q in ("p50", "p95"):
@@ -296,6 +301,11 @@ class Peer:
         edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
         return await self.manifests.revalidate(store, path, edges, self.edge_headers())
 
+    def loopback_host(self) -> str:
+        """Where this process reaches its own upload server (the relay client's requests)."""
+        bind = self.config.bind
+        return "127.0.0.1" if bind in (None, "", "0.0.0.0") else "::1" if bind == "::" else f"[{bind}]" if ":" in bind else bind
+
     def swarm(self, signed: SignedManifest) -> Swarm:
         cid = signed.content_id
         swarm = self.swarms.get(cid)
@@ -394,7 +404,7 @@ class Peer:
         headers = {
             PEER_HEADER: self.peer_id,
             "Accept": havefeed.CONTENT_TYPE,
-            havefeed.UPLOAD_PORT_HEADER: str(self.upload_port),
+            **({} if self.relay else {havefeed.UPLOAD_PORT_HEADER: str(self.upload_port)}),  # relayed: the tracker's URL only
             **({havefeed.REGION_HEADER: self.region} if self.region else {}),
             **self.peer_headers(cid),
         }
@@ -475,6 +485,8 @@ class Peer:
     async def announce_loop(self) -> None:
         await self.bound.wait()
         await self._store()
+        if self.relay is not None:  # handed out before our relay is up, we would cost neighbours failures: give it a moment
+            await self.relay.wait_connected(5.0)
         while True:
             if len(self.ticket_keys) < len(self.edges):
                 await self.learn_ticket_keys()
@@ -558,11 +570,34 @@ class Peer:
             self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
         if item["event"] == "completed":
             self._completed.add(cid)
+        if self.relay is not None:
+            self.relay.via[edge] = answer["relay_via"] if isinstance(answer.get("relay_via"), str) else None
+        elif item["event"] != "stopped":
+            self._promote(edge, answer.get("promoted") is True)
         self._take_answer(cid, count, answer)
 
-    def _head(self) -> dict:
+    def _promote(self, edge: str, promoted: bool) -> None:
+        """An edge promoted us (a relay for its unreachable peers), or no longer does: host the relay while any edge wants it."""
+        self._promoted_by[edge] = promoted
+        if any(self._promoted_by.values()) and self.hosting is None:
+            log.info("promoted by %s: relaying for its region's unreachable peers", edge)
+            self.hosting = RelayHub(
+                RelayLimits(peers=64, timeout=self.upstream.timeout),
+                lambda cid: self.store.manifest(cid) if self.store is not None else None,
+                self.bucket,
+                unknown_piece_limit=MAX_RELAYED_PIECE,
+            )
+        elif not any(self._promoted_by.values()) and self.hosting is not None:
+            log.info("demoted: no edge wants this peer as a relay any more")
+            hub, self.hosting = self.hosting, None
+            asyncio.get_running_loop().create_task(hub.close())
+
+    def _head(self, edge: str = "") -> dict:
         latency = self.have_latency.percentiles()
-        return {"peer_id": self.peer_id, "port": self.upload_port, **({"have_latency": latency} if latency else {})}
+        relayed: dict[str, object] = {"relay": True} if self.relay else {}  # unreachable: the edge hands us out at its relay
+        if self.relay is not None and (at := self.relay.relay_at(edge)):
+            relayed["relay_at"] = at  # the promoted peer it named, whose relay we hold: it hands us out there
+        return {"peer_id": self.peer_id, "port": self.upload_port, **relayed, **({"have_latency": latency} if latency else {})}
 
     async def _post_announce(self, edge: str, doc: dict, limit: int) -> tuple[int, bytes] | str:
         """POST /announce: (status, body), or why the tracker could not be reached; a non-tracker is dropped from the announce list."""
@@ -580,7 +615,7 @@ class Peer:
         parts = {cid: part for cid in cids if (part := self._item(edge, cid, event)) is not None}
         if not parts:
             return None
-        doc = {**self._head(), "contents": [item for item, _, _ in parts.values()]}
+        doc = {**self._head(edge), "contents": [item for item, _, _ in parts.values()]}
         got = await self._post_announce(edge, doc, MAX_ANNOUNCE * 4)
         if isinstance(got, str):
             return got
@@ -624,7 +659,7 @@ class Peer:
         if part is None:
             return None
         item, usage, count = part
-        got = await self._post_announce(edge, {**self._head(), **item}, MAX_ANNOUNCE)
+        got = await self._post_announce(edge, {**self._head(edge), **item}, MAX_ANNOUNCE)
         if isinstance(got, str):
             return got
         status, body = got
@@ -709,6 +744,8 @@ class Peer:
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),
                 "have_subscribers": self.havefeed.count(),
+                **({"relay": self.relay.status()} if self.relay else {}),
+                **({"relaying_for": self.hosting.status()} if self.hosting else {}),
             }
         )
 
@@ -759,6 +796,17 @@ class Peer:
         finally:
             self.havefeed.unsubscribe(cid, sub)
 
+    async def get_relay(self, request: web.Request) -> web.StreamResponse:
+        """``GET /relay`` (WebSocket) on a promoted peer: an unreachable peer of our region holds its relay here."""
+        if self.hosting is None:
+            raise HttpError(404, "this peer relays for nobody: no edge has promoted it")
+        return await self.hosting.connect(request, None)
+
+    async def get_relayed(self, request: web.Request) -> web.StreamResponse:
+        if self.hosting is None:
+            raise HttpError(503, "this peer relays for nobody any more: ask the tracker again", {"Retry-After": "5"})
+        return await self.hosting.forward(request)
+
     def _met_subscriber(self, request: web.Request, cid: str) -> None:
         """A subscriber is a peer downloading this content: our swarm may trade with it too (BitTorrent's incoming peers).
 
@@ -788,6 +836,9 @@ class Peer:
         app = make_app(self.metrics)
         app.router.add_get("/piece/{cid}/{index}", self.get_piece)
         app.router.add_get("/have/{cid}", self.get_have)
+        app.router.add_get("/relay", self.get_relay)
+        app.router.add_get("/relay/{rid}/{tail:.*}", self.get_relayed)
+        app.middlewares.append(relayed_middleware(self.relay))
         app.on_shutdown.append(lambda _: self._end_streams())
 
         async def lifecycle(app: web.Application):
@@ -820,6 +871,8 @@ class Peer:
         self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]
         if self.config.accept_preheat:  # the user lets edges ask this peer to seed content for the region
             self._tasks.append(asyncio.create_task(Volunteer(self, self.config.accept_preheat).run()))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(lambda: set(self._p2p_edges))))
 
     async def keep_seeded(self, path: str, recheck: float = 60.0) -> None:
         """``--seed PATH``: hold the current version of ``path`` whole and pinned, for the region's other peers.

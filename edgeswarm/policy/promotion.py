@@ -1,0 +1,129 @@
+"""Promoted peers: which of a region's peers the edge trusts to relay for the peers that cannot be reached.
+
+Seed 003's supernodes: ordinary nodes promoted when they have enough
+resources and have stayed long enough.  Sans-IO: the edge's announce handler
+tells ``Promoter`` what each announce showed (time passed in); it answers
+whether that peer is promoted, and which promoted peer of its region an
+unreachable peer should hold its relay at.
+
+- **Promotion**: a reachable peer whose measured upload (the bytes it reports
+  sending to peers, over the last ``WINDOW`` announces) has reached
+  ``min_upload_Bps`` and that has announced for at least ``min_uptime_s``;
+  at most ``per_region`` promoted peers per region.
+- **Demotion**: a promoted peer that stops announcing (``expire``: the
+  tracker's ttl), says ``stopped``, moves address or restarts (its counters
+  go back).  Not for a fall of its measured upload: what a peer uploads
+  follows what its neighbours ask of it, and demoting on it made peers flap
+  between promoted and demoted as a crowd completed (lab ``relay-promoted``,
+  docs/lab.md), dropping their relayed peers' connections each time.  Its relayed peers are sent back to the edge's relay by their
+  next announce answer.
+- **Assignment**: an unreachable peer's relay is the promoted peer of its
+  region that a hash of its relay id picks, so a region's relayed peers
+  spread over its promoted peers and each keeps its relay while they stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+
+WINDOW = 5  # announces the upload rate is measured over
+
+
+@dataclass(frozen=True)
+class PromotionRules:
+    min_upload_Bps: float  # measured upload a peer needs to be promoted (half of it to stay)
+    min_uptime_s: float = 300.0  # seconds since its first announce here
+    per_region: int = 4  # promoted peers per region at most
+
+
+@dataclass
+class _Seen:
+    url: str
+    region: str | None
+    first: float
+    last: float
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
+    best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
+
+    def rate(self) -> float:
+        """Bytes a second uploaded over the window of announces (0 before two samples)."""
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return max(0, b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class Promoter:
+    """Which reachable peers of each region relay for the unreachable ones (module docstring)."""
+
+    def __init__(self, rules: PromotionRules):
+        self.rules = rules
+        self.seen: dict[str, _Seen] = {}  # peer key (owner/peer id) -> what its announces showed
+        self.promoted: dict[str, str] = {}  # peer key -> its upload URL
+        self.promotions = 0
+        self.demotions = 0
+
+    def observe(self, now: float, key: str, url: str, region: str | None, cid: str, uploaded: int, stopped: bool = False) -> bool:
+        """A reachable peer's announce of ``cid`` (its ``uploaded`` counter for it); returns whether it is promoted now."""
+        if stopped:
+            self.forget(key)
+            return False
+        seen = self.seen.get(key)
+        if seen is None or seen.url != url:  # new, or moved: its uptime starts again
+            self.forget(key)
+            seen = self.seen[key] = _Seen(url, region, now, now)
+        seen.last, seen.region = now, region
+        if uploaded < seen.uploaded.get(cid, 0):  # a restart: its counters start again, and so does its measure
+            self.forget(key)
+            seen = self.seen[key] = _Seen(url, region, now, now)
+        seen.uploaded[cid] = uploaded
+        seen.samples.append((now, sum(seen.uploaded.values())))
+        seen.best = max(seen.best, seen.rate())
+        rules = self.rules
+        if key not in self.promoted and seen.best >= rules.min_upload_Bps and now - seen.first >= rules.min_uptime_s and self._room(region):
+            self.promoted[key] = url
+            self.promotions += 1
+        return key in self.promoted
+
+    def _room(self, region: str | None) -> bool:
+        return sum(1 for k in self.promoted if self.seen[k].region == region) < self.rules.per_region
+
+    def relay_for(self, region: str | None, rid: str, not_url: str | None = None) -> str | None:
+        """The promoted peer of ``region`` whose relay the peer with relay id ``rid`` should hold; None: the edge's."""
+        urls = sorted(url for k, url in self.promoted.items() if self.seen[k].region == region and url != not_url)
+        if not urls:
+            return None
+        pick = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=4).digest(), "big")
+        return urls[pick % len(urls)]
+
+    def expire(self, now: float, ttl: float) -> list[str]:
+        """Forget peers silent for ``ttl`` seconds (demoting the promoted ones); the keys demoted."""
+        gone = [k for k, s in self.seen.items() if now - s.last > ttl]
+        demoted = [k for k in gone if k in self.promoted]
+        for key in gone:
+            self.forget(key)
+        return demoted
+
+    def forget(self, key: str) -> None:
+        if key in self.promoted:
+            self._demote(key)
+        self.seen.pop(key, None)
+
+    def _demote(self, key: str) -> None:
+        del self.promoted[key]
+        self.demotions += 1
+
+    def status(self) -> dict[str, object]:
+        return {
+            "promoted": sorted(self.promoted.values()),
+            "promotions": self.promotions,
+            "demotions": self.demotions,
+            "rules": {
+                "min_upload_Bps": self.rules.min_upload_Bps,
+                "min_uptime_s": self.rules.min_uptime_s,
+                "per_region": self.rules.per_region,
+            },
+        }

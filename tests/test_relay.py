@@ -1,0 +1,240 @@
+"""Relays for peers that cannot accept connections (issue 14, item 2): real daemons on loopback.
+
+An ``--unreachable`` peer announces ``"relay": true``; the tracker hands it
+out at ``http://EDGE/relay/<id>``, and its neighbours fetch through that
+WebSocket-backed relay exactly as from any peer, verifying every piece.
+No privileges are needed: the relayed peer's upload port is never handed
+out, so its neighbours can reach it only through the relay (the lab blocks
+inbound connections with iptables as well: docs/lab.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, post, sha, status
+
+from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.roles.relay import RelayHub
+
+SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+
+
+@pytest.fixture
+def regions(tmp_path: Path) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(REGIONS)
+    return path
+
+
+def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
+    return nodes.start(
+        "edge",
+        *("--cache", str(tmp_path / "edge"), "--parent", parent, "--p2p", "--regions", str(regions), "--announce-interval", "1"),
+        *extra,
+        name="edge",
+    )
+
+
+def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: str, *extra: str):
+    return nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", *extra),
+        name=name,
+    )
+
+
+async def until(check, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.3)
+
+
+async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
+    st = await status(http, peer.urls["gateway"])
+    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
+
+
+async def test_an_unreachable_peer_uploads_through_its_edges_relay(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    # the edge sends slowly, so the downloader takes what it can from the relayed seeder
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "400KB/s")
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "hidden", "--unreachable")
+    await post(http, seeder, "/f.bin")
+    await until(lambda: complete(http, seeder), 90, "the seeder's download")
+    relay_up = await until(lambda: _relay_peers(http, edge.url), 10, "the seeder's relay")
+    assert relay_up == 1
+
+    downloader = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "viewer")
+    await post(http, downloader, "/f.bin")
+    st = await until(lambda: complete(http, downloader), 90, "the downloader's download")
+    async with http.get(downloader.urls["gateway"] + "/f.bin") as resp:
+        assert resp.status == 200 and sha(await resp.read()) == sha(data)
+
+    from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]
+    assert from_peers, st["bytes_received"]
+    assert all(f"{edge.url}/relay/" in row["source"] for row in from_peers), from_peers  # never the seeder's own address
+    peer_bytes = sum(row["bytes"] for row in from_peers)
+    hidden = await status(http, seeder.urls["gateway"])
+    relay_st = (await status(http, edge.url))["relay"]
+    assert hidden["uploaded_to_peers"] >= peer_bytes  # every byte the viewer got from peers, the hidden seeder sent
+    assert relay_st["bytes_out"] >= peer_bytes  # and the edge carried it
+    assert hidden["relay"]["served"].get("piece", 0) >= peer_bytes // (256 * 1024)
+
+
+async def _relay_peers(http: aiohttp.ClientSession, edge: str) -> int:
+    return (await status(http, edge))["relay"]["peers"]
+
+
+async def test_the_relay_refuses_quickly_what_it_cannot_pass(tmp_path, nodes, origin, published, regions, http):
+    """Unknown relay id: a quick 503; a path other than the two upload endpoints: 404; a relay with no peer id: 400."""
+    make_file(published / "g.bin", 300_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    cid = "a" * 64
+    started = time.monotonic()
+    async with http.get(f"{edge.url}/relay/{'0' * 12}-{'1' * 12}/piece/{cid}/0") as resp:
+        assert resp.status == 503 and "not connected" in await resp.text()
+    assert time.monotonic() - started < 2
+    async with http.get(f"{edge.url}/relay/{'0' * 12}-{'1' * 12}/status") as resp:
+        assert resp.status == 404
+    async with http.get(f"{edge.url}/relay") as resp:
+        assert resp.status == 400 and "X-Edgeswarm-Peer" in await resp.text()
+
+
+async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, origin, published, regions, http):
+    """A relayed peer killed: its relay URL answers 503 at once, and the edge forgets it."""
+    make_file(published / "h.bin", 600_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.3", "gone", "--unreachable")
+    await post(http, seeder, "/h.bin")
+    await until(lambda: complete(http, seeder), 90, "the seeder's download")
+    await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
+    rid = RelayHub.relay_id("127.1.0.3", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
+    seeder.stop()
+    await until(lambda: _no_relay(http, edge.url), 10, "the edge to see the relay close")
+    cid = (await status(http, edge.url))["contents"][0]["id"]
+    started = time.monotonic()
+    async with http.get(f"{edge.url}/relay/{rid}/piece/{cid}/0") as resp:
+        assert resp.status == 503 and "not connected" in await resp.text()
+    assert time.monotonic() - started < 2
+
+
+async def _no_relay(http: aiohttp.ClientSession, edge: str) -> bool:
+    return (await status(http, edge))["relay"]["peers"] == 0
+
+
+def _netns_reason() -> str | None:
+    from edgeswarm.measure import netns
+
+    reason = netns.unavailable_reason()
+    if reason is None and shutil.which("iptables") is None:
+        reason = "iptables is not installed (apt-get install iptables)"
+    return reason
+
+
+async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_path, nodes, published, http):
+    """Each node in its own namespace; the seeder's drops every inbound SYN: its neighbour cannot connect, yet gets its pieces."""
+    from edgeswarm.measure import netns
+
+    reason = _netns_reason()
+    if reason is not None:
+        pytest.skip(f"network namespaces or iptables unavailable: {reason}")
+    data = make_file(published / "f.bin", SIZE)
+    with netns.Netns(tag="rly", base="10.79") as net:
+        hosts = {name: net.add(name, region) for name, region in (("origin", 0), ("edge", 1), ("hidden", 1), ("viewer", 1))}
+        net.block_inbound(hosts["hidden"])
+        regions = tmp_path / "regions-ns.yaml"
+        regions.write_text(f"regions:\n  - {{name: east, isp: att, networks: [{net.region_network(1)}]}}\n")
+
+        def start(role: str, name: str, *args: str):
+            h = hosts[name]
+            return nodes.start(role, *args, name=name, host=h.address, prefix=h.prefix)
+
+        origin = start("origin", "origin", "--publish", str(published), "--scan-interval", "0.2")
+        p2p = ("--p2p", "--regions", str(regions), "--announce-interval", "1", "--upload-limit", "400KB/s")
+        edge = start("edge", "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, *p2p)
+        peer_args = ("--edge", edge.url, "--gateway")
+        seeder = start("peer", "hidden", "--cache", str(tmp_path / "hidden"), *peer_args, f"{hosts['hidden'].address}:0", "--unreachable")
+        await post(http, seeder, "/f.bin")
+        await until(lambda: complete(http, seeder), 90, "the seeder's download")
+        viewer = start("peer", "viewer", "--cache", str(tmp_path / "viewer"), *peer_args, f"{hosts['viewer'].address}:0")
+        direct = subprocess.run(
+            [*hosts["viewer"].prefix, "curl", "-s", "-o", "/dev/null", "--max-time", "2", seeder.urls["upload"] + "/healthz"],
+            capture_output=True,
+        )
+        assert direct.returncode == 28, direct  # a timeout: the SYN is dropped, as a NAT or firewall would
+        await post(http, viewer, "/f.bin")
+        st = await until(lambda: complete(http, viewer), 90, "the viewer's download")
+        async with http.get(viewer.urls["gateway"] + "/f.bin") as resp:
+            assert resp.status == 200 and sha(await resp.read()) == sha(data)
+        from_peers = [row for row in st["bytes_received"] if row["kind"].startswith("peer")]
+        assert from_peers and all("/relay/" in row["source"] for row in from_peers), st["bytes_received"]
+        assert (await status(http, edge.url))["relay"]["bytes_out"] >= sum(row["bytes"] for row in from_peers)
+
+
+async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when_killed(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "p.bin", SIZE)
+    edge = start_edge(
+        nodes, tmp_path, origin.url, regions, "--upload-limit", "600KB/s", "--promote-upload", "20KB/s", "--promote-uptime", "1"
+    )
+    reachable = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i}", f"r{i}", "--upload-limit", "300KB/s") for i in (1, 2)]
+    for p in reachable:
+        await post(http, p, "/p.bin")
+    for p in reachable:
+        await until(lambda p=p: complete(http, p), 90, "the reachable peers' downloads")
+    await until(lambda: _promoted(http, edge.url), 30, "a promotion")
+
+    hidden = start_peer(nodes, tmp_path, edge.url, "127.1.0.3", "hidden", "--unreachable")
+    await post(http, hidden, "/p.bin")
+    await until(lambda: complete(http, hidden), 90, "the hidden peer's download")
+    at = await until(lambda: _relay_at(http, hidden), 20, "the hidden peer's relay at a promoted peer")
+    relay_peer = next(p for p in reachable if p.urls["upload"] == at)
+    assert at in await _promoted(http, edge.url)
+    for p in reachable:
+        if p is not relay_peer:
+            p.stop()  # the viewer's peers: the promoted one, and the hidden one through it
+
+    viewer = start_peer(nodes, tmp_path, edge.url, "127.1.0.4", "viewer")
+    await post(http, viewer, "/p.bin")
+    st = await until(lambda: complete(http, viewer), 90, "the viewer's download")
+    async with http.get(viewer.urls["gateway"] + "/p.bin") as resp:
+        assert resp.status == 200 and sha(await resp.read()) == sha(data)
+    via_promoted = [r for r in st["bytes_received"] if r["source"].startswith(relay_peer.urls["upload"] + "/relay/")]
+    assert via_promoted and via_promoted[0]["bytes"] > 0, st["bytes_received"]
+    assert (await status(http, relay_peer.urls["gateway"]))["relaying_for"]["bytes_out"] >= via_promoted[0]["bytes"]
+
+    relay_peer.kill()
+    await until(lambda: _demoted(http, edge.url, relay_peer.urls["upload"]), 20, "the demotion of the killed peer")
+    await until(lambda: _holds_relay_at(http, hidden, None), 20, "the hidden peer back at the edge's relay only")
+
+
+async def _promoted(http: aiohttp.ClientSession, edge: str) -> list[str]:
+    return (await status(http, edge))["promotion"]["promoted"]
+
+
+async def _demoted(http: aiohttp.ClientSession, edge: str, url: str) -> bool:
+    promotion = (await status(http, edge))["promotion"]
+    return url not in promotion["promoted"] and promotion["demotions"] >= 1
+
+
+async def _relay_at(http: aiohttp.ClientSession, peer) -> str | None:
+    """The promoted peer whose relay ``peer`` holds open, if any."""
+    relay = (await status(http, peer.urls["gateway"]))["relay"]
+    return next((v for v in relay["via"].values() if v and relay["edges"].get(v)), None)
+
+
+async def _holds_relay_at(http: aiohttp.ClientSession, peer, url: str | None) -> bool:
+    relay = (await status(http, peer.urls["gateway"]))["relay"]
+    vias = {v for v in relay["via"].values()}
+    return relay["edges"].get(url, False) if url else not any(vias)

@@ -1,0 +1,234 @@
+"""The relay's wire format and its limits, in one process: the edge's real RelayHub, and a relayed peer played by a test.
+
+The test's WebSocket client stands where a relayed peer would and answers as
+the test says: rightly, with too many bytes, not at all, or by hanging up.
+What the hub must do each time is the contract of docs/protocol.md#relays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import serve_app
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.policy.engine import host_of
+from edgeswarm.protocol import relay
+from edgeswarm.protocol.manifest import Manifest, SignedManifest
+from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
+
+PIECE = 256 * 1024
+DATA = os.urandom(2 * PIECE)
+MANIFEST = SignedManifest.sign(
+    Manifest(
+        path="f.bin",
+        size=len(DATA),
+        content_type="application/octet-stream",
+        piece_size=PIECE,
+        pieces=tuple(hashlib.sha256(DATA[i : i + PIECE]).hexdigest() for i in range(0, len(DATA), PIECE)),
+        modified=0,
+    ),
+    Ed25519PrivateKey.generate(),
+)
+CID = MANIFEST.content_id
+PEER = "hidden-peer"
+
+Answer = Callable[[aiohttp.ClientWebSocketResponse, relay.Request], Awaitable[None]]
+
+
+# -- the wire format -----------------------------------------------------------------------
+def test_frames_round_trip_and_anything_else_is_refused():
+    for frame in (
+        relay.Request(7, f"/piece/{CID}/1", {"X-Edgeswarm-Peer": "p"}, "192.0.2.1"),
+        relay.Request(8, f"/have/{CID}", {}, "2001:db8::1"),
+        relay.Head(7, 429, {"Retry-After": "2"}),
+        relay.End(7),
+        relay.End(7, "broke off"),
+        relay.Cancel(9),
+    ):
+        assert relay.decode(relay.encode(frame)) == frame
+    assert relay.split_data(relay.data_frame(5, b"abc")) == (5, b"abc")
+    for bad in (
+        "[]",
+        '{"id": -1, "cancel": true}',
+        '{"id": 1, "status": 99}',
+        '{"id": 1, "status": 200, "headers": {"a": 1}}',
+        json.dumps({"id": 1, "path": "/status", "headers": {}, "remote": "x"}),  # only the two upload endpoints cross
+        json.dumps({"id": 1, "path": f"/piece/{CID}/../../x", "headers": {}, "remote": "x"}),
+        json.dumps({"id": 1, "path": f"/piece/{CID}/1", "headers": {}}),  # no requester address
+    ):
+        with pytest.raises(ValueError):
+            relay.decode(bad)
+    with pytest.raises(ValueError):
+        relay.split_data(b"\x00\x01")
+
+
+def test_only_listed_headers_cross_a_relay():
+    picked = relay.pick({"Authorization": "Bearer t", "Cookie": "x", "Host": "evil", "X-Edgeswarm-Peer": "p"}, relay.REQUEST_HEADERS)
+    assert picked == {"Authorization": "Bearer t", "X-Edgeswarm-Peer": "p"}
+
+
+def test_a_relay_id_is_the_address_groups_then_the_identitys_and_a_ban_holds_the_address_part():
+    a = RelayHub.relay_id("192.0.2.1", None, "p1")
+    b = RelayHub.relay_id("192.0.2.1", None, "p2")
+    c = RelayHub.relay_id("192.0.2.2", None, "p1")
+    assert relay.RELAY_ID.fullmatch(a) and a != b and a != c
+    assert a.split("-")[0] == b.split("-")[0] != c.split("-")[0]
+    assert RelayHub.relay_id("192.0.2.1", "alice", "p1") != a  # a token user's peer is its own identity
+    # a receiver's ban of one relayed peer holds its address's other ids, never the relay's other peers
+    assert host_of(f"http://edge:8080/relay/{a}") == host_of(f"http://edge:8080/relay/{b}") != host_of(f"http://edge:8080/relay/{c}")
+    assert host_of(f"http://edge:8080/relay/{a}") != host_of("http://edge:8080")
+    assert host_of("http://192.0.2.9:6881") == "192.0.2.9"
+
+
+# -- the hub and a relayed peer played by the test --------------------------------------------
+@contextlib.asynccontextmanager
+async def hub_with_peer(answer: Answer, limits: RelayLimits | None = None) -> AsyncIterator[tuple[str, RelayHub]]:
+    """An edge's relay on loopback and one relayed peer connected to it that answers with ``answer``; yields its relay URL."""
+    hub = RelayHub(limits or RelayLimits(requests=2, timeout=0.5), {CID: MANIFEST}.get)
+    app = make_app(Metrics("edge"))
+
+    async def connect(request: web.Request) -> web.StreamResponse:
+        return await hub.connect(request, None)
+
+    app.router.add_get("/relay", connect)
+    app.router.add_get("/relay/{rid}/{tail:.*}", hub.forward)
+    app.on_shutdown.append(lambda _: hub.close())
+    async with serve_app(app) as port, aiohttp.ClientSession() as session:
+        base = f"http://127.0.0.1:{port}"
+        ws = await session.ws_connect(f"{base}/relay", headers={"X-Edgeswarm-Peer": PEER})
+        tasks: set[asyncio.Task] = set()
+
+        async def serve() -> None:
+            async for msg in ws:
+                frame = relay.decode(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+                if isinstance(frame, relay.Request):
+                    task = asyncio.create_task(answer(ws, frame))
+                    tasks.add(task)
+
+        server = asyncio.create_task(serve())
+        while not hub.links:
+            await asyncio.sleep(0.01)
+        try:
+            yield hub.url_for(base, "127.0.0.1", None, PEER), hub
+        finally:
+            server.cancel()
+            for task in tasks:
+                task.cancel()
+            await ws.close()
+
+
+async def send_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request, extra: bytes = b"") -> None:
+    index = int(req.path.rsplit("/", 1)[1])
+    await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
+    body = DATA[index * PIECE : (index + 1) * PIECE] + extra
+    for start in range(0, len(body), 60_000):
+        await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
+    await ws.send_str(relay.encode(relay.End(req.id)))
+
+
+async def test_a_piece_crosses_the_relay_whole_and_is_counted():
+    async with hub_with_peer(send_piece) as (url, hub), aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/piece/{CID}/1") as resp:
+            assert resp.status == 200 and await resp.read() == DATA[PIECE:]
+        assert hub.status()["bytes_out"] == PIECE and hub.status()["requests_in_flight"] == 0
+
+
+async def test_a_relayed_peer_that_sends_more_than_the_piece_is_cut():
+    async with hub_with_peer(lambda ws, req: send_piece(ws, req, b"x" * 100)) as (url, hub), aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/piece/{CID}/0") as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        assert hub.status()["bytes_out"] <= PIECE
+
+
+async def test_a_silent_relayed_peer_is_a_504_within_the_relays_timeout():
+    async def never(ws, req):
+        await asyncio.sleep(3600)
+
+    async with hub_with_peer(never) as (url, _), aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.get(f"{url}/piece/{CID}/0") as resp:
+            assert resp.status == 504 and "did not answer within 0.5 s" in await resp.text()
+        assert time.monotonic() - started < 3
+
+
+async def test_requests_beyond_the_relays_limit_are_told_to_retry():
+    async def slow(ws, req):
+        await asyncio.sleep(0.4)
+        await send_piece(ws, req)
+
+    async with hub_with_peer(slow, RelayLimits(requests=2, timeout=5)) as (url, _), aiohttp.ClientSession() as http:
+
+        async def get() -> tuple[int, str | None]:
+            async with http.get(f"{url}/piece/{CID}/0") as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("Retry-After")
+
+        got = await asyncio.gather(*(get() for _ in range(4)))
+        assert sorted(s for s, _ in got) == [200, 200, 429, 429]
+        assert all(retry == "1" for s, retry in got if s == 429)
+
+
+async def test_a_relayed_peer_that_hangs_up_mid_request_is_a_quick_502_and_then_503():
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def hang_up(ws, req):
+            await ws.close()
+
+        url, hub = await stack.enter_async_context(hub_with_peer(hang_up, RelayLimits(timeout=30)))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        started = time.monotonic()
+        async with http.get(f"{url}/piece/{CID}/0") as resp:
+            assert resp.status == 502 and "disconnected" in await resp.text()
+        async with http.get(f"{url}/piece/{CID}/0") as resp:
+            assert resp.status == 503 and "not connected" in await resp.text()
+        assert time.monotonic() - started < 3 and hub.status()["peers"] == 0
+
+
+async def test_a_piece_of_a_content_the_relay_does_not_know_is_refused_before_the_peer_is_asked():
+    asked = []
+
+    async def count(ws, req):
+        asked.append(req)
+
+    async with hub_with_peer(count) as (url, _), aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/piece/{'b' * 64}/0") as resp:
+            assert resp.status == 404
+        async with http.get(f"{url}/piece/{CID}/2") as resp:  # past the last piece
+            assert resp.status == 404
+    assert asked == []
+
+
+async def test_only_the_peers_own_relay_client_may_name_a_requesters_address():
+    class Host:  # what RelayClient reads of its peer at construction: nothing yet
+        pass
+
+    client = RelayClient(Host())  # type: ignore[arg-type]
+    app = make_app(Metrics("peer"))
+    app.middlewares.append(relayed_middleware(client))
+    app.router.add_get("/have/{cid}", _remote)
+    async with serve_app(app) as port, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{port}/have/{CID}"
+        async with http.get(url) as resp:
+            assert await resp.text() == "127.0.0.1"
+        async with http.get(url, headers={relay.RELAYED_FOR_HEADER: f"{client.secret} 192.0.2.5"}) as resp:
+            assert await resp.text() == "192.0.2.5"
+        async with http.get(url, headers={relay.RELAYED_FOR_HEADER: "guess 192.0.2.5"}) as resp:
+            assert resp.status == 403
+
+
+async def _remote(request: web.Request) -> web.Response:
+    return web.Response(text=request.remote or "")
