@@ -198,6 +198,25 @@ def test_get_with_router_and_a_bare_path(deployment, tmp_path):
 
 
 @needs_tools
+def test_get_given_the_routers_url_of_the_file_learns_the_regions_edges(deployment, tmp_path):
+    """``get http://router/path`` without --router: the router's 302 is recognised, and the client's region's edges used."""
+    out = tmp_path / "got.bin"
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "get", deployment["router"].url + "/films/a.bin", "-o", str(out), *GET_OPTS],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert out.read_bytes() == deployment["data"]
+    held = {
+        name: sum(c["held"] for c in json.loads(curl(node.url + "/status").stdout)["contents"])
+        for name, node in deployment["edges"].items()
+    }
+    assert held["w1"] > 0 and held["e1"] == held["e2"] == 0, held  # the client is in west (GET_OPTS): its region's edge only
+
+
+@needs_tools
 def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
