@@ -418,6 +418,24 @@ def test_the_router_keeps_a_bounded_typed_summary_of_each_polled_status():
     json.dumps(got, allow_nan=False)  # what the router's /status passes on is JSON a browser parses
 
 
+def test_edges_sharing_one_tracker_store_count_its_peers_once():
+    """Two edges on one Redis report the same region rows: the region's peers and bytes are that store's, not their sum."""
+    router = make_router(("http://a:1", "west", 4e6), ("http://b:1", "west", 6e6), ("http://c:1", "west", 1e6))
+    shared = "redis://10.0.0.9:6379/0"
+
+    def polled(store: str, peers: int, from_edge: int, at: float) -> dict:
+        return polled_figures(
+            {"p2p": {"store": store, "peers": peers, "regions": {"west": {"peers": peers, "bytes_from_edge": from_edge}}}}, at
+        )
+
+    router.polled["http://a:1"] = polled(shared, 5, 100, 1)
+    router.polled["http://b:1"] = polled(shared, 6, 120, 2)  # the same store, polled later: newer figures
+    router.polled["http://c:1"] = polled("memory", 2, 10, 1)  # an edge with a tracker of its own
+    totals = router.region_totals()["west"]
+    assert (totals["peers"], totals["bytes_from_edge"]) == (6 + 2, 120 + 10)
+    assert router.polled["http://c:1"]["store"] is None
+
+
 def test_region_totals_sum_the_tracker_rows_of_every_edge_for_each_region():
     router = make_router(("http://a:1", "west", 4e6), ("http://b:1", "west", 6e6), ("http://c:1", HOSTILE_REGION, 1e6))
     row = {"bytes_from_peers_same_region": 30, "bytes_from_peers_other_region": 0}

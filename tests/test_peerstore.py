@@ -238,3 +238,27 @@ async def test_a_store_that_is_down_raises_store_unavailable_and_recovers(redis_
         assert [c.peer_id for c in placed.candidates] == ["p2"]
     finally:
         await s.close()
+
+
+def test_memory_swarm_index_follows_puts_and_removes():
+    """The memory store samples records by position: its list of records stays in step with its keys through replaces and removes."""
+    import random
+
+    from edgeswarm.policy.peerstore import _Swarm
+
+    rng, swarm, live = random.Random(5), _Swarm(), {}
+    for step in range(2000):
+        n = rng.randrange(60)
+        if rng.random() < 0.3:
+            swarm.remove(record(n, step).key)
+            live.pop(n, None)
+        else:
+            rec = record(n, step)
+            swarm.put(rec)
+            live[n] = rec
+        assert [swarm.records[k] for k in swarm.keys] == swarm.items
+        assert {k: i for i, k in enumerate(swarm.keys)} == swarm.pos
+        assert sorted(id(r) for r in swarm.items) == sorted(id(r) for r in live.values())
+    picked = swarm.sample(rng, 10)
+    assert len({id(r) for r in picked}) == len(picked) <= 10
+    assert all(r in swarm.items for r in picked)

@@ -198,6 +198,25 @@ def test_get_with_router_and_a_bare_path(deployment, tmp_path):
 
 
 @needs_tools
+def test_get_given_the_routers_url_of_the_file_learns_the_regions_edges(deployment, tmp_path):
+    """``get http://router/path`` without --router: the router's 302 is recognised, and the client's region's edges used."""
+    out = tmp_path / "got.bin"
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "get", deployment["router"].url + "/films/a.bin", "-o", str(out), *GET_OPTS],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert out.read_bytes() == deployment["data"]
+    held = {
+        name: sum(c["held"] for c in json.loads(curl(node.url + "/status").stdout)["contents"])
+        for name, node in deployment["edges"].items()
+    }
+    assert held["w1"] > 0 and held["e1"] == held["e2"] == 0, held  # the client is in west (GET_OPTS): its region's edge only
+
+
+@needs_tools
 def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
@@ -369,3 +388,52 @@ def test_a_hot_edge_hands_its_paths_to_another_until_it_cools(nodes, tmp_path, o
     assert seen[-1] == chosen  # ...and came back once its egress fell
     row = next(e for e in router_status(router)["edges"] if e["url"] == chosen)
     assert row["state"] == "up"
+
+
+def outside_address() -> str | None:
+    """An address of this host that is not loopback (an edge trusts loopback callers with /status): None when there is none."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1, never sent to: only picks the source address of the default route
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_an_edge_under_require_token_is_polled_with_the_status_token(nodes, tmp_path, origin, published):
+    """/status of an edge under --require-token wants a token from outside its loopback and --internal networks:
+    a router there without --status-token-file sees 401s; with it, the edge is up."""
+    host = outside_address()
+    if host is None:
+        pytest.skip("this host has no address but loopback, and an edge answers /status to loopback without a token")
+    key = published / ".edgeswarm" / "origin.key"
+    deadline = time.monotonic() + 10
+    while not key.exists():
+        assert time.monotonic() < deadline, "the origin made no key"
+        time.sleep(0.1)
+    issued = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "token", "issue", "--key", str(key), "--user", "router", "--path", "/", "--ttl", "1h"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert issued.returncode == 0, issued.stderr
+    token_file = tmp_path / "status.token"
+    token_file.write_text(issued.stdout)  # the command's output as is: its last line is the token
+    edge = nodes.start("edge", "--cache", str(tmp_path / "w1"), "--parent", origin.url, "--require-token", host=host, name="w1")
+    blind = start_router(nodes, tmp_path, (edge, "west"))
+    seeing = nodes.start(
+        "router",
+        *("--regions", str(tmp_path / "regions.yaml"), "--poll-interval", str(POLL), "--edge", f"{edge.url},west,10MB/s"),
+        *("--status-token-file", str(token_file)),
+        name="router-with-token",
+    )
+    deadline = time.monotonic() + 10 * POLL
+    while True:
+        rows = [router_status(r)["edges"][0] for r in (blind, seeing)]
+        if "401" in (rows[0]["reason"] or "") and rows[1]["state"] == "up" and rows[1]["polled"] is not None:
+            break
+        assert time.monotonic() < deadline, [(r["state"], r["reason"]) for r in rows]
+        time.sleep(POLL / 4)
+    assert rows[0]["polled"] is None  # the blind router never read the edge's figures

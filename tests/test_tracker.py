@@ -142,6 +142,42 @@ records = st.builds(
 )
 
 
+def reference_rank(asker: PeerRecord, swarm: list[PeerRecord], locality: str) -> list[str]:
+    """The handout order as the module's docstring states it, one tuple per candidate and a stable sort: what ``rank`` must equal."""
+    home = asker.region.name if asker.region else None
+    base = zlib.crc32(f"{asker.owner}/{asker.peer_id}".encode() + b"|")
+    keyed = []
+    for c in swarm:
+        away = (c.region.name if c.region else None) != home
+        if c.key == asker.key or (away and locality == "strict"):
+            continue
+        useful = len(c.have - asker.have)
+        complete = len(c.have) >= c.piece_count
+        keyed.append(((away, useful == 0, not complete, -useful, -c.upload_rate, zlib.crc32(f"{c.owner}/{c.peer_id}".encode(), base)), c))
+    keyed.sort(key=lambda t: t[0])
+    return [c.peer_id for _, c in keyed]
+
+
+@settings(max_examples=200, deadline=None)
+@given(asker=records, swarm=st.lists(records, max_size=40), locality=st.sampled_from(["strict", "prefer"]))
+def test_rank_is_the_documented_order(asker, swarm, locality):
+    """rank's one-integer keys (and their cache on the records) order exactly as the criteria, ties in input order."""
+    swarm = [replace(p, upload_rate=p.upload_rate) for p in swarm]  # distinct records, as a store gives
+    assert ids(rank(asker, swarm, locality)) == reference_rank(asker, swarm, locality)
+    assert ids(rank(asker, swarm, locality)) == reference_rank(asker, swarm, locality)  # again, from the cached keys
+
+
+def test_a_changed_rate_or_bitfield_is_ranked_anew():
+    """The rank key cached on a record follows its rate and pieces (the memory store sets a new record's rate after building it)."""
+    asker = peer("me")
+    slow, fast = peer("slow", have={0}, rate=1.0), peer("fast", have={0}, rate=2.0)
+    assert ids(rank(asker, [slow, fast], "prefer")) == ["fast", "slow"]
+    slow.upload_rate = 3.0
+    assert ids(rank(asker, [slow, fast], "prefer")) == ["slow", "fast"]
+    slow.have = set()
+    assert ids(rank(asker, [slow, fast], "prefer")) == ["fast", "slow"]
+
+
 @settings(max_examples=40, deadline=None)
 @given(asker=records, swarm=st.lists(records, max_size=20))
 def test_strict_never_hands_out_another_region(asker, swarm):

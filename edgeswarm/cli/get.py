@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
         epilog="example:\n  edgeswarm get http://edge.example:8080/updates/os-2.1.img -o os.img",
         formatter_class=options.FORMATTER,
     )
-    p.add_argument("url", metavar="URL", help="the file at an edge, such as http://edge:8080/path/file (with --router: or /path/file)")
+    p.add_argument(
+        "url", metavar="URL", help="the file at an edge or a router, such as http://edge:8080/path/file (with --router: or /path/file)"
+    )
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
     options.cache(p, "keep pieces here, so a rerun resumes (default: a temporary dir)", required=False)
     p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")

@@ -65,6 +65,13 @@ def _health_flags(p: argparse.ArgumentParser) -> None:
     health.add_argument(
         "--down-after", type=options.count, default=1, metavar="N", help="failed polls in a row that make an edge down (default 1)"
     )
+    health.add_argument(
+        "--status-token-file",
+        type=Path,
+        metavar="FILE",
+        help="send the token on this file's last line with each /status poll: needed for edges started with --require-token "
+        "(a token from `edgeswarm token issue` that covers the path /; default: none)",
+    )
     health.add_argument("--up-after", type=options.count, default=2, metavar="N", help="good polls in a row that bring it back (default 2)")
     health.add_argument(
         "--max-error-rate", type=float, default=0.5, metavar="X", help="5xx share of an interval's answers that fails a poll (default 0.5)"
@@ -110,7 +117,14 @@ def run(args: argparse.Namespace) -> int:
         table.add(spec, now)
     secret = options.secret(args.register_secret_file)
     config = router.RouterConfig(
-        args.poll_interval, args.poll_timeout, args.dns_name.rstrip("."), args.dns_ttl, args.dns_answers, secret, args.default_region
+        args.poll_interval,
+        args.poll_timeout,
+        args.dns_name.rstrip("."),
+        args.dns_ttl,
+        args.dns_answers,
+        secret,
+        args.default_region,
+        status_token=options.secret(args.status_token_file),
     )
     router_node = router.Router(regions, table, config)
     dns = (args.dns_host or args.listen[0], args.dns_port) if args.dns_port is not None else None

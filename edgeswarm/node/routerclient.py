@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urljoin
 
 from edgeswarm.node.upstream import Upstream, UpstreamError
 
@@ -96,3 +96,37 @@ class RouterFollower:
                 log.info("router %s: edges now %s%s", self.router, ", ".join(routed), f" ({', '.join(gone)} left)" if gone else "")
                 self.routed = routed
                 apply(self.merged(routed))
+
+
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | None, str]:
+    """(router, edge) for a file named as ``base`` + ``path``: a router's URL is taken as ``--router``, an edge's as ``--edge``.
+
+    One HEAD of the file, redirects not followed: an edge (or anything that
+    is not a redirect, errors included: the download reports them) is the
+    edge, as before.  A redirect comes from a router when ``base`` answers
+    its ``/edges`` list: then the client learns the region's edges and
+    fails over like ``--router`` (the router may be given as the file's URL,
+    ``http://router/path``).  Any other redirect to the same path on
+    another host is followed once, to that host as the edge.
+    """
+    target = "/" + quote(path, safe="/")
+    try:
+        reply = await upstream.request("HEAD", base, target, None, 5.0)
+    except UpstreamError:
+        return None, base
+    location = reply.headers.get("Location", "")
+    if reply.status not in REDIRECTS or not location:
+        return None, base
+    try:
+        await region_edges(upstream, base, path)
+    except UpstreamError:
+        pass
+    else:
+        return base, base
+    moved = urljoin(base + target, location).split("?", 1)[0]
+    if moved.startswith(("http://", "https://")) and moved.endswith(target) and moved != base + target:
+        return None, moved[: -len(target)]
+    raise UpstreamError(502, f"{base}{target} redirects to {location}, which is neither a router nor the same file on another host")

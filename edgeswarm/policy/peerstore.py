@@ -97,11 +97,17 @@ def added(previous: list[int] | None, stats: list[int]) -> list[int]:
 
 
 class _Swarm:
-    """One content's records, in order of last announce (expiry pops the front), with an index for O(1) sampling."""
+    """One content's records, in order of last announce (expiry pops the front), with an index for O(1) sampling.
+
+    ``items`` holds the records themselves in ``keys``' order, so a sample
+    draws records by position: no key hashed, no dict probed per draw (at
+    100 000 peers those probes are cache misses, and cost more than ranking).
+    """
 
     def __init__(self) -> None:
         self.records: dict[PeerKey, PeerRecord] = {}
         self.keys: list[PeerKey] = []
+        self.items: list[PeerRecord] = []
         self.pos: dict[PeerKey, int] = {}
 
     def put(self, rec: PeerRecord) -> PeerRecord | None:
@@ -111,24 +117,27 @@ class _Swarm:
         if previous is None:
             self.pos[key] = len(self.keys)
             self.keys.append(key)
+            self.items.append(rec)
+        else:
+            self.items[self.pos[key]] = rec
         return previous
 
     def remove(self, key: PeerKey) -> PeerRecord | None:
         rec = self.records.pop(key, None)
         if rec is not None:
-            i, last = self.pos.pop(key), self.keys.pop()
+            i, last, last_rec = self.pos.pop(key), self.keys.pop(), self.items.pop()
             if last != key:
-                self.keys[i] = last
+                self.keys[i], self.items[i] = last, last_rec
                 self.pos[last] = i
         return rec
 
     def sample(self, rng: random.Random, n: int) -> list[PeerRecord]:
         """Up to ``n`` distinct records: all of a small swarm, else ``n`` draws with replacement, repeats dropped (rare when n is small)."""
-        keys, records = self.keys, self.records
-        if len(keys) <= n:
-            return list(records.values())
-        draw, size = rng.random, len(keys)
-        return [records[k] for k in dict.fromkeys([keys[int(draw() * size)] for _ in range(n)])]
+        items = self.items
+        if len(items) <= n:
+            return list(self.records.values())
+        draw, size = rng.random, len(items)
+        return [items[i] for i in dict.fromkeys([int(draw() * size) for _ in range(n)])]
 
 
 class MemoryPeerStore:

@@ -18,10 +18,10 @@ places in one answer, so a flood from one address cannot crowd others out.
 from __future__ import annotations
 
 import ipaddress
-import operator
+import struct
 import zlib
 from collections import Counter
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -136,6 +136,7 @@ class PeerRecord:
         _mask: int | None = field(init=False, default=None)
         _field: str | None = field(init=False, default=None)
         _ident: bytes | None = field(init=False, default=None)
+        _rank: tuple[float, int, str | None, bytes, int] | None = field(init=False, default=None)
 
     @property
     def complete(self) -> bool:
@@ -174,13 +175,14 @@ def _get_have(rec: PeerRecord) -> set[int]:
 
 def _set_have(rec: PeerRecord, have: set[int] | None) -> None:
     rec._have = None if have is None else set(have)
-    rec._mask = rec._field = None
+    rec._mask = rec._field = rec._rank = None
 
 
 PeerRecord._have = None
 PeerRecord._mask = None
 PeerRecord._field = None
 PeerRecord._ident = None
+PeerRecord._rank = None
 PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
 
 
@@ -196,40 +198,67 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def rank(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality) -> list[PeerRecord]:
+    """The handout order (module docstring), whole."""
+    return list(_ranked(asker, candidates, locality))
+
+
+def _ranked(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality) -> Iterator[PeerRecord]:
     """The handout order (module docstring); usefulness is a popcount of the candidate's bits the asker lacks.
 
-    Per candidate a few integer operations and one CRC over bytes cached on
-    the record: an announce ranks its whole sample in a fraction of a millisecond.
+    Each candidate's order is one integer: (away, useless, not a seed, fewer
+    useful pieces) above the negated upload rate above the tie-break hash,
+    and its place in ``candidates`` below all (equal keys keep their input
+    order, as a stable sort of the criteria would).  Integers sort several
+    times faster than tuples, and what does not depend on the asker (seed,
+    rate, region, identity) is computed once per record (``_rank_part``).
     """
+    cands = candidates if isinstance(candidates, list) else list(candidates)
     home = asker.region.name if asker.region else None
     lacks = ~asker.mask
-    owner, pid = asker.owner, asker.peer_id
     base = zlib.crc32(_ident(asker) + b"|")
-    strict = locality == "strict"
     crc = zlib.crc32
-    out = []
-    for c in candidates:
-        if c.peer_id == pid and c.owner == owner:
-            continue
-        region = c.region
-        away = (region.name if region else None) != home
-        if away and strict:
-            continue
-        cm = c._mask
-        if cm is None:
-            cm = c.mask
+    shift = len(cands).bit_length()
+    keys = []
+    for i, c in enumerate(cands):
+        part = c._rank
+        if part is None or part[0] is not c.upload_rate:
+            part = _rank_part(c)
+        _, static, region, ident, cm = part
         useful = (cm & lacks).bit_count()
-        ident = c._ident
-        if ident is None:
-            ident = _ident(c)
-        # one integer for the first four criteria: away, useless, not a seed, fewer useful pieces (each sorts later)
-        first = (away << 62) | ((useful == 0) << 61) | ((cm.bit_count() < c.piece_count) << 60) | ((1 << 40) - useful)
-        out.append((first, -c.upload_rate, crc(ident, base), c))
-    out.sort(key=_ORDER)  # never the records themselves: two with equal keys are not comparable
-    return [t[3] for t in out]
+        first = ((region != home) << 62) | ((useful == 0) << 61) | ((1 << 40) - useful)  # the seed bit (60) is in ``static``
+        keys.append((((first << _LOW) | static | crc(ident, base)) << shift) | i)
+    keys.sort()
+    # the asker itself and, under strict, other regions (sorted last) are left out here: one check per place handed out
+    low, away = (1 << shift) - 1, 1 << (62 + _LOW + shift)
+    owner, pid, strict = asker.owner, asker.peer_id, locality == "strict"
+    for k in keys:
+        if strict and k >= away:
+            return
+        c = cands[k & low]
+        if c.peer_id != pid or c.owner != owner:
+            yield c
 
 
-_ORDER = operator.itemgetter(0, 1, 2)
+_LOW = 96  # bits below the first four criteria: 64 of rate, 32 of tie-break hash
+_U64 = (1 << 64) - 1
+_DOUBLE = struct.Struct(">Q")
+
+
+def _rank_part(rec: PeerRecord) -> tuple[float, int, str | None, bytes, int]:
+    """What ``rank`` needs of a record whatever the asker, cached on it until its rate or pieces change.
+
+    ``static`` holds the not-a-seed bit and the upload rate as an integer
+    that sorts the highest rate first: an IEEE double's bits order like the
+    number once the sign is folded in (-0.0 is made 0.0, as they compare equal).
+    """
+    rate = rec.upload_rate
+    bits = _DOUBLE.unpack(struct.pack(">d", rate + 0.0))[0]
+    ordered = (bits ^ _U64) if bits >> 63 else (bits | (1 << 63))
+    mask = rec.mask
+    static = ((mask.bit_count() < rec.piece_count) << (60 + _LOW)) | ((_U64 - ordered) << 32)
+    ident = rec._ident if rec._ident is not None else _ident(rec)
+    rec._rank = part = (rate, static, rec.region.name if rec.region else None, ident, mask)
+    return part
 
 
 def _ident(rec: PeerRecord) -> bytes:
@@ -240,11 +269,12 @@ def _ident(rec: PeerRecord) -> bytes:
 
 def handout(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality, max_answer: int, per_address: int) -> list[PeerRecord]:
     """The best-ranked candidates, at most ``per_address`` of any one address (group)."""
-    taken: Counter[str] = Counter()
+    taken: dict[str, int] = {}
     out = []
-    for c in rank(asker, candidates, locality):
-        if taken[c.group] < per_address:
-            taken[c.group] += 1
+    for c in _ranked(asker, candidates, locality):
+        n = taken.get(c.group, 0)
+        if n < per_address:
+            taken[c.group] = n + 1
             out.append(c)
             if len(out) == max_answer:
                 break

@@ -23,10 +23,13 @@ from urllib.parse import unquote, urlsplit
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
+from edgeswarm.node.routerclient import find_edge
+from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
+from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 
 log = logging.getLogger("edgeswarm.roles.get")
@@ -70,6 +73,8 @@ async def download(
     router: str | None = None,
 ) -> dict:
     edge, path = split_target(url, router)
+    if edge is not None and router is None:
+        router, edge = await _router_or_edge(edge, path, listen[0], ca)
     edges = tuple(e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/")))
     config = PeerConfig(cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router)
     peer = Peer(config)
@@ -101,6 +106,22 @@ async def download(
         return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
     finally:
         await servers.close()
+
+
+async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None) -> tuple[str | None, str | None]:
+    """(router, edge) for ``base``: a router's URL given as the file's (``http://router/path``) is used as ``--router``."""
+    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=bind if bind not in ("", "0.0.0.0", "::") else None)
+    await upstream.start()
+    try:
+        router, edge = await find_edge(upstream, base, path)
+    except UpstreamError as exc:
+        raise GetError(exc.message) from None
+    finally:
+        await upstream.close()
+    if router is not None:
+        log.info("%s is a router: the edges come from it", router)
+        return router, None
+    return None, edge
 
 
 async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:

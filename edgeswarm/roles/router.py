@@ -96,7 +96,13 @@ def polled_figures(doc: dict, at: float) -> dict:
         "cache_entries": len(contents) if isinstance(contents, list) else None,
         "peers": _number(p2p.get("peers")) if p2p is not None else None,
         "regions": regions,
+        "store": _shared_store(p2p.get("store")) if p2p is not None else None,
     }
+
+
+def _shared_store(name: object) -> str | None:
+    """The tracker store an edge names in /status, when other edges may share it (not ``memory``); bounded."""
+    return name[:500] if isinstance(name, str) and name and name != "memory" else None
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class RouterConfig:
     register_secret: str | None = None  # None: registrations from loopback only
     default_region: str | None = None  # the region of clients the map does not place (None: refuse them)
     edges_limit: int = 16  # edges in a JSON answer at most
+    status_token: str | None = None  # sent as a bearer token with each /status poll: edges under --require-token want one
 
     @property
     def timeout(self) -> float:
@@ -253,17 +260,14 @@ class Router:
 
     def region_totals(self) -> dict[str, dict]:
         """Per region of the map: its edges' states, capacity and egress, and its peers and P2P share summed
-        over the tracker rows of that region in every edge's last good poll (what the dashboard shows per region)."""
+        over the tracker rows of that region in every edge's last good poll, once per tracker store (what the
+        dashboard shows per region)."""
         totals: dict[str, dict] = {}
         for name in sorted(self.region_names):
             specs = [s for s in self.table.edges.values() if s.region == name]
             capacity = sum(s.capacity for s in specs)
             egress = sum(self.table.health[s.url].egress_Bps for s in specs)
-            rows = [
-                f["regions"][name]
-                for f in self.polled.values()
-                if f["regions"] and isinstance(f["regions"].get(name), dict)  # the edges' trackers' rows for this region
-            ]
+            rows = self._tracker_rows(name)
             from_edge = sum(r["bytes_from_edge"] or 0 for r in rows)
             from_peers = sum(r["bytes_from_peers"] or 0 for r in rows)
             totals[name] = {
@@ -278,6 +282,19 @@ class Router:
                 "p2p_share": reported_share(from_peers, from_edge + from_peers),
             }
         return totals
+
+    def _tracker_rows(self, region: str) -> list[dict]:
+        """The region's rows of every distinct tracker: edges sharing one store (Redis) report the same swarms and
+        totals, so their rows count once (the newest poll's); an edge with its own memory store is a tracker of its own."""
+        newest: dict[str, tuple[float, dict]] = {}
+        for url, f in self.polled.items():
+            row = f["regions"].get(region) if f["regions"] else None
+            if not isinstance(row, dict):
+                continue
+            tracker = f.get("store") or url
+            if tracker not in newest or f["at"] > newest[tracker][0]:
+                newest[tracker] = (f["at"], row)
+        return [row for _, row in newest.values()]
 
     async def get_status(self, _: web.Request) -> web.Response:
         t = self.table.thresholds
@@ -309,7 +326,10 @@ class Router:
         if health is None:
             return
         try:
-            async with asyncio.timeout(self.config.timeout), self.session.get(url + "/status", allow_redirects=False) as resp:
+            async with (
+                asyncio.timeout(self.config.timeout),
+                self.session.get(url + "/status", allow_redirects=False, headers=self._poll_headers) as resp,
+            ):
                 if resp.status != 200:
                     raise ValueError(f"/status answered {resp.status}")
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
@@ -330,6 +350,11 @@ class Router:
             level = logging.WARNING if health.state == DOWN else logging.INFO
             log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
             self.metrics.events[(f"edge_{health.state}", "")] += 1
+
+    @property
+    def _poll_headers(self) -> dict[str, str]:
+        token = self.config.status_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def poll_all(self) -> None:
         urls = list(self.table.edges)

@@ -10,7 +10,8 @@ all three expiring ``keep`` seconds after the content's last announce;
 per region counters of bytes by source kind (``share:REGION``, never
 expiring); and for /status, sorted sets of live identities per region and
 user, trimmed by ``expire``.  One Lua script per announce does the write,
-expires up to 32 silent peers of that swarm, and samples: one round trip.
+expires up to 32 silent peers of that swarm, and samples; script calls
+made at the same time share one pipeline (store/redisbatch.py).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from edgeswarm.policy.peerstore import (
 )
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import ALPHA, PeerKey, PeerRecord
+from edgeswarm.store.redisbatch import ScriptBatcher
 
 log = logging.getLogger("edgeswarm.store.redispeers")
 EXPIRE_PER_ANNOUNCE = 32  # silent peers an announce removes from its swarm, at most
 KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls
 SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms; beyond, the list is partial
+DECODED_KEPT = 200_000  # decoded records an edge keeps to reuse while their stored text is unchanged (a few hundred bytes each)
 
 SEP = "\x1f"  # between a record's fields: no peer id (printable), address, URL or region name holds it
 KEYSEP = "\x1e"  # between a member's owner and peer id
@@ -179,7 +182,9 @@ class RedisPeerStore:
         self._put = self.redis.register_script(_PUT)
         self._remove = self.redis.register_script(_REMOVE)
         self._report = self.redis.register_script(_REPORT)
+        self._batch = ScriptBatcher(self.redis, self._unavailable)
         self._regions: dict[tuple[str, str], Region] = {}
+        self._decoded: dict[str, tuple[str, PeerRecord]] = {}  # member -> (its stored text, the record decoded from it)
 
     def describe(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
@@ -195,7 +200,10 @@ class RedisPeerStore:
         try:
             return await what(*args, **kwargs)
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-            raise StoreUnavailable(f"tracker store {self.describe()} unreachable: {type(exc).__name__}: {exc}") from None
+            raise self._unavailable(exc) from None
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"tracker store {self.describe()} unreachable: {type(exc).__name__}: {exc}")
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
@@ -261,23 +269,40 @@ class RedisPeerStore:
             _clean(rec.user if rec.user is not None else NO_USER),
             repr(ALPHA),
         ]
-        size, rate, blob = await self._call(self._put, keys=[], args=args)  # one string for the sample: parsed here, not per field
+        size, rate, blob = await self._batch.call(self._put, args)  # one string for the sample: parsed here, not per field
         rec.upload_rate = float(rate)
         cutoff = now - self.ttl
         candidates = []
         for entry in blob.split(ENTRYSEP) if blob else ():
-            c = self._decode(*entry.split(PAIRSEP, 1))
+            c = self._cached(*entry.split(PAIRSEP, 1))
             if c.last_seen >= cutoff:
                 candidates.append(c)
         return Placed(int(size), candidates)
 
+    def _cached(self, member: str, raw: str) -> PeerRecord:
+        """The record stored as ``raw``: decoded once while that text stays the same (a record changes only when its peer announces).
+
+        A reused record keeps what ranking and answers cache on it (its rank
+        key, its wire bitfield): most of a sample was already drawn by an
+        earlier announce.  Candidates are never changed by the tracker, so
+        sharing them between answers is safe.  Past ``DECODED_KEPT`` the cache starts afresh.
+        """
+        hit = self._decoded.get(member)
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        rec = self._decode(member, raw)
+        if len(self._decoded) >= DECODED_KEPT:
+            self._decoded.clear()
+        self._decoded[member] = (raw, rec)
+        return rec
+
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None:
-        raw = await self._call(self._remove, keys=[], args=[self.prefix, cid, _member(key)])
+        raw = await self._batch.call(self._remove, [self.prefix, cid, _member(key)])
         return self._decode(_member(key), raw) if raw else None
 
     async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
         args = [self.prefix, cid, _member(key), _clean(region), "1" if stopped else "0", str(self.keep), str(len(stats))]
-        await self._call(self._report, keys=[], args=[*args, *stats, *(str(v) for v in stats.values())])
+        await self._batch.call(self._report, [*args, *stats, *(str(v) for v in stats.values())])
 
     async def shares(self) -> dict[str, Counter[str]]:
         regions = sorted(await self._call(self.redis.smembers, self.prefix + "shareregions"))
