@@ -92,7 +92,7 @@ class EdgeSource:
         return fd
 
     def held(self, index: int) -> bool:
-        return index in self.edge.pinned.opened.held(self.cid)
+        return self.edge.pinned.opened.has(self.cid, index)  # has(): also a piece another worker stored
 
     async def fetch(self, index: int) -> bytes:
         if not self.may_fetch:

@@ -12,6 +12,22 @@ changed while the node was stopped is dropped and fetched again, never served.
 
 A write that fails (disk full, I/O error) leaves no temporary file behind and
 stores nothing: the caller still holds the verified bytes and may serve them.
+
+Several worker processes of one edge (``edge --workers N``) share one
+directory, each with a store of its own (``worker=(index, count)``):
+
+- a temporary file is named after its writer's pid, so two workers storing
+  the same piece at once never write into one file; each renames a whole,
+  verified piece into place, and the last rename wins with identical bytes;
+- a piece another worker stored is taken up (``adopt``) when asked for, checked
+  against the manifest on first read like one found at start, instead of
+  being fetched again;
+- the quota is split: each worker evicts, down to ``max_bytes / count``, the
+  pieces it wrote and, of those found at start, the ones whose hash falls to
+  it.  Every piece on disk is so counted by at least one worker, and the
+  directory stays within ``max_bytes``.  A piece one worker evicts while
+  another serves it is read to the end through the open descriptor, and
+  then dropped from the other's have-set when it is next opened.
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ import contextlib
 import logging
 import os
 import shutil
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +61,11 @@ class PieceNotStored(EdgeswarmError, OSError):
 
 
 class PieceStore:
-    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None):
+    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None, worker: tuple[int, int] | None = None):
         self.root = root
+        self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
+        if worker is not None and max_bytes is not None:
+            max_bytes = max(1, max_bytes // worker[1])
         self.content_dir = root / "content"
         self._content_prefix = f"{self.content_dir}/"
         self.public_key = public_key
@@ -78,7 +98,9 @@ class PieceStore:
             for entry in os.scandir(cdir):
                 name = entry.name
                 if name.endswith(".tmp"):
-                    os.unlink(entry.path)
+                    if not self._writer_alive(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
                     continue
                 index = ascii_decimal(name.removesuffix(".piece")) if name.endswith(".piece") else None
                 if index is None:
@@ -90,11 +112,31 @@ class PieceStore:
                     continue
                 self._held[signed.content_id].add(index)
                 self._unverified.add((signed.content_id, index))
-                found.append((st.st_atime, signed.content_id, index, st.st_size))
+                if self._counts(signed.content_id, index):
+                    found.append((st.st_atime, signed.content_id, index, st.st_size))
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
         log.info("piece store %s: %d contents, %d pieces, %d bytes", self.root, len(self._manifests), len(found), self.policy.used)
+
+    def _counts(self, cid: str, index: int) -> bool:
+        """Whether this store's quota counts a piece found at start: all of them, or its share among workers."""
+        if self.worker is None:
+            return True
+        return zlib.crc32(f"{cid}/{index}".encode()) % self.worker[1] == self.worker[0]
+
+    def _writer_alive(self, name: str) -> bool:
+        """A temporary file another live worker is writing right now (``<name>.<pid>.tmp``): not to be removed."""
+        pid = ascii_decimal(name.removesuffix(".tmp").rsplit(".", 1)[-1])
+        if self.worker is None or pid is None or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def _load_manifest(self, cdir: Path) -> SignedManifest | None:
         try:
@@ -102,6 +144,12 @@ class PieceStore:
             signed = SignedManifest.parse(raw, self.public_key)
             if signed.content_id != cdir.name:
                 raise ManifestError("content id does not match its directory")
+        except FileNotFoundError:
+            if self.worker is not None:  # another worker is storing it right now (directory first, then its manifest)
+                return None
+            log.warning("dropping cached content %s: it has no manifest", cdir.name)
+            shutil.rmtree(cdir, ignore_errors=True)
+            return None
         except (OSError, ManifestError) as exc:
             log.warning("dropping cached content %s: %s", cdir.name, exc)
             shutil.rmtree(cdir, ignore_errors=True)
@@ -165,7 +213,22 @@ class PieceStore:
 
     # -- pieces -------------------------------------------------------------
     def has(self, cid: str, index: int) -> bool:
-        return index in self._held.get(cid, ())
+        return index in self._held.get(cid, ()) or self.adopt(cid, index)
+
+    def adopt(self, cid: str, index: int) -> bool:
+        """Take up a piece another worker stored (checked on first read, and counted in that worker's quota, not ours)."""
+        if self.worker is None or cid not in self._manifests or index in self._held[cid]:
+            return False
+        try:
+            size = os.stat(self.piece_path(cid, index)).st_size
+        except OSError:
+            return False
+        m = self._manifests[cid].manifest
+        if index >= m.piece_count or size != m.piece_span(index)[1]:
+            return False
+        self._held[cid].add(index)
+        self._unverified.add((cid, index))
+        return True
 
     def held(self, cid: str) -> set[int]:
         return self._held.get(cid, set())
@@ -190,7 +253,7 @@ class PieceStore:
 
     def _write(self, path: str | Path, data: bytes) -> None:
         """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -217,7 +280,7 @@ class PieceStore:
         never close them.  A piece found on disk at start is read back and
         checked the first time it is opened; a bad one is dropped (None).
         """
-        if index not in self._held.get(cid, ()):
+        if index not in self._held.get(cid, ()) and not self.adopt(cid, index):
             return None
         key = (cid, index)
         fd = self._fds.get(key)
