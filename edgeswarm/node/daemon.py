@@ -489,7 +489,7 @@ class Servers:
 
     def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None, reuse_port: bool = False):
         self.role = role
-        self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py)
+        self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py), which says when all listen
         self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
@@ -523,7 +523,10 @@ class Servers:
             assert isinstance(server, asyncio.Server)  # TCPSite's, once started
             address = server.sockets[0].getsockname()  # port 0 -> the real one
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-            log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
+            if not self.reuse_port:
+                log.info(
+                    "%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1]
+                )
             bound[label] = (address[0], address[1])
         return bound
 

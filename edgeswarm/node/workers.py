@@ -109,8 +109,9 @@ def ready() -> None:
 class Supervisor:
     """Forks ``count`` workers that run ``work(slot)`` (its return value is the exit code), and keeps them running."""
 
-    def __init__(self, role: str, count: int, host: str, port: int, rundir: str, work: Callable[[Slot], int]):
+    def __init__(self, role: str, count: int, host: str, port: int, rundir: str, work: Callable[[Slot], int], on_ready: Callable[[], None]):
         self.role, self.count, self.work = role, count, work
+        self.on_ready = on_ready  # once, when every worker of the first generation listens: the node's "listening on"
         self.host, self.port, self.rundir = host, port, rundir
         self.pids: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # index -> when its current process was forked
@@ -185,10 +186,13 @@ class Supervisor:
             data = os.read(self._ready_r, 4096)
         except BlockingIOError:
             return
+        was = len(self.ever_ready)
         for at in range(0, len(data) - 3, 4):
             index = self.pids.get(int.from_bytes(data[at : at + 4], "little"))
             if index is not None:
                 self.ever_ready.add(index)
+        if was < self.count == len(self.ever_ready):
+            self.on_ready()
 
     def _reap(self) -> int | None:
         """Collect exited workers and schedule their restart; an exit code if the node must end."""

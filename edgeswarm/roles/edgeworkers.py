@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,7 +49,8 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
-from edgeswarm.trust.signing import load_or_create_private_key
+from edgeswarm.store.ledger import LedgerError
+from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
 
 log = logging.getLogger("edgeswarm.roles.edge")
 FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix socket
@@ -84,14 +86,23 @@ def run(
     rundir = tempfile.mkdtemp(prefix="edgeswarm-edge-")  # 0700
     try:
         with keep:
-            port = keep.getsockname()[1]
+            host, port = keep.getsockname()[:2]  # port 0 -> the real one, and the address as bound
 
             def work(slot: workers.Slot) -> int:
                 keep.close()
-                asyncio.run(_worker(slot, config, access_log, ssl_context, limits, registration if slot.index == 0 else None))
+                try:
+                    asyncio.run(_worker(slot, config, access_log, ssl_context, limits, registration if slot.index == 0 else None))
+                except (KeyFileError, LedgerError, OSError, ValueError) as exc:  # as cli/__init__.py says them
+                    print(f"edgeswarm edge: {exc}", file=sys.stderr)
+                    return 2
                 return 0
 
-            return workers.Supervisor("edge", count, listen[0], port, rundir, work).run()
+            def listening() -> None:
+                shown = f"[{host}]" if ":" in host else host
+                scheme = "https" if ssl_context is not None else "http"
+                logging.getLogger("edgeswarm").info("edge listening on %s://%s:%d (%d workers)", scheme, shown, port, count)
+
+            return workers.Supervisor("edge", count, listen[0], port, rundir, work, listening).run()
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
 
@@ -174,6 +185,9 @@ class WorkerLink:
             return await handler(request)
         elif not self.primary:
             return await self._forward(request)
+        if request.path == "/status" and self.node.store is not None:  # what the directory holds, whoever stored it
+            for signed in list(self.node.store.contents()):
+                self.node.store.adopt_all(signed.content_id)
         response = await handler(request)
         if request.method == "GET" and response.status == 200 and request.path in ("/status", "/metrics"):
             return await self._merged(request.path, response)

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.eviction import EvictionPolicy
-from edgeswarm.protocol.manifest import ManifestError, SignedManifest
+from edgeswarm.protocol.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.protocol.units import ascii_decimal
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class PieceStore:
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._write_failing = False  # logs a failing disk once per episode, not once per piece
         self.evicted_pieces = 0
+        self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
         self.content_dir.mkdir(parents=True, exist_ok=True)
         self._load()
@@ -127,7 +129,8 @@ class PieceStore:
 
     def _writer_alive(self, name: str) -> bool:
         """A temporary file another live worker is writing right now (``<name>.<pid>.tmp``): not to be removed."""
-        pid = ascii_decimal(name.removesuffix(".tmp").rsplit(".", 1)[-1])
+        parts = name.split(".")
+        pid = ascii_decimal(parts[-2]) if len(parts) >= 4 else None  # <index>.piece.<pid>.tmp, manifest.json.<pid>.tmp
         if self.worker is None or pid is None or pid == os.getpid():
             return False
         try:
@@ -185,14 +188,42 @@ class PieceStore:
             self.drop_content(previous)
 
     def manifest(self, cid: str) -> SignedManifest | None:
-        return self._manifests.get(cid)
+        return self._manifests.get(cid) or self._adopt_manifest(cid)
+
+    def _adopt_manifest(self, cid: str) -> SignedManifest | None:
+        """A content another worker stored, taken up from its checked manifest on disk (a sibling's only-if-cached ask)."""
+        if self.worker is None or not is_content_id(cid):
+            return None
+        try:
+            raw = (self.content_dir / cid / "manifest.json").read_bytes()
+            signed = SignedManifest.parse(raw, self.public_key)
+        except (OSError, ManifestError):
+            return None
+        if signed.content_id != cid:
+            return None
+        self._remember(signed, raw)
+        return signed
 
     def raw_manifest(self, cid: str) -> bytes | None:
         return self._raw.get(cid)
 
     def manifest_for_path(self, path: str) -> SignedManifest | None:
         cid = self._by_path.get(path)
+        if cid is None and self._adopt_new():
+            cid = self._by_path.get(path)
         return self._manifests.get(cid) if cid else None
+
+    def _adopt_new(self) -> bool:
+        """Take up the contents other workers stored since (at most once a second: a miss of an unknown path is cheap)."""
+        now = time.monotonic()
+        if self.worker is None or now < self._next_scan:
+            return False
+        self._next_scan = now + 1.0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.content_dir):
+                if name not in self._manifests:
+                    self._adopt_manifest(name)
+        return True
 
     def drop_content(self, cid: str) -> None:
         signed = self._manifests.pop(cid, None)
@@ -232,6 +263,16 @@ class PieceStore:
 
     def held(self, cid: str) -> set[int]:
         return self._held.get(cid, set())
+
+    def adopt_all(self, cid: str) -> None:
+        """Take up every piece of ``cid`` the other workers stored: the have-set of the whole directory (an edge's /status)."""
+        if self.worker is None or cid not in self._manifests:
+            return
+        with contextlib.suppress(OSError), os.scandir(self.content_dir / cid) as entries:
+            for entry in entries:
+                index = ascii_decimal(entry.name.removesuffix(".piece")) if entry.name.endswith(".piece") else None
+                if index is not None:
+                    self.adopt(cid, index)
 
     def piece_path(self, cid: str, index: int) -> str:
         """A plain string: pathlib's joins were a tenth of a cache hit's CPU time."""
