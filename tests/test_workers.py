@@ -154,6 +154,7 @@ async def test_concurrent_fills_through_several_connections_give_identical_bytes
         else:
             first, _, last = r.removeprefix("bytes=").partition("-")
             assert code == 206 and body == data[int(first) : int(last) + 1 if last else None]
+    assert (await status(http, origin.url))["bytes_sent"]["node"] == len(data)  # each piece crossed once, whichever worker missed
     cache = tmp_path / "edge"
     assert list(cache.rglob("*.tmp")) == []
     store = PieceStore(cache, load_public_key((cache / "origin.pub").read_bytes()))  # as a restart would read it

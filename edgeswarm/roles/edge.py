@@ -63,6 +63,7 @@ from edgeswarm.protocol.wire import (
 from edgeswarm.roles import bttracker
 from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.store.redispeers import open_store
@@ -129,6 +130,7 @@ class Edge:
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
+        self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
@@ -231,10 +233,18 @@ class Edge:
     # -- pieces -------------------------------------------------------------------
     def fill(self, cid: str, index: int) -> asyncio.Future:
         """The verified piece, fetched once however many requests wait for it."""
-        shared, new = share(self._fills, (cid, index), lambda: self._fill(cid, index))
+        shared, new = share(self._fills, (cid, index), lambda: self._fill_shared(cid, index))
         self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
         self.metrics.cache["miss" if new else "collapsed"] += 1
         return shared
+
+    async def _fill_shared(self, cid: str, index: int) -> bytes:
+        """With several workers (edgeworkers.py), one fetch across them: the lock's last holder stored the piece."""
+        if self.fill_locks is None:
+            return await self._fill(cid, index)
+        async with self.fill_locks.hold(cid, index):
+            data = (await self._store()).read_piece(cid, index)
+            return data if data is not None else await self._fill(cid, index)
 
     async def _fill(self, cid: str, index: int) -> bytes:
         store = await self._store()

@@ -4,7 +4,9 @@ node/workers.py forks the workers; each runs a whole ``Edge`` on the shared
 port (SO_REUSEPORT).  What they share, and how:
 
 - the cache directory: each worker has its own view of it (store/piecestore.py
-  says how writes, quota and eviction stay sound across processes);
+  says how writes, quota and eviction stay sound across processes), and a
+  piece missed by several workers at once is fetched by one of them
+  (store/filllock.py);
 - the ledger: each adds its own counts with an UPSERT that adds bytes, as
   several edges sharing one database do (store/ledger.py);
 - the swarm, tickets and seeding state: worker 0, the primary, owns them.  The
@@ -49,12 +51,14 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import LedgerError
 from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
 
 log = logging.getLogger("edgeswarm.roles.edge")
 FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix socket
 WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
+SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
 # /metrics gauges that every worker reports alike: merged by their largest value, not added up
 _SAME_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds"}
@@ -119,6 +123,7 @@ async def _worker(
     upload = config.upload_limit // slot.count if config.upload_limit else None  # the cap is the edge's, split evenly
     node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload))
     node.pinned.worker = (slot.index, slot.count)
+    node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
     link = WorkerLink(node, slot)
     app = node.app()
     link.install(app)
@@ -145,6 +150,7 @@ async def _worker(
         await private.cleanup()
         await servers.close()
         await link.close()
+        node.fill_locks.close()
 
 
 class WorkerLink:
@@ -322,9 +328,9 @@ def merge_metrics(texts: list[str]) -> bytes:
                 else:
                     samples[key] = old + sample.value
     for name, family in families.items():
-        for (sample, labels), value in values[name].items():
-            family.add_sample(sample, dict(labels), value)
-    return generate_latest(_Fixed(list(families.values())))  # type: ignore[arg-type]
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return generate_latest(_Fixed(list(families.values())))
 
 
 class _Fixed:
