@@ -185,19 +185,28 @@ class WorkerLink:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        self._take_up(request.path)
         if _private(request):  # forwarded by another worker (to the primary): answered here, for the client it names
             request = request.clone(remote=request.headers.get(FORWARDED_FOR, ""))
         elif not self.forwarded(request):
             return await handler(request)
         elif not self.primary:
             return await self._forward(request)
-        if request.path == "/status" and self.node.store is not None:  # what the directory holds, whoever stored it
-            for signed in list(self.node.store.contents()):
-                self.node.store.adopt_all(signed.content_id)
         response = await handler(request)
         if request.method == "GET" and response.status == 200 and request.path in ("/status", "/metrics"):
             return await self._merged(request.path, response)
         return response
+
+    def _take_up(self, path: str) -> None:
+        """Before an answer that lists what the edge holds, the pieces every worker stored: the directory's have-set."""
+        store = self.node.store
+        if store is None:
+            return
+        if path == "/status" and self.primary:
+            for signed in list(store.contents()):
+                store.adopt_all(signed.content_id)
+        elif path.startswith(("/have/", "/seed/")):
+            store.adopt_all(path.split("/", 3)[2])
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """The request, as the primary answers it; 503 while the primary is restarting."""
