@@ -296,6 +296,8 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[
         for key in _ADDED_NUMBERS:
             if key in doc:
                 doc[key] = doc[key] + other.get(key, 0)
+        if doc.get("upload_limit_Bps") and other.get("upload_limit_Bps"):  # each worker's share of --upload-limit
+            doc["upload_limit_Bps"] += other["upload_limit_Bps"]
         doc["responses_by_endpoint"] = {
             e: _add(doc.get("responses_by_endpoint", {}).get(e, {}), other.get("responses_by_endpoint", {}).get(e, {}))
             for e in {*doc.get("responses_by_endpoint", {}), *other.get("responses_by_endpoint", {})}
