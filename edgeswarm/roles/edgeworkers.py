@@ -121,7 +121,9 @@ async def _worker(
 ) -> None:
     """One worker: a whole edge on the shared port, its private socket, and (primary) the door for forwarded requests."""
     upload = config.upload_limit // slot.count if config.upload_limit else None  # the cap is the edge's, split evenly
-    node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload))
+    # the swarm is the primary's: the others forward to it, and keep an empty memory store (no Redis connection of their own)
+    store = config.tracker_store if slot.index == 0 else "memory"
+    node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload, tracker_store=store))
     node.pinned.worker = (slot.index, slot.count)
     node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
     link = WorkerLink(node, slot)
