@@ -76,7 +76,7 @@ class BenchError(EdgeswarmError):
     """The benchmark could not produce figures (as opposed to figures that miss the target)."""
 
 
-def run(size: int, duration: int, connections: int, json_path: Path | None, protected: bool = False) -> int:
+def run(size: int, duration: int, connections: int, json_path: Path | None, protected: bool = False, workers: int | None = None) -> int:
     console = Console()
     problem = _preflight(size, duration, connections)
     if problem:
@@ -85,7 +85,7 @@ def run(size: int, duration: int, connections: int, json_path: Path | None, prot
     root = Path(tempfile.mkdtemp(prefix="edgeswarm-bench-serve-"))
     failed = False
     try:
-        result = _measure(console, root, size, duration, connections, protected)
+        result = _measure(console, root, size, duration, connections, protected, workers or usable_cores())
     except (BenchError, RuntimeError, OSError) as exc:
         failed = True
         console.print(f"[red]bench serve failed:[/red] {exc}")
@@ -129,18 +129,18 @@ def _clean(console: Console, root: Path, keep_logs: bool) -> None:
     console.print(f"logs kept in {root}")
 
 
-def _measure(console: Console, root: Path, size: int, duration: int, connections: int, protected: bool = False) -> dict:
+def _measure(console: Console, root: Path, size: int, duration: int, connections: int, protected: bool, workers: int) -> dict:
     """``protected``: the origin encrypts the file and the edge decrypts it for every request (nginx serves plaintext)."""
     publish = root / "publish"
     with console.status(f"writing a {size // MiB} MiB file of random bytes"):
         digest = _write_file(publish / FILE.lstrip("/"), size)
     rounds = ROUNDS if duration >= 3 else 1
-    workers = usable_cores()  # the edge's default --workers, and nginx's worker_processes
     with ProcessGroup(root / "logs") as group:
         with console.status("starting origin and edge, warming the edge with one whole GET"):
             origin = group.start("origin", "--publish", str(publish), *(("--protect", "*") if protected else ()), name="origin")
             token = _token(publish) if protected else None
-            edge = group.start("edge", *EdgeConfig(cache=root / "cache", parent=origin.url, token=token).argv(), name="edge")
+            config = EdgeConfig(cache=root / "cache", parent=origin.url, token=token, workers=workers)
+            edge = group.start("edge", *config.argv(), name="edge")
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             _warm(edge.url, digest, headers)
         script = root / "ranges.lua"
