@@ -71,8 +71,7 @@ async def test_partial_fetch_of_a_huge_file_moves_only_the_pieces_needed(tmp_pat
 async def test_concurrent_misses_for_a_piece_cause_one_upstream_fetch(tmp_path, nodes, origin, published, http):
     data = make_file(published / "hot.bin", 2 * MiB)
     await asyncio.sleep(0.5)
-    # one process: its miss counters are a worker's own (test_workers.py checks one fetch per piece across workers)
-    leaf = edge(nodes, tmp_path, origin.url, "--workers", "1")
+    leaf = edge(nodes, tmp_path, origin.url)
     results = await asyncio.gather(*[get(http, leaf.url + "/hot.bin") for _ in range(20)])
     assert all(code == 200 and body == data for code, body in results)
     origin_st, leaf_st = await status(http, origin.url), await status(http, leaf.url)

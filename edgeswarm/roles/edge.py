@@ -234,16 +234,22 @@ class Edge:
     def fill(self, cid: str, index: int) -> asyncio.Future:
         """The verified piece, fetched once however many requests wait for it."""
         shared, new = share(self._fills, (cid, index), lambda: self._fill_shared(cid, index))
-        self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
-        self.metrics.cache["miss" if new else "collapsed"] += 1
+        if not new:
+            self._count_fill(False)
         return shared
+
+    def _count_fill(self, fetched: bool) -> None:
+        self.metrics.events[("upstream_fetch" if fetched else "collapsed", "")] += 1
+        self.metrics.cache["miss" if fetched else "collapsed"] += 1
 
     async def _fill_shared(self, cid: str, index: int) -> bytes:
         """With several workers (edgeworkers.py), one fetch across them: the lock's last holder stored the piece."""
         if self.fill_locks is None:
+            self._count_fill(True)
             return await self._fill(cid, index)
         async with self.fill_locks.hold(cid, index):
             data = (await self._store()).read_piece(cid, index)
+            self._count_fill(data is None)  # read: another worker's fetch was joined, as a collapsed miss here
             return data if data is not None else await self._fill(cid, index)
 
     async def _fill(self, cid: str, index: int) -> bytes:
