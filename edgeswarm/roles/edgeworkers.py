@@ -120,13 +120,13 @@ async def _worker(
     registration: Registration | None,
 ) -> None:
     """One worker: a whole edge on the shared port, its private socket, and (primary) the door for forwarded requests."""
-    upload = config.upload_limit // slot.count if config.upload_limit else None  # the cap is the edge's, split evenly
+    upload = _upload_share(config, slot)
     # the swarm is the primary's: the others forward to it, and keep an empty memory store (no Redis connection of their own)
     store = config.tracker_store if slot.index == 0 else "memory"
     node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload, tracker_store=store))
     node.pinned.worker = (slot.index, slot.count)
     node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
-    link = WorkerLink(node, slot)
+    link = WorkerLink(node, slot, config.upload_limit)
     app = node.app()
     link.install(app)
     if registration is not None:
@@ -155,11 +155,27 @@ async def _worker(
         node.fill_locks.close()
 
 
+def _upload_share(config: EdgeConfig, slot: workers.Slot) -> int | None:
+    """A worker's part of ``--upload-limit``: an even share, but in p2p mode the primary's is all of it.
+
+    In p2p mode the primary serves every peer (``/piece``, ``/seed`` are
+    forwarded to it): with a share it would feed the swarm at 1/N of the cap.
+    The others then send client files within their shares on top, so the
+    edge's egress may reach (2N - 1)/N of the cap while both kinds of traffic peak.
+    """
+    if not config.upload_limit:
+        return None
+    if config.p2p and slot.index == 0:
+        return config.upload_limit
+    return max(1, config.upload_limit // slot.count)
+
+
 class WorkerLink:
     """One worker's ties to the others: forwarding to the primary, and the figures it adds up."""
 
-    def __init__(self, node: edge_role.Edge, slot: workers.Slot):
+    def __init__(self, node: edge_role.Edge, slot: workers.Slot, cap: int | None):
         self.node, self.slot = node, slot
+        self.cap = cap  # --upload-limit, as /status shows it (each worker holds a part)
         self.primary = slot.index == 0
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
@@ -241,6 +257,7 @@ class WorkerLink:
         if path == "/status":
             doc = merge_status(json.loads(mine), [json.loads(o) for o in others if o is not None])
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
+            doc["upload_limit_Bps"] = self.cap
             body = json.dumps(doc).encode()
             return web.Response(body=body, content_type="application/json", headers={WORKER_HEADER: "0"})
         texts = [mine.decode(), *(o.decode() for o in others if o is not None)]
@@ -300,8 +317,6 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[
         for key in _ADDED_NUMBERS:
             if key in doc:
                 doc[key] = doc[key] + other.get(key, 0)
-        if doc.get("upload_limit_Bps") and other.get("upload_limit_Bps"):  # each worker's share of --upload-limit
-            doc["upload_limit_Bps"] += other["upload_limit_Bps"]
         doc["responses_by_endpoint"] = {
             e: _add(doc.get("responses_by_endpoint", {}).get(e, {}), other.get("responses_by_endpoint", {}).get(e, {}))
             for e in {*doc.get("responses_by_endpoint", {}), *other.get("responses_by_endpoint", {})}
