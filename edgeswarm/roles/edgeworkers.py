@@ -256,6 +256,9 @@ class WorkerLink:
         mine = response.body
         if path == "/status":
             doc = merge_status(json.loads(mine), [json.loads(o) for o in others if o is not None])
+            store = self.node.store
+            if store is not None:  # a version one worker dropped (its directory gone) may linger in another's memory
+                doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
             doc["upload_limit_Bps"] = self.cap
             body = json.dumps(doc).encode()
