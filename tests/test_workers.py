@@ -174,7 +174,9 @@ async def test_sigkill_of_the_main_process_takes_its_workers_and_frees_the_port(
     edge.kill()
     await until(lambda: all(gone(pid) for pid in workers), 5)
     with socket.socket() as s:  # no SO_REUSEPORT: refused while any worker still listens
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a client's ephemeral port or TIME_WAIT is no listener
         s.bind(("127.0.0.1", port))
+        s.listen()
     again = start_edge(nodes, tmp_path, origin, "--listen", f"127.0.0.1:{port}")
     assert (await fresh("GET", again.url + "/k.bin"))[:2] == (200, data)
     workers = children(again.pid)
