@@ -67,6 +67,7 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         register_capacity=125_000_000,
         register_url="http://10.1.0.5:8080",
         register_secret_file=Path("router.secret"),
+        workers=3,
     )
     defaults = EdgeConfig(cache=Path("c"), parent="http://o:1")
     assert all(getattr(config, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(EdgeConfig))  # every flag is written

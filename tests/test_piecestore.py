@@ -450,3 +450,34 @@ def test_store_root_is_created(tmp_path):
     root = tmp_path / "a" / "b"
     open_store(root)
     assert (root / "content").is_dir()
+
+
+# -- worker processes sharing one directory (edge --workers N) ---------------------------
+def test_workers_take_up_what_another_stored_and_check_it_first(root: Path):
+    a, b = PieceStore(root, PUB, worker=(0, 2)), PieceStore(root, PUB, worker=(1, 2))
+    c = make_content()
+    stored(a, c, 0, 1)
+    assert b.manifest_for_path(c.signed.manifest.path) == c.signed  # a content it never saw: found on a scan of the directory
+    assert b.read_piece(c.cid, 0) == c.piece(0)  # taken up from disk, not fetched again
+    Path(b.piece_path(c.cid, 1)).write_bytes(b"x" * len(c.piece(1)))  # damaged behind the writer's back
+    assert b.read_piece(c.cid, 1) is None and b.corrupt_pieces == 1  # checked before it is served: dropped
+    assert b.used_bytes == 0  # counted by the worker that wrote them, not twice
+
+
+def test_workers_write_temporary_files_of_their_own_and_split_the_quota(root: Path, monkeypatch: pytest.MonkeyPatch):
+    c = make_content()
+    a = PieceStore(root, PUB, max_bytes=2 * MIN_PIECE, worker=(0, 2))
+    names: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(piecestore.os, "replace", lambda src, dst: (names.append(str(src)), real_replace(src, dst)))
+    stored(a, c, 0, 1)
+    assert all(name.endswith(f".{os.getpid()}.tmp") for name in names)  # never a name another writer uses
+    assert a.policy.capacity == MIN_PIECE and len(a.held(c.cid)) == 1  # half the quota: the second piece evicted the first
+
+
+def test_a_restarted_worker_counts_its_share_of_the_pieces_found(root: Path):
+    c = make_content()
+    stored(open_store(root), c, 0, 1, 2)
+    shares = [PieceStore(root, PUB, worker=(i, 2)) for i in range(2)]
+    assert all(s.held(c.cid) == {0, 1, 2} for s in shares)  # every worker serves every piece
+    assert sum(s.used_bytes for s in shares) == c.signed.manifest.size  # and each piece is counted once

@@ -159,7 +159,8 @@ async def test_region_scoped_token(tmp_path, nodes, deployment, http):
 
 async def test_the_ledger_bills_what_left_not_what_was_promised(tmp_path, nodes, deployment):
     origin, key, _, _ = deployment
-    edge, cache = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "256KB/s")
+    # one process: the one download gets all of --upload-limit (each of N workers has 1/N), so a whole piece leaves in time
+    edge, cache = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "256KB/s", "--workers", "1")
     hasty = issue(key, "hasty", "/pub/")
     cut = curl("--max-time", "1.5", "-H", f"Authorization: Bearer {hasty}", "-o", "/dev/null", edge.url + "/pub/readme.bin")
     assert cut.returncode == 28  # curl gave up half way

@@ -24,6 +24,12 @@ def add_parser(sub) -> None:
     b.add_argument(
         "--protected", action="store_true", help="publish the file protected: the edge decrypts it (AES-128-CTR) for every request"
     )
+    b.add_argument(
+        "--workers",
+        type=options.count,
+        metavar="N",
+        help="worker processes of the edge and of nginx alike (default: one per usable core, the edge's default)",
+    )
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.set_defaults(run=run_serve)
 
@@ -130,7 +136,7 @@ def run_preheat(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from edgeswarm.measure import bench_serve
 
-    return bench_serve.run(args.size, args.duration, args.connections, args.json, args.protected)
+    return bench_serve.run(args.size, args.duration, args.connections, args.json, args.protected, args.workers)
 
 
 def run_swarm(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,6 +180,12 @@ def add_parser(sub) -> None:
         "--register-url", type=options.url, metavar="URL", help="this edge's URL for clients (default: the address it listens on)"
     )
     reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
+    p.add_argument(
+        "--workers",
+        type=options.count,
+        metavar="N",
+        help="processes serving the port as one edge, as nginx's worker_processes (default: one per usable core; 1: a single process)",
+    )
     options.credentials(p, "this edge")
     options.tls_server(p)
     options.connection_limits(p)
@@ -202,7 +207,7 @@ def tracker_store(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from edgeswarm.node.daemon import setup_logging
-    from edgeswarm.roles import edge
+    from edgeswarm.roles import edgeworkers
     from edgeswarm.trust import tls
 
     setup_logging(args.log_level)
@@ -212,9 +217,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     registration = _registration(config, args.listen[0])  # and so does an incomplete --register-with, before anything is created
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
-    edge_node = edge.Edge(config)
-    asyncio.run(edge.run(edge_node, args.listen, args.access_log, ssl_context, options.limits(args), registration))
-    return 0
+    return edgeworkers.run(config, args.listen, args.access_log, ssl_context, options.limits(args), registration)
 
 
 def _registration(config: EdgeConfig, listen_host: str) -> Registration | None:

@@ -487,8 +487,9 @@ class Servers:
     ``serve_many`` runs a daemon's; ``get`` runs its upload server with one too.
     """
 
-    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None):
+    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None, reuse_port: bool = False):
         self.role = role
+        self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py), which says when all listen
         self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
@@ -514,7 +515,7 @@ class Servers:
             await runner.setup()
             self._runners.append(runner)
             try:
-                site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls)
+                site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.reuse_port or None, ssl_context=tls)
                 await site.start()
             except OSError as exc:
                 raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -522,9 +523,16 @@ class Servers:
             assert isinstance(server, asyncio.Server)  # TCPSite's, once started
             address = server.sockets[0].getsockname()  # port 0 -> the real one
             shown = f"[{address[0]}]" if ":" in address[0] else address[0]
-            log.info("%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1])
+            if not self.reuse_port:
+                log.info(
+                    "%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1]
+                )
             bound[label] = (address[0], address[1])
         return bound
+
+    async def add_unix(self, path: str) -> None:
+        """Serve the first app on a unix socket as well, under the same connection policy (a worker's private door)."""
+        await web.UnixSite(self._runners[0], path).start()
 
     async def close(self) -> None:
         """Stop serving; the apps' cleanup hooks run."""

@@ -25,6 +25,7 @@ class PinnedStore:
         self.cache, self.given_key, self.max_cache = cache, given_key, max_cache
         self.waiting = waiting
         self.store: PieceStore | None = None
+        self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self._opened = asyncio.Event()
 
     def key_known(self) -> bool:
@@ -34,7 +35,7 @@ class PinnedStore:
     async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
         """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
         key = await originkey.pin(self.cache, self.given_key, upstream, sources)
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache)
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker)
         self._opened.set()
         return self.store
 

@@ -144,6 +144,8 @@ class EdgeConfig(_Flags):
     """This edge's URL for clients; None: the address it listens on."""
     register_secret_file: Path | None = None
     """File whose last line is the routers' registration secret; None: no secret."""
+    workers: int | None = None
+    """Processes serving the edge's port (SO_REUSEPORT), as one edge; None: one per usable core."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -66,6 +66,7 @@ from edgeswarm.roles.announce import TrackerService, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
+from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
 from edgeswarm.store.redispeers import open_store
@@ -95,7 +96,7 @@ class EdgeSource:
         return fd
 
     def held(self, index: int) -> bool:
-        return index in self.edge.pinned.opened.held(self.cid)
+        return self.edge.pinned.opened.has(self.cid, index)  # has(): also a piece another worker stored
 
     async def fetch(self, index: int) -> bytes:
         if not self.may_fetch:
@@ -132,6 +133,7 @@ class Edge:
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
+        self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
@@ -277,10 +279,24 @@ class Edge:
     # -- pieces -------------------------------------------------------------------
     def fill(self, cid: str, index: int) -> asyncio.Future:
         """The verified piece, fetched once however many requests wait for it."""
-        shared, new = share(self._fills, (cid, index), lambda: self._fill(cid, index))
-        self.metrics.events[("upstream_fetch" if new else "collapsed", "")] += 1
-        self.metrics.cache["miss" if new else "collapsed"] += 1
+        shared, new = share(self._fills, (cid, index), lambda: self._fill_shared(cid, index))
+        if not new:
+            self._count_fill(False)
         return shared
+
+    def _count_fill(self, fetched: bool) -> None:
+        self.metrics.events[("upstream_fetch" if fetched else "collapsed", "")] += 1
+        self.metrics.cache["miss" if fetched else "collapsed"] += 1
+
+    async def _fill_shared(self, cid: str, index: int) -> bytes:
+        """With several workers (edgeworkers.py), one fetch across them: the lock's last holder stored the piece."""
+        if self.fill_locks is None:
+            self._count_fill(True)
+            return await self._fill(cid, index)
+        async with self.fill_locks.hold(cid, index):
+            data = (await self._store()).read_piece(cid, index)
+            self._count_fill(data is None)  # read: another worker's fetch was joined, as a collapsed miss here
+            return data if data is not None else await self._fill(cid, index)
 
     async def _fill(self, cid: str, index: int) -> bytes:
         store = await self._store()

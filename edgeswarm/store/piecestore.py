@@ -12,6 +12,22 @@ changed while the node was stopped is dropped and fetched again, never served.
 
 A write that fails (disk full, I/O error) leaves no temporary file behind and
 stores nothing: the caller still holds the verified bytes and may serve them.
+
+Several worker processes of one edge (``edge --workers N``) share one
+directory, each with a store of its own (``worker=(index, count)``):
+
+- a temporary file is named after its writer's pid, so two workers storing
+  the same piece at once never write into one file; each renames a whole,
+  verified piece into place, and the last rename wins with identical bytes;
+- a piece another worker stored is taken up (``adopt``) when asked for, checked
+  against the manifest on first read like one found at start, instead of
+  being fetched again;
+- the quota is split: each worker evicts, down to ``max_bytes / count``, the
+  pieces it wrote and, of those found at start, the ones whose hash falls to
+  it.  Every piece on disk is so counted by at least one worker, and the
+  directory stays within ``max_bytes``.  A piece one worker evicts while
+  another serves it is read to the end through the open descriptor, and
+  then dropped from the other's have-set when it is next opened.
 """
 
 from __future__ import annotations
@@ -20,6 +36,8 @@ import contextlib
 import logging
 import os
 import shutil
+import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.eviction import EvictionPolicy
-from edgeswarm.protocol.manifest import ManifestError, SignedManifest
+from edgeswarm.protocol.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.protocol.units import ascii_decimal
 
 log = logging.getLogger(__name__)
@@ -44,8 +62,11 @@ class PieceNotStored(EdgeswarmError, OSError):
 
 
 class PieceStore:
-    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None):
+    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None, worker: tuple[int, int] | None = None):
         self.root = root
+        self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
+        if worker is not None and max_bytes is not None:
+            max_bytes = max(1, max_bytes // worker[1])
         self.content_dir = root / "content"
         self._content_prefix = f"{self.content_dir}/"
         self.public_key = public_key
@@ -60,6 +81,7 @@ class PieceStore:
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._write_failing = False  # logs a failing disk once per episode, not once per piece
         self.evicted_pieces = 0
+        self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
         self.content_dir.mkdir(parents=True, exist_ok=True)
         self._load()
@@ -78,7 +100,9 @@ class PieceStore:
             for entry in os.scandir(cdir):
                 name = entry.name
                 if name.endswith(".tmp"):
-                    os.unlink(entry.path)
+                    if not self._writer_alive(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
                     continue
                 index = ascii_decimal(name.removesuffix(".piece")) if name.endswith(".piece") else None
                 if index is None:
@@ -90,11 +114,32 @@ class PieceStore:
                     continue
                 self._held[signed.content_id].add(index)
                 self._unverified.add((signed.content_id, index))
-                found.append((st.st_atime, signed.content_id, index, st.st_size))
+                if self._counts(signed.content_id, index):
+                    found.append((st.st_atime, signed.content_id, index, st.st_size))
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
         log.info("piece store %s: %d contents, %d pieces, %d bytes", self.root, len(self._manifests), len(found), self.policy.used)
+
+    def _counts(self, cid: str, index: int) -> bool:
+        """Whether this store's quota counts a piece found at start: all of them, or its share among workers."""
+        if self.worker is None:
+            return True
+        return zlib.crc32(f"{cid}/{index}".encode()) % self.worker[1] == self.worker[0]
+
+    def _writer_alive(self, name: str) -> bool:
+        """A temporary file another live worker is writing right now (``<name>.<pid>.tmp``): not to be removed."""
+        parts = name.split(".")
+        pid = ascii_decimal(parts[-2]) if len(parts) >= 4 else None  # <index>.piece.<pid>.tmp, manifest.json.<pid>.tmp
+        if self.worker is None or pid is None or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def _load_manifest(self, cdir: Path) -> SignedManifest | None:
         try:
@@ -102,6 +147,12 @@ class PieceStore:
             signed = SignedManifest.parse(raw, self.public_key)
             if signed.content_id != cdir.name:
                 raise ManifestError("content id does not match its directory")
+        except FileNotFoundError:
+            if self.worker is not None:  # another worker is storing it right now (directory first, then its manifest)
+                return None
+            log.warning("dropping cached content %s: it has no manifest", cdir.name)
+            shutil.rmtree(cdir, ignore_errors=True)
+            return None
         except (OSError, ManifestError) as exc:
             log.warning("dropping cached content %s: %s", cdir.name, exc)
             shutil.rmtree(cdir, ignore_errors=True)
@@ -137,14 +188,42 @@ class PieceStore:
             self.drop_content(previous)
 
     def manifest(self, cid: str) -> SignedManifest | None:
-        return self._manifests.get(cid)
+        return self._manifests.get(cid) or self._adopt_manifest(cid)
+
+    def _adopt_manifest(self, cid: str) -> SignedManifest | None:
+        """A content another worker stored, taken up from its checked manifest on disk (a sibling's only-if-cached ask)."""
+        if self.worker is None or not is_content_id(cid):
+            return None
+        try:
+            raw = (self.content_dir / cid / "manifest.json").read_bytes()
+            signed = SignedManifest.parse(raw, self.public_key)
+        except (OSError, ManifestError):
+            return None
+        if signed.content_id != cid:
+            return None
+        self._remember(signed, raw)
+        return signed
 
     def raw_manifest(self, cid: str) -> bytes | None:
         return self._raw.get(cid)
 
     def manifest_for_path(self, path: str) -> SignedManifest | None:
         cid = self._by_path.get(path)
+        if cid is None and self._adopt_new():
+            cid = self._by_path.get(path)
         return self._manifests.get(cid) if cid else None
+
+    def _adopt_new(self) -> bool:
+        """Take up the contents other workers stored since (at most once a second: a miss of an unknown path is cheap)."""
+        now = time.monotonic()
+        if self.worker is None or now < self._next_scan:
+            return False
+        self._next_scan = now + 1.0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.content_dir):
+                if name not in self._manifests:
+                    self._adopt_manifest(name)
+        return True
 
     def drop_content(self, cid: str) -> None:
         signed = self._manifests.pop(cid, None)
@@ -165,10 +244,35 @@ class PieceStore:
 
     # -- pieces -------------------------------------------------------------
     def has(self, cid: str, index: int) -> bool:
-        return index in self._held.get(cid, ())
+        return index in self._held.get(cid, ()) or self.adopt(cid, index)
+
+    def adopt(self, cid: str, index: int) -> bool:
+        """Take up a piece another worker stored (checked on first read, and counted in that worker's quota, not ours)."""
+        if self.worker is None or cid not in self._manifests or index in self._held[cid]:
+            return False
+        try:
+            size = os.stat(self.piece_path(cid, index)).st_size
+        except OSError:
+            return False
+        m = self._manifests[cid].manifest
+        if index >= m.piece_count or size != m.piece_span(index)[1]:
+            return False
+        self._held[cid].add(index)
+        self._unverified.add((cid, index))
+        return True
 
     def held(self, cid: str) -> set[int]:
         return self._held.get(cid, set())
+
+    def adopt_all(self, cid: str) -> None:
+        """Take up every piece of ``cid`` the other workers stored: the have-set of the whole directory (an edge's /status)."""
+        if self.worker is None or cid not in self._manifests:
+            return
+        with contextlib.suppress(OSError), os.scandir(self.content_dir / cid) as entries:
+            for entry in entries:
+                index = ascii_decimal(entry.name.removesuffix(".piece")) if entry.name.endswith(".piece") else None
+                if index is not None:
+                    self.adopt(cid, index)
 
     def piece_path(self, cid: str, index: int) -> str:
         """A plain string: pathlib's joins were a tenth of a cache hit's CPU time."""
@@ -190,7 +294,7 @@ class PieceStore:
 
     def _write(self, path: str | Path, data: bytes) -> None:
         """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
-        tmp = f"{path}.tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -217,7 +321,7 @@ class PieceStore:
         never close them.  A piece found on disk at start is read back and
         checked the first time it is opened; a bad one is dropped (None).
         """
-        if index not in self._held.get(cid, ()):
+        if index not in self._held.get(cid, ()) and not self.adopt(cid, index):
             return None
         key = (cid, index)
         fd = self._fds.get(key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,7 +33,9 @@ async def pin(cache: Path, given: Path | None, upstream: Upstream, sources: list
     key = load_public_key(pem, str(given or pinned))
     cache.mkdir(parents=True, exist_ok=True)
     if not pinned.exists() or pinned.read_bytes() != public_pem(key):
-        pinned.write_bytes(public_pem(key))
+        tmp = pinned.with_name(f"origin.pub.{os.getpid()}.tmp")  # whole or absent: worker processes read it at once
+        tmp.write_bytes(public_pem(key))
+        os.replace(tmp, pinned)
     return key
 
 

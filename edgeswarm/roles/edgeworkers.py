@@ -1,0 +1,428 @@
+"""An edge of several processes (``edge --workers N``) that looks like one edge from outside.
+
+node/workers.py forks the workers; each runs a whole ``Edge`` on the shared
+port (SO_REUSEPORT).  What they share, and how:
+
+- the cache directory: each worker has its own view of it (store/piecestore.py
+  says how writes, quota and eviction stay sound across processes), and a
+  piece missed by several workers at once is fetched by one of them
+  (store/filllock.py);
+- the ledger: each adds its own counts with an UPSERT that adds bytes, as
+  several edges sharing one database do (store/ledger.py);
+- the swarm, tickets and seeding state: worker 0, the primary, owns them.  The
+  others forward what reads or changes them - announces (peers' and
+  BitTorrent clients'), ``/seed``, a peer's ``/piece`` (a copy in its region),
+  ``/torrent`` and ``/magnet`` (the info hashes announces name) - to the
+  primary over a private unix socket, with the client's address in
+  ``FORWARDED_FOR``.  So the default memory tracker store is one swarm, and a
+  Redis one is too;
+- ``/status`` and ``/metrics``: forwarded to the primary, which adds up every
+  worker's own figures (asked of each worker's private socket) into one answer.
+
+Every answer carries ``WORKER_HEADER``: the worker whose connection it came
+on.  The private sockets live in a 0700 directory, so only this user can
+forward a client address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeswarm.node import workers
+from edgeswarm.node.daemon import ServerLimits, Servers, text_error
+from edgeswarm.node.registrar import Registration
+from edgeswarm.protocol.httpspec import PEER_HEADER
+from edgeswarm.roles import edge as edge_role
+from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.store.filllock import FillLocks
+from edgeswarm.store.ledger import LedgerError
+from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
+
+log = logging.getLogger("edgeswarm.roles.edge")
+FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix socket
+WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
+SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
+# /metrics gauges that every worker reports alike: merged by their largest value, not added up
+_SAME_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds"}
+
+
+def worker_count(config: EdgeConfig) -> int:
+    return config.workers if config.workers is not None else workers.usable_cores()
+
+
+def run(
+    config: EdgeConfig,
+    listen: tuple[str, int],
+    access_log: bool,
+    ssl_context=None,
+    limits: ServerLimits | None = None,
+    registration: Registration | None = None,
+) -> int:
+    """``edgeswarm edge``: one process as ever with one worker, else a supervisor and its workers."""
+    count = worker_count(config)
+    if count == 1:
+        asyncio.run(edge_role.run(edge_role.Edge(config), listen, access_log, ssl_context, limits, registration))
+        return 0
+    config.cache.mkdir(parents=True, exist_ok=True)
+    load_or_create_private_key(config.cache / "swarm.key")  # created once, here, not raced by the workers
+    try:
+        keep = workers.reserve_port(*listen)
+    except OSError as exc:
+        raise SystemExit(f"edgeswarm edge: cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
+    rundir = tempfile.mkdtemp(prefix="edgeswarm-edge-")  # 0700
+    try:
+        with keep:
+            host, port = keep.getsockname()[:2]  # port 0 -> the real one, and the address as bound
+
+            def work(slot: workers.Slot) -> int:
+                keep.close()
+                try:
+                    asyncio.run(_worker(slot, config, access_log, ssl_context, limits, registration if slot.index == 0 else None))
+                except (KeyFileError, LedgerError, OSError, ValueError) as exc:  # as cli/__init__.py says them
+                    print(f"edgeswarm edge: {exc}", file=sys.stderr)
+                    return 2
+                return 0
+
+            def listening() -> None:
+                shown = f"[{host}]" if ":" in host else host
+                scheme = "https" if ssl_context is not None else "http"
+                logging.getLogger("edgeswarm").info("edge listening on %s://%s:%d (%d workers)", scheme, shown, port, count)
+
+            return workers.Supervisor("edge", count, listen[0], port, rundir, work, listening).run()
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+async def _worker(
+    slot: workers.Slot,
+    config: EdgeConfig,
+    access_log: bool,
+    ssl_context,
+    limits: ServerLimits | None,
+    registration: Registration | None,
+) -> None:
+    """One worker: a whole edge on the shared port, its private socket, and (primary) the door for forwarded requests."""
+    upload = _upload_share(config, slot)
+    # the swarm is the primary's: the others forward to it, and keep an empty memory store (no Redis connection of their own)
+    store = config.tracker_store if slot.index == 0 else "memory"
+    node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload, tracker_store=store))
+    node.pinned.worker = (slot.index, slot.count)
+    node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
+    link = WorkerLink(node, slot, config.upload_limit)
+    app = node.app()
+    link.install(app)
+    if registration is not None:
+        registration.attach(app)
+    servers = Servers("edge", access_log, ssl_context, limits, reuse_port=True)
+    private = web.AppRunner(link.private_app(), handle_signals=False, access_log=None)
+    try:
+        bound = await servers.start([(app, slot.host, slot.port, "")])
+        if slot.index == 0:
+            await servers.add_unix(slot.primary_path)
+        await private.setup()
+        await web.UnixSite(private, slot.socket_path(slot.index)).start()
+        if registration is not None:
+            registration.on_bound("https" if ssl_context is not None else "http", *bound[""])
+        log.info("edge worker %d of %d (pid %d) serving", slot.index, slot.count, os.getpid())
+        workers.ready()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await private.cleanup()
+        await servers.close()
+        await link.close()
+        node.fill_locks.close()
+
+
+def _upload_share(config: EdgeConfig, slot: workers.Slot) -> int | None:
+    """A worker's part of ``--upload-limit``: an even share, but in p2p mode the primary's is all of it.
+
+    In p2p mode the primary serves every peer (``/piece``, ``/seed`` are
+    forwarded to it): with a share it would feed the swarm at 1/N of the cap.
+    The others then send client files within their shares on top, so the
+    edge's egress may reach (2N - 1)/N of the cap while both kinds of traffic peak.
+    """
+    if not config.upload_limit:
+        return None
+    if config.p2p and slot.index == 0:
+        return config.upload_limit
+    return max(1, config.upload_limit // slot.count)
+
+
+class WorkerLink:
+    """One worker's ties to the others: forwarding to the primary, and the figures it adds up."""
+
+    def __init__(self, node: edge_role.Edge, slot: workers.Slot, cap: int | None):
+        self.node, self.slot = node, slot
+        self.cap = cap  # --upload-limit, as /status shows it (each worker holds a part)
+        self.primary = slot.index == 0
+        self._session: aiohttp.ClientSession | None = None
+        self._private: dict[int, aiohttp.ClientSession] = {}
+        self.timeout = aiohttp.ClientTimeout(total=max(60.0, 3 * node.config.timeout))
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.insert(0, self._middleware)
+        app.on_response_prepare.append(self._mark)
+
+    async def _mark(self, _: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault(WORKER_HEADER, str(self.slot.index))
+
+    def forwarded(self, request: web.Request) -> bool:
+        """What the primary answers for all workers: the swarm's state, and the figures of the whole edge."""
+        path = request.path
+        if path in ("/status", "/metrics"):
+            return True
+        if self.node.tracker is None:
+            return False
+        return (
+            path in ("/announce", "/relay", "/preheat")
+            or path.startswith(("/seed/", "/torrent/", "/magnet/", "/relay/", "/preheat/"))
+            or (path.startswith("/piece/") and PEER_HEADER in request.headers)
+        )
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        self._take_up(request.path)
+        if _private(request):  # forwarded by another worker (to the primary): answered here, for the client it names
+            request = request.clone(remote=request.headers.get(FORWARDED_FOR, ""))
+        elif not self.forwarded(request):
+            return await handler(request)
+        elif not self.primary:
+            return await self._forward(request)
+        response = await handler(request)
+        if request.method == "GET" and response.status == 200 and request.path in ("/status", "/metrics"):
+            return await self._merged(request.path, response)
+        return response
+
+    def _take_up(self, path: str) -> None:
+        """Before an answer that lists what the edge holds, the pieces every worker stored: the directory's have-set."""
+        store = self.node.store
+        if store is None:
+            return
+        if path == "/status" and self.primary:
+            for signed in list(store.contents()):
+                store.adopt_all(signed.content_id)
+        elif path.startswith(("/have/", "/seed/")):
+            store.adopt_all(path.split("/", 3)[2])
+
+    def _primary(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(self.slot.primary_path), timeout=self.timeout, auto_decompress=False
+            )
+        return self._session
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        """The request, as the primary answers it; 503 while the primary is restarting.
+
+        An answer of unknown length (a relayed peer's HAVE stream) is passed on
+        as it comes; a WebSocket (a relayed peer's ``/relay``) is bridged.
+        """
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers[FORWARDED_FOR] = request.remote or ""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._bridge(request, {k: v for k, v in headers.items() if not k.lower().startswith("sec-websocket")})
+        # an encoded body is the primary's to refuse (415) by its header; aiohttp drains it here afterwards, as a single edge would
+        encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+        body = await request.read() if request.body_exists and not encoded else None
+        streamed: web.StreamResponse | None = None
+        # a relayed HAVE stream lasts as long as its subscriber stays: only the connection is timed
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout.total) if request.path.startswith("/relay/") else self.timeout
+        try:
+            async with self._primary().request(
+                request.method, f"http://edge{request.rel_url}", headers=headers, data=body, allow_redirects=False, timeout=timeout
+            ) as reply:
+                out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
+                out[WORKER_HEADER] = str(self.slot.index)
+                if reply.content_length is not None or request.method == "HEAD":
+                    return web.Response(status=reply.status, body=await reply.read(), headers=out)
+                streamed = web.StreamResponse(status=reply.status, headers=out)
+                await streamed.prepare(request)
+                async for chunk in reply.content.iter_any():
+                    await streamed.write(chunk)
+                await streamed.write_eof()
+                return streamed
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if streamed is not None:  # begun: abort the connection, never an error inside the body
+                raise
+            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, request.path, exc)
+            return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
+
+    async def _bridge(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+        """A WebSocket to the primary, joined message for message to the client's (a relayed peer's link)."""
+        try:
+            upstream = await self._primary().ws_connect(
+                f"http://edge{request.rel_url}", headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return text_error(exc.status, f"the primary worker refused the WebSocket: {exc.message}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, request.path, exc)
+            return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
+        client = web.WebSocketResponse(max_msg_size=0)
+        await client.prepare(request)
+        await asyncio.gather(_pipe(client, upstream), _pipe(upstream, client))
+        return client
+
+    async def _merged(self, path: str, response: web.StreamResponse) -> web.StreamResponse:
+        """The primary's own /status or /metrics with every other worker's figures added in."""
+        assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        others = await asyncio.gather(*(self._ask(i, path) for i in range(1, self.slot.count)))
+        mine = response.body
+        if path == "/status":
+            doc = merge_status(json.loads(mine), [json.loads(o) for o in others if o is not None])
+            store = self.node.store
+            if store is not None:  # a version one worker dropped (its directory gone) may linger in another's memory
+                doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
+            doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
+            doc["upload_limit_Bps"] = self.cap
+            body = json.dumps(doc).encode()
+            return web.Response(body=body, content_type="application/json", headers={WORKER_HEADER: "0"})
+        texts = [mine.decode(), *(o.decode() for o in others if o is not None)]
+        return web.Response(body=merge_metrics(texts), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, WORKER_HEADER: "0"})
+
+    async def _ask(self, index: int, path: str) -> bytes | None:
+        """A worker's own /status or /metrics from its private socket; None if it does not answer (restarting)."""
+        session = self._private.get(index)
+        if session is None:
+            connector = aiohttp.UnixConnector(self.slot.socket_path(index))
+            session = self._private[index] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with session.get(f"http://worker{path}") as reply:
+                return await reply.read() if reply.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
+    def private_app(self) -> web.Application:
+        """What a worker tells the primary about itself alone."""
+
+        async def status(request: web.Request) -> web.StreamResponse:
+            return await self.node.get_status(request.clone(remote="127.0.0.1"))
+
+        async def metrics(_: web.Request) -> web.Response:
+            if self.node.tracker is not None:
+                self.node._p2p_last = await self.node._p2p_status()
+            return web.Response(body=self.node.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+        app = web.Application()
+        app.router.add_get("/status", status)
+        app.router.add_get("/metrics", metrics)
+        return app
+
+    async def close(self) -> None:
+        for session in [*self._private.values(), *([self._session] if self._session else [])]:
+            with contextlib.suppress(Exception):
+                await session.close()
+
+
+def _private(request: web.Request) -> bool:
+    """Did the request come on a unix socket (another worker), not on the public port?"""
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
+_ADDED = ("bytes_sent", "events", "responses", "cache_lookups")
+_ADDED_NUMBERS = ("cache_bytes", "ledger_pending_rows", "evicted_pieces")
+
+
+def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+    """The primary's /status (the swarm's parts are its alone) with the other workers' counters added."""
+    doc = dict(primary)
+    for other in others:
+        for key in _ADDED:
+            if key in doc:
+                doc[key] = _add(doc[key], other.get(key, {}))
+        for key in _ADDED_NUMBERS:
+            if key in doc:
+                doc[key] = doc[key] + other.get(key, 0)
+        doc["responses_by_endpoint"] = {
+            e: _add(doc.get("responses_by_endpoint", {}).get(e, {}), other.get("responses_by_endpoint", {}).get(e, {}))
+            for e in {*doc.get("responses_by_endpoint", {}), *other.get("responses_by_endpoint", {})}
+        }
+        received = {(r["kind"], r["source"]): r["bytes"] for r in doc.get("bytes_received", [])}
+        for r in other.get("bytes_received", []):
+            received[(r["kind"], r["source"])] = received.get((r["kind"], r["source"]), 0) + r["bytes"]
+        doc["bytes_received"] = [{"kind": k, "source": s, "bytes": n} for (k, s), n in sorted(received.items())]
+        contents = {c["id"]: c for c in doc.get("contents", [])}
+        for c in other.get("contents", []):  # a piece one worker stored, another takes up when asked: the most any holds
+            mine = contents.get(c["id"])
+            contents[c["id"]] = c if mine is None or c["held"] > mine["held"] else mine
+        doc["contents"] = sorted(contents.values(), key=lambda c: c["path"])
+        doc["uptime_s"] = max(doc.get("uptime_s", 0), other.get("uptime_s", 0))
+    return doc
+
+
+def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
+
+
+def merge_metrics(texts: list[str]) -> bytes:
+    """Several workers' /metrics as one: counters and histograms added up, gauges too (but one of those all report alike)."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            samples = values.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                old = samples.get(key)
+                if old is None:
+                    samples[key] = sample.value
+                elif sample.name.endswith(("_created", "_start_time_seconds")):
+                    samples[key] = min(old, sample.value)
+                elif family.name in _SAME_GAUGES:
+                    samples[key] = max(old, sample.value)
+                else:
+                    samples[key] = old + sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    return generate_latest(_Fixed(list(families.values())))
+
+
+class _Fixed:
+    """A collector of families already built (the registry interface generate_latest reads)."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+async def _pipe(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse, dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+) -> None:
+    """Copy one side's messages to the other until either closes; then close the other."""
+    try:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+    except (aiohttp.ClientError, ConnectionError):
+        pass
+    finally:
+        await dst.close()

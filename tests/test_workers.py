@@ -1,0 +1,237 @@
+"""Issue 13, an edge larger than one core: ``edge --workers N`` is N processes on one port that look like one edge.
+
+Real processes: an origin, and edges of two workers.  Every request opens a
+fresh connection, so the kernel (SO_REUSEPORT) spreads them over the workers;
+``X-Edgeswarm-Worker`` says which worker took each one, so the tests check
+that both did rather than hope so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import make_file, sha, status
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgeswarm.roles.edgeworkers import WORKER_HEADER, merge_metrics, merge_status
+from edgeswarm.store.piecestore import PieceStore
+from edgeswarm.trust.signing import load_public_key
+
+PIECE = 256 * 1024
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+
+
+def start_edge(nodes, tmp_path: Path, origin, *extra: str, name: str = "edge"):
+    return nodes.start("edge", "--cache", str(tmp_path / name), "--parent", origin.url, "--workers", "2", *extra, name=name)
+
+
+async def fresh(method: str, url: str, addr: str = "127.0.0.1", **kw) -> tuple[int, bytes, str]:
+    """One request on a connection of its own (from ``addr``): (status, body, the worker that took it)."""
+    connector = aiohttp.TCPConnector(local_addr=(addr, 0), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as s, s.request(method, url, **kw) as r:
+        return r.status, await r.read(), r.headers.get(WORKER_HEADER, "")
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has let go of everything
+
+
+async def until(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+    return result
+
+
+async def manifest_id(http: aiohttp.ClientSession, url: str, path: str) -> str:
+    deadline = time.monotonic() + 20
+    while True:  # the origin publishes within its scan interval
+        async with http.get(f"{url}/manifest/{path}") as r:
+            if r.status == 200:
+                return (await r.json())["id"]
+        assert time.monotonic() < deadline, r.status
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.integration
+async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes, origin, published, http):
+    make_file(published / "f.bin", 4 * PIECE)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_edge(nodes, tmp_path, origin, "--p2p", "--regions", str(regions))  # the default memory tracker store
+    cid = await manifest_id(http, edge.url, "f.bin")
+    took: dict[str, str] = {}
+    for i in range(1, 13):
+        body = {
+            "peer_id": f"p{i}",
+            "port": 9000,
+            "content": cid,
+            "pieces": 4,
+            "have": "AA==",
+            "uploaded": 0,
+            "downloaded": 0,
+            "event": "started",
+        }
+        code, _, worker = await fresh("POST", edge.url + "/announce", f"127.1.0.{i}", json=body)
+        assert code == 200
+        took[f"http://127.1.0.{i}:9000"] = worker
+    assert set(took.values()) == {"0", "1"}, took  # both workers took announces ...
+    body = {
+        "peer_id": "last",
+        "port": 9000,
+        "content": cid,
+        "pieces": 4,
+        "have": "AA==",
+        "uploaded": 0,
+        "downloaded": 0,
+        "event": "started",
+    }
+    for worker in ("0", "1"):  # ... and whichever the last one lands on, it is handed all of them
+        while True:
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.1.0.99", 0), force_close=True)) as s,
+                s.post(edge.url + "/announce", json=body) as r,
+            ):
+                assert r.status == 200
+                if r.headers[WORKER_HEADER] == worker:
+                    assert {p["url"] for p in (await r.json())["peers"]} == set(took)
+                    break
+    assert (await status(http, edge.url))["p2p"]["regions"]["east"]["peers"] == 13
+
+
+@pytest.mark.integration
+async def test_one_status_and_one_metrics_total_every_worker(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "s.bin", 100_000)
+    edge = start_edge(nodes, tmp_path, origin)
+    await manifest_id(http, edge.url, "s.bin")
+    workers = []
+    for _ in range(16):
+        code, body, worker = await fresh("GET", edge.url + "/s.bin")
+        assert code == 200 and body == data
+        workers.append(worker)
+    assert set(workers) == {"0", "1"}, workers
+    for _ in range(4):  # whichever worker answers, the same totals
+        st = (await asyncio.gather(*(status(http, edge.url) for _ in range(2))))[0]
+        assert st["workers"] == {"count": 2, "answered": 2}
+        assert st["responses_by_endpoint"]["file"] == {"200": 16}
+        assert st["bytes_sent"]["client"] == 16 * len(data)
+    code, text, _ = await fresh("GET", edge.url + "/metrics")
+    assert code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+    assert samples[("edgeswarm_http_responses_total", (("endpoint", "file"), ("role", "edge"), ("status", "200")))] == 16
+    assert samples[("edgeswarm_bytes_sent_total", (("role", "edge"), ("to", "client")))] == 16 * len(data)
+
+
+@pytest.mark.integration
+async def test_concurrent_fills_through_several_connections_give_identical_bytes_and_an_intact_cache(
+    tmp_path, nodes, origin, published, http
+):
+    data = make_file(published / "hot.bin", 3 * 1024 * 1024 + 77)
+    edge = start_edge(nodes, tmp_path, origin)
+    await manifest_id(http, edge.url, "hot.bin")
+    ranges = [None, None, None, None, "bytes=0-1048575", "bytes=1000000-2999999", "bytes=2500000-"] * 2
+    results = await asyncio.gather(*(fresh("GET", edge.url + "/hot.bin", headers={"Range": r} if r else {}) for r in ranges))
+    assert {w for _, _, w in results} == {"0", "1"}
+    for r, (code, body, _) in zip(ranges, results, strict=True):
+        if r is None:
+            assert code == 200 and sha(body) == sha(data)
+        else:
+            first, _, last = r.removeprefix("bytes=").partition("-")
+            assert code == 206 and body == data[int(first) : int(last) + 1 if last else None]
+    assert (await status(http, origin.url))["bytes_sent"]["node"] == len(data)  # each piece crossed once, whichever worker missed
+    cache = tmp_path / "edge"
+    assert list(cache.rglob("*.tmp")) == []
+    store = PieceStore(cache, load_public_key((cache / "origin.pub").read_bytes()))  # as a restart would read it
+    (signed,) = store.contents()
+    assert store.verify_held(signed.content_id) == set(range(signed.manifest.piece_count))
+    assert store.corrupt_pieces == 0
+    store.close()
+
+
+@pytest.mark.integration
+async def test_sigkill_of_the_main_process_takes_its_workers_and_frees_the_port(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "k.bin", 5000)
+    edge = start_edge(nodes, tmp_path, origin)
+    port = int(edge.url.rsplit(":", 1)[1])
+    workers = children(edge.pid)
+    assert len(workers) == 2
+    edge.kill()
+    await until(lambda: all(gone(pid) for pid in workers), 5)
+    with socket.socket() as s:  # no SO_REUSEPORT: refused while any worker still listens
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a client's ephemeral port or TIME_WAIT is no listener
+        s.bind(("127.0.0.1", port))
+        s.listen()
+    again = start_edge(nodes, tmp_path, origin, "--listen", f"127.0.0.1:{port}")
+    assert (await fresh("GET", again.url + "/k.bin"))[:2] == (200, data)
+    workers = children(again.pid)
+    again.stop()  # SIGTERM: every worker stops with it
+    assert again.proc is not None and again.proc.returncode == 0
+    assert all(gone(pid) for pid in workers)
+
+
+@pytest.mark.integration
+async def test_a_killed_worker_is_restarted_and_logged(tmp_path, nodes, origin, published, http):
+    data = make_file(published / "r.bin", 5000)
+    edge = start_edge(nodes, tmp_path, origin)
+    victim = children(edge.pid)[1]
+    os.kill(victim, signal.SIGKILL)
+    await until(lambda: len(kids := children(edge.pid)) == 2 and victim not in kids)
+    await until(lambda: "restarting it" in edge.log_text())
+    assert f"(pid {victim}) was killed by SIGKILL; restarting it" in edge.log_text()
+    seen = set()
+    while seen != {"0", "1"}:  # both serve again
+        code, body, worker = await fresh("GET", edge.url + "/r.bin")
+        assert code == 200 and body == data
+        seen.add(worker)
+    assert (await status(http, edge.url))["workers"]["answered"] == 2
+
+
+def test_metrics_of_workers_add_up_and_alike_gauges_do_not():
+    one = '# HELP edgeswarm_events_total e\n# TYPE edgeswarm_events_total counter\nedgeswarm_events_total{event="a"} 2.0\n'
+    one += "# HELP edgeswarm_cache_max_bytes q\n# TYPE edgeswarm_cache_max_bytes gauge\nedgeswarm_cache_max_bytes 100.0\n"
+    two = one.replace("} 2.0", "} 3.0") + '# TYPE edgeswarm_other_total counter\nedgeswarm_other_total{x="y"} 1.0\n'
+    text = merge_metrics([one, two]).decode()
+    assert 'edgeswarm_events_total{event="a"} 5.0' in text
+    assert "edgeswarm_cache_max_bytes 100.0" in text
+    assert 'edgeswarm_other_total{x="y"} 1.0' in text
+
+
+def test_status_of_workers_adds_counters_and_keeps_the_primarys_swarm():
+    primary = {
+        "uptime_s": 5.0,
+        "bytes_sent": {"client": 10},
+        "responses": {"200": 1},
+        "responses_by_endpoint": {"file": {"200": 1}},
+        "bytes_received": [{"kind": "parent", "source": "o", "bytes": 7}],
+        "cache_bytes": 3,
+        "contents": [{"id": "a", "path": "a", "pieces": 4, "held": 1}],
+        "p2p": {"peers": 2},
+    }
+    other = {
+        **primary,
+        "uptime_s": 6.0,
+        "bytes_sent": {"client": 5, "node": 1},
+        "contents": [{"id": "a", "path": "a", "pieces": 4, "held": 3}],
+    }
+    other["p2p"] = {"peers": 0}
+    doc = merge_status(primary, [other])
+    assert doc["bytes_sent"] == {"client": 15, "node": 1} and doc["responses"] == {"200": 2}
+    assert doc["responses_by_endpoint"] == {"file": {"200": 2}} and doc["cache_bytes"] == 6
+    assert doc["bytes_received"] == [{"kind": "parent", "source": "o", "bytes": 14}]
+    assert doc["contents"][0]["held"] == 3 and doc["p2p"] == {"peers": 2} and doc["uptime_s"] == 6.0
