@@ -12,10 +12,13 @@ port (SO_REUSEPORT).  What they share, and how:
 - the swarm, tickets and seeding state: worker 0, the primary, owns them.  The
   others forward what reads or changes them - announces (peers' and
   BitTorrent clients'), ``/seed``, a peer's ``/piece`` (a copy in its region),
-  ``/torrent`` and ``/magnet`` (the info hashes announces name) - to the
+  ``/torrent`` and ``/magnet`` (the info hashes announces name), relayed
+  peers' WebSockets and the requests relayed to them, preheat orders - to the
   primary over a private unix socket, with the client's address in
   ``FORWARDED_FOR``.  So the default memory tracker store is one swarm, and a
   Redis one is too;
+- live playlists: every worker's requests for one are answered by the
+  primary, so that concurrent requests collapse into one upstream fetch;
 - ``/status`` and ``/metrics``: forwarded to the primary, which adds up every
   worker's own figures (asked of each worker's private socket) into one answer.
 
@@ -48,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgeswarm.node import workers
 from edgeswarm.node.daemon import ServerLimits, Servers, text_error
 from edgeswarm.node.registrar import Registration
+from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
@@ -191,7 +195,7 @@ class WorkerLink:
     def forwarded(self, request: web.Request) -> bool:
         """What the primary answers for all workers: the swarm's state, and the figures of the whole edge."""
         path = request.path
-        if path in ("/status", "/metrics"):
+        if path in ("/status", "/metrics") or is_playlist(path):  # a live playlist: one upstream fetch for all workers' viewers
             return True
         if self.node.tracker is None:
             return False
