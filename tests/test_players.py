@@ -32,11 +32,20 @@ def _make(path: Path, *codec: str) -> None:
     subprocess.run(["ffmpeg", "-v", "error", *source, *codec, str(path)], check=True, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10 MB MP4 with its index at the end, and a WebM, made once with ffmpeg: encoding them is most of this file's CPU time."""
+    made = tmp_path_factory.mktemp("media")
+    _make(made / "moov-at-end.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "4M")
+    _make(made / "clip.webm", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "2M")
+    return made
+
+
 @pytest.fixture
-def media(published: Path) -> Path:
-    """A 10 MB MP4 with its index at the end, and a WebM, made here with ffmpeg (before the origin starts and publishes them)."""
-    _make(published / "moov-at-end.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "4M")
-    _make(published / "clip.webm", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "2M")
+def media(published: Path, encoded: Path) -> Path:
+    """Both media files copied into this test's published folder (before the origin starts and publishes them)."""
+    for made in encoded.iterdir():
+        shutil.copyfile(made, published / made.name)
     return published
 
 
