@@ -22,21 +22,39 @@ from edgeswarm.measure.process import ProcessGroup
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.timeout(300),  # the first test's setup encodes both files: over 120 s on a loaded machine
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg/ffprobe not installed (./dev test installs them as root)"),
 ]
 BOUND = 10.0  # seconds; the gateway's --read-timeout is 30
 
 
-def _make(path: Path, *codec: str) -> None:
+def _make(path: Path, *codec: str) -> subprocess.Popen:
+    """Start encoding a 20 s test picture into path: both files are encoded at once, one core each."""
     source = ("-f", "lavfi", "-i", "testsrc2=duration=20:size=640x360:rate=25", "-pix_fmt", "yuv420p")
-    subprocess.run(["ffmpeg", "-v", "error", *source, *codec, str(path)], check=True, timeout=120)
+    return subprocess.Popen(["ffmpeg", "-v", "error", "-nostdin", *source, *codec, str(path)])
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10 MB MP4 with its index at the end, and a WebM, made once with ffmpeg: encoding them is most of this file's CPU time."""
+    made = tmp_path_factory.mktemp("media")
+    encoders = [
+        _make(made / "moov-at-end.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "4M"),
+        _make(made / "clip.webm", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "2M"),
+    ]
+    try:
+        assert [e.wait(timeout=240) for e in encoders] == [0, 0], "ffmpeg could not encode the test media"
+    finally:
+        for e in encoders:
+            e.kill()
+    return made
 
 
 @pytest.fixture
-def media(published: Path) -> Path:
-    """A 10 MB MP4 with its index at the end, and a WebM, made here with ffmpeg (before the origin starts and publishes them)."""
-    _make(published / "moov-at-end.mp4", "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "4M")
-    _make(published / "clip.webm", "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "2M")
+def media(published: Path, encoded: Path) -> Path:
+    """Both media files copied into this test's published folder (before the origin starts and publishes them)."""
+    for made in encoded.iterdir():
+        shutil.copyfile(made, published / made.name)
     return published
 
 

@@ -61,6 +61,7 @@ async def body_sha(http: aiohttp.ClientSession, url: str) -> str:
         return sha(await resp.read())
 
 
+@pytest.mark.timeout(240)  # 15 daemons to start first: on a loaded machine that alone took over 100 s
 async def test_flash_crowd_two_regions_strict(tmp_path, nodes, origin, published, regions, http):
     data = make_file(published / "update.img", SIZE)
     edges = {
