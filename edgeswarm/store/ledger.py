@@ -55,6 +55,7 @@ import threading
 import time
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,23 @@ class _Postgres(_Backend):
         return rows
 
 
+def _when_unlocked(step: Callable[[], Any], wait: float = 10.0) -> Any:
+    """``step``, tried again while SQLite says the file is locked, for up to ``wait`` seconds.
+
+    Switching a new file to WAL needs it to itself, and SQLite answers "database
+    is locked" at once rather than calling the busy handler: the workers of one
+    edge (``--workers``) open its ledger at the same moment.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _connect_sqlite(path: str, create: bool) -> _Backend:
     p = Path(path).expanduser()
     try:
@@ -184,7 +202,7 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
             uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=rw"
             conn = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")  # the edge and a report may touch the file at once
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _when_unlocked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if mode.lower() != "wal":
             log.warning("ledger %s: journal mode is %s, not WAL; reports will wait for writes", path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL; a lost last flush is a few seconds of counts
