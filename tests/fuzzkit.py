@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ports import free_port
 
 import edgeswarm
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
@@ -204,12 +205,6 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> bytes:
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     with urllib.request.urlopen(req, timeout=30) as resp:
@@ -260,7 +255,7 @@ class Deployment:
         for rel, size in FILES.items():
             (pub / rel).parent.mkdir(parents=True, exist_ok=True)
             (pub / rel).write_bytes(os.urandom(size))
-        ports = {name: _free_port() for name in ("origin", "edge", "locked", "upload", "gateway", "locked-upload", "locked-gateway")}
+        ports = {name: free_port() for name in ("origin", "edge", "locked", "upload", "gateway", "locked-upload", "locked-gateway")}
         origin = self._node("origin", ports["origin"], "--publish", str(pub), "--scan-interval", "5", "--protect", "films/*")
         self.origin_key = load_private_key(pub / ".edgeswarm" / "origin.key")
         self.alice = tokens.issue(self.origin_key, "alice", "/", 7 * 86400)

@@ -26,7 +26,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 START_TIMEOUT = 30.0
 
@@ -48,13 +48,6 @@ def find_bindir() -> Path | None:
             with contextlib.suppress(ValueError):
                 found.append((float(p.parent.name), p))
     return max(found)[1] if found else None
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on loopback; never a fixed one, so parallel runs do not collide."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_user(user: pwd.struct_passwd | None) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer, make_file, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ports import free_port
 
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerRecord
@@ -154,12 +154,6 @@ def test_announce_answers_are_compact_and_bencoded():
 
 
 # -- real clients against real daemons ---------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def fetch(http, url: str) -> tuple[int, bytes, dict]:
     async with http.get(url) as resp:
         return resp.status, await resp.read(), dict(resp.headers)
