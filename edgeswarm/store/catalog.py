@@ -178,14 +178,17 @@ class Catalog:
             if rel not in found:
                 changes[rel] = None
         for rel, (full, st) in found.items():
-            key = _stat_key(st)
-            entry = known.get(rel)
-            if entry is not None and entry.stat == key:
-                continue
-            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
-            if fresh is not None:
-                changes[rel] = fresh
+            self._refresh(rel, full, _stat_key(st), known, changes)
         return changes
+
+    def _refresh(self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None]) -> None:
+        """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds."""
+        entry = known.get(rel)
+        if entry is not None and entry.stat == key:
+            return
+        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+        if fresh is not None:
+            changes[rel] = fresh
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
         """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
@@ -205,12 +208,7 @@ class Catalog:
                 key = _stat_key(full.stat())
             except OSError:
                 continue
-            entry = known.get(rel)
-            if entry is not None and entry.stat == key:
-                continue
-            fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
-            if fresh is not None:
-                changes[rel] = fresh
+            self._refresh(rel, full, key, known, changes)
         return changes
 
     def apply(self, changes: dict[str, Entry | None]) -> list[str]:
