@@ -21,7 +21,7 @@ import pytest
 from edgeswarm.measure.bench_swarm import Crowd, run_crowd
 from edgeswarm.measure.process import ProcessGroup
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]  # alone: its share bar is timing-bound (./dev test)
 
 # What the README's p2p recipe sets: anything beyond this would be tuning a user does not do.
 USER_FLAGS = {
