@@ -79,6 +79,18 @@ async def status(http: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
+async def content_id(http: aiohttp.ClientSession, url: str, path: str, token: str | None = None) -> str:
+    """The content id of ``path``'s manifest at ``url``, once the origin has published it (within its scan interval)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + 20
+    while True:
+        async with http.get(f"{url}/manifest/{path}", headers=headers) as r:
+            if r.status == 200:
+                return (await r.json())["id"]
+        assert time.monotonic() < deadline, r.status
+        await asyncio.sleep(0.2)
+
+
 def received_from(st: dict, kind: str) -> int:
     return sum(row["bytes"] for row in st["bytes_received"] if row["kind"] == kind)
 

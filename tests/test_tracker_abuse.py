@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import make_file, status
+from conftest import content_id, make_file, status
 from test_trust import SIZE, bearer, deployment, issue, start_edge, usage_csv, wait_complete  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
@@ -46,16 +46,6 @@ async def announce(s: aiohttp.ClientSession, edge: str, body: dict, token: str |
     async with s.post(edge + "/announce", json=body, headers=bearer(token) if token else {}) as r:
         answer = await r.json() if r.status == 200 else await r.text()
         return r.status, answer, r.headers.get("Retry-After")
-
-
-async def content_id(http: aiohttp.ClientSession, url: str, path: str, token: str | None = None) -> str:
-    deadline = time.monotonic() + 20
-    while True:  # the origin publishes within its scan interval
-        async with http.get(f"{url}/manifest/{path}", headers=bearer(token) if token else {}) as r:
-            if r.status == 200:
-                return (await r.json())["id"]
-        assert time.monotonic() < deadline, r.status
-        await asyncio.sleep(0.2)
 
 
 def p2p_edge(nodes, tmp_path: Path, origin, *extra: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import make_file, sha, status
+from conftest import content_id, make_file, sha, status
 from redisserver import RedisServer, redis_server, redis_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -65,16 +65,6 @@ async def announce(edge: str, addr: str, body: dict) -> tuple[int, dict | str, s
 
 def handed(answer: dict) -> set[str]:
     return {p["url"] for p in answer["peers"]}
-
-
-async def content_id(http: aiohttp.ClientSession, url: str, path: str) -> str:
-    deadline = time.monotonic() + 20
-    while True:  # the origin publishes within its scan interval
-        async with http.get(f"{url}/manifest/{path}") as r:
-            if r.status == 200:
-                return (await r.json())["id"]
-        assert time.monotonic() < deadline, r.status
-        await asyncio.sleep(0.2)
 
 
 async def test_two_edges_on_one_redis_hand_each_other_peers_out(tmp_path, nodes, origin, published, regions, http, redis_url):  # noqa: F811

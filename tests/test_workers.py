@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import make_file, sha, status
+from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, merge_metrics, merge_status
@@ -59,41 +59,10 @@ async def until(check, timeout: float = 10.0):
     return result
 
 
-async def manifest_id(http: aiohttp.ClientSession, url: str, path: str) -> str:
-    deadline = time.monotonic() + 20
-    while True:  # the origin publishes within its scan interval
-        async with http.get(f"{url}/manifest/{path}") as r:
-            if r.status == 200:
-                return (await r.json())["id"]
-        assert time.monotonic() < deadline, r.status
-        await asyncio.sleep(0.2)
-
-
-@pytest.mark.integration
-async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes, origin, published, http):
-    make_file(published / "f.bin", 4 * PIECE)
-    regions = tmp_path / "regions.yaml"
-    regions.write_text(REGIONS)
-    edge = start_edge(nodes, tmp_path, origin, "--p2p", "--regions", str(regions))  # the default memory tracker store
-    cid = await manifest_id(http, edge.url, "f.bin")
-    took: dict[str, str] = {}
-    for i in range(1, 13):
-        body = {
-            "peer_id": f"p{i}",
-            "port": 9000,
-            "content": cid,
-            "pieces": 4,
-            "have": "AA==",
-            "uploaded": 0,
-            "downloaded": 0,
-            "event": "started",
-        }
-        code, _, worker = await fresh("POST", edge.url + "/announce", f"127.1.0.{i}", json=body)
-        assert code == 200
-        took[f"http://127.1.0.{i}:9000"] = worker
-    assert set(took.values()) == {"0", "1"}, took  # both workers took announces ...
-    body = {
-        "peer_id": "last",
+def started(peer_id: str, cid: str) -> dict:
+    """A first announce of a peer holding none of a 4-piece content."""
+    return {
+        "peer_id": peer_id,
         "port": 9000,
         "content": cid,
         "pieces": 4,
@@ -102,6 +71,23 @@ async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes
         "downloaded": 0,
         "event": "started",
     }
+
+
+@pytest.mark.integration
+async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes, origin, published, http):
+    make_file(published / "f.bin", 4 * PIECE)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_edge(nodes, tmp_path, origin, "--p2p", "--regions", str(regions))  # the default memory tracker store
+    cid = await content_id(http, edge.url, "f.bin")
+    took: dict[str, str] = {}
+    for i in range(1, 13):
+        body = started(f"p{i}", cid)
+        code, _, worker = await fresh("POST", edge.url + "/announce", f"127.1.0.{i}", json=body)
+        assert code == 200
+        took[f"http://127.1.0.{i}:9000"] = worker
+    assert set(took.values()) == {"0", "1"}, took  # both workers took announces ...
+    body = started("last", cid)
     for worker in ("0", "1"):  # ... and whichever the last one lands on, it is handed all of them
         while True:
             async with (
@@ -119,7 +105,7 @@ async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes
 async def test_one_status_and_one_metrics_total_every_worker(tmp_path, nodes, origin, published, http):
     data = make_file(published / "s.bin", 100_000)
     edge = start_edge(nodes, tmp_path, origin)
-    await manifest_id(http, edge.url, "s.bin")
+    await content_id(http, edge.url, "s.bin")
     workers = []
     for _ in range(16):
         code, body, worker = await fresh("GET", edge.url + "/s.bin")
@@ -144,7 +130,7 @@ async def test_concurrent_fills_through_several_connections_give_identical_bytes
 ):
     data = make_file(published / "hot.bin", 3 * 1024 * 1024 + 77)
     edge = start_edge(nodes, tmp_path, origin)
-    await manifest_id(http, edge.url, "hot.bin")
+    await content_id(http, edge.url, "hot.bin")
     ranges = [None, None, None, None, "bytes=0-1048575", "bytes=1000000-2999999", "bytes=2500000-"] * 2
     results = await asyncio.gather(*(fresh("GET", edge.url + "/hot.bin", headers={"Range": r} if r else {}) for r in ranges))
     assert {w for _, _, w in results} == {"0", "1"}

@@ -62,6 +62,7 @@ from edgeswarm.policy.vocabulary import (
 )
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import EdgeConfig, PeerConfig
+from edgeswarm.roles.uploader import file_sha256
 
 MODES = ("stream", "get", "post")
 TARGETS = {"stream": (0.80, 1.5), "get": (0.85, 1.3), "post": (0.80, 1.5)}  # (P2P share at least, time / bound at most)
@@ -321,17 +322,9 @@ async def _get(root: Path, crowd: Crowd, edge: str, meter: Meter) -> list[dict]:
         i, rc, log = failed[0]
         raise RuntimeError(f"{len(failed)} of {crowd.peers} `edgeswarm get` failed; get {i} exited with {rc}: {log.read_text()[-500:]}")
     return [
-        {"peer": i, "complete_s": round(out.stat().st_mtime - started_wall, 3), "sha256": await asyncio.to_thread(_sha256, out)}
+        {"peer": i, "complete_s": round(out.stat().st_mtime - started_wall, 3), "sha256": await asyncio.to_thread(file_sha256, out)}
         for i, (_, out, _) in enumerate(procs)
     ]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def _watch(progress: Progress | None, crowd: Crowd, bound: float, meter: Meter, timeline: list) -> None:
