@@ -117,6 +117,7 @@ def test_a_subnet_in_use_is_refused():
         assert not leftovers("t7")
 
 
+@pytest.mark.alone  # it checks that no namespace is left on the machine: not beside the relay test making its own
 def test_lab_in_namespaces(tmp_path):
     out = tmp_path / "lab.json"
     before = namespaces()

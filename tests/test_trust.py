@@ -373,6 +373,7 @@ async def test_config_file_protects(tmp_path, nodes, published, http):
     assert os.stat(published / ".edgeswarm" / "catalog.json").st_mode & 0o077 == 0  # it holds content keys
 
 
+@pytest.mark.alone  # restart timing: failed beside other files' daemons, not alone
 async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path, nodes, deployment, http):
     origin, key, _, _ = deployment
     port = free_port()  # the peers must find the restarted edge where it was
