@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,6 +94,20 @@ async def content_id(http: aiohttp.ClientSession, url: str, path: str, token: st
 
 def received_from(st: dict, kind: str) -> int:
     return sum(row["bytes"] for row in st["bytes_received"] if row["kind"] == kind)
+
+
+def run_cli(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run an edgeswarm command; one still running after ``timeout`` s is failed with its threads' stacks (faulthandler
+    on SIGABRT), so a hang says where it hung instead of only that it did."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, err = proc.communicate(timeout=10)
+            pytest.fail(f"{' '.join(cmd[2:])} still running after {timeout:g} s; its stacks:\n{err[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, sha, status
+from conftest import DoubleServer, run_cli, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_swarm import CorruptingPeer, regions, start_edge, start_peer, wait_complete  # noqa: F401 - regions is a fixture
 
@@ -142,7 +142,7 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes | Non
 
 def get(url: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "edgeswarm", "get", url, "-o", str(out), "--cache", str(cache), "--listen", "127.0.0.1:0"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    return run_cli(cmd, timeout=60)
 
 
 def edge_of(nodes, tmp_path: Path, parent: str, *extra: str):
