@@ -91,3 +91,48 @@ async def test_throttle_unlimited_returns_at_once():
     for _ in range(1000):
         await TokenBucket(None).throttle(1 << 30)
     assert time.monotonic() - start < 0.5
+
+
+# -- one bucket for an edge's worker processes (node/sharedbucket.py) --------------------------------------------------
+
+
+def test_buckets_on_one_file_share_one_cap(tmp_path):
+    """Two workers' buckets on one file: what one reserves, the other waits for; together they keep the one rate."""
+    from edgeswarm.node.sharedbucket import SharedTokenBucket
+
+    path = str(tmp_path / "upload.bucket")
+    a, b = SharedTokenBucket(path, 1 * MB), SharedTokenBucket(path, 1 * MB)
+    now, sent = 0.0, 0
+    for n in range(200):  # the two alternate, each 64 KiB at a time, as two workers' responses do
+        now += (a if n % 2 else b).delay(now, 64 * KIB)
+        sent += 64 * KIB
+    assert now == pytest.approx((sent - a.burst) / MB)  # one cap: split in two, or doubled, would show here
+    late = SharedTokenBucket(path, 1 * MB)  # a worker restarted meanwhile takes the bucket as it is, not a full one
+    assert late.delay(now, 64 * KIB) > 0
+    for bucket in (a, b, late):
+        bucket.close()
+
+
+def test_a_shared_bucket_holds_across_processes(tmp_path):
+    """Forked processes (as node/workers.py forks workers) draw from one bucket: together they wait the one rate out."""
+    import multiprocessing
+
+    from edgeswarm.node.sharedbucket import SharedTokenBucket
+
+    path = str(tmp_path / "upload.bucket")
+
+    def draw(out) -> None:
+        bucket = SharedTokenBucket(path, 1 * MB)
+        out.put(sum(bucket.delay(0.0, 64 * KIB) for _ in range(8)))  # one instant: each reservation adds to the debt
+
+    out = multiprocessing.get_context("fork").Queue()
+    procs = [multiprocessing.get_context("fork").Process(target=draw, args=(out,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    waits = sorted(out.get(timeout=10) for _ in procs)
+    for p in procs:
+        p.join(10)
+    last = SharedTokenBucket(path, 1 * MB)
+    assert last.delay(0.0, 0) == pytest.approx((16 * 64 * KIB - last.burst) / MB)  # both processes' 16 reservations
+    assert waits[1] > waits[0] > 0
+    last.close()

@@ -105,7 +105,7 @@ class EdgeSource:
 
 
 class Edge:
-    def __init__(self, config: EdgeConfig):
+    def __init__(self, config: EdgeConfig, bucket: TokenBucket | None = None):
         self.config = config
         self.cache = cache = config.cache
         self.cors = config.cors  # who may read answers from another origin (--cors-origin)
@@ -129,7 +129,7 @@ class Edge:
         self.metrics = Metrics("edge")
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
         self.tracker = tracker = _tracker(config) if config.p2p else None
-        self.bucket = TokenBucket(config.upload_limit)
+        self.bucket = bucket or TokenBucket(config.upload_limit)  # --upload-limit; one shared by an edge's workers (node/sharedbucket.py)
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
         self._fills: dict[tuple[str, int], asyncio.Task] = {}

@@ -51,6 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgeswarm.node import workers
 from edgeswarm.node.daemon import ServerLimits, Servers, text_error
 from edgeswarm.node.registrar import Registration
+from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.roles import edge as edge_role
@@ -124,10 +125,10 @@ async def _worker(
     registration: Registration | None,
 ) -> None:
     """One worker: a whole edge on the shared port, its private socket, and (primary) the door for forwarded requests."""
-    upload = _upload_share(config, slot)
     # the swarm is the primary's: the others forward to it, and keep an empty memory store (no Redis connection of their own)
     store = config.tracker_store if slot.index == 0 else "memory"
-    node = edge_role.Edge(dataclasses.replace(config, upload_limit=upload, tracker_store=store))
+    bucket = SharedTokenBucket(os.path.join(slot.rundir, "upload.bucket"), config.upload_limit)  # one cap for all workers
+    node = edge_role.Edge(dataclasses.replace(config, tracker_store=store), bucket)
     node.pinned.worker = (slot.index, slot.count)
     node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
     link = WorkerLink(node, slot, config.upload_limit)
@@ -157,21 +158,7 @@ async def _worker(
         await servers.close()
         await link.close()
         node.fill_locks.close()
-
-
-def _upload_share(config: EdgeConfig, slot: workers.Slot) -> int | None:
-    """A worker's part of ``--upload-limit``: an even share, but in p2p mode the primary's is all of it.
-
-    In p2p mode the primary serves every peer (``/piece``, ``/seed`` are
-    forwarded to it): with a share it would feed the swarm at 1/N of the cap.
-    The others then send client files within their shares on top, so the
-    edge's egress may reach (2N - 1)/N of the cap while both kinds of traffic peak.
-    """
-    if not config.upload_limit:
-        return None
-    if config.p2p and slot.index == 0:
-        return config.upload_limit
-    return max(1, config.upload_limit // slot.count)
+        bucket.close()
 
 
 class WorkerLink:
@@ -179,7 +166,7 @@ class WorkerLink:
 
     def __init__(self, node: edge_role.Edge, slot: workers.Slot, cap: int | None):
         self.node, self.slot = node, slot
-        self.cap = cap  # --upload-limit, as /status shows it (each worker holds a part)
+        self.cap = cap  # --upload-limit, as /status shows it (every worker shares the one bucket: not a sum of theirs)
         self.primary = slot.index == 0
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
