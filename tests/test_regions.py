@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
+from edgeswarm.policy.regions import Region, RegionMap, RegionMapError, ipv4_value
 from edgeswarm.roles.announce import load_region_map
 
 MAP = """\
@@ -229,3 +229,14 @@ def test_lookup_matches_brute_force_longest_prefix(case):
         assert m.lookup(str(addr)).name == containing[0][1]
     if addr.version == 4:
         assert m.lookup(f"::ffff:{addr}") == m.lookup(str(addr))
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(alphabet="0123456789.:abcdefx%\x00é ", max_size=20)))
+def test_the_fast_ipv4_parse_agrees_with_ipaddress(text):
+    """``ipv4_value`` takes only what ``ipaddress`` reads as an IPv4 address and prints back as given, with its value."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ip = None
+    expected = int(ip) if ip is not None and ip.version == 4 and str(ip) == text else None
+    assert ipv4_value(text) == expected

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.regions import Region
+from edgeswarm.policy.regions import Region, ipv4_value
 
 if TYPE_CHECKING:
     from edgeswarm.policy.peerstore import PeerStore
@@ -78,6 +78,8 @@ def owner_of(address: str, user: str | None) -> str:
 
 def address_group(address: str) -> str:
     """What per-address limits count: the IPv4 address, or the /64 of an IPv6 one (a host gets a whole /64)."""
+    if ipv4_value(address) is not None:
+        return address  # canonical already: what str(ip) would give
     try:
         ip = _ip(address)
     except ValueError:
@@ -135,12 +137,16 @@ class PeerRecord:
         _have: set[int] | None = field(init=False, default=None)
         _mask: int | None = field(init=False, default=None)
         _field: str | None = field(init=False, default=None)
+        _complete: bool | None = field(init=False, default=None)
         _ident: bytes | None = field(init=False, default=None)
         _rank: tuple[float, int, str | None, bytes, int] | None = field(init=False, default=None)
 
     @property
     def complete(self) -> bool:
-        return self.mask.bit_count() >= self.piece_count
+        """A seed; cached like the mask (a record is in many answers, each of which says it)."""
+        if self._complete is None:
+            self._complete = self.mask.bit_count() >= self.piece_count
+        return self._complete
 
     @property
     def key(self) -> PeerKey:
@@ -175,12 +181,13 @@ def _get_have(rec: PeerRecord) -> set[int]:
 
 def _set_have(rec: PeerRecord, have: set[int] | None) -> None:
     rec._have = None if have is None else set(have)
-    rec._mask = rec._field = rec._rank = None
+    rec._mask = rec._field = rec._rank = rec._complete = None
 
 
 PeerRecord._have = None
 PeerRecord._mask = None
 PeerRecord._field = None
+PeerRecord._complete = None
 PeerRecord._ident = None
 PeerRecord._rank = None
 PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
@@ -218,15 +225,15 @@ def _ranked(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Local
     base = zlib.crc32(_ident(asker) + b"|")
     crc = zlib.crc32
     shift = len(cands).bit_length()
-    keys = []
+    keys: list[int] = []
+    append, low_bits, top = keys.append, _LOW, 1 << 40
     for i, c in enumerate(cands):
         part = c._rank
         if part is None or part[0] is not c.upload_rate:
             part = _rank_part(c)
-        _, static, region, ident, cm = part
-        useful = (cm & lacks).bit_count()
-        first = ((region != home) << 62) | ((useful == 0) << 61) | ((1 << 40) - useful)  # the seed bit (60) is in ``static``
-        keys.append((((first << _LOW) | static | crc(ident, base)) << shift) | i)
+        useful = (part[4] & lacks).bit_count()
+        first = ((part[2] != home) << 62) | ((useful == 0) << 61) | (top - useful)  # the seed bit (60) is in ``static``
+        append((((first << low_bits) | part[1] | crc(part[3], base)) << shift) | i)
     keys.sort()
     # the asker itself and, under strict, other regions (sorted last) are left out here: one check per place handed out
     low, away = (1 << shift) - 1, 1 << (62 + _LOW + shift)

@@ -37,7 +37,7 @@ class ManifestError(EdgeswarmError, ValueError):
 
 
 def is_content_id(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return len(text) == 64 and _HEX.fullmatch(text) is not None
 
 
 def piece_size_for(size: int) -> int:
