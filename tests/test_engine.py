@@ -24,6 +24,7 @@ class RecordingHost:
         self.spawned: list = []
         self.delivered_pieces: list[int] = []
         self.dropped_urls: list[str] = []
+        self.crossed_bytes = 0
 
     def spawn(self, worker) -> None:
         self.spawned.append(worker)
@@ -33,6 +34,9 @@ class RecordingHost:
 
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         self.delivered_pieces.append(index)
+
+    def crossed(self, url: str, nbytes: int) -> None:
+        self.crossed_bytes += nbytes
 
     def dropped(self, n: Neighbour) -> None:
         self.dropped_urls.append(n.url)
@@ -171,6 +175,15 @@ def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
     assert isinstance(stored, Fetch) and stored.index == 5 and stored.data == b"x"
     assert isinstance(seed.send(Result("ok", 0.0, 1000)), Seed)
     assert 5 in e.picker.have and host.delivered_pieces == [5]
+
+
+def test_a_seed_answer_that_crossed_a_peers_copy_is_counted_not_stored():
+    """The edge sent it (and bills it): the bytes count as received from the edge, as the usage report counts them."""
+    seed, e, host = seeding_engine()
+    seed.send(None)
+    e.picker.have.add(5)  # a peer's copy landed while the edge's answer was on its way
+    assert isinstance(seed.send(Result("ok", 0.1, 1000, index=5, data=b"x")), Seed)
+    assert host.crossed_bytes == 1000 and host.delivered_pieces == []
 
 
 def test_a_whole_file_download_with_no_reader_tells_the_seeding_edge_it_can_wait_in_line():

@@ -143,6 +143,9 @@ class Host(Protocol):
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         """A piece was stored: count it, announce it to our subscribers, wake readers."""
 
+    def crossed(self, url: str, nbytes: int) -> None:
+        """The edge's /seed answer brought a piece a peer's copy had brought first: count what came, store nothing."""
+
     def dropped(self, neighbour: Neighbour) -> None:
         """A neighbour is forgotten: close its HAVE stream."""
 
@@ -466,7 +469,7 @@ class Engine:
             elif got.kind == "none":
                 yield Sleep(SEED_WAIT)
             elif got.index in self.picker.have:
-                continue  # it crossed a peer's copy: nothing to store
+                self.host.crossed(edge, got.nbytes)  # it crossed a peer's copy: nothing to store, but it came
             elif (yield from self.transfer(SEED_SOURCE, edge, got.index, data=got.data)) == "ok":
                 self.ranking.success(edge, got.nbytes, got.seconds)
 

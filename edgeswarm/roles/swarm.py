@@ -176,6 +176,9 @@ class Swarm:
                 fut.set_result(None)
         self._check_complete()
 
+    def crossed(self, url: str, nbytes: int) -> None:
+        self.peer.count_received(self.cid, EDGE, url, nbytes)  # as the edge's ledger and our usage report count it
+
     def dropped(self, n: Neighbour) -> None:
         self._unsubscribe(n)
 

@@ -249,6 +249,9 @@ class SimPeer:
                 w[1] = True
                 self.sim.loop.after(0.0, self._resume, w[0], None)
 
+    def crossed(self, url: str, nbytes: int) -> None:
+        self.received[EDGE] += nbytes
+
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         now = self.sim.loop.now
         if peer is not None:
