@@ -155,6 +155,27 @@ def test_a_live_segment_is_left_to_the_swarm_and_seeding_not_to_the_tail_rule():
     assert seg.fallback(engine.FALLBACK_AFTER + 1), "known peers that deliver nothing: the edge takes over"
 
 
+def test_a_blocked_live_reader_gets_the_edge_sooner_than_a_files_reader():
+    """The edge races a peer that is late with an urgent live piece after LIVE_DEADLINE, not the file's 2 s."""
+    seg = _engine(3)
+    seg.want_live()
+    seg.add_neighbour("b", "http://10.0.0.2:7000", True)
+    seg.picker.peer_has("b", {0, 1, 2})
+    seg.reading(0)
+    assert seg.picker.pick("b", 0.0) == 0  # the neighbour takes the urgent piece
+    seg.picker.start("b", 0, 0.0)
+    assert seg.picker.pick_urgent("edge#0", engine.LIVE_DEADLINE - 0.1, edge=True, seeding=True) is None
+    assert seg.picker.pick_urgent("edge#0", engine.LIVE_DEADLINE + 0.1, edge=True, seeding=True) == 0
+    file = _engine(3)
+    file.want_whole()
+    file.add_neighbour("b", "http://10.0.0.2:7000", True)
+    file.picker.peer_has("b", {0, 1, 2})
+    file.reading(0)
+    assert file.picker.pick("b", 0.0) == 0
+    file.picker.start("b", 0, 0.0)
+    assert file.picker.pick_urgent("edge#0", engine.LIVE_DEADLINE + 0.1, edge=True, seeding=True) is None
+
+
 def test_a_playlist_is_kept_as_signed_and_its_last_versions_stay_servable(tmp_path):
     """An edge handed version N just before the rewrite still gets N's bytes (the file now holds N+1)."""
     catalog = _catalog(tmp_path)
