@@ -150,3 +150,17 @@ def test_bench_preheat_runs_small_and_the_preheated_crowd_takes_nothing_from_the
     cold, warm = json.loads(out.read_text())["runs"]
     assert cold["parent_bytes"] == 2 * 2**20  # each edge fetched the file once, while the crowd waited
     assert warm["parent_bytes"] == 0 and warm["preheat_parent_bytes"] == 2 * 2**20
+
+
+@pytest.mark.integration
+def test_bench_preheat_peers_runs_small_with_the_chosen_volunteers_seeding_before_the_crowd(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "edgeswarm", "bench", "preheat", "--peers", "50%", "--volunteers", "2", "--clients", "3"]
+    got = subprocess.run([*cmd, "--size", "1MiB", "--json", str(out)], capture_output=True, text=True, timeout=180)
+    assert got.returncode == 0, got.stderr
+    assert "flash crowd of peers" in got.stdout and "edge egress during the crowd" in got.stdout, got.stdout
+    doc = json.loads(out.read_text())
+    cold, warm = doc["runs"]
+    assert doc["setup"]["share"] == 0.5 and cold["seeders"] == 0 and warm["seeders"] == 1  # half of two volunteers
+    assert warm["preheat_s"] > 0 and warm["preheat_edge_bytes"] >= 2**20  # the chosen volunteer's copy came through the edge
+    assert cold["edge_bytes"] > 0 and cold["crowd_s"] > 0 and warm["crowd_s"] > 0

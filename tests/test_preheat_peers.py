@@ -47,7 +47,7 @@ def test_preheat_peers_asks_a_share_of_the_volunteers_and_only_them(nodes, tmp_p
     data = make_file(published / PATH, 2 * 1024 * 1024)
     regions = tmp_path / "regions.yaml"
     regions.write_text(REGIONS)
-    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions, "--announce-interval", "1")
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)  # the default announce interval (300 s): orders come by long poll
     volunteers = [start_peer(nodes, tmp_path, edge.url, n, "--accept-preheat", "100MB") for n in (1, 2, 3, 4)]
     cramped = start_peer(nodes, tmp_path, edge.url, 5, "--accept-preheat", "1MB")  # volunteers, but the file does not fit
     bystander = start_peer(nodes, tmp_path, edge.url, 6)  # takes no orders: its disk is its user's
@@ -67,3 +67,28 @@ def test_preheat_peers_asks_a_share_of_the_volunteers_and_only_them(nodes, tmp_p
     for pid, peer in ids.items():
         if pid not in chosen:
             assert not holds_any(peer), f"{pid} was not asked, yet fetched {PATH}"
+
+
+def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, tmp_path, origin, published):
+    """The long poll: with the edge's current version, the answer waits for the next order (not the 300 s announce interval)."""
+    make_file(published / PATH, 64 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    orders = f"{edge.url}/preheat/orders?peer_id=v1&room=100000000"
+    first = get(orders)
+    assert first["orders"] == [] and isinstance(first["version"], int)
+    assert b"'wait' must be seconds" in curl(f"{orders}&since={first['version']}&wait=soon").stdout
+    held = subprocess.Popen(
+        ["curl", "-sS", "--max-time", "25", f"{orders}&since={first['version']}&wait=20", "--interface", "127.1.0.7"],
+        stdout=subprocess.PIPE,
+    )
+    time.sleep(1.5)
+    assert held.poll() is None, "the poll was answered before any order"
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "100%", "--no-progress"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    out, _ = held.communicate(timeout=25)
+    assert time.monotonic() - t0 < 10, "the held poll waited out its time instead of answering the new order"
+    doc = json.loads(out)
+    assert doc["version"] > first["version"] and [o["path"] for o in doc["orders"]] == [PATH]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edgeswarm.cli import options
+from edgeswarm.cli.preheat import share as preheat_share
 from edgeswarm.protocol.units import parse_rate, parse_size
 
 
@@ -73,11 +74,25 @@ def add_parser(sub) -> None:
         "them at once, on fresh caches, once cold and once after preheat. Prints the bytes the edges took from their parent "
         "during the crowd and the crowd's time for each, and the ratios. No target.",
     )
-    b.add_argument("--clients", type=options.count, default=32, metavar="N", help="readers at once (default 32)")
+    b.add_argument("--clients", type=options.count, metavar="N", help="readers at once (default 32; with --peers, 12 peers' gateways)")
     b.add_argument("--size", type=options.size, default=16 * 1024 * 1024, metavar="SIZE", help="the file (default 16MiB)")
     b.add_argument("--parent-rate", default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)")
     b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    b.add_argument(
+        "--peers",
+        type=preheat_share,
+        metavar="SHARE",
+        help="measure preheating peers instead: a p2p edge, volunteering peers and a crowd of peers' gateways, cold and after "
+        "preheat --peers SHARE (25%% or 0.25); --clients is then the crowd",
+    )
+    b.add_argument("--volunteers", type=options.count, default=4, metavar="N", help="with --peers: volunteering peers (default 4)")
+    b.add_argument(
+        "--edge-rate", type=options.rate, default="8MB/s", metavar="RATE", help="with --peers: the edge's --upload-limit (default 8MB/s)"
+    )
+    b.add_argument(
+        "--peer-rate", type=options.rate, default="2MB/s", metavar="RATE", help="with --peers: every peer's --upload-limit (default 2MB/s)"
+    )
     b.set_defaults(run=run_preheat)
 
     b = bsub.add_parser(
@@ -130,7 +145,10 @@ def add_parser(sub) -> None:
 def run_preheat(args: argparse.Namespace) -> int:
     from edgeswarm.measure import bench_preheat
 
-    return bench_preheat.run(args.clients, args.size, args.parent_rate, args.json, args.workdir)
+    if args.peers is None:
+        return bench_preheat.run(args.clients or 32, args.size, args.parent_rate, args.json, args.workdir)
+    setup = bench_preheat.PeerSetup(args.volunteers, args.clients or 12, args.size, args.peers, args.edge_rate, args.peer_rate)
+    return bench_preheat.run_peers(setup, args.json, args.workdir)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -896,6 +896,8 @@ class Edge:
             r.add_post("/preheat", self.preheat.post_preheat)
             r.add_get("/preheat", self.preheat.get_preheat)
             r.add_get("/preheat/orders", self.preheat.get_orders)
+            desk = self.preheat
+            app.on_shutdown.append(lambda _: desk.close())  # held polls answered now, not at the shutdown timeout
         r.add_get("/relay", self.get_relay)
         if self.relay is not None:
             relay = self.relay

@@ -3,15 +3,18 @@
 ``POST /preheat`` (the operator, from loopback or ``--internal`` networks)
 leaves an order per path: have this share of the region's volunteers fetch
 and seed it.  ``GET /preheat/orders`` (a peer whose ``--accept-preheat``
-allows it, every announce interval) registers the peer as a volunteer with
-the room it offers and answers the orders assigned to it; policy/preheatorders.py
-decides which.  ``GET /preheat`` shows the orders and whom they went to.
+allows it) registers the peer as a volunteer with the room it offers and
+answers the orders assigned to it; policy/preheatorders.py decides which.
+The peer holds that request open (a long poll, ``since`` and ``wait``) so a
+new order reaches it at once, whatever the announce interval.  ``GET /preheat`` shows the orders and whom they went to.
 Peers fetch through their swarm like any download, so the edge sends each
 piece about once per region (docs/protocol.md#preheating-peers).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 MAX_PATHS = 100  # paths in one order request
 MAX_VOLUNTEERS = 1 << 16  # volunteers an edge remembers at once: beyond, newcomers wait (503)
 MAX_TTL = 30 * 86400.0  # an order lasts at most a month
+MAX_WAIT = 30.0  # seconds a volunteer's poll is held at most: under the worker forwarder's 60 s, and a volunteer re-registers with each
 
 
 class PreheatDesk:
@@ -41,6 +45,33 @@ class PreheatDesk:
         self.edge = edge
         self.tracker = edge.tracker
         self.orders = PreheatOrders(forget_after=3 * edge.tracker.interval)
+        self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
+        self._changed = asyncio.Event()
+        self._closing = False
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def close(self) -> None:
+        """Shutdown: held polls are answered now, not at the server's shutdown timeout."""
+        self._closing = True
+        self._changed.set()
+
+    async def _held(self, request: web.Request) -> None:
+        """Wait while the poll's ``since`` is the current version, for at most its ``wait`` (capped: MAX_WAIT, a third of forget_after)."""
+        since, wait = ascii_decimal(request.query.get("since", "")), request.query.get("wait", "")
+        if since != self.version or self._closing:
+            return
+        try:
+            seconds = min(float(wait), MAX_WAIT, self.orders.forget_after / 3)
+        except ValueError:
+            raise HttpError(400, "preheat orders: 'wait' must be seconds") from None
+        if not seconds > 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
 
     def _operator(self, request: web.Request) -> None:
         if not self.edge._trusted_client(request):
@@ -72,6 +103,7 @@ class PreheatDesk:
             order = Order(signed.content_id, rel, signed.manifest.size, region, float(share), now + float(ttl))
             self.orders.add(order)
             answer.append(self._row(order))
+        self._bump()
         return json_response({"region": region, "volunteers": len(self.orders.in_region(region)), "orders": answer})
 
     def _row(self, order: Order) -> dict:
@@ -109,7 +141,12 @@ class PreheatDesk:
             raise
 
     async def get_orders(self, request: web.Request) -> web.Response:
-        """``GET /preheat/orders?peer_id=ID&room=BYTES``: a peer volunteers, and hears what it should fetch and seed."""
+        """``GET /preheat/orders?peer_id=ID&room=BYTES[&since=VERSION&wait=SECONDS]``: a peer volunteers, and hears what to fetch and seed.
+
+        With ``since`` equal to the edge's current ``version`` the answer waits
+        (up to ``wait`` seconds) for the next order, so volunteers hear of one
+        at once; without, or with an older version, it comes at once.
+        """
         peer_id = request.query.get("peer_id", "")
         if not 0 < len(peer_id) <= tokens.MAX_PEER_ID_LENGTH or not peer_id.isprintable():
             raise HttpError(400, "preheat orders: 'peer_id' must be 1-64 printable characters")
@@ -129,12 +166,16 @@ class PreheatDesk:
                 raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
         region = self.edge.region_name(request)
         self.orders.seen(now, volunteer, region, room)
+        await self._held(request)
+        now = time.monotonic()
+        self.orders.seen(now, volunteer, region, room)  # still here: a held poll is a live volunteer
         orders = self.orders.for_volunteer(now, volunteer)
         if self.edge.require_token:  # only what the peer's token may fetch
             orders = [o for o in orders if await self._covers(request, o.path)]
         return json_response(
             {
                 "interval": self.tracker.interval,
+                "version": self.version,
                 "region": region,
                 "orders": [{"path": o.path, "content": o.content, "size": o.size} for o in orders],
             }

@@ -3,8 +3,9 @@
 Only with ``--accept-preheat SIZE``: the user's disk and uplink are the
 user's, so a peer takes no orders by default, and with the flag never more
 than SIZE bytes of preheated content at once (its ``--upload-limit`` still
-caps what it sends).  Every announce interval it asks each tracking edge
-``GET /preheat/orders`` with the room it has left; each assigned path is
+caps what it sends).  It holds a poll open at each tracking edge (``GET
+/preheat/orders`` with the room it has left), which the edge answers when
+it takes a new order or after ``WAIT`` seconds; each assigned path is
 fetched through the swarm like a ``--seed`` path and pinned against eviction
 while the order stands.  When an edge stops listing it (the order expired,
 or this peer was not chosen any more) it is unpinned: the pieces stay until
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -26,6 +28,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeswarm.roles.volunteer")
 MIN_WAIT = 1.0
+RETRY = 5.0  # seconds before asking again an edge that did not answer
+WAIT = 30.0  # seconds an edge may hold an orders poll; it answers at once when it takes a new order
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer to ``GET /preheat/orders``: the orders (None: the edge did not answer), its interval, its version (long polls)."""
+
+    orders: list[dict] | None
+    interval: float | None = None
+    version: int | None = None
 
 
 class Volunteer:
@@ -38,27 +51,31 @@ class Volunteer:
     def used(self) -> int:
         return sum(size for _, size in self.held.values())
 
-    async def ask(self, edge: str) -> tuple[list[dict], float | None]:
-        """The orders ``edge`` assigns this peer, and its interval; none from an edge that takes no orders."""
+    async def ask(self, edge: str, since: int | None = None) -> Answer:
+        """The orders ``edge`` assigns this peer; with ``since``, held by the edge until it has a newer order (or WAIT)."""
         peer = self.peer
         target = f"/preheat/orders?peer_id={quote(peer.peer_id, safe='')}&room={max(0, self.room - self.used())}"
+        if since is not None:
+            target += f"&since={since}&wait={WAIT:g}"
         try:
-            reply = await peer.upstream.get(edge, target, peer.edge_headers())
+            reply = await peer.upstream.get(edge, target, peer.edge_headers(), timeout=WAIT + peer.upstream.timeout)
         except UpstreamError as exc:
             log.info("preheat orders from %s: %s", edge, exc.message)
-            return [], None
+            return Answer(None)
         if reply.status != 200:
             if reply.status not in (404, 405):  # an edge without --p2p, or from before preheat orders, has none
                 log.info("preheat orders from %s: %d %s", edge, reply.status, reply.body[:200].decode(errors="replace").strip())
-            return [], None
+                return Answer(None)
+            return Answer([])
         try:
             doc = json.loads(reply.body)
             orders = [o for o in doc["orders"] if isinstance(o["path"], str) and isinstance(o["size"], int)]
             interval = float(doc.get("interval", 0)) or None
+            version = doc.get("version")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad preheat orders from %s: %s", edge, exc)
-            return [], None
-        return orders, interval
+            return Answer(None)
+        return Answer(orders, interval, version if type(version) is int else None)
 
     async def take(self, order: dict) -> None:
         """Fetch and pin one assigned path, if it fits in the room left."""
@@ -84,21 +101,49 @@ class Volunteer:
         log.info("preheat %s: no longer ordered; unpinned (evictable)", path)
 
     async def run(self) -> None:
-        """Ask every interval; take new orders, drop withdrawn ones."""
+        """A poll held open at each p2p edge; new orders taken and withdrawn ones dropped as each edge answers."""
         peer = self.peer
         await peer.bound.wait()
         await peer._store()
-        while True:
-            edges = [e for e in peer.edges if e in peer._p2p_edges]
-            answers = await asyncio.gather(*(self.ask(e) for e in edges))
-            ordered = {o["path"]: o for orders, _ in answers for o in orders}
-            for path in [p for p in self.held if p not in ordered]:
-                self.drop(path)
-            for path, order in ordered.items():
-                if path not in self.held:
-                    try:
-                        await self.take(order)
-                    except Exception as exc:  # the path gone, an edge down: asked again next time
-                        log.warning("preheat %s: %s", path, exc)
-            intervals = [i for _, i in answers if i]
-            await asyncio.sleep(max(MIN_WAIT, min(intervals, default=peer.schedule.interval)))
+        polls: dict[str, asyncio.Task[Answer]] = {}
+        answers: dict[str, Answer] = {}
+        try:
+            while True:
+                edges = [e for e in peer.edges if e in peer._p2p_edges]
+                for edge in [e for e in polls if e not in edges]:
+                    polls.pop(edge).cancel()
+                    answers.pop(edge, None)
+                for edge in edges:
+                    if edge not in polls:
+                        polls[edge] = asyncio.create_task(self._poll(edge, answers.get(edge)))
+                if not polls:
+                    await asyncio.sleep(MIN_WAIT)  # no p2p edge known yet
+                    continue
+                done, _ = await asyncio.wait(polls.values(), timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+                for edge in [e for e, task in polls.items() if task in done]:
+                    answer = polls.pop(edge).result()
+                    if answer.orders is None:  # the edge did not answer: its last orders stand, and it is asked again soon
+                        answer = Answer(answers[edge].orders if edge in answers else None, RETRY)
+                    answers[edge] = answer
+                await self._follow([o for a in answers.values() for o in a.orders or ()])
+        finally:
+            for task in polls.values():
+                task.cancel()
+
+    async def _poll(self, edge: str, previous: Answer | None) -> Answer:
+        """The edge's next answer: held by it when it knows long polls, else asked once its interval (or MIN_WAIT) is over."""
+        if previous is not None and previous.version is None:
+            await asyncio.sleep(max(MIN_WAIT, previous.interval or self.peer.schedule.interval))
+        return await self.ask(edge, previous.version if previous is not None else None)
+
+    async def _follow(self, orders: list[dict]) -> None:
+        """Hold what ``orders`` name, and only that."""
+        ordered = {o["path"]: o for o in orders}
+        for path in [p for p in self.held if p not in ordered]:
+            self.drop(path)
+        for path, order in ordered.items():
+            if path not in self.held:
+                try:
+                    await self.take(order)
+                except Exception as exc:  # the path gone, an edge down: taken again at the edge's next answer
+                    log.warning("preheat %s: %s", path, exc)
