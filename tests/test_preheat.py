@@ -164,3 +164,6 @@ def test_bench_preheat_peers_runs_small_with_the_chosen_volunteers_seeding_befor
     assert doc["setup"]["share"] == 0.5 and cold["seeders"] == 0 and warm["seeders"] == 1  # half of two volunteers
     assert warm["preheat_s"] > 0 and warm["preheat_edge_bytes"] >= 2**20  # the chosen volunteer's copy came through the edge
     assert cold["edge_bytes"] > 0 and cold["crowd_s"] > 0 and warm["crowd_s"] > 0
+    assert cold["crowd_got"]["volunteers"] == 0  # cold, the volunteers held nothing to give
+    for run in (cold, warm):  # three gateways each read the whole file once, and every byte came from somewhere
+        assert sum(run["crowd_got"].values()) >= 3 * 2**20

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -78,8 +79,14 @@ async def _crowd(edges: list[NodeProcess], clients: int, size: int) -> float:
     return time.monotonic() - started
 
 
+def _fresh(directory: Path) -> Path:
+    """A run's own directory, emptied: a --workdir used before must not hand this run the last one's caches."""
+    shutil.rmtree(directory, ignore_errors=True)
+    return directory
+
+
 def _one_run(work: Path, mode: str, clients: int, size: int, parent_rate: str) -> Run:
-    with ProcessGroup(work / mode / "logs") as nodes:
+    with ProcessGroup(_fresh(work / mode) / "logs") as nodes:
         origin = nodes.start("origin", "--publish", str(work / "pub"), name="origin")
         parent = nodes.start("edge", "--cache", str(work / mode / "parent"), "--parent", origin.url, "--upload-limit", parent_rate)
         edges = [nodes.start("edge", "--cache", str(work / mode / f"e{i}"), "--parent", parent.url, name=f"e{i}") for i in range(2)]
@@ -147,6 +154,7 @@ class PeerRun:
     preheat_s: float  # from the order to the last chosen volunteer holding the file (0 when cold)
     preheat_edge_bytes: int  # what the edge sent meanwhile
     seeders: int  # volunteers holding the file whole when the crowd began
+    crowd_got: dict[str, int]  # what the crowd's peers received, by source: edge, volunteers, crowd (each other)
 
 
 async def _edge_sent(http: aiohttp.ClientSession, edge: NodeProcess) -> int:
@@ -186,7 +194,7 @@ async def _peer_crowd(http: aiohttp.ClientSession, crowd: list[NodeProcess], dig
 
 
 def _peer_run(work: Path, mode: str, setup: PeerSetup, digest: str) -> PeerRun:
-    root = work / f"peers-{mode}"
+    root = _fresh(work / f"peers-{mode}")
     with ProcessGroup(root / "logs") as nodes:
         origin = nodes.start("origin", "--publish", str(work / "pub"), name="origin")
         edge_config = EdgeConfig(
@@ -229,7 +237,21 @@ async def _peer_flow(
         seeders = sum(await asyncio.gather(*(_whole(http, v) for v in volunteers)))
         start = await _edge_sent(http, edge)
         seconds = await _peer_crowd(http, crowd, digest)
-        return PeerRun(mode, await _edge_sent(http, edge) - start, seconds, took, start - before, seeders)
+        sent = await _edge_sent(http, edge) - start
+        got = await _sources(http, crowd)
+        return PeerRun(mode, sent, seconds, took, start - before, seeders, got)
+
+
+async def _sources(http: aiohttp.ClientSession, crowd: list[NodeProcess]) -> dict[str, int]:
+    """What the crowd received by source, read off each row's kind and the sending peer's address (volunteers: 127.1.0.x)."""
+    got = {"edge": 0, "volunteers": 0, "crowd": 0}
+    for peer in crowd:
+        async with http.get(peer.urls["gateway"] + "/status") as reply:
+            rows = (await reply.json())["bytes_received"]
+        for row in rows:
+            kind = "edge" if not row["kind"].startswith("peer") else "volunteers" if "//127.1.0." in row["source"] else "crowd"
+            got[kind] += row["bytes"]
+    return got
 
 
 def run_peers(setup: PeerSetup, json_path: Path | None, workdir: Path | None) -> int:
@@ -252,9 +274,11 @@ def run_peers(setup: PeerSetup, json_path: Path | None, workdir: Path | None) ->
             if r.mode == "preheated"
             else ""
         )
-        copies = r.edge_bytes / setup.size
+        copies, total = r.edge_bytes / setup.size, sum(r.crowd_got.values()) or 1
+        parts = ", ".join(f"{100 * n / total:.0f} % {k}" for k, n in r.crowd_got.items())
         print(
-            f"  {r.mode:<9} the edge sent {format_bytes(r.edge_bytes):>10} ({copies:.1f} copies); crowd done in {r.crowd_s:6.2f} s{extra}"
+            f"  {r.mode:<9} the edge sent {format_bytes(r.edge_bytes):>10} ({copies:.1f} copies); crowd done in {r.crowd_s:6.2f} s;"
+            f" the crowd got {parts}{extra}"
         )
     egress = f"{cold.edge_bytes / warm.edge_bytes:.1f}x" if warm.edge_bytes else "n/a (none after preheat)"
     print(f"  cold/preheated: edge egress during the crowd {egress}, crowd time {cold.crowd_s / warm.crowd_s:.2f}x")
