@@ -177,6 +177,23 @@ def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():
     assert 5 in e.picker.have and host.delivered_pieces == [5]
 
 
+def test_a_reader_told_its_region_holds_everything_takes_a_piece_nobody_reads_yet_from_a_neighbour():
+    """After a 204 a stream's seeding worker takes, from a neighbour, a piece ahead of the urgent window (the rarest, in its
+    own order) rather than idling: readers in step behind a complete peer then hold different pieces to trade."""
+    e, host = make(count=32)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(32))  # a complete neighbour: a preheated seed
+    e.reading(0)
+    seed = spawned(host, "seed_worker")
+    assert isinstance(seed.send(None), Seed)
+    fetch = seed.send(Result("none"))
+    assert isinstance(fetch, Fetch) and fetch.url == b.url and fetch.peer is b
+    assert not e.picker.is_urgent(fetch.index) and fetch.index in e.picker.wanted
+    nxt = seed.send(Result("ok", 0.1, 1000))
+    assert isinstance(nxt, Fetch) and nxt.index != fetch.index, "it goes on spreading until SEED_WAIT is over"
+
+
 def test_a_seed_answer_that_crossed_a_peers_copy_is_counted_not_stored():
     """The edge sent it (and bills it): the bytes count as received from the edge, as the usage report counts them."""
     seed, e, host = seeding_engine()
@@ -322,6 +339,14 @@ def test_streams_need_the_seeding_edge():
     """Readers who start together all lack the same next pieces: without /seed every one of them takes those from the edge."""
     assert simulate(Crowd(mode="stream", seeding=False)).share < 0.1
     assert simulate(Crowd(mode="stream")).share > 0.7
+
+
+def test_viewers_in_step_behind_a_preheated_seed_trade_what_they_took_from_it():
+    """One complete peer a region before the crowd (preheat --peers): the edge has nothing to seed, and readers that took
+    the same next piece from the seed at the same moment had nothing to trade: 8.0 x the bound before, 4.4 x now."""
+    o = simulate(Crowd(mode="stream", seeds=1))
+    assert o.finished == 12 and o.cross_region == 0
+    assert o.ratio < 6.0
 
 
 def test_staggered_streams_and_larger_crowds_still_trade():

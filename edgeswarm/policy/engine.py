@@ -375,6 +375,8 @@ class Engine:
         if now - self._rotated < ROTATE or not self.picker.whole_file:
             return False
         working = [m for m in self.neighbours.values() if m.working]
+        if n not in working:  # dropped or replaced while its request ran (the simulator's 48-peer crowd behind a seed)
+            return False
         slowest = min(working, key=lambda m: self.ranking.rate(m.url) or 0.0)
         waiting = any(
             not m.working and m.same_region >= n.same_region and self.useful(m) and not self.picker.is_paused(m.peer_id)
@@ -475,11 +477,34 @@ class Engine:
             elif got.kind == "gone":
                 return
             elif got.kind == "none":
-                yield Sleep(SEED_WAIT)
+                until = self.clock() + SEED_WAIT
+                while not self.picker.whole_file and self.clock() < until and not self.closed and (yield from self.spread()):
+                    pass  # a whole file's picker takes the rarest pieces anyway
+                if self.clock() < until:
+                    yield Sleep(until - self.clock())
             elif got.index in self.picker.have:
                 self.host.crossed(edge, got.nbytes)  # it crossed a peer's copy: nothing to store, but it came
             elif (yield from self.transfer(SEED_SOURCE, edge, got.index, data=got.data)) == "ok":
                 self.ranking.success(edge, got.nbytes, got.seconds)
+
+    def spread(self) -> Generator[Command, object, bool]:
+        """The region holds every piece the edge would seed us: take one from a neighbour instead, as the edge would have
+        chosen it (nobody reads it yet; the rarest, in our own order), so readers in step hold different pieces to trade.
+
+        Without it, a crowd reading one file in step behind complete peers (preheated ones) asked those peers for the
+        same next piece at the same moment and had nothing to trade: in the simulator, 6 readers a region behind one
+        seed took 8 x the bound, each getting every byte from the seed.
+        """
+        holders = sorted(
+            (n for n in self.neighbours.values() if host_of(n.url) not in self.banned and not self.picker.is_paused(n.peer_id)),
+            key=lambda n: (not n.same_region, n.working, -(self.ranking.rate(n.url) or 0)),
+        )
+        for n in holders:
+            index = self.picker.pick_spread(n.peer_id)
+            if index is not None:
+                yield from self.transfer(n.peer_id, n.url, index, peer=n)
+                return True
+        return False
 
     def seed_coming(self, index: int) -> None:
         """The edge's answer to our /seed names piece ``index`` (its head came; the body follows): it is in flight

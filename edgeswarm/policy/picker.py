@@ -221,6 +221,15 @@ class PiecePicker:
             return None  # unrequested pieces remain, just not from this source
         return self._endgame(usable, now - self.deadline if edge and not fallback else None)
 
+    def pick_spread(self, source: str) -> int | None:
+        """A piece to take from ``source`` so that the crowd holds different pieces: one it holds that nobody reads yet
+        (not urgent) and nobody of ours is fetching, the rarest, ties broken by this downloader's own order."""
+        if source in self.paused:
+            return None
+        holds = self._peers.get(source, set())
+        free = [i for i in self.missing() if i in holds and i not in self._in_flight and not self.is_urgent(i)]
+        return min(free, key=lambda i: (self.availability[i], self._tiebreak[i])) if free else None
+
     def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
         """A piece of the reader's urgent window for ``source``, or None.
 

@@ -65,6 +65,9 @@ class Crowd:
     seed_line: bool = True  # False: the edge sends whole-file askers' seed answers all at once, as streams' (before the line)
     edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
     black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
+    # complete peers per region before the crowd (preheated volunteers): they upload and never read, and the edge's
+    # super-seeder counts the one copy of each piece it sent them while they fetched it
+    seeds: int = 0
     choke_slots: int = SLOTS
     limit: float = 3600.0  # virtual seconds before the run is cut
 
@@ -213,9 +216,9 @@ class SimEdge:
 class SimPeer:
     """A peer daemon: the engine, a HAVE feed to its subscribers, an uploader with the real choker."""
 
-    def __init__(self, sim: Simulation, i: int, region: int, hole: bool = False):
+    def __init__(self, sim: Simulation, i: int, region: int, hole: bool = False, complete: bool = False):
         self.sim, self.hole = sim, hole
-        self.peer_id = f"{'hole' if hole else 'peer'}{i}"
+        self.peer_id = f"{'hole' if hole else 'seed' if complete else 'peer'}{i}"
         self.address = f"10.{region}.{i // 250}.{i % 250 + 1}"
         self.url = f"http://{self.address}:7000"
         self.key = (self.address, self.peer_id)
@@ -224,7 +227,7 @@ class SimPeer:
         self.choker = Choker(slots=sim.crowd.choke_slots)
         self.ranking = SourceRanking()
         self.engine = Engine(
-            self, sim.count, range(sim.count) if hole else (), seed=self.peer_id, deadline=2.0,
+            self, sim.count, range(sim.count) if hole or complete else (), seed=self.peer_id, deadline=2.0,
             edges=[e.url for e in sim.edges], ranking=self.ranking, clock=lambda: sim.loop.now,
         )  # fmt: skip
         self.subscribers: dict[str, SimPeer] = {}
@@ -484,6 +487,12 @@ class Simulation:
             hole = SimPeer(self, 1000 + k, k % c.regions + 1, hole=True)
             self.peers[hole.url] = hole
             hole.announce()
+        for k in range(c.seeds * c.regions):
+            seed = SimPeer(self, 2000 + k, k % c.regions + 1, complete=True)
+            self.peers[seed.url] = seed
+            seed.announce()
+            for index in range(k // c.regions, self.count, c.seeds):  # the edge sent each piece to one seed of the region
+                self.edges[0].seeder.record(0.0, seed.region.name, CID, index, seed.key)
         for i in range(c.peers):
             self.loop.after(i * c.stagger, self._join, i)
         self.loop.after(IDLE_SAMPLE, self._sample_idle)
