@@ -342,11 +342,23 @@ def test_streams_need_the_seeding_edge():
 
 
 def test_viewers_in_step_behind_a_preheated_seed_trade_what_they_took_from_it():
-    """One complete peer a region before the crowd (preheat --peers): the edge has nothing to seed, and readers that took
-    the same next piece from the seed at the same moment had nothing to trade: 8.0 x the bound before, 4.4 x now."""
+    """One complete peer a region before the crowd (preheat --peers): readers that took the same next piece from the
+    seed at the same moment had nothing to trade, and the edge, whose copies the seed held, seeded nobody: 8.0 x the
+    bound. Readers spreading after a 204 made it 4.4 x; the edge seeding a crowd its seeds cannot carry, 1.2 x, at about
+    one edge copy a region, as without the seed."""
     o = simulate(Crowd(mode="stream", seeds=1))
     assert o.finished == 12 and o.cross_region == 0
-    assert o.ratio < 6.0
+    assert o.ratio < 2.0
+    assert all(c <= 1.1 for c in o.edge_copies.values()), o.edge_copies
+    whole = simulate(Crowd(mode="get", seeds=1))
+    assert whole.finished == 12 and whole.ratio < 1.5  # 2.0 x before
+
+
+def test_readers_in_step_spread_pieces_when_the_edge_has_none_to_give():
+    """The spreading rule alone (the edge seeds nobody: its copies are at a seed it thinks can carry the crowd)."""
+    o = simulate(Crowd(mode="stream", seeds=1, peers=6, size=16 << 20))  # three readers a region behind one seed
+    assert o.finished == 6 and not o.edge_copies
+    assert o.ratio < 4.0  # 5.0 x before the rule, 3.2 x with it: the seed's one uplink is the bound
 
 
 def test_staggered_streams_and_larger_crowds_still_trade():

@@ -89,3 +89,12 @@ def test_parse_share(text, share):
 def test_parse_share_refuses_what_is_no_share(text):
     with pytest.raises(ValueError, match="share"):
         parse_share(text)
+
+
+def test_holds_names_the_volunteers_an_order_placed_a_content_at():
+    orders = PreheatOrders(forget_after=900.0)
+    orders.add(Order(CID, "films/a.bin", 1000, "east", 1.0, 3600.0))
+    orders.seen(0.0, ("10.0.0.1", "v1"), "east", 10_000)
+    assert [o.content for o in orders.for_volunteer(0.0, ("10.0.0.1", "v1"))] == [CID]
+    assert orders.holds(CID, ("10.0.0.1", "v1"))
+    assert not orders.holds(CID, ("10.0.0.2", "v1")) and not orders.holds("other", ("10.0.0.1", "v1"))

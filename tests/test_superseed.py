@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.superseed import RegionStats, SuperSeeder
+from edgeswarm.policy.superseed import SEED_CARRIES, RegionStats, SuperSeeder
 from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64
@@ -35,6 +35,39 @@ def test_none_when_every_lacked_piece_already_went_to_a_live_peer_of_the_region(
     assert s.choose("east", CID, set(), 0, 4) is None
     assert s.choose("east", CID, {0, 1, 2, 3}, 0, 4) is None  # a complete asker: nothing to send
     assert s.choose("east", CID, set(), 2, 4) is None
+
+
+def test_a_seeds_copies_count_only_while_the_regions_seeds_can_carry_its_downloaders():
+    """A preheated volunteer got every piece once; a crowd of more than SEED_CARRIES downloaders arriving behind it needs
+    pieces of its own to trade, so the edge seeds the crowd as if the seed's copies were not there (once per region)."""
+    s = SuperSeeder()
+    for i in range(4):
+        s.record(1.0, "east", CID, i, "seed")
+    s.observe(1.0, "east", CID, "seed", True)
+    for n in range(SEED_CARRIES):
+        s.observe(2.0, "east", CID, f"d{n}", False)
+    assert s.choose("east", CID, set(), 0, 4) is None  # the seed carries these downloaders: trade with it
+    s.observe(3.0, "east", CID, "one-more", False)
+    assert s.choose("east", CID, set(), 0, 4) == 0  # one more than it carries: the crowd gets its own copy
+    s.record(3.0, "east", CID, 0, "d0")
+    assert s.choose("east", CID, set(), 0, 4) == 1  # and each piece once, as ever
+    s.observe(4.0, "east", CID, "seed2", True)  # a second seed: two carry the crowd again
+    assert s.choose("east", CID, set(), 0, 4) is None
+    s.leave("east", CID, "seed2")
+    s.retain("east", CID, {"seed", "d0", "d1", "d2", "d3"})  # one-more left: four downloaders, one seed
+    assert s.choose("east", CID, set(), 0, 4) is None
+    assert ("east", CID) in s.entries()
+
+
+def test_downloaders_that_were_there_before_the_seed_was_whole_do_not_count_against_it():
+    """A crowd already trading when a seed is placed holds pieces the others lack: the seed's copies keep counting."""
+    s = SuperSeeder()
+    for n in range(2 * SEED_CARRIES):
+        s.observe(float(n), "east", CID, f"d{n}", False)
+    for i in range(4):
+        s.record(1.0, "east", CID, i, "seed")
+    s.observe(20.0, "east", CID, "seed", True)
+    assert s.choose("east", CID, set(), 0, 4) is None
 
 
 def test_n_peers_asking_in_turn_get_n_different_pieces():

@@ -95,6 +95,10 @@ class PreheatOrders:
             peers.update(sorted(able, key=lambda v: rank(order.content, v))[:short])
         return set(peers)
 
+    def holds(self, content: str, volunteer: Volunteer) -> bool:
+        """``volunteer`` was assigned ``content`` by a standing order (in any region): a seed the operator placed."""
+        return any(volunteer in peers for (c, _), peers in self.assigned.items() if c == content)
+
     def for_volunteer(self, now: float, volunteer: Volunteer) -> list[Order]:
         """The orders assigned to ``volunteer`` (which must have been ``seen``), by path."""
         self.expire(now)

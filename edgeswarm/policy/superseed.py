@@ -10,6 +10,16 @@ edge about once per region; the region spreads it.  A copy to a peer that
 stopped or expired stops counting (``leave``/``retain``): its pieces may go
 out again.
 
+A copy held by a *placed seed* (a volunteer that a preheat order made fetch
+the whole content) counts only while the region's placed seeds are enough
+for the downloaders that came after the first of them was whole
+(``SEED_CARRIES`` each): a crowd larger than that, arriving at a few seeds,
+needs different pieces of its own to trade, or its readers all ask the seeds
+for the same next piece (``observe`` tells which peers are placed seeds, and
+since when).  Viewers who finished are not placed seeds: counting them too
+cost staggered streams (one start a second, 25-50 peers) about one more edge
+copy a region in the simulator, for the downloaders that kept arriving.
+
 Bounded memory: a (region, content) entry goes when its last recipient leaves;
 at most ``max_copies`` live copies are kept over all entries, and past that the
 least recently used entry's first recipient is forgotten.  Forgetting is safe: the edge
@@ -27,6 +37,7 @@ from edgeswarm.policy.vocabulary import quantile
 Region = str | None  # a region's name; None for addresses the region map does not place
 MAX_COPIES = 1 << 18  # live copies remembered over all entries (~20 MB); 2^18 pieces of 256 KiB is 64 GiB sent
 MAX_SENT_ENTRIES = 4096  # (region, content) byte tallies kept for /status, least recently used dropped
+SEED_CARRIES = 4  # downloaders one placed seed's copy is counted for; past that the edge seeds the downloaders too
 URGENCIES = ("urgent", "background", "none")  # X-Edgeswarm-Urgency of a peer's /piece request; anything else is "none"
 
 
@@ -43,6 +54,24 @@ class SuperSeeder:
         self.max_copies = max_copies
         self._entries: OrderedDict[tuple[Region, str], _Entry] = OrderedDict()  # least recently used first
         self._total = 0  # live copies over all entries
+        self._members: dict[tuple[Region, str], dict[Hashable, float]] = {}  # live peers announcing here -> since when
+        self._seeds: dict[tuple[Region, str], dict[Hashable, float]] = {}  # placed seeds, whole at their last announce -> since
+
+    def observe(self, now: float, region: Region, cid: str, peer: Hashable, placed_seed: bool) -> None:
+        """``peer`` of ``region`` announced ``cid``; ``placed_seed``: whole, and placed there by a preheat order
+        (``leave`` and ``retain`` forget it)."""
+        key = (region, cid)
+        self._members.setdefault(key, {}).setdefault(peer, now)
+        if placed_seed:
+            self._seeds.setdefault(key, {}).setdefault(peer, now)
+        elif peer in self._seeds.get(key, ()):
+            self._forget_seed(key, peer)
+
+    def _forget_seed(self, key: tuple[Region, str], peer: Hashable) -> None:
+        seeds = self._seeds[key]
+        del seeds[peer]
+        if not seeds:
+            del self._seeds[key]
 
     def choose(self, region: Region, cid: str, have: Collection[int], start: int, piece_count: int) -> int | None:
         """The piece for a seed request: lacked, at or after ``start``, no live copy in the region; lowest index.
@@ -51,8 +80,21 @@ class SuperSeeder:
         live peer of its region: the asker should trade for it there.
         """
         entry = self._entries.get((region, cid))
-        copies = entry.copies if entry is not None else Counter()
+        copies = self._counted(region, cid, entry) if entry is not None else Counter()
         return next((i for i in range(max(0, start), piece_count) if i not in have and not copies[i]), None)
+
+    def _counted(self, region: Region, cid: str, entry: _Entry) -> Counter[int]:
+        """The live copies that count: all, or, when the region's placed seeds are too few for the downloaders behind
+        them, all but theirs (module docstring)."""
+        seeds = self._seeds.get((region, cid), {})
+        first = min(seeds.values(), default=None)
+        behind = 0 if first is None else sum(1 for p, t in self._members[(region, cid)].items() if t >= first and p not in seeds)
+        if behind <= SEED_CARRIES * len(seeds):  # no seed, or enough for the downloaders that came after one
+            return entry.copies
+        counted = Counter(entry.copies)
+        for peer in seeds:
+            counted.subtract(list(entry.sent.get(peer, {})))  # its pieces, one copy each
+        return counted
 
     def record(self, now: float, region: Region, cid: str, index: int, peer: Hashable) -> None:
         """The edge sent (or is sending) piece ``index`` to ``peer`` of ``region``: one more live copy there."""
@@ -82,6 +124,13 @@ class SuperSeeder:
 
     def leave(self, region: Region, cid: str, peer: Hashable) -> None:
         """``peer`` left the swarm of ``cid`` (stopped, or expired): its copies no longer count."""
+        members = self._members.get((region, cid))
+        if members is not None and peer in members:
+            del members[peer]
+            if not members:
+                del self._members[(region, cid)]
+            if peer in self._seeds.get((region, cid), ()):
+                self._forget_seed((region, cid), peer)
         entry = self._entries.get((region, cid))
         if entry is None or peer not in entry.sent:
             return
@@ -92,11 +141,14 @@ class SuperSeeder:
     def retain(self, region: Region, cid: str, live: Collection[Hashable]) -> None:
         """Only the recipients in ``live`` are still in the swarm: forget the copies of all others."""
         entry = self._entries.get((region, cid))
-        for peer in [p for p in entry.sent if p not in live] if entry is not None else []:
+        gone = {p for p in entry.sent if p not in live} if entry is not None else set()
+        gone |= {p for p in self._members.get((region, cid), ()) if p not in live}
+        for peer in gone:
             self.leave(region, cid, peer)
 
     def entries(self) -> list[tuple[Region, str]]:
-        return list(self._entries)
+        """Every (region, content) with copies or members to keep up to date (``retain``)."""
+        return list(dict.fromkeys([*self._entries, *self._members]))
 
     def live_copies(self, region: Region, cid: str) -> int:
         entry = self._entries.get((region, cid))

@@ -39,6 +39,7 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.policy import bitfield
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -784,12 +785,20 @@ class Edge:
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
         if doc["event"] == "stopped":
             self.seeder.leave(region, cid, peer)
-        elif latency is not None:
-            self.seed_stats.report_latency(region, peer, latency)
-        if doc["event"] != "stopped":
+        else:
+            self.seeder.observe(time.monotonic(), region, cid, peer, self._placed_seed(cid, peer, doc["have"], signed))
+            if latency is not None:
+                self.seed_stats.report_latency(region, peer, latency)
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
         return answer
+
+    def _placed_seed(self, cid: str, peer: tuple[str, str], have: str, signed: SignedManifest) -> bool:
+        """The peer holds the whole content because a preheat order put it there: its copies count apart (superseed.py)."""
+        if self.preheat is None or not self.preheat.orders.holds(cid, peer):
+            return False
+        count = signed.manifest.piece_count  # the tracker checked the bitfield
+        return bitfield.decode_mask(have, count).bit_count() >= count
 
     def _relay_url(self, request: web.Request, doc: dict, user: str | None) -> tuple[str, str | None]:
         """An unreachable peer's URL: at the promoted peer of its region it holds a relay at, else at ours; and that promoted peer."""

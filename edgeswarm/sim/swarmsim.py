@@ -209,6 +209,7 @@ class SimEdge:
 
     def announce(self, peer: SimPeer) -> list[dict]:
         now = self.sim.loop.now
+        self.seeder.observe(now, peer.region.name, CID, peer.key, peer.placed_seed)
         answer = settle(self.tracker.announce(now, peer.announce_record("started" if peer.announces == 0 else "update")))
         return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
 
@@ -218,6 +219,7 @@ class SimPeer:
 
     def __init__(self, sim: Simulation, i: int, region: int, hole: bool = False, complete: bool = False):
         self.sim, self.hole = sim, hole
+        self.placed_seed = complete  # a preheat order's volunteer, whole before the crowd
         self.peer_id = f"{'hole' if hole else 'seed' if complete else 'peer'}{i}"
         self.address = f"10.{region}.{i // 250}.{i % 250 + 1}"
         self.url = f"http://{self.address}:7000"
