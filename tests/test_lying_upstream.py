@@ -142,7 +142,9 @@ async def fetch(http: aiohttp.ClientSession, url: str) -> tuple[int, bytes | Non
 
 def get(url: str, out: Path, cache: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "edgeswarm", "get", url, "-o", str(out), "--cache", str(cache), "--listen", "127.0.0.1:0"]
-    return run_cli(cmd, timeout=60)
+    # info logs: CI saw this get hang once more (2026-12-03: its loop idle in select, 0 bytes after 60 s); next time the
+    # failure shows what it asked and heard before its stacks
+    return run_cli([*cmd, "--log-level", "info"], timeout=60)
 
 
 def edge_of(nodes, tmp_path: Path, parent: str, *extra: str):
