@@ -487,8 +487,17 @@ class Servers:
     ``serve_many`` runs a daemon's; ``get`` runs its upload server with one too.
     """
 
-    def __init__(self, role: str, access_log: bool = False, ssl_context=None, limits: ServerLimits | None = None, reuse_port: bool = False):
+    def __init__(
+        self,
+        role: str,
+        access_log: bool = False,
+        ssl_context=None,
+        limits: ServerLimits | None = None,
+        reuse_port: bool = False,
+        shutdown_timeout: float = 60.0,
+    ):
         self.role = role
+        self.shutdown_timeout = shutdown_timeout  # how long close() lets requests in flight finish (aiohttp's graceful stop)
         self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py), which says when all listen
         self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
         self.ssl_context = ssl_context
@@ -511,6 +520,7 @@ class Servers:
                 access_log_class=AccessLogger,
                 handle_signals=False,
                 keepalive_timeout=self.limits.idle_timeout,  # aiohttp's own idle close; the policy's is the same
+                shutdown_timeout=self.shutdown_timeout,
             )
             await runner.setup()
             self._runners.append(runner)

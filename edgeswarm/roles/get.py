@@ -33,6 +33,7 @@ from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 
 log = logging.getLogger("edgeswarm.roles.get")
+SHUTDOWN_S = 2.0  # seconds a finished get lets peers reading from its upload server go on before it exits
 
 
 class GetError(EdgeswarmError):
@@ -80,7 +81,9 @@ async def download(
     peer = Peer(config)
     if peer.router is not None:
         peer.router.path = path  # the router ranks this file's edges (its consistent hash)
-    servers = Servers("get")  # the upload server faces other peers as a daemon's does: the same limits
+    # the upload server faces other peers as a daemon's does, with the same limits; once the file is written, a peer
+    # still reading from it gets SHUTDOWN_S, not aiohttp's 60 s (CI saw a finished get still running after 60 s)
+    servers = Servers("get", shutdown_timeout=SHUTDOWN_S)
     try:
         peer.upload_port = (await servers.start([(peer.upload_app(), *listen, "upload")]))["upload"][1]
         peer.bound.set()
@@ -103,6 +106,7 @@ async def download(
         await asyncio.to_thread(_write_output, peer, signed, output, key)
         got = peer.received.get(signed.content_id, Counter())
         from_peers, total = peer_bytes(got), sum(got.values())
+        log.info("%s: %d bytes written to %s; closing", path, signed.manifest.size, output)
         return {"path": path, "size": signed.manifest.size, "seconds": elapsed, "from_peers": from_peers, "received": total}
     finally:
         await servers.close()
