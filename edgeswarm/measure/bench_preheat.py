@@ -33,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
+from edgeswarm.measure.bench_swarm import edge_sent, status
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles import preheat
@@ -55,9 +56,7 @@ class Run:
 async def _received_from_parent(edges: list[NodeProcess], http: aiohttp.ClientSession) -> int:
     total = 0
     for edge in edges:
-        async with http.get(edge.url + "/status") as reply:
-            doc = await reply.json()
-        total += sum(row["bytes"] for row in doc["bytes_received"])
+        total += sum(row["bytes"] for row in (await status(http, edge.url))["bytes_received"])
     return total
 
 
@@ -158,15 +157,11 @@ class PeerRun:
 
 
 async def _edge_sent(http: aiohttp.ClientSession, edge: NodeProcess) -> int:
-    async with http.get(edge.url + "/status") as reply:
-        sent = (await reply.json())["bytes_sent"]
-    return int(sent.get("node", 0) + sent.get("client", 0))
+    return edge_sent(await status(http, edge.url))
 
 
 async def _whole(http: aiohttp.ClientSession, peer: NodeProcess) -> bool:
-    async with http.get(peer.urls["gateway"] + "/status") as reply:
-        doc = await reply.json()
-    return any(s["path"].strip("/") == FILE and s["complete"] for s in doc["swarms"])
+    return any(s["path"].strip("/") == FILE and s["complete"] for s in (await status(http, peer.urls["gateway"]))["swarms"])
 
 
 async def _until(check, what: str, timeout: float) -> None:
@@ -246,9 +241,7 @@ async def _sources(http: aiohttp.ClientSession, crowd: list[NodeProcess]) -> dic
     """What the crowd received by source, read off each row's kind and the sending peer's address (volunteers: 127.1.0.x)."""
     got = {"edge": 0, "volunteers": 0, "crowd": 0}
     for peer in crowd:
-        async with http.get(peer.urls["gateway"] + "/status") as reply:
-            rows = (await reply.json())["bytes_received"]
-        for row in rows:
+        for row in (await status(http, peer.urls["gateway"]))["bytes_received"]:
             kind = "edge" if not row["kind"].startswith("peer") else "volunteers" if "//127.1.0." in row["source"] else "crowd"
             got[kind] += row["bytes"]
     return got

@@ -202,9 +202,9 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
             raise TimeoutError(f"only {meter.complete} of {crowd.peers} peers complete after {10 * bound + 60:.0f} s") from None
         finally:
             watch.cancel()
-        edge_status = await _status(http, edge.url)
+        edge_status = await status(http, edge.url)
         if nodes:
-            sts = await asyncio.gather(*(_status(http, node.urls["gateway"]) for node in nodes))
+            sts = await asyncio.gather(*(status(http, node.urls["gateway"]) for node in nodes))
             by_region = _sum_regions(crowd, [tally(st, region_of(i, crowd.regions)) for i, st in enumerate(sts)])
         else:
             by_region = tracker_tally(edge_status.get("p2p", {}))
@@ -255,7 +255,7 @@ async def _post(http: aiohttp.ClientSession, nodes: list[NodeProcess], crowd: Cr
                 raise RuntimeError(f"peer {i} refused the download: {resp.status} {(await resp.text())[:200]}")
     done: dict[int, float] = {}
     while len(done) < len(nodes):
-        sts = await asyncio.gather(*(_status(http, node.urls["gateway"]) for node in nodes))
+        sts = await asyncio.gather(*(status(http, node.urls["gateway"]) for node in nodes))
         now = time.monotonic() - started
         swarms = [st["swarms"][0] if st["swarms"] else {"held": 0, "pieces": 1, "complete": False} for st in sts]
         done |= {i: now for i, sw in enumerate(swarms) if sw["complete"] and i not in done}
@@ -341,9 +341,15 @@ async def _watch(progress: Progress | None, crowd: Crowd, bound: float, meter: M
         await asyncio.sleep(0.25)
 
 
-async def _status(http: aiohttp.ClientSession, url: str) -> dict:
+async def status(http: aiohttp.ClientSession, url: str) -> dict:
+    """A node's /status document (the benches' one reader of it)."""
     async with http.get(url + "/status") as resp:
         return await resp.json()
+
+
+def edge_sent(st: dict) -> int:
+    """What an edge's /status says it sent to nodes and clients, in bytes."""
+    return int(st["bytes_sent"].get("node", 0) + st["bytes_sent"].get("client", 0))
 
 
 def _sum_regions(crowd: Crowd, tallies: list[Counter[str]]) -> dict[str, Counter[str]]:
@@ -360,7 +366,7 @@ def _result(
     got: Counter[str] = Counter()
     for c in by_region.values():
         got.update(c)
-    edge_sent = edge["bytes_sent"].get("node", 0) + edge["bytes_sent"].get("client", 0)
+    sent = edge_sent(edge)
     return {
         **asdict(crowd),
         "command": crowd.command(),
@@ -373,8 +379,8 @@ def _result(
         "bytes": {k: got[k] for k in SOURCES},
         "cross_region_bytes": got[OTHER],
         "regions_detail": {name: {**{k: c[k] for k in SOURCES}, "p2p_share": share(c)} for name, c in by_region.items()},
-        "edge_sent_bytes": edge_sent,
-        "edge_copies": round(edge_sent / crowd.size, 2),
+        "edge_sent_bytes": sent,
+        "edge_copies": round(sent / crowd.size, 2),
         "edge_requests": _edge_requests(edge),
         "copies_identical": all(p["sha256"] == digest for p in peers),
         "peers_detail": [{**p, "identical": p["sha256"] == digest} for p in peers],
