@@ -25,6 +25,7 @@ class RecordingHost:
         self.delivered_pieces: list[int] = []
         self.dropped_urls: list[str] = []
         self.crossed_bytes = 0
+        self.abandoned: list[int] = []
 
     def spawn(self, worker) -> None:
         self.spawned.append(worker)
@@ -37,6 +38,9 @@ class RecordingHost:
 
     def crossed(self, url: str, nbytes: int) -> None:
         self.crossed_bytes += nbytes
+
+    def abandon(self, index: int) -> None:
+        self.abandoned.append(index)
 
     def dropped(self, n: Neighbour) -> None:
         self.dropped_urls.append(n.url)
@@ -163,6 +167,37 @@ def test_the_edge_races_a_late_peer_only_and_never_itself():
     e.picker.urgent = [3]
     e.picker.awaited[3] = 0.0
     assert e.picker.pick_urgent("edge#0", 20.0, edge=True) is None, "the edge is sending it already: asking again only slows it"
+
+
+def test_a_stored_piece_stops_its_other_transfers_and_the_loser_is_not_blamed():
+    """The edge raced a late peer (or the peer beat the edge): once one copy is stored the other transfer is abandoned, so
+    neither the slow uplink nor the edge keeps sending bytes nobody needs; the abandoned source is not paused or failed."""
+    e, host = make()
+    e.want_whole()
+    n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert n is not None
+    e.heard(n, "snapshot", range(8))
+    worker = peer_workers(host)[0]
+    fetch = worker.send(None)
+    assert isinstance(fetch, Fetch)
+    e.picker.start("edge#0", fetch.index, 0.0, edge=True)
+    racer = e.transfer("edge#0", "http://edge:8000", fetch.index)
+    assert isinstance(racer.send(None), Fetch)
+    with pytest.raises(StopIteration):
+        racer.send(Result("ok", 0.5, 1000))
+    assert host.abandoned == [fetch.index] and fetch.index in e.picker.have
+    after = worker.send(Result("abandoned"))
+    assert isinstance(after, Fetch) and after.index != fetch.index, "the worker goes on to another piece at once"
+    assert n.failures == 0 and not e.picker.is_paused("b")
+
+
+def test_a_seed_answer_abandoned_for_a_peers_copy_is_asked_again():
+    seed, e, host = seeding_engine()
+    assert isinstance(seed.send(None), Seed)
+    e.seed_coming(5)
+    again = seed.send(Result("abandoned"))
+    assert isinstance(again, Seed), "nothing came: the seeding worker asks the edge again"
+    assert e.picker.in_flight(5) == set() and host.delivered_pieces == []
 
 
 def test_the_seeding_worker_asks_the_edge_and_waits_after_a_204():

@@ -120,7 +120,8 @@ class Result:
     ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
     "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
     "corrupt", "choked" (``seconds``: retry after), "not_held", "failed"
-    (``message``), "not_stored" (our disk), "gone" (the content left the store).
+    (``message``), "not_stored" (our disk), "gone" (the content left the store),
+    "abandoned" (stopped by ``Host.abandon``: another source's copy was stored first).
     ``seconds`` of an "ok" is how long the transfer took.
     """
 
@@ -150,6 +151,10 @@ class Host(Protocol):
 
     def crossed(self, url: str, nbytes: int) -> None:
         """The edge's /seed answer brought a piece a peer's copy had brought first: count what came, store nothing."""
+
+    def abandon(self, index: int) -> None:
+        """Piece ``index`` is stored: stop the transfers of it still in flight (a Fetch, or a Seed whose answer's head
+        named it); each one's worker is answered ``abandoned``."""
 
     def dropped(self, neighbour: Neighbour) -> None:
         """A neighbour is forgotten: close its HAVE stream."""
@@ -476,6 +481,8 @@ class Engine:
                 log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
             elif got.kind == "gone":
                 return
+            elif got.kind == "abandoned":  # a peer's copy of the seeded piece was stored first: ask again
+                continue
             elif got.kind == "none":
                 until = self.clock() + SEED_WAIT
                 while not self.picker.whole_file and self.clock() < until and not self.closed and (yield from self.spread()):
@@ -597,6 +604,7 @@ class Engine:
                 peer.failures = 0
                 self.last_peer_delivery = self.clock()
             self.host.delivered(index, url, peer, result.nbytes)
+            self.host.abandon(index)  # the edge raced a late peer, or a peer the edge: the loser's bytes are nobody's
         self.host.changed()
         return (yield from self._after(result, url, index, peer))
 
@@ -605,6 +613,8 @@ class Engine:
         kind = result.kind
         if kind in ("ok", "gone"):
             return kind
+        if kind == "abandoned":  # another source was faster: no fault of this one
+            return "retry"
         if kind == "corrupt":
             if peer is not None:
                 self.ban(peer, f"sent a corrupt piece {index}")

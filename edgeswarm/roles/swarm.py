@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, TypeVar
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.upstream import UpstreamError
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from edgeswarm.protocol.manifest import SignedManifest
     from edgeswarm.roles.peer import Peer
 
+T = TypeVar("T")
+
 log = logging.getLogger("edgeswarm.roles.swarm")
 
 
@@ -42,6 +45,7 @@ class Swarm:
         self.completed = asyncio.Event()
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task] = set()
+        self._transfers: dict[int, set[asyncio.Task]] = {}  # piece -> its requests in flight (abandon() stops them)
         self._subscriptions: dict[str, asyncio.Task] = {}  # neighbour URL -> its HAVE stream's task
         self.engine = engine.Engine(
             self,
@@ -179,6 +183,10 @@ class Swarm:
     def crossed(self, url: str, nbytes: int) -> None:
         self.peer.count_received(self.cid, EDGE, url, nbytes)  # as the edge's ledger and our usage report count it
 
+    def abandon(self, index: int) -> None:
+        for task in self._transfers.pop(index, ()):
+            task.cancel()
+
     def dropped(self, n: Neighbour) -> None:
         self._unsubscribe(n)
 
@@ -238,7 +246,11 @@ class Swarm:
         try:
             data = f.data
             if not isinstance(data, bytes):
-                data = await self.peer.fetch_piece(f.url, self.cid, f.index, to_peer=f.peer is not None, urgent=f.urgent)
+                request = self.peer.fetch_piece(f.url, self.cid, f.index, to_peer=f.peer is not None, urgent=f.urgent)
+                _, fetched = await self._outcome(self._transfer(request, f.index))
+                if fetched is None:  # abandoned: a piece is never None
+                    return Result("abandoned")
+                data = fetched
             self.peer.pinned.opened.put_piece(self.cid, f.index, data)
             return Result("ok", time.monotonic() - started, len(data))
         except CorruptPiece:
@@ -257,8 +269,16 @@ class Swarm:
 
     async def _seed(self, s: Seed) -> Result:
         started = time.monotonic()
+
+        def named(index: int) -> None:  # the answer's head: from now on its body is this piece's transfer
+            self.engine.seed_coming(index)
+            self._register(index, transfer)
+
         try:
-            got = await self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=self.engine.seed_coming, whole=s.whole)
+            transfer = self._transfer(self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=named, whole=s.whole), None)
+            abandoned, got = await self._outcome(transfer)
+            if abandoned:
+                return Result("abandoned")
         except SeedUnsupported:
             return Result("unsupported")
         except UpstreamError as exc:
@@ -268,6 +288,29 @@ class Swarm:
         if got is None:
             return Result("none")
         return Result("ok", time.monotonic() - started, len(got[1]), got[0], got[1])
+
+    def _transfer(self, request: Coroutine[object, object, T], index: int | None) -> asyncio.Task[T]:
+        """A request as a task that ``abandon(index)`` may stop (``index`` None: ``_register`` it once it is known)."""
+        task = asyncio.ensure_future(request)
+        if index is not None:
+            self._register(index, task)
+        return task
+
+    def _register(self, index: int, task: asyncio.Task) -> None:
+        self._transfers.setdefault(index, set()).add(task)
+        task.add_done_callback(lambda t: self._transfers.get(index, set()).discard(t))
+
+    @staticmethod
+    async def _outcome(task: asyncio.Task[T]) -> tuple[bool, T | None]:
+        """(abandoned, the transfer's value): a task ``abandon`` stopped is not our own cancellation."""
+        try:
+            return False, await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                return True, None
+            task.cancel()
+            raise
 
     # -- completion and shutdown --------------------------------------------------------
     def _check_complete(self) -> None:

@@ -107,10 +107,19 @@ class Uplink:
         self._last = 0.0
         self._version = 0
 
-    def send(self, nbytes: int, done: Callable[[], None]) -> None:
+    def send(self, nbytes: int, done: Callable[[], None]) -> int:
         self._advance()
-        self._flows[next(self._ids)] = [float(nbytes), done]
+        fid = next(self._ids)
+        self._flows[fid] = [float(nbytes), done]
         self._schedule()
+        return fid
+
+    def cancel(self, fid: int) -> int:
+        """Stop a transfer (its receiver abandoned it): the bytes it had left, which the link gives the others."""
+        self._advance()
+        flow = self._flows.pop(fid, None)
+        self._schedule()
+        return 0 if flow is None else max(0, math.ceil(flow[0]))
 
     def busy(self) -> bool:
         return bool(self._flows)
@@ -137,6 +146,20 @@ class Uplink:
         self._schedule()
 
 
+@dataclass(eq=False)
+class Request:
+    """A Fetch or Seed in flight, which ``SimPeer.abandon`` may stop: answered once; ``stop`` frees its sender's link."""
+
+    answer: Callable[[Result], None]
+    answered: bool = False
+    stop: Callable[[], None] | None = None
+
+    def reply(self, result: Result) -> None:
+        if not self.answered:
+            self.answered = True
+            self.answer(result)
+
+
 class SimEdge:
     """An edge in p2p mode holding the whole file: tracker, super-seeder, one upload link."""
 
@@ -154,43 +177,58 @@ class SimEdge:
         window = self.sim.crowd.edge_down
         return window is not None and self is self.sim.edges[0] and window[0] <= self.sim.loop.now < window[1]
 
-    def piece(self, asker: SimPeer, index: int, urgent: bool, reply: Callable[[Result], None]) -> None:
+    def piece(self, asker: SimPeer, index: int, urgent: bool, request: Request) -> None:
+        if request.answered:
+            return
         if self.down():
-            self.sim.loop.after(RTT, reply, Result("failed", message="connection refused"))
+            self.sim.loop.after(RTT, request.reply, Result("failed", message="connection refused"))
             return
         if urgent:
             self.forced[asker.region.name] += self.sim.piece_len(index)
-        self._send(asker, index, lambda seconds, n: reply(Result("ok", seconds, n)))
+        self._send(asker, index, request, lambda seconds, n: request.reply(Result("ok", seconds, n)))
 
-    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, reply: Callable[[Result], None]) -> None:
+    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, request: Request) -> None:
         if self.down():
-            self.sim.loop.after(RTT, reply, Result("failed", message="connection refused"))
+            self.sim.loop.after(RTT, request.reply, Result("failed", message="connection refused"))
             return
         if not self.sim.crowd.seeding:
-            self.sim.loop.after(RTT, reply, Result("unsupported"))
+            self.sim.loop.after(RTT, request.reply, Result("unsupported"))
             return
         index = self.seeder.choose(asker.region.name, CID, claimed, start, self.sim.count)
         if index is None:
-            self.sim.loop.after(RTT, reply, Result("none"))
+            self.sim.loop.after(RTT, request.reply, Result("none"))
             return
-        self.sim.loop.after(RTT / 2, asker.engine.seed_coming, index)  # the answer's head names the piece
+        self.sim.loop.after(RTT / 2, asker.seed_named, index, request)  # the answer's head names the piece
 
         def answer(seconds: float, n: int) -> None:
-            reply(Result("ok", seconds, n, index, data=True))
+            request.reply(Result("ok", seconds, n, index, data=True))
 
         if not (whole and self.sim.crowd.seed_line):
-            self._send(asker, index, answer)
+            self._send(asker, index, request, answer)
             return
         self.seeder.record(self.sim.loop.now, asker.region.name, CID, index, asker.key)  # a copy from the moment it is picked
 
         def turn(asked: float = self.sim.loop.now) -> None:
+            if request.answered:  # abandoned while in line
+                self._next_in_line()
+                return
+
             def done(seconds: float, n: int) -> None:
                 answer(self.sim.loop.now - asked, n)
                 self._line_busy = False
                 self._next_in_line()
 
             self._line_busy = True
-            self._send(asker, index, done)
+            self._send(asker, index, request, done)
+            stop = request.stop
+
+            def stopped() -> None:  # the line moves on when its answer is abandoned too
+                if stop is not None:
+                    stop()
+                self._line_busy = False
+                self.sim.loop.after(0.0, self._next_in_line)
+
+            request.stop = stopped
 
         self._line.append(turn)
         self._next_in_line()
@@ -200,12 +238,17 @@ class SimEdge:
         if self._line and not self._line_busy:
             self._line.pop(0)()
 
-    def _send(self, asker: SimPeer, index: int, reply: Callable[[float, int], None]) -> None:
-        """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``)."""
-        loop, nbytes, started = self.sim.loop, self.sim.piece_len(index), self.sim.loop.now
-        self.seeder.record(loop.now, asker.region.name, CID, index, asker.key)
-        self.sent[asker.region.name] += nbytes
-        self.uplink.send(nbytes, lambda: loop.after(RTT / 2, reply, loop.now + RTT / 2 - started, nbytes))
+    def _send(self, asker: SimPeer, index: int, request: Request, reply: Callable[[float, int], None]) -> None:
+        """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``); bytes as they go."""
+        loop, nbytes, started, region = self.sim.loop, self.sim.piece_len(index), self.sim.loop.now, asker.region.name
+        self.seeder.record(loop.now, region, CID, index, asker.key)
+        self.sent[region] += nbytes
+        fid = self.uplink.send(nbytes, lambda: loop.after(RTT / 2, reply, loop.now + RTT / 2 - started, nbytes))
+
+        def stop() -> None:
+            self.sent[region] -= self.uplink.cancel(fid)
+
+        request.stop = stop
 
     def announce(self, peer: SimPeer) -> list[dict]:
         now = self.sim.loop.now
@@ -242,6 +285,7 @@ class SimPeer:
         self.announces = 0
         self.left = False
         self._fetching = 0  # requests to peers in flight
+        self._requests: defaultdict[int, list[Request]] = defaultdict(list)  # piece -> its Fetch and Seed in flight
 
     # -- the engine's host --------------------------------------------------------------------
     def spawn(self, worker: Worker) -> None:
@@ -256,6 +300,19 @@ class SimPeer:
 
     def crossed(self, url: str, nbytes: int) -> None:
         self.received[EDGE] += nbytes
+
+    def abandon(self, index: int) -> None:
+        for request in self._requests.pop(index, ()):
+            if not request.answered:
+                if request.stop is not None:
+                    request.stop()
+                self.sim.loop.after(0.0, request.reply, Result("abandoned"))
+
+    def seed_named(self, index: int, request: Request) -> None:
+        """The head of an edge's /seed answer: the engine learns the piece, and the answer is that piece's transfer."""
+        self.engine.seed_coming(index)
+        if not request.answered:
+            self._requests[index].append(request)
 
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         now = self.sim.loop.now
@@ -340,10 +397,11 @@ class SimPeer:
             if command.peer is not None:
                 self._fetching += 1
                 events["most_peer_requests_at_once"] = max(events["most_peer_requests_at_once"], self._fetching)
-            source = self.sim.node(command.url)
-            loop.after(RTT / 2, source.piece, self, command.index, command.urgent, answer)
+            request = Request(answer)
+            self._requests[command.index].append(request)
+            loop.after(RTT / 2, self.sim.node(command.url).piece, self, command.index, command.urgent, request)
         elif isinstance(command, Seed):
-            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, answer)
+            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, Request(answer))
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
             held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
@@ -363,8 +421,10 @@ class SimPeer:
     def have(self) -> set[int]:
         return set(self.engine.picker.have)
 
-    def piece(self, asker: SimPeer, index: int, urgent: bool, reply: Callable[[Result], None]) -> None:
-        loop = self.sim.loop
+    def piece(self, asker: SimPeer, index: int, urgent: bool, request: Request) -> None:
+        loop, reply = self.sim.loop, request.reply
+        if request.answered:
+            return
         if self.hole:
             loop.after(TIMEOUT, reply, Result("failed", message="timed out"))
         elif self.left:
@@ -380,7 +440,8 @@ class SimPeer:
                 self.choker.sent(loop.now, asker.peer_id, nbytes)
                 loop.after(RTT / 2, reply, Result("ok", loop.now + RTT / 2 - started, nbytes))
 
-            self.uplink.send(nbytes, sent)
+            fid = self.uplink.send(nbytes, sent)
+            request.stop = lambda: self.choker.sent(loop.now, asker.peer_id, nbytes - self.uplink.cancel(fid))
 
     # -- the HAVE stream ----------------------------------------------------------------------------
     def subscribe(self) -> None:
