@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.superseed import SEED_CARRIES, RegionStats, SuperSeeder
+from edgeswarm.policy.superseed import SEED_CARRIES, UNCONFIRMED_S, RegionStats, SuperSeeder
 from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64
@@ -15,26 +15,26 @@ CID = "c" * 64
 
 def test_lowest_piece_the_asker_lacks_and_the_region_has_no_copy_of():
     s = SuperSeeder()
-    assert s.choose("east", CID, set(), 0, 8) == 0
-    assert s.choose("east", CID, {0, 1}, 0, 8) == 2
+    assert s.choose(1.0, "east", CID, set(), 0, 8) == 0
+    assert s.choose(1.0, "east", CID, {0, 1}, 0, 8) == 2
     s.record(1.0, "east", CID, 2, "a")
-    assert s.choose("east", CID, {0, 1}, 0, 8) == 3
+    assert s.choose(1.0, "east", CID, {0, 1}, 0, 8) == 3
 
 
 def test_from_skips_pieces_before_the_readers_position():
     s = SuperSeeder()
-    assert s.choose("east", CID, set(), 5, 8) == 5
+    assert s.choose(1.0, "east", CID, set(), 5, 8) == 5
     s.record(1.0, "east", CID, 5, "a")
-    assert s.choose("east", CID, {6}, 5, 8) == 7
+    assert s.choose(1.0, "east", CID, {6}, 5, 8) == 7
 
 
 def test_none_when_every_lacked_piece_already_went_to_a_live_peer_of_the_region():
     s = SuperSeeder()
     for i in range(4):
         s.record(1.0, "east", CID, i, f"p{i}")
-    assert s.choose("east", CID, set(), 0, 4) is None
-    assert s.choose("east", CID, {0, 1, 2, 3}, 0, 4) is None  # a complete asker: nothing to send
-    assert s.choose("east", CID, set(), 2, 4) is None
+    assert s.choose(1.0, "east", CID, set(), 0, 4) is None
+    assert s.choose(1.0, "east", CID, {0, 1, 2, 3}, 0, 4) is None  # a complete asker: nothing to send
+    assert s.choose(1.0, "east", CID, set(), 2, 4) is None
 
 
 def test_a_seeds_copies_count_only_while_the_regions_seeds_can_carry_its_downloaders():
@@ -46,16 +46,16 @@ def test_a_seeds_copies_count_only_while_the_regions_seeds_can_carry_its_downloa
     s.observe(1.0, "east", CID, "seed", True)
     for n in range(SEED_CARRIES):
         s.observe(2.0, "east", CID, f"d{n}", False)
-    assert s.choose("east", CID, set(), 0, 4) is None  # the seed carries these downloaders: trade with it
+    assert s.choose(1.0, "east", CID, set(), 0, 4) is None  # the seed carries these downloaders: trade with it
     s.observe(3.0, "east", CID, "one-more", False)
-    assert s.choose("east", CID, set(), 0, 4) == 0  # one more than it carries: the crowd gets its own copy
+    assert s.choose(1.0, "east", CID, set(), 0, 4) == 0  # one more than it carries: the crowd gets its own copy
     s.record(3.0, "east", CID, 0, "d0")
-    assert s.choose("east", CID, set(), 0, 4) == 1  # and each piece once, as ever
+    assert s.choose(1.0, "east", CID, set(), 0, 4) == 1  # and each piece once, as ever
     s.observe(4.0, "east", CID, "seed2", True)  # a second seed: two carry the crowd again
-    assert s.choose("east", CID, set(), 0, 4) is None
+    assert s.choose(1.0, "east", CID, set(), 0, 4) is None
     s.leave("east", CID, "seed2")
-    s.retain("east", CID, {"seed", "d0", "d1", "d2", "d3"})  # one-more left: four downloaders, one seed
-    assert s.choose("east", CID, set(), 0, 4) is None
+    s.retain(5.0, "east", CID, {"seed", "d0", "d1", "d2", "d3"})  # one-more left: four downloaders, one seed
+    assert s.choose(1.0, "east", CID, set(), 0, 4) is None
     assert ("east", CID) in s.entries()
 
 
@@ -67,14 +67,14 @@ def test_downloaders_that_were_there_before_the_seed_was_whole_do_not_count_agai
     for i in range(4):
         s.record(1.0, "east", CID, i, "seed")
     s.observe(20.0, "east", CID, "seed", True)
-    assert s.choose("east", CID, set(), 0, 4) is None
+    assert s.choose(1.0, "east", CID, set(), 0, 4) is None
 
 
 def test_n_peers_asking_in_turn_get_n_different_pieces():
     s = SuperSeeder()
     got = []
     for n in range(10):
-        i = s.choose("east", CID, set(), 0, 16)
+        i = s.choose(1.0, "east", CID, set(), 0, 16)
         s.record(float(n), "east", CID, i, f"p{n}")
         got.append(i)
     assert sorted(set(got)) == got == list(range(10))
@@ -82,17 +82,17 @@ def test_n_peers_asking_in_turn_get_n_different_pieces():
 
 def test_a_peers_own_copies_count_so_concurrent_asks_get_different_pieces():
     s = SuperSeeder()
-    first = s.choose("east", CID, set(), 0, 4)
+    first = s.choose(1.0, "east", CID, set(), 0, 4)
     s.record(1.0, "east", CID, first, "a")
-    assert s.choose("east", CID, set(), 0, 4) != first  # the same (stale) bitfield, a second request in flight
+    assert s.choose(1.0, "east", CID, set(), 0, 4) != first  # the same (stale) bitfield, a second request in flight
 
 
 def test_regions_and_contents_are_counted_apart():
     s = SuperSeeder()
     s.record(1.0, "east", CID, 0, "a")
-    assert s.choose("west", CID, set(), 0, 4) == 0
-    assert s.choose(None, CID, set(), 0, 4) == 0  # unmapped peers are a group of their own
-    assert s.choose("east", "d" * 64, set(), 0, 4) == 0
+    assert s.choose(1.0, "west", CID, set(), 0, 4) == 0
+    assert s.choose(1.0, None, CID, set(), 0, 4) == 0  # unmapped peers are a group of their own
+    assert s.choose(1.0, "east", "d" * 64, set(), 0, 4) == 0
 
 
 def test_a_copy_to_a_peer_that_left_no_longer_counts():
@@ -100,23 +100,46 @@ def test_a_copy_to_a_peer_that_left_no_longer_counts():
     s.record(1.0, "east", CID, 0, "a")
     s.record(1.0, "east", CID, 1, "b")
     s.leave("east", CID, "a")
-    assert s.choose("east", CID, set(), 0, 2) == 0
+    assert s.choose(1.0, "east", CID, set(), 0, 2) == 0
     assert s.live_copies("east", CID) == 1
 
 
 def test_retain_forgets_every_recipient_not_live():
     s = SuperSeeder()
     for i, p in enumerate("abc"):
+        s.observe(0.0, "east", CID, p, False)
         s.record(1.0, "east", CID, i, p)
-    s.retain("east", CID, {"b"})
-    assert [s.choose("east", CID, {1}, 0, 3), s.live_copies("east", CID)] == [0, 1]
+    s.retain(2.0, "east", CID, {"b"})
+    assert [s.choose(1.0, "east", CID, {1}, 0, 3), s.live_copies("east", CID)] == [0, 1]
+
+
+def test_a_copy_to_a_peer_not_announced_yet_counts_until_its_announce_is_overdue():
+    """A peer asks for a new content's first pieces before its announce arrives: the copy counts at once (else each
+    new live segment left the edge once per asker), and stops counting if no announce follows in time."""
+    s = SuperSeeder()
+    s.record(1.0, "east", CID, 0, "early")
+    s.record(1.0, "east", CID, 1, "liar")
+    assert s.choose(2.0, "east", CID, set(), 0, 3) == 2
+    s.observe(1.5, "east", CID, "early", False)  # its announce came
+    later = 1.0 + UNCONFIRMED_S + 0.1
+    assert s.choose(later, "east", CID, set(), 0, 3) == 1  # the liar's copy is forgotten, the announced one's is not
+    assert s.live_copies("east", CID) == 1
+
+
+def test_retain_keeps_a_recent_unconfirmed_recipient_and_forgets_an_overdue_one():
+    s = SuperSeeder()
+    s.record(1.0, "east", CID, 0, "old")
+    s.record(5.0, "east", CID, 1, "new")
+    s.retain(1.0 + UNCONFIRMED_S + 0.1, "east", CID, set())
+    assert s.live_copies("east", CID) == 1
+    assert s.choose(1.0 + UNCONFIRMED_S + 0.1, "east", CID, set(), 0, 2) == 0
 
 
 def test_a_failed_send_does_not_count():
     s = SuperSeeder()
     s.record(1.0, "east", CID, 0, "a")
     s.unrecord("east", CID, 0, "a")
-    assert s.choose("east", CID, set(), 0, 2) == 0
+    assert s.choose(1.0, "east", CID, set(), 0, 2) == 0
     assert (s.entries(), s.size()) == ([], 0)
     s.unrecord("east", CID, 0, "a")  # twice, or never recorded: nothing to undo
 
@@ -146,7 +169,7 @@ def test_memory_is_capped_by_forgetting_the_least_recently_used_first():
         s.record(float(n), "east", f"{n % 4:064d}", n, f"p{n}")
         assert s.size() <= 10
     assert s.size() == 10
-    assert s.choose("east", f"{0:064d}", set(), 0, 64) == 0  # forgotten: may go out again, never withheld
+    assert s.choose(1.0, "east", f"{0:064d}", set(), 0, 64) == 0  # forgotten: may go out again, never withheld
 
 
 def _trade_until_complete(seeder: SuperSeeder, regions: dict[str, int], pieces: int, leave: tuple[str, int] | None = None) -> dict:
@@ -156,6 +179,8 @@ def _trade_until_complete(seeder: SuperSeeder, regions: dict[str, int], pieces: 
     that peer stops after that round (its copies stop counting).
     """
     peers = {f"{r}{n}": (r, set()) for r, count in regions.items() for n in range(count)}
+    for name, (region, _) in peers.items():
+        seeder.observe(0.0, region, CID, name, False)
     egress = dict.fromkeys(regions, 0)
     for rnd in range(10 * pieces * len(peers)):
         if all(len(have) == pieces for _, have in peers.values()):
@@ -163,7 +188,7 @@ def _trade_until_complete(seeder: SuperSeeder, regions: dict[str, int], pieces: 
         for name, (region, have) in list(peers.items()):
             if len(have) == pieces:
                 continue
-            index = seeder.choose(region, CID, have, 0, pieces)
+            index = seeder.choose(float(rnd), region, CID, have, 0, pieces)
             if index is not None:
                 seeder.record(float(rnd), region, CID, index, name)
                 have.add(index)

@@ -458,15 +458,14 @@ def test_ipv6_addresses_are_limited_by_their_64(address, group):
 
 
 async def test_which_peers_announce_here_is_known_per_content_and_forgotten_with_them():
-    """The super-seeder asks this for every piece it sends: the answer must follow joins, moves, stops and expiry."""
+    """The super-seeder keeps the copies of these peers (``retain``): the answer must follow joins, moves, stops and expiry."""
     t = Tracker(ttl=10)
     await at(t, 0, "a", "10.0.0.1", user="alice")
     await at(t, 0, "b", "10.0.0.2", cid="1" * 64)
-    assert t.announces_here(CID, "10.0.0.1", "a") and not t.announces_here(CID, "10.0.0.2", "b")
-    assert t.local(CID) == {("10.0.0.1", "a")}
+    assert t.local(CID) == {("10.0.0.1", "a")} and t.local("1" * 64) == {("10.0.0.2", "b")}
     await at(t, 1, "a", "10.0.0.9", user="alice")  # her peer moved
-    assert t.announces_here(CID, "10.0.0.9", "a") and not t.announces_here(CID, "10.0.0.1", "a")
+    assert t.local(CID) == {("10.0.0.9", "a")}
     await at(t, 2, "a", "10.0.0.9", user="alice", event="stopped")
-    assert not t.announces_here(CID, "10.0.0.9", "a") and t.local(CID) == set()
+    assert t.local(CID) == set()
     await t.expire(11)
-    assert not t.announces_here("1" * 64, "10.0.0.2", "b") and t._names_here == {}
+    assert t.local("1" * 64) == set() and t.local_contents() == []

@@ -10,6 +10,14 @@ edge about once per region; the region spreads it.  A copy to a peer that
 stopped or expired stops counting (``leave``/``retain``): its pieces may go
 out again.
 
+A copy counts from the moment it is sent, also to a peer that has not
+announced the content here yet: a peer opens a swarm and asks for its first
+pieces at once, and its announce follows within a round trip.  Waiting for
+that announce let each new segment of a live stream leave the edge 5 times a
+region instead of once.  Such an *unconfirmed* recipient's copies count for
+``UNCONFIRMED_S`` seconds; if no announce of it comes (``observe``) by then,
+they stop counting, as a departed peer's do.
+
 A copy held by a *placed seed* (a volunteer that a preheat order made fetch
 the whole content) counts only while the region's placed seeds are enough
 for the downloaders that came after the first of them was whole
@@ -38,6 +46,7 @@ Region = str | None  # a region's name; None for addresses the region map does n
 MAX_COPIES = 1 << 18  # live copies remembered over all entries (~20 MB); 2^18 pieces of 256 KiB is 64 GiB sent
 MAX_SENT_ENTRIES = 4096  # (region, content) byte tallies kept for /status, least recently used dropped
 SEED_CARRIES = 4  # downloaders one placed seed's copy is counted for; past that the edge seeds the downloaders too
+UNCONFIRMED_S = 10.0  # seconds a copy to a peer that has not announced the content here counts without its announce
 URGENCIES = ("urgent", "background", "none")  # X-Edgeswarm-Urgency of a peer's /piece request; anything else is "none"
 
 
@@ -47,6 +56,7 @@ class _Entry:
 
     sent: dict[Hashable, dict[int, float]] = field(default_factory=dict)  # recipient -> piece -> when sent
     copies: Counter[int] = field(default_factory=Counter)  # piece -> live copies in the region
+    unconfirmed: dict[Hashable, float] = field(default_factory=dict)  # recipient not announced here yet -> first sent to
 
 
 class SuperSeeder:
@@ -62,6 +72,9 @@ class SuperSeeder:
         (``leave`` and ``retain`` forget it)."""
         key = (region, cid)
         self._members.setdefault(key, {}).setdefault(peer, now)
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.unconfirmed.pop(peer, None)
         if placed_seed:
             self._seeds.setdefault(key, {}).setdefault(peer, now)
         elif peer in self._seeds.get(key, ()):
@@ -73,12 +86,13 @@ class SuperSeeder:
         if not seeds:
             del self._seeds[key]
 
-    def choose(self, region: Region, cid: str, have: Collection[int], start: int, piece_count: int) -> int | None:
+    def choose(self, now: float, region: Region, cid: str, have: Collection[int], start: int, piece_count: int) -> int | None:
         """The piece for a seed request: lacked, at or after ``start``, no live copy in the region; lowest index.
 
         None when every piece the asker lacks from ``start`` on already went to a
         live peer of its region: the asker should trade for it there.
         """
+        self._expire_unconfirmed(now, region, cid)
         entry = self._entries.get((region, cid))
         copies = self._counted(region, cid, entry) if entry is not None else Counter()
         return next((i for i in range(max(0, start), piece_count) if i not in have and not copies[i]), None)
@@ -102,6 +116,8 @@ class SuperSeeder:
         entry = self._entries.get(key) or self._entries.setdefault(key, _Entry())
         self._entries.move_to_end(key)
         pieces = entry.sent.setdefault(peer, {})
+        if peer not in self._members.get(key, ()):
+            entry.unconfirmed.setdefault(peer, now)
         if index not in pieces:
             entry.copies[index] += 1
             self._total += 1
@@ -119,6 +135,7 @@ class SuperSeeder:
         self._uncount(entry, [index])
         if not pieces:
             del entry.sent[peer]
+            entry.unconfirmed.pop(peer, None)
         if not entry.sent:
             self._drop((region, cid))
 
@@ -134,16 +151,24 @@ class SuperSeeder:
         entry = self._entries.get((region, cid))
         if entry is None or peer not in entry.sent:
             return
+        entry.unconfirmed.pop(peer, None)
         self._uncount(entry, entry.sent.pop(peer))
         if not entry.sent:
             self._drop((region, cid))
 
-    def retain(self, region: Region, cid: str, live: Collection[Hashable]) -> None:
-        """Only the recipients in ``live`` are still in the swarm: forget the copies of all others."""
+    def retain(self, now: float, region: Region, cid: str, live: Collection[Hashable]) -> None:
+        """Only the recipients in ``live`` are still in the swarm: forget the copies of all others (but recent unconfirmed ones)."""
+        self._expire_unconfirmed(now, region, cid)
         entry = self._entries.get((region, cid))
-        gone = {p for p in entry.sent if p not in live} if entry is not None else set()
+        gone = {p for p in entry.sent if p not in live and p not in entry.unconfirmed} if entry is not None else set()
         gone |= {p for p in self._members.get((region, cid), ()) if p not in live}
         for peer in gone:
+            self.leave(region, cid, peer)
+
+    def _expire_unconfirmed(self, now: float, region: Region, cid: str) -> None:
+        """Recipients whose announce did not follow their first copy within ``UNCONFIRMED_S``: their copies stop counting."""
+        entry = self._entries.get((region, cid))
+        for peer in [p for p, t in entry.unconfirmed.items() if now - t > UNCONFIRMED_S] if entry is not None else []:
             self.leave(region, cid, peer)
 
     def entries(self) -> list[tuple[Region, str]]:

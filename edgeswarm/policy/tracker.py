@@ -355,7 +355,6 @@ class Tracker:
         self.store: PeerStore = store or MemoryPeerStore()
         self.store.ttl = ttl
         self._here: dict[str, dict[PeerKey, tuple[float, str]]] = {}  # cid -> identity -> (last announce here, its address)
-        self._names_here: dict[str, Counter[tuple[str, str]]] = {}  # cid -> (address, peer id) -> identities so named
         self._joined: dict[PeerKey, set[str]] = {}  # identities live here -> their swarms
         self._counted: dict[PeerKey, tuple[str, ...]] = {}  # live identity -> the limit keys it counts against
         self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
@@ -419,13 +418,8 @@ class Tracker:
 
     def _join(self, now: float, key: PeerKey, cid: str, counted: tuple[str, ...], address: str) -> None:
         here = self._here.setdefault(cid, {})
-        previous = here.pop(key, None)  # re-inserted last: each swarm's table stays in order of last announce, for expiry
+        here.pop(key, None)  # re-inserted last: each swarm's table stays in order of last announce, for expiry
         here[key] = (now, address)
-        if previous is None or previous[1] != address:
-            names = self._names_here.setdefault(cid, Counter())
-            names[(address, key[1])] += 1
-            if previous is not None:
-                self._unname(cid, previous[1], key[1])
         self._joined.setdefault(key, set()).add(cid)
         old = self._counted.get(key, ())
         if old != counted:  # new, or a token user's peer that moved address
@@ -444,10 +438,8 @@ class Tracker:
     def _leave(self, cid: str, key: PeerKey) -> None:
         """This edge forgets one membership; an identity in no swarm here any more stops counting against limits."""
         here = self._here.get(cid, {})
-        previous = here.pop(key, None)
-        if previous is None:
+        if here.pop(key, None) is None:
             return
-        self._unname(cid, previous[1], key[1])
         if not here:
             del self._here[cid]
         joined = self._joined[key]
@@ -455,14 +447,6 @@ class Tracker:
         if not joined:
             del self._joined[key]
             self._uncount(key)
-
-    def _unname(self, cid: str, address: str, peer_id: str) -> None:
-        names = self._names_here[cid]
-        names[(address, peer_id)] -= 1
-        if names[(address, peer_id)] <= 0:
-            del names[(address, peer_id)]
-            if not names:
-                del self._names_here[cid]
 
     async def drop(self, cid: str, key: PeerKey) -> PeerRecord | None:
         """Forget one record (``stopped``, or expired), here and in the store."""
@@ -504,10 +488,6 @@ class Tracker:
     def local(self, cid: str) -> set[tuple[str, str]]:
         """(address, peer id) of the peers of ``cid`` that announce to this edge: the super-seeder's live copies."""
         return {(address, key[1]) for key, (_, address) in self._here.get(cid, {}).items()}
-
-    def announces_here(self, cid: str, address: str, peer_id: str) -> bool:
-        """Whether (address, peer id) is a live peer of ``cid`` that announces to this edge: O(1), asked per piece sent."""
-        return (address, peer_id) in self._names_here.get(cid, ())
 
     def local_contents(self) -> list[str]:
         return list(self._here)

@@ -558,7 +558,7 @@ class Edge:
         if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
             have |= set(range(signed.manifest.piece_count)) - store.held(cid)
         region = self.region_name(request)
-        index = self.seeder.choose(region, cid, have, start, signed.manifest.piece_count)
+        index = self.seeder.choose(time.monotonic(), region, cid, have, start, signed.manifest.piece_count)
         if index is None:
             self.seed_stats.seeded[(region, "none")] += 1
             return web.Response(status=204)
@@ -608,11 +608,12 @@ class Edge:
     def _copy(self, request: web.Request, cid: str, index: int) -> Iterator[None]:
         """The piece counts as a copy in the asker's region while it is sent, and after if it arrived.
 
-        Only a live peer of the swarm makes a copy (p2p mode, its peer id, the
-        address it announced from): one the tracker will tell us has left.
+        Only a peer daemon makes a copy (p2p mode, its peer id and address):
+        one that announces the content here (at once, or within the seeder's
+        ``UNCONFIRMED_S``), so that the tracker will tell us when it has left.
         """
         peer = (request.remote or "", request.headers.get(PEER_HEADER, ""))
-        if self.tracker is None or not self.tracker.tracker.announces_here(cid, *peer):
+        if self.tracker is None or not peer[1]:
             yield
             return
         region = self.region_name(request)
@@ -627,8 +628,9 @@ class Edge:
         """Copies and latency reports of peers the tracker no longer holds (stopped, expired) stop counting."""
         assert self.tracker is not None
         live = {cid: self._tracked(cid) for cid in self.tracker.tracker.local_contents()}
+        now = time.monotonic()
         for region, cid in self.seeder.entries():
-            self.seeder.retain(region, cid, live.get(cid, set()))
+            self.seeder.retain(now, region, cid, live.get(cid, set()))
         self.seed_stats.retain_latency(set().union(*live.values()))
 
     async def _p2p_status(self) -> dict:

@@ -194,7 +194,7 @@ class SimEdge:
         if not self.sim.crowd.seeding:
             self.sim.loop.after(RTT, request.reply, Result("unsupported"))
             return
-        index = self.seeder.choose(asker.region.name, CID, claimed, start, self.sim.count)
+        index = self.seeder.choose(self.sim.loop.now, asker.region.name, CID, claimed, start, self.sim.count)
         if index is None:
             self.sim.loop.after(RTT, request.reply, Result("none"))
             return
