@@ -96,13 +96,19 @@ class ManifestFetcher:
         """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""
         self._checked.pop(path, None)
 
-    async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
-        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError."""
+    async def revalidate(
+        self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None, wait: float = 0.0
+    ) -> SignedManifest:
+        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
+
+        ``wait``: a blocking playlist reload - the source holds the request for
+        up to that many seconds while its version is the one cached here.
+        """
         cached = store.manifest_for_path(path)
         problems: list[UpstreamError] = []
         for source in sources:
             try:
-                signed = await self._ask(store, source, path, cached, headers or {})
+                signed = await self._ask(store, source, path, cached, headers or {}, wait)
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
                 if self.on_failure is not None:
@@ -123,12 +129,15 @@ class ManifestFetcher:
         return cached
 
     async def _ask(
-        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str]
+        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str], wait: float
     ) -> SignedManifest:
         """One source's manifest of ``path``: checked and stored; HttpError to pass on as it is, UpstreamError to try another."""
         who = f"{self.role} {source}"
         conditional = {"If-None-Match": cached.etag} if cached else {}
-        reply = await self.upstream.get(source, manifest_url(path), {**headers, **conditional}, limit=MAX_MANIFEST)
+        target, timeout = (
+            (f"{manifest_url(path)}?wait={wait:g}", wait + self.upstream.timeout) if wait and cached else (manifest_url(path), None)
+        )
+        reply = await self.upstream.get(source, target, {**headers, **conditional}, timeout, limit=MAX_MANIFEST)
         if reply.status == 304 and cached is not None:
             return cached
         if reply.status == 404:
