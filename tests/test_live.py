@@ -126,6 +126,19 @@ def _rewrite(live, sequence: int) -> None:
     (live / "live.m3u8.tmp").rename(live / "live.m3u8")
 
 
+async def _edge_with_playlist(tmp_path, nodes, parent: str, live, http):
+    """An edge below ``parent`` holding the first version of a playlist ``live`` gets now; (edge, that version's ETag)."""
+    live.mkdir()
+    _rewrite(live, 1)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", parent)
+    for _ in range(50):
+        async with http.get(f"{edge.url}/manifest/{PLAYLIST}") as resp:
+            if resp.status == 200:
+                return edge, resp.headers["ETag"]
+        await asyncio.sleep(0.2)
+    raise AssertionError("the edge never had the playlist")
+
+
 async def _reload(http, url: str, etag: str, wait: str) -> tuple[int, str, float]:
     started = time.monotonic()
     async with http.get(f"{url}/manifest/{PLAYLIST}?wait={wait}", headers={"If-None-Match": etag}) as resp:
@@ -137,17 +150,7 @@ async def test_a_held_playlist_reload_is_answered_when_the_origin_publishes_the_
     """LL-HLS's blocking playlist reload, as gateways follow a live playlist: ``?wait=S`` with the current ETag is held at
     the edge and the origin until the next version is published, the edge's held askers sharing one upstream reload."""
     live = published / "live"
-    live.mkdir()
-    _rewrite(live, 1)
-    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
-    first = ""
-    for _ in range(50):
-        async with http.get(f"{edge.url}/manifest/{PLAYLIST}") as resp:
-            if resp.status == 200:
-                first = resp.headers["ETag"]
-                break
-        await asyncio.sleep(0.2)
-    assert first, "the edge never had the playlist"
+    edge, first = await _edge_with_playlist(tmp_path, nodes, origin.url, live, http)
 
     before = _count(await status(http, origin.url), "manifest")
     held = [asyncio.create_task(_reload(http, edge.url, first, "20")) for _ in range(3)]
@@ -195,19 +198,8 @@ class NoHolding(DoubleServer):
 
 
 async def test_held_reloads_behind_a_parent_that_does_not_hold_cost_it_two_requests_a_second(tmp_path, nodes, origin, published, http):
-    live = published / "live"
-    live.mkdir()
-    _rewrite(live, 1)
     async with NoHolding(origin.url) as parent:
-        edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", parent.url)
-        etag = ""
-        for _ in range(50):
-            async with http.get(f"{edge.url}/manifest/{PLAYLIST}") as resp:
-                if resp.status == 200:
-                    etag = resp.headers["ETag"]
-                    break
-            await asyncio.sleep(0.2)
-        assert etag, "the edge never had the playlist"
+        edge, etag = await _edge_with_playlist(tmp_path, nodes, parent.url, published / "live", http)
         before = parent.manifests
         answers = await asyncio.gather(*(_reload(http, edge.url, etag, "3") for _ in range(8)))
         asked = parent.manifests - before
