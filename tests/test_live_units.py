@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from edgeswarm.measure.livestream import DiskWatch, ffmpeg_command
+from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies
 from edgeswarm.policy import engine, live
 from edgeswarm.policy.engine import Engine
 from edgeswarm.policy.sources import SourceRanking
@@ -138,6 +138,17 @@ def test_the_disk_watch_ages_a_handed_out_playlist(tmp_path):
     assert disk.age("v2", 20.0) == 0.0, "the newest version is never outdated"
     assert disk.age("v1", 11.0) == 0.0 and disk.age("v1", 13.5) == 1.5
     assert disk.age("forged", 13.0) is None
+
+
+def test_the_latency_floor_is_the_players_start_choice_for_every_segment_it_played(tmp_path):
+    """The player chose segment 4 at t=21 when segment 5 had appeared at t=20.5: 4 was captured from 17 on (appeared at
+    19, 2 s long), so with instant delivery and no stall every segment plays 4 s behind its capture."""
+    disk = DiskWatch(tmp_path, "live.m3u8")
+    disk.appeared = {4: 19.0, 5: 20.5}
+    view = LiveView(joined=20.9, first=(4, 21.0), segments={4: ("a", "h", 21.3), 5: ("b", "h", 23.3), 6: ("c", "h", 26.0)})
+    assert floor_latencies(view, disk) == [4.0, 4.0]  # segment 6 never appeared on disk: neither figure counts it
+    assert latencies(view, disk) == pytest.approx([4.3, 4.8])
+    assert floor_latencies(LiveView(joined=0.0), disk) == []  # never started
 
 
 def _engine(count: int) -> Engine:

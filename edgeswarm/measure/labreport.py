@@ -144,7 +144,8 @@ def print_live(console: Console, lv: dict) -> None:
     console.print(
         f"live: {lv['segments_published']} segments published, {lv['segments_played']} played ({lv['segments_wrong']} wrong, "
         f"{lv['segments_skipped']} skipped, {lv['segment_failures']} requests failed and retried); edge copies per segment: {copies}; latency behind live p50 {_secs(lv['latency_p50_s'], 2)} "
-        f"({_num(lv['latency_p50_segments'])} segments), p95 {_secs(lv['latency_p95_s'], 2)} ({_num(lv['latency_p95_segments'])} segments); "
+        f"({_num(lv['latency_p50_segments'])} segments), p95 {_secs(lv['latency_p95_s'], 2)} ({_num(lv['latency_p95_segments'])} segments) "
+        f"against the player's own floor (its start choice, instant delivery) p50 {_num(lv.get('latency_floor_p50_segments'))}, p95 {_num(lv.get('latency_floor_p95_segments'))} segments; "
         f"playlists handed out: {lv['playlists_handed']}, age p95 {_secs(lv['playlist_age_p95_s'], 2)}, max {_secs(lv['playlist_age_max_s'], 2)}"
     )
     for name, t in lv["targets"].items():

@@ -10,7 +10,9 @@ scenario's times and play through their gateways until the stream ends.
 Reported beside the lab's usual figures: P2P share; edge copies per segment
 (what each edge sent its region over the bytes of the segments its viewers
 played: 1.0 is one copy of each); latency behind live (a segment's play
-start minus its capture start, p50/p95, in seconds and segments);
+start minus its capture start, p50/p95, in seconds and segments), beside
+the player's floor (what it would be with instant delivery, given where the
+player chose to start: ``floor_latencies``);
 stalls and rebuffering; the age of the playlists handed out; and whether
 every segment played was ffmpeg's bytes.
 """
@@ -26,7 +28,7 @@ import aiohttp
 import numpy as np
 
 from edgeswarm.measure.lab import Lab, LabError, User, playback
-from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, latencies, play_live
+from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies, play_live
 
 PLAYLIST = "live/live.m3u8"
 TARGETS = {"p2p_share": 0.70, "latency_p95_segments": 3.0, "rebuffering": 0.01}  # issue 14's, with the defaults
@@ -104,6 +106,7 @@ class LiveLab(Lab):
     def _live(self, result: dict) -> dict:
         seg = self.s.live.segment_s
         lats = [x for v in self.views.values() for x in latencies(v, self.disk)]
+        floor = [x for v in self.views.values() for x in floor_latencies(v, self.disk)]
         ages = [self.disk.age(text, asked) for v in self.views.values() for asked, text in v.playlists]
         known = [a for a in ages if a is not None]
         wrong = sum(1 for v in self.views.values() for path, digest, _ in v.segments.values() if self.disk.digests.get(path) != digest)
@@ -125,6 +128,8 @@ class LiveLab(Lab):
             "latency_p95_s": _pct(lats, 95),
             "latency_p50_segments": _pct([x / seg for x in lats], 50),
             "latency_p95_segments": _pct([x / seg for x in lats], 95),
+            "latency_floor_p50_segments": _pct([x / seg for x in floor], 50),  # the player's own start choice, instant delivery
+            "latency_floor_p95_segments": _pct([x / seg for x in floor], 95),
             "playlists_handed": len(ages),
             "playlists_never_on_disk": len(ages) - len(known),
             "playlist_age_p95_s": _pct(known, 95),

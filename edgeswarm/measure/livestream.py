@@ -114,6 +114,7 @@ class LiveView:
     playlists: list[tuple[float, str]] = field(default_factory=list)  # (asked at, text)
     segments: dict[int, tuple[str, str, float]] = field(default_factory=dict)  # sequence -> (path, sha256, play start)
     startup_s: float | None = None
+    first: tuple[int, float] | None = None  # (sequence, when) the player chose its first segment
     stall_s: float = 0.0
     stalls: int = 0
     skipped: int = 0  # segments that left the playlist before the player got to them
@@ -177,6 +178,7 @@ async def _play(
             raise PlayerError("the stream never had enough segments to start")
         await asyncio.sleep(0.1)
     nxt = latest[0].last_sequence - behind + 1
+    view.first = (nxt, time.monotonic())
     playing_until: float | None = None  # when the buffered video runs out
     while time.monotonic() < until:
         pl = latest[0]
@@ -223,6 +225,19 @@ async def _fetch(http: aiohttp.ClientSession, url: str) -> tuple[str, int]:
             digest.update(chunk)
             n += len(chunk)
         return digest.hexdigest(), n
+
+
+def floor_latencies(view: LiveView, disk: DiskWatch) -> list[float]:
+    """What ``latencies`` would be with instant delivery and no stall: the player's own choice, one per segment played.
+
+    A player that starts ``start_behind`` segments from the newest it was
+    handed plays each segment that far behind its capture, plus the time
+    since that newest one appeared: the reference for the measured latency.
+    """
+    captured = disk.capture_start(view.first[0]) if view.first else None
+    if view.first is None or captured is None:
+        return []
+    return [view.first[1] - captured for seq in view.segments if disk.capture_start(seq) is not None]  # as ``latencies`` counts
 
 
 def latencies(view: LiveView, disk: DiskWatch) -> list[float]:
