@@ -183,6 +183,22 @@ def add(ses: lt.session, data: bytes, save: Path, seed: bool = False) -> lt.torr
     return ses.add_torrent(atp)
 
 
+def on_disk(handle: lt.torrent_handle, path, data: bytes, timeout: float = 10.0) -> str:
+    """The SHA-256 of ``path`` once it holds ``data``, or its last one after ``timeout``.
+
+    libtorrent says a torrent is seeding once every piece passed its hash
+    check; its disk threads may still be writing the last blocks then (CI met
+    a file read at that moment), so the file is read again until it matches,
+    after asking libtorrent to flush.  Corrupt data never matches: the test
+    still fails on it.
+    """
+    handle.flush_cache()
+    deadline = time.monotonic() + timeout
+    while (got := sha(path.read_bytes())) != sha(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
 def wait_seeding(handle: lt.torrent_handle, timeout: float) -> lt.torrent_status:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,7 +253,7 @@ async def test_libtorrent_downloads_a_published_file_from_the_edges_as_web_seeds
     handle = add(ses, body, tmp_path / "lt")
     st = await asyncio.to_thread(wait_seeding, handle, 60)
     assert st.total_wanted == len(data)
-    assert sha((tmp_path / "lt" / "b.bin").read_bytes()) == sha(data)
+    assert await asyncio.to_thread(on_disk, handle, tmp_path / "lt" / "b.bin", data) == sha(data)
     del ses
 
 
@@ -331,7 +347,7 @@ async def test_bittorrent_clients_of_a_region_find_each_other_through_the_edge_a
     far = add(stranger, peers_only, tmp_path / "far")
     near = add(leecher, peers_only, tmp_path / "near")
     await asyncio.to_thread(wait_seeding, near, 60)
-    assert sha((tmp_path / "near" / "c.bin").read_bytes()) == sha(data)
+    assert await asyncio.to_thread(on_disk, near, tmp_path / "near" / "c.bin", data) == sha(data)
     assert far.status().total_wanted_done == 0 and far.status().num_peers == 0  # west was never handed an east client
     st = await status(http, edge.url)
     assert st["bittorrent"] == {"torrents": 1, "clients": 3, "swarms": 2}  # a hybrid torrent: a v1 swarm and a v2 swarm
