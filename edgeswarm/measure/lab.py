@@ -36,6 +36,7 @@ from rich.console import Console
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.measure import labsim
+from edgeswarm.measure.bench_serve import _cpu_ticks, _steal_pct
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.measure.scenario import Scenario
 from edgeswarm.policy.vocabulary import PEER_OTHER_REGION, SOURCE_KINDS, flash_crowd_bound, peer_bytes, reported_share
@@ -148,6 +149,7 @@ class Lab:
         self.files: dict[str, str] = {}  # published name -> sha256
         self.timeline: list[dict] = []
         self.t0 = 0.0
+        self._ticks: tuple[int, int] | None = None  # (steal, total) CPU ticks at the start: the machine's share of the run
         self._edge_sent: dict[str, int] = {}
         self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
         self._edge_relay: dict[str, dict] = {}  # region -> its edge's relay figures (its /status "relay")
@@ -245,7 +247,7 @@ class Lab:
     async def run(self, progress) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            self.t0 = time.monotonic()
+            self.t0, self._ticks = time.monotonic(), _cpu_ticks()
             sampler = asyncio.create_task(self._sample_loop(http, progress))
             try:
                 async with asyncio.timeout(self.s.timeout_s):  # not wait_for: on Ctrl-C it left the gather's error unretrieved
@@ -394,6 +396,7 @@ class Lab:
             "scenario": asdict(s),
             "network": network,
             "elapsed_s": round(self.now(), 2),
+            "steal_pct": _steal_pct(self._ticks, _cpu_ticks()),  # CPU the hypervisor gave other guests: it swings lab figures
             "bytes": {
                 "origin": self._origin_sent,
                 "edges": dict(self._edge_sent),

@@ -134,6 +134,10 @@ def print_report(console: Console, r: dict) -> None:
         )
     if r.get("chaos"):
         print_chaos(console, r["chaos"])
+    if r.get("steal_pct") is not None:
+        console.print(
+            f"machine: the hypervisor took {r['steal_pct']:g} % of the CPU during the run (steal: figures of runs with different steal are not comparable)"
+        )
     if r.get("plots"):
         console.print(f"plots: {Path(r['plots'][0]).parent}/")
 
