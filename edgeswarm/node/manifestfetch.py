@@ -96,19 +96,13 @@ class ManifestFetcher:
         """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""
         self._checked.pop(path, None)
 
-    async def revalidate(
-        self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None, wait: float = 0.0
-    ) -> SignedManifest:
-        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
-
-        ``wait``: a blocking playlist reload - the source holds the request for
-        up to that many seconds while its version is the one cached here.
-        """
+    async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
+        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError."""
         cached = store.manifest_for_path(path)
         problems: list[UpstreamError] = []
         for source in sources:
             try:
-                signed = await self._ask(store, source, path, cached, headers or {}, wait)
+                signed = await self._ask(store, source, path, cached, headers or {})
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
                 if self.on_failure is not None:
@@ -129,15 +123,12 @@ class ManifestFetcher:
         return cached
 
     async def _ask(
-        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str], wait: float
+        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str]
     ) -> SignedManifest:
         """One source's manifest of ``path``: checked and stored; HttpError to pass on as it is, UpstreamError to try another."""
         who = f"{self.role} {source}"
         conditional = {"If-None-Match": cached.etag} if cached else {}
-        target, timeout = (
-            (f"{manifest_url(path)}?wait={wait:g}", wait + self.upstream.timeout) if wait and cached else (manifest_url(path), None)
-        )
-        reply = await self.upstream.get(source, target, {**headers, **conditional}, timeout, limit=MAX_MANIFEST)
+        reply = await self.upstream.get(source, manifest_url(path), {**headers, **conditional}, limit=MAX_MANIFEST)
         if reply.status == 304 and cached is not None:
             return cached
         if reply.status == 404:

@@ -27,33 +27,10 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 def manifest_response(request: web.Request, etag: str, raw: bytes, link: str | None = None) -> web.Response:
     headers = {"ETag": etag, "Cache-Control": "no-cache", **({"Link": link} if link else {})}
-    if holds(request, etag):
+    inm = request.headers.get("If-None-Match")
+    if inm and etag in [t.strip().removeprefix("W/") for t in inm.split(",")]:
         return web.Response(status=304, headers=headers)
     return web.Response(body=raw, content_type="application/json", headers=headers)
-
-
-def holds(request: web.Request, etag: str) -> bool:
-    """The asker already holds this version: its ``If-None-Match`` names ``etag``."""
-    inm = request.headers.get("If-None-Match", "")
-    return etag in [t.strip().removeprefix("W/") for t in inm.split(",")]
-
-
-MAX_MANIFEST_WAIT = 30.0  # seconds a blocking playlist reload is held at most: under the edge workers' 60 s forwarding
-
-
-def manifest_wait(request: web.Request) -> float:
-    """``GET /manifest/<playlist>?wait=SECONDS``: how long to hold a reload whose ``If-None-Match`` is the current
-    version (0: answer at once); 400 unless a number of seconds, capped at ``MAX_MANIFEST_WAIT``."""
-    raw = request.query.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise HttpError(400, f"manifest 'wait' must be seconds (0 to {MAX_MANIFEST_WAIT:g}), not {raw[:20]!r}")
-    return min(seconds, MAX_MANIFEST_WAIT)
 
 
 def piece_index(request: web.Request, count: int) -> int:

@@ -39,9 +39,7 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import Upstream, UpstreamError
-from edgeswarm.node.wakeup import Wakeup
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.live import PLAYLIST_REVALIDATE, is_playlist
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -53,14 +51,11 @@ from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
 from edgeswarm.protocol.wire import (
-    MAX_MANIFEST_WAIT,
     base_url,
     have_response,
-    holds,
     json_response,
     magnet_response,
     manifest_response,
-    manifest_wait,
     parse_latency,
     parse_request,
     piece_index,
@@ -138,8 +133,6 @@ class Edge:
         self.bucket = bucket or TokenBucket(config.upload_limit)  # --upload-limit; one shared by an edge's workers (node/sharedbucket.py)
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
         self._manifest_tasks: dict[str, asyncio.Task] = {}
-        self._held_reloads: dict[tuple[str, str], asyncio.Task] = {}  # (playlist, version held here) -> one upstream reload
-        self._stopping = Wakeup()  # closed at shutdown: held reloads are answered then
         self._fills: dict[tuple[str, int], asyncio.Task] = {}
         self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
@@ -412,44 +405,9 @@ class Edge:
         rel = manifest_request_path(request.raw_path)
         if self.require_token:
             await self.grant(request, rel)
-        wait = manifest_wait(request) if is_playlist(rel) else 0.0
-        if wait and self.may_fetch(request):
-            await self._next_version(request, rel, wait)
         signed = await self.resolve(rel, self.may_fetch(request))
         raw = (await self._store()).raw_manifest(signed.content_id) or signed.to_json()
         return manifest_response(request, signed.etag, raw, torrent_link(signed.manifest))
-
-    async def _next_version(self, request: web.Request, rel: str, wait: float) -> None:
-        """A blocking playlist reload (``?wait=S``) of the version held here: one held reload upstream for all askers.
-
-        Returns when the parent has a newer version (now stored here), or
-        after ``wait``; at once when the asker's version is not the one held.
-        """
-        store = await self._store()
-        cached = store.manifest_for_path(rel)
-        if cached is None or not holds(request, cached.etag):
-            return
-        self.metrics.events[("held_reload", "")] += 1
-        shared, _ = share(self._held_reloads, (rel, cached.etag), lambda: self._hold_upstream(store, rel, cached.etag))
-        await self._stopping.until(shared, wait)  # the answer then says what there is (or why not)
-
-    async def _hold_upstream(self, store: PieceStore, rel: str, etag: str) -> None:
-        """Held reloads at the parent until ``rel`` is no longer version ``etag``, for ``MAX_MANIFEST_WAIT`` at most.
-
-        A parent that answers at once (one that does not hold reloads) is asked
-        again after PLAYLIST_REVALIDATE, as a playlist is revalidated anyway:
-        never more often, however many askers this edge holds.
-        """
-        until = time.monotonic() + MAX_MANIFEST_WAIT
-        while (left := until - time.monotonic()) > 0:
-            asked = time.monotonic()
-            if (await self.manifests.revalidate(store, rel, [self.parent], wait=left)).etag != etag:
-                return
-            await asyncio.sleep(max(0.0, PLAYLIST_REVALIDATE - (time.monotonic() - asked)))
-
-    async def _answer_held(self, _: web.Application) -> None:
-        """Shutdown: held playlist reloads are answered now, not at the server's shutdown timeout."""
-        self._stopping.close()
 
     # -- BitTorrent ------------------------------------------------------------------
     async def torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
@@ -935,7 +893,6 @@ class Edge:
         r.add_get("/status", self.get_status)
         dashboard.mount(app)
         r.add_get("/manifest/{path:.*}", self.get_manifest)
-        app.on_shutdown.append(self._answer_held)
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
-from edgeswarm.node.wakeup import Wakeup
-from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
@@ -38,11 +35,9 @@ from edgeswarm.protocol.torrent import (
 from edgeswarm.protocol.wire import (
     base_url,
     have_response,
-    holds,
     json_response,
     magnet_response,
     manifest_response,
-    manifest_wait,
     piece_index,
     torrent_link,
     torrent_response,
@@ -124,8 +119,7 @@ class Origin:
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
         self._rescan = asyncio.Event()
         self._publishing = asyncio.Lock()  # the full scan and the live watcher apply changes one at a time
-        self.published = Wakeup()  # a path's manifest changed: blocking playlist reloads answer
-        self.live = LiveWatcher(self.catalog, self._publishing, on_change=lambda _: self.published.wake())  # between scans
+        self.live = LiveWatcher(self.catalog, self._publishing)  # rewritten playlists and their segments, between scans
         self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
 
     def withdraw(self, entry: Entry) -> None:
@@ -140,8 +134,6 @@ class Origin:
             changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
             for line in self.catalog.apply(changes):
                 log.info("%s", line)
-        if changes:
-            self.published.wake()
 
     async def _scan_loop(self) -> None:
         while True:
@@ -185,18 +177,11 @@ class Origin:
         return access.key_response(entry.signed.content_id, entry.key)
 
     async def get_manifest(self, request: web.Request) -> web.Response:
-        """A path's manifest; a live playlist's reload with ``?wait=S`` and the current ETag is held until it changes."""
         rel = manifest_request_path(request.raw_path)
-        wait = manifest_wait(request) if is_playlist(rel) else 0.0
-        until = time.monotonic() + wait
-        while True:
-            entry = self.catalog.by_path.get(rel)
-            if entry is None:
-                raise HttpError(404, f"{rel} is not published")
-            left = until - time.monotonic()
-            if left <= 0 or self.published.closed or not holds(request, entry.signed.etag):
-                return manifest_response(request, entry.signed.etag, entry.raw, torrent_link(entry.signed.manifest))
-            await self.published.wait(left)
+        entry = self.catalog.by_path.get(rel)
+        if entry is None:
+            raise HttpError(404, f"{rel} is not published")
+        return manifest_response(request, entry.signed.etag, entry.raw, torrent_link(entry.signed.manifest))
 
     # -- BitTorrent ---------------------------------------------------------------
     def _entry_at(self, request: web.Request) -> Entry:
@@ -304,11 +289,7 @@ class Origin:
             for task in tasks:
                 task.cancel()
 
-        async def answer_held(_: web.Application) -> None:  # held reloads answered now, not at the shutdown timeout
-            self.published.close()
-
         app.cleanup_ctx.append(start_scanning)
-        app.on_shutdown.append(answer_held)
         return app
 
 

@@ -13,6 +13,8 @@ piece about once per region (docs/protocol.md#preheating-peers).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -21,7 +23,6 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.wakeup import Wakeup
 from edgeswarm.policy.preheatorders import Order, PreheatOrders
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import file_request_path
@@ -45,26 +46,32 @@ class PreheatDesk:
         self.tracker = edge.tracker
         self.orders = PreheatOrders(forget_after=3 * edge.tracker.interval)
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
-        self._changed = Wakeup()
+        self._changed = asyncio.Event()
+        self._closing = False
 
     def _bump(self) -> None:
         self.version += 1
-        self._changed.wake()
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def close(self) -> None:
         """Shutdown: held polls are answered now, not at the server's shutdown timeout."""
-        self._changed.close()
+        self._closing = True
+        self._changed.set()
 
     async def _held(self, request: web.Request) -> None:
         """Wait while the poll's ``since`` is the current version, for at most its ``wait`` (capped: MAX_WAIT, a third of forget_after)."""
         since, wait = ascii_decimal(request.query.get("since", "")), request.query.get("wait", "")
-        if since != self.version:
+        if since != self.version or self._closing:
             return
         try:
             seconds = min(float(wait), MAX_WAIT, self.orders.forget_after / 3)
         except ValueError:
             raise HttpError(400, "preheat orders: 'wait' must be seconds") from None
-        await self._changed.wait(seconds)
+        if not seconds > 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), seconds)
 
     def _operator(self, request: web.Request) -> None:
         if not self.edge._trusted_client(request):
