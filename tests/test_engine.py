@@ -362,12 +362,21 @@ def test_the_edge_sends_each_region_about_one_copy():
 def test_whole_file_askers_get_their_seed_answers_one_at_a_time():
     """`bench swarm --mode get` at its defaults: 20 answers sharing the edge's uplink all land after 20 piece times,
     and until then no peer holds anything to trade; one at a time, the first lands after one piece time."""
-    crowd = Crowd(mode="get", peers=20, regions=1, size=16 << 20, edge_Bps=2e6, peer_Bps=1e6)
+    crowd = Crowd(mode="get", peers=20, regions=1, size=16 << 20, edge_Bps=2e6, peer_Bps=1e6, upload_line=False)  # the edge's line alone
     line, together = simulate(crowd), simulate(dataclasses.replace(crowd, seed_line=False))
     assert line.last_done < together.last_done
     assert line.share >= together.share - 0.01
     streams = dataclasses.replace(crowd, mode="stream")
     assert simulate(streams).last_done == simulate(dataclasses.replace(streams, seed_line=False)).last_done, "readers never wait in line"
+
+
+def test_a_peer_sends_background_pieces_one_at_a_time_so_the_first_can_pass_them_on():
+    """`bench swarm --mode stream` at its defaults: a peer's uplink shared by all its background uploads at once lands
+    them all late; one at a time (urgent ones never wait), the first asker can pass its piece on sooner."""
+    crowd = Crowd(mode="stream", peers=20, regions=1, size=16 << 20, edge_Bps=2e6, peer_Bps=1e6)
+    line, together = simulate(crowd), simulate(dataclasses.replace(crowd, upload_line=False))
+    assert line.last_done < 0.97 * together.last_done
+    assert line.share >= together.share - 0.01
 
 
 def test_streams_need_the_seeding_edge():

@@ -1,10 +1,17 @@
-"""The edge's seed line (serving.in_line): whole-file askers' seed answers go out one at a time, in order."""
+"""Lines (serving.in_line): the edge's seed answers to whole-file askers, and a peer's background pieces, go out one at a
+time, in order."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+
+from conftest import make_file, post, start_p2p_edge, start_peer, status
 
 from edgeswarm.node.serving import in_line
+from edgeswarm.protocol.httpspec import PEER_HEADER, URGENCY_HEADER
+
+PIECE = 256 * 1024
 
 
 async def _write(log: list[str], name: str, seconds: float) -> None:
@@ -42,3 +49,37 @@ async def test_an_asker_that_leaves_while_waiting_never_starts_and_the_line_goes
     waiting.cancel()
     await asyncio.wait_for(asyncio.gather(first, in_line(line, _write(log, "next", 0.01), hold=5.0)), 1.0)
     assert log == ["first starts", "first ends", "next starts", "next ends"]
+
+
+async def test_a_peer_sends_background_pieces_one_at_a_time_and_urgent_ones_at_once(tmp_path, nodes, origin, published, http):
+    """A peer's uploads under --upload-limit: bodies of background pieces in line (the first asker can pass its piece
+    on after one piece time, not after all of them), a reader's urgent piece beside them."""
+    make_file(published / "f.bin", 8 * PIECE)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text("regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n")
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a", upload="1MB/s")
+    await post(http, peer, "/f.bin")
+    cid = ""
+    for _ in range(200):
+        swarms = (await status(http, peer.urls["gateway"]))["swarms"]
+        if swarms and swarms[0]["complete"]:
+            cid = swarms[0]["id"]
+            break
+        await asyncio.sleep(0.1)
+    assert cid, "the peer never held the file"
+    await asyncio.sleep(0.5)  # its upload bucket refills
+
+    async def fetch(index: int, urgency: str, after: float = 0.0) -> float:
+        await asyncio.sleep(after)
+        started = time.monotonic()
+        headers = {PEER_HEADER: f"asker{index}", URGENCY_HEADER: urgency}
+        async with http.get(f"{peer.urls['upload']}/piece/{cid}/{index}", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            assert len(await resp.read()) == PIECE
+        return time.monotonic() - started + after
+
+    *background, urgent = await asyncio.gather(*(fetch(i, "background") for i in range(4)), fetch(4, "urgent", after=0.05))
+    background.sort()
+    assert background[1] < 0.6 * background[-1], f"background bodies shared the uplink at once: {background}"
+    assert urgent < background[-1], f"the urgent piece waited in line: {urgent} against {background}"

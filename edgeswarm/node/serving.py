@@ -217,7 +217,7 @@ async def send_piece(
     """One piece to another node: at once when uncapped, else streamed under the cap.
 
     ``line``: under a cap, the head goes at once and the body waits its turn
-    (``in_line``): the edge's seed answers to whole-file downloads.
+    (``in_line``): the edge's seed answers to whole-file downloads, a peer's background pieces.
     """
     if not bucket.rate:
         return web.Response(body=data, content_type="application/octet-stream", headers=headers)

@@ -31,7 +31,7 @@ _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";]*)', re.IGNORECASE)
 
 
 PEER_HEADER = "X-Edgeswarm-Peer"  # a peer names itself on piece requests (choker, accounting)
-URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece to an edge: "urgent" (a reader's deadline) or "background"
+URGENCY_HEADER = "X-Edgeswarm-Urgency"  # a peer's /piece: "urgent" (a reader's deadline) or "background" (a peer sends those in line)
 PIECE_HEADER = "X-Edgeswarm-Piece"  # the index of the piece an edge's /seed answer carries
 
 

@@ -177,6 +177,7 @@ class Peer:
         self.ranking = SourceRanking()
         self.choker = Choker(slots=config.upload_slots)
         self.bucket = TokenBucket(config.upload_limit)
+        self.upload_line = asyncio.Lock()  # under --upload-limit, background pieces' bodies one at a time (serving.in_line)
         self.down_bucket = TokenBucket(config.download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
         self.manifests = ManifestFetcher(
@@ -316,10 +317,9 @@ class Peer:
 
     # -- transfers (driven by Swarm) -----------------------------------------------------
     async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool, urgent: bool = False) -> bytes:
-        """One piece; to an edge, saying whether a reader's deadline forces it (the edge counts those copies)."""
+        """One piece, saying whether a reader's deadline forces it (an edge counts those copies; a peer sends the others in line)."""
         headers = {PEER_HEADER: self.peer_id, **(self.peer_headers(cid) if to_peer else self.edge_headers())}
-        if not to_peer:
-            headers[URGENCY_HEADER] = "urgent" if urgent else "background"
+        headers[URGENCY_HEADER] = "urgent" if urgent else "background"
         signed = self.store.manifest(cid) if self.store else None
         if signed is None:
             raise KeyError(cid)  # the content left the store meanwhile
@@ -768,7 +768,8 @@ class Peer:
         data = store.read_piece(cid, index)
         if data is None:
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
-        resp = await send_piece(request, data, self.bucket)
+        background = request.headers.get(URGENCY_HEADER, "").strip().lower() == "background"
+        resp = await send_piece(request, data, self.bucket, line=self.upload_line if background else None)
         self.uploaded[cid] += len(data)
         self.metrics.sent["peer"] += len(data)
         self.metrics.count_content("sent", cid, "peer", len(data))

@@ -63,6 +63,7 @@ class Crowd:
     edge_rates: tuple[float, ...] | None = None  # one rate per edge, overriding edges and edge_Bps
     seeding: bool = True  # False: edges answer 404 to /seed, as one that is not a super-seeder
     seed_line: bool = True  # False: the edge sends whole-file askers' seed answers all at once, as streams' (before the line)
+    upload_line: bool = True  # False: a peer sends background pieces all at once, as urgent ones (before its line)
     edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
     black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
     # complete peers per region before the crowd (preheated volunteers): they upload and never read, and the edge's
@@ -160,6 +161,49 @@ class Request:
             self.answer(result)
 
 
+def _also(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if first is not None:
+            first()
+        then()
+
+    return both
+
+
+class Line:
+    """Bodies one at a time, in the order asked: ``serving.in_line`` in virtual time (the edge's seed line, a peer's
+    background uploads).  Not modelled: ``LINE_HOLD`` (simulated receivers read as fast as they are sent to)."""
+
+    def __init__(self, loop: Loop):
+        self.loop = loop
+        self._waiting: list[tuple[Request, Callable[[Callable[[], None]], None]]] = []
+        self._busy = False
+
+    def join(self, request: Request, start: Callable[[Callable[[], None]], None]) -> None:
+        """``start(free)`` sends the body at its turn, and calls ``free`` when it is done or stopped; a request
+        answered (abandoned) while it waited is skipped."""
+        self._waiting.append((request, start))
+        self._next()
+
+    def _next(self) -> None:
+        while self._waiting and not self._busy:
+            request, start = self._waiting.pop(0)
+            if not request.answered:
+                self._busy = True
+                start(self._freer())
+
+    def _freer(self) -> Callable[[], None]:
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed, self._busy = True, False
+                self.loop.after(0.0, self._next)
+
+        return free
+
+
 class SimEdge:
     """An edge in p2p mode holding the whole file: tracker, super-seeder, one upload link."""
 
@@ -170,8 +214,7 @@ class SimEdge:
         self.seeder = SuperSeeder()
         self.sent: Counter[str] = Counter()  # region -> bytes
         self.forced: Counter[str] = Counter()  # region -> bytes a reader's deadline forced (urgent /piece)
-        self._line: list[Callable[[], None]] = []  # seed answers to whole-file askers waiting for their turn, in order
-        self._line_busy = False
+        self.seed_line = Line(sim.loop)  # seed answers to whole-file askers, one at a time
 
     def down(self) -> bool:
         window = self.sim.crowd.edge_down
@@ -208,35 +251,15 @@ class SimEdge:
             return
         self.seeder.record(self.sim.loop.now, asker.region.name, CID, index, asker.key)  # a copy from the moment it is picked
 
-        def turn(asked: float = self.sim.loop.now) -> None:
-            if request.answered:  # abandoned while in line
-                self._next_in_line()
-                return
-
+        def turn(free: Callable[[], None], asked: float = self.sim.loop.now) -> None:
             def done(seconds: float, n: int) -> None:
                 answer(self.sim.loop.now - asked, n)
-                self._line_busy = False
-                self._next_in_line()
+                free()
 
-            self._line_busy = True
             self._send(asker, index, request, done)
-            stop = request.stop
+            request.stop = _also(request.stop, free)  # the line moves on when its answer is abandoned too
 
-            def stopped() -> None:  # the line moves on when its answer is abandoned too
-                if stop is not None:
-                    stop()
-                self._line_busy = False
-                self.sim.loop.after(0.0, self._next_in_line)
-
-            request.stop = stopped
-
-        self._line.append(turn)
-        self._next_in_line()
-
-    def _next_in_line(self) -> None:
-        """Seed answers to whole-file askers go out one at a time, in order, as the edge's ``seed_line``."""
-        if self._line and not self._line_busy:
-            self._line.pop(0)()
+        self.seed_line.join(request, turn)
 
     def _send(self, asker: SimPeer, index: int, request: Request, reply: Callable[[float, int], None]) -> None:
         """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``); bytes as they go."""
@@ -263,6 +286,7 @@ class SimPeer:
     def __init__(self, sim: Simulation, i: int, region: int, hole: bool = False, complete: bool = False):
         self.sim, self.hole = sim, hole
         self.placed_seed = complete  # a preheat order's volunteer, whole before the crowd
+        self.upload_line = Line(sim.loop)  # background pieces, one at a time (the daemon's upload_line)
         self.peer_id = f"{'hole' if hole else 'seed' if complete else 'peer'}{i}"
         self.address = f"10.{region}.{i // 250}.{i % 250 + 1}"
         self.url = f"http://{self.address}:7000"
@@ -306,7 +330,8 @@ class SimPeer:
             if not request.answered:
                 if request.stop is not None:
                     request.stop()
-                self.sim.loop.after(0.0, request.reply, Result("abandoned"))
+                request.answered = True  # at once: a body still waiting in a line never starts
+                self.sim.loop.after(0.0, request.answer, Result("abandoned"))
 
     def seed_named(self, index: int, request: Request) -> None:
         """The head of an edge's /seed answer: the engine learns the piece, and the answer is that piece's transfer."""
@@ -436,12 +461,19 @@ class SimPeer:
         else:
             nbytes, started = self.sim.piece_len(index), loop.now
 
-            def sent() -> None:
-                self.choker.sent(loop.now, asker.peer_id, nbytes)
-                loop.after(RTT / 2, reply, Result("ok", loop.now + RTT / 2 - started, nbytes))
+            def send(free: Callable[[], None]) -> None:
+                def sent() -> None:
+                    self.choker.sent(loop.now, asker.peer_id, nbytes)
+                    free()
+                    loop.after(RTT / 2, reply, Result("ok", loop.now + RTT / 2 - started, nbytes))
 
-            fid = self.uplink.send(nbytes, sent)
-            request.stop = lambda: self.choker.sent(loop.now, asker.peer_id, nbytes - self.uplink.cancel(fid))
+                fid = self.uplink.send(nbytes, sent)
+                request.stop = _also(lambda: self.choker.sent(loop.now, asker.peer_id, nbytes - self.uplink.cancel(fid)), free)
+
+            if urgent or not self.sim.crowd.upload_line:
+                send(lambda: None)
+            else:
+                self.upload_line.join(request, send)
 
     # -- the HAVE stream ----------------------------------------------------------------------------
     def subscribe(self) -> None:
