@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import curl, make_file, received_from, status
+from conftest import curl, make_file, received_from, run_cli, status
 from test_piecestore import PUB, make_content, open_store, stored
 
 from edgeswarm.protocol.manifest import MIN_PIECE
@@ -140,11 +139,11 @@ def test_get_cache_rerun_refetches_a_corrupted_piece(tmp_path, nodes, origin, pu
     cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/app.bin", "-o", str(out), "--cache", str(cache)]
     cmd += ["--listen", "127.0.0.1:0", "--stall-timeout", "20"]
     time.sleep(0.5)  # published
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    first = run_cli(cmd, 60)
     assert first.returncode == 0 and out.read_bytes() == data, first.stderr
     flip(piece_file(cache, 4))
     out.unlink()
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    rerun = run_cli(cmd, 60)
     assert rerun.returncode == 0, rerun.stderr
     assert out.read_bytes() == data
     assert rerun.stderr.count(BAD) == 1 and "Traceback" not in rerun.stderr
