@@ -12,6 +12,7 @@ from edgeswarm.policy import engine, live
 from edgeswarm.policy.engine import Engine
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol import hls
+from edgeswarm.protocol.manifest import SEGMENT_PIECE
 from edgeswarm.roles.livewatch import LiveWatcher
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.trust.signing import load_or_create_private_key
@@ -102,6 +103,7 @@ async def test_the_watcher_publishes_new_segments_with_their_playlist_and_never_
     await watcher.check()
     assert watcher.published == 1
     assert "live/seg00001.ts" in catalog.by_path and not any(p.endswith(".tmp") for p in catalog.by_path)
+    assert catalog.by_path["live/seg00001.ts"].signed.manifest.piece_size == SEGMENT_PIECE, "a segment spreads in small pieces"
     new = catalog.by_path["live/live.m3u8"].signed
     assert new.content_id != old.content_id and new.manifest.modified > old.manifest.modified, "a newer version moves forward"
     assert not any(p.endswith(".tmp") for p in catalog.scan_changes(dict(catalog.by_path))), "nor does the full scan publish one"

@@ -23,6 +23,7 @@ from edgeswarm.protocol.manifest import (
     FORMAT,
     MAX_PIECES,
     MIN_PIECE,
+    SEGMENT_PIECE,
     Manifest,
     ManifestError,
     SignedManifest,
@@ -84,6 +85,19 @@ def test_piece_size_for_is_the_smallest_power_of_two_that_fits(size):
 @given(st.integers(0, 2**40), st.integers(0, 2**40))
 def test_piece_size_for_never_shrinks_for_a_bigger_file(a, b):
     assert piece_size_for(min(a, b)) <= piece_size_for(max(a, b))
+
+
+@given(st.integers(0, 2**40))
+def test_a_media_segment_gets_pieces_of_64_kib_and_a_file_of_its_size_keeps_256(size):
+    p = piece_size_for(size, segment=True)
+    assert p >= SEGMENT_PIECE and p & (p - 1) == 0 and -(-size // p) <= MAX_PIECES
+    assert p == SEGMENT_PIECE or -(-size // (p // 2)) > MAX_PIECES
+    assert p <= piece_size_for(size)  # never larger than a file's
+
+
+def test_a_manifest_with_segment_pieces_is_valid():
+    m = Manifest("live/seg00001.ts", 800_000, "video/mp2t", SEGMENT_PIECE, ("0" * 64,) * 13, 0)
+    assert Manifest.from_dict(m.to_dict()) == m and m.piece_count == 13
 
 
 def test_piece_span_and_count():
@@ -216,7 +230,7 @@ def test_empty_file_manifest_is_valid():
         {"modified": -1},
         {"modified": 1.5},
         {"piece_size": 3 * MIN_PIECE},  # not a power of two
-        {"piece_size": MIN_PIECE // 2, "size": 10, "pieces": ["0" * 64]},  # below the minimum
+        {"piece_size": SEGMENT_PIECE // 2, "size": 10, "pieces": ["0" * 64]},  # below the minimum
         {"piece_size": 0},
         {"pieces": ["0" * 64]},  # too few for the size
         {"pieces": ["0" * 64] * 3},  # too many

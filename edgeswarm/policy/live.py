@@ -15,6 +15,7 @@ second per playlist and edge, however many viewers.
 from __future__ import annotations
 
 PLAYLIST_SUFFIX = ".m3u8"
+SEGMENT_SUFFIXES = (".ts", ".m4s", ".aac")  # HLS media segments (MPEG-TS, fragmented MP4, packed audio)
 PLAYLIST_REVALIDATE = 0.5  # seconds a node holds a playlist's manifest before asking upstream again
 LIVE_POLL = 0.25  # seconds between two looks of the origin at its published playlists
 LIVE_AHEAD = 2  # the newest segments of a playlist a gateway fetches through its swarm before its player asks
@@ -23,6 +24,11 @@ LIVE_AHEAD = 2  # the newest segments of a playlist a gateway fetches through it
 def is_playlist(path: str) -> bool:
     """A live (or any) HLS playlist, by its name: it is revalidated more often."""
     return path.lower().endswith(PLAYLIST_SUFFIX)
+
+
+def is_segment(path: str) -> bool:
+    """An HLS media segment, by its name: cut into smaller pieces (manifest.piece_size_for), as it must spread fast."""
+    return path.lower().endswith(SEGMENT_SUFFIXES)
 
 
 def revalidate_after(path: str, default: float) -> float:

@@ -25,6 +25,7 @@ from edgeswarm.trust.protect import Protection
 from edgeswarm.trust.signing import verify
 
 MIN_PIECE = 256 * 1024
+SEGMENT_PIECE = 64 * 1024  # the floor for a live stream's media segments, and the smallest piece a manifest may have
 MAX_PIECES = 2048
 FORMAT = 1
 
@@ -40,13 +41,17 @@ def is_content_id(text: str) -> bool:
     return len(text) == 64 and _HEX.fullmatch(text) is not None
 
 
-def piece_size_for(size: int) -> int:
-    """Smallest power of two >= 256 KiB that keeps a file within 2048 pieces.
+def piece_size_for(size: int, segment: bool = False) -> int:
+    """Smallest power of two >= 256 KiB (64 KiB for a media segment) that keeps a file within 2048 pieces.
 
     BitTorrent's rule of thumb: pieces small enough to spread quickly, few
-    enough that the piece list and bitfields stay small.
+    enough that the piece list and bitfields stay small.  A live segment
+    (about 1 MB) must cross its whole region within a few seconds, and a peer
+    passes a piece on only once it holds all of it: in 256 KiB pieces each
+    hop of the region's tree held it back a quarter of the segment, at a slow
+    uplink a second.
     """
-    piece = MIN_PIECE
+    piece = SEGMENT_PIECE if segment else MIN_PIECE
     while size > piece * MAX_PIECES:
         piece *= 2
     return piece
@@ -144,7 +149,10 @@ class Manifest:
                 lambda: all(type(v) is int and v >= 0 for v in (m.size, m.modified, m.piece_size)),
                 "size, modified, piece_size must be integers ≥ 0",
             ),
-            (lambda: m.piece_size >= MIN_PIECE and m.piece_size & (m.piece_size - 1) == 0, "piece_size must be a power of two ≥ 256 KiB"),
+            (
+                lambda: m.piece_size >= SEGMENT_PIECE and m.piece_size & (m.piece_size - 1) == 0,
+                "piece_size must be a power of two ≥ 64 KiB",
+            ),
             (lambda: len(m.pieces) == -(-m.size // max(m.piece_size, 1)), "piece count does not match size"),
             (
                 lambda: all(isinstance(p, str) and len(p) == 64 and _HEX.fullmatch(p) for p in m.pieces),

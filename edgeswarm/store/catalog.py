@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeswarm.policy.live import is_playlist
+from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import path_problem, reserved_segment
@@ -233,7 +233,7 @@ class Catalog:
         within the same second, an older file copied in), because nodes
         accept only manifests that move forward (manifestfetch.ManifestOrder).
         """
-        piece_size = piece_size_for(key[0])
+        piece_size = piece_size_for(key[0], segment=is_segment(rel))
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         data = None
         try:
