@@ -338,6 +338,22 @@ def test_each_open_read_has_its_own_urgent_window():
     assert {62, 63} <= e.picker.wanted
 
 
+def test_a_readers_windows_cover_the_same_bytes_in_smaller_pieces():
+    """A live segment's 64 KiB pieces: a reader at its start makes the first MiB urgent, as four 256 KiB pieces were."""
+    host = RecordingHost()
+    e = Engine(
+        host, 20, (), seed="me", deadline=2.0, edges=["http://edge:8000"], ranking=SourceRanking(), clock=lambda: 0.0, piece_size=64 * 1024
+    )
+    e.reading(0)
+    assert sorted(e.picker.urgent) == list(range(16))
+    assert e.picker.wanted == set(range(20))
+    big, big_host = make(count=20)
+    big.reading(0)
+    assert sorted(big.picker.urgent) == [0, 1, 2, 3], "256 KiB pieces keep four"
+    edge_workers = [[w for w in h.spawned if w.gi_code.co_name == "edge_worker"] for h in (host, big_host)]
+    assert [len(w) for w in edge_workers] == [4, 1], "and the bytes in flight to the edge: one 256 KiB piece's worth"
+
+
 # -- whole swarms in virtual time -------------------------------------------------------------------
 def test_viewers_who_press_play_together_trade_and_read_on_time():
     """12 gateways streaming at once, 2 regions, every default: most bytes from peers, none across regions,

@@ -34,9 +34,10 @@ from edgeswarm.policy.tracker import PER_ADDRESS, address_group
 
 log = logging.getLogger("edgeswarm.roles.swarm")
 MAX_PEERS = 5  # peer sources used at once
-EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
-URGENT = 4  # pieces ahead of a reader that are urgent
-WINDOW = 16  # pieces ahead of a reader that are fetched at all
+EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source (of PIECE bytes; likewise)
+URGENT = 4  # pieces ahead of a reader that are urgent (of PIECE bytes; as many bytes of smaller pieces)
+WINDOW = 16  # pieces ahead of a reader that are fetched at all (likewise)
+PIECE = 256 * 1024  # the piece size URGENT and WINDOW count in: a file's smallest (manifest.MIN_PIECE)
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
@@ -175,9 +176,15 @@ class Engine:
         edges: list[str],
         ranking: SourceRanking,
         clock: Callable[[], float],
+        piece_size: int = PIECE,
     ):
         self.host = host
         self.picker = PiecePicker(piece_count, have, seed=seed, deadline=deadline)
+        # a reader's windows and the bytes in flight to edges stay the same whatever the piece size: a live segment's
+        # 64 KiB pieces counted as 256 KiB ones left most of the segment a joiner waits for outside its urgent window,
+        # and a joiner with no neighbours yet took its 13 pieces from the edge one round trip at a time
+        scale = max(1, PIECE // max(1, piece_size))
+        self.urgent, self.window, self.edge_workers = URGENT * scale, WINDOW * scale, EDGE_WORKERS * scale
         self.self_id = seed
         self.edges = edges  # the peer's list: edges it learns later are used too
         self.ranking = ranking
@@ -219,7 +226,7 @@ class Engine:
         """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
         self._readers[index] += 1
         self.picker.wait_for(index, self.clock())
-        self.picker.readers_at(self._readers, URGENT, WINDOW)
+        self.picker.readers_at(self._readers, self.urgent, self.window)
         self.staff()
         self.host.changed()
 
@@ -334,7 +341,7 @@ class Engine:
             return
         if not self._edge_workers_started:
             self._edge_workers_started = True
-            for slot in range(EDGE_WORKERS):
+            for slot in range(self.edge_workers):
                 self.host.spawn(self.edge_worker(slot))
             self.host.spawn(self.seed_worker())
             self.host.spawn(self.scout())

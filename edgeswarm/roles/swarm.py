@@ -57,6 +57,7 @@ class Swarm:
             edges=peer.edges,
             ranking=peer.ranking,
             clock=time.monotonic,
+            piece_size=signed.manifest.piece_size,
         )
         self.picker = self.engine.picker
         if self.picker.complete():
