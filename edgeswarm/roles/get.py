@@ -199,9 +199,8 @@ class OutputFile:
     12 `get`s on two cores, as long as the whole start-up.  A piece is
     written from the bytes ``put_piece`` has just checked; what was not
     written so (held from an earlier run, protected content) is read from the
-    cache at the end and checked again there.  The
-    output appears whole or not at all: ``NAME.part`` until then, removed on
-    failure.
+    cache at the end and checked again there.  The output appears whole or
+    not at all: ``NAME.part`` until then, removed on failure.
     """
 
     def __init__(self, path: Path, manifest: Manifest):
@@ -250,7 +249,7 @@ class OutputFile:
                 if i not in self.written:
                     data = self._read(peer, cid, i)
                     self._write(i, decrypt(data, m.piece_span(i)[0]) if decrypt else data)
-            os.ftruncate(self._open(), m.size)  # an empty file, or a stale longer one, comes out at the right length
+            os.ftruncate(self._open(), m.size)  # an empty file has no piece to create it: it is opened here
             os.close(self._open())
             self.fd = None
             os.replace(self.part, self.path)
