@@ -305,6 +305,15 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert "verified" in proc.stdout
+    (published / "dir/empty.bin").write_bytes(b"")  # no piece at all: the output is still created, empty
+    empty = tmp_path / "empty.out"
+    cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/dir/empty.bin", "-o", str(empty), "--listen", "127.1.0.7:0"]
+    for _ in range(50):  # the origin's next scan publishes it
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode == 0 or "no such file" not in done.stderr:
+            break
+        time.sleep(0.2)
+    assert done.returncode == 0 and empty.read_bytes() == b"", done.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "edgeswarm", "get", edge.url + "/nope.bin", "-o", str(tmp_path / "x")],
         capture_output=True,
