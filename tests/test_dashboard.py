@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import aiohttp
@@ -45,6 +46,12 @@ async def dash():
     dashboard.mount(app)
     async with serve_app(app) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+def to_fixed(x: float, digits: int) -> str:
+    """JavaScript's ``Number.prototype.toFixed``: the float's exact value rounded, a tie going up (22.25 -> "22.3",
+    where Python's format gives "22.2"; CI once drew exactly that share)."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def referenced(page: str) -> list[str]:
@@ -309,7 +316,7 @@ async def test_the_dashboard_shows_what_status_says_in_chromium_without_console_
     assert all(dom["fig"][k][1] is not None for k in ("egress-rate", "uptime", "error-rate"))
     for row in dom["regions"]:  # the share is shown as a percentage of what /status says
         share = expected["regions"][row["region"]][2]
-        assert row["cells"][3][0] == f"{share * 100:.1f} %"
+        assert row["cells"][3][0] == f"{to_fixed(share * 100, 1)} %"
     assert set(dom["fig"]["cache-entries"][0]) <= set("0123456789") and int(dom["fig"]["cache-entries"][0]) == len(after["contents"])
     assert set(expected["paths"].values()) == {HOSTILE_PATH}, "the swarms table names the content by its path, as text"
     assert dom["shareLegend"] == ["Time", HOSTILE_REGION, "west"] and dom["egressLegend"] == ["Time", "egress", "capacity"]
