@@ -14,6 +14,7 @@ import pytest
 from edgeswarm.policy import engine
 from edgeswarm.policy.engine import Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
 from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.protocol.manifest import MIN_PIECE
 from edgeswarm.sim.swarmsim import Crowd, simulate
 
 
@@ -352,6 +353,7 @@ def test_a_readers_windows_cover_the_same_bytes_in_smaller_pieces():
     assert sorted(big.picker.urgent) == [0, 1, 2, 3], "256 KiB pieces keep four"
     edge_workers = [[w for w in h.spawned if w.gi_code.co_name == "edge_worker"] for h in (host, big_host)]
     assert [len(w) for w in edge_workers] == [4, 1], "and the bytes in flight to the edge: one 256 KiB piece's worth"
+    assert engine.PIECE == MIN_PIECE, "the engine counts in a file's pieces (policy may not import the manifest's rule)"
 
 
 # -- whole swarms in virtual time -------------------------------------------------------------------

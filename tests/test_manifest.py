@@ -88,7 +88,7 @@ def test_piece_size_for_never_shrinks_for_a_bigger_file(a, b):
 
 
 @given(st.integers(0, 2**40))
-def test_a_media_segment_gets_pieces_of_64_kib_and_a_file_of_its_size_keeps_256(size):
+def test_a_media_segment_gets_pieces_of_64_kib_and_never_larger_than_a_files(size):
     p = piece_size_for(size, segment=True)
     assert p >= SEGMENT_PIECE and p & (p - 1) == 0 and -(-size // p) <= MAX_PIECES
     assert p == SEGMENT_PIECE or -(-size // (p // 2)) > MAX_PIECES

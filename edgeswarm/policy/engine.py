@@ -34,10 +34,10 @@ from edgeswarm.policy.tracker import PER_ADDRESS, address_group
 
 log = logging.getLogger("edgeswarm.roles.swarm")
 MAX_PEERS = 5  # peer sources used at once
-EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source (of PIECE bytes; likewise)
-URGENT = 4  # pieces ahead of a reader that are urgent (of PIECE bytes; as many bytes of smaller pieces)
-WINDOW = 16  # pieces ahead of a reader that are fetched at all (likewise)
-PIECE = 256 * 1024  # the piece size URGENT, WINDOW and EDGE_WORKERS count in: a file's smallest (manifest.MIN_PIECE)
+PIECE = 256 * 1024  # the piece size the next three count in (as many bytes of smaller pieces): manifest.MIN_PIECE
+EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
+URGENT = 4  # pieces ahead of a reader that are urgent
+WINDOW = 16  # pieces ahead of a reader that are fetched at all
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
@@ -183,7 +183,7 @@ class Engine:
         # a reader's windows and the bytes in flight to edges stay the same whatever the piece size: a live segment's
         # 64 KiB pieces counted as 256 KiB ones left most of the segment a joiner waits for outside its urgent window,
         # and a joiner with no neighbours yet took its 13 pieces from the edge one round trip at a time
-        scale = max(1, PIECE // max(1, piece_size))
+        scale = max(1, PIECE // piece_size)  # a manifest's pieces are 64 KiB at least
         self.urgent, self.window, self.edge_workers = URGENT * scale, WINDOW * scale, EDGE_WORKERS * scale
         self.self_id = seed
         self.edges = edges  # the peer's list: edges it learns later are used too
