@@ -15,9 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, make_file, post, sha, start_peer, status
+from conftest import DoubleServer, make_file, post, run_cli, sha, start_p2p_edge, start_peer, status
 
 from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.policy.vocabulary import TRACKER_FIELDS
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
@@ -324,6 +325,52 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     assert not (tmp_path / "x").exists()
     junk = subprocess.run([sys.executable, "-m", "edgeswarm", "get", "ftp://x/y"], capture_output=True, text=True, timeout=30)
     assert junk.returncode == 2 and "not an http(s) URL" in junk.stderr
+
+
+class SlowTracker(DoubleServer):
+    """An edge's address whose announces other than "stopped" take ``hold`` seconds to reach it (a busy edge)."""
+
+    def __init__(self, upstream: str, hold: float):
+        self.upstream, self.hold = upstream, hold
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == "/announce" and b'"stopped"' not in body:
+            await asyncio.sleep(self.hold)  # forwarded even if the asker has gone: the edge may still be reading it
+        headers = {k: v for k, v in request.headers.items() if k not in ("Host", "Content-Length")}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            s.request(request.method, self.upstream + request.raw_path, headers=headers, data=body) as r,
+        ):
+            got, ctype = await r.read(), r.headers.get("Content-Type", "application/octet-stream")
+            keep = {k: r.headers[k] for k in ("ETag", "X-Edgeswarm-Piece") if k in r.headers}
+        return web.Response(status=r.status, body=got, headers={"Content-Type": ctype, **keep})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+async def test_a_get_that_stops_during_an_announce_is_counted_once_and_forgotten(tmp_path, nodes, origin, published, regions, http):
+    """A get's last announce is answered before its "stopped" is sent.  Cut off, it reached a busy edge after the
+    "stopped": the gone get stayed in the swarm for a ttl, and the region's totals ended at 0 bytes for it."""
+    size = 2 * 1024 * 1024
+    data = make_file(published / "app.bin", size)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)  # the default announce interval
+    out = tmp_path / "app.out"
+    async with SlowTracker(edge.url, hold=1.0) as slow:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", slow.url + "/app.bin", "-o", str(out), "--cache", str(tmp_path / "c")]
+        for _ in range(50):  # the origin's scan publishes the file
+            done = await asyncio.to_thread(run_cli, [*cmd, "--listen", "127.1.0.9:0"], 60)
+            if done.returncode == 0 or "no such file" not in done.stderr:
+                break
+            await asyncio.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        await asyncio.sleep(2.0)  # any announce still held reaches the edge
+    assert sha(out.read_bytes()) == sha(data)
+    p2p = (await status(http, edge.url))["p2p"]
+    print("MEMBERS", p2p["swarm_memberships"], p2p["regions"])
+    reported = sum(row.get(field, 0) for row in p2p["regions"].values() for field in TRACKER_FIELDS.values())
+    assert reported == size, f"the region's totals count {reported} bytes for one get of {size}"
 
 
 @pytest.mark.skipif(
