@@ -197,7 +197,8 @@ async def run_crowd(group: ProcessGroup, root: Path, crowd: Crowd, progress: Pro
         work = ask(http, nodes, crowd, meter) if ask else _get(root, crowd, edge.url, meter)
         watch = asyncio.create_task(_watch(progress, crowd, bound, meter, timeline))
         try:
-            peers = await asyncio.wait_for(work, 10 * bound + 60)
+            async with asyncio.timeout(10 * bound + 60):
+                peers = await work
         except TimeoutError:
             raise TimeoutError(f"only {meter.complete} of {crowd.peers} peers complete after {10 * bound + 60:.0f} s") from None
         finally:

@@ -239,7 +239,8 @@ class Slowloris(Double):
         while True:
             opened = time.monotonic()
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(self.host, 0)), 10)
+                async with asyncio.timeout(10):
+                    reader, writer = await asyncio.open_connection(host, port, local_addr=(self.host, 0))
             except (OSError, TimeoutError):
                 self.counts["connect_failed"] += 1
                 await asyncio.sleep(0.5)
@@ -251,7 +252,8 @@ class Slowloris(Double):
                 n = 0
                 while True:
                     try:
-                        data = await asyncio.wait_for(reader.read(1024), self.args.every)
+                        async with asyncio.timeout(self.args.every):
+                            data = await reader.read(1024)
                     except TimeoutError:
                         n += 1
                         writer.write(f"X-Slow-{n}: {n}\r\n".encode())

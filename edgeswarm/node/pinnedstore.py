@@ -50,7 +50,8 @@ class PinnedStore:
         """The store, waiting up to ``timeout`` seconds for it to open; else HttpError 503."""
         if self.store is None:
             try:
-                await asyncio.wait_for(self._opened.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._opened.wait()
             except TimeoutError:
                 raise HttpError(503, self.waiting, {"Retry-After": "2"}) from None
         assert self.store is not None

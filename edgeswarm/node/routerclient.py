@@ -83,7 +83,8 @@ class RouterFollower:
         """Ask the router every ``refresh`` s (or soon after a wake) and ``apply(edges)`` when its answer changes."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.refresh)
+                async with asyncio.timeout(self.refresh):
+                    await self.wake.wait()
                 await asyncio.sleep(SOON)
             self.wake.clear()
             try:

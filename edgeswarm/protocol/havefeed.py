@@ -159,7 +159,8 @@ async def _next_line(sub: Subscriber, wake: asyncio.Event, transport: asyncio.Ba
     """
     for _ in range(int(HEARTBEAT / CHECK)):
         try:
-            await asyncio.wait_for(wake.wait(), CHECK)
+            async with asyncio.timeout(CHECK):
+                await wake.wait()
         except TimeoutError:
             if transport.is_closing():
                 return None

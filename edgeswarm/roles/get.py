@@ -163,7 +163,8 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
                 )
                 last_line = now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(swarm.completed.wait(), 0.2)
+                async with asyncio.timeout(0.2):
+                    await swarm.completed.wait()
         if bar is not None:
             bar.update(task, completed=m.size)
 

@@ -138,7 +138,8 @@ class Origin:
     async def _scan_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._rescan.wait(), self.scan_interval)
+                async with asyncio.timeout(self.scan_interval):
+                    await self._rescan.wait()
             self._rescan.clear()
             try:
                 await self.scan()

@@ -142,7 +142,8 @@ class SwarmSource:
 
     async def fetch(self, index: int) -> bytes:
         try:
-            await asyncio.wait_for(self.swarm.piece(index), self.peer.read_timeout)
+            async with asyncio.timeout(self.peer.read_timeout):
+                await self.swarm.piece(index)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
         data = self.peer.pinned.opened.read_piece(self.swarm.cid, index)
@@ -498,7 +499,8 @@ class Peer:
                 self._round = asyncio.create_task(self.announce_all("update", due))
                 await asyncio.shield(self._round)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_announcer.wait(), self.schedule.wait(sorted(self._p2p_edges), time.monotonic()))
+                async with asyncio.timeout(self.schedule.wait(sorted(self._p2p_edges), time.monotonic())):
+                    await self._wake_announcer.wait()
 
     async def announce_all(self, event: str, edges: list[str] | None = None) -> None:
         store = self.store
@@ -916,7 +918,8 @@ class Peer:
         for swarm in self.swarms.values():
             await swarm.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.announce_all("stopped"), 2.0)
+            async with asyncio.timeout(STOP_WAIT):
+                await self.announce_all("stopped")
         await self.upstream.close()
         if self.streams is not None:
             await self.streams.close()

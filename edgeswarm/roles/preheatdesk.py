@@ -71,7 +71,8 @@ class PreheatDesk:
         if not seconds > 0:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
 
     def _operator(self, request: web.Request) -> None:
         if not self.edge._trusted_client(request):

@@ -230,7 +230,8 @@ class Swarm:
     async def _execute(self, command: Command) -> object:
         if isinstance(command, Wait):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._changed), command.timeout)
+                async with asyncio.timeout(command.timeout):
+                    await asyncio.shield(self._changed)
             return None
         if isinstance(command, Sleep):
             await asyncio.sleep(command.seconds)

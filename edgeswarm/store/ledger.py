@@ -349,7 +349,8 @@ class Ledger:
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
+                async with asyncio.timeout(self.flush_interval):
+                    await self._stopping.wait()
             try:
                 await self.flush()
             except Exception:  # flush already handles write errors; this keeps the loop alive whatever happens
