@@ -278,8 +278,9 @@ async def _get(root: Path, crowd: Crowd, edge: str, meter: Meter) -> list[dict]:
     """N ``edgeswarm get`` processes started at once; a peer is complete when its output file appears.
 
     The time includes each process's start-up, as a user's would.  ``get``
-    writes the output in one go from verified pieces and renames it into
-    place, so its modification time is when that peer was done.
+    writes each verified piece into the output as it stores it and renames
+    the whole file into place right after the last, so its modification time
+    is when that peer was done.
     """
     started_wall = time.time()
     procs: list[tuple[subprocess.Popen, Path, Path]] = []

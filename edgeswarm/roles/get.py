@@ -26,6 +26,7 @@ from edgeswarm.node.daemon import Servers
 from edgeswarm.node.routerclient import find_edge
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
+from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
@@ -95,15 +96,22 @@ async def download(
             signed.content_id
         )  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
         swarm = peer.swarm(signed)
-        swarm.want_whole()
-        started = time.monotonic()
-        await _watch(peer, swarm, stall_timeout)
-        elapsed = time.monotonic() - started
+        out = OutputFile(output, signed.manifest)
         try:
-            key = await peer.content_key(signed) if signed.manifest.protection else None
-        except HttpError as exc:
-            raise GetError(f"{url}: {exc.message}") from None
-        await asyncio.to_thread(_write_output, peer, signed, output, key)
+            if not signed.manifest.protection:  # protected pieces are written once the key has come, after the download
+                swarm.on_stored = out.put
+            swarm.want_whole()
+            started = time.monotonic()
+            await _watch(peer, swarm, stall_timeout, out)
+            elapsed = time.monotonic() - started
+            try:
+                key = await peer.content_key(signed) if signed.manifest.protection else None
+            except HttpError as exc:
+                raise GetError(f"{url}: {exc.message}") from None
+            await asyncio.to_thread(out.finish, peer, signed.content_id, key)
+        finally:
+            swarm.on_stored = None
+            out.close()
         got = peer.received.get(signed.content_id, Counter())
         from_peers, total = peer_bytes(got), sum(got.values())
         log.info("%s: %d bytes written to %s; closing", path, signed.manifest.size, output)
@@ -128,7 +136,7 @@ async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None) -> t
     return None, edge
 
 
-async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
+async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> None:
     """Show progress until complete; give up when nothing arrives for ``stall_timeout`` seconds.
 
     Returns as soon as the last piece is stored (it waits on completion, not
@@ -141,6 +149,8 @@ async def _watch(peer: Peer, swarm, stall_timeout: float) -> None:
     with _bar() if interactive else contextlib.nullcontext() as bar:
         task = bar.add_task(m.path, total=m.size) if bar is not None else None
         while not swarm.completed.is_set():
+            if out.error is not None:
+                raise GetError(f"cannot write {out.path}: {out.error.strerror or out.error}")
             held = len(swarm.picker.have)
             now = time.monotonic()
             if held != last_held:
@@ -182,20 +192,80 @@ def _peer_share(peer: Peer, cid: str) -> float:
     return p2p_share(peer_bytes(got), sum(got.values())) or 0.0
 
 
-def _write_output(peer: Peer, signed, output: Path, key: bytes | None) -> None:
-    """Assemble from stored pieces, each checked again against the manifest on the way out (and decrypted, if protected)."""
-    m = signed.manifest
-    decrypt = cipher_for(key, m.protection) if key is not None and m.protection else None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".part")
-    with open(tmp, "wb") as f:
-        for i in range(m.piece_count):
-            data = peer.pinned.opened.read_piece(signed.content_id, i)
-            if data is None or not m.check_piece(i, data):
-                tmp.unlink(missing_ok=True)
-                raise GetError(f"piece {i} vanished or changed in the cache while writing {output}")
-            f.write(decrypt(data, m.piece_span(i)[0]) if decrypt else data)
-    os.replace(tmp, output)
+class OutputFile:
+    """The output, written at each piece's offset as the swarm stores it verified, and renamed into place once whole.
+
+    Assembled after the download instead, the user waited while every piece
+    was read back from the cache and hashed again: 0.2-1.0 s for 32 MiB with
+    12 `get`s on two cores, as long as the whole start-up.  A piece is
+    written from the bytes ``put_piece`` has just checked; what was not
+    written so (held from an earlier run, protected content) is read from the
+    cache at the end and checked again there.  The output appears whole or
+    not at all: ``NAME.part`` until then, removed on failure.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path, self.manifest = path, manifest
+        self.part = path.with_name(path.name + ".part")
+        self.written: set[int] = set()
+        self.error: OSError | None = None  # the first write that failed: the download stops with it
+        self.fd: int | None = None
+        self.done = False
+
+    def _open(self) -> int:
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        return self.fd
+
+    def put(self, index: int, data: bytes) -> None:
+        """A verified piece: written at its offset (once; a failure is kept in ``error``)."""
+        if index in self.written or self.error is not None:
+            return
+        try:
+            self._write(index, data)
+        except OSError as exc:
+            self.error = exc
+            return
+        self.written.add(index)
+
+    def _write(self, index: int, data: bytes) -> None:
+        fd, offset, view = self._open(), self.manifest.piece_span(index)[0], memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            offset, view = offset + n, view[n:]
+
+    def _read(self, peer: Peer, cid: str, index: int) -> bytes:
+        data = peer.pinned.opened.read_piece(cid, index)
+        if data is None or not self.manifest.check_piece(index, data):
+            raise GetError(f"piece {index} vanished or changed in the cache while writing {self.path}")
+        return data
+
+    def finish(self, peer: Peer, cid: str, key: bytes | None) -> None:
+        """Write what is missing (every piece, if protected: decrypted) and rename the whole file into place."""
+        m = self.manifest
+        decrypt = cipher_for(key, m.protection) if key is not None and m.protection else None
+        try:
+            for i in range(m.piece_count):
+                if i not in self.written:
+                    data = self._read(peer, cid, i)
+                    self._write(i, decrypt(data, m.piece_span(i)[0]) if decrypt else data)
+            os.ftruncate(self._open(), m.size)  # an empty file has no piece to create it: it is opened here
+            os.close(self._open())
+            self.fd = None
+            os.replace(self.part, self.path)
+        except OSError as exc:
+            raise GetError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.done = True
+
+    def close(self) -> None:
+        """Release the file; unless it was renamed into place, remove the partial output."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if not self.done:
+            with contextlib.suppress(OSError):  # never written, or its directory is what failed
+                self.part.unlink()
 
 
 def run(

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, TypeVar
 
 from edgeswarm.errors import EdgeswarmError, HttpError
@@ -47,6 +47,7 @@ class Swarm:
         self._tasks: set[asyncio.Task] = set()
         self._transfers: dict[int, set[asyncio.Task]] = {}  # piece -> its requests in flight (abandon() stops them)
         self._subscriptions: dict[str, asyncio.Task] = {}  # neighbour URL -> its HAVE stream's task
+        self.on_stored: Callable[[int, bytes], None] | None = None  # told each piece this swarm stores, verified (get's output)
         self.engine = engine.Engine(
             self,
             signed.manifest.piece_count,
@@ -254,6 +255,8 @@ class Swarm:
                     return Result("abandoned")
                 data = fetched
             self.peer.pinned.opened.put_piece(self.cid, f.index, data)
+            if self.on_stored is not None:
+                self.on_stored(f.index, data)
             return Result("ok", time.monotonic() - started, len(data))
         except CorruptPiece:
             self.peer.metrics.events[("corrupt_piece", f.url)] += 1
