@@ -89,6 +89,20 @@ async def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
     assert (await service.status())["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
 
 
+async def test_an_announce_that_comes_after_its_peers_stopped_is_409_and_books_nothing(service):
+    """Sent before the peer's ``stopped``, it arrived after it: taken, the gone peer was back in the swarm for a ttl."""
+    stats = {"edge": M.size, "peer_same_region": 0, "peer_other_region": 0}
+    await service.handle(doc(event="started"), "127.0.0.5", M)
+    last = {"have": ALL, "stats": stats, "usage": {"from_this_edge": M.size}}  # not acknowledged: "stopped" reports it too
+    _, usage = await service.handle(doc(event="stopped", **last), "127.0.0.5", M)
+    assert usage == {"reported_from_edge": M.size}
+    with pytest.raises(HttpError) as err:
+        await service.handle(doc(**last), "127.0.0.5", M)
+    assert err.value.status == 409 and "said stopped" in err.value.message
+    assert (await service.status())["regions"]["unmapped"]["bytes_from_edge"] == M.size  # once
+    assert await service.tracker.swarm(CID) == []
+
+
 async def test_over_a_limit_is_429_with_retry_after():
     service = TrackerService(None, "prefer", 1.0, Limits(ids_per_address=2))
     await service.handle(doc("a"), "127.0.0.5", M)

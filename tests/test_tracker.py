@@ -14,8 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgeswarm.policy import tracker
 from edgeswarm.policy.regions import Region
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, PeerRecord, Refused, Tracker, address_group, labels, peer_url, rank
+from edgeswarm.policy.tracker import (
+    AnnounceRecord,
+    Limits,
+    OutOfOrder,
+    PeerRecord,
+    Refused,
+    Tracker,
+    address_group,
+    labels,
+    peer_url,
+    rank,
+)
 
 EAST, WEST = Region("east", "att"), Region("west", "verizon")
 N = 8  # pieces
@@ -369,6 +381,36 @@ async def at(t: Tracker, now: float, pid: str, addr: str, *, user: str | None = 
     )
 
 
+async def test_an_announce_that_arrives_after_its_peers_stopped_changes_nothing():
+    """Sent before the ``stopped``, it came after: only ``started`` joins again (OutOfOrder: the edge's 409)."""
+    t = Tracker(ttl=10)
+    await at(t, 0, "x", "10.0.0.1", event="started")
+    await at(t, 1, "x", "10.0.0.1", event="stopped")
+    for late in ("update", "completed"):
+        with pytest.raises(OutOfOrder, match="announce 'started' to join again"):
+            await at(t, 2, "x", "10.0.0.1", event=late)
+    assert await t.swarm(CID) == [] and t.state_size()["identities"] == 0
+    await at(t, 2, "x", "10.0.0.1", cid="b" * 64)  # its other contents are not concerned
+    await at(t, 2, "x", "10.0.0.66")  # nor another owner's peer of the same id
+    await at(t, 3, "x", "10.0.0.1", event="started")  # the peer back: in the swarm again
+    await at(t, 4, "x", "10.0.0.1")
+    assert sorted(r.address for r in await t.swarm(CID)) == ["10.0.0.1", "10.0.0.66"]
+
+
+async def test_a_stopped_peer_is_remembered_for_a_ttl_and_a_bounded_number_of_them(monkeypatch):
+    t = Tracker(ttl=10)
+    await at(t, 0, "x", "10.0.0.1", event="stopped")
+    await t.expire(11)
+    await at(t, 12, "x", "10.0.0.1")  # older than a ttl: a late announce is no longer known as one
+    monkeypatch.setattr(tracker, "MAX_LEFT", 3)
+    for i in range(5):
+        await at(t, 20, f"p{i}", f"10.0.1.{i}", event="stopped")
+    assert t.state_size()["left"] == 3
+    await at(t, 21, "p0", "10.0.1.0")  # the oldest went first
+    with pytest.raises(OutOfOrder):
+        await at(t, 21, "p4", "10.0.1.4")
+
+
 async def test_an_id_cannot_be_taken_over_after_its_owner_stops():
     t = Tracker()
     await at(t, 0, "x", "10.0.0.1")
@@ -445,7 +487,7 @@ async def test_expiry_frees_every_per_peer_table():
         await at(t, 0, f"p{i}", f"10.0.0.{i}", user="u" if i % 2 else None, cid=str(i % 3) * 64)
     assert t.state_size()["identities"] == 20
     await t.expire(11)
-    assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0}
+    assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0, "left": 0}
     assert await t.contents() == [] and t._here == {}
 
 

@@ -62,6 +62,15 @@ class Limits:
     answer_per_address: int = PER_ADDRESS  # one address's share of any answer: never the whole of it
 
 
+class OutOfOrder(EdgeswarmError):
+    """An announce of a content from a peer that has said ``stopped`` for it, other than ``started``: the edge answers 409.
+
+    It was sent before the ``stopped`` and reached us after it (a peer that
+    stops while an announce is in flight).  Taken, it put a gone peer back in
+    the swarm for a ttl, and its counts and usage were booked a second time.
+    """
+
+
 class Refused(EdgeswarmError):
     """Over a limit: the edge answers 429 with ``retry_after`` and this message."""
 
@@ -321,6 +330,7 @@ def settle(step: Coroutine[object, None, T]) -> T:
 
 
 SAMPLE_PER_ANSWER = 2  # candidates read from the store per place in an answer
+MAX_LEFT = 65536  # (content, peer) that said stopped, kept for a ttl so a late announce of theirs is known; the oldest go first
 
 
 class Tracker:
@@ -359,6 +369,7 @@ class Tracker:
         self._counted: dict[PeerKey, tuple[str, ...]] = {}  # live identity -> the limit keys it counts against
         self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
+        self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
 
     async def announce(self, now: float, ann: AnnounceRecord, charge: bool = True) -> list[PeerRecord]:
         """Record the announce and hand the asker the best of its swarm; ``Refused`` (changing nothing) when over a limit."""
@@ -374,9 +385,13 @@ class Tracker:
         key, group = (owner_of(address, user), peer_id), address_group(address)
         counted = (group, owner_of(address, user)) if user is not None else (group,)
         self._admit(now, key, counted, event == "stopped", charge)
+        if event != "started" and (cid, key) in self._left:
+            raise OutOfOrder(f"peer {peer_id} said stopped for content {cid[:12]}: announce 'started' to join again")
         if event == "stopped":
+            self._stopped(now, cid, key)
             await self.drop(cid, key)
             return [], 0
+        self._left.pop((cid, key), None)
         if isinstance(have, int):
             rec = PeerRecord.from_mask(have, peer_id=peer_id, url=url, address=address, region=region, piece_count=piece_count)
         else:
@@ -386,6 +401,13 @@ class Tracker:
         placed = await self.store.put(now, cid, rec, self.sample)
         self._join(now, key, cid, counted, address)
         return handout(rec, placed.candidates, self.locality, self.max_answer, self.limits.answer_per_address), placed.size
+
+    def _stopped(self, now: float, cid: str, key: PeerKey) -> None:
+        """Remember that ``key`` left ``cid`` (OutOfOrder), for a ttl and at most MAX_LEFT of them."""
+        self._left.pop((cid, key), None)
+        self._left[(cid, key)] = now
+        while len(self._left) > MAX_LEFT:
+            del self._left[next(iter(self._left))]
 
     def _admit(self, now: float, key: PeerKey, counted: tuple[str, ...], leaving: bool, charge: bool = True) -> None:
         """The rate per user (tokens) or address, then the live ids of each limit key this identity would join."""
@@ -461,6 +483,8 @@ class Tracker:
         in the store, and comes back here with its next announce).
         """
         dropped = await self.store.expire(now)
+        while self._left and now - next(iter(self._left.values())) > self.ttl:
+            del self._left[next(iter(self._left))]
         for cid in list(self._here):
             here = self._here[cid]
             silent = []
@@ -499,4 +523,5 @@ class Tracker:
             "identities": len(self._joined),
             "limit_keys": len(self._ids),
             "rate_keys": len(self._buckets),
+            "left": len(self._left),
         }

@@ -28,7 +28,7 @@ from edgeswarm.policy import bitfield
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.policy.peerstore import Counts, PeerStore, StoreUnavailable
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, address_group, labels, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, address_group, labels, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 
@@ -182,6 +182,8 @@ class TrackerService:
                 answer, size = await self.tracker.announce_sized(now, heard, charge)
             except Refused as exc:
                 raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+            except OutOfOrder as exc:
+                raise HttpError(409, str(exc)) from None
             cut = self.claims.bound(
                 now,
                 key,

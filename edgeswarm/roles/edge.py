@@ -45,7 +45,7 @@ from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, Refused, Tracker, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import file_request_path, manifest_request_path
@@ -499,6 +499,8 @@ class Edge:
             peers = await self.bt_tracker.announce(time.monotonic(), heard)
         except Refused as exc:
             return bencoded(bttracker.failure(exc.message, exc.retry_after))
+        except OutOfOrder as exc:
+            return bencoded(bttracker.failure(str(exc)))
         swarm = await self.bt_tracker.swarm(key)
         seeds = sum(1 for p in swarm if p.complete)
         return bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, len(swarm) - seeds))
