@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -97,16 +98,20 @@ def received_from(st: dict, kind: str) -> int:
 
 
 def run_cli(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run an edgeswarm command; one still running after ``timeout`` s is failed with its threads' stacks (faulthandler
-    on SIGABRT), so a hang says where it hung instead of only that it did."""
+    """Run an edgeswarm command; one still running after ``timeout`` s is failed with its asyncio tasks' stacks (SIGUSR1,
+    daemon.dump_tasks_on_sigusr1) and its threads' (faulthandler on SIGABRT), so a hang says where it hung instead of
+    only that it did."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # a second for the dump (communicate keeps what it read)
+                proc.communicate(timeout=1)
             proc.send_signal(signal.SIGABRT)
             out, err = proc.communicate(timeout=10)
-            pytest.fail(f"{' '.join(cmd[2:])} still running after {timeout:g} s; its stacks:\n{err[-6000:]}")
+            pytest.fail(f"{' '.join(cmd[2:])} still running after {timeout:g} s; its stacks:\n{err[-12000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 

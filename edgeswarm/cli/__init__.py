@@ -11,7 +11,9 @@ those load when their subcommand runs, so ``--help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import signal
 import sys
 
 from edgeswarm.store.ledger import LedgerError
@@ -50,6 +52,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a process of its own (not a test's call): SIGUSR1 asks for stacks, never kills; the threads'
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # until a node's loop runs, then its tasks' (daemon.py)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv and argv[0] in ALONE else None).parse_args(argv)
     try:

@@ -1,0 +1,66 @@
+"""SIGUSR1 makes a node or a get log every asyncio task's stack and run on; run_cli sends it to a command that hangs.
+
+faulthandler's stacks (SIGABRT) show a hung asyncio process's main thread in
+``select``, whatever its tasks wait on: the tasks' own stacks say which await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import pytest
+from aiohttp import web
+from conftest import DoubleServer, run_cli
+
+integration = pytest.mark.integration
+
+
+@integration
+async def test_sigusr1_logs_every_task_stack_and_the_node_runs_on(origin, http):
+    os.kill(origin.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "SIGUSR1" not in origin.log_text():
+        assert time.monotonic() < deadline and origin.running, origin.log_text()[-2000:]
+        await asyncio.sleep(0.05)
+    os.kill(origin.pid, signal.SIGUSR1)  # and again: the handler stays
+    while origin.log_text().count("SIGUSR1") < 2:
+        assert time.monotonic() < deadline and origin.running, origin.log_text()[-2000:]
+        await asyncio.sleep(0.05)
+    dump = origin.log_text().split("SIGUSR1", 1)[1]
+    assert "in serve_many\n    await stop.wait()" in dump  # the main task, down to the await it sleeps in
+    assert "in sweep" in dump  # and the others: the connection sweeper's
+    async with http.get(origin.url + "/healthz") as r:
+        assert r.status == 200
+    assert origin.running
+
+
+class Silent(DoubleServer):
+    """An edge that never answers (but a HEAD of the file, 404: so ``get`` takes it for an edge, not a router)."""
+
+    def routes(self, app: web.Application) -> None:
+        async def head(_: web.Request) -> web.Response:
+            return web.Response(status=404)
+
+        async def hang(_: web.Request) -> web.Response:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        app.router.add_route("HEAD", "/{tail:.*}", head)
+        app.router.add_route("*", "/{tail:.*}", hang)
+
+
+@integration
+async def test_run_cli_fails_a_hung_get_with_its_task_stacks(tmp_path):
+    async with Silent() as edge:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/app.bin", "-o", str(tmp_path / "app.bin")]
+        cmd += ["--cache", str(tmp_path / "cache"), "--listen", "127.0.0.1:0"]
+        with pytest.raises(pytest.fail.Exception) as failed:  # the get waits 10 s for the origin key: killed at 6
+            await asyncio.to_thread(run_cli, cmd, 6)
+    text = str(failed.value)
+    assert "get: SIGUSR1: the stacks of" in text, text
+    assert "in download\n    signed = await peer.resolve(path)" in text  # where the main task waits
+    assert "Current thread" in text or "Thread 0x" in text  # and faulthandler's threads, on SIGABRT
