@@ -230,7 +230,7 @@ class Swarm:
 
     async def _execute(self, command: Command) -> object:
         if isinstance(command, Wait):
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError):  # shielded: a timeout must not cancel the future every worker waits on
                 async with asyncio.timeout(command.timeout):
                     await asyncio.shield(self._changed)
             return None
