@@ -389,6 +389,7 @@ async def test_an_announce_that_arrives_after_its_peers_stopped_changes_nothing(
     for late in ("update", "completed"):
         with pytest.raises(OutOfOrder, match="announce 'started' to join again"):
             await at(t, 2, "x", "10.0.0.1", event=late)
+    await at(t, 2, "x", "10.0.0.1", event="stopped")  # said again (a retry): no error, nothing changes
     assert await t.swarm(CID) == [] and t.state_size()["identities"] == 0
     await at(t, 2, "x", "10.0.0.1", cid="b" * 64)  # its other contents are not concerned
     await at(t, 2, "x", "10.0.0.66")  # nor another owner's peer of the same id

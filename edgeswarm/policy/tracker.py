@@ -63,7 +63,7 @@ class Limits:
 
 
 class OutOfOrder(EdgeswarmError):
-    """An announce of a content from a peer that has said ``stopped`` for it, other than ``started``: the edge answers 409.
+    """An ``update`` or ``completed`` of a content from a peer that has said ``stopped`` for it: the edge answers 409.
 
     It was sent before the ``stopped`` and reached us after it (a peer that
     stops while an announce is in flight).  Taken, it put a gone peer back in
@@ -385,7 +385,7 @@ class Tracker:
         key, group = (owner_of(address, user), peer_id), address_group(address)
         counted = (group, owner_of(address, user)) if user is not None else (group,)
         self._admit(now, key, counted, event == "stopped", charge)
-        if event != "started" and (cid, key) in self._left:
+        if event in ("update", "completed") and (cid, key) in self._left:  # a "stopped" again changes nothing anyway
             raise OutOfOrder(f"peer {peer_id} said stopped for content {cid[:12]}: announce 'started' to join again")
         if event == "stopped":
             self._stopped(now, cid, key)
