@@ -296,7 +296,7 @@ def test_router_refuses_bad_configuration(tmp_path):
 
 def test_dns_answers_never_raise():
     """The DNS handler in process, fed every kind of packet: an answer or silence, never an exception."""
-    from dnslib import DNSRecord
+    from dnslib import RCODE, DNSRecord
 
     from edgeswarm.policy.regions import RegionMap
     from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
@@ -322,6 +322,11 @@ def test_dns_answers_never_raise():
         packet = bytes(packet[: rng.randint(0, len(packet))]) if n % 3 == 0 else bytes(packet)
         reply = router.dns_answer(packet, EAST_CLIENT)
         assert reply is None or DNSRecord.parse(reply).header.qr
+    long_label = b"\x40" + b"a" * 64 + b"\0"  # names dnslib reads but cannot write: a label of 64 bytes,
+    long_name = b"".join(b"\x3c" + b"a" * 60 for _ in range(5)) + b"\3cdn\4test\0"  # 310 bytes under the zone
+    for name in (long_label, long_name):
+        reply = router.dns_answer(good[:12] + name + b"\0\1\0\1", EAST_CLIENT)
+        assert reply is not None and DNSRecord.parse(reply).header.rcode == RCODE.FORMERR  # not a traceback
 
 
 @pytest.mark.integration

@@ -35,6 +35,7 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+from dnslib.label import DNSLabelError
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
@@ -379,7 +380,8 @@ class Router:
         """The answer to one DNS packet from ``address``; None when nothing should be sent (not a query at all)."""
         try:
             query = DNSRecord.parse(packet)
-        except (DNSError, ValueError, IndexError, UnicodeError):
+            query.pack()  # a name dnslib reads but cannot write back (a label over 63 bytes, a name over 255): malformed too
+        except (DNSError, DNSLabelError, ValueError, IndexError, UnicodeError):
             self.metrics.events[("dns_refused", "formerr")] += 1
             if len(packet) < 12:
                 return None
