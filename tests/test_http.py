@@ -246,6 +246,15 @@ async def test_path_traversal_gets_400_and_no_outside_byte(served, path):
     assert b"root:" not in body and b"invalid path" in body
 
 
+@pytest.mark.parametrize("path", ["/dir/a%0A.mp4", "/a%0Ab", "/manifest/a%0Ab", "/a%0D%0Ab", "/a%09b"])
+async def test_a_control_character_in_a_path_is_400_everywhere(served_anywhere, path):
+    """A newline too: the catch-all routes once used ".", which stops at one, and aiohttp answered its bare 404."""
+    url, _ = served_anywhere
+    r = await asyncio.to_thread(curl, "--path-as-is", "-o", "-", "-w", "\n%{http_code}", url + path)
+    body, _, code = r.stdout.rpartition(b"\n")
+    assert code == b"400" and b"control character" in body, (path, r.stdout)
+
+
 @pytest.mark.parametrize("path", ["/nope.mp4", "/dir", "/dir/", "/manifest", "/status/x", "/piece/zz/0", "/have/abc"])
 async def test_unknown_paths_get_404(served, http, path):
     url, _ = served

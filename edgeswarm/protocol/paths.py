@@ -19,6 +19,11 @@ RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (protocol/tor
 RESERVED |= {"preheat"}  # an edge's preheat orders (roles/preheatdesk.py)
 RESERVED |= {"relay"}  # the edge's relay for peers that cannot accept connections (protocol/relay.py)
 
+# aiohttp route patterns for "the rest of the path": [\s\S], not ".", so a path with a newline (%0A) reaches the
+# handler and its 400 for a control character, instead of aiohttp's bare 404
+PATH = r"{path:[\s\S]*}"
+TAIL = r"{tail:[\s\S]*}"
+
 
 def clean_request_path(raw_path: str) -> str:
     """The relative path a request names, from its raw (still percent-encoded) target."""

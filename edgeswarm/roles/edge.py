@@ -48,7 +48,7 @@ from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeed
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
-from edgeswarm.protocol.paths import file_request_path, manifest_request_path
+from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
 from edgeswarm.protocol.wire import (
     base_url,
@@ -894,7 +894,7 @@ class Edge:
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)
         dashboard.mount(app)
-        r.add_get("/manifest/{path:.*}", self.get_manifest)
+        r.add_get("/manifest/" + PATH, self.get_manifest)
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
@@ -902,8 +902,8 @@ class Edge:
         r.add_get("/swarm-key", self.get_swarm_key)
         r.add_post("/announce", self.post_announce)
         r.add_get("/announce", self.get_bt_announce)  # BitTorrent clients' announce (BEP 3); peers POST theirs
-        r.add_get("/torrent/{path:.*}", self.get_torrent)
-        r.add_get("/magnet/{path:.*}", self.get_magnet)
+        r.add_get("/torrent/" + PATH, self.get_torrent)
+        r.add_get("/magnet/" + PATH, self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
         if self.preheat is not None:
             r.add_post("/preheat", self.preheat.post_preheat)
@@ -915,9 +915,9 @@ class Edge:
         if self.relay is not None:
             relay = self.relay
             app.on_shutdown.append(lambda _: relay.close())  # relayed peers' WebSockets end now, not at the shutdown timeout
-        r.add_get("/relay/{rid}/{tail:.*}", self.get_relayed)
-        r.add_get("/{path:.*}", self.get_file)
-        r.add_put("/{path:.*}", self.put_file)
+        r.add_get("/relay/{rid}/" + TAIL, self.get_relayed)
+        r.add_get("/" + PATH, self.get_file)
+        r.add_put("/" + PATH, self.put_file)
 
         async def lifecycle(app: web.Application):
             await self.upstream.start()

@@ -21,7 +21,7 @@ from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
 from edgeswarm.policy.quota import QuotaPolicy
-from edgeswarm.protocol.paths import file_request_path, manifest_request_path
+from edgeswarm.protocol.paths import PATH, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
     KEPT,
     Torrent,
@@ -274,15 +274,15 @@ class Origin:
         r = app.router
         r.add_get("/origin-key", self.get_key)
         r.add_get("/status", self.get_status)
-        r.add_get("/manifest/{path:.*}", self.get_manifest)
+        r.add_get("/manifest/" + PATH, self.get_manifest)
         r.add_get("/content/{cid}", self.get_content)
         r.add_get("/piece/{cid}/{index}", self.get_piece)
         r.add_get("/have/{cid}", self.get_have)
         r.add_get("/key/{cid}", self.get_content_key)
-        r.add_get("/torrent/{path:.*}", self.get_torrent)
-        r.add_get("/magnet/{path:.*}", self.get_magnet)
-        r.add_get("/{path:.*}", self.get_file)  # GET implies HEAD
-        r.add_put("/{path:.*}", self.publisher.put)
+        r.add_get("/torrent/" + PATH, self.get_torrent)
+        r.add_get("/magnet/" + PATH, self.get_magnet)
+        r.add_get("/" + PATH, self.get_file)  # GET implies HEAD
+        r.add_put("/" + PATH, self.publisher.put)
 
         async def start_scanning(app: web.Application):
             tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self.live.run())]

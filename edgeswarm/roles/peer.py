@@ -49,7 +49,7 @@ from edgeswarm.protocol import havefeed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import SignedManifest
-from edgeswarm.protocol.paths import file_request_path
+from edgeswarm.protocol.paths import PATH, TAIL, file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles import livegateway
@@ -834,8 +834,8 @@ class Peer:
     def gateway_app(self) -> web.Application:
         app = make_app(self.metrics, self.cors)
         app.router.add_get("/status", self.get_status)
-        app.router.add_get("/{path:.*}", self.get_file)
-        app.router.add_post("/{path:.*}", self.post_file)
+        app.router.add_get("/" + PATH, self.get_file)
+        app.router.add_post("/" + PATH, self.post_file)
         return app
 
     def upload_app(self) -> web.Application:
@@ -843,7 +843,7 @@ class Peer:
         app.router.add_get("/piece/{cid}/{index}", self.get_piece)
         app.router.add_get("/have/{cid}", self.get_have)
         app.router.add_get("/relay", self.get_relay)
-        app.router.add_get("/relay/{rid}/{tail:.*}", self.get_relayed)
+        app.router.add_get("/relay/{rid}/" + TAIL, self.get_relayed)
         app.middlewares.append(relayed_middleware(self.relay))
         app.on_shutdown.append(lambda _: self._end_streams())
 

@@ -47,7 +47,7 @@ from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol.httpspec import check_json_body
-from edgeswarm.protocol.paths import clean_request_path
+from edgeswarm.protocol.paths import PATH, clean_request_path
 from edgeswarm.protocol.registration import edge_spec
 from edgeswarm.protocol.wire import json_response
 
@@ -432,7 +432,7 @@ class Router:
         app.router.add_get("/edges", self.get_edges)
         app.router.add_post("/register", self.post_register)
         dashboard.mount(app, page=dashboard.ROUTER_PAGE)  # before the catch-all: /dashboard is the router's own
-        app.router.add_get("/{path:.*}", self.redirect)  # HEAD too
+        app.router.add_get("/" + PATH, self.redirect)  # HEAD too
 
         async def lifecycle(app: web.Application):
             self.session = aiohttp.ClientSession(
