@@ -78,7 +78,8 @@ def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, 
     orders = f"{edge.url}/preheat/orders?peer_id=v1&room=100000000"
     first = get(orders)
     assert first["orders"] == [] and isinstance(first["version"], int)
-    assert b"'wait' must be seconds" in curl(f"{orders}&since={first['version']}&wait=soon").stdout
+    for bad in ("soon", "nan", "-5"):
+        assert b"'wait' must be seconds" in curl(f"{orders}&since={first['version']}&wait={bad}").stdout, bad
     held = subprocess.Popen(
         ["curl", "-sS", "--max-time", "25", f"{orders}&since={first['version']}&wait=20", "--interface", "127.1.0.7"],
         stdout=subprocess.PIPE,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -65,9 +66,12 @@ class PreheatDesk:
         if since != self.version or self._closing:
             return
         try:
-            seconds = min(float(wait), MAX_WAIT, self.orders.forget_after / 3)
+            asked = float(wait)
         except ValueError:
-            raise HttpError(400, "preheat orders: 'wait' must be seconds") from None
+            asked = math.nan
+        if not asked >= 0:  # nan and negatives too: not a duration
+            raise HttpError(400, "preheat orders: 'wait' must be seconds (0 or more)")
+        seconds = min(asked, MAX_WAIT, self.orders.forget_after / 3)
         if not seconds > 0:
             return
         with contextlib.suppress(TimeoutError):
