@@ -314,6 +314,8 @@ def test_dns_answers_never_raise():
     answer = DNSRecord.parse(router.dns_answer(good, EAST_CLIENT))
     assert [str(r.rdata) for r in answer.rr] == ["127.10.0.1"] and answer.header.aa
     assert DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", "MX").pack(), EAST_CLIENT)).rr == []
+    nodata = DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", "AAAA").pack(), EAST_CLIENT))
+    assert nodata.rr == [] and nodata.header.rcode == RCODE.NOERROR  # IPv4 edges only: no AAAA record, not a failure
     rng = __import__("random").Random(7)
     for n in range(3000):
         packet = bytearray(good)

@@ -407,6 +407,8 @@ class Router:
         try:
             decision = self.decide(address, qname, "dns", lambda s: s.address is not None and s.address.version == version)
         except HttpError as exc:
+            if exc.status != 403 and self._dns_edges_up(address, qname):
+                return reply.pack()  # edges are up, none with an address of this family: the name has no such record
             reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
             self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
             return reply.pack()
@@ -414,6 +416,13 @@ class Router:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
             reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
         return reply.pack()
+
+    def _dns_edges_up(self, address: str, qname: str) -> bool:
+        """Some edge with an address is up for this client, of either family.  Then an AAAA query where only IPv4
+        edges are up gets an empty NOERROR answer, not SERVFAIL: a resolver asked both for one name (getaddrinfo
+        does) fails the whole name on a SERVFAIL."""
+        region = self.region_of(address)
+        return region is not None and bool(self.table.decide(region, qname, lambda s: s.address is not None).ranked)
 
     async def start_dns(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
