@@ -13,13 +13,14 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, curl, make_file, serve_handler
+from conftest import DoubleServer, curl, make_file, run_cli, serve_handler
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
@@ -159,6 +160,25 @@ async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_pa
     log = e.log_text()
     assert "No space left on device" in log and "Traceback" not in log
     assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+
+
+async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, tmpfs, nodes, origin, published):
+    """It went on fetching pieces it could not store, each thrown away and fetched again, until the stall timeout."""
+    make_file(published / "big.bin", 24 * MiB)  # more than the disk
+    await asyncio.sleep(0.5)
+    e = edge(nodes, tmp_path / "edge", origin.url)
+    out = tmp_path / "out.bin"
+    cmd = [sys.executable, "-m", "edgeswarm", "get", e.url + "/big.bin", "-o", str(out), "--cache", str(tmpfs), "--listen", "127.0.0.1:0"]
+    started = time.monotonic()
+    for _ in range(50):  # the origin's scan publishes the file, then hashes it
+        done = await asyncio.to_thread(run_cli, cmd, 60)
+        if "no such file" not in done.stderr and "503" not in done.stderr:
+            break
+        await asyncio.sleep(0.2)
+    assert done.returncode == 1 and f"cannot store pieces in the cache {tmpfs}" in done.stderr, done.stderr
+    assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 30, "it waited for the stall timeout"
+    assert not out.exists() and not out.with_name("out.bin.part").exists()
 
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) not installed")

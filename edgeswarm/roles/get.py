@@ -151,6 +151,9 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
         while not swarm.completed.is_set():
             if out.error is not None:
                 raise GetError(f"cannot write {out.path}: {out.error.strerror or out.error}")
+            failing = peer.pinned.opened.write_error
+            if failing is not None:  # else every piece fetched would be thrown away and fetched again, until the stall timeout
+                raise GetError(f"cannot store pieces in the cache {peer.config.cache} ({failing}): {m.path} needs {format_bytes(m.size)}")
             held = len(swarm.picker.have)
             now = time.monotonic()
             if held != last_held:

@@ -79,7 +79,7 @@ class PieceStore:
         self._by_path: dict[str, str] = {}
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
-        self._write_failing = False  # logs a failing disk once per episode, not once per piece
+        self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
@@ -302,15 +302,15 @@ class PieceStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if not self._write_failing:
+            if self.write_error is None:
                 log.warning(
                     "piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc
                 )
-                self._write_failing = True
+            self.write_error = str(exc.strerror or exc)
             raise PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}") from None
-        if self._write_failing:
+        if self.write_error is not None:
             log.info("piece store %s: writes succeed again", self.root)
-            self._write_failing = False
+            self.write_error = None
 
     def piece_fd(self, cid: str, index: int) -> int | None:
         """A descriptor for a held piece (counted as a hit), or None if it is not held.
