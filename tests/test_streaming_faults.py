@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, curl, make_file, run_cli, serve_handler
+from conftest import DoubleServer, curl, make_file, run_cli, serve_handler, start_peer
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
@@ -160,6 +160,26 @@ async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_pa
     log = e.log_text()
     assert "No space left on device" in log and "Traceback" not in log
     assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+
+
+async def test_a_gateway_whose_disk_is_full_still_serves_the_whole_file(tmp_path, tmpfs, nodes, origin, published, http):
+    """Pieces it cannot store go to the reader waiting for them, and only those are fetched: before, the read stalled
+    until a 504 while the gateway fetched the window's pieces again and again (9.7 MB from the edge for 1.8 MB read)."""
+    data = make_file(published / "big.bin", 24 * MiB + 5)  # more than the disk
+    await asyncio.sleep(0.5)
+    e = edge(nodes, tmp_path / "edge", origin.url)
+    peer = start_peer(nodes, tmpfs.parent, e.url, "127.0.0.1", tmpfs.name)  # its cache is the tmpfs
+    out = tmp_path / "out.bin"
+    deadline = time.monotonic() + 60
+    while (r := await asyncio.to_thread(curl, "-o", str(out), "-w", "%{http_code}", peer.urls["gateway"] + "/big.bin")).stdout != b"200":
+        assert time.monotonic() < deadline, r.stdout  # the origin publishes and hashes it
+        await asyncio.sleep(0.5)
+    assert r.returncode == 0 and out.read_bytes() == data, r.stderr
+    assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+    async with http.get(e.url + "/status") as resp:
+        sent = (await resp.json())["bytes_sent"]["node"]
+    assert sent < 1.5 * len(data), f"the edge sent {sent} bytes for one read of {len(data)}"
+    assert "No space left on device" in peer.log_text() and "Traceback" not in peer.log_text()
 
 
 async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, tmpfs, nodes, origin, published):

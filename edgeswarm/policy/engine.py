@@ -121,7 +121,7 @@ class Result:
     ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
     "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
     "corrupt", "choked" (``seconds``: retry after), "not_held", "failed"
-    (``message``), "not_stored" (our disk), "gone" (the content left the store),
+    (``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
     "abandoned" (stopped by ``Host.abandon``: another source's copy was stored first).
     ``seconds`` of an "ok" is how long the transfer took.
     """
@@ -605,6 +605,7 @@ class Engine:
         ok = result.kind == "ok"
         self.picker.finish(source, index, ok)  # before delivered(): completion is judged from the picker
         if ok:
+            self.picker.only_awaited = False  # our store writes again
             if data is None:  # else /seed's answer, timed by the seeding worker
                 self.ranking.success(url, result.nbytes, result.seconds)
             if peer is not None:
@@ -642,8 +643,10 @@ class Engine:
                 self.drop(peer)
                 return "gone"
             yield from self._pause(peer, min(backoff, 5))
-        elif kind == "not_stored":  # our disk is full or failing (the store logged it): the gateway reads from the store
-            yield Sleep(1.0)
+        elif kind == "not_stored":  # our disk is full or failing (the store logged it): a reader takes its piece as it
+            self.picker.only_awaited = True  # comes; what nobody waits for is not fetched (thrown away, fetched again)
+            if not result.nbytes:
+                yield Sleep(1.0)
         return "retry"
 
     def _pause(self, peer: Neighbour, seconds: float) -> Worker:

@@ -46,6 +46,7 @@ class PiecePicker:
         self.urgent: list[int] = []  # reading order
         self.position = 0  # streaming: the reader's piece
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
+        self.only_awaited = False  # our store cannot write (a full disk): what no reader waits for would be fetched in vain
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
         # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
         # serving several requesters at 2 MB/s takes about a second for a 256 KiB piece
@@ -224,7 +225,7 @@ class PiecePicker:
     def pick_spread(self, source: str) -> int | None:
         """A piece to take from ``source`` so that the crowd holds different pieces: one it holds that nobody reads yet
         (not urgent) and nobody of ours is fetching, the rarest, ties broken by this downloader's own order."""
-        if source in self.paused:
+        if source in self.paused or self.only_awaited:
             return None
         holds = self._peers.get(source, set())
         free = [i for i in self.missing() if i in holds and i not in self._in_flight and not self.is_urgent(i)]
@@ -266,7 +267,12 @@ class PiecePicker:
 
     def _usable(self, source: str, edge: bool) -> Callable[[int], bool]:
         holds = None if edge else self._peers.get(source, set())
-        return lambda i: i not in self.have and (holds is None or i in holds) and source not in self._in_flight.get(i, ())
+        return lambda i: (
+            i not in self.have
+            and (holds is None or i in holds)
+            and source not in self._in_flight.get(i, ())
+            and (not self.only_awaited or i in self.awaited)
+        )
 
     def _overdue(self, index: int, now: float, patience: float) -> bool:
         """A reader has waited ``patience`` for a piece no idle holder can take: the edge may.

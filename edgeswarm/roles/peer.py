@@ -143,10 +143,10 @@ class SwarmSource:
     async def fetch(self, index: int) -> bytes:
         try:
             async with asyncio.timeout(self.peer.read_timeout):
-                await self.swarm.piece(index)
+                unstored = await self.swarm.piece(index)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
-        data = self.peer.pinned.opened.read_piece(self.swarm.cid, index)
+        data = unstored if unstored is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data

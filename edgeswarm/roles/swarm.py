@@ -73,17 +73,19 @@ class Swarm:
         self.engine.want_live()
         self._check_complete()
 
-    async def piece(self, index: int) -> None:
-        """Wait until piece ``index`` is stored (a gateway read); it becomes urgent."""
+    async def piece(self, index: int) -> bytes | None:
+        """Wait until piece ``index`` is stored (a gateway read; it becomes urgent): None, or its verified bytes when
+        our disk could not store them (full), so that the reader is served all the same."""
         if index in self.picker.have:
             if self.peer.pinned.opened.has(self.cid, index):
-                return
+                return None
             self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
         self.engine.reading(index)
         try:
-            await fut
+            got: bytes | None = await fut
+            return got
         finally:
             waiting = self.waiters.get(index, [])
             if fut in waiting:
@@ -270,7 +272,16 @@ class Swarm:
         except KeyError:  # the content was dropped from the store meanwhile
             return Result("gone")
         except PieceNotStored:
-            return Result("not_stored")
+            return self._unstored(f, data) if isinstance(data, bytes) else Result("not_stored")
+
+    def _unstored(self, f: Fetch, data: bytes) -> Result:
+        """A verified piece our disk could not keep: the readers waiting for it get it (and it counts as received)."""
+        readers = [fut for fut in self.waiters.get(f.index, []) if not fut.done()]
+        for fut in readers:
+            fut.set_result(data)
+        if readers:
+            self.peer.count_received(self.cid, EDGE if f.peer is None else peer_kind(f.peer.same_region), f.url, len(data))
+        return Result("not_stored", nbytes=len(data) if readers else 0)
 
     async def _seed(self, s: Seed) -> Result:
         started = time.monotonic()
