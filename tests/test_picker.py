@@ -86,6 +86,19 @@ def test_paused_peers_get_nothing():
     assert p.pick("a", 0) is None
 
 
+def test_while_our_store_cannot_write_only_what_a_reader_waits_for_is_fetched():
+    """A full disk: a piece nobody waits for would be thrown away and fetched again; a waited one goes to its reader."""
+    p = PiecePicker(8, seed="me")
+    p.stream(2, urgent=3, window=6)
+    p.peer_has("a", set(range(8)))
+    p.only_awaited = True
+    assert p.pick("a", 0) is None and p.pick("edge", 0, edge=True, fallback=True) is None and p.pick_spread("a") is None
+    p.wait_for(3, 0)
+    assert p.pick("a", 0) == 3
+    p.only_awaited = False
+    assert p.pick("a", 0) == 2
+
+
 def test_peer_gone_forgets_availability_and_in_flight():
     p = PiecePicker(2, seed="me")
     p.whole()
