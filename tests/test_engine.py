@@ -473,3 +473,25 @@ def test_a_choking_uploader_sends_requests_elsewhere():
 def test_a_run_replays_exactly():
     a, b = simulate(Crowd(peers=8, stagger=0.3)), simulate(Crowd(peers=8, stagger=0.3))
     assert dataclasses.asdict(a) == dataclasses.asdict(b)
+
+
+def test_a_full_disk_fetches_only_what_a_reader_waits_for_until_store_retry():
+    """A piece our store could not keep goes to its reader; no read-ahead meanwhile (it would be thrown away and
+    fetched again), and STORE_RETRY seconds on the rest may be fetched again, so a download resumes once there is room."""
+    now = [0.0]
+    e, host = make(now=now)
+    e.want_whole()  # no neighbour, no seeding edge: the edge worker takes everything
+    edge = spawned(host, "edge_worker")
+    first = edge.send(None)
+    assert isinstance(first, Fetch)
+    after = edge.send(Result("not_stored"))  # no reader took it: a second's pause
+    assert after == Sleep(1.0) and e.picker.only_awaited
+    assert edge.send(None) == Wait(0.25)  # nothing is awaited: nothing is fetched
+    e.reading(6)
+    got = edge.send(None)
+    assert isinstance(got, Fetch) and got.index == 6
+    e.read_done(6)  # the reader took the bytes the driver handed it
+    assert edge.send(Result("not_stored", nbytes=1000)) == Wait(0.25)  # no pause, and nothing else to fetch
+    now[0] = engine.STORE_RETRY + 1
+    nxt = edge.send(None)
+    assert isinstance(nxt, Fetch) and not e.picker.only_awaited

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ LIVE_DEADLINE = 0.75
 LIVE_SEED_PATIENCE = 0.5
 SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST /seed)
 ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
+STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
 
 
 @dataclass(eq=False)
@@ -192,6 +194,7 @@ class Engine:
         self.neighbours: dict[str, Neighbour] = {}
         self.banned: set[str] = set()
         self.last_peer_delivery = clock()
+        self._unstored_at = -math.inf  # when our store last failed to write a piece (_store_failing)
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
@@ -404,12 +407,20 @@ class Engine:
         return sum(n.working and n is not but and not self.picker.is_paused(n.peer_id) for n in self.neighbours.values())
 
     # -- workers -----------------------------------------------------------------------------
+    def _store_failing(self) -> bool:
+        """Whether our store could not write a piece lately (``picker.only_awaited``); after STORE_RETRY seconds
+        everything may be fetched again, so a download resumes once there is room (the next failure says otherwise)."""
+        if self.picker.only_awaited and self.clock() - self._unstored_at > STORE_RETRY:
+            self.picker.only_awaited = False
+        return self.picker.only_awaited
+
     def peer_worker(self, n: Neighbour) -> Worker:
         """One request at a time to ``n`` while it has something for us; ends (freeing the slot) when it has not."""
         try:
             while not self.closed and host_of(n.url) not in self.banned and self.neighbours.get(n.url) is n:
                 if self._busy(but=n) >= MAX_PEERS:
                     return  # back from a pause, and others took its place meanwhile: at most MAX_PEERS requests at once
+                self._store_failing()
                 index = self.picker.pick(n.peer_id, self.clock())
                 if index is None:
                     if self.picker.done():
@@ -436,6 +447,7 @@ class Engine:
         picks, source = 0, f"edge#{slot}"
         while not self.closed:
             now = self.clock()
+            self._store_failing()
             fallback, tail, seeding = self.fallback(now), self.tail(), self.seeder() is not None
             if fallback or tail or not seeding:
                 index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
@@ -470,7 +482,7 @@ class Engine:
                     continue
                 self.host.changed()  # the edge worker takes over the non-urgent pieces
                 return
-            if self.picker.done() or self.fallback(self.clock()):
+            if self.picker.done() or self.fallback(self.clock()) or self._store_failing():
                 yield Wait(1.0)
                 continue
             self._seed_coming, asks = None, asks + 1
@@ -644,7 +656,8 @@ class Engine:
                 return "gone"
             yield from self._pause(peer, min(backoff, 5))
         elif kind == "not_stored":  # our disk is full or failing (the store logged it): a reader takes its piece as it
-            self.picker.only_awaited = True  # comes; what nobody waits for is not fetched (thrown away, fetched again)
+            self.picker.only_awaited, self._unstored_at = True, self.clock()  # comes; what nobody waits for is not
+            # fetched (it would be thrown away and fetched again) for STORE_RETRY seconds
             if not result.nbytes:
                 yield Sleep(1.0)
         return "retry"
