@@ -176,8 +176,7 @@ class Swarm:
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         if peer is not None:
             self.peer.choker.received(time.monotonic(), peer.peer_id, nbytes)
-        kind = EDGE if peer is None else peer_kind(peer.same_region)
-        self.peer.count_received(self.cid, kind, url, nbytes)
+        self.peer.count_received(self.cid, _source_kind(peer), url, nbytes)
         self.peer.havefeed.stored(self.cid, index, time.time())
         for fut in self.waiters.get(index, []):
             if not fut.done():
@@ -280,7 +279,7 @@ class Swarm:
         for fut in readers:
             fut.set_result(data)
         if readers:
-            self.peer.count_received(self.cid, EDGE if f.peer is None else peer_kind(f.peer.same_region), f.url, len(data))
+            self.peer.count_received(self.cid, _source_kind(f.peer), f.url, len(data))
         return Result("not_stored", nbytes=len(data) if readers else 0)
 
     async def _seed(self, s: Seed) -> Result:
@@ -383,3 +382,8 @@ class SeedUnsupported(EdgeswarmError):
 
 class StreamUnsupported(EdgeswarmError):
     """The neighbour answers a plain /have only (an older peer): it is polled instead."""
+
+
+def _source_kind(peer: Neighbour | None) -> str:
+    """What a received piece counts as: from the edge (no neighbour), or from a peer of our region or another."""
+    return EDGE if peer is None else peer_kind(peer.same_region)
