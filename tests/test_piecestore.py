@@ -481,3 +481,19 @@ def test_a_restarted_worker_counts_its_share_of_the_pieces_found(root: Path):
     shares = [PieceStore(root, PUB, worker=(i, 2)) for i in range(2)]
     assert all(s.held(c.cid) == {0, 1, 2} for s in shares)  # every worker serves every piece
     assert sum(s.used_bytes for s in shares) == c.signed.manifest.size  # and each piece is counted once
+
+
+def test_a_content_directory_that_cannot_be_made_is_a_piece_not_stored_then_saved_once_it_can(root):
+    """Out of inodes or with a file in the way, a new content is served, not a 500; its manifest is saved with a later piece."""
+    store = open_store(root)
+    c = make_content()
+    (store.content_dir / c.cid).write_bytes(b"in the way")  # mkdir fails as it would out of inodes
+    store.put_manifest(c.signed, c.raw)  # kept in memory: the content is known
+    assert store.manifest(c.cid) is not None
+    with pytest.raises(piecestore.PieceNotStored):
+        store.put_piece(c.cid, 0, c.piece(0))
+    assert store.write_error and not store.has(c.cid, 0)
+    (store.content_dir / c.cid).unlink()  # room again
+    store.put_piece(c.cid, 0, c.piece(0))
+    assert files(store, c) == {"manifest.json", "0.piece"}
+    assert open_store(root).has(c.cid, 0)  # and it survives a restart: the manifest went to disk with it

@@ -9,6 +9,7 @@ size limit (``prlimit --fsize``) that makes every piece write fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
@@ -126,17 +127,32 @@ async def test_parent_failing_mid_file_gives_a_short_body_that_resumes(tmp_path,
 # -- disk full -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path):
-    """A 20 MiB tmpfs: a disk that really fills.  Unmounted (lazily if a daemon still holds it) at the end."""
-    mnt = tmp_path / "tmpfs"
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, options: str):
+    """A real tmpfs at ``mnt``; unmounted (lazily if a daemon still holds it) at the end."""
     mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip() or mounted.returncode}")
-    yield mnt
-    if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A 20 MiB tmpfs: a disk that really fills."""
+    with mounted_tmpfs(tmp_path / "tmpfs", "size=20m") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path):
+    """A tmpfs of 256 inodes: a disk with room for bytes but not for one more file or directory once filled."""
+    with mounted_tmpfs(tmp_path / "inodes", "size=20m,nr_inodes=256") as mnt:
+        yield mnt
 
 
 async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_path, tmpfs, nodes, origin, published):
@@ -160,6 +176,39 @@ async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_pa
     log = e.log_text()
     assert "No space left on device" in log and "Traceback" not in log
     assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+
+
+def fill_inodes(mnt: Path) -> int:
+    """Create empty files until the filesystem has no inode left; how many it took."""
+    n = 0
+    try:
+        while True:
+            (mnt / f"filler-{n}").touch()
+            n += 1
+    except OSError:
+        return n
+
+
+async def test_an_edge_out_of_inodes_serves_a_new_file_and_caches_it_once_there_is_room(tmp_path, few_inodes, nodes, origin, published):
+    """No directory can be made for a new content (inodes, read-only): its manifest and pieces are served, not a 500."""
+    data = make_file(published / "new.bin", 3 * PIECE + 5)
+    e = edge(nodes, few_inodes, origin.url)
+    assert fill_inodes(few_inodes) > 0
+    out = tmp_path / "out.bin"
+    deadline = time.monotonic() + 60
+    while (r := await asyncio.to_thread(curl, "-f", "-o", str(out), e.url + "/new.bin")).returncode != 0:
+        assert b"500" not in r.stderr, r.stderr
+        assert time.monotonic() < deadline, r.stderr  # the origin is still hashing it (404)
+        await asyncio.sleep(0.2)
+    assert out.read_bytes() == data
+    for filler in few_inodes.glob("filler-*"):
+        filler.unlink()
+    r = await asyncio.to_thread(curl, "-f", "-o", str(out), e.url + "/new.bin")  # room again: its pieces are stored
+    assert r.returncode == 0 and out.read_bytes() == data, r.stderr
+    cached = [p.name for p in (few_inodes / "content").glob("*/*")]
+    assert "manifest.json" in cached and any(n.endswith(".piece") for n in cached), cached
+    log = e.log_text()
+    assert "No space left on device" in log and "Traceback" not in log, log
 
 
 async def test_a_gateway_whose_disk_is_full_still_serves_the_whole_file(tmp_path, tmpfs, nodes, origin, published, http):

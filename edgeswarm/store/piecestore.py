@@ -78,6 +78,7 @@ class PieceStore:
         self._held: dict[str, set[int]] = {}
         self._by_path: dict[str, str] = {}
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
         self.evicted_pieces = 0
@@ -175,12 +176,8 @@ class PieceStore:
         cid = signed.content_id
         if cid in self._manifests:
             return
-        cdir = self.content_dir / cid
-        try:
-            cdir.mkdir(exist_ok=True)
-            self._write(cdir / "manifest.json", raw)
-        except PieceNotStored:
-            pass  # kept in memory only: without it on disk, whatever is stored of it is dropped at the next start
+        with contextlib.suppress(PieceNotStored):  # kept in memory only; saved with its first piece that can be stored
+            self._save_manifest(cid, raw)
         previous = self._by_path.get(signed.manifest.path)
         self._remember(signed, raw)
         if previous is not None and previous != cid and self._by_path[signed.manifest.path] == cid:
@@ -228,6 +225,7 @@ class PieceStore:
     def drop_content(self, cid: str) -> None:
         signed = self._manifests.pop(cid, None)
         self._raw.pop(cid, None)
+        self._unsaved.discard(cid)
         for index in self._held.pop(cid, set()):
             self.policy.remove((cid, index))
             self._close(cid, index)
@@ -287,10 +285,34 @@ class PieceStore:
             raise CorruptPiece(f"piece {index} of {signed.manifest.path} does not match its signed hash")
         if index in self._held[cid]:
             return
+        if cid in self._unsaved:
+            self._save_manifest(cid, self._raw[cid])
         self._write(self.piece_path(cid, index), data)
         self._held[cid].add(index)
         for victim in self.policy.add((cid, index), len(data)):
             self._delete_piece(*victim)
+
+    def _save_manifest(self, cid: str, raw: bytes) -> None:
+        """A content's directory and manifest on disk, before any of its pieces: without it they would be dropped at start.
+
+        Out of inodes, read-only, or a file in the way, that is a write that failed (PieceNotStored), tried
+        again with the content's next piece.
+        """
+        cdir = self.content_dir / cid
+        self._unsaved.add(cid)
+        try:
+            cdir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise self._not_stored(cdir, exc) from None
+        self._write(cdir / "manifest.json", raw)
+        self._unsaved.discard(cid)
+
+    def _not_stored(self, path: str | Path, exc: OSError) -> PieceNotStored:
+        """The failure of a write, logged once per episode of failing writes (a full disk fails every one of them)."""
+        if self.write_error is None:
+            log.warning("piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc)
+        self.write_error = str(exc.strerror or exc)
+        return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
     def _write(self, path: str | Path, data: bytes) -> None:
         """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
@@ -302,12 +324,7 @@ class PieceStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if self.write_error is None:
-                log.warning(
-                    "piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc
-                )
-            self.write_error = str(exc.strerror or exc)
-            raise PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}") from None
+            raise self._not_stored(path, exc) from None
         if self.write_error is not None:
             log.info("piece store %s: writes succeed again", self.root)
             self.write_error = None
