@@ -21,7 +21,7 @@ async def test_a_hurry_between_listing_the_contents_and_the_announce_start_is_ke
     key = tmp_path / "origin.pub"
     key.write_bytes(public_pem(load_or_create_private_key(tmp_path / "origin.key").public_key()))
     peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(EDGE,), origin_key=key))
-    await peer.open_store()
+    await peer.pinned.open(peer.upstream, peer.edges)
     announce = asyncio.ensure_future(peer.announce_all("update", [EDGE]))
     await asyncio.sleep(0)  # announce_all has listed the contents (none) and handed the announce to gather
     peer.announce_soon()  # what a new swarm does

@@ -266,3 +266,46 @@ def test_edge_cli_rejects_bad_parent(tmp_path, bad):
         text=True,
     )
     assert r.returncode == 2 and "not an http(s) URL" in r.stderr
+
+
+@pytest.mark.parametrize("role", ["edge", "peer"])
+@pytest.mark.parametrize("key_known", [False, True], ids=["first start", "restart"])
+def test_a_node_whose_cache_cannot_hold_its_directories_stops_with_the_reason(tmp_path, role, key_known):
+    """A file where the cache's content directory goes: exit 2 and a sentence, on a first start (the origin key still to
+    learn, which once hid it in a background task: 503 "still learning the origin key" forever) as on a restart."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "content").write_text("a file in the way")
+    if key_known:
+        (cache / "origin.pub").write_bytes(b"")  # only its presence matters: the cache check comes first
+    where = ("--parent", "http://127.0.0.1:9") if role == "edge" else ("--edge", "http://127.0.0.1:9", "--gateway", "127.0.0.1:0")
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", role, "--cache", str(cache), "--listen", "127.0.0.1:0", *where],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert f"cache {cache} is unusable: {cache}/content: File exists" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["edge", "--parent", "http://127.0.0.1:9"],
+        ["edge", "--workers", "2", "--parent", "http://127.0.0.1:9"],
+        ["peer", "--edge", "http://127.0.0.1:9"],
+        ["get", "http://127.0.0.1:9/a"],
+    ],
+)
+def test_a_cache_path_that_is_a_file_stops_every_node_with_the_reason(tmp_path, command):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    cache.write_text("not a directory")
+    r = subprocess.run([sys.executable, "-m", "edgeswarm", *command, "--cache", str(cache)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and f"cache {cache} is unusable" in r.stderr and "Traceback" not in r.stderr, r.stderr

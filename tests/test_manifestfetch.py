@@ -21,7 +21,7 @@ async def started_peer(tmp_path, parent: FakeParent) -> Peer:
     """A peer gateway's state, its origin key learned from ``parent`` (no upload server, no announces)."""
     peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(parent.url,), timeout=5.0))
     await peer.upstream.start()
-    await peer.open_store()
+    await peer.pinned.open(peer.upstream, peer.edges)
     return peer
 
 

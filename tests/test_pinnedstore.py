@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_lying_upstream import FakeParent
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.pinnedstore import PinnedStore
@@ -42,3 +44,30 @@ async def test_a_bad_key_file_is_an_error_not_a_store(tmp_path):
     with pytest.raises(KeyFileError):
         await pinned.open(Upstream(1.0), [])
     assert pinned.store is None
+
+
+async def test_a_store_failing_to_open_in_the_background_says_why_and_opens_once_the_disk_lets_it(tmp_path, caplog):
+    """The key learnt, the disk refuses (here: a directory where the pinned key's temporary file goes): the 503 says so,
+    one log line says so, and the store opens on a later try once the disk takes the key."""
+    async with FakeParent(tmp_path) as parent:
+        cache = tmp_path / "cache"
+        pinned = PinnedStore(cache, None, None, "still learning the origin key")
+        in_the_way = cache / f"origin.pub.{os.getpid()}.tmp"
+        in_the_way.mkdir(parents=True)
+        upstream = Upstream(5.0)
+        await upstream.start()
+        opener = await pinned.start(upstream, [parent.url])
+        try:
+            assert opener is not None
+            with pytest.raises(HttpError) as err:
+                await pinned.wait(1.5)
+            assert err.value.status == 503 and err.value.message.startswith(f"cannot open the piece store in {cache}: Is a directory")
+            in_the_way.rmdir()
+            (await pinned.wait(10.0)).close()
+            assert pinned.problem is None
+            assert [r.message for r in caplog.records if "cannot open the piece store" in r.message] == [
+                f"cannot open the piece store in {cache}: Is a directory; retrying"
+            ]
+        finally:
+            opener.cancel()
+            await upstream.close()

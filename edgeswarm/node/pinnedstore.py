@@ -5,17 +5,27 @@ only after ``originkey.pin``: at once when the key is given or was pinned on a
 previous start (a bad key file then stops start-up with its reason), else in
 the background while it learns the key from upstream.  Requests that arrive
 before that wait a while, then get a 503 with ``Retry-After``.
+
+The cache's directories are made at start-up either way: a cache that cannot
+hold them (a file in the way, read-only, no permission) stops the node with
+its reason, instead of a background task failing where nobody looks.  A store
+that still fails to open in the background (the disk failing meanwhile) is
+tried again, and the 503 says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import Upstream
-from edgeswarm.store.piecestore import PieceStore
+from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import originkey
+
+log = logging.getLogger(__name__)
+RETRY_MAX = 30.0  # seconds between tries to open a store that failed in the background
 
 
 class PinnedStore:
@@ -27,6 +37,37 @@ class PinnedStore:
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self._opened = asyncio.Event()
+        self.problem: str | None = None  # why the store failed to open in the background, until it opens
+
+    async def start(self, upstream: Upstream, sources: list[str]) -> asyncio.Task | None:
+        """Open the store now if the key is known, else in a task (returned, for the node to cancel) while it is learnt.
+
+        Raises, to stop start-up with a reason, for an unusable cache or a bad key file.
+        """
+        make_cache(self.cache)
+        if self.key_known():
+            await self.open(upstream, sources)
+            return None
+        return asyncio.create_task(self._open_in_background(upstream, sources))
+
+    async def _open_in_background(self, upstream: Upstream, sources: list[str]) -> None:
+        """``open``, tried again with a growing pause while the disk refuses, logged once per reason."""
+        delay = 1.0
+        while True:
+            try:
+                await self.open(upstream, sources)
+            except OSError as exc:
+                reason = f"cannot open the piece store in {self.cache}: {exc.strerror or exc}"
+                if reason != self.problem:
+                    log.error("%s; retrying", reason)
+                self.problem = reason
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX)
+            else:
+                if self.problem is not None:
+                    log.info("piece store in %s open", self.cache)
+                self.problem = None
+                return
 
     def key_known(self) -> bool:
         """Given or pinned before: open at start-up, so that a bad key file stops the node instead of a background task."""
@@ -53,6 +94,6 @@ class PinnedStore:
                 async with asyncio.timeout(timeout):
                     await self._opened.wait()
             except TimeoutError:
-                raise HttpError(503, self.waiting, {"Retry-After": "2"}) from None
+                raise HttpError(503, self.problem or self.waiting, {"Retry-After": "2"}) from None
         assert self.store is not None
         return self.store

@@ -69,7 +69,7 @@ from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import Ledger
-from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore
+from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore, make_cache
 from edgeswarm.store.redispeers import open_store
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
@@ -124,6 +124,7 @@ class Edge:
         self.ledger = ledger = Ledger(
             config.ledger or str(cache / "ledger.sqlite"), config.name or f"{socket.gethostname()}:{cache.resolve()}"
         )
+        make_cache(cache)  # an unusable cache stops the edge here, with its reason
         self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
@@ -171,9 +172,6 @@ class Edge:
     def store(self) -> PieceStore | None:
         """The piece store, None until the origin key is pinned."""
         return self.pinned.store
-
-    async def open_store(self) -> None:
-        await self.pinned.open(self.upstream, [self.parent])
 
     async def _store(self) -> PieceStore:
         """The piece store; requests that arrive before the origin key is known wait for it a while."""
@@ -920,26 +918,22 @@ class Edge:
         r.add_put("/" + PATH, self.put_file)
 
         async def lifecycle(app: web.Application):
-            await self.upstream.start()
-            if self.ledger is not None:
-                await self.ledger.start()  # an unusable ledger stops start-up with its reason
-            opener = None
-            if self.pinned.key_known():
-                await self.open_store()  # a bad key file stops start-up with its reason
-            else:
-                opener = asyncio.create_task(self.open_store())  # learn it from the parent
-            expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
-            if self.tracker is not None:
-                await self._check_store()
-            yield
-            for task in (opener, expiry):
-                if task is not None:
-                    task.cancel()
-            if self.tracker is not None:
-                await self.tracker.store.close()
-            if self.ledger is not None:
-                await self.ledger.close()
-            await self.upstream.close()
+            async with contextlib.AsyncExitStack() as started:  # closed in reverse, also when a later start-up step fails
+                await self.upstream.start()
+                started.push_async_callback(self.upstream.close)
+                if self.ledger is not None:
+                    await self.ledger.start()  # an unusable ledger stops start-up with its reason
+                    started.push_async_callback(self.ledger.close)
+                if self.tracker is not None:
+                    started.push_async_callback(self.tracker.store.close)
+                opener = await self.pinned.start(self.upstream, [self.parent])  # a bad key file or cache stops start-up
+                expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
+                for task in (opener, expiry):
+                    if task is not None:
+                        started.callback(task.cancel)
+                if self.tracker is not None:
+                    await self._check_store()
+                yield
 
         app.cleanup_ctx.append(lifecycle)
         return app

@@ -58,6 +58,7 @@ from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import LedgerError
+from edgeswarm.store.piecestore import make_cache
 from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
 
 log = logging.getLogger("edgeswarm.roles.edge")
@@ -86,7 +87,7 @@ def run(
     if count == 1:
         asyncio.run(edge_role.run(edge_role.Edge(config), listen, access_log, ssl_context, limits, registration))
         return 0
-    config.cache.mkdir(parents=True, exist_ok=True)
+    make_cache(config.cache)  # an unusable cache stops the edge here, with its reason
     load_or_create_private_key(config.cache / "swarm.key")  # created once, here, not raced by the workers
     try:
         keep = workers.reserve_port(*listen)

@@ -57,7 +57,7 @@ from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
-from edgeswarm.store.piecestore import PieceStore
+from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
@@ -164,7 +164,7 @@ class Peer:
         self.max_cache = config.max_cache
         self.read_timeout = config.read_timeout
         self.deadline = 2.0
-        cache.mkdir(parents=True, exist_ok=True)
+        make_cache(cache)  # an unusable cache stops the peer here, with its reason
         self.peer_id = _peer_id(cache / "peer_id")
         self.upstream = Upstream(
             config.timeout, ssl=tls.client_context(config.ca), bind=bind if bind not in (None, "", "0.0.0.0", "::") else None
@@ -221,9 +221,6 @@ class Peer:
     def store(self) -> PieceStore | None:
         """The piece store, None until the origin key is pinned."""
         return self.pinned.store
-
-    async def open_store(self) -> None:
-        await self.pinned.open(self.upstream, self.edges)
 
     async def _store(self) -> PieceStore:
         """The piece store; requests that arrive before the origin key is known wait for it a while."""
@@ -867,11 +864,8 @@ class Peer:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
         )
-        if self.pinned.key_known():
-            await self.open_store()
-            self._tasks = [asyncio.create_task(self.announce_loop())]
-        else:
-            self._tasks = [asyncio.create_task(self.open_store()), asyncio.create_task(self.announce_loop())]
+        opener = await self.pinned.start(self.upstream, self.edges)  # a bad key file or cache stops start-up
+        self._tasks = [asyncio.create_task(self.announce_loop())] + ([opener] if opener else [])
         if self.router is not None:
             self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
         self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]

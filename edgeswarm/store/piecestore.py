@@ -61,6 +61,22 @@ class PieceNotStored(EdgeswarmError, OSError):
     """A verified piece the disk would not take (full, or failing): the bytes are good, only the cache missed out."""
 
 
+class CacheError(EdgeswarmError, OSError):
+    """A cache directory that cannot be used at all (a file in the way, read-only, no permission): the node cannot start."""
+
+
+def make_cache(root: Path) -> None:
+    """The store's directories under ``root``, and proof that files can be made there; CacheError with the reason if not."""
+    content = root / "content"
+    probe = root / f".probe.{os.getpid()}"
+    try:
+        content.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise CacheError(f"cache {root} is unusable: {exc.filename or root}: {exc.strerror or exc}") from None
+
+
 class PieceStore:
     def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None, worker: tuple[int, int] | None = None):
         self.root = root
@@ -84,7 +100,7 @@ class PieceStore:
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
-        self.content_dir.mkdir(parents=True, exist_ok=True)
+        make_cache(root)
         self._load()
 
     # -- start-up -------------------------------------------------------
