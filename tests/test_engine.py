@@ -495,3 +495,29 @@ def test_a_full_disk_fetches_only_what_a_reader_waits_for_until_store_retry():
     now[0] = engine.STORE_RETRY + 1
     nxt = edge.send(None)
     assert isinstance(nxt, Fetch) and not e.picker.only_awaited
+
+
+def test_a_disk_that_stays_full_is_tried_again_less_and_less_often():
+    """Each try after the pause that fails again doubles the pause (a background download of a disk that stays full
+    asks its edge for a piece every few minutes at most, not every STORE_RETRY seconds forever); a stored piece resets it."""
+    now = [0.0]
+    e, host = make(now=now)
+    e.want_whole()
+    edge = spawned(host, "edge_worker")
+    assert isinstance(edge.send(None), Fetch)
+    pauses = []
+    for _ in range(7):
+        assert edge.send(Result("not_stored")) == Sleep(1.0)
+        failed_at = now[0]
+        assert edge.send(None) == Wait(0.25)
+        for _ in range(1000):  # the next try, as soon as the pause lets it
+            if isinstance(got := edge.send(None), Fetch):
+                break
+            assert got == Wait(0.25)
+            now[0] += 1.0
+        pauses.append(now[0] - failed_at)
+    assert pauses == [11.0, 21.0, 41.0, 81.0, 161.0, 301.0, 301.0]  # STORE_RETRY doubled up to STORE_RETRY_MAX (+ a step)
+    assert isinstance(edge.send(Result("ok", nbytes=1000)), Fetch) and not e.picker.only_awaited  # stored: room again
+    assert edge.send(Result("not_stored")) == Sleep(1.0)
+    now[0] += engine.STORE_RETRY + 1
+    assert isinstance(edge.send(None), Fetch)  # the pause is STORE_RETRY again

@@ -54,6 +54,7 @@ LIVE_SEED_PATIENCE = 0.5
 SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST /seed)
 ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
 STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
+STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to this
 
 
 @dataclass(eq=False)
@@ -195,6 +196,7 @@ class Engine:
         self.banned: set[str] = set()
         self.last_peer_delivery = clock()
         self._unstored_at = -math.inf  # when our store last failed to write a piece (_store_failing)
+        self._store_retry = STORE_RETRY  # how long after it everything may be fetched again (_not_stored)
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
@@ -410,7 +412,7 @@ class Engine:
     def _store_failing(self) -> bool:
         """Whether our store could not write a piece lately (``picker.only_awaited``); after STORE_RETRY seconds
         everything may be fetched again, so a download resumes once there is room (the next failure says otherwise)."""
-        if self.picker.only_awaited and self.clock() - self._unstored_at > STORE_RETRY:
+        if self.picker.only_awaited and self.clock() - self._unstored_at > self._store_retry:
             self.picker.only_awaited = False
         return self.picker.only_awaited
 
@@ -616,8 +618,8 @@ class Engine:
         assert isinstance(result, Result)
         ok = result.kind == "ok"
         self.picker.finish(source, index, ok)  # before delivered(): completion is judged from the picker
-        if ok:
-            self.picker.only_awaited = False  # our store writes again
+        if ok:  # our store writes again
+            self.picker.only_awaited, self._unstored_at, self._store_retry = False, -math.inf, STORE_RETRY
             if data is None:  # else /seed's answer, timed by the seeding worker
                 self.ranking.success(url, result.nbytes, result.seconds)
             if peer is not None:
@@ -655,12 +657,24 @@ class Engine:
                 self.drop(peer)
                 return "gone"
             yield from self._pause(peer, min(backoff, 5))
-        elif kind == "not_stored":  # our disk is full or failing (the store logged it): a reader takes its piece as it
-            self.picker.only_awaited, self._unstored_at = True, self.clock()  # comes; what nobody waits for is not
-            # fetched (it would be thrown away and fetched again) for STORE_RETRY seconds
+        elif kind == "not_stored":
+            self._not_stored()
             if not result.nbytes:
                 yield Sleep(1.0)
         return "retry"
+
+    def _not_stored(self) -> None:
+        """Our disk is full or failing (the store logged it): a reader takes its piece as it comes, but what nobody
+        waits for is not fetched (it would be thrown away and fetched again) for a while: STORE_RETRY seconds, doubled
+        (up to STORE_RETRY_MAX) each time the try after it fails again, so a download in the background of a disk that
+        stays full costs its edge a piece every few minutes, not every few seconds."""
+        if self.picker.only_awaited:
+            self._unstored_at = self.clock()
+            return
+        if self._unstored_at > -math.inf:  # the try after a pause failed: the disk is still full
+            self._store_retry = min(2 * self._store_retry, STORE_RETRY_MAX)
+        log.info("our cache cannot store pieces: fetching only what readers wait for, for %.0f s", self._store_retry)
+        self.picker.only_awaited, self._unstored_at = True, self.clock()
 
     def _pause(self, peer: Neighbour, seconds: float) -> Worker:
         """Leave ``peer`` alone for ``seconds`` (it choked us, or failed); someone else may have a free slot."""
