@@ -114,12 +114,9 @@ def quota_policy(given: list[tuple[str | None, int]], default: int):
 
 def apply_config(args: argparse.Namespace) -> None:
     """``origin --config FILE``: YAML naming options as flags do (dashes or underscores); a flag given wins, lists add up."""
-    import yaml
+    from edgeswarm.protocol.yamlfile import read_yaml
 
-    try:
-        doc = yaml.safe_load(args.config.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{args.config}: not YAML ({exc})") from None
+    doc = read_yaml(args.config, "config") or {}  # YamlFileError, a ValueError: a message and exit 2
     if not isinstance(doc, dict):
         raise ValueError(f"{args.config}: expected a mapping of option names to values")
     known: dict[str, Callable[[str], object]] = {

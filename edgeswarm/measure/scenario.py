@@ -18,10 +18,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol.units import parse_rate, parse_size
+from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
 from edgeswarm.sim import tiers
 
 SHIPPED = Path(__file__).with_name("scenarios")
@@ -126,9 +125,9 @@ def load(name_or_path: str) -> Scenario:
         if not path.exists():
             raise ScenarioError(f"no scenario {name_or_path!r}: not a file, and not one of {', '.join(shipped())}")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ScenarioError(f"{path}: cannot read the scenario: {exc}") from None
+        doc = read_yaml(path, "scenario")
+    except YamlFileError as exc:
+        raise ScenarioError(str(exc)) from None
     if not isinstance(doc, dict):
         raise ScenarioError(f"{path}: a scenario is a mapping of settings")
     return from_doc(doc, str(path))

@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
 from edgeswarm.policy.routing import EdgeSpec, RoutingError
 from edgeswarm.protocol.units import UnitError, parse_rate
+from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
 
 
 def edge_spec(doc: object, regions: Iterable[str], listed: bool, where: str = "registration") -> EdgeSpec:
@@ -62,9 +61,9 @@ def parse_edge_flag(text: str, regions: Iterable[str]) -> EdgeSpec:
 def load_edge_list(path: Path, regions: Iterable[str]) -> list[EdgeSpec]:
     """``--edge-list FILE``: YAML or JSON ``{edges: [{url, region, capacity}, ...]}``."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise RoutingError(f"cannot read edge list {path}: {exc}") from None
+        doc = read_yaml(path, "edge list")
+    except YamlFileError as exc:
+        raise RoutingError(str(exc)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("edges"), list):
         raise RoutingError(f"{path}: expected a top-level 'edges' list of {{url, region, capacity}}")
     known = list(regions)

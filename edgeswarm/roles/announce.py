@@ -21,8 +21,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from edgeswarm.errors import HttpError
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
@@ -31,6 +29,7 @@ from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, address_group, labels, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol.manifest import Manifest, is_content_id
+from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
 
 EVENTS = {"started", "update", "completed", "stopped"}
 ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: the edge uses the address it sees
@@ -289,12 +288,8 @@ class TrackerService:
 def load_region_map(path: Path) -> RegionMap:
     """A region map file, YAML or JSON: read here so the region policy stays free of I/O and of yaml."""
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RegionMapError(f"cannot read region map {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise RegionMapError(f"region map {path} is not a text file (expected YAML or JSON in UTF-8)") from None
-    except yaml.YAMLError as exc:
+        doc = read_yaml(path, "region map")
+    except YamlFileError as exc:
         hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
-        raise RegionMapError(f"region map {path} is not valid YAML or JSON{hint}: {exc}") from None
+        raise RegionMapError(f"{exc}{hint}") from None
     return RegionMap.from_doc(doc, str(path))
