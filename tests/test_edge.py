@@ -309,3 +309,17 @@ def test_a_cache_path_that_is_a_file_stops_every_node_with_the_reason(tmp_path, 
     cache.write_text("not a directory")
     r = subprocess.run([sys.executable, "-m", "edgeswarm", *command, "--cache", str(cache)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and f"cache {cache} is unusable" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("role", [["edge", "--workers", "1", "--parent"], ["peer", "--edge"]], ids=["edge", "peer"])
+def test_a_bad_origin_key_file_stops_a_node_with_the_reason_and_nothing_else(tmp_path, role):
+    """Start-up fails after the node opened its HTTP client sessions: they are closed, not reported by asyncio."""
+    import subprocess
+    import sys
+
+    key = tmp_path / "origin.pem"
+    key.write_text("not a key")
+    cmd = [sys.executable, "-m", "edgeswarm", *role, "http://127.0.0.1:9", "--cache", str(tmp_path / "c"), "--origin-key", str(key)]
+    r = subprocess.run([*cmd, "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and f"{key}: not a PEM Ed25519 key" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr and "ERROR" not in r.stderr, r.stderr

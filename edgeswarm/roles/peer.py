@@ -845,7 +845,11 @@ class Peer:
         app.on_shutdown.append(lambda _: self._end_streams())
 
         async def lifecycle(app: web.Application):
-            await self.start()
+            try:
+                await self.start()
+            except BaseException:  # a bad key file, a router that never answers: start-up stops with its reason
+                await self._close_sessions()
+                raise
             yield
             await self.stop()
 
@@ -914,11 +918,14 @@ class Peer:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(STOP_WAIT):
                 await self.announce_all("stopped")
+        await self._close_sessions()
+        if self.store is not None:
+            self.store.close()
+
+    async def _close_sessions(self) -> None:
         await self.upstream.close()
         if self.streams is not None:
             await self.streams.close()
-        if self.store is not None:
-            self.store.close()
 
     async def _finish_round(self) -> None:
         """Let the announces in flight be answered (within ``STOP_WAIT``) before "stopped" is sent.
