@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import resource
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 from edgeswarm.store import piecestore
-from edgeswarm.store.piecestore import CorruptPiece, PieceStore
+from edgeswarm.store.piecestore import CorruptPiece, OutOfDescriptors, PieceStore
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key()
@@ -215,6 +219,83 @@ def test_open_descriptors_are_capped(root, monkeypatch):
         os.fstat(fd0)
     assert store.read_piece(c.cid, 0) == c.piece(0)  # reopened on demand
     store.close()
+
+
+@contextlib.contextmanager
+def spare_descriptors(count: int) -> Iterator[None]:
+    """This process may open about ``count`` more files (a real, lowered RLIMIT_NOFILE), restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + count, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def exhaust() -> list[int]:
+    """Open /dev/null until the process is out of descriptors: what other connections would hold."""
+    held = []
+    with contextlib.suppress(OSError):
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    return held
+
+
+def test_out_of_descriptors_closes_the_older_half_of_the_cache_and_retries(root, caplog):
+    """Under a low open-file limit the cache is what holds the descriptors: a read must not fail while it holds any."""
+    store = PieceStore(root, PUB, open_files=64)  # more than the process may open below
+    contents = [make_content(f"f{i}.bin") for i in range(4)]
+    for c in contents:
+        stored(store, c, 0, 1, 2)
+    with spare_descriptors(6), caplog.at_level(logging.WARNING):
+        others = exhaust()  # the table is full: every open below needs a cached descriptor closed
+        try:
+            for c in contents:  # twelve pieces through a table with room for none
+                os.close(others.pop())  # room for one: the first piece's
+                for i in range(3):
+                    assert store.read_piece(c.cid, i) == c.piece(i)
+        finally:
+            for fd in others:
+                os.close(fd)
+    assert store.fd_shortages >= 4 and store.corrupt_pieces == 0
+    lines = [r.getMessage() for r in caplog.records if "out of file descriptors" in r.getMessage()]
+    assert len(lines) == 1, lines  # one line a minute, however often it happens
+    assert "closed 1 cached piece files, and retried" in lines[0] and "open-file limit" in lines[0]
+    store.close()
+
+
+def test_a_read_with_no_descriptor_to_be_had_is_a_503_and_the_piece_stays_held(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    with spare_descriptors(4):
+        others = exhaust()
+        try:
+            with pytest.raises(OutOfDescriptors) as refused:
+                store.piece_fd(c.cid, 0)
+        finally:
+            for fd in others:
+                os.close(fd)
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+    assert store.has(c.cid, 0) and store.read_piece(c.cid, 0) == c.piece(0)  # once descriptors are free again
+
+
+def test_a_write_out_of_descriptors_closes_cached_ones_and_stores_the_piece(root):
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    store.piece_fd(c.cid, 0)
+    store.piece_fd(c.cid, 1)
+    with spare_descriptors(4):
+        others = exhaust()
+        try:
+            store.put_piece(c.cid, 2, c.piece(2))  # its temporary file takes a cached piece's descriptor
+        finally:
+            for fd in others:
+                os.close(fd)
+    assert store.has(c.cid, 2) and store.write_error is None and store.fd_shortages == 1
+    assert store.read_piece(c.cid, 2) == c.piece(2) and files(store, c) == {"manifest.json", "0.piece", "1.piece", "2.piece"}
 
 
 # -- dropping content ------------------------------------------------------------------------

@@ -13,6 +13,14 @@ changed while the node was stopped is dropped and fetched again, never served.
 A write that fails (disk full, I/O error) leaves no temporary file behind and
 stores nothing: the caller still holds the verified bytes and may serve them.
 
+Descriptors: the store keeps up to ``open_files`` piece files open (the node
+sizes it from its open-file limit: node/connlimit.py ``file_budget``).  When
+the process runs out of descriptors anyway (EMFILE, or ENFILE for the whole
+system), an open or a write closes the least recently used half of them and
+tries once more; if that fails too, a read raises ``OutOfDescriptors`` (a 503
+for that one request) and a write ``PieceNotStored``.  One log line says so,
+at most once a minute.
+
 Several worker processes of one edge (``edge --workers N``) share one
 directory, each with a store of its own (``worker=(index, count)``):
 
@@ -33,24 +41,30 @@ directory, each with a store of its own (``worker=(index, count)``):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import shutil
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeswarm.errors import EdgeswarmError
+from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.policy.eviction import EvictionPolicy
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.protocol.units import ascii_decimal
 
 log = logging.getLogger(__name__)
-OPEN_FILES = 512  # piece descriptors kept open for hits
+OPEN_FILES = 512  # piece descriptors kept open for hits, at most (fewer under a low open-file limit)
+OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)  # the process's or the system's file table is full
+FDS_LOG_INTERVAL = 60.0  # seconds between two lines about running out of descriptors
+T = TypeVar("T")
 
 
 class CorruptPiece(EdgeswarmError, ValueError):
@@ -77,9 +91,27 @@ def make_cache(root: Path) -> None:
         raise CacheError(f"cache {root} is unusable: {exc.filename or root}: {exc.strerror or exc}") from None
 
 
+class OutOfDescriptors(HttpError):
+    """A held piece that cannot be opened now, the process being out of descriptors even after closing cached ones.
+
+    A 503 for the request that asked (it may retry at once); the piece stays held.
+    """
+
+    def __init__(self, path: str):
+        super().__init__(503, f"out of file descriptors: cannot open {path} now; retry", {"Retry-After": "1"})
+
+
 class PieceStore:
-    def __init__(self, root: Path, public_key: Ed25519PublicKey, max_bytes: int | None = None, worker: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        public_key: Ed25519PublicKey,
+        max_bytes: int | None = None,
+        worker: tuple[int, int] | None = None,
+        open_files: int | None = None,
+    ):
         self.root = root
+        self.open_files = max(1, min(OPEN_FILES, open_files or OPEN_FILES))  # piece descriptors kept open at most
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
         if worker is not None and max_bytes is not None:
             max_bytes = max(1, max_bytes // worker[1])
@@ -100,6 +132,9 @@ class PieceStore:
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
+        self.fd_shortages = 0  # times an open or a write ran out of descriptors (each closed cached ones and retried)
+        self._fds_logged = -FDS_LOG_INTERVAL  # when a line about it was last logged
+        self._fds_unlogged = 0  # shortages since that line
         make_cache(root)
         self._load()
 
@@ -334,7 +369,7 @@ class PieceStore:
         """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
         tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
-            with open(tmp, "wb") as f:
+            with self._retrying(lambda: open(tmp, "wb"), tmp) as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
@@ -348,11 +383,14 @@ class PieceStore:
     def piece_fd(self, cid: str, index: int) -> int | None:
         """A descriptor for a held piece (counted as a hit), or None if it is not held.
 
-        Descriptors are kept open, up to OPEN_FILES of them, as nginx's
+        Descriptors are kept open, up to ``open_files`` of them, as nginx's
         open_file_cache does: open() was the largest cost of a cache hit.  The
         store owns them - callers use pread/sendfile with explicit offsets and
-        never close them.  A piece found on disk at start is read back and
-        checked the first time it is opened; a bad one is dropped (None).
+        never close them, nor keep them across an await (another request may
+        close it meanwhile and the number go to another file).  A piece found
+        on disk at start is read back and checked the first time it is
+        opened; a bad one is dropped (None).  OutOfDescriptors (a 503) if the
+        process has no descriptor left for it, even after closing cached ones.
         """
         if index not in self._held.get(cid, ()) and not self.adopt(cid, index):
             return None
@@ -370,11 +408,16 @@ class PieceStore:
     def _open(self, cid: str, index: int) -> int | None:
         """Open a held piece and keep its descriptor; one found on disk at start is checked against its manifest first."""
         key = (cid, index)
+        path = self.piece_path(cid, index)
         try:
-            fd = os.open(self.piece_path(cid, index), os.O_RDONLY | os.O_CLOEXEC)
+            fd = self._retrying(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), path)
         except FileNotFoundError:
             self._drop(cid, index, None)
             return None
+        except OSError as exc:
+            if exc.errno in OUT_OF_FDS:
+                raise OutOfDescriptors(path) from None
+            raise
         if key in self._unverified:
             problem = self._check(cid, index, fd)
             self._unverified.discard(key)
@@ -383,9 +426,56 @@ class PieceStore:
                 self._drop(cid, index, problem)
                 return None
         self._fds[key] = fd
-        if len(self._fds) > OPEN_FILES:
+        if len(self._fds) > self.open_files:
             os.close(self._fds.pop(next(iter(self._fds))))
         return fd
+
+    def _retrying(self, opener: Callable[[], T], path: str) -> T:
+        """``opener()``, and once more after closing the older half of the cached descriptors if the process is out of them.
+
+        The cache is only a cache: a piece it no longer holds open is reopened
+        on its next hit, while a failed open would fail a download (and a full
+        file table stops accept() too).
+        """
+        try:
+            return opener()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_FDS:
+                raise
+        closed = self.shed_descriptors()
+        try:
+            result = opener()
+        except OSError as exc:
+            self._short_of_fds(closed, f"{path} still could not be opened ({exc.strerror or exc})")
+            raise
+        self._short_of_fds(closed, None)
+        return result
+
+    def _short_of_fds(self, closed: int, failure: str | None) -> None:
+        """Count a shortage of descriptors; one line says so, at most once a FDS_LOG_INTERVAL, however often it recurs."""
+        self.fd_shortages += 1
+        now = time.monotonic()
+        if now - self._fds_logged < FDS_LOG_INTERVAL:
+            self._fds_unlogged += 1
+            return
+        since = f" ({self._fds_unlogged} more times since the last such line)" if self._fds_unlogged else ""
+        self._fds_logged, self._fds_unlogged = now, 0
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        log.warning(
+            "piece store %s: out of file descriptors (open-file limit %s): closed %d cached piece files, %s%s",
+            self.root,
+            "unlimited" if limit == resource.RLIM_INFINITY else limit,
+            closed,
+            f"and {failure}: that request failed" if failure else "and retried",
+            since,
+        )
+
+    def shed_descriptors(self) -> int:
+        """Close the least recently used half of the cached piece descriptors (at least one); how many were closed."""
+        count = (len(self._fds) + 1) // 2
+        for _ in range(count):
+            os.close(self._fds.popitem(last=False)[1])
+        return count
 
     def _check(self, cid: str, index: int, fd: int) -> str | None:
         """What is wrong with a piece on disk, or None if it matches its signed hash."""
