@@ -28,7 +28,11 @@ LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
 
 class PieceSource(Protocol):
     def local(self, index: int) -> int | None:
-        """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open."""
+        """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open.
+
+        Valid until the next await only: the store may close it to make room
+        (so it is asked again after one, and must count one piece once).
+        """
 
     def held(self, index: int) -> bool:
         """Whether ``local`` would probably succeed (no need to fetch ahead)."""
@@ -156,7 +160,7 @@ async def _send_span(
     """
     indices = m.pieces_for(first, last)
     for i in indices:
-        piece = None if i in pending else source.local(i)
+        piece: int | bytes | None = None if i in pending else source.local(i)
         if piece is None:
             for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
                 if j not in pending and (j == i or not source.held(j)):
@@ -165,11 +169,14 @@ async def _send_span(
         offset, length = m.piece_span(i)
         a = max(first, offset) - offset
         b = min(last + 1, offset + length) - offset
-        if not resp.prepared:
-            await resp.prepare(request)
-        if head:
-            await resp.write(head)
-            head = b""
+        if not resp.prepared or head:
+            if not resp.prepared:
+                await resp.prepare(request)
+            if head:
+                await resp.write(head)
+                head = b""
+            if not isinstance(piece, bytes):  # the store may have closed that descriptor meanwhile, its number reused
+                piece = source.local(i) or await source.fetch(i)
         if transform is not None:
             data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
             data = transform(data, offset + a)

@@ -89,11 +89,13 @@ class EdgeSource:
 
     def __init__(self, edge: Edge, cid: str, may_fetch: bool):
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
+        self._hit: int | None = None  # the piece last counted as a hit: serving asks again for it after an await
 
     def local(self, index: int) -> int | None:
         fd = self.edge.pinned.opened.piece_fd(self.cid, index)
-        if fd is not None:
+        if fd is not None and index != self._hit:
             self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
+            self._hit = index
         return fd
 
     def held(self, index: int) -> bool:

@@ -1,0 +1,89 @@
+"""edgeswarm.node.serving: a piece's descriptor is not trusted across an await (the store may close it meanwhile)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from conftest import serve_app
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.serving import serve_file
+from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
+
+KEY = Ed25519PrivateKey.generate()
+
+
+class ClosingSource:
+    """Pieces as files, one descriptor each kept open, as the piece store keeps them.
+
+    ``reuse()`` does what the store and the kernel do when another request
+    needs room: the cached descriptors are forgotten and their numbers now
+    point at other files (here, of zeros).
+    """
+
+    def __init__(self, root: Path, data: bytes):
+        self.paths = []
+        for i in range(0, len(data), MIN_PIECE):
+            path = root / f"{i // MIN_PIECE}.piece"
+            path.write_bytes(data[i : i + MIN_PIECE])
+            self.paths.append(path)
+        self.zeros = root / "zeros"
+        self.zeros.write_bytes(bytes(MIN_PIECE))
+        self.fds: dict[int, int] = {}
+        self.asked: list[int] = []
+
+    def local(self, index: int) -> int | None:
+        self.asked.append(index)
+        if index not in self.fds:
+            self.fds[index] = os.open(self.paths[index], os.O_RDONLY)
+        return self.fds[index]
+
+    def held(self, index: int) -> bool:
+        return True
+
+    async def fetch(self, index: int) -> bytes:
+        return self.paths[index].read_bytes()
+
+    def reuse(self) -> None:
+        other = os.open(self.zeros, os.O_RDONLY)
+        for fd in self.fds.values():
+            os.dup2(other, fd)  # the same number, another file
+        os.close(other)
+        self.forgotten = list(self.fds.values())
+        self.fds.clear()
+
+    def close(self) -> None:
+        for fd in [*self.fds.values(), *getattr(self, "forgotten", [])]:
+            os.close(fd)
+
+
+async def test_a_descriptor_closed_while_the_head_goes_out_is_asked_for_again(tmp_path: Path):
+    data = os.urandom(2 * MIN_PIECE + 1000)
+    pieces = tuple(hashlib.sha256(data[i : i + MIN_PIECE]).hexdigest() for i in range(0, len(data), MIN_PIECE))
+    signed = SignedManifest.sign(Manifest("a.bin", len(data), "application/octet-stream", MIN_PIECE, pieces, 1_700_000_000), KEY)
+    source = ClosingSource(tmp_path, data)
+
+    async def reuse_on_prepare(_: web.Request, __: web.StreamResponse) -> None:
+        source.reuse()  # between the first piece's lookup and its bytes: the head is being written
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_file(request, signed, source, Metrics("edge"))
+
+    app = make_app(Metrics("edge"))
+    app.on_response_prepare.append(reuse_on_prepare)
+    app.router.add_get("/f", handler)
+    try:
+        async with serve_app(app) as port, aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/f") as resp:
+                assert resp.status == 200 and await resp.read() == data  # not the zeros now behind the old number
+            async with http.get(f"http://127.0.0.1:{port}/f", headers={"Range": "bytes=10-20,300000-300010"}) as resp:
+                body = await resp.read()  # two parts: each part's head is an await before its first piece
+                assert resp.status == 206 and data[10:21] in body and data[300000:300011] in body and bytes(11) not in body
+    finally:
+        source.close()
