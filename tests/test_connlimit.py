@@ -5,7 +5,8 @@ import inspect
 import pytest
 from aiohttp.web_protocol import RequestHandler
 
-from edgeswarm.node.connlimit import ConnectionPolicy
+from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
+from edgeswarm.store.piecestore import OPEN_FILES
 
 
 def policy(cap: int = 10) -> ConnectionPolicy[str]:
@@ -132,6 +133,25 @@ def test_shedding_takes_the_longest_waiting_and_leaves_busy_ones():
 def test_the_cap_is_at_least_one():
     with pytest.raises(ValueError):
         ConnectionPolicy(0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("limit", [16, 32, 64, 100, 128, 256, 1000, 1024, 4096, 65536, 1 << 20])
+def test_the_default_shares_of_the_open_file_limit_fit_under_it(limit):
+    """Each connection may hold a second descriptor (an upstream fetch, a piece being written): both fit, with the piece files."""
+    b = file_budget(limit)
+    assert b.reserve + b.piece_files + 2 * b.connections <= limit and b.fits
+    assert 4 <= b.piece_files <= OPEN_FILES and b.connections >= 4
+
+
+def test_the_shares_under_common_limits():
+    assert (file_budget(64).piece_files, file_budget(64).connections) == (12, 18)  # prlimit --nofile=64
+    assert (file_budget(1024).piece_files, file_budget(1024).connections) == (224, 336)  # the usual soft limit
+    assert (file_budget(65536).piece_files, file_budget(65536).connections) == (OPEN_FILES, 16384)  # systemd LimitNOFILE=65536
+
+
+def test_a_cap_given_by_the_operator_is_kept_and_said_not_to_fit_when_it_does_not():
+    assert file_budget(256, 1000).connections == 1000 and not file_budget(256, 1000).fits
+    assert file_budget(1024, 500).fits
 
 
 def test_the_aiohttp_hooks_the_daemons_rely_on_are_there():

@@ -19,6 +19,11 @@ oldest waiting connection, as nginx reuses its oldest "reusable" connections, so
 active transfers and new clients go on while idle ones make room.  Only when
 every other connection is busy is the newcomer itself closed.
 
+How many connections by default: ``file_budget`` shares the open-file limit
+between the node's own descriptors, the piece files its store keeps open and
+its connections, so that all of them together stay under the limit and
+accept() does not run out of descriptors (docs/configuration.md).
+
 I/O-free and deterministic: the caller passes the clock and closes what it is told to.
 """
 
@@ -26,9 +31,44 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from edgeswarm.store.piecestore import OPEN_FILES
+
 C = TypeVar("C", bound=Hashable)
+RESERVE = 128  # the node's own descriptors (listening sockets, logs, databases, locks, the event loop), or a quarter of the limit
+MAX_CONNECTIONS = 16384  # about 10 KB of memory each
+FLOOR = 4  # connections and piece files, under a limit too small to share
+
+
+@dataclass(frozen=True)
+class FileBudget:
+    """How a node shares its open-file limit: ``reserve + piece_files + 2 * connections <= limit`` at the defaults."""
+
+    limit: int
+    reserve: int  # the node's own descriptors
+    piece_files: int  # descriptors the piece store keeps open for hits (PieceStore open_files)
+    connections: int  # client connections at once, each of which may hold an upstream fetch or a file being written too
+
+    @property
+    def fits(self) -> bool:
+        """Whether the connections, one descriptor each at least, fit beside the reserve and the piece files."""
+        return self.reserve + self.piece_files + self.connections <= self.limit
+
+
+def file_budget(limit: int, connections: int | None = None) -> FileBudget:
+    """The default shares of ``limit`` (``connections``: an operator's --max-connections instead of the default).
+
+    After the reserve, a quarter of the rest (at most OPEN_FILES, nginx's
+    open_file_cache) for piece files, and half of what remains for
+    connections, the other half for what each may open besides its socket.
+    """
+    reserve = min(RESERVE, limit // 4)
+    rest = limit - reserve
+    pieces = max(FLOOR, min(OPEN_FILES, rest // 4))
+    default = max(FLOOR, min(MAX_CONNECTIONS, (rest - pieces) // 2))
+    return FileBudget(limit, reserve, pieces, connections or default)
 
 
 class ConnectionPolicy(Generic[C]):

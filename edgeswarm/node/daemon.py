@@ -36,7 +36,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.connlimit import ConnectionPolicy
+from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
@@ -236,7 +236,7 @@ class ServerLimits:
 
     header_timeout: float = 20.0
     idle_timeout: float = 75.0
-    max_connections: int | None = None  # None: half the open-file limit, less a reserve (default_cap)
+    max_connections: int | None = None  # None: the open-file limit's share for connections (connlimit.file_budget)
 
 
 def raise_file_limit() -> int:
@@ -250,16 +250,15 @@ def raise_file_limit() -> int:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
         except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, exc)
+    return file_limit()
+
+
+def file_limit() -> int:
+    """The soft open-file limit in force (an unlimited one counts as 2**20): what a node shares (connlimit.file_budget)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
-
-
-def default_cap(file_limit: int) -> int:
-    """Connections a node takes by default: half its descriptors, after a reserve, so that each
-    may have a file or an upstream fetch open too; at most 16384 (about 10 KB of memory each)."""
-    return max(16, min(16384, (file_limit - 128) // 2))
 
 
 class Connections:
@@ -428,19 +427,27 @@ class _Runner(web.AppRunner):
 
 
 def _connections(limits: ServerLimits, role: str) -> Connections:
-    file_limit = raise_file_limit()
-    cap = limits.max_connections or default_cap(file_limit)
-    if cap >= file_limit:
-        log.warning("--max-connections %d is not below the open-file limit %d: accept() may run out of descriptors", cap, file_limit)
+    """The node's connection policy, its cap the open-file limit's share for connections unless --max-connections says."""
+    budget = file_budget(raise_file_limit(), limits.max_connections)
+    cap = budget.connections
+    if not budget.fits:
+        log.warning(
+            "--max-connections %d does not fit under the open-file limit %d beside %d piece files and %d for the node itself: "
+            "accept() may run out of descriptors",
+            cap,
+            budget.limit,
+            budget.piece_files,
+            budget.reserve,
+        )
     log.info(
         "%s: open-file limit %d; at most %d connections, request heads within %gs, idle ones closed after %gs",
         role,
-        file_limit,
+        budget.limit,
         cap,
         limits.header_timeout,
         limits.idle_timeout,
     )
-    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout), file_limit)
+    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout), budget.limit)
 
 
 async def serve(

@@ -20,6 +20,8 @@ import logging
 from pathlib import Path
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node.connlimit import file_budget
+from edgeswarm.node.daemon import file_limit
 from edgeswarm.node.upstream import Upstream
 from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import originkey
@@ -76,7 +78,8 @@ class PinnedStore:
     async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
         """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
         key = await originkey.pin(self.cache, self.given_key, upstream, sources)
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker)
+        open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files)
         self._opened.set()
         return self.store
 

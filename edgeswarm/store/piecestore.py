@@ -171,7 +171,14 @@ class PieceStore:
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
-        log.info("piece store %s: %d contents, %d pieces, %d bytes", self.root, len(self._manifests), len(found), self.policy.used)
+        log.info(
+            "piece store %s: %d contents, %d pieces, %d bytes; up to %d piece files kept open",
+            self.root,
+            len(self._manifests),
+            len(found),
+            self.policy.used,
+            self.open_files,
+        )
 
     def _counts(self, cid: str, index: int) -> bool:
         """Whether this store's quota counts a piece found at start: all of them, or its share among workers."""
