@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import resource
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -244,3 +245,24 @@ async def serve_app(app: web.Application) -> AsyncIterator[int]:
         yield site._server.sockets[0].getsockname()[1]
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def spare_descriptors(count: int) -> Iterator[None]:
+    """This process may open about ``count`` more files (a real, lowered RLIMIT_NOFILE), restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + count, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def exhaust() -> list[int]:
+    """Open /dev/null until the process is out of descriptors: what other connections would hold."""
+    held = []
+    with contextlib.suppress(OSError):
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    return held

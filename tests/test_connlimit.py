@@ -1,11 +1,16 @@
 """ConnectionPolicy: which connections a node closes (header and idle timeouts, the cap)."""
 
+import asyncio
 import inspect
+import os
+import socket
 
 import pytest
 from aiohttp.web_protocol import RequestHandler
+from conftest import exhaust, spare_descriptors
 
 from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
+from edgeswarm.node.daemon import accept_one_pass
 from edgeswarm.store.piecestore import OPEN_FILES
 
 
@@ -158,3 +163,33 @@ def test_the_aiohttp_hooks_the_daemons_rely_on_are_there():
     """daemon._Handler wraps aiohttp's private per-request step; an aiohttp upgrade that moves it must fail here."""
     assert list(inspect.signature(RequestHandler._handle_request).parameters) == ["self", "request", "start_time", "request_handler"]
     assert list(inspect.signature(RequestHandler.handle_error).parameters) == ["self", "request", "status", "exc", "message"]
+
+
+def test_an_accept_pass_out_of_descriptors_stops_at_the_first_failure_and_retries_once():
+    """Python 3.11 tried the rest of its backlog, each failure scheduling a retry of its own: a spin under a low limit."""
+    loop = asyncio.new_event_loop()
+    failures: list[dict] = []
+    loop.set_exception_handler(lambda _, context: failures.append(context))
+    accept_one_pass(loop)
+    accept_one_pass(loop)  # idempotent
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]  # waiting in the backlog
+    try:
+        with spare_descriptors(0):
+            held = exhaust()
+            try:
+                loop._accept_connection(lambda: None, listener, None, None, 128)  # type: ignore[attr-defined]
+            finally:
+                for fd in held:
+                    os.close(fd)
+        assert len(failures) == 1 and "out of system resource" in failures[0]["message"]
+        assert len(loop._scheduled) == 1  # type: ignore[attr-defined]  # one retry, a second later
+        listener.close()
+        loop._scheduled[0]._run()  # type: ignore[attr-defined]  # the retry of a server closed meanwhile: nothing, no traceback
+        assert len(failures) == 1
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+        loop.close()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import resource
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import exhaust, spare_descriptors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
@@ -219,27 +217,6 @@ def test_open_descriptors_are_capped(root, monkeypatch):
         os.fstat(fd0)
     assert store.read_piece(c.cid, 0) == c.piece(0)  # reopened on demand
     store.close()
-
-
-@contextlib.contextmanager
-def spare_descriptors(count: int) -> Iterator[None]:
-    """This process may open about ``count`` more files (a real, lowered RLIMIT_NOFILE), restored after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + count, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def exhaust() -> list[int]:
-    """Open /dev/null until the process is out of descriptors: what other connections would hold."""
-    held = []
-    with contextlib.suppress(OSError):
-        while True:
-            held.append(os.open(os.devnull, os.O_RDONLY))
-    return held
 
 
 def test_out_of_descriptors_closes_the_older_half_of_the_cache_and_retries(root, caplog):

@@ -304,7 +304,7 @@ class Connections:
         """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
         say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
             # asyncio retries accept() a second later, and closed sockets free their descriptors only on the
             # next loop iteration: one shedding per second, not one per failed accept of a burst
             shed = []
@@ -324,6 +324,59 @@ class Connections:
             )
         elif self.quiet.allow(logging.ERROR, f"event loop: {type(exc).__name__ if exc else 'error'}"):  # a kind per type, not per message
             loop.default_exception_handler(context)
+
+
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # what asyncio's accept loop retries a second later
+
+
+class _AcceptPass:
+    """A listening socket as one pass of asyncio's accept loop sees it: once accept() has run out of
+    descriptors, no connection is waiting any more, so the pass ends there.
+
+    Python 3.11's loop goes on after such a failure for the rest of its backlog
+    (128 tries), each scheduling a retry a second later that starts a pass of
+    its own: hundreds of thousands of failed accepts a minute, a quarter of a
+    core (CPython gh-151615, fixed later with a ``return``).
+    """
+
+    __slots__ = ("exhausted", "sock")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.exhausted = False
+
+    def accept(self):
+        if self.exhausted:
+            raise BlockingIOError(errno.EAGAIN, "accepting again in a second: out of descriptors")
+        try:
+            return self.sock.accept()
+        except OSError as exc:
+            self.exhausted = exc.errno in OUT_OF_RESOURCES
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
+def accept_one_pass(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop``'s accept passes end at the first accept() out of descriptors (see _AcceptPass); idempotent.
+
+    Also skips the retry of a server closed meanwhile, which asyncio would log
+    as a traceback ("Invalid file descriptor: -1") at shutdown.
+    """
+    if not hasattr(loop, "_accept_connection") or getattr(loop, "_accept_one_pass", False):
+        return  # not a selector loop, or done already
+    accept, start = loop._accept_connection, loop._start_serving  # type: ignore[attr-defined]  # private: test_connlimit checks them
+
+    def one_pass(protocol_factory, sock, *args, **kwargs):
+        return accept(protocol_factory, _AcceptPass(getattr(sock, "sock", sock)), *args, **kwargs)
+
+    def start_serving(protocol_factory, sock, *args, **kwargs):
+        if sock.fileno() != -1:
+            start(protocol_factory, sock, *args, **kwargs)
+
+    loop._accept_connection, loop._start_serving = one_pass, start_serving  # type: ignore[attr-defined]
+    loop._accept_one_pass = True  # type: ignore[attr-defined]
 
 
 def _close(conns: list[RequestHandler]) -> None:
@@ -518,6 +571,7 @@ class Servers:
         conns = _connections(self.limits, self.role)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(conns.loop_error)
+        accept_one_pass(loop)
         dump_tasks_on_sigusr1(loop, self.role)
         self._sweeper = asyncio.create_task(conns.sweep())
         bound = {}
