@@ -133,7 +133,8 @@ def connection_limits(p: argparse.ArgumentParser) -> None:
         "--max-connections",
         type=count,
         metavar="N",
-        help="client connections open at once; a new one closes the longest idle (default: half the open-file limit less 64, at most 16384)",
+        help="client connections open at once; a new one closes the longest idle (default: the open-file limit's share for "
+        "connections, beside the node's own and its piece files: 336 under 1024, at most 16384)",
     )
 
 
