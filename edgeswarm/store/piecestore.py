@@ -473,7 +473,7 @@ class PieceStore:
             self.root,
             "unlimited" if limit == resource.RLIM_INFINITY else limit,
             closed,
-            f"and {failure}: that request failed" if failure else "and retried",
+            f"and {failure}: given up" if failure else "and retried",
             since,
         )
 
