@@ -218,6 +218,15 @@ def test_missing_exp_named():
     assert "'exp'" in rejected(signed(claims(exp=None))).message
 
 
+@pytest.mark.parametrize("exp", [10**400, -(10**400), 2**53 + 1, 1e300])
+def test_an_expiry_no_float_can_hold_or_no_clock_reaches_is_refused_not_a_500(exp):
+    """``exp`` = 10**400 overflowed float() in the claim check: a 500 and a traceback at a managed peer."""
+    header = b64(json.dumps({"alg": "EdDSA", "typ": "JWT"}).encode())
+    payload = b64(f'{{"iss":"edgeswarm","sub":"a","iat":1,"exp":{exp!r},"use":"access","path":"/"}}'.encode())
+    signature = b64(ORIGIN.sign(f"{header}.{payload}".encode()))
+    assert "'exp'" in rejected(f"{header}.{payload}.{signature}").message
+
+
 def test_nan_expiry_refused():
     header = b64(json.dumps({"alg": "EdDSA", "typ": "JWT"}).encode())
     payload = b64(b'{"iss":"edgeswarm","sub":"a","iat":1,"exp":NaN,"use":"access","path":"/"}')

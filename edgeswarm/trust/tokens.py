@@ -184,10 +184,13 @@ def _precheck(token: object, what: str) -> str:
     return token
 
 
+MAX_CLAIM = 2**53  # a time or a count past this is no real one (and an int past 1e308 overflows a float)
+
+
 def _number(claims: dict[str, Any], name: str, what: str) -> float:
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TokenError(401, f"{what} has an invalid {name!r} claim")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -MAX_CLAIM <= value <= MAX_CLAIM:
+        raise TokenError(401, f"{what} has an invalid {name!r} claim")  # NaN fails the comparison too
     return float(value)
 
 
