@@ -173,6 +173,7 @@ def test_a_restarted_edge_counts_afresh():
 
 def test_sample_from_status_ignores_polls_and_scrapes():
     doc = {
+        "role": "edge",
         "bytes_sent": {"client": 100, "node": 50},
         "responses_by_endpoint": {"file": {"200": 10, "502": 3}, "piece": {"200": 5}, "status": {"200": 99, "500": 9}},
     }
@@ -183,9 +184,11 @@ def test_sample_from_status_ignores_polls_and_scrapes():
     "doc",
     [
         [],
-        {"bytes_sent": {}},
-        {"bytes_sent": {"client": -1}, "responses_by_endpoint": {}},
-        {"bytes_sent": {"c": "x"}, "responses_by_endpoint": {}},
+        {"role": "edge", "bytes_sent": {}},
+        {"role": "edge", "bytes_sent": {"client": -1}, "responses_by_endpoint": {}},
+        {"role": "edge", "bytes_sent": {"c": "x"}, "responses_by_endpoint": {}},
+        {"role": "router", "bytes_sent": {}, "responses_by_endpoint": {}},  # the router registered as its own edge: a loop
+        {"bytes_sent": {}, "responses_by_endpoint": {}},
     ],
 )
 def test_sample_from_status_refuses_what_is_not_a_status(doc):
@@ -215,6 +218,9 @@ def test_edge_flag_and_registration():
         ({"url": "http://x:8080", "region": "east", "capacity": 0}, "above zero"),
         ({"url": "http://x:8080", "region": "east", "capacity": True}, "capacity"),
         ({"url": "http://x:8080", "region": "east", "capacity": float("nan")}, "above zero"),
+        ({"url": "http://x:8080", "region": "east", "capacity": 1e308}, "between 1kB/s and 10TB/s, not 1e+308 B/s"),
+        ({"url": "http://x:8080", "region": "east", "capacity": 1e-6}, "between 1kB/s and 10TB/s"),
+        ({"url": "http://x:8080", "region": "east", "capacity": "9" * 300 + "TB/s"}, "between 1kB/s and 10TB/s"),
     ],
 )
 def test_bad_registrations_say_what_is_wrong(doc, words):

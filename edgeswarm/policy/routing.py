@@ -86,6 +86,8 @@ def sample_from_status(doc: object, at: float) -> Sample:
     """The totals of an edge's /status document; ValueError if it is not one."""
     if not isinstance(doc, dict):
         raise ValueError("/status is not a JSON object")
+    if doc.get("role") != "edge":  # the router itself, an origin or a peer registered by mistake (or a lie): no clients
+        raise ValueError(f"/status is not an edge's (its role is {str(doc.get('role'))[:40]!r})")
     sent, by_endpoint = doc.get("bytes_sent"), doc.get("responses_by_endpoint")
     if not isinstance(sent, dict) or not isinstance(by_endpoint, dict):
         raise ValueError("/status has no bytes_sent or responses_by_endpoint")

@@ -36,6 +36,9 @@ def edge_spec(doc: object, regions: Iterable[str], listed: bool, where: str = "r
     return EdgeSpec(url.rstrip("/"), region, _capacity(capacity, where), listed)
 
 
+MIN_CAPACITY, MAX_CAPACITY = 1e3, 1e13  # bytes per second: outside, a typo or a lie that would skew every share of load
+
+
 def _capacity(value: object, where: str) -> float:
     """A rate such as ``100MB/s`` or ``1Gbit/s``, or a number of bytes per second."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -44,8 +47,12 @@ def _capacity(value: object, where: str) -> float:
         rate = float(value) if not isinstance(value, str) else float(parse_rate(value))
     except UnitError as exc:
         raise RoutingError(f"{where}: capacity: {exc}") from None
-    if not (rate > 0 and math.isfinite(rate)):
+    except OverflowError:  # hundreds of digits
+        rate = math.inf
+    if not rate > 0:  # NaN too
         raise RoutingError(f"{where}: 'capacity' must be above zero")
+    if not MIN_CAPACITY <= rate <= MAX_CAPACITY:
+        raise RoutingError(f"{where}: 'capacity' must be between 1kB/s and 10TB/s, not {rate:.3g} B/s")
     return rate
 
 
