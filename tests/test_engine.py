@@ -521,3 +521,22 @@ def test_a_disk_that_stays_full_is_tried_again_less_and_less_often():
     assert edge.send(Result("not_stored")) == Sleep(1.0)
     now[0] += engine.STORE_RETRY + 1
     assert isinstance(edge.send(None), Fetch)  # the pause is STORE_RETRY again
+
+
+def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
+    """A peer that announces every piece and never answers held a download's last pieces three timeouts each
+    (three of them: 34 s for a 4 MB get, ten: 71 s); a refusal still costs it one failure of MAX_FAILURES."""
+    e, host = make()
+    e.want_whole()
+    a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
+    b = e.add_neighbour("b", "http://10.0.0.3:7000", True)
+    assert a is not None and b is not None
+    e.heard(a, "snapshot", range(8))
+    e.heard(b, "snapshot", range(8))
+    wa, wb = peer_workers(host)[:2]
+    assert isinstance(wa.send(None), Fetch) and isinstance(wb.send(None), Fetch)
+    with pytest.raises(StopIteration):
+        wa.send(Result("stalled", message="did not answer within 10 s"))
+    assert a.url not in e.neighbours and host.dropped_urls == [a.url]
+    assert isinstance(wb.send(Result("failed", message="reset")), Sleep)  # one failure: a pause, and kept
+    assert b.url in e.neighbours and b.failures == 1

@@ -40,6 +40,10 @@ class UpstreamError(HttpError):
     """Another node failed us: the status this node should answer (502, 504, or the upstream's 429) and why."""
 
 
+class UpstreamTimeout(UpstreamError):
+    """Another node did not answer within the timeout (a 504): stalled, or dripping bytes, rather than refusing."""
+
+
 @dataclass
 class Reply:
     status: int
@@ -69,10 +73,19 @@ class Upstream:
             await self.session.close()
 
     async def get(
-        self, base: str, path: str, headers: dict[str, str] | None = None, timeout: float | None = None, limit: int = MAX_ANSWER
+        self,
+        base: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        limit: int = MAX_ANSWER,
+        head_timeout: float | None = None,
     ) -> Reply:
-        """GET base+path (path already percent-encoded); the body is read whole, up to ``limit`` bytes."""
-        return await self.request("GET", base, path, headers, timeout, limit=limit)
+        """GET base+path (path already percent-encoded); the body is read whole, up to ``limit`` bytes.
+
+        ``head_timeout``: the answer's head must come within it (the body then has the rest of ``timeout``).
+        """
+        return await self.request("GET", base, path, headers, timeout, limit=limit, head_timeout=head_timeout)
 
     async def request(
         self,
@@ -84,6 +97,7 @@ class Upstream:
         doc: object = None,
         limit: int = MAX_ANSWER,
         on_head: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
+        head_timeout: float | None = None,
     ) -> Reply:
         """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams.
 
@@ -92,15 +106,19 @@ class Upstream:
         assert self.session is not None
         seconds = timeout or self.timeout
         url = node_url(base, path)
+        loop = asyncio.get_running_loop()
+        start, waited = loop.time(), min(head_timeout or seconds, seconds)
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout_at(start + waited) as deadline:
                 async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
+                    deadline.reschedule(start + seconds)
+                    waited = seconds
                     if on_head is not None:
                         on_head(resp.status, resp.headers)
                     body = await read_bounded(resp, min(limit, MAX_PIECE), base, path)
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:
-            raise UpstreamError(504, f"{base} did not answer {path} within {seconds:g} s") from None
+            raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:

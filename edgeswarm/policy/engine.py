@@ -124,7 +124,7 @@ class Result:
     ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
     "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
     "corrupt", "choked" (``seconds``: retry after), "not_held", "failed"
-    (``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
+    (``message``), "stalled" (no answer within the timeout, ``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
     "abandoned" (stopped by ``Host.abandon``: another source's copy was stored first).
     ``seconds`` of an "ok" is how long the transfer took.
     """
@@ -646,14 +646,17 @@ class Engine:
             yield from self._pause(peer, result.seconds)
         elif kind == "not_held" and peer is not None:
             self.picker.peer_has(peer.peer_id, self.held_by(peer) - {index})
-        elif kind == "failed":
+        elif kind in ("failed", "stalled"):
             backoff = self.ranking.failure(url, self.clock())
             if peer is None:
                 log.warning("edge %s failed (%s); set aside for %.0f s", url, result.message, backoff)
                 return "retry"
-            peer.failures += 1
+            # a peer that held a request for the whole timeout is dropped at once: three such (a peer that announces
+            # everything and never answers) held a download's last pieces 30 s each, and the edge does not race them
+            peer.failures += MAX_FAILURES if kind == "stalled" else 1
             if peer.failures >= MAX_FAILURES:
-                log.info("dropping peer %s after %d failures (%s)", url, peer.failures, result.message)
+                why = "a request it held past the timeout" if kind == "stalled" else f"{peer.failures} failures"
+                log.info("dropping peer %s after %s (%s)", url, why, result.message)
                 self.drop(peer)
                 return "gone"
             yield from self._pause(peer, min(backoff, 5))

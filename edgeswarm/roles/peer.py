@@ -68,6 +68,8 @@ FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, 
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+PEER_HEAD_TIMEOUT = 5.0  # seconds for a neighbour to start answering a piece request: its head goes at once even
+# when the body waits its turn under an upload cap (serving.send_piece); one that holds it is a stall, dropped at once
 MAX_RELAYED_PIECE = 16 * 1024 * 1024  # a piece a promoted peer relays for a content it does not hold: the largest of files to 32 GiB
 
 
@@ -324,7 +326,13 @@ class Peer:
         if signed is None:
             raise KeyError(cid)  # the content left the store meanwhile
         try:
-            reply = await self.upstream.get(url, f"/piece/{cid}/{index}", headers, limit=signed.manifest.piece_span(index)[1])
+            reply = await self.upstream.get(
+                url,
+                f"/piece/{cid}/{index}",
+                headers,
+                limit=signed.manifest.piece_span(index)[1],
+                head_timeout=PEER_HEAD_TIMEOUT if to_peer else None,
+            )
         except UpstreamError:
             if not to_peer:
                 self._edge_unreachable(url)

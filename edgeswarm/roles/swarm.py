@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, TypeVar
 
 from edgeswarm.errors import EdgeswarmError, HttpError
-from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.node.upstream import UpstreamError, UpstreamTimeout
 from edgeswarm.policy import engine
 from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.vocabulary import EDGE, peer_kind
@@ -266,6 +266,8 @@ class Swarm:
             return Result("choked", exc.retry_after)
         except NotHeld:
             return Result("not_held")
+        except UpstreamTimeout as exc:
+            return Result("stalled", message=str(exc))
         except (UpstreamError, HttpError) as exc:
             return Result("failed", message=str(exc))
         except KeyError:  # the content was dropped from the store meanwhile

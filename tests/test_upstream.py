@@ -1,0 +1,58 @@
+"""edgeswarm.node.upstream against a double that holds its answer's head, or its body."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiohttp import web
+from conftest import DoubleServer
+
+from edgeswarm.node.upstream import Upstream, UpstreamTimeout
+
+
+class Slow(DoubleServer):
+    """``/head``: the head after ``hold`` s; ``/body``: the head at once, the body after ``hold`` s."""
+
+    hold = 0.6
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/head", self.late_head)
+        app.router.add_get("/body", self.late_body)
+
+    async def late_head(self, _: web.Request) -> web.Response:
+        await asyncio.sleep(self.hold)
+        return web.Response(body=b"x")
+
+    async def late_body(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "1"})
+        await resp.prepare(request)
+        await asyncio.sleep(self.hold)
+        await resp.write(b"x")
+        return resp
+
+
+@pytest.fixture
+async def upstream():
+    up = Upstream(5.0)
+    await up.start()
+    yield up
+    await up.close()
+
+
+async def test_a_head_held_past_head_timeout_is_a_stall_at_once(upstream):
+    """A neighbour that accepts a piece request and never starts answering costs its asker head_timeout, not the timeout."""
+    async with Slow() as slow:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match=r"did not answer /head within 0\.2 s"):
+            await upstream.get(slow.url, "/head", head_timeout=0.2)
+        assert time.monotonic() - started < slow.hold
+
+
+async def test_a_body_that_takes_longer_than_head_timeout_has_the_whole_timeout(upstream):
+    """The head came at once (a capped uploader's body waits its turn): the body may take the rest of the timeout."""
+    async with Slow() as slow:
+        assert (await upstream.get(slow.url, "/body", head_timeout=0.2)).body == b"x"
+        with pytest.raises(UpstreamTimeout, match=r"within 0\.3 s"):
+            await upstream.get(slow.url, "/body", timeout=0.3, head_timeout=0.2)
