@@ -11,6 +11,8 @@ inbound connections with iptables as well: docs/lab.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -21,6 +23,7 @@ import pytest
 from conftest import make_file, post, sha, status
 
 from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.protocol import relay
 from edgeswarm.roles.relay import RelayHub
 
 SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
@@ -128,6 +131,52 @@ async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, o
     async with http.get(f"{edge.url}/relay/{rid}/piece/{cid}/0") as resp:
         assert resp.status == 503 and "not connected" in await resp.text()
     assert time.monotonic() - started < 2
+
+
+async def test_a_hostile_relayed_peer_cannot_answer_the_requesters_next_request(tmp_path, nodes, origin, published, regions, http):
+    """A 204 (or 101, 304) with a whole forged answer in its body, or a header with a line break: a 502 to the requester,
+    whose next request on its pooled connection (GET /swarm-key, the key managed peers check tickets with) is the edge's."""
+    make_file(published / "k.bin", 300_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    async with http.get(f"{edge.url}/k.bin") as resp:
+        assert resp.status == 200 and await resp.read()
+    cid = (await status(http, edge.url))["contents"][0]["id"]
+    async with http.get(f"{edge.url}/swarm-key") as resp:
+        key = await resp.read()
+    forged = b"-----BEGIN PUBLIC KEY-----\nATTACKER'S KEY\n-----END PUBLIC KEY-----\n"
+    injected = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nContent-Length: %d\r\n\r\n%s" % (len(forged), forged)
+    heads = [(204, {}), (101, {}), (304, {}), (200, {"Content-Type": "text/plain\r\nX-Injected: 1"}), (429, {"Retry-After": "1\nX: y"})]
+    answers = iter(heads)
+
+    async def answer(ws: aiohttp.ClientWebSocketResponse, fid: int) -> None:
+        code, headers = next(answers)
+        await ws.send_str(json.dumps({"id": fid, "status": code, "headers": headers}))
+        await ws.send_bytes(relay.data_frame(fid, injected))
+        await ws.send_str(relay.encode(relay.End(fid)))
+
+    ws = await http.ws_connect(f"{edge.url}/relay", headers={"X-Edgeswarm-Peer": "evil"})
+    serving = asyncio.create_task(_answer_requests(ws, answer))
+    rid = RelayHub.relay_id("127.0.0.1", None, "evil")
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as victim:  # as a peer's pooled session
+            for _ in heads:
+                async with victim.get(f"{edge.url}/relay/{rid}/piece/{cid}/0") as resp:
+                    assert resp.status == 502 and "refused" in await resp.text()
+                async with victim.get(f"{edge.url}/swarm-key") as resp:
+                    assert resp.status == 200 and await resp.read() == key
+    finally:
+        serving.cancel()
+        await ws.close()
+    assert "Traceback" not in edge.log_text()
+
+
+async def _answer_requests(ws: aiohttp.ClientWebSocketResponse, answer) -> None:
+    """A relayed peer's side of its WebSocket: each request the edge passes down is answered by ``answer``."""
+    async for msg in ws:
+        with contextlib.suppress(ValueError):
+            frame = relay.decode(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+            if isinstance(frame, relay.Request):
+                await answer(ws, frame.id)
 
 
 async def _no_relay(http: aiohttp.ClientSession, edge: str) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +44,10 @@ MANIFEST = SignedManifest.sign(
 )
 CID = MANIFEST.content_id
 PEER = "hidden-peer"
+KEY = "-----BEGIN PUBLIC KEY-----\nTHE EDGE'S OWN KEY\n-----END PUBLIC KEY-----\n"  # the edge's /swarm-key in these tests
+FORGED = b"-----BEGIN PUBLIC KEY-----\nATTACKER'S KEY\n-----END PUBLIC KEY-----\n"
+# a whole HTTP answer in a relayed body: read as the answer to the requester's next request if the body reached its connection
+INJECTED = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\nContent-Length: %d\r\n\r\n%s" % (len(FORGED), FORGED)
 
 Answer = Callable[[aiohttp.ClientWebSocketResponse, relay.Request], Awaitable[None]]
 
@@ -72,6 +77,22 @@ def test_frames_round_trip_and_anything_else_is_refused():
             relay.decode(bad)
     with pytest.raises(ValueError):
         relay.split_data(b"\x00\x01")
+
+
+def test_only_the_statuses_and_headers_an_upload_server_sends_pass_a_relay():
+    assert relay.vet(relay.Head(1, 429, {"Retry-After": "2", "Content-Length": "17", "X-Other": "x"})) == ({"Retry-After": "2"}, 17)
+    assert relay.vet(relay.Head(1, 200, {"Content-Type": "application/x-ndjson"})) == ({"Content-Type": "application/x-ndjson"}, None)
+    for status in (100, 101, 204, 206, 304, 302, 416, 502, 599):  # no body, or never answered by a peer's upload server
+        with pytest.raises(ValueError, match=f"status {status}"):
+            relay.vet(relay.Head(1, status, {}))
+    for headers in (
+        {"Content-Type": "text/plain\r\nX-Injected: 1"},
+        {"Retry-After": "1\nX"},
+        {"Content-Type": "\u00e9\u2028"},
+        {"Content-Length": "-1"},
+    ):
+        with pytest.raises(ValueError):
+            relay.vet(relay.Head(1, 200, headers))
 
 
 def test_only_listed_headers_cross_a_relay():
@@ -104,6 +125,7 @@ async def hub_with_peer(answer: Answer, limits: RelayLimits | None = None) -> As
 
     app.router.add_get("/relay", connect)
     app.router.add_get("/relay/{rid}/{tail:.*}", hub.forward)
+    app.router.add_get("/swarm-key", _swarm_key)  # one of the edge's own endpoints, on the same connections
     app.on_shutdown.append(lambda _: hub.close())
     async with serve_app(app) as port, aiohttp.ClientSession() as session:
         base = f"http://127.0.0.1:{port}"
@@ -228,6 +250,84 @@ async def test_only_the_peers_own_relay_client_may_name_a_requesters_address():
             assert await resp.text() == "192.0.2.5"
         async with http.get(url, headers={relay.RELAYED_FOR_HEADER: "guess 192.0.2.5"}) as resp:
             assert resp.status == 403
+
+
+async def _swarm_key(_: web.Request) -> web.Response:
+    return web.Response(text=KEY)
+
+
+def hostile(status: int, headers: dict[str, str], body: bytes = INJECTED) -> Answer:
+    """A relayed peer answering every request with this head and body."""
+
+    async def answer(ws: aiohttp.ClientWebSocketResponse, req: relay.Request) -> None:
+        await ws.send_str(json.dumps({"id": req.id, "status": status, "headers": headers}))
+        await ws.send_bytes(relay.data_frame(req.id, body))
+        await ws.send_str(relay.encode(relay.End(req.id)))
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body"),
+    [
+        (204, {}, INJECTED),  # no body may follow a 204: this one would be read as the next answer
+        (101, {}, INJECTED),
+        (100, {}, INJECTED),
+        (304, {}, INJECTED),
+        (599, {}, INJECTED),  # no status a peer's upload server answers
+        (200, {"Content-Type": "text/plain\r\nX-Injected: 1"}, INJECTED),
+        (429, {"Retry-After": "1\nX-Injected: yes"}, INJECTED),
+        (200, {"Content-Type": "\u00e9\u2028"}, INJECTED),
+        (200, {"Content-Length": "10"}, INJECTED),  # a piece's answer is its manifest's length, whatever the peer says
+        (404, {"Content-Length": "10"}, INJECTED),  # a body longer than it declared
+        (404, {"Content-Length": "1000"}, INJECTED),  # and shorter
+    ],
+)
+async def test_a_relayed_answer_that_could_desync_the_requesters_connection_never_reaches_it(status, headers, body, caplog):
+    """A clean 502 or a cut connection; the requester's next request on its pooled connection gets the edge's own answer."""
+    caplog.set_level(logging.INFO)
+    async with hub_with_peer(hostile(status, headers, body)) as (url, hub):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:  # one connection, reused if it may be
+            async with http.get(f"{url}/piece/{CID}/0") as resp:
+                try:
+                    text: str | None = await resp.text()
+                except aiohttp.ClientPayloadError:
+                    text = None  # cut: the answer had started
+                assert text is None or (resp.status == 502 and "refused" in text), (resp.status, text)
+            async with http.get(url.split("/relay/")[0] + "/swarm-key") as resp:
+                assert resp.status == 200 and await resp.text() == KEY
+        assert hub.status()["events"]["bad_frames"] == 1
+    assert "Traceback" not in caplog.text and not any(record.exc_info for record in caplog.records)
+
+
+async def test_a_head_request_is_not_passed_down_a_relay():
+    """A HEAD's answer has no body: the relayed peer's piece would be read as the requester's next answer."""
+    async with hub_with_peer(send_piece) as (url, _), aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        async with http.head(f"{url}/piece/{CID}/0") as resp:
+            assert resp.status == 405
+        async with http.get(url.split("/relay/")[0] + "/swarm-key") as resp:
+            assert resp.status == 200 and await resp.text() == KEY
+
+
+async def test_a_relayed_peer_that_sends_bad_frames_is_closed_after_ten_in_a_few_log_lines(caplog):
+    caplog.set_level(logging.INFO, logger="edgeswarm.roles.relay")
+    async with hub_with_peer(send_piece) as (url, hub), aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url.split("/relay/")[0] + "/relay", headers={"X-Edgeswarm-Peer": "garbage"})
+        before = len(caplog.records)
+        for i in range(500):
+            if ws.closed:
+                break
+            with contextlib.suppress(ConnectionError):
+                await ws.send_str("not json" if i % 2 else json.dumps({"id": 5, "status": 9999}))
+        async with asyncio.timeout(5):
+            msg = await ws.receive()
+            while msg.type != aiohttp.WSMsgType.CLOSE:
+                msg = await ws.receive()
+        assert msg.data == aiohttp.WSCloseCode.POLICY_VIOLATION and "10 bad frames" in msg.extra
+        assert len(caplog.records) - before <= 8, [r.getMessage() for r in caplog.records[before:]]
+        assert hub.status()["events"]["closed_bad_frames"] == 1
+        async with http.get(f"{url}/piece/{CID}/1") as resp:  # the well-behaved peer's relay is untouched
+            assert resp.status == 200 and await resp.read() == DATA[PIECE:]
 
 
 async def _remote(request: web.Request) -> web.Response:

@@ -19,7 +19,11 @@ Frames (one WebSocket message each):
   "error": "why"}`` when the answer broke off.
 
 Only the two upload endpoints cross a relay, with a short list of headers
-each way; the relay never reads the pieces (the receiver verifies them
+each way, and only the statuses a peer's upload server answers them with
+(``vet``): the relay passes a relayed peer's answer onto its requester's
+kept-alive connection, so anything that would let a hostile peer's bytes be
+read as another answer (a 204 or a 1xx with a body, a header with a line
+break, a body longer than it said) is refused.  The relay never reads the pieces (the receiver verifies them
 against the signed manifest, as any piece), so a relay can withhold pieces
 but not forge them.
 """
@@ -31,9 +35,18 @@ import json
 import re
 from dataclasses import dataclass
 
+from edgeswarm.protocol.units import ascii_decimal
+
 RELAYED_FOR_HEADER = "X-Edgeswarm-Relayed-For"  # "<secret> <address>": set by the peer's own relay client only
 REQUEST_HEADERS = ("Authorization", "Accept", "X-Edgeswarm-Peer", "X-Edgeswarm-Upload-Port", "X-Edgeswarm-Region")
-RESPONSE_HEADERS = ("Content-Type", "Retry-After", "WWW-Authenticate")
+RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Retry-After", "WWW-Authenticate")
+# What a peer's upload server answers /piece and /have with (roles/peer.py get_piece, get_have; node/daemon.py):
+# 200 a piece, a bitfield or a HAVE stream; 400 a bad index or header; 401/403 a ticket refused (managed mode) or a
+# forged X-Edgeswarm-Relayed-For; 404 not held; 429 choked, or no room for a HAVE subscriber; 500 its internal error;
+# 503 its store not open yet, or out of descriptors.  No 1xx, 204 or 304 (they have no body), no 206 (no ranges).
+STATUSES = frozenset({200, 400, 401, 403, 404, 429, 500, 503})
+MAX_ERROR_BODY = 64 * 1024  # the most bytes an answer other than a 200 may carry (an error's text)
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what every header in RESPONSE_HEADERS holds
 PATH = re.compile(r"/(piece/[0-9a-f]{64}/[0-9]{1,9}|have/[0-9a-f]{64})")  # what may cross a relay, nothing else
 RELAY_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
 ID_BYTES = 4
@@ -98,6 +111,31 @@ def pick(headers: object, names: tuple[str, ...]) -> dict[str, str]:
         if isinstance(value, str):
             out[name] = value[:4096]
     return out
+
+
+def vet(head: Head) -> tuple[dict[str, str], int | None]:
+    """The headers of a relayed answer to pass on, and the body length it declares; ValueError if it may not be passed.
+
+    The answer goes onto the requester's kept-alive connection, which the
+    requester also uses for the edge's own endpoints (``/swarm-key``,
+    ``/announce``): a status the upload server never answers with (a 204 or a
+    1xx, after which a body would be read as the next answer), or a header
+    value that could break a line, must never reach it.  Checked before a
+    byte of the answer is sent, so the requester gets a clean 502 instead.
+    """
+    if head.status not in STATUSES:
+        raise ValueError(f"status {head.status}, which no peer's upload server answers")
+    headers = pick(head.headers, RESPONSE_HEADERS)
+    for name, value in headers.items():
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(f"a {name} header with control or non-ASCII characters")
+    raw = headers.pop("Content-Length", None)
+    if raw is None:
+        return headers, None
+    length = ascii_decimal(raw, max_digits=10)
+    if length is None:
+        raise ValueError(f"a Content-Length that is not a number: {raw[:20]!r}")
+    return headers, length
 
 
 def encode(frame: Frame) -> str:

@@ -6,6 +6,10 @@ neighbours' ``GET /relay/<id>/piece/..`` and ``/have/..`` down it, under
 limits: relayed peers at once, requests in flight per peer (HAVE streams
 apart), the exact piece length, a deadline for the answer's head and a
 silence limit after it.  A peer whose WebSocket is gone is a quick 503.
+A relayed peer's answer is vetted before it reaches the requester
+(``relay.vet``: the statuses and headers an upload server really sends, a
+body exactly as long as it says), and a peer that keeps sending bad frames
+or answers loses its WebSocket.
 
 On the peer, ``RelayClient`` keeps one WebSocket per tracking edge and
 answers each request with its own upload server over loopback, so the
@@ -32,6 +36,8 @@ import aiohttp
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node.daemon import text_error
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.upstream import CHUNK
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.tracker import address_group, owner_of
@@ -49,6 +55,7 @@ HEARTBEAT = 15.0  # seconds between WebSocket pings: a dead link is found within
 SILENCE = 3 * havefeed.HEARTBEAT  # seconds a started answer may stay silent (a HAVE stream sends {} every 10 s)
 MAX_QUEUED = 4 * CHUNK  # bytes of an answer waiting for a slow requester before the request is cut
 BACKOFF_MAX = 30.0
+BAD_FRAMES = 10  # bad frames or refused answers a relayed peer may send before its WebSocket is closed
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class _Link:
     next_id: int = 0
     requests: int = 0
     streams: int = 0
+    bad: int = 0  # bad frames and refused answers so far (BAD_FRAMES closes the WebSocket)
     since: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -104,6 +112,7 @@ class RelayHub:
         self.links: dict[str, _Link] = {}
         self.bytes: Counter[str] = Counter()  # "out" to requesters, "in" from relayed peers
         self.events: Counter[str] = Counter()  # requests, refusals and failures by kind
+        self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))  # a hostile peer's bad frames: a few lines
 
     @staticmethod
     def relay_id(address: str, user: str | None, peer_id: str) -> str:
@@ -137,10 +146,13 @@ class RelayHub:
         log.info("relaying peer %s (%s) as %s", peer_id[:64], address, rid)
         try:
             async for msg in ws:
+                bad = None
                 if msg.type == aiohttp.WSMsgType.BINARY:
-                    self._data(link, msg.data)
+                    bad = self._data(link, msg.data)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
-                    self._frame(link, msg.data)
+                    bad = self._frame(link, msg.data)
+                if bad is not None:
+                    await self._strike(link, f"a bad frame: {bad}")
         finally:
             if self.links.get(rid) is link:
                 del self.links[rid]
@@ -149,34 +161,56 @@ class RelayHub:
             log.info("relayed peer %s (%s) left", peer_id[:64], rid)
         return ws
 
-    def _data(self, link: _Link, message: bytes) -> None:
+    def _data(self, link: _Link, message: bytes) -> str | None:
+        """A chunk of an answer, queued for its requester; what is wrong with the frame, if it is bad."""
         try:
             fid, chunk = relay.split_data(message)
-        except ValueError:
-            return
+        except ValueError as exc:
+            return str(exc)
         pending = link.pending.get(fid)
         if pending is None or pending.overflow:
-            return  # a request already over: its late chunks are dropped
+            return None  # a request already over: its late chunks are dropped
         self.bytes["in"] += len(chunk)
         pending.queued += len(chunk)
         if pending.queued > MAX_QUEUED:
             pending.overflow = True  # the requester does not read: cut it, never buffer without bound
         pending.queue.put_nowait(chunk)
+        return None
 
-    def _frame(self, link: _Link, text: str) -> None:
+    def _frame(self, link: _Link, text: str) -> str | None:
+        """A head or an end, queued for its requester; what is wrong with the frame, if it is bad."""
         try:
             frame = relay.decode(text)
         except ValueError as exc:
-            log.info("relayed peer %s sent a bad frame: %s", link.rid, exc)
-            return
+            return str(exc)
         pending = link.pending.get(frame.id)
         if pending is not None and isinstance(frame, relay.Head | relay.End):
             pending.queue.put_nowait(frame)
+        return None
+
+    async def _strike(self, link: _Link, why: str) -> None:
+        """One more bad frame or refused answer from ``link``'s peer: a rate-limited line; at BAD_FRAMES, its WebSocket closed.
+
+        A relayed peer that sends garbage is broken or hostile; either way it
+        must not cost the edge a log line per frame (a flood of them was
+        megabytes a second) nor keep a relay that serves nobody right.
+        """
+        link.bad += 1
+        self.events["bad_frames"] += 1
+        self.quiet.flush()
+        self.quiet.log(logging.INFO, "bad relay frames", "relayed peer %s sent %s", link.rid, why)
+        if link.bad == BAD_FRAMES and not link.ws.closed:
+            self.events["closed_bad_frames"] += 1
+            self.quiet.log(logging.WARNING, "relays closed", "relayed peer %s: closing its relay after %d bad frames", link.rid, link.bad)
+            reason = f"{BAD_FRAMES} bad frames or answers, the last {why}"
+            await link.ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=reason.encode()[:120])
 
     # -- the neighbours' requests ----------------------------------------------------------
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        """``GET /relay/<id>/piece/..`` or ``/have/..``: passed to the relayed peer, its answer passed back."""
+        """``GET /relay/<id>/piece/..`` or ``/have/..``: passed to the relayed peer, its answer vetted and passed back."""
         rid, tail = request.match_info["rid"], "/" + request.match_info["tail"]
+        if request.method != "GET":  # a HEAD's answer has no body: the relayed peer's would be read as the next answer
+            raise HttpError(405, "a relay passes GET requests only", {"Allow": "GET"})
         if not relay.PATH.fullmatch(tail):
             raise HttpError(404, f"a relay passes /piece/<id>/<index> and /have/<id> only, not {tail[:80]}")
         link = self.links.get(rid)
@@ -203,11 +237,16 @@ class RelayHub:
             headers = relay.pick(request.headers, relay.REQUEST_HEADERS)
             await self._send(link, relay.encode(relay.Request(fid, tail, headers, request.remote or "")))
             head = await self._head(pending, rid)
-            resp = web.StreamResponse(status=head.status, headers=relay.pick(head.headers, relay.RESPONSE_HEADERS))
-            if head.status == 200 and not stream and self.manifest(tail.split("/")[2]) is not None:
-                resp.content_length = limit  # a piece is exactly this long: a short one is cut, never passed on whole
+            try:
+                passed, length = self._vet(head, tail, limit, stream)
+            except ValueError as exc:
+                await self._strike(link, f"an answer that was refused ({exc})")
+                return self._refuse(rid, str(exc))
+            resp = web.StreamResponse(status=head.status, headers=passed)
+            if length is not None:
+                resp.content_length = length  # a body of another length is cut, never passed on whole
             await resp.prepare(request)
-            ended = await self._body(request, resp, pending, limit if head.status == 200 and not stream else None, rid)
+            ended = await self._body(resp, pending, length, self._cap(head.status, limit, stream), link)
             return resp
         finally:
             link.pending.pop(fid, None)
@@ -218,6 +257,41 @@ class RelayHub:
             if not ended and not link.ws.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self._send(link, relay.encode(relay.Cancel(fid)))
+
+    def _vet(self, head: relay.Head, tail: str, limit: int, stream: bool) -> tuple[dict[str, str], int | None]:
+        """The headers and exact body length to answer with (None: chunked); ValueError if the answer may not pass.
+
+        Beyond ``relay.vet``: a piece of a content known here is exactly its
+        manifest's length, whatever the peer says; any other answer is as long
+        as its Content-Length says, never more than its cap (``_cap``).
+        """
+        headers, length = relay.vet(head)
+        if head.status == 200 and tail.startswith("/piece/") and self.manifest(tail.split("/")[2]) is not None:
+            if length not in (None, limit):
+                raise ValueError(f"a Content-Length of {length} for a {limit}-byte piece")
+            return headers, limit
+        cap = self._cap(head.status, limit, stream)
+        if length is not None and cap is not None and length > cap:
+            raise ValueError(f"a Content-Length of {length}, over the {cap} bytes such an answer may have")
+        return headers, length
+
+    @staticmethod
+    def _cap(status: int, limit: int, stream: bool) -> int | None:
+        """The most bytes an answer may carry: a HAVE stream no bound (it lives on), a 200 the request's, else an error's text."""
+        if status != 200:
+            return relay.MAX_ERROR_BODY
+        return None if stream else limit
+
+    def _refuse(self, rid: str, why: str) -> web.Response:
+        """A 502 for an answer that may not be passed on, closing the requester's connection.
+
+        Nothing of the answer was sent; the connection is closed all the same,
+        so whatever the relayed peer sends next can never be read on it.
+        """
+        self.events["refused_answer"] += 1
+        resp = text_error(502, f"relayed peer {rid}: its answer was refused: {why}")
+        resp.force_close()
+        return resp
 
     def _body_limit(self, tail: str) -> int:
         """The most an answer may carry: a piece's exact length (its content must be known here), else 64 KiB."""
@@ -249,9 +323,16 @@ class RelayHub:
         why = item.error if isinstance(item, relay.End) and item.error else "no answer"
         raise HttpError(502, f"relayed peer {rid}: {why}")
 
-    async def _body(self, request: web.Request, resp: web.StreamResponse, pending: _Pending, limit: int | None, rid: str) -> bool:
-        """Copy the answer's body to the requester; True when it ended cleanly.  Cut (after the head) on any breach."""
-        sent = 0
+    async def _body(self, resp: web.StreamResponse, pending: _Pending, length: int | None, cap: int | None, link: _Link) -> bool:
+        """Copy the answer's body to the requester; True when it ended cleanly.  Cut (after the head) on any breach.
+
+        ``length``: what the head declared (None: chunked), which the body
+        must match exactly; ``cap``: the most a chunked one may carry.  A cut
+        (an HttpError here) aborts the requester's connection
+        (``daemon.cut_after_start``): no byte past the answer is ever read as
+        another one.
+        """
+        rid, most, sent = link.rid, length if length is not None else cap, 0
         while True:
             if pending.overflow:
                 raise HttpError(502, f"cut: the requester of relayed peer {rid} does not read")
@@ -265,15 +346,20 @@ class RelayHub:
                 if item.error:
                     self.events["failed"] += 1
                     raise HttpError(502, f"cut: relayed peer {rid}: {item.error}")
-                if limit is not None and sent != limit and resp.content_length is not None:
-                    raise HttpError(502, f"cut: relayed peer {rid} sent {sent} bytes of a {limit}-byte piece")
+                if length is not None and sent != length:
+                    await self._strike(link, f"an answer of {sent} bytes, not the {length} it declared")
+                    raise HttpError(502, f"cut: relayed peer {rid} sent {sent} bytes of the {length} it declared")
                 await resp.write_eof()
                 return True
+            if isinstance(item, relay.Head):
+                await self._strike(link, "a second head for one request")
+                raise HttpError(502, f"cut: relayed peer {rid} sent a second head")
             if isinstance(item, bytes):
                 pending.queued -= len(item)
                 sent += len(item)
-                if limit is not None and sent > limit:
-                    raise HttpError(502, f"cut: relayed peer {rid} sent more than the piece's {limit} bytes")
+                if most is not None and sent > most:
+                    await self._strike(link, f"an answer over its {most} bytes")
+                    raise HttpError(502, f"cut: relayed peer {rid} sent more than the {most} bytes its answer may have")
                 if self.bucket is not None:
                     await self.bucket.throttle(len(item))
                 await resp.write(item)
@@ -303,6 +389,7 @@ class RelayClient:
         self.connected: dict[str, bool] = {}  # edge (or promoted peer) -> its relay is up
         self.via: dict[str, str | None] = {}  # edge -> the promoted peer of our region it told us to hold a relay at
         self.served: Counter[str] = Counter()  # requests answered, by kind
+        self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))  # a hostile relay's (a promoted peer's) bad frames
         self._tasks: dict[str, asyncio.Task] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -370,7 +457,8 @@ class RelayClient:
                 try:
                     frame = relay.decode(msg.data)
                 except ValueError as exc:
-                    log.info("relay %s sent a bad frame: %s", edge, exc)
+                    self.quiet.flush()
+                    self.quiet.log(logging.INFO, "bad relay frames", "relay %s sent a bad frame: %s", edge, exc)
                     continue
                 if isinstance(frame, relay.Cancel) and frame.id in tasks:
                     tasks[frame.id].cancel()
