@@ -24,6 +24,12 @@ RESERVED |= {"relay"}  # the edge's relay for peers that cannot accept connectio
 PATH = r"{path:[\s\S]*}"
 TAIL = r"{tail:[\s\S]*}"
 
+# What a published path may be (an upload's, or a file's in the origin's tree): deeper or longer paths gain nothing and
+# cost recursion (Path.mkdir, os.walk), ENAMETOOLONG after a whole body, and log lines by the megabyte
+MAX_SEGMENTS = 32
+MAX_SEGMENT_BYTES = 255  # NAME_MAX of the common file systems
+MAX_PATH_BYTES = 1024
+
 
 def clean_request_path(raw_path: str) -> str:
     """The relative path a request names, from its raw (still percent-encoded) target."""
@@ -63,6 +69,30 @@ def file_request_path(raw_path: str) -> str:
     if reserved is not None:
         raise HttpError(404, f"no such endpoint /{reserved}")
     return rel
+
+
+def publish_problem(rel: str) -> str | None:
+    """Why ``rel`` may not be published (too deep or too long: docs/protocol.md#publishing), or None.
+
+    Apart from path_problem, which any request path meets: these limits are
+    checked where a path becomes a file (an upload's headers, the origin's
+    scan), so a GET of a longer path is still a plain 404.
+    """
+    segments = rel.split("/")
+    if len(segments) > MAX_SEGMENTS:
+        return f"{len(segments)} path segments, more than the {MAX_SEGMENTS} allowed"
+    total = _bytes(rel)
+    if total > MAX_PATH_BYTES:
+        return f"path of {total} bytes, more than the {MAX_PATH_BYTES} allowed"
+    longest = max(segments, key=_bytes)
+    if _bytes(longest) > MAX_SEGMENT_BYTES:
+        return f"path segment {longest[:40]!r}... of {_bytes(longest)} bytes, more than the {MAX_SEGMENT_BYTES} allowed"
+    return None
+
+
+def _bytes(text: str) -> int:
+    """Length in bytes as the file system sees it (a name read from disk may hold undecodable bytes)."""
+    return len(text.encode("utf-8", "surrogateescape"))
 
 
 def path_problem(rel: str) -> str | None:

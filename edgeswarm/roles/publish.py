@@ -28,7 +28,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol import upload
-from edgeswarm.protocol.paths import file_request_path
+from edgeswarm.protocol.paths import file_request_path, publish_problem
 from edgeswarm.protocol.wire import json_response
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.store.uploads import Staging, Upload
@@ -44,11 +44,18 @@ ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", uploa
 
 
 def upload_path(request: web.Request) -> str:
-    """The path a ``PUT`` names: 400 for one that can never be published (hidden names too), 404 for an endpoint's."""
+    """The path a ``PUT`` names: 400 for one that can never be published (hidden, too deep, too long), 404 for an endpoint's.
+
+    Checked from the request line alone, at the edge and again at the origin,
+    so such a path is refused before a byte of its body is read.
+    """
     rel = file_request_path(request.raw_path)
     hidden = next((s for s in rel.split("/") if s.startswith(".")), None)
     if hidden is not None:
         raise HttpError(400, f"invalid path: {hidden!r} starts with '.', and hidden names are never published")
+    problem = publish_problem(rel)
+    if problem is not None:
+        raise HttpError(400, f"invalid path: {problem}; nothing was read")
     return rel
 
 
@@ -176,6 +183,10 @@ class Publisher:
         except OSError as exc:
             await asyncio.to_thread(self.staging.discard, staged)
             raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
+        except (RecursionError, ValueError) as exc:  # a path upload_path should have refused: one line, not a traceback
+            await asyncio.to_thread(self.staging.discard, staged)
+            log.warning("cannot publish %.200s: %s: %.200s", rel, exc.__class__.__name__, exc)
+            raise HttpError(400, f"cannot publish /{rel[:200]}: {exc.__class__.__name__}; nothing was kept") from None
         await asyncio.to_thread(self.staging.discard, staged)
         for line in self.catalog.apply({rel: entry}):
             log.info("%s (uploaded by %s)", line, user)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
-from edgeswarm.protocol.paths import path_problem, reserved_segment
+from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
 from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
 
 log = logging.getLogger(__name__)
@@ -139,15 +139,13 @@ class Catalog:
     def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
         """Every publishable regular file under root, by relative path."""
         found: dict[str, tuple[Path, os.stat_result]] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            base = Path(dirpath)
+        for base, filenames in self._directories():
             for name in filenames:
                 if name.startswith(".") or name.endswith(PARTIAL):  # hidden, or still being written (ffmpeg's temp_file)
                     continue
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
-                reason = path_problem(rel)
+                reason = path_problem(rel) or publish_problem(rel)
                 if reason is None and reserved_segment(rel) is not None:
                     reason = "its first path segment is reserved for node endpoints"
                 if reason is None and full.is_symlink() and not full.resolve().is_relative_to(self.root):
@@ -159,12 +157,40 @@ class Catalog:
                 if reason is None and not os.path.isfile(full):
                     continue
                 if reason:
-                    if rel not in self._skipped:
-                        log.warning("not publishing %s: %s", rel, reason)
-                        self._skipped.add(rel)
+                    self._skip(rel, reason)
                     continue
                 found[rel] = (full, st)
         return found
+
+    def _directories(self) -> list[tuple[Path, list[str]]]:
+        """Each visible directory under root (root included) with its file names, walked without recursion.
+
+        os.walk recurses in Python 3.11, so a tree some thousand levels deep
+        failed every scan with a RecursionError; and no file deeper than
+        MAX_SEGMENTS could be published anyway, so the walk stops there.
+        """
+        out: list[tuple[Path, list[str]]] = []
+        stack: list[tuple[Path, int]] = [(self.root, 1)]  # a directory, and the segments a file in it would have
+        while stack:
+            base, depth = stack.pop()
+            for dirpath, dirnames, filenames in os.walk(base):  # one level: the subdirectories go on the stack
+                out.append((Path(dirpath), filenames))
+                for d in dirnames:
+                    sub = Path(dirpath) / d
+                    if d.startswith(".") or sub.is_symlink():  # hidden; or a symlink, which os.walk does not follow either
+                        continue
+                    if depth >= MAX_SEGMENTS:
+                        self._skip(sub.relative_to(self.root).as_posix() + "/", f"deeper than {MAX_SEGMENTS} path segments")
+                    else:
+                        stack.append((sub, depth + 1))
+                dirnames.clear()
+        return out
+
+    def _skip(self, rel: str, reason: str) -> None:
+        """Warn once about a path not published."""
+        if rel not in self._skipped:
+            log.warning("not publishing %.300s: %s", rel, reason)
+            self._skipped.add(rel)
 
     def scan_changes(self, known: dict[str, Entry]) -> dict[str, Entry | None]:
         """What differs between the directory and ``known``: new entries, or None to withdraw.
@@ -199,7 +225,7 @@ class Catalog:
         """
         changes: dict[str, Entry | None] = {}
         for rel in rels:
-            if path_problem(rel) is not None or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
+            if path_problem(rel) or publish_problem(rel) or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
                 continue
             full = self.root / rel
             try:
@@ -274,8 +300,13 @@ class Catalog:
         across file systems it is copied to a hidden name beside the target
         first, so the published path only ever holds the whole file.
         OSError when ``rel`` cannot be a file (a directory in the way, or a
-        file where a directory should be); the staged file is then left.
+        file where a directory should be), ValueError when it is too deep or
+        too long to publish (checked before any directory is made); the
+        staged file is then left.
         """
+        problem = publish_problem(rel)
+        if problem is not None:
+            raise ValueError(f"{rel[:200]} cannot be published: {problem}")
         target = self.root / rel
         if target.is_dir():
             raise IsADirectoryError(f"{rel} is a directory")
