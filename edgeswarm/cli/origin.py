@@ -22,7 +22,9 @@ origin-key, swarm-key, healthz, status, metrics, dashboard, torrent, magnet, pre
 
 Users whose token has the publish scope upload through their edge (PUT, or
 `edgeswarm publish FILE --edge URL`) into DIR/users/USER/, within
---user-quota bytes each:
+--user-quota bytes each and at most 16 unfinished uploads each (swept after
+24 h untouched). Published paths (uploaded or in DIR) have at most 32
+segments of 255 bytes, 1024 bytes in all:
   edgeswarm origin --publish /srv/media --user-quota 5GB --user-quota alice=50GB --user-quota mallory=0
 """
 

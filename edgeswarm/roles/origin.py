@@ -286,6 +286,7 @@ class Origin:
 
         async def start_scanning(app: web.Application):
             tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self.live.run())]
+            tasks.append(asyncio.create_task(self.publisher.sweep_loop()))  # abandoned uploads: on a timer, not per request
             yield
             for task in tasks:
                 task.cancel()

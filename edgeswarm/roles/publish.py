@@ -39,6 +39,8 @@ CHUNK = 1 << 16
 FLUSH = 1 << 20  # bytes gathered before a write (in a thread): fewer hops off the event loop
 FINISH_WAIT = 600.0  # seconds an answer may take after the last byte: the origin hashes the whole file twice (~1 GB/s)
 RECENT = 1024  # finished uploads remembered, so a client that missed its 201 gets it again instead of sending it anew
+MAX_UNFINISHED = 16  # unfinished uploads a user may have at once: each is two files and a quota reservation until swept
+SWEEP_INTERVAL = 60.0  # seconds between sweeps of abandoned uploads (a sweep lists the whole staging directory)
 FORWARDED = ("Authorization", "Content-Range", "Content-Length", upload.LENGTH_HEADER, upload.SHA256_HEADER)
 ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", upload.OFFSET_HEADER)
 
@@ -62,11 +64,14 @@ def upload_path(request: web.Request) -> str:
 class Publisher:
     """The origin's side: receive, verify, and publish uploads under their users' prefixes."""
 
-    def __init__(self, public_key: Ed25519PublicKey, catalog: Catalog, staging: Staging, quota: QuotaPolicy):
+    def __init__(
+        self, public_key: Ed25519PublicKey, catalog: Catalog, staging: Staging, quota: QuotaPolicy, max_unfinished: int = MAX_UNFINISHED
+    ):
         self.public_key = public_key
         self.catalog = catalog
         self.staging = staging
         self.quota = quota
+        self.max_unfinished = max_unfinished
         self._busy: set[tuple[str, str]] = set()  # (user, path) being received: one request at a time each
         self._admitting = asyncio.Lock()
         self._finished: OrderedDict[tuple[str, str], tuple[int, str, str, dict]] = OrderedDict()  # -> (length, sha, cid, 201 doc)
@@ -95,10 +100,31 @@ class Publisher:
         finally:
             self._busy.discard(key)
 
+    async def sweep_loop(self, interval: float = SWEEP_INTERVAL) -> None:
+        """Sweep abandoned uploads now and every ``interval`` seconds: on a timer, as a sweep reads the whole directory."""
+        while True:
+            try:
+                await asyncio.to_thread(self.staging.sweep)
+            except Exception:
+                log.exception("sweep of %s failed", self.staging.dir)
+            await asyncio.sleep(interval)
+
+    def _check_room(self, user: str, rel: str, pending: dict[str, int]) -> None:
+        """429 if ``rel`` would be one unfinished upload more than the user may have (resuming or replacing one is fine)."""
+        if rel in pending or len(pending) < self.max_unfinished:
+            return
+        hours = self.staging.ttl / 3600
+        raise HttpError(
+            429,
+            f"user {user} has {len(pending)} unfinished uploads, the most this origin keeps at once: finish one first "
+            f"(ask its offset with Content-Range: bytes */LENGTH, then send the rest, or run edgeswarm publish again), "
+            f"or wait - an unfinished upload untouched for {hours:g} h expires",
+        )
+
     async def _put(self, request: web.Request, user: str, rel: str, declared: upload.Declared) -> web.Response:
-        await asyncio.to_thread(self.staging.sweep)
         async with self._admitting:  # check and reserve as one step: two uploads at once cannot both take the last room
-            pending = await asyncio.to_thread(self.staging.pending, user)
+            pending = self.staging.pending(user)  # from memory: its cost does not grow with other users' uploads
+            self._check_room(user, rel, pending)
             self.quota.check(user, self._published_by(user), pending, rel, declared.length)
             staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
         offset = staged.offset()
@@ -119,8 +145,7 @@ class Publisher:
 
         A part already whole (the origin stopped before finishing it) is finished now: 201.
         """
-        pending = await asyncio.to_thread(self.staging.pending, user)
-        self.quota.check(user, self._published_by(user), pending, rel, declared.length)
+        self.quota.check(user, self._published_by(user), self.staging.pending(user), rel, declared.length)
         held = await asyncio.to_thread(self.staging.find, user, rel)
         if held is None or (held.length, held.sha256) != (declared.length, declared.sha256):
             done = self._finished.get((user, rel))

@@ -6,7 +6,13 @@ for the same path that declares another length or hash starts afresh.  Nothing
 here is ever in the published directory: the origin renames a part into
 place only once it is whole and its hash matches (Catalog.publish_staged), so
 a refused or abandoned upload leaves nothing half-published.  Parts untouched
-for ``ttl`` seconds are swept.  Blocking file I/O: call from a thread.
+for ``ttl`` seconds are swept (the origin does so on a timer).
+
+Each user's unfinished uploads are also indexed in memory, read from disk
+once at start: the quota check of every request needs them, and reading the
+declarations of every user's uploads each time made one user's abandoned
+uploads slow everybody's.  Blocking file I/O: call from a thread, except
+``pending`` and ``count``, which touch no disk.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +58,34 @@ class Staging:
     def __init__(self, directory: Path, ttl: float = 86400.0):
         self.dir = directory
         self.ttl = ttl
+        self._lock = threading.Lock()  # the index is changed from worker threads
+        self._index: dict[str, dict[str, int]] = {}  # user -> path -> declared length, of the uploads on disk
+        self._load_index()
+
+    def _load_index(self) -> None:
+        """Index the uploads a previous run left (once, at start: the only full read of the declarations)."""
+        try:
+            metas = list(self.dir.glob("*.json"))
+        except OSError:
+            return
+        for meta in metas:
+            try:
+                doc = json.loads(meta.read_text())
+                self._note(str(doc["user"]), str(doc["path"]), int(doc["length"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+
+    def _note(self, user: str, path: str, length: int) -> None:
+        with self._lock:
+            self._index.setdefault(user, {})[path] = length
+
+    def _forget(self, user: str, path: str) -> None:
+        with self._lock:
+            held = self._index.get(user)
+            if held is not None:
+                held.pop(path, None)
+                if not held:
+                    del self._index[user]
 
     def _key(self, user: str, path: str) -> str:
         return hashlib.sha256(f"{user}\0{path}".encode()).hexdigest()[:40]
@@ -77,31 +112,32 @@ class Staging:
         tmp = upload.meta.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}))
         os.replace(tmp, upload.meta)
+        self._note(user, path, length)
         return upload
 
     def pending(self, user: str) -> dict[str, int]:
-        """The declared lengths of ``user``'s unfinished uploads, by path: what they reserve of the quota."""
-        found: dict[str, int] = {}
-        for meta in self._metas():
-            try:
-                doc = json.loads(meta.read_text())
-                if doc["user"] == user:
-                    found[str(doc["path"])] = int(doc["length"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-        return found
+        """The declared lengths of ``user``'s unfinished uploads, by path: what they reserve of the quota (from memory)."""
+        with self._lock:
+            return dict(self._index.get(user, {}))
 
-    def _metas(self) -> list[Path]:
-        try:
-            return sorted(self.dir.glob("*.json"))
-        except OSError:
-            return []
+    def count(self, user: str) -> int:
+        """How many unfinished uploads ``user`` has (from memory)."""
+        with self._lock:
+            return len(self._index.get(user, {}))
 
-    @staticmethod
-    def discard(upload: Upload) -> None:
+    def discard(self, upload: Upload) -> None:
         """Forget an upload: its part and its declaration."""
         for f in (upload.part, upload.meta):
             f.unlink(missing_ok=True)
+        self._forget(upload.user, upload.path)
+
+    def _forget_meta(self, meta: Path) -> None:
+        """Drop the upload a declaration names from the index (its files are going)."""
+        try:
+            doc = json.loads(meta.read_text())
+            self._forget(str(doc["user"]), str(doc["path"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
 
     @staticmethod
     def sha256(upload: Upload) -> str:
@@ -113,7 +149,10 @@ class Staging:
         return h.hexdigest()
 
     def sweep(self, now: float | None = None) -> int:
-        """Remove uploads untouched for ``ttl`` seconds, and strays (a part without its declaration); how many files went."""
+        """Remove uploads untouched for ``ttl`` seconds, and strays (a part without its declaration); how many files went.
+
+        It lists and stats the whole directory: run it on a timer, not per request.
+        """
         now = time.time() if now is None else now
         groups: dict[str, list[tuple[Path, float]]] = {}
         try:
@@ -128,6 +167,8 @@ class Staging:
             declared = any(f.suffix == ".json" for f, _ in files)
             if now - newest > (self.ttl if declared else STRAY_AGE):
                 for f, _ in files:
+                    if f.suffix == ".json":
+                        self._forget_meta(f)
                     f.unlink(missing_ok=True)
                     removed += 1
         if removed:
