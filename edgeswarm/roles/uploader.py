@@ -6,6 +6,10 @@ query), and sends the rest in chunks of ``chunk`` bytes with
 retried from the offset the origin reports, so an interrupted upload - this
 run's or an earlier one's - goes on where it stopped rather than from zero
 (docs/protocol.md#publishing).  A 4xx is final: its message is the error.
+An answer to a chunk that does not move the offset forward counts as a
+failure too (an edge answering 202 at byte 0 forever got the same bytes
+sent again forever), and an offset beyond the file's end is a protocol
+error that ends the run at once.
 """
 
 from __future__ import annotations
@@ -121,7 +125,9 @@ async def publish(
                 raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
 
         offset: int | None = None
+        reached = 0  # the furthest offset the origin has reported: only an answer past it gives the retries back
         while True:
+            sent_from = offset or 0  # where this request's bytes start (a file of 0 bytes: its only request)
             try:
                 if offset is None:
                     if length == 0:
@@ -129,8 +135,9 @@ async def publish(
                     else:
                         status, doc = await put({"Content-Range": upload.status_query(length)}, 0, 0)
                         if status != 201:  # 201: the origin held it whole and has (just) published it
-                            offset = doc["offset"] or 0
+                            offset = _within(doc["offset"] or 0, length)
                             first = offset if first is None else first
+                            reached = max(reached, offset)
                             on_offset(offset)
                             if offset >= length:  # whole, and the origin is still checking it: ask again shortly
                                 offset, checking = None, checking + 2.0
@@ -141,23 +148,31 @@ async def publish(
                 else:
                     end = min(length, offset + job.chunk)
                     status, doc = await put({"Content-Range": upload.content_range(offset, end, length)}, offset, end)
+                if status == 201:
+                    got = json.loads(doc["text"])
+                    return Published(got["path"], got["size"], got["sha256"], got["content_id"], length if first is None else first, sent)
+                offset = doc["offset"]  # 202: go on; 409: the origin says where, or (None) another request is still appending
+                if offset is None:
+                    if status != 409:
+                        raise PublishError(f"{status} answer without {upload.OFFSET_HEADER}: {doc['text'][:300]}")
+                    raise _Attempt(doc["text"].strip()[:300] or "409: another request is still appending")
+                offset = _within(offset, length)
+                if offset <= sent_from:  # the chunk was answered, but the origin holds no more than before: a retry, not a success
+                    raise _Attempt(f"{status} with {upload.OFFSET_HEADER} {offset} after a chunk sent from byte {sent_from}: no progress")
+                if offset > reached:  # new ground: the retries start afresh (an edge that swings back and forth gains none)
+                    reached, failures = offset, 0
+                if offset >= length:
+                    offset = None  # whole: ask until the origin has checked it
             except _Attempt as exc:
                 failures += 1
                 if failures > job.retries:
                     raise PublishError(f"gave up after {job.retries} retries: {exc}") from None
                 await asyncio.sleep(min(8.0, 0.5 * 2**failures))
                 offset = None  # ask where to go on from
-                continue
-            if status == 201:
-                got = json.loads(doc["text"])
-                return Published(got["path"], got["size"], got["sha256"], got["content_id"], length if first is None else first, sent)
-            offset = doc["offset"]  # 202: go on; 409: the origin says where, or (None) another request is still appending
-            if offset is None:
-                if status != 409:
-                    raise PublishError(f"{status} answer without {upload.OFFSET_HEADER}: {doc['text'][:300]}")
-                failures += 1
-                if failures > job.retries:
-                    raise PublishError(f"gave up: {doc['text'].strip()[:300]}")
-                await asyncio.sleep(2.0)
-            else:
-                failures = 0
+
+
+def _within(offset: int, length: int) -> int:
+    """``offset`` as the origin reported it, if it can be one: beyond the file's end it is a protocol error, at once."""
+    if offset > length:
+        raise PublishError(f"protocol error: the edge reported {upload.OFFSET_HEADER} {offset}, beyond the file's {length} bytes")
+    return offset
