@@ -12,9 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_file, post, sha, start_p2p_edge, start_peer, status
+from aiohttp import web
+from conftest import DoubleServer, make_file, post, serve_app, sha, start_p2p_edge, start_peer, status
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgeswarm.errors import HttpError
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.protocol.paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, MAX_SEGMENTS, PATH, publish_problem
+from edgeswarm.roles.publish import MAX_UNFINISHED, Publisher
+from edgeswarm.store.catalog import Catalog
+from edgeswarm.store.uploads import Staging
 from edgeswarm.trust import tokens
 from edgeswarm.trust.signing import load_private_key
 
@@ -155,3 +165,181 @@ async def test_refused_uploads_get_a_clear_4xx_and_leave_nothing_behind(site, tm
     query = {"Content-Range": f"bytes */{len(data)}"}  # a client that missed that answer asks, and hears it again
     again, answer = await put(http, url, site["alice"], b"", len(data), digest, query)
     assert again == 201 and json.loads(answer)["content_id"] == json.loads(message)["content_id"]
+
+
+# ----- limits: unfinished uploads per user, path depth and length, a lying edge --------------------------------------------
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Publisher:
+    """An origin's Publisher in this process (no daemon), its own key, the default cap of unfinished uploads."""
+    key = Ed25519PrivateKey.generate()
+    catalog = Catalog(tmp_path / "pub", tmp_path / "catalog.json", key)
+    (tmp_path / "pub").mkdir()
+    return Publisher(key.public_key(), catalog, Staging(tmp_path / "uploads"), QuotaPolicy(QUOTA))
+
+
+def token_for(publisher: Publisher, user: str) -> str:
+    key = publisher.catalog.key
+    return tokens.issue(key, user, f"/users/{user}/", 3600, scopes=["publish"])
+
+
+async def test_unfinished_uploads_are_capped_per_user_and_counted_without_reading_the_others(publisher, monkeypatch, http):
+    sweeps = []
+    monkeypatch.setattr(publisher.staging, "sweep", lambda now=None: sweeps.append(now) or 0)
+    app = make_app(Metrics("origin"))
+    app.router.add_put("/" + PATH, publisher.put)
+    alice, bob = token_for(publisher, "alice"), token_for(publisher, "bob")
+    digest = sha(b"xy")
+    async with serve_app(app) as port:
+        base = f"http://127.0.0.1:{port}/users"
+        for i in range(MAX_UNFINISHED):  # 1 byte of 2 sent: unfinished
+            code, text = await put(http, f"{base}/alice/s{i}", alice, b"x", 2, digest, {"Content-Range": "bytes 0-0/2"})
+            assert code == 202, text
+        code, text = await put(http, f"{base}/alice/one-more", alice, b"x", 2, digest, {"Content-Range": "bytes 0-0/2"})
+        assert code == 429 and f"{MAX_UNFINISHED} unfinished uploads" in text, text
+        assert "bytes */LENGTH" in text and "expires" in text, text  # how to resume, and that they expire
+        assert publisher.staging.count("alice") == MAX_UNFINISHED and "users/alice/one-more" not in publisher.staging.pending("alice")
+        code, text = await put(http, f"{base}/alice/s0", alice, b"x", 2, digest, {"Content-Range": "bytes 0-0/2"})
+        assert code == 409 and "resume there" in text, text  # one of them, at a wrong offset: told where, not refused
+        alices = set(publisher.staging.dir.glob("*.json"))
+        reads: list[Path] = []
+        read_text = Path.read_text
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or read_text(self, *a, **k))
+        code, text = await put(http, f"{base}/bob/f", bob, b"xy", 2, digest)
+        assert code == 201, text  # another user is not refused, and his request read none of alice's declarations
+        assert alices and not alices & set(reads), reads
+        code, text = await put(http, f"{base}/alice/s1", alice, b"y", 2, digest, {"Content-Range": "bytes 1-1/2"})
+        assert code == 201, text  # a finished upload frees its place
+        code, text = await put(http, f"{base}/alice/one-more", alice, b"x", 2, digest, {"Content-Range": "bytes 0-0/2"})
+        assert code == 202, text
+    assert sweeps == []  # no request swept the staging directory: the origin does so on a timer
+    assert publisher.staging.pending("bob") == {}
+    monkeypatch.undo()
+    again = Staging(publisher.staging.dir)  # the index is rebuilt from disk at start
+    assert again.pending("alice") == publisher.staging.pending("alice") and again.count("alice") == MAX_UNFINISHED
+
+
+def test_publish_problem_limits_depth_and_length():
+    assert publish_problem("/".join(["d"] * MAX_SEGMENTS)) is None
+    assert "segments" in (publish_problem("/".join(["d"] * (MAX_SEGMENTS + 1))) or "")
+    assert publish_problem("users/alice/" + "n" * MAX_SEGMENT_BYTES) is None
+    assert "bytes" in (publish_problem("users/alice/" + "n" * (MAX_SEGMENT_BYTES + 1)) or "")
+    assert publish_problem("users/alice/" + "é" * 128) is not None  # bytes, not characters
+    long = "/".join(["n" * 200] * 6)
+    assert len(long) > MAX_PATH_BYTES and "bytes" in (publish_problem(long) or "")
+
+
+async def test_publish_staged_refusing_a_path_leaves_nothing_behind(publisher, tmp_path, monkeypatch):
+    def staged(rel: str):
+        upload = publisher.staging.open("alice", rel, 2, sha(b"xy"), fresh=True)
+        upload.part.write_bytes(b"xy")
+        return upload
+
+    deep = "users/alice/" + "d/" * 1500 + "x"  # what upload_path refuses: here it reaches publish_staged all the same
+    with pytest.raises(HttpError) as err:
+        await publisher._finish("alice", deep, staged(deep))
+    assert err.value.status == 400
+    assert list(publisher.staging.dir.iterdir()) == [] and list((tmp_path / "pub").iterdir()) == []
+
+    def recursing(rel: str, part: Path):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(publisher.catalog, "publish_staged", recursing)
+    with pytest.raises(HttpError) as err:
+        await publisher._finish("alice", "users/alice/x", staged("users/alice/x"))
+    assert err.value.status == 400 and "RecursionError" in err.value.message
+    assert list(publisher.staging.dir.iterdir()) == [] and publisher.staging.pending("alice") == {}
+
+
+def test_a_deep_tree_is_scanned_without_recursion(tmp_path, monkeypatch):
+    root = tmp_path / "pub"
+    deep = root / Path(*["d"] * 100)
+    deep.mkdir(parents=True)
+    (deep / "x").write_bytes(b"x")
+    (root / "a.txt").write_bytes(b"a")
+    catalog = Catalog(root, tmp_path / "catalog.json", Ed25519PrivateKey.generate())
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 60)  # os.walk recursed a frame per level: 100 levels did not fit
+    try:
+        changes = catalog.scan_changes({})
+    finally:
+        sys.setrecursionlimit(limit)
+    assert sorted(changes) == ["a.txt"]  # the file 101 segments deep is not published (and the walk stopped at 32)
+
+
+def raw_put(url: str, path: str, token: str, length: int = 50_000_000) -> bytes:
+    """Send a PUT's headers only, declaring ``length`` body bytes, and return what came back without any of them."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(
+            (
+                f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nX-Edgeswarm-Length: {length}\r\n"
+                f"X-Edgeswarm-Sha256: {'0' * 64}\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        return s.recv(65536)  # a timeout (socket.timeout) if the node waits for the body
+
+
+def test_a_too_deep_or_too_long_upload_path_is_refused_before_its_body(site):
+    paths = {
+        "too deep": "/users/alice/" + "d/" * MAX_SEGMENTS + "x",
+        "segment too long": "/users/alice/" + "n" * (MAX_SEGMENT_BYTES + 1),
+        "path too long": "/users/alice/" + "/".join(["n" * 200] * 6),
+    }
+    for node in ("edge", "origin"):
+        for name, path in paths.items():
+            answer = raw_put(site[node].url, path, site["alice"])
+            assert answer.startswith(b"HTTP/1.1 400") and b"nothing was read" in answer, (node, name, answer[:300])
+    assert left_behind(site) == []
+
+
+class LyingEdge(DoubleServer):
+    """An edge that answers every upload request 202 with the same made-up ``Upload-Offset``."""
+
+    def __init__(self, offset: str):
+        self.offset = offset
+        self.puts = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.puts += 1
+        await request.read()
+        return web.json_response({"offset": 0, "length": 0}, status=202, headers={"Upload-Offset": self.offset})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_put("/{tail:.*}", self.handle)
+
+
+async def publish_to_liar(tmp_path: Path, offset: str, *extra: str) -> tuple[int, str, float, int]:
+    """Run ``edgeswarm publish`` against a LyingEdge: exit status, stderr, seconds taken, requests seen."""
+    make_file(tmp_path / "a.bin", 300_000)
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/users/alice/", 3600, scopes=["publish"])
+    async with LyingEdge(offset) as edge:
+        t0 = time.monotonic()
+        cmd = ["-m", "edgeswarm", "publish", "--no-progress", str(tmp_path / "a.bin"), "--edge", edge.url, "--token", token, *extra]
+        proc = await asyncio.create_subprocess_exec(sys.executable, *cmd, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(40):
+                _, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            pytest.fail(f"edgeswarm publish still running after 40 s and {edge.puts} requests")
+        return proc.returncode or 0, err.decode(), time.monotonic() - t0, edge.puts
+
+
+@pytest.mark.integration
+async def test_publish_gives_up_on_an_edge_whose_offset_never_moves(tmp_path):
+    code, err, _, puts = await publish_to_liar(tmp_path, "0", "--retries", "2")
+    assert code == 1 and "gave up after 2 retries" in err and "no progress" in err, err
+    assert puts <= 2 * 3 + 1  # a status query and a chunk per try
+
+
+@pytest.mark.integration
+async def test_publish_stops_at_once_at_an_offset_beyond_the_file(tmp_path):
+    code, err, took, puts = await publish_to_liar(tmp_path, "999999999")
+    assert code == 1 and "protocol error" in err and "beyond the file's 300000 bytes" in err, err
+    assert puts == 1 and took < 20
