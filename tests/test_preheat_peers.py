@@ -93,3 +93,31 @@ def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, 
     assert time.monotonic() - t0 < 10, "the held poll waited out its time instead of answering the new order"
     doc = json.loads(out)
     assert doc["version"] > first["version"] and [o["path"] for o in doc["orders"]] == [PATH]
+
+
+def test_a_restarted_edge_keeps_its_preheat_orders(nodes, tmp_path, origin, published):
+    """The orders live in the edge's cache: after a restart (or a crash) volunteers are still asked, until each expires."""
+    make_file(published / PATH, 64 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    wait(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/{PATH}").stdout == b"200", "not published")
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "50%", "--no-progress"]
+    assert subprocess.run([*cmd, "--peers-for", "1h"], capture_output=True, text=True, timeout=60).returncode == 0
+    before = get(edge.url + "/preheat")["orders"]
+    edge.kill()  # SIGKILL: nothing is written at shutdown
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    after = get(edge.url + "/preheat")["orders"]
+    assert (
+        [(o["path"], o["region"], o["share"]) for o in after]
+        == [(PATH, "east", 0.5)]
+        == [(o["path"], o["region"], o["share"]) for o in before]
+    )
+    polled = get(f"{edge.url}/preheat/orders?peer_id=v1&room=100000000")  # from 127.0.0.1: not east's
+    assert polled["orders"] == []
+    assert "preheat: 1 orders kept from the last run" in edge.log_text()
+    edge.kill()
+    (tmp_path / "edge" / "preheat-orders.json").write_text('[{"content": 7}')  # damaged: the edge starts without them
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    assert get(edge.url + "/preheat")["orders"] == []
+    assert "preheat orders in" in edge.log_text() and "Traceback" not in edge.log_text()

@@ -9,6 +9,11 @@ The peer holds that request open (a long poll, ``since`` and ``wait``) so a
 new order reaches it at once, whatever the announce interval.  ``GET /preheat`` shows the orders and whom they went to.
 Peers fetch through their swarm like any download, so the edge sends each
 piece about once per region (docs/protocol.md#preheating-peers).
+
+The orders are kept in ``CACHE/preheat-orders.json`` (their expiry as a
+wall-clock time), so a restarted edge goes on handing them out; the peers
+chosen are not kept: rendezvous hashing chooses the same ones again as they
+volunteer.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
+import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -37,6 +44,8 @@ if TYPE_CHECKING:
 MAX_PATHS = 100  # paths in one order request
 MAX_VOLUNTEERS = 1 << 16  # volunteers an edge remembers at once: beyond, newcomers wait (503)
 MAX_TTL = 30 * 86400.0  # an order lasts at most a month
+ORDERS_FILE = "preheat-orders.json"
+log = logging.getLogger(__name__)
 MAX_WAIT = 30.0  # seconds a volunteer's poll is held at most: under the worker forwarder's 60 s, and a volunteer re-registers with each
 
 
@@ -46,9 +55,57 @@ class PreheatDesk:
         self.edge = edge
         self.tracker = edge.tracker
         self.orders = PreheatOrders(forget_after=3 * edge.tracker.interval)
+        self.path = edge.cache / ORDERS_FILE
+        self._load()
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
         self._changed = asyncio.Event()
         self._closing = False
+
+    def _load(self) -> None:
+        """The orders a previous run of this edge took, those not expired; a damaged file is one line, and no orders."""
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            now, wall = time.monotonic(), time.time()
+            orders = [
+                Order(
+                    str(o["content"]), str(o["path"]), int(o["size"]), o["region"], float(o["share"]), now + float(o["expires_at"]) - wall
+                )
+                for o in doc
+            ]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("preheat orders in %s not read (%s): starting without them", self.path, exc)
+            return
+        for order in orders:
+            if order.expires > now and (order.region is None or isinstance(order.region, str)):
+                with contextlib.suppress(ValueError):  # a share out of range
+                    self.orders.add(order)
+        if self.orders.orders:
+            log.info("preheat: %d orders kept from the last run", len(self.orders.orders))
+
+    def _save(self) -> None:
+        """The orders on disk, whole or not at all (a temporary file renamed), for the next run of this edge."""
+        now, wall = time.monotonic(), time.time()
+        doc = [
+            {
+                "content": o.content,
+                "path": o.path,
+                "size": o.size,
+                "region": o.region,
+                "share": o.share,
+                "expires_at": wall + o.expires - now,
+            }
+            for o in self.orders.orders.values()
+        ]
+        tmp = self.path.with_name(f"{ORDERS_FILE}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("preheat orders not saved to %s (%s): a restart will forget them", self.path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _bump(self) -> None:
         self.version += 1
@@ -108,6 +165,8 @@ class PreheatDesk:
             order = Order(signed.content_id, rel, signed.manifest.size, region, float(share), now + float(ttl))
             self.orders.add(order)
             answer.append(self._row(order))
+        self.orders.expire(now)
+        await asyncio.to_thread(self._save)
         self._bump()
         return json_response({"region": region, "volunteers": len(self.orders.in_region(region)), "orders": answer})
 
