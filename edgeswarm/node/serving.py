@@ -10,8 +10,12 @@ are fetched a few ahead, so a range starts flowing before it is complete.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import math
 import os
 import secrets
+import struct
+import termios
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -219,23 +223,104 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
 
 
 async def send_piece(
-    request: web.Request, data: bytes, bucket: TokenBucket, headers: dict[str, str] | None = None, line: asyncio.Lock | None = None
+    request: web.Request,
+    data: bytes,
+    bucket: TokenBucket,
+    headers: dict[str, str] | None = None,
+    line: asyncio.Lock | None = None,
+    delivered: bool = False,
 ) -> web.StreamResponse:
     """One piece to another node: at once when uncapped, else streamed under the cap.
 
+    The body is written here, not by aiohttp after the handler returned, so the
+    piece is held only while its handler runs (what an upload gate counts), and
+    a reader that takes nothing for ``STALL`` seconds is cut rather than keeping
+    the piece until its connection's idle timeout.
     ``line``: under a cap, the head goes at once and the body waits its turn
     (``in_line``): the edge's seed answers to whole-file downloads, a peer's background pieces.
+    ``delivered``: return only once the kernel has sent it too (``wait_delivered``), for a gate that counts pieces in flight.
     """
-    if not bucket.rate:
-        return web.Response(body=data, content_type="application/octet-stream", headers=headers)
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)), **(headers or {})})
     await resp.prepare(request)
-    if line is None:
-        await write_throttled(resp, data, bucket)
+    if not bucket.rate:
+        await write_watched(request, resp, data)
+    elif line is None:
+        await write_throttled(resp, data, bucket, request)
     else:
-        await in_line(line, write_throttled(resp, data, bucket), LINE_HOLD * len(data) / bucket.rate)
+        await in_line(line, write_throttled(resp, data, bucket, request), LINE_HOLD * len(data) / bucket.rate)
     await resp.write_eof()
+    if delivered:
+        await wait_delivered(request)
     return resp
+
+
+STALL = 15.0  # seconds a piece's reader may take nothing (a 256 KiB write waits for its drain) before it is cut
+WATCHED = 256 * 1024  # bytes per watched write: a slow but moving reader never meets STALL
+
+
+async def write_watched(request: web.Request, resp: web.StreamResponse, data: bytes | memoryview) -> None:
+    """Write ``data``, cutting the connection if a write does not drain within STALL seconds (the reader stopped)."""
+    view = memoryview(data)
+    for start in range(0, len(view), WATCHED):
+        await _write_or_cut(request, resp, view[start : start + WATCHED])
+
+
+DELIVERED = 16 * 1024  # bytes of an answer that may still be queued when it counts as delivered (its last segments' ACK)
+POLL = 0.01  # seconds between two looks at a socket's send queue
+
+
+async def wait_delivered(request: web.Request) -> None:
+    """Until the answer written is out of our buffers and the kernel's (within DELIVERED bytes); a reader that takes
+    nothing for STALL seconds is cut.
+
+    A write returns once the kernel has queued the bytes, and on loopback or a
+    fast link the kernel queues megabytes per socket: a requester that never
+    reads had its piece "sent" at once, and could open as many as it has
+    connections (+150 MB of kernel memory for 600).  Waiting for the queue to
+    empty makes a piece count as in flight until it has really left.
+    Linux's SIOCOUTQ; elsewhere this returns at once.
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return
+    loop = asyncio.get_running_loop()
+    least, since = math.inf, loop.time()
+    while not transport.is_closing():
+        queued = _kernel_queued(sock.fileno())
+        if queued is None:
+            return
+        queued += transport.get_write_buffer_size()
+        if queued <= DELIVERED:
+            return
+        if queued < least:
+            least, since = queued, loop.time()
+        elif loop.time() - since > STALL:
+            transport.abort()
+            raise ConnectionResetError(f"the reader took nothing for {STALL:g} s")
+        await asyncio.sleep(POLL)
+
+
+def _kernel_queued(fd: int) -> int | None:
+    """Bytes written to a TCP socket that the peer has not acknowledged yet (None: the socket cannot say)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return None
+
+
+async def _write_or_cut(request: web.Request | None, resp: web.StreamResponse, chunk: bytes | memoryview) -> None:
+    """One write that a reader stalled for STALL seconds ends with a cut connection (a ConnectionResetError)."""
+    if request is None:
+        await resp.write(chunk)
+        return
+    try:
+        async with asyncio.timeout(STALL):
+            await resp.write(chunk)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError(f"the reader took nothing for {STALL:g} s") from None
 
 
 LINE_HOLD = 4  # a body keeps its line for at most this many times its own time alone at the cap
@@ -267,10 +352,13 @@ async def in_line(line: asyncio.Lock, write: Coroutine[Any, Any, None], hold: fl
     await task
 
 
-async def write_throttled(resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket) -> None:
-    """Write under an upload cap, in chunks so the rate is smooth rather than bursty."""
+async def write_throttled(
+    resp: web.StreamResponse, data: bytes | memoryview, bucket: TokenBucket, request: web.Request | None = None
+) -> None:
+    """Write under an upload cap, in chunks so the rate is smooth rather than bursty; with ``request``, a reader
+    that stalls a chunk for STALL seconds is cut (a piece's answer: it holds the piece meanwhile)."""
     view = memoryview(data)
     for start in range(0, len(view), CHUNK):
         chunk = view[start : start + CHUNK]
         await bucket.throttle(len(chunk))
-        await resp.write(chunk)
+        await _write_or_cut(request, resp, chunk)
