@@ -38,7 +38,7 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
-from edgeswarm.policy import bitfield
+from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -180,6 +180,7 @@ class Peer:
         self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
         self.choker = Choker(slots=config.upload_slots)
+        self.gate = uploadgate.UploadGate(config.upload_slots)  # pieces in flight: per requester, per address, overall
         self.bucket = TokenBucket(config.upload_limit)
         self.upload_line = asyncio.Lock()  # under --upload-limit, background pieces' bodies one at a time (serving.in_line)
         self.down_bucket = TokenBucket(config.download_limit)  # the access link's downstream, for the lab
@@ -771,6 +772,17 @@ class Peer:
         if not store.has(cid, index):
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
         who = request.headers.get(PEER_HEADER, "")[:64] or (request.remote or "?")
+        grant = self.gate.admit(who, address_group(request.remote or ""), signed.manifest.piece_span(index)[1])
+        if isinstance(grant, str):  # before the choker: a refused request is no interest to rank
+            self.metrics.events[("upload_busy", "")] += 1
+            raise HttpError(429, f"busy: {grant}", {"Retry-After": str(uploadgate.RETRY_AFTER)})
+        try:
+            return await self._send_piece(request, store, cid, index, who)
+        finally:
+            self.gate.done(grant)
+
+    async def _send_piece(self, request: web.Request, store: PieceStore, cid: str, index: int, who: str) -> web.StreamResponse:
+        """An admitted request: the choker's say, then the piece (held in memory only while this runs)."""
         now = time.monotonic()
         if not self.choker.request(now, who):
             self.metrics.events[("choked", "")] += 1
@@ -779,7 +791,7 @@ class Peer:
         if data is None:
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
         background = request.headers.get(URGENCY_HEADER, "").strip().lower() == "background"
-        resp = await send_piece(request, data, self.bucket, line=self.upload_line if background else None)
+        resp = await send_piece(request, data, self.bucket, line=self.upload_line if background else None, delivered=True)
         self.uploaded[cid] += len(data)
         self.metrics.sent["peer"] += len(data)
         self.metrics.count_content("sent", cid, "peer", len(data))
