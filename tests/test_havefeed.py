@@ -9,15 +9,20 @@ import pytest
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.engine import Neighbour, refuse_subscriber
 from edgeswarm.protocol.havefeed import (
+    BATCH,
     HEARTBEAT_LINE,
+    LINE_BURST,
     MAX_BACKOFF,
     MAX_BUFFER,
     MAX_LATENCY_S,
     HaveFeed,
     LatencyStats,
+    StreamBudget,
     Subscriber,
+    abuse_backoff,
     backoff,
     have_line,
+    max_line,
     parse_line,
     snapshot_line,
     too_slow,
@@ -155,3 +160,52 @@ def test_one_address_takes_at_most_per_source_places():
     assert feed.subscribe("c", "10.0.0.9") is None  # the fifth from that address: 429
     assert feed.subscribe("c", "10.0.0.10") is not None  # another address still finds room
     assert feed.subscribe("d", "10.0.0.9") is not None  # another content has its own places
+
+
+def test_a_legitimate_sender_stays_within_its_stream_budget():
+    """Snapshot, a batch every BATCH seconds for a minute listing every piece about once, heartbeats: never over."""
+    count = 4096
+    budget = StreamBudget(count, 0.0)
+    assert budget.spend(len(snapshot_line(range(count), count, 0.0)), 0.0) is None
+    now, piece = 0.0, 0
+    while now < 60.0:
+        now += BATCH
+        batch = range(piece % count, piece % count + 3)
+        piece += 3
+        assert budget.spend(len(have_line([i % count for i in batch], 1765432100.123456)), now) is None
+    assert budget.spend(len(have_line(range(count), 1765432100.123456)), now) is None  # a whole backlog in one line
+    for _ in range(LINE_BURST - 10):  # a backlog of batches arriving together after a stall
+        assert budget.spend(60, now) is None
+
+
+def test_a_heartbeat_flood_is_over_budget_within_a_few_hundred_lines():
+    budget = StreamBudget(32, 0.0)
+    spent = [budget.spend(len(HEARTBEAT_LINE), i * 1e-6) for i in range(1000)]
+    first = next(i for i, why in enumerate(spent) if why)
+    assert first <= LINE_BURST and "lines a second" in str(spent[first])
+
+
+def test_a_slow_flood_of_lines_is_over_budget_too():
+    """2.5 lines per batch interval, forever: over twice the batching rate."""
+    budget = StreamBudget(32, 0.0)
+    whys = [budget.spend(3, i * BATCH / 5) for i in range(100_000)]
+    assert any(whys)
+
+
+def test_lines_too_many_bytes_for_the_pieces_are_over_budget():
+    count = 4096
+    budget = StreamBudget(count, 0.0)
+    line = len(have_line(range(count), 0.0))
+    whys = [budget.spend(line, i * 0.05) for i in range(200)]  # every piece, 20 times a second: within the line rate
+    assert any(whys) and "bytes" in str(next(w for w in whys if w))
+
+
+def test_the_longest_line_is_what_the_piece_count_justifies():
+    for count in (1, 32, 1000, 65536):
+        assert len(have_line(range(count), 1765432100.123456)) <= max_line(count)
+        assert len(snapshot_line(range(count), count, 1765432100.123456)) <= max_line(count)
+    assert max_line(32) < 1024 and max_line(65536) < 1024 * 1024
+
+
+def test_abuse_backoff_doubles_from_30_s_up_to_10_minutes():
+    assert [abuse_backoff(n) for n in (1, 2, 3, 10)] == [30.0, 60.0, 120.0, 600.0]

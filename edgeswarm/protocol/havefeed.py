@@ -223,6 +223,63 @@ class LatencyStats:
         return {"p50": round(quantile(samples, 0.50), 4), "p95": round(quantile(samples, 0.95), 4)}
 
 
+# -- what a subscriber accepts from one stream ----------------------------------------------
+# A sender batches every BATCH seconds (at most 1/BATCH lines a second) and sends a heartbeat every HEARTBEAT
+# seconds when idle; what it lists is what it stores, each piece about once.  Two neighbours sending 600 kB/s of
+# heartbeats each cost their victim a whole core and its gateway download (docs/security.md): a stream beyond
+# twice those figures is closed, and reopened only after ``abuse_backoff``.
+MAX_LINES_PER_S = 2 / BATCH  # lines a second, sustained: twice a sender's batching
+LINE_BURST = 200  # lines at once, over the sustained rate: a batch backlog after a short network stall
+LINE_SAVINGS = MAX_LINES_PER_S * 3 * HEARTBEAT  # at most this many saved up (a stall past 3 heartbeats closes the stream anyway)
+LINE_OVERHEAD = 64  # bytes of a "have" line besides its indices: {"have":[...],"at":1765432100.123456}
+ABUSE_BACKOFF = 30.0  # seconds before reopening a stream closed for abuse, doubled each time again...
+MAX_ABUSE_BACKOFF = 600.0  # ... up to this
+
+
+def max_line(count: int) -> int:
+    """The longest line a sender of a ``count``-piece content can justify: every piece in one "have" line, or the
+    snapshot's bitfield, with room to spare.  A longer one is a broken or hostile stream (and never buffered whole)."""
+    listing = count * (len(str(max(0, count - 1))) + 1)
+    snapshot = 4 * ((count + 7) // 8 + 2) // 3
+    return 2 * LINE_OVERHEAD + max(listing, snapshot)
+
+
+class StreamBudget:
+    """What one HAVE stream may cost its subscriber: lines and bytes per second, as two token buckets.
+
+    Sans-IO (time passed in).  Lines refill at MAX_LINES_PER_S (LINE_BURST to
+    start, at most LINE_SAVINGS saved up); bytes start at, and save up to,
+    four times ``max_line`` (the snapshot and every piece listed, twice over)
+    and refill at one line's overhead per allowed line plus a whole listing
+    every 3 heartbeats.  A legitimate sender never comes near either.
+    """
+
+    def __init__(self, count: int, now: float):
+        self.max_line = max_line(count)
+        self._byte_cap = 4.0 * self.max_line
+        self._byte_rate = MAX_LINES_PER_S * LINE_OVERHEAD + self.max_line / (3 * HEARTBEAT)
+        self._lines = float(LINE_BURST)
+        self._bytes = self._byte_cap
+        self._at = now
+
+    def spend(self, nbytes: int, now: float) -> str | None:
+        """Count one line of ``nbytes``: None while within budget, else why the stream is to be closed."""
+        elapsed = max(0.0, now - self._at)
+        self._at = now
+        self._lines = min(LINE_SAVINGS, self._lines + elapsed * MAX_LINES_PER_S) - 1
+        self._bytes = min(self._byte_cap, self._bytes + elapsed * self._byte_rate) - nbytes
+        if self._lines < 0:
+            return f"more than {MAX_LINES_PER_S:g} lines a second"
+        if self._bytes < 0:
+            return f"more bytes than its pieces justify (over {self._byte_rate:.0f} bytes a second)"
+        return None
+
+
+def abuse_backoff(abuses: int) -> float:
+    """Seconds before reopening a stream closed for abuse ``abuses`` times: 30, 60, 120... up to MAX_ABUSE_BACKOFF."""
+    return min(MAX_ABUSE_BACKOFF, ABUSE_BACKOFF * 2.0 ** max(0, abuses - 1))
+
+
 def backoff(failures: int) -> float:
     """Seconds before reopening a subscription lost ``failures`` times in a row: 1, 2, 4... up to MAX_BACKOFF."""
     return min(MAX_BACKOFF, 2.0 ** max(0, failures - 1))

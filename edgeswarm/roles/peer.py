@@ -27,11 +27,13 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDictProxy
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
@@ -55,7 +57,7 @@ from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
-from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamUnsupported, Swarm
+from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamAbused, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import access, tls, tokens
@@ -198,6 +200,7 @@ class Peer:
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
         self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
         self.have_latency = LatencyStats()  # how late neighbours' HAVE lines reach us
+        self.quiet = ThrottledLog(log, Throttle(burst=3, interval=60.0))  # what hostile neighbours could make us log often
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
@@ -431,19 +434,26 @@ class Peer:
                     held = bitfield.decode(json.loads(body).get("bitfield"), count)
                     yield HaveEvent("snapshot", frozenset(held), None)
                     raise StreamUnsupported()
+                budget = havefeed.StreamBudget(count, time.monotonic())
                 while True:
                     async with asyncio.timeout(silence):
-                        line = await resp.content.readline()
+                        line = await resp.content.readline(max_line_length=budget.max_line)
                     if not line:
                         return
-                    if not line.endswith(b"\n") or len(line) > MAX_ANSWER:
+                    if not line.endswith(b"\n"):
                         raise UpstreamError(502, f"{url} sent a broken HAVE line")
+                    if why := budget.spend(len(line), time.monotonic()):
+                        raise StreamAbused(f"{url}'s HAVE stream sent {why}")
                     event = havefeed.parse_line(line, count)
                     if event.at is not None and event.kind == "have":
                         self.have_latency.add(time.time() - event.at)
                     yield event
         except TimeoutError:
             raise UpstreamError(504, f"{url}'s HAVE stream went silent") from None
+        except LineTooLong:
+            raise StreamAbused(f"{url}'s HAVE stream sent a line over {havefeed.max_line(count)} bytes") from None
+        except HttpProcessingError as exc:  # a broken chunked body, say: not an aiohttp.ClientError, and no bug of ours
+            raise UpstreamError(502, f"{url}'s HAVE stream is not valid HTTP: {exc.__class__.__name__}") from None
         except (aiohttp.ClientError, OSError, ValueError, AttributeError) as exc:
             raise UpstreamError(502, f"{url}'s HAVE stream failed: {exc.__class__.__name__} {exc}") from None
 

@@ -129,9 +129,11 @@ class Swarm:
         for good; one at its subscriber cap (429) is polled until a tracker
         answer names it again; one that cannot be reached MAX_FAILURES times
         in a row has left: it is dropped, and comes back with a tracker answer
-        or its own subscription.
+        or its own subscription.  One whose stream goes over its budget
+        (havefeed.StreamBudget) is closed, forgotten and left for
+        ``abuse_backoff`` (30 s, doubling) before it is opened again.
         """
-        failures = 0
+        failures = abuses = 0
         try:
             while not self.engine.closed and self.neighbours.get(n.url) is n and not self.completed.is_set():
                 try:
@@ -144,6 +146,10 @@ class Swarm:
                 except StreamUnsupported:
                     n.stream = False
                     return
+                except StreamAbused as exc:
+                    abuses += 1
+                    await self._abused(n, exc, abuses)
+                    continue
                 except UpstreamError as exc:
                     log.debug("HAVE stream of %s: %s", n.url, exc.message)
                     if exc.status == 429:
@@ -162,6 +168,19 @@ class Swarm:
             n.subscribed = False
             if n.stream:
                 n.stream = None
+
+    async def _abused(self, n: Neighbour, exc: StreamAbused, abuses: int) -> None:
+        """``n``'s stream went over its budget (closed already): forget what it said, say so (throttled), back off.
+
+        Reopened at once, as a lost stream is, a flooding neighbour would cost
+        us its flood again within a second; meanwhile the scout polls its
+        ``/have``, a bounded answer, should it really hold something.
+        """
+        self.engine.stream_lost(n)
+        delay = havefeed.abuse_backoff(abuses)
+        self.peer.quiet.flush()
+        self.peer.quiet.log(logging.WARNING, "abusive HAVE streams", "HAVE stream closed: %s; not reopened for %g s", exc, delay)
+        await asyncio.sleep(delay)
 
     # -- the engine's host -----------------------------------------------------------
     def spawn(self, worker: Worker) -> None:
@@ -380,6 +399,10 @@ class NotHeld(EdgeswarmError):
 
 class SeedUnsupported(EdgeswarmError):
     """The edge answered 404 to /seed: it does not seed (not in p2p mode, or older)."""
+
+
+class StreamAbused(EdgeswarmError):
+    """A neighbour's HAVE stream went over its budget (havefeed.StreamBudget): closed, and backed off."""
 
 
 class StreamUnsupported(EdgeswarmError):
