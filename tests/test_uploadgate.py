@@ -27,10 +27,10 @@ def test_varying_the_id_does_not_get_past_the_address_bound():
     assert isinstance(gate.admit("honest", "10.0.0.3", PIECE), Grant)  # another address is still served
 
 
-def test_the_whole_server_sends_at_most_two_pieces_per_slot_and_a_byte_budget():
+def test_the_whole_server_sends_at_most_four_pieces_per_slot_and_a_byte_budget():
     gate = UploadGate(slots=2)
     admitted = [gate.admit(f"p{i}", f"10.0.1.{i}", PIECE) for i in range(10)]
-    assert sum(isinstance(g, Grant) for g in admitted) == 4
+    assert sum(isinstance(g, Grant) for g in admitted) == 8
     assert "every upload slot is busy" in str(gate.admit("late", "10.0.2.1", PIECE))
     big = UploadGate(slots=6, max_bytes=3 * PIECE)
     assert [isinstance(big.admit(f"p{i}", f"10.1.0.{i}", PIECE), Grant) for i in range(4)] == [True, True, True, False]
@@ -55,6 +55,7 @@ def test_ended_answers_leave_no_trace_so_a_long_running_peer_does_not_grow():
 
 
 def test_our_own_engines_pace_never_meets_the_gate():
-    """Six unchoked neighbours, one request each plus one just abandoned (the endgame): all admitted."""
+    """Six unchoked neighbours, each a live gateway reading one segment and fetching two ahead, plus one request
+    just abandoned: all admitted (64 KiB segment pieces)."""
     gate = UploadGate(slots=6)
-    assert all(isinstance(gate.admit(f"n{i}", f"127.1.0.{i}", PIECE), Grant) for i in range(6) for _ in range(2))
+    assert all(isinstance(gate.admit(f"n{i}", f"127.1.0.{i}", 64 * 1024), Grant) for i in range(6) for _ in range(4))

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PER_PEER = 3  # pieces in flight to one peer id: ours sends one at a time, plus one it has just abandoned
-PER_ADDRESS = 6  # to one address (group): two peers behind one NAT at full pace, while one address cannot take the server
-PIECES_PER_SLOT = 2  # the whole server: this many pieces per upload slot
-MAX_BYTES = 64 * 1024 * 1024  # ... and at most these bytes of answers at once (one piece is always allowed when idle)
+# Our engine asks a neighbour one piece at a time per content; a live gateway reads one segment (a content) and
+# fetches LIVE_AHEAD = 2 more, so one of our peers may have 3 requests at one uploader, plus one it abandoned.
+PER_PEER = 4  # pieces in flight to one peer id
+PER_ADDRESS = 8  # to one address (group): two peers behind one NAT at full pace; one address cannot take the server
+PIECES_PER_SLOT = 4  # the whole server: this many pieces per upload slot (24 with the default 6 slots)
+MAX_BYTES = 96 * 1024 * 1024  # ... and these bytes of answers at once: 6 of the largest pieces (16 MiB); one piece is always allowed
 RETRY_AFTER = 1  # seconds a refused requester waits: the pieces in flight are sent within that, at most a few
 
 
