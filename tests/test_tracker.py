@@ -488,7 +488,7 @@ async def test_expiry_frees_every_per_peer_table():
         await at(t, 0, f"p{i}", f"10.0.0.{i}", user="u" if i % 2 else None, cid=str(i % 3) * 64)
     assert t.state_size()["identities"] == 20
     await t.expire(11)
-    assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0, "left": 0}
+    assert t.state_size() == {"records": 0, "identities": 0, "limit_keys": 0, "rate_keys": 0, "left": 0, "pools": 0}
     assert await t.contents() == [] and t._here == {}
 
 

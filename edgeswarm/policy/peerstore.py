@@ -60,8 +60,12 @@ class PeerStore(Protocol):
         """The store as logs and /status name it (never a password)."""
         ...
 
-    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int) -> Placed:
-        """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces) and read a sample of its swarm."""
+    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
+        """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces) and read a sample of its swarm.
+
+        A swarm of at most ``sample + 1`` records is read whole; a larger
+        one, ``draws`` random records (by default ``sample + 1``).
+        """
         ...
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None: ...
@@ -131,13 +135,13 @@ class _Swarm:
                 self.pos[last] = i
         return rec
 
-    def sample(self, rng: random.Random, n: int) -> list[PeerRecord]:
-        """Up to ``n`` distinct records: all of a small swarm, else ``n`` draws with replacement, repeats dropped (rare when n is small)."""
+    def sample(self, rng: random.Random, n: int, draws: int | None = None) -> list[PeerRecord]:
+        """All of a swarm of up to ``n`` records, else ``draws`` (default ``n``) draws with replacement, repeats dropped (rare when few)."""
         items = self.items
         if len(items) <= n:
             return list(self.records.values())
         draw, size = rng.random, len(items)
-        return [items[i] for i in dict.fromkeys([int(draw() * size) for _ in range(n)])]
+        return [items[i] for i in dict.fromkeys([int(draw() * size) for _ in range(draws or n)])]
 
 
 class MemoryPeerStore:
@@ -153,7 +157,7 @@ class MemoryPeerStore:
     def describe(self) -> str:
         return "memory"
 
-    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int) -> Placed:
+    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         swarm = self._swarms.setdefault(cid, _Swarm())
         previous = swarm.records.get(rec.key)
         rec.upload_rate = next_rate(previous, rec.uploaded, now)
@@ -161,7 +165,7 @@ class MemoryPeerStore:
             rec.first_seen = previous.first_seen
         swarm.put(rec)
         cutoff = now - self.ttl  # silent since the last expiry run: not handed out
-        picked = swarm.sample(self._rng, sample + 1)
+        picked = swarm.sample(self._rng, sample + 1, draws)
         if next(iter(swarm.records.values())).last_seen < cutoff:  # the oldest record: are any silent at all?
             picked = [c for c in picked if c.last_seen >= cutoff]
         return Placed(len(swarm.records), picked)

@@ -18,6 +18,7 @@ places in one answer, so a flood from one address cannot crowd others out.
 from __future__ import annotations
 
 import ipaddress
+import math
 import struct
 import zlib
 from collections import Counter
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy import bitfield
+from edgeswarm.policy.candidates import Pool
 from edgeswarm.policy.regions import Region, ipv4_value
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ Locality = Literal["strict", "prefer"]
 EVENTS = ("started", "update", "completed", "stopped")
 ALPHA = 0.5  # weight of the newest upload-rate sample
 PeerKey = tuple[str, str]  # (owner, peer id)
+RankPart = tuple[float, int, str | None, bytes, int]  # (rate it was made for, static key bits, region name, identity, mask): _rank_part
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ class PeerRecord:
         _field: str | None = field(init=False, default=None)
         _complete: bool | None = field(init=False, default=None)
         _ident: bytes | None = field(init=False, default=None)
-        _rank: tuple[float, int, str | None, bytes, int] | None = field(init=False, default=None)
+        _rank: RankPart | None = field(init=False, default=None)
 
     @property
     def complete(self) -> bool:
@@ -218,39 +221,48 @@ def rank(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality
     return list(_ranked(asker, candidates, locality))
 
 
+def rank_part(rec: PeerRecord) -> RankPart:
+    """What ranking needs of ``rec`` whatever the asker: cached on the record until its rate or pieces change."""
+    part = rec._rank
+    if part is None or part[0] is not rec.upload_rate:
+        part = _rank_part(rec)
+    return part
+
+
 def _ranked(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality) -> Iterator[PeerRecord]:
-    """The handout order (module docstring); usefulness is a popcount of the candidate's bits the asker lacks.
+    """The handout order of any candidates (``ranked`` with their parts looked up)."""
+    cands = candidates if isinstance(candidates, list) else list(candidates)
+    return ranked(asker, cands, [rank_part(c) for c in cands], locality)
+
+
+def ranked(asker: PeerRecord, cands: list[PeerRecord], parts: list[RankPart], locality: Locality) -> Iterator[PeerRecord]:
+    """The handout order (module docstring) of ``cands``, whose ``rank_part``s are ``parts``; usefulness is a popcount.
 
     Each candidate's order is one integer: (away, useless, not a seed, fewer
-    useful pieces) above the negated upload rate above the tie-break hash,
-    and its place in ``candidates`` below all (equal keys keep their input
-    order, as a stable sort of the criteria would).  Integers sort several
-    times faster than tuples, and what does not depend on the asker (seed,
-    rate, region, identity) is computed once per record (``_rank_part``).
+    useful pieces) above the negated upload rate above the tie-break hash;
+    a stable sort of their positions by it keeps equal keys in input order.
+    Integers sort several times faster than tuples, and what does not depend
+    on the asker (seed, rate, region, identity) is in ``parts``, computed once
+    per record (a swarm's pool keeps them: candidates.py).  The asker's
+    missing pieces are a non-negative mask: ``&`` with a negative integer
+    copies both operands first.
     """
-    cands = candidates if isinstance(candidates, list) else list(candidates)
     home = asker.region.name if asker.region else None
-    lacks = ~asker.mask
+    lacks = ((1 << bitfield.width(asker.piece_count)) - 1) ^ asker.mask
     base = zlib.crc32(_ident(asker) + b"|")
-    crc = zlib.crc32
-    shift = len(cands).bit_length()
-    keys: list[int] = []
-    append, low_bits, top = keys.append, _LOW, 1 << 40
-    for i, c in enumerate(cands):
-        part = c._rank
-        if part is None or part[0] is not c.upload_rate:
-            part = _rank_part(c)
-        useful = (part[4] & lacks).bit_count()
-        first = ((part[2] != home) << 62) | ((useful == 0) << 61) | (top - useful)  # the seed bit (60) is in ``static``
-        append((((first << low_bits) | part[1] | crc(part[3], base)) << shift) | i)
-    keys.sort()
+    crc, top, low = zlib.crc32, 1 << 40, _LOW  # the seed bit (60) is in the static part
+    keys = [
+        ((((region != home) << 62) | ((useful == 0) << 61) | (top - useful)) << low) | static | crc(ident, base)
+        for _, static, region, ident, mask in parts
+        for useful in ((mask & lacks).bit_count(),)
+    ]
     # the asker itself and, under strict, other regions (sorted last) are left out here: one check per place handed out
-    low, away = (1 << shift) - 1, 1 << (62 + _LOW + shift)
+    away = 1 << (62 + _LOW)
     owner, pid, strict = asker.owner, asker.peer_id, locality == "strict"
-    for k in keys:
-        if strict and k >= away:
+    for i in sorted(range(len(keys)), key=keys.__getitem__):
+        if strict and keys[i] >= away:
             return
-        c = cands[k & low]
+        c = cands[i]
         if c.peer_id != pid or c.owner != owner:
             yield c
 
@@ -260,7 +272,7 @@ _U64 = (1 << 64) - 1
 _DOUBLE = struct.Struct(">Q")
 
 
-def _rank_part(rec: PeerRecord) -> tuple[float, int, str | None, bytes, int]:
+def _rank_part(rec: PeerRecord) -> RankPart:
     """What ``rank`` needs of a record whatever the asker, cached on it until its rate or pieces change.
 
     ``static`` holds the not-a-seed bit and the upload rate as an integer
@@ -283,11 +295,19 @@ def _ident(rec: PeerRecord) -> bytes:
     return rec._ident
 
 
-def handout(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Locality, max_answer: int, per_address: int) -> list[PeerRecord]:
-    """The best-ranked candidates, at most ``per_address`` of any one address (group)."""
+def handout(
+    asker: PeerRecord,
+    candidates: Iterable[PeerRecord],
+    locality: Locality,
+    max_answer: int,
+    per_address: int,
+    parts: list[RankPart] | None = None,
+) -> list[PeerRecord]:
+    """The best-ranked candidates, at most ``per_address`` of any one address (group); ``parts``: their ``rank_part``s, if known."""
     taken: dict[str, int] = {}
     out = []
-    for c in _ranked(asker, candidates, locality):
+    order = _ranked(asker, candidates, locality) if parts is None else ranked(asker, list(candidates), parts, locality)
+    for c in order:
         n = taken.get(c.group, 0)
         if n < per_address:
             taken[c.group] = n + 1
@@ -329,7 +349,9 @@ def settle(step: Coroutine[object, None, T]) -> T:
     raise RuntimeError("the tracker's store waited: settle() is for the memory store only")
 
 
-SAMPLE_PER_ANSWER = 2  # candidates read from the store per place in an answer
+SAMPLE_PER_ANSWER = 2  # candidates ranked per place in an answer
+ROTATION = 8  # announces of its swarm a drawn candidate is ranked for, about: each draws 1/ROTATION of the pool anew (candidates.py)
+POOL_REFRESH = 1.0  # seconds: a pool read whole longer ago is read whole again (what other edges sharing the store changed)
 MAX_LEFT = 65536  # (content, peer) that said stopped, kept for a ttl so a late announce of theirs is known; the oldest go first
 
 
@@ -340,8 +362,10 @@ class Tracker:
     class keeps itself is per edge: the announce-rate buckets and the live
     ids per address or user *announced here*, and which (address, peer id)
     of each swarm announced here (the super-seeder's copies are this edge's).
-    An announce reads at most ``sample`` candidates, whatever the swarm's
-    size: the handout is the best of a random sample once the swarm is larger.
+    An announce ranks at most ``sample`` candidates, whatever the swarm's
+    size: the handout is the best of a random sample once the swarm is
+    larger.  That sample is the swarm's pool (candidates.py), which each
+    announce renews by ``draws`` records read from the store.
     """
 
     def __init__(
@@ -362,6 +386,8 @@ class Tracker:
         self.max_answer = max_answer
         self.limits = limits or Limits()
         self.sample = sample if sample is not None else SAMPLE_PER_ANSWER * max_answer
+        self.draws = max(1, math.ceil((self.sample + 1) / ROTATION))
+        self.refresh = POOL_REFRESH
         self.store: PeerStore = store or MemoryPeerStore()
         self.store.ttl = ttl
         self._here: dict[str, dict[PeerKey, tuple[float, str]]] = {}  # cid -> identity -> (last announce here, its address)
@@ -370,6 +396,7 @@ class Tracker:
         self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
+        self._pools: dict[str, Pool] = {}  # cid -> the candidates its announces rank here
 
     async def announce(self, now: float, ann: AnnounceRecord, charge: bool = True) -> list[PeerRecord]:
         """Record the announce and hand the asker the best of its swarm; ``Refused`` (changing nothing) when over a limit."""
@@ -398,9 +425,30 @@ class Tracker:
             rec = PeerRecord(peer_id, url, address, region, set(have), piece_count)
         rec.uploaded = uploaded
         rec.downloaded, rec.last_seen, rec.first_seen, rec.user, rec.owner, rec.group = downloaded, now, now, user, key[0], group
-        placed = await self.store.put(now, cid, rec, self.sample)
+        pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
-        return handout(rec, placed.candidates, self.locality, self.max_answer, self.limits.answer_per_address), placed.size
+        return handout(rec, pool.records, self.locality, self.max_answer, self.limits.answer_per_address, pool.parts), size
+
+    async def _place(self, now: float, cid: str, rec: PeerRecord) -> tuple[Pool, int]:
+        """Store the asker's record and renew its swarm's pool (a few fresh draws, or a whole read when due); the pool, and the swarm's size.
+
+        The pool is looked up again after the store's answer: announces of
+        the same swarm run concurrently over a shared store.
+        """
+        pool = self._pools.get(cid)
+        whole = pool is None or not 0 <= now - pool.filled <= self.refresh
+        placed = await self.store.put(now, cid, rec, self.sample, None if whole else self.draws)
+        pool = self._pools.get(cid)
+        if pool is None:
+            pool = self._pools[cid] = Pool(self.sample + 1, now, rank_part)
+        if whole or placed.size <= self.sample + 1:  # the store read a whole sample, or a small swarm whole
+            pool.whole(now, placed.candidates)
+        else:
+            pool.add(placed.candidates)
+        pool.update(rec)
+        pool.used = now
+        pool.prune(now - self.ttl)
+        return pool, placed.size
 
     def _stopped(self, now: float, cid: str, key: PeerKey) -> None:
         """Remember that ``key`` left ``cid`` (OutOfOrder), for a ttl and at most MAX_LEFT of them."""
@@ -473,7 +521,16 @@ class Tracker:
     async def drop(self, cid: str, key: PeerKey) -> PeerRecord | None:
         """Forget one record (``stopped``, or expired), here and in the store."""
         self._leave(cid, key)
+        self._unpool(cid, key)
         return await self.store.remove(cid, key)
+
+    def _unpool(self, cid: str, key: PeerKey) -> None:
+        """A peer left a swarm: out of its pool, and an empty pool goes (the next announce reads the swarm whole)."""
+        pool = self._pools.get(cid)
+        if pool is not None:
+            pool.discard(key)
+            if not pool:
+                del self._pools[cid]
 
     async def expire(self, now: float) -> list[tuple[str, PeerRecord]]:
         """Drop records silent for longer than the ttl, and rate state that has refilled; the dropped (cid, record).
@@ -483,6 +540,10 @@ class Tracker:
         in the store, and comes back here with its next announce).
         """
         dropped = await self.store.expire(now)
+        for cid, rec in dropped:
+            self._unpool(cid, rec.key)
+        for cid in [cid for cid, pool in self._pools.items() if now - pool.used > self.ttl]:
+            del self._pools[cid]  # a swarm nobody announced to here for a ttl
         while self._left and now - next(iter(self._left.values())) > self.ttl:
             del self._left[next(iter(self._left))]
         for cid in list(self._here):
@@ -524,4 +585,5 @@ class Tracker:
             "limit_keys": len(self._ids),
             "rate_keys": len(self._buckets),
             "left": len(self._left),
+            "pools": len(self._pools),
         }

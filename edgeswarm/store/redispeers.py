@@ -45,12 +45,12 @@ PAIRSEP = "\x1d"  # between a member and its record, in an announce's sample
 ENTRYSEP = "\x1c"  # between the sample's entries
 _CONTROL = str.maketrans({c: "?" for c in (SEP, KEYSEP, PAIRSEP, ENTRYSEP)})
 
-# ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha
+# ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha draws
 _PUT = """
 local p, cid, member = ARGV[1], ARGV[2], ARGV[3]
 local uploaded, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, keep, sample = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local region, user, alpha = ARGV[10], ARGV[11], tonumber(ARGV[12])
+local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
 local seen, recs, stats = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'stats:' .. cid
 local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - ttl), 'LIMIT', 0, 32)
 if #gone > 0 then
@@ -83,7 +83,7 @@ redis.call('ZADD', p .. 'users:' .. user, now, member)
 redis.call('SADD', p .. 'userset', user)
 local n = redis.call('ZCARD', seen)
 local picked
-if n <= sample then picked = redis.call('ZRANGE', seen, 0, -1) else picked = redis.call('ZRANDMEMBER', seen, sample) end
+if n <= sample then picked = redis.call('ZRANGE', seen, 0, -1) else picked = redis.call('ZRANDMEMBER', seen, draws) end
 local blob = {}
 if #picked > 0 then
   local got = redis.call('HMGET', recs, unpack(picked))
@@ -254,7 +254,7 @@ class RedisPeerStore:
         )
         return rec
 
-    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int) -> Placed:
+    async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         args = [
             self.prefix,
             cid,
@@ -268,6 +268,7 @@ class RedisPeerStore:
             _clean(region_name(rec.region)),
             _clean(rec.user if rec.user is not None else NO_USER),
             repr(ALPHA),
+            str(draws or sample + 1),
         ]
         size, rate, blob = await self._batch.call(self._put, args)  # one string for the sample: parsed here, not per field
         rec.upload_rate = float(rate)
