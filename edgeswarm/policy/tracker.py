@@ -152,6 +152,7 @@ class PeerRecord:
         _complete: bool | None = field(init=False, default=None)
         _ident: bytes | None = field(init=False, default=None)
         _rank: RankPart | None = field(init=False, default=None)
+        _wire: dict[str, object] | None = field(init=False, default=None)
 
     @property
     def complete(self) -> bool:
@@ -177,6 +178,13 @@ class PeerRecord:
             self._field = bitfield.encode_mask(self.mask, self.piece_count)
         return self._field
 
+    def wire(self) -> dict[str, object]:
+        """The record as an answer lists it, but its label (``labels``): built once, a record is in many answers; callers copy it."""
+        if self._wire is None:
+            region = self.region.name if self.region else None
+            self._wire = {"url": self.url, "have": self.have_field(), "complete": self.complete, "region": region}
+        return self._wire
+
     @classmethod
     def from_mask(cls, mask: int, **fields: object) -> PeerRecord:
         """A record read from a store: its set of pieces is built only if someone asks for it."""
@@ -193,7 +201,7 @@ def _get_have(rec: PeerRecord) -> set[int]:
 
 def _set_have(rec: PeerRecord, have: set[int] | None) -> None:
     rec._have = None if have is None else set(have)
-    rec._mask = rec._field = rec._rank = rec._complete = None
+    rec._mask = rec._field = rec._rank = rec._complete = rec._wire = None
 
 
 PeerRecord._have = None
@@ -202,6 +210,7 @@ PeerRecord._field = None
 PeerRecord._complete = None
 PeerRecord._ident = None
 PeerRecord._rank = None
+PeerRecord._wire = None
 PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
 
 
@@ -318,8 +327,15 @@ def handout(
 
 
 def labels(answer: list[PeerRecord], asker: str | None = None) -> list[str]:
-    """The names an answer gives its peers: the bare id, or id@address where another owner in it (or the asker) uses the same id."""
-    names = Counter(r.peer_id for r in answer)
+    """The names an answer gives its peers: the bare id, or id@address where another owner in it (or the asker) uses the same id.
+
+    Shared ids are rare: a set tells there are none, and only then are they counted.
+    """
+    bare = [r.peer_id for r in answer]
+    unique = set(bare)
+    if len(unique) == len(bare) and asker not in unique:
+        return bare
+    names = Counter(bare)
     if asker is not None:
         names[asker] += 1
     return [r.peer_id if names[r.peer_id] <= 1 else f"{r.peer_id}@{r.address}" for r in answer]
@@ -350,7 +366,7 @@ def settle(step: Coroutine[object, None, T]) -> T:
 
 
 SAMPLE_PER_ANSWER = 2  # candidates ranked per place in an answer
-ROTATION = 8  # announces of its swarm a drawn candidate is ranked for, about: each draws 1/ROTATION of the pool anew (candidates.py)
+ROTATION = 16  # announces of its swarm a drawn candidate is ranked for, about: each draws 1/ROTATION of the pool anew (candidates.py)
 POOL_REFRESH = 1.0  # seconds: a pool read whole longer ago is read whole again (what other edges sharing the store changed)
 MAX_LEFT = 65536  # (content, peer) that said stopped, kept for a ttl so a late announce of theirs is known; the oldest go first
 

@@ -203,16 +203,8 @@ class TrackerService:
         return {
             "interval": self.interval,
             "region": region.name if region else None,
-            "peers": [
-                {
-                    "peer_id": label,  # never the user's name: that is the edge's business
-                    "url": p.url,
-                    "have": p.have_field(),
-                    "complete": p.complete,
-                    "region": p.region.name if p.region else None,
-                }
-                for p, label in zip(answer, labels(answer, a.peer_id), strict=True)
-            ],
+            # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
+            "peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)],
         }, booked
 
     @contextlib.asynccontextmanager
