@@ -220,6 +220,14 @@ async def test_unfinished_uploads_are_capped_per_user_and_counted_without_readin
     assert again.pending("alice") == publisher.staging.pending("alice") and again.count("alice") == MAX_UNFINISHED
 
 
+def test_a_users_usage_is_read_off_the_catalogue_once_per_change_of_it(publisher):
+    """Not a pass over every published file per upload request: once per user and catalogue generation."""
+    first = publisher._published_by("alice")
+    assert publisher._published_by("alice") is first  # no change: the same reading
+    publisher.catalog.generation += 1  # what every publish or removal does (Catalog._add, _remove)
+    assert publisher._published_by("alice") is not first
+
+
 def test_publish_problem_limits_depth_and_length():
     assert publish_problem("/".join(["d"] * MAX_SEGMENTS)) is None
     assert "segments" in (publish_problem("/".join(["d"] * (MAX_SEGMENTS + 1))) or "")

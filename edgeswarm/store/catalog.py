@@ -72,6 +72,7 @@ class Catalog:
         self.key = key
         self.protect = list(protect or [])
         self.by_path: dict[str, Entry] = {}
+        self.generation = 0  # raised by every change of by_path: what was derived from it (a user's usage) is stale
         self.by_id: dict[str, Entry] = {}
         self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
@@ -129,11 +130,13 @@ class Catalog:
                     self.superseded.popitem(last=False)
         self.by_path[rel] = entry
         self.by_id[entry.signed.content_id] = entry
+        self.generation += 1
 
     def _remove(self, rel: str) -> None:
         old = self.by_path.pop(rel, None)
         if old is not None:
             self.by_id.pop(old.signed.content_id, None)
+            self.generation += 1
 
     # -- scanning (blocking: run in a thread) --------------------------------
     def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
