@@ -157,6 +157,17 @@ class DoubleServer:
         await self._runner.cleanup()
 
 
+async def announce_empty(edge: str, host: str, peer_id: str, port: int, cid: str, pieces: int) -> None:
+    """Announce a double as a peer of ``cid`` holding nothing yet, from ``host``: the tracker then hands it out."""
+    from edgeswarm.policy import bitfield
+
+    doc = {"peer_id": peer_id, "port": port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
+    doc |= {"have": bitfield.encode((), pieces), "event": "started"}
+    connector = aiohttp.TCPConnector(local_addr=(host, 0))
+    async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
+        assert r.status == 200, await r.text()
+
+
 class Misbehaving(DoubleServer):
     """A test double for a bad upstream: proxies to a real node, corrupting or slowing pieces.
 

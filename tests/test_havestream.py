@@ -18,7 +18,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, make_file, post, sha, start_p2p_edge, status
+from conftest import DoubleServer, announce_empty, make_file, post, sha, start_p2p_edge, status
 
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.policy import bitfield
@@ -321,11 +321,7 @@ class OldPeer(DoubleServer):
     async def start(self, edge: str, cid: str, pieces: int) -> None:
         self.pieces = pieces
         await self.__aenter__()
-        doc = {"peer_id": "old", "port": self.port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
-        doc |= {"have": bitfield.encode((), pieces), "event": "started"}
-        connector = aiohttp.TCPConnector(local_addr=(self.addr, 0))
-        async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
-            assert r.status == 200, await r.text()
+        await announce_empty(edge, self.addr, "old", self.port, cid, pieces)
 
 
 async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin, published, regions, http):

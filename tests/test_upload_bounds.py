@@ -18,7 +18,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, make_file, post, start_p2p_edge
+from conftest import DoubleServer, announce_empty, make_file, post, start_p2p_edge
 
 from edgeswarm.policy import bitfield
 
@@ -150,13 +150,7 @@ class HostileNeighbour(DoubleServer):
     async def start(self, edge: str, cid: str, pieces: int) -> None:
         self.pieces = pieces
         await self.__aenter__()
-        doc = {"peer_id": f"hostile-{self.host}", "port": self.port, "content": cid, "pieces": pieces, "uploaded": 0, "downloaded": 0}
-        doc |= {"have": bitfield.encode((), pieces), "event": "started"}
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.host, 0))) as s,
-            s.post(edge + "/announce", json=doc) as r,
-        ):
-            assert r.status == 200, await r.text()
+        await announce_empty(edge, self.host, f"hostile-{self.host}", self.port, cid, pieces)
 
 
 @pytest.mark.parametrize("mode", ["flood", "endless"])
