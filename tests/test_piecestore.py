@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -555,3 +556,24 @@ def test_a_content_directory_that_cannot_be_made_is_a_piece_not_stored_then_save
     store.put_piece(c.cid, 0, c.piece(0))
     assert files(store, c) == {"manifest.json", "0.piece"}
     assert open_store(root).has(c.cid, 0)  # and it survives a restart: the manifest went to disk with it
+
+
+@pytest.mark.parametrize("damage", ["removed", "a file in its place"])
+def test_a_content_directory_that_goes_mid_run_is_made_again_with_the_next_piece(root, damage):
+    """Its directory removed (or a file put there) behind the store's back: that piece is not stored, the next one makes
+    the directory and its manifest again; before, the content was never cached again until a restart."""
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    cdir = store.content_dir / c.cid
+    store.close()  # the descriptor of piece 0 goes; the directory with it
+    shutil.rmtree(cdir)
+    if damage != "removed":
+        cdir.write_bytes(b"in the way")
+    with pytest.raises(piecestore.PieceNotStored):
+        store.put_piece(c.cid, 1, c.piece(1))
+    if damage != "removed":
+        cdir.unlink()
+    store.put_piece(c.cid, 2, c.piece(2))
+    assert {"manifest.json", "2.piece"} <= files(store, c)
+    assert open_store(root).has(c.cid, 2)

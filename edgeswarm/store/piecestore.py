@@ -345,7 +345,12 @@ class PieceStore:
             return
         if cid in self._unsaved:
             self._save_manifest(cid, self._raw[cid])
-        self._write(self.piece_path(cid, index), data)
+        try:
+            self._write(self.piece_path(cid, index), data)
+        except PieceNotStored as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # the content's directory went (or a file took its place)
+                self._unsaved.add(cid)  # made again, with its manifest, before the next piece
+            raise
         self._held[cid].add(index)
         for victim in self.policy.add((cid, index), len(data)):
             self._delete_piece(*victim)
