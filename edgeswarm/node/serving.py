@@ -267,11 +267,13 @@ async def write_watched(request: web.Request, resp: web.StreamResponse, data: by
 
 DELIVERED = 16 * 1024  # bytes of an answer that may still be queued when it counts as delivered (its last segments' ACK)
 POLL = 0.01  # seconds between two looks at a socket's send queue
+MIN_RATE = 16 * 1024  # bytes per second a piece's reader must take on average, after STALL seconds of grace
 
 
 async def wait_delivered(request: web.Request) -> None:
     """Until the answer written is out of our buffers and the kernel's (within DELIVERED bytes); a reader that takes
-    nothing for STALL seconds is cut.
+    nothing for STALL seconds is cut, and so is one slower than MIN_RATE over the whole wait (a reader taking a byte
+    a second held its place in the upload gate for days: a few such, from three addresses, took every place).
 
     A write returns once the kernel has queued the bytes, and on loopback or a
     fast link the kernel queues megabytes per socket: a requester that never
@@ -285,7 +287,7 @@ async def wait_delivered(request: web.Request) -> None:
     if transport is None or sock is None or not hasattr(termios, "TIOCOUTQ"):
         return
     loop = asyncio.get_running_loop()
-    least, since = math.inf, loop.time()
+    least, since, deadline = math.inf, loop.time(), math.inf
     while not transport.is_closing():
         queued = _kernel_queued(sock.fileno())
         if queued is None:
@@ -293,11 +295,14 @@ async def wait_delivered(request: web.Request) -> None:
         queued += transport.get_write_buffer_size()
         if queued <= DELIVERED:
             return
+        now = loop.time()
+        deadline = min(deadline, now + STALL + queued / MIN_RATE)
         if queued < least:
-            least, since = queued, loop.time()
-        elif loop.time() - since > STALL:
+            least, since = queued, now
+        if now - since > STALL or now > deadline:
             transport.abort()
-            raise ConnectionResetError(f"the reader took nothing for {STALL:g} s")
+            slow = f"nothing for {STALL:g} s" if now - since > STALL else f"under {MIN_RATE} bytes a second"
+            raise ConnectionResetError(f"the reader took {slow}")
         await asyncio.sleep(POLL)
 
 
