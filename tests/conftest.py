@@ -205,6 +205,14 @@ class Misbehaving(DoubleServer):
         app.router.add_route("*", "/{tail:.*}", self.handle)
 
 
+@pytest.fixture
+def regions(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The test module's ``REGIONS``, written as a region map file for its edges."""
+    path = tmp_path / "regions.yaml"
+    path.write_text(request.module.REGIONS)
+    return path
+
+
 def start_p2p_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
     """A p2p edge (tracker and seeder of the regions in ``regions``) named "edge", caching under tmp_path/edge."""
     return nodes.start(

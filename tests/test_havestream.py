@@ -30,13 +30,6 @@ SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
 NDJSON = {"Accept": "application/x-ndjson"}
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
-
-
 start_edge = start_p2p_edge
 
 

@@ -30,13 +30,6 @@ SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
-
-
 def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, *extra: str):
     return nodes.start(
         "edge",

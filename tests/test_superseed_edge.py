@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import json
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -62,13 +61,6 @@ class FakePeer:
 
 
 DATA = b""
-
-
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
 
 
 start_edge = start_p2p_edge  # the p2p edge every test here runs: tracker and seeder of the two regions

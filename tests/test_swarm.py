@@ -30,13 +30,6 @@ regions:
 SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
-
-
 def start_edge(nodes: ProcessGroup, tmp_path: Path, parent: str, regions: Path, name: str, *extra: str):
     return nodes.start(
         "edge",

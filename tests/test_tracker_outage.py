@@ -9,22 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import pytest
 from conftest import make_file, sha, status
-from test_swarm import REGIONS, body_sha, post, start_edge, start_peer, wait_complete
+from test_swarm import REGIONS, body_sha, post, start_edge, start_peer, wait_complete  # noqa: F401  REGIONS: for the regions fixture
 
 pytestmark = pytest.mark.integration
 SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
 PEERS = 4
-
-
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
 
 
 async def peer_bytes(http, peers) -> int:

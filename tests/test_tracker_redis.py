@@ -24,13 +24,6 @@ NONE = "AA=="  # the bitfield of none of four pieces
 STATS = {"edge": 3 * PIECE, "peer_same_region": 2 * PIECE, "peer_other_region": 0}
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
-
-
 def start_edge(nodes, tmp_path: Path, origin, regions: Path, name: str, store: str, *extra: str):
     return nodes.start(
         "edge",

@@ -28,13 +28,6 @@ REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16, 127.0.0
 SIZE = 8 * 1024 * 1024  # 32 pieces of 256 KiB
 
 
-@pytest.fixture
-def regions(tmp_path: Path) -> Path:
-    path = tmp_path / "regions.yaml"
-    path.write_text(REGIONS)
-    return path
-
-
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
