@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer, run_cli, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from test_swarm import CorruptingPeer, regions, start_edge, start_peer, wait_complete  # noqa: F401 - regions is a fixture
+from test_swarm import REGIONS, CorruptingPeer, start_edge, start_peer, wait_complete  # noqa: F401  REGIONS: for the regions fixture
 
 from edgeswarm.protocol.manifest import Manifest, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.wire import manifest_response
@@ -242,7 +242,7 @@ class BloatingPeer(CorruptingPeer):
         return await stream_endless(request)
 
 
-async def test_a_peer_with_endless_pieces_leaves_the_victim_bounded(tmp_path, nodes, origin, published, regions, http):  # noqa: F811
+async def test_a_peer_with_endless_pieces_leaves_the_victim_bounded(tmp_path, nodes, origin, published, regions, http):
     data = b"".join(bytes([i]) * 262144 for i in range(8))
     (published / "f.bin").write_bytes(data)
     # a slow edge, so the victim keeps asking the double until it gives up on it (a seeding edge would be done first)
