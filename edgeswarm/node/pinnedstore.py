@@ -6,9 +6,10 @@ previous start (a bad key file then stops start-up with its reason), else in
 the background while it learns the key from upstream.  Requests that arrive
 before that wait a while, then get a 503 with ``Retry-After``.
 
-The cache's directories are made at start-up either way: a cache that cannot
-hold them (a file in the way, read-only, no permission) stops the node with
-its reason, instead of a background task failing where nobody looks.  A store
+The cache's directories are made when the node is built (``make_cache`` in
+``Edge`` and ``Peer``): a cache that cannot hold them (a file in the way,
+read-only, no permission) stops the node with its reason, instead of a
+background task failing where nobody looks.  A store
 that still fails to open in the background (the disk failing meanwhile) is
 tried again, and the 503 says why.
 """
@@ -23,7 +24,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import file_budget
 from edgeswarm.node.daemon import file_limit
 from edgeswarm.node.upstream import Upstream
-from edgeswarm.store.piecestore import PieceStore, make_cache
+from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust import originkey
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,8 @@ class PinnedStore:
     async def start(self, upstream: Upstream, sources: list[str]) -> asyncio.Task | None:
         """Open the store now if the key is known, else in a task (returned, for the node to cancel) while it is learnt.
 
-        Raises, to stop start-up with a reason, for an unusable cache or a bad key file.
+        Raises, to stop start-up with a reason, for a bad key file (an unusable cache stopped the node already).
         """
-        make_cache(self.cache)
         if self.key_known():
             await self.open(upstream, sources)
             return None

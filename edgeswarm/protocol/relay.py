@@ -45,7 +45,7 @@ RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Retry-After", "WWW-Authen
 # forged X-Edgeswarm-Relayed-For; 404 not held; 429 choked, or no room for a HAVE subscriber; 500 its internal error;
 # 503 its store not open yet, or out of descriptors.  No 1xx, 204 or 304 (they have no body), no 206 (no ranges).
 STATUSES = frozenset({200, 400, 401, 403, 404, 429, 500, 503})
-MAX_ERROR_BODY = 64 * 1024  # the most bytes an answer other than a 200 may carry (an error's text)
+MAX_SMALL_BODY = 64 * 1024  # the most bytes an answer that is not a piece may carry (an error's text, a /have bitfield)
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what every header in RESPONSE_HEADERS holds
 PATH = re.compile(r"/(piece/[0-9a-f]{64}/[0-9]{1,9}|have/[0-9a-f]{64})")  # what may cross a relay, nothing else
 RELAY_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")

@@ -279,7 +279,7 @@ class RelayHub:
     def _cap(status: int, limit: int, stream: bool) -> int | None:
         """The most bytes an answer may carry: a HAVE stream no bound (it lives on), a 200 the request's, else an error's text."""
         if status != 200:
-            return relay.MAX_ERROR_BODY
+            return relay.MAX_SMALL_BODY
         return None if stream else limit
 
     def _refuse(self, rid: str, why: str) -> web.Response:
@@ -297,7 +297,7 @@ class RelayHub:
         """The most an answer may carry: a piece's exact length (its content must be known here), else 64 KiB."""
         parts = tail.split("/")
         if parts[1] != "piece":
-            return 64 * 1024
+            return relay.MAX_SMALL_BODY
         signed = self.manifest(parts[2])
         index = int(parts[3])
         if signed is None and self.unknown_piece_limit is not None:
