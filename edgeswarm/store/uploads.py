@@ -69,11 +69,9 @@ class Staging:
         except OSError:
             return
         for meta in metas:
-            try:
-                doc = json.loads(meta.read_text())
-                self._note(str(doc["user"]), str(doc["path"]), int(doc["length"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
+            held = self._read(meta)
+            if held is not None:
+                self._note(held.user, held.path, held.length)
 
     def _note(self, user: str, path: str, length: int) -> None:
         with self._lock:
@@ -92,10 +90,14 @@ class Staging:
 
     def find(self, user: str, path: str) -> Upload | None:
         """The unfinished upload of ``path`` by ``user``, if any."""
-        part = self.dir / f"{self._key(user, path)}.part"
+        return self._read(self.dir / f"{self._key(user, path)}.json")
+
+    @staticmethod
+    def _read(meta: Path) -> Upload | None:
+        """The upload a declaration describes, or None for one that is gone or damaged."""
         try:
-            doc = json.loads(part.with_suffix(".json").read_text())
-            return Upload(doc["user"], doc["path"], int(doc["length"]), str(doc["sha256"]), part)
+            doc = json.loads(meta.read_text())
+            return Upload(str(doc["user"]), str(doc["path"]), int(doc["length"]), str(doc["sha256"]), meta.with_suffix(".part"))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -133,11 +135,9 @@ class Staging:
 
     def _forget_meta(self, meta: Path) -> None:
         """Drop the upload a declaration names from the index (its files are going)."""
-        try:
-            doc = json.loads(meta.read_text())
-            self._forget(str(doc["user"]), str(doc["path"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        held = self._read(meta)
+        if held is not None:
+            self._forget(held.user, held.path)
 
     @staticmethod
     def sha256(upload: Upload) -> str:
