@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from test_engine import make as make_engine
 
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
@@ -49,3 +51,22 @@ async def test_stop_just_after_a_wake_up_ends_the_announcer(tmp_path: Path, turn
         await asyncio.sleep(0)
     async with asyncio.timeout(5):
         await peer.stop()
+
+
+def test_a_subscriber_met_before_our_region_was_known_is_judged_by_its_claim_once_it_is(tmp_path: Path):
+    """A neighbour whose answer named us can subscribe before our own first answer tells us our region: judged then
+    against None, its pieces were booked as crossing regions until a tracker answer named it (a flaky lab test)."""
+    key = tmp_path / "origin.pub"
+    key.write_bytes(public_pem(load_or_create_private_key(tmp_path / "origin.key").public_key()))
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(EDGE,), origin_key=key))
+    engine, _ = make_engine()
+    peer.swarms["c" * 64] = SimpleNamespace(neighbours=engine.neighbours)  # type: ignore[assignment]
+    east = engine.add_neighbour("a", "http://127.1.0.2:7000", same_region=False, subscriber=True, claim="east")
+    west = engine.add_neighbour("b", "http://127.2.0.2:7000", same_region=False, subscriber=True, claim="west")
+    named = engine.add_neighbour("c", "http://127.1.0.3:7000", same_region=False)  # a tracker's: its word stands
+    assert east and west and named
+    peer._learn_region("east")
+    assert (east.same_region, west.same_region, named.same_region) == (True, False, False)
+    engine.tracker_answer([{"peer_id": "a", "url": east.url, "have": set(), "same_region": True}])
+    peer._learn_region("west")  # moved: claims are judged again, but a tracker's word is not a claim
+    assert (east.same_region, west.same_region) == (True, True)

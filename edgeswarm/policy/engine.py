@@ -70,6 +70,7 @@ class Neighbour:
     idle_since: float = float("-inf")  # when our last worker on it ended
     subscribed: bool = False  # the driver keeps (or tries to keep) its HAVE stream open
     stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
+    region_claim: str | None = None  # a subscriber's own word for its region, until a tracker answer names it
 
 
 # -- what a worker asks its driver to do ------------------------------------------------------
@@ -253,13 +254,16 @@ class Engine:
             n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
             if n is not None:
                 n.same_region = p["same_region"]  # the tracker knows regions; a subscriber only claims one
+                n.region_claim = None
                 if not n.stream:  # a live stream is newer than the tracker's view
                     self.picker.peer_has(n.peer_id, p["have"])
         self.staff()
         self.host.changed()
 
-    def add_neighbour(self, peer_id: str, url: str, same_region: bool, subscriber: bool = False) -> Neighbour | None:
-        """A neighbour from the tracker, or one that subscribed to us; None if it may not be one.
+    def add_neighbour(
+        self, peer_id: str, url: str, same_region: bool, subscriber: bool = False, claim: str | None = None
+    ) -> Neighbour | None:
+        """A neighbour from the tracker, or one that subscribed to us (``claim``: the region it says); None if it may not be one.
 
         Neighbours are known by URL, which the tracker and our own listener
         build from the address a connection came from; the id is only what a
@@ -281,7 +285,7 @@ class Engine:
             self.drop(known)
         if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
             return None
-        n = self.neighbours[url] = Neighbour(peer_id, url, same_region)
+        n = self.neighbours[url] = Neighbour(peer_id, url, same_region, region_claim=claim if subscriber else None)
         return n
 
     def may_subscribe(self, n: Neighbour) -> bool:

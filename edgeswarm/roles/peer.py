@@ -704,10 +704,26 @@ class Peer:
         """The one tracker that books this peer's P2P counters in its ledger: the first of our edges that tracks."""
         return next((e for e in self.edges if e in self._p2p_edges), None)
 
+    def _learn_region(self, region: str | None) -> None:
+        """Our region, as the tracker saw us; subscribers met before it was known are judged again by their claim.
+
+        A neighbour can subscribe to us before our first announce is answered
+        (it announced first, and its answer named us); judged against our
+        unknown region, its pieces were booked as from another region until a
+        tracker answer named it, which at the default interval may be never.
+        """
+        if region == self.region:
+            return
+        self.region = region
+        for swarm in self.swarms.values():
+            for n in swarm.neighbours.values():
+                if n.region_claim is not None:
+                    n.same_region = n.region_claim == region
+
     def _take_answer(self, cid: str, count: int, doc: dict) -> None:
         try:
             self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
-            self.region = doc.get("region")
+            self._learn_region(doc.get("region"))
             if isinstance(doc.get("ticket"), str):
                 self.tickets[cid] = doc["ticket"]
             peers = [
@@ -855,7 +871,7 @@ class Peer:
         if swarm is None or number is None or not peer_id or not request.remote:
             return
         claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
-        swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True)
+        swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True, claim=claimed)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:

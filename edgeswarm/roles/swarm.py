@@ -101,9 +101,11 @@ class Swarm:
         for n in list(self.engine.neighbours.values()):
             self._subscribe(n)
 
-    def add_neighbour(self, peer_id: str, url: str, same_region: bool, subscriber: bool = False) -> Neighbour | None:
+    def add_neighbour(
+        self, peer_id: str, url: str, same_region: bool, subscriber: bool = False, claim: str | None = None
+    ) -> Neighbour | None:
         """A neighbour (from the tracker, or one that subscribed to us), subscribed to; None if it may not be one."""
-        n = self.engine.add_neighbour(peer_id, url, same_region, subscriber)
+        n = self.engine.add_neighbour(peer_id, url, same_region, subscriber, claim)
         if n is not None:
             self._subscribe(n)
         return n
