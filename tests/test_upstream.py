@@ -20,6 +20,7 @@ class Slow(DoubleServer):
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/head", self.late_head)
         app.router.add_get("/body", self.late_body)
+        app.router.add_get("/rate/{bps}", self.at_rate)
 
     async def late_head(self, _: web.Request) -> web.Response:
         await asyncio.sleep(self.hold)
@@ -30,6 +31,15 @@ class Slow(DoubleServer):
         await resp.prepare(request)
         await asyncio.sleep(self.hold)
         await resp.write(b"x")
+        return resp
+
+    async def at_rate(self, request: web.Request) -> web.StreamResponse:
+        """48 KiB, 4 KiB at a time at ``bps`` bytes a second: a slow uplink, or a peer dripping its answer."""
+        resp = web.StreamResponse(headers={"Content-Length": str(48 * 1024)})
+        await resp.prepare(request)
+        for _ in range(12):
+            await asyncio.sleep(4096 / int(request.match_info["bps"]))
+            await resp.write(b"x" * 4096)
         return resp
 
 
@@ -56,3 +66,21 @@ async def test_a_body_that_takes_longer_than_head_timeout_has_the_whole_timeout(
         assert (await upstream.get(slow.url, "/body", head_timeout=0.2)).body == b"x"
         with pytest.raises(UpstreamTimeout, match=r"within 0\.3 s"):
             await upstream.get(slow.url, "/body", timeout=0.3, head_timeout=0.2)
+
+
+async def test_a_body_that_keeps_coming_outlasts_the_timeout(upstream):
+    """A piece from an honest uplink slower than piece/timeout (24 KiB/s: 2 s for 48 KiB, timeout 1 s) arrives whole:
+    each 16 KiB received buys a second. Before, it was cut at the timeout and its sender dropped as a staller."""
+    async with Slow() as slow:
+        started = time.monotonic()
+        assert len((await upstream.get(slow.url, f"/rate/{24 * 1024}", timeout=1.0)).body) == 48 * 1024
+        assert time.monotonic() - started > 1.5
+
+
+async def test_a_dripping_body_is_still_cut_near_the_timeout(upstream):
+    """8 KiB/s buys half a second a second: cut at about 2 s with a 1 s timeout, long before its 6 s."""
+    async with Slow() as slow:
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout, match=r"did not answer /rate/8192 within [12]\.[0-9]+ s"):
+            await upstream.get(slow.url, "/rate/8192", timeout=1.0)
+        assert time.monotonic() - started < 3.0

@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
         type=options.positive,
         default=d.timeout,
         metavar="SECONDS",
-        help=f"give up on an upstream request after this long: 504 (default {d.timeout:g})",
+        help=f"give up on an upstream request after this long, plus a second for each 16 KiB of its body received: 504 (default {d.timeout:g})",
     )
     p.add_argument(
         "--revalidate",

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.node.upstream import MIN_RATE  # what our readers must take is what we take from others
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.protocol.httpspec import Validators, byteranges, http_date, not_modified, parse_ranges, range_applies, served_type
 from edgeswarm.protocol.manifest import SignedManifest
@@ -267,7 +268,6 @@ async def write_watched(request: web.Request, resp: web.StreamResponse, data: by
 
 DELIVERED = 16 * 1024  # bytes of an answer that may still be queued when it counts as delivered (its last segments' ACK)
 POLL = 0.01  # seconds between two looks at a socket's send queue
-MIN_RATE = 16 * 1024  # bytes per second a piece's reader must take on average, after STALL seconds of grace
 
 
 async def wait_delivered(request: web.Request) -> None:

@@ -9,6 +9,12 @@ No body from another node is trusted to be small: every one is read in
 chunks against a cap and abandoned (502) as soon as it passes it, whether or
 not it announced a ``Content-Length``.  A peer answering with an endless
 chunked body costs its victim one chunk of memory, not all of it.
+
+A request has ``timeout`` seconds, and every MIN_RATE bytes of its body that
+arrive buy it one more: a large piece from an honest but slow uplink (a
+2 MiB piece of a 4 GB file, from a peer serving six neighbours at once
+through a few Mbit/s) arrives whole, while one that stalls or drips bytes
+is cut at the timeout, as before.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140
 MAX_ANNOUNCE = 1024 * 1024  # an announce answer: a few dozen peers with their bitfields
 MAX_ANSWER = 64 * 1024  # anything else: /have, keys, error pages
 CHUNK = 64 * 1024
+MIN_RATE = 16 * 1024  # bytes a second a body must keep up on average to outlast the timeout; a sender's floor for its readers too
 
 
 def node_url(base: str, path: str) -> URL:
@@ -102,6 +109,7 @@ class Upstream:
         """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams.
 
         ``on_head`` is called with the status and headers as soon as they come, before the body is read.
+        The body has until ``timeout`` plus a second for each MIN_RATE bytes of it received (module docstring).
         """
         assert self.session is not None
         seconds = timeout or self.timeout
@@ -113,12 +121,18 @@ class Upstream:
                 async with self.session.request(method, url, headers=headers, json=doc, allow_redirects=False) as resp:
                     deadline.reschedule(start + seconds)
                     waited = seconds
+
+                    def progress(received: int) -> None:
+                        nonlocal waited
+                        waited = seconds + received / MIN_RATE
+                        deadline.reschedule(start + waited)
+
                     if on_head is not None:
                         on_head(resp.status, resp.headers)
-                    body = await read_bounded(resp, min(limit, MAX_PIECE), base, path)
+                    body = await read_bounded(resp, min(limit, MAX_PIECE), base, path, progress)
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:
-            raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:g} s") from None
+            raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:.4g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:
@@ -127,8 +141,12 @@ class Upstream:
             raise UpstreamError(502, f"{base} failed on {path}: {exc.__class__.__name__} {exc}") from None
 
 
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int, base: str, path: str) -> bytes:
+async def read_bounded(
+    resp: aiohttp.ClientResponse, limit: int, base: str, path: str, progress: Callable[[int], None] | None = None
+) -> bytes:
     """The body, read a chunk at a time; UpstreamError 502 as soon as it exceeds ``limit`` bytes.
+
+    ``progress`` is told the bytes received after each chunk.
 
     A ``Content-Length`` over the limit is refused before anything is read;
     one that lies, or a chunked body, is stopped at the first chunk past it.
@@ -140,4 +158,6 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int, base: str, path
         body += chunk
         if len(body) > limit:
             raise UpstreamError(502, f"{base} sent more than {limit} bytes for {path}; refusing")
+        if progress is not None:
+            progress(len(body))
     return bytes(body)
