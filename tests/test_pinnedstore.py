@@ -71,3 +71,20 @@ async def test_a_store_failing_to_open_in_the_background_says_why_and_opens_once
         finally:
             opener.cancel()
             await upstream.close()
+
+
+async def test_a_key_that_cannot_be_learnt_is_a_503_saying_why(tmp_path):
+    """`edgeswarm get` of an edge that is down said only 'still learning the origin key from its edges'."""
+    upstream = Upstream(1.0)
+    await upstream.start()
+    pinned = PinnedStore(tmp_path / "cache", None, None, "still learning the origin key")
+    opener = await pinned.start(upstream, ["http://127.0.0.1:9"])  # the discard port: nothing listens
+    try:
+        with pytest.raises(HttpError) as err:
+            await pinned.wait(0.5)
+        assert err.value.status == 503
+        assert err.value.message.startswith("still learning the origin key (http://127.0.0.1:9 is unreachable: "), err.value.message
+    finally:
+        assert opener is not None
+        opener.cancel()
+        await upstream.close()

@@ -41,6 +41,7 @@ class PinnedStore:
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self._opened = asyncio.Event()
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
+        self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
 
     async def start(self, upstream: Upstream, sources: list[str]) -> asyncio.Task | None:
         """Open the store now if the key is known, else in a task (returned, for the node to cancel) while it is learnt.
@@ -77,11 +78,14 @@ class PinnedStore:
 
     async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
         """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
-        key = await originkey.pin(self.cache, self.given_key, upstream, sources)
+        key = await originkey.pin(self.cache, self.given_key, upstream, sources, self._unlearnt)
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files)
         self._opened.set()
         return self.store
+
+    def _unlearnt(self, why: str) -> None:
+        self.unlearnt = why
 
     @property
     def opened(self) -> PieceStore:
@@ -97,6 +101,7 @@ class PinnedStore:
                 async with asyncio.timeout(timeout):
                     await self._opened.wait()
             except TimeoutError:
-                raise HttpError(503, self.problem or self.waiting, {"Retry-After": "2"}) from None
+                why = self.problem or (f"{self.waiting} ({self.unlearnt})" if self.unlearnt else self.waiting)
+                raise HttpError(503, why, {"Retry-After": "2"}) from None
         assert self.store is not None
         return self.store

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -21,15 +22,17 @@ from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
 log = logging.getLogger("edgeswarm.trust.originkey")
 
 
-async def pin(cache: Path, given: Path | None, upstream: Upstream, sources: list[str]) -> Ed25519PublicKey:
-    """The key to trust; a bad key file raises KeyFileError with its reason."""
+async def pin(
+    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str], None] | None = None
+) -> Ed25519PublicKey:
+    """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``: see ``learn``."""
     pinned = cache / "origin.pub"
     if given is not None:
         pem = given.read_bytes()
     elif pinned.exists():
         pem = pinned.read_bytes()
     else:
-        pem = await learn(upstream, sources)
+        pem = await learn(upstream, sources, failed)
     key = load_public_key(pem, str(given or pinned))
     cache.mkdir(parents=True, exist_ok=True)
     if not pinned.exists() or pinned.read_bytes() != public_pem(key):
@@ -39,8 +42,11 @@ async def pin(cache: Path, given: Path | None, upstream: Upstream, sources: list
     return key
 
 
-async def learn(upstream: Upstream, sources: list[str]) -> bytes:
-    """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds."""
+async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str], None] | None = None) -> bytes:
+    """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
+
+    ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached).
+    """
     delay = 0.5
     while True:
         for source in sources:
@@ -50,8 +56,11 @@ async def learn(upstream: Upstream, sources: list[str]) -> bytes:
                     load_public_key(reply.body, f"{source}/origin-key")
                     log.info("pinned the origin key served by %s", source)
                     return reply.body
-                log.warning("%s answered %d for /origin-key; retrying", source, reply.status)
+                why = f"{source} answered {reply.status} for /origin-key"
             except (UpstreamError, KeyFileError) as exc:
-                log.warning("cannot learn the origin key from %s yet: %s; retrying", source, exc)
+                why = str(exc)
+            log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
+            if failed is not None:
+                failed(why)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
