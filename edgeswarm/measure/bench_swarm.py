@@ -64,7 +64,6 @@ from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import EdgeConfig, PeerConfig
 from edgeswarm.roles.uploader import file_sha256
 
-MODES = ("stream", "get", "post")
 TARGETS = {"stream": (0.80, 1.5), "get": (0.85, 1.3), "post": (0.80, 1.5)}  # (P2P share at least, time / bound at most)
 FILE = "update.img"
 SOURCES = tuple(BENCH_KEYS.values())  # this JSON's "bytes" keys

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import time
 
 import aiohttp
 import numpy as np
@@ -39,7 +38,6 @@ class LiveLab(Lab):
         super().__init__(*args)
         self.disk = DiskWatch(self.root / "publish", PLAYLIST)
         self.views: dict[str, LiveView] = {}
-        self.stream_started = 0.0
 
     def _content(self) -> dict[str, int]:
         return {}  # the stream is made during the run
@@ -59,7 +57,6 @@ class LiveLab(Lab):
         out.mkdir(parents=True, exist_ok=True)
         bitrate = int(self.s.scaled_Bps(lv.bitrate_kbps) * 8)
         log = open(self.root / "logs" / "ffmpeg.log", "wb")  # noqa: SIM115 - closed below, after the process
-        self.stream_started = time.monotonic()
         proc = subprocess.Popen(ffmpeg_command(out, lv.duration_s, bitrate, lv.segment_s), stdin=subprocess.DEVNULL, stderr=log)
         watcher = asyncio.create_task(self.disk.run())
         try:

@@ -48,7 +48,6 @@ STATUSES = frozenset({200, 400, 401, 403, 404, 429, 500, 503})
 MAX_SMALL_BODY = 64 * 1024  # the most bytes an answer that is not a piece may carry (an error's text, a /have bitfield)
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what every header in RESPONSE_HEADERS holds
 PATH = re.compile(r"/(piece/[0-9a-f]{64}/[0-9]{1,9}|have/[0-9a-f]{64})")  # what may cross a relay, nothing else
-RELAY_ID = re.compile(r"[0-9a-f]{12}-[0-9a-f]{12}")
 ID_BYTES = 4
 MAX_FRAME = 1 << 20  # the largest WebSocket message either end takes: a 64 KiB chunk and its id, with room to spare
 
