@@ -540,3 +540,22 @@ def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
     assert a.url not in e.neighbours and host.dropped_urls == [a.url]
     assert isinstance(wb.send(Result("failed", message="reset")), Sleep)  # one failure: a pause, and kept
     assert b.url in e.neighbours and b.failures == 1
+
+
+def test_running_out_of_our_own_descriptors_blames_no_source():
+    """Under a low open-file limit, a connect failing with EMFILE set the edge aside for up to 32 s and counted
+    failures against peers, though the fault was ours: each worker waits SHORT_PAUSE and asks the same source again."""
+    e, host = make()
+    e.want_whole()
+    a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
+    assert a is not None
+    e.heard(a, "snapshot", range(8))
+    worker = peer_workers(host)[0]
+    assert isinstance(worker.send(None), Fetch)
+    assert worker.send(Result("short", message="out of file descriptors here")) == Sleep(engine.SHORT_PAUSE)
+    again = worker.send(None)
+    assert isinstance(again, Fetch) and again.url == a.url and a.failures == 0
+    seed, e, host = seeding_engine()
+    assert isinstance(seed.send(None), Seed)
+    assert seed.send(Result("short", message="out of file descriptors here")) == Sleep(engine.SHORT_PAUSE)
+    assert isinstance(seed.send(None), Seed) and e.ranking.ranked(e.edges, e.clock()) == e.edges

@@ -20,6 +20,7 @@ is cut at the timeout, as before.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -45,6 +46,10 @@ def node_url(base: str, path: str) -> URL:
 
 class UpstreamError(HttpError):
     """Another node failed us: the status this node should answer (502, 504, or the upstream's 429) and why."""
+
+
+class OutOfDescriptorsHere(UpstreamError):
+    """This process could not open a connection: out of file descriptors.  Not the other node's fault: it is not set aside."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -136,6 +141,10 @@ class Upstream:
         except aiohttp.ClientConnectorCertificateError as exc:
             raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:
+            if exc.os_error.errno in (errno.EMFILE, errno.ENFILE):
+                raise OutOfDescriptorsHere(
+                    503, f"out of file descriptors here: cannot connect to {base} now; retry", {"Retry-After": "1"}
+                ) from None
             raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{base} failed on {path}: {exc.__class__.__name__} {exc}") from None

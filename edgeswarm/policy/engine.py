@@ -55,6 +55,7 @@ SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST 
 ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
 STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
 STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to this
+SHORT_PAUSE = 1.0  # seconds a worker waits after our own process ran out of file descriptors
 
 
 @dataclass(eq=False)
@@ -124,7 +125,8 @@ class Result:
 
     ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
     "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
-    "corrupt", "choked" (``seconds``: retry after), "not_held", "failed"
+    "corrupt", "choked" (``seconds``: retry after), "not_held", "failed", "short" (our own process is out of
+    file descriptors: nobody's fault, tried again a second later)
     (``message``), "stalled" (no answer within the timeout, ``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
     "abandoned" (stopped by ``Host.abandon``: another source's copy was stored first).
     ``seconds`` of an "ok" is how long the transfer took.
@@ -501,6 +503,8 @@ class Engine:
             if got.kind == "unsupported":
                 log.info("%s does not seed (404 to /seed): its pieces are fetched as before", edge)
                 self._no_seed.add(edge)
+            elif got.kind == "short":
+                yield Sleep(SHORT_PAUSE)
             elif got.kind == "failed":
                 backoff = self.ranking.failure(edge, self.clock())
                 log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
@@ -640,6 +644,9 @@ class Engine:
         if kind in ("ok", "gone"):
             return kind
         if kind == "abandoned":  # another source was faster: no fault of this one
+            return "retry"
+        if kind == "short":  # our own descriptors ran out: blaming the source set an edge aside for up to 32 s
+            yield Sleep(SHORT_PAUSE)
             return "retry"
         if kind == "corrupt":
             if peer is not None:

@@ -38,7 +38,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
-from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.node.upstream import OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
@@ -318,6 +318,8 @@ class Edge:
                     SIBLING_TIMEOUT if sibling else None,
                     limit=signed.manifest.piece_span(index)[1],  # a piece is never longer: more is refused as it streams
                 )
+            except OutOfDescriptorsHere:
+                raise  # ours, not the source's: a 503 to retry, and the source is not set aside
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
                 problems.append(exc)

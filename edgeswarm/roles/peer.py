@@ -39,7 +39,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
-from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, OutOfDescriptorsHere, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.live import is_playlist
@@ -337,8 +337,8 @@ class Peer:
                 limit=signed.manifest.piece_span(index)[1],
                 head_timeout=PEER_HEAD_TIMEOUT if to_peer else None,
             )
-        except UpstreamError:
-            if not to_peer:
+        except UpstreamError as exc:
+            if not to_peer and not isinstance(exc, OutOfDescriptorsHere):
                 self._edge_unreachable(url)
             raise
         if reply.status == 200:
@@ -381,8 +381,9 @@ class Peer:
 
         try:
             reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size, on_head=head)
-        except UpstreamError:
-            self._edge_unreachable(edge)
+        except UpstreamError as exc:
+            if not isinstance(exc, OutOfDescriptorsHere):
+                self._edge_unreachable(edge)
             raise
         if reply.status == 204:
             return None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, TypeVar
 
 from edgeswarm.errors import EdgeswarmError, HttpError
-from edgeswarm.node.upstream import UpstreamError, UpstreamTimeout
+from edgeswarm.node.upstream import OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import engine
 from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.vocabulary import EDGE, peer_kind
@@ -289,12 +289,21 @@ class Swarm:
             return Result("not_held")
         except UpstreamTimeout as exc:
             return Result("stalled", message=str(exc))
+        except OutOfDescriptorsHere as exc:
+            return self._short(exc)
         except (UpstreamError, HttpError) as exc:
             return Result("failed", message=str(exc))
         except KeyError:  # the content was dropped from the store meanwhile
             return Result("gone")
         except PieceNotStored:
             return self._unstored(f, data) if isinstance(data, bytes) else Result("not_stored")
+
+    def _short(self, exc: OutOfDescriptorsHere) -> Result:
+        """Our process is out of file descriptors: said (a few lines a minute at most), and nobody's fault."""
+        self.peer.quiet.log(
+            logging.WARNING, "out of descriptors", "waiting a second, the open-file limit too low for this load? %s", exc.message
+        )
+        return Result("short", message=exc.message)
 
     def _unstored(self, f: Fetch, data: bytes) -> Result:
         """A verified piece our disk could not keep: the readers waiting for it get it (and it counts as received)."""
@@ -319,6 +328,8 @@ class Swarm:
                 return Result("abandoned")
         except SeedUnsupported:
             return Result("unsupported")
+        except OutOfDescriptorsHere as exc:
+            return self._short(exc)
         except UpstreamError as exc:
             return Result("failed", message=exc.message)
         except KeyError:
