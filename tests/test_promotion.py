@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeswarm.policy.promotion import WINDOW, Promoter, PromotionRules
+from edgeswarm.policy.promotion import WINDOW, Promoter, PromotionRules, rendezvous
 
 RULES = PromotionRules(min_upload_Bps=1000, min_uptime_s=10, per_region=2)
 CID = "c" * 64
@@ -65,3 +65,42 @@ def test_a_restart_or_a_move_starts_the_measure_again():
     assert announce_at_rate(p, "b", 5000, 0, 12)
     assert p.observe(13, "b", "http://b:1", "east", CID, 10) is False  # its counter went back: a restart
     assert p.demotions == 2
+
+
+def test_a_reachable_peer_is_assigned_a_sub_tracker_of_its_region_never_itself():
+    p = Promoter(RULES)
+    announce_at_rate(p, "a", 5000, 0, 12)
+    announce_at_rate(p, "b", 5000, 0, 12)
+    picks = {p.tracker_for("east", f"addr:10.0.0.{i}/x", f"http://10.0.0.{i}:1") for i in range(40)}
+    assert picks == {"http://a:1", "http://b:1"}  # spread over both
+    assert p.tracker_for("west", "addr:w/x", "http://w:1") is None  # none promoted there
+    assert p.tracker_for("east", "a", "http://a:1") is None  # a promoted peer tracks itself at its edge
+    assert p.tracker_for("east", "z", "http://a:1") == "http://b:1"  # never the asker's own URL
+    assert p.status()["subtracker_assignments"] == 41
+
+
+def test_a_sub_trackers_departure_moves_only_its_own_peers():
+    p = Promoter(RULES)
+    announce_at_rate(p, "a", 5000, 0, 12)
+    announce_at_rate(p, "b", 5000, 0, 12)
+    keys = [f"addr:10.0.0.{i}/x" for i in range(40)]
+    before = {k: p.tracker_for("east", k, f"http://{k}:1") for k in keys}
+    assert p.assignments() == {
+        "http://a:1": sum(v == "http://a:1" for v in before.values()),
+        "http://b:1": 40 - p.assignments()["http://a:1"],
+    }
+    p.observe(13, "b", "http://b:1", "east", CID, 0, stopped=True)
+    assert p.assignments() == {"http://a:1": sum(v == "http://a:1" for v in before.values())}  # b's peers count nowhere until asked
+    after = {k: p.tracker_for("east", k, f"http://{k}:1") for k in keys}
+    assert all(after[k] == "http://a:1" for k in keys)
+    assert all(before[k] == after[k] for k in keys if before[k] == "http://a:1")  # a's kept theirs (rendezvous)
+    p.forget(keys[0])
+    assert p.status()["subtracker_assignments"] == 39
+
+
+def test_rendezvous_is_stable_and_spreads():
+    urls = [f"http://p{i}:1" for i in range(4)]
+    picks = [rendezvous(urls, f"k{i}") for i in range(400)]
+    assert all(100 - 40 < picks.count(u) < 100 + 40 for u in urls)
+    assert [rendezvous(reversed(urls), f"k{i}") for i in range(400)] == picks  # whatever the order
+    assert rendezvous([], "k") is None

@@ -1,10 +1,11 @@
-"""Promoted peers: which of a region's peers the edge trusts to relay for the peers that cannot be reached.
+"""Promoted peers: which of a region's peers the edge trusts to relay for the peers that cannot be reached, and to track for the others.
 
 Seed 003's supernodes: ordinary nodes promoted when they have enough
 resources and have stayed long enough.  Sans-IO: the edge's announce handler
 tells ``Promoter`` what each announce showed (time passed in); it answers
-whether that peer is promoted, and which promoted peer of its region an
-unreachable peer should hold its relay at.
+whether that peer is promoted, which promoted peer of its region an
+unreachable peer should hold its relay at, and which one a reachable peer
+should send its neighbour-list refreshes to (its sub-tracker).
 
 - **Promotion**: a reachable peer whose measured upload (the bytes it reports
   sending to peers, over the last ``WINDOW`` announces) has reached
@@ -17,15 +18,18 @@ unreachable peer should hold its relay at.
   between promoted and demoted as a crowd completed (lab ``relay-promoted``,
   docs/lab.md), dropping their relayed peers' connections each time.  Its relayed peers are sent back to the edge's relay by their
   next announce answer.
-- **Assignment**: an unreachable peer's relay is the promoted peer of its
-  region that a hash of its relay id picks, so a region's relayed peers
-  spread over its promoted peers and each keeps its relay while they stay.
+- **Assignment**: an unreachable peer's relay, and a reachable peer's
+  sub-tracker, is the promoted peer of its region that a rendezvous hash of
+  its relay id (its peer key) picks: a region's peers spread over its
+  promoted peers, each keeps its pick while that one stays, and when one
+  leaves only its own peers move.  A peer is never its own sub-tracker.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 WINDOW = 5  # announces the upload rate is measured over
@@ -63,6 +67,7 @@ class Promoter:
         self.rules = rules
         self.seen: dict[str, _Seen] = {}  # peer key (owner/peer id) -> what its announces showed
         self.promoted: dict[str, str] = {}  # peer key -> its upload URL
+        self.assigned: dict[str, str] = {}  # peer key -> the sub-tracker its last answer named
         self.promotions = 0
         self.demotions = 0
 
@@ -93,11 +98,19 @@ class Promoter:
 
     def relay_for(self, region: str | None, rid: str, not_url: str | None = None) -> str | None:
         """The promoted peer of ``region`` whose relay the peer with relay id ``rid`` should hold; None: the edge's."""
-        urls = sorted(url for k, url in self.promoted.items() if self.seen[k].region == region and url != not_url)
-        if not urls:
-            return None
-        pick = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=4).digest(), "big")
-        return urls[pick % len(urls)]
+        return rendezvous((url for k, url in self.promoted.items() if self.seen[k].region == region and url != not_url), rid)
+
+    def tracker_for(self, region: str | None, key: str, url: str) -> str | None:
+        """The sub-tracker of the reachable peer ``key`` (at ``url``) of ``region``: a promoted peer other than itself; None: the edge.
+
+        Remembered until the peer is forgotten, for ``status``.
+        """
+        pick = None if key in self.promoted else self.relay_for(region, key, not_url=url)
+        if pick is None:
+            self.assigned.pop(key, None)
+        else:
+            self.assigned[key] = pick
+        return pick
 
     def expire(self, now: float, ttl: float) -> list[str]:
         """Forget peers silent for ``ttl`` seconds (demoting the promoted ones); the keys demoted."""
@@ -111,19 +124,38 @@ class Promoter:
         if key in self.promoted:
             self._demote(key)
         self.seen.pop(key, None)
+        self.assigned.pop(key, None)
 
     def _demote(self, key: str) -> None:
         del self.promoted[key]
         self.demotions += 1
 
+    def assignments(self) -> Counter[str]:
+        """Peers assigned to each promoted peer as their sub-tracker (one demoted since counts no more: its peers move at their next answer)."""
+        live = set(self.promoted.values())
+        return Counter(url for url in self.assigned.values() if url in live)
+
     def status(self) -> dict[str, object]:
+        by_tracker = self.assignments()
         return {
             "promoted": sorted(self.promoted.values()),
             "promotions": self.promotions,
             "demotions": self.demotions,
+            "subtracker_assignments": by_tracker.total(),
+            "subtracker_assignments_by_tracker": dict(sorted(by_tracker.items())),
             "rules": {
                 "min_upload_Bps": self.rules.min_upload_Bps,
                 "min_uptime_s": self.rules.min_uptime_s,
                 "per_region": self.rules.per_region,
             },
         }
+
+
+def rendezvous(urls: Iterable[str], token: str) -> str | None:
+    """The URL with the highest hash of (token, URL): each token keeps its pick while that URL stays, whatever comes and goes."""
+    best, pick = -1, None
+    for url in urls:
+        score = int.from_bytes(hashlib.blake2b(f"{token}|{url}".encode(), digest_size=8).digest(), "big")
+        if score > best or (score == best and pick is not None and url < pick):
+            best, pick = score, url
+    return pick

@@ -1,4 +1,4 @@
-"""A token bucket: the upload cap of edges and peers.
+"""A token bucket: the upload cap of edges and peers; and a rate meter (``RateMeter``): an edge's announces a second.
 
 The sans-IO core (``delay``) takes the time as an argument so tests can
 drive it without sleeping; ``throttle`` is the asyncio face the daemons use.
@@ -35,3 +35,31 @@ class TokenBucket:
         wait = self.delay(time.monotonic(), nbytes)
         if wait > 0:
             await asyncio.sleep(wait)
+
+
+class RateMeter:
+    """Events a second over the last ``window`` seconds, and in all: an edge's announces, so a fall in its load can be read off it.
+
+    Counted in whole-second buckets (at most ``window`` + 1 kept); time passed in.
+    """
+
+    def __init__(self, window: float = 10.0):
+        self.window = window
+        self.total = 0
+        self._buckets: dict[int, int] = {}  # whole second -> events in it, oldest first
+
+    def add(self, now: float, n: int = 1) -> None:
+        second = int(now)
+        self._buckets[second] = self._buckets.get(second, 0) + n
+        self.total += n
+        self._prune(now)
+
+    def rate(self, now: float) -> float:
+        """Events a second over the last ``window`` seconds."""
+        self._prune(now)
+        return sum(self._buckets.values()) / self.window
+
+    def _prune(self, now: float) -> None:
+        oldest = now - self.window
+        for second in [s for s in self._buckets if s + 1 <= oldest]:
+            del self._buckets[second]

@@ -1,0 +1,72 @@
+"""Where a peer sends each round of announces: its edge, or the sub-tracker its edge named.
+
+Sans-IO (time is passed in).  An edge with promoted peers names one of them
+in its answers (``"tracker": URL``, promotion.py).  The peer then sends its
+neighbour-list refreshes (``update`` rounds) there, and still announces to
+the edge itself:
+
+- for news: a content the edge has not heard ``started`` for, one completed
+  since, or one we hold no ticket for; ``stopped`` always goes to the edge;
+- before the edge would forget it or its tickets lapse: the edge keeps a
+  record three intervals and a ticket at least three (``max(60 s, 3 ×
+  interval)``), so a round that comes 1.5 intervals or more after the edge
+  last answered goes to the edge: every other round at most.  Usage
+  accounting and tickets stay the edge's; the edge's update load from such
+  a peer halves, which is what the record's lifetime allows.
+
+Any failure of the sub-tracker (no connection, a timeout, a 4xx or 5xx, an
+item refused, an answer that does not parse) forgets it: that round goes to
+the edge at once, and the edge's next answer names one again (the same or
+another).
+"""
+
+from __future__ import annotations
+
+EDGE_EVERY = 1.5  # intervals after the edge's last answer when the next round goes to the edge again
+
+
+class AnnounceRoute:
+    """Per edge: the sub-tracker its last answer named, and when it last answered us."""
+
+    def __init__(self) -> None:
+        self._named: dict[str, str] = {}  # edge -> the sub-tracker its last answer named
+        self._heard: dict[str, float] = {}  # edge -> when it last took an announce of ours
+        self.to_subtracker = 0  # rounds sent to a sub-tracker and answered
+        self.fallbacks = 0  # rounds a sub-tracker failed, sent to the edge instead
+
+    def edge_answered(self, edge: str, now: float, tracker: str | None) -> None:
+        """The edge took an announce of ours; its answer named ``tracker`` (None: none, announce to the edge)."""
+        self._heard[edge] = now
+        if tracker is None:
+            self._named.pop(edge, None)
+        else:
+            self._named[edge] = tracker
+
+    def target(self, edge: str, now: float, interval: float, news: bool) -> str | None:
+        """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
+        tracker = self._named.get(edge)
+        if tracker is None or news:
+            return None
+        if now - self._heard.get(edge, -float("inf")) >= EDGE_EVERY * interval:
+            return None
+        return tracker
+
+    def named(self, edge: str) -> str | None:
+        """The sub-tracker ``edge`` last named, if it has not failed since."""
+        return self._named.get(edge)
+
+    def answered(self) -> None:
+        self.to_subtracker += 1
+
+    def failed(self, edge: str) -> str | None:
+        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again; returns it."""
+        self.fallbacks += 1
+        return self._named.pop(edge, None)
+
+    def forget(self, edge: str) -> None:
+        """An edge we no longer use."""
+        self._named.pop(edge, None)
+        self._heard.pop(edge, None)
+
+    def status(self) -> dict[str, object]:
+        return {"named": dict(sorted(self._named.items())), "rounds_answered": self.to_subtracker, "fallbacks": self.fallbacks}

@@ -1,0 +1,59 @@
+"""Where a peer sends each round of announces: its edge or the sub-tracker the edge named (policy/subtracking.py; no sockets)."""
+
+from __future__ import annotations
+
+from edgeswarm.policy.ratelimit import RateMeter
+from edgeswarm.policy.subtracking import AnnounceRoute
+
+EDGE, SUB = "http://edge", "http://127.1.0.1:7000"
+
+
+def test_without_a_named_sub_tracker_every_round_goes_to_the_edge():
+    r = AnnounceRoute()
+    assert r.target(EDGE, 0, 10, news=False) is None
+    r.edge_answered(EDGE, 0, None)
+    assert r.target(EDGE, 10, 10, news=False) is None
+
+
+def test_refreshes_go_to_the_sub_tracker_and_every_other_round_to_the_edge():
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    assert r.target(EDGE, 10, 10, news=False) == SUB  # one interval on: the sub-tracker
+    assert r.target(EDGE, 15, 10, news=False) is None  # 1.5 intervals: the edge would soon forget us, and our ticket lapse
+    r.edge_answered(EDGE, 20, SUB)
+    assert r.target(EDGE, 30, 10, news=False) == SUB
+
+
+def test_news_goes_to_the_edge():
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    assert r.target(EDGE, 1, 10, news=True) is None  # started, completed, or a content without a ticket
+
+
+def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    assert r.failed(EDGE) == SUB and r.named(EDGE) is None
+    assert r.target(EDGE, 10, 10, news=False) is None
+    r.edge_answered(EDGE, 10, "http://127.1.0.2:7000")  # the edge's next answer may name another
+    assert r.target(EDGE, 20, 10, news=False) == "http://127.1.0.2:7000"
+    r.edge_answered(EDGE, 20, None)  # the edge demoted it: no more sub-tracker
+    assert r.target(EDGE, 30, 10, news=False) is None
+    assert r.status()["fallbacks"] == 1
+
+
+def test_edges_are_routed_apart_and_a_dropped_edge_is_forgotten():
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    r.edge_answered("http://other", 0, None)
+    assert r.target("http://other", 5, 10, news=False) is None and r.target(EDGE, 5, 10, news=False) == SUB
+    r.forget(EDGE)
+    assert r.target(EDGE, 6, 10, news=False) is None
+
+
+def test_the_rate_meter_counts_a_second_over_its_window():
+    m = RateMeter(window=10)
+    for t in range(20):
+        m.add(100 + t, 3)
+    assert m.total == 60 and 2.7 <= m.rate(119.5) <= 3.3
+    assert m.rate(200) == 0 and m.total == 60
