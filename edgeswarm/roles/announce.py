@@ -92,6 +92,19 @@ def parse_announce(doc: object) -> Announce:
     )
 
 
+def check_announce(doc: object, manifest: Manifest) -> tuple[Announce, int]:
+    """The announce's fields (``parse_announce``) and its pieces as a mask, checked against the manifest; else a 400."""
+    a = parse_announce(doc)
+    piece_count = manifest.piece_count
+    if a.pieces != piece_count:
+        raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
+    try:
+        have = bitfield.decode_mask(a.have_field, piece_count)
+    except ValueError as exc:
+        raise HttpError(400, f"announce field 'have': {exc}") from None
+    return a, have
+
+
 class TrackerService:
     """The tracker, the claim bounds and the per-peer report state of one edge; all per-peer state expires with the peer.
 
@@ -151,14 +164,8 @@ class TrackerService:
         peer cannot be reached (``"relay": true``) and is handed out at this
         URL, its relay at this edge, instead of its address and port.
         """
-        a = parse_announce(doc)
+        a, have = check_announce(doc, manifest)
         piece_count = manifest.piece_count
-        if a.pieces != piece_count:
-            raise HttpError(400, f"content {a.cid[:12]} has {piece_count} pieces, not {a.pieces}")
-        try:
-            have = bitfield.decode_mask(a.have_field, piece_count)
-        except ValueError as exc:
-            raise HttpError(400, f"announce field 'have': {exc}") from None
         region = self.region_of(address)
         now = self.clock()
         key = (owner_of(address, user), a.peer_id)

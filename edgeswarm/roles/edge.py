@@ -42,7 +42,7 @@ from edgeswarm.node.upstream import OutOfDescriptorsHere, Upstream, UpstreamErro
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
-from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.policy.ratelimit import RateMeter, TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, owner_of, peer_url
@@ -82,6 +82,7 @@ TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peer
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 MAX_BATCH = 100  # contents in one announce: a peer holding more sends several (64 KiB bodies hold ~200)
+ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
 
 class EdgeSource:
@@ -160,12 +161,20 @@ class Edge:
         )
         promote = config.promote_upload
         self.promoter = Promoter(PromotionRules(promote, config.promote_uptime)) if self.relay is not None and promote else None
+        if self.promoter is not None:
+            promoter = self.promoter
+            self.metrics.gauge(
+                "subtracker_assignments",
+                "Reachable peers whose last announce answer named a promoted peer as their sub-tracker",
+                lambda: promoter.assignments().total(),
+            )
         if self.relay is not None:
             hub = self.relay
             self.metrics.gauge("relay_peers", "Peers that cannot accept connections relayed by this edge now", lambda: len(hub.links))
             self.metrics.gauge(
                 "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
             )
+        self.announces = {"requests": RateMeter(ANNOUNCE_WINDOW), "contents": RateMeter(ANNOUNCE_WINDOW)}  # the tracker's load
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -666,9 +675,23 @@ class Edge:
         clients, swarms = await self.bt_tracker.peer_count(), await self.bt_tracker.contents()
         return {"torrents": len(self._torrents), "clients": clients, "swarms": len(swarms)}
 
+    def _announce_load(self) -> dict[str, float]:
+        """POST /announce requests and the contents in them: in all, and a second over the last ANNOUNCE_WINDOW s (sub-trackers lower it)."""
+        now = time.monotonic()
+        load: dict[str, float] = {"window_s": ANNOUNCE_WINDOW}
+        for unit, meter in self.announces.items():
+            load[unit] = meter.total
+            load[f"{unit}_per_s"] = round(meter.rate(now), 3)
+        return load
+
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
         p2p = self._p2p_last  # computed just before the scrape (app middleware), as collectors cannot wait
+        announces = CounterMetricFamily(
+            "edgeswarm_announces", "POST /announce received: requests, and the contents in them (a batch holds many)", labels=["unit"]
+        )
+        for unit, meter in self.announces.items():
+            announces.add_metric([unit], meter.total)
         seed = CounterMetricFamily(
             "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
         )
@@ -708,7 +731,7 @@ class Edge:
             if row["have_latency"]:
                 latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
                 latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
-        return [seed, asked, sent, copies, share, peers, latency]
+        return [seed, asked, sent, copies, share, peers, latency, announces]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
@@ -720,11 +743,15 @@ class Edge:
         """
         if self.tracker is None:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+        now = time.monotonic()
+        self.announces["requests"].add(now)
         check_json_body(request.headers)
         try:
             doc = json.loads(await request.read())
         except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
+        items = doc.get("contents") if isinstance(doc, dict) else None
+        self.announces["contents"].add(now, len(items) if isinstance(items, list) else 1)
         if isinstance(doc, dict) and "contents" in doc:
             return json_response(await self._announce_batch(request, doc))
         return json_response(await self._announce_one(request, doc, True))
@@ -786,6 +813,8 @@ class Edge:
             answer["relay_via"] = via
         elif relay_url is None and self._promoted(request, doc, user, cid):
             answer["promoted"] = True
+        elif relay_url is None and (tracker := self._subtracker(request, doc, user)) is not None:
+            answer["tracker"] = tracker
         for kind, nbytes in usage.items():
             self.account(grant, request, signed, kind, nbytes)
         peer, region = (request.remote or "", doc["peer_id"]), self.region_name(request)
@@ -823,12 +852,17 @@ class Edge:
         """A reachable peer's announce, for the promoter; whether that peer is promoted (module policy/promotion.py)."""
         if self.promoter is None or not isinstance(doc.get("port"), int):
             return False
-        address = request.remote or ""
-        key = f"{owner_of(address, user)}/{doc['peer_id']}"
-        url = peer_url(address, doc["port"])
+        key, url = _promotion_key(request, doc, user)
         return self.promoter.observe(
             time.monotonic(), key, url, self.region_name(request), cid, doc.get("uploaded", 0), doc["event"] == "stopped"
         )
+
+    def _subtracker(self, request: web.Request, doc: dict, user: str | None) -> str | None:
+        """The promoted peer of its region a reachable, unpromoted peer sends its refreshes to (``tracker``); None: us."""
+        if self.promoter is None or not isinstance(doc.get("port"), int) or doc["event"] == "stopped":
+            return None
+        key, url = _promotion_key(request, doc, user)
+        return self.promoter.tracker_for(self.region_name(request), key, url)
 
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
@@ -862,7 +896,7 @@ class Edge:
                 "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 "contents": sorted(contents, key=lambda c: c["path"]),
-                **({"p2p": await self._p2p_status()} if self.tracker else {}),
+                **({"p2p": await self._p2p_status(), "announces": self._announce_load()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
                 **({"relay": self.relay.status()} if self.relay else {}),
                 **({"promotion": self.promoter.status()} if self.promoter else {}),
@@ -941,6 +975,12 @@ class Edge:
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+def _promotion_key(request: web.Request, doc: dict, user: str | None) -> tuple[str, str]:
+    """A checked announce's peer as the promoter knows it: (owner/peer id, upload URL)."""
+    address = request.remote or ""
+    return f"{owner_of(address, user)}/{doc['peer_id']}", peer_url(address, doc["port"])
 
 
 def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -45,18 +45,20 @@ from edgeswarm.policy.choker import Choker
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.subtracking import AnnounceRoute
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
-from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import have_response, json_response, piece_index
 from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
+from edgeswarm.roles.subtracker import SubTracker
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamAbused, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore, make_cache
@@ -212,6 +214,14 @@ class Peer:
         self.relay = RelayClient(self) if config.unreachable else None  # --unreachable: neighbours reach us through our edges
         self.hosting: RelayHub | None = None  # promoted by an edge: we relay for our region's unreachable peers
         self._promoted_by: dict[str, bool] = {}  # edge -> whether its last answer promoted us
+        self.subtracker = SubTracker(  # promoted by an edge: POST /announce here for part of its region (roles/subtracker.py)
+            lambda raw, cid, peer_id: self.verify_ticket(raw, cid, peer_id, self._promoting_edges()),
+            self._subtracker_manifest,
+            lambda cid: self.store.held(cid) if self.store is not None and self.store.manifest(cid) else None,
+            self.peer_id,
+        )
+        self.metrics.registry.register(self.subtracker)
+        self.route = AnnounceRoute()  # which rounds of announces go to the sub-tracker an edge named (policy/subtracking.py)
         self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
         self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
         for q in ("p50", "p95"):
@@ -264,21 +274,33 @@ class Peer:
         if not self.token:
             return
         try:
-            raw = tokens.from_request(request.headers, request.query)
-            if raw is None:
-                raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
-            try:
-                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
-            except tokens.TokenError as exc:
-                if exc.status != 401 or "not signed" not in exc.message:
-                    raise
-                await self.learn_ticket_keys(again=True)  # perhaps an edge has a new key
-                ticket = tokens.verify_ticket(raw, list(self.ticket_keys.values()), cid)
-            if ticket.peer_id != request.headers.get(PEER_HEADER):
-                raise tokens.TokenError(403, f"this ticket is peer {ticket.peer_id[:64]}'s, not yours")
+            await self.verify_ticket(tokens.from_request(request.headers, request.query), cid, request.headers.get(PEER_HEADER))
         except tokens.TokenError as exc:
             self.metrics.events[("refused_ticket", "")] += 1
             raise access.denied(exc) from None
+
+    async def verify_ticket(self, raw: str | None, cid: str, peer_id: str | None, edges: list[str] | None = None) -> tokens.Ticket:
+        """A swarm ticket signed by one of ``edges`` (default: all of ours), for ``cid`` and ``peer_id``: else TokenError 401/403.
+
+        A ticket signed by no known key makes us fetch our edges' keys again
+        first (at most every 10 s): an edge's key changes when its cache is rebuilt.
+        """
+        if raw is None:
+            raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
+
+        def keys() -> list[Ed25519PublicKey]:
+            return [k for e, k in self.ticket_keys.items() if edges is None or e in edges]
+
+        try:
+            ticket = tokens.verify_ticket(raw, keys(), cid)
+        except tokens.TokenError as exc:
+            if exc.status != 401 or "not signed" not in exc.message:
+                raise
+            await self.learn_ticket_keys(again=True)  # perhaps an edge has a new key
+            ticket = tokens.verify_ticket(raw, keys(), cid)
+        if ticket.peer_id != peer_id:
+            raise tokens.TokenError(403, f"this ticket is peer {ticket.peer_id[:64]}'s, not yours")
+        return ticket
 
     async def content_key(self, signed: SignedManifest) -> bytes:
         """A protected file's key from an edge (which checks our token); kept in memory, never on disk."""
@@ -489,6 +511,8 @@ class Peer:
     def use_edges(self, urls: list[str]) -> None:
         """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list."""
         new = [u for u in urls if u not in self.edges]
+        for gone in set(self.edges) - set(urls):
+            self.route.forget(gone)
         self.edges[:] = urls
         self._p2p_edges.intersection_update(urls)
         self._p2p_edges.update(new)
@@ -537,15 +561,12 @@ class Peer:
         and a swarm created in between (`edgeswarm get`'s, as its manifest
         arrives) is not in ``cids``, so its hurry must outlive this announce.
         """
-        if edge in self._single:
-            results = await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids))
-        else:
-            ordered = sorted(cids)
-            chunks = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)] or []
-            results = await asyncio.gather(*(self._announce_batch(edge, chunk, event) for chunk in chunks))
-        failed = [why for why in results if why]
-        if event == "stopped":
+        if event == "update" and await self._to_subtracker(edge, cids, started):
             return
+        if event == "stopped":
+            await asyncio.gather(self._announce_edge(edge, cids, event), self._stop_at_subtracker(edge, cids))
+            return
+        failed = [why for why in await self._announce_edge(edge, cids, event) if why]
         now = time.monotonic()
         if failed:
             delay = self.schedule.failed(edge, now)
@@ -553,6 +574,71 @@ class Peer:
         elif self.schedule.succeeded(edge, now, started) and edge in self._p2p_edges:
             log.info("%s answers announces again", edge)
             self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
+
+    async def _announce_edge(self, edge: str, cids: set[str], event: str) -> list[str | None]:
+        """The round to the edge itself: why each request failed, if it did."""
+        if edge in self._single:
+            return await asyncio.gather(*(self._announce(edge, cid, event) for cid in cids))
+        ordered = sorted(cids)
+        chunks = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
+        return await asyncio.gather(*(self._announce_batch(edge, chunk, event) for chunk in chunks))
+
+    async def _to_subtracker(self, edge: str, cids: set[str], started: float) -> bool:
+        """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; False: announce to the edge.
+
+        policy/subtracking.py decides; any failure of the sub-tracker sends
+        the round to the edge at once and forgets it until an edge answer
+        names one again.
+        """
+        parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "update")) is not None}
+        news = any(item["event"] != "update" or cid not in self.tickets for cid, (item, _, _) in parts.items())
+        tracker = self.route.target(edge, time.monotonic(), self.schedule.interval, news)
+        if tracker is None or not parts:
+            return False
+        why = await self._announce_subtracker(tracker, parts, "update")
+        if why is not None:
+            self.route.failed(edge)
+            log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
+            return False
+        self.route.answered()
+        self.schedule.succeeded(edge, time.monotonic(), started)
+        return True
+
+    async def _stop_at_subtracker(self, edge: str, cids: set[str]) -> None:
+        """Shutting down: tell the sub-tracker ``edge`` named too, beside the edge, or it would hand us out for a ttl (best effort)."""
+        tracker = self.route.named(edge)
+        parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "stopped")) is not None}
+        if tracker is not None and parts:
+            await self._announce_subtracker(tracker, parts, "stopped")
+
+    async def _announce_subtracker(self, tracker: str, parts: dict[str, tuple[dict, dict, int]], event: str) -> str | None:
+        """The items to a sub-tracker, with their edge tickets and without usage (the edge's alone); why it failed, if it did."""
+        ordered = list(parts.items())
+        for i in range(0, len(ordered), BATCH):
+            chunk = ordered[i : i + BATCH]
+            items = [
+                {**{k: v for k, v in item.items() if k != "usage"}, "event": event, "ticket": self.tickets.get(cid)}
+                for cid, (item, _, _) in chunk
+            ]
+            try:
+                reply = await self.upstream.request(
+                    "POST", tracker, "/announce", None, 5.0, {**self._head(), "contents": items}, MAX_ANNOUNCE * 4
+                )
+                if reply.status != 200:
+                    return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+                answers = json.loads(reply.body)["contents"]
+                if event == "stopped":
+                    continue
+                for cid, (_, _, count) in chunk:
+                    one = answers[cid]
+                    if "error" in one:
+                        return f"content {cid[:12]}: {one['error']}"
+                    self._take_answer(cid, count, {"peers": one["peers"]})
+            except UpstreamError as exc:
+                return exc.message
+            except (ValueError, KeyError, TypeError) as exc:
+                return f"an answer that does not parse ({exc.__class__.__name__})"
+        return None
 
     def _item(self, edge: str, cid: str, event: str) -> tuple[dict, dict[str, tuple[str, int]], int] | None:
         """One content's part of an announce: its fields, the usage it reports (and to whom), its piece count."""
@@ -596,13 +682,18 @@ class Peer:
             self.relay.via[edge] = answer["relay_via"] if isinstance(answer.get("relay_via"), str) else None
         elif item["event"] != "stopped":
             self._promote(edge, answer.get("promoted") is True)
+            tracker = answer.get("tracker")
+            self.route.edge_answered(edge, time.monotonic(), tracker if isinstance(tracker, str) and tracker.startswith("http") else None)
         self._take_answer(cid, count, answer)
+        if isinstance(answer.get("peers"), list):
+            self.subtracker.edge_listed(cid, count, answer["peers"])
 
     def _promote(self, edge: str, promoted: bool) -> None:
-        """An edge promoted us (a relay for its unreachable peers), or no longer does: host the relay while any edge wants it."""
+        """An edge promoted us (a relay for its unreachable peers, a sub-tracker for others), or no longer does: both while any edge wants it."""
         self._promoted_by[edge] = promoted
         if any(self._promoted_by.values()) and self.hosting is None:
-            log.info("promoted by %s: relaying for its region's unreachable peers", edge)
+            log.info("promoted by %s: relaying for its region's unreachable peers and tracking for some of its others", edge)
+            self.subtracker.start(self.schedule.interval, self.region)
             self.hosting = RelayHub(
                 RelayLimits(peers=64, timeout=self.upstream.timeout),
                 lambda cid: self.store.manifest(cid) if self.store is not None else None,
@@ -610,9 +701,30 @@ class Peer:
                 unknown_piece_limit=MAX_RELAYED_PIECE,
             )
         elif not any(self._promoted_by.values()) and self.hosting is not None:
-            log.info("demoted: no edge wants this peer as a relay any more")
+            log.info("demoted: no edge wants this peer as a relay or sub-tracker any more")
+            self.subtracker.stop()
             hub, self.hosting = self.hosting, None
             asyncio.get_running_loop().create_task(hub.close())
+
+    def _promoting_edges(self) -> list[str]:
+        """The edges whose answers promote us: a sub-tracker takes only their tickets."""
+        return [e for e, promoted in self._promoted_by.items() if promoted]
+
+    async def _subtracker_manifest(self, cid: str) -> Manifest:
+        """A content's manifest for the sub-tracker: ours, else from an edge that promoted us (checked and kept); else 404/502."""
+        store = await self._store()
+        signed = store.manifest(cid)
+        problems = []
+        for edge in [] if signed is not None else self._promoting_edges():
+            try:
+                signed = await self.manifests.by_id(store, edge, cid)
+                break
+            except HttpError as exc:
+                problems.append(exc)
+        if signed is None:
+            status = 404 if all(p.status == 404 for p in problems) else 502
+            raise HttpError(status, f"content {cid[:12]} is unknown here: {'; '.join(p.message for p in problems) or 'no edge to ask'}")
+        return signed.manifest
 
     def _head(self, edge: str = "") -> dict:
         latency = self.have_latency.percentiles()
@@ -724,7 +836,7 @@ class Peer:
     def _take_answer(self, cid: str, count: int, doc: dict) -> None:
         try:
             self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
-            self._learn_region(doc.get("region"))
+            self._learn_region(doc.get("region", self.region))  # a sub-tracker's answer says nothing of it
             if isinstance(doc.get("ticket"), str):
                 self.tickets[cid] = doc["ticket"]
             peers = [
@@ -784,6 +896,8 @@ class Peer:
                 "have_subscribers": self.havefeed.count(),
                 **({"relay": self.relay.status()} if self.relay else {}),
                 **({"relaying_for": self.hosting.status()} if self.hosting else {}),
+                "subtracker": self.subtracker.status(),
+                "announce_route": self.route.status(),
             }
         )
 
@@ -888,6 +1002,7 @@ class Peer:
         app.router.add_get("/have/{cid}", self.get_have)
         app.router.add_get("/relay", self.get_relay)
         app.router.add_get("/relay/{rid}/" + TAIL, self.get_relayed)
+        app.router.add_post("/announce", self.subtracker.post_announce)
         app.middlewares.append(relayed_middleware(self.relay))
         app.on_shutdown.append(lambda _: self._end_streams())
 

@@ -1,0 +1,280 @@
+"""A promoted peer's sub-tracker: ``POST /announce`` on its upload server, for the peers of its region its edge sends there.
+
+Issue 14, item 3.  An edge with promoted peers names one of them in the
+answers to its region's other reachable peers (``"tracker": URL``,
+policy/promotion.py); those send their neighbour-list refreshes here and
+announce to the edge itself less often (policy/subtracking.py), so the
+edge's announce load falls.  Trust is unchanged:
+
+- an item is taken only with a swarm ticket the edge that promoted us signed,
+  for that content and that peer id (missing or invalid: 401; another
+  content's or another peer's: 403), checked before anything else;
+- we never mint tickets: answers carry none, the peer keeps its edge's;
+- no usage is booked here: the peer reports it to its edge.
+
+The tracking is the edge's own sans-IO ``Tracker`` over a memory store, with
+its limits (rate and ids per address, batches of at most 100, the 64 KiB
+body cap of every app).  An answer ranks, with the edge's ranking code, the
+peers that announce here, the peers our edge's last answers listed (all of
+the region, whoever they announce to), and ourselves when we hold the
+content: at most 30, never the asker.  While no edge promotes us, every
+announce is a 404, so our peers go back to their edge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from edgeswarm.errors import HttpError
+from edgeswarm.policy import bitfield
+from edgeswarm.policy.regions import Region
+from edgeswarm.policy.tracker import (
+    AnnounceRecord,
+    OutOfOrder,
+    PeerRecord,
+    Refused,
+    Tracker,
+    address_group,
+    handout,
+    labels,
+    owner_of,
+    peer_url,
+)
+from edgeswarm.protocol.httpspec import check_json_body
+from edgeswarm.protocol.manifest import Manifest, is_content_id
+from edgeswarm.protocol.wire import json_response
+from edgeswarm.roles.announce import check_announce
+from edgeswarm.trust import access, tokens
+
+MAX_BATCH = 100  # contents in one announce, as at an edge
+SHARED = ("peer_id", "port", "have_latency")  # a batch's fields that hold for each of its items
+
+VerifyTicket = Callable[[str | None, str, str | None], Awaitable[tokens.Ticket]]
+ManifestOf = Callable[[str], Awaitable[Manifest]]
+Held = Callable[[str], set[int] | None]
+
+
+class SubTracker:
+    """The sub-tracker of one promoted peer: inactive (404) until ``start``, and again after ``stop``."""
+
+    def __init__(self, verify: VerifyTicket, manifest_of: ManifestOf, held: Held, self_id: str):
+        self.verify, self.manifest_of, self.held, self.self_id = verify, manifest_of, held, self_id
+        self.tracker: Tracker | None = None  # while promoted
+        self.region: Region | None = None
+        self.interval = 0.0
+        self.heard: dict[str, tuple[float, list[PeerRecord]]] = {}  # cid -> (when, the peers our edge's last answer listed)
+        self._expired = 0.0
+        self.counts: Counter[str] = Counter()  # announces (requests) and contents answered, refused by status: kept across promotions
+
+    @property
+    def active(self) -> bool:
+        return self.tracker is not None
+
+    def start(self, interval: float, region: str | None) -> None:
+        """Promoted: track from now, forgetting for a record what the edge forgets (three intervals of silence)."""
+        self.interval = interval
+        self.region = Region(region, "") if region is not None else None
+        self.tracker = Tracker(locality="prefer", ttl=3 * interval)
+        self._expired = time.monotonic()
+
+    def stop(self) -> None:
+        """Demoted: forget everything; announces get 404 and their senders go back to their edge."""
+        self.tracker = None
+        self.heard.clear()
+
+    def edge_listed(self, cid: str, count: int, peers: list[dict]) -> None:
+        """Our edge's answer for ``cid`` listed these peers (wire form): they are in our answers too, until a ttl passes."""
+        if self.tracker is None:
+            return
+        records = []
+        for p in peers:
+            try:
+                records.append(_listed(p, count))
+            except (KeyError, TypeError, ValueError):
+                continue  # the peer's own parsing of the answer says so, once
+        self.heard[cid] = (time.monotonic(), records)
+
+    # -- POST /announce -------------------------------------------------------------------
+    async def post_announce(self, request: web.Request) -> web.Response:
+        """One content (``content``) or a batch (``contents``), as at an edge (docs/protocol.md#sub-trackers)."""
+        if self.tracker is None:
+            raise HttpError(404, "this peer is not a sub-tracker now (no edge promotes it): announce to your edge")
+        check_json_body(request.headers)
+        try:
+            doc = json.loads(await request.read())
+        except (ValueError, RecursionError):
+            raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
+        await self._expire()
+        self.counts["announces"] += 1
+        try:
+            if isinstance(doc, dict) and "contents" in doc:
+                return json_response(await self._batch(request, doc))
+            ticket = doc.get("ticket") if isinstance(doc, dict) else None
+            raw = ticket if isinstance(ticket, str) else tokens.from_request(request.headers, request.query)
+            return json_response(await self._one(request, doc, True, raw))
+        except HttpError as exc:
+            self.counts[f"refused_{exc.status}"] += 1
+            raise
+
+    async def _batch(self, request: web.Request, doc: dict) -> dict:
+        """Each item as a single announce, with its own ``ticket``; a refused item gets its error in its place."""
+        items = doc["contents"]
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
+            raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
+        shared = {k: doc[k] for k in SHARED if k in doc}
+        answers: dict[str, dict] = {}
+        charged = False
+        for item in items:
+            cid = item.get("content")
+            raw = item.get("ticket")
+            try:
+                answer = await self._one(request, {**item, **shared}, not charged, raw if isinstance(raw, str) else None)
+                charged = True
+            except HttpError as exc:
+                if exc.status == 429 and not charged:
+                    raise
+                self.counts[f"refused_{exc.status}"] += 1
+                answer = {"error": {"status": exc.status, "message": exc.message}}
+            if isinstance(cid, str) and is_content_id(cid):
+                answers[cid] = answer
+        return {"interval": self.interval, "region": self.region.name if self.region else None, "contents": answers}
+
+    async def _one(self, request: web.Request, doc: object, charge: bool, raw: str | None) -> dict:
+        """The checks in order: content id (400), ticket (401/403), manifest (404), fields (400), limits (429), after stopped (409)."""
+        assert self.tracker is not None
+        cid = doc.get("content") if isinstance(doc, dict) else None
+        if not isinstance(cid, str) or not is_content_id(cid):
+            raise HttpError(400, "announce field 'content' is missing or not a content id")
+        assert isinstance(doc, dict)
+        if doc.get("relay") is True:
+            raise HttpError(400, "a sub-tracker tracks reachable peers only: announce with 'relay' to your edge")
+        try:
+            ticket = await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
+        except tokens.TokenError as exc:
+            raise access.denied(exc) from None
+        manifest = await self.manifest_of(cid)
+        a, have = check_announce(doc, manifest)
+        user = None if ticket.user == access.ANONYMOUS else ticket.user
+        address = request.remote or ""
+        record = AnnounceRecord(
+            cid=cid,
+            peer_id=a.peer_id,
+            url=peer_url(address, a.port),
+            address=address,
+            region=self.region,
+            have=have,
+            piece_count=manifest.piece_count,
+            uploaded=a.uploaded,
+            downloaded=a.downloaded,
+            event=a.event,
+            user=user,
+        )
+        try:
+            ours = await self.tracker.announce(time.monotonic(), record, charge)
+        except Refused as exc:
+            raise HttpError(429, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))}) from None
+        except OutOfOrder as exc:
+            raise HttpError(409, str(exc)) from None
+        self.counts["contents"] += 1
+        if a.event == "stopped":
+            return {"peers": []}
+        asker = _asker(record)
+        answer = handout(
+            asker, self._candidates(request, record, ours), "prefer", self.tracker.max_answer, self.tracker.limits.answer_per_address
+        )
+        return {"peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)]}
+
+    def _candidates(self, request: web.Request, asker: AnnounceRecord, ours: list[PeerRecord]) -> list[PeerRecord]:
+        """Our announcers' best, then the peers our edge listed, then ourselves: each URL once, never the asker's."""
+        out: dict[str, PeerRecord] = {}
+        when, listed = self.heard.get(asker.cid, (0.0, []))
+        fresh = listed if time.monotonic() - when <= 3 * self.interval else []
+        for rec in [*ours, *fresh, *self._ourselves(request, asker)]:
+            if rec.url != asker.url and rec.url not in out:
+                out[rec.url] = rec
+        return list(out.values())
+
+    def _ourselves(self, request: web.Request, asker: AnnounceRecord) -> list[PeerRecord]:
+        """This peer, at the URL the asker reached it by, when it holds any of the content."""
+        held = self.held(asker.cid)
+        if not held:
+            return []
+        url = f"http://{request.host}"
+        mask = bitfield.to_mask(held, asker.piece_count)
+        rec = PeerRecord.from_mask(
+            mask, peer_id=self.self_id, url=url, address=urlsplit(url).hostname or "", region=self.region, piece_count=asker.piece_count
+        )
+        rec.owner, rec.group = "self", address_group(rec.address)
+        return [rec]
+
+    async def _expire(self) -> None:
+        """Forget silent announcers once an interval (the edge runs the same expiry on a timer)."""
+        now = time.monotonic()
+        if self.tracker is not None and now - self._expired >= self.interval:
+            self._expired = now
+            await self.tracker.expire(now)
+            for cid in [c for c, (when, _) in self.heard.items() if now - when > 3 * self.interval]:
+                del self.heard[cid]
+
+    # -- what it shows -------------------------------------------------------------------------
+    def peers_known(self) -> int:
+        """Distinct peers in our answers' reach: our announcers, and those our edge listed."""
+        ours = self.tracker.state_size()["identities"] if self.tracker else 0
+        return ours + len({r.url for _, listed in self.heard.values() for r in listed})
+
+    def status(self) -> dict[str, object]:
+        return {
+            "active": self.active,
+            "announces": self.counts["announces"],
+            "contents": self.counts["contents"],
+            "refused": {k.removeprefix("refused_"): n for k, n in sorted(self.counts.items()) if k.startswith("refused_")},
+            "announcers": self.tracker.state_size()["identities"] if self.tracker else 0,
+            "peers_known": self.peers_known(),
+        }
+
+    def collect(self) -> list:
+        """/metrics: a Prometheus collector's families (the peer's registry calls it)."""
+        announces = CounterMetricFamily("edgeswarm_subtracker_announces", "POST /announce requests this peer answered as a sub-tracker")
+        announces.add_metric([], self.counts["announces"])
+        contents = CounterMetricFamily("edgeswarm_subtracker_announce_contents", "Contents announced to this peer as a sub-tracker, taken")
+        contents.add_metric([], self.counts["contents"])
+        refused = CounterMetricFamily(
+            "edgeswarm_subtracker_refused", "Sub-tracker announces or items refused, by status", labels=["status"]
+        )
+        for k, n in self.counts.items():
+            if k.startswith("refused_"):
+                refused.add_metric([k.removeprefix("refused_")], n)
+        active = GaugeMetricFamily("edgeswarm_subtracker_active", "1 while an edge promotes this peer and it answers announces")
+        active.add_metric([], int(self.active))
+        known = GaugeMetricFamily("edgeswarm_subtracker_peers", "Peers this sub-tracker knows: its announcers and those its edge listed")
+        known.add_metric([], self.peers_known())
+        return [announces, contents, refused, active, known]
+
+
+def _asker(record: AnnounceRecord) -> PeerRecord:
+    """The asker as the ranking sees it (the tracker keeps its own copy)."""
+    assert isinstance(record.have, int)
+    rec = PeerRecord.from_mask(
+        record.have, peer_id=record.peer_id, url=record.url, address=record.address, region=record.region, piece_count=record.piece_count
+    )
+    rec.owner, rec.group = owner_of(record.address, record.user), address_group(record.address)
+    return rec
+
+
+def _listed(p: dict, count: int) -> PeerRecord:
+    """A peer from our edge's answer, as a record to rank: owned by the edge's label for it, never one of our announcers' keys."""
+    url = str(p["url"])
+    address = urlsplit(url).hostname or ""
+    region = Region(p["region"], "") if isinstance(p.get("region"), str) else None
+    rec = PeerRecord.from_mask(
+        bitfield.decode_mask(str(p["have"]), count), peer_id=str(p["peer_id"]), url=url, address=address, region=region, piece_count=count
+    )
+    rec.owner, rec.group = f"edge:{url}", address_group(address)
+    return rec

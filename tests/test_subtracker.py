@@ -1,0 +1,168 @@
+"""Promoted peers as sub-trackers (issue 14, item 3): real daemons on loopback.
+
+One peer uploads fast and is promoted; the edge's answers to the others name
+it as their tracker, and they send their refreshes there, announcing to the
+edge only every other interval: the edge's announce load falls while the
+sub-tracker's counter rises, and downloads still complete byte-identical.
+The sub-tracker takes only the edge's tickets, for that content and peer.
+Killed, it is demoted; its peers go back to the edge and keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from conftest import content_id, make_file, post, sha, start_p2p_edge, start_peer, status
+
+from edgeswarm.policy import bitfield
+from edgeswarm.trust import tokens
+from edgeswarm.trust.signing import load_or_create_private_key
+
+SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
+PIECES = 8
+REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
+SLOW = "2KB/s"  # the other peers' upload cap: far below --promote-upload, so only the fast one is promoted
+
+
+async def until(check, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.3)
+
+
+async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
+    st = await status(http, peer.urls["gateway"])
+    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
+
+
+async def identical(http: aiohttp.ClientSession, peer, data: bytes) -> None:
+    async with http.get(peer.urls["gateway"] + "/p.bin") as resp:
+        assert resp.status == 200 and sha(await resp.read()) == sha(data)
+
+
+async def sub_tracked(http: aiohttp.ClientSession, peer, tracker: str) -> bool:
+    """``peer`` has had rounds answered by ``tracker``, which its edge names now."""
+    route = (await status(http, peer.urls["gateway"]))["announce_route"]
+    return tracker in route["named"].values() and route["rounds_answered"] >= 2
+
+
+async def load(http: aiohttp.ClientSession, edge: str, sub: str) -> tuple[int, int]:
+    """(announces the edge received, announces the sub-tracker answered), in all so far."""
+    return (await status(http, edge))["announces"]["requests"], (await status(http, sub))["subtracker"]["announces"]
+
+
+async def test_a_promoted_peer_tracks_for_its_region_and_its_peers_go_back_to_the_edge_when_it_is_killed(
+    tmp_path, nodes, origin, published, regions, http
+):
+    data = make_file(published / "p.bin", SIZE)
+    edge = start_p2p_edge(
+        nodes, tmp_path, origin.url, regions, "--announce-interval", "1", "--upload-limit", "600KB/s",
+        "--promote-upload", "50KB/s", "--promote-uptime", "1",
+    )  # fmt: skip
+    fast = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "fast", "300KB/s")
+    await post(http, fast, "/p.bin")
+    await until(lambda: complete(http, fast), 60, "the fast peer's download")
+    slow = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i}", f"slow{i}", SLOW) for i in (2, 3)]
+    for p in slow:
+        await post(http, p, "/p.bin")
+    promoted = await until(lambda: _promoted(http, edge.url), 60, "a promotion")
+    assert promoted == [fast.urls["upload"]]
+    for p in slow:
+        await until(lambda p=p: complete(http, p), 90, "the slow peers' downloads")
+        await until(lambda p=p: sub_tracked(http, p, fast.urls["upload"]), 30, "refreshes at the sub-tracker")
+    assert (await status(http, edge.url))["promotion"]["subtracker_assignments"] == 2
+
+    edge_before, sub_before = await load(http, edge.url, fast.urls["gateway"])
+    await asyncio.sleep(6)
+    edge_after, sub_after = await load(http, edge.url, fast.urls["gateway"])
+    at_edge, at_sub = edge_after - edge_before, sub_after - sub_before
+    # each interval: the promoted peer at the edge, each other peer at the edge or (every other round) the sub-tracker
+    assert at_sub >= 2 and at_sub >= 0.2 * (at_edge + at_sub), (at_edge, at_sub)
+    sub = (await status(http, fast.urls["gateway"]))["subtracker"]
+    assert sub["active"] and sub["peers_known"] >= 2 and not sub["refused"], sub
+    async with http.get(fast.urls["gateway"] + "/metrics") as resp:
+        assert "edgeswarm_subtracker_announces_total" in await resp.text()
+
+    viewer = start_peer(nodes, tmp_path, edge.url, "127.1.0.4", "viewer", SLOW)
+    await post(http, viewer, "/p.bin")
+    await until(lambda: complete(http, viewer), 90, "the viewer's download")
+    await identical(http, viewer, data)
+    await until(lambda: sub_tracked(http, viewer, fast.urls["upload"]), 30, "the viewer's refreshes at the sub-tracker")
+    st = await status(http, viewer.urls["gateway"])
+    assert st["swarms"][0]["neighbours"], st["swarms"][0]
+
+    fast.kill()
+    await until(lambda: _demoted(http, edge.url), 20, "the demotion of the killed peer")
+    for p in [*slow, viewer]:
+        await until(lambda p=p: _back_at_edge(http, p), 20, "the peers back at their edge")
+    late = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "late", SLOW)
+    await post(http, late, "/p.bin")
+    await until(lambda: complete(http, late), 90, "a download after the demotion")
+    await identical(http, late, data)
+    assert (await status(http, edge.url))["promotion"]["subtracker_assignments"] == 0
+
+
+async def test_a_sub_tracker_takes_only_its_edges_tickets_for_that_content_and_peer(tmp_path, nodes, origin, published, regions, http):
+    make_file(published / "p.bin", SIZE)
+    make_file(published / "q.bin", SIZE // 2)
+    edge = start_p2p_edge(
+        nodes, tmp_path, origin.url, regions, "--announce-interval", "1", "--upload-limit", "600KB/s",
+        "--promote-upload", "50KB/s", "--promote-uptime", "1",
+    )  # fmt: skip
+    fast = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "fast", "300KB/s")
+    slow = start_peer(nodes, tmp_path, edge.url, "127.1.0.2", "slow", SLOW)
+    await post(http, fast, "/p.bin")
+    await until(lambda: complete(http, fast), 60, "the fast peer's download")
+    async with http.post(fast.urls["upload"] + "/announce", json={}) as resp:
+        assert resp.status == 404, await resp.text()  # not promoted yet: not a sub-tracker
+    await post(http, slow, "/p.bin")
+    await until(lambda: _promoted(http, edge.url), 60, "a promotion")
+
+    cid, other = await content_id(http, edge.url, "p.bin"), await content_id(http, edge.url, "q.bin")
+    key = load_or_create_private_key(tmp_path / "edge" / "swarm.key")
+    doc = {"peer_id": "probe", "port": 7000, "content": cid, "pieces": PIECES, "have": bitfield.encode((), PIECES)}
+    doc |= {"uploaded": 0, "downloaded": 0, "event": "started"}
+    url = fast.urls["upload"] + "/announce"
+
+    async def announce(body: dict) -> tuple[int, dict | str]:
+        async with http.post(url, json=body) as resp:
+            return resp.status, (await resp.json() if resp.status == 200 else await resp.text())
+
+    assert (await announce(doc))[0] == 401  # no ticket
+    forged = tokens.issue_ticket(load_or_create_private_key(tmp_path / "stranger.key"), "probe", "-", cid, 60)
+    assert (await announce({**doc, "ticket": forged}))[0] == 401  # not signed by its edge
+    assert (await announce({**doc, "ticket": tokens.issue_ticket(key, "probe", "-", other, 60)}))[0] == 403  # another content's
+    assert (await announce({**doc, "ticket": tokens.issue_ticket(key, "someone", "-", cid, 60)}))[0] == 403  # another peer's
+    code, answer = await announce({**doc, "ticket": tokens.issue_ticket(key, "probe", "-", cid, 60)})
+    assert code == 200 and isinstance(answer, dict) and "ticket" not in answer, answer
+    urls = {p["url"] for p in answer["peers"]}
+    assert fast.urls["upload"] in urls and all(p["peer_id"] != "probe" for p in answer["peers"]), answer  # itself, never the asker
+
+    batch = {"peer_id": "probe", "port": 7000, "contents": [{k: v for k, v in doc.items() if k not in ("peer_id", "port")}]}
+    code, answer = await announce(batch)
+    assert code == 200 and answer["contents"][cid]["error"]["status"] == 401, answer  # a batch: the item refused, in its place
+    async with http.post(url, json={**batch, "contents": []}) as resp:
+        assert resp.status == 400
+    async with http.post(url, data=b"{", headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+    st = (await status(http, fast.urls["gateway"]))["subtracker"]
+    assert st["refused"]["401"] >= 3 and st["refused"]["403"] == 2, st
+
+
+async def _promoted(http: aiohttp.ClientSession, edge: str) -> list[str]:
+    return (await status(http, edge))["promotion"]["promoted"]
+
+
+async def _demoted(http: aiohttp.ClientSession, edge: str) -> bool:
+    promotion = (await status(http, edge))["promotion"]
+    return not promotion["promoted"] and promotion["demotions"] >= 1
+
+
+async def _back_at_edge(http: aiohttp.ClientSession, peer) -> bool:
+    return not (await status(http, peer.urls["gateway"]))["announce_route"]["named"]
