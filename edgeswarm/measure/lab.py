@@ -134,6 +134,7 @@ class User:
     uploaded: int = 0  # bytes sent to peers over its earlier lives
     up_last: int = 0  # this life's, as last sampled
     relayed: int = 0  # bytes it relayed for unreachable peers while promoted, as last sampled (the most seen: a demotion resets it)
+    tracked: int = 0  # announces it answered as a sub-tracker, as last sampled
 
     def got(self) -> Counter[str]:
         return self.received + self.last
@@ -153,6 +154,8 @@ class Lab:
         self._edge_sent: dict[str, int] = {}
         self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
         self._edge_relay: dict[str, dict] = {}  # region -> its edge's relay figures (its /status "relay")
+        self._announces: dict[str, list[tuple[float, int, int]]] = {}  # region -> (t, requests, contents) its edge had received
+        self._all_done: float | None = None  # when the last user was done (the linger phase starts)
         self._origin_sent = 0
 
     # -- deployment ------------------------------------------------------------------------
@@ -199,11 +202,15 @@ class Lab:
             regions=regions_file,
             locality=self.s.locality,
             upload_limit=rate if rate and self.net.daemon_caps else None,
-            promote_upload=self.s.promote_upload_Bps,
+            promote_upload=self.s.promote_upload_Bps if self._promotes(region) else None,
             announce_interval=self.s.announce_interval or EdgeConfig.announce_interval,
             promote_uptime=self.s.promote_uptime,
         )
         self.edges[region] = await self._start("edge", f"edge-{region}", host, *config.argv())
+
+    def _promotes(self, region: str) -> bool:
+        """Whether this region's edge promotes peers (``promote_regions``: the others are the same run without it)."""
+        return self.s.promote_regions is None or region in self.s.promote_regions
 
     async def _start_peer(self, k: int, region, i: int, tier: Tier, unreachable: bool = False) -> User:
         name = f"peer-{region.name}-{i + 1}"
@@ -252,6 +259,7 @@ class Lab:
             try:
                 async with asyncio.timeout(self.s.timeout_s):  # not wait_for: on Ctrl-C it left the gather's error unretrieved
                     await asyncio.gather(*self._acts(http))
+                await self._linger(http)
             except TimeoutError:
                 self._late()
             finally:
@@ -261,6 +269,13 @@ class Lab:
             await self._sample(http)
             if self.s.kind == "download":
                 await self._verify(http)
+
+    async def _linger(self, http: aiohttp.ClientSession) -> None:
+        """``linger_s``: everyone is done; the peers stay and refresh, and the edges' steady announce load is measured."""
+        await self._sample(http)
+        self._all_done = self.now()
+        if self.s.linger_s:
+            await asyncio.sleep(self.s.linger_s)
 
     def _acts(self, http: aiohttp.ClientSession) -> list:
         """What runs while the users are served: the users (a chaos run adds its faults)."""
@@ -332,6 +347,9 @@ class Lab:
             sent = sum(st["bytes_sent"].values())
             self._edge_p2p[region] = (st.get("p2p") or {}).get("regions", {}).get(region, {})
             self._edge_relay[region] = st.get("relay") or {}
+            ann = st.get("announces")
+            if ann:
+                self._announces.setdefault(region, []).append((t, ann["requests"], ann["contents"]))
             row["edges_Bps"][region] = (sent - self._edge_sent.get(region, 0)) / dt if dt > 0 else 0.0
             self._edge_sent[region] = sent
         if origin is not None:
@@ -347,6 +365,7 @@ class Lab:
         u.last = Counter({k: st["received_by_kind"].get(k, 0) for k in SOURCE_KINDS})
         u.up_last = st.get("uploaded_to_peers", 0)
         u.relayed = max(u.relayed, (st.get("relaying_for") or {}).get("bytes_out", 0))
+        u.tracked = max(u.tracked, (st.get("subtracker") or {}).get("announces", 0))
         if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
             u.done_at = self.now()
 
@@ -413,6 +432,7 @@ class Lab:
         }
         result["playback"] = playback(result["users"]) if s.kind == "vod" else None
         result["relay"] = self._relay_result(edges_total) if s.unreachable else None
+        result["announces"] = self._announce_result() if s.promote_upload else None
         result["model"] = labsim.compare(result)  # what the simulator's model says of the same sessions
         return result
 
@@ -441,6 +461,29 @@ class Lab:
             "edges": {region: r for region, r in self._edge_relay.items()},
         }
 
+    def _announce_result(self) -> dict:
+        """Each edge's announce load: requests (and contents) a second over the run and over the linger phase, and who promotes.
+
+        Sub-trackers lower it: a region whose edge does not promote is the
+        same run without them.  ``subtracker_announces``: what the region's
+        promoted peers answered instead.
+        """
+        out: dict[str, dict] = {}
+        for _, r in self._regions():
+            region, samples = r.name, self._announces.get(r.name, [])
+            users = [u for u in self.users if u.region == region]
+            out[region] = {
+                "promotes": self._promotes(region),
+                "peers": len(users),
+                "requests_per_s": _per_s(samples, 0.0, 1),
+                "contents_per_s": _per_s(samples, 0.0, 2),
+                "linger_requests_per_s": _per_s(samples, self._all_done, 1) if self.s.linger_s else None,
+                "subtracker_announces": sum(u.tracked for u in users),
+                "promoted_peers": sum(1 for u in users if u.tracked),
+                "relay_bytes": self._edge_relay.get(region, {}).get("bytes_out", 0),
+            }
+        return {"linger_s": self.s.linger_s, "regions": out}
+
     def _demand(self, u: User) -> int:
         """What a pure CDN would have sent this user: the whole file, or what its player read."""
         if self.s.kind == "download":
@@ -452,6 +495,14 @@ class Lab:
         ups = [self.s.scaled_Bps(u.tier.up_kbps) for u in users]
         slowest = min(self.s.scaled_Bps(u.tier.down_kbps) for u in users)
         return round(flash_crowd_bound(self.s.size_bytes, len(users), self.s.edge_upload_Bps or math.inf, ups, slowest), 3)
+
+
+def _per_s(samples: list[tuple[float, int, int]], since: float | None, column: int) -> float | None:
+    """The growth of a sampled counter a second, from the first sample at or after ``since`` to the last."""
+    span = [row for row in samples if since is not None and row[0] >= since]
+    if len(span) < 2 or span[-1][0] <= span[0][0]:
+        return None
+    return round((span[-1][column] - span[0][column]) / (span[-1][0] - span[0][0]), 3)
 
 
 async def play(http: aiohttp.ClientSession, url: str, rate: float, watch_s: float, v) -> dict:

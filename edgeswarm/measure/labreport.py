@@ -124,6 +124,23 @@ def print_report(console: Console, r: dict) -> None:
                 else ""
             )
         )
+    an = r.get("announces")
+    if an:
+        for region, a in an["regions"].items():
+            how = (
+                f"promotes ({a['promoted_peers']} sub-trackers answered {a['subtracker_announces']})"
+                if a["promotes"]
+                else "does not promote"
+            )
+            linger = (
+                f", {_rate(a['linger_requests_per_s'])} over the last {an['linger_s']:g} s"
+                if a["linger_requests_per_s"] is not None
+                else ""
+            )
+            console.print(
+                f"announces at edge {region} ({a['peers']} peers), which {how}: {_rate(a['requests_per_s'])} requests a second "
+                f"over the run{linger}; it relayed {format_bytes(a['relay_bytes'])}"
+            )
     m = r.get("model")
     if m:
         t = m["total"]
@@ -336,3 +353,7 @@ def _rebuffer(ax, r: dict) -> None:
     ax.bar(range(len(views)), [100 * u["rebuffer_ratio"] for u in views], color="#d62728")
     ax.set_xlabel("viewer (by name)")
     ax.set_ylabel("% of viewing time stalled")
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"

@@ -94,6 +94,8 @@ class Scenario:
     faults: list[dict] = field(default_factory=list)  # a chaos run's schedule (chaos.py)
     promote_upload: str | None = None  # the edges' --promote-upload (a rate at lab scale): promoted peers relay; none: never
     promote_uptime: float = 300.0  # the edges' --promote-uptime
+    promote_regions: list[str] | None = None  # only these regions' edges promote (the others are the same run without it); none: all
+    linger_s: float = 0.0  # after every user is done, the run goes on this long: peers only refresh (the edges' steady announce load)
     announce_interval: float | None = None  # the edges' --announce-interval; none: the default (promotion measures upload at announces)
     unreachable: float = 0.0  # share of each region's peers that accept no connections (--netns: a firewall): relayed by the edge
 
@@ -211,6 +213,9 @@ def _check(s: Scenario, where: str) -> Scenario:
     need(lv.start_behind >= 1 and lv.buffer_segments >= 1, "live: start_behind and buffer_segments are at least 1")
     need(0 <= s.unreachable <= 1, "unreachable is a share of the peers, 0..1")
     need(s.announce_interval is None or s.announce_interval > 0, "announce_interval must be positive")
+    names = {r.name for r in s.regions}
+    need(s.promote_regions is None or set(s.promote_regions) <= names, "promote_regions must name regions of the scenario")
+    need(s.linger_s >= 0, "linger_s must not be negative")
     c = s.churn
     need(0 <= c.leave <= 1, "churn: leave is a fraction")
     need(0 <= c.between_s[0] <= c.between_s[1] and c.away_s >= 0, "churn: between_s is [from, to], away_s >= 0")
