@@ -38,6 +38,7 @@ from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import (
     AnnounceRecord,
     OutOfOrder,
+    PeerKey,
     PeerRecord,
     Refused,
     Tracker,
@@ -70,6 +71,7 @@ class SubTracker:
         self.region: Region | None = None
         self.interval = 0.0
         self.heard: dict[str, tuple[float, list[PeerRecord]]] = {}  # cid -> (when, the peers our edge's last answer listed)
+        self._announcers: dict[tuple[str, PeerKey], str] = {}  # (cid, owner and peer id) live here -> its URL
         self._expired = 0.0
         self.counts: Counter[str] = Counter()  # announces (requests) and contents answered, refused by status: kept across promotions
 
@@ -88,6 +90,7 @@ class SubTracker:
         """Demoted: forget everything; announces get 404 and their senders go back to their edge."""
         self.tracker = None
         self.heard.clear()
+        self._announcers.clear()
 
     def edge_listed(self, cid: str, count: int, peers: list[dict]) -> None:
         """Our edge's answer for ``cid`` listed these peers (wire form): they are in our answers too, until a ttl passes."""
@@ -183,8 +186,11 @@ class SubTracker:
         except OutOfOrder as exc:
             raise HttpError(409, str(exc)) from None
         self.counts["contents"] += 1
+        key = (cid, (owner_of(address, user), a.peer_id))
         if a.event == "stopped":
+            self._announcers.pop(key, None)
             return {"peers": []}
+        self._announcers[key] = record.url
         asker = _asker(record)
         answer = handout(
             asker, self._candidates(request, record, ours), "prefer", self.tracker.max_answer, self.tracker.limits.answer_per_address
@@ -219,15 +225,15 @@ class SubTracker:
         now = time.monotonic()
         if self.tracker is not None and now - self._expired >= self.interval:
             self._expired = now
-            await self.tracker.expire(now)
+            for cid, rec in await self.tracker.expire(now):
+                self._announcers.pop((cid, rec.key), None)
             for cid in [c for c, (when, _) in self.heard.items() if now - when > 3 * self.interval]:
                 del self.heard[cid]
 
     # -- what it shows -------------------------------------------------------------------------
     def peers_known(self) -> int:
-        """Distinct peers in our answers' reach: our announcers, and those our edge listed."""
-        ours = self.tracker.state_size()["identities"] if self.tracker else 0
-        return ours + len({r.url for _, listed in self.heard.values() for r in listed})
+        """Distinct peers (by URL) in our answers' reach: our announcers, and those our edge listed."""
+        return len(set(self._announcers.values()) | {r.url for _, listed in self.heard.values() for r in listed})
 
     def status(self) -> dict[str, object]:
         return {
