@@ -33,13 +33,23 @@ def test_news_goes_to_the_edge():
 def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
     r = AnnounceRoute()
     r.edge_answered(EDGE, 0, SUB)
-    assert r.failed(EDGE) == SUB and r.named(EDGE) is None
+    assert r.failed(EDGE, 5, 10) == SUB and r.named(EDGE) is None
     assert r.target(EDGE, 10, 10, news=False) is None
     r.edge_answered(EDGE, 10, "http://127.1.0.2:7000")  # the edge's next answer may name another
     assert r.target(EDGE, 20, 10, news=False) == "http://127.1.0.2:7000"
     r.edge_answered(EDGE, 20, None)  # the edge demoted it: no more sub-tracker
     assert r.target(EDGE, 30, 10, news=False) is None
     assert r.status()["fallbacks"] == 1
+
+
+def test_a_failed_sub_tracker_is_set_aside_while_its_edge_may_still_name_it():
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    r.failed(EDGE, 5, 10)  # killed: the edge demotes it only after three silent intervals
+    r.edge_answered(EDGE, 5, SUB)  # so its answers name it meanwhile
+    assert r.target(EDGE, 14, 10, news=False) is None and r.status()["set_aside"] == [SUB]
+    r.edge_answered(EDGE, 34, SUB)  # named again after the set-aside: a restarted one, promoted again
+    assert r.target(EDGE, 44, 10, news=False) == SUB
 
 
 def test_edges_are_routed_apart_and_a_dropped_edge_is_forgotten():

@@ -17,12 +17,16 @@ the edge itself:
 Any failure of the sub-tracker (no connection, a timeout, a 4xx or 5xx, an
 item refused, an answer that does not parse) forgets it: that round goes to
 the edge at once, and the edge's next answer names one again (the same or
-another).
+another).  The one that failed is set aside for ``SET_ASIDE`` intervals,
+the time its edge takes to demote a peer that stopped announcing: a killed
+sub-tracker would otherwise cost each of its peers a failed attempt (up to a
+timeout) every other round until then.
 """
 
 from __future__ import annotations
 
 EDGE_EVERY = 1.5  # intervals after the edge's last answer when the next round goes to the edge again
+SET_ASIDE = 3.0  # intervals a failed sub-tracker is not used, even when named: the edge's silence before it demotes
 
 
 class AnnounceRoute:
@@ -31,6 +35,7 @@ class AnnounceRoute:
     def __init__(self) -> None:
         self._named: dict[str, str] = {}  # edge -> the sub-tracker its last answer named
         self._heard: dict[str, float] = {}  # edge -> when it last took an announce of ours
+        self._aside: dict[str, float] = {}  # sub-tracker that failed -> until when it is not used
         self.to_subtracker = 0  # rounds sent to a sub-tracker and answered
         self.fallbacks = 0  # rounds a sub-tracker failed, sent to the edge instead
 
@@ -45,7 +50,7 @@ class AnnounceRoute:
     def target(self, edge: str, now: float, interval: float, news: bool) -> str | None:
         """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
         tracker = self._named.get(edge)
-        if tracker is None or news:
+        if tracker is None or news or now < self._aside.get(tracker, -float("inf")):
             return None
         if now - self._heard.get(edge, -float("inf")) >= EDGE_EVERY * interval:
             return None
@@ -58,10 +63,14 @@ class AnnounceRoute:
     def answered(self) -> None:
         self.to_subtracker += 1
 
-    def failed(self, edge: str) -> str | None:
-        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again; returns it."""
+    def failed(self, edge: str, now: float, interval: float) -> str | None:
+        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again, and set it aside; returns it."""
         self.fallbacks += 1
-        return self._named.pop(edge, None)
+        tracker = self._named.pop(edge, None)
+        if tracker is not None:
+            self._aside = {t: until for t, until in self._aside.items() if until > now}  # a few at most: dead ones go
+            self._aside[tracker] = now + SET_ASIDE * interval
+        return tracker
 
     def forget(self, edge: str) -> None:
         """An edge we no longer use."""
@@ -69,4 +78,9 @@ class AnnounceRoute:
         self._heard.pop(edge, None)
 
     def status(self) -> dict[str, object]:
-        return {"named": dict(sorted(self._named.items())), "rounds_answered": self.to_subtracker, "fallbacks": self.fallbacks}
+        return {
+            "named": dict(sorted(self._named.items())),
+            "set_aside": sorted(self._aside),
+            "rounds_answered": self.to_subtracker,
+            "fallbacks": self.fallbacks,
+        }

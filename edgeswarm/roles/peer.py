@@ -597,7 +597,7 @@ class Peer:
             return False
         why = await self._announce_subtracker(tracker, parts, "update")
         if why is not None:
-            self.route.failed(edge)
+            self.route.failed(edge, time.monotonic(), self.schedule.interval)
             log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
             return False
         self.route.answered()
