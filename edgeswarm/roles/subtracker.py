@@ -56,6 +56,7 @@ from edgeswarm.trust import access, tokens
 
 MAX_BATCH = 100  # contents in one announce, as at an edge
 SHARED = ("peer_id", "port", "have_latency")  # a batch's fields that hold for each of its items
+NOT_NOW = "this peer is not a sub-tracker now (no edge promotes it): announce to your edge"
 
 VerifyTicket = Callable[[str | None, str, str | None], Awaitable[tokens.Ticket]]
 ManifestOf = Callable[[str], Awaitable[Manifest]]
@@ -85,6 +86,7 @@ class SubTracker:
         self.region = Region(region, "") if region is not None else None
         self.tracker = Tracker(locality="prefer", ttl=3 * interval)
         self._expired = time.monotonic()
+        self._announcers.clear()  # what an announce begun before a demotion left
 
     def stop(self) -> None:
         """Demoted: forget everything; announces get 404 and their senders go back to their edge."""
@@ -106,9 +108,9 @@ class SubTracker:
 
     # -- POST /announce -------------------------------------------------------------------
     async def post_announce(self, request: web.Request) -> web.Response:
-        """One content (``content``) or a batch (``contents``), as at an edge (docs/protocol.md#sub-trackers)."""
+        """One content (``content``) or a batch (``contents``), as at an edge (docs/protocol.md#promoted-peers-as-sub-trackers)."""
         if self.tracker is None:
-            raise HttpError(404, "this peer is not a sub-tracker now (no edge promotes it): announce to your edge")
+            raise HttpError(404, NOT_NOW)
         check_json_body(request.headers)
         try:
             doc = json.loads(await request.read())
@@ -150,8 +152,14 @@ class SubTracker:
         return {"interval": self.interval, "region": self.region.name if self.region else None, "contents": answers}
 
     async def _one(self, request: web.Request, doc: object, charge: bool, raw: str | None) -> dict:
-        """The checks in order: content id (400), ticket (401/403), manifest (404), fields (400), limits (429), after stopped (409)."""
-        assert self.tracker is not None
+        """The checks in order: content id (400), ticket (401/403), manifest (404), fields (400), limits (429), after stopped (409).
+
+        The tracker is taken once: a demotion while a manifest is fetched
+        lets this announce finish on the tracker it began with.
+        """
+        tracker = self.tracker
+        if tracker is None:
+            raise HttpError(404, NOT_NOW)
         cid = doc.get("content") if isinstance(doc, dict) else None
         if not isinstance(cid, str) or not is_content_id(cid):
             raise HttpError(400, "announce field 'content' is missing or not a content id")
@@ -180,7 +188,7 @@ class SubTracker:
             user=user,
         )
         try:
-            ours = await self.tracker.announce(time.monotonic(), record, charge)
+            ours = await tracker.announce(time.monotonic(), record, charge)
         except Refused as exc:
             raise HttpError(429, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))}) from None
         except OutOfOrder as exc:
@@ -192,9 +200,7 @@ class SubTracker:
             return {"peers": []}
         self._announcers[key] = record.url
         asker = _asker(record)
-        answer = handout(
-            asker, self._candidates(request, record, ours), "prefer", self.tracker.max_answer, self.tracker.limits.answer_per_address
-        )
+        answer = handout(asker, self._candidates(request, record, ours), "prefer", tracker.max_answer, tracker.limits.answer_per_address)
         return {"peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)]}
 
     def _candidates(self, request: web.Request, asker: AnnounceRecord, ours: list[PeerRecord]) -> list[PeerRecord]:
