@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeswarm.measure import labsim, scenario
-from edgeswarm.measure.lab import _per_s, _Playback, playback
+from edgeswarm.measure.lab import _Playback, playback
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
@@ -213,10 +213,3 @@ def test_the_live_scenario_is_issue_14s():
     assert s.kind == "live" and s.peers == 24 and len(s.regions) == 2
     assert s.live.duration_s == 180 and s.live.segment_s == 2
     assert s.live.join_s[0] < s.live.join_s[1] <= 60
-
-
-def test_an_edges_announce_load_is_the_growth_of_its_counter_a_second_from_a_phases_start():
-    samples = [(0.0, 0, 0), (10.0, 30, 60), (20.0, 40, 80), (30.0, 50, 100)]  # (t, requests, contents): 3 a second, then 1
-    assert _per_s(samples, 0.0, 1) == round(50 / 30, 3) and _per_s(samples, 0.0, 2) == round(100 / 30, 3)
-    assert _per_s(samples, 10.0, 1) == 1.0  # the linger phase, from the first sample in it
-    assert _per_s(samples, 30.0, 1) is None and _per_s(samples, None, 1) is None  # one sample, or no phase: no rate

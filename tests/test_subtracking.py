@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeswarm.measure.lab import _per_s
 from edgeswarm.policy.ratelimit import RateMeter
 from edgeswarm.policy.subtracking import AnnounceRoute
 
@@ -67,3 +68,10 @@ def test_the_rate_meter_counts_a_second_over_its_window():
         m.add(100 + t, 3)
     assert m.total == 60 and 2.7 <= m.rate(119.5) <= 3.3
     assert m.rate(200) == 0 and m.total == 60
+
+
+def test_the_labs_measure_of_an_edges_announce_load_is_the_growth_of_its_counter_a_second_from_a_phases_start():
+    samples = [(0.0, 0, 0), (10.0, 30, 60), (20.0, 40, 80), (30.0, 50, 100)]  # (t, requests, contents): 3 a second, then 1
+    assert _per_s(samples, 0.0, 1) == round(50 / 30, 3) and _per_s(samples, 0.0, 2) == round(100 / 30, 3)
+    assert _per_s(samples, 10.0, 1) == 1.0  # the linger phase, from the first sample in it
+    assert _per_s(samples, 30.0, 1) is None and _per_s(samples, None, 1) is None  # one sample, or no phase: no rate

@@ -135,6 +135,7 @@ class User:
     up_last: int = 0  # this life's, as last sampled
     relayed: int = 0  # bytes it relayed for unreachable peers while promoted, as last sampled (the most seen: a demotion resets it)
     tracked: int = 0  # announces it answered as a sub-tracker, as last sampled
+    route: dict = field(default_factory=dict)  # its /status "announce_route": rounds sent to a sub-tracker, fallbacks
 
     def got(self) -> Counter[str]:
         return self.received + self.last
@@ -155,6 +156,7 @@ class Lab:
         self._edge_p2p: dict[str, dict] = {}  # region -> what its edge says it sent there and why (its /status "p2p")
         self._edge_relay: dict[str, dict] = {}  # region -> its edge's relay figures (its /status "relay")
         self._announces: dict[str, list[tuple[float, int, int]]] = {}  # region -> (t, requests, contents) its edge had received
+        self._promoted: Counter[str] = Counter()  # region -> the most peers its edge had promoted at once
         self._all_done: float | None = None  # when the last user was done (the linger phase starts)
         self._origin_sent = 0
 
@@ -348,6 +350,7 @@ class Lab:
             self._edge_p2p[region] = (st.get("p2p") or {}).get("regions", {}).get(region, {})
             self._edge_relay[region] = st.get("relay") or {}
             ann = st.get("announces")
+            self._promoted[region] = max(self._promoted[region], len((st.get("promotion") or {}).get("promoted", [])))
             if ann:
                 self._announces.setdefault(region, []).append((t, ann["requests"], ann["contents"]))
             row["edges_Bps"][region] = (sent - self._edge_sent.get(region, 0)) / dt if dt > 0 else 0.0
@@ -366,6 +369,7 @@ class Lab:
         u.up_last = st.get("uploaded_to_peers", 0)
         u.relayed = max(u.relayed, (st.get("relaying_for") or {}).get("bytes_out", 0))
         u.tracked = max(u.tracked, (st.get("subtracker") or {}).get("announces", 0))
+        u.route = st.get("announce_route") or u.route
         if self.s.kind == "download" and u.done_at is None and any(w["complete"] for w in st.get("swarms", [])):
             u.done_at = self.now()
 
@@ -479,7 +483,10 @@ class Lab:
                 "contents_per_s": _per_s(samples, 0.0, 2),
                 "linger_requests_per_s": _per_s(samples, self._all_done, 1) if self.s.linger_s else None,
                 "subtracker_announces": sum(u.tracked for u in users),
-                "promoted_peers": sum(1 for u in users if u.tracked),
+                "rounds_at_subtrackers": sum(u.route.get("rounds_answered", 0) for u in users),
+                "subtracker_fallbacks": sum(u.route.get("fallbacks", 0) for u in users),
+                "promoted_peers": self._promoted[region],
+                "subtrackers_answering": sum(1 for u in users if u.tracked),
                 "relay_bytes": self._edge_relay.get(region, {}).get("bytes_out", 0),
             }
         return {"linger_s": self.s.linger_s, "regions": out}

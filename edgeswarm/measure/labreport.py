@@ -128,7 +128,9 @@ def print_report(console: Console, r: dict) -> None:
     if an:
         for region, a in an["regions"].items():
             how = (
-                f"promotes ({a['promoted_peers']} sub-trackers answered {a['subtracker_announces']})"
+                f"promotes ({a['promoted_peers']} promoted at most; {a.get('subtrackers_answering', 0)} answered "
+                f"{a['subtracker_announces']} announces as sub-trackers; "
+                f"{a.get('subtracker_fallbacks', 0)} rounds fell back to the edge)"
                 if a["promotes"]
                 else "does not promote"
             )
