@@ -82,6 +82,23 @@ async def status(http: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
+async def until(check, timeout: float, what: str):
+    """Poll ``check`` (an async callable, truthy when done) until it is, within ``timeout`` seconds; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
+    """A peer's /status once every swarm of it is complete, else None."""
+    st = await status(http, peer.urls["gateway"])
+    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
+
+
 async def content_id(http: aiohttp.ClientSession, url: str, path: str, token: str | None = None) -> str:
     """The content id of ``path``'s manifest at ``url``, once the origin has published it (within its scan interval)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -18,7 +18,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, announce_empty, make_file, post, sha, start_p2p_edge, status
+from conftest import DoubleServer, announce_empty, make_file, post, sha, start_p2p_edge, status, until
 
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.policy import bitfield
@@ -40,17 +40,6 @@ def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: 
 async def swarm_status(http: aiohttp.ClientSession, peer) -> dict:
     st = await status(http, peer.urls["gateway"])
     return st["swarms"][0] if st["swarms"] else {}
-
-
-async def until(check, timeout: float, what: str):
-    """Poll ``check`` (an async callable returning a truthy value when done) within a generous bound."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
 
 
 async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, nodes, origin, published, regions, http):

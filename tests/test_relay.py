@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import make_file, post, sha, status
+from conftest import complete, make_file, post, sha, status, until
 
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.protocol import relay
@@ -45,21 +45,6 @@ def start_peer(nodes: ProcessGroup, tmp_path: Path, edge: str, addr: str, name: 
         *("--cache", str(tmp_path / name), "--edge", edge, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0", *extra),
         name=name,
     )
-
-
-async def until(check, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.3)
-
-
-async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
-    st = await status(http, peer.urls["gateway"])
-    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
 
 
 async def test_an_unreachable_peer_uploads_through_its_edges_relay(tmp_path, nodes, origin, published, regions, http):

@@ -11,10 +11,9 @@ Killed, it is demoted; its peers go back to the edge and keep working.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiohttp
-from conftest import content_id, make_file, post, sha, start_p2p_edge, start_peer, status
+from conftest import complete, content_id, make_file, post, sha, start_p2p_edge, start_peer, status, until
 
 from edgeswarm.policy import bitfield
 from edgeswarm.trust import tokens
@@ -24,21 +23,6 @@ SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
 PIECES = 8
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
 SLOW = "2KB/s"  # the other peers' upload cap: far below --promote-upload, so only the fast one is promoted
-
-
-async def until(check, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.3)
-
-
-async def complete(http: aiohttp.ClientSession, peer) -> dict | None:
-    st = await status(http, peer.urls["gateway"])
-    return st if st["swarms"] and all(w["complete"] for w in st["swarms"]) else None
 
 
 async def identical(http: aiohttp.ClientSession, peer, data: bytes) -> None:

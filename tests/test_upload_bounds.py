@@ -18,7 +18,7 @@ import aiohttp
 import conftest
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, announce_empty, make_file, post, start_p2p_edge
+from conftest import DoubleServer, announce_empty, complete, make_file, post, start_p2p_edge, until
 
 from edgeswarm.policy import bitfield
 
@@ -33,18 +33,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-async def until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.1)
-
-
-async def complete(http: aiohttp.ClientSession, peer) -> bool:
-    st = await conftest.status(http, peer.urls["gateway"])
-    return bool(st["swarms"] and st["swarms"][0]["complete"])
 
 
 def unread_piece_requests(upload: str, cid: str, n: int, address: str, peer_id: str) -> list[socket.socket]:
