@@ -1,4 +1,4 @@
-"""Script calls that are waiting at the same time go to Redis in one pipeline: one write and one read for all of them.
+"""Script calls that are waiting at the same time go to Redis as ONE script call: one command, one reply for all of them.
 
 An edge's announces arrive concurrently; each costs one Lua script call (its
 record and sample) and one more (its share report).  Sent one by one, every
@@ -6,35 +6,87 @@ call is a socket write and a read wake-up, and on loopback the kernel's
 share of that (counted as the edge's CPU) costs more than the tracker's
 policy.  ``ScriptBatcher`` queues the calls made while the event loop is
 busy and sends them together as soon as it gets back to the queue: nothing
-waits for a timer, and a lone call goes out alone at once.  Each script
-still runs atomically in Redis, in the order the calls were made.
+waits for a timer, and a lone call goes out alone at once.
+
+Together means one EVALSHA of a script that holds every script the batcher
+was given, each as a Lua function, and runs the queued calls in order; the
+calls and their arguments (strings) travel as one JSON argument, which
+Python's json writes and Redis's cjson reads in C.  A pipeline of one
+EVALSHA per call did the same in Redis, but the client library's work per
+command and per argument (packing each in Python, reading and checking
+each reply, a timeout per read) cost the edge more CPU than ranking the
+answer (README: bench tracker).  Each call still runs atomically and in the order
+made; an error in one call (``redis.error_reply``, or a failing
+``redis.call``, caught by ``pcall``) is that caller's alone, as in a
+pipeline, and what the calls before it wrote stays written, as when a script
+fails alone.  The batch as a whole is one script run, so no other client's
+command runs between its calls (each call's own atomicity was all that was
+promised), and Redis is busy for the batch's length (``MAX_BATCH`` calls at most).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
-MAX_BATCH = 256  # calls in one pipeline, at most: a bounded reply to read and parse at once
+MAX_BATCH = 256  # calls in one script run, at most: a bounded reply to read and parse at once, and a bounded pause of Redis
+
+# ARGV[1]: the calls as JSON, [[function number, [arguments]], ...] (Redis's Lua has cjson built in).
+# A function returning nothing (nil) gives false: a nil would end the array of replies there.
+_RUN = """
+local out = {}
+for c, call in ipairs(cjson.decode(ARGV[1])) do
+  local ok, r = pcall(F[call[1]], call[2])
+  if not ok then
+    if type(r) ~= 'table' or not r.err then r = {err = tostring(r)} end
+  elseif r == nil then
+    r = false
+  end
+  out[c] = r
+end
+return out
+"""
+
+
+def _combined(bodies: list[str]) -> str:
+    """One script running any of ``bodies``: each becomes a function of its arguments (a local ``ARGV``), as it would run alone."""
+    functions = "".join(f"F[{n}] = function(ARGV)\n{body}\nend\n" for n, body in enumerate(bodies, 1))
+    return f"local F = {{}}\n{functions}{_RUN}"
 
 
 class ScriptBatcher:
-    """Queue ``redis.commands.core.Script`` calls and send them in pipelines; each caller awaits its own result."""
+    """Queue calls of Lua scripts (texts, or ``redis.commands.core.Script``) and run them in batches; each caller awaits its own result."""
 
     def __init__(self, redis: Any, failure: Callable[[BaseException], BaseException]):
         """``failure`` turns a connection-level error into what every waiting caller gets (StoreUnavailable)."""
         self.redis = redis
         self.failure = failure
-        self._queue: list[tuple[Any, list[str], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[int, list[str], asyncio.Future[Any]]] = []
         self._flushing = False
-        self.batches = 0  # pipelines sent: calls / batches is the coalescing a test or bench can see
+        self._bodies: dict[str, int] = {}  # script text -> its function's number in the combined script
+        self._script = ""  # the combined script of every text in _bodies
+        self._sha = ""
+        self._conn: Any = None  # the connection batches are sent on (_evalsha)
+        self._timeout: float | None = None
+        self.batches = 0  # script runs sent: calls / batches is the coalescing a test or bench can see
         self.calls = 0
 
     async def call(self, script: Any, args: list[str]) -> Any:
-        """Run ``script`` with no keys and ``args`` in the next pipeline; its reply, or the error Redis gave it."""
+        """Run ``script`` (a text, or an object with ``.script``: redis-py's ``Script``) with no keys and ``args`` in the next batch.
+
+        Its reply, or the error Redis gave it.
+        """
+        body = script if isinstance(script, str) else script.script
+        number = self._bodies.get(body)
+        if number is None:
+            number = self._bodies[body] = len(self._bodies) + 1
+            self._script = _combined(list(self._bodies))
+            self._sha = hashlib.sha1(self._script.encode()).hexdigest()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future))
+        self._queue.append((number, args, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._start)
@@ -52,20 +104,20 @@ class ScriptBatcher:
         finally:
             self._flushing = False
 
-    async def _send(self, batch: list[tuple[Any, list[str], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[int, list[str], asyncio.Future[Any]]]) -> None:
         import redis.exceptions as rex
 
         self.batches += 1
         self.calls += len(batch)
+        calls = json.dumps([(number, call_args) for number, call_args, _ in batch], separators=(",", ":"))
         try:
-            replies = await self._pipeline(batch)
-            missing = {id(script): script for (script, _, _), reply in zip(batch, replies, strict=True) if _no_script(reply)}
-            if missing:  # a Redis that restarted or was flushed: load the scripts, send their calls again (once)
-                for script in missing.values():
-                    script.sha = await self.redis.script_load(script.script)
-                again = [i for i, reply in enumerate(replies) if _no_script(reply)]
-                for i, reply in zip(again, await self._pipeline([batch[i] for i in again]), strict=True):
-                    replies[i] = reply
+            try:
+                replies = await self._evalsha(calls)
+            except rex.NoScriptError:  # the first batch, or a Redis that restarted or was flushed: load the script, send again (once)
+                self._sha = await self.redis.script_load(self._script)
+                replies = await self._evalsha(calls)
+            if not isinstance(replies, list) or len(replies) != len(batch):
+                raise rex.ResponseError(f"a batch of {len(batch)} script calls got {replies!r:.100} back")
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             self._fail(batch, self.failure(exc))
             return
@@ -83,21 +135,39 @@ class ScriptBatcher:
             else:
                 future.set_result(reply)
 
-    async def _pipeline(self, batch: list[tuple[Any, list[str], asyncio.Future[Any]]]) -> list[Any]:
-        """EVALSHA each call in one pipeline (not ``Script(client=pipe)``: that asks SCRIPT EXISTS first, a round trip more)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script, args, _ in batch:
-                pipe.evalsha(script.sha, 0, *args)
-            return list(await pipe.execute(raise_on_error=False))
+    async def _evalsha(self, calls: str) -> Any:
+        """The batch's EVALSHA on the batcher's own connection: one write, one read, within the client's command timeout.
+
+        Batches go one at a time, so one connection, taken from the client's
+        pool and kept (the client's ``aclose`` closes it with the others),
+        serves them all.  Its send and read run under one ``asyncio.timeout``
+        instead of redis-py's own (a task per send) and without the pool's
+        work per command (taking and returning a connection, its checks and
+        metrics): per batch, what the edge's CPU spends besides the script's
+        own bytes.  Any failure but an error reply drops the connection (a
+        late reply must not be read as the next batch's); the next batch
+        connects again, with the client's connect timeout.
+        """
+        import redis.exceptions as rex
+
+        conn = self._conn
+        if conn is None:
+            pool = self.redis.connection_pool
+            self._timeout = pool.connection_kwargs.get("socket_timeout")
+            conn = self._conn = await pool.get_connection()
+            conn.socket_timeout = None  # bounded below, send and read together
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_packed_command(conn.pack_command("EVALSHA", self._sha, 0, calls), check_health=False)
+                return await conn.read_response()
+        except rex.ResponseError:  # the reply was read whole: the connection is fine
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
 
     @staticmethod
-    def _fail(batch: list[tuple[Any, list[str], asyncio.Future[Any]]], error: BaseException) -> None:
+    def _fail(batch: list[tuple[int, list[str], asyncio.Future[Any]]], error: BaseException) -> None:
         for _, _, future in batch:
             if not future.done():
                 future.set_exception(error)
-
-
-def _no_script(reply: object) -> bool:
-    import redis.exceptions as rex
-
-    return isinstance(reply, rex.NoScriptError)
