@@ -223,6 +223,25 @@ async def test_two_clients_share_swarms_and_totals_and_a_new_one_finds_them(redi
         await fresh.close()
 
 
+async def test_a_record_written_here_is_handed_out_as_written_and_one_changed_elsewhere_is_read_again(redis_url):  # noqa: F811
+    a, b = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
+    now = time.time()
+    try:
+        mine, odd = record(1, now, uploaded=500), record(3, now, region=Region("ea\x1fst", "att"))  # a separator in a name: cleaned
+        await a.put(now, CID, mine, 10)
+        await a.put(now, CID, odd, 10)
+        got = {c.peer_id: c for c in (await a.put(now, CID, record(2, now), 10)).candidates}
+        assert got["p1"] is mine  # the text stored is this record's: no twin decoded from it
+        assert got["p3"] is not odd and got["p3"].region == Region("ea?st", "att")  # what is stored, not what was put
+        theirs = record(1, now + 1, uploaded=900)  # the same peer, through another edge
+        await b.put(now + 1, CID, theirs, 10)
+        again = {c.peer_id: c for c in (await a.put(now + 1, CID, record(2, now + 1), 10)).candidates}["p1"]
+        assert again is not mine and fields(again) == fields(theirs) and again.upload_rate == pytest.approx(theirs.upload_rate)
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_a_store_that_is_down_raises_store_unavailable_and_recovers(redis_server):  # noqa: F811
     s = RedisPeerStore(redis_server.url, TTL)
     now = time.time()

@@ -50,6 +50,20 @@ async def test_an_error_reaches_its_caller_only(client):
     assert isinstance(results[1], Exception) and "no luck" in str(results[1])
 
 
+async def test_a_failing_command_or_lua_error_reaches_its_caller_only_and_nothing_is_none(client):
+    b, echo = batcher(client), client.register_script(ECHO)
+    await client.set("text", "x")
+    wrong, broken, nothing = "return redis.call('INCR', 'text')", "error('boom')", "redis.call('INCR', 'n')"
+    results = await asyncio.gather(
+        b.call(echo, ["a"]), b.call(wrong, []), b.call(broken, []), b.call(nothing, []), b.call(echo, ["b"]), return_exceptions=True
+    )
+    assert results[0] == "a:1" and results[4] == "b:2" and results[3] is None
+    assert isinstance(results[1], Exception) and "not an integer" in str(results[1])
+    assert isinstance(results[2], Exception) and "boom" in str(results[2])
+    assert await client.get("n") == "1"  # the calls ran, each on its own
+    assert b.batches < 5
+
+
 async def test_scripts_flushed_from_redis_are_loaded_again(client):
     b, echo = batcher(client), client.register_script(ECHO)
     assert await b.call(echo, ["x"]) == "x:1"

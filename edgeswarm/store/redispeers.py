@@ -11,7 +11,7 @@ per region counters of bytes by source kind (``share:REGION``, never
 expiring); and for /status, sorted sets of live identities per region and
 user, trimmed by ``expire``.  One Lua script per announce does the write,
 expires up to 32 silent peers of that swarm, and samples; script calls
-made at the same time share one pipeline (store/redisbatch.py).
+made at the same time go to Redis as one script run (store/redisbatch.py).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ SEP = "\x1f"  # between a record's fields: no peer id (printable), address, URL 
 KEYSEP = "\x1e"  # between a member's owner and peer id
 PAIRSEP = "\x1d"  # between a member and its record, in an announce's sample
 ENTRYSEP = "\x1c"  # between the sample's entries
+_ALPHA = repr(ALPHA)
 _CONTROL = str.maketrans({c: "?" for c in (SEP, KEYSEP, PAIRSEP, ENTRYSEP)})
 
 # ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha draws
@@ -179,12 +180,11 @@ class RedisPeerStore:
         self.redis = aioredis.Redis.from_url(
             url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, retry_on_timeout=False
         )
-        self._put = self.redis.register_script(_PUT)
-        self._remove = self.redis.register_script(_REMOVE)
-        self._report = self.redis.register_script(_REPORT)
         self._batch = ScriptBatcher(self.redis, self._unavailable)
         self._regions: dict[tuple[str, str], Region] = {}
-        self._decoded: dict[str, tuple[str, PeerRecord]] = {}  # member -> (its stored text, the record decoded from it)
+        self._lifetimes_of, self._lifetimes_text = -1.0, ("", "")
+        self._texts: dict[str, str] = {}  # member -> its stored text, as last decoded or written here
+        self._decoded: dict[str, PeerRecord] = {}  # member -> the record that text decodes to
 
     def describe(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
@@ -193,6 +193,12 @@ class RedisPeerStore:
     @property
     def keep(self) -> int:
         return max(1, int(self.ttl * KEEP_TTLS))
+
+    def _lifetimes(self) -> tuple[str, str]:
+        """The ttl and ``keep`` as an announce's script gets them: written again only when the ttl changed (the tracker sets it)."""
+        if self._lifetimes_of != self.ttl:
+            self._lifetimes_of, self._lifetimes_text = self.ttl, (repr(self.ttl), str(self.keep))
+        return self._lifetimes_text
 
     async def _call(self, what, *args, **kwargs):
         import redis.exceptions as rex
@@ -208,8 +214,9 @@ class RedisPeerStore:
     async def ping(self) -> None:
         await self._call(self.redis.ping)
 
-    def _rest(self, rec: PeerRecord) -> str:
-        region = rec.region
+    def _rest(self, rec: PeerRecord) -> tuple[str, bool]:
+        """The record's stored fields after its counters, and whether they are its own (False: a separator was replaced, see _clean)."""
+        region, user = rec.region, rec.user
         fields = (
             rec.peer_id,
             rec.url,
@@ -219,11 +226,13 @@ class RedisPeerStore:
             format(rec.mask, "x"),
             str(rec.piece_count),
             str(rec.downloaded),
-            rec.user if rec.user is not None else "",
-            "1" if rec.user is not None else "",
+            user if user is not None else "",
+            "1" if user is not None else "",
             rec.group,
         )
-        return SEP.join(_clean(f) for f in fields)
+        if "".join(fields).isprintable():  # the separators are control characters: none in any field, nothing to clean
+            return SEP.join(fields), True
+        return SEP.join(_clean(f) for f in fields), False
 
     def _decode(self, member: str, raw: str) -> PeerRecord:
         """A stored record; built without the dataclass's __init__ (an announce decodes up to 61: a third of its time otherwise)."""
@@ -255,23 +264,26 @@ class RedisPeerStore:
         return rec
 
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
+        member, uploaded, seen = _member(rec.key), str(rec.uploaded), repr(now)
+        rest, exact = self._rest(rec)
         args = [
             self.prefix,
             cid,
-            _member(rec.key),
-            str(rec.uploaded),
-            repr(now),
-            self._rest(rec),
-            repr(self.ttl),
-            str(self.keep),
+            member,
+            uploaded,
+            seen,
+            rest,
+            *self._lifetimes(),
             str(sample + 1),
             _clean(region_name(rec.region)),
             _clean(rec.user if rec.user is not None else NO_USER),
-            repr(ALPHA),
+            _ALPHA,
             str(draws or sample + 1),
         ]
-        size, rate, blob = await self._batch.call(self._put, args)  # one string for the sample: parsed here, not per field
+        size, rate, blob = await self._batch.call(_PUT, args)  # one string for the sample: parsed here, not per field
         rec.upload_rate = float(rate)
+        if exact:  # what the script stored is this record, field for field: a draw of it reuses it (decoding it would make its twin)
+            self._keep_decoded(member, f"{uploaded}{SEP}{seen}{SEP}{rate}{SEP}{rest}", rec)
         cutoff = now - self.ttl
         candidates = []
         for entry in blob.split(ENTRYSEP) if blob else ():
@@ -286,24 +298,36 @@ class RedisPeerStore:
         A reused record keeps what ranking and answers cache on it (its rank
         key, its wire bitfield): most of a sample was already drawn by an
         earlier announce.  Candidates are never changed by the tracker, so
-        sharing them between answers is safe.  Past ``DECODED_KEPT`` the cache starts afresh.
+        sharing them between answers is safe (the memory store hands out the
+        records it keeps, the askers' own, the same way).
         """
-        hit = self._decoded.get(member)
-        if hit is not None and hit[0] == raw:
-            return hit[1]
+        if self._texts.get(member) == raw:
+            return self._decoded[member]
         rec = self._decode(member, raw)
-        if len(self._decoded) >= DECODED_KEPT:
-            self._decoded.clear()
-        self._decoded[member] = (raw, rec)
+        self._keep_decoded(member, raw, rec)
         return rec
 
+    def _keep_decoded(self, member: str, raw: str, rec: PeerRecord) -> None:
+        """Remember ``rec`` as what ``raw`` decodes to; past ``DECODED_KEPT`` members the cache starts afresh.
+
+        Two dicts, not one of (text, record) pairs: a dict of strings is no
+        work for the cyclic garbage collector, and a pair holding a record
+        would be one more object per peer for it to walk.
+        """
+        texts = self._texts
+        if len(texts) >= DECODED_KEPT and member not in texts:
+            texts.clear()
+            self._decoded.clear()
+        texts[member] = raw
+        self._decoded[member] = rec
+
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None:
-        raw = await self._batch.call(self._remove, [self.prefix, cid, _member(key)])
+        raw = await self._batch.call(_REMOVE, [self.prefix, cid, _member(key)])
         return self._decode(_member(key), raw) if raw else None
 
     async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
         args = [self.prefix, cid, _member(key), _clean(region), "1" if stopped else "0", str(self.keep), str(len(stats))]
-        await self._batch.call(self._report, [*args, *stats, *(str(v) for v in stats.values())])
+        await self._batch.call(_REPORT, [*args, *stats, *(str(v) for v in stats.values())])
 
     async def shares(self) -> dict[str, Counter[str]]:
         regions = sorted(await self._call(self.redis.smembers, self.prefix + "shareregions"))
