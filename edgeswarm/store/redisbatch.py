@@ -69,6 +69,7 @@ class ScriptBatcher:
         self._bodies: dict[str, int] = {}  # script text -> its function's number in the combined script
         self._script = ""  # the combined script of every text in _bodies
         self._sha = ""
+        self._task: asyncio.Task[None] | None = None  # the flush under way (a reference: the loop keeps only weak ones)
         self._conn: Any = None  # the connection batches are sent on (_evalsha)
         self._timeout: float | None = None
         self.batches = 0  # script runs sent: calls / batches is the coalescing a test or bench can see
@@ -89,11 +90,9 @@ class ScriptBatcher:
         self._queue.append((number, args, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().call_soon(self._start)
+            # the task's first step runs after the callbacks already due (other announces resumed by the last reply): their calls join it
+            self._task = asyncio.get_running_loop().create_task(self._flush())
         return await future
-
-    def _start(self) -> None:
-        asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         """Send what is queued, and what queues meanwhile, until the queue is empty."""
@@ -148,6 +147,7 @@ class ScriptBatcher:
         late reply must not be read as the next batch's); the next batch
         connects again, with the client's connect timeout.
         """
+        import hiredis  # packs in C what redis-py's asyncio connection packs in Python (a batch is a few kilobytes)
         import redis.exceptions as rex
 
         conn = self._conn
@@ -158,7 +158,8 @@ class ScriptBatcher:
             conn.socket_timeout = None  # bounded below, send and read together
         try:
             async with asyncio.timeout(self._timeout):
-                await conn.send_packed_command(conn.pack_command("EVALSHA", self._sha, 0, calls), check_health=False)
+                command: Any = ("EVALSHA", self._sha, "0", calls)  # Any: hiredis's stub types the tuple as one of a single item
+                await conn.send_packed_command(hiredis.pack_command(command), check_health=False)
                 return await conn.read_response()
         except rex.ResponseError:  # the reply was read whole: the connection is fine
             raise

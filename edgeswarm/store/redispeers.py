@@ -326,8 +326,19 @@ class RedisPeerStore:
         return self._decode(_member(key), raw) if raw else None
 
     async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
-        args = [self.prefix, cid, _member(key), _clean(region), "1" if stopped else "0", str(self.keep), str(len(stats))]
-        await self._batch.call(_REPORT, [*args, *stats, *(str(v) for v in stats.values())])
+        keep = self._lifetimes()[1]
+        args = [
+            self.prefix,
+            cid,
+            _member(key),
+            _clean(region),
+            "1" if stopped else "0",
+            keep,
+            str(len(stats)),
+            *stats,
+            *map(str, stats.values()),
+        ]
+        await self._batch.call(_REPORT, args)
 
     async def shares(self) -> dict[str, Counter[str]]:
         regions = sorted(await self._call(self.redis.smembers, self.prefix + "shareregions"))
