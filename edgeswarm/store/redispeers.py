@@ -34,7 +34,6 @@ from edgeswarm.policy.tracker import ALPHA, PeerKey, PeerRecord
 from edgeswarm.store.redisbatch import ScriptBatcher
 
 log = logging.getLogger("edgeswarm.store.redispeers")
-EXPIRE_PER_ANNOUNCE = 32  # silent peers an announce removes from its swarm, at most
 KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls
 SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms; beyond, the list is partial
 DECODED_KEPT = 200_000  # decoded records an edge keeps to reuse while their stored text is unchanged (a few hundred bytes each)
@@ -53,6 +52,7 @@ local uploaded, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, keep, sample = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
 local seen, recs, stats = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'stats:' .. cid
+-- at most 32 silent peers of the swarm removed an announce
 local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - ttl), 'LIMIT', 0, 32)
 if #gone > 0 then
   redis.call('ZREM', seen, unpack(gone))
