@@ -49,6 +49,19 @@ def test_nothing_is_requested_twice_until_the_endgame():
     assert p.pick("c", 0) is None
 
 
+def test_a_gone_peers_pieces_in_flight_are_picked_again_not_raced_from_nobody():
+    """peer_gone left an empty source list per piece the peer was fetching; the endgame then took min() of it and
+    the download worker died with a ValueError (an adversarial sub-tracker moving ids; an honest answer can too)."""
+    p = PiecePicker(2, seed="me")
+    p.whole()
+    p.peer_has("a", {0, 1})
+    p.peer_has("b", {0, 1})
+    p.start("a", 0, 0.0)
+    p.start("a", 1, 0.0)
+    p.peer_gone("a")
+    assert p.in_flight(0) == set() and p.pick("b", 10.0) in (0, 1)
+
+
 def test_finish_marks_held_and_failure_returns_the_piece():
     p = PiecePicker(2, seed="me")
     p.whole()

@@ -78,8 +78,10 @@ class PiecePicker:
         self.peer_has(peer, ())
         del self._peers[peer]
         self._asked.pop(peer, None)
-        for sources in self._in_flight.values():
+        for index, sources in list(self._in_flight.items()):  # a piece left with no source is not in flight (finish's rule)
             sources.pop(peer, None)
+            if not sources:
+                del self._in_flight[index]
 
     def held(self, peer: str) -> set[int]:
         """What we know ``peer`` holds (a copy)."""
