@@ -62,6 +62,21 @@ def test_a_gone_peers_pieces_in_flight_are_picked_again_not_raced_from_nobody():
     assert p.in_flight(0) == set() and p.pick("b", 10.0) in (0, 1)
 
 
+def test_the_edge_races_a_piece_two_peers_are_late_with():
+    """Two listed peers that accept requests and never answer held a download's last piece for good: the copy limit
+    (ENDGAME_COPIES) kept the edge out of the race. Found with a lying sub-tracker listing such peers."""
+    p = PiecePicker(1, seed="me", deadline=2.0)
+    p.whole()
+    p.peer_has("a", {0})
+    p.peer_has("b", {0})
+    p.start("a", 0, 0.0)
+    p.start("b", 0, 0.0)
+    assert p.pick("http://edge", 1.0, edge=True) is None  # not late yet
+    assert p.pick("http://edge", 2.5, edge=True) == 0
+    p.start("http://edge", 0, 2.5, edge=True)
+    assert p.pick("http://edge2", 9.0, edge=True) is None  # an edge already races it
+
+
 def test_finish_marks_held_and_failure_returns_the_piece():
     p = PiecePicker(2, seed="me")
     p.whole()

@@ -222,7 +222,8 @@ class PiecePicker:
             return min(free, key=lambda i: (self.availability[i], self._tiebreak[i]))
         if any(i not in self._in_flight for i in self.missing()):
             return None  # unrequested pieces remain, just not from this source
-        return self._endgame(usable, now - self.deadline if edge and not fallback else None)
+        late = self._endgame(usable, now - self.deadline) if edge else None
+        return late if late is not None or (edge and not fallback) else self._endgame(usable)
 
     def pick_spread(self, source: str) -> int | None:
         """A piece to take from ``source`` so that the crowd holds different pieces: one it holds that nobody reads yet
@@ -258,14 +259,15 @@ class PiecePicker:
                     or self._overdue(i, now, self.seed_patience if seeding else self.patience)
                 ):
                     return i
-            elif (
-                edge
-                and len(flying) < ENDGAME_COPIES
-                and not flying.keys() & self._edge_sources
-                and now - min(flying.values()) > self.deadline
-            ):
+            elif edge and self._late_at_peers(flying, now - self.deadline):
                 return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
         return None
+
+    def _late_at_peers(self, flying: dict[str, float], started_before: float) -> bool:
+        """Only peers fetch this piece, the first since before ``started_before``: the edge may race it, however many
+        peers hold a request for it (two that never answer kept a download's last piece from the edge for good: the
+        copy limit is for peers racing each other)."""
+        return not flying.keys() & self._edge_sources and min(flying.values()) <= started_before
 
     def _usable(self, source: str, edge: bool) -> Callable[[int], bool]:
         holds = None if edge else self._peers.get(source, set())
@@ -309,6 +311,6 @@ class PiecePicker:
         racing = [
             i
             for i, sources in self._in_flight.items()
-            if len(sources) < ENDGAME_COPIES and usable(i) and (started_before is None or min(sources.values()) <= started_before)
+            if usable(i) and (len(sources) < ENDGAME_COPIES if started_before is None else self._late_at_peers(sources, started_before))
         ]
         return min(racing, key=lambda i: (min(self._in_flight[i].values()), i)) if racing else None
