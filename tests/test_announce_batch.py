@@ -84,6 +84,9 @@ async def test_a_batch_answers_each_content_and_refuses_items_apart(tmp_path: Pa
     assert answer["contents"][unknown]["error"]["status"] in (404, 502)
     async with http.post(edge.url + "/announce", json={"peer_id": "p", "port": 9000, "contents": []}) as r:
         assert r.status == 400 and "'contents'" in await r.text()
+    twice = {"peer_id": "p", "port": 9000, "contents": [{"content": cid, **item}] * 2}  # a batch is charged as one announce
+    async with http.post(edge.url + "/announce", json=twice) as r:
+        assert r.status == 400 and "more than once" in await r.text()
     single = {"peer_id": "q", "port": 9001, "content": cid, **item}  # one content, as before batches
     async with http.post(edge.url + "/announce", json=single) as r:
         assert r.status == 200

@@ -91,6 +91,8 @@ async def test_batches_answer_each_item_and_keep_the_edges_limits():
         assert code == 200 and isinstance(answer, dict)
         assert answer["contents"][CID]["peers"] == [] and answer["contents"]["d" * 64]["error"]["status"] == 403  # the ticket is CID's
         assert (await _post(port, {"peer_id": "a", "port": 7001, "contents": [item] * 101}))[0] == 400
+        code, answer = await _post(port, {"peer_id": "a", "port": 7001, "contents": [item] * 2})  # one content's work, twice
+        assert code == 400 and "more than once" in str(answer)
         assert (await _post(port, _doc("a", 7001, set(), relay=True)))[0] == 400  # relayed peers announce to their edge
         assert (await _post(port, _doc("a", 7001, set(), ip="10.0.0.1")))[0] == 400  # nobody names an address
         statuses = [(await _post(port, _doc("a", 7001, set())))[0] for _ in range(260)]

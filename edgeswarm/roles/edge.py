@@ -63,7 +63,7 @@ from edgeswarm.protocol.wire import (
     torrent_response,
 )
 from edgeswarm.roles import bttracker, publish
-from edgeswarm.roles.announce import TrackerService, load_region_map
+from edgeswarm.roles.announce import TrackerService, batch_items, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
@@ -81,7 +81,6 @@ REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the req
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
-MAX_BATCH = 100  # contents in one announce: a peer holding more sends several (64 KiB bodies hold ~200)
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
 
@@ -765,9 +764,7 @@ class Edge:
         acknowledged, or it would report it again) and the rest get the error.
         """
         assert self.tracker is not None
-        items = doc["contents"]
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
-            raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
+        items = batch_items(doc)
         shared = {k: doc[k] for k in ("peer_id", "port", "have_latency", "relay", "relay_at") if k in doc}
         answers: dict[str, dict] = {}
         charged, stop = False, None

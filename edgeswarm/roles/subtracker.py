@@ -51,10 +51,9 @@ from edgeswarm.policy.tracker import (
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.wire import json_response
-from edgeswarm.roles.announce import check_announce
+from edgeswarm.roles.announce import batch_items, check_announce
 from edgeswarm.trust import access, tokens
 
-MAX_BATCH = 100  # contents in one announce, as at an edge
 SHARED = ("peer_id", "port", "have_latency")  # a batch's fields that hold for each of its items
 NOT_NOW = "this peer is not a sub-tracker now (no edge promotes it): announce to your edge"
 
@@ -130,9 +129,7 @@ class SubTracker:
 
     async def _batch(self, request: web.Request, doc: dict) -> dict:
         """Each item as a single announce, with its own ``ticket``; a refused item gets its error in its place."""
-        items = doc["contents"]
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH or not all(isinstance(i, dict) for i in items):
-            raise HttpError(400, f"announce field 'contents' must list 1 to {MAX_BATCH} objects")
+        items = batch_items(doc)
         shared = {k: doc[k] for k in SHARED if k in doc}
         answers: dict[str, dict] = {}
         charged = False
