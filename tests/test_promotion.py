@@ -79,6 +79,17 @@ def test_a_reachable_peer_is_assigned_a_sub_tracker_of_its_region_never_itself()
     assert p.status()["subtracker_assignments"] == 41
 
 
+def test_a_peer_promoted_after_it_was_assigned_a_sub_tracker_counts_as_assigned_no_more():
+    p = Promoter(RULES)
+    announce_at_rate(p, "a", 5000, 0, 12)
+    announce_at_rate(p, "b", 0, 0, 12)  # b announces, uploading nothing yet: assigned to a
+    assert p.tracker_for("east", "b", "http://b:1") == "http://a:1"
+    assert p.status()["subtracker_assignments"] == 1
+    for t in range(13, 20):  # then b uploads, and earns its own promotion: its answers say "promoted", not "tracker"
+        p.observe(t, "b", "http://b:1", "east", CID, 5000 * (t - 12))
+    assert "b" in p.promoted and p.status()["subtracker_assignments"] == 0
+
+
 def test_a_sub_trackers_departure_moves_only_its_own_peers():
     p = Promoter(RULES)
     announce_at_rate(p, "a", 5000, 0, 12)

@@ -91,6 +91,7 @@ class Promoter:
         if key not in self.promoted and seen.best >= rules.min_upload_Bps and now - seen.first >= rules.min_uptime_s and self._room(region):
             self.promoted[key] = url
             self.promotions += 1
+            self.assigned.pop(key, None)  # a sub-tracker has none: its answers say "promoted", never "tracker"
         return key in self.promoted
 
     def _room(self, region: str | None) -> bool:
