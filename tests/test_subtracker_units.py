@@ -97,3 +97,21 @@ async def test_batches_answer_each_item_and_keep_the_edges_limits():
         assert (await _post(port, _doc("a", 7001, set(), ip="10.0.0.1")))[0] == 400  # nobody names an address
         statuses = [(await _post(port, _doc("a", 7001, set())))[0] for _ in range(260)]
         assert 429 in statuses  # the edge's rate per sender (20 a second, 200 at once)
+
+
+async def test_a_replayed_token_users_ticket_from_another_address_is_another_peer():
+    """A managed peer shows its ticket to every peer it fetches from; replayed at a sub-tracker from another address it
+    moved the user's peer there (others were handed the attacker's URL) and a replayed 'stopped' removed it."""
+    sub = _sub()
+    sub.start(10, "east")
+    ticket = tokens.issue_ticket(KEY, "alice-peer", "alice", CID, 60)
+    async with serve_app(_app(sub)) as port:
+        assert (await _post(port, _doc("alice-peer", 7001, set(), ticket=ticket)))[0] == 200
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            body = _doc("alice-peer", 9999, set(), ticket=ticket, event="stopped")
+            async with s.post(f"http://127.0.0.1:{port}/announce", json=body) as r:
+                assert r.status == 200
+        code, answer = await _post(port, _doc("bob", 7002, set()))
+        assert code == 200 and isinstance(answer, dict)
+        assert [p["url"] for p in answer["peers"]] == ["http://127.0.0.1:7001"]  # alice's peer, where it is

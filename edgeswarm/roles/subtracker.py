@@ -164,12 +164,14 @@ class SubTracker:
         if doc.get("relay") is True:
             raise HttpError(400, "a sub-tracker tracks reachable peers only: announce with 'relay' to your edge")
         try:
-            ticket = await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
+            await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
         except tokens.TokenError as exc:
             raise access.denied(exc) from None
         manifest = await self.manifest_of(cid)
         a, have = check_announce(doc, manifest)
-        user = None if ticket.user == access.ANONYMOUS else ticket.user
+        # A peer is its address and id here, whatever user its ticket names: a managed peer shows its ticket to every
+        # peer it fetches from, so one replayed from another address is another peer, and cannot move or stop this one.
+        user = None
         address = request.remote or ""
         record = AnnounceRecord(
             cid=cid,
