@@ -88,13 +88,18 @@ def test_a_have_line_puts_a_worker_on_the_neighbour_at_once():
     assert isinstance(command, Fetch) and (command.url, command.index) == (n.url, 3)
 
 
-def test_a_choked_request_pauses_the_peer_and_puts_its_piece_back():
+def one_peer_working():
+    """A whole-file download with one neighbour holding everything, and the worker the engine put on it."""
     e, host = make()
     e.want_whole()
     n = e.add_neighbour("b", "http://10.0.0.2:7000", True)
     assert n is not None
     e.heard(n, "snapshot", range(8))
-    worker = peer_workers(host)[0]
+    return e, n, peer_workers(host)[0]
+
+
+def test_a_choked_request_pauses_the_peer_and_puts_its_piece_back():
+    e, _, worker = one_peer_working()
     fetch = worker.send(None)
     assert isinstance(fetch, Fetch)
     sleep = worker.send(Result("choked", 3.0))
@@ -545,17 +550,12 @@ def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
 def test_running_out_of_our_own_descriptors_blames_no_source():
     """Under a low open-file limit, a connect failing with EMFILE set the edge aside for up to 32 s and counted
     failures against peers, though the fault was ours: each worker waits SHORT_PAUSE and asks the same source again."""
-    e, host = make()
-    e.want_whole()
-    a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
-    assert a is not None
-    e.heard(a, "snapshot", range(8))
-    worker = peer_workers(host)[0]
+    e, a, worker = one_peer_working()
     assert isinstance(worker.send(None), Fetch)
     assert worker.send(Result("short", message="out of file descriptors here")) == Sleep(engine.SHORT_PAUSE)
     again = worker.send(None)
     assert isinstance(again, Fetch) and again.url == a.url and a.failures == 0
-    seed, e, host = seeding_engine()
+    seed, e, _ = seeding_engine()
     assert isinstance(seed.send(None), Seed)
     assert seed.send(Result("short", message="out of file descriptors here")) == Sleep(engine.SHORT_PAUSE)
     assert isinstance(seed.send(None), Seed) and e.ranking.ranked(e.edges, e.clock()) == e.edges
