@@ -193,6 +193,19 @@ class PeerRecord:
         return rec
 
 
+def asker_record(ann: AnnounceRecord, now: float, owner: str, group: str) -> PeerRecord:
+    """The announcing peer's record, as a tracker keeps and ranks it (a sub-tracker ranks its asker the same way)."""
+    if isinstance(ann.have, int):
+        rec = PeerRecord.from_mask(
+            ann.have, peer_id=ann.peer_id, url=ann.url, address=ann.address, region=ann.region, piece_count=ann.piece_count
+        )
+    else:
+        rec = PeerRecord(ann.peer_id, ann.url, ann.address, ann.region, set(ann.have), ann.piece_count)
+    rec.uploaded, rec.downloaded, rec.last_seen, rec.first_seen = ann.uploaded, ann.downloaded, now, now
+    rec.user, rec.owner, rec.group = ann.user, owner, group
+    return rec
+
+
 def _get_have(rec: PeerRecord) -> set[int]:
     if rec._have is None:
         rec._have = bitfield.from_mask(rec._mask or 0, rec.piece_count)
@@ -421,8 +434,7 @@ class Tracker:
 
     async def announce_sized(self, now: float, ann: AnnounceRecord, charge: bool = True) -> tuple[list[PeerRecord], int]:
         """``announce``, and the swarm's size after it.  ``charge``: count it against the sender's rate (once per batch)."""
-        cid, peer_id, url, address, region, have, user = ann.cid, ann.peer_id, ann.url, ann.address, ann.region, ann.have, ann.user
-        piece_count, uploaded, downloaded, event = ann.piece_count, ann.uploaded, ann.downloaded, ann.event
+        cid, peer_id, address, user, event = ann.cid, ann.peer_id, ann.address, ann.user, ann.event
         if event not in EVENTS:
             raise ValueError(f"unknown announce event {event!r}")
         key, group = (owner_of(address, user), peer_id), address_group(address)
@@ -435,12 +447,7 @@ class Tracker:
             await self.drop(cid, key)
             return [], 0
         self._left.pop((cid, key), None)
-        if isinstance(have, int):
-            rec = PeerRecord.from_mask(have, peer_id=peer_id, url=url, address=address, region=region, piece_count=piece_count)
-        else:
-            rec = PeerRecord(peer_id, url, address, region, set(have), piece_count)
-        rec.uploaded = uploaded
-        rec.downloaded, rec.last_seen, rec.first_seen, rec.user, rec.owner, rec.group = downloaded, now, now, user, key[0], group
+        rec = asker_record(ann, now, key[0], group)
         pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
         return handout(rec, pool.records, self.locality, self.max_answer, self.limits.answer_per_address, pool.parts), size

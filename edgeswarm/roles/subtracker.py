@@ -43,6 +43,7 @@ from edgeswarm.policy.tracker import (
     Refused,
     Tracker,
     address_group,
+    asker_record,
     handout,
     labels,
     owner_of,
@@ -169,10 +170,9 @@ class SubTracker:
             raise access.denied(exc) from None
         manifest = await self.manifest_of(cid)
         a, have = check_announce(doc, manifest)
-        # A peer is its address and id here, whatever user its ticket names: a managed peer shows its ticket to every
-        # peer it fetches from, so one replayed from another address is another peer, and cannot move or stop this one.
-        user = None
         address = request.remote or ""
+        # No user: a peer is its address and id here, whatever user its ticket names. A managed peer shows its ticket
+        # to every peer it fetches from, so one replayed from another address is another peer, not this one.
         record = AnnounceRecord(
             cid=cid,
             peer_id=a.peer_id,
@@ -184,7 +184,6 @@ class SubTracker:
             uploaded=a.uploaded,
             downloaded=a.downloaded,
             event=a.event,
-            user=user,
         )
         try:
             ours = await tracker.announce(time.monotonic(), record, charge)
@@ -193,12 +192,13 @@ class SubTracker:
         except OutOfOrder as exc:
             raise HttpError(409, str(exc)) from None
         self.counts["contents"] += 1
-        key = (cid, (owner_of(address, user), a.peer_id))
+        owner = owner_of(address, None)
+        key = (cid, (owner, a.peer_id))
         if a.event == "stopped":
             self._announcers.pop(key, None)
             return {"peers": []}
         self._announcers[key] = record.url
-        asker = _asker(record)
+        asker = asker_record(record, 0.0, owner, address_group(address))
         answer = handout(asker, self._candidates(request, record, ours), "prefer", tracker.max_answer, tracker.limits.answer_per_address)
         return {"peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)]}
 
@@ -267,16 +267,6 @@ class SubTracker:
         known = GaugeMetricFamily("edgeswarm_subtracker_peers", "Peers this sub-tracker knows: its announcers and those its edge listed")
         known.add_metric([], self.peers_known())
         return [announces, contents, refused, active, known]
-
-
-def _asker(record: AnnounceRecord) -> PeerRecord:
-    """The asker as the ranking sees it (the tracker keeps its own copy)."""
-    assert isinstance(record.have, int)
-    rec = PeerRecord.from_mask(
-        record.have, peer_id=record.peer_id, url=record.url, address=record.address, region=record.region, piece_count=record.piece_count
-    )
-    rec.owner, rec.group = owner_of(record.address, record.user), address_group(record.address)
-    return rec
 
 
 def _listed(p: dict, count: int) -> PeerRecord:
