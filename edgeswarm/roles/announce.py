@@ -93,6 +93,15 @@ def parse_announce(doc: object) -> Announce:
     )
 
 
+def announced_content(doc: object) -> tuple[dict, str]:
+    """An announce (or a batch's item) and its content id, checked first: else a 400."""
+    cid = doc.get("content") if isinstance(doc, dict) else None
+    if not isinstance(cid, str) or not is_content_id(cid):
+        raise HttpError(400, "announce field 'content' is missing or not a content id")
+    assert isinstance(doc, dict)
+    return doc, cid
+
+
 def batch_items(doc: dict) -> list[dict]:
     """A batch's ``contents``: 1 to MAX_BATCH objects, each content at most once, else a 400.
 

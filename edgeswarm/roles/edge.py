@@ -63,7 +63,7 @@ from edgeswarm.protocol.wire import (
     torrent_response,
 )
 from edgeswarm.roles import bttracker, publish
-from edgeswarm.roles.announce import TrackerService, batch_items, load_region_map
+from edgeswarm.roles.announce import TrackerService, announced_content, batch_items, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
@@ -791,10 +791,7 @@ class Edge:
 
     async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
         assert self.tracker is not None
-        cid = doc.get("content") if isinstance(doc, dict) else None
-        if not isinstance(cid, str) or not is_content_id(cid):
-            raise HttpError(400, "announce field 'content' is missing or not a content id")
-        assert isinstance(doc, dict)
+        doc, cid = announced_content(doc)
         signed = await self.manifest_by_id(cid, not self.require_token)
         grant = await self.grant(request, signed.manifest.path)
         try:

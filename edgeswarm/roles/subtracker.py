@@ -52,7 +52,7 @@ from edgeswarm.policy.tracker import (
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.wire import json_response
-from edgeswarm.roles.announce import batch_items, check_announce
+from edgeswarm.roles.announce import announced_content, batch_items, check_announce
 from edgeswarm.trust import access, tokens
 
 SHARED = ("peer_id", "port", "have_latency")  # a batch's fields that hold for each of its items
@@ -158,10 +158,7 @@ class SubTracker:
         tracker = self.tracker
         if tracker is None:
             raise HttpError(404, NOT_NOW)
-        cid = doc.get("content") if isinstance(doc, dict) else None
-        if not isinstance(cid, str) or not is_content_id(cid):
-            raise HttpError(400, "announce field 'content' is missing or not a content id")
-        assert isinstance(doc, dict)
+        doc, cid = announced_content(doc)
         if doc.get("relay") is True:
             raise HttpError(400, "a sub-tracker tracks reachable peers only: announce with 'relay' to your edge")
         try:
