@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import MAX_MANIFEST, Upstream, UpstreamError
+from edgeswarm.node.upstream import MAX_MANIFEST, OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import live
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
@@ -104,9 +104,10 @@ class ManifestFetcher:
             try:
                 signed = await self._ask(store, source, path, cached, headers or {})
             except UpstreamError as exc:
-                self.ranking.failure(source, time.monotonic())
-                if self.on_failure is not None:
-                    self.on_failure(source)
+                if not isinstance(exc, OutOfDescriptorsHere):  # ours, not the source's: it is not set aside
+                    self.ranking.failure(source, time.monotonic())
+                    if self.on_failure is not None:
+                        self.on_failure(source)
                 problems.append(exc)
                 continue
             self._checked[path] = time.monotonic()

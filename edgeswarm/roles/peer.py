@@ -360,8 +360,8 @@ class Peer:
                 head_timeout=PEER_HEAD_TIMEOUT if to_peer else None,
             )
         except UpstreamError as exc:
-            if not to_peer and not isinstance(exc, OutOfDescriptorsHere):
-                self._edge_unreachable(url)
+            if not to_peer:
+                self._edge_failed(url, exc)
             raise
         if reply.status == 200:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
@@ -404,8 +404,7 @@ class Peer:
         try:
             reply = await self.upstream.request("POST", edge, f"/seed/{cid}", headers, None, doc, limit=m.piece_size, on_head=head)
         except UpstreamError as exc:
-            if not isinstance(exc, OutOfDescriptorsHere):
-                self._edge_unreachable(edge)
+            self._edge_failed(edge, exc)
             raise
         if reply.status == 204:
             return None
@@ -518,6 +517,11 @@ class Peer:
         self._p2p_edges.update(new)
         if new:
             self.announce_soon()
+
+    def _edge_failed(self, edge: str, exc: UpstreamError) -> None:
+        """A request to ``edge`` failed: it may be down, unless it was our own process out of descriptors."""
+        if not isinstance(exc, OutOfDescriptorsHere):
+            self._edge_unreachable(edge)
 
     def _edge_unreachable(self, edge: str) -> None:
         if self.router is not None:
