@@ -179,10 +179,10 @@ class PeerRecord:
         return self._field
 
     def wire(self) -> dict[str, object]:
-        """The record as an answer lists it, but its label (``labels``): built once, a record is in many answers; callers copy it."""
+        """The record as an answer lists it under its bare id: built once, a record is in many answers; never changed after."""
         if self._wire is None:
             region = self.region.name if self.region else None
-            self._wire = {"url": self.url, "have": self.have_field(), "complete": self.complete, "region": region}
+            self._wire = {"peer_id": self.peer_id, "url": self.url, "have": self.have_field(), "complete": self.complete, "region": region}
         return self._wire
 
     @classmethod
@@ -352,6 +352,18 @@ def labels(answer: list[PeerRecord], asker: str | None = None) -> list[str]:
     if asker is not None:
         names[asker] += 1
     return [r.peer_id if names[r.peer_id] <= 1 else f"{r.peer_id}@{r.address}" for r in answer]
+
+
+def answer_peers(answer: list[PeerRecord], asker: str) -> list[dict[str, object]]:
+    """The answer's ``peers`` as the wire lists them (``wire``), each under its label (``labels``).
+
+    A record's entry is built once and shared by every answer it is in (the
+    common case: no shared id); only a relabelled peer gets a copy.  Nobody
+    changes an entry: an answer is encoded and sent.
+    """
+    return [
+        p.wire() if label == p.peer_id else {**p.wire(), "peer_id": label} for p, label in zip(answer, labels(answer, asker), strict=True)
+    ]
 
 
 def next_rate(previous: PeerRecord | None, uploaded: int, now: float) -> float:

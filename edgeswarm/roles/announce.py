@@ -26,7 +26,7 @@ from edgeswarm.policy import bitfield
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.policy.peerstore import Counts, PeerStore, StoreUnavailable
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, address_group, labels, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, address_group, answer_peers, owner_of, peer_url
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
@@ -238,7 +238,7 @@ class TrackerService:
             "interval": self.interval,
             "region": region.name if region else None,
             # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
-            "peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)],
+            "peers": answer_peers(answer, a.peer_id),
         }, booked
 
     @contextlib.asynccontextmanager

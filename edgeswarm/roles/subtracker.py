@@ -43,9 +43,9 @@ from edgeswarm.policy.tracker import (
     Refused,
     Tracker,
     address_group,
+    answer_peers,
     asker_record,
     handout,
-    labels,
     owner_of,
     peer_url,
 )
@@ -197,7 +197,7 @@ class SubTracker:
         self._announcers[key] = record.url
         asker = asker_record(record, 0.0, owner, address_group(address))
         answer = handout(asker, self._candidates(request, record, ours), "prefer", tracker.max_answer, tracker.limits.answer_per_address)
-        return {"peers": [{"peer_id": label, **p.wire()} for p, label in zip(answer, labels(answer, a.peer_id), strict=True)]}
+        return {"peers": answer_peers(answer, a.peer_id)}
 
     def _candidates(self, request: web.Request, asker: AnnounceRecord, ours: list[PeerRecord]) -> list[PeerRecord]:
         """Our announcers' best, then the peers our edge listed, then ourselves: each URL once, never the asker's."""
