@@ -260,26 +260,28 @@ def _ranked(asker: PeerRecord, candidates: Iterable[PeerRecord], locality: Local
 def ranked(asker: PeerRecord, cands: list[PeerRecord], parts: list[RankPart], locality: Locality) -> Iterator[PeerRecord]:
     """The handout order (module docstring) of ``cands``, whose ``rank_part``s are ``parts``; usefulness is a popcount.
 
-    Each candidate's order is one integer: (away, useless, not a seed, fewer
-    useful pieces) above the negated upload rate above the tie-break hash;
-    a stable sort of their positions by it keeps equal keys in input order.
-    Integers sort several times faster than tuples, and what does not depend
-    on the asker (seed, rate, region, identity) is in ``parts``, computed once
-    per record (a swarm's pool keeps them: candidates.py).  The asker's
-    missing pieces are a non-negative mask: ``&`` with a negative integer
-    copies both operands first.
+    Each candidate's order is one integer: (away, not a seed, fewer useful
+    pieces) above the negated upload rate above the tie-break hash; a stable
+    sort of their positions by it keeps equal keys in input order.  Integers
+    sort several times faster than tuples, and what does not depend on the
+    asker (seed, rate, region, identity) is in ``parts``, computed once per
+    record (a swarm's pool keeps them: candidates.py), with the most a count
+    of useful pieces can be, from which the asker's count is subtracted: a
+    key costs a popcount, a shift, a subtraction and the hash.  Being useless
+    needs no bit of its own: a useless candidate has the fewest useful pieces
+    (none), and a seed is useless only to an asker that lacks nothing, to
+    whom every candidate is.  The asker's missing pieces are a non-negative
+    mask: ``&`` with a negative integer copies both operands first.
     """
     home = asker.region.name if asker.region else None
     lacks = ((1 << bitfield.width(asker.piece_count)) - 1) ^ asker.mask
     base = zlib.crc32(_ident(asker) + b"|")
-    crc, top, low = zlib.crc32, 1 << 40, _LOW  # the seed bit (60) is in the static part
+    crc, low, away = zlib.crc32, _LOW, _AWAY
     keys = [
-        ((((region != home) << 62) | ((useful == 0) << 61) | (top - useful)) << low) | static | crc(ident, base)
+        static - ((mask & lacks).bit_count() << low) | crc(ident, base) | (region != home and away)
         for _, static, region, ident, mask in parts
-        for useful in ((mask & lacks).bit_count(),)
     ]
     # the asker itself and, under strict, other regions (sorted last) are left out here: one check per place handed out
-    away = 1 << (62 + _LOW)
     owner, pid, strict = asker.owner, asker.peer_id, locality == "strict"
     for i in sorted(range(len(keys)), key=keys.__getitem__):
         if strict and keys[i] >= away:
@@ -289,7 +291,9 @@ def ranked(asker: PeerRecord, cands: list[PeerRecord], parts: list[RankPart], lo
             yield c
 
 
-_LOW = 96  # bits below the first four criteria: 64 of rate, 32 of tie-break hash
+_LOW = 96  # bits below the first three criteria: 64 of rate, 32 of tie-break hash
+_USEFUL = 1 << (40 + _LOW)  # above every count of useful pieces (2^20 at most): what a key starts from
+_AWAY = 1 << (62 + _LOW)
 _U64 = (1 << 64) - 1
 _DOUBLE = struct.Struct(">Q")
 
@@ -297,15 +301,17 @@ _DOUBLE = struct.Struct(">Q")
 def _rank_part(rec: PeerRecord) -> RankPart:
     """What ``rank`` needs of a record whatever the asker, cached on it until its rate or pieces change.
 
-    ``static`` holds the not-a-seed bit and the upload rate as an integer
-    that sorts the highest rate first: an IEEE double's bits order like the
-    number once the sign is folded in (-0.0 is made 0.0, as they compare equal).
+    ``static`` holds the not-a-seed bit, the most useful pieces there can be
+    (``ranked`` subtracts the asker's count) and the upload rate as an
+    integer that sorts the highest rate first: an IEEE double's bits order
+    like the number once the sign is folded in (-0.0 is made 0.0, as they
+    compare equal).
     """
     rate = rec.upload_rate
     bits = _DOUBLE.unpack(struct.pack(">d", rate + 0.0))[0]
     ordered = (bits ^ _U64) if bits >> 63 else (bits | (1 << 63))
     mask = rec.mask
-    static = ((mask.bit_count() < rec.piece_count) << (60 + _LOW)) | ((_U64 - ordered) << 32)
+    static = ((mask.bit_count() < rec.piece_count) << (60 + _LOW)) | _USEFUL | ((_U64 - ordered) << 32)
     ident = rec._ident if rec._ident is not None else _ident(rec)
     rec._rank = part = (rate, static, rec.region.name if rec.region else None, ident, mask)
     return part
