@@ -38,6 +38,9 @@ class RegionMapError(EdgeswarmError, ValueError):
     """A region map that cannot be used; the message says which file, which entry and what is wrong."""
 
 
+SEEN = 1 << 16  # addresses whose region a map remembers (about 6 MB at most)
+
+
 class RegionMap:
     def __init__(self, entries: list[tuple[Region, list[Network]]]):
         self._regions = [r for r, _ in entries]
@@ -48,6 +51,7 @@ class RegionMap:
             for net in nets:
                 self._tables.setdefault((net.version, net.prefixlen), {})[int(net.network_address)] = region
         self._order = sorted(self._tables, key=lambda k: -k[1])
+        self._seen: dict[str, Region | None] = {}  # address -> its region: a peer announces again and again from one address
 
     @property
     def regions(self) -> list[Region]:
@@ -70,7 +74,20 @@ class RegionMap:
         return cls(entries)
 
     def lookup(self, addr: str) -> Region | None:
-        """The region of the longest matching prefix, or None (unmapped, or not an IP address)."""
+        """The region of the longest matching prefix, or None (unmapped, or not an IP address).
+
+        Remembered for the last SEEN addresses (a map never changes: a
+        reloaded one is a new map), as every announce looks its sender up.
+        """
+        seen = self._seen
+        if addr in seen:
+            return seen[addr]
+        if len(seen) >= SEEN:
+            seen.clear()
+        region = seen[addr] = self._lookup(addr)
+        return region
+
+    def _lookup(self, addr: str) -> Region | None:
         value = ipv4_value(addr)
         if value is not None:
             ip_version, bits = 4, 32

@@ -17,6 +17,7 @@ places in one answer, so a flood from one address cannot crowd others out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import struct
@@ -88,8 +89,12 @@ def owner_of(address: str, user: str | None) -> str:
     return f"user:{user}" if user is not None else f"addr:{address}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_group(address: str) -> str:
-    """What per-address limits count: the IPv4 address, or the /64 of an IPv6 one (a host gets a whole /64)."""
+    """What per-address limits count: the IPv4 address, or the /64 of an IPv6 one (a host gets a whole /64).
+
+    Remembered for recent addresses: an announce needs it twice (the tracker's limits, the claim bounds).
+    """
     if ipv4_value(address) is not None:
         return address  # canonical already: what str(ip) would give
     try:
