@@ -69,9 +69,16 @@ def seeding_engine():
     return spawned(host, "seed_worker"), e, host
 
 
+def kind(worker) -> str:
+    """A spawned worker's function name (edge_worker, seed_worker...), through the engine's ``_kept`` restarter."""
+    if worker.gi_code.co_name == "_kept":
+        return worker.gi_frame.f_locals["make"]().gi_code.co_name  # a fresh one of its kind, only to read the name
+    return worker.gi_code.co_name
+
+
 def spawned(host: RecordingHost, name: str):
     """The engine's worker of that name (edge_worker, seed_worker...) among those it asked to run."""
-    return next(w for w in host.spawned if w.gi_code.co_name == name)
+    return next(w for w in host.spawned if kind(w) == name)
 
 
 # -- the rules, driven directly -------------------------------------------------------------------------
@@ -356,7 +363,7 @@ def test_a_readers_windows_cover_the_same_bytes_in_smaller_pieces():
     big, big_host = make(count=20)
     big.reading(0)
     assert sorted(big.picker.urgent) == [0, 1, 2, 3], "256 KiB pieces keep four"
-    edge_workers = [[w for w in h.spawned if w.gi_code.co_name == "edge_worker"] for h in (host, big_host)]
+    edge_workers = [[w for w in h.spawned if kind(w) == "edge_worker"] for h in (host, big_host)]
     assert [len(w) for w in edge_workers] == [4, 1], "and the bytes in flight to the edge: one 256 KiB piece's worth"
     assert engine.PIECE == MIN_PIECE, "the engine counts in a file's pieces (policy may not import the manifest's rule)"
 
@@ -545,6 +552,29 @@ def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
     assert a.url not in e.neighbours and host.dropped_urls == [a.url]
     assert isinstance(wb.send(Result("failed", message="reset")), Sleep)  # one failure: a pause, and kept
     assert b.url in e.neighbours and b.failures == 1
+
+
+def test_an_edge_or_seeding_worker_that_fails_on_a_bug_runs_again_after_a_pause(monkeypatch, caplog):
+    """Only one of each runs: lost for good, a download waited forever for what only the edge sends (an adversarial
+    session's ``min() arg is an empty sequence`` in the picker killed a worker). A recurring bug waits longer each time."""
+    e, host = make(count=16)
+    e.reading(0)
+    edge = spawned(host, "edge_worker")
+    real = e.picker.pick
+
+    def broken(*args, **kwargs):
+        raise ValueError("min() arg is an empty sequence")
+
+    monkeypatch.setattr(e.picker, "pick", broken)
+    assert edge.send(None) == Sleep(engine.RESTART_PAUSE)
+    assert "the edge worker 0 of a download failed; it runs again in 1 s" in caplog.text
+    assert edge.send(None) == Sleep(2 * engine.RESTART_PAUSE), "failed again at once: a longer pause"
+    monkeypatch.setattr(e.picker, "pick", real)
+    command = edge.send(None)
+    assert isinstance(command, Fetch) and command.index == 0 and command.urgent
+    seed, e, _ = seeding_engine()
+    monkeypatch.setattr(e, "seeder", broken)
+    assert seed.send(None) == Sleep(engine.RESTART_PAUSE)
 
 
 def test_running_out_of_our_own_descriptors_blames_no_source():

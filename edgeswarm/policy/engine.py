@@ -20,6 +20,7 @@ passes in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -56,6 +57,8 @@ ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nob
 STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
 STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to this
 SHORT_PAUSE = 1.0  # seconds a worker waits after our own process ran out of file descriptors
+RESTART_PAUSE = 1.0  # seconds before a download's edge, seeding or scout worker that failed on a bug runs again
+RESTART_MAX = 60.0  # the pause doubles with each failure up to this: a bug that recurs costs a log line a minute
 
 
 @dataclass(eq=False)
@@ -353,9 +356,9 @@ class Engine:
         if not self._edge_workers_started:
             self._edge_workers_started = True
             for slot in range(self.edge_workers):
-                self.host.spawn(self.edge_worker(slot))
-            self.host.spawn(self.seed_worker())
-            self.host.spawn(self.scout())
+                self.host.spawn(self._kept(f"edge worker {slot}", functools.partial(self.edge_worker, slot)))
+            self.host.spawn(self._kept("seeding worker", self.seed_worker))
+            self.host.spawn(self._kept("scout", self.scout))
         active = self._busy()
         if active >= MAX_PEERS:
             return
@@ -415,6 +418,24 @@ class Engine:
         return sum(n.working and n is not but and not self.picker.is_paused(n.peer_id) for n in self.neighbours.values())
 
     # -- workers -----------------------------------------------------------------------------
+    def _kept(self, name: str, make: Callable[[], Worker]) -> Worker:
+        """``make()``'s worker, run again after a pause whenever it fails on a bug (an exception of ours).
+
+        A peer worker that fails frees its neighbour and is staffed anew; the
+        edge, seeding and scout workers are one each, and a download that lost
+        one for good waited forever for the pieces only the edge would send.
+        The pause doubles with each failure (RESTART_PAUSE up to RESTART_MAX).
+        """
+        pause = RESTART_PAUSE
+        while not self.closed:
+            try:
+                yield from make()
+                return
+            except Exception:
+                log.exception("the %s of a download failed; it runs again in %.0f s", name, pause)
+            yield Sleep(pause)
+            pause = min(RESTART_MAX, 2 * pause)
+
     def _store_failing(self) -> bool:
         """Whether our store could not write a piece lately (``picker.only_awaited``); after STORE_RETRY seconds
         everything may be fetched again, so a download resumes once there is room (the next failure says otherwise)."""
