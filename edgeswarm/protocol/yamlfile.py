@@ -8,10 +8,12 @@ the line and column, what was wrong.
 from __future__ import annotations
 
 from pathlib import Path
-
-import yaml
+from typing import TYPE_CHECKING
 
 from edgeswarm.errors import EdgeswarmError
+
+if TYPE_CHECKING:
+    import yaml
 
 
 class YamlFileError(EdgeswarmError, ValueError):
@@ -21,6 +23,8 @@ class YamlFileError(EdgeswarmError, ValueError):
 def read_yaml(path: Path, what: str) -> object:
     """The document in ``path`` (YAML, so JSON too); YamlFileError in one line, naming ``what`` it is, if it cannot be
     read or parsed."""
+    import yaml  # here, not at the top: a peer and `edgeswarm get` import this module (via roles.announce) and read no YAML
+
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -33,6 +37,8 @@ def read_yaml(path: Path, what: str) -> object:
 
 def one_line(exc: yaml.YAMLError) -> str:
     """PyYAML's error as ``line L, column C: problem`` (its marks count from 0)."""
+    import yaml  # loaded already: ``exc`` is one of its errors
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
         return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem or exc.context}"
