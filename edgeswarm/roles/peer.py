@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -62,9 +63,12 @@ from edgeswarm.roles.subtracker import SubTracker
 from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamAbused, StreamUnsupported, Swarm
 from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore, make_cache
-from edgeswarm.trust import access, tls, tokens
+from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
+
+if TYPE_CHECKING:
+    from edgeswarm.trust import tokens
 
 log = logging.getLogger("edgeswarm.roles.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
@@ -273,6 +277,8 @@ class Peer:
         """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else 401/403)."""
         if not self.token:
             return
+        from edgeswarm.trust import access, tokens  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
+
         try:
             await self.verify_ticket(tokens.from_request(request.headers, request.query), cid, request.headers.get(PEER_HEADER))
         except tokens.TokenError as exc:
@@ -285,6 +291,8 @@ class Peer:
         A ticket signed by no known key makes us fetch our edges' keys again
         first (at most every 10 s): an edge's key changes when its cache is rebuilt.
         """
+        from edgeswarm.trust import tokens  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
+
         if raw is None:
             raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
 
@@ -307,6 +315,8 @@ class Peer:
         cid = signed.content_id
         if cid in self.content_keys:
             return self.content_keys[cid]
+        from edgeswarm.trust import access  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
+
         problems = []
         for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
             try:

@@ -27,6 +27,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -53,12 +54,14 @@ from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.wire import json_response
 from edgeswarm.roles.announce import announced_content, batch_items, check_announce
-from edgeswarm.trust import access, tokens
+
+if TYPE_CHECKING:
+    from edgeswarm.trust import tokens
 
 SHARED = ("peer_id", "port", "have_latency")  # a batch's fields that hold for each of its items
 NOT_NOW = "this peer is not a sub-tracker now (no edge promotes it): announce to your edge"
 
-VerifyTicket = Callable[[str | None, str, str | None], Awaitable[tokens.Ticket]]
+VerifyTicket = Callable[[str | None, str, str | None], Awaitable["tokens.Ticket"]]
 ManifestOf = Callable[[str], Awaitable[Manifest]]
 Held = Callable[[str], set[int] | None]
 
@@ -111,6 +114,8 @@ class SubTracker:
         """One content (``content``) or a batch (``contents``), as at an edge (docs/protocol.md#promoted-peers-as-sub-trackers)."""
         if self.tracker is None:
             raise HttpError(404, NOT_NOW)
+        from edgeswarm.trust import tokens  # here: PyJWT costs every peer's (and get's) start-up ~25 ms; few are promoted
+
         check_json_body(request.headers)
         try:
             doc = json.loads(await request.read())
@@ -161,6 +166,8 @@ class SubTracker:
         doc, cid = announced_content(doc)
         if doc.get("relay") is True:
             raise HttpError(400, "a sub-tracker tracks reachable peers only: announce with 'relay' to your edge")
+        from edgeswarm.trust import access, tokens  # here: PyJWT costs every peer's (and get's) start-up ~25 ms; few are promoted
+
         try:
             await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
         except tokens.TokenError as exc:
