@@ -50,7 +50,6 @@ import functools
 import logging
 import math
 import re
-import sqlite3
 import threading
 import time
 import urllib.parse
@@ -179,6 +178,8 @@ def _when_unlocked(step: Callable[[], Any], wait: float = 10.0) -> Any:
     is locked" at once rather than calling the busy handler: the workers of one
     edge (``--workers``) open its ledger at the same moment.
     """
+    import sqlite3  # here, as in _connect_sqlite
+
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -190,6 +191,8 @@ def _when_unlocked(step: Callable[[], Any], wait: float = 10.0) -> Any:
 
 
 def _connect_sqlite(path: str, create: bool) -> _Backend:
+    import sqlite3  # here: every command imports this module (cli/__init__.py names LedgerError); get and peer open no ledger
+
     p = Path(path).expanduser()
     try:
         if create:
