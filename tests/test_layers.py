@@ -13,8 +13,11 @@ import ast
 import functools
 import importlib
 import pkgutil
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import edgeswarm
 from edgeswarm.errors import EdgeswarmError, HttpError
@@ -93,3 +96,23 @@ def test_errors_that_carry_a_status_are_http_errors():
     for exc in statuses.values():
         assert isinstance(exc, HttpError)
         assert (exc.status, exc.message, str(exc), exc.args) == (503, "why", "why", ("why",))
+
+
+# what `edgeswarm get` and `edgeswarm peer` need not load to start: bench swarm --mode get starts 20 gets at once on
+# two cores, and these cost each about 50 ms of CPU (YAML: region maps and scenarios; PyJWT with cryptography.x509:
+# tokens and tickets, which an open-mode peer never checks; sqlite3: the edge's ledger)
+NOT_AT_START = ("yaml", "jwt", "cryptography.x509", "sqlite3")
+
+
+@pytest.mark.integration
+def test_get_and_peer_start_without_yaml_jwt_or_sqlite():
+    code = (
+        "import sys\n"
+        "from edgeswarm.cli import build_parser\n"
+        "for command in ('get', 'peer'):\n"
+        "    build_parser(command)\n"
+        "import edgeswarm.roles.get, edgeswarm.roles.peer\n"
+        f"print(' '.join(m for m in {NOT_AT_START!r} if m in sys.modules))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    assert loaded == []
