@@ -752,8 +752,8 @@ class Edge:
         items = doc.get("contents") if isinstance(doc, dict) else None
         self.announces["contents"].add(now, len(items) if isinstance(items, list) else 1)
         if isinstance(doc, dict) and "contents" in doc:
-            return json_response(await self._announce_batch(request, doc))
-        return json_response(await self._announce_one(request, doc, True))
+            return json_response(await self._announce_batch(request, doc), compact=True)
+        return json_response(await self._announce_one(request, doc, True), compact=True)
 
     async def _announce_batch(self, request: web.Request, doc: dict) -> dict:
         """Each item as a single announce with the batch's peer id, port and latency.

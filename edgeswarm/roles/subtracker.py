@@ -125,10 +125,10 @@ class SubTracker:
         self.counts["announces"] += 1
         try:
             if isinstance(doc, dict) and "contents" in doc:
-                return json_response(await self._batch(request, doc))
+                return json_response(await self._batch(request, doc), compact=True)
             ticket = doc.get("ticket") if isinstance(doc, dict) else None
             raw = ticket if isinstance(ticket, str) else tokens.from_request(request.headers, request.query)
-            return json_response(await self._one(request, doc, True, raw))
+            return json_response(await self._one(request, doc, True, raw), compact=True)
         except HttpError as exc:
             self.counts[f"refused_{exc.status}"] += 1
             raise
