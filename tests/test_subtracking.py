@@ -40,7 +40,7 @@ def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
     assert r.target(EDGE, 20, 10, news=False) == "http://127.1.0.2:7000"
     r.edge_answered(EDGE, 20, None)  # the edge demoted it: no more sub-tracker
     assert r.target(EDGE, 30, 10, news=False) is None
-    assert r.status()["fallbacks"] == 1
+    assert r.status(30)["fallbacks"] == 1
 
 
 def test_a_failed_sub_tracker_is_set_aside_while_its_edge_may_still_name_it():
@@ -48,9 +48,32 @@ def test_a_failed_sub_tracker_is_set_aside_while_its_edge_may_still_name_it():
     r.edge_answered(EDGE, 0, SUB)
     r.failed(EDGE, 5, 10)  # killed: the edge demotes it only after three silent intervals
     r.edge_answered(EDGE, 5, SUB)  # so its answers name it meanwhile
-    assert r.target(EDGE, 14, 10, news=False) is None and r.status()["set_aside"] == [SUB]
+    assert r.target(EDGE, 14, 10, news=False) is None and r.status(14)["set_aside"] == [SUB]
     r.edge_answered(EDGE, 34, SUB)  # named again after the set-aside: a restarted one, promoted again
     assert r.target(EDGE, 44, 10, news=False) == SUB
+
+
+def test_a_sub_tracker_that_fails_again_after_its_time_aside_is_set_aside_twice_as_long_until_one_answers():
+    """A broken one that still announces to its edge stays promoted: each of its peers paid a failed round every three
+    intervals for good (an adversarial session's note). Now 3, 6, 12 ... intervals, at most MAX_SET_ASIDE."""
+    r = AnnounceRoute()
+    now, aside = 0.0, []
+    for _ in range(6):
+        r.edge_answered(EDGE, now, SUB)
+        assert r.target(EDGE, now + 1, 10, news=False) == SUB
+        r.failed(EDGE, now + 1, 10)
+        r.edge_answered(EDGE, now + 2, SUB)  # still named: its edge cannot see it fail
+        t = now + 2
+        while r.target(EDGE, t, 10, news=False) is None:
+            r.edge_answered(EDGE, t, SUB)  # rounds at the edge meanwhile, every interval
+            t += 10
+        aside.append((t - now - 1) / 10)
+        now = t
+    assert aside == [3.1, 6.1, 12.1, 24.1, 48.1, 48.1]  # intervals from the failure until it is asked again (rounds 10 s apart)
+    r.answered(SUB)  # it answered a round: the next failure sets it aside for three intervals again
+    r.failed(EDGE, now, 10)
+    r.edge_answered(EDGE, now + 25, SUB)
+    assert r.target(EDGE, now + 29, 10, news=False) is None and r.target(EDGE, now + 30, 10, news=False) == SUB
 
 
 def test_edges_are_routed_apart_and_a_dropped_edge_is_forgotten():

@@ -20,13 +20,18 @@ the edge at once, and the edge's next answer names one again (the same or
 another).  The one that failed is set aside for ``SET_ASIDE`` intervals,
 the time its edge takes to demote a peer that stopped announcing: a killed
 sub-tracker would otherwise cost each of its peers a failed attempt (up to a
-timeout) every other round until then.
+timeout) every other round until then.  One that fails again after its time
+aside is set aside twice as long each time, up to ``MAX_SET_ASIDE``
+intervals, until a round there is answered: a broken sub-tracker that keeps
+announcing to its edge stays promoted (its edge cannot see it fail), and cost
+each of its peers a failed round every three intervals for good.
 """
 
 from __future__ import annotations
 
 EDGE_EVERY = 1.5  # intervals after the edge's last answer when the next round goes to the edge again
 SET_ASIDE = 3.0  # intervals a failed sub-tracker is not used, even when named: the edge's silence before it demotes
+MAX_SET_ASIDE = 48.0  # intervals at most (4 h at the default 300 s), for one that failed again after each time aside
 
 
 class AnnounceRoute:
@@ -36,6 +41,7 @@ class AnnounceRoute:
         self._named: dict[str, str] = {}  # edge -> the sub-tracker its last answer named
         self._heard: dict[str, float] = {}  # edge -> when it last took an announce of ours
         self._aside: dict[str, float] = {}  # sub-tracker that failed -> until when it is not used
+        self._strikes: dict[str, int] = {}  # sub-tracker -> its failures since a round there was last answered
         self.to_subtracker = 0  # rounds sent to a sub-tracker and answered
         self.fallbacks = 0  # rounds a sub-tracker failed, sent to the edge instead
 
@@ -60,16 +66,22 @@ class AnnounceRoute:
         """The sub-tracker ``edge`` last named, if it has not failed since."""
         return self._named.get(edge)
 
-    def answered(self) -> None:
+    def answered(self, tracker: str) -> None:
         self.to_subtracker += 1
+        self._strikes.pop(tracker, None)
 
     def failed(self, edge: str, now: float, interval: float) -> str | None:
-        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again, and set it aside; returns it."""
+        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again, and set it aside
+        (SET_ASIDE intervals, doubled for each failure since a round there was answered); returns it."""
         self.fallbacks += 1
         tracker = self._named.pop(edge, None)
         if tracker is not None:
-            self._aside = {t: until for t, until in self._aside.items() if until > now}  # a few at most: dead ones go
-            self._aside[tracker] = now + SET_ASIDE * interval
+            strikes = self._strikes[tracker] = self._strikes.get(tracker, 0) + 1
+            self._aside[tracker] = now + min(MAX_SET_ASIDE, SET_ASIDE * 2 ** (strikes - 1)) * interval
+            # a few at most: those whose time aside ended long ago (any failure since would have set them aside again) go
+            for t in [t for t, until in self._aside.items() if until + MAX_SET_ASIDE * interval <= now]:
+                del self._aside[t]
+                self._strikes.pop(t, None)
         return tracker
 
     def forget(self, edge: str) -> None:
@@ -77,10 +89,10 @@ class AnnounceRoute:
         self._named.pop(edge, None)
         self._heard.pop(edge, None)
 
-    def status(self) -> dict[str, object]:
+    def status(self, now: float) -> dict[str, object]:
         return {
             "named": dict(sorted(self._named.items())),
-            "set_aside": sorted(self._aside),
+            "set_aside": sorted(t for t, until in self._aside.items() if until > now),
             "rounds_answered": self.to_subtracker,
             "fallbacks": self.fallbacks,
         }

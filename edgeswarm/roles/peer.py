@@ -614,7 +614,7 @@ class Peer:
             self.route.failed(edge, time.monotonic(), self.schedule.interval)
             log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
             return False
-        self.route.answered()
+        self.route.answered(tracker)
         self.schedule.succeeded(edge, time.monotonic(), started)
         return True
 
@@ -911,7 +911,7 @@ class Peer:
                 **({"relay": self.relay.status()} if self.relay else {}),
                 **({"relaying_for": self.hosting.status()} if self.hosting else {}),
                 "subtracker": self.subtracker.status(),
-                "announce_route": self.route.status(),
+                "announce_route": self.route.status(time.monotonic()),
             }
         )
 
