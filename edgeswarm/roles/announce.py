@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +132,18 @@ def check_announce(doc: object, manifest: Manifest) -> tuple[Announce, int]:
     return a, have
 
 
+@contextlib.contextmanager
+def tracker_refusals() -> Iterator[None]:
+    """A tracker's refusals as HTTP: over a limit 429 with Retry-After in whole seconds, rounded up (never before the
+    limit allows); after ``stopped`` 409.  The edge and a sub-tracker answer alike."""
+    try:
+        yield
+    except Refused as exc:
+        raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+    except OutOfOrder as exc:
+        raise HttpError(409, str(exc)) from None
+
+
 class TrackerService:
     """The tracker, the claim bounds and the per-peer report state of one edge; all per-peer state expires with the peer.
 
@@ -198,7 +210,7 @@ class TrackerService:
         key = (owner_of(address, user), a.peer_id)
         url = relay_url or peer_url(address, a.port)
         async with self._reaching():
-            try:
+            with tracker_refusals():
                 heard = AnnounceRecord(
                     cid=a.cid,
                     peer_id=a.peer_id,
@@ -213,10 +225,6 @@ class TrackerService:
                     user=user,
                 )
                 answer, size = await self.tracker.announce_sized(now, heard, charge)
-            except Refused as exc:
-                raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
-            except OutOfOrder as exc:
-                raise HttpError(409, str(exc)) from None
             cut = self.claims.bound(
                 now,
                 key,

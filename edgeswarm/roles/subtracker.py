@@ -38,10 +38,8 @@ from edgeswarm.policy import bitfield
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import (
     AnnounceRecord,
-    OutOfOrder,
     PeerKey,
     PeerRecord,
-    Refused,
     Tracker,
     address_group,
     answer_peers,
@@ -53,7 +51,7 @@ from edgeswarm.policy.tracker import (
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.wire import json_response
-from edgeswarm.roles.announce import announced_content, batch_items, check_announce
+from edgeswarm.roles.announce import announced_content, batch_items, check_announce, tracker_refusals
 
 if TYPE_CHECKING:
     from edgeswarm.trust import tokens
@@ -189,12 +187,8 @@ class SubTracker:
             downloaded=a.downloaded,
             event=a.event,
         )
-        try:
+        with tracker_refusals():
             ours = await tracker.announce(time.monotonic(), record, charge)
-        except Refused as exc:
-            raise HttpError(429, exc.message, {"Retry-After": str(max(1, round(exc.retry_after)))}) from None
-        except OutOfOrder as exc:
-            raise HttpError(409, str(exc)) from None
         self.counts["contents"] += 1
         owner = owner_of(address, None)
         key = (cid, (owner, a.peer_id))
