@@ -72,7 +72,8 @@ def seeding_engine():
 def kind(worker) -> str:
     """A spawned worker's function name (edge_worker, seed_worker...), through the engine's ``_kept`` restarter."""
     if worker.gi_code.co_name == "_kept":
-        return worker.gi_frame.f_locals["make"]().gi_code.co_name  # a fresh one of its kind, only to read the name
+        make = worker.gi_frame.f_locals["make"]  # a bound method, or a partial of one
+        return getattr(make, "func", make).__name__
     return worker.gi_code.co_name
 
 
