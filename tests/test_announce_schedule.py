@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgeswarm.roles.peer import AnnounceSchedule
 
 A, B = "http://a", "http://b"
@@ -55,3 +57,18 @@ def test_a_hurry_while_an_announce_is_in_flight_is_not_lost():
     assert s.due([A], 1.0) == [A]
     s.succeeded(A, 2.0, started=1.0)  # that announce carried it: next in an interval
     assert s.due([A], 2.0) == [] and s.due([A], 302.0) == [A]
+
+
+def test_a_round_between_two_intervals_carries_only_news():
+    """A peer that gains a content every half second (a live stream's parts) hurries a round each time: those
+    rounds carry only the new contents, and every content is announced once an interval all the same."""
+    s = AnnounceSchedule(300)
+    assert s.full(A, 0), "the first round carries everything"
+    s.succeeded(A, 1.0, started=0.0, full=True)
+    s.hurry(A, 10)
+    assert s.due([A], 10) == [A] and not s.full(A, 10), "a hurried round carries news only"
+    s.succeeded(A, 10.2, started=10.1, full=False)
+    assert s.wait([A], 10.2) == pytest.approx(300 - 9.2), "and does not put the full round off"
+    assert s.full(A, 301) and s.due([A], 301) == [A]
+    s.unreachable(A, 50)
+    assert s.full(A, 51), "checking an edge that failed asks it something, news or not"

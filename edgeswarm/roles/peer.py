@@ -82,9 +82,13 @@ MAX_RELAYED_PIECE = 16 * 1024 * 1024  # a piece a promoted peer relays for a con
 
 
 class AnnounceSchedule:
-    """When to announce to each tracker: every interval, and soon again after a failure.
+    """When to announce to each tracker: every interval, sooner for news, and soon again after a failure.
 
-    Sans-IO (time is passed in).  An announce that fails is tried again after
+    Sans-IO (time is passed in).  A round carries every content once an
+    interval (``full``); a round hurried in between (a new content, one
+    completed) carries only the news, so a peer that gains a live stream's
+    parts every half second costs its edge O(what changed), not its whole
+    cache at every part.  An announce that fails is tried again after
     1 s, 2 s, 4 s... capped at the interval, so a restarted tracker has its
     peers back a few seconds after it, not an interval after.  A peer that
     meets its edge down on another request (a piece, a manifest) checks the
@@ -96,6 +100,11 @@ class AnnounceSchedule:
         self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
         self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
+        self._full: dict[str, float] = {}  # tracker -> when a round must carry every content again; absent: now
+
+    def full(self, tracker: str, now: float) -> bool:
+        """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
+        return self._full.get(tracker, now) <= now
 
     def due(self, trackers: list[str], now: float) -> list[str]:
         return [t for t in trackers if self._next.get(t, now) <= now]
@@ -104,7 +113,7 @@ class AnnounceSchedule:
         """Seconds until the next tracker is due (a whole interval without trackers)."""
         return max(0.0, min((self._next.get(t, now) for t in trackers), default=now + self.interval) - now)
 
-    def succeeded(self, tracker: str, now: float, started: float | None = None) -> int:
+    def succeeded(self, tracker: str, now: float, started: float | None = None, full: bool = True) -> int:
         """The tracker answered the announce begun at ``started``: next announce in an interval, unless it was
         hurried meanwhile.  Returns how many announces had failed before.
 
@@ -116,8 +125,10 @@ class AnnounceSchedule:
         from the edge (`bench swarm --mode get`: one to five of 20 peers at
         0 % from peers in most runs).
         """
+        if full:
+            self._full[tracker] = now + self.interval
         if started is None or self._hurried.get(tracker, -math.inf) < started:
-            self._next[tracker] = now + self.interval
+            self._next[tracker] = self._full.get(tracker, now + self.interval)
         return self._failures.pop(tracker, 0)
 
     def failed(self, tracker: str, now: float) -> float:
@@ -136,6 +147,7 @@ class AnnounceSchedule:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
         if tracker not in self._failures:
             self.hurry(tracker, now, FIRST_RETRY)
+            self._full[tracker] = min(self._full.get(tracker, now), now + FIRST_RETRY)  # a round with no news would ask nothing
 
 
 class SwarmSource:
@@ -575,7 +587,10 @@ class Peer:
         and a swarm created in between (`edgeswarm get`'s, as its manifest
         arrives) is not in ``cids``, so its hurry must outlive this announce.
         """
-        if event == "update" and await self._to_subtracker(edge, cids, started):
+        full = event != "update" or self.schedule.full(edge, started)
+        if not full:
+            cids = {cid for cid in cids if self._news(edge, cid)}
+        if event == "update" and await self._to_subtracker(edge, cids, started, full):
             return
         if event == "stopped":
             await asyncio.gather(self._announce_edge(edge, cids, event), self._stop_at_subtracker(edge, cids))
@@ -585,7 +600,7 @@ class Peer:
         if failed:
             delay = self.schedule.failed(edge, now)
             log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], delay)
-        elif self.schedule.succeeded(edge, now, started) and edge in self._p2p_edges:
+        elif self.schedule.succeeded(edge, now, started, full) and edge in self._p2p_edges:
             log.info("%s answers announces again", edge)
             self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
 
@@ -597,7 +612,17 @@ class Peer:
         chunks = [ordered[i : i + BATCH] for i in range(0, len(ordered), BATCH)]
         return await asyncio.gather(*(self._announce_batch(edge, chunk, event) for chunk in chunks))
 
-    async def _to_subtracker(self, edge: str, cids: set[str], started: float) -> bool:
+    def _news(self, edge: str, cid: str) -> bool:
+        """What a round between two intervals carries: a content this edge has not heard of, or one completed since."""
+        if (edge, cid) not in self._announced:
+            return True
+        store = self.store
+        if store is None or cid in self._completed:
+            return False
+        signed = store.manifest(cid)
+        return signed is not None and len(store.held(cid)) == signed.manifest.piece_count
+
+    async def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool) -> bool:
         """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; False: announce to the edge.
 
         policy/subtracking.py decides; any failure of the sub-tracker sends
@@ -615,7 +640,7 @@ class Peer:
             log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
             return False
         self.route.answered(tracker)
-        self.schedule.succeeded(edge, time.monotonic(), started)
+        self.schedule.succeeded(edge, time.monotonic(), started, full)
         return True
 
     async def _stop_at_subtracker(self, edge: str, cids: set[str]) -> None:
