@@ -1,7 +1,8 @@
 """Live HLS end to end: ffmpeg writes a stream into the origin's directory while players follow it through peer gateways.
 
 Real daemons (origin, p2p edge, three peers of one region) and a real
-ffmpeg.  The players are checked against the origin's disk, watched by the
+ffmpeg, writing whole segments, or (low latency) segments and parts with the
+lab's packager writing the LL-HLS playlist and players playing parts.  The players are checked against the origin's disk, watched by the
 test: every playlist they are handed was on disk and was outdated there for
 less than one segment duration, and every segment they play is the bytes
 ffmpeg wrote.  Concurrent playlist requests to the edge cost its parent one
@@ -18,7 +19,7 @@ import time
 import pytest
 from conftest import start_p2p_edge, start_peer, status
 
-from edgeswarm.measure.livestream import SEGMENT_S, DiskWatch, ffmpeg_command, play_live
+from edgeswarm.measure.livestream import SEGMENT_S, DiskWatch, LowLatencyPackager, ffmpeg_command, play_live
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,7 +32,8 @@ PLAYLIST = "live/live.m3u8"
 
 
 @pytest.mark.alone  # freshness and segments played are timing-bound: ./dev test runs it by itself
-async def test_players_follow_a_live_stream_through_their_gateways(tmp_path, nodes, http):
+@pytest.mark.parametrize("part_s", [None, 0.5], ids=["segments", "low-latency"])
+async def test_players_follow_a_live_stream_through_their_gateways(tmp_path, nodes, http, part_s):
     published = tmp_path / "pub"
     (published / "live").mkdir(parents=True)
     origin = nodes.start("origin", "--publish", str(published))  # the default 1 s full scan: live publishing is the watcher's
@@ -39,21 +41,25 @@ async def test_players_follow_a_live_stream_through_their_gateways(tmp_path, nod
     regions.write_text(REGIONS)
     edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
     peers = [start_peer(nodes, tmp_path, edge.url, f"127.1.0.{i + 2}", f"peer{i}", upload="2MB/s") for i in range(3)]
-    ffmpeg = subprocess.Popen(ffmpeg_command(published / "live", STREAM_S, 400_000), stdin=subprocess.DEVNULL)
+    ffmpeg = subprocess.Popen(ffmpeg_command(published / "live", STREAM_S, 400_000, part_s=part_s), stdin=subprocess.DEVNULL)
     disk = DiskWatch(published, PLAYLIST)
-    watcher = asyncio.create_task(disk.run())
+    watchers = [asyncio.create_task(disk.run())]
+    if part_s is not None:
+        watchers.append(asyncio.create_task(LowLatencyPackager(published / "live", SEGMENT_S, part_s, 1.5).run()))
     try:
         until = time.monotonic() + STREAM_S - 1
         views = await asyncio.gather(*(play_live(http, p.urls["gateway"], PLAYLIST, until) for p in peers))
     finally:
-        watcher.cancel()
+        for task in watchers:
+            task.cancel()
         await asyncio.to_thread(ffmpeg.wait, 30)
 
     for view in views:
         assert view.error is None, view.error
-        assert len(view.segments) >= 3, "a player played at least three segments"
-        for seq, (path, digest, _) in view.segments.items():
-            assert digest == disk.digests[path], f"segment {seq} differs from what ffmpeg wrote"
+        assert len(view.played) >= (12 if part_s else 3), "a player played at least three segments' worth"
+        for path, (digest, _, _) in view.played.items():
+            assert digest == disk.digests[path], f"{path} differs from what ffmpeg wrote"
+        assert all((path in disk.parts) == bool(part_s) for path in view.played), "a low-latency player plays parts, another segments"
         assert view.playlists, "the player got playlists"
         for asked, text in view.playlists:
             age = disk.age(text, asked)

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from edgeswarm.measure import livestream
 from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies
 from edgeswarm.policy import engine, live
 from edgeswarm.policy.engine import Engine
@@ -65,6 +66,73 @@ def test_ffmpeg_writes_two_second_segments_with_temp_files(tmp_path):
     argv = ffmpeg_command(tmp_path, 10, 400_000)
     assert argv[argv.index("-hls_time") + 1] == "2" and "delete_segments+temp_file" in argv
     assert argv[-1] == str(tmp_path / "live.m3u8")
+
+
+def test_with_parts_ffmpeg_writes_the_stream_twice_cut_at_the_same_key_frames(tmp_path):
+    argv = ffmpeg_command(tmp_path, 10, 400_000, part_s=0.5)
+    assert argv[argv.index("-g") + 1] == "12", "a key frame at every half-second part, at 24 fps"
+    segments, parts = argv[-1].split("|")
+    assert "hls_time=2:" in segments and segments.endswith(str(tmp_path / "segments.m3u8"))
+    assert "hls_time=0.5:" in parts and "hls_list_size=24:" in parts and parts.endswith(str(tmp_path / "parts.m3u8"))
+
+
+LL_PLAYLIST = """#EXTM3U
+#EXT-X-TARGETDURATION:2
+#EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL=12,PART-HOLD-BACK=1.500
+#EXT-X-PART-INF:PART-TARGET=0.5
+#EXT-X-MEDIA-SEQUENCE:3
+#EXTINF:2.0,
+seg00003.ts
+#EXT-X-PART:DURATION=0.5,URI="part00016.ts",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI="part00017.ts"
+#EXT-X-PART:DURATION=0.5,URI="part00018.ts",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI="part00019.ts",INDEPENDENT=YES
+#EXTINF:2.0,
+seg00004.ts
+#EXT-X-PART:DURATION=0.5,URI="part00020.ts",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.48,URI="http://elsewhere/part.ts"
+"""
+
+
+def test_a_low_latency_playlist_names_the_parts_of_its_newest_segments():
+    pl = hls.parse(LL_PLAYLIST, "live/live.m3u8")
+    assert pl.part_target == 0.5 and pl.part_hold_back == 1.5 and pl.last_sequence == 4
+    assert [(p.sequence, p.index, p.path) for p in pl.parts] == [
+        (4, 0, "live/part00016.ts"),
+        (4, 1, "live/part00017.ts"),
+        (4, 2, "live/part00018.ts"),
+        (4, 3, "live/part00019.ts"),
+        (5, 0, "live/part00020.ts"),
+    ], "parts belong to the segment that follows them; one out of the tree is skipped"
+    assert pl.media_paths[-1] == "live/part00020.ts" and "live/seg00004.ts" in pl.media_paths
+    with pytest.raises(hls.PlaylistError, match="EXT-X-PART"):
+        hls.parse('#EXTM3U\n#EXT-X-PART:URI="a.ts"\n', "a.m3u8")
+
+
+def test_the_packager_lists_parts_of_the_newest_whole_segments_and_of_the_one_being_made():
+    segments = hls.parse(_playlist(0, 4), "segments.m3u8")
+    parts = hls.parse("#EXTM3U\n#EXT-X-TARGETDURATION:1\n" + "".join(f"#EXTINF:0.5,\npart{i:05d}.ts\n" for i in range(22)), "parts.m3u8")
+    pl = hls.parse(hls.low_latency(segments, parts, 4, 1.5), "live.m3u8")
+    assert [s.path for s in pl.segments] == [f"seg{i:05d}.ts" for i in range(5)]
+    assert {p.sequence for p in pl.parts} == {2, 3, 4, 5}, "three whole segments keep their parts, then the one being made"
+    assert [p.path for p in pl.parts if p.sequence == 5] == ["part00020.ts", "part00021.ts"]
+    assert pl.part_hold_back == 1.5 and pl.part_target == 0.5
+    ended = hls.parse(hls.low_latency(hls.parse(_playlist(0, 4) + "#EXT-X-ENDLIST\n", "s.m3u8"), parts, 4, 1.5), "live.m3u8")
+    assert ended.ended and {p.sequence for p in ended.parts} == {2, 3, 4}, "an ended stream has no segment being made"
+
+
+def test_a_low_latency_player_starts_its_hold_back_from_the_live_edge_and_plays_parts():
+    pl = hls.parse(LL_PLAYLIST, "live/live.m3u8")
+    assert livestream._start(pl, 2) == (4, 2), "1.5 s back from the end of part 0 of segment 5: part 2 of segment 4"
+    assert livestream._file_at(pl, 4, 2).path == "live/part00018.ts"
+    assert livestream._past_parts(pl, 4, 4) and not livestream._past_parts(pl, 4, 3)
+    assert livestream._file_at(pl, 5, 1) is None, "not out yet"
+    whole = livestream._file_at(pl, 3, 2)
+    assert (whole.path, whole.offset, whole.duration, whole.part) == ("live/seg00003.ts", 1.0, 1.0, False), (
+        "behind the parts: the rest of the segment"
+    )
+    plain = hls.parse(PLAYLIST, "live/ch1/index.m3u8")
+    assert livestream._start(plain, 2) == (10, 0) and livestream._file_at(plain, 11, 0).path == "live/ch1/seg00011.ts"
 
 
 def _catalog(tmp_path):
@@ -146,8 +214,8 @@ def test_the_latency_floor_is_the_players_start_choice_for_every_segment_it_play
     """The player chose segment 4 at t=21 when segment 5 had appeared at t=20.5: 4 was captured from 17 on (appeared at
     19, 2 s long), so with instant delivery and no stall every segment plays 4 s behind its capture."""
     disk = DiskWatch(tmp_path, "live.m3u8")
-    disk.appeared = {4: 19.0, 5: 20.5}
-    view = LiveView(joined=20.9, first=(4, 21.0), segments={4: ("a", "h", 21.3), 5: ("b", "h", 23.3), 6: ("c", "h", 26.0)})
+    disk.appeared = {"s4": 19.0, "s5": 20.5}
+    view = LiveView(joined=20.9, first=("s4", 21.0, 0.0), played={"s4": ("h", 21.3, 0.0), "s5": ("h", 23.3, 0.0), "s6": ("h", 26.0, 0.0)})
     assert floor_latencies(view, disk) == [4.0, 4.0]  # segment 6 never appeared on disk: neither figure counts it
     assert latencies(view, disk) == pytest.approx([4.3, 4.8])
     assert floor_latencies(LiveView(joined=0.0), disk) == []  # never started

@@ -165,7 +165,8 @@ def print_live(console: Console, lv: dict) -> None:
     """A live run's figures (livelab.py) and its targets, met or missed."""
     copies = ", ".join(f"{region} {'-' if c is None else f'{c:.2f}'}" for region, c in lv["edge_copies_per_segment"].items())
     console.print(
-        f"live: {lv['segments_published']} segments published, {lv['segments_played']} played ({lv['segments_wrong']} wrong, "
+        f"live: {lv['segments_published']} segments and {lv.get('parts_published', 0)} parts published, {lv['files_played']} files played "
+        f"({lv.get('parts_played', 0)} of them parts; {lv['segments_wrong']} wrong, "
         f"{lv['segments_skipped']} skipped, {lv['segment_failures']} requests failed and retried); edge copies per segment: {copies}; latency behind live p50 {_secs(lv['latency_p50_s'], 2)} "
         f"({_num(lv['latency_p50_segments'])} segments), p95 {_secs(lv['latency_p95_s'], 2)} ({_num(lv['latency_p95_segments'])} segments) "
         f"against the player's own floor (its start choice, instant delivery) p50 {_num(lv.get('latency_floor_p50_segments'))}, p95 {_num(lv.get('latency_floor_p95_segments'))} segments; "

@@ -20,14 +20,13 @@ every segment played was ffmpeg's bytes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 
 import aiohttp
 import numpy as np
 
 from edgeswarm.measure.lab import Lab, LabError, User, playback
-from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies, play_live
+from edgeswarm.measure.livestream import DiskWatch, LiveView, LowLatencyPackager, ffmpeg_command, floor_latencies, latencies, play_live
 
 PLAYLIST = "live/live.m3u8"
 TARGETS = {"p2p_share": 0.70, "latency_p95_segments": 3.0, "rebuffering": 0.01}  # issue 14's, with the defaults
@@ -57,8 +56,11 @@ class LiveLab(Lab):
         out.mkdir(parents=True, exist_ok=True)
         bitrate = int(self.s.scaled_Bps(lv.bitrate_kbps) * 8)
         log = open(self.root / "logs" / "ffmpeg.log", "wb")  # noqa: SIM115 - closed below, after the process
-        proc = subprocess.Popen(ffmpeg_command(out, lv.duration_s, bitrate, lv.segment_s), stdin=subprocess.DEVNULL, stderr=log)
-        watcher = asyncio.create_task(self.disk.run())
+        argv = ffmpeg_command(out, lv.duration_s, bitrate, lv.segment_s, part_s=lv.part_s)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=log)
+        watchers = [asyncio.create_task(self.disk.run())]
+        if lv.part_s is not None:
+            watchers.append(asyncio.create_task(LowLatencyPackager(out, lv.segment_s, lv.part_s, lv.hold_back_s).run()))
         try:
             code = await asyncio.to_thread(proc.wait)
         finally:
@@ -67,9 +69,9 @@ class LiveLab(Lab):
                 proc.wait()
             log.close()
             await asyncio.sleep(1.0)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
         if code != 0:
             raise LabError(f"ffmpeg exited with {code}: see {self.root / 'logs' / 'ffmpeg.log'}")
 
@@ -85,9 +87,10 @@ class LiveLab(Lab):
             "stalls": view.stalls,
             "rebuffer_ratio": round(view.stall_s / (view.watched_s + view.stall_s), 4) if view.watched_s else 0.0,
             "bytes": view.bytes,
-            "segments": len(view.segments),
+            "segments": len(view.played),
             "skipped": view.skipped,
             "failures": view.failures,
+            "played": [[path, round(start - self.t0, 3)] for path, (_, start, _) in view.played.items()],  # when each file began to play
             **({"error": view.error} if view.error else {}),
         }
         u.done_at = self.now()
@@ -106,16 +109,18 @@ class LiveLab(Lab):
         floor = [x for v in self.views.values() for x in floor_latencies(v, self.disk)]
         ages = [self.disk.age(text, asked) for v in self.views.values() for asked, text in v.playlists]
         known = [a for a in ages if a is not None]
-        wrong = sum(1 for v in self.views.values() for path, digest, _ in v.segments.values() if self.disk.digests.get(path) != digest)
+        wrong = sum(1 for v in self.views.values() for path, (digest, _, _) in v.played.items() if self.disk.digests.get(path) != digest)
         copies = {}
         for name in result["regions"]:
-            played = {path for u in self.users if u.region == name for path, _, _ in self.views.get(u.name, LiveView(0)).segments.values()}
+            played = {path for u in self.users if u.region == name for path in self.views.get(u.name, LiveView(0)).played}
             size = sum(self.disk.sizes.get(p, 0) for p in played)
             copies[name] = round(self._edge_sent.get(name, 0) / size, 3) if size else None
         pb = result["playback"] or {}
         live = {
-            "segments_published": len(self.disk.appeared),
-            "segments_played": sum(len(v.segments) for v in self.views.values()),
+            "segments_published": len(self.disk.appeared) - len(self.disk.parts),
+            "parts_published": len(self.disk.parts),
+            "files_played": sum(len(v.played) for v in self.views.values()),  # segments, or parts in low-latency mode
+            "parts_played": sum(1 for v in self.views.values() for path in v.played if path in self.disk.parts),
             "segments_wrong": wrong,
             "segments_skipped": sum(v.skipped for v in self.views.values()),
             "segment_failures": sum(v.failures for v in self.views.values()),

@@ -6,21 +6,26 @@
   rewritten at each, old segments deleted (``LIST_SIZE`` segments after
   they left the playlist, so a player or a swarm a little behind still
   finds them), every file written as ``.tmp`` and renamed when complete.
+  With parts, the same stream is also cut in parts, and
+* ``LowLatencyPackager`` writes the LL-HLS playlist that names both.
 * ``DiskWatch``: the truth to measure against - every version of the
   playlist on the origin's disk and when it appeared, and each segment's
-  bytes as ffmpeg finished them.
+  (and part's) bytes as ffmpeg finished them.
 * ``play_live``: a player as hls.js plays a live stream: it reloads the
-  playlist every half target duration, starts ``start_behind`` segments
-  from the live edge, keeps at most ``buffer_segments`` segments buffered
-  ahead of playback, and stalls when the next segment is not there when the
-  buffer runs dry.  It records what it was handed, so the caller can check
-  freshness, bytes and latency behind live.
+  playlist every half target duration (every part target in low-latency
+  mode), starts ``start_behind`` segments from the live edge (in
+  low-latency mode at the part ``PART-HOLD-BACK`` from it, and plays parts
+  while the playlist lists them), keeps at most ``buffer_segments``
+  segments' duration buffered ahead of playback, and stalls when the next
+  file is not there when the buffer runs dry.  It records what it was
+  handed, so the caller can check freshness, bytes and latency behind live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +36,108 @@ from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol import hls
 
 SEGMENT_S = 2.0
+FPS = 24  # frames a second: 12 to a half-second part
+SEGMENTS_PLAYLIST = "segments.m3u8"  # with parts: ffmpeg's playlist of whole segments
+PARTS_PLAYLIST = "parts.m3u8"  # and of the same stream in parts
+PACKAGER_POLL = 0.02  # seconds between two looks of the packager at ffmpeg's playlists
 LIST_SIZE = 6  # segments the playlist names (ffmpeg's -hls_list_size)
 RETRY_S = 0.5  # seconds before a player asks again for a segment that failed
 WATCH_POLL = 0.05  # seconds between two looks at the origin's playlist on disk
 
 
-def ffmpeg_command(out: Path, seconds: float, bitrate_bps: int, segment_s: float = SEGMENT_S, playlist: str = "live.m3u8") -> list[str]:
-    """ffmpeg writing a ``seconds`` long live stream of ``bitrate_bps`` (constant) as HLS into ``out``."""
-    gop = str(round(25 * segment_s))  # a key frame at every segment start, so every segment is exactly segment_s long
+def ffmpeg_command(
+    out: Path, seconds: float, bitrate_bps: int, segment_s: float = SEGMENT_S, playlist: str = "live.m3u8", part_s: float | None = None
+) -> list[str]:
+    """ffmpeg writing a ``seconds`` long live stream of ``bitrate_bps`` (constant) as HLS into ``out``.
+
+    With ``part_s``, one encode is written twice (ffmpeg's tee muxer): as
+    ``segment_s`` segments named by ``SEGMENTS_PLAYLIST`` and as ``part_s``
+    parts named by ``PARTS_PLAYLIST``, both cut at the same key frames (one
+    at every part), for ``LowLatencyPackager`` to make ``playlist`` of.
+    """
+    gop = str(round(FPS * (part_s or segment_s)))  # a key frame at every segment (or part) start: each is exactly that long
     rate = str(bitrate_bps)
-    return [
-        *("ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"),
+    encode = [
+        *("ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate={FPS}"),
         *("-t", f"{seconds:g}", "-c:v", "libx264", "-preset", "ultrafast", "-g", gop, "-keyint_min", gop, "-sc_threshold", "0"),
         *("-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", rate, "-x264-params", "nal-hrd=cbr"),
-        *("-f", "hls", "-hls_time", f"{segment_s:g}", "-hls_list_size", str(LIST_SIZE), "-hls_delete_threshold", str(LIST_SIZE)),
-        *("-hls_flags", "delete_segments+temp_file", "-hls_segment_filename", str(out / "seg%05d.ts"), str(out / playlist)),
     ]
+    if part_s is None:
+        return [*encode, *_hls_output(out, segment_s, LIST_SIZE, "seg", playlist, tee=False)]
+    per = round(segment_s / part_s)
+    outputs = [
+        _hls_output(out, segment_s, LIST_SIZE, "seg", SEGMENTS_PLAYLIST, tee=True),
+        _hls_output(out, part_s, LIST_SIZE * per, "part", PARTS_PLAYLIST, tee=True),
+    ]
+    return [*encode, "-map", "0:v", "-f", "tee", "|".join(o[0] for o in outputs)]
+
+
+def _hls_output(out: Path, seconds: float, size: int, prefix: str, playlist: str, tee: bool) -> list[str]:
+    """One HLS output: ``size`` files named, each deleted ``size`` files after it left the playlist, written as .tmp then renamed."""
+    options = {
+        "hls_time": f"{seconds:g}",
+        "hls_list_size": str(size),
+        "hls_delete_threshold": str(size),
+        "hls_flags": "delete_segments+temp_file",
+        "hls_segment_filename": str(out / f"{prefix}%05d.ts"),
+    }
+    if tee:
+        return ["[f=hls:" + ":".join(f"{k}={v}" for k, v in options.items()) + f"]{out / playlist}"]
+    return ["-f", "hls", *(x for k, v in options.items() for x in (f"-{k}", v)), str(out / playlist)]
+
+
+@dataclass
+class LowLatencyPackager:
+    """Writes the LL-HLS playlist of a stream that ``ffmpeg_command`` writes with parts, as a live packager does.
+
+    Each time ffmpeg names a new part or segment, ``playlist`` is rewritten
+    (by rename, so a reader never sees half of it) from ffmpeg's two
+    playlists (``hls.low_latency``): the whole segments as before, plus the
+    parts of the newest ones, and ``PART-HOLD-BACK``, how far from the live
+    edge players stay.
+    """
+
+    directory: Path
+    segment_s: float
+    part_s: float
+    hold_back_s: float
+    playlist: str = "live.m3u8"
+    written: str = ""
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.write)
+            await asyncio.sleep(PACKAGER_POLL)
+
+    def write(self) -> bool:
+        """Rewrite the playlist if ffmpeg's changed (blocking); whether it was."""
+        try:
+            segments = hls.parse((self.directory / SEGMENTS_PLAYLIST).read_text(), SEGMENTS_PLAYLIST)
+            parts = hls.parse((self.directory / PARTS_PLAYLIST).read_text(), PARTS_PLAYLIST)
+        except (OSError, hls.PlaylistError):
+            return False  # not written yet, or being replaced
+        text = hls.low_latency(segments, parts, round(self.segment_s / self.part_s), self.hold_back_s)
+        if text == self.written:
+            return False
+        tmp = self.directory / f"{self.playlist}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.directory / self.playlist)
+        self.written = text
+        return True
 
 
 @dataclass
 class DiskWatch:
-    """Every version of a playlist on disk (text -> when first seen), when each segment first appeared, its bytes' hash."""
+    """Every version of a playlist on disk (text -> when first seen), when each file it names first appeared, its bytes' hash."""
 
     root: Path  # the published directory
     playlist: str  # its published path
     versions: list[tuple[float, str]] = field(default_factory=list)  # (first seen, text), in order
-    appeared: dict[int, float] = field(default_factory=dict)  # segment sequence -> when a playlist first named it
-    sizes: dict[str, int] = field(default_factory=dict)  # segment path -> its size
-    digests: dict[str, str] = field(default_factory=dict)  # segment path -> sha256 of the bytes ffmpeg finished
-    durations: dict[int, float] = field(default_factory=dict)
+    appeared: dict[str, float] = field(default_factory=dict)  # segment or part path -> when a playlist first named it
+    sizes: dict[str, int] = field(default_factory=dict)  # segment or part path -> its size
+    digests: dict[str, str] = field(default_factory=dict)  # segment or part path -> sha256 of the bytes ffmpeg finished
+    durations: dict[str, float] = field(default_factory=dict)
+    parts: set[str] = field(default_factory=set)  # which of those are parts (LL-HLS)
     ended: bool = False
 
     async def run(self) -> None:
@@ -81,15 +159,16 @@ class DiskWatch:
             return
         self.versions.append((now, text))
         self.ended = parsed.ended
-        for s in parsed.segments:
-            self.appeared.setdefault(s.sequence, now)
-            self.durations[s.sequence] = s.duration
-            if s.path not in self.digests:
+        self.parts.update(p.path for p in parsed.parts)
+        for path, duration in [(s.path, s.duration) for s in parsed.segments] + [(p.path, p.duration) for p in parsed.parts]:
+            self.appeared.setdefault(path, now)
+            self.durations[path] = duration
+            if path not in self.digests:
                 try:
-                    data = (self.root / s.path).read_bytes()
+                    data = (self.root / path).read_bytes()
                 except OSError:
                     continue
-                self.digests[s.path], self.sizes[s.path] = hashlib.sha256(data).hexdigest(), len(data)
+                self.digests[path], self.sizes[path] = hashlib.sha256(data).hexdigest(), len(data)
 
     def age(self, text: str, asked_at: float) -> float | None:
         """How long before ``asked_at`` a newer version than ``text`` was on disk (0: none was); None: never on disk."""
@@ -100,10 +179,10 @@ class DiskWatch:
                 return 0.0
         return None
 
-    def capture_start(self, sequence: int) -> float | None:
-        """When a segment's first frame was captured: it appears once complete, ``duration`` seconds later."""
-        at = self.appeared.get(sequence)
-        return None if at is None else at - self.durations.get(sequence, SEGMENT_S)
+    def capture_start(self, path: str) -> float | None:
+        """When a segment's (or part's) first frame was captured: it appears once complete, ``duration`` seconds later."""
+        at = self.appeared.get(path)
+        return None if at is None else at - self.durations.get(path, SEGMENT_S)
 
 
 @dataclass
@@ -112,9 +191,9 @@ class LiveView:
 
     joined: float
     playlists: list[tuple[float, str]] = field(default_factory=list)  # (asked at, text)
-    segments: dict[int, tuple[str, str, float]] = field(default_factory=dict)  # sequence -> (path, sha256, play start)
+    played: dict[str, tuple[str, float, float]] = field(default_factory=dict)  # segment or part path -> (sha256, play start, offset)
     startup_s: float | None = None
-    first: tuple[int, float] | None = None  # (sequence, when) the player chose its first segment
+    first: tuple[str, float, float] | None = None  # (path, when, offset) of the first file the player chose
     stall_s: float = 0.0
     stalls: int = 0
     skipped: int = 0  # segments that left the playlist before the player got to them
@@ -151,7 +230,7 @@ class PlayerError(EdgeswarmError):
 
 
 async def _reload(http: aiohttp.ClientSession, url: str, path: str, view: LiveView, latest: list[hls.MediaPlaylist]) -> None:
-    """The playlist, every half target duration (as hls.js reloads a live playlist that did not change)."""
+    """The playlist, every half target duration, or every part target if it has parts (as hls.js reloads a live playlist)."""
     while True:
         asked = time.monotonic()
         try:
@@ -165,36 +244,90 @@ async def _reload(http: aiohttp.ClientSession, url: str, path: str, view: LiveVi
                 parsed = hls.parse(text, path)
             except hls.PlaylistError:
                 parsed = None
-            if parsed is not None and (not latest or parsed.last_sequence >= latest[0].last_sequence):
+            if parsed is not None and (not latest or _newest(parsed) >= _newest(latest[0])):
                 latest[:] = [parsed]
-        await asyncio.sleep((latest[0].target_duration if latest else SEGMENT_S) / 2)
+        pl = latest[0] if latest else None
+        await asyncio.sleep(pl.part_target if pl is not None and pl.part_target else (pl.target_duration if pl else SEGMENT_S) / 2)
+
+
+def _newest(pl: hls.MediaPlaylist) -> tuple[int, int]:
+    """How far a playlist reaches: its newest segment, then its newest part after it."""
+    last = pl.parts[-1] if pl.parts and pl.parts[-1].sequence > pl.last_sequence else None
+    return (last.sequence, last.index) if last is not None else (pl.last_sequence, 1 << 30)
+
+
+def _start(pl: hls.MediaPlaylist, behind: int) -> tuple[int, int] | None:
+    """Where a player starts: ``PART-HOLD-BACK`` from the live edge at a part, else ``behind`` whole segments; None: too early."""
+    if pl.parts and pl.part_hold_back:
+        held = 0.0
+        for p in reversed(pl.parts):
+            held += p.duration
+            if held >= pl.part_hold_back:
+                return p.sequence, p.index
+        return None
+    return (pl.last_sequence - behind + 1, 0) if len(pl.segments) >= behind else None
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str
+    duration: float  # seconds of it that play
+    offset: float  # seconds into it where they start
+    part: bool
+
+
+def _file_at(pl: hls.MediaPlaylist, seq: int, index: int) -> _File | None:
+    """What plays from part ``index`` of segment ``seq``; None: not out yet (or past a whole segment's last part).
+
+    A part when the playlist lists it; else the whole segment, from the
+    part's offset into it (a player that fell behind the listed parts, or a
+    playlist without parts).
+    """
+    part = next((p for p in pl.parts if p.sequence == seq and p.index == index), None)
+    if part is not None:
+        return _File(part.path, part.duration, 0.0, True)
+    segment = next((s for s in pl.segments if s.sequence == seq), None)
+    if segment is None or any(p.sequence == seq for p in pl.parts):
+        return None
+    offset = min(index * (pl.part_target or 0.0), segment.duration)
+    return _File(segment.path, segment.duration - offset, offset, False)
+
+
+def _past_parts(pl: hls.MediaPlaylist, seq: int, index: int) -> bool:
+    """Whether the player has played every part of segment ``seq``, which is whole: it goes on with the next segment."""
+    return any(s.sequence == seq for s in pl.segments) and index >= sum(1 for p in pl.parts if p.sequence == seq) > 0
 
 
 async def _play(
     http: aiohttp.ClientSession, base: str, view: LiveView, latest: list[hls.MediaPlaylist], until: float, behind: int, ahead: int
 ) -> None:
-    while not latest or len(latest[0].segments) < behind:
+    while not latest or (position := _start(latest[0], behind)) is None:
         if time.monotonic() > until:
             raise PlayerError("the stream never had enough segments to start")
-        await asyncio.sleep(0.1)
-    nxt = latest[0].last_sequence - behind + 1
-    view.first = (nxt, time.monotonic())
+        await asyncio.sleep(0.05)
+    seq, index = position
     playing_until: float | None = None  # when the buffered video runs out
     while time.monotonic() < until:
         pl = latest[0]
-        if nxt < pl.media_sequence:
-            view.skipped += pl.media_sequence - nxt
-            nxt = pl.media_sequence
-        segment = next((s for s in pl.segments if s.sequence == nxt), None)
-        if segment is None:
-            if pl.ended:
-                break
-            await asyncio.sleep(0.1)  # not out yet
+        if seq < pl.media_sequence:
+            view.skipped += pl.media_sequence - seq
+            seq, index = pl.media_sequence, 0
+        if _past_parts(pl, seq, index):
+            seq, index = seq + 1, 0
             continue
-        if playing_until is not None and playing_until - time.monotonic() > ahead * segment.duration:
-            await asyncio.sleep(playing_until - time.monotonic() - ahead * segment.duration)
+        at = _file_at(pl, seq, index)
+        if at is None:
+            if pl.ended and seq > pl.last_sequence:
+                break
+            await asyncio.sleep(0.05)  # not out yet
+            continue
+        path, duration, offset = at.path, at.duration, at.offset
+        if view.first is None:
+            view.first = (path, time.monotonic(), offset)
+        if playing_until is not None and playing_until - time.monotonic() > ahead * pl.target_duration:
+            await asyncio.sleep(playing_until - time.monotonic() - ahead * pl.target_duration)
         try:
-            digest, n = await _fetch(http, f"{base}/{segment.path}")
+            digest, n = await _fetch(http, f"{base}/{path}")
         except (aiohttp.ClientError, TimeoutError, PlayerError) as exc:  # a player retries; the wait counts as a stall
             view.failures += 1
             view.error = view.error or str(exc) or type(exc).__name__
@@ -210,10 +343,10 @@ async def _play(
             start = done
         else:
             start = playing_until
-        view.segments[nxt] = (segment.path, digest, start)
-        view.watched_s += segment.duration
-        playing_until = start + segment.duration
-        nxt += 1
+        view.played[path] = (digest, start, offset)
+        view.watched_s += duration
+        playing_until = start + duration
+        seq, index = (seq, index + 1) if at.part else (seq + 1, 0)
 
 
 async def _fetch(http: aiohttp.ClientSession, url: str) -> tuple[str, int]:
@@ -228,23 +361,27 @@ async def _fetch(http: aiohttp.ClientSession, url: str) -> tuple[str, int]:
 
 
 def floor_latencies(view: LiveView, disk: DiskWatch) -> list[float]:
-    """What ``latencies`` would be with instant delivery and no stall: the player's own choice, one per segment played.
+    """What ``latencies`` would be with instant delivery and no stall: the player's own choice, one per file played.
 
-    A player that starts ``start_behind`` segments from the newest it was
-    handed plays each segment that far behind its capture, plus the time
-    since that newest one appeared: the reference for the measured latency.
+    A player plays everything as far behind its capture as it chose for its
+    first file (``start_behind`` segments, or ``PART-HOLD-BACK``, from the
+    newest it was handed, plus the time since that one appeared): the
+    reference for the measured latency.
     """
-    captured = disk.capture_start(view.first[0]) if view.first else None
-    if view.first is None or captured is None:
+    if view.first is None:
         return []
-    return [view.first[1] - captured for seq in view.segments if disk.capture_start(seq) is not None]  # as ``latencies`` counts
+    path, when, offset = view.first
+    captured = disk.capture_start(path)
+    if captured is None:
+        return []
+    return [when - captured - offset for p in view.played if disk.capture_start(p) is not None]  # as ``latencies`` counts
 
 
 def latencies(view: LiveView, disk: DiskWatch) -> list[float]:
-    """Seconds behind live of each segment as it started playing: play start minus its capture start."""
+    """Seconds behind live of each segment or part as it started playing: play start minus its capture start."""
     out = []
-    for seq, (_, _, start) in sorted(view.segments.items()):
-        captured = disk.capture_start(seq)
+    for path, (_, start, offset) in view.played.items():
+        captured = disk.capture_start(path)
         if captured is not None:
-            out.append(start - captured)
+            out.append(start - captured - offset)
     return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.measure.livestream import FPS
 from edgeswarm.protocol.units import parse_rate, parse_size
 from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
 from edgeswarm.sim import tiers
@@ -69,8 +70,14 @@ class Live:
     duration_s: float = 180.0  # how long ffmpeg streams; viewers watch until it ends
     segment_s: float = 2.0
     join_s: tuple[float, float] = (5.0, 60.0)  # viewers join at uniform times in this window after the stream starts
-    start_behind: int = 2  # the player starts this many segments from the live edge
+    start_behind: int = 2  # the player starts this many segments from the live edge (without parts)
     buffer_segments: int = 1  # and buffers at most this many ahead of playback
+    part_s: float | None = None  # LL-HLS: the stream is also cut in parts this long, and players play them
+    part_hold_back_s: float | None = None  # PART-HOLD-BACK: how far from the live edge a low-latency player stays (3 parts)
+
+    @property
+    def hold_back_s(self) -> float:
+        return self.part_hold_back_s or 3 * (self.part_s or 0.0)
 
 
 @dataclass
@@ -211,6 +218,10 @@ def _check(s: Scenario, where: str) -> Scenario:
     need(lv.bitrate_kbps > 0 and lv.duration_s > 0 and lv.segment_s > 0, "live: bitrate_kbps, duration_s and segment_s must be positive")
     need(0 <= lv.join_s[0] <= lv.join_s[1] < lv.duration_s, "live: join_s is [from, to] within the stream")
     need(lv.start_behind >= 1 and lv.buffer_segments >= 1, "live: start_behind and buffer_segments are at least 1")
+    if lv.part_s is not None:
+        per, frames = lv.segment_s / lv.part_s, lv.part_s * FPS
+        need(per >= 2 and per == round(per) and frames == round(frames), f"live: part_s divides segment_s and is whole frames at {FPS} fps")
+        need(lv.hold_back_s >= 2 * lv.part_s, "live: part_hold_back_s is at least two parts (RFC 8216bis)")
     need(0 <= s.unreachable <= 1, "unreachable is a share of the peers, 0..1")
     need(s.announce_interval is None or s.announce_interval > 0, "announce_interval must be positive")
     names = {r.name for r in s.regions}

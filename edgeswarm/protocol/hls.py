@@ -1,10 +1,14 @@
-"""HLS media playlists (RFC 8216), read only as far as live delivery needs.
+"""HLS media playlists (RFC 8216, and its low-latency parts), read only as far as live delivery needs.
 
 A live stream is a playlist that ffmpeg rewrites at every segment and the
-segments it names.  The origin reads it to publish the named segments before
-the playlist that names them; a peer's gateway reads it to fetch the newest
-segments through its swarm before the player asks; the lab's player reads it
-to follow the live edge.  Nothing here is trusted more than the playlist's
+segments it names.  A low-latency playlist (RFC 8216bis, LL-HLS) also names
+the partial segments of its newest segments (``#EXT-X-PART``), each a file
+of its own here, so that a player can sit closer to live than whole
+segments allow and a swarm can pass a part on before the whole segment
+exists.  The origin reads a playlist to publish the named files before the
+playlist that names them; a peer's gateway reads it to fetch the newest
+segments (or parts) through its swarm before the player asks; the lab's
+player reads it to follow the live edge.  Nothing here is trusted more than the playlist's
 own bytes, which every node has already checked against the origin's
 signature: a name that is not a plain relative path is skipped.
 """
@@ -12,6 +16,7 @@ signature: a name that is not a plain relative path is skipped.
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass, field
 
 from edgeswarm.errors import EdgeswarmError
@@ -19,6 +24,9 @@ from edgeswarm.errors import EdgeswarmError
 
 class PlaylistError(EdgeswarmError, ValueError):
     pass
+
+
+_ATTRIBUTE = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
 
 
 @dataclass(frozen=True)
@@ -30,11 +38,28 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Part:
+    sequence: int  # the media sequence number of the segment it is a part of
+    index: int  # its place in that segment, from 0
+    uri: str
+    path: str
+    duration: float
+
+
+@dataclass(frozen=True)
 class MediaPlaylist:
     target_duration: float
     media_sequence: int
     segments: tuple[Segment, ...] = field(default_factory=tuple)
     ended: bool = False  # #EXT-X-ENDLIST: the stream is over
+    parts: tuple[Part, ...] = ()  # #EXT-X-PART, in order; those after the last segment belong to the one being made
+    part_target: float | None = None  # #EXT-X-PART-INF:PART-TARGET
+    part_hold_back: float | None = None  # #EXT-X-SERVER-CONTROL:PART-HOLD-BACK: how far from the live edge a player stays
+
+    @property
+    def media_paths(self) -> list[str]:
+        """Every file the playlist names: its segments and its parts."""
+        return [s.path for s in self.segments] + [p.path for p in self.parts]
 
     @property
     def last_sequence(self) -> int:
@@ -49,9 +74,12 @@ def parse(text: str, playlist_path: str) -> MediaPlaylist:
         raise PlaylistError("not an HLS playlist: it does not start with #EXTM3U")
     base = posixpath.dirname(playlist_path)
     target, sequence, ended = 0.0, 0, False
+    part_target: float | None = None
+    hold_back: float | None = None
     segments: list[Segment] = []
+    parts: list[Part] = []
     duration: float | None = None
-    count = 0  # segment URIs so far
+    count, index = 0, 0  # segment URIs so far; parts so far of the segment being read
     for line in lines[1:]:
         if not line:
             continue
@@ -64,15 +92,33 @@ def parse(text: str, playlist_path: str) -> MediaPlaylist:
                     sequence = int(value)
                 elif tag == "#EXTINF":
                     duration = float(value.split(",", 1)[0])
-            except ValueError:
-                raise PlaylistError(f"bad {tag} value {value[:40]!r}") from None
+                elif tag == "#EXT-X-PART-INF":
+                    part_target = float(_attributes(value)["PART-TARGET"])
+                elif tag == "#EXT-X-SERVER-CONTROL" and "PART-HOLD-BACK" in (attrs := _attributes(value)):
+                    hold_back = float(attrs["PART-HOLD-BACK"])
+                elif tag == "#EXT-X-PART":
+                    attrs = _attributes(value)
+                    path = _segment_path(base, attrs["URI"])
+                    if path is not None:
+                        parts.append(Part(sequence + count, index, attrs["URI"], path, float(attrs["DURATION"])))
+                    index += 1
+            except (ValueError, KeyError):
+                raise PlaylistError(f"bad {tag} value {value[:60]!r}") from None
             ended = ended or tag == "#EXT-X-ENDLIST"
             continue
         path = _segment_path(base, line)
         if path is not None:  # a URI that is not ours still takes its sequence number
             segments.append(Segment(sequence + count, line, path, duration if duration is not None else target))
-        count, duration = count + 1, None
-    return MediaPlaylist(target, sequence, tuple(segments), ended)
+        count, duration, index = count + 1, None, 0
+    return MediaPlaylist(target, sequence, tuple(segments), ended, tuple(parts), part_target, hold_back)
+
+
+def _attributes(value: str) -> dict[str, str]:
+    """An attribute list (``NAME=value,NAME="quoted, value"``) as a dict, quotes removed."""
+    out: dict[str, str] = {}
+    for m in _ATTRIBUTE.finditer(value):
+        out[m.group(1)] = m.group(2).strip('"')
+    return out
 
 
 def _segment_path(base: str, uri: str) -> str | None:
@@ -83,3 +129,41 @@ def _segment_path(base: str, uri: str) -> str | None:
     if path.startswith("../") or path == ".." or path.startswith("/"):
         return None
     return path
+
+
+def low_latency(segments: MediaPlaylist, parts: MediaPlaylist, per_segment: int, hold_back: float, keep: int = 3) -> str:
+    """An LL-HLS playlist from an encoder's two outputs of one stream: its whole segments, and the same stream cut in parts.
+
+    Both outputs number their files from 0 and cut at the same key frames,
+    so part ``k`` is part ``k % per_segment`` of segment ``k // per_segment``.
+    The newest ``keep`` whole segments keep their parts listed (RFC 8216bis
+    asks for about three target durations of them); parts of the segment not
+    yet whole follow the last one.  URIs are written as the outputs wrote
+    them, so all three playlists must share a directory.
+    """
+    of: dict[int, list[Segment]] = {}
+    for p in parts.segments:
+        of.setdefault(p.sequence // per_segment, []).append(p)
+    part_target = max((p.duration for p in parts.segments), default=segments.target_duration / per_segment)
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:6",
+        f"#EXT-X-TARGETDURATION:{max(1, round(segments.target_duration))}",
+        f"#EXT-X-SERVER-CONTROL:PART-HOLD-BACK={hold_back:.3f}",
+        f"#EXT-X-PART-INF:PART-TARGET={part_target:.3f}",
+        f"#EXT-X-MEDIA-SEQUENCE:{segments.media_sequence}",
+    ]
+    last = segments.last_sequence
+    for s in segments.segments:
+        if s.sequence > last - keep:
+            lines += [_part_tag(p) for p in of.get(s.sequence, [])]
+        lines += [f"#EXTINF:{s.duration:.6f},", s.uri]
+    if segments.ended:
+        lines.append("#EXT-X-ENDLIST")
+    else:
+        lines += [_part_tag(p) for p in of.get(last + 1, [])]
+    return "\n".join(lines) + "\n"
+
+
+def _part_tag(p: Segment) -> str:
+    return f'#EXT-X-PART:DURATION={p.duration:.6f},URI="{p.uri}",INDEPENDENT=YES'

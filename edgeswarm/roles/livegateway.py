@@ -5,7 +5,8 @@ fetched from the edge (verified against its signed manifest like any
 piece), never from peers, so no reader waits out the swarm's patience for it
 and no swarm is made for each of its versions.  Each playlist the player is
 handed names the newest segments; the gateway then fetches the last
-``LIVE_AHEAD`` of them through their swarms (``want_live``: background
+``LIVE_AHEAD`` of them (of an LL-HLS playlist, the parts its player will
+play next: ``_ahead``) through their swarms (``want_live``: background
 pieces, which the edge hands its region about once - policy/superseed.py -
 and peers pass on over their HAVE streams), so by the time the player asks
 for a segment it is usually here already, or at a neighbour.  Segments that
@@ -70,8 +71,8 @@ class LiveFollower:
     def __init__(self, peer: Peer):
         self.peer = peer
         self._following: dict[str, asyncio.Task] = {}  # playlist path -> its follow task
-        self._newest: dict[str, int] = {}  # playlist path -> the newest segment sequence already asked for
-        self._segments: dict[str, dict[int, str]] = {}  # playlist path -> the segments it named (sequence -> path), until retired
+        self._asked: dict[str, set[str]] = {}  # playlist path -> the segments and parts already fetched ahead
+        self._media: dict[str, dict[int, set[str]]] = {}  # playlist path -> the segments (and their parts) it named, until retired
 
     def served(self, signed: SignedManifest) -> None:
         path = signed.manifest.path
@@ -95,20 +96,24 @@ class LiveFollower:
         except hls.PlaylistError:
             return  # a master playlist or something else: nothing to fetch ahead
         path = signed.manifest.path
-        known = self._segments.setdefault(path, {})
-        known.update((s.sequence, s.path) for s in playlist.segments)
+        known = self._media.setdefault(path, {})
+        for sequence, media in [(s.sequence, s.path) for s in playlist.segments] + [(p.sequence, p.path) for p in playlist.parts]:
+            known.setdefault(sequence, set()).add(media)
+        asked = self._asked.setdefault(path, set())
         for sequence in [q for q in known if q < playlist.media_sequence - RETIRE_AFTER]:
-            await self._retire(known.pop(sequence))
-        for segment in playlist.segments[-LIVE_AHEAD:]:
-            if segment.sequence <= self._newest.get(path, -1):
+            for media in known.pop(sequence):
+                asked.discard(media)
+                await self._retire(media)
+        for media in _ahead(playlist):
+            if media in asked:
                 continue
             try:
-                seg = await self.peer.resolve(segment.path)
+                seg = await self.peer.resolve(media)
             except HttpError as exc:
-                log.info("live segment %s of %s: %s", segment.path, path, exc.message)
+                log.info("live segment %s of %s: %s", media, path, exc.message)
                 continue
             self.peer.swarm(seg).want_live()
-            self._newest[path] = segment.sequence
+            asked.add(media)
 
     async def _retire(self, path: str) -> None:
         """A segment that left the live window: its swarm ends and its pieces go, so announces stay the window's size."""
@@ -124,3 +129,23 @@ class LiveFollower:
     async def close(self) -> None:
         for task in list(self._following.values()):
             task.cancel()
+
+
+def _ahead(playlist: hls.MediaPlaylist) -> list[str]:
+    """What a gateway fetches ahead of its player: the newest ``LIVE_AHEAD`` segments, or with parts, the newest parts.
+
+    A low-latency player plays parts from ``PART-HOLD-BACK`` behind the live
+    edge: the parts over that span are what it will ask for next, and the
+    whole segments they make up it never asks for.
+    """
+    if not playlist.parts:
+        return [s.path for s in playlist.segments[-LIVE_AHEAD:]]
+    span = playlist.part_hold_back or LIVE_AHEAD * playlist.target_duration
+    out: list[str] = []
+    held = 0.0
+    for p in reversed(playlist.parts):
+        out.append(p.path)
+        held += p.duration
+        if held >= span:
+            break
+    return out[::-1]

@@ -7,11 +7,12 @@ The origin's full scan walks the whole tree every ``--scan-interval``; that
 is too slow and too costly for a stream.  Instead, every ``LIVE_POLL``
 seconds this watcher stats only the playlists already published - one
 ``stat`` each, no walk - and when one changed it reads it and publishes, in
-one catalogue change, the segments it names that are new (hashing only
-those) and then the playlist.  So a playlist is never published before the
-segments it names, no half-written file is ever hashed (the catalogue skips
-``.tmp`` names, and ffmpeg renames a segment before it names it), and the
-full scan still withdraws the segments ffmpeg deletes.
+one catalogue change, the segments (and LL-HLS parts) it names that are
+new (hashing only those) and then the playlist.  So a playlist is never
+published before the segments it names, no half-written file is ever
+hashed (the catalogue skips ``.tmp`` names, and ffmpeg renames a segment
+before it names it), and the full scan still withdraws the segments ffmpeg
+deletes.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class LiveWatcher:
         rels: list[str] = []
         read: dict[str, tuple[int, int, int] | None] = {}
         for rel in playlists:
-            read[rel], segments = _segments(self.catalog.root / rel, rel)
-            rels += [s.path for s in segments]
+            read[rel], media = _media(self.catalog.root / rel, rel)
+            rels += media
             rels.append(rel)
         changes = self.catalog.changes_for(rels, known)
         for rel in playlists:  # rewritten again between our read and its hashing: it may name a segment not published
@@ -94,15 +95,15 @@ class LiveWatcher:
         return changes
 
 
-def _segments(file: Path, rel: str) -> tuple[tuple[int, int, int] | None, tuple[hls.Segment, ...]]:
-    """The playlist file's stat key as read, and the segments it names; none if it is unreadable or not a playlist."""
+def _media(file: Path, rel: str) -> tuple[tuple[int, int, int] | None, list[str]]:
+    """The playlist file's stat key as read, and the segments and parts it names; none if it is unreadable or not a playlist."""
     try:
         with open(file, "rb") as f:
             key = _stat_key(os.fstat(f.fileno()))
             text = f.read(MAX_PLAYLIST).decode("utf-8", errors="replace")
     except OSError:
-        return None, ()
+        return None, []
     try:
-        return key, hls.parse(text, rel).segments
+        return key, hls.parse(text, rel).media_paths
     except hls.PlaylistError:
-        return key, ()
+        return key, []
