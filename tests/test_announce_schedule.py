@@ -72,3 +72,14 @@ def test_a_round_between_two_intervals_carries_only_news():
     assert s.full(A, 301) and s.due([A], 301) == [A]
     s.unreachable(A, 50)
     assert s.full(A, 51), "checking an edge that failed asks it something, news or not"
+
+
+def test_the_full_round_follows_the_interval_an_edge_gives():
+    """A peer starts with the default interval and learns the edge's from its first answer: a first round with nothing
+    to announce must not hold the next full one to the default (a restarted edge waited 300 s for its swarm)."""
+    s = AnnounceSchedule(300)
+    s.succeeded(A, 0.0, started=0.0, full=True)  # nothing held yet: no request, no answer
+    s.hurry(A, 0.5)
+    s.interval = 1.0  # the news round's answer names the edge's interval
+    s.succeeded(A, 0.6, started=0.55, full=False)
+    assert s.due([A], 1.0) == [A] and s.full(A, 1.0)

@@ -139,12 +139,25 @@ def test_bad_scenario_file(tmp_path):
 
 
 def test_shipped_scenarios_load():
-    assert scenario.shipped() == ["chaos", "churn", "flash-crowd", "live", "relay", "relay-promoted", "subtracker", "vod", "vod-model"]
+    assert scenario.shipped() == [
+        "chaos",
+        "churn",
+        "flash-crowd",
+        "live",
+        "live-ll",
+        "relay",
+        "relay-promoted",
+        "subtracker",
+        "vod",
+        "vod-model",
+    ]
     relay = scenario.load("relay")
     assert relay.unreachable == 0.34 and relay.promote_upload is None
     assert scenario.load("relay-promoted").promote_upload_Bps == 64_000 and scenario.load("relay-promoted").announce_interval == 5
     sub = scenario.load("subtracker")
     assert sub.promote_regions == ["east"] and sub.linger_s == 60 and sub.promote_upload_Bps == 64_000
+    ll = scenario.load("live-ll").live
+    assert ll.part_s == 1 and ll.hold_back_s == 3 and scenario.load("live").live.part_s is None
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8

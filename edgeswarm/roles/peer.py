@@ -100,11 +100,12 @@ class AnnounceSchedule:
         self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
         self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
-        self._full: dict[str, float] = {}  # tracker -> when a round must carry every content again; absent: now
+        self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content began; absent: never
 
     def full(self, tracker: str, now: float) -> bool:
         """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
-        return self._full.get(tracker, now) <= now
+        last = self._last_full.get(tracker)
+        return last is None or last + self.interval <= now
 
     def due(self, trackers: list[str], now: float) -> list[str]:
         return [t for t in trackers if self._next.get(t, now) <= now]
@@ -126,9 +127,9 @@ class AnnounceSchedule:
         0 % from peers in most runs).
         """
         if full:
-            self._full[tracker] = now + self.interval
+            self._last_full[tracker] = now
         if started is None or self._hurried.get(tracker, -math.inf) < started:
-            self._next[tracker] = self._full.get(tracker, now + self.interval)
+            self._next[tracker] = self._last_full.get(tracker, now) + self.interval  # the interval an answer just gave, too
         return self._failures.pop(tracker, 0)
 
     def failed(self, tracker: str, now: float) -> float:
@@ -147,7 +148,7 @@ class AnnounceSchedule:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
         if tracker not in self._failures:
             self.hurry(tracker, now, FIRST_RETRY)
-            self._full[tracker] = min(self._full.get(tracker, now), now + FIRST_RETRY)  # a round with no news would ask nothing
+            self._last_full.pop(tracker, None)  # a round of news only, maybe of nothing, would ask it nothing
 
 
 class SwarmSource:
