@@ -590,3 +590,16 @@ def test_running_out_of_our_own_descriptors_blames_no_source():
     assert isinstance(seed.send(None), Seed)
     assert seed.send(Result("short", message="out of file descriptors here")) == Sleep(engine.SHORT_PAUSE)
     assert isinstance(seed.send(None), Seed) and e.ranking.ranked(e.edges, e.clock()) == e.edges
+
+
+def test_the_edge_and_seeding_workers_of_a_complete_download_wait_for_a_change_not_a_timer():
+    """A live peer keeps dozens of complete swarms (a stream's window of parts): their workers wait without a timeout,
+    until a piece counted as held turns out lost, which wakes them to fetch it again."""
+    e = Engine(RecordingHost(), 2, (0, 1), seed="me", deadline=2.0, edges=["http://edge:8000"], ranking=SourceRanking(), clock=lambda: 0.0)
+    host = e.host
+    e.want_whole()
+    edge, seed = spawned(host, "edge_worker"), spawned(host, "seed_worker")
+    assert edge.send(None) == Wait(None) and seed.send(None) == Wait(None)
+    e.forget_piece(1)
+    got = edge.send(None)
+    assert isinstance(got, Fetch) and got.index == 1, "a lost piece is fetched again"

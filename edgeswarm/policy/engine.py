@@ -80,9 +80,9 @@ class Neighbour:
 # -- what a worker asks its driver to do ------------------------------------------------------
 @dataclass(frozen=True)
 class Wait:
-    """Until the engine's state changes (``Engine.changed``), or ``timeout`` seconds."""
+    """Until the engine's state changes (``Engine.changed``), or ``timeout`` seconds (None: only the change)."""
 
-    timeout: float
+    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,7 @@ class Engine:
     def forget_piece(self, index: int) -> None:
         """A piece we counted as held is not in the store (evicted, or bad on disk): fetch it again."""
         self.picker.lost(index)
+        self.host.changed()  # workers of a complete download wait for nothing but this
 
     # -- who else has it -------------------------------------------------------------------
     def tracker_answer(self, answer: list[dict[str, Any]]) -> None:
@@ -436,6 +437,12 @@ class Engine:
             yield Sleep(pause)
             pause = min(RESTART_MAX, 2 * pause)
 
+    def _idle(self, poll: float) -> float | None:
+        """How long a worker with nothing to do waits before looking again: ``poll``, or, once every piece is held,
+        until something changes (``forget_piece``).  A live peer keeps a few dozen complete swarms (a stream's
+        window of parts), and their edge and seeding workers looking five times a second were a tenth of its CPU."""
+        return None if self.picker.complete() else poll
+
     def _store_failing(self) -> bool:
         """Whether our store could not write a piece lately (``picker.only_awaited``); after STORE_RETRY seconds
         everything may be fetched again, so a download resumes once there is room (the next failure says otherwise)."""
@@ -483,7 +490,7 @@ class Engine:
             else:  # the seeding worker asks the edge for the rest
                 index = self.picker.pick_urgent(source, now, edge=True, seeding=True)
             if index is None:
-                yield Wait(0.25)
+                yield Wait(self._idle(0.25))
                 continue
             edge = self.choose_edge(picks)
             picks += 1
@@ -512,7 +519,7 @@ class Engine:
                 self.host.changed()  # the edge worker takes over the non-urgent pieces
                 return
             if self.picker.done() or self.fallback(self.clock()) or self._store_failing():
-                yield Wait(1.0)
+                yield Wait(self._idle(1.0))
                 continue
             self._seed_coming, asks = None, asks + 1
             whole = self.picker.whole_file and not self.picker.urgent

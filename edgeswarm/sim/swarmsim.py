@@ -413,7 +413,8 @@ class SimPeer:
         if isinstance(command, Wait):
             w = [worker, False]
             self._parked.append(w)
-            loop.after(command.timeout, self._timeout, w)
+            if command.timeout is not None:
+                loop.after(command.timeout, self._timeout, w)
         elif isinstance(command, Sleep):
             loop.after(command.seconds, self._resume, worker, None)
         elif isinstance(command, Fetch) and command.data is not None:
