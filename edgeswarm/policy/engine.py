@@ -440,7 +440,7 @@ class Engine:
     def _idle(self, poll: float) -> float | None:
         """How long a worker with nothing to do waits before looking again: ``poll``, or, once every piece is held,
         until something changes (``forget_piece``).  A live peer keeps a few dozen complete swarms (a stream's
-        window of parts), and their edge and seeding workers looking five times a second were a tenth of its CPU."""
+        window of parts), and their edge and seeding workers woke five times a second each, for nothing."""
         return None if self.picker.complete() else poll
 
     def _store_failing(self) -> bool:
