@@ -144,7 +144,7 @@ def test_shipped_scenarios_load():
         "churn",
         "flash-crowd",
         "live",
-        "live-ll",
+        "live-segments",
         "relay",
         "relay-promoted",
         "subtracker",
@@ -156,8 +156,8 @@ def test_shipped_scenarios_load():
     assert scenario.load("relay-promoted").promote_upload_Bps == 64_000 and scenario.load("relay-promoted").announce_interval == 5
     sub = scenario.load("subtracker")
     assert sub.promote_regions == ["east"] and sub.linger_s == 60 and sub.promote_upload_Bps == 64_000
-    ll = scenario.load("live-ll").live
-    assert ll.part_s == 1 and ll.hold_back_s == 3 and scenario.load("live").live.part_s is None
+    ll = scenario.load("live").live
+    assert ll.part_s == 1 and ll.hold_back_s == 3 and scenario.load("live-segments").live.part_s is None
     fc = scenario.load("flash-crowd")
     assert fc.tiers == "verizon" and fc.peers == 24
     assert fc.scaled_Bps(128) == 128_000 * 16 / 8
