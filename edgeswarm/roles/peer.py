@@ -100,7 +100,7 @@ class AnnounceSchedule:
         self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
         self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
-        self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content began; absent: never
+        self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content was answered; absent: never
 
     def full(self, tracker: str, now: float) -> bool:
         """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
