@@ -2,9 +2,10 @@
 
 Real daemons (origin, p2p edge, three peers of one region) and a real
 ffmpeg, writing whole segments, or (low latency) segments and parts with the
-lab's packager writing the LL-HLS playlist and players playing parts.  The players are checked against the origin's disk, watched by the
-test: every playlist they are handed was on disk and was outdated there for
-less than one segment duration, and every segment they play is the bytes
+lab's packager writing the LL-HLS playlist and players playing parts.  The
+players are checked against the origin's disk, watched by the test: every
+playlist they are handed was on disk and was outdated there for less than
+one segment duration, and every segment or part they play is the bytes
 ffmpeg wrote.  Concurrent playlist requests to the edge cost its parent one
 manifest request.
 """
