@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,27 +64,32 @@ def ffmpeg_command(
         *("-b:v", rate, "-minrate", rate, "-maxrate", rate, "-bufsize", rate, "-x264-params", "nal-hrd=cbr"),
     ]
     if part_s is None:
-        return [*encode, *_hls_output(out, segment_s, LIST_SIZE, "seg", playlist, tee=False)]
-    per = round(segment_s / part_s)
+        options = _hls_options(out, segment_s, LIST_SIZE, "seg")
+        return [*encode, "-f", "hls", *(x for k, v in options.items() for x in (f"-{k}", v)), str(out / playlist)]
     outputs = [
-        _hls_output(out, segment_s, LIST_SIZE, "seg", SEGMENTS_PLAYLIST, tee=True),
-        _hls_output(out, part_s, LIST_SIZE * per, "part", PARTS_PLAYLIST, tee=True),
+        (_hls_options(out, segment_s, LIST_SIZE, "seg"), SEGMENTS_PLAYLIST),
+        (_hls_options(out, part_s, LIST_SIZE * round(segment_s / part_s), "part"), PARTS_PLAYLIST),
     ]
-    return [*encode, "-map", "0:v", "-f", "tee", "|".join(o[0] for o in outputs)]
+    tee = "|".join("[f=hls:" + ":".join(f"{k}={v}" for k, v in options.items()) + f"]{out / name}" for options, name in outputs)
+    return [*encode, "-map", "0:v", "-f", "tee", tee]
 
 
-def _hls_output(out: Path, seconds: float, size: int, prefix: str, playlist: str, tee: bool) -> list[str]:
-    """One HLS output: ``size`` files named, each deleted ``size`` files after it left the playlist, written as .tmp then renamed."""
-    options = {
+def _hls_options(out: Path, seconds: float, size: int, prefix: str) -> dict[str, str]:
+    """One HLS output's options: ``size`` files named, each deleted ``size`` files after it left the playlist, written as .tmp then renamed."""
+    return {
         "hls_time": f"{seconds:g}",
         "hls_list_size": str(size),
         "hls_delete_threshold": str(size),
         "hls_flags": "delete_segments+temp_file",
         "hls_segment_filename": str(out / f"{prefix}%05d.ts"),
     }
-    if tee:
-        return ["[f=hls:" + ":".join(f"{k}={v}" for k, v in options.items()) + f"]{out / playlist}"]
-    return ["-f", "hls", *(x for k, v in options.items() for x in (f"-{k}", v)), str(out / playlist)]
+
+
+async def _every(seconds: float, look: Callable[[], object]) -> None:
+    """``look`` (blocking: files) in a thread, then again ``seconds`` after it returned, until cancelled."""
+    while True:
+        await asyncio.to_thread(look)
+        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -105,9 +111,7 @@ class LowLatencyPackager:
     written: str = ""
 
     async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.write)
-            await asyncio.sleep(PACKAGER_POLL)
+        await _every(PACKAGER_POLL, self.write)
 
     def write(self) -> bool:
         """Rewrite the playlist if ffmpeg's changed (blocking); whether it was."""
@@ -141,9 +145,7 @@ class DiskWatch:
     ended: bool = False
 
     async def run(self) -> None:
-        while True:
-            await asyncio.to_thread(self.look)
-            await asyncio.sleep(WATCH_POLL)
+        await _every(WATCH_POLL, self.look)
 
     def look(self) -> None:
         try:
