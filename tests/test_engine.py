@@ -152,6 +152,37 @@ def test_a_reader_with_no_neighbours_yet_gets_its_urgent_pieces_from_the_edge_at
     assert isinstance(command, Fetch) and command.index == 0 and command.urgent
 
 
+def test_a_late_viewers_startup_comes_from_the_edge_and_a_continuing_reader_has_none():
+    """A reader starting where a neighbour still fetching the file holds far more than the startup (a viewer ahead of
+    us) takes the first STARTUP pieces from the edge, its seeding worker waiting meanwhile; a reader going on where
+    the last one left off, a live segment and a whole-file download do not."""
+    e, host = make(count=64)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(40))
+    e.reading(0)
+    assert sorted(e.picker.startup) == list(range(engine.STARTUP))
+    command = spawned(host, "edge_worker").send(None)
+    assert isinstance(command, Fetch) and command.index == 0 and command.urgent
+    assert isinstance(spawned(host, "seed_worker").send(None), Wait)
+
+    going_on, _ = make(count=64)
+    going_on.picker.have.update(range(10))
+    c = going_on.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert c is not None
+    going_on.heard(c, "snapshot", range(40))
+    going_on.reading(10)
+    assert not going_on.picker.startup
+    for want in ("want_live", "want_whole"):
+        other, _ = make(count=64)
+        d = other.add_neighbour("b", "http://10.0.0.2:7000", True)
+        assert d is not None
+        other.heard(d, "snapshot", range(40))
+        getattr(other, want)()
+        other.reading(0)
+        assert not other.picker.startup, want
+
+
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
     """The file's last pieces: a piece whose holder chokes us goes to the edge; one an unchoked holder has does not."""
     e, _ = make(count=16)

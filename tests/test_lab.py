@@ -197,27 +197,32 @@ def test_playback_figures_of_a_vod_run():
 
 def test_model_of_the_lab_sessions():
     """Two viewers of one video from 0 s to 10 s; the first uploads 512 kbit/s >= r = 400, so with
-    no prefetch the edge sends only the first one's stream: half of pure CDN; the bound is 2r - 640."""
+    no prefetch the edge sends only the first one's stream: half of pure CDN; the bound is 2r - 640.
+    The second arrives while the first plays, so its first STARTUP pieces (2.62 s of video at 400
+    kbit/s x 16) come from the edge too; the fluid alone is reported beside."""
     users = [
         {"region": "east", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 512},
         {"region": "east", "video": "v.mp4", "arrival_s": 0.1, "startup_s": 0.0, "watch_s": 9.9, "up_kbps": 128},
         {"region": "west", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 768},
     ]
     result = {
-        "scenario": {"kind": "vod", "vod": {"bitrate_kbps": 400}},
+        "scenario": {"kind": "vod", "rate_scale": 16, "vod": {"bitrate_kbps": 400, "duration_s": 10.0, "max_buffer_s": 8.0}},
         "users": users,
-        "regions": {"east": {"savings": 0.45}, "west": {"savings": 0.0}},
-        "savings": 0.3,
+        "regions": {"east": {"savings": 0.3}, "west": {"savings": 0.0}},
+        "savings": 0.2,
     }
     m = labsim.compare(result)
     east, west = m["regions"]["east"], m["regions"]["west"]
-    assert east["model_savings"] == pytest.approx(0.5, abs=0.01)
+    assert m["startup_window_s"] == pytest.approx(8 * 256 * 1024 * 8 / 1000 / (400 * 16), abs=1e-3)
+    assert east["fluid_savings"] == pytest.approx(0.5, abs=0.01)
+    assert east["model_savings"] == pytest.approx(0.5 - 2.62 / 19.9, abs=0.02)  # 2.62 s of r more from the edge
     assert east["bound_savings"] == pytest.approx(1 - 160 / 800, abs=0.01)  # 2r - (512 + 128) = 160
-    assert east["agrees"] and east["difference"] == pytest.approx(-0.05, abs=0.01)
+    assert east["agrees"] and east["difference"] == pytest.approx(0.3 - east["model_savings"], abs=1e-3)
     assert west["model_savings"] == 0.0  # alone: the edge sends it all
     assert west["bound_savings"] == 1.0  # max(0, r - 768): the bound is 0 once u >= r
-    assert m["total"]["model_savings"] == pytest.approx(1 - 2 * 400 * 10 / (400 * 29.9), abs=0.01)  # west's alone
     assert not labsim.compare({**result, "regions": {"east": {"savings": 0.9}, "west": {"savings": 0.0}}})["regions"]["east"]["agrees"]
+    alone = [users[0], {**users[1], "arrival_s": 12.0}, users[2]]  # after the first one ended: nobody to start behind
+    assert labsim.compare({**result, "users": alone})["regions"]["east"]["model_savings"] == 0.0
 
 
 def test_the_live_scenario_is_issue_14s():

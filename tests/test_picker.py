@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.picker import WORKING, PiecePicker
+from edgeswarm.policy.picker import STARTUP_DECIDE, WORKING, PiecePicker
 
 
 def test_rarest_first_among_what_the_peer_holds():
@@ -251,3 +251,49 @@ def test_a_holder_nobody_asks_does_not_keep_the_edge_from_a_blocked_reader():
     p.paused.discard("b")
     assert p.pick_urgent("edge", 1.0, edge=True, seeding=True) is None  # b is idle and worked: it takes 0
     assert p.pick_urgent("edge", 0.9 + WORKING + 0.1, edge=True, seeding=True) == 0  # b's worker stopped asking
+
+
+def late_reader(behind: set[int], count: int = 40) -> PiecePicker:
+    """A stream reader starting at 0 (urgent 4, window 16) whose one neighbour, still fetching, holds ``behind``."""
+    p = PiecePicker(count, seed="me", deadline=2.0)
+    p.peer_has("viewer", behind)
+    p.stream(0, 4, 16)
+    p.start_reader(range(8), 0.0)
+    return p
+
+
+def test_a_reader_starting_behind_a_viewer_takes_its_startup_from_the_edge_and_nothing_else_meanwhile():
+    """A late viewer's neighbour carries the streams already playing: the first 8 pieces come from the edge, lowest
+    first, the neighbour is asked for none of them, and no read-ahead competes for the viewer's downlink."""
+    p = late_reader(set(range(20)))
+    assert p.is_urgent(7) and not p.is_urgent(8)
+    assert p.pick("viewer", 0.0) is None
+    got = []
+    for _ in range(8):
+        i = p.pick("edge#0", 0.1, edge=True, seeding=True)
+        assert i is not None
+        p.start("edge#0", i, 0.1, edge=True)
+        got.append(i)
+    assert got == list(range(8))
+    assert p.pick("viewer", 0.2) is None and p.pick_spread("viewer") is None
+    for i in got:
+        p.finish("edge#0", i, True)
+    assert not p.starting(0.3) and p.pick("viewer", 0.3) in range(8, 16)  # started: the rest of the window is the region's
+
+
+def test_a_crowd_pressing_play_together_trades_its_first_pieces():
+    """Neighbours that started with us hold few pieces (fewer than twice the startup) within STARTUP_DECIDE: no startup
+    from the edge, and a neighbour heard of later does not make one; complete neighbours (seeds) do not either."""
+    p = late_reader({0, 1, 2, 3, 4, 5, 6, 7, 8})
+    assert not p.starting(0.0) and p.pick("viewer", 0.0) == 0
+    p.peer_has("ahead", set(range(30)))
+    assert not p.starting(STARTUP_DECIDE + 0.1)  # decided: the crowd's
+    seeded = late_reader(set(range(40)))
+    assert not seeded.starting(0.0) and seeded.pick("viewer", 0.0) == 0
+
+
+def test_a_startup_the_edge_does_not_deliver_is_anyones_after_the_deadline():
+    p = late_reader(set(range(20)))
+    p.start("edge#0", 0, 0.0, edge=True)
+    assert p.pick("viewer", 1.0) is None
+    assert p.pick("viewer", 2.5) == 1  # the edge is stuck on 0: the neighbour takes the next urgent piece

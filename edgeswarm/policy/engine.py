@@ -40,6 +40,7 @@ PIECE = 256 * 1024  # the piece size the next three count in (as many bytes of s
 EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
+STARTUP = 8  # pieces a reader starting where neighbours hold them takes from the edge (picker.start_reader): 2 MiB
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
@@ -206,6 +207,7 @@ class Engine:
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
+        self.startup = STARTUP * scale
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
         self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
@@ -235,11 +237,23 @@ class Engine:
 
     def reading(self, index: int) -> None:
         """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
+        self._start_reader(index)
         self._readers[index] += 1
         self.picker.wait_for(index, self.clock())
         self.picker.readers_at(self._readers, self.urgent, self.window)
         self.staff()
         self.host.changed()
+
+    def _start_reader(self, index: int) -> None:
+        """A reader that starts where nothing is read or held before it (a player's first request, a seek) may take
+        its first pieces from the edge (picker.start_reader says when).  Not for live segments, fetched ahead of
+        their players, nor for a whole-file download."""
+        picker = self.picker
+        if self.live or picker.whole_file or index in picker.have or self._readers[index] or index - 1 in self._readers:
+            return
+        if index > 0 and index - 1 in picker.have:
+            return  # a reader going on where another one, or a download, left off
+        picker.start_reader(range(index, min(picker.count, index + self.startup)), self.clock())
 
     def read_done(self, index: int) -> None:
         """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""
@@ -518,7 +532,7 @@ class Engine:
                     continue
                 self.host.changed()  # the edge worker takes over the non-urgent pieces
                 return
-            if self.picker.done() or self.fallback(self.clock()) or self._store_failing():
+            if self.picker.done() or self.fallback(self.clock()) or self._store_failing() or self.picker.starting(self.clock()):
                 yield Wait(self._idle(1.0))
                 continue
             self._seed_coming, asks = None, asks + 1

@@ -18,6 +18,16 @@ the hybrid CDN-P2P literature:
   non-urgent pieces instead: then the picker gives it urgent ones only
   (``pick_urgent``), and the edge chooses what the region lacks
   (p2p-media-loader's HTTP window near the playhead, P2P window beyond it).
+* Startup: a reader that starts where a neighbour still fetching the file
+  already holds its first pieces, all of them (a late viewer of a video
+  others are watching, a seek into what they watched), takes them
+  (``startup``) from the edge, and nothing else is fetched until they are
+  in or ``deadline`` has passed: those neighbours' uplinks carry the streams
+  already playing, and a player waits for its whole startup buffer
+  (p2p-media-loader's HTTP window at the playhead).  A crowd pressing play
+  together finds no such neighbour within ``STARTUP_DECIDE`` and trades
+  those pieces as it trades the rest; complete neighbours (seeds, preheated
+  or done watching) are not counted: startups are what preheating them is for.
 * Endgame: when every missing piece is already requested, a source may
   duplicate a request still in flight elsewhere, so one slow source cannot
   hold up the tail.
@@ -30,6 +40,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable
 
+STARTUP_DECIDE = 0.5  # seconds after a reader starts within which a neighbour holding its startup pieces makes them the edge's
 ENDGAME_COPIES = 2  # at most this many sources race for one piece
 WORKING = 2.0  # seconds since a peer source last asked for a piece within which it counts as worked on
 
@@ -46,6 +57,8 @@ class PiecePicker:
         self.urgent: list[int] = []  # reading order
         self.position = 0  # streaming: the reader's piece
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
+        self.startup: dict[int, float] = {}  # piece -> since when a reader's startup wants it from the edge (``starting``)
+        self._starts: list[tuple[frozenset[int], float]] = []  # readers' first pieces, and when: not decided yet
         self.only_awaited = False  # our store cannot write (a full disk): what no reader waits for would be fetched in vain
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
         # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
@@ -124,6 +137,37 @@ class PiecePicker:
         """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
         self.awaited.setdefault(index, now)
 
+    def start_reader(self, pieces: Iterable[int], now: float) -> None:
+        """A reader starts on these pieces: the edge's if a neighbour that lacks part of the file is known to hold every one of them within
+        ``STARTUP_DECIDE`` (what neighbours hold comes from tracker answers and HAVE streams meanwhile), for
+        ``deadline`` at most (module docstring)."""
+        wanted = frozenset(i for i in pieces if i not in self.have)
+        if wanted:
+            self._starts.append((wanted, now))
+            self.starting(now)
+
+    def starting(self, now: float) -> bool:
+        """Whether a reader's startup waits for the edge.  Readers' starts are decided here; startup pieces older than
+        ``deadline`` are anyone's again (an edge that does not deliver them must not keep the download waiting)."""
+        if self._starts:
+            self._decide_starts(now)
+        if self.startup and now - min(self.startup.values()) > self.deadline:
+            self.startup = {i: t for i, t in self.startup.items() if now - t <= self.deadline}
+        return bool(self.startup)
+
+    def _decide_starts(self, now: float) -> None:
+        undecided = []
+        for wanted, since in self._starts:
+            missing = wanted - self.have
+            if not missing or now - since > STARTUP_DECIDE:
+                continue
+            if any(missing <= held and 2 * len(wanted) <= len(held) < self.count for held in self._peers.values()):
+                for i in missing:
+                    self.startup.setdefault(i, now)
+            else:
+                undecided.append((wanted, since))
+        self._starts = undecided
+
     def stop_waiting(self, index: int) -> None:
         """No reader waits for ``index`` any more."""
         self.awaited.pop(index, None)
@@ -162,7 +206,7 @@ class PiecePicker:
 
     def is_urgent(self, index: int) -> bool:
         """Does a reader need ``index`` now (its deadline window, or it is waiting for it)?"""
-        return index in self.urgent or index in self.awaited
+        return index in self.urgent or index in self.awaited or index in self.startup
 
     def seed_from(self) -> int:
         """The lowest piece we are interested in, for the edge's seeding: the reader's, or 0 for a whole file."""
@@ -188,6 +232,7 @@ class PiecePicker:
                 del self._in_flight[index]
         if ok:
             self.have.add(index)
+            self.startup.pop(index, None)
             if index in self.urgent:
                 self.urgent.remove(index)
 
@@ -212,7 +257,7 @@ class PiecePicker:
         if source in self.paused:
             return None
         urgent = self.pick_urgent(source, now, edge, fallback, seeding)
-        if urgent is not None:
+        if urgent is not None or self.startup:  # a startup has the viewer's downlink to itself (pick_urgent's ``starting``)
             return urgent
         usable = self._usable(source, edge)
         free = [i for i in self.missing() if usable(i) and i not in self._in_flight]
@@ -228,7 +273,7 @@ class PiecePicker:
     def pick_spread(self, source: str) -> int | None:
         """A piece to take from ``source`` so that the crowd holds different pieces: one it holds that nobody reads yet
         (not urgent) and nobody of ours is fetching, the rarest, ties broken by this downloader's own order."""
-        if source in self.paused or self.only_awaited:
+        if source in self.paused or self.only_awaited or self.startup:
             return None
         holds = self._peers.get(source, set())
         free = [i for i in self.missing() if i in holds and i not in self._in_flight and not self.is_urgent(i)]
@@ -239,6 +284,8 @@ class PiecePicker:
 
         A peer takes any it holds; the edge one no peer holds, one a reader has
         waited ``patience`` for with no idle holder, or one a peer is late with.
+        A reader's startup pieces (``start_reader``) are the edge's first, lowest
+        first, and no peer's (the edge races one a peer was already sending).
         ``seeding``: the edge seeds the region, lowest lacked piece first, so a
         piece no peer holds yet is on its way to one (readers that start
         together all lack the same next pieces): the edge takes it only once a
@@ -247,8 +294,13 @@ class PiecePicker:
         if source in self.paused:
             return None
         usable = self._usable(source, edge)
+        starting = self.starting(now)
+        if starting and edge:
+            for i in sorted(self.startup):
+                if usable(i) and not self._in_flight.get(i, {}).keys() & self._edge_sources:
+                    return i
         for i in self.urgent:
-            if not usable(i):
+            if not usable(i) or (starting and not edge and i in self.startup):
                 continue
             flying = self._in_flight.get(i)
             if not flying:
