@@ -263,7 +263,8 @@ def test_a_reader_told_its_region_holds_everything_takes_a_piece_nobody_reads_ye
     e, host = make(count=32)
     b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
     assert b is not None
-    e.heard(b, "snapshot", range(32))  # a complete neighbour: a preheated seed
+    e.heard(b, "snapshot", range(32))  # a complete neighbour: a preheated seed, as the tracker says
+    e.tracker_answer([{"peer_id": "b", "url": b.url, "have": set(range(32)), "same_region": True, "placed": True}])
     e.reading(0)
     seed = spawned(host, "seed_worker")
     assert isinstance(seed.send(None), Seed)

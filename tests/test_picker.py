@@ -283,13 +283,22 @@ def test_a_reader_starting_behind_a_viewer_takes_its_startup_from_the_edge_and_n
 
 def test_a_crowd_pressing_play_together_trades_its_first_pieces():
     """Neighbours that started with us hold few pieces (fewer than twice the startup) within STARTUP_DECIDE: no startup
-    from the edge, and a neighbour heard of later does not make one; complete neighbours (seeds) do not either."""
+    from the edge, and a neighbour heard of later does not make one."""
     p = late_reader({0, 1, 2, 3, 4, 5, 6, 7, 8})
     assert not p.starting(0.0) and p.pick("viewer", 0.0) == 0
     p.peer_has("ahead", set(range(30)))
     assert not p.starting(STARTUP_DECIDE + 0.1)  # decided: the crowd's
-    seeded = late_reader(set(range(40)))
-    assert not seeded.starting(0.0) and seeded.pick("viewer", 0.0) == 0
+
+
+def test_a_reader_behind_a_seed_the_operator_placed_trades_its_startup_one_behind_a_viewer_done_watching_does_not():
+    placed = PiecePicker(40, seed="me", deadline=2.0)
+    placed.peer_has("volunteer", set(range(40)))
+    placed.placed("volunteer", True)
+    placed.stream(0, 4, 16)
+    placed.start_reader(range(8), 0.0)
+    assert not placed.starting(0.0) and placed.pick("volunteer", 0.0) == 0
+    done = late_reader(set(range(40)))
+    assert done.starting(0.0) and done.pick("viewer", 0.0) is None
 
 
 def test_a_startup_the_edge_does_not_deliver_is_anyones_after_the_deadline():

@@ -67,6 +67,26 @@ def test_preheat_peers_asks_a_share_of_the_volunteers_and_only_them(nodes, tmp_p
     for pid, peer in ids.items():
         if pid not in chosen:
             assert not holds_any(peer), f"{pid} was not asked, yet fetched {PATH}"
+    # the edge's announce answers say which seeds it placed: a player starting behind one trades its first pieces
+    cid, placed = get(f"{edge.url}/manifest/{PATH}")["id"], set[str]()
+
+    def placed_in_answer() -> bool:
+        body = {
+            "peer_id": "probe",
+            "port": 9,
+            "content": cid,
+            "pieces": 8,
+            "have": "AA==",
+            "uploaded": 0,
+            "downloaded": 0,
+            "event": "started",
+        }
+        got = curl("--interface", "127.1.0.9", "-X", "POST", "--json", json.dumps(body), f"{edge.url}/announce")
+        placed.clear()
+        placed.update(p["peer_id"] for p in json.loads(got.stdout)["peers"] if p.get("placed") is True)
+        return placed == chosen
+
+    wait(placed_in_answer, "announce answers never named exactly the chosen volunteers placed seeds")
 
 
 def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, tmp_path, origin, published):

@@ -9,8 +9,8 @@ same sessions (the model's n·r against the bytes the players read), so the
 rate scale drops out.
 
 The model plays the edge's startup rule too (picker.py, "Startup"): a viewer
-who arrives while another viewer of its video in its region is playing and
-fetching it (``_late``) takes its first ``STARTUP`` pieces from the edge, so
+who arrives once another viewer of its video in its region is playing, or
+has played (``_late``), takes its first ``STARTUP`` pieces from the edge, so
 the model's edge sends those bytes and its fluid serves the rest of that view.  The plain fluid
 model's savings (``fluid_savings``) are reported beside it.
 
@@ -28,7 +28,6 @@ stops watching.  Each is worth a few per cent of a 6-20 s session's bytes.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -54,7 +53,7 @@ def compare(result: dict) -> dict | None:
     start = np.array([u["arrival_s"] + u["startup_s"] for u in views])
     # a late viewer's first STARTUP pieces come from the edge: its fluid session starts that much video later
     window_s = STARTUP * PIECE * 8 / 1000 / (r * s.get("rate_scale", 1))
-    head = np.where(_late(views, s["vod"]), np.minimum(window_s, watch), 0.0)
+    head = np.where(_late(views), np.minimum(window_s, watch), 0.0)
 
     def kbits_of(shift: np.ndarray) -> dict[str, np.ndarray]:
         sessions = model.sessions(
@@ -82,19 +81,15 @@ def compare(result: dict) -> dict | None:
     return out
 
 
-def _late(views: list[dict], vod: dict) -> list[bool]:
-    """Whether each view arrived while another view of its video in its region was playing and had not fetched the whole
-    video (a viewer that quit never does): its startup came from the edge.  A player reads ahead of what it plays, so one
-    that watches to the end holds it all about its buffer (``max_buffer_s``) before it ends; by the engine's rule a
-    complete neighbour does not count."""
-    duration, ahead = vod.get("duration_s", math.inf), vod.get("max_buffer_s", 0.0)
-
-    def fetching(o: dict, t: float) -> bool:
-        begun = o["arrival_s"] + o["startup_s"]
-        return begun <= t and (o["watch_s"] < duration or t < begun + o["watch_s"] - ahead)
-
+def _late(views: list[dict]) -> list[bool]:
+    """Whether each view arrived once another view of its video in its region was playing or had played: its startup came
+    from the edge (by the engine's rule a viewer done watching counts too; a seed the operator placed would not, and the
+    lab's VoD has none)."""
     return [
-        any(o is not u and o["region"] == u["region"] and o["video"] == u["video"] and fetching(o, u["arrival_s"]) for o in views)
+        any(
+            o is not u and o["region"] == u["region"] and o["video"] == u["video"] and o["arrival_s"] + o["startup_s"] <= u["arrival_s"]
+            for o in views
+        )
         for u in views
     ]
 

@@ -269,7 +269,8 @@ class Engine:
 
     # -- who else has it -------------------------------------------------------------------
     def tracker_answer(self, answer: list[dict[str, Any]]) -> None:
-        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
+        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``, and ``"placed"``: a seed
+        the operator placed (preheat), which a starting reader does not count (picker.py, "Startup")."""
         for p in answer:
             n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
             if n is not None:
@@ -277,6 +278,7 @@ class Engine:
                 n.region_claim = None
                 if not n.stream:  # a live stream is newer than the tracker's view
                     self.picker.peer_has(n.peer_id, p["have"])
+                self.picker.placed(n.peer_id, bool(p.get("placed")))
         self.staff()
         self.host.changed()
 

@@ -18,16 +18,16 @@ the hybrid CDN-P2P literature:
   non-urgent pieces instead: then the picker gives it urgent ones only
   (``pick_urgent``), and the edge chooses what the region lacks
   (p2p-media-loader's HTTP window near the playhead, P2P window beyond it).
-* Startup: a reader that starts where a neighbour still fetching the file
-  already holds its first pieces, all of them (a late viewer of a video
-  others are watching, a seek into what they watched), takes them
+* Startup: a reader that starts where a neighbour well ahead of it holds
+  its first pieces, all of them (a late viewer of a video others are
+  watching or have watched, a seek into what they watched), takes them
   (``startup``) from the edge, and nothing else is fetched until they are
-  in or ``deadline`` has passed: those neighbours' uplinks carry the streams
-  already playing, and a player waits for its whole startup buffer
+  in or ``deadline`` has passed: those neighbours' uplinks carry the
+  streams already playing, and a player waits for its whole startup buffer
   (p2p-media-loader's HTTP window at the playhead).  A crowd pressing play
-  together finds no such neighbour within ``STARTUP_DECIDE`` and trades
-  those pieces as it trades the rest; complete neighbours (seeds, preheated
-  or done watching) are not counted: startups are what preheating them is for.
+  together finds no neighbour that far ahead within ``STARTUP_DECIDE`` and
+  trades those pieces as it trades the rest, and so does a reader behind a
+  seed the operator placed (preheat): startups are what it is there for.
 * Endgame: when every missing piece is already requested, a source may
   duplicate a request still in flight elsewhere, so one slow source cannot
   hold up the tail.
@@ -59,6 +59,7 @@ class PiecePicker:
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
         self.startup: dict[int, float] = {}  # piece -> since when a reader's startup wants it from the edge (``starting``)
         self._starts: list[tuple[frozenset[int], float]] = []  # readers' first pieces, and when: not decided yet
+        self._placed: set[str] = set()  # seeds the operator placed (preheat): a startup behind them is theirs
         self.only_awaited = False  # our store cannot write (a full disk): what no reader waits for would be fetched in vain
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
         # the same with an edge that seeds: a piece reaches the region from it anyway, and a neighbour
@@ -87,8 +88,16 @@ class PiecePicker:
             held.add(index)
             self.availability[index] += 1
 
+    def placed(self, peer: str, placed: bool) -> None:
+        """Whether ``peer`` is a seed the operator placed (the tracker says so)."""
+        if placed:
+            self._placed.add(peer)
+        else:
+            self._placed.discard(peer)
+
     def peer_gone(self, peer: str) -> None:
         self.peer_has(peer, ())
+        self._placed.discard(peer)
         del self._peers[peer]
         self._asked.pop(peer, None)
         for index, sources in list(self._in_flight.items()):  # a piece left with no source is not in flight (finish's rule)
@@ -138,7 +147,7 @@ class PiecePicker:
         self.awaited.setdefault(index, now)
 
     def start_reader(self, pieces: Iterable[int], now: float) -> None:
-        """A reader starts on these pieces: the edge's if a neighbour that lacks part of the file is known to hold every one of them within
+        """A reader starts on these pieces: the edge's if a neighbour well ahead of it (``_ahead``) is known to hold them within
         ``STARTUP_DECIDE`` (what neighbours hold comes from tracker answers and HAVE streams meanwhile), for
         ``deadline`` at most (module docstring)."""
         wanted = frozenset(i for i in pieces if i not in self.have)
@@ -161,12 +170,19 @@ class PiecePicker:
             missing = wanted - self.have
             if not missing or now - since > STARTUP_DECIDE:
                 continue
-            if any(missing <= held and 2 * len(wanted) <= len(held) < self.count for held in self._peers.values()):
+            if any(self._ahead(peer, held, missing, len(wanted)) for peer, held in self._peers.items()):
                 for i in missing:
                     self.startup.setdefault(i, now)
             else:
                 undecided.append((wanted, since))
         self._starts = undecided
+
+    def _ahead(self, peer: str, held: set[int], missing: frozenset[int], window: int) -> bool:
+        """``peer`` holds all of a starting reader's ``missing`` pieces and is well ahead of it: a viewer twice the
+        startup ``window`` in, or one done, not a fellow starter; a seed the operator placed is there for startups."""
+        if not missing <= held or len(held) < min(self.count, 2 * window):
+            return False
+        return len(held) < self.count or peer not in self._placed
 
     def stop_waiting(self, index: int) -> None:
         """No reader waits for ``index`` any more."""

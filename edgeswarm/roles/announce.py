@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,18 @@ from edgeswarm.policy import bitfield
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE, ClaimPolicy
 from edgeswarm.policy.peerstore import Counts, PeerStore, StoreUnavailable
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, address_group, answer_peers, owner_of, peer_url
+from edgeswarm.policy.tracker import (
+    AnnounceRecord,
+    Limits,
+    OutOfOrder,
+    PeerRecord,
+    Refused,
+    Tracker,
+    address_group,
+    answer_peers,
+    owner_of,
+    peer_url,
+)
 from edgeswarm.policy.vocabulary import PEER_KINDS, SOURCE_KINDS, STAT_KEYS, STAT_KINDS, TRACKER_FIELDS, reported_share
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
@@ -173,6 +184,8 @@ class TrackerService:
         )
         self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
         self._down: str | None = None  # why the store is unreachable, while it is
+        # (content, complete record) -> whether the operator placed that seed (a preheat order): answers say so
+        self.placed: Callable[[str, PeerRecord], bool] | None = None
 
     @property
     def store(self) -> PeerStore:
@@ -246,8 +259,16 @@ class TrackerService:
             "interval": self.interval,
             "region": region.name if region else None,
             # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
-            "peers": answer_peers(answer, a.peer_id),
+            "peers": self._mark_placed(a.cid, answer, answer_peers(answer, a.peer_id)),
         }, booked
+
+    def _mark_placed(self, cid: str, answer: list[PeerRecord], peers: list[dict[str, object]]) -> list[dict[str, object]]:
+        """Seeds the operator placed say ``"placed": true`` (a copy of the shared entry): a peer starting a stream behind
+        one trades its first pieces instead of taking them from the edge (picker.py, "Startup")."""
+        placed = self.placed
+        if placed is None:
+            return peers
+        return [{**p, "placed": True} if rec.complete and placed(cid, rec) else p for p, rec in zip(peers, answer, strict=True)]
 
     @contextlib.asynccontextmanager
     async def _reaching(self) -> AsyncIterator[None]:

@@ -45,7 +45,7 @@ from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import RateMeter, TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
-from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, Refused, Tracker, owner_of, peer_url
+from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
@@ -153,6 +153,8 @@ class Edge:
         )
         self._p2p_last: dict = {"regions": {}}
         self.preheat = PreheatDesk(self) if tracker is not None else None  # p2p mode: preheat orders for the region's peers
+        if tracker is not None:
+            tracker.placed = self._placed
         self.relay = (  # p2p mode: neighbours reach peers that cannot accept connections through this edge
             RelayHub(RelayLimits(config.relay_peers, config.relay_requests, timeout=config.timeout), self._known_manifest, self.bucket)
             if tracker is not None and config.relay_peers
@@ -821,6 +823,10 @@ class Edge:
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
         return answer
+
+    def _placed(self, cid: str, rec: PeerRecord) -> bool:
+        """A complete record a preheat order put there (its announce answers mark it ``placed``)."""
+        return self.preheat is not None and self.preheat.orders.holds(cid, (rec.address, rec.peer_id))
 
     def _placed_seed(self, cid: str, peer: tuple[str, str], have: str, signed: SignedManifest) -> bool:
         """The peer holds the whole content because a preheat order put it there: its copies count apart (superseed.py)."""

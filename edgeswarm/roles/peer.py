@@ -885,6 +885,7 @@ class Peer:
                     "url": str(p["url"]),
                     "have": bitfield.decode(p["have"], count),
                     "same_region": p.get("region") == self.region,
+                    "placed": p.get("placed") is True,
                 }
                 for p in doc.get("peers", [])
             ]

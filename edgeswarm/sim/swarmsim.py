@@ -277,7 +277,15 @@ class SimEdge:
         now = self.sim.loop.now
         self.seeder.observe(now, peer.region.name, CID, peer.key, peer.placed_seed)
         answer = settle(self.tracker.announce(now, peer.announce_record("started" if peer.announces == 0 else "update")))
-        return [{"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region} for r in answer]
+        return [
+            {"peer_id": r.peer_id, "url": r.url, "have": set(r.have), "same_region": r.region == peer.region, "placed": self._placed(r.url)}
+            for r in answer
+        ]
+
+    def _placed(self, url: str) -> bool:
+        """A seed a preheat order put there: the edge's answers say so (TrackerService.placed)."""
+        other = self.sim.peers.get(url)
+        return other is not None and other.placed_seed
 
 
 class SimPeer:
