@@ -207,7 +207,7 @@ class Engine:
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
-        self.startup = STARTUP * scale
+        self.startup_window = STARTUP * scale
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
         self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
@@ -253,7 +253,7 @@ class Engine:
             return
         if index > 0 and index - 1 in picker.have:
             return  # a reader going on where another one, or a download, left off
-        picker.start_reader(range(index, min(picker.count, index + self.startup)), self.clock())
+        picker.start_reader(range(index, min(picker.count, index + self.startup_window)), self.clock())
 
     def read_done(self, index: int) -> None:
         """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""
