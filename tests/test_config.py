@@ -84,6 +84,7 @@ def test_a_peer_config_survives_its_command_line():
         max_cache=512 * 2**20,
         origin_key=Path("origin.pub"),
         read_timeout=5.0,
+        startup_window=0,
         token="t0k3n",
         ca=Path("ca.pem"),
         cors=CorsPolicy(()),

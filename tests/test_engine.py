@@ -154,14 +154,14 @@ def test_a_reader_with_no_neighbours_yet_gets_its_urgent_pieces_from_the_edge_at
 
 def test_a_late_viewers_startup_comes_from_the_edge_and_a_continuing_reader_has_none():
     """A reader starting where a neighbour still fetching the file holds far more than the startup (a viewer ahead of
-    us) takes the first STARTUP pieces from the edge, its seeding worker waiting meanwhile; a reader going on where
-    the last one left off, a live segment and a whole-file download do not."""
+    us) takes the first STARTUP_BYTES from the edge, its seeding worker waiting meanwhile; a reader going on where
+    the last one left off, a live segment, a whole-file download and a peer at --startup-window 0 do not."""
     e, host = make(count=64)
     b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
     assert b is not None
     e.heard(b, "snapshot", range(40))
     e.reading(0)
-    assert sorted(e.picker.startup) == list(range(engine.STARTUP))
+    assert sorted(e.picker.startup) == list(range(engine.STARTUP_BYTES // engine.PIECE))
     command = spawned(host, "edge_worker").send(None)
     assert isinstance(command, Fetch) and command.index == 0 and command.urgent
     assert isinstance(spawned(host, "seed_worker").send(None), Wait)
@@ -181,6 +181,18 @@ def test_a_late_viewers_startup_comes_from_the_edge_and_a_continuing_reader_has_
         getattr(other, want)()
         other.reading(0)
         assert not other.picker.startup, want
+    off = Engine(
+        RecordingHost(), 64, (), seed="me", deadline=2.0, edges=["http://e"], ranking=SourceRanking(), clock=lambda: 0.0, startup_bytes=0
+    )
+    m = off.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert m is not None
+    off.heard(m, "snapshot", range(40))
+    off.reading(0)
+    assert not off.picker.startup
+    big = Engine(
+        RecordingHost(), 8, (), seed="me", deadline=2.0, edges=["http://e"], ranking=SourceRanking(), clock=lambda: 0.0, piece_size=4 << 20
+    )
+    assert big.startup_window == 1  # 2.5 MiB in 4 MiB pieces: one, rounded up
 
 
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():

@@ -199,7 +199,7 @@ def test_playback_figures_of_a_vod_run():
 def test_model_of_the_lab_sessions():
     """Two viewers of one video from 0 s to 10 s; the first uploads 512 kbit/s >= r = 400, so with
     no prefetch the edge sends only the first one's stream: half of pure CDN; the bound is 2r - 640.
-    The second arrives once the first plays, so its first STARTUP pieces (3.28 s of video at 400
+    The second arrives once the first plays, so its first STARTUP_BYTES (3.28 s of video at 400
     kbit/s x 16) come from the edge too; the fluid alone is reported beside."""
     users = [
         {"region": "east", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 512},
@@ -214,7 +214,7 @@ def test_model_of_the_lab_sessions():
     }
     m = labsim.compare(result)
     east, west = m["regions"]["east"], m["regions"]["west"]
-    window_s = engine.STARTUP * engine.PIECE * 8 / 1000 / (400 * 16)
+    window_s = engine.STARTUP_BYTES * 8 / 1000 / (400 * 16)
     assert m["startup_window_s"] == pytest.approx(window_s, abs=1e-3) and window_s == pytest.approx(3.28, abs=0.01)
     assert east["fluid_savings"] == pytest.approx(0.5, abs=0.01)
     assert east["model_savings"] == pytest.approx(0.5 - window_s / 19.9, abs=0.02)  # the window's r more from the edge

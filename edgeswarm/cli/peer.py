@@ -80,6 +80,15 @@ def add_parser(sub) -> None:
     options.max_cache(p, "cache quota (default: no limit)")
     options.origin_key(p, "origin public key to pin (default: learned from the edge)")
     p.add_argument(
+        "--startup-window",
+        type=options.size,
+        default=d.startup_window,
+        metavar="SIZE",
+        help="a player starting behind a neighbour well ahead of it (a late viewer) takes this much of the file's start "
+        f"from the edge, where neighbours' uplinks are busy with the streams already playing; 0: all from peers, slower "
+        f"starts and fewer edge bytes (default {d.startup_window // 1024} KiB)",
+    )
+    p.add_argument(
         "--read-timeout",
         type=options.positive,
         default=d.read_timeout,

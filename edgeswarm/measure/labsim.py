@@ -10,7 +10,7 @@ rate scale drops out.
 
 The model plays the edge's startup rule too (picker.py, "Startup"): a viewer
 who arrives once another viewer of its video in its region is playing, or
-has played (``_late``), takes its first ``STARTUP`` pieces from the edge, so
+has played (``_late``), takes its first ``STARTUP_BYTES`` from the edge, so
 the model's edge sends those bytes and its fluid serves the rest of that view.  The plain fluid
 model's savings (``fluid_savings``) are reported beside it.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeswarm.policy.engine import PIECE, STARTUP
+from edgeswarm.policy.engine import STARTUP_BYTES
 from edgeswarm.sim import model
 
 TOLERANCE = 0.10
@@ -51,8 +51,8 @@ def compare(result: dict) -> dict | None:
     region = np.array([regions.index(u["region"]) for u in views])
     watch = np.array([u["watch_s"] for u in views], dtype=float)
     start = np.array([u["arrival_s"] + u["startup_s"] for u in views])
-    # a late viewer's first STARTUP pieces come from the edge: its fluid session starts that much video later
-    window_s = STARTUP * PIECE * 8 / 1000 / (r * s.get("rate_scale", 1))
+    # a late viewer's first STARTUP_BYTES come from the edge: its fluid session starts that much video later
+    window_s = STARTUP_BYTES * 8 / 1000 / (r * s.get("rate_scale", 1))
     head = np.where(_late(views), np.minimum(window_s, watch), 0.0)
 
     def kbits_of(shift: np.ndarray) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ PIECE = 256 * 1024  # the piece size the next three count in (as many bytes of s
 EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
-STARTUP = 10  # pieces a reader starting behind a neighbour well ahead takes from the edge (picker.start_reader): 2.5 MiB
+STARTUP_BYTES = 10 * PIECE  # a reader starting behind a neighbour well ahead takes these from the edge (picker.start_reader)
 FALLBACK_AFTER = 10.0  # seconds without a peer delivering before the edge may take anything
 TAIL = 4  # missing pieces at which the edge may take one whose holders all choke us
 MAX_FAILURES = 3  # consecutive failures before a peer is dropped
@@ -187,7 +187,9 @@ class Engine:
         ranking: SourceRanking,
         clock: Callable[[], float],
         piece_size: int = PIECE,
+        startup_bytes: int = STARTUP_BYTES,
     ):
+        """``startup_bytes``: the edge's share of a late viewer's start (``_start_reader``; the peer's --startup-window)."""
         self.host = host
         self.picker = PiecePicker(piece_count, have, seed=seed, deadline=deadline)
         # a reader's windows and the bytes in flight to edges stay the same whatever the piece size: a live segment's
@@ -207,7 +209,7 @@ class Engine:
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
-        self.startup_window = STARTUP * scale
+        self.startup_window = -(-startup_bytes // piece_size)  # in pieces, rounded up; 0: every startup from peers
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
         self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
@@ -249,7 +251,9 @@ class Engine:
         its first pieces from the edge (picker.start_reader says when).  Not for live segments, fetched ahead of
         their players, nor for a whole-file download."""
         picker = self.picker
-        if self.live or picker.whole_file or index in picker.have or self._readers[index] or index - 1 in self._readers:
+        if not self.startup_window or self.live or picker.whole_file or index in picker.have:
+            return
+        if self._readers[index] or index - 1 in self._readers:
             return
         if index > 0 and index - 1 in picker.have:
             return  # a reader going on where another one, or a download, left off

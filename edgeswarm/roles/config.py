@@ -21,6 +21,7 @@ from typing import Any, Self
 
 from edgeswarm.policy.choker import SLOTS
 from edgeswarm.policy.claims import DEFAULT_MAX_RATE
+from edgeswarm.policy.engine import STARTUP_BYTES
 from edgeswarm.policy.tracker import Limits
 from edgeswarm.protocol.cors import OFF, PUBLIC, CorsPolicy
 
@@ -168,6 +169,8 @@ class PeerConfig(_Flags):
     """The origin's public key to pin; None: learned from the edge."""
     read_timeout: float = 30.0
     """Seconds a gateway read waits for a piece before it fails with 504."""
+    startup_window: int = field(default=STARTUP_BYTES, metadata=_SIZE)
+    """Bytes a player starting behind a neighbour well ahead of it takes from the edge (an HTTP window at the playhead); 0: none."""
     token: str | None = None
     """Access token sent to edges (other peers see swarm tickets, never the token)."""
     ca: Path | None = None

@@ -58,6 +58,7 @@ class Swarm:
             ranking=peer.ranking,
             clock=time.monotonic,
             piece_size=signed.manifest.piece_size,
+            startup_bytes=peer.config.startup_window,
         )
         self.picker = self.engine.picker
         if self.picker.complete():
