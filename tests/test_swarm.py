@@ -18,6 +18,7 @@ from aiohttp import web
 from conftest import DoubleServer, make_file, post, run_cli, sha, start_p2p_edge, start_peer, status
 
 from edgeswarm.measure.process import ProcessGroup
+from edgeswarm.policy.engine import STARTUP_BYTES
 from edgeswarm.policy.vocabulary import TRACKER_FIELDS
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
@@ -196,6 +197,19 @@ async def test_streaming_read_of_a_file_held_by_peers(tmp_path, nodes, origin, p
     edge_after = (await status(http, edge.url))["bytes_sent"].get("node", 0)
     assert from_peers > SIZE // 2, st["received_by_kind"]
     assert edge_after - edge_before < SIZE // 2
+    # a late viewer: its start (--startup-window, 2.5 MiB by default) came from the edge, the rest from the seeds
+    assert st["received_by_kind"].get("edge", 0) >= STARTUP_BYTES, st["received_by_kind"]
+    patient = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "patient"), "--edge", edge.url, "--listen", "127.1.0.51:0", "--gateway", "127.0.0.1:0"),
+        *("--upload-limit", "1MB/s", "--startup-window", "0"),
+        name="patient",
+    )
+    await asyncio.sleep(1.5)
+    proc = subprocess.run(["curl", "-sS", "--max-time", "60", patient.urls["gateway"] + "/film.bin"], capture_output=True, timeout=90)
+    assert proc.returncode == 0 and proc.stdout == data, proc.stderr
+    got = (await status(http, patient.urls["gateway"]))["received_by_kind"]
+    assert got.get("edge", 0) < STARTUP_BYTES // 2, got  # no window: the idle seeds send the start too
 
 
 async def test_gateway_ranges_and_restart_resume(tmp_path, nodes, origin, published, regions, http):
