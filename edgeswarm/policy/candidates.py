@@ -6,9 +6,16 @@ than ranking them (bench tracker).  So the tracker keeps one pool per swarm:
 each announce draws only a few new records from the store, which push out
 the ones drawn longest ago, and ranks the pool, whose records stay hot, with
 what ranking needs of each (its asker-independent part) computed once, when
-the record enters the pool.  A candidate is then ranked for about
-``capacity / draws`` announces of its swarm instead of one: each announce
-still ranks a random sample, and every live peer is drawn as often as before.
+the record enters the pool.  A candidate then stays in the pool for about
+``capacity / draws`` announces of its swarm instead of one.
+
+Each announce ranks a random window of the pool (``window``), half of it, not
+the whole pool: in a swarm larger than the pool, every announce ranking the
+same candidates handed every asker the same best ones, so everyone's
+neighbours were the same few uplinks (simulator, 100 whole-file downloads:
+2.03 x the bound against 1.28 x with fresh samples; with windows of a pool
+twice the sample, 1.33 x).  The pool's slots hold draws in the random order
+they came, so a run of slots is a random subset.
 
 What a pool holds stays current: the asker's new record replaces its old one
 in place, a peer that stops or expires leaves it, and a silent record is
@@ -21,6 +28,7 @@ than the pool (then the pool is the whole swarm, as the store reads it).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -73,6 +81,18 @@ class Pool:
             pool[i], parts[i] = rec, self._part(rec)
             if rec.last_seen < self._oldest:
                 self._oldest = rec.last_seen
+
+    def window(self, rng: random.Random, size: int) -> tuple[list[PeerRecord], list[RankPart]]:
+        """``size`` candidates and their parts, a run of slots from a random one on (wrapping): the whole pool if it is no
+        larger.  Slices, not a sample: an announce's cost is its ranking, not choosing what to rank."""
+        n = len(self.records)
+        if n <= size:
+            return self.records, self.parts
+        start = rng.randrange(n)
+        end = start + size
+        if end <= n:
+            return self.records[start:end], self.parts[start:end]
+        return self.records[start:] + self.records[: end - n], self.parts[start:] + self.parts[: end - n]
 
     def update(self, rec: PeerRecord) -> None:
         """A peer announced: if it is a candidate, its new record takes the old one's place (its new pieces, its new rate)."""

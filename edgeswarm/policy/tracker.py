@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+import random
 import struct
 import zlib
 from collections import Counter
@@ -402,6 +403,7 @@ def settle(step: Coroutine[object, None, T]) -> T:
 
 
 SAMPLE_PER_ANSWER = 2  # candidates ranked per place in an answer
+POOL_PER_SAMPLE = 2  # a swarm's pool holds this many samples; each announce ranks one, a random window of it (candidates.py)
 ROTATION = 16  # announces of its swarm a drawn candidate is ranked for, about: each draws 1/ROTATION of the pool anew (candidates.py)
 POOL_REFRESH = 1.0  # seconds: a pool read whole longer ago is read whole again (what other edges sharing the store changed)
 MAX_LEFT = 65536  # (content, peer) that said stopped, kept for a ttl so a late announce of theirs is known; the oldest go first
@@ -416,8 +418,9 @@ class Tracker:
     of each swarm announced here (the super-seeder's copies are this edge's).
     An announce ranks at most ``sample`` candidates, whatever the swarm's
     size: the handout is the best of a random sample once the swarm is
-    larger.  That sample is the swarm's pool (candidates.py), which each
-    announce renews by ``draws`` records read from the store.
+    larger.  That sample is a random window of the swarm's pool
+    (candidates.py), twice its size, which each announce renews by ``draws``
+    records read from the store.
     """
 
     def __init__(
@@ -438,7 +441,9 @@ class Tracker:
         self.max_answer = max_answer
         self.limits = limits or Limits()
         self.sample = sample if sample is not None else SAMPLE_PER_ANSWER * max_answer
-        self.draws = max(1, math.ceil((self.sample + 1) / ROTATION))
+        self.pool_size = POOL_PER_SAMPLE * (self.sample + 1)
+        self.draws = max(1, math.ceil(self.pool_size / ROTATION))
+        self._windows = random.Random(0)  # which run of a pool each announce ranks: uncorrelated with the store's draws
         self.refresh = POOL_REFRESH
         self.store: PeerStore = store or MemoryPeerStore()
         self.store.ttl = ttl
@@ -473,7 +478,8 @@ class Tracker:
         rec = asker_record(ann, now, key[0], group)
         pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
-        return handout(rec, pool.records, self.locality, self.max_answer, self.limits.answer_per_address, pool.parts), size
+        records, parts = pool.window(self._windows, self.sample + 1)
+        return handout(rec, records, self.locality, self.max_answer, self.limits.answer_per_address, parts), size
 
     async def _place(self, now: float, cid: str, rec: PeerRecord) -> tuple[Pool, int]:
         """Store the asker's record and renew its swarm's pool (a few fresh draws, or a whole read when due); the pool, and the swarm's size.
@@ -483,11 +489,11 @@ class Tracker:
         """
         pool = self._pools.get(cid)
         whole = pool is None or not 0 <= now - pool.filled <= self.refresh
-        placed = await self.store.put(now, cid, rec, self.sample, None if whole else self.draws)
+        placed = await self.store.put(now, cid, rec, self.pool_size - 1, None if whole else self.draws)
         pool = self._pools.get(cid)
         if pool is None:
-            pool = self._pools[cid] = Pool(self.sample + 1, now, rank_part)
-        if whole or placed.size <= self.sample + 1:  # the store read a whole sample, or a small swarm whole
+            pool = self._pools[cid] = Pool(self.pool_size, now, rank_part)
+        if whole or placed.size <= self.pool_size:  # the store read a whole sample, or a small swarm whole
             pool.whole(now, placed.candidates)
         else:
             pool.add(placed.candidates)
