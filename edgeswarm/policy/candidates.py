@@ -1,4 +1,4 @@
-"""A swarm's candidate pool: the random sample its announces rank, kept between them and renewed a few draws at a time.
+"""A swarm's candidate pool: the random draws its announces rank windows of, kept between them and renewed a few at a time.
 
 Why: in a swarm of 100 000 peers, a fresh sample of 61 records per announce
 touches 61 records nobody touched lately, and those cache misses cost more

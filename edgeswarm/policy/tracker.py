@@ -493,7 +493,7 @@ class Tracker:
         pool = self._pools.get(cid)
         if pool is None:
             pool = self._pools[cid] = Pool(self.pool_size, now, rank_part)
-        if whole or placed.size <= self.pool_size:  # the store read a whole sample, or a small swarm whole
+        if whole or placed.size <= self.pool_size:  # the store read a whole pool, or a small swarm whole
             pool.whole(now, placed.candidates)
         else:
             pool.add(placed.candidates)
