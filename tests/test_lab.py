@@ -207,7 +207,7 @@ def test_model_of_the_lab_sessions():
         {"region": "west", "video": "v.mp4", "arrival_s": 0.0, "startup_s": 0.0, "watch_s": 10.0, "up_kbps": 768},
     ]
     result = {
-        "scenario": {"kind": "vod", "rate_scale": 16, "vod": {"bitrate_kbps": 400, "duration_s": 10.0, "max_buffer_s": 8.0}},
+        "scenario": {"kind": "vod", "rate_scale": 16, "vod": {"bitrate_kbps": 400}},
         "users": users,
         "regions": {"east": {"savings": 0.3}, "west": {"savings": 0.0}},
         "savings": 0.2,
