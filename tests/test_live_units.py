@@ -105,6 +105,10 @@ def test_a_low_latency_playlist_names_the_parts_of_its_newest_segments():
         (5, 0, "live/part00020.ts"),
     ], "parts belong to the segment that follows them; one out of the tree is skipped"
     assert pl.media_paths[-1] == "live/part00020.ts" and "live/seg00004.ts" in pl.media_paths
+    parts, reached = pl.newest_parts(1.5)
+    assert reached and [p.path for p in parts] == ["live/part00018.ts", "live/part00019.ts", "live/part00020.ts"]
+    parts, reached = pl.newest_parts(10.0)
+    assert not reached and parts == list(pl.parts), "too few parts for the span: all of them"
     with pytest.raises(hls.PlaylistError, match="EXT-X-PART"):
         hls.parse('#EXTM3U\n#EXT-X-PART:URI="a.ts"\n', "a.m3u8")
 

@@ -162,9 +162,10 @@ class DiskWatch:
         self.versions.append((now, text))
         self.ended = parsed.ended
         self.parts.update(p.path for p in parsed.parts)
-        for path, duration in [(s.path, s.duration) for s in parsed.segments] + [(p.path, p.duration) for p in parsed.parts]:
+        for m in parsed.media:
+            path = m.path
             self.appeared.setdefault(path, now)
-            self.durations[path] = duration
+            self.durations[path] = m.duration
             if path not in self.digests:
                 try:
                     data = (self.root / path).read_bytes()
@@ -261,12 +262,8 @@ def _newest(pl: hls.MediaPlaylist) -> tuple[int, int]:
 def _start(pl: hls.MediaPlaylist, behind: int) -> tuple[int, int] | None:
     """Where a player starts: ``PART-HOLD-BACK`` from the live edge at a part, else ``behind`` whole segments; None: too early."""
     if pl.parts and pl.part_hold_back:
-        held = 0.0
-        for p in reversed(pl.parts):
-            held += p.duration
-            if held >= pl.part_hold_back:
-                return p.sequence, p.index
-        return None
+        parts, reached = pl.newest_parts(pl.part_hold_back)
+        return (parts[0].sequence, parts[0].index) if reached else None
     return (pl.last_sequence - behind + 1, 0) if len(pl.segments) >= behind else None
 
 

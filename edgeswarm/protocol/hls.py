@@ -57,9 +57,23 @@ class MediaPlaylist:
     part_hold_back: float | None = None  # #EXT-X-SERVER-CONTROL:PART-HOLD-BACK: how far from the live edge a player stays
 
     @property
+    def media(self) -> list[Segment | Part]:
+        """Every file the playlist names: its segments, then its parts."""
+        return [*self.segments, *self.parts]
+
+    @property
     def media_paths(self) -> list[str]:
-        """Every file the playlist names: its segments and its parts."""
-        return [s.path for s in self.segments] + [p.path for p in self.parts]
+        return [m.path for m in self.media]
+
+    def newest_parts(self, span: float) -> tuple[list[Part], bool]:
+        """The newest parts that play for ``span`` seconds, oldest first (a low-latency player's ``PART-HOLD-BACK``
+        from the live edge), and whether they reach it: all of them when they play for less."""
+        held = 0.0
+        for i in range(len(self.parts) - 1, -1, -1):
+            held += self.parts[i].duration
+            if held >= span:
+                return list(self.parts[i:]), True
+        return list(self.parts), False
 
     @property
     def last_sequence(self) -> int:

@@ -97,8 +97,8 @@ class LiveFollower:
             return  # a master playlist or something else: nothing to fetch ahead
         path = signed.manifest.path
         known = self._media.setdefault(path, {})
-        for sequence, media in [(s.sequence, s.path) for s in playlist.segments] + [(p.sequence, p.path) for p in playlist.parts]:
-            known.setdefault(sequence, set()).add(media)
+        for m in playlist.media:
+            known.setdefault(m.sequence, set()).add(m.path)
         asked = self._asked.setdefault(path, set())
         for sequence in [q for q in known if q < playlist.media_sequence - RETIRE_AFTER]:
             for media in known.pop(sequence):
@@ -140,12 +140,5 @@ def _ahead(playlist: hls.MediaPlaylist) -> list[str]:
     """
     if not playlist.parts:
         return [s.path for s in playlist.segments[-LIVE_AHEAD:]]
-    span = playlist.part_hold_back or LIVE_AHEAD * playlist.target_duration
-    out: list[str] = []
-    held = 0.0
-    for p in reversed(playlist.parts):
-        out.append(p.path)
-        held += p.duration
-        if held >= span:
-            break
-    return out[::-1]
+    parts, _ = playlist.newest_parts(playlist.part_hold_back or LIVE_AHEAD * playlist.target_duration)
+    return [p.path for p in parts]
