@@ -615,13 +615,17 @@ class Peer:
 
     def _news(self, edge: str, cid: str) -> bool:
         """What a round between two intervals carries: a content this edge has not heard of, or one completed since."""
-        if (edge, cid) not in self._announced:
-            return True
         store = self.store
-        if store is None or cid in self._completed:
-            return False
-        signed = store.manifest(cid)
-        return signed is not None and len(store.held(cid)) == signed.manifest.piece_count
+        signed = store.manifest(cid) if store else None
+        if store is None or signed is None:
+            return (edge, cid) not in self._announced
+        return self._event(edge, cid, len(store.held(cid)), signed.manifest.piece_count) != "update"
+
+    def _event(self, edge: str, cid: str, held: int, count: int) -> str:
+        """The event of a content's announce to ``edge`` (``stopped`` aside): started, completed or update."""
+        if (edge, cid) not in self._announced:
+            return "started"
+        return "completed" if held == count and cid not in self._completed else "update"
 
     async def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool) -> bool:
         """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; False: announce to the edge.
@@ -689,10 +693,7 @@ class Peer:
         count = signed.manifest.piece_count
         held = store.held(cid)
         if event != "stopped":
-            if (edge, cid) not in self._announced:
-                event = "started"
-            elif len(held) == count and cid not in self._completed:
-                event = "completed"
+            event = self._event(edge, cid, len(held), count)
         received = self.received.get(cid, Counter())
         usage = {"from_this_edge": (edge, self.from_edge[(cid, edge)])}  # what has been reported, and to whom
         if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
