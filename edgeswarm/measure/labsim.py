@@ -49,6 +49,8 @@ def compare(result: dict) -> dict | None:
     videos = sorted({u["video"] for u in views})
     r = s["vod"]["bitrate_kbps"]
     region = np.array([regions.index(u["region"]) for u in views])
+    content = np.array([videos.index(u["video"]) for u in views])
+    up = np.array([u["up_kbps"] for u in views])
     watch = np.array([u["watch_s"] for u in views], dtype=float)
     start = np.array([u["arrival_s"] + u["startup_s"] for u in views])
     # a late viewer's first STARTUP_BYTES come from the edge: its fluid session starts that much video later
@@ -60,8 +62,8 @@ def compare(result: dict) -> dict | None:
             start=start + shift,
             duration=watch - shift,
             region=region,
-            content=np.array([videos.index(u["video"]) for u in views]),
-            up=np.array([u["up_kbps"] for u in views]),
+            content=content,
+            up=up,
             rate=np.full(len(views), r),
             step=STEP,
         )
