@@ -313,7 +313,7 @@ class PiecePicker:
         starting = self.starting(now)
         if starting and edge:
             for i in sorted(self.startup):
-                if usable(i) and not self._in_flight.get(i, {}).keys() & self._edge_sources:
+                if usable(i) and not self._at_edge(self._in_flight.get(i, {})):
                     return i
         for i in self.urgent:
             if not usable(i) or (starting and not edge and i in self.startup):
@@ -335,7 +335,11 @@ class PiecePicker:
         """Only peers fetch this piece, the first since before ``started_before``: the edge may race it, however many
         peers hold a request for it (two that never answer kept a download's last piece from the edge for good: the
         copy limit is for peers racing each other)."""
-        return not flying.keys() & self._edge_sources and min(flying.values()) <= started_before
+        return not self._at_edge(flying) and min(flying.values()) <= started_before
+
+    def _at_edge(self, flying: dict[str, float]) -> bool:
+        """An edge is among a piece's sources in flight."""
+        return bool(flying.keys() & self._edge_sources)
 
     def _usable(self, source: str, edge: bool) -> Callable[[int], bool]:
         holds = None if edge else self._peers.get(source, set())
