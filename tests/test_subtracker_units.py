@@ -82,6 +82,22 @@ async def test_answers_rank_its_announcers_its_edges_peers_and_itself_never_the_
     assert sub.status()["contents"] == 2 and sub.status()["announcers"] == 2 and sub.peers_known() == 3
 
 
+async def test_seeds_its_edge_said_the_operator_placed_are_placed_in_its_answers_too():
+    sub = _sub()
+    sub.start(10, "east")
+    whole = bitfield.encode({0, 1, 2, 3}, 4)
+    volunteer = {"peer_id": "vol", "url": "http://127.0.0.1:7009", "have": whole, "complete": True, "region": "east", "placed": True}
+    viewer = {"peer_id": "done", "url": "http://127.0.0.8:7008", "have": whole, "complete": True, "region": "east"}
+    sub.edge_listed(CID, 4, [{"peer_id": "bad"}, volunteer, viewer])  # an entry it cannot read is skipped, not misaligned
+    async with serve_app(_app(sub)) as port:
+        await _post(port, _doc("vol", 7009, {0, 1, 2, 3}))  # the volunteer announces here too: its record here is the one ranked
+        await _post(port, _doc("seed", 7001, {0, 1, 2, 3}))  # a viewer done watching, announcing here
+        code, answer = await _post(port, _doc("b", 7002, set()))
+    assert code == 200 and isinstance(answer, dict)
+    placed = {p["url"]: p.get("placed", False) for p in answer["peers"]}
+    assert placed == {"http://127.0.0.1:7009": True, "http://127.0.0.8:7008": False, "http://127.0.0.1:7001": False}
+
+
 async def test_batches_answer_each_item_and_keep_the_edges_limits():
     sub = _sub()
     sub.start(10, "east")

@@ -24,7 +24,7 @@ import random
 import struct
 import zlib
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -366,16 +366,20 @@ def labels(answer: list[PeerRecord], asker: str | None = None) -> list[str]:
     return [r.peer_id if names[r.peer_id] <= 1 else f"{r.peer_id}@{r.address}" for r in answer]
 
 
-def answer_peers(answer: list[PeerRecord], asker: str) -> list[dict[str, object]]:
-    """The answer's ``peers`` as the wire lists them (``wire``), each under its label (``labels``).
+def answer_peers(answer: list[PeerRecord], asker: str, placed: Callable[[PeerRecord], bool] | None = None) -> list[dict[str, object]]:
+    """The answer's ``peers`` as the wire lists them (``wire``), each under its label (``labels``); a complete record
+    ``placed`` says the operator put there (a preheat order) says ``"placed": true`` (picker.py, "Startup").
 
     A record's entry is built once and shared by every answer it is in (the
-    common case: no shared id); only a relabelled peer gets a copy.  Nobody
-    changes an entry: an answer is encoded and sent.
+    common case: no shared id); only a relabelled or placed peer gets a copy.
+    Nobody changes an entry: an answer is encoded and sent.
     """
-    return [
+    peers = [
         p.wire() if label == p.peer_id else {**p.wire(), "peer_id": label} for p, label in zip(answer, labels(answer, asker), strict=True)
     ]
+    if placed is None:
+        return peers
+    return [{**p, "placed": True} if rec.complete and placed(rec) else p for p, rec in zip(peers, answer, strict=True)]
 
 
 def next_rate(previous: PeerRecord | None, uploaded: int, now: float) -> float:

@@ -13,6 +13,7 @@ connection's address, so a peer cannot point others at someone else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -255,20 +256,14 @@ class TrackerService:
         booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}
         if cut.excess:
             booked["claim_excess"] = cut.excess
+        placed = self.placed
         return {
             "interval": self.interval,
             "region": region.name if region else None,
             # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
-            "peers": self._mark_placed(a.cid, answer, answer_peers(answer, a.peer_id)),
+            # seeds the operator placed say so: a crowd behind one trades its first pieces, not from the edge (picker.py, "Startup")
+            "peers": answer_peers(answer, a.peer_id, None if placed is None else functools.partial(placed, a.cid)),
         }, booked
-
-    def _mark_placed(self, cid: str, answer: list[PeerRecord], peers: list[dict[str, object]]) -> list[dict[str, object]]:
-        """Seeds the operator placed say ``"placed": true`` (a copy of the shared entry): a peer starting a stream behind
-        one trades its first pieces instead of taking them from the edge (picker.py, "Startup")."""
-        placed = self.placed
-        if placed is None:
-            return peers
-        return [{**p, "placed": True} if rec.complete and placed(cid, rec) else p for p, rec in zip(peers, answer, strict=True)]
 
     @contextlib.asynccontextmanager
     async def _reaching(self) -> AsyncIterator[None]:

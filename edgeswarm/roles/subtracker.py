@@ -17,8 +17,9 @@ its limits (rate and ids per address, batches of at most 100, the 64 KiB
 body cap of every app).  An answer ranks, with the edge's ranking code, the
 peers that announce here, the peers our edge's last answers listed (all of
 the region, whoever they announce to), and ourselves when we hold the
-content: at most 30, never the asker.  While no edge promotes us, every
-announce is a 404, so our peers go back to their edge.
+content: at most 30, never the asker; the seeds our edge's answers say the
+operator placed (``"placed"``) are placed in ours too.  While no edge
+promotes us, every announce is a 404, so our peers go back to their edge.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class SubTracker:
         self.region: Region | None = None
         self.interval = 0.0
         self.heard: dict[str, tuple[float, list[PeerRecord]]] = {}  # cid -> (when, the peers our edge's last answer listed)
+        self.placed: dict[str, set[str]] = {}  # cid -> the URLs of the seeds our edge's last answer said the operator placed
         self._announcers: dict[tuple[str, PeerKey], str] = {}  # (cid, owner and peer id) live here -> its URL
         self._expired = 0.0
         self.counts: Counter[str] = Counter()  # announces (requests) and contents answered, refused by status: kept across promotions
@@ -93,19 +95,23 @@ class SubTracker:
         """Demoted: forget everything; announces get 404 and their senders go back to their edge."""
         self.tracker = None
         self.heard.clear()
+        self.placed.clear()
         self._announcers.clear()
 
     def edge_listed(self, cid: str, count: int, peers: list[dict]) -> None:
         """Our edge's answer for ``cid`` listed these peers (wire form): they are in our answers too, until a ttl passes."""
         if self.tracker is None:
             return
-        records = []
+        records, placed = [], set()
         for p in peers:
             try:
                 records.append(_listed(p, count))
             except (KeyError, TypeError, ValueError):
                 continue  # the peer's own parsing of the answer says so, once
+            if p.get("placed") is True:
+                placed.add(records[-1].url)
         self.heard[cid] = (time.monotonic(), records)
+        self.placed[cid] = placed
 
     # -- POST /announce -------------------------------------------------------------------
     async def post_announce(self, request: web.Request) -> web.Response:
@@ -198,7 +204,8 @@ class SubTracker:
         self._announcers[key] = record.url
         asker = asker_record(record, 0.0, owner, address_group(address))
         answer = handout(asker, self._candidates(request, record, ours), "prefer", tracker.max_answer, tracker.limits.answer_per_address)
-        return {"peers": answer_peers(answer, a.peer_id)}
+        placed = self.placed.get(cid, set())  # our edge's say, passed on: a startup behind one trades (picker.py, "Startup")
+        return {"peers": answer_peers(answer, a.peer_id, lambda rec: rec.url in placed)}
 
     def _candidates(self, request: web.Request, asker: AnnounceRecord, ours: list[PeerRecord]) -> list[PeerRecord]:
         """Our announcers' best, then the peers our edge listed, then ourselves: each URL once, never the asker's."""
