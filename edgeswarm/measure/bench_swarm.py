@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -323,9 +324,21 @@ async def _get(root: Path, crowd: Crowd, edge: str, meter: Meter) -> list[dict]:
         i, rc, log = failed[0]
         raise RuntimeError(f"{len(failed)} of {crowd.peers} `edgeswarm get` failed; get {i} exited with {rc}: {log.read_text()[-500:]}")
     return [
-        {"peer": i, "complete_s": round(out.stat().st_mtime - started_wall, 3), "sha256": await asyncio.to_thread(file_sha256, out)}
-        for i, (_, out, _) in enumerate(procs)
+        {
+            "peer": i,
+            "complete_s": round(out.stat().st_mtime - started_wall, 3),
+            "download_s": _download_s(log),
+            "sha256": await asyncio.to_thread(file_sha256, out),
+        }
+        for i, (_, out, log) in enumerate(procs)
     ]
+
+
+def _download_s(log: Path) -> float | None:
+    """The download's own time as the ``get`` printed it (from its first piece request, after its start-up and the
+    manifest), so that a reader can tell start-up from swarming; None if the line is not there."""
+    found = re.search(r" in ([0-9.]+) s \(", log.read_text(errors="replace"))
+    return float(found.group(1)) if found else None
 
 
 async def _watch(progress: Progress | None, crowd: Crowd, bound: float, meter: Meter, timeline: list) -> None:
@@ -376,6 +389,7 @@ def _result(
         "all_complete_s": times[-1],
         "median_complete_s": times[len(times) // 2],
         "ratio_to_bound": round(times[-1] / bound, 3),
+        **_startups(peers, bound),
         "p2p_share": share(got),
         "bytes": {k: got[k] for k in SOURCES},
         "cross_region_bytes": got[OTHER],
@@ -389,6 +403,20 @@ def _result(
         "steal_pct": steal,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+    }
+
+
+def _startups(peers: list[dict], bound: float) -> dict:
+    """``get`` mode: how long the processes took from launch to their first request (start-up: the imports, the
+    upload server, the manifest), and the slowest download from its own start against the bound."""
+    own = [(p["complete_s"], p["download_s"]) for p in peers if p.get("download_s") is not None]
+    if not own or len(own) < len(peers):
+        return {}
+    startups = sorted(done - took for done, took in own)
+    return {
+        "startup_median_s": round(startups[len(startups) // 2], 2),
+        "startup_max_s": round(startups[-1], 2),
+        "download_ratio_to_bound": round(max(took for _, took in own) / bound, 3),
     }
 
 
@@ -414,6 +442,14 @@ def report(console: Console, r: dict) -> None:
         ("last peer complete", f"{r['all_complete_s']:.1f} s"),
         ("median peer complete", f"{r['median_complete_s']:.1f} s"),
         ("time / bound", f"{r['ratio_to_bound']:.2f}"),
+        *(
+            [
+                ("get start-up, launch to first request (median / max)", f"{r['startup_median_s']:.1f} / {r['startup_max_s']:.1f} s"),
+                ("slowest download from its own start / bound", f"{r['download_ratio_to_bound']:.2f}"),
+            ]
+            if "startup_max_s" in r
+            else []
+        ),
         ("P2P share", _pct(r["p2p_share"])),
         *((f"received from {k.replace('_', ' ')}", format_bytes(r["bytes"][k])) for k in SOURCES),
         ("crossed regions", format_bytes(r["cross_region_bytes"])),
