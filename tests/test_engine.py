@@ -195,6 +195,26 @@ def test_a_late_viewers_startup_comes_from_the_edge_and_a_continuing_reader_has_
     assert big.startup_window == 1  # 2.5 MiB in 4 MiB pieces: one, rounded up
 
 
+def test_a_bounded_reads_startup_takes_from_the_edge_no_more_than_the_read_asks():
+    """A 64 KiB probe (a Range with an end) behind a complete neighbour takes its one piece from the edge, not the
+    startup window; a neighbour is still 'well ahead' only at twice the whole window in, however short the read."""
+    e, _ = make(count=64)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(64))
+    e.reading(30, 31)
+    assert sorted(e.picker.startup) == [30]
+    e.reading(62, 200)  # a bound past the file's end is the file's end
+    assert sorted(e.picker.startup) == [30, 62, 63]
+
+    near, _ = make(count=64)
+    c = near.add_neighbour("c", "http://10.0.0.3:7000", True)
+    assert c is not None
+    near.heard(c, "snapshot", range(12))  # a fellow starter a little ahead: fewer than twice the window
+    near.reading(0, 2)
+    assert not near.picker.startup
+
+
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
     """The file's last pieces: a piece whose holder chokes us goes to the edge; one an unchoked holder has does not."""
     e, _ = make(count=16)

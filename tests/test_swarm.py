@@ -210,6 +210,15 @@ async def test_streaming_read_of_a_file_held_by_peers(tmp_path, nodes, origin, p
     assert proc.returncode == 0 and proc.stdout == data, proc.stderr
     got = (await status(http, patient.urls["gateway"]))["received_by_kind"]
     assert got.get("edge", 0) < STARTUP_BYTES // 2, got  # no window: the idle seeds send the start too
+    # a bounded probe (64 KiB within one piece, as a tile or index reader sends) takes no startup window from the edge
+    prober = start_peer(nodes, tmp_path, edge.url, "127.1.0.52", "prober")
+    await asyncio.sleep(1.5)
+    start = 20 * 256 * 1024 + 1000
+    async with http.get(prober.urls["gateway"] + "/film.bin", headers={"Range": f"bytes={start}-{start + 65535}"}) as r:
+        assert r.status == 206 and await r.read() == data[start : start + 65536]
+    await asyncio.sleep(1.5)  # what was fetched for the read and was still on its way when it ended is in too
+    got = (await status(http, prober.urls["gateway"]))["received_by_kind"]
+    assert got.get("edge", 0) <= 256 * 1024, got  # its one piece at most; 10 pieces (2.5 MiB) before the read's end was known
 
 
 async def test_gateway_ranges_and_restart_resume(tmp_path, nodes, origin, published, regions, http):

@@ -42,8 +42,9 @@ class PieceSource(Protocol):
     def held(self, index: int) -> bool:
         """Whether ``local`` would probably succeed (no need to fetch ahead)."""
 
-    async def fetch(self, index: int) -> bytes:
-        """The verified piece; raises HttpError when it cannot be had."""
+    async def fetch(self, index: int, stop: int | None = None) -> bytes:
+        """The verified piece; raises HttpError when it cannot be had.  ``stop``: the piece the read ends before, if
+        known (a bounded range): a source that fetches for a read may take no more than it asks for."""
 
 
 def file_headers(signed: SignedManifest) -> dict[str, str]:
@@ -169,7 +170,7 @@ async def _send_span(
         if piece is None:
             for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
                 if j not in pending and (j == i or not source.held(j)):
-                    pending[j] = asyncio.ensure_future(source.fetch(j))
+                    pending[j] = asyncio.ensure_future(source.fetch(j, indices.stop))
             piece = await pending.pop(i)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
         offset, length = m.piece_span(i)
         a = max(first, offset) - offset
@@ -181,7 +182,7 @@ async def _send_span(
                 await resp.write(head)
                 head = b""
             if not isinstance(piece, bytes):  # the store may have closed that descriptor meanwhile, its number reused
-                piece = source.local(i) or await source.fetch(i)
+                piece = source.local(i) or await source.fetch(i, indices.stop)
         if transform is not None:
             data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
             data = transform(data, offset + a)

@@ -237,19 +237,21 @@ class Engine:
         self.picker.deadline, self.picker.seed_patience = LIVE_DEADLINE, LIVE_SEED_PATIENCE
         self.want_whole()
 
-    def reading(self, index: int) -> None:
-        """A reader waits for piece ``index``: it and the next ones become urgent, the window moves."""
-        self._start_reader(index)
+    def reading(self, index: int, stop: int | None = None) -> None:
+        """A reader waits for piece ``index``: it and the next ones become urgent, the window moves.  ``stop``: the
+        piece the read ends before, when it is bounded (a Range with an end), else the file's end."""
+        self._start_reader(index, self.picker.count if stop is None else min(stop, self.picker.count))
         self._readers[index] += 1
         self.picker.wait_for(index, self.clock())
         self.picker.readers_at(self._readers, self.urgent, self.window)
         self.staff()
         self.host.changed()
 
-    def _start_reader(self, index: int) -> None:
+    def _start_reader(self, index: int, stop: int) -> None:
         """A reader that starts where nothing is read or held before it (a player's first request, a seek) may take
-        its first pieces from the edge (picker.start_reader says when).  Not for live segments, fetched ahead of
-        their players, nor for a whole-file download."""
+        its first pieces from the edge (picker.start_reader says when), none past its read's end ``stop``: a bounded
+        probe of 64 KiB took 10 pieces from the edge, 2.5 MiB, where a complete neighbour held them all.  Not for
+        live segments, fetched ahead of their players, nor for a whole-file download."""
         picker = self.picker
         if not self.startup_window or self.live or picker.whole_file or index in picker.have:
             return
@@ -257,7 +259,7 @@ class Engine:
             return
         if index > 0 and index - 1 in picker.have:
             return  # a reader going on where another one, or a download, left off
-        picker.start_reader(range(index, min(picker.count, index + self.startup_window)), self.clock())
+        picker.start_reader(range(index, min(stop, index + self.startup_window)), self.clock(), self.startup_window)
 
     def read_done(self, index: int) -> None:
         """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""

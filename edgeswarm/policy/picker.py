@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 STARTUP_DECIDE = 0.5  # seconds after a reader starts within which a neighbour holding its startup pieces makes them the edge's
 ENDGAME_COPIES = 2  # at most this many sources race for one piece
@@ -58,7 +58,8 @@ class PiecePicker:
         self.position = 0  # streaming: the reader's piece
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
         self.startup: dict[int, float] = {}  # piece -> since when a reader's startup wants it from the edge (``starting``)
-        self._starts: list[tuple[frozenset[int], float]] = []  # readers' first pieces, and when: not decided yet
+        # readers' first pieces, when, and how many pieces a neighbour ahead holds (_ahead): not decided yet
+        self._starts: list[tuple[frozenset[int], float, int]] = []
         self._placed: set[str] = set()  # seeds the operator placed (preheat): a startup behind them is theirs
         self.only_awaited = False  # our store cannot write (a full disk): what no reader waits for would be fetched in vain
         self.patience = 0.5  # seconds a reader waits for a busy holder before the edge may step in
@@ -146,13 +147,14 @@ class PiecePicker:
         """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
         self.awaited.setdefault(index, now)
 
-    def start_reader(self, pieces: Iterable[int], now: float) -> None:
+    def start_reader(self, pieces: Sequence[int], now: float, window: int | None = None) -> None:
         """A reader starts on these pieces: the edge's if a neighbour well ahead of it (``_ahead``) is known to hold them within
         ``STARTUP_DECIDE`` (what neighbours hold comes from tracker answers and HAVE streams meanwhile), for
-        ``deadline`` at most (module docstring)."""
+        ``deadline`` at most (module docstring).  ``window``: the startup window in pieces, of which ``pieces`` may
+        be fewer (a short read); a neighbour is well ahead at twice the window in, whatever the read's length."""
         wanted = frozenset(i for i in pieces if i not in self.have)
         if wanted:
-            self._starts.append((wanted, now))
+            self._starts.append((wanted, now, 2 * (len(pieces) if window is None else window)))
             self.starting(now)
 
     def starting(self, now: float) -> bool:
@@ -166,21 +168,22 @@ class PiecePicker:
 
     def _decide_starts(self, now: float) -> None:
         undecided = []
-        for wanted, since in self._starts:
+        for wanted, since, reach in self._starts:
             missing = wanted - self.have
             if not missing or now - since > STARTUP_DECIDE:
                 continue
-            if any(self._ahead(peer, held, missing, len(wanted)) for peer, held in self._peers.items()):
+            if any(self._ahead(peer, held, missing, reach) for peer, held in self._peers.items()):
                 for i in missing:
                     self.startup.setdefault(i, now)
             else:
-                undecided.append((wanted, since))
+                undecided.append((wanted, since, reach))
         self._starts = undecided
 
-    def _ahead(self, peer: str, held: set[int], missing: frozenset[int], window: int) -> bool:
-        """``peer`` holds all of a starting reader's ``missing`` pieces and is well ahead of it: a viewer twice the
-        startup ``window`` in, or one done, not a fellow starter; a seed the operator placed is there for startups."""
-        if not missing <= held or len(held) < min(self.count, 2 * window):
+    def _ahead(self, peer: str, held: set[int], missing: frozenset[int], reach: int) -> bool:
+        """``peer`` holds all of a starting reader's ``missing`` pieces and is well ahead of it: a viewer ``reach``
+        pieces in (twice the startup window), or one done, not a fellow starter; a seed the operator placed is there
+        for startups."""
+        if not missing <= held or len(held) < min(self.count, reach):
             return False
         return len(held) < self.count or peer not in self._placed
 

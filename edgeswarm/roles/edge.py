@@ -101,7 +101,7 @@ class EdgeSource:
     def held(self, index: int) -> bool:
         return self.edge.pinned.opened.has(self.cid, index)  # has(): also a piece another worker stored
 
-    async def fetch(self, index: int) -> bytes:
+    async def fetch(self, index: int, stop: int | None = None) -> bytes:
         if not self.may_fetch:
             raise HttpError(403, "this edge fetches uncached content only for its internal network")
         return await self.edge.fill(self.cid, index)

@@ -48,7 +48,7 @@ class EdgeSource:
     def held(self, index: int) -> bool:
         return self.peer.pinned.opened.has(self.signed.content_id, index)
 
-    async def fetch(self, index: int) -> bytes:
+    async def fetch(self, index: int, stop: int | None = None) -> bytes:
         cid = self.signed.content_id
         problems = []
         for edge in self.peer.ranking.ranked(self.peer.edges, time.monotonic()) or self.peer.edges:

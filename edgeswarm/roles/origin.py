@@ -67,7 +67,7 @@ class OriginSource:
     def held(self, index: int) -> bool:
         return False
 
-    async def fetch(self, index: int) -> bytes:
+    async def fetch(self, index: int, stop: int | None = None) -> bytes:
         kept = self.entry.data  # a live playlist: the bytes signed, whatever the file holds now
         if kept is not None:
             offset, length = self.entry.signed.manifest.piece_span(index)

@@ -163,10 +163,10 @@ class SwarmSource:
     def held(self, index: int) -> bool:
         return self.peer.pinned.opened.has(self.swarm.cid, index)
 
-    async def fetch(self, index: int) -> bytes:
+    async def fetch(self, index: int, stop: int | None = None) -> bytes:
         try:
             async with asyncio.timeout(self.peer.read_timeout):
-                unstored = await self.swarm.piece(index)
+                unstored = await self.swarm.piece(index, stop)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
         data = unstored if unstored is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)

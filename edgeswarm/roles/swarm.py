@@ -74,16 +74,17 @@ class Swarm:
         self.engine.want_live()
         self._check_complete()
 
-    async def piece(self, index: int) -> bytes | None:
-        """Wait until piece ``index`` is stored (a gateway read; it becomes urgent): None, or its verified bytes when
-        our disk could not store them (full), so that the reader is served all the same."""
+    async def piece(self, index: int, stop: int | None = None) -> bytes | None:
+        """Wait until piece ``index`` is stored (a gateway read, which ends before piece ``stop`` if known; it becomes
+        urgent): None, or its verified bytes when our disk could not store them (full), so that the reader is served
+        all the same."""
         if index in self.picker.have:
             if self.peer.pinned.opened.has(self.cid, index):
                 return None
             self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
-        self.engine.reading(index)
+        self.engine.reading(index, stop)
         try:
             got: bytes | None = await fut
             return got
