@@ -215,6 +215,37 @@ def test_a_bounded_reads_startup_takes_from_the_edge_no_more_than_the_read_asks(
     assert not near.picker.startup
 
 
+def test_no_startup_waits_for_an_edge_that_is_down_or_for_a_reader_gone():
+    """Seeks with the edge down took the whole 2 s deadline each though a complete neighbour could serve them at once
+    (an adversarial session with real players); a probe the client dropped kept its window coming from the edge."""
+    e, host = make(count=64)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(64))
+    e.reading(0)
+    assert e.picker.startup
+    fetch = spawned(host, "edge_worker").send(None)
+    assert isinstance(fetch, Fetch) and fetch.index == 0
+    spawned(host, "edge_worker").send(Result("failed", 0.01))  # connection refused: the only edge is set aside
+    assert not e.picker.startup and not e.picker.starting(e.clock())
+    e.read_done(0)
+    e.reading(20)  # a seek while the edge is still set aside: no startup to wait for
+    assert not e.picker.startup
+
+    gone, _ = make(count=64)
+    c = gone.add_neighbour("c", "http://10.0.0.3:7000", True)
+    assert c is not None
+    gone.heard(c, "snapshot", range(64))
+    for i in range(4):  # a player's read and the gateway's fetches ahead of it
+        gone.reading(i)
+    assert sorted(gone.picker.startup) == list(range(10))
+    for i in range(3):
+        gone.read_done(i)
+    assert gone.picker.startup  # a reader still waits
+    gone.read_done(3)  # the client went away: the fetches ahead were cancelled
+    assert not gone.picker.startup
+
+
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():
     """The file's last pieces: a piece whose holder chokes us goes to the edge; one an unchoked holder has does not."""
     e, _ = make(count=16)

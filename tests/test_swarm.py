@@ -218,7 +218,9 @@ async def test_streaming_read_of_a_file_held_by_peers(tmp_path, nodes, origin, p
         assert r.status == 206 and await r.read() == data[start : start + 65536]
     await asyncio.sleep(1.5)  # what was fetched for the read and was still on its way when it ended is in too
     got = (await status(http, prober.urls["gateway"]))["received_by_kind"]
-    assert got.get("edge", 0) <= 256 * 1024, got  # its one piece at most; 10 pieces (2.5 MiB) before the read's end was known
+    # its one piece, and the edge may race a late peer for a piece of the read-ahead; 10 pieces (2.5 MiB) before the
+    # read's end was known
+    assert got.get("edge", 0) < STARTUP_BYTES // 2, got
 
 
 async def test_gateway_ranges_and_restart_resume(tmp_path, nodes, origin, published, regions, http):

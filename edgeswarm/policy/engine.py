@@ -259,14 +259,19 @@ class Engine:
             return
         if index > 0 and index - 1 in picker.have:
             return  # a reader going on where another one, or a download, left off
+        if self.choose_edge(0) is None:
+            return  # every edge set aside (down, failing): waiting for one cost each seek the whole deadline, 2 s
         picker.start_reader(range(index, min(stop, index + self.startup_window)), self.clock(), self.startup_window)
 
     def read_done(self, index: int) -> None:
-        """A reader stopped waiting for ``index`` (it came, or the reader gave up)."""
+        """A reader stopped waiting for ``index`` (it came, or the reader gave up).  With no reader left, a startup
+        is nobody's: a player's probe dropped after 64 KiB still made the edge send the whole 2.5 MiB window."""
         self._readers[index] -= 1
         if self._readers[index] <= 0:
             del self._readers[index]
             self.picker.stop_waiting(index)
+        if not self._readers:
+            self.picker.drop_startup()
 
     def forget_piece(self, index: int) -> None:
         """A piece we counted as held is not in the store (evicted, or bad on disk): fetch it again."""
@@ -703,6 +708,7 @@ class Engine:
                 self.ban(peer, f"sent a corrupt piece {index}")
                 return "gone"
             self.ranking.failure(url, self.clock())
+            self._no_edge_for_startup()
         elif kind == "choked" and peer is not None:
             yield from self._pause(peer, result.seconds)
         elif kind == "not_held" and peer is not None:
@@ -711,6 +717,7 @@ class Engine:
             backoff = self.ranking.failure(url, self.clock())
             if peer is None:
                 log.warning("edge %s failed (%s); set aside for %.0f s", url, result.message, backoff)
+                self._no_edge_for_startup()
                 return "retry"
             # a peer that held a request for the whole timeout is dropped at once: three such (a peer that announces
             # everything and never answers) held a download's last pieces 30 s each, and the edge does not race them
@@ -726,6 +733,12 @@ class Engine:
             if not result.nbytes:
                 yield Sleep(1.0)
         return "retry"
+
+    def _no_edge_for_startup(self) -> None:
+        """An edge failed: if none is left to ask, a reader's startup is the neighbours' at once, not after its deadline."""
+        if self.picker.startup and self.choose_edge(0) is None:
+            self.picker.drop_startup()
+            self.host.changed()
 
     def _not_stored(self) -> None:
         """Our disk is full or failing (the store logged it): a reader takes its piece as it comes, but what nobody

@@ -179,6 +179,12 @@ class PiecePicker:
                 undecided.append((wanted, since, reach))
         self._starts = undecided
 
+    def drop_startup(self) -> None:
+        """No reader waits for a startup any more (its client went away), or no edge can send one now: its pieces
+        are anyone's at once.  Pieces already requested from the edge come as they come."""
+        self.startup.clear()
+        self._starts.clear()
+
     def _ahead(self, peer: str, held: set[int], missing: frozenset[int], reach: int) -> bool:
         """``peer`` holds all of a starting reader's ``missing`` pieces and is well ahead of it: a viewer ``reach``
         pieces in (twice the startup window), or one done, not a fellow starter; a seed the operator placed is there
