@@ -43,6 +43,8 @@ class FakeParent(DoubleServer):
         self.endless: set[str] = set()  # "manifest", "piece": answered with an endless chunked body
         self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
+        self.hung = False  # /manifest never answers (a stalled edge)
+        self.manifest_asks = 0
 
     def publish(self, path: str, data: bytes, modified: int) -> SignedManifest:
         """Sign ``data`` as ``path`` the way the origin does, and answer ``/manifest/path`` with it."""
@@ -59,6 +61,9 @@ class FakeParent(DoubleServer):
         return web.Response(body=public_pem(self.key.public_key()), content_type="application/x-pem-file")
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
+        self.manifest_asks += 1
+        if self.hung:
+            await asyncio.sleep(3600)
         if "manifest" in self.endless:
             return await self._endless(request)
         if self.oversized:

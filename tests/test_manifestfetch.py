@@ -9,6 +9,9 @@ manifests as the test says.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from test_lying_upstream import FakeParent
 
@@ -45,6 +48,36 @@ async def test_a_peer_refuses_the_signed_manifest_of_another_path(tmp_path):
             assert peer.store is not None and peer.store.manifest_for_path("a.txt") is None  # nothing of b kept as a
             assert peer.metrics.events[("bad_manifest", parent.url)] == 1
             assert (await peer.resolve("b.txt")).content_id == b.content_id  # the same answer, asked for its own path
+        finally:
+            await close(peer)
+
+
+async def test_a_hung_edge_costs_a_read_one_second_at_most_not_its_timeout(tmp_path):
+    """A peer holding a file whose edge stopped answering served every read (each seek of a player) its 10 s
+    timeout late.  Now a read waits STALE_WAIT at most and gets the cached manifest; the ask goes on, shared by the
+    reads meanwhile, and after its timeout the edge is set aside, so the next reads are not kept waiting at all."""
+    async with FakeParent(tmp_path) as parent:
+        a = parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(parent.url,), timeout=2.0))
+        await peer.upstream.start()
+        await peer.pinned.open(peer.upstream, peer.edges)
+        try:
+            assert (await peer.resolve("a.txt")).content_id == a.content_id
+            parent.hung, peer.manifests.revalidate_after = True, 0
+            asks = parent.manifest_asks
+            waits = []
+            for _ in range(8):
+                started = time.monotonic()
+                assert (await peer.resolve("a.txt")).content_id == a.content_id
+                waits.append(time.monotonic() - started)
+                await asyncio.sleep(0.2)
+            assert 0.9 < waits[0] < 1.5 and max(waits[1:]) < 0.3, waits  # the 2 s timeout is nobody's wait
+            assert parent.manifest_asks == asks + 1  # one ask, then the edge is set aside
+            assert peer.metrics.events[("stale_manifest", "")] == 8
+            parent.hung = False
+            b = parent.publish("a.txt", b"b" * 300_000, 1_700_000_100)  # republished, and the edge answers again
+            peer.ranking.revive(parent.url)
+            assert (await peer.resolve("a.txt")).content_id == b.content_id
         finally:
             await close(peer)
 

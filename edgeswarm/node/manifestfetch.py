@@ -11,6 +11,8 @@ served (logged once) or, with none cached, the request fails with the reasons.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -60,6 +62,9 @@ class ManifestOrder:
             self._newest[m.path] = mark
 
 
+STALE_WAIT = 1.0  # seconds a read waits for a revalidation before it is served the cached manifest (the ask goes on)
+
+
 class ManifestFetcher:
     """Fetches, checks and revalidates the manifests of one node.
 
@@ -87,6 +92,8 @@ class ManifestFetcher:
         self.order = ManifestOrder()
         self._checked: dict[str, float] = {}  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
+        # revalidations under way, and until when a read waits for one (STALE_WAIT after it began)
+        self._asking: dict[tuple[str, frozenset], tuple[asyncio.Future[SignedManifest | str], float]] = {}
 
     def fresh(self, path: str) -> bool:
         """Confirmed by a source less than ``revalidate`` seconds ago (a live playlist: less, policy/live.py): no need to ask again."""
@@ -97,12 +104,57 @@ class ManifestFetcher:
         self._checked.pop(path, None)
 
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
-        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError."""
+        """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
+
+        With a cached one (not a live playlist, whose staleness is a stall), a
+        read waits ``STALE_WAIT`` at most: a hung edge's 10 s timeout was every
+        read's (a peer holding the whole file served each seek 10 s late).  The
+        ask goes on meanwhile, shared by the reads that come, and what it
+        learns is kept (stale-while-revalidate, RFC 5861).  Sources set aside
+        after failing (``ranking``: a back-off that doubles) are not asked
+        until their time aside is over.
+        """
         cached = store.manifest_for_path(path)
+        if cached is None or live.is_playlist(path):
+            return self._confirmed(await self._revalidate(store, path, sources, headers or {}, cached), cached, path)
+        key = (path, frozenset((headers or {}).items()))
+        task, until = self._asking.get(key, (None, 0.0))
+        if task is None:
+            task = asyncio.ensure_future(self._revalidate(store, path, sources, headers or {}, cached))
+            until = time.monotonic() + STALE_WAIT
+            self._asking[key] = (task, until)
+            task.add_done_callback(functools.partial(self._asked, key))
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, until - time.monotonic()))
+        if done:
+            return self._confirmed(task.result(), cached, path)
+        return self._stale(cached, path, f"no answer within {STALE_WAIT:g} s (still asking)")
+
+    def _confirmed(self, got: SignedManifest | str, cached: SignedManifest | None, path: str) -> SignedManifest:
+        """What a revalidation gave: a manifest, or why none (then the cached one, served stale)."""
+        if isinstance(got, SignedManifest):
+            return got
+        assert cached is not None  # _revalidate raises when there is none to serve
+        return self._stale(cached, path, got)
+
+    def _asked(self, key: tuple[str, frozenset], task: asyncio.Future) -> None:
+        if self._asking.get(key, (None,))[0] is task:
+            del self._asking[key]
+        if not task.cancelled():
+            task.exception()  # seen: a read that no longer waits for it got the cached manifest
+
+    async def _revalidate(
+        self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str], cached: SignedManifest | None
+    ) -> SignedManifest | str:
+        """A source's manifest, or why no source gave one while ``cached`` can be served; HttpError without one."""
         problems: list[UpstreamError] = []
+        if cached is not None and not live.is_playlist(path):
+            now = time.monotonic()
+            sources = [s for s in sources if self.ranking.available(s, now)]
+            if not sources:
+                problems.append(UpstreamError(502, f"every {self.role} is set aside after failing"))
         for source in sources:
             try:
-                signed = await self._ask(store, source, path, cached, headers or {})
+                signed = await self._ask(store, source, path, cached, headers)
             except UpstreamError as exc:
                 if not isinstance(exc, OutOfDescriptorsHere):  # ours, not the source's: it is not set aside
                     self.ranking.failure(source, time.monotonic())
@@ -117,6 +169,10 @@ class ManifestFetcher:
         reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
         if cached is None:
             raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
+        return reasons
+
+    def _stale(self, cached: SignedManifest, path: str, reasons: str) -> SignedManifest:
+        """The cached manifest, served without revalidation: logged once until a source confirms one again, counted always."""
         if path not in self._stale_warned:
             log.warning("serving cached %s without revalidation: %s", path, reasons)
             self._stale_warned.add(path)
