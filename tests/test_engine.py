@@ -204,8 +204,8 @@ def test_a_bounded_reads_startup_takes_from_the_edge_no_more_than_the_read_asks(
     e.heard(b, "snapshot", range(64))
     e.reading(30, 31)
     assert sorted(e.picker.startup) == [30]
-    e.reading(62, 200)  # a bound past the file's end is the file's end
-    assert sorted(e.picker.startup) == [30, 62, 63]
+    e.reading(62, 200)  # a bound past the file's end is the file's end; the newest read's startup is the one
+    assert sorted(e.picker.startup) == [62, 63]
 
     near, _ = make(count=64)
     c = near.add_neighbour("c", "http://10.0.0.3:7000", True)
@@ -244,6 +244,78 @@ def test_no_startup_waits_for_an_edge_that_is_down_or_for_a_reader_gone():
     assert gone.picker.startup  # a reader still waits
     gone.read_done(3)  # the client went away: the fetches ahead were cancelled
     assert not gone.picker.startup
+
+
+def test_a_seek_takes_the_startup_from_a_request_its_client_left():
+    """One startup at a time, the newest read's: a seek's request came before the old connection's close was seen, and
+    the edge sent the abandoned window's pieces, lowest first, before the seek's, with peers barred from the seek's
+    (a review of the startup rule)."""
+    e, host = make(count=64)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(64))
+    for i in range(5):
+        e.reading(i)  # the first request and the gateway's fetches ahead of it
+    edge = spawned(host, "edge_worker")
+    assert edge.send(None).index == 0
+    e.reading(40)  # the seek's request ...
+    for i in range(5):
+        e.read_done(i)  # ... then the old connection's close
+    nxt = edge.send(Result("ok", 0.1, 1))
+    assert isinstance(nxt, Fetch) and nxt.index == 40
+
+
+def test_a_startup_decided_or_not_goes_to_the_neighbours_when_the_last_edge_fails_on_seed_or_before_the_decision():
+    now = [0.0]
+    e, host = make(count=64, now=now)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(8))  # not well ahead yet
+    e.reading(0)
+    seed = spawned(host, "seed_worker")
+    assert isinstance(seed.send(None), Seed)  # a /seed in flight
+    e.heard(b, "snapshot", range(64))
+    e.read_done(0)
+    e.reading(30)
+    assert e.picker.starting(now[0])
+    now[0] = 0.2
+    seed.send(Result("failed", message="connection refused"))  # the only edge, set aside on /seed
+    assert e.choose_edge(0) is None and not e.picker.starting(now[0])
+
+    now = [0.0]
+    e, host = make(count=64, now=now)
+    e.reading(0)  # no neighbour yet: the start is undecided
+    edge = spawned(host, "edge_worker")
+    assert edge.send(None).index == 0
+    now[0] = 0.1
+    edge.send(Result("failed", message="refused"))  # the only edge set aside before the decision
+    e.tracker_answer([{"peer_id": "b", "url": "http://10.0.0.2:7000", "have": set(range(64)), "same_region": True}])
+    now[0] = 0.2
+    assert e.picker.pick("b", now[0]) == 0  # not decided for an edge that is set aside
+
+
+def test_workers_waiting_on_a_startup_look_again_when_it_ends_by_the_clock():
+    """A seek behind a slow edge waited a second more after its startup's deadline: the neighbours' workers, barred
+    meanwhile, slept their whole poll, as nothing else told them the startup was over."""
+    now = [0.0]
+    e, host = make(count=64, now=now)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(64))
+    e.reading(0)
+    assert e.picker.starting(0.0)
+    now[0] = 1.5
+    worker = peer_workers(host)[0]
+    waited = worker.send(None)
+    assert isinstance(waited, Wait) and waited.timeout is not None and 0.5 <= waited.timeout < 0.52  # the deadline, 2 s
+
+
+def test_a_startup_window_is_at_most_the_read_ahead_window():
+    big = Engine(
+        RecordingHost(), 64, (), seed="me", deadline=2.0, edges=["http://e"], ranking=SourceRanking(), clock=lambda: 0.0,
+        startup_bytes=8 << 20,
+    )  # fmt: skip
+    assert big.startup_window == engine.WINDOW
 
 
 def test_in_the_tail_the_edge_takes_only_what_no_reachable_peer_offers():

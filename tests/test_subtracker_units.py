@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from conftest import serve_app
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -96,6 +98,19 @@ async def test_seeds_its_edge_said_the_operator_placed_are_placed_in_its_answers
     assert code == 200 and isinstance(answer, dict)
     placed = {p["url"]: p.get("placed", False) for p in answer["peers"]}
     assert placed == {"http://127.0.0.1:7009": True, "http://127.0.0.8:7008": False, "http://127.0.0.1:7001": False}
+
+
+async def test_its_edges_placed_seeds_are_forgotten_with_the_edges_listing():
+    sub = _sub()
+    sub.start(0.01, "east")
+    whole = bitfield.encode({0, 1, 2, 3}, 4)
+    sub.edge_listed(CID, 4, [{"peer_id": "v", "url": "http://127.0.0.1:7009", "have": whole, "complete": True, "placed": True}])
+    when, listed = sub.heard[CID]
+    sub.heard[CID] = (when - 10.0, listed)  # three intervals of silence
+    await asyncio.sleep(0.05)  # an interval since the last expiry
+    async with serve_app(_app(sub)) as port:
+        await _post(port, _doc("a", 7001, set()))  # an announce runs the expiry
+    assert CID not in sub.heard and CID not in sub.placed
 
 
 async def test_batches_answer_each_item_and_keep_the_edges_limits():

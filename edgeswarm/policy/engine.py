@@ -209,7 +209,8 @@ class Engine:
         self.closed = False
         self.live = False  # a live segment fetched ahead of its player (want_live)
         self._readers: Counter[int] = Counter()  # piece -> readers waiting for it
-        self.startup_window = -(-startup_bytes // piece_size)  # in pieces, rounded up; 0: every startup from peers
+        # in pieces, rounded up, at most the read-ahead window; 0: every startup from peers
+        self.startup_window = min(-(-startup_bytes // piece_size), self.window)
         self._no_seed: set[str] = set()  # edges that answered 404 to /seed: not seeders (not p2p, or older)
         self._edge_workers_started = False
         self._seed_coming: int | None = None  # the piece the edge's current /seed answer is sending
@@ -261,6 +262,9 @@ class Engine:
             return  # a reader going on where another one, or a download, left off
         if self.choose_edge(0) is None:
             return  # every edge set aside (down, failing): waiting for one cost each seek the whole deadline, 2 s
+        # one startup at a time, the newest read's: a seek, or a player's second connection, waited behind the pieces
+        # of a request its client had left (or no longer waits on first), lowest first, with peers barred from its own
+        picker.drop_startup()
         picker.start_reader(range(index, min(stop, index + self.startup_window)), self.clock(), self.startup_window)
 
     def read_done(self, index: int) -> None:
@@ -270,8 +274,9 @@ class Engine:
         if self._readers[index] <= 0:
             del self._readers[index]
             self.picker.stop_waiting(index)
-        if not self._readers:
+        if not self._readers and (self.picker.startup or self.picker.deciding()):
             self.picker.drop_startup()
+            self.host.changed()  # the workers waiting on the startup look again now, not after their timeout
 
     def forget_piece(self, index: int) -> None:
         """A piece we counted as held is not in the store (evicted, or bad on disk): fetch it again."""
@@ -467,8 +472,13 @@ class Engine:
     def _idle(self, poll: float) -> float | None:
         """How long a worker with nothing to do waits before looking again: ``poll``, or, once every piece is held,
         until something changes (``forget_piece``).  A live peer keeps a few dozen complete swarms (a stream's
-        window of parts), and their edge and seeding workers woke five times a second each, for nothing."""
-        return None if self.picker.complete() else poll
+        window of parts), and their edge and seeding workers woke five times a second each, for nothing.  A
+        startup's end by the clock wakes them too: a seek behind a slow edge waited a second more after its
+        startup's deadline before the neighbours were asked."""
+        if self.picker.complete():
+            return None
+        ends = self.picker.startup_changes_in(self.clock())
+        return poll if ends is None else min(poll, ends + 0.001)
 
     def _store_failing(self) -> bool:
         """Whether our store could not write a piece lately (``picker.only_awaited``); after STORE_RETRY seconds
@@ -488,7 +498,7 @@ class Engine:
                 if index is None:
                     if self.picker.done():
                         return
-                    yield Wait(1.0)
+                    yield Wait(self._idle(1.0))
                     if not n.stream:
                         yield from self.ask_have((n,))
                     if not self.useful(n):
@@ -563,6 +573,7 @@ class Engine:
             elif got.kind == "failed":
                 backoff = self.ranking.failure(edge, self.clock())
                 log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
+                self._no_edge_for_startup()
             elif got.kind == "gone":
                 return
             elif got.kind == "abandoned":  # a peer's copy of the seeded piece was stored first: ask again
@@ -735,8 +746,9 @@ class Engine:
         return "retry"
 
     def _no_edge_for_startup(self) -> None:
-        """An edge failed: if none is left to ask, a reader's startup is the neighbours' at once, not after its deadline."""
-        if self.picker.startup and self.choose_edge(0) is None:
+        """An edge failed: if none is left to ask, a reader's startup, decided or not yet, is the neighbours' at once,
+        not after its deadline."""
+        if self.choose_edge(0) is None:
             self.picker.drop_startup()
             self.host.changed()
 

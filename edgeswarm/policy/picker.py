@@ -179,6 +179,16 @@ class PiecePicker:
                 undecided.append((wanted, since, reach))
         self._starts = undecided
 
+    def startup_changes_in(self, now: float) -> float | None:
+        """Seconds until a startup ends by the clock (its deadline, or a start's ``STARTUP_DECIDE``), if one is on:
+        nothing else tells the workers waiting on it, which looked again only after their timeout (a second)."""
+        ends = [t + self.deadline for t in self.startup.values()] + [since + STARTUP_DECIDE for _, since, _ in self._starts]
+        return max(0.0, min(ends) - now) if ends else None
+
+    def deciding(self) -> bool:
+        """A reader's start waits for its decision (``STARTUP_DECIDE``)."""
+        return bool(self._starts)
+
     def drop_startup(self) -> None:
         """No reader waits for a startup any more (its client went away), or no edge can send one now: its pieces
         are anyone's at once.  Pieces already requested from the edge come as they come."""

@@ -239,6 +239,7 @@ class SubTracker:
                 self._announcers.pop((cid, rec.key), None)
             for cid in [c for c, (when, _) in self.heard.items() if now - when > 3 * self.interval]:
                 del self.heard[cid]
+                self.placed.pop(cid, None)  # our edge's say goes with its listing
 
     # -- what it shows -------------------------------------------------------------------------
     def peers_known(self) -> int:
