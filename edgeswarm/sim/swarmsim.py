@@ -536,9 +536,9 @@ class SimPeer:
         self.engine.reading(index)
 
         def got() -> None:
-            self.engine.read_done(index)
             self.read_waits.append(self.sim.loop.now - asked)
-            self._read(index + 1)
+            self._read(index + 1)  # the next piece is asked for before this one is done, as the gateway's fetches ahead are
+            self.engine.read_done(index)  # (else a reader would be gone between two pieces, and its startup with it)
 
         self._readers[index] = got
 
