@@ -310,6 +310,24 @@ def test_workers_waiting_on_a_startup_look_again_when_it_ends_by_the_clock():
     assert isinstance(waited, Wait) and waited.timeout is not None and 0.5 <= waited.timeout < 0.52  # the deadline, 2 s
 
 
+def test_no_startup_from_an_edge_measured_at_under_half_a_neighbours_rate():
+    """Seeks behind an edge capped at 100 KB/s waited its deadline where the neighbour served them in 0.4 s."""
+    e, _ = make(count=64)
+    b = e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    assert b is not None
+    e.heard(b, "snapshot", range(64))
+    e.ranking.success("http://10.0.0.2:7000", 8_000_000, 1.0)
+    e.ranking.success("http://edge:8000", 5_000_000, 1.0)
+    e.reading(0)
+    assert e.picker.startup  # the edge is slower, not by half
+    e.read_done(0)
+    e.ranking.success("http://edge:8000", 100_000, 1.0)
+    e.ranking.success("http://edge:8000", 100_000, 1.0)
+    e.ranking.success("http://edge:8000", 100_000, 1.0)
+    e.reading(30)
+    assert not e.picker.startup
+
+
 def test_a_startup_window_is_at_most_the_read_ahead_window():
     big = Engine(
         RecordingHost(), 64, (), seed="me", deadline=2.0, edges=["http://e"], ranking=SourceRanking(), clock=lambda: 0.0,

@@ -260,12 +260,22 @@ class Engine:
             return
         if index > 0 and index - 1 in picker.have:
             return  # a reader going on where another one, or a download, left off
-        if self.choose_edge(0) is None:
+        edge = self.choose_edge(0)
+        if edge is None:
             return  # every edge set aside (down, failing): waiting for one cost each seek the whole deadline, 2 s
+        if self._edge_slower(edge):
+            return  # a congested edge held each seek for the deadline where a neighbour served it in 0.4 s
         # one startup at a time, the newest read's: a seek, or a player's second connection, waited behind the pieces
         # of a request its client had left (or no longer waits on first), lowest first, with peers barred from its own
         picker.drop_startup()
         picker.start_reader(range(index, min(stop, index + self.startup_window)), self.clock(), self.startup_window)
+
+    def _edge_slower(self, edge: str) -> bool:
+        """The edge has delivered to us at under half the rate of our fastest measured neighbour: a startup from it
+        would be slower than the neighbours, not faster.  Unmeasured (a viewer's first read), it is not."""
+        edge_rate = self.ranking.rate(edge)
+        rates = [r for n in self.neighbours.values() if (r := self.ranking.rate(n.url)) is not None]
+        return edge_rate is not None and bool(rates) and 2 * edge_rate < max(rates)
 
     def read_done(self, index: int) -> None:
         """A reader stopped waiting for ``index`` (it came, or the reader gave up).  With no reader left, a startup
