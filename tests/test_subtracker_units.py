@@ -105,12 +105,15 @@ async def test_its_edges_placed_seeds_are_forgotten_with_the_edges_listing():
     sub.start(0.01, "east")
     whole = bitfield.encode({0, 1, 2, 3}, 4)
     sub.edge_listed(CID, 4, [{"peer_id": "v", "url": "http://127.0.0.1:7009", "have": whole, "complete": True, "placed": True}])
-    when, listed = sub.heard[CID]
-    sub.heard[CID] = (when - 10.0, listed)  # three intervals of silence
+    sub.heard[CID] = sub.heard[CID]._replace(when=sub.heard[CID].when - 10.0)  # three intervals of silence
     await asyncio.sleep(0.05)  # an interval since the last expiry
     async with serve_app(_app(sub)) as port:
         await _post(port, _doc("a", 7001, set()))  # an announce runs the expiry
-    assert CID not in sub.heard and CID not in sub.placed
+        assert CID not in sub.heard
+        await _post(port, _doc("v", 7009, {0, 1, 2, 3}))  # the seed announces here, whole
+        code, answer = await _post(port, _doc("b", 7002, set()))
+    assert code == 200 and isinstance(answer, dict)
+    assert [p.get("placed", False) for p in answer["peers"] if p["url"] == "http://127.0.0.1:7009"] == [False]  # forgotten with it
 
 
 async def test_batches_answer_each_item_and_keep_the_edges_limits():

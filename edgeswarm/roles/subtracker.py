@@ -28,7 +28,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -65,6 +65,18 @@ ManifestOf = Callable[[str], Awaitable[Manifest]]
 Held = Callable[[str], set[int] | None]
 
 
+class Listing(NamedTuple):
+    """What our edge's last answer for a content said: when, the peers it listed, and the URLs of those among them
+    it said the operator placed (``"placed"``)."""
+
+    when: float
+    records: list[PeerRecord]
+    placed: set[str]
+
+
+NOT_LISTED = Listing(0.0, [], set())
+
+
 class SubTracker:
     """The sub-tracker of one promoted peer: inactive (404) until ``start``, and again after ``stop``."""
 
@@ -73,8 +85,7 @@ class SubTracker:
         self.tracker: Tracker | None = None  # while promoted
         self.region: Region | None = None
         self.interval = 0.0
-        self.heard: dict[str, tuple[float, list[PeerRecord]]] = {}  # cid -> (when, the peers our edge's last answer listed)
-        self.placed: dict[str, set[str]] = {}  # cid -> the URLs of the seeds our edge's last answer said the operator placed
+        self.heard: dict[str, Listing] = {}  # cid -> the peers our edge's last answer listed
         self._announcers: dict[tuple[str, PeerKey], str] = {}  # (cid, owner and peer id) live here -> its URL
         self._expired = 0.0
         self.counts: Counter[str] = Counter()  # announces (requests) and contents answered, refused by status: kept across promotions
@@ -95,7 +106,6 @@ class SubTracker:
         """Demoted: forget everything; announces get 404 and their senders go back to their edge."""
         self.tracker = None
         self.heard.clear()
-        self.placed.clear()
         self._announcers.clear()
 
     def edge_listed(self, cid: str, count: int, peers: list[dict]) -> None:
@@ -110,8 +120,7 @@ class SubTracker:
                 continue  # the peer's own parsing of the answer says so, once
             if p.get("placed") is True:
                 placed.add(records[-1].url)
-        self.heard[cid] = (time.monotonic(), records)
-        self.placed[cid] = placed
+        self.heard[cid] = Listing(time.monotonic(), records, placed)
 
     # -- POST /announce -------------------------------------------------------------------
     async def post_announce(self, request: web.Request) -> web.Response:
@@ -204,13 +213,13 @@ class SubTracker:
         self._announcers[key] = record.url
         asker = asker_record(record, 0.0, owner, address_group(address))
         answer = handout(asker, self._candidates(request, record, ours), "prefer", tracker.max_answer, tracker.limits.answer_per_address)
-        placed = self.placed.get(cid, set())  # our edge's say, passed on: a startup behind one trades (picker.py, "Startup")
+        placed = self.heard[cid].placed if cid in self.heard else set()  # our edge's say, passed on (picker.py, "Startup")
         return {"peers": answer_peers(answer, a.peer_id, lambda rec: rec.url in placed)}
 
     def _candidates(self, request: web.Request, asker: AnnounceRecord, ours: list[PeerRecord]) -> list[PeerRecord]:
         """Our announcers' best, then the peers our edge listed, then ourselves: each URL once, never the asker's."""
         out: dict[str, PeerRecord] = {}
-        when, listed = self.heard.get(asker.cid, (0.0, []))
+        when, listed, _ = self.heard.get(asker.cid, NOT_LISTED)
         fresh = listed if time.monotonic() - when <= 3 * self.interval else []
         for rec in [*ours, *fresh, *self._ourselves(request, asker)]:
             if rec.url != asker.url and rec.url not in out:
@@ -237,14 +246,13 @@ class SubTracker:
             self._expired = now
             for cid, rec in await self.tracker.expire(now):
                 self._announcers.pop((cid, rec.key), None)
-            for cid in [c for c, (when, _) in self.heard.items() if now - when > 3 * self.interval]:
+            for cid in [c for c, listing in self.heard.items() if now - listing.when > 3 * self.interval]:
                 del self.heard[cid]
-                self.placed.pop(cid, None)  # our edge's say goes with its listing
 
     # -- what it shows -------------------------------------------------------------------------
     def peers_known(self) -> int:
         """Distinct peers (by URL) in our answers' reach: our announcers, and those our edge listed."""
-        return len(set(self._announcers.values()) | {r.url for _, listed in self.heard.values() for r in listed})
+        return len(set(self._announcers.values()) | {r.url for listing in self.heard.values() for r in listing.records})
 
     def status(self) -> dict[str, object]:
         return {
