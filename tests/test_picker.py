@@ -258,7 +258,7 @@ def late_reader(behind: set[int], count: int = 40) -> PiecePicker:
     p = PiecePicker(count, seed="me", deadline=2.0)
     p.peer_has("viewer", behind)
     p.stream(0, 4, 16)
-    p.start_reader(range(8), 0.0)
+    p.start_reader(range(8), 0.0, 8)
     return p
 
 
@@ -295,7 +295,7 @@ def test_a_reader_behind_a_seed_the_operator_placed_trades_its_startup_one_behin
     placed.peer_has("volunteer", set(range(40)))
     placed.placed("volunteer", True)
     placed.stream(0, 4, 16)
-    placed.start_reader(range(8), 0.0)
+    placed.start_reader(range(8), 0.0, 8)
     assert not placed.starting(0.0) and placed.pick("volunteer", 0.0) == 0
     done = late_reader(set(range(40)))
     assert done.starting(0.0) and done.pick("viewer", 0.0) is None

@@ -284,8 +284,7 @@ class Engine:
         if self._readers[index] <= 0:
             del self._readers[index]
             self.picker.stop_waiting(index)
-        if not self._readers and (self.picker.startup or self.picker.deciding()):
-            self.picker.drop_startup()
+        if not self._readers and self.picker.drop_startup():
             self.host.changed()  # the workers waiting on the startup look again now, not after their timeout
 
     def forget_piece(self, index: int) -> None:
@@ -758,8 +757,7 @@ class Engine:
     def _no_edge_for_startup(self) -> None:
         """An edge failed: if none is left to ask, a reader's startup, decided or not yet, is the neighbours' at once,
         not after its deadline."""
-        if self.choose_edge(0) is None:
-            self.picker.drop_startup()
+        if self.choose_edge(0) is None and self.picker.drop_startup():
             self.host.changed()
 
     def _not_stored(self) -> None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 STARTUP_DECIDE = 0.5  # seconds after a reader starts within which a neighbour holding its startup pieces makes them the edge's
 ENDGAME_COPIES = 2  # at most this many sources race for one piece
@@ -147,14 +147,14 @@ class PiecePicker:
         """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
         self.awaited.setdefault(index, now)
 
-    def start_reader(self, pieces: Sequence[int], now: float, window: int | None = None) -> None:
+    def start_reader(self, pieces: Iterable[int], now: float, window: int) -> None:
         """A reader starts on these pieces: the edge's if a neighbour well ahead of it (``_ahead``) is known to hold them within
         ``STARTUP_DECIDE`` (what neighbours hold comes from tracker answers and HAVE streams meanwhile), for
         ``deadline`` at most (module docstring).  ``window``: the startup window in pieces, of which ``pieces`` may
         be fewer (a short read); a neighbour is well ahead at twice the window in, whatever the read's length."""
         wanted = frozenset(i for i in pieces if i not in self.have)
         if wanted:
-            self._starts.append((wanted, now, 2 * (len(pieces) if window is None else window)))
+            self._starts.append((wanted, now, 2 * window))
             self.starting(now)
 
     def starting(self, now: float) -> bool:
@@ -185,15 +185,14 @@ class PiecePicker:
         ends = [t + self.deadline for t in self.startup.values()] + [since + STARTUP_DECIDE for _, since, _ in self._starts]
         return max(0.0, min(ends) - now) if ends else None
 
-    def deciding(self) -> bool:
-        """A reader's start waits for its decision (``STARTUP_DECIDE``)."""
-        return bool(self._starts)
-
-    def drop_startup(self) -> None:
+    def drop_startup(self) -> bool:
         """No reader waits for a startup any more (its client went away), or no edge can send one now: its pieces
-        are anyone's at once.  Pieces already requested from the edge come as they come."""
+        are anyone's at once.  Pieces already requested from the edge come as they come.  Whether there was one
+        (decided or not yet)."""
+        dropped = bool(self.startup or self._starts)
         self.startup.clear()
         self._starts.clear()
+        return dropped
 
     def _ahead(self, peer: str, held: set[int], missing: frozenset[int], reach: int) -> bool:
         """``peer`` holds all of a starting reader's ``missing`` pieces and is well ahead of it: a viewer ``reach``
