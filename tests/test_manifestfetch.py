@@ -82,6 +82,29 @@ async def test_a_hung_edge_costs_a_read_one_second_at_most_not_its_timeout(tmp_p
             await close(peer)
 
 
+async def test_reads_of_an_uncached_path_at_once_ask_the_edge_once(tmp_path):
+    """A player's connections open together (and a crowd's readers through one gateway): the peer collapsed only
+    revalidations of a cached manifest, and asked its edge once per read for one it did not hold yet.  A read that
+    goes away while the ask runs does not cancel it for the others."""
+    async with FakeParent(tmp_path) as parent:
+        a = parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        peer = await started_peer(tmp_path, parent)
+        try:
+            gone = asyncio.ensure_future(peer.resolve("a.txt"))
+            reads = [asyncio.ensure_future(peer.resolve("a.txt")) for _ in range(5)]
+            await asyncio.sleep(0)
+            gone.cancel()
+            assert {s.content_id for s in await asyncio.gather(*reads)} == {a.content_id}
+            assert parent.manifest_asks == 1
+            parent.answers.pop("a.txt")  # withdrawn: every read waiting on the ask gets its 404
+            peer.manifests.revalidate_after = 0
+            peer.store.forget_path("a.txt")
+            failed = await asyncio.gather(*(peer.resolve("a.txt") for _ in range(3)), return_exceptions=True)
+            assert [getattr(e, "status", e) for e in failed] == [404] * 3 and parent.manifest_asks == 2
+        finally:
+            await close(peer)
+
+
 async def test_a_peer_serves_what_it_holds_when_its_edge_turns_to_another_paths_manifest(tmp_path):
     """Revalidation goes through the same check: a lie after a good answer leaves the good one in use."""
     async with FakeParent(tmp_path) as parent:

@@ -12,13 +12,13 @@ served (logged once) or, with none cached, the request fails with the reasons.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
 from urllib.parse import quote
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import live
@@ -92,8 +92,7 @@ class ManifestFetcher:
         self.order = ManifestOrder()
         self._checked: dict[str, float] = {}  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
-        # revalidations under way, and until when a read waits for one (STALE_WAIT after it began)
-        self._asking: dict[tuple[str, frozenset], tuple[asyncio.Future[SignedManifest | str], float]] = {}
+        self._asking: Collapser[tuple[SignedManifest, str | None]] = Collapser()  # revalidations under way, by path and headers
 
     def fresh(self, path: str) -> bool:
         """Confirmed by a source less than ``revalidate`` seconds ago (a live playlist: less, policy/live.py): no need to ask again."""
@@ -106,46 +105,34 @@ class ManifestFetcher:
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
 
-        With a cached one (not a live playlist, whose staleness is a stall), a
-        read waits ``STALE_WAIT`` at most: a hung edge's 10 s timeout was every
-        read's (a peer holding the whole file served each seek 10 s late).  The
-        ask goes on meanwhile, shared by the reads that come, and what it
-        learns is kept (stale-while-revalidate, RFC 5861).  Sources set aside
-        after failing (``ranking``: a back-off that doubles) are not asked
-        until their time aside is over.
+        Reads of a path that come while it is being asked wait for that ask
+        (collapsed).  With a cached manifest (not a live playlist, whose
+        staleness is a stall), a read waits at most until ``STALE_WAIT`` after
+        the ask began: a hung edge's 10 s timeout was every read's (a peer
+        holding the whole file served each seek 10 s late).  The ask goes on
+        meanwhile and what it learns is kept (stale-while-revalidate, RFC
+        5861).  Sources set aside after failing (``ranking``: a back-off that
+        doubles) are not asked until their time aside is over.
         """
+        headers = headers or {}
         cached = store.manifest_for_path(path)
+        asking = self._asking.join((path, frozenset(headers.items())), lambda: self._revalidate(store, path, sources, headers, cached))
         if cached is None or live.is_playlist(path):
-            return self._confirmed(await self._revalidate(store, path, sources, headers or {}, cached), cached, path)
-        key = (path, frozenset((headers or {}).items()))
-        task, until = self._asking.get(key, (None, 0.0))
-        if task is None:
-            task = asyncio.ensure_future(self._revalidate(store, path, sources, headers or {}, cached))
-            until = time.monotonic() + STALE_WAIT
-            self._asking[key] = (task, until)
-            task.add_done_callback(functools.partial(self._asked, key))
-        done, _ = await asyncio.wait({task}, timeout=max(0.0, until - time.monotonic()))
+            return self._confirmed(path, *await asking.future)
+        done, _ = await asyncio.wait({asking.future}, timeout=max(0.0, asking.began + STALE_WAIT - time.monotonic()))
         if done:
-            return self._confirmed(task.result(), cached, path)
+            return self._confirmed(path, *asking.future.result())
+        asking.future.cancel()  # this read's wait only: the ask goes on for the reads to come
         return self._stale(cached, path, f"no answer within {STALE_WAIT:g} s (still asking)")
 
-    def _confirmed(self, got: SignedManifest | str, cached: SignedManifest | None, path: str) -> SignedManifest:
-        """What a revalidation gave: a manifest, or why none (then the cached one, served stale)."""
-        if isinstance(got, SignedManifest):
-            return got
-        assert cached is not None  # _revalidate raises when there is none to serve
-        return self._stale(cached, path, got)
-
-    def _asked(self, key: tuple[str, frozenset], task: asyncio.Future) -> None:
-        if self._asking.get(key, (None,))[0] is task:
-            del self._asking[key]
-        if not task.cancelled():
-            task.exception()  # seen: a read that no longer waits for it got the cached manifest
+    def _confirmed(self, path: str, signed: SignedManifest, stale: str | None) -> SignedManifest:
+        """What a revalidation gave: a source's manifest, or the cached one and why no source gave one (served stale)."""
+        return signed if stale is None else self._stale(signed, path, stale)
 
     async def _revalidate(
         self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str], cached: SignedManifest | None
-    ) -> SignedManifest | str:
-        """A source's manifest, or why no source gave one while ``cached`` can be served; HttpError without one."""
+    ) -> tuple[SignedManifest, str | None]:
+        """(a source's manifest, None), or (``cached``, why no source gave one); HttpError with nothing cached."""
         problems: list[UpstreamError] = []
         if cached is not None and not live.is_playlist(path):
             now = time.monotonic()
@@ -164,12 +151,12 @@ class ManifestFetcher:
                 continue
             self._checked[path] = time.monotonic()
             self._stale_warned.discard(path)
-            return signed
+            return signed, None
         status = 504 if problems and all(p.status == 504 for p in problems) else 502
         reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
         if cached is None:
             raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
-        return reasons
+        return cached, reasons
 
     def _stale(self, cached: SignedManifest, path: str, reasons: str) -> SignedManifest:
         """The cached manifest, served without revalidation: logged once until a source confirms one again, counted always."""

@@ -23,8 +23,7 @@ import logging
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine, Hashable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 from aiohttp import web
@@ -32,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
+from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
@@ -135,8 +135,7 @@ class Edge:
         self.tracker = tracker = _tracker(config) if config.p2p else None
         self.bucket = bucket or TokenBucket(config.upload_limit)  # --upload-limit; one shared by an edge's workers (node/sharedbucket.py)
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
-        self._manifest_tasks: dict[str, asyncio.Task] = {}
-        self._fills: dict[tuple[str, int], asyncio.Task] = {}
+        self._fills: Collapser[bytes] = Collapser()
         self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
@@ -146,7 +145,7 @@ class Edge:
         self.seed_stats = RegionStats()
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         self._torrents: OrderedDict[str, tuple[Torrent, list[str]]] = OrderedDict()  # cid -> (torrent, the origin's web seeds)
-        self._torrent_tasks: dict[str, asyncio.Task] = {}
+        self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
@@ -273,8 +272,7 @@ class Edge:
             return cached
         if not may_fetch:
             raise HttpError(403, "this edge fetches uncached content only for its internal network")
-        shared, _ = share(self._manifest_tasks, path, lambda: self.manifests.revalidate(store, path, [self.parent]))
-        return await shared
+        return await self.manifests.revalidate(store, path, [self.parent])
 
     async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
         store = await self._store()
@@ -290,10 +288,10 @@ class Edge:
     # -- pieces -------------------------------------------------------------------
     def fill(self, cid: str, index: int) -> asyncio.Future:
         """The verified piece, fetched once however many requests wait for it."""
-        shared, new = share(self._fills, (cid, index), lambda: self._fill_shared(cid, index))
-        if not new:
+        fill = self._fills.join((cid, index), lambda: self._fill_shared(cid, index))
+        if not fill.new:
             self._count_fill(False)
-        return shared
+        return fill.future
 
     def _count_fill(self, fetched: bool) -> None:
         self.metrics.events[("upstream_fetch" if fetched else "collapsed", "")] += 1
@@ -428,8 +426,7 @@ class Edge:
         if cid in self._torrents:
             self._torrents.move_to_end(cid)
             return self._torrents[cid]
-        shared, _ = share(self._torrent_tasks, cid, lambda: self._fetch_torrent(signed))
-        return await shared
+        return await self._torrent_fetches.join(cid, lambda: self._fetch_torrent(signed)).future
 
     async def _fetch_torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
         store = await self._store()
@@ -1007,27 +1004,6 @@ def _tracker(config: EdgeConfig) -> TrackerService:
     limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate)
     store = open_store(config.tracker_store, 3 * config.announce_interval)  # ValueError for a bad URL: a message and exit 2
     return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate, store)
-
-
-def share(tasks: dict, key: Hashable, start: Callable[[], Coroutine[Any, Any, Any]]) -> tuple[asyncio.Future, bool]:
-    """One task per key, awaited by all who ask while it runs (request collapsing).
-
-    The task is shielded: a client that hangs up does not cancel the fetch
-    the others are waiting for.  Returns (awaitable, whether it was started now).
-    """
-    task = tasks.get(key)
-    if task is not None:
-        return asyncio.shield(task), False
-    task = asyncio.create_task(start())
-    tasks[key] = task
-
-    def done(t: asyncio.Task) -> None:
-        tasks.pop(key, None)
-        if not t.cancelled():
-            t.exception()  # seen: its waiters may all have gone
-
-    task.add_done_callback(done)
-    return asyncio.shield(task), True
 
 
 async def run(
