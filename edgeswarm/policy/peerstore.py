@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,7 +94,7 @@ def region_name(region: Region | None) -> str:
     return region.name if region else UNMAPPED
 
 
-def added(previous: list[int] | None, stats: list[int]) -> list[int]:
+def added(previous: Sequence[int] | None, stats: Sequence[int]) -> list[int]:
     """What a report adds to its region's totals: the growth since the previous one, or all of it after a restart (a counter went back)."""
     if previous is None or any(s < p for s, p in zip(stats, previous, strict=True)):
         return list(stats)
@@ -150,7 +151,7 @@ class MemoryPeerStore:
     def __init__(self, ttl: float = 90.0, seed: int = 0):
         self.ttl = ttl
         self._swarms: dict[str, _Swarm] = {}
-        self._stats: dict[tuple[str, PeerKey], list[int]] = {}
+        self._stats: dict[tuple[str, PeerKey], tuple[int, ...]] = {}  # tuples: not the garbage collector's (claims._Tally)
         self._shares: dict[str, Counter[str]] = {}
         self._rng = random.Random(seed)  # sampling need not be unpredictable, only uncorrelated with ranking
 
@@ -181,7 +182,7 @@ class MemoryPeerStore:
         previous = self._stats.get((cid, key))
         if previous is None and stopped:
             return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
-        values = list(stats.values())
+        values = tuple(stats.values())
         totals = self._shares.setdefault(region, Counter())
         for kind, n in zip(stats, added(previous, values), strict=True):
             totals[kind] += n

@@ -452,9 +452,11 @@ class Tracker:
         self.store: PeerStore = store or MemoryPeerStore()
         self.store.ttl = ttl
         self._here: dict[str, dict[PeerKey, tuple[float, str]]] = {}  # cid -> identity -> (last announce here, its address)
-        self._joined: dict[PeerKey, set[str]] = {}  # identities live here -> their swarms
+        # identities live here -> their swarms (a dict of strings, as a set: one object per peer fewer for the garbage
+        # collector to walk; it does not track a dict of strings, nor a tuple of them, see claims._Tally)
+        self._joined: dict[PeerKey, dict[str, None]] = {}
         self._counted: dict[PeerKey, tuple[str, ...]] = {}  # live identity -> the limit keys it counts against
-        self._ids: dict[str, set[PeerKey]] = {}  # limit key (address group, "user:NAME") -> its live identities
+        self._ids: dict[str, tuple[PeerKey, ...]] = {}  # limit key (address group, "user:NAME") -> its live identities (a few)
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
         self._pools: dict[str, Pool] = {}  # cid -> the candidates its announces rank here
@@ -522,7 +524,7 @@ class Tracker:
         if leaving:
             return
         for limit_key in counted:
-            ids = self._ids.get(limit_key, set())
+            ids = self._ids.get(limit_key, ())
             limit = self.limits.ids_per_user if limit_key.startswith("user:") else self.limits.ids_per_address
             if key not in ids and len(ids) >= limit:
                 wait = max(1.0, min(self.ttl - (now - self._last_seen(k)) for k in ids))  # expiry runs every interval
@@ -546,19 +548,20 @@ class Tracker:
         here = self._here.setdefault(cid, {})
         here.pop(key, None)  # re-inserted last: each swarm's table stays in order of last announce, for expiry
         here[key] = (now, address)
-        self._joined.setdefault(key, set()).add(cid)
+        self._joined.setdefault(key, {})[cid] = None
         old = self._counted.get(key, ())
         if old != counted:  # new, or a token user's peer that moved address
             self._uncount(key)
             for limit_key in counted:
-                self._ids.setdefault(limit_key, set()).add(key)
+                self._ids[limit_key] = (*self._ids.get(limit_key, ()), key)
             self._counted[key] = counted
 
     def _uncount(self, key: PeerKey) -> None:
         for limit_key in self._counted.pop(key, ()):
-            ids = self._ids[limit_key]
-            ids.discard(key)
-            if not ids:
+            ids = tuple(k for k in self._ids[limit_key] if k != key)
+            if ids:
+                self._ids[limit_key] = ids
+            else:
                 del self._ids[limit_key]
 
     def _leave(self, cid: str, key: PeerKey) -> None:
@@ -569,7 +572,7 @@ class Tracker:
         if not here:
             del self._here[cid]
         joined = self._joined[key]
-        joined.discard(cid)
+        joined.pop(cid, None)
         if not joined:
             del self._joined[key]
             self._uncount(key)
