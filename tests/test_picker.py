@@ -253,6 +253,30 @@ def test_a_holder_nobody_asks_does_not_keep_the_edge_from_a_blocked_reader():
     assert p.pick_urgent("edge", 0.9 + WORKING + 0.1, edge=True, seeding=True) == 0  # b's worker stopped asking
 
 
+def test_reads_of_a_file_waiting_at_once_past_a_players_are_a_download():
+    """A segmented downloader (aria2c -x8) reads eight parts at once: no startup, and the edge steps in for a waiting
+    read only as it does for a download (no holder, a late peer), not after ``patience``; a player's two or three
+    reads keep both.  Four make a download, and it stays one down to three (a downloader's reads come and go)."""
+    p = late_reader(set(range(40)))
+    p.stream([0, 10, 20, 30], 4, 16)
+    p.start("viewer", 0, 0.0)
+    for i in (1, 10, 20, 30):
+        p.awaited[i] = 0.0
+    assert p.starting(0.0)
+    assert p.reads_waiting(4) and p.downloading and not p.starting(0.0), "a download has no startup"
+    waited = p.seed_patience + 0.5  # past the patience, and the neighbour not late yet with piece 0 (deadline 2 s)
+    assert p.pick_urgent("edge", waited, edge=True, seeding=True) is None, "the neighbour it waits for is busy, not late"
+    p.reads_waiting(3)
+    assert p.downloading and p.pick_urgent("edge", waited, edge=True, seeding=True) is None
+    assert not p.reads_waiting(2) and not p.downloading
+    assert p.pick_urgent("edge", waited, edge=True, seeding=True) in (1, 10, 20, 30), "a player's read: the edge after patience"
+    assert p.pick_urgent("edge", 2.5, edge=True, seeding=True) == 0, "and for either, a late peer is raced"
+    p.start_reader(range(30, 38), 1.0, 8)
+    assert p.starting(1.0)
+    assert not p.reads_waiting(3), "three from two: still a player's"
+    assert p.starting(1.0)
+
+
 def late_reader(behind: set[int], count: int = 40) -> PiecePicker:
     """A stream reader starting at 0 (urgent 4, window 16) whose one neighbour, still fetching, holds ``behind``."""
     p = PiecePicker(count, seed="me", deadline=2.0)

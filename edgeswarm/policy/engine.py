@@ -248,13 +248,18 @@ class Engine:
         self.staff()
         self.host.changed()
 
+    def reads_waiting(self, n: int) -> None:
+        """``n`` of the gateway's reads of this file wait for pieces now: several are a download (picker.py)."""
+        if self.picker.reads_waiting(n):
+            self.host.changed()  # the workers waiting on the startup look again now
+
     def _start_reader(self, index: int, stop: int) -> None:
         """A reader that starts where nothing is read or held before it (a player's first request, a seek) may take
         its first pieces from the edge (picker.start_reader says when), none past its read's end ``stop``: a bounded
         probe of 64 KiB took 10 pieces from the edge, 2.5 MiB, where a complete neighbour held them all.  Not for
         live segments, fetched ahead of their players, nor for a whole-file download."""
         picker = self.picker
-        if not self.startup_window or self.live or picker.whole_file or index in picker.have:
+        if not self.startup_window or self.live or picker.whole_file or picker.downloading or index in picker.have:
             return
         if self._readers[index] or index - 1 in self._readers:
             return

@@ -28,6 +28,16 @@ the hybrid CDN-P2P literature:
   together finds no neighbour that far ahead within ``STARTUP_DECIDE`` and
   trades those pieces as it trades the rest, and so does a reader behind a
   seed the operator placed (preheat): startups are what it is there for.
+* Downloads: ``DOWNLOAD_READERS`` reads of one file waiting for pieces at
+  once (``reads_waiting``) are a segmented downloader's connections (aria2c
+  -x8, a download manager), not a player (one read, a second for the index
+  at the end or a seek; one left idle waits for nothing): there is no
+  playback to keep, so no
+  startup, and no wait of a reader's makes the edge step in: as for a whole
+  file, the edge takes what no peer holds and races a peer that is late
+  (with a complete neighbour at 8 MB/s, aria2c -x8 through a gateway drew
+  42 % of a file from the edge, where one connection draws its startup
+  window).
 * Endgame: when every missing piece is already requested, a source may
   duplicate a request still in flight elsewhere, so one slow source cannot
   hold up the tail.
@@ -41,6 +51,7 @@ import math
 from collections.abc import Callable, Iterable
 
 STARTUP_DECIDE = 0.5  # seconds after a reader starts within which a neighbour holding its startup pieces makes them the edge's
+DOWNLOAD_READERS = 4  # reads of one file at once that make it a download, not a player's (module docstring)
 ENDGAME_COPIES = 2  # at most this many sources race for one piece
 WORKING = 2.0  # seconds since a peer source last asked for a piece within which it counts as worked on
 
@@ -56,6 +67,7 @@ class PiecePicker:
         self.paused: set[str] = set()  # peers choking us or backed off
         self.urgent: list[int] = []  # reading order
         self.position = 0  # streaming: the reader's piece
+        self.downloading = False  # DOWNLOAD_READERS reads at once (module docstring)
         self.awaited: dict[int, float] = {}  # piece -> since when a reader waits for it
         self.startup: dict[int, float] = {}  # piece -> since when a reader's startup wants it from the edge (``starting``)
         # readers' first pieces, when, and how many pieces a neighbour ahead holds (_ahead): not decided yet
@@ -142,6 +154,12 @@ class PiecePicker:
             self.urgent = sorted(i for i in set(positions) if i not in self.have)[:urgent]
         else:
             self.stream(positions, urgent, window)
+
+    def reads_waiting(self, n: int) -> bool:
+        """``n`` reads of the file wait for pieces now: ``DOWNLOAD_READERS`` of them are a download (module docstring),
+        which has no startup.  Whether a startup was dropped."""
+        self.downloading = n >= DOWNLOAD_READERS or (self.downloading and n >= DOWNLOAD_READERS - 1)
+        return self.downloading and self.drop_startup()
 
     def wait_for(self, index: int, now: float) -> None:
         """A reader waits for ``index`` from ``now`` on (the first reader's time counts)."""
@@ -338,16 +356,16 @@ class PiecePicker:
                 continue
             flying = self._in_flight.get(i)
             if not flying:
-                if (
-                    not edge
-                    or fallback
-                    or (self.availability[i] == 0 and not seeding)
-                    or self._overdue(i, now, self.seed_patience if seeding else self.patience)
-                ):
+                if not edge or fallback or (self.availability[i] == 0 and not seeding) or self._overdue(i, now, self._patience(seeding)):
                     return i
             elif edge and self._late_at_peers(flying, now - self.deadline):
                 return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
         return None
+
+    def _patience(self, seeding: bool) -> float:
+        """How long a reader waits for a piece no idle holder can take before the edge may; a downloader's readers
+        never make the edge step in by waiting (module docstring): they wait for what they asked of peers."""
+        return math.inf if self.downloading else self.seed_patience if seeding else self.patience
 
     def _late_at_peers(self, flying: dict[str, float], started_before: float) -> bool:
         """Only peers fetch this piece, the first since before ``started_before``: the edge may race it, however many

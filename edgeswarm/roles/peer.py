@@ -156,6 +156,7 @@ class SwarmSource:
 
     def __init__(self, peer: Peer, swarm: Swarm):
         self.peer, self.swarm = peer, swarm
+        self._fetching = 0  # this read's fetches under way (its piece and those ahead of it)
 
     def local(self, index: int) -> int | None:
         return self.peer.pinned.opened.piece_fd(self.swarm.cid, index)
@@ -164,11 +165,18 @@ class SwarmSource:
         return self.peer.pinned.opened.has(self.swarm.cid, index)
 
     async def fetch(self, index: int, stop: int | None = None) -> bytes:
+        self._fetching += 1
+        if self._fetching == 1:
+            self.swarm.read_waits(True)
         try:
             async with asyncio.timeout(self.peer.read_timeout):
                 unstored = await self.swarm.piece(index, stop)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
+        finally:
+            self._fetching -= 1
+            if not self._fetching:
+                self.swarm.read_waits(False)
         data = unstored if unstored is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})

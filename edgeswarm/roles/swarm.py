@@ -61,6 +61,7 @@ class Swarm:
             startup_bytes=peer.config.startup_window,
         )
         self.picker = self.engine.picker
+        self.waiting_reads = 0  # gateway reads of this file waiting for pieces now (read_waits)
         if self.picker.complete():
             self.completed.set()
 
@@ -73,6 +74,11 @@ class Swarm:
         """A live segment ahead of the player: fetched whole, by the swarm more than by the edge (engine.want_live)."""
         self.engine.want_live()
         self._check_complete()
+
+    def read_waits(self, waiting: bool) -> None:
+        """A gateway read of this file starts or stops waiting for pieces: several at once are a download (picker.py)."""
+        self.waiting_reads += 1 if waiting else -1
+        self.engine.reads_waiting(self.waiting_reads)
 
     async def piece(self, index: int, stop: int | None = None) -> bytes | None:
         """Wait until piece ``index`` is stored (a gateway read, which ends before piece ``stop`` if known; it becomes
