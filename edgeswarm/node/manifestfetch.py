@@ -119,10 +119,13 @@ class ManifestFetcher:
         asking = self._asking.join((path, frozenset(headers.items())), lambda: self._revalidate(store, path, sources, headers, cached))
         if cached is None or live.is_playlist(path):
             return self._confirmed(path, *await asking.future)
-        done, _ = await asyncio.wait({asking.future}, timeout=max(0.0, asking.began + STALE_WAIT - time.monotonic()))
+        try:
+            done, _ = await asyncio.wait({asking.future}, timeout=max(0.0, asking.began + STALE_WAIT - time.monotonic()))
+        finally:
+            if not asking.future.done():
+                asking.future.cancel()  # this read's wait only (timed out, or its client left): the ask goes on
         if done:
             return self._confirmed(path, *asking.future.result())
-        asking.future.cancel()  # this read's wait only: the ask goes on for the reads to come
         return self._stale(cached, path, f"no answer within {STALE_WAIT:g} s (still asking)")
 
     def _confirmed(self, path: str, signed: SignedManifest, stale: str | None) -> SignedManifest:
