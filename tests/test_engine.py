@@ -695,6 +695,27 @@ def test_a_full_disk_fetches_only_what_a_reader_waits_for_until_store_retry():
     assert isinstance(nxt, Fetch) and not e.picker.only_awaited
 
 
+def test_a_full_disk_hands_each_piece_to_its_reader_once_and_goes_on_at_once():
+    """The driver hands an unstored piece to its readers before their tasks run (and say read_done): it was still
+    awaited, so the edge worker fetched it again, nobody took that copy, and the worker slept a second: a peer with a
+    full disk served its player a piece a second.  And while the store fails the seeding worker waits, so a piece no
+    peer holds goes to the edge worker at once, not after seed_patience."""
+    now = [0.0]
+    e, host = make(now=now)
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)  # holds nothing yet: not a fallback, the edge seeds
+    e.reading(3)
+    edge = spawned(host, "edge_worker")
+    assert edge.send(None) == Wait(0.25)  # a piece no peer holds is on its way from /seed, for seed_patience
+    e.picker.only_awaited, e._unstored_at = True, now[0]  # our store just failed (the seeding worker waits now)
+    got = edge.send(None)
+    assert isinstance(got, Fetch) and got.index == 3
+    nxt = edge.send(Result("not_stored", nbytes=1000))  # its reader has it, and has not said read_done yet
+    assert nxt == Wait(0.25), "fetched again for nobody"
+    e.read_done(3)
+    e.reading(4)
+    assert isinstance(got := edge.send(None), Fetch) and got.index == 4
+
+
 def test_a_disk_that_stays_full_is_tried_again_less_and_less_often():
     """Each try after the pause that fails again doubles the pause (a background download of a disk that stays full
     asks its edge for a piece every few minutes at most, not every STORE_RETRY seconds forever); a stored piece resets it."""

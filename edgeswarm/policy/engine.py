@@ -534,8 +534,10 @@ class Engine:
         picks, source = 0, f"edge#{slot}"
         while not self.closed:
             now = self.clock()
-            self._store_failing()
-            fallback, tail, seeding = self.fallback(now), self.tail(), self.seeder() is not None
+            # while our store cannot write, the seeding worker waits: a piece no peer holds is not on its way from
+            # /seed, and a reader waiting for it waited seed_patience (a second a piece) for this worker
+            seeding = not self._store_failing() and self.seeder() is not None
+            fallback, tail = self.fallback(now), self.tail()
             if fallback or tail or not seeding:
                 index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
             else:  # the seeding worker asks the edge for the rest
@@ -755,7 +757,9 @@ class Engine:
             yield from self._pause(peer, min(backoff, 5))
         elif kind == "not_stored":
             self._not_stored()
-            if not result.nbytes:
+            if result.nbytes:  # its readers have it: not wanted again before their tasks run (then fetched twice, and
+                self.picker.stop_waiting(index)  # the second copy, nobody's, cost the worker a second's sleep per piece)
+            else:
                 yield Sleep(1.0)
         return "retry"
 
