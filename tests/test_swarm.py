@@ -6,10 +6,13 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -375,6 +378,42 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     stuck = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert stuck.returncode == 1 and f"cannot write {unwritable}" in stuck.stderr and "Traceback" not in stuck.stderr, stuck.stderr
     assert (tmp_path / "plain").read_text() == "not a directory"
+
+
+def test_get_writes_to_standard_output_pipes_and_links_without_replacing_them(tmp_path, nodes, origin, published, regions):
+    """`-o /dev/null` (as root) replaced the device with a regular file, `-o -` wrote a file named "-", a link was
+    replaced by the file, two gets of one output wrote one `.part` (the second truncated what the first had written,
+    and the first renamed a corrupt file into place, "every piece verified"), and a name of 251-255 bytes failed."""
+    data = make_file(published / "app.bin", 2 * 1024 * 1024 + 5)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+
+    def command(output: str) -> list[str]:
+        return [sys.executable, "-m", "edgeswarm", "get", edge.url + "/app.bin", "-o", output, "--listen", "127.1.0.7:0"]
+
+    def get(output: str) -> subprocess.CompletedProcess:
+        return subprocess.run(command(output), capture_output=True, timeout=60)
+
+    out = get("-")
+    assert out.returncode == 0 and out.stdout == data, out.stderr
+    assert b"verified" in out.stderr and not (Path.cwd() / "-").exists()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with ThreadPoolExecutor(1) as pool:
+        read = pool.submit(fifo.read_bytes)
+        assert get(str(fifo)).returncode == 0
+        assert read.result(timeout=60) == data
+    assert stat.S_ISFIFO(fifo.lstat().st_mode), "the pipe is still a pipe"
+    target = tmp_path / "real.bin"
+    target.write_bytes(b"old")
+    (tmp_path / "link.bin").symlink_to(target)
+    assert get(str(tmp_path / "link.bin")).returncode == 0
+    assert (tmp_path / "link.bin").is_symlink() and target.read_bytes() == data
+    long = tmp_path / ("x" * 251)
+    assert get(str(long)).returncode == 0 and long.read_bytes() == data
+    same = tmp_path / "same.bin"
+    both = [subprocess.Popen(command(str(same)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in both] == [0, 0]
+    assert same.read_bytes() == data and not list(tmp_path.glob("*.part"))
 
 
 class SlowTracker(DoubleServer):

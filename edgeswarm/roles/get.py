@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -203,13 +205,19 @@ class OutputFile:
     12 `get`s on two cores, as long as the whole start-up.  A piece is
     written from the bytes ``put_piece`` has just checked; what was not
     written so (held from an earlier run, protected content) is read from the
-    cache at the end and checked again there.  The output appears whole or
-    not at all: ``NAME.part`` until then, removed on failure.
+    cache at the end and checked again there.  A regular file appears whole
+    or not at all: a temporary file of its own beside it until then (two
+    `get`s of one output each write their own), removed on failure; through
+    a symbolic link, the file it names is replaced, not the link.  Anything
+    else (``-`` for standard output, a pipe, a device such as /dev/null) is
+    written in order once the download is complete, never replaced.
     """
 
     def __init__(self, path: Path, manifest: Manifest):
         self.path, self.manifest = path, manifest
-        self.part = path.with_name(path.name + ".part")
+        self.stream = str(path) == "-" or _special(path)
+        self.target = path if self.stream else Path(os.path.realpath(path))
+        self.part: Path | None = None  # the temporary file, once created
         self.written: set[int] = set()
         self.error: OSError | None = None  # the first write that failed: the download stops with it
         self.fd: int | None = None
@@ -217,13 +225,17 @@ class OutputFile:
 
     def _open(self) -> int:
         if self.fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            stem = self.target.name.encode()[:200].decode(errors="ignore")  # leaves room in NAME_MAX (255 bytes)
+            while self.fd is None:
+                part = self.target.with_name(f"{stem}.{secrets.token_hex(4)}.part")
+                with contextlib.suppress(FileExistsError):
+                    self.fd, self.part = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), part
         return self.fd
 
     def put(self, index: int, data: bytes) -> None:
-        """A verified piece: written at its offset (once; a failure is kept in ``error``)."""
-        if index in self.written or self.error is not None:
+        """A verified piece: written at its offset (once; a failure is kept in ``error``); a stream's wait for ``finish``."""
+        if self.stream or index in self.written or self.error is not None:
             return
         try:
             self._write(index, data)
@@ -245,30 +257,58 @@ class OutputFile:
         return data
 
     def finish(self, peer: Peer, cid: str, key: bytes | None) -> None:
-        """Write what is missing (every piece, if protected: decrypted) and rename the whole file into place."""
+        """Write what is missing (every piece, if protected: decrypted) and rename the whole file into place; a stream,
+        every piece in order."""
         m = self.manifest
         decrypt = cipher_for(key, m.protection) if key is not None and m.protection else None
         try:
-            for i in range(m.piece_count):
-                if i not in self.written:
-                    data = self._read(peer, cid, i)
-                    self._write(i, decrypt(data, m.piece_span(i)[0]) if decrypt else data)
-            os.ftruncate(self._open(), m.size)  # an empty file has no piece to create it: it is opened here
-            os.close(self._open())
-            self.fd = None
-            os.replace(self.part, self.path)
+            if self.stream:
+                self._stream(peer, cid, decrypt)
+            else:
+                for i in range(m.piece_count):
+                    if i not in self.written:
+                        data = self._read(peer, cid, i)
+                        self._write(i, decrypt(data, m.piece_span(i)[0]) if decrypt else data)
+                os.ftruncate(self._open(), m.size)  # an empty file has no piece to create it: it is opened here
+                os.close(self._open())
+                self.fd = None
+                assert self.part is not None
+                os.replace(self.part, self.target)
         except OSError as exc:
             raise GetError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.done = True
+
+    def _stream(self, peer: Peer, cid: str, decrypt) -> None:
+        """Every piece in order to standard output or the special file (never created, truncated or replaced)."""
+        m = self.manifest
+        fd = sys.stdout.fileno() if str(self.path) == "-" else os.open(self.path, os.O_WRONLY)
+        try:
+            for i in range(m.piece_count):
+                data = self._read(peer, cid, i)
+                view = memoryview(decrypt(data, m.piece_span(i)[0]) if decrypt else data)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            if fd != sys.stdout.fileno():
+                os.close(fd)
 
     def close(self) -> None:
         """Release the file; unless it was renamed into place, remove the partial output."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if not self.done:
-            with contextlib.suppress(OSError):  # never written, or its directory is what failed
+        if not self.done and self.part is not None:
+            with contextlib.suppress(OSError):  # its directory is what failed
                 self.part.unlink()
+
+
+def _special(path: Path) -> bool:
+    """An existing file that is not a regular one nor a directory (a device, a pipe, a socket), through links."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def run(
@@ -302,6 +342,7 @@ def run(
     rate = result["size"] / max(result["seconds"], 1e-3)
     print(
         f"{output}: {format_bytes(result['size'])} in {result['seconds']:.1f} s ({format_bytes(rate)}/s), "
-        f"{share:.0%} from peers, every piece verified"
+        f"{share:.0%} from peers, every piece verified",
+        file=sys.stderr if str(output) == "-" else sys.stdout,  # the file itself went to standard output
     )
     return 0
