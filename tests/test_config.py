@@ -148,3 +148,17 @@ def test_relay_flags_are_checked_while_they_are_read(capsys: pytest.CaptureFixtu
         with pytest.raises(SystemExit):
             parsed_edge("--cache", "c", "--parent", "http://o:1", *bad)
     assert "expected a whole number" in capsys.readouterr().err
+
+
+def test_a_peer_id_file_that_is_not_an_id_is_replaced(tmp_path, caplog):
+    """A damaged cache's peer_id (not text) stopped every start with "'utf-8' codec can't decode byte 0xb5", naming no
+    file; one the tracker refuses (not printable, too long) failed every announce."""
+    from edgeswarm.roles.peer import _peer_id
+
+    path = tmp_path / "peer_id"
+    for damage in (b"\xff\xb5\x00", b"id with a\ttab", b"x" * 65):
+        path.write_bytes(damage)
+        pid = _peer_id(path)
+        assert len(pid) == 16 and pid.isprintable() and path.read_text().strip() == pid
+        assert _peer_id(path) == pid  # kept from now on
+    assert "holds no usable peer id" in caplog.text

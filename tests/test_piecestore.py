@@ -377,6 +377,9 @@ def test_load_after_a_crash_drops_partial_and_wrong_files(root):
     (cdir / "1.piece").write_bytes(c.piece(1)[:-1])  # wrong size
     (cdir / "2.piece").write_bytes(c.piece(2) + b"x")
     (cdir / "3.piece").write_bytes(c.piece(2))  # beyond the last piece
+    (cdir / "2.piece").unlink()
+    (cdir / "2.piece").mkdir()  # a directory where a piece should be: every start failed with "Is a directory"
+    (cdir / "2.piece" / "x").write_bytes(b"x")
     (cdir / "notes.txt").write_text("not ours")
     again = open_store(root)
     assert again.held(c.cid) == {0}

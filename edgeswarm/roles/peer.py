@@ -1158,10 +1158,14 @@ def _peer_id(path: Path) -> str:
     """A random id kept in the cache dir, so a restarted peer is the same peer to its trackers."""
     try:
         pid = path.read_text().strip()
-        if pid:
+        if 0 < len(pid) <= 64 and pid.isprintable():  # what announces accept
             return pid
+        if pid:
+            log.warning("%s holds no usable peer id: a new one is made", path)
     except FileNotFoundError:
         pass
+    except UnicodeDecodeError:
+        log.warning("%s holds no usable peer id (not text): a new one is made", path)
     pid = secrets.token_hex(8)
     path.write_text(pid + "\n")
     return pid

@@ -160,9 +160,9 @@ class PieceStore:
                 if index is None:
                     continue
                 st = entry.stat()
-                if index >= m.piece_count or st.st_size != m.piece_span(index)[1]:
+                if index >= m.piece_count or not entry.is_file() or st.st_size != m.piece_span(index)[1]:
                     log.warning("dropping damaged piece %s", entry.path)
-                    os.unlink(entry.path)
+                    _remove(entry)
                     continue
                 self._held[signed.content_id].add(index)
                 self._unverified.add((signed.content_id, index))
@@ -586,3 +586,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _remove(entry: os.DirEntry) -> None:
+    """A damaged piece's path, whatever it is: a directory there failed every start with "Is a directory"."""
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
