@@ -181,6 +181,7 @@ def test_a_bad_url_says_what_is_wrong(url, why):
     [
         ("mysql://db/0", "expected memory or redis://HOST:PORT/DB"),
         ("redis://cache:port/0", "port is not a number"),
+        ("redis://cache:99999/0", "port is not a number from 0 to 65535"),
         ("redis://cache:6379/zero", "is not a number"),
     ],
 )

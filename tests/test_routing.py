@@ -175,9 +175,20 @@ def test_sample_from_status_ignores_polls_and_scrapes():
     doc = {
         "role": "edge",
         "bytes_sent": {"client": 100, "node": 50},
-        "responses_by_endpoint": {"file": {"200": 10, "502": 3}, "piece": {"200": 5}, "status": {"200": 99, "500": 9}},
+        "responses_by_endpoint": {"file": {"200": 10, "500": 3}, "piece": {"200": 5}, "status": {"200": 99, "500": 9}},
     }
     assert sample_from_status(doc, 1.0) == Sample(1.0, 150, 18, 3)
+
+
+def test_an_edge_is_not_judged_by_its_tracker_store_nor_by_its_parent():
+    """Redis down (announces 503), Redis full (500) or the origin down (502, 504 for what is not cached) took every
+    edge of a region out of rotation (`5xx` past --max-error-rate) while each served the files it held."""
+    doc = {
+        "role": "edge",
+        "bytes_sent": {"client": 100},
+        "responses_by_endpoint": {"file": {"200": 10, "502": 30, "504": 5, "503": 1}, "announce": {"503": 80, "500": 20}},
+    }
+    assert sample_from_status(doc, 1.0) == Sample(1.0, 100, 46, 1)
 
 
 @pytest.mark.parametrize(

@@ -146,3 +146,60 @@ async def test_redis_down_files_are_served_announces_get_503_and_the_edge_recove
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert log.count("answering announces 503") == 1, "the outage is logged once, not per announce"
     assert "reachable again" in log
+
+
+async def test_a_full_read_only_or_hung_redis_is_a_503_and_the_edge_stays_in_rotation(
+    tmp_path,
+    nodes,
+    origin,
+    published,
+    regions,
+    http,
+    redis_server: RedisServer,  # noqa: F811
+):
+    """Redis full (maxmemory, noeviction) or demoted to a read-only replica by a failover: every announce was a 500 with
+    a traceback, and /status too; hung (SIGSTOP), /status waited 2 s, past a router's 1 s poll timeout.  Now a 503
+    that says why, logged once, and /status answers at once with the reason."""
+    import os
+    import signal
+
+    import redis
+
+    make_file(published / "f.bin", PIECES * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_server.url)
+    cid = await content_id(http, edge.url, "f.bin")
+    assert (await announce(edge.url, "127.1.0.1", doc(cid, "x", "started")))[0] == 200
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        for breaks, mends, word in [
+            (
+                [("CONFIG", "SET", "maxmemory-policy", "noeviction"), ("CONFIG", "SET", "maxmemory", "1")],
+                [("CONFIG", "SET", "maxmemory", "0")],
+                "OutOfMemoryError",
+            ),
+            ([("REPLICAOF", "127.0.0.1", "1")], [("REPLICAOF", "NO", "ONE")], "ReadOnlyError"),
+        ]:
+            for command in breaks:
+                admin.execute_command(*command)
+            code, text, retry = await announce(edge.url, "127.1.0.2", doc(cid, "y", "started"))
+            assert code == 503 and word in str(text) and retry is not None, (code, text)
+            st = await status(http, edge.url)  # a full Redis still reads (no error there), a replica refuses the expiry's deletes
+            assert word in st["p2p"].get("store_error", word if word == "OutOfMemoryError" else ""), st["p2p"]
+            for command in mends:
+                admin.execute_command(*command)
+            deadline = time.monotonic() + 15
+            while (await announce(edge.url, "127.1.0.2", doc(cid, "y", "started")))[0] != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.3)
+    finally:
+        admin.close()
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        st = await status(http, edge.url)
+        assert time.monotonic() - started < 1.0 and "no answer within" in st["p2p"]["store_error"], st["p2p"]
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    log = (tmp_path / "logs" / "edge.log").read_text()
+    assert "Traceback" not in log and log.count("answering announces 503") == 2, "each outage logged once"

@@ -34,7 +34,12 @@ from urllib.parse import urlsplit
 from edgeswarm.errors import EdgeswarmError
 
 UP, DOWN, UNKNOWN = "up", "down", "unknown"
-NOT_CLIENT_TRAFFIC = frozenset({"status", "metrics", "healthz"})  # polls and scrapes are not what an edge is for
+# polls and scrapes are not what an edge is for; nor is its tracker when judging its files: a tracker store that is
+# down answers announces 503 while every file is served, and took every edge of every region out of rotation
+NOT_CLIENT_TRAFFIC = frozenset({"status", "metrics", "healthz", "announce"})
+# the parent's failure (502, 504), every edge of a region alike: counted against them, an origin outage took them all
+# out of rotation, and the files they held in cache went unserved
+UPSTREAM_FAILURES = frozenset({"502", "504"})
 MAX_EDGES = 1024  # edges one router holds (listed and registered): a registration flood stops here
 
 
@@ -98,7 +103,7 @@ def sample_from_status(doc: object, at: float) -> Sample:
             continue
         for status, n in counts.items():
             requests += _count(n)
-            if str(status).startswith("5"):
+            if str(status).startswith("5") and str(status) not in UPSTREAM_FAILURES:
                 errors += _count(n)
     return Sample(at, total, requests, errors)
 

@@ -12,6 +12,7 @@ connection's address, so a peer cannot point others at someone else.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -49,6 +50,7 @@ ADDRESS_FIELDS = ("ip", "address", "url", "host")  # what a peer may not claim: 
 USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_from_peers", "uploaded": "reported_uploaded"}
 log = logging.getLogger("edgeswarm.roles.announce")
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
+STATUS_STORE_WAIT = 0.5  # seconds /status waits for the tracker store (a router polls it with a 1 s timeout by default)
 CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
 
@@ -266,8 +268,9 @@ class TrackerService:
         }, booked
 
     @contextlib.asynccontextmanager
-    async def _reaching(self) -> AsyncIterator[None]:
-        """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too."""
+    async def _reaching(self, recovers: bool = True) -> AsyncIterator[None]:
+        """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too.
+        ``recovers``: a success here ends the outage (not a read for /status: a full Redis still serves reads)."""
         try:
             yield
         except StoreUnavailable as exc:
@@ -275,14 +278,14 @@ class TrackerService:
                 log.warning("%s: answering announces 503 until it is back (files are served as ever)", exc)
             self._down = str(exc)
             raise HttpError(503, f"{exc}; try again later", {"Retry-After": str(math.ceil(min(self.interval, 10)))}) from None
-        if self._down is not None:
+        if self._down is not None and recovers:
             log.warning("tracker store %s is reachable again", self.store.describe())
             self._down = None
 
     async def expire(self) -> int:
         """Forget silent peers, with every piece of state kept for them; how many records went."""
         now = self.clock()
-        async with self._reaching():
+        async with self._reaching(recovers=False):  # deleting: a full Redis allows it, and is not back
             dropped = await self.tracker.expire(now)
         for cid, rec in dropped:
             self.claims.forget(rec.key, cid)
@@ -290,15 +293,23 @@ class TrackerService:
         return len(dropped)
 
     async def status(self) -> dict:
-        """The tracker's figures per region; with the store down, what this edge knows without it and the reason."""
+        """The tracker's figures per region; with the store down or slow (``STATUS_STORE_WAIT``), what this edge knows
+        without it and the reason: a hung Redis held the edge's /status past a router's poll timeout, and the router
+        took the edge out of rotation while it served every file."""
         try:
-            await self.expire()  # count live peers only, whenever the expiry loop last ran
-            async with self._reaching():
-                counts = await self.store.counts(self.clock())
-                by_region = await self.store.shares()
-                contents = len(await self.store.contents())
-        except HttpError as exc:
-            return {"store": self.store.describe(), "store_error": exc.message, "regions": {}, "state": self._state(None)}
+            async with asyncio.timeout(STATUS_STORE_WAIT):
+                await self.expire()  # count live peers only, whenever the expiry loop last ran
+                async with self._reaching(recovers=False):
+                    counts = await self.store.counts(self.clock())
+                    by_region = await self.store.shares()
+                    contents = len(await self.store.contents())
+        except (HttpError, TimeoutError) as exc:
+            why = (
+                exc.message
+                if isinstance(exc, HttpError)
+                else f"tracker store {self.store.describe()}: no answer within {STATUS_STORE_WAIT:g} s"
+            )
+            return {"store": self.store.describe(), "store_error": why, "regions": {}, "state": self._state(None)}
         peers, memberships = counts.peers, counts.memberships
         regions = {}
         for name in sorted(set(by_region) | set(memberships)):

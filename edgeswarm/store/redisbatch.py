@@ -33,6 +33,19 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_BATCH = 256  # calls in one script run, at most: a bounded reply to read and parse at once, and a bounded pause of Redis
+# error replies that say the server cannot serve now (full with noeviction, a read-only replica after a failover, loading
+# its data, a busy script, a failing disk), not that a call was wrong: the store is unavailable, as when unreachable
+UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "NOREPLICAS", "MISCONF")
+
+
+def unavailable_reply(exc: BaseException) -> bool:
+    """An error reply of Redis's that is the server's state (``UNAVAILABLE_REPLIES``), whole or from one call of a batch:
+    redis-py makes the known ones exceptions of their own (their text without the code), the others keep the code."""
+    import redis.exceptions as rex
+
+    known = (rex.OutOfMemoryError, rex.ReadOnlyError, rex.BusyLoadingError, rex.MasterDownError)
+    return isinstance(exc, known) or str(exc).startswith(UNAVAILABLE_REPLIES)
+
 
 # ARGV[1]: the calls as JSON, [[function number, [arguments]], ...] (Redis's Lua has cjson built in).
 # A function returning nothing (nil) gives false: a nil would end the array of replies there.
@@ -120,6 +133,9 @@ class ScriptBatcher:
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             self._fail(batch, self.failure(exc))
             return
+        except rex.ResponseError as exc:
+            self._fail(batch, self.failure(exc) if unavailable_reply(exc) else exc)
+            return
         except Exception as exc:  # anything else: each caller sees it, the batcher goes on
             self._fail(batch, exc)
             return
@@ -130,7 +146,7 @@ class ScriptBatcher:
             if future.done():  # its caller was cancelled
                 continue
             if isinstance(reply, Exception):
-                future.set_exception(reply)
+                future.set_exception(self.failure(reply) if unavailable_reply(reply) else reply)
             else:
                 future.set_result(reply)
 

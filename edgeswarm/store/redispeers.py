@@ -147,9 +147,9 @@ def check_url(url: str) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError(f"--tracker-store {url!r}: no host (expected redis://HOST:PORT/DB)")
     try:
-        parts.port  # noqa: B018 - raises ValueError when the port is not a number
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number, or out of range
     except ValueError:
-        raise ValueError(f"--tracker-store {url!r}: the port is not a number") from None
+        raise ValueError(f"--tracker-store {url!r}: the port is not a number from 0 to 65535") from None
     db = parts.path.strip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ValueError(f"--tracker-store {url!r}: the database {db!r} is not a number")
@@ -207,9 +207,15 @@ class RedisPeerStore:
             return await what(*args, **kwargs)
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from None
+        except rex.ResponseError as exc:  # a full or read-only Redis (a failover's replica), or a database it lacks
+            raise self._unavailable(exc) from None
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        return StoreUnavailable(f"tracker store {self.describe()} unreachable: {type(exc).__name__}: {exc}")
+        """Unreachable, or answering that it cannot serve (full, read-only, loading): announces are answered 503 either way."""
+        import redis.exceptions as rex
+
+        how = "unreachable" if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)) else "refuses"
+        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {str(exc)[:200]}")
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
