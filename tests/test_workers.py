@@ -132,6 +132,11 @@ async def test_one_status_and_one_metrics_total_every_worker(tmp_path, nodes, or
         assert st["workers"] == {"count": 2, "answered": 2}
         assert st["responses_by_endpoint"]["file"] == {"200": 16}
         assert st["bytes_sent"]["client"] == 16 * len(data)
+    # what a router polls: the same totals, and no list of contents (25 000 of them made it more than 4 MiB)
+    async with http.get(edge.url + "/status?brief=1") as r:
+        brief = await r.json()
+    assert brief["content_count"] == 1 and "contents" not in brief and brief["bytes_sent"]["client"] == 16 * len(data)
+    assert brief["workers"] == {"count": 2, "answered": 2} and st["contents"][0]["path"] == "s.bin"
     code, text, _ = await fresh("GET", edge.url + "/metrics")
     assert code == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text.decode()) for s in f.samples}

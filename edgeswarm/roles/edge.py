@@ -874,17 +874,19 @@ class Edge:
     async def get_key(self, _: web.Request) -> web.Response:
         return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
 
+    def _content_row(self, signed: SignedManifest) -> dict[str, object]:
+        """A cached content as /status lists it."""
+        assert self.store is not None
+        m = signed.manifest
+        return {"path": m.path, "id": signed.content_id, "pieces": m.piece_count, "held": len(self.store.held(signed.content_id))}
+
     async def get_status(self, request: web.Request) -> web.Response:
         if self.require_token and not self._trusted_client(request):
             await self.grant(request, "", required=True)  # it names users and contents: not for strangers
         store = self.store
-        contents = []
-        if store is not None:
-            for signed in store.contents():
-                m = signed.manifest
-                contents.append(
-                    {"path": m.path, "id": signed.content_id, "pieces": m.piece_count, "held": len(store.held(signed.content_id))}
-                )
+        brief = brief_status(request)
+        cached = sorted(store.contents(), key=lambda c: c.manifest.path) if store is not None else []
+        listed = {"content_count": len(cached)} if brief else {"contents": [self._content_row(c) for c in cached]}
         return json_response(
             {
                 **self.metrics.status(),
@@ -892,8 +894,8 @@ class Edge:
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
                 "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
-                "contents": sorted(contents, key=lambda c: c["path"]),
-                **({"p2p": await self._p2p_status(), "announces": self._announce_load()} if self.tracker else {}),
+                **listed,
+                **({"p2p": _briefly(await self._p2p_status(), brief), "announces": self._announce_load()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
                 **({"relay": self.relay.status()} if self.relay else {}),
                 **({"promotion": self.promoter.status()} if self.promoter else {}),
@@ -996,6 +998,23 @@ class _Families:
 
     def __init__(self, collect: Callable[[], list]):
         self.collect = collect
+
+
+def brief_status(request: web.Request) -> bool:
+    """``GET /status?brief=1``: the figures without the per-content lists, what a router polls (an edge with 25 000
+    contents in cache sent it more than its 4 MiB cap for one poll, and stayed out of rotation)."""
+    return request.query.get("brief", "0") not in ("", "0")
+
+
+PER_CONTENT = ("swarms", "live_copies", "copies")  # the tracker's per-region rows that list contents
+
+
+def _briefly(p2p: dict, brief: bool) -> dict:
+    """The tracker's part of /status, its per-content lists left out when ``brief``."""
+    if not brief:
+        return p2p
+    regions = {name: {k: v for k, v in row.items() if k not in PER_CONTENT} for name, row in p2p.get("regions", {}).items()}
+    return {**p2p, "regions": regions}
 
 
 def _tracker(config: EdgeConfig) -> TrackerService:

@@ -195,7 +195,8 @@ class WorkerLink:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        self._take_up(request.path)
+        if not edge_role.brief_status(request):  # a brief /status lists no content (a router polls it every few seconds)
+            self._take_up(request.path)
         if _private(request):  # forwarded by another worker (to the primary): answered here, for the client it names
             request = request.clone(remote=request.headers.get(FORWARDED_FOR, ""))
         elif not self.forwarded(request):
@@ -204,7 +205,7 @@ class WorkerLink:
             return await self._forward(request)
         response = await handler(request)
         if request.method == "GET" and response.status == 200 and request.path in ("/status", "/metrics"):
-            return await self._merged(request.path, response)
+            return await self._merged(request.path, request.path_qs, response)
         return response
 
     def _take_up(self, path: str) -> None:
@@ -277,15 +278,15 @@ class WorkerLink:
         await asyncio.gather(_pipe(client, upstream), _pipe(upstream, client))
         return client
 
-    async def _merged(self, path: str, response: web.StreamResponse) -> web.StreamResponse:
-        """The primary's own /status or /metrics with every other worker's figures added in."""
+    async def _merged(self, path: str, asked: str, response: web.StreamResponse) -> web.StreamResponse:
+        """The primary's own /status or /metrics with every other worker's figures added in (``asked``: with its query)."""
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
-        others = await asyncio.gather(*(self._ask(i, path) for i in range(1, self.slot.count)))
+        others = await asyncio.gather(*(self._ask(i, asked) for i in range(1, self.slot.count)))
         mine = response.body
         if path == "/status":
             doc = merge_status(json.loads(mine), [json.loads(o) for o in others if o is not None])
             store = self.node.store
-            if store is not None:  # a version one worker dropped (its directory gone) may linger in another's memory
+            if store is not None and "contents" in doc:  # a version one worker dropped (its directory gone) may linger in another's memory
                 doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
             doc["upload_limit_Bps"] = self.cap
@@ -356,11 +357,12 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[
         for r in other.get("bytes_received", []):
             received[(r["kind"], r["source"])] = received.get((r["kind"], r["source"]), 0) + r["bytes"]
         doc["bytes_received"] = [{"kind": k, "source": s, "bytes": n} for (k, s), n in sorted(received.items())]
-        contents = {c["id"]: c for c in doc.get("contents", [])}
-        for c in other.get("contents", []):  # a piece one worker stored, another takes up when asked: the most any holds
-            mine = contents.get(c["id"])
-            contents[c["id"]] = c if mine is None or c["held"] > mine["held"] else mine
-        doc["contents"] = sorted(contents.values(), key=lambda c: c["path"])
+        if "contents" in doc:  # not a brief one (edge.brief_status)
+            contents = {c["id"]: c for c in doc["contents"]}
+            for c in other.get("contents", []):  # a piece one worker stored, another takes up when asked: the most any holds
+                mine = contents.get(c["id"])
+                contents[c["id"]] = c if mine is None or c["held"] > mine["held"] else mine
+            doc["contents"] = sorted(contents.values(), key=lambda c: c["path"])
         doc["uptime_s"] = max(doc.get("uptime_s", 0), other.get("uptime_s", 0))
     return doc
 

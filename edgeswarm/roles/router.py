@@ -53,7 +53,7 @@ from edgeswarm.protocol.wire import json_response
 
 log = logging.getLogger("edgeswarm.roles.router")
 FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the router forgets it
-MAX_STATUS = 4 * 1024 * 1024  # an edge's /status lists its contents: generous, but bounded
+MAX_STATUS = 4 * 1024 * 1024  # an edge's brief /status lists no content: generous, but bounded
 MAX_POLLED_REGIONS = 64  # tracker rows kept per edge: an edge's /status is not ours to trust with our memory
 MAX_NAME = 100  # characters of a region name kept from an edge's /status
 
@@ -94,7 +94,7 @@ def polled_figures(doc: dict, at: float) -> dict:
         "upload_limit_Bps": _number(doc.get("upload_limit_Bps")),
         "cache_bytes": _number(doc.get("cache_bytes")),
         "cache_max_bytes": _number(doc.get("cache_max_bytes")) or None,  # 0: no quota
-        "cache_entries": len(contents) if isinstance(contents, list) else None,
+        "cache_entries": len(contents) if isinstance(contents, list) else _number(doc.get("content_count")),
         "peers": _number(p2p.get("peers")) if p2p is not None else None,
         "regions": regions,
         "store": _shared_store(p2p.get("store")) if p2p is not None else None,
@@ -329,7 +329,7 @@ class Router:
         try:
             async with (
                 asyncio.timeout(self.config.timeout),
-                self.session.get(url + "/status", allow_redirects=False, headers=self._poll_headers) as resp,
+                self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers) as resp,
             ):
                 if resp.status != 200:
                     raise ValueError(f"/status answered {resp.status}")
