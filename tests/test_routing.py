@@ -224,6 +224,8 @@ def test_edge_flag_and_registration():
         ({"url": "ftp://x", "region": "east", "capacity": "1MB/s"}, "http(s) URL"),
         ({"url": "http://x:8080/films", "region": "east", "capacity": "1MB/s"}, "base URL"),
         ({"url": "http://x:99999", "region": "east", "capacity": "1MB/s"}, "bad port"),
+        ({"url": "http://edge:secret@x:8080", "region": "east", "capacity": "1MB/s"}, "user or password"),
+        ({"url": "http://a b:8080", "region": "east", "capacity": "1MB/s"}, "base URL"),
         ({"url": "http://x:8080", "region": "north", "capacity": "1MB/s"}, "unknown region 'north'"),
         ({"url": "http://x:8080", "region": "east", "capacity": "fast"}, "cannot read rate"),
         ({"url": "http://x:8080", "region": "east", "capacity": 0}, "above zero"),

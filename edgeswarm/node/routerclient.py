@@ -19,6 +19,7 @@ import time
 from urllib.parse import quote, urljoin
 
 from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.protocol.registration import base_url_problem
 
 log = logging.getLogger("edgeswarm.node.routerclient")
 REFRESH = 5.0  # seconds between two asks of the router; an edge failure asks sooner
@@ -37,7 +38,7 @@ async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[
         urls = [str(r["url"]).rstrip("/") for r in rows]
     except (ValueError, KeyError, TypeError) as exc:
         raise UpstreamError(502, f"router {router} sent no edge list: {exc}") from None
-    urls = [u for u in urls if u.startswith(("http://", "https://"))]
+    urls = [u for u in urls if base_url_problem(u) is None]  # one malformed entry left us learning the origin key forever
     if not urls:
         raise UpstreamError(502, f"router {router} listed no edge")
     return urls

@@ -21,19 +21,32 @@ def edge_spec(doc: object, regions: Iterable[str], listed: bool, where: str = "r
     if not isinstance(doc, dict):
         raise RoutingError(f"{where}: expected a JSON object with url, region and capacity")
     url, region, capacity = doc.get("url"), doc.get("region"), doc.get("capacity")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
-        raise RoutingError(f"{where}: 'url' must be an http(s) URL such as http://10.1.0.5:8080")
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
-    except ValueError:
-        raise RoutingError(f"{where}: {url!r} has a bad port") from None
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise RoutingError(f"{where}: 'url' must be an edge's base URL (scheme, host, port), not {url[:200]!r}")
+    problem = base_url_problem(url)
+    if problem is not None:
+        raise RoutingError(f"{where}: {problem}")
+    assert isinstance(url, str)
     known = sorted(regions)
     if not isinstance(region, str) or region not in known:
         raise RoutingError(f"{where}: unknown region {str(region)[:100]!r} (the region map has: {', '.join(known)})")
     return EdgeSpec(url.rstrip("/"), region, _capacity(capacity, where), listed)
+
+
+def base_url_problem(url: object) -> str | None:
+    """Why ``url`` is not an edge's base URL (http or https, a host, a port if any, nothing after them, no user or
+    password: a router hands it to every client, in /status, redirects and logs); None if it is one.  The router's
+    registrations and flags, and the clients reading a router's list, check alike."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
+        return "'url' must be an http(s) URL such as http://10.1.0.5:8080"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError:
+        return f"{url[:200]!r} has a bad port"
+    if "@" in parts.netloc:
+        return f"'url' must not carry a user or password ({parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}...): every client would see it"
+    if not parts.hostname or " " in url or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"'url' must be an edge's base URL (scheme, host, port), not {url[:200]!r}"
+    return None
 
 
 MIN_CAPACITY, MAX_CAPACITY = 1e3, 1e13  # bytes per second: outside, a typo or a lie that would skew every share of load
