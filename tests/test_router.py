@@ -287,6 +287,13 @@ def test_router_refuses_bad_configuration(tmp_path):
         (["--regions", str(regions), "--edge", "http://127.10.0.1:1,north,1MB/s"], "unknown region 'north'"),
         (["--regions", str(regions), "--edge", "http://127.10.0.1:1,east"], "URL,REGION,CAPACITY"),
         (["--regions", str(regions), "--default-region", "north"], "--default-region 'north'"),
+        # found by the adversarial session: nan polled 2 000 times a second, inf never again, a negative TTL failed
+        # every DNS answer, an empty name, and a device read until memory ran out
+        (["--regions", str(regions), "--poll-interval", "nan"], "positive number"),
+        (["--regions", str(regions), "--poll-interval", "inf"], "positive number"),
+        (["--regions", str(regions), "--dns-ttl", "-5"], "whole number"),
+        (["--regions", str(regions), "--dns-name", ""], "not a DNS name"),
+        (["--regions", str(regions), "--edge-list", "/dev/zero"], "larger than 16 MiB"),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for args, words in cases:

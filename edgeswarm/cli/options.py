@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 from pathlib import Path
 
 from edgeswarm.node.daemon import ServerLimits
@@ -81,7 +82,7 @@ def positive(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1
-    if value <= 0:
+    if not (value > 0 and math.isfinite(value)):  # nan and inf too: a poll every nan seconds ran 2 000 times a second
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edgeswarm.cli import options
 
+MAX_TTL = 2**31 - 1  # seconds, RFC 2181 §8
 EPILOG = """\
 examples (two regions behind one router):
   edgeswarm router --regions regions.yaml --edge http://10.1.0.5:8080,east,1Gbit/s \\
@@ -88,7 +89,7 @@ def _dns_flags(p: argparse.ArgumentParser) -> None:
     dns.add_argument(
         "--dns-name", default="cdn.example.com", metavar="NAME", help="the name answered, and names under it (default cdn.example.com)"
     )
-    dns.add_argument("--dns-ttl", type=int, default=5, metavar="SECONDS", help="TTL of the answers (default 5)")
+    dns.add_argument("--dns-ttl", type=options.count_or_zero, default=5, metavar="SECONDS", help="TTL of the answers (default 5)")
     dns.add_argument("--dns-answers", type=options.count, default=1, metavar="N", help="A records per answer, best first (default 1)")
 
 
@@ -107,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--max-error-rate is a share from 0 to 1, and --hot-load a positive share of capacity")
     if args.dns_port is not None and not 0 <= args.dns_port <= 65535:
         raise ValueError(f"--dns-port {args.dns_port} is not a port")
+    if args.dns_ttl > MAX_TTL:
+        raise ValueError(f"--dns-ttl is at most {MAX_TTL} seconds (RFC 2181), not {args.dns_ttl}")
+    labels = args.dns_name.rstrip(".").split(".")
+    if not all(0 < len(label) <= 63 for label in labels) or len(args.dns_name) > 253:
+        raise ValueError(f"--dns-name {args.dns_name!r} is not a DNS name (labels of 1-63 characters, 253 in all)")
     thresholds = routing.Thresholds(args.down_after, args.up_after, args.max_error_rate, routing.Thresholds.min_requests, args.hot_load)
     table = routing.RoutingTable(thresholds)
     specs = [registration.parse_edge_flag(text, names) for text in args.edge]

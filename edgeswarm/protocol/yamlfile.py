@@ -20,13 +20,20 @@ class YamlFileError(EdgeswarmError, ValueError):
     """A file that cannot be read or is not YAML; the message names the file and, for YAML, the line and column."""
 
 
+MAX_FILE = 16 << 20  # bytes of a configuration file read at most (region maps and edge lists are kilobytes)
+
+
 def read_yaml(path: Path, what: str) -> object:
     """The document in ``path`` (YAML, so JSON too); YamlFileError in one line, naming ``what`` it is, if it cannot be
     read or parsed."""
     import yaml  # here, not at the top: a peer and `edgeswarm get` import this module (via roles.announce) and read no YAML
 
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE + 1)  # a device (/dev/zero) or a huge file given by mistake was read until memory ran out
+        if len(raw) > MAX_FILE:
+            raise YamlFileError(f"{what} {path} is larger than {MAX_FILE >> 20} MiB: not a configuration file")
+        return yaml.safe_load(raw.decode("utf-8"))
     except OSError as exc:
         raise YamlFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
