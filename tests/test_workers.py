@@ -9,6 +9,7 @@ that both did rather than hope so.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -245,6 +246,23 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path, nodes, origin, 
         assert code == 200 and body == data
         seen.add(worker)
     assert (await status(http, edge.url))["workers"]["answered"] == 2
+
+
+@pytest.mark.integration
+async def test_status_answers_while_the_primary_worker_restarts(tmp_path, nodes, origin, published, http):
+    """The other worker answered /status 503 for the 2 s the primary took to come back, and a router polling then took
+    the edge out of rotation while it served every file; now that worker answers with its own figures, saying so."""
+    data = make_file(published / "p.bin", 5000)
+    edge = start_edge(nodes, tmp_path, origin)
+    await content_id(http, edge.url, "p.bin")
+    primary = min(children(edge.pid))  # started first
+    assert (await status(http, edge.url))["workers"]["answered"] == 2
+    os.kill(primary, signal.SIGKILL)
+    await until(lambda: "restarting it" in edge.log_text())
+    answers = [await fresh("GET", edge.url + "/status") for _ in range(5)]
+    assert [code for code, _, _ in answers] == [200] * 5, answers
+    assert {json.loads(body)["workers"]["answered"] for _, body, _ in answers} <= {1, 2}
+    assert (await fresh("GET", edge.url + "/p.bin"))[:2] == (200, data)
 
 
 def test_metrics_of_workers_add_up_and_alike_gauges_do_not():

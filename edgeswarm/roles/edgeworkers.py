@@ -259,8 +259,20 @@ class WorkerLink:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if streamed is not None:  # begun: abort the connection, never an error inside the body
                 raise
+            if request.path == "/status" and request.method == "GET":
+                # this worker's own figures: a router polling while the primary restarted took the edge out of rotation
+                # (a 503 for 2 s) though this worker served every file meanwhile
+                return await self._own_status(request)
             log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, request.path, exc)
             return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
+
+    async def _own_status(self, request: web.Request) -> web.StreamResponse:
+        """This worker's /status alone, saying so (``workers.answered`` 1): the primary that adds the others' is away."""
+        response = await self.node.get_status(request)
+        assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        doc = json.loads(response.body)
+        doc["workers"] = {"count": self.slot.count, "answered": 1, "primary": "restarting"}
+        return web.Response(body=json.dumps(doc).encode(), content_type="application/json", headers={WORKER_HEADER: str(self.slot.index)})
 
     async def _bridge(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         """A WebSocket to the primary, joined message for message to the client's (a relayed peer's link)."""
