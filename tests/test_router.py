@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +175,46 @@ def test_a_peer_with_router_completes_while_its_first_edge_is_killed(deployment,
     while first_edge.url in [e["url"] for e in json.loads(curl(peer.urls["gateway"] + "/status").stdout)["edges"]]:
         assert time.monotonic() < deadline, "the peer kept an edge the router reports down"
         time.sleep(0.2)
+
+
+def test_a_peer_with_router_drops_what_it_asked_of_edges_the_router_reports_down(deployment, nodes, tmp_path):
+    """Hung edges (SIGSTOP) held the pieces asked of them for the whole request timeout (10 s) after the router had
+    reported them down and the peer had dropped them from its list; now those requests are abandoned when the edges
+    leave the list, and asked of the edge the router gives instead (here the west one: no east edge is up)."""
+    router = deployment["router"]
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--router", router.url, "--listen", f"{EAST_CLIENT}:0", "--gateway", "127.0.0.1:0"),
+        *("--download-limit", "1MB/s"),
+        name="peer",
+    )
+    assert curl("-X", "POST", "-o", "/dev/null", "-w", "%{http_code}", peer.urls["gateway"] + "/films/a.bin").stdout == b"202"
+    deadline = time.monotonic() + 20
+    while not _swarm(peer).get("held"):
+        assert time.monotonic() < deadline, "no piece arrived"
+        time.sleep(0.1)
+    east = [deployment["edges"][name] for name in ("e1", "e2")]
+    hung = [pid for edge in east for pid in _processes(edge)]  # the edges' workers with them
+    for pid in hung:
+        os.kill(pid, signal.SIGSTOP)  # the download is limited to 1 MB/s: what it asks next waits on a hung edge
+    try:
+        deadline = time.monotonic() + 60
+        while not _swarm(peer).get("complete"):
+            assert time.monotonic() < deadline, f"not complete: {_swarm(peer)}"
+            time.sleep(0.2)
+    finally:
+        for pid in hung:
+            os.kill(pid, signal.SIGCONT)
+    assert curl(peer.urls["gateway"] + "/films/a.bin").stdout == deployment["data"]
+    log = peer.log_text()
+    assert not any(f"edge {edge.url} failed" in log for edge in east), "a hung edge's request ran to its timeout"
+
+
+def _processes(node) -> list[int]:
+    """A daemon's process and its workers' (an edge runs one per core under a supervisor)."""
+    assert node.proc is not None
+    pid = node.proc.pid
+    return [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
 
 
 def _swarm(peer) -> dict:

@@ -543,6 +543,8 @@ class Peer:
         new = [u for u in urls if u not in self.edges]
         for gone in set(self.edges) - set(urls):
             self.route.forget(gone)
+            for swarm in self.swarms.values():
+                swarm.source_gone(gone)
         self.edges[:] = urls
         self._p2p_edges.intersection_update(urls)
         self._p2p_edges.update(new)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -46,6 +47,7 @@ class Swarm:
         self._changed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task] = set()
         self._transfers: dict[int, set[asyncio.Task]] = {}  # piece -> its requests in flight (abandon() stops them)
+        self._asking: dict[str, set[asyncio.Task]] = {}  # source URL -> its requests in flight (source_gone() stops them)
         self._subscriptions: dict[str, asyncio.Task] = {}  # neighbour URL -> its HAVE stream's task
         self.on_stored: Callable[[int, bytes], None] | None = None  # told each piece this swarm stores, verified (get's output)
         self.engine = engine.Engine(
@@ -280,7 +282,7 @@ class Swarm:
             data = f.data
             if not isinstance(data, bytes):
                 request = self.peer.fetch_piece(f.url, self.cid, f.index, to_peer=f.peer is not None, urgent=f.urgent)
-                _, fetched = await self._outcome(self._transfer(request, f.index))
+                _, fetched = await self._outcome(self._transfer(request, f.index, f.url))
                 if fetched is None:  # abandoned: a piece is never None
                     return Result("abandoned")
                 data = fetched
@@ -330,7 +332,8 @@ class Swarm:
             self._register(index, transfer)
 
         try:
-            transfer = self._transfer(self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=named, whole=s.whole), None)
+            seed = self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=named, whole=s.whole)
+            transfer = self._transfer(seed, None, s.edge)
             abandoned, got = await self._outcome(transfer)
             if abandoned:
                 return Result("abandoned")
@@ -346,12 +349,28 @@ class Swarm:
             return Result("none")
         return Result("ok", time.monotonic() - started, len(got[1]), got[0], got[1])
 
-    def _transfer(self, request: Coroutine[object, object, T], index: int | None) -> asyncio.Task[T]:
-        """A request as a task that ``abandon(index)`` may stop (``index`` None: ``_register`` it once it is known)."""
+    def _transfer(self, request: Coroutine[object, object, T], index: int | None, url: str) -> asyncio.Task[T]:
+        """A request to ``url`` as a task that ``abandon(index)`` (``index`` None: ``_register`` it once it is known) and
+        ``source_gone(url)`` may stop."""
         task = asyncio.ensure_future(request)
         if index is not None:
             self._register(index, task)
+        self._asking.setdefault(url, set()).add(task)
+        task.add_done_callback(functools.partial(self._asked, url))
         return task
+
+    def _asked(self, url: str, task: asyncio.Task) -> None:
+        asking = self._asking.get(url)
+        if asking is not None:
+            asking.discard(task)
+            if not asking:  # neighbours come and go: no key kept for each one ever asked
+                del self._asking[url]
+
+    def source_gone(self, url: str) -> None:
+        """``url`` is no longer a source (its router reports the edge down): what we asked of it is abandoned now, not
+        after its timeout (a hung edge held a download 10-22 s while the router's other edge sat idle)."""
+        for task in self._asking.pop(url, ()):
+            task.cancel()
 
     def _register(self, index: int, task: asyncio.Task) -> None:
         self._transfers.setdefault(index, set()).add(task)
