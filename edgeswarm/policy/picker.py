@@ -32,12 +32,11 @@ the hybrid CDN-P2P literature:
   once (``reads_waiting``) are a segmented downloader's connections (aria2c
   -x8, a download manager), not a player (one read, a second for the index
   at the end or a seek; one left idle waits for nothing): there is no
-  playback to keep, so no
-  startup, and no wait of a reader's makes the edge step in: as for a whole
-  file, the edge takes what no peer holds and races a peer that is late
-  (with a complete neighbour at 8 MB/s, aria2c -x8 through a gateway drew
-  42 % of a file from the edge, where one connection draws its startup
-  window).
+  playback to keep, so no startup, and no wait of a reader's makes the edge
+  step in: as for a whole file, the edge takes what no peer holds and races
+  a peer that is late (with a complete neighbour at 8 MB/s, aria2c -x8
+  through a gateway drew 42 % of a file from the edge, where one connection
+  draws its startup window).
 * Endgame: when every missing piece is already requested, a source may
   duplicate a request still in flight elsewhere, so one slow source cannot
   hold up the tail.
