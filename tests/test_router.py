@@ -118,6 +118,7 @@ def test_dig_gets_the_chosen_edges_address(deployment):
     east = dig(st, EAST_CLIENT)
     assert len(east) == 1 and east[0] in {"127.10.0.1", "127.10.0.2"}
     assert dig(st, "127.1.0.77") == east  # the name is the key: the region's clients agree
+    assert dig(st, EAST_CLIENT, "cdn.test", "+tcp") == east  # over TCP too (RFC 7766), as resolvers retry a cut answer
     assert dig(st, WEST_CLIENT) == ["127.20.0.1"]
     assert dig(st, EAST_CLIENT, "x.cdn.test") != [] and dig(st, EAST_CLIENT, "cdn.test", "AAAA") == []  # no IPv6 edge
     chosen = next(n for n in deployment["edges"].values() if n.host == east[0])

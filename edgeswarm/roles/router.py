@@ -56,6 +56,8 @@ FORGET_AFTER = 600.0  # seconds a registered edge may stay down before the route
 MAX_STATUS = 4 * 1024 * 1024  # an edge's brief /status lists no content: generous, but bounded
 MAX_POLLED_REGIONS = 64  # tracker rows kept per edge: an edge's /status is not ours to trust with our memory
 MAX_NAME = 100  # characters of a region name kept from an edge's /status
+DNS_TCP_IDLE = 10.0  # seconds a DNS connection over TCP may stay silent (RFC 7766 suggests seconds)
+DNS_TCP_MAX = 256  # DNS connections over TCP at once; past them a new one is closed at once
 
 
 def _number(value: object) -> float | int | None:
@@ -135,6 +137,8 @@ class Router:
         self.metrics = Metrics("router")
         self.session: aiohttp.ClientSession | None = None
         self.dns_transport: asyncio.DatagramTransport | None = None
+        self.dns_tcp: asyncio.Server | None = None
+        self._dns_tcp_open = 0  # DNS connections over TCP open now
         self.dns_address: tuple[str, int] | None = None
         self.quiet = ThrottledLog(log, Throttle(burst=20, interval=10.0))
         self.polled: dict[str, dict] = {}  # url -> polled_figures of its last good poll (kept while it is down)
@@ -424,7 +428,18 @@ class Router:
         region = self.region_of(address)
         return region is not None and bool(self.table.decide(region, qname, lambda s: s.address is not None).ranked)
 
+    def safe_dns_answer(self, packet: bytes, address: str) -> bytes | None:
+        """``dns_answer``, a bug in it logged (one line per kind) and answered with nothing: never a dead DNS server."""
+        try:
+            return self.dns_answer(packet, address)
+        except Exception:
+            if self.quiet.allow(logging.ERROR, "dns bug"):
+                log.exception("DNS query from %s failed", address)
+            return None
+
     async def start_dns(self, host: str, port: int) -> None:
+        """DNS on UDP, and on TCP at the same port (RFC 7766: a resolver retries over TCP an answer that was cut, and
+        ``dig +tcp`` asks so)."""
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(lambda: _DnsProtocol(self), local_addr=(host, port))
@@ -432,7 +447,33 @@ class Router:
             raise SystemExit(f"edgeswarm router: cannot listen for DNS on udp {host}:{port}: {exc.strerror or exc}") from None
         self.dns_transport = transport
         self.dns_address = transport.get_extra_info("sockname")[:2]
-        log.info("router dns listening on udp://%s:%d for %s", *self.dns_address, self.config.dns_name)
+        try:
+            self.dns_tcp = await asyncio.start_server(self._dns_over_tcp, host, self.dns_address[1])
+        except OSError as exc:
+            log.warning("router dns: no TCP on port %d (%s): UDP only", self.dns_address[1], exc.strerror or exc)
+        over = "udp and tcp" if self.dns_tcp is not None else "udp"
+        log.info("router dns listening on %s %s:%d for %s", over, *self.dns_address, self.config.dns_name)
+
+    async def _dns_over_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP connection: queries prefixed by their length, answered in turn; closed after DNS_TCP_IDLE s of
+        silence, and at once past DNS_TCP_MAX connections (a flood of idle ones must not hold the router's memory)."""
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if peer else ""
+        self._dns_tcp_open += 1
+        try:
+            while self._dns_tcp_open <= DNS_TCP_MAX:
+                async with asyncio.timeout(DNS_TCP_IDLE):
+                    packet = await reader.readexactly(int.from_bytes(await reader.readexactly(2), "big"))
+                answer = self.safe_dns_answer(packet, address)
+                if answer is None:
+                    break
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._dns_tcp_open -= 1
+            writer.close()
 
     # -- wiring ---------------------------------------------------------------------------------------
     def app(self, dns: tuple[str, int] | None = None) -> web.Application:
@@ -457,6 +498,8 @@ class Router:
             poller.cancel()
             if self.dns_transport is not None:
                 self.dns_transport.close()
+            if self.dns_tcp is not None:
+                self.dns_tcp.close()
             await self.session.close()
 
         app.cleanup_ctx.append(lifecycle)
@@ -474,12 +517,7 @@ class _DnsProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        try:
-            answer = self.router.dns_answer(data, addr[0])
-        except Exception:  # a bug: one log line per kind, never a dead DNS server
-            if self.router.quiet.allow(logging.ERROR, "dns bug"):
-                log.exception("DNS query from %s failed", addr[0])
-            answer = None
+        answer = self.router.safe_dns_answer(data, addr[0])
         if answer is not None and self.transport is not None:
             self.transport.sendto(answer, addr)
 
