@@ -258,6 +258,21 @@ def test_get_given_the_routers_url_of_the_file_learns_the_regions_edges(deployme
     assert held["w1"] > 0 and held["e1"] == held["e2"] == 0, held  # the client is in west (GET_OPTS): its region's edge only
 
 
+def test_get_from_a_client_of_no_region_says_so_at_once(deployment, tmp_path):
+    """A client the region map does not cover: `get http://router/path` said only "still learning the origin key ...
+    answered 403 for /origin-key", and `get --router` asked again for 60 s (its region will not change)."""
+    router = deployment["router"].url
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    opts = ("-o", str(tmp_path / "x.bin"), "--listen", "127.0.0.1:0", "--stall-timeout", "20")  # 127.0.0.1: no region's
+    for target in ([router + "/films/a.bin"], ["--router", router, "/films/a.bin"]):
+        started = time.monotonic()
+        run = subprocess.run(
+            [sys.executable, "-m", "edgeswarm", "get", *target, *opts], capture_output=True, text=True, timeout=90, env=env
+        )
+        assert run.returncode != 0 and "403" in run.stderr and "no region for client address" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr and time.monotonic() - started < 30, "asked again for the 60 s"
+
+
 @needs_tools
 def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     secret = tmp_path / "secret"

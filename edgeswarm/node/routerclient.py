@@ -32,7 +32,8 @@ async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[
     query = f"/edges?path={quote(path, safe='/')}" if path else "/edges"
     reply = await upstream.get(router, query, timeout=5.0)
     if reply.status != 200:
-        raise UpstreamError(502, f"router {router} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}")
+        why = f"router {router} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}"
+        raise UpstreamError(403 if reply.status == 403 else 502, why)  # 403: this client is in no region, and will not be
     try:
         rows = json.loads(reply.body)["edges"]
         urls = [str(r["url"]).rstrip("/") for r in rows]
@@ -71,8 +72,8 @@ class RouterFollower:
                 if self.fixed:
                     log.warning("router %s: %s; starting with --edge %s", self.router, exc.message, ", ".join(self.fixed))
                     return list(self.fixed)
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"no edge from router {self.router} within {FIRST_PATIENCE:g} s: {exc.message}") from None
+                if time.monotonic() > deadline or exc.status == 403:  # a client of no region: asking again changes nothing
+                    raise SystemExit(f"no edge from router {self.router}: {exc.message}") from None
                 log.warning("router %s: %s; asking again", self.router, exc.message)
                 await asyncio.sleep(1.0)
 
@@ -103,6 +104,22 @@ class RouterFollower:
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
+ROUTER_REFUSALS = (403, 503)  # a router's answer to a client of no region, or when no edge is up: its /edges says why
+
+
+async def _refused_by_router(upstream: Upstream, base: str) -> None:
+    """``base`` refused a file with a status a router gives: if its ``/edges`` gives it too (an edge's is a file it
+    does not have: 404), that is a router saying why (a HEAD's answer has no body), and the download stops with it;
+    otherwise nothing (a download from the edge reports its own refusal).  Before, a router's reason showed only as
+    "still learning the origin key ... answered 403 for /origin-key"."""
+    try:
+        probe = await upstream.get(base, "/edges", timeout=5.0)
+    except UpstreamError:
+        return
+    if probe.status in ROUTER_REFUSALS:
+        raise UpstreamError(probe.status, f"{base} answered {probe.status}: {probe.body[:300].decode(errors='replace').strip()}")
+
+
 async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | None, str]:
     """(router, edge) for a file named as ``base`` + ``path``: a router's URL is taken as ``--router``, an edge's as ``--edge``.
 
@@ -120,6 +137,8 @@ async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | Non
     except UpstreamError:
         return None, base
     location = reply.headers.get("Location", "")
+    if reply.status in ROUTER_REFUSALS:
+        await _refused_by_router(upstream, base)
     if reply.status not in REDIRECTS or not location:
         return None, base
     try:
