@@ -19,7 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "url", metavar="URL", help="the file at an edge or a router, such as http://edge:8080/path/file (with --router: or /path/file)"
     )
-    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default: the file's name, here)")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="where to write it, - for standard output (default: the file's name, here)"
+    )
     options.cache(p, "keep pieces here, so a rerun resumes (default: a temporary dir)", required=False)
     p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
     p.add_argument("--router", type=options.url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
