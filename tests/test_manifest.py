@@ -552,3 +552,21 @@ def test_a_republished_file_moves_forward_even_when_its_mtime_does_not(tmp_path)
     os.replace(copy, f)  # a new inode, the same bytes and mtime: the same version, not a new one
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert catalog.by_path["a.txt"].signed.manifest == second
+
+
+def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_path, caplog):
+    """A Latin-1 name (b'caf\\xe9.txt') in the published folder stopped the origin at start and failed every scan
+    after (nothing else published or withdrawn); no URL can name it, so it is skipped with one warning."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    (root / "ok.txt").write_bytes(b"ok")
+    with open(os.fsencode(root) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1 name")
+    os.mkdir(os.fsencode(root) + b"/d\xe9")
+    with open(os.fsencode(root) + b"/d\xe9/in.txt", "wb") as f:
+        f.write(b"in a latin-1 folder")
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert set(catalog.by_path) == {"ok.txt"}
+    assert caplog.text.count("its name is not UTF-8") == 2, caplog.text

@@ -148,6 +148,9 @@ class Catalog:
                     continue
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
+                if not _utf8(rel):  # a name of another encoding (Latin-1): no URL names it, and it failed every scan
+                    self._skip(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "its name is not UTF-8")
+                    continue
                 reason = path_problem(rel) or publish_problem(rel)
                 if reason is None and reserved_segment(rel) is not None:
                     reason = "its first path segment is reserved for node endpoints"
@@ -334,3 +337,12 @@ class Catalog:
     def recheck(self, rel: str) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""
         self._remove(rel)
+
+
+def _utf8(text: str) -> bool:
+    """Whether a path as the file system gave it is UTF-8 (else Python holds its other bytes as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
