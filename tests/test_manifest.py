@@ -570,3 +570,20 @@ def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_pat
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert set(catalog.by_path) == {"ok.txt"}
     assert caplog.text.count("its name is not UTF-8") == 2, caplog.text
+
+
+def test_symlinks_in_a_loop_or_to_hidden_files_are_not_published(tmp_path, caplog):
+    """A symlink loop failed every scan (nothing else published or withdrawn) and stopped the origin at start; a link
+    to .edgeswarm/origin.key published the origin's private signing key (found by an adversarial session)."""
+    root = tmp_path / "pub"
+    (root / ".edgeswarm").mkdir(parents=True)
+    (root / ".edgeswarm" / "origin.key").write_bytes(b"secret")
+    (root / "ok.txt").write_bytes(b"ok")
+    (root / "loop1").symlink_to("loop2")
+    (root / "loop2").symlink_to("loop1")
+    (root / "key.pem").symlink_to(".edgeswarm/origin.key")
+    (root / "alias.txt").symlink_to("ok.txt")  # a link to a published file is published, as before
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert set(catalog.by_path) == {"ok.txt", "alias.txt"}
+    assert "symlink to a hidden file" in caplog.text  # the loop: no file to publish, skipped as a dangling link is

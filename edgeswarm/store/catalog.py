@@ -154,8 +154,8 @@ class Catalog:
                 reason = path_problem(rel) or publish_problem(rel)
                 if reason is None and reserved_segment(rel) is not None:
                     reason = "its first path segment is reserved for node endpoints"
-                if reason is None and full.is_symlink() and not full.resolve().is_relative_to(self.root):
-                    reason = "it is a symlink out of the published directory"
+                if reason is None and full.is_symlink():
+                    reason = self._link_problem(full)
                 try:
                     st = full.stat()
                 except OSError:
@@ -191,6 +191,20 @@ class Catalog:
                         stack.append((sub, depth + 1))
                 dirnames.clear()
         return out
+
+    def _link_problem(self, link: Path) -> str | None:
+        """Why a symlink in the folder is not published: a loop (it failed every scan, so nothing else was published),
+        or a target out of the folder or hidden in it (one to .edgeswarm/origin.key published the origin's private
+        signing key: a link publishes nothing a file in its target's place would not)."""
+        try:
+            target = link.resolve(strict=True)
+        except (OSError, RuntimeError):  # a loop (RuntimeError on 3.11, OSError ELOOP later), or dangling
+            return "it is a symlink loop, or to nothing"
+        if not target.is_relative_to(self.root):
+            return "it is a symlink out of the published directory"
+        if any(part.startswith(".") for part in target.relative_to(self.root).parts):
+            return "it is a symlink to a hidden file (such as the origin's state)"
+        return None
 
     def _skip(self, rel: str, reason: str) -> None:
         """Warn once about a path not published."""
