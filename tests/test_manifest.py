@@ -587,3 +587,17 @@ def test_symlinks_in_a_loop_or_to_hidden_files_are_not_published(tmp_path, caplo
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert set(catalog.by_path) == {"ok.txt", "alias.txt"}
     assert "symlink to a hidden file" in caplog.text  # the loop: no file to publish, skipped as a dangling link is
+
+
+def test_a_playlist_never_publishes_a_hidden_file(tmp_path):
+    """A user's live playlist naming ../../.edgeswarm/origin.key as a segment had the live watch publish the origin's
+    private signing key (found by an adversarial session): the files a playlist names pass the walk's rules."""
+    root = tmp_path / "pub"
+    (root / ".edgeswarm").mkdir(parents=True)
+    (root / ".edgeswarm" / "origin.key").write_bytes(b"secret")
+    (root / "users" / "m").mkdir(parents=True)
+    (root / "users" / "m" / ".up.part").write_bytes(b"someone's upload")
+    (root / "users" / "m" / "s1.ts").write_bytes(b"segment")
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    changes = catalog.changes_for([".edgeswarm/origin.key", "users/m/.up.part", "users/m/s1.ts"], dict(catalog.by_path))
+    assert set(changes) == {"users/m/s1.ts"}

@@ -202,7 +202,7 @@ class Catalog:
             return "it is a symlink loop, or to nothing"
         if not target.is_relative_to(self.root):
             return "it is a symlink out of the published directory"
-        if any(part.startswith(".") for part in target.relative_to(self.root).parts):
+        if _hidden(target.relative_to(self.root).as_posix()):
             return "it is a symlink to a hidden file (such as the origin's state)"
         return None
 
@@ -247,6 +247,8 @@ class Catalog:
         for rel in rels:
             if path_problem(rel) or publish_problem(rel) or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
                 continue
+            if _hidden(rel):  # as the walk never publishes: a user's playlist naming ../../.edgeswarm/origin.key published
+                continue  # the origin's private signing key
             full = self.root / rel
             try:
                 if full.is_symlink() or not full.is_file():
@@ -360,3 +362,8 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _hidden(rel: str) -> bool:
+    """A path with a hidden segment (``.x``: the origin's state, users' uploads in progress): never published."""
+    return any(segment.startswith(".") for segment in rel.split("/"))
