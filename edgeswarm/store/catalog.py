@@ -144,16 +144,14 @@ class Catalog:
         found: dict[str, tuple[Path, os.stat_result]] = {}
         for base, filenames in self._directories():
             for name in filenames:
-                if name.startswith(".") or name.endswith(PARTIAL):  # hidden, or still being written (ffmpeg's temp_file)
-                    continue
                 full = base / name
                 rel = full.relative_to(self.root).as_posix()
+                if _unseen(rel):
+                    continue
                 if not _utf8(rel):  # a name of another encoding (Latin-1): no URL names it, and it failed every scan
                     self._skip(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), "its name is not UTF-8")
                     continue
-                reason = path_problem(rel) or publish_problem(rel)
-                if reason is None and reserved_segment(rel) is not None:
-                    reason = "its first path segment is reserved for node endpoints"
+                reason = _name_problem(rel)
                 if reason is None and full.is_symlink():
                     reason = self._link_problem(full)
                 try:
@@ -245,10 +243,9 @@ class Catalog:
         """
         changes: dict[str, Entry | None] = {}
         for rel in rels:
-            if path_problem(rel) or publish_problem(rel) or reserved_segment(rel) is not None or rel.endswith(PARTIAL):
+            # the walk's rules: a user's playlist naming ../../.edgeswarm/origin.key published the origin's private key
+            if _unseen(rel) or _name_problem(rel):
                 continue
-            if _hidden(rel):  # as the walk never publishes: a user's playlist naming ../../.edgeswarm/origin.key published
-                continue  # the origin's private signing key
             full = self.root / rel
             try:
                 if full.is_symlink() or not full.is_file():
@@ -353,6 +350,20 @@ class Catalog:
     def recheck(self, rel: str) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""
         self._remove(rel)
+
+
+def _unseen(rel: str) -> bool:
+    """Skipped without a word, by the walk and for a playlist alike: hidden (the origin's state, uploads in progress),
+    or still being written (ffmpeg's temp_file)."""
+    return _hidden(rel) or rel.endswith(PARTIAL)
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a path may not be published (logged by the walk), or None."""
+    reason = path_problem(rel) or publish_problem(rel)
+    if reason is None and reserved_segment(rel) is not None:
+        reason = "its first path segment is reserved for node endpoints"
+    return reason
 
 
 def _utf8(text: str) -> bool:
