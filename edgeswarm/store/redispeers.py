@@ -205,9 +205,8 @@ class RedisPeerStore:
 
         try:
             return await what(*args, **kwargs)
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-            raise self._unavailable(exc) from None
-        except rex.ResponseError as exc:  # a full or read-only Redis (a failover's replica), or a database it lacks
+        # unreachable; or a full or read-only Redis (a failover's replica), or a database it lacks (ResponseError)
+        except (rex.ConnectionError, rex.TimeoutError, OSError, rex.ResponseError) as exc:
             raise self._unavailable(exc) from None
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
