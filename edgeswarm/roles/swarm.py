@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 log = logging.getLogger("edgeswarm.roles.swarm")
 
@@ -355,16 +356,8 @@ class Swarm:
         task = asyncio.ensure_future(request)
         if index is not None:
             self._register(index, task)
-        self._asking.setdefault(url, set()).add(task)
-        task.add_done_callback(functools.partial(self._asked, url))
+        _track(self._asking, url, task)
         return task
-
-    def _asked(self, url: str, task: asyncio.Task) -> None:
-        asking = self._asking.get(url)
-        if asking is not None:
-            asking.discard(task)
-            if not asking:  # neighbours come and go: no key kept for each one ever asked
-                del self._asking[url]
 
     def source_gone(self, url: str) -> None:
         """``url`` is no longer a source (its router reports the edge down): what we asked of it is abandoned now, not
@@ -373,8 +366,7 @@ class Swarm:
             task.cancel()
 
     def _register(self, index: int, task: asyncio.Task) -> None:
-        self._transfers.setdefault(index, set()).add(task)
-        task.add_done_callback(lambda t: self._transfers.get(index, set()).discard(t))
+        _track(self._transfers, index, task)
 
     @staticmethod
     async def _outcome(task: asyncio.Task[T]) -> tuple[bool, T | None]:
@@ -452,3 +444,18 @@ class StreamUnsupported(EdgeswarmError):
 def _source_kind(peer: Neighbour | None) -> str:
     """What a received piece counts as: from the edge (no neighbour), or from a peer of our region or another."""
     return EDGE if peer is None else peer_kind(peer.same_region)
+
+
+def _track(table: dict[K, set[asyncio.Task]], key: K, task: asyncio.Task) -> None:
+    """``task`` under ``key`` in ``table`` while it runs (a piece's requests, a source's): no key is kept for nothing,
+    as neighbours and pieces come and go."""
+    table.setdefault(key, set()).add(task)
+    task.add_done_callback(functools.partial(_untrack, table, key))
+
+
+def _untrack(table: dict[K, set[asyncio.Task]], key: K, task: asyncio.Task) -> None:
+    tasks = table.get(key)
+    if tasks is not None:
+        tasks.discard(task)
+        if not tasks:
+            del table[key]
