@@ -201,13 +201,14 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
     """Zero-copy straight to the socket while it has room; the rest through the transport's buffer.
 
     asyncio's loop.sendfile costs several futures per call, which made a
-    cache hit CPU-bound in Python rather than in the kernel.
+    cache hit CPU-bound in Python rather than in the kernel.  Never under TLS:
+    the socket beneath an SSL transport would carry the file in the clear.
     """
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("client went away")
     done = 0
-    if transport.get_write_buffer_size() == 0:
+    if transport.get_write_buffer_size() == 0 and transport.get_extra_info("sslcontext") is None:
         sock = transport.get_extra_info("socket").fileno()
         while done < count:
             try:
