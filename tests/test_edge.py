@@ -210,6 +210,14 @@ async def test_internal_limits_who_may_cause_fetches(tmp_path, nodes, origin, pu
     assert outside.stdout == data  # cached content is served to anyone
     cold = await asyncio.to_thread(curl, "-o", "-", "-w", "%{http_code}", leaf.url + "/cold.bin")
     assert cold.stdout.endswith(b"403") and b"internal network" in cold.stdout
+    # a torrent the edge does not hold is fetched from the origin, which hashes the whole file: an internal client's call
+    for kind in ("torrent", "magnet"):
+        refused = await asyncio.to_thread(curl, "-o", "-", "-w", "%{http_code}", f"{leaf.url}/{kind}/warm.bin")
+        assert refused.stdout.endswith(b"403") and b"internal network" in refused.stdout, refused.stdout
+    fetched = await asyncio.to_thread(curl, "--interface", "127.0.0.2", "-o", "-", "-w", "%{http_code}", leaf.url + "/torrent/warm.bin")
+    assert fetched.stdout.endswith(b"200")
+    held = await asyncio.to_thread(curl, "-o", "-", "-w", "%{http_code}", leaf.url + "/magnet/warm.bin")
+    assert held.stdout.endswith(b"200") and held.stdout.startswith(b"magnet:")  # the edge holds it now: anyone gets it
 
 
 async def test_only_origin_limits_the_host_names_served(tmp_path, nodes, origin, published, http):

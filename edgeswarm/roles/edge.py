@@ -84,6 +84,11 @@ TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: la
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
 
+NOT_INTERNAL = (
+    "this edge fetches uncached content only for its internal network"  # the 403 of --internal for an uncached file, piece or torrent
+)
+
+
 class EdgeSource:
     """Pieces from this edge's cache, else fetched (collapsed) from siblings or parent."""
 
@@ -103,7 +108,7 @@ class EdgeSource:
 
     async def fetch(self, index: int, stop: int | None = None) -> bytes:
         if not self.may_fetch:
-            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+            raise HttpError(403, NOT_INTERNAL)
         return await self.edge.fill(self.cid, index)
 
 
@@ -271,7 +276,7 @@ class Edge:
         if cached is not None and (self.manifests.fresh(path) or not may_fetch):
             return cached
         if not may_fetch:
-            raise HttpError(403, "this edge fetches uncached content only for its internal network")
+            raise HttpError(403, NOT_INTERNAL)
         return await self.manifests.revalidate(store, path, [self.parent])
 
     async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
@@ -420,12 +425,17 @@ class Edge:
         return manifest_response(request, signed.etag, raw, torrent_link(signed.manifest))
 
     # -- BitTorrent ------------------------------------------------------------------
-    async def torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
-        """The origin's signed torrent of a content, from the parent once, and the web seeds the origin lists."""
+    async def torrent(self, signed: SignedManifest, may_fetch: bool) -> tuple[Torrent, list[str]]:
+        """The origin's signed torrent of a content, from the parent once, and the web seeds the origin lists.
+
+        Fetching one makes the origin hash the whole file: under ``--internal``, only for an internal client.
+        """
         cid = signed.content_id
         if cid in self._torrents:
             self._torrents.move_to_end(cid)
             return self._torrents[cid]
+        if not may_fetch:
+            raise HttpError(403, NOT_INTERNAL)
         return await self._torrent_fetches.join(cid, lambda: self._fetch_torrent(signed)).future
 
     async def _fetch_torrent(self, signed: SignedManifest) -> tuple[Torrent, list[str]]:
@@ -461,7 +471,7 @@ class Edge:
         reason = why_none(signed.manifest)
         if reason:
             raise HttpError(404, reason)
-        torrent, seeds = await self.torrent(signed)
+        torrent, seeds = await self.torrent(signed, self.may_fetch(request))
         base = base_url(request)
         announce = base + "/announce" if self.tracker is not None else None
         return signed, hand_out(torrent, [web_seed(base, rel), *seeds], announce)
