@@ -68,6 +68,18 @@ def test_preflight_allows_range_and_authorization_for_a_while():
     assert LISTED.preflight(OTHER) == {"Vary": "Origin"}  # an origin not listed learns nothing it may do
 
 
+def test_a_page_of_another_origin_changes_nothing_unless_named():
+    own = "http://127.0.0.1:1111"
+    for policy in (PUBLIC, LISTED, BOTH, CorsPolicy(())):
+        assert policy.may_change(None, own)  # curl, a node: no Origin
+        assert policy.may_change("HTTP://127.0.0.1:1111", own)  # the node's own page
+        assert not policy.may_change(OTHER, own)  # "*" lets any page read public answers, never act
+        assert not policy.may_change("null", own)  # a sandboxed frame, a file:// page
+        assert not policy.may_change(ANY, own)
+    assert LISTED.may_change(PAGE, own) and BOTH.may_change(PAGE, own)
+    assert not PUBLIC.may_change(PAGE, own) and not CorsPolicy(()).may_change(PAGE, own)
+
+
 def test_off_sends_nothing():
     off = CorsPolicy.from_flags(["none"])
     assert not off.enabled and off.headers(PAGE) == {} and off.preflight(PAGE) == {}
@@ -207,6 +219,22 @@ async def test_options_is_a_preflight_or_says_what_is_allowed(http):
             assert "Access-Control-Allow-Methods" not in r.headers
 
 
+async def test_a_post_from_a_page_of_another_origin_is_refused(http):
+    for policy in (PUBLIC, LISTED, None):  # None: an app that answers no browser (the origin's, the router's)
+        async with serve_app(app_with(policy)) as port:
+            base = f"http://127.0.0.1:{port}"
+            async with http.post(base + "/plain", headers={"Origin": OTHER, "Content-Type": "text/plain"}, data="x") as r:
+                assert r.status == 403 and "POST from a page on https://evil.test" in await r.text()
+            async with http.post(base + "/plain", headers={"Origin": f"http://127.0.0.1:{port}"}) as r:
+                assert r.status == 200  # its own page
+            async with http.post(base + "/plain") as r:
+                assert r.status == 200  # no Origin: not a page
+            async with http.post(base + "/plain", headers={"Origin": PAGE}) as r:
+                assert r.status == (200 if policy is LISTED else 403)
+            async with http.get(base + "/plain", headers={"Origin": OTHER}) as r:
+                assert r.status == 200  # reading is CORS's business, not this rule's
+
+
 async def test_without_a_policy_nothing_changes(http):
     async with serve_app(app_with(None)) as port:
         base = f"http://127.0.0.1:{port}"
@@ -290,3 +318,18 @@ async def test_gateway_decrypted_content_goes_to_listed_origins_only(tmp_path, n
     async with http.get(edge.url + "/films/secret.bin", headers={"Origin": PAGE, **bearer(token)}) as r:
         assert r.status == 200 and await r.read() == secret
         assert r.headers["Access-Control-Allow-Origin"] == "*"  # the page sent the token itself: nothing ambient
+
+
+async def test_a_page_the_user_visits_cannot_make_the_gateway_download(tmp_path, nodes, origin, published, http):
+    """A cross-site form POST needs no preflight: it reached the gateway and the peer fetched the whole file."""
+    make_file(published / "big.bin", 2_000_000)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    for name, extra in (("default", ()), ("listed", ("--cors-origin", PAGE))):
+        gateway = start_gateway(nodes, tmp_path, edge.url, name, *extra).urls["gateway"]
+        page = {"Origin": OTHER, "Content-Type": "text/plain"}
+        async with http.post(gateway + "/big.bin", headers=page, data="x") as r:
+            assert r.status == 403, name
+        async with http.get(gateway + "/status") as r:
+            assert (await r.json())["swarms"] == [], name  # nothing was fetched, not even the manifest
+        async with http.post(gateway + "/big.bin") as r:  # the user's own client (curl, a script) still may
+            assert r.status == 202, name

@@ -15,7 +15,8 @@ traceback: a flood of them costs a few lines (logthrottle.py).
 
 An app made with a CORS policy (cors.py: the edge's, the gateway's) answers
 ``OPTIONS`` itself and adds the policy's headers to every answer as its head
-goes out, errors and streamed bodies alike.
+goes out, errors and streamed bodies alike.  Every app refuses a request that
+changes what it holds from a page of an origin the policy does not name (403).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
-from edgeswarm.protocol.cors import CorsPolicy, merge_vary
+from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
 
 log = logging.getLogger("edgeswarm")
 
@@ -125,7 +126,8 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
 
     enabled = cors if cors is not None and cors.enabled else None  # the CORS rule, if this app answers browsers
     options = [_options(enabled)] if enabled is not None else []
-    app = web.Application(middlewares=[errors, *options, cut_after_start], client_max_size=64 * 1024)
+    pages = _cross_site(cors if cors is not None else CorsPolicy(()))
+    app = web.Application(middlewares=[errors, pages, *options, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
     if enabled is not None:
         app.on_response_prepare.append(_cors_headers(enabled))
@@ -140,6 +142,23 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
 
 
 PRIVATE = web.RequestKey("edgeswarm.private", bool)  # a handler's mark: this answer is for the user only (cors.py)
+
+
+def _cross_site(cors: CorsPolicy):
+    """A POST, PUT or DELETE from a page of another origin than the node's own and the policy's named ones: 403 (cors.py)."""
+
+    @web.middleware
+    async def cross_site(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        origin = request.headers.get("Origin")
+        routed = getattr(request.match_info, "http_exception", None) is None  # else its 404 or 405 says more
+        if routed and request.method not in SAFE_METHODS and not cors.may_change(origin, f"{request.scheme}://{request.host}"):
+            raise HttpError(
+                403,
+                f"{request.method} from a page on {origin!s:.100}: taken only from this node's own pages and origins --cors-origin names",
+            )
+        return await handler(request)
+
+    return cross_site
 
 
 def _options(cors: CorsPolicy):

@@ -16,6 +16,13 @@ history) goes only to listed origins, never to ``*``: the gateway is on the
 user's machine, so any page the user visits could otherwise read through it.
 Credentials (cookies) are never allowed: edgeswarm has none, and a token
 travels in ``Authorization``, which the page must hold and send itself.
+
+CORS hides answers, not what a request did: a browser sends a page's form or
+``fetch`` POST to any address without asking first (a "simple request"), so
+a page the user visits could make the gateway on the user's machine download
+files.  A request that changes what a node holds (any method but GET, HEAD
+and OPTIONS) from a page of another origin is taken only from origins listed
+by name (``may_change``), never through ``*``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ from dataclasses import dataclass
 
 ANY = "*"
 OFF = "none"
-ALLOW_METHODS = ("GET", "HEAD", "OPTIONS")  # reading media; announces and POSTs stay same-origin
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what only reads: any page may send these (may_change)
+ALLOW_METHODS = (
+    SAFE_METHODS  # what a page of another origin may send after a preflight: reading media; announces and POSTs stay same-origin
+)
 ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since")
 EXPOSE_HEADERS = ("Accept-Ranges", "Content-Length", "Content-Range", "ETag", "Retry-After", "WWW-Authenticate")
 MAX_AGE = 7200  # seconds a browser may keep a preflight's answer (Chromium's own cap is 2 h)
@@ -81,6 +91,18 @@ class CorsPolicy:
         if ANY in self.origins and not private:
             return ANY
         return None
+
+    def may_change(self, origin: str | None, own: str) -> bool:
+        """Whether a request that changes what the node holds may come from a page on ``origin`` (module docstring).
+
+        ``own``: the node's own origin (scheme://host:port as the request
+        reached it), whose pages may.  No ``Origin`` at all: not a browser's
+        request from another page (curl, a node, a player).
+        """
+        if origin is None:
+            return True
+        origin = origin.lower()
+        return origin == own.lower() or (origin != ANY and origin in self.origins)
 
     def headers(self, origin: str | None, private: bool = False) -> dict[str, str]:
         """The CORS headers of an ordinary answer (any status)."""
