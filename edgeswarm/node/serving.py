@@ -168,10 +168,13 @@ async def _send_span(
     for i in indices:
         piece: int | bytes | None = None if i in pending else source.local(i)
         if piece is None:
-            for j in range(i, min(i + LOOKAHEAD + 1, indices.stop)):
-                if j not in pending and (j == i or not source.held(j)):
-                    pending[j] = asyncio.ensure_future(source.fetch(j, indices.stop))
-            piece = await pending.pop(i)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
+            for j in range(i + 1, min(i + LOOKAHEAD + 1, indices.stop)):
+                if j not in pending and not source.held(j):
+                    pending[j] = asyncio.ensure_future(_ahead(source, j, indices.stop))
+            ahead = pending.pop(i, None)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
+            piece = await ahead if ahead is not None else None
+            if piece is None:  # not asked yet, or stored since and left on disk
+                piece = source.local(i) or await source.fetch(i, indices.stop)
         offset, length = m.piece_span(i)
         a = max(first, offset) - offset
         b = min(last + 1, offset + length) - offset
@@ -191,10 +194,19 @@ async def _send_span(
             data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
             await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
         elif isinstance(piece, bytes):
-            await resp.write(memoryview(piece)[a:b])
+            view = memoryview(piece)
+            for start in range(a, b, WATCHED):  # a reader that stops reading holds one chunk in the buffer, not the piece
+                await resp.write(view[start : min(b, start + WATCHED)])
         else:
             await _sendfile(request, resp, piece, a, b - a)
         sent[0] += b - a
+
+
+async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:
+    """A piece fetched ahead of the reader: its bytes only if the source could not keep it, else None (read from disk
+    when its turn comes).  A connection that stops reading holds no piece fetched ahead in memory, however large."""
+    data = await source.fetch(index, stop)
+    return None if source.held(index) else data
 
 
 async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int) -> None:
