@@ -554,3 +554,27 @@ async def test_upload_cap_and_choking(tmp_path, nodes, origin, published, region
     async with http.get(seed.urls["gateway"] + "/metrics") as r:
         text = await r.text()
     assert f'edgeswarm_content_bytes_total{{content="{cid}",direction="sent",kind="peer",role="peer"}}' in text
+
+
+async def test_a_gateway_with_a_small_cache_serves_concurrent_readers_whole(tmp_path, nodes, origin, published, http):
+    """--max-cache 1MiB, 8 readers of 4 files at once: a piece was read back from the store after it was stored, and
+    another reader's pieces had pushed it out meanwhile (503 "evicted before it could be sent", or a cut body)."""
+    files = {f"/f{n}.bin": make_file(published / f"f{n}.bin", 3_000_000 + n) for n in range(4)}
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    gateway = nodes.start(
+        "peer", "--cache", str(tmp_path / "peer"), "--edge", edge.url, "--gateway", "127.0.0.1:0", "--max-cache", "1MiB"
+    ).urls["gateway"]
+
+    async def read(n: int) -> tuple[int, bool]:
+        path = list(files)[n % 4]
+        want = files[path] if n % 2 else files[path][1000:2_500_000]
+        headers = {} if n % 2 else {"Range": "bytes=1000-2499999"}
+        async with http.get(gateway + path, headers=headers) as resp:
+            try:
+                return resp.status, await resp.read() == want
+            except aiohttp.ClientPayloadError:
+                return resp.status, False
+
+    for _ in range(2):
+        got = await asyncio.gather(*(read(n) for n in range(8)))
+        assert got == [(200 if n % 2 else 206, True) for n in range(8)]

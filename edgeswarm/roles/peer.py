@@ -170,14 +170,14 @@ class SwarmSource:
             self.swarm.read_waits(True)
         try:
             async with asyncio.timeout(self.peer.read_timeout):
-                unstored = await self.swarm.piece(index, stop)
+                got = await self.swarm.piece(index, stop)
         except TimeoutError:
             raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
         finally:
             self._fetching -= 1
             if not self._fetching:
                 self.swarm.read_waits(False)
-        data = unstored if unstored is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
+        data = got if got is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data

@@ -85,8 +85,8 @@ class Swarm:
 
     async def piece(self, index: int, stop: int | None = None) -> bytes | None:
         """Wait until piece ``index`` is stored (a gateway read, which ends before piece ``stop`` if known; it becomes
-        urgent): None, or its verified bytes when our disk could not store them (full), so that the reader is served
-        all the same."""
+        urgent): its verified bytes as they arrived (stored or not: a full disk's reader is served all the same), or
+        None if it was held already or came another way (read it from the store)."""
         if index in self.picker.have:
             if self.peer.pinned.opened.has(self.cid, index):
                 return None
@@ -288,6 +288,7 @@ class Swarm:
                     return Result("abandoned")
                 data = fetched
             self.peer.pinned.opened.put_piece(self.cid, f.index, data)
+            self._hand(f.index, data)
             if self.on_stored is not None:
                 self.on_stored(f.index, data)
             return Result("ok", time.monotonic() - started, len(data))
@@ -316,11 +317,17 @@ class Swarm:
         )
         return Result("short", message=exc.message)
 
-    def _unstored(self, f: Fetch, data: bytes) -> Result:
-        """A verified piece our disk could not keep: the readers waiting for it get it (and it counts as received)."""
-        readers = [fut for fut in self.waiters.get(f.index, []) if not fut.done()]
+    def _hand(self, index: int, data: bytes) -> int:
+        """The verified piece to the reads waiting for it, as it is: not read back from the store, which another read's
+        pieces may already have pushed it out of (a small --max-cache); how many there were."""
+        readers = [fut for fut in self.waiters.get(index, []) if not fut.done()]
         for fut in readers:
             fut.set_result(data)
+        return len(readers)
+
+    def _unstored(self, f: Fetch, data: bytes) -> Result:
+        """A verified piece our disk could not keep: the readers waiting for it get it (and it counts as received)."""
+        readers = self._hand(f.index, data)
         if readers:
             self.peer.count_received(self.cid, _source_kind(f.peer), f.url, len(data))
         return Result("not_stored", nbytes=len(data) if readers else 0)
