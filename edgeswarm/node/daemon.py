@@ -40,6 +40,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
+from edgeswarm.node.serving import SENT_ASIDE
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
 from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
 
@@ -76,7 +77,7 @@ class AccessLogger(AbstractAccessLogger):
             shown(request),
             *request.version,
             response.status,
-            response.body_length,
+            response.body_length + request.get(SENT_ASIDE, 0),
             time,
         )
 
@@ -231,7 +232,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         started = request.get(_STARTED)
         if started is None or request.writer.output_size == 0:
             raise
-        sent = request.writer.output_size
+        sent = request.writer.output_size + request.get(SENT_ASIDE, 0)
         if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
             request[_HUNG_UP] = client_gone(request)
             log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)

@@ -29,6 +29,7 @@ from edgeswarm.protocol.manifest import SignedManifest
 
 CHUNK = 64 * 1024  # write granularity under a rate cap
 LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
+SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile put on the socket, past aiohttp's counts
 
 
 class PieceSource(Protocol):
@@ -233,6 +234,7 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
             if n == 0:
                 break
             done += n
+        request[SENT_ASIDE] = request.get(SENT_ASIDE, 0) + done  # for the access log and the cut line (daemon.py)
     if done < count:
         await resp.write(os.pread(fd, count - done, offset + done))
 
