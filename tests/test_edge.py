@@ -203,7 +203,7 @@ async def test_internal_limits_who_may_cause_fetches(tmp_path, nodes, origin, pu
     data = make_file(published / "warm.bin", MiB)
     make_file(published / "cold.bin", MiB)
     await asyncio.sleep(0.5)
-    leaf = edge(nodes, tmp_path, origin.url, "--internal", "127.0.0.2/32")
+    leaf = edge(nodes, tmp_path, origin.url, "--internal", "127.0.0.2/32", "--workers", "1")  # a torrent is held per worker
     inside = await asyncio.to_thread(curl, "--interface", "127.0.0.2", "-o", "-", leaf.url + "/warm.bin")
     assert inside.stdout == data
     outside = await asyncio.to_thread(curl, "-o", "-", leaf.url + "/warm.bin")
