@@ -809,3 +809,22 @@ def test_the_edge_and_seeding_workers_of_a_complete_download_wait_for_a_change_n
     e.forget_piece(1)
     got = edge.send(None)
     assert isinstance(got, Fetch) and got.index == 1, "a lost piece is fetched again"
+
+
+def test_an_edge_worker_probes_its_only_edge_while_it_is_set_aside():
+    """The edge's back-off doubles while it fails; once it answers again, a reader must not wait the back-off out."""
+    now = [0.0]
+    e, host = make(count=8, now=now)
+    e.reading(0)
+    worker = spawned(host, "edge_worker")
+    step = worker.send(None)
+    for _ in range(6):  # six failures: set aside 32 s
+        assert isinstance(step, Fetch)
+        step = worker.send(Result("failed", 0.01))
+        while not isinstance(step, Fetch):
+            now[0] += 1.0
+            step = worker.send(None)
+    assert not e.ranking.available("http://edge:8000", now[0] + 10)
+    assert isinstance(step, Fetch) and step.url == "http://edge:8000"  # asked again within a second, not in 32 s
+    worker.send(Result("ok", 0.01, MIN_PIECE))
+    assert e.ranking.available("http://edge:8000", now[0])

@@ -149,3 +149,17 @@ def test_revive_ends_the_back_off_and_keeps_the_rate():
     r.revive("edge")  # it answers announces again
     assert r.available("edge", 0.0) and r.rate("edge") == 1000
     assert r.failure("edge", 1.0) == BASE_BACKOFF  # a new failure starts the back-off over
+
+
+def test_when_every_source_is_set_aside_one_is_probed_a_second():
+    """A gateway whose only edge came back waited out a back-off that grew during the outage (13 s after 40 s)."""
+    r = SourceRanking()
+    for _ in range(6):
+        r.failure("a", 0.0)  # 32 s
+    r.failure("b", 0.0)  # 2 s
+    assert r.probe(["a", "b"], 0.5) is None  # not right after they failed
+    assert r.probe(["a", "b"], 1.0) == "b"  # the one whose back-off ends first
+    assert r.probe(["a", "b"], 1.5) is None  # at most once a PROBE_EVERY
+    assert r.probe(["a"], 2.0) == "a"
+    assert r.probe(["a", "c"], 9.0) is None  # c is available: nothing to probe
+    assert r.probe([], 9.0) is None

@@ -545,7 +545,7 @@ class Engine:
             if index is None:
                 yield Wait(self._idle(0.25))
                 continue
-            edge = self.choose_edge(picks)
+            edge = self.choose_edge(picks) or self.ranking.probe(self.edges, now)  # every edge set aside: one asked a second
             picks += 1
             if edge is None:
                 yield Wait(1.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 ALPHA = 0.3  # weight of the newest throughput sample
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
+PROBE_EVERY = 1.0  # seconds between probes of a source set aside, when every source is (``probe``)
 
 
 @dataclass
@@ -21,11 +22,13 @@ class _Source:
     rate: float | None = None  # bytes/s, smoothed
     failures: int = 0
     until: float = 0.0  # not used before this time
+    failed: float = 0.0  # when it last failed
 
 
 class SourceRanking:
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
+        self._probed = -PROBE_EVERY  # when ``probe`` last named a source
 
     def _get(self, source: str) -> _Source:
         return self._sources.setdefault(source, _Source())
@@ -42,7 +45,7 @@ class SourceRanking:
         s = self._get(source)
         s.failures += 1
         backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2.0 ** (s.failures - 1))
-        s.until = now + backoff
+        s.until, s.failed = now + backoff, now
         return backoff
 
     def revive(self, source: str) -> None:
@@ -56,6 +59,25 @@ class SourceRanking:
 
     def rate(self, source: str) -> float | None:
         return self._get(source).rate
+
+    def probe(self, sources: list[str], now: float) -> str | None:
+        """When every one of ``sources`` is set aside: the one whose back-off ends first, at most once a PROBE_EVERY,
+        and not within a PROBE_EVERY of its last failure.
+
+        A back-off grows while a source keeps failing (up to MAX_BACKOFF), so
+        a gateway whose only edge came back after a long outage answered its
+        players 504 until the back-off ran out (13 s after a 40 s outage, up
+        to a minute); asked now and then, the edge is found again within
+        about a second.  None while some source is available, or too soon.
+        """
+        aside = [s for s in sources if not self.available(s, now)]
+        if not aside or len(aside) < len(sources) or now - self._probed < PROBE_EVERY:
+            return None
+        aside = [s for s in aside if now - self._get(s).failed >= PROBE_EVERY]
+        if not aside:
+            return None
+        self._probed = now
+        return min(aside, key=lambda s: self._get(s).until)
 
     def ranked(self, sources: list[str], now: float) -> list[str]:
         """Sources not set aside, fastest measured first, unmeasured ones after in the given order."""
