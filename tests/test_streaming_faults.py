@@ -293,6 +293,40 @@ async def test_peer_gateway_cuts_an_answer_whose_later_pieces_never_come(tmp_pat
     assert "cut after" in log and "Traceback" not in log
 
 
+class WithdrawingEdge(DoubleServer):
+    """An edge whose parent no longer publishes a file: it passes the origin through, but answers 404 for its pieces."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.path.startswith("/piece/"):
+            return web.Response(status=404, text="content is no longer published\n")
+        async with aiohttp.ClientSession() as s, s.request(request.method, self.origin + request.raw_path) as r:
+            return web.Response(
+                status=r.status, body=await r.read(), content_type=r.headers.get("Content-Type", "text/plain").split(";")[0]
+            )
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+async def test_a_gateway_says_at_once_that_a_file_is_no_longer_published(tmp_path, nodes, origin, published):
+    """The edge's 404 for a piece (its parent withdrew the file) held the player for the whole --read-timeout, then
+    a 504 that could not be told from a slow edge."""
+    make_file(published / "f.bin", 4 * PIECE)
+    await asyncio.sleep(0.5)
+    async with WithdrawingEdge(origin.url) as withdrawn:
+        peer = nodes.start("peer", *("--cache", str(tmp_path / "peer"), "--edge", withdrawn.url, "--gateway", "127.0.0.1:0"), name="peer")
+        started = time.monotonic()
+        r = await asyncio.to_thread(curl, "-w", "\n%{http_code}", peer.urls["gateway"] + "/f.bin")
+        took = time.monotonic() - started
+    body, code = r.stdout.decode().rsplit("\n", 1)
+    assert code == "404" and "/f.bin is no longer published" in body, r.stdout
+    assert took < 10, took  # the default --read-timeout is 30 s
+    assert "Traceback" not in peer.log_text()
+
+
 async def test_a_client_hanging_up_mid_file_is_one_line_without_a_traceback(tmp_path, nodes, origin, published):
     make_file(published / "f.bin", 32 * MiB)
     await asyncio.sleep(1)

@@ -60,7 +60,7 @@ from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
 from edgeswarm.roles.subtracker import SubTracker
-from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamAbused, StreamUnsupported, Swarm
+from edgeswarm.roles.swarm import Choked, NotHeld, SeedUnsupported, StreamAbused, StreamUnsupported, Swarm, Withdrawn
 from edgeswarm.roles.volunteer import Volunteer
 from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import tls
@@ -407,7 +407,7 @@ class Peer:
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
         if reply.status == 404:  # the edge's parent no longer publishes it (a deleted live segment): gone, not the edge's failure
-            raise KeyError(cid)
+            raise Withdrawn(cid)
         raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(

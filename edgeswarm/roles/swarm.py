@@ -305,6 +305,9 @@ class Swarm:
             return self._short(exc)
         except (UpstreamError, HttpError) as exc:
             return Result("failed", message=str(exc))
+        except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
+            self._fail(f.index, HttpError(404, f"/{self.signed.manifest.path} is no longer published (its edge answered 404)"))
+            return Result("gone")
         except KeyError:  # the content was dropped from the store meanwhile
             return Result("gone")
         except PieceNotStored:
@@ -324,6 +327,11 @@ class Swarm:
         for fut in readers:
             fut.set_result(data)
         return len(readers)
+
+    def _fail(self, index: int, error: HttpError) -> None:
+        for fut in self.waiters.get(index, []):
+            if not fut.done():
+                fut.set_exception(error)
 
     def _unstored(self, f: Fetch, data: bytes) -> Result:
         """A verified piece our disk could not keep: the readers waiting for it get it (and it counts as received)."""
@@ -434,6 +442,10 @@ class Choked(EdgeswarmError):
 
 class NotHeld(EdgeswarmError):
     """The source does not hold the piece (any more)."""
+
+
+class Withdrawn(EdgeswarmError, KeyError):
+    """The edge answered 404 for a piece: its parent no longer publishes the content (a file deleted or replaced)."""
 
 
 class SeedUnsupported(EdgeswarmError):
