@@ -147,6 +147,24 @@ async def test_hung_parent_gives_504_within_the_timeout(tmp_path, nodes, origin,
     assert 0.9 < elapsed < 4
 
 
+async def test_readers_on_several_workers_get_their_504_within_the_timeout_too(tmp_path, nodes, origin, published, http):
+    """With 4 workers and --timeout 3, readers of a piece the parent never sends got their 504 after 3, 6, 9 and 11 s:
+    each worker in turn took the fill lock, found nothing stored and fetched again for a whole timeout."""
+    make_file(published / "cold.bin", MiB)
+    await asyncio.sleep(0.5)
+    async with Misbehaving(origin.url, delay=3600) as stalled:  # manifests pass, pieces never come
+        leaf = edge(nodes, tmp_path, stalled.url, "--timeout", "3", "--workers", "4")
+
+        async def read() -> tuple[int, float]:
+            started = time.monotonic()
+            code, _ = await get(http, leaf.url + "/cold.bin")
+            return code, time.monotonic() - started
+
+        got = await asyncio.gather(*(read() for _ in range(6)))
+    assert all(code == 504 for code, _ in got), got
+    assert max(took for _, took in got) < 5.5, got
+
+
 async def test_corrupt_parent_is_detected_and_nothing_bad_is_kept(tmp_path, nodes, origin, published, http):
     make_file(published / "x.bin", MiB)
     await asyncio.sleep(0.5)

@@ -77,6 +77,7 @@ from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
 log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
+MIN_FILL_S = 0.5  # seconds of the client's --timeout a worker needs left to fetch a piece another worker failed to
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
@@ -307,12 +308,20 @@ class Edge:
         if self.fill_locks is None:
             self._count_fill(True)
             return await self._fill(cid, index)
+        started = time.monotonic()
         async with self.fill_locks.hold(cid, index):
             data = (await self._store()).read_piece(cid, index)
             self._count_fill(data is None)  # read: another worker's fetch was joined, as a collapsed miss here
-            return data if data is not None else await self._fill(cid, index)
+            if data is not None:
+                return data
+            # the holder failed (or gave up): a fetch of our own gets what is left of the client's --timeout, not
+            # another whole one, which made each worker in turn hold its clients a further timeout (4 workers: 11 s at 3)
+            left = self.upstream.timeout - (time.monotonic() - started)
+            if left < MIN_FILL_S:
+                raise HttpError(504, f"piece {index}: another worker's fetch of it failed within --timeout ({self.upstream.timeout:g} s)")
+            return await self._fill(cid, index, left)
 
-    async def _fill(self, cid: str, index: int) -> bytes:
+    async def _fill(self, cid: str, index: int, timeout: float | None = None) -> bytes:
         store = await self._store()
         signed = store.manifest(cid)
         if signed is None:
@@ -328,7 +337,7 @@ class Edge:
                     source,
                     f"/piece/{cid}/{index}",
                     {"Cache-Control": "only-if-cached"} if sibling else None,
-                    SIBLING_TIMEOUT if sibling else None,
+                    min(SIBLING_TIMEOUT, timeout or SIBLING_TIMEOUT) if sibling else timeout,
                     limit=signed.manifest.piece_span(index)[1],  # a piece is never longer: more is refused as it streams
                 )
             except OutOfDescriptorsHere:
