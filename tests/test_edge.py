@@ -242,8 +242,9 @@ async def test_only_origin_limits_the_host_names_served(tmp_path, nodes, origin,
     data = make_file(published / "a.txt", 1000)
     await asyncio.sleep(0.5)
     leaf = edge(nodes, tmp_path, origin.url, "--only-origin", "cdn.example.com")
-    ok = await asyncio.to_thread(curl, "-H", "Host: cdn.example.com", leaf.url + "/a.txt")
-    assert ok.stdout == data
+    for host in ("cdn.example.com", "CDN.example.com.", f"cdn.example.com.:{leaf.url.rsplit(':', 1)[1]}"):  # absolute names too
+        ok = await asyncio.to_thread(curl, "-H", f"Host: {host}", leaf.url + "/a.txt")
+        assert ok.stdout == data, host
     other = await asyncio.to_thread(curl, "-w", "%{http_code}", "-H", "Host: evil.example.net", leaf.url + "/a.txt")
     assert other.stdout.endswith(b"403") and b"serves only cdn.example.com" in other.stdout
 

@@ -212,7 +212,8 @@ class Edge:
         if not self.only_origin:
             return
         host = (request.host or "").lower()
-        if host not in self.only_origin and host.rsplit(":", 1)[0] not in self.only_origin:
+        name = host.rsplit(":", 1)[0].rstrip(".")  # an absolute name (cdn.example.com.) is the same host
+        if host not in self.only_origin and name not in self.only_origin:
             raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
 
     def region_name(self, request: web.Request) -> str | None:
