@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 
 import pytest
@@ -357,8 +358,17 @@ async def test_the_access_log_counts_a_cache_hit_s_body(tmp_path, nodes, origin,
     data = make_file(published / "a.bin", 3_000_000)
     await asyncio.sleep(0.5)
     leaf = edge(nodes, tmp_path, origin.url, "--access-log", "--workers", "1")
-    for _ in range(2):  # a miss, then a hit
-        assert await get(http, leaf.url + "/a.bin") == (200, data)
+
+    async def lookups() -> dict[str, float]:
+        async with http.get(leaf.url + "/metrics") as r:
+            text = await r.text()
+        return {k: float(v) for k, v in re.findall(r'edgeswarm_cache_lookups_total\{result="(\w+)",role="edge"\} (\S+)', text)}
+
+    pieces = -(-len(data) // (256 * 1024))
+    assert await get(http, leaf.url + "/a.bin") == (200, data)  # a miss: pieces fetched ahead are sent from disk
+    assert (lookups_miss := await lookups()).get("miss") == pieces and lookups_miss.get("hit", 0) == 0, lookups_miss
+    assert await get(http, leaf.url + "/a.bin") == (200, data)  # a hit
+    assert (await lookups()).get("hit") == pieces
     assert await get(http, leaf.url + "/a.bin", Range="bytes=1000-1999999") == (206, data[1000:2_000_000])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and leaf.log_text().count('"GET /a.bin HTTP/1.1"') < 3:

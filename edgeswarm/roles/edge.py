@@ -85,9 +85,8 @@ TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: la
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
 
-NOT_INTERNAL = (
-    "this edge fetches uncached content only for its internal network"  # the 403 of --internal for an uncached file, piece or torrent
-)
+# the 403 of --internal for an uncached file, piece or torrent
+NOT_INTERNAL = "this edge fetches uncached content only for its internal network"
 
 
 class EdgeSource:
@@ -96,10 +95,11 @@ class EdgeSource:
     def __init__(self, edge: Edge, cid: str, may_fetch: bool):
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
         self._hit: int | None = None  # the piece last counted as a hit: serving asks again for it after an await
+        self._fetched: set[int] = set()  # counted by fill(); sent from disk afterwards (fetched ahead), not a hit too
 
     def local(self, index: int) -> int | None:
         fd = self.edge.pinned.opened.piece_fd(self.cid, index)
-        if fd is not None and index != self._hit:
+        if fd is not None and index != self._hit and index not in self._fetched:
             self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
             self._hit = index
         return fd
@@ -110,6 +110,7 @@ class EdgeSource:
     async def fetch(self, index: int, stop: int | None = None) -> bytes:
         if not self.may_fetch:
             raise HttpError(403, NOT_INTERNAL)
+        self._fetched.add(index)
         return await self.edge.fill(self.cid, index)
 
 
