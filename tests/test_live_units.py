@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
@@ -164,7 +163,7 @@ async def test_the_watcher_publishes_new_segments_with_their_playlist_and_never_
     _write(root / "live.m3u8", _playlist(0, 0))
     catalog.apply(catalog.scan_changes({}))  # the full scan finds the stream first
     assert set(catalog.by_path) == {"live/seg00000.ts", "live/live.m3u8"}
-    watcher = LiveWatcher(catalog, asyncio.Lock())
+    watcher = LiveWatcher(catalog)
     await watcher.check()
     assert watcher.published == 0, "nothing changed"
 
@@ -187,7 +186,7 @@ async def test_a_playlist_rewritten_while_it_is_published_waits_for_the_next_pol
     _write(root / "seg00000.ts", b"a" * 100)
     _write(root / "live.m3u8", _playlist(0, 0))
     catalog.apply(catalog.scan_changes({}))
-    watcher = LiveWatcher(catalog, asyncio.Lock())
+    watcher = LiveWatcher(catalog)
     _write(root / "seg00001.ts", b"b" * 100)
     _write(root / "live.m3u8", _playlist(0, 1))
     changed = watcher.changed_playlists()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.protocol.paths import MAX_PATH_BYTES, MAX_SEGMENT_BYTES, MAX_SEGMENTS, PATH, publish_problem
+from edgeswarm.roles.origin import Origin
 from edgeswarm.roles.publish import MAX_UNFINISHED, Publisher
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.store.uploads import Staging
@@ -258,6 +261,46 @@ async def test_publish_staged_refusing_a_path_leaves_nothing_behind(publisher, t
         await publisher._finish("alice", "users/alice/x", staged("users/alice/x"))
     assert err.value.status == 400 and "RecursionError" in err.value.message
     assert list(publisher.staging.dir.iterdir()) == [] and publisher.staging.pending("alice") == {}
+
+
+async def test_an_upload_is_placed_and_applied_with_no_scan_between(tmp_path, caplog):
+    """An upload renamed into place was not yet in the catalogue when the live watcher or a scan looked: the watcher saw
+    a rewritten playlist and published what it named (the adversarial session had .edgeswarm/origin.key published so)."""
+    origin = Origin(tmp_path / "pub", tmp_path / "state", tmp_path / "origin.key")
+    rel, publisher = "users/alice/p.m3u8", origin.publisher
+
+    def staged(body: bytes):
+        upload = publisher.staging.open("alice", rel, len(body), sha(body), fresh=True)
+        upload.part.write_bytes(body)
+        return upload
+
+    await publisher._finish("alice", rel, staged(b"#EXTM3U\n"))  # v1: the live watcher now watches it
+    placed, go = threading.Event(), threading.Event()
+    place = origin.catalog.publish_staged
+
+    def place_then_wait(rel: str, part: Path):
+        entry = place(rel, part)
+        placed.set()
+        go.wait(10)
+        return entry
+
+    origin.catalog.publish_staged = place_then_wait  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    try:
+        upload = asyncio.create_task(publisher._finish("alice", rel, staged(b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n")))
+        while not placed.is_set():
+            await asyncio.sleep(0.01)
+        looks = [asyncio.create_task(origin.scan()), asyncio.create_task(origin.live.check())]
+        await asyncio.sleep(0.3)
+        done_meanwhile = [t.done() for t in looks]
+    finally:
+        go.set()
+    await upload
+    await asyncio.gather(*looks)
+    assert done_meanwhile == [False, False], "a scan or the live watcher ran between the upload's rename and its apply"
+    assert origin.live.published == 0
+    published = [r.getMessage() for r in caplog.records if rel in r.getMessage()]
+    assert published == [f"republished {rel} (32 bytes) (uploaded by alice)"], published
 
 
 def test_a_deep_tree_is_scanned_without_recursion(tmp_path, monkeypatch):

@@ -34,13 +34,12 @@ MAX_PLAYLIST = 1 << 20  # a media playlist of a live window is a few hundred byt
 class LiveWatcher:
     """Publishes rewritten playlists and the segments they name, between two full scans.
 
-    ``lock`` is the one the full scan holds too: both hash from a copy of the
-    catalogue and apply their changes, so they must not interleave, or an
-    older version of a playlist could be applied over a newer one.
+    Its changes go through ``Catalog.change``, as the full scan's and
+    uploads' do, so they never interleave with theirs.
     """
 
-    def __init__(self, catalog: Catalog, lock: asyncio.Lock, poll: float = LIVE_POLL, on_change: Callable[[str], None] | None = None):
-        self.catalog, self.lock, self.poll = catalog, lock, poll
+    def __init__(self, catalog: Catalog, poll: float = LIVE_POLL, on_change: Callable[[str], None] | None = None):
+        self.catalog, self.poll = catalog, poll
         self.on_change = on_change
         self.published = 0  # playlist versions published by this watcher (not by full scans)
 
@@ -69,10 +68,9 @@ class LiveWatcher:
         changed = await asyncio.to_thread(self.changed_playlists)
         if not changed:
             return
-        async with self.lock:
-            changes = await asyncio.to_thread(self._changes, changed, dict(self.catalog.by_path))
-            for line in self.catalog.apply(changes):
-                log.debug("%s", line)
+        changes, lines = await self.catalog.change(lambda known: self._changes(changed, known))
+        for line in lines:
+            log.debug("%s", line)
         for rel in changed:
             if rel in changes:
                 self.published += 1

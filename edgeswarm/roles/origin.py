@@ -118,8 +118,7 @@ class Origin:
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
         self._rescan = asyncio.Event()
-        self._publishing = asyncio.Lock()  # the full scan and the live watcher apply changes one at a time
-        self.live = LiveWatcher(self.catalog, self._publishing)  # rewritten playlists and their segments, between scans
+        self.live = LiveWatcher(self.catalog)  # rewritten playlists and their segments, between scans
         self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
 
     def withdraw(self, entry: Entry) -> None:
@@ -130,10 +129,9 @@ class Origin:
             self._rescan.set()
 
     async def scan(self) -> None:
-        async with self._publishing:
-            changes = await asyncio.to_thread(self.catalog.scan_changes, dict(self.catalog.by_path))
-            for line in self.catalog.apply(changes):
-                log.info("%s", line)
+        _, lines = await self.catalog.change(self.catalog.scan_changes)
+        for line in lines:
+            log.info("%s", line)
 
     async def _scan_loop(self) -> None:
         while True:

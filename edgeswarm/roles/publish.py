@@ -215,8 +215,8 @@ class Publisher:
             raise HttpError(
                 400, f"SHA-256 mismatch: declared {staged.sha256}, the {staged.length} bytes received hash to {digest}; nothing was kept"
             )
-        try:
-            entry = await asyncio.to_thread(self.catalog.publish_staged, rel, staged.part)
+        try:  # placed and applied as one catalogue change: no scan sees the file between the two
+            changes, lines = await self.catalog.change(lambda _: {rel: self.catalog.publish_staged(rel, staged.part)})
         except OSError as exc:
             await asyncio.to_thread(self.staging.discard, staged)
             raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
@@ -225,8 +225,10 @@ class Publisher:
             log.warning("cannot publish %.200s: %s: %.200s", rel, exc.__class__.__name__, exc)
             raise HttpError(400, f"cannot publish /{rel[:200]}: {exc.__class__.__name__}; nothing was kept") from None
         await asyncio.to_thread(self.staging.discard, staged)
-        for line in self.catalog.apply({rel: entry}):
+        for line in lines:
             log.info("%s (uploaded by %s)", line, user)
+        entry = changes[rel]
+        assert entry is not None
         self.published += 1
         signed = entry.signed
         doc = {"path": "/" + rel, "size": signed.manifest.size, "sha256": staged.sha256, "content_id": signed.content_id}

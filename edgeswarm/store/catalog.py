@@ -10,6 +10,7 @@ symlink tricks from reaching a byte outside it.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
@@ -18,6 +19,7 @@ import os
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -54,6 +56,9 @@ class Entry:
             return False
 
 
+Changes = dict[str, Entry | None]  # new entries by path, or None to withdraw
+
+
 def _stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
@@ -77,6 +82,7 @@ class Catalog:
         self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
         self._skipped: set[str] = set()
+        self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
         self._load_state()
 
     def _load_state(self) -> None:
@@ -256,6 +262,20 @@ class Catalog:
             self._refresh(rel, full, key, known, changes)
         return changes
 
+    async def change(self, work: Callable[[dict[str, Entry]], Changes]) -> tuple[Changes, list[str]]:
+        """Run ``work`` (blocking: it hashes, and may move an upload into place) in a thread on a copy of ``by_path``,
+        then ``apply`` what it returns: the changes and their log lines.
+
+        The full scan, the live watcher and an upload all change the catalogue
+        through here, one at a time, so none sees a file another is between
+        placing and applying (an upload renamed into place was seen by the live
+        watcher as a rewritten playlist, which published what it named), nor
+        applies an older version of a file over a newer one.
+        """
+        async with self._changing:
+            changes = await asyncio.to_thread(work, dict(self.by_path))
+            return changes, self.apply(changes)
+
     def apply(self, changes: dict[str, Entry | None]) -> list[str]:
         """Make scan results visible; returns a log line per change."""
         lines = []
@@ -312,7 +332,8 @@ class Catalog:
         return Entry(full, key, signed, signed.to_json(), content_key, data)
 
     def publish_staged(self, rel: str, staged: Path) -> Entry:
-        """Sign a verified upload and move it into place as ``rel``; the entry for ``apply``.  Blocking: run in a thread.
+        """Sign a verified upload and move it into place as ``rel``; the entry to apply.  Blocking: run it as the work of
+        ``change``, so that no scan sees the file placed and not yet applied.
 
         The manifest is made from the staged file, then the file is renamed
         (same inode, size and mtime, so the next scan finds it unchanged);
