@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -303,6 +306,91 @@ async def test_an_upload_is_placed_and_applied_with_no_scan_between(tmp_path, ca
     assert published == [f"republished {rel} (32 bytes) (uploaded by alice)"], published
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB file system (a tmpfs) at tmp_path/small, to be filled: a full disk."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk is a 1 MiB tmpfs, and mounting one needs root and mount(8)")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (a full disk): {mounted.stderr.strip()}")
+    yield small
+    subprocess.run(["umount", str(small)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """A file taking every free byte of ``disk``."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"f" * 4096)
+    return filler
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+async def put_on(publisher: Publisher, http, body: bytes, name: str = "f") -> tuple[int, str]:
+    """PUT ``body`` whole to ``publisher`` (served in this process) as alice's ``name``."""
+    app = make_app(Metrics("origin"))
+    app.router.add_put("/" + PATH, publisher.put)
+    async with serve_app(app) as port:
+        url = f"http://127.0.0.1:{port}/users/alice/{name}"
+        return await put(http, url, token_for(publisher, "alice"), body, len(body), sha(body))
+
+
+def full_disk_lines(caplog) -> list[logging.LogRecord]:
+    """What the full disk logged: warnings and errors, with or without a traceback."""
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_full_staging_disk_is_a_507_saying_so_and_keeps_nothing(tmp_path, small_disk, http, caplog):
+    """It was a 500 with a traceback, the partial part held the full disk for 24 h, and each later attempt left an empty
+    part and declaration behind."""
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "pub").mkdir()
+    catalog = Catalog(tmp_path / "pub", small_disk / "catalog.json", key)
+    publisher = Publisher(key.public_key(), catalog, Staging(small_disk / "uploads"), QuotaPolicy(QUOTA))
+    caplog.set_level(logging.INFO)
+    code, text = await put_on(publisher, http, os.urandom(2_000_000))
+    assert code == 507 and "staging area for uploads in progress is full" in text and "nothing was kept" in text, text
+    assert files_under(small_disk) == []
+    lines = full_disk_lines(caplog)
+    assert [(r.levelname, r.exc_info) for r in lines] == [("WARNING", None)] and "is full" in lines[0].getMessage(), lines
+    filler = fill(small_disk)
+    code, text = await put_on(publisher, http, b"small")  # no room left for even its declaration
+    assert code == 507 and "is full" in text, text
+    assert files_under(small_disk) == ["filler"] and publisher.staging.pending("alice") == {}
+    caplog.clear()
+    for name in ("a", "b"):  # the catalogue's state beside the staging area: a scan publishes, and warns once it cannot save
+        (tmp_path / "pub" / name).write_bytes(b"x")
+        _, lines = await catalog.change(catalog.scan_changes)
+        assert lines == [f"published {name} (1 bytes)"]
+    warned = [r.getMessage() for r in full_disk_lines(caplog)]
+    assert len(warned) == 1 and warned[0].startswith(f"cannot save the catalogue state {small_disk / 'catalog.json'}"), warned
+    assert files_under(small_disk) == ["filler"]
+    filler.unlink()
+    code, text = await put_on(publisher, http, b"small")
+    assert code == 201, text
+
+
+async def test_a_full_published_directory_is_a_507_and_leaves_no_hidden_copy(tmp_path, small_disk, http, caplog):
+    """Across file systems the upload is copied to a hidden name beside its place: on a full disk that copy stayed for
+    ever (the walk never sweeps a hidden file), and the answer was a 409 that said nothing was kept."""
+    key = Ed25519PrivateKey.generate()
+    catalog = Catalog(small_disk, tmp_path / "catalog.json", key)
+    publisher = Publisher(key.public_key(), catalog, Staging(tmp_path / "uploads"), QuotaPolicy(QUOTA))
+    caplog.set_level(logging.INFO)
+    code, text = await put_on(publisher, http, os.urandom(2_000_000))
+    assert code == 507 and "published directory is full" in text and "nothing was kept" in text, text
+    assert files_under(small_disk) == [] and files_under(tmp_path / "uploads") == []
+    assert [(r.levelname, r.exc_info) for r in full_disk_lines(caplog)] == [("WARNING", None)]
+    assert catalog.by_path == {}
+
+
 def test_a_deep_tree_is_scanned_without_recursion(tmp_path, monkeypatch):
     root = tmp_path / "pub"
     deep = root / Path(*["d"] * 100)
@@ -349,26 +437,30 @@ def test_a_too_deep_or_too_long_upload_path_is_refused_before_its_body(site):
 
 
 class LyingEdge(DoubleServer):
-    """An edge that answers every upload request 202 with the same made-up ``Upload-Offset``."""
+    """An edge that answers every upload request 202 with the same made-up ``Upload-Offset`` (or ``refusal``, a status
+    and its text)."""
 
-    def __init__(self, offset: str):
+    def __init__(self, offset: str, refusal: tuple[int, str] | None = None):
         self.offset = offset
+        self.refusal = refusal
         self.puts = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.puts += 1
         await request.read()
+        if self.refusal is not None:
+            return web.Response(status=self.refusal[0], text=self.refusal[1])
         return web.json_response({"offset": 0, "length": 0}, status=202, headers={"Upload-Offset": self.offset})
 
     def routes(self, app: web.Application) -> None:
         app.router.add_put("/{tail:.*}", self.handle)
 
 
-async def publish_to_liar(tmp_path: Path, offset: str, *extra: str) -> tuple[int, str, float, int]:
+async def publish_to_liar(tmp_path: Path, offset: str, *extra: str, refusal: tuple[int, str] | None = None) -> tuple[int, str, float, int]:
     """Run ``edgeswarm publish`` against a LyingEdge: exit status, stderr, seconds taken, requests seen."""
     make_file(tmp_path / "a.bin", 300_000)
     token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/users/alice/", 3600, scopes=["publish"])
-    async with LyingEdge(offset) as edge:
+    async with LyingEdge(offset, refusal) as edge:
         t0 = time.monotonic()
         cmd = ["-m", "edgeswarm", "publish", "--no-progress", str(tmp_path / "a.bin"), "--edge", edge.url, "--token", token, *extra]
         proc = await asyncio.create_subprocess_exec(sys.executable, *cmd, stderr=asyncio.subprocess.PIPE)
@@ -387,6 +479,15 @@ async def test_publish_gives_up_on_an_edge_whose_offset_never_moves(tmp_path):
     code, err, _, puts = await publish_to_liar(tmp_path, "0", "--retries", "2")
     assert code == 1 and "gave up after 2 retries" in err and "no progress" in err, err
     assert puts <= 2 * 3 + 1  # a status query and a chunk per try
+
+
+@pytest.mark.integration
+async def test_publish_stops_at_once_on_a_full_origin(tmp_path):
+    """A 507 is final: the disk does not empty in the seconds of a retry, and each retry sent the file again."""
+    full = "cannot store /users/alice/a.bin: the origin's published directory is full (No space left on device); nothing was kept"
+    code, err, took, puts = await publish_to_liar(tmp_path, "0", refusal=(507, full))
+    assert code == 1 and err.strip() == f"edgeswarm publish: 507 {full}", err
+    assert puts == 1 and took < 20
 
 
 @pytest.mark.integration

@@ -6,7 +6,8 @@ file's length and SHA-256; a body is either the whole file (no
 ``Content-Range``) or the bytes ``START-END`` of it (``Content-Range: bytes
 START-END/LENGTH``); ``Content-Range: bytes */LENGTH`` with no body asks how
 many bytes the origin holds.  Unfinished answers are 202 with
-``Upload-Offset``; the final one is 201.  Pure functions over header values.
+``Upload-Offset``; the final one is 201 (or a refusal: a 4xx, or 507 for a
+full disk).  Pure functions over header values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from edgeswarm.protocol.units import ascii_decimal
 LENGTH_HEADER = "X-Edgeswarm-Length"  # the whole file's length in bytes (or ?length=)
 SHA256_HEADER = "X-Edgeswarm-Sha256"  # the whole file's SHA-256, hex (or ?sha256=)
 OFFSET_HEADER = "Upload-Offset"  # in 202 and 409 answers: bytes the origin holds (tus's name)
+FULL_STATUS = 507  # Insufficient Storage: the origin's disk is full; final for a client (a retry in seconds sends it all again)
 MAX_LENGTH = 1 << 44  # 16 TiB: a declared length beyond is a mistake, not a file
 _HEX = re.compile(r"[0-9a-f]{64}")
 _RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})|bytes \*/([0-9]{1,19})", re.ASCII)

@@ -15,9 +15,12 @@ other file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
@@ -42,6 +45,8 @@ RECENT = 1024  # finished uploads remembered, so a client that missed its 201 ge
 MAX_UNFINISHED = 16  # unfinished uploads a user may have at once: each is two files and a quota reservation until swept
 SWEEP_INTERVAL = 60.0  # seconds between sweeps of abandoned uploads (a sweep lists the whole staging directory)
 FORWARDED = ("Authorization", "Content-Range", "Content-Length", upload.LENGTH_HEADER, upload.SHA256_HEADER)
+FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk, or the origin's user's disk quota: 507, not a client's error (409)
+STAGING, PUBLISHED = "staging area for uploads in progress", "published directory"  # which is full, in a 507
 ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", upload.OFFSET_HEADER)
 
 
@@ -138,7 +143,8 @@ class Publisher:
             pending = self.staging.pending(user)  # from memory: its cost does not grow with other users' uploads
             self._check_room(user, rel, pending)
             self.quota.check(user, self._published_by(user), pending, rel, declared.length)
-            staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
+            async with self._storing(rel, STAGING, self.staging.dir):
+                staged = await asyncio.to_thread(self.staging.open, user, rel, declared.length, declared.sha256, declared.whole)
         offset = staged.offset()
         if declared.start is not None and declared.start != offset:
             raise HttpError(
@@ -151,6 +157,24 @@ class Publisher:
                 raise HttpError(400, f"upload truncated: {offset} of the {declared.length} bytes declared arrived; nothing was kept")
             return _incomplete(offset, declared.length)
         return await self._finish(user, rel, staged)
+
+    @contextlib.asynccontextmanager
+    async def _storing(self, rel: str, what: str, where: Path, staged: Upload | None = None) -> AsyncIterator[None]:
+        """Writes into the staging area or the published directory: a full disk is a 507 that says which is full,
+        one warning (not an error's traceback), and the upload dropped (``staged``): its part held the full disk for
+        24 h, and nothing of it could be finished anyway.  Other errors pass as they are."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            if staged is not None:
+                await asyncio.to_thread(self.staging.discard, staged)
+            log.warning("refused an upload of %.200s: %s (%s) is full: %s", rel, where, what, exc.strerror)
+            raise HttpError(
+                upload.FULL_STATUS,
+                f"cannot store /{rel[:200]}: the origin's {what} is full ({exc.strerror}); nothing was kept, try again later",
+            ) from None
 
     async def _query(self, user: str, rel: str, declared: upload.Declared, busy: bool) -> web.Response:
         """A status query: the bytes held of this very file (0 if another was declared), after the quota check it will meet.
@@ -181,6 +205,11 @@ class Publisher:
         the error then goes to the daemon as a hang-up.
         """
         room = declared.end - declared.start + 1 if declared.start is not None and declared.end is not None else declared.length
+        async with self._storing(staged.path, STAGING, self.staging.dir, staged):
+            return await self._append(request, staged, offset, room)
+
+    async def _append(self, request: web.Request, staged: Upload, offset: int, room: int) -> int:
+        """``_receive``'s writing: at most ``room`` bytes of the body, appended at ``offset``; the bytes taken."""
         f: BinaryIO = await asyncio.to_thread(open, staged.part, "r+b")
         got = 0
         buffer = bytearray()
@@ -216,7 +245,8 @@ class Publisher:
                 400, f"SHA-256 mismatch: declared {staged.sha256}, the {staged.length} bytes received hash to {digest}; nothing was kept"
             )
         try:  # placed and applied as one catalogue change: no scan sees the file between the two
-            changes, lines = await self.catalog.change(lambda _: {rel: self.catalog.publish_staged(rel, staged.part)})
+            async with self._storing(rel, PUBLISHED, self.catalog.root, staged):
+                changes, lines = await self.catalog.change(lambda _: {rel: self.catalog.publish_staged(rel, staged.part)})
         except OSError as exc:
             await asyncio.to_thread(self.staging.discard, staged)
             raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None

@@ -5,7 +5,8 @@ query), and sends the rest in chunks of ``chunk`` bytes with
 ``Content-Range``.  A chunk that fails for a network reason or a 5xx is
 retried from the offset the origin reports, so an interrupted upload - this
 run's or an earlier one's - goes on where it stopped rather than from zero
-(docs/protocol.md#publishing).  A 4xx is final: its message is the error.
+(docs/protocol.md#publishing).  A 4xx is final: its message is the error;
+so is a 507 (the origin's disk is full), which a retry would only send again.
 An answer to a chunk that does not move the offset forward counts as a
 failure too (an edge answering 202 at byte 0 forever got the same bytes
 sent again forever), and an offset beyond the file's end is a protocol
@@ -115,7 +116,7 @@ async def publish(
             try:
                 async with session.put(url, headers={**base, **headers, "Content-Length": str(end - start)}, data=body, ssl=context) as r:
                     text = await r.text()
-                    if r.status >= 500:
+                    if r.status >= 500 and r.status != upload.FULL_STATUS:
                         raise _Attempt(f"{r.status} {text.strip()[:300]}")
                     if r.status in (201, 202, 409):
                         offset = r.headers.get(upload.OFFSET_HEADER)

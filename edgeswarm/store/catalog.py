@@ -82,6 +82,7 @@ class Catalog:
         self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
         self._skipped: set[str] = set()
+        self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
         self._load_state()
 
@@ -115,6 +116,23 @@ class Catalog:
             self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json(), key))
 
     def _save_state(self) -> None:
+        """Write the state file; a failure (a full disk) is one warning until a write succeeds, not an error.
+
+        The state only spares a restart the hashing of what did not change,
+        and a failure here came after the change was applied: it failed the
+        upload that had just been published, and every scan with a traceback.
+        """
+        try:
+            self._write_state()
+        except OSError as exc:
+            self.state_file.with_suffix(".tmp").unlink(missing_ok=True)
+            if not self._unsaved:
+                log.warning("cannot save the catalogue state %s: %s; a restart hashes again what changed since", self.state_file, exc)
+            self._unsaved = True
+        else:
+            self._unsaved = False
+
+    def _write_state(self) -> None:
         state = {
             rel: {"stat": list(e.stat), "signed": json.loads(e.raw), **({"key": e.key.hex()} if e.key else {})}
             for rel, e in self.by_path.items()
@@ -342,7 +360,7 @@ class Catalog:
         OSError when ``rel`` cannot be a file (a directory in the way, or a
         file where a directory should be), ValueError when it is too deep or
         too long to publish (checked before any directory is made); the
-        staged file is then left.
+        staged file is then left, and nothing in the published directory.
         """
         problem = publish_problem(rel)
         if problem is not None:
@@ -363,8 +381,12 @@ class Catalog:
             if exc.errno != errno.EXDEV:
                 raise
             hidden = target.with_name(f".{target.name}.publishing")
-            shutil.copyfile(staged, hidden)
-            os.replace(hidden, target)
+            try:
+                shutil.copyfile(staged, hidden)
+                os.replace(hidden, target)
+            except OSError:  # a full disk: the partial copy stayed for good (the walk never sweeps a hidden file)
+                hidden.unlink(missing_ok=True)
+                raise
             staged.unlink()
         return replace(entry, file=target, stat=_stat_key(target.stat()))
 

@@ -110,10 +110,15 @@ class Staging:
             self.discard(held)
         self.dir.mkdir(parents=True, exist_ok=True)
         upload = Upload(user, path, length, sha256, self.dir / f"{self._key(user, path)}.part")
-        upload.part.write_bytes(b"")
         tmp = upload.meta.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}))
-        os.replace(tmp, upload.meta)
+        try:
+            upload.part.write_bytes(b"")
+            tmp.write_text(json.dumps({"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}))
+            os.replace(tmp, upload.meta)
+        except OSError:  # a full disk: every refused attempt left an empty part and declaration behind
+            for f in (upload.part, tmp):
+                f.unlink(missing_ok=True)
+            raise
         self._note(user, path, length)
         return upload
 
