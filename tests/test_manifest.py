@@ -572,6 +572,32 @@ def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_pat
     assert caplog.text.count("its name is not UTF-8") == 2, caplog.text
 
 
+def test_an_unreadable_file_is_warned_about_once_per_state(tmp_path, caplog, monkeypatch):
+    """A file the origin may not read (chmod 000) was warned about at every scan: once a second, for ever."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    (root / "locked.txt").write_bytes(b"locked")
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")  # what chmod 000 does to an origin not run as root
+
+    def scans(n: int) -> list[str]:
+        caplog.clear()
+        for _ in range(n):
+            catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    monkeypatch.setattr("edgeswarm.store.catalog.hash_pieces", denied)
+    assert scans(3) == ["not publishing locked.txt: cannot read it: Permission denied"]
+    assert catalog.by_path == {}
+    monkeypatch.undo()
+    assert scans(1) == [] and set(catalog.by_path) == {"locked.txt"}  # readable again: published
+    (root / "locked.txt").write_bytes(b"locked again")
+    monkeypatch.setattr("edgeswarm.store.catalog.hash_pieces", denied)
+    assert scans(2) == ["not publishing locked.txt: cannot read it: Permission denied"]  # a new state: one warning again
+
+
 def test_symlinks_in_a_loop_or_to_hidden_files_are_not_published(tmp_path, caplog):
     """A symlink loop failed every scan (nothing else published or withdrawn) and stopped the origin at start; a link
     to .edgeswarm/origin.key published the origin's private signing key (found by an adversarial session)."""

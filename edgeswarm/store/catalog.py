@@ -81,7 +81,7 @@ class Catalog:
         self.by_id: dict[str, Entry] = {}
         self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
-        self._skipped: set[str] = set()
+        self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
         self._load_state()
@@ -229,10 +229,11 @@ class Catalog:
         return None
 
     def _skip(self, rel: str, reason: str) -> None:
-        """Warn once about a path not published."""
-        if rel not in self._skipped:
+        """Warn about a path not published once per reason, not at every scan (one a second, for ever); a path that is
+        published again (``_publish``) is warned about again the next time it fails."""
+        if self._skipped.get(rel) != reason:
             log.warning("not publishing %.300s: %s", rel, reason)
-            self._skipped.add(rel)
+            self._skipped[rel] = reason
 
     def scan_changes(self, known: dict[str, Entry]) -> dict[str, Entry | None]:
         """What differs between the directory and ``known``: new entries, or None to withdraw.
@@ -328,11 +329,12 @@ class Catalog:
                     full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
                 )
                 after = _stat_key(full.stat())
-        except OSError as exc:
-            log.warning("cannot read %s: %s", rel, exc)
+        except OSError as exc:  # unreadable (chmod 000): as any file not published, warned about once
+            self._skip(rel, f"cannot read it: {exc.strerror or exc}")
             return None
         if after != key:
             return None
+        self._skipped.pop(rel, None)
         self.hashed_bytes += key[0]
         manifest = Manifest(
             path=rel,
