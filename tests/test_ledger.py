@@ -357,11 +357,25 @@ def test_report_never_creates_a_ledger(tmp_path: Path):
     assert not path.exists()
 
 
-def test_report_of_a_ledger_without_table(tmp_path: Path, pg_database: str):  # noqa: F811
-    path = tmp_path / "empty.db"
-    sqlite3.connect(path).close()
-    assert report(str(path)) == []
-    assert report(pg_database) == []
+def test_report_of_a_postgresql_ledger_without_table(pg_database: str):  # noqa: F811
+    assert report(pg_database) == []  # no edge has started yet: nothing recorded
+
+
+def test_report_of_a_file_that_is_not_a_ledger_says_so_and_leaves_it_untouched(tmp_path: Path, capsys):
+    """Another application's SQLite database, or an empty file, got 'no usage recorded' and exit 0, and the empty file
+    was turned into a SQLite database."""
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (other, empty):
+        before = path.read_bytes()
+        rc, out, err = cli(["usage", "report", "--ledger", str(path)], capsys)
+        assert (rc, out) == (2, "") and err.startswith(f"edgeswarm usage: {path} is not an edgeswarm ledger"), err
+        assert err.count("\n") == 1 and path.read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "other.db"]  # no -wal, no -shm
 
 
 def test_sibling_module_import_of_the_fixture():

@@ -199,11 +199,7 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
             p.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(p, timeout=10.0, check_same_thread=False)
         else:
-            if not p.is_file():
-                raise LedgerError(f"no ledger at {path}")
-            # mode=rw: a report must never create an empty ledger where the operator mistyped a path
-            uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=rw"
-            conn = sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False)
+            return _read_sqlite(path, p)
         conn.execute("PRAGMA busy_timeout = 10000")  # the edge and a report may touch the file at once
         mode = _when_unlocked(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
         if mode.lower() != "wal":
@@ -212,6 +208,33 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
     except (OSError, sqlite3.Error) as exc:
         raise LedgerError(f"cannot open SQLite ledger {path}: {_one_line(exc)}") from None
     return _Backend(conn)
+
+
+def _read_sqlite(path: str, p: Path) -> _Backend:
+    """An existing SQLite ledger, to read: nothing written to the file before it is known to be one.
+
+    mode=rw, not ro: a WAL file being written by its edge is read through its
+    -shm.  But a report must never create an empty ledger where the operator
+    mistyped a path, nor set the journal mode of another file (that turned an
+    empty file into a SQLite database), and a file without the usage table,
+    which an edge creates with the file, is no edge's ledger: it reported "no
+    usage recorded" for another application's database.
+    """
+    import sqlite3
+
+    if not p.is_file():
+        raise LedgerError(f"no ledger at {path}")
+    uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=rw"
+    try:
+        backend = _Backend(sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False))
+        backend.conn.execute("PRAGMA busy_timeout = 10000")  # the edge may be writing
+        ledger = backend.has_table()
+    except (OSError, sqlite3.Error) as exc:
+        raise LedgerError(f"cannot open SQLite ledger {path}: {_one_line(exc)}") from None
+    if not ledger:
+        backend.close()
+        raise LedgerError(f"{path} is not an edgeswarm ledger: it has no usage table (another database, or a copy without its -wal file)")
+    return backend
 
 
 def _connect_postgres(dsn: str) -> _Backend:
@@ -397,8 +420,10 @@ def report(target: str, since: float | None = None, by: str = "user", tolerance:
 
     ``since`` selects the periods that start at or after it.  by=content keys
     rows by path (the content id is added when several contents share a path,
-    e.g. a file that was republished).  A ledger without a usage table yet is
-    empty, not an error; a missing SQLite file is (it is never created here).
+    e.g. a file that was republished).  A PostgreSQL ledger without a usage
+    table yet (no edge has started) is empty, not an error; a missing SQLite
+    file is (it is never created here), and so is one without the table (its
+    edge creates the table with the file).
     """
     if by not in BY:
         raise ValueError(f"cannot report by {by!r}: expected one of {', '.join(BY)}")
