@@ -13,6 +13,7 @@ from conftest import curl, make_file, sha
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
@@ -153,6 +154,24 @@ def test_bad_tls_files_are_a_clear_error(tmp_path, published, ca):
         timeout=30,
     )
     assert done.returncode == 2 and "CA" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_clients_name_a_ca_file_they_cannot_read(tmp_path):
+    """preheat and publish said only '[Errno 2] No such file or directory' for a mistyped --ca."""
+    from edgeswarm.trust import tokens
+
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/users/alice/", 3600, scopes=["publish"])
+    make_file(tmp_path / "a.bin", 10)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for ca, says in ((tmp_path / "missing.pem", "no such CA file"), (junk, "cannot read CA file")):
+        for cmd in (
+            ["preheat", "films/a.mp4", "--region", "east", "--edge", "http://127.0.0.1:1", "--ca", str(ca)],
+            ["publish", "--no-progress", str(tmp_path / "a.bin"), "--edge", "http://127.0.0.1:1", "--token", token, "--ca", str(ca)],
+        ):
+            done = subprocess.run([sys.executable, "-m", "edgeswarm", *cmd], capture_output=True, text=True, timeout=30)
+            assert done.returncode == 2 and f"{says} {ca}" in done.stderr, (cmd[0], done.stderr)
+            assert done.stderr.count("\n") == 1, done.stderr
 
 
 async def test_protected_content_down_a_tls_hierarchy(tmp_path, nodes, published, ca):

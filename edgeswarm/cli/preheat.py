@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeswarm.roles import preheat
 
     plan = preheat.Plan(list(args.paths), list(args.edge or []), args.concurrency, options.token(args), args.ca, args.timeout)
+    preheat.ssl_for(args.ca)  # a CA that cannot be read: one message naming it, exit 2
     try:
         return asyncio.run(_run(args, plan))
     except preheat.PreheatError as exc:

@@ -10,6 +10,7 @@ The region's edges come from a router (``GET /edges?region=R``) or are given.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.trust import tls
 
 CHUNK = 1 << 16
 CACHED, FILLED, FETCHED, FAILED = "cached", "filled", "fetched", "failed"
@@ -58,16 +60,18 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _ssl(ca: Path | None) -> ssl.SSLContext | bool:
-    """The CA's context; True (the system's CAs) without one."""
-    return ssl.create_default_context(cafile=str(ca)) if ca else True
+@functools.cache
+def ssl_for(ca: Path | None) -> ssl.SSLContext | bool:
+    """The CA's context, read once; True (the system's CAs) without one.  ValueError naming the file if it cannot be read
+    (``preheat`` asks at start, so that is one message, not a failure per edge saying only 'No such file or directory')."""
+    return tls.client_context(ca) or True
 
 
 async def region_edges(router: str, region: str, ca: Path | None = None) -> tuple[list[str], list[str]]:
     """The region's up edges and its edges that are not up, as the router knows them."""
     url = f"{router.rstrip('/')}/edges?region={quote(region, safe='')}"
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(url, ssl=_ssl(ca)) as reply:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(url, ssl=ssl_for(ca)) as reply:
             if reply.status == 404:
                 raise PreheatError(f"router {router}: {(await reply.text()).strip()[:300]}")
             if reply.status != 200:
@@ -81,7 +85,7 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
 async def _whole_paths(session: aiohttp.ClientSession, edge: str, plan: Plan) -> set[str] | None:
     """The paths the edge holds every piece of (its ``/status``), or None when it will not say."""
     try:
-        async with session.get(f"{edge.rstrip('/')}/status", headers=_headers(plan.token), ssl=_ssl(plan.ca)) as reply:
+        async with session.get(f"{edge.rstrip('/')}/status", headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
                 return None
             doc = await reply.json()
@@ -96,7 +100,7 @@ async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan
     started = time.monotonic()
     url = f"{edge.rstrip('/')}/{quote(path.lstrip('/'), safe='/')}"
     try:
-        async with session.get(url, headers=_headers(plan.token), ssl=_ssl(plan.ca)) as reply:
+        async with session.get(url, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
                 result.error = f"{reply.status} {(await reply.text())[:200].strip()}"
                 return result
@@ -153,7 +157,7 @@ async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list
         async def one(edge: str) -> PeerOrders:
             out = PeerOrders(edge)
             try:
-                async with session.post(f"{edge.rstrip('/')}/preheat", json=body, headers=_headers(plan.token), ssl=_ssl(plan.ca)) as r:
+                async with session.post(f"{edge.rstrip('/')}/preheat", json=body, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as r:
                     if r.status != 200:
                         why = (await r.text()).strip()[:300]
                         out.error = f"{r.status} {why}" if r.status != 404 else f"404: not a p2p edge, or too old for peer orders ({why})"

@@ -28,6 +28,7 @@ import aiohttp
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.protocol import upload
+from edgeswarm.trust import tls
 
 READ = 1 << 16
 DEFAULT_CHUNK = 8 << 20
@@ -96,7 +97,7 @@ async def publish(
     sha = await asyncio.to_thread(file_sha256, job.file)
     url = f"{job.edge.rstrip('/')}/{quote(job.path.lstrip('/'), safe='/')}"
     base = {"Authorization": f"Bearer {job.token}", upload.LENGTH_HEADER: str(length), upload.SHA256_HEADER: sha}
-    context: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(job.ca)) if job.ca else True
+    context: ssl.SSLContext | bool = tls.client_context(job.ca) or True  # ValueError naming a CA file it cannot read
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=max(job.timeout, FINISH_WAIT))
     failures = 0
     checking = 0.0  # seconds spent asking while the origin checks a whole upload
