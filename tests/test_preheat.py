@@ -8,7 +8,12 @@ import sys
 import time
 
 import pytest
-from conftest import curl, make_file
+from aiohttp import web
+from conftest import curl, make_file, serve_app
+
+from edgeswarm.node.daemon import make_app
+from edgeswarm.node.metrics import Metrics
+from edgeswarm.roles.preheat import Plan, order_peers
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
 PATH = "films/a.bin"
@@ -167,3 +172,17 @@ def test_bench_preheat_peers_runs_small_with_the_chosen_volunteers_seeding_befor
     assert cold["crowd_got"]["volunteers"] == 0  # cold, the volunteers held nothing to give
     for run in (cold, warm):  # three gateways each read the whole file once, and every byte came from somewhere
         assert sum(run["crowd_got"].values()) >= 3 * 2**20
+
+
+async def test_peer_orders_to_an_edge_without_p2p_say_so_once():
+    """Such an edge has no POST /preheat, and its file route answers 405: this said '405 405: Method Not Allowed'."""
+
+    async def file(_: web.Request) -> web.Response:
+        return web.Response(text="a file")
+
+    app = make_app(Metrics("edge"))
+    app.router.add_get("/{tail:.*}", file)  # what an edge without --p2p routes: GET (and HEAD) of any path
+    async with serve_app(app) as port:
+        edge = f"http://127.0.0.1:{port}"
+        [answer] = await order_peers(Plan(["films/a.mp4"], [edge]), "east", 0.5, 3600)
+    assert answer.error == "405: this edge takes no peer orders (it does not run --p2p, or is too old for them)"

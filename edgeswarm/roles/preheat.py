@@ -159,8 +159,7 @@ async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list
             try:
                 async with session.post(f"{edge.rstrip('/')}/preheat", json=body, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as r:
                     if r.status != 200:
-                        why = (await r.text()).strip()[:300]
-                        out.error = f"{r.status} {why}" if r.status != 404 else f"404: not a p2p edge, or too old for peer orders ({why})"
+                        out.error = await _refusal(r)
                         return out
                     out.rows = list((await r.json()).get("orders", []))
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -168,6 +167,14 @@ async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list
             return out
 
         return list(await asyncio.gather(*(one(e) for e in plan.edges)))
+
+
+async def _refusal(r: aiohttp.ClientResponse) -> str:
+    """Why an edge did not take peer orders.  Only a p2p edge has ``POST /preheat``: another answers 405 (its file
+    route takes GET only: this said '405 405: Method Not Allowed') or, if it is no edge at all, 404."""
+    if r.status in (404, 405):
+        return f"{r.status}: this edge takes no peer orders (it does not run --p2p, or is too old for them)"
+    return f"{r.status} {(await r.text()).strip()[:300]}"
 
 
 def parse_share(text: str) -> float:
