@@ -462,7 +462,7 @@ def test_parse_since_forms():
     assert usage.parse_since("2024-05-01T12:00") == 1714521600 + 12 * H
     assert usage.parse_since("2024-05-01 12:00:00Z") == 1714521600 + 12 * H
     assert usage.parse_since("2024-05-01T12:00+02:00") == 1714521600 + 10 * H
-    for bad in ("yesterday", "5x", "-3h", "2024-13-01"):
+    for bad in ("yesterday", "5x", "-3h", "2024-13-01", "99999999d", "9" * 400 + "w"):  # the last two: before year 1
         with pytest.raises(ValueError, match="cannot read --since"):
             usage.parse_since(bad)
 

@@ -38,9 +38,16 @@ A flag means the reports disagree beyond the tolerance; check before crediting t
 def parse_since(text: str, now: float | None = None) -> float:
     """Epoch seconds from an ISO 8601 date/date-time (naive means UTC) or a time ago (90m, 24h, 7d: units.parse_duration with a unit)."""
     try:
-        return (time.time() if now is None else now) - parse_duration(text, unit_required=True)
+        ago = parse_duration(text, unit_required=True)
     except UnitError:
         pass  # not a time ago (a bare number is a date here: 20240501), so perhaps a date
+    else:
+        since = (time.time() if now is None else now) - ago
+        try:
+            datetime.fromtimestamp(since, UTC)  # the report's title shows it as a date
+        except (OverflowError, OSError, ValueError):  # 99999999d said 'year -271764 is out of range'
+            raise ValueError(f"cannot read --since {text[:40]!r}: that time ago is before year 1; give a date or a shorter time") from None
+        return since
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
