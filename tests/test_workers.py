@@ -15,13 +15,16 @@ import signal
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeswarm.roles.edgeworkers import WORKER_HEADER, merge_metrics, merge_status
+from edgeswarm.node.workers import Slot
+from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust.signing import load_public_key
 
@@ -298,3 +301,18 @@ def test_status_of_workers_adds_counters_and_keeps_the_primarys_swarm():
     assert doc["responses_by_endpoint"] == {"file": {"200": 2}} and doc["cache_bytes"] == 6
     assert doc["bytes_received"] == [{"kind": "parent", "source": "o", "bytes": 14}]
     assert doc["contents"][0]["held"] == 3 and doc["p2p"] == {"peers": 2} and doc["uptime_s"] == 6.0
+
+
+async def test_a_worker_logs_a_long_request_path_cut_as_every_log_line_does(tmp_path, caplog):
+    """Request paths reach log lines through daemon.shown, which cuts them (and ?token=); a worker that could not reach
+    its primary logged the whole path, up to the 8 KiB of a request line."""
+    node = SimpleNamespace(config=SimpleNamespace(timeout=1.0), tracker=None, store=None)
+    link = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    path = "/live/" + "a" * 5000 + ".m3u8"  # a live playlist: the primary answers it for every worker
+    try:
+        answer = await link._forward(make_mocked_request("GET", path + "?token=secret"))
+    finally:
+        await link.close()
+    assert answer.status == 503
+    [line] = [r.getMessage() for r in caplog.records if "cannot reach the primary" in r.getMessage()]
+    assert len(line) < 500 and "secret" not in line, line

@@ -49,7 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
-from edgeswarm.node.daemon import ServerLimits, Servers, text_error
+from edgeswarm.node.daemon import ServerLimits, Servers, shown, text_error
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
@@ -263,7 +263,7 @@ class WorkerLink:
                 # this worker's own figures: a router polling while the primary restarted took the edge out of rotation
                 # (a 503 for 2 s) though this worker served every file meanwhile
                 return await self._own_status(request)
-            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, request.path, exc)
+            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, shown(request), exc)
             return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
 
     async def _own_status(self, request: web.Request) -> web.StreamResponse:
@@ -283,7 +283,7 @@ class WorkerLink:
         except aiohttp.WSServerHandshakeError as exc:
             return text_error(exc.status, f"the primary worker refused the WebSocket: {exc.message}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, request.path, exc)
+            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, shown(request), exc)
             return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
