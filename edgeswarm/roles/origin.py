@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
+from edgeswarm.policy import scanpace
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.protocol.paths import PATH, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
@@ -110,6 +112,7 @@ class Origin:
         # users' uploads (PUT, through their edges): staged in the state dir, published under users/<user>/
         self.publisher = Publisher(self.key.public_key(), self.catalog, Staging(state / "uploads"), quota or QuotaPolicy(DEFAULT_QUOTA))
         self.scan_interval = scan_interval
+        self.scan_wait = scan_interval  # --scan-interval, or longer for a folder whose walk is costly (scanpace.py)
         self.web_seeds = [s.rstrip("/") for s in web_seeds or []]  # --web-seed: the edges' public base URLs
         self._torrents: OrderedDict[str, Torrent] = OrderedDict()  # by content id: made on first request, the latest KEPT kept
         self._making: dict[str, asyncio.Task] = {}
@@ -117,6 +120,7 @@ class Origin:
         self.metrics = Metrics("origin")
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
         self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
+        self.metrics.gauge("scan_interval_seconds", "Seconds between walks of the published folder", lambda: self.scan_wait)
         self._rescan = asyncio.Event()
         self.live = LiveWatcher(self.catalog)  # rewritten playlists and their segments, between scans
         self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
@@ -136,13 +140,17 @@ class Origin:
     async def _scan_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.scan_interval):
+                async with asyncio.timeout(self.scan_wait):
                     await self._rescan.wait()
             self._rescan.clear()
+            started, hashing = time.monotonic(), self.catalog.hashing_s
             try:
                 await self.scan()
             except Exception:
                 log.exception("scan of %s failed", self.catalog.root)
+                continue
+            walk = time.monotonic() - started - (self.catalog.hashing_s - hashing)
+            self.scan_wait = scanpace.next_wait(self.scan_interval, walk)
 
     # -- handlers --------------------------------------------------------------
     def _entry_by_path(self, request: web.Request) -> Entry:

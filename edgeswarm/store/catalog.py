@@ -81,6 +81,7 @@ class Catalog:
         self.by_id: dict[str, Entry] = {}
         self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
+        self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
@@ -317,6 +318,13 @@ class Catalog:
         within the same second, an older file copied in), because nodes
         accept only manifests that move forward (manifestfetch.ManifestOrder).
         """
+        started = time.monotonic()
+        try:
+            return self._hash_and_sign(rel, full, key, previous)
+        finally:
+            self.hashing_s += time.monotonic() - started
+
+    def _hash_and_sign(self, rel: str, full: Path, key: StatKey, previous: Manifest | None) -> Entry | None:
         piece_size = piece_size_for(key[0], segment=is_segment(rel))
         content_key, protection = new_protection() if is_protected(rel, self.protect) else (None, None)
         data = None
