@@ -16,7 +16,7 @@ import os
 import secrets
 import struct
 import termios
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -195,9 +195,7 @@ async def _send_span(
             data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
             await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
         elif isinstance(piece, bytes):
-            view = memoryview(piece)
-            for start in range(a, b, WATCHED):  # a reader that stops reading holds one chunk in the buffer, not the piece
-                await resp.write(view[start : min(b, start + WATCHED)])
+            await _chunked(memoryview(piece)[a:b], resp.write)  # a reader that stops reading holds a chunk, not the piece
         else:
             await _sendfile(request, resp, piece, a, b - a)
         sent[0] += b - a
@@ -277,9 +275,14 @@ WATCHED = 256 * 1024  # bytes per watched write: a slow but moving reader never 
 
 async def write_watched(request: web.Request, resp: web.StreamResponse, data: bytes | memoryview) -> None:
     """Write ``data``, cutting the connection if a write does not drain within STALL seconds (the reader stopped)."""
+    await _chunked(data, lambda chunk: _write_or_cut(request, resp, chunk))
+
+
+async def _chunked(data: bytes | memoryview, write: Callable[[memoryview], Awaitable[None]]) -> None:
+    """``data`` WATCHED bytes a write: each waits for the buffer to drain, which so holds a chunk, never all of it."""
     view = memoryview(data)
     for start in range(0, len(view), WATCHED):
-        await _write_or_cut(request, resp, view[start : start + WATCHED])
+        await write(view[start : start + WATCHED])
 
 
 DELIVERED = 16 * 1024  # bytes of an answer that may still be queued when it counts as delivered (its last segments' ACK)
