@@ -150,9 +150,10 @@ def _cross_site(cors: CorsPolicy):
 
     @web.middleware
     async def cross_site(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if request.method in SAFE_METHODS or getattr(request.match_info, "http_exception", None) is not None:
+            return await handler(request)  # reading, or a route that is not there: its 404 or 405 says more
         origin = request.headers.get("Origin")
-        routed = getattr(request.match_info, "http_exception", None) is None  # else its 404 or 405 says more
-        if routed and request.method not in SAFE_METHODS and not cors.may_change(origin, f"{request.scheme}://{request.host}"):
+        if not cors.may_change(origin, f"{request.scheme}://{request.host}"):
             raise HttpError(
                 403,
                 f"{request.method} from a page on {origin!s:.100}: taken only from this node's own pages and origins --cors-origin names",
