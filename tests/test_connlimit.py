@@ -23,8 +23,8 @@ def test_a_new_connection_must_send_its_head_within_the_header_timeout():
     p.opened("slow", 0.0)
     p.opened("quick", 1.0)
     p.started("quick", 1.0)
-    assert p.expired(19.9) == ([], [])
-    assert p.expired(20.0) == (["slow"], [])
+    assert p.expired(19.9) == ([], [], [])
+    assert p.expired(20.0) == (["slow"], [], [])
     assert len(p) == 1  # "quick" is busy: never expired
 
 
@@ -33,7 +33,7 @@ def test_trickled_bytes_do_not_restart_the_header_clock():
     p.opened("loris", 0.0)
     for t in range(1, 20):
         p.data("loris", float(t))
-    assert p.expired(20.0) == (["loris"], [])
+    assert p.expired(20.0) == (["loris"], [], [])
 
 
 def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_starts_the_header_clock():
@@ -41,10 +41,10 @@ def test_an_idle_connection_closes_after_the_idle_timeout_and_a_new_request_star
     p.opened("a", 0.0)
     p.started("a", 0.0)
     p.finished("a", 5.0)
-    assert p.expired(79.9) == ([], [])
+    assert p.expired(79.9) == ([], [], [])
     p.data("a", 79.9)  # the next request begins: now it has the header timeout, not the idle one
-    assert p.expired(99.8) == ([], [])
-    assert p.expired(99.9) == (["a"], [])
+    assert p.expired(99.8) == ([], [], [])
+    assert p.expired(99.9) == (["a"], [], [])
 
 
 def test_a_request_body_must_arrive_within_the_header_timeout_of_its_head():
@@ -54,9 +54,9 @@ def test_a_request_body_must_arrive_within_the_header_timeout_of_its_head():
     p.opened("quick body", 2.0)
     p.started("quick body", 2.0, body_pending=True)
     p.body_done("quick body")
-    assert p.expired(20.9) == ([], [])
-    assert p.expired(21.0) == (["slow body"], [])
-    assert p.expired(1000.0) == ([], [])  # the other is busy with a complete body
+    assert p.expired(20.9) == ([], [], [])
+    assert p.expired(21.0) == (["slow body"], [], [])
+    assert p.expired(1000.0) == ([], [], [])  # the other is busy with a complete body
     assert len(p) == 1
 
 
@@ -77,8 +77,8 @@ def test_a_client_that_stops_reading_its_response_is_closed_after_the_idle_timeo
     p.stalled("slow", 10.0)
     p.stalled("slow", 50.0)  # still paused: the clock does not restart
     p.flowing("slow")  # it read something
-    assert p.expired(84.9) == ([], [])
-    assert p.expired(85.0) == ([], ["stuck"])
+    assert p.expired(84.9) == ([], [], [])
+    assert p.expired(85.0) == ([], [], ["stuck"])
     assert len(p) == 2  # counted until the close is seen
     p.closed("stuck")
     assert len(p) == 1
@@ -88,9 +88,9 @@ def test_busy_connections_are_never_expired():
     p = policy()
     p.opened("download", 0.0)
     p.started("download", 0.0)
-    assert p.expired(10_000.0) == ([], [])
+    assert p.expired(10_000.0) == ([], [], [])
     p.finished("download", 10_000.0)
-    assert p.expired(10_075.0) == ([], ["download"])
+    assert p.expired(10_075.0) == ([], ["download"], [])
 
 
 def test_at_the_cap_the_longest_waiting_connection_makes_room():

@@ -141,13 +141,15 @@ class ConnectionPolicy(Generic[C]):
         self._busy.discard(conn)
         self._stalled.pop(conn, None)
 
-    def expired(self, now: float) -> tuple[list[C], list[C]]:
-        """(late requests: heads or bodies; idle or not reading for too long) as of ``now``: to close.
+    def expired(self, now: float) -> tuple[list[C], list[C], list[C]]:
+        """(late requests: heads or bodies; idle between requests; not reading an answer) for too long as of ``now``: to close.
 
-        They are forgotten already, except a stalled one, which stays counted until ``closed``.
+        They are forgotten already, except a stalled one, which stays counted
+        until ``closed``.  Stalled ones apart: their answer's handler sees the
+        cut as a hang-up, and the log should say the node cut them.
         """
         late = self._expire(self._head, self.header_timeout, now) + self._expire(self._body, self.header_timeout, now)
-        return late, self._expire(self._idle, self.idle_timeout, now) + self._expire(self._stalled, self.idle_timeout, now)
+        return late, self._expire(self._idle, self.idle_timeout, now), self._expire(self._stalled, self.idle_timeout, now)
 
     @staticmethod
     def _expire(queue: OrderedDict[C, float], timeout: float, now: float) -> list[C]:

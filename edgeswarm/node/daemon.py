@@ -114,7 +114,7 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
                 log.exception("internal error on %s %s", request.method, shown(request))
                 return _count(text_error(500, "internal error; see the node's log"))
             # the client hung up before a byte of the answer (a player's seek, a timeout): normal, not a 500
-            log.info("%s %s: client went away before the answer (%s)", request.method, shown(request), exc)
+            log.info("%s %s: %s before the answer (%s)", request.method, shown(request), gone_how(request), exc)
             metrics.events[(HANGUP, "")] += 1
             started = request.get(_STARTED)  # (a StreamResponse is a mapping: an empty one is falsy)
             return started if started is not None else web.Response(status=CLIENT_CLOSED)  # not sent: the access log says 499
@@ -219,6 +219,12 @@ def client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
+def gone_how(request: web.Request) -> str:
+    """Who ended a connection that is gone: the client, or this node because its client read nothing (--idle-timeout)."""
+    why = getattr(request.protocol, "cut_why", None)
+    return f"cut, {why}" if why else "client went away"
+
+
 @web.middleware
 async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
@@ -236,7 +242,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         sent = request.writer.output_size + request.get(SENT_ASIDE, 0)
         if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
             request[_HUNG_UP] = client_gone(request)
-            log.info("%s %s: client went away after %d bytes", request.method, shown(request), sent)
+            log.info("%s %s: %s after %d bytes", request.method, shown(request), gone_how(request), sent)
         elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
             log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)
         else:
@@ -289,14 +295,14 @@ class Connections:
     periodic sweep for deadlines, and when accept() runs out of descriptors.
     """
 
-    def __init__(self, policy: ConnectionPolicy[RequestHandler], file_limit: int):
+    def __init__(self, policy: ConnectionPolicy[_Handler], file_limit: int):
         self.policy = policy
         self.file_limit = file_limit
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
         self.loop = asyncio.get_running_loop()
         self._next_shed = 0.0
 
-    def opened(self, conn: RequestHandler) -> None:
+    def opened(self, conn: _Handler) -> None:
         victims = self.policy.opened(conn, self.loop.time())
         if conn in victims:
             self.quiet.log(logging.WARNING, "refused: all busy", "refused a connection: all %d connections are busy", self.policy.cap)
@@ -309,7 +315,7 @@ class Connections:
         tick = min(1.0, self.policy.header_timeout / 4, self.policy.idle_timeout / 4)
         while True:
             await asyncio.sleep(tick)
-            late, idle = self.policy.expired(self.loop.time())
+            late, idle, stalled = self.policy.expired(self.loop.time())
             if late:
                 self.quiet.log(
                     logging.INFO,
@@ -318,7 +324,9 @@ class Connections:
                     len(late),
                     self.policy.header_timeout,
                 )
-            _close(late + idle)
+            for conn in stalled:  # their handlers see a reset: the log should say who cut them
+                conn.cut_why = f"the client read nothing for {self.policy.idle_timeout:g} s (--idle-timeout)"
+            _close(late + idle + stalled)
             self.quiet.flush()
 
     def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
@@ -400,7 +408,7 @@ def accept_one_pass(loop: asyncio.AbstractEventLoop) -> None:
     loop._accept_one_pass = True  # type: ignore[attr-defined]
 
 
-def _close(conns: list[RequestHandler]) -> None:
+def _close(conns: list[_Handler]) -> None:
     """Reset, not close: a close waits until the client reads what is buffered for it, which a stalled one never does."""
     for conn in conns:
         if conn.transport is not None:
@@ -412,11 +420,12 @@ class _Handler(RequestHandler):
     """aiohttp's HTTP/1 protocol, telling Connections what each connection is doing, and logging
     a client's malformed request or hang-up as one line without a traceback."""
 
-    __slots__ = ("_conns",)
+    __slots__ = ("_conns", "cut_why")
 
     def __init__(self, conns: Connections, manager: web.Server, **kwargs):
         super().__init__(manager, **kwargs)
         self._conns = conns
+        self.cut_why: str | None = None  # why this node cut the connection, when it did so while an answer was under way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
