@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, curl, make_file, run_cli, serve_handler, start_peer
+from conftest import DoubleServer, Misbehaving, curl, make_file, run_cli, serve_handler, start_peer
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
@@ -325,6 +325,47 @@ async def test_a_gateway_says_at_once_that_a_file_is_no_longer_published(tmp_pat
     assert code == "404" and "/f.bin is no longer published" in body, r.stdout
     assert took < 10, took  # the default --read-timeout is 30 s
     assert "Traceback" not in peer.log_text()
+
+
+class ErringEdge(WithdrawingEdge):
+    """An edge that answers every piece 500 (say its disk fails), and the rest as the origin does."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.path.startswith("/piece/"):
+            return web.Response(status=500, text="internal error; see the node's log\n")
+        return await super().handle(request)
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "500"])
+async def test_a_gateway_whose_edge_sends_wrong_answers_says_so_in_a_502(tmp_path, nodes, origin, published, fault):
+    """Corrupt pieces or 500s from the only edge were a 504 "no edge or peer delivered" after --read-timeout, as if it
+    were slow: the player's user and the operator could not tell a broken edge from a congested one."""
+    make_file(published / "f.bin", 4 * PIECE)
+    await asyncio.sleep(0.5)
+    double = Misbehaving(origin.url, corrupt=True) if fault == "corrupt" else ErringEdge(origin.url)
+    async with double as bad:
+        peer = nodes.start(
+            "peer",
+            *("--cache", str(tmp_path / "peer"), "--edge", bad.url, "--gateway", "127.0.0.1:0", "--read-timeout", "3"),
+            name="peer",
+        )
+        r = await asyncio.to_thread(curl, "-w", "\n%{http_code}", peer.urls["gateway"] + "/f.bin")
+    body, code = r.stdout.decode().rsplit("\n", 1)
+    said = "sent piece 0 corrupt" if fault == "corrupt" else "answered 500 for piece 0"
+    assert code == "502" and f"no edge or peer delivered piece 0 within 3 s; the last try: {bad.url} {said}" in body, r.stdout
+    assert "Traceback" not in peer.log_text()
+
+
+async def test_get_from_an_edge_answering_500_says_so_when_it_gives_up(tmp_path, origin, published):
+    """`get`'s stall message named only the edges: what they answered says whether to wait or to call the operator."""
+    make_file(published / "f.bin", 4 * PIECE)
+    await asyncio.sleep(0.5)
+    async with ErringEdge(origin.url) as bad:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", bad.url + "/f.bin", "-o", str(tmp_path / "f.bin")]
+        r = await asyncio.to_thread(run_cli, [*cmd, "--cache", str(tmp_path / "cache"), "--stall-timeout", "3"], 60)
+    assert r.returncode != 0 and not (tmp_path / "f.bin").exists()
+    assert f"no piece of f.bin arrived for 3 s from {bad.url} or any peer; the last try: {bad.url} answered 500 for piece" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 async def test_a_client_hanging_up_mid_file_is_one_line_without_a_traceback(tmp_path, nodes, origin, published):

@@ -93,7 +93,7 @@ def add_parser(sub) -> None:
         type=options.positive,
         default=d.read_timeout,
         metavar="SECONDS",
-        help=f"a gateway read waiting this long for a piece fails with 504 (default {d.read_timeout:g})",
+        help=f"a gateway read waiting this long for a piece fails: 504, or 502 naming the wrong answer its last try got (default {d.read_timeout:g})",
     )
     options.cors(p, "the gateway's answers (protected content and /status: listed origins only)")
     options.credentials(p, "this peer")

@@ -166,7 +166,8 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
                     swarm.picker.missing(),
                     {i: swarm.picker.in_flight(i) for i in swarm.picker.missing()},
                 )
-                raise GetError(f"no piece of {m.path} arrived for {stall_timeout:g} s from {', '.join(peer.edges)} or any peer")
+                said = f"no piece of {m.path} arrived for {stall_timeout:g} s from {', '.join(peer.edges)} or any peer"
+                raise GetError(f"{said}; the last try: {swarm.last_failure[1]}" if swarm.last_failure else said)
             done = min(m.size, held * m.piece_size)
             share = _peer_share(peer, swarm.cid)
             if bar is not None:

@@ -172,7 +172,7 @@ class SwarmSource:
             async with asyncio.timeout(self.peer.read_timeout):
                 got = await self.swarm.piece(index, stop)
         except TimeoutError:
-            raise HttpError(504, f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s") from None
+            raise self._undelivered(index) from None
         finally:
             self._fetching -= 1
             if not self._fetching:
@@ -181,6 +181,13 @@ class SwarmSource:
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data
+
+    def _undelivered(self, index: int) -> HttpError:
+        """No piece within --read-timeout: 504 if nothing answered in time, 502 saying so if the last try got a wrong
+        answer (corrupt bytes, a 500): an operator reads which source failed, a player's user that it was not slowness."""
+        status, why = self.swarm.failure(index) or (504, "")
+        said = f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s"
+        return HttpError(status, f"{said}; the last try: {why}" if why else said)
 
 
 class Peer:

@@ -65,6 +65,10 @@ class Swarm:
         )
         self.picker = self.engine.picker
         self.waiting_reads = 0  # gateway reads of this file waiting for pieces now (read_waits)
+        # piece -> (status, what) of its last failed fetch, until one succeeds: a read that times out says why (SwarmSource);
+        # and the last failure of any piece, until any succeeds (a read of a piece nobody tried: its sources were set aside)
+        self.failures: dict[int, tuple[int, str]] = {}
+        self.last_failure: tuple[int, str] | None = None
         if self.picker.complete():
             self.completed.set()
 
@@ -288,22 +292,27 @@ class Swarm:
                     return Result("abandoned")
                 data = fetched
             self.peer.pinned.opened.put_piece(self.cid, f.index, data)
+            self.failures.pop(f.index, None)
+            self.last_failure = None
             self._hand(f.index, data)
             if self.on_stored is not None:
                 self.on_stored(f.index, data)
             return Result("ok", time.monotonic() - started, len(data))
         except CorruptPiece:
             self.peer.metrics.events[("corrupt_piece", f.url)] += 1
+            self._failed(f.index, 502, f"{f.url} sent piece {f.index} corrupt")
             return Result("corrupt")
         except Choked as exc:
             return Result("choked", exc.retry_after)
         except NotHeld:
             return Result("not_held")
         except UpstreamTimeout as exc:
+            self._failed(f.index, 504, str(exc))
             return Result("stalled", message=str(exc))
         except OutOfDescriptorsHere as exc:
             return self._short(exc)
         except (UpstreamError, HttpError) as exc:
+            self._failed(f.index, 502, str(exc))
             return Result("failed", message=str(exc))
         except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
             self._fail(f.index, HttpError(404, f"/{self.signed.manifest.path} is no longer published (its edge answered 404)"))
@@ -312,6 +321,13 @@ class Swarm:
             return Result("gone")
         except PieceNotStored:
             return self._unstored(f, data) if isinstance(data, bytes) else Result("not_stored")
+
+    def _failed(self, index: int, status: int, why: str) -> None:
+        self.failures[index] = self.last_failure = (status, why)
+
+    def failure(self, index: int) -> tuple[int, str] | None:
+        """Why piece ``index`` has not come (status, what), as far as a fetch said: its own last failure, else any piece's."""
+        return self.failures.get(index, self.last_failure)
 
     def _short(self, exc: OutOfDescriptorsHere) -> Result:
         """Our process is out of file descriptors: said (a few lines a minute at most), and nobody's fault."""
