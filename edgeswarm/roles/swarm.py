@@ -69,18 +69,33 @@ class Swarm:
         # and the last failure of any piece, until any succeeds (a read of a piece nobody tried: its sources were set aside)
         self.failures: dict[int, tuple[int, str]] = {}
         self.last_failure: tuple[int, str] | None = None
+        self.used = time.monotonic()  # when a reader, a download or an arriving piece last needed it (retirable)
+        self.retired = False  # closed for having nothing to do: its content stays held; a new read starts another swarm
         if self.picker.complete():
             self.completed.set()
 
     # -- what the user wants -------------------------------------------------------
     def want_whole(self) -> None:
+        self.touch()
         self.engine.want_whole()
         self._check_complete()
 
     def want_live(self) -> None:
         """A live segment ahead of the player: fetched whole, by the swarm more than by the edge (engine.want_live)."""
+        self.touch()
         self.engine.want_live()
         self._check_complete()
+
+    def touch(self) -> None:
+        """Someone needs this swarm now: it is not retired for another ``idle`` seconds (retirable)."""
+        self.used = time.monotonic()
+
+    def retirable(self, now: float, idle: float) -> bool:
+        """Nothing for it to do, and nothing asked of it for ``idle`` seconds: no read waiting, no whole download
+        under way, no ``get`` writing its pieces out.  What it holds stays in the store and announced (Peer.announce_all)."""
+        downloading = self.picker.whole_file and not self.picker.complete()
+        busy = self.waiters or self.waiting_reads or downloading or self.on_stored is not None
+        return not busy and now - self.used >= idle
 
     def read_waits(self, waiting: bool) -> None:
         """A gateway read of this file starts or stops waiting for pieces: several at once are a download (picker.py)."""
@@ -95,6 +110,7 @@ class Swarm:
             if self.peer.pinned.opened.has(self.cid, index):
                 return None
             self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
+        self.touch()
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
         self.engine.reading(index, stop)
@@ -210,6 +226,7 @@ class Swarm:
         self._changed = asyncio.get_running_loop().create_future()
 
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
+        self.touch()
         if peer is not None:
             self.peer.choker.received(time.monotonic(), peer.peer_id, nbytes)
         self.peer.count_received(self.cid, _source_kind(peer), url, nbytes)
