@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from conftest import Misbehaving, curl, make_file, received_from, sha, status
+from conftest import Misbehaving, announce_empty, curl, make_file, received_from, sha, status
 
 pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
 
@@ -376,3 +376,36 @@ async def test_the_access_log_counts_a_cache_hit_s_body(tmp_path, nodes, origin,
     sizes = [int(line.split()[-2]) for line in leaf.log_text().splitlines() if '"GET /a.bin HTTP/1.1"' in line]
     bodies = [3_000_000, 3_000_000, 1_999_000]  # the log counts the head too, as aiohttp's %b does
     assert len(sizes) == 3 and all(body < size < body + 1000 for size, body in zip(sizes, bodies, strict=True)), sizes
+
+
+async def test_status_lists_the_first_contents_and_counts_them_all(tmp_path, nodes, origin, published, http):
+    """/status listed every cached content and the per-region swarms: 20 000 contents were 2.5 MB and a second of the
+    edge's loop a poll (the dashboard polls every 2 s; an HLS video is a content per segment).  Now 100 rows each, the
+    counts whole; ``?contents=all`` lists every one.  The edge runs with its default workers (one per core)."""
+    count = 130
+    for i in range(count):
+        (published / f"f{i:03}.txt").write_bytes(b"x%d" % i)
+    await asyncio.sleep(1.0)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p")
+    cids = []
+    for i in range(count):
+        async with http.get(f"{edge.url}/manifest/f{i:03}.txt") as r:
+            assert r.status == 200, await r.text()
+            cids.append((await r.json())["id"])
+        async with http.get(f"{edge.url}/f{i:03}.txt") as r:
+            assert await r.read() == b"x%d" % i
+    for cid in cids:
+        await announce_empty(edge.url, "127.0.0.1", "p1", 7000, cid, 1)
+    st = await status(http, edge.url)
+    assert st["content_count"] == count
+    assert [c["path"] for c in st["contents"]] == [f"f{i:03}.txt" for i in range(100)]
+    assert all(c["held"] == c["pieces"] == 1 for c in st["contents"]), "a row does not say what the whole cache holds"
+    region = st["p2p"]["regions"]["unmapped"]
+    assert region["swarm_count"] == count and len(region["swarms"]) == 100
+    async with http.get(edge.url + "/status?contents=all") as r:
+        every = await r.json()
+    assert [c["path"] for c in every["contents"]] == [f"f{i:03}.txt" for i in range(count)]
+    assert len(every["p2p"]["regions"]["unmapped"]["swarms"]) == count
+    async with http.get(edge.url + "/status?contents=lots") as r:
+        assert r.status == 400 and "takes a number of rows or 'all'" in await r.text()
+    assert "Traceback" not in edge.log_text()

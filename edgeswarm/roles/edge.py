@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
 import json
 import logging
@@ -50,6 +51,7 @@ from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADE
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
+from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import (
     base_url,
     have_response,
@@ -83,6 +85,9 @@ TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peer
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
+# rows each per-content list of /status holds unless ?contents= says otherwise: listing all of 20 000 cached contents
+# took a second of the edge's loop and 2.5 MB, and the dashboard polls every 2 s (an HLS video is a content per segment)
+STATUS_CONTENTS = 100
 
 
 # the 403 of --internal for an uncached file, piece or torrent
@@ -896,18 +901,22 @@ class Edge:
         return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
 
     def _content_row(self, signed: SignedManifest) -> dict[str, object]:
-        """A cached content as /status lists it."""
+        """A cached content as /status lists it: what the whole directory holds (with workers, some pieces are others')."""
         assert self.store is not None
-        m = signed.manifest
-        return {"path": m.path, "id": signed.content_id, "pieces": m.piece_count, "held": len(self.store.held(signed.content_id))}
+        cid, m = signed.content_id, signed.manifest
+        self.store.adopt_all(cid)
+        return {"path": m.path, "id": cid, "pieces": m.piece_count, "held": len(self.store.held(cid))}
 
     async def get_status(self, request: web.Request) -> web.Response:
         if self.require_token and not self._trusted_client(request):
             await self.grant(request, "", required=True)  # it names users and contents: not for strangers
         store = self.store
-        brief = brief_status(request)
-        cached = sorted(store.contents(), key=lambda c: c.manifest.path) if store is not None else []
-        listed = {"content_count": len(cached)} if brief else {"contents": [self._content_row(c) for c in cached]}
+        limit = 0 if brief_status(request) else status_limit(request)
+        cached = list(store.contents()) if store is not None else []
+        first = cached if limit is None else heapq.nsmallest(limit, cached, key=lambda c: c.manifest.path)
+        listed: dict[str, object] = {"content_count": len(cached)}
+        if limit != 0:
+            listed["contents"] = [self._content_row(c) for c in sorted(first, key=lambda c: c.manifest.path)]
         return json_response(
             {
                 **self.metrics.status(),
@@ -916,7 +925,7 @@ class Edge:
                 "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
                 **listed,
-                **({"p2p": _briefly(await self._p2p_status(), brief), "announces": self._announce_load()} if self.tracker else {}),
+                **({"p2p": listed_p2p(await self._p2p_status(), limit), "announces": self._announce_load()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),
                 **({"relay": self.relay.status()} if self.relay else {}),
                 **({"promotion": self.promoter.status()} if self.promoter else {}),
@@ -1027,14 +1036,32 @@ def brief_status(request: web.Request) -> bool:
     return request.query.get("brief", "0") not in ("", "0")
 
 
+def status_limit(request: web.Request) -> int | None:
+    """``GET /status?contents=N``: rows each per-content list holds (STATUS_CONTENTS by default; ``all``: None, every one)."""
+    asked = request.query.get("contents")
+    if asked is None:
+        return STATUS_CONTENTS
+    if asked == "all":
+        return None
+    number = ascii_decimal(asked, max_digits=9)
+    if number is None:
+        raise HttpError(400, f"/status?contents= takes a number of rows or 'all', not {asked[:40]!r}")
+    return number
+
+
 PER_CONTENT = ("swarms", "live_copies", "copies")  # the tracker's per-region rows that list contents
 
 
-def _briefly(p2p: dict, brief: bool) -> dict:
-    """The tracker's part of /status, its per-content lists left out when ``brief``."""
-    if not brief:
-        return p2p
-    regions = {name: {k: v for k, v in row.items() if k not in PER_CONTENT} for name, row in p2p.get("regions", {}).items()}
+def listed_p2p(p2p: dict, limit: int | None) -> dict:
+    """The tracker's part of /status, each per-content list cut to its ``limit`` largest (none when brief, 0; all when
+    None), and each region saying how many swarms it has (``swarm_count``) whatever its list shows."""
+    regions = {}
+    for name, row in p2p.get("regions", {}).items():
+        regions[name] = {k: v for k, v in row.items() if k not in PER_CONTENT} | {"swarm_count": len(row.get("swarms", {}))}
+        for key in PER_CONTENT if limit != 0 else ():
+            every = row.get(key, {})
+            kept = every if limit is None or len(every) <= limit else heapq.nlargest(limit, every, key=every.__getitem__)
+            regions[name][key] = {cid: every[cid] for cid in sorted(kept)}
     return {**p2p, "regions": regions}
 
 

@@ -40,6 +40,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -195,8 +196,7 @@ class WorkerLink:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-        if not edge_role.brief_status(request):  # a brief /status lists no content (a router polls it every few seconds)
-            self._take_up(request.path)
+        self._take_up(request.path)
         if _private(request):  # forwarded by another worker (to the primary): answered here, for the client it names
             request = request.clone(remote=request.headers.get(FORWARDED_FOR, ""))
         elif not self.forwarded(request):
@@ -205,18 +205,14 @@ class WorkerLink:
             return await self._forward(request)
         response = await handler(request)
         if request.method == "GET" and response.status == 200 and request.path in ("/status", "/metrics"):
-            return await self._merged(request.path, request.path_qs, response)
+            return await self._merged(request, response)
         return response
 
     def _take_up(self, path: str) -> None:
-        """Before an answer that lists what the edge holds, the pieces every worker stored: the directory's have-set."""
+        """Before an answer that says what the edge holds of a content, the pieces every worker stored: the directory's
+        have-set (/status does so for the contents it lists: Edge._content_row)."""
         store = self.node.store
-        if store is None:
-            return
-        if path == "/status" and self.primary:
-            for signed in list(store.contents()):
-                store.adopt_all(signed.content_id)
-        elif path.startswith(("/have/", "/seed/")):
+        if store is not None and path.startswith(("/have/", "/seed/")):
             store.adopt_all(path.split("/", 3)[2])
 
     def _primary(self) -> aiohttp.ClientSession:
@@ -290,9 +286,10 @@ class WorkerLink:
         await asyncio.gather(_pipe(client, upstream), _pipe(upstream, client))
         return client
 
-    async def _merged(self, path: str, asked: str, response: web.StreamResponse) -> web.StreamResponse:
-        """The primary's own /status or /metrics with every other worker's figures added in (``asked``: with its query)."""
+    async def _merged(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """The primary's own /status or /metrics with every other worker's figures added in (asked with the same query)."""
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
+        path, asked = request.path, request.path_qs
         others = await asyncio.gather(*(self._ask(i, asked) for i in range(1, self.slot.count)))
         mine = response.body
         if path == "/status":
@@ -300,6 +297,9 @@ class WorkerLink:
             store = self.node.store
             if store is not None and "contents" in doc:  # a version one worker dropped (its directory gone) may linger in another's memory
                 doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
+                doc["contents"] = doc["contents"][: edge_role.status_limit(request)]
+            if store is not None:  # the workers may each know a part: the directory knows them all
+                doc["content_count"] = _directories(store.content_dir)
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
             doc["upload_limit_Bps"] = self.cap
             body = json.dumps(doc).encode()
@@ -349,6 +349,15 @@ def _private(request: web.Request) -> bool:
 
 _ADDED = ("bytes_sent", "events", "responses", "cache_lookups")
 _ADDED_NUMBERS = ("cache_bytes", "ledger_pending_rows", "evicted_pieces")
+
+
+def _directories(path: Path) -> int:
+    """Subdirectories of ``path`` (a cache's contents), one directory read; 0 if it cannot be read."""
+    try:
+        with os.scandir(path) as entries:
+            return sum(1 for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return 0
 
 
 def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:

@@ -85,7 +85,8 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
 async def _whole_paths(session: aiohttp.ClientSession, edge: str, plan: Plan) -> set[str] | None:
     """The paths the edge holds every piece of (its ``/status``), or None when it will not say."""
     try:
-        async with session.get(f"{edge.rstrip('/')}/status", headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
+        status = f"{edge.rstrip('/')}/status?contents=all"  # every content it holds, not the first 100 listed by default
+        async with session.get(status, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
                 return None
             doc = await reply.json()

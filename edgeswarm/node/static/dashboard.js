@@ -94,10 +94,12 @@
     show("cache-max", max ? bytes(max) : "no limit", max);
     document.getElementById("cache-meter").value = max ? Math.min(used / max, 1) : 0;
     show("cache-fill", max ? percent(used / max) : "no quota", max ? used / max : null);
-    show("cache-entries", String(contents.length), contents.length);
+    const count = st.content_count ?? contents.length; // /status lists the first 100 contents by path: count is all of them
+    show("cache-entries", String(count), count);
     const held = sum(contents.map((c) => c.held));
     const pieces = sum(contents.map((c) => c.pieces));
-    show("cache-pieces", held + " of " + pieces, held);
+    const listed = contents.length < count ? " in the " + contents.length + " files listed" : "";
+    show("cache-pieces", held + " of " + pieces + listed, held);
     const lookups = st.cache_lookups || {};
     const looked = (lookups.hit || 0) + (lookups.miss || 0) + (lookups.collapsed || 0);
     show("cache-hits", looked ? percent(lookups.hit / looked) : "no lookups yet", looked ? lookups.hit / looked : null);
@@ -119,7 +121,8 @@
       row.setAttribute("data-region", name);
       cell(row, name);
       cell(row, String(r.peers ?? 0), r.peers ?? 0);
-      cell(row, String(Object.keys(swarms).length), Object.keys(swarms).length);
+      const swarmCount = r.swarm_count ?? Object.keys(swarms).length; // the list holds the largest 100
+      cell(row, String(swarmCount), swarmCount);
       cell(row, percent(r.p2p_share), r.p2p_share ?? null);
       cell(row, bytes(r.bytes_from_edge ?? 0), r.bytes_from_edge ?? 0);
       const fromPeers = (r.bytes_from_peers_same_region ?? 0) + (r.bytes_from_peers_other_region ?? 0);
