@@ -114,3 +114,17 @@ def test_a_peer_that_restarts_its_counters_is_booked_again_within_its_owners_cop
     assert bound(policy, 0, {}, stats={"edge": SIZE}).stats["edge"] == SIZE
     assert bound(policy, 1, {}, stats={"edge": SIZE // 2}).stats["edge"] == SIZE // 2  # a restart: counted afresh
     assert bound(policy, 2, {}, stats={"edge": SIZE}).stats["edge"] == SIZE // 2 + SIZE // 2  # the owner's second copy is spent
+
+
+def test_expire_keeps_what_was_used_since_whatever_order_it_came_in():
+    """expire reads each table from its oldest use and stops at the first live entry: a tally or bucket used again
+    must move behind the others, or a silent one behind it would be kept for good."""
+    policy = ClaimPolicy(max_rate=MiB, window=10, keep=10)
+    bound(policy, 0, {"from_peers": MiB}, peer="a", link="10.0.0.1")
+    bound(policy, 1, {"from_peers": MiB}, peer="b", link="10.0.0.2")
+    bound(policy, 5, {"from_peers": MiB}, peer="a", link="10.0.0.1")  # a and its link again: newer than b's
+    policy.expire(11.5)
+    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1, "claim_copies": 1}  # a's, not b's
+    assert bound(policy, 12, {"from_peers": SIZE}, peer="a", link="10.0.0.1").excess > 0, "a's tally was forgotten"
+    policy.expire(30)
+    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0}

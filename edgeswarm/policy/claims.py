@@ -32,12 +32,28 @@ the claimant, in ``edgeswarm usage report``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from edgeswarm.policy.vocabulary import STAT_KINDS
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V", bound=tuple[Any, ...])
 DEFAULT_MAX_RATE = 125_000_000  # bytes/s a peer's link may carry each way: 1 Gbit/s, generous for a user's line
+
+
+def _renew(table: dict[K, V], key: K, value: V) -> None:
+    """Set ``key``, moving it to the end: a table kept in order of last use, whose oldest come first (``_drop_unused``)."""
+    table.pop(key, None)
+    table[key] = value
+
+
+def _drop_unused(table: dict[Any, tuple[Any, ...]], now: float, age: float) -> None:
+    """Remove the entries last used (their last field) over ``age`` ago: the front of a table kept by ``_renew``."""
+    for key in [k for k, _ in itertools.takewhile(lambda item: now - item[1][-1] > age, table.items())]:
+        del table[key]
 
 
 def differs(a: int, b: int, tolerance: float, slack: int) -> bool:
@@ -104,8 +120,8 @@ class ClaimPolicy:
         bounded, copied_stats = self._bounded_stats(was_stats, copied_stats, room, size, stats)
         stats_excess = sum(stats.values()) - sum(bounded.values())
         excess += max(0, stats_excess - was_excess)  # cumulative figures: only what is new is cut now
-        self._tallies[(peer, cid)] = (from_peers, stats_excess, tuple(bounded.values()), now)
-        self._copies[(link, cid)] = (copied, copied_stats, now)
+        _renew(self._tallies, (peer, cid), (from_peers, stats_excess, tuple(bounded.values()), now))
+        _renew(self._copies, (link, cid), (copied, copied_stats, now))
         return Cut(booked, bounded, excess)
 
     @staticmethod
@@ -130,7 +146,7 @@ class ClaimPolicy:
         tokens, then = self._links.get(key, (full, now))
         tokens = min(full, tokens + max(0.0, now - then) * self.max_rate)
         granted = max(0, min(want, int(tokens)))
-        self._links[key] = (tokens - granted, now)
+        _renew(self._links, key, (tokens - granted, now))
         return granted
 
     def forget(self, peer: Hashable, cid: str) -> None:
@@ -138,14 +154,15 @@ class ClaimPolicy:
         self._tallies.pop((peer, cid), None)
 
     def expire(self, now: float) -> None:
-        """Drop tallies silent for ``keep``, and buckets that are full again (a fresh one is the same)."""
-        for key in [k for k, t in self._tallies.items() if now - t[-1] > self.keep]:
-            del self._tallies[key]
-        for key in [k for k, c in self._copies.items() if now - c[-1] > self.keep]:
-            del self._copies[key]
-        full = self.max_rate * self.window
-        for key in [k for k, (tokens, then) in self._links.items() if tokens + (now - then) * self.max_rate >= full]:
-            del self._links[key]
+        """Drop tallies silent for ``keep``, and buckets unused for ``window`` (full again: a fresh one is the same).
+
+        O(what goes): each table is in order of last use (``_renew``), so the
+        scan stops at the first entry still in use.  It used to read every
+        entry, on each /status too: at 50 000 peers a sixth of the poll.
+        """
+        _drop_unused(self._tallies, now, self.keep)
+        _drop_unused(self._copies, now, self.keep)
+        _drop_unused(self._links, now, self.window)
 
     def state_size(self) -> dict[str, int]:
         return {"claim_tallies": len(self._tallies), "claim_links": len(self._links), "claim_copies": len(self._copies)}
