@@ -157,3 +157,17 @@ def test_origin_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2
     assert "not a PEM private key" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_status_lists_the_first_files_and_counts_them_all(nodes, published, http):
+    """An origin's /status listed every file it publishes to anyone asking (20 000 files: 1.8 MB a request); now the
+    first 100 by path and file_count, with ``?contents=all`` for the whole catalogue, as on an edge."""
+    for i in range(120):
+        (published / f"f{i:03}.txt").write_bytes(b"x")
+    origin = nodes.start("origin", "--publish", str(published))
+    st = await status(http, origin.url)
+    assert st["file_count"] == 120 and list(st["files"]) == [f"f{i:03}.txt" for i in range(100)]
+    async with http.get(origin.url + "/status?contents=all") as r:
+        assert list((await r.json())["files"]) == [f"f{i:03}.txt" for i in range(120)]
+    async with http.get(origin.url + "/status?contents=-1") as r:
+        assert r.status == 400 and "takes a number of rows or 'all'" in await r.text()

@@ -20,6 +20,24 @@ from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.torrent import TORRENT_TYPE, magnet, torrent_name, why_none
 from edgeswarm.protocol.units import ascii_decimal
 
+# rows each per-content list of a /status holds unless ?contents= says otherwise: an edge listing all of its 20 000
+# cached contents took a second of its loop and 2.5 MB a poll, and the dashboard polls every 2 s (an HLS video is a
+# content per segment); an origin listed every file it publishes, to anyone who asked
+STATUS_CONTENTS = 100
+
+
+def status_limit(request: web.Request) -> int | None:
+    """``GET /status?contents=N``: rows each per-content list holds (STATUS_CONTENTS by default; ``all``: None, every one)."""
+    asked = request.query.get("contents")
+    if asked is None:
+        return STATUS_CONTENTS
+    if asked == "all":
+        return None
+    number = ascii_decimal(asked, max_digits=9)
+    if number is None:
+        raise HttpError(400, f"/status?contents= takes a number of rows or 'all', not {asked[:40]!r}")
+    return number
+
 
 def json_response(data: object, status: int = 200, *, compact: bool = False) -> web.Response:
     """``data`` as JSON, indented for a person reading it with curl; ``compact`` for what only programs read.

@@ -51,7 +51,6 @@ from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADE
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
-from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import (
     base_url,
     have_response,
@@ -61,6 +60,7 @@ from edgeswarm.protocol.wire import (
     parse_latency,
     parse_request,
     piece_index,
+    status_limit,
     torrent_link,
     torrent_response,
 )
@@ -85,9 +85,6 @@ TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peer
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
-# rows each per-content list of /status holds unless ?contents= says otherwise: listing all of 20 000 cached contents
-# took a second of the edge's loop and 2.5 MB, and the dashboard polls every 2 s (an HLS video is a content per segment)
-STATUS_CONTENTS = 100
 
 
 # the 403 of --internal for an uncached file, piece or torrent
@@ -1034,19 +1031,6 @@ def brief_status(request: web.Request) -> bool:
     """``GET /status?brief=1``: the figures without the per-content lists, what a router polls (an edge with 25 000
     contents in cache sent it more than its 4 MiB cap for one poll, and stayed out of rotation)."""
     return request.query.get("brief", "0") not in ("", "0")
-
-
-def status_limit(request: web.Request) -> int | None:
-    """``GET /status?contents=N``: rows each per-content list holds (STATUS_CONTENTS by default; ``all``: None, every one)."""
-    asked = request.query.get("contents")
-    if asked is None:
-        return STATUS_CONTENTS
-    if asked == "all":
-        return None
-    number = ascii_decimal(asked, max_digits=9)
-    if number is None:
-        raise HttpError(400, f"/status?contents= takes a number of rows or 'all', not {asked[:40]!r}")
-    return number
 
 
 PER_CONTENT = ("swarms", "live_copies", "copies")  # the tracker's per-region rows that list contents

@@ -55,6 +55,7 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import PEER_HEADER
+from edgeswarm.protocol.wire import status_limit
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.filllock import FillLocks
@@ -297,7 +298,7 @@ class WorkerLink:
             store = self.node.store
             if store is not None and "contents" in doc:  # a version one worker dropped (its directory gone) may linger in another's memory
                 doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
-                doc["contents"] = doc["contents"][: edge_role.status_limit(request)]
+                doc["contents"] = doc["contents"][: status_limit(request)]
             if store is not None:  # the workers may each know a part: the directory knows them all
                 doc["content_count"] = _directories(store.content_dir)
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -41,6 +42,7 @@ from edgeswarm.protocol.wire import (
     magnet_response,
     manifest_response,
     piece_index,
+    status_limit,
     torrent_link,
     torrent_response,
 )
@@ -265,12 +267,16 @@ class Origin:
     async def get_key(self, _: web.Request) -> web.Response:
         return web.Response(body=public_pem(self.key.public_key()), content_type="application/x-pem-file")
 
-    async def get_status(self, _: web.Request) -> web.Response:
+    async def get_status(self, request: web.Request) -> web.Response:
+        limit = status_limit(request)
+        published = self.catalog.by_path
+        first = sorted(published) if limit is None else heapq.nsmallest(limit, published)
         return json_response(
             {
                 **self.metrics.status(),
                 "publish": str(self.catalog.root),
-                "files": {rel: e.signed.content_id for rel, e in sorted(self.catalog.by_path.items())},
+                "file_count": len(published),
+                "files": {rel: published[rel].signed.content_id for rel in first},  # the first by path (?contents=N|all)
                 "uploads_published": self.publisher.published,
             }
         )
