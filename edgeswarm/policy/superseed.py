@@ -92,7 +92,7 @@ class SuperSeeder:
         None when every piece the asker lacks from ``start`` on already went to a
         live peer of its region: the asker should trade for it there.
         """
-        self._expire_unconfirmed(now, region, cid)
+        self.expire_unconfirmed(now, region, cid)
         entry = self._entries.get((region, cid))
         copies = self._counted(region, cid, entry) if entry is not None else Counter()
         return next((i for i in range(max(0, start), piece_count) if i not in have and not copies[i]), None)
@@ -158,14 +158,14 @@ class SuperSeeder:
 
     def retain(self, now: float, region: Region, cid: str, live: Collection[Hashable]) -> None:
         """Only the recipients in ``live`` are still in the swarm: forget the copies of all others (but recent unconfirmed ones)."""
-        self._expire_unconfirmed(now, region, cid)
+        self.expire_unconfirmed(now, region, cid)
         entry = self._entries.get((region, cid))
         gone = {p for p in entry.sent if p not in live and p not in entry.unconfirmed} if entry is not None else set()
         gone |= {p for p in self._members.get((region, cid), ()) if p not in live}
         for peer in gone:
             self.leave(region, cid, peer)
 
-    def _expire_unconfirmed(self, now: float, region: Region, cid: str) -> None:
+    def expire_unconfirmed(self, now: float, region: Region, cid: str) -> None:
         """Recipients whose announce did not follow their first copy within ``UNCONFIRMED_S``: their copies stop counting."""
         entry = self._entries.get((region, cid))
         for peer in [p for p, t in entry.unconfirmed.items() if now - t > UNCONFIRMED_S] if entry is not None else []:

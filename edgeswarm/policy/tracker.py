@@ -460,6 +460,7 @@ class Tracker:
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
         self._pools: dict[str, Pool] = {}  # cid -> the candidates its announces rank here
+        self.departures = 0  # memberships this edge's tables dropped (stopped, expired): what its tables hold changed
 
     async def announce(self, now: float, ann: AnnounceRecord, charge: bool = True) -> list[PeerRecord]:
         """Record the announce and hand the asker the best of its swarm; ``Refused`` (changing nothing) when over a limit."""
@@ -569,6 +570,7 @@ class Tracker:
         here = self._here.get(cid, {})
         if here.pop(key, None) is None:
             return
+        self.departures += 1
         if not here:
             del self._here[cid]
         joined = self._joined[key]
