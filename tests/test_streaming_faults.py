@@ -328,31 +328,54 @@ async def test_a_gateway_says_at_once_that_a_file_is_no_longer_published(tmp_pat
 
 
 class ErringEdge(WithdrawingEdge):
-    """An edge that answers every piece 500 (say its disk fails), and the rest as the origin does."""
+    """An edge that answers every piece ``status`` (500: say its disk fails; 504: its own sources time out), and the
+    rest as the origin does; with ``then_hang``, only its first piece request, and it never answers the next ones."""
+
+    def __init__(self, origin: str, status: int = 500, then_hang: bool = False):
+        super().__init__(origin)
+        self.status, self.then_hang, self.asked = status, then_hang, 0
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.path.startswith("/piece/"):
-            return web.Response(status=500, text="internal error; see the node's log\n")
+            self.asked += 1
+            if self.then_hang and self.asked > 1:
+                await asyncio.sleep(3600)
+            return web.Response(status=self.status, text="internal error; see the node's log\n")
         return await super().handle(request)
 
 
-@pytest.mark.parametrize("fault", ["corrupt", "500"])
-async def test_a_gateway_whose_edge_sends_wrong_answers_says_so_in_a_502(tmp_path, nodes, origin, published, fault):
+@pytest.mark.parametrize(
+    ("fault", "code", "said"),
+    [
+        ("corrupt", "502", "; the last try: {url} sent piece 0 corrupt"),
+        ("500", "502", "; the last try: {url} answered 500 for piece 0"),
+        ("504", "504", "; the last try: {url} answered 504 for piece 0"),  # the edge's own timeout: slowness, said as such
+        ("500 then slow", "504", "\n"),  # the try that failed is not the last: the one under way is only slow
+    ],
+)
+async def test_a_gateway_whose_edge_sends_wrong_answers_says_so_in_a_502(tmp_path, nodes, origin, published, fault, code, said):
     """Corrupt pieces or 500s from the only edge were a 504 "no edge or peer delivered" after --read-timeout, as if it
     were slow: the player's user and the operator could not tell a broken edge from a congested one."""
     make_file(published / "f.bin", 4 * PIECE)
     await asyncio.sleep(0.5)
-    double = Misbehaving(origin.url, corrupt=True) if fault == "corrupt" else ErringEdge(origin.url)
-    async with double as bad:
+    doubles = {
+        "corrupt": lambda: Misbehaving(origin.url, corrupt=True),
+        "500": lambda: ErringEdge(origin.url),
+        "504": lambda: ErringEdge(origin.url, 504),
+        "500 then slow": lambda: ErringEdge(origin.url, then_hang=True),
+    }
+    async with doubles[fault]() as bad:
+        timeout = "6" if fault == "500 then slow" else "3"  # room for the retry after the 2 s the failed edge is set aside
         peer = nodes.start(
             "peer",
-            *("--cache", str(tmp_path / "peer"), "--edge", bad.url, "--gateway", "127.0.0.1:0", "--read-timeout", "3"),
+            *("--cache", str(tmp_path / "peer"), "--edge", bad.url, "--gateway", "127.0.0.1:0", "--read-timeout", timeout),
             name="peer",
         )
         r = await asyncio.to_thread(curl, "-w", "\n%{http_code}", peer.urls["gateway"] + "/f.bin")
-    body, code = r.stdout.decode().rsplit("\n", 1)
-    said = "sent piece 0 corrupt" if fault == "corrupt" else "answered 500 for piece 0"
-    assert code == "502" and f"no edge or peer delivered piece 0 within 3 s; the last try: {bad.url} {said}" in body, r.stdout
+        if fault == "500 then slow":
+            assert bad.asked >= 2, "the edge was not asked again: the test proves nothing"
+    body, got = r.stdout.decode().rsplit("\n", 1)
+    assert got == code and f"no edge or peer delivered piece 0 within {timeout} s{said.format(url=bad.url)}" in body + "\n", r.stdout
     assert "Traceback" not in peer.log_text()
 
 

@@ -189,7 +189,7 @@ class SwarmSource:
     def _undelivered(self, index: int) -> HttpError:
         """No piece within --read-timeout: 504 if nothing answered in time, 502 saying so if the last try got a wrong
         answer (corrupt bytes, a 500): an operator reads which source failed, a player's user that it was not slowness."""
-        status, why = self.swarm.failure(index) or (504, "")
+        status, why = self.swarm.failure(index) or (504, "")  # nothing said, or a request still under way: slowness
         said = f"no edge or peer delivered piece {index} within {self.peer.read_timeout:g} s"
         return HttpError(status, f"{said}; the last try: {why}" if why else said)
 
@@ -442,7 +442,9 @@ class Peer:
             raise NotHeld()
         if reply.status == 404:  # the edge's parent no longer publishes it (a deleted live segment): gone, not the edge's failure
             raise Withdrawn(cid)
-        raise UpstreamError(502, f"{url} answered {reply.status} for piece {index}")
+        # a gateway read that ends here says what the edge said: its 503 (busy) or 504 (its own sources timed out) as is
+        status = reply.status if reply.status in (503, 504) else 502
+        raise UpstreamError(status, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
         self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None, whole: bool = False

@@ -66,7 +66,7 @@ class Swarm:
         self.picker = self.engine.picker
         self.waiting_reads = 0  # gateway reads of this file waiting for pieces now (read_waits)
         # piece -> (status, what) of its last failed fetch, until one succeeds: a read that times out says why (SwarmSource);
-        # and the last failure of any piece, until any succeeds (a read of a piece nobody tried: its sources were set aside)
+        # and the last failure of any piece, until any succeeds (what `get` says when nothing arrives)
         self.failures: dict[int, tuple[int, str]] = {}
         self.last_failure: tuple[int, str] | None = None
         self.used = time.monotonic()  # when a reader, a download or an arriving piece last needed it (retirable)
@@ -329,7 +329,7 @@ class Swarm:
         except OutOfDescriptorsHere as exc:
             return self._short(exc)
         except (UpstreamError, HttpError) as exc:
-            self._failed(f.index, 502, str(exc))
+            self._failed(f.index, exc.status if exc.status >= 500 else 502, str(exc))
             return Result("failed", message=str(exc))
         except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
             self._fail(f.index, HttpError(404, f"/{self.signed.manifest.path} is no longer published (its edge answered 404)"))
@@ -343,8 +343,9 @@ class Swarm:
         self.failures[index] = self.last_failure = (status, why)
 
     def failure(self, index: int) -> tuple[int, str] | None:
-        """Why piece ``index`` has not come (status, what), as far as a fetch said: its own last failure, else any piece's."""
-        return self.failures.get(index, self.last_failure)
+        """Why piece ``index`` has not come (status, what): its last fetch's failure, unless another request for it is
+        still under way (then it is slow, whatever an earlier try said)."""
+        return None if self._transfers.get(index) else self.failures.get(index)
 
     def _short(self, exc: OutOfDescriptorsHere) -> Result:
         """Our process is out of file descriptors: said (a few lines a minute at most), and nobody's fault."""
