@@ -324,6 +324,8 @@ class Connections:
                     len(late),
                     self.policy.header_timeout,
                 )
+            for conn in late:  # a body still arriving has a handler waiting for it, which sees a reset
+                conn.cut_why = f"the client sent no whole request within {self.policy.header_timeout:g} s (--header-timeout)"
             for conn in stalled:  # their handlers see a reset: the log should say who cut them
                 conn.cut_why = f"the client read nothing for {self.policy.idle_timeout:g} s (--idle-timeout)"
             _close(late + idle + stalled)
