@@ -402,6 +402,7 @@ async def test_status_lists_the_first_contents_and_counts_them_all(tmp_path, nod
     assert all(c["held"] == c["pieces"] == 1 for c in st["contents"]), "a row does not say what the whole cache holds"
     region = st["p2p"]["regions"]["unmapped"]
     assert region["swarm_count"] == count and len(region["swarms"]) == 100
+    assert st["p2p"]["user_count"] == 1 and st["p2p"]["users"] == {"-": 1}  # one row per token user, cut the same way
     async with http.get(edge.url + "/status?contents=all") as r:
         every = await r.json()
     assert [c["path"] for c in every["contents"]] == [f"f{i:03}.txt" for i in range(count)]

@@ -1050,16 +1050,27 @@ PER_CONTENT = ("swarms", "live_copies", "copies")  # the tracker's per-region ro
 
 
 def listed_p2p(p2p: dict, limit: int | None) -> dict:
-    """The tracker's part of /status, each per-content list cut to its ``limit`` largest (none when brief, 0; all when
-    None), and each region saying how many swarms it has (``swarm_count``) whatever its list shows."""
+    """The tracker's part of /status, each per-content list (and the token users) cut to its ``limit`` largest (none
+    when brief, 0; all when None), each region saying how many swarms it has (``swarm_count``) and the whole how many
+    users (``user_count``), whatever the lists show."""
     regions = {}
     for name, row in p2p.get("regions", {}).items():
         regions[name] = {k: v for k, v in row.items() if k not in PER_CONTENT} | {"swarm_count": len(row.get("swarms", {}))}
         for key in PER_CONTENT if limit != 0 else ():
-            every = row.get(key, {})
-            kept = every if limit is None or len(every) <= limit else heapq.nlargest(limit, every, key=every.__getitem__)
-            regions[name][key] = {cid: every[cid] for cid in sorted(kept)}
-    return {**p2p, "regions": regions}
+            regions[name][key] = _largest(row.get(key, {}), limit)
+    users = p2p.get("users", {})
+    out = {**p2p, "regions": regions, "user_count": len(users)}
+    if limit == 0:
+        out.pop("users", None)
+    else:
+        out["users"] = _largest(users, limit)
+    return out
+
+
+def _largest(rows: dict, limit: int | None) -> dict:
+    """The ``limit`` rows of largest value (every one when None), in key order."""
+    kept = rows if limit is None or len(rows) <= limit else heapq.nlargest(limit, rows, key=rows.__getitem__)
+    return {k: rows[k] for k in sorted(kept)}
 
 
 def _tracker(config: EdgeConfig) -> TrackerService:

@@ -123,6 +123,7 @@ class LiveFollower:
             return
         swarm = self.peer.swarms.pop(signed.content_id, None)
         if swarm is not None:
+            swarm.retired = True  # a read still holding it (a late player) goes on with a fresh one (SwarmSource.fetch)
             await swarm.close()
         store.drop_content(signed.content_id)
 

@@ -406,7 +406,10 @@ class Peer:
     async def retire_loop(self) -> None:
         while True:
             await asyncio.sleep(RETIRE_IDLE / 4)
-            await self.retire_idle(time.monotonic())
+            try:
+                await self.retire_idle(time.monotonic())
+            except Exception:  # a bug here must not end the loop for the rest of the run
+                log.exception("retiring idle swarms failed")
 
     # -- transfers (driven by Swarm) -----------------------------------------------------
     async def fetch_piece(self, url: str, cid: str, index: int, to_peer: bool, urgent: bool = False) -> bytes:

@@ -96,7 +96,7 @@ def polled_figures(doc: dict, at: float) -> dict:
         "upload_limit_Bps": _number(doc.get("upload_limit_Bps")),
         "cache_bytes": _number(doc.get("cache_bytes")),
         "cache_max_bytes": _number(doc.get("cache_max_bytes")) or None,  # 0: no quota
-        "cache_entries": len(contents) if isinstance(contents, list) else _number(doc.get("content_count")),
+        "cache_entries": _number(doc.get("content_count", len(contents) if isinstance(contents, list) else None)),  # older edges: the list
         "peers": _number(p2p.get("peers")) if p2p is not None else None,
         "regions": regions,
         "store": _shared_store(p2p.get("store")) if p2p is not None else None,
