@@ -395,6 +395,38 @@ def test_dns_answers_never_raise():
         assert reply is not None and DNSRecord.parse(reply).header.rcode == RCODE.FORMERR  # not a traceback
 
 
+async def test_dns_port_0_gets_a_port_free_for_tcp_too(monkeypatch, caplog):
+    """With --dns-port 0 the kernel picks a free UDP port, whose number another process may hold in TCP: the router
+    fell back to UDP alone (CI: `dig +tcp` refused).  It now takes another port, free for both."""
+    import asyncio
+    import errno
+
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.routing import RoutingTable
+    from edgeswarm.roles import router as router_role
+
+    real, refused = asyncio.start_server, []
+
+    async def taken_once(*args, **kwargs):
+        if not refused:
+            refused.append(args[2])  # the port: in use in TCP, as another test's connection held it
+            raise OSError(errno.EADDRINUSE, "address already in use")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(router_role.asyncio, "start_server", taken_once)
+    regions = RegionMap.from_doc({"regions": [{"name": "east", "isp": "a", "networks": ["127.1.0.0/16"]}]})
+    router = router_role.Router(regions, RoutingTable(), router_role.RouterConfig(dns_name="cdn.test"))
+    await router.start_dns("127.0.0.1", 0)
+    try:
+        assert refused and router.dns_tcp is not None, "UDP alone after one port's number was taken in TCP"
+        assert router.dns_address is not None and router.dns_tcp.sockets[0].getsockname()[1] == router.dns_address[1]
+        assert "UDP only" not in caplog.text
+    finally:
+        router.dns_tcp.close()
+        assert router.dns_transport is not None
+        router.dns_transport.close()
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk")
 def test_bench_router_runs_end_to_end(tmp_path):

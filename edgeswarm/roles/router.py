@@ -58,6 +58,7 @@ MAX_POLLED_REGIONS = 64  # tracker rows kept per edge: an edge's /status is not 
 MAX_NAME = 100  # characters of a region name kept from an edge's /status
 DNS_TCP_IDLE = 10.0  # seconds a DNS connection over TCP may stay silent (RFC 7766 suggests seconds)
 DNS_TCP_MAX = 256  # DNS connections over TCP at once; past them a new one is closed at once
+DNS_PORT_TRIES = 20  # ports tried for --dns-port 0 before settling for UDP alone
 
 
 def _number(value: object) -> float | int | None:
@@ -439,18 +440,25 @@ class Router:
 
     async def start_dns(self, host: str, port: int) -> None:
         """DNS on UDP, and on TCP at the same port (RFC 7766: a resolver retries over TCP an answer that was cut, and
-        ``dig +tcp`` asks so)."""
+        ``dig +tcp`` asks so).  Port 0: a port free for both (the kernel picks a UDP port whose number another
+        process may hold in TCP: CI met it), else UDP alone with a warning."""
         loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _DnsProtocol(self), local_addr=(host, port))
-        except OSError as exc:
-            raise SystemExit(f"edgeswarm router: cannot listen for DNS on udp {host}:{port}: {exc.strerror or exc}") from None
-        self.dns_transport = transport
-        self.dns_address = transport.get_extra_info("sockname")[:2]
-        try:
-            self.dns_tcp = await asyncio.start_server(self._dns_over_tcp, host, self.dns_address[1])
-        except OSError as exc:
-            log.warning("router dns: no TCP on port %d (%s): UDP only", self.dns_address[1], exc.strerror or exc)
+        for attempt in range(DNS_PORT_TRIES if port == 0 else 1):
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: _DnsProtocol(self), local_addr=(host, port))
+            except OSError as exc:
+                raise SystemExit(f"edgeswarm router: cannot listen for DNS on udp {host}:{port}: {exc.strerror or exc}") from None
+            self.dns_transport = transport
+            self.dns_address = transport.get_extra_info("sockname")[:2]
+            try:
+                self.dns_tcp = await asyncio.start_server(self._dns_over_tcp, host, self.dns_address[1])
+                break
+            except OSError as exc:
+                if port == 0 and attempt < DNS_PORT_TRIES - 1:
+                    transport.close()  # another port number, free for both
+                    continue
+                log.warning("router dns: no TCP on port %d (%s): UDP only", self.dns_address[1], exc.strerror or exc)
+        assert self.dns_address is not None
         over = "udp and tcp" if self.dns_tcp is not None else "udp"
         log.info("router dns listening on %s %s:%d for %s", over, *self.dns_address, self.config.dns_name)
 
