@@ -580,3 +580,50 @@ def test_a_content_directory_that_goes_mid_run_is_made_again_with_the_next_piece
     store.put_piece(c.cid, 2, c.piece(2))
     assert {"manifest.json", "2.piece"} <= files(store, c)
     assert open_store(root).has(c.cid, 2)
+
+
+# -- manifests of contents that hold nothing --------------------------------------------------------
+
+
+def test_manifests_of_contents_holding_nothing_are_bounded(root, monkeypatch):
+    """Every evicted content's manifest stayed for good, in memory and on disk: an edge serving a live stream kept
+    one per segment it ever served.  Past MAX_BARE, the longest bare go, directory and all; a content holding a piece
+    stays, and so does a pinned one (a peer's --seed) or one bare for less than BARE_GRACE (its first piece coming)."""
+    monkeypatch.setattr(piecestore, "MAX_BARE", 3)
+    monkeypatch.setattr(piecestore, "BARE_GRACE", 0.0)
+    store = open_store(root, max_bytes=2 * MIN_PIECE)  # room for two pieces
+    kept, pinned = make_content("kept.bin"), make_content("pinned.bin")
+    store.pinned.add(pinned.cid)
+    stored(store, pinned)
+    stored(store, kept, 0)
+    bare = [make_content(f"seg{i}.ts") for i in range(5)]
+    for c in bare:
+        stored(store, c)
+    assert store.manifest(kept.cid) is not None and store.manifest(pinned.cid) is not None
+    assert [c for c in bare if store.manifest(c.cid) is not None] == bare[2:]  # the three newest bare ones
+    assert not (store.content_dir / bare[0].cid).exists(), "a dropped manifest's directory stayed on disk"
+    assert store.manifest_for_path("seg0.ts") is None
+
+
+def test_a_content_whose_pieces_are_all_evicted_is_bare(root, monkeypatch):
+    monkeypatch.setattr(piecestore, "MAX_BARE", 1)
+    monkeypatch.setattr(piecestore, "BARE_GRACE", 0.0)
+    store = open_store(root, max_bytes=MIN_PIECE)  # one piece: each new one evicts the last
+    a, b, c = make_content("a.ts"), make_content("b.ts"), make_content("c.ts")
+    stored(store, a, 0)
+    stored(store, b, 0)  # a's piece evicted: a is bare, alone (within the bound)
+    assert store.held(a.cid) == set() and store.manifest(a.cid) is not None
+    stored(store, c, 0)  # b's evicted too: two bare, a the longest, goes
+    assert store.manifest(a.cid) is None and store.manifest(b.cid) is not None and store.held(c.cid) == {0}
+
+
+def test_a_bare_manifest_whose_pieces_another_worker_holds_is_taken_up_not_dropped(root, monkeypatch):
+    monkeypatch.setattr(piecestore, "MAX_BARE", 1)
+    monkeypatch.setattr(piecestore, "BARE_GRACE", 0.0)
+    one, two = PieceStore(root, PUB, worker=(0, 2)), PieceStore(root, PUB, worker=(1, 2))
+    shared = make_content("shared.bin")
+    stored(two, shared, 0)  # the other worker stored a piece
+    stored(one, shared)  # this worker knows the manifest, no piece of its own: bare here
+    stored(one, make_content("other.bin"))  # past the bound: shared is the longest bare
+    assert one.manifest(shared.cid) is not None and one.held(shared.cid) == {0}
+    assert two.read_piece(shared.cid, 0) == shared.piece(0)

@@ -64,6 +64,12 @@ log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits, at most (fewer under a low open-file limit)
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)  # the process's or the system's file table is full
 FDS_LOG_INTERVAL = 60.0  # seconds between two lines about running out of descriptors
+# manifests of contents none of whose pieces is held (all evicted, or none fetched yet) kept at most; beyond, the
+# longest bare go, directory and all (asked for again, a content's manifest is fetched again).  Kept for good, every
+# segment of a live stream an edge had served stayed in its memory and on its disk: ~2.5 KB and an inode each, 43 200
+# a day for one rendition of 2-second segments.
+MAX_BARE = 4096
+BARE_GRACE = 60.0  # seconds a bare manifest is kept whatever the bound: its first piece may be on its way
 T = TypeVar("T")
 
 
@@ -128,6 +134,7 @@ class PieceStore:
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
+        self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
         self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
@@ -165,6 +172,7 @@ class PieceStore:
                     _remove(entry)
                     continue
                 self._held[signed.content_id].add(index)
+                self._bare.pop(signed.content_id, None)
                 self._unverified.add((signed.content_id, index))
                 if self._counts(signed.content_id, index):
                     found.append((st.st_atime, signed.content_id, index, st.st_size))
@@ -223,7 +231,8 @@ class PieceStore:
         cid = signed.content_id
         self._manifests[cid] = signed
         self._raw[cid] = raw
-        self._held.setdefault(cid, set())
+        if not self._held.setdefault(cid, set()):
+            self._bared(cid)
         old = self._by_path.get(signed.manifest.path)
         if old is None or self._manifests[old].manifest.modified <= signed.manifest.modified:
             self._by_path[signed.manifest.path] = cid
@@ -283,6 +292,7 @@ class PieceStore:
     def drop_content(self, cid: str) -> None:
         signed = self._manifests.pop(cid, None)
         self._raw.pop(cid, None)
+        self._bare.pop(cid, None)
         self._unsaved.discard(cid)
         for index in self._held.pop(cid, set()):
             self.policy.remove((cid, index))
@@ -314,6 +324,7 @@ class PieceStore:
         if index >= m.piece_count or size != m.piece_span(index)[1]:
             return False
         self._held[cid].add(index)
+        self._bare.pop(cid, None)
         self._unverified.add((cid, index))
         return True
 
@@ -352,6 +363,7 @@ class PieceStore:
                 self._unsaved.add(cid)  # made again, with its manifest, before the next piece
             raise
         self._held[cid].add(index)
+        self._bare.pop(cid, None)
         for victim in self.policy.add((cid, index), len(data)):
             self._delete_piece(*victim)
 
@@ -535,10 +547,35 @@ class PieceStore:
     def _delete_piece(self, cid: str, index: int) -> None:
         self._close(cid, index)
         self._unverified.discard((cid, index))
-        self._held.get(cid, set()).discard(index)
+        held = self._held.get(cid)
+        if held is not None:
+            held.discard(index)
         self.evicted_pieces += 1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.piece_path(cid, index))
+        if held is not None and not held:
+            self._bared(cid)
+
+    def _bared(self, cid: str) -> None:
+        """``cid`` holds no piece now: at the end of the bare ones, and the longest bare past MAX_BARE go (not within
+        BARE_GRACE, nor pinned ones).  With workers, one whose directory holds another's pieces is taken up instead."""
+        now = time.monotonic()
+        self._bare[cid] = now
+        self._bare.move_to_end(cid)
+        while len(self._bare) > MAX_BARE:
+            oldest, since = next(iter(self._bare.items()))
+            if now - since < BARE_GRACE:
+                break
+            del self._bare[oldest]
+            if oldest not in self.pinned and not self._pieces_on_disk(oldest):
+                self.drop_content(oldest)
+
+    def _pieces_on_disk(self, cid: str) -> bool:
+        """With workers, whether another one stored pieces of ``cid`` (taken up here if so); alone, never."""
+        if self.worker is None:
+            return False
+        self.adopt_all(cid)
+        return bool(self._held.get(cid))
 
     @property
     def used_bytes(self) -> int:
