@@ -70,6 +70,7 @@ FDS_LOG_INTERVAL = 60.0  # seconds between two lines about running out of descri
 # a day for one rendition of 2-second segments.
 MAX_BARE = 4096
 BARE_GRACE = 60.0  # seconds a bare manifest is kept whatever the bound: its first piece may be on its way
+BARE_DROPS = 8  # bare contents dropped at most each time another goes bare (a directory removed each)
 T = TypeVar("T")
 
 
@@ -562,7 +563,9 @@ class PieceStore:
         now = time.monotonic()
         self._bare[cid] = now
         self._bare.move_to_end(cid)
-        while len(self._bare) > MAX_BARE:
+        for _ in range(BARE_DROPS):  # a few a call: a cache that had piled up many drains as it is used, never in one go
+            if len(self._bare) <= MAX_BARE:
+                break
             oldest, since = next(iter(self._bare.items()))
             if now - since < BARE_GRACE:
                 break
