@@ -216,8 +216,8 @@ class Peer:
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
-        self.from_edge: Counter[tuple[str, str]] = Counter()  # (cid, edge) -> bytes, for each edge's ledger
-        self._booked: Counter[tuple[str, str, str]] = Counter()  # (edge or "", cid, usage kind) -> bytes an edge acknowledged
+        self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
+        self._booked: dict[str, Counter[tuple[str, str]]] = {}  # cid -> (edge or "", usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
         self.choker = Choker(slots=config.upload_slots)
         self.gate = uploadgate.UploadGate(config.upload_slots)  # pieces in flight: per requester, per address, overall
@@ -233,6 +233,8 @@ class Peer:
         self.live = livegateway.LiveFollower(self)  # live playlists: their newest segments fetched ahead
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
+        self._received_before: Counter[str] = Counter()  # bytes by source kind of contents since forgotten (_forget)
+        self._uploaded_before = 0  # bytes sent to peers of contents since forgotten
         self.region: str | None = None
         self.upload_port = 0
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
@@ -241,7 +243,8 @@ class Peer:
         self.quiet = ThrottledLog(log, Throttle(burst=3, interval=60.0))  # what hostile neighbours could make us log often
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
-        self._announced: set[tuple[str, str]] = set()  # (edge, cid) that had "started"
+        self._announced: dict[str, set[str]] = {}  # cid -> the edges that had its "started" and not yet its "stopped"
+        self._piece_counts: dict[str, int] = {}  # cid -> its piece count, for a "stopped" after its manifest went
         self._single: set[str] = set()  # edges that take one content per announce (from before batches)
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
@@ -434,7 +437,7 @@ class Peer:
         if reply.status == 200:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
             if not to_peer:
-                self.from_edge[(cid, url)] += len(reply.body)
+                self.from_edge.setdefault(cid, Counter())[url] += len(reply.body)
             return reply.body
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
@@ -491,7 +494,7 @@ class Peer:
         if not index < m.piece_count:
             raise UpstreamError(502, f"{edge} sent piece {index} of a {m.piece_count}-piece file")
         await self.down_bucket.throttle(len(reply.body))
-        self.from_edge[(cid, edge)] += len(reply.body)
+        self.from_edge.setdefault(cid, Counter())[edge] += len(reply.body)
         return index, reply.body
 
     async def have_stream(self, url: str, cid: str) -> AsyncGenerator[HaveEvent, None]:
@@ -624,11 +627,16 @@ class Peer:
         if store is None:
             return
         started = time.monotonic()  # before the contents are listed: a swarm created after this is hurried after it
-        cids = {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+        cids = self._live(store)
+        gone = set(self._announced) - cids
         targets = list(self._p2p_edges) if edges is None else edges
-        await asyncio.gather(*(self._announce_to(edge, cids, event, started) for edge in targets))
+        await asyncio.gather(*(self._announce_to(edge, cids, event, started, gone) for edge in targets))
 
-    async def _announce_to(self, edge: str, cids: set[str], event: str, started: float) -> None:
+    def _live(self, store: PieceStore) -> set[str]:
+        """The contents to announce: those we hold any piece of, and those a swarm of ours is fetching."""
+        return {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+
+    async def _announce_to(self, edge: str, cids: set[str], event: str, started: float, gone: set[str]) -> None:
         """Every content to one tracker, in one request per BATCH contents; if it cannot be reached, a short back-off.
 
         An edge that refuses a batch (400: it predates them) gets one announce
@@ -636,7 +644,16 @@ class Peer:
         ``cids`` was listed: gather starts this coroutine a loop turn later,
         and a swarm created in between (`edgeswarm get`'s, as its manifest
         arrives) is not in ``cids``, so its hurry must outlive this announce.
+        ``gone``: contents announced once and no longer held (evicted, their
+        swarms retired); the edge, and the sub-tracker it named, hear
+        ``stopped`` for those it had, so that neither hands us out for them
+        any more, with their last usage; then we forget them (_left).
         """
+        leaving = {cid for cid in gone if edge in self._announced.get(cid, ())}
+        if leaving and event == "stopped":
+            cids = cids | leaving
+        elif leaving:
+            await asyncio.gather(self._announce_edge(edge, leaving, "stopped"), self._stop_at_subtracker(edge, leaving))
         full = event != "update" or self.schedule.full(edge, started)
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
@@ -667,12 +684,12 @@ class Peer:
         store = self.store
         signed = store.manifest(cid) if store else None
         if store is None or signed is None:
-            return (edge, cid) not in self._announced
+            return edge not in self._announced.get(cid, ())
         return self._event(edge, cid, len(store.held(cid)), signed.manifest.piece_count) != "update"
 
     def _event(self, edge: str, cid: str, held: int, count: int) -> str:
         """The event of a content's announce to ``edge`` (``stopped`` aside): started, completed or update."""
-        if (edge, cid) not in self._announced:
+        if edge not in self._announced.get(cid, ()):
             return "started"
         return "completed" if held == count and cid not in self._completed else "update"
 
@@ -734,17 +751,25 @@ class Peer:
         return None
 
     def _item(self, edge: str, cid: str, event: str) -> tuple[dict, dict[str, tuple[str, int]], int] | None:
-        """One content's part of an announce: its fields, the usage it reports (and to whom), its piece count."""
+        """One content's part of an announce: its fields, the usage it reports (and to whom), its piece count.
+
+        A ``stopped`` needs no manifest: one whose pieces were all evicted
+        may have been dropped since (store/piecestore.py, bare manifests).
+        """
         store = self.store
         signed = store.manifest(cid) if store else None
-        if store is None or signed is None:
+        if store is None:
             return None
-        count = signed.manifest.piece_count
-        held = store.held(cid)
+        if signed is not None:
+            count, held = signed.manifest.piece_count, store.held(cid)
+        elif event == "stopped" and cid in self._piece_counts:
+            count, held = self._piece_counts[cid], set()
+        else:
+            return None
         if event != "stopped":
             event = self._event(edge, cid, len(held), count)
         received = self.received.get(cid, Counter())
-        usage = {"from_this_edge": (edge, self.from_edge[(cid, edge)])}  # what has been reported, and to whom
+        usage = {"from_this_edge": (edge, self.from_edge.get(cid, Counter())[edge])}  # what has been reported, and to whom
         if edge == self._accounting_edge():  # P2P bytes to one edge only, or every edge's ledger would count them
             usage["from_peers"] = ("", peer_bytes(received))
             usage["uploaded"] = ("", self.uploaded[cid])
@@ -755,7 +780,7 @@ class Peer:
             "uploaded": self.uploaded[cid],
             "downloaded": sum(received.values()),
             "event": event,
-            "usage": {k: v - self._booked[where, cid, k] for k, (where, v) in usage.items()},
+            "usage": {k: v - self._booked.get(cid, Counter())[where, k] for k, (where, v) in usage.items()},
             "stats": {STAT_KEYS[kind]: received[kind] for kind in SOURCE_KINDS},
         }
         return item, usage, count
@@ -763,9 +788,14 @@ class Peer:
     def _took(self, edge: str, item: dict, usage: dict[str, tuple[str, int]], count: int, answer: dict) -> None:
         """An edge accepted one content's announce: book what it acknowledged, and take its peers."""
         cid = item["content"]
-        self._announced.add((edge, cid))
+        booked = self._booked.setdefault(cid, Counter())
         for k, (where, v) in usage.items():
-            self._booked[where, cid, k] = v  # acknowledged: the next announce reports only what comes after
+            booked[where, k] = v  # acknowledged: the next announce reports only what comes after
+        if item["event"] == "stopped":
+            self._left(edge, cid)
+            return
+        self._announced.setdefault(cid, set()).add(edge)
+        self._piece_counts[cid] = count
         if item["event"] == "completed":
             self._completed.add(cid)
         if self.relay is not None:
@@ -777,6 +807,36 @@ class Peer:
         self._take_answer(cid, count, answer)
         if isinstance(answer.get("peers"), list):
             self.subtracker.edge_listed(cid, count, answer["peers"])
+
+    def _left(self, edge: str, cid: str) -> None:
+        """``edge`` took our ``stopped`` for ``cid`` (or refused it for good); once no edge has it, the content is forgotten.
+
+        Unless it came back meanwhile (read again): then the next round
+        announces it ``started``, and its tables stay.
+        """
+        edges = self._announced.get(cid)
+        if edges is not None:
+            edges.discard(edge)
+            if edges:
+                return
+            del self._announced[cid]
+        store = self.store
+        if cid not in self.swarms and not (store is not None and store.held(cid)):
+            self._forget(cid)
+
+    def _forget(self, cid: str) -> None:
+        """Drop what we keep per content of one we no longer hold and every edge heard ``stopped`` for.
+
+        Every content ever held kept its usage counters, ticket, key and
+        totals here for good (about 1.4 KB each with its manifest): a viewer
+        of a live stream holds a new content every segment, 43 200 a day at
+        two seconds.  What it received and uploaded stays in /status's totals.
+        """
+        self._received_before.update(self.received.pop(cid, Counter()))
+        self._uploaded_before += self.uploaded.pop(cid, 0)
+        for table in (self.from_edge, self._booked, self.tickets, self.content_keys, self._piece_counts):
+            table.pop(cid, None)
+        self._completed.discard(cid)
 
     def _promote(self, edge: str, promoted: bool) -> None:
         """An edge promoted us (a relay for its unreachable peers, a sub-tracker for others), or no longer does: both while any edge wants it."""
@@ -873,6 +933,8 @@ class Peer:
                     unreachable = f"{error['status']} {str(error.get('message'))[:200]}"  # the rest of the batch: try again soon
                 else:
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, error or "no answer")
+                    if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
+                        self._left(edge, cid)
                 continue
             self._took(edge, item, usage, count, {**one, **shared})
         return unreachable
@@ -969,7 +1031,7 @@ class Peer:
 
     async def get_status(self, request: web.Request) -> web.Response:
         request[PRIVATE] = True  # what this user watches: for listed origins only, never "*"
-        totals: Counter[str] = Counter()
+        totals = Counter(self._received_before)
         for c in self.received.values():
             totals.update(c)
         return json_response(
@@ -979,7 +1041,7 @@ class Peer:
                 "region": self.region,
                 "edges": [{"url": e, "rate_Bps": self.ranking.rate(e), "tracker": e in self._p2p_edges} for e in self.edges],
                 "received_by_kind": dict(totals),
-                "uploaded_to_peers": sum(self.uploaded.values()),
+                "uploaded_to_peers": self._uploaded_before + sum(self.uploaded.values()),
                 "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
                 "swarms": [s.status() for s in self.swarms.values()],
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
