@@ -46,6 +46,7 @@ async def test_an_idle_swarm_is_closed_and_its_content_stays_held_and_readable(t
         assert not downloading.retirable(later, RETIRE_IDLE)
         assert done.retirable(later, RETIRE_IDLE) and not done.retirable(time.monotonic(), RETIRE_IDLE)
 
+        done.engine.banned.add("127.0.0.99")  # an address that sent a corrupt piece of this content
         assert await peer.retire_idle(later) >= 1
         assert signed.content_id not in peer.swarms and done.retired
         assert all(t.done() for t in workers), "a retired swarm's workers still run"
@@ -58,6 +59,7 @@ async def test_an_idle_swarm_is_closed_and_its_content_stays_held_and_readable(t
         assert bytes(first) == a[:PIECE]
         again = peer.swarms[signed.content_id]
         assert again is not done and not again.retired and again.completed.is_set()
+        assert "127.0.0.99" in again.banned, "a retired swarm's bans went with it: a corrupting neighbour got another try"
     finally:
         await peer.stop()
 

@@ -188,8 +188,10 @@ class Engine:
         clock: Callable[[], float],
         piece_size: int = PIECE,
         startup_bytes: int = STARTUP_BYTES,
+        banned: set[str] | None = None,
     ):
-        """``startup_bytes``: the edge's share of a late viewer's start (``_start_reader``; the peer's --startup-window)."""
+        """``startup_bytes``: the edge's share of a late viewer's start (``_start_reader``; the peer's --startup-window);
+        ``banned``: the addresses an earlier engine of this content banned (``ban``), which this one goes on refusing."""
         self.host = host
         self.picker = PiecePicker(piece_count, have, seed=seed, deadline=deadline)
         # a reader's windows and the bytes in flight to edges stay the same whatever the piece size: a live segment's
@@ -202,7 +204,7 @@ class Engine:
         self.ranking = ranking
         self.clock = clock
         self.neighbours: dict[str, Neighbour] = {}
-        self.banned: set[str] = set()
+        self.banned: set[str] = set() if banned is None else banned
         self.last_peer_delivery = clock()
         self._unstored_at = -math.inf  # when our store last failed to write a piece (_store_failing)
         self._store_retry = STORE_RETRY  # how long after it everything may be fetched again (_not_stored)

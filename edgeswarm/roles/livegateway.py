@@ -121,9 +121,9 @@ class LiveFollower:
         signed = store.manifest_for_path(path)
         if signed is None:
             return
-        swarm = self.peer.swarms.pop(signed.content_id, None)
+        swarm = self.peer.swarms.get(signed.content_id)
         if swarm is not None:
-            swarm.retired = True  # a read still holding it (a late player) goes on with a fresh one (SwarmSource.fetch)
+            self.peer.retire(swarm)  # a read still holding it (a late player) goes on with a fresh one (SwarmSource.fetch)
             await swarm.close()
         store.drop_content(signed.content_id)
 

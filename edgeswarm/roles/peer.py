@@ -76,6 +76,7 @@ FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, 
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
+BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 PEER_HEAD_TIMEOUT = 5.0  # seconds for a neighbour to start answering a piece request: its head goes at once even
 # when the body waits its turn under an upload cap (serving.send_piece); one that holds it is a stall, dropped at once
@@ -230,6 +231,7 @@ class Peer:
         )
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.swarms: dict[str, Swarm] = {}
+        self._bans: dict[str, set[str]] = {}  # cid -> the addresses its retired swarm had banned, for its next swarm
         self.live = livegateway.LiveFollower(self)  # live playlists: their newest segments fetched ahead
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
         self.uploaded: Counter[str] = Counter()  # cid -> bytes sent to peers
@@ -401,10 +403,29 @@ class Peer:
         """
         done = [s for s in self.swarms.values() if s.retirable(now, idle)]
         for swarm in done:
-            del self.swarms[swarm.cid]
-            swarm.retired = True
+            self.retire(swarm)
         await asyncio.gather(*(swarm.close() for swarm in done))
         return len(done)
+
+    def retire(self, swarm: Swarm) -> None:
+        """Take ``swarm`` out of service (its caller closes it); what it banned is kept for the next swarm of its content.
+
+        A swarm's bans are per content (engine.Engine.ban): gone with a
+        retired swarm, a neighbour that had sent a corrupt piece got a new
+        try from the next one.  At most BANS_KEPT contents' bans are kept.
+        """
+        if self.swarms.get(swarm.cid) is swarm:
+            del self.swarms[swarm.cid]
+        swarm.retired = True
+        if swarm.banned:
+            self._bans.pop(swarm.cid, None)
+            self._bans[swarm.cid] = swarm.banned
+            if len(self._bans) > BANS_KEPT:
+                del self._bans[next(iter(self._bans))]
+
+    def bans_of(self, cid: str) -> set[str]:
+        """The addresses banned for ``cid`` by its retired swarm, for a new swarm of it (which holds them from then on)."""
+        return self._bans.pop(cid, set())
 
     async def retire_loop(self) -> None:
         while True:

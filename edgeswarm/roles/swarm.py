@@ -62,6 +62,7 @@ class Swarm:
             clock=time.monotonic,
             piece_size=signed.manifest.piece_size,
             startup_bytes=peer.config.startup_window,
+            banned=peer.bans_of(self.cid),
         )
         self.picker = self.engine.picker
         self.waiting_reads = 0  # gateway reads of this file waiting for pieces now (read_waits)
