@@ -117,5 +117,12 @@ async def test_a_content_no_longer_held_is_announced_stopped_then_forgotten(tmp_
         assert bytes(await SwarmSource(peer, again).fetch(0)) == a[:PIECE]
         await peer.announce_all("update")
         assert (await swarm_sizes(edge.url)).get(cid) == 1
+
+        # a content gone while the only edge that had it is no longer ours (the router dropped it): forgotten all the same
+        other = (await peer.resolve("b.bin")).content_id
+        peer.pinned.opened.drop_content(other)
+        peer.use_edges([])
+        await peer.announce_all("update")
+        assert other not in peer._announced and other not in peer.received, "waiting for an edge that is no longer ours"
     finally:
         await peer.stop()

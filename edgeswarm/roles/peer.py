@@ -649,13 +649,30 @@ class Peer:
             return
         started = time.monotonic()  # before the contents are listed: a swarm created after this is hurried after it
         cids = self._live(store)
-        gone = set(self._announced) - cids
+        gone = self._gone(cids)
         targets = list(self._p2p_edges) if edges is None else edges
         await asyncio.gather(*(self._announce_to(edge, cids, event, started, gone) for edge in targets))
 
     def _live(self, store: PieceStore) -> set[str]:
         """The contents to announce: those we hold any piece of, and those a swarm of ours is fetching."""
         return {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+
+    def _gone(self, live: set[str]) -> set[str]:
+        """Contents announced once and not ``live`` any more, for a ``stopped`` to the trackers that had them (_announce_to).
+
+        A tracker that is no longer one of ours (the router dropped the
+        edge, or it stopped tracking) is not waited for: a content only such
+        trackers had is forgotten at once.
+        """
+        gone = set()
+        for cid in set(self._announced) - live:
+            self._announced[cid] &= self._p2p_edges
+            if self._announced[cid]:
+                gone.add(cid)
+            else:
+                del self._announced[cid]
+                self._forget(cid)
+        return gone
 
     async def _announce_to(self, edge: str, cids: set[str], event: str, started: float, gone: set[str]) -> None:
         """Every content to one tracker, in one request per BATCH contents; if it cannot be reached, a short back-off.
@@ -977,6 +994,8 @@ class Peer:
             if status >= 500:  # an edge starting up, or one whose parent is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)
+            if event == "stopped":  # it will not take it later either: nothing more to tell it
+                self._left(edge, cid)
             return None
         try:
             answer = json.loads(body)
