@@ -41,7 +41,8 @@ class PieceSource(Protocol):
         """
 
     def held(self, index: int) -> bool:
-        """Whether ``local`` would probably succeed (no need to fetch ahead)."""
+        """Whether there is no need to fetch the piece ahead of the reader: ``local`` would probably succeed (or, at
+        the origin, reading it when its turn comes is as quick)."""
 
     async def fetch(self, index: int, stop: int | None = None) -> bytes:
         """The verified piece; raises HttpError when it cannot be had.  ``stop``: the piece the read ends before, if
@@ -203,7 +204,8 @@ async def _send_span(
 
 async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:
     """A piece fetched ahead of the reader: its bytes only if the source could not keep it, else None (read from disk
-    when its turn comes).  A connection that stops reading holds no piece fetched ahead in memory, however large."""
+    when its turn comes).  A connection that stops reading holds no piece fetched ahead in memory, however large, but
+    for those its source could not keep (a full cache)."""
     data = await source.fetch(index, stop)
     return None if source.held(index) else data
 
