@@ -292,7 +292,8 @@ def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     auth = "Authorization: Bearer s3cret"
     status, text = register(json.dumps({"url": w1.url, "region": "north", "capacity": "1MB/s"}), auth)
     assert status == "400" and "unknown region 'north'" in text and "east, west" in text
-    for body in ("{", "[]", json.dumps({"url": "gopher://x", "region": "west", "capacity": 1}), '{"url": 1}'):
+    unclosed = json.dumps({"url": "http://[::1", "region": "west", "capacity": 1})  # urlsplit raises: it was a 500
+    for body in ("{", "[]", json.dumps({"url": "gopher://x", "region": "west", "capacity": 1}), '{"url": 1}', unclosed):
         status, text = register(body, auth)
         assert status == "400" and text.strip(), (body, text)
     status, text = register(good, auth)
@@ -380,6 +381,13 @@ def test_dns_answers_never_raise():
     assert DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", "MX").pack(), EAST_CLIENT)).rr == []
     nodata = DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", "AAAA").pack(), EAST_CLIENT))
     assert nodata.rr == [] and nodata.header.rcode == RCODE.NOERROR  # IPv4 edges only: no AAAA record, not a failure
+    flagged = DNSRecord.question("cdn.test")
+    flagged.header.rcode, flagged.header.tc = RCODE.NXDOMAIN, 1  # a query's own flags are not the answer's
+    answer = DNSRecord.parse(router.dns_answer(flagged.pack(), EAST_CLIENT))
+    assert answer.header.rcode == RCODE.NOERROR and not answer.header.tc and [str(r.rdata) for r in answer.rr] == ["127.10.0.1"]
+    chaos = DNSRecord.question("cdn.test", "A", "CH")
+    answer = DNSRecord.parse(router.dns_answer(chaos.pack(), EAST_CLIENT))
+    assert answer.header.rcode == RCODE.REFUSED and answer.rr == []  # the Internet class only
     rng = __import__("random").Random(7)
     for n in range(3000):
         packet = bytearray(good)

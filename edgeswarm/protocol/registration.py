@@ -37,7 +37,10 @@ def base_url_problem(url: object) -> str | None:
     registrations and flags, and the clients reading a router's list, check alike."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 2048:
         return "'url' must be an http(s) URL such as http://10.1.0.5:8080"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # raises on a bracketed host left open (http://[::1)
+    except ValueError:
+        return f"'url' must be an http(s) URL such as http://10.1.0.5:8080, not {url[:200]!r}"
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
     except ValueError:

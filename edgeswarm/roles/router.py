@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+from dnslib import AAAA, CLASS, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 from dnslib.label import DNSLabelError
 
 from edgeswarm.errors import HttpError
@@ -393,10 +393,15 @@ class Router:
             return DNSRecord(DNSHeader(id=int.from_bytes(packet[:2], "big"), qr=1, rcode=RCODE.FORMERR)).pack()
         if query.header.qr or query.header.opcode != 0:  # an answer, or not a standard query: nothing to say
             return None
-        reply = query.reply()
-        reply.header.ra = 0
+        # a header of our own: dnslib's reply() copies the query's flags, so a query with TC or an RCODE set was answered with them
+        reply = DNSRecord(DNSHeader(id=query.header.id, qr=1, aa=1, rd=query.header.rd, ra=0), q=query.q)
         if len(query.questions) != 1:
             reply.header.rcode = RCODE.FORMERR
+            return reply.pack()
+        if query.q.qclass not in (CLASS.IN, 255):  # IN and * (any); CHAOS and the rest: we serve the Internet class only
+            reply.header.aa = 0
+            reply.header.rcode = RCODE.REFUSED
+            self.metrics.events[("dns_refused", "class")] += 1
             return reply.pack()
         qname = str(query.q.qname).rstrip(".").lower()
         zone = self.config.dns_name.lower()
