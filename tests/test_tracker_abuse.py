@@ -151,3 +151,22 @@ async def test_a_forged_claim_is_cut_and_flags_its_author_only(tmp_path, nodes, 
     assert int(rows["mallory"]["reported_from_peers"]) <= SIZE and int(rows["mallory"]["reported_uploaded"]) <= 2 * SIZE
     assert "claim-over-bound" in rows["mallory"]["flags"]
     assert rows["alice"]["flags"] == "" and rows["bob"]["flags"] == ""  # honest users of the same region
+
+
+async def test_a_relayed_peer_cannot_point_its_neighbours_at_a_host_of_its_choosing(tmp_path, nodes, origin, published, http):
+    """An unreachable peer is handed out at the edge's relay: the edge's URL was built from the announce's ``Host``
+    header, which the announcer writes, so a peer had its neighbours send their requests to any host and port."""
+    make_file(published / "f.bin", PIECES * 256 * 1024)
+    edge = p2p_edge(nodes, tmp_path, origin)
+    cid = await content_id(http, edge.url, "f.bin")
+    liars = [f"127.0.0.{i}" for i in range(2, 8)]  # connections of their own: the edge's workers take them in turn
+    for addr in liars:
+        async with session(addr) as liar:
+            body = doc(cid, f"liar-{addr}", have=ALL, event="started", relay=True)
+            async with liar.post(edge.url + "/announce", json=body, headers={"Host": "127.2.0.99:9999"}) as r:
+                assert r.status == 200, await r.text()
+    async with session("127.0.0.9") as asker:
+        code, answer, _ = await announce(asker, edge.url, doc(cid, "asker", have="AA==", event="started"))
+    assert code == 200
+    urls = [p["url"] for p in answer["peers"]]
+    assert len(urls) == len(liars) and all(u.startswith(edge.url + "/relay/") for u in urls), urls

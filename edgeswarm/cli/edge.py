@@ -177,7 +177,11 @@ def add_parser(sub) -> None:
         help="what this edge may send, such as 1Gbit/s (routers compare its egress)",
     )
     reg.add_argument(
-        "--register-url", type=options.url, metavar="URL", help="this edge's URL for clients (default: the address it listens on)"
+        "--register-url",
+        type=options.url,
+        metavar="URL",
+        help="this edge's URL for clients, registered with routers and where relayed peers are handed out (default: the address "
+        "it listens on; for relayed peers, the address their announce reached)",
     )
     reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
     p.add_argument(

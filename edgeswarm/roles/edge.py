@@ -873,13 +873,22 @@ class Edge:
         if self.relay is None:
             raise HttpError(400, "this edge relays no peers (--relay-peers 0): announce without 'relay', from a reachable address")
         address, peer_id = request.remote or "", doc["peer_id"]
-        ours = self.relay.url_for(f"{request.scheme}://{request.host}", address, user, peer_id)
+        ours = self.relay.url_for(self._own_url(request), address, user, peer_id)
         if self.promoter is None:
             return ours, None
         via = self.promoter.relay_for(self.region_name(request), RelayHub.relay_id(address, user, peer_id))
         if via is not None and doc.get("relay_at") == via:  # its relay there is open: neighbours go there, not through us
             return self.relay.url_for(via, address, None, peer_id), via  # a peer's relay knows no token users: owner by address
         return ours, via
+
+    def _own_url(self, request: web.Request) -> str:
+        """This edge's URL for the peers it hands a relayed peer out to: ``--register-url``, else the address the
+        announce reached (never its ``Host`` header, which the announcer writes: it named any host and port, and its
+        neighbours sent their requests there)."""
+        url = self.config.register_url or request.get(REACHED_AT) or reached_at(request)
+        if url is None:
+            raise HttpError(503, "the connection closed before its announce was answered")
+        return url
 
     def _promoted(self, request: web.Request, doc: dict, user: str | None, cid: str) -> bool:
         """A reachable peer's announce, for the promoter; whether that peer is promoted (module policy/promotion.py)."""
@@ -1038,6 +1047,18 @@ class _Families:
 
     def __init__(self, collect: Callable[[], list]):
         self.collect = collect
+
+
+REACHED_AT = "edgeswarm.reached_at"  # a request's key: reached_at() of a request another worker passed on (edgeworkers)
+
+
+def reached_at(request: web.Request) -> str | None:
+    """This edge's URL as the request's connection reached it (its local address and port), None when it is gone."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    if not isinstance(sockname, tuple):
+        return None
+    host, port = sockname[0], sockname[1]
+    return f"{request.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def brief_status(request: web.Request) -> bool:

@@ -65,6 +65,7 @@ from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
 
 log = logging.getLogger("edgeswarm.roles.edge")
 FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix socket
+REACHED_AT = "X-Edgeswarm-Reached-At"  # the edge's address as the client reached it; trusted only on the private unix socket
 WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
 SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
@@ -200,6 +201,7 @@ class WorkerLink:
         self._take_up(request.path)
         if _private(request):  # forwarded by another worker (to the primary): answered here, for the client it names
             request = request.clone(remote=request.headers.get(FORWARDED_FOR, ""))
+            request[edge_role.REACHED_AT] = request.headers.get(REACHED_AT)
         elif not self.forwarded(request):
             return await handler(request)
         elif not self.primary:
@@ -231,6 +233,7 @@ class WorkerLink:
         """
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers[FORWARDED_FOR] = request.remote or ""
+        headers[REACHED_AT] = edge_role.reached_at(request) or ""
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._bridge(request, {k: v for k, v in headers.items() if not k.lower().startswith("sec-websocket")})
         # an encoded body is the primary's to refuse (415) by its header; aiohttp drains it here afterwards, as a single edge would
