@@ -296,6 +296,18 @@ def test_edge_cli_rejects_bad_parent(tmp_path, bad):
     assert r.returncode == 2 and "not an http(s) URL" in r.stderr
 
 
+@pytest.mark.parametrize("bad", ["http://[::1", "http://edge:99999"])
+def test_a_url_option_that_does_not_parse_is_a_usage_error_not_a_traceback(tmp_path, bad):
+    """``http://[::1`` passed the check (an http prefix) and raised in urlsplit later."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "peer", "--cache", str(tmp_path), "--edge", bad], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "not an http(s) URL" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("role", ["edge", "peer"])
 @pytest.mark.parametrize("key_known", [False, True], ids=["first start", "restart"])
 def test_a_node_whose_cache_cannot_hold_its_directories_stops_with_the_reason(tmp_path, role, key_known):

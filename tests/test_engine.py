@@ -828,3 +828,12 @@ def test_an_edge_worker_probes_its_only_edge_while_it_is_set_aside():
     assert isinstance(step, Fetch) and step.url == "http://edge:8000"  # asked again within a second, not in 32 s
     worker.send(Result("ok", 0.01, MIN_PIECE))
     assert e.ranking.available("http://edge:8000", now[0])
+
+
+def test_a_tracker_answer_naming_a_url_that_does_not_parse_raises_nothing():
+    """A lying tracker or sub-tracker (a promoted peer) sent ``http://[::1``: urlsplit raised, out of the announce round."""
+    e, _ = make()
+    e.tracker_answer([{"peer_id": "liar", "url": "http://[::1", "have": {0, 1}, "same_region": True}])
+    liar = e.neighbours["http://[::1"]
+    e.ban(liar, "sent a corrupt piece 0")
+    assert "http://[::1" in e.banned and not e.neighbours

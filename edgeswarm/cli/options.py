@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import math
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edgeswarm.node.daemon import ServerLimits
 from edgeswarm.protocol.cors import parse_origin
@@ -67,6 +68,10 @@ def cidr(text: str) -> str:
 def url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
+    try:
+        urlsplit(text).port  # noqa: B018 - raises on a bracketed host left open, or a port that is not one
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r} ({exc})") from None
     return text
 
 

@@ -832,7 +832,10 @@ def host_of(url: str) -> str:
     relay: its ban holds the relay and the peer's address group, so the
     relay's other peers stay usable and a new peer id buys no new chance.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # http://[x: what a lying tracker or sub-tracker can send; its requests fail, and it is dropped
+        return url
     host = parts.hostname or url
     segments = parts.path.split("/")
     if len(segments) >= 3 and segments[1] == "relay" and segments[2]:

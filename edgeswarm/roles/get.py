@@ -45,7 +45,10 @@ class GetError(EdgeswarmError):
 
 def split_url(url: str) -> tuple[str, str]:
     """(edge base URL, published path) of a URL such as http://edge:8080/films/a.mp4."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracketed host left open: http://[::1/a.mp4
+        raise GetError(f"not an http(s) URL: {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise GetError(f"not an http(s) URL: {url!r}")
     path = unquote(parts.path).lstrip("/")
