@@ -93,6 +93,9 @@ def test_clean_request_path_accepts(raw, rel):
         ("/a%7fb", "control character"),
         ("/a\x01b", "control character"),
         ("/%ff", "not UTF-8"),
+        ("/%zz", "not followed by two hex digits"),
+        ("/100%.mp4", "not followed by two hex digits"),
+        ("/a%2", "not followed by two hex digits"),
         ("/%c0%ae%c0%ae/x", "not UTF-8"),  # overlong UTF-8 for '..'
         ("/%e2%82", "not UTF-8"),  # truncated sequence
         ("/%ed%a0%80", "not UTF-8"),  # an encoded surrogate

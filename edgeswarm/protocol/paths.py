@@ -7,6 +7,7 @@ and loudly (400) instead of as a puzzling 404.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote
 
 from edgeswarm.errors import HttpError
@@ -31,10 +32,16 @@ MAX_SEGMENT_BYTES = 255  # NAME_MAX of the common file systems
 MAX_PATH_BYTES = 1024
 
 
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def clean_request_path(raw_path: str) -> str:
     """The relative path a request names, from its raw (still percent-encoded) target."""
+    target = raw_path.split("?", 1)[0]
+    if _BAD_ESCAPE.search(target):  # unquote keeps it as it is: a 404 for a name that cannot be a published one's URL
+        raise HttpError(400, "invalid path: a '%' not followed by two hex digits (a literal '%' is %25)")
     try:
-        path = unquote(raw_path.split("?", 1)[0], errors="strict")
+        path = unquote(target, errors="strict")
     except UnicodeDecodeError:
         raise HttpError(400, "invalid path: percent-encoding is not UTF-8") from None
     if not path.startswith("/"):
