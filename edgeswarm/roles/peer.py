@@ -654,8 +654,12 @@ class Peer:
         await asyncio.gather(*(self._announce_to(edge, cids, event, started, gone) for edge in targets))
 
     def _live(self, store: PieceStore) -> set[str]:
-        """The contents to announce: those we hold any piece of, and those a swarm of ours is fetching."""
-        return {s.content_id for s in store.contents() if store.held(s.content_id)} | set(self.swarms)
+        """The contents to announce: those ``_in_use``."""
+        return {s.content_id for s in store.contents() if self._in_use(s.content_id)} | set(self.swarms)
+
+    def _in_use(self, cid: str) -> bool:
+        """We hold a piece of ``cid``, or a swarm of ours is fetching it: announced, and its tables kept (_forget)."""
+        return cid in self.swarms or bool(self.store is not None and self.store.held(cid))
 
     def _gone(self, live: set[str]) -> set[str]:
         """Contents announced once and not ``live`` any more, for a ``stopped`` to the trackers that had them (_announce_to).
@@ -858,8 +862,7 @@ class Peer:
             if edges:
                 return
             del self._announced[cid]
-        store = self.store
-        if cid not in self.swarms and not (store is not None and store.held(cid)):
+        if not self._in_use(cid):
             self._forget(cid)
 
     def _forget(self, cid: str) -> None:
