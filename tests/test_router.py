@@ -327,6 +327,12 @@ def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
         ["dig", "@127.0.0.1", "-p", str(port), "-b", WEST_CLIENT, "example.org", "+tries=1", "+time=2"], capture_output=True, text=True
     )
     assert "status: REFUSED" in refused.stdout
+    newer = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "-b", WEST_CLIENT, "cdn.test", "+edns=1", "+noednsnegotiation", "+tries=1", "+time=2"],
+        capture_output=True,
+        text=True,
+    )
+    assert "status: BADVERS" in newer.stdout and "EDNS: version: 0" in newer.stdout  # RFC 6891: the version we speak
     assert (
         "status: REFUSED"
         in subprocess.run(
@@ -361,7 +367,7 @@ def test_router_refuses_bad_configuration(tmp_path):
 
 def test_dns_answers_never_raise():
     """The DNS handler in process, fed every kind of packet: an answer or silence, never an exception."""
-    from dnslib import RCODE, DNSRecord
+    from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
     from edgeswarm.policy.regions import RegionMap
     from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
@@ -388,6 +394,18 @@ def test_dns_answers_never_raise():
     chaos = DNSRecord.question("cdn.test", "A", "CH")
     answer = DNSRecord.parse(router.dns_answer(chaos.pack(), EAST_CLIENT))
     assert answer.header.rcode == RCODE.REFUSED and answer.rr == []  # the Internet class only
+    edns = DNSRecord.question("cdn.test")
+    edns.add_ar(EDNS0(udp_len=4096))  # what dig and stub resolvers send
+    answer = DNSRecord.parse(router.dns_answer(edns.pack(), EAST_CLIENT))
+    assert [str(r.rdata) for r in answer.rr] == ["127.10.0.1"] and [(r.rtype, r.edns_ver) for r in answer.ar] == [(QTYPE.OPT, 0)]
+    newer = DNSRecord.question("cdn.test")
+    newer.add_ar(EDNS0(version=1))  # a version we do not speak: BADVERS (16), its upper bits in the OPT, no answer
+    answer = DNSRecord.parse(router.dns_answer(newer.pack(), EAST_CLIENT))
+    assert answer.rr == [] and answer.header.rcode == 0 and [(r.edns_rcode, r.edns_ver) for r in answer.ar] == [(1, 0)]
+    twice = DNSRecord.question("cdn.test")
+    twice.add_ar(EDNS0())
+    twice.add_ar(EDNS0())
+    assert DNSRecord.parse(router.dns_answer(twice.pack(), EAST_CLIENT)).header.rcode == RCODE.FORMERR
     rng = __import__("random").Random(7)
     for n in range(3000):
         packet = bytearray(good)

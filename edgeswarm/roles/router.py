@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
-from dnslib import AAAA, CLASS, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
+from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 from dnslib.label import DNSLabelError
 
 from edgeswarm.errors import HttpError
@@ -58,6 +58,8 @@ MAX_POLLED_REGIONS = 64  # tracker rows kept per edge: an edge's /status is not 
 MAX_NAME = 100  # characters of a region name kept from an edge's /status
 DNS_TCP_IDLE = 10.0  # seconds a DNS connection over TCP may stay silent (RFC 7766 suggests seconds)
 DNS_TCP_MAX = 256  # DNS connections over TCP at once; past them a new one is closed at once
+EDNS_UDP_SIZE = 1232  # bytes of UDP answer we say we take (RFC 6891's OPT; DNS Flag Day 2020's figure)
+BADVERS = 16  # the extended RCODE for an EDNS version we do not speak (RFC 6891): its upper 8 bits go in the OPT
 DNS_PORT_TRIES = 20  # ports tried for --dns-port 0 before settling for UDP alone
 
 
@@ -382,7 +384,12 @@ class Router:
 
     # -- DNS --------------------------------------------------------------------------------------
     def dns_answer(self, packet: bytes, address: str) -> bytes | None:
-        """The answer to one DNS packet from ``address``; None when nothing should be sent (not a query at all)."""
+        """The answer to one DNS packet from ``address``; None when nothing should be sent (not a query at all).
+
+        EDNS (RFC 6891): a query with an OPT record of version 0 gets one back
+        (our UDP payload size); another version gets BADVERS, as resolvers
+        probing for a newer EDNS expect; two OPT records are FORMERR.
+        """
         try:
             query = DNSRecord.parse(packet)
             query.pack()  # a name dnslib reads but cannot write back (a label over 63 bytes, a name over 255): malformed too
@@ -395,37 +402,48 @@ class Router:
             return None
         # a header of our own: dnslib's reply() copies the query's flags, so a query with TC or an RCODE set was answered with them
         reply = DNSRecord(DNSHeader(id=query.header.id, qr=1, aa=1, rd=query.header.rd, ra=0), q=query.q)
-        if len(query.questions) != 1:
+        opts = [r for r in query.ar if r.rtype == QTYPE.OPT]
+        if len(query.questions) != 1 or len(opts) > 1:
             reply.header.rcode = RCODE.FORMERR
             return reply.pack()
+        if opts:
+            version = (opts[0].ttl >> 16) & 0xFF
+            reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE, ext_rcode=BADVERS >> 4 if version else 0))  # BADVERS: 16, all in the OPT
+            if version:
+                self.metrics.events[("dns_refused", "edns_version")] += 1
+                return reply.pack()
+        self._fill(reply, query, address)
+        return reply.pack()
+
+    def _fill(self, reply: DNSRecord, query: DNSRecord, address: str) -> None:
+        """The answer to a well-formed query of ours: its RCODE, AA flag and records set in ``reply``."""
         if query.q.qclass not in (CLASS.IN, 255):  # IN and * (any); CHAOS and the rest: we serve the Internet class only
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED
             self.metrics.events[("dns_refused", "class")] += 1
-            return reply.pack()
+            return
         qname = str(query.q.qname).rstrip(".").lower()
         zone = self.config.dns_name.lower()
         if qname != zone and not qname.endswith("." + zone):
             reply.header.aa = 0
             reply.header.rcode = RCODE.REFUSED  # not our name: we answer for one zone only
             self.metrics.events[("dns_refused", "zone")] += 1
-            return reply.pack()
+            return
         qtype = query.q.qtype
         if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
-            return reply.pack()  # the name exists, with no record of that type
+            return  # the name exists, with no record of that type
         version = 6 if qtype == QTYPE.AAAA else 4
         try:
             decision = self.decide(address, qname, "dns", lambda s: s.address is not None and s.address.version == version)
         except HttpError as exc:
             if exc.status != 403 and self._dns_edges_up(address, qname):
-                return reply.pack()  # edges are up, none with an address of this family: the name has no such record
+                return  # edges are up, none with an address of this family: the name has no such record
             reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
             self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
-            return reply.pack()
+            return
         for c in decision.ranked[: self.config.dns_answers]:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
             reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
-        return reply.pack()
 
     def _dns_edges_up(self, address: str, qname: str) -> bool:
         """Some edge with an address is up for this client, of either family.  Then an AAAA query where only IPv4
