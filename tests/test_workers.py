@@ -141,6 +141,8 @@ async def test_one_status_and_one_metrics_total_every_worker(tmp_path, nodes, or
         brief = await r.json()
     assert brief["content_count"] == 1 and "contents" not in brief and brief["bytes_sent"]["client"] == 16 * len(data)
     assert brief["workers"] == {"count": 2, "answered": 2} and st["contents"][0]["path"] == "s.bin"
+    code, text, _ = await fresh("GET", edge.url + "/status")
+    assert code == 200 and b'\n "workers": {' in text  # indented as one process's is: README's recipes grep it line by line
     code, text, _ = await fresh("GET", edge.url + "/metrics")
     assert code == 200
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text.decode()) for s in f.samples}
@@ -265,6 +267,7 @@ async def test_status_answers_while_the_primary_worker_restarts(tmp_path, nodes,
     answers = [await fresh("GET", edge.url + "/status") for _ in range(5)]
     assert [code for code, _, _ in answers] == [200] * 5, answers
     assert {json.loads(body)["workers"]["answered"] for _, body, _ in answers} <= {1, 2}
+    assert all(body.startswith(b"{\n ") for _, body, _ in answers)  # indented, whichever worker answered
     assert (await fresh("GET", edge.url + "/p.bin"))[:2] == (200, data)
 
 

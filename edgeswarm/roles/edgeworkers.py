@@ -55,7 +55,7 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import PEER_HEADER
-from edgeswarm.protocol.wire import status_limit
+from edgeswarm.protocol.wire import json_response, status_limit
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.filllock import FillLocks
@@ -272,7 +272,7 @@ class WorkerLink:
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         doc = json.loads(response.body)
         doc["workers"] = {"count": self.slot.count, "answered": 1, "primary": "restarting"}
-        return web.Response(body=json.dumps(doc).encode(), content_type="application/json", headers={WORKER_HEADER: str(self.slot.index)})
+        return _status_response(doc, self.slot.index)
 
     async def _bridge(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
         """A WebSocket to the primary, joined message for message to the client's (a relayed peer's link)."""
@@ -306,8 +306,7 @@ class WorkerLink:
                 doc["content_count"] = _directories(store.content_dir)
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
             doc["upload_limit_Bps"] = self.cap
-            body = json.dumps(doc).encode()
-            return web.Response(body=body, content_type="application/json", headers={WORKER_HEADER: "0"})
+            return _status_response(doc, 0)
         texts = [mine.decode(), *(o.decode() for o in others if o is not None)]
         return web.Response(body=merge_metrics(texts), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, WORKER_HEADER: "0"})
 
@@ -445,3 +444,10 @@ async def _pipe(
         pass
     finally:
         await dst.close()
+
+
+def _status_response(doc: dict, worker: int) -> web.Response:
+    """A merged /status as one worker's own is sent (``json_response``: indented for curl and grep), saying which worker answered."""
+    response = json_response(doc)
+    response.headers[WORKER_HEADER] = str(worker)
+    return response
