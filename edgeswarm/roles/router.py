@@ -111,6 +111,10 @@ def _shared_store(name: object) -> str | None:
     return name[:500] if isinstance(name, str) and name and name != "memory" else None
 
 
+class _Refused(Exception):
+    """An edge answered its /status poll with another status than 200: the reason says which, as the log does."""
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     poll_interval: float = 2.0
@@ -339,7 +343,7 @@ class Router:
                 self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers) as resp,
             ):
                 if resp.status != 200:
-                    raise ValueError(f"/status answered {resp.status}")
+                    raise _Refused(f"/status answered {resp.status}")
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
             doc = json.loads(body)
             sample = sample_from_status(doc, time.monotonic())
@@ -348,6 +352,8 @@ class Router:
             changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
         except UpstreamError as exc:
             changed = health.failed(now, exc.message, self.table.thresholds)
+        except _Refused as exc:
+            changed = health.failed(now, str(exc), self.table.thresholds)
         except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
             changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
         else:
