@@ -37,7 +37,7 @@ from aiohttp import web
 from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 from dnslib.label import DNSLabelError
 
-from edgeswarm.errors import HttpError
+from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
@@ -111,7 +111,7 @@ def _shared_store(name: object) -> str | None:
     return name[:500] if isinstance(name, str) and name and name != "memory" else None
 
 
-class _Refused(Exception):
+class _Refused(EdgeswarmError):
     """An edge answered its /status poll with another status than 200: the reason says which, as the log does."""
 
 
