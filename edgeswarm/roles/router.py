@@ -37,7 +37,7 @@ from aiohttp import web
 from dnslib import AAAA, CLASS, EDNS0, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 from dnslib.label import DNSLabelError
 
-from edgeswarm.errors import EdgeswarmError, HttpError
+from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
@@ -109,10 +109,6 @@ def polled_figures(doc: dict, at: float) -> dict:
 def _shared_store(name: object) -> str | None:
     """The tracker store an edge names in /status, when other edges may share it (not ``memory``); bounded."""
     return name[:500] if isinstance(name, str) and name and name != "memory" else None
-
-
-class _Refused(EdgeswarmError):
-    """An edge answered its /status poll with another status than 200: the reason says which, as the log does."""
 
 
 @dataclass(frozen=True)
@@ -343,7 +339,7 @@ class Router:
                 self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers) as resp,
             ):
                 if resp.status != 200:
-                    raise _Refused(f"/status answered {resp.status}")
+                    raise UpstreamError(502, f"/status answered {resp.status}")  # the reason says which, as the log does
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
             doc = json.loads(body)
             sample = sample_from_status(doc, time.monotonic())
@@ -352,8 +348,6 @@ class Router:
             changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
         except UpstreamError as exc:
             changed = health.failed(now, exc.message, self.table.thresholds)
-        except _Refused as exc:
-            changed = health.failed(now, str(exc), self.table.thresholds)
         except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
             changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
         else:
