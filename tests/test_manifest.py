@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -552,6 +553,22 @@ def test_a_republished_file_moves_forward_even_when_its_mtime_does_not(tmp_path)
     os.replace(copy, f)  # a new inode, the same bytes and mtime: the same version, not a new one
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert catalog.by_path["a.txt"].signed.manifest == second
+
+
+def test_a_protection_change_across_a_restart_is_a_later_version(tmp_path):
+    """Restarted with --protect (or without it), the origin republishes the file later than the version nodes hold:
+    at the same ``modified`` they refused the new manifest and kept serving the plaintext copy."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    (root / "a.bin").write_bytes(b"x" * 1000)
+    versions = []
+    for protect in ([], ["*"], []):
+        catalog = Catalog(root, tmp_path / "state.json", KEY, protect=protect)
+        catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+        versions.append(catalog.by_path["a.bin"].signed)
+    for held, fresh in itertools.pairwise(versions):
+        assert ManifestOrder().problem(fresh, held=held) is None
+        assert fresh.manifest.modified == held.manifest.modified + 1
 
 
 def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_path, caplog):

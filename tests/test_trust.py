@@ -276,6 +276,37 @@ async def test_protected_content_travels_encrypted_and_only_to_token_holders(tmp
     assert "mallory" not in rows
 
 
+async def test_an_edge_stops_holding_plaintext_when_the_origin_restarts_protecting_the_file(tmp_path, nodes, published, http):
+    """An origin restarted with --protect republished the file with the same ``modified`` (its mtime had not changed
+    and the dropped state was forgotten), so the edge refused the new manifest as "an older version" and served and
+    kept the cached plaintext for good (found by the Roles audit).  A protection change is a later version."""
+    secret = make_file(published / "films" / "secret.bin", SIZE)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
+    key = published / ".edgeswarm" / "origin.key"
+    edge, edge_cache = start_edge(nodes, tmp_path, origin, key, "edge")
+    carol = bearer(issue(key, "carol", "/films/"))
+    async with http.get(edge.url + "/films/secret.bin", headers=carol) as r:
+        assert r.status == 200 and sha(await r.read()) == sha(secret)
+    assert plaintext_on_disk(edge_cache, secret)  # cached as it was published: in the clear
+
+    origin.stop()
+    origin.args = [*origin.args, "--protect", "films/*"]
+    origin.port = int(origin.url.rsplit(":", 1)[1])  # the edge's parent URL stays right
+    origin.start()
+    deadline = time.monotonic() + 20
+    while True:
+        async with http.get(edge.url + "/manifest/films/secret.bin", headers=carol) as r:
+            doc = await r.json()
+        if "protected" in doc["manifest"]:
+            break
+        assert time.monotonic() < deadline, f"the edge still holds the unprotected version: {doc['manifest']}"
+        await asyncio.sleep(0.3)
+    async with http.get(edge.url + "/films/secret.bin", headers=carol) as r:
+        assert r.status == 200 and sha(await r.read()) == sha(secret)  # decrypted on the fly for the token holder
+    assert plaintext_on_disk(edge_cache, secret) == []
+    assert "older version" not in edge.log_path.read_text()
+
+
 async def test_announces_refuse_bad_input_without_changing_state(tmp_path, nodes, deployment, http):
     origin, key, _, _ = deployment
     edge, _ = start_edge(nodes, tmp_path, origin, key)

@@ -85,6 +85,7 @@ class Catalog:
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
+        self._retired: dict[str, Manifest] = {}  # path -> a saved version not reused (see _load_state)
         self._load_state()
 
     def _load_state(self) -> None:
@@ -113,7 +114,10 @@ class Catalog:
                 key = None  # a damaged key: the check below republishes the file
             protection = signed.manifest.protection
             if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
-                continue  # --protect changed, or the key is lost: the next scan publishes it afresh
+                # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
+                # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
+                self._retired[rel] = signed.manifest
+                continue
             self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json(), key))
 
     def _save_state(self) -> None:
@@ -256,7 +260,7 @@ class Catalog:
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
-        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else self._retired.get(rel))
         if fresh is not None:
             changes[rel] = fresh
 
