@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeswarm.cli.lab import EPILOG_LAB
 from edgeswarm.measure import labsim, scenario
 from edgeswarm.measure.lab import _Playback, playback
 from edgeswarm.policy import engine
@@ -152,6 +153,8 @@ def test_shipped_scenarios_load():
         "vod",
         "vod-model",
     ]
+    listed = [line.split()[0] for line in EPILOG_LAB.split("\n\n")[0].splitlines()[1:]]
+    assert sorted(listed) == scenario.shipped()  # `lab --help` names every shipped scenario
     relay = scenario.load("relay")
     assert relay.unreachable == 0.34 and relay.promote_upload is None
     assert scenario.load("relay-promoted").promote_upload_Bps == 64_000 and scenario.load("relay-promoted").announce_interval == 5

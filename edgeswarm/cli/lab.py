@@ -9,12 +9,17 @@ from pathlib import Path
 from edgeswarm.cli import options
 
 EPILOG_LAB = """\
-scenarios shipped:
-  flash-crowd  a software update everyone wants at once (Verizon tiers)
-  vod          Zipf-popular videos, Poisson arrivals, early quits (AT&T tiers)
-  churn        peers crash mid-download and rejoin to resume
-  live         24 viewers follow a 3-minute live HLS stream made by ffmpeg during the run
-  chaos        every kind of fault in turn (see edgeswarm chaos --help)
+scenarios shipped (edgeswarm/measure/scenarios/):
+  flash-crowd     a software update everyone wants at once (Verizon tiers)
+  vod             Zipf-popular videos, Poisson arrivals, early quits (AT&T tiers)
+  vod-model       VoD shaped like the simulator's model, to compare the two
+  churn           peers crash mid-download and rejoin to resume
+  live            24 viewers follow a 3-minute low-latency HLS stream made by ffmpeg during the run
+  live-segments   the same stream as whole segments only, as an RFC 8216 player plays it
+  relay           a flash crowd where a third of the peers cannot accept connections (--netns)
+  relay-promoted  relay, with the edges promoting fast reachable peers to relays (--netns)
+  subtracker      relay-promoted with promotion in east only, then a steady minute (--netns)
+  chaos           every kind of fault in turn (see edgeswarm chaos --help)
 
 examples:
   edgeswarm lab flash-crowd
@@ -47,7 +52,7 @@ def add_parser(sub) -> None:
         epilog=EPILOG_LAB,
         formatter_class=options.FORMATTER,
     )
-    p.add_argument("scenario", metavar="SCENARIO", help="flash-crowd, vod, churn, live, or a scenario YAML file")
+    p.add_argument("scenario", metavar="SCENARIO", help="a shipped scenario (listed below) or a scenario YAML file")
     _scenario_flags(p, lab=True)
     p.set_defaults(run=run)
 

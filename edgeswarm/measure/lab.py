@@ -342,7 +342,7 @@ class Lab:
         origin = await _status(http, self.origin.url)
         await asyncio.gather(*(self._sample_user(http, u) for u in self.users if u.node.running))
         row: dict[str, Any] = {"t": round(t, 2), "edges_Bps": {}, "origin_Bps": 0.0, "done": sum(u.done_at is not None for u in self.users)}
-        dt = t - self.timeline[-1]["t"] if self.timeline else t
+        dt = t - self.timeline[-1]["t"] if self.timeline else 0.0  # the first sample is the baseline: no rate yet (bytes over t ~ 0)
         for region, st in edges.items():
             if st is None:
                 continue

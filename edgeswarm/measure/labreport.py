@@ -146,11 +146,11 @@ def print_report(console: Console, r: dict) -> None:
     m = r.get("model")
     if m:
         t = m["total"]
-        verdict = "agrees" if t["agrees"] else "DISAGREES"
+        verdict = "agrees (within" if t["agrees"] else "DISAGREES (beyond"
         console.print(
             f"model of the same sessions (simulator, no prefetch, late viewers' startups from the edge): {_pct(t['model_savings'])} saved "
             f"(the fluid alone {_pct(t['fluid_savings'])}), bound {_pct(t['bound_savings'])}; "
-            f"the lab's {_pct(t['lab_savings'])} {verdict} within ±{m['tolerance']:.0%}"
+            f"the lab's {_pct(t['lab_savings'])} {verdict} ±{m['tolerance'] * 100:g} points)"
         )
     if r.get("chaos"):
         print_chaos(console, r["chaos"])
