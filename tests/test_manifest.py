@@ -561,6 +561,7 @@ def test_a_protection_change_across_a_restart_is_a_later_version(tmp_path):
     root = tmp_path / "pub"
     root.mkdir()
     (root / "a.bin").write_bytes(b"x" * 1000)
+    os.utime(root / "a.bin", (1_700_000_000, 1_700_000_000))
     versions = []
     for protect in ([], ["*"], []):
         catalog = Catalog(root, tmp_path / "state.json", KEY, protect=protect)
@@ -569,6 +570,10 @@ def test_a_protection_change_across_a_restart_is_a_later_version(tmp_path):
     for held, fresh in itertools.pairwise(versions):
         assert ManifestOrder().problem(fresh, held=held) is None
         assert fresh.manifest.modified == held.manifest.modified + 1
+    (tmp_path / "state.json").unlink()  # the state lost: the file is encrypted under a new key, later than any before
+    catalog = Catalog(root, tmp_path / "state.json", KEY, protect=["*"])
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert ManifestOrder().problem(catalog.by_path["a.bin"].signed, held=versions[1]) is None
 
 
 def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_path, caplog):

@@ -357,6 +357,10 @@ class Catalog:
             modified=int(key[1] // 1_000_000_000) or int(time.time()),
             protection=protection,
         )
+        if protection is not None and previous is None:
+            # a fresh content key is a new version even at the same mtime: with the state lost, a version nodes hold
+            # is unknown here, and at its ``modified`` they would refuse this one and keep one whose key is gone
+            manifest = replace(manifest, modified=max(manifest.modified, int(time.time())))
         if previous is not None and manifest.modified <= previous.modified:
             same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
             manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
