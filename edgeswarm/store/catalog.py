@@ -260,9 +260,14 @@ class Catalog:
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
-        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else self._retired.get(rel))
+        fresh = self._publish(rel, full, key, self._version_before(rel, entry))
         if fresh is not None:
             changes[rel] = fresh
+
+    def _version_before(self, rel: str, entry: Entry | None) -> Manifest | None:
+        """The version a new one of ``rel`` must come after: the one published, else one the saved state held and
+        ``_load_state`` did not reuse (nodes may hold it)."""
+        return entry.signed.manifest if entry else self._retired.get(rel)
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
         """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
@@ -389,8 +394,7 @@ class Catalog:
         if not target.parent.resolve().is_relative_to(self.root):  # a symlinked directory on the way: before any mkdir
             raise PermissionError(f"{rel} would leave the published directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        previous = self.by_path.get(rel)
-        entry = self._publish(rel, staged, _stat_key(staged.stat()), previous.signed.manifest if previous else None)
+        entry = self._publish(rel, staged, _stat_key(staged.stat()), self._version_before(rel, self.by_path.get(rel)))
         if entry is None:
             raise OSError(f"the upload of {rel} changed while it was hashed")
         try:
