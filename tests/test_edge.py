@@ -267,6 +267,26 @@ async def test_changed_file_reaches_the_edge_and_old_pieces_go(tmp_path, nodes, 
     assert (await get(http, leaf.url + "/doc.txt"))[0] == 404
 
 
+async def test_a_file_rewritten_under_the_origin_reaches_the_edge_at_an_older_mtime(tmp_path, nodes, published, http):
+    """A file replaced by one with an older mtime between two scans: the origin found a piece that no longer matched,
+    withdrew the file and hashed it again as a first version, at its mtime, older than the one the edge held; the edge
+    refused it and served the old bytes for good (found by an adversarial session)."""
+    make_file(published / "f.bin", 600_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "60")  # no scan sees the rewrite
+    leaf = edge(nodes, tmp_path, origin.url)
+    assert (await get(http, leaf.url + "/f.bin"))[0] == 200
+    staged = published / ".f.bin.new"
+    new = make_file(staged, 600_000)
+    os.utime(staged, (1_577_836_800, 1_577_836_800))  # 2020: older than the version the edge holds
+    os.replace(staged, published / "f.bin")
+    assert (await get(http, origin.url + "/f.bin"))[0] == 503  # the origin's own read finds the mismatch
+    deadline = time.monotonic() + 15
+    while await get(http, leaf.url + "/f.bin") != (200, new):
+        assert time.monotonic() < deadline, "the edge still serves the version before the rewrite"
+        await asyncio.sleep(0.2)
+    assert "older version" not in leaf.log_text()
+
+
 async def test_range_streams_before_the_whole_range_is_fetched(tmp_path, nodes, origin, published, http):
     data = make_file(published / "slow.bin", 8 * 256 * 1024)
     await asyncio.sleep(0.5)

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -574,6 +575,56 @@ def test_a_protection_change_across_a_restart_is_a_later_version(tmp_path):
     catalog = Catalog(root, tmp_path / "state.json", KEY, protect=["*"])
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert ManifestOrder().problem(catalog.by_path["a.bin"].signed, held=versions[1]) is None
+
+
+def test_a_version_after_a_withdrawal_or_a_lost_state_is_later_than_any_nodes_hold(tmp_path):
+    """Re-hashed after a piece stopped matching (a file rewritten in place), or published with the state lost, a file's
+    version took its mtime again: one nodes held was as new or newer, so they refused the new one and served the old
+    for good (found by an adversarial session)."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    f = root / "a.bin"
+    f.write_bytes(b"one")
+    os.utime(f, (1_700_000_000, 1_700_000_000))
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    f.write_bytes(b"two")
+    os.utime(f, (1_600_000_000, 1_600_000_000))  # an older file copied in: the previous version + 1
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    held = catalog.by_path["a.bin"].signed
+    assert held.manifest.modified == 1_700_000_001
+    f.write_bytes(b"six")
+    os.utime(f, (1_600_000_000, 1_600_000_000))
+    catalog.recheck("a.bin")  # the origin found a piece that no longer matches: withdrawn until hashed again
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert ManifestOrder().problem(catalog.by_path["a.bin"].signed, held=held) is None
+    held = catalog.by_path["a.bin"].signed
+
+    (tmp_path / "state.json").unlink()  # the state lost, the key kept
+    catalog = Catalog(root, tmp_path / "state.json", KEY, new_key=False)
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert ManifestOrder().problem(catalog.by_path["a.bin"].signed, held=held) is None
+    (tmp_path / "state.json").unlink()  # a new key: nobody holds a version, the mtime is the version
+    assert Catalog(root, tmp_path / "state.json", KEY).scan_changes({})["a.bin"].signed.manifest.modified == 1_600_000_000
+
+
+def test_a_state_file_of_the_wrong_shape_and_a_file_from_before_1970(tmp_path, caplog):
+    """A state file that was JSON of another shape stopped the origin at start with a traceback; a file with an mtime
+    before 1970 was published with a negative ``modified`` that every node refused as malformed."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    old = root / "old.bin"
+    old.write_bytes(b"1969")
+    os.utime(old, (-18_489_600, -18_489_600))
+    state = tmp_path / "state.json"
+    for text in ("null", "[]", '{"old.bin": {"stat": null, "signed": {}}}', '{"old.bin": 5}'):
+        state.write_text(text)
+        catalog = Catalog(root, state, KEY, new_key=False)
+        catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+        modified = catalog.by_path["old.bin"].signed.manifest.modified
+        assert modified >= time.time() - 5, text
+        Manifest.from_dict(catalog.by_path["old.bin"].signed.manifest.to_dict())  # what nodes check: valid
+    assert "not a JSON object" in caplog.text
 
 
 def test_a_file_whose_name_is_not_utf8_is_skipped_and_the_rest_published(tmp_path, caplog):

@@ -111,8 +111,9 @@ class Origin:
         web_seeds: list[str] | None = None,
         quota: QuotaPolicy | None = None,
     ):
+        new_key = not key_file.exists()
         self.key = load_or_create_private_key(key_file)
-        self.catalog = Catalog(publish, state / "catalog.json", self.key, protect)
+        self.catalog = Catalog(publish, state / "catalog.json", self.key, protect, new_key=new_key)
         # users' uploads (PUT, through their edges): staged in the state dir, published under users/<user>/
         self.publisher = Publisher(self.key.public_key(), self.catalog, Staging(state / "uploads"), quota or QuotaPolicy(DEFAULT_QUOTA))
         self.scan_interval = scan_interval

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 StatKey = tuple[int, int, int]  # size, mtime_ns, inode
 KEPT_PLAYLIST = 1 << 20  # a playlist up to this size is kept in memory as signed, and its superseded versions a while
 SUPERSEDED_KEPT = 8  # superseded playlist versions still served by id: a node that was handed one can fetch its bytes
+FLOORS_KEPT = 100_000  # paths whose last version is remembered after it left the catalogue (see Catalog._floor)
 PARTIAL = ".tmp"  # a writer's name for a file not yet complete (ffmpeg's hls temp_file): renamed when done
 
 
@@ -71,7 +72,9 @@ def _read_whole(full: Path) -> tuple[bytes, StatKey]:
 
 
 class Catalog:
-    def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None):
+    def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None, new_key: bool = True):
+        """``new_key``: the signing key was made at this start, so no node holds a version of these files; with an old
+        key and no state (lost, unreadable), nodes may hold versions this catalogue cannot know (``_floor_of``)."""
         self.root = root.resolve()
         self.state_file = state_file
         self.key = key
@@ -85,11 +88,15 @@ class Catalog:
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
-        self._retired: dict[str, Manifest] = {}  # path -> a saved version not reused (see _load_state)
-        self._load_state()
+        # path -> the ``modified`` of a version nodes may hold that the catalogue no longer has (withdrawn, re-hashed, or
+        # a saved one not reused): the next version of the path comes after it (``_floor_of``)
+        self._floor: OrderedDict[str, int] = OrderedDict()
+        self._history_lost = False  # the saved state was missing or unreadable although the key is old
+        self._load_state(new_key)
 
-    def _load_state(self) -> None:
+    def _load_state(self, new_key: bool) -> None:
         """Reuse manifests of the previous run; re-sign them if the key changed."""
+        self._history_lost = not new_key
         try:
             state = json.loads(self.state_file.read_text())
         except FileNotFoundError:
@@ -97,28 +104,35 @@ class Catalog:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable catalogue state %s: %s", self.state_file, exc)
             return
-        public = self.key.public_key()
+        if not isinstance(state, dict):
+            log.warning("ignoring unreadable catalogue state %s: not a JSON object", self.state_file)
+            return
+        self._history_lost = False
         for rel, row in state.items():
             try:
-                signed = SignedManifest.parse(json.dumps(row["signed"]).encode(), public)
-            except ManifestError:
-                try:
-                    signed = SignedManifest.sign(Manifest.from_dict(row["signed"]["manifest"]), self.key)
-                except (ManifestError, KeyError, TypeError):
-                    continue
-            except (KeyError, TypeError):
-                continue
-            try:
-                key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
-            except ValueError:
-                key = None  # a damaged key: the check below republishes the file
-            protection = signed.manifest.protection
-            if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
-                # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
-                # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
-                self._retired[rel] = signed.manifest
-                continue
-            self._add(rel, Entry(self.root / rel, tuple(row["stat"]), signed, signed.to_json(), key))
+                self._load_row(rel, row)
+            except (KeyError, TypeError, ValueError):  # a damaged row: published afresh, later than any version it held
+                self._floor[rel] = int(time.time()) - 1
+
+    def _load_row(self, rel: str, row: dict) -> None:
+        """One path's saved version, reused if --protect and its key still fit it; KeyError, TypeError or ValueError if damaged."""
+        public = self.key.public_key()
+        try:
+            signed = SignedManifest.parse(json.dumps(row["signed"]).encode(), public)
+        except ManifestError:
+            signed = SignedManifest.sign(Manifest.from_dict(row["signed"]["manifest"]), self.key)  # ManifestError is a ValueError
+        size, mtime_ns, inode = (int(v) for v in row["stat"])  # StatKey's three
+        try:
+            key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
+        except ValueError:
+            key = None  # a damaged key: the check below republishes the file
+        protection = signed.manifest.protection
+        if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
+            # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
+            # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
+            self._floor[rel] = signed.manifest.modified
+            return
+        self._add(rel, Entry(self.root / rel, (size, mtime_ns, inode), signed, signed.to_json(), key))
 
     def _save_state(self) -> None:
         """Write the state file; a failure (a full disk) is one warning until a write succeeds, not an error.
@@ -166,6 +180,14 @@ class Catalog:
         if old is not None:
             self.by_id.pop(old.signed.content_id, None)
             self.generation += 1
+            self._keep_floor(rel, old.signed.manifest.modified)
+
+    def _keep_floor(self, rel: str, modified: int) -> None:
+        """Remember ``modified`` as the version of ``rel`` nodes may hold, the oldest of ``FLOORS_KEPT`` forgotten first."""
+        self._floor.pop(rel, None)
+        self._floor[rel] = modified
+        while len(self._floor) > FLOORS_KEPT:
+            self._floor.popitem(last=False)
 
     # -- scanning (blocking: run in a thread) --------------------------------
     def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
@@ -260,14 +282,9 @@ class Catalog:
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
-        fresh = self._publish(rel, full, key, self._version_before(rel, entry))
+        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
         if fresh is not None:
             changes[rel] = fresh
-
-    def _version_before(self, rel: str, entry: Entry | None) -> Manifest | None:
-        """The version a new one of ``rel`` must come after: the one published, else one the saved state held and
-        ``_load_state`` did not reuse (nodes may hold it)."""
-        return entry.signed.manifest if entry else self._retired.get(rel)
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
         """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
@@ -359,18 +376,33 @@ class Catalog:
             content_type=content_type(rel),
             piece_size=piece_size,
             pieces=pieces,
-            modified=int(key[1] // 1_000_000_000) or int(time.time()),
+            modified=max(0, key[1] // 1_000_000_000) or int(time.time()),  # an mtime before 1970 is no valid `modified`
             protection=protection,
         )
-        if protection is not None and previous is None:
-            # a fresh content key is a new version even at the same mtime: with the state lost, a version nodes hold
-            # is unknown here, and at its ``modified`` they would refuse this one and keep one whose key is gone
-            manifest = replace(manifest, modified=max(manifest.modified, int(time.time())))
+        floor = self._floor_of(rel, protection is not None) if previous is None else None
+        if floor is not None and manifest.modified <= floor:
+            manifest = replace(manifest, modified=floor + 1)
         if previous is not None and manifest.modified <= previous.modified:
             same = replace(manifest, modified=previous.modified)  # the same bytes again: the same version
             manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key, data)
+
+    def _floor_of(self, rel: str, protected: bool) -> int | None:
+        """The ``modified`` a first version of ``rel`` in this catalogue must pass, if nodes may hold a version of it.
+
+        One it had (withdrawn, withdrawn to be hashed again, or saved and not
+        reused: ``_floor``).  Without one, and with its history lost (no
+        state, an old key), or for a protected file (its fresh content key
+        makes any version a new one): whatever nodes hold was published before
+        now.  Nodes take only later versions (manifestfetch.ManifestOrder): at
+        the mtime, the new version tied with or fell behind theirs, which they
+        served on for good (a protected one's key gone).
+        """
+        floor = self._floor.get(rel)
+        if floor is None and (protected or self._history_lost):
+            return int(time.time()) - 1
+        return floor
 
     def publish_staged(self, rel: str, staged: Path) -> Entry:
         """Sign a verified upload and move it into place as ``rel``; the entry to apply.  Blocking: run it as the work of
@@ -394,7 +426,8 @@ class Catalog:
         if not target.parent.resolve().is_relative_to(self.root):  # a symlinked directory on the way: before any mkdir
             raise PermissionError(f"{rel} would leave the published directory")
         target.parent.mkdir(parents=True, exist_ok=True)
-        entry = self._publish(rel, staged, _stat_key(staged.stat()), self._version_before(rel, self.by_path.get(rel)))
+        previous = self.by_path.get(rel)
+        entry = self._publish(rel, staged, _stat_key(staged.stat()), previous.signed.manifest if previous else None)
         if entry is None:
             raise OSError(f"the upload of {rel} changed while it was hashed")
         try:
