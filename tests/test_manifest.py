@@ -532,6 +532,18 @@ def test_order_is_per_path():
     assert order.problem(b, None) is None
 
 
+def test_order_remembers_the_most_recent_paths_only(monkeypatch):
+    """The newest version of every path ever accepted stayed in memory: a live stream names new paths for ever (an edge
+    took 290 bytes a path, found by an adversarial session)."""
+    monkeypatch.setattr("edgeswarm.node.manifestfetch.PATHS_KEPT", 3)
+    order = ManifestOrder()
+    marks = {f"s{i}.ts": versions(10, 20, path=f"s{i}.ts") for i in range(5)}
+    for old, new in marks.values():
+        order.accept(new)
+        order.accept(old)  # accepting never moves a mark back
+    assert [order.problem(old, held=None) is None for old, _ in marks.values()] == [True, True, False, False, False]
+
+
 def test_a_republished_file_moves_forward_even_when_its_mtime_does_not(tmp_path):
     """The origin's side of the rule: a new version of a path always gets a later ``modified``."""
     root = tmp_path / "pub"

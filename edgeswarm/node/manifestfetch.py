@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import quote
 
 from edgeswarm.errors import HttpError
@@ -28,6 +30,16 @@ from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.store.piecestore import PieceStore
 
 log = logging.getLogger("edgeswarm.node.manifestfetch")
+V = TypeVar("V")
+PATHS_KEPT = 100_000  # paths whose newest version and last check are remembered: live streams name new ones for ever
+
+
+def _keep(table: OrderedDict[str, V], path: str, value: V) -> None:
+    """Set ``table[path]`` as the most recent, forgetting the least recent past ``PATHS_KEPT``."""
+    table.pop(path, None)
+    table[path] = value
+    if len(table) > PATHS_KEPT:
+        table.popitem(last=False)
 
 
 class ManifestOrder:
@@ -42,7 +54,7 @@ class ManifestOrder:
     """
 
     def __init__(self) -> None:
-        self._newest: dict[str, tuple[int, str]] = {}  # path -> (modified, content id) of the newest accepted
+        self._newest: OrderedDict[str, tuple[int, str]] = OrderedDict()  # path -> (modified, content id) of the newest accepted
 
     def problem(self, signed: SignedManifest, held: SignedManifest | None) -> str | None:
         """Why ``signed`` may not replace what is known of its path, or None if it may."""
@@ -58,8 +70,7 @@ class ManifestOrder:
     def accept(self, signed: SignedManifest) -> None:
         m = signed.manifest
         mark = (m.modified, signed.content_id)
-        if mark > self._newest.get(m.path, (-1, "")):
-            self._newest[m.path] = mark
+        _keep(self._newest, m.path, max(mark, self._newest.get(m.path, mark)))
 
 
 STALE_WAIT = 1.0  # seconds a read waits for a revalidation before it is served the cached manifest (the ask goes on)
@@ -90,7 +101,7 @@ class ManifestFetcher:
         self.user_credential = user_credential
         self.on_failure = on_failure  # a peer checks that edge's tracker soon: it may have restarted
         self.order = ManifestOrder()
-        self._checked: dict[str, float] = {}  # path -> when a source last confirmed its manifest
+        self._checked: OrderedDict[str, float] = OrderedDict()  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
         self._asking: Collapser[tuple[SignedManifest, str | None]] = Collapser()  # revalidations under way, by path and headers
 
@@ -152,7 +163,7 @@ class ManifestFetcher:
                         self.on_failure(source)
                 problems.append(exc)
                 continue
-            self._checked[path] = time.monotonic()
+            _keep(self._checked, path, time.monotonic())
             self._stale_warned.discard(path)
             return signed, None
         status = 504 if problems and all(p.status == 504 for p in problems) else 502
