@@ -212,6 +212,26 @@ async def test_an_older_signed_version_after_a_newer_one_is_refused_everywhere(t
             assert "older version of 'a.txt'" in node.log_text()
 
 
+async def test_an_older_version_of_one_path_leaves_the_parent_trusted_for_the_others(tmp_path, nodes, http):
+    """A refused older version set the edge's only parent aside, so no other cached file was revalidated for up to a
+    minute: the edge served their old versions meanwhile (found by an adversarial session).  It is that path's matter."""
+    async with FakeParent(tmp_path) as parent:
+        old = parent.publish("a.txt", b"1" * 300_000, 1_700_000_000)
+        parent.publish("a.txt", b"2" * 300_000, 1_700_000_001)
+        parent.publish("b.txt", b"b" * 300_000, 1_700_000_000)
+        edge = edge_of(nodes, tmp_path, parent.url)
+        for path in ("a.txt", "b.txt"):
+            assert (await fetch(http, f"{edge.url}/{path}"))[0] == 200
+        parent.answers["a.txt"] = old  # roll back one path
+        for _ in range(5):
+            assert await fetch(http, edge.url + "/a.txt") == (200, b"2" * 300_000)
+            await asyncio.sleep(0.3)
+        parent.publish("b.txt", b"B" * 300_000, 1_700_000_001)
+        await asyncio.sleep(1.5)  # the edge's --revalidate (1 s)
+        assert await fetch(http, edge.url + "/b.txt") == (200, b"B" * 300_000)
+        assert "set aside" not in edge.log_text()
+
+
 # -- defect 3: endless bodies ------------------------------------------------------------------
 
 

@@ -42,6 +42,12 @@ def _keep(table: OrderedDict[str, V], path: str, value: V) -> None:
         table.popitem(last=False)
 
 
+class OlderVersion(UpstreamError):
+    """A source's manifest is an older version than this node holds of that path: refused, but that path's matter only
+    (a version the origin republished without its history), so the source is not set aside for every other path: with
+    one parent, all of an edge's cached files stopped being revalidated for up to a minute."""
+
+
 class ManifestOrder:
     """Manifests of one path only move forward: a newer version needs a larger ``modified``.
 
@@ -157,7 +163,7 @@ class ManifestFetcher:
             try:
                 signed = await self._ask(store, source, path, cached, headers)
             except UpstreamError as exc:
-                if not isinstance(exc, OutOfDescriptorsHere):  # ours, not the source's: it is not set aside
+                if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion)):  # not a failing source: it is not set aside
                     self.ranking.failure(source, time.monotonic())
                     if self.on_failure is not None:
                         self.on_failure(source)
@@ -201,12 +207,11 @@ class ManifestFetcher:
             signed = SignedManifest.parse(reply.body, store.public_key)
             if signed.manifest.path != path:
                 raise ManifestError(f"it is the manifest of {signed.manifest.path!r}, not of {path!r}")
-            problem = self.order.problem(signed, store.manifest_for_path(path))
-            if problem:
-                raise ManifestError(problem)
         except ManifestError as exc:
-            self.metrics.events[("bad_manifest", source)] += 1
-            raise UpstreamError(502, f"{who} sent a bad manifest for {path}: {exc}") from None
+            raise self._bad(source, f"{who} sent a bad manifest for {path}: {exc}") from None
+        problem = self.order.problem(signed, store.manifest_for_path(path))
+        if problem:
+            raise self._bad(source, f"{who} sent a bad manifest for {path}: {problem}", OlderVersion)
         self._keep(store, signed, reply.body)
         return signed
 
@@ -222,13 +227,16 @@ class ManifestFetcher:
         try:
             signed = SignedManifest.parse(reply.body, store.public_key)
         except ManifestError as exc:
-            self.metrics.events[("bad_manifest", source)] += 1
-            raise HttpError(502, f"{who} sent a bad manifest: {exc}") from None
+            raise self._bad(source, f"{who} sent a bad manifest: {exc}", HttpError) from None
         if signed.content_id != cid:
-            self.metrics.events[("bad_manifest", source)] += 1
-            raise HttpError(502, f"{who} sent the manifest of another content")
+            raise self._bad(source, f"{who} sent the manifest of another content", HttpError)
         self._keep(store, signed, reply.body)
         return signed
+
+    def _bad(self, source: str, why: str, kind: type[HttpError] = UpstreamError) -> HttpError:
+        """A refused manifest from ``source``, counted as its ``bad_manifest`` event: the error to raise."""
+        self.metrics.events[("bad_manifest", source)] += 1
+        return kind(502, why)
 
     def _keep(self, store: PieceStore, signed: SignedManifest, raw: bytes) -> None:
         store.put_manifest(signed, raw)
