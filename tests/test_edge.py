@@ -287,6 +287,20 @@ async def test_a_file_rewritten_under_the_origin_reaches_the_edge_at_an_older_mt
     assert "older version" not in leaf.log_text()
 
 
+async def test_a_read_that_finds_its_version_withdrawn_makes_the_next_one_ask(tmp_path, nodes, origin, published, http):
+    """A file replaced at the origin: the edge's next piece fill for the version it held got the parent's 404, and until
+    its --revalidate time was up every read of the still published path got a 404 or a cut body (adversarial session)."""
+    make_file(published / "w.bin", 2_000_000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--revalidate", "30", "--workers", "1")  # one worker: each read finds the same one
+    assert (await get(http, leaf.url + "/w.bin", Range="bytes=0-0"))[0] == 206
+    new = make_file(published / "w.bin", 2_000_000)
+    await asyncio.sleep(1.0)  # the origin's scan (0.2 s) publishes the new version
+    status_, _ = await get(http, leaf.url + "/w.bin", Range="bytes=1000000-1000099")  # a piece the edge lacks
+    assert status_ == 404  # the old version's: gone upstream
+    assert await get(http, leaf.url + "/w.bin", Range="bytes=1000000-1000099") == (206, new[1_000_000:1_000_100])
+
+
 async def test_range_streams_before_the_whole_range_is_fetched(tmp_path, nodes, origin, published, http):
     data = make_file(published / "slow.bin", 8 * 256 * 1024)
     await asyncio.sleep(0.5)

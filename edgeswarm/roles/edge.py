@@ -352,6 +352,7 @@ class Edge:
                 problems.append(exc)
                 continue
             if reply.status == 404 and not sibling:  # withdrawn upstream (a live segment the encoder deleted): not our failure
+                self.manifests.expire(signed.manifest.path)  # or replaced by a new version: the next read asks (not in --revalidate)
                 raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
             if reply.status != 200:
                 if not sibling:
