@@ -301,6 +301,22 @@ async def test_a_read_that_finds_its_version_withdrawn_makes_the_next_one_ask(tm
     assert await get(http, leaf.url + "/w.bin", Range="bytes=1000000-1000099") == (206, new[1_000_000:1_000_100])
 
 
+async def test_a_gateway_read_that_finds_its_version_withdrawn_makes_the_next_one_ask(tmp_path, nodes, origin, published, http):
+    """The peer's twin of the edge's rule: its edge's 404 for a piece of the version the gateway held left every read of
+    the replaced file a 404 until the gateway's own revalidation (5 s)."""
+    make_file(published / "w.bin", 2_000_000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--p2p")
+    args = ("--cache", str(tmp_path / "peer"), "--edge", leaf.url, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+    gateway = nodes.start("peer", *args, name="peer").urls["gateway"]
+    assert (await get(http, gateway + "/w.bin", Range="bytes=0-0"))[0] == 206
+    new = make_file(published / "w.bin", 2_000_000)
+    await asyncio.sleep(1.5)  # the origin publishes it; the edge's manifest (1 s) is due for a check
+    assert (await get(http, leaf.url + "/w.bin", Range="bytes=0-0")) == (206, new[:1])  # the edge has the new version
+    assert (await get(http, gateway + "/w.bin", Range="bytes=1000000-1000099"))[0] == 404  # the old version's piece
+    assert await get(http, gateway + "/w.bin", Range="bytes=1000000-1000099") == (206, new[1_000_000:1_000_100])
+
+
 async def test_range_streams_before_the_whole_range_is_fetched(tmp_path, nodes, origin, published, http):
     data = make_file(published / "slow.bin", 8 * 256 * 1024)
     await asyncio.sleep(0.5)
