@@ -112,7 +112,7 @@ class Catalog:
             try:
                 self._load_row(rel, row)
             except (KeyError, TypeError, ValueError):  # a damaged row: published afresh, later than any version it held
-                self._floor[rel] = int(time.time()) - 1
+                self._keep_floor(rel, int(time.time()) - 1)
 
     def _load_row(self, rel: str, row: dict) -> None:
         """One path's saved version, reused if --protect and its key still fit it; KeyError, TypeError or ValueError if damaged."""
@@ -130,7 +130,7 @@ class Catalog:
         if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
             # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
             # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
-            self._floor[rel] = signed.manifest.modified
+            self._keep_floor(rel, signed.manifest.modified)
             return
         self._add(rel, Entry(self.root / rel, (size, mtime_ns, inode), signed, signed.to_json(), key))
 
