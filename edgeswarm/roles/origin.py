@@ -303,6 +303,7 @@ class Origin:
             tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self.live.run())]
             tasks.append(asyncio.create_task(self.publisher.sweep_loop()))  # abandoned uploads: on a timer, not per request
             yield
+            self.catalog.stopping.set()  # a hash under way gives up: its thread would keep the process alive until its end
             for task in tasks:
                 task.cancel()
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
@@ -71,6 +73,21 @@ def _read_whole(full: Path) -> tuple[bytes, StatKey]:
         return data, _stat_key(os.fstat(f.fileno()))
 
 
+class _Stopped(EdgeswarmError):
+    """The origin is stopping: a hash under way gives up between two pieces (the next start hashes the file again)."""
+
+
+def _watched(transform: Callable[[bytes, int], bytes] | None, stopping: threading.Event) -> Callable[[bytes, int], bytes]:
+    """``transform`` for hash_pieces (or none), checking ``stopping`` before each piece."""
+
+    def piece(data: bytes, offset: int) -> bytes:
+        if stopping.is_set():
+            raise _Stopped
+        return transform(data, offset) if transform is not None else data
+
+    return piece
+
+
 class Catalog:
     def __init__(self, root: Path, state_file: Path, key: Ed25519PrivateKey, protect: list[str] | None = None, new_key: bool = True):
         """``new_key``: the signing key was made at this start, so no node holds a version of these files; with an old
@@ -88,6 +105,9 @@ class Catalog:
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
+        # set when the origin stops: a scan's thread hashing a large file gave up only at its end (a 6 GiB file kept a
+        # stopped origin's process alive for 4-19 s, its port already closed)
+        self.stopping = threading.Event()
         # path -> the ``modified`` of a version nodes may hold that the catalogue no longer has (withdrawn, re-hashed, or
         # a saved one not reused): the next version of the path comes after it (``_floor_of``)
         self._floor: OrderedDict[str, int] = OrderedDict()
@@ -359,12 +379,13 @@ class Catalog:
                 data, after = _read_whole(full)
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
-                pieces = hash_pieces(
-                    full, piece_size, cipher_for(content_key, protection) if content_key is not None and protection is not None else None
-                )
+                cipher = cipher_for(content_key, protection) if content_key is not None and protection is not None else None
+                pieces = hash_pieces(full, piece_size, _watched(cipher, self.stopping))
                 after = _stat_key(full.stat())
         except OSError as exc:  # unreadable (chmod 000): as any file not published, warned about once
             self._skip(rel, f"cannot read it: {exc.strerror or exc}")
+            return None
+        except _Stopped:
             return None
         if after != key:
             return None
