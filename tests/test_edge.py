@@ -317,6 +317,26 @@ async def test_a_gateway_read_that_finds_its_version_withdrawn_makes_the_next_on
     assert await get(http, gateway + "/w.bin", Range="bytes=1000000-1000099") == (206, new[1_000_000:1_000_100])
 
 
+async def test_an_edge_whose_pinned_key_is_not_its_parents_says_so_once_at_start(tmp_path, nodes, origin, published):
+    """A replaced origin key was only seen as one refused manifest per path, with no word on how to pin the new one."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgeswarm.trust.signing import load_private_key, public_pem
+
+    for name, key in (("wrong", Ed25519PrivateKey.generate()), ("right", load_private_key(published / ".edgeswarm" / "origin.key"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "origin.pub").write_bytes(public_pem(key.public_key()))
+    wrong, right = edge(nodes, tmp_path, origin.url, name="wrong"), edge(nodes, tmp_path, origin.url, name="right")
+    deadline = time.monotonic() + 10
+    while "serves another origin key" not in wrong.log_text():
+        assert time.monotonic() < deadline, "no word of the other key"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert wrong.log_text().count("serves another origin key") == 1  # once, not once per worker
+    assert "delete " + str(tmp_path / "wrong" / "origin.pub") in wrong.log_text()
+    assert "serves another origin key" not in right.log_text()
+
+
 async def test_range_streams_before_the_whole_range_is_fetched(tmp_path, nodes, origin, published, http):
     data = make_file(published / "slow.bin", 8 * 256 * 1024)
     await asyncio.sleep(0.5)

@@ -42,6 +42,7 @@ class PinnedStore:
         self._opened = asyncio.Event()
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
         self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
+        self._checking: asyncio.Task | None = None  # originkey.check_pinned, once at start (kept: a task is weakly held)
 
     async def start(self, upstream: Upstream, sources: list[str]) -> asyncio.Task | None:
         """Open the store now if the key is known, else in a task (returned, for the node to cancel) while it is learnt.
@@ -78,7 +79,10 @@ class PinnedStore:
 
     async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
         """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
+        pinned = self.given_key is None and (self.cache / "origin.pub").exists()
         key = await originkey.pin(self.cache, self.given_key, upstream, sources, self._unlearnt)
+        if pinned and (self.worker is None or self.worker[0] == 0):  # one warning an edge, from its first worker
+            self._checking = asyncio.create_task(originkey.check_pinned(upstream, sources, key, self.cache / "origin.pub"))
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files)
         self._opened.set()

@@ -42,6 +42,33 @@ async def pin(
     return key
 
 
+async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519PublicKey, pinned: Path) -> None:
+    """Warn once when the first source that serves a key serves another than the pinned one.
+
+    Each of its manifests is then refused, path by path, and cached files
+    are served as they are: an operator who replaced the origin's key on
+    purpose is told here how to pin the new one, once, at start.
+    """
+    for source in sources:
+        try:
+            reply = await upstream.get(source, "/origin-key")
+            served = load_public_key(reply.body, f"{source}/origin-key") if reply.status == 200 else None
+        except (UpstreamError, KeyFileError):
+            continue
+        if served is None:
+            continue
+        if public_pem(served) != public_pem(key):
+            log.warning(
+                "%s serves another origin key than the one pinned in %s: its manifests are refused and cached files are served "
+                "as they are; if the origin's key was replaced on purpose, stop this node and delete %s (it then pins the "
+                "new key and drops what it cached under the old one)",
+                source,
+                pinned,
+                pinned,
+            )
+        return
+
+
 async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str], None] | None = None) -> bytes:
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
