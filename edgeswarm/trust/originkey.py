@@ -51,13 +51,10 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
     """
     for source in sources:
         try:
-            reply = await upstream.get(source, "/origin-key")
-            served = load_public_key(reply.body, f"{source}/origin-key") if reply.status == 200 else None
+            served = await _served(upstream, source)
         except (UpstreamError, KeyFileError):
             continue
-        if served is None:
-            continue
-        if public_pem(served) != public_pem(key):
+        if served != public_pem(key):
             log.warning(
                 "%s serves another origin key than the one pinned in %s: its manifests are refused and cached files are served "
                 "as they are; if the origin's key was replaced on purpose, stop this node and delete %s (it then pins the "
@@ -78,16 +75,22 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str], 
     while True:
         for source in sources:
             try:
-                reply = await upstream.get(source, "/origin-key")
-                if reply.status == 200:
-                    load_public_key(reply.body, f"{source}/origin-key")
-                    log.info("pinned the origin key served by %s", source)
-                    return reply.body
-                why = f"{source} answered {reply.status} for /origin-key"
+                pem = await _served(upstream, source)
             except (UpstreamError, KeyFileError) as exc:
                 why = str(exc)
+            else:
+                log.info("pinned the origin key served by %s", source)
+                return pem
             log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
                 failed(why)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
+
+
+async def _served(upstream: Upstream, source: str) -> bytes:
+    """The public key ``source`` serves at ``/origin-key``, as PEM; UpstreamError or KeyFileError saying why not."""
+    reply = await upstream.get(source, "/origin-key")
+    if reply.status != 200:
+        raise UpstreamError(502, f"{source} answered {reply.status} for /origin-key")
+    return public_pem(load_public_key(reply.body, f"{source}/origin-key"))
