@@ -41,7 +41,7 @@ def test_only_good_tokens_are_remembered_and_the_cache_is_bounded(key, monkeypat
     with pytest.raises(tokens.TokenError):
         access._verified("not.a.token", key.public_key())
     assert not access._cache
-    monkeypatch.setattr(access, "CACHE_SIZE", 3)
+    monkeypatch.setattr(access._cache, "limit", 3)
     raws = [tokens.issue(key, f"u{i}", "/", 3600) for i in range(5)]
     for raw in raws:
         access._verified(raw, key.public_key())

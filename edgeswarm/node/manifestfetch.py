@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar
 from urllib.parse import quote
 
 from edgeswarm.errors import HttpError
@@ -24,22 +22,14 @@ from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import live
+from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest
 from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.store.piecestore import PieceStore
 
 log = logging.getLogger("edgeswarm.node.manifestfetch")
-V = TypeVar("V")
 PATHS_KEPT = 100_000  # paths whose newest version and last check are remembered: live streams name new ones for ever
-
-
-def _keep(table: OrderedDict[str, V], path: str, value: V) -> None:
-    """Set ``table[path]`` as the most recent, forgetting the least recent past ``PATHS_KEPT``."""
-    table.pop(path, None)
-    table[path] = value
-    if len(table) > PATHS_KEPT:
-        table.popitem(last=False)
 
 
 class OlderVersion(UpstreamError):
@@ -60,7 +50,7 @@ class ManifestOrder:
     """
 
     def __init__(self) -> None:
-        self._newest: OrderedDict[str, tuple[int, str]] = OrderedDict()  # path -> (modified, content id) of the newest accepted
+        self._newest: Recent[str, tuple[int, str]] = Recent(PATHS_KEPT)  # path -> (modified, content id) of the newest accepted
 
     def problem(self, signed: SignedManifest, held: SignedManifest | None) -> str | None:
         """Why ``signed`` may not replace what is known of its path, or None if it may."""
@@ -76,7 +66,7 @@ class ManifestOrder:
     def accept(self, signed: SignedManifest) -> None:
         m = signed.manifest
         mark = (m.modified, signed.content_id)
-        _keep(self._newest, m.path, max(mark, self._newest.get(m.path, mark)))
+        self._newest[m.path] = max(mark, self._newest.get(m.path, mark))
 
 
 STALE_WAIT = 1.0  # seconds a read waits for a revalidation before it is served the cached manifest (the ask goes on)
@@ -107,7 +97,7 @@ class ManifestFetcher:
         self.user_credential = user_credential
         self.on_failure = on_failure  # a peer checks that edge's tracker soon: it may have restarted
         self.order = ManifestOrder()
-        self._checked: OrderedDict[str, float] = OrderedDict()  # path -> when a source last confirmed its manifest
+        self._checked: Recent[str, float] = Recent(PATHS_KEPT)  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
         self._asking: Collapser[tuple[SignedManifest, str | None]] = Collapser()  # revalidations under way, by path and headers
 
@@ -169,7 +159,7 @@ class ManifestFetcher:
                         self.on_failure(source)
                 problems.append(exc)
                 continue
-            _keep(self._checked, path, time.monotonic())
+            self._checked[path] = time.monotonic()
             self._stale_warned.discard(path)
             return signed, None
         status = 504 if problems and all(p.status == 504 for p in problems) else 502

@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass, field
 
+from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.vocabulary import quantile
 
 Region = str | None  # a region's name; None for addresses the region map does not place
@@ -207,17 +208,13 @@ class RegionStats:
         self.seeded: Counter[tuple[Region, str]] = Counter()  # (region, "sent" | "none") -> /seed answers
         self.piece_requests: Counter[tuple[Region, str]] = Counter()  # (region, urgency) -> peers' /piece requests
         self.bytes: Counter[tuple[Region, str]] = Counter()  # (region, "seed" | "piece") -> bytes sent to peers
-        self._sent: OrderedDict[tuple[Region, str], int] = OrderedDict()  # (region, cid) -> bytes via /seed and /piece
+        self._sent: Recent[tuple[Region, str], int] = Recent(max_sent_entries)  # (region, cid) -> bytes via /seed and /piece
         self._latency: dict[Region, dict[Hashable, tuple[float, float]]] = {}
-        self.max_sent_entries = max_sent_entries
 
     def sent(self, region: Region, cid: str, endpoint: str, nbytes: int) -> None:
         self.bytes[(region, endpoint)] += nbytes
         key = (region, cid)
         self._sent[key] = self._sent.get(key, 0) + nbytes
-        self._sent.move_to_end(key)
-        if len(self._sent) > self.max_sent_entries:
-            self._sent.popitem(last=False)
 
     def report_latency(self, region: Region, peer: Hashable, p50_p95: tuple[float, float]) -> None:
         self._latency.setdefault(region, {})[peer] = p50_p95

@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -44,6 +44,7 @@ from edgeswarm.policy import bitfield
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import RateMeter, TokenBucket
+from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
@@ -154,7 +155,7 @@ class Edge:
         self.seed_stats = RegionStats()
         self._departures_seen = -1  # Tracker.departures when _forget_departed last read every live peer
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
-        self._torrents: OrderedDict[str, tuple[Torrent, list[str]]] = OrderedDict()  # cid -> (torrent, the origin's web seeds)
+        self._torrents: Recent[str, tuple[Torrent, list[str]]] = Recent(KEPT)  # cid -> (torrent, the origin's web seeds)
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
@@ -446,9 +447,9 @@ class Edge:
         Fetching one makes the origin hash the whole file: under ``--internal``, only for an internal client.
         """
         cid = signed.content_id
-        if cid in self._torrents:
-            self._torrents.move_to_end(cid)
-            return self._torrents[cid]
+        done = self._torrents.touch(cid)
+        if done is not None:
+            return done
         if not may_fetch:
             raise HttpError(403, NOT_INTERNAL)
         return await self._torrent_fetches.join(cid, lambda: self._fetch_torrent(signed)).future
@@ -469,12 +470,10 @@ class Edge:
                 502, f"parent {self.parent} sent a torrent for {signed.manifest.path} that is not the origin's: {exc}"
             ) from None
         seeds = [s for s in seeds_of(reply.body) if not s.startswith(self.parent + "/")]  # the parent names itself: clients use us
-        self._torrents[signed.content_id] = (torrent, seeds)
+        for old in self._torrents.put(signed.content_id, (torrent, seeds)):
+            self._bt_hashes = {h: c for h, c in self._bt_hashes.items() if c != old}
         for h in torrent.announce_hashes:
             self._bt_hashes[h] = signed.content_id
-        while len(self._torrents) > KEPT:
-            old, _ = self._torrents.popitem(last=False)
-            self._bt_hashes = {h: c for h, c in self._bt_hashes.items() if c != old}
         return torrent, seeds
 
     async def _handed_out(self, request: web.Request) -> tuple[SignedManifest, bytes]:

@@ -13,7 +13,6 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import serve_file
 from edgeswarm.policy import scanpace
 from edgeswarm.policy.quota import QuotaPolicy
+from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol.paths import PATH, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import (
     KEPT,
@@ -119,7 +119,7 @@ class Origin:
         self.scan_interval = scan_interval
         self.scan_wait = scan_interval  # --scan-interval, or longer for a folder whose walk is costly (scanpace.py)
         self.web_seeds = [s.rstrip("/") for s in web_seeds or []]  # --web-seed: the edges' public base URLs
-        self._torrents: OrderedDict[str, Torrent] = OrderedDict()  # by content id: made on first request, the latest KEPT kept
+        self._torrents: Recent[str, Torrent] = Recent(KEPT)  # by content id: made on first request, the latest KEPT kept
         self._making: dict[str, asyncio.Task] = {}
         self._hashing = asyncio.Semaphore(1)  # one child hashes at a time: the disk, not the CPU, is the limit
         self.metrics = Metrics("origin")
@@ -210,9 +210,9 @@ class Origin:
     async def torrent(self, entry: Entry) -> Torrent:
         """The signed torrent of an entry, made once per content id (concurrent first requests share one hash)."""
         cid = entry.signed.content_id
-        if cid in self._torrents:
-            self._torrents.move_to_end(cid)
-            return self._torrents[cid]
+        done = self._torrents.touch(cid)
+        if done is not None:
+            return done
         task = self._making.get(cid)
         if task is None:
             task = self._making[cid] = asyncio.create_task(self._make_torrent(entry))
@@ -233,8 +233,6 @@ class Origin:
         for old in [c for c in self._torrents if c not in self.catalog.by_id]:  # withdrawn or replaced versions
             del self._torrents[old]
         self._torrents[cid] = torrent
-        while len(self._torrents) > KEPT:
-            self._torrents.popitem(last=False)
         return torrent
 
     def _handed_out(self, request: web.Request, entry: Entry, torrent: Torrent) -> bytes:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy.quota import QuotaPolicy
+from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import upload
 from edgeswarm.protocol.paths import file_request_path, publish_problem
 from edgeswarm.protocol.wire import json_response
@@ -81,7 +81,7 @@ class Publisher:
         self._admitting = asyncio.Lock()
         self._usage: dict[str, dict[str, int]] = {}  # user -> published files' sizes, for the catalogue generation below
         self._usage_of = -1
-        self._finished: OrderedDict[tuple[str, str], tuple[int, str, str, dict]] = OrderedDict()  # -> (length, sha, cid, 201 doc)
+        self._finished: Recent[tuple[str, str], tuple[int, str, str, dict]] = Recent(RECENT)  # -> (length, sha, cid, 201 doc)
         self.published = 0  # uploads completed since start (/status)
 
     def _published_by(self, user: str) -> Mapping[str, int]:
@@ -263,9 +263,6 @@ class Publisher:
         signed = entry.signed
         doc = {"path": "/" + rel, "size": signed.manifest.size, "sha256": staged.sha256, "content_id": signed.content_id}
         self._finished[(user, rel)] = (staged.length, staged.sha256, signed.content_id, doc)
-        self._finished.move_to_end((user, rel))
-        while len(self._finished) > RECENT:
-            self._finished.popitem(last=False)
         return _created(doc)
 
 

@@ -19,7 +19,6 @@ import os
 import shutil
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.live import is_playlist, is_segment
+from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
@@ -99,7 +99,7 @@ class Catalog:
         self.by_path: dict[str, Entry] = {}
         self.generation = 0  # raised by every change of by_path: what was derived from it (a user's usage) is stale
         self.by_id: dict[str, Entry] = {}
-        self.superseded: OrderedDict[str, Entry] = OrderedDict()  # recent playlist versions by id, served from memory
+        self.superseded: Recent[str, Entry] = Recent(SUPERSEDED_KEPT)  # recent playlist versions by id, served from memory
         self.hashed_bytes = 0
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
@@ -110,7 +110,7 @@ class Catalog:
         self.stopping = threading.Event()
         # path -> the ``modified`` of a version nodes may hold that the catalogue no longer has (withdrawn, re-hashed, or
         # a saved one not reused): the next version of the path comes after it (``_floor_of``)
-        self._floor: OrderedDict[str, int] = OrderedDict()
+        self._floor: Recent[str, int] = Recent(FLOORS_KEPT)
         self._history_lost = False  # the saved state was missing or unreadable although the key is old
         self._load_state(new_key)
 
@@ -132,7 +132,7 @@ class Catalog:
             try:
                 self._load_row(rel, row)
             except (KeyError, TypeError, ValueError):  # a damaged row: published afresh, later than any version it held
-                self._keep_floor(rel, int(time.time()) - 1)
+                self._floor[rel] = int(time.time()) - 1
 
     def _load_row(self, rel: str, row: dict) -> None:
         """One path's saved version, reused if --protect and its key still fit it; KeyError, TypeError or ValueError if damaged."""
@@ -150,7 +150,7 @@ class Catalog:
         if (protection is not None) != is_protected(rel, self.protect) or (protection and not (key and protection.key_matches(key))):
             # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
             # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
-            self._keep_floor(rel, signed.manifest.modified)
+            self._floor[rel] = signed.manifest.modified
             return
         self._add(rel, Entry(self.root / rel, (size, mtime_ns, inode), signed, signed.to_json(), key))
 
@@ -189,8 +189,6 @@ class Catalog:
             self.by_id.pop(old.signed.content_id, None)
             if old.data is not None:  # a playlist version a node may have just been handed: its bytes stay a while
                 self.superseded[old.signed.content_id] = old
-                while len(self.superseded) > SUPERSEDED_KEPT:
-                    self.superseded.popitem(last=False)
         self.by_path[rel] = entry
         self.by_id[entry.signed.content_id] = entry
         self.generation += 1
@@ -200,14 +198,7 @@ class Catalog:
         if old is not None:
             self.by_id.pop(old.signed.content_id, None)
             self.generation += 1
-            self._keep_floor(rel, old.signed.manifest.modified)
-
-    def _keep_floor(self, rel: str, modified: int) -> None:
-        """Remember ``modified`` as the version of ``rel`` nodes may hold, the oldest of ``FLOORS_KEPT`` forgotten first."""
-        self._floor.pop(rel, None)
-        self._floor[rel] = modified
-        while len(self._floor) > FLOORS_KEPT:
-            self._floor.popitem(last=False)
+            self._floor[rel] = old.signed.manifest.modified
 
     # -- scanning (blocking: run in a thread) --------------------------------
     def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
