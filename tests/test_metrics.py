@@ -117,6 +117,18 @@ def test_per_content_and_per_source_series_are_capped_and_keep_every_byte():
     assert len(metrics.received) == MAX_SOURCE_SERIES + 1 and metrics.received[("peer", OTHER)] == 3 * extra
 
 
+def test_a_total_read_from_the_node_is_a_counter_and_a_level_a_gauge():
+    """Both say their bare name in /status; /metrics types them, so that rate() of a total means something."""
+    metrics = Metrics("origin")
+    metrics.counter("hashed_bytes", "Bytes hashed since start", lambda: 3.0)
+    metrics.gauge("published_files", "Files published", lambda: 2.0)
+    text = metrics.prometheus().decode()
+    assert "# TYPE edgeswarm_hashed_bytes_total counter\nedgeswarm_hashed_bytes_total 3.0" in text
+    assert "# TYPE edgeswarm_published_files gauge\nedgeswarm_published_files 2.0" in text
+    status = metrics.status()
+    assert (status["hashed_bytes"], status["published_files"]) == (3.0, 2.0)
+
+
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
 PIECE = 256 * 1024
 PIECES = 7
@@ -159,11 +171,15 @@ async def test_promtool_accepts_every_nodes_metrics_after_traffic(tmp_path: Path
         promtool_check(text)
         assert "process_resident_memory_bytes" in text and "python_info{" in text
         assert "edgeswarm_http_request_duration_seconds_bucket{" in text
+        # promtool lets `_Bps` pass: Prometheus's names are lower-case snake_case, in base units (bytes_per_second)
+        assert [n for n in re.findall(r"^# TYPE (\S+) ", text, re.M) if not re.fullmatch(r"[a-z_][a-z0-9_]*", n)] == []
         labels = set(re.findall(r'="([^"]*)"', text))
         assert not [v for v in labels if "f.bin" in v], "a path in a label"
     for endpoint in ("file", "manifest", "announce", "metrics"):
         assert f'edgeswarm_http_request_duration_seconds_count{{endpoint="{endpoint}",role="edge"}}' in edge_text, endpoint
     assert 'edgeswarm_http_responses_total{endpoint="piece",role="origin",status="200"}' in texts["origin"]
+    assert "# TYPE edgeswarm_hashed_bytes_total counter" in texts["origin"]  # a total since start: rate() of it is meaningful
+    assert "# TYPE edgeswarm_upload_limit_bytes_per_second gauge" in texts["peer"]
     hits = float(re.search(r'edgeswarm_cache_lookups_total\{result="hit",role="edge"\} (\S+)', edge_text)[1])
     misses = float(re.search(r'edgeswarm_cache_lookups_total\{result="miss",role="edge"\} (\S+)', edge_text)[1])
     assert misses == PIECES and hits >= PIECES + 1, (misses, hits)  # each piece fetched once; the range and the peer read held ones

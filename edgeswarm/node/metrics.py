@@ -93,7 +93,8 @@ class Metrics:
         self.content: Counter[tuple[str, str, str]] = Counter()  # bytes by (direction, content id, kind); see count_content
         self._content_ids: set[str] = set()  # those with their own series
         self._sources: set[str] = set()
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        # values read from the node when scraped, by name: /status says them as they are, /metrics as gauges or counters
+        self.readings: dict[str, tuple[str, Callable[[], float], type[GaugeMetricFamily | CounterMetricFamily]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self.durations = Histogram(
@@ -109,7 +110,13 @@ class Metrics:
             GCCollector(registry=self.registry)  # python_gc_*
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (doc, read)
+        """A value read when scraped: ``edgeswarm_NAME`` in /metrics, ``NAME`` in /status."""
+        self.readings[name] = (doc, read, GaugeMetricFamily)
+
+    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A total kept elsewhere that only grows while the node runs: ``edgeswarm_NAME_total`` in /metrics (a rate() of it
+        means something; of a gauge, Prometheus's conventions say it does not), ``NAME`` in /status."""
+        self.readings[name] = (doc, read, CounterMetricFamily)
 
     def response(self, status: int, endpoint: str, seconds: float) -> None:
         """One answer given: its status and how long it took, by endpoint class."""
@@ -156,8 +163,8 @@ class Metrics:
         yield from (sent, received, events, responses, content)
         if self.role == "edge":  # the one role with a piece cache that answers others (a peer's is the engine's)
             yield cache
-        for name, (doc, read) in self.gauges.items():
-            yield GaugeMetricFamily(f"edgeswarm_{name}", doc, value=read(), labels=None)
+        for name, (doc, read, family) in self.readings.items():
+            yield family(f"edgeswarm_{name}", doc, value=read(), labels=None)
 
     def prometheus(self) -> bytes:
         return generate_latest(self.registry)
@@ -177,7 +184,7 @@ class Metrics:
             "responses": {str(s): n for s, n in sorted(by_status.items())},
             "responses_by_endpoint": by_endpoint,
             **({"cache_lookups": {r: self.cache[r] for r in CACHE_RESULTS}} if self.role == "edge" else {}),
-            **{name: read() for name, (_, read) in self.gauges.items()},
+            **{name: read() for name, (_, read, _) in self.readings.items()},
         }
 
 

@@ -182,7 +182,7 @@ class Edge:
         if self.relay is not None:
             hub = self.relay
             self.metrics.gauge("relay_peers", "Peers that cannot accept connections relayed by this edge now", lambda: len(hub.links))
-            self.metrics.gauge(
+            self.metrics.counter(
                 "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
             )
         self.announces = {"requests": RateMeter(ANNOUNCE_WINDOW), "contents": RateMeter(ANNOUNCE_WINDOW)}  # the tracker's load

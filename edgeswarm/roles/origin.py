@@ -124,11 +124,11 @@ class Origin:
         self._hashing = asyncio.Semaphore(1)  # one child hashes at a time: the disk, not the CPU, is the limit
         self.metrics = Metrics("origin")
         self.metrics.gauge("published_files", "Files published", lambda: len(self.catalog.by_path))
-        self.metrics.gauge("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
+        self.metrics.counter("hashed_bytes", "Bytes hashed since start", lambda: self.catalog.hashed_bytes)
         self.metrics.gauge("scan_interval_seconds", "Seconds between walks of the published folder", lambda: self.scan_wait)
         self._rescan = asyncio.Event()
         self.live = LiveWatcher(self.catalog)  # rewritten playlists and their segments, between scans
-        self.metrics.gauge("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
+        self.metrics.counter("live_playlist_versions", "Playlist versions published by the live watcher", lambda: self.live.published)
 
     def withdraw(self, entry: Entry) -> None:
         m = entry.signed.manifest

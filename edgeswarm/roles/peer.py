@@ -263,8 +263,10 @@ class Peer:
         )
         self.metrics.registry.register(self.subtracker)
         self.route = AnnounceRoute()  # which rounds of announces go to the sub-tracker an edge named (policy/subtracking.py)
-        self.metrics.gauge("upload_rate_limit_Bps", "Upload cap in bytes/s (0: none)", lambda: config.upload_limit or 0)
-        self.metrics.gauge("download_rate_limit_Bps", "Download cap in bytes/s (0: none)", lambda: config.download_limit or 0)
+        self.metrics.gauge("upload_limit_bytes_per_second", "Upload cap, --upload-limit (0: none)", lambda: config.upload_limit or 0)
+        self.metrics.gauge(
+            "download_limit_bytes_per_second", "Download cap, --download-limit (0: none)", lambda: config.download_limit or 0
+        )
         for q in ("p50", "p95"):
             self.metrics.gauge(
                 f"have_latency_{q}_seconds",
