@@ -209,3 +209,9 @@ def test_the_longest_line_is_what_the_piece_count_justifies():
 
 def test_abuse_backoff_doubles_from_30_s_up_to_10_minutes():
     assert [abuse_backoff(n) for n in (1, 2, 3, 10)] == [30.0, 60.0, 120.0, 600.0]
+
+
+def test_a_line_nested_too_deep_is_not_a_have_line():
+    """A ValueError like any malformed line, so the subscriber closes the stream; json.loads alone raises RecursionError."""
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_line(b"[" * 5000 + b"\n", 20_000)

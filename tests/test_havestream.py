@@ -323,3 +323,30 @@ async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin,
         assert sha(await resp.read()) == sha(data)
     assert old.have_asks[:1] == ["application/x-ndjson"], old.have_asks  # it tried the stream first
     assert old.served > 0, "the old peer's pieces were never used"
+
+
+class NestingPeer(OldPeer):
+    """A lying neighbour: every piece claimed, and a /have of 60 000 ``[``: under the 64 KiB an answer may take, nested
+    deeper than json.loads can read (RecursionError, not ValueError)."""
+
+    async def have(self, request: web.Request) -> web.Response:
+        self.have_asks.append(request.headers.get("Accept", ""))
+        return web.Response(body=b"[" * 60_000, content_type="application/json")
+
+
+async def test_a_neighbour_nesting_its_have_too_deep_is_a_bad_answer_not_a_traceback(tmp_path, nodes, origin, published, regions, http):
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "4MB/s")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    liar = NestingPeer(origin.url, "127.1.0.99")
+    await liar.start(edge.url, cid, 32)
+    try:
+        new = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "new")
+        async with http.get(new.urls["gateway"] + "/f.bin") as resp:
+            assert resp.status == 200 and sha(await resp.read()) == sha(data)
+        await until(lambda: asyncio.sleep(0, len(liar.have_asks) >= 2), 20, "the liar's /have was never asked")
+    finally:
+        await liar.__aexit__()
+    log = new.log_text()
+    assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]

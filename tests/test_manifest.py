@@ -712,3 +712,10 @@ def test_a_playlist_never_publishes_a_hidden_file(tmp_path):
     catalog = Catalog(root, tmp_path / "state.json", KEY)
     changes = catalog.changes_for([".edgeswarm/origin.key", "users/m/.up.part", "users/m/s1.ts"], dict(catalog.by_path))
     assert set(changes) == {"users/m/s1.ts"}
+
+
+def test_a_manifest_nested_too_deep_is_malformed_not_a_crash():
+    """A parent or neighbour answering 60 000 ``[`` (under the 64 KiB a manifest may take) gets a ManifestError (a 502)."""
+    key = Ed25519PrivateKey.generate()
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        SignedManifest.parse(b"[" * 60_000, key.public_key())

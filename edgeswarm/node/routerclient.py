@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from urllib.parse import quote, urljoin
 
 from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.registration import base_url_problem
 
 log = logging.getLogger("edgeswarm.node.routerclient")
@@ -35,7 +35,7 @@ async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[
         why = f"router {router} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}"
         raise UpstreamError(403 if reply.status == 403 else 502, why)  # 403: this client is in no region, and will not be
     try:
-        rows = json.loads(reply.body)["edges"]
+        rows = jsondoc.loads(reply.body)["edges"]
         urls = [str(r["url"]).rstrip("/") for r in rows]
     except (ValueError, KeyError, TypeError) as exc:
         raise UpstreamError(502, f"router {router} sent no edge list: {exc}") from None

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.vocabulary import quantile
+from edgeswarm.protocol import jsondoc
 
 log = logging.getLogger("edgeswarm.protocol.havefeed")
 CONTENT_TYPE = "application/x-ndjson"
@@ -182,8 +183,8 @@ class HaveEvent:
 def parse_line(line: bytes, count: int) -> HaveEvent:
     """One line of a HAVE stream; ValueError if it is not one (the subscriber then closes the stream)."""
     try:
-        doc = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = jsondoc.loads(line)
+    except ValueError as exc:
         raise ValueError(f"not a JSON line: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError("a HAVE line must be a JSON object")

@@ -21,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.protocol import jsondoc
 from edgeswarm.trust.protect import Protection
 from edgeswarm.trust.signing import verify
 
@@ -194,7 +195,7 @@ class SignedManifest:
     def parse(cls, data: bytes, key: Ed25519PublicKey) -> SignedManifest:
         """Decode and check the signature against the pinned origin key."""
         try:
-            doc = json.loads(data)
+            doc = jsondoc.loads(data)
             manifest = Manifest.from_dict(doc["manifest"])
             signature = base64.b64decode(doc["signature"], validate=True)
         except (ValueError, KeyError, TypeError) as exc:

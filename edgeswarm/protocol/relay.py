@@ -35,6 +35,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.units import ascii_decimal
 
 RELAYED_FOR_HEADER = "X-Edgeswarm-Relayed-For"  # "<secret> <address>": set by the peer's own relay client only
@@ -150,7 +151,7 @@ def encode(frame: Frame) -> str:
 
 def decode(text: str) -> Frame:
     """A text frame read; ValueError for anything that is not one."""
-    doc = json.loads(text)
+    doc = jsondoc.loads(text)
     if not isinstance(doc, dict) or type(doc.get("id")) is not int or not 0 <= doc["id"] < 1 << 32:
         raise ValueError("a relay frame must be an object with an id (0..2^32)")
     fid = doc["id"]

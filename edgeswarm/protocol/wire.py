@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.policy import bitfield
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.havefeed import MAX_LATENCY_S
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.torrent import TORRENT_TYPE, magnet, torrent_name, why_none
@@ -78,8 +79,8 @@ def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int, bool]:
     Returns (have, from, whole); ValueError says what is wrong.
     """
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
+        doc = jsondoc.loads(body)
+    except ValueError:
         raise ValueError("seed request body is not JSON") from None
     if not isinstance(doc, dict):
         raise ValueError("seed request body must be a JSON object")

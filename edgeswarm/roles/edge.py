@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
-import json
 import logging
 import socket
 import time
@@ -48,6 +47,7 @@ from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
@@ -781,8 +781,8 @@ class Edge:
         self.announces["requests"].add(now)
         check_json_body(request.headers)
         try:
-            doc = json.loads(await request.read())
-        except (ValueError, RecursionError):  # RecursionError: nesting a few thousand deep fits in 64 KiB
+            doc = jsondoc.loads(await request.read())
+        except ValueError:
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
         items = doc.get("contents") if isinstance(doc, dict) else None
         self.announces["contents"].add(now, len(items) if isinstance(items, list) else 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import secrets
@@ -49,7 +48,7 @@ from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.subtracking import AnnounceRoute
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
-from edgeswarm.protocol import havefeed
+from edgeswarm.protocol import havefeed, jsondoc
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
@@ -549,7 +548,7 @@ class Peer:
                     raise UpstreamError(502, f"{url} answered {resp.status} to a HAVE subscription")
                 if resp.content_type != havefeed.CONTENT_TYPE:
                     body = await read_bounded(resp, MAX_ANSWER, url, "/have")
-                    held = bitfield.decode(json.loads(body).get("bitfield"), count)
+                    held = bitfield.decode(jsondoc.loads(body).get("bitfield"), count)
                     yield HaveEvent("snapshot", frozenset(held), None)
                     raise StreamUnsupported()
                 budget = havefeed.StreamBudget(count, time.monotonic())
@@ -583,7 +582,7 @@ class Peer:
             reply = await self.upstream.get(url, f"/have/{cid}", headers, timeout=2.0)
             if reply.status != 200 or signed is None:
                 return None
-            return bitfield.decode(json.loads(reply.body).get("bitfield"), signed.manifest.piece_count)
+            return bitfield.decode(jsondoc.loads(reply.body).get("bitfield"), signed.manifest.piece_count)
         except (UpstreamError, ValueError, AttributeError):
             return None
 
@@ -780,7 +779,7 @@ class Peer:
                 )
                 if reply.status != 200:
                     return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
-                answers = json.loads(reply.body)["contents"]
+                answers = jsondoc.loads(reply.body)["contents"]
                 if event == "stopped":
                     continue
                 for cid, (_, _, count) in chunk:
@@ -961,7 +960,7 @@ class Peer:
             log.warning("announce to %s refused: %s", edge, why)
             return None
         try:
-            answer = json.loads(body)
+            answer = jsondoc.loads(body)
             answers = answer["contents"]
             shared = {k: answer[k] for k in ("interval", "region") if k in answer}
         except (ValueError, KeyError, TypeError) as exc:
@@ -1003,7 +1002,7 @@ class Peer:
                 self._left(edge, cid)
             return None
         try:
-            answer = json.loads(body)
+            answer = jsondoc.loads(body)
         except ValueError as exc:
             log.warning("bad announce answer: %s", exc)
             return None

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.policy.preheatorders import Order, PreheatOrders
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
@@ -64,7 +65,7 @@ class PreheatDesk:
     def _load(self) -> None:
         """The orders a previous run of this edge took, those not expired; a damaged file is one line, and no orders."""
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = jsondoc.loads(self.path.read_text(encoding="utf-8"))
             now, wall = time.monotonic(), time.time()
             orders = [
                 Order(
@@ -144,8 +145,8 @@ class PreheatDesk:
         self._operator(request)
         check_json_body(request.headers)
         try:
-            doc = json.loads(await request.read())
-        except (ValueError, RecursionError):
+            doc = jsondoc.loads(await request.read())
+        except ValueError:
             raise HttpError(400, "preheat body is not JSON") from None
         paths, share, ttl = (doc.get(k) if isinstance(doc, dict) else None for k in ("paths", "share", "ttl"))
         if not isinstance(paths, list) or not 0 < len(paths) <= MAX_PATHS or not all(isinstance(p, str) for p in paths):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import time
@@ -46,6 +45,7 @@ from edgeswarm.node.upstream import UpstreamError, read_bounded
 from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
 from edgeswarm.policy.vocabulary import reported_share
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import PATH, clean_request_path
 from edgeswarm.protocol.registration import edge_spec
@@ -220,8 +220,8 @@ class Router:
         self._check_registrar(request)
         check_json_body(request.headers)
         try:
-            doc = json.loads(await request.read())
-        except (ValueError, RecursionError):
+            doc = jsondoc.loads(await request.read())
+        except ValueError:
             raise HttpError(400, "registration body is not JSON") from None
         try:
             spec = edge_spec(doc, self.region_names, listed=False)
@@ -341,14 +341,14 @@ class Router:
                 if resp.status != 200:
                     raise UpstreamError(502, f"/status answered {resp.status}")  # the reason says which, as the log does
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
-            doc = json.loads(body)
+            doc = jsondoc.loads(body)
             sample = sample_from_status(doc, time.monotonic())
             figures = polled_figures(doc, time.time())
         except TimeoutError:
             changed = health.failed(now, f"no answer within {self.config.timeout:g} s", self.table.thresholds)
         except UpstreamError as exc:
             changed = health.failed(now, exc.message, self.table.thresholds)
-        except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
         else:
             changed = health.succeeded(sample, self.table.thresholds)

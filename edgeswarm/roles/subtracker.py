@@ -24,7 +24,6 @@ promotes us, every announce is a 404, so our peers go back to their edge.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -49,6 +48,7 @@ from edgeswarm.policy.tracker import (
     owner_of,
     peer_url,
 )
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.manifest import Manifest, is_content_id
 from edgeswarm.protocol.wire import json_response
@@ -131,8 +131,8 @@ class SubTracker:
 
         check_json_body(request.headers)
         try:
-            doc = json.loads(await request.read())
-        except (ValueError, RecursionError):
+            doc = jsondoc.loads(await request.read())
+        except ValueError:
             raise HttpError(400, "announce body is not JSON (or nests too deep)") from None
         await self._expire()
         self.counts["announces"] += 1

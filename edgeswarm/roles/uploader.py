@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edgeswarm.errors import EdgeswarmError
-from edgeswarm.protocol import upload
+from edgeswarm.protocol import jsondoc, upload
 from edgeswarm.trust import tls
 
 READ = 1 << 16
@@ -151,7 +150,7 @@ async def publish(
                     end = min(length, offset + job.chunk)
                     status, doc = await put({"Content-Range": upload.content_range(offset, end, length)}, offset, end)
                 if status == 201:
-                    got = json.loads(doc["text"])
+                    got = jsondoc.loads(doc["text"])
                     return Published(got["path"], got["size"], got["sha256"], got["content_id"], length if first is None else first, sent)
                 offset = doc["offset"]  # 202: go on; 409: the origin says where, or (None) another request is still appending
                 if offset is None:

@@ -15,13 +15,13 @@ the cache needs the room (docs/protocol.md#preheating-peers).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.protocol import jsondoc
 
 if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
@@ -68,7 +68,7 @@ class Volunteer:
                 return Answer(None)
             return Answer([])
         try:
-            doc = json.loads(reply.body)
+            doc = jsondoc.loads(reply.body)
             orders = [o for o in doc["orders"] if isinstance(o["path"], str) and isinstance(o["size"], int)]
             interval = float(doc.get("interval", 0)) or None
             version = doc.get("version")

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.policy.recent import Recent
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
@@ -118,7 +119,7 @@ class Catalog:
         """Reuse manifests of the previous run; re-sign them if the key changed."""
         self._history_lost = not new_key
         try:
-            state = json.loads(self.state_file.read_text())
+            state = jsondoc.loads(self.state_file.read_text())
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeswarm.protocol import jsondoc
+
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
 STRAY_AGE = 60.0  # a part without its declaration (a crash between the two writes) goes after this long
@@ -96,7 +98,7 @@ class Staging:
     def _read(meta: Path) -> Upload | None:
         """The upload a declaration describes, or None for one that is gone or damaged."""
         try:
-            doc = json.loads(meta.read_text())
+            doc = jsondoc.loads(meta.read_text())
             return Upload(str(doc["user"]), str(doc["path"]), int(doc["length"]), str(doc["sha256"]), meta.with_suffix(".part"))
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgeswarm.errors import HttpError
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.recent import Recent
+from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.manifest import SignedManifest
 from edgeswarm.trust import tokens
 from edgeswarm.trust.protect import SCHEME, Protection
@@ -106,7 +107,7 @@ async def fetch_key(
 
 def parse_key(body: bytes, protection: Protection) -> bytes:
     """The key out of a ``/key`` answer, checked against the manifest's key hash; ValueError if it is not the right one."""
-    doc = json.loads(body)
+    doc = jsondoc.loads(body)
     key = bytes.fromhex(doc["key"]) if isinstance(doc, dict) and isinstance(doc.get("key"), str) else b""
     if not protection.key_matches(key):
         raise ValueError("the key does not match the manifest's key_sha256")
