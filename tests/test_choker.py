@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from itertools import pairwise
 
-from edgeswarm.policy.choker import Choker
+from edgeswarm.policy.choker import Choker, requester
 
 PIECE = 256 * 1024
 
@@ -136,3 +136,32 @@ def test_a_seed_chokes_everyone_now_and_then():
             streak[p] = streak[p] + 1 if p in unchoked else 0
             longest[p] = max(longest[p], streak[p])
     assert max(longest.values()) <= 120
+
+
+def test_a_stated_id_names_a_requester_only_at_its_own_address():
+    assert requester("p1", "10.0.0.1") == requester("p1", "10.0.0.1") != requester("p1", "10.0.0.66")
+    assert requester("p1", "2001:db8::1") == requester("p1", "2001:db8::2")  # a host gets a whole /64
+
+
+def test_one_address_holds_at_most_half_the_slots_even_while_others_are_free():
+    c = Choker(slots=6)
+    admitted = [c.request(0, f"sybil{i}", "10.0.0.66") for i in range(7)]
+    assert admitted == [True] * 3 + [False] * 4
+    assert c.request(0, "honest", "10.0.0.2")
+
+
+def test_a_seed_ranks_an_address_by_what_all_its_ids_got_so_new_ids_do_not_jump_the_queue():
+    """Ids renewed every 10 s, named to sort first, took a seed's slots from a peer that had waited (adversarial session)."""
+    c = Choker(slots=3)  # one regular slot for an address at most (3 // 2), two regular slots, one optimistic
+    honest = [f"h{i}" for i in range(3)]
+    for now in range(60):
+        ids = [f"0000-{now // 10}-{k}" for k in range(4)]  # four fresh ids every 10 s from one address
+        for p in ids:
+            if c.request(now, p, "10.0.0.66"):
+                c.sent(now, p, PIECE)
+        for i, p in enumerate(honest):
+            if c.request(now, p, f"10.0.1.{i}"):
+                c.sent(now, p, PIECE)
+        assert sum(1 for p in c.unchoked(now) if p.startswith("0000")) <= 1, now
+    served = {p: c._recent(c._gave, p, 59) for p in honest}
+    assert all(served.values()), served  # every honest address got pieces in the last window

@@ -167,3 +167,52 @@ async def test_a_hostile_have_stream_is_closed_once_logged_and_the_download_comp
 
 async def _all_cut(hostile: list[HostileNeighbour]) -> bool:
     return all(h.cut for h in hostile)
+
+
+async def _held_seed(tmp_path, nodes, origin, published, regions, http):
+    """A peer at 127.1.0.1 holding a whole file, with no upload cap (answers leave as fast as the socket takes them)."""
+    make_file(published / "f.bin", SIZE)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    seed = nodes.start(
+        "peer", *("--cache", str(tmp_path / "s"), "--edge", edge.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"), name="s"
+    )
+    await post(http, seed, "/f.bin")
+    await until(lambda: complete(http, seed), 60, "the seed did not complete")
+    return seed, (await conftest.status(http, seed.urls["gateway"]))["swarms"][0]["id"]
+
+
+async def _piece_status(upload: str, cid: str, address: str, peer_id: str) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"{upload}/piece/{cid}/1", headers={"X-Edgeswarm-Peer": peer_id}) as resp,
+    ):
+        await resp.read()
+        return resp.status
+
+
+async def test_a_stranger_stating_a_neighbours_id_does_not_use_up_its_places(tmp_path, nodes, origin, published, regions, http):
+    """Ids are public (the tracker's answers list them); one stated from another address is another requester."""
+    seed, cid = await _held_seed(tmp_path, nodes, origin, published, regions, http)
+    socks = unread_piece_requests(seed.urls["upload"], cid, 4, "127.9.0.66", "victim")  # the most pieces one id may have in flight
+    try:
+        await asyncio.sleep(1)
+        assert answer_statuses(socks).get("429", 0) == 0  # all four in flight
+        assert await _piece_status(seed.urls["upload"], cid, "127.9.0.2", "victim") == 200  # the real one, at its address
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def test_one_address_running_many_ids_holds_at_most_half_the_upload_slots(tmp_path, nodes, origin, published, regions, http):
+    """Ids cost nothing: seven from one address took all six slots of a seed (docs/security.md)."""
+    seed, cid = await _held_seed(tmp_path, nodes, origin, published, regions, http)
+    socks = [s for i in range(7) for s in unread_piece_requests(seed.urls["upload"], cid, 1, "127.9.0.66", f"sybil{i}")]
+    try:
+        await asyncio.sleep(1)
+        statuses = answer_statuses(socks)
+        assert statuses.get("200", 0) == 3 and statuses.get("429", 0) == 4, statuses
+        assert await _piece_status(seed.urls["upload"], cid, "127.9.0.2", "honest") == 200  # a slot is left for another address
+    finally:
+        for s in socks:
+            s.close()

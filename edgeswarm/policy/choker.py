@@ -9,14 +9,35 @@ nothing, so it ranks by who was served least lately instead: its slots
 rotate fairly among everyone interested.  A peer that stops asking for
 ``idle`` seconds loses its slot at once, so slots never sit on peers that
 have nothing left to get from us.
+
+Requesters are named by their stated id at their address (``requester``),
+and an address is one party: it holds at most half the slots, and a seed
+ranks it by what all its ids got lately.  Ids cost nothing, addresses do:
+one address running many ids (renewed, named to sort first) took every slot
+of a seed, and another address stating a neighbour's id used up that
+neighbour's places (an adversarial session; libtorrent takes one connection
+per address by default for the same reason).  Several real peers behind one
+address (a NAT) share its half.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
+
+from edgeswarm.policy.tracker import address_group
 
 SLOTS = 6  # peers served at once: 6 beat 4 and 8 in `bench swarm` (docs/configuration.md, --upload-slots)
+
+
+def requester(peer_id: str, address: str) -> str:
+    """The name an uploader knows a requester by (its choker's, its upload gate's): its stated id at its address group.
+
+    The tracker's answers publish ids; keyed on the bare id, anyone could
+    take another peer's places or ride its tit-for-tat credit by stating it.
+    """
+    return f"{peer_id}@{address_group(address)}"
 
 
 class Choker:
@@ -37,6 +58,8 @@ class Choker:
         self._next_optimistic = -math.inf
         self._choked_at: dict[str, float] = {}  # when each peer last lost its slot
         self._since: dict[str, float] = {}  # unchoked peers: since when
+        self._group: dict[str, str] = {}  # peer -> the address (group) it asks from: one party for the slots
+        self.per_group = max(1, self.slots // 2)  # slots one address may hold
         self._records = 0
 
     def received(self, now: float, peer: str, nbytes: int) -> None:
@@ -52,13 +75,14 @@ class Choker:
         if self._records % 256 == 0:
             self._prune(now)
 
-    def request(self, now: float, peer: str) -> bool:
-        """May ``peer`` download from us now?"""
+    def request(self, now: float, peer: str, group: str | None = None) -> bool:
+        """May ``peer`` download from us now?  ``group``: the address it asks from (None: a party of its own)."""
         self._interested[peer] = now
+        self._group[peer] = peer if group is None else group
         self._forget(now)
         if peer in self._unchoked:
             return True
-        if len(self._unchoked) < self.slots:
+        if len(self._unchoked) < self.slots and self._held(self._unchoked)[self._group[peer]] < self.per_group:
             self._set_unchoked(self._unchoked | {peer}, now)
             if self._next_rechoke == -math.inf:  # the schedule starts with the first unchoke, not the first refusal
                 self._next_rechoke = now + self.rechoke_interval
@@ -91,17 +115,32 @@ class Choker:
             if self._optimistic == peer:
                 self._optimistic = None
 
+    def _held(self, peers: set[str] | list[str]) -> Counter[str]:
+        """Slots each group holds among ``peers``."""
+        return Counter(self._group.get(p, p) for p in peers)
+
     def _rechoke(self, now: float) -> None:
         peers = sorted(self._interested)
+        key: Callable[[str], tuple[float | str, ...]]  # ranked first: smallest
         if any(self._recent(self._got, p, now) for p in peers):
             key = lambda p: (-self._recent(self._got, p, now), -self._interested[p], p)  # noqa: E731
-        else:  # a seed: serve who got least from us lately; on ties, who has held a slot for the shortest time
-            key = lambda p: (self._recent(self._gave, p, now), -self._since.get(p, math.inf), p)  # noqa: E731
-        regular = sorted(peers, key=key)[: self.slots - 1]
+        else:  # a seed: serve the address that got least from us lately (all its ids: new ones inherit it), then the id;
+            # on ties, who has held a slot for the shortest time
+            served: Counter[str] = Counter()
+            for p in self._gave:
+                served[self._group.get(p, p)] += self._recent(self._gave, p, now)
+            key = lambda p: (served[self._group[p]], self._recent(self._gave, p, now), -self._since.get(p, math.inf), p)  # noqa: E731
+        regular: list[str] = []
+        for p in sorted(peers, key=key):
+            if len(regular) < self.slots - 1 and self._held(regular)[self._group[p]] < self.per_group:
+                regular.append(p)
         others = [p for p in peers if p not in regular]
         if now >= self._next_optimistic or self._optimistic not in others:
-            # a choked peer first, the one choked longest ago (or never unchoked); else the newest holder: a true rotation
-            candidates = [p for p in others if p != self._optimistic] or others
+            # a choked peer first, the one choked longest ago (or never unchoked); else the newest holder: a true rotation;
+            # never one of an address that holds its share already
+            held = self._held(regular)
+            fits = [p for p in others if held[self._group[p]] < self.per_group]
+            candidates = [p for p in fits if p != self._optimistic] or fits
             key = lambda p: (p in self._unchoked, -self._since[p] if p in self._since else self._choked_at.get(p, -math.inf), p)  # noqa: E731
             self._optimistic = min(candidates, key=key) if candidates else None
             self._next_optimistic = now + self.optimistic_interval
@@ -125,3 +164,5 @@ class Choker:
                     del log[peer]
         for peer in [p for p in self._choked_at if p not in self._interested]:
             del self._choked_at[peer]
+        for peer in [p for p in self._group if p not in self._interested and p not in self._gave]:
+            del self._group[peer]

@@ -41,7 +41,7 @@ from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, OutOfDescriptorsHere, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy import bitfield, uploadgate
-from edgeswarm.policy.choker import Choker
+from edgeswarm.policy.choker import Choker, requester
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
@@ -1109,20 +1109,23 @@ class Peer:
         index = piece_index(request, signed.manifest.piece_count)
         if not store.has(cid, index):
             raise HttpError(404, f"piece {index} of {cid[:12]} is not held here")
-        who = request.headers.get(PEER_HEADER, "")[:64] or (request.remote or "?")
-        grant = self.gate.admit(who, address_group(request.remote or ""), signed.manifest.piece_span(index)[1])
+        address = address_group(request.remote or "")
+        who = requester(request.headers.get(PEER_HEADER, "")[:64], address)  # a stated id counts only at its own address
+        grant = self.gate.admit(who, address, signed.manifest.piece_span(index)[1])
         if isinstance(grant, str):  # before the choker: a refused request is no interest to rank
             self.metrics.events[("upload_busy", "")] += 1
             raise HttpError(429, f"busy: {grant}", {"Retry-After": str(uploadgate.RETRY_AFTER)})
         try:
-            return await self._send_piece(request, store, cid, index, who)
+            return await self._send_piece(request, store, cid, index, who, address)
         finally:
             self.gate.done(grant)
 
-    async def _send_piece(self, request: web.Request, store: PieceStore, cid: str, index: int, who: str) -> web.StreamResponse:
+    async def _send_piece(
+        self, request: web.Request, store: PieceStore, cid: str, index: int, who: str, address: str
+    ) -> web.StreamResponse:
         """An admitted request: the choker's say, then the piece (held in memory only while this runs)."""
         now = time.monotonic()
-        if not self.choker.request(now, who):
+        if not self.choker.request(now, who, address):
             self.metrics.events[("choked", "")] += 1
             raise HttpError(429, "choked: all upload slots are taken", {"Retry-After": str(self.choker.retry_after(now))})
         data = store.read_piece(cid, index)
