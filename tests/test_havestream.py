@@ -91,10 +91,14 @@ async def _complete(http: aiohttp.ClientSession, peer) -> bool:
     return bool((await swarm_status(http, peer)).get("complete"))
 
 
-async def test_a_late_joiner_is_found_through_its_subscription_without_a_tracker_round(tmp_path, nodes, origin, published, regions, http):
-    """a announced before b existed and will not announce again for 300 s: it learns of b when b subscribes to it."""
+@pytest.mark.parametrize("locality", ["prefer", "strict"])
+async def test_a_late_joiner_is_found_through_its_subscription_without_a_tracker_round(
+    tmp_path, nodes, origin, published, regions, http, locality
+):
+    """a announced before b existed and will not announce again for 300 s: it learns of b when b subscribes to it
+    (under strict, from the answer of the round b's subscription hurries: a subscriber's word is not taken there)."""
     data = make_file(published / "f.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s", "--locality", locality)
     a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
     await post(http, a, "/f.bin")
     await until(lambda: _held(http, a, 2), 30, "a fetched nothing")
@@ -350,3 +354,34 @@ async def test_a_neighbour_nesting_its_have_too_deep_is_a_bad_answer_not_a_trace
         await liar.__aexit__()
     log = new.log_text()
     assert "Traceback" not in log and "RecursionError" not in log, log[-3000:]
+
+
+async def test_under_strict_locality_a_subscriber_of_another_region_is_never_traded_with(tmp_path, nodes, origin, published, http):
+    """A west peer subscribing to an east downloader, claiming to be east, served it half a file (an adversarial session):
+    under strict, only a tracker answer makes a subscriber a neighbour, and none names another region's peer."""
+    regions = tmp_path / "two-regions.yaml"
+    regions.write_text(
+        "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: cox, networks: [127.2.0.0/16]}\n"
+    )
+    data = make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s", "--locality", "strict")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    liar = OldPeer(origin.url, "127.2.0.66")  # every piece, genuine, at another region's address
+    await liar.start(edge.url, cid, 32)
+    victim = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "victim")
+    try:
+        await post(http, victim, "/f.bin")
+        headers = {"X-Edgeswarm-Peer": "liar", "X-Edgeswarm-Upload-Port": str(liar.port), "X-Edgeswarm-Region": "east", **NDJSON}
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.2.0.66", 0))) as session,
+            session.get(f"{victim.urls['upload']}/have/{cid}", headers=headers) as stream,
+        ):
+            assert stream.status == 200
+            await until(lambda: _complete(http, victim), 60, "the victim did not complete")
+    finally:
+        await liar.__aexit__()
+    async with http.get(victim.urls["gateway"] + "/f.bin") as resp:
+        assert sha(await resp.read()) == sha(data)
+    assert liar.served == 0 and liar.have_asks == [], (liar.served, liar.have_asks)
+    assert (await status(http, edge.url))["p2p"]["regions"]["east"]["bytes_from_peers_other_region"] == 0

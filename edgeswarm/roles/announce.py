@@ -194,6 +194,10 @@ class TrackerService:
     def store(self) -> PeerStore:
         return self.tracker.store
 
+    @property
+    def locality(self) -> str:
+        return self.tracker.locality
+
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
 
@@ -262,6 +266,7 @@ class TrackerService:
         return {
             "interval": self.interval,
             "region": region.name if region else None,
+            "locality": self.locality,  # strict: peers take a subscriber as a neighbour once an answer names it
             # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
             # seeds the operator placed say so: a crowd behind one trades its first pieces, not from the edge (picker.py, "Startup")
             "peers": answer_peers(answer, a.peer_id, None if placed is None else functools.partial(placed, a.cid)),

@@ -819,10 +819,15 @@ class Edge:
                         stop = {"status": exc.status, "message": exc.message}
                     answer = {"error": {"status": exc.status, "message": exc.message}}
             if isinstance(cid, str) and is_content_id(cid):
-                answer.pop("interval", None)
-                answer.pop("region", None)
+                for said_once in ("interval", "region", "locality"):  # the batch's, at its top
+                    answer.pop(said_once, None)
                 answers[cid] = answer
-        return {"interval": self.tracker.interval, "region": self.region_name(request), "contents": answers}
+        return {
+            "interval": self.tracker.interval,
+            "region": self.region_name(request),
+            "locality": self.tracker.locality,
+            "contents": answers,
+        }
 
     async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
         assert self.tracker is not None

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeswarm.roles.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
+VOUCH_WITHIN = 0.2  # seconds within which a strict edge is asked to name a new subscriber (a crowd's arrive together)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
@@ -237,6 +238,9 @@ class Peer:
         self._received_before: Counter[str] = Counter()  # bytes by source kind of contents since forgotten (_forget)
         self._uploaded_before = 0  # bytes sent to peers of contents since forgotten
         self.region: str | None = None
+        # the edge's answers say --locality strict: a subscriber counts once a tracker answer names it (None: no answer yet, the same)
+        self.strict: bool | None = None
+        self._vouch: set[str] = set()  # contents with subscribers no answer named yet: news for the next round (_met_subscriber)
         self.upload_port = 0
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
         self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
@@ -700,6 +704,7 @@ class Peer:
         full = event != "update" or self.schedule.full(edge, started)
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
+        self._vouch -= cids
         if event == "update" and await self._to_subtracker(edge, cids, started, full):
             return
         if event == "stopped":
@@ -723,7 +728,10 @@ class Peer:
         return await asyncio.gather(*(self._announce_batch(edge, chunk, event) for chunk in chunks))
 
     def _news(self, edge: str, cid: str) -> bool:
-        """What a round between two intervals carries: a content this edge has not heard of, or one completed since."""
+        """What a round between two intervals carries: a content this edge has not heard of, or one completed since,
+        or one with subscribers its answers have not named (``_met_subscriber``)."""
+        if cid in self._vouch:
+            return True
         store = self.store
         signed = store.manifest(cid) if store else None
         if store is None or signed is None:
@@ -879,6 +887,7 @@ class Peer:
         for table in (self.from_edge, self._booked, self.tickets, self.content_keys, self._piece_counts):
             table.pop(cid, None)
         self._completed.discard(cid)
+        self._vouch.discard(cid)
 
     def _promote(self, edge: str, promoted: bool) -> None:
         """An edge promoted us (a relay for its unreachable peers, a sub-tracker for others), or no longer does: both while any edge wants it."""
@@ -962,7 +971,7 @@ class Peer:
         try:
             answer = jsondoc.loads(body)
             answers = answer["contents"]
-            shared = {k: answer[k] for k in ("interval", "region") if k in answer}
+            shared = {k: answer[k] for k in ("interval", "region", "locality") if k in answer}
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad announce answer from %s: %s", edge, exc)
             return None
@@ -1033,6 +1042,8 @@ class Peer:
         try:
             self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
             self._learn_region(doc.get("region", self.region))  # a sub-tracker's answer says nothing of it
+            if "locality" in doc:  # nor of this
+                self.strict = doc["locality"] == "strict"
             if isinstance(doc.get("ticket"), str):
                 self.tickets[cid] = doc["ticket"]
             peers = [
@@ -1175,7 +1186,14 @@ class Peer:
         """A subscriber is a peer downloading this content: our swarm may trade with it too (BitTorrent's incoming peers).
 
         Its URL is its connection's address and its announced port, as the
-        tracker builds it, so nobody can point us at another's address.
+        tracker builds it, so nobody can point us at another's address.  Its
+        region is its own word, though: under strict locality a peer of
+        another region subscribing (it needs our address and port, which no
+        tracker answer gave it) had us take half a file from it, booked as
+        our region's if it said so.  There, and before any answer said which
+        locality holds, a subscriber is a neighbour only once a tracker answer
+        names it, and it makes the content news: the next round, within
+        ``VOUCH_WITHIN``, asks for that answer.
         """
         port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
         peer_id = request.headers.get(PEER_HEADER, "")
@@ -1184,6 +1202,13 @@ class Peer:
             raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
         swarm = self.swarms.get(cid)
         if swarm is None or number is None or not peer_id or not request.remote:
+            return
+        if self.strict is not False:
+            if peer_url(request.remote, number) not in swarm.neighbours:
+                self._vouch.add(cid)
+                for edge in self._p2p_edges:
+                    self.schedule.hurry(edge, time.monotonic(), VOUCH_WITHIN)
+                self._wake_announcer.set()
             return
         claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
         swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True, claim=claimed)
