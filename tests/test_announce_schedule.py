@@ -49,6 +49,22 @@ def test_hurry_never_postpones():
     assert s.due([B], 1) == [B]
 
 
+def test_a_refused_tracker_is_not_asked_again_before_its_retry_after_whatever_news_comes():
+    """429 "already has 16 live peer ids; the oldest expires in 654 s": each new content hurried a round at once (four
+    refusals a second for minutes, found by an adversarial session)."""
+    s = AnnounceSchedule(300)
+    s.refused(A, 0, 60)
+    s.succeeded(A, 0, started=0)  # the round ends (refused, not failed)
+    s.hurry(A, 1)  # news: a new content
+    s.hurry(A, 2, within=0.2)
+    assert s.due([A], 59.9) == [] and s.due([A], 60) == [A]
+    s.hurry(B, 2)  # another edge is not held
+    assert s.due([B], 2) == [B]
+    s.refused(A, 100, 654)  # a wait past the interval: held an interval at most
+    s.hurry(A, 101)
+    assert s.due([A], 399) == [] and s.due([A], 400) == [A]
+
+
 def test_a_hurry_while_an_announce_is_in_flight_is_not_lost():
     """A content created while an announce (without it) was in flight is announced at once, not an interval later."""
     s = AnnounceSchedule(300)

@@ -103,6 +103,7 @@ class AnnounceSchedule:
         self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
         self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content was answered; absent: never
+        self._held: dict[str, float] = {}  # tracker -> no announce before this (its 429's Retry-After), news or not
 
     def full(self, tracker: str, now: float) -> bool:
         """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
@@ -142,9 +143,15 @@ class AnnounceSchedule:
         return delay
 
     def hurry(self, tracker: str, now: float, within: float = 0.0) -> None:
-        """Announce to this tracker no later than ``within`` seconds from now."""
-        self._next[tracker] = min(self._next.get(tracker, now), now + within)
+        """Announce to this tracker no later than ``within`` seconds from now (or when a refusal's wait ends)."""
+        self._next[tracker] = max(min(self._next.get(tracker, now), now + within), self._held.get(tracker, -math.inf))
         self._hurried[tracker] = now
+
+    def refused(self, tracker: str, now: float, wait: float) -> None:
+        """The tracker said 429 (over its rate or its ids per address): nothing before ``wait`` seconds (an interval at
+        most), whatever news comes.  Each new content hurried a round at once, 4 refusals a second for minutes."""
+        self._held[tracker] = now + min(max(wait, FIRST_RETRY), self.interval)
+        self._next[tracker] = max(self._next.get(tracker, now), self._held[tracker])
 
     def unreachable(self, tracker: str, now: float) -> None:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
@@ -943,6 +950,9 @@ class Peer:
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
+        if reply.status == 429:
+            wait = ascii_decimal(reply.headers.get("Retry-After", "").strip(), 5)  # delay-seconds; float() took "nan"
+            self.schedule.refused(edge, time.monotonic(), FIRST_RETRY if wait is None else wait)
         return reply.status, reply.body
 
     async def _announce_batch(self, edge: str, cids: list[str], event: str) -> str | None:
