@@ -452,6 +452,20 @@ async def test_a_refusals_wait_is_until_the_oldest_ids_last_announce_in_any_swar
     assert err.value.retry_after == pytest.approx(90 - (70 - 30))
 
 
+async def test_an_id_is_in_at_most_its_share_of_swarms_the_least_recently_announced_leaving():
+    """One address's 16 ids claiming 20 000 contents each took an edge from 92 to 758 MB without a refusal."""
+    t = Tracker(ttl=90, limits=Limits(swarms_per_id=3))
+    cids = [f"{i:064x}" for i in range(5)]
+    for now, cid in enumerate(cids):
+        await at(t, now, "hoarder", "10.0.0.66", cid=cid)
+    await at(t, 5, "hoarder", "10.0.0.66", cid=cids[2])  # announced again: the most recent now
+    await at(t, 6, "hoarder", "10.0.0.66", cid="f" * 64)
+    held = [cid for cid in [*cids, "f" * 64] if await t.swarm(cid)]
+    assert held == [cids[2], cids[4], "f" * 64] and t.state_size()["records"] == 3
+    await at(t, 7, "other", "10.0.0.66", cid=cids[0])  # another id of the same address has a share of its own
+    assert [r.peer_id for r in await t.swarm(cids[0])] == ["other"]
+
+
 async def test_live_ids_per_address_are_limited_until_one_expires():
     t = Tracker(ttl=90, limits=Limits(ids_per_address=3))
     for i in range(3):

@@ -57,13 +57,18 @@ class Limits:
     uses one id for all its contents); carrier-grade NAT needs more, or
     tokens, whose users are counted apart.  The rate lets such an address
     announce a few thousand contents per default 300 s interval, with a burst
-    for daemons that start together.
+    for daemons that start together.  An id is in at most ``swarms_per_id``
+    swarms here: past them it leaves its least recently announced one, so one
+    address holds at most 16 x 4 096 records (about 140 MB in the memory
+    store), however many contents it claims: 16 ids of 20 000 contents each
+    took an edge from 92 to 758 MB without one refusal (an adversarial session).
     """
 
     ids_per_address: int = 16
     ids_per_user: int = 16
     announces_per_s: float = 20.0
     announce_burst: float = 200.0
+    swarms_per_id: int = 4096  # a peer's cache of 4 096 contents (an hour of 1 s live segments) is handed out for all
     answer_per_address: int = PER_ADDRESS  # one address's share of any answer: never the whole of it
 
 
@@ -486,6 +491,9 @@ class Tracker:
         rec = asker_record(ann, now, key[0], group)
         pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
+        joined = self._joined[key]
+        while len(joined) > self.limits.swarms_per_id:
+            await self.drop(next(iter(joined)), key)  # its least recently announced swarm
         records, parts = pool.window(self._windows, self.sample + 1)
         return handout(rec, records, self.locality, self.max_answer, self.limits.answer_per_address, parts), size
 
