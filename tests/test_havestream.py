@@ -385,3 +385,35 @@ async def test_under_strict_locality_a_subscriber_of_another_region_is_never_tra
         assert sha(await resp.read()) == sha(data)
     assert liar.served == 0 and liar.have_asks == [], (liar.served, liar.have_asks)
     assert (await status(http, edge.url))["p2p"]["regions"]["east"]["bytes_from_peers_other_region"] == 0
+
+
+async def test_neighbours_streams_filling_the_connections_never_lock_the_player_out_of_the_gateway(
+    tmp_path, nodes, origin, published, regions, http
+):
+    """HAVE streams are busy connections, never reclaimed: 336 of them, within every per-address and per-content cap,
+    took a peer's whole connection cap and every request of its user's player was reset (an adversarial session)."""
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--edge", edge.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
+        *("--max-connections", "40"),  # the gateway holds 5 of them (an eighth), the upload server 35
+        name="p",
+    )
+    async with http.get(peer.urls["gateway"] + "/f.bin") as resp:
+        assert resp.status == 200 and len(await resp.read()) == SIZE
+    cid = (await status(http, peer.urls["gateway"]))["swarms"][0]["id"]
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for i in range(10):  # 4 streams an address (the cap), 40 in all
+            session = await stack.enter_async_context(aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(f"127.9.0.{i}", 0))))
+            for _ in range(4):
+                with contextlib.suppress(aiohttp.ClientError):
+                    streams.append(await stack.enter_async_context(session.get(f"{peer.urls['upload']}/have/{cid}", headers=NDJSON)))
+        assert sum(s.status == 200 for s in streams) >= 30
+        async with aiohttp.ClientSession() as player:  # fresh connections, as a player seeking opens
+            for path in ("/healthz", "/f.bin"):
+                async with player.get(peer.urls["gateway"] + path, timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    assert resp.status == 200, path
+                    await resp.read()
+    assert "held for the gateway" in peer.log_text()

@@ -37,7 +37,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
+from edgeswarm.node.connlimit import FLOOR, ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics, endpoint_class
 from edgeswarm.node.serving import SENT_ASIDE
@@ -331,6 +331,14 @@ class Connections:
             _close(late + idle + stalled)
             self.quiet.flush()
 
+    def apart(self, share: float) -> Connections:
+        """Connections for a site of their own, ``share`` of this cap (at least FLOOR) taken from it: what strangers
+        opening connections to the node's other sites cannot use up (a peer's gateway, its user's player)."""
+        cap = max(FLOOR, int(self.policy.cap * share))
+        self.policy.cap = max(1, self.policy.cap - cap)
+        p = self.policy
+        return Connections(ConnectionPolicy(cap, p.header_timeout, p.idle_timeout), self.file_limit)
+
     def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
         say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
@@ -554,12 +562,13 @@ async def serve_many(
     on_bound: Callable[[str, str, int], None] | None = None,
     ssl_context=None,
     limits: ServerLimits | None = None,
+    apart: dict[str, float] | None = None,
 ) -> None:
     """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
 
-    With ``ssl_context`` the first site (the node's public one) serves HTTPS.
+    With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``apart``: see Servers.
     """
-    servers = Servers(role, access_log, ssl_context, limits)
+    servers = Servers(role, access_log, ssl_context, limits, apart=apart)
     try:
         for label, (host, port) in (await servers.start(sites)).items():
             if on_bound is not None:
@@ -588,30 +597,36 @@ class Servers:
         limits: ServerLimits | None = None,
         reuse_port: bool = False,
         shutdown_timeout: float = 60.0,
+        apart: dict[str, float] | None = None,
     ):
+        """``apart``: site label -> the share of the connection cap that site holds for itself (``Connections.apart``)."""
         self.role = role
+        self.apart = apart or {}
         self.shutdown_timeout = shutdown_timeout  # how long close() lets requests in flight finish (aiohttp's graceful stop)
         self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py), which says when all listen
         self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         self._runners: list[_Runner] = []
-        self._sweeper: asyncio.Task | None = None
+        self._sweepers: list[asyncio.Task] = []
 
     async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
         """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
         conns = _connections(self.limits, self.role)
+        own = {label: conns.apart(self.apart[label]) for *_, label in sites if label in self.apart}
+        for label, held in own.items():
+            log.info("%s: %d of those connections held for the %s, %d for the rest", self.role, held.policy.cap, label, conns.policy.cap)
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(conns.loop_error)
+        loop.set_exception_handler(conns.loop_error)  # out of descriptors: the shared sites' waiting connections go first
         accept_one_pass(loop)
         dump_tasks_on_sigusr1(loop, self.role)
-        self._sweeper = asyncio.create_task(conns.sweep())
+        self._sweepers = [asyncio.create_task(c.sweep()) for c in (conns, *own.values())]
         bound = {}
         for n, (app, host, port, label) in enumerate(sites):
             tls = self.ssl_context if n == 0 else None
             runner = _Runner(
                 app,
-                conns,
+                own.get(label, conns),
                 access_log=self.access_log,
                 access_log_class=AccessLogger,
                 handle_signals=False,
@@ -642,8 +657,8 @@ class Servers:
 
     async def close(self) -> None:
         """Stop serving; the apps' cleanup hooks run."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for sweeper in self._sweepers:
+            sweeper.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
