@@ -265,3 +265,42 @@ async def _holds_relay_at(http: aiohttp.ClientSession, peer, url: str | None) ->
     relay = (await status(http, peer.urls["gateway"]))["relay"]
     vias = {v for v in relay["via"].values()}
     return relay["edges"].get(url, False) if url else not any(vias)
+
+
+async def _relay_link(stack: contextlib.AsyncExitStack, edge: str, address: str, peer_id: str) -> str | None:
+    """A relayed peer's link, held open until ``stack`` closes: the worker that took it, or None if it was not taken."""
+    session = await stack.enter_async_context(aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0))))
+    try:
+        async with asyncio.timeout(5):
+            ws = await session.ws_connect(f"{edge}/relay", headers={"X-Edgeswarm-Peer": peer_id})
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    stack.push_async_callback(ws.close)
+    return ws._response.headers.get("X-Edgeswarm-Worker")
+
+
+async def test_hundreds_of_relayed_peers_leave_every_worker_answering(tmp_path, nodes, origin, published, regions, http):
+    """A worker bridges each relayed peer's link to the primary: over a pool of 100 connections (aiohttp's default),
+    the 101st and every request that worker passed on after it (announces, /status, relayed pieces) waited for good
+    (an adversarial session: about 200 honest --unreachable peers would do it)."""
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", "2", "--relay-peers", "400")
+    async with http.get(edge.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    async with contextlib.AsyncExitStack() as stack:
+        workers: list[str | None] = []
+        for n in range(400):  # 16 an address (--max-peer-ids), until the second worker bridges 110 of them
+            workers.append(await _relay_link(stack, edge.url, f"127.1.{n // 16}.1", f"relayed{n}"))
+            if workers.count("1") >= 110 or workers[-1] is None:
+                break
+        assert workers.count("1") >= 110 and None not in workers, (workers.count("0"), workers.count("1"), workers.count(None))
+        answered = []
+        for k in range(6):  # fresh connections: each reaches a worker as the kernel hashes it
+            doc = {"peer_id": f"probe{k}", "port": 9, "content": cid, "pieces": 8, "have": "AA==", "uploaded": 0, "downloaded": 0}
+            connector = aiohttp.TCPConnector(local_addr=(f"127.1.200.{k + 1}", 0))
+            async with (
+                aiohttp.ClientSession(connector=connector) as probe,
+                probe.post(edge.url + "/announce", json={**doc, "event": "started"}, timeout=aiohttp.ClientTimeout(total=10)) as r,
+            ):
+                answered.append((r.status, r.headers.get("X-Edgeswarm-Worker")))
+        assert all(s == 200 for s, _ in answered), answered

@@ -220,8 +220,11 @@ class WorkerLink:
 
     def _primary(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # no pool limit (aiohttp's default is 100): a relayed peer's link holds its connection for as long as it lasts,
+            # and past 100 every request this worker passed on waited for good (an adversarial session); what is passed
+            # on is bounded by this worker's own connection cap
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(self.slot.primary_path), timeout=self.timeout, auto_decompress=False
+                connector=aiohttp.UnixConnector(self.slot.primary_path, limit=0), timeout=self.timeout, auto_decompress=False
             )
         return self._session
 
