@@ -115,6 +115,23 @@ def test_at_the_cap_with_every_other_connection_busy_the_newcomer_is_refused():
     assert len(p) == 2
 
 
+def test_outside_connections_leave_the_reserve_free_and_the_reserved_site_may_use_the_whole_cap():
+    """A peer keeps part of its cap for its gateway: other peers' HAVE streams (busy for good) took all of it once."""
+    p = policy(cap=4)
+    p.reserved = 1
+    for conn in ("s1", "s2", "s3"):  # three streams: busy
+        assert p.opened(conn, 0.0, outside=True) == []
+        p.started(conn, 0.0)
+    assert p.opened("s4", 1.0, outside=True) == ["s4"]  # a fourth outside one is refused, though the cap has room
+    assert p.opened("player", 2.0) == []  # the reserved site's client gets the room
+    p.finished("s1", 3.0)  # an outside connection waiting: the one an outside newcomer replaces
+    assert p.opened("s5", 4.0, outside=True) == ["s1"]
+    p.started("s5", 4.0)
+    p.finished("player", 5.0)
+    assert p.opened("player2", 6.0) == ["player"]  # at the whole cap, the longest waiting of any site makes room
+    assert len(p) == 4
+
+
 def test_closed_forgets_and_is_idempotent():
     p = policy(cap=1)
     p.opened("a", 0.0)

@@ -397,7 +397,7 @@ async def test_neighbours_streams_filling_the_connections_never_lock_the_player_
     peer = nodes.start(
         "peer",
         *("--cache", str(tmp_path / "p"), "--edge", edge.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
-        *("--max-connections", "40"),  # the gateway holds 5 of them (an eighth), the upload server 35
+        *("--max-connections", "40"),  # 5 of them (an eighth) kept for the gateway: the upload server's take 35 at most
         name="p",
     )
     async with http.get(peer.urls["gateway"] + "/f.bin") as resp:
@@ -416,4 +416,4 @@ async def test_neighbours_streams_filling_the_connections_never_lock_the_player_
                 async with player.get(peer.urls["gateway"] + path, timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     assert resp.status == 200, path
                     await resp.read()
-    assert "held for the gateway" in peer.log_text()
+    assert "5 of those connections kept for the gateway" in peer.log_text()

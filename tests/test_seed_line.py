@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 from conftest import make_file, post, start_p2p_edge, start_peer, status
 
 from edgeswarm.node.serving import in_line
@@ -74,7 +75,11 @@ async def test_a_peer_sends_background_pieces_one_at_a_time_and_urgent_ones_at_o
         await asyncio.sleep(after)
         started = time.monotonic()
         headers = {PEER_HEADER: f"asker{index}", URGENCY_HEADER: urgency}
-        async with http.get(f"{peer.urls['upload']}/piece/{cid}/{index}", headers=headers) as resp:
+        connector = aiohttp.TCPConnector(local_addr=(f"127.1.0.{10 + index}", 0))  # peers of their own: an address holds 3 slots
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"{peer.urls['upload']}/piece/{cid}/{index}", headers=headers) as resp,
+        ):
             assert resp.status == 200, await resp.text()
             assert len(await resp.read()) == PIECE
         return time.monotonic() - started + after

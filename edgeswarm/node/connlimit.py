@@ -19,6 +19,14 @@ oldest waiting connection, as nginx reuses its oldest "reusable" connections, so
 active transfers and new clients go on while idle ones make room.  Only when
 every other connection is busy is the newcomer itself closed.
 
+A node may keep part of the cap for one of its sites (``reserved``): the
+connections of its other sites (*outside* ones) are held to ``cap -
+reserved`` among themselves, the oldest waiting outside connection closed
+first, and the reserved site may use the whole cap.  A peer keeps an eighth
+for its gateway: other peers' HAVE streams are busy for as long as they last,
+and 336 of them took a peer's whole cap, every request of its user's player
+reset (an adversarial session).
+
 How many connections by default: ``file_budget`` shares the open-file limit
 between the node's own descriptors, the piece files its store keeps open and
 its connections, so that all of them together stay under the limit and
@@ -72,10 +80,12 @@ def file_budget(limit: int, connections: int | None = None) -> FileBudget:
 
 
 class ConnectionPolicy(Generic[C]):
-    def __init__(self, cap: int, header_timeout: float, idle_timeout: float):
+    def __init__(self, cap: int, header_timeout: float, idle_timeout: float, reserved: int = 0):
         if cap < 1:
             raise ValueError(f"the connection cap must be at least 1, got {cap}")
         self.cap = cap
+        self.reserved = min(reserved, cap - 1)  # connections outside ones leave free (module docstring)
+        self._outside: set[C] = set()
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         # waiting connections -> since when, oldest first (the clock only moves forward)
@@ -92,10 +102,25 @@ class ConnectionPolicy(Generic[C]):
     def waiting(self) -> int:
         return len(self._head) + len(self._idle)
 
-    def opened(self, conn: C, now: float) -> list[C]:
-        """A new connection; returns those to close to stay within the cap (forgotten already)."""
+    def opened(self, conn: C, now: float, outside: bool = False) -> list[C]:
+        """A new connection (``outside``: of a site the reserve is not for); returns those to close to stay within the
+        cap, and the outside ones within theirs (forgotten already)."""
         self._head[conn] = now
-        return self.oldest_waiting(len(self) - self.cap)
+        victims = []
+        if outside:
+            self._outside.add(conn)
+            victims = self._oldest_outside(len(self._outside) - (self.cap - self.reserved))
+        return victims + self.oldest_waiting(len(self) - self.cap)
+
+    def _oldest_outside(self, count: int) -> list[C]:
+        """Up to ``count`` waiting outside connections, the longest waiting first, to close (forgotten already)."""
+        if count <= 0:
+            return []
+        waiting = [(t, c) for queue in (self._head, self._idle) for c, t in queue.items() if c in self._outside]
+        out = [c for _, c in sorted(waiting, key=lambda tc: tc[0])[:count]]
+        for conn in out:
+            self.closed(conn)
+        return out
 
     def data(self, conn: C, now: float) -> None:
         """Bytes arrived: on an idle connection they start the next request's header clock; otherwise nothing."""
@@ -140,6 +165,7 @@ class ConnectionPolicy(Generic[C]):
         self._body.pop(conn, None)
         self._busy.discard(conn)
         self._stalled.pop(conn, None)
+        self._outside.discard(conn)
 
     def expired(self, now: float) -> tuple[list[C], list[C], list[C]]:
         """(late requests: heads or bodies; idle between requests; not reading an answer) for too long as of ``now``: to close.
@@ -173,4 +199,5 @@ class ConnectionPolicy(Generic[C]):
             idle = next(iter(self._idle.values()), None)
             queue = self._head if idle is None or (head is not None and head < idle) else self._idle
             out.append(queue.popitem(last=False)[0])
+            self._outside.discard(out[-1])
         return out

@@ -302,8 +302,8 @@ class Connections:
         self.loop = asyncio.get_running_loop()
         self._next_shed = 0.0
 
-    def opened(self, conn: _Handler) -> None:
-        victims = self.policy.opened(conn, self.loop.time())
+    def opened(self, conn: _Handler, outside: bool = False) -> None:
+        victims = self.policy.opened(conn, self.loop.time(), outside)
         if conn in victims:
             self.quiet.log(logging.WARNING, "refused: all busy", "refused a connection: all %d connections are busy", self.policy.cap)
         elif victims:
@@ -330,14 +330,6 @@ class Connections:
                 conn.cut_why = f"the client read nothing for {self.policy.idle_timeout:g} s (--idle-timeout)"
             _close(late + idle + stalled)
             self.quiet.flush()
-
-    def apart(self, share: float) -> Connections:
-        """Connections for a site of their own, ``share`` of this cap (at least FLOOR) taken from it: what strangers
-        opening connections to the node's other sites cannot use up (a peer's gateway, its user's player)."""
-        cap = max(FLOOR, int(self.policy.cap * share))
-        self.policy.cap = max(1, self.policy.cap - cap)
-        p = self.policy
-        return Connections(ConnectionPolicy(cap, p.header_timeout, p.idle_timeout), self.file_limit)
 
     def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
@@ -430,16 +422,17 @@ class _Handler(RequestHandler):
     """aiohttp's HTTP/1 protocol, telling Connections what each connection is doing, and logging
     a client's malformed request or hang-up as one line without a traceback."""
 
-    __slots__ = ("_conns", "cut_why")
+    __slots__ = ("_conns", "_outside", "cut_why")
 
-    def __init__(self, conns: Connections, manager: web.Server, **kwargs):
+    def __init__(self, conns: Connections, outside: bool, manager: web.Server, **kwargs):
         super().__init__(manager, **kwargs)
         self._conns = conns
+        self._outside = outside  # of a site the node's reserve is not for (connlimit.py)
         self.cut_why: str | None = None  # why this node cut the connection, when it did so while an answer was under way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._conns.opened(self)
+        self._conns.opened(self, self._outside)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._conns.policy.closed(self)
@@ -499,24 +492,25 @@ def _one_line(text: str) -> str:
 
 
 class _Server(web.Server):
-    def __init__(self, conns: Connections, *args, **kwargs):
+    def __init__(self, conns: Connections, outside: bool, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._conns = conns
+        self._conns, self._outside = conns, outside
 
     def __call__(self) -> RequestHandler:
-        return _Handler(self._conns, self, loop=self._loop, **self._kwargs)
+        return _Handler(self._conns, self._outside, self, loop=self._loop, **self._kwargs)
 
 
 class _Runner(web.AppRunner):
-    """An AppRunner whose connections are _Handler's."""
+    """An AppRunner whose connections are _Handler's (``outside``: its site's leave the node's reserve free)."""
 
-    def __init__(self, app: web.Application, conns: Connections, **kwargs):
+    def __init__(self, app: web.Application, conns: Connections, outside: bool = False, **kwargs):
         super().__init__(app, **kwargs)
-        self._conns = conns
+        self._conns, self._outside = conns, outside
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return _Server(self._conns, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **plain._kwargs)
+        kwargs = plain._kwargs
+        return _Server(self._conns, self._outside, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **kwargs)
 
 
 def _connections(limits: ServerLimits, role: str) -> Connections:
@@ -562,13 +556,13 @@ async def serve_many(
     on_bound: Callable[[str, str, int], None] | None = None,
     ssl_context=None,
     limits: ServerLimits | None = None,
-    apart: dict[str, float] | None = None,
+    reserve: tuple[str, float] | None = None,
 ) -> None:
     """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
 
-    With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``apart``: see Servers.
+    With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``reserve``: see Servers.
     """
-    servers = Servers(role, access_log, ssl_context, limits, apart=apart)
+    servers = Servers(role, access_log, ssl_context, limits, reserve=reserve)
     try:
         for label, (host, port) in (await servers.start(sites)).items():
             if on_bound is not None:
@@ -597,36 +591,39 @@ class Servers:
         limits: ServerLimits | None = None,
         reuse_port: bool = False,
         shutdown_timeout: float = 60.0,
-        apart: dict[str, float] | None = None,
+        reserve: tuple[str, float] | None = None,
     ):
-        """``apart``: site label -> the share of the connection cap that site holds for itself (``Connections.apart``)."""
+        """``reserve``: (site label, share): that share of the connection cap is kept for that site (connlimit.py)."""
         self.role = role
-        self.apart = apart or {}
+        self.reserve = reserve
         self.shutdown_timeout = shutdown_timeout  # how long close() lets requests in flight finish (aiohttp's graceful stop)
         self.reuse_port = reuse_port  # several worker processes listen on one port (node/workers.py), which says when all listen
         self.access_log = logging.getLogger("edgeswarm.access") if access_log else None
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         self._runners: list[_Runner] = []
-        self._sweepers: list[asyncio.Task] = []
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
         """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
         conns = _connections(self.limits, self.role)
-        own = {label: conns.apart(self.apart[label]) for *_, label in sites if label in self.apart}
-        for label, held in own.items():
-            log.info("%s: %d of those connections held for the %s, %d for the rest", self.role, held.policy.cap, label, conns.policy.cap)
+        reserved_for = None
+        if self.reserve is not None and any(label == self.reserve[0] for *_, label in sites):
+            reserved_for, share = self.reserve
+            conns.policy.reserved = min(conns.policy.cap - 1, max(FLOOR, int(conns.policy.cap * share)))
+            log.info("%s: %d of those connections kept for the %s", self.role, conns.policy.reserved, reserved_for)
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(conns.loop_error)  # out of descriptors: the shared sites' waiting connections go first
+        loop.set_exception_handler(conns.loop_error)
         accept_one_pass(loop)
         dump_tasks_on_sigusr1(loop, self.role)
-        self._sweepers = [asyncio.create_task(c.sweep()) for c in (conns, *own.values())]
+        self._sweeper = asyncio.create_task(conns.sweep())
         bound = {}
         for n, (app, host, port, label) in enumerate(sites):
             tls = self.ssl_context if n == 0 else None
             runner = _Runner(
                 app,
-                own.get(label, conns),
+                conns,
+                outside=reserved_for is not None and label != reserved_for,
                 access_log=self.access_log,
                 access_log_class=AccessLogger,
                 handle_signals=False,
@@ -657,8 +654,8 @@ class Servers:
 
     async def close(self) -> None:
         """Stop serving; the apps' cleanup hooks run."""
-        for sweeper in self._sweepers:
-            sweeper.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

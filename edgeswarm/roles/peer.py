@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeswarm.roles.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
-GATEWAY_CONNECTIONS = 1 / 8  # of the connection cap, for the gateway alone (at least 4: a browser opens 6 per host)
+GATEWAY_CONNECTIONS = 1 / 8  # of the connection cap, kept for the gateway (at least 4); it may use the rest too
 VOUCH_WITHIN = 0.2  # seconds within which a strict edge is asked to name a new subscriber (a crowd's arrive together)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
@@ -1365,6 +1365,6 @@ async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], acc
             peer.bound.set()
 
     sites = [(peer.upload_app(), *listen, "upload"), (peer.gateway_app(), *gateway, "gateway")]
-    # the gateway holds its share of the connections: other peers' HAVE streams (busy, never reclaimed) filled the
-    # whole cap and every request of the user's player was reset (an adversarial session)
-    await serve_many(sites, "peer", access_log, on_bound=bound, limits=limits, apart={"gateway": GATEWAY_CONNECTIONS})
+    # connections kept for the gateway: other peers' HAVE streams (busy, never reclaimed) filled the whole cap, and
+    # every request of the user's player was reset (an adversarial session)
+    await serve_many(sites, "peer", access_log, on_bound=bound, limits=limits, reserve=("gateway", GATEWAY_CONNECTIONS))
