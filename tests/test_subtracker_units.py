@@ -39,7 +39,11 @@ async def _manifest(cid: str) -> Manifest:
 
 def _doc(peer_id: str, port: int, have: set[int], **extra: object) -> dict:
     doc = {"peer_id": peer_id, "port": port, "content": CID, "pieces": 4, "have": bitfield.encode(have, 4)}
-    return doc | {"uploaded": 0, "downloaded": 0, "event": "update", "ticket": tokens.issue_ticket(KEY, peer_id, "-", CID, 60)} | extra
+    return (
+        doc
+        | {"uploaded": 0, "downloaded": 0, "event": "update", "ticket": tokens.issue_ticket(KEY, peer_id, "-", CID, 60, region="east")}
+        | extra
+    )
 
 
 def _sub(held: set[int] | None = None) -> SubTracker:
@@ -138,7 +142,7 @@ async def test_a_replayed_token_users_ticket_from_another_address_is_another_pee
     moved the user's peer there (others were handed the attacker's URL) and a replayed 'stopped' removed it."""
     sub = _sub()
     sub.start(10, "east")
-    ticket = tokens.issue_ticket(KEY, "alice-peer", "alice", CID, 60)
+    ticket = tokens.issue_ticket(KEY, "alice-peer", "alice", CID, 60, region="east")
     async with serve_app(_app(sub)) as port:
         assert (await _post(port, _doc("alice-peer", 7001, set(), ticket=ticket)))[0] == 200
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
@@ -149,3 +153,17 @@ async def test_a_replayed_token_users_ticket_from_another_address_is_another_pee
         code, answer = await _post(port, _doc("bob", 7002, set()))
         assert code == 200 and isinstance(answer, dict)
         assert [p["url"] for p in answer["peers"]] == ["http://127.0.0.1:7001"]  # alice's peer, where it is
+
+
+async def test_a_peer_of_another_region_is_refused_whatever_its_ticket_says_else():
+    """The sub-tracker lists its announcers as of its own region: a west host with a west ticket was handed to east
+    peers as east, and they traded with it under strict locality (an adversarial session)."""
+    sub = _sub()
+    sub.start(10, "east")
+    async with serve_app(_app(sub)) as port:
+        west = tokens.issue_ticket(KEY, "w", "-", CID, 60, region="west")
+        code, why = await _post(port, _doc("w", 7001, set(), ticket=west))
+        assert code == 403 and "region west, not of this sub-tracker's east" in str(why)
+        code, why = await _post(port, _doc("u", 7002, set(), ticket=tokens.issue_ticket(KEY, "u", "-", CID, 60)))  # unmapped
+        assert code == 403
+        assert (await _post(port, _doc("e", 7003, set())))[0] == 200

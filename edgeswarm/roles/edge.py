@@ -859,7 +859,7 @@ class Edge:
             if latency is not None:
                 self.seed_stats.report_latency(region, peer, latency)
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
-            answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl)
+            answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl, region=region)
         return answer
 
     def _placed(self, cid: str, rec: PeerRecord) -> bool:

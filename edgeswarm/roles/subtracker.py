@@ -182,7 +182,10 @@ class SubTracker:
         from edgeswarm.trust import access, tokens  # here: PyJWT costs every peer's (and get's) start-up ~25 ms; few are promoted
 
         try:
-            await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
+            ticket = await self.verify(raw, cid, doc.get("peer_id") if isinstance(doc.get("peer_id"), str) else None)
+            here = self.region.name if self.region else None
+            if ticket.region != here:  # its records say our region: a peer of another one would be traded with as ours
+                raise tokens.TokenError(403, f"this ticket is for a peer of region {ticket.region}, not of this sub-tracker's {here}")
         except tokens.TokenError as exc:
             raise access.denied(exc) from None
         manifest = await self.manifest_of(cid)

@@ -74,6 +74,7 @@ class Ticket:
     user: str
     content: str
     expires: float
+    region: str | None = None  # the region the issuing edge placed its holder in (None: unmapped, or an older edge)
 
 
 # ----- issuing ------------------------------------------------------------------------------------------------------------
@@ -135,15 +136,19 @@ def issue(
     return _sign(key, claims)
 
 
-def issue_ticket(edge_key: Ed25519PrivateKey, peer_id: str, user: str, content: str, ttl: float, now: float | None = None) -> str:
-    """A swarm ticket, signed by an edge, letting ``peer_id`` (acting for ``user``) fetch pieces of ``content`` from other peers."""
+def issue_ticket(
+    edge_key: Ed25519PrivateKey, peer_id: str, user: str, content: str, ttl: float, now: float | None = None, region: str | None = None
+) -> str:
+    """A swarm ticket, signed by an edge, letting ``peer_id`` (acting for ``user``) fetch pieces of ``content`` from other peers;
+    ``region``: the one the edge placed it in (a sub-tracker takes only its own region's peers)."""
     _check_issue(user, ttl)
     for value, what, limit in ((peer_id, "peer id", MAX_PEER_ID_LENGTH), (content, "content id", MAX_CONTENT_LENGTH)):
         problem = _name_problem(value, what, limit)
         if problem:
             raise ValueError(problem)
     iat = time.time() if now is None else now
-    return _sign(edge_key, {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "ticket", "peer": peer_id, "cid": content})
+    claims = {"iss": ISSUER, "sub": user, "iat": iat, "exp": iat + ttl, "use": "ticket", "peer": peer_id, "cid": content}
+    return _sign(edge_key, claims if region is None else {**claims, "region": region})
 
 
 # ----- verifying ----------------------------------------------------------------------------------------------------------
@@ -259,7 +264,10 @@ def verify_ticket(ticket: str, keys: Sequence[Ed25519PublicKey], content: str, n
     cid = _text(claims, "cid", "ticket", MAX_CONTENT_LENGTH)
     if cid != content:
         raise TokenError(403, f"ticket is for content {cid[:12]}…, not {str(content)[:12]}…")
-    return Ticket(peer_id=peer_id, user=user, content=cid, expires=expires)
+    region = claims.get("region")
+    if region is not None and (not isinstance(region, str) or _name_problem(region, "region", MAX_USER_LENGTH)):
+        raise TokenError(401, "ticket has an invalid 'region' claim")
+    return Ticket(peer_id=peer_id, user=user, content=cid, expires=expires, region=region)
 
 
 # ----- using a grant ------------------------------------------------------------------------------------------------------
