@@ -118,7 +118,7 @@ def test_at_the_cap_with_every_other_connection_busy_the_newcomer_is_refused():
 def test_outside_connections_leave_the_reserve_free_and_the_reserved_site_may_use_the_whole_cap():
     """A peer keeps part of its cap for its gateway: other peers' HAVE streams (busy for good) took all of it once."""
     p = policy(cap=4)
-    p.reserved = 1
+    assert p.reserve(1) == 1
     for conn in ("s1", "s2", "s3"):  # three streams: busy
         assert p.opened(conn, 0.0, outside=True) == []
         p.started(conn, 0.0)

@@ -80,11 +80,11 @@ def file_budget(limit: int, connections: int | None = None) -> FileBudget:
 
 
 class ConnectionPolicy(Generic[C]):
-    def __init__(self, cap: int, header_timeout: float, idle_timeout: float, reserved: int = 0):
+    def __init__(self, cap: int, header_timeout: float, idle_timeout: float):
         if cap < 1:
             raise ValueError(f"the connection cap must be at least 1, got {cap}")
         self.cap = cap
-        self.reserved = min(reserved, cap - 1)  # connections outside ones leave free (module docstring)
+        self.reserved = 0  # connections outside ones leave free (module docstring)
         self._outside: set[C] = set()
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
@@ -101,6 +101,11 @@ class ConnectionPolicy(Generic[C]):
     @property
     def waiting(self) -> int:
         return len(self._head) + len(self._idle)
+
+    def reserve(self, count: int) -> int:
+        """Keep ``count`` connections (one outside connection is always possible) free of outside ones; how many are kept."""
+        self.reserved = max(0, min(count, self.cap - 1))
+        return self.reserved
 
     def opened(self, conn: C, now: float, outside: bool = False) -> list[C]:
         """A new connection (``outside``: of a site the reserve is not for); returns those to close to stay within the

@@ -509,8 +509,9 @@ class _Runner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        kwargs = plain._kwargs
-        return _Server(self._conns, self._outside, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **kwargs)
+        return _Server(
+            self._conns, self._outside, plain.request_handler, request_factory=plain.request_factory, loop=plain._loop, **plain._kwargs
+        )
 
 
 def _connections(limits: ServerLimits, role: str) -> Connections:
@@ -610,8 +611,8 @@ class Servers:
         reserved_for = None
         if self.reserve is not None and any(label == self.reserve[0] for *_, label in sites):
             reserved_for, share = self.reserve
-            conns.policy.reserved = min(conns.policy.cap - 1, max(FLOOR, int(conns.policy.cap * share)))
-            log.info("%s: %d of those connections kept for the %s", self.role, conns.policy.reserved, reserved_for)
+            kept = conns.policy.reserve(max(FLOOR, int(conns.policy.cap * share)))
+            log.info("%s: %d of those connections kept for the %s", self.role, kept, reserved_for)
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(conns.loop_error)
         accept_one_pass(loop)
