@@ -305,18 +305,23 @@ class OldPeer(DoubleServer):
         app.router.add_get("/piece/{cid}/{i}", self.piece)
 
     async def start(self, edge: str, cid: str, pieces: int) -> None:
-        self.pieces = pieces
+        self.cid, self.pieces = cid, pieces
         await self.__aenter__()
         await announce_empty(edge, self.addr, "old", self.port, cid, pieces)
 
 
-async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin, published, regions, http):
+async def _beside(double: OldPeer, tmp_path, nodes, origin, published, regions, http, *edge_flags: str):
+    """f.bin published, an edge, and ``double`` announced to it as holding nothing: (the file's bytes, the edge)."""
     data = make_file(published / "f.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s")
+    edge = start_edge(nodes, tmp_path, origin.url, regions, *edge_flags)
     async with http.get(edge.url + "/manifest/f.bin") as r:
-        cid = (await r.json())["id"]
+        await double.start(edge.url, (await r.json())["id"], 32)
+    return data, edge
+
+
+async def test_a_neighbour_without_the_stream_is_polled(tmp_path, nodes, origin, published, regions, http):
     old = OldPeer(origin.url, "127.1.0.99")
-    await old.start(edge.url, cid, 32)
+    data, edge = await _beside(old, tmp_path, nodes, origin, published, regions, http, "--upload-limit", "1MB/s")
     try:
         new = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "new")
         await post(http, new, "/f.bin")
@@ -339,12 +344,8 @@ class NestingPeer(OldPeer):
 
 
 async def test_a_neighbour_nesting_its_have_too_deep_is_a_bad_answer_not_a_traceback(tmp_path, nodes, origin, published, regions, http):
-    data = make_file(published / "f.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "4MB/s")
-    async with http.get(edge.url + "/manifest/f.bin") as r:
-        cid = (await r.json())["id"]
     liar = NestingPeer(origin.url, "127.1.0.99")
-    await liar.start(edge.url, cid, 32)
+    data, edge = await _beside(liar, tmp_path, nodes, origin, published, regions, http, "--upload-limit", "4MB/s")
     try:
         new = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "new")
         async with http.get(new.urls["gateway"] + "/f.bin") as resp:
@@ -363,12 +364,9 @@ async def test_under_strict_locality_a_subscriber_of_another_region_is_never_tra
     regions.write_text(
         "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: cox, networks: [127.2.0.0/16]}\n"
     )
-    data = make_file(published / "f.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s", "--locality", "strict")
-    async with http.get(edge.url + "/manifest/f.bin") as r:
-        cid = (await r.json())["id"]
     liar = OldPeer(origin.url, "127.2.0.66")  # every piece, genuine, at another region's address
-    await liar.start(edge.url, cid, 32)
+    data, edge = await _beside(liar, tmp_path, nodes, origin, published, regions, http, "--upload-limit", "1MB/s", "--locality", "strict")
+    cid = liar.cid
     victim = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "victim")
     try:
         await post(http, victim, "/f.bin")
