@@ -415,3 +415,29 @@ async def test_neighbours_streams_filling_the_connections_never_lock_the_player_
                     assert resp.status == 200, path
                     await resp.read()
     assert "5 of those connections kept for the gateway" in peer.log_text()
+
+
+async def test_subscriptions_made_and_dropped_in_a_loop_do_not_make_a_peer_announce_in_a_loop(tmp_path, nodes, origin, published, http):
+    """Under strict locality a subscriber no answer named makes its content news; 10 subscriptions a second, each from
+    a port nobody announced, made a peer announce 5 times a second (an adversarial session): now at most one such round
+    for a content every VOUCH_GAP (2 s)."""
+    regions = tmp_path / "east.yaml"
+    regions.write_text(REGIONS)
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--upload-limit", "1MB/s", "--locality", "strict", "--workers", "1")
+    victim = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "victim")
+    await post(http, victim, "/f.bin")
+    await until(lambda: _held(http, victim, 1), 30, "the victim fetched nothing")
+    cid = (await swarm_status(http, victim))["id"]
+    before = (await status(http, edge.url))["announces"]["requests"]
+    connector = aiohttp.TCPConnector(local_addr=("127.1.0.66", 0), force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as liar:
+        for n in range(60):  # 6 s
+            headers = {"X-Edgeswarm-Peer": f"liar{n}", "X-Edgeswarm-Upload-Port": str(30000 + n), **NDJSON}
+            async with liar.get(f"{victim.urls['upload']}/have/{cid}", headers=headers) as stream:
+                assert stream.status == 200
+                await stream.content.readline()
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    rounds = (await status(http, edge.url))["announces"]["requests"] - before
+    assert rounds <= 5, f"{rounds} announces in 6.5 s"  # one every 2 s, and one for the content completing

@@ -73,6 +73,8 @@ log = logging.getLogger("edgeswarm.roles.peer")
 REVALIDATE = 5.0  # seconds a manifest is trusted before asking an edge again
 GATEWAY_CONNECTIONS = 1 / 8  # of the connection cap, kept for the gateway (at least 4); it may use the rest too
 VOUCH_WITHIN = 0.2  # seconds within which a strict edge is asked to name a new subscriber (a crowd's arrive together)
+VOUCH_GAP = 2.0  # seconds between two such rounds for one content: subscriptions made and dropped 10 a second made a peer
+# announce 5 times a second, and four behind one address went over the edge's announce rate (an adversarial session)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
@@ -249,6 +251,7 @@ class Peer:
         # the edge's answers say --locality strict: a subscriber counts once a tracker answer names it (None: no answer yet, the same)
         self.strict: bool | None = None
         self._vouch: set[str] = set()  # contents with subscribers no answer named yet: news for the next round (_met_subscriber)
+        self._vouch_at: dict[str, float] = {}  # content -> when the last round asked for its subscribers was due
         self.upload_port = 0
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
         self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
@@ -896,6 +899,7 @@ class Peer:
             table.pop(cid, None)
         self._completed.discard(cid)
         self._vouch.discard(cid)
+        self._vouch_at.pop(cid, None)
 
     def _promote(self, edge: str, promoted: bool) -> None:
         """An edge promoted us (a relay for its unreachable peers, a sub-tracker for others), or no longer does: both while any edge wants it."""
@@ -1172,12 +1176,14 @@ class Peer:
         count = signed.manifest.piece_count
         if havefeed.CONTENT_TYPE not in request.headers.get("Accept", ""):
             return have_response(cid, count, store.held(cid))
-        self._met_subscriber(request, cid)
+        met = _subscriber(request)
         sub = self.havefeed.subscribe(cid, address_group(request.remote or ""))
         if sub is None:
             why = f"at most {self.havefeed.cap} HAVE subscribers for {cid[:12]}, {self.havefeed.per_source} from one address"
             raise HttpError(429, f"no room: {why}", {"Retry-After": "30"})
         try:
+            if met is not None:
+                self._met_subscriber(cid, *met)
             return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()))
         finally:
             self.havefeed.unsubscribe(cid, sub)
@@ -1193,36 +1199,36 @@ class Peer:
             raise HttpError(503, "this peer relays for nobody any more: ask the tracker again", {"Retry-After": "5"})
         return await self.hosting.forward(request)
 
-    def _met_subscriber(self, request: web.Request, cid: str) -> None:
-        """A subscriber is a peer downloading this content: our swarm may trade with it too (BitTorrent's incoming peers).
+    def _met_subscriber(self, cid: str, peer_id: str, url: str, claimed: str | None) -> None:
+        """A subscriber (``_subscriber``) is a peer downloading this content: our swarm may trade with it too (BitTorrent's
+        incoming peers).
 
         Its URL is its connection's address and its announced port, as the
         tracker builds it, so nobody can point us at another's address.  Its
-        region is its own word, though: under strict locality a peer of
+        region is its own word (``claimed``), though: under strict locality a peer of
         another region subscribing (it needs our address and port, which no
         tracker answer gave it) had us take half a file from it, booked as
         our region's if it said so.  There, and before any answer said which
         locality holds, a subscriber is a neighbour only once a tracker answer
         names it, and it makes the content news: the next round, within
-        ``VOUCH_WITHIN``, asks for that answer.
+        ``VOUCH_WITHIN`` but at most one every ``VOUCH_GAP`` for a content,
+        asks for that answer.  Called once the subscription is admitted.
         """
-        port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
-        peer_id = request.headers.get(PEER_HEADER, "")
-        number = ascii_decimal(port, max_digits=5)
-        if (port and not (number is not None and 0 < number < 65536)) or len(peer_id) > 64:
-            raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
         swarm = self.swarms.get(cid)
-        if swarm is None or number is None or not peer_id or not request.remote:
+        if swarm is None:
             return
         if self.strict is not False:
-            if peer_url(request.remote, number) not in swarm.neighbours:
+            if url not in swarm.neighbours:
                 self._vouch.add(cid)
-                for edge in self._p2p_edges:
-                    self.schedule.hurry(edge, time.monotonic(), VOUCH_WITHIN)
-                self._wake_announcer.set()
+                now = time.monotonic()
+                due = self._vouch_at.get(cid, -math.inf)
+                if due < now:  # else the round due for this content's earlier subscribers asks for this one too
+                    self._vouch_at[cid] = due = max(now + VOUCH_WITHIN, due + VOUCH_GAP)
+                    for edge in self._p2p_edges:
+                        self.schedule.hurry(edge, now, due - now)
+                    self._wake_announcer.set()
             return
-        claimed = request.headers.get(havefeed.REGION_HEADER)  # absent: no region map (or not told yet), as our own None
-        swarm.add_neighbour(peer_id, peer_url(request.remote, number), same_region=claimed == self.region, subscriber=True, claim=claimed)
+        swarm.add_neighbour(peer_id, url, same_region=claimed == self.region, subscriber=True, claim=claimed)
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
@@ -1356,6 +1362,19 @@ def _peer_id(path: Path) -> str:
     pid = secrets.token_hex(8)
     path.write_text(pid + "\n")
     return pid
+
+
+def _subscriber(request: web.Request) -> tuple[str, str, str | None] | None:
+    """A HAVE subscriber's (peer id, upload URL, claimed region), or None if it names no port (a plain watcher); 400 for a
+    malformed header.  The claimed region is absent without a region map (or before the subscriber was told its own)."""
+    port = request.headers.get(havefeed.UPLOAD_PORT_HEADER, "")
+    peer_id = request.headers.get(PEER_HEADER, "")
+    number = ascii_decimal(port, max_digits=5)
+    if (port and not (number is not None and 0 < number < 65536)) or len(peer_id) > 64:
+        raise HttpError(400, f"bad {havefeed.UPLOAD_PORT_HEADER} or {PEER_HEADER} header")
+    if number is None or not peer_id or not request.remote:
+        return None
+    return peer_id, peer_url(request.remote, number), request.headers.get(havefeed.REGION_HEADER)
 
 
 async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool, limits: ServerLimits | None = None) -> None:
