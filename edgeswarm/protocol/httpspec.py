@@ -15,6 +15,7 @@ from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 
 from edgeswarm.errors import HttpError
+from edgeswarm.protocol.units import ascii_decimal
 
 _EXTRA_TYPES = {
     ".mkv": "video/x-matroska",
@@ -136,6 +137,12 @@ def byteranges(spans: list[Span], size: int, ctype: str, boundary: str) -> tuple
         for first, last in spans
     ]
     return heads, f"\r\n--{boundary}--\r\n".encode("latin-1")
+
+
+def retry_after(headers: Mapping[str, str], max_digits: int) -> int | None:
+    """A ``Retry-After`` in delay-seconds (RFC 9110 10.2.3) of at most ``max_digits`` ASCII digits; None for anything else
+    (absent, an HTTP-date, "nan", which float() took)."""
+    return ascii_decimal(headers.get("Retry-After", "").strip(), max_digits)
 
 
 def check_json_body(headers: Mapping[str, str]) -> None:

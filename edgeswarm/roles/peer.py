@@ -50,7 +50,7 @@ from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed, jsondoc
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
-from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, retry_after
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path
 from edgeswarm.protocol.units import ascii_decimal
@@ -479,7 +479,7 @@ class Peer:
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
         if reply.status == 429:
-            retry = ascii_decimal(reply.headers.get("Retry-After", "").strip(), 4)  # delay-seconds; float() took "nan"
+            retry = retry_after(reply.headers, 4)
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()
@@ -956,7 +956,7 @@ class Peer:
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
         if reply.status == 429:
-            wait = ascii_decimal(reply.headers.get("Retry-After", "").strip(), 5)  # delay-seconds; float() took "nan"
+            wait = retry_after(reply.headers, 5)
             self.schedule.refused(edge, time.monotonic(), FIRST_RETRY if wait is None else wait)
         return reply.status, reply.body
 
