@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.live import is_playlist, is_segment
@@ -129,15 +129,15 @@ class Catalog:
             log.warning("ignoring unreadable catalogue state %s: not a JSON object", self.state_file)
             return
         self._history_lost = False
+        public = self.key.public_key()  # once: every row's signature is checked against it
         for rel, row in state.items():
             try:
-                self._load_row(rel, row)
+                self._load_row(rel, row, public)
             except (KeyError, TypeError, ValueError):  # a damaged row: published afresh, later than any version it held
                 self._floor[rel] = int(time.time()) - 1
 
-    def _load_row(self, rel: str, row: dict) -> None:
+    def _load_row(self, rel: str, row: dict, public: Ed25519PublicKey) -> None:
         """One path's saved version, reused if --protect and its key still fit it; KeyError, TypeError or ValueError if damaged."""
-        public = self.key.public_key()
         try:
             signed = SignedManifest.parse(json.dumps(row["signed"]).encode(), public)
         except ManifestError:
