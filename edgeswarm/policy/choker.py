@@ -78,11 +78,11 @@ class Choker:
     def request(self, now: float, peer: str, group: str | None = None) -> bool:
         """May ``peer`` download from us now?  ``group``: the address it asks from (None: a party of its own)."""
         self._interested[peer] = now
-        self._group[peer] = peer if group is None else group
+        self._group[peer] = group = peer if group is None else group
         self._forget(now)
         if peer in self._unchoked:
             return True
-        if len(self._unchoked) < self.slots and self._held(self._unchoked)[self._group[peer]] < self.per_group:
+        if len(self._unchoked) < self.slots and sum(self._group.get(p, p) == group for p in self._unchoked) < self.per_group:
             self._set_unchoked(self._unchoked | {peer}, now)
             if self._next_rechoke == -math.inf:  # the schedule starts with the first unchoke, not the first refusal
                 self._next_rechoke = now + self.rechoke_interval
@@ -115,10 +115,6 @@ class Choker:
             if self._optimistic == peer:
                 self._optimistic = None
 
-    def _held(self, peers: set[str] | list[str]) -> Counter[str]:
-        """Slots each group holds among ``peers``."""
-        return Counter(self._group.get(p, p) for p in peers)
-
     def _rechoke(self, now: float) -> None:
         peers = sorted(self._interested)
         key: Callable[[str], tuple[float | str, ...]]  # ranked first: smallest
@@ -131,14 +127,15 @@ class Choker:
                 served[self._group.get(p, p)] += self._recent(self._gave, p, now)
             key = lambda p: (served[self._group[p]], self._recent(self._gave, p, now), -self._since.get(p, math.inf), p)  # noqa: E731
         regular: list[str] = []
+        held: Counter[str] = Counter()  # slots each group holds among ``regular``
         for p in sorted(peers, key=key):
-            if len(regular) < self.slots - 1 and self._held(regular)[self._group[p]] < self.per_group:
+            if len(regular) < self.slots - 1 and held[self._group[p]] < self.per_group:
                 regular.append(p)
+                held[self._group[p]] += 1
         others = [p for p in peers if p not in regular]
         if now >= self._next_optimistic or self._optimistic not in others:
             # a choked peer first, the one choked longest ago (or never unchoked); else the newest holder: a true rotation;
             # never one of an address that holds its share already
-            held = self._held(regular)
             fits = [p for p in others if held[self._group[p]] < self.per_group]
             candidates = [p for p in fits if p != self._optimistic] or fits
             key = lambda p: (p in self._unchoked, -self._since[p] if p in self._since else self._choked_at.get(p, -math.inf), p)  # noqa: E731

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.upstream import OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
@@ -231,7 +230,7 @@ class Swarm:
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         self.touch()
         if peer is not None:  # its credit, under the name its own requests to us get (at its address: a relayed peer's is lost)
-            self.peer.choker.received(time.monotonic(), requester(peer.peer_id, urlsplit(peer.url).hostname or ""), nbytes)
+            self.peer.choker.received(time.monotonic(), requester(peer.peer_id, engine.host_of(peer.url)), nbytes)
         self.peer.count_received(self.cid, _source_kind(peer), url, nbytes)
         self.peer.havefeed.stored(self.cid, index, time.time())
         for fut in self.waiters.get(index, []):
