@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from itertools import pairwise
 
-from edgeswarm.policy.choker import Choker, requester
+from edgeswarm.policy.choker import Choker, neighbour, requester
+from edgeswarm.policy.engine import host_of
+from edgeswarm.policy.tracker import address_group
+from edgeswarm.protocol.relay import relay_id
 
 PIECE = 256 * 1024
 
@@ -141,6 +144,22 @@ def test_a_seed_chokes_everyone_now_and_then():
 def test_a_stated_id_names_a_requester_only_at_its_own_address():
     assert requester("p1", "10.0.0.1") == requester("p1", "10.0.0.1") != requester("p1", "10.0.0.66")
     assert requester("p1", "2001:db8::1") == requester("p1", "2001:db8::2")  # a host gets a whole /64
+
+
+def test_a_relayed_neighbour_earns_credit_for_what_came_through_its_relay():
+    """Its pieces come through its relay's URL, its requests from its own address: one requester, so tit-for-tat
+    keeps it among the top contributors (its credit was lost: a relayed peer got only free and optimistic slots)."""
+    here = "198.51.100.7"  # the relayed peer's address, as its edge saw it (and as our upload server sees it)
+    url = f"http://203.0.113.1:8080/relay/{relay_id(address_group(here), f'addr:{here}', 'nat1')}"
+    assert neighbour("nat1", host_of(url)) == requester("nat1", here) != requester("nat1", "198.51.100.8")
+    assert neighbour("p2", host_of("http://10.0.0.2:7000")) == requester("p2", "10.0.0.2")
+    c = Choker(slots=3)  # two regular slots and one optimistic
+    asking = [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3"), ("d", "10.0.0.4"), ("nat1", here)]
+    names = [requester(pid, address) for pid, address in asking]
+    credit = {neighbour("nat1", host_of(url)): 4 * PIECE, neighbour("a", host_of("http://10.0.0.1:7000")): PIECE}
+    for now, unchoked, _ in run(c, names, 60, credit):
+        if now >= 10:
+            assert {requester("nat1", here), requester("a", "10.0.0.1")} <= unchoked, now
 
 
 def test_one_address_holds_at_most_half_the_slots_even_while_others_are_free():

@@ -26,7 +26,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Callable
 
-from edgeswarm.policy.tracker import address_group
+from edgeswarm.policy.tracker import address_group, group_tag
 
 SLOTS = 6  # peers served at once: 6 beat 4 and 8 in `bench swarm` (docs/configuration.md, --upload-slots)
 
@@ -36,8 +36,19 @@ def requester(peer_id: str, address: str) -> str:
 
     The tracker's answers publish ids; keyed on the bare id, anyone could
     take another peer's places or ride its tit-for-tat credit by stating it.
+    The group is named by its tag, as a relay URL names it: a relayed
+    neighbour's pieces come through its relay and its requests from its own
+    address, and the two must be one requester for its credit to count
+    (``neighbour``).
     """
-    return f"{peer_id}@{address_group(address)}"
+    return f"{peer_id}@{group_tag(address_group(address))}"
+
+
+def neighbour(peer_id: str, host: str) -> str:
+    """The requester name of a neighbour we download from, by where its URL points (``engine.host_of``): its address,
+    or for a relayed one ``RELAY/relay/<group tag>``, its own address's tag."""
+    _, relayed, tag = host.partition("/relay/")
+    return f"{peer_id}@{tag}" if relayed else requester(peer_id, host)
 
 
 class Choker:

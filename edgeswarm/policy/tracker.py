@@ -18,6 +18,7 @@ places in one answer, so a flood from one address cannot crowd others out.
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import math
 import random
@@ -108,6 +109,12 @@ def address_group(address: str) -> str:
     except ValueError:
         return address
     return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def group_tag(group: str) -> str:
+    """A short hash of an address group (``address_group``): how a relay URL names its peer's address without showing
+    it (protocol/relay.py), and so how an uploader names a requester's address (choker.requester), the two alike."""
+    return hashlib.blake2b(group.encode(), digest_size=6).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)

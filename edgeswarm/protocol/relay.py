@@ -35,6 +35,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from edgeswarm.policy.tracker import group_tag
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.units import ascii_decimal
 
@@ -54,7 +55,7 @@ MAX_FRAME = 1 << 20  # the largest WebSocket message either end takes: a 64 KiB 
 
 
 def relay_id(group: str, owner: str, peer_id: str) -> str:
-    """The relay id of a peer: a hash of its address group, then of its identity (owner and peer id).
+    """The relay id of a peer: its address group's tag (``group_tag``), then a hash of its identity (owner and peer id).
 
     Derived by the edge from what it sees (the address, the token's user), so
     a peer can hold the relay of its own identity only.  The first half is
@@ -62,7 +63,7 @@ def relay_id(group: str, owner: str, peer_id: str) -> str:
     bans every id it may announce from that address, as it bans a direct
     peer's address (``policy.engine.host_of``).
     """
-    return f"{_h(group)}-{_h(owner + '/' + peer_id)}"
+    return f"{group_tag(group)}-{_h(owner + '/' + peer_id)}"
 
 
 def _h(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.upstream import OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import engine
-from edgeswarm.policy.choker import requester
+from edgeswarm.policy.choker import neighbour
 from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.vocabulary import EDGE, peer_kind
 from edgeswarm.protocol import havefeed
@@ -229,8 +229,8 @@ class Swarm:
 
     def delivered(self, index: int, url: str, peer: Neighbour | None, nbytes: int) -> None:
         self.touch()
-        if peer is not None:  # its credit, under the name its own requests to us get (at its address: a relayed peer's is lost)
-            self.peer.choker.received(time.monotonic(), requester(peer.peer_id, engine.host_of(peer.url)), nbytes)
+        if peer is not None:  # its credit, under the name its own requests to us get (choker.neighbour)
+            self.peer.choker.received(time.monotonic(), neighbour(peer.peer_id, engine.host_of(peer.url)), nbytes)
         self.peer.count_received(self.cid, _source_kind(peer), url, nbytes)
         self.peer.havefeed.stored(self.cid, index, time.time())
         for fut in self.waiters.get(index, []):
