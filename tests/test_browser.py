@@ -47,11 +47,22 @@ def _ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=120)
 
 
+# a page someone published on the CDN: opened at a user's gateway, its script would be of the gateway's origin, reading
+# the user's /status (and protected films, decrypted with the user's token) as its own (an adversarial session)
+STEAL = """<!doctype html><html><head><title>untouched</title><script>
+document.title = 'ran';
+fetch('/status').then(r => r.json()).then(s => { document.title = 'read ' + s.peer_id; });
+</script></head><body></body></html>
+"""
+
+
 def _make_media(pub: Path) -> None:
-    """An H.264 MP4 (index at the front, as web video is published) and the same as HLS: 1-second MPEG-TS segments."""
+    """An H.264 MP4 (index at the front, as web video is published) and the same as HLS: 1-second MPEG-TS segments;
+    and a published HTML page (STEAL)."""
     source = ["-f", "lavfi", "-i", f"testsrc=size=320x240:rate=25:duration={SECONDS}"]
     h264 = ["-c:v", "libx264", "-preset", "ultrafast", "-b:v", "800k", "-pix_fmt", "yuv420p", "-profile:v", "baseline", "-g", "25"]
     (pub / "v").mkdir(parents=True)
+    (pub / "v" / "page.html").write_text(STEAL)
     _ffmpeg(*source, *h264, "-movflags", "+faststart", str(pub / "v" / "film.mp4"))
     (pub / "hls").mkdir()
     _ffmpeg(
@@ -169,6 +180,23 @@ async def test_fetch_with_range_from_another_origin(deployment, page, artifacts,
     assert missing["status"] == 404
     assert page.errors == ["Failed to load resource: the server responded with a status of 404 (Not Found)"]
     await screenshot(page, artifacts, f"fetch-{via}")
+
+
+async def test_a_page_published_on_the_cdn_runs_no_script_at_the_gateway(deployment, page):
+    """The gateway serves files sandboxed: a published HTML page opened there is a document of no origin, its script
+    blocked (it read the user's /status before); the same page through the edge is the edge's business, and runs."""
+    await page.goto(deployment["edge"] + "/v/page.html")
+    assert await page.title() != "untouched"  # the control: the page's script runs where nothing sandboxes it
+    await page.goto(deployment["gateway"] + "/v/page.html")
+    assert await page.title() == "untouched"
+    assert any("sandboxed" in e and "allow-scripts" in e for e in page.errors), page.errors
+
+
+async def test_a_page_of_another_origin_cannot_read_the_gateways_metrics(deployment, page):
+    """The gateway's /metrics names every content its user fetched: for the user only, as its /status (no CORS "*")."""
+    with pytest.raises(Exception, match="Failed to fetch"):
+        await page.evaluate(FETCH, [deployment["gateway"] + "/metrics", None])
+    assert (await page.evaluate(FETCH, [deployment["edge"] + "/metrics", None]))["status"] == 200  # an edge's: public
 
 
 async def test_without_cors_the_browser_refuses(deployment, page):

@@ -88,6 +88,7 @@ def test_a_peer_config_survives_its_command_line():
         token="t0k3n",
         ca=Path("ca.pem"),
         cors=CorsPolicy(()),
+        gateway_hosts=("htpc.lan", "tv.lan"),
         router="http://router:8090",
         seeds=("films/a.mp4", "os/update.img"),
         accept_preheat=2_000_000_000,

@@ -17,7 +17,7 @@ from edgeswarm.cli import build_parser, main
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.protocol.cors import ALLOW_HEADERS, ANY, EXPOSE_HEADERS, MAX_AGE, PUBLIC, CorsPolicy, merge_vary, parse_origin
+from edgeswarm.protocol.cors import ALLOW_HEADERS, ANY, EXPOSE_HEADERS, MAX_AGE, PUBLIC, CorsPolicy, gateway_host, merge_vary, parse_origin
 
 PAGE = "http://player.test:8000"  # the web player's origin
 OTHER = "https://evil.test"
@@ -333,3 +333,46 @@ async def test_a_page_the_user_visits_cannot_make_the_gateway_download(tmp_path,
             assert (await r.json())["swarms"] == [], name  # nothing was fetched, not even the manifest
         async with http.post(gateway + "/big.bin") as r:  # the user's own client (curl, a script) still may
             assert r.status == 202, name
+
+
+async def test_the_gateway_answers_only_under_addresses_and_names_it_is_given(tmp_path, nodes, origin, published, http):
+    """DNS rebinding: a page of rebind.test whose name its DNS then points at 127.0.0.1 reads the gateway as its own
+    origin, where CORS never applies: a protected film, /status and a POST were all answered; now 421, unless the user
+    named that host (--gateway-host)."""
+    data = make_file(published / "a.bin", 1000)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    peer = start_gateway(nodes, tmp_path, edge.url, "peer", "--gateway-host", "TV.lan")
+    url = peer.urls["gateway"]
+    port = url.rsplit(":", 1)[1]
+    for host in (f"rebind.test:{port}", "rebind.test", f"127.0.0.1.nip.io:{port}", f"tv.lan.evil.test:{port}"):
+        for method, path in (("GET", "/a.bin"), ("GET", "/status"), ("GET", "/metrics"), ("POST", "/a.bin")):
+            async with http.request(method, url + path, headers={"Host": host, "Origin": f"http://{host}"}) as r:
+                assert r.status == 421, (host, method, path)
+                assert "--gateway-host" in await r.text()
+    for host in (f"localhost:{port}", f"tv.lan:{port}", "TV.LAN.", f"[::1]:{port}", f"127.0.0.1:{port}", "player.localhost"):
+        async with http.get(url + "/a.bin", headers={"Host": host}) as r:
+            assert r.status == 200 and await r.read() == data, host
+            assert r.headers["Content-Security-Policy"] == "sandbox" and r.headers["X-Content-Type-Options"] == "nosniff"
+    async with http.get(url + "/status") as r:
+        assert (await r.json())["swarms"], "the POSTs above fetched nothing, the GETs did"
+    # what strangers reach: the upload server has no /metrics (it names every content the user fetched)
+    async with http.get(peer.urls["upload"] + "/metrics") as r:
+        assert r.status == 404
+    async with http.get(url + "/metrics", headers={"Origin": PAGE}) as r:
+        assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_gateway_host_takes_addresses_localhost_and_listed_names_only():
+    assert all(
+        gateway_host(h) for h in ("127.0.0.1:1111", "127.0.0.1", "[::1]:1111", "10.1.2.3:80", "localhost", "LocalHost:1", "a.localhost.")
+    )
+    assert not any(gateway_host(h) for h in ("evil.test:1111", "localhost.evil.test", "127.0.0.1.nip.io", "", "::1"))
+    assert gateway_host("tv.lan:1111", ("tv.lan",)) and gateway_host("TV.LAN.", ("tv.lan",))
+    assert not gateway_host("tv.lan.evil.test", ("tv.lan",))
+
+
+@pytest.mark.parametrize("text", ["http://tv.lan", "tv.lan:1111", "tv lan", "", "user@tv.lan", "tv.lan/x"])
+def test_cli_refuses_a_gateway_host_that_is_not_a_name(text, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["peer", "--cache", str(tmp_path), "--edge", "http://127.0.0.1:9", "--gateway-host", text])
+    assert "not a host name" in capsys.readouterr().err

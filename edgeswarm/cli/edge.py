@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
     options.max_cache(p, "cache quota such as 50GB or 512MiB (default: no limit)")
     p.add_argument(
         "--only-origin",
+        type=options.host_name,
         action="append",
         default=[],
         metavar="HOST",

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgeswarm.node.daemon import ServerLimits
+from edgeswarm.protocol import httpspec
 from edgeswarm.protocol.cors import parse_origin
 from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
 
@@ -73,6 +74,16 @@ def url(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r} ({exc})") from None
     return text
+
+
+def host_name(text: str) -> str:
+    """A host name a node answers under (``--only-origin``, ``--gateway-host``): as a Host header names it, lower case."""
+    name = httpspec.host_name(text)
+    if not name or name != text.strip().lower().rstrip(".") or any(c in name for c in "/@ "):
+        raise argparse.ArgumentTypeError(
+            f"not a host name: {text!r} (give the name alone, such as cdn.example.com: no scheme, port or path)"
+        )
+    return name
 
 
 def cors_origin(text: str) -> str:

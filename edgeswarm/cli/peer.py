@@ -96,6 +96,16 @@ def add_parser(sub) -> None:
         help=f"a gateway read waiting this long for a piece fails: 504, or 502 naming the wrong answer its last try got (default {d.read_timeout:g})",
     )
     options.cors(p, "the gateway's answers (protected content and /status: listed origins only)")
+    p.add_argument(
+        "--gateway-host",
+        dest="gateway_hosts",
+        type=options.host_name,
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name the gateway also answers under, as players on other machines may address it (repeatable; "
+        "default: IP addresses and localhost only, so that no web page whose DNS name is pointed here reads it: 421)",
+    )
     options.credentials(p, "this peer")
     options.connection_limits(p)
     options.log_flags(p)

@@ -30,6 +30,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -82,7 +83,9 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Application:
+def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["public", "private", "none"] = "public") -> web.Application:
+    """A node's app: its error middleware and CORS rule, ``/healthz``, and ``/metrics`` as ``scrape`` says: for anyone,
+    for the node's user only (no ``*`` CORS: a peer's counters name what its user fetched), or not at all."""
     # one line per refusal, but a flood of them (a Sybil's 429s, a scanner's 400s) costs 20 lines per status per 10 s
     refusals = ThrottledLog(log, Throttle(burst=20, interval=10.0))
 
@@ -134,11 +137,13 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None) -> web.Applicatio
         app.on_response_prepare.append(_cors_headers(enabled))
     app.router.add_get("/healthz", _ok)
 
-    async def get_metrics(_: web.Request) -> web.Response:
+    async def get_metrics(request: web.Request) -> web.Response:
         """Prometheus' text format, saying its version and charset as scrapers expect."""
+        request[PRIVATE] = scrape == "private"
         return web.Response(body=metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
-    app.router.add_get("/metrics", get_metrics)
+    if scrape != "none":
+        app.router.add_get("/metrics", get_metrics)
     return app
 
 

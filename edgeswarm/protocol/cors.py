@@ -23,12 +23,24 @@ a page the user visits could make the gateway on the user's machine download
 files.  A request that changes what a node holds (any method but GET, HEAD
 and OPTIONS) from a page of another origin is taken only from origins listed
 by name (``may_change``), never through ``*``.
+
+Nor does CORS hold when the page *is* of the gateway's origin.  A page of
+``evil.example`` whose name its DNS later points at 127.0.0.1 (DNS
+rebinding) reads the gateway as its own origin, private answers and all, so
+the gateway answers only requests addressed to an IP address, ``localhost``
+or a name the user lists (``gateway_host``), as Transmission's RPC host
+whitelist does.  And a file the gateway serves is never a page of its
+origin: a user's HTML uploaded to the CDN, opened there, would be (the
+gateway sends files with ``Content-Security-Policy: sandbox``, SANDBOX).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+
+from edgeswarm.protocol.httpspec import host_name
 
 ANY = "*"
 OFF = "none"
@@ -38,6 +50,8 @@ ALLOW_METHODS = SAFE_METHODS
 ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since")
 EXPOSE_HEADERS = ("Accept-Ranges", "Content-Length", "Content-Range", "ETag", "Retry-After", "WWW-Authenticate")
 MAX_AGE = 7200  # seconds a browser may keep a preflight's answer (Chromium's own cap is 2 h)
+# a served file is a document of an origin of its own with no scripts, and its type is what it says
+SANDBOX = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
 
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$", re.IGNORECASE)  # scheme://host[:port], nothing after
 
@@ -51,6 +65,19 @@ def parse_origin(text: str) -> str:
         raise ValueError(f"{text!r} is not an origin: give scheme://host[:port] (no path), '*' for anyone, or 'none'")
     scheme, rest = value.split("://", 1)
     return f"{scheme.lower()}://{rest.lower()}"  # browsers send origins in lower case (RFC 6454 serialisation)
+
+
+def gateway_host(host: str, names: tuple[str, ...] = ()) -> bool:
+    """Whether a request addressed to ``host`` (its Host header) is one the user's gateway answers: an IP address,
+    ``localhost`` or a name under it, or one of ``names`` (lower case): never a name a stranger's DNS can point here."""
+    name = host_name(host)
+    if name == "localhost" or name.endswith(".localhost") or name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

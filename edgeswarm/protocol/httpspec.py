@@ -58,6 +58,15 @@ def served_type(ctype: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
+def host_name(host: str) -> str:
+    """The name a ``Host`` header addresses: lower case, without its port or an absolute name's final dot
+    (``cdn.example.com.`` is ``cdn.example.com``), an IPv6 address without its brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
+
+
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 

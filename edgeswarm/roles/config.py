@@ -177,6 +177,8 @@ class PeerConfig(_Flags):
     """CA (PEM) that HTTPS edges are verified against; None: the system's."""
     cors: CorsPolicy = field(default=PUBLIC, metadata=_CORS)
     """Who may read the gateway's answers from another origin (private ones: listed origins only); default: anyone."""
+    gateway_hosts: tuple[str, ...] = field(default=(), metadata={"flag": "--gateway-host"})
+    """Host names the gateway answers under besides IP addresses and localhost (lower case): a guard against DNS rebinding."""
     router: str | None = None
     """A router (``edgeswarm router``) the edges are learned from, and followed; None: ``edges`` only."""
     seeds: tuple[str, ...] = field(default=(), metadata={"flag": "--seed"})

@@ -48,7 +48,7 @@ from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol import jsondoc
-from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body
+from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body, host_name
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
 from edgeswarm.protocol.torrent import KEPT, Torrent, TorrentError, check, hand_out, seeds_of, web_seed, why_none
@@ -216,9 +216,8 @@ class Edge:
         """``--only-origin``: serve the namespace only under the CDN host names given."""
         if not self.only_origin:
             return
-        host = (request.host or "").lower()
-        name = host.rsplit(":", 1)[0].rstrip(".")  # an absolute name (cdn.example.com.) is the same host
-        if host not in self.only_origin and name not in self.only_origin:
+        host = request.host or ""
+        if host_name(host) not in self.only_origin:
             raise HttpError(403, f"this edge serves only {', '.join(self.only_origin)}, not {host[:100]!r}")
 
     def region_name(self, request: web.Request) -> str | None:

@@ -21,7 +21,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,7 @@ from edgeswarm.policy.subtracking import AnnounceRoute
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed, jsondoc
+from edgeswarm.protocol.cors import SANDBOX, gateway_host
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, retry_after
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
@@ -1232,14 +1233,29 @@ class Peer:
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:
-        app = make_app(self.metrics, self.cors)
+        """The user's gateway: its counters and /status for the user only (what the user watched), and answers only
+        under the names a stranger's DNS cannot point here (cors.gateway_host)."""
+        app = make_app(self.metrics, self.cors, scrape="private")
         app.router.add_get("/status", self.get_status)
         app.router.add_get("/" + PATH, self.get_file)
         app.router.add_post("/" + PATH, self.post_file)
+        app.middlewares.append(self._addressed_here)
+        app.on_response_prepare.append(_sandboxed)
         return app
 
+    @web.middleware
+    async def _addressed_here(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if not gateway_host(request.host, self.config.gateway_hosts):
+            raise HttpError(
+                421,
+                f"this gateway answers under an IP address, localhost or a --gateway-host name, not {request.host[:100]!r} "
+                "(a page whose DNS name points here must not read the user's gateway as its own)",
+            )
+        return await handler(request)
+
     def upload_app(self) -> web.Application:
-        app = make_app(self.metrics)
+        """What other peers reach: pieces, HAVE, relays, the sub-tracker; no /metrics (it names what the user fetched)."""
+        app = make_app(self.metrics, scrape="none")
         app.router.add_get("/piece/{cid}/{index}", self.get_piece)
         app.router.add_get("/have/{cid}", self.get_have)
         app.router.add_get("/relay", self.get_relay)
@@ -1375,6 +1391,13 @@ def _subscriber(request: web.Request) -> tuple[str, str, str | None] | None:
     if number is None or not peer_id or not request.remote:
         return None
     return peer_id, peer_url(request.remote, number), request.headers.get(havefeed.REGION_HEADER)
+
+
+async def _sandboxed(_: web.Request, response: web.StreamResponse) -> None:
+    """Every gateway answer is a document of no origin, running no script (cors.SANDBOX): a CDN file opened in the
+    browser, an HTML page a user published, must not be a page of the gateway's origin, which reads the user's
+    protected films and /status as its own."""
+    response.headers.update(SANDBOX)
 
 
 async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool, limits: ServerLimits | None = None) -> None:
