@@ -126,6 +126,28 @@ async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployme
     assert "token=***" in log and alice not in log  # credentials stay out of the logs
 
 
+async def test_a_stranger_learns_nothing_by_content_id_and_makes_nothing_be_fetched(tmp_path, nodes, deployment, http):
+    """Under --require-token, /key fetched a manifest from the parent before the token was checked (the edge then held
+    it), and /have, /piece, /content said "not cached here" (404) to anyone: a map of what the edge holds (an
+    adversarial session).  The token is now checked before the id is looked up: 401 first, the edge unchanged."""
+    origin, key, _, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    async with http.get(origin.url + "/manifest/pub/readme.bin") as r:
+        cid = (await r.json())["id"]
+    for path in (f"/key/{cid}", f"/have/{cid}", f"/piece/{cid}/0", f"/content/{cid}", f"/key/{'0' * 64}", f"/have/{'0' * 64}"):
+        async with http.get(edge.url + path) as r:
+            assert r.status == 401 and "token is required" in await r.text(), path
+    async with http.post(f"{edge.url}/seed/{cid}", json={"have": ""}) as r:
+        assert r.status == 401
+    assert (await status(http, edge.url))["content_count"] == 0  # nothing fetched for a stranger
+    alice = issue(key, "alice", "/pub/")
+    async with http.get(f"{edge.url}/have/{cid}", headers=bearer(alice)) as r:
+        assert r.status == 404 and "not cached here" in await r.text()  # a token holder is told
+    async with http.get(f"{edge.url}/key/{cid}", headers=bearer(alice)) as r:  # a token holder may make it fetch
+        assert r.status == 404 and "not protected" in await r.text()
+    assert (await status(http, edge.url))["content_count"] == 1
+
+
 async def test_region_scoped_token(tmp_path, nodes, deployment, http):
     origin, key, _, _ = deployment
     regions = tmp_path / "regions.yaml"

@@ -285,6 +285,17 @@ class Edge:
             raise HttpError(403, NOT_INTERNAL)
         return await self.manifests.revalidate(store, path, [self.parent])
 
+    async def content_for(
+        self, request: web.Request, cid: str, may_fetch: bool, required: bool = False
+    ) -> tuple[SignedManifest, tokens.Grant | None]:
+        """A content by id and the request's grant for its path.  The token itself is checked first: under
+        ``--require-token`` (or ``required``) a stranger learns nothing of what is held (401, never a 404 that says
+        "not cached here") and makes nothing be fetched; only a token holder gets as far as the id."""
+        store = await self._store()
+        access.authenticated(request, store.public_key, required=required or self.require_token)
+        signed = await self.manifest_by_id(cid, may_fetch)
+        return signed, await self.grant(request, signed.manifest.path, required)
+
     async def manifest_by_id(self, cid: str, may_fetch: bool) -> SignedManifest:
         store = await self._store()
         signed = store.manifest(cid)
@@ -538,17 +549,15 @@ class Edge:
         return bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, len(swarm) - seeds))
 
     async def get_content(self, request: web.Request) -> web.Response:
-        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request) and not self.require_token)
-        if self.require_token:
-            await self.grant(request, signed.manifest.path)
+        signed, _ = await self.content_for(request, request.match_info["cid"], self.may_fetch(request) and not self.require_token)
         return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
 
     async def get_content_key(self, request: web.Request) -> web.Response:
         """``GET /key/<content-id>``: a protected file's key, for a token that covers its path."""
-        signed = await self.manifest_by_id(request.match_info["cid"], self.may_fetch(request))  # a child edge may ask first
+        # a child edge may ask before it holds the manifest: fetched for a token holder, never for a stranger
+        signed, _ = await self.content_for(request, request.match_info["cid"], self.may_fetch(request), required=True)
         if signed.manifest.protection is None:
             raise HttpError(404, f"{signed.manifest.path} is not protected: it has no key")
-        await self.grant(request, signed.manifest.path, required=True)
         return access.key_response(signed.content_id, await self.content_key(signed))
 
     async def get_swarm_key(self, _: web.Request) -> web.Response:
@@ -561,8 +570,7 @@ class Edge:
         cid = request.match_info["cid"]
         only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
         may_fetch = self.may_fetch(request) and not only_cached
-        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
-        grant = await self.grant(request, signed.manifest.path)
+        signed, grant = await self.content_for(request, cid, may_fetch and not self.require_token)
         index = piece_index(request, signed.manifest.piece_count)
         data = self._cached_piece(store, cid, index)
         if data is None and only_cached:
@@ -582,8 +590,7 @@ class Edge:
         store = await self._store()
         cid = request.match_info["cid"]
         may_fetch = self.may_fetch(request)
-        signed = store.manifest(cid) or await self.manifest_by_id(cid, may_fetch and not self.require_token)
-        grant = await self.grant(request, signed.manifest.path)
+        signed, grant = await self.content_for(request, cid, may_fetch and not self.require_token)
         check_json_body(request.headers)
         try:
             have, start, whole = parse_request(await request.read(), signed.manifest.piece_count)
@@ -831,8 +838,7 @@ class Edge:
     async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
         assert self.tracker is not None
         doc, cid = announced_content(doc)
-        signed = await self.manifest_by_id(cid, not self.require_token)
-        grant = await self.grant(request, signed.manifest.path)
+        signed, grant = await self.content_for(request, cid, not self.require_token)
         try:
             latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
         except ValueError as exc:
@@ -913,11 +919,7 @@ class Edge:
     async def get_have(self, request: web.Request) -> web.Response:
         store = await self._store()
         cid = request.match_info["cid"]
-        signed = store.manifest(cid)
-        if signed is None:
-            raise HttpError(404, f"content {cid[:80]} is not cached here")
-        if self.require_token:
-            await self.grant(request, signed.manifest.path)
+        signed, _ = await self.content_for(request, cid, may_fetch=False)
         return have_response(cid, signed.manifest.piece_count, store.held(cid))
 
     async def get_key(self, _: web.Request) -> web.Response:

@@ -30,17 +30,29 @@ def grant(
     request: web.Request, public_key: Ed25519PublicKey, rel_path: str, *, required: bool, region: str | None = None
 ) -> tokens.Grant | None:
     """The verified grant for ``rel_path``, None if there is no token and none is required; else HttpError 401/403."""
+    g = authenticated(request, public_key, required=required)
+    if g is None:
+        return None
+    try:
+        if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
+            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
+        tokens.authorize(g, rel_path, region)
+        return g
+    except tokens.TokenError as exc:
+        raise denied(exc) from None
+
+
+def authenticated(request: web.Request, public_key: Ed25519PublicKey, *, required: bool) -> tokens.Grant | None:
+    """The request's verified token, whatever path it covers (``grant`` checks that): None if there is none and none
+    is required; else HttpError 401.  What a node checks before it looks a content id up: a stranger then learns
+    nothing of what is held and makes nothing be fetched."""
     try:
         raw = tokens.from_request(request.headers, request.query)
         if raw is None:
             if not required:
                 return None
             raise tokens.TokenError(401, "a token is required: send Authorization: Bearer TOKEN, or ?token=TOKEN")
-        g = _verified(raw, public_key)
-        if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
-            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
-        tokens.authorize(g, rel_path, region)
-        return g
+        return _verified(raw, public_key)
     except tokens.TokenError as exc:
         raise denied(exc) from None
 
