@@ -74,6 +74,9 @@ def test_expire_forgets_silent_peers_and_full_buckets():
         ({"liar": (16 * MiB, 8 * MiB), "alice": (4 * MiB, 4 * MiB)}, {"liar"}),  # both sides, more up than down
         ({"seed": (8 * MiB, 0), "leech": (0, 8 * MiB), "ghost": (0, 50 * MiB)}, {"ghost"}),  # downloads nobody sent
         ({"up": (100 * MiB, 0), "a": (0, 60 * MiB), "b": (0, 32 * MiB)}, set()),  # 92 of 100 confirmed: within 10 %
+        # a liar claiming a little less than an honest downloader: either claim alone is the excess, so both are flagged
+        # (the largest alone was, the honest one: an adversarial session's framing)
+        ({"alice": (54 * MiB, 0), "bob": (0, 54 * MiB), "mallory": (0, 51 * MiB)}, {"bob", "mallory"}),
     ],
 )
 def test_a_disagreement_flags_the_claimants_nobody_backs(claims, flagged):

@@ -171,14 +171,25 @@ class ClaimPolicy:
 def overclaimers(claims: Mapping[str, tuple[int, int]], tolerance: float, slack: int) -> set[str]:
     """Whom to flag when a content's claimed uploads and downloads (``who -> (uploaded, from_peers)``) disagree.
 
-    Nobody, if they agree.  Otherwise the claimants on the heavy side, the
-    largest net claim first (ties: the larger total claim, then the name), until
-    what the others claim agrees: a one-sided claim flags its author and leaves
-    the honest traders of the same content alone.  Two liars who agree with
-    each other pass; this only spots claims that nobody backs.
+    Nobody, if they agree.  Otherwise every claimant whose claim alone
+    explains it (without it the others agree): a one-sided claim flags its
+    author and leaves the honest traders of the same content alone, and a liar
+    who claims a little less than an honest downloader is flagged beside that
+    downloader, not left out in its favour (the largest claim alone was blamed,
+    and an adversarial session framed an honest user so: which of two such
+    claims is the lie, the figures cannot tell).  When no one claim explains
+    it, the claimants on the heavy side, the largest net claim first (ties:
+    the larger total claim, then the name), until what the others claim
+    agrees.  Two liars who agree with each other pass; this only spots claims
+    that nobody backs.
     """
     up = sum(u for u, _ in claims.values())
     down = sum(d for _, d in claims.values())
+    if not differs(up, down, tolerance, slack):
+        return set()
+    alone = {k for k, (u, d) in claims.items() if not differs(up - u, down - d, tolerance, slack)}
+    if alone:
+        return alone
     flagged: set[str] = set()
     side = 1 if up > down else -1
     while differs(up, down, tolerance, slack) and side * (up - down) > 0:
