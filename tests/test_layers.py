@@ -55,6 +55,7 @@ def test_policy_imports_only_the_standard_library_policy_and_errors():
 
 def test_errors_imports_only_the_standard_library():
     assert sorted(m for m in imported_modules(ROOT / "errors.py") if outside(m, FOUNDATION)) == []
+    assert sorted(m for m in imported_modules(ROOT / "wholefile.py") if outside(m, FOUNDATION)) == []
 
 
 def test_the_import_check_sees_a_third_party_import_and_another_layer(tmp_path):

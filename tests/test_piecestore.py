@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 from edgeswarm.store import piecestore
-from edgeswarm.store.piecestore import CorruptPiece, OutOfDescriptors, PieceStore
+from edgeswarm.store.piecestore import CorruptPiece, OutOfDescriptors, PieceNotStored, PieceStore
 
 KEY = Ed25519PrivateKey.generate()
 PUB = KEY.public_key()
@@ -204,6 +204,32 @@ def test_a_piece_file_deleted_behind_the_stores_back_is_forgotten(root):
     assert store.read_piece(c.cid, 1) is None
     assert not store.has(c.cid, 1)
     assert store.used_bytes == MIN_PIECE
+
+
+def test_a_piece_file_cut_short_while_held_open_is_dropped_not_read(root):
+    """Truncated under a descriptor the store keeps open: its short bytes were served at the wrong offsets."""
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    assert store.read_piece(c.cid, 1) == c.piece(1)  # opened and kept
+    os.truncate(store.piece_path(c.cid, 1), 100)
+    assert store.piece_fd(c.cid, 1) is None and store.read_piece(c.cid, 1) is None
+    assert not store.has(c.cid, 1) and store.corrupt_pieces == 1
+    store.put_piece(c.cid, 1, c.piece(1))  # fetched again: stored afresh
+    assert store.read_piece(c.cid, 1) == c.piece(1)
+
+
+def test_the_contents_directory_removed_under_a_running_store_is_made_again(root):
+    """Every write failed "No such file or directory" until a restart: nothing was cached any more."""
+    store = open_store(root)
+    a, b = make_content(), make_content("films/b.mkv")
+    stored(store, a, 0)
+    shutil.rmtree(store.content_dir)
+    stored(store, b, 0)  # a new content
+    with pytest.raises(PieceNotStored):
+        store.put_piece(a.cid, 1, a.piece(1))  # a held content's directory went with it: made again with its next piece
+    store.put_piece(a.cid, 2, a.piece(2))
+    assert store.read_piece(b.cid, 0) == b.piece(0) and store.read_piece(a.cid, 2) == a.piece(2)
 
 
 def test_open_descriptors_are_capped(root, monkeypatch):

@@ -300,9 +300,8 @@ class Connections:
     periodic sweep for deadlines, and when accept() runs out of descriptors.
     """
 
-    def __init__(self, policy: ConnectionPolicy[_Handler], file_limit: int):
+    def __init__(self, policy: ConnectionPolicy[_Handler]):
         self.policy = policy
-        self.file_limit = file_limit
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
         self.loop = asyncio.get_running_loop()
         self._next_shed = 0.0
@@ -354,7 +353,7 @@ class Connections:
                 "%s: %s (open-file limit %d, %d connections)%s",
                 context.get("message"),
                 exc.strerror,
-                self.file_limit,
+                file_limit(),  # as it is now: an operator's prlimit may have changed it since the start
                 len(self.policy) + len(shed),
                 f"; closed the {len(shed)} longest waiting" if shed else "",
             )
@@ -540,7 +539,7 @@ def _connections(limits: ServerLimits, role: str) -> Connections:
         limits.header_timeout,
         limits.idle_timeout,
     )
-    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout), budget.limit)
+    return Connections(ConnectionPolicy(cap, limits.header_timeout, limits.idle_timeout))
 
 
 async def serve(

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MIN_RATE  # what our readers must take is what we take from others
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -189,11 +190,11 @@ async def _send_span(
             if not isinstance(piece, bytes):  # the store may have closed that descriptor meanwhile, its number reused
                 piece = source.local(i) or await source.fetch(i, indices.stop)
         if transform is not None:
-            data = memoryview(piece)[a:b] if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+            data = memoryview(piece)[a:b] if isinstance(piece, bytes) else read_held(piece, b - a, a)
             data = transform(data, offset + a)
             await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
         elif bucket is not None and bucket.rate:
-            data = piece if isinstance(piece, bytes) else os.pread(piece, b - a, a)
+            data = piece if isinstance(piece, bytes) else read_held(piece, b - a, a)
             await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
         elif isinstance(piece, bytes):
             await _chunked(memoryview(piece)[a:b], resp.write)  # a reader that stops reading holds a chunk, not the piece
@@ -236,7 +237,17 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
             done += n
         request[SENT_ASIDE] = request.get(SENT_ASIDE, 0) + done  # for the access log and the cut line (daemon.py)
     if done < count:
-        await resp.write(os.pread(fd, count - done, offset + done))
+        await resp.write(read_held(fd, count - done, offset + done))
+
+
+def read_held(fd: int, count: int, offset: int) -> bytes:
+    """``count`` bytes of a held piece's file, or an error that cuts the answer: a file cut short under the node (a
+    truncated piece) was sent as what it held, every later byte at the wrong offset, and the client then waited for
+    the rest until the idle timeout (an adversarial session).  The store drops such a piece on its next hit."""
+    data = os.pread(fd, count, offset)
+    if len(data) < count:
+        raise HttpError(500, f"a cached piece's file is {count - len(data)} bytes short of what it held: changed under the node")
+    return data
 
 
 async def send_piece(

@@ -66,6 +66,7 @@ from edgeswarm.store.piecestore import PieceStore, make_cache
 from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import KeyFileError, load_public_key
+from edgeswarm.wholefile import write_whole
 
 if TYPE_CHECKING:
     from edgeswarm.trust import tokens
@@ -1376,7 +1377,7 @@ def _peer_id(path: Path) -> str:
     except UnicodeDecodeError:
         log.warning("%s holds no usable peer id (not text): a new one is made", path)
     pid = secrets.token_hex(8)
-    path.write_text(pid + "\n")
+    write_whole(path, f"{pid}\n".encode())
     return pid
 
 

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -38,6 +37,7 @@ from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import json_response
 from edgeswarm.trust import tokens
+from edgeswarm.wholefile import write_whole
 
 if TYPE_CHECKING:
     from edgeswarm.roles.edge import Edge
@@ -99,14 +99,10 @@ class PreheatDesk:
             }
             for o in self.orders.orders.values()
         ]
-        tmp = self.path.with_name(f"{ORDERS_FILE}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_whole(self.path, json.dumps(doc).encode())
         except OSError as exc:
             log.warning("preheat orders not saved to %s (%s): a restart will forget them", self.path, exc.strerror or exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _bump(self) -> None:
         self.version += 1

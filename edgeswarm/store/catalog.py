@@ -33,6 +33,7 @@ from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
 from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +178,8 @@ class Catalog:
             rel: {"stat": list(e.stat), "signed": json.loads(e.raw), **({"key": e.key.hex()} if e.key else {})}
             for rel, e in self.by_path.items()
         }
-        tmp = self.state_file.with_suffix(".tmp")
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds content keys
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(state))
-        os.replace(tmp, self.state_file)
+        write_whole(self.state_file, json.dumps(state).encode(), mode=0o600)  # it holds content keys
 
     def _add(self, rel: str, entry: Entry) -> None:
         old = self.by_path.get(rel)

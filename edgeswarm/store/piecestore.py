@@ -377,7 +377,7 @@ class PieceStore:
         cdir = self.content_dir / cid
         self._unsaved.add(cid)
         try:
-            cdir.mkdir(exist_ok=True)
+            cdir.mkdir(parents=True, exist_ok=True)  # parents: the contents directory itself may have been removed under us
         except OSError as exc:
             raise self._not_stored(cdir, exc) from None
         self._write(cdir / "manifest.json", raw)
@@ -427,6 +427,11 @@ class PieceStore:
                 return None
         else:
             self._fds.move_to_end(key)
+        size, length = os.fstat(fd).st_size, self._manifests[cid].manifest.piece_span(index)[1]
+        if size != length:  # cut short or grown under us: its bytes would go out at the wrong offsets (an fstat a hit)
+            self._close(cid, index)
+            self._drop(cid, index, f"is {size} of its {length} bytes")
+            return None
         self.policy.hit(key)
         return fd
 
@@ -533,7 +538,13 @@ class PieceStore:
         fd = self.piece_fd(cid, index)
         if fd is None:
             return None
-        return os.pread(fd, self._manifests[cid].manifest.piece_span(index)[1], 0)
+        length = self._manifests[cid].manifest.piece_span(index)[1]
+        data = os.pread(fd, length, 0)
+        if len(data) < length:  # cut short since piece_fd looked: dropped, to be fetched again
+            self._close(cid, index)
+            self._drop(cid, index, f"came up {length - len(data)} bytes short")
+            return None
+        return data
 
     def _close(self, cid: str, index: int) -> None:
         fd = self._fds.pop((cid, index), None)

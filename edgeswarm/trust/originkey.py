@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger("edgeswarm.trust.originkey")
 
@@ -36,9 +36,7 @@ async def pin(
     key = load_public_key(pem, str(given or pinned))
     cache.mkdir(parents=True, exist_ok=True)
     if not pinned.exists() or pinned.read_bytes() != public_pem(key):
-        tmp = pinned.with_name(f"origin.pub.{os.getpid()}.tmp")  # whole or absent: worker processes read it at once
-        tmp.write_bytes(public_pem(key))
-        os.replace(tmp, pinned)
+        write_whole(pinned, public_pem(key))  # whole or absent: worker processes read it at once
     return key
 
 

@@ -8,7 +8,6 @@ machine - and still know it is what the origin published.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -16,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,15 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
-    """The key at ``path``, created (mode 0600) on first start; an existing file that is no usable key is never replaced."""
+    """The key at ``path``, created (mode 0600, whole or not at all) on first start; an existing file that is no usable
+    key is never replaced, nor is one another process created meanwhile (that one is used)."""
     if path.exists():
         return load_private_key(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    if not write_whole(path, pem, mode=0o600, exclusive=True):
+        return load_private_key(path)
     log.info("created signing key %s", path)
     return key
 
