@@ -165,8 +165,7 @@ class Catalog:
         """
         try:
             self._write_state()
-        except OSError as exc:
-            self.state_file.with_suffix(".tmp").unlink(missing_ok=True)
+        except OSError as exc:  # write_whole left the old state, and no temporary file
             if not self._unsaved:
                 log.warning("cannot save the catalogue state %s: %s; a restart hashes again what changed since", self.state_file, exc)
             self._unsaved = True
