@@ -57,7 +57,6 @@ def served_type(ctype: str) -> str:
     return ctype
 
 
-@functools.lru_cache(maxsize=4096)
 def host_name(host: str) -> str:
     """The name a ``Host`` header addresses: lower case, without its port or an absolute name's final dot
     (``cdn.example.com.`` is ``cdn.example.com``), an IPv6 address without its brackets."""
@@ -67,6 +66,7 @@ def host_name(host: str) -> str:
     return host.rpartition(":")[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
