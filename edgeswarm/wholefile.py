@@ -4,8 +4,9 @@ A write that a full disk or a crash cuts short must leave the old file, or
 none, never a torn one: a first start on a full disk left an empty
 ``swarm.key`` and ``origin.key``, and every restart after it failed with
 "not a PEM private key" until someone deleted them (an adversarial session).
-So the bytes go to a temporary file beside the target, are flushed to disk,
-and only then take the target's name.  Pieces have a writer of their own
+So the bytes go to a temporary file beside the target, are flushed to disk
+(unless the caller would rather not wait), and only then take the target's
+name.  Pieces have a writer of their own
 (piecestore.py), which keeps the same order without the flush.
 """
 
@@ -16,16 +17,19 @@ import os
 from pathlib import Path
 
 
-def write_whole(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False) -> bool:
+def write_whole(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False, flush: bool = True) -> bool:
     """Put ``data`` at ``path`` in one step; ``exclusive``: only if nothing is there yet (False if another writer was
-    first, whose file stays).  An OSError names ``path``; the temporary file never outlives the call."""
+    first, whose file stays); ``flush``: on disk before it takes the name (not for a large file rewritten often that
+    only spares work, such as the origin's catalogue state).  An OSError names ``path``; the temporary file never
+    outlives the call."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # this process's own: workers may write the same file
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if flush:
+                f.flush()
+                os.fsync(f.fileno())
         if not exclusive:
             os.replace(tmp, path)
             return True

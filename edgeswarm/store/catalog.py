@@ -178,7 +178,8 @@ class Catalog:
             for rel, e in self.by_path.items()
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(self.state_file, json.dumps(state).encode(), mode=0o600)  # it holds content keys
+        # mode: it holds content keys; no flush: it only spares a restart hashing, and is rewritten on every change
+        write_whole(self.state_file, json.dumps(state).encode(), mode=0o600, flush=False)
 
     def _add(self, rel: str, entry: Entry) -> None:
         old = self.by_path.get(rel)
