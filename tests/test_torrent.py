@@ -20,6 +20,7 @@ from ports import free_port
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerRecord
 from edgeswarm.protocol import torrent
+from edgeswarm.protocol.httpspec import is_authority
 from edgeswarm.protocol.manifest import Manifest, hash_pieces, piece_size_for
 from edgeswarm.roles import bttracker
 from edgeswarm.trust.protect import new_protection
@@ -133,9 +134,32 @@ def test_announce_queries_carry_binary_hashes_and_bad_ones_say_which_parameter()
         (query(info_hash=h, peer_id=pid, port="x"), "port"),
         (query(info_hash=h, peer_id=pid, port=1, left=-1), "left"),
         (query(info_hash=h, peer_id=pid, port=1, event="bogus"), "event"),
+        (query(info_hash=h, peer_id=pid, port="9" * 5000), "'port' must be an integer"),  # not Python's digit limit
+        (query(info_hash=h, peer_id=pid, port=1, uploaded="1" * 20), "'uploaded' must be an integer"),
     ]:
         with pytest.raises(ValueError, match=name):
             bttracker.parse(bad, 30)
+
+
+def test_two_contents_of_the_same_bytes_and_name_keep_their_hashes_while_either_is_kept(tmp_path):
+    """They share their info hashes; when one torrent was forgotten its hashes went, and the other's clients were
+    answered "unknown torrent" though the edge still handed that torrent out (an adversarial session)."""
+    key = Ed25519PrivateKey.generate()
+    make_file(tmp_path / "a" / "clip.mp4", MiB)
+    (tmp_path / "b").mkdir()
+    shutil.copy2(tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4")
+    (ma, ta), (mb, tb) = made(tmp_path / "a" / "clip.mp4", "a/clip.mp4", key), made(tmp_path / "b" / "clip.mp4", "b/clip.mp4", key)
+    assert ta.announce_hashes == tb.announce_hashes and ma.content_id != mb.content_id
+    index = torrent.announce_index([(mb.content_id, tb)])  # a's torrent forgotten, b's kept
+    assert {index[h] for h in tb.announce_hashes} == {mb.content_id}
+
+
+def test_a_host_header_is_a_url_authority_or_refused():
+    """It becomes a torrent's web seed and tracker: `127.0.0.1:8080@evil.example` sent clients to evil.example."""
+    for good in ("127.0.0.1:8080", "edge.example", "edge.example:80", "[::1]:8080", "[2001:db8::1]", "cdn_1.example"):
+        assert is_authority(good), good
+    for bad in ("127.0.0.1:8080@evil.example", "edge.example/x", "edge example", "edge:99999", "edge:0", "", "[::1", "a:b:c"):
+        assert not is_authority(bad), bad
 
 
 def test_announce_answers_are_compact_and_bencoded():
@@ -352,3 +376,35 @@ async def test_bittorrent_clients_of_a_region_find_each_other_through_the_edge_a
     st = await status(http, edge.url)
     assert st["bittorrent"] == {"torrents": 1, "clients": 3, "swarms": 2}  # a hybrid torrent: a v1 swarm and a v2 swarm
     del seeder, leecher, stranger
+
+
+async def test_the_edges_bittorrent_surfaces_take_no_forged_host_count_seeds_and_name_no_dead_tracker(tmp_path, nodes, published, http):
+    """Three findings of an adversarial session: a Host of `EDGE@evil.example` became the torrent's web seed and tracker
+    (clients then went to evil.example); an edge requiring tokens named itself as the tracker, which refuses every
+    announce (they carry no token); and every announce read the whole swarm to count its seeds (now at most every
+    few seconds: the figures stay whole, complete + incomplete the swarm)."""
+    from test_trust import bearer, issue  # the real `edgeswarm token issue`
+
+    make_file(published / "c.bin", MiB)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
+    key = published / ".edgeswarm" / "origin.key"
+    edge = nodes.start("edge", "--cache", str(tmp_path / "e"), "--parent", origin.url, "--p2p", name="edge")
+    locked = nodes.start("edge", *("--cache", str(tmp_path / "l"), "--parent", origin.url, "--p2p", "--require-token"), name="locked")
+    await asyncio.sleep(0.5)
+    port = edge.url.rsplit(":", 1)[1]
+    async with http.get(edge.url + "/torrent/c.bin", headers={"Host": f"127.0.0.1:{port}@evil.example"}) as r:
+        assert r.status == 400 and "Host" in await r.text()
+    code, body, _ = await fetch(http, edge.url + "/torrent/c.bin")
+    assert code == 200 and lt.bdecode(body)[b"announce"] == (edge.url + "/announce").encode()
+    async with http.get(locked.url + "/torrent/c.bin", headers=bearer(issue(key, "alice"))) as r:
+        doc = lt.bdecode(await r.read())
+        assert r.status == 200 and b"announce" not in doc and torrent.seeds_of(lt.bencode(doc)) == [locked.url + "/c.bin"]
+    v1 = lt.torrent_info(body).info_hashes().v1.to_bytes()
+    answers = []
+    for i, left in enumerate((0, 0, 0, 100, 100)):  # three seeds and two leechers
+        pid = f"-XX0001-{i:012d}".encode()
+        async with http.get(f"{edge.url}/announce?" + query(info_hash=v1, peer_id=pid, port=7000 + i, left=left)) as r:
+            answers.append(lt.bdecode(await r.read()))
+    assert (answers[0][b"complete"], answers[0][b"incomplete"]) == (1, 0)  # counted on the swarm's first announce
+    for n, doc in enumerate(answers, 1):
+        assert doc[b"complete"] + doc[b"incomplete"] == n and 0 <= doc[b"complete"] <= 3, doc

@@ -159,13 +159,15 @@ def reference_rank(asker: PeerRecord, swarm: list[PeerRecord], locality: str) ->
     home = asker.region.name if asker.region else None
     base = zlib.crc32(f"{asker.owner}/{asker.peer_id}".encode() + b"|")
     keyed = []
+    seeding = len(asker.have) >= asker.piece_count  # it lacks nothing: leechers first, who want what it has
     for c in swarm:
         away = (c.region.name if c.region else None) != home
         if c.key == asker.key or (away and locality == "strict"):
             continue
         useful = len(c.have - asker.have)
         complete = len(c.have) >= c.piece_count
-        keyed.append(((away, useful == 0, not complete, -useful, -c.upload_rate, zlib.crc32(f"{c.owner}/{c.peer_id}".encode(), base)), c))
+        tie = zlib.crc32(f"{c.owner}/{c.peer_id}".encode(), base)
+        keyed.append(((away, useful == 0, complete == seeding, -useful, -c.upload_rate, tie), c))
     keyed.sort(key=lambda t: t[0])
     return [c.peer_id for _, c in keyed]
 
@@ -177,6 +179,16 @@ def test_rank_is_the_documented_order(asker, swarm, locality):
     swarm = [replace(p, upload_rate=p.upload_rate) for p in swarm]  # distinct records, as a store gives
     assert ids(rank(asker, swarm, locality)) == reference_rank(asker, swarm, locality)
     assert ids(rank(asker, swarm, locality)) == reference_rank(asker, swarm, locality)  # again, from the cached keys
+
+
+def test_a_seed_is_handed_leechers_first():
+    """To an asker that lacks nothing every candidate is useless, and seeds sorted first: a BitTorrent seed was handed
+    30 seeds and none of the 5 leechers of its swarm (an adversarial session)."""
+    full = set(range(N))
+    seeds = [peer(f"seed{i}", have=full, rate=9.0) for i in range(41)]
+    leechers = [peer(f"leech{i}", have={0}) for i in range(5)]
+    assert set(ids(rank(peer("me", have=full), seeds + leechers, "prefer")[:5])) == {f"leech{i}" for i in range(5)}
+    assert set(ids(rank(peer("me"), seeds + leechers, "prefer")[:5])) <= {f"seed{i}" for i in range(41)}  # a leecher: seeds
 
 
 def test_a_changed_rate_or_bitfield_is_ranked_anew():

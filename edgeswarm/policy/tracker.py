@@ -3,7 +3,7 @@
 Sans-IO: the edge's announce handler feeds it, time is passed in.  Ranking,
 in order: locality (under ``strict`` other regions are never handed out; under
 ``prefer`` they come last), usefulness (holds pieces the asker lacks), seeds
-first, more useful pieces, measured upload.  The last tie-break is a hash of
+first (to a seed, leechers first), more useful pieces, measured upload.  The last tie-break is a hash of
 (asker, candidate): deterministic, yet different askers get different first
 peers, so nobody becomes a hot spot just by sorting first.
 
@@ -288,15 +288,19 @@ def ranked(asker: PeerRecord, cands: list[PeerRecord], parts: list[RankPart], lo
     key costs a popcount, a shift, a subtraction and the hash.  Being useless
     needs no bit of its own: a useless candidate has the fewest useful pieces
     (none), and a seed is useless only to an asker that lacks nothing, to
-    whom every candidate is.  The asker's missing pieces are a non-negative
+    whom every candidate is: such an asker (a seed itself) gets leechers
+    first, who want what it has (the not-a-seed bit flipped; a seed handed 30
+    seeds and no leecher was an adversarial session's finding, with
+    BitTorrent clients).  The asker's missing pieces are a non-negative
     mask: ``&`` with a negative integer copies both operands first.
     """
     home = asker.region.name if asker.region else None
     lacks = ((1 << bitfield.width(asker.piece_count)) - 1) ^ asker.mask
     base = zlib.crc32(_ident(asker) + b"|")
     crc, low, away = zlib.crc32, _LOW, _AWAY
+    seeding = 0 if lacks else _LEECH  # an asker that lacks nothing wants those who lack: leechers first, not seeds
     keys = [
-        static - ((mask & lacks).bit_count() << low) | crc(ident, base) | (region != home and away)
+        (static ^ seeding) - ((mask & lacks).bit_count() << low) | crc(ident, base) | (region != home and away)
         for _, static, region, ident, mask in parts
     ]
     # the asker itself and, under strict, other regions (sorted last) are left out here: one check per place handed out
@@ -312,6 +316,7 @@ def ranked(asker: PeerRecord, cands: list[PeerRecord], parts: list[RankPart], lo
 _LOW = 96  # bits below the first three criteria: 64 of rate, 32 of tie-break hash
 _USEFUL = 1 << (40 + _LOW)  # above every count of useful pieces (2^20 at most): what a key starts from
 _AWAY = 1 << (62 + _LOW)
+_LEECH = 1 << (60 + _LOW)  # the not-a-seed bit of a key (_rank_part)
 _U64 = (1 << 64) - 1
 _DOUBLE = struct.Struct(">Q")
 
@@ -329,7 +334,7 @@ def _rank_part(rec: PeerRecord) -> RankPart:
     bits = _DOUBLE.unpack(struct.pack(">d", rate + 0.0))[0]
     ordered = (bits ^ _U64) if bits >> 63 else (bits | (1 << 63))
     mask = rec.mask
-    static = ((mask.bit_count() < rec.piece_count) << (60 + _LOW)) | _USEFUL | ((_U64 - ordered) << 32)
+    static = (_LEECH if mask.bit_count() < rec.piece_count else 0) | _USEFUL | ((_U64 - ordered) << 32)
     ident = rec._ident if rec._ident is not None else _ident(rec)
     rec._rank = part = (rate, static, rec.region.name if rec.region else None, ident, mask)
     return part

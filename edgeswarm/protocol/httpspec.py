@@ -57,6 +57,16 @@ def served_type(ctype: str) -> str:
     return ctype
 
 
+_AUTHORITY = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?")
+
+
+def is_authority(host: str) -> bool:
+    """Whether a ``Host`` header is a host and perhaps a port, as a URL built from it needs (a torrent's web seed): not
+    ``edge@evil.example``, which a URL reads as user ``edge`` at host evil.example, nor a path, a space or port 99999."""
+    found = _AUTHORITY.fullmatch(host)
+    return found is not None and (found[1] is None or 0 < int(found[1]) <= 65535)
+
+
 def host_name(host: str) -> str:
     """The name a ``Host`` header addresses: lower case, without its port or an absolute name's final dot
     (``cdn.example.com.`` is ``cdn.example.com``), an IPv6 address without its brackets."""

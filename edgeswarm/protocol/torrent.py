@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -63,6 +64,16 @@ class Torrent:
     def announce_hashes(self) -> tuple[bytes, ...]:
         """What clients announce a hybrid torrent under: the v1 hash, the v2 hash cut to 20 bytes (BEP 52), and aria2 1.36's."""
         return self.v1, self.v2[:20], self.aria2_136
+
+
+def announce_index(kept: Iterable[tuple[str, Torrent]]) -> dict[bytes, str]:
+    """The hashes clients announce the ``kept`` (content id, torrent) under, each to its content (the last kept).
+
+    Two contents of the same bytes and name (in two folders) share their
+    hashes: when one is forgotten, the other's must stay (they were dropped
+    with it, and its clients were told "unknown torrent").
+    """
+    return {h: cid for cid, torrent in kept for h in torrent.announce_hashes}
 
 
 def torrent_name(manifest: Manifest) -> str:

@@ -17,6 +17,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.policy import bitfield
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.havefeed import MAX_LATENCY_S
+from edgeswarm.protocol.httpspec import is_authority
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.torrent import TORRENT_TYPE, magnet, torrent_name, why_none
 from edgeswarm.protocol.units import ascii_decimal
@@ -125,7 +126,9 @@ def torrent_link(manifest: Manifest) -> str | None:
 
 
 def base_url(request: web.Request) -> str:
-    """This node's URL as the client reached it: the web seed it names for itself."""
+    """This node's URL as the client reached it: the web seed it names for itself (400 for a Host that is no host)."""
+    if not is_authority(request.host):
+        raise HttpError(400, f"the Host header {request.host[:100]!r} is not a host name or address with an optional port")
     return f"{request.scheme}://{request.host}"
 
 

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edgeswarm.policy.tracker import PeerRecord
 from edgeswarm.protocol.torrent import encode
+from edgeswarm.protocol.units import ascii_decimal
 
 EVENTS = {"": "update", "started": "started", "completed": "completed", "stopped": "stopped", "paused": "update"}  # BEP 3, BEP 21
 MAX_COUNT = 1 << 62
@@ -52,10 +53,10 @@ def parse(query: str, max_answer: int) -> BtAnnounce:
         return values[0]
 
     def number(name: str, low: int, high: int, default: str | None = None) -> int:
-        text = one(name, default)
-        if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        value = ascii_decimal(one(name, default), len(str(high)))  # int() of 5 000 digits said Python's own limit
+        if value is None or not low <= value <= high:
             raise ValueError(f"parameter {name!r} must be an integer {low}..{high}")
-        return int(text)
+        return value
 
     info_hash, peer_id = one("info_hash").encode("latin-1"), one("peer_id").encode("latin-1")
     if len(info_hash) != 20:
