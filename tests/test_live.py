@@ -13,14 +13,16 @@ manifest request.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import time
 
 import pytest
-from conftest import start_p2p_edge, start_peer, status
+from conftest import start_p2p_edge, start_peer, status, until
 
 from edgeswarm.measure.livestream import SEGMENT_S, DiskWatch, LowLatencyPackager, ffmpeg_command, play_live
+from edgeswarm.policy.live import RETIRE_AFTER
 
 pytestmark = [
     pytest.mark.integration,
@@ -107,3 +109,63 @@ async def test_a_piece_of_a_deleted_segment_is_a_404_at_the_edge_not_its_failure
     async with http.get(f"{edge.url}/piece/{cid}/0") as resp:
         assert resp.status == 404, await resp.text()
         assert "no longer published" in await resp.text()
+
+
+def _segment(live, i: int, t0: int) -> None:
+    """Segment i of a 2-second stream, dated as an encoder writing in real time would date it."""
+    tmp = live / f"seg{i:05d}.ts.tmp"
+    tmp.write_bytes(bytes([i % 256]) * 20_000)
+    tmp.rename(live / f"seg{i:05d}.ts")
+    os.utime(live / f"seg{i:05d}.ts", (t0 + 2 * i, t0 + 2 * i))
+
+
+def _window(live, last: int, size: int = 3) -> None:
+    """The playlist of the last ``size`` segments (ffmpeg -hls_list_size), the one before them deleted (delete_segments)."""
+    first = max(0, last - size + 1)
+    body = "".join(f"#EXTINF:2.0,\nseg{i:05d}.ts\n" for i in range(first, last + 1))
+    tmp = live / "live.m3u8.tmp"
+    tmp.write_text(f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n{body}")
+    tmp.rename(live / "live.m3u8")
+    (live / f"seg{first - 1:05d}.ts").unlink(missing_ok=True)
+
+
+async def _held_segments(http, edge) -> set[str]:
+    async with http.get(edge.url + "/status", params={"contents": "all"}) as resp:
+        return {c["path"] for c in (await resp.json())["contents"] if c["path"].endswith(".ts")}
+
+
+async def test_an_edge_drops_the_segments_that_left_the_live_window_also_those_held_before_a_restart(
+    tmp_path, nodes, origin, published, http
+):
+    """With the default of no --max-cache an edge kept every segment it served: 8 GB and 200 000 files a day at
+    800 kbit/s (an adversarial session).  Segments over RETIRE_AFTER behind the window go, and on the first playlist
+    after a restart, those an earlier run held and the window left behind."""
+    live = published / "live"
+    live.mkdir()
+    t0 = int(time.time()) - 200
+
+    async def play(edge, first: int, last: int) -> None:
+        for i in range(first, last + 1):
+            _segment(live, i, t0)
+            _window(live, i)
+
+            async def names(want: bytes = f"seg{i:05d}.ts".encode()) -> bool:  # the edge's version naming segment i
+                async with http.get(f"{edge.url}/{PLAYLIST}") as resp:  # a 404 until the origin's watcher publishes it
+                    return resp.status == 200 and want in await resp.read()
+
+            await until(names, 10, f"the edge's playlist naming segment {i}")
+            assert await _get(http, f"{edge.url}/live/seg{i:05d}.ts") == bytes([i % 256]) * 20_000
+
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    await play(edge, 0, 24)
+    held = await _held_segments(http, edge)
+    assert len(held) <= 3 + RETIRE_AFTER + 1 and "live/seg00024.ts" in held, sorted(held)
+    assert "live/seg00005.ts" not in held
+    edge.kill()  # a restart: what it held stays on disk
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url)
+    t0 += 100  # the stream resumes 100 s later, at segment 38: all the edge held before is far behind
+    for i in (38, 39):
+        _segment(live, i, t0)
+    await play(edge, 40, 42)
+    held = await _held_segments(http, edge)
+    assert held and held <= {f"live/seg{i:05d}.ts" for i in range(38, 43)}, sorted(held)

@@ -10,10 +10,11 @@ from edgeswarm.measure import livestream
 from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies
 from edgeswarm.policy import engine, live
 from edgeswarm.policy.engine import Engine
+from edgeswarm.policy.live import LiveWindows
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol import hls
 from edgeswarm.protocol.manifest import SEGMENT_PIECE
-from edgeswarm.roles.livewatch import LiveWatcher
+from edgeswarm.roles.livewatch import MAX_PLAYLIST, LiveWatcher
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.trust.signing import load_or_create_private_key
 
@@ -275,3 +276,39 @@ def test_a_playlist_is_kept_as_signed_and_its_last_versions_stay_servable(tmp_pa
     kept = list(catalog.superseded.values())
     assert len(kept) == 8 and all(e.signed.manifest.check_piece(0, e.data) for e in kept)
     assert catalog.by_path["live/live.m3u8"].signed.content_id not in catalog.superseded
+
+
+async def test_the_watcher_publishes_the_newest_segments_of_a_playlist_over_a_megabyte(tmp_path):
+    """An event or DVR playlist grows past MAX_PLAYLIST: read from its start, its newest segments (at its end) waited
+    for the next full scan, and players got 404s for them meanwhile (an adversarial session: 51 in 20 s)."""
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    old = "".join(f"#EXTINF:2.0,\nold{i:05d}.ts\n" for i in range(3))
+    for i in range(3):
+        _write(root / f"old{i:05d}.ts", b"o" * 100)
+    _write(root / "live.m3u8", f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n{old}")
+    catalog.apply(catalog.scan_changes({}))
+    watcher = LiveWatcher(catalog)
+    padding = "".join(f"#EXT-X-PROGRAM-DATE-TIME:2026-12-05T00:00:{i % 60:02d}.000Z\n" for i in range(30_000))  # 1.4 MB
+    _write(root / "new00000.ts", b"n" * 100)
+    _write(root / "live.m3u8", f"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n{old}{padding}#EXTINF:2.0,\nnew00000.ts\n")
+    assert (root / "live.m3u8").stat().st_size > MAX_PLAYLIST
+    await watcher.check()
+    assert "live/new00000.ts" in catalog.by_path
+
+
+def test_live_windows_drop_what_fell_behind_and_the_orphans_of_an_earlier_run():
+    """A node keeps a live playlist's segments until they are RETIRE_AFTER segments behind its window; what an earlier
+    run held (named by no version this run sees) goes once the window has left its date behind."""
+    w = LiveWindows(retire_after=2)
+    assert not w.seen("live/a.m3u8")
+    held = [("live/seg00001.ts", 100), ("live/seg00002.ts", 102), ("other/seg00001.ts", 100), ("live/poster.jpg", 0)]
+    w.found("live/a.m3u8", {"live/seg00010.ts"}, held)
+    assert w.orphaned("live/a.m3u8")
+    assert w.named("live/a.m3u8", [(10, "live/seg00010.ts")], 10) == []
+    assert w.behind("live/a.m3u8", oldest=105, target=2.0) == ["live/seg00001.ts"]  # 100 < 105 - 4; 102 is not yet
+    assert w.behind("live/a.m3u8", oldest=120, target=2.0) == ["live/seg00002.ts"]  # another folder's, a poster: never
+    assert not w.orphaned("live/a.m3u8") and w.seen("live/a.m3u8")
+    for first in range(11, 14):
+        gone = w.named("live/a.m3u8", [(first, f"live/seg{first:05d}.ts")], first)
+    assert gone == ["live/seg00010.ts"]  # 10 < 13 - 2: a player far behind had two segments' time to finish it

@@ -719,3 +719,44 @@ def test_a_manifest_nested_too_deep_is_malformed_not_a_crash():
     key = Ed25519PrivateKey.generate()
     with pytest.raises(ManifestError, match="nested too deeply"):
         SignedManifest.parse(b"[" * 60_000, key.public_key())
+
+
+def test_a_version_dated_ahead_of_the_clock_stays_behind_the_next_across_a_restart(tmp_path):
+    """A playlist rewritten more than once a second is dated a second after its last version, ahead of the clock.  Its
+    folder emptied and the origin restarted, the next stream's playlist was dated now: older than what nodes held,
+    who served the dead playlist until the clock caught up (an adversarial session).  Floors ahead of the clock are
+    saved with the state; the state itself is the same document as before."""
+    root = tmp_path / "pub"
+    (root / "live").mkdir(parents=True)
+    f = root / "live" / "live.m3u8"
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    for i in range(20):  # 20 versions within a second or two: each dated a second after the last
+        f.write_text(f"#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:{i}\n")
+        catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    held = catalog.by_path["live/live.m3u8"].signed
+    assert held.manifest.modified > time.time() + 10, "ahead of the clock"
+    f.unlink()  # the stream ends, its folder is emptied
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert "live/live.m3u8" not in catalog.by_path
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["/floors"] == {"live/live.m3u8": held.manifest.modified}
+
+    catalog = Catalog(root, tmp_path / "state.json", KEY)  # the origin restarts; a new stream begins
+    f.write_text("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\n")
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert ManifestOrder().problem(catalog.by_path["live/live.m3u8"].signed, held=held) is None
+
+
+def test_the_saved_state_reloads_every_entry_as_it_was(tmp_path):
+    """The state file is written from each entry's cached row (no parse of every manifest on each save)."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    for i in range(3):
+        (root / f"f{i}.bin").write_bytes(bytes([i]) * (1000 + i))
+    catalog = Catalog(root, tmp_path / "state.json", KEY, protect=["f1.bin"])
+    catalog.apply(catalog.scan_changes({}))
+    again = Catalog(root, tmp_path / "state.json", KEY, protect=["f1.bin"])
+    assert {rel: (e.stat, e.raw, e.key) for rel, e in again.by_path.items()} == {
+        rel: (e.stat, e.raw, e.key) for rel, e in catalog.by_path.items()
+    }
+    assert again.by_path["f1.bin"].key is not None

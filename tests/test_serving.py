@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.serving import serve_file
+from edgeswarm.node.serving import file_headers, serve_file
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 
 KEY = Ed25519PrivateKey.generate()
@@ -163,3 +165,10 @@ async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_
             s.close()
         for src in sources:
             src.close()
+
+
+def test_last_modified_is_never_after_now():
+    """A playlist rewritten more than once a second is dated ahead of the clock; RFC 9110 forbids a Last-Modified after
+    the answer's Date (an adversarial session saw one 110 s ahead)."""
+    ahead = Manifest("live/live.m3u8", 10, "application/vnd.apple.mpegurl", MIN_PIECE, ("0" * 64,), int(time.time()) + 100)
+    assert parsedate_to_datetime(file_headers(SignedManifest.sign(ahead, KEY))["Last-Modified"]).timestamp() <= time.time()

@@ -16,6 +16,7 @@ import os
 import secrets
 import struct
 import termios
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -54,7 +55,8 @@ def file_headers(signed: SignedManifest) -> dict[str, str]:
     m = signed.manifest
     return {
         "ETag": signed.etag,
-        "Last-Modified": http_date(m.modified),
+        # never after Date (RFC 9110 8.8.2.1): a playlist rewritten more than once a second is dated ahead of the clock
+        "Last-Modified": http_date(min(m.modified, int(time.time()))),
         "Accept-Ranges": "bytes",
         "Content-Type": served_type(m.content_type),
         "Cache-Control": "public, max-age=0, must-revalidate",

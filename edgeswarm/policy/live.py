@@ -14,11 +14,18 @@ second per playlist and edge, however many viewers.
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Iterable
+
+from edgeswarm.policy.recent import Recent
+
 PLAYLIST_SUFFIX = ".m3u8"
 SEGMENT_SUFFIXES = (".ts", ".m4s", ".aac")  # HLS media segments (MPEG-TS, fragmented MP4, packed audio)
 PLAYLIST_REVALIDATE = 0.5  # seconds a node holds a playlist's manifest before asking upstream again
 LIVE_POLL = 0.25  # seconds between two looks of the origin at its published playlists
 LIVE_AHEAD = 2  # the newest segments of a playlist a gateway fetches through its swarm before its player asks
+RETIRE_AFTER = 6  # segments after one left a playlist before a node drops it: a player far behind still finishes it
+PLAYLISTS_FOLLOWED = 1024  # live playlists whose window a node remembers (the least recently served forgotten)
 
 
 def is_playlist(path: str) -> bool:
@@ -34,3 +41,61 @@ def is_segment(path: str) -> bool:
 def revalidate_after(path: str, default: float) -> float:
     """How long a node may hold ``path``'s manifest before asking upstream: playlists briefly."""
     return min(default, PLAYLIST_REVALIDATE) if is_playlist(path) else default
+
+
+class LiveWindows:
+    """What each live playlist a node served named, by media sequence, until it falls ``RETIRE_AFTER`` segments
+    behind the window: then the node drops it, so a live stream does not fill a cache that has no quota.
+
+    An edge kept every segment it served (8 GB and 200 000 files a day at
+    800 kbit/s, under the default of no ``--max-cache``), and a restarted
+    gateway the window it held before (an adversarial session): both follow
+    the playlists they serve with this.  What an earlier run held is named
+    by no version this run sees: on first sight of a playlist, the segments
+    of its folder it does not name are ``found`` as orphans, each dropped
+    once the window has left its date behind (``behind``).
+    """
+
+    def __init__(self, retire_after: int = RETIRE_AFTER, playlists: int = PLAYLISTS_FOLLOWED):
+        self.retire_after = retire_after
+        self.playlists = playlists
+        self._named: Recent[str, dict[int, set[str]]] = Recent(playlists)
+        self._orphans: Recent[str, dict[str, int]] = Recent(playlists)  # playlist -> its folder's unnamed segments' dates
+
+    def named(self, playlist: str, media: Iterable[tuple[int, str]], first: int) -> list[str]:
+        """Record the ``(sequence, path)`` that ``playlist`` names now (``first``: its media sequence); the paths that
+        fell ``retire_after`` segments behind its window, to drop."""
+        known = self._named.touch(playlist)
+        if known is None:
+            known = self._named[playlist] = {}
+        for sequence, path in media:
+            known.setdefault(sequence, set()).add(path)
+        gone = [q for q in known if q < first - self.retire_after]
+        return [path for q in gone for path in known.pop(q)]
+
+    def seen(self, playlist: str) -> bool:
+        """Whether ``playlist`` was followed since the start (and not forgotten among PLAYLISTS_FOLLOWED others)."""
+        return playlist in self._named
+
+    def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]]) -> None:
+        """On first sight of ``playlist``: of the ``(path, modified)`` held, its folder's segments it does not name."""
+        folder = posixpath.dirname(playlist)
+        self._orphans[playlist] = {
+            path: modified for path, modified in held if is_segment(path) and path not in named and posixpath.dirname(path) == folder
+        }
+
+    def orphaned(self, playlist: str) -> bool:
+        """Whether ``playlist`` has orphans left to drop (``behind`` needs its window's date only then)."""
+        return bool(self._orphans.get(playlist))
+
+    def behind(self, playlist: str, oldest: int, target: float) -> list[str]:
+        """The orphans of ``playlist`` dated over ``retire_after`` segment durations before ``oldest``, the date of the
+        first segment its window names now: to drop (each named once)."""
+        orphans = self._orphans.get(playlist)
+        if not orphans:
+            return []
+        cutoff = oldest - self.retire_after * target
+        gone = [path for path, modified in orphans.items() if modified < cutoff]
+        for path in gone:
+            del orphans[path]
+        return gone

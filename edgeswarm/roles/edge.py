@@ -40,6 +40,7 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
 from edgeswarm.node.upstream import OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import bitfield
+from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.peerstore import StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import RateMeter, TokenBucket
@@ -65,7 +66,7 @@ from edgeswarm.protocol.wire import (
     torrent_link,
     torrent_response,
 )
-from edgeswarm.roles import bttracker, publish
+from edgeswarm.roles import bttracker, livewindow, publish
 from edgeswarm.roles.announce import TrackerService, announced_content, batch_items, load_region_map
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
@@ -160,6 +161,7 @@ class Edge:
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
         self._bt_seed_counts: Recent[str, tuple[float, int]] = Recent(KEPT)  # info hash -> (when counted, its seeds)
+        self.live = livewindow.LiveFollow()  # the live playlists served: their segments dropped once left behind
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
         )
@@ -429,7 +431,16 @@ class Edge:
             if self.tracker is not None:  # the region's edge egress counts files to clients too
                 self.file_egress[self.region_name(request)] += n
 
-        return await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
+        response = await serve_file(request, signed, source, self.metrics, self.bucket, transform, on_sent=sent)
+        await self._follow_live(signed)
+        return response
+
+    async def _follow_live(self, signed: SignedManifest) -> None:
+        """A live playlist served (to a client, or its manifest to a child edge): the segments that left its window go."""
+        if is_playlist(signed.manifest.path) and signed.manifest.protection is None:
+            store = await self._store()
+            for gone in livewindow.drop(store, self.live.served(store, signed)[1]):
+                log.debug("dropped %s: it left the live window of %s", gone.manifest.path, signed.manifest.path)
 
     async def put_file(self, request: web.Request) -> web.Response:
         """A user publishes through this edge (roles/publish.py): the token checked here, the upload streamed to the parent."""
@@ -450,6 +461,7 @@ class Edge:
             await self.grant(request, rel)
         signed = await self.resolve(rel, self.may_fetch(request))
         raw = (await self._store()).raw_manifest(signed.content_id) or signed.to_json()
+        await self._follow_live(signed)  # a child edge's: it reads the playlist's pieces from us next (not whole yet: later)
         return manifest_response(request, signed.etag, raw, torrent_link(signed.manifest))
 
     # -- BitTorrent ------------------------------------------------------------------

@@ -27,13 +27,13 @@ from edgeswarm.policy.live import LIVE_AHEAD
 from edgeswarm.policy.vocabulary import EDGE
 from edgeswarm.protocol import hls
 from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.roles.livewindow import LiveFollow
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored
 
 if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
 
 log = logging.getLogger("edgeswarm.roles.livegateway")
-RETIRE_AFTER = 6  # segments after one left the playlist before the gateway drops it: a player far behind still finishes it
 
 
 class EdgeSource:
@@ -72,7 +72,7 @@ class LiveFollower:
         self.peer = peer
         self._following: dict[str, asyncio.Task] = {}  # playlist path -> its follow task
         self._asked: dict[str, set[str]] = {}  # playlist path -> the segments and parts already fetched ahead
-        self._media: dict[str, dict[int, set[str]]] = {}  # playlist path -> the segments (and their parts) it named, until retired
+        self._windows = LiveFollow()  # what each playlist named, until it left the window (livewindow.py)
 
     def served(self, signed: SignedManifest) -> None:
         path = signed.manifest.path
@@ -87,23 +87,14 @@ class LiveFollower:
             log.info("following %s: %s", path, task.exception())
 
     async def _follow(self, signed: SignedManifest) -> None:
-        store = self.peer.pinned.opened
-        data = b"".join(store.read_piece(signed.content_id, i) or b"" for i in range(signed.manifest.piece_count))
-        if len(data) != signed.manifest.size:
-            return  # evicted or superseded meanwhile: the next playlist request follows it
-        try:
-            playlist = hls.parse(data.decode("utf-8", errors="replace"), signed.manifest.path)
-        except hls.PlaylistError:
-            return  # a master playlist or something else: nothing to fetch ahead
+        playlist, gone = self._windows.served(self.peer.pinned.opened, signed)
+        asked = self._asked.setdefault(signed.manifest.path, set())
+        for media in gone:
+            asked.discard(media)
+            await self._retire(media)
+        if playlist is None:
+            return  # not whole here (the next playlist request follows it), or not a media playlist: nothing to fetch
         path = signed.manifest.path
-        known = self._media.setdefault(path, {})
-        for m in playlist.media:
-            known.setdefault(m.sequence, set()).add(m.path)
-        asked = self._asked.setdefault(path, set())
-        for sequence in [q for q in known if q < playlist.media_sequence - RETIRE_AFTER]:
-            for media in known.pop(sequence):
-                asked.discard(media)
-                await self._retire(media)
         for media in _ahead(playlist):
             if media in asked:
                 continue

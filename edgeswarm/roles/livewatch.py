@@ -28,7 +28,7 @@ from edgeswarm.protocol import hls
 from edgeswarm.store.catalog import Catalog, Entry, _stat_key
 
 log = logging.getLogger("edgeswarm.roles.livewatch")
-MAX_PLAYLIST = 1 << 20  # a media playlist of a live window is a few hundred bytes; anything this large is not one
+MAX_PLAYLIST = 1 << 20  # bytes of a playlist read: all of a live window's, the newest end of a long DVR or event one
 
 
 class LiveWatcher:
@@ -94,11 +94,23 @@ class LiveWatcher:
 
 
 def _media(file: Path, rel: str) -> tuple[tuple[int, int, int] | None, list[str]]:
-    """The playlist file's stat key as read, and the segments and parts it names; none if it is unreadable or not a playlist."""
+    """The playlist file's stat key as read, and the segments and parts it names; none if it is unreadable or not a playlist.
+
+    Of a playlist over MAX_PLAYLIST (an event or DVR window of hours), its
+    head's tags and its last MAX_PLAYLIST bytes, from a line's start: new
+    segments are appended, and read from its first megabyte the newest went
+    unpublished until the next full scan, a player's 404s meanwhile (an
+    adversarial session: 51 in 20 s).
+    """
     try:
         with open(file, "rb") as f:
             key = _stat_key(os.fstat(f.fileno()))
-            text = f.read(MAX_PLAYLIST).decode("utf-8", errors="replace")
+            data = f.read(MAX_PLAYLIST)
+            if key[0] > MAX_PLAYLIST:
+                head = data.split(b"#EXTINF", 1)[0]  # the header's tags (#EXTM3U first), before the first segment
+                f.seek(key[0] - MAX_PLAYLIST)
+                data = head + f.read(MAX_PLAYLIST).split(b"\n", 1)[-1]  # from the first whole line
+            text = data.decode("utf-8", errors="replace")
     except OSError:
         return None, []
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ KEPT_PLAYLIST = 1 << 20  # a playlist up to this size is kept in memory as signe
 SUPERSEDED_KEPT = 8  # superseded playlist versions still served by id: a node that was handed one can fetch its bytes
 FLOORS_KEPT = 100_000  # paths whose last version is remembered after it left the catalogue (see Catalog._floor)
 PARTIAL = ".tmp"  # a writer's name for a file not yet complete (ffmpeg's hls temp_file): renamed when done
+AHEAD = "/floors"  # the state file's row of floors ahead of the clock (Catalog._write_state): no published path starts with /
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class Entry:
     raw: bytes  # the signed manifest as served
     key: bytes | None = None  # a protected file's content key: released only to token holders
     data: bytes | None = None  # a live playlist's bytes as signed: served from memory, as the file is rewritten at every segment
+
+    @functools.cached_property
+    def row(self) -> str:
+        """This entry as the state file saves it (JSON), made once: a save wrote every entry anew, parsing each signed
+        manifest again to do so (a quarter of a second of the origin's loop at 20 000 files, on each live playlist
+        version: an adversarial session)."""
+        key = f',"key":"{self.key.hex()}"' if self.key else ""
+        return f'{{"stat":{json.dumps(list(self.stat))},"signed":{self.raw.decode()}{key}}}'
 
     def unchanged(self) -> bool:
         """Whether the file on disk is still the one hashed (same size, mtime and inode), as a scan would judge it."""
@@ -130,6 +140,9 @@ class Catalog:
             log.warning("ignoring unreadable catalogue state %s: not a JSON object", self.state_file)
             return
         self._history_lost = False
+        ahead = state.pop(AHEAD, None)
+        if isinstance(ahead, dict):
+            self._floor.update((rel, m) for rel, m in ahead.items() if isinstance(rel, str) and type(m) is int)
         public = self.key.public_key()  # once: every row's signature is checked against it
         for rel, row in state.items():
             try:
@@ -173,13 +186,18 @@ class Catalog:
             self._unsaved = False
 
     def _write_state(self) -> None:
-        state = {
-            rel: {"stat": list(e.stat), "signed": json.loads(e.raw), **({"key": e.key.hex()} if e.key else {})}
-            for rel, e in self.by_path.items()
-        }
+        """Every entry's row, and the floors still ahead of the clock (``AHEAD``): a playlist rewritten more than once
+        a second dates each version a second after the last, ahead of the clock, and when its folder was emptied and
+        the origin restarted, the next stream's versions (dated now) were older than what nodes held: they served the
+        dead playlist on until the clock caught up (an adversarial session)."""
+        now = time.time()
+        rows = [f"{json.dumps(rel)}:{e.row}" for rel, e in self.by_path.items()]
+        ahead = {rel: modified for rel, modified in self._floor.items() if modified > now}
+        if ahead:
+            rows.append(f"{json.dumps(AHEAD)}:{json.dumps(ahead)}")
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         # mode: it holds content keys; no flush: it only spares a restart hashing, and is rewritten on every change
-        write_whole(self.state_file, json.dumps(state).encode(), mode=0o600, flush=False)
+        write_whole(self.state_file, ("{" + ",".join(rows) + "}").encode(), mode=0o600, flush=False)
 
     def _add(self, rel: str, entry: Entry) -> None:
         old = self.by_path.get(rel)

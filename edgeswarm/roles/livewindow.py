@@ -1,0 +1,67 @@
+"""Which live segments a node drops once they left their playlist's window: the edge and the peer's gateway alike.
+
+A node follows each live playlist version it serves (``policy.live.LiveWindows``)
+and drops the segments that fell behind: an edge under the default of no
+``--max-cache`` kept every segment of a stream for good, and a restarted
+gateway the window it held before its restart (an adversarial session).
+"""
+
+from __future__ import annotations
+
+from edgeswarm.policy.live import LiveWindows
+from edgeswarm.policy.recent import Recent
+from edgeswarm.protocol import hls
+from edgeswarm.protocol.manifest import SignedManifest
+from edgeswarm.store.piecestore import PieceStore
+
+
+class LiveFollow:
+    """The windows of the playlists a node serves, and the version of each it read last (each is read once)."""
+
+    def __init__(self) -> None:
+        self.windows = LiveWindows()
+        self._read: Recent[str, tuple[str, hls.MediaPlaylist]] = Recent(self.windows.playlists)  # path -> (id, parsed)
+
+    def served(self, store: PieceStore, signed: SignedManifest) -> tuple[hls.MediaPlaylist | None, list[str]]:
+        """A playlist version just served: itself parsed (None if it is not a media playlist, or not whole here), and
+        the segment paths to drop now (none for a version read already)."""
+        path = signed.manifest.path
+        last = self._read.touch(path)
+        if last is not None and last[0] == signed.content_id:
+            return last[1], []
+        data = b"".join(store.read_piece(signed.content_id, i) or b"" for i in range(signed.manifest.piece_count))
+        if len(data) != signed.manifest.size:
+            return None, []  # evicted or superseded meanwhile: the next request looks again
+        try:
+            playlist = hls.parse(data.decode("utf-8", errors="replace"), path)
+        except hls.PlaylistError:
+            return None, []  # a master playlist or something else: no window
+        self._read[path] = (signed.content_id, playlist)
+        if not self.windows.seen(path):  # the first look since the start: what an earlier run held is named nowhere
+            self.windows.found(path, set(playlist.media_paths), ((s.manifest.path, s.manifest.modified) for s in store.contents()))
+        gone = self.windows.named(path, ((m.sequence, m.path) for m in playlist.media), playlist.media_sequence)
+        oldest = _oldest(store, playlist) if self.windows.orphaned(path) else None
+        if oldest is not None:
+            gone += self.windows.behind(path, oldest, playlist.target_duration)
+        return playlist, gone
+
+
+def _oldest(store: PieceStore, playlist: hls.MediaPlaylist) -> int | None:
+    """The date of the first segment the playlist names, from any of its segments held here (dated as written, one
+    target duration apart); None if none is held."""
+    for segment in playlist.segments:
+        held = store.manifest_for_path(segment.path)
+        if held is not None:
+            return int(held.manifest.modified - (segment.sequence - playlist.media_sequence) * playlist.target_duration)
+    return None
+
+
+def drop(store: PieceStore, paths: list[str]) -> list[SignedManifest]:
+    """Drop the held contents at ``paths``; those dropped."""
+    dropped = []
+    for path in paths:
+        signed = store.manifest_for_path(path)
+        if signed is not None:
+            store.drop_content(signed.content_id)
+            dropped.append(signed)
+    return dropped
