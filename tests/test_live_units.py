@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.measure import livestream
 from edgeswarm.measure.livestream import DiskWatch, LiveView, ffmpeg_command, floor_latencies, latencies
@@ -13,9 +15,11 @@ from edgeswarm.policy.engine import Engine
 from edgeswarm.policy.live import LiveWindows
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol import hls
-from edgeswarm.protocol.manifest import SEGMENT_PIECE
+from edgeswarm.protocol.manifest import SEGMENT_PIECE, Manifest, SignedManifest
 from edgeswarm.roles.livewatch import MAX_PLAYLIST, LiveWatcher
+from edgeswarm.roles.livewindow import LiveFollow
 from edgeswarm.store.catalog import Catalog
+from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust.signing import load_or_create_private_key
 
 PLAYLIST = """#EXTM3U
@@ -312,3 +316,26 @@ def test_live_windows_drop_what_fell_behind_and_the_orphans_of_an_earlier_run():
     for first in range(11, 14):
         gone = w.named("live/a.m3u8", [(first, f"live/seg{first:05d}.ts")], first)
     assert gone == ["live/seg00010.ts"]  # 10 < 13 - 2: a player far behind had two segments' time to finish it
+
+
+def test_a_playlist_that_ended_drops_nothing(tmp_path):
+    """Video on demand (#EXT-X-ENDLIST) never slides: no segment leaves its window, and the other renditions of its
+    folder, encoded at other times, are no one's orphans."""
+    key = Ed25519PrivateKey.generate()
+    store = PieceStore(tmp_path / "cache", key.public_key(), None)
+
+    def held(path: str, data: bytes, modified: int) -> SignedManifest:
+        m = Manifest(path, len(data), "video/mp2t", SEGMENT_PIECE, (hashlib.sha256(data).hexdigest(),), modified)
+        signed = SignedManifest.sign(m, key)
+        store.put_manifest(signed, signed.to_json())
+        store.put_piece(signed.content_id, 0, data)
+        return signed
+
+    held("vod/720p_00000.ts", b"a" * 100, 1_000)  # another rendition, encoded long before
+    held("vod/360p_00000.ts", b"b" * 100, 5_000)
+    vod = held("vod/360p.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n360p_00000.ts\n#EXT-X-ENDLIST\n", 5_001)
+    follow = LiveFollow()
+    playlist, gone = follow.served(store, vod)
+    assert playlist is not None and playlist.ended and gone == []
+    live = held("vod/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n360p_00000.ts\n", 5_002)
+    assert follow.served(store, live)[1] == ["vod/720p_00000.ts"]  # the control: a live one's folder has that orphan

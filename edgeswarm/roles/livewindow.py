@@ -37,6 +37,8 @@ class LiveFollow:
         except hls.PlaylistError:
             return None, []  # a master playlist or something else: no window
         self._read[path] = (signed.content_id, playlist)
+        if playlist.ended:  # video on demand, or a stream that ended: nothing leaves its window (nor are other
+            return playlist, []  # renditions of its folder, encoded at other times, any playlist's orphans)
         if not self.windows.seen(path):  # the first look since the start: what an earlier run held is named nowhere
             self.windows.found(path, set(playlist.media_paths), ((s.manifest.path, s.manifest.modified) for s in store.contents()))
         gone = self.windows.named(path, ((m.sequence, m.path) for m in playlist.media), playlist.media_sequence)
