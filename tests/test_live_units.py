@@ -339,3 +339,17 @@ def test_a_playlist_that_ended_drops_nothing(tmp_path):
     assert playlist is not None and playlist.ended and gone == []
     live = held("vod/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n360p_00000.ts\n", 5_002)
     assert follow.served(store, live)[1] == ["vod/720p_00000.ts"]  # the control: a live one's folder has that orphan
+
+
+def test_a_live_playlist_no_one_asks_for_gives_its_window_up():
+    """Its viewers left or the stream ended: the last window was kept for good (about 9 segments a stream ever watched)."""
+    w = LiveWindows(retire_after=2)
+    w.asked("a.m3u8", 0.0)
+    w.named("a.m3u8", [(5, "a5.ts"), (6, "a6.ts")], 5)
+    w.asked("b.m3u8", 100.0)
+    w.named("b.m3u8", [(1, "b1.ts")], 1)
+    assert w.idle(60.0, after=120.0) == []
+    assert sorted(w.idle(125.0, after=120.0)) == ["a5.ts", "a6.ts"]  # b was asked for 25 s ago
+    assert not w.seen("a.m3u8") and w.seen("b.m3u8")
+    assert w.idle(130.0, after=120.0) == []  # looked at most every 12 s
+    assert w.idle(300.0, after=120.0) == ["b1.ts"]

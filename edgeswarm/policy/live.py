@@ -26,6 +26,7 @@ LIVE_POLL = 0.25  # seconds between two looks of the origin at its published pla
 LIVE_AHEAD = 2  # the newest segments of a playlist a gateway fetches through its swarm before its player asks
 RETIRE_AFTER = 6  # segments after one left a playlist before a node drops it: a player far behind still finishes it
 PLAYLISTS_FOLLOWED = 1024  # live playlists whose window a node remembers (the least recently served forgotten)
+IDLE_AFTER = 120.0  # seconds a live playlist nobody asked for keeps its window: then its segments go too
 
 
 def is_playlist(path: str) -> bool:
@@ -53,7 +54,9 @@ class LiveWindows:
     the playlists they serve with this.  What an earlier run held is named
     by no version this run sees: on first sight of a playlist, the segments
     of its folder it does not name are ``found`` as orphans, each dropped
-    once the window has left its date behind (``behind``).
+    once the window has left its date behind (``behind``).  A playlist no
+    one has asked for in ``IDLE_AFTER`` seconds (its viewers left, or the
+    stream ended) gives its whole window up (``idle``).
     """
 
     def __init__(self, retire_after: int = RETIRE_AFTER, playlists: int = PLAYLISTS_FOLLOWED):
@@ -61,6 +64,8 @@ class LiveWindows:
         self.playlists = playlists
         self._named: Recent[str, dict[int, set[str]]] = Recent(playlists)
         self._orphans: Recent[str, dict[str, int]] = Recent(playlists)  # playlist -> its folder's unnamed segments' dates
+        self._asked: Recent[str, float] = Recent(playlists)  # playlist -> when it was last served
+        self._next_idle = 0.0
 
     def named(self, playlist: str, media: Iterable[tuple[int, str]], first: int) -> list[str]:
         """Record the ``(sequence, path)`` that ``playlist`` names now (``first``: its media sequence); the paths that
@@ -98,4 +103,21 @@ class LiveWindows:
         gone = [path for path, modified in orphans.items() if modified < cutoff]
         for path in gone:
             del orphans[path]
+        return gone
+
+    def asked(self, playlist: str, now: float) -> None:
+        """``playlist`` was served at ``now``."""
+        self._asked[playlist] = now
+
+    def idle(self, now: float, after: float = IDLE_AFTER) -> list[str]:
+        """Every segment still kept for the playlists not served for ``after`` seconds, which are forgotten (looked
+        at most every tenth of ``after``: the tables are in order of last use, so a look stops at the first one asked)."""
+        if now < self._next_idle:
+            return []
+        self._next_idle = now + after / 10
+        gone: list[str] = []
+        while self._asked and now - next(iter(self._asked.values())) > after:
+            playlist, _ = self._asked.popitem(last=False)
+            gone += [path for paths in self._named.pop(playlist, {}).values() for path in paths]
+            gone += list(self._orphans.pop(playlist, {}))
         return gone

@@ -8,6 +8,8 @@ gateway the window it held before its restart (an adversarial session).
 
 from __future__ import annotations
 
+import time
+
 from edgeswarm.policy.live import LiveWindows
 from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import hls
@@ -24,7 +26,14 @@ class LiveFollow:
 
     def served(self, store: PieceStore, signed: SignedManifest) -> tuple[hls.MediaPlaylist | None, list[str]]:
         """A playlist version just served: itself parsed (None if it is not a media playlist, or not whole here), and
-        the segment paths to drop now (none for a version read already)."""
+        the segment paths to drop now (of other playlists too: those no one asked for lately, ``LiveWindows.idle``)."""
+        path, now = signed.manifest.path, time.monotonic()
+        self.windows.asked(path, now)
+        idle = self.windows.idle(now)
+        playlist, gone = self._read_version(store, signed)
+        return playlist, idle + gone
+
+    def _read_version(self, store: PieceStore, signed: SignedManifest) -> tuple[hls.MediaPlaylist | None, list[str]]:
         path = signed.manifest.path
         last = self._read.touch(path)
         if last is not None and last[0] == signed.content_id:
