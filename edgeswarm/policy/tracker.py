@@ -3,9 +3,10 @@
 Sans-IO: the edge's announce handler feeds it, time is passed in.  Ranking,
 in order: locality (under ``strict`` other regions are never handed out; under
 ``prefer`` they come last), usefulness (holds pieces the asker lacks), seeds
-first (to a seed, leechers first), more useful pieces, measured upload.  The last tie-break is a hash of
-(asker, candidate): deterministic, yet different askers get different first
-peers, so nobody becomes a hot spot just by sorting first.
+first (to a seed, leechers first), more useful pieces, measured upload.  The
+last tie-break is a hash of (asker, candidate): deterministic, yet different
+askers get different first peers, so nobody becomes a hot spot just by
+sorting first.
 
 Identity: a peer id means something only with its *owner* - the token's user,
 or without tokens the address the peer announces from - because a peer mints
