@@ -192,6 +192,12 @@ async def test_a_page_published_on_the_cdn_runs_no_script_at_the_gateway(deploym
     assert any("sandboxed" in e and "allow-scripts" in e for e in page.errors), page.errors
 
 
+async def test_a_film_opened_at_the_gateway_plays_by_itself(deployment, page):
+    """Media are not sandboxed: under the sandbox a film opened straight from the gateway stayed at 0 s in Chromium."""
+    await page.goto(deployment["gateway"] + "/v/film.mp4")
+    await page.wait_for_function("document.querySelector('video') && document.querySelector('video').currentTime > 0.5", timeout=WAIT_MS)
+
+
 async def test_a_page_of_another_origin_cannot_read_the_gateways_metrics(deployment, page):
     """The gateway's /metrics names every content its user fetched: for the user only, as its /status (no CORS "*")."""
     with pytest.raises(Exception, match="Failed to fetch"):

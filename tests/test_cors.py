@@ -17,7 +17,18 @@ from edgeswarm.cli import build_parser, main
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.protocol.cors import ALLOW_HEADERS, ANY, EXPOSE_HEADERS, MAX_AGE, PUBLIC, CorsPolicy, gateway_host, merge_vary, parse_origin
+from edgeswarm.protocol.cors import (
+    ALLOW_HEADERS,
+    ANY,
+    EXPOSE_HEADERS,
+    MAX_AGE,
+    PUBLIC,
+    CorsPolicy,
+    gateway_host,
+    merge_vary,
+    parse_origin,
+    sandboxed,
+)
 
 PAGE = "http://player.test:8000"  # the web player's origin
 OTHER = "https://evil.test"
@@ -371,8 +382,22 @@ def test_gateway_host_takes_addresses_localhost_and_listed_names_only():
     assert not gateway_host("tv.lan.evil.test", ("tv.lan",))
 
 
-@pytest.mark.parametrize("text", ["http://tv.lan", "tv.lan:1111", "tv lan", "", "user@tv.lan", "tv.lan/x"])
+@pytest.mark.parametrize("text", ["http://tv.lan", "tv lan", "", "user@tv.lan", "tv.lan/x", "tv.lan:99999"])
 def test_cli_refuses_a_gateway_host_that_is_not_a_name(text, tmp_path, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["peer", "--cache", str(tmp_path), "--edge", "http://127.0.0.1:9", "--gateway-host", text])
     assert "not a host name" in capsys.readouterr().err
+
+
+def test_a_host_name_flag_may_carry_a_port_which_is_dropped():
+    """`--only-origin cdn.example.com:8443` started an edge before: the Host's port is never compared."""
+    args = build_parser().parse_args(["edge", "--cache", "c", "--parent", "http://o:1", "--only-origin", "CDN.example.com:8443"])
+    assert args.only_origin == ["cdn.example.com"]
+
+
+def test_only_what_could_be_a_document_is_sandboxed():
+    """A film opened at the gateway in a browser did not play by itself under the sandbox (an adversarial session)."""
+    for media in ("video/mp4", "audio/mpeg", "image/png", "image/jpeg; charset=binary"):
+        assert not sandboxed(media), media
+    for document in ("text/html; charset=utf-8", "image/svg+xml", "application/xml", "application/pdf", "application/octet-stream", ""):
+        assert sandboxed(document), document

@@ -318,9 +318,8 @@ def test_live_windows_drop_what_fell_behind_and_the_orphans_of_an_earlier_run():
     assert gone == ["live/seg00010.ts"]  # 10 < 13 - 2: a player far behind had two segments' time to finish it
 
 
-def test_a_playlist_that_ended_drops_nothing(tmp_path):
-    """Video on demand (#EXT-X-ENDLIST) never slides: no segment leaves its window, and the other renditions of its
-    folder, encoded at other times, are no one's orphans."""
+def _store_of(tmp_path):
+    """A piece store, and a function that puts one whole one-piece content in it (path, bytes, modified)."""
     key = Ed25519PrivateKey.generate()
     store = PieceStore(tmp_path / "cache", key.public_key(), None)
 
@@ -330,6 +329,14 @@ def test_a_playlist_that_ended_drops_nothing(tmp_path):
         store.put_manifest(signed, signed.to_json())
         store.put_piece(signed.content_id, 0, data)
         return signed
+
+    return store, held
+
+
+def test_a_playlist_that_ended_drops_nothing(tmp_path):
+    """Video on demand (#EXT-X-ENDLIST) never slides: no segment leaves its window, and the other renditions of its
+    folder, encoded at other times, are no one's orphans."""
+    store, held = _store_of(tmp_path)
 
     held("vod/720p_00000.ts", b"a" * 100, 1_000)  # another rendition, encoded long before
     held("vod/360p_00000.ts", b"b" * 100, 5_000)
@@ -353,3 +360,29 @@ def test_a_live_playlist_no_one_asks_for_gives_its_window_up():
     assert not w.seen("a.m3u8") and w.seen("b.m3u8")
     assert w.idle(130.0, after=120.0) == []  # looked at most every 12 s
     assert w.idle(300.0, after=120.0) == ["b1.ts"]
+
+
+def test_a_playlist_drops_only_segments_of_its_own_folder_and_a_repeated_one_once_its_last_naming_left():
+    """A user's playlist naming ../../films/big.bin made an edge drop that film each time its window moved; a slate
+    repeated at every sequence was dropped while the window still named it (an adversarial session)."""
+    w = LiveWindows(retire_after=1)
+    for first in range(5):
+        assert w.named("users/m/x.m3u8", [(first, "films/big.bin"), (first, "users/m/notes.txt")], first) == []
+    for first in range(3, 12):
+        gone = w.named("live/a.m3u8", [(first, "live/slate.ts"), (first, f"live/s{first}.ts")], first)
+        assert "live/slate.ts" not in gone, first
+    assert gone == ["live/s9.ts"]
+    assert w.named("live/a.m3u8", [(20, "live/s20.ts")], 20) == ["live/s10.ts", "live/s11.ts", "live/slate.ts"]
+
+
+def test_a_recording_beside_a_live_stream_is_no_orphan_of_it(tmp_path):
+    """The live playlist's folder also holds a finished recording, still published: its segments, named by its own
+    playlist, were dropped as leftovers of an earlier run (an adversarial session)."""
+    store, held = _store_of(tmp_path)
+
+    held("ch/rec_00000.ts", b"r" * 100, 1_000)
+    held("ch/rec.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nrec_00000.ts\n#EXT-X-ENDLIST\n", 1_001)
+    held("ch/old_00000.ts", b"o" * 100, 1_000)  # an earlier run's live segment: named by no playlist
+    held("ch/live_00050.ts", b"l" * 100, 5_000)
+    live = held("ch/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:50\n#EXTINF:2.0,\nlive_00050.ts\n", 5_001)
+    assert LiveFollow().served(store, live)[1] == ["ch/old_00000.ts"]

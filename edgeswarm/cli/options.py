@@ -77,12 +77,11 @@ def url(text: str) -> str:
 
 
 def host_name(text: str) -> str:
-    """A host name a node answers under (``--only-origin``, ``--gateway-host``): as a Host header names it, lower case."""
+    """A host name a node answers under (``--only-origin``, ``--gateway-host``): as a Host header names it, lower case;
+    a port given with it is dropped (the Host's port is never compared)."""
     name = httpspec.host_name(text)
-    if not name or name != text.strip().lower().rstrip(".") or any(c in name for c in "/@ "):
-        raise argparse.ArgumentTypeError(
-            f"not a host name: {text!r} (give the name alone, such as cdn.example.com: no scheme, port or path)"
-        )
+    if not name or not httpspec.is_authority(text.strip().rstrip(".")):
+        raise argparse.ArgumentTypeError(f"not a host name: {text!r} (give the name, such as cdn.example.com: no scheme, user or path)")
     return name
 
 

@@ -44,6 +44,12 @@ def revalidate_after(path: str, default: float) -> float:
     return min(default, PLAYLIST_REVALIDATE) if is_playlist(path) else default
 
 
+def _within(playlist: str, path: str) -> bool:
+    """Whether ``path`` is a segment in ``playlist``'s folder or below it (paths are resolved: no ``..`` is left)."""
+    folder = posixpath.dirname(playlist)
+    return is_segment(path) and (not folder or path.startswith(folder + "/"))
+
+
 class LiveWindows:
     """What each live playlist a node served named, by media sequence, until it falls ``RETIRE_AFTER`` segments
     behind the window: then the node drops it, so a live stream does not fill a cache that has no quota.
@@ -69,21 +75,30 @@ class LiveWindows:
 
     def named(self, playlist: str, media: Iterable[tuple[int, str]], first: int) -> list[str]:
         """Record the ``(sequence, path)`` that ``playlist`` names now (``first``: its media sequence); the paths that
-        fell ``retire_after`` segments behind its window, to drop."""
+        fell ``retire_after`` segments behind its window, to drop.
+
+        Only segments of the playlist's own folder (or below) count: a user's
+        playlist naming ``../../films/big.bin`` made an edge drop that film
+        each time its window moved (an adversarial session).  A path named
+        again later (a repeated slate) goes only once its last naming has.
+        """
         known = self._named.touch(playlist)
         if known is None:
             known = self._named[playlist] = {}
         for sequence, path in media:
-            known.setdefault(sequence, set()).add(path)
-        gone = [q for q in known if q < first - self.retire_after]
-        return [path for q in gone for path in known.pop(q)]
+            if _within(playlist, path):
+                known.setdefault(sequence, set()).add(path)
+        gone = {path for q in [q for q in known if q < first - self.retire_after] for path in known.pop(q)}
+        still = {path for paths in known.values() for path in paths}
+        return sorted(gone - still)
 
     def seen(self, playlist: str) -> bool:
         """Whether ``playlist`` was followed since the start (and not forgotten among PLAYLISTS_FOLLOWED others)."""
         return playlist in self._named
 
     def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]]) -> None:
-        """On first sight of ``playlist``: of the ``(path, modified)`` held, its folder's segments it does not name."""
+        """On first sight of ``playlist``: of the ``(path, modified)`` held, its folder's segments it does not name
+        (``named``: also those the folder's other playlists name, a recording's beside a live stream)."""
         folder = posixpath.dirname(playlist)
         self._orphans[playlist] = {
             path: modified for path, modified in held if is_segment(path) and path not in named and posixpath.dirname(path) == folder

@@ -31,7 +31,8 @@ the gateway answers only requests addressed to an IP address, ``localhost``
 or a name the user lists (``gateway_host``), as Transmission's RPC host
 whitelist does.  And a file the gateway serves is never a page of its
 origin: a user's HTML uploaded to the CDN, opened there, would be (the
-gateway sends files with ``Content-Security-Policy: sandbox``, SANDBOX).
+gateway sends what could be such a document, all but media, with
+``Content-Security-Policy: sandbox``: ``sandboxed``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ ALLOW_METHODS = SAFE_METHODS
 ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since")
 EXPOSE_HEADERS = ("Accept-Ranges", "Content-Length", "Content-Range", "ETag", "Retry-After", "WWW-Authenticate")
 MAX_AGE = 7200  # seconds a browser may keep a preflight's answer (Chromium's own cap is 2 h)
-# a served file is a document of an origin of its own with no scripts, and its type is what it says
-SANDBOX = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a served file's type is what it says, never guessed
+SANDBOX = {"Content-Security-Policy": "sandbox"}  # a document of an origin of its own, with no scripts
+
+
+def sandboxed(content_type: str) -> bool:
+    """Whether an answer of ``content_type`` could be a document that runs script (HTML, SVG, XML, PDF, anything
+    unknown): sandboxed.  Not media: a film opened in the browser plays by itself only outside a sandbox."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return not (kind.startswith(("video/", "audio/")) or (kind.startswith("image/") and "svg" not in kind))
+
 
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$", re.IGNORECASE)  # scheme://host[:port], nothing after
 

@@ -8,9 +8,10 @@ gateway the window it held before its restart (an adversarial session).
 
 from __future__ import annotations
 
+import posixpath
 import time
 
-from edgeswarm.policy.live import LiveWindows
+from edgeswarm.policy.live import LiveWindows, is_playlist
 from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import hls
 from edgeswarm.protocol.manifest import SignedManifest
@@ -38,23 +39,42 @@ class LiveFollow:
         last = self._read.touch(path)
         if last is not None and last[0] == signed.content_id:
             return last[1], []
-        data = b"".join(store.read_piece(signed.content_id, i) or b"" for i in range(signed.manifest.piece_count))
-        if len(data) != signed.manifest.size:
-            return None, []  # evicted or superseded meanwhile: the next request looks again
-        try:
-            playlist = hls.parse(data.decode("utf-8", errors="replace"), path)
-        except hls.PlaylistError:
-            return None, []  # a master playlist or something else: no window
+        playlist = _parsed(store, signed)
+        if playlist is None:
+            return None, []  # not whole here (the next request looks again), or a master playlist: no window
         self._read[path] = (signed.content_id, playlist)
         if playlist.ended:  # video on demand, or a stream that ended: nothing leaves its window (nor are other
             return playlist, []  # renditions of its folder, encoded at other times, any playlist's orphans)
         if not self.windows.seen(path):  # the first look since the start: what an earlier run held is named nowhere
-            self.windows.found(path, set(playlist.media_paths), ((s.manifest.path, s.manifest.modified) for s in store.contents()))
+            held = [s for s in store.contents()]
+            named = set(playlist.media_paths).union(*(_named_by(store, s, path) for s in held))
+            self.windows.found(path, named, ((s.manifest.path, s.manifest.modified) for s in held))
         gone = self.windows.named(path, ((m.sequence, m.path) for m in playlist.media), playlist.media_sequence)
         oldest = _oldest(store, playlist) if self.windows.orphaned(path) else None
         if oldest is not None:
             gone += self.windows.behind(path, oldest, playlist.target_duration)
         return playlist, gone
+
+
+def _parsed(store: PieceStore, signed: SignedManifest) -> hls.MediaPlaylist | None:
+    """A held media playlist, parsed; None if it is not whole here or not one."""
+    data = b"".join(store.read_piece(signed.content_id, i) or b"" for i in range(signed.manifest.piece_count))
+    if len(data) != signed.manifest.size:
+        return None
+    try:
+        return hls.parse(data.decode("utf-8", errors="replace"), signed.manifest.path)
+    except hls.PlaylistError:
+        return None
+
+
+def _named_by(store: PieceStore, other: SignedManifest, playlist: str) -> set[str]:
+    """What ``other``, if it is another playlist of ``playlist``'s folder held here, names: not orphans of this one (a
+    recording beside a live stream)."""
+    path = other.manifest.path
+    if path == playlist or not is_playlist(path) or posixpath.dirname(path) != posixpath.dirname(playlist):
+        return set()
+    parsed = _parsed(store, other)
+    return set(parsed.media_paths) if parsed is not None else set()
 
 
 def _oldest(store: PieceStore, playlist: hls.MediaPlaylist) -> int | None:

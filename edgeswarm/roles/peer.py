@@ -49,7 +49,7 @@ from edgeswarm.policy.subtracking import AnnounceRoute
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed, jsondoc
-from edgeswarm.protocol.cors import SANDBOX, gateway_host
+from edgeswarm.protocol.cors import NOSNIFF, SANDBOX, gateway_host, sandboxed
 from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, retry_after
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
@@ -1395,10 +1395,12 @@ def _subscriber(request: web.Request) -> tuple[str, str, str | None] | None:
 
 
 async def _sandboxed(_: web.Request, response: web.StreamResponse) -> None:
-    """Every gateway answer is a document of no origin, running no script (cors.SANDBOX): a CDN file opened in the
-    browser, an HTML page a user published, must not be a page of the gateway's origin, which reads the user's
-    protected films and /status as its own."""
-    response.headers.update(SANDBOX)
+    """A gateway answer that could be a document is one of no origin, running no script (cors.sandboxed): a CDN file
+    opened in the browser, an HTML page a user published, must not be a page of the gateway's origin, which reads the
+    user's protected films and /status as its own.  Media are not (a film opened there plays by itself)."""
+    response.headers.update(NOSNIFF)
+    if sandboxed(response.content_type):
+        response.headers.update(SANDBOX)
 
 
 async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], access_log: bool, limits: ServerLimits | None = None) -> None:
