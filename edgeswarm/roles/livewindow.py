@@ -46,7 +46,7 @@ class LiveFollow:
         if playlist.ended:  # video on demand, or a stream that ended: nothing leaves its window (nor are other
             return playlist, []  # renditions of its folder, encoded at other times, any playlist's orphans)
         if not self.windows.seen(path):  # the first look since the start: what an earlier run held is named nowhere
-            held = [s for s in store.contents()]
+            held = list(store.contents())
             named = set(playlist.media_paths).union(*(_named_by(store, s, path) for s in held))
             self.windows.found(path, named, ((s.manifest.path, s.manifest.modified) for s in held))
         gone = self.windows.named(path, ((m.sequence, m.path) for m in playlist.media), playlist.media_sequence)
