@@ -21,13 +21,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeswarm.protocol import jsondoc
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger(__name__)
 READ_CHUNK = 1 << 20
@@ -112,14 +112,12 @@ class Staging:
             self.discard(held)
         self.dir.mkdir(parents=True, exist_ok=True)
         upload = Upload(user, path, length, sha256, self.dir / f"{self._key(user, path)}.part")
-        tmp = upload.meta.with_suffix(".json.tmp")
+        declared = {"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}
         try:
             upload.part.write_bytes(b"")
-            tmp.write_text(json.dumps({"user": user, "path": path, "length": length, "sha256": sha256, "started": time.time()}))
-            os.replace(tmp, upload.meta)
+            write_whole(upload.meta, json.dumps(declared).encode(), flush=False)  # whole or absent, its temporary file gone
         except OSError:  # a full disk: every refused attempt left an empty part and declaration behind
-            for f in (upload.part, tmp):
-                f.unlink(missing_ok=True)
+            upload.part.unlink(missing_ok=True)
             raise
         self._note(user, path, length)
         return upload
