@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
+from edgeswarm.protocol.cors import NOSNIFF
 from edgeswarm.protocol.httpspec import Validators, http_date, not_modified
 
 STATIC = Path(__file__).parent / "static"
@@ -53,7 +54,7 @@ CSP = (
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
+    **NOSNIFF,
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
