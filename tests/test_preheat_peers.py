@@ -53,6 +53,9 @@ def test_preheat_peers_asks_a_share_of_the_volunteers_and_only_them(nodes, tmp_p
     bystander = start_peer(nodes, tmp_path, edge.url, 6)  # takes no orders: its disk is its user's
     wait(lambda: get(edge.url + "/preheat")["volunteers"].get("east") == 5, "the volunteers never asked the edge for orders")
     wait(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/{PATH}").stdout == b"200", "not published")
+    # a page of a site whose name was rebound to 127.0.0.1 comes from loopback too, but under its own name
+    rebound = curl("-H", "Host: rebound.test", "-w", "\n%{http_code}", edge.url + "/preheat").stdout.decode()
+    assert rebound.endswith("\n403") and "loopback" in rebound, rebound
     cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "50%", "--no-progress"]
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stderr

@@ -274,6 +274,22 @@ def test_get_from_a_client_of_no_region_says_so_at_once(deployment, tmp_path):
 
 
 @needs_tools
+def test_registrations_without_a_secret_come_from_loopback_under_the_routers_address(deployment):
+    """A page of a site whose name was rebound to 127.0.0.1 posts from loopback too, but under its own name."""
+    router = deployment["router"]
+    body = json.dumps({"url": "http://127.10.0.9:9", "region": "east", "capacity": "1MB/s"})
+
+    def register(*host: str) -> str:
+        args = ["-X", "POST", "-H", "Content-Type: application/json", *host, "-d", body, "-w", "\n%{http_code}"]
+        return curl(*args, router.url + "/register").stdout.decode()
+
+    rebound = register("-H", "Host: rebound.test")
+    assert rebound.endswith("\n403") and "'rebound.test'" in rebound and "--register-secret-file" in rebound, rebound
+    assert "http://127.10.0.9:9" not in [e["url"] for e in router_status(router)["edges"]]
+    assert register().endswith("\n201")  # curl names the router by its address
+
+
+@needs_tools
 def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")

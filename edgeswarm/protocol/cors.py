@@ -76,17 +76,27 @@ def parse_origin(text: str) -> str:
     return f"{scheme.lower()}://{rest.lower()}"  # browsers send origins in lower case (RFC 6454 serialisation)
 
 
-def gateway_host(host: str, names: tuple[str, ...] = ()) -> bool:
-    """Whether a request addressed to ``host`` (its Host header) is one the user's gateway answers: an IP address,
-    ``localhost`` or a name under it, or one of ``names`` (lower case): never a name a stranger's DNS can point here."""
+def addressed_directly(host: str) -> bool:
+    """Whether a request's Host header names this machine by an IP address, ``localhost`` or a name under it.
+
+    Never a name a stranger's DNS can point here: a page of a web site whose name
+    is rebound to 127.0.0.1 (DNS rebinding) is same-origin with whatever answers
+    under that name, so what trusts a client by its address (the gateway, an
+    edge's operator endpoints, the router's registrations) asks this too."""
     name = host_name(host)
-    if name == "localhost" or name.endswith(".localhost") or name in names:
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         ipaddress.ip_address(name)
     except ValueError:
         return False
     return True
+
+
+def gateway_host(host: str, names: tuple[str, ...] = ()) -> bool:
+    """Whether a request addressed to ``host`` (its Host header) is one the user's gateway answers: addressed
+    directly, or under one of ``names`` (lower case, the user's ``--gateway-host``)."""
+    return host_name(host) in names or addressed_directly(host)
 
 
 @dataclass(frozen=True)

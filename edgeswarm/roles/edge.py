@@ -49,6 +49,7 @@ from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeeder
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol import jsondoc
+from edgeswarm.protocol.cors import addressed_directly
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body, host_name
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
@@ -212,9 +213,10 @@ class Edge:
         return addr is not None and any(addr in net for net in self.internal)
 
     def _trusted_client(self, request: web.Request) -> bool:
-        """The operator's own machines: loopback, and ``--internal`` networks when given."""
+        """The operator's own machines: loopback, and ``--internal`` networks when given; asking for the edge by its
+        IP address or localhost, as a page a stranger's DNS rebinds to this address never does."""
         addr = _client_address(request)
-        return addr is not None and (addr.is_loopback or any(addr in net for net in self.internal))
+        return addr is not None and (addr.is_loopback or any(addr in net for net in self.internal)) and addressed_directly(request.host)
 
     def check_host(self, request: web.Request) -> None:
         """``--only-origin``: serve the namespace only under the CDN host names given."""

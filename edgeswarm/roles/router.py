@@ -46,6 +46,7 @@ from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol import jsondoc
+from edgeswarm.protocol.cors import addressed_directly
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import PATH, clean_request_path
 from edgeswarm.protocol.registration import edge_spec
@@ -241,6 +242,12 @@ class Router:
                 loopback = False
             if not loopback:
                 raise HttpError(403, "registrations are taken from loopback only (start the router with --register-secret-file)")
+            if not addressed_directly(request.host):  # a page of a site rebound to 127.0.0.1 (DNS rebinding)
+                raise HttpError(
+                    403,
+                    f"registrations without a secret address the router by its IP address or localhost, not {request.host[:100]!r} "
+                    "(or start the router with --register-secret-file)",
+                )
             return
         given = request.headers.get("Authorization", "")
         if not given.startswith("Bearer "):
