@@ -33,6 +33,7 @@ from edgeswarm.protocol.manifest import (
     is_content_id,
     piece_size_for,
 )
+from edgeswarm.store import catalog as catalog_module
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key, load_private_key, load_public_key, public_pem, verify
 
@@ -738,8 +739,8 @@ def test_a_version_dated_ahead_of_the_clock_stays_behind_the_next_across_a_resta
     f.unlink()  # the stream ends, its folder is emptied
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert "live/live.m3u8" not in catalog.by_path
-    state = json.loads((tmp_path / "state.json").read_text())
-    assert state["/floors"] == {"live/live.m3u8": held.manifest.modified}
+    withdrawal = json.loads((tmp_path / "state.journal").read_text().splitlines()[-1])  # the save: a journal line
+    assert withdrawal == {"live/live.m3u8": None, "/floors": {"live/live.m3u8": held.manifest.modified}}
 
     catalog = Catalog(root, tmp_path / "state.json", KEY)  # the origin restarts; a new stream begins
     f.write_text("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\n")
@@ -760,3 +761,59 @@ def test_the_saved_state_reloads_every_entry_as_it_was(tmp_path):
         rel: (e.stat, e.raw, e.key) for rel, e in catalog.by_path.items()
     }
     assert again.by_path["f1.bin"].key is not None
+
+
+def test_a_save_appends_what_changed_and_a_restart_replays_it(tmp_path, monkeypatch):
+    """Each change rewrote the whole state: 9 MB at 20 000 files, 25-46 ms of the origin's loop, at every segment of a
+    live stream.  A save now appends the change to a journal; the state is written whole when the journal has grown to
+    its size, and a restart reads both."""
+    monkeypatch.setattr(catalog_module, "JOURNAL_MIN", 2000)
+    root = tmp_path / "pub"
+    root.mkdir()
+    for i in range(8):
+        (root / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    state, journal = tmp_path / "state.json", tmp_path / "state.journal"
+    catalog = Catalog(root, state, KEY)
+    catalog.apply(catalog.scan_changes({}))
+    snapshot = state.read_bytes()
+    withdrawn = catalog.by_path["f1.bin"].signed.manifest.modified
+    (root / "f0.bin").write_bytes(b"changed")
+    (root / "f1.bin").unlink()
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert state.read_bytes() == snapshot and len(journal.read_text().splitlines()) == 2  # its header and one change
+
+    again = Catalog(root, state, KEY)
+    assert {rel: e.raw for rel, e in again.by_path.items()} == {rel: e.raw for rel, e in catalog.by_path.items()}
+    assert again.scan_changes(dict(again.by_path)) == {}  # nothing to hash again
+    (root / "f1.bin").write_bytes(b"back, older")
+    os.utime(root / "f1.bin", (1_600_000_000, 1_600_000_000))
+    again.apply(again.scan_changes(dict(again.by_path)))
+    assert again.by_path["f1.bin"].signed.manifest.modified > withdrawn  # the withdrawal's floor was journalled
+    for i in range(2, 8):  # the journal outgrows the snapshot: the state is written whole, a new journal begun
+        (root / f"f{i}.bin").write_bytes(b"x" * (100 + i))
+        again.apply(again.scan_changes(dict(again.by_path)))
+    assert state.read_bytes() != snapshot and len(journal.read_text().splitlines()) < 8
+    third = Catalog(root, state, KEY)
+    assert {rel: e.raw for rel, e in third.by_path.items()} == {rel: e.raw for rel, e in again.by_path.items()}
+
+
+def test_a_journal_the_state_does_not_name_or_a_cut_line_is_not_replayed(tmp_path):
+    """A crash after a snapshot and before its new journal leaves the old journal, whose changes are in the snapshot:
+    replaying it would undo later ones.  A line cut by a crash is skipped (its file is hashed again)."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    for i in range(3):
+        (root / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    state, journal = tmp_path / "state.json", tmp_path / "state.journal"
+    catalog = Catalog(root, state, KEY)
+    catalog.apply(catalog.scan_changes({}))
+    (root / "f2.bin").write_bytes(b"new")
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    with open(journal, "ab") as f:
+        f.write(b'{"f0.bin": null, "f1.bin": {"stat": [1, 2')  # a withdrawal and a row, cut by a crash
+    again = Catalog(root, state, KEY)
+    assert {rel: e.raw for rel, e in again.by_path.items()} == {rel: e.raw for rel, e in catalog.by_path.items()}
+    header, *changes = journal.read_text().splitlines()
+    journal.write_text("\n".join([header.replace('":', '":1'), *changes]))  # another journal's number
+    stale = Catalog(root, state, KEY)
+    assert set(stale.scan_changes(dict(stale.by_path))) == {"f2.bin"}  # the snapshot's version of it, not the journal's
