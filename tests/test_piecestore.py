@@ -219,6 +219,23 @@ def test_a_piece_file_cut_short_while_held_open_is_dropped_not_read(root):
     assert store.read_piece(c.cid, 1) == c.piece(1)
 
 
+def test_a_piece_file_rewritten_in_place_while_held_open_is_checked_again(root):
+    """The same length written over a held piece went out to players (who cannot check pieces) until a restart; its
+    mtime moved, which the fstat of each hit sees: the piece is read back and checked, and dropped if bad."""
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0, 1)
+    assert store.read_piece(c.cid, 1) == c.piece(1)  # opened and kept
+    with open(store.piece_path(c.cid, 0), "r+b") as f:  # rewritten with its own bytes: still good
+        f.write(c.piece(0))
+    assert store.read_piece(c.cid, 0) == c.piece(0) and store.corrupt_pieces == 0
+    with open(store.piece_path(c.cid, 1), "r+b") as f:
+        f.write(b"\0" * 16)
+    assert store.piece_fd(c.cid, 1) is None and not store.has(c.cid, 1) and store.corrupt_pieces == 1
+    store.put_piece(c.cid, 1, c.piece(1))  # fetched again: stored afresh
+    assert store.read_piece(c.cid, 1) == c.piece(1)
+
+
 def test_the_contents_directory_removed_under_a_running_store_is_made_again(root):
     """Every write failed "No such file or directory" until a restart: nothing was cached any more."""
     store = open_store(root)

@@ -132,7 +132,8 @@ class PieceStore:
         self._raw: dict[str, bytes] = {}
         self._held: dict[str, set[int]] = {}
         self._by_path: dict[str, str] = {}
-        self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()
+        # open descriptors of held pieces, with the file's mtime (ns) when its bytes were last known good
+        self._fds: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
@@ -414,29 +415,39 @@ class PieceStore:
         never close them, nor keep them across an await (another request may
         close it meanwhile and the number go to another file).  A piece found
         on disk at start is read back and checked the first time it is
-        opened; a bad one is dropped (None).  OutOfDescriptors (a 503) if the
+        opened; a bad one is dropped (None).  So is one whose size is not its
+        piece's, and one written since it was last known good (its mtime
+        moved) is read back and checked again: either went out as it was,
+        until a restart, to clients who cannot check pieces (players, curl).
+        The one fstat a hit costs tells both.  OutOfDescriptors (a 503) if the
         process has no descriptor left for it, even after closing cached ones.
         """
         if index not in self._held.get(cid, ()) and not self.adopt(cid, index):
             return None
         key = (cid, index)
-        fd = self._fds.get(key)
-        if fd is None:
-            fd = self._open(cid, index)
-            if fd is None:
+        known = self._fds.get(key)
+        if known is None:
+            known = self._open(cid, index)
+            if known is None:
                 return None
         else:
             self._fds.move_to_end(key)
-        size, length = os.fstat(fd).st_size, self._manifests[cid].manifest.piece_span(index)[1]
-        if size != length:  # cut short or grown under us: its bytes would go out at the wrong offsets (an fstat a hit)
+        fd, good = known
+        st, length = os.fstat(fd), self._manifests[cid].manifest.piece_span(index)[1]
+        problem = f"is {st.st_size} of its {length} bytes" if st.st_size != length else None
+        if problem is None and st.st_mtime_ns != good:
+            problem = self._check(cid, index, fd)
+            self._fds[key] = (fd, st.st_mtime_ns)
+        if problem:  # cut short, grown or rewritten under us
             self._close(cid, index)
-            self._drop(cid, index, f"is {size} of its {length} bytes")
+            self._drop(cid, index, problem)
             return None
         self.policy.hit(key)
         return fd
 
-    def _open(self, cid: str, index: int) -> int | None:
-        """Open a held piece and keep its descriptor; one found on disk at start is checked against its manifest first."""
+    def _open(self, cid: str, index: int) -> tuple[int, int] | None:
+        """Open a held piece and keep its descriptor and mtime; one found on disk at start is checked against its manifest
+        first."""
         key = (cid, index)
         path = self.piece_path(cid, index)
         try:
@@ -455,10 +466,10 @@ class PieceStore:
                 os.close(fd)
                 self._drop(cid, index, problem)
                 return None
-        self._fds[key] = fd
+        known = self._fds[key] = (fd, os.fstat(fd).st_mtime_ns)
         if len(self._fds) > self.open_files:
-            os.close(self._fds.pop(next(iter(self._fds))))
-        return fd
+            os.close(self._fds.pop(next(iter(self._fds)))[0])
+        return known
 
     def _retrying(self, opener: Callable[[], T], path: str) -> T:
         """``opener()``, and once more after closing the older half of the cached descriptors if the process is out of them.
@@ -504,7 +515,7 @@ class PieceStore:
         """Close the least recently used half of the cached piece descriptors (at least one); how many were closed."""
         count = (len(self._fds) + 1) // 2
         for _ in range(count):
-            os.close(self._fds.popitem(last=False)[1])
+            os.close(self._fds.popitem(last=False)[1][0])
         return count
 
     def _check(self, cid: str, index: int, fd: int) -> str | None:
@@ -547,12 +558,12 @@ class PieceStore:
         return data
 
     def _close(self, cid: str, index: int) -> None:
-        fd = self._fds.pop((cid, index), None)
-        if fd is not None:
-            os.close(fd)
+        known = self._fds.pop((cid, index), None)
+        if known is not None:
+            os.close(known[0])
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd, _ in self._fds.values():
             os.close(fd)
         self._fds.clear()
 
