@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +87,20 @@ def test_checking_a_whole_cache_up_front_reports_its_cost(tmp_path, capsys):
     assert "2 good pieces" in out and "1 bad ones dropped" in out and "MB/s" in out
     assert open_store(tmp_path).held(c.cid) == {1, 2}
     assert piecestore.main([str(tmp_path / "nowhere")]) == 1
+
+
+@integration
+def test_the_cache_check_runs_as_operations_md_tells_and_drops_a_piece_cut_short(tmp_path):
+    """Run as ``python -m`` it stopped at its first bad piece with a NameError: a helper it calls came after the
+    ``__main__`` block (an adversarial session)."""
+    c = make_content()
+    store = open_store(tmp_path)
+    stored(store, c, 0, 1)
+    store.close()
+    (tmp_path / "origin.pub").write_bytes(public_pem(PUB))
+    os.truncate(store.piece_path(c.cid, 1), 100)
+    run = subprocess.run([sys.executable, "-m", "edgeswarm.store.piecestore", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "1 good pieces" in run.stdout and "1 bad ones dropped" in run.stdout, run.stderr
 
 
 # -- daemons ------------------------------------------------------------------------------------------

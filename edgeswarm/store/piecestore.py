@@ -171,6 +171,7 @@ class PieceStore:
                 st = entry.stat()
                 if index >= m.piece_count or not entry.is_file() or st.st_size != m.piece_span(index)[1]:
                     log.warning("dropping damaged piece %s", entry.path)
+                    self.corrupt_pieces += 1
                     _remove(entry)
                     continue
                 self._held[signed.content_id].add(index)
@@ -646,10 +647,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _remove(entry: os.DirEntry) -> None:
     """A damaged piece's path, whatever it is: a directory there failed every start with "Is a directory"."""
     if entry.is_dir(follow_symlinks=False):
@@ -657,3 +654,7 @@ def _remove(entry: os.DirEntry) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
