@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -441,3 +442,32 @@ async def test_subscriptions_made_and_dropped_in_a_loop_do_not_make_a_peer_annou
     await asyncio.sleep(0.5)
     rounds = (await status(http, edge.url))["announces"]["requests"] - before
     assert rounds <= 5, f"{rounds} announces in 6.5 s"  # one every 2 s, and one for the content completing
+
+
+async def test_a_peer_with_a_player_and_a_subscriber_stops_within_seconds_and_its_ports_are_free(
+    tmp_path, nodes, origin, published, regions, http
+):
+    """A HAVE stream and a player's download never end by themselves, and aiohttp lets requests in flight 60 s per
+    server: a peer took 120 s to stop on SIGTERM, its upload port still bound (a restart failed "address already in
+    use"), where container runtimes send SIGKILL after 10 s (an adversarial session)."""
+    make_file(published / "f.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions)
+    a = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "a")
+    await post(http, a, "/f.bin")
+    cid = (await until(lambda: swarm_status(http, a), 20, "a has no swarm"))["id"]
+    async with http.get(f"{a.urls['upload']}/have/{cid}", headers=NDJSON) as stream:
+        assert stream.status == 200
+        await stream.content.readline()
+        async with http.get(a.urls["gateway"] + "/f.bin") as player:  # reads a little, then nothing
+            await player.content.readexactly(64 * 1024)
+            stopped = time.monotonic()
+            a.proc.send_signal(15)
+            a.proc.wait(timeout=30)  # the default grace was 60 s a server
+            took = time.monotonic() - stopped
+    assert took < 15, f"the peer took {took:.1f} s to stop"
+    assert a.proc.returncode == 0 and "peer shutting down" in a.log_text()
+    for url in (a.urls["upload"], a.urls["gateway"]):  # a restart may take the same ports at once
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the peer binds
+            sock.bind((host, int(port)))

@@ -60,6 +60,10 @@ def text_error(status: int, message: str, headers: dict[str, str] | None = None)
 
 
 _TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
+# seconds a stopping node lets requests in flight finish, per server (aiohttp's graceful stop; 60 s by default): a
+# peer's HAVE streams and a player's download never end by themselves, and its two servers took 120 s to stop, its
+# port still bound (a restart failed "address already in use"); container runtimes send SIGKILL 10 s after SIGTERM
+SHUTDOWN_GRACE = 4.0
 
 
 def shown(request: web.BaseRequest) -> str:
@@ -595,7 +599,7 @@ class Servers:
         ssl_context=None,
         limits: ServerLimits | None = None,
         reuse_port: bool = False,
-        shutdown_timeout: float = 60.0,
+        shutdown_timeout: float = SHUTDOWN_GRACE,
         reserve: tuple[str, float] | None = None,
     ):
         """``reserve``: (site label, share): that share of the connection cap is kept for that site (connlimit.py)."""
@@ -658,9 +662,13 @@ class Servers:
         await web.UnixSite(self._runners[0], path).start()
 
     async def close(self) -> None:
-        """Stop serving; the apps' cleanup hooks run."""
+        """Stop serving: every site stops listening at once, then each server's requests in flight get
+        ``shutdown_timeout`` and its app's cleanup hooks run (the last app's first)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
