@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -378,6 +379,27 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     stuck = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert stuck.returncode == 1 and f"cannot write {unwritable}" in stuck.stderr and "Traceback" not in stuck.stderr, stuck.stderr
     assert (tmp_path / "plain").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_get_stopped_by_sigterm_or_sighup_leaves_nothing_behind(tmp_path, nodes, origin, published, regions, sig):
+    """As Ctrl-C: exit 128 + the signal, no partial output and no temporary cache.  The default action ended the
+    process at once, leaving both (a soak session: 26 MB a run under TMPDIR, and a .part no rerun reuses)."""
+    make_file(published / "slow.bin", 8 * 1024 * 1024)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "1MB/s")
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "out").mkdir()
+    cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/slow.bin", "-o", str(tmp_path / "out" / "slow.bin")]
+    with subprocess.Popen(cmd, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as get:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "out").iterdir()):  # its partial output: the download has begun
+            assert time.monotonic() < deadline and get.poll() is None, "the get never began writing"
+            time.sleep(0.1)
+        get.send_signal(sig)
+        _, err = get.communicate(timeout=30)
+    assert get.returncode == 128 + sig, err
+    assert list((tmp_path / "out").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
+    assert b"Traceback" not in err, err
 
 
 def test_get_writes_to_standard_output_pipes_and_links_without_replacing_them(tmp_path, nodes, origin, published, regions):
