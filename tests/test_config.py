@@ -134,6 +134,16 @@ def test_a_peer_without_edge_or_router_is_refused_before_it_starts(tmp_path: Pat
     assert not (tmp_path / "p").exists()  # refused before the peer made its cache
 
 
+def test_an_edge_refuses_far_more_workers_than_cores(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``--workers 10000`` forked worker after worker of ~45 MB until the host fell over (an adversarial session)."""
+    from edgeswarm.node.workers import MAX_PER_CORE, usable_cores
+
+    most = MAX_PER_CORE * usable_cores()
+    assert main(["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--workers", str(most + 1)]) == 2
+    assert f"--workers {most + 1} is more than {MAX_PER_CORE} a usable core" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # refused before the edge made its cache
+
+
 def test_an_edge_registering_with_a_router_needs_its_region_and_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     base = ["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--register-with", "http://r:8090"]
     assert main(base) == 2

@@ -189,7 +189,8 @@ def add_parser(sub) -> None:
         "--workers",
         type=options.count,
         metavar="N",
-        help="processes serving the port as one edge, as nginx's worker_processes (default: one per usable core; 1: a single process)",
+        help="processes serving the port as one edge, as nginx's worker_processes (default: one per usable core; 1: a single "
+        "process; at most 4 a usable core)",
     )
     options.credentials(p, "this edge")
     options.tls_server(p)
@@ -212,6 +213,7 @@ def tracker_store(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from edgeswarm.node.daemon import setup_logging
+    from edgeswarm.node.workers import MAX_PER_CORE, usable_cores
     from edgeswarm.roles import edgeworkers
     from edgeswarm.trust import tls
 
@@ -219,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
     config = EdgeConfig.from_options(args, token=options.token(args))  # a bad --cors-origin combination stops here
     if config.tracker_store != "memory" and not config.p2p:
         print("edgeswarm edge: --tracker-store is the tracker's: it needs --p2p", file=sys.stderr)
+        return 2
+    cores = usable_cores()
+    if (config.workers or 1) > MAX_PER_CORE * cores:
+        print(
+            f"edgeswarm edge: --workers {config.workers} is more than {MAX_PER_CORE} a usable core ({cores} here, so at most "
+            f"{MAX_PER_CORE * cores}): each worker is a process of its own, of about 50 MB",
+            file=sys.stderr,
+        )
         return 2
     registration = _registration(config, args.listen[0])  # and so does an incomplete --register-with, before anything is created
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)

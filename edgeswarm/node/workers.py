@@ -41,6 +41,9 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 
+MAX_PER_CORE = 4  # edge --workers beyond this many a usable core is refused: a typo of 10000 forked until the host fell over
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
     try:
