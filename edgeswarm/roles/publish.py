@@ -33,7 +33,7 @@ from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import upload
 from edgeswarm.protocol.paths import file_request_path, publish_problem
 from edgeswarm.protocol.wire import json_response
-from edgeswarm.store.catalog import Catalog
+from edgeswarm.store.catalog import PARTIAL, Catalog
 from edgeswarm.store.uploads import Staging, Upload
 from edgeswarm.trust import access, tokens
 
@@ -51,7 +51,8 @@ ANSWERED = ("Content-Type", "Location", "WWW-Authenticate", "Retry-After", uploa
 
 
 def upload_path(request: web.Request) -> str:
-    """The path a ``PUT`` names: 400 for one that can never be published (hidden, too deep, too long), 404 for an endpoint's.
+    """The path a ``PUT`` names: 400 for one that can never be published (hidden, partial, too deep, too long), 404 for an
+    endpoint's.
 
     Checked from the request line alone, at the edge and again at the origin,
     so such a path is refused before a byte of its body is read.
@@ -60,6 +61,8 @@ def upload_path(request: web.Request) -> str:
     hidden = next((s for s in rel.split("/") if s.startswith(".")), None)
     if hidden is not None:
         raise HttpError(400, f"invalid path: {hidden!r} starts with '.', and hidden names are never published")
+    if rel.endswith(PARTIAL):
+        raise HttpError(400, f"invalid path: a name ending in {PARTIAL!r} is a file still being written, never published")
     problem = publish_problem(rel)
     if problem is not None:
         raise HttpError(400, f"invalid path: {problem}; nothing was read")
