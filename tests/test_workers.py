@@ -23,7 +23,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeswarm.node.workers import Slot
+from edgeswarm.node.workers import YOUNG_S, Slot
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust.signing import load_public_key
@@ -251,6 +251,27 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path, nodes, origin, 
         assert code == 200 and body == data
         seen.add(worker)
     assert (await status(http, edge.url))["workers"]["answered"] == 2
+
+
+@pytest.mark.integration
+async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed(tmp_path, nodes, origin, published, http):
+    """A restarted worker counted only its hash share of the pieces it found: those its dead predecessor wrote that
+    hash to the living worker were counted by nobody, never evicted, and each SIGKILL left about half of them over
+    --max-cache for good (an adversarial session: 104 MB on disk under a 60 MB quota after six kills)."""
+    files = {f"k{i}.bin": make_file(published / f"k{i}.bin", 2 * 1024 * 1024) for i in range(5)}
+    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "3MB")
+    for name, data in files.items():
+        await content_id(http, edge.url, name)
+        worker = ""
+        while worker != "0":  # the file through worker 0 (and through worker 1 on the way, as it happens)
+            code, body, worker = await fresh("GET", f"{edge.url}/{name}")
+            assert (code, body) == (200, data)
+        pid = int(edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0])
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda pid=pid: edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0] != str(pid))
+        await asyncio.sleep(YOUNG_S)  # one that dies younger is restarted after a back-off
+    held = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").glob("*/*.piece"))
+    assert held <= 3_000_000, f"{held} bytes of pieces under a 3 MB --max-cache"
 
 
 @pytest.mark.integration

@@ -39,6 +39,7 @@ class PinnedStore:
         self.waiting = waiting
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
+        self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
         self._opened = asyncio.Event()
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
         self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
@@ -84,7 +85,7 @@ class PinnedStore:
         if pinned and (self.worker is None or self.worker[0] == 0):  # one warning an edge, from its first worker
             self._checking = asyncio.create_task(originkey.check_pinned(upstream, sources, key, self.cache / "origin.pub"))
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files)
+        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files, self.counts_found)
         self._opened.set()
         return self.store
 

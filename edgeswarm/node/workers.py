@@ -61,6 +61,7 @@ class Slot:
     host: str
     port: int
     rundir: str  # 0700 directory of the workers' private unix sockets
+    restarted: bool = False  # forked again after a worker of this index died (piecestore.py: it counts every piece found)
 
     def socket_path(self, index: int) -> str:
         return os.path.join(self.rundir, f"worker-{index}.sock")
@@ -138,7 +139,7 @@ class Supervisor:
 
     def _fork(self, index: int) -> None:
         parent = os.getpid()
-        slot = Slot(index, self.count, self.host, self.port, self.rundir)
+        slot = Slot(index, self.count, self.host, self.port, self.rundir, restarted=index in self.ever_ready)
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1

@@ -134,6 +134,7 @@ async def _worker(
     bucket = SharedTokenBucket(os.path.join(slot.rundir, "upload.bucket"), config.upload_limit)  # one cap for all workers
     node = edge_role.Edge(dataclasses.replace(config, tracker_store=store), bucket)
     node.pinned.worker = (slot.index, slot.count)
+    node.pinned.counts_found = slot.restarted
     node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
     link = WorkerLink(node, slot, config.upload_limit)
     app = node.app()

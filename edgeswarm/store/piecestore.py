@@ -32,8 +32,13 @@ directory, each with a store of its own (``worker=(index, count)``):
   being fetched again;
 - the quota is split: each worker evicts, down to ``max_bytes / count``, the
   pieces it wrote and, of those found at start, the ones whose hash falls to
-  it.  Every piece on disk is so counted by at least one worker, and the
-  directory stays within ``max_bytes``.  A piece one worker evicts while
+  it; a worker restarted after its predecessor died, all it finds (the
+  pieces the dead one wrote whose hash falls to a living worker were counted
+  by nobody: each SIGKILL left about half of them over ``--max-cache`` for
+  good, an adversarial session).  Every piece on disk is so counted by at
+  least one worker, and the directory stays within ``max_bytes``; after a
+  restart some are counted twice, so the cache may run under its quota until
+  the living workers' evictions and drops even it out.  A piece one worker evicts while
   another serves it is read to the end through the open descriptor, and
   then dropped from the other's have-set when it is next opened.
 """
@@ -116,10 +121,12 @@ class PieceStore:
         max_bytes: int | None = None,
         worker: tuple[int, int] | None = None,
         open_files: int | None = None,
+        counts_found: bool = False,
     ):
         self.root = root
         self.open_files = max(1, min(OPEN_FILES, open_files or OPEN_FILES))  # piece descriptors kept open at most
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
+        self.counts_found = counts_found  # a restarted worker: its quota counts every piece found at start, not its share
         if worker is not None and max_bytes is not None:
             max_bytes = max(1, max_bytes // worker[1])
         self.content_dir = root / "content"
@@ -192,8 +199,9 @@ class PieceStore:
         )
 
     def _counts(self, cid: str, index: int) -> bool:
-        """Whether this store's quota counts a piece found at start: all of them, or its share among workers."""
-        if self.worker is None:
+        """Whether this store's quota counts a piece found at start: all of them (alone, or restarted), or its share among
+        workers (module docstring)."""
+        if self.worker is None or self.counts_found:
             return True
         return zlib.crc32(f"{cid}/{index}".encode()) % self.worker[1] == self.worker[0]
 
