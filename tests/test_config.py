@@ -173,3 +173,11 @@ def test_a_peer_id_file_that_is_not_an_id_is_replaced(tmp_path, caplog):
         assert len(pid) == 16 and pid.isprintable() and path.read_text().strip() == pid
         assert _peer_id(path) == pid  # kept from now on
     assert "holds no usable peer id" in caplog.text
+
+
+def test_publish_refuses_a_chunk_size_of_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``--chunk-size 0`` sent ``Content-Range: bytes 0--1/N`` and printed the origin's 400 (an adversarial session)."""
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(SystemExit) as exit:
+        main(["publish", str(tmp_path / "f"), "--edge", "http://127.0.0.1:9", "--chunk-size", "0"])
+    assert exit.value.code == 2 and "expected a size of at least one byte, got '0'" in capsys.readouterr().err

@@ -30,6 +30,14 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_size(text: str) -> int:
+    """A size that must hold at least a byte (``publish --chunk-size``: 0 sent a malformed Content-Range)."""
+    n = size(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a size of at least one byte, got {text!r}")
+    return n
+
+
 def rate(text: str) -> int:
     try:
         return parse_rate(text)

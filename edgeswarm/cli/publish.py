@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--as", dest="name", metavar="PATH", help="its path under /users/USER/ (default: FILE's name)")
     p.add_argument(
         "--chunk-size",
-        type=options.size,
+        type=options.positive_size,
         default="8MiB",
         metavar="SIZE",
         help="bytes per request; an interruption loses at most one (default 8MiB)",
