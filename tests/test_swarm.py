@@ -381,6 +381,18 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     assert (tmp_path / "plain").read_text() == "not a directory"
 
 
+def test_a_get_whose_token_the_edge_refuses_stops_at_once_with_the_edges_reason(tmp_path, nodes, origin, published, regions):
+    """It retried the edge once a second until the stall timeout (60 s) and never said why; a file smaller than the 401's
+    message was reported as "sent more than 6 bytes ... refusing" (an adversarial session)."""
+    make_file(published / "tiny.txt", 6)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    for token in ("abc", "\u00fc"):
+        cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/tiny.txt", "-o", str(tmp_path / "t"), "--token", token]
+        got = subprocess.run([*cmd, "--stall-timeout", "600"], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 1 and "answered 401 for piece 0 of tiny.txt: token is malformed" in got.stderr, got.stderr
+        assert not (tmp_path / "t").exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_get_stopped_by_sigterm_or_sighup_leaves_nothing_behind(tmp_path, nodes, origin, published, regions, sig):
     """As Ctrl-C: exit 128 + the signal, no partial output and no temporary cache.  The default action ended the

@@ -112,6 +112,7 @@ class Upstream:
         head_timeout: float | None = None,
     ) -> Reply:
         """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams.
+        ``limit`` is a success's: an error's body (its message) may be MAX_ANSWER, whatever a piece's length.
 
         ``on_head`` is called with the status and headers as soon as they come, before the body is read.
         The body has until ``timeout`` plus a second for each MIN_RATE bytes of it received (module docstring).
@@ -134,7 +135,9 @@ class Upstream:
 
                     if on_head is not None:
                         on_head(resp.status, resp.headers)
-                    body = await read_bounded(resp, min(limit, MAX_PIECE), base, path, progress)
+                    # a 401's message, longer than a piece of 6 bytes, was taken for an oversized piece
+                    bound = min(limit, MAX_PIECE) if resp.status < 300 else max(min(limit, MAX_PIECE), MAX_ANSWER)
+                    body = await read_bounded(resp, bound, base, path, progress)
                     return Reply(resp.status, resp.headers, body)
         except TimeoutError:
             raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:.4g} s") from None

@@ -230,6 +230,7 @@ class Peer:
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
+        self.refused: dict[str, str] = {}  # edge -> its last 401/403 for a piece, in its words (get gives up on it)
         self._booked: dict[str, Counter[tuple[str, str]]] = {}  # cid -> (edge or "", usage kind) -> bytes an edge acknowledged
         self.ranking = SourceRanking()
         self.choker = Choker(slots=config.upload_slots)
@@ -480,6 +481,10 @@ class Peer:
             return reply.body
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
+        if reply.status in (401, 403):  # our token: no retry will change the edge's mind
+            said = reply.body[:300].decode("utf-8", "replace").strip()
+            self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
+            raise UpstreamError(502, self.refused[url])
         if reply.status == 429:
             retry = retry_after(reply.headers, 4)
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
