@@ -292,6 +292,31 @@ async def test_status_answers_while_the_primary_worker_restarts(tmp_path, nodes,
     assert (await fresh("GET", edge.url + "/p.bin"))[:2] == (200, data)
 
 
+@pytest.mark.integration
+async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nodes, origin, published, http):
+    """A worker stopped (SIGSTOP, swapping) held /status: 60 s through the other worker while the primary hung, 5.8 s
+    while the other did; a router polling with a 1 s timeout took the edge out of rotation (an adversarial session)."""
+    make_file(published / "h.bin", 5000)
+    edge = start_edge(nodes, tmp_path, origin)
+    await content_id(http, edge.url, "h.bin")
+    primary, other = sorted(children(edge.pid))  # started in order
+    for hung in (primary, other):
+        os.kill(hung, signal.SIGSTOP)
+        try:
+            for _ in range(20):  # a connection the kernel gives the hung worker waits: another is tried
+                try:
+                    async with asyncio.timeout(2.0):
+                        code, body, _ = await fresh("GET", edge.url + "/status")
+                except TimeoutError:
+                    continue
+                assert code == 200 and json.loads(body)["workers"]["answered"] == 1, body[:200]
+                break
+            else:
+                raise AssertionError("no /status answered within 2 s")
+        finally:
+            os.kill(hung, signal.SIGCONT)
+
+
 def test_metrics_of_workers_add_up_and_alike_gauges_do_not():
     one = '# HELP edgeswarm_events_total e\n# TYPE edgeswarm_events_total counter\nedgeswarm_events_total{event="a"} 2.0\n'
     one += "# HELP edgeswarm_cache_max_bytes q\n# TYPE edgeswarm_cache_max_bytes gauge\nedgeswarm_cache_max_bytes 100.0\n"

@@ -68,6 +68,10 @@ FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix 
 REACHED_AT = "X-Edgeswarm-Reached-At"  # the edge's address as the client reached it; trusted only on the private unix socket
 WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
 SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
+# seconds a worker waits for another's /status (the primary's whole answer, or a worker's own figures) before it answers
+# without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll, which took the edge
+# out of rotation while the other worker served every file (an adversarial session)
+STATUS_WAIT_S = 0.5
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
 # /metrics gauges that every worker reports alike: merged by their largest value, not added up
 _SAME_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds"}
@@ -246,6 +250,8 @@ class WorkerLink:
         streamed: web.StreamResponse | None = None
         # a relayed HAVE stream lasts as long as its subscriber stays: only the connection is timed
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout.total) if request.path.startswith("/relay/") else self.timeout
+        if request.path == "/status":
+            timeout = aiohttp.ClientTimeout(total=STATUS_WAIT_S)
         try:
             async with self._primary().request(
                 request.method, f"http://edge{request.rel_url}", headers=headers, data=body, allow_redirects=False, timeout=timeout
@@ -319,9 +325,10 @@ class WorkerLink:
         session = self._private.get(index)
         if session is None:
             connector = aiohttp.UnixConnector(self.slot.socket_path(index))
-            session = self._private[index] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5))
+            session = self._private[index] = aiohttp.ClientSession(connector=connector)
+        wait = aiohttp.ClientTimeout(total=STATUS_WAIT_S if path.startswith("/status") else 5)
         try:
-            async with session.get(f"http://worker{path}") as reply:
+            async with session.get(f"http://worker{path}", timeout=wait) as reply:
                 return await reply.read() if reply.status == 200 else None
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
