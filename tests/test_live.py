@@ -69,6 +69,16 @@ async def test_players_follow_a_live_stream_through_their_gateways(tmp_path, nod
             assert age is not None, "a player was handed a playlist that was never on the origin's disk"
             assert age <= SEGMENT_S, f"a playlist outdated for {age:.2f} s was handed out"
 
+    # the peers announce segments, never the playlist's versions, which come from the edge only: each announced made
+    # the edge fetch a manifest the origin still kept (27 a minute, piling up) or ask for one it had forgotten (a 404)
+    regions_now = (await status(http, edge.url))["p2p"]["regions"]
+    tracked = {cid for region in regions_now.values() for cid in region.get("swarms", {})}
+    assert tracked, "the peers announced the segments they fetched"
+    for cid in tracked:
+        async with http.get(f"{edge.url}/content/{cid}") as resp:
+            if resp.status == 200:
+                assert not (await resp.json())["manifest"]["path"].endswith(".m3u8"), "a playlist version was announced"
+
     before = await status(http, origin.url)
     await asyncio.sleep(0.6)  # past the edge's hold of the playlist's manifest
     bodies = await asyncio.gather(*(_get(http, f"{edge.url}/{PLAYLIST}") for _ in range(20)))

@@ -18,6 +18,7 @@ from edgeswarm.protocol import hls
 from edgeswarm.protocol.manifest import SEGMENT_PIECE, Manifest, SignedManifest
 from edgeswarm.roles.livewatch import MAX_PLAYLIST, LiveWatcher
 from edgeswarm.roles.livewindow import LiveFollow
+from edgeswarm.roles.peer import _from_edge_only
 from edgeswarm.store.catalog import Catalog
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust.signing import load_or_create_private_key
@@ -386,3 +387,15 @@ def test_a_recording_beside_a_live_stream_is_no_orphan_of_it(tmp_path):
     held("ch/live_00050.ts", b"l" * 100, 5_000)
     live = held("ch/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:50\n#EXTINF:2.0,\nlive_00050.ts\n", 5_001)
     assert LiveFollow().served(store, live)[1] == ["ch/old_00000.ts"]
+
+
+def test_a_peer_announces_no_playlist_it_takes_from_the_edge():
+    """Each version of a live playlist it served was announced: the edge fetched the manifests of versions the origin
+    still kept (contents that piled up, 27 a minute) and refused the others after asking the origin (75 404s a minute
+    on a soak session's stream)."""
+    key = Ed25519PrivateKey.generate()
+
+    def signed(path: str) -> SignedManifest:
+        return SignedManifest.sign(Manifest(path, 1, "x", SEGMENT_PIECE, (hashlib.sha256(b"x").hexdigest(),), 1), key)
+
+    assert [_from_edge_only(signed(p)) for p in ("live/a.m3u8", "live/a0.ts", "films/a.mp4")] == [True, False, False]

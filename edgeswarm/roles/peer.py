@@ -677,8 +677,9 @@ class Peer:
         await asyncio.gather(*(self._announce_to(edge, cids, event, started, gone) for edge in targets))
 
     def _live(self, store: PieceStore) -> set[str]:
-        """The contents to announce: those ``_in_use``."""
-        return {s.content_id for s in store.contents() if self._in_use(s.content_id)} | set(self.swarms)
+        """The contents to announce: those ``_in_use``, but live playlists, which come from the edge only (livegateway.py):
+        their versions, each announced, made the edge ask the origin for ones it had forgotten (75 404s a minute)."""
+        return {s.content_id for s in store.contents() if self._in_use(s.content_id) and not _from_edge_only(s)} | set(self.swarms)
 
     def _in_use(self, cid: str) -> bool:
         """We hold a piece of ``cid``, or a swarm of ours is fetching it: announced, and its tables kept (_forget)."""
@@ -1093,7 +1094,7 @@ class Peer:
         if protection is not None:  # decrypted with our user's token: for listed origins only, never "*"
             request[PRIVATE] = True
         transform = cipher_for(await self.content_key(signed), protection) if protection else None  # for the player only
-        if is_playlist(rel) and protection is None:  # live: fresh from the edge, its new segments fetched ahead (livegateway.py)
+        if _from_edge_only(signed):  # live: fresh from the edge, its new segments fetched ahead (livegateway.py)
             response = await serve_file(request, signed, livegateway.EdgeSource(self, signed), self.metrics)
             self.live.served(signed)
             return response
@@ -1418,3 +1419,8 @@ async def run(peer: Peer, listen: tuple[str, int], gateway: tuple[str, int], acc
     # connections kept for the gateway: other peers' HAVE streams (busy, never reclaimed) filled the whole cap, and
     # every request of the user's player was reset (an adversarial session)
     await serve_many(sites, "peer", access_log, on_bound=bound, limits=limits, reserve=("gateway", GATEWAY_CONNECTIONS))
+
+
+def _from_edge_only(signed: SignedManifest) -> bool:
+    """A content the gateway takes from the edge only, never through a swarm: a playlist in the clear (get_file)."""
+    return is_playlist(signed.manifest.path) and signed.manifest.protection is None
