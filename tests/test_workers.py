@@ -9,11 +9,13 @@ that both did rather than hope so.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
 import socket
 import time
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node.workers import YOUNG_S, Slot
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
+from edgeswarm.store.filllock import SLOTS
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust.signing import load_public_key
 
@@ -272,6 +275,23 @@ async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed
         await asyncio.sleep(YOUNG_S)  # one that dies younger is restarted after a back-off
     held = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").glob("*/*.piece"))
     assert held <= 3_000_000, f"{held} bytes of pieces under a 3 MB --max-cache"
+
+
+@pytest.mark.integration
+async def test_a_piece_whose_fill_lock_a_stuck_process_holds_is_fetched_anyway(tmp_path, nodes, origin, published, http):
+    """A worker stopped (SIGSTOP, swapping) while it held a piece's fill lock: the other waited --timeout + 5 s, then cut
+    its client's download with a 504 instead of fetching the piece itself (an adversarial session).  Here this test's
+    own process holds the lock, as a stopped worker would."""
+    data = make_file(published / "s.bin", 300_000)
+    edge = start_edge(nodes, tmp_path, origin, "--timeout", "1")
+    cid = await content_id(http, edge.url, "s.bin")
+    fd = os.open(tmp_path / "edge" / "fill.lock", os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, zlib.crc32(f"{cid}/0".encode()) % SLOTS)
+        code, body, _ = await fresh("GET", edge.url + "/s.bin")  # piece 0 waits 6 s for the lock, then is fetched
+        assert (code, body) == (200, data)
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.integration

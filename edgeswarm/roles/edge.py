@@ -331,11 +331,13 @@ class Edge:
             self._count_fill(True)
             return await self._fill(cid, index)
         started = time.monotonic()
-        async with self.fill_locks.hold(cid, index):
+        async with self.fill_locks.hold(cid, index) as held:
             data = (await self._store()).read_piece(cid, index)
             self._count_fill(data is None)  # read: another worker's fetch was joined, as a collapsed miss here
             if data is not None:
                 return data
+            if not held:  # its holder is stuck (stopped, swapping) past --timeout + 5 s: fetched anyway, with a whole
+                return await self._fill(cid, index)  # --timeout (the rule below cut the client's download with a 504)
             # the holder failed (or gave up): a fetch of our own gets what is left of the client's --timeout, not
             # another whole one, which made each worker in turn hold its clients a further timeout (4 workers: 11 s at 3)
             left = self.upstream.timeout - (time.monotonic() - started)
