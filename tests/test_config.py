@@ -134,6 +134,14 @@ def test_a_peer_without_edge_or_router_is_refused_before_it_starts(tmp_path: Pat
     assert not (tmp_path / "p").exists()  # refused before the peer made its cache
 
 
+def test_an_edge_refuses_the_trackers_flags_without_p2p(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``--regions`` without ``--p2p`` was neither read nor checked (a broken map too), with no word that it did nothing."""
+    (tmp_path / "r.yaml").write_text("not: [a map")
+    assert main(["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--regions", str(tmp_path / "r.yaml")]) == 2
+    assert "--regions is the tracker's: it needs --p2p" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_an_edge_refuses_far_more_workers_than_cores(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """``--workers 10000`` forked worker after worker of ~45 MB until the host fell over (an adversarial session)."""
     from edgeswarm.node.workers import MAX_PER_CORE, usable_cores

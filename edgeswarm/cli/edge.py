@@ -219,9 +219,10 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = EdgeConfig.from_options(args, token=options.token(args))  # a bad --cors-origin combination stops here
-    if config.tracker_store != "memory" and not config.p2p:
-        print("edgeswarm edge: --tracker-store is the tracker's: it needs --p2p", file=sys.stderr)
-        return 2
+    for flag, given in (("--tracker-store", config.tracker_store != "memory"), ("--regions", config.regions is not None)):
+        if given and not config.p2p:  # --regions alone was neither read nor checked, with no word that it did nothing
+            print(f"edgeswarm edge: {flag} is the tracker's: it needs --p2p", file=sys.stderr)
+            return 2
     cores = usable_cores()
     if (config.workers or 1) > MAX_PER_CORE * cores:
         print(
