@@ -189,3 +189,20 @@ def test_publish_refuses_a_chunk_size_of_nothing(tmp_path: Path, capsys: pytest.
     with pytest.raises(SystemExit) as exit:
         main(["publish", str(tmp_path / "f"), "--edge", "http://127.0.0.1:9", "--chunk-size", "0"])
     assert exit.value.code == 2 and "expected a size of at least one byte, got '0'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["lab", "flash-crowd"], ["bench", "swarm"], ["bench", "tracker"]],
+)
+def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path: Path, capsys, command):
+    """``lab --json garbage.bin/x.json`` ran the whole scenario, then failed writing (no report at all); ``--json DIR``
+    printed the report and lost the JSON (an adversarial session)."""
+    (tmp_path / "garbage.bin").write_bytes(b"x")
+    for given, said in ((tmp_path / "garbage.bin" / "x.json", "is not a directory"), (tmp_path, "is a directory")):
+        with pytest.raises(SystemExit) as exit:
+            main([*command, "--json", str(given)])
+        assert exit.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        main(["lab", "flash-crowd", "--plots", str(tmp_path / "garbage.bin" / "plots")])
+    assert exit.value.code == 2 and "cannot be a folder" in capsys.readouterr().err

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
         metavar="N",
         help="worker processes of the edge and of nginx alike (default: one per usable core, the edge's default)",
     )
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.set_defaults(run=run_serve)
 
     b = bsub.add_parser(
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
     b.add_argument(
         "--peer-upload", type=options.rate, default=parse_rate("1MB/s"), metavar="RATE", help="each peer's upload cap u_i (default 1MB/s)"
     )
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     b.set_defaults(run=run_swarm)
 
@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
     b.add_argument("--clients", type=options.count, metavar="N", help="readers at once (default 32; with --peers, 12 peers' gateways)")
     b.add_argument("--size", type=options.size, default=16 * 1024 * 1024, metavar="SIZE", help="the file (default 16MiB)")
     b.add_argument("--parent-rate", default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)")
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     b.add_argument(
         "--peers",
@@ -103,7 +103,7 @@ def add_parser(sub) -> None:
     )
     b.add_argument("--duration", type=options.count, default=10, metavar="SECONDS", help="length of each way's run (default 10)")
     b.add_argument("--connections", type=options.count, default=32, metavar="N", help="wrk concurrent connections (default 32)")
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep logs here (default: a temporary directory)")
     b.set_defaults(run=run_router)
 
@@ -118,7 +118,7 @@ def add_parser(sub) -> None:
     b.add_argument(
         "--runs", type=options.count, default=3, metavar="N", help="requests per case and way, each on fresh cold nodes (default 3)"
     )
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
     b.set_defaults(run=run_players)
 
@@ -138,7 +138,7 @@ def add_parser(sub) -> None:
     b.add_argument(
         "--stores", default="memory,redis", metavar="LIST", help="stores to measure, comma-separated: memory, redis (default both)"
     )
-    b.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
+    b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.set_defaults(run=run_tracker)
 
 

@@ -18,7 +18,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--peers", type=options.count, default=12, metavar="N", help="peers per region (default 12)")
     p.add_argument(
-        "--out", type=Path, default=Path("edgeswarm-demo"), metavar="DIR", help="plots and demo.json go here (default ./edgeswarm-demo)"
+        "--out",
+        type=options.output_dir,
+        default="edgeswarm-demo",
+        metavar="DIR",
+        help="plots and demo.json go here (default ./edgeswarm-demo)",
     )
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     p.set_defaults(run=run)

@@ -89,8 +89,10 @@ def _scenario_flags(p: argparse.ArgumentParser, lab: bool) -> None:
     if lab:
         p.add_argument("--netns", action="store_true", help="every node in its own network namespace, links shaped with tc (root only)")
     what = "every figure, per user and over time" if lab else "every figure, per fault, user and node"
-    p.add_argument("--json", type=Path, metavar="FILE", help=f"write {what}, here")
-    p.add_argument("--plots", type=Path, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)")
+    p.add_argument("--json", type=options.output_file, metavar="FILE", help=f"write {what}, here")
+    p.add_argument(
+        "--plots", type=options.output_dir, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)"
+    )
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -36,6 +37,30 @@ def positive_size(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a size of at least one byte, got {text!r}")
     return n
+
+
+def output_file(text: str) -> Path:
+    """A file a long run writes its figures to at its end (``--json``): checked now, so that a directory or a missing
+    folder does not cost the run (a lab scenario lost its minutes of figures to it at the end: an adversarial session)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory: give a file's path")
+    parent = path.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: its folder {str(parent)!r} is not writable")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """A folder a long run fills at its end (``--plots``): made now, so that a path it cannot be is said at once."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be a folder: {exc.strerror or exc}") from None
+    return path
 
 
 def rate(text: str) -> int:
