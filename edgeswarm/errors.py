@@ -29,3 +29,9 @@ class HttpError(EdgeswarmError):
         self.status = status
         self.message = message
         self.headers = headers or {}
+
+
+def said(exc: BaseException) -> str:
+    """What ``exc`` says, on one line; its type's name when it says nothing (a TimeoutError: an exception is always true,
+    so ``exc or name`` printed "unreachable: " with no reason, an adversarial session)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

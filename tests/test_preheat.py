@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -95,6 +99,28 @@ def test_preheat_names_a_bad_region_an_unreachable_router_or_edge_and_a_missing_
     assert held(region["e1"]) is not None  # the reachable edge was filled all the same
     missing = preheat("films/none.bin", "--region", "east", "--router", router)
     assert missing.returncode == 1 and "404" in missing.stderr and "films/none.bin" in missing.stderr, missing.stderr
+
+
+@pytest.mark.integration
+def test_preheat_says_why_a_silent_server_failed_and_that_a_plain_web_server_is_no_edge(tmp_path):
+    """A server that never answered failed "unreachable: " with no reason; a web server on the wrong port, holding a file
+    of that name, was reported fetched and whole, exit 0 (an adversarial session)."""
+    make_file(tmp_path / PATH, 1000)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    web_server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=web_server.serve_forever, daemon=True).start()
+    try:
+        hung = preheat(PATH, "--region", "east", "--edge", f"http://127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1")
+        assert hung.returncode == 1 and "unreachable: TimeoutError" in hung.stderr, hung.stderr
+        plain = preheat(PATH, "--region", "east", "--edge", f"http://127.0.0.1:{web_server.server_port}")
+        assert plain.returncode == 1 and "not an edgeswarm edge" in plain.stderr, plain.stderr
+    finally:
+        web_server.shutdown()
+        silent.close()
 
 
 def gateway_status(peer) -> dict:

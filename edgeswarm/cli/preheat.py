@@ -124,7 +124,9 @@ def _orders(answers, args: argparse.Namespace) -> int:
             print(f"edgeswarm preheat: peer orders at {a.edge}: {a.error}", file=sys.stderr)
         for row in a.rows:
             print(f"{a.edge}  {row['path']}: {len(row['chosen'])} of {row['volunteers']} volunteering peers asked (wants {row['wanted']})")
-    print(f"preheat: {args.peers:.0%} of the volunteering peers of {args.region} asked to seed for {args.peers_for:g} s")
+    if failed < len(answers):  # none took the orders: the lines above said why, and nobody was asked
+        took = f" (at {len(answers) - failed} of {len(answers)} edges)" if failed else ""
+        print(f"preheat: {args.peers:.0%} of the volunteering peers of {args.region} asked to seed for {args.peers_for:g} s{took}")
     return 1 if failed else 0
 
 

@@ -50,6 +50,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgeswarm.errors import said
 from edgeswarm.measure.bench_serve import _cpu_ticks, _steal_pct
 from edgeswarm.measure.process import NodeProcess, ProcessGroup
 from edgeswarm.policy.vocabulary import (
@@ -158,7 +159,7 @@ def run(crowd: Crowd, json_path: Path | None, workdir: Path | None = None) -> in
         with ProcessGroup(root / "logs") as group:
             result = asyncio.run(_with_progress(console, group, root, crowd))
     except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as exc:
-        console.print(f"[red]bench swarm failed:[/red] {exc or type(exc).__name__} (logs in {root / 'logs'})")
+        console.print(f"[red]bench swarm failed:[/red] {said(exc)} (logs in {root / 'logs'})")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]bench swarm interrupted; every process it started has been stopped[/yellow]")

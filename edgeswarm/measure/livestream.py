@@ -33,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from edgeswarm.errors import EdgeswarmError
+from edgeswarm.errors import EdgeswarmError, said
 from edgeswarm.protocol import hls
 
 SEGMENT_S = 2.0
@@ -221,7 +221,7 @@ async def play_live(
     try:
         await _play(http, base, view, latest, until, start_behind, buffer_segments)
     except (aiohttp.ClientError, TimeoutError, PlayerError) as exc:
-        view.error = str(exc) or type(exc).__name__
+        view.error = said(exc)
     finally:
         reloader.cancel()
         await asyncio.gather(reloader, return_exceptions=True)
@@ -329,7 +329,7 @@ async def _play(
             digest, n = await _fetch(http, f"{base}/{path}")
         except (aiohttp.ClientError, TimeoutError, PlayerError) as exc:  # a player retries; the wait counts as a stall
             view.failures += 1
-            view.error = view.error or str(exc) or type(exc).__name__
+            view.error = view.error or said(exc)
             await asyncio.sleep(RETRY_S)
             continue
         done = time.monotonic()

@@ -20,7 +20,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from edgeswarm.errors import EdgeswarmError
+from edgeswarm.errors import EdgeswarmError, said
+from edgeswarm.protocol.manifest import is_content_id
 from edgeswarm.trust import tls
 
 CHUNK = 1 << 16
@@ -78,7 +79,7 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
                 raise PreheatError(f"router {router} answered {reply.status} to /edges?region= (too old to list a region?)")
             doc = await reply.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise PreheatError(f"cannot reach router {router}: {exc or type(exc).__name__}") from None
+        raise PreheatError(f"cannot reach router {router}: {said(exc)}") from None
     return [str(e["url"]) for e in doc.get("edges", [])], [str(u) for u in doc.get("down", [])]
 
 
@@ -105,13 +106,16 @@ async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan
             if reply.status != 200:
                 result.error = f"{reply.status} {(await reply.text())[:200].strip()}"
                 return result
+            if not is_content_id(reply.headers.get("ETag", "").strip('"')):  # a web server on the wrong port was "fetched"
+                result.error = "not an edgeswarm edge: its answer names no signed content (its ETag is no content id)"
+                return result
             on_bytes(reply.content_length or 0, 0)
             async for chunk in reply.content.iter_chunked(CHUNK):
                 result.nbytes += len(chunk)
                 on_bytes(0, len(chunk))
         result.outcome = FETCHED
     except (aiohttp.ClientError, TimeoutError) as exc:
-        result.error = f"unreachable: {exc or type(exc).__name__}"
+        result.error = f"unreachable: {said(exc)}"
     finally:
         result.seconds = time.monotonic() - started
     return result
@@ -164,7 +168,7 @@ async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list
                         return out
                     out.rows = list((await r.json()).get("orders", []))
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                out.error = f"unreachable: {exc or type(exc).__name__}"
+                out.error = f"unreachable: {said(exc)}"
             return out
 
         return list(await asyncio.gather(*(one(e) for e in plan.edges)))

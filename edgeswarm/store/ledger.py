@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeswarm.errors import EdgeswarmError
+from edgeswarm.errors import EdgeswarmError, said
 from edgeswarm.policy.claims import differs, overclaimers
 from edgeswarm.policy.vocabulary import p2p_share
 
@@ -110,11 +110,6 @@ def redact(target: str) -> str:
     """The target as it may appear in logs and messages: DSN passwords replaced by ***."""
     target = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", target)
     return re.sub(r"(password=)[^&\s]*", r"\1***", target)
-
-
-def _one_line(exc: BaseException) -> str:
-    """psycopg and libpq put hints on further lines; a CLI message and a log line want one."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _Backend:
@@ -206,7 +201,7 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
             log.warning("ledger %s: journal mode is %s, not WAL; reports will wait for writes", path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL; a lost last flush is a few seconds of counts
     except (OSError, sqlite3.Error) as exc:
-        raise LedgerError(f"cannot open SQLite ledger {path}: {_one_line(exc)}") from None
+        raise LedgerError(f"cannot open SQLite ledger {path}: {said(exc)}") from None
     return _Backend(conn)
 
 
@@ -230,7 +225,7 @@ def _read_sqlite(path: str, p: Path) -> _Backend:
         backend.conn.execute("PRAGMA busy_timeout = 10000")  # the edge may be writing
         ledger = backend.has_table()
     except (OSError, sqlite3.Error) as exc:
-        raise LedgerError(f"cannot open SQLite ledger {path}: {_one_line(exc)}") from None
+        raise LedgerError(f"cannot open SQLite ledger {path}: {said(exc)}") from None
     if not ledger:
         backend.close()
         raise LedgerError(f"{path} is not an edgeswarm ledger: it has no usage table (another database, or a copy without its -wal file)")
@@ -245,9 +240,9 @@ def _connect_postgres(dsn: str) -> _Backend:
     try:
         conn = psycopg.connect(dsn, connect_timeout=10)
     except psycopg.Error as exc:
-        raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(_one_line(exc))}") from None
+        raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}") from None
     except Exception as exc:  # an unparseable DSN can surface as other errors
-        raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(_one_line(exc))}") from None
+        raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(said(exc))}") from None
     return _Postgres(conn)
 
 
@@ -262,7 +257,7 @@ def _connect(target: str, create: bool) -> _Backend:
                 backend.conn.rollback()
             if attempt:  # the first failure may be another edge creating the table at the same moment (PostgreSQL)
                 backend.close()
-                raise LedgerError(f"cannot create the usage table in {redact(target)}: {_one_line(exc)}") from None
+                raise LedgerError(f"cannot create the usage table in {redact(target)}: {said(exc)}") from None
     return backend
 
 
@@ -370,7 +365,7 @@ class Ledger:
         elif now - self._last_warning < _WARN_EVERY:
             return  # one line a minute while the database is down, not one per flush
         self._last_warning = now
-        log.warning("ledger %s: cannot write usage (%s); %d rows kept pending", redact(self.target), _one_line(exc), len(self._pending))
+        log.warning("ledger %s: cannot write usage (%s); %d rows kept pending", redact(self.target), said(exc), len(self._pending))
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -431,7 +426,7 @@ def report(target: str, since: float | None = None, by: str = "user", tolerance:
     try:
         raw = backend.select(math.floor(since) if since is not None else -(1 << 62)) if backend.has_table() else []
     except Exception as exc:
-        raise LedgerError(f"cannot read ledger {redact(target)}: {_one_line(exc)}") from None
+        raise LedgerError(f"cannot read ledger {redact(target)}: {said(exc)}") from None
     finally:
         backend.close()
     return _aggregate(raw, by, tolerance, slack)
