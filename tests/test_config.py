@@ -206,3 +206,19 @@ def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path
     with pytest.raises(SystemExit) as exit:
         main(["lab", "flash-crowd", "--plots", str(tmp_path / "garbage.bin" / "plots")])
     assert exit.value.code == 2 and "cannot be a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["origin", "--publish", ".", "--user-quota", "al/ice=1GB"], "user 'al/ice' cannot publish"),
+        (["router", "--poll-interval", "0.0001"], "expected at least 0.1 seconds"),
+        (["lab", "vod", "--rate-scale", "-1"], "expected a positive factor"),
+    ],
+)
+def test_flags_a_run_could_never_use_are_refused_with_the_reason(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]):
+    """Each was taken without a word: a quota for a name that can never publish, a router polling every edge 10 000
+    times a second, and a scale factor whose error spoke of seconds (an adversarial session)."""
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2 and said in capsys.readouterr().err

@@ -152,7 +152,7 @@ def add_parser(sub) -> None:
         metavar="SECONDS",
         help=f"how long a peer must have announced here before it may be promoted (default {d.promote_uptime:g})",
     )
-    options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s")
+    options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s (default: none)")
     trust = p.add_argument_group("trust and accounting")
     trust.add_argument(
         "--require-token",

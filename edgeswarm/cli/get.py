@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
     p.add_argument("--router", type=options.url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
     options.listen(p, "0.0.0.0:0", "upload server while downloading (default 0.0.0.0:0)")
-    options.upload_limit(p, "upload cap while downloading")
+    options.upload_limit(p, "upload cap while downloading, such as 2MB/s (default: none)")
     p.add_argument(
         "--stall-timeout",
         type=options.positive,

@@ -81,7 +81,7 @@ def _scenario_flags(p: argparse.ArgumentParser, lab: bool) -> None:
     p.add_argument("--size", metavar="SIZE", help="download size such as 16MiB (default: the scenario's)")
     if lab:
         p.add_argument(
-            "--rate-scale", type=options.positive, metavar="X", help="multiply the tiers' 2007 rates by X (default: the scenario's)"
+            "--rate-scale", type=options.factor, metavar="X", help="multiply the tiers' 2007 rates by X (default: the scenario's)"
         )
     p.add_argument("--seed", type=int, metavar="N", help="seed for arrivals, tiers and choices (default: the scenario's)")
     until = "give up when users are not done by then" if lab else "end the run by then"

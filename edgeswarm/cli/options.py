@@ -125,14 +125,19 @@ def cors_origin(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def positive(text: str) -> float:
+def positive(text: str, what: str = "a positive number of seconds") -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1
     if not (value > 0 and math.isfinite(value)):  # nan and inf too: a poll every nan seconds ran 2 000 times a second
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
+
+
+def factor(text: str) -> float:
+    """A positive multiplier (``lab --rate-scale``): its error said "seconds"."""
+    return positive(text, "a positive factor such as 0.5 or 2")
 
 
 # -- flag groups -------------------------------------------------------------------------------

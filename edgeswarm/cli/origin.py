@@ -100,9 +100,14 @@ def run(args: argparse.Namespace) -> int:
 
 def user_quota(text: str) -> tuple[str | None, int]:
     """``--user-quota SIZE`` (everyone) or ``USER=SIZE`` (one user): (user or None, bytes)."""
+    from edgeswarm.trust.tokens import publish_prefix_problem
+
     user, sep, size = text.rpartition("=")
     if sep and not user:
         raise argparse.ArgumentTypeError(f"expected SIZE or USER=SIZE, got {text!r}")
+    problem = publish_prefix_problem(user) if user else None
+    if problem is not None:  # a quota nobody can use: such a user can never publish (al/ice=1GB was taken silently)
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return (user or None, options.size(size))
 
 

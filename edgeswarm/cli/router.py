@@ -58,7 +58,11 @@ def add_parser(sub) -> None:
 def _health_flags(p: argparse.ArgumentParser) -> None:
     health = p.add_argument_group("health (docs/operations.md#the-router-health-and-failover)")
     health.add_argument(
-        "--poll-interval", type=options.positive, default=2.0, metavar="SECONDS", help="each edge's /status, this often (default 2)"
+        "--poll-interval",
+        type=poll_interval,
+        default=2.0,
+        metavar="SECONDS",
+        help="each edge's /status, this often (default 2; at least 0.1)",
     )
     health.add_argument(
         "--poll-timeout", type=options.positive, metavar="SECONDS", help="a poll not answered by then fails (default: half the interval)"
@@ -136,3 +140,11 @@ def run(args: argparse.Namespace) -> int:
     dns = (args.dns_host or args.listen[0], args.dns_port) if args.dns_port is not None else None
     asyncio.run(router.run(router_node, args.listen, dns, args.access_log, options.limits(args)))
     return 0
+
+
+def poll_interval(text: str) -> float:
+    """``--poll-interval``: 0.0001 was taken, and each poll asks every edge for its /status (an adversarial session)."""
+    value = options.positive(text)
+    if value < 0.1:
+        raise argparse.ArgumentTypeError(f"expected at least 0.1 seconds (each poll asks every edge for its /status), got {text!r}")
+    return value
