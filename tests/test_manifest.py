@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -763,18 +764,24 @@ def test_the_saved_state_reloads_every_entry_as_it_was(tmp_path):
     assert again.by_path["f1.bin"].key is not None
 
 
+def _saved_catalog(tmp_path, files: int) -> tuple[Path, Path, Path, Catalog]:
+    """A published folder of ``files`` files, its catalogue applied and saved: (folder, state, journal, catalogue)."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    for i in range(files):
+        (root / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
+    state = tmp_path / "state.json"
+    catalog = Catalog(root, state, KEY)
+    catalog.apply(catalog.scan_changes({}))
+    return root, state, tmp_path / "state.journal", catalog
+
+
 def test_a_save_appends_what_changed_and_a_restart_replays_it(tmp_path, monkeypatch):
     """Each change rewrote the whole state: 9 MB at 20 000 files, 25-46 ms of the origin's loop, at every segment of a
     live stream.  A save now appends the change to a journal; the state is written whole when the journal has grown to
     its size, and a restart reads both."""
     monkeypatch.setattr(catalog_module, "JOURNAL_MIN", 2000)
-    root = tmp_path / "pub"
-    root.mkdir()
-    for i in range(8):
-        (root / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
-    state, journal = tmp_path / "state.json", tmp_path / "state.journal"
-    catalog = Catalog(root, state, KEY)
-    catalog.apply(catalog.scan_changes({}))
+    root, state, journal, catalog = _saved_catalog(tmp_path, 8)
     snapshot = state.read_bytes()
     withdrawn = catalog.by_path["f1.bin"].signed.manifest.modified
     (root / "f0.bin").write_bytes(b"changed")
@@ -800,13 +807,7 @@ def test_a_save_appends_what_changed_and_a_restart_replays_it(tmp_path, monkeypa
 def test_a_journal_the_state_does_not_name_or_a_cut_line_is_not_replayed(tmp_path):
     """A crash after a snapshot and before its new journal leaves the old journal, whose changes are in the snapshot:
     replaying it would undo later ones.  A line cut by a crash is skipped (its file is hashed again)."""
-    root = tmp_path / "pub"
-    root.mkdir()
-    for i in range(3):
-        (root / f"f{i}.bin").write_bytes(bytes([i]) * 1000)
-    state, journal = tmp_path / "state.json", tmp_path / "state.journal"
-    catalog = Catalog(root, state, KEY)
-    catalog.apply(catalog.scan_changes({}))
+    root, state, journal, catalog = _saved_catalog(tmp_path, 3)
     (root / "f2.bin").write_bytes(b"new")
     catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     with open(journal, "ab") as f:
