@@ -337,7 +337,8 @@ class WorkerLink:
         """What a worker tells the primary about itself alone."""
 
         async def status(request: web.Request) -> web.StreamResponse:
-            return await self.node.get_status(request.clone(remote="127.0.0.1"))
+            # the primary asking, on this worker's private socket: trusted as the operator is (Edge._trusted_client)
+            return await self.node.get_status(request.clone(remote="127.0.0.1", host="localhost"))
 
         async def metrics(_: web.Request) -> web.Response:
             if self.node.tracker is not None:
