@@ -112,6 +112,9 @@ def test_per_content_and_per_source_series_are_capped_and_keep_every_byte():
     assert len(ids) == MAX_CONTENT_SERIES + 1 and OTHER in ids
     assert metrics.content[("sent", OTHER, "peer")] == 10 * extra and metrics.content[("sent", "cid0", "peer")] == 11
     assert sum(metrics.content.values()) == 10 * (MAX_CONTENT_SERIES + extra) + 1
+    metrics.forget_content("cid1")  # dropped from the store: its series go, and a newcomer gets its place (a live stream's
+    metrics.count_content("sent", "new", "peer", 7)  # segments took all 256 places within ten minutes: a soak session)
+    assert ("sent", "cid1", "peer") not in metrics.content and metrics.content[("sent", "new", "peer")] == 7
     for n in range(MAX_SOURCE_SERIES + extra):
         metrics.count_received("peer", f"http://10.0.0.{n}:1", 3)
     assert len(metrics.received) == MAX_SOURCE_SERIES + 1 and metrics.received[("peer", OTHER)] == 3 * extra

@@ -127,6 +127,15 @@ class Metrics:
         """Bytes of one content; past MAX_CONTENT_SERIES distinct ids, new ones count as content="other"."""
         self.content[(direction, _capped(cid, self._content_ids, MAX_CONTENT_SERIES), kind)] += nbytes
 
+    def forget_content(self, cid: str) -> None:
+        """A content the node no longer holds: its series go, and its place under MAX_CONTENT_SERIES is free again (a
+        live stream's segments, each a content, took all 256 within ten minutes, and every file after them was
+        "other" for the life of the process: a soak session)."""
+        if cid in self._content_ids:
+            self._content_ids.discard(cid)
+            for key in [k for k in self.content if k[1] == cid]:
+                del self.content[key]
+
     def count_received(self, kind: str, source: str, nbytes: int) -> None:
         """Bytes from one source; past MAX_SOURCE_SERIES distinct sources, new ones count as source="other"."""
         self.received[(kind, _capped(source, self._sources, MAX_SOURCE_SERIES))] += nbytes
@@ -189,7 +198,7 @@ class Metrics:
 
 
 def _capped(value: str, known: set[str], cap: int) -> str:
-    """``value`` itself if known, or made known while fewer than ``cap`` are; else OTHER (its series are never dropped)."""
+    """``value`` itself if known, or made known while fewer than ``cap`` are; else OTHER."""
     if value in known:
         return value
     if len(known) < cap:

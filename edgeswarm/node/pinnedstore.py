@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from edgeswarm.errors import HttpError
@@ -40,6 +41,7 @@ class PinnedStore:
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
+        self.on_drop: Callable[[str], None] = lambda cid: None  # the store's (PieceStore.on_drop)
         self._opened = asyncio.Event()
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
         self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
@@ -86,6 +88,7 @@ class PinnedStore:
             self._checking = asyncio.create_task(originkey.check_pinned(upstream, sources, key, self.cache / "origin.pub"))
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files, self.counts_found)
+        self.store.on_drop = self.on_drop
         self._opened.set()
         return self.store
 

@@ -148,6 +148,7 @@ class Edge:
         self.tracker = tracker = _tracker(config) if config.p2p else None
         self.bucket = bucket or TokenBucket(config.upload_limit)  # --upload-limit; one shared by an edge's workers (node/sharedbucket.py)
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, f"edge is still learning the origin key from {self.parent}")
+        self.pinned.on_drop = self.metrics.forget_content
         self._fills: Collapser[bytes] = Collapser()
         self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)

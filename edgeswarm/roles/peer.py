@@ -243,6 +243,7 @@ class Peer:
             self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
         )
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
+        self.pinned.on_drop = self.metrics.forget_content
         self.swarms: dict[str, Swarm] = {}
         self._bans: dict[str, set[str]] = {}  # cid -> the addresses its retired swarm had banned, for its next swarm
         self.live = livegateway.LiveFollower(self)  # live playlists: their newest segments fetched ahead

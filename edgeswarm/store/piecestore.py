@@ -127,6 +127,7 @@ class PieceStore:
         self.open_files = max(1, min(OPEN_FILES, open_files or OPEN_FILES))  # piece descriptors kept open at most
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
         self.counts_found = counts_found  # a restarted worker: its quota counts every piece found at start, not its share
+        self.on_drop: Callable[[str], None] = lambda cid: None  # told each content dropped (the node's metrics forget it)
         if worker is not None and max_bytes is not None:
             max_bytes = max(1, max_bytes // worker[1])
         self.content_dir = root / "content"
@@ -301,6 +302,7 @@ class PieceStore:
         return True
 
     def drop_content(self, cid: str) -> None:
+        self.on_drop(cid)
         signed = self._manifests.pop(cid, None)
         self._raw.pop(cid, None)
         self._bare.pop(cid, None)
