@@ -20,7 +20,12 @@ def add_parser(sub) -> None:
         "url", metavar="URL", help="the file at an edge or a router, such as http://edge:8080/path/file (with --router: or /path/file)"
     )
     p.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="where to write it, - for standard output (default: the file's name, here)"
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="where to write it, its missing folders made as curl --create-dirs does; - for standard output (default: the "
+        "file's name, here)",
     )
     options.cache(p, "keep pieces here, so a rerun resumes (default: a temporary dir)", required=False)
     p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")

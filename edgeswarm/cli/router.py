@@ -32,7 +32,14 @@ def add_parser(sub) -> None:
         "the same edges (rendezvous hashing) and moving paths off edges that run hot; answer with a 302, with JSON "
         "(GET /edges?path=P) and with DNS A records; poll every edge's /status to mark it down or up.",
     )
-    p.add_argument("--regions", type=Path, required=True, metavar="FILE", help="region map: CIDR -> ISP and region, as the edges use")
+    p.add_argument(
+        "--regions",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="region map: CIDR -> ISP and region, as the edges use (required: it names the regions edges may serve, "
+        "--default-region among them)",
+    )
     p.add_argument(
         "--edge",
         action="append",
