@@ -483,7 +483,7 @@ class Peer:
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
         if reply.status in (401, 403):  # our token: no retry will change the edge's mind
-            said = reply.body[:300].decode("utf-8", "replace").strip()
+            said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
             self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
             raise UpstreamError(502, self.refused[url])
         if reply.status == 429:
