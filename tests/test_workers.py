@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -25,7 +26,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeswarm.node.workers import YOUNG_S, Slot
+from edgeswarm.node.workers import YOUNG_S, Slot, private_dir
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.filllock import SLOTS
 from edgeswarm.store.piecestore import PieceStore
@@ -345,6 +346,19 @@ async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nod
                 raise AssertionError("no /status answered within 2 s")
         finally:
             os.kill(hung, signal.SIGCONT)
+
+
+def test_a_supervisors_private_directory_is_named_after_it_and_dead_ones_go(tmp_path, monkeypatch):
+    """A SIGKILLed supervisor cannot remove its directory of sockets: CI's runs left hundreds in /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = tmp_path / "edgeswarm-edge-4194305-abc"  # above any pid_max: no such process
+    live = tmp_path / f"edgeswarm-edge-{os.getpid()}-def"
+    other = tmp_path / "edgeswarm-lab-4194305-ghi"
+    for d in (dead, live, other):
+        d.mkdir()
+    made = Path(private_dir("edge"))
+    assert made.name.startswith(f"edgeswarm-edge-{os.getpid()}-") and oct(made.stat().st_mode & 0o777) == "0o700"
+    assert not dead.exists() and live.exists() and other.exists()
 
 
 def test_metrics_of_workers_add_up_and_alike_gauges_do_not():

@@ -27,8 +27,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +44,28 @@ _WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 
 
 MAX_PER_CORE = 4  # edge --workers beyond this many a usable core is refused: a typo of 10000 forked until the host fell over
+
+
+def private_dir(role: str) -> str:
+    """A new 0700 directory for the workers' sockets and shared files, named after this supervisor's pid; those of
+    supervisors no longer running go first (a SIGKILLed one cannot remove its own: CI's runs left hundreds)."""
+    prefix = f"edgeswarm-{role}-"
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            pid = entry.name.removeprefix(prefix).split("-", 1)[0]
+            if entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir(follow_symlinks=False) and not _alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (its directory is not ours to remove), or no pid
+        return True
+    return True
 
 
 def usable_cores() -> int:

@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,7 @@ def run(
         keep = workers.reserve_port(*listen)
     except OSError as exc:
         raise SystemExit(f"edgeswarm edge: cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
-    rundir = tempfile.mkdtemp(prefix="edgeswarm-edge-")  # 0700
+    rundir = workers.private_dir("edge")
     try:
         with keep:
             host, port = keep.getsockname()[:2]  # port 0 -> the real one, and the address as bound
