@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
+import http.server
 import itertools
 import os
 import shutil
@@ -12,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -391,6 +394,22 @@ def test_a_get_whose_token_the_edge_refuses_stops_at_once_with_the_edges_reason(
         got = subprocess.run([*cmd, "--stall-timeout", "600"], capture_output=True, text=True, timeout=60)
         assert got.returncode == 1 and "answered 401 for piece 0 of tiny.txt: token is malformed" in got.stderr, got.stderr
         assert not (tmp_path / "t").exists()
+
+
+def test_a_get_from_a_server_that_is_no_edge_says_so(tmp_path):
+    """It said the peer was "still learning the origin key", never that the server was no edgeswarm edge (an
+    adversarial session)."""
+    (tmp_path / "a.txt").write_text("hi")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", f"http://127.0.0.1:{server.server_port}/a.txt", "-o", str(tmp_path / "out")]
+        got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert got.returncode == 1 and "answered 404 for /origin-key: it is no edgeswarm edge nor origin" in got.stderr, got.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

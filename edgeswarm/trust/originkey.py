@@ -89,6 +89,8 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str], 
 async def _served(upstream: Upstream, source: str) -> bytes:
     """The public key ``source`` serves at ``/origin-key``, as PEM; UpstreamError or KeyFileError saying why not."""
     reply = await upstream.get(source, "/origin-key")
+    if reply.status == 404:  # every edgeswarm node serves it: a web server on the wrong port, say
+        raise UpstreamError(502, f"{source} answered 404 for /origin-key: it is no edgeswarm edge nor origin")
     if reply.status != 200:
         raise UpstreamError(502, f"{source} answered {reply.status} for /origin-key")
     return public_pem(load_public_key(reply.body, f"{source}/origin-key"))
