@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import http.server
 import json
 import logging
 import os
@@ -497,3 +499,22 @@ async def test_publish_stops_at_once_at_an_offset_beyond_the_file(tmp_path):
     code, err, took, puts = await publish_to_liar(tmp_path, "999999999")
     assert code == 1 and "protocol error" in err and "beyond the file's 300000 bytes" in err, err
     assert puts == 1 and took < 20
+
+
+@pytest.mark.integration
+def test_publish_to_a_web_server_that_is_no_edge_says_so_at_once(tmp_path):
+    """The server's HTML error page was printed as the reason, after five retries of a 501 (an adversarial session)."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "up.bin").write_bytes(b"x")
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
+    edge = f"http://127.0.0.1:{server.server_port}"
+    try:
+        cmd = [sys.executable, "-m", "edgeswarm", "publish", str(tmp_path / "up.bin"), "--edge", edge, "--token", token, "--no-progress"]
+        got = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    finally:
+        server.shutdown()
+    assert got.returncode == 1 and "as an HTML page: no edgeswarm edge answers with one" in got.stderr, got.stderr
+    assert "<html" not in got.stderr.lower() and "retries" not in got.stderr

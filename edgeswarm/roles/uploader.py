@@ -116,12 +116,14 @@ async def publish(
             try:
                 async with session.put(url, headers={**base, **headers, "Content-Length": str(end - start)}, data=body, ssl=context) as r:
                     text = await r.text()
+                    if r.content_type == "text/html":  # no edgeswarm node: retrying changes nothing
+                        raise PublishError(_said(r.status, r.content_type, text, job.edge))
                     if r.status >= 500 and r.status != upload.FULL_STATUS:
-                        raise _Attempt(f"{r.status} {text.strip()[:300]}")
+                        raise _Attempt(_said(r.status, r.content_type, text, job.edge))
                     if r.status in (201, 202, 409):
                         offset = r.headers.get(upload.OFFSET_HEADER)
                         return r.status, {"text": text, "offset": int(offset) if offset and offset.isdigit() else None}
-                    raise PublishError(f"{r.status} {text.strip()[:500]}")
+                    raise PublishError(_said(r.status, r.content_type, text, job.edge))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
 
@@ -177,3 +179,10 @@ def _within(offset: int, length: int) -> int:
     if offset > length:
         raise PublishError(f"protocol error: the edge reported {upload.OFFSET_HEADER} {offset}, beyond the file's {length} bytes")
     return offset
+
+
+def _said(status: int, content_type: str, text: str, edge: str) -> str:
+    """An answer's status and message; an HTML page is no edgeswarm node's (they answer text): its markup was printed."""
+    if content_type == "text/html":
+        return f"{status} from {edge}, as an HTML page: no edgeswarm edge answers with one (is that the edge's URL?)"
+    return f"{status} {' '.join(text.split())[:500]}"
