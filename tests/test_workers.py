@@ -289,6 +289,25 @@ async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed
 
 
 @pytest.mark.integration
+async def test_a_worker_restarted_under_the_quota_deletes_nothing(tmp_path, nodes, origin, published, http):
+    """Counted against its share of the quota, a restarted worker evicted down to it at once: one crash of one worker
+    deleted (N-1)/N of a cache that was within --max-cache (an adversarial review of the fix above)."""
+    files = {f"u{i}.bin": make_file(published / f"u{i}.bin", 1024 * 1024) for i in range(4)}
+    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "8MB")
+    for name, data in files.items():
+        await content_id(http, edge.url, name)
+        assert (await fresh("GET", f"{edge.url}/{name}"))[:2] == (200, data)
+    pieces = tmp_path / "edge" / "content"
+    before = sorted(str(f.relative_to(pieces)) for f in pieces.glob("*/*.piece"))
+    pid = int(edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0])
+    os.kill(pid, signal.SIGKILL)
+    await until(lambda: edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0] != str(pid))
+    await until(lambda: "edge worker 0 of 2 (pid" in edge.log_text().rsplit("restarting it", 1)[1])  # its store is open
+    assert (await fresh("GET", f"{edge.url}/u0.bin"))[:2] == (200, files["u0.bin"])
+    assert sorted(str(f.relative_to(pieces)) for f in pieces.glob("*/*.piece")) == before
+
+
+@pytest.mark.integration
 async def test_a_piece_whose_fill_lock_a_stuck_process_holds_is_fetched_anyway(tmp_path, nodes, origin, published, http):
     """A worker stopped (SIGSTOP, swapping) while it held a piece's fill lock: the other waited --timeout + 5 s, then cut
     its client's download with a 504 instead of fetching the piece itself (an adversarial session).  Here this test's

@@ -32,13 +32,15 @@ directory, each with a store of its own (``worker=(index, count)``):
   being fetched again;
 - the quota is split: each worker evicts, down to ``max_bytes / count``, the
   pieces it wrote and, of those found at start, the ones whose hash falls to
-  it; a worker restarted after its predecessor died, all it finds (the
-  pieces the dead one wrote whose hash falls to a living worker were counted
-  by nobody: each SIGKILL left about half of them over ``--max-cache`` for
-  good, an adversarial session).  Every piece on disk is so counted by at
-  least one worker, and the directory stays within ``max_bytes``; after a
-  restart some are counted twice, so the cache may run under its quota until
-  the living workers' evictions and drops even it out.  A piece one worker evicts while
+  it.  A worker restarted after its predecessor died counts all it finds,
+  against the whole ``max_bytes`` (the pieces the dead one wrote whose hash
+  falls to a living worker were counted by nobody: each SIGKILL left about
+  half of them over ``--max-cache`` for good; counted against its share, a
+  restart deleted (N-1)/N of the cache at once: two adversarial sessions).
+  Every piece on disk is so counted by at least one worker: the directory
+  stays within ``max_bytes``, and after a worker's restart within twice it
+  at worst (what the others write meanwhile), until their evictions bring it
+  back.  A piece one worker evicts while
   another serves it is read to the end through the open descriptor, and
   then dropped from the other's have-set when it is next opened.
 """
@@ -128,7 +130,7 @@ class PieceStore:
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
         self.counts_found = counts_found  # a restarted worker: its quota counts every piece found at start, not its share
         self.on_drop: Callable[[str], None] = lambda cid: None  # told each content dropped (the node's metrics forget it)
-        if worker is not None and max_bytes is not None:
+        if worker is not None and max_bytes is not None and not counts_found:
             max_bytes = max(1, max_bytes // worker[1])
         self.content_dir = root / "content"
         self._content_prefix = f"{self.content_dir}/"
