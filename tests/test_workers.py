@@ -291,18 +291,23 @@ async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed
 @pytest.mark.integration
 async def test_a_worker_restarted_under_the_quota_deletes_nothing(tmp_path, nodes, origin, published, http):
     """Counted against its share of the quota, a restarted worker evicted down to it at once: one crash of one worker
-    deleted (N-1)/N of a cache that was within --max-cache (an adversarial review of the fix above)."""
-    files = {f"u{i}.bin": make_file(published / f"u{i}.bin", 1024 * 1024) for i in range(4)}
-    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "8MB")
+    deleted (N-1)/N of a cache that was within --max-cache (an adversarial review of the fix above).  The cache is
+    filled first by a single process, so each of 4 workers starts with its hash share of it (about a quarter, 2.1 MB),
+    well within its own quota (4.25 MB)."""
+    files = {f"u{i}.bin": make_file(published / f"u{i}.bin", 1024 * 1024) for i in range(8)}
+    fill = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--workers", "1", name="fill")
     for name, data in files.items():
-        await content_id(http, edge.url, name)
-        assert (await fresh("GET", f"{edge.url}/{name}"))[:2] == (200, data)
+        await content_id(http, fill.url, name)
+        assert (await fresh("GET", f"{fill.url}/{name}"))[:2] == (200, data)
+    fill.stop()
     pieces = tmp_path / "edge" / "content"
     before = sorted(str(f.relative_to(pieces)) for f in pieces.glob("*/*.piece"))
-    pid = int(edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0])
+    assert len(before) == 32
+    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "17MB", "--workers", "4")  # 8.4 MB held: over a worker's share
+    await until(lambda: edge.log_text().count(" of 4 (pid ") >= 4)
+    pid = int(edge.log_text().rsplit("edge worker 0 of 4 (pid ", 1)[1].split(")", 1)[0])
     os.kill(pid, signal.SIGKILL)
-    await until(lambda: edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0] != str(pid))
-    await until(lambda: "edge worker 0 of 2 (pid" in edge.log_text().rsplit("restarting it", 1)[1])  # its store is open
+    await until(lambda: edge.log_text().rsplit("edge worker 0 of 4 (pid ", 1)[1].split(")", 1)[0] != str(pid))
     assert (await fresh("GET", f"{edge.url}/u0.bin"))[:2] == (200, files["u0.bin"])
     assert sorted(str(f.relative_to(pieces)) for f in pieces.glob("*/*.piece")) == before
 
