@@ -148,6 +148,23 @@ async def test_a_stranger_learns_nothing_by_content_id_and_makes_nothing_be_fetc
     assert (await status(http, edge.url))["content_count"] == 1
 
 
+async def test_status_is_the_operators_from_loopback_by_address_and_from_internal_networks_by_any_name(tmp_path, nodes, deployment, http):
+    """From loopback a page rebound to 127.0.0.1 sends its own name as Host, so loopback is trusted only under an IP
+    address or localhost; --internal networks are trusted by address, as a router there names the edge as its
+    certificate does (refused too in a first version: an adversarial review)."""
+    origin, key, _, _ = deployment
+    plain, _ = start_edge(nodes, tmp_path, origin, key, "plain")
+    internal, _ = start_edge(nodes, tmp_path, origin, key, "internal", "--internal", "127.0.0.0/8")
+
+    async def status_code(url: str, host: str | None) -> int:
+        async with http.get(f"{url}/status", headers={"Host": host} if host else {}) as r:
+            return r.status
+
+    assert await status_code(plain.url, None) == 200 and await status_code(plain.url, "localhost") == 200
+    assert await status_code(plain.url, "rebound.test") == 401
+    assert await status_code(internal.url, "edge.example") == 200
+
+
 async def test_region_scoped_token(tmp_path, nodes, deployment, http):
     origin, key, _, _ = deployment
     regions = tmp_path / "regions.yaml"

@@ -214,10 +214,13 @@ class Edge:
         return addr is not None and any(addr in net for net in self.internal)
 
     def _trusted_client(self, request: web.Request) -> bool:
-        """The operator's own machines: loopback, and ``--internal`` networks when given; asking for the edge by its
-        IP address or localhost, as a page a stranger's DNS rebinds to this address never does."""
+        """The operator's own machines: ``--internal`` networks when given, by address (routers and tools there name
+        the edge as its certificate does); and loopback asking for the edge by an IP address or localhost, as a page
+        a stranger's DNS rebinds to 127.0.0.1 never does."""
         addr = _client_address(request)
-        return addr is not None and (addr.is_loopback or any(addr in net for net in self.internal)) and addressed_directly(request.host)
+        if addr is None:
+            return False
+        return any(addr in net for net in self.internal) or (addr.is_loopback and addressed_directly(request.host))
 
     def check_host(self, request: web.Request) -> None:
         """``--only-origin``: serve the namespace only under the CDN host names given."""

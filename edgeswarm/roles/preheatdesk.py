@@ -134,7 +134,11 @@ class PreheatDesk:
 
     def _operator(self, request: web.Request) -> None:
         if not self.edge._trusted_client(request):
-            raise HttpError(403, "preheat orders are taken from loopback and this edge's --internal networks only")
+            raise HttpError(
+                403,
+                "preheat orders are taken from this edge's --internal networks, and from loopback addressing the edge by an "
+                "IP address or localhost, only",
+            )
 
     async def post_preheat(self, request: web.Request) -> web.Response:
         """``POST /preheat`` {"paths": [...], "share": 0.25, "region": "east", "ttl": 86400}: an order per path."""
