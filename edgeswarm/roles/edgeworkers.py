@@ -138,6 +138,9 @@ async def _worker(
     node = edge_role.Edge(dataclasses.replace(config, tracker_store=store), bucket)
     node.pinned.worker = (slot.index, slot.count)
     node.pinned.counts_found = slot.restarted
+    # a content's series is the sum of every worker's, and each drops a content on its own: one forgetting it would make
+    # the merged counter go down, which Prometheus takes for a reset (an adversarial review); so workers keep theirs
+    node.pinned.on_drop = lambda cid: None
     node.fill_locks = FillLocks(config.cache, config.timeout + SIBLING_WAIT_S)
     link = WorkerLink(node, slot, config.upload_limit)
     app = node.app()
