@@ -814,6 +814,11 @@ def test_a_journal_the_state_does_not_name_or_a_cut_line_is_not_replayed(tmp_pat
         f.write(b'{"f0.bin": null, "f1.bin": {"stat": [1, 2')  # a withdrawal and a row, cut by a crash
     again = Catalog(root, state, KEY)
     assert {rel: e.raw for rel, e in again.by_path.items()} == {rel: e.raw for rel, e in catalog.by_path.items()}
+    (root / "f0.bin").write_bytes(b"after the cut")  # appended after the cut bytes, it was lost with them (a review)
+    again.apply(again.scan_changes(dict(again.by_path)))
+    assert Catalog(root, state, KEY).by_path["f0.bin"].raw == again.by_path["f0.bin"].raw
+    (root / "f2.bin").write_bytes(b"newest")  # a line of the journal begun then
+    again.apply(again.scan_changes(dict(again.by_path)))
     header, *changes = journal.read_text().splitlines()
     journal.write_text("\n".join([header.replace('":', '":1'), *changes]))  # another journal's number
     stale = Catalog(root, state, KEY)

@@ -187,8 +187,10 @@ class Catalog:
         header = _parsed(lines[0])
         if type(number) is not int or header.get(JOURNAL) != number:
             return
+        cut = False
         for line in filter(None, lines[1:]):
             change = _parsed(line)
+            cut = cut or not change
             floors = change.pop(AHEAD, None)
             if isinstance(floors, dict):
                 known = state.get(AHEAD)
@@ -198,7 +200,8 @@ class Catalog:
                     state.pop(rel, None)
                 else:
                     state[rel] = row
-        self._journal = number
+        # after a line cut by a crash the next append would continue it, and be lost with it: a snapshot starts afresh
+        self._journal = None if cut else number
         self._journal_room = max(JOURNAL_MIN, snapshot_bytes) - sum(len(line) + 1 for line in lines)
 
     def _load_row(self, rel: str, row: dict, public: Ed25519PublicKey) -> None:
