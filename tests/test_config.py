@@ -222,3 +222,10 @@ def test_flags_a_run_could_never_use_are_refused_with_the_reason(argv: list[str]
     with pytest.raises(SystemExit) as exit:
         main(argv)
     assert exit.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_a_lab_run_checks_its_default_plots_folder_before_it_starts(tmp_path: Path):
+    """A file where lab-SCENARIO-plots goes was found after the whole run, and the JSON was never written (a review)."""
+    (tmp_path / "lab-vod-plots").write_text("in the way")
+    assert main(["lab", "vod", "--json", str(tmp_path / "vod.json")]) == 2
+    assert not (tmp_path / "vod.json").exists()

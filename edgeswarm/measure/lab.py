@@ -603,6 +603,12 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     from edgeswarm.measure import labreport
 
     console = labreport.report_console()
+    plots = plots or (json_path.parent if json_path else Path.cwd()) / f"lab-{s.name}-plots"
+    try:  # made before the run: one it cannot be (a file there, no write access) was said only after it (a review)
+        plots.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        console.print(f"[red]lab:[/red] the plots cannot go to {plots}: {exc.strerror or exc}")
+        return 2
     try:
         result = execute(s, console, netns=netns, workdir=workdir)
     except NetworkUnavailable as exc:
@@ -614,7 +620,6 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     except LabError as exc:
         console.print(f"[red]lab {s.name} failed:[/red] {exc}")
         return 1
-    plots = plots or (json_path.parent if json_path else Path.cwd()) / f"lab-{s.name}-plots"
     result["plots"] = [str(p) for p in labreport.plot(result, plots)]
     labreport.print_report(console, result)
     if json_path is not None:
