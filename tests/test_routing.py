@@ -171,6 +171,22 @@ def test_a_restarted_edge_counts_afresh():
     assert h.egress_Bps == 0.0 and h.state == UP
 
 
+def test_totals_a_worker_missed_give_no_rate_and_are_no_baseline():
+    """A worker that did not answer in time was left out of one /status: the router read the drop as a restart, then
+    the next whole totals' jump (the worker's lifetime bytes) as one interval's traffic: an idle edge at 60 MB/s, its
+    paths shed as hot (a review)."""
+    t = Thresholds()
+    h = EdgeHealth()
+    h.succeeded(Sample(0.0, 200_000_000, 1000, 0), t)
+    h.succeeded(Sample(2.0, 200_000_000, 1000, 0), t)
+    h.succeeded(Sample(4.0, 80_000_000, 400, 0, whole=False), t)  # a worker missing from these totals
+    h.succeeded(Sample(6.0, 200_002_000, 1001, 0), t)
+    assert h.egress_Bps == pytest.approx(500.0) and h.state == UP  # 2 000 bytes over the 4 s since the last whole totals
+    doc = {"role": "edge", "bytes_sent": {"client": 5}, "responses_by_endpoint": {}, "workers": {"count": 2, "answered": 1}}
+    assert not sample_from_status(doc, 0.0).whole
+    assert sample_from_status({**doc, "workers": {"count": 2, "answered": 2}}, 0.0).whole
+
+
 def test_sample_from_status_ignores_polls_and_scrapes():
     doc = {
         "role": "edge",

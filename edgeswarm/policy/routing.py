@@ -85,6 +85,7 @@ class Sample:
     bytes_sent: int
     requests: int  # answers to clients and nodes (not polls or scrapes)
     errors: int  # of which 5xx
+    whole: bool = True  # every worker of the edge answered for these totals (``workers.answered``)
 
 
 def sample_from_status(doc: object, at: float) -> Sample:
@@ -105,7 +106,9 @@ def sample_from_status(doc: object, at: float) -> Sample:
             requests += _count(n)
             if str(status).startswith("5") and str(status) not in UPSTREAM_FAILURES:
                 errors += _count(n)
-    return Sample(at, total, requests, errors)
+    workers = doc.get("workers")
+    whole = not isinstance(workers, dict) or workers.get("answered") == workers.get("count")
+    return Sample(at, total, requests, errors, whole)
 
 
 def _count(value: object) -> int:
@@ -128,13 +131,21 @@ class EdgeHealth:
     last: Sample | None = None
 
     def succeeded(self, sample: Sample, t: Thresholds) -> bool:
-        """A poll answered with /status; returns whether the state changed."""
-        prev, self.last = self.last, sample
-        if prev is not None and sample.at > prev.at and sample.bytes_sent >= prev.bytes_sent and sample.requests >= prev.requests:
+        """A poll answered with /status; returns whether the state changed.
+
+        Totals that lack a worker (``whole`` false: it did not answer in time) give no rate and are no baseline: the
+        next whole ones counted its lifetime bytes as one interval's, an idle edge at 60 MB/s, shed as hot (a review).
+        """
+        prev = self.last
+        if not sample.whole:
+            pass  # the rates and the baseline stay as the last whole totals left them
+        elif prev is not None and sample.at > prev.at and sample.bytes_sent >= prev.bytes_sent and sample.requests >= prev.requests:
+            self.last = sample
             self.egress_Bps = (sample.bytes_sent - prev.bytes_sent) / (sample.at - prev.at)
             asked = sample.requests - prev.requests
             self.error_rate = (sample.errors - prev.errors) / asked if asked >= t.min_requests else 0.0
         else:  # first poll, or the edge restarted (its counters began again): no rate from this interval
+            self.last = sample
             self.egress_Bps, self.error_rate = 0.0, 0.0
         if self.error_rate > t.max_error_rate:
             return self.failed(sample.at, f"{self.error_rate:.0%} of answers were 5xx", t, keep_baseline=True)
