@@ -479,10 +479,12 @@ class Peer:
             await self.down_bucket.throttle(len(reply.body))  # as if it had come down a link that slow
             if not to_peer:
                 self.from_edge.setdefault(cid, Counter())[url] += len(reply.body)
+                self.refused.pop(url, None)
             return reply.body
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
-        if reply.status in (401, 403):  # our token: no retry will change the edge's mind
+        if reply.status in (401, 403) and "WWW-Authenticate" in reply.headers:  # our token: no retry changes the edge's
+            # mind (an --internal edge's 403 for an uncached piece names no token: peers may still have it)
             said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
             self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
             raise UpstreamError(502, self.refused[url])
