@@ -136,17 +136,14 @@ class EdgeHealth:
         Totals that lack a worker (``whole`` false: it did not answer in time) give no rate and are no baseline: the
         next whole ones counted its lifetime bytes as one interval's, an idle edge at 60 MB/s, shed as hot (a review).
         """
-        prev = self.last
-        if not sample.whole:
-            pass  # the rates and the baseline stay as the last whole totals left them
-        elif prev is not None and sample.at > prev.at and sample.bytes_sent >= prev.bytes_sent and sample.requests >= prev.requests:
-            self.last = sample
-            self.egress_Bps = (sample.bytes_sent - prev.bytes_sent) / (sample.at - prev.at)
-            asked = sample.requests - prev.requests
-            self.error_rate = (sample.errors - prev.errors) / asked if asked >= t.min_requests else 0.0
-        else:  # first poll, or the edge restarted (its counters began again): no rate from this interval
-            self.last = sample
-            self.egress_Bps, self.error_rate = 0.0, 0.0
+        if sample.whole:  # else the rates and the baseline stay as the last whole totals left them
+            prev, self.last = self.last, sample
+            if prev is not None and sample.at > prev.at and sample.bytes_sent >= prev.bytes_sent and sample.requests >= prev.requests:
+                self.egress_Bps = (sample.bytes_sent - prev.bytes_sent) / (sample.at - prev.at)
+                asked = sample.requests - prev.requests
+                self.error_rate = (sample.errors - prev.errors) / asked if asked >= t.min_requests else 0.0
+            else:  # first poll, or the edge restarted (its counters began again): no rate from this interval
+                self.egress_Bps, self.error_rate = 0.0, 0.0
         if self.error_rate > t.max_error_rate:
             return self.failed(sample.at, f"{self.error_rate:.0%} of answers were 5xx", t, keep_baseline=True)
         self.failures, self.successes = 0, self.successes + 1
