@@ -116,14 +116,16 @@ async def publish(
             try:
                 async with session.put(url, headers={**base, **headers, "Content-Length": str(end - start)}, data=body, ssl=context) as r:
                     text = await r.text()
-                    if r.content_type == "text/html":  # no edgeswarm node: retrying changes nothing
-                        raise PublishError(_said(r.status, r.content_type, text, job.edge))
+                    if r.content_type == "text/html":  # no edgeswarm node answers with a page (its markup was printed): no retry
+                        raise PublishError(
+                            f"{r.status} from {job.edge}, as an HTML page: no edgeswarm edge answers with one (is that the edge's URL?)"
+                        )
                     if r.status >= 500 and r.status != upload.FULL_STATUS:
-                        raise _Attempt(_said(r.status, r.content_type, text, job.edge))
+                        raise _Attempt(_answer(r.status, text))
                     if r.status in (201, 202, 409):
                         offset = r.headers.get(upload.OFFSET_HEADER)
                         return r.status, {"text": text, "offset": int(offset) if offset and offset.isdigit() else None}
-                    raise PublishError(_said(r.status, r.content_type, text, job.edge))
+                    raise PublishError(_answer(r.status, text))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
 
@@ -181,8 +183,6 @@ def _within(offset: int, length: int) -> int:
     return offset
 
 
-def _said(status: int, content_type: str, text: str, edge: str) -> str:
-    """An answer's status and message; an HTML page is no edgeswarm node's (they answer text): its markup was printed."""
-    if content_type == "text/html":
-        return f"{status} from {edge}, as an HTML page: no edgeswarm edge answers with one (is that the edge's URL?)"
+def _answer(status: int, text: str) -> str:
+    """An answer's status and message, on one line."""
     return f"{status} {' '.join(text.split())[:500]}"
