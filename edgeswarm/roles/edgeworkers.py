@@ -56,6 +56,7 @@ from edgeswarm.policy.live import is_playlist
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.protocol.wire import json_response, status_limit
 from edgeswarm.roles import edge as edge_role
+from edgeswarm.roles.announce import STATUS_STORE_WAIT
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import LedgerError
@@ -71,6 +72,9 @@ SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, a
 # without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll, which took the edge
 # out of rotation while the other worker served every file (an adversarial session)
 STATUS_WAIT_S = 0.5
+# ... and for the primary's whole /status, which itself waits up to STATUS_STORE_WAIT for the tracker store: at 0.5 s a
+# hung Redis's answer (its store_error) was cut, and the worker answered with its own figures that said nothing of it
+PRIMARY_STATUS_WAIT_S = STATUS_STORE_WAIT + 0.25
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
 # /metrics gauges that every worker reports alike: merged by their largest value, not added up
 _SAME_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds"}
@@ -253,7 +257,7 @@ class WorkerLink:
         # a relayed HAVE stream lasts as long as its subscriber stays: only the connection is timed
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout.total) if request.path.startswith("/relay/") else self.timeout
         if request.path == "/status":
-            timeout = aiohttp.ClientTimeout(total=STATUS_WAIT_S)
+            timeout = aiohttp.ClientTimeout(total=PRIMARY_STATUS_WAIT_S)
         try:
             async with self._primary().request(
                 request.method, f"http://edge{request.rel_url}", headers=headers, data=body, allow_redirects=False, timeout=timeout
