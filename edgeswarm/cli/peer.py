@@ -120,12 +120,14 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeswarm.node.daemon import setup_logging
     from edgeswarm.roles import peer
+    from edgeswarm.store import cachelock
 
     setup_logging(args.log_level)
     config = PeerConfig.from_options(args, token=options.token(args), bind=args.listen[0])  # a bad --cors-origin stops here
     if not config.edges and not config.router:
         print("edgeswarm peer: give --edge URL (repeatable) or --router URL", file=sys.stderr)
         return 2
-    peer_node = peer.Peer(config)
-    asyncio.run(peer.run(peer_node, args.listen, args.gateway, args.access_log, options.limits(args)))
+    with cachelock.held(config.cache, "peer"):
+        peer_node = peer.Peer(config)
+        asyncio.run(peer.run(peer_node, args.listen, args.gateway, args.access_log, options.limits(args)))
     return 0

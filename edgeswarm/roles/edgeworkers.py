@@ -58,9 +58,9 @@ from edgeswarm.protocol.wire import json_response, status_limit
 from edgeswarm.roles import edge as edge_role
 from edgeswarm.roles.announce import STATUS_STORE_WAIT
 from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.store import cachelock
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import LedgerError
-from edgeswarm.store.piecestore import make_cache
 from edgeswarm.trust.signing import KeyFileError, load_or_create_private_key
 
 log = logging.getLogger("edgeswarm.roles.edge")
@@ -95,9 +95,10 @@ def run(
     """``edgeswarm edge``: one process as ever with one worker, else a supervisor and its workers."""
     count = worker_count(config)
     if count == 1:
-        asyncio.run(edge_role.run(edge_role.Edge(config), listen, access_log, ssl_context, limits, registration))
+        with cachelock.held(config.cache, "edge"):
+            asyncio.run(edge_role.run(edge_role.Edge(config), listen, access_log, ssl_context, limits, registration))
         return 0
-    make_cache(config.cache)  # an unusable cache stops the edge here, with its reason
+    cachelock.hold(config.cache, "edge")  # an unusable cache, or one in use, stops the edge here; the workers share the lock
     load_or_create_private_key(config.cache / "swarm.key")  # created once, here, not raced by the workers
     try:
         keep = workers.reserve_port(*listen)

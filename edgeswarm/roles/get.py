@@ -33,6 +33,7 @@ from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
+from edgeswarm.store import cachelock
 from edgeswarm.trust import tls
 from edgeswarm.trust.protect import cipher_for
 
@@ -348,7 +349,8 @@ def run(
         signal.signal(sig, _stop_on_signal)
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
     try:
-        result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router))
+        with cachelock.held(workdir, "get"):
+            result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router))
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 1
