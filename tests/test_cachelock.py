@@ -26,7 +26,7 @@ def test_a_second_hold_is_refused_naming_the_holder_and_allowed_once_released(tm
 def test_a_cache_that_cannot_hold_the_lock_file_is_a_clear_error(tmp_path):
     cache = tmp_path / "cache"
     (cache / cachelock.LOCK_NAME).mkdir(parents=True)  # a directory where the lock file goes
-    with pytest.raises(CacheError, match="is unusable: .*node.lock"):
+    with pytest.raises(CacheError, match=r"is unusable: .*node\.lock"):
         cachelock.hold(cache, "edge")
 
 

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -670,3 +671,22 @@ def test_a_bare_manifest_whose_pieces_another_worker_holds_is_taken_up_not_dropp
     stored(one, make_content("other.bin"))  # past the bound: shared is the longest bare
     assert one.manifest(shared.cid) is not None and one.held(shared.cid) == {0}
     assert two.read_piece(shared.cid, 0) == shared.piece(0)
+
+
+def test_a_worker_keeps_a_live_writers_temporary_files_and_drops_those_no_process_can_have(root: Path):
+    """Another live worker's write in progress stays; the names of writers that are gone, or that no process can be
+    (pid 0, or 18 digits: os.kill raised OverflowError at the worker's start), are removed."""
+    c = make_content()
+    stored(open_store(root), c, 0)
+    cdir = root / "content" / c.cid
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        names = [f"1.piece.{sleeper.pid}.tmp", "1.piece.0.tmp", f"1.piece.{'9' * 18}.tmp", f"2.piece.{2**22 + 1}.tmp"]
+        for name in names:
+            (cdir / name).write_bytes(b"partial")
+        store = PieceStore(root, PUB, worker=(1, 2))
+        assert store.held(c.cid) == {0}
+        assert sorted(p.name for p in cdir.iterdir()) == sorted(["0.piece", "manifest.json", names[0]])
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.processes import pid_alive
 
 PREFIX = "esw"  # every namespace and root-namespace link we make starts with this, then the tag
 STATE = Path("/run/edgeswarm-netns")  # one file per live tag, holding its owner's pid
@@ -207,7 +208,7 @@ def cleanup_stale(tag_prefix: str = "") -> list[str]:
     removed: list[str] = []
     for tag in sorted(t for t in tags if t.startswith(tag_prefix)):
         owner = _owner(tag)
-        if tag in _open or (owner not in (None, os.getpid()) and _alive(owner)):
+        if tag in _open or (owner not in (None, os.getpid()) and pid_alive(owner)):
             continue
         removed += _remove_tag(tag)
     return removed
@@ -284,7 +285,7 @@ def _base36(n: int) -> str:
 def _claim(tag: str) -> None:
     """Make tag ours: refuse a live owner's, clear a dead one's leftovers, record our pid."""
     owner = _owner(tag)
-    if tag in _open or (owner not in (None, os.getpid()) and _alive(owner)):
+    if tag in _open or (owner not in (None, os.getpid()) and pid_alive(owner)):
         raise NetnsUnavailable(f"network tag {tag!r} is in use (pid {owner or os.getpid()}): pick another tag")
     _remove_tag(tag)
     STATE.mkdir(parents=True, exist_ok=True)
@@ -319,16 +320,6 @@ def _owner(tag: str) -> int | None:
         return int((STATE / tag).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _namespaces() -> list[str]:

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgeswarm.processes import pid_alive
+
 log = logging.getLogger("edgeswarm.workers")
 STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
 YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-off
@@ -53,19 +55,9 @@ def private_dir(role: str) -> str:
     with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
         for entry in entries:
             pid = entry.name.removeprefix(prefix).split("-", 1)[0]
-            if entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir(follow_symlinks=False) and not _alive(int(pid)):
+            if entry.name.startswith(prefix) and pid.isdigit() and entry.is_dir(follow_symlinks=False) and not pid_alive(int(pid)):
                 shutil.rmtree(entry.path, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (its directory is not ours to remove), or no pid
-        return True
-    return True
 
 
 def usable_cores() -> int:

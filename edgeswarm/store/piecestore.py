@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.policy.eviction import EvictionPolicy
+from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.protocol.units import ascii_decimal
 
@@ -212,15 +213,7 @@ class PieceStore:
         """A temporary file another live worker is writing right now (``<name>.<pid>.tmp``): not to be removed."""
         parts = name.split(".")
         pid = ascii_decimal(parts[-2]) if len(parts) >= 4 else None  # <index>.piece.<pid>.tmp, manifest.json.<pid>.tmp
-        if self.worker is None or pid is None or pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return self.worker is not None and pid is not None and pid != os.getpid() and pid_alive(pid)
 
     def _load_manifest(self, cdir: Path) -> SignedManifest | None:
         try:
