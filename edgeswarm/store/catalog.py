@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -96,6 +96,14 @@ def _parsed(line: bytes) -> dict:
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _document(rows: list[str], floors: Mapping[str, float]) -> str:
+    """The JSON object of ``rows`` (each ``"path":row``, encoded) and of ``floors`` under ``AHEAD`` if any: a snapshot,
+    or a journal line."""
+    if floors:
+        rows.append(f"{json.dumps(AHEAD)}:{json.dumps(floors)}")
+    return "{" + ",".join(rows) + "}"
 
 
 class _Stopped(EdgeswarmError):
@@ -247,10 +255,7 @@ class Catalog:
     def _append(self, changes: Changes) -> bool:
         """One journal line for ``changes`` (a withdrawn path's floor with it); False when the journal is full or gone."""
         withdrawn = {rel: self._floor[rel] for rel, e in changes.items() if e is None and rel in self._floor}
-        rows = [f"{json.dumps(rel)}:{'null' if e is None else e.row}" for rel, e in changes.items()]
-        if withdrawn:
-            rows.append(f"{json.dumps(AHEAD)}:{json.dumps(withdrawn)}")
-        line = ("{" + ",".join(rows) + "}\n").encode()
+        line = (_document([f"{json.dumps(rel)}:{'null' if e is None else e.row}" for rel, e in changes.items()], withdrawn) + "\n").encode()
         if len(line) > self._journal_room:
             return False
         try:
@@ -270,12 +275,9 @@ class Catalog:
         now = time.time()
         number = time.time_ns()  # a new journal's: never one an earlier snapshot named
         rows = [f"{json.dumps(rel)}:{e.row}" for rel, e in self.by_path.items()]
-        ahead = {rel: modified for rel, modified in self._floor.items() if modified > now}
-        if ahead:
-            rows.append(f"{json.dumps(AHEAD)}:{json.dumps(ahead)}")
         rows.append(f"{json.dumps(JOURNAL)}:{number}")
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        snapshot = ("{" + ",".join(rows) + "}").encode()
+        snapshot = _document(rows, {rel: modified for rel, modified in self._floor.items() if modified > now}).encode()
         # mode: it holds content keys; no flush: it only spares a restart hashing.  The snapshot first: a crash before
         # the new journal leaves the old one, which the snapshot does not name (its changes are inside it)
         write_whole(self.state_file, snapshot, mode=0o600, flush=False)
