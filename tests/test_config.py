@@ -214,11 +214,15 @@ def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path
         (["origin", "--publish", ".", "--user-quota", "al/ice=1GB"], "user 'al/ice' cannot publish"),
         (["router", "--poll-interval", "0.0001"], "expected at least 0.1 seconds"),
         (["lab", "vod", "--rate-scale", "-1"], "expected a positive factor"),
+        (["origin", "--publish", ".", "--protect", ""], "argument --protect: must not be empty"),
+        (["preheat", "a.bin", "--region", " ", "--edge", "http://127.0.0.1:9"], "argument --region: must not be empty"),
+        (["router", "--default-region", ""], "argument --default-region: must not be empty"),
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--name", ""], "argument --name: must not be empty"),
     ],
 )
 def test_flags_a_run_could_never_use_are_refused_with_the_reason(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]):
     """Each was taken without a word: a quota for a name that can never publish, a router polling every edge 10 000
-    times a second, and a scale factor whose error spoke of seconds (an adversarial session)."""
+    times a second, a scale factor whose error spoke of seconds, and empty names and patterns (adversarial sessions)."""
     with pytest.raises(SystemExit) as exit:
         main(argv)
     assert exit.value.code == 2 and said in capsys.readouterr().err

@@ -164,13 +164,17 @@ def add_parser(sub) -> None:
         metavar="PATH_OR_DSN",
         help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
     )
-    trust.add_argument("--name", metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)")
+    trust.add_argument(
+        "--name", type=options.name, metavar="NAME", help="this edge's name in a shared ledger (default: host name and cache dir)"
+    )
     options.cors(p, "this edge's answers")
     reg = p.add_argument_group("registering with routers (edgeswarm router)")
     reg.add_argument(
         "--register-with", type=options.url, action="append", default=[], metavar="URL", help="router to register with (repeatable)"
     )
-    reg.add_argument("--register-region", metavar="NAME", help="the region this edge serves, as in the routers' region map")
+    reg.add_argument(
+        "--register-region", type=options.name, metavar="NAME", help="the region this edge serves, as in the routers' region map"
+    )
     reg.add_argument(
         "--register-capacity",
         type=options.rate,

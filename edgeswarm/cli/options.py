@@ -109,6 +109,14 @@ def url(text: str) -> str:
     return text
 
 
+def name(text: str) -> str:
+    """A name or pattern that must say something (a region, a ledger name, a --protect glob): an empty or blank one
+    matched nothing, or everything, with no word of it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def host_name(text: str) -> str:
     """A host name a node answers under (``--only-origin``, ``--gateway-host``): as a Host header names it, lower case;
     a port given with it is dropped (the Host's port is never compared)."""

@@ -45,6 +45,7 @@ def add_parser(sub) -> None:
         "--protect",
         action="append",
         default=[],
+        type=options.name,
         metavar="GLOB",
         help="encrypt files whose path matches (such as 'films/*' or '*.mp4'; repeatable): nodes hold ciphertext, token holders get the key",
     )

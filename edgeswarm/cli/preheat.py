@@ -28,7 +28,9 @@ def add_parser(sub) -> None:
         formatter_class=options.FORMATTER,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="content paths, as in the edge's namespace (films/a.mp4)")
-    p.add_argument("--region", required=True, metavar="NAME", help="the region whose edges to fill (a name of the router's map)")
+    p.add_argument(
+        "--region", required=True, type=options.name, metavar="NAME", help="the region whose edges to fill (a name of the router's map)"
+    )
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--router", type=options.url, metavar="URL", help="learn the region's edges from this router")
     where.add_argument("--edge", type=options.url, action="append", metavar="URL", help="an edge of the region (repeatable)")

@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
         metavar="FILE",
         help="POST /register needs Authorization: Bearer <the file's last line> (default: no secret, loopback only)",
     )
-    p.add_argument("--default-region", metavar="NAME", help="region of clients the map does not place (default: refuse them)")
+    p.add_argument(
+        "--default-region", type=options.name, metavar="NAME", help="region of clients the map does not place (default: refuse them)"
+    )
     _health_flags(p)
     _dns_flags(p)
     options.connection_limits(p)
