@@ -237,6 +237,41 @@ def test_a_piece_file_rewritten_in_place_while_held_open_is_checked_again(root):
     assert store.read_piece(c.cid, 1) == c.piece(1)
 
 
+@pytest.mark.parametrize("opened", [False, True], ids=["never opened", "its descriptor closed since"])
+def test_a_piece_file_rewritten_while_not_held_open_is_checked_at_its_next_open(root, opened):
+    """Caught only while the piece's file was among those kept open (a review): one written over before its first
+    open, or after its descriptor was closed for others, went out until a restart.  A piece the store wrote or
+    checked carries GOOD_MTIME_NS; a write since moves it."""
+    store = PieceStore(root, PUB, open_files=1)
+    c = make_content()
+    stored(store, c, 0, 1)
+    assert os.stat(store.piece_path(c.cid, 0)).st_mtime_ns == piecestore.GOOD_MTIME_NS
+    if opened:
+        assert store.read_piece(c.cid, 0) == c.piece(0)
+        assert store.read_piece(c.cid, 1) == c.piece(1)  # one descriptor kept: piece 0's is closed
+    with open(store.piece_path(c.cid, 0), "r+b") as f:
+        f.write(b"\0" * 16)
+    assert store.read_piece(c.cid, 0) is None and not store.has(c.cid, 0) and store.corrupt_pieces == 1
+    assert store.read_piece(c.cid, 1) == c.piece(1) and store.corrupt_pieces == 1
+
+
+def test_a_piece_found_at_start_is_checked_once_and_marked_good(root, monkeypatch: pytest.MonkeyPatch):
+    """A cache from before the mark (pieces with ordinary mtimes) is checked at each piece's first open, as ever, and
+    marked then: its next opens do not hash it again."""
+    store = PieceStore(root, PUB, open_files=1)
+    c = make_content()
+    stored(store, c, 0, 1)
+    store.close()
+    os.utime(store.piece_path(c.cid, 0))  # now, as a store of before wrote it
+    again = PieceStore(root, PUB, open_files=1)
+    checks: list[int] = []
+    real = again._check
+    monkeypatch.setattr(again, "_check", lambda cid, index, fd: (checks.append(index), real(cid, index, fd))[1])
+    for index in (0, 1, 0, 1, 0):  # each open closes the other's descriptor
+        assert again.read_piece(c.cid, index) == c.piece(index)
+    assert checks == [0, 1] and os.stat(again.piece_path(c.cid, 0)).st_mtime_ns == piecestore.GOOD_MTIME_NS
+
+
 def test_the_contents_directory_removed_under_a_running_store_is_made_again(root):
     """Every write failed "No such file or directory" until a restart: nothing was cached any more."""
     store = open_store(root)

@@ -9,6 +9,11 @@ Pieces are checked against the manifest before they are written; nothing
 unverified is ever stored.  A piece found on disk at start is checked again
 the first time it is read (before its descriptor is handed out), so one that
 changed while the node was stopped is dropped and fetched again, never served.
+A piece file whose bytes the store wrote or checked carries a fixed mtime
+(``GOOD_MTIME_NS``, 1970-01-01 00:00:01): any write to it since (a tool, an
+operator's mistake) moves its mtime, and the store reads it back and checks
+it again before the next hit hands out its descriptor.  Bit rot moves no
+mtime: that is caught at the next start.
 
 A write that fails (disk full, I/O error) leaves no temporary file behind and
 stores nothing: the caller still holds the verified bytes and may serve them.
@@ -70,6 +75,7 @@ from edgeswarm.protocol.units import ascii_decimal
 
 log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits, at most (fewer under a low open-file limit)
+GOOD_MTIME_NS = 1_000_000_000  # the mtime of a piece file whose bytes the store wrote or checked (module docstring)
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)  # the process's or the system's file table is full
 FDS_LOG_INTERVAL = 60.0  # seconds between two lines about running out of descriptors
 # manifests of contents none of whose pieces is held (all evicted, or none fetched yet) kept at most; beyond, the
@@ -143,8 +149,7 @@ class PieceStore:
         self._raw: dict[str, bytes] = {}
         self._held: dict[str, set[int]] = {}
         self._by_path: dict[str, str] = {}
-        # open descriptors of held pieces, with the file's mtime (ns) when its bytes were last known good
-        self._fds: OrderedDict[tuple[str, int], tuple[int, int]] = OrderedDict()
+        self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()  # open descriptors of held pieces, least recent first
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
@@ -365,7 +370,7 @@ class PieceStore:
         if cid in self._unsaved:
             self._save_manifest(cid, self._raw[cid])
         try:
-            self._write(self.piece_path(cid, index), data)
+            self._write(self.piece_path(cid, index), data, GOOD_MTIME_NS)
         except PieceNotStored as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # the content's directory went (or a file took its place)
                 self._unsaved.add(cid)  # made again, with its manifest, before the next piece
@@ -387,7 +392,7 @@ class PieceStore:
             cdir.mkdir(parents=True, exist_ok=True)  # parents: the contents directory itself may have been removed under us
         except OSError as exc:
             raise self._not_stored(cdir, exc) from None
-        self._write(cdir / "manifest.json", raw)
+        self._write(cdir / "manifest.json", raw, None)
         self._unsaved.discard(cid)
 
     def _not_stored(self, path: str | Path, exc: OSError) -> PieceNotStored:
@@ -397,12 +402,15 @@ class PieceStore:
         self.write_error = str(exc.strerror or exc)
         return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
-    def _write(self, path: str | Path, data: bytes) -> None:
-        """Write to a temporary file and rename it into place; on any failure remove it and raise PieceNotStored."""
+    def _write(self, path: str | Path, data: bytes, mtime_ns: int | None) -> None:
+        """Write to a temporary file (given ``mtime_ns``, if any) and rename it into place; on any failure remove it and
+        raise PieceNotStored."""
         tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
             with self._retrying(lambda: open(tmp, "wb"), tmp) as f:
                 f.write(data)
+            if mtime_ns is not None:  # once written and closed: the buffer's last write would move it again
+                os.utime(tmp, ns=(time.time_ns(), mtime_ns))
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -422,28 +430,26 @@ class PieceStore:
         close it meanwhile and the number go to another file).  A piece found
         on disk at start is read back and checked the first time it is
         opened; a bad one is dropped (None).  So is one whose size is not its
-        piece's, and one written since it was last known good (its mtime
-        moved) is read back and checked again: either went out as it was,
-        until a restart, to clients who cannot check pieces (players, curl).
-        The one fstat a hit costs tells both.  OutOfDescriptors (a 503) if the
+        piece's, and one written since it was last known good (its mtime is
+        not ``GOOD_MTIME_NS``) is read back and checked again: either went out
+        as it was, until a restart, to clients who cannot check pieces
+        (players, curl).  The one fstat a hit costs tells both.  OutOfDescriptors (a 503) if the
         process has no descriptor left for it, even after closing cached ones.
         """
         if index not in self._held.get(cid, ()) and not self.adopt(cid, index):
             return None
         key = (cid, index)
-        known = self._fds.get(key)
-        if known is None:
-            known = self._open(cid, index)
-            if known is None:
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._open(cid, index)
+            if fd is None:
                 return None
         else:
             self._fds.move_to_end(key)
-        fd, good = known
         st, length = os.fstat(fd), self._manifests[cid].manifest.piece_span(index)[1]
         problem = f"is {st.st_size} of its {length} bytes" if st.st_size != length else None
-        if problem is None and st.st_mtime_ns != good:
+        if problem is None and st.st_mtime_ns != GOOD_MTIME_NS:
             problem = self._check(cid, index, fd)
-            self._fds[key] = (fd, st.st_mtime_ns)
         if problem:  # cut short, grown or rewritten under us
             self._close(cid, index)
             self._drop(cid, index, problem)
@@ -451,9 +457,8 @@ class PieceStore:
         self.policy.hit(key)
         return fd
 
-    def _open(self, cid: str, index: int) -> tuple[int, int] | None:
-        """Open a held piece and keep its descriptor and mtime; one found on disk at start is checked against its manifest
-        first."""
+    def _open(self, cid: str, index: int) -> int | None:
+        """Open a held piece and keep its descriptor; one found on disk at start is checked against its manifest first."""
         key = (cid, index)
         path = self.piece_path(cid, index)
         try:
@@ -472,10 +477,10 @@ class PieceStore:
                 os.close(fd)
                 self._drop(cid, index, problem)
                 return None
-        known = self._fds[key] = (fd, os.fstat(fd).st_mtime_ns)
+        self._fds[key] = fd
         if len(self._fds) > self.open_files:
-            os.close(self._fds.pop(next(iter(self._fds)))[0])
-        return known
+            os.close(self._fds.pop(next(iter(self._fds))))
+        return fd
 
     def _retrying(self, opener: Callable[[], T], path: str) -> T:
         """``opener()``, and once more after closing the older half of the cached descriptors if the process is out of them.
@@ -521,17 +526,22 @@ class PieceStore:
         """Close the least recently used half of the cached piece descriptors (at least one); how many were closed."""
         count = (len(self._fds) + 1) // 2
         for _ in range(count):
-            os.close(self._fds.popitem(last=False)[1][0])
+            os.close(self._fds.popitem(last=False)[1])
         return count
 
     def _check(self, cid: str, index: int, fd: int) -> str | None:
-        """What is wrong with a piece on disk, or None if it matches its signed hash."""
+        """What is wrong with a piece on disk, or None if it matches its signed hash (and then its file says so: its
+        mtime is ``GOOD_MTIME_NS``, unless the file is another user's)."""
         m = self._manifests[cid].manifest
         try:
             data = os.pread(fd, m.piece_span(index)[1], 0)
         except OSError as exc:
             return f"is unreadable ({exc.strerror or exc})"
-        return None if m.check_piece(index, data) else "does not match its signed hash"
+        if not m.check_piece(index, data):
+            return "does not match its signed hash"
+        with contextlib.suppress(OSError):  # not marked: it is checked at each open, which costs time, not safety
+            os.utime(fd, ns=(time.time_ns(), GOOD_MTIME_NS))
+        return None
 
     def _drop(self, cid: str, index: int, problem: str | None) -> None:
         """Forget a piece that is gone or bad on disk: the have-set shrinks, and it is fetched again when wanted."""
@@ -564,12 +574,12 @@ class PieceStore:
         return data
 
     def _close(self, cid: str, index: int) -> None:
-        known = self._fds.pop((cid, index), None)
-        if known is not None:
-            os.close(known[0])
+        fd = self._fds.pop((cid, index), None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
-        for fd, _ in self._fds.values():
+        for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
 
