@@ -396,20 +396,47 @@ def test_a_get_whose_token_the_edge_refuses_stops_at_once_with_the_edges_reason(
         assert not (tmp_path / "t").exists()
 
 
-def test_a_get_from_a_server_that_is_no_edge_says_so(tmp_path):
-    """It said the peer was "still learning the origin key", never that the server was no edgeswarm edge (an
-    adversarial session)."""
+class _EveryPathAPage(http.server.BaseHTTPRequestHandler):
+    """A web application that answers every path with its page."""
+
+    def __init__(self, *args, directory: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>app</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("handler", "said"),
+    [
+        (http.server.SimpleHTTPRequestHandler, "answered 404 for /origin-key: it is no edgeswarm edge nor origin"),
+        (_EveryPathAPage, "/origin-key: not a PEM Ed25519 key: it is no edgeswarm edge nor origin"),
+    ],
+    ids=["web server", "page for every path"],
+)
+def test_a_get_from_a_server_that_is_no_edge_says_so_at_once(tmp_path, handler, said):
+    """It said the peer was "still learning the origin key", never that the server was no edgeswarm edge, and said so
+    after 10 s of retries that could change nothing (adversarial sessions): one try, then the server's answer."""
     (tmp_path / "a.txt").write_text("hi")
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cmd = [sys.executable, "-m", "edgeswarm", "get", f"http://127.0.0.1:{server.server_port}/a.txt", "-o", str(tmp_path / "out")]
         got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     finally:
         server.shutdown()
-    assert got.returncode == 1 and "answered 404 for /origin-key: it is no edgeswarm edge nor origin" in got.stderr, got.stderr
+    assert got.returncode == 1 and said in got.stderr, got.stderr
+    assert got.stderr.count("cannot learn the origin key") == 1 and "still learning" not in got.stderr, got.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

@@ -17,6 +17,7 @@ tried again, and the 503 says why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +43,7 @@ class PinnedStore:
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
         self.on_drop: Callable[[str], None] = lambda cid: None  # the store's (PieceStore.on_drop)
-        self._opened = asyncio.Event()
+        self._settled = asyncio.Event()  # open, or every source said it is no edgeswarm node: a wait ends (wait)
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
         self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
         self._checking: asyncio.Task | None = None  # originkey.check_pinned, once at start (kept: a task is weakly held)
@@ -89,11 +90,16 @@ class PinnedStore:
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
         self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files, self.counts_found)
         self.store.on_drop = self.on_drop
-        self._opened.set()
+        self._settled.set()
         return self.store
 
-    def _unlearnt(self, why: str) -> None:
+    def _unlearnt(self, why: str, strangers: bool) -> None:
+        """A try to learn the key failed (``originkey.learn``); ``strangers``: no source is an edgeswarm node."""
         self.unlearnt = why
+        if strangers:
+            self._settled.set()
+        elif self.store is None:  # the sources may yet answer
+            self._settled.clear()
 
     @property
     def opened(self) -> PieceStore:
@@ -103,13 +109,20 @@ class PinnedStore:
         return self.store
 
     async def wait(self, timeout: float) -> PieceStore:
-        """The store, waiting up to ``timeout`` seconds for it to open; else HttpError 503."""
+        """The store, waiting up to ``timeout`` seconds for it to open (not at all once every source said it is no
+        edgeswarm node); else HttpError 503."""
         if self.store is None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
-                    await self._opened.wait()
-            except TimeoutError:
-                why = self.problem or (f"{self.waiting} ({self.unlearnt})" if self.unlearnt else self.waiting)
-                raise HttpError(503, why, {"Retry-After": "2"}) from None
-        assert self.store is not None
+                    await self._settled.wait()
+        if self.store is None:
+            raise HttpError(503, self._why(), {"Retry-After": "2"})
         return self.store
+
+    def _why(self) -> str:
+        """Why the store is not open: the disk's failure, or what the sources said (alone if none is an edgeswarm node)."""
+        if self.problem is not None:
+            return self.problem
+        if self.unlearnt is None:
+            return self.waiting
+        return self.unlearnt if self._settled.is_set() else f"{self.waiting} ({self.unlearnt})"

@@ -23,7 +23,7 @@ log = logging.getLogger("edgeswarm.trust.originkey")
 
 
 async def pin(
-    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str], None] | None = None
+    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str, bool], None] | None = None
 ) -> Ed25519PublicKey:
     """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``: see ``learn``."""
     pinned = cache / "origin.pub"
@@ -50,7 +50,7 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
     for source in sources:
         try:
             served = await _served(upstream, source)
-        except (UpstreamError, KeyFileError):
+        except UpstreamError:
             continue
         if served != public_pem(key):
             log.warning(
@@ -64,33 +64,44 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
         return
 
 
-async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str], None] | None = None) -> bytes:
+async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, bool], None] | None = None) -> bytes:
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
-    ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached).
+    ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached),
+    and whether every source of the round so far said it is no edgeswarm node (``NotANode``): then nothing is worth
+    waiting for (a one-shot ``get`` of a web server's URL waited 10 s), though the node goes on trying.
     """
     delay = 0.5
     while True:
+        strangers = 0
         for source in sources:
             try:
                 pem = await _served(upstream, source)
             except (UpstreamError, KeyFileError) as exc:
                 why = str(exc)
+                strangers += isinstance(exc, NotANode)
             else:
                 log.info("pinned the origin key served by %s", source)
                 return pem
             log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
-                failed(why)
+                failed(why, strangers == len(sources))
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
 
 
+class NotANode(UpstreamError):
+    """A source whose answer for ``/origin-key`` says it is no edgeswarm node at all: a web server on the wrong port, say."""
+
+
 async def _served(upstream: Upstream, source: str) -> bytes:
-    """The public key ``source`` serves at ``/origin-key``, as PEM; UpstreamError or KeyFileError saying why not."""
+    """The public key ``source`` serves at ``/origin-key``, as PEM; UpstreamError (NotANode) saying why not."""
     reply = await upstream.get(source, "/origin-key")
-    if reply.status == 404:  # every edgeswarm node serves it: a web server on the wrong port, say
-        raise UpstreamError(502, f"{source} answered 404 for /origin-key: it is no edgeswarm edge nor origin")
+    if reply.status == 404:  # every edgeswarm node serves it
+        raise NotANode(502, f"{source} answered 404 for /origin-key: it is no edgeswarm edge nor origin")
     if reply.status != 200:
         raise UpstreamError(502, f"{source} answered {reply.status} for /origin-key")
-    return public_pem(load_public_key(reply.body, f"{source}/origin-key"))
+    try:
+        return public_pem(load_public_key(reply.body, f"{source}/origin-key"))
+    except KeyFileError as exc:  # a page that answers every path (a web application), say
+        raise NotANode(502, f"{exc}: it is no edgeswarm edge nor origin") from None
