@@ -11,6 +11,7 @@ import itertools
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -437,6 +438,21 @@ def test_a_get_from_a_server_that_is_no_edge_says_so_at_once(tmp_path, handler, 
         server.shutdown()
     assert got.returncode == 1 and said in got.stderr, got.stderr
     assert got.stderr.count("cannot learn the origin key") == 1 and "still learning" not in got.stderr, got.stderr
+
+
+def test_a_get_listening_on_ipv6_says_it_cannot_reach_an_ipv4_edge(tmp_path):
+    """It retried for 10 s, then said "Cannot connect to host 127.0.0.1:PORT ssl:default [None]" (an adversarial
+    session): connections leave from the --listen address, and an IPv6 one reaches no IPv4 host."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", "http://127.0.0.1:9/a.bin", "-o", str(tmp_path / "a"), "--listen", "[::1]:0"]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1, got.stderr
+    assert "unreachable: connections leave from ::1 (the --listen address), an IPv6 one, which reaches no IPv4 host" in got.stderr
+    assert got.stderr.count("cannot learn the origin key") == 1, got.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

@@ -43,7 +43,7 @@ class PinnedStore:
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
         self.on_drop: Callable[[str], None] = lambda cid: None  # the store's (PieceStore.on_drop)
-        self._settled = asyncio.Event()  # open, or every source said it is no edgeswarm node: a wait ends (wait)
+        self._settled = asyncio.Event()  # open, or every source failed hopelessly (originkey.learn): a wait ends (wait)
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
         self.unlearnt: str | None = None  # why the last try to learn the origin key failed, while it is unknown
         self._checking: asyncio.Task | None = None  # originkey.check_pinned, once at start (kept: a task is weakly held)
@@ -93,10 +93,10 @@ class PinnedStore:
         self._settled.set()
         return self.store
 
-    def _unlearnt(self, why: str, strangers: bool) -> None:
-        """A try to learn the key failed (``originkey.learn``); ``strangers``: no source is an edgeswarm node."""
+    def _unlearnt(self, why: str, hopeless: bool) -> None:
+        """A try to learn the key failed (``originkey.learn``); ``hopeless``: every source failed as no retry changes."""
         self.unlearnt = why
-        if strangers:
+        if hopeless:
             self._settled.set()
         elif self.store is None:  # the sources may yet answer
             self._settled.clear()
@@ -109,8 +109,8 @@ class PinnedStore:
         return self.store
 
     async def wait(self, timeout: float) -> PieceStore:
-        """The store, waiting up to ``timeout`` seconds for it to open (not at all once every source said it is no
-        edgeswarm node); else HttpError 503."""
+        """The store, waiting up to ``timeout`` seconds for it to open (not at all once no source can serve the key as
+        things are configured); else HttpError 503."""
         if self.store is None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -120,7 +120,7 @@ class PinnedStore:
         return self.store
 
     def _why(self) -> str:
-        """Why the store is not open: the disk's failure, or what the sources said (alone if none is an edgeswarm node)."""
+        """Why the store is not open: the disk's failure, or what the sources said (alone if that is hopeless)."""
         if self.problem is not None:
             return self.problem
         if self.unlearnt is None:

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -50,6 +52,11 @@ class UpstreamError(HttpError):
 
 class OutOfDescriptorsHere(UpstreamError):
     """This process could not open a connection: out of file descriptors.  Not the other node's fault: it is not set aside."""
+
+
+class Hopeless(UpstreamError):
+    """A failure no retry changes as things are configured: a server that is no edgeswarm node (originkey.NotANode),
+    or one this node cannot reach from the address it connects from (an IPv4 host from an IPv6 ``--listen``)."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -79,6 +86,18 @@ class Upstream:
             local_addr=(self.bind, 0) if self.bind else None,
         )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, headers=self.headers)
+
+    def _other_family(self, base: str) -> str | None:
+        """Why ``base`` cannot be reached from ``bind``, when they are addresses of two IP families (aiohttp said only
+        "Cannot connect to host ... [None]"); None otherwise, a host name included."""
+        try:
+            source = ipaddress.ip_address((self.bind or "").strip("[]"))
+            host = ipaddress.ip_address(urlsplit(base).hostname or "")
+        except ValueError:
+            return None
+        if source.version == host.version:
+            return None
+        return f"connections leave from {self.bind} (the --listen address), an IPv{source.version} one, which reaches no IPv{host.version} host"
 
     async def close(self) -> None:
         if self.session is not None:
@@ -148,6 +167,9 @@ class Upstream:
                 raise OutOfDescriptorsHere(
                     503, f"out of file descriptors here: cannot connect to {base} now; retry", {"Retry-After": "1"}
                 ) from None
+            mismatch = self._other_family(base)
+            if mismatch is not None:
+                raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
             raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{base} failed on {path}: {exc.__class__.__name__} {exc}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError
 from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
 from edgeswarm.wholefile import write_whole
 
@@ -68,29 +68,30 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, b
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
     ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached),
-    and whether every source of the round so far said it is no edgeswarm node (``NotANode``): then nothing is worth
-    waiting for (a one-shot ``get`` of a web server's URL waited 10 s), though the node goes on trying.
+    and whether every source of the round so far failed in a way no retry changes (``Hopeless``: no edgeswarm node, or
+    one of the other IP family than ``--listen``): then nothing is worth waiting for (a one-shot ``get`` of a web
+    server's URL waited 10 s), though the node goes on trying.
     """
     delay = 0.5
     while True:
-        strangers = 0
+        hopeless = 0
         for source in sources:
             try:
                 pem = await _served(upstream, source)
             except (UpstreamError, KeyFileError) as exc:
                 why = str(exc)
-                strangers += isinstance(exc, NotANode)
+                hopeless += isinstance(exc, Hopeless)
             else:
                 log.info("pinned the origin key served by %s", source)
                 return pem
             log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
-                failed(why, strangers == len(sources))
+                failed(why, hopeless == len(sources))
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
 
 
-class NotANode(UpstreamError):
+class NotANode(Hopeless):
     """A source whose answer for ``/origin-key`` says it is no edgeswarm node at all: a web server on the wrong port, say."""
 
 
