@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,18 @@ async def test_protected_content_down_a_tls_hierarchy(tmp_path, nodes, published
     assert got.returncode == 0 and sha(got.stdout) == sha(secret)
     refused = curl("--cacert", str(ca.pem), "-w", "\n%{http_code}", leaf.url + "/films/s.bin")
     assert refused.stdout.decode().rsplit("\n", 1)[1] == "401"
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_after_the_header_timeout(tmp_path, nodes, published, ca):
+    """asyncio gives a TLS handshake 60 s, and such a connection was nobody's to cut: a few hundred silent sockets held
+    every descriptor of an HTTPS node while plain HTTP closed them after --header-timeout (an adversarial session)."""
+    origin = nodes.start("origin", "--publish", str(published), "--header-timeout", "1", *tls_args(ca, "origin"))
+    host, port = origin.url.removeprefix("https://").split(":")
+    silent, hello = socket.create_connection((host, int(port))), socket.create_connection((host, int(port)))
+    hello.sendall(bytes.fromhex("160301020001"))  # the first bytes of a ClientHello, and no more
+    for sock in (silent, hello):
+        sock.settimeout(30)  # well under asyncio's 60 s, well over --header-timeout
+        with sock:
+            assert sock.recv(100) == b""  # closed by the origin
+    got = curl("--cacert", str(ca.pem), origin.url + "/healthz")
+    assert got.returncode == 0, got.stderr

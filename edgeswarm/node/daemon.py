@@ -522,6 +522,37 @@ class _Runner(web.AppRunner):
         )
 
 
+class _Site(web.TCPSite):
+    """A TCPSite whose TLS handshakes must end within ``handshake_timeout`` (--header-timeout).
+
+    asyncio gives a handshake 60 s, and a connection becomes the policy's
+    (counted, swept) only once it is done: a few hundred sockets that sent
+    nothing held an HTTPS node's every descriptor, where plain HTTP closed
+    them after --header-timeout (an adversarial session).  aiohttp's own
+    start() names no handshake timeout; this one is the same call with it.
+    """
+
+    def __init__(self, *args, handshake_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context is not None else None,
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+
 def _connections(limits: ServerLimits, role: str) -> Connections:
     """The node's connection policy, its cap the open-file limit's share for connections unless --max-connections says."""
     budget = file_budget(raise_file_limit(), limits.max_connections)
@@ -642,7 +673,15 @@ class Servers:
             await runner.setup()
             self._runners.append(runner)
             try:
-                site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=self.reuse_port or None, ssl_context=tls)
+                site = _Site(
+                    runner,
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
+                    ssl_context=tls,
+                    handshake_timeout=self.limits.header_timeout,
+                )
                 await site.start()
             except OSError as exc:
                 raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
