@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import socket
@@ -10,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import curl, make_file, sha
+from aiohttp import web
+from conftest import DoubleServer, curl, make_file, sha
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -214,3 +216,76 @@ async def test_a_tls_handshake_that_never_comes_is_cut_after_the_header_timeout(
             assert sock.recv(100) == b""  # closed by the origin
     got = curl("--cacert", str(ca.pem), origin.url + "/healthz")
     assert got.returncode == 0, got.stderr
+
+
+ROUTER_REGIONS = "regions:\n  - {name: east, isp: lo, networks: [127.0.0.0/8]}\n"
+
+
+def https_deployment(tmp_path: Path, nodes, published: Path, ca: CA):
+    """An HTTPS origin and an HTTPS edge, both with certificates of ``ca``."""
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", *tls_args(ca, "origin"))
+    return nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--ca", str(ca.pem), *tls_args(ca, "edge"))
+
+
+async def test_a_router_serves_https_and_checks_https_edges_against_its_ca(tmp_path, nodes, published, ca):
+    """The router had neither --tls-cert nor --ca: every HTTPS edge of a private CA was down, every client a 503 (an
+    adversarial session)."""
+    data = make_file(published / "a.bin", 300_000)
+    edge = https_deployment(tmp_path, nodes, published, ca)
+    (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
+    router = nodes.start(
+        "router",
+        "--regions",
+        str(tmp_path / "regions.yaml"),
+        "--edge",
+        f"{edge.url},east,1Gbit/s",
+        "--ca",
+        str(ca.pem),
+        *tls_args(ca, "router"),
+    )
+    assert router.url.startswith("https://")
+    got = curl("--cacert", str(ca.pem), "-L", router.url + "/a.bin")
+    assert got.returncode == 0 and sha(got.stdout) == sha(data), got.stderr
+
+
+class _FakeRouter(DoubleServer):
+    """Answers /edges with one edge of its choosing: what anyone on the path of a plain-HTTP router can do."""
+
+    def __init__(self, named: str):
+        self.named = named
+
+    async def edges(self, _: web.Request) -> web.Response:
+        return web.json_response({"edges": [{"url": self.named}]})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/edges", self.edges)
+
+
+class _Collector(DoubleServer):
+    """A plain-HTTP "edge" that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append(f"{request.path} {request.headers.get('Authorization')}")
+        return web.Response(status=404)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+async def test_a_peer_set_up_for_https_takes_no_plain_http_edge_from_a_router(tmp_path, nodes, published, ca):
+    """A fake router naming itself as an http:// edge collected a peer's token in clear, and with it the key of a
+    protected film (an adversarial session): a client with --ca or an https:// edge takes only HTTPS edges from it."""
+    data = make_file(published / "a.bin", 300_000)
+    edge = https_deployment(tmp_path, nodes, published, ca)
+    async with _Collector() as evil, _FakeRouter(evil.url) as fake:
+        args = ("--cache", str(tmp_path / "peer"), "--router", fake.url, "--edge", edge.url, "--ca", str(ca.pem))
+        peer = await asyncio.to_thread(nodes.start, "peer", *args, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+        got = await asyncio.to_thread(curl, peer.urls["gateway"] + "/a.bin")
+        assert sha(got.stdout) == sha(data), got.stderr
+        assert evil.seen == []
+        assert (
+            f"router {fake.url} named {evil.url}: a plain-HTTP edge, which this client, set up for HTTPS, does not use" in peer.log_text()
+        )

@@ -243,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
 def _registration(config: EdgeConfig, listen_host: str) -> Registration | None:
     """``--register-with``: checked here, so that a missing region or a wildcard address stops start-up with a reason."""
     from edgeswarm.node.registrar import Registration
+    from edgeswarm.trust import tls
 
     if not config.register_with:
         return None
@@ -256,4 +257,5 @@ def _registration(config: EdgeConfig, listen_host: str) -> Registration | None:
         config.register_capacity,
         config.register_url,
         options.secret(config.register_secret_file),
+        tls.client_context(config.ca),
     )

@@ -59,6 +59,7 @@ def add_parser(sub) -> None:
     )
     _health_flags(p)
     _dns_flags(p)
+    options.tls_server(p)
     options.connection_limits(p)
     options.daemon(p, "127.0.0.1:8090")
     p.set_defaults(run=run)
@@ -85,6 +86,9 @@ def _health_flags(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="send the token on this file's last line with each /status poll: needed for edges started with --require-token "
         "(a token from `edgeswarm token issue` that covers the path /; default: none)",
+    )
+    health.add_argument(
+        "--ca", type=Path, metavar="FILE", help="verify HTTPS edges' certificates against this CA (PEM; default: the system's)"
     )
     health.add_argument("--up-after", type=options.count, default=2, metavar="N", help="good polls in a row that bring it back (default 2)")
     health.add_argument(
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeswarm.protocol import registration
     from edgeswarm.roles import router
     from edgeswarm.roles.announce import load_region_map
+    from edgeswarm.trust import tls
 
     setup_logging(args.log_level)
     regions = load_region_map(args.regions)
@@ -144,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
         secret,
         args.default_region,
         status_token=options.secret(args.status_token_file),
+        ca=tls.client_context(args.ca),
     )
+    ssl_context = tls.server_options(args.tls_cert, args.tls_key)
     router_node = router.Router(regions, table, config)
     dns = (args.dns_host or args.listen[0], args.dns_port) if args.dns_port is not None else None
-    asyncio.run(router.run(router_node, args.listen, dns, args.access_log, options.limits(args)))
+    asyncio.run(router.run(router_node, args.listen, dns, args.access_log, options.limits(args), ssl_context))
     return 0
 
 

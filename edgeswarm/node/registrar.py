@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from ssl import SSLContext
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,7 @@ class Registration:
     capacity: int  # bytes per second
     url: str | None = None  # the edge's public URL; None: the address it listens on
     secret: str | None = None
+    ssl: SSLContext | None = None  # the edge's --ca, for routers over HTTPS (None: the system's trust store)
     bound: asyncio.Event = field(default_factory=asyncio.Event)
     _said: dict[str, str] = field(default_factory=dict)  # router -> what was last logged, to log changes only
 
@@ -43,7 +45,8 @@ class Registration:
     async def loop(self) -> None:
         await self.bound.wait()
         headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), headers=headers) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl or True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10), headers=headers) as session:
             while True:
                 delays = await asyncio.gather(*(self._register(session, r) for r in self.routers))
                 await asyncio.sleep(min(delays))

@@ -46,15 +46,41 @@ async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[
 
 
 class RouterFollower:
-    """Keeps a peer's edge list to what the router says (the ``--edge`` ones stay whatever it says)."""
+    """Keeps a peer's edge list to what the router says (the ``--edge`` ones stay whatever it says).
 
-    def __init__(self, router: str, path: str = "", refresh: float = REFRESH):
+    ``https_only``: a client set up for HTTPS (an ``https://`` router or
+    ``--edge``, or ``--ca``) takes no plain-HTTP edge from the router.  A
+    router's answer is only as trusted as the link it came over, and the
+    client sends its token to the edges it names: a fake router naming
+    itself as ``http://`` edge collected a peer's token in clear, and with
+    it the key of a protected film (an adversarial session).
+    """
+
+    def __init__(self, router: str, path: str = "", refresh: float = REFRESH, https_only: bool = False):
         self.router = router.rstrip("/")
         self.path = path
         self.refresh = refresh
+        self.https_only = https_only
         self.fixed: list[str] = []  # --edge: kept
         self.wake = asyncio.Event()
         self.routed: list[str] = []
+        self._refused: set[str] = set()  # plain-HTTP edges the router named and this client would not take (logged once)
+
+    async def _ask(self, upstream: Upstream) -> list[str]:
+        """The router's edges this client takes; UpstreamError if none."""
+        routed = await region_edges(upstream, self.router, self.path)
+        if not self.https_only:
+            return routed
+        plain = [u for u in routed if not u.startswith("https://")]
+        for url in set(plain) - self._refused:
+            log.warning("router %s named %s: a plain-HTTP edge, which this client, set up for HTTPS, does not use", self.router, url)
+        self._refused.update(plain)
+        kept = [u for u in routed if u.startswith("https://")]
+        if not kept:
+            raise UpstreamError(
+                502, f"router {self.router} listed only plain-HTTP edges ({', '.join(plain)}), and this client uses HTTPS ones"
+            )
+        return kept
 
     def merged(self, routed: list[str]) -> list[str]:
         return [*self.fixed, *(u for u in routed if u not in self.fixed)]
@@ -65,7 +91,7 @@ class RouterFollower:
         deadline = time.monotonic() + FIRST_PATIENCE
         while True:
             try:
-                self.routed = await region_edges(upstream, self.router, self.path)
+                self.routed = await self._ask(upstream)
                 log.info("router %s: edges %s", self.router, ", ".join(self.routed))
                 return self.merged(self.routed)
             except UpstreamError as exc:
@@ -90,7 +116,7 @@ class RouterFollower:
                 await asyncio.sleep(SOON)
             self.wake.clear()
             try:
-                routed = await region_edges(upstream, self.router, self.path)
+                routed = await self._ask(upstream)
             except UpstreamError as exc:
                 log.info("router %s: %s; keeping edges %s", self.router, exc.message, ", ".join(self.routed or self.fixed))
                 continue

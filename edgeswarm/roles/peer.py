@@ -214,7 +214,9 @@ class Peer:
         self.cache = cache
         self.cors = config.cors  # who may read the gateway's answers from another origin (--cors-origin)
         self.edges = [e.rstrip("/") for e in config.edges]
-        self.router = RouterFollower(config.router) if config.router else None  # --router: the edges come from it, and follow it
+        # --router: the edges come from it, and follow it; a client set up for HTTPS takes none in the clear from it
+        https = config.ca is not None or any(u.startswith("https://") for u in (config.router or "", *self.edges))
+        self.router = RouterFollower(config.router, https_only=https) if config.router else None
         self.origin_key = config.origin_key
         self.max_cache = config.max_cache
         self.read_timeout = config.read_timeout

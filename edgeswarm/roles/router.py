@@ -27,6 +27,7 @@ import hmac
 import ipaddress
 import logging
 import math
+import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -123,6 +124,7 @@ class RouterConfig:
     default_region: str | None = None  # the region of clients the map does not place (None: refuse them)
     edges_limit: int = 16  # edges in a JSON answer at most
     status_token: str | None = None  # sent as a bearer token with each /status poll: edges under --require-token want one
+    ca: ssl.SSLContext | None = None  # --ca: HTTPS edges' certificates verified against it (None: the system's trust store)
 
     @property
     def timeout(self) -> float:
@@ -525,7 +527,7 @@ class Router:
         async def lifecycle(app: web.Application):
             self.session = aiohttp.ClientSession(
                 auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=256, force_close=False),
+                connector=aiohttp.TCPConnector(limit=256, force_close=False, ssl=self.config.ca or True),
                 headers={"User-Agent": "edgeswarm-router"},
             )
             if dns is not None:
@@ -563,5 +565,7 @@ class _DnsProtocol(asyncio.DatagramProtocol):
         self.router.quiet.log(logging.INFO, "dns send", "DNS: %s", exc)
 
 
-async def run(router: Router, listen: tuple[str, int], dns: tuple[str, int] | None, access_log: bool, limits: ServerLimits | None) -> None:
-    await serve(router.app(dns), *listen, "router", access_log, None, limits)
+async def run(
+    router: Router, listen: tuple[str, int], dns: tuple[str, int] | None, access_log: bool, limits: ServerLimits | None, ssl_context=None
+) -> None:
+    await serve(router.app(dns), *listen, "router", access_log, ssl_context, limits)
