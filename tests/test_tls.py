@@ -289,3 +289,25 @@ async def test_a_peer_set_up_for_https_takes_no_plain_http_edge_from_a_router(tm
         assert (
             f"router {fake.url} named {evil.url}: a plain-HTTP edge, which this client, set up for HTTPS, does not use" in peer.log_text()
         )
+
+
+async def test_every_client_session_of_a_peer_verifies_against_its_ca(tmp_path, ca):
+    """The HAVE streams' own pool verified against the system's trust store: a relayed neighbour's stream, through an
+    HTTPS edge of a private CA, always failed (an adversarial session; pieces still came, by polling)."""
+    from edgeswarm.roles.config import PeerConfig
+    from edgeswarm.roles.peer import Peer
+    from edgeswarm.trust.signing import load_or_create_private_key, public_pem
+
+    key = tmp_path / "origin.pub"
+    key.write_bytes(public_pem(load_or_create_private_key(tmp_path / "origin.key").public_key()))
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(), origin_key=key, ca=ca.pem))
+    peer.bound.set()
+    await peer.start()
+    try:
+        assert peer.upstream.ssl is not None
+        for session in (peer.upstream.session, peer.streams):
+            assert session is not None and session.connector is not None
+            assert session.connector._ssl is peer.upstream.ssl  # aiohttp keeps the connector's ssl= there
+    finally:
+        async with asyncio.timeout(5):
+            await peer.stop()

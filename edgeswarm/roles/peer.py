@@ -1296,7 +1296,8 @@ class Peer:
         # piece requests never queue behind them; from the same source address (it names us to neighbours)
         bind = self.upstream.bind
         self.streams = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None),
+            # --ca, as every request of this peer: a relayed neighbour's stream goes through its edge, over HTTPS perhaps
+            connector=aiohttp.TCPConnector(limit=MAX_STREAMS, local_addr=(bind, 0) if bind else None, ssl=self.upstream.ssl or True),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),  # a stream lasts; have_stream times its opening and its silences
         )
