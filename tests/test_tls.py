@@ -50,7 +50,8 @@ class CA:
         self.pem = root / f"{name}.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str) -> tuple[Path, Path]:
+    def issue(self, name: str, days: tuple[float, float] = (0, 1), passphrase: bytes | None = None) -> tuple[Path, Path]:
+        """A certificate for 127.0.0.1 valid from ``days[0]`` days from now (less 5 minutes) to ``days[1]``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -59,8 +60,8 @@ class CA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now + datetime.timedelta(days=days[0], minutes=-5))
+            .not_valid_after(now + datetime.timedelta(days=days[1]))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -72,7 +73,8 @@ class CA:
         )
         cert_path, key_path = self.root / f"{name}.crt", self.root / f"{name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        crypt = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, crypt))
         return cert_path, key_path
 
 
@@ -157,6 +159,33 @@ def test_bad_tls_files_are_a_clear_error(tmp_path, published, ca):
         timeout=30,
     )
     assert done.returncode == 2 and "CA" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_key_with_a_passphrase_is_refused_saying_so_and_an_out_of_date_certificate_is_warned_of(tmp_path, published, ca):
+    """A key with a passphrase stopped start-up at OpenSSL's prompt on a terminal, and without one failed with
+    "[Errno 22] Invalid argument"; an expired certificate was served with no word (an adversarial session)."""
+    cert, key = ca.issue("locked", passphrase=b"secret")
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--tls-cert", str(cert), "--tls-key", str(key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and f"TLS: the key {key} is encrypted with a passphrase" in done.stderr, done.stderr
+    for days, said in (((-3, -1), "expired on"), ((2, 3), "is valid only from")):
+        cert, key = ca.issue("dated", days)
+        with subprocess.Popen(
+            [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--tls-cert", str(cert), "--tls-key", str(key)],
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as origin:
+            try:
+                assert origin.stderr is not None
+                lines = [origin.stderr.readline() for _ in range(2)]
+            finally:
+                origin.terminate()
+        assert any(f"TLS: certificate {cert} {said}" in line for line in lines), lines
 
 
 def test_clients_name_a_ca_file_they_cannot_read(tmp_path):

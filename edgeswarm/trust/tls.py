@@ -8,8 +8,22 @@ content key in flight nor pose as a parent.
 
 from __future__ import annotations
 
+import datetime
+import logging
 import ssl
 from pathlib import Path
+
+from cryptography import x509
+
+log = logging.getLogger("edgeswarm.trust.tls")
+
+
+class _Encrypted(Exception):
+    """The key file asks for a passphrase (OpenSSL would prompt on a terminal, and fail with EINVAL without one)."""
+
+
+def _no_passphrase() -> bytes:
+    raise _Encrypted
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -20,10 +34,29 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         if not path.is_file():
             raise ValueError(f"TLS: no such file {path}")
     try:
-        ctx.load_cert_chain(cert, key)
+        ctx.load_cert_chain(cert, key, password=_no_passphrase)
+    except _Encrypted:
+        raise ValueError(
+            f"TLS: the key {key} is encrypted with a passphrase: give a key without one (openssl pkey -in KEY -out NEW)"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"TLS: cannot use certificate {cert} with key {key}: {exc}") from None
+    _warn_if_out_of_date(cert)
     return ctx
+
+
+def _warn_if_out_of_date(cert: Path) -> None:
+    """A certificate that clients refuse today (expired, or not valid yet) is said at start: the node serves it all the
+    same (it may be renewed on disk, and is read again at the next start), but every client fails its handshake."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (ValueError, OSError):
+        return  # OpenSSL took it: a form this check does not read
+    now = datetime.datetime.now(datetime.UTC)
+    if leaf.not_valid_after_utc < now:
+        log.warning("TLS: certificate %s expired on %s: clients will refuse it; renew it and restart", cert, leaf.not_valid_after_utc)
+    elif leaf.not_valid_before_utc > now:
+        log.warning("TLS: certificate %s is valid only from %s: clients will refuse it until then", cert, leaf.not_valid_before_utc)
 
 
 def client_context(ca: Path | None) -> ssl.SSLContext | None:
