@@ -141,6 +141,19 @@ async def test_a_parent_with_a_certificate_of_another_ca_is_refused(tmp_path, no
     body, code = got.stdout.decode().rsplit("\n", 1)
     assert code == "502" and "certificate" in body, body
     assert "Traceback" not in edge.log_text()
+    # a get says so after one try: no retry verifies the certificate (it retried for 10 s, then said "still learning")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", origin.url + "/a.bin", "-o", str(tmp_path / "a"), "--ca", str(ca.pem)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{origin.url}'s TLS certificate does not verify" in done.stderr, done.stderr
+    assert done.stderr.count("cannot learn the origin key") == 1 and "still learning" not in done.stderr, done.stderr
+    from edgeswarm.trust import tokens
+    from edgeswarm.trust.signing import load_or_create_private_key
+
+    token = tokens.issue(load_or_create_private_key(published / ".edgeswarm" / "origin.key"), "al", "/users/al/", 600, scopes=["publish"])
+    cmd = [sys.executable, "-m", "edgeswarm", "publish", "--no-progress", str(published / "a.bin"), "--edge", origin.url]
+    done = subprocess.run([*cmd, "--token", token, "--ca", str(ca.pem)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"{origin.url}'s TLS certificate does not verify" in done.stderr, done.stderr
+    assert "retries" not in done.stderr, done.stderr
 
 
 def test_bad_tls_files_are_a_clear_error(tmp_path, published, ca):

@@ -56,7 +56,8 @@ class OutOfDescriptorsHere(UpstreamError):
 
 class Hopeless(UpstreamError):
     """A failure no retry changes as things are configured: a server that is no edgeswarm node (originkey.NotANode),
-    or one this node cannot reach from the address it connects from (an IPv4 host from an IPv6 ``--listen``)."""
+    one this node cannot reach from the address it connects from (an IPv4 host from an IPv6 ``--listen``), or whose
+    certificate does not verify."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -161,7 +162,7 @@ class Upstream:
         except TimeoutError:
             raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:.4g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise UpstreamError(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
+            raise Hopeless(502, f"{base}'s TLS certificate does not verify: {exc.certificate_error}") from None
         except aiohttp.ClientConnectorError as exc:
             if exc.os_error.errno in (errno.EMFILE, errno.ENFILE):
                 raise OutOfDescriptorsHere(

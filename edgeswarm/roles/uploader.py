@@ -126,6 +126,8 @@ async def publish(
                         offset = r.headers.get(upload.OFFSET_HEADER)
                         return r.status, {"text": text, "offset": int(offset) if offset and offset.isdigit() else None}
                     raise PublishError(_answer(r.status, text))
+            except aiohttp.ClientConnectorCertificateError as exc:  # no retry verifies it
+                raise PublishError(f"{job.edge}'s TLS certificate does not verify: {exc.certificate_error}") from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
 
