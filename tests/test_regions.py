@@ -101,6 +101,14 @@ def test_families_do_not_mix():
     assert m.lookup("::ffff:192.0.2.1") == Region("v4", "a")
 
 
+def test_an_ipv4_mapped_network_is_its_ipv4_network():
+    """Written as ::ffff:127.0.0.0/104 it was taken and never matched a client (clients' mapped addresses are looked
+    up as IPv4 ones): an adversarial session."""
+    m = RegionMap.from_doc({"regions": [{"name": "lo", "isp": "x", "networks": ["::ffff:127.0.0.0/104"]}]})
+    assert m.lookup("127.1.2.3") == m.lookup("::ffff:127.1.2.3") == Region("lo", "x")
+    assert m.lookup("128.0.0.1") is None
+
+
 def test_host_bits_are_cleared_and_repeats_in_one_region_are_fine():
     m = RegionMap.from_doc({"regions": [{"name": "a", "isp": "x", "networks": ["10.1.2.3/16", "10.1.0.0/16"]}]})
     assert m.lookup("10.1.200.1") == Region("a", "x")

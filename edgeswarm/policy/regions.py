@@ -138,8 +138,14 @@ def _entry(item: object, where: str) -> tuple[Region, list[Network]]:
 
 
 def _network(net: object, where: str) -> Network:
+    """A network of the map; an IPv4-mapped one (::ffff:10.0.0.0/104) is its IPv4 network, as clients' addresses are
+    (``region_of``): written so, it was taken and never matched a client (an adversarial session)."""
     # strict=False: host bits are cleared (10.1.2.3/16 means 10.1.0.0/16), as routers read prefixes
     try:
-        return ipaddress.ip_network(net if isinstance(net, str) else "", strict=False)
+        network = ipaddress.ip_network(net if isinstance(net, str) else "", strict=False)
     except ValueError:
         raise RegionMapError(f"{where}: {net!r} is not a network such as 10.0.0.0/8 or 2001:db8::/32") from None
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is None or network.prefixlen < 96:
+        return network
+    return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
