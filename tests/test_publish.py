@@ -440,6 +440,26 @@ def test_a_too_deep_or_too_long_upload_path_is_refused_before_its_body(site):
     assert left_behind(site) == []
 
 
+def test_a_path_a_folder_holds_is_refused_once_and_printed_urls_serve_what_was_published(site, tmp_path):
+    """`--as d1` where d1 is a folder: the origin read the whole body, then refused, and publish sent it six times;
+    `--as x/../y.bin` replaced y.bin (the client's URL handling resolved it); the printed URL of `a%2Fb.bin` served
+    a/b.bin, and those of names with '?', '#' or a space nothing (an adversarial session)."""
+    edge, alice = site["edge"], site["alice"]
+    data = make_file(tmp_path / "a.bin", 200_000)
+    assert publish(str(tmp_path / "a.bin"), "--edge", edge.url, "--token", alice, "--as", "d1/x.bin").returncode == 0
+    answer = raw_put(site["origin"].url, "/users/alice/d1", alice, 100_000)  # before the body
+    assert answer.startswith(b"HTTP/1.1 409") and b"users/alice/d1 is a directory" in answer, answer[:300]
+    got = publish(str(tmp_path / "a.bin"), "--edge", edge.url, "--token", alice, "--as", "d1")
+    assert got.returncode == 1 and "users/alice/d1 is a directory" in got.stderr and "retries" not in got.stderr, got.stderr
+    got = publish(str(tmp_path / "a.bin"), "--edge", edge.url, "--token", alice, "--as", "x/../y.bin")
+    assert got.returncode == 2 and "'x/../y.bin' names no file: path segment '..' is not allowed" in got.stderr, got.stderr
+    for name in ("a%2Fb.bin", "q?x #1.bin"):
+        got = publish(str(tmp_path / "a.bin"), "--edge", edge.url, "--token", alice, "--as", name)
+        assert got.returncode == 0, got.stderr
+        fetched = subprocess.run(["curl", "-sS", "--fail", got.stdout.strip()], capture_output=True, timeout=30)
+        assert fetched.returncode == 0 and fetched.stdout == data, (name, got.stdout, fetched.stderr)
+
+
 class LyingEdge(DoubleServer):
     """An edge that answers every upload request 202 with the same made-up ``Upload-Offset`` (or ``refusal``, a status
     and its text)."""

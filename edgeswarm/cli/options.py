@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgeswarm.node.daemon import ServerLimits
-from edgeswarm.protocol import httpspec
+from edgeswarm.protocol import httpspec, paths
 from edgeswarm.protocol.cors import parse_origin
 from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
 
@@ -115,6 +115,16 @@ def name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def content_path(text: str) -> str:
+    """A file's path in the namespace (``films/a.mp4``; a leading ``/`` is dropped), checked as nodes check request
+    paths: ``x/../y.bin`` was resolved by the client's URL handling and replaced ``y.bin`` (an adversarial session)."""
+    rel = text.lstrip("/")
+    problem = paths.path_problem(rel)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} names no file: {problem}")
+    return rel
 
 
 def host_name(text: str) -> str:

@@ -52,6 +52,7 @@ def add_parser(sub) -> None:
         dest="seeds",
         action="append",
         default=[],
+        type=options.content_path,
         metavar="PATH",
         help="managed seeder: keep this path whole, pinned against eviction and announced, without any player asking (repeatable)",
     )

@@ -27,7 +27,9 @@ def add_parser(sub) -> None:
         epilog=EPILOG,
         formatter_class=options.FORMATTER,
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="content paths, as in the edge's namespace (films/a.mp4)")
+    p.add_argument(
+        "paths", nargs="+", type=options.content_path, metavar="PATH", help="content paths, as in the edge's namespace (films/a.mp4)"
+    )
     p.add_argument(
         "--region", required=True, type=options.name, metavar="NAME", help="the region whose edges to fill (a name of the router's map)"
     )

@@ -33,7 +33,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("file", type=Path, metavar="FILE", help="the file to publish")
     p.add_argument("--edge", type=options.url, required=True, metavar="URL", help="your edge (or the origin itself)")
-    p.add_argument("--as", dest="name", metavar="PATH", help="its path under /users/USER/ (default: FILE's name)")
+    p.add_argument(
+        "--as", dest="name", type=options.content_path, metavar="PATH", help="its path under /users/USER/ (default: FILE's name)"
+    )
     p.add_argument(
         "--chunk-size",
         type=options.positive_size,
@@ -53,10 +55,7 @@ def target(token: str, name: str | None, file: Path) -> str:
     """The published path: users/<the token's subject>/<--as or the file's name>."""
     from edgeswarm.trust import tokens
 
-    rel = (name or file.name).strip("/")
-    if not rel:
-        raise ValueError("--as must name a file")
-    return tokens.publish_prefix(tokens.unverified_subject(token)) + rel
+    return tokens.publish_prefix(tokens.unverified_subject(token)) + (name or file.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     resumed = f", resumed at byte {done.resumed_from}" if done.resumed_from else ""
     print(f"published {done.path} ({done.size} B, sha256 {done.sha256}{resumed}; {done.sent} B sent)", file=sys.stderr)
-    print(f"{args.edge.rstrip('/')}{done.path}")
+    print(uploader.file_url(args.edge, done.path))  # the URL a player or curl fetches it at: percent-encoded
     print(f"content id {done.content_id}", file=sys.stderr)
     return 0
 

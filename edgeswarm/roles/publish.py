@@ -114,6 +114,10 @@ class Publisher:
             return await self._query(grant.user, rel, declared, busy=key in self._busy)
         if key in self._busy:
             raise HttpError(409, f"an upload of /{rel} is already in progress: wait for it, then ask for the offset", {"Retry-After": "2"})
+        try:
+            await asyncio.to_thread(self.catalog.check_placeable, rel)
+        except OSError as exc:  # before a byte of the body: no retry of it changes that
+            raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
         self._busy.add(key)
         try:
             return await self._put(request, grant.user, rel, declared)

@@ -62,6 +62,12 @@ class Job:
     timeout: float = 60.0  # connecting, and each read: not the whole transfer
 
 
+def file_url(edge: str, path: str) -> str:
+    """Where a published path is fetched (and uploaded): percent-encoded, so that a name holding '%', '?', '#' or a
+    space names that file (printed as it was, ``a%2Fb.bin`` served ``a/b.bin``: an adversarial session)."""
+    return f"{edge.rstrip('/')}/{quote(path.lstrip('/'), safe='/')}"
+
+
 def file_sha256(file: Path) -> str:
     h = hashlib.sha256()
     with open(file, "rb") as f:
@@ -94,7 +100,7 @@ async def publish(
     """Send ``job.file`` to ``job.edge`` as ``job.path``; ``on_offset`` hears each offset the origin reports, ``on_bytes`` each block sent."""
     length = job.file.stat().st_size
     sha = await asyncio.to_thread(file_sha256, job.file)
-    url = f"{job.edge.rstrip('/')}/{quote(job.path.lstrip('/'), safe='/')}"
+    url = file_url(job.edge, job.path)
     base = {"Authorization": f"Bearer {job.token}", upload.LENGTH_HEADER: str(length), upload.SHA256_HEADER: sha}
     context: ssl.SSLContext | bool = tls.client_context(job.ca) or True  # ValueError naming a CA file it cannot read
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=max(job.timeout, FINISH_WAIT))
@@ -122,8 +128,10 @@ async def publish(
                         )
                     if r.status >= 500 and r.status != upload.FULL_STATUS:
                         raise _Attempt(_answer(r.status, text))
+                    offset = r.headers.get(upload.OFFSET_HEADER)
+                    if r.status == 409 and offset is None and "Retry-After" not in r.headers:  # the path: no retry changes it
+                        raise PublishError(_answer(r.status, text))
                     if r.status in (201, 202, 409):
-                        offset = r.headers.get(upload.OFFSET_HEADER)
                         return r.status, {"text": text, "offset": int(offset) if offset and offset.isdigit() else None}
                     raise PublishError(_answer(r.status, text))
             except aiohttp.ClientConnectorCertificateError as exc:  # no retry verifies it

@@ -517,6 +517,19 @@ class Catalog:
             return int(time.time()) - 1
         return floor
 
+    def check_placeable(self, rel: str) -> None:
+        """OSError if no file can be placed at ``rel`` now: a directory there, a file where one of its folders should be,
+        or a symlinked folder on the way out of the published directory.  Asked before an upload's body too: the
+        origin read a whole body (every retry of it) before it said so (an adversarial session)."""
+        target = self.root / rel
+        if target.is_dir():
+            raise IsADirectoryError(f"{rel} is a directory")
+        for folder in target.relative_to(self.root).parents:
+            if folder.parts and (self.root / folder).exists() and not (self.root / folder).is_dir():
+                raise NotADirectoryError(f"{folder} is a file, not a folder")
+        if not target.parent.resolve().is_relative_to(self.root):  # a symlinked directory on the way: before any mkdir
+            raise PermissionError(f"{rel} would leave the published directory")
+
     def publish_staged(self, rel: str, staged: Path) -> Entry:
         """Sign a verified upload and move it into place as ``rel``; the entry to apply.  Blocking: run it as the work of
         ``change``, so that no scan sees the file placed and not yet applied.
@@ -534,10 +547,7 @@ class Catalog:
         if problem is not None:
             raise ValueError(f"{rel[:200]} cannot be published: {problem}")
         target = self.root / rel
-        if target.is_dir():
-            raise IsADirectoryError(f"{rel} is a directory")
-        if not target.parent.resolve().is_relative_to(self.root):  # a symlinked directory on the way: before any mkdir
-            raise PermissionError(f"{rel} would leave the published directory")
+        self.check_placeable(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         previous = self.by_path.get(rel)
         entry = self._publish(rel, staged, _stat_key(staged.stat()), previous.signed.manifest if previous else None)

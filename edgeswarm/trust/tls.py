@@ -15,10 +15,12 @@ from pathlib import Path
 
 from cryptography import x509
 
+from edgeswarm.errors import EdgeswarmError
+
 log = logging.getLogger("edgeswarm.trust.tls")
 
 
-class _Encrypted(Exception):
+class _Encrypted(EdgeswarmError):
     """The key file asks for a passphrase (OpenSSL would prompt on a terminal, and fail with EINVAL without one)."""
 
 
