@@ -99,6 +99,16 @@ seg00004.ts
 """
 
 
+def test_segment_uris_are_percent_decoded_as_players_resolve_them():
+    """`seg%201.ts` names the file `seg 1.ts`: taken literally, its segment was published after its playlist and
+    gateways prefetched a file of that name (an adversarial session).  A URI that decodes out of the tree, or is no
+    valid encoding, names nothing."""
+    text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n" + "".join(
+        f"#EXTINF:2.0,\n{uri}\n" for uri in ("seg%200.ts", "caf%C3%A9.ts", "%2e%2e/%2e%2e/x.ts", "bad%zz.ts", "bad%ff.ts")
+    )
+    assert hls.parse(text, "live/index.m3u8").media_paths == ["live/seg 0.ts", "live/café.ts"]
+
+
 def test_a_low_latency_playlist_names_the_parts_of_its_newest_segments():
     pl = hls.parse(LL_PLAYLIST, "live/live.m3u8")
     assert pl.part_target == 0.5 and pl.part_hold_back == 1.5 and pl.last_sequence == 4

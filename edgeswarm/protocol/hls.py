@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.protocol.paths import decoded
 
 
 class PlaylistError(EdgeswarmError, ValueError):
@@ -136,8 +137,17 @@ def _attributes(value: str) -> dict[str, str]:
 
 
 def _segment_path(base: str, uri: str) -> str | None:
-    """The published path a segment URI names, or None for an absolute URL or a path out of the tree."""
+    """The published path a segment URI names, or None for an absolute URL or a path out of the tree.
+
+    A URI is percent-encoded, as a player resolves it (``seg%201.ts`` is the file ``seg 1.ts``): taken as it
+    was, the segment of such a playlist was published only at the next full scan, after its playlist, and gateways
+    prefetched a file of that literal name (an adversarial session).
+    """
     if "://" in uri or uri.startswith("/") or "?" in uri or "#" in uri:
+        return None
+    try:
+        uri = decoded(uri)
+    except ValueError:
         return None
     path = posixpath.normpath(posixpath.join(base, uri))
     if path.startswith("../") or path == ".." or path.startswith("/"):

@@ -35,15 +35,22 @@ MAX_PATH_BYTES = 1024
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+def decoded(target: str) -> str:
+    """A percent-encoded path (a request's target, a playlist's URI), decoded; ValueError if it is no valid encoding."""
+    if _BAD_ESCAPE.search(target):  # unquote keeps it as it is: a 404 for a name that cannot be a published one's URL
+        raise ValueError("a '%' not followed by two hex digits (a literal '%' is %25)")
+    try:
+        return unquote(target, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError("percent-encoding is not UTF-8") from None
+
+
 def clean_request_path(raw_path: str) -> str:
     """The relative path a request names, from its raw (still percent-encoded) target."""
-    target = raw_path.split("?", 1)[0]
-    if _BAD_ESCAPE.search(target):  # unquote keeps it as it is: a 404 for a name that cannot be a published one's URL
-        raise HttpError(400, "invalid path: a '%' not followed by two hex digits (a literal '%' is %25)")
     try:
-        path = unquote(target, errors="strict")
-    except UnicodeDecodeError:
-        raise HttpError(400, "invalid path: percent-encoding is not UTF-8") from None
+        path = decoded(raw_path.split("?", 1)[0])
+    except ValueError as exc:
+        raise HttpError(400, f"invalid path: {exc}") from None
     if not path.startswith("/"):
         raise HttpError(400, "request target must be an absolute path")
     rel = path[1:]
