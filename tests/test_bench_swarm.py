@@ -88,7 +88,7 @@ def test_a_small_crowd_runs_end_to_end(mode: str, tmp_path: Path):
     assert r["timeline"]
     assert "P2P share" in proc.stdout and "every copy identical" in proc.stdout
     if mode == "get":
-        assert not list((tmp_path / "work").glob("get*/update.img.*part"))
+        assert not list((tmp_path / "work").glob("get*/.update.img.*.part"))
         assert 0 < r["startup_median_s"] <= r["startup_max_s"] < r["all_complete_s"]  # read off each get's own line
         assert 0 < r["download_ratio_to_bound"] <= r["ratio_to_bound"] and "get start-up" in proc.stdout
     ps = subprocess.run(["pgrep", "-af", str(tmp_path / "work")], capture_output=True, text=True)

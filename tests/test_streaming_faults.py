@@ -249,7 +249,7 @@ async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, t
     assert done.returncode == 1 and f"cannot store pieces in the cache {tmpfs}" in done.stderr, done.stderr
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 30, "it waited for the stall timeout"
-    assert not out.exists() and not list(out.parent.glob("out.bin*.part"))
+    assert not out.exists() and not list(out.parent.glob(".out.bin.*.part"))
 
 
 def fill(disk: Path) -> Path:

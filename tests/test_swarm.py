@@ -476,6 +476,25 @@ def test_a_get_stopped_by_sigterm_or_sighup_leaves_nothing_behind(tmp_path, node
     assert b"Traceback" not in err, err
 
 
+def test_a_get_into_a_published_folder_is_not_published_before_it_is_whole(tmp_path, nodes, origin, published, regions):
+    """`get -o` into an origin's folder (filling a mirror): its partial file, zeros where pieces had not come, was
+    signed, served and hashed again at every scan (an adversarial session).  It is hidden now, as the origin skips."""
+    make_file(published / "src.bin", 8 * 1024 * 1024)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--upload-limit", "2MB/s")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/src.bin", "-o", str(published / "copy.bin")]
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as get:
+        deadline = time.monotonic() + 30
+        while not list(published.glob("*copy.bin*")):  # its partial output: the download has begun
+            assert time.monotonic() < deadline and get.poll() is None, "the get never began writing"
+            time.sleep(0.1)
+        time.sleep(1.0)  # five of the origin's scans
+        partial = [p.name for p in published.glob("*copy.bin*")]
+        get.send_signal(signal.SIGTERM)
+        get.communicate(timeout=30)
+    assert partial and all(name.startswith(".copy.bin.") and name.endswith(".part") for name in partial), partial
+    assert "copy.bin" not in origin.log_text()
+
+
 def test_get_writes_to_standard_output_pipes_and_links_without_replacing_them(tmp_path, nodes, origin, published, regions):
     """`-o /dev/null` (as root) replaced the device with a regular file, `-o -` wrote a file named "-", a link was
     replaced by the file, two gets of one output wrote one `.part` (the second truncated what the first had written,

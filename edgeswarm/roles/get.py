@@ -237,7 +237,9 @@ class OutputFile:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             stem = self.target.name.encode()[:200].decode(errors="ignore")  # leaves room in NAME_MAX (255 bytes)
             while self.fd is None:
-                part = self.target.with_name(f"{stem}.{secrets.token_hex(4)}.part")
+                # hidden: an origin publishing that folder skips it (it published a half-written file, zeros and all, and
+                # hashed it again at every scan: an adversarial session), as it skips every hidden name
+                part = self.target.with_name(f".{stem}.{secrets.token_hex(4)}.part")
                 with contextlib.suppress(FileExistsError):
                     self.fd, self.part = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), part
         return self.fd
