@@ -185,3 +185,16 @@ def test_a_stopped_origin_does_not_wait_for_a_hash_under_way(nodes, published):
     origin.stop()
     assert origin.proc.returncode == 0
     assert time.monotonic() - started < 5, "the origin waited for the hash before it exited"
+
+
+async def test_a_file_name_cannot_write_a_log_line_of_its_own(nodes, published, http):
+    """A name holding a newline was logged as it was: the rest of it read as a line of the node's own (an adversarial
+    session).  Every message's control characters are escaped (daemon.OneLineFormatter)."""
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
+    (published / "a\n2026-01-01 00:00:00,000 WARNING edgeswarm.forged: trust me.bin").write_bytes(b"x")
+    deadline = time.monotonic() + 20
+    while "trust me" not in origin.log_text():
+        assert time.monotonic() < deadline, origin.log_text()
+        await asyncio.sleep(0.2)
+    assert not any(line.startswith("2026-01-01") for line in origin.log_text().splitlines())
+    assert "a\\n2026-01-01 00:00:00,000 WARNING edgeswarm.forged: trust me.bin" in origin.log_text()

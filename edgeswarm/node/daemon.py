@@ -48,11 +48,22 @@ from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
 log = logging.getLogger("edgeswarm")
 
 
+class OneLineFormatter(logging.Formatter):
+    """One event, one line: a message's control characters (a file name's newline, say) are escaped, as Python writes
+    them (``\\n``), so that no name or header can end a line and write one that looks like the node's own (an
+    adversarial session forged a whole line so).  A traceback after it stays as it is (it is a bug's, not a client's),
+    and so does a record made with ``extra={"lines": True}`` (SIGUSR1's task dump, which an operator asked for)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable() and not getattr(record, "lines", False):
+            record.message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -22,7 +22,7 @@ log = logging.getLogger("edgeswarm")
 def dump_tasks_on_sigusr1(loop: asyncio.AbstractEventLoop, role: str) -> None:
     """``kill -USR1 PID``: every asyncio task's stack in the log, one block; the process runs on (a hang says where it waits)."""
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # a loop outside the main thread: no signals
-        loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("%s", task_stacks(role)))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("%s", task_stacks(role), extra={"lines": True}))
 
 
 def task_stacks(role: str) -> str:
