@@ -233,3 +233,27 @@ def test_a_lab_run_checks_its_default_plots_folder_before_it_starts(tmp_path: Pa
     (tmp_path / "lab-vod-plots").write_text("in the way")
     assert main(["lab", "vod", "--json", str(tmp_path / "vod.json")]) == 2
     assert not (tmp_path / "vod.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:9/%2e%2e", "names no file: path segment '..' is not allowed"),
+        ("http://127.0.0.1:9/big.bin%2F", "names no file: path segment '' is not allowed"),
+        ("http://127.0.0.1:9/a%00b", "'http://127.0.0.1:9/a%00b' names no file: control character"),
+        ("http://127.0.0.1:9/%ff", "names no file: percent-encoding is not UTF-8"),
+        ("http://127.0.0.1:9//etc/passwd", "names no file: absolute path"),
+    ],
+)
+def test_a_get_of_a_url_that_can_name_no_file_stops_before_any_request(url: str, said: str, capsys: pytest.CaptureFixture[str]):
+    """Each cost a round trip and exit 1 (`%ff` was read as another name, `//x` as `x`), and a NUL or a newline went to
+    the terminal raw (an adversarial session): checked as nodes check request paths, exit 2."""
+    assert main(["get", url]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "\x00" not in err, err
+
+
+def test_a_get_into_a_directory_stops_before_the_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`-o DIR` failed at the rename, after the whole file had come (an adversarial session)."""
+    assert main(["get", "http://127.0.0.1:9/films/a.bin", "-o", str(tmp_path)]) == 2
+    assert f"-o {tmp_path} is a directory: name the file (-o {tmp_path / 'a.bin'})" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
@@ -30,6 +30,7 @@ from edgeswarm.node.routerclient import find_edge
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.protocol.manifest import Manifest
+from edgeswarm.protocol.paths import decoded, path_problem
 from edgeswarm.protocol.units import format_bytes
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
@@ -53,19 +54,28 @@ def split_url(url: str) -> tuple[str, str]:
         raise GetError(f"not an http(s) URL: {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise GetError(f"not an http(s) URL: {url!r}")
-    path = unquote(parts.path).lstrip("/")
-    if not path:
-        raise GetError(f"{url} names no file")
-    return f"{parts.scheme}://{parts.netloc}", path
+    return f"{parts.scheme}://{parts.netloc}", _named(parts.path, url)
+
+
+def _named(target: str, url: str) -> str:
+    """The published path of a URL's path (percent-encoded; one leading ``/``), as nodes read a request's: GetError
+    for one that can name no file, before any request (each cost a round trip, and a NUL or a newline went to the
+    terminal raw: an adversarial session)."""
+    try:
+        path = decoded(target)
+    except ValueError as exc:
+        raise GetError(f"{url!r} names no file: {exc}") from None
+    path = path.removeprefix("/")
+    problem = path_problem(path)
+    if problem is not None:
+        raise GetError(f"{url!r} names no file: {problem}")
+    return path
 
 
 def split_target(url: str, router: str | None) -> tuple[str | None, str]:
     """(edge or None, path): with a router, the URL may be just the path (/films/a.mp4)."""
     if router is not None and not url.startswith(("http://", "https://")):
-        path = unquote(url.split("?", 1)[0]).lstrip("/")
-        if not path:
-            raise GetError(f"{url!r} names no file")
-        return None, path
+        return None, _named(url.split("?", 1)[0], url)
     return split_url(url)
 
 
@@ -347,6 +357,9 @@ def run(
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 2
     output = output or Path(path.rsplit("/", 1)[-1])
+    if output.is_dir():  # found at the rename, after the whole download (an adversarial session); curl and wget refuse it
+        print(f"edgeswarm get: -o {output} is a directory: name the file (-o {output / path.rsplit('/', 1)[-1]})", file=sys.stderr)
+        return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on_signal)
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
