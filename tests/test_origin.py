@@ -112,11 +112,13 @@ async def test_symlinks_out_of_the_directory_are_not_published(tmp_path, nodes, 
     secret.write_text("top secret\n")
     os.symlink(secret, published / "leak.txt")
     os.symlink(tmp_path, published / "leakdir")
+    (published / "upload.tmp").write_text("half of it")  # still being written: a link publishes it no more than its name does
+    os.symlink(published / "upload.tmp", published / "latest.bin")
     (published / "ok.txt").write_text("fine\n")
     origin = nodes.start("origin", "--publish", str(published))
-    for path in ("/leak.txt", "/leakdir/secret.txt"):
+    for path in ("/leak.txt", "/leakdir/secret.txt", "/latest.bin"):
         r = curl("-o", "-", "-w", "%{http_code}", origin.url + path)
-        assert b"top secret" not in r.stdout
+        assert b"top secret" not in r.stdout and b"half" not in r.stdout
         assert r.stdout.endswith(b"404")
     assert curl(origin.url + "/ok.txt").stdout == b"fine\n"
     assert "not publishing leak.txt" in origin.log_text()

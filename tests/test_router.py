@@ -103,6 +103,11 @@ def test_each_region_goes_to_its_edges_and_curl_follows_to_an_identical_file(dep
     assert all(location(router, "/films/a.bin", f"127.1.0.{n}") == east for n in range(6, 10))  # one path, one edge
     west = location(router, "/films/a.bin?token=x", WEST_CLIENT)
     assert west == deployment["west"][0] + "/films/a.bin?token=x"  # the request target kept as it came
+    host, port = router.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), source_address=(EAST_CLIENT, 0), timeout=10) as raw:
+        raw.sendall(b"GET /films/hash#x.bin HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")  # curl never sends a raw '#'
+        head = raw.recv(4096).decode()
+    assert "/films/hash%23x.bin\r\n" in head, head  # its Location started a fragment there: the client asked for /films/hash
     ranked = edges_for(router, EAST_CLIENT, "films/a.bin")
     assert sorted(ranked) == sorted(deployment["east"]) and east.startswith(ranked[0] + "/")
     out = tmp_path / "a.bin"

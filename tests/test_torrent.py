@@ -408,3 +408,15 @@ async def test_the_edges_bittorrent_surfaces_take_no_forged_host_count_seeds_and
     assert (answers[0][b"complete"], answers[0][b"incomplete"]) == (1, 0)  # counted on the swarm's first announce
     for n, doc in enumerate(answers, 1):
         assert doc[b"complete"] + doc[b"incomplete"] == n and 0 <= doc[b"complete"] <= 3, doc
+
+
+def test_a_torrent_is_saved_under_its_files_name():
+    """Both parameters held percent-escapes, kept by `curl -OJ` in the saved name (`hash%23x.bin.torrent`), and a `"`
+    was dropped from the exact one (an adversarial session): RFC 6266's exact name and an ASCII stand-in."""
+    from urllib.parse import unquote
+
+    from edgeswarm.protocol.wire import attachment
+
+    for name, plain in (("hash#x.bin.torrent", "hash#x.bin.torrent"), ('d"q\\x é.torrent', "d_q_x _.torrent")):
+        head, exact = attachment(name).split("; filename*=UTF-8''")
+        assert head == f'attachment; filename="{plain}"' and unquote(exact) == name and "%" not in plain

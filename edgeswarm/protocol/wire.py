@@ -132,9 +132,16 @@ def base_url(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
 
+def attachment(name: str) -> str:
+    """A ``Content-Disposition`` saving the body as ``name`` (RFC 6266): ``filename*`` the exact name, ``filename`` an
+    ASCII stand-in for clients that read only it.  Both held percent-escapes, which `curl -OJ` kept in the saved name
+    (``hash%23x.bin.torrent``), and a ``"`` was dropped from the exact one (an adversarial session)."""
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 def torrent_response(data: bytes, manifest: Manifest) -> web.Response:
-    name = torrent_name(manifest).replace('"', "")
-    disposition = f"attachment; filename=\"{quote(name)}.torrent\"; filename*=UTF-8''{quote(name)}.torrent"
+    disposition = attachment(torrent_name(manifest) + ".torrent")
     return web.Response(body=data, content_type=TORRENT_TYPE, headers={"Cache-Control": "no-cache", "Content-Disposition": disposition})
 
 

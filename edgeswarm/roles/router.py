@@ -174,10 +174,12 @@ class Router:
 
     # -- HTTP ----------------------------------------------------------------------------------
     async def redirect(self, request: web.Request) -> web.Response:
-        """``/<path>``: 302 to the chosen edge, the request target kept as it came (query too)."""
+        """``/<path>``: 302 to the chosen edge, the request target kept as it came (query too), but for a raw ``#``,
+        which a Location would start its fragment with (the client then asked the edge for the name's start: an
+        adversarial session): escaped, it names what the nodes serve for it."""
         rel = clean_request_path(request.raw_path)
         decision = self.decide(request.remote or "", rel, "http")
-        target = decision.ranked[0].spec.url + request.raw_path
+        target = decision.ranked[0].spec.url + request.raw_path.replace("#", "%23")
         return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"}, text=f"{target}\n")
 
     async def get_edges(self, request: web.Request) -> web.Response:

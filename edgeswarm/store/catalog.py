@@ -355,8 +355,9 @@ class Catalog:
 
     def _link_problem(self, link: Path) -> str | None:
         """Why a symlink in the folder is not published: a loop (it failed every scan, so nothing else was published),
-        or a target out of the folder or hidden in it (one to .edgeswarm/origin.key published the origin's private
-        signing key: a link publishes nothing a file in its target's place would not)."""
+        or a target out of the folder, hidden in it (one to .edgeswarm/origin.key published the origin's private
+        signing key: a link publishes nothing a file in its target's place would not) or still being written (a
+        ``.tmp``, an adversarial session)."""
         try:
             target = link.resolve(strict=True)
         except (OSError, RuntimeError):  # a loop (RuntimeError on 3.11, OSError ELOOP later), or dangling
@@ -365,6 +366,8 @@ class Catalog:
             return "it is a symlink out of the published directory"
         if _hidden(target.relative_to(self.root).as_posix()):
             return "it is a symlink to a hidden file (such as the origin's state)"
+        if _unseen(target.relative_to(self.root).as_posix()):
+            return f"it is a symlink to a file still being written (*{PARTIAL})"
         return None
 
     def _skip(self, rel: str, reason: str) -> None:
