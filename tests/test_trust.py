@@ -7,6 +7,7 @@ Real origin, edges and peers on loopback; tokens made with the real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -485,3 +486,26 @@ async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path,
         assert 0 <= excess <= (EDGE_WORKERS + 1) * PIECE, (name, excess)
         assert rows[name]["flags"] == ""  # her curl is billed, and does not contradict what her peer reported
     assert int(rows["bob"]["reported_from_peers"]) > 0
+
+
+async def test_a_peer_whose_token_expires_ends_its_players_read_at_once(tmp_path, nodes, deployment, published, http):
+    """The player's read stalled for the whole read timeout (30 s) once the peer's token expired mid-film, while the
+    peer asked the edges once a second (an adversarial session): once every edge refuses the token, the read ends (its
+    connection cut, the answer having begun), and the peer's log says why.  A new request was already a 401."""
+    origin, key, _, _ = deployment
+    film = make_file(published / "pub" / "film.bin", 12 * PIECE)
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "400kB/s")
+    soon = tokens.issue(load_private_key(key), "alice", "/", 60, now=time.time() - 60 - tokens.LEEWAY + 5)  # refused in 5 s
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "peer"), "--edge", edge.url, "--token", soon, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"),
+    )
+    started, got = time.monotonic(), b""
+    with contextlib.suppress(aiohttp.ClientPayloadError):
+        async with http.get(peer.urls["gateway"] + "/pub/film.bin") as r:
+            assert r.status == 200
+            async for chunk in r.content.iter_any():
+                got += chunk
+    assert len(got) < len(film) and film.startswith(got)
+    assert time.monotonic() - started < 20, "the read waited for its timeout"
+    assert "this peer's token is refused; renew it and restart the peer" in peer.log_text()

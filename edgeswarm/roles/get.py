@@ -171,9 +171,9 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
             failing = peer.pinned.opened.write_error
             if failing is not None:  # else every piece fetched would be thrown away and fetched again, until the stall timeout
                 raise GetError(f"cannot store pieces in the cache {peer.config.cache} ({failing}): {m.path} needs {format_bytes(m.size)}")
-            refusals = [peer.refused[e] for e in peer.edges if e in peer.refused]
-            if refusals and len(refusals) == len(peer.edges):  # the token: retrying until the stall timeout changes nothing
-                raise GetError(refusals[0])
+            refusal = peer.token_refused()
+            if refusal is not None:  # the token: retrying until the stall timeout changes nothing
+                raise GetError(refusal)
             held = len(swarm.picker.have)
             now = time.monotonic()
             if held != last_held:

@@ -78,6 +78,7 @@ VOUCH_WITHIN = 0.2  # seconds within which a strict edge is asked to name a new 
 VOUCH_GAP = 2.0  # seconds between two such rounds for one content: subscriptions made and dropped 10 a second made a peer
 # announce 5 times a second, and four behind one address went over the edge's announce rate (an adversarial session)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+REFUSAL_CHECK_S = 0.5  # seconds between two looks, while a read waits for a piece, at whether every edge refuses our token
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
@@ -186,10 +187,7 @@ class SwarmSource:
         if self._fetching == 1:
             self.swarm.read_waits(True)
         try:
-            async with asyncio.timeout(self.peer.read_timeout):
-                got = await self.swarm.piece(index, stop)
-        except TimeoutError:
-            raise self._undelivered(index) from None
+            got = await self._piece(index, stop)
         finally:
             self._fetching -= 1
             if not self._fetching:
@@ -198,6 +196,28 @@ class SwarmSource:
         if data is None:
             raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
         return data
+
+    async def _piece(self, index: int, stop: int | None) -> bytes | None:
+        """The swarm's piece within --read-timeout; sooner a 502 once every edge refuses this peer's token.
+
+        No retry changes that: a player whose peer's token expired mid-film
+        waited out every read timeout, and its new requests too, while the
+        peer asked the edges once a second (an adversarial session).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.peer.read_timeout
+        task = asyncio.ensure_future(self.swarm.piece(index, stop))
+        try:
+            while not task.done():
+                refusal = self.peer.token_refused()
+                if refusal is not None:
+                    raise HttpError(502, f"{refusal}: this peer's token is refused; renew it and restart the peer")
+                if loop.time() >= deadline:
+                    raise self._undelivered(index)
+                await asyncio.wait({task}, timeout=min(REFUSAL_CHECK_S, deadline - loop.time()))
+            return task.result()
+        finally:
+            task.cancel()  # a no-op once done
 
     def _undelivered(self, index: int) -> HttpError:
         """No piece within --read-timeout: 504 if nothing answered in time, 502 saying so if the last try got a wrong
@@ -641,6 +661,11 @@ class Peer:
         self._p2p_edges.update(new)
         if new:
             self.announce_soon()
+
+    def token_refused(self) -> str | None:
+        """What an edge said, once every edge refuses this peer's token (a 401 or 403 naming it, for a piece), else None."""
+        refusals = [self.refused[e] for e in self.edges if e in self.refused]
+        return refusals[0] if refusals and len(refusals) == len(self.edges) else None
 
     def _edge_failed(self, edge: str, exc: UpstreamError) -> None:
         """A request to ``edge`` failed: it may be down, unless it was our own process out of descriptors."""
