@@ -538,6 +538,14 @@ class Tracker:
         while len(self._left) > MAX_LEFT:
             del self._left[next(iter(self._left))]
 
+    def charge(self, now: float, address: str, user: str | None) -> None:
+        """One announce from the sender's rate, apart from any announce: what a request costs before its contents are
+        looked up (each one the edge must fetch costs one more); ``Refused`` when over it."""
+        rate_key = owner_of(address, user) if user is not None else address_group(address)
+        wait = self._take(now, rate_key)
+        if wait:
+            raise Refused(f"too many announces from {rate_key}: at most {self.limits.announces_per_s:g} a second", wait)
+
     def _admit(self, now: float, key: PeerKey, counted: tuple[str, ...], leaving: bool, charge: bool = True) -> None:
         """The rate per user (tokens) or address, then the live ids of each limit key this identity would join."""
         rate_key = counted[-1]
