@@ -9,7 +9,7 @@ import pytest
 from aiohttp.web_protocol import RequestHandler
 from conftest import exhaust, spare_descriptors
 
-from edgeswarm.node.connlimit import ConnectionPolicy, file_budget
+from edgeswarm.node.connlimit import BODY_STEP, ConnectionPolicy, file_budget
 from edgeswarm.node.daemon import accept_one_pass
 from edgeswarm.store.piecestore import OPEN_FILES
 
@@ -58,6 +58,23 @@ def test_a_request_body_must_arrive_within_the_header_timeout_of_its_head():
     assert p.expired(21.0) == (["slow body"], [], [])
     assert p.expired(1000.0) == ([], [], [])  # the other is busy with a complete body
     assert len(p) == 1
+
+
+def test_a_body_that_keeps_coming_goes_on_and_one_that_trickles_is_cut():
+    """A whole body within the header timeout cut every 8 MiB chunk of `publish` below 0.5 Mbit/s (an adversarial
+    session): each BODY_STEP bytes restart the body's clock, and a trickle of less never does."""
+    p = policy()
+    p.opened("upload", 0.0)
+    p.started("upload", 0.0, body_pending=True)
+    p.opened("trickle", 0.0)
+    p.started("trickle", 0.0, body_pending=True)
+    for second in range(1, 200):  # 200 KB/s for 200 s, and one byte a second
+        p.data("upload", float(second), 200_000)
+        p.data("trickle", float(second), 1)
+        late, _, _ = p.expired(float(second) + 0.5)
+        assert late == ([] if second < 20 else ["trickle"] if second == 20 else []), (second, late)
+    p.data("upload", 200.0, BODY_STEP - 1)  # less than a step since its last one (at 199 s): the clock goes on
+    assert p.expired(218.9) == ([], [], []) and p.expired(219.0) == (["upload"], [], [])
 
 
 def test_a_connection_with_a_body_arriving_is_not_closed_to_make_room():

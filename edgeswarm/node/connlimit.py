@@ -6,8 +6,13 @@ Every connection is in one of four states:
   one whose next request has begun to arrive).  It must complete them within
   ``header_timeout`` of its first byte (of being opened, for a new one), however
   slowly it trickles bytes: a slowloris client gains nothing by sending one a second;
-- *body*: a request is handled and its body is still arriving.  The body, too,
-  must be complete within ``header_timeout`` of the head (bodies here are small);
+- *body*: a request is handled and its body is still arriving.  Each
+  ``BODY_STEP`` bytes of it must arrive within ``header_timeout`` (the clock
+  starts again at each step): a small body (an announce) is then complete
+  within that time of its head, however it trickles, while an upload over a
+  slow uplink goes on for as long as it keeps coming (a whole body within
+  the timeout cut every 8 MiB chunk below 0.5 Mbit/s, and `publish` failed:
+  an adversarial session);
 - *idle*: kept alive between requests; closed after ``idle_timeout``;
 - *busy*: a request is being handled, its body complete; not closed here, unless
   the client stops reading the response: a connection whose writes stay paused
@@ -48,6 +53,7 @@ C = TypeVar("C", bound=Hashable)
 RESERVE = 128  # the node's own descriptors (listening sockets, logs, databases, locks, the event loop), or a quarter of the limit
 MAX_CONNECTIONS = 16384  # about 10 KB of memory each
 FLOOR = 4  # connections and piece files, under a limit too small to share
+BODY_STEP = 64 * 1024  # body bytes that must come within each header_timeout (3.2 KB/s at 20 s): more than any small body
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class ConnectionPolicy(Generic[C]):
         self._head: OrderedDict[C, float] = OrderedDict()
         self._idle: OrderedDict[C, float] = OrderedDict()
         self._body: OrderedDict[C, float] = OrderedDict()
+        self._body_bytes: dict[C, int] = {}  # body bytes since its clock last started (BODY_STEP)
         self._busy: set[C] = set()
         self._stalled: OrderedDict[C, float] = OrderedDict()  # the client accepts no bytes, since
 
@@ -127,11 +134,18 @@ class ConnectionPolicy(Generic[C]):
             self.closed(conn)
         return out
 
-    def data(self, conn: C, now: float) -> None:
-        """Bytes arrived: on an idle connection they start the next request's header clock; otherwise nothing."""
+    def data(self, conn: C, now: float, size: int = 0) -> None:
+        """``size`` bytes arrived: on an idle connection they start the next request's header clock; each ``BODY_STEP``
+        of a body restarts its clock."""
         if conn in self._idle:
             del self._idle[conn]
             self._head[conn] = now
+        elif conn in self._body:
+            got = self._body_bytes.get(conn, 0) + size
+            if got >= BODY_STEP:
+                del self._body[conn]
+                self._body[conn], got = now, 0  # re-inserted last: the queue stays in order of its clocks
+            self._body_bytes[conn] = got
 
     def started(self, conn: C, now: float, body_pending: bool = False) -> None:
         """A request's head is complete and its handling begins; its body may still be arriving."""
@@ -144,6 +158,7 @@ class ConnectionPolicy(Generic[C]):
 
     def body_done(self, conn: C) -> None:
         """The request's body has arrived in full."""
+        self._body_bytes.pop(conn, None)
         if self._body.pop(conn, None) is not None:
             self._busy.add(conn)
 
@@ -152,6 +167,7 @@ class ConnectionPolicy(Generic[C]):
         if conn in self._busy or conn in self._body:
             self._busy.discard(conn)
             self._body.pop(conn, None)
+            self._body_bytes.pop(conn, None)
             self._idle[conn] = now
 
     def stalled(self, conn: C, now: float) -> None:
@@ -168,6 +184,7 @@ class ConnectionPolicy(Generic[C]):
         self._head.pop(conn, None)
         self._idle.pop(conn, None)
         self._body.pop(conn, None)
+        self._body_bytes.pop(conn, None)
         self._busy.discard(conn)
         self._stalled.pop(conn, None)
         self._outside.discard(conn)

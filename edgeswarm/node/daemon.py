@@ -458,7 +458,7 @@ class _Handler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._conns.policy.data(self, self._loop.time())
+        self._conns.policy.data(self, self._loop.time(), len(data))
         super().data_received(data)
 
     def pause_writing(self) -> None:
