@@ -13,8 +13,6 @@ import logging
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-
 from edgeswarm.errors import EdgeswarmError
 
 log = logging.getLogger("edgeswarm.trust.tls")
@@ -50,6 +48,8 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 def _warn_if_out_of_date(cert: Path) -> None:
     """A certificate that clients refuse today (expired, or not valid yet) is said at start: the node serves it all the
     same (it may be renewed on disk, and is read again at the next start), but every client fails its handshake."""
+    from cryptography import x509  # a server's only: get and peer start without loading it (tests/test_layers.py)
+
     try:
         leaf = x509.load_pem_x509_certificate(cert.read_bytes())
     except (ValueError, OSError):
