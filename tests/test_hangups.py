@@ -144,3 +144,35 @@ async def test_an_upstreams_connection_error_with_the_client_still_there_stays_a
             assert r.status == 500
     assert status_count(metrics, 500) == 1 and not any(e == HANGUP for e, _ in metrics.events)
     assert tracebacks(caplog)  # a bug of ours: it must be seen
+
+
+async def test_many_clients_gone_mid_answer_write_a_few_lines_not_one_each(caplog):
+    """400 clients that read nothing wrote 400 lines at once, and a live edge 1 750 in a few minutes (an adversarial
+    session): hang-ups are counted in full, and logged at most 5 a minute a node."""
+    from edgeswarm.node.daemon import Servers, make_app
+
+    metrics = Metrics("test")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(BODY)})
+        await resp.prepare(request)
+        for _ in range(BODY // CHUNK):
+            await resp.write(b"x" * CHUNK)
+        return resp
+
+    app = make_app(metrics)
+    app.router.add_get("/f", handler)
+    servers = Servers("test")
+    port = (await servers.start([(app, "127.0.0.1", 0, "")]))[""][1]
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(12):
+                await hang_up_after(port, 1024)
+            for _ in range(100):
+                if metrics.events[(HANGUP, "")] == 12:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await servers.close()
+    assert metrics.events[(HANGUP, "")] == 12
+    assert sum("client went away after" in r.getMessage() for r in caplog.records) == 5

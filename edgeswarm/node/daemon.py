@@ -132,7 +132,7 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
                 log.exception("internal error on %s %s", request.method, shown(request))
                 return _count(text_error(500, "internal error; see the node's log"))
             # the client hung up before a byte of the answer (a player's seek, a timeout): normal, not a 500
-            log.info("%s %s: %s before the answer (%s)", request.method, shown(request), gone_how(request), exc)
+            hung_up(request, "%s %s: %s before the answer (%s)", request.method, shown(request), gone_how(request), exc)
             metrics.events[(HANGUP, "")] += 1
             started = request.get(_STARTED)  # (a StreamResponse is a mapping: an empty one is falsy)
             return started if started is not None else web.Response(status=CLIENT_CLOSED)  # not sent: the access log says 499
@@ -245,6 +245,16 @@ def gone_how(request: web.Request) -> str:
     return f"cut, {why}" if why else "client went away"
 
 
+def hung_up(request: web.Request, msg: str, *args: object) -> None:
+    """One INFO line for a connection gone mid-request, at most 5 a minute a node (then a count): a player's seek is
+    one now and then, but 400 clients that read nothing wrote 400 lines at once (an adversarial session)."""
+    conns = getattr(request.protocol, "_conns", None)
+    if conns is None:
+        log.info(msg, *args)
+    else:
+        conns.quiet.log(logging.INFO, "connections gone mid-request", msg, *args)
+
+
 @web.middleware
 async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
@@ -262,7 +272,7 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         sent = request.writer.output_size + request.get(SENT_ASIDE, 0)
         if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
             request[_HUNG_UP] = client_gone(request)
-            log.info("%s %s: %s after %d bytes", request.method, shown(request), gone_how(request), sent)
+            hung_up(request, "%s %s: %s after %d bytes", request.method, shown(request), gone_how(request), sent)
         elif isinstance(exc, HttpError):  # a piece that could not be had, say: the client resumes from elsewhere
             log.warning("%s %s: cut after %d bytes: %d %s", request.method, shown(request), sent, exc.status, exc.message)
         else:
@@ -327,6 +337,8 @@ class Connections:
             self.quiet.log(logging.WARNING, "refused: all busy", "refused a connection: all %d connections are busy", self.policy.cap)
         elif victims:
             self.quiet.log(logging.INFO, "at the cap", "at the cap of %d connections: closed the longest waiting", self.policy.cap)
+        for victim in victims:  # its handler, if any, sees a reset: the log should not blame the client
+            victim.cut_why = f"closed for a new one at the cap of {self.policy.cap} connections (--max-connections)"
         _close(victims)
 
     async def sweep(self) -> None:
@@ -361,6 +373,8 @@ class Connections:
             if self.loop.time() >= self._next_shed:
                 self._next_shed = self.loop.time() + 1.0
                 shed = self.policy.oldest_waiting(max(8, self.policy.cap // 32))
+                for victim in shed:
+                    victim.cut_why = "closed: this node ran out of file descriptors"
                 _close(shed)
             self.quiet.log(
                 logging.WARNING,
