@@ -353,3 +353,22 @@ async def test_every_client_session_of_a_peer_verifies_against_its_ca(tmp_path, 
     finally:
         async with asyncio.timeout(5):
             await peer.stop()
+
+
+async def test_a_sibling_whose_certificate_fails_is_said_once(tmp_path, nodes, published, ca):
+    """It was skipped on every piece with nothing logged above DEBUG: the operator never learnt it was unused (an
+    adversarial session)."""
+    data = make_file(published / "a.bin", 700_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2", *tls_args(ca, "origin"))
+    other = CA(tmp_path / "other", "someone-else")
+    stranger = nodes.start(
+        "edge", "--cache", str(tmp_path / "s"), "--parent", origin.url, "--ca", str(ca.pem), *tls_args(other, "s"), name="stranger"
+    )
+    edge = nodes.start(
+        "edge", "--cache", str(tmp_path / "e"), "--parent", origin.url, "--ca", str(ca.pem), "--sibling", stranger.url, name="edge"
+    )
+    for _ in range(2):
+        got = curl(edge.url + "/a.bin")
+        assert got.returncode == 0 and sha(got.stdout) == sha(data), got.stderr
+    said = [line for line in edge.log_text().splitlines() if f"sibling {stranger.url} cannot be used" in line]
+    assert len(said) == 1 and "certificate does not verify" in said[0], said

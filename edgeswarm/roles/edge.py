@@ -38,7 +38,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
-from edgeswarm.node.upstream import OutOfDescriptorsHere, Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.peerstore import StoreUnavailable
@@ -143,6 +143,7 @@ class Edge:
         self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
+        self.unusable: dict[str, str] = {}  # sibling -> why it cannot be used as configured (a certificate), as last logged
         self.metrics = Metrics("edge")
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
         self.tracker = tracker = _tracker(config) if config.p2p else None
@@ -373,7 +374,11 @@ class Edge:
             except UpstreamError as exc:
                 self.ranking.failure(source, time.monotonic())
                 problems.append(exc)
+                if sibling and isinstance(exc, Hopeless) and self.unusable.get(source) != exc.message:  # said once
+                    self.unusable[source] = exc.message  # a sibling whose certificate fails was skipped without a word
+                    log.warning("sibling %s cannot be used: %s; pieces come from the parent", source, exc.message)
                 continue
+            self.unusable.pop(source, None)
             if reply.status == 404 and not sibling:  # withdrawn upstream (a live segment the encoder deleted): not our failure
                 self.manifests.expire(signed.manifest.path)  # or replaced by a new version: the next read asks (not in --revalidate)
                 raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
