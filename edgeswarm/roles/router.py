@@ -494,7 +494,9 @@ class Router:
                 log.warning("router dns: no TCP on port %d (%s): UDP only", self.dns_address[1], exc.strerror or exc)
         assert self.dns_address is not None
         over = "udp and tcp" if self.dns_tcp is not None else "udp"
-        log.info("router dns listening on %s %s:%d for %s", over, *self.dns_address, self.config.dns_name)
+        host, port = self.dns_address
+        shown = f"[{host}]" if ":" in host else host  # as the HTTP line shows it: ::1:53 named no port
+        log.info("router dns listening on %s %s:%d for %s", over, shown, port, self.config.dns_name)
 
     async def _dns_over_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection: queries prefixed by their length, answered in turn; closed after DNS_TCP_IDLE s of
