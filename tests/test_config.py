@@ -257,3 +257,13 @@ def test_a_get_into_a_directory_stops_before_the_download(tmp_path: Path, capsys
     """`-o DIR` failed at the rename, after the whole file had come (an adversarial session)."""
     assert main(["get", "http://127.0.0.1:9/films/a.bin", "-o", str(tmp_path)]) == 2
     assert f"-o {tmp_path} is a directory: name the file (-o {tmp_path / 'a.bin'})" in capsys.readouterr().err
+
+
+def test_token_and_secret_files_that_cannot_be_read_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """A directory, or bytes that are not UTF-8, said "[Errno 21] Is a directory" and "'utf-8' codec can't decode byte
+    0xff in position 0", the latter without naming the file (an adversarial session)."""
+    binary = tmp_path / "t.token"
+    binary.write_bytes(b"\xff\xfe")
+    for given, said in ((binary, f"{binary} is not text (UTF-8): no token file"), (tmp_path, f"cannot read the token file {tmp_path}: ")):
+        assert main(["get", "http://127.0.0.1:9/a.bin", "--token-file", str(given)]) == 2
+        assert said in capsys.readouterr().err

@@ -237,21 +237,26 @@ def token(args: argparse.Namespace) -> str | None:
     """--token or --token-file: the file's last non-empty line, so `token issue > f` works as is."""
     if args.token and args.token_file:
         raise ValueError("give --token or --token-file, not both")
-    if args.token_file:
-        lines = [line.strip() for line in args.token_file.read_text().splitlines() if line.strip()]
-        if not lines:
-            raise ValueError(f"{args.token_file} holds no token")
-        return lines[-1]
-    return args.token
+    return _last_line(args.token_file, "token") if args.token_file else args.token
 
 
 def secret(path: Path | None) -> str | None:
     """A secret file's last non-empty line (so `echo s > f` and editors' trailing newlines both work)."""
-    if path is None:
-        return None
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return None if path is None else _last_line(path, "secret")
+
+
+def _last_line(path: Path, what: str) -> str:
+    """The last non-empty line of a token or secret file; ValueError naming the file (a directory, or bytes that are not
+    UTF-8, said "[Errno 21] Is a directory" and "'utf-8' codec can't decode byte 0xff", without the file: an adversarial
+    session)."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text (UTF-8): no {what} file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
     if not lines:
-        raise ValueError(f"{path} holds no secret")
+        raise ValueError(f"{path} holds no {what}")
     return lines[-1]
 
 
