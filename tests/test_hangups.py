@@ -176,3 +176,36 @@ async def test_many_clients_gone_mid_answer_write_a_few_lines_not_one_each(caplo
         await servers.close()
     assert metrics.events[(HANGUP, "")] == 12
     assert sum("client went away after" in r.getMessage() for r in caplog.records) == 5
+
+
+async def test_a_hit_for_a_client_that_reads_nothing_holds_a_chunk_not_the_rest_of_its_piece(tmp_path: Path):
+    """The rest of a piece went into the transport's buffer at once: each of 400 clients that read nothing held 0.6 MB
+    of an edge's memory (an adversarial session).  It goes a chunk at a time, each write waiting for the last to drain."""
+    piece = tmp_path / "piece"
+    piece.write_bytes(os.urandom(8 * 1024 * 1024))
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(piece.stat().st_size)})
+        await resp.prepare(request)
+        fd = os.open(piece, os.O_RDONLY)
+        sending = asyncio.ensure_future(_sendfile(request, resp, fd, 0, piece.stat().st_size))
+        try:
+            await asyncio.wait({sending}, timeout=1.0)  # the client reads nothing: the socket fills, then the buffer
+            assert request.transport is not None
+            seen.append(request.transport.get_write_buffer_size())
+        finally:
+            sending.cancel()
+            os.close(fd)
+        return resp
+
+    async with serve_handler(handler, Metrics("test")) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        writer.transport.abort()
+    assert seen and seen[0] <= 4 * CHUNK, seen  # aiohttp drains past 64 KiB: a few chunks at most (4.4 MB before)

@@ -29,7 +29,7 @@ from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.protocol.httpspec import Validators, byteranges, http_date, not_modified, parse_ranges, range_applies, served_type
 from edgeswarm.protocol.manifest import SignedManifest
 
-CHUNK = 64 * 1024  # write granularity under a rate cap
+CHUNK = 64 * 1024  # write granularity under a rate cap, and of what a hit leaves in the transport's buffer at once
 LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
 SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile put on the socket, past aiohttp's counts
 
@@ -214,7 +214,9 @@ async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:
 
 
 async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, offset: int, count: int) -> None:
-    """Zero-copy straight to the socket while it has room; the rest through the transport's buffer.
+    """Zero-copy straight to the socket while it has room; the rest through the transport's buffer, ``CHUNK``
+    bytes at a time (each write waits until the buffer has drained: a whole piece's rest at once was held for each of
+    400 clients that read nothing, 0.6 MB each, an adversarial session).
 
     asyncio's loop.sendfile costs several futures per call, which made a
     cache hit CPU-bound in Python rather than in the kernel.  Never under TLS:
@@ -238,8 +240,10 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
                 break
             done += n
         request[SENT_ASIDE] = request.get(SENT_ASIDE, 0) + done  # for the access log and the cut line (daemon.py)
-    if done < count:
-        await resp.write(read_held(fd, count - done, offset + done))
+    while done < count:  # a share at a time: a client that reads nothing holds one in the transport's buffer, not a piece
+        step = min(count - done, CHUNK)
+        await resp.write(read_held(fd, step, offset + done))
+        done += step
 
 
 def read_held(fd: int, count: int, offset: int) -> bytes:
