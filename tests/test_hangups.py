@@ -200,7 +200,7 @@ async def test_a_hit_for_a_client_that_reads_nothing_holds_a_chunk_not_the_rest_
         return resp
 
     async with serve_handler(handler, Metrics("test")) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         for _ in range(100):
