@@ -198,10 +198,13 @@ class TrackerService:
     def locality(self) -> str:
         return self.tracker.locality
 
-    def charge(self, address: str, user: str | None) -> None:
-        """One announce of the sender's rate (``Tracker.charge``), a 429 with Retry-After when it is over it."""
-        with tracker_refusals():
-            self.tracker.charge(self.clock(), address, user)
+    def unknown_wait(self, address: str, user: str | None) -> float:
+        """``Tracker.unknown_wait`` now."""
+        return self.tracker.unknown_wait(self.clock(), address, user)
+
+    def unknown_found(self, address: str, user: str | None) -> None:
+        """``Tracker.unknown_found`` now."""
+        self.tracker.unknown_found(self.clock(), address, user)
 
     def region_of(self, address: str) -> Region | None:
         return self.regions.lookup(address) if self.regions else None
@@ -224,7 +227,7 @@ class TrackerService:
         bounds them; what it cuts is booked as ``claim_excess``.  Every check
         comes before any change of state: a refused announce changes nothing
         (but counts against its sender's announce rate).  ``charge``: count
-        it against that rate here (the edge charges its requests itself, before it looks their contents up: ``charge``).  ``relay_url``: the
+        it against that rate (a batch is charged once).  ``relay_url``: the
         peer cannot be reached (``"relay": true``) and is handed out at this
         URL, its relay at this edge, instead of its address and port.
         """

@@ -834,6 +834,24 @@ class Edge:
             return json_response(await self._announce_batch(request, doc), compact=True)
         return json_response(await self._announce_one(request, doc, True), compact=True)
 
+    async def _announced(self, request: web.Request, cid: str) -> tuple[SignedManifest, tokens.Grant | None]:
+        """``content_for`` an announced content, looked up upstream only while its sender may (``_announce_one``)."""
+        assert self.tracker is not None
+        store = await self._store()
+        if store.manifest(cid) is not None:
+            return await self.content_for(request, cid, not self.require_token)
+        sender = access.authenticated(request, store.public_key, required=self.require_token)
+        address, user = request.remote or "", sender.user if sender else None
+        if self.tracker.unknown_wait(address, user):
+            who = f"user {user}" if user else address
+            raise HttpError(404, f"content {cid[:12]} is not known here, and {who} announced too many that no one publishes: not looked up")
+        try:
+            return await self.content_for(request, cid, not self.require_token)
+        except HttpError as exc:
+            if exc.status == 404:
+                self.tracker.unknown_found(address, user)
+            raise
+
     async def _announce_batch(self, request: web.Request, doc: dict) -> dict:
         """Each item as a single announce with the batch's peer id, port and latency.
 
@@ -874,17 +892,12 @@ class Edge:
         }
 
     async def _announce_one(self, request: web.Request, doc: object, charge: bool) -> dict:
-        """One content's announce; ``charge``: it is its request's first.  That one, and each whose manifest this edge
-        would fetch, cost one announce of the sender's rate, before the lookup: announces of made-up content ids were
-        never charged (each was a 404) and made the edge ask its parent for each, 50 a request (an adversarial
-        session saw 5 800 requests a second reach the origin from one address)."""
+        """One content's announce; ``charge``: count it against the sender's announce rate (a batch's first).  A
+        content this edge does not know is looked up upstream while the sender has not announced too many that proved
+        unknown (``Tracker.unknown_wait``); past that, a 404 without a lookup."""
         assert self.tracker is not None
         doc, cid = announced_content(doc)
-        store = await self._store()
-        if charge or store.manifest(cid) is None:
-            sender = access.authenticated(request, store.public_key, required=self.require_token)
-            self.tracker.charge(request.remote or "", sender.user if sender else None)
-        signed, grant = await self.content_for(request, cid, not self.require_token)
+        signed, grant = await self._announced(request, cid)
         try:
             latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
         except ValueError as exc:
@@ -893,7 +906,7 @@ class Edge:
         relay_url, via = None, None
         if doc.get("relay") is True and isinstance(doc.get("peer_id"), str):  # it cannot be reached: hand it out at a relay
             relay_url, via = self._relay_url(request, doc, user)
-        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, False, relay_url)
+        answer, usage = await self.tracker.handle(doc, request.remote or "", signed.manifest, user, charge, relay_url)
         if via is not None:
             answer["relay_via"] = via
         elif relay_url is None and self._promoted(request, doc, user, cid):
