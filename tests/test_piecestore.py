@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -725,3 +726,40 @@ def test_a_worker_keeps_a_live_writers_temporary_files_and_drops_those_no_proces
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_file_system_that_sets_no_times_still_caches(root: Path, monkeypatch: pytest.MonkeyPatch):
+    """The mark (an mtime) made every write fail where setting a file's times fails (some FUSE, CIFS or NFS mounts):
+    nothing was cached (a review).  There, no mark is made and pieces are stored as before."""
+
+    def refusing(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "utime", refusing)
+    store = open_store(root)
+    c = make_content()
+    stored(store, c, 0)
+    assert store.good_mtime is None and store.read_piece(c.cid, 0) == c.piece(0)
+
+
+def test_a_file_system_that_rounds_the_mark_hashes_a_piece_once(root: Path, monkeypatch: pytest.MonkeyPatch):
+    """FAT keeps no time before 1980: the mark came back as 1980-01-01, never equal to it, and every hit read its piece
+    back and hashed it (a review).  The mark is what the file system keeps of it, probed at start."""
+    real, fat_min = os.utime, 315_532_800 * 10**9
+
+    def rounding(path, *args, ns=None, **kwargs):
+        return real(path, *args, **kwargs) if ns is None else real(path, *args, ns=(ns[0], max(ns[1], fat_min)), **kwargs)
+
+    monkeypatch.setattr(os, "utime", rounding)
+    store = PieceStore(root, PUB, open_files=1)
+    c = make_content()
+    stored(store, c, 0, 1)
+    checks: list[int] = []
+    real_check = store._check
+    monkeypatch.setattr(store, "_check", lambda cid, index, fd: (checks.append(index), real_check(cid, index, fd))[1])
+    for _ in range(10):
+        assert store.read_piece(c.cid, 0) == c.piece(0) and store.read_piece(c.cid, 1) == c.piece(1)
+    assert checks == [] and store.good_mtime == fat_min
+    with open(store.piece_path(c.cid, 0), "r+b") as f:  # and an overwrite is still caught
+        f.write(b"\0" * 16)
+    assert store.read_piece(c.cid, 0) is None and store.corrupt_pieces == 1

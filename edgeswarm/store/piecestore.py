@@ -13,7 +13,10 @@ A piece file whose bytes the store wrote or checked carries a fixed mtime
 (``GOOD_MTIME_NS``, 1970-01-01 00:00:01): any write to it since (a tool, an
 operator's mistake) moves its mtime, and the store reads it back and checks
 it again before the next hit hands out its descriptor.  Bit rot moves no
-mtime: that is caught at the next start.
+mtime: that is caught at the next start.  The mark is what the cache's file
+system keeps of that time (FAT keeps 1980-01-01: ``good_mtime``, probed at
+start); on one that sets no times at all (some FUSE, CIFS or NFS mounts), no
+mark is made and such overwrites are caught at the next start.
 
 A write that fails (disk full, I/O error) leaves no temporary file behind and
 stores nothing: the caller still holds the verified bytes and may serve them.
@@ -112,6 +115,21 @@ def make_cache(root: Path) -> None:
         raise CacheError(f"cache {root} is unusable: {exc.filename or root}: {exc.strerror or exc}") from None
 
 
+def _kept_mtime(root: Path) -> int | None:
+    """What the file system under ``root`` keeps of the mtime GOOD_MTIME_NS (FAT rounds it to 1980), or None if it
+    sets no file times (a write that set one failed there, and nothing was cached: a review)."""
+    probe = root / f".mtime.{os.getpid()}"
+    try:
+        probe.touch()
+        try:
+            os.utime(probe, ns=(time.time_ns(), GOOD_MTIME_NS))
+            return probe.stat().st_mtime_ns
+        finally:
+            probe.unlink()
+    except OSError:
+        return None
+
+
 class OutOfDescriptors(HttpError):
     """A held piece that cannot be opened now, the process being out of descriptors even after closing cached ones.
 
@@ -161,6 +179,7 @@ class PieceStore:
         self._fds_logged = -FDS_LOG_INTERVAL  # when a line about it was last logged
         self._fds_unlogged = 0  # shortages since that line
         make_cache(root)
+        self.good_mtime = _kept_mtime(root)  # GOOD_MTIME_NS as this file system keeps it; None if it sets no times
         self._load()
 
     # -- start-up -------------------------------------------------------
@@ -370,7 +389,7 @@ class PieceStore:
         if cid in self._unsaved:
             self._save_manifest(cid, self._raw[cid])
         try:
-            self._write(self.piece_path(cid, index), data, GOOD_MTIME_NS)
+            self._write(self.piece_path(cid, index), data, marked=True)
         except PieceNotStored as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # the content's directory went (or a file took its place)
                 self._unsaved.add(cid)  # made again, with its manifest, before the next piece
@@ -392,7 +411,7 @@ class PieceStore:
             cdir.mkdir(parents=True, exist_ok=True)  # parents: the contents directory itself may have been removed under us
         except OSError as exc:
             raise self._not_stored(cdir, exc) from None
-        self._write(cdir / "manifest.json", raw, None)
+        self._write(cdir / "manifest.json", raw)
         self._unsaved.discard(cid)
 
     def _not_stored(self, path: str | Path, exc: OSError) -> PieceNotStored:
@@ -402,15 +421,15 @@ class PieceStore:
         self.write_error = str(exc.strerror or exc)
         return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
-    def _write(self, path: str | Path, data: bytes, mtime_ns: int | None) -> None:
-        """Write to a temporary file (given ``mtime_ns``, if any) and rename it into place; on any failure remove it and
-        raise PieceNotStored."""
+    def _write(self, path: str | Path, data: bytes, marked: bool = False) -> None:
+        """Write to a temporary file (``marked``: with the mark of checked bytes) and rename it into place; on any
+        failure remove it and raise PieceNotStored."""
         tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
             with self._retrying(lambda: open(tmp, "wb"), tmp) as f:
                 f.write(data)
-            if mtime_ns is not None:  # once written and closed: the buffer's last write would move it again
-                os.utime(tmp, ns=(time.time_ns(), mtime_ns))
+            if marked:  # once written and closed: the buffer's last write would move it again
+                self._mark(tmp)
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -448,7 +467,7 @@ class PieceStore:
             self._fds.move_to_end(key)
         st, length = os.fstat(fd), self._manifests[cid].manifest.piece_span(index)[1]
         problem = f"is {st.st_size} of its {length} bytes" if st.st_size != length else None
-        if problem is None and st.st_mtime_ns != GOOD_MTIME_NS:
+        if problem is None and self.good_mtime is not None and st.st_mtime_ns != self.good_mtime:
             problem = self._check(cid, index, fd)
         if problem:  # cut short, grown or rewritten under us
             self._close(cid, index)
@@ -539,9 +558,14 @@ class PieceStore:
             return f"is unreadable ({exc.strerror or exc})"
         if not m.check_piece(index, data):
             return "does not match its signed hash"
-        with contextlib.suppress(OSError):  # not marked: it is checked at each open, which costs time, not safety
-            os.utime(fd, ns=(time.time_ns(), GOOD_MTIME_NS))
+        self._mark(fd)
         return None
+
+    def _mark(self, file: int | str) -> None:
+        """Mark a piece file's bytes as checked (its mtime), where the file system keeps the mark (``good_mtime``)."""
+        if self.good_mtime is not None:
+            with contextlib.suppress(OSError):  # not marked: checked again at its next hit, which costs time, not safety
+                os.utime(file, ns=(time.time_ns(), GOOD_MTIME_NS))
 
     def _drop(self, cid: str, index: int, problem: str | None) -> None:
         """Forget a piece that is gone or bad on disk: the have-set shrinks, and it is fetched again when wanted."""
