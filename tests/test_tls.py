@@ -372,3 +372,32 @@ async def test_a_sibling_whose_certificate_fails_is_said_once(tmp_path, nodes, p
         assert got.returncode == 0 and sha(got.stdout) == sha(data), got.stderr
     said = [line for line in edge.log_text().splitlines() if f"sibling {stranger.url} cannot be used" in line]
     assert len(said) == 1 and "certificate does not verify" in said[0], said
+
+
+async def test_a_get_of_an_https_url_does_not_follow_a_redirect_to_plain_http(tmp_path, ca):
+    """`get https://…` followed a 302 to http:// on another host as its edge, and sent its token there in the clear,
+    though it takes no plain-HTTP edge from a router (a review)."""
+    import ssl
+
+    cert, key = ca.issue("redirector")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    async with _Collector() as plain:
+
+        async def redirect(request: web.Request) -> web.Response:
+            return web.Response(status=302, headers={"Location": plain.url + request.raw_path})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", redirect)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        url = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/films/a.bin"  # type: ignore[union-attr]
+        try:
+            cmd = [sys.executable, "-m", "edgeswarm", "get", url, "-o", str(tmp_path / "a"), "--ca", str(ca.pem), "--token", "t.o.k"]
+            done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+        finally:
+            await runner.cleanup()
+    assert done.returncode == 1 and "plain HTTP, which a client of an https:// URL does not follow" in done.stderr, done.stderr
+    assert plain.seen == []
