@@ -6,6 +6,8 @@ import asyncio
 import os
 
 import pytest
+from aiohttp import web
+from conftest import DoubleServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_lying_upstream import FakeParent
 
@@ -88,3 +90,34 @@ async def test_a_key_that_cannot_be_learnt_is_a_503_saying_why(tmp_path):
         assert opener is not None
         opener.cancel()
         await upstream.close()
+
+
+class _NoNode(DoubleServer):
+    """A web server where an edge should be: 404 for everything."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        return web.Response(status=404)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+async def test_waits_end_at_once_while_every_source_is_no_node_whenever_they_come(tmp_path):
+    """Each retry round said 'not hopeless' at its first failure: with two sources, a request in the middle of a round
+    waited its whole timeout for the answer the others got at once (a review)."""
+    upstream = Upstream(1.0)
+    await upstream.start()
+    async with _NoNode() as a, _NoNode() as b:
+        pinned = PinnedStore(tmp_path / "cache", None, None, "still learning the origin key")
+        opener = await pinned.start(upstream, [a.url, b.url])
+        try:
+            for _ in range(40):  # spread over several rounds (0.5 s, 1 s, 2 s apart)
+                async with asyncio.timeout(5):  # a wait of its whole 30 s fails here
+                    with pytest.raises(HttpError) as err:
+                        await pinned.wait(30)
+                assert "it is no edgeswarm edge nor origin" in err.value.message
+                await asyncio.sleep(0.1)
+        finally:
+            assert opener is not None
+            opener.cancel()
+            await upstream.close()

@@ -93,12 +93,13 @@ class PinnedStore:
         self._settled.set()
         return self.store
 
-    def _unlearnt(self, why: str, hopeless: bool) -> None:
-        """A try to learn the key failed (``originkey.learn``); ``hopeless``: every source failed as no retry changes."""
+    def _unlearnt(self, why: str, hopeless: bool | None) -> None:
+        """A try to learn the key failed (``originkey.learn``); ``hopeless``: at a round's end, whether every source
+        failed as no retry changes (None within a round)."""
         self.unlearnt = why
         if hopeless:
             self._settled.set()
-        elif self.store is None:  # the sources may yet answer
+        elif hopeless is False and self.store is None:  # the sources may yet answer
             self._settled.clear()
 
     @property

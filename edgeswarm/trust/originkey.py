@@ -23,7 +23,7 @@ log = logging.getLogger("edgeswarm.trust.originkey")
 
 
 async def pin(
-    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str, bool], None] | None = None
+    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None
 ) -> Ed25519PublicKey:
     """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``: see ``learn``."""
     pinned = cache / "origin.pub"
@@ -64,18 +64,20 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
         return
 
 
-async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, bool], None] | None = None) -> bytes:
+async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None) -> bytes:
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
     ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached),
-    and whether every source of the round so far failed in a way no retry changes (``Hopeless``: no edgeswarm node, or
-    one of the other IP family than ``--listen``): then nothing is worth waiting for (a one-shot ``get`` of a web
-    server's URL waited 10 s), though the node goes on trying.
+    and at the end of each round whether every source failed in a way no retry changes (``Hopeless``: no edgeswarm
+    node, one of the other IP family than ``--listen``, a certificate that does not verify): then nothing is worth
+    waiting for (a one-shot ``get`` of a web server's URL waited 10 s), though the node goes on trying.  Within a round
+    it is told None: what the round will show is not known yet (saying False at each round's first failure made
+    requests wait their whole timeout half the time: a review).
     """
     delay = 0.5
     while True:
         hopeless = 0
-        for source in sources:
+        for n, source in enumerate(sources, 1):
             try:
                 pem = await _served(upstream, source)
             except (UpstreamError, KeyFileError) as exc:
@@ -86,7 +88,7 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, b
                 return pem
             log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
-                failed(why, hopeless == len(sources))
+                failed(why, hopeless == len(sources) if n == len(sources) else None)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
 
