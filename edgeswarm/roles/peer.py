@@ -1033,8 +1033,13 @@ class Peer:
             one = answers.get(cid) if isinstance(answers, dict) else None
             if not isinstance(one, dict) or "error" in one:
                 error = one.get("error") if isinstance(one, dict) else None
-                if isinstance(error, dict) and isinstance(error.get("status"), int) and error["status"] >= 500:
-                    unreachable = f"{error['status']} {str(error.get('message'))[:200]}"  # the rest of the batch: try again soon
+                code = error.get("status") if isinstance(error, dict) else None
+                if isinstance(error, dict) and isinstance(code, int) and (code >= 500 or code == 429):
+                    # the rest of the batch (a store down, or the sender over its rate part-way): try again soon, the
+                    # stopped ones too (forgotten on a 429, they were handed out by the edge for a ttl: a review)
+                    unreachable = f"{code} {str(error.get('message'))[:200]}"
+                    if code == 429:
+                        self.schedule.refused(edge, time.monotonic(), FIRST_RETRY)
                 else:
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, error or "no answer")
                     if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
