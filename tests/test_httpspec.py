@@ -116,6 +116,16 @@ def test_parse_range_malformed_is_400(header):
     assert "Content-Range" not in err.headers
 
 
+def test_a_last_byte_of_many_digits_is_the_end():
+    """30 nines got a 400 (a cap of 19 digits against huge numbers): RFC 9110 makes a last byte past the end the end,
+    and a suffix longer than the file the whole file (an adversarial session)."""
+    nines = "9" * 30
+    assert parse_ranges(f"bytes=0-{nines}", 100) == [(0, 99)]
+    assert parse_ranges(f"bytes=-{nines}", 100) == [(0, 99)]
+    assert range_error(f"bytes={nines}-", 100).status == 416
+    assert range_error(f"bytes=0-{'9' * 101}", 100).status == 400  # a hundred digits at most: no one means more
+
+
 def test_parse_range_last_before_first_says_so():
     assert "last byte before first" in range_error("bytes=9-3", 100).message
 

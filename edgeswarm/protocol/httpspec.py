@@ -27,7 +27,7 @@ _EXTRA_TYPES = {
     ".flac": "audio/flac",
     ".opus": "audio/ogg",
 }
-_SPEC = re.compile(r"^([0-9]{0,19})-([0-9]{0,19})$")  # ASCII digits; longer numbers are malformed, not a 500
+_SPEC = re.compile(r"^([0-9]{0,100})-([0-9]{0,100})$")  # a last byte past the end is the end, however many digits (RFC 9110)
 _CHARSET = re.compile(r';\s*charset\s*=\s*"?([^";]*)', re.IGNORECASE)
 
 
