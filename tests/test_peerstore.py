@@ -322,3 +322,20 @@ async def _matches_a_full_count(store: MemoryPeerStore, contents: list[str], now
     assert got.swarms == swarms
     assert got.peers == Counter(r.region.name if r.region else "unmapped" for r in latest.values())
     assert got.users == Counter(r.user or "-" for r in latest.values())
+
+
+@pytest.mark.integration
+async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others(redis_url):
+    """Two edges share a Redis store; the one whose clock ran 2 ttls ahead removed the other's peers as silent at its
+    first announce, without a word (an adversarial session).  Silence goes by the earlier of its clock and Redis's."""
+    right, ahead = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
+    try:
+        now = time.time()
+        await right.put(now, CID, record(1, now), 10)
+        await ahead.put(now + 2 * TTL, CID, record(2, now + 2 * TTL), 10)
+        await ahead.expire(now + 2 * TTL)
+        assert sorted(r.peer_id for r in await right.swarm(CID)) == ["p1", "p2"]
+        assert (await right.counts(now)).identities == 2
+    finally:
+        await right.close()
+        await ahead.close()

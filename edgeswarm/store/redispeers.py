@@ -46,6 +46,8 @@ _ALPHA = repr(ALPHA)
 _CONTROL = str.maketrans({c: "?" for c in (SEP, KEYSEP, PAIRSEP, ENTRYSEP)})
 
 # ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha draws
+# Silent peers are removed by the earlier of the edge's clock and Redis's (TIME): an edge whose clock ran 120 s ahead
+# removed the other edges' peers as silent at its first announce, without a word (an adversarial session).
 _PUT = """
 local p, cid, member = ARGV[1], ARGV[2], ARGV[3]
 local uploaded, now = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -53,7 +55,8 @@ local ttl, keep, sample = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]
 local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
 local seen, recs, stats = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'stats:' .. cid
 -- at most 32 silent peers of the swarm removed an announce
-local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (now - ttl), 'LIMIT', 0, 32)
+local clock = redis.call('TIME')
+local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (math.min(now, clock[1] + clock[2] / 1000000) - ttl), 'LIMIT', 0, 32)
 if #gone > 0 then
   redis.call('ZREM', seen, unpack(gone))
   redis.call('HDEL', recs, unpack(gone))
@@ -399,8 +402,11 @@ class RedisPeerStore:
 
         Returns nothing: which peers went silent is no one edge's news when
         several share the store (each edge forgets its own announcers itself).
+        By the earlier of ``now`` and Redis's clock, as _PUT: an edge ahead
+        of the others trims nothing they still count.
         """
-        cutoff = "(" + repr(now - self.ttl)
+        seconds, micros = await self._call(self.redis.time)
+        cutoff = "(" + repr(min(now, seconds + micros / 1_000_000) - self.ttl)
         regions = await self._call(self.redis.smembers, self.prefix + "regions")
         users = await self._call(self.redis.smembers, self.prefix + "userset")
         async with self.redis.pipeline(transaction=False) as pipe:
