@@ -325,7 +325,7 @@ async def _matches_a_full_count(store: MemoryPeerStore, contents: list[str], now
 
 
 @pytest.mark.integration
-async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others(redis_url):
+async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others(redis_url):  # noqa: F811 - the fixture
     """Two edges share a Redis store; the one whose clock ran 2 ttls ahead removed the other's peers as silent at its
     first announce, without a word (an adversarial session).  Silence goes by the earlier of its clock and Redis's."""
     right, ahead = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
