@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
@@ -431,5 +432,20 @@ async def test_a_worker_logs_a_long_request_path_cut_as_every_log_line_does(tmp_
     finally:
         await link.close()
     assert answer.status == 503
-    [line] = [r.getMessage() for r in caplog.records if "cannot reach the primary" in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records if "did not answer" in r.getMessage()]
     assert len(line) < 500 and "secret" not in line, line
+
+
+async def test_a_worker_says_the_primary_did_not_answer_a_few_times_a_minute_not_that_it_restarts(tmp_path, caplog):
+    """Under a flood, or out of descriptors, a worker logged 100 lines in a second that the primary was "restarting",
+    when none was (an adversarial session): 5 lines a minute, and the 503 says what is known."""
+    node = SimpleNamespace(config=SimpleNamespace(timeout=1.0), tracker=None, store=None)
+    link = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    try:
+        answers = [await link._forward(make_mocked_request("GET", "/live/a.m3u8")) for _ in range(12)]
+    finally:
+        await link.close()
+    assert {a.status for a in answers} == {503}
+    assert isinstance(answers[0], web.Response) and answers[0].text is not None
+    assert "did not answer (restarting, or too busy" in answers[0].text
+    assert sum("did not answer" in r.getMessage() for r in caplog.records) == 5

@@ -38,7 +38,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
 from edgeswarm.node.daemon import ServerLimits, Servers, shown, text_error
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
@@ -187,9 +188,17 @@ class WorkerLink:
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
         self.timeout = aiohttp.ClientTimeout(total=max(60.0, 3 * node.config.timeout))
+        # 5 lines a minute of the primary's failures to answer: under a flood, 100 lines in a second (an adversarial session)
+        self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
 
     def install(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._middleware)
+
+        async def summaries(_: web.Application) -> AsyncIterator[None]:
+            async with self.quiet.flushed(60.0):
+                yield
+
+        app.cleanup_ctx.append(summaries)
         app.on_response_prepare.append(self._mark)
 
     async def _mark(self, _: web.Request, response: web.StreamResponse) -> None:
@@ -280,15 +289,30 @@ class WorkerLink:
                 # this worker's own figures: a router polling while the primary restarted took the edge out of rotation
                 # (a 503 for 2 s) though this worker served every file meanwhile
                 return await self._own_status(request)
-            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, shown(request), exc)
-            return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
+            return self._unanswered(request, exc)
+
+    def _unanswered(self, request: web.Request, exc: BaseException) -> web.Response:
+        """The 503 for a request the primary did not answer, and a line (5 a minute) saying why: it may be restarting,
+        or too busy (a flood), or this worker out of descriptors; "restarting" was said of all three."""
+        why = f"{type(exc).__name__} {exc}".strip()
+        self.quiet.log(
+            logging.WARNING,
+            "primary unanswered",
+            "worker %d: the primary worker did not answer %s: %s",
+            self.slot.index,
+            shown(request),
+            why,
+        )
+        return text_error(
+            503, f"this edge's primary worker did not answer (restarting, or too busy: {why[:120]}); retry", {"Retry-After": "1"}
+        )
 
     async def _own_status(self, request: web.Request) -> web.StreamResponse:
         """This worker's /status alone, saying so (``workers.answered`` 1): the primary that adds the others' is away."""
         response = await self.node.get_status(request)
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         doc = json.loads(response.body)
-        doc["workers"] = {"count": self.slot.count, "answered": 1, "primary": "restarting"}
+        doc["workers"] = {"count": self.slot.count, "answered": 1, "primary": "unanswered"}  # restarting, or too busy
         return _status_response(doc, self.slot.index)
 
     async def _bridge(self, request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
@@ -300,8 +324,7 @@ class WorkerLink:
         except aiohttp.WSServerHandshakeError as exc:
             return text_error(exc.status, f"the primary worker refused the WebSocket: {exc.message}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("worker %d: cannot reach the primary worker for %s: %s", self.slot.index, shown(request), exc)
-            return text_error(503, "this edge's primary worker is restarting; retry", {"Retry-After": "1"})
+            return self._unanswered(request, exc)
         client = web.WebSocketResponse(max_msg_size=0)
         await client.prepare(request)
         await asyncio.gather(_pipe(client, upstream), _pipe(upstream, client))
