@@ -45,12 +45,13 @@ def test_throttled_log_writes_lines_and_a_summary_at_their_level(caplog):
 
 async def test_a_bursts_summary_is_written_though_no_line_follows_it(caplog):
     """The count of held-back lines came only with the next line of their kind: after a flood of 429s that ended, never
-    (an adversarial session).  ``flushed`` writes it on time."""
+    (an adversarial session).  ``flushing`` writes it on time."""
     quiet = ThrottledLog(logging.getLogger("test.quiet"), Throttle(burst=2, interval=0.1))
     with caplog.at_level(logging.INFO, logger="test.quiet"):
-        async with quiet.flushed(0.05):
-            for n in range(7):
-                quiet.log(logging.INFO, "refusals", "refused %d", n)
-            await asyncio.sleep(0.3)
+        flushing = quiet.flushing(0.05)
+        for n in range(7):
+            quiet.log(logging.INFO, "refusals", "refused %d", n)
+        await asyncio.sleep(0.3)
+        flushing.cancel()
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["refused 0", "refused 1", "suppressed 5 similar lines: refusals"], lines

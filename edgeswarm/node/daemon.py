@@ -109,8 +109,9 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
         refusals.log(logging.INFO, f"{status} answers", "%s %s -> %d %s", request.method, shown(request), status, why)
 
     async def summaries(_: web.Application) -> AsyncIterator[None]:
-        async with refusals.flushed(10.0):
-            yield
+        flushing = refusals.flushing(10.0)
+        yield
+        flushing.cancel()
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):

@@ -11,10 +11,9 @@ I/O-free: the caller passes the clock and does the logging (``ThrottledLog``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -86,19 +85,13 @@ class ThrottledLog:
         for kind, held in self.throttle.due(self.clock()):
             self.logger.log(self._levels.get(kind, logging.INFO), "suppressed %d similar lines: %s", held, kind)
 
-    @contextlib.asynccontextmanager
-    async def flushed(self, every: float) -> AsyncIterator[None]:
-        """``flush`` every ``every`` seconds while the block runs (an app's cleanup context): the summary of a burst
-        came only with the next line of its kind, and after a flood that ended, never (an adversarial session)."""
+    def flushing(self, every: float) -> asyncio.Task[None]:
+        """A task that calls ``flush`` every ``every`` seconds until cancelled (by an app's cleanup): the summary of a
+        burst came only with the next line of its kind, and after a flood that ended, never (an adversarial session)."""
 
         async def keep() -> None:
             while True:
                 await asyncio.sleep(every)
                 self.flush()
 
-        task = asyncio.create_task(keep())
-        try:
-            yield
-        finally:
-            task.cancel()
-            self.flush()
+        return asyncio.get_running_loop().create_task(keep())

@@ -195,8 +195,9 @@ class WorkerLink:
         app.middlewares.insert(0, self._middleware)
 
         async def summaries(_: web.Application) -> AsyncIterator[None]:
-            async with self.quiet.flushed(60.0):
-                yield
+            flushing = self.quiet.flushing(60.0)
+            yield
+            flushing.cancel()
 
         app.cleanup_ctx.append(summaries)
         app.on_response_prepare.append(self._mark)
