@@ -550,9 +550,7 @@ class Tracker:
         origin from one address).  Contents that exist cost nothing, so a
         peer holding thousands of them announces them all to a restarted edge.
         """
-        tokens, then = self._buckets.get(_UNKNOWN + self._rate_key(address, user), (self.limits.announce_burst, now))
-        tokens = min(self.limits.announce_burst, tokens + max(0.0, now - then) * self.limits.announces_per_s)
-        return 0.0 if tokens >= 1 else (1 - tokens) / self.limits.announces_per_s
+        return self._wait(self._tokens(now, _UNKNOWN + self._rate_key(address, user)))
 
     def unknown_found(self, now: float, address: str, user: str | None) -> None:
         """A content the sender announced proved unknown upstream: one token of its bucket (``unknown_wait``)."""
@@ -579,14 +577,19 @@ class Tracker:
 
     def _take(self, now: float, rate_key: str) -> float:
         """One announce from the key's bucket: 0, or the seconds until one is there (refusals are not charged)."""
-        rate, burst = self.limits.announces_per_s, self.limits.announce_burst
-        tokens, then = self._buckets.get(rate_key, (burst, now))
-        tokens = min(burst, tokens + max(0.0, now - then) * rate)
-        if tokens < 1:
-            self._buckets[rate_key] = (tokens, now)
-            return (1 - tokens) / rate
-        self._buckets[rate_key] = (tokens - 1, now)
-        return 0.0
+        tokens = self._tokens(now, rate_key)
+        wait = self._wait(tokens)
+        self._buckets[rate_key] = (tokens - (0 if wait else 1), now)
+        return wait
+
+    def _tokens(self, now: float, rate_key: str) -> float:
+        """The announces the key's bucket holds at ``now``: what it held, refilled at the rate since, up to the burst."""
+        tokens, then = self._buckets.get(rate_key, (self.limits.announce_burst, now))
+        return min(self.limits.announce_burst, tokens + max(0.0, now - then) * self.limits.announces_per_s)
+
+    def _wait(self, tokens: float) -> float:
+        """Seconds until a bucket holding ``tokens`` holds a whole announce: 0 if it does."""
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.limits.announces_per_s
 
     def _last_seen(self, key: PeerKey) -> float:
         """The identity's last announce here: its last swarm's.  Read for every refusal over an id limit, so O(1): a max
@@ -666,8 +669,7 @@ class Tracker:
                 silent.append(key)
             for key in silent:
                 self._leave(cid, key)
-        rate, burst = self.limits.announces_per_s, self.limits.announce_burst
-        for rate_key in [k for k, (tokens, then) in self._buckets.items() if tokens + (now - then) * rate >= burst]:
+        for rate_key in [k for k in self._buckets if self._tokens(now, k) >= self.limits.announce_burst]:  # full: as if new
             del self._buckets[rate_key]
         return dropped
 
