@@ -28,7 +28,7 @@ import re
 import resource
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,11 +108,6 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
         refusals.flush()
         refusals.log(logging.INFO, f"{status} answers", "%s %s -> %d %s", request.method, shown(request), status, why)
 
-    async def summaries(_: web.Application) -> AsyncIterator[None]:
-        flushing = refusals.flushing(10.0)
-        yield
-        flushing.cancel()
-
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
         t0 = time.monotonic()
@@ -153,7 +148,7 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
     pages = _cross_site(cors if cors is not None else CorsPolicy(()))
     app = web.Application(middlewares=[errors, pages, *options, cut_after_start], client_max_size=64 * 1024)
     app.on_response_prepare.append(_note_started)
-    app.cleanup_ctx.append(summaries)
+    app.cleanup_ctx.append(refusals.while_running(10.0))
     if enabled is not None:
         app.on_response_prepare.append(_cors_headers(enabled))
     app.router.add_get("/healthz", _ok)

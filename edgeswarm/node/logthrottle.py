@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 
@@ -95,3 +95,15 @@ class ThrottledLog:
                 self.flush()
 
         return asyncio.get_running_loop().create_task(keep())
+
+    def while_running(self, every: float) -> Callable[[object], AsyncIterator[None]]:
+        """An aiohttp cleanup context (``app.cleanup_ctx``): ``flushing`` for as long as the app runs.  A plain
+        generator, not a context manager nested in one: asyncio closes it at shutdown when a start-up failed, and a
+        nested one then raised "generator didn't stop after athrow()" with a traceback (CI)."""
+
+        async def run(_: object) -> AsyncIterator[None]:
+            flushing = self.flushing(every)
+            yield
+            flushing.cancel()
+
+        return run

@@ -38,7 +38,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,13 +193,7 @@ class WorkerLink:
 
     def install(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._middleware)
-
-        async def summaries(_: web.Application) -> AsyncIterator[None]:
-            flushing = self.quiet.flushing(60.0)
-            yield
-            flushing.cancel()
-
-        app.cleanup_ctx.append(summaries)
+        app.cleanup_ctx.append(self.quiet.while_running(60.0))
         app.on_response_prepare.append(self._mark)
 
     async def _mark(self, _: web.Request, response: web.StreamResponse) -> None:

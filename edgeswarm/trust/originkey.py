@@ -80,7 +80,7 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, b
         for n, source in enumerate(sources, 1):
             try:
                 pem = await _served(upstream, source)
-            except (UpstreamError, KeyFileError) as exc:
+            except UpstreamError as exc:  # _served's every failure: a key that does not load is a NotANode
                 why = str(exc)
                 hopeless += isinstance(exc, Hopeless)
             else:
