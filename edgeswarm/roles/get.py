@@ -356,9 +356,10 @@ def run(
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 2
-    output = output or Path(path.rsplit("/", 1)[-1])
+    name = path.rsplit("/", 1)[-1]
+    output = output or Path(name)
     if output.is_dir():  # found at the rename, after the whole download (an adversarial session); curl and wget refuse it
-        print(f"edgeswarm get: -o {output} is a directory: name the file (-o {output / path.rsplit('/', 1)[-1]})", file=sys.stderr)
+        print(f"edgeswarm get: -o {output} is a directory: name the file (-o {output / name})", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop_on_signal)

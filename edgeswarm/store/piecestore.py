@@ -450,7 +450,7 @@ class PieceStore:
         on disk at start is read back and checked the first time it is
         opened; a bad one is dropped (None).  So is one whose size is not its
         piece's, and one written since it was last known good (its mtime is
-        not ``GOOD_MTIME_NS``) is read back and checked again: either went out
+        not ``good_mtime``, the mark) is read back and checked again: either went out
         as it was, until a restart, to clients who cannot check pieces
         (players, curl).  The one fstat a hit costs tells both.  OutOfDescriptors (a 503) if the
         process has no descriptor left for it, even after closing cached ones.
@@ -549,8 +549,8 @@ class PieceStore:
         return count
 
     def _check(self, cid: str, index: int, fd: int) -> str | None:
-        """What is wrong with a piece on disk, or None if it matches its signed hash (and then its file says so: its
-        mtime is ``GOOD_MTIME_NS``, unless the file is another user's)."""
+        """What is wrong with a piece on disk, or None if it matches its signed hash (and then its file says so:
+        ``_mark``)."""
         m = self._manifests[cid].manifest
         try:
             data = os.pread(fd, m.piece_span(index)[1], 0)
