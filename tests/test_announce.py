@@ -113,6 +113,22 @@ async def test_over_a_limit_is_429_with_retry_after():
     assert err.value.status == 429 and err.value.headers == {"Retry-After": "3"} and "live peer ids" in err.value.message
 
 
+async def test_a_full_tracker_is_503_with_retry_after_and_says_so_once_each_way(caplog):
+    service = TrackerService(None, "prefer", 2.0, Limits(records=2))
+    await service.handle(doc("a"), "127.0.0.5", M)
+    await service.handle(doc("b"), "127.0.0.6", M)
+    for _ in range(2):
+        with pytest.raises(HttpError) as err:
+            await service.handle(doc("c"), "127.0.0.7", M)
+        assert err.value.status == 503 and err.value.headers == {"Retry-After": "2"} and "holds 2 records" in err.value.message
+    await service.handle(doc("a", event="stopped"), "127.0.0.5", M)
+    st = await service.status()
+    assert (st["max_records"], st["crowded_out"], st["state"]["records"]) == (2, 0, 1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "holds 2 records, its most (--max-peer-records)" in lines[0], lines
+    assert lines[1] == "the tracker has room again: it holds 1 of at most 2 records"
+
+
 async def test_every_per_peer_table_empties_when_peers_expire(service, monkeypatch):
     for i in range(10):
         stats = {"edge": 100, "peer_same_region": 0, "peer_other_region": 0}

@@ -50,6 +50,7 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         announce_interval=30.0,
         max_peer_ids=3,
         announce_rate=7,
+        max_peer_records=5000,
         tracker_store="redis://127.0.0.1:6379/2",
         max_peer_rate=5_000_000,
         require_token=True,
@@ -267,3 +268,14 @@ def test_token_and_secret_files_that_cannot_be_read_are_named(tmp_path: Path, ca
     for given, said in ((binary, f"{binary} is not text (UTF-8): no token file"), (tmp_path, f"cannot read the token file {tmp_path}: ")):
         assert main(["get", "http://127.0.0.1:9/a.bin", "--token-file", str(given)]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_the_tracker_keeps_as_many_records_as_a_quarter_of_the_memory_holds(monkeypatch):
+    """A million records are about 4 GB: a machine of 2 GiB keeps 131 072 (its quarter at 4 KiB each)."""
+    from edgeswarm.roles import edge
+
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (2 << 30) // 4096}
+    monkeypatch.setattr(edge.os, "sysconf", pages.__getitem__)
+    assert edge.default_records() == 131_072
+    pages["SC_PHYS_PAGES"] = (64 << 30) // 4096
+    assert edge.default_records() == 1_000_000

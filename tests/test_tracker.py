@@ -18,6 +18,7 @@ from edgeswarm.policy import tracker
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import (
     AnnounceRecord,
+    Full,
     Limits,
     OutOfOrder,
     PeerRecord,
@@ -525,6 +526,37 @@ async def test_one_address_gets_a_few_places_in_an_answer_whatever_it_floods():
     answer = await at(t, 1, "me", "10.0.2.1")
     assert Counter(r.address for r in answer)["10.0.0.66"] == 2
     assert {r.peer_id for r in answer} >= {f"honest{i}" for i in range(5)}
+
+
+async def test_a_full_tracker_crowds_out_the_sender_holding_the_most_and_refuses_an_equal():
+    """Limits.records bounds what many addresses can make it keep: a flood pays with its own records first."""
+    t = Tracker(ttl=30, limits=Limits(records=40, announce_burst=1000))
+    for i in range(36):  # one flooding address: 4 ids in 9 swarms each
+        await at(t, 0, f"f{i % 4}", "10.6.6.6", cid=f"{i // 4:064x}")
+    for i in range(4):
+        await at(t, 1, f"h{i}", f"10.0.0.{i}")
+    assert t.records == 40 and t.crowded_out == 0
+    await at(t, 2, "late", "10.0.0.9", cid="a" * 64)  # a newcomer: the flood's oldest record makes room
+    assert t.records == 40 and t.crowded_out == 1
+    assert ("10.6.6.6", "f0") not in t.local(f"{0:064x}") and ("10.0.0.9", "late") in t.local("a" * 64)
+    await at(t, 3, "h0", "10.0.0.0")  # a member's update adds nothing: never refused nor crowding out
+    assert t.crowded_out == 1
+    with pytest.raises(Full, match=r"holds 40 records, its most, and 10\.6\.6\.6 holds as many as anyone") as err:
+        await at(t, 3, "f0", "10.6.6.6", cid="b" * 64)  # the heaviest sender gets no more
+    assert err.value.retry_after == 10 and t.records == 40 and t.crowded_out == 1
+
+
+async def test_a_full_tracker_of_equal_senders_refuses_the_new_one():
+    t = Tracker(limits=Limits(records=3))
+    for i in range(3):
+        await at(t, 0, f"p{i}", f"10.0.0.{i}")
+    with pytest.raises(Full):
+        await at(t, 1, "q", "10.0.0.9")
+    with pytest.raises(Full):  # one more than the others would make it the heaviest: no room taken for that
+        await at(t, 1, "p0", "10.0.0.0", cid="b" * 64)
+    await at(t, 1, "p0", "10.0.0.0", event="stopped")  # a record that leaves is room for one
+    await at(t, 2, "q", "10.0.0.9")
+    assert t.records == 3 and t.crowded_out == 0
 
 
 async def test_expiry_frees_every_per_peer_table():

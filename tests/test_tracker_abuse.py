@@ -195,3 +195,27 @@ async def test_announces_of_made_up_contents_are_looked_up_only_at_the_senders_r
                     not_looked_up, looked_up = not_looked_up + skipped, looked_up + (not skipped)
     assert taken == 8 and not_looked_up > 0
     assert looked_up <= 200 + 20 * (time.monotonic() - started) + 1, looked_up
+
+
+async def test_a_tracker_at_its_record_bound_crowds_out_the_flood_first(tmp_path, nodes, origin, published, http):
+    """Every per-address limit held, yet 2 000 addresses took an edge from 48 to 326 MB in 25 s (an adversarial
+    session): ``--max-peer-records`` bounds the whole.  At it, a newcomer's record takes the place of one of the sender
+    holding the most, and that sender gets 503 for more (the edge's limit, not a rate of its own)."""
+    make_file(published / "f.bin", PIECES * 256 * 1024)
+    edge = p2p_edge(nodes, tmp_path, origin, "--max-peer-records", "18")
+    cid = await content_id(http, edge.url, "f.bin")
+    async with session("127.0.0.1") as flood:
+        for i in range(16):  # one address's 16 live ids
+            assert (await announce(flood, edge.url, doc(cid, f"sybil{i}", event="started")))[0] == 200
+        for addr in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):  # two fill the tracker, the third crowds out a sybil
+            async with session(addr) as s:
+                code, answer, _ = await announce(s, edge.url, doc(cid, f"honest-{addr}", event="started"))
+            assert code == 200, answer
+        code, text, after = await announce(flood, edge.url, doc(cid, "sybil0"))  # the one crowded out, back: refused
+    assert code == 503 and after == "2" and "holds 18 records, its most, and 127.0.0.1 holds as many as anyone" in str(text)
+    p2p = (await status(http, edge.url))["p2p"]
+    assert (p2p["max_records"], p2p["crowded_out"], p2p["state"]["records"], p2p["peers"]) == (18, 1, 18, 18), p2p
+    async with http.get(edge.url + "/metrics") as r:
+        scraped = await r.text()
+    assert "edgeswarm_tracker_records 18.0" in scraped and "edgeswarm_tracker_crowded_out_total 1.0" in scraped
+    assert edge.log_text().count("the tracker holds 18 records, its most (--max-peer-records)") == 1

@@ -351,9 +351,10 @@ async def test_status_answers_while_the_primary_worker_restarts(tmp_path, nodes,
 @pytest.mark.integration
 async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nodes, origin, published, http):
     """A worker stopped (SIGSTOP, swapping) held /status: 60 s through the other worker while the primary hung, 5.8 s
-    while the other did; a router polling with a 1 s timeout took the edge out of rotation (an adversarial session)."""
+    while the other did; a router polling with a 1 s timeout took the edge out of rotation (an adversarial session).
+    The other's own tracker is empty: its answer has no swarm figures (null), not zero peers that a graph would show."""
     make_file(published / "h.bin", 5000)
-    edge = start_edge(nodes, tmp_path, origin)
+    edge = start_edge(nodes, tmp_path, origin, "--p2p")
     await content_id(http, edge.url, "h.bin")
     primary, other = sorted(children(edge.pid))  # started in order
     for hung in (primary, other):
@@ -365,7 +366,9 @@ async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nod
                         code, body, _ = await fresh("GET", edge.url + "/status")
                 except TimeoutError:
                     continue
-                assert code == 200 and json.loads(body)["workers"]["answered"] == 1, body[:200]
+                doc = json.loads(body)
+                assert code == 200 and doc["workers"]["answered"] == 1, body[:200]
+                assert doc["p2p"] is None if hung == primary else doc["p2p"]["store"] == "memory", doc["p2p"]
                 break
             else:
                 raise AssertionError("no /status answered within 2 s")

@@ -111,6 +111,15 @@ def add_parser(sub) -> None:
         help=f"announces a second per address or token user (default {d.announce_rate})",
     )
     p2p.add_argument(
+        "--max-peer-records",
+        type=options.count,
+        default=d.max_peer_records,
+        metavar="N",
+        help="(content, peer) records the tracker keeps from its announces, in all; past them a new one takes the place "
+        "of one of the sender holding the most (default: 1 000 000, or a quarter of this machine's memory at 4 KiB each "
+        "where that is fewer)",
+    )
+    p2p.add_argument(
         "--tracker-store",
         type=tracker_store,
         default=d.tracker_store,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.candidates import Pool
+from edgeswarm.policy.heaviest import Heaviest
 from edgeswarm.policy.regions import Region, ipv4_value
 
 if TYPE_CHECKING:
@@ -64,6 +65,12 @@ class Limits:
     address holds at most 16 x 4 096 records (about 140 MB in the memory
     store), however many contents it claims: 16 ids of 20 000 contents each
     took an edge from 92 to 758 MB without one refusal (an adversarial session).
+
+    ``records`` bounds them all together, as addresses are many: 2 000 of
+    them took an edge from 48 to 326 MB in 25 s (an adversarial session).
+    Past it, a new record takes the place of one of whoever holds the most
+    (a sender: an address, or a token user), so a flood crowds out its own
+    senders first; when the sender holds as many as anyone, it is refused.
     """
 
     ids_per_address: int = 16
@@ -72,6 +79,7 @@ class Limits:
     announce_burst: float = 200.0
     swarms_per_id: int = 4096  # a peer's cache of 4 096 contents (an hour of 1 s live segments) is handed out for all
     answer_per_address: int = PER_ADDRESS  # one address's share of any answer: never the whole of it
+    records: int = 1_000_000  # (content, peer) announced here, in all: about 3-5 KB each with its claims (docs/security.md)
 
 
 class OutOfOrder(EdgeswarmError):
@@ -81,6 +89,15 @@ class OutOfOrder(EdgeswarmError):
     stops while an announce is in flight).  Taken, it put a gone peer back in
     the swarm for a ttl, and its counts and usage were booked a second time.
     """
+
+
+class Full(EdgeswarmError):
+    """The tracker holds ``Limits.records`` and the sender holds as many as anyone: the edge answers 503 with ``retry_after``."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
 
 
 class Refused(EdgeswarmError):
@@ -480,6 +497,9 @@ class Tracker:
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
         self._pools: dict[str, Pool] = {}  # cid -> the candidates its announces rank here
+        self._held = Heaviest()  # sender (an identity's last limit key: its address group, or its token user) -> records here
+        self.records = 0  # memberships in this edge's tables (the sum of _held): Limits.records bounds it
+        self.crowded_out = 0  # records dropped to make room for another sender's (Limits.records)
         self.departures = 0  # memberships this edge's tables dropped (stopped, expired): what its tables hold changed
 
     async def announce(self, now: float, ann: AnnounceRecord, charge: bool = True) -> list[PeerRecord]:
@@ -502,6 +522,8 @@ class Tracker:
             await self.drop(cid, key)
             return [], 0
         self._left.pop((cid, key), None)
+        if self.records >= self.limits.records and cid not in self._joined.get(key, ()):
+            await self._make_room(counted[-1])
         rec = asker_record(ann, now, key[0], group)
         pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
@@ -531,6 +553,18 @@ class Tracker:
         pool.used = now
         pool.prune(now - self.ttl)
         return pool, placed.size
+
+    async def _make_room(self, sender: str) -> None:
+        """At ``Limits.records``: drop the oldest swarm of the fullest identity of whoever holds the most, or ``Full``
+        when that is as many as ``sender`` holds (with one more, it would be the most)."""
+        heaviest = self._held.top()
+        if heaviest is None or heaviest[1] <= self._held.get(sender) + 1:
+            wait = self.ttl / 3  # an announce interval: records leave as their peers stop or fall silent
+            raise Full(f"this tracker holds {self.records} records, its most, and {sender} holds as many as anyone", wait)
+        holder = heaviest[0]
+        key = max((k for k in self._ids[holder] if self._counted[k][-1] == holder), key=lambda k: len(self._joined[k]))
+        self.crowded_out += 1
+        await self.drop(next(iter(self._joined[key])), key)
 
     def _stopped(self, now: float, cid: str, key: PeerKey) -> None:
         """Remember that ``key`` left ``cid`` (OutOfOrder), for a ttl and at most MAX_LEFT of them."""
@@ -598,7 +632,7 @@ class Tracker:
 
     def _join(self, now: float, key: PeerKey, cid: str, counted: tuple[str, ...], address: str) -> None:
         here = self._here.setdefault(cid, {})
-        here.pop(key, None)  # re-inserted last: each swarm's table stays in order of last announce, for expiry
+        new = here.pop(key, None) is None  # re-inserted last: each swarm's table stays in order of last announce, for expiry
         here[key] = (now, address)
         joined = self._joined.setdefault(key, {})
         joined.pop(cid, None)  # re-inserted last, as in the swarm's table: _last_seen reads the last
@@ -609,6 +643,9 @@ class Tracker:
             for limit_key in counted:
                 self._ids[limit_key] = (*self._ids.get(limit_key, ()), key)
             self._counted[key] = counted
+        if new:
+            self.records += 1
+            self._held.add(counted[-1], 1)
 
     def _uncount(self, key: PeerKey) -> None:
         for limit_key in self._counted.pop(key, ()):
@@ -624,6 +661,8 @@ class Tracker:
         if here.pop(key, None) is None:
             return
         self.departures += 1
+        self.records -= 1
+        self._held.add(self._counted[key][-1], -1)
         if not here:
             del self._here[cid]
         joined = self._joined[key]
@@ -693,7 +732,7 @@ class Tracker:
     def state_size(self) -> dict[str, int]:
         """How many entries each of this edge's per-peer tables holds: bounded by the live peers (a test and /status watch it)."""
         return {
-            "records": sum(len(s) for s in self._here.values()),
+            "records": self.records,
             "identities": len(self._joined),
             "limit_keys": len(self._ids),
             "rate_keys": len(self._buckets),

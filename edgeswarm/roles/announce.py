@@ -30,6 +30,7 @@ from edgeswarm.policy.peerstore import Counts, PeerStore, StoreUnavailable
 from edgeswarm.policy.regions import Region, RegionMap, RegionMapError
 from edgeswarm.policy.tracker import (
     AnnounceRecord,
+    Full,
     Limits,
     OutOfOrder,
     PeerRecord,
@@ -51,6 +52,7 @@ USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_f
 log = logging.getLogger("edgeswarm.roles.announce")
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 STATUS_STORE_WAIT = 0.5  # seconds /status waits for the tracker store (a router polls it with a 1 s timeout by default)
+ROOM = 0.9  # of Limits.records: below it a full tracker says it has room again (not at each record that comes and goes)
 CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
 
@@ -149,11 +151,13 @@ def check_announce(doc: object, manifest: Manifest) -> tuple[Announce, int]:
 @contextlib.contextmanager
 def tracker_refusals() -> Iterator[None]:
     """A tracker's refusals as HTTP: over a limit 429 with Retry-After in whole seconds, rounded up (never before the
-    limit allows); after ``stopped`` 409.  The edge and a sub-tracker answer alike."""
+    limit allows); a tracker full (``Limits.records``) 503, as the edge's limit, not the sender's; after ``stopped``
+    409.  The edge and a sub-tracker answer alike."""
     try:
         yield
-    except Refused as exc:
-        raise HttpError(429, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
+    except (Refused, Full) as exc:
+        status = 503 if isinstance(exc, Full) else 429
+        raise HttpError(status, exc.message, {"Retry-After": str(math.ceil(exc.retry_after))}) from None
     except OutOfOrder as exc:
         raise HttpError(409, str(exc)) from None
 
@@ -187,6 +191,7 @@ class TrackerService:
         )
         self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
         self._down: str | None = None  # why the store is unreachable, while it is
+        self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
         # (content, complete record) -> whether the operator placed that seed (a preheat order): answers say so
         self.placed: Callable[[str, PeerRecord], bool] | None = None
 
@@ -252,7 +257,10 @@ class TrackerService:
                     event=a.event,
                     user=user,
                 )
-                answer, size = await self.tracker.announce_sized(now, heard, charge)
+                try:
+                    answer, size = await self.tracker.announce_sized(now, heard, charge)
+                finally:
+                    self._say_full()
             cut = self.claims.bound(
                 now,
                 key,
@@ -303,7 +311,23 @@ class TrackerService:
         for cid, rec in dropped:
             self.claims.forget(rec.key, cid)
         self.claims.expire(now)
+        self._say_full()
         return len(dropped)
+
+    def _say_full(self) -> None:
+        """A line when the tracker fills up (Limits.records), and one when it has room again (below ROOM of it)."""
+        records, most = self.tracker.records, self.tracker.limits.records
+        if not self._full and records >= most:
+            log.warning(
+                "the tracker holds %d records, its most (--max-peer-records): a new one takes the place of one of the sender "
+                "holding the most, or is refused (503) when that is the new one's sender",
+                records,
+            )
+        elif self._full and records < ROOM * most:
+            log.warning("the tracker has room again: it holds %d of at most %d records", records, most)
+        else:
+            return
+        self._full = not self._full
 
     async def status(self) -> dict:
         """The tracker's figures per region; with the store down or slow (``STATUS_STORE_WAIT``), what this edge knows
@@ -322,7 +346,7 @@ class TrackerService:
                 if isinstance(exc, HttpError)
                 else f"tracker store {self.store.describe()}: no answer within {STATUS_STORE_WAIT:g} s"
             )
-            return {"store": self.store.describe(), "store_error": why, "regions": {}, "state": self._state(None)}
+            return {"store": self.store.describe(), "store_error": why, "regions": {}, **self._room(), "state": self._state(None)}
         peers, memberships = counts.peers, counts.memberships
         regions = {}
         for name in sorted(set(by_region) | set(memberships)):
@@ -341,8 +365,13 @@ class TrackerService:
             "contents": contents,
             "regions": regions,
             "users": dict(counts.users),
+            **self._room(),
             "state": self._state(counts),
         }
+
+    def _room(self) -> dict[str, int]:
+        """The tracker's bound on records (Limits.records) and what it dropped to stay within it."""
+        return {"max_records": self.tracker.limits.records, "crowded_out": self.tracker.crowded_out}
 
     def _state(self, counts: Counts | None) -> dict[str, int]:
         """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside).

@@ -111,6 +111,8 @@ class EdgeConfig(_Flags):
     """Live peer ids per address (IPv6: per /64) and per token user."""
     announce_rate: int = int(Limits.announces_per_s)
     """Announces a second per address or token user (the burst is ten times this)."""
+    max_peer_records: int | None = None
+    """(content, peer) records the tracker keeps, in all; None: ``default_records()``, at most ``Limits.records``."""
     tracker_store: str = "memory"
     """Where the swarms and P2P-share totals live: ``memory`` (this edge only) or ``redis://HOST:PORT/DB`` (shared, kept)."""
     max_peer_rate: int = field(default=DEFAULT_MAX_RATE, metadata=_RATE)

@@ -20,6 +20,7 @@ import contextlib
 import heapq
 import ipaddress
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -809,7 +810,15 @@ class Edge:
             if row["have_latency"]:
                 latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
                 latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
-        return [seed, asked, sent, copies, share, peers, latency, announces]
+        records = GaugeMetricFamily(
+            "edgeswarm_tracker_records", "(content, peer) records the tracker keeps from this edge's announces (--max-peer-records)"
+        )
+        records.add_metric([], p2p.get("state", {}).get("records", 0))
+        crowded = CounterMetricFamily(
+            "edgeswarm_tracker_crowded_out", "Records dropped at --max-peer-records to make room for another sender's"
+        )
+        crowded.add_metric([], p2p.get("crowded_out", 0))
+        return [seed, asked, sent, copies, share, peers, latency, announces, records, crowded]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
@@ -1159,10 +1168,23 @@ def _largest(rows: dict, limit: int | None) -> dict:
     return {k: rows[k] for k in sorted(kept)}
 
 
+RECORD_BYTES = 4096  # a tracker record with its claims and report state: 3 KB measured, 4.6 KB under a flood of stats
+
+
+def default_records() -> int:
+    """``Limits.records``, or fewer where a quarter of this machine's memory would not hold them (``RECORD_BYTES`` each)."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return Limits.records
+    return max(1, min(Limits.records, memory // 4 // RECORD_BYTES))
+
+
 def _tracker(config: EdgeConfig) -> TrackerService:
     """p2p mode's tracker, with the region map, locality, limits and swarm store the config names."""
     regions = load_region_map(config.regions) if config.regions else None
-    limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate)
+    records = config.max_peer_records or default_records()
+    limits = Limits(config.max_peer_ids, config.max_peer_ids, config.announce_rate, 10 * config.announce_rate, records=records)
     store = open_store(config.tracker_store, 3 * config.announce_interval)  # ValueError for a bad URL: a message and exit 2
     return TrackerService(regions, config.locality, config.announce_interval, limits, config.max_peer_rate, store)
 

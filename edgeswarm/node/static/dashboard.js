@@ -110,8 +110,10 @@
     const regions = regionsOf(st);
     const paths = new Map((st.contents || []).map((c) => [c.id, c.path]));
     const tracker = Boolean(st.p2p);
-    show("p2p-note", tracker ? plural(st.p2p.peers, "peer") + " in " + plural(st.p2p.contents, "swarm") : "not a tracker: this node was started without --p2p");
-    show("share-note", tracker ? "share of the bytes each region's peers report having received that came from peers" : "no P2P share without --p2p");
+    const away = st.p2p === null;  // the primary worker, which keeps the tracker, did not answer this time
+    const none = away ? "the primary worker, which keeps the tracker, did not answer: no swarm figures this time" : "not a tracker: this node was started without --p2p";
+    show("p2p-note", tracker ? plural(st.p2p.peers, "peer") + " in " + plural(st.p2p.contents, "swarm") : none);
+    show("share-note", tracker ? "share of the bytes each region's peers report having received that came from peers" : away ? "" : "no P2P share without --p2p");
     const rows = [];
     const swarmRows = [];
     for (const name of Object.keys(regions).sort()) {
