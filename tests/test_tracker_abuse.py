@@ -219,3 +219,38 @@ async def test_a_tracker_at_its_record_bound_crowds_out_the_flood_first(tmp_path
         scraped = await r.text()
     assert "edgeswarm_tracker_records 18.0" in scraped and "edgeswarm_tracker_crowded_out_total 1.0" in scraped
     assert edge.log_text().count("the tracker holds 18 records, its most (--max-peer-records)") == 1
+
+
+async def test_an_announce_flood_is_shed_while_files_and_status_are_served(tmp_path, nodes, origin, published, http):
+    """Batches of 100 from many addresses, each within its limits, held the edge's loop for seconds: /status took
+    0.75-3.4 s (a router took the edge out of rotation) and cached files 2-3.5 s (an adversarial session).  While the
+    loop runs late, announces are answered 503 unread, and everything else goes on."""
+    for i in range(100):
+        make_file(published / f"f{i}.bin", 1000)
+    edge = p2p_edge(nodes, tmp_path, origin, "--workers", "1")
+    cids = await asyncio.gather(*(content_id(http, edge.url, f"f{i}.bin") for i in range(100)))
+    stats = {"edge": 1 << 40, "peer_same_region": 1 << 40, "peer_other_region": 0}
+    sessions = [session(f"127.0.3.{i}", limit=2) for i in range(1, 65)]
+    shed: list[tuple[str, str | None]] = []
+
+    async def flood(n: int) -> None:
+        s = sessions[n % len(sessions)]
+        for k in range(200):
+            body = {"peer_id": f"f{k % 16}", "port": 9000, "contents": [doc(c, "", have="gA==", pieces=1, stats=stats) for c in cids]}
+            for item in body["contents"]:
+                del item["peer_id"], item["port"]
+            code, text, after = await announce(s, edge.url, body)
+            if code == 503:
+                shed.append((str(text), after))
+                return
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(flood(n) for n in range(64))), 120)
+    finally:
+        for s in sessions:
+            await s.close()
+    assert shed and all("too busy to take announces (its event loop runs" in t and a == "5" for t, a in shed), shed[:3]
+    st = await status(http, edge.url)
+    assert st["announces"]["shed"] >= len(shed) and st["p2p"]["peers"] > 0
+    async with http.get(edge.url + "/metrics") as r:
+        assert f"edgeswarm_announces_shed_total {float(st['announces']['shed'])}" in await r.text()

@@ -34,6 +34,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
+from edgeswarm.node.looplag import LoopLag
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
@@ -89,6 +90,7 @@ TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peer
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 BT_COUNT_EVERY = 5.0  # seconds a BitTorrent swarm's count of seeds (its announces' "complete") is reused
+SHED_RETRY = {"Retry-After": "5"}  # a shed announce's: a flood is not over in a second, and peers back off anyway
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
 
@@ -194,6 +196,8 @@ class Edge:
                 "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
             )
         self.announces = {"requests": RateMeter(ANNOUNCE_WINDOW), "contents": RateMeter(ANNOUNCE_WINDOW)}  # the tracker's load
+        self.lag = LoopLag()  # announces wait while the event loop runs late: files and /status do not (node/looplag.py)
+        self.shed = 0  # announces answered 503 unread for that
         if tracker is not None:
             self.metrics.registry.register(_Families(self._region_metrics))
 
@@ -761,6 +765,7 @@ class Edge:
         for unit, meter in self.announces.items():
             load[unit] = meter.total
             load[f"{unit}_per_s"] = round(meter.rate(now), 3)
+        load["shed"] = self.shed
         return load
 
     def _region_metrics(self):
@@ -771,6 +776,8 @@ class Edge:
         )
         for unit, meter in self.announces.items():
             announces.add_metric([unit], meter.total)
+        shed = CounterMetricFamily("edgeswarm_announces_shed", "POST /announce answered 503 unread: the event loop ran late (a flood)")
+        shed.add_metric([], self.shed)
         seed = CounterMetricFamily(
             "edgeswarm_seed_pieces", "POST /seed answers by region: a piece sent, or none (204)", labels=["region", "outcome"]
         )
@@ -818,7 +825,7 @@ class Edge:
             "edgeswarm_tracker_crowded_out", "Records dropped at --max-peer-records to make room for another sender's"
         )
         crowded.add_metric([], p2p.get("crowded_out", 0))
-        return [seed, asked, sent, copies, share, peers, latency, announces, records, crowded]
+        return [seed, asked, sent, copies, share, peers, latency, announces, shed, records, crowded]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
@@ -832,6 +839,10 @@ class Edge:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
         now = time.monotonic()
         self.announces["requests"].add(now)
+        if self.lag.late(clock := asyncio.get_running_loop().time()):
+            self.shed += 1
+            late = f"its event loop runs {self.lag.lateness(clock):.2f} s late"
+            raise HttpError(503, f"this edge is too busy to take announces ({late}); files are served as ever: retry", SHED_RETRY)
         check_json_body(request.headers)
         try:
             doc = jsondoc.loads(await request.read())
@@ -1088,7 +1099,8 @@ class Edge:
                     started.push_async_callback(self.tracker.store.close)
                 opener = await self.pinned.start(self.upstream, [self.parent])  # a bad key file or cache stops start-up
                 expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
-                for task in (opener, expiry):
+                lag = asyncio.create_task(self.lag.watch()) if self.tracker else None
+                for task in (opener, expiry, lag):
                     if task is not None:
                         started.callback(task.cancel)
                 if self.tracker is not None:
