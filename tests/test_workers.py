@@ -349,6 +349,38 @@ async def test_status_answers_while_the_primary_worker_restarts(tmp_path, nodes,
 
 
 @pytest.mark.integration
+async def test_the_edges_counters_never_go_back_when_its_workers_restart(tmp_path, nodes, origin, published, http):
+    """A worker's restart took its counts out of the edge's sums, and Prometheus took the fall for a restart of the
+    whole edge: it counted 99.9 MB sent where 30 MB were (an adversarial session).  Each worker killed in turn, the
+    primary (which adds them up) too: every counter of /metrics and /status stays where it was, or grows."""
+    data = make_file(published / "c.bin", 300_000)
+    edge = start_edge(nodes, tmp_path, origin)
+    for _ in range(8):  # over fresh connections: both workers serve some
+        assert (await fresh("GET", edge.url + "/c.bin"))[:2] == (200, data)
+
+    async def counted() -> tuple[float, int, int]:
+        while not await all_answer(http, edge.url):
+            await asyncio.sleep(0.2)
+        async with http.get(edge.url + "/metrics") as r:
+            text = await r.text()
+        [sent] = [
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith('edgeswarm_bytes_sent_total{role="edge",to="client"}')
+        ]
+        st = await status(http, edge.url)
+        return sent, st["bytes_sent"]["client"], st["responses_by_endpoint"]["file"]["200"]
+
+    before = await counted()
+    assert before[0] >= 8 * len(data) and before[1] >= 8 * len(data) and before[2] >= 8
+    for index in (1, 0):  # the other worker, then the primary
+        worker = sorted(children(edge.pid))[index] if index == 0 else max(children(edge.pid))
+        os.kill(worker, signal.SIGKILL)
+        await until(lambda worker=worker: worker not in children(edge.pid) and len(children(edge.pid)) == 2)
+        after = await counted()
+        assert all(a >= b for a, b in zip(after, before, strict=True)), (index, before, after)
+        before = after
+
+
+@pytest.mark.integration
 async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nodes, origin, published, http):
     """A worker stopped (SIGSTOP, swapping) held /status: 60 s through the other worker while the primary hung, 5.8 s
     while the other did; a router polling with a 1 s timeout took the edge out of rotation (an adversarial session).

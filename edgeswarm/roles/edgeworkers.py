@@ -38,6 +38,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
+from edgeswarm.node.carried import Carried
 from edgeswarm.node.daemon import ServerLimits, Servers, shown, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.registrar import Registration
@@ -190,6 +192,7 @@ class WorkerLink:
         self.timeout = aiohttp.ClientTimeout(total=max(60.0, 3 * node.config.timeout))
         # 5 lines a minute of the primary's failures to answer: under a flood, 100 lines in a second (an adversarial session)
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
+        self._carried: dict[str, Carried] | None = None  # the primary's: /metrics and /status counters across restarts
 
     def install(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._middleware)
@@ -334,8 +337,10 @@ class WorkerLink:
         path, asked = request.path, request.path_qs
         others = await asyncio.gather(*(self._ask(i, asked) for i in range(1, self.slot.count)))
         mine = response.body
+        carried = self._carried_state()
         if path == "/status":
-            doc = merge_status(json.loads(mine), [json.loads(o) for o in others if o is not None])
+            doc = merge_status(json.loads(mine), [None if o is None else json.loads(o) for o in others], carried["status"])
+            self._keep(carried)
             store = self.node.store
             if store is not None and "contents" in doc:  # a version one worker dropped (its directory gone) may linger in another's memory
                 doc["contents"] = [c for c in doc.get("contents", []) if (store.content_dir / c["id"]).is_dir()]
@@ -345,8 +350,27 @@ class WorkerLink:
             doc["workers"] = {"count": self.slot.count, "answered": 1 + sum(o is not None for o in others)}
             doc["upload_limit_Bps"] = self.cap
             return _status_response(doc, 0)
-        texts = [mine.decode(), *(o.decode() for o in others if o is not None)]
-        return web.Response(body=merge_metrics(texts), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, WORKER_HEADER: "0"})
+        texts = [mine.decode(), *(None if o is None else o.decode() for o in others)]
+        merged = merge_metrics(texts, carried["metrics"])
+        self._keep(carried)
+        return web.Response(body=merged, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, WORKER_HEADER: "0"})
+
+    def _carried_state(self) -> dict[str, Carried]:
+        """The workers' counters as last added up (node/carried.py), read from the private directory at the first
+        /status or /metrics of a primary that restarted, so that its own restart is carried over too."""
+        if self._carried is None:
+            self._carried = {"metrics": Carried(), "status": Carried()}
+            with contextlib.suppress(OSError, ValueError):
+                kept = json.loads(Path(self.slot.rundir, CARRIED_FILE).read_text())
+                self._carried = {part: Carried.loads(kept[part]) for part in self._carried}
+        return self._carried
+
+    def _keep(self, carried: dict[str, Carried]) -> None:
+        """Write the state (a few KB) for a primary that may restart: whole, or not at all (a rename)."""
+        path = Path(self.slot.rundir, CARRIED_FILE)
+        with contextlib.suppress(OSError):
+            path.with_suffix(".tmp").write_text(json.dumps({part: c.dumps() for part, c in carried.items()}))
+            os.replace(path.with_suffix(".tmp"), path)
 
     async def _ask(self, index: int, path: str) -> bytes | None:
         """A worker's own /status or /metrics from its private socket; None if it does not answer (restarting)."""
@@ -390,8 +414,9 @@ def _private(request: web.Request) -> bool:
     return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
 
 
-_ADDED = ("bytes_sent", "events", "responses", "cache_lookups")
-_ADDED_NUMBERS = ("cache_bytes", "ledger_pending_rows", "evicted_pieces")
+_ADDED = ("bytes_sent", "events", "responses", "cache_lookups")  # counters by a name
+_ADDED_NUMBERS = ("cache_bytes", "ledger_pending_rows")  # gauges of each worker's own
+CARRIED_FILE = "carried-counters.json"
 
 
 def _directories(path: Path) -> int:
@@ -403,24 +428,23 @@ def _directories(path: Path) -> int:
         return 0
 
 
-def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
-    """The primary's /status (the swarm's parts are its alone) with the other workers' counters added."""
+def merge_status(primary: dict[str, Any], others: list[dict[str, Any] | None], carried: Carried | None = None) -> dict[str, Any]:
+    """The primary's /status (the swarm's parts are its alone) with the other workers' figures added: its counters
+    through ``carried`` (a worker's restart carried over; ``others[i]`` None: worker i + 1 did not answer, its last
+    counts), and the gauges of those that answered."""
+    carried = carried or Carried()
     doc = dict(primary)
-    for other in others:
-        for key in _ADDED:
-            if key in doc:
-                doc[key] = _add(doc[key], other.get(key, {}))
+    now = time.time()
+    totals: dict[str, float] = {}
+    for worker, one in enumerate([primary, *others]):
+        since = now - one.get("uptime_s", 0.0) if one is not None else 0.0
+        for key, n in carried.take(worker, None if one is None else _status_counts(one), since).items():
+            totals[key] = totals.get(key, 0.0) + n
+    answered = [o for o in others if o is not None]
+    for other in answered:
         for key in _ADDED_NUMBERS:
             if key in doc:
                 doc[key] = doc[key] + other.get(key, 0)
-        doc["responses_by_endpoint"] = {
-            e: _add(doc.get("responses_by_endpoint", {}).get(e, {}), other.get("responses_by_endpoint", {}).get(e, {}))
-            for e in {*doc.get("responses_by_endpoint", {}), *other.get("responses_by_endpoint", {})}
-        }
-        received = {(r["kind"], r["source"]): r["bytes"] for r in doc.get("bytes_received", [])}
-        for r in other.get("bytes_received", []):
-            received[(r["kind"], r["source"])] = received.get((r["kind"], r["source"]), 0) + r["bytes"]
-        doc["bytes_received"] = [{"kind": k, "source": s, "bytes": n} for (k, s), n in sorted(received.items())]
         if "contents" in doc:  # not a brief one (edge.brief_status)
             contents = {c["id"]: c for c in doc["contents"]}
             for c in other.get("contents", []):  # a piece one worker stored, another takes up when asked: the most any holds
@@ -428,6 +452,49 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any]]) -> dict[
                 contents[c["id"]] = c if mine is None or c["held"] > mine["held"] else mine
             doc["contents"] = sorted(contents.values(), key=lambda c: c["path"])
         doc["uptime_s"] = max(doc.get("uptime_s", 0), other.get("uptime_s", 0))
+    return _with_counts(doc, totals)
+
+
+_SEP = "\x1f"  # between the parts of a /status counter's key (_status_counts): never in a name, a kind or a status
+
+
+def _status_counts(doc: dict[str, Any]) -> dict[str, float]:
+    """A /status's counters by one flat key each, for ``Carried``: what the workers add up."""
+    counts: dict[str, float] = {}
+    for key in _ADDED:
+        for name, n in doc.get(key, {}).items():
+            counts[f"{key}{_SEP}{name}"] = n
+    for endpoint, by_status in doc.get("responses_by_endpoint", {}).items():
+        for status, n in by_status.items():
+            counts[f"responses_by_endpoint{_SEP}{endpoint}{_SEP}{status}"] = n
+    for r in doc.get("bytes_received", []):
+        counts[f"bytes_received{_SEP}{r['kind']}{_SEP}{r['source']}"] = r["bytes"]
+    if "evicted_pieces" in doc:
+        counts["evicted_pieces"] = doc["evicted_pieces"]
+    return counts
+
+
+def _with_counts(doc: dict[str, Any], totals: dict[str, float]) -> dict[str, Any]:
+    """``doc`` with its counters set to ``totals`` (``_status_counts``' keys), as whole numbers."""
+    for key in _ADDED:
+        if key in doc:
+            doc[key] = {}
+    by_endpoint: dict[str, dict[str, int]] = {}
+    received: dict[tuple[str, str], int] = {}
+    for flat, n in sorted(totals.items()):
+        key, *parts = flat.split(_SEP)
+        if key in _ADDED and key in doc:
+            doc[key][parts[0]] = int(n)
+        elif key == "responses_by_endpoint":
+            by_endpoint.setdefault(parts[0], {})[parts[1]] = int(n)
+        elif key == "bytes_received":
+            received[(parts[0], _SEP.join(parts[1:]))] = int(n)
+        elif key == "evicted_pieces" and key in doc:
+            doc[key] = int(n)
+    if "responses_by_endpoint" in doc:
+        doc["responses_by_endpoint"] = by_endpoint
+    if "bytes_received" in doc:
+        doc["bytes_received"] = [{"kind": k, "source": src, "bytes": n} for (k, src), n in sorted(received.items())]
     return doc
 
 
@@ -435,29 +502,52 @@ def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
 
 
-def merge_metrics(texts: list[str]) -> bytes:
-    """Several workers' /metrics as one: counters and histograms added up, gauges too (but one of those all report alike)."""
+def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> bytes:
+    """Several workers' /metrics as one (``texts[i]``: worker i's, None if it did not answer): counters and histograms
+    added up through ``carried`` (a worker's restart carried over, one that did not answer at its last counts), the
+    gauges of those that answered added too (but those all report alike, and start times, which are the earliest)."""
+    carried = carried or Carried()
     families: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
+    series: dict[str, dict[_Series, None]] = {}  # family -> its series, in the order they came
+    values: dict[_Series, float] = {}
+    for worker, text in enumerate(texts):
+        counts: dict[str, float] = {}
+        since = 0.0
+        for family in text_string_to_metric_families(text or ""):
             families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
-            samples = values.setdefault(family.name, {})
+            keys = series.setdefault(family.name, {})
             for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
-                old = samples.get(key)
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                keys[key] = None
+                if sample.name == "process_start_time_seconds":
+                    since = sample.value
+                if family.type in _COUNTING and not sample.name.endswith("_created"):
+                    counts[json.dumps(key)] = sample.value
+                    continue
+                old = values.get(key)
                 if old is None:
-                    samples[key] = sample.value
+                    values[key] = sample.value
                 elif sample.name.endswith(("_created", "_start_time_seconds")):
-                    samples[key] = min(old, sample.value)
+                    values[key] = min(old, sample.value)
                 elif family.name in _SAME_GAUGES:
-                    samples[key] = max(old, sample.value)
+                    values[key] = max(old, sample.value)
                 else:
-                    samples[key] = old + sample.value
-    for name, family in families.items():
-        for (sample_name, labels), value in values[name].items():
-            family.add_sample(sample_name, dict(labels), value)
+                    values[key] = old + sample.value
+        for flat, n in carried.take(worker, None if text is None else counts, since).items():
+            name, sample_name, labels = json.loads(flat)
+            key = (name, sample_name, tuple((k, v) for k, v in labels))
+            series.setdefault(name, {})[key] = None  # also a series only a worker's last counts hold
+            values[key] = values.get(key, 0.0) + n
+    for name, keys in series.items():
+        merged = families.get(name)
+        if merged is not None:
+            for key in keys:
+                merged.add_sample(key[1], dict(key[2]), values[key])
     return generate_latest(_Fixed(list(families.values())))
+
+
+_Series = tuple[str, str, tuple[tuple[str, str], ...]]  # (family, sample name, labels)
+_COUNTING = ("counter", "histogram", "summary")  # families whose samples only grow (their _created aside)
 
 
 class _Fixed:
