@@ -17,10 +17,13 @@ from conftest import make_file, serve_app, start_p2p_edge, start_peer, status_co
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import ENDPOINTS, MAX_CONTENT_SERIES, MAX_SOURCE_SERIES, OTHER, Metrics, endpoint_class
+from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.routing import RoutingTable
 from edgeswarm.roles.config import EdgeConfig, PeerConfig
 from edgeswarm.roles.edge import Edge
 from edgeswarm.roles.origin import Origin
 from edgeswarm.roles.peer import Peer
+from edgeswarm.roles.router import Router, RouterConfig
 
 # every route the nodes register (edge.py, origin.py, peer.py, daemon.py), with the class it must get
 ROUTES = {
@@ -42,6 +45,10 @@ ROUTES = {
     "/magnet/{path}": "torrent",
     "/relay": "relay",
     "/relay/{rid}/{tail}": "relay",
+    "/preheat": "preheat",
+    "/preheat/orders": "preheat",
+    "/edges": "edges",
+    "/register": "register",
     "/{path}": "file",
 }
 
@@ -58,10 +65,14 @@ async def test_every_route_a_node_registers_is_in_the_table(tmp_path: Path):
     """A new route must be given its class here (and in metrics._BY_FIRST_SEGMENT), not fall into "other"."""
     (tmp_path / "pub").mkdir()
     origin = Origin(tmp_path / "pub", tmp_path / "state", tmp_path / "origin.key")
-    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0))
+    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0, p2p=True))
     peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=("http://127.0.0.1:9",)))
-    templates = {r.canonical for app in (origin.app(), edge.app(), peer.gateway_app(), peer.upload_app()) for r in app.router.resources()}
-    assert templates == set(ROUTES)
+    router = Router(
+        RegionMap.from_doc({"regions": [{"name": "r", "isp": "i", "networks": ["10.0.0.0/8"]}]}), RoutingTable(), RouterConfig()
+    )
+    apps = (origin.app(), edge.app(), peer.gateway_app(), peer.upload_app(), router.app())
+    templates = {r.canonical for app in apps for r in app.router.resources()}
+    assert templates == set(ROUTES)  # the router's /edges and /register were "other", with 404 scans (an adversarial session)
 
 
 @asynccontextmanager

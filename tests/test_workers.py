@@ -371,6 +371,8 @@ async def test_the_edges_counters_never_go_back_when_its_workers_restart(tmp_pat
 
     before = await counted()
     assert before[0] >= 8 * len(data) and before[1] >= 8 * len(data) and before[2] >= 8
+    for i in (0, 1):  # which worker wrote a line, say a refusal, was not said (an adversarial session)
+        assert f"edgeswarm.roles.edge [worker {i}]: edge worker {i} of 2" in edge.log_text()
     for index in (1, 0):  # the other worker, then the primary
         worker = sorted(children(edge.pid))[index] if index == 0 else max(children(edge.pid))
         os.kill(worker, signal.SIGKILL)
@@ -424,8 +426,11 @@ def test_a_supervisors_private_directory_is_named_after_it_and_dead_ones_go(tmp_
 def test_metrics_of_workers_add_up_and_alike_gauges_do_not():
     one = '# HELP edgeswarm_events_total e\n# TYPE edgeswarm_events_total counter\nedgeswarm_events_total{event="a"} 2.0\n'
     one += "# HELP edgeswarm_cache_max_bytes q\n# TYPE edgeswarm_cache_max_bytes gauge\nedgeswarm_cache_max_bytes 100.0\n"
-    two = one.replace("} 2.0", "} 3.0") + '# TYPE edgeswarm_other_total counter\nedgeswarm_other_total{x="y"} 1.0\n'
+    one += "# HELP process_open_fds f\n# TYPE process_open_fds gauge\nprocess_open_fds 40.0\n"
+    two = one.replace("} 2.0", "} 3.0").replace("fds 40.0", "fds 70.0")
+    two += '# TYPE edgeswarm_other_total counter\nedgeswarm_other_total{x="y"} 1.0\n'
     text = merge_metrics([one, two]).decode()
+    assert "process_open_fds 70.0" in text  # the fullest worker, against its own process_max_fds
     assert 'edgeswarm_events_total{event="a"} 5.0' in text
     assert "edgeswarm_cache_max_bytes 100.0" in text
     assert 'edgeswarm_other_total{x="y"} 1.0' in text

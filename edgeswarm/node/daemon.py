@@ -40,7 +40,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import FLOOR, ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
-from edgeswarm.node.metrics import Metrics, endpoint_class
+from edgeswarm.node.metrics import OTHER, Metrics, endpoint_class
 from edgeswarm.node.serving import SENT_ASIDE
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
 from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
@@ -60,10 +60,21 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT.format(tag="")))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+
+
+def tag_log_lines(tag: str) -> None:
+    """Every line of this process names it after the logger (``edgeswarm.roles.edge [worker 1]:``): the workers of an
+    edge write to one stream, and which of them refused a request or ran out of descriptors was not said."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, OneLineFormatter):
+            handler.setFormatter(OneLineFormatter(LOG_FORMAT.format(tag=f" [{tag}]")))
 
 
 def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -96,6 +107,9 @@ class AccessLogger(AbstractAccessLogger):
             response.body_length + request.get(SENT_ASIDE, 0),
             time,
         )
+
+
+METRICS = web.AppKey("edgeswarm.metrics", Metrics)  # a node app's metrics (make_app)
 
 
 def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["public", "private", "none"] = "public") -> web.Application:
@@ -147,6 +161,7 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
     options = [_options(enabled)] if enabled is not None else []
     pages = _cross_site(cors if cors is not None else CorsPolicy(()))
     app = web.Application(middlewares=[errors, pages, *options, cut_after_start], client_max_size=64 * 1024)
+    app[METRICS] = metrics  # for what no route sees: aiohttp's answers to requests it cannot parse (_Handler.handle_error)
     app.on_response_prepare.append(_note_started)
     app.cleanup_ctx.append(refusals.while_running(10.0))
     if enabled is not None:
@@ -329,6 +344,7 @@ class Connections:
     def __init__(self, policy: ConnectionPolicy[_Handler]):
         self.policy = policy
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
+        self.metrics: Metrics | None = None  # the node's, counting answers to requests no handler saw
         self.loop = asyncio.get_running_loop()
         self._next_shed = 0.0
 
@@ -515,6 +531,8 @@ class _Handler(RequestHandler):
         self._conns.quiet.log(logging.INFO, "bad requests", "bad request from %s: %r", request.remote, reason)
         if request.writer.output_size > 0:
             raise ConnectionError("a response had started")
+        if self._conns.metrics is not None:  # a header or URL too long, a bad method: no route saw it, the middleware neither
+            self._conns.metrics.response(status, OTHER, 0.0)
         resp = text_error(status, f"bad request: {reason}")
         resp.force_close()
         return resp
@@ -673,6 +691,7 @@ class Servers:
     async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
         """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
         conns = _connections(self.limits, self.role)
+        conns.metrics = sites[0][0].get(METRICS) if sites else None
         reserved_for = None
         if self.reserve is not None and any(label == self.reserve[0] for *_, label in sites):
             reserved_for, share = self.reserve

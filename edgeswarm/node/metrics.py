@@ -38,6 +38,9 @@ ENDPOINTS = (
     "healthz",
     "dashboard",
     "relay",
+    "preheat",
+    "edges",
+    "register",
     "other",
 )
 _BY_FIRST_SEGMENT = {
@@ -57,6 +60,9 @@ _BY_FIRST_SEGMENT = {
     "healthz": "healthz",
     "dashboard": "dashboard",
     "relay": "relay",
+    "preheat": "preheat",
+    "edges": "edges",
+    "register": "register",
 }
 OTHER = "other"  # the label value of what is past a cap, and of requests no route matched
 MAX_CONTENT_SERIES = 256  # content ids with their own edgeswarm_content_bytes_total series; later ones count as "other"

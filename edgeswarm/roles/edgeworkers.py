@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
 from edgeswarm.node.carried import Carried
-from edgeswarm.node.daemon import ServerLimits, Servers, shown, text_error
+from edgeswarm.node.daemon import ServerLimits, Servers, shown, tag_log_lines, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
@@ -79,8 +79,9 @@ STATUS_WAIT_S = 0.5
 # hung Redis's answer (its store_error) was cut, and the worker answered with its own figures that said nothing of it
 PRIMARY_STATUS_WAIT_S = STATUS_STORE_WAIT + 0.25
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
-# /metrics gauges that every worker reports alike: merged by their largest value, not added up
-_SAME_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds"}
+# /metrics gauges merged by their largest value, not added up: those every worker reports alike, and its open files,
+# which each worker has against a limit of its own (process_max_fds): a sum read N times fuller than any worker was
+_LARGEST_GAUGES = {"edgeswarm_cache_max_bytes", "python_info", "process_max_fds", "process_open_fds"}
 
 
 def worker_count(config: EdgeConfig) -> int:
@@ -114,6 +115,7 @@ def run(
 
             def work(slot: workers.Slot) -> int:
                 keep.close()
+                tag_log_lines(f"worker {slot.index}")
                 try:
                     asyncio.run(_worker(slot, config, access_log, ssl_context, limits, registration if slot.index == 0 else None))
                 except (KeyFileError, LedgerError, OSError, ValueError) as exc:  # as cli/__init__.py says them
@@ -529,7 +531,7 @@ def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> by
                     values[key] = sample.value
                 elif sample.name.endswith(("_created", "_start_time_seconds")):
                     values[key] = min(old, sample.value)
-                elif family.name in _SAME_GAUGES:
+                elif family.name in _LARGEST_GAUGES:
                     values[key] = max(old, sample.value)
                 else:
                     values[key] = old + sample.value
