@@ -78,6 +78,10 @@ async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, no
     st = await status(http, b.urls["gateway"])
     print(f"b's availability latency from its stream of a: {st['have_latency']}")
     assert st["have_latency"] is not None and st["have_latency"]["p95"] < 10.0
+    async with http.get(b.urls["gateway"] + "/metrics") as r:  # by quantile, as the edge shows its regions'
+        assert {'edgeswarm_have_latency_seconds{quantile="0.5"}', 'edgeswarm_have_latency_seconds{quantile="0.95"}'} <= {
+            line.split(" ")[0] for line in (await r.text()).splitlines()
+        }
     assert st["received_by_kind"].get("peer-same-region", 0) > 0, st["received_by_kind"]
     # both are complete: neither holds a place under the other's subscriber cap any more
     await until(lambda: _no_subscribers(http, a, b), 5, "subscriptions outlived the download")

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import GC_COLLECTOR, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -119,6 +119,10 @@ class Metrics:
         """A value read when scraped: ``edgeswarm_NAME`` in /metrics, ``NAME`` in /status."""
         self.readings[name] = (doc, read, GaugeMetricFamily)
 
+    def families(self, collect: Callable[[], Sequence[Metric]]) -> None:
+        """Families built when scraped, labelled ones too (a value per region, per quantile): ``collect`` gives them."""
+        self.registry.register(_Collected(collect))
+
     def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A total kept elsewhere that only grows while the node runs: ``edgeswarm_NAME_total`` in /metrics (a rate() of it
         means something; of a gauge, Prometheus's conventions say it does not), ``NAME`` in /status."""
@@ -201,6 +205,13 @@ class Metrics:
             **({"cache_lookups": {r: self.cache[r] for r in CACHE_RESULTS}} if self.role == "edge" else {}),
             **{name: read() for name, (_, read, _) in self.readings.items()},
         }
+
+
+class _Collected:
+    """A Prometheus collector around a function: the registry wants an object with ``collect``."""
+
+    def __init__(self, collect: Callable[[], Sequence[Metric]]):
+        self.collect = collect
 
 
 def _capped(value: str, known: set[str], cap: int) -> str:

@@ -201,6 +201,9 @@ def parse_line(line: bytes, count: int) -> HaveEvent:
     return HaveEvent("heartbeat", frozenset(), None)
 
 
+QUANTILES = {"p50": "0.5", "p95": "0.95"}  # LatencyStats.percentiles' keys as Prometheus's quantile labels
+
+
 class LatencyStats:
     """How long availability takes to reach us: receive time minus the sender's "at", over the last samples."""
 
@@ -216,7 +219,7 @@ class LatencyStats:
         if 0.0 <= seconds <= MAX_LATENCY_S:
             self._samples.append(seconds)
 
-    def percentiles(self) -> dict[str, float] | None:
+    def percentiles(self) -> dict[str, float] | None:  # QUANTILES name them as /metrics labels
         """``{"p50": s, "p95": s}``, or None before the first sample."""
         if not self._samples:
             return None

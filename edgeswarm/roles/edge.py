@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from aiohttp import web
@@ -52,6 +52,7 @@ from edgeswarm.policy.superseed import URGENCIES, Region, RegionStats, SuperSeed
 from edgeswarm.policy.tracker import AnnounceRecord, Limits, OutOfOrder, PeerRecord, Refused, Tracker, owner_of, peer_url
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.cors import addressed_directly
+from edgeswarm.protocol.havefeed import QUANTILES
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, check_json_body, host_name
 from edgeswarm.protocol.manifest import SignedManifest, is_content_id
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path, manifest_request_path
@@ -199,7 +200,7 @@ class Edge:
         self.lag = LoopLag()  # announces wait while the event loop runs late: files and /status do not (node/looplag.py)
         self.shed = 0  # announces answered 503 unread for that
         if tracker is not None:
-            self.metrics.registry.register(_Families(self._region_metrics))
+            self.metrics.families(self._region_metrics)
 
     # -- start-up: learn and pin the origin key ---------------------------------
     @property
@@ -771,11 +772,10 @@ class Edge:
     def _region_metrics(self):
         """/metrics per region (p2p mode); never a content id in a label."""
         p2p = self._p2p_last  # computed just before the scrape (app middleware), as collectors cannot wait
-        announces = CounterMetricFamily(
-            "edgeswarm_announces", "POST /announce received: requests, and the contents in them (a batch holds many)", labels=["unit"]
-        )
-        for unit, meter in self.announces.items():
-            announces.add_metric([unit], meter.total)
+        announces = CounterMetricFamily("edgeswarm_announces", "POST /announce requests received (a batch is one)")
+        announces.add_metric([], self.announces["requests"].total)
+        contents = CounterMetricFamily("edgeswarm_announce_contents", "Contents in the POST /announce requests received")
+        contents.add_metric([], self.announces["contents"].total)
         shed = CounterMetricFamily("edgeswarm_announces_shed", "POST /announce answered 503 unread: the event loop ran late (a flood)")
         shed.add_metric([], self.shed)
         seed = CounterMetricFamily(
@@ -815,8 +815,8 @@ class Edge:
             if row.get("p2p_share") is not None:
                 share.add_metric([name], row["p2p_share"])
             if row["have_latency"]:
-                latency.add_metric([name, "0.5"], row["have_latency"]["p50"])
-                latency.add_metric([name, "0.95"], row["have_latency"]["p95"])
+                for q, label in QUANTILES.items():
+                    latency.add_metric([name, label], row["have_latency"][q])
         records = GaugeMetricFamily(
             "edgeswarm_tracker_records", "(content, peer) records the tracker keeps from this edge's announces (--max-peer-records)"
         )
@@ -825,7 +825,7 @@ class Edge:
             "edgeswarm_tracker_crowded_out", "Records dropped at --max-peer-records to make room for another sender's"
         )
         crowded.add_metric([], p2p.get("crowded_out", 0))
-        return [seed, asked, sent, copies, share, peers, latency, announces, shed, records, crowded]
+        return [seed, asked, sent, copies, share, peers, latency, announces, contents, shed, records, crowded]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
@@ -1126,13 +1126,6 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
 
 def _region_label(region: Region) -> str:
     return region if region is not None else "unmapped"
-
-
-class _Families:
-    """A Prometheus collector around a function: the registry wants an object with ``collect``."""
-
-    def __init__(self, collect: Callable[[], list]):
-        self.collect = collect
 
 
 REACHED_AT = "edgeswarm.reached_at"  # a request's key: reached_at() of a request another worker passed on (edgeworkers)

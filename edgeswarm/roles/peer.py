@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import CIMultiDictProxy
+from prometheus_client.core import GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
@@ -50,7 +51,7 @@ from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed, jsondoc
 from edgeswarm.protocol.cors import NOSNIFF, SANDBOX, gateway_host, sandboxed
-from edgeswarm.protocol.havefeed import HaveEvent, HaveFeed, LatencyStats
+from edgeswarm.protocol.havefeed import QUANTILES, HaveEvent, HaveFeed, LatencyStats
 from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADER, retry_after
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path
@@ -307,13 +308,19 @@ class Peer:
         self.metrics.gauge(
             "download_limit_bytes_per_second", "Download cap, --download-limit (0: none)", lambda: config.download_limit or 0
         )
-        for q in ("p50", "p95"):
-            self.metrics.gauge(
-                f"have_latency_{q}_seconds",
-                f"Availability latency {q}: when a neighbour's HAVE line arrived less when it stored the piece (0: no sample yet)",
-                lambda q=q: (self.have_latency.percentiles() or {}).get(q, 0.0),  # type: ignore[misc]  # q bound per gauge: mypy types no lambda with a default
-            )
+        self.metrics.families(self._latency_metrics)
         self.metrics.gauge("have_subscribers", "Neighbours subscribed to our HAVE streams", lambda: self.havefeed.count())
+
+    def _latency_metrics(self) -> list[GaugeMetricFamily]:
+        """Availability latency by quantile, as the edge shows its regions' (none before the first sample)."""
+        family = GaugeMetricFamily(
+            "edgeswarm_have_latency_seconds",
+            "Availability latency: when a neighbour's HAVE line arrived less when it stored the piece (median p50, p95)",
+            labels=["quantile"],
+        )
+        for q, value in (self.have_latency.percentiles() or {}).items():
+            family.add_metric([QUANTILES[q]], value)
+        return [family]
 
     # -- start-up ----------------------------------------------------------------------
     @property
