@@ -78,6 +78,8 @@ async def test_a_neighbour_learns_each_stored_piece_from_the_stream(tmp_path, no
     st = await status(http, b.urls["gateway"])
     print(f"b's availability latency from its stream of a: {st['have_latency']}")
     assert st["have_latency"] is not None and st["have_latency"]["p95"] < 10.0
+    held = [c for c in st["contents"] if c["id"] == cid]  # what it seeds, listed whether or not its swarm is open
+    assert st["content_count"] >= 1 and held and held[0]["held"] == held[0]["pieces"] == 32, st["contents"]
     async with http.get(b.urls["gateway"] + "/metrics") as r:  # by quantile, as the edge shows its regions'
         assert {'edgeswarm_have_latency_seconds{quantile="0.5"}', 'edgeswarm_have_latency_seconds{quantile="0.95"}'} <= {
             line.split(" ")[0] for line in (await r.text()).splitlines()

@@ -1004,23 +1004,12 @@ class Edge:
     async def get_key(self, _: web.Request) -> web.Response:
         return web.Response(body=public_pem((await self._store()).public_key), content_type="application/x-pem-file")
 
-    def _content_row(self, signed: SignedManifest) -> dict[str, object]:
-        """A cached content as /status lists it: what the whole directory holds (with workers, some pieces are others')."""
-        assert self.store is not None
-        cid, m = signed.content_id, signed.manifest
-        self.store.adopt_all(cid)
-        return {"path": m.path, "id": cid, "pieces": m.piece_count, "held": len(self.store.held(cid))}
-
     async def get_status(self, request: web.Request) -> web.Response:
         if self.require_token and not self._trusted_client(request):
             await self.grant(request, "", required=True)  # it names users and contents: not for strangers
         store = self.store
         limit = 0 if brief_status(request) else status_limit(request)
-        cached = list(store.contents()) if store is not None else []
-        first = cached if limit is None else heapq.nsmallest(limit, cached, key=lambda c: c.manifest.path)
-        listed: dict[str, object] = {"content_count": len(cached)}
-        if limit != 0:
-            listed["contents"] = [self._content_row(c) for c in sorted(first, key=lambda c: c.manifest.path)]
+        listed = store.listed(limit) if store is not None else {"content_count": 0, **({"contents": []} if limit != 0 else {})}
         return json_response(
             {
                 **self.metrics.status(),

@@ -56,7 +56,7 @@ from edgeswarm.protocol.httpspec import PEER_HEADER, PIECE_HEADER, URGENCY_HEADE
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.protocol.paths import PATH, TAIL, file_request_path
 from edgeswarm.protocol.units import ascii_decimal
-from edgeswarm.protocol.wire import have_response, json_response, piece_index
+from edgeswarm.protocol.wire import have_response, json_response, piece_index, status_limit
 from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
@@ -1164,6 +1164,7 @@ class Peer:
                 "uploaded_to_peers": self._uploaded_before + sum(self.uploaded.values()),
                 "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
                 "swarms": [s.status() for s in self.swarms.values()],
+                **(self.store.listed(status_limit(request)) if self.store is not None else {}),
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),
                 "have_subscribers": self.havefeed.count(),

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import logging
 import os
 import resource
@@ -648,6 +649,22 @@ class PieceStore:
 
     def contents(self) -> Iterator[SignedManifest]:
         return iter(self._manifests.values())
+
+    def listed(self, limit: int | None) -> dict[str, object]:
+        """What a node's /status says of its cache: how many contents, and the first ``limit`` by path (every one for
+        None, no list for 0), each with the pieces it holds; a worker takes up what the others stored first."""
+        cached = list(self._manifests.values())
+        listed: dict[str, object] = {"content_count": len(cached)}
+        if limit == 0:
+            return listed
+        first = cached if limit is None else heapq.nsmallest(limit, cached, key=lambda c: c.manifest.path)
+        rows = []
+        for signed in sorted(first, key=lambda c: c.manifest.path):
+            cid, m = signed.content_id, signed.manifest
+            self.adopt_all(cid)
+            rows.append({"path": m.path, "id": cid, "pieces": m.piece_count, "held": len(self.held(cid))})
+        listed["contents"] = rows
+        return listed
 
 
 def main(argv: list[str] | None = None) -> int:
