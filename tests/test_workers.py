@@ -252,6 +252,28 @@ async def test_sigkill_of_the_main_process_takes_its_workers_and_frees_the_port(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGHUP,)])
+async def test_a_stop_signal_sent_again_stops_the_workers_at_once_and_leaves_nothing(tmp_path, nodes, origin, published, signals):
+    """A second SIGTERM during the drain ended the supervisor with 143 and its private directory left in /tmp, and
+    SIGHUP (a closed terminal) killed every process at once, losing usage rows (an adversarial session)."""
+    make_file(published / "slow.bin", 2_000_000)
+    edge = start_edge(nodes, tmp_path, origin, "--upload-limit", "100KB/s")
+    rundirs = set(Path(tempfile.gettempdir()).glob(f"edgeswarm-edge-{edge.pid}-*"))
+    assert len(rundirs) == 1
+    async with aiohttp.ClientSession() as s, s.get(edge.url + "/slow.bin") as player:  # in flight for 20 s
+        await player.content.readexactly(1000)
+        started = time.monotonic()
+        for sig in signals:
+            os.kill(edge.pid, sig)
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(edge.proc.wait, 30)
+    assert edge.proc.returncode == 0 and time.monotonic() - started < 8, edge.log_text()[-2000:]
+    assert not any(d.exists() for d in rundirs)
+    if len(signals) == 2:
+        assert "SIGTERM again: killing the workers still stopping" in edge.log_text()
+
+
+@pytest.mark.integration
 async def test_a_killed_worker_is_restarted_and_logged(tmp_path, nodes, origin, published, http):
     data = make_file(published / "r.bin", 5000)
     edge = start_edge(nodes, tmp_path, origin)

@@ -82,10 +82,13 @@ def text_error(status: int, message: str, headers: dict[str, str] | None = None)
 
 
 _TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
-# seconds a stopping node lets requests in flight finish, per server (aiohttp's graceful stop; 60 s by default): a
-# peer's HAVE streams and a player's download never end by themselves, and its two servers took 120 s to stop, its
-# port still bound (a restart failed "address already in use"); container runtimes send SIGKILL 10 s after SIGTERM
+# seconds a stopping node lets requests in flight finish, all its servers together (aiohttp's graceful stop; 60 s by
+# default): a peer's HAVE streams and a player's download never end by themselves, and its two servers took 120 s to
+# stop, its port still bound (a restart failed "address already in use"); container runtimes send SIGKILL 10 s after
+# SIGTERM.  aiohttp waits its timeout twice (for the handler, then for it once cancelled) and each server in turn: a
+# node gave 8 s a server, 10 s in all with its cleanup (an adversarial session), so each gets half of what is left
 SHUTDOWN_GRACE = 4.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP (a closed terminal) too: killed, a node lost ledger rows
 
 
 def shown(request: web.BaseRequest) -> str:
@@ -559,6 +562,11 @@ class _Runner(web.AppRunner):
         super().__init__(app, **kwargs)
         self._conns, self._outside = conns, outside
 
+    async def drain_within(self, seconds: float) -> None:
+        """``cleanup``, its requests in flight given ``seconds`` in all: aiohttp waits its timeout twice."""
+        self._shutdown_timeout = max(0.1, seconds / 2)
+        await self.cleanup()
+
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
         return _Server(
@@ -653,7 +661,7 @@ async def serve_many(
                 on_bound(label, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("%s shutting down", role)
@@ -746,13 +754,14 @@ class Servers:
         await web.UnixSite(self._runners[0], path).start()
 
     async def close(self) -> None:
-        """Stop serving: every site stops listening at once, then each server's requests in flight get
-        ``shutdown_timeout`` and its app's cleanup hooks run (the last app's first)."""
+        """Stop serving: every site stops listening at once, then the servers' requests in flight get
+        ``shutdown_timeout`` in all, and each app's cleanup hooks run (the last app's first)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
+        deadline = time.monotonic() + self.shutdown_timeout
         for runner in reversed(self._runners):
-            await runner.cleanup()
+            await runner.drain_within(deadline - time.monotonic())
         self._runners.clear()

@@ -42,7 +42,8 @@ STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
 YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-off
 MAX_BACKOFF_S = 30.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_WATCHED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+_STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # a closed terminal's SIGHUP too: it killed the workers at once
+_WATCHED = {signal.SIGCHLD, signal.SIGUSR1, *_STOPS}
 
 
 MAX_PER_CORE = 4  # edge --workers beyond this many a usable core is refused: a typo of 10000 forked until the host fell over
@@ -151,6 +152,8 @@ class Supervisor:
             return self._loop()
         finally:
             self._stop()
+            while signal.sigtimedwait(_WATCHED, 0) is not None:  # a stop signal sent again meanwhile: taken, not deadly
+                pass
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def _fork(self, index: int) -> None:
@@ -186,7 +189,7 @@ class Supervisor:
             info = signal.sigtimedwait(_WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(_WATCHED)
             if info is None:
                 pass
-            elif info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            elif info.si_signo in _STOPS:
                 log.info("%s: %s: stopping %d workers", self.role, signal.Signals(info.si_signo).name, len(self.pids))
                 return 0
             elif info.si_signo == signal.SIGUSR1:
@@ -240,12 +243,22 @@ class Supervisor:
         return None
 
     def _stop(self) -> None:
-        """SIGTERM every worker, wait for them (SIGKILL after STOP_GRACE)."""
+        """SIGTERM every worker, wait for them: SIGKILL after STOP_GRACE, or at once when a stop signal comes again (an
+        operator who means it; restoring the signal mask then ended the supervisor with its workers' directory left)."""
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         while self.pids:
+            again = signal.sigtimedwait(_WATCHED, 0)
+            if again is not None and again.si_signo in _STOPS and deadline != float("inf"):
+                log.info(
+                    "%s: %s again: killing the workers still stopping (%d) now",
+                    self.role,
+                    signal.Signals(again.si_signo).name,
+                    len(self.pids),
+                )
+                deadline = time.monotonic()
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
