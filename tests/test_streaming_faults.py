@@ -356,9 +356,11 @@ class WithdrawingEdge(DoubleServer):
 
     def __init__(self, origin: str):
         self.origin = origin
+        self.withdrawn = 0  # piece requests answered 404
 
     async def handle(self, request: web.Request) -> web.Response:
         if request.path.startswith("/piece/"):
+            self.withdrawn += 1
             return web.Response(status=404, text="content is no longer published\n")
         async with aiohttp.ClientSession() as s, s.request(request.method, self.origin + request.raw_path) as r:
             return web.Response(
@@ -379,10 +381,27 @@ async def test_a_gateway_says_at_once_that_a_file_is_no_longer_published(tmp_pat
         started = time.monotonic()
         r = await asyncio.to_thread(curl, "-w", "\n%{http_code}", peer.urls["gateway"] + "/f.bin")
         took = time.monotonic() - started
-    body, code = r.stdout.decode().rsplit("\n", 1)
-    assert code == "404" and "/f.bin is no longer published" in body, r.stdout
-    assert took < 10, took  # the default --read-timeout is 30 s
+        body, code = r.stdout.decode().rsplit("\n", 1)
+        assert code == "404" and "/f.bin is no longer published" in body, r.stdout
+        assert took < 10, took  # the default --read-timeout is 30 s
+        asked = withdrawn.withdrawn
+        await asyncio.sleep(4)  # the peer asked for a piece of the old version once a second, for minutes, reader or not
+        assert withdrawn.withdrawn - asked <= 1, (asked, withdrawn.withdrawn)
     assert "Traceback" not in peer.log_text()
+
+
+async def test_a_get_says_at_once_that_its_file_is_no_longer_published(tmp_path, origin, published):
+    """It waited out its 60 s stall timeout and blamed the last 502 it had seen (an adversarial session)."""
+    make_file(published / "f.bin", 4 * PIECE)
+    await asyncio.sleep(0.5)
+    async with WithdrawingEdge(origin.url) as withdrawn:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", withdrawn.url + "/f.bin", "-o", str(tmp_path / "f.bin")]
+        started = time.monotonic()
+        r = await asyncio.to_thread(run_cli, [*cmd, "--listen", "127.0.0.1:0"], timeout=60)
+        took = time.monotonic() - started
+    assert r.returncode == 1 and took < 20, (took, r.stderr)
+    assert "/f.bin is no longer published (its edge answered 404): changed or deleted at the origin" in r.stderr
+    assert not (tmp_path / "f.bin").exists()
 
 
 class ErringEdge(WithdrawingEdge):

@@ -534,7 +534,7 @@ class Engine:
         """Urgent pieces (a reader's deadline window) from the edge; everything else too when peers cannot be
         counted on or no edge seeds."""
         picks, source = 0, f"edge#{slot}"
-        while not self.closed:
+        while not self.closed and not self.host.gone():
             now = self.clock()
             # while our store cannot write, the seeding worker waits: a piece no peer holds is not on its way from
             # /seed, and a reader waiting for it waited seed_patience (a second a piece) for this worker

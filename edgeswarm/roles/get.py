@@ -174,6 +174,8 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
             refusal = peer.token_refused()
             if refusal is not None:  # the token: retrying until the stall timeout changes nothing
                 raise GetError(refusal)
+            if swarm.withdrawn is not None:  # it waited out the stall timeout, and blamed the last 502 it saw
+                raise GetError(f"{swarm.withdrawn}: run the get again for what is published now")
             held = len(swarm.picker.have)
             now = time.monotonic()
             if held != last_held:

@@ -268,6 +268,7 @@ class Peer:
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.pinned.on_drop = self.metrics.forget_content
         self.swarms: dict[str, Swarm] = {}
+        self._closing: set[asyncio.Task] = set()  # swarms of a withdrawn version being closed (swarm())
         self._bans: dict[str, set[str]] = {}  # cid -> the addresses its retired swarm had banned, for its next swarm
         self.live = livegateway.LiveFollower(self)  # live playlists: their newest segments fetched ahead
         self.received: dict[str, Counter[str]] = {}  # cid -> bytes by source kind
@@ -434,6 +435,12 @@ class Peer:
     def swarm(self, signed: SignedManifest) -> Swarm:
         cid = signed.content_id
         swarm = self.swarms.get(cid)
+        if swarm is not None and swarm.withdrawn is not None:  # its edge said so once; the version may be back
+            self.retire(swarm)
+            task = asyncio.create_task(swarm.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            swarm = None
         if swarm is None:
             swarm = self.swarms[cid] = Swarm(self, signed)
             if not swarm.completed.is_set():  # held whole (a retired swarm's content read again): every round announces it

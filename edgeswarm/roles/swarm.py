@@ -73,6 +73,7 @@ class Swarm:
         self.last_failure: tuple[int, str] | None = None
         self.used = time.monotonic()  # when a reader, a download or an arriving piece last needed it (retirable)
         self.retired = False  # closed for having nothing to do: its content stays held; a new read starts another swarm
+        self.withdrawn: str | None = None  # why this version is no more (its edge answered 404 for a piece): gone()
         if self.picker.complete():
             self.completed.set()
 
@@ -249,7 +250,9 @@ class Swarm:
         self._unsubscribe(n)
 
     def gone(self) -> bool:
-        return self.peer.pinned.opened.manifest(self.cid) is None
+        """Nothing more to fetch: the content left the store, or its edge no longer has it published (``withdrawn``: a
+        peer asked for a piece of the old version once a second for minutes after its reader was cut)."""
+        return self.withdrawn is not None or self.peer.pinned.opened.manifest(self.cid) is None
 
     # -- running the engine's workers ------------------------------------------------------
     def _start(self, coro) -> asyncio.Task:
@@ -335,7 +338,10 @@ class Swarm:
             return Result("failed", message=str(exc))
         except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
             self.peer.manifests.expire(self.signed.manifest.path)  # or a new version: the gateway's next read asks (edge.py's twin)
-            self._fail(f.index, HttpError(404, f"/{self.signed.manifest.path} is no longer published (its edge answered 404)"))
+            self.withdrawn = (
+                f"/{self.signed.manifest.path} is no longer published (its edge answered 404): changed or deleted at the origin"
+            )
+            self._fail(f.index, HttpError(404, self.withdrawn))
             return Result("gone")
         except KeyError:  # the content was dropped from the store meanwhile
             return Result("gone")
