@@ -143,6 +143,28 @@ def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
     assert e.fallback(now[0]), "no peer delivered for FALLBACK_AFTER"
 
 
+def test_a_far_edge_that_is_the_only_source_gets_as_many_requests_as_its_round_trip_holds():
+    """One request at a time paid a round trip a piece: from an edge 100 ms away a lone download took 4 x the bound
+    in this simulation, and a get ran at a fifth of curl's rate over a real 200 ms path (an adversarial session)."""
+    near, far = (simulate(Crowd(peers=1, regions=1, size=8 << 20, mode=mode, rtt=rtt)) for mode, rtt in (("get", 0.002), ("get", 0.1)))
+    assert near.ratio < 1.1
+    assert far.last_done < 1.5 * (far.bound + 0.1), far.last_done  # 4.25 s with one request at a time
+    stream = simulate(Crowd(peers=1, regions=1, size=8 << 20, mode="stream", rtt=0.1))
+    assert stream.last_done < 1.5 * (stream.bound + 0.1), stream.last_done
+
+
+def test_the_edge_is_asked_one_piece_at_a_time_while_peers_deliver():
+    e, host = make(count=16)
+    e.want_whole()
+    e.ranking.heard("http://edge:8000", 0.2)
+    e.ranking.success("http://edge:8000", 256 * 1024, 0.23)  # 8 MB/s bodies 200 ms away: 7 pieces fill the path
+    assert e.edge_depth(0) == engine.EDGE_PIPELINE
+    e.add_neighbour("b", "http://10.0.0.2:7000", True)
+    worker = spawned(host, "edge_worker")
+    worker.send(None)
+    assert len([w for w in host.spawned if kind(w) == "edge_worker"]) == 1, "peers can be counted on: no pipeline"
+
+
 def test_a_reader_with_no_neighbours_yet_gets_its_urgent_pieces_from_the_edge_at_once():
     """Start-up: the first tracker answer is on its way; a player's first pieces must not wait for it."""
     e, host = make(count=16)
@@ -551,6 +573,7 @@ def test_a_readers_windows_cover_the_same_bytes_in_smaller_pieces():
     assert sorted(big.picker.urgent) == [0, 1, 2, 3], "256 KiB pieces keep four"
     edge_workers = [[w for w in h.spawned if kind(w) == "edge_worker"] for h in (host, big_host)]
     assert [len(w) for w in edge_workers] == [4, 1], "and the bytes in flight to the edge: one 256 KiB piece's worth"
+    assert (e.edge_pipeline, big.edge_pipeline) == (4 * engine.EDGE_PIPELINE, engine.EDGE_PIPELINE)
     assert engine.PIECE == MIN_PIECE, "the engine counts in a file's pieces (policy may not import the manifest's rule)"
 
 

@@ -494,3 +494,38 @@ def hangups(metrics: subprocess.CompletedProcess) -> int:
     """``edgeswarm_events_total{event="client_hangup"}`` in a node's /metrics as curl got it."""
     m = re.search(rb'^edgeswarm_events_total\{[^}]*event="client_hangup"[^}]*\} ([0-9.e+]+)$', metrics.stdout, re.MULTILINE)
     return int(float(m.group(1))) if m else 0
+
+
+class FarEdge(WithdrawingEdge):
+    """An edge 100 ms away: each answer's head comes that much later; counts its piece requests in flight at once."""
+
+    def __init__(self, origin: str):
+        super().__init__(origin)
+        self.in_flight = self.most = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        piece = request.path.startswith("/piece/")
+        self.in_flight += piece
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.1)
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            async with aiohttp.ClientSession() as s, s.request(request.method, self.origin + request.raw_path, headers=headers) as r:
+                kind = r.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+                return web.Response(status=r.status, body=await r.read(), content_type=kind)
+        finally:
+            self.in_flight -= piece
+
+
+async def test_a_get_from_a_far_edge_keeps_several_pieces_in_flight(tmp_path, nodes, origin, published):
+    """One request at a time paid the round trip for each piece: over a 200 ms path a get ran at a fifth of curl's
+    rate (an adversarial session).  With no peer to count on, as many go at once as the round trip holds."""
+    data = make_file(published / "f.bin", 32 * PIECE)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, name="edge")
+    async with FarEdge(edge.url) as far:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", far.url + "/f.bin", "-o", str(tmp_path / "f.bin"), "--listen", "127.0.0.1:0"]
+        r = await asyncio.to_thread(run_cli, cmd, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f.bin").read_bytes() == data
+    print(f"piece requests in flight at once: {far.most}")
+    assert far.most >= 2, far.most  # one, before

@@ -69,6 +69,7 @@ class Reply:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    head_s: float = 0.0  # seconds from the request to its answer's head: the path's round trip and the server's wait
 
 
 class Upstream:
@@ -153,12 +154,13 @@ class Upstream:
                         waited = seconds + received / MIN_RATE
                         deadline.reschedule(start + waited)
 
+                    head_s = loop.time() - start
                     if on_head is not None:
                         on_head(resp.status, resp.headers)
                     # a 401's message, longer than a piece of 6 bytes, was taken for an oversized piece
                     bound = min(limit, MAX_PIECE) if resp.status < 300 else max(min(limit, MAX_PIECE), MAX_ANSWER)
                     body = await read_bounded(resp, bound, base, path, progress)
-                    return Reply(resp.status, resp.headers, body)
+                    return Reply(resp.status, resp.headers, body, head_s)
         except TimeoutError:
             raise UpstreamTimeout(504, f"{base} did not answer {path} within {waited:.4g} s") from None
         except aiohttp.ClientConnectorCertificateError as exc:

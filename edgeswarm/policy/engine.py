@@ -38,6 +38,11 @@ log = logging.getLogger("edgeswarm.roles.swarm")
 MAX_PEERS = 5  # peer sources used at once
 PIECE = 256 * 1024  # the piece size the next three count in (as many bytes of smaller pieces): manifest.MIN_PIECE
 EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensive source
+# ... and up to this many while peers cannot be counted on (``fallback``: none known, or none delivering), when the
+# edge is the one source there is, as many as its round trip holds at its rate (``edge_depth``): one request at a time
+# paid a round trip a piece, and from an edge 200 ms away a get ran at a fifth of curl's rate and a 3.2 Mbit/s stream
+# stalled every 2 s (an adversarial session; the engine's simulation at 100 ms: 4 x the bound)
+EDGE_PIPELINE = 8
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
 STARTUP_BYTES = 10 * PIECE  # a reader starting behind a neighbour well ahead takes these from the edge (picker.start_reader)
@@ -199,6 +204,10 @@ class Engine:
         # and a joiner with no neighbours yet took its 13 pieces from the edge one round trip at a time
         scale = max(1, PIECE // piece_size)  # a manifest's pieces are 64 KiB at least
         self.urgent, self.window, self.edge_workers = URGENT * scale, WINDOW * scale, EDGE_WORKERS * scale
+        self.edge_pipeline = EDGE_PIPELINE * scale
+        self.piece_size = piece_size
+        self._edge_requests = 0  # edge workers' requests in flight now
+        self._pipelining: set[int] = set()  # slots of the edge workers beyond edge_workers running now (edge_depth)
         self.self_id = seed
         self.edges = edges  # the peer's list: edges it learns later are used too
         self.ranking = ranking
@@ -540,6 +549,11 @@ class Engine:
             # /seed, and a reader waiting for it waited seed_patience (a second a piece) for this worker
             seeding = not self._store_failing() and self.seeder() is not None
             fallback, tail = self.fallback(now), self.tail()
+            if slot >= self.edge_workers and not (fallback and slot < self.edge_depth(picks)):
+                self._pipelining.discard(slot)
+                return
+            if slot == 0 and fallback:
+                self._pipeline(picks)
             if fallback or tail or not seeding:
                 index = self.picker.pick(source, now, edge=True, fallback=fallback, tail=tail, seeding=seeding)
             else:  # the seeding worker asks the edge for the rest
@@ -552,8 +566,33 @@ class Engine:
             if edge is None:
                 yield Wait(1.0)
                 continue
-            if (yield from self.transfer(source, edge, index, urgent=self.picker.is_urgent(index))) == "gone":
+            self._edge_requests += 1
+            try:
+                outcome = yield from self.transfer(source, edge, index, urgent=self.picker.is_urgent(index))
+            finally:
+                self._edge_requests -= 1
+            if outcome == "gone":
                 yield Sleep(1.0)  # the content left the store: do not spin
+
+    def _pipeline(self, picks: int) -> None:
+        """Edge workers for the slots below ``edge_depth`` that have none: they leave when it falls, or peers deliver."""
+        for slot in range(self.edge_workers, self.edge_depth(picks)):
+            if slot not in self._pipelining:
+                self._pipelining.add(slot)
+                self.host.spawn(self._kept(f"edge worker {slot}", functools.partial(self.edge_worker, slot)))
+
+    def edge_depth(self, picks: int) -> int:
+        """Requests to keep in flight to the edge while it is the one source: one, and as many more as its round trip
+        holds at the rate its bodies come (the bandwidth-delay product, in pieces), at most ``edge_pipeline``; one
+        until both are measured.  (The rate of whole requests, round trip included, stopped the depth at 2 at 100 ms.)
+        """
+        edge = self.choose_edge(picks)
+        rtt = self.ranking.round_trip(edge) if edge else None
+        link = self.ranking.link(edge) if edge else None
+        if rtt is None or link is None:
+            return self.edge_workers
+        pieces = round(rtt * link / self.piece_size)
+        return max(self.edge_workers, min(self.edge_pipeline, self.edge_workers + pieces))
 
     def seed_worker(self) -> Worker:
         """Non-urgent pieces as the edge chooses them (``POST /seed``): each goes to the region about once, and the
@@ -713,7 +752,7 @@ class Engine:
         if ok:  # our store writes again
             self.picker.only_awaited, self._unstored_at, self._store_retry = False, -math.inf, STORE_RETRY
             if data is None:  # else /seed's answer, timed by the seeding worker
-                self.ranking.success(url, result.nbytes, result.seconds)
+                self.ranking.success(url, result.nbytes, result.seconds, self._edge_requests if peer is None else 1)
             if peer is not None:
                 peer.failures = 0
                 self.last_peer_delivery = self.clock()

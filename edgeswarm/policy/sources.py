@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ALPHA = 0.3  # weight of the newest throughput sample
+RISE = 0.05  # weight of a round trip longer than the one kept: a few slow heads (a busy server) barely move it
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
 PROBE_EVERY = 1.0  # seconds between probes of a source set aside, when every source is (``probe``)
@@ -20,6 +21,8 @@ PROBE_EVERY = 1.0  # seconds between probes of a source set aside, when every so
 @dataclass
 class _Source:
     rate: float | None = None  # bytes/s, smoothed
+    round_trip: float | None = None  # seconds from a request to its answer's head: about the shortest seen
+    link: float | None = None  # bytes/s its bodies come at, all its requests in flight together, smoothed
     failures: int = 0
     until: float = 0.0  # not used before this time
     failed: float = 0.0  # when it last failed
@@ -33,12 +36,28 @@ class SourceRanking:
     def _get(self, source: str) -> _Source:
         return self._sources.setdefault(source, _Source())
 
-    def success(self, source: str, nbytes: int, seconds: float) -> None:
+    def success(self, source: str, nbytes: int, seconds: float, sharing: int = 1) -> None:
+        """A transfer of ``nbytes`` took ``seconds``, while ``sharing`` requests to it (this one too) were in flight."""
         s = self._get(source)
         rate = nbytes / max(seconds, 1e-6)
         s.rate = rate if s.rate is None else ALPHA * rate + (1 - ALPHA) * s.rate
+        if s.round_trip is not None:  # the body's own time: what a request waits for beyond the round trip
+            link = nbytes * max(1, sharing) / max(seconds - s.round_trip, 1e-3)
+            s.link = link if s.link is None else ALPHA * link + (1 - ALPHA) * s.link
         s.failures = 0
         s.until = 0.0
+
+    def heard(self, source: str, seconds: float) -> None:
+        """An answer's head came ``seconds`` after its request: the round trip follows the shortest (a head that
+        waited behind the server's other work is not the path), and rises slowly when the path grows longer."""
+        s = self._get(source)
+        s.round_trip = seconds if s.round_trip is None or seconds < s.round_trip else s.round_trip + RISE * (seconds - s.round_trip)
+
+    def round_trip(self, source: str) -> float | None:
+        return self._get(source).round_trip
+
+    def link(self, source: str) -> float | None:
+        return self._get(source).link
 
     def failure(self, source: str, now: float) -> float:
         """Set a source aside; returns the back-off in seconds."""

@@ -516,6 +516,7 @@ class Peer:
             if not to_peer:
                 self.from_edge.setdefault(cid, Counter())[url] += len(reply.body)
                 self.refused.pop(url, None)
+                self.ranking.heard(url, reply.head_s)  # how many requests the engine keeps in flight there (edge_depth)
             return reply.body
         if reply.status in (401, 403) and to_peer:
             raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one

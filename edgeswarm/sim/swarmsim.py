@@ -71,6 +71,7 @@ class Crowd:
     seeds: int = 0
     choke_slots: int = SLOTS
     limit: float = 3600.0  # virtual seconds before the run is cut
+    rtt: float = RTT  # a far edge and peers: every request's round trip
 
     @property
     def rates(self) -> tuple[float, ...]:
@@ -224,7 +225,7 @@ class SimEdge:
         if request.answered:
             return
         if self.down():
-            self.sim.loop.after(RTT, request.reply, Result("failed", message="connection refused"))
+            self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
             return
         if urgent:
             self.forced[asker.region.name] += self.sim.piece_len(index)
@@ -232,16 +233,16 @@ class SimEdge:
 
     def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, request: Request) -> None:
         if self.down():
-            self.sim.loop.after(RTT, request.reply, Result("failed", message="connection refused"))
+            self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
             return
         if not self.sim.crowd.seeding:
-            self.sim.loop.after(RTT, request.reply, Result("unsupported"))
+            self.sim.loop.after(self.sim.rtt, request.reply, Result("unsupported"))
             return
         index = self.seeder.choose(self.sim.loop.now, asker.region.name, CID, claimed, start, self.sim.count)
         if index is None:
-            self.sim.loop.after(RTT, request.reply, Result("none"))
+            self.sim.loop.after(self.sim.rtt, request.reply, Result("none"))
             return
-        self.sim.loop.after(RTT / 2, asker.seed_named, index, request)  # the answer's head names the piece
+        self.sim.loop.after(self.sim.rtt / 2, asker.seed_named, index, request)  # the answer's head names the piece
 
         def answer(seconds: float, n: int) -> None:
             request.reply(Result("ok", seconds, n, index, data=True))
@@ -266,7 +267,7 @@ class SimEdge:
         loop, nbytes, started, region = self.sim.loop, self.sim.piece_len(index), self.sim.loop.now, asker.region.name
         self.seeder.record(loop.now, region, CID, index, asker.key)
         self.sent[region] += nbytes
-        fid = self.uplink.send(nbytes, lambda: loop.after(RTT / 2, reply, loop.now + RTT / 2 - started, nbytes))
+        fid = self.uplink.send(nbytes, lambda: loop.after(self.sim.rtt / 2, reply, loop.now + self.sim.rtt / 2 - started, nbytes))
 
         def stop() -> None:
             self.sent[region] -= self.uplink.cancel(fid)
@@ -353,7 +354,7 @@ class SimPeer:
             self.choker.received(now, peer.peer_id, nbytes)
         self.received[EDGE if peer is None else peer_kind(peer.same_region)] += nbytes
         for s in list(self.subscribers.values()):
-            self.sim.loop.after(havefeed.BATCH + RTT / 2, s.heard_from, self, index)
+            self.sim.loop.after(havefeed.BATCH + self.sim.rtt / 2, s.heard_from, self, index)
         wake = self._readers.pop(index, None)
         if wake is not None:
             wake()
@@ -433,13 +434,17 @@ class SimPeer:
                 events["most_peer_requests_at_once"] = max(events["most_peer_requests_at_once"], self._fetching)
             request = Request(answer)
             self._requests[command.index].append(request)
-            loop.after(RTT / 2, self.sim.node(command.url).piece, self, command.index, command.urgent, request)
+            loop.after(self.sim.rtt / 2, self.sim.node(command.url).piece, self, command.index, command.urgent, request)
+            if command.peer is None:  # an edge's answer head comes a round trip later (it sends it at once): Peer.fetch_piece
+                loop.after(self.sim.rtt, self.ranking.heard, command.url, self.sim.rtt)
         elif isinstance(command, Seed):
-            loop.after(RTT / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, Request(answer))
+            loop.after(
+                self.sim.rtt / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, Request(answer)
+            )
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
             held = [None if self._unanswered(n) else self.sim.peers[n.url].have() for n in command.neighbours]
-            loop.after(RTT, answer, held)
+            loop.after(self.sim.rtt, answer, held)
 
     def _unanswered(self, n: Neighbour) -> bool:
         other = self.sim.peers[n.url]
@@ -462,11 +467,11 @@ class SimPeer:
         if self.hole:
             loop.after(TIMEOUT, reply, Result("failed", message="timed out"))
         elif self.left:
-            loop.after(RTT, reply, Result("failed", message="connection refused"))
+            loop.after(self.sim.rtt, reply, Result("failed", message="connection refused"))
         elif index not in self.engine.picker.have:
-            loop.after(RTT / 2, reply, Result("not_held"))
+            loop.after(self.sim.rtt / 2, reply, Result("not_held"))
         elif not self.choker.request(loop.now, asker.peer_id):
-            loop.after(RTT / 2, reply, Result("choked", self.choker.retry_after(loop.now)))
+            loop.after(self.sim.rtt / 2, reply, Result("choked", self.choker.retry_after(loop.now)))
         else:
             nbytes, started = self.sim.piece_len(index), loop.now
 
@@ -474,7 +479,7 @@ class SimPeer:
                 def sent() -> None:
                     self.choker.sent(loop.now, asker.peer_id, nbytes)
                     free()
-                    loop.after(RTT / 2, reply, Result("ok", loop.now + RTT / 2 - started, nbytes))
+                    loop.after(self.sim.rtt / 2, reply, Result("ok", loop.now + self.sim.rtt / 2 - started, nbytes))
 
                 fid = self.uplink.send(nbytes, sent)
                 request.stop = _also(lambda: self.choker.sent(loop.now, asker.peer_id, nbytes - self.uplink.cancel(fid)), free)
@@ -495,7 +500,7 @@ class SimPeer:
                 continue  # polled by the scout instead
             n.subscribed = True
             other.subscribers[self.url] = self
-            self.sim.loop.after(RTT, self._snapshot, n, other)
+            self.sim.loop.after(self.sim.rtt, self._snapshot, n, other)
             if other.engine.add_neighbour(self.peer_id, self.url, other.region == self.region, subscriber=True) is not None:
                 other.subscribe()
 
@@ -575,6 +580,7 @@ class Simulation:
         self.events: Counter[str] = Counter()  # results by kind, have polls, most peer requests in flight at once
         self.idle: dict[str, float] = defaultdict(float)  # peer id -> seconds its uplink has idled with something to give (sampled)
         self.longest_idle = 0.0  # the longest such stretch
+        self.rtt = crowd.rtt
 
     def piece_len(self, index: int) -> int:
         return min(PIECE, self.crowd.size - index * PIECE)
