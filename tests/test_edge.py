@@ -495,3 +495,31 @@ async def test_status_lists_the_first_contents_and_counts_them_all(tmp_path, nod
     async with http.get(edge.url + "/status?contents=lots") as r:
         assert r.status == 400 and "takes a number of rows or 'all'" in await r.text()
     assert "Traceback" not in edge.log_text()
+
+
+async def test_a_wrong_origin_key_on_restart_stops_the_edge_and_keeps_its_cache(tmp_path, nodes, origin, published, http):
+    """A stale or mistyped --origin-key emptied the cache while the parent served the real key, with no word but a line
+    per content dropped (an adversarial session): a big edge then refills from its parent."""
+    import subprocess
+    import sys
+
+    from edgeswarm.trust.signing import load_or_create_private_key, public_pem
+
+    data = make_file(published / "a.bin", 600_000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url)
+    assert (await get(http, leaf.url + "/a.bin"))[1] == data
+    leaf.stop()
+    pieces = sorted((tmp_path / "edge").rglob("*.piece"))
+    assert pieces
+    wrong = tmp_path / "wrong.pub"
+    wrong.write_bytes(public_pem(load_or_create_private_key(tmp_path / "wrong.key").public_key()))
+    cmd = [sys.executable, "-m", "edgeswarm", "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--origin-key", str(wrong)]
+    r = await asyncio.to_thread(subprocess.run, [*cmd, "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and f"{wrong} is not the origin key {origin.url} serves" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and sorted((tmp_path / "edge").rglob("*.piece")) == pieces
+    right = tmp_path / "right.pub"
+    right.write_bytes((tmp_path / "edge" / "origin.pub").read_bytes())
+    again = edge(nodes, tmp_path, origin.url, "--origin-key", str(right), name="edge")
+    assert (await get(http, again.url + "/a.bin"))[1] == data
+    assert "dropping cached content" not in again.log_text()

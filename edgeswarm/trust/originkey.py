@@ -34,10 +34,42 @@ async def pin(
     else:
         pem = await learn(upstream, sources, failed)
     key = load_public_key(pem, str(given or pinned))
+    if given is not None and pinned.exists() and pinned.read_bytes() != public_pem(key):
+        await _confirm(upstream, sources, given, pinned)
     cache.mkdir(parents=True, exist_ok=True)
     if not pinned.exists() or pinned.read_bytes() != public_pem(key):
         write_whole(pinned, public_pem(key))  # whole or absent: worker processes read it at once
     return key
+
+
+async def _confirm(upstream: Upstream, sources: list[str], given: Path, pinned: Path) -> None:
+    """A given key replaces the one the cache was pinned to, which drops everything cached under it: only when the first
+    source that answers serves the given key (a rotation), or none answers; KeyFileError when it serves another.
+
+    A stale or mistyped ``--origin-key`` emptied a cache while the parent
+    served the real key, with no word but a line per content dropped (an
+    adversarial session): a 50 GB edge then refills from its parent.
+    """
+    served = public_pem(load_public_key(given.read_bytes(), str(given)))
+    for source in sources:
+        try:
+            theirs = await _served(upstream, source)
+        except UpstreamError:
+            continue
+        if theirs != served:
+            raise KeyFileError(
+                f"{given} is not the origin key {source} serves, and {pinned} pins this cache to another: it would drop "
+                f"everything cached. Give the key the origin signs with, or delete {pinned} to start this cache afresh"
+            )
+        log.warning(
+            "%s replaces the origin key pinned in %s (%s serves it): what was cached under the old key is dropped", given, pinned, source
+        )
+        return
+    log.warning(
+        "%s replaces the origin key pinned in %s, and no source answered to confirm it: what was cached under the old key is dropped",
+        given,
+        pinned,
+    )
 
 
 async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519PublicKey, pinned: Path) -> None:
