@@ -523,3 +523,40 @@ async def test_a_wrong_origin_key_on_restart_stops_the_edge_and_keeps_its_cache(
     again = edge(nodes, tmp_path, origin.url, "--origin-key", str(right), name="edge")
     assert (await get(http, again.url + "/a.bin"))[1] == data
     assert "dropping cached content" not in again.log_text()
+
+
+class WithdrawnParent(Misbehaving):
+    """A parent that gives no manifest (500: say, one signed by a key the edge has not pinned yet) and answers 404 for
+    every piece: the version the edge holds in part is no longer published."""
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        if request.path.startswith("/piece/"):
+            return web.Response(status=404, text="content is no longer published\n")
+        return web.Response(status=500, text="manifest for 'f.bin' is not signed by the pinned origin key\n")
+
+
+async def test_a_version_held_in_part_and_no_longer_published_is_a_502_not_a_200_cut_at_each_read(
+    tmp_path, nodes, origin, published, http
+):
+    """Each read went out 200 with the whole length and was cut at the same byte, until the edge was given the origin's
+    new key (an adversarial session): once the parent says the version is withdrawn, its reads are 502 with why."""
+    import aiohttp
+
+    make_file(published / "f.bin", 4 * 256 * 1024)
+    await asyncio.sleep(0.5)
+    first = edge(nodes, tmp_path, origin.url, "--workers", "1")
+    async with http.get(first.url + "/f.bin", headers={"Range": "bytes=0-99"}) as r:
+        assert r.status == 206  # the manifest and piece 0 are cached
+    first.stop()
+    async with WithdrawnParent(origin.url) as parent:
+        again = edge(nodes, tmp_path, parent.url, "--workers", "1")
+        with pytest.raises(aiohttp.ClientPayloadError):  # the first read learns it mid-answer: cut, never a short 200
+            async with http.get(again.url + "/f.bin") as r:
+                assert r.status == 200
+                await r.read()
+        async with http.get(again.url + "/f.bin") as r:
+            assert r.status == 502 and "is no longer published, in part only" in await r.text()
+        async with http.get(again.url + "/f.bin", headers={"Range": "bytes=0-99"}) as r:
+            assert r.status == 502  # even what it holds: a version no longer published is not served in part

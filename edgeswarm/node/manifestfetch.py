@@ -99,6 +99,7 @@ class ManifestFetcher:
         self.order = ManifestOrder()
         self._checked: Recent[str, float] = Recent(PATHS_KEPT)  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
+        self._withdrawn: Recent[str, str] = Recent(PATHS_KEPT)  # path -> the content id a source no longer publishes (withdraw)
         self._asking: Collapser[tuple[SignedManifest, str | None]] = Collapser()  # revalidations under way, by path and headers
 
     def fresh(self, path: str) -> bool:
@@ -108,6 +109,13 @@ class ManifestFetcher:
     def expire(self, path: str) -> None:
         """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""
         self._checked.pop(path, None)
+
+    def withdraw(self, path: str, cid: str) -> None:
+        """A source answered 404 for a piece of ``cid``: it publishes no more that version of ``path``.  Its next read
+        asks again, and if no source gives the current manifest, a version held in part is not served stale: each
+        read of it went out 200 and was cut at the same byte, until the node was given the origin's new key."""
+        self.expire(path)
+        self._withdrawn[path] = cid
 
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
@@ -161,11 +169,17 @@ class ManifestFetcher:
                 continue
             self._checked[path] = time.monotonic()
             self._stale_warned.discard(path)
+            self._withdrawn.pop(path, None)
             return signed, None
         status = 504 if problems and all(p.status == 504 for p in problems) else 502
         reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
         if cached is None:
             raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
+        if self._withdrawn.get(path) == cached.content_id and len(store.held(cached.content_id)) < cached.manifest.piece_count:
+            raise HttpError(
+                status,
+                f"the version of {path} held here is no longer published, in part only, and no {self.role} gave the current one: {reasons}",
+            )
         return cached, reasons
 
     def _stale(self, cached: SignedManifest, path: str, reasons: str) -> SignedManifest:

@@ -386,7 +386,7 @@ class Edge:
                 continue
             self.unusable.pop(source, None)
             if reply.status == 404 and not sibling:  # withdrawn upstream (a live segment the encoder deleted): not our failure
-                self.manifests.expire(signed.manifest.path)  # or replaced by a new version: the next read asks (not in --revalidate)
+                self.manifests.withdraw(signed.manifest.path, cid)  # or replaced by a new version: the next read asks (not in --revalidate)
                 raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
             if reply.status != 200:
                 if not sibling:

@@ -337,7 +337,7 @@ class Swarm:
             self._failed(f.index, exc.status if exc.status >= 500 else 502, str(exc))
             return Result("failed", message=str(exc))
         except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
-            self.peer.manifests.expire(self.signed.manifest.path)  # or a new version: the gateway's next read asks (edge.py's twin)
+            self.peer.manifests.withdraw(self.signed.manifest.path, self.cid)  # or a new version: the next read asks (edge.py's twin)
             self.withdrawn = (
                 f"/{self.signed.manifest.path} is no longer published (its edge answered 404): changed or deleted at the origin"
             )
