@@ -622,6 +622,28 @@ def test_a_version_after_a_withdrawal_or_a_lost_state_is_later_than_any_nodes_ho
     assert Catalog(root, tmp_path / "state.json", KEY).scan_changes({})["a.bin"].signed.manifest.modified == 1_600_000_000
 
 
+def test_saved_manifests_signed_with_another_key_are_signed_again_with_a_warning_naming_the_key(tmp_path, caplog):
+    """A mistyped --key made a new key with one INFO line, signed everything again, and every edge then refused what
+    changed (an adversarial session): the state proves another key was in use, which is worth a warning."""
+    from edgeswarm.trust.signing import key_fingerprint
+
+    root = tmp_path / "pub"
+    root.mkdir()
+    (root / "a.bin").write_bytes(b"a")
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+    catalog.apply(catalog.scan_changes({}))
+    caplog.clear()
+    other = Ed25519PrivateKey.generate()
+    again = Catalog(root, tmp_path / "state.json", other)
+    assert again.by_path["a.bin"].signed.manifest == catalog.by_path["a.bin"].signed.manifest  # the same version, signed anew
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line.startswith("1 saved manifests were signed with another key than this start's (made at this start, SHA256:")
+    assert key_fingerprint(other.public_key()) in line
+    caplog.clear()
+    Catalog(root, tmp_path / "state.json", KEY, new_key=False)  # nothing saved since: the state still holds KEY's
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_state_file_of_the_wrong_shape_and_a_file_from_before_1970(tmp_path, caplog):
     """A state file that was JSON of another shape stopped the origin at start with a traceback; a file with an mtime
     before 1970 was published with a negative ``modified`` that every node refused as malformed."""

@@ -36,6 +36,7 @@ from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
 from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
+from edgeswarm.trust.signing import key_fingerprint
 from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,21 @@ class Catalog:
         if isinstance(ahead, dict):
             self._floor.update((rel, m) for rel, m in ahead.items() if isinstance(rel, str) and type(m) is int)
         public = self.key.public_key()  # once: every row's signature is checked against it
+        resigned = 0
         for rel, row in state.items():
             try:
-                self._load_row(rel, row, public)
+                resigned += self._load_row(rel, row, public)
             except (KeyError, TypeError, ValueError):  # a damaged row: published afresh, later than any version it held
                 self._floor[rel] = int(time.time()) - 1
+        if resigned:  # a mistyped --key made a new key with one INFO line, and every edge then refused what changed
+            log.warning(
+                "%d saved manifests were signed with another key than this start's (%s, %s): signed again with it. If the "
+                "key was not replaced on purpose, stop and give the origin its old key; else every edge needs the new "
+                "public key (docs/operations.md, rotating the origin key)",
+                resigned,
+                "made at this start" if new_key else "an existing key file",
+                key_fingerprint(public),
+            )
 
     def _replay(self, state: dict, snapshot_bytes: int) -> None:
         """Apply to the loaded snapshot ``state`` the journal it names, and append to that journal from now on.
@@ -212,12 +223,15 @@ class Catalog:
         self._journal = None if cut else number
         self._journal_room = max(JOURNAL_MIN, snapshot_bytes) - sum(len(line) + 1 for line in lines)
 
-    def _load_row(self, rel: str, row: dict, public: Ed25519PublicKey) -> None:
-        """One path's saved version, reused if --protect and its key still fit it; KeyError, TypeError or ValueError if damaged."""
+    def _load_row(self, rel: str, row: dict, public: Ed25519PublicKey) -> bool:
+        """One path's saved version, reused if --protect and its key still fit it; whether it had to be signed again
+        (another key signed it); KeyError, TypeError or ValueError if damaged."""
+        resigned = False
         try:
             signed = SignedManifest.parse(json.dumps(row["signed"]).encode(), public)
         except ManifestError:
             signed = SignedManifest.sign(Manifest.from_dict(row["signed"]["manifest"]), self.key)  # ManifestError is a ValueError
+            resigned = True
         size, mtime_ns, inode = (int(v) for v in row["stat"])  # StatKey's three
         try:
             key = bytes.fromhex(row["key"]) if isinstance(row.get("key"), str) else None
@@ -228,8 +242,9 @@ class Catalog:
             # --protect changed, or the key is lost: the next scan publishes it afresh, as a later version than
             # this one, which nodes hold (at the same ``modified`` they refused it and kept the plaintext copy)
             self._floor[rel] = signed.manifest.modified
-            return
+            return resigned
         self._add(rel, Entry(self.root / rel, (size, mtime_ns, inode), signed, signed.to_json(), key))
+        return resigned
 
     def _save_state(self, changes: Changes) -> None:
         """Save ``changes`` (applied): a journal line, or the whole state when the journal has grown to the snapshot's

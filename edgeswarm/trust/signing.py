@@ -7,6 +7,8 @@ machine - and still know it is what the origin published.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from pathlib import Path
 
@@ -53,6 +55,12 @@ def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
         return load_private_key(path)
     log.info("created signing key %s", path)
     return key
+
+
+def key_fingerprint(key: Ed25519PublicKey) -> str:
+    """A public key as a person compares two: ``SHA256:`` and the base64 of its raw bytes' hash, as ssh shows keys."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
