@@ -763,3 +763,19 @@ def test_a_file_system_that_rounds_the_mark_hashes_a_piece_once(root: Path, monk
     with open(store.piece_path(c.cid, 0), "r+b") as f:  # and an overwrite is still caught
         f.write(b"\0" * 16)
     assert store.read_piece(c.cid, 0) is None and store.corrupt_pieces == 1
+
+
+def test_a_seeders_paths_are_pinned_before_the_quota_evicts_what_it_found_at_start(root):
+    """A seeder restarted under a smaller --max-cache evicted its seed's pieces at start, then fetched them again from the
+    edge once the seed was pinned: 15 MB a restart (an adversarial session).  The newest version of a seeded path is
+    pinned from the start; an older one is not."""
+    old, seed, other = make_content("seed.bin", modified=1), make_content("seed.bin", modified=2), make_content("other.bin")
+    store = open_store(root)
+    for c in (other, old):
+        stored(store, c, 0, 1, 2)
+    stored(store, seed, 0, 1, 2)  # a newer version of the path: the old one is dropped as it comes
+    store.close()
+    again = PieceStore(root, PUB, MIN_PIECE, pinned_paths=frozenset({"seed.bin"}))
+    assert again.pinned == {seed.cid}
+    assert again.held(seed.cid) == {0, 1, 2} and again.held(other.cid) == set()
+    assert open_store(root, MIN_PIECE).held(seed.cid) != {0, 1, 2}, "unpinned, the quota takes it"

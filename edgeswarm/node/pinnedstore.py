@@ -42,6 +42,7 @@ class PinnedStore:
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
+        self.keep_paths: frozenset[str] = frozenset()  # a seeder's paths, pinned from the store's start (PieceStore)
         self.on_drop: Callable[[str], None] = lambda cid: None  # the store's (PieceStore.on_drop)
         self._settled = asyncio.Event()  # open, or every source failed hopelessly (originkey.learn): a wait ends (wait)
         self.problem: str | None = None  # why the store failed to open in the background, until it opens
@@ -88,7 +89,9 @@ class PinnedStore:
         if pinned and (self.worker is None or self.worker[0] == 0):  # one warning an edge, from its first worker
             self._checking = asyncio.create_task(originkey.check_pinned(upstream, sources, key, self.cache / "origin.pub"))
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
-        self.store = await asyncio.to_thread(PieceStore, self.cache, key, self.max_cache, self.worker, open_files, self.counts_found)
+        self.store = await asyncio.to_thread(
+            PieceStore, self.cache, key, self.max_cache, self.worker, open_files, self.counts_found, self.keep_paths
+        )
         self.store.on_drop = self.on_drop
         self._settled.set()
         return self.store

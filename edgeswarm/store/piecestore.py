@@ -150,7 +150,11 @@ class PieceStore:
         worker: tuple[int, int] | None = None,
         open_files: int | None = None,
         counts_found: bool = False,
+        pinned_paths: frozenset[str] = frozenset(),
     ):
+        """``pinned_paths``: paths whose newest stored version is pinned from the start (``peer --seed``), before the
+        quota evicts what it found: a seeder restarted under a smaller --max-cache evicted its seeds' pieces at start,
+        then fetched them again from the edge once its seeds were pinned, at each restart (an adversarial session)."""
         self.root = root
         self.open_files = max(1, min(OPEN_FILES, open_files or OPEN_FILES))  # piece descriptors kept open at most
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
@@ -163,6 +167,7 @@ class PieceStore:
         self.public_key = public_key
         self.policy = EvictionPolicy[tuple[str, int]](max_bytes)
         self.pinned: set[str] = set()  # content ids whose pieces are never evicted (peer --seed)
+        self._pinned_paths = pinned_paths
         self.policy.pinned = lambda key: key[0] in self.pinned
         self._manifests: dict[str, SignedManifest] = {}
         self._raw: dict[str, bytes] = {}
@@ -215,6 +220,7 @@ class PieceStore:
                 self._unverified.add((signed.content_id, index))
                 if self._counts(signed.content_id, index):
                     found.append((st.st_atime, signed.content_id, index, st.st_size))
+        self.pinned.update(self._by_path[path] for path in self._pinned_paths if path in self._by_path)
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
