@@ -279,3 +279,26 @@ def test_the_tracker_keeps_as_many_records_as_a_quarter_of_the_memory_holds(monk
     assert edge.default_records() == 131_072
     pages["SC_PHYS_PAGES"] = (64 << 30) // 4096
     assert edge.default_records() == 1_000_000
+
+
+@pytest.mark.parametrize("bad", ["0", "1B", "999KB"])
+def test_a_cache_quota_that_holds_no_piece_is_refused(bad, capsys: pytest.CaptureFixture[str]):
+    """--max-cache 0 was taken, and the edge cached nothing (every request fetched from its parent): an operator meant
+    no limit by it (an adversarial session)."""
+    for parse, flags in ((parsed_edge, ("--parent", "http://o:1")), (parsed_peer, ("--edge", "http://e:1"))):
+        with pytest.raises(SystemExit):
+            parse("--cache", "c", *flags, "--max-cache", bad)
+        assert f"expected at least 1MB, got {bad!r} (to set no limit, leave --max-cache out)" in capsys.readouterr().err
+    assert parsed_edge("--cache", "c", "--parent", "http://o:1", "--max-cache", "1MB").max_cache == 1_000_000
+
+
+def test_a_bad_region_map_stops_the_edge_before_it_makes_its_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """It was refused with a good message, after the cache directory and its swarm key were made (an adversarial
+    session)."""
+    bad = tmp_path / "regions.yaml"
+    bad.write_text("regions: [{name: east, isp: a, networks: [not-a-network]}]\n")
+    for workers in ("1", "2"):
+        cmd = ["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--p2p", "--regions", str(bad), "--workers", workers]
+        assert main(cmd) == 2
+        assert "not-a-network" in capsys.readouterr().err
+        assert not (tmp_path / "e").exists()

@@ -138,6 +138,8 @@ def _bad_entry(entry: object) -> str:
         ("regions:\n  - {name: a, isp: b, networks: [::1/128]}\n", ["line 2, column ", "quote networks that start with ':'"]),
         ("regions:\n  a: [127.0.0.0/8\n  b: :\n", ["not valid YAML or JSON: line 3, column 4: expected ',' or ']', but got ':'"]),
         ("- just\n- a list\n", ["top-level 'regions' list"]),
+        ("regions:\n  - {name: a, isp: b, networks: [10.0.0.0/8], isp: c}\n", ["line 2, column 47: 'isp' is given twice"]),
+        ('{"regions": [], "regions": [{"name": "a"}]}', ["line 1, column 17: 'regions' is given twice"]),
         ("", ["top-level 'regions' list"]),
         ("regions: east\n", ["top-level 'regions' list"]),
         (_bad_entry("east"), ["region #2", "not a mapping"]),

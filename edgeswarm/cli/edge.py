@@ -245,6 +245,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     registration = _registration(config, args.listen[0])  # and so does an incomplete --register-with, before anything is created
+    if config.regions is not None:  # a bad map stopped the edge once its cache and swarm key were made
+        from edgeswarm.roles.announce import load_region_map
+
+        load_region_map(config.regions)
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
     return edgeworkers.run(config, args.listen, args.access_log, ssl_context, options.limits(args), registration)
 

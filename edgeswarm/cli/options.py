@@ -265,8 +265,19 @@ def cache(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
     p.add_argument("--cache", type=Path, required=required, metavar="DIR", help=help)
 
 
+MIN_CACHE = 1_000_000  # bytes: a quota that holds no piece (0, 1B) cached nothing, and an operator meant "no limit" by 0
+
+
+def cache_size(text: str) -> int:
+    """A --max-cache: at least MIN_CACHE (an edge given 0 fetched every request from its parent, without a word)."""
+    n = size(text)
+    if n < MIN_CACHE:
+        raise argparse.ArgumentTypeError(f"expected at least 1MB, got {text!r} (to set no limit, leave --max-cache out)")
+    return n
+
+
 def max_cache(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--max-cache", type=size, metavar="SIZE", help=help)
+    p.add_argument("--max-cache", type=cache_size, metavar="SIZE", help=help)
 
 
 def origin_key(p: argparse.ArgumentParser, help: str) -> None:

@@ -7,6 +7,7 @@ the line and column, what was wrong.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,13 +34,34 @@ def read_yaml(path: Path, what: str) -> object:
             raw = f.read(MAX_FILE + 1)  # a device (/dev/zero) or a huge file given by mistake was read until memory ran out
         if len(raw) > MAX_FILE:
             raise YamlFileError(f"{what} {path} is larger than {MAX_FILE >> 20} MiB: not a configuration file")
-        return yaml.safe_load(raw.decode("utf-8"))
+        return yaml.load(raw.decode("utf-8"), Loader=_unique_keys())
     except OSError as exc:
         raise YamlFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise YamlFileError(f"{what} {path} is not a text file (expected YAML or JSON in UTF-8)") from None
     except yaml.YAMLError as exc:
         raise YamlFileError(f"{what} {path} is not valid YAML or JSON: {one_line(exc)}") from None
+
+
+@functools.cache
+def _unique_keys() -> type[yaml.SafeLoader]:
+    """PyYAML's safe loader, refusing a key written twice in one mapping: the last one won without a word, in files that
+    refuse unknown keys and wrong types (``scan_interval: 2`` then ``scan_interval: 3``: an adversarial session)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[object, object]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults``: overriding what it merges is its point
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, str | int | float | bool) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeys
 
 
 def one_line(exc: yaml.YAMLError) -> str:
