@@ -537,9 +537,7 @@ class WithdrawnParent(Misbehaving):
         return web.Response(status=500, text="manifest for 'f.bin' is not signed by the pinned origin key\n")
 
 
-async def test_a_version_held_in_part_and_no_longer_published_is_a_502_not_a_200_cut_at_each_read(
-    tmp_path, nodes, origin, published, http
-):
+async def test_a_version_held_in_part_and_no_longer_published_is_a_502_not_a_200_cut_at_each_read(tmp_path, nodes, origin, published, http):
     """Each read went out 200 with the whole length and was cut at the same byte, until the edge was given the origin's
     new key (an adversarial session): once the parent says the version is withdrawn, its reads are 502 with why."""
     import aiohttp
