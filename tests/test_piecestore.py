@@ -779,3 +779,13 @@ def test_a_seeders_paths_are_pinned_before_the_quota_evicts_what_it_found_at_sta
     assert again.pinned == {seed.cid}
     assert again.held(seed.cid) == {0, 1, 2} and again.held(other.cid) == set()
     assert open_store(root, MIN_PIECE).held(seed.cid) != {0, 1, 2}, "unpinned, the quota takes it"
+
+
+def test_a_smaller_quota_at_start_says_what_it_evicted(root, caplog):
+    """The line gave the pieces found before the quota took its share beside the bytes after (an adversarial session)."""
+    c = make_content()
+    stored(open_store(root), c, 0, 1, 2)
+    caplog.set_level(logging.INFO)
+    small = open_store(root, 2 * MIN_PIECE)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("piece store")]
+    assert f"1 contents, 2 pieces, {small.used_bytes} bytes (evicted 1 pieces found at start to fit --max-cache)" in line

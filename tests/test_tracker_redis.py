@@ -74,6 +74,8 @@ async def test_two_edges_on_one_redis_hand_each_other_peers_out(tmp_path, nodes,
     for edge in (a, b):  # one region, one swarm, whichever edge is asked
         p2p = (await status(http, edge.url))["p2p"]
         assert p2p["store"].startswith("redis://") and p2p["regions"]["east"]["peers"] == 2, p2p
+        said = [line for line in edge.log_text().splitlines() if "tracker store: " in line]  # the other workers' said memory
+        assert len(said) == 1 and f"tracker store: {redis_url}" in said[0], said
 
 
 async def test_a_tracker_edge_killed_and_restarted_hands_out_the_same_swarm_at_once(

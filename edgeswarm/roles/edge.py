@@ -197,6 +197,7 @@ class Edge:
                 "relay_sent_bytes", "Bytes this edge's relay has sent on to relayed peers' requesters", lambda: hub.bytes["out"]
             )
         self.announces = {"requests": RateMeter(ANNOUNCE_WINDOW), "contents": RateMeter(ANNOUNCE_WINDOW)}  # the tracker's load
+        self.forwards_tracker = False  # a worker whose announces the primary answers (edgeworkers): its store is unused
         self.lag = LoopLag()  # announces wait while the event loop runs late: files and /status do not (node/looplag.py)
         self.shed = 0  # announces answered 503 unread for that
         if tracker is not None:
@@ -1092,7 +1093,7 @@ class Edge:
                 for task in (opener, expiry, lag):
                     if task is not None:
                         started.callback(task.cancel)
-                if self.tracker is not None:
+                if self.tracker is not None and not self.forwards_tracker:
                     await self._check_store()
                 yield
 

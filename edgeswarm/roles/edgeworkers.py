@@ -148,6 +148,7 @@ async def _worker(
     node = edge_role.Edge(dataclasses.replace(config, tracker_store=store), bucket)
     node.pinned.worker = (slot.index, slot.count)
     node.pinned.counts_found = slot.restarted
+    node.forwards_tracker = slot.index != 0  # its empty store is no tracker's: "tracker store: memory" beside Redis misled
     # a content's series is the sum of every worker's, and each drops a content on its own: one forgetting it would make
     # the merged counter go down, which Prometheus takes for a reset (an adversarial review); so workers keep theirs
     node.pinned.on_drop = lambda cid: None

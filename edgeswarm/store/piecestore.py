@@ -221,15 +221,18 @@ class PieceStore:
                 if self._counts(signed.content_id, index):
                     found.append((st.st_atime, signed.content_id, index, st.st_size))
         self.pinned.update(self._by_path[path] for path in self._pinned_paths if path in self._by_path)
+        evicted = self.evicted_pieces
         for _, cid, index, size in sorted(found):  # oldest first: the policy sees them in access order
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
+        evicted = self.evicted_pieces - evicted  # a quota smaller than at the last start: what it took was not said
         log.info(
-            "piece store %s: %d contents, %d pieces, %d bytes; up to %d piece files kept open",
+            "piece store %s: %d contents, %d pieces, %d bytes%s; up to %d piece files kept open",
             self.root,
             len(self._manifests),
-            len(found),
+            len(found) - evicted,
             self.policy.used,
+            f" (evicted {evicted} pieces found at start to fit --max-cache)" if evicted else "",
             self.open_files,
         )
 
