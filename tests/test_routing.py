@@ -113,7 +113,10 @@ def test_no_edge_up_in_the_region_falls_back_to_others():
     d = t.decide("east", "x")
     assert d.fallback and [c.spec.url for c in d.ranked] == [edge(3).url]
     t.health[edge(3).url].failed(2.0, "refused", t.thresholds)
-    assert t.decide("east", "x").ranked == []
+    blind = t.decide("east", "x")  # none up anywhere: the region's as if they were, not a 503 that fails for sure
+    assert blind.blind and [c.spec.url for c in blind.ranked] == [edge(1).url]
+    assert {c.spec.url for c in t.decide("north", "x").ranked} == {edge(1).url, edge(3).url}  # no edge of its own
+    assert not t.decide("east", "x", want=lambda s: False).ranked  # none wanted: nothing to give (the router's 503)
 
 
 def test_comparators_are_named_and_ordered():

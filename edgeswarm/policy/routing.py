@@ -224,12 +224,14 @@ COMPARATORS: tuple[Callable[[Candidate], object], ...] = (keeps_key_first, stick
 
 @dataclass(frozen=True)
 class Decision:
-    """The ranked edges for one client region and key; ``fallback``: none of the region was up, these are others'."""
+    """The ranked edges for one client region and key; ``fallback``: none of the region was up, these are others';
+    ``blind``: none was up anywhere, these are the region's (else every edge) as if they were (``RoutingTable.decide``)."""
 
     region: str
     key: str
     ranked: list[Candidate]
     fallback: bool
+    blind: bool = False
 
 
 @dataclass
@@ -264,12 +266,24 @@ class RoutingTable:
         return [s for u, s in self.edges.items() if self.health[u].state == UP and (region is None or s.region == region)]
 
     def decide(self, region: str, key: str, want: Callable[[EdgeSpec], bool] | None = None) -> Decision:
-        """Ranked up edges of ``region`` for ``key`` (only those ``want`` accepts); others' if none of the region is up."""
-        pool = [s for s in self.up(region) if want is None or want(s)]
+        """Ranked up edges of ``region`` for ``key`` (only those ``want`` accepts); others' if none of the region is up.
+
+        With none up anywhere, the region's edges whatever their state (else
+        every edge), as Route 53 answers for a group whose records are all
+        unhealthy: a 503 fails every client for sure, and a region's only
+        edge that missed one poll on a lossy path (down after 1, up after 2)
+        was a 503 for 3 s while it served every file (an adversarial session).
+        """
+        wanted = [s for s in self.edges.values() if want is None or want(s)]
+        up = {s.url for s in self.up()}
+        pool = [s for s in wanted if s.url in up and s.region == region]
         fallback = not pool
         if fallback:
-            pool = [s for s in self.up() if want is None or want(s)]
-        return Decision(region, key, self.rank(pool, key), fallback)
+            pool = [s for s in wanted if s.url in up]
+        blind = not pool
+        if blind:
+            pool = [s for s in wanted if s.region == region] or wanted
+        return Decision(region, key, self.rank(pool, key), fallback, blind)
 
     def rank(self, pool: Iterable[EdgeSpec], key: str) -> list[Candidate]:
         hot = self.thresholds.hot_load

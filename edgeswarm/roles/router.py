@@ -163,10 +163,12 @@ class Router:
             raise HttpError(403, f"no region for client address {address[:60]}: the region map does not cover it (and no --default-region)")
         decision = self.table.decide(region, key, want)
         if not decision.ranked:
-            raise HttpError(503, f"no edge is up for region {region} (nor in any other region)", {"Retry-After": str(self._retry_after())})
+            raise HttpError(503, f"no edge serves region {region} (nor any other region)", {"Retry-After": str(self._retry_after())})
         self.metrics.events[("decision", way)] += 1
         if decision.fallback:
             self.metrics.events[("fallback", way)] += 1
+        if decision.blind:
+            self.metrics.events[("blind", way)] += 1
         return decision
 
     def _retry_after(self) -> int:
@@ -197,6 +199,7 @@ class Router:
                 "region": decision.region,
                 "path": key,
                 "fallback": decision.fallback,
+                "blind": decision.blind,
                 "edges": [
                     {"url": c.spec.url, "region": c.spec.region, "capacity_Bps": c.spec.capacity, "load": round(c.load, 3), "shed": c.shed}
                     for c in decision.ranked[: self.config.edges_limit]
