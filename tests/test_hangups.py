@@ -209,3 +209,25 @@ async def test_a_hit_for_a_client_that_reads_nothing_holds_a_chunk_not_the_rest_
             await asyncio.sleep(0.05)
         writer.transport.abort()
     assert seen and seen[0] <= 4 * CHUNK, seen  # aiohttp drains past 64 KiB: a few chunks at most (4.4 MB before)
+
+
+async def test_a_connection_whose_client_acknowledges_nothing_is_given_up_after_unacked_s():
+    """A vanished downloader's HAVE stream lived on in the kernel's retransmissions, its heartbeats queued, its place among
+    a content's 64 subscribers held (an adversarial session on network impairment): TCP_USER_TIMEOUT on every connection."""
+    import socket
+
+    from edgeswarm.node.daemon import UNACKED_S, Servers, make_app
+
+    async def handler(request: web.Request) -> web.Response:
+        sock = request.transport.get_extra_info("socket")
+        return web.Response(text=str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)))
+
+    app = make_app(Metrics("test"))
+    app.router.add_get("/t", handler)
+    servers = Servers("test")
+    port = (await servers.start([(app, "127.0.0.1", 0, "")]))[""][1]
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/t") as r:
+            assert await r.text() == str(UNACKED_S * 1000)
+    finally:
+        await servers.close()

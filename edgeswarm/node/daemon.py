@@ -22,11 +22,13 @@ changes what it holds from a page of an origin the policy does not name (403).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import re
 import resource
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -485,6 +487,7 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        _give_up_unacked(transport)
         self._conns.opened(self, self._outside)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -539,6 +542,22 @@ class _Handler(RequestHandler):
         resp = text_error(status, f"bad request: {reason}")
         resp.force_close()
         return resp
+
+
+UNACKED_S = 30  # seconds data may go unacknowledged before the kernel drops a connection (TCP_USER_TIMEOUT)
+
+
+def _give_up_unacked(transport: asyncio.BaseTransport) -> None:
+    """A client that vanished (its host gone, a path blackholed) acknowledges nothing: a HAVE stream's heartbeats went
+    on into its send queue, its place among a content's 64 subscribers held, for the kernel's retransmissions (about
+    15 minutes; an adversarial session saw 55 s and counting).  One that reads slowly acknowledges its window's probes:
+    --idle-timeout is for it."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNACKED_S * 1000)
 
 
 def _one_line(text: str) -> str:
