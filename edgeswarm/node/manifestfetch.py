@@ -152,7 +152,8 @@ class ManifestFetcher:
     ) -> tuple[SignedManifest, str | None]:
         """(a source's manifest, None), or (``cached``, why no source gave one); HttpError with nothing cached."""
         problems: list[UpstreamError] = []
-        if cached is not None and not live.is_playlist(path):
+        withdrawn = cached is not None and self._withdrawn.get(path) == cached.content_id
+        if cached is not None and not live.is_playlist(path) and not withdrawn:  # a withdrawn one is worth nothing: ask
             now = time.monotonic()
             sources = [s for s in sources if self.ranking.available(s, now)]
             if not sources:
@@ -175,7 +176,7 @@ class ManifestFetcher:
         reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
         if cached is None:
             raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
-        if self._withdrawn.get(path) == cached.content_id and len(store.held(cached.content_id)) < cached.manifest.piece_count:
+        if withdrawn and len(store.held(cached.content_id)) < cached.manifest.piece_count:
             raise HttpError(
                 status,
                 f"the version of {path} held here is no longer published, in part only, and no {self.role} gave the current one: {reasons}",

@@ -43,6 +43,10 @@ EDGE_WORKERS = 1  # requests in flight to edges at once: the edge is the expensi
 # paid a round trip a piece, and from an edge 200 ms away a get ran at a fifth of curl's rate and a 3.2 Mbit/s stream
 # stalled every 2 s (an adversarial session; the engine's simulation at 100 ms: 4 x the bound)
 EDGE_PIPELINE = 8
+# ... once its round trip is at least this long: nearer, one request at a time still brings 10 MB/s and more, and a
+# loopback edge (a millisecond's head, hundreds of MB/s) was asked 3 at once in a viewer's first moments, before its
+# tracker answer came: what peers would have sent came from the edge (a loopback test's viewer, 5 pieces for its 2)
+PIPELINE_RTT = 0.02
 URGENT = 4  # pieces ahead of a reader that are urgent
 WINDOW = 16  # pieces ahead of a reader that are fetched at all
 STARTUP_BYTES = 10 * PIECE  # a reader starting behind a neighbour well ahead takes these from the edge (picker.start_reader)
@@ -589,7 +593,7 @@ class Engine:
         edge = self.choose_edge(picks)
         rtt = self.ranking.round_trip(edge) if edge else None
         link = self.ranking.link(edge) if edge else None
-        if rtt is None or link is None:
+        if rtt is None or link is None or rtt < PIPELINE_RTT:
             return self.edge_workers
         pieces = round(rtt * link / self.piece_size)
         return max(self.edge_workers, min(self.edge_pipeline, self.edge_workers + pieces))

@@ -167,6 +167,9 @@ class AnnounceSchedule:
             self._last_full.pop(tracker, None)  # a round of news only, maybe of nothing, would ask it nothing
 
 
+EVICTED_TRIES = 3  # fetches of a piece evicted between the look that found it held and its read, before a 503
+
+
 class SwarmSource:
     """What the gateway reads: the store, else the swarm (with a deadline, never a hang)."""
 
@@ -188,15 +191,16 @@ class SwarmSource:
         if self._fetching == 1:
             self.swarm.read_waits(True)
         try:
-            got = await self._piece(index, stop)
+            for _ in range(EVICTED_TRIES):  # held when asked, evicted before read: a small cache under pieces coming at once
+                got = await self._piece(index, stop)
+                data = got if got is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
+                if data is not None:
+                    return data
         finally:
             self._fetching -= 1
             if not self._fetching:
                 self.swarm.read_waits(False)
-        data = got if got is not None else self.peer.pinned.opened.read_piece(self.swarm.cid, index)
-        if data is None:
-            raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
-        return data
+        raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
 
     async def _piece(self, index: int, stop: int | None) -> bytes | None:
         """The swarm's piece within --read-timeout; sooner a 502 once every edge refuses this peer's token.

@@ -113,6 +113,8 @@ class Swarm:
             if self.peer.pinned.opened.has(self.cid, index):
                 return None
             self.engine.forget_piece(index)  # evicted, or found bad on disk: fetch it again
+        if self.withdrawn is not None:  # nothing more is fetched for it
+            raise HttpError(404, self.withdrawn)
         self.touch()
         fut = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(index, []).append(fut)
@@ -341,7 +343,8 @@ class Swarm:
             self.withdrawn = (
                 f"/{self.signed.manifest.path} is no longer published (its edge answered 404): changed or deleted at the origin"
             )
-            self._fail(f.index, HttpError(404, self.withdrawn))
+            for index in list(self.waiters):  # every reader of it: nothing more is fetched for any (gone())
+                self._fail(index, HttpError(404, self.withdrawn))
             return Result("gone")
         except KeyError:  # the content was dropped from the store meanwhile
             return Result("gone")
