@@ -46,9 +46,12 @@ def test_the_merged_metrics_never_go_back_when_a_worker_restarts_or_does_not_ans
 
 
 def test_the_merged_status_never_goes_back_when_a_worker_restarts():
-    def status(sent: int, uptime: float, endpoint: int) -> dict:
+    """By each worker's start time as it says it: now - uptime_s moved with the time an answer took, and a primary
+    stalled for a second was taken for restarted, what it had sent counted twice for good (a review)."""
+    def status(sent: int, started: float, endpoint: int) -> dict:
         return {
-            "uptime_s": uptime,
+            "uptime_s": 1.0,
+            "started": started,
             "bytes_sent": {"client": sent},
             "responses_by_endpoint": {"file": {"200": endpoint}},
             "bytes_received": [{"kind": "parent", "source": "http://o:1", "bytes": sent}],
@@ -57,10 +60,10 @@ def test_the_merged_status_never_goes_back_when_a_worker_restarts():
         }
 
     c = Carried()
-    doc = merge_status(status(10, 50.0, 1), [status(20, 50.0, 2)], c)
+    doc = merge_status(status(10, 1000.0, 1), [status(20, 1000.2, 2)], c)
     assert doc["bytes_sent"] == {"client": 30} and doc["responses_by_endpoint"] == {"file": {"200": 3}} and doc["cache_bytes"] == 20
-    doc = merge_status(status(10, 60.0, 1), [None], c)
+    doc = merge_status(status(10, 1000.0, 1), [None], c)
     assert doc["bytes_sent"] == {"client": 30} and doc["cache_bytes"] == 10  # a gauge of one that did not answer is not known
-    doc = merge_status(status(10, 70.0, 1), [status(5, 2.0, 1)], c)
+    doc = merge_status(status(10, 1000.0, 1), [status(5, 1060.0, 1)], c)
     assert doc["bytes_sent"] == {"client": 35} and doc["responses_by_endpoint"] == {"file": {"200": 4}}
     assert doc["bytes_received"] == [{"kind": "parent", "source": "http://o:1", "bytes": 35}] and doc["evicted_pieces"] == 3

@@ -197,6 +197,7 @@ class Metrics:
         return {
             "role": self.role,
             "uptime_s": round(time.time() - self.started, 1),
+            "started": self.started,  # Unix time: which process counted these (a merge tells a restart by it)
             "bytes_sent": dict(self.sent),
             "bytes_received": [{"kind": k, "source": s, "bytes": n} for (k, s), n in sorted(self.received.items())],
             "events": {f"{e}:{d}" if d else e: n for (e, d), n in sorted(self.events.items())},

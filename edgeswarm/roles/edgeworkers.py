@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -437,10 +436,11 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any] | None], c
     counts), and the gauges of those that answered."""
     carried = carried or Carried()
     doc = dict(primary)
-    now = time.time()
     totals: dict[str, float] = {}
     for worker, one in enumerate([primary, *others]):
-        since = now - one.get("uptime_s", 0.0) if one is not None else 0.0
+        # its process's start, exact: now - uptime_s moved by the time the answer took, and a stall of a second made the
+        # merge take the primary for restarted and count what it had sent twice, for good (a review)
+        since = float(one.get("started", 0.0)) if one is not None else 0.0
         for key, n in carried.take(worker, None if one is None else _status_counts(one), since).items():
             totals[key] = totals.get(key, 0.0) + n
     answered = [o for o in others if o is not None]
