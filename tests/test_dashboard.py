@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from conftest import make_file, serve_app, start_p2p_edge, start_peer, status
+from conftest import curl, make_file, serve_app, start_p2p_edge, start_peer, status
 
 from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import make_app
@@ -351,6 +351,31 @@ async def test_an_edge_without_p2p_has_no_regions_and_the_page_says_down_when_st
     await wait_for_health(page, "down")
     assert "/status" in await page.text_content("#health")
     assert not errors, errors  # the failed fetch is the browser's network error, not an error of the page's script
+
+
+@pytest.mark.integration
+async def test_a_status_of_one_worker_alone_is_not_taken_for_the_edges_history(browser, tmp_path: Path, nodes, origin):
+    """While the primary worker restarts, another answers /status with its own counters: the page reset its history and
+    drew a burst of egress at the next whole answer (the review of the carried counters)."""
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--workers", "1")
+    whole = json.loads(curl(edge.url + "/status").stdout)
+    answers = [
+        {**whole, "bytes_sent": {"client": 10_000_000}},
+        {**whole, "bytes_sent": {"client": 1_000_000}, "workers": {"count": 2, "answered": 1, "primary": "unanswered"}},
+        {**whole, "bytes_sent": {"client": 12_000_000}},
+    ]
+    page = await browser.new_page()
+
+    async def status(route) -> None:
+        await route.fulfill(status=200, content_type="application/json", body=json.dumps(answers[min(len(answers) - 1, polled[0])]))
+        polled[0] += 1
+
+    polled = [0]
+    await page.route("**/status*", status)
+    await page.goto(edge.url + "/dashboard")
+    await wait_for_polls(page, 3)  # the third answer drawn (polls are 2 s apart)
+    egress = float(await page.get_attribute("#egress-rate", "data-value") or "nan")
+    assert egress < 1_000_000, egress  # 2 MB over the two polls since the first; 11 MB in one when the history reset
 
 
 # -- the router's page -------------------------------------------------------------------------------------

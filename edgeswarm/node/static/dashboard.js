@@ -38,6 +38,9 @@
   }
 
   function record(st) {
+    // one worker's own figures while the primary, which adds up every worker's, did not answer: not the edge's; taken,
+    // they reset the history and drew a false burst of egress at the next whole answer
+    if (st.workers && st.workers.primary === "unanswered") return;
     const now = Date.now() / 1000;
     const sent = sum(Object.values(st.bytes_sent || {}));
     const { all, errors } = answers(st);
