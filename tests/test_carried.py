@@ -48,6 +48,7 @@ def test_the_merged_metrics_never_go_back_when_a_worker_restarts_or_does_not_ans
 def test_the_merged_status_never_goes_back_when_a_worker_restarts():
     """By each worker's start time as it says it: now - uptime_s moved with the time an answer took, and a primary
     stalled for a second was taken for restarted, what it had sent counted twice for good (a review)."""
+
     def status(sent: int, started: float, endpoint: int) -> dict:
         return {
             "uptime_s": 1.0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -529,3 +530,31 @@ async def test_a_get_from_a_far_edge_keeps_several_pieces_in_flight(tmp_path, no
     assert (tmp_path / "f.bin").read_bytes() == data
     print(f"piece requests in flight at once: {far.most}")
     assert far.most >= 2, far.most  # one, before
+
+
+class SheddingEdge(FarEdge):
+    """A real edge behind a proxy that answers every announce 503 with Retry-After 5 (its loop late: a flood)."""
+
+    def __init__(self, origin: str):
+        super().__init__(origin)
+        self.announces: list[float] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.path == "/announce" and request.method == "POST":
+            self.announces.append(time.monotonic())
+            return web.Response(status=503, text="this edge is too busy to take announces\n", headers={"Retry-After": "5"})
+        return await super().handle(request)
+
+
+async def test_a_peer_holds_its_announces_for_a_shed_answers_retry_after(tmp_path, nodes, origin, published, http):
+    """A shed announce (503, Retry-After 5) was asked again after 1, 2, 4 s, and at once for any news: only a 429 held
+    a peer back (the review of the announce shedding)."""
+    make_file(published / "f.bin", 8 * PIECE)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", name="edge")
+    async with SheddingEdge(edge.url) as shedding:
+        peer = start_peer(nodes, tmp_path, shedding.url, "127.0.0.1", "peer")
+        async with http.post(peer.urls["gateway"] + "/f.bin") as r:  # a new content: news for the tracker
+            assert r.status in (200, 202, 204), await r.text()
+        await asyncio.sleep(4.5)
+        asked = sorted(shedding.announces)
+    assert asked and all(b - a >= 4.5 for a, b in itertools.pairwise(asked)), [round(t - asked[0], 2) for t in asked]
