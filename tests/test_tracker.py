@@ -546,6 +546,26 @@ async def test_a_full_tracker_crowds_out_the_sender_holding_the_most_and_refuses
     assert err.value.retry_after == 10 and t.records == 40 and t.crowded_out == 1
 
 
+async def test_at_its_bound_a_tracker_weighs_an_ipv6_site_as_one_sender():
+    """By /64, one /48 was 65 536 senders of a record or two each: at the bound, honest seeds of fifty records each
+    were crowded out down to one (a review).  A /48 is one sender, as an IPv4 address is."""
+    t = Tracker(ttl=30, limits=Limits(records=40, announce_burst=1000))
+    for seed in ("2001:db8:1::1", "2001:db8:2::1"):
+        for c in range(10):
+            await at(t, 0, "seed", seed, cid=f"{c:064x}")
+    for n in range(20):  # one site's /64s, a record each
+        await at(t, 1, "x", f"2001:db8:bad:{n:x}::1", cid="e" * 64)
+    assert t.records == 40
+    for n in range(20, 30):  # more of its /64s: it holds the most, and gets no more
+        with pytest.raises(Full, match="2001:db8:bad::/48 holds as many as anyone"):
+            await at(t, 2, "x", f"2001:db8:bad:{n:x}::1", cid="e" * 64)
+    await at(t, 2, "newcomer", "2001:db8:3::1", cid="f" * 64)  # another site's: it takes the place of the flood's
+    for seed in ("2001:db8:1::1", "2001:db8:2::1"):
+        assert sum((seed, "seed") in t.local(f"{c:064x}") for c in range(10)) == 10
+    assert t.crowded_out == 1 and t.records == 40
+    assert tracker.sender_of("2001:db8:bad:7::/64") == "2001:db8:bad::/48" and tracker.sender_of("10.0.0.1") == "10.0.0.1"
+
+
 async def test_a_full_tracker_of_equal_senders_refuses_the_new_one():
     t = Tracker(limits=Limits(records=3))
     for i in range(3):

@@ -255,14 +255,9 @@ class Supervisor:
         deadline = began + STOP_GRACE
         while self.pids:
             again = signal.sigtimedwait(_WATCHED, 0)
-            forced = again is not None and again.si_signo in _STOPS and time.monotonic() - began >= FORCE_AFTER
-            if forced and deadline != float("inf"):
-                log.info(
-                    "%s: %s again: killing the workers still stopping (%d) now",
-                    self.role,
-                    signal.Signals(again.si_signo).name,
-                    len(self.pids),
-                )
+            stop = again.si_signo if again is not None and again.si_signo in _STOPS else None
+            if stop is not None and time.monotonic() - began >= FORCE_AFTER and deadline != float("inf"):
+                log.info("%s: %s again: killing the workers still stopping (%d) now", self.role, signal.Signals(stop).name, len(self.pids))
                 deadline = time.monotonic()
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)

@@ -129,6 +129,19 @@ def address_group(address: str) -> str:
     return str(ip) if ip.version == 4 else str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def sender_of(limit_key: str) -> str:
+    """Whom ``Limits.records`` weighs a record against: a token user, an IPv4 address, or the /48 of an IPv6 /64 (a
+    site's allocation).  By /64, one /48 was 65 536 senders, each holding a few records, and at the bound honest seeds
+    with fifty records each were crowded out down to one (a review)."""
+    if ":" not in limit_key or limit_key.startswith("user:"):
+        return limit_key
+    try:
+        return str(ipaddress.ip_network(limit_key, strict=False).supernet(new_prefix=48))
+    except ValueError:  # an address group that is no network (address_group's fallback): itself
+        return limit_key
+
+
 def group_tag(group: str) -> str:
     """A short hash of an address group (``address_group``): how a relay URL names its peer's address without showing
     it (protocol/relay.py), and so how an uploader names a requester's address (choker.requester), the two alike."""
@@ -497,7 +510,8 @@ class Tracker:
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
         self._pools: dict[str, Pool] = {}  # cid -> the candidates its announces rank here
-        self._held = Heaviest()  # sender (an identity's last limit key: its address group, or its token user) -> records here
+        self._held = Heaviest()  # sender (sender_of an identity's last limit key) -> its records here
+        self._by_sender: dict[str, dict[PeerKey, None]] = {}  # sender -> its live identities here, the oldest first
         self.records = 0  # memberships in this edge's tables (the sum of _held): Limits.records bounds it
         self.crowded_out = 0  # records dropped to make room for another sender's (Limits.records)
         self.departures = 0  # memberships this edge's tables dropped (stopped, expired): what its tables hold changed
@@ -523,7 +537,7 @@ class Tracker:
             return [], 0
         self._left.pop((cid, key), None)
         if self.records >= self.limits.records and cid not in self._joined.get(key, ()):
-            await self._make_room(counted[-1])
+            await self._make_room(sender_of(counted[-1]))
         rec = asker_record(ann, now, key[0], group)
         pool, size = await self._place(now, cid, rec)
         self._join(now, key, cid, counted, address)
@@ -555,14 +569,14 @@ class Tracker:
         return pool, placed.size
 
     async def _make_room(self, sender: str) -> None:
-        """At ``Limits.records``: drop the oldest swarm of the fullest identity of whoever holds the most, or ``Full``
-        when that is as many as ``sender`` holds (with one more, it would be the most)."""
+        """At ``Limits.records``: drop the oldest swarm of the oldest identity of whoever holds the most (an identity
+        of its first), or ``Full`` when that is as many as ``sender`` holds (with one more, it would be the most)."""
         heaviest = self._held.top()
         if heaviest is None or heaviest[1] <= self._held.get(sender) + 1:
             wait = self.ttl / 3  # an announce interval: records leave as their peers stop or fall silent
             raise Full(f"this tracker holds {self.records} records, its most, and {sender} holds as many as anyone", wait)
         holder = heaviest[0]
-        key = max((k for k in self._ids[holder] if self._counted[k][-1] == holder), key=lambda k: len(self._joined[k]))
+        key = next(iter(self._by_sender[holder]))
         self.crowded_out += 1
         await self.drop(next(iter(self._joined[key])), key)
 
@@ -643,12 +657,20 @@ class Tracker:
             for limit_key in counted:
                 self._ids[limit_key] = (*self._ids.get(limit_key, ()), key)
             self._counted[key] = counted
+            self._by_sender.setdefault(sender_of(counted[-1]), {})[key] = None
         if new:
             self.records += 1
-            self._held.add(counted[-1], 1)
+            self._held.add(sender_of(counted[-1]), 1)
 
     def _uncount(self, key: PeerKey) -> None:
-        for limit_key in self._counted.pop(key, ()):
+        counted = self._counted.pop(key, ())
+        if counted:
+            sender = sender_of(counted[-1])
+            identities = self._by_sender[sender]
+            del identities[key]
+            if not identities:
+                del self._by_sender[sender]
+        for limit_key in counted:
             ids = tuple(k for k in self._ids[limit_key] if k != key)
             if ids:
                 self._ids[limit_key] = ids
@@ -662,7 +684,7 @@ class Tracker:
             return
         self.departures += 1
         self.records -= 1
-        self._held.add(self._counted[key][-1], -1)
+        self._held.add(sender_of(self._counted[key][-1]), -1)
         if not here:
             del self._here[cid]
         joined = self._joined[key]
