@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-RESTART_SLACK = 1.0  # seconds a start time read twice may differ by (/status gives uptime to 0.1 s) and be one start
+RESTART_SLACK = 1.0  # seconds two start times may differ by and be one start (process_start_time_seconds has 0.01 s)
 
 
 class Carried:
