@@ -487,7 +487,7 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        _give_up_unacked(transport)
+        _give_up_unacked(transport, self._conns.policy.idle_timeout)
         self._conns.opened(self, self._outside)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -544,20 +544,18 @@ class _Handler(RequestHandler):
         return resp
 
 
-UNACKED_S = 30  # seconds data may go unacknowledged before the kernel drops a connection (TCP_USER_TIMEOUT)
-
-
-def _give_up_unacked(transport: asyncio.BaseTransport) -> None:
-    """A client that vanished (its host gone, a path blackholed) acknowledges nothing: a HAVE stream's heartbeats went
-    on into its send queue, its place among a content's 64 subscribers held, for the kernel's retransmissions (about
-    15 minutes; an adversarial session saw 55 s and counting).  One that reads slowly acknowledges its window's probes:
-    --idle-timeout is for it."""
+def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """The kernel drops a connection whose client acknowledges nothing for ``seconds`` (TCP_USER_TIMEOUT; the node's
+    --idle-timeout).  A client that vanished (its host gone, a path blackholed): a HAVE stream's heartbeats went on into
+    its send queue, its place among a content's 64 subscribers held, for the kernel's retransmissions (about 15
+    minutes; an adversarial session saw 55 s and counting).  Linux also counts a window kept shut (a paused player's
+    full buffer) against it: at 30 s, such players were cut sooner than --idle-timeout says (a review)."""
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
     if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, UNACKED_S * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 def _one_line(text: str) -> str:
