@@ -240,10 +240,19 @@ async def _sendfile(request: web.Request, resp: web.StreamResponse, fd: int, off
                 break
             done += n
         request[SENT_ASIDE] = request.get(SENT_ASIDE, 0) + done  # for the access log and the cut line (daemon.py)
-    while done < count:  # a share at a time: a client that reads nothing holds one in the transport's buffer, not a piece
-        step = min(count - done, CHUNK)
-        await resp.write(read_held(fd, step, offset + done))
-        done += step
+    if done == count:
+        return
+    try:  # the store's descriptor is not ours across an await: evicted meanwhile, it was closed and its number went to
+        own = os.dup(fd)  # another piece's file, whose bytes then went out as this one's (a review)
+    except OSError as exc:
+        raise HttpError(503, f"out of file descriptors in the middle of an answer ({exc.strerror}): cut; retry") from None
+    try:
+        while done < count:  # a share at a time: a client that reads nothing holds one in the transport's buffer, not a piece
+            step = min(count - done, CHUNK)
+            await resp.write(read_held(own, step, offset + done))
+            done += step
+    finally:
+        os.close(own)
 
 
 def read_held(fd: int, count: int, offset: int) -> bytes:
