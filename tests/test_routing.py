@@ -117,6 +117,10 @@ def test_no_edge_up_in_the_region_falls_back_to_others():
     assert blind.blind and [c.spec.url for c in blind.ranked] == [edge(1).url]
     assert {c.spec.url for c in t.decide("north", "x").ranked} == {edge(1).url, edge(3).url}  # no edge of its own
     assert not t.decide("east", "x", want=lambda s: False).ranked  # none wanted: nothing to give (the router's 503)
+    for at in (3.0, 4.0):  # one up again, of a kind not wanted (another address family):
+        t.health[edge(3).url].succeeded(Sample(at, 0, 0, 0), t.thresholds)
+    unwanted = t.decide("east", "x", want=lambda s: s.url != edge(3).url)  # not blind, nothing to give (a review)
+    assert not unwanted.blind and unwanted.ranked == []
 
 
 def test_comparators_are_named_and_ordered():

@@ -280,7 +280,7 @@ class RoutingTable:
         fallback = not pool
         if fallback:
             pool = [s for s in wanted if s.url in up]
-        blind = not pool
+        blind = not up  # none up of any kind: a DNS AAAA was answered with a down IPv6 edge while an IPv4 one was up
         if blind:
             pool = [s for s in wanted if s.region == region] or wanted
         return Decision(region, key, self.rank(pool, key), fallback, blind)
