@@ -487,7 +487,7 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        _give_up_unacked(transport, self._conns.policy.idle_timeout)
+        _give_up_unacked(transport, self._conns.policy.idle_timeout + UNACKED_AFTER_IDLE)
         self._conns.opened(self, self._outside)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -544,9 +544,13 @@ class _Handler(RequestHandler):
         return resp
 
 
+UNACKED_AFTER_IDLE = 15.0  # seconds past --idle-timeout: a reader that stopped is cut by the node first, which says so
+
+
 def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
     """The kernel drops a connection whose client acknowledges nothing for ``seconds`` (TCP_USER_TIMEOUT; the node's
-    --idle-timeout).  A client that vanished (its host gone, a path blackholed): a HAVE stream's heartbeats went on into
+    --idle-timeout and UNACKED_AFTER_IDLE: at --idle-timeout alone the kernel's abort raced the node's own cut of a
+    stalled reader, logged "client went away" for "cut, the client read nothing", CI).  A client that vanished (its host gone, a path blackholed): a HAVE stream's heartbeats went on into
     its send queue, its place among a content's 64 subscribers held, for the kernel's retransmissions (about 15
     minutes; an adversarial session saw 55 s and counting).  Linux also counts a window kept shut (a paused player's
     full buffer) against it: at 30 s, such players were cut sooner than --idle-timeout says (a review)."""
