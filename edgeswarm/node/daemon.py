@@ -548,12 +548,18 @@ UNACKED_AFTER_IDLE = 15.0  # seconds past --idle-timeout: a reader that stopped 
 
 
 def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
-    """The kernel drops a connection whose client acknowledges nothing for ``seconds`` (TCP_USER_TIMEOUT; the node's
-    --idle-timeout and UNACKED_AFTER_IDLE: at --idle-timeout alone the kernel's abort raced the node's own cut of a
-    stalled reader, logged "client went away" for "cut, the client read nothing", CI).  A client that vanished (its host gone, a path blackholed): a HAVE stream's heartbeats went on into
-    its send queue, its place among a content's 64 subscribers held, for the kernel's retransmissions (about 15
-    minutes; an adversarial session saw 55 s and counting).  Linux also counts a window kept shut (a paused player's
-    full buffer) against it: at 30 s, such players were cut sooner than --idle-timeout says (a review)."""
+    """The kernel drops a connection whose client acknowledges nothing for ``seconds`` (TCP_USER_TIMEOUT).
+
+    A client that vanished (its host gone, a path blackholed): a HAVE
+    stream's heartbeats went on into its send queue, its place among a
+    content's 64 subscribers held, for the kernel's retransmissions (about 15
+    minutes; an adversarial session saw 55 s and counting).  Linux also counts
+    a window kept shut (a paused player's full buffer) against it: at 30 s,
+    such players were cut sooner than --idle-timeout says (a review); at
+    --idle-timeout alone, the kernel's abort raced the node's own cut of a
+    stalled reader, and the log blamed the client (CI): hence the node's
+    --idle-timeout and UNACKED_AFTER_IDLE.
+    """
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
     if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):

@@ -121,7 +121,7 @@ class Metrics:
 
     def families(self, collect: Callable[[], Sequence[Metric]]) -> None:
         """Families built when scraped, labelled ones too (a value per region, per quantile): ``collect`` gives them."""
-        self.registry.register(_Collected(collect))
+        self.registry.register(Collected(collect))
 
     def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A total kept elsewhere that only grows while the node runs: ``edgeswarm_NAME_total`` in /metrics (a rate() of it
@@ -208,8 +208,8 @@ class Metrics:
         }
 
 
-class _Collected:
-    """A Prometheus collector around a function: the registry wants an object with ``collect``."""
+class Collected:
+    """A Prometheus collector around a function (a registry's, or ``generate_latest``'s: an object with ``collect``)."""
 
     def __init__(self, collect: Callable[[], Sequence[Metric]]):
         self.collect = collect

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from edgeswarm.node.daemon import STOP_SIGNALS
 from edgeswarm.processes import pid_alive
 
 log = logging.getLogger("edgeswarm.workers")
@@ -43,7 +44,7 @@ FORCE_AFTER = 1.0  # seconds after a stop signal from which another one kills th
 YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-off
 MAX_BACKOFF_S = 30.0
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_STOPS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}  # a closed terminal's SIGHUP too: it killed the workers at once
+_STOPS = set(STOP_SIGNALS)  # as a single process's (a closed terminal's SIGHUP too: it killed the workers at once)
 _WATCHED = {signal.SIGCHLD, signal.SIGUSR1, *_STOPS}
 
 

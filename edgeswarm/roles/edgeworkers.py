@@ -52,6 +52,7 @@ from edgeswarm.node import workers
 from edgeswarm.node.carried import Carried
 from edgeswarm.node.daemon import ServerLimits, Servers, shown, tag_log_lines, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
+from edgeswarm.node.metrics import Collected
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
@@ -501,10 +502,6 @@ def _with_counts(doc: dict[str, Any], totals: dict[str, float]) -> dict[str, Any
     return doc
 
 
-def _add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}
-
-
 def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> bytes:
     """Several workers' /metrics as one (``texts[i]``: worker i's, None if it did not answer): counters and histograms
     added up through ``carried`` (a worker's restart carried over, one that did not answer at its last counts), the
@@ -546,21 +543,11 @@ def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> by
         if merged is not None:
             for key in keys:
                 merged.add_sample(key[1], dict(key[2]), values[key])
-    return generate_latest(_Fixed(list(families.values())))
+    return generate_latest(Collected(lambda: list(families.values())))
 
 
 _Series = tuple[str, str, tuple[tuple[str, str], ...]]  # (family, sample name, labels)
 _COUNTING = ("counter", "histogram", "summary")  # families whose samples only grow (their _created aside)
-
-
-class _Fixed:
-    """A collector of families already built (the registry interface generate_latest reads)."""
-
-    def __init__(self, families: list[Metric]):
-        self.families = families
-
-    def collect(self) -> list[Metric]:
-        return self.families
 
 
 async def _pipe(

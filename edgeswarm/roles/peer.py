@@ -1013,7 +1013,7 @@ class Peer:
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
-        if reply.status in (429, 503) and (reply.status == 429 or "Retry-After" in reply.headers):
+        if reply.status == 429 or (reply.status == 503 and "Retry-After" in reply.headers):
             # over a limit, or an edge too busy (its loop late, its tracker full, its store down): no announce to it
             # before its Retry-After, news or not (a shed one was asked again within the second for a completed content)
             wait = retry_after(reply.headers, 5)

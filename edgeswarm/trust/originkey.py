@@ -35,14 +35,24 @@ async def pin(
         pem = await learn(upstream, sources, failed)
     key = load_public_key(pem, str(given or pinned))
     if given is not None and pinned.exists() and pinned.read_bytes() != public_pem(key):
-        await _confirm(upstream, sources, given, pinned)
+        await _confirm(upstream, sources, public_pem(key), given, pinned)
     cache.mkdir(parents=True, exist_ok=True)
     if not pinned.exists() or pinned.read_bytes() != public_pem(key):
         write_whole(pinned, public_pem(key))  # whole or absent: worker processes read it at once
     return key
 
 
-async def _confirm(upstream: Upstream, sources: list[str], given: Path, pinned: Path) -> None:
+async def _first_served(upstream: Upstream, sources: list[str]) -> tuple[str, bytes] | None:
+    """The first source that serves a key, with it (PEM); None if none does now."""
+    for source in sources:
+        try:
+            return source, await _served(upstream, source)
+        except UpstreamError:
+            continue
+    return None
+
+
+async def _confirm(upstream: Upstream, sources: list[str], served: bytes, given: Path, pinned: Path) -> None:
     """A given key replaces the one the cache was pinned to, which drops everything cached under it: only when the first
     source that answers serves the given key (a rotation), or none answers; KeyFileError when it serves another.
 
@@ -50,25 +60,22 @@ async def _confirm(upstream: Upstream, sources: list[str], given: Path, pinned: 
     served the real key, with no word but a line per content dropped (an
     adversarial session): a 50 GB edge then refills from its parent.
     """
-    served = public_pem(load_public_key(given.read_bytes(), str(given)))
-    for source in sources:
-        try:
-            theirs = await _served(upstream, source)
-        except UpstreamError:
-            continue
-        if theirs != served:
-            raise KeyFileError(
-                f"{given} is not the origin key {source} serves, and {pinned} pins this cache to another: it would drop "
-                f"everything cached. Give the key the origin signs with, or delete {pinned} to start this cache afresh"
-            )
+    first = await _first_served(upstream, sources)
+    if first is None:
         log.warning(
-            "%s replaces the origin key pinned in %s (%s serves it): what was cached under the old key is dropped", given, pinned, source
+            "%s replaces the origin key pinned in %s, and no source answered to confirm it: what was cached under the old key is dropped",
+            given,
+            pinned,
         )
         return
+    source, theirs = first
+    if theirs != served:
+        raise KeyFileError(
+            f"{given} is not the origin key {source} serves, and {pinned} pins this cache to another: it would drop "
+            f"everything cached. Give the key the origin signs with, or delete {pinned} to start this cache afresh"
+        )
     log.warning(
-        "%s replaces the origin key pinned in %s, and no source answered to confirm it: what was cached under the old key is dropped",
-        given,
-        pinned,
+        "%s replaces the origin key pinned in %s (%s serves it): what was cached under the old key is dropped", given, pinned, source
     )
 
 
@@ -79,21 +86,16 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
     are served as they are: an operator who replaced the origin's key on
     purpose is told here how to pin the new one, once, at start.
     """
-    for source in sources:
-        try:
-            served = await _served(upstream, source)
-        except UpstreamError:
-            continue
-        if served != public_pem(key):
-            log.warning(
-                "%s serves another origin key than the one pinned in %s: its manifests are refused and cached files are served "
-                "as they are; if the origin's key was replaced on purpose, stop this node and delete %s (it then pins the "
-                "new key and drops what it cached under the old one)",
-                source,
-                pinned,
-                pinned,
-            )
-        return
+    first = await _first_served(upstream, sources)
+    if first is not None and first[1] != public_pem(key):
+        log.warning(
+            "%s serves another origin key than the one pinned in %s: its manifests are refused and cached files are served "
+            "as they are; if the origin's key was replaced on purpose, stop this node and delete %s (it then pins the "
+            "new key and drops what it cached under the old one)",
+            first[0],
+            pinned,
+            pinned,
+        )
 
 
 async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None) -> bytes:
