@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -334,11 +335,36 @@ def _special(path: Path) -> bool:
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
+STOPS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop_on_signal(signum: int, _frame: object) -> None:
     """SIGTERM and SIGHUP end a get as Ctrl-C does, exiting 128 + the signal's number: its upload server closes, and
     its partial output and temporary cache are removed.  Their default action ended the process on the spot and left
-    both behind (a soak session: 26 MB a run, under a random name no rerun reuses)."""
+    both behind (a soak session: 26 MB a run, under a random name no rerun reuses).  While the download runs, the
+    event loop's handler does it (``_stoppable``)."""
     raise SystemExit(128 + signum)
+
+
+async def _stoppable(download: Awaitable[dict], got: list[int]) -> dict:
+    """``download``, cancelled on SIGTERM or SIGHUP, which ``got`` then names, as asyncio.run does on SIGINT: raised in
+    whatever frame was running, SystemExit came out of one of the download's tasks, with a traceback ("Task exception
+    was never retrieved", CI)."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+
+    def stop(signum: int) -> None:
+        got.append(signum)
+        task.cancel()
+
+    for sig in STOPS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await download
+    finally:
+        for sig in STOPS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, _stop_on_signal)  # removing restored the default action: the cleanup after is ours too
 
 
 def run(
@@ -363,12 +389,18 @@ def run(
     if output.is_dir():  # found at the rename, after the whole download (an adversarial session); curl and wget refuse it
         print(f"edgeswarm get: -o {output} is a directory: name the file (-o {output / name})", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in STOPS:
         signal.signal(sig, _stop_on_signal)
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
+    got: list[int] = []
     try:
         with cachelock.held(workdir, "get"):
-            result = asyncio.run(download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router))
+            fetching = download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router)
+            result = asyncio.run(_stoppable(fetching, got))
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        raise SystemExit(128 + got[0]) from None
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 1
