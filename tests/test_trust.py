@@ -23,7 +23,7 @@ from conftest import curl, make_file, sha, status
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
 from edgeswarm.measure.process import ProcessGroup
-from edgeswarm.policy.engine import EDGE_WORKERS
+from edgeswarm.policy.engine import EDGE_PIPELINE
 from edgeswarm.trust import tokens
 from edgeswarm.trust.signing import load_private_key
 
@@ -480,10 +480,11 @@ async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path,
         assert int(rows[name]["reported_uploaded"]) == st["uploaded_to_peers"]
         with_curl = SIZE if name == "alice" else 0
         # what the edge measured, across both of its lives: what the peer took from it, and at most the pieces it had in
-        # flight from the edge (its edge worker's and its /seed ask) when a peer's copies completed the file and the
-        # download stopped: sent, billed, and dropped by the peer unread
+        # flight from the edge (its edge workers' - as many as EDGE_PIPELINE while the edge is its one source and its
+        # answers' heads come 20 ms or more late, as on a loaded machine - and its /seed ask) when a peer's copies
+        # completed the file and the download stopped: sent, billed, and dropped by the peer unread
         excess = int(rows[name]["edge_sent"]) - (kinds.get("edge", 0) + with_curl)
-        assert 0 <= excess <= (EDGE_WORKERS + 1) * PIECE, (name, excess)
+        assert 0 <= excess <= (EDGE_PIPELINE + 1) * PIECE, (name, excess)
         assert rows[name]["flags"] == ""  # her curl is billed, and does not contradict what her peer reported
     assert int(rows["bob"]["reported_from_peers"]) > 0
 
