@@ -23,7 +23,7 @@ import pytest
 from conftest import complete, make_file, post, sha, status, until
 
 from edgeswarm.measure.process import ProcessGroup
-from edgeswarm.protocol import relay
+from edgeswarm.protocol import havefeed, relay
 from edgeswarm.roles.relay import RelayHub
 
 SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
@@ -304,3 +304,44 @@ async def test_hundreds_of_relayed_peers_leave_every_worker_answering(tmp_path, 
             ):
                 answered.append((r.status, r.headers.get("X-Edgeswarm-Worker")))
         assert all(s == 200 for s, _ in answered), answered
+
+
+async def test_a_relayed_have_stream_cut_by_its_peer_leaving_is_one_line_on_every_worker(tmp_path, nodes, origin, published, regions):
+    """A relayed peer's HAVE stream, subscribed to through either worker, ends when that peer leaves: the worker passing
+    it on from the primary cut its client's connection by raising, and aiohttp logged "Error handling request" with a
+    traceback for a relayed peer leaving, normal churn (a docs audit, on README's relay recipe)."""
+    make_file(published / "s.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", "2")
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "leaving", "--unreachable")
+    async with aiohttp.ClientSession() as http:
+        await post(http, seeder, "/s.bin")
+        await until(lambda: complete(http, seeder), 90, "the seeder's download")
+        await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
+        rid = RelayHub.relay_id("127.1.0.5", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
+        cid = (await status(http, edge.url))["contents"][0]["id"]
+    streams: list[tuple[str | None, asyncio.Task]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for k in range(12):  # connections from addresses of their own, each to a worker as the kernel hashes it: both reached
+            session = await stack.enter_async_context(
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(f"127.1.{60 + k}.1", 0)))
+            )
+            headers = {"Accept": havefeed.CONTENT_TYPE, "X-Edgeswarm-Peer": f"sub{k}"}
+            resp = await stack.enter_async_context(session.get(f"{edge.url}/relay/{rid}/have/{cid}", headers=headers))
+            assert resp.status == 200, await resp.text()
+            streams.append((resp.headers.get("X-Edgeswarm-Worker"), asyncio.ensure_future(_drain(resp))))
+        assert {w for w, _ in streams} == {"0", "1"}, [w for w, _ in streams]
+        seeder.kill()
+        ends = await asyncio.wait_for(asyncio.gather(*(t for _, t in streams)), 20)
+    assert all(end is not None for end in ends), ends  # every stream was cut, none ended as if whole
+    log = edge.log_text()
+    assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> str | None:
+    """Read a streamed answer to its end: None if it ended cleanly, else how it was cut."""
+    try:
+        async for _ in resp.content.iter_any():
+            pass
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__
+    return None

@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
 from edgeswarm.node.carried import Carried
-from edgeswarm.node.daemon import ServerLimits, Servers, shown, tag_log_lines, text_error
+from edgeswarm.node.daemon import ServerLimits, Servers, client_gone, gone_how, shown, tag_log_lines, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Collected
 from edgeswarm.node.registrar import Registration
@@ -285,12 +285,23 @@ class WorkerLink:
                 return streamed
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if streamed is not None:  # begun: abort the connection, never an error inside the body
-                raise
+                return self._cut(request, streamed, exc)
             if request.path == "/status" and request.method == "GET":
                 # this worker's own figures: a router polling while the primary restarted took the edge out of rotation
                 # (a 503 for 2 s) though this worker served every file meanwhile
                 return await self._own_status(request)
             return self._unanswered(request, exc)
+
+    def _cut(self, request: web.Request, streamed: web.StreamResponse, exc: BaseException) -> web.StreamResponse:
+        """A streamed answer the primary or the client ended early: the client's connection is cut, in one line (5 a
+        minute).  Raised instead, aiohttp logged it as an error with a traceback, for a relayed peer leaving (normal
+        churn) or a subscriber hanging up; the primary's own line says why its answer ended."""
+        who = gone_how(request) if client_gone(request) else f"the primary's answer ended early ({type(exc).__name__})"
+        self.quiet.log(logging.INFO, "passed-on answers cut", "%s %s: %s: connection cut", request.method, shown(request), who)
+        if request.transport is not None:
+            request.transport.abort()
+        streamed.force_close()
+        return streamed
 
     def _unanswered(self, request: web.Request, exc: BaseException) -> web.Response:
         """The 503 for a request the primary did not answer, and a line (5 a minute) saying why: it may be restarting,
