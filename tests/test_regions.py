@@ -169,6 +169,14 @@ def test_bad_file_says_where_and_what(tmp_path, content, needles):
         assert needle in message
 
 
+def test_a_key_given_twice_is_refused_as_such_not_as_yaml_that_does_not_parse(tmp_path):
+    """Valid YAML with a key twice: "not valid YAML or JSON" sent an operator looking for a syntax error (a docs audit)."""
+    path = write(tmp_path, "regions:\n  - {name: a, isp: b, networks: [10.0.0.0/8], isp: c}\n")
+    with pytest.raises(RegionMapError) as info:
+        load_region_map(path)
+    assert str(info.value).endswith(f"{path}: line 2, column 47: 'isp' is given twice"), info.value
+
+
 def test_missing_file_directory_and_binary_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(RegionMapError, match=r"cannot read region map .*nope\.yaml: No such file"):

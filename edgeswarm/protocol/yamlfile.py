@@ -39,8 +39,18 @@ def read_yaml(path: Path, what: str) -> object:
         raise YamlFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise YamlFileError(f"{what} {path} is not a text file (expected YAML or JSON in UTF-8)") from None
+    except _given_twice() as exc:  # valid YAML, refused: "not valid YAML" misled an operator (a docs audit)
+        raise YamlFileError(f"{what} {path}: {one_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise YamlFileError(f"{what} {path} is not valid YAML or JSON: {one_line(exc)}") from None
+
+
+@functools.cache
+def _given_twice() -> type[yaml.constructor.ConstructorError]:
+    """The error of a key given twice: a class made once PyYAML is loaded (not at import: see read_yaml)."""
+    import yaml
+
+    return type("GivenTwice", (yaml.constructor.ConstructorError,), {})
 
 
 @functools.cache
@@ -57,7 +67,7 @@ def _unique_keys() -> type[yaml.SafeLoader]:
                     continue
                 key = self.construct_object(key_node, deep=deep)
                 if isinstance(key, str | int | float | bool) and key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice", key_node.start_mark)
+                    raise _given_twice()(None, None, f"{key!r} is given twice", key_node.start_mark)
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
