@@ -23,6 +23,19 @@ def test_rarest_first_among_what_the_peer_holds():
     assert p.pick("c", 0) in (0, 1)
 
 
+def test_unseen_is_what_we_lack_that_nobody_fetches_and_no_neighbour_holds():
+    p = PiecePicker(8, have={0}, seed="me")
+    p.whole()
+    p.peer_has("a", {1, 2})
+    p.start("a", 1, 0.0)
+    p.start("edge", 3, 0.0, edge=True)
+    assert p.unseen(0) == {4, 5, 6, 7}
+    assert p.unseen(6) == {6, 7}  # from the reader's position on
+    p.peer_has("a", {1, 2, 4})
+    p.peer_gone("a")  # its pieces are no one's now; piece 1, in flight from it, is no longer in flight
+    assert p.unseen(0) == {1, 2, 4, 5, 6, 7}
+
+
 def test_edge_only_fills_what_no_peer_holds_unless_told_to_fall_back():
     p = PiecePicker(3, seed="me")
     p.whole()

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.superseed import SEED_CARRIES, UNCONFIRMED_S, RegionStats, SuperSeeder
+from edgeswarm.policy.superseed import SEED_CARRIES, STALE_COPY_S, UNCONFIRMED_S, RegionStats, SuperSeeder
 from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64
@@ -35,6 +35,23 @@ def test_none_when_every_lacked_piece_already_went_to_a_live_peer_of_the_region(
     assert s.choose(1.0, "east", CID, set(), 0, 4) is None
     assert s.choose(1.0, "east", CID, {0, 1, 2, 3}, 0, 4) is None  # a complete asker: nothing to send
     assert s.choose(1.0, "east", CID, set(), 2, 4) is None
+
+
+def test_a_piece_no_neighbour_of_the_asker_holds_goes_again_once_its_copies_are_old():
+    """A copy sent long ago may be evicted (a small --max-cache): an asker that knows no neighbour holding it gets it
+    again; a fresh copy is not sent twice, as the asker's neighbours learn of it within a HAVE stream's latency."""
+    s = SuperSeeder()
+    for i in range(4):
+        s.record(1.0, "east", CID, i, "small-cache")
+    s.observe(1.0, "east", CID, "small-cache", False)
+    assert s.choose(2.0, "east", CID, set(), 0, 4, unseen={1, 2}) is None  # fresh copies: trade for them
+    assert s.choose(1.0 + STALE_COPY_S, "east", CID, set(), 0, 4, unseen={1, 2}) == 1
+    assert s.choose(1.0 + STALE_COPY_S, "east", CID, set(), 0, 4) is None  # a neighbour of the asker holds them all
+    s.record(1.0 + STALE_COPY_S, "east", CID, 1, "asker")
+    s.observe(1.0 + STALE_COPY_S, "east", CID, "asker", False)
+    assert s.choose(2.0 + STALE_COPY_S, "east", CID, {1}, 0, 4, unseen={1, 2}) == 2
+    assert s.choose(2.0 + STALE_COPY_S, "west", CID, set(), 0, 4, unseen={0}) == 0  # another region: no copy there anyway
+    assert s.choose(2.0 + STALE_COPY_S, "east", CID, {1, 2}, 0, 4, unseen={1}) is None  # piece 1's newest copy is 1 s old
 
 
 def test_a_seeds_copies_count_only_while_the_regions_seeds_can_carry_its_downloaders():
@@ -215,10 +232,12 @@ def test_pieces_that_only_a_departed_peer_got_go_out_again_and_no_more():
 
 def test_parse_request():
     have = bitfield.encode({0, 3}, 10)
-    assert parse_request(json.dumps({"have": have}).encode(), 10) == ({0, 3}, 0, False)
-    assert parse_request(json.dumps({"have": have, "from": 9}).encode(), 10) == ({0, 3}, 9, False)
-    assert parse_request(json.dumps({"have": have, "from": 10}).encode(), 10) == ({0, 3}, 10, False)  # a reader at the end
-    assert parse_request(json.dumps({"have": have, "whole": True}).encode(), 10) == ({0, 3}, 0, True)
+    assert parse_request(json.dumps({"have": have}).encode(), 10) == ({0, 3}, 0, False, set())
+    assert parse_request(json.dumps({"have": have, "from": 9}).encode(), 10) == ({0, 3}, 9, False, set())
+    assert parse_request(json.dumps({"have": have, "from": 10}).encode(), 10) == ({0, 3}, 10, False, set())  # a reader at the end
+    assert parse_request(json.dumps({"have": have, "whole": True}).encode(), 10) == ({0, 3}, 0, True, set())
+    unseen = bitfield.encode({5, 9}, 10)
+    assert parse_request(json.dumps({"have": have, "unseen": unseen}).encode(), 10) == ({0, 3}, 0, False, {5, 9})
     for body, word in [
         (b"{nope", "JSON"),
         (b"[]", "object"),
@@ -227,6 +246,7 @@ def test_parse_request():
         (json.dumps({"have": bitfield.encode(set(), 17)}).encode(), "have"),
         *[(json.dumps({"have": have, "from": bad}).encode(), "from") for bad in (-1, 11, 1.5, True, "3", None)],
         *[(json.dumps({"have": have, "whole": bad}).encode(), "whole") for bad in (1, "yes", None)],
+        *[(json.dumps({"have": have, "unseen": bad}).encode(), "unseen") for bad in (1, "%%", None, bitfield.encode({1}, 17))],
     ]:
         with pytest.raises(ValueError, match=word):
             parse_request(body, 10)

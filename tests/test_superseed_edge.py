@@ -9,10 +9,10 @@ import time
 
 import aiohttp
 import pytest
-from conftest import make_file, start_p2p_edge, status
+from conftest import complete, make_file, post, start_p2p_edge, status, until
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.superseed import UNCONFIRMED_S
+from edgeswarm.policy.superseed import STALE_COPY_S, UNCONFIRMED_S
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.trust import tokens
 from edgeswarm.trust.signing import load_private_key
@@ -216,3 +216,39 @@ async def test_under_internal_an_outside_peer_is_seeded_only_what_the_edge_holds
         assert st["live_copies"] == {cid: 1} and st["seeded"] == {"sent": 1, "none": 2}
     finally:
         await peer.close()
+
+
+async def test_pieces_a_small_cache_evicted_are_seeded_again_not_left_to_the_fallback(tmp_path, nodes, origin, published, regions, http):
+    """A peer with a small --max-cache fetched a file whole and kept a few of its pieces; the edge counted every copy it
+    had sent it as live, answered a newcomer's /seed with "trade with your region" for pieces nobody there held, and the
+    newcomer took them from the edge only at its fallback, 10 s on (an adversarial session: 10.3 s against 0.41 s).
+    Now the newcomer says which pieces no neighbour of its holds, and the edge seeds it those of its old copies."""
+    data = make_file(published / "e.bin", 12_000_000)  # 46 pieces
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    small = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "small"), "--edge", edge.url, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
+        *("--max-cache", "2MB"),
+        name="small",
+    )
+    await post(http, small, "/e.bin")
+    await until(lambda: complete(http, small), 60, "the small cache's whole download")
+    held = next(c["held"] for c in (await status(http, small.urls["gateway"]))["contents"] if c["path"] == "e.bin")
+    assert held <= 8  # 2MB: the rest evicted as it came
+    await asyncio.sleep(STALE_COPY_S)  # the edge's copies to it are old now
+
+    before = (await status(http, edge.url))["p2p"]["regions"]["east"]
+    newcomer = nodes.start(
+        "peer", *("--cache", str(tmp_path / "new"), "--edge", edge.url, "--listen", "127.1.0.2:0", "--gateway", "127.0.0.1:0"), name="new"
+    )
+    await post(http, newcomer, "/e.bin")
+    st = await until(lambda: complete(http, newcomer), 60, "the newcomer's whole download")
+    async with http.get(newcomer.urls["gateway"] + "/e.bin") as resp:
+        assert resp.status == 200 and await resp.read() == data
+    after = (await status(http, edge.url))["p2p"]["regions"]["east"]
+    from_edge = sum(row["bytes"] for row in st["bytes_received"] if row["kind"] == "edge")
+    seeded = after["seeded"]["sent"] - before["seeded"]["sent"]
+    asked = sum(after["piece_requests"].values()) - sum(before["piece_requests"].values())
+    # what the small cache no longer held came from the edge's seeding, not from /piece once the newcomer fell back
+    assert from_edge >= (46 - held) * PIECE - PIECE, st["bytes_received"]
+    assert seeded >= 46 - held - 4 and asked <= 4, (seeded, asked, after)

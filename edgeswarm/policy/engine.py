@@ -120,6 +120,7 @@ class Seed:
     claimed: frozenset[int]
     start: int
     whole: bool = False  # a whole-file download with no reader waiting: its answer may queue behind others' (docs/protocol.md)
+    unseen: frozenset[int] = frozenset()  # lacked, and held by no neighbour we know (picker.unseen)
 
 
 @dataclass(frozen=True)
@@ -621,7 +622,8 @@ class Engine:
                 continue
             self._seed_coming, asks = None, asks + 1
             whole = self.picker.whole_file and not self.picker.urgent
-            got = yield Seed(edge, frozenset(self.picker.claimed()), self.picker.seed_from(), whole)
+            start = self.picker.seed_from()
+            got = yield Seed(edge, frozenset(self.picker.claimed()), start, whole, frozenset(self.picker.unseen(start)))
             assert isinstance(got, Result)
             if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
                 self.picker.finish(SEED_SOURCE, self._seed_coming, False)  # announced, then not delivered (or not needed)

@@ -267,6 +267,12 @@ class PiecePicker:
         """Pieces held or being fetched: what an edge should not seed to us again."""
         return self.have | set(self._in_flight)
 
+    def unseen(self, start: int) -> set[int]:
+        """Pieces from ``start`` on that we lack, nobody is fetching, and no neighbour we know holds: the edge seeds
+        one of them though it sent the region a copy long ago (superseed.py: its recipient may have evicted it)."""
+        flying, have, availability = self._in_flight, self.have, self.availability
+        return {i for i in range(max(0, start), self.count) if not availability[i] and i not in have and i not in flying}
+
     # -- transfers ---------------------------------------------------------------------
     def start(self, source: str, index: int, now: float, edge: bool = False) -> None:
         """``source`` is fetching ``index`` (since ``now``, or since it first said so); ``edge``: it is an edge."""

@@ -74,10 +74,11 @@ def have_response(cid: str, count: int, held: Collection[int]) -> web.Response:
     return json_response({"id": cid, "pieces": count, "held": len(held), "bitfield": bitfield.encode(held, count)})
 
 
-def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int, bool]:
-    """A ``POST /seed`` body: ``{"have": "<bitfield>", "from": <optional piece index>, "whole": <optional bool>}``.
+def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int, bool, set[int]]:
+    """A ``POST /seed`` body: ``{"have": "<bitfield>", "from": <optional piece index>, "whole": <optional bool>,
+    "unseen": <optional bitfield: pieces the asker lacks and knows no neighbour to hold>}``.
 
-    Returns (have, from, whole); ValueError says what is wrong.
+    Returns (have, from, whole, unseen); ValueError says what is wrong.
     """
     try:
         doc = jsondoc.loads(body)
@@ -95,7 +96,11 @@ def parse_request(body: bytes, piece_count: int) -> tuple[set[int], int, bool]:
     whole = doc.get("whole", False)
     if type(whole) is not bool:
         raise ValueError("seed field 'whole' must be true or false")
-    return have, start, whole
+    try:
+        unseen = bitfield.decode(doc["unseen"], piece_count) if "unseen" in doc else set()
+    except ValueError as exc:
+        raise ValueError(f"seed field 'unseen': {exc}") from None
+    return have, start, whole, unseen
 
 
 def parse_latency(value: object) -> tuple[float, float] | None:

@@ -638,13 +638,13 @@ class Edge:
         signed, grant = await self.content_for(request, cid, may_fetch and not self.require_token)
         check_json_body(request.headers)
         try:
-            have, start, whole = parse_request(await request.read(), signed.manifest.piece_count)
+            have, start, whole, unseen = parse_request(await request.read(), signed.manifest.piece_count)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         if not may_fetch:  # only what the edge holds: an uncached pick would be a 403 for an asker that did nothing wrong
             have |= set(range(signed.manifest.piece_count)) - store.held(cid)
         region = self.region_name(request)
-        index = self.seeder.choose(time.monotonic(), region, cid, have, start, signed.manifest.piece_count)
+        index = self.seeder.choose(time.monotonic(), region, cid, have, start, signed.manifest.piece_count, unseen)
         if index is None:
             self.seed_stats.seeded[(region, "none")] += 1
             return web.Response(status=204)

@@ -21,7 +21,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -542,13 +542,21 @@ class Peer:
         raise UpstreamError(status, f"{url} answered {reply.status} for piece {index}")
 
     async def fetch_seed(
-        self, edge: str, cid: str, claimed: set[int], start: int, on_piece: Callable[[int], None] | None = None, whole: bool = False
+        self,
+        edge: str,
+        cid: str,
+        claimed: set[int],
+        start: int,
+        on_piece: Callable[[int], None] | None = None,
+        whole: bool = False,
+        unseen: Collection[int] = (),
     ) -> tuple[int, bytes] | None:
         """``POST /seed/<cid>``: the piece the edge wants this peer to spread, or None (204: trade with the region).
 
         ``claimed`` is what we hold or have in flight, ``start`` the lowest piece
         we are interested in, ``whole`` says no reader waits (the answer may
-        queue behind others').  SeedUnsupported: the edge does not seed (404/405).
+        queue behind others'), ``unseen`` what we lack and know no neighbour to
+        hold.  SeedUnsupported: the edge does not seed (404/405).
         ``on_piece`` learns the piece's index from the answer's head, before its body.
         """
         signed = self.store.manifest(cid) if self.store else None
@@ -556,7 +564,11 @@ class Peer:
             raise KeyError(cid)
         m = signed.manifest
         headers = {PEER_HEADER: self.peer_id, **self.edge_headers()}
-        doc = {"have": bitfield.encode(claimed, m.piece_count), "from": start, **({"whole": True} if whole else {})}
+        doc: dict[str, object] = {"have": bitfield.encode(claimed, m.piece_count), "from": start}
+        if whole:
+            doc["whole"] = True
+        if unseen:
+            doc["unseen"] = bitfield.encode(unseen, m.piece_count)
 
         def head(status: int, headers: CIMultiDictProxy[str]) -> None:
             index = ascii_decimal(headers.get(PIECE_HEADER, ""))

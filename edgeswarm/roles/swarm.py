@@ -394,7 +394,7 @@ class Swarm:
             self._register(index, transfer)
 
         try:
-            seed = self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=named, whole=s.whole)
+            seed = self.peer.fetch_seed(s.edge, self.cid, set(s.claimed), s.start, on_piece=named, whole=s.whole, unseen=s.unseen)
             transfer = self._transfer(seed, None, s.edge)
             abandoned, got = await self._outcome(transfer)
             if abandoned:

@@ -231,14 +231,14 @@ class SimEdge:
             self.forced[asker.region.name] += self.sim.piece_len(index)
         self._send(asker, index, request, lambda seconds, n: request.reply(Result("ok", seconds, n)))
 
-    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, request: Request) -> None:
+    def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, unseen: frozenset[int], request: Request) -> None:
         if self.down():
             self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
             return
         if not self.sim.crowd.seeding:
             self.sim.loop.after(self.sim.rtt, request.reply, Result("unsupported"))
             return
-        index = self.seeder.choose(self.sim.loop.now, asker.region.name, CID, claimed, start, self.sim.count)
+        index = self.seeder.choose(self.sim.loop.now, asker.region.name, CID, claimed, start, self.sim.count, unseen)
         if index is None:
             self.sim.loop.after(self.sim.rtt, request.reply, Result("none"))
             return
@@ -439,7 +439,14 @@ class SimPeer:
                 loop.after(self.sim.rtt, self.ranking.heard, command.url, self.sim.rtt)
         elif isinstance(command, Seed):
             loop.after(
-                self.sim.rtt / 2, self.sim.edge(command.edge).seed, self, command.claimed, command.start, command.whole, Request(answer)
+                self.sim.rtt / 2,
+                self.sim.edge(command.edge).seed,
+                self,
+                command.claimed,
+                command.start,
+                command.whole,
+                command.unseen,
+                Request(answer),
             )
         elif isinstance(command, AskHave):
             events["have_polls"] += len(command.neighbours)
