@@ -91,3 +91,29 @@ async def test_a_batch_answers_each_content_and_refuses_items_apart(tmp_path: Pa
     async with http.post(edge.url + "/announce", json=single) as r:
         assert r.status == 200
         assert [p["peer_id"] for p in (await r.json())["peers"]] == ["p"]
+
+
+async def test_a_user_opening_many_files_in_a_row_is_never_refused_announces(tmp_path: Path, nodes, origin, published, http):
+    """Each new content hurried a round: 420 small files read in a row through one peer's gateway went past the edge's
+    20 announces a second, and the edge refused its announces (429) for seconds at a time, leaving those contents
+    untracked (an adversarial session).  Defaults throughout."""
+    count = 120
+    for i in range(count):
+        make_file(published / f"small{i}.bin", 20_000 + i)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", name="edge")
+    peer = nodes.start("peer", "--cache", str(tmp_path / "p"), "--edge", edge.url, "--gateway", "127.0.0.1:0", name="p")
+    deadline = time.monotonic() + 20
+    while True:  # the origin publishes within its scan interval
+        async with http.get(f"{peer.urls['gateway']}/small{count - 1}.bin") as r:
+            if r.status == 200:
+                break
+        assert time.monotonic() < deadline, r.status
+        await asyncio.sleep(0.2)
+    for i in range(count):
+        async with http.get(f"{peer.urls['gateway']}/small{i}.bin") as r:
+            assert r.status == 200 and len(await r.read()) == 20_000 + i
+    deadline = time.monotonic() + 20
+    while (await status(http, edge.url))["p2p"]["swarm_memberships"] < count:
+        assert time.monotonic() < deadline, "the peer did not announce every content"
+        await asyncio.sleep(0.2)
+    assert "429" not in peer.log_text() and "too many announces" not in edge.log_text()

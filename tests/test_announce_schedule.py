@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeswarm.roles.peer import AnnounceSchedule
+from edgeswarm.roles.peer import NEWS_BURST, NEWS_WINDOW, AnnounceSchedule
 
 A, B = "http://a", "http://b"
 
@@ -99,3 +99,30 @@ def test_the_full_round_follows_the_interval_an_edge_gives():
     s.interval = 1.0  # the news round's answer names the edge's interval
     s.succeeded(A, 0.6, started=0.55, full=False)
     assert s.due([A], 1.0) == [A] and s.full(A, 1.0)
+
+
+def test_news_hurries_at_most_a_burst_of_rounds_then_one_each_window_share():
+    """420 files opened in a row hurried a round each, past the edge's 20 announces a second: 429s for seconds (an
+    adversarial session).  Four rounds may go at once; then news waits for the oldest of them to be NEWS_WINDOW old."""
+    s = AnnounceSchedule(300)
+    t = 0.0
+    for _ in range(NEWS_BURST):  # a burst goes at once: `get`'s first rounds are not delayed
+        s.hurry(A, t)
+        assert s.due([A], t) == [A]
+        s.began(A, t + 0.001)
+        s.succeeded(A, t + 0.01, started=t + 0.001)  # the round begins just after the news that hurried it
+        t += 0.05
+    s.hurry(A, t)
+    assert s.due([A], t) == [] and s.due([A], NEWS_WINDOW + 0.01) == [A]  # the 5th waits for the 1st to be NEWS_WINDOW old
+    s.hurry(B, t)  # another tracker has rounds of its own
+    assert s.due([B], t) == [B]
+    rounds = 0
+    t = 10.0
+    while t < 20.0:  # news every 10 ms for 10 s: at most NEWS_BURST rounds a window
+        s.hurry(A, t)
+        if s.due([A], t):
+            s.began(A, t + 0.001)
+            s.succeeded(A, t + 0.002, started=t + 0.001)
+            rounds += 1
+        t = round(t + 0.01, 2)
+    assert rounds <= NEWS_BURST * (10 / NEWS_WINDOW + 1) < 1000 / 20

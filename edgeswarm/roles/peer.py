@@ -20,7 +20,7 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +80,7 @@ VOUCH_GAP = 2.0  # seconds between two such rounds for one content: subscription
 # announce 5 times a second, and four behind one address went over the edge's announce rate (an adversarial session)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 REFUSAL_CHECK_S = 0.5  # seconds between two looks, while a read waits for a piece, at whether every edge refuses our token
+NEWS_BURST, NEWS_WINDOW = 4, 2.0  # at most this many announce rounds to one tracker within this many seconds, news or not
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
@@ -102,6 +103,11 @@ class AnnounceSchedule:
     peers back a few seconds after it, not an interval after.  A peer that
     meets its edge down on another request (a piece, a manifest) checks the
     tracker within ``FIRST_RETRY`` too, instead of at its next announce.
+    News hurries a round at most ``NEWS_BURST`` times in ``NEWS_WINDOW``
+    seconds: a user opening 420 small files in a row hurried a round for
+    each, over the edge's 20 announces a second, and was refused (429) for
+    seconds at a time (an adversarial session); the rounds that wait carry
+    all the news of their wait, batched.
     """
 
     def __init__(self, interval: float):
@@ -111,6 +117,7 @@ class AnnounceSchedule:
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
         self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content was answered; absent: never
         self._held: dict[str, float] = {}  # tracker -> no announce before this (its 429's Retry-After), news or not
+        self._began: dict[str, deque[float]] = {}  # tracker -> when its last NEWS_BURST rounds began
 
     def full(self, tracker: str, now: float) -> bool:
         """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
@@ -149,9 +156,17 @@ class AnnounceSchedule:
         self._next[tracker] = now + delay
         return delay
 
+    def began(self, tracker: str, now: float) -> None:
+        """A round to this tracker begins now."""
+        self._began.setdefault(tracker, deque(maxlen=NEWS_BURST)).append(now)
+
     def hurry(self, tracker: str, now: float, within: float = 0.0) -> None:
-        """Announce to this tracker no later than ``within`` seconds from now (or when a refusal's wait ends)."""
-        self._next[tracker] = max(min(self._next.get(tracker, now), now + within), self._held.get(tracker, -math.inf))
+        """Announce to this tracker no later than ``within`` seconds from now, or when ``NEWS_BURST`` rounds allow (or
+        when a refusal's wait ends); a round due sooner stays due."""
+        began = self._began.get(tracker, ())
+        allowed = began[0] + NEWS_WINDOW if len(began) == NEWS_BURST else -math.inf
+        soon = min(self._next.get(tracker, now), max(now + within, allowed))
+        self._next[tracker] = max(soon, self._held.get(tracker, -math.inf))
         self._hurried[tracker] = now
 
     def refused(self, tracker: str, now: float, wait: float) -> None:
@@ -721,6 +736,8 @@ class Peer:
                 await self.learn_ticket_keys()
             self._wake_announcer.clear()
             due = self.schedule.due(sorted(self._p2p_edges), time.monotonic())
+            for edge in due:
+                self.schedule.began(edge, time.monotonic())
             if due:
                 self._round = asyncio.create_task(self.announce_all("update", due))
                 await asyncio.shield(self._round)
