@@ -163,8 +163,8 @@ class AnnounceSchedule:
     def hurry(self, tracker: str, now: float, within: float = 0.0) -> None:
         """Announce to this tracker no later than ``within`` seconds from now, or when ``NEWS_BURST`` rounds allow (or
         when a refusal's wait ends); a round due sooner stays due."""
-        began = self._began.get(tracker, ())
-        allowed = began[0] + NEWS_WINDOW if len(began) == NEWS_BURST else -math.inf
+        began = self._began.get(tracker)
+        allowed = began[0] + NEWS_WINDOW if began is not None and len(began) == NEWS_BURST else -math.inf
         soon = min(self._next.get(tracker, now), max(now + within, allowed))
         self._next[tracker] = max(soon, self._held.get(tracker, -math.inf))
         self._hurried[tracker] = now
