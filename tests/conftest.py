@@ -190,12 +190,13 @@ class Misbehaving(DoubleServer):
 
     It stands where a parent or sibling would, so an edge meets a node that
     flips bits in piece bodies (``corrupt``), answers slowly (``delay``
-    seconds per piece, one at a time) or never answers at all (``hang``).
+    seconds per piece, one at a time), sends piece bodies at ``trickle``
+    bytes a second, or never answers at all (``hang``).
     """
 
-    def __init__(self, upstream: str, corrupt: bool = False, delay: float = 0.0, hang: bool = False):
+    def __init__(self, upstream: str, corrupt: bool = False, delay: float = 0.0, hang: bool = False, trickle: int = 0):
         self.upstream = upstream
-        self.corrupt, self.delay, self.hang = corrupt, delay, hang
+        self.corrupt, self.delay, self.hang, self.trickle = corrupt, delay, hang, trickle
         self.pieces_served = 0
         self.served_at: list[float] = []  # when each piece left the proxy
         self._lock = asyncio.Lock()
@@ -216,6 +217,14 @@ class Misbehaving(DoubleServer):
             if self.corrupt:
                 body = bytes([body[0] ^ 0xFF]) + body[1:]
         headers = {"Content-Type": ctype, **({"ETag": etag} if etag else {})}
+        if self.trickle and request.path.startswith("/piece/") and status == 200:
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            for at in range(0, len(body), 1024):
+                await resp.write(body[at : at + 1024])
+                await asyncio.sleep(1024 / self.trickle)
+            return resp
         return web.Response(status=status, body=body, headers=headers)
 
     def routes(self, app: web.Application) -> None:

@@ -194,6 +194,24 @@ async def test_corrupt_sibling_is_set_aside_and_the_parent_used(tmp_path, nodes,
     assert received_from(st, "parent") == len(data)
 
 
+async def test_a_sibling_trickling_its_pieces_is_set_aside_and_the_parent_used(tmp_path, nodes, origin, published, http):
+    """A sibling at 17 KiB/s outlasted its 2 s timeout by the second each 16 KiB received earns: 16 s a piece, a
+    success each time, asked first again, and no log line (an adversarial session: 1.3 MB in 30 s)."""
+    data = make_file(published / "t.bin", 2 * MiB)
+    await asyncio.sleep(0.5)
+    warm = edge(nodes, tmp_path, origin.url, name="warm")
+    assert await get(http, warm.url + "/t.bin") == (200, data)
+    async with Misbehaving(warm.url, trickle=17 * 1024) as slow:
+        leaf = edge(nodes, tmp_path, origin.url, "--sibling", slow.url, name="leaf")
+        started = time.monotonic()
+        assert await get(http, leaf.url + "/t.bin") == (200, data)
+        took = time.monotonic() - started
+        st = await status(http, leaf.url)
+    assert received_from(st, "parent") >= len(data) - MiB, (took, st["bytes_received"])  # a piece or so from it at most
+    lines = [line for line in leaf.log_text().splitlines() if f"sibling {slow.url}: " in line]
+    assert len(lines) == 1 and "set aside" in lines[0] and "did not answer" in lines[0], lines
+
+
 async def test_pieces_come_from_a_sibling_that_holds_them(tmp_path, nodes, origin, published, http):
     data = make_file(published / "z.bin", 2 * MiB)
     await asyncio.sleep(0.5)

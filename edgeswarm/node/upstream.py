@@ -113,12 +113,14 @@ class Upstream:
         timeout: float | None = None,
         limit: int = MAX_ANSWER,
         head_timeout: float | None = None,
+        min_rate: float = MIN_RATE,
     ) -> Reply:
         """GET base+path (path already percent-encoded); the body is read whole, up to ``limit`` bytes.
 
-        ``head_timeout``: the answer's head must come within it (the body then has the rest of ``timeout``).
+        ``head_timeout``: the answer's head must come within it (the body then has the rest of ``timeout``);
+        ``min_rate``: the body gains a second on the timeout for each ``min_rate`` bytes received.
         """
-        return await self.request("GET", base, path, headers, timeout, limit=limit, head_timeout=head_timeout)
+        return await self.request("GET", base, path, headers, timeout, limit=limit, head_timeout=head_timeout, min_rate=min_rate)
 
     async def request(
         self,
@@ -131,12 +133,13 @@ class Upstream:
         limit: int = MAX_ANSWER,
         on_head: Callable[[int, CIMultiDictProxy[str]], None] | None = None,
         head_timeout: float | None = None,
+        min_rate: float = MIN_RATE,
     ) -> Reply:
         """One request; a body longer than ``limit`` (capped at MAX_PIECE) is UpstreamError 502, found while it streams.
         ``limit`` is a success's: an error's body (its message) may be MAX_ANSWER, whatever a piece's length.
 
         ``on_head`` is called with the status and headers as soon as they come, before the body is read.
-        The body has until ``timeout`` plus a second for each MIN_RATE bytes of it received (module docstring).
+        The body has until ``timeout`` plus a second for each ``min_rate`` bytes of it received (module docstring).
         """
         assert self.session is not None
         seconds = timeout or self.timeout
@@ -151,7 +154,7 @@ class Upstream:
 
                     def progress(received: int) -> None:
                         nonlocal waited
-                        waited = seconds + received / MIN_RATE
+                        waited = seconds + received / min_rate
                         deadline.reschedule(start + waited)
 
                     head_s = loop.time() - start

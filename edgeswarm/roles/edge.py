@@ -34,13 +34,14 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
+from edgeswarm.node.logthrottle import Throttle
 from edgeswarm.node.looplag import LoopLag
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import send_piece, serve_file
-from edgeswarm.node.upstream import Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError
+from edgeswarm.node.upstream import MIN_RATE, Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.peerstore import StoreUnavailable
@@ -85,6 +86,10 @@ from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
 log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
+# a sibling's piece gains a second on SIBLING_TIMEOUT for each of these bytes received: one sending 17 KiB/s (upstream's
+# MIN_RATE floor) held each piece a leaf missed for 16 s, a success each time, and was asked first again (an adversarial
+# session: 1.3 MB in 30 s of a file the parent sent in 0.06 s); slower than this, the parent is the better bet
+SIBLING_MIN_RATE = 1024 * 1024
 MIN_FILL_S = 0.5  # seconds of the client's --timeout a worker needs left to fetch a piece another worker failed to
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
@@ -148,6 +153,7 @@ class Edge:
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.unusable: dict[str, str] = {}  # sibling -> why it cannot be used as configured (a certificate), as last logged
+        self.slow_said = Throttle(burst=1, interval=10.0)  # a line per slow sibling every 10 s: pieces time out together
         self.metrics = Metrics("edge")
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
         self.tracker = tracker = _tracker(config) if config.p2p else None
@@ -375,12 +381,16 @@ class Edge:
                     {"Cache-Control": "only-if-cached"} if sibling else None,
                     min(SIBLING_TIMEOUT, timeout or SIBLING_TIMEOUT) if sibling else timeout,
                     limit=signed.manifest.piece_span(index)[1],  # a piece is never longer: more is refused as it streams
+                    min_rate=SIBLING_MIN_RATE if sibling else MIN_RATE,
                 )
             except OutOfDescriptorsHere:
                 raise  # ours, not the source's: a 503 to retry, and the source is not set aside
             except UpstreamError as exc:
-                self.ranking.failure(source, time.monotonic())
+                backoff = self.ranking.failure(source, time.monotonic())
                 problems.append(exc)
+                if sibling and isinstance(exc, UpstreamTimeout) and self.slow_said.admit(source, time.monotonic()):
+                    # a slow sibling is no failure the client sees: say it here
+                    log.info("sibling %s: %s; set aside for %.0f s, the parent asked", source, exc.message, backoff)
                 if sibling and isinstance(exc, Hopeless) and self.unusable.get(source) != exc.message:  # said once
                     self.unusable[source] = exc.message  # a sibling whose certificate fails was skipped without a word
                     log.warning("sibling %s cannot be used: %s; pieces come from the parent", source, exc.message)
