@@ -125,6 +125,8 @@ async def test_parent_failing_mid_file_gives_a_short_body_that_resumes(tmp_path,
     assert out.read_bytes() == data
     log = e.log_text()
     assert "cut after" in log and "Traceback" not in log
+    async with aiohttp.ClientSession() as http, http.get(e.url + "/metrics") as m:  # counted as a cut, not only as a 200
+        assert 'edgeswarm_events_total{detail="",event="answer_cut",role="edge"} 1.0' in await m.text()
 
 
 # -- disk full -------------------------------------------------------------------------------------------
