@@ -199,9 +199,13 @@ class Engine:
         piece_size: int = PIECE,
         startup_bytes: int = STARTUP_BYTES,
         banned: set[str] | None = None,
+        room: int | None = None,
     ):
         """``startup_bytes``: the edge's share of a late viewer's start (``_start_reader``; the peer's --startup-window);
-        ``banned``: the addresses an earlier engine of this content banned (``ban``), which this one goes on refusing."""
+        ``banned``: the addresses an earlier engine of this content banned (``ban``), which this one goes on refusing;
+        ``room``: the pieces our cache can keep at most (--max-cache), None for no limit: a reader's window is at most
+        half of it, or the pieces fetched ahead were evicted before the reader came to them and fetched again (an
+        adversarial session: a 40 MB read through a 2 MB cache took 53-82 MB)."""
         self.host = host
         self.picker = PiecePicker(piece_count, have, seed=seed, deadline=deadline)
         # a reader's windows and the bytes in flight to edges stay the same whatever the piece size: a live segment's
@@ -209,6 +213,9 @@ class Engine:
         # and a joiner with no neighbours yet took its 13 pieces from the edge one round trip at a time
         scale = max(1, PIECE // piece_size)  # a manifest's pieces are 64 KiB at least
         self.urgent, self.window, self.edge_workers = URGENT * scale, WINDOW * scale, EDGE_WORKERS * scale
+        if room is not None:
+            self.window = max(1, min(self.window, room // 2))
+            self.urgent = min(self.urgent, self.window)
         self.edge_pipeline = EDGE_PIPELINE * scale
         self.piece_size = piece_size
         self._edge_requests = 0  # edge workers' requests in flight now

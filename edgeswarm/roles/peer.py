@@ -686,7 +686,11 @@ class Peer:
         self.received.setdefault(cid, Counter())[kind] += n
 
     def on_complete(self, swarm: Swarm) -> None:
-        log.info("completed %s (%d pieces)", swarm.signed.manifest.path, swarm.signed.manifest.piece_count)
+        m, kept = swarm.signed.manifest, len(self.pinned.opened.held(swarm.cid))
+        if kept < m.piece_count:  # "completed" read as held whole, by a peer whose --max-cache kept 8 of 153 pieces
+            log.info("fetched every piece of %s (%d); the cache keeps %d of them (--max-cache)", m.path, m.piece_count, kept)
+        else:
+            log.info("completed %s (%d pieces)", m.path, m.piece_count)
         self.announce_soon()
 
     # -- announces -------------------------------------------------------------------------

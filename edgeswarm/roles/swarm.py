@@ -64,6 +64,7 @@ class Swarm:
             piece_size=signed.manifest.piece_size,
             startup_bytes=peer.config.startup_window,
             banned=peer.bans_of(self.cid),
+            room=None if (capacity := peer.pinned.opened.capacity) is None else capacity // signed.manifest.piece_size,
         )
         self.picker = self.engine.picker
         self.waiting_reads = 0  # gateway reads of this file waiting for pieces now (read_waits)
@@ -472,8 +473,8 @@ class Swarm:
             "path": m.path,
             "id": self.cid,
             "pieces": m.piece_count,
-            "held": len(self.picker.have),
-            "complete": self.picker.complete(),
+            "held": len(self.peer.pinned.opened.held(self.cid)),  # what the cache keeps: a small --max-cache evicts as it goes
+            "complete": self.picker.complete(),  # every piece fetched
             "neighbours": len(self.neighbours),
             "have_streams": sum(1 for n in self.neighbours.values() if n.stream),
             "banned": sorted(self.banned),

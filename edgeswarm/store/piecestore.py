@@ -653,6 +653,11 @@ class PieceStore:
         return bool(self._held.get(cid))
 
     @property
+    def capacity(self) -> int | None:
+        """Bytes this store keeps at most (its share of --max-cache), None for no limit."""
+        return self.policy.capacity
+
+    @property
     def used_bytes(self) -> int:
         return self.policy.used
 
