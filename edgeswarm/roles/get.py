@@ -30,6 +30,7 @@ from edgeswarm.node.daemon import Servers
 from edgeswarm.node.routerclient import find_edge
 from edgeswarm.node.upstream import Upstream, UpstreamError
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
+from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.paths import decoded, path_problem
 from edgeswarm.protocol.units import format_bytes
@@ -249,13 +250,28 @@ class OutputFile:
         if self.fd is None:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             stem = self.target.name.encode()[:200].decode(errors="ignore")  # leaves room in NAME_MAX (255 bytes)
+            self._sweep(f".{stem}.")
             while self.fd is None:
                 # hidden: an origin publishing that folder skips it (it published a half-written file, zeros and all, and
                 # hashed it again at every scan: an adversarial session), as it skips every hidden name
-                part = self.target.with_name(f".{stem}.{secrets.token_hex(4)}.part")
+                part = self.target.with_name(f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.part")
                 with contextlib.suppress(FileExistsError):
                     self.fd, self.part = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), part
         return self.fd
+
+    def _sweep(self, prefix: str) -> None:
+        """Remove the partial outputs of this output's earlier `get`s whose process is gone (killed: SIGKILL, the OOM
+        killer, a power cut): each left a hidden file as large as what it had fetched, which no rerun reused or
+        removed (an adversarial session).  A writer still running keeps its own."""
+        with contextlib.suppress(OSError), os.scandir(self.target.parent) as entries:
+            for entry in entries:
+                name = entry.name
+                if not (name.startswith(prefix) and name.endswith(".part")):
+                    continue
+                pid, dash, tag = name[len(prefix) : -len(".part")].partition("-")
+                if dash and pid.isascii() and pid.isdigit() and len(tag) == 8 and not pid_alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
     def put(self, index: int, data: bytes) -> None:
         """A verified piece: written at its offset (once; a failure is kept in ``error``); a stream's wait for ``finish``."""
