@@ -260,6 +260,20 @@ def test_a_get_into_a_directory_stops_before_the_download(tmp_path: Path, capsys
     assert f"-o {tmp_path} is a directory: name the file (-o {tmp_path / 'a.bin'})" in capsys.readouterr().err
 
 
+def test_a_get_into_a_folder_to_be_or_through_a_file_or_into_nothing_stops_before_the_download(tmp_path: Path, capsys):
+    """`-o newdir/` wrote a file named newdir, `-o FILE/x` said mkdir's "File exists", `-o ''` was said as `-o .`
+    (an adversarial session)."""
+    (tmp_path / "afile").write_bytes(b"x")
+    for output, said in [
+        (f"{tmp_path}/newdir/", f"-o {tmp_path}/newdir/ is a directory: name the file (-o {tmp_path / 'newdir' / 'a.bin'})"),
+        (f"{tmp_path}/afile/x/a.bin", f"-o {tmp_path}/afile/x/a.bin: {tmp_path / 'afile'} is not a directory"),
+        ("", "-o '' is empty: name the file (-o a.bin)"),
+    ]:
+        assert main(["get", "http://127.0.0.1:9/films/a.bin", "-o", output]) == 2
+        assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_token_and_secret_files_that_cannot_be_read_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """A directory, or bytes that are not UTF-8, said "[Errno 21] Is a directory" and "'utf-8' codec can't decode byte
     0xff in position 0", the latter without naming the file (an adversarial session)."""

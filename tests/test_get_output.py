@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from edgeswarm.protocol.manifest import Manifest
-from edgeswarm.roles.get import OutputFile
+from edgeswarm.roles.get import OutputFile, _summary
 
 PIECE = 256 * 1024
 
@@ -27,3 +28,15 @@ def test_a_killed_gets_partial_output_is_removed_by_the_next_and_a_running_ones_
     assert out.part is not None and out.part.name.startswith(f".f.bin.{os.getpid()}-")
     out.close()
     assert not out.part.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (running, other, odd))
+
+
+def test_the_summary_rates_what_this_run_fetched_not_what_the_cache_held():
+    """A rerun that found the file in its cache said "38.1 MiB in 0.0 s (37.3 GiB/s)" (an adversarial session)."""
+    mib = 1024 * 1024
+    whole = {"size": 8 * mib, "received": 8 * mib, "from_peers": 2 * mib, "seconds": 2.0}
+    assert _summary(Path("f.bin"), whole) == "f.bin: 8.0 MiB in 2.0 s (4.0 MiB/s), 25% from peers, every piece verified"
+    part = {**whole, "received": 2 * mib, "from_peers": 0}
+    said = "f.bin: 8.0 MiB in 2.0 s (2.0 MiB fetched at 1.0 MiB/s, the rest from the cache), 0% from peers, every piece verified"
+    assert _summary(Path("f.bin"), part) == said
+    cached = {**whole, "received": 0, "from_peers": 0, "seconds": 0.01}
+    assert _summary(Path("f.bin"), cached) == "f.bin: 8.0 MiB in 0.0 s (all from the cache), every piece verified"

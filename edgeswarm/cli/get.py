@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from edgeswarm.cli import options
 
@@ -22,7 +21,6 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
         metavar="FILE",
         help="where to write it, its missing folders made as curl --create-dirs does; - for standard output (default: the "
         "file's name, here)",

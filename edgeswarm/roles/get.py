@@ -383,9 +383,24 @@ async def _stoppable(download: Awaitable[dict], got: list[int]) -> dict:
             signal.signal(sig, _stop_on_signal)  # removing restored the default action: the cleanup after is ours too
 
 
+def output_problem(text: str, name: str) -> str | None:
+    """Why ``-o TEXT`` cannot be the output of a file named ``name``, or None.  A trailing slash names a directory, and
+    ``-o ''`` no file: ``Path`` made them a file ``newdir`` and ``.`` (an adversarial session); curl and wget refuse
+    the first.  A folder on the way that is a file is said as such, not as mkdir's "File exists"."""
+    if text == "":
+        return f"-o '' is empty: name the file (-o {name})"
+    path = Path(text)
+    if text.endswith(os.sep) or path.is_dir():  # found at the rename, after the whole download, before
+        return f"-o {text} is a directory: name the file (-o {path / name})"
+    for folder in path.parents:
+        if folder.exists():
+            return None if folder.is_dir() else f"-o {text}: {folder} is not a directory"
+    return None
+
+
 def run(
     url: str,
-    output: Path | None,
+    output: str | None,
     cache: Path | None,
     listen: tuple[str, int],
     upload_limit: int | None,
@@ -401,17 +416,18 @@ def run(
         print(f"edgeswarm get: {exc}", file=sys.stderr)
         return 2
     name = path.rsplit("/", 1)[-1]
-    output = output or Path(name)
-    if output.is_dir():  # found at the rename, after the whole download (an adversarial session); curl and wget refuse it
-        print(f"edgeswarm get: -o {output} is a directory: name the file (-o {output / name})", file=sys.stderr)
+    problem = None if output is None else output_problem(output, name)
+    if problem is not None:
+        print(f"edgeswarm get: {problem}", file=sys.stderr)
         return 2
+    out = Path(name if output is None else output)
     for sig in STOPS:
         signal.signal(sig, _stop_on_signal)
     workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
     got: list[int] = []
     try:
         with cachelock.held(workdir, "get"):
-            fetching = download(url, output, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router)
+            fetching = download(url, out, workdir, listen, upload_limit, edges, stall_timeout, token, ca, router)
             result = asyncio.run(_stoppable(fetching, got))
     except asyncio.CancelledError:
         if not got:
@@ -423,11 +439,20 @@ def run(
     finally:
         if cache is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    share = p2p_share(result["from_peers"], result["received"]) or 0.0
-    rate = result["size"] / max(result["seconds"], 1e-3)
-    print(
-        f"{output}: {format_bytes(result['size'])} in {result['seconds']:.1f} s ({format_bytes(rate)}/s), "
-        f"{share:.0%} from peers, every piece verified",
-        file=sys.stderr if str(output) == "-" else sys.stdout,  # the file itself went to standard output
-    )
+    print(_summary(out, result), file=sys.stderr if str(out) == "-" else sys.stdout)  # the file itself went to stdout
     return 0
+
+
+def _summary(out: Path, result: dict) -> str:
+    """The line a finished `get` prints.  The rate is of what this run fetched: a rerun that found most of the file in
+    its cache said "38.1 MiB in 0.0 s (37.3 GiB/s)" (an adversarial session)."""
+    size, got, seconds = result["size"], result["received"], result["seconds"]
+    rate = f"{format_bytes(got / max(seconds, 1e-3))}/s"
+    share = f"{p2p_share(result['from_peers'], got) or 0.0:.0%} from peers, "
+    if got >= size:
+        how = rate
+    elif got:
+        how = f"{format_bytes(got)} fetched at {rate}, the rest from the cache"
+    else:
+        how, share = "all from the cache", ""
+    return f"{out}: {format_bytes(size)} in {seconds:.1f} s ({how}), {share}every piece verified"
