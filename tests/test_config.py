@@ -268,6 +268,9 @@ def test_a_get_into_a_folder_to_be_or_through_a_file_or_into_nothing_stops_befor
         (f"{tmp_path}/newdir/", f"-o {tmp_path}/newdir/ is a directory: name the file (-o {tmp_path / 'newdir' / 'a.bin'})"),
         (f"{tmp_path}/afile/x/a.bin", f"-o {tmp_path}/afile/x/a.bin: {tmp_path / 'afile'} is not a directory"),
         ("", "-o '' is empty: name the file (-o a.bin)"),
+        (f"{tmp_path}/newdir/.", f"-o {tmp_path}/newdir/. is a directory: name the file (-o {tmp_path / 'newdir' / 'a.bin'})"),
+        (f"{tmp_path}/newdir/..", f"-o {tmp_path}/newdir/.. is a directory"),
+        (f"{tmp_path}/afile/", f"-o {tmp_path}/afile/: {tmp_path / 'afile'} is not a directory"),
     ]:
         assert main(["get", "http://127.0.0.1:9/films/a.bin", "-o", output]) == 2
         assert said in capsys.readouterr().err

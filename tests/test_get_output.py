@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from edgeswarm.protocol.manifest import Manifest
@@ -28,6 +30,28 @@ def test_a_killed_gets_partial_output_is_removed_by_the_next_and_a_running_ones_
     assert out.part is not None and out.part.name.startswith(f".f.bin.{os.getpid()}-")
     out.close()
     assert not out.part.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (running, other, odd))
+
+
+def test_a_partial_output_locked_by_its_writer_is_kept_whatever_its_pid_says(tmp_path):
+    """A get in another pid namespace (a container) or on another host over NFS: its pid means nothing here, and the
+    sweep removed its file while it wrote, failing it after the whole download (a review).  It holds the file's lock."""
+    manifest = Manifest("f.bin", 2 * PIECE, "application/octet-stream", PIECE, ("0" * 64,) * 2, 0)
+    elsewhere = tmp_path / ".f.bin.999999998-0a1b2c3d.part"
+    elsewhere.write_bytes(b"x" * 1000)
+    hold = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_WRONLY); fcntl.lockf(fd, fcntl.LOCK_EX); print(1, flush=True); time.sleep(60)"
+    with subprocess.Popen([sys.executable, "-c", hold, str(elsewhere)], stdout=subprocess.PIPE) as writer:
+        try:
+            assert writer.stdout is not None and writer.stdout.readline() == b"1\n"
+            out = OutputFile(tmp_path / "f.bin", manifest)
+            out.put(0, os.urandom(PIECE))
+            assert elsewhere.exists()
+            out.close()
+        finally:
+            writer.kill()
+    out = OutputFile(tmp_path / "f.bin", manifest)  # its writer gone for good: the next get removes it
+    out.put(0, os.urandom(PIECE))
+    out.close()
+    assert not elsewhere.exists()
 
 
 def test_the_summary_rates_what_this_run_fetched_not_what_the_cache_held():

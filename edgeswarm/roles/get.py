@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -257,12 +258,15 @@ class OutputFile:
                 part = self.target.with_name(f".{stem}.{os.getpid()}-{secrets.token_hex(4)}.part")
                 with contextlib.suppress(FileExistsError):
                     self.fd, self.part = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), part
+            with contextlib.suppress(OSError):  # held while it writes: a get in another pid namespace or host sees it (_sweep)
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return self.fd
 
     def _sweep(self, prefix: str) -> None:
         """Remove the partial outputs of this output's earlier `get`s whose process is gone (killed: SIGKILL, the OOM
         killer, a power cut): each left a hidden file as large as what it had fetched, which no rerun reused or
-        removed (an adversarial session).  A writer still running keeps its own."""
+        removed (an adversarial session).  A writer still running keeps its own: its pid runs, or (in another pid
+        namespace, or on another host over NFS, where its pid means nothing here) it holds the file's lock."""
         with contextlib.suppress(OSError), os.scandir(self.target.parent) as entries:
             for entry in entries:
                 name = entry.name
@@ -270,8 +274,7 @@ class OutputFile:
                     continue
                 pid, dash, tag = name[len(prefix) : -len(".part")].partition("-")
                 if dash and pid.isascii() and pid.isdigit() and len(tag) == 8 and not pid_alive(int(pid)):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+                    _remove_unlocked(entry.path)
 
     def put(self, index: int, data: bytes) -> None:
         """A verified piece: written at its offset (once; a failure is kept in ``error``); a stream's wait for ``finish``."""
@@ -342,6 +345,22 @@ class OutputFile:
                 self.part.unlink()
 
 
+def _remove_unlocked(path: str) -> None:
+    """Remove the regular file ``path`` unless a process holds a lock on it (a writer still at it); never follows a link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # a link, another user's, gone already
+        return
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.unlink(path)
+    except OSError:  # locked: its writer runs
+        pass
+    finally:
+        os.close(fd)
+
+
 def _special(path: Path) -> bool:
     """An existing file that is not a regular one nor a directory (a device, a pipe, a socket), through links."""
     try:
@@ -390,7 +409,10 @@ def output_problem(text: str, name: str) -> str | None:
     if text == "":
         return f"-o '' is empty: name the file (-o {name})"
     path = Path(text)
-    if text.endswith(os.sep) or path.is_dir():  # found at the rename, after the whole download, before
+    named_folder = text.endswith((os.sep, f"{os.sep}.", f"{os.sep}..")) or text in (".", "..")  # Path drops / and /.
+    if named_folder and path.exists() and not path.is_dir():
+        return f"-o {text}: {path} is not a directory"
+    if named_folder or path.is_dir():  # found at the rename, after the whole download, before
         return f"-o {text} is a directory: name the file (-o {path / name})"
     for folder in path.parents:
         if folder.exists():
