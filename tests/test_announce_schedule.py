@@ -125,4 +125,4 @@ def test_news_hurries_at_most_a_burst_of_rounds_then_one_each_window_share():
             s.succeeded(A, t + 0.002, started=t + 0.001)
             rounds += 1
         t = round(t + 0.01, 2)
-    assert rounds <= NEWS_BURST * (10 / NEWS_WINDOW + 1) < 1000 / 20
+    assert rounds <= NEWS_BURST * (10 / NEWS_WINDOW + 1) and rounds / 10 < 20 / 3  # three such peers behind one address
