@@ -88,8 +88,9 @@ log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
 # a sibling's piece gains a second on SIBLING_TIMEOUT for each of these bytes received: one sending 17 KiB/s (upstream's
 # MIN_RATE floor) held each piece a leaf missed for 16 s, a success each time, and was asked first again (an adversarial
-# session: 1.3 MB in 30 s of a file the parent sent in 0.06 s); slower than this, the parent is the better bet
-SIBLING_MIN_RATE = 1024 * 1024
+# session: 1.3 MB in 30 s of a file the parent sent in 0.06 s); slower than this (2 Mbit/s), the parent is the better bet.
+# Not more: a piece grows with its file (8 MiB at 16 GiB), and a busy sibling cut at 1 MiB/s threw away 7 of 8 MiB (a review)
+SIBLING_MIN_RATE = 256 * 1024
 MIN_FILL_S = 0.5  # seconds of the client's --timeout a worker needs left to fetch a piece another worker failed to
 REGION_KEY = "edgeswarm.region"  # where region_name keeps its answer in the request
 TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peers always hold a valid one
