@@ -27,7 +27,7 @@ from aiohttp.test_utils import make_mocked_request
 from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeswarm.node.workers import YOUNG_S, Slot, private_dir
+from edgeswarm.node.workers import WEDGED_S, YOUNG_S, Slot, private_dir
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.filllock import SLOTS
 from edgeswarm.store.piecestore import PieceStore
@@ -289,6 +289,24 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path, nodes, origin, 
         assert code == 200 and body == data
         seen.add(worker)
     assert await all_answer(http, edge.url)
+
+
+async def test_a_stopped_worker_is_killed_and_restarted_so_no_connection_hangs(tmp_path, nodes, origin, published, http):
+    """A worker stopped (SIGSTOP; or its loop stuck) kept its share of new connections, which hung for good, while a
+    router's poll reached the other worker and kept the edge up (an adversarial session).  Its heartbeat stops: the
+    supervisor kills it within WEDGED_S and a new one serves."""
+    data = make_file(published / "w.bin", 5000)
+    edge = start_edge(nodes, tmp_path, origin)
+    victim = children(edge.pid)[1]
+    os.kill(victim, signal.SIGSTOP)
+    await until(lambda: len(kids := children(edge.pid)) == 2 and victim not in kids, WEDGED_S + 10)
+    assert f"(pid {victim}) has not run for" in edge.log_text() and "killing it" in edge.log_text()
+    seen = set()
+    while seen != {"0", "1"}:  # both serve again
+        async with asyncio.timeout(5):
+            code, body, worker = await fresh("GET", edge.url + "/w.bin")
+        assert code == 200 and body == data
+        seen.add(worker)
 
 
 @pytest.mark.integration

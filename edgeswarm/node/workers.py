@@ -15,6 +15,13 @@ is unsafe); it waits for signals with ``sigwaitinfo``:
 - SIGUSR1: a worker says it is listening (its index goes down a pipe first:
   two signals at once arrive as one).
 
+Once listening, a worker's event loop sends its pid down another pipe every
+``BEAT_S``; one silent for ``WEDGED_S`` (stopped, or its loop stuck in a
+busy loop or a blocking call) is killed with SIGKILL, and so restarted.  The
+kernel went on handing it connections, which hung: a router polling the
+edge reached the other worker each time and kept the edge up, and a third of
+the clients it sent there waited for good (an adversarial session).
+
 If the supervisor is SIGKILLed, each worker gets SIGKILL from the kernel
 (``PR_SET_PDEATHSIG``), so the port is free for a restart at once.  The
 supervisor keeps its own bound (not listening) socket on the port, so that no
@@ -43,6 +50,8 @@ STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
 FORCE_AFTER = 1.0  # seconds after a stop signal from which another one kills the workers still stopping
 YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-off
 MAX_BACKOFF_S = 30.0
+BEAT_S = 1.0  # a listening worker's heartbeat
+WEDGED_S = 10.0  # a worker whose heartbeat is this late is killed (and restarted)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _STOPS = set(STOP_SIGNALS)  # as a single process's (a closed terminal's SIGHUP too: it killed the workers at once)
 _WATCHED = {signal.SIGCHLD, signal.SIGUSR1, *_STOPS}
@@ -120,6 +129,7 @@ def die_with_parent(parent: int) -> None:
 
 
 _ready_fd = -1  # in a worker: the pipe to the supervisor
+_beat_fd = -1  # in a worker: the heartbeat pipe to the supervisor
 
 
 def ready() -> None:
@@ -127,6 +137,17 @@ def ready() -> None:
     with contextlib.suppress(OSError):
         os.write(_ready_fd, os.getpid().to_bytes(4, "little"))
         os.kill(os.getppid(), signal.SIGUSR1)
+
+
+async def heartbeat() -> None:
+    """In a worker, from its event loop for as long as it runs: its pid to the supervisor every BEAT_S (module docstring)."""
+    import asyncio
+
+    pid = os.getpid().to_bytes(4, "little")
+    while True:
+        with contextlib.suppress(OSError):  # a full pipe (a supervisor behind): the next beat says the same
+            os.write(_beat_fd, pid)
+        await asyncio.sleep(BEAT_S)
 
 
 class Supervisor:
@@ -143,6 +164,10 @@ class Supervisor:
         self.due: dict[int, float] = {}  # index -> when to fork it again
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
+        self._beat_r, self._beat_w = os.pipe()
+        os.set_blocking(self._beat_r, False)
+        os.set_blocking(self._beat_w, False)  # a worker never waits on a beat
+        self.beats: dict[int, float] = {}  # pid -> when it last beat (workers that beat at least once)
 
     def run(self) -> int:
         """Fork the workers and supervise them until a stop signal; the exit code for the node."""
@@ -164,11 +189,12 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
-            global _ready_fd
+            global _ready_fd, _beat_fd
             try:
                 die_with_parent(parent)
                 os.close(self._ready_r)
-                _ready_fd = self._ready_w
+                os.close(self._beat_r)
+                _ready_fd, _beat_fd = self._ready_w, self._beat_w
                 for sig in _WATCHED:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -187,8 +213,9 @@ class Supervisor:
 
     def _loop(self) -> int:
         while True:
-            timeout = max(0.0, min(self.due.values()) - time.monotonic()) if self.due else None
-            info = signal.sigtimedwait(_WATCHED, timeout) if timeout is not None else signal.sigwaitinfo(_WATCHED)
+            timeout = max(0.0, min([*self.due.values(), time.monotonic() + BEAT_S]) - time.monotonic())
+            info = signal.sigtimedwait(_WATCHED, timeout)
+            self._watch_beats()
             if info is None:
                 pass
             elif info.si_signo in _STOPS:
@@ -204,6 +231,30 @@ class Supervisor:
                 if when <= now:
                     del self.due[index]
                     self._fork(index)
+
+    def _watch_beats(self) -> None:
+        """Note the heartbeats that came; SIGKILL a worker whose last one is WEDGED_S old (``_reap`` restarts it)."""
+        now = time.monotonic()
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self._beat_r, 4096):
+                for at in range(0, len(data) - 3, 4):
+                    pid = int.from_bytes(data[at : at + 4], "little")
+                    if pid in self.pids:
+                        self.beats[pid] = now
+        for pid, last in list(self.beats.items()):
+            if pid not in self.pids:
+                del self.beats[pid]
+            elif now - last >= WEDGED_S:
+                log.error(
+                    "%s worker %d (pid %d) has not run for %.0f s (stopped, or its loop stuck): killing it",
+                    self.role,
+                    self.pids[pid],
+                    pid,
+                    now - last,
+                )
+                del self.beats[pid]
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _read_ready(self) -> None:
         """The pids of workers that now listen, from the pipe."""

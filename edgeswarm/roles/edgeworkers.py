@@ -170,11 +170,13 @@ async def _worker(
             registration.on_bound("https" if ssl_context is not None else "http", *bound[""])
         log.info("edge worker %d of %d (pid %d) serving", slot.index, slot.count, os.getpid())
         workers.ready()
+        beating = asyncio.create_task(workers.heartbeat())  # kept until the worker ends, cancelled below
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        beating.cancel()
     finally:
         await private.cleanup()
         await servers.close()
