@@ -118,6 +118,20 @@ def test_each_region_goes_to_its_edges_and_curl_follows_to_an_identical_file(dep
 
 
 @needs_tools
+def test_a_web_page_on_another_origin_may_follow_the_routers_redirect(deployment):
+    """hls.js, dash.js and <video crossorigin> failed through the router: its 302 had no Access-Control-Allow-Origin
+    and a preflight (a Range request from fetch) got 405, though the edges allow both (an adversarial session)."""
+    router, page = deployment["router"], "Origin: https://player.example"
+    head = ask(router, "/films/a.bin", EAST_CLIENT, "-s", "-D", "-", "-o", "/dev/null", "-H", page).stdout.decode().lower()
+    assert head.startswith("http/1.1 302") and "access-control-allow-origin: *" in head, head
+    preflight = ["-s", "-D", "-", "-o", "/dev/null", "-X", "OPTIONS", "-H", page, "-H", "Access-Control-Request-Method: GET"]
+    head = ask(router, "/films/a.bin", EAST_CLIENT, *preflight, "-H", "Access-Control-Request-Headers: range").stdout.decode().lower()
+    assert head.startswith("http/1.1 204") and "access-control-allow-origin: *" in head and "range" in head, head
+    got = ask(router, "/films/a.bin", EAST_CLIENT, "-s", "-L", "-D", "-", "-o", "/dev/null", "-H", page, "-H", "Range: bytes=0-99")
+    assert "206" in got.stdout.decode() and got.stdout.decode().lower().count("access-control-allow-origin: *") == 2
+
+
+@needs_tools
 def test_dig_gets_the_chosen_edges_address(deployment):
     router = deployment["router"]
     st = router_status(router)

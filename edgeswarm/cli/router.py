@@ -61,6 +61,7 @@ def add_parser(sub) -> None:
     _dns_flags(p)
     options.tls_server(p)
     options.connection_limits(p)
+    options.cors(p, "the router's redirects and answers")
     options.daemon(p, "127.0.0.1:8090")
     p.set_defaults(run=run)
 
@@ -115,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from edgeswarm.node.daemon import setup_logging
     from edgeswarm.policy import routing
     from edgeswarm.protocol import registration
+    from edgeswarm.protocol.cors import CorsPolicy
     from edgeswarm.roles import router
     from edgeswarm.roles.announce import load_region_map
     from edgeswarm.trust import tls
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         args.default_region,
         status_token=options.secret(args.status_token_file),
         ca=tls.client_context(args.ca),
+        cors=CorsPolicy.from_flags(args.cors_origin),
     )
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
     router_node = router.Router(regions, table, config)

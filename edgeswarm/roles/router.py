@@ -47,7 +47,7 @@ from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol import jsondoc
-from edgeswarm.protocol.cors import addressed_directly
+from edgeswarm.protocol.cors import PUBLIC, CorsPolicy, addressed_directly
 from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import PATH, clean_request_path
 from edgeswarm.protocol.registration import edge_spec
@@ -125,6 +125,10 @@ class RouterConfig:
     edges_limit: int = 16  # edges in a JSON answer at most
     status_token: str | None = None  # sent as a bearer token with each /status poll: edges under --require-token want one
     ca: ssl.SSLContext | None = None  # --ca: HTTPS edges' certificates verified against it (None: the system's trust store)
+    # who may follow its redirects from a web page on another origin (--cors-origin): hls.js, dash.js and <video
+    # crossorigin> failed through a router that sent no Access-Control-Allow-Origin and answered preflights 405 (an
+    # adversarial session), though the edges it sends them to allow them
+    cors: CorsPolicy = PUBLIC
 
     @property
     def timeout(self) -> float:
@@ -524,7 +528,7 @@ class Router:
 
     # -- wiring ---------------------------------------------------------------------------------------
     def app(self, dns: tuple[str, int] | None = None) -> web.Application:
-        app = make_app(self.metrics)
+        app = make_app(self.metrics, self.config.cors)
         app.router.add_get("/status", self.get_status)
         app.router.add_get("/edges", self.get_edges)
         app.router.add_post("/register", self.post_register)
