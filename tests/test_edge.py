@@ -7,6 +7,7 @@ import os
 import re
 import time
 
+import aiohttp
 import pytest
 from conftest import Misbehaving, announce_empty, curl, make_file, received_from, sha, status
 
@@ -210,6 +211,21 @@ async def test_a_sibling_trickling_its_pieces_is_set_aside_and_the_parent_used(t
     assert received_from(st, "parent") >= len(data) - MiB, (took, st["bytes_received"])  # a piece or so from it at most
     lines = [line for line in leaf.log_text().splitlines() if f"sibling {slow.url}: " in line]
     assert len(lines) == 1 and "set aside" in lines[0] and "did not answer" in lines[0], lines
+
+
+async def test_bytes_sent_grow_while_a_download_is_under_way(tmp_path, nodes, origin, published, http):
+    """An edge counted an answer's bytes when it ended: a router reading its egress saw 0 through a crowd's long
+    downloads at the edge's cap, and kept sending it clients (an adversarial session)."""
+    data = make_file(published / "long.bin", 4 * MiB)
+    await asyncio.sleep(0.5)
+    e = edge(nodes, tmp_path, origin.url, "--upload-limit", "1MB/s")
+    assert await get(http, e.url + "/long.bin") == (200, data)  # cached: what follows is the edge's own sending
+    before = (await status(http, e.url))["bytes_sent"].get("client", 0)
+    async with aiohttp.ClientSession() as reader, reader.get(e.url + "/long.bin") as resp:
+        got = await resp.content.readexactly(MiB)  # a second or so in, three to go
+        during = (await status(http, e.url))["bytes_sent"].get("client", 0) - before
+        got += await resp.read()
+    assert got == data and during >= MiB // 2, during
 
 
 async def test_pieces_come_from_a_sibling_that_holds_them(tmp_path, nodes, origin, published, http):

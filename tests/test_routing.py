@@ -157,6 +157,22 @@ def test_default_thresholds_take_a_killed_edge_out_at_its_first_failed_poll():
     assert h.failed(2.0, "refused", t) and h.state == DOWN
 
 
+def test_an_edge_capped_below_its_stated_capacity_is_loaded_against_its_cap():
+    """An edge at --upload-limit 200KB/s registered with 10MB/s was never hot: new clients kept going to it while its
+    region's other edge idled (an adversarial session)."""
+    t = Thresholds()
+    h = EdgeHealth()
+    h.succeeded(Sample(0.0, 0, 0, 0, cap_Bps=200_000), t)
+    h.succeeded(Sample(1.0, 190_000, 10, 0, cap_Bps=200_000), t)
+    assert h.load(10_000_000) == pytest.approx(0.95) and shed_share(h.load(10_000_000), t.hot_load) > 0
+    h.succeeded(Sample(2.0, 380_000, 20, 0), t)  # the cap lifted
+    assert h.load(10_000_000) == pytest.approx(0.019)
+    doc = {"role": "edge", "bytes_sent": {"client": 5}, "responses_by_endpoint": {}, "upload_limit_Bps": 200_000}
+    assert sample_from_status(doc, 0.0).cap_Bps == 200_000
+    for bad in (None, 0, -5, True, "fast"):
+        assert sample_from_status({**doc, "upload_limit_Bps": bad}, 0.0).cap_Bps is None
+
+
 def test_egress_and_error_rate_come_from_consecutive_polls():
     t = Thresholds(max_error_rate=0.5, min_requests=10)
     h = EdgeHealth()

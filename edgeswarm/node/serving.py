@@ -132,17 +132,28 @@ async def _stream(
     transform: Transform | None,
     on_sent: Callable[[int], None] | None,
 ) -> None:
-    """Send each part's framing, then its pieces in order; pieces not on disk are fetched LOOKAHEAD ahead."""
+    """Send each part's framing, then its pieces in order; pieces not on disk are fetched LOOKAHEAD ahead.
+
+    The bytes-sent counter grows as each span of a piece leaves, not when the
+    answer ends: a router reading an edge's egress saw nothing of its
+    downloads under way, and kept sending clients to an edge at its cap (an
+    adversarial session).  ``on_sent`` (the ledger) learns the total at the end.
+    """
     pending: dict[int, asyncio.Future] = {}
-    sent = [0]  # file bytes that left, for the counters and on_sent
+    sent = [0]  # file bytes that left, for on_sent
+    kind = "client" if not request.path.startswith("/piece/") else "node"
+
+    def count(n: int) -> None:
+        sent[0] += n
+        metrics.sent[kind] += n
+
     try:
         for head, first, last in parts:
-            await _send_span(request, resp, source, m, head, first, last, pending, bucket, transform, sent)
+            await _send_span(request, resp, source, m, head, first, last, pending, bucket, transform, count)
         if close:
             await resp.write(close)
         await resp.write_eof()
     finally:
-        metrics.sent["client" if not request.path.startswith("/piece/") else "node"] += sent[0]
         if on_sent is not None:
             on_sent(sent[0])
         for fut in pending.values():
@@ -162,7 +173,7 @@ async def _send_span(
     pending: dict[int, asyncio.Future],
     bucket: TokenBucket | None,
     transform: Transform | None,
-    sent: list[int],
+    count: Callable[[int], None],
 ) -> None:
     """The part's framing ``head``, then bytes first..last of the file.
 
@@ -202,7 +213,7 @@ async def _send_span(
             await _chunked(memoryview(piece)[a:b], resp.write)  # a reader that stops reading holds a chunk, not the piece
         else:
             await _sendfile(request, resp, piece, a, b - a)
-        sent[0] += b - a
+        count(b - a)
 
 
 async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:

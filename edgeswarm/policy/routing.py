@@ -86,6 +86,7 @@ class Sample:
     requests: int  # answers to clients and nodes (not polls or scrapes)
     errors: int  # of which 5xx
     whole: bool = True  # every worker of the edge answered for these totals (``workers.answered``)
+    cap_Bps: float | None = None  # the edge's own --upload-limit (``upload_limit_Bps``), if any
 
 
 def sample_from_status(doc: object, at: float) -> Sample:
@@ -108,7 +109,9 @@ def sample_from_status(doc: object, at: float) -> Sample:
                 errors += _count(n)
     workers = doc.get("workers")
     whole = not isinstance(workers, dict) or workers.get("answered") == workers.get("count")
-    return Sample(at, total, requests, errors, whole)
+    cap = doc.get("upload_limit_Bps")
+    cap_Bps = float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) and cap > 0 else None
+    return Sample(at, total, requests, errors, whole, cap_Bps)
 
 
 def _count(value: object) -> int:
@@ -125,6 +128,7 @@ class EdgeHealth:
     failures: int = 0  # failed polls in a row
     successes: int = 0  # good polls in a row
     egress_Bps: float = 0.0  # over the last interval between two good polls
+    cap_Bps: float | None = None  # the edge's --upload-limit, as its last good poll said
     error_rate: float = 0.0
     reason: str = "not polled yet"
     since: float = 0.0  # when the state last changed
@@ -136,6 +140,7 @@ class EdgeHealth:
         Totals that lack a worker (``whole`` false: it did not answer in time) give no rate and are no baseline: the
         next whole ones counted its lifetime bytes as one interval's, an idle edge at 60 MB/s, shed as hot (a review).
         """
+        self.cap_Bps = sample.cap_Bps
         if sample.whole:  # else the rates and the baseline stay as the last whole totals left them
             prev, self.last = self.last, sample
             if prev is not None and sample.at > prev.at and sample.bytes_sent >= prev.bytes_sent and sample.requests >= prev.requests:
@@ -169,7 +174,10 @@ class EdgeHealth:
         return True
 
     def load(self, capacity: float) -> float:
-        return self.egress_Bps / capacity
+        """Egress over the stated capacity, or over the edge's own --upload-limit when that is lower: an edge capped
+        below what it was registered with was never hot, and kept its clients while its region's other edge idled (an
+        adversarial session)."""
+        return self.egress_Bps / (capacity if self.cap_Bps is None else min(capacity, self.cap_Bps))
 
 
 def hrw_score(url: str, key: str, weight: float) -> float:
