@@ -7,6 +7,7 @@ Real origin, edges and peers on loopback; tokens made with the real
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
 import io
@@ -386,6 +387,26 @@ async def test_announces_refuse_bad_input_without_changing_state(tmp_path, nodes
     assert (await announce(good, bob))[0] == 200  # the same peer id under another user is another peer, not a takeover
     assert (await status(http, edge.url))["p2p"]["users"] == {"alice": 1, "bob": 1}
     assert "Traceback" not in (tmp_path / "logs" / "edge.log").read_text()
+
+
+async def test_a_swarm_ticket_never_outlives_the_token_it_was_issued_for(tmp_path, nodes, deployment, http):
+    """A token with seconds left got a ticket of max(60 s, three announce intervals): 15 minutes at the defaults, during
+    which `edgeswarm get` finished whole files from other users' peers while the edge answered it 401 (an adversarial
+    session)."""
+    origin, key, _, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    long, short = issue(key, "alice"), issue(key, "alice", "/", "20s")
+    async with http.get(edge.url + "/manifest/pub/readme.bin", headers=bearer(long)) as r:
+        cid = (await r.json())["id"]
+    doc = {"peer_id": "p1", "port": 7000, "content": cid, "pieces": 4, "have": "AA==", "uploaded": 0, "downloaded": 0, "event": "started"}
+    lives = []
+    for token in (long, short):
+        async with http.post(edge.url + "/announce", headers=bearer(token), json=doc) as r:
+            assert r.status == 200
+            ticket = (await r.json())["ticket"]
+        claims = json.loads(base64.urlsafe_b64decode(ticket.split(".")[1] + "=="))
+        lives.append(claims["exp"] - time.time())
+    assert lives[0] >= 55 and lives[1] <= 20, lives  # 60 s at this edge's 1 s interval; the token's 20 s at most
 
 
 async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture

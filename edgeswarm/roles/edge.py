@@ -955,6 +955,8 @@ class Edge:
             if latency is not None:
                 self.seed_stats.report_latency(region, peer, latency)
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
+            if grant is not None:  # never past the token's own end: a user whose token had expired went on getting
+                ttl = max(1.0, min(ttl, grant.expires - time.time()))  # pieces from peers for 15 min (an adversarial session)
             answer["ticket"] = tokens.issue_ticket(self.swarm_key, str(doc["peer_id"]), user or access.ANONYMOUS, cid, ttl, region=region)
         return answer
 
