@@ -1099,7 +1099,8 @@ class Peer:
                     if code == 429:
                         self.schedule.refused(edge, time.monotonic(), FIRST_RETRY)
                 else:
-                    log.info("announce of %s to %s refused: %s", cid[:12], edge, error or "no answer")
+                    said = f"{code} {str(error.get('message'))[:200]}" if isinstance(error, dict) else "no answer"
+                    log.info("announce of %s to %s refused: %s", cid[:12], edge, said)  # not the dict of its answer
                     if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
                         self._left(edge, cid)
                 continue
