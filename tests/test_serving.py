@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.serving import file_headers, serve_file
+from edgeswarm.node.serving import LOOKAHEAD, file_headers, serve_file
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 
 KEY = Ed25519PrivateKey.generate()
@@ -29,6 +29,8 @@ class ClosingSource:
     needs room: the cached descriptors are forgotten and their numbers now
     point at other files (here, of zeros).
     """
+
+    ahead = LOOKAHEAD
 
     def __init__(self, root: Path, data: bytes):
         self.paths = []
@@ -94,6 +96,8 @@ async def test_a_descriptor_closed_while_the_head_goes_out_is_asked_for_again(tm
 
 class FillingSource:
     """An edge's pieces as it fills them: nothing held until fetched, then kept on disk (``local``) as the store keeps them."""
+
+    ahead = LOOKAHEAD
 
     def __init__(self, root: Path, piece: int, count: int):
         self.root, self.piece, self.count = root, piece, count

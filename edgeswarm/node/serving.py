@@ -35,6 +35,8 @@ SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile 
 
 
 class PieceSource(Protocol):
+    ahead: int  # pieces fetched ahead of the one being sent, at most (LOOKAHEAD, or fewer for a small cache)
+
     def local(self, index: int) -> int | None:
         """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open.
 
@@ -184,7 +186,7 @@ async def _send_span(
     for i in indices:
         piece: int | bytes | None = None if i in pending else source.local(i)
         if piece is None:
-            for j in range(i + 1, min(i + LOOKAHEAD + 1, indices.stop)):
+            for j in range(i + 1, min(i + source.ahead + 1, indices.stop)):
                 if j not in pending and not source.held(j):
                     pending[j] = asyncio.ensure_future(_ahead(source, j, indices.stop))
             ahead = pending.pop(i, None)  # a failure after the head went out cuts the connection (daemon.cut_after_start)

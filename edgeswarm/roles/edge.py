@@ -40,7 +40,7 @@ from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
-from edgeswarm.node.serving import send_piece, serve_file
+from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
 from edgeswarm.node.upstream import MIN_RATE, Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
@@ -107,6 +107,8 @@ NOT_INTERNAL = "this edge fetches uncached content only for its internal network
 
 class EdgeSource:
     """Pieces from this edge's cache, else fetched (collapsed) from siblings or parent."""
+
+    ahead = LOOKAHEAD
 
     def __init__(self, edge: Edge, cid: str, may_fetch: bool):
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch

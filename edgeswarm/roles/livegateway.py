@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node.serving import LOOKAHEAD
 from edgeswarm.node.upstream import UpstreamError
 from edgeswarm.policy.live import LIVE_AHEAD
 from edgeswarm.policy.vocabulary import EDGE
@@ -38,6 +39,8 @@ log = logging.getLogger("edgeswarm.roles.livegateway")
 
 class EdgeSource:
     """A playlist's pieces: the store, else the fastest edge that gives a verified copy."""
+
+    ahead = LOOKAHEAD
 
     def __init__(self, peer: Peer, signed: SignedManifest):
         self.peer, self.signed = peer, signed

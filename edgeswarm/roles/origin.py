@@ -20,7 +20,7 @@ from aiohttp import web
 from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.serving import serve_file
+from edgeswarm.node.serving import LOOKAHEAD, serve_file
 from edgeswarm.policy import scanpace
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.policy.recent import Recent
@@ -60,6 +60,8 @@ DEFAULT_QUOTA = 1_000_000_000  # bytes a publishing user may keep published (--u
 
 class OriginSource:
     """Pieces read from the published file and checked against the manifest before they go out."""
+
+    ahead = LOOKAHEAD
 
     def __init__(self, origin: Origin, entry: Entry):
         self.origin = origin

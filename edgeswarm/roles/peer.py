@@ -39,7 +39,7 @@ from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
-from edgeswarm.node.serving import send_piece, serve_file
+from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
 from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, OutOfDescriptorsHere, Upstream, UpstreamError, node_url, read_bounded
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
@@ -194,6 +194,9 @@ class SwarmSource:
     def __init__(self, peer: Peer, swarm: Swarm):
         self.peer, self.swarm = peer, swarm
         self._fetching = 0  # this read's fetches under way (its piece and those ahead of it)
+        # a quarter of the swarm's read-ahead window (16 pieces: LOOKAHEAD), none under a small --max-cache: pieces
+        # fetched ahead were evicted before their turn and fetched again (1.5 x a file read through a 2 MB cache)
+        self.ahead = min(LOOKAHEAD, swarm.engine.window // 4)
 
     def local(self, index: int) -> int | None:
         self.swarm.touch()  # a read served from the store still uses the swarm: not retired under it
