@@ -210,7 +210,7 @@ async def test_a_sibling_trickling_its_pieces_is_set_aside_and_the_parent_used(t
         st = await status(http, leaf.url)
     assert received_from(st, "parent") >= len(data) - MiB, (took, st["bytes_received"])  # a piece or so from it at most
     lines = [line for line in leaf.log_text().splitlines() if f"sibling {slow.url}: " in line]
-    assert len(lines) == 1 and "set aside" in lines[0] and "did not answer" in lines[0], lines
+    assert 1 <= len(lines) <= 2 and "set aside" in lines[0] and "did not answer" in lines[0], lines  # a line per 10 s
 
 
 async def test_bytes_sent_grow_while_a_download_is_under_way(tmp_path, nodes, origin, published, http):

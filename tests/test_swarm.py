@@ -376,12 +376,14 @@ def test_get_downloads_verified_file_and_fails_clearly(tmp_path, nodes, origin, 
     assert not (tmp_path / "x").exists()
     junk = subprocess.run([sys.executable, "-m", "edgeswarm", "get", "ftp://x/y"], capture_output=True, text=True, timeout=30)
     assert junk.returncode == 2 and "not an http(s) URL" in junk.stderr
-    # an output it cannot write (its "directory" is a file): said at the first piece, nothing half-written left behind
+    # an output it cannot write (its "directory" is a file): said before the download (it was at the first piece, as
+    # mkdir's "File exists"), nothing half-written left behind
     (tmp_path / "plain").write_text("not a directory")
     unwritable = tmp_path / "plain" / "out.bin"
     cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/dir/app.bin", "-o", str(unwritable), "--listen", "127.1.0.7:0"]
     stuck = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert stuck.returncode == 1 and f"cannot write {unwritable}" in stuck.stderr and "Traceback" not in stuck.stderr, stuck.stderr
+    said = f"{tmp_path / 'plain'} is not a directory"
+    assert stuck.returncode == 2 and said in stuck.stderr and "Traceback" not in stuck.stderr, stuck.stderr
     assert (tmp_path / "plain").read_text() == "not a directory"
 
 
