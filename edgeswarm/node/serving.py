@@ -134,7 +134,7 @@ async def _stream(
     transform: Transform | None,
     on_sent: Callable[[int], None] | None,
 ) -> None:
-    """Send each part's framing, then its pieces in order; pieces not on disk are fetched LOOKAHEAD ahead.
+    """Send each part's framing, then its pieces in order; pieces not on disk are fetched ``source.ahead`` ahead.
 
     The bytes-sent counter grows as each span of a piece leaves, not when the
     answer ends: a router reading an edge's egress saw nothing of its

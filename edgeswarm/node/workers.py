@@ -132,10 +132,19 @@ _ready_fd = -1  # in a worker: the pipe to the supervisor
 _beat_fd = -1  # in a worker: the heartbeat pipe to the supervisor
 
 
+def _pid_bytes() -> bytes:
+    """This process's pid as the supervisor's pipes carry it (``_pids`` reads them)."""
+    return os.getpid().to_bytes(4, "little")
+
+
+def _pids(data: bytes) -> list[int]:
+    return [int.from_bytes(data[at : at + 4], "little") for at in range(0, len(data) - 3, 4)]
+
+
 def ready() -> None:
     """In a worker, once it listens: tells the supervisor (first-generation deaths after this are restarted)."""
     with contextlib.suppress(OSError):
-        os.write(_ready_fd, os.getpid().to_bytes(4, "little"))
+        os.write(_ready_fd, _pid_bytes())
         os.kill(os.getppid(), signal.SIGUSR1)
 
 
@@ -143,7 +152,7 @@ async def heartbeat() -> None:
     """In a worker, from its event loop for as long as it runs: its pid to the supervisor every BEAT_S (module docstring)."""
     import asyncio
 
-    pid = os.getpid().to_bytes(4, "little")
+    pid = _pid_bytes()
     while True:
         with contextlib.suppress(OSError):  # a full pipe (a supervisor behind): the next beat says the same
             os.write(_beat_fd, pid)
@@ -237,8 +246,7 @@ class Supervisor:
         now = time.monotonic()
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._beat_r, 4096):
-                for at in range(0, len(data) - 3, 4):
-                    pid = int.from_bytes(data[at : at + 4], "little")
+                for pid in _pids(data):
                     if pid in self.pids:
                         self.beats[pid] = now
         for pid, last in list(self.beats.items()):
@@ -263,8 +271,8 @@ class Supervisor:
         except BlockingIOError:
             return
         was = len(self.ever_ready)
-        for at in range(0, len(data) - 3, 4):
-            index = self.pids.get(int.from_bytes(data[at : at + 4], "little"))
+        for pid in _pids(data):
+            index = self.pids.get(pid)
             if index is not None:
                 self.ever_ready.add(index)
         if was < self.count == len(self.ever_ready):

@@ -109,9 +109,15 @@ def sample_from_status(doc: object, at: float) -> Sample:
                 errors += _count(n)
     workers = doc.get("workers")
     whole = not isinstance(workers, dict) or workers.get("answered") == workers.get("count")
-    cap = doc.get("upload_limit_Bps")
-    cap_Bps = float(cap) if isinstance(cap, int | float) and not isinstance(cap, bool) and cap > 0 else None
-    return Sample(at, total, requests, errors, whole, cap_Bps)
+    cap = status_number(doc.get("upload_limit_Bps"))
+    return Sample(at, total, requests, errors, whole, float(cap) if cap else None)
+
+
+def status_number(value: object) -> float | int | None:
+    """A non-negative number from an edge's /status, else None (a missing or odd field is shown as unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None  # json.loads takes NaN and Infinity, which our own JSON must not pass on
+    return value
 
 
 def _count(value: object) -> int:

@@ -34,7 +34,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
-from edgeswarm.node.logthrottle import Throttle
+from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.looplag import LoopLag
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
@@ -156,7 +156,7 @@ class Edge:
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
         self.ranking = SourceRanking()
         self.unusable: dict[str, str] = {}  # sibling -> why it cannot be used as configured (a certificate), as last logged
-        self.slow_said = Throttle(burst=1, interval=10.0)  # a line per slow sibling every 10 s: pieces time out together
+        self.slow_said = ThrottledLog(log, Throttle(burst=1, interval=10.0))  # a line per slow sibling every 10 s
         self.metrics = Metrics("edge")
         self.manifests = ManifestFetcher(self.upstream, self.metrics, self.ranking, config.revalidate, "parent")
         self.tracker = tracker = _tracker(config) if config.p2p else None
@@ -391,9 +391,10 @@ class Edge:
             except UpstreamError as exc:
                 backoff = self.ranking.failure(source, time.monotonic())
                 problems.append(exc)
-                if sibling and isinstance(exc, UpstreamTimeout) and self.slow_said.admit(source, time.monotonic()):
-                    # a slow sibling is no failure the client sees: say it here
-                    log.info("sibling %s: %s; set aside for %.0f s, the parent asked", source, exc.message, backoff)
+                if sibling and isinstance(exc, UpstreamTimeout):  # no failure the client sees: said here (pieces time out together)
+                    self.slow_said.log(
+                        logging.INFO, source, "sibling %s: %s; set aside for %.0f s, the parent asked", source, exc.message, backoff
+                    )
                 if sibling and isinstance(exc, Hopeless) and self.unusable.get(source) != exc.message:  # said once
                     self.unusable[source] = exc.message  # a sibling whose certificate fails was skipped without a word
                     log.warning("sibling %s cannot be used: %s; pieces come from the parent", source, exc.message)

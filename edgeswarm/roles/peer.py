@@ -1095,14 +1095,14 @@ class Peer:
             if not isinstance(one, dict) or "error" in one:
                 error = one.get("error") if isinstance(one, dict) else None
                 code = error.get("status") if isinstance(error, dict) else None
-                if isinstance(error, dict) and isinstance(code, int) and (code >= 500 or code == 429):
+                said = f"{code} {str(error.get('message'))[:200]}" if isinstance(error, dict) else "no answer"
+                if isinstance(code, int) and (code >= 500 or code == 429):
                     # the rest of the batch (a store down, or the sender over its rate part-way): try again soon, the
                     # stopped ones too (forgotten on a 429, they were handed out by the edge for a ttl: a review)
-                    unreachable = f"{code} {str(error.get('message'))[:200]}"
+                    unreachable = said
                     if code == 429:
                         self.schedule.refused(edge, time.monotonic(), FIRST_RETRY)
                 else:
-                    said = f"{code} {str(error.get('message'))[:200]}" if isinstance(error, dict) else "no answer"
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, said)  # not the dict of its answer
                     if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
                         self._left(edge, cid)

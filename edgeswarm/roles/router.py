@@ -26,7 +26,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import UpstreamError, read_bounded
 from edgeswarm.policy.regions import RegionMap
-from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status
+from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.cors import PUBLIC, CorsPolicy, addressed_directly
@@ -65,13 +64,6 @@ BADVERS = 16  # the extended RCODE for an EDNS version we do not speak (RFC 6891
 DNS_PORT_TRIES = 20  # ports tried for --dns-port 0 before settling for UDP alone
 
 
-def _number(value: object) -> float | int | None:
-    """A non-negative number from an edge's /status, else None (a missing or odd field is shown as unknown)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        return None  # json.loads takes NaN and Infinity, which our own JSON must not pass on
-    return value
-
-
 def polled_figures(doc: dict, at: float) -> dict:
     """What the router keeps of one good /status poll for its dashboard (bounded; odd fields become None).
 
@@ -88,21 +80,23 @@ def polled_figures(doc: dict, at: float) -> dict:
         for name, row in list(rows.items())[:MAX_POLLED_REGIONS]:
             if not isinstance(row, dict):
                 continue
-            from_peers = [_number(row.get(k)) for k in ("bytes_from_peers_same_region", "bytes_from_peers_other_region")]
+            from_peers = [status_number(row.get(k)) for k in ("bytes_from_peers_same_region", "bytes_from_peers_other_region")]
             regions[str(name)[:MAX_NAME]] = {
-                "peers": _number(row.get("peers")),
-                "bytes_from_edge": _number(row.get("bytes_from_edge")),
+                "peers": status_number(row.get("peers")),
+                "bytes_from_edge": status_number(row.get("bytes_from_edge")),
                 "bytes_from_peers": None if None in from_peers else sum(n for n in from_peers if n is not None),
-                "p2p_share": _number(row.get("p2p_share")),
+                "p2p_share": status_number(row.get("p2p_share")),
             }
     contents = doc.get("contents")
     return {
         "at": round(at, 3),
-        "upload_limit_Bps": _number(doc.get("upload_limit_Bps")),
-        "cache_bytes": _number(doc.get("cache_bytes")),
-        "cache_max_bytes": _number(doc.get("cache_max_bytes")) or None,  # 0: no quota
-        "cache_entries": _number(doc.get("content_count", len(contents) if isinstance(contents, list) else None)),  # older edges: the list
-        "peers": _number(p2p.get("peers")) if p2p is not None else None,
+        "upload_limit_Bps": status_number(doc.get("upload_limit_Bps")),
+        "cache_bytes": status_number(doc.get("cache_bytes")),
+        "cache_max_bytes": status_number(doc.get("cache_max_bytes")) or None,  # 0: no quota
+        "cache_entries": status_number(
+            doc.get("content_count", len(contents) if isinstance(contents, list) else None)
+        ),  # older edges: the list
+        "peers": status_number(p2p.get("peers")) if p2p is not None else None,
         "regions": regions,
         "store": _shared_store(p2p.get("store")) if p2p is not None else None,
     }
