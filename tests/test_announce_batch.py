@@ -116,4 +116,5 @@ async def test_a_user_opening_many_files_in_a_row_is_never_refused_announces(tmp
     while (await status(http, edge.url))["p2p"]["swarm_memberships"] < count:
         assert time.monotonic() < deadline, "the peer did not announce every content"
         await asyncio.sleep(0.2)
-    assert "429" not in peer.log_text() and "too many announces" not in edge.log_text()
+    # " 429": a refusal's status follows a space; a timestamp's milliseconds (",429 INFO") are not one (a CI run)
+    assert " 429" not in peer.log_text() and "too many announces" not in edge.log_text()
