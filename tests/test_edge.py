@@ -195,6 +195,24 @@ async def test_corrupt_sibling_is_set_aside_and_the_parent_used(tmp_path, nodes,
     assert received_from(st, "parent") == len(data)
 
 
+async def test_a_sibling_whose_pieces_fetched_at_once_are_corrupt_is_set_aside_once(tmp_path, nodes, origin, published, http):
+    """Requests sent together failing one after another each doubled the back-off: a sibling whose pieces fetched at
+    once were corrupt was set aside 2, 4, 8 and 16 s within milliseconds (an adversarial session)."""
+    data = make_file(published / "z.bin", 4 * MiB)
+    await asyncio.sleep(0.5)
+    honest = edge(nodes, tmp_path, origin.url, name="honest")
+    assert await get(http, honest.url + "/z.bin") == (200, data)
+    async with Misbehaving(honest.url, corrupt=True) as liar:
+        leaf = edge(nodes, tmp_path, origin.url, "--sibling", liar.url, name="leaf")
+        assert await get(http, leaf.url + "/z.bin", Range="bytes=0-0") == (206, data[:1])  # the manifest, and a first piece
+        spans = [(i * 256 * 1024, i * 256 * 1024 + 9) for i in range(4, 12)]  # eight pieces, asked for at once
+        got = await asyncio.gather(*(get(http, leaf.url + "/z.bin", Range=f"bytes={a}-{b}") for a, b in spans))
+        assert got == [(206, data[a : b + 1]) for a, b in spans]
+    lines = [line for line in leaf.log_text().splitlines() if f"{liar.url} sent a corrupt piece" in line]
+    assert len(lines) >= 2, lines  # else nothing was in flight together: the test would say nothing
+    assert all(line.endswith("set aside for 2 s") for line in lines), lines
+
+
 async def test_a_sibling_trickling_its_pieces_is_set_aside_and_the_parent_used(tmp_path, nodes, origin, published, http):
     """A sibling at 17 KiB/s outlasted its 2 s timeout by the second each 16 KiB received earns: 16 s a piece, a
     success each time, asked first again, and no log line (an adversarial session: 1.3 MB in 30 s)."""

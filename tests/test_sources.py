@@ -163,3 +163,18 @@ def test_when_every_source_is_set_aside_one_is_probed_a_second():
     assert r.probe(["a"], 2.0) == "a"
     assert r.probe(["a", "c"], 9.0) is None  # c is available: nothing to probe
     assert r.probe([], 9.0) is None
+
+
+def test_requests_sent_before_a_failure_that_fail_after_it_do_not_double_the_back_off():
+    """Several corrupt pieces fetched at once from one sibling set it aside 8, 16 and 32 s within milliseconds (an
+    adversarial session): a request sent before the source's last failure fails in the same episode."""
+    r = SourceRanking()
+    assert r.failure("sib", 10.0, began=9.0) == BASE_BACKOFF
+    assert r.failure("sib", 10.001, began=9.0) == BASE_BACKOFF  # in flight when it failed: not doubled
+    assert r.failure("sib", 10.5, began=9.5) == BASE_BACKOFF  # the same back-off, from its latest failure
+    assert not r.available("sib", 12.4) and r.available("sib", 12.5)
+    assert r.failure("sib", 13.0, began=12.5) == 2 * BASE_BACKOFF  # sent after: a repeat offence
+    assert r.failure("sib", 13.5, began=12.75) == 2 * BASE_BACKOFF  # sent before the episode's first failure: the same one
+    assert r.failure("sib", 30.0, began=12.0) == 2 * BASE_BACKOFF  # a slow one from before, ending after the back-off
+    r.success("sib", 1000, 1.0)
+    assert r.failure("sib", 40.0, began=12.0) == BASE_BACKOFF  # a success since: a first failure again

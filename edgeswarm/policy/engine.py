@@ -629,7 +629,7 @@ class Engine:
                 continue
             self._seed_coming, asks = None, asks + 1
             whole = self.picker.whole_file and not self.picker.urgent
-            start = self.picker.seed_from()
+            start, began = self.picker.seed_from(), self.clock()
             got = yield Seed(edge, frozenset(self.picker.claimed()), start, whole, frozenset(self.picker.unseen(start)))
             assert isinstance(got, Result)
             if self._seed_coming is not None and (got.kind != "ok" or got.index != self._seed_coming or got.index in self.picker.have):
@@ -641,7 +641,7 @@ class Engine:
             elif got.kind == "short":
                 yield Sleep(SHORT_PAUSE)
             elif got.kind == "failed":
-                backoff = self.ranking.failure(edge, self.clock())
+                backoff = self.ranking.failure(edge, self.clock(), began)
                 log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
                 self._no_edge_for_startup()
             elif got.kind == "gone":
@@ -753,7 +753,8 @@ class Engine:
 
     def transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None, urgent: bool = False, data: object = None) -> Step:
         """One piece from ``source``, and what its outcome costs; returns "ok", "retry" or "gone" (stop using this peer)."""
-        self.picker.start(source, index, self.clock(), edge=peer is None)
+        began = self.clock()
+        self.picker.start(source, index, began, edge=peer is None)
         try:
             result = yield Fetch(source, url, index, peer, urgent, data)
         except BaseException:
@@ -772,10 +773,10 @@ class Engine:
             self.host.delivered(index, url, peer, result.nbytes)
             self.host.abandon(index)  # the edge raced a late peer, or a peer the edge: the loser's bytes are nobody's
         self.host.changed()
-        return (yield from self._after(result, url, index, peer))
+        return (yield from self._after(result, url, index, peer, began))
 
-    def _after(self, result: Result, url: str, index: int, peer: Neighbour | None) -> Step:
-        """What a failed transfer costs its source; "ok" passes through."""
+    def _after(self, result: Result, url: str, index: int, peer: Neighbour | None, began: float) -> Step:
+        """What a failed transfer (sent at ``began``) costs its source; "ok" passes through."""
         kind = result.kind
         if kind in ("ok", "gone"):
             return kind
@@ -788,14 +789,14 @@ class Engine:
             if peer is not None:
                 self.ban(peer, f"sent a corrupt piece {index}")
                 return "gone"
-            self.ranking.failure(url, self.clock())
+            self.ranking.failure(url, self.clock(), began)
             self._no_edge_for_startup()
         elif kind == "choked" and peer is not None:
             yield from self._pause(peer, result.seconds)
         elif kind == "not_held" and peer is not None:
             self.picker.peer_has(peer.peer_id, self.held_by(peer) - {index})
         elif kind in ("failed", "stalled"):
-            backoff = self.ranking.failure(url, self.clock())
+            backoff = self.ranking.failure(url, self.clock(), began)
             if peer is None:
                 log.warning("edge %s failed (%s); set aside for %.0f s", url, result.message, backoff)
                 self._no_edge_for_startup()

@@ -389,7 +389,7 @@ class Edge:
             except OutOfDescriptorsHere:
                 raise  # ours, not the source's: a 503 to retry, and the source is not set aside
             except UpstreamError as exc:
-                backoff = self.ranking.failure(source, time.monotonic())
+                backoff = self.ranking.failure(source, time.monotonic(), started)
                 problems.append(exc)
                 if sibling and isinstance(exc, UpstreamTimeout):  # no failure the client sees: said here (pieces time out together)
                     self.slow_said.log(
@@ -411,7 +411,7 @@ class Edge:
                 store.put_piece(cid, index, reply.body)
             except CorruptPiece:
                 self.metrics.events[("corrupt_piece", source)] += 1
-                backoff = self.ranking.failure(source, time.monotonic())
+                backoff = self.ranking.failure(source, time.monotonic(), started)
                 fate = f"set aside for {backoff:.0f} s" if sibling else "no other source to try"
                 log.warning("%s sent a corrupt piece %d of %s; %s", source, index, signed.manifest.path, fate)
                 problems.append(UpstreamError(502, f"{source} sent a corrupt piece {index} of {signed.manifest.path}"))
