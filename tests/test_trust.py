@@ -409,6 +409,40 @@ async def test_a_swarm_ticket_never_outlives_the_token_it_was_issued_for(tmp_pat
     assert lives[0] >= 55 and lives[1] <= 20, lives  # 60 s at this edge's 1 s interval; the token's 20 s at most
 
 
+async def test_a_have_stream_ends_when_the_ticket_it_was_opened_with_expires(tmp_path, nodes, deployment, http):
+    """A HAVE stream opened with a valid ticket ran for as long as its subscriber stayed: a user whose token had
+    expired went on learning what another user's peer held (an adversarial session).  It ends within a heartbeat of
+    the ticket's expiry; a live subscriber opens it again with its newest ticket."""
+    origin, key, _, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    args = ("--cache", str(tmp_path / "alice"), "--edge", edge.url, "--listen", "127.0.0.11:0", "--gateway", "127.0.0.1:0")
+    alice = nodes.start("peer", *args, "--token", issue(key, "alice"), name="alice")
+    async with http.post(alice.urls["gateway"] + "/pub/readme.bin") as r:
+        assert r.status == 202
+    await wait_complete(http, alice)
+    async with http.get(edge.url + "/manifest/pub/readme.bin", headers=bearer(issue(key, "bob"))) as r:
+        cid = (await r.json())["id"]
+    soon = tokens.issue(load_private_key(key), "bob", "/", 60, now=time.time() - 56)  # expires in 4 s
+    doc = {"peer_id": "b1", "port": 7000, "content": cid, "pieces": 4, "have": "AA==", "uploaded": 0, "downloaded": 0, "event": "started"}
+    async with http.post(edge.url + "/announce", headers=bearer(soon), json=doc) as r:
+        assert r.status == 200, await r.text()
+        ticket = (await r.json())["ticket"]
+    expires = json.loads(base64.urlsafe_b64decode(ticket.split(".")[1] + "=="))["exp"]
+    headers = {**bearer(ticket), "X-Edgeswarm-Peer": "b1", "Accept": "application/x-ndjson"}
+    lines = []
+    async with http.get(f"{alice.urls['upload']}/have/{cid}", headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as r:
+        assert r.status == 200, await r.text()
+        with contextlib.suppress(TimeoutError):  # the old code: the stream never ends
+            async with asyncio.timeout(expires - time.time() + 15):
+                async for line in r.content:
+                    lines.append(line)
+    ended = time.time()
+    assert lines and b'"bitfield"' in lines[0]  # the snapshot
+    assert ended < expires + 12, f"the stream outlived its ticket by {ended - expires:.0f} s"
+    async with http.get(f"{alice.urls['upload']}/have/{cid}", headers=headers) as r:
+        assert r.status == 401  # and it is not opened again with that ticket
+
+
 async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture
     origin, key, _, public = deployment
     edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--ledger", pg_database)

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ def too_slow(buffered: int) -> bool:
     return buffered > MAX_BUFFER
 
 
-async def serve(request: web.Request, sub: Subscriber, first: bytes) -> web.StreamResponse:
-    """Write one subscription's body until the subscriber leaves, stops reading, or the peer shuts down."""
+async def serve(request: web.Request, sub: Subscriber, first: bytes, until: float | None = None) -> web.StreamResponse:
+    """Write one subscription's body until the subscriber leaves, stops reading, or the peer shuts down; or, once wall
+    time ``until`` (the swarm ticket's expiry) has passed, within a HEARTBEAT: the subscriber opens it again with its
+    newest ticket.  A stream opened with a valid ticket ran for as long as its subscriber stayed, whose user's token
+    had long expired (an adversarial session)."""
     resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
     await resp.prepare(request)
     transport = request.transport
@@ -137,7 +141,7 @@ async def serve(request: web.Request, sub: Subscriber, first: bytes) -> web.Stre
     sub.on_pending = wake.set
     line: bytes | None = first
     try:
-        while not sub.closed and not transport.is_closing():
+        while not sub.closed and not transport.is_closing() and (until is None or time.time() < until):
             if line is not None:
                 if too_slow(transport.get_write_buffer_size()):
                     log.info("dropped a HAVE subscriber from %s: it reads nothing (over %d bytes queued)", request.remote, MAX_BUFFER)

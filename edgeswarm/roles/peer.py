@@ -386,14 +386,16 @@ class Peer:
             except (UpstreamError, KeyFileError) as exc:
                 log.info("no swarm-ticket key from %s yet: %s", edge, exc)
 
-    async def check_ticket(self, request: web.Request, cid: str) -> None:
-        """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else 401/403)."""
+    async def check_ticket(self, request: web.Request, cid: str) -> float | None:
+        """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else
+        401/403); returns when the ticket expires (None: open mode, no ticket)."""
         if not self.token:
-            return
+            return None
         from edgeswarm.trust import access, tokens  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
 
         try:
-            await self.verify_ticket(tokens.from_request(request.headers, request.query), cid, request.headers.get(PEER_HEADER))
+            ticket = await self.verify_ticket(tokens.from_request(request.headers, request.query), cid, request.headers.get(PEER_HEADER))
+            return ticket.expires
         except tokens.TokenError as exc:
             self.metrics.events[("refused_ticket", "")] += 1
             raise access.denied(exc) from None
@@ -1275,7 +1277,7 @@ class Peer:
         """What we hold: a bitfield, or with ``Accept: application/x-ndjson`` the HAVE stream."""
         store = await self._store()
         cid = request.match_info["cid"]
-        await self.check_ticket(request, cid)
+        expires = await self.check_ticket(request, cid)
         signed = store.manifest(cid)
         if signed is None:
             raise HttpError(404, f"content {cid[:80]} is not held here")
@@ -1290,7 +1292,7 @@ class Peer:
         try:
             if met is not None:
                 self._met_subscriber(cid, *met)
-            return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()))
+            return await havefeed.serve(request, sub, havefeed.snapshot_line(store.held(cid), count, time.time()), expires)
         finally:
             self.havefeed.unsubscribe(cid, sub)
 
