@@ -57,10 +57,19 @@ def test_a_partial_output_locked_by_its_writer_is_kept_whatever_its_pid_says(tmp
 def test_the_summary_rates_what_this_run_fetched_not_what_the_cache_held():
     """A rerun that found the file in its cache said "38.1 MiB in 0.0 s (37.3 GiB/s)" (an adversarial session)."""
     mib = 1024 * 1024
-    whole = {"size": 8 * mib, "received": 8 * mib, "from_peers": 2 * mib, "seconds": 2.0}
+    whole = {"size": 8 * mib, "received": 8 * mib, "from_peers": 2 * mib, "seconds": 2.0, "key_learned": False}
     assert _summary(Path("f.bin"), whole) == "f.bin: 8.0 MiB in 2.0 s (4.0 MiB/s), 25% from peers, every piece verified"
     part = {**whole, "received": 2 * mib, "from_peers": 0}
     said = "f.bin: 8.0 MiB in 2.0 s (2.0 MiB fetched at 1.0 MiB/s, the rest from the cache), 0% from peers, every piece verified"
     assert _summary(Path("f.bin"), part) == said
     cached = {**whole, "received": 0, "from_peers": 0, "seconds": 0.01}
     assert _summary(Path("f.bin"), cached) == "f.bin: 8.0 MiB in 0.0 s (all from the cache), every piece verified"
+
+
+def test_the_summary_says_when_the_pieces_were_checked_against_a_key_the_edge_served():
+    """ "every piece verified" made a forging edge's bytes look checked: without --origin-key, nor a key pinned in
+    --cache by an earlier run, `get` trusts the key the edge serves (an adversarial session)."""
+    mib = 1024 * 1024
+    learned = {"size": mib, "received": mib, "from_peers": 0, "seconds": 1.0, "key_learned": True}
+    said = _summary(Path("f.bin"), learned)
+    assert said.endswith("every piece verified against the origin key the edge served (--origin-key pins one)"), said

@@ -443,6 +443,30 @@ async def test_a_have_stream_ends_when_the_ticket_it_was_opened_with_expires(tmp
         assert r.status == 401  # and it is not opened again with that ticket
 
 
+async def test_get_with_origin_key_refuses_an_edge_that_signs_with_another_key(tmp_path, nodes, published, http):
+    """`get` had no --origin-key: run without a --cache it trusted whatever key the edge served, and wrote a forging
+    edge's bytes saying "every piece verified" (an adversarial session).  A forger here is an origin of its own with
+    another key, serving other bytes at the same path."""
+    data = make_file(published / "os.img", SIZE)
+    real = nodes.start("origin", "--publish", str(published), name="real")
+    forged_dir = tmp_path / "forged"
+    make_file(forged_dir / "os.img", SIZE)
+    forger = nodes.start("origin", "--publish", str(forged_dir), "--state", str(tmp_path / "forger-state"), name="forger")
+    pinned = tmp_path / "origin.pub"
+    pinned.write_bytes(curl(real.url + "/origin-key").stdout)
+    assert b"PUBLIC KEY" in pinned.read_bytes()
+
+    out = tmp_path / "out" / "os.img"
+    refused = get(forger.url + "/os.img", out, "--origin-key", str(pinned))
+    assert refused.returncode == 1 and "not signed by the pinned origin key" in refused.stderr, refused.stderr
+    assert not out.exists() and "Traceback" not in refused.stderr
+    ok = get(real.url + "/os.img", out, "--origin-key", str(pinned))
+    assert ok.returncode == 0, ok.stderr
+    assert out.read_bytes() == data and ok.stdout.strip().endswith("every piece verified"), ok.stdout
+    unpinned = get(forger.url + "/os.img", tmp_path / "other.img")  # trust on first use: it says whose key it checked against
+    assert unpinned.returncode == 0 and "against the origin key the edge served" in unpinned.stdout, unpinned.stdout
+
+
 async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture
     origin, key, _, public = deployment
     edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--ledger", pg_database)

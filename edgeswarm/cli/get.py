@@ -37,6 +37,11 @@ def add_parser(sub) -> None:
         metavar="SECONDS",
         help="give up when nothing arrives for this long (default 60)",
     )
+    options.origin_key(
+        p,
+        "the origin's public key (PEM) to check every piece against (default: the one pinned in --cache by an earlier run, "
+        "else the one the edge serves, which a compromised edge could forge)",
+    )
     options.credentials(p, "the download")
     options.log_flags(p, "warning", access_log=False)
     p.set_defaults(run=run)
@@ -58,4 +63,5 @@ def run(args: argparse.Namespace) -> int:
         options.token(args),
         args.ca,
         args.router,
+        args.origin_key,
     )
