@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeswarm.roles.peer import NEWS_BURST, NEWS_WINDOW, AnnounceSchedule
+from edgeswarm.roles.peer import MAX_INTERVAL, MIN_INTERVAL, NEWS_BURST, NEWS_WINDOW, AnnounceSchedule, _interval
 
 A, B = "http://a", "http://b"
 
@@ -126,3 +126,29 @@ def test_news_hurries_at_most_a_burst_of_rounds_then_one_each_window_share():
             rounds += 1
         t = round(t + 0.01, 2)
     assert rounds <= NEWS_BURST * (10 / NEWS_WINDOW + 1) and rounds / 10 < 20 / 3  # three such peers behind one address
+
+
+def test_each_tracker_is_announced_to_at_its_own_interval():
+    """An edge answering an hour (or a number too large for a float) stopped a peer's announces to every edge, and
+    left it out of every swarm (an adversarial session)."""
+    s = AnnounceSchedule(300)
+    s.given(A, 1.0)
+    s.given(B, 3600.0)
+    s.succeeded(A, 100)
+    s.succeeded(B, 100)
+    assert s.due([A, B], 101) == [A] and s.due([A, B], 3699) == [A] and s.due([A, B], 3700) == [A, B]
+    assert s.failed(A, 200) == 1 and s.failed(A, 201) == 1  # A's back-off is capped at its own interval
+
+
+@pytest.mark.parametrize(
+    "given, kept",
+    [(300, 300.0), ("300", 300.0), (0, MIN_INTERVAL), (-5, MIN_INTERVAL), (int("9" * 400), MAX_INTERVAL), ("1e999", MAX_INTERVAL)],
+)
+def test_an_answers_interval_is_kept_within_bounds(given, kept):
+    assert _interval(given) == kept
+
+
+@pytest.mark.parametrize("given", ["nan", None, [], "soon"])
+def test_an_interval_that_is_no_number_is_refused(given):
+    with pytest.raises((ValueError, TypeError)):
+        _interval(given)

@@ -10,6 +10,7 @@ a newer one, or an endless chunked body.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from conftest import DoubleServer, run_cli, sha, status
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_swarm import REGIONS, CorruptingPeer, start_edge, start_peer, wait_complete  # noqa: F401  REGIONS: for the regions fixture
 
+from edgeswarm.policy import bitfield
 from edgeswarm.protocol.manifest import Manifest, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.wire import manifest_response
 from edgeswarm.trust.signing import public_pem
@@ -288,3 +290,77 @@ async def test_a_peer_with_endless_pieces_leaves_the_victim_bounded(tmp_path, no
     assert rss.peak < RSS_BOUND, f"the victim reached {rss.peak / MiB:.0f} MiB"
     assert sha((await fetch(http, victim.urls["gateway"] + "/f.bin"))[1]) == sha(data)
     assert "sent more than 262144 bytes" in victim.log_text()
+
+
+class TrackerProxy(DoubleServer):
+    """An edge in front of a real one: every request passed on (pieces a second late, so that a download lasts),
+    announces counted; a ``lying`` one answers them with an interval too large for a float and peers at ``victim``'s
+    URL, with a path and a query of its choosing."""
+
+    def __init__(self, upstream: str, lying: bool = False, victim: str = "", interval: object = 300):
+        self.upstream, self.lying, self.victim, self.interval = upstream, lying, victim, interval
+        self.announces = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.path == "/announce":
+            self.announces += 1
+            if self.lying:
+                doc = await request.json()
+                have = bitfield.encode(range(12), 12)
+                peers = [{"peer_id": f"v{i}", "url": f"{self.victim}/x{i}?", "have": have, "region": None} for i in range(50)]
+                contents = {c["content"]: {"peers": peers} for c in doc.get("contents", [doc])}
+                return web.json_response({"interval": self.interval, "locality": "prefer", "region": None, "contents": contents})
+        if request.path.startswith(("/piece/", "/seed/")):
+            await asyncio.sleep(1.0)
+        headers = {k: v for k, v in request.headers.items() if k not in ("Host", "Content-Length")}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            s.request(request.method, self.upstream + request.raw_path, headers=headers, data=body) as r,
+        ):
+            out = await r.read()
+            keep = {k: v for k, v in r.headers.items() if k in ("Content-Type", "ETag", "Retry-After")}
+            return web.Response(status=r.status, body=out, headers=keep)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+class Victim(DoubleServer):
+    """A service that is no peer: it counts what it is asked, and answers 404."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        return web.Response(status=404, text="no such page\n")
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+@pytest.mark.parametrize("interval", [300, int("9" * 400)], ids=["victim", "overflow"])
+async def test_an_edge_cannot_aim_peers_at_a_service_nor_stop_their_announces(interval, tmp_path, nodes, origin, published, regions, http):
+    """An edge answering peers at any URL made each peer of its swarm send tens of requests a second to a service of
+    its choosing, and an interval too large for a float silently ended the peer's announces to every edge, the honest
+    ones too (an adversarial session)."""
+    data = os.urandom(3 * MiB)  # 12 pieces
+    (published / "f.bin").write_bytes(data)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    async with Victim() as victim, TrackerProxy(edge.url, True, victim.url, interval) as liar, TrackerProxy(edge.url) as honest:
+        peer = nodes.start(
+            "peer",
+            *("--cache", str(tmp_path / "p"), "--edge", honest.url, "--edge", liar.url, "--listen", "127.1.0.6:0"),
+            *("--gateway", "127.0.0.1:0"),
+        )
+        async with http.get(peer.urls["gateway"] + "/f.bin") as r:  # pieces a second each: the download lasts
+            assert r.status == 200
+            head = await r.content.readexactly(256 * 1024)
+            await asyncio.sleep(1)
+            before = honest.announces
+            await asyncio.sleep(3)
+            assert liar.announces >= 1 and victim.requests == 0, victim.requests
+            assert honest.announces > before, "the peer stopped announcing to the honest edge"
+            assert head + await r.read() == data
+    assert "a tracker answer lists a peer at" in peer.log_text()

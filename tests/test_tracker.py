@@ -27,6 +27,7 @@ from edgeswarm.policy.tracker import (
     address_group,
     labels,
     peer_url,
+    peer_url_problem,
     rank,
 )
 
@@ -382,6 +383,35 @@ def test_a_peers_url_is_built_on_the_address_it_connected_from(address):
     """No peer names its own upload host, so none can send a swarm's traffic at someone else's address."""
     parts = urlsplit(peer_url(address, 7000))
     assert (parts.scheme, parts.hostname, parts.port) == ("http", address, 7000)
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "2001:db8::5"])
+def test_the_urls_a_tracker_builds_are_the_urls_a_peer_uses(address):
+    assert peer_url_problem(peer_url(address, 7000), set()) is None
+    assert peer_url_problem(f"{peer_url(address, 7000)}/relay/0a1b-p7", set()) is None  # a relay at a promoted peer
+    assert peer_url_problem("https://edge.example:8443/relay/0a1b-p7", {"edge.example"}) is None  # at one of our edges
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/x12?",  # a path and a query: the edge chose what the victim was asked
+        "http://127.0.0.1:8080/admin",
+        "http://victim.example:80",  # a name, where trackers write the address they saw
+        "http://127.0.0.1",  # no port
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:70",
+        "http://user:pw@127.0.0.1:80",
+        "http://127.0.0.1:80#x",
+        "http://[::1:80",
+        "http://127.0.0.1:99999",
+        "https://other.example:8443/relay/0a1b-p7",  # a relay at a host that is none of our edges
+    ],
+)
+def test_a_tracker_answer_cannot_point_peers_at_any_url(url):
+    """An edge that listed any URL made every peer of its swarm a request source against a service of its choosing:
+    27 requests a second per peer at the default interval, any host, port and path (an adversarial session)."""
+    assert peer_url_problem(url, {"edge.example"}) is not None
 
 
 # ---- identity and limits (issue 9, defects 5 and 8) ------------------------------------------------

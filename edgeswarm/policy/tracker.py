@@ -24,6 +24,7 @@ import ipaddress
 import math
 import random
 import struct
+import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -280,6 +281,40 @@ def peer_url(address: str, port: int) -> str:
     """A peer's upload URL: the address its connection came from and the port it names."""
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{port}"
+
+
+def peer_url_problem(url: str, edge_hosts: AbstractSet[str]) -> str | None:
+    """Why ``url`` in a tracker answer is no URL a tracker builds (``peer_url``, or a relay's
+    ``http://EDGE/relay/<id>``), or None.
+
+    A peer connects to what an answer lists: an edge that listed any URL
+    made every peer of its swarm a request source against a service of its
+    choosing, any host, port and path, 27 requests a second per peer at the
+    default interval (an adversarial session).  So: http or https, an
+    address (a tracker builds URLs from the addresses it sees) and a port, no
+    path but a relay's, whose host may also be one of our edges, and no query.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or port is None:
+        return "not http(s)://ADDRESS:PORT"
+    if parts.username is not None or parts.query or parts.fragment or "?" in url or "#" in url:
+        return "user info, a query or a fragment"
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        literal = True
+    except ValueError:
+        literal = False
+    segments = parts.path.split("/")
+    if parts.path == "":
+        return None if literal else "a host name, not an address"
+    if len(segments) == 3 and segments[1] == "relay" and segments[2]:
+        return None if literal or host in edge_hosts else "a relay at a host that is none of our edges"
+    return "a path"
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

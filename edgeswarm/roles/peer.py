@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -47,7 +48,7 @@ from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.subtracking import AnnounceRoute
-from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url
+from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url, peer_url_problem
 from edgeswarm.policy.vocabulary import SOURCE_KINDS, STAT_KEYS, peer_bytes, reported_share
 from edgeswarm.protocol import havefeed, jsondoc
 from edgeswarm.protocol.cors import NOSNIFF, SANDBOX, gateway_host, sandboxed
@@ -79,6 +80,7 @@ VOUCH_WITHIN = 0.2  # seconds within which a strict edge is asked to name a new 
 VOUCH_GAP = 2.0  # seconds between two such rounds for one content: subscriptions made and dropped 10 a second made a peer
 # announce 5 times a second, and four behind one address went over the edge's announce rate (an adversarial session)
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
+MIN_INTERVAL, MAX_INTERVAL = 1.0, 3600.0  # an edge's announce interval, as this peer keeps it (_interval)
 REFUSAL_CHECK_S = 0.5  # seconds between two looks, while a read waits for a piece, at whether every edge refuses our token
 # at most this many announce rounds to one tracker within this many seconds, news or not: a live viewer's parts (a new
 # content, then its completion, every 0.5-1 s) need 4 a second; a review saw 4 in 2 s hold their announces 1.5 s
@@ -114,7 +116,8 @@ class AnnounceSchedule:
     """
 
     def __init__(self, interval: float):
-        self.interval = interval
+        self.interval = interval  # the newest any tracker gave: what the peer's other work paces itself on
+        self._intervals: dict[str, float] = {}  # tracker -> the interval it gave; absent: ``interval``
         self._next: dict[str, float] = {}  # tracker -> when it is due; absent: now
         self._failures: dict[str, int] = {}  # tracker -> announces failed in a row
         self._hurried: dict[str, float] = {}  # tracker -> when it was last hurried
@@ -122,10 +125,18 @@ class AnnounceSchedule:
         self._held: dict[str, float] = {}  # tracker -> no announce before this (its 429's Retry-After), news or not
         self._began: dict[str, deque[float]] = {}  # tracker -> when its last NEWS_BURST rounds began
 
+    def given(self, tracker: str, interval: float) -> None:
+        """The tracker's answer gave this interval: its own rounds follow it, not another tracker's (an edge answering
+        an hour stopped a peer's announces to every edge: an adversarial session)."""
+        self._intervals[tracker] = self.interval = interval
+
+    def interval_of(self, tracker: str) -> float:
+        return self._intervals.get(tracker, self.interval)
+
     def full(self, tracker: str, now: float) -> bool:
         """Whether a round begun at ``now`` carries every content (an interval since the last full one), or only news."""
         last = self._last_full.get(tracker)
-        return last is None or last + self.interval <= now
+        return last is None or last + self.interval_of(tracker) <= now
 
     def due(self, trackers: list[str], now: float) -> list[str]:
         return [t for t in trackers if self._next.get(t, now) <= now]
@@ -149,13 +160,13 @@ class AnnounceSchedule:
         if full:
             self._last_full[tracker] = now
         if started is None or self._hurried.get(tracker, -math.inf) < started:
-            self._next[tracker] = self._last_full.get(tracker, now) + self.interval  # the interval an answer just gave, too
+            self._next[tracker] = self._last_full.get(tracker, now) + self.interval_of(tracker)  # as an answer just gave it, too
         return self._failures.pop(tracker, 0)
 
     def failed(self, tracker: str, now: float) -> float:
         """The tracker did not answer: returns the seconds until the next try."""
         failures = self._failures[tracker] = self._failures.get(tracker, 0) + 1
-        delay = min(self.interval, FIRST_RETRY * 2 ** (failures - 1))
+        delay = min(self.interval_of(tracker), FIRST_RETRY * 2 ** (failures - 1))
         self._next[tracker] = now + delay
         return delay
 
@@ -175,7 +186,7 @@ class AnnounceSchedule:
     def refused(self, tracker: str, now: float, wait: float) -> None:
         """The tracker said 429 (over its rate or its ids per address): nothing before ``wait`` seconds (an interval at
         most), whatever news comes.  Each new content hurried a round at once, 4 refusals a second for minutes."""
-        self._held[tracker] = now + min(max(wait, FIRST_RETRY), self.interval)
+        self._held[tracker] = now + min(max(wait, FIRST_RETRY), self.interval_of(tracker))
         self._next[tracker] = max(self._next.get(tracker, now), self._held[tracker])
 
     def unreachable(self, tracker: str, now: float) -> None:
@@ -752,7 +763,11 @@ class Peer:
                 self.schedule.began(edge, time.monotonic())
             if due:
                 self._round = asyncio.create_task(self.announce_all("update", due))
-                await asyncio.shield(self._round)
+                try:
+                    await asyncio.shield(self._round)
+                except Exception:  # a bug: said, and the next round goes on (one bad answer ended every edge's announces)
+                    log.exception("an announce round failed; announcing goes on")
+                    await asyncio.sleep(FIRST_RETRY)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.schedule.wait(sorted(self._p2p_edges), time.monotonic())):
                     await self._wake_announcer.wait()
@@ -965,7 +980,7 @@ class Peer:
             self._promote(edge, answer.get("promoted") is True)
             tracker = answer.get("tracker")
             self.route.edge_answered(edge, time.monotonic(), tracker if isinstance(tracker, str) and tracker.startswith("http") else None)
-        self._take_answer(cid, count, answer)
+        self._take_answer(cid, count, answer, edge)
         if isinstance(answer.get("peers"), list):
             self.subtracker.edge_listed(cid, count, answer["peers"])
 
@@ -1160,9 +1175,11 @@ class Peer:
                 if n.region_claim is not None:
                     n.same_region = n.region_claim == region
 
-    def _take_answer(self, cid: str, count: int, doc: dict) -> None:
+    def _take_answer(self, cid: str, count: int, doc: dict, edge: str | None = None) -> None:
+        """A tracker answer's peers (and ``edge``'s interval, region, locality and ticket, if from an edge)."""
         try:
-            self.schedule.interval = max(0.5, float(doc.get("interval", self.schedule.interval)))
+            if edge is not None and "interval" in doc:
+                self.schedule.given(edge, _interval(doc["interval"]))
             self._learn_region(doc.get("region", self.region))  # a sub-tracker's answer says nothing of it
             if "locality" in doc:  # nor of this
                 self.strict = doc["locality"] == "strict"
@@ -1178,12 +1195,27 @@ class Peer:
                 }
                 for p in doc.get("peers", [])
             ]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             log.warning("bad announce answer: %s", exc)
             return
+        peers = self._buildable(peers)
         swarm = self.swarms.get(cid)
         if swarm is not None:
             swarm.update_neighbours(peers)
+
+    def _buildable(self, peers: list[dict]) -> list[dict]:
+        """The peers of an answer at URLs a tracker builds (``tracker.peer_url_problem``); the others said (throttled)."""
+        edge_hosts = {urlsplit(e).hostname or "" for e in self.edges}
+        kept = []
+        for p in peers:
+            problem = peer_url_problem(p["url"], edge_hosts)
+            if problem is None:
+                kept.append(p)
+            else:
+                self.quiet.log(
+                    logging.WARNING, "unbuildable peer URL", "a tracker answer lists a peer at %.200r: %s; not used", p["url"], problem
+                )
+        return kept
 
     # -- the gateway -------------------------------------------------------------------------
     async def get_file(self, request: web.Request) -> web.StreamResponse:
@@ -1469,6 +1501,19 @@ class Peer:
             await asyncio.wait({self._round}, timeout=STOP_WAIT)
             self._round.cancel()
             await asyncio.gather(self._round, return_exceptions=True)
+
+
+def _interval(value: object) -> float:
+    """An answer's announce interval, within [MIN_INTERVAL, MAX_INTERVAL]: a 400-digit integer raised OverflowError
+    and silently ended this peer's announces to every edge, and 0 made it announce twice a second (an adversarial
+    session); ValueError for what is no number."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        seconds = math.inf
+    if math.isnan(seconds):
+        raise ValueError(f"interval {value!r:.40} is no number")
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))
 
 
 def _peer_id(path: Path) -> str:
