@@ -364,3 +364,29 @@ async def test_an_edge_cannot_aim_peers_at_a_service_nor_stop_their_announces(in
             assert honest.announces > before, "the peer stopped announcing to the honest edge"
             assert head + await r.read() == data
     assert "a tracker answer lists a peer at" in peer.log_text()
+
+
+class Portal(DoubleServer):
+    """An edge that sends everything to a login page (a captive portal, a broken load balancer)."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/login")
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+
+async def test_get_goes_on_with_its_other_edges_when_the_first_redirects_elsewhere(tmp_path, nodes, origin, published, regions):
+    """`get PORTAL/f.bin --edge GOOD` ended at once on the portal's redirect, never trying GOOD, where a peer daemon
+    given the same edges fell back (an adversarial session)."""
+    data = os.urandom(MiB)
+    (published / "f.bin").write_bytes(data)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    out = tmp_path / "out.bin"
+    async with Portal() as portal:
+        cmd = [sys.executable, "-m", "edgeswarm", "get", f"{portal.url}/f.bin", "--edge", edge.url, "-o", str(out)]
+        done = await asyncio.to_thread(run_cli, cmd, 60)
+        alone = await asyncio.to_thread(run_cli, cmd[:5] + cmd[7:], 60)  # without another edge: it ends, saying why
+    assert done.returncode == 0 and out.read_bytes() == data, done.stderr
+    assert "neither a router nor the same file on another host: going on with the other --edge" in done.stderr
+    assert alone.returncode == 1 and "neither a router nor the same file" in alone.stderr and "Traceback" not in alone.stderr

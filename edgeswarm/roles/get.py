@@ -98,7 +98,7 @@ async def download(
     edge, path = split_target(url, router)
     learned = origin_key is None and not (cache / "origin.pub").exists()  # no key given nor pinned by an earlier run
     if edge is not None and router is None:
-        router, edge = await _router_or_edge(edge, path, listen[0], ca)
+        router, edge = await _router_or_edge(edge, path, listen[0], ca, bool(extra_edges))
     edges = tuple(e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/")))
     config = PeerConfig(
         cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router, origin_key=origin_key
@@ -145,14 +145,22 @@ async def download(
         await servers.close()
 
 
-async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None) -> tuple[str | None, str | None]:
-    """(router, edge) for ``base``: a router's URL given as the file's (``http://router/path``) is used as ``--router``."""
+async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None, others: bool) -> tuple[str | None, str | None]:
+    """(router, edge) for ``base``: a router's URL given as the file's (``http://router/path``) is used as ``--router``.
+
+    A redirect that is neither (a captive portal, a login page, a broken
+    edge) ends ``get``, unless ``others``: further ``--edge``s, which it goes
+    on with, as a peer daemon does (it ended at once: an adversarial session).
+    """
     upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=bind if bind not in ("", "0.0.0.0", "::") else None)
     await upstream.start()
     try:
         router, edge = await find_edge(upstream, base, path)
     except UpstreamError as exc:
-        raise GetError(exc.message) from None
+        if not others:
+            raise GetError(exc.message) from None
+        log.warning("%s: going on with the other --edge", exc.message)
+        return None, None
     finally:
         await upstream.close()
     if router is not None:
