@@ -20,7 +20,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import curl, make_file, sha, status
+from aiohttp import web
+from conftest import DoubleServer, curl, make_file, sha, status
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
 from edgeswarm.measure.process import ProcessGroup
@@ -465,6 +466,50 @@ async def test_get_with_origin_key_refuses_an_edge_that_signs_with_another_key(t
     assert out.read_bytes() == data and ok.stdout.strip().endswith("every piece verified"), ok.stdout
     unpinned = get(forger.url + "/os.img", tmp_path / "other.img")  # trust on first use: it says whose key it checked against
     assert unpinned.returncode == 0 and "against the origin key the edge served" in unpinned.stdout, unpinned.stdout
+
+
+class SlowKeys(DoubleServer):
+    """A parent in front of the origin whose ``/key`` answers come a second late; it counts them."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.keys = upstream, 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.path.startswith("/key/"):
+            self.keys += 1
+            await asyncio.sleep(1.0)
+        headers = {k: v for k, v in request.headers.items() if k != "Host"}
+        async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(self.upstream + request.raw_path, headers=headers) as r:
+            keep = {k: v for k, v in r.headers.items() if k in ("Content-Type", "ETag")}
+            return web.Response(status=r.status, body=await r.read(), headers=keep)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("GET", "/{tail:.*}", self.handle)
+
+
+async def test_a_protected_files_key_is_fetched_once_and_a_withdrawn_versions_key_is_a_404(tmp_path, nodes, deployment, published, http):
+    """Twenty requests at once for a protected file made twenty /key requests to a slow parent; and a child holding
+    the manifest of a version its parent no longer publishes answered 502 "refused the key ... 404" for its whole
+    --revalidate window, where a piece's 404 makes the next read ask again (an adversarial session)."""
+    origin, key, secret, _ = deployment
+    alice = bearer(issue(key, "alice", "/films/"))
+
+    async def read(edge) -> tuple[int, bytes]:
+        async with http.get(edge.url + "/films/secret.bin", headers=alice) as r:
+            return r.status, await r.read()
+
+    async with SlowKeys(origin.url) as parent:
+        child, _ = start_edge(nodes, tmp_path, parent, key, "child")
+        assert await asyncio.gather(*(read(child) for _ in range(20))) == [(200, secret)] * 20
+        assert parent.keys <= (os.cpu_count() or 1)  # one per worker process (--workers: the cores), not one per request
+        late, _ = start_edge(nodes, tmp_path, parent, key, "late", "--revalidate", "60")
+        async with http.get(late.url + "/manifest/films/secret.bin", headers=alice) as r:  # the manifest, not the key
+            old = (await r.json())["id"]
+        newer = make_file(published / "films" / "secret.bin", SIZE)  # the origin publishes a new version
+        await asyncio.sleep(1.5)  # its scan
+        status_, body = await read(late)
+        assert status_ == 404 and f"content {old[:12]} (films/secret.bin) is no longer published" in body.decode(), body[:300]
+        assert await read(late) == (200, newer)  # the next read asked for the manifest
 
 
 async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture

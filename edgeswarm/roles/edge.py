@@ -154,6 +154,7 @@ class Edge:
         make_cache(cache)  # an unusable cache stops the edge here, with its reason
         self.swarm_key = load_or_create_private_key(cache / "swarm.key")  # signs the tickets peers show each other
         self._keys: dict[str, bytes] = {}  # content keys of protected files, in memory only
+        self._key_fetches: Collapser[bytes] = Collapser()
         self.ranking = SourceRanking()
         self.unusable: dict[str, str] = {}  # sibling -> why it cannot be used as configured (a certificate), as last logged
         self.slow_said = ThrottledLog(log, Throttle(burst=1, interval=10.0))  # a line per slow sibling every 10 s
@@ -265,14 +266,27 @@ class Edge:
             self.ledger.add(user, signed.content_id, signed.manifest.path, self.region_name(request), kind, nbytes)
 
     async def content_key(self, signed: SignedManifest) -> bytes:
-        """A protected file's key, from the parent (which checks this edge's own token); kept in memory only."""
+        """A protected file's key, from the parent (which checks this edge's own token); kept in memory only.
+
+        One fetch however many requests wait for it, as for pieces (20 at once
+        made 20 ``/key`` requests to a stalling parent: an adversarial
+        session).  The parent's 404 is a version it no longer publishes, as
+        for a piece: 404, and the next read asks for the manifest again (it
+        was a 502 for the whole --revalidate window).
+        """
         cid = signed.content_id
         if cid not in self._keys:
-            try:
-                self._keys[cid] = await access.fetch_key(self.upstream, self.parent, signed, who=f"parent {self.parent}")
-            except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
-                raise HttpError(502, exc.message) from None
+            self._keys[cid] = await self._key_fetches.join(cid, lambda: self._fetch_key(signed)).future
         return self._keys[cid]
+
+    async def _fetch_key(self, signed: SignedManifest) -> bytes:
+        try:
+            return await access.fetch_key(self.upstream, self.parent, signed, who=f"parent {self.parent}")
+        except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
+            if exc.status == 404:
+                self.manifests.withdraw(signed.manifest.path, signed.content_id)
+                raise HttpError(404, f"content {signed.content_id[:12]} ({signed.manifest.path}) is no longer published") from None
+            raise HttpError(502, exc.message) from None
 
     def _known_manifest(self, cid: str) -> SignedManifest | None:
         return self.store.manifest(cid) if self.store is not None else None

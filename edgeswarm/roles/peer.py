@@ -34,6 +34,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client.core import GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.manifestfetch import ManifestFetcher
@@ -285,6 +286,7 @@ class Peer:
         )
         self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
+        self._key_fetches: Collapser[bytes] = Collapser()
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
@@ -437,24 +439,34 @@ class Peer:
         return ticket
 
     async def content_key(self, signed: SignedManifest) -> bytes:
-        """A protected file's key from an edge (which checks our token); kept in memory, never on disk."""
+        """A protected file's key from an edge (which checks our token); kept in memory, never on disk.  One fetch
+        however many reads wait for it (a player opens several connections at once), as an edge's (edge.py)."""
         cid = signed.content_id
-        if cid in self.content_keys:
-            return self.content_keys[cid]
+        if cid not in self.content_keys:
+            self.content_keys[cid] = await self._key_fetches.join(cid, lambda: self._fetch_key(signed)).future
+        return self.content_keys[cid]
+
+    async def _fetch_key(self, signed: SignedManifest) -> bytes:
+        """The key from the first edge that gives it; every edge's 404 is a version no longer published (as an edge's)."""
         from edgeswarm.trust import access  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
 
-        problems = []
-        for edge in self.ranking.ranked(self.edges, time.monotonic()) or self.edges:
+        problems, gone = [], 0
+        edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
+        for edge in edges:
             try:
-                self.content_keys[cid] = await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
-                return self.content_keys[cid]
+                return await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
             except access.KeyRefused as exc:
                 if exc.status in (401, 403):  # the user's token: another edge would say the same
                     raise HttpError(exc.status, exc.message) from None
+                gone += exc.status == 404
                 problems.append(exc.message)
             except HttpError as exc:
                 problems.append(exc.message)
-        raise HttpError(502, f"no edge gave the key of /{signed.manifest.path}: {'; '.join(problems)}")
+        path = signed.manifest.path
+        if edges and gone == len(edges):
+            self.manifests.withdraw(path, signed.content_id)
+            raise HttpError(404, f"content {signed.content_id[:12]} ({path}) is no longer published")
+        raise HttpError(502, f"no edge gave the key of /{path}: {'; '.join(problems)}")
 
     # -- manifests ---------------------------------------------------------------------
     async def resolve(self, path: str) -> SignedManifest:
