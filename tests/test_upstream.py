@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import pytest
 from aiohttp import web
 from conftest import DoubleServer
 
-from edgeswarm.node.upstream import Upstream, UpstreamTimeout
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text
 
 
 class Slow(DoubleServer):
@@ -84,3 +85,37 @@ async def test_a_dripping_body_is_still_cut_near_the_timeout(upstream):
         with pytest.raises(UpstreamTimeout, match=r"did not answer /rate/8192 within [12]\.[0-9]+ s"):
             await upstream.get(slow.url, "/rate/8192", timeout=1.0)
         assert time.monotonic() - started < 3.0
+
+
+class Odd(DoubleServer):
+    """``/big``: a 20 KB header; anything else: plain HTTP, where the client may expect TLS."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/big", self.big)
+        app.router.add_get("/plain", self.plain)
+
+    async def big(self, _: web.Request) -> web.Response:
+        return web.Response(body=b"x", headers={"X-Big": "a" * 20_000})
+
+    async def plain(self, _: web.Request) -> web.Response:
+        return web.Response(body=b"x")
+
+
+async def test_what_an_upstream_did_wrong_is_said_as_its_fault():
+    """A 200 KB header was "ClientResponseError 400, message='Got more than 8190 bytes when reading: b'aaaa...'",
+    which reads as the user's bad request; an https:// parent speaking plain HTTP was "unreachable: WRONG_VERSION_NUMBER",
+    retried for ever; a plain-HTTP client of an HTTPS server was told "Server disconnected" (adversarial sessions)."""
+    async with Odd() as odd:
+        up = Upstream(5.0)
+        await up.start()
+        try:
+            with pytest.raises(UpstreamError) as big:
+                await up.get(odd.url, "/big")
+            with pytest.raises(Hopeless) as tls:
+                await up.get(odd.url.replace("http://", "https://"), "/plain")
+        finally:
+            await up.close()
+    assert "its answer is not valid HTTP" in big.value.message and "aaaa" not in big.value.message, big.value.message
+    assert "does not speak TLS: is it http://?" in tls.value.message, tls.value.message
+    closed = client_error_text(aiohttp.ServerDisconnectedError(), "http://edge:8443")
+    assert "is it https://?" in closed

@@ -20,6 +20,8 @@ from ssl import SSLContext
 import aiohttp
 from aiohttp import web
 
+from edgeswarm.node.upstream import client_error_text
+
 log = logging.getLogger("edgeswarm.node.registrar")
 REREGISTER = 30.0  # seconds between two registrations with one router
 RETRY = 2.0  # seconds before trying a router that could not be reached
@@ -59,7 +61,7 @@ class Registration:
                 text = (await resp.text(errors="replace")).strip()[:300]
                 ok = resp.status in (200, 201)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._say(router, logging.WARNING, f"cannot register with router {router}: {exc.__class__.__name__} {exc}")
+            self._say(router, logging.WARNING, f"cannot register with router {router}: {client_error_text(exc, router)}")
             return RETRY
         if ok:
             self._say(router, logging.INFO, f"registered with router {router} as {self.url} ({self.region})")

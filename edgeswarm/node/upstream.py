@@ -176,9 +176,24 @@ class Upstream:
             mismatch = self._other_family(base)
             if mismatch is not None:
                 raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
+            if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):
+                raise Hopeless(502, f"{base} does not speak TLS: is it http://? ({exc.os_error})") from None
             raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(502, f"{base} failed on {path}: {exc.__class__.__name__} {exc}") from None
+            raise UpstreamError(502, f"{base} failed on {path}: {client_error_text(exc, base)}") from None
+
+
+def client_error_text(exc: BaseException, base: str) -> str:
+    """What an aiohttp client error says, for a log line or a 502: aiohttp's own words named the peer's fault as the
+    user's (a 200 KB header: "ClientResponseError 400, message='Got more than 8190 bytes...'" with the bytes), named no
+    scheme mix-up, and said "ssl:default" of plain-HTTP connections (adversarial sessions)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed: not a status it sent
+        return f"its answer is not valid HTTP: {str(exc.message).split(': b', 1)[0][:100]}"  # not the bytes it sent
+    if isinstance(exc, aiohttp.ServerDisconnectedError) and base.startswith("http://"):
+        return "it closed the connection without an answer (an HTTPS server does that to plain HTTP: is it https://?)"
+    return f"{exc.__class__.__name__} {exc}"[:300]
 
 
 async def read_bounded(

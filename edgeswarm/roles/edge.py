@@ -419,7 +419,8 @@ class Edge:
                 raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
             if reply.status != 200:
                 if not sibling:
-                    problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}"))
+                    said = reply.body[:200].decode(errors="replace").strip()  # its reason, as for a manifest or a key
+                    problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}: {said}"))
                 continue  # a sibling that does not hold it says 504
             try:
                 store.put_piece(cid, index, reply.body)

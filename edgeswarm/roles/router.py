@@ -41,7 +41,7 @@ from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import UpstreamError, read_bounded
+from edgeswarm.node.upstream import UpstreamError, client_error_text, read_bounded
 from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
 from edgeswarm.policy.vocabulary import reported_share
@@ -361,7 +361,7 @@ class Router:
         except UpstreamError as exc:
             changed = health.failed(now, exc.message, self.table.thresholds)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            changed = health.failed(now, f"{exc.__class__.__name__}: {str(exc)[:200]}", self.table.thresholds)
+            changed = health.failed(now, client_error_text(exc, url), self.table.thresholds)
         else:
             changed = health.succeeded(sample, self.table.thresholds)
             if url in self.table.edges:
