@@ -92,6 +92,26 @@ async def test_a_key_that_cannot_be_learnt_is_a_503_saying_why(tmp_path):
         await upstream.close()
 
 
+async def test_a_one_shot_download_ends_at_the_first_round_that_cannot_learn_the_key(tmp_path):
+    """`edgeswarm get` of an edge that is down waited 7.5 s, logging "retrying" five times, then said "peer is still
+    learning the origin key from its edges (... Connect call failed ...)": it ends at once, saying why, as curl does."""
+    upstream = Upstream(1.0)
+    await upstream.start()
+    pinned = PinnedStore(tmp_path / "cache", None, None, "still learning the origin key")
+    pinned.one_shot = True
+    opener = await pinned.start(upstream, ["http://127.0.0.1:9"])
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(HttpError) as err:
+            await pinned.wait(5.0)
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert err.value.message == "http://127.0.0.1:9 is unreachable: Connection refused", err.value.message
+    finally:
+        assert opener is not None
+        opener.cancel()
+        await upstream.close()
+
+
 class _NoNode(DoubleServer):
     """A web server where an edge should be: 404 for everything."""
 

@@ -39,6 +39,7 @@ class PinnedStore:
     def __init__(self, cache: Path, given_key: Path | None, max_cache: int | None, waiting: str):
         self.cache, self.given_key, self.max_cache = cache, given_key, max_cache
         self.waiting = waiting
+        self.one_shot = False  # `get`: a round in which no source gave the key ends the wait, as curl ends at a refused connection
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
@@ -85,7 +86,7 @@ class PinnedStore:
     async def open(self, upstream: Upstream, sources: list[str]) -> PieceStore:
         """Pin the origin key (learning it from ``sources`` if need be), then open the store; KeyFileError for a bad key file."""
         pinned = self.given_key is None and (self.cache / "origin.pub").exists()
-        key = await originkey.pin(self.cache, self.given_key, upstream, sources, self._unlearnt)
+        key = await originkey.pin(self.cache, self.given_key, upstream, sources, self._unlearnt, self.one_shot)
         if pinned and (self.worker is None or self.worker[0] == 0):  # one warning an edge, from its first worker
             self._checking = asyncio.create_task(originkey.check_pinned(upstream, sources, key, self.cache / "origin.pub"))
         open_files = file_budget(file_limit()).piece_files  # the share of this process's open-file limit, as its daemon raised it
@@ -100,7 +101,7 @@ class PinnedStore:
         """A try to learn the key failed (``originkey.learn``); ``hopeless``: at a round's end, whether every source
         failed as no retry changes (None within a round)."""
         self.unlearnt = why
-        if hopeless:
+        if hopeless or (self.one_shot and hopeless is not None):
             self._settled.set()
         elif hopeless is False and self.store is None:  # the sources may yet answer
             self._settled.clear()

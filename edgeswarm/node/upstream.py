@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -178,9 +179,16 @@ class Upstream:
                 raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
             if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):
                 raise Hopeless(502, f"{base} does not speak TLS: is it http://? ({exc.os_error})") from None
-            raise UpstreamError(502, f"{base} is unreachable: {exc.os_error.strerror or exc}") from None
+            raise UpstreamError(502, f"{base} is unreachable: {os_reason(exc.os_error)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{base} failed on {path}: {client_error_text(exc, base)}") from None
+
+
+def os_reason(error: OSError) -> str:
+    """An OS error's reason: asyncio's refused connections carry no strerror ("Connect call failed ('127.0.0.1', 1)")."""
+    if isinstance(error, ConnectionError) and error.errno:  # refused, reset: the system's words
+        return os.strerror(error.errno)
+    return error.strerror or str(error)  # a name not found (gaierror), TLS: their own
 
 
 def client_error_text(exc: BaseException, base: str) -> str:
@@ -188,7 +196,7 @@ def client_error_text(exc: BaseException, base: str) -> str:
     user's (a 200 KB header: "ClientResponseError 400, message='Got more than 8190 bytes...'" with the bytes), named no
     scheme mix-up, and said "ssl:default" of plain-HTTP connections (adversarial sessions)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        return f"cannot connect: {os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed: not a status it sent
         return f"its answer is not valid HTTP: {str(exc.message).split(': b', 1)[0][:100]}"  # not the bytes it sent
     if isinstance(exc, aiohttp.ServerDisconnectedError) and base.startswith("http://"):

@@ -104,6 +104,7 @@ async def download(
         cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router, origin_key=origin_key
     )
     peer = Peer(config)
+    peer.pinned.one_shot = True  # an unreachable edge ends the download at once (it waited 7.5 s for "still learning")
     if peer.router is not None:
         peer.router.path = path  # the router ranks this file's edges (its consistent hash)
     # the upload server faces other peers as a daemon's does, with the same limits; once the file is written, a peer

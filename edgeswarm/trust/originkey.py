@@ -23,16 +23,21 @@ log = logging.getLogger("edgeswarm.trust.originkey")
 
 
 async def pin(
-    cache: Path, given: Path | None, upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None
+    cache: Path,
+    given: Path | None,
+    upstream: Upstream,
+    sources: list[str],
+    failed: Callable[[str, bool | None], None] | None = None,
+    quiet: bool = False,
 ) -> Ed25519PublicKey:
-    """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``: see ``learn``."""
+    """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``, ``quiet``: see ``learn``."""
     pinned = cache / "origin.pub"
     if given is not None:
         pem = given.read_bytes()
     elif pinned.exists():
         pem = pinned.read_bytes()
     else:
-        pem = await learn(upstream, sources, failed)
+        pem = await learn(upstream, sources, failed, quiet)
     key = load_public_key(pem, str(given or pinned))
     if given is not None and pinned.exists() and pinned.read_bytes() != public_pem(key):
         await _confirm(upstream, sources, public_pem(key), given, pinned)
@@ -98,7 +103,9 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
         )
 
 
-async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None) -> bytes:
+async def learn(
+    upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None, quiet: bool = False
+) -> bytes:
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
     ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached),
@@ -106,7 +113,8 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, b
     node, one of the other IP family than ``--listen``, a certificate that does not verify): then nothing is worth
     waiting for (a one-shot ``get`` of a web server's URL waited 10 s), though the node goes on trying.  Within a round
     it is told None: what the round will show is not known yet (saying False at each round's first failure made
-    requests wait their whole timeout half the time: a review).
+    requests wait their whole timeout half the time: a review).  ``quiet``: a failed try is a debug line, not a
+    warning that says "retrying" (`get` ends with the reason instead).
     """
     delay = 0.5
     while True:
@@ -120,7 +128,7 @@ async def learn(upstream: Upstream, sources: list[str], failed: Callable[[str, b
             else:
                 log.info("pinned the origin key served by %s", source)
                 return pem
-            log.warning("cannot learn the origin key from %s yet: %s; retrying", source, why)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
                 failed(why, hopeless == len(sources) if n == len(sources) else None)
         await asyncio.sleep(delay)
