@@ -112,6 +112,40 @@ async def test_a_one_shot_download_ends_at_the_first_round_that_cannot_learn_the
         await upstream.close()
 
 
+class _Learning(DoubleServer):
+    """An edge that answers 503 for its first ``busy`` asks of /origin-key (learning the key itself), then serves it."""
+
+    def __init__(self, busy: int):
+        self.busy, self.pem = busy, public_pem(Ed25519PrivateKey.generate().public_key())
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.busy > 0:
+            self.busy -= 1
+            return web.Response(status=503, text="edge is still learning the origin key\n", headers={"Retry-After": "1"})
+        return web.Response(body=self.pem, content_type="application/x-pem-file")
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/origin-key", self.handle)
+
+
+async def test_a_one_shot_download_waits_for_an_edge_that_answers_it_is_learning_the_key(tmp_path):
+    """Ending at the first round was right for an edge that cannot be reached, not for one that answers 503 while it
+    learns the key itself: a script starting origin, edge and `get` together failed (a review)."""
+    upstream = Upstream(1.0)
+    await upstream.start()
+    pinned = PinnedStore(tmp_path / "cache", None, None, "still learning the origin key")
+    pinned.one_shot = True
+    async with _Learning(busy=2) as edge:
+        opener = await pinned.start(upstream, [edge.url])
+        try:
+            store = await pinned.wait(5.0)
+            assert public_pem(store.public_key) == edge.pem
+        finally:
+            assert opener is not None
+            await opener
+            await upstream.close()
+
+
 class _NoNode(DoubleServer):
     """A web server where an edge should be: 404 for everything."""
 

@@ -118,4 +118,4 @@ async def test_what_an_upstream_did_wrong_is_said_as_its_fault():
     assert "its answer is not valid HTTP" in big.value.message and "aaaa" not in big.value.message, big.value.message
     assert "does not speak TLS: is it http://?" in tls.value.message, tls.value.message
     closed = client_error_text(aiohttp.ServerDisconnectedError(), "http://edge:8443")
-    assert "is it https://?" in closed
+    assert "if the URL should be https://" in closed

@@ -159,11 +159,12 @@ class ManifestFetcher:
             if not sources:
                 problems.append(UpstreamError(502, f"every {self.role} is set aside after failing"))
         for source in sources:
+            began = time.monotonic()
             try:
                 signed = await self._ask(store, source, path, cached, headers)
             except UpstreamError as exc:
                 if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion)):  # not a failing source: it is not set aside
-                    self.ranking.failure(source, time.monotonic())
+                    self.ranking.failure(source, time.monotonic(), began)
                     if self.on_failure is not None:
                         self.on_failure(source)
                 problems.append(exc)

@@ -39,7 +39,7 @@ class PinnedStore:
     def __init__(self, cache: Path, given_key: Path | None, max_cache: int | None, waiting: str):
         self.cache, self.given_key, self.max_cache = cache, given_key, max_cache
         self.waiting = waiting
-        self.one_shot = False  # `get`: a round in which no source gave the key ends the wait, as curl ends at a refused connection
+        self.one_shot = False  # `get`: a round in which no source could be reached ends the wait (originkey.learn)
         self.store: PieceStore | None = None
         self.worker: tuple[int, int] | None = None  # (index, count) when worker processes share the cache (piecestore.py)
         self.counts_found = False  # a restarted worker's: its quota counts every piece found at start (piecestore.py)
@@ -101,7 +101,7 @@ class PinnedStore:
         """A try to learn the key failed (``originkey.learn``); ``hopeless``: at a round's end, whether every source
         failed as no retry changes (None within a round)."""
         self.unlearnt = why
-        if hopeless or (self.one_shot and hopeless is not None):
+        if hopeless:
             self._settled.set()
         elif hopeless is False and self.store is None:  # the sources may yet answer
             self._settled.clear()

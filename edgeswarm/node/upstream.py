@@ -61,6 +61,10 @@ class Hopeless(UpstreamError):
     certificate does not verify."""
 
 
+class Unreachable(UpstreamError):
+    """No connection to the other node: refused, no route, a name not found.  A daemon retries; ``get`` ends (curl's way)."""
+
+
 class UpstreamTimeout(UpstreamError):
     """Another node did not answer within the timeout (a 504): stalled, or dripping bytes, rather than refusing."""
 
@@ -179,7 +183,7 @@ class Upstream:
                 raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
             if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):
                 raise Hopeless(502, f"{base} does not speak TLS: is it http://? ({exc.os_error})") from None
-            raise UpstreamError(502, f"{base} is unreachable: {os_reason(exc.os_error)}") from None
+            raise Unreachable(502, f"{base} is unreachable: {os_reason(exc.os_error)}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{base} failed on {path}: {client_error_text(exc, base)}") from None
 
@@ -200,7 +204,7 @@ def client_error_text(exc: BaseException, base: str) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed: not a status it sent
         return f"its answer is not valid HTTP: {str(exc.message).split(': b', 1)[0][:100]}"  # not the bytes it sent
     if isinstance(exc, aiohttp.ServerDisconnectedError) and base.startswith("http://"):
-        return "it closed the connection without an answer (an HTTPS server does that to plain HTTP: is it https://?)"
+        return "it closed the connection without an answer (restarting; or an HTTPS server, if the URL should be https://)"
     return f"{exc.__class__.__name__} {exc}"[:300]
 
 

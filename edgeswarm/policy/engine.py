@@ -713,7 +713,7 @@ class Engine:
         assert isinstance(answers, list)
         for n, held in zip(due, answers, strict=True):
             if held is None and not self.host.gone():  # with the content gone, no answer could be read: not their fault
-                self.ranking.failure(n.url, self.clock())
+                self.ranking.failure(n.url, self.clock(), now)
             elif held is not None and self.neighbours.get(n.url) is n:
                 self.picker.peer_has(n.peer_id, held)
 

@@ -283,38 +283,38 @@ def peer_url(address: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def peer_url_problem(url: str, edge_hosts: AbstractSet[str]) -> str | None:
+def peer_url_problem(url: str) -> str | None:
     """Why ``url`` in a tracker answer is no URL a tracker builds (``peer_url``, or a relay's
-    ``http://EDGE/relay/<id>``), or None.
+    ``http(s)://EDGE/relay/<id>``), or None.
 
     A peer connects to what an answer lists: an edge that listed any URL
     made every peer of its swarm a request source against a service of its
     choosing, any host, port and path, 27 requests a second per peer at the
-    default interval (an adversarial session).  So: http or https, an
-    address (a tracker builds URLs from the addresses it sees) and a port, no
-    path but a relay's, whose host may also be one of our edges, and no query.
+    default interval (an adversarial session).  So: http or https, no user,
+    query or fragment; a peer at an address (a tracker builds its URL from the
+    address it saw) and a port, with no path; or a relay, the one path, at any
+    host (an edge's ``--register-url`` may be a name without a port, of an
+    edge the peer does not know: one sharing its region's tracker store).
     """
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:
         return f"not a URL ({exc})"
-    if parts.scheme not in ("http", "https") or port is None:
-        return "not http(s)://ADDRESS:PORT"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not http(s)://HOST"
     if parts.username is not None or parts.query or parts.fragment or "?" in url or "#" in url:
         return "user info, a query or a fragment"
-    host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-        literal = True
-    except ValueError:
-        literal = False
     segments = parts.path.split("/")
-    if parts.path == "":
-        return None if literal else "a host name, not an address"
     if len(segments) == 3 and segments[1] == "relay" and segments[2]:
-        return None if literal or host in edge_hosts else "a relay at a host that is none of our edges"
-    return "a path"
+        return None
+    if parts.path:
+        return "a path"
+    try:
+        ipaddress.ip_address(parts.hostname.split("%", 1)[0])
+    except ValueError:
+        return "a host name, not an address"
+    return None if port is not None else "no port"
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -24,7 +24,6 @@ from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -42,7 +41,16 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
-from edgeswarm.node.upstream import MAX_ANNOUNCE, MAX_ANSWER, OutOfDescriptorsHere, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.node.upstream import (
+    MAX_ANNOUNCE,
+    MAX_ANSWER,
+    OutOfDescriptorsHere,
+    Upstream,
+    UpstreamError,
+    client_error_text,
+    node_url,
+    read_bounded,
+)
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
 from edgeswarm.policy.live import is_playlist
@@ -697,7 +705,7 @@ class Peer:
         except HttpProcessingError as exc:  # a broken chunked body, say: not an aiohttp.ClientError, and no bug of ours
             raise UpstreamError(502, f"{url}'s HAVE stream is not valid HTTP: {exc.__class__.__name__}") from None
         except (aiohttp.ClientError, OSError, ValueError, AttributeError) as exc:
-            raise UpstreamError(502, f"{url}'s HAVE stream failed: {exc.__class__.__name__} {exc}") from None
+            raise UpstreamError(502, f"{url}'s HAVE stream failed: {client_error_text(exc, url)}") from None
 
     async def fetch_have(self, url: str, cid: str) -> set[int] | None:
         store = await self._store()
@@ -890,12 +898,12 @@ class Peer:
         """
         parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "update")) is not None}
         news = any(item["event"] != "update" or cid not in self.tickets for cid, (item, _, _) in parts.items())
-        tracker = self.route.target(edge, time.monotonic(), self.schedule.interval, news)
+        tracker = self.route.target(edge, time.monotonic(), self.schedule.interval_of(edge), news)
         if tracker is None or not parts:
             return False
         why = await self._announce_subtracker(tracker, parts, "update")
         if why is not None:
-            self.route.failed(edge, time.monotonic(), self.schedule.interval)
+            self.route.failed(edge, time.monotonic(), self.schedule.interval_of(edge))
             log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
             return False
         self.route.answered(tracker)
@@ -1032,7 +1040,7 @@ class Peer:
         self._promoted_by[edge] = promoted
         if any(self._promoted_by.values()) and self.hosting is None:
             log.info("promoted by %s: relaying for its region's unreachable peers and tracking for some of its others", edge)
-            self.subtracker.start(self.schedule.interval, self.region)
+            self.subtracker.start(self.schedule.interval_of(edge), self.region)
             self.hosting = RelayHub(
                 RelayLimits(peers=64, timeout=self.upstream.timeout),
                 lambda cid: self.store.manifest(cid) if self.store is not None else None,
@@ -1217,10 +1225,9 @@ class Peer:
 
     def _buildable(self, peers: list[dict]) -> list[dict]:
         """The peers of an answer at URLs a tracker builds (``tracker.peer_url_problem``); the others said (throttled)."""
-        edge_hosts = {urlsplit(e).hostname or "" for e in self.edges}
         kept = []
         for p in peers:
-            problem = peer_url_problem(p["url"], edge_hosts)
+            problem = peer_url_problem(p["url"])
             if problem is None:
                 kept.append(p)
             else:

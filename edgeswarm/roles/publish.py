@@ -27,7 +27,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.upstream import MAX_ANSWER, Upstream, UpstreamError, node_url, read_bounded
+from edgeswarm.node.upstream import MAX_ANSWER, Upstream, UpstreamError, client_error_text, node_url, read_bounded
 from edgeswarm.policy.quota import QuotaPolicy
 from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import upload
@@ -333,4 +333,4 @@ async def forward(upstream: Upstream, parent: str, request: web.Request, timeout
     except (aiohttp.ClientError, OSError) as exc:
         if request.transport is None or request.transport.is_closing():
             raise ConnectionResetError("the uploader went away") from None  # the daemon logs a hang-up
-        raise HttpError(502, f"parent {parent} failed on the upload: {exc.__class__.__name__} {exc}") from None
+        raise HttpError(502, f"parent {parent} failed on the upload: {client_error_text(exc, parent)}") from None

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edgeswarm.errors import EdgeswarmError
+from edgeswarm.node.upstream import client_error_text
 from edgeswarm.protocol import jsondoc, upload
 from edgeswarm.trust import tls
 
@@ -137,7 +138,7 @@ async def publish(
             except aiohttp.ClientConnectorCertificateError as exc:  # no retry verifies it
                 raise PublishError(f"{job.edge}'s TLS certificate does not verify: {exc.certificate_error}") from None
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise _Attempt(f"{exc.__class__.__name__} {exc}") from None
+                raise _Attempt(client_error_text(exc, job.edge)) from None
 
         offset: int | None = None
         reached = 0  # the furthest offset the origin has reported: only an answer past it gives the retries back

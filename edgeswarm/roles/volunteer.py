@@ -133,7 +133,7 @@ class Volunteer:
     async def _poll(self, edge: str, previous: Answer | None) -> Answer:
         """The edge's next answer: held by it when it knows long polls, else asked once its interval (or MIN_WAIT) is over."""
         if previous is not None and previous.version is None:
-            await asyncio.sleep(max(MIN_WAIT, previous.interval or self.peer.schedule.interval))
+            await asyncio.sleep(max(MIN_WAIT, previous.interval or self.peer.schedule.interval_of(edge)))
         return await self.ask(edge, previous.version if previous is not None else None)
 
     async def _follow(self, orders: list[dict]) -> None:

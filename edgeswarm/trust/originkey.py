@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, Unreachable, Upstream, UpstreamError
 from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
 from edgeswarm.wholefile import write_whole
 
@@ -28,16 +28,16 @@ async def pin(
     upstream: Upstream,
     sources: list[str],
     failed: Callable[[str, bool | None], None] | None = None,
-    quiet: bool = False,
+    one_shot: bool = False,
 ) -> Ed25519PublicKey:
-    """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``, ``quiet``: see ``learn``."""
+    """The key to trust; a bad key file raises KeyFileError with its reason.  ``failed``, ``one_shot``: see ``learn``."""
     pinned = cache / "origin.pub"
     if given is not None:
         pem = given.read_bytes()
     elif pinned.exists():
         pem = pinned.read_bytes()
     else:
-        pem = await learn(upstream, sources, failed, quiet)
+        pem = await learn(upstream, sources, failed, one_shot)
     key = load_public_key(pem, str(given or pinned))
     if given is not None and pinned.exists() and pinned.read_bytes() != public_pem(key):
         await _confirm(upstream, sources, public_pem(key), given, pinned)
@@ -104,7 +104,7 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
 
 
 async def learn(
-    upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None, quiet: bool = False
+    upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None, one_shot: bool = False
 ) -> bytes:
     """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
 
@@ -113,8 +113,10 @@ async def learn(
     node, one of the other IP family than ``--listen``, a certificate that does not verify): then nothing is worth
     waiting for (a one-shot ``get`` of a web server's URL waited 10 s), though the node goes on trying.  Within a round
     it is told None: what the round will show is not known yet (saying False at each round's first failure made
-    requests wait their whole timeout half the time: a review).  ``quiet``: a failed try is a debug line, not a
-    warning that says "retrying" (`get` ends with the reason instead).
+    requests wait their whole timeout half the time: a review).  ``one_shot`` (`get`): a source that cannot be
+    reached counts as hopeless too, as curl ends at a refused connection (`get` waited 7.5 s, then said "still
+    learning"), though one that answers (an edge learning the key itself: 503) is waited for; and a failed try is a
+    debug line, not a warning that says "retrying": `get` ends with the reason.
     """
     delay = 0.5
     while True:
@@ -124,11 +126,11 @@ async def learn(
                 pem = await _served(upstream, source)
             except UpstreamError as exc:  # _served's every failure: a key that does not load is a NotANode
                 why = str(exc)
-                hopeless += isinstance(exc, Hopeless)
+                hopeless += isinstance(exc, Hopeless) or (one_shot and isinstance(exc, Unreachable))
             else:
                 log.info("pinned the origin key served by %s", source)
                 return pem
-            log.log(logging.DEBUG if quiet else logging.WARNING, "cannot learn the origin key from %s yet: %s; retrying", source, why)
+            log.log(logging.DEBUG if one_shot else logging.WARNING, "cannot learn the origin key from %s yet: %s; retrying", source, why)
             if failed is not None:
                 failed(why, hopeless == len(sources) if n == len(sources) else None)
         await asyncio.sleep(delay)
