@@ -144,3 +144,25 @@ def test_a_restarted_edge_keeps_its_preheat_orders(nodes, tmp_path, origin, publ
     edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
     assert get(edge.url + "/preheat")["orders"] == []
     assert "preheat orders in" in edge.log_text() and "Traceback" not in edge.log_text()
+
+
+def test_an_order_is_taken_whole_or_not_at_all_for_a_region_the_edge_knows(nodes, tmp_path, origin, published):
+    """An order naming a missing path was a 404 that left the other paths' orders standing, unsaved, and an unknown
+    region was taken ("0 of 0 asked", exit 0); under --require-token, "Bearer garbage" volunteered and took places
+    (an adversarial session)."""
+    make_file(published / PATH, 64 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions, "--require-token")
+    post = ["-X", "POST", "-H", "Content-Type: application/json", f"{edge.url}/preheat", "-w", "\n%{http_code}"]
+    wait(lambda: curl(f"{edge.url}/manifest/{PATH}").returncode == 0 and b"401" not in curl(f"{edge.url}/healthz").stdout, "start")
+    doc = {"paths": [PATH], "share": 0.5, "ttl": 600, "region": "nowhere"}
+    said = curl("-d", json.dumps(doc), *post).stdout.decode()
+    assert said.endswith("400") and "no region 'nowhere' in this edge's region map" in said, said
+    doc = {"paths": [PATH, "nope.bin"], "share": 0.5, "ttl": 600, "region": "east"}
+    said = curl("-d", json.dumps(doc), *post).stdout.decode()
+    assert said.endswith("404") and "nope.bin" in said, said
+    assert get(f"{edge.url}/preheat")["orders"] == []  # nothing of it was taken
+    garbage = curl("-H", "Authorization: Bearer garbage", "-w", "\n%{http_code}", f"{edge.url}/preheat/orders?peer_id=v&room=1000")
+    assert garbage.stdout.decode().endswith("401"), garbage.stdout
+    assert get(f"{edge.url}/preheat")["volunteers"] == {}

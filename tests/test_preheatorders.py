@@ -98,3 +98,34 @@ def test_holds_names_the_volunteers_an_order_placed_a_content_at():
     assert [o.content for o in orders.for_volunteer(0.0, ("10.0.0.1", "v1"))] == [CID]
     assert orders.holds(CID, ("10.0.0.1", "v1"))
     assert not orders.holds(CID, ("10.0.0.2", "v1")) and not orders.holds("other", ("10.0.0.1", "v1"))
+
+
+def test_one_address_holds_one_place_of_an_order_whatever_ids_it_grinds():
+    """Peer ids are free text and content ids public: one address that ground 16 ids offline held every place of an
+    order, the honest volunteers none (an adversarial session)."""
+    orders = book(3)  # three honest volunteers, three addresses
+    ground = sorted((f"x{i}" for i in range(5000)), key=lambda pid: rank(CID, ("10.6.6.6", pid)))[:16]
+    for pid in ground:
+        orders.seen(0.0, ("10.6.6.6", pid), "east", 1000)
+    o = order(1.0)
+    orders.add(o)
+    chosen = orders.chosen(o)
+    assert sum(1 for a, _ in chosen if a == "10.6.6.6") == 1 and len(chosen) == 4, chosen
+
+
+def test_an_order_for_a_new_version_of_its_path_replaces_the_old_one():
+    """Republished, both orders stood and the volunteers kept the old version (an adversarial session)."""
+    orders = book(2)
+    orders.add(order(1.0))
+    orders.add(order(1.0, cid="b" * 64))  # the same path, a new content id
+    assert [o.content for o in orders.orders.values()] == ["b" * 64]
+    assert all(o.content == "b" * 64 for v in orders.in_region("east") for o in orders.for_volunteer(1.0, v))
+
+
+def test_a_volunteer_that_may_not_hold_a_path_is_not_chosen_for_it():
+    """Under --require-token, a volunteer whose token did not cover the path was chosen and kept the place unfetched."""
+    orders = book(4)
+    orders.eligible = lambda v, o: v[1] != "p0"
+    o = order(1.0)
+    orders.add(o)
+    assert {pid for _, pid in orders.chosen(o)} == {"p1", "p2", "p3"}

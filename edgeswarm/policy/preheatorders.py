@@ -8,9 +8,12 @@ the room it gives preheated content; the edge answers with the orders it
 assigns to that peer.
 
 An order wants ``ceil(share x volunteers)`` peers of its region.  Peers are
-ranked per content by a hash of (content, peer) - rendezvous hashing - so the
-choice is spread evenly, is the same whichever edge or restart makes it, and
-changes little as volunteers come and go.  A peer once assigned stays assigned
+ranked per content by a hash of (content, address group, peer id) -
+rendezvous hashing - so the choice is spread evenly, is the same whichever
+edge or restart makes it, and changes little as volunteers come and go; an
+order gives one place per address group (an IPv4 address, an IPv6 /64): peer
+ids are free text and content ids public, so one address that ground 16 ids
+offline held every place of an order (an adversarial session).  A peer once assigned stays assigned
 while it keeps volunteering: it is fetching or seeding already, and swapping
 it for a better-ranked newcomer would waste both uplinks.  A peer without the
 room for a content is never chosen for it.
@@ -20,8 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgeswarm.policy.tracker import address_group
+
+SWEEP_S = 1.0  # seconds between two looks for silent volunteers
 Volunteer = tuple[str, str]  # (address, peer id): how the tracker names a peer too
 Region = str | None
 
@@ -53,33 +60,60 @@ class PreheatOrders:
     orders: dict[tuple[str, Region], Order] = field(default_factory=dict)
     volunteers: dict[Volunteer, _Seen] = field(default_factory=dict)
     assigned: dict[tuple[str, Region], set[Volunteer]] = field(default_factory=dict)
+    eligible: Callable[[Volunteer, Order], bool] = lambda volunteer, order: True  # may it hold it (its token: the desk's)
+    _generation: int = 0  # bumped when volunteers come, go or change: what ``in_region`` and a top-up read
+    _regions: dict[Region, tuple[int, list[Volunteer]]] = field(default_factory=dict)  # region -> (generation, its volunteers)
+    _topped: dict[tuple[str, Region], int] = field(default_factory=dict)  # order -> the generation its last top-up saw
+    _swept: float = -math.inf  # when silent volunteers were last looked for (at most once a SWEEP_S: a poll is not O(volunteers))
 
     def add(self, order: Order) -> None:
-        """A new order, or a new share or expiry for the same content and region (its assigned peers are kept)."""
+        """A new order, or a new share or expiry for the same content and region (its assigned peers are kept); an
+        order for another version of its path in its region is replaced (republished: both stood, the old one held)."""
         if not 0 < order.share <= 1:
             raise ValueError(f"share must be more than 0 and at most 1, not {order.share!r}")
+        for old in [k for k, o in self.orders.items() if o.path == order.path and o.region == order.region and o.content != order.content]:
+            del self.orders[old]
+            self.assigned.pop(old, None)
         key = (order.content, order.region)
         self.orders[key] = order
         self.assigned.setdefault(key, set())
+        self._topped.pop(key, None)
 
     def seen(self, now: float, volunteer: Volunteer, region: Region, room: int) -> None:
         """A peer of ``region`` asked for orders, giving ``room`` bytes to preheated content."""
+        before = self.volunteers.get(volunteer)
+        if before is None or before.region != region or before.room != max(0, room):
+            self._generation += 1
         self.volunteers[volunteer] = _Seen(region, max(0, room), now)
+
+    def changed(self) -> None:
+        """Something ``eligible`` reads changed (a volunteer's token): top-ups look again."""
+        self._generation += 1
 
     def expire(self, now: float) -> None:
         """Drop expired orders, and volunteers silent for ``forget_after`` seconds (and their assignments)."""
         for key in [k for k, o in self.orders.items() if o.expires <= now]:
             del self.orders[key]
             self.assigned.pop(key, None)
+        if 0 <= now - self._swept < SWEEP_S:
+            return
+        self._swept = now
         gone = {v for v, s in self.volunteers.items() if now - s.last > self.forget_after}
+        if not gone:
+            return
+        self._generation += 1
         for v in gone:
             del self.volunteers[v]
         for peers in self.assigned.values():
             peers -= gone
 
     def in_region(self, region: Region) -> list[Volunteer]:
-        """The region's volunteers, in a stable order."""
-        return sorted(v for v, s in self.volunteers.items() if s.region == region)
+        """The region's volunteers, in a stable order; sorted once per change, not per poll (16 384 fake volunteers made
+        each poll cost the edge's loop 0.3 s: an adversarial session)."""
+        cached = self._regions.get(region)
+        if cached is None or cached[0] != self._generation:
+            cached = self._regions[region] = (self._generation, sorted(v for v, s in self.volunteers.items() if s.region == region))
+        return cached[1]
 
     def wanted(self, order: Order) -> int:
         """How many of its region's volunteers the order wants: the share of them, rounded up."""
@@ -90,9 +124,21 @@ class PreheatOrders:
         key = (order.content, order.region)
         peers = self.assigned.setdefault(key, set())
         short = self.wanted(order) - len(peers)
-        if short > 0:
-            able = [v for v in self.in_region(order.region) if v not in peers and self.volunteers[v].room >= order.size]
-            peers.update(sorted(able, key=lambda v: rank(order.content, v))[:short])
+        if short > 0 and self._topped.get(key) != self._generation:  # nothing changed since the last top-up: none to find
+            self._topped[key] = self._generation
+            groups = {address_group(a) for a, _ in peers}
+            able = [
+                v
+                for v in self.in_region(order.region)
+                if v not in peers and self.volunteers[v].room >= order.size and self.eligible(v, order)
+            ]
+            for v in sorted(able, key=lambda v: rank(order.content, v)):
+                if short == 0:
+                    break
+                if address_group(v[0]) not in groups:
+                    groups.add(address_group(v[0]))
+                    peers.add(v)
+                    short -= 1
         return set(peers)
 
     def holds(self, content: str, volunteer: Volunteer) -> bool:
@@ -110,5 +156,7 @@ class PreheatOrders:
 
 
 def rank(content: str, volunteer: Volunteer) -> str:
-    """The volunteer's place for ``content`` (lower first): a hash, so every edge ranks alike and no peer can choose."""
-    return hashlib.sha256(f"{content}\0{volunteer[0]}\0{volunteer[1]}".encode()).hexdigest()
+    """The volunteer's place for ``content`` (lower first): a hash, so every edge ranks alike; its address group first,
+    which a peer cannot choose, then its id, which it can (it only orders the group's own volunteers)."""
+    group = hashlib.sha256(f"{content}\0{address_group(volunteer[0])}".encode()).hexdigest()
+    return group + hashlib.sha256(f"{content}\0{volunteer[1]}".encode()).hexdigest()

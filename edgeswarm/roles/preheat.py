@@ -176,10 +176,12 @@ async def order_peers(plan: Plan, region: str, share: float, ttl: float) -> list
 
 async def _refusal(r: aiohttp.ClientResponse) -> str:
     """Why an edge did not take peer orders.  Only a p2p edge has ``POST /preheat``: another answers 405 (its file
-    route takes GET only: this said '405 405: Method Not Allowed') or, if it is no edge at all, 404."""
-    if r.status in (404, 405):
+    route takes GET only: this said '405 405: Method Not Allowed') or, if it is no edge at all, 404.  A p2p edge's
+    own 404 (a path it does not publish) says so, and is said as it is (it was taken for "takes no peer orders")."""
+    text = (await r.text()).strip()
+    if r.status == 405 or (r.status == 404 and text in ("", "404: Not Found")):
         return f"{r.status}: this edge takes no peer orders (it does not run --p2p, or is too old for them)"
-    return f"{r.status} {(await r.text()).strip()[:300]}"
+    return f"{r.status} {text[:300]}"
 
 
 def parse_share(text: str) -> float:

@@ -36,7 +36,7 @@ from edgeswarm.protocol.httpspec import check_json_body
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import json_response
-from edgeswarm.trust import tokens
+from edgeswarm.trust import access, tokens
 from edgeswarm.wholefile import write_whole
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class PreheatDesk:
         self.edge = edge
         self.tracker = edge.tracker
         self.orders = PreheatOrders(forget_after=3 * edge.tracker.interval)
+        self.orders.eligible = self._may_hold
+        self._grants: dict[tuple[str, str], tuple[tokens.Grant, str | None]] = {}  # --require-token: a volunteer's token, region
         self.path = edge.cache / ORDERS_FILE
         self._load()
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
@@ -158,12 +160,15 @@ class PreheatDesk:
         region = doc.get("region") if self.tracker.regions else None  # without a region map, all its peers are one region
         if region is not None and not isinstance(region, str):
             raise HttpError(400, "preheat field 'region' must be a region name")
+        if region is not None and self.tracker.regions and region not in {r.name for r in self.tracker.regions.regions}:
+            raise HttpError(400, f"preheat: no region {region[:64]!r} in this edge's region map")  # was taken: 0 of 0 asked
+        # every path resolved before any order is taken: a missing one was a 404 that left the others' orders standing
+        rels = [file_request_path("/" + path.lstrip("/")) for path in paths]
+        signed = [await self.edge.resolve(rel, True) for rel in rels]
         now = time.monotonic()
         answer = []
-        for path in paths:
-            rel = file_request_path("/" + path.lstrip("/"))
-            signed = await self.edge.resolve(rel, True)
-            order = Order(signed.content_id, rel, signed.manifest.size, region, float(share), now + float(ttl))
+        for rel, one in zip(rels, signed, strict=True):
+            order = Order(one.content_id, rel, one.manifest.size, region, float(share), now + float(ttl))
             self.orders.add(order)
             answer.append(self._row(order))
         self.orders.expire(now)
@@ -205,6 +210,28 @@ class PreheatDesk:
                 return False
             raise
 
+    def _keep_grant(self, volunteer: tuple[str, str], grant: tokens.Grant, region: str | None) -> None:
+        """A volunteer's verified token: only paths it covers are assigned to it (``_may_hold``)."""
+        if self._grants.get(volunteer) != (grant, region):
+            self._grants[volunteer] = (grant, region)
+            self.orders.changed()
+        if len(self._grants) > 2 * len(self.orders.volunteers) + 64:  # those that left
+            self._grants = {v: g for v, g in self._grants.items() if v in self.orders.volunteers}
+
+    def _may_hold(self, volunteer: tuple[str, str], order: Order) -> bool:
+        """Under --require-token, a volunteer whose token covers the order's path (a volunteer chosen for a path its
+        token did not cover kept its place, unfetched: an adversarial session); else any."""
+        if not self.edge.require_token:
+            return True
+        kept = self._grants.get(volunteer)
+        if kept is None:
+            return False
+        try:
+            tokens.authorize(kept[0], order.path, kept[1])
+        except tokens.TokenError:
+            return False
+        return True
+
     async def get_orders(self, request: web.Request) -> web.Response:
         """``GET /preheat/orders?peer_id=ID&room=BYTES[&since=VERSION&wait=SECONDS]``: a peer volunteers, and hears what to fetch and seed.
 
@@ -218,8 +245,9 @@ class PreheatDesk:
         room = ascii_decimal(request.query.get("room", ""))
         if room is None:
             raise HttpError(400, "preheat orders: 'room' must be the bytes this peer gives to preheated content")
-        if self.edge.require_token and tokens.from_request(request.headers, request.query) is None:
-            raise HttpError(401, "a token is required: send Authorization: Bearer TOKEN")
+        grant = None
+        if self.edge.require_token:  # verified, not only present: "Bearer garbage" volunteered and took places
+            grant = access.authenticated(request, (await self.edge._store()).public_key, required=True)
         address = request.remote or ""
         volunteer = (address, peer_id)
         now = time.monotonic()
@@ -230,6 +258,8 @@ class PreheatDesk:
             if sum(1 for a, _ in known if a == address) >= self.edge.config.max_peer_ids:
                 raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
         region = self.edge.region_name(request)
+        if grant is not None:
+            self._keep_grant(volunteer, grant, region)
         self.orders.seen(now, volunteer, region, room)
         await self._held(request)
         now = time.monotonic()

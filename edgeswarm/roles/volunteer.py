@@ -82,6 +82,8 @@ class Volunteer:
         path = order["path"]
         signed = await self.peer.resolve(path)
         size, cid = signed.manifest.size, signed.content_id
+        if order.get("content", cid) != cid:  # our manifest of it is older than the edge's order: taken at its next answer
+            return
         if self.used() + size > self.room:
             if cid not in self.refused:
                 log.info("preheat %s: %d bytes do not fit in the %d left of --accept-preheat", path, size, self.room - self.used())
@@ -139,7 +141,9 @@ class Volunteer:
     async def _follow(self, orders: list[dict]) -> None:
         """Hold what ``orders`` name, and only that."""
         ordered = {o["path"]: o for o in orders}
-        for path in [p for p in self.held if p not in ordered]:
+        # a path no longer ordered, or ordered in another version (republished: the old one stayed pinned, and the new
+        # one was never fetched: an adversarial session)
+        for path in [p for p, (cid, _) in self.held.items() if p not in ordered or ordered[p].get("content", cid) != cid]:
             self.drop(path)
         for path, order in ordered.items():
             if path not in self.held:
