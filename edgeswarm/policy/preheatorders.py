@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class PreheatOrders:
     _generation: int = 0  # bumped when volunteers come, go or change: what ``in_region`` and a top-up read
     _regions: dict[Region, tuple[int, list[Volunteer]]] = field(default_factory=dict)  # region -> (generation, its volunteers)
     _topped: dict[tuple[str, Region], int] = field(default_factory=dict)  # order -> the generation its last top-up saw
+    _at: Counter[str] = field(default_factory=Counter)  # address -> its volunteers (``at``: a newcomer's check is O(1))
     _swept: float = -math.inf  # when silent volunteers were last looked for (at most once a SWEEP_S: a poll is not O(volunteers))
 
     def add(self, order: Order) -> None:
@@ -82,9 +84,15 @@ class PreheatOrders:
     def seen(self, now: float, volunteer: Volunteer, region: Region, room: int) -> None:
         """A peer of ``region`` asked for orders, giving ``room`` bytes to preheated content."""
         before = self.volunteers.get(volunteer)
+        if before is None:
+            self._at[volunteer[0]] += 1
         if before is None or before.region != region or before.room != max(0, room):
             self._generation += 1
         self.volunteers[volunteer] = _Seen(region, max(0, room), now)
+
+    def at(self, address: str) -> int:
+        """The volunteers at ``address`` (a newcomer beyond --max-peer-ids is refused: counting them was O(volunteers))."""
+        return self._at.get(address, 0)
 
     def changed(self) -> None:
         """Something ``eligible`` reads changed (a volunteer's token): top-ups look again."""
@@ -104,6 +112,9 @@ class PreheatOrders:
         self._generation += 1
         for v in gone:
             del self.volunteers[v]
+            self._at[v[0]] -= 1
+            if not self._at[v[0]]:
+                del self._at[v[0]]
         for peers in self.assigned.values():
             peers -= gone
 

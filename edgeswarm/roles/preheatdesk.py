@@ -255,7 +255,7 @@ class PreheatDesk:
         if volunteer not in known:
             if len(known) >= MAX_VOLUNTEERS:
                 raise HttpError(503, "this edge has all the preheat volunteers it can keep", {"Retry-After": "60"})
-            if sum(1 for a, _ in known if a == address) >= self.edge.config.max_peer_ids:
+            if self.orders.at(address) >= self.edge.config.max_peer_ids:
                 raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
         region = self.edge.region_name(request)
         if grant is not None:
