@@ -212,3 +212,22 @@ async def test_peer_orders_to_an_edge_without_p2p_say_so_once():
         edge = f"http://127.0.0.1:{port}"
         [answer] = await order_peers(Plan(["films/a.mp4"], [edge]), "east", 0.5, 3600)
     assert answer.error == "405: this edge takes no peer orders (it does not run --p2p, or is too old for them)"
+
+
+def test_a_republished_path_is_preheated_again_not_said_cached(nodes, tmp_path, origin, published):
+    """The edge held the old version whole, and `preheat` said "cached", 0 B read, exit 0: it matched by path only (an
+    adversarial session).  It is cached only if the version the edge gives now is the one held whole."""
+    make_file(published / PATH, 1024 * 1024)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "e"), "--parent", origin.url, name="e")
+    deadline = time.monotonic() + 20
+    while (first := preheat(PATH, "--region", "east", "--edge", edge.url)).returncode != 0:
+        assert time.monotonic() < deadline, first.stderr  # the origin publishes within its scan interval
+        time.sleep(0.3)
+    assert "filled" in first.stdout or "fetched" in first.stdout, first.stdout
+    newer = make_file(published / PATH, 2 * 1024 * 1024)
+    while curl(f"{origin.url}/{PATH}", "-o", "/dev/null", "-w", "%{size_download}").stdout != str(len(newer)).encode():
+        assert time.monotonic() < deadline + 20, "the origin did not publish the new version"
+        time.sleep(0.2)
+    again = preheat(PATH, "--region", "east", "--edge", edge.url)
+    assert again.returncode == 0 and "cached" not in again.stdout and str(len(newer)) in again.stdout, again.stdout
+    assert held(edge) == (8, 8)  # the new version's pieces, whole

@@ -83,16 +83,33 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
     return [str(e["url"]) for e in doc.get("edges", [])], [str(u) for u in doc.get("down", [])]
 
 
-async def _whole_paths(session: aiohttp.ClientSession, edge: str, plan: Plan) -> set[str] | None:
-    """The paths the edge holds every piece of (its ``/status``), or None when it will not say."""
+async def _whole_paths(session: aiohttp.ClientSession, edge: str, plan: Plan) -> dict[str, set[str]] | None:
+    """The paths the edge holds every piece of (its ``/status``), each with the content ids held whole, or None when it
+    will not say."""
     try:
         status = f"{edge.rstrip('/')}/status?contents=all"  # every content it holds, not the first 100 listed by default
         async with session.get(status, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
                 return None
             doc = await reply.json()
-        return {c["path"] for c in doc.get("contents", []) if c.get("pieces") == c.get("held")}
+        whole: dict[str, set[str]] = {}
+        for c in doc.get("contents", []):
+            if c.get("pieces") == c.get("held"):
+                whole.setdefault(str(c["path"]).strip("/"), set()).add(str(c.get("id")))
+        return whole
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+async def _current_id(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan) -> str | None:
+    """The content id the edge gives for ``path`` now (its ``/manifest``, revalidated for an operator), or None.  A
+    republished path was said "cached" while the edge held only its old version (an adversarial session)."""
+    url = f"{edge.rstrip('/')}/manifest/{quote(path.lstrip('/'), safe='/')}"
+    try:
+        async with session.get(url, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
+            doc = await reply.json() if reply.status == 200 else None
+        return str(doc["id"]) if isinstance(doc, dict) else None
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
         return None
 
 
@@ -132,7 +149,8 @@ async def preheat(plan: Plan, on_bytes: Callable[[int, int], None] = lambda t, n
 
         async def one(edge: str, path: str) -> Result:
             before = whole[edge]
-            if before is not None and path.strip("/") in {p.strip("/") for p in before}:
+            held = before.get(path.strip("/")) if before is not None else None
+            if held and await _current_id(session, edge, path, plan) in held:  # the version published now, not any
                 return Result(edge, path, CACHED)
             async with limit:
                 r = await _warm(session, edge, path, plan, on_bytes)
