@@ -9,6 +9,7 @@ that both did rather than hope so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -328,6 +329,27 @@ async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed
         await asyncio.sleep(YOUNG_S)  # one that dies younger is restarted after a back-off
     held = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").glob("*/*.piece"))
     assert held <= 3_000_000, f"{held} bytes of pieces under a 3 MB --max-cache"
+
+
+@pytest.mark.integration
+async def test_no_worker_keeps_the_pieces_another_evicted_on_disk(tmp_path, nodes, origin, published, http):
+    """A worker kept descriptors of pieces the other worker evicted: their bytes stayed on disk, out of du and of every
+    count (an adversarial session: 49 MB against an 8 MiB --max-cache after 25 minutes; 17 MB against 2 MB here)."""
+    files = {f"e{i}.bin": make_file(published / f"e{i}.bin", 1024 * 1024) for i in range(16)}
+    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "2MB")
+    for name, data in files.items():
+        await content_id(http, edge.url, name)
+        for _ in range(4):  # a connection each: both workers read it
+            code, body, _ = await fresh("GET", f"{edge.url}/{name}")
+            assert (code, body) == (200, data)
+    await asyncio.sleep(1.5)  # a worker's sweep runs every second
+    held = 0
+    for pid in children(edge.proc.pid):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).endswith(" (deleted)") and ".piece" in os.readlink(fd):
+                    held += fd.stat().st_size
+    assert held == 0, f"{held} bytes of evicted pieces held open under a 2 MB --max-cache"
 
 
 @pytest.mark.integration

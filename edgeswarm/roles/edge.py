@@ -78,7 +78,7 @@ from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import Ledger
-from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored, PieceStore, make_cache
+from edgeswarm.store.piecestore import UNLINKED_SWEEP_S, CorruptPiece, PieceNotStored, PieceStore, make_cache
 from edgeswarm.store.redispeers import open_store
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
@@ -443,6 +443,13 @@ class Edge:
         status = 504 if problems and all(p.status == 504 for p in problems) else 502
         detail = "; ".join(p.message for p in problems) or "no source holds it"
         raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}")
+
+    async def _unlinked_loop(self) -> None:
+        """A worker's: the descriptors it keeps of pieces another worker evicted are closed within a second (PieceStore.close_unlinked)."""
+        while True:
+            await asyncio.sleep(UNLINKED_SWEEP_S)
+            if self.store is not None:
+                self.store.close_unlinked()
 
     async def _expire_loop(self) -> None:
         assert self.tracker is not None
@@ -1121,7 +1128,8 @@ class Edge:
                 opener = await self.pinned.start(self.upstream, [self.parent])  # a bad key file or cache stops start-up
                 expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
                 lag = asyncio.create_task(self.lag.watch()) if self.tracker else None
-                for task in (opener, expiry, lag):
+                unlinked = asyncio.create_task(self._unlinked_loop()) if self.pinned.worker is not None else None
+                for task in (opener, expiry, lag, unlinked):
                     if task is not None:
                         started.callback(task.cancel)
                 if self.tracker is not None and not self.forwards_tracker:
