@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from edgeswarm.protocol.manifest import Manifest
-from edgeswarm.roles.get import OutputFile, _summary
+from edgeswarm.roles.get import TEMP_PREFIX, OutputFile, _summary, sweep_temp_caches
+from edgeswarm.store import cachelock
 
 PIECE = 256 * 1024
 
@@ -73,3 +75,24 @@ def test_the_summary_says_when_the_pieces_were_checked_against_a_key_the_edge_se
     learned = {"size": mib, "received": mib, "from_peers": 0, "seconds": 1.0, "key_learned": True}
     said = _summary(Path("f.bin"), learned)
     assert said.endswith("every piece verified against the origin key the edge served (--origin-key pins one)"), said
+
+
+def test_the_temporary_caches_of_killed_gets_are_removed_and_no_running_ones(tmp_path):
+    """A SIGKILLed `get` without --cache left its temporary cache, up to a whole copy of the file, in $TMPDIR for good
+    (an adversarial session: three of 11.6 MB)."""
+    old = time.time() - 600
+    running, dead = tmp_path / f"{TEMP_PREFIX}running", tmp_path / f"{TEMP_PREFIX}dead"
+    held, gone = cachelock.hold(running, "get"), cachelock.hold(dead, "get")  # made caches, each locked
+    assert held is not None and gone is not None
+    os.close(gone)  # its get was killed: nobody holds the lock
+    young = tmp_path / f"{TEMP_PREFIX}young"
+    young.mkdir()  # made a moment ago: its get may not hold the lock yet
+    other = tmp_path / f"{TEMP_PREFIX}notacache"
+    other.mkdir()
+    for path in (running, dead, other):
+        os.utime(path, (old, old))
+    try:
+        assert sweep_temp_caches(tmp_path) == 1
+        assert not dead.exists() and running.exists() and young.exists() and other.exists()
+    finally:
+        os.close(held)

@@ -416,6 +416,34 @@ async def _stoppable(download: Awaitable[dict], got: list[int]) -> dict:
             signal.signal(sig, _stop_on_signal)  # removing restored the default action: the cleanup after is ours too
 
 
+TEMP_PREFIX = "edgeswarm-get-"  # a `get` without --cache keeps its pieces in $TMPDIR/edgeswarm-get-XXXXXXXX, removed at its end
+TEMP_STALE_S = 60.0  # a temporary cache younger than this is left alone: its get may not hold its lock yet
+
+
+def sweep_temp_caches(root: Path | None = None) -> int:
+    """Remove the temporary caches of `get`s that were killed (SIGKILL, the OOM killer): up to a whole copy of a file
+    each, left in $TMPDIR for good (an adversarial session).  A running `get` holds its cache's lock (cachelock), so one
+    that can be locked is nobody's; returns how many were removed."""
+    removed = 0
+    for path in (root or Path(tempfile.gettempdir())).glob(TEMP_PREFIX + "*"):
+        try:
+            if time.time() - path.stat().st_mtime < TEMP_STALE_S:
+                continue
+            fd = os.open(path / cachelock.LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:  # not a cache (yet), or another user's
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a get running
+            continue
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
 def output_problem(text: str, name: str) -> str | None:
     """Why ``-o TEXT`` cannot be the output of a file named ``name``, or None.  A trailing slash names a directory, and
     ``-o ''`` no file: ``Path`` made them a file ``newdir`` and ``.`` (an adversarial session); curl and wget refuse
@@ -460,7 +488,9 @@ def run(
     out = Path(name if output is None else output)
     for sig in STOPS:
         signal.signal(sig, _stop_on_signal)
-    workdir = cache or Path(tempfile.mkdtemp(prefix="edgeswarm-get-"))
+    if cache is None:
+        sweep_temp_caches()
+    workdir = cache or Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     got: list[int] = []
     try:
         with cachelock.held(workdir, "get"):
