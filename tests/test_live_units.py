@@ -409,3 +409,25 @@ def test_a_peer_announces_no_playlist_it_takes_from_the_edge():
         return SignedManifest.sign(Manifest(path, 1, "x", SEGMENT_PIECE, (hashlib.sha256(b"x").hexdigest(),), 1), key)
 
     assert [_from_edge_only(signed(p)) for p in ("live/a.m3u8", "live/a0.ts", "films/a.mp4")] == [True, False, False]
+
+
+def test_names_the_origin_refused_are_forgotten_once_gone_and_warned_about_once_while_there(tmp_path, caplog):
+    """Every name ever refused (a reserved first folder, a backslash) stayed in the origin's memory for good: 2 200
+    entries with one file on disk after a tool wrote rotating names (an adversarial session)."""
+    from edgeswarm.store.catalog import Catalog
+    from edgeswarm.trust.signing import load_or_create_private_key
+
+    root = tmp_path / "pub"
+    (root / "status").mkdir(parents=True)  # a first segment reserved for node endpoints
+    cat = Catalog(root, tmp_path / "state.json", load_or_create_private_key(tmp_path / "key.pem"))
+    kept = root / "status" / "kept.json"
+    kept.write_text("{}")
+    with caplog.at_level("WARNING", logger="edgeswarm.store.catalog"):
+        for r in range(50):
+            rotating = root / "status" / f"probe-{r}.json"
+            rotating.write_text("{}")
+            cat.scan_changes(dict(cat.by_path))
+            rotating.unlink()
+        cat.scan_changes(dict(cat.by_path))
+    assert set(cat._skipped) == {"status/kept.json"}
+    assert sum("not publishing status/kept.json" in r.getMessage() for r in caplog.records) == 1

@@ -137,6 +137,7 @@ class Catalog:
         self.hashed_bytes = 0
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
+        self._skipped_now: set[str] = set()  # the paths the scan under way skipped: the others leave _skipped after it
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self.journal_file = state_file.with_suffix(".journal")  # the changes since the snapshot (module docstring)
         self._journal: int | None = None  # the journal's number, as the snapshot names it; None: write a snapshot
@@ -388,6 +389,7 @@ class Catalog:
     def _skip(self, rel: str, reason: str) -> None:
         """Warn about a path not published once per reason, not at every scan (one a second, for ever); a path that is
         published again (``_publish``) is warned about again the next time it fails."""
+        self._skipped_now.add(rel)
         if self._skipped.get(rel) != reason:
             log.warning("not publishing %.300s: %s", rel, reason)
             self._skipped[rel] = reason
@@ -399,12 +401,16 @@ class Catalog:
         ``by_path``; ``apply`` then changes the catalogue on the event loop.
         """
         changes: dict[str, Entry | None] = {}
+        self._skipped_now = set()
         found = self._walk()
         for rel in known:
             if rel not in found:
                 changes[rel] = None
         for rel, (full, st) in found.items():
             self._refresh(rel, full, _stat_key(st), known, changes)
+        # names this scan did not skip are gone (or fixed): every name ever refused stayed, for good (an adversarial
+        # session: 2 200 entries with one file on disk)
+        self._skipped = {rel: why for rel, why in self._skipped.items() if rel in self._skipped_now}
         return changes
 
     def _refresh(self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None]) -> None:
