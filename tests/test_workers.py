@@ -342,13 +342,19 @@ async def test_no_worker_keeps_the_pieces_another_evicted_on_disk(tmp_path, node
         for _ in range(4):  # a connection each: both workers read it
             code, body, _ = await fresh("GET", f"{edge.url}/{name}")
             assert (code, body) == (200, data)
-    await asyncio.sleep(1.5)  # a worker's sweep runs every second
-    held = 0
-    for pid in children(edge.proc.pid):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                if os.readlink(fd).endswith(" (deleted)") and ".piece" in os.readlink(fd):
-                    held += fd.stat().st_size
+
+    def held_open() -> int:
+        held = 0
+        for pid in children(edge.proc.pid):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).endswith(" (deleted)") and ".piece" in os.readlink(fd):
+                        held += fd.stat().st_size
+        return held
+
+    deadline = time.monotonic() + 5  # a worker's sweep runs every second
+    while (held := held_open()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     assert held == 0, f"{held} bytes of evicted pieces held open under a 2 MB --max-cache"
 
 
