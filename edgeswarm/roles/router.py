@@ -451,6 +451,7 @@ class Router:
             if exc.status != 403 and self._dns_edges_up(address, qname):
                 return  # edges are up, none with an address of this family: the name has no such record
             reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
+            reply.header.aa = 0  # nothing authoritative in a refusal or a failure (as the other REFUSED answers)
             self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
             return
         for c in decision.ranked[: self.config.dns_answers]:

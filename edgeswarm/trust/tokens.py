@@ -222,7 +222,7 @@ def _check_claims(claims: dict[str, Any], use: str, what: str, now: float | None
     if "nbf" in claims:
         not_before = _number(claims, "nbf", what)
         if not_before > now + LEEWAY:
-            raise TokenError(401, f"{what} is not valid for another {not_before - now:.0f} s")
+            raise TokenError(401, f"{what} is not valid for another {not_before - now:.0f} s (its nbf; or the clocks disagree)")
     return user, expires
 
 
