@@ -166,3 +166,29 @@ def test_an_order_is_taken_whole_or_not_at_all_for_a_region_the_edge_knows(nodes
     garbage = curl("-H", "Authorization: Bearer garbage", "-w", "\n%{http_code}", f"{edge.url}/preheat/orders?peer_id=v&room=1000")
     assert garbage.stdout.decode().endswith("401"), garbage.stdout
     assert get(f"{edge.url}/preheat")["volunteers"] == {}
+
+
+def test_a_volunteer_without_room_for_an_order_gives_its_place_to_another(nodes, tmp_path, origin, published):
+    """A volunteer chosen for two files with room for one kept both places: the second order was never fulfilled while
+    /preheat said it was placed (an adversarial session).  It names the one it declines, and the edge asks another."""
+    a, b = make_file(published / "a.bin", 3_000_000), make_file(published / "b.bin", 3_000_000)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    small = start_peer(nodes, tmp_path, edge.url, 1, "--accept-preheat", "5MB")  # room for one of the two
+    wait(lambda: get(f"{edge.url}/preheat")["volunteers"].get("east") == 1, "the first volunteer")
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", "a.bin", "b.bin", "--region", "east", "--edge", edge.url]
+    done = subprocess.run([*cmd, "--peers", "50%", "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    roomy = start_peer(nodes, tmp_path, edge.url, 2, "--accept-preheat", "100MB")
+
+    def placed() -> dict[str, list[str]]:
+        return {o["path"]: o["chosen"] for o in get(f"{edge.url}/preheat")["orders"]}
+
+    wait(lambda: all(len(chosen) == 1 for chosen in placed().values()) and len(set(map(tuple, placed().values()))) == 2, "both placed")
+
+    def holds(peer, path: str) -> bool:
+        return any(s["path"].strip("/") == path and s["complete"] for s in get(peer.urls["gateway"] + "/status")["swarms"])
+
+    wait(lambda: sum(holds(p, "a.bin") for p in (small, roomy)) == 1 and sum(holds(p, "b.bin") for p in (small, roomy)) == 1, "held")
+    assert a and b

@@ -129,3 +129,16 @@ def test_a_volunteer_that_may_not_hold_a_path_is_not_chosen_for_it():
     o = order(1.0)
     orders.add(o)
     assert {pid for _, pid in orders.chosen(o)} == {"p1", "p2", "p3"}
+
+
+def test_a_volunteer_that_declines_an_order_gives_its_place_to_the_next():
+    """A chosen volunteer that could not hold an order (no room left, a full disk) kept its place for good: the order
+    was never fulfilled while /preheat said it was (an adversarial session)."""
+    orders = book(4)
+    o = order(0.25)  # one place
+    orders.add(o)
+    (first,) = orders.chosen(o)
+    orders.seen(1.0, first, "east", 1000, frozenset({CID}))
+    (second,) = orders.chosen(o)
+    assert second != first
+    assert orders.for_volunteer(1.0, first) == []

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from edgeswarm.policy.tracker import address_group
 
 SWEEP_S = 1.0  # seconds between two looks for silent volunteers
+MAX_DECLINED = 32  # content ids a volunteer's poll names as declined, at most
 Volunteer = tuple[str, str]  # (address, peer id): how the tracker names a peer too
 Region = str | None
 
@@ -51,6 +52,7 @@ class _Seen:
     region: Region
     room: int
     last: float
+    declined: frozenset[str] = frozenset()  # contents it said it cannot hold (no room, a full disk): never chosen for them
 
 
 @dataclass
@@ -81,14 +83,19 @@ class PreheatOrders:
         self.assigned.setdefault(key, set())
         self._topped.pop(key, None)
 
-    def seen(self, now: float, volunteer: Volunteer, region: Region, room: int) -> None:
-        """A peer of ``region`` asked for orders, giving ``room`` bytes to preheated content."""
+    def seen(self, now: float, volunteer: Volunteer, region: Region, room: int, declined: frozenset[str] = frozenset()) -> None:
+        """A peer of ``region`` asked for orders, giving ``room`` bytes to preheated content, and naming the contents it
+        ``declined``: their places go to others (a volunteer that could not hold an order kept its place for good, the
+        order never fulfilled: an adversarial session)."""
         before = self.volunteers.get(volunteer)
         if before is None:
             self._at[volunteer[0]] += 1
-        if before is None or before.region != region or before.room != max(0, room):
+        if before is None or before.region != region or before.room != max(0, room) or before.declined != declined:
             self._generation += 1
-        self.volunteers[volunteer] = _Seen(region, max(0, room), now)
+        self.volunteers[volunteer] = _Seen(region, max(0, room), now, declined)
+        for (content, _), peers in self.assigned.items():
+            if content in declined:
+                peers.discard(volunteer)
 
     def at(self, address: str) -> int:
         """The volunteers at ``address`` (a newcomer beyond --max-peer-ids is refused: counting them was O(volunteers))."""
@@ -141,7 +148,10 @@ class PreheatOrders:
             able = [
                 v
                 for v in self.in_region(order.region)
-                if v not in peers and self.volunteers[v].room >= order.size and self.eligible(v, order)
+                if v not in peers
+                and self.volunteers[v].room >= order.size
+                and order.content not in self.volunteers[v].declined
+                and self.eligible(v, order)
             ]
             for v in sorted(able, key=lambda v: rank(order.content, v)):
                 if short == 0:

@@ -495,10 +495,7 @@ class Peer:
         cid = signed.content_id
         swarm = self.swarms.get(cid)
         if swarm is not None and swarm.withdrawn is not None:  # its edge said so once; the version may be back
-            self.retire(swarm)
-            task = asyncio.create_task(swarm.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self.stop_swarm(swarm)
             swarm = None
         if swarm is None:
             swarm = self.swarms[cid] = Swarm(self, signed)
@@ -537,6 +534,13 @@ class Peer:
             self._bans[swarm.cid] = swarm.banned
             if len(self._bans) > BANS_KEPT:
                 del self._bans[next(iter(self._bans))]
+
+    def stop_swarm(self, swarm: Swarm) -> None:
+        """Retire ``swarm`` and close it in the background: it fetches nothing more."""
+        self.retire(swarm)
+        task = asyncio.create_task(swarm.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def bans_of(self, cid: str) -> set[str]:
         """The addresses banned for ``cid`` by its retired swarm, for a new swarm of it (which holds them from then on)."""

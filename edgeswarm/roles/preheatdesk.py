@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
-from edgeswarm.policy.preheatorders import Order, PreheatOrders
+from edgeswarm.policy.preheatorders import MAX_DECLINED, Order, PreheatOrders
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import check_json_body
+from edgeswarm.protocol.manifest import is_content_id
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import json_response
@@ -48,6 +49,16 @@ MAX_TTL = 30 * 86400.0  # an order lasts at most a month
 ORDERS_FILE = "preheat-orders.json"
 log = logging.getLogger(__name__)
 MAX_WAIT = 30.0  # seconds a volunteer's poll is held at most: under the worker forwarder's 60 s, and a volunteer re-registers with each
+
+
+def _declined(text: str) -> frozenset[str]:
+    """The content ids a volunteer's poll names as ``declined`` (comma-separated); 400 for anything else."""
+    if not text:
+        return frozenset()
+    cids = text.split(",")
+    if len(cids) > MAX_DECLINED or not all(is_content_id(c) for c in cids):
+        raise HttpError(400, f"preheat orders: 'declined' must be at most {MAX_DECLINED} content ids, comma-separated")
+    return frozenset(cids)
 
 
 class PreheatDesk:
@@ -260,10 +271,11 @@ class PreheatDesk:
         region = self.edge.region_name(request)
         if grant is not None:
             self._keep_grant(volunteer, grant, region)
-        self.orders.seen(now, volunteer, region, room)
+        declined = _declined(request.query.get("declined", ""))
+        self.orders.seen(now, volunteer, region, room, declined)
         await self._held(request)
         now = time.monotonic()
-        self.orders.seen(now, volunteer, region, room)  # still here: a held poll is a live volunteer
+        self.orders.seen(now, volunteer, region, room, declined)  # still here: a held poll is a live volunteer
         orders = self.orders.for_volunteer(now, volunteer)
         if self.edge.require_token:  # only what the peer's token may fetch
             orders = [o for o in orders if await self._covers(request, o.path)]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.policy.preheatorders import MAX_DECLINED
 from edgeswarm.protocol import jsondoc
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class Volunteer:
         """The orders ``edge`` assigns this peer; with ``since``, held by the edge until it has a newer order (or WAIT)."""
         peer = self.peer
         target = f"/preheat/orders?peer_id={quote(peer.peer_id, safe='')}&room={max(0, self.room - self.used())}"
+        if self.refused:  # the orders it cannot hold: the edge gives their places to others (they were kept for good)
+            target += "&declined=" + ",".join(sorted(self.refused)[:MAX_DECLINED])
         if since is not None:
             target += f"&since={since}&wait={WAIT:g}"
         try:
@@ -85,18 +88,26 @@ class Volunteer:
         if order.get("content", cid) != cid:  # our manifest of it is older than the edge's order: taken at its next answer
             return
         if self.used() + size > self.room:
-            if cid not in self.refused:
-                log.info("preheat %s: %d bytes do not fit in the %d left of --accept-preheat", path, size, self.room - self.used())
-                self.refused.add(cid)
+            self._decline(cid, f"preheat {path}: {size} bytes do not fit in the {self.room - self.used()} left of --accept-preheat")
             return
         store = await self.peer._store()
+        if store.write_error is not None:  # a full disk: the order is declined, not fetched a piece every 10 s for a day
+            self._decline(cid, f"preheat {path}: declined, this peer's cache cannot be written ({store.write_error})")
+            return
         store.pinned.add(cid)
         self.held[path] = (cid, size)
         self.peer.swarm(signed).want_whole()
         log.info("preheat %s: fetching and seeding it for the region (%d bytes)", path, size)
 
+    def _decline(self, cid: str, why: str) -> None:
+        """Say (once) why ``cid``'s order is not held, and name it to the edges at the next poll (``declined``)."""
+        if cid not in self.refused:
+            log.info("%s", why)
+            self.refused.add(cid)
+
     def drop(self, path: str) -> None:
         cid, _ = self.held.pop(path)
+        self.refused.clear()  # room freed: what did not fit may now (the edges hear of it at the next poll)
         store = self.peer.store
         if store is not None:
             store.pinned.discard(cid)
@@ -140,6 +151,15 @@ class Volunteer:
 
     async def _follow(self, orders: list[dict]) -> None:
         """Hold what ``orders`` name, and only that."""
+        store = self.peer.store
+        if store is not None and store.write_error is not None:  # the disk filled while fetching: give those up too
+            for path, (cid, _) in list(self.held.items()):
+                signed = store.manifest(cid)
+                if signed is None or len(store.held(cid)) < signed.manifest.piece_count:  # not whole: it cannot be
+                    self.drop(path)
+                    if (swarm := self.peer.swarms.get(cid)) is not None:
+                        self.peer.stop_swarm(swarm)  # else it went on taking a piece from the edge every 10 s
+                    self._decline(cid, f"preheat {path}: declined, this peer's cache cannot be written ({store.write_error})")
         ordered = {o["path"]: o for o in orders}
         # a path no longer ordered, or ordered in another version (republished: the old one stayed pinned, and the new
         # one was never fetched: an adversarial session)
