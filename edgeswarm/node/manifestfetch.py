@@ -110,12 +110,14 @@ class ManifestFetcher:
         """Ask a source again on the next request for ``path``: it was just republished (an upload through this node)."""
         self._checked.pop(path, None)
 
-    def withdraw(self, path: str, cid: str) -> None:
-        """A source answered 404 for a piece of ``cid``: it publishes no more that version of ``path``.  Its next read
-        asks again, and if no source gives the current manifest, a version held in part is not served stale: each
-        read of it went out 200 and was cut at the same byte, until the node was given the origin's new key."""
+    def withdraw(self, path: str, cid: str) -> HttpError:
+        """A source answered 404 for a piece or the key of ``cid``: it publishes no more that version of ``path``.  Its
+        next read asks again, and if no source gives the current manifest, a version held in part is not served stale:
+        each read of it went out 200 and was cut at the same byte, until the node was given the origin's new key.
+        Returns the 404 its reader gets."""
         self.expire(path)
         self._withdrawn[path] = cid
+        return HttpError(404, f"content {cid[:12]} ({path}) is no longer published")
 
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.

@@ -284,8 +284,7 @@ class Edge:
             return await access.fetch_key(self.upstream, self.parent, signed, who=f"parent {self.parent}")
         except access.KeyRefused as exc:  # the client is authorised; this edge's own credential is not
             if exc.status == 404:
-                self.manifests.withdraw(signed.manifest.path, signed.content_id)
-                raise HttpError(404, f"content {signed.content_id[:12]} ({signed.manifest.path}) is no longer published") from None
+                raise self.manifests.withdraw(signed.manifest.path, signed.content_id) from None
             raise HttpError(502, exc.message) from None
 
     def _known_manifest(self, cid: str) -> SignedManifest | None:
@@ -415,8 +414,7 @@ class Edge:
                 continue
             self.unusable.pop(source, None)
             if reply.status == 404 and not sibling:  # withdrawn upstream (a live segment the encoder deleted): not our failure
-                self.manifests.withdraw(signed.manifest.path, cid)  # or replaced by a new version: the next read asks (not in --revalidate)
-                raise HttpError(404, f"content {cid[:12]} ({signed.manifest.path}) is no longer published")
+                raise self.manifests.withdraw(signed.manifest.path, cid)  # or a new version: the next read asks (not in --revalidate)
             if reply.status != 200:
                 if not sibling:
                     said = reply.body[:200].decode(errors="replace").strip()  # its reason, as for a manifest or a key

@@ -472,8 +472,7 @@ class Peer:
                 problems.append(exc.message)
         path = signed.manifest.path
         if edges and gone == len(edges):
-            self.manifests.withdraw(path, signed.content_id)
-            raise HttpError(404, f"content {signed.content_id[:12]} ({path}) is no longer published")
+            raise self.manifests.withdraw(path, signed.content_id)
         raise HttpError(502, f"no edge gave the key of /{path}: {'; '.join(problems)}")
 
     # -- manifests ---------------------------------------------------------------------

@@ -238,7 +238,7 @@ class PreheatDesk:
         if kept is None:
             return False
         try:
-            tokens.authorize(kept[0], order.path, kept[1])
+            access.authorize(kept[0], order.path, kept[1])  # the rule its polls' listing is filtered by (_covers)
         except tokens.TokenError:
             return False
         return True

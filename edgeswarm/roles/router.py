@@ -427,19 +427,22 @@ class Router:
         self._fill(reply, query, address)
         return reply.pack()
 
+    def _refuse(self, reply: DNSRecord, rcode: int, why: str) -> None:
+        """A refusal or a failure, counted under ``why``: nothing authoritative in it (an unmapped client's REFUSED said
+        aa, unlike the others)."""
+        reply.header.aa = 0
+        reply.header.rcode = rcode
+        self.metrics.events[("dns_refused", why)] += 1
+
     def _fill(self, reply: DNSRecord, query: DNSRecord, address: str) -> None:
         """The answer to a well-formed query of ours: its RCODE, AA flag and records set in ``reply``."""
         if query.q.qclass not in (CLASS.IN, 255):  # IN and * (any); CHAOS and the rest: we serve the Internet class only
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.REFUSED
-            self.metrics.events[("dns_refused", "class")] += 1
+            self._refuse(reply, RCODE.REFUSED, "class")
             return
         qname = str(query.q.qname).rstrip(".").lower()
         zone = self.config.dns_name.lower()
         if qname != zone and not qname.endswith("." + zone):
-            reply.header.aa = 0
-            reply.header.rcode = RCODE.REFUSED  # not our name: we answer for one zone only
-            self.metrics.events[("dns_refused", "zone")] += 1
+            self._refuse(reply, RCODE.REFUSED, "zone")  # not our name: we answer for one zone only
             return
         qtype = query.q.qtype
         if qtype not in (QTYPE.A, QTYPE.AAAA, QTYPE.ANY):
@@ -450,9 +453,7 @@ class Router:
         except HttpError as exc:
             if exc.status != 403 and self._dns_edges_up(address, qname):
                 return  # edges are up, none with an address of this family: the name has no such record
-            reply.header.rcode = RCODE.REFUSED if exc.status == 403 else RCODE.SERVFAIL
-            reply.header.aa = 0  # nothing authoritative in a refusal or a failure (as the other REFUSED answers)
-            self.metrics.events[("dns_refused", "region" if exc.status == 403 else "no_edge")] += 1
+            self._refuse(reply, *((RCODE.REFUSED, "region") if exc.status == 403 else (RCODE.SERVFAIL, "no_edge")))
             return
         for c in decision.ranked[: self.config.dns_answers]:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))

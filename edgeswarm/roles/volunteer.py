@@ -92,12 +92,15 @@ class Volunteer:
             return
         store = await self.peer._store()
         if store.write_error is not None:  # a full disk: the order is declined, not fetched a piece every 10 s for a day
-            self._decline(cid, f"preheat {path}: declined, this peer's cache cannot be written ({store.write_error})")
+            self._unwritable(path, cid, store.write_error)
             return
         store.pinned.add(cid)
         self.held[path] = (cid, size)
         self.peer.swarm(signed).want_whole()
         log.info("preheat %s: fetching and seeding it for the region (%d bytes)", path, size)
+
+    def _unwritable(self, path: str, cid: str, error: str) -> None:
+        self._decline(cid, f"preheat {path}: declined, this peer's cache cannot be written ({error})")
 
     def _decline(self, cid: str, why: str) -> None:
         """Say (once) why ``cid``'s order is not held, and name it to the edges at the next poll (``declined``)."""
@@ -107,8 +110,9 @@ class Volunteer:
 
     def drop(self, path: str) -> None:
         cid, _ = self.held.pop(path)
-        self.refused.clear()  # room freed: what did not fit may now (the edges hear of it at the next poll)
         store = self.peer.store
+        if store is None or store.write_error is None:  # room freed: what did not fit may now (the edges hear of it)
+            self.refused.clear()
         if store is not None:
             store.pinned.discard(cid)
         log.info("preheat %s: no longer ordered; unpinned (evictable)", path)
@@ -159,7 +163,7 @@ class Volunteer:
                     self.drop(path)
                     if (swarm := self.peer.swarms.get(cid)) is not None:
                         self.peer.stop_swarm(swarm)  # else it went on taking a piece from the edge every 10 s
-                    self._decline(cid, f"preheat {path}: declined, this peer's cache cannot be written ({store.write_error})")
+                    self._unwritable(path, cid, store.write_error)
         ordered = {o["path"]: o for o in orders}
         # a path no longer ordered, or ordered in another version (republished: the old one stayed pinned, and the new
         # one was never fetched: an adversarial session)

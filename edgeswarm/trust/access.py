@@ -34,12 +34,17 @@ def grant(
     if g is None:
         return None
     try:
-        if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
-            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
-        tokens.authorize(g, rel_path, region)
+        authorize(g, rel_path, region)
         return g
     except tokens.TokenError as exc:
         raise denied(exc) from None
+
+
+def authorize(g: tokens.Grant, rel_path: str, region: str | None) -> None:
+    """``tokens.authorize`` for a client this node placed in ``region`` (None: it could not): TokenError 403 if not."""
+    if g.region is not None and region is None:  # unknown is not "any": a region-bound token needs a placed client
+        raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
+    tokens.authorize(g, rel_path, region)
 
 
 def authenticated(request: web.Request, public_key: Ed25519PublicKey, *, required: bool) -> tokens.Grant | None:
