@@ -426,21 +426,10 @@ def sweep_temp_caches(root: Path | None = None) -> int:
     that can be locked is nobody's; returns how many were removed."""
     removed = 0
     for path in (root or Path(tempfile.gettempdir())).glob(TEMP_PREFIX + "*"):
-        try:
-            if time.time() - path.stat().st_mtime < TEMP_STALE_S:
-                continue
-            fd = os.open(path / cachelock.LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:  # not a cache (yet), or another user's
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a get running
-            continue
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-        finally:
-            os.close(fd)
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime >= TEMP_STALE_S and cachelock.abandoned(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
     return removed
 
 

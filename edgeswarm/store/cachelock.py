@@ -66,3 +66,19 @@ def held(root: Path, role: str) -> Iterator[None]:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def abandoned(root: Path) -> bool:
+    """Whether ``root`` is a cache no process holds (its node ended, however: SIGKILL too); False for one held, or for
+    a directory that is no cache (no lock file, or not ours to open)."""
+    try:
+        fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
