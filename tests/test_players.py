@@ -10,8 +10,11 @@ timeout: generous for a 10 MB file on loopback, and far from a stall.
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,3 +94,82 @@ async def test_ffprobe_reads_a_webm(tmp_path, nodes, media, origin):
     proc, took = _timed("ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0", url)
     assert proc.returncode == 0 and proc.stdout.strip() == "vp8", proc.stderr
     assert took < BOUND, f"ffprobe took {took:.1f} s through a cold gateway"
+
+
+class Mpv:
+    """mpv playing ``url`` headless, driven through its JSON IPC socket as a user's keys would drive it."""
+
+    def __init__(self, url: str, folder: Path):
+        self.socket_path = folder / "mpv.sock"
+        # mpv reads up to 150 MiB ahead of a network stream: a long film's seeks leave that window and go to the
+        # gateway, a 10 MB file's would not; a small demuxer cache makes this file's seeks do what a film's do
+        cache = ("--demuxer-max-bytes=512KiB", "--demuxer-max-back-bytes=256KiB")
+        self.proc = subprocess.Popen(
+            ["mpv", "--no-config", "--vo=null", "--ao=null", "--speed=2", *cache, "--msg-level=all=v",
+             f"--input-ipc-server={self.socket_path}", url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.deadline = time.monotonic() + 60
+        while not self.socket_path.exists():
+            assert self.proc.poll() is None and time.monotonic() < self.deadline, "mpv did not open its IPC socket"
+            time.sleep(0.05)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(self.socket_path))
+        self.sock.settimeout(max(0.1, self.deadline - time.monotonic()))
+        self.lines = self.sock.makefile("r")
+        self.requests = 0
+
+    def send(self, *command: object) -> int:
+        self.requests += 1
+        self.sock.sendall(json.dumps({"command": list(command), "request_id": self.requests}).encode() + b"\n")
+        return self.requests
+
+    def next_event(self, *names: str) -> dict:
+        """The next event (or reply) whose ``event`` is one of ``names``; mpv's other messages are passed over."""
+        while True:
+            line = self.lines.readline()
+            assert line, f"mpv quit:\n{self.finish()[-3000:]}"
+            message = json.loads(line)
+            if message.get("event") in names:
+                return message
+
+    def position(self) -> float:
+        request = self.send("get_property", "time-pos")
+        while True:
+            message = json.loads(self.lines.readline())
+            if message.get("request_id") == request:
+                return message["data"]
+
+    def finish(self) -> str:
+        self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.mark.skipif(shutil.which("mpv") is None, reason="mpv not installed (./dev test installs it as root)")
+async def test_mpv_plays_and_seeks_through_a_cold_gateway(nodes, media, origin):
+    """README's `mpv http://127.0.0.1:1111/films/a.mp4`: mpv opens the file on a cold gateway (its index at the end),
+    seeks forward, back and forward again while the gateway still fetches it, and plays to the end, every seek
+    landing where asked."""
+    with tempfile.TemporaryDirectory(prefix="mpv") as short:  # a socket's path has room for 107 bytes: not pytest's
+        url = _cold_gateway(nodes, Path(short), origin.url, "p") + "/moov-at-end.mp4"
+        mpv = Mpv(url, Path(short))
+        try:
+            mpv.send("observe_property", 1, "paused-for-cache")
+            mpv.next_event("playback-restart")  # playing from the start
+            for target in (15, 3, 12):
+                mpv.send("seek", target, "absolute")
+                mpv.next_event("playback-restart")
+                assert mpv.position() == pytest.approx(target, abs=1.0)
+            end = mpv.next_event("end-file")
+            log = mpv.finish()
+        finally:
+            mpv.close()
+    assert end.get("reason") == "eof", f"mpv ended with {end}:\n{log[-3000:]}"
+    assert mpv.proc.returncode == 0, log[-3000:]
+    assert log.count("stream level seek") >= 3, f"mpv's seeks stayed in its cache, not through the gateway:\n{log[-3000:]}"
+    assert "error" not in log.lower(), log[-3000:]
