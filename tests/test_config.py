@@ -135,6 +135,15 @@ def test_a_peer_without_edge_or_router_is_refused_before_it_starts(tmp_path: Pat
     assert not (tmp_path / "p").exists()  # refused before the peer made its cache
 
 
+def test_a_peer_refuses_more_preheated_content_than_its_cache_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """Preheated content is pinned against eviction: with room for more of it than --max-cache, the cache outgrew its
+    quota without a word (an adversarial session)."""
+    argv = ["peer", "--cache", str(tmp_path / "p"), "--edge", "http://127.0.0.1:9", "--max-cache", "10MB"]
+    assert main([*argv, "--accept-preheat", "10MB"]) == 2
+    assert "--accept-preheat (10,000,000 bytes) must be less than --max-cache (10,000,000 bytes)" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
 def test_an_edge_refuses_the_trackers_flags_without_p2p(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     """``--regions`` without ``--p2p`` was neither read nor checked (a broken map too), with no word that it did nothing."""
     (tmp_path / "r.yaml").write_text("not: [a map")

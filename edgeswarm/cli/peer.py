@@ -128,6 +128,14 @@ def run(args: argparse.Namespace) -> int:
     if not config.edges and not config.router:
         print("edgeswarm peer: give --edge URL (repeatable) or --router URL", file=sys.stderr)
         return 2
+    room, quota = config.accept_preheat, config.max_cache
+    if room and quota and room >= quota:  # pinned against eviction: past the quota, the cache would outgrow --max-cache
+        print(
+            f"edgeswarm peer: --accept-preheat ({room:,} bytes) must be less than --max-cache ({quota:,} bytes): preheated "
+            "content stays in the cache while ordered, beside what you play (lower --accept-preheat or raise --max-cache)",
+            file=sys.stderr,
+        )
+        return 2
     with cachelock.held(config.cache, "peer"):
         peer_node = peer.Peer(config)
         asyncio.run(peer.run(peer_node, args.listen, args.gateway, args.access_log, options.limits(args)))
