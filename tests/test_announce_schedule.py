@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeswarm.node.sleepwatch import SLEPT_S, SleepWatch
 from edgeswarm.roles.peer import MAX_INTERVAL, MIN_INTERVAL, NEWS_BURST, NEWS_WINDOW, AnnounceSchedule, _interval
 
 A, B = "http://a", "http://b"
@@ -152,3 +153,23 @@ def test_an_answers_interval_is_kept_within_bounds(given, kept):
 def test_an_interval_that_is_no_number_is_refused(given):
     with pytest.raises((ValueError, TypeError)):
         _interval(given)
+
+
+def test_a_machine_that_slept_announces_to_every_tracker_at_once_with_every_content():
+    """A laptop's suspend stops the monotonic clock the schedule runs on, while tickets and the trackers' expiry of
+    silent peers run on wall clocks: a woken peer waited out its interval (up to 300 s) with an expired ticket,
+    its neighbours answering 401 (an adversarial session)."""
+    watch = SleepWatch(wall=1_000.0, monotonic=50.0)
+    assert watch.slept(wall=1_005.0, monotonic=55.0) == 0  # the clocks moved together
+    assert SLEPT_S > 5 and watch.slept(wall=1_015.0, monotonic=60.0) == 0  # a small step (NTP setting the clock)
+    assert watch.slept(wall=1_920.0, monotonic=65.0) == 900  # 15 minutes asleep
+    assert watch.slept(wall=1_000.0, monotonic=70.0) == 0  # a clock set back is no sleep
+    s = AnnounceSchedule(300)
+    s.succeeded(A, 0)
+    s.succeeded(B, 0)
+    s.refused(B, 0, 60)  # a 429's wait, counted in wall-clock seconds by the tracker
+    assert s.due([A, B], 65) == [] and not s.full(A, 65)
+    s.woke(65)
+    assert s.due([A, B], 65) == [A, B] and s.full(A, 65) and s.full(B, 65)
+    s.succeeded(A, 65)
+    assert s.due([A], 66) == [] and s.due([A], 365) == [A]  # then every interval, as before

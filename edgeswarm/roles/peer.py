@@ -33,6 +33,7 @@ from multidict import CIMultiDictProxy
 from prometheus_client.core import GaugeMetricFamily
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node import sleepwatch
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
@@ -198,6 +199,13 @@ class AnnounceSchedule:
         self._held[tracker] = now + min(max(wait, FIRST_RETRY), self.interval_of(tracker))
         self._next[tracker] = max(self._next.get(tracker, now), self._held[tracker])
 
+    def woke(self, now: float) -> None:
+        """The machine slept (node/sleepwatch.py): every tracker now, with every content, as after a start; the trackers
+        have forgotten this peer meanwhile, and its tickets expired.  A 429's hold is over too: it was a wall-clock wait."""
+        self._next = dict.fromkeys(self._next, now)
+        self._last_full.clear()
+        self._held.clear()
+
     def unreachable(self, tracker: str, now: float) -> None:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
         if tracker not in self._failures:
@@ -329,6 +337,7 @@ class Peer:
         self._vouch_at: dict[str, float] = {}  # content -> when the last round asked for its subscribers was due
         self.upload_port = 0
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
+        self._clocks = sleepwatch.SleepWatch(time.time(), time.monotonic())
         self.havefeed = HaveFeed()  # our subscribers, told of every piece we store
         self.have_latency = LatencyStats()  # how late neighbours' HAVE lines reach us
         self.quiet = ThrottledLog(log, Throttle(burst=3, interval=60.0))  # what hostile neighbours could make us log often
@@ -580,8 +589,9 @@ class Peer:
                 self.refused.pop(url, None)
                 self.ranking.heard(url, reply.head_s)  # how many requests the engine keeps in flight there (edge_depth)
             return reply.body
-        if reply.status in (401, 403) and to_peer:
-            raise Choked(2.0)  # our ticket is missing or stale: the next announce brings a fresh one
+        if reply.status in (401, 403) and to_peer:  # our ticket is missing or stale: the next announce brings a fresh one,
+            self._look_at_clocks()  # at once if it expired while the machine slept (a neighbour's word alone changes nothing)
+            raise Choked(2.0)
         if reply.status in (401, 403) and "WWW-Authenticate" in reply.headers:  # our token: no retry changes the edge's
             # mind (an --internal edge's 403 for an uncached piece names no token: peers may still have it)
             said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
@@ -791,9 +801,27 @@ class Peer:
                 except Exception:  # a bug: said, and the next round goes on (one bad answer ended every edge's announces)
                     log.exception("an announce round failed; announcing goes on")
                     await asyncio.sleep(FIRST_RETRY)
+            await self._until_due()
+
+    async def _until_due(self) -> None:
+        """Until a tracker is due, news wakes the announcer, or the machine is found to have slept: the clocks are looked
+        at every ``sleepwatch.CHECK_S`` meanwhile, as a suspend stops the monotonic wait, not the wall clock (node/sleepwatch.py)."""
+        while (wait := self.schedule.wait(sorted(self._p2p_edges), time.monotonic())) > 0:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.schedule.wait(sorted(self._p2p_edges), time.monotonic())):
+                async with asyncio.timeout(min(sleepwatch.CHECK_S, wait)):
                     await self._wake_announcer.wait()
+                    return
+            if self._look_at_clocks():
+                return
+
+    def _look_at_clocks(self) -> bool:
+        """Whether the machine slept since the last look; if so, every edge is due at once (node/sleepwatch.py)."""
+        slept = self._clocks.slept(time.time(), time.monotonic())
+        if slept:
+            log.info("this machine slept for about %.0f s: announcing to every edge now, for fresh tickets and neighbours", slept)
+            self.schedule.woke(time.monotonic())
+            self._wake_announcer.set()
+        return bool(slept)
 
     async def announce_all(self, event: str, edges: list[str] | None = None) -> None:
         store = self.store

@@ -1,0 +1,31 @@
+"""Whether the machine slept: a laptop's suspend stops the clock every timer here runs on, not the one tickets expire by.
+
+A node's timers (announce rounds, back-offs, timeouts) run on the monotonic
+clock, which stands still while the machine is suspended; tokens, swarm
+tickets and a tracker's expiry of silent peers run on wall clocks, which go
+on.  A peer that woke after longer than its ticket's life kept showing the
+expired ticket to neighbours, who answered 401, and waited out what was left
+of its announce interval (up to 5 minutes at the defaults) before it asked
+for a new one: everything it read meanwhile came from the edge (an
+adversarial session).  A sleep shows as the wall clock having moved more than
+the monotonic one since the last look; a clock set forward looks the same,
+and is answered the same way (a fresh announce round costs little).
+"""
+
+from __future__ import annotations
+
+CHECK_S = 5.0  # seconds between two looks at the clocks, at most: a woken peer announces within this
+SLEPT_S = 10.0  # the wall clock moving this much more than the monotonic one is a sleep (NTP slews by far less)
+
+
+class SleepWatch:
+    """Sans-IO: both clocks are passed in at each look."""
+
+    def __init__(self, wall: float, monotonic: float):
+        self._offset = wall - monotonic
+
+    def slept(self, wall: float, monotonic: float) -> float:
+        """Seconds the machine slept since the last look (what the wall clock gained on the monotonic one), 0 if none."""
+        offset = wall - monotonic
+        gained, self._offset = offset - self._offset, offset
+        return gained if gained >= SLEPT_S else 0.0
