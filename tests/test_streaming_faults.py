@@ -234,6 +234,11 @@ async def test_a_gateway_whose_disk_is_full_still_serves_the_whole_file(tmp_path
         sent = (await resp.json())["bytes_sent"]["node"]
     assert sent < 1.5 * len(data), f"the edge sent {sent} bytes for one read of {len(data)}"
     assert "No space left on device" in peer.log_text() and "Traceback" not in peer.log_text()
+    # the user sees why in /status, and in the answer to a background fetch, which waits for room (only the log said)
+    async with http.get(peer.urls["gateway"] + "/status") as resp:
+        assert "No space left on device" in (await resp.json()).get("cache_error", "")
+    async with http.post(peer.urls["gateway"] + "/big.bin") as resp:
+        assert resp.status == 202 and "No space left on device" in (await resp.json()).get("cache_error", "")
 
 
 async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, tmpfs, nodes, origin, published):
