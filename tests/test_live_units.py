@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 
 import pytest
@@ -15,7 +17,7 @@ from edgeswarm.policy.engine import Engine
 from edgeswarm.policy.live import LiveWindows
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol import hls
-from edgeswarm.protocol.manifest import SEGMENT_PIECE, Manifest, SignedManifest
+from edgeswarm.protocol.manifest import MAX_FILE, SEGMENT_PIECE, Manifest, SignedManifest
 from edgeswarm.roles.livewatch import MAX_PLAYLIST, LiveWatcher
 from edgeswarm.roles.livewindow import LiveFollow
 from edgeswarm.roles.peer import _from_edge_only
@@ -431,3 +433,40 @@ def test_names_the_origin_refused_are_forgotten_once_gone_and_warned_about_once_
         cat.scan_changes(dict(cat.by_path))
     assert set(cat._skipped) == {"status/kept.json"}
     assert sum("not publishing status/kept.json" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.integration  # no daemon, but seconds of hashing: not for the fast layer
+async def test_the_watcher_publishes_while_the_full_scan_hashes_a_large_file(tmp_path, caplog):
+    """A 30 GiB file being hashed held a live playlist's next version 35 s, a small file 3 minutes behind a 100 GiB one
+    (an adversarial session): the full scan held the catalogue's lock while it hashed."""
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    _write(root / "seg00000.ts", b"a" * 1000)
+    _write(root / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))
+    with open(catalog.root / "film.bin", "wb") as f:  # 1 GiB of zeros, sparse: seconds of hashing, no disk
+        f.truncate(1 << 30)
+    caplog.set_level(logging.INFO, "edgeswarm.store.catalog")
+    scan = asyncio.create_task(catalog.scan())
+    while "hashing film.bin (1.0 GiB)" not in caplog.text:  # said as it begins: minutes, for the largest files
+        await asyncio.sleep(0.01)
+    _write(root / "seg00001.ts", b"b" * 1000)
+    _write(root / "live.m3u8", _playlist(0, 1))
+    await LiveWatcher(catalog).check()
+    assert not scan.done(), "the live watcher waited for the full scan's hash"
+    assert "live/seg00001.ts" in catalog.by_path and "film.bin" not in catalog.by_path
+    assert "published film.bin (1073741824 bytes)" in await scan
+    assert catalog.by_path["film.bin"].signed.manifest.size == 1 << 30
+    assert catalog.by_path["live/live.m3u8"].signed.manifest.size == len(_playlist(0, 1)), "the scan kept the newest"
+
+
+async def test_a_file_over_512_gib_is_not_published_and_the_origin_says_why(tmp_path, caplog):
+    """Its pieces (512 MiB) are over what any node reads: every edge answered 502 for it, blaming the origin, after the
+    origin had hashed it for many minutes (an adversarial session)."""
+    catalog = _catalog(tmp_path)
+    with open(catalog.root / "disk.img", "wb") as f:
+        f.truncate(MAX_FILE + 1)
+    caplog.set_level(logging.INFO, "edgeswarm.store.catalog")
+    assert await catalog.scan() == [] and "disk.img" not in catalog.by_path
+    assert f"not publishing disk.img: its {MAX_FILE + 1} bytes are more than a file may have" in caplog.text
+    assert catalog.hashed_bytes == 0, "it was hashed first"

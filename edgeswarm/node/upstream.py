@@ -33,8 +33,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from edgeswarm.errors import HttpError
+from edgeswarm.protocol.manifest import MAX_PIECE
 
-MAX_PIECE = 256 * 1024 * 1024  # no piece is read past this, whatever its manifest says (files up to 512 GiB)
 MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140 KB (2048 piece hashes)
 MAX_ANNOUNCE = 1024 * 1024  # an announce answer: a few dozen peers with their bitfields
 MAX_ANSWER = 64 * 1024  # anything else: /have, keys, error pages

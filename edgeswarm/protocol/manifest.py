@@ -28,6 +28,8 @@ from edgeswarm.trust.signing import verify
 MIN_PIECE = 256 * 1024
 SEGMENT_PIECE = 64 * 1024  # the floor for a live stream's media segments, and the smallest piece a manifest may have
 MAX_PIECES = 2048
+MAX_PIECE = 256 * 1024 * 1024  # no node reads a piece past this, whatever its manifest says
+MAX_FILE = MAX_PIECE * MAX_PIECES  # 512 GiB: the largest file the origin publishes (MAX_PIECES pieces of MAX_PIECE)
 FORMAT = 1
 
 

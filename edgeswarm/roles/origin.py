@@ -140,8 +140,7 @@ class Origin:
             self._rescan.set()
 
     async def scan(self) -> None:
-        _, lines = await self.catalog.change(self.catalog.scan_changes)
-        for line in lines:
+        for line in await self.catalog.scan():
             log.info("%s", line)
 
     async def _scan_loop(self) -> None:

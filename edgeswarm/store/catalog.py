@@ -33,7 +33,7 @@ from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import content_type
-from edgeswarm.protocol.manifest import Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
+from edgeswarm.protocol.manifest import MAX_FILE, Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
 from edgeswarm.trust.protect import cipher_for, is_protected, new_protection
 from edgeswarm.trust.signing import key_fingerprint
@@ -49,6 +49,7 @@ PARTIAL = ".tmp"  # a writer's name for a file not yet complete (ffmpeg's hls te
 AHEAD = "/floors"  # the state file's row of floors ahead of the clock (Catalog._write_state): no published path starts with /
 JOURNAL = "/journal"  # the snapshot's row naming its journal, and that journal's first line (Catalog._write_state)
 JOURNAL_MIN = 1 << 20  # bytes of journal before the state is written whole again (or the snapshot's size, if larger)
+HASH_NOTICE = 1 << 30  # bytes from which a file's hashing is logged as it begins: it takes seconds a GiB
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class Catalog:
         self._journal: int | None = None  # the journal's number, as the snapshot names it; None: write a snapshot
         self._journal_room = 0  # bytes the journal may still grow before the next snapshot
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
+        # path -> (the manifest it replaces, its entry), hashed by ``scan`` before it takes the lock (``_refresh``)
+        self._prepared: dict[str, tuple[Manifest | None, Entry]] = {}
         # set when the origin stops: a scan's thread hashing a large file gave up only at its end (a 6 GiB file kept a
         # stopped origin's process alive for 4-19 s, its port already closed)
         self.stopping = threading.Event()
@@ -414,13 +417,40 @@ class Catalog:
         return changes
 
     def _refresh(self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None]) -> None:
-        """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds."""
+        """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds; what
+        ``prepare`` hashed of it is taken up if it is this version of the file, replacing the same one."""
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
-        fresh = self._publish(rel, full, key, entry.signed.manifest if entry else None)
+        previous = entry.signed.manifest if entry else None
+        prepared = self._prepared.pop(rel, None)
+        if prepared is not None and prepared[0] is previous and prepared[1].stat == key:
+            changes[rel] = prepared[1]
+            return
+        fresh = self._publish(rel, full, key, previous)
         if fresh is not None:
             changes[rel] = fresh
+
+    def prepare(self, known: dict[str, Entry]) -> None:
+        """Hash the files that are new or changed against ``known``, for the next ``scan_changes`` to take up: blocking,
+        and run outside ``change``, so that the live watcher and uploads are not held behind the hash of a large file
+        (a 30 GiB file held a live playlist's next version 35 s, a 100 GiB one a new small file 3 minutes: an
+        adversarial session).  The scan under the lock walks again, and takes up only what still matches."""
+        for rel, (full, st) in self._walk().items():
+            entry, key = known.get(rel), _stat_key(st)
+            if entry is None or entry.stat != key:
+                previous = entry.signed.manifest if entry else None
+                if (fresh := self._publish(rel, full, key, previous)) is not None:
+                    self._prepared[rel] = (previous, fresh)
+
+    async def scan(self) -> list[str]:
+        """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed."""
+        try:
+            await asyncio.to_thread(self.prepare, dict(self.by_path))
+            _, lines = await self.change(self.scan_changes)
+        finally:
+            self._prepared.clear()
+        return lines
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
         """``scan_changes`` for the named files only (a live playlist and its segments): no walk of the tree.
@@ -480,6 +510,11 @@ class Catalog:
         within the same second, an older file copied in), because nodes
         accept only manifests that move forward (manifestfetch.ManifestOrder).
         """
+        if key[0] > MAX_FILE:  # no node would take its pieces: every edge answered 502 for it, blaming the origin
+            self._skip(rel, f"its {key[0]} bytes are more than a file may have ({MAX_FILE} bytes, 512 GiB): split it")
+            return None
+        if key[0] >= HASH_NOTICE:  # else nothing said why it was not there yet, for minutes
+            log.info("hashing %.300s (%.1f GiB): published once hashed", rel, key[0] / (1 << 30))
         started = time.monotonic()
         try:
             return self._hash_and_sign(rel, full, key, previous)
