@@ -151,6 +151,25 @@ async def test_a_stranger_learns_nothing_by_content_id_and_makes_nothing_be_fetc
     assert (await status(http, edge.url))["content_count"] == 1
 
 
+async def test_a_rebuilt_edge_fetches_the_ids_a_token_holder_asks_for(tmp_path, nodes, deployment, http):
+    """A managed peer asks for pieces by the content id an edge gave it.  Rebuilt with an empty cache, a --require-token
+    edge answered them 404 "not cached here", which a peer reads as a file withdrawn at the origin: every player
+    reading through one was cut, and `get` failed (an adversarial session).  A token holder's id is looked up
+    upstream, as on an open edge; a stranger still gets 401 and makes nothing be fetched (the test above)."""
+    origin, key, _, public = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    async with http.get(origin.url + "/manifest/pub/readme.bin") as r:
+        cid = (await r.json())["id"]
+    async with http.get(f"{edge.url}/piece/{cid}/0", headers=bearer(issue(key, "bob", "/films/"))) as r:
+        assert r.status == 403 and "/films/" in await r.text()  # fetched, and its path is not the token's
+    alice = issue(key, "alice", "/pub/")
+    async with http.get(f"{edge.url}/piece/{cid}/0", headers=bearer(alice)) as r:
+        body = await r.read()
+        assert r.status == 200 and body and public.startswith(body), body[:200]
+    async with http.get(f"{edge.url}/content/{cid}", headers=bearer(alice)) as r:
+        assert r.status == 200 and (await r.json())["id"] == cid
+
+
 async def test_status_is_the_operators_from_loopback_by_address_and_from_internal_networks_by_any_name(tmp_path, nodes, deployment, http):
     """From loopback a page rebound to 127.0.0.1 sends its own name as Host, so loopback is trusted only under an IP
     address or localhost; --internal networks are trusted by address, as a router there names the edge as its
@@ -442,6 +461,40 @@ async def test_a_have_stream_ends_when_the_ticket_it_was_opened_with_expires(tmp
     assert ended < expires + 18, f"the stream outlived its ticket by {ended - expires:.0f} s"  # a heartbeat (10 s), and slack
     async with http.get(f"{alice.urls['upload']}/have/{cid}", headers=headers) as r:
         assert r.status == 401  # and it is not opened again with that ticket
+
+
+async def test_a_peer_takes_tickets_of_its_edges_former_key_until_they_expire(tmp_path, nodes, deployment, http):
+    """An edge rebuilt with an empty cache signs tickets with a new key.  A peer that learned it forgot the old one, and
+    refused a neighbour's valid ticket every 2 s until the neighbour's next announce, up to 300 s, which then took
+    everything from the edge (an adversarial session).  The key a new one replaces is kept beside it."""
+    origin, key, _, public = deployment
+    edge, cache = start_edge(nodes, tmp_path, origin, key)
+    port = edge.url.rsplit(":", 1)[1]
+    args = ("--cache", str(tmp_path / "alice"), "--edge", edge.url, "--listen", "127.0.0.11:0", "--gateway", "127.0.0.1:0")
+    alice = nodes.start("peer", *args, "--token", issue(key, "alice"), name="alice")
+    async with http.post(alice.urls["gateway"] + "/pub/readme.bin") as r:
+        assert r.status == 202
+    await wait_complete(http, alice)
+    async with http.get(origin.url + "/manifest/pub/readme.bin") as r:
+        cid = (await r.json())["id"]
+    old = tokens.issue_ticket(load_private_key(cache / "swarm.key"), "b1", "bob", cid, 600)
+    piece = f"{alice.urls['upload']}/piece/{cid}/0"
+    headers = {"X-Edgeswarm-Peer": "b1"}
+    async with http.get(piece, headers={**headers, **bearer(old)}) as r:
+        assert r.status == 200 and public.startswith(await r.read())
+    edge.stop()
+    (cache / "swarm.key").unlink()  # rebuilt: a new key, and a neighbour's ticket signed with it teaches alice that key
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--listen", f"127.0.0.1:{port}")
+    new = tokens.issue_ticket(load_private_key(cache / "swarm.key"), "c1", "carol", cid, 600)
+    deadline = time.monotonic() + 30
+    while True:  # alice asks its edge for its key again at most every 10 s
+        async with http.get(piece, headers={"X-Edgeswarm-Peer": "c1", **bearer(new)}) as r:
+            if r.status == 200:
+                break
+            assert r.status == 401 and time.monotonic() < deadline, await r.text()
+        await asyncio.sleep(1)
+    async with http.get(piece, headers={**headers, **bearer(old)}) as r:
+        assert r.status == 200, await r.text()  # 401 "not signed by any of this peer's edges" before
 
 
 async def test_get_with_origin_key_refuses_an_edge_that_signs_with_another_key(tmp_path, nodes, published, http):

@@ -330,7 +330,10 @@ class Edge:
     ) -> tuple[SignedManifest, tokens.Grant | None]:
         """A content by id and the request's grant for its path.  The token itself is checked first: under
         ``--require-token`` (or ``required``) a stranger learns nothing of what is held (401, never a 404 that says
-        "not cached here") and makes nothing be fetched; only a token holder gets as far as the id."""
+        "not cached here") and makes nothing be fetched; only a token holder gets as far as the id, whose manifest
+        is fetched (``may_fetch``) as on an open edge.  Tokens once made nothing be fetched by id, and an edge rebuilt
+        with an empty cache answered its managed peers' pieces 404 "not cached here", which a peer reads as a file
+        withdrawn at the origin: every player reading through one was cut (an adversarial session)."""
         store = await self._store()
         access.authenticated(request, store.public_key, required=required or self.require_token)
         signed = await self.manifest_by_id(cid, may_fetch)
@@ -628,7 +631,7 @@ class Edge:
         return counted[1]
 
     async def get_content(self, request: web.Request) -> web.Response:
-        signed, _ = await self.content_for(request, request.match_info["cid"], self.may_fetch(request) and not self.require_token)
+        signed, _ = await self.content_for(request, request.match_info["cid"], self.may_fetch(request))
         return manifest_response(request, signed.etag, (await self._store()).raw_manifest(signed.content_id) or signed.to_json())
 
     async def get_content_key(self, request: web.Request) -> web.Response:
@@ -649,7 +652,7 @@ class Edge:
         cid = request.match_info["cid"]
         only_cached = "only-if-cached" in request.headers.get("Cache-Control", "")
         may_fetch = self.may_fetch(request) and not only_cached
-        signed, grant = await self.content_for(request, cid, may_fetch and not self.require_token)
+        signed, grant = await self.content_for(request, cid, may_fetch)
         index = piece_index(request, signed.manifest.piece_count)
         data = self._cached_piece(store, cid, index)
         if data is None and only_cached:
@@ -669,7 +672,7 @@ class Edge:
         store = await self._store()
         cid = request.match_info["cid"]
         may_fetch = self.may_fetch(request)
-        signed, grant = await self.content_for(request, cid, may_fetch and not self.require_token)
+        signed, grant = await self.content_for(request, cid, may_fetch)
         check_json_body(request.headers)
         try:
             have, start, whole, unseen = parse_request(await request.read(), signed.manifest.piece_count)
@@ -894,14 +897,14 @@ class Edge:
         assert self.tracker is not None
         store = await self._store()
         if store.manifest(cid) is not None:
-            return await self.content_for(request, cid, not self.require_token)
+            return await self.content_for(request, cid, True)
         sender = access.authenticated(request, store.public_key, required=self.require_token)
         address, user = request.remote or "", sender.user if sender else None
         if self.tracker.unknown_wait(address, user):
             who = f"user {user}" if user else address
             raise HttpError(404, f"content {cid[:12]} is not known here, and {who} announced too many that no one publishes: not looked up")
         try:
-            return await self.content_for(request, cid, not self.require_token)
+            return await self.content_for(request, cid, True)
         except HttpError as exc:
             if exc.status == 404:
                 self.tracker.unknown_found(address, user)

@@ -304,6 +304,7 @@ class Peer:
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self._key_fetches: Collapser[bytes] = Collapser()
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
+        self._former_ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> the key its current one replaced
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
@@ -401,7 +402,11 @@ class Peer:
         """Each edge's swarm-ticket key: in managed mode, the only tickets this peer's upload server accepts.
 
         ``again`` re-fetches known keys too (an edge's key changes when its
-        cache is rebuilt), at most once every 10 s.
+        cache is rebuilt), at most once every 10 s.  The key a new one
+        replaces is kept beside it: the tickets it signed stay valid until they
+        expire (a peer that learned the new key refused a neighbour's valid
+        ticket every 2 s until the neighbour's next announce, up to 300 s: an
+        adversarial session).
         """
         if again and time.monotonic() - self._keys_checked < 10:
             return
@@ -412,7 +417,10 @@ class Peer:
             try:
                 reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
                 if reply.status == 200:
-                    self.ticket_keys[edge] = load_public_key(reply.body, f"{edge}/swarm-key")
+                    key, held = load_public_key(reply.body, f"{edge}/swarm-key"), self.ticket_keys.get(edge)
+                    if held is not None and held.public_bytes_raw() != key.public_bytes_raw():
+                        self._former_ticket_keys[edge] = held
+                    self.ticket_keys[edge] = key
             except (UpstreamError, KeyFileError) as exc:
                 log.info("no swarm-ticket key from %s yet: %s", edge, exc)
 
@@ -442,7 +450,8 @@ class Peer:
             raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
 
         def keys() -> list[Ed25519PublicKey]:
-            return [k for e, k in self.ticket_keys.items() if edges is None or e in edges]
+            held = [*self.ticket_keys.items(), *self._former_ticket_keys.items()]
+            return [k for e, k in held if edges is None or e in edges]
 
         try:
             ticket = tokens.verify_ticket(raw, keys(), cid)
