@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -181,6 +182,8 @@ async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_pa
     log = e.log_text()
     assert "No space left on device" in log and "Traceback" not in log
     assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
+    st = json.loads((await asyncio.to_thread(curl, e.url + "/status")).stdout)  # said where the operator looks, not only in the log
+    assert "No space left on device" in st.get("cache_error", ""), st.get("cache_error")
 
 
 def fill_inodes(mnt: Path) -> int:

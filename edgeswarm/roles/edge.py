@@ -1057,6 +1057,7 @@ class Edge:
                 "siblings": [{"url": s, "rate_Bps": self.ranking.rate(s)} for s in self.siblings],
                 "upload_limit_Bps": self.bucket.rate,  # --upload-limit (null: none): the dashboard's egress capacity
                 "evicted_pieces": store.evicted_pieces if store else 0,
+                **(store.write_problem() if store is not None else {}),
                 **listed,
                 **({"p2p": listed_p2p(await self._p2p_status(), limit), "announces": self._announce_load()} if self.tracker else {}),
                 **({"bittorrent": await self._bt_status()} if self.bt_tracker else {}),

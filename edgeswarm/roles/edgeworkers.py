@@ -469,6 +469,8 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any] | None], c
                 contents[c["id"]] = c if mine is None or c["held"] > mine["held"] else mine
             doc["contents"] = sorted(contents.values(), key=lambda c: c["path"])
         doc["uptime_s"] = max(doc.get("uptime_s", 0), other.get("uptime_s", 0))
+        if "cache_error" in other:  # one disk: a worker whose writes failed says for all (the others may not have tried)
+            doc.setdefault("cache_error", other["cache_error"])
     return _with_counts(doc, totals)
 
 

@@ -1295,13 +1295,7 @@ class Peer:
         rel = file_request_path(request.raw_path)
         swarm = self.swarm(await self.resolve(rel))
         swarm.want_whole()
-        return json_response({**swarm.status(), **self._cache_error()}, status=202)
-
-    def _cache_error(self) -> dict[str, str]:
-        """Why the cache takes nothing, while it does (a full disk): a background fetch waits for room, and said nothing
-        of it but in the log (an adversarial session)."""
-        why = self.store.write_error if self.store is not None else None
-        return {"cache_error": f"{why}: nothing is cached until writes succeed again"} if why else {}
+        return json_response({**swarm.status(), **(self.store.write_problem() if self.store else {})}, status=202)  # it waits for room
 
     async def get_status(self, request: web.Request) -> web.Response:
         request[PRIVATE] = True  # what this user watches: for listed origins only, never "*"
@@ -1319,7 +1313,7 @@ class Peer:
                 "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
                 "swarms": [s.status() for s in self.swarms.values()],
                 **(self.store.listed(status_limit(request)) if self.store is not None else {}),
-                **self._cache_error(),
+                **(self.store.write_problem() if self.store is not None else {}),
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),
                 "have_subscribers": self.havefeed.count(),

@@ -669,6 +669,12 @@ class PieceStore:
         self.adopt_all(cid)
         return bool(self._held.get(cid))
 
+    def write_problem(self) -> dict[str, str]:
+        """What a node's /status says while writes fail (a full or read-only disk), else nothing: a node that caches
+        nothing said so in one log line only, and looked healthy while every miss went upstream (adversarial sessions)."""
+        why = self.write_error
+        return {"cache_error": f"{why}: nothing is cached until writes succeed again"} if why else {}
+
     @property
     def capacity(self) -> int | None:
         """Bytes this store keeps at most (its share of --max-cache), None for no limit."""
