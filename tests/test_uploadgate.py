@@ -34,6 +34,8 @@ def test_the_whole_server_sends_at_most_four_pieces_per_slot_and_a_byte_budget()
     assert "every upload slot is busy" in str(gate.admit("late", "10.0.2.1", PIECE))
     big = UploadGate(slots=6, max_bytes=3 * PIECE)
     assert [isinstance(big.admit(f"p{i}", f"10.1.0.{i}", PIECE), Grant) for i in range(4)] == [True, True, True, False]
+    # the bytes, not the slots, are what is short: it said "every upload slot is busy" with 1 of 6 in use (64 MiB pieces)
+    assert f"3 pieces ({3 * PIECE} bytes) in flight: no room for {PIECE} bytes more" == big.admit("q", "10.1.1.1", PIECE)
 
 
 def test_one_piece_larger_than_the_byte_budget_is_still_sent_when_nothing_else_is():

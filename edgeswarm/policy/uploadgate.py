@@ -56,8 +56,10 @@ class UploadGate:
             return self._refuse("peer", f"{self.per_peer} pieces in flight to peer {peer[:64]} already")
         if self._addresses.get(address, 0) >= self.per_address:
             return self._refuse("address", f"{self.per_address} pieces in flight to {address} already")
-        if self.pieces and (self.pieces >= self.max_pieces or self.bytes + nbytes > self.max_bytes):
+        if self.pieces and self.pieces >= self.max_pieces:
             return self._refuse("server", f"{self.pieces} pieces ({self.bytes} bytes) in flight: every upload slot is busy")
+        if self.pieces and self.bytes + nbytes > self.max_bytes:  # large pieces: fewer at once than there are slots
+            return self._refuse("server", f"{self.pieces} pieces ({self.bytes} bytes) in flight: no room for {nbytes} bytes more")
         self._peers[peer] = self._peers.get(peer, 0) + 1
         self._addresses[address] = self._addresses.get(address, 0) + 1
         self.pieces += 1
