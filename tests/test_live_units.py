@@ -470,3 +470,14 @@ async def test_a_file_over_512_gib_is_not_published_and_the_origin_says_why(tmp_
     assert await catalog.scan() == [] and "disk.img" not in catalog.by_path
     assert f"not publishing disk.img: its {MAX_FILE + 1} bytes are more than a file may have" in caplog.text
     assert catalog.hashed_bytes == 0, "it was hashed first"
+
+
+def test_a_scan_holding_the_catalogue_leaves_a_large_file_new_since_its_prepare_to_the_next_scan(tmp_path):
+    """A file that appeared after ``prepare`` walked (or changed since) was hashed while the scan held the catalogue:
+    for a large one, minutes of a live stream held up again.  It waits for the next scan's prepare instead."""
+    catalog = _catalog(tmp_path)
+    (catalog.root / "small.txt").write_bytes(b"s" * 10)
+    (catalog.root / "large.bin").write_bytes(b"l" * 1000)
+    assert set(catalog.scan_changes({}, hash_up_to=100)) == {"small.txt"}
+    catalog.prepare({})
+    assert set(catalog.scan_changes({}, hash_up_to=100)) == {"small.txt", "large.bin"}

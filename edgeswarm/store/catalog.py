@@ -50,6 +50,7 @@ AHEAD = "/floors"  # the state file's row of floors ahead of the clock (Catalog.
 JOURNAL = "/journal"  # the snapshot's row naming its journal, and that journal's first line (Catalog._write_state)
 JOURNAL_MIN = 1 << 20  # bytes of journal before the state is written whole again (or the snapshot's size, if larger)
 HASH_NOTICE = 1 << 30  # bytes from which a file's hashing is logged as it begins: it takes seconds a GiB
+LOCKED_HASH = 64 << 20  # bytes a full scan hashes at most while it holds the catalogue (a file new since its prepare)
 
 
 @dataclass(frozen=True)
@@ -397,11 +398,13 @@ class Catalog:
             log.warning("not publishing %.300s: %s", rel, reason)
             self._skipped[rel] = reason
 
-    def scan_changes(self, known: dict[str, Entry]) -> dict[str, Entry | None]:
+    def scan_changes(self, known: dict[str, Entry], hash_up_to: int | None = None) -> dict[str, Entry | None]:
         """What differs between the directory and ``known``: new entries, or None to withdraw.
 
         Blocking (walks and hashes): run it in a thread and hand it a copy of
         ``by_path``; ``apply`` then changes the catalogue on the event loop.
+        ``hash_up_to``: a larger file not ``prepare``d (new since) is left to
+        the next scan, whose ``prepare`` hashes it without holding ``change``.
         """
         changes: dict[str, Entry | None] = {}
         self._skipped_now = set()
@@ -410,13 +413,15 @@ class Catalog:
             if rel not in found:
                 changes[rel] = None
         for rel, (full, st) in found.items():
-            self._refresh(rel, full, _stat_key(st), known, changes)
+            self._refresh(rel, full, _stat_key(st), known, changes, hash_up_to)
         # names this scan did not skip are gone (or fixed): every name ever refused stayed, for good (an adversarial
         # session: 2 200 entries with one file on disk)
         self._skipped = {rel: why for rel, why in self._skipped.items() if rel in self._skipped_now}
         return changes
 
-    def _refresh(self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None]) -> None:
+    def _refresh(
+        self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None], hash_up_to: int | None = None
+    ) -> None:
         """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds; what
         ``prepare`` hashed of it is taken up if it is this version of the file, replacing the same one."""
         entry = known.get(rel)
@@ -426,6 +431,8 @@ class Catalog:
         prepared = self._prepared.pop(rel, None)
         if prepared is not None and prepared[0] is previous and prepared[1].stat == key:
             changes[rel] = prepared[1]
+            return
+        if hash_up_to is not None and key[0] > hash_up_to:  # the next scan's prepare hashes it (scan_changes)
             return
         fresh = self._publish(rel, full, key, previous)
         if fresh is not None:
@@ -447,7 +454,7 @@ class Catalog:
         """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed."""
         try:
             await asyncio.to_thread(self.prepare, dict(self.by_path))
-            _, lines = await self.change(self.scan_changes)
+            _, lines = await self.change(functools.partial(self.scan_changes, hash_up_to=LOCKED_HASH))
         finally:
             self._prepared.clear()
         return lines
