@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.serving import LOOKAHEAD, file_headers, serve_file
+from edgeswarm.node.serving import LOOKAHEAD, LOOKAHEAD_BYTES, file_headers, serve_file
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 
 KEY = Ed25519PrivateKey.generate()
@@ -176,3 +176,27 @@ def test_last_modified_is_never_after_now():
     the answer's Date (an adversarial session saw one 110 s ahead)."""
     ahead = Manifest("live/live.m3u8", 10, "application/vnd.apple.mpegurl", MIN_PIECE, ("0" * 64,), int(time.time()) + 100)
     assert parsedate_to_datetime(file_headers(SignedManifest.sign(ahead, KEY))["Last-Modified"]).timestamp() <= time.time()
+
+
+async def test_a_reader_of_large_pieces_has_one_fetched_ahead_not_four(tmp_path: Path):
+    """Each piece is filled whole in memory: eight slow readers of a 100 GiB file (64 MiB pieces) took an edge to 2 GB and
+    its origin to 5 GB, each connection filling its piece and the 4 after it (an adversarial session).  Read-ahead
+    stops at LOOKAHEAD_BYTES, one piece at least."""
+    piece, count = LOOKAHEAD_BYTES, 6
+    signed = SignedManifest.sign(
+        Manifest("big.bin", piece * count, "application/octet-stream", piece, tuple("0" * 64 for _ in range(count)), 1_700_000_000), KEY
+    )
+    source = FillingSource(tmp_path, piece, count)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_file(request, signed, source, Metrics("edge"))
+
+    app = make_app(Metrics("edge"))
+    app.router.add_get("/big.bin", handler)
+    try:
+        async with serve_app(app) as port, aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/big.bin") as resp:
+            await resp.content.readexactly(1)  # and reads no more for now
+            await asyncio.sleep(0.5)
+            assert source.fetched == [0, 1]
+    finally:
+        source.close()

@@ -30,7 +30,10 @@ from edgeswarm.protocol.httpspec import Validators, byteranges, http_date, not_m
 from edgeswarm.protocol.manifest import SignedManifest
 
 CHUNK = 64 * 1024  # write granularity under a rate cap, and of what a hit leaves in the transport's buffer at once
-LOOKAHEAD = 4  # pieces fetched ahead of the one being sent
+LOOKAHEAD = 4  # pieces fetched ahead of the one being sent, at most ...
+# ... and pieces past this many bytes ahead, but one: a large file's pieces (64 MiB at 100 GiB) are each filled whole in
+# memory, and eight slow readers of one took an edge to 2 GB and its origin to 5 GB (an adversarial session)
+LOOKAHEAD_BYTES = 16 * 1024 * 1024
 SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile put on the socket, past aiohttp's counts
 
 
@@ -183,10 +186,11 @@ async def _send_span(
     had is still an answer with its status, not a cut connection.
     """
     indices = m.pieces_for(first, last)
+    reach = min(source.ahead, max(1, LOOKAHEAD_BYTES // m.piece_size))  # pieces fetched ahead, at most
     for i in indices:
         piece: int | bytes | None = None if i in pending else source.local(i)
         if piece is None:
-            for j in range(i + 1, min(i + source.ahead + 1, indices.stop)):
+            for j in range(i + 1, min(i + reach + 1, indices.stop)):
                 if j not in pending and not source.held(j):
                     pending[j] = asyncio.ensure_future(_ahead(source, j, indices.stop))
             ahead = pending.pop(i, None)  # a failure after the head went out cuts the connection (daemon.cut_after_start)
