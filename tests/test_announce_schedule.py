@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeswarm.node.sleepwatch import SLEPT_S, SleepWatch
+from edgeswarm.node.sleepwatch import QUIET_S, SLEPT_S, SleepWatch
 from edgeswarm.roles.peer import MAX_INTERVAL, MIN_INTERVAL, NEWS_BURST, NEWS_WINDOW, AnnounceSchedule, _interval
 
 A, B = "http://a", "http://b"
@@ -164,12 +164,17 @@ def test_a_machine_that_slept_announces_to_every_tracker_at_once_with_every_cont
     assert SLEPT_S > 5 and watch.slept(wall=1_015.0, monotonic=60.0) == 0  # a small step (NTP setting the clock)
     assert watch.slept(wall=1_920.0, monotonic=65.0) == 900  # 15 minutes asleep
     assert watch.slept(wall=1_000.0, monotonic=70.0) == 0  # a clock set back is no sleep
+    assert watch.slept(wall=1_100.0, monotonic=75.0) == 0  # ... and forward again: no sleep within QUIET_S of the last
+    assert 65 + QUIET_S < 140.0 and watch.slept(wall=2_065.0, monotonic=140.0) == 900  # later, another 15 minutes
     s = AnnounceSchedule(300)
     s.succeeded(A, 0)
     s.succeeded(B, 0)
-    s.refused(B, 0, 60)  # a 429's wait, counted in wall-clock seconds by the tracker
+    s.refused(B, 60, 60)  # a 429: nothing before 120, sleep or not
+    s.began(A, 64)  # a round to A in flight (news only) when the machine is found to have slept
     assert s.due([A, B], 65) == [] and not s.full(A, 65)
     s.woke(65)
-    assert s.due([A, B], 65) == [A, B] and s.full(A, 65) and s.full(B, 65)
-    s.succeeded(A, 65)
-    assert s.due([A], 66) == [] and s.due([A], 365) == [A]  # then every interval, as before
+    assert s.due([A, B], 65) == [A] and s.full(A, 65) and s.due([B], 120) == [B] and s.full(B, 120)
+    s.succeeded(A, 66, started=64, full=False)  # the round in flight is answered: it does not put A's off an interval
+    assert s.due([A], 66) == [A] and s.full(A, 66)
+    s.succeeded(A, 67, started=66)
+    assert s.due([A], 68) == [] and s.due([A], 367) == [A]  # then every interval, as before

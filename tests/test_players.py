@@ -101,14 +101,16 @@ class Mpv:
 
     def __init__(self, url: str, folder: Path):
         self.socket_path = folder / "mpv.sock"
+        self.log = folder / "mpv.log"  # a file: a pipe read only at the end fills at 64 KiB, and mpv would block
         # mpv reads up to 150 MiB ahead of a network stream: a long film's seeks leave that window and go to the
         # gateway, a 10 MB file's would not; a small demuxer cache makes this file's seeks do what a film's do
         cache = ("--demuxer-max-bytes=512KiB", "--demuxer-max-back-bytes=256KiB")
         self.proc = subprocess.Popen(
             ["mpv", "--no-config", "--vo=null", "--ao=null", "--speed=2", *cache, "--msg-level=all=v",
              f"--input-ipc-server={self.socket_path}", url],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=(out := self.log.open("wb")), stderr=subprocess.STDOUT,
         )  # fmt: skip
+        out.close()  # the child has its own
         self.deadline = time.monotonic() + 60
         while not self.socket_path.exists():
             assert self.proc.poll() is None and time.monotonic() < self.deadline, "mpv did not open its IPC socket"
@@ -142,12 +144,12 @@ class Mpv:
 
     def finish(self) -> str:
         self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
-        return self.proc.stdout.read() if self.proc.stdout else ""
+        return self.log.read_text(errors="replace")
 
     def close(self) -> None:
         self.sock.close()
         self.proc.kill()
-        self.proc.communicate()
+        self.proc.wait()
 
 
 @pytest.mark.skipif(shutil.which("mpv") is None, reason="mpv not installed (./dev test installs it as root)")

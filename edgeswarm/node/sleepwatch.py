@@ -16,6 +16,8 @@ from __future__ import annotations
 
 CHECK_S = 5.0  # seconds between two looks at the clocks, at most: a woken peer announces within this
 SLEPT_S = 10.0  # the wall clock moving this much more than the monotonic one is a sleep (NTP slews by far less)
+QUIET_S = 60.0  # seconds after a sleep in which no other is reported: a clock stepped back and forth (two time services
+# at odds) was a sleep at every forward step, each a full announce round to every edge (a review)
 
 
 class SleepWatch:
@@ -23,9 +25,14 @@ class SleepWatch:
 
     def __init__(self, wall: float, monotonic: float):
         self._offset = wall - monotonic
+        self._quiet_until = -float("inf")
 
     def slept(self, wall: float, monotonic: float) -> float:
-        """Seconds the machine slept since the last look (what the wall clock gained on the monotonic one), 0 if none."""
+        """Seconds the machine slept since the last look (what the wall clock gained on the monotonic one), 0 if none
+        or if one was reported less than ``QUIET_S`` ago."""
         offset = wall - monotonic
         gained, self._offset = offset - self._offset, offset
-        return gained if gained >= SLEPT_S else 0.0
+        if gained < SLEPT_S or monotonic < self._quiet_until:
+            return 0.0
+        self._quiet_until = monotonic + QUIET_S
+        return gained

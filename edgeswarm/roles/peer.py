@@ -100,6 +100,7 @@ STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish bef
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
 PEER_HEAD_TIMEOUT = 5.0  # seconds for a neighbour to start answering a piece request: its head goes at once even
 # when the body waits its turn under an upload cap (serving.send_piece); one that holds it is a stall, dropped at once
 MAX_RELAYED_PIECE = 16 * 1024 * 1024  # a piece a promoted peer relays for a content it does not hold: the largest of files to 32 GiB
@@ -200,11 +201,13 @@ class AnnounceSchedule:
         self._next[tracker] = max(self._next.get(tracker, now), self._held[tracker])
 
     def woke(self, now: float) -> None:
-        """The machine slept (node/sleepwatch.py): every tracker now, with every content, as after a start; the trackers
-        have forgotten this peer meanwhile, and its tickets expired.  A 429's hold is over too: it was a wall-clock wait."""
-        self._next = dict.fromkeys(self._next, now)
+        """The machine slept (node/sleepwatch.py): every tracker now (or when its 429's hold ends), with every content,
+        as after a start; the trackers have forgotten this peer meanwhile, and its tickets expired.  A hurry, so that a
+        round in flight, answered after this, does not put the next one an interval away (a review)."""
+        for tracker in {*self._next, *self._last_full, *self._hurried}:
+            self._next[tracker] = max(now, self._held.get(tracker, -math.inf))
+            self._hurried[tracker] = now
         self._last_full.clear()
-        self._held.clear()
 
     def unreachable(self, tracker: str, now: float) -> None:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
@@ -304,7 +307,7 @@ class Peer:
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self._key_fetches: Collapser[bytes] = Collapser()
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
-        self._former_ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> the key its current one replaced
+        self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
@@ -403,10 +406,12 @@ class Peer:
 
         ``again`` re-fetches known keys too (an edge's key changes when its
         cache is rebuilt), at most once every 10 s.  The key a new one
-        replaces is kept beside it: the tickets it signed stay valid until they
-        expire (a peer that learned the new key refused a neighbour's valid
-        ticket every 2 s until the neighbour's next announce, up to 300 s: an
-        adversarial session).
+        replaces is kept beside it for ``FORMER_KEY_S``: the tickets it signed
+        stay valid that long (a peer that learned the new key refused a
+        neighbour's valid ticket every 2 s until the neighbour's next announce,
+        up to 300 s: an adversarial session), and no longer (a stolen key is
+        what a rebuild retires: kept for good, it signed tickets peers took
+        for good, a review).
         """
         if again and time.monotonic() - self._keys_checked < 10:
             return
@@ -419,7 +424,7 @@ class Peer:
                 if reply.status == 200:
                     key, held = load_public_key(reply.body, f"{edge}/swarm-key"), self.ticket_keys.get(edge)
                     if held is not None and held.public_bytes_raw() != key.public_bytes_raw():
-                        self._former_ticket_keys[edge] = held
+                        self._former_ticket_keys[edge] = (held, time.monotonic() + FORMER_KEY_S)
                     self.ticket_keys[edge] = key
             except (UpstreamError, KeyFileError) as exc:
                 log.info("no swarm-ticket key from %s yet: %s", edge, exc)
@@ -450,8 +455,9 @@ class Peer:
             raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
 
         def keys() -> list[Ed25519PublicKey]:
-            held = [*self.ticket_keys.items(), *self._former_ticket_keys.items()]
-            return [k for e, k in held if edges is None or e in edges]
+            now = time.monotonic()
+            former = [(e, k) for e, (k, until) in self._former_ticket_keys.items() if now < until]
+            return [k for e, k in [*self.ticket_keys.items(), *former] if edges is None or e in edges]
 
         try:
             ticket = tokens.verify_ticket(raw, keys(), cid)

@@ -147,6 +147,7 @@ class Catalog:
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
         # path -> (the manifest it replaces, its entry), hashed by ``scan`` before it takes the lock (``_refresh``)
         self._prepared: dict[str, tuple[Manifest | None, Entry]] = {}
+        self._hashing_said: set[str] = set()  # large files whose hashing was logged and that are not published yet
         # set when the origin stops: a scan's thread hashing a large file gave up only at its end (a 6 GiB file kept a
         # stopped origin's process alive for 4-19 s, its port already closed)
         self.stopping = threading.Event()
@@ -443,12 +444,18 @@ class Catalog:
         and run outside ``change``, so that the live watcher and uploads are not held behind the hash of a large file
         (a 30 GiB file held a live playlist's next version 35 s, a 100 GiB one a new small file 3 minutes: an
         adversarial session).  The scan under the lock walks again, and takes up only what still matches."""
-        for rel, (full, st) in self._walk().items():
+        found = self._walk()
+        self._hashing_said &= found.keys()
+        for rel, (full, st) in found.items():
             entry, key = known.get(rel), _stat_key(st)
             if entry is None or entry.stat != key:
+                if st.st_size >= HASH_NOTICE and rel not in self._hashing_said:  # else nothing said why it is not there
+                    log.info("hashing %.300s (%.1f GiB): published once hashed", rel, st.st_size / (1 << 30))
+                    self._hashing_said.add(rel)  # once: one still being copied in, or unreadable, is hashed at every scan
                 previous = entry.signed.manifest if entry else None
                 if (fresh := self._publish(rel, full, key, previous)) is not None:
                     self._prepared[rel] = (previous, fresh)
+                    self._hashing_said.discard(rel)
 
     async def scan(self) -> list[str]:
         """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed."""
@@ -520,8 +527,6 @@ class Catalog:
         if key[0] > MAX_FILE:  # no node would take its pieces: every edge answered 502 for it, blaming the origin
             self._skip(rel, f"its {key[0]} bytes are more than a file may have ({MAX_FILE} bytes, 512 GiB): split it")
             return None
-        if key[0] >= HASH_NOTICE:  # else nothing said why it was not there yet, for minutes
-            log.info("hashing %.300s (%.1f GiB): published once hashed", rel, key[0] / (1 << 30))
         started = time.monotonic()
         try:
             return self._hash_and_sign(rel, full, key, previous)

@@ -81,6 +81,7 @@ from edgeswarm.protocol.units import ascii_decimal
 
 log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits, at most (fewer under a low open-file limit)
+WRITE_PROBLEM_S = 300.0  # seconds a failed write is reported in /status (write_problem) if none succeeds meanwhile
 UNLINKED_SWEEP_S = 1.0  # seconds between two closings of the descriptors of pieces another worker evicted
 GOOD_MTIME_NS = 1_000_000_000  # the mtime of a piece file whose bytes the store wrote or checked (module docstring)
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)  # the process's or the system's file table is full
@@ -181,6 +182,7 @@ class PieceStore:
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
         self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
+        self._write_failed = 0.0  # when a write last failed (monotonic)
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
@@ -432,6 +434,7 @@ class PieceStore:
         if self.write_error is None:
             log.warning("piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc)
         self.write_error = str(exc.strerror or exc)
+        self._write_failed = time.monotonic()
         return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
     def _write(self, path: str | Path, data: bytes, marked: bool = False) -> None:
@@ -671,9 +674,13 @@ class PieceStore:
 
     def write_problem(self) -> dict[str, str]:
         """What a node's /status says while writes fail (a full or read-only disk), else nothing: a node that caches
-        nothing said so in one log line only, and looked healthy while every miss went upstream (adversarial sessions)."""
+        nothing said so in one log line only, and looked healthy while every miss went upstream (adversarial sessions).
+        Only for WRITE_PROBLEM_S after the last failed write: an edge's worker that stores nothing meanwhile (another
+        one did) would say it for good after the disk recovered (a review)."""
         why = self.write_error
-        return {"cache_error": f"{why}: nothing is cached until writes succeed again"} if why else {}
+        if why is None or time.monotonic() - self._write_failed > WRITE_PROBLEM_S:
+            return {}
+        return {"cache_error": f"{why}: nothing is cached until writes succeed again"}
 
     @property
     def capacity(self) -> int | None:
