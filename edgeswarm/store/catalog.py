@@ -449,7 +449,7 @@ class Catalog:
         for rel, (full, st) in found.items():
             entry, key = known.get(rel), _stat_key(st)
             if entry is None or entry.stat != key:
-                if st.st_size >= HASH_NOTICE and rel not in self._hashing_said:  # else nothing said why it is not there
+                if HASH_NOTICE <= st.st_size <= MAX_FILE and rel not in self._hashing_said:  # else nothing said why it is not there
                     log.info("hashing %.300s (%.1f GiB): published once hashed", rel, st.st_size / (1 << 30))
                     self._hashing_said.add(rel)  # once: one still being copied in, or unreadable, is hashed at every scan
                 previous = entry.signed.manifest if entry else None
