@@ -60,6 +60,18 @@ def handed(answer: dict) -> set[str]:
     return {p["url"] for p in answer["peers"]}
 
 
+async def three_peers(http, edge: str) -> tuple[str, set[str], dict]:
+    """Three peers of east join f.bin's swarm at ``edge``, each reporting STATS: the content id, their URLs, and the
+    region's /status row after them."""
+    cid = await content_id(http, edge, "f.bin")
+    for i in range(1, 4):
+        code, _, _ = await announce(edge, f"127.1.0.{i}", doc(cid, f"p{i}", "started", STATS))
+        assert code == 200
+    before = (await status(http, edge))["p2p"]["regions"]["east"]
+    assert before["bytes_from_edge"] == 3 * STATS["edge"] and before["peers"] == 3
+    return cid, {f"http://127.1.0.{i}:9000" for i in range(1, 4)}, before
+
+
 async def test_two_edges_on_one_redis_hand_each_other_peers_out(tmp_path, nodes, origin, published, regions, http, redis_url):  # noqa: F811
     make_file(published / "f.bin", PIECES * PIECE)
     a = start_edge(nodes, tmp_path, origin, regions, "edge-a", redis_url)
@@ -90,13 +102,7 @@ async def test_a_tracker_edge_killed_and_restarted_hands_out_the_same_swarm_at_o
     make_file(published / "f.bin", PIECES * PIECE)
     edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_url)
     port = edge.url.rsplit(":", 1)[1]
-    cid = await content_id(http, edge.url, "f.bin")
-    swarm = {f"http://127.1.0.{i}:9000" for i in range(1, 4)}
-    for i in range(1, 4):
-        code, _, _ = await announce(edge.url, f"127.1.0.{i}", doc(cid, f"p{i}", "started", STATS))
-        assert code == 200
-    before = (await status(http, edge.url))["p2p"]["regions"]["east"]
-    assert before["bytes_from_edge"] == 3 * STATS["edge"] and before["peers"] == 3
+    cid, swarm, before = await three_peers(http, edge.url)
 
     edge.kill()  # SIGKILL: nothing is written on the way out
     edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_url, "--listen", f"127.0.0.1:{port}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -292,6 +292,30 @@ class MemoryPeerStore:
 
     async def close(self) -> None:
         return None
+
+    # what store/trackersnapshot.py keeps across the edge's restart
+    def records(self) -> Iterator[tuple[str, PeerRecord, tuple[int, ...] | None]]:
+        """Every record, each swarm's in order of last announce, with its peer's last report (``report``) or None."""
+        for cid, swarm in self._swarms.items():
+            for key, rec in swarm.records.items():
+                yield cid, rec, self._stats.get((cid, key))
+
+    def share_totals(self) -> dict[str, dict[str, int]]:
+        return {region: dict(totals) for region, totals in self._shares.items()}
+
+    def restore(self, cid: str, rec: PeerRecord, stats: tuple[int, ...] | None) -> None:
+        """Put back a record ``records`` gave, its swarm's records in the order given (expiry reads them oldest first)."""
+        swarm = self._swarms.setdefault(cid, _Swarm())
+        previous = swarm.put(rec)
+        if previous is not None:
+            self._left(cid, previous)
+        self._joined(cid, rec)
+        if stats is not None:
+            self._stats[(cid, rec.key)] = stats
+
+    def restore_shares(self, shares: dict[str, dict[str, int]]) -> None:
+        for region, totals in shares.items():
+            self._shares.setdefault(region, Counter()).update(totals)
 
 
 # -- Redis ---------------------------------------------------------------------------------------

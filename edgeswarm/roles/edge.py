@@ -44,7 +44,7 @@ from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
 from edgeswarm.node.upstream import MIN_RATE, Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
-from edgeswarm.policy.peerstore import StoreUnavailable
+from edgeswarm.policy.peerstore import MemoryPeerStore, StoreUnavailable
 from edgeswarm.policy.promotion import Promoter, PromotionRules
 from edgeswarm.policy.ratelimit import RateMeter, TokenBucket
 from edgeswarm.policy.recent import Recent
@@ -76,6 +76,7 @@ from edgeswarm.roles.announce import TrackerService, announced_content, batch_it
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.preheatdesk import PreheatDesk
 from edgeswarm.roles.relay import RelayHub, RelayLimits
+from edgeswarm.store import trackersnapshot
 from edgeswarm.store.filllock import FillLocks
 from edgeswarm.store.ledger import Ledger
 from edgeswarm.store.piecestore import UNLINKED_SWEEP_S, CorruptPiece, PieceNotStored, PieceStore, make_cache
@@ -1066,6 +1067,26 @@ class Edge:
             }
         )
 
+    def _take_up_swarms(self, started: contextlib.AsyncExitStack) -> None:
+        """A memory store's swarms as this edge left them when it last stopped, and written again as it stops
+        (store/trackersnapshot.py); nothing for a shared store, or a worker whose announces another answers."""
+        assert self.tracker is not None
+        store, tracker = self.tracker.store, self.tracker
+        if not isinstance(store, MemoryPeerStore) or self.forwards_tracker:
+            return
+        path = self.config.cache / trackersnapshot.FILE
+        trackersnapshot.load(store, path, tracker.clock(), tracker.region_of)
+
+        async def save() -> None:
+            try:
+                count = trackersnapshot.save(store, path, tracker.clock())
+            except OSError as exc:  # a full or read-only disk: the next start rebuilds from announces, as without it
+                log.warning("tracker: cannot write %s (%s); the next start learns its swarms from announces", path, exc)
+            else:
+                log.info("tracker: %d peer records written to %s for the next start", count, path)
+
+        started.push_async_callback(save)
+
     async def _check_store(self) -> None:
         """At start-up: say where the swarms are kept, and warn (never stop) when a shared store is not there yet."""
         assert self.tracker is not None
@@ -1127,6 +1148,7 @@ class Edge:
                     started.push_async_callback(self.ledger.close)
                 if self.tracker is not None:
                     started.push_async_callback(self.tracker.store.close)
+                    self._take_up_swarms(started)
                 opener = await self.pinned.start(self.upstream, [self.parent])  # a bad key file or cache stops start-up
                 expiry = asyncio.create_task(self._expire_loop()) if self.tracker else None
                 lag = asyncio.create_task(self.lag.watch()) if self.tracker else None
