@@ -46,6 +46,7 @@ async def test_a_saved_store_is_taken_up_whole_placed_by_the_new_region_map_and_
     store = await stocked(now)
     path = tmp_path / trackersnapshot.FILE
     assert trackersnapshot.save(store, path, now) == 6
+    assert path.stat().st_mode & 0o777 == 0o600  # peers' addresses and token users
 
     again = MemoryPeerStore(ttl=90)
     assert trackersnapshot.load(again, path, now + 5, lambda address: EAST) == 6

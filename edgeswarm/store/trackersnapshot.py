@@ -37,7 +37,8 @@ def save(store: MemoryPeerStore, path: Path, now: float) -> int:
     """Write the store's live records and share totals to ``path`` (whole or not at all); how many records."""
     tmp = path.with_name(path.name + ".tmp")
     written = 0
-    with open(tmp, "w", encoding="utf-8") as out:
+    # readable by the edge's user only: it names peers' addresses and token users, as the ledger does
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
         out.write(json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()}) + "\n")
         for cid, rec, stats in store.records():
             if now - rec.last_seen > store.ttl or "/relay/" in rec.url:
