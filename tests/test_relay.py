@@ -171,7 +171,10 @@ def _netns_reason() -> str | None:
 
 
 async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_path, nodes, published, http):
-    """Each node in its own namespace; the seeder's drops every inbound SYN: its neighbour cannot connect, yet gets its pieces."""
+    """Each node in its own namespace; the seeder's drops every inbound SYN: its neighbour cannot connect, yet gets its pieces.
+
+    The seeder is set up as configuration.md says such a peer may be: its upload server on loopback (it takes no
+    connections), its connections out leaving from its machine's address (bound to loopback, none reached the edge)."""
     from edgeswarm.measure import netns
 
     reason = _netns_reason()
@@ -184,20 +187,21 @@ async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_pat
         regions = tmp_path / "regions-ns.yaml"
         regions.write_text(f"regions:\n  - {{name: east, isp: att, networks: [{net.region_network(1)}]}}\n")
 
-        def start(role: str, name: str, *args: str):
+        def start(role: str, name: str, *args: str, listen: str = ""):
             h = hosts[name]
-            return nodes.start(role, *args, name=name, host=h.address, prefix=h.prefix)
+            return nodes.start(role, *args, name=name, host=listen or h.address, prefix=h.prefix)
 
         origin = start("origin", "origin", "--publish", str(published), "--scan-interval", "0.2")
         p2p = ("--p2p", "--regions", str(regions), "--announce-interval", "1", "--upload-limit", "400KB/s")
         edge = start("edge", "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, *p2p)
         peer_args = ("--edge", edge.url, "--gateway")
-        seeder = start("peer", "hidden", "--cache", str(tmp_path / "hidden"), *peer_args, f"{hosts['hidden'].address}:0", "--unreachable")
+        hidden = ("--cache", str(tmp_path / "hidden"), *peer_args, f"{hosts['hidden'].address}:0", "--unreachable")
+        seeder = start("peer", "hidden", *hidden, listen="127.0.0.1")
         await post(http, seeder, "/f.bin")
         await until(lambda: complete(http, seeder), 90, "the seeder's download")
         viewer = start("peer", "viewer", "--cache", str(tmp_path / "viewer"), *peer_args, f"{hosts['viewer'].address}:0")
         direct = subprocess.run(
-            [*hosts["viewer"].prefix, "curl", "-s", "-o", "/dev/null", "--max-time", "2", seeder.urls["upload"] + "/healthz"],
+            [*hosts["viewer"].prefix, "curl", "-s", "-o", "/dev/null", "--max-time", "2", f"http://{hosts['hidden'].address}:9/"],
             capture_output=True,
         )
         assert direct.returncode == 28, direct  # a timeout: the SYN is dropped, as a NAT or firewall would

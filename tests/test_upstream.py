@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer
 
-from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text, source_address
 
 
 class Slow(DoubleServer):
@@ -119,3 +119,27 @@ async def test_what_an_upstream_did_wrong_is_said_as_its_fault():
     assert "does not speak TLS: is it http://?" in tls.value.message, tls.value.message
     closed = client_error_text(aiohttp.ServerDisconnectedError(), "http://edge:8443")
     assert "if the URL should be https://" in closed
+
+
+def test_connections_leave_from_a_loopback_listen_address_only_when_every_node_to_reach_is_on_loopback():
+    """A loopback lab gives each peer an address of its own (its region); a peer listening on loopback because it
+    takes no connections (--unreachable) must still reach edges on other machines."""
+    assert source_address("127.1.0.5", ["http://127.0.0.1:8080", None]) == "127.1.0.5"
+    assert source_address("::1", ["http://[::1]:8080", "http://localhost:8090"]) == "::1"
+    assert source_address("127.0.0.1", ["http://10.1.2.3:8080"]) is None
+    assert source_address("127.0.0.1", ["http://127.0.0.1:8080", "https://edge.example.net"]) is None
+    assert source_address("10.0.0.7", ["http://edge.example.net"]) == "10.0.0.7"  # how the edge places it
+    assert source_address("0.0.0.0", ["http://127.0.0.1:8080"]) is None and source_address("::", []) is None
+
+
+async def test_a_node_the_listen_address_cannot_reach_is_named_with_that_address():
+    """Bound to loopback, a connection to another machine fails with EINVAL: "Invalid argument" alone was the clue."""
+    upstream = Upstream(2.0, bind="127.0.0.1")
+    await upstream.start()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.get("http://192.0.2.1:80", "/x")  # TEST-NET-1: never on this machine
+    finally:
+        await upstream.close()
+    said = str(caught.value)
+    assert "unreachable from 127.0.0.1, the --listen address" in said or "Network is unreachable" in said, said

@@ -23,7 +23,7 @@ import asyncio
 import errno
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ssl import SSLContext
 from urllib.parse import urlsplit
@@ -75,6 +75,30 @@ class Reply:
     headers: CIMultiDictProxy[str]
     body: bytes
     head_s: float = 0.0  # seconds from the request to its answer's head: the path's round trip and the server's wait
+
+
+def source_address(listen: str | None, reaches: Iterable[str | None]) -> str | None:
+    """The address a peer's connections leave from: its ``--listen`` host, by which edges place it in its region
+    (loopback labs give each peer an address of its own), or None (the system's choice) for a wildcard, and for a
+    loopback host when some node it must reach (``reaches``: its edges, its router) is not on loopback.
+
+    Bound to 127.0.0.1, no connection leaves the machine: an ``--unreachable``
+    peer listening on loopback, as configuration.md allows, reached no edge on
+    another machine ("Invalid argument" every 10 s, never announced: an
+    adversarial session with peers behind NATs).
+    """
+    if listen in (None, "", "0.0.0.0", "::"):
+        return None
+    if _loopback(listen) and not all(_loopback(urlsplit(url).hostname or "") for url in reaches if url):
+        return None
+    return listen
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class Upstream:
@@ -181,6 +205,8 @@ class Upstream:
             mismatch = self._other_family(base)
             if mismatch is not None:
                 raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
+            if exc.os_error.errno == errno.EINVAL and self.bind:  # the kernel's word for "not from that address"
+                raise Unreachable(502, f"{base} is unreachable from {self.bind}, the --listen address connections leave from") from None
             if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):
                 raise Hopeless(502, f"{base} does not speak TLS: is it http://? ({exc.os_error})") from None
             raise Unreachable(502, f"{base} is unreachable: {os_reason(exc.os_error)}") from None

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
 from edgeswarm.node.routerclient import find_edge
-from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.node.upstream import Upstream, UpstreamError, source_address
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import Manifest
@@ -153,7 +153,7 @@ async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None, othe
     edge) ends ``get``, unless ``others``: further ``--edge``s, which it goes
     on with, as a peer daemon does (it ended at once: an adversarial session).
     """
-    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=bind if bind not in ("", "0.0.0.0", "::") else None)
+    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]))
     await upstream.start()
     try:
         router, edge = await find_edge(upstream, base, path)

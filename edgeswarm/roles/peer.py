@@ -51,6 +51,7 @@ from edgeswarm.node.upstream import (
     client_error_text,
     node_url,
     read_bounded,
+    source_address,
 )
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
@@ -300,9 +301,8 @@ class Peer:
         self.deadline = 2.0
         make_cache(cache)  # an unusable cache stops the peer here, with its reason
         self.peer_id = _peer_id(cache / "peer_id")
-        self.upstream = Upstream(
-            config.timeout, ssl=tls.client_context(config.ca), bind=bind if bind not in (None, "", "0.0.0.0", "::") else None
-        )
+        source = source_address(bind, [*self.edges, config.router])
+        self.upstream = Upstream(config.timeout, ssl=tls.client_context(config.ca), bind=source)
         self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self._key_fetches: Collapser[bytes] = Collapser()
