@@ -17,7 +17,7 @@ import pytest
 from redisserver import redis_server, redis_url  # noqa: F401 - fixtures
 
 from edgeswarm import cli
-from edgeswarm.policy.peerstore import MemoryPeerStore, StoreUnavailable, added
+from edgeswarm.policy.peerstore import MemoryPeerStore, StoreUnavailable, added, base_keep
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerRecord
 from edgeswarm.store.redispeers import RedisPeerStore, check_url
@@ -131,16 +131,16 @@ def stats(edge: int, same: int, other: int = 0) -> dict[str, int]:
 
 
 async def test_share_totals_add_what_is_new_in_each_report(store):
-    key = record(1, 0).key
-    await store.report(CID, key, "east", stats(100, 50), False)
-    await store.report(CID, key, "east", stats(150, 80), False)  # cumulative: +50, +30
-    await store.report(CID, key, "east", stats(150, 80), False)  # the same again (another edge of the region): nothing
-    await store.report(CID, key, "east", stats(10, 0), False)  # a restarted peer: all of its new run
-    await store.report(CID, record(2, 0).key, "west", stats(0, 7), False)
-    await store.report(CID, record(3, 0).key, "west", stats(1000, 0), True)  # stopped, never reported: its word adds nothing
+    key, now = record(1, 0).key, time.time()
+    await store.report(now, CID, key, "east", stats(100, 50), False)
+    await store.report(now, CID, key, "east", stats(150, 80), False)  # cumulative: +50, +30
+    await store.report(now, CID, key, "east", stats(150, 80), False)  # the same again (another edge of the region): nothing
+    await store.report(now, CID, key, "east", stats(10, 0), False)  # a restarted peer: all of its new run
+    await store.report(now, CID, record(2, 0).key, "west", stats(0, 7), False)
+    await store.report(now, CID, record(3, 0).key, "west", stats(1000, 0), True)  # stopped, never reported: its word adds nothing
     assert await store.shares() == {"east": Counter(stats(160, 80)), "west": Counter(stats(0, 7))}
-    await store.report(CID, key, "east", stats(20, 0), True)  # stopped: +10, and its baseline goes
-    await store.report(CID, key, "east", stats(5, 0), False)  # back later: a new run
+    await store.report(now, CID, key, "east", stats(20, 0), True)  # stopped: +10, and its baseline goes
+    await store.report(now, CID, key, "east", stats(5, 0), False)  # back later: a new run
     assert (await store.shares())["east"] == Counter(stats(175, 80))
 
 
@@ -211,8 +211,8 @@ async def test_two_clients_share_swarms_and_totals_and_a_new_one_finds_them(redi
         await a.put(now, CID, record(1, now), 10)
         placed = await b.put(now, CID, record(2, now), 10)
         assert sorted(c.peer_id for c in placed.candidates) == ["p1", "p2"]
-        await a.report(CID, record(1, now).key, "east", stats(100, 10), False)
-        await b.report(CID, record(1, now).key, "east", stats(100, 10), False)  # the same figures via the other edge
+        await a.report(now, CID, record(1, now).key, "east", stats(100, 10), False)
+        await b.report(now, CID, record(1, now).key, "east", stats(100, 10), False)  # the same figures via the other edge
     finally:
         await a.close()
         await b.close()
@@ -339,3 +339,54 @@ async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others
     finally:
         await right.close()
         await ahead.close()
+
+
+async def test_an_edge_with_a_shorter_ttl_removes_the_others_peers_but_not_the_base_of_their_next_report(redis_url):  # noqa: F811
+    """Edges with different --announce-interval share a store: the one with the shorter ttl removes the other's peers as
+    silent between their announces, and with them went the base of each one's next report, which was then counted
+    whole: totals 1.2 to 3.8 times the bytes peers reported (an adversarial session)."""
+    slow, quick = RedisPeerStore(redis_url, 60.0), RedisPeerStore(redis_url, 0.2)
+    try:
+        now = time.time()
+        key = record(1, now).key
+        await slow.put(now, CID, record(1, now), 10)
+        await slow.report(now, CID, key, "east", stats(100, 10), False)
+        time.sleep(0.5)
+        later = time.time()
+        await quick.put(later, CID, record(2, later), 10)  # p1 is silent by quick's ttl: removed
+        assert [r.peer_id for r in await quick.swarm(CID)] == ["p2"]
+        await slow.put(later, CID, record(1, later), 10)
+        await slow.report(later, CID, key, "east", stats(150, 10), False)
+        assert await slow.shares() == {"east": Counter(stats(150, 10))}
+    finally:
+        await slow.close()
+        await quick.close()
+
+
+async def test_memory_keeps_a_silent_peers_base_for_base_keep_after_its_record():
+    """A laptop that slept past the ttl comes back with its counters run on: only what is new is added."""
+    store, now = MemoryPeerStore(TTL), 1_000_000.0
+    key = record(1, now).key
+    await store.put(now, CID, record(1, now), 10)
+    await store.report(now, CID, key, "east", stats(100, 10), False)
+    await store.expire(now + 10 * TTL)
+    assert await store.swarm(CID) == [] and (await store.counts()).reports == 1
+    await store.report(now + 10 * TTL, CID, key, "east", stats(150, 10), False)
+    assert (await store.shares())["east"] == Counter(stats(150, 10))
+    await store.expire(now + 10 * TTL + base_keep(TTL) + 1)  # silent for longer: forgotten, a report is taken whole
+    assert (await store.counts()).reports == 0
+
+
+async def test_a_redis_that_evicts_keys_is_named_with_its_policy(redis_url):  # noqa: F811
+    """Managed Redis often evicts keys with a ttl first (volatile-lru): the report bases, which made totals count twice."""
+    store = RedisPeerStore(redis_url, TTL)
+    try:
+        assert await store.evicts() is None  # Debian's defaults: no memory limit, noeviction
+        await store.redis.config_set("maxmemory-policy", "volatile-lru")
+        assert await store.evicts() is None  # no limit, nothing is evicted
+        await store.redis.config_set("maxmemory", "1gb")
+        assert await store.evicts() == "volatile-lru"
+    finally:
+        await store.redis.config_set("maxmemory", "0")
+        await store.redis.config_set("maxmemory-policy", "noeviction")
+        await store.close()

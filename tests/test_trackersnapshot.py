@@ -37,7 +37,7 @@ async def stocked(now: float) -> MemoryPeerStore:
     for i, cid in enumerate(("a" * 64, "b" * 64)):
         for n in range(3):
             await store.put(now - 10 + n, cid, record(f"p{n}", now - 10 + n, address=f"10.0.0.{n}"), 50)
-            await store.report(cid, (f"10.0.0.{n}", f"p{n}"), "west", {"edge": 100 * (i + 1), "peer_same_region": n}, False)
+            await store.report(now, cid, (f"10.0.0.{n}", f"p{n}"), "west", {"edge": 100 * (i + 1), "peer_same_region": n}, False)
     return store
 
 
@@ -69,7 +69,7 @@ async def test_a_saved_store_is_taken_up_whole_placed_by_the_new_region_map_and_
     counts = await again.counts()
     assert counts.identities == 3 and counts.memberships == {"east": 6} and counts.reports == 6
     # a peer's next report adds only what is new since the one before the restart
-    await again.report("a" * 64, ("10.0.0.2", "p2"), "east", {"edge": 100, "peer_same_region": 7}, False)
+    await again.report(now + 5, "a" * 64, ("10.0.0.2", "p2"), "east", {"edge": 100, "peer_same_region": 7}, False)
     assert (await again.shares())["east"] == Counter(peer_same_region=5)  # a Counter: a kind that grew by 0 is 0
 
 

@@ -26,6 +26,11 @@ from edgeswarm.policy.tracker import PeerKey, PeerRecord, next_rate
 
 UNMAPPED = "unmapped"
 NO_USER = "-"
+# seconds a peer's last report stays the base of its next one once it is silent (at least two ttls): its counters run
+# on, so a report with no base is taken whole (a new peer, or a restarted one), and a base dropped with a record silent
+# for a ttl counted a laptop's bytes again after each sleep longer than that, and, with Redis, every peer of an edge
+# with a longer --announce-interval than the others (an adversarial session: totals 1.2 to 3.8 times the bytes)
+BASE_KEEP = 3600.0
 
 
 class StoreUnavailable(EdgeswarmError):
@@ -71,8 +76,9 @@ class PeerStore(Protocol):
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None: ...
 
-    async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
-        """A peer's cumulative received bytes by kind: what is new since its last report is added to ``region``'s totals."""
+    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
+        """A peer's cumulative received bytes by kind: what is new since its last report (kept ``base_keep(ttl)``) is
+        added to ``region``'s totals."""
         ...
 
     async def shares(self) -> dict[str, Counter[str]]: ...
@@ -95,6 +101,11 @@ def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if not counter[key]:
         del counter[key]
+
+
+def base_keep(ttl: float) -> float:
+    """Seconds a silent peer's last report is kept as its base (``BASE_KEEP``, and two ttls at least)."""
+    return max(BASE_KEEP, 2 * ttl)
 
 
 def region_name(region: Region | None) -> str:
@@ -158,7 +169,8 @@ class MemoryPeerStore:
     def __init__(self, ttl: float = 90.0, seed: int = 0):
         self.ttl = ttl
         self._swarms: dict[str, _Swarm] = {}
-        self._stats: dict[tuple[str, PeerKey], tuple[int, ...]] = {}  # tuples: not the garbage collector's (claims._Tally)
+        # (content, identity) -> (when it last reported, its figures), oldest first; tuples: not the garbage collector's
+        self._stats: dict[tuple[str, PeerKey], tuple[float, tuple[int, ...]]] = {}
         self._shares: dict[str, Counter[str]] = {}
         self._rng = random.Random(seed)  # sampling need not be unpredictable, only uncorrelated with ranking
         # what counts() reports, kept as records come and go (a full read was an /status poll's main cost: a fifth
@@ -238,18 +250,16 @@ class MemoryPeerStore:
             self._peers[placed[1]] += 1
             self._users[placed[2]] += 1
 
-    async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
-        previous = self._stats.get((cid, key))
-        if previous is None and stopped:
+    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
+        base = self._stats.pop((cid, key), None)  # put back last, if at all: the table stays in order of report
+        if base is None and stopped:
             return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
         values = tuple(stats.values())
         totals = self._shares.setdefault(region, Counter())
-        for kind, n in zip(stats, added(previous, values), strict=True):
+        for kind, n in zip(stats, added(None if base is None else base[1], values), strict=True):
             totals[kind] += n
-        if stopped:
-            del self._stats[(cid, key)]
-        else:
-            self._stats[(cid, key)] = values
+        if not stopped:
+            self._stats[(cid, key)] = (now, values)
 
     async def shares(self) -> dict[str, Counter[str]]:
         return {region: Counter(c) for region, c in self._shares.items()}
@@ -284,10 +294,16 @@ class MemoryPeerStore:
             for rec in silent:
                 swarm.remove(rec.key)
                 self._left(cid, rec)
-                self._stats.pop((cid, rec.key), None)
                 dropped.append((cid, rec))
             if not swarm.records:
                 del self._swarms[cid]
+        keep, stale = base_keep(self.ttl), []
+        for base, (when, _) in self._stats.items():  # the oldest first: the scan stops at the first base still kept
+            if now - when <= keep:
+                break
+            stale.append(base)
+        for base in stale:
+            del self._stats[base]
         return dropped
 
     async def close(self) -> None:
@@ -298,7 +314,8 @@ class MemoryPeerStore:
         """Every record, each swarm's in order of last announce, with its peer's last report (``report``) or None."""
         for cid, swarm in self._swarms.items():
             for key, rec in swarm.records.items():
-                yield cid, rec, self._stats.get((cid, key))
+                base = self._stats.get((cid, key))
+                yield cid, rec, None if base is None else base[1]
 
     def share_totals(self) -> dict[str, dict[str, int]]:
         return {region: dict(totals) for region, totals in self._shares.items()}
@@ -311,7 +328,7 @@ class MemoryPeerStore:
             self._left(cid, previous)
         self._joined(cid, rec)
         if stats is not None:
-            self._stats[(cid, rec.key)] = stats
+            self._stats[(cid, rec.key)] = (rec.last_seen, stats)
 
     def restore_shares(self, shares: dict[str, dict[str, int]]) -> None:
         for region, totals in shares.items():

@@ -272,7 +272,7 @@ class TrackerService:
                 a.usage,
                 a.stats,
             )
-            await self.store.report(a.cid, key, region.name if region else "unmapped", cut.stats, a.event == "stopped")
+            await self.store.report(now, a.cid, key, region.name if region else "unmapped", cut.stats, a.event == "stopped")
         if a.event == "stopped":
             self.claims.forget(key, a.cid)
         booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}

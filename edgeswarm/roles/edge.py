@@ -1096,6 +1096,17 @@ class Edge:
             if ping is not None:
                 await ping()
             log.info("tracker store: %s", store.describe())
+            evicts = getattr(store, "evicts", None)
+            policy = None
+            with contextlib.suppress(StoreUnavailable):  # a Redis that keeps INFO from its clients (managed ones may) says nothing
+                policy = None if evicts is None else await evicts()
+            if policy is not None:
+                log.warning(
+                    "tracker store %s evicts keys when full (maxmemory-policy %s): swarms would lose peers and the P2P-share "
+                    "totals count bytes twice; set maxmemory-policy noeviction (full, it refuses writes: announces get 503)",
+                    store.describe(),
+                    policy,
+                )
         except StoreUnavailable as exc:
             log.warning("%s; announces are answered 503 until it is reachable (files are served as ever)", exc)
 

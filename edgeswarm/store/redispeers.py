@@ -27,6 +27,7 @@ from edgeswarm.policy.peerstore import (
     MemoryPeerStore,
     Placed,
     StoreUnavailable,
+    base_keep,
     region_name,
 )
 from edgeswarm.policy.regions import Region
@@ -53,14 +54,13 @@ local p, cid, member = ARGV[1], ARGV[2], ARGV[3]
 local uploaded, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, keep, sample = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local seen, recs, stats = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'stats:' .. cid
+local seen, recs = p .. 'seen:' .. cid, p .. 'rec:' .. cid
 -- at most 32 silent peers of the swarm removed an announce
 local clock = redis.call('TIME')
 local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (math.min(now, clock[1] + clock[2] / 1000000) - ttl), 'LIMIT', 0, 32)
 if #gone > 0 then
   redis.call('ZREM', seen, unpack(gone))
   redis.call('HDEL', recs, unpack(gone))
-  redis.call('HDEL', stats, unpack(gone))
 end
 local prev = redis.call('HGET', recs, member)
 local rate = 0
@@ -109,11 +109,19 @@ redis.call('ZREM', p .. 'seen:' .. cid, member)
 return prev
 """
 
-# ARGV: prefix cid member region stopped keep n kind1..kindn value1..valuen
+# ARGV: prefix cid member region stopped keep now n kind1..kindn value1..valuen (keep: seconds a silent peer's base is kept)
+# A base's time is its writer's (now + keep), so an edge with a shorter ttl than the others drops none of theirs early.
 _REPORT = """
-local p, cid, member, region, stopped, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1', tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
-local key = p .. 'stats:' .. cid
+local p, cid, member, region, stopped = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+local keep, now, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local key, bases = p .. 'stats:' .. cid, p .. 'bases:' .. cid
+-- at most 32 bases past their time removed a report, by the earlier of the edge's clock and Redis's (as _PUT)
+local clock = redis.call('TIME')
+local stale = redis.call('ZRANGEBYSCORE', bases, '-inf', '(' .. math.min(now, clock[1] + clock[2] / 1000000), 'LIMIT', 0, 32)
+if #stale > 0 then
+  redis.call('ZREM', bases, unpack(stale))
+  redis.call('HDEL', key, unpack(stale))
+end
 local prev = redis.call('HGET', key, member)
 if (not prev) and stopped then return 0 end
 local old, restart = {}, false
@@ -122,21 +130,25 @@ if prev then
   for v in string.gmatch(prev, '[^,]+') do old[i] = tonumber(v); i = i + 1 end
 end
 for i = 1, n do
-  if prev and tonumber(ARGV[7 + n + i]) < (old[i] or 0) then restart = true end
+  if prev and tonumber(ARGV[8 + n + i]) < (old[i] or 0) then restart = true end
 end
 for i = 1, n do
-  local d = tonumber(ARGV[7 + n + i])
+  local d = tonumber(ARGV[8 + n + i])
   if prev and not restart then d = d - (old[i] or 0) end
-  if d ~= 0 then redis.call('HINCRBY', p .. 'share:' .. region, ARGV[7 + i], d) end
+  if d ~= 0 then redis.call('HINCRBY', p .. 'share:' .. region, ARGV[8 + i], d) end
 end
 redis.call('SADD', p .. 'shareregions', region)
 if stopped then
   redis.call('HDEL', key, member)
+  redis.call('ZREM', bases, member)
 else
   local vals = {}
-  for i = 1, n do vals[i] = ARGV[7 + n + i] end
+  for i = 1, n do vals[i] = ARGV[8 + n + i] end
   redis.call('HSET', key, member, table.concat(vals, ','))
-  redis.call('EXPIRE', key, keep)
+  redis.call('ZADD', bases, now + keep, member)
+  for _, k in ipairs({key, bases}) do
+    if redis.call('TTL', k) < keep then redis.call('EXPIRE', k, keep) end
+  end
 end
 return 1
 """
@@ -221,6 +233,20 @@ class RedisPeerStore:
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
+
+    async def evicts(self) -> str | None:
+        """The Redis's eviction policy when it may evict keys (a memory limit and a policy other than noeviction), else None.
+
+        Evicted, a swarm's keys lose its peers until they announce again,
+        and its report bases (``stats:``, which expire: what volatile-lru,
+        managed Redis's usual default, takes first) make those peers'
+        next reports count whole: totals 2.1 to 2.3 times the bytes reported
+        (an adversarial session).  Full with noeviction, Redis refuses writes:
+        announces get 503 and nothing is counted twice.
+        """
+        memory = await self._call(self.redis.info, "memory")
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        return policy if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction" else None
 
     def _rest(self, rec: PeerRecord) -> tuple[str, bool]:
         """The record's stored fields after its counters, and whether they are its own (False: a separator was replaced, see _clean)."""
@@ -333,15 +359,15 @@ class RedisPeerStore:
         raw = await self._batch.call(_REMOVE, [self.prefix, cid, _member(key)])
         return self._decode(_member(key), raw) if raw else None
 
-    async def report(self, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
-        keep = self._lifetimes()[1]
+    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
         args = [
             self.prefix,
             cid,
             _member(key),
             _clean(region),
             "1" if stopped else "0",
-            keep,
+            str(int(base_keep(self.ttl))),
+            repr(now),
             str(len(stats)),
             *stats,
             *map(str, stats.values()),
