@@ -10,6 +10,7 @@ one see the same swarms and totals.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -166,7 +167,13 @@ def test_added():
 
 @pytest.mark.parametrize(
     ("url", "why"),
-    [("mysql://h/0", "expected memory or redis"), ("redis:///0", "no host"), ("redis://h:port/0", "port"), ("redis://h:1/x", "database")],
+    [
+        ("mysql://h/0", "expected memory or redis"),
+        ("redis:///0", "no host"),
+        ("redis://h:port/0", "port"),
+        ("redis://h:1/x", "database"),
+        ("redis://h:1/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+    ],
 )
 def test_a_bad_url_says_what_is_wrong(url, why):
     with pytest.raises(ValueError, match=why):
@@ -389,4 +396,48 @@ async def test_a_redis_that_evicts_keys_is_named_with_its_policy(redis_url):  # 
     finally:
         await store.redis.config_set("maxmemory", "0")
         await store.redis.config_set("maxmemory-policy", "noeviction")
+        await store.close()
+
+
+async def test_token_users_who_went_silent_are_neither_kept_nor_walked(redis_url):  # noqa: F811
+    """The set of users ever seen never shrank, and /status read it whole: 200 000 past users made a router's poll
+    take seconds (an adversarial session).  Users are kept by last announce, and leave with their peers."""
+    store = RedisPeerStore(redis_url, 0.3)
+    try:
+        await store.redis.sadd("edgeswarm:userset", *(f"old{i}" for i in range(100)))  # what an older version left
+        now = time.time()
+        await store.put(now, CID, record(1, now, user="alice"), 10)
+        assert (await store.counts(now)).users == {"alice": 1}
+        time.sleep(0.5)
+        later = time.time()
+        await store.put(later, CID, record(2, later, user="bob"), 10)
+        await store.expire(later)
+        assert (await store.counts(later)).users == {"bob": 1}
+        assert await store.redis.zrange("edgeswarm:userseen", 0, -1) == ["bob"]
+        assert not await store.redis.exists("edgeswarm:userset")
+        assert 0 < await store.redis.ttl("edgeswarm:users:bob") <= store.keep
+    finally:
+        await store.close()
+
+
+async def test_a_wrong_password_and_a_paused_redis_say_so(redis_url):  # noqa: F811
+    """Both were "unreachable", the pause with no reason at all ("TimeoutError: ;"); the password's Redis is there."""
+    admin, store = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
+    now = time.time()
+    try:
+        await store.put(now, CID, record(1, now), 10)  # its connection is open: the pause holds an answer
+        await admin.redis.client_pause(2500)
+        with pytest.raises(StoreUnavailable, match=r"unreachable: TimeoutError: no answer within 2\.0 s"):
+            await store.put(now, CID, record(1, now), 10)
+        await asyncio.sleep(0.6)
+        await admin.redis.config_set("requirepass", "right")
+        wrong = RedisPeerStore(redis_url.replace("redis://", "redis://:wrong@"), TTL)
+        try:
+            with pytest.raises(StoreUnavailable, match=r"refuses: AuthenticationError: .*\(check the password in --tracker-store\)"):
+                await wrong.put(now, CID, record(1, now), 10)
+        finally:
+            await wrong.close()
+    finally:
+        await admin.redis.config_set("requirepass", "")
+        await admin.close()
         await store.close()

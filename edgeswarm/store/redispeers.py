@@ -5,11 +5,12 @@ runs the same tests against this store and the memory one.
 
 Redis layout (every key under ``edgeswarm:``; docs/operations.md lists them):
 per content a sorted set of its peers by last announce (``seen:CID``) and a
-hash of their records (``rec:CID``) and of their last stats (``stats:CID``),
-all three expiring ``keep`` seconds after the content's last announce;
-per region counters of bytes by source kind (``share:REGION``, never
-expiring); and for /status, sorted sets of live identities per region and
-user, trimmed by ``expire``.  One Lua script per announce does the write,
+hash of their records (``rec:CID``), both expiring ``keep`` seconds after the
+content's last announce, and of their last stats (``stats:CID``, each kept
+``base_keep`` after its report, by ``bases:CID``); per region counters of
+bytes by source kind (``share:REGION``, never expiring); and for /status,
+sorted sets of live identities per region and user, and of live token users,
+trimmed by ``expire``.  One Lua script per announce does the write,
 expires up to 32 silent peers of that swarm, and samples; script calls
 made at the same time go to Redis as one script run (store/redisbatch.py).
 """
@@ -84,7 +85,8 @@ redis.call('ZADD', p .. 'peers:' .. region, now, member)
 redis.call('ZADD', p .. 'memb:' .. region, now, cid .. '\\30' .. member)
 redis.call('SADD', p .. 'regions', region)
 redis.call('ZADD', p .. 'users:' .. user, now, member)
-redis.call('SADD', p .. 'userset', user)
+redis.call('EXPIRE', p .. 'users:' .. user, keep)
+redis.call('ZADD', p .. 'userseen', now, user)
 local n = redis.call('ZCARD', seen)
 local picked
 if n <= sample then picked = redis.call('ZRANGE', seen, 0, -1) else picked = redis.call('ZRANDMEMBER', seen, draws) end
@@ -168,6 +170,12 @@ def check_url(url: str) -> str:
     db = parts.path.strip("/")
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ValueError(f"--tracker-store {url!r}: the database {db!r} is not a number")
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(url)  # the query's options (?db=, ?socket_timeout=): the client's own checks, before the edge starts
+    except ValueError as exc:
+        raise ValueError(f"--tracker-store {url!r}: {exc}") from None
     return url
 
 
@@ -228,8 +236,16 @@ class RedisPeerStore:
         """Unreachable, or answering that it cannot serve (full, read-only, loading): announces are answered 503 either way."""
         import redis.exceptions as rex
 
-        how = "unreachable" if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)) else "refuses"
-        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {str(exc)[:200]}")
+        said = str(exc)[:200]
+        if isinstance(exc, rex.AuthenticationError):  # a ConnectionError to redis-py: it is there, and says no
+            how, said = "refuses", f"{said} (check the password in --tracker-store)"
+        elif isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
+            how = "unreachable"
+            if not said.strip():  # redis-py's timeouts say nothing
+                said = f"no answer within {self.redis.connection_pool.connection_kwargs.get('socket_timeout')} s"
+        else:
+            how = "refuses"
+        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}")
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
@@ -397,7 +413,7 @@ class RedisPeerStore:
     async def counts(self, now: float | None = None) -> Counts:
         cutoff = repr((time.time() if now is None else now) - self.ttl)
         regions = sorted(await self._call(self.redis.smembers, self.prefix + "regions"))
-        users = sorted(await self._call(self.redis.smembers, self.prefix + "userset"))
+        users = sorted(await self._call(self.redis.zrangebyscore, self.prefix + "userseen", cutoff, "+inf"))  # live ones
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcount(self.prefix + "identities", cutoff, "+inf")
             for region in regions:
@@ -434,12 +450,13 @@ class RedisPeerStore:
         seconds, micros = await self._call(self.redis.time)
         cutoff = "(" + repr(min(now, seconds + micros / 1_000_000) - self.ttl)
         regions = await self._call(self.redis.smembers, self.prefix + "regions")
-        users = await self._call(self.redis.smembers, self.prefix + "userset")
+        users = await self._call(self.redis.zrangebyscore, self.prefix + "userseen", cutoff, "+inf")  # the silent ones' keys expire
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in ["identities", "contents", *(f"peers:{r}" for r in regions), *(f"memb:{r}" for r in regions)]:
+            for key in ["identities", "contents", "userseen", *(f"peers:{r}" for r in regions), *(f"memb:{r}" for r in regions)]:
                 pipe.zremrangebyscore(self.prefix + key, "-inf", cutoff)
             for user in users:
                 pipe.zremrangebyscore(f"{self.prefix}users:{user}", "-inf", cutoff)
+            pipe.delete(self.prefix + "userset")  # every user ever seen, which versions before 2026-12-06 kept (and walked)
             await self._call(pipe.execute)
         return []
 
