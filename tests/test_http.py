@@ -200,6 +200,21 @@ async def test_conditional_requests(served, http):
     assert (status, body) == (206, data[:10])
 
 
+async def test_if_match_and_if_unmodified_since_refuse_another_version_with_412(served_anywhere, http):
+    """A resume that names the version it holds gets 412 from a node serving another one, as from nginx: every node
+    sent the new version's bytes to splice onto the old (an adversarial session with conditional requests)."""
+    url, data = served_anywhere
+    _, headers, _ = await fetch(http, url + "/dir/film.mp4", "HEAD")
+    etag, modified = headers["ETag"], headers["Last-Modified"]
+    stale = {"If-Match": '"a version republished since"'}
+    for tried in (stale, {"If-Match": "W/" + etag}, {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:01 GMT"}):
+        status, h, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=10-19", **tried)
+        assert (status, h["ETag"]) == (412, etag) and b"precondition failed" in body, (tried, status, body[:100])
+    for kept in ({"If-Match": f'"other", {etag}'}, {"If-Match": "*"}, {"If-Unmodified-Since": modified}, {"If-Unmodified-Since": "soon"}):
+        status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=10-19", **kept)
+        assert (status, body) == (206, data[10:20]), (kept, status)
+
+
 async def test_curl_resume_and_ranges(served, tmp_path):
     url, data = served
     partial = tmp_path / "film.part"

@@ -22,6 +22,7 @@ from edgeswarm.protocol.httpspec import (
     http_date,
     not_modified,
     parse_ranges,
+    precondition_failed,
     range_applies,
     served_type,
 )
@@ -403,6 +404,29 @@ def test_not_modified(headers, expected):
 def test_not_modified_reads_case_insensitive_request_headers():
     assert not_modified(CIMultiDict({"if-none-match": ETAG}), V) is True
     assert not_modified(CIMultiDict({"if-modified-since": http_date(RFC_INSTANT - 1)}), V) is False
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, False),
+        ({"If-Match": ETAG}, False),
+        ({"If-Match": f'"other", {ETAG}'}, False),
+        ({"If-Match": " * "}, False),
+        ({"If-Match": "W/" + ETAG}, True),  # strong comparison: a weak tag never matches
+        ({"If-Match": '"other"'}, True),
+        ({"If-Match": ""}, True),
+        ({"If-Unmodified-Since": IMF_FIXDATE}, False),
+        ({"If-Unmodified-Since": http_date(RFC_INSTANT + 3600)}, False),
+        ({"If-Unmodified-Since": http_date(RFC_INSTANT - 1)}, True),
+        ({"If-Unmodified-Since": "yesterday"}, False),  # not a date: ignored
+        # If-Match wins over If-Unmodified-Since (RFC 9110 13.2.2), in both directions
+        ({"If-Match": ETAG, "If-Unmodified-Since": http_date(RFC_INSTANT - 1)}, False),
+        ({"If-Match": '"other"', "If-Unmodified-Since": IMF_FIXDATE}, True),
+    ],
+)
+def test_precondition_failed(headers, expected):
+    assert precondition_failed(headers, V) is expected
 
 
 # -- range_applies (If-Range) ----------------------------------------------------------

@@ -26,7 +26,16 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MIN_RATE  # what our readers must take is what we take from others
 from edgeswarm.policy.ratelimit import TokenBucket
-from edgeswarm.protocol.httpspec import Validators, byteranges, http_date, not_modified, parse_ranges, range_applies, served_type
+from edgeswarm.protocol.httpspec import (
+    Validators,
+    byteranges,
+    http_date,
+    not_modified,
+    parse_ranges,
+    precondition_failed,
+    range_applies,
+    served_type,
+)
 from edgeswarm.protocol.manifest import SignedManifest
 
 CHUNK = 64 * 1024  # write granularity under a rate cap, and of what a hit leaves in the transport's buffer at once
@@ -93,6 +102,9 @@ async def serve_file(
     elif "Authorization" in request.headers or "token" in request.query:
         headers["Cache-Control"] = "private, max-age=0, must-revalidate"
     v = Validators(signed.etag, m.modified)
+    if precondition_failed(request.headers, v):
+        kept = {k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")}
+        return web.Response(status=412, headers=kept, text=f"precondition failed: {m.path} is now version {signed.etag}\n")
     if not_modified(request.headers, v):
         return web.Response(status=304, headers={k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")})
     spans = None

@@ -48,7 +48,7 @@ OFF = "none"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # what only reads: any page may send these (may_change)
 # what a page of another origin may send after a preflight: reading media; announces and POSTs stay same-origin
 ALLOW_METHODS = SAFE_METHODS
-ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since")
+ALLOW_HEADERS = ("Authorization", "Range", "If-Range", "If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 EXPOSE_HEADERS = ("Accept-Ranges", "Content-Length", "Content-Range", "ETag", "Retry-After", "WWW-Authenticate")
 MAX_AGE = 7200  # seconds a browser may keep a preflight's answer (Chromium's own cap is 2 h)
 NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a served file's type is what it says, never guessed

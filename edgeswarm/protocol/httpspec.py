@@ -215,6 +215,26 @@ class Validators:
     modified: int  # epoch seconds
 
 
+def precondition_failed(headers: Mapping[str, str], v: Validators) -> bool:
+    """If-Match (strong comparison), else If-Unmodified-Since: answer 412 (RFC 9110 13.2.2, before If-None-Match).
+
+    A resume that says which version it holds (``If-Match: <etag>``) got the
+    new version's bytes after a republish, spliced onto the old ones, where
+    nginx answers 412 (an adversarial session with conditional requests).
+    An If-Unmodified-Since that is no date is ignored, as the RFC says.
+    """
+    im = headers.get("If-Match")
+    if im is not None:
+        return im.strip() != "*" and not any(not weak and tag == v.etag for weak, tag in _etags(im))
+    ius = headers.get("If-Unmodified-Since")
+    if ius is not None:
+        try:
+            return v.modified > _http_timestamp(ius)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return False
+    return False
+
+
 def not_modified(headers: Mapping[str, str], v: Validators) -> bool:
     """If-None-Match (weak comparison), else If-Modified-Since: answer 304."""
     inm = headers.get("If-None-Match")
