@@ -137,9 +137,18 @@ class Origin:
     def withdraw(self, entry: Entry) -> None:
         m = entry.signed.manifest
         if self.catalog.by_path.get(m.path) is entry:
-            log.warning("%s no longer matches its manifest: withdrawn until re-hashed", m.path)
+            if entry.unchanged():  # same size, mtime and inode: bytes changed under them
+                log.warning("%s no longer matches its manifest: withdrawn until re-hashed", m.path)
+            else:
+                log.info("%s was replaced on disk: republishing it once hashed", m.path)
             self.catalog.recheck(m.path)
             self._rescan.set()
+
+    def _unpublished(self, rel: str) -> HttpError:
+        """Why ``rel`` has no entry: being hashed again after it changed on disk (503, try again), or not published."""
+        if rel in self.catalog.republishing:
+            return HttpError(503, f"{rel} changed on disk and is being republished", {"Retry-After": "2"})
+        return HttpError(404, f"{rel} is not published")
 
     async def scan(self) -> None:
         for line in await self.catalog.scan():
@@ -165,7 +174,7 @@ class Origin:
         rel = file_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise HttpError(404, f"{rel} is not published")
+            raise self._unpublished(rel)
         return entry
 
     def _entry_by_id(self, cid: str) -> Entry:
@@ -195,7 +204,7 @@ class Origin:
         rel = manifest_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise HttpError(404, f"{rel} is not published")
+            raise self._unpublished(rel)
         return manifest_response(request, entry.signed.etag, entry.raw, torrent_link(entry.signed.manifest))
 
     # -- BitTorrent ---------------------------------------------------------------
@@ -204,7 +213,7 @@ class Origin:
         rel = manifest_request_path(request.raw_path)  # /torrent/<path>, /magnet/<path>: the same shape
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise HttpError(404, f"{rel} is not published")
+            raise self._unpublished(rel)
         reason = why_none(entry.signed.manifest)
         if reason:
             raise HttpError(404, reason)

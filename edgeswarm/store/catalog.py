@@ -136,6 +136,7 @@ class Catalog:
         self.generation = 0  # raised by every change of by_path: what was derived from it (a user's usage) is stale
         self.by_id: dict[str, Entry] = {}
         self.superseded: Recent[str, Entry] = Recent(SUPERSEDED_KEPT)  # recent playlist versions by id, served from memory
+        self.republishing: dict[str, float] = {}  # path -> when ``recheck`` withdrew it, until a scan publishes it again
         self.hashed_bytes = 0
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
@@ -313,6 +314,7 @@ class Catalog:
                 self.superseded[old.signed.content_id] = old
         self.by_path[rel] = entry
         self.by_id[entry.signed.content_id] = entry
+        self.republishing.pop(rel, None)
         self.generation += 1
 
     def _remove(self, rel: str) -> None:
@@ -459,11 +461,14 @@ class Catalog:
 
     async def scan(self) -> list[str]:
         """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed."""
+        started = time.monotonic()
         try:
             await asyncio.to_thread(self.prepare, dict(self.by_path))
             _, lines = await self.change(functools.partial(self.scan_changes, hash_up_to=LOCKED_HASH))
         finally:
             self._prepared.clear()
+        # withdrawn before this scan began and not published by it: gone, or unreadable (the walk said why)
+        self.republishing = {rel: when for rel, when in self.republishing.items() if when >= started}
         return lines
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
@@ -640,8 +645,10 @@ class Catalog:
         return replace(entry, file=target, stat=_stat_key(target.stat()))
 
     def recheck(self, rel: str) -> None:
-        """A served piece did not match its hash: withdraw it until the next scan re-hashes it."""
+        """A served piece did not match its hash: withdraw it until the next scan re-hashes it (``republishing``
+        meanwhile: a file replaced by a rename, as operations.md advises, was "not published" until then)."""
         self._remove(rel)
+        self.republishing[rel] = time.monotonic()
 
 
 def _unseen(rel: str) -> bool:
