@@ -256,6 +256,11 @@ async def _note_started(request: web.Request, response: web.StreamResponse) -> N
     request[_STARTED] = response
 
 
+def answer_started(request: web.Request) -> bool:
+    """Has an answer's head gone out for ``request``?  Then a failure can only cut it (``cut_after_start``)."""
+    return request.get(_STARTED) is not None
+
+
 def client_gone(request: web.Request) -> bool:
     """Has the client closed its connection?  Tells its hang-up from a ConnectionError of an upstream."""
     return request.transport is None or request.transport.is_closing()

@@ -119,6 +119,10 @@ class ManifestFetcher:
         self._withdrawn[path] = cid
         return HttpError(404, f"content {cid[:12]} ({path}) is no longer published")
 
+    def withdrawn(self, path: str, cid: str) -> bool:
+        """Did a source just say (``withdraw``) that it no longer publishes ``cid`` as ``path``?"""
+        return self._withdrawn.get(path) == cid
+
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.
 

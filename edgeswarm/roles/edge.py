@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.collapse import Collapser
-from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
+from edgeswarm.node.daemon import ServerLimits, answer_started, make_app, serve_many
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.looplag import LoopLag
 from edgeswarm.node.manifestfetch import ManifestFetcher
@@ -422,7 +422,10 @@ class Edge:
             if reply.status != 200:
                 if not sibling:
                     said = reply.body[:200].decode(errors="replace").strip()  # its reason, as for a manifest or a key
-                    problems.append(UpstreamError(502, f"parent {source} answered {reply.status} for piece {index}: {said}"))
+                    # a 503 with Retry-After is passed on as such (an origin republishing a replaced file, a busy parent)
+                    retry = reply.headers.get("Retry-After") if reply.status == 503 else None
+                    status, after = (503, {"Retry-After": retry}) if retry else (502, None)
+                    problems.append(UpstreamError(status, f"parent {source} answered {reply.status} for piece {index}: {said}", after))
                 continue  # a sibling that does not hold it says 504
             try:
                 store.put_piece(cid, index, reply.body)
@@ -442,9 +445,10 @@ class Edge:
             self.ranking.success(source, len(reply.body), time.monotonic() - started)
             self.metrics.count_received("sibling" if sibling else "parent", source, len(reply.body))
             return reply.body
-        status = 504 if problems and all(p.status == 504 for p in problems) else 502
+        status = problems[0].status if problems and all(p.status == problems[0].status in (503, 504) for p in problems) else 502
         detail = "; ".join(p.message for p in problems) or "no source holds it"
-        raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}")
+        headers = problems[-1].headers if status == 503 else None
+        raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}", headers)
 
     async def _unlinked_loop(self) -> None:
         """A worker's: the descriptors it keeps of pieces another worker evicted are closed within a second (PieceStore.close_unlinked)."""
@@ -477,6 +481,19 @@ class Edge:
         may_fetch = self.may_fetch(request)
         grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
         signed = await self.resolve(rel, may_fetch)
+        try:
+            return await self._serve(request, rel, signed, may_fetch, grant)
+        except HttpError as exc:
+            if exc.status != 404 or answer_started(request) or not self.manifests.withdrawn(rel, signed.content_id):
+                raise
+        # the parent replaced the version cached here (a piece of it was a 404) before anything went out: the new one, not
+        # a 404 for a file that is there (an adversarial session, a file replaced by a rename at the origin)
+        return await self._serve(request, rel, await self.resolve(rel, may_fetch), may_fetch, grant)
+
+    async def _serve(
+        self, request: web.Request, rel: str, signed: SignedManifest, may_fetch: bool, grant: tokens.Grant | None
+    ) -> web.StreamResponse:
+        """``signed``'s file (or range) for ``request``, decrypted for a token that covers it, accounted as it leaves."""
         protection = signed.manifest.protection
         transform = None
         if protection is not None:  # plaintext for an authorised client, decrypted on the fly

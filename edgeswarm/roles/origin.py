@@ -180,6 +180,9 @@ class Origin:
     def _entry_by_id(self, cid: str) -> Entry:
         entry = self.catalog.by_id.get(cid) or self.catalog.superseded.get(cid)  # a playlist just rewritten: still served
         if entry is None:
+            replaced = [rel for rel, (_, old) in self.catalog.republishing.items() if old == cid]
+            if replaced:  # its path's new version is being hashed: an edge asks again for the path, rather than dropping it
+                raise self._unpublished(replaced[0])
             raise HttpError(404, f"content {cid[:80]} is not published (it may have changed)")
         return entry
 

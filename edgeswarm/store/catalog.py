@@ -136,7 +136,8 @@ class Catalog:
         self.generation = 0  # raised by every change of by_path: what was derived from it (a user's usage) is stale
         self.by_id: dict[str, Entry] = {}
         self.superseded: Recent[str, Entry] = Recent(SUPERSEDED_KEPT)  # recent playlist versions by id, served from memory
-        self.republishing: dict[str, float] = {}  # path -> when ``recheck`` withdrew it, until a scan publishes it again
+        # path -> (when ``recheck`` withdrew it, the content id withdrawn), until a scan publishes it again
+        self.republishing: dict[str, tuple[float, str]] = {}
         self.hashed_bytes = 0
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
@@ -468,7 +469,7 @@ class Catalog:
         finally:
             self._prepared.clear()
         # withdrawn before this scan began and not published by it: gone, or unreadable (the walk said why)
-        self.republishing = {rel: when for rel, when in self.republishing.items() if when >= started}
+        self.republishing = {rel: held for rel, held in self.republishing.items() if held[0] >= started}
         return lines
 
     def changes_for(self, rels: list[str], known: dict[str, Entry]) -> dict[str, Entry | None]:
@@ -647,8 +648,10 @@ class Catalog:
     def recheck(self, rel: str) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it (``republishing``
         meanwhile: a file replaced by a rename, as operations.md advises, was "not published" until then)."""
+        old = self.by_path.get(rel)
         self._remove(rel)
-        self.republishing[rel] = time.monotonic()
+        if old is not None:
+            self.republishing[rel] = (time.monotonic(), old.signed.content_id)
 
 
 def _unseen(rel: str) -> bool:
