@@ -332,17 +332,22 @@ async def _matches_a_full_count(store: MemoryPeerStore, contents: list[str], now
 
 
 @pytest.mark.integration
-async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others(redis_url):  # noqa: F811 - the fixture
+async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others(redis_url, caplog):  # noqa: F811 - the fixture
     """Two edges share a Redis store; the one whose clock ran 2 ttls ahead removed the other's peers as silent at its
-    first announce, without a word (an adversarial session).  Silence goes by the earlier of its clock and Redis's."""
+    first announce, without a word (an adversarial session).  Silence goes by the earlier of its clock and Redis's,
+    for its reads too: it handed out and counted only its own peers (another session), and it says so."""
     right, ahead = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
     try:
         now = time.time()
         await right.put(now, CID, record(1, now), 10)
-        await ahead.put(now + 2 * TTL, CID, record(2, now + 2 * TTL), 10)
+        placed = await ahead.put(now + 2 * TTL, CID, record(2, now + 2 * TTL), 10)
+        assert sorted(c.peer_id for c in placed.candidates) == ["p1", "p2"]
         await ahead.expire(now + 2 * TTL)
         assert sorted(r.peer_id for r in await right.swarm(CID)) == ["p1", "p2"]
         assert (await right.counts(now)).identities == 2
+        assert sorted(r.peer_id for r in await ahead.swarm(CID)) == ["p1", "p2"]
+        assert (await ahead.counts(now + 2 * TTL)).identities == 2 and await ahead.contents() == [CID]
+        assert "this edge's clock runs 60 s ahead of tracker store" in caplog.text
     finally:
         await right.close()
         await ahead.close()

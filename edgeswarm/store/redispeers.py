@@ -38,6 +38,7 @@ from edgeswarm.store.redisbatch import ScriptBatcher
 log = logging.getLogger("edgeswarm.store.redispeers")
 KEEP_TTLS = 2  # a content's keys outlive its last announce by this many ttls
 SWARMS_READ = 10_000  # memberships per region /status reads to list its swarms; beyond, the list is partial
+CLOCK_SAID = 10.0  # seconds this edge's clock may run ahead of Redis's before it says so (its reads see the others' peers as silent)
 DECODED_KEPT = 200_000  # decoded records an edge keeps to reuse while their stored text is unchanged (a few hundred bytes each)
 
 SEP = "\x1f"  # between a record's fields: no peer id (printable), address, URL or region name holds it
@@ -97,7 +98,7 @@ if #picked > 0 then
     if got[i] then blob[#blob + 1] = picked[i] .. '\\29' .. got[i] end
   end
 end
-return {n, rstr, table.concat(blob, '\\28')}
+return {n, rstr, table.concat(blob, '\\28'), clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))}
 """
 
 # ARGV: prefix cid member
@@ -206,6 +207,7 @@ class RedisPeerStore:
         self._batch = ScriptBatcher(self.redis, self._unavailable)
         self._regions: dict[tuple[str, str], Region] = {}
         self._lifetimes_of, self._lifetimes_text = -1.0, ("", "")
+        self._ahead = 0.0  # seconds this edge's clock runs ahead of Redis's (its TIME): reads judge silence by the earlier
         self._texts: dict[str, str] = {}  # member -> its stored text, as last decoded or written here
         self._decoded: dict[str, PeerRecord] = {}  # member -> the record that text decodes to
 
@@ -330,17 +332,31 @@ class RedisPeerStore:
             _ALPHA,
             str(draws or sample + 1),
         ]
-        size, rate, blob = await self._batch.call(_PUT, args)  # one string for the sample: parsed here, not per field
+        size, rate, blob, clock = await self._batch.call(_PUT, args)  # one string for the sample: parsed here, not per field
+        self._saw_clock(now, float(clock))
         rec.upload_rate = float(rate)
         if exact:  # what the script stored is this record, field for field: a draw of it reuses it (decoding it would make its twin)
             self._keep_decoded(member, f"{uploaded}{SEP}{seen}{SEP}{rate}{SEP}{rest}", rec)
-        cutoff = now - self.ttl
+        cutoff = now - self._ahead - self.ttl  # by Redis's clock when ours runs ahead, as _PUT's removals
         candidates = []
         for entry in blob.split(ENTRYSEP) if blob else ():
             c = self._cached(*entry.split(PAIRSEP, 1))
             if c.last_seen >= cutoff:
                 candidates.append(c)
         return Placed(int(size), candidates)
+
+    def _saw_clock(self, now: float, redis_now: float) -> None:
+        """Redis's clock against ours: reads judge silence by the earlier of the two, as _PUT removes, or an edge whose
+        clock ran 120 s ahead handed out and counted only its own peers (an adversarial session).  Said once while so."""
+        ahead = max(0.0, now - redis_now)
+        if ahead > CLOCK_SAID and self._ahead <= CLOCK_SAID:
+            log.warning(
+                "this edge's clock runs %.0f s ahead of tracker store %s's: peers' silence is judged by Redis's clock; "
+                "keep the edges' clocks in step (NTP)",
+                ahead,
+                self.describe(),
+            )
+        self._ahead = ahead
 
     def _cached(self, member: str, raw: str) -> PeerRecord:
         """The record stored as ``raw``: decoded once while that text stays the same (a record changes only when its peer announces).
@@ -399,7 +415,7 @@ class RedisPeerStore:
         return {region: Counter({k: int(v) for k, v in row.items()}) for region, row in zip(regions, rows, strict=True)}
 
     async def swarm(self, cid: str) -> list[PeerRecord]:
-        cutoff = repr(time.time() - self.ttl)
+        cutoff = repr(time.time() - self._ahead - self.ttl)
         members = await self._call(self.redis.zrangebyscore, f"{self.prefix}seen:{cid}", cutoff, "+inf")
         if not members:
             return []
@@ -407,11 +423,11 @@ class RedisPeerStore:
         return [self._decode(m, r) for m, r in zip(members, raws, strict=True) if r is not None]
 
     async def contents(self) -> list[str]:
-        cutoff = repr(time.time() - self.ttl)  # the edges' wall clocks, as in their announces
+        cutoff = repr(time.time() - self._ahead - self.ttl)  # the edges' wall clocks, as in their announces
         return list(await self._call(self.redis.zrangebyscore, self.prefix + "contents", cutoff, "+inf"))
 
     async def counts(self, now: float | None = None) -> Counts:
-        cutoff = repr((time.time() if now is None else now) - self.ttl)
+        cutoff = repr((time.time() if now is None else now) - self._ahead - self.ttl)
         regions = sorted(await self._call(self.redis.smembers, self.prefix + "regions"))
         users = sorted(await self._call(self.redis.zrangebyscore, self.prefix + "userseen", cutoff, "+inf"))  # live ones
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -448,7 +464,8 @@ class RedisPeerStore:
         of the others trims nothing they still count.
         """
         seconds, micros = await self._call(self.redis.time)
-        cutoff = "(" + repr(min(now, seconds + micros / 1_000_000) - self.ttl)
+        self._saw_clock(now, seconds + micros / 1_000_000)
+        cutoff = "(" + repr(now - self._ahead - self.ttl)
         regions = await self._call(self.redis.smembers, self.prefix + "regions")
         users = await self._call(self.redis.zrangebyscore, self.prefix + "userseen", cutoff, "+inf")  # the silent ones' keys expire
         async with self.redis.pipeline(transaction=False) as pipe:
