@@ -322,8 +322,10 @@ async def test_protected_content_travels_encrypted_and_only_to_token_holders(tmp
     users = (await status(http, edge.url))["p2p"]["users"]
     assert users == {"alice": 1, "bob": 1}  # the tracker knows who each peer is; mallory was never tracked
     out = tmp_path / "got.bin"
+    refused_before = edge.log_text().count("-> 401")
     done = get(edge.url + "/films/secret.bin", out, "--token", issue(key, "gina", "/films/"), "--listen", "127.0.0.14:0")
     assert done.returncode == 0 and sha(out.read_bytes()) == sha(secret), done.stderr
+    assert edge.log_text().count("-> 401") == refused_before  # its probe of the URL (router or edge?) showed the token too
     done = get(edge.url + "/films/secret.bin", tmp_path / "no.bin", "--listen", "127.0.0.15:0")
     assert done.returncode == 1 and "token is required" in done.stderr, done.stderr
     assert not (tmp_path / "no.bin").exists()

@@ -98,7 +98,7 @@ async def download(
     edge, path = split_target(url, router)
     learned = origin_key is None and not (cache / "origin.pub").exists()  # no key given nor pinned by an earlier run
     if edge is not None and router is None:
-        router, edge = await _router_or_edge(edge, path, listen[0], ca, bool(extra_edges))
+        router, edge = await _router_or_edge(edge, path, listen[0], ca, bool(extra_edges), token)
     edges = tuple(e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/")))
     config = PeerConfig(
         cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router, origin_key=origin_key
@@ -146,14 +146,19 @@ async def download(
         await servers.close()
 
 
-async def _router_or_edge(base: str, path: str, bind: str, ca: Path | None, others: bool) -> tuple[str | None, str | None]:
+async def _router_or_edge(
+    base: str, path: str, bind: str, ca: Path | None, others: bool, token: str | None = None
+) -> tuple[str | None, str | None]:
     """(router, edge) for ``base``: a router's URL given as the file's (``http://router/path``) is used as ``--router``.
 
     A redirect that is neither (a captive portal, a login page, a broken
     edge) ends ``get``, unless ``others``: further ``--edge``s, which it goes
     on with, as a peer daemon does (it ended at once: an adversarial session).
     """
-    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]))
+    # the token goes with the probe, to the host the file was asked of: a --require-token edge logged and counted a 401
+    # for every download that then went through (an adversarial session)
+    credential = {"Authorization": f"Bearer {token}"} if token else None
+    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]), headers=credential)
     await upstream.start()
     try:
         router, edge = await find_edge(upstream, base, path)
