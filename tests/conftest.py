@@ -197,6 +197,7 @@ class Misbehaving(DoubleServer):
     def __init__(self, upstream: str, corrupt: bool = False, delay: float = 0.0, hang: bool = False, trickle: int = 0, busy: str = ""):
         self.upstream = upstream
         self.busy = busy  # pieces answered 503 with this Retry-After, as an origin republishing a replaced file
+        self.busy_manifests = False  # manifests too
         self.corrupt, self.delay, self.hang, self.trickle = corrupt, delay, hang, trickle
         self.pieces_served = 0
         self.served_at: list[float] = []  # when each piece left the proxy
@@ -205,7 +206,7 @@ class Misbehaving(DoubleServer):
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self.hang:
             await asyncio.sleep(3600)
-        if self.busy and request.path.startswith("/piece/"):
+        if self.busy and (request.path.startswith("/piece/") or (self.busy_manifests and request.path.startswith("/manifest/"))):
             return web.Response(status=503, text="changed on disk and is being republished", headers={"Retry-After": self.busy})
         headers = {k: v for k, v in request.headers.items() if k != "Host"}
         async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(self.upstream + request.raw_path, headers=headers) as r:

@@ -178,6 +178,18 @@ async def test_a_parents_503_with_retry_after_is_passed_on_not_made_a_502(tmp_pa
             said = await resp.text()
             assert (resp.status, resp.headers.get("Retry-After")) == (503, "7"), said
             assert "answered 503 for piece 0: changed on disk and is being republished" in said
+        make_file(published / "other.bin", MiB)
+        await asyncio.sleep(0.5)  # the origin's scan
+        assert (await get(http, leaf.url + "/other.bin", Range="bytes=0-0"))[0] == 503  # its pieces too
+        republishing.busy_manifests = True  # a file the edge has no manifest of: the 503 was a 502, the parent set aside
+        async with http.get(leaf.url + "/third.bin") as resp:
+            said = await resp.text()
+            assert (resp.status, resp.headers.get("Retry-After")) == (503, "7"), said
+            assert "no parent could give the manifest of third.bin" in said
+        republishing.busy = ""
+        await asyncio.sleep(1.2)  # other.bin's manifest is due for a check (--revalidate 1): the parent is asked
+        assert (await get(http, leaf.url + "/other.bin", Range="bytes=0-0"))[0] == 206
+    assert "without revalidation" not in leaf.log_text()
 
 
 async def test_corrupt_parent_is_detected_and_nothing_bad_is_kept(tmp_path, nodes, origin, published, http):

@@ -707,6 +707,25 @@ def test_an_unreadable_file_is_warned_about_once_per_state(tmp_path, caplog, mon
     assert scans(2) == ["not publishing locked.txt: cannot read it: Permission denied"]  # a new state: one warning again
 
 
+async def test_an_unreadable_large_file_is_warned_about_once_by_full_scans(tmp_path, caplog, monkeypatch):
+    """The twin for files over LOCKED_HASH, which a full scan leaves to its prepare: that warning was forgotten by the
+    scan under the lock, and said again at every scan, once a second (a review)."""
+    root = tmp_path / "pub"
+    root.mkdir()
+    (root / "locked.bin").write_bytes(b"locked")
+    catalog = Catalog(root, tmp_path / "state.json", KEY)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("edgeswarm.store.catalog.LOCKED_HASH", 1)  # every file is a large one here
+    monkeypatch.setattr("edgeswarm.store.catalog.hash_pieces", denied)
+    for _ in range(3):
+        await catalog.scan()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["not publishing locked.bin: cannot read it: Permission denied"] and catalog.by_path == {}
+
+
 def test_symlinks_in_a_loop_or_to_hidden_files_are_not_published(tmp_path, caplog):
     """A symlink loop failed every scan (nothing else published or withdrawn) and stopped the origin at start; a link
     to .edgeswarm/origin.key published the origin's private signing key (found by an adversarial session)."""

@@ -141,6 +141,16 @@ async def test_a_file_replaced_by_a_rename_is_never_unpublished_while_its_new_ve
     assert "r.bin was replaced on disk: republishing it once hashed" in origin.log_text()
 
 
+async def test_a_file_deleted_at_the_origin_is_a_404_at_once_and_said_so(nodes, published, http):
+    """Its first read found it gone: that answer was a 503 "being republished", and the log said it was replaced (a review)."""
+    make_file(published / "gone.bin", 600_000)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "30")
+    (published / "gone.bin").unlink()
+    async with http.get(origin.url + "/gone.bin", headers={"Range": "bytes=0-9"}) as resp:
+        assert resp.status == 404 and "gone.bin is not published" in await resp.text()
+    assert "withdrew gone.bin: deleted on disk" in origin.log_text() and "replaced" not in origin.log_text()
+
+
 async def _is(answer, expected) -> bool:
     return (await answer)[:2] == expected
 

@@ -419,7 +419,7 @@ async def test_token_users_who_went_silent_are_neither_kept_nor_walked(redis_url
         await store.expire(later)
         assert (await store.counts(later)).users == {"bob": 1}
         assert await store.redis.zrange("edgeswarm:userseen", 0, -1) == ["bob"]
-        assert not await store.redis.exists("edgeswarm:userset")
+        assert await store.redis.scard("edgeswarm:userset") == 100  # an older edge's, which it may still read (a review)
         assert 0 < await store.redis.ttl("edgeswarm:users:bob") <= store.keep
     finally:
         await store.close()

@@ -20,7 +20,7 @@ from urllib.parse import quote
 from edgeswarm.errors import HttpError
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import MAX_MANIFEST, OutOfDescriptorsHere, Upstream, UpstreamError
+from edgeswarm.node.upstream import MAX_MANIFEST, Busy, OutOfDescriptorsHere, Upstream, UpstreamError, busy, passed_on
 from edgeswarm.policy import live
 from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
@@ -169,7 +169,7 @@ class ManifestFetcher:
             try:
                 signed = await self._ask(store, source, path, cached, headers)
             except UpstreamError as exc:
-                if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion)):  # not a failing source: it is not set aside
+                if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion, Busy)):  # not a failing source: it is not set aside
                     self.ranking.failure(source, time.monotonic(), began)
                     if self.on_failure is not None:
                         self.on_failure(source)
@@ -179,14 +179,15 @@ class ManifestFetcher:
             self._stale_warned.discard(path)
             self._withdrawn.pop(path, None)
             return signed, None
-        status = 504 if problems and all(p.status == 504 for p in problems) else 502
+        status, after = passed_on(problems)
         reasons = "; ".join(p.message for p in problems) or f"no {self.role} to ask"
         if cached is None:
-            raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}")
+            raise HttpError(status, f"no {self.role} could give the manifest of {path}: {reasons}", after)
         if withdrawn and len(store.held(cached.content_id)) < cached.manifest.piece_count:
             raise HttpError(
                 status,
                 f"the version of {path} held here is no longer published, in part only, and no {self.role} gave the current one: {reasons}",
+                after,
             )
         return cached, reasons
 
@@ -214,7 +215,8 @@ class ManifestFetcher:
             why = reply.body[:200].decode(errors="replace").strip()
             raise HttpError(reply.status, f"{source} refused /{path}: {why}", {"WWW-Authenticate": 'Bearer realm="edgeswarm"'})
         if reply.status != 200:
-            raise UpstreamError(502, f"{who} answered {reply.status} for {path}: {reply.body[:200].decode(errors='replace').strip()}")
+            why = f"{who} answered {reply.status} for {path}: {reply.body[:200].decode(errors='replace').strip()}"
+            raise busy(reply.status, reply.headers, why) or UpstreamError(502, why)
         try:
             signed = SignedManifest.parse(reply.body, store.public_key)
             if signed.manifest.path != path:
@@ -235,7 +237,8 @@ class ManifestFetcher:
         except UpstreamError as exc:
             raise HttpError(exc.status, exc.message) from None
         if reply.status != 200:
-            raise HttpError(404 if reply.status == 404 else 502, f"{who} answered {reply.status} for content {cid[:80]}")
+            why = f"{who} answered {reply.status} for content {cid[:80]}"
+            raise busy(reply.status, reply.headers, why) or HttpError(404 if reply.status == 404 else 502, why)
         try:
             signed = SignedManifest.parse(reply.body, store.public_key)
         except ManifestError as exc:

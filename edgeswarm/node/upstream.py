@@ -23,7 +23,7 @@ import asyncio
 import errno
 import ipaddress
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 from urllib.parse import urlsplit
@@ -63,6 +63,24 @@ class Hopeless(UpstreamError):
 
 class Unreachable(UpstreamError):
     """No connection to the other node: refused, no route, a name not found.  A daemon retries; ``get`` ends (curl's way)."""
+
+
+class Busy(UpstreamError):
+    """Another node answered 503 with Retry-After (busy, or an origin hashing a file replaced on disk): passed on as
+    such, and no failure of that node (it is not set aside: it said when to come back)."""
+
+
+def busy(status: int, headers: Mapping[str, str], message: str) -> Busy | None:
+    """``Busy`` for an answer that is a 503 with Retry-After, else None."""
+    retry = headers.get("Retry-After") if status == 503 else None
+    return Busy(503, message, {"Retry-After": retry}) if retry else None
+
+
+def passed_on(problems: Sequence[UpstreamError]) -> tuple[int, dict[str, str] | None]:
+    """What a node answers when every source failed: their 503 (with a Retry-After) or 504 when all said so, else 502."""
+    if problems and all(isinstance(p, Busy) for p in problems):
+        return 503, problems[-1].headers
+    return (504 if problems and all(p.status == 504 for p in problems) else 502), None
 
 
 class UpstreamTimeout(UpstreamError):

@@ -41,7 +41,16 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
-from edgeswarm.node.upstream import MIN_RATE, Hopeless, OutOfDescriptorsHere, Upstream, UpstreamError, UpstreamTimeout
+from edgeswarm.node.upstream import (
+    MIN_RATE,
+    Hopeless,
+    OutOfDescriptorsHere,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    busy,
+    passed_on,
+)
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.peerstore import MemoryPeerStore, StoreUnavailable
@@ -422,10 +431,8 @@ class Edge:
             if reply.status != 200:
                 if not sibling:
                     said = reply.body[:200].decode(errors="replace").strip()  # its reason, as for a manifest or a key
-                    # a 503 with Retry-After is passed on as such (an origin republishing a replaced file, a busy parent)
-                    retry = reply.headers.get("Retry-After") if reply.status == 503 else None
-                    status, after = (503, {"Retry-After": retry}) if retry else (502, None)
-                    problems.append(UpstreamError(status, f"parent {source} answered {reply.status} for piece {index}: {said}", after))
+                    why = f"parent {source} answered {reply.status} for piece {index}: {said}"
+                    problems.append(busy(reply.status, reply.headers, why) or UpstreamError(502, why))
                 continue  # a sibling that does not hold it says 504
             try:
                 store.put_piece(cid, index, reply.body)
@@ -445,9 +452,8 @@ class Edge:
             self.ranking.success(source, len(reply.body), time.monotonic() - started)
             self.metrics.count_received("sibling" if sibling else "parent", source, len(reply.body))
             return reply.body
-        status = problems[0].status if problems and all(p.status == problems[0].status in (503, 504) for p in problems) else 502
+        status, headers = passed_on(problems)
         detail = "; ".join(p.message for p in problems) or "no source holds it"
-        headers = problems[-1].headers if status == 503 else None
         raise HttpError(status, f"cannot fetch piece {index} of {signed.manifest.path}: {detail}", headers)
 
     async def _unlinked_loop(self) -> None:

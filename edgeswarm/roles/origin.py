@@ -85,7 +85,10 @@ class OriginSource:
         data = await asyncio.to_thread(self._read, index)
         if data is None:
             self.origin.withdraw(self.entry)
-            raise HttpError(503, f"{self.entry.signed.manifest.path} changed on disk and is being republished", {"Retry-After": "2"})
+            path = self.entry.signed.manifest.path
+            if path not in self.origin.catalog.by_path:  # deleted (404), or on its way again (503)
+                raise self.origin.unpublished(path)
+            raise HttpError(503, f"{path} changed on disk and is being republished", {"Retry-After": "2"})
         return data
 
     def _read(self, index: int) -> bytes | None:
@@ -137,14 +140,17 @@ class Origin:
     def withdraw(self, entry: Entry) -> None:
         m = entry.signed.manifest
         if self.catalog.by_path.get(m.path) is entry:
-            if entry.unchanged():  # same size, mtime and inode: bytes changed under them
+            gone = not entry.file.exists()
+            if gone:  # deleted: a plain withdrawal, not a version on its way (it was logged as replaced: a review)
+                log.info("withdrew %s: deleted on disk", m.path)
+            elif entry.unchanged():  # same size, mtime and inode: bytes changed under them
                 log.warning("%s no longer matches its manifest: withdrawn until re-hashed", m.path)
             else:
                 log.info("%s was replaced on disk: republishing it once hashed", m.path)
-            self.catalog.recheck(m.path)
+            self.catalog.recheck(m.path, pending=not gone)
             self._rescan.set()
 
-    def _unpublished(self, rel: str) -> HttpError:
+    def unpublished(self, rel: str) -> HttpError:
         """Why ``rel`` has no entry: being hashed again after it changed on disk (503, try again), or not published."""
         if rel in self.catalog.republishing:
             return HttpError(503, f"{rel} changed on disk and is being republished", {"Retry-After": "2"})
@@ -174,7 +180,7 @@ class Origin:
         rel = file_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise self._unpublished(rel)
+            raise self.unpublished(rel)
         return entry
 
     def _entry_by_id(self, cid: str) -> Entry:
@@ -182,7 +188,7 @@ class Origin:
         if entry is None:
             replaced = [rel for rel, (_, old) in self.catalog.republishing.items() if old == cid]
             if replaced:  # its path's new version is being hashed: an edge asks again for the path, rather than dropping it
-                raise self._unpublished(replaced[0])
+                raise self.unpublished(replaced[0])
             raise HttpError(404, f"content {cid[:80]} is not published (it may have changed)")
         return entry
 
@@ -207,7 +213,7 @@ class Origin:
         rel = manifest_request_path(request.raw_path)
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise self._unpublished(rel)
+            raise self.unpublished(rel)
         return manifest_response(request, entry.signed.etag, entry.raw, torrent_link(entry.signed.manifest))
 
     # -- BitTorrent ---------------------------------------------------------------
@@ -216,7 +222,7 @@ class Origin:
         rel = manifest_request_path(request.raw_path)  # /torrent/<path>, /magnet/<path>: the same shape
         entry = self.catalog.by_path.get(rel)
         if entry is None:
-            raise self._unpublished(rel)
+            raise self.unpublished(rel)
         reason = why_none(entry.signed.manifest)
         if reason:
             raise HttpError(404, reason)

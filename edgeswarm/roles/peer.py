@@ -612,8 +612,8 @@ class Peer:
             said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
             self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
             raise UpstreamError(502, self.refused[url])
-        if reply.status == 429:
-            retry = retry_after(reply.headers, 4)
+        if reply.status == 429 or (reply.status == 503 and "Retry-After" in reply.headers):  # come back then: no failure
+            retry = retry_after(reply.headers, 4)  # (a 503's: an edge passing on an origin that hashes a replaced file)
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
             raise NotHeld()

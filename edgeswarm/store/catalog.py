@@ -437,6 +437,8 @@ class Catalog:
             changes[rel] = prepared[1]
             return
         if hash_up_to is not None and key[0] > hash_up_to:  # the next scan's prepare hashes it (scan_changes)
+            if rel in self._skipped:  # this scan's prepare could not read it either: still said, not said again (a review:
+                self._skipped_now.add(rel)  # an unreadable file over 64 MiB was warned about at every scan, once a second)
             return
         fresh = self._publish(rel, full, key, previous)
         if fresh is not None:
@@ -645,12 +647,13 @@ class Catalog:
             staged.unlink()
         return replace(entry, file=target, stat=_stat_key(target.stat()))
 
-    def recheck(self, rel: str) -> None:
+    def recheck(self, rel: str, pending: bool = True) -> None:
         """A served piece did not match its hash: withdraw it until the next scan re-hashes it (``republishing``
-        meanwhile: a file replaced by a rename, as operations.md advises, was "not published" until then)."""
+        meanwhile, if a new version is ``pending``: a file replaced by a rename, as operations.md advises, was "not
+        published" until then)."""
         old = self.by_path.get(rel)
         self._remove(rel)
-        if old is not None:
+        if old is not None and pending:
             self.republishing[rel] = (time.monotonic(), old.signed.content_id)
 
 

@@ -473,7 +473,6 @@ class RedisPeerStore:
                 pipe.zremrangebyscore(self.prefix + key, "-inf", cutoff)
             for user in users:
                 pipe.zremrangebyscore(f"{self.prefix}users:{user}", "-inf", cutoff)
-            pipe.delete(self.prefix + "userset")  # every user ever seen, which versions before 2026-12-06 kept (and walked)
             await self._call(pipe.execute)
         return []
 
