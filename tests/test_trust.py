@@ -542,7 +542,9 @@ class SlowKeys(DoubleServer):
         app.router.add_route("GET", "/{tail:.*}", self.handle)
 
 
-async def test_a_protected_files_key_is_fetched_once_and_a_withdrawn_versions_key_is_a_404(tmp_path, nodes, deployment, published, http):
+async def test_a_protected_files_key_is_fetched_once_and_a_withdrawn_versions_key_makes_the_read_ask_again(
+    tmp_path, nodes, deployment, published, http
+):
     """Twenty requests at once for a protected file made twenty /key requests to a slow parent; and a child holding
     the manifest of a version its parent no longer publishes answered 502 "refused the key ... 404" for its whole
     --revalidate window, where a piece's 404 makes the next read ask again (an adversarial session)."""
@@ -568,9 +570,8 @@ async def test_a_protected_files_key_is_fetched_once_and_a_withdrawn_versions_ke
                     break
             assert time.monotonic() < deadline, "the origin did not publish the new version"
             await asyncio.sleep(0.2)
-        status_, body = await read(late)
-        assert status_ == 404 and f"content {old[:12]} (films/secret.bin) is no longer published" in body.decode(), body[:300]
-        assert await read(late) == (200, newer)  # the next read asked for the manifest
+        # the key of the version it held is a 404 upstream: nothing went out yet, so the read asks for the new version
+        assert await read(late) == (200, newer)  # (a 404 for a file that is there, before: final to a player)
 
 
 async def test_ledger_in_postgresql(tmp_path, nodes, deployment, pg_database, http):  # noqa: F811 - the fixture
