@@ -130,10 +130,10 @@ async def test_a_piece_of_a_deleted_segment_is_a_404_at_the_edge_not_its_failure
         assert "no longer published" in await resp.text()
 
 
-def _segment(live, i: int, t0: int) -> None:
-    """Segment i of a 2-second stream, dated as an encoder writing in real time would date it."""
+def _segment(live, i: int, t0: int, run: int = 0) -> None:
+    """Segment i of a 2-second stream (of the encoder's ``run``), dated as an encoder writing in real time would date it."""
     tmp = live / f"seg{i:05d}.ts.tmp"
-    tmp.write_bytes(bytes([i % 256]) * 20_000)
+    tmp.write_bytes(bytes([(i + 100 * run) % 256]) * 20_000)
     tmp.rename(live / f"seg{i:05d}.ts")
     os.utime(live / f"seg{i:05d}.ts", (t0 + 2 * i, t0 + 2 * i))
 
@@ -146,6 +146,44 @@ def _window(live, last: int, size: int = 3) -> None:
     tmp.write_text(f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n{body}")
     tmp.rename(live / "live.m3u8")
     (live / f"seg{first - 1:05d}.ts").unlink(missing_ok=True)
+
+
+async def test_a_gateway_follows_an_encoder_started_again_through_the_swarm(tmp_path, nodes, origin, published, regions, http):
+    """A restarted ffmpeg names its segments from 0 again, and the last run's are still on disk (delete_threshold), so
+    they never left the window: the gateway took the names as fetched ahead already, and every player got the new
+    run's first 24 s from the edge, none through the swarm (an adversarial session: region P2P share 0)."""
+    live = published / "live"
+    live.mkdir()
+    t0 = int(time.time()) - 60
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    gateway = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "viewer").urls["gateway"]
+
+    async def names(want: str) -> bool:  # the playlist the gateway hands its player
+        async with http.get(f"{gateway}/{PLAYLIST}") as resp:
+            return resp.status == 200 and want in (await resp.read()).decode()
+
+    for i in range(6):  # the first run: its player follows it
+        _segment(live, i, t0)
+        _window(live, i)
+        await until(lambda i=i: names(f"seg{i:05d}.ts"), 10, f"the gateway's playlist naming segment {i}")
+    _segment(live, 0, t0 + 30, run=1)  # the encoder starts again
+    _window(live, 0)
+    new = ""
+
+    async def published_again() -> bool:  # the origin's watcher publishes what the new playlist names
+        nonlocal new
+        async with http.get(f"{origin.url}/manifest/live/seg00000.ts") as resp:
+            new = (await resp.json())["id"] if resp.status == 200 else ""
+        return bool(new)
+
+    await until(published_again, 10, "the origin publishing the new run's segment 0")
+
+    async def followed() -> bool:  # the player reads the playlist; the gateway fetches its newest segment ahead
+        await names("#EXT-X-MEDIA-SEQUENCE:0")
+        return any(s["path"] == "live/seg00000.ts" and s["id"] == new for s in (await status(http, gateway))["swarms"])
+
+    await until(followed, 10, "the gateway following the new run's segment 0 through its swarm")
+    assert await _get(http, f"{gateway}/live/seg00000.ts") == bytes([100]) * 20_000
 
 
 async def _held_segments(http, edge) -> set[str]:

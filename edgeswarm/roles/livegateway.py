@@ -75,6 +75,7 @@ class LiveFollower:
         self.peer = peer
         self._following: dict[str, asyncio.Task] = {}  # playlist path -> its follow task
         self._asked: dict[str, set[str]] = {}  # playlist path -> the segments and parts already fetched ahead
+        self._sequence: dict[str, int] = {}  # playlist path -> the media sequence of the version followed last
         self._windows = LiveFollow()  # what each playlist named, until it left the window (livewindow.py)
 
     def served(self, signed: SignedManifest) -> None:
@@ -98,6 +99,9 @@ class LiveFollower:
         if playlist is None:
             return  # not whole here (the next playlist request follows it), or not a media playlist: nothing to fetch
         path = signed.manifest.path
+        if playlist.media_sequence < self._sequence.get(path, -1):  # the encoder started again, naming from 0 again
+            self._restarted(asked, playlist)
+        self._sequence[path] = playlist.media_sequence
         for media in _ahead(playlist):
             if media in asked:
                 continue
@@ -108,6 +112,14 @@ class LiveFollower:
                 continue
             self.peer.swarm(seg).want_live()
             asked.add(media)
+
+    def _restarted(self, asked: set[str], playlist: hls.MediaPlaylist) -> None:
+        """A new run of the stream reuses the names of the last one's segments, some still on disk, so they never left
+        the window: names fetched ahead are new again, and their manifests are asked for (a restarted ffmpeg's first
+        24 s went from the edge to every player, none through the swarm: an adversarial session)."""
+        asked.clear()
+        for media in playlist.media_paths:
+            self.peer.manifests.expire(media)
 
     async def _retire(self, path: str) -> None:
         """A segment that left the live window: its swarm ends and its pieces go, so announces stay the window's size."""
