@@ -110,6 +110,12 @@ class Refused(EdgeswarmError):
         self.retry_after = retry_after
 
 
+def _counted(address: str, user: str | None) -> tuple[str, ...]:
+    """The limit keys an identity counts against: its address group, and its token's user if it has one."""
+    group = address_group(address)
+    return (group, owner_of(address, user)) if user is not None else (group,)
+
+
 def owner_of(address: str, user: str | None) -> str:
     """Who a peer id belongs to: the token's user, else the address the edge sees."""
     return f"user:{user}" if user is not None else f"addr:{address}"
@@ -561,15 +567,14 @@ class Tracker:
         cid, peer_id, address, user, event = ann.cid, ann.peer_id, ann.address, ann.user, ann.event
         if event not in EVENTS:
             raise ValueError(f"unknown announce event {event!r}")
-        key, group = (owner_of(address, user), peer_id), address_group(address)
-        counted = (group, owner_of(address, user)) if user is not None else (group,)
-        self._admit(now, key, counted, event == "stopped", charge)
-        if event in ("update", "completed") and (cid, key) in self._left:  # a "stopped" again changes nothing anyway
-            raise OutOfOrder(f"peer {peer_id} said stopped for content {cid[:12]}: announce 'started' to join again")
         if event == "stopped":
-            self._stopped(now, cid, key)
-            await self.drop(cid, key)
+            await self.stop(now, cid, peer_id, address, user, charge)
             return [], 0
+        key, group = (owner_of(address, user), peer_id), address_group(address)
+        counted = _counted(address, user)
+        self._admit(now, key, counted, False, charge)
+        if event in ("update", "completed") and (cid, key) in self._left:  # after a "stopped": "started" joins again
+            raise OutOfOrder(f"peer {peer_id} said stopped for content {cid[:12]}: announce 'started' to join again")
         self._left.pop((cid, key), None)
         if self.records >= self.limits.records and cid not in self._joined.get(key, ()):
             await self._make_room(sender_of(counted[-1]))
@@ -581,6 +586,13 @@ class Tracker:
             await self.drop(next(iter(joined)), key)  # its least recently announced swarm
         records, parts = pool.window(self._windows, self.sample + 1)
         return handout(rec, records, self.locality, self.max_answer, self.limits.answer_per_address, parts), size
+
+    async def stop(self, now: float, cid: str, peer_id: str, address: str, user: str | None, charge: bool = True) -> None:
+        """A ``stopped``: the record goes (a content the edge no longer knows included); charged as any announce."""
+        key = (owner_of(address, user), peer_id)
+        self._admit(now, key, _counted(address, user), True, charge)
+        self._stopped(now, cid, key)
+        await self.drop(cid, key)
 
     async def _place(self, now: float, cid: str, rec: PeerRecord) -> tuple[Pool, int]:
         """Store the asker's record and renew its swarm's pool (a few fresh draws, or a whole read when due); the pool, and the swarm's size.

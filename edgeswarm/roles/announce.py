@@ -288,6 +288,19 @@ class TrackerService:
             "peers": answer_peers(answer, a.peer_id, None if placed is None else functools.partial(placed, a.cid)),
         }, booked
 
+    async def stop_unknown(self, doc: object, address: str, user: str | None, charge: bool = True) -> dict:
+        """A ``stopped`` for a content this edge does not know, such as a live segment it dropped as the window moved
+        on: the peer's record goes, with no lookup upstream (each was a 404 at the origin, counted against the peer's
+        bucket of unknown contents, and the stop refused: 400 of them in 4.5 min for 8 viewers of one live stream, an
+        adversarial session).  Nothing is booked: what the content was is not known here."""
+        a = parse_announce(doc)
+        async with self._reaching():
+            with tracker_refusals():
+                await self.tracker.stop(self.clock(), a.cid, a.peer_id, address, user, charge)
+        self.claims.forget((owner_of(address, user), a.peer_id), a.cid)
+        region = self.region_of(address)
+        return {"interval": self.interval, "region": region.name if region else None, "locality": self.locality, "peers": []}
+
     @contextlib.asynccontextmanager
     async def _reaching(self, recovers: bool = True) -> AsyncIterator[None]:
         """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too.

@@ -979,6 +979,12 @@ class Edge:
         unknown (``Tracker.unknown_wait``); past that, a 404 without a lookup."""
         assert self.tracker is not None
         doc, cid = announced_content(doc)
+        store = await self._store()
+        if doc.get("event") == "stopped" and store.manifest(cid) is None:  # nothing to look up to let a peer go
+            sender = access.authenticated(request, store.public_key, required=self.require_token)
+            answer = await self.tracker.stop_unknown(doc, request.remote or "", sender.user if sender else None, charge)
+            self.seeder.leave(self.region_name(request), cid, (request.remote or "", doc["peer_id"]))
+            return answer
         signed, grant = await self._announced(request, cid)
         try:
             latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing
