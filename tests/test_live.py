@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 
+import aiohttp
 import pytest
 from conftest import start_p2p_edge, start_peer, status, until
 
@@ -184,6 +185,36 @@ async def test_a_gateway_follows_an_encoder_started_again_through_the_swarm(tmp_
 
     await until(followed, 10, "the gateway following the new run's segment 0 through its swarm")
     assert await _get(http, f"{gateway}/live/seg00000.ts") == bytes([100]) * 20_000
+
+
+async def test_a_viewers_stop_for_a_segment_the_edge_dropped_is_taken_without_a_lookup(tmp_path, nodes, origin, published, regions, http):
+    """Each viewer's ``stopped`` for a segment the edge had dropped as the window moved on was looked up at the origin
+    (a 404 each: 400 in 4.5 min for 8 viewers of one stream), counted against the viewer's bucket of unknown contents,
+    and refused, so its record stayed until its ttl (an adversarial session with live HLS across a region)."""
+    live = published / "live"
+    live.mkdir()
+    t0 = int(time.time()) - 100
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    first = ""
+    for i in range(12):
+        _segment(live, i, t0)
+        _window(live, i)
+
+        async def names(want: bytes = f"seg{i:05d}.ts".encode()) -> bool:
+            async with http.get(f"{edge.url}/{PLAYLIST}") as resp:
+                return resp.status == 200 and want in await resp.read()
+
+        await until(names, 10, f"the edge's playlist naming segment {i}")
+        assert await _get(http, f"{edge.url}/live/seg{i:05d}.ts") == bytes([i]) * 20_000
+        if i == 0:
+            async with http.get(f"{edge.url}/manifest/live/seg00000.ts") as resp:
+                first = (await resp.json())["id"]
+    assert "live/seg00000.ts" not in await _held_segments(http, edge)  # dropped: over RETIRE_AFTER behind the window
+    body = {"peer_id": "viewer", "port": 9000, "content": first, "pieces": 1, "have": "gA==", "uploaded": 0, "downloaded": 0}
+    connector = aiohttp.TCPConnector(local_addr=("127.1.0.5", 0))
+    async with aiohttp.ClientSession(connector=connector) as s, s.post(edge.url + "/announce", json={**body, "event": "stopped"}) as r:
+        assert r.status == 200 and (await r.json())["peers"] == [], await r.text()
+    assert f"/content/{first}" not in origin.log_text()
 
 
 async def _held_segments(http, edge) -> set[str]:

@@ -198,26 +198,6 @@ async def test_announces_of_made_up_contents_are_looked_up_only_at_the_senders_r
     assert looked_up <= 200 + 20 * (time.monotonic() - started) + 1, looked_up
 
 
-async def test_a_stop_for_a_content_the_edge_no_longer_knows_is_taken_without_a_lookup(tmp_path, nodes, origin, published, http):
-    """A live segment the edge dropped as the window moved on: each viewer's ``stopped`` for it was looked up at the
-    origin (a 404 each: 400 in 4.5 min for 8 viewers of one stream), counted against the viewer's bucket of unknown
-    contents, and refused, so its record stayed until its ttl (an adversarial session).  A stop needs no manifest."""
-    edge = p2p_edge(nodes, tmp_path, origin)
-    gone = [f"{i:064x}" for i in range(1, 301)]  # more than the bucket of 200 lookups at once
-    async with session("127.0.0.9") as s:
-        for first in range(0, len(gone), 50):  # batches, as a peer sends them
-            body = {
-                "peer_id": "viewer",
-                "port": 9000,
-                "contents": [doc(cid, "viewer", event="stopped") for cid in gone[first : first + 50]],
-            }
-            code, answer, _ = await announce(s, edge.url, body)
-            assert code == 200 and all(one.get("peers") == [] for one in answer["contents"].values()), answer
-        assert (await announce(s, edge.url, doc("f" * 64, "viewer", event="started")))[0] == 404  # still looked up
-    assert "/content/" not in "".join(line for line in origin.log_text().splitlines() if "0000000000000000000001" in line)
-    assert origin.log_text().count("GET /content/") == 1  # the started one only
-
-
 async def test_a_tracker_at_its_record_bound_crowds_out_the_flood_first(tmp_path, nodes, origin, published, http):
     """Every per-address limit held, yet 2 000 addresses took an edge from 48 to 326 MB in 25 s (an adversarial
     session): ``--max-peer-records`` bounds the whole.  At it, a newcomer's record takes the place of one of the sender

@@ -96,6 +96,7 @@ from edgeswarm.trust.signing import load_or_create_private_key, public_pem
 
 log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
+LEFT_WINDOW_KEPT = 4096  # live segments dropped from a window whose peers' stops are taken without a lookup (about 2 h at 2 s)
 # a sibling's piece gains a second on SIBLING_TIMEOUT for each of these bytes received: one sending 17 KiB/s (upstream's
 # MIN_RATE floor) held each piece a leaf missed for 16 s, a success each time, and was asked first again (an adversarial
 # session: 1.3 MB in 30 s of a file the parent sent in 0.06 s); slower than this (2 Mbit/s), the parent is the better bet.
@@ -188,6 +189,7 @@ class Edge:
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
         self._bt_seed_counts: Recent[str, tuple[float, int]] = Recent(KEPT)  # info hash -> (when counted, its seeds)
+        self._left_window: Recent[str, None] = Recent(LEFT_WINDOW_KEPT)  # live segments dropped here: their stops need no lookup
         self.live = livewindow.LiveFollow()  # the live playlists served: their segments dropped once left behind
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
             Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
@@ -522,6 +524,7 @@ class Edge:
             store = await self._store()
             for gone in livewindow.drop(store, self.live.served(store, signed)[1]):
                 log.debug("dropped %s: it left the live window of %s", gone.manifest.path, signed.manifest.path)
+                self._left_window[gone.content_id] = None
 
     async def put_file(self, request: web.Request) -> web.Response:
         """A user publishes through this edge (roles/publish.py): the token checked here, the upload streamed to the parent."""
@@ -980,7 +983,7 @@ class Edge:
         assert self.tracker is not None
         doc, cid = announced_content(doc)
         store = await self._store()
-        if doc.get("event") == "stopped" and store.manifest(cid) is None:  # nothing to look up to let a peer go
+        if doc.get("event") == "stopped" and cid in self._left_window and store.manifest(cid) is None:  # gone everywhere
             sender = access.authenticated(request, store.public_key, required=self.require_token)
             answer = await self.tracker.stop_unknown(doc, request.remote or "", sender.user if sender else None, charge)
             self.seeder.leave(self.region_name(request), cid, (request.remote or "", doc["peer_id"]))
