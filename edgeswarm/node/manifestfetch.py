@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
+
+from aiohttp import web
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.collapse import Collapser
+from edgeswarm.node.daemon import answer_started
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MAX_MANIFEST, Busy, OutOfDescriptorsHere, Upstream, UpstreamError, busy, passed_on
 from edgeswarm.policy import live
@@ -119,9 +122,23 @@ class ManifestFetcher:
         self._withdrawn[path] = cid
         return HttpError(404, f"content {cid[:12]} ({path}) is no longer published")
 
-    def withdrawn(self, path: str, cid: str) -> bool:
-        """Did a source just say (``withdraw``) that it no longer publishes ``cid`` as ``path``?"""
-        return self._withdrawn.get(path) == cid
+    async def serving(
+        self,
+        request: web.Request,
+        signed: SignedManifest,
+        serve: Callable[[SignedManifest], Awaitable[web.StreamResponse]],
+        current: Callable[[], Awaitable[SignedManifest]],
+    ) -> web.StreamResponse:
+        """``serve(signed)``; or, when a source said meanwhile that it no longer publishes that version (a piece's or a
+        key's 404: ``withdraw``) and nothing went out yet, ``serve`` of the ``current`` one.  A 404 for a file that is
+        there was final to a player (an adversarial session: a file replaced by a rename at the origin).  Edges and
+        peers' gateways alike."""
+        try:
+            return await serve(signed)
+        except HttpError as exc:
+            if exc.status != 404 or answer_started(request) or self._withdrawn.get(signed.manifest.path) != signed.content_id:
+                raise
+        return await serve(await current())
 
     async def revalidate(self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str] | None = None) -> SignedManifest:
         """The current manifest of ``path`` from the first source that gives a good one; else the cached one, else HttpError.

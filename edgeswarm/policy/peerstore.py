@@ -191,14 +191,19 @@ class MemoryPeerStore:
         rec.upload_rate = next_rate(previous, rec.uploaded, now)
         if previous is not None:
             rec.first_seen = previous.first_seen
-            self._left(cid, previous)
-        swarm.put(rec)
-        self._joined(cid, rec)
+        self._insert(cid, rec)
         cutoff = now - self.ttl  # silent since the last expiry run: not handed out
         picked = swarm.sample(self._rng, sample + 1, draws)
         if next(iter(swarm.records.values())).last_seen < cutoff:  # the oldest record: are any silent at all?
             picked = [c for c in picked if c.last_seen >= cutoff]
         return Placed(len(swarm.records), picked)
+
+    def _insert(self, cid: str, rec: PeerRecord) -> None:
+        """``rec`` into its swarm, in place of its identity's record there, and the tallies with it (put, restore)."""
+        previous = self._swarms.setdefault(cid, _Swarm()).put(rec)
+        if previous is not None:
+            self._left(cid, previous)
+        self._joined(cid, rec)
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None:
         swarm = self._swarms.get(cid)
@@ -322,11 +327,7 @@ class MemoryPeerStore:
 
     def restore(self, cid: str, rec: PeerRecord, stats: tuple[int, ...] | None) -> None:
         """Put back a record ``records`` gave, its swarm's records in the order given (expiry reads them oldest first)."""
-        swarm = self._swarms.setdefault(cid, _Swarm())
-        previous = swarm.put(rec)
-        if previous is not None:
-            self._left(cid, previous)
-        self._joined(cid, rec)
+        self._insert(cid, rec)
         if stats is not None:
             self._stats[(cid, rec.key)] = (rec.last_seen, stats)
 

@@ -279,14 +279,14 @@ class TrackerService:
         if cut.excess:
             booked["claim_excess"] = cut.excess
         placed = self.placed
-        return {
-            "interval": self.interval,
-            "region": region.name if region else None,
-            "locality": self.locality,  # strict: peers take a subscriber as a neighbour once an answer names it
-            # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
-            # seeds the operator placed say so: a crowd behind one trades its first pieces, not from the edge (picker.py, "Startup")
-            "peers": answer_peers(answer, a.peer_id, None if placed is None else functools.partial(placed, a.cid)),
-        }, booked
+        # peer_id: never the user's name (that is the edge's business); then url, have, complete and region
+        # seeds the operator placed say so: a crowd behind one trades its first pieces, not from the edge (picker.py, "Startup")
+        return self._answer(region, answer_peers(answer, a.peer_id, None if placed is None else functools.partial(placed, a.cid))), booked
+
+    def _answer(self, region: Region | None, peers: list[dict[str, object]]) -> dict:
+        """An announce's answer: when to announce again, where the peer is, the locality and its neighbours."""
+        # strict locality: peers take a subscriber as a neighbour once an answer names it
+        return {"interval": self.interval, "region": region.name if region else None, "locality": self.locality, "peers": peers}
 
     async def stop_unknown(self, doc: object, address: str, user: str | None, charge: bool = True) -> dict:
         """A ``stopped`` for a content this edge does not know, such as a live segment it dropped as the window moved
@@ -298,8 +298,7 @@ class TrackerService:
             with tracker_refusals():
                 await self.tracker.stop(self.clock(), a.cid, a.peer_id, address, user, charge)
         self.claims.forget((owner_of(address, user), a.peer_id), a.cid)
-        region = self.region_of(address)
-        return {"interval": self.interval, "region": region.name if region else None, "locality": self.locality, "peers": []}
+        return self._answer(self.region_of(address), [])
 
     @contextlib.asynccontextmanager
     async def _reaching(self, recovers: bool = True) -> AsyncIterator[None]:

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
 from edgeswarm.node.collapse import Collapser
-from edgeswarm.node.daemon import ServerLimits, answer_started, make_app, serve_many
+from edgeswarm.node.daemon import ServerLimits, make_app, serve_many
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.looplag import LoopLag
 from edgeswarm.node.manifestfetch import ManifestFetcher
@@ -489,14 +489,9 @@ class Edge:
         may_fetch = self.may_fetch(request)
         grant = await self.grant(request, rel)  # before anything is fetched for it; the user is billed when a token is sent
         signed = await self.resolve(rel, may_fetch)
-        try:
-            return await self._serve(request, rel, signed, may_fetch, grant)
-        except HttpError as exc:
-            if exc.status != 404 or answer_started(request) or not self.manifests.withdrawn(rel, signed.content_id):
-                raise
-        # the parent replaced the version cached here (a piece of it was a 404) before anything went out: the new one, not
-        # a 404 for a file that is there (an adversarial session, a file replaced by a rename at the origin)
-        return await self._serve(request, rel, await self.resolve(rel, may_fetch), may_fetch, grant)
+        return await self.manifests.serving(
+            request, signed, lambda s: self._serve(request, rel, s, may_fetch, grant), lambda: self.resolve(rel, may_fetch)
+        )
 
     async def _serve(
         self, request: web.Request, rel: str, signed: SignedManifest, may_fetch: bool, grant: tokens.Grant | None
@@ -982,12 +977,13 @@ class Edge:
         unknown (``Tracker.unknown_wait``); past that, a 404 without a lookup."""
         assert self.tracker is not None
         doc, cid = announced_content(doc)
-        store = await self._store()
-        if doc.get("event") == "stopped" and cid in self._left_window and store.manifest(cid) is None:  # gone everywhere
-            sender = access.authenticated(request, store.public_key, required=self.require_token)
-            answer = await self.tracker.stop_unknown(doc, request.remote or "", sender.user if sender else None, charge)
-            self.seeder.leave(self.region_name(request), cid, (request.remote or "", doc["peer_id"]))
-            return answer
+        if doc.get("event") == "stopped" and cid in self._left_window:  # a live segment dropped here, gone upstream too
+            store = await self._store()
+            if store.manifest(cid) is None:
+                sender = access.authenticated(request, store.public_key, required=self.require_token)
+                answer = await self.tracker.stop_unknown(doc, request.remote or "", sender.user if sender else None, charge)
+                self.seeder.leave(self.region_name(request), cid, (request.remote or "", doc["peer_id"]))
+                return answer
         signed, grant = await self._announced(request, cid)
         try:
             latency = parse_latency(doc.get("have_latency"))  # before the tracker: a refused announce changes nothing

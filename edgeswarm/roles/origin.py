@@ -60,6 +60,11 @@ UNCAPPED = TokenBucket(None)  # the origin sends pieces to edges as fast as they
 DEFAULT_QUOTA = 1_000_000_000  # bytes a publishing user may keep published (--user-quota)
 
 
+def republishing(path: str) -> HttpError:
+    """A file that changed on disk, while its new version is hashed: a 503 to try again shortly, never a 404."""
+    return HttpError(503, f"{path} changed on disk and is being republished", {"Retry-After": "2"})
+
+
 class OriginSource:
     """Pieces read from the published file and checked against the manifest before they go out."""
 
@@ -86,9 +91,8 @@ class OriginSource:
         if data is None:
             self.origin.withdraw(self.entry)
             path = self.entry.signed.manifest.path
-            if path not in self.origin.catalog.by_path:  # deleted (404), or on its way again (503)
-                raise self.origin.unpublished(path)
-            raise HttpError(503, f"{path} changed on disk and is being republished", {"Retry-After": "2"})
+            # deleted (404) or on its way again (503); or published anew meanwhile: ask again
+            raise self.origin.unpublished(path) if path not in self.origin.catalog.by_path else republishing(path)
         return data
 
     def _read(self, index: int) -> bytes | None:
@@ -152,9 +156,7 @@ class Origin:
 
     def unpublished(self, rel: str) -> HttpError:
         """Why ``rel`` has no entry: being hashed again after it changed on disk (503, try again), or not published."""
-        if rel in self.catalog.republishing:
-            return HttpError(503, f"{rel} changed on disk and is being republished", {"Retry-After": "2"})
-        return HttpError(404, f"{rel} is not published")
+        return republishing(rel) if rel in self.catalog.republishing else HttpError(404, f"{rel} is not published")
 
     async def scan(self) -> None:
         for line in await self.catalog.scan():
@@ -249,7 +251,7 @@ class Origin:
                 raise HttpError(500, str(exc)) from None
         if not entry.unchanged():  # it was hashed as it changed: the next scan republishes it, and the next request makes it anew
             self.withdraw(entry)
-            raise HttpError(503, f"{entry.signed.manifest.path} changed on disk and is being republished", {"Retry-After": "2"})
+            raise republishing(entry.signed.manifest.path)
         torrent = sign(data, cid, self.key)
         for old in [c for c in self._torrents if c not in self.catalog.by_id]:  # withdrawn or replaced versions
             del self._torrents[old]

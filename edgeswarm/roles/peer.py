@@ -35,7 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 from edgeswarm.errors import HttpError
 from edgeswarm.node import sleepwatch
 from edgeswarm.node.collapse import Collapser
-from edgeswarm.node.daemon import PRIVATE, ServerLimits, answer_started, make_app, serve_many
+from edgeswarm.node.daemon import PRIVATE, ServerLimits, make_app, serve_many
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.manifestfetch import ManifestFetcher
 from edgeswarm.node.metrics import Metrics
@@ -1286,12 +1286,7 @@ class Peer:
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         rel = file_request_path(request.raw_path)
         signed = await self.resolve(rel)
-        try:
-            return await self._serve(request, signed)
-        except HttpError as exc:
-            if exc.status != 404 or answer_started(request) or not self.manifests.withdrawn(rel, signed.content_id):
-                raise
-        return await self._serve(request, await self.resolve(rel))  # its edge said a new version replaced it: that one (edge.py's twin)
+        return await self.manifests.serving(request, signed, lambda s: self._serve(request, s), lambda: self.resolve(rel))
 
     async def _serve(self, request: web.Request, signed: SignedManifest) -> web.StreamResponse:
         protection = signed.manifest.protection
