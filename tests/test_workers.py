@@ -463,20 +463,37 @@ async def test_status_answers_within_a_second_while_a_worker_hangs(tmp_path, nod
     for hung in (primary, other):
         os.kill(hung, signal.SIGSTOP)
         try:
-            for _ in range(20):  # a connection the kernel gives the hung worker waits: another is tried
-                try:
-                    async with asyncio.timeout(2.0):
-                        code, body, _ = await fresh("GET", edge.url + "/status")
-                except TimeoutError:
-                    continue
-                doc = json.loads(body)
-                assert code == 200 and doc["workers"]["answered"] == 1, body[:200]
-                assert doc["p2p"] is None if hung == primary else doc["p2p"]["store"] == "memory", doc["p2p"]
-                break
+            # A connection the kernel gives the hung worker waits, so three are tried at once: the first answer is
+            # taken. Rounds end before WEDGED_S, after which the supervisor kills the hung worker (CI, busy, once
+            # had five connections in a row go to it).
+            for _ in range(3):
+                code, body = await first_answer(edge.url + "/status", tries=3, within=2.0)
+                if code:
+                    break
             else:
                 raise AssertionError("no /status answered within 2 s")
+            doc = json.loads(body)
+            assert code == 200 and doc["workers"]["answered"] == 1, body[:200]
+            assert doc["p2p"] is None if hung == primary else doc["p2p"]["store"] == "memory", doc["p2p"]
         finally:
             os.kill(hung, signal.SIGCONT)
+
+
+async def first_answer(url: str, tries: int, within: float) -> tuple[int, bytes]:
+    """The first of ``tries`` GETs on connections of their own to answer within ``within`` s; (0, b"") if none."""
+    asks = [asyncio.create_task(fresh("GET", url)) for _ in range(tries)]
+    try:
+        for done in asyncio.as_completed(asks, timeout=within):
+            with contextlib.suppress(aiohttp.ClientError):
+                code, body, _ = await done
+                return code, body
+    except TimeoutError:
+        pass
+    finally:
+        for ask in asks:
+            ask.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+    return 0, b""
 
 
 def test_a_supervisors_private_directory_is_named_after_it_and_dead_ones_go(tmp_path, monkeypatch):
