@@ -244,23 +244,57 @@ async def test_a_gateway_whose_disk_is_full_still_serves_the_whole_file(tmp_path
         assert resp.status == 202 and "No space left on device" in (await resp.json()).get("cache_error", "")
 
 
-async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, tmpfs, nodes, origin, published):
-    """It went on fetching pieces it could not store, each thrown away and fetched again, until the stall timeout."""
-    make_file(published / "big.bin", 24 * MiB)  # more than the disk
-    await asyncio.sleep(0.5)
-    e = edge(nodes, tmp_path / "edge", origin.url)
-    out = tmp_path / "out.bin"
-    cmd = [sys.executable, "-m", "edgeswarm", "get", e.url + "/big.bin", "-o", str(out), "--cache", str(tmpfs), "--listen", "127.0.0.1:0"]
-    started = time.monotonic()
+async def get_when_published(cmd: list[str]) -> subprocess.CompletedProcess:
     for _ in range(50):  # the origin's scan publishes the file, then hashes it
         done = await asyncio.to_thread(run_cli, cmd, 60)
         if "no such file" not in done.stderr and "503" not in done.stderr:
-            break
+            return done
         await asyncio.sleep(0.2)
+    return done
+
+
+async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, tmpfs, nodes, origin, published):
+    """It went on fetching pieces it could not store, each thrown away and fetched again, until the stall timeout.
+    The file fits when the get starts (it checks); another writer fills the disk meanwhile."""
+    make_file(published / "big.bin", 16 * MiB)
+    await asyncio.sleep(0.5)
+    e = edge(nodes, tmp_path / "edge", origin.url, "--upload-limit", "2MB/s")  # 8 s: time to fill the disk meanwhile
+    out = tmp_path / "out.bin"
+    cmd = [sys.executable, "-m", "edgeswarm", "get", e.url + "/big.bin", "-o", str(out), "--cache", str(tmpfs), "--listen", "127.0.0.1:0"]
+    getting = asyncio.create_task(get_when_published(cmd))
+    while not any(tmpfs.glob("content/*/*.piece")):
+        assert not getting.done(), getting.result().stderr
+        await asyncio.sleep(0.05)
+    with contextlib.suppress(OSError), open(tmpfs / "filler", "wb") as f:
+        while True:
+            f.write(b"\0" * 65536)
+    filled = time.monotonic()
+    done = await getting
     assert done.returncode == 1 and f"cannot store pieces in the cache {tmpfs}" in done.stderr, done.stderr
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
-    assert time.monotonic() - started < 30, "it waited for the stall timeout"
+    assert time.monotonic() - filled < 30, "it waited for the stall timeout"
     assert not out.exists() and not list(out.parent.glob(".out.bin.*.part"))
+
+
+async def test_get_of_a_file_larger_than_the_free_space_fetches_nothing_and_says_so(tmp_path, tmpfs, nodes, origin, published):
+    """It filled the disk, then failed; its piece cache and its output each hold a copy until the end, so on one disk
+    (a temporary cache in /tmp beside -o /tmp/x) a file needs twice its size (an adversarial session)."""
+    make_file(published / "big.bin", 24 * MiB)  # more than the disk
+    make_file(published / "half.bin", 12 * MiB)  # fits once, not twice
+    await asyncio.sleep(0.5)
+    e = edge(nodes, tmp_path / "edge", origin.url)
+    for name, cache, out, said in [
+        ("big.bin", tmpfs / "c", tmp_path / "big.bin", "the piece cache need 24.0 MiB on the disk of"),
+        ("half.bin", tmpfs / "c", tmpfs / "half.bin", "the piece cache and the output need 24.0 MiB on the disk of"),
+        ("big.bin", tmp_path / "c", tmpfs / "d" / "big.bin", "the output need 24.0 MiB on the disk of"),
+    ]:
+        get = [sys.executable, "-m", "edgeswarm", "get", f"{e.url}/{name}", "-o", str(out), "--cache", str(cache)]
+        done = await get_when_published([*get, "--listen", "127.0.0.1:0"])
+        assert done.returncode == 1 and f"edgeswarm get: {name}: {said}" in done.stderr, done.stderr
+        assert "(--cache DIR and -o FILE choose the disks)" in done.stderr and "Traceback" not in done.stderr
+        assert not any(cache.glob("content/*/*.piece")) and not out.exists()
+    sent = json.loads((await asyncio.to_thread(curl, e.url + "/status")).stdout)["bytes_sent"]
+    assert sum(sent.values()) < MiB, sent  # manifests only
 
 
 def fill(disk: Path) -> Path:

@@ -117,11 +117,14 @@ async def download(
             signed = await peer.resolve(path)
         except HttpError as exc:
             raise GetError(f"{url}: {exc.message}") from None
-        peer.pinned.opened.verify_held(
-            signed.content_id
-        )  # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
-        swarm = peer.swarm(signed)
         out = OutputFile(output, signed.manifest)
+        # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
+        held = peer.pinned.opened.verify_held(signed.content_id)
+        cached = sum(signed.manifest.piece_span(i)[1] for i in held)
+        problem = space_problem(None if out.stream else out.target, cache, signed.manifest.size, cached)
+        if problem is not None:
+            raise GetError(f"{path}: {problem}")
+        swarm = peer.swarm(signed)
         try:
             if not signed.manifest.protection:  # protected pieces are written once the key has come, after the download
                 swarm.on_stored = out.put
@@ -144,6 +147,36 @@ async def download(
         return {**done, "key_learned": learned}
     finally:
         await servers.close()
+
+
+def space_problem(output: Path | None, cache: Path, size: int, cached: int) -> str | None:
+    """Why the disks cannot take this download, or None.  The piece cache needs what it lacks of the file and the
+    output the whole file, both on one disk if they share it: a temporary cache in /tmp (a tmpfs in RAM on Debian)
+    holds a copy until the end.  Checked before a piece is fetched: a get of a file larger than the free space filled
+    the disk, then failed (an adversarial session)."""
+    needs: dict[int, tuple[int, list[str], Path]] = {}  # device: bytes, for what, a folder on it
+    places = (("the piece cache", _existing(cache), size - cached), ("the output", _existing(output and output.parent), size))
+    for what, folder, need in places:
+        if folder is None or need <= 0:
+            continue
+        device = folder.stat().st_dev
+        total, whats, first = needs.get(device, (0, [], folder))
+        needs[device] = (total + need, [*whats, what], first)
+    for need, whats, folder in needs.values():
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            return (
+                f"{' and '.join(whats)} need {format_bytes(need)} on the disk of {folder}, which has {format_bytes(free)}"
+                " free (--cache DIR and -o FILE choose the disks)"
+            )
+    return None
+
+
+def _existing(path: Path | None) -> Path | None:
+    """``path`` or its nearest folder that exists (the output's folders are made once the first piece comes)."""
+    if path is None:
+        return None
+    return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
 async def _router_or_edge(
