@@ -12,7 +12,7 @@ import math
 import pytest
 
 from edgeswarm.policy import engine
-from edgeswarm.policy.engine import Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
+from edgeswarm.policy.engine import MAX_ANSWER_PEERS, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import MIN_PIECE
 from edgeswarm.sim.swarmsim import Crowd, simulate
@@ -860,3 +860,22 @@ def test_a_tracker_answer_naming_a_url_that_does_not_parse_raises_nothing():
     liar = e.neighbours["http://[::1"]
     e.ban(liar, "sent a corrupt piece 0")
     assert "http://[::1" in e.banned and not e.neighbours
+
+
+def test_a_sub_trackers_answer_is_taken_within_the_bounds_a_tracker_keeps():
+    """A lying promoted peer answered 200 dead ports at its own address, and the real seeds' ids at its own URLs:
+    the neighbour table filled with them every round and the real seeds went; a viewer took everything from the
+    edge (an adversarial session)."""
+    e, _ = make()
+    e.tracker_answer([{"peer_id": "seed", "url": "http://10.0.0.9:7000", "have": {0}, "same_region": True}])
+    lies = [{"peer_id": f"fake{i}", "url": f"http://10.6.6.6:{1 + i}", "have": {0, 1}, "same_region": True} for i in range(200)]
+    steal = {"peer_id": "seed", "url": "http://10.6.6.7:7000", "have": {0, 1}, "same_region": True}
+    e.tracker_answer([steal, *lies], from_edge=False)
+    assert sorted(e.neighbours) == ["http://10.0.0.9:7000", "http://10.6.6.6:1", "http://10.6.6.6:2"]
+    many = [{"peer_id": f"p{i}", "url": f"http://10.1.{i}.1:7000", "have": {0}, "same_region": True} for i in range(100)]
+    e.tracker_answer(many, from_edge=False)
+    assert len(e.neighbours) == 3 + MAX_ANSWER_PEERS  # what a tracker sends at most
+    e.tracker_answer([{**steal, "url": "http://10.0.0.9:7001"}], from_edge=False)  # restarted on another port
+    assert "http://10.0.0.9:7001" in e.neighbours and "http://10.0.0.9:7000" not in e.neighbours
+    e.tracker_answer([steal])  # an edge checks addresses: the id moved
+    assert "http://10.6.6.7:7000" in e.neighbours and "http://10.0.0.9:7001" not in e.neighbours

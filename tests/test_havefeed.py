@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.engine import Neighbour, refuse_subscriber
+from edgeswarm.policy.engine import Neighbour, refuse_neighbour
 from edgeswarm.protocol.havefeed import (
     BATCH,
     HEARTBEAT_LINE,
@@ -144,14 +144,14 @@ def test_reconnect_backoff_doubles_up_to_a_cap():
 
 def test_a_subscriber_cannot_take_a_known_id_nor_a_third_place_for_its_address():
     known = [Neighbour("a", "http://10.0.0.1:7000", True), Neighbour("b", "http://10.0.0.2:7000", True)]
-    assert refuse_subscriber(known, "c", "http://10.0.0.3:7000") is None
-    assert "already known" in refuse_subscriber(known, "a", "http://10.0.0.9:7000")  # a's id, claimed from elsewhere
+    assert refuse_neighbour(known, "c", "http://10.0.0.3:7000") is None
+    assert "already known" in refuse_neighbour(known, "a", "http://10.0.0.9:7000")  # a's id, claimed from elsewhere
     known.append(Neighbour("d", "http://10.0.0.3:7001", True))
-    assert refuse_subscriber(known, "e", "http://10.0.0.3:7002") is None  # a second place for 10.0.0.3
+    assert refuse_neighbour(known, "e", "http://10.0.0.3:7002") is None  # a second place for 10.0.0.3
     known.append(Neighbour("e", "http://10.0.0.3:7002", True))
-    assert "address has 2" in refuse_subscriber(known, "f", "http://10.0.0.3:7003")
+    assert "address has 2" in refuse_neighbour(known, "f", "http://10.0.0.3:7003")
     v6 = [Neighbour("g", "http://[2001:db8::1]:7000", True), Neighbour("h", "http://[2001:db8::2]:7000", True)]
-    assert refuse_subscriber(v6, "i", "http://[2001:db8::3]:7000"), "an IPv6 /64 counts as one address, as on the tracker"
+    assert refuse_neighbour(v6, "i", "http://[2001:db8::3]:7000"), "an IPv6 /64 counts as one address, as on the tracker"
 
 
 def test_one_address_takes_at_most_per_source_places():

@@ -56,6 +56,7 @@ MAX_FAILURES = 3  # consecutive failures before a peer is dropped
 HAVE_POLL = 1.0  # seconds between two asks of the /have of a neighbour without a HAVE stream
 MAX_SUBSCRIPTIONS = 32  # neighbours' HAVE streams kept open at once; the others are polled
 MAX_NEIGHBOURS = 128  # known at once per content: tracker answers and subscribers add, idle ones make room
+MAX_ANSWER_PEERS = 30  # of one tracker answer, the first taken: what a tracker sends at most (tracker.max_answer)
 SEED_WAIT = 2.0  # seconds after an edge's 204 ("trade with your region") before asking /seed again
 # A live segment is 2 s of play and its player holds one segment ahead: a reader blocked on a piece that a peer has
 # been sending for 0.75 s, or that nobody has brought after 0.5 s, goes to the edge too (the whole-file figures, 2 s
@@ -321,11 +322,16 @@ class Engine:
         self.host.changed()  # workers of a complete download wait for nothing but this
 
     # -- who else has it -------------------------------------------------------------------
-    def tracker_answer(self, answer: list[dict[str, Any]]) -> None:
+    def tracker_answer(self, answer: list[dict[str, Any]], from_edge: bool = True) -> None:
         """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``, and ``"placed"``: a seed
-        the operator placed (preheat), which a starting reader does not count (picker.py, "Startup")."""
-        for p in answer:
-            n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"])
+        the operator placed (preheat), which a starting reader does not count (picker.py, "Startup").
+
+        Taken within the bounds an honest tracker keeps (MAX_ANSWER_PEERS, PER_ADDRESS), whoever sent it: a lying
+        promoted peer's sub-tracker answers of 200 dead ports at its own address filled the table every round,
+        pushing out the real seeds, and a viewer took everything from the edge (an adversarial session).  Only an
+        edge (``from_edge``), which checks addresses, moves a known id to another address (``add_neighbour``)."""
+        for p in answer[:MAX_ANSWER_PEERS]:
+            n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"], moves=from_edge)
             if n is not None:
                 n.same_region = p["same_region"]  # the tracker knows regions; a subscriber only claims one
                 n.region_claim = None
@@ -336,28 +342,31 @@ class Engine:
         self.host.changed()
 
     def add_neighbour(
-        self, peer_id: str, url: str, same_region: bool, subscriber: bool = False, claim: str | None = None
+        self, peer_id: str, url: str, same_region: bool, subscriber: bool = False, claim: str | None = None, moves: bool = False
     ) -> Neighbour | None:
-        """A neighbour from the tracker, or one that subscribed to us (``claim``: the region it says); None if it may not be one.
+        """A neighbour from a tracker, or one that subscribed to us (``claim``: the region it says); None if it may not be one.
 
         Neighbours are known by URL, which the tracker and our own listener
         build from the address a connection came from; the id is only what a
-        peer states.  So a subscriber stating the id of a peer known at
-        another URL is not taken for it (the tracker, which checks addresses,
-        moves an id), and no address gets more than ``PER_ADDRESS``
-        neighbours, as no address gets more of a tracker answer.
+        peer states.  So an id known at another URL moves there only when an
+        edge's answer says so (``moves``: the edge checks addresses) or, from
+        a sub-tracker, within its address (a restart on a new port); a
+        subscriber stating it is not taken for that peer.  No address gets
+        more than ``PER_ADDRESS`` neighbours, as no address gets more of a
+        tracker answer.
         """
         if peer_id == self.self_id or host_of(url) in self.banned:
             return None
         n = self.neighbours.get(url)
         if n is not None:
             return n
-        if subscriber and (why := refuse_subscriber(self.neighbours.values(), peer_id, url)):
-            log.info("subscriber %s at %s is not taken as a neighbour: %s", peer_id[:64], url, why)
-            return None
         known = next((m for m in self.neighbours.values() if m.peer_id == peer_id), None)
-        if known is not None:  # the tracker checked the address: the id moved (a restart on a new port)
+        if known is not None and not subscriber and (moves or same_address(known.url, url)):
             self.drop(known)
+        if why := refuse_neighbour(self.neighbours.values(), peer_id, url):
+            if subscriber:
+                log.info("subscriber %s at %s is not taken as a neighbour: %s", peer_id[:64], url, why)
+            return None
         if len(self.neighbours) >= MAX_NEIGHBOURS and not self._forget_one():
             return None
         n = self.neighbours[url] = Neighbour(peer_id, url, same_region, region_claim=claim if subscriber else None)
@@ -863,19 +872,24 @@ class Engine:
         self.staff()
 
 
-def refuse_subscriber(neighbours: Iterable[Neighbour], peer_id: str, url: str) -> str | None:
-    """Why a subscriber at a new ``url`` may not become a neighbour, or None if it may.
+def refuse_neighbour(neighbours: Iterable[Neighbour], peer_id: str, url: str) -> str | None:
+    """Why a peer at a new ``url`` may not become a neighbour, or None if it may.
 
     The id is only what it states: one known at another URL stays that
     peer's.  Its address may have ``PER_ADDRESS`` neighbours, as it may have
     that many places in a tracker answer.
     """
-    group, same_address = address_group(host_of(url)), 0
+    group, crowd = address_group(host_of(url)), 0
     for m in neighbours:
         if m.peer_id == peer_id:
             return f"id already known at {m.url}"
-        same_address += address_group(host_of(m.url)) == group
-    return f"its address has {PER_ADDRESS} neighbours already" if same_address >= PER_ADDRESS else None
+        crowd += address_group(host_of(m.url)) == group
+    return f"its address has {PER_ADDRESS} neighbours already" if crowd >= PER_ADDRESS else None
+
+
+def same_address(url: str, other: str) -> bool:
+    """Two neighbour URLs at one address (group): a peer restarted on another port, or two behind one NAT."""
+    return address_group(host_of(url)) == address_group(host_of(other))
 
 
 def host_of(url: str) -> str:

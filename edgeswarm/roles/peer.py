@@ -1267,7 +1267,7 @@ class Peer:
         peers = self._buildable(peers)
         swarm = self.swarms.get(cid)
         if swarm is not None:
-            swarm.update_neighbours(peers)
+            swarm.update_neighbours(peers, from_edge=edge is not None)
 
     def _buildable(self, peers: list[dict]) -> list[dict]:
         """The peers of an answer at URLs a tracker builds (``tracker.peer_url_problem``); the others said (throttled)."""

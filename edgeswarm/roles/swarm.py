@@ -132,9 +132,10 @@ class Swarm:
             self.engine.read_done(index)
 
     # -- who else has it -------------------------------------------------------------
-    def update_neighbours(self, answer: list[dict]) -> None:
-        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``."""
-        self.engine.tracker_answer(answer)
+    def update_neighbours(self, answer: list[dict], from_edge: bool = True) -> None:
+        """Peers from a tracker answer: ``{"peer_id", "url", "have": set[int], "same_region"}``; an edge's or, if not
+        ``from_edge``, a sub-tracker's."""
+        self.engine.tracker_answer(answer, from_edge)
         for n in list(self.engine.neighbours.values()):
             self._subscribe(n)
 
