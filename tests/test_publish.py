@@ -538,3 +538,92 @@ def test_publish_to_a_web_server_that_is_no_edge_says_so_at_once(tmp_path):
         server.shutdown()
     assert got.returncode == 1 and "as an HTML page: no edgeswarm edge answers with one" in got.stderr, got.stderr
     assert "<html" not in got.stderr.lower() and "retries" not in got.stderr
+
+
+def slowed(monkeypatch, obj, name: str, seconds: float) -> None:
+    """``obj.name`` (run in a thread by the publisher) made slower: the window two requests at once met in, widened."""
+    real = getattr(obj, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, slow)
+
+
+async def test_two_uploads_of_one_path_at_once_never_share_a_part(publisher, monkeypatch, http):
+    """Both got past the in-progress check while the first's check_placeable ran in a thread: their bodies went into
+    one part (400 SHA-256 mismatch for a client that sent the right bytes, or a 500 with a traceback; a review)."""
+    slowed(monkeypatch, publisher.catalog, "check_placeable", 0.3)
+    a, b = os.urandom(300_000), os.urandom(300_000)
+    app = make_app(Metrics("origin"))
+    app.router.add_put("/" + PATH, publisher.put)
+    async with serve_app(app) as port:
+        url, alice = f"http://127.0.0.1:{port}/users/alice/same.bin", token_for(publisher, "alice")
+        got = await asyncio.gather(*(put(http, url, alice, body, len(body), sha(body)) for body in (a, b)))
+    assert sorted(code for code, _ in got) == [201, 409], got
+    assert "already in progress" in next(text for code, text in got if code == 409)
+    won = a if got[0][0] == 201 else b
+    assert (publisher.catalog.root / "users/alice/same.bin").read_bytes() == won
+
+
+async def test_two_status_queries_of_a_whole_part_at_once_publish_it_once(publisher, monkeypatch, http):
+    """A part the origin held whole when it stopped is finished by the next status query; two at once both finished
+    it, and the second's 409 "No such file or directory; nothing was kept" ended its publish, the file published."""
+    body = os.urandom(300_000)
+    held = publisher.staging.open("alice", "users/alice/whole.bin", len(body), sha(body), True)
+    held.part.write_bytes(body)
+    slowed(monkeypatch, publisher.staging, "find", 0.3)
+    app = make_app(Metrics("origin"))
+    app.router.add_put("/" + PATH, publisher.put)
+    async with serve_app(app) as port:
+        url, alice = f"http://127.0.0.1:{port}/users/alice/whole.bin", token_for(publisher, "alice")
+        query = {"Content-Range": f"bytes */{len(body)}"}
+        got = await asyncio.gather(*(put(http, url, alice, b"", len(body), sha(body), query) for _ in range(2)))
+    assert sorted(code for code, _ in got) == [201, 202], got  # the other: all bytes held, being checked (ask again)
+    assert (publisher.catalog.root / "users/alice/whole.bin").read_bytes() == body
+
+
+async def test_a_name_of_255_bytes_publishes_across_file_systems(tmp_path, small_disk, http):
+    """Across file systems the upload is copied to a hidden name beside its place, which was 12 bytes longer than the
+    name: every byte sent, then 409 "File name too long; nothing was kept" (an adversarial session)."""
+    key = Ed25519PrivateKey.generate()
+    catalog = Catalog(small_disk, tmp_path / "catalog.json", key)
+    publisher = Publisher(key.public_key(), catalog, Staging(tmp_path / "uploads"), QuotaPolicy(QUOTA))
+    name = "é" * 126 + "x.b"  # 255 bytes
+    assert len(name.encode()) == MAX_SEGMENT_BYTES == 255
+    code, text = await put_on(publisher, http, b"long", name)
+    assert code == 201, text
+    assert (small_disk / "users/alice" / name).read_bytes() == b"long" and files_under(small_disk) == [f"users/alice/{name}"]
+
+
+HUNG = web.AppKey("hung", set)
+
+
+async def test_publish_through_a_hung_edge_says_so_and_gives_up_within_its_timeouts(tmp_path):
+    """Every answer was waited for as long as the origin may hash a whole file (660 s), a status query's too: through
+    a stopped edge `publish` sat silent for 11 minutes a request, an hour in all (an adversarial session)."""
+    from edgeswarm.roles import uploader
+
+    async def hang(request: web.Request) -> web.Response:
+        app[HUNG].add(asyncio.current_task())
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app[HUNG] = set()
+    app.router.add_put("/{tail:.*}", hang)
+    (tmp_path / "up.bin").write_bytes(b"x" * 1000)
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
+    said: list[str] = []
+    async with serve_app(app) as port:
+        job = uploader.Job(tmp_path / "up.bin", f"http://127.0.0.1:{port}", "users/alice/up.bin", token, retries=1, timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(uploader.PublishError, match="gave up after 1 retries"):
+            async with asyncio.timeout(30):
+                await uploader.publish(job, on_retry=said.append)
+        took = time.monotonic() - started
+        for hung in list(app[HUNG]):  # the server's shutdown waits for them
+            hung.cancel()
+    assert took < 10, took
+    assert said == [f"http://127.0.0.1:{port} did not answer within 1 s; retry 1 of 1 in 1 s, from the origin's offset"], said

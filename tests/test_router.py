@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import curl, make_file
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edgeswarm.trust import tokens
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
 EAST_CLIENT, WEST_CLIENT = "127.1.0.5", "127.2.0.5"
@@ -115,6 +118,10 @@ def test_each_region_goes_to_its_edges_and_curl_follows_to_an_identical_file(dep
     got = ask(router, "/films/a.bin", EAST_CLIENT, "-L", "-o", str(out), "-w", "%{http_code} %{num_redirects}")
     assert got.stdout == b"200 1", got.stderr
     assert out.read_bytes() == deployment["data"]
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/users/alice/", 3600, scopes=["publish"])
+    cmd = [sys.executable, "-m", "edgeswarm", "publish", str(out), "--edge", router.url, "--token", token, "--no-progress"]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)  # it printed "405 405: Method Not Allowed"
+    assert got.returncode == 1 and "405 a router takes no uploads: publish through an edge (GET /edges" in got.stderr, got.stderr
 
 
 @needs_tools

@@ -91,4 +91,8 @@ async def _run(job, quiet: bool):
     columns = (TextColumn(f"publish {job.path}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, disable=quiet or not err.is_terminal) as bar:
         task = bar.add_task("bytes", total=job.file.stat().st_size)
-        return await uploader.publish(job, lambda n: bar.advance(task, n), lambda offset: bar.update(task, completed=offset))
+
+        def retrying(why: str) -> None:  # one line each, above the bar on a terminal
+            err.print(f"edgeswarm publish: {why}", markup=False, highlight=False, soft_wrap=True)
+
+        return await uploader.publish(job, lambda n: bar.advance(task, n), lambda offset: bar.update(task, completed=offset), retrying)

@@ -111,15 +111,15 @@ class Publisher:
             raise HttpError(403, f"this origin accepts no uploads from user {grant.user} (its --user-quota is 0)")
         key = (grant.user, rel)
         if declared.query:  # answered even while a request appends: the offset so far
-            return await self._query(grant.user, rel, declared, busy=key in self._busy)
+            return await self._query(grant.user, rel, declared)
         if key in self._busy:
             raise HttpError(409, f"an upload of /{rel} is already in progress: wait for it, then ask for the offset", {"Retry-After": "2"})
+        self._busy.add(key)  # before any await: two requests at once both got in, their bodies in one part (a review)
         try:
-            await asyncio.to_thread(self.catalog.check_placeable, rel)
-        except OSError as exc:  # before a byte of the body: no retry of it changes that
-            raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
-        self._busy.add(key)
-        try:
+            try:
+                await asyncio.to_thread(self.catalog.check_placeable, rel)
+            except OSError as exc:  # before a byte of the body: no retry of it changes that
+                raise HttpError(409, f"cannot publish /{rel}: {exc.strerror or exc}; nothing was kept") from None
             return await self._put(request, grant.user, rel, declared)
         finally:
             self._busy.discard(key)
@@ -183,10 +183,12 @@ class Publisher:
                 f"cannot store /{rel[:200]}: the origin's {what} is full ({exc.strerror}); nothing was kept, try again later",
             ) from None
 
-    async def _query(self, user: str, rel: str, declared: upload.Declared, busy: bool) -> web.Response:
+    async def _query(self, user: str, rel: str, declared: upload.Declared) -> web.Response:
         """A status query: the bytes held of this very file (0 if another was declared), after the quota check it will meet.
 
-        A part already whole (the origin stopped before finishing it) is finished now: 201.
+        A part already whole (the origin stopped before finishing it) is finished now: 201; unless a request is
+        appending to it or finishing it (busy, looked at after the await: two queries at once both finished it, and
+        the second's 409 "No such file" ended its publish, the file published).
         """
         self.quota.check(user, self._published_by(user), self.staging.pending(user), rel, declared.length)
         held = await asyncio.to_thread(self.staging.find, user, rel)
@@ -197,7 +199,7 @@ class Publisher:
                 return _created(done[3])  # published already: the client missed the answer (a timeout, a dropped edge)
             return _incomplete(0, declared.length)
         offset = held.offset()
-        if offset < held.length or busy:
+        if offset < held.length or (user, rel) in self._busy:
             return _incomplete(offset, declared.length)
         self._busy.add((user, rel))
         try:

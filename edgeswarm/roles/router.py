@@ -173,6 +173,11 @@ class Router:
         return max(1, round(self.config.poll_interval))
 
     # -- HTTP ----------------------------------------------------------------------------------
+    async def no_upload(self, request: web.Request) -> web.Response:
+        """``PUT /<path>``: a router forwards no body, and a redirect of one is not followed by every client:
+        ``edgeswarm publish --edge ROUTER`` printed "405 405: Method Not Allowed" (an adversarial session)."""
+        raise HttpError(405, "a router takes no uploads: publish through an edge (GET /edges lists them)", {"Allow": "GET, HEAD"})
+
     async def redirect(self, request: web.Request) -> web.Response:
         """``/<path>``: 302 to the chosen edge, the request target kept as it came (query too), but for a raw ``#``,
         which a Location would start its fragment with (the client then asked the edge for the name's start: an
@@ -530,6 +535,7 @@ class Router:
         app.router.add_post("/register", self.post_register)
         dashboard.mount(app, page=dashboard.ROUTER_PAGE)  # before the catch-all: /dashboard is the router's own
         app.router.add_get("/" + PATH, self.redirect)  # HEAD too
+        app.router.add_put("/" + PATH, self.no_upload)
 
         async def lifecycle(app: web.Application):
             self.session = aiohttp.ClientSession(

@@ -32,7 +32,7 @@ from edgeswarm.trust import tls
 
 READ = 1 << 16
 DEFAULT_CHUNK = 8 << 20
-FINISH_WAIT = 660.0  # the edge may wait 600 s for the origin to hash a large file after its last byte
+FINISH_WAIT = 660.0  # the edge may wait 600 s for the origin to hash a large file after its last byte: asked meanwhile
 
 
 class PublishError(EdgeswarmError):
@@ -96,15 +96,24 @@ class _Attempt(EdgeswarmError):
 
 
 async def publish(
-    job: Job, on_bytes: Callable[[int], None] = lambda n: None, on_offset: Callable[[int], None] = lambda n: None
+    job: Job,
+    on_bytes: Callable[[int], None] = lambda n: None,
+    on_offset: Callable[[int], None] = lambda n: None,
+    on_retry: Callable[[str], None] = lambda why: None,
 ) -> Published:
-    """Send ``job.file`` to ``job.edge`` as ``job.path``; ``on_offset`` hears each offset the origin reports, ``on_bytes`` each block sent."""
+    """Send ``job.file`` to ``job.edge`` as ``job.path``; ``on_offset`` hears each offset the origin reports, ``on_bytes``
+    each block sent, ``on_retry`` why a request is retried and when.
+
+    Each answer is waited for ``job.timeout``, the last chunk's too: an origin still hashing the whole file then says
+    so to the status query that follows (busy: the offset at the end), which is asked every 2 s up to FINISH_WAIT.
+    Waiting FINISH_WAIT for every answer left a publish through a hung edge silent for 11 minutes a request, an hour
+    in all (an adversarial session)."""
     length = job.file.stat().st_size
     sha = await asyncio.to_thread(file_sha256, job.file)
     url = file_url(job.edge, job.path)
     base = {"Authorization": f"Bearer {job.token}", upload.LENGTH_HEADER: str(length), upload.SHA256_HEADER: sha}
     context: ssl.SSLContext | bool = tls.client_context(job.ca) or True  # ValueError naming a CA file it cannot read
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=max(job.timeout, FINISH_WAIT))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=job.timeout, sock_read=job.timeout)
     failures = 0
     checking = 0.0  # seconds spent asking while the origin checks a whole upload
     sent = 0
@@ -137,8 +146,10 @@ async def publish(
                     raise PublishError(_answer(r.status, text))
             except aiohttp.ClientConnectorCertificateError as exc:  # no retry verifies it
                 raise PublishError(f"{job.edge}'s TLS certificate does not verify: {exc.certificate_error}") from None
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise _Attempt(client_error_text(exc, job.edge)) from None
+            except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
+                raise _Attempt(f"{job.edge} did not answer within {job.timeout:g} s") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _Attempt(f"{job.edge}: {client_error_text(exc, job.edge)}") from None
 
         offset: int | None = None
         reached = 0  # the furthest offset the origin has reported: only an answer past it gives the retries back
@@ -183,7 +194,9 @@ async def publish(
                 failures += 1
                 if failures > job.retries:
                     raise PublishError(f"gave up after {job.retries} retries: {exc}") from None
-                await asyncio.sleep(min(8.0, 0.5 * 2**failures))
+                pause = min(8.0, 0.5 * 2**failures)
+                on_retry(f"{exc}; retry {failures} of {job.retries} in {pause:g} s, from the origin's offset")
+                await asyncio.sleep(pause)
                 offset = None  # ask where to go on from
 
 

@@ -637,7 +637,7 @@ class Catalog:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            hidden = target.with_name(f".{target.name}.publishing")
+            hidden = target.with_name(_hidden_name(target.name, "publishing"))
             try:
                 shutil.copyfile(staged, hidden)
                 os.replace(hidden, target)
@@ -683,3 +683,11 @@ def _utf8(text: str) -> bool:
 def _hidden(rel: str) -> bool:
     """A path with a hidden segment (``.x``: the origin's state, users' uploads in progress): never published."""
     return any(segment.startswith(".") for segment in rel.split("/"))
+
+
+def _hidden_name(name: str, what: str) -> str:
+    """A hidden name beside ``name`` for a copy in progress, within NAME_MAX (255 bytes) whatever ``name``'s length:
+    ``.NAME.publishing`` refused a 244-255-byte name after its whole upload ("File name too long", an adversarial
+    session).  Its first 200 bytes, and a hash of the whole so that two long names sharing them do not meet."""
+    raw = os.fsencode(name)
+    return f".{raw[:200].decode(errors='ignore')}.{hashlib.sha256(raw).hexdigest()[:8]}.{what}"

@@ -145,7 +145,12 @@ def publish_grant(
             raise tokens.TokenError(401, "publishing needs a token with the publish scope: send Authorization: Bearer TOKEN")
         g = _verified(raw, public_key)
         if placed and g.region is not None and region is None:
-            raise tokens.TokenError(403, f"this token is for region {g.region}, and this node cannot place you in a region")
+            raise tokens.TokenError(
+                403,
+                f"this token is for region {g.region}, and this node cannot place you in a region (the upload came from "
+                f"{request.remote}: through a tier of edges, the edge below, which is in no region; publish tokens for "
+                "tiers are issued without --region)",
+            )
         tokens.authorize_publish(g, rel_path, region if placed else None)
         return g
     except tokens.TokenError as exc:
