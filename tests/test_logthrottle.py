@@ -1,6 +1,7 @@
 """Throttle and ThrottledLog: a flood of one kind of log line costs a few lines and one summary."""
 
 import asyncio
+import contextlib
 import logging
 
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
@@ -55,3 +56,17 @@ async def test_a_bursts_summary_is_written_though_no_line_follows_it(caplog):
         flushing.cancel()
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["refused 0", "refused 1", "suppressed 5 similar lines: refusals"], lines
+
+
+async def test_what_the_last_windows_held_back_is_said_when_the_node_stops(caplog):
+    """2 000 refusals and then SIGTERM within the window: 20 lines and no sum, the rest gone (an adversarial session)."""
+    quiet = ThrottledLog(logging.getLogger("test.stop"), Throttle(burst=2, interval=60.0))
+    running = quiet.while_running(30.0)(None)
+    with caplog.at_level(logging.INFO, logger="test.stop"):
+        await anext(running)
+        for n in range(2000):
+            quiet.log(logging.INFO, "refusals", "refused %d", n)
+        with contextlib.suppress(StopAsyncIteration):
+            await anext(running)  # the app's cleanup
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["refused 0", "refused 1", "suppressed 1998 similar lines: refusals"], lines

@@ -184,6 +184,10 @@ async def test_disk_full_edge_serves_the_whole_file_and_a_resume_is_exact(tmp_pa
     assert shutil.disk_usage(tmpfs).free < 2 * PIECE  # the disk really was full
     st = json.loads((await asyncio.to_thread(curl, e.url + "/status")).stdout)  # said where the operator looks, not only in the log
     assert "No space left on device" in st.get("cache_error", ""), st.get("cache_error")
+    assert st["cache_write_failures"] > 0  # and where an alert looks (an adversarial session: only /status said it)
+    metrics = (await asyncio.to_thread(curl, e.url + "/metrics")).stdout.decode()
+    failures = re.search(r"^edgeswarm_cache_write_failures_total (\S+)$", metrics, re.M)
+    assert failures and float(failures.group(1)) > 0, metrics[:2000]
 
 
 def fill_inodes(mnt: Path) -> int:

@@ -18,6 +18,7 @@ import socket
 import tempfile
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,6 +135,36 @@ async def test_two_workers_of_one_edge_hand_each_other_peers_out(tmp_path, nodes
                     assert {p["url"] for p in (await r.json())["peers"]} == set(took)
                     break
     assert (await status(http, edge.url))["p2p"]["regions"]["east"]["peers"] == 13
+
+
+@pytest.mark.integration
+async def test_a_burst_of_peers_passed_on_to_the_primary_gets_no_503(tmp_path, nodes, origin, published, http):
+    """A worker passes peers' /piece and /announce to the primary over a unix socket of its own, a connection each:
+    400 at once overflowed aiohttp's listen queue of 128, and a third of those worker 1 took got 503 "the primary
+    worker did not answer", the primary idle (an adversarial session)."""
+    make_file(published / "f.bin", 4 * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, "--p2p")
+    cid = await content_id(http, edge.url, "f.bin")
+    async with http.get(edge.url + "/f.bin") as r:
+        assert r.status == 200 and len(await r.read()) == 4 * PIECE  # cached
+    go = asyncio.Event()
+
+    async def ask(i: int) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as s:
+            await go.wait()  # released together, as a crowd's
+            async with s.get(f"{edge.url}/piece/{cid}/0", headers={"X-Edgeswarm-Peer": f"p{i}"}) as r:
+                await r.read()
+                return r.status, r.headers.get(WORKER_HEADER, "")
+
+    for _ in range(6):  # one burst in three or four showed it
+        go.clear()
+        asks = [asyncio.create_task(ask(i)) for i in range(400)]
+        await asyncio.sleep(0.5)
+        go.set()
+        got = await asyncio.gather(*asks)
+        assert {code for code, _ in got} <= {200, 429}, Counter(got)  # 429: the upload gate's choke of so many at once
+        assert {worker for _, worker in got} == {"0", "1"}  # both took some
+    assert "did not answer" not in edge.log_text()
 
 
 @pytest.mark.integration

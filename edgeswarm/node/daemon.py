@@ -609,6 +609,12 @@ class _Runner(web.AppRunner):
         )
 
 
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn, 4096 by default): aiohttp's 128 made a
+# burst of 400 peers' requests that a worker passes on to the primary fail a third of them at its unix socket with 503
+# "did not answer", the primary idle (an adversarial session); on TCP, the dropped connects wait a second's retransmit
+BACKLOG = 4096
+
+
 class _Site(web.TCPSite):
     """A TCPSite whose TLS handshakes must end within ``handshake_timeout`` (--header-timeout).
 
@@ -769,6 +775,7 @@ class Servers:
                     reuse_port=self.reuse_port or None,
                     ssl_context=tls,
                     handshake_timeout=self.limits.header_timeout,
+                    backlog=BACKLOG,
                 )
                 await site.start()
             except OSError as exc:
@@ -786,7 +793,7 @@ class Servers:
 
     async def add_unix(self, path: str) -> None:
         """Serve the first app on a unix socket as well, under the same connection policy (a worker's private door)."""
-        await web.UnixSite(self._runners[0], path).start()
+        await web.UnixSite(self._runners[0], path, backlog=BACKLOG).start()
 
     async def close(self) -> None:
         """Stop serving: every site stops listening at once, then the servers' requests in flight get

@@ -45,10 +45,11 @@ class Throttle:
         window.held += 1
         return False
 
-    def due(self, now: float) -> list[tuple[str, int]]:
-        """(kind, lines held back) for every window that has ended with lines held back, each reported once."""
+    def due(self, now: float, ending: bool = False) -> list[tuple[str, int]]:
+        """(kind, lines held back) for every window that has ended with lines held back, each reported once; with
+        ``ending`` (the node stops), every window's."""
         for kind, window in list(self._windows.items()):
-            if now - window.start >= self.interval:
+            if ending or now - window.start >= self.interval:
                 self._end(kind)
         out, self._held = list(self._held.items()), {}
         return out
@@ -80,9 +81,9 @@ class ThrottledLog:
         self._levels[kind] = level
         return self.throttle.admit(kind, self.clock())
 
-    def flush(self) -> None:
-        """Log one summary line for each kind that had lines held back in an interval now over."""
-        for kind, held in self.throttle.due(self.clock()):
+    def flush(self, ending: bool = False) -> None:
+        """Log one summary line for each kind that had lines held back in an interval now over (``ending``: in any)."""
+        for kind, held in self.throttle.due(self.clock(), ending):
             self.logger.log(self._levels.get(kind, logging.INFO), "suppressed %d similar lines: %s", held, kind)
 
     def flushing(self, every: float) -> asyncio.Task[None]:
@@ -105,5 +106,6 @@ class ThrottledLog:
             flushing = self.flushing(every)
             yield
             flushing.cancel()
+            self.flush(ending=True)  # what the last windows held back: 2 000 refusals before a stop left 20 lines, no sum
 
         return run

@@ -50,7 +50,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
 from edgeswarm.node.carried import Carried
-from edgeswarm.node.daemon import ServerLimits, Servers, client_gone, gone_how, shown, tag_log_lines, text_error
+from edgeswarm.node.daemon import BACKLOG, ServerLimits, Servers, client_gone, gone_how, shown, tag_log_lines, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Collected
 from edgeswarm.node.registrar import Registration
@@ -165,7 +165,7 @@ async def _worker(
         if slot.index == 0:
             await servers.add_unix(slot.primary_path)
         await private.setup()
-        await web.UnixSite(private, slot.socket_path(slot.index)).start()
+        await web.UnixSite(private, slot.socket_path(slot.index), backlog=BACKLOG).start()
         if registration is not None:
             registration.on_bound("https" if ssl_context is not None else "http", *bound[""])
         log.info("edge worker %d of %d (pid %d) serving", slot.index, slot.count, os.getpid())
@@ -474,6 +474,7 @@ def merge_status(primary: dict[str, Any], others: list[dict[str, Any] | None], c
     return _with_counts(doc, totals)
 
 
+_FLAT_COUNTS = ("evicted_pieces", "cache_write_failures")  # a /status counter that is one number
 _SEP = "\x1f"  # between the parts of a /status counter's key (_status_counts): never in a name, a kind or a status
 
 
@@ -488,8 +489,9 @@ def _status_counts(doc: dict[str, Any]) -> dict[str, float]:
             counts[f"responses_by_endpoint{_SEP}{endpoint}{_SEP}{status}"] = n
     for r in doc.get("bytes_received", []):
         counts[f"bytes_received{_SEP}{r['kind']}{_SEP}{r['source']}"] = r["bytes"]
-    if "evicted_pieces" in doc:
-        counts["evicted_pieces"] = doc["evicted_pieces"]
+    for key in _FLAT_COUNTS:
+        if key in doc:
+            counts[key] = doc[key]
     return counts
 
 
@@ -508,7 +510,7 @@ def _with_counts(doc: dict[str, Any], totals: dict[str, float]) -> dict[str, Any
             by_endpoint.setdefault(parts[0], {})[parts[1]] = int(n)
         elif key == "bytes_received":
             received[(parts[0], _SEP.join(parts[1:]))] = int(n)
-        elif key == "evicted_pieces" and key in doc:
+        elif key in _FLAT_COUNTS and key in doc:
             doc[key] = int(n)
     if "responses_by_endpoint" in doc:
         doc["responses_by_endpoint"] = by_endpoint

@@ -183,6 +183,7 @@ class PieceStore:
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
         self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
         self._write_failed = 0.0  # when a write last failed (monotonic)
+        self.write_failures = 0  # writes refused since start: /metrics says what /status's cache_error says
         self.evicted_pieces = 0
         self._next_scan = 0.0  # worker mode: when the directory may next be scanned for others' contents
         self.corrupt_pieces = 0
@@ -435,6 +436,7 @@ class PieceStore:
             log.warning("piece store %s: cannot write (%s); nothing is cached until writes succeed again", self.root, exc.strerror or exc)
         self.write_error = str(exc.strerror or exc)
         self._write_failed = time.monotonic()
+        self.write_failures += 1
         return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
     def _write(self, path: str | Path, data: bytes, marked: bool = False) -> None:
