@@ -606,3 +606,21 @@ async def test_a_peer_holds_its_announces_for_a_shed_answers_retry_after(tmp_pat
         await asyncio.sleep(4.5)
         asked = sorted(shedding.announces)
     assert asked and all(b - a >= 4.5 for a, b in itertools.pairwise(asked)), [round(t - asked[0], 2) for t in asked]
+
+
+async def test_a_peer_hears_its_edges_504_when_the_origin_hangs(tmp_path, nodes, origin, published):
+    """The edge waits its parent 10 s (--timeout) and the peer waited the edge 10 s: the peer's timeout fired in the
+    millisecond of the edge's 504 naming the hung origin, and the peer set the edge aside as unreachable (an
+    adversarial session).  Everything at its defaults."""
+    make_file(published / "f.bin", 4 * PIECE)
+    await asyncio.sleep(0.5)
+    async with Misbehaving(origin.url) as parent:
+        e = edge(nodes, tmp_path / "edge", parent.url)
+        peer = nodes.start("peer", "--cache", str(tmp_path / "peer"), "--edge", e.url, "--gateway", "127.0.0.1:0", name="peer")
+        head = await asyncio.to_thread(curl, "-f", "-I", "--retry", "5", "--retry-all-errors", f"{peer.urls['gateway']}/f.bin")
+        assert head.returncode == 0, head.stderr  # its manifest, through the edge
+        parent.hang = True  # pieces from here on
+        await asyncio.to_thread(curl, "-o", "/dev/null", "--max-time", "14", peer.urls["gateway"] + "/f.bin")
+        log = peer.log_text()
+    assert f"{e.url} answered 504 for piece" in log, log[-3000:]
+    assert "did not answer /piece" not in log, log[-3000:]

@@ -102,6 +102,9 @@ RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is c
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
+EDGE_SLACK = 2.0  # seconds an edge's piece answer gets over our timeout: its own fetch upstream has the same 10 s (its
+# --timeout), and its 504 naming a hung origin came in the millisecond our timeout fired: the edge was set aside and
+# said unreachable for the origin's hang (an adversarial session)
 PEER_HEAD_TIMEOUT = 5.0  # seconds for a neighbour to start answering a piece request: its head goes at once even
 # when the body waits its turn under an upload cap (serving.send_piece); one that holds it is a stall, dropped at once
 MAX_RELAYED_PIECE = 16 * 1024 * 1024  # a piece a promoted peer relays for a content it does not hold: the largest of files to 32 GiB
@@ -590,6 +593,7 @@ class Peer:
                 url,
                 f"/piece/{cid}/{index}",
                 headers,
+                None if to_peer else self.upstream.timeout + EDGE_SLACK,
                 limit=signed.manifest.piece_span(index)[1],
                 head_timeout=PEER_HEAD_TIMEOUT if to_peer else None,
             )
