@@ -613,6 +613,7 @@ async def test_a_peer_hears_its_edges_504_when_the_origin_hangs(tmp_path, nodes,
     millisecond of the edge's 504 naming the hung origin, and the peer set the edge aside as unreachable (an
     adversarial session).  Everything at its defaults."""
     make_file(published / "f.bin", 4 * PIECE)
+    make_file(published / "g.bin", PIECE)  # its manifest asked for once the origin hangs
     await asyncio.sleep(0.5)
     async with Misbehaving(origin.url) as parent:
         e = edge(nodes, tmp_path / "edge", parent.url)
@@ -621,6 +622,9 @@ async def test_a_peer_hears_its_edges_504_when_the_origin_hangs(tmp_path, nodes,
         assert head.returncode == 0, head.stderr  # its manifest, through the edge
         parent.hang = True  # pieces from here on
         await asyncio.to_thread(curl, "-o", "/dev/null", "--max-time", "14", peer.urls["gateway"] + "/f.bin")
+        new = await asyncio.to_thread(curl, "-w", "\n%{http_code}", "--max-time", "20", peer.urls["gateway"] + "/g.bin")
         log = peer.log_text()
     assert f"{e.url} answered 504 for piece" in log, log[-3000:]
     assert "did not answer /piece" not in log, log[-3000:]
+    said = new.stdout.decode()  # the edge's words for a manifest too: its parent hangs
+    assert f"edge {e.url} answered 504 for g.bin" in said and f"{parent.url} did not answer" in said, said

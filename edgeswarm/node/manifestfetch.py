@@ -93,8 +93,10 @@ class ManifestFetcher:
         role: str,
         user_credential: bool = False,
         on_failure: Callable[[str], None] | None = None,
+        timeout: float | None = None,
     ):
         self.upstream, self.metrics, self.ranking = upstream, metrics, ranking  # the node's: a failing source ranks lower
+        self.timeout = timeout  # a source's answer, at most (None: the upstream's); a peer gives its edge's 504 time to come
         self.revalidate_after = revalidate
         self.role = role
         self.user_credential = user_credential
@@ -222,7 +224,7 @@ class ManifestFetcher:
         """One source's manifest of ``path``: checked and stored; HttpError to pass on as it is, UpstreamError to try another."""
         who = f"{self.role} {source}"
         conditional = {"If-None-Match": cached.etag} if cached else {}
-        reply = await self.upstream.get(source, manifest_url(path), {**headers, **conditional}, limit=MAX_MANIFEST)
+        reply = await self.upstream.get(source, manifest_url(path), {**headers, **conditional}, self.timeout, limit=MAX_MANIFEST)
         if reply.status == 304 and cached is not None:
             return cached
         if reply.status == 404:
@@ -250,7 +252,7 @@ class ManifestFetcher:
         """The manifest with content id ``cid`` from ``source`` (``/content/<id>``), checked and stored; else HttpError."""
         who = f"{self.role} {source}"
         try:
-            reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", limit=MAX_MANIFEST)
+            reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", None, self.timeout, limit=MAX_MANIFEST)
         except UpstreamError as exc:
             raise HttpError(exc.status, exc.message) from None
         if reply.status != 200:

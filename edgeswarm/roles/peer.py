@@ -102,7 +102,7 @@ RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is c
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
-EDGE_SLACK = 2.0  # seconds an edge's piece answer gets over our timeout: its own fetch upstream has the same 10 s (its
+EDGE_SLACK = 2.0  # seconds an edge's answer (a piece, a manifest) gets over our timeout: its own fetch upstream has the same 10 s (its
 # --timeout), and its 504 naming a hung origin came in the millisecond our timeout fired: the edge was set aside and
 # said unreachable for the origin's hang (an adversarial session)
 PEER_HEAD_TIMEOUT = 5.0  # seconds for a neighbour to start answering a piece request: its head goes at once even
@@ -324,7 +324,14 @@ class Peer:
         self.down_bucket = TokenBucket(config.download_limit)  # the access link's downstream, for the lab
         self.metrics = Metrics("peer")
         self.manifests = ManifestFetcher(
-            self.upstream, self.metrics, self.ranking, REVALIDATE, "edge", user_credential=True, on_failure=self._edge_unreachable
+            self.upstream,
+            self.metrics,
+            self.ranking,
+            REVALIDATE,
+            "edge",
+            user_credential=True,
+            on_failure=self._edge_unreachable,
+            timeout=self.upstream.timeout + EDGE_SLACK,
         )
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.pinned.on_drop = self.metrics.forget_content
