@@ -74,6 +74,7 @@ async def test_a_hung_edge_costs_a_read_one_second_at_most_not_its_timeout(tmp_p
             assert 0.9 < waits[0] < 1.5 and max(waits[1:]) < 0.3, waits  # the 2 s timeout is nobody's wait
             assert parent.manifest_asks == asks + 1  # one ask, then the edge is set aside
             assert peer.metrics.events[("stale_manifest", "")] == 8
+            await asyncio.sleep(2.5)  # the ask's end: 4 s after it began (the timeout and peer.EDGE_SLACK, an edge's)
             parent.hung = False
             b = parent.publish("a.txt", b"b" * 300_000, 1_700_000_100)  # republished, and the edge answers again
             peer.ranking.revive(parent.url)
