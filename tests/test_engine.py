@@ -875,7 +875,7 @@ def test_a_sub_trackers_answer_is_taken_within_the_bounds_a_tracker_keeps():
     many = [{"peer_id": f"p{i}", "url": f"http://10.1.{i}.1:7000", "have": {0}, "same_region": True} for i in range(100)]
     e.tracker_answer(many, from_edge=False)
     assert len(e.neighbours) == 3 + MAX_ANSWER_PEERS  # what a tracker sends at most
-    e.tracker_answer([{**steal, "url": "http://10.0.0.9:7001"}], from_edge=False)  # restarted on another port
+    e.tracker_answer([{**steal, "url": "http://10.0.0.9:1"}], from_edge=False)  # its id at a dead port of its address
+    assert "http://10.0.0.9:7000" in e.neighbours and "http://10.0.0.9:1" not in e.neighbours  # a review's variant
+    e.tracker_answer([{**steal, "url": "http://10.0.0.9:7001"}])  # an edge checks addresses: the id moved (a restart)
     assert "http://10.0.0.9:7001" in e.neighbours and "http://10.0.0.9:7000" not in e.neighbours
-    e.tracker_answer([steal])  # an edge checks addresses: the id moved
-    assert "http://10.6.6.7:7000" in e.neighbours and "http://10.0.0.9:7001" not in e.neighbours

@@ -1,9 +1,12 @@
 """Throttle and ThrottledLog: a flood of one kind of log line costs a few lines and one summary."""
 
 import asyncio
-import contextlib
 import logging
 
+import aiohttp
+import pytest
+
+from edgeswarm.node import logthrottle
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 
 
@@ -49,7 +52,7 @@ async def test_a_bursts_summary_is_written_though_no_line_follows_it(caplog):
     (an adversarial session).  ``flushing`` writes it on time."""
     quiet = ThrottledLog(logging.getLogger("test.quiet"), Throttle(burst=2, interval=0.1))
     with caplog.at_level(logging.INFO, logger="test.quiet"):
-        flushing = quiet.flushing(0.05)
+        flushing = asyncio.create_task(logthrottle.flushing(0.05))  # as a node's servers run it, for every throttled log
         for n in range(7):
             quiet.log(logging.INFO, "refusals", "refused %d", n)
         await asyncio.sleep(0.3)
@@ -58,15 +61,26 @@ async def test_a_bursts_summary_is_written_though_no_line_follows_it(caplog):
     assert lines == ["refused 0", "refused 1", "suppressed 5 similar lines: refusals"], lines
 
 
-async def test_what_the_last_windows_held_back_is_said_when_the_node_stops(caplog):
+def test_what_the_last_windows_held_back_is_said_when_the_node_stops(caplog):
     """2 000 refusals and then SIGTERM within the window: 20 lines and no sum, the rest gone (an adversarial session)."""
     quiet = ThrottledLog(logging.getLogger("test.stop"), Throttle(burst=2, interval=60.0))
-    running = quiet.while_running(30.0)(None)
     with caplog.at_level(logging.INFO, logger="test.stop"):
-        await anext(running)
         for n in range(2000):
             quiet.log(logging.INFO, "refusals", "refused %d", n)
-        with contextlib.suppress(StopAsyncIteration):
-            await anext(running)  # the app's cleanup
+        logthrottle.flush_every()
+        assert len(caplog.records) == 2  # the window is not over
+        logthrottle.flush_every(ending=True)  # as a node's servers do when they close
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["refused 0", "refused 1", "suppressed 1998 similar lines: refusals"], lines
+
+
+@pytest.mark.integration
+async def test_a_node_stopped_within_a_window_says_what_it_held_back(origin):
+    """An origin sent 2 000 404s and was stopped within 10 s: its log had 20 lines and no sum (an adversarial session)."""
+    async with aiohttp.ClientSession() as http:
+        for n in range(60):
+            async with http.get(f"{origin.url}/missing-{n}.bin") as r:
+                assert r.status == 404
+    await asyncio.to_thread(origin.stop)
+    log = origin.log_text()
+    assert "suppressed 40 similar lines: 404 answers" in log, log[-2000:]

@@ -627,3 +627,39 @@ async def test_publish_through_a_hung_edge_says_so_and_gives_up_within_its_timeo
             hung.cancel()
     assert took < 10, took
     assert said == [f"http://127.0.0.1:{port} did not answer within 1 s; retry 1 of 1 in 1 s, from the origin's offset"], said
+
+
+async def test_publish_waits_out_a_last_chunk_the_origin_checks_for_long_without_a_failure(tmp_path):
+    """The origin hashes a large upload after its last byte, longer than the client's timeout: that was a retry line
+    reading "did not answer", and one of the retries spent (a review)."""
+    from edgeswarm.roles import uploader
+
+    done = {"cid": ""}
+
+    async def origin(request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Range", "").startswith("bytes */"):  # a status query
+            if done["cid"]:
+                doc = {"path": "users/alice/up.bin", "size": 1000, "sha256": "s", "content_id": done["cid"]}
+                return web.json_response(doc, status=201)
+            return web.json_response({"offset": 0}, status=202, headers={"Upload-Offset": "0"})
+        assert len(body) == 1000
+        done["cid"] = "c" * 64
+        app[HUNG].add(asyncio.current_task())
+        await asyncio.sleep(3600)  # hashing, as far as the client can tell
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app[HUNG] = set()
+    app.router.add_put("/{tail:.*}", origin)
+    (tmp_path / "up.bin").write_bytes(b"x" * 1000)
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
+    said: list[str] = []
+    async with serve_app(app) as port:
+        job = uploader.Job(tmp_path / "up.bin", f"http://127.0.0.1:{port}", "users/alice/up.bin", token, retries=0, timeout=1.0)
+        async with asyncio.timeout(30):
+            published = await uploader.publish(job, on_retry=said.append)
+        for hung in list(app[HUNG]):
+            hung.cancel()
+    assert published.content_id == "c" * 64  # with no retry to spend
+    assert said == ["all 1000 bytes sent, no answer within 1 s: asking whether the origin is still checking them"], said

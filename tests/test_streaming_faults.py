@@ -288,15 +288,20 @@ async def test_get_of_a_file_larger_than_the_free_space_fetches_nothing_and_says
     await asyncio.sleep(0.5)
     e = edge(nodes, tmp_path / "edge", origin.url)
     for name, cache, out, said in [
-        ("big.bin", tmpfs / "c", tmp_path / "big.bin", "the piece cache need 24.0 MiB on the disk of"),
+        ("big.bin", tmpfs / "c", tmp_path / "big.bin", "the piece cache needs 24.0 MiB on the disk of"),
         ("half.bin", tmpfs / "c", tmpfs / "half.bin", "the piece cache and the output need 24.0 MiB on the disk of"),
-        ("big.bin", tmp_path / "c", tmpfs / "d" / "big.bin", "the output need 24.0 MiB on the disk of"),
+        ("big.bin", tmp_path / "c", tmpfs / "d" / "big.bin", "the output needs 24.0 MiB on the disk of"),
     ]:
         get = [sys.executable, "-m", "edgeswarm", "get", f"{e.url}/{name}", "-o", str(out), "--cache", str(cache)]
         done = await get_when_published([*get, "--listen", "127.0.0.1:0"])
         assert done.returncode == 1 and f"edgeswarm get: {name}: {said}" in done.stderr, done.stderr
         assert "(--cache DIR and -o FILE choose the disks)" in done.stderr and "Traceback" not in done.stderr
         assert not any(cache.glob("content/*/*.piece")) and not out.exists()
+    with open(tmpfs / "half.bin", "wb") as stdout:  # -o - > FILE, a review: standard output is a file on that disk
+        cmd = [sys.executable, "-m", "edgeswarm", "get", f"{e.url}/half.bin", "-o", "-", "--cache", str(tmpfs / "c")]
+        done = await asyncio.to_thread(subprocess.run, [*cmd, "--listen", "127.0.0.1:0"], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    said = "the piece cache and the output need 24.0 MiB on the disk of"
+    assert done.returncode == 1 and said in done.stderr and (tmpfs / "half.bin").stat().st_size == 0, done.stderr
     sent = json.loads((await asyncio.to_thread(curl, e.url + "/status")).stdout)["bytes_sent"]
     assert sum(sent.values()) < MiB, sent  # manifests only
 

@@ -40,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node import logthrottle
 from edgeswarm.node.connlimit import FLOOR, ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import OTHER, Metrics, endpoint_class
@@ -168,7 +169,6 @@ def make_app(metrics: Metrics, cors: CorsPolicy | None = None, scrape: Literal["
     app = web.Application(middlewares=[errors, pages, *options, cut_after_start], client_max_size=64 * 1024)
     app[METRICS] = metrics  # for what no route sees: aiohttp's answers to requests it cannot parse (_Handler.handle_error)
     app.on_response_prepare.append(_note_started)
-    app.cleanup_ctx.append(refusals.while_running(10.0))
     if enabled is not None:
         app.on_response_prepare.append(_cors_headers(enabled))
     app.router.add_get("/healthz", _ok)
@@ -736,6 +736,7 @@ class Servers:
         self.limits = limits or ServerLimits()
         self._runners: list[_Runner] = []
         self._sweeper: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None  # the throttled logs' summaries
 
     async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
         """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
@@ -751,6 +752,7 @@ class Servers:
         accept_one_pass(loop)
         dump_tasks_on_sigusr1(loop, self.role)
         self._sweeper = asyncio.create_task(conns.sweep())
+        self._flusher = asyncio.create_task(logthrottle.flushing())
         bound = {}
         for n, (app, host, port, label) in enumerate(sites):
             tls = self.ssl_context if n == 0 else None
@@ -807,3 +809,6 @@ class Servers:
         for runner in reversed(self._runners):
             await runner.drain_within(deadline - time.monotonic())
         self._runners.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            logthrottle.flush_every(ending=True)

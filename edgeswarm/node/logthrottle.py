@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -68,6 +69,7 @@ class ThrottledLog:
         self.throttle = throttle
         self.clock = clock
         self._levels: dict[str, int] = {}
+        _EVERY.add(self)
 
     def log(self, level: int, kind: str, msg: str, *args: object) -> None:
         """Log ``msg % args`` unless this kind already had its share of lines in this interval."""
@@ -86,26 +88,21 @@ class ThrottledLog:
         for kind, held in self.throttle.due(self.clock(), ending):
             self.logger.log(self._levels.get(kind, logging.INFO), "suppressed %d similar lines: %s", held, kind)
 
-    def flushing(self, every: float) -> asyncio.Task[None]:
-        """A task that calls ``flush`` every ``every`` seconds until cancelled (by an app's cleanup): the summary of a
-        burst came only with the next line of its kind, and after a flood that ended, never (an adversarial session)."""
 
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(every)
-                self.flush()
+_EVERY: weakref.WeakSet[ThrottledLog] = weakref.WeakSet()  # this process's: flushed together (``flush_every``)
+FLUSH_EVERY = 10.0  # seconds between two looks for summaries due
 
-        return asyncio.get_running_loop().create_task(keep())
 
-    def while_running(self, every: float) -> Callable[[object], AsyncIterator[None]]:
-        """An aiohttp cleanup context (``app.cleanup_ctx``): ``flushing`` for as long as the app runs.  A plain
-        generator, not a context manager nested in one: asyncio closes it at shutdown when a start-up failed, and a
-        nested one then raised "generator didn't stop after athrow()" with a traceback (CI)."""
+def flush_every(ending: bool = False) -> None:
+    """Every throttled log's summaries due; with ``ending`` (the node stops), of what each window held back so far: a
+    burst's summary came only with the next line of its kind, after a flood that ended never, and at a stop inside
+    a window it was lost (2 000 refusals, 20 lines, no sum: adversarial sessions)."""
+    for one in list(_EVERY):
+        one.flush(ending)
 
-        async def run(_: object) -> AsyncIterator[None]:
-            flushing = self.flushing(every)
-            yield
-            flushing.cancel()
-            self.flush(ending=True)  # what the last windows held back: 2 000 refusals before a stop left 20 lines, no sum
 
-        return run
+async def flushing(every: float = FLUSH_EVERY) -> None:
+    """``flush_every`` every ``every`` seconds, until cancelled (a node's servers run it: daemon.Servers)."""
+    while True:
+        await asyncio.sleep(every)
+        flush_every()

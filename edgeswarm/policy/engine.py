@@ -349,11 +349,13 @@ class Engine:
         Neighbours are known by URL, which the tracker and our own listener
         build from the address a connection came from; the id is only what a
         peer states.  So an id known at another URL moves there only when an
-        edge's answer says so (``moves``: the edge checks addresses) or, from
-        a sub-tracker, within its address (a restart on a new port); a
-        subscriber stating it is not taken for that peer.  No address gets
-        more than ``PER_ADDRESS`` neighbours, as no address gets more of a
-        tracker answer.
+        edge's answer says so (``moves``: the edge checks addresses; a peer
+        restarted on a new port is moved by the edge's next answer); not on a
+        sub-tracker's word, even within one address (a liar listing each seed's
+        id at a dead port of the seed's own address dropped every live seed,
+        each round: a review), nor on a subscriber's.  No address gets more
+        than ``PER_ADDRESS`` neighbours, as no address gets more of a tracker
+        answer.
         """
         if peer_id == self.self_id or host_of(url) in self.banned:
             return None
@@ -361,7 +363,7 @@ class Engine:
         if n is not None:
             return n
         known = next((m for m in self.neighbours.values() if m.peer_id == peer_id), None)
-        if known is not None and not subscriber and (moves or same_address(known.url, url)):
+        if known is not None and moves:
             self.drop(known)
         if why := refuse_neighbour(self.neighbours.values(), peer_id, url):
             if subscriber:
@@ -885,11 +887,6 @@ def refuse_neighbour(neighbours: Iterable[Neighbour], peer_id: str, url: str) ->
             return f"id already known at {m.url}"
         crowd += address_group(host_of(m.url)) == group
     return f"its address has {PER_ADDRESS} neighbours already" if crowd >= PER_ADDRESS else None
-
-
-def same_address(url: str, other: str) -> bool:
-    """Two neighbour URLs at one address (group): a peer restarted on another port, or two behind one NAT."""
-    return address_group(host_of(url)) == address_group(host_of(other))
 
 
 def host_of(url: str) -> str:

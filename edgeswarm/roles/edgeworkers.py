@@ -201,7 +201,6 @@ class WorkerLink:
 
     def install(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._middleware)
-        app.cleanup_ctx.append(self.quiet.while_running(60.0))
         app.on_response_prepare.append(self._mark)
 
     async def _mark(self, _: web.Request, response: web.StreamResponse) -> None:

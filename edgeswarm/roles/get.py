@@ -121,7 +121,7 @@ async def download(
         # a rerun refetches what changed on disk; in the loop, as the store is not thread-safe
         held = peer.pinned.opened.verify_held(signed.content_id)
         cached = sum(signed.manifest.piece_span(i)[1] for i in held)
-        problem = space_problem(None if out.stream else out.target, cache, signed.manifest.size, cached)
+        problem = space_problem(out.disk_place(), cache, signed.manifest.size, cached)
         if problem is not None:
             raise GetError(f"{path}: {problem}")
         swarm = peer.swarm(signed)
@@ -149,34 +149,44 @@ async def download(
         await servers.close()
 
 
-def space_problem(output: Path | None, cache: Path, size: int, cached: int) -> str | None:
+def space_problem(output: Path | int | None, cache: Path, size: int, cached: int) -> str | None:
     """Why the disks cannot take this download, or None.  The piece cache needs what it lacks of the file and the
-    output the whole file, both on one disk if they share it: a temporary cache in /tmp (a tmpfs in RAM on Debian)
-    holds a copy until the end.  Checked before a piece is fetched: a get of a file larger than the free space filled
-    the disk, then failed (an adversarial session)."""
-    needs: dict[int, tuple[int, list[str], Path]] = {}  # device: bytes, for what, a folder on it
-    places = (("the piece cache", _existing(cache), size - cached), ("the output", _existing(output and output.parent), size))
-    for what, folder, need in places:
-        if folder is None or need <= 0:
-            continue
-        device = folder.stat().st_dev
-        total, whats, first = needs.get(device, (0, [], folder))
-        needs[device] = (total + need, [*whats, what], first)
-    for need, whats, folder in needs.values():
-        free = shutil.disk_usage(folder).free
+    output (a path, or standard output's descriptor when it is a file: ``-o - > FILE``) the whole file, both on one
+    disk if they share it: a temporary cache in /tmp (a tmpfs in RAM on Debian) holds a copy until the end.  Checked
+    before a piece is fetched: a get of a file larger than the free space filled the disk, then failed (an
+    adversarial session)."""
+    disks: dict[int, tuple[int, str]] = {}  # device: free bytes, where
+    needs: dict[int, list[tuple[str, int]]] = {}  # device: (for what, bytes)
+    for what, place, need in (("the piece cache", cache, size - cached), ("the output", output, size)):
+        disk = _disk(place)
+        if disk is not None and need > 0:
+            device, free, where = disk
+            disks.setdefault(device, (free, where))
+            needs.setdefault(device, []).append((what, need))
+    for device, wants in needs.items():
+        free, where = disks[device]
+        need = sum(n for _, n in wants)
         if need > free:
-            return (
-                f"{' and '.join(whats)} need {format_bytes(need)} on the disk of {folder}, which has {format_bytes(free)}"
-                " free (--cache DIR and -o FILE choose the disks)"
-            )
+            who = " and ".join(what for what, _ in wants) + (" need" if len(wants) > 1 else " needs")
+            return f"{who} {format_bytes(need)} on the disk of {where}, which has {format_bytes(free)} free (--cache DIR and -o FILE choose the disks)"
     return None
 
 
-def _existing(path: Path | None) -> Path | None:
-    """``path`` or its nearest folder that exists (the output's folders are made once the first piece comes)."""
-    if path is None:
+def _disk(place: Path | int | None) -> tuple[int, int, str] | None:
+    """(device, free bytes, its name) of the disk a path would be written on (its nearest folder that exists: the
+    output's folders are made once the first piece comes), or of a descriptor's file; None: not a disk file."""
+    if place is None:
         return None
-    return next((p for p in (path, *path.parents) if p.exists()), None)
+    if isinstance(place, int):
+        st = os.fstat(place)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a pipe, a terminal, /dev/null
+        vfs = os.fstatvfs(place)
+        return st.st_dev, vfs.f_bavail * vfs.f_frsize, "standard output"
+    folder = next((p for p in (place, *place.parents) if p.exists()), None)
+    if folder is None:
+        return None
+    return folder.stat().st_dev, shutil.disk_usage(folder).free, str(folder)
 
 
 async def _router_or_edge(
@@ -298,6 +308,13 @@ class OutputFile:
         self.error: OSError | None = None  # the first write that failed: the download stops with it
         self.fd: int | None = None
         self.done = False
+
+    def disk_place(self) -> Path | int | None:
+        """Where the output's bytes land on a disk: the target's folder, standard output's descriptor, or a special
+        file's path (a device or pipe: no disk, ``_disk``)."""
+        if str(self.path) == "-":
+            return sys.stdout.fileno()
+        return self.path if self.stream else self.target.parent
 
     def _open(self) -> int:
         if self.fd is None:

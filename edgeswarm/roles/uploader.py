@@ -95,6 +95,10 @@ class _Attempt(EdgeswarmError):
     """A failure worth a retry: the network, or a 5xx."""
 
 
+class _Checking(EdgeswarmError):
+    """The last byte went, and no answer came within the timeout: the origin may be hashing a large file (asked next)."""
+
+
 async def publish(
     job: Job,
     on_bytes: Callable[[int], None] = lambda n: None,
@@ -147,11 +151,14 @@ async def publish(
             except aiohttp.ClientConnectorCertificateError as exc:  # no retry verifies it
                 raise PublishError(f"{job.edge}'s TLS certificate does not verify: {exc.certificate_error}") from None
             except TimeoutError:  # aiohttp's socket timeouts are TimeoutErrors too
+                if end == length and end > start and not waited_once:  # the whole file is there: no failure, once
+                    raise _Checking() from None
                 raise _Attempt(f"{job.edge} did not answer within {job.timeout:g} s") from None
             except (aiohttp.ClientError, OSError) as exc:
                 raise _Attempt(f"{job.edge}: {client_error_text(exc, job.edge)}") from None
 
         offset: int | None = None
+        waited_once = False  # a last chunk's answer that did not come was taken for the origin's hashing
         reached = 0  # the furthest offset the origin has reported: only an answer past it gives the retries back
         while True:
             sent_from = offset or 0  # where this request's bytes start (a file of 0 bytes: its only request)
@@ -190,6 +197,9 @@ async def publish(
                     reached, failures = offset, 0
                 if offset >= length:
                     offset = None  # whole: ask until the origin has checked it
+            except _Checking:
+                on_retry(f"all {length} bytes sent, no answer within {job.timeout:g} s: asking whether the origin is still checking them")
+                offset, waited_once = None, True  # a second time counts as a failure: an edge that never answers a last chunk
             except _Attempt as exc:
                 failures += 1
                 if failures > job.retries:
