@@ -294,6 +294,31 @@ async def test_close_writes_what_is_left(target: str):
     assert [r[7] for r in stored(target)] == [9]
 
 
+@pytest.mark.integration
+async def test_a_locked_table_holds_no_write_for_long_nor_the_edges_stop(pg_database: str, caplog):  # noqa: F811
+    """A table an operator locked (LOCK TABLE, VACUUM FULL) held the write for good: no warning, pending() read 0 with
+    three downloads unwritten, and the edge ignored SIGTERM for 60 s (an adversarial session; a partition that drops
+    the server's answers did the same, which the connection's keepalives and TCP user timeout now end)."""
+    ledger = Ledger(pg_database, "edge-a", flush_interval=3600)
+    await ledger.start()
+    with psycopg.connect(pg_database) as locker:
+        locker.execute("LOCK TABLE usage IN ACCESS EXCLUSIVE MODE")  # held until this connection's transaction ends
+        ledger.add("alice", "c1", "/a", "east", "edge_sent", 7, when=T0)
+        with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+            flushing = asyncio.create_task(ledger.flush())
+            await asyncio.sleep(0.5)
+            assert ledger.pending() == 1  # the row in the waiting write is still pending
+            await asyncio.wait_for(flushing, 20)  # the lock timeout (10 s) ends it
+            assert ledger.pending() == 1 and "cannot write usage" in caplog.text and "lock timeout" in caplog.text
+            ledger.add("bob", "c1", "/a", "east", "edge_sent", 1, when=T0)
+            started = time.monotonic()
+            await ledger.close()  # the stop's last write waits CLOSE_WAIT (5 s), not for the lock
+            took = time.monotonic() - started
+        locker.rollback()
+    assert took < 8, took
+    assert "closing with 2 usage rows unwritten" in caplog.text, caplog.text
+
+
 async def test_sqlite_wal_and_parent_dir(tmp_path: Path):
     path = tmp_path / "deep" / "er" / "usage.db"
     ledger = Ledger(str(path), "edge-a")

@@ -95,6 +95,13 @@ _SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FR
 CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's huge claims must not overflow a
 # BIGINT, fail every write and so stop the ledger for everyone (its rows are flagged by the cross-checks anyway)
 _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays unwritable
+# A PostgreSQL write the server never answers (a partition, its host restarted while the network was out, a table an
+# operator locked) waited for good: libpq notices a dead connection after about two hours, the ledger wrote nothing
+# more and said nothing, and the edge ignored SIGTERM while its last flush waited (an adversarial session).  So the
+# connection gives up on silence and on locks, and a stopping edge waits CLOSE_WAIT at most for its last write.
+PG_OPTIONS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+PG_SESSION = "-c statement_timeout=30000 -c lock_timeout=10000"  # ms: a write, and a wait for a lock, at most
+CLOSE_WAIT = 5.0  # seconds a stopping edge waits for its last write (container runtimes SIGKILL after 10 s)
 
 
 class LedgerError(EdgeswarmError):
@@ -238,7 +245,9 @@ def _connect_postgres(dsn: str) -> _Backend:
     except ImportError as exc:  # pragma: no cover - a pinned dependency
         raise LedgerError(f"PostgreSQL ledger {redact(dsn)} needs psycopg: {exc}") from None
     try:
-        conn = psycopg.connect(dsn, connect_timeout=10)
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+        ours: dict[str, Any] = {"connect_timeout": 10, **PG_OPTIONS, "options": PG_SESSION}
+        conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in ours.items() if k not in given}))
     except psycopg.Error as exc:
         raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}") from None
     except Exception as exc:  # an unparseable DSN can surface as other errors
@@ -261,6 +270,28 @@ def _connect(target: str, create: bool) -> _Backend:
     return backend
 
 
+def _in_thread(work: Callable[..., Any], *args: Any) -> asyncio.Future:
+    """``work(*args)`` in a daemon thread of its own: a write stuck on a database that never answers must not keep the
+    process from exiting (asyncio's executor threads are joined at exit)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(exc) if exc is not None else done.set_result(result)
+
+    def run() -> None:
+        try:
+            result, exc = work(*args), None
+        except BaseException as e:  # handed to the awaiting side as is
+            result, exc = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the process is stopping)
+            loop.call_soon_threadsafe(settle, result, exc)
+
+    threading.Thread(target=run, name="ledger-write", daemon=True).start()
+    return done
+
+
 class Ledger:
     """One edge's usage counts, aggregated in memory and written in the background."""
 
@@ -280,6 +311,7 @@ class Ledger:
         self._task: asyncio.Task | None = None
         self._failing_since: float | None = None
         self._last_warning = 0.0
+        self._writing = 0  # rows of the write under way
 
     async def start(self) -> None:
         """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later."""
@@ -303,8 +335,9 @@ class Ledger:
             entry[1] = path
 
     def pending(self) -> int:
-        """Rows waiting to be written; a number that keeps growing means the database is unreachable."""
-        return len(self._pending)
+        """Rows waiting to be written, those of a write under way too; a number that keeps growing, or stays, means the
+        database is unreachable (a write waiting on a lock read 0: a review)."""
+        return len(self._pending) + self._writing
 
     async def flush(self) -> None:
         """Write what is pending; on failure keep it (merged with what arrived meanwhile) and warn."""
@@ -316,7 +349,7 @@ class Ledger:
                 (period, self.edge_id, user, content, path, region, kind, nbytes)
                 for (period, user, content, region, kind), (nbytes, path) in batch.items()
             ]
-            write = asyncio.ensure_future(asyncio.to_thread(self._write, rows))
+            write = _in_thread(self._write, rows)
             # The outcome is handled by a callback and the write is shielded: if whoever awaits this flush is
             # cancelled (an edge shutting down), the thread still finishes and a failed batch still goes back.
             write.add_done_callback(functools.partial(self._written, batch))
@@ -335,14 +368,18 @@ class Ledger:
     def _write(self, rows: list[tuple]) -> None:
         """In a thread.  After a failure the connection is dropped and rebuilt, which also recreates a missing table."""
         with self._db_lock:  # a connection is not for two threads, and a cancelled flush's thread may still be running
-            if self._backend is None:
-                self._backend = _connect(self.target, True)
+            self._writing = len(rows)
             try:
+                if self._backend is None:
+                    self._backend = _connect(self.target, True)
                 self._backend.upsert(rows)
             except Exception:
-                self._backend.close()
+                if self._backend is not None:
+                    self._backend.close()
                 self._backend = None
                 raise
+            finally:
+                self._writing = 0
 
     def _disconnect(self) -> None:
         with self._db_lock:
@@ -378,17 +415,21 @@ class Ledger:
                 log.exception("ledger flush loop")
 
     async def close(self) -> None:
-        """Stop the loop (letting a flush in progress finish), write what is left, disconnect."""
+        """Stop the loop (letting a flush in progress finish), write what is left, disconnect: within CLOSE_WAIT."""
         self._stopping.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await self._task
-            self._task = None
-        await self.flush()
-        if self._pending:
-            log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), len(self._pending))
-        async with self._lock:
-            await asyncio.to_thread(self._disconnect)
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                if self._task is not None:
+                    with contextlib.suppress(Exception):
+                        await self._task
+                    self._task = None
+                await self.flush()
+                async with self._lock:
+                    await _in_thread(self._disconnect)
+        except TimeoutError:
+            log.warning("ledger %s: the database did not answer within %g s", redact(self.target), CLOSE_WAIT)
+        if self._pending or self._writing:
+            log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), len(self._pending) + self._writing)
 
 
 @dataclass
