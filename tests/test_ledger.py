@@ -473,6 +473,37 @@ async def test_cli_since(tmp_path: Path, capsys):
     assert rc == 0 and "no usage recorded" in out
 
 
+async def test_cli_until_ends_a_billing_period_and_an_empty_date_is_refused(tmp_path: Path, capsys):
+    """--since alone took December into November's bill; --since "" (an unset variable) read as every period."""
+    ledger = str(tmp_path / "usage.db")
+    nov, dec = usage.parse_since("2026-11-30T23:00"), usage.parse_since("2026-12-01T00:00")
+    await write(ledger, [("nov", "c", "/a", "", "edge_sent", 1, nov), ("dec", "c", "/a", "", "edge_sent", 2, dec)])
+    rc, out, err = cli(["usage", "report", "--ledger", ledger, "--since", "2026-11-01", "--until", "2026-12-01", "--csv"], capsys)
+    assert rc == 0 and [r["user"] for r in csv.DictReader(io.StringIO(out))] == ["nov"], err
+    rc, out, _ = cli(["usage", "report", "--ledger", ledger, "--since", "2026-11-01", "--until", "2026-12-01"], capsys)
+    assert rc == 0 and "periods from 2026-11-01 00:00 UTC before 2026-12-01 00:00 UTC" in out
+    for flag in ("--since", "--until"):
+        rc, out, err = cli(["usage", "report", "--ledger", ledger, flag, ""], capsys)
+        assert rc == 2 and f"cannot read {flag} ''" in err, err
+
+
+async def test_cli_shows_names_as_they_are_and_a_spreadsheet_runs_none(tmp_path: Path, capsys):
+    """A user named "[/]" made every table report a traceback, "[bold]alice" showed as alice and a content id starting
+    a-f vanished from its label (rich markup); a name starting with = ran as a formula in a spreadsheet (a review)."""
+    ledger = str(tmp_path / "usage.db")
+    names = ["[/]", "[bold]alice", "=HYPERLINK(1)", "@x", "-y", "bob"]
+    await write(ledger, [(n, "c", "/a", "", "edge_sent", 1, T0) for n in names])
+    rc, out, err = cli(["usage", "report", "--ledger", ledger], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert "[/]" in out and "[bold]alice" in out
+    await write(ledger, [("bob", cid, "/two.mp4", "", "edge_sent", 1, T0) for cid in ("abc", "def")])  # a republished path
+    rc, out, _ = cli(["usage", "report", "--ledger", ledger, "--by", "content"], capsys)
+    assert rc == 0 and "/two.mp4 [abc]" in out and "/two.mp4 [def]" in out, out
+    rc, out, _ = cli(["usage", "report", "--ledger", ledger, "--csv"], capsys)
+    users = {r["user"] for r in csv.DictReader(io.StringIO(out))}
+    assert users == {"[/]", "[bold]alice", "'=HYPERLINK(1)", "'@x", "'-y", "bob"}, users
+
+
 def test_parse_since_reads_ascii_digits_only():
     with pytest.raises(ValueError, match="--since"):
         usage.parse_since("١h", 1e9)  # \\d took it for 1h

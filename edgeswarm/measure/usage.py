@@ -20,11 +20,12 @@ EPILOG = """\
 examples:
   edgeswarm usage report --ledger /var/cache/edgeswarm/ledger.sqlite
   edgeswarm usage report --ledger /var/cache/edgeswarm/ledger.sqlite --since 24h --by content
-  edgeswarm usage report --ledger postgresql://billing@db.example/edgeswarm --since 2024-05-01 --csv > may.csv
+  edgeswarm usage report --ledger postgresql://billing@db.example/edgeswarm --since 2024-05-01 --until 2024-06-01 --csv > may.csv
 
---since takes an ISO 8601 date or date-time (UTC unless it has an offset:
-2024-05-01, 2024-05-01T12:00, 2024-05-01T12:00+02:00) or a time ago (90m,
-24h, 7d, 2w); it selects the ledger periods that start at or after it.
+--since and --until take an ISO 8601 date or date-time (UTC unless it has an
+offset: 2024-05-01, 2024-05-01T12:00, 2024-05-01T12:00+02:00) or a time ago
+(90m, 24h, 7d, 2w); they select the ledger periods that start at or after
+--since and before --until.
 
 served by edge is what the edges measured sending, the billing basis; the other
 columns are what users' peers reported.  Flags:
@@ -35,7 +36,7 @@ A flag means the reports disagree beyond the tolerance; check before crediting t
 """
 
 
-def parse_since(text: str, now: float | None = None) -> float:
+def parse_since(text: str, now: float | None = None, flag: str = "--since") -> float:
     """Epoch seconds from an ISO 8601 date/date-time (naive means UTC) or a time ago (90m, 24h, 7d: units.parse_duration with a unit)."""
     try:
         ago = parse_duration(text, unit_required=True)
@@ -46,13 +47,13 @@ def parse_since(text: str, now: float | None = None) -> float:
         try:
             datetime.fromtimestamp(since, UTC)  # the report's title shows it as a date
         except (OverflowError, OSError, ValueError):  # 99999999d said 'year -271764 is out of range'
-            raise ValueError(f"cannot read --since {text[:40]!r}: that time ago is before year 1; give a date or a shorter time") from None
+            raise ValueError(f"cannot read {flag} {text[:40]!r}: that time ago is before year 1; give a date or a shorter time") from None
         return since
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            f"cannot read --since {text!r}: expected an ISO 8601 date or date-time (2024-05-01, 2024-05-01T12:00Z) or a time ago (90m, 24h, 7d)"
+            f"cannot read {flag} {text!r}: expected an ISO 8601 date or date-time (2024-05-01, 2024-05-01T12:00Z) or a time ago (90m, 24h, 7d)"
         ) from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)  # ledger periods are in UTC epoch seconds; a local reading would shift bills by hours
@@ -86,6 +87,11 @@ def add_parser(sub) -> None:
     r.add_argument(
         "--since", metavar="T", help="only periods starting at or after T: ISO 8601 (UTC unless an offset) or 90m/24h/7d ago (default: all)"
     )
+    r.add_argument(
+        "--until",
+        metavar="T",
+        help="only periods starting before T, as --since: --since 2026-11-01 --until 2026-12-01 is November (default: all)",
+    )
     r.add_argument("--by", choices=BY, default="user", help="one row per user, content path or region (default user)")
     r.add_argument("--csv", action="store_true", help="plain CSV on stdout, bytes as integers, for billing systems")
 
@@ -93,15 +99,17 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the report; a bad --since or an unusable ledger: a one-line message and exit 2."""
     try:
-        since = parse_since(args.since) if args.since else None
-        rows = report(args.ledger, since=since, by=args.by)
+        # "" is no date (an unset shell variable): refused, not read as every period
+        since = parse_since(args.since) if args.since is not None else None
+        until = parse_since(args.until, flag="--until") if args.until is not None else None
+        rows = report(args.ledger, since=since, by=args.by, until=until)
     except (LedgerError, ValueError) as exc:
         print(f"edgeswarm usage: {exc}", file=sys.stderr)
         return 2
     if args.csv:
         _csv(rows, args.by)
     else:
-        _table(rows, args, since)
+        _table(rows, args, since, until)
     return 0
 
 
@@ -111,19 +119,42 @@ def _csv(rows: list[ReportRow], by: str) -> None:
     for r in rows:
         share = "" if r.p2p_share is None else f"{r.p2p_share:.4f}"
         out.writerow(
-            [r.key, r.edge_sent, r.reported_from_edge, r.reported_from_peers, r.reported_uploaded, r.claim_excess, share, " ".join(r.flags)]
+            [
+                inert(r.key),
+                r.edge_sent,
+                r.reported_from_edge,
+                r.reported_from_peers,
+                r.reported_uploaded,
+                r.claim_excess,
+                share,
+                " ".join(r.flags),
+            ]
         )
 
 
-def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None) -> None:
+def inert(cell: str) -> str:
+    """A name as a spreadsheet reads it as text: one starting with = + - @ (or a tab or CR) is a formula to Excel and
+    LibreOffice, so a user named ``=HYPERLINK(...)`` ran in the billing sheet (an adversarial session).  OWASP's
+    remedy: a leading apostrophe."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
+def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None, until: float | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from edgeswarm.measure.labreport import report_console
     from edgeswarm.protocol.units import format_bytes
 
     console = report_console()
-    when = "all periods" if since is None else "periods from " + datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"usage by {args.by}, {when}: {redact(args.ledger)}"
+
+    def day(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    bounds = ([f"from {day(since)}"] if since is not None else []) + ([f"before {day(until)}"] if until is not None else [])
+    when = "periods " + " ".join(bounds) if bounds else "all periods"
+    title = escape(f"usage by {args.by}, {when}: {redact(args.ledger)}")
     if not rows:
         console.print(f"{title}\nno usage recorded")
         return
@@ -134,7 +165,7 @@ def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None)
     t.add_column("flags")
     for r in rows:
         t.add_row(
-            r.key or "(none)",
+            Text(r.key or "(none)"),  # text, not markup: a user named "[/]" ended every report with a traceback (a review)
             format_bytes(r.edge_sent),
             format_bytes(r.reported_from_edge),
             format_bytes(r.reported_from_peers),

@@ -451,10 +451,13 @@ class ReportRow:
         return p2p_share(self.reported_from_peers, self.reported_from_peers + self.edge_sent)
 
 
-def report(target: str, since: float | None = None, by: str = "user", tolerance: float = 0.1, slack: int = 1 << 20) -> list[ReportRow]:
+def report(
+    target: str, since: float | None = None, by: str = "user", tolerance: float = 0.1, slack: int = 1 << 20, until: float | None = None
+) -> list[ReportRow]:
     """Totals per user, content or region since a time, with cross-check flags; rows sorted by key.
 
-    ``since`` selects the periods that start at or after it.  by=content keys
+    ``since`` selects the periods that start at or after it, ``until`` those that start before it (a month's bill:
+    ``--since`` alone took the next month's periods in too, an adversarial session).  by=content keys
     rows by path (the content id is added when several contents share a path,
     e.g. a file that was republished).  A PostgreSQL ledger without a usage
     table yet (no edge has started) is empty, not an error; a missing SQLite
@@ -470,6 +473,8 @@ def report(target: str, since: float | None = None, by: str = "user", tolerance:
         raise LedgerError(f"cannot read ledger {redact(target)}: {said(exc)}") from None
     finally:
         backend.close()
+    if until is not None:
+        raw = [row for row in raw if row[0] < until]
     return _aggregate(raw, by, tolerance, slack)
 
 
