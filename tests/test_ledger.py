@@ -609,3 +609,31 @@ def test_workers_opening_a_new_ledger_at_once_all_get_it(tmp_path: Path):
         for t in threads:
             t.join()
     assert failures == []
+
+
+@pytest.mark.integration
+async def test_a_killed_edge_has_billed_what_it_sent_until_seconds_before(tmp_path: Path, nodes, origin, published):
+    """Bytes were booked when an answer ended: an edge killed 8 s into a rate-limited download had billed nothing of the
+    13.5 MB its client got, and a download running past a month's end went all to the next month (an adversarial
+    session).  Now they are told as they leave, at least every 4 MiB or 2 s, and written every 2 s."""
+    from conftest import make_file
+
+    make_file(published / "big.bin", 12 * MiB)
+    ledger = tmp_path / "usage.db"
+    edge = nodes.start(
+        "edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--ledger", str(ledger), "--upload-limit", "1MB/s"
+    )
+    out = tmp_path / "big.bin"
+    head = ["curl", "-sfI", "--retry", "20", "--retry-all-errors", "--retry-delay", "1", "-o", "/dev/null", edge.url + "/big.bin"]
+    assert (await (await asyncio.create_subprocess_exec(*head)).wait()) == 0  # published and hashed
+    curl = await asyncio.create_subprocess_exec("curl", "-s", "-o", str(out), edge.url + "/big.bin")
+    deadline = time.monotonic() + 30
+    while not out.exists() or out.stat().st_size < 6 * MiB:
+        assert time.monotonic() < deadline and curl.returncode is None, "the download did not get going"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.5)  # the last bytes told, and a ledger flush
+    edge.kill()
+    await curl.wait()
+    got = out.stat().st_size
+    billed = sum(r.edge_sent for r in report(str(ledger)))
+    assert got - 5 * MiB < billed <= got + MiB, (billed, got)  # queued bytes aside, what the client got

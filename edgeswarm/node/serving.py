@@ -43,6 +43,8 @@ LOOKAHEAD = 4  # pieces fetched ahead of the one being sent, at most ...
 # ... and pieces past this many bytes ahead, but one: a large file's pieces (64 MiB at 100 GiB) are each filled whole in
 # memory, and eight slow readers of one took an edge to 2 GB and its origin to 5 GB (an adversarial session)
 LOOKAHEAD_BYTES = 16 * 1024 * 1024
+BOOK_BYTES = 4 * 1024 * 1024  # a long answer's bytes are told to the ledger (on_sent) at least every this many ...
+BOOK_S = 2.0  # ... or seconds: a killed edge loses what its ledger had not written (2 s), not whole downloads
 SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile put on the socket, past aiohttp's counts
 
 
@@ -92,8 +94,9 @@ async def serve_file(
     """The file (or its range) as RFC 9110 says.
 
     ``transform`` decrypts a protected file on its way out, never on disk;
-    ``on_sent`` learns how many body bytes really left, however the answer
-    ended (the ledger bills that, not the Content-Length).
+    ``on_sent`` learns the body bytes that really left, however the answer
+    ended (the ledger bills that, not the Content-Length), as they leave:
+    every BOOK_BYTES or BOOK_S, and the rest at the end.
     """
     m = signed.manifest
     headers = file_headers(signed)
@@ -154,15 +157,25 @@ async def _stream(
     The bytes-sent counter grows as each span of a piece leaves, not when the
     answer ends: a router reading an edge's egress saw nothing of its
     downloads under way, and kept sending clients to an edge at its cap (an
-    adversarial session).  ``on_sent`` (the ledger) learns the total at the end.
+    adversarial session).  ``on_sent`` (the ledger) learns them as they go too: told once at the end, a killed edge
+    billed nothing of a long download, and one that ran past midnight on a month's last day was billed all to the next
+    month (an adversarial session).
     """
     pending: dict[int, asyncio.Future] = {}
-    sent = [0]  # file bytes that left, for on_sent
+    sent = [0, 0]  # file bytes that left; of those, told to on_sent
+    told_at = [time.monotonic()]
     kind = "client" if not request.path.startswith("/piece/") else "node"
+
+    def tell() -> None:
+        if on_sent is not None and sent[0] > sent[1]:
+            on_sent(sent[0] - sent[1])
+        sent[1], told_at[0] = sent[0], time.monotonic()
 
     def count(n: int) -> None:
         sent[0] += n
         metrics.sent[kind] += n
+        if sent[0] - sent[1] >= BOOK_BYTES or time.monotonic() - told_at[0] >= BOOK_S:
+            tell()
 
     try:
         for head, first, last in parts:
@@ -171,8 +184,7 @@ async def _stream(
             await resp.write(close)
         await resp.write_eof()
     finally:
-        if on_sent is not None:
-            on_sent(sent[0])
+        tell()
         for fut in pending.values():
             fut.cancel()
             if fut.done() and not fut.cancelled():
