@@ -116,9 +116,11 @@ def test_a_relay_id_is_the_address_groups_then_the_identitys_and_a_ban_holds_the
 
 # -- the hub and a relayed peer played by the test --------------------------------------------
 @contextlib.asynccontextmanager
-async def hub_with_peer(answer: Answer, limits: RelayLimits | None = None) -> AsyncIterator[tuple[str, RelayHub]]:
+async def hub_with_peer(
+    answer: Answer, limits: RelayLimits | None = None, manifest: SignedManifest = MANIFEST
+) -> AsyncIterator[tuple[str, RelayHub]]:
     """An edge's relay on loopback and one relayed peer connected to it that answers with ``answer``; yields its relay URL."""
-    hub = RelayHub(limits or RelayLimits(requests=2, timeout=0.5), {CID: MANIFEST}.get)
+    hub = RelayHub(limits or RelayLimits(requests=2, timeout=0.5), {manifest.content_id: manifest}.get)
     app = make_app(Metrics("edge"))
 
     async def connect(request: web.Request) -> web.StreamResponse:
@@ -166,6 +168,47 @@ async def test_a_piece_crosses_the_relay_whole_and_is_counted():
         async with http.get(f"{url}/piece/{CID}/1") as resp:
             assert resp.status == 200 and await resp.read() == DATA[PIECE:]
         assert hub.status()["bytes_out"] == PIECE and hub.status()["requests_in_flight"] == 0
+
+
+BIG = os.urandom(4 << 20)  # 1 MiB pieces: a file over 1 GiB has pieces this large
+BIG_MANIFEST = SignedManifest.sign(
+    Manifest(
+        path="big.bin",
+        size=len(BIG),
+        content_type="application/octet-stream",
+        piece_size=1 << 20,
+        pieces=tuple(hashlib.sha256(BIG[i : i + (1 << 20)]).hexdigest() for i in range(0, len(BIG), 1 << 20)),
+        modified=0,
+    ),
+    Ed25519PrivateKey.generate(),
+)
+
+
+async def send_big_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request) -> None:
+    """A 1 MiB piece as fast as the link takes it: the peer does not wait for the requester."""
+    index = int(req.path.rsplit("/", 1)[1])
+    await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
+    body = BIG[index << 20 : (index + 1) << 20]
+    for start in range(0, len(body), 60_000):
+        await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
+    await ws.send_str(relay.encode(relay.End(req.id)))
+
+
+async def test_a_large_piece_reaches_a_requester_slower_than_its_relayed_peer():
+    """More than 256 KiB waiting for the requester cut the request at once: pieces over 256 KiB (files over 512 MiB)
+    failed whenever the peer sent faster than the edge wrote, half of them at loopback speed (a review).  The link now
+    waits for the requester (DRAIN_WAIT at most, then that request is cut)."""
+    cid = BIG_MANIFEST.content_id
+    async with hub_with_peer(send_big_piece, RelayLimits(requests=2, timeout=2.0), BIG_MANIFEST) as (url, hub):
+        async with aiohttp.ClientSession() as http:
+            for index in range(2):
+                async with http.get(f"{url}/piece/{cid}/{index}") as resp:
+                    got = bytearray()
+                    async for chunk in resp.content.iter_chunked(32 * 1024):
+                        got += chunk
+                        await asyncio.sleep(0.01)  # about 3 MB/s: slower than the peer
+                    assert resp.status == 200 and bytes(got) == BIG[index << 20 : (index + 1) << 20]
+        assert hub.links and hub.status()["requests_in_flight"] == 0
 
 
 async def test_a_relayed_peer_that_sends_more_than_the_piece_is_cut():

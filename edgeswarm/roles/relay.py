@@ -53,7 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeswarm.roles.relay")
 HEARTBEAT = 15.0  # seconds between WebSocket pings: a dead link is found within two
 SILENCE = 3 * havefeed.HEARTBEAT  # seconds a started answer may stay silent (a HAVE stream sends {} every 10 s)
-MAX_QUEUED = 4 * CHUNK  # bytes of an answer waiting for a slow requester before the request is cut
+MAX_QUEUED = 4 * CHUNK  # bytes of an answer waiting for its requester before the relayed peer's link is paused ...
+# ... and seconds the link waits for them to drain before that request is cut (its requester does not read): within
+# the WebSocket's pong wait (HEARTBEAT / 2), which a paused link may not read in time
+DRAIN_WAIT = 5.0
 BACKOFF_MAX = 30.0
 BAD_FRAMES = 10  # bad frames or refused answers a relayed peer may send before its WebSocket is closed
 
@@ -76,6 +79,10 @@ class _Pending:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued: int = 0
     overflow: bool = False
+    drained: asyncio.Event = field(default_factory=asyncio.Event)  # set while ``queued`` is within MAX_QUEUED
+
+    def __post_init__(self) -> None:
+        self.drained.set()
 
 
 @dataclass(eq=False)
@@ -93,6 +100,7 @@ class _Link:
     bad: int = 0  # bad frames and refused answers so far (BAD_FRAMES closes the WebSocket)
     since: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    full: _Pending | None = None  # a request whose queue passed MAX_QUEUED: the link reads nothing more until it drains
 
 
 class RelayHub:
@@ -149,6 +157,8 @@ class RelayHub:
                 bad = None
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     bad = self._data(link, msg.data)
+                    if link.full is not None:
+                        await self._drain(link)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     bad = self._frame(link, msg.data)
                 if bad is not None:
@@ -172,10 +182,23 @@ class RelayHub:
             return None  # a request already over: its late chunks are dropped
         self.bytes["in"] += len(chunk)
         pending.queued += len(chunk)
-        if pending.queued > MAX_QUEUED:
-            pending.overflow = True  # the requester does not read: cut it, never buffer without bound
+        if pending.queued > MAX_QUEUED:  # the peer sends faster than its requester reads: wait, never buffer without bound
+            pending.drained.clear()
+            link.full = pending
         pending.queue.put_nowait(chunk)
         return None
+
+    async def _drain(self, link: _Link) -> None:
+        """Read nothing more from ``link`` until its full request's requester has taken its queue down (the relayed
+        peer's sends then wait in TCP), or cut that request after DRAIN_WAIT.  Cut at once, a piece over 256 KiB failed
+        whenever the peer sent faster than the edge wrote it (half of 1 MiB pieces at loopback speed; a review)."""
+        pending, link.full = link.full, None
+        assert pending is not None
+        try:
+            async with asyncio.timeout(DRAIN_WAIT):
+                await pending.drained.wait()
+        except TimeoutError:
+            pending.overflow = True  # the requester does not read: cut it
 
     def _frame(self, link: _Link, text: str) -> str | None:
         """A head or an end, queued for its requester; what is wrong with the frame, if it is bad."""
@@ -250,6 +273,7 @@ class RelayHub:
             return resp
         finally:
             link.pending.pop(fid, None)
+            pending.drained.set()  # the link waits for this request no more
             if stream:
                 link.streams -= 1
             else:
@@ -356,6 +380,8 @@ class RelayHub:
                 raise HttpError(502, f"cut: relayed peer {rid} sent a second head")
             if isinstance(item, bytes):
                 pending.queued -= len(item)
+                if pending.queued <= MAX_QUEUED:
+                    pending.drained.set()
                 sent += len(item)
                 if most is not None and sent > most:
                     await self._strike(link, f"an answer over its {most} bytes")
