@@ -349,3 +349,29 @@ async def _drain(resp: aiohttp.ClientResponse) -> str | None:
     except aiohttp.ClientError as exc:
         return type(exc).__name__
     return None
+
+
+async def test_a_restarted_edge_hands_its_relayed_peers_out_again_at_once(tmp_path, nodes, origin, published, regions, http):
+    """A restarted edge keeps no relayed peer (its swarm snapshot leaves them out); they reopened their relays within
+    seconds but were handed out again only at their next full announce, an interval later (300 s at the defaults), and
+    its viewers took everything from the edge meanwhile (a review).  The edge at its defaults here."""
+    make_file(published / "f.bin", SIZE)
+    args = ("--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--regions", str(regions))
+    edge = nodes.start("edge", *args, name="edge")
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.1", "hidden", "--unreachable")
+    await post(http, seeder, "/f.bin")
+    st = await until(lambda: complete(http, seeder), 90, "the seeder's download")
+    cid = st["swarms"][0]["id"]
+    port = edge.url.rsplit(":", 1)[1]
+    edge.stop()
+    edge = nodes.start("edge", *args, "--listen", f"127.0.0.1:{port}", name="edge-again")
+
+    async def relayed() -> list[str]:
+        body = {"peer_id": "viewer", "port": 9000, "content": cid, "pieces": 8, "have": "AA==", "event": "started"}
+        body |= {"uploaded": 0, "downloaded": 0}
+        async with http.post(edge.url + "/announce", json=body) as r:
+            peers = (await r.json()).get("peers", []) if r.status == 200 else []
+        return [p["url"] for p in peers if "/relay/" in p["url"]]
+
+    handed = await until(relayed, 20, "the relayed seeder handed out by the restarted edge")
+    assert handed[0].startswith(f"{edge.url}/relay/")

@@ -213,6 +213,12 @@ class AnnounceSchedule:
             self._hurried[tracker] = now
         self._last_full.clear()
 
+    def forgotten(self, tracker: str, now: float) -> None:
+        """The tracker may have forgotten this peer: a round now, with every content (a hurried round carries only news,
+        and after an edge's restart nothing was news: its relayed peers were handed out an interval later)."""
+        self.hurry(tracker, now)
+        self._last_full.pop(tracker, None)
+
     def unreachable(self, tracker: str, now: float) -> None:
         """Another request to this edge failed: check its tracker soon, unless it is being retried already."""
         if tracker not in self._failures:
@@ -777,6 +783,12 @@ class Peer:
         for edge in self._p2p_edges:
             self.schedule.hurry(edge, time.monotonic())
         self._wake_announcer.set()
+
+    def reintroduce(self, edge: str) -> None:
+        """``edge`` may have forgotten this peer (our relay there opened again: it restarted): every content, now."""
+        if edge in self._p2p_edges:
+            self.schedule.forgotten(edge, time.monotonic())
+            self._wake_announcer.set()
 
     def use_edges(self, urls: list[str]) -> None:
         """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list."""

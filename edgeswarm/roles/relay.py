@@ -476,6 +476,9 @@ class RelayClient:
         lock, tasks = asyncio.Lock(), dict[int, asyncio.Task]()
         self.connected[edge] = True
         log.info("relay open at %s: neighbours reach this peer through it", edge)
+        # the edge hands our relay URL out from our announce: a restarted edge (it keeps no relayed peer) learned us
+        # only at our next full one, an interval later, and its viewers took everything from it meanwhile (a review)
+        self.peer.reintroduce(edge)
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
