@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -600,33 +601,46 @@ async def test_a_name_of_255_bytes_publishes_across_file_systems(tmp_path, small
 HUNG = web.AppKey("hung", set)
 
 
+@contextlib.asynccontextmanager
+async def edge_double(tmp_path: Path, answer, retries: int) -> AsyncIterator:
+    """An edge played by ``answer`` (a PUT handler; the answers it holds are cancelled at the end), and a publish job
+    of a 1000-byte file to it, with a 1 s timeout."""
+    from edgeswarm.roles import uploader
+
+    app = web.Application()
+    app[HUNG] = set()
+    app.router.add_put("/{tail:.*}", answer)
+    (tmp_path / "up.bin").write_bytes(b"x" * 1000)
+    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
+    async with serve_app(app) as port:
+        try:
+            yield uploader.Job(tmp_path / "up.bin", f"http://127.0.0.1:{port}", "users/alice/up.bin", token, retries=retries, timeout=1.0)
+        finally:
+            for hung in list(app[HUNG]):  # the server's shutdown waits for them
+                hung.cancel()
+
+
+async def hold(request: web.Request) -> web.Response:
+    """An answer that never comes."""
+    request.app[HUNG].add(asyncio.current_task())
+    await asyncio.sleep(3600)
+    raise AssertionError("unreachable")
+
+
 async def test_publish_through_a_hung_edge_says_so_and_gives_up_within_its_timeouts(tmp_path):
     """Every answer was waited for as long as the origin may hash a whole file (660 s), a status query's too: through
     a stopped edge `publish` sat silent for 11 minutes a request, an hour in all (an adversarial session)."""
     from edgeswarm.roles import uploader
 
-    async def hang(request: web.Request) -> web.Response:
-        app[HUNG].add(asyncio.current_task())
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    app = web.Application()
-    app[HUNG] = set()
-    app.router.add_put("/{tail:.*}", hang)
-    (tmp_path / "up.bin").write_bytes(b"x" * 1000)
-    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
     said: list[str] = []
-    async with serve_app(app) as port:
-        job = uploader.Job(tmp_path / "up.bin", f"http://127.0.0.1:{port}", "users/alice/up.bin", token, retries=1, timeout=1.0)
+    async with edge_double(tmp_path, hold, retries=1) as job:
         started = time.monotonic()
         with pytest.raises(uploader.PublishError, match="gave up after 1 retries"):
             async with asyncio.timeout(30):
                 await uploader.publish(job, on_retry=said.append)
         took = time.monotonic() - started
-        for hung in list(app[HUNG]):  # the server's shutdown waits for them
-            hung.cancel()
     assert took < 10, took
-    assert said == [f"http://127.0.0.1:{port} did not answer within 1 s; retry 1 of 1 in 1 s, from the origin's offset"], said
+    assert said == [f"{job.edge} did not answer within 1 s; retry 1 of 1 in 1 s, from the origin's offset"], said
 
 
 async def test_publish_waits_out_a_last_chunk_the_origin_checks_for_long_without_a_failure(tmp_path):
@@ -645,21 +659,11 @@ async def test_publish_waits_out_a_last_chunk_the_origin_checks_for_long_without
             return web.json_response({"offset": 0}, status=202, headers={"Upload-Offset": "0"})
         assert len(body) == 1000
         done["cid"] = "c" * 64
-        app[HUNG].add(asyncio.current_task())
-        await asyncio.sleep(3600)  # hashing, as far as the client can tell
-        raise AssertionError("unreachable")
+        return await hold(request)  # hashing, as far as the client can tell
 
-    app = web.Application()
-    app[HUNG] = set()
-    app.router.add_put("/{tail:.*}", origin)
-    (tmp_path / "up.bin").write_bytes(b"x" * 1000)
-    token = tokens.issue(Ed25519PrivateKey.generate(), "alice", "/", 3600, scopes=["publish"])
     said: list[str] = []
-    async with serve_app(app) as port:
-        job = uploader.Job(tmp_path / "up.bin", f"http://127.0.0.1:{port}", "users/alice/up.bin", token, retries=0, timeout=1.0)
+    async with edge_double(tmp_path, origin, retries=0) as job:
         async with asyncio.timeout(30):
             published = await uploader.publish(job, on_retry=said.append)
-        for hung in list(app[HUNG]):
-            hung.cancel()
     assert published.content_id == "c" * 64  # with no retry to spend
     assert said == ["all 1000 bytes sent, no answer within 1 s: asking whether the origin is still checking them"], said
