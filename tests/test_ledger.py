@@ -295,6 +295,21 @@ async def test_close_writes_what_is_left(target: str):
 
 
 @pytest.mark.integration
+async def test_the_ledgers_connection_keeps_what_libpq_reads_from_the_environment(pg_database: str, monkeypatch):  # noqa: F811
+    """The write's time limits went as a startup `options` parameter: it replaced PGOPTIONS (a search_path: the ledger
+    wrote to another schema) and PgBouncer refused the connection (a review).  They are set in each write instead."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA billing")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=billing")
+    await write(pg_database, [("alice", "c1", "/a", "east", "edge_sent", 3, T0)])
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT to_regclass('billing.usage') IS NOT NULL, to_regclass('public.usage') IS NULL").fetchone() == (
+            True,
+            True,
+        )
+
+
+@pytest.mark.integration
 async def test_a_locked_table_holds_no_write_for_long_nor_the_edges_stop(pg_database: str, caplog):  # noqa: F811
     """A table an operator locked (LOCK TABLE, VACUUM FULL) held the write for good: no warning, pending() read 0 with
     three downloads unwritten, and the edge ignored SIGTERM for 60 s (an adversarial session; a partition that drops
@@ -491,7 +506,7 @@ async def test_cli_shows_names_as_they_are_and_a_spreadsheet_runs_none(tmp_path:
     """A user named "[/]" made every table report a traceback, "[bold]alice" showed as alice and a content id starting
     a-f vanished from its label (rich markup); a name starting with = ran as a formula in a spreadsheet (a review)."""
     ledger = str(tmp_path / "usage.db")
-    names = ["[/]", "[bold]alice", "=HYPERLINK(1)", "@x", "-y", "bob"]
+    names = ["[/]", "[bold]alice", "=HYPERLINK(1)", "@x", "-y", "bob", "-"]
     await write(ledger, [(n, "c", "/a", "", "edge_sent", 1, T0) for n in names])
     rc, out, err = cli(["usage", "report", "--ledger", ledger], capsys)
     assert rc == 0 and "Traceback" not in err, err
@@ -501,7 +516,7 @@ async def test_cli_shows_names_as_they_are_and_a_spreadsheet_runs_none(tmp_path:
     assert rc == 0 and "/two.mp4 [abc]" in out and "/two.mp4 [def]" in out, out
     rc, out, _ = cli(["usage", "report", "--ledger", ledger, "--csv"], capsys)
     users = {r["user"] for r in csv.DictReader(io.StringIO(out))}
-    assert users == {"[/]", "[bold]alice", "'=HYPERLINK(1)", "'@x", "'-y", "bob"}, users
+    assert users == {"[/]", "[bold]alice", "'=HYPERLINK(1)", "'@x", "'-y", "bob", "-"}, users  # "-": anonymous, as it is
 
 
 def test_parse_since_reads_ascii_digits_only():

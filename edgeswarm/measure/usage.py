@@ -136,7 +136,7 @@ def inert(cell: str) -> str:
     """A name as a spreadsheet reads it as text: one starting with = + - @ (or a tab or CR) is a formula to Excel and
     LibreOffice, so a user named ``=HYPERLINK(...)`` ran in the billing sheet (an adversarial session).  OWASP's
     remedy: a leading apostrophe."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+    return "'" + cell if len(cell) > 1 and cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell  # "-": anonymous
 
 
 def _table(rows: list[ReportRow], args: argparse.Namespace, since: float | None, until: float | None = None) -> None:

@@ -100,7 +100,7 @@ _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays
 # more and said nothing, and the edge ignored SIGTERM while its last flush waited (an adversarial session).  So the
 # connection gives up on silence and on locks, and a stopping edge waits CLOSE_WAIT at most for its last write.
 PG_OPTIONS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
-PG_SESSION = "-c statement_timeout=30000 -c lock_timeout=10000"  # ms: a write, and a wait for a lock, at most
+# and each write bounds itself (``_Postgres.limits``): 30 s in all, 10 s waiting for a lock
 CLOSE_WAIT = 5.0  # seconds a stopping edge waits for its last write (container runtimes SIGKILL after 10 s)
 
 
@@ -134,9 +134,13 @@ class _Backend:
             self.conn.execute(_SCHEMA)
             self.conn.commit()
 
+    limits: tuple[str, ...] = ()  # statements that bound a write, run first in its transaction
+
     def upsert(self, rows: list[tuple]) -> None:
         try:
             cur = self.conn.cursor()
+            for statement in self.limits:
+                cur.execute(statement)
             cur.executemany(_UPSERT.format(p=self.placeholder, cap=CAP), rows)
             self.conn.commit()
         except BaseException:
@@ -160,6 +164,9 @@ class _Backend:
 
 class _Postgres(_Backend):
     placeholder = "%s"
+    # in the write's own transaction: a startup `options` parameter was refused by PgBouncer (the edge did not start)
+    # and replaced PGOPTIONS (a search_path: the ledger went to another schema), a review
+    limits = ("SET LOCAL statement_timeout = 30000", "SET LOCAL lock_timeout = 10000")
 
     def has_table(self) -> bool:
         cur = self.conn.execute("SELECT to_regclass('usage') IS NOT NULL")
@@ -246,7 +253,7 @@ def _connect_postgres(dsn: str) -> _Backend:
         raise LedgerError(f"PostgreSQL ledger {redact(dsn)} needs psycopg: {exc}") from None
     try:
         given = psycopg.conninfo.conninfo_to_dict(dsn)
-        ours: dict[str, Any] = {"connect_timeout": 10, **PG_OPTIONS, "options": PG_SESSION}
+        ours: dict[str, Any] = {"connect_timeout": 10, **PG_OPTIONS}
         conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in ours.items() if k not in given}))
     except psycopg.Error as exc:
         raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}") from None
