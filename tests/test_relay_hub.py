@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -209,6 +210,54 @@ async def test_a_large_piece_reaches_a_requester_slower_than_its_relayed_peer():
                         await asyncio.sleep(0.01)  # about 3 MB/s: slower than the peer
                     assert resp.status == 200 and bytes(got) == BIG[index << 20 : (index + 1) << 20]
         assert hub.links and hub.status()["requests_in_flight"] == 0
+
+
+HUGE = os.urandom(8 << 20)  # 4 MiB pieces: a file over 8 GiB has pieces this large
+HUGE_MANIFEST = SignedManifest.sign(
+    Manifest(
+        path="huge.bin",
+        size=len(HUGE),
+        content_type="application/octet-stream",
+        piece_size=4 << 20,
+        pieces=tuple(hashlib.sha256(HUGE[i : i + (4 << 20)]).hexdigest() for i in range(0, len(HUGE), 4 << 20)),
+        modified=0,
+    ),
+    Ed25519PrivateKey.generate(),
+)
+
+
+async def send_huge_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request) -> None:
+    index = int(req.path.rsplit("/", 1)[1])
+    await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
+    body = HUGE[index << 22 : (index + 1) << 22]
+    for start in range(0, len(body), 60_000):
+        await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
+    await ws.send_str(relay.encode(relay.End(req.id)))
+
+
+async def test_a_requester_that_stops_reading_holds_none_of_its_relayed_peers_other_requests():
+    """The relay paused the peer's link while one requester's queue drained: each requester that stopped reading held
+    every other request of that peer 5 s, and several dropped the link (its pings went unanswered; a review)."""
+    cid = HUGE_MANIFEST.content_id
+    async with hub_with_peer(send_huge_piece, RelayLimits(requests=4, timeout=2.0), HUGE_MANIFEST) as (url, hub):
+        host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
+        stalled = []
+        for _ in range(2):  # connections that ask and read nothing, their receive buffers small: the edge's writes wait
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET {url.split(port, 1)[1]}/piece/{cid}/0 HTTP/1.1\r\nHost: e\r\n\r\n".encode())
+            stalled.append(sock)
+        try:
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            async with aiohttp.ClientSession() as http, http.get(f"{url}/piece/{cid}/1") as resp:
+                assert resp.status == 200 and await resp.read() == HUGE[4 << 20 :]
+            assert time.monotonic() - started < 3, time.monotonic() - started
+            assert hub.links
+        finally:
+            for sock in stalled:
+                sock.close()
 
 
 async def test_a_relayed_peer_that_sends_more_than_the_piece_is_cut():

@@ -53,10 +53,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgeswarm.roles.relay")
 HEARTBEAT = 15.0  # seconds between WebSocket pings: a dead link is found within two
 SILENCE = 3 * havefeed.HEARTBEAT  # seconds a started answer may stay silent (a HAVE stream sends {} every 10 s)
-MAX_QUEUED = 4 * CHUNK  # bytes of an answer waiting for its requester before the relayed peer's link is paused ...
-# ... and seconds the link waits for them to drain before that request is cut (its requester does not read): within
-# the WebSocket's pong wait (HEARTBEAT / 2), which a paused link may not read in time
-DRAIN_WAIT = 5.0
+# Bytes of an answer that may wait for its requester: a whole piece (its exact length), else (a HAVE stream) MAX_QUEUED;
+# all of a relay's requests, HUB_QUEUED; past either the request is cut.  Cut at 256 KiB, pieces over it (files over
+# 512 MiB) failed whenever the relayed peer sent faster than the edge wrote, half of 1 MiB pieces at loopback speed, and
+# pausing the peer's link instead held every other request of that peer behind one requester that stopped reading
+# (reviews).  A requester that takes nothing for WRITE_STALL seconds is cut too: its bytes wait no longer.
+MAX_QUEUED = 4 * CHUNK
+HUB_QUEUED = 64 * 1024 * 1024
+WRITE_STALL = 15.0
 BACKOFF_MAX = 30.0
 BAD_FRAMES = 10  # bad frames or refused answers a relayed peer may send before its WebSocket is closed
 
@@ -79,10 +83,7 @@ class _Pending:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     queued: int = 0
     overflow: bool = False
-    drained: asyncio.Event = field(default_factory=asyncio.Event)  # set while ``queued`` is within MAX_QUEUED
-
-    def __post_init__(self) -> None:
-        self.drained.set()
+    room: int = MAX_QUEUED  # the most ``queued`` may be (the answer's whole length, for a piece)
 
 
 @dataclass(eq=False)
@@ -100,7 +101,6 @@ class _Link:
     bad: int = 0  # bad frames and refused answers so far (BAD_FRAMES closes the WebSocket)
     since: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    full: _Pending | None = None  # a request whose queue passed MAX_QUEUED: the link reads nothing more until it drains
 
 
 class RelayHub:
@@ -117,6 +117,7 @@ class RelayHub:
         self.unknown_piece_limit = unknown_piece_limit  # a promoted peer's relay: pieces of contents it does not hold, up to this
         self.manifest = manifest  # the edge's store lookup: a piece's exact length bounds its answer
         self.bucket = bucket  # the edge's --upload-limit: relayed bytes are its egress too
+        self.queued = 0  # bytes of every request's answer waiting for its requester (HUB_QUEUED at most)
         self.links: dict[str, _Link] = {}
         self.bytes: Counter[str] = Counter()  # "out" to requesters, "in" from relayed peers
         self.events: Counter[str] = Counter()  # requests, refusals and failures by kind
@@ -157,8 +158,6 @@ class RelayHub:
                 bad = None
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     bad = self._data(link, msg.data)
-                    if link.full is not None:
-                        await self._drain(link)
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     bad = self._frame(link, msg.data)
                 if bad is not None:
@@ -181,24 +180,13 @@ class RelayHub:
         if pending is None or pending.overflow:
             return None  # a request already over: its late chunks are dropped
         self.bytes["in"] += len(chunk)
+        if pending.queued + len(chunk) > pending.room or self.queued + len(chunk) > HUB_QUEUED:
+            pending.overflow = True  # never buffer without bound: cut it
+            return None
         pending.queued += len(chunk)
-        if pending.queued > MAX_QUEUED:  # the peer sends faster than its requester reads: wait, never buffer without bound
-            pending.drained.clear()
-            link.full = pending
+        self.queued += len(chunk)
         pending.queue.put_nowait(chunk)
         return None
-
-    async def _drain(self, link: _Link) -> None:
-        """Read nothing more from ``link`` until its full request's requester has taken its queue down (the relayed
-        peer's sends then wait in TCP), or cut that request after DRAIN_WAIT.  Cut at once, a piece over 256 KiB failed
-        whenever the peer sent faster than the edge wrote it (half of 1 MiB pieces at loopback speed; a review)."""
-        pending, link.full = link.full, None
-        assert pending is not None
-        try:
-            async with asyncio.timeout(DRAIN_WAIT):
-                await pending.drained.wait()
-        except TimeoutError:
-            pending.overflow = True  # the requester does not read: cut it
 
     def _frame(self, link: _Link, text: str) -> str | None:
         """A head or an end, queued for its requester; what is wrong with the frame, if it is bad."""
@@ -249,7 +237,7 @@ class RelayHub:
             self.events["refused_busy"] += 1
             raise HttpError(429, f"relayed peer {rid} has {self.limits.requests} requests in flight", {"Retry-After": "1"})
         fid, link.next_id = link.next_id, (link.next_id + 1) % (1 << 32)
-        pending = link.pending[fid] = _Pending()
+        pending = link.pending[fid] = _Pending(room=MAX_QUEUED if stream else max(MAX_QUEUED, limit))
         if stream:
             link.streams += 1
         else:
@@ -273,7 +261,7 @@ class RelayHub:
             return resp
         finally:
             link.pending.pop(fid, None)
-            pending.drained.set()  # the link waits for this request no more
+            self.queued -= pending.queued  # what its requester will not take now
             if stream:
                 link.streams -= 1
             else:
@@ -359,7 +347,7 @@ class RelayHub:
         rid, most, sent = link.rid, length if length is not None else cap, 0
         while True:
             if pending.overflow:
-                raise HttpError(502, f"cut: the requester of relayed peer {rid} does not read")
+                raise HttpError(502, f"cut: more of relayed peer {rid}'s answers waits for their requesters than the relay keeps")
             try:
                 async with asyncio.timeout(SILENCE):
                     item = await pending.queue.get()
@@ -380,15 +368,18 @@ class RelayHub:
                 raise HttpError(502, f"cut: relayed peer {rid} sent a second head")
             if isinstance(item, bytes):
                 pending.queued -= len(item)
-                if pending.queued <= MAX_QUEUED:
-                    pending.drained.set()
+                self.queued -= len(item)
                 sent += len(item)
                 if most is not None and sent > most:
                     await self._strike(link, f"an answer over its {most} bytes")
                     raise HttpError(502, f"cut: relayed peer {rid} sent more than the {most} bytes its answer may have")
                 if self.bucket is not None:
                     await self.bucket.throttle(len(item))
-                await resp.write(item)
+                try:
+                    async with asyncio.timeout(WRITE_STALL):
+                        await resp.write(item)
+                except TimeoutError:
+                    raise HttpError(502, f"cut: the requester of relayed peer {rid} took nothing for {WRITE_STALL:g} s") from None
                 self.bytes["out"] += len(item)
 
     def status(self) -> dict:
