@@ -182,6 +182,7 @@ class RelayHub:
         self.bytes["in"] += len(chunk)
         if pending.queued + len(chunk) > pending.room or self.queued + len(chunk) > HUB_QUEUED:
             pending.overflow = True  # never buffer without bound: cut it
+            pending.queue.put_nowait(b"")  # its requester's loop wakes to the cut, even with nothing else queued
             return None
         pending.queued += len(chunk)
         self.queued += len(chunk)
