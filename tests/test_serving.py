@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.serving import LOOKAHEAD, LOOKAHEAD_BYTES, file_headers, serve_file
+from edgeswarm.node.serving import BOOK_BYTES, LOOKAHEAD, LOOKAHEAD_BYTES, file_headers, serve_file
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 
 KEY = Ed25519PrivateKey.generate()
@@ -198,5 +198,30 @@ async def test_a_reader_of_large_pieces_has_one_fetched_ahead_not_four(tmp_path:
             await resp.content.readexactly(1)  # and reads no more for now
             await asyncio.sleep(0.5)
             assert source.fetched == [0, 1]
+    finally:
+        source.close()
+
+
+async def test_a_large_pieces_bytes_are_booked_as_they_leave_not_whole(tmp_path: Path):
+    """Bytes were counted a whole piece at a time: at 100 GiB (64 MiB pieces) the ledger and the router's egress heard of
+    a download in steps of a piece, and a reader leaving mid-piece was billed none of it (a review).  Now in parts
+    of BOOK_BYTES at most, read from a descriptor asked for again after each await."""
+    piece, count = LOOKAHEAD_BYTES, 2  # 16 MiB pieces: a file over 32 GiB
+    signed = SignedManifest.sign(
+        Manifest("big.bin", piece * count, "application/octet-stream", piece, tuple("0" * 64 for _ in range(count)), 1_700_000_000), KEY
+    )
+    source = FillingSource(tmp_path, piece, count)
+    told: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_file(request, signed, source, Metrics("edge"), on_sent=told.append)
+
+    app = make_app(Metrics("edge"))
+    app.router.add_get("/big.bin", handler)
+    try:
+        async with serve_app(app) as port, aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/big.bin") as resp:
+            body = await resp.read()
+        assert body == bytes([0]) * piece + bytes([1]) * piece
+        assert sum(told) == piece * count and max(told) <= BOOK_BYTES, told
     finally:
         source.close()

@@ -232,18 +232,29 @@ async def _send_span(
                 head = b""
             if not isinstance(piece, bytes):  # the store may have closed that descriptor meanwhile, its number reused
                 piece = source.local(i) or await source.fetch(i, indices.stop)
-        if transform is not None:
-            data = memoryview(piece)[a:b] if isinstance(piece, bytes) else read_held(piece, b - a, a)
-            data = transform(data, offset + a)
-            await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
-        elif bucket is not None and bucket.rate:
-            data = piece if isinstance(piece, bytes) else read_held(piece, b - a, a)
-            await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
-        elif isinstance(piece, bytes):
-            await _chunked(memoryview(piece)[a:b], resp.write)  # a reader that stops reading holds a chunk, not the piece
-        else:
-            await _sendfile(request, resp, piece, a, b - a)
-        count(b - a)
+        for lo in range(a, b, BOOK_BYTES):  # a piece over BOOK_BYTES (files over 8 GiB) is counted as its parts leave
+            hi = min(b, lo + BOOK_BYTES)
+            if lo > a and not isinstance(piece, bytes):  # after an await: that descriptor may be another file's now
+                piece = source.local(i) or await source.fetch(i, indices.stop)
+            await _send_part(request, resp, piece, lo, hi, offset, bucket, transform)
+            count(hi - lo)
+
+
+async def _send_part(
+    request, resp, piece: int | bytes, a: int, b: int, offset: int, bucket: TokenBucket | None, transform: Transform | None
+) -> None:
+    """Bytes a..b of a piece (held in memory, or a descriptor of its file) that starts at ``offset`` in the file."""
+    if transform is not None:
+        data = memoryview(piece)[a:b] if isinstance(piece, bytes) else read_held(piece, b - a, a)
+        data = transform(data, offset + a)
+        await (write_throttled(resp, data, bucket) if bucket is not None and bucket.rate else resp.write(data))
+    elif bucket is not None and bucket.rate:
+        data = piece if isinstance(piece, bytes) else read_held(piece, b - a, a)
+        await write_throttled(resp, memoryview(data)[a:b] if isinstance(piece, bytes) else data, bucket)
+    elif isinstance(piece, bytes):
+        await _chunked(memoryview(piece)[a:b], resp.write)  # a reader that stops reading holds a chunk, not the piece
+    else:
+        await _sendfile(request, resp, piece, a, b - a)
 
 
 async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:
