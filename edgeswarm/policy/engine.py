@@ -329,7 +329,7 @@ class Engine:
         Taken within the bounds an honest tracker keeps (MAX_ANSWER_PEERS, PER_ADDRESS), whoever sent it: a lying
         promoted peer's sub-tracker answers of 200 dead ports at its own address filled the table every round,
         pushing out the real seeds, and a viewer took everything from the edge (an adversarial session).  Only an
-        edge (``from_edge``), which checks addresses, moves a known id to another address (``add_neighbour``)."""
+        edge (``from_edge``), which checks addresses, moves a known id to another URL (``add_neighbour``)."""
         for p in answer[:MAX_ANSWER_PEERS]:
             n = self.add_neighbour(p["peer_id"], p["url"], p["same_region"], moves=from_edge)
             if n is not None:
