@@ -31,19 +31,16 @@ from edgeswarm.protocol import relay
 from edgeswarm.protocol.manifest import Manifest, SignedManifest
 from edgeswarm.roles.relay import RelayClient, RelayHub, RelayLimits, relayed_middleware
 
+
+def signed_file(path: str, data: bytes, piece: int) -> SignedManifest:
+    """The manifest of ``data`` in pieces of ``piece`` bytes, signed by a key of its own."""
+    pieces = tuple(hashlib.sha256(data[i : i + piece]).hexdigest() for i in range(0, len(data), piece))
+    return SignedManifest.sign(Manifest(path, len(data), "application/octet-stream", piece, pieces, 0), Ed25519PrivateKey.generate())
+
+
 PIECE = 256 * 1024
 DATA = os.urandom(2 * PIECE)
-MANIFEST = SignedManifest.sign(
-    Manifest(
-        path="f.bin",
-        size=len(DATA),
-        content_type="application/octet-stream",
-        piece_size=PIECE,
-        pieces=tuple(hashlib.sha256(DATA[i : i + PIECE]).hexdigest() for i in range(0, len(DATA), PIECE)),
-        modified=0,
-    ),
-    Ed25519PrivateKey.generate(),
-)
+MANIFEST = signed_file("f.bin", DATA, PIECE)
 CID = MANIFEST.content_id
 PEER = "hidden-peer"
 KEY = "-----BEGIN PUBLIC KEY-----\nTHE EDGE'S OWN KEY\n-----END PUBLIC KEY-----\n"  # the edge's /swarm-key in these tests
@@ -155,13 +152,26 @@ async def hub_with_peer(
             await ws.close()
 
 
-async def send_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request, extra: bytes = b"") -> None:
-    index = int(req.path.rsplit("/", 1)[1])
+async def send_body(ws: aiohttp.ClientWebSocketResponse, req: relay.Request, body: bytes) -> None:
+    """A 200 with ``body``, as fast as the link takes it: the peer does not wait for the requester."""
     await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
-    body = DATA[index * PIECE : (index + 1) * PIECE] + extra
     for start in range(0, len(body), 60_000):
         await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
     await ws.send_str(relay.encode(relay.End(req.id)))
+
+
+def piece_of(req: relay.Request, data: bytes, piece: int) -> bytes:
+    index = int(req.path.rsplit("/", 1)[1])
+    return data[index * piece : (index + 1) * piece]
+
+
+def sending(data: bytes, piece: int) -> Answer:
+    """A relayed peer holding ``data`` in pieces of ``piece`` bytes, answering each request with its piece whole."""
+    return lambda ws, req: send_body(ws, req, piece_of(req, data, piece))
+
+
+async def send_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request, extra: bytes = b"") -> None:
+    await send_body(ws, req, piece_of(req, DATA, PIECE) + extra)
 
 
 async def test_a_piece_crosses_the_relay_whole_and_is_counted():
@@ -172,35 +182,15 @@ async def test_a_piece_crosses_the_relay_whole_and_is_counted():
 
 
 BIG = os.urandom(4 << 20)  # 1 MiB pieces: a file over 1 GiB has pieces this large
-BIG_MANIFEST = SignedManifest.sign(
-    Manifest(
-        path="big.bin",
-        size=len(BIG),
-        content_type="application/octet-stream",
-        piece_size=1 << 20,
-        pieces=tuple(hashlib.sha256(BIG[i : i + (1 << 20)]).hexdigest() for i in range(0, len(BIG), 1 << 20)),
-        modified=0,
-    ),
-    Ed25519PrivateKey.generate(),
-)
-
-
-async def send_big_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request) -> None:
-    """A 1 MiB piece as fast as the link takes it: the peer does not wait for the requester."""
-    index = int(req.path.rsplit("/", 1)[1])
-    await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
-    body = BIG[index << 20 : (index + 1) << 20]
-    for start in range(0, len(body), 60_000):
-        await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
-    await ws.send_str(relay.encode(relay.End(req.id)))
+BIG_MANIFEST = signed_file("big.bin", BIG, 1 << 20)
 
 
 async def test_a_large_piece_reaches_a_requester_slower_than_its_relayed_peer():
     """More than 256 KiB waiting for the requester cut the request at once: pieces over 256 KiB (files over 512 MiB)
-    failed whenever the peer sent faster than the edge wrote, half of them at loopback speed (a review).  The link now
-    waits for the requester (DRAIN_WAIT at most, then that request is cut)."""
+    failed whenever the peer sent faster than the edge wrote, half of them at loopback speed (a review).  A whole piece
+    now waits for its requester."""
     cid = BIG_MANIFEST.content_id
-    async with hub_with_peer(send_big_piece, RelayLimits(requests=2, timeout=2.0), BIG_MANIFEST) as (url, hub):
+    async with hub_with_peer(sending(BIG, 1 << 20), RelayLimits(requests=2, timeout=2.0), BIG_MANIFEST) as (url, hub):
         async with aiohttp.ClientSession() as http:
             for index in range(2):
                 async with http.get(f"{url}/piece/{cid}/{index}") as resp:
@@ -213,33 +203,14 @@ async def test_a_large_piece_reaches_a_requester_slower_than_its_relayed_peer():
 
 
 HUGE = os.urandom(8 << 20)  # 4 MiB pieces: a file over 8 GiB has pieces this large
-HUGE_MANIFEST = SignedManifest.sign(
-    Manifest(
-        path="huge.bin",
-        size=len(HUGE),
-        content_type="application/octet-stream",
-        piece_size=4 << 20,
-        pieces=tuple(hashlib.sha256(HUGE[i : i + (4 << 20)]).hexdigest() for i in range(0, len(HUGE), 4 << 20)),
-        modified=0,
-    ),
-    Ed25519PrivateKey.generate(),
-)
-
-
-async def send_huge_piece(ws: aiohttp.ClientWebSocketResponse, req: relay.Request) -> None:
-    index = int(req.path.rsplit("/", 1)[1])
-    await ws.send_str(relay.encode(relay.Head(req.id, 200, {"Content-Type": "application/octet-stream"})))
-    body = HUGE[index << 22 : (index + 1) << 22]
-    for start in range(0, len(body), 60_000):
-        await ws.send_bytes(relay.data_frame(req.id, body[start : start + 60_000]))
-    await ws.send_str(relay.encode(relay.End(req.id)))
+HUGE_MANIFEST = signed_file("huge.bin", HUGE, 4 << 20)
 
 
 async def test_a_requester_that_stops_reading_holds_none_of_its_relayed_peers_other_requests():
     """The relay paused the peer's link while one requester's queue drained: each requester that stopped reading held
     every other request of that peer 5 s, and several dropped the link (its pings went unanswered; a review)."""
     cid = HUGE_MANIFEST.content_id
-    async with hub_with_peer(send_huge_piece, RelayLimits(requests=4, timeout=2.0), HUGE_MANIFEST) as (url, hub):
+    async with hub_with_peer(sending(HUGE, 4 << 20), RelayLimits(requests=4, timeout=2.0), HUGE_MANIFEST) as (url, hub):
         host, port = url.removeprefix("http://").split("/", 1)[0].split(":")
         stalled = []
         for _ in range(2):  # connections that ask and read nothing, their receive buffers small: the edge's writes wait
