@@ -70,10 +70,14 @@ class Busy(UpstreamError):
     such, and no failure of that node (it is not set aside: it said when to come back)."""
 
 
+def says_busy(status: int, headers: Mapping[str, str]) -> bool:
+    """An answer that is a 503 with Retry-After: busy, to be asked again then (no failure of the node that said so)."""
+    return status == 503 and bool(headers.get("Retry-After"))
+
+
 def busy(status: int, headers: Mapping[str, str], message: str) -> Busy | None:
     """``Busy`` for an answer that is a 503 with Retry-After, else None."""
-    retry = headers.get("Retry-After") if status == 503 else None
-    return Busy(503, message, {"Retry-After": retry}) if retry else None
+    return Busy(503, message, {"Retry-After": headers["Retry-After"]}) if says_busy(status, headers) else None
 
 
 def passed_on(problems: Sequence[UpstreamError]) -> tuple[int, dict[str, str] | None]:

@@ -51,6 +51,7 @@ from edgeswarm.node.upstream import (
     client_error_text,
     node_url,
     read_bounded,
+    says_busy,
     source_address,
 )
 from edgeswarm.policy import bitfield, uploadgate
@@ -629,7 +630,7 @@ class Peer:
             said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
             self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
             raise UpstreamError(502, self.refused[url])
-        if reply.status == 429 or (reply.status == 503 and "Retry-After" in reply.headers):  # come back then: no failure
+        if reply.status == 429 or says_busy(reply.status, reply.headers):  # come back then: no failure
             retry = retry_after(reply.headers, 4)  # (a 503's: an edge passing on an origin that hashes a replaced file)
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
         if reply.status in (404, 504) and to_peer:
@@ -1158,7 +1159,7 @@ class Peer:
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
-        if reply.status == 429 or (reply.status == 503 and "Retry-After" in reply.headers):
+        if reply.status == 429 or says_busy(reply.status, reply.headers):
             # over a limit, or an edge too busy (its loop late, its tracker full, its store down): no announce to it
             # before its Retry-After, news or not (a shed one was asked again within the second for a completed content)
             wait = retry_after(reply.headers, 5)
