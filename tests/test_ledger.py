@@ -16,7 +16,7 @@ import pytest
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
 
 from edgeswarm.measure import usage
-from edgeswarm.store.ledger import _SCHEMA, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+from edgeswarm.store.ledger import _SCHEMA, ALL_PERIODS, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
 
 MiB = 1 << 20
 T0 = 1_699_999_200  # a period start for 3600-second periods
@@ -35,7 +35,7 @@ def stored(target: str) -> list[tuple]:
     """Every row as written, straight from the table."""
     backend = _connect(target, create=False)
     try:
-        return sorted(backend.select(-(1 << 62)))
+        return sorted(backend.select(*ALL_PERIODS))
     finally:
         backend.close()
 

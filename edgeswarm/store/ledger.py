@@ -91,7 +91,8 @@ _UPSERT = (
     f"ON CONFLICT ({_KEY}) DO UPDATE SET path = excluded.path, "
     f"bytes = CASE WHEN usage.bytes > {{cap}} - excluded.bytes THEN {{cap}} ELSE usage.bytes + excluded.bytes END"
 )
-_SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FROM usage WHERE period >= {p}"
+_SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FROM usage WHERE period >= {p} AND period < {p}"
+ALL_PERIODS = (-(1 << 62), 1 << 62)  # since, until: every period there can be
 CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's huge claims must not overflow a
 # BIGINT, fail every write and so stop the ledger for everyone (its rows are flagged by the cross-checks anyway)
 _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays unwritable
@@ -123,6 +124,7 @@ class _Backend:
     """One connection and its placeholder style: the only things SQLite and PostgreSQL do not share."""
 
     placeholder = "?"
+    limits: tuple[str, ...] = ()  # statements that bound a write, run first in its transaction
 
     def __init__(self, conn: Any):
         self.conn = conn
@@ -133,8 +135,6 @@ class _Backend:
         if not self.has_table():
             self.conn.execute(_SCHEMA)
             self.conn.commit()
-
-    limits: tuple[str, ...] = ()  # statements that bound a write, run first in its transaction
 
     def upsert(self, rows: list[tuple]) -> None:
         try:
@@ -152,9 +152,9 @@ class _Backend:
         cur = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage'")
         return cur.fetchone() is not None
 
-    def select(self, since: int) -> list[tuple]:
+    def select(self, since: int, until: int = ALL_PERIODS[1]) -> list[tuple]:
         cur = self.conn.cursor()
-        cur.execute(_SELECT.format(p=self.placeholder), (since,))
+        cur.execute(_SELECT.format(p=self.placeholder), (since, until))
         return cur.fetchall()
 
     def close(self) -> None:
@@ -174,8 +174,8 @@ class _Postgres(_Backend):
         self.conn.rollback()  # end the implicit transaction so later reads see new rows
         return bool(row and row[0])
 
-    def select(self, since: int) -> list[tuple]:
-        rows = super().select(since)
+    def select(self, since: int, until: int = ALL_PERIODS[1]) -> list[tuple]:
+        rows = super().select(since, until)
         self.conn.rollback()
         return rows
 
@@ -475,13 +475,13 @@ def report(
         raise ValueError(f"cannot report by {by!r}: expected one of {', '.join(BY)}")
     backend = _connect(target, create=False)
     try:
-        raw = backend.select(math.floor(since) if since is not None else -(1 << 62)) if backend.has_table() else []
+        first = math.floor(since) if since is not None else ALL_PERIODS[0]
+        end = math.ceil(until) if until is not None else ALL_PERIODS[1]  # periods start on whole seconds
+        raw = backend.select(first, end) if backend.has_table() else []
     except Exception as exc:
         raise LedgerError(f"cannot read ledger {redact(target)}: {said(exc)}") from None
     finally:
         backend.close()
-    if until is not None:
-        raw = [row for row in raw if row[0] < until]
     return _aggregate(raw, by, tolerance, slack)
 
 
