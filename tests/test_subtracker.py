@@ -81,6 +81,14 @@ async def test_a_promoted_peer_tracks_for_its_region_and_its_peers_go_back_to_th
     st = await status(http, viewer.urls["gateway"])
     assert st["swarms"][0]["neighbours"], st["swarms"][0]
 
+    # restarted, a peer told its sub-tracker "stopped" at its shutdown: its first round there says "started", or it is
+    # refused (409: an update after a stop) and sets the sub-tracker aside for three intervals (an adversarial session)
+    again = slow[0]
+    again.stop()
+    again.start()
+    await until(lambda: sub_tracked(http, again, fast.urls["upload"]), 30, "the restarted peer's refreshes at the sub-tracker")
+    assert (await status(http, again.urls["gateway"]))["announce_route"]["fallbacks"] == 0
+
     fast.kill()
     await until(lambda: _demoted(http, edge.url), 20, "the demotion of the killed peer")
     for p in [*slow, viewer]:

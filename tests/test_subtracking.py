@@ -98,3 +98,21 @@ def test_the_labs_measure_of_an_edges_announce_load_is_the_growth_of_its_counter
     assert _per_s(samples, 0.0, 1) == round(50 / 30, 3) and _per_s(samples, 0.0, 2) == round(100 / 30, 3)
     assert _per_s(samples, 10.0, 1) == 1.0  # the linger phase, from the first sample in it
     assert _per_s(samples, 30.0, 1) is None and _per_s(samples, None, 1) is None  # one sample, or no phase: no rate
+
+
+def test_a_contents_first_round_at_a_sub_tracker_says_started_and_again_after_it_failed_or_was_dropped():
+    """A restarted peer told its sub-tracker ``stopped``: an ``update`` then was refused (409) and set it aside."""
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    assert r.event(SUB, "c1") == "started"
+    r.joined(SUB, "c1")
+    assert (r.event(SUB, "c1"), r.event(SUB, "c2")) == ("update", "started")
+    r.left(SUB, "c1")
+    assert r.event(SUB, "c1") == "started"
+    r.joined(SUB, "c1")
+    r.failed(EDGE, 5, 10)  # it may have restarted, and forgotten us
+    assert r.event(SUB, "c1") == "started"
+    r.edge_answered(EDGE, 40, SUB)
+    r.joined(SUB, "c1")
+    r.edge_answered(EDGE, 50, None)  # demoted: named again later, it may have restarted meanwhile
+    assert r.event(SUB, "c1") == "started"

@@ -14,6 +14,12 @@ the edge itself:
   accounting and tickets stay the edge's; the edge's update load from such
   a peer halves, which is what the record's lifetime allows.
 
+A content's first round at a sub-tracker says ``started`` (later ones
+``update``): a peer that restarted told it ``stopped`` at its shutdown, and a
+sub-tracker, as an edge, refuses an ``update`` after a ``stopped`` (409, the
+announce that was in flight when its peer stopped), which set it aside for
+three intervals after every restart.
+
 Any failure of the sub-tracker (no connection, a timeout, a 4xx or 5xx, an
 item refused, an answer that does not parse) forgets it: that round goes to
 the edge at once, and the edge's next answer names one again (the same or
@@ -42,16 +48,17 @@ class AnnounceRoute:
         self._heard: dict[str, float] = {}  # edge -> when it last took an announce of ours
         self._aside: dict[str, float] = {}  # sub-tracker that failed -> until when it is not used
         self._strikes: dict[str, int] = {}  # sub-tracker -> its failures since a round there was last answered
+        self._joined: dict[str, set[str]] = {}  # sub-tracker -> contents it took our "started" for (an edge names it)
         self.to_subtracker = 0  # rounds sent to a sub-tracker and answered
         self.fallbacks = 0  # rounds a sub-tracker failed, sent to the edge instead
 
     def edge_answered(self, edge: str, now: float, tracker: str | None) -> None:
         """The edge took an announce of ours; its answer named ``tracker`` (None: none, announce to the edge)."""
         self._heard[edge] = now
-        if tracker is None:
-            self._named.pop(edge, None)
-        else:
+        before = self._named.pop(edge, None) if tracker is None else self._named.get(edge)
+        if tracker is not None:
             self._named[edge] = tracker
+        self._unused(before)
 
     def target(self, edge: str, now: float, interval: float, news: bool) -> str | None:
         """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
@@ -66,6 +73,23 @@ class AnnounceRoute:
         """The sub-tracker ``edge`` last named, if it has not failed since."""
         return self._named.get(edge)
 
+    def event(self, tracker: str, cid: str) -> str:
+        """The event of an ``update`` round's item for ``cid`` at ``tracker``: ``started`` the first time (module docstring)."""
+        return "update" if cid in self._joined.get(tracker, ()) else "started"
+
+    def joined(self, tracker: str, cid: str) -> None:
+        """``tracker`` took an announce of ``cid`` from us."""
+        self._joined.setdefault(tracker, set()).add(cid)
+
+    def left(self, tracker: str, cid: str) -> None:
+        """We told ``tracker`` ``stopped`` for ``cid``."""
+        self._joined.get(tracker, set()).discard(cid)
+
+    def _unused(self, tracker: str | None) -> None:
+        """Forget what ``tracker`` was told once no edge names it: one named again may have restarted since."""
+        if tracker is not None and tracker not in self._named.values():
+            self._joined.pop(tracker, None)
+
     def answered(self, tracker: str) -> None:
         self.to_subtracker += 1
         self._strikes.pop(tracker, None)
@@ -76,6 +100,7 @@ class AnnounceRoute:
         self.fallbacks += 1
         tracker = self._named.pop(edge, None)
         if tracker is not None:
+            self._joined.pop(tracker, None)  # it failed: it may have restarted, or may when it comes back
             strikes = self._strikes[tracker] = self._strikes.get(tracker, 0) + 1
             self._aside[tracker] = now + min(MAX_SET_ASIDE, SET_ASIDE * 2 ** (strikes - 1)) * interval
             # a few at most: those whose time aside ended long ago (any failure since would have set them aside again) go
@@ -86,7 +111,7 @@ class AnnounceRoute:
 
     def forget(self, edge: str) -> None:
         """An edge we no longer use."""
-        self._named.pop(edge, None)
+        self._unused(self._named.pop(edge, None))
         self._heard.pop(edge, None)
 
     def status(self, now: float) -> dict[str, object]:

@@ -993,7 +993,11 @@ class Peer:
         for i in range(0, len(ordered), BATCH):
             chunk = ordered[i : i + BATCH]
             items = [
-                {**{k: v for k, v in item.items() if k != "usage"}, "event": event, "ticket": self.tickets.get(cid)}
+                {
+                    **{k: v for k, v in item.items() if k != "usage"},
+                    "event": event if event == "stopped" else self.route.event(tracker, cid),
+                    "ticket": self.tickets.get(cid),
+                }
                 for cid, (item, _, _) in chunk
             ]
             try:
@@ -1004,11 +1008,14 @@ class Peer:
                     return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
                 answers = jsondoc.loads(reply.body)["contents"]
                 if event == "stopped":
+                    for cid, _ in chunk:
+                        self.route.left(tracker, cid)
                     continue
                 for cid, (_, _, count) in chunk:
                     one = answers[cid]
                     if "error" in one:
                         return f"content {cid[:12]}: {one['error']}"
+                    self.route.joined(tracker, cid)
                     self._take_answer(cid, count, {"peers": one["peers"]})
             except UpstreamError as exc:
                 return exc.message
