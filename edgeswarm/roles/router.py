@@ -38,7 +38,7 @@ from dnslib.label import DNSLabelError
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node import dashboard
-from edgeswarm.node.daemon import ServerLimits, make_app, serve
+from edgeswarm.node.daemon import BACKLOG, ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import UpstreamError, client_error_text, read_bounded
@@ -493,7 +493,7 @@ class Router:
             self.dns_transport = transport
             self.dns_address = transport.get_extra_info("sockname")[:2]
             try:
-                self.dns_tcp = await asyncio.start_server(self._dns_over_tcp, host, self.dns_address[1])
+                self.dns_tcp = await asyncio.start_server(self._dns_over_tcp, host, self.dns_address[1], backlog=BACKLOG)
                 break
             except OSError as exc:
                 if port == 0 and attempt < DNS_PORT_TRIES - 1:
