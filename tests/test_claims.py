@@ -36,6 +36,22 @@ def test_uploaded_is_bounded_by_what_it_holds_times_its_neighbours():
     assert bound(policy, 1, {"uploaded": 1}, held=0).usage["uploaded"] == 0  # holds nothing: uploaded nothing
 
 
+def test_uploaded_counts_the_peers_that_joined_since_its_last_announce_and_left_before_it():
+    """A seeder whose three downloaders came and went one after another between two of its announces: each took the
+    whole content from it.  Bounded by the peers present at its announce (itself and none), it was cut to one copy and
+    flagged, and each downloader flagged for a download nobody backed (an adversarial session)."""
+    policy = ClaimPolicy()
+    bound(policy, 0, {"uploaded": 0}, peer="seed", neighbours=1)
+    for i, t in enumerate((10, 20, 30)):  # each joins, downloads from the seed, and stops before the seed's next announce
+        bound(policy, t, {"from_peers": 0}, peer=f"get{i}", neighbours=1)
+        bound(policy, t + 5, {"from_peers": SIZE}, peer=f"get{i}", neighbours=1)
+        policy.forget(f"get{i}", "c")
+    cut = bound(policy, 300, {"uploaded": 3 * SIZE}, peer="seed", neighbours=1)  # alone again: the swarm is itself
+    assert cut.usage["uploaded"] == 3 * SIZE and cut.excess == 0
+    cut = bound(policy, 600, {"uploaded": 2 * SIZE}, peer="seed", neighbours=1)  # nobody came since: one, who may have just left
+    assert cut.usage["uploaded"] == SIZE and cut.excess == SIZE
+
+
 def test_a_link_carries_at_most_max_rate_whatever_ids_it_uses():
     policy = ClaimPolicy(max_rate=1 * MiB, window=4)  # a 4 MiB bucket that refills at 1 MiB/s
     granted = sum(bound(policy, 0, {"from_peers": 1 * MiB}, peer=f"fresh{i}").usage["from_peers"] for i in range(10))
@@ -61,9 +77,14 @@ def test_expire_forgets_silent_peers_and_full_buckets():
     bound(policy, 0, {"from_peers": MiB})
     bound(policy, 8, {"from_peers": 5 * MiB}, peer="q")
     policy.expire(10.5)
-    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1, "claim_copies": 1}  # q's; the link is full again at 13
+    assert policy.state_size() == {
+        "claim_tallies": 1,
+        "claim_links": 1,
+        "claim_copies": 1,
+        "claim_contents": 1,
+    }  # q's; the link is full again at 13
     policy.expire(20)
-    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0}
+    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0, "claim_contents": 0}
 
 
 @pytest.mark.parametrize(
@@ -127,7 +148,7 @@ def test_expire_keeps_what_was_used_since_whatever_order_it_came_in():
     bound(policy, 1, {"from_peers": MiB}, peer="b", link="10.0.0.2")
     bound(policy, 5, {"from_peers": MiB}, peer="a", link="10.0.0.1")  # a and its link again: newer than b's
     policy.expire(11.5)
-    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1, "claim_copies": 1}  # a's, not b's
+    assert policy.state_size() == {"claim_tallies": 1, "claim_links": 1, "claim_copies": 1, "claim_contents": 1}  # a's, not b's
     assert bound(policy, 12, {"from_peers": SIZE}, peer="a", link="10.0.0.1").excess > 0, "a's tally was forgotten"
     policy.expire(30)
-    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0}
+    assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0, "claim_contents": 0}

@@ -12,8 +12,13 @@ Bounds (docs/security.md#claim-bounds):
 - ``from_peers``: over a peer id's life in a swarm, at most the content's size
   (a piece counts once it is verified, and a peer keeps what it has);
 - ``uploaded``: per announce, at most the bytes the peer holds times the
-  swarm's other peers (the peers this edge tickets: each takes a held piece
-  at most once an interval), counting at least one, who may have just left;
+  peers it may have served since its last one: the swarm's other peers now
+  (the peers this edge tickets: each takes a held piece at most once), and
+  every peer that joined the swarm since, counting at least one.  The peers
+  now alone cut an honest seeder whose downloaders had left before it
+  announced (three ``get`` one after another: 22 MB sent, 8 MB booked, and
+  each downloader flagged for a download nobody backed: an adversarial
+  session);
 - both: at most what the owner's link (the token's user, else the address)
   can carry, a byte bucket of ``max_rate`` bytes/s that fills for ``window``
   seconds (1.2 announce intervals: one interval at full rate, and a late
@@ -71,12 +76,11 @@ class Cut:
 
 
 # What one peer id claimed of one content over its life in the swarm: (from_peers booked, stats cut at its last
-# announce, its cumulative stats as booked by STAT_KINDS (none yet: empty), when last seen).  This and _Copies are
+# announce, its cumulative stats as booked by STAT_KINDS (none yet: empty), the content's joins then, when last seen).  This and _Copies are
 # plain tuples of numbers, replaced at each announce: the cyclic garbage collector stops tracking them (it never
 # does a mutable object, nor a tuple subclass), where an object per peer was one more for each full collection to
 # walk (at 100 000 peers, pauses of 0.4-0.7 s: README, bench tracker).
-_Tally = tuple[int, int, tuple[int, ...], float]
-_NO_TALLY: _Tally = (0, 0, (), 0.0)
+_Tally = tuple[int, int, tuple[int, ...], int, float]
 # What one owner's peer ids together claimed of one content, copies of it whatever ids they used: (from_peers booked,
 # stats booked, when last seen).
 _Copies = tuple[int, int, float]
@@ -92,6 +96,7 @@ class ClaimPolicy:
     _tallies: dict[tuple[Hashable, str], _Tally] = field(default_factory=dict)
     _copies: dict[tuple[Hashable, str], _Copies] = field(default_factory=dict)
     _links: dict[tuple[Hashable, str], tuple[float, float]] = field(default_factory=dict)
+    _joins: dict[str, tuple[int, float]] = field(default_factory=dict)  # content -> (peer ids that joined it, last used)
 
     def bound(
         self,
@@ -106,7 +111,11 @@ class ClaimPolicy:
         stats: Mapping[str, int],
     ) -> Cut:
         """Clamp one announce of ``peer`` (behind ``link``) for content ``cid`` of ``size`` bytes, of which it holds ``held``."""
-        from_peers, was_excess, was_stats, _ = self._tallies.get((peer, cid), _NO_TALLY)
+        joins = self._joins.get(cid, (0, now))[0]
+        tally = self._tallies.get((peer, cid))
+        if tally is None:  # its first announce here (or its first since it stopped or fell silent): one more peer
+            joins += 1
+        from_peers, was_excess, was_stats, joins_then, _ = tally or (0, 0, (), joins, 0.0)
         copied, copied_stats, _ = self._copies.get((link, cid), _NO_COPIES)
         room = size * self.ids_per_link
         booked = dict(usage)
@@ -115,12 +124,14 @@ class ClaimPolicy:
             booked["from_peers"] = got
             from_peers, copied = from_peers + got, copied + got
         if "uploaded" in usage:
-            booked["uploaded"] = self._spend(now, (link, "up"), min(usage["uploaded"], held * neighbours))
+            served = neighbours + max(0, joins - joins_then)  # who is here, and who came since (and may have gone)
+            booked["uploaded"] = self._spend(now, (link, "up"), min(usage["uploaded"], held * served))
         excess = sum(usage.values()) - sum(booked.values())
         bounded, copied_stats = self._bounded_stats(was_stats, copied_stats, room, size, stats)
         stats_excess = sum(stats.values()) - sum(bounded.values())
         excess += max(0, stats_excess - was_excess)  # cumulative figures: only what is new is cut now
-        _renew(self._tallies, (peer, cid), (from_peers, stats_excess, tuple(bounded.values()), now))
+        _renew(self._tallies, (peer, cid), (from_peers, stats_excess, tuple(bounded.values()), joins, now))
+        _renew(self._joins, cid, (joins, now))
         _renew(self._copies, (link, cid), (copied, copied_stats, now))
         return Cut(booked, bounded, excess)
 
@@ -162,10 +173,16 @@ class ClaimPolicy:
         """
         _drop_unused(self._tallies, now, self.keep)
         _drop_unused(self._copies, now, self.keep)
+        _drop_unused(self._joins, now, self.keep)  # a content nobody announced for a ttl: its last tallies go with it
         _drop_unused(self._links, now, self.window)
 
     def state_size(self) -> dict[str, int]:
-        return {"claim_tallies": len(self._tallies), "claim_links": len(self._links), "claim_copies": len(self._copies)}
+        return {
+            "claim_tallies": len(self._tallies),
+            "claim_links": len(self._links),
+            "claim_copies": len(self._copies),
+            "claim_contents": len(self._joins),
+        }
 
 
 def overclaimers(claims: Mapping[str, tuple[int, int]], tolerance: float, slack: int) -> set[str]:
