@@ -49,6 +49,17 @@ async def test_a_peer_id_is_its_addresses_without_tokens(service):
     assert sorted(p.address for p in await service.tracker.swarm(CID)) == ["127.0.0.5", "127.0.0.6"]
 
 
+async def test_a_seeder_is_credited_the_copies_its_downloaders_took_before_they_left(service):
+    """Downloaders that come and go between two of a seeder's announces are gone when it announces: bounded by the
+    swarm then, it was booked one copy of three and flagged (an adversarial session, with three ``edgeswarm get``)."""
+    await service.handle(doc(peer="seed", have=ALL, event="started"), "127.0.0.5", M)
+    for i in range(3):
+        await service.handle(doc(peer=f"get{i}", event="started"), f"127.0.0.{10 + i}", M)
+        await service.handle(doc(peer=f"get{i}", event="stopped", have=ALL, usage={"from_peers": M.size}), f"127.0.0.{10 + i}", M)
+    _, usage = await service.handle(doc(peer="seed", have=ALL, usage={"uploaded": 3 * M.size}), "127.0.0.5", M)
+    assert usage == {"reported_uploaded": 3 * M.size}
+
+
 async def test_users_cannot_squat_each_others_peer_ids(service):
     await service.handle(doc(), "127.0.0.5", M, "alice")
     answer, _ = await service.handle(doc(), "127.0.0.6", M, "bob")  # the same id, another user: another peer
