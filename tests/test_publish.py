@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, make_file, post, serve_app, sha, start_p2p_edge, start_peer, status
+from conftest import DoubleServer, make_file, post, serve_app, sha, start_p2p_edge, start_peer, status, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.errors import HttpError
@@ -583,6 +583,26 @@ async def test_two_status_queries_of_a_whole_part_at_once_publish_it_once(publis
         got = await asyncio.gather(*(put(http, url, alice, b"", len(body), sha(body), query) for _ in range(2)))
     assert sorted(code for code, _ in got) == [201, 202], got  # the other: all bytes held, being checked (ask again)
     assert (publisher.catalog.root / "users/alice/whole.bin").read_bytes() == body
+
+
+async def test_a_status_query_while_the_part_is_put_in_place_is_told_it_is_whole(publisher, monkeypatch, http):
+    """Between the part's move into place and the end of its finish, a status query found the declaration, no part,
+    and answered offset 0: the client sent the whole file again (a review, read in the code)."""
+    body = os.urandom(300_000)
+    held = publisher.staging.open("alice", "users/alice/moved.bin", len(body), sha(body), True)
+    held.part.write_bytes(body)
+    slowed(monkeypatch, publisher.staging, "discard", 1.0)  # the step after the move
+    app = make_app(Metrics("origin"))
+    app.router.add_put("/" + PATH, publisher.put)
+    async with serve_app(app) as port:
+        url, alice = f"http://127.0.0.1:{port}/users/alice/moved.bin", token_for(publisher, "alice")
+        query = {"Content-Range": f"bytes */{len(body)}"}
+        first = asyncio.ensure_future(put(http, url, alice, b"", len(body), sha(body), query))
+        placed = publisher.catalog.root / "users/alice/moved.bin"
+        await until(lambda: asyncio.to_thread(placed.exists), 10, "the part moved into place")
+        code, text = await put(http, url, alice, b"", len(body), sha(body), query)
+        assert (await first)[0] == 201
+    assert code == 202 and json.loads(text)["offset"] == len(body), (code, text)
 
 
 async def test_a_name_of_255_bytes_publishes_across_file_systems(tmp_path, small_disk, http):

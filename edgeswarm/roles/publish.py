@@ -81,6 +81,7 @@ class Publisher:
         self.quota = quota
         self.max_unfinished = max_unfinished
         self._busy: set[tuple[str, str]] = set()  # (user, path) being received: one request at a time each
+        self._checking: dict[tuple[str, str], tuple[int, str]] = {}  # (user, path) -> (length, SHA-256) being finished
         self._admitting = asyncio.Lock()
         self._usage: dict[str, dict[str, int]] = {}  # user -> published files' sizes, for the catalogue generation below
         self._usage_of = -1
@@ -191,6 +192,8 @@ class Publisher:
         the second's 409 "No such file" ended its publish, the file published).
         """
         self.quota.check(user, self._published_by(user), self.staging.pending(user), rel, declared.length)
+        if self._checking.get((user, rel)) == (declared.length, declared.sha256):  # whole, being checked: ask again
+            return _incomplete(declared.length, declared.length)  # (its part may be in place already: offset 0 said "resend")
         held = await asyncio.to_thread(self.staging.find, user, rel)
         if held is None or (held.length, held.sha256) != (declared.length, declared.sha256):
             done = self._finished.get((user, rel))
@@ -247,6 +250,13 @@ class Publisher:
 
     async def _finish(self, user: str, rel: str, staged: Upload) -> web.Response:
         """Every byte is here: check the hash, sign, move into place; or drop it all with a 400/409."""
+        self._checking[(user, rel)] = (staged.length, staged.sha256)
+        try:
+            return await self._check_and_place(user, rel, staged)
+        finally:
+            del self._checking[(user, rel)]
+
+    async def _check_and_place(self, user: str, rel: str, staged: Upload) -> web.Response:
         digest = await asyncio.to_thread(self.staging.sha256, staged)
         if digest != staged.sha256:
             await asyncio.to_thread(self.staging.discard, staged)
