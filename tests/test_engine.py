@@ -7,6 +7,7 @@ the same engine the peer daemon runs, against simulated peers and edges.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -674,6 +675,18 @@ def test_a_dead_edge_is_replaced():
     o = simulate(Crowd(peers=6, regions=1, mode="get", edges=2, edge_down=(0.0, math.inf)))
     assert o.finished == 6
     assert o.edge_sent["http://edge0:8000"] == 0
+
+
+def test_an_edge_down_for_minutes_costs_a_few_lines_not_one_a_probe(caplog):
+    """With its only edge down a peer asks it again each second (sources.probe), and each failure was a WARNING
+    saying it was set aside for 60 s: 3 600 lines an hour (an adversarial session).  Now a line as the back-off
+    grows (2 s ... 60 s) and one a minute after."""
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.policy.engine"):
+        o = simulate(Crowd(peers=1, regions=1, mode="get", edge_down=(0.0, 180.0)))
+    assert o.finished == 1 and o.last_done >= 180
+    said = [r.getMessage() for r in caplog.records if "set aside for" in r.getMessage()]
+    assert 6 <= len(said) <= 10, said  # 2, 4, ... 60 s, then one a minute
+    assert "no other edge is left: it is asked again every 1 s" in said[-1]
 
 
 def test_peers_that_never_deliver_hand_the_file_to_the_edge():

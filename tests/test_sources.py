@@ -178,3 +178,15 @@ def test_requests_sent_before_a_failure_that_fail_after_it_do_not_double_the_bac
     assert r.failure("sib", 30.0, began=12.0) == 2 * BASE_BACKOFF  # a slow one from before, ending after the back-off
     r.success("sib", 1000, 1.0)
     assert r.failure("sib", 40.0, began=12.0) == BASE_BACKOFF  # a success since: a first failure again
+
+
+def test_a_failure_is_news_as_its_episode_starts_as_its_back_off_grows_and_once_a_minute_after():
+    r = SourceRanking()
+    said = []
+    for t in range(0, 200):  # a dead edge asked every second
+        r.failure("edge", float(t), float(t) - 0.5)
+        said.append(r.news("edge", float(t)))
+    assert [t for t, s in enumerate(said) if s] == [0, 1, 2, 3, 4, 5, 65, 125, 185]  # 2 ... 60 s, then one a minute
+    r.success("edge", 1000, 1.0)
+    r.failure("edge", 300.0)
+    assert r.news("edge", 300.0)  # a new episode is said at once

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from edgeswarm.policy.picker import PiecePicker
-from edgeswarm.policy.sources import SourceRanking
+from edgeswarm.policy.sources import PROBE_EVERY, SAY_EVERY, SourceRanking
 from edgeswarm.policy.tracker import PER_ADDRESS, address_group
 
 log = logging.getLogger("edgeswarm.roles.swarm")
@@ -809,7 +809,8 @@ class Engine:
         elif kind in ("failed", "stalled"):
             backoff = self.ranking.failure(url, self.clock(), began)
             if peer is None:
-                log.warning("edge %s failed (%s); set aside for %.0f s", url, result.message, backoff)
+                if self.ranking.news(url, self.clock()):
+                    log.warning("edge %s failed (%s); set aside for %.0f s%s", url, result.message, backoff, self._probing())
                 self._no_edge_for_startup()
                 return "retry"
             # a peer that held a request for the whole timeout is dropped at once: three such (a peer that announces
@@ -828,6 +829,12 @@ class Engine:
             else:
                 yield Sleep(1.0)
         return "retry"
+
+    def _probing(self) -> str:
+        """What the set-aside line adds when no edge is left: one is asked again each second meanwhile (sources.probe)."""
+        if self.ranking.ranked(self.edges, self.clock()):
+            return ""
+        return f" (no other edge is left: it is asked again every {PROBE_EVERY:g} s, and said again in {SAY_EVERY:g} s)"
 
     def _no_edge_for_startup(self) -> None:
         """An edge failed: if none is left to ask, a reader's startup, decided or not yet, is the neighbours' at once,

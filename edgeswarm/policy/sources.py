@@ -16,6 +16,7 @@ RISE = 0.05  # weight of a round trip longer than the one kept: a few slow heads
 BASE_BACKOFF = 2.0
 MAX_BACKOFF = 60.0
 PROBE_EVERY = 1.0  # seconds between probes of a source set aside, when every source is (``probe``)
+SAY_EVERY = 60.0  # seconds between two lines about a source that keeps failing at the same back-off (``news``)
 
 
 @dataclass
@@ -27,6 +28,7 @@ class _Source:
     until: float = 0.0  # not used before this time
     failed: float = -1e18  # when it last failed (-1e18: never; a clock may start at 0)
     backoff: float = 0.0  # the back-off it was last given
+    said: tuple[float, float] | None = None  # (when, back-off) a failure of it was last said, in this episode
 
 
 class SourceRanking:
@@ -47,6 +49,7 @@ class SourceRanking:
             s.link = link if s.link is None else ALPHA * link + (1 - ALPHA) * s.link
         s.failures = 0
         s.until = 0.0
+        s.said = None
 
     def heard(self, source: str, seconds: float) -> None:
         """An answer's head came ``seconds`` after its request: the round trip follows the shortest (a head that
@@ -77,11 +80,23 @@ class SourceRanking:
         s.until = max(s.until, now + s.backoff)
         return s.until - now
 
+    def news(self, source: str, now: float) -> bool:
+        """Whether the failure just counted is worth a log line: the first of an episode, one that lengthened the
+        back-off, or one ``SAY_EVERY`` after the last line.  While every source is set aside one is probed each
+        ``PROBE_EVERY``: a line for each failed probe was 3 600 lines an hour of an edge's outage, each saying it was
+        set aside for 60 s (an adversarial session)."""
+        s = self._get(source)
+        if s.said is not None and s.backoff <= s.said[1] and now - s.said[0] < SAY_EVERY:
+            return False
+        s.said = (now, s.backoff)
+        return True
+
     def revive(self, source: str) -> None:
         """The source is known to answer again (a peer's edge answers announces): its back-off is over."""
         s = self._get(source)
         s.failures = 0
         s.until = 0.0
+        s.said = None
 
     def available(self, source: str, now: float) -> bool:
         return self._get(source).until <= now
