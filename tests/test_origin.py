@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -198,8 +200,10 @@ def test_origin_cli_errors_are_clear(tmp_path):
     assert "HOST:PORT" in r.stderr
     bad_key = tmp_path / "bad.key"
     bad_key.write_text("not a key")
+    media = tmp_path / "media"
+    media.mkdir()
     r = subprocess.run(
-        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(tmp_path), "--key", str(bad_key)],
+        [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(media), "--key", str(bad_key)],
         capture_output=True,
         text=True,
         timeout=20,
@@ -207,6 +211,27 @@ def test_origin_cli_errors_are_clear(tmp_path):
     assert r.returncode == 2
     assert "not a PEM private key" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--state", "state"], "--state 'state' lies inside the published folder '.'"),
+        (["--state", "."], "--state '.' is the published folder '.'"),
+        (["--key", "keys/origin.key"], "--key 'keys/origin.key' lies inside"),
+        (["--tls-cert", "../c.pem", "--tls-key", "k.pem"], "--tls-key 'k.pem' lies inside"),
+        (["--state", ""], "argument --state: an empty path (an unset variable?)"),
+    ],
+)
+def test_an_origin_never_publishes_its_own_secrets_nor_takes_an_empty_path(tmp_path, flags, said):
+    """``--publish . --state state`` served GET /state/origin.key and the catalogue with every protected file's content
+    key; ``--state ""`` (an unset variable) was the published folder itself (an adversarial session)."""
+    media = tmp_path / "media"
+    media.mkdir()
+    args = [sys.executable, "-m", "edgeswarm", "origin", "--publish", ".", "--listen", "127.0.0.1:0", *flags]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=20, cwd=media)
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert list(media.iterdir()) == []  # nothing made: no key, no state
 
 
 async def test_status_lists_the_first_files_and_counts_them_all(nodes, published, http):

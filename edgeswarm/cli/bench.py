@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from edgeswarm.cli import options
 from edgeswarm.cli.preheat import share as preheat_share
@@ -64,7 +63,7 @@ def add_parser(sub) -> None:
         "--peer-upload", type=options.rate, default=parse_rate("1MB/s"), metavar="RATE", help="each peer's upload cap u_i (default 1MB/s)"
     )
     b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
-    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    b.add_argument("--workdir", type=options.path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     b.set_defaults(run=run_swarm)
 
     b = bsub.add_parser(
@@ -78,7 +77,7 @@ def add_parser(sub) -> None:
     b.add_argument("--size", type=options.size, default=16 * 1024 * 1024, metavar="SIZE", help="the file (default 16MiB)")
     b.add_argument("--parent-rate", default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)")
     b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
-    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    b.add_argument("--workdir", type=options.path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     b.add_argument(
         "--peers",
         type=preheat_share,
@@ -104,7 +103,7 @@ def add_parser(sub) -> None:
     b.add_argument("--duration", type=options.count, default=10, metavar="SECONDS", help="length of each way's run (default 10)")
     b.add_argument("--connections", type=options.count, default=32, metavar="N", help="wrk concurrent connections (default 32)")
     b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
-    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep logs here (default: a temporary directory)")
+    b.add_argument("--workdir", type=options.path, metavar="DIR", help="keep logs here (default: a temporary directory)")
     b.set_defaults(run=run_router)
 
     b = bsub.add_parser(
@@ -119,7 +118,7 @@ def add_parser(sub) -> None:
         "--runs", type=options.count, default=3, metavar="N", help="requests per case and way, each on fresh cold nodes (default 3)"
     )
     b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
-    b.add_argument("--workdir", type=Path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
+    b.add_argument("--workdir", type=options.path, metavar="DIR", help="keep media, caches and logs here (default: a temporary directory)")
     b.set_defaults(run=run_players)
 
     b = bsub.add_parser(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from edgeswarm.cli import options
 
@@ -24,7 +23,7 @@ def add_parser(sub) -> None:
         metavar="DIR",
         help="plots and demo.json go here (default ./edgeswarm-demo)",
     )
-    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    p.add_argument("--workdir", type=options.path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     p.set_defaults(run=run)
 
 

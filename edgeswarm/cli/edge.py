@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeswarm.cli import options
@@ -81,7 +80,10 @@ def add_parser(sub) -> None:
     p2p = p.add_argument_group("p2p mode (p2pd -i): the edge as tracker and super peer of its region")
     p2p.add_argument("--p2p", action="store_true", help="track the peers that fetch from this edge and hand them to each other")
     p2p.add_argument(
-        "--regions", type=Path, metavar="FILE", help="region map (YAML or JSON: CIDR -> ISP and region); default: one region for all"
+        "--regions",
+        type=options.path,
+        metavar="FILE",
+        help="region map (YAML or JSON: CIDR -> ISP and region); default: one region for all",
     )
     p2p.add_argument(
         "--locality",
@@ -197,7 +199,7 @@ def add_parser(sub) -> None:
         help="this edge's URL for clients, registered with routers and where relayed peers are handed out (default: the address "
         "it listens on; for relayed peers, the address their announce reached)",
     )
-    reg.add_argument("--register-secret-file", type=Path, metavar="FILE", help="the routers' registration secret (its last line)")
+    reg.add_argument("--register-secret-file", type=options.path, metavar="FILE", help="the routers' registration secret (its last line)")
     p.add_argument(
         "--workers",
         type=options.count,

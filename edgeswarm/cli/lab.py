@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from edgeswarm.cli import options
 
@@ -93,7 +92,7 @@ def _scenario_flags(p: argparse.ArgumentParser, lab: bool) -> None:
     p.add_argument(
         "--plots", type=options.output_dir, metavar="DIR", help="PNG plots here (default: lab-SCENARIO-plots beside the JSON or here)"
     )
-    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
+    p.add_argument("--workdir", type=options.path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
 
 
 def run(args: argparse.Namespace) -> int:

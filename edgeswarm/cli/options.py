@@ -39,6 +39,15 @@ def positive_size(text: str) -> int:
     return n
 
 
+def path(text: str) -> Path:
+    """A file or folder flag's value, never empty: ``Path("")`` is the current folder, so an unset variable in a unit
+    file (``--publish "$MEDIA"``) published the folder the origin started in, ``/`` under systemd, without a word
+    (an adversarial session)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?): name the file or folder")
+    return Path(text)
+
+
 def output_file(text: str) -> Path:
     """A file a long run writes its figures to at its end (``--json``): checked now, so that a directory or a missing
     folder does not cost the run (a lab scenario lost its minutes of figures to it at the end: an adversarial session)."""
@@ -181,8 +190,8 @@ def daemon(p: argparse.ArgumentParser, default_listen: str) -> None:
 
 def tls_server(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TLS")
-    g.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs --tls-key")
-    g.add_argument("--tls-key", type=Path, metavar="FILE", help="the certificate's private key (PEM)")
+    g.add_argument("--tls-cert", type=path, metavar="FILE", help="serve HTTPS with this certificate chain (PEM); needs --tls-key")
+    g.add_argument("--tls-key", type=path, metavar="FILE", help="the certificate's private key (PEM)")
 
 
 def connection_limits(p: argparse.ArgumentParser) -> None:
@@ -229,8 +238,8 @@ def limits(args: argparse.Namespace) -> ServerLimits:
 def credentials(p: argparse.ArgumentParser, who: str) -> None:
     g = p.add_argument_group("trust")
     g.add_argument("--token", metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
-    g.add_argument("--token-file", type=Path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
-    g.add_argument("--ca", type=Path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
+    g.add_argument("--token-file", type=path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
+    g.add_argument("--ca", type=path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
 
 
 def token(args: argparse.Namespace) -> str | None:
@@ -262,7 +271,7 @@ def _last_line(path: Path, what: str) -> str:
 
 # -- the cache flags of edge and peer (EdgeConfig, PeerConfig) ---------------------------------
 def cache(p: argparse.ArgumentParser, help: str, required: bool = True) -> None:
-    p.add_argument("--cache", type=Path, required=required, metavar="DIR", help=help)
+    p.add_argument("--cache", type=path, required=required, metavar="DIR", help=help)
 
 
 MIN_CACHE = 1_000_000  # bytes: a quota that holds no piece (0, 1B) cached nothing, and an operator meant "no limit" by 0
@@ -281,7 +290,7 @@ def max_cache(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def origin_key(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--origin-key", type=Path, metavar="FILE", help=help)
+    p.add_argument("--origin-key", type=path, metavar="FILE", help=help)
 
 
 def upload_limit(p: argparse.ArgumentParser, help: str) -> None:

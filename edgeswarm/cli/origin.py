@@ -37,9 +37,11 @@ def add_parser(sub) -> None:
         formatter_class=options.FORMATTER,
         description="Publish every file under DIR, with signed manifests, over HTTP.",
     )
-    p.add_argument("--publish", type=Path, required=True, metavar="DIR", help="directory to publish")
-    p.add_argument("--key", type=Path, metavar="FILE", help="Ed25519 signing key (PEM), created if missing (default STATE/origin.key)")
-    p.add_argument("--state", type=Path, metavar="DIR", help="where manifests are kept across restarts (default DIR/.edgeswarm)")
+    p.add_argument("--publish", type=options.path, required=True, metavar="DIR", help="directory to publish")
+    p.add_argument(
+        "--key", type=options.path, metavar="FILE", help="Ed25519 signing key (PEM), created if missing (default STATE/origin.key)"
+    )
+    p.add_argument("--state", type=options.path, metavar="DIR", help="where manifests are kept across restarts (default DIR/.edgeswarm)")
     p.add_argument("--scan-interval", type=options.positive, metavar="SECONDS", help="how often DIR is checked for changes (default 1)")
     p.add_argument(
         "--protect",
@@ -67,7 +69,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--config",
-        type=Path,
+        type=options.path,
         metavar="FILE",
         help="YAML with any of these options by name (protect: [GLOB, ...], tls_cert: ...); flags win",
     )
@@ -90,13 +92,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgeswarm origin: {args.publish} is not a directory", file=sys.stderr)
         return 2
     state = args.state or args.publish / ".edgeswarm"
+    key = args.key or state / "origin.key"
+    problem = published_secret(args.publish, {"--state": state, "--key": key, "--tls-key": args.tls_key})
+    if problem is not None:
+        print(f"edgeswarm origin: {problem}", file=sys.stderr)
+        return 2
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
     quota = quota_policy(args.user_quota, origin.DEFAULT_QUOTA)
-    origin_node = origin.Origin(
-        args.publish, state, args.key or state / "origin.key", args.scan_interval, args.protect, args.web_seed, quota
-    )
+    origin_node = origin.Origin(args.publish, state, key, args.scan_interval, args.protect, args.web_seed, quota)
     asyncio.run(origin.run(origin_node, args.listen, args.access_log, ssl_context, options.limits(args)))
     return 0
+
+
+def published_secret(publish: Path, secrets: dict[str, Path | None]) -> str | None:
+    """Why the origin must not start: a secret (its state, with the catalogue's content keys, its signing key, the TLS
+    key) inside the published folder under a name the walk publishes (not hidden, as the default .edgeswarm is).
+
+    ``--publish . --state state`` served ``GET /state/origin.key``: anyone could sign manifests every node takes, and
+    read the content keys of every protected file (an adversarial session)."""
+    root = publish.resolve()
+    for flag, secret in secrets.items():
+        if secret is None:
+            continue
+        where = secret.resolve()
+        if where == root or root in where.parents:
+            rel = where.relative_to(root)
+            if not any(part.startswith(".") for part in rel.parts):
+                where_said = "is the published folder" if where == root else "lies inside the published folder"
+                return (
+                    f"{flag} {str(secret)!r} {where_said} {str(publish)!r}, which would serve it to anyone: "
+                    "put it elsewhere, or under a hidden name such as .edgeswarm (the default)"
+                )
+    return None
 
 
 def user_quota(text: str) -> tuple[str | None, int]:
@@ -128,10 +155,10 @@ def apply_config(args: argparse.Namespace) -> None:
     if not isinstance(doc, dict):
         raise ValueError(f"{args.config}: expected a mapping of option names to values")
     known: dict[str, Callable[[str], object]] = {
-        "state": Path,
-        "key": Path,
-        "tls_cert": Path,
-        "tls_key": Path,
+        "state": options.path,
+        "key": options.path,
+        "tls_cert": options.path,
+        "tls_key": options.path,
         "protect": list,
         "scan_interval": options.positive,
     }

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
         epilog=EPILOG,
         formatter_class=options.FORMATTER,
     )
-    p.add_argument("file", type=Path, metavar="FILE", help="the file to publish")
+    p.add_argument("file", type=options.path, metavar="FILE", help="the file to publish")
     p.add_argument("--edge", type=options.url, required=True, metavar="URL", help="your edge (or the origin itself)")
     p.add_argument(
         "--as", dest="name", type=options.content_path, metavar="PATH", help="its path under /users/USER/ (default: FILE's name)"

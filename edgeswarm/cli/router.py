@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from pathlib import Path
 
 from edgeswarm.cli import options
 
@@ -34,7 +33,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--regions",
-        type=Path,
+        type=options.path,
         required=True,
         metavar="FILE",
         help="region map: CIDR -> ISP and region, as the edges use (required: it names the regions edges may serve, "
@@ -47,10 +46,10 @@ def add_parser(sub) -> None:
         metavar="URL,REGION,CAPACITY",
         help="an edge, its region and what it may send, such as http://10.1.0.5:8080,east,1Gbit/s (repeatable)",
     )
-    p.add_argument("--edge-list", type=Path, metavar="FILE", help="YAML or JSON {edges: [{url, region, capacity}, ...]}")
+    p.add_argument("--edge-list", type=options.path, metavar="FILE", help="YAML or JSON {edges: [{url, region, capacity}, ...]}")
     p.add_argument(
         "--register-secret-file",
-        type=Path,
+        type=options.path,
         metavar="FILE",
         help="POST /register needs Authorization: Bearer <the file's last line> (default: no secret, loopback only)",
     )
@@ -83,13 +82,13 @@ def _health_flags(p: argparse.ArgumentParser) -> None:
     )
     health.add_argument(
         "--status-token-file",
-        type=Path,
+        type=options.path,
         metavar="FILE",
         help="send the token on this file's last line with each /status poll: needed for edges started with --require-token "
         "(a token from `edgeswarm token issue` that covers the path /; default: none)",
     )
     health.add_argument(
-        "--ca", type=Path, metavar="FILE", help="verify HTTPS edges' certificates against this CA (PEM; default: the system's)"
+        "--ca", type=options.path, metavar="FILE", help="verify HTTPS edges' certificates against this CA (PEM; default: the system's)"
     )
     health.add_argument("--up-after", type=options.count, default=2, metavar="N", help="good polls in a row that bring it back (default 2)")
     health.add_argument(
