@@ -228,6 +228,14 @@ def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path
         (["preheat", "a.bin", "--region", " ", "--edge", "http://127.0.0.1:9"], "argument --region: must not be empty"),
         (["router", "--default-region", ""], "argument --default-region: must not be empty"),
         (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--name", ""], "argument --name: must not be empty"),
+        # an unset variable in a unit file: the current folder, no token, the default ledger (an adversarial session)
+        (["edge", "--cache", "", "--parent", "http://127.0.0.1:9"], "argument --cache: an empty path (an unset variable?)"),
+        (["get", "http://127.0.0.1:9/a.bin", "--token", ""], "argument --token: must not be empty"),
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--ledger", ""], "argument --ledger: must not be empty"),
+        # a prefix of a flag is not that flag: --origin was --origin-key, --rate was --rate-scale
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--origin", "http://127.0.0.1:9"], "unrecognized arguments: --origin"),
+        (["lab", "vod", "--rate", "4"], "unrecognized arguments: --rate 4"),
+        (["token", "issue", "--use", "alice"], "required: --key, --user, --path"),  # --use was --user
     ],
 )
 def test_flags_a_run_could_never_use_are_refused_with_the_reason(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]):

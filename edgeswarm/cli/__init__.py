@@ -38,7 +38,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"edgeswarm.cli.{name}").add_parser(sub)
     if only is not None:
-        return parser
+        return _whole_flags(parser)
 
     # options only: numpy and friends load when a simulation runs
     from edgeswarm.measure import doubles, usage
@@ -48,6 +48,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for module, name in ((doubles, "double"), (tokens, "token"), (usage, "usage"), (sim, "sim")):
         module.add_parser(sub)
         sub.choices[name].set_defaults(run=module.run)
+    return _whole_flags(parser)
+
+
+def _whole_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` and every subcommand's under it taking flags only as written, never a prefix of one: argparse's
+    default took ``edge --origin URL`` for ``--origin-key`` (a file named http:/...) and ``lab --rate 4`` for
+    ``--rate-scale``, without a word (an adversarial session)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _whole_flags(child)
     return parser
 
 
@@ -55,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a process of its own (not a test's call): SIGUSR1 asks for stacks, never kills; the threads'
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # until a node's loop runs, then its tasks' (daemon.py)
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv[0] if argv and argv[0] in ALONE else None).parse_args(argv)
-    try:
+    try:  # Ctrl-C while the subcommand's modules load or its flags are read: no traceback either
+        args = build_parser(argv[0] if argv and argv[0] in ALONE else None).parse_args(argv)
         return args.run(args)
     except KeyboardInterrupt:
         return 130
     except (KeyFileError, LedgerError, OSError, ValueError) as exc:
-        print(f"edgeswarm {args.command}: {exc}", file=sys.stderr)
+        print(f"edgeswarm {argv[0] if argv else ''}: {exc}", file=sys.stderr)
         return 2

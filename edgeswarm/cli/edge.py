@@ -172,6 +172,7 @@ def add_parser(sub) -> None:
     )
     trust.add_argument(
         "--ledger",
+        type=options.name,
         metavar="PATH_OR_DSN",
         help="usage ledger: an SQLite file, or postgresql://... (default CACHE/ledger.sqlite)",
     )

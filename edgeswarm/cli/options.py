@@ -119,8 +119,8 @@ def url(text: str) -> str:
 
 
 def name(text: str) -> str:
-    """A name or pattern that must say something (a region, a ledger name, a --protect glob): an empty or blank one
-    matched nothing, or everything, with no word of it."""
+    """A name, pattern or value that must say something (a region, a ledger name, a --protect glob, a token): an empty
+    or blank one matched nothing, or everything, or was taken as none (an unset variable), with no word of it."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
@@ -237,7 +237,7 @@ def limits(args: argparse.Namespace) -> ServerLimits:
 
 def credentials(p: argparse.ArgumentParser, who: str) -> None:
     g = p.add_argument_group("trust")
-    g.add_argument("--token", metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
+    g.add_argument("--token", type=name, metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
     g.add_argument("--token-file", type=path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
     g.add_argument("--ca", type=path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
 
