@@ -114,6 +114,20 @@ async def test_slow_request_heads_are_closed_after_the_header_timeout_and_the_no
     assert "closed" in origin.log_text() and "Traceback" not in origin.log_text()
 
 
+async def test_an_idle_timeout_of_months_keeps_every_connection_under_the_header_timeout(nodes, published):
+    """The unacknowledged-data timeout derived from --idle-timeout overflowed the kernel's int past 24.8 days: a
+    TypeError logged at every accept, before the connection was registered, so no header timeout nor cap applied
+    to any connection (an adversarial session)."""
+    origin = nodes.start("origin", "--publish", str(published), "--header-timeout", "1", "--idle-timeout", "3000000")
+    reader, writer = await asyncio.open_connection(*address(origin.url))
+    writer.write(b"GET /healthz HTTP/1.1\r\n")  # and nothing more
+    try:
+        assert await closed_by_server(reader, 15.0), "a head that never ends was still open 15 s after a header timeout of 1 s"
+    finally:
+        writer.close()
+    assert await healthy(origin.url) and "Traceback" not in origin.log_text(), origin.log_text()[-2000:]
+
+
 async def test_a_request_body_trickled_slowly_is_cut_after_the_header_timeout(nodes, origin, tmp_path: Path):
     edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--header-timeout", "2")
     conns = []

@@ -555,6 +555,9 @@ class _Handler(RequestHandler):
 UNACKED_AFTER_IDLE = 15.0  # seconds past --idle-timeout: a reader that stopped is cut by the node first, which says so
 
 
+MAX_USER_TIMEOUT_MS = 2**31 - 1  # TCP_USER_TIMEOUT's most: at every connection's accept, past its registration (an adversarial session)
+
+
 def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
     """The kernel drops a connection whose client acknowledges nothing for ``seconds`` (TCP_USER_TIMEOUT).
 
@@ -572,8 +575,8 @@ def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
     option = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
     if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
+    with contextlib.suppress(OSError):  # milliseconds in a C int: an --idle-timeout over 24.8 days raised TypeError
+        sock.setsockopt(socket.IPPROTO_TCP, option, min(MAX_USER_TIMEOUT_MS, max(1, round(seconds * 1000))))
 
 
 def _one_line(text: str) -> str:
