@@ -232,6 +232,9 @@ def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path
         (["edge", "--cache", "", "--parent", "http://127.0.0.1:9"], "argument --cache: an empty path (an unset variable?)"),
         (["get", "http://127.0.0.1:9/a.bin", "--token", ""], "argument --token: must not be empty"),
         (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--ledger", ""], "argument --ledger: must not be empty"),
+        # a rate of nothing was no cap at all (--upload-limit 0MB/s served at full speed)
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--upload-limit", "0MB/s"], "expected a rate of at least 1 byte/s"),
+        (["peer", "--cache", ".", "--edge", "http://127.0.0.1:9", "--download-limit", "1bit/s"], "expected a rate of at least 1 byte/s"),
         # a prefix of a flag is not that flag: --origin was --origin-key, --rate was --rate-scale
         (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--origin", "http://127.0.0.1:9"], "unrecognized arguments: --origin"),
         (["lab", "vod", "--rate", "4"], "unrecognized arguments: --rate 4"),

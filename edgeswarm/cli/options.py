@@ -73,10 +73,15 @@ def output_dir(text: str) -> Path:
 
 
 def rate(text: str) -> int:
+    """A rate of at least a byte a second: ``0MB/s`` (or ``1bit/s``, rounded down) was taken as no cap, the default
+    ``--upload-limit`` and ``--download-limit`` mean without one (an adversarial session)."""
     try:
-        return parse_rate(text)
+        value = parse_rate(text)
     except UnitError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a rate of at least 1 byte/s, got {text!r} (leave the flag out for none)")
+    return value
 
 
 def count(text: str) -> int:
