@@ -159,14 +159,21 @@ def run(crowd: Crowd, json_path: Path | None, workdir: Path | None = None) -> in
         with ProcessGroup(root / "logs") as group:
             result = asyncio.run(_with_progress(console, group, root, crowd))
     except (RuntimeError, TimeoutError, OSError, aiohttp.ClientError) as exc:
+        if workdir is None:  # the logs say why: they stay, the media and caches (hundreds of MB) go
+            for part in root.iterdir():
+                if part.is_dir() and part.name != "logs":
+                    shutil.rmtree(part, ignore_errors=True)
+                elif not part.is_dir():
+                    part.unlink(missing_ok=True)
         console.print(f"[red]bench swarm failed:[/red] {said(exc)} (logs in {root / 'logs'})")
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]bench swarm interrupted; every process it started has been stopped[/yellow]")
-        return 130
-    finally:
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+        return 130
+    if workdir is None:  # a failed run's logs stay (above): they named a folder already deleted (an adversarial session)
+        shutil.rmtree(root, ignore_errors=True)
     report(console, result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=1) + "\n")

@@ -313,15 +313,19 @@ class Chaos(Lab):
             return
         f.details["in_effect_after_s"] = round(self.now() - f.started, 2)  # a restart takes as long as a start
         probe = asyncio.create_task(self._probe(http, f))
-        await asyncio.sleep(f.duration)
-        if undo is not None:
-            try:
-                await undo()
-            except (RuntimeError, OSError, aiohttp.ClientError) as exc:  # a double that died: the crash check says so
-                f.details["could_not_end"] = str(exc)[:300]
-        f.ended = self.now()
-        f.ok_at_end = f.last_ok
-        await probe
+        try:
+            await asyncio.sleep(f.duration)
+            if undo is not None:
+                try:
+                    await undo()
+                except (RuntimeError, OSError, aiohttp.ClientError) as exc:  # a double that died: the crash check says so
+                    f.details["could_not_end"] = str(exc)[:300]
+            f.ended = self.now()
+            f.ok_at_end = f.last_ok
+            await probe
+        finally:  # interrupted: the probe goes with the fault (left, it read through a closed session: tracebacks)
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
 
     async def _begin(self, http: aiohttp.ClientSession, f: Fault):
         """Make the fault; how to end it, or None."""
