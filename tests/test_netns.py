@@ -147,4 +147,4 @@ def test_latency_without_netem_is_refused_with_the_reason(tmp_path):
     path = tmp_path / "far.yaml"
     path.write_text("regions: [{name: far, peers: 2, latency_ms: 40}]\nsize: 1MiB\n")
     proc = subprocess.run([sys.executable, "-m", "edgeswarm", "lab", str(path), "--netns"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "netem" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "netem" in proc.stdout and "Traceback" not in proc.stdout + proc.stderr  # could not start

@@ -628,6 +628,9 @@ def run(s: Scenario, *, netns: bool = False, json_path: Path | None = None, plot
     return 1 if result.get("chaos", {}).get("failures") else 0
 
 
+SIGNAL_GRACE = 0.2  # seconds a failed run waits for a stop signal that may have caused it (_guarded)
+
+
 class NetworkUnavailable(EdgeswarmError, RuntimeError):
     pass
 
@@ -648,6 +651,12 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
             shutil.rmtree(root, ignore_errors=True)
         raise
     except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
+        from edgeswarm.measure.netns import NetnsUnavailable
+
+        if isinstance(exc, NetnsUnavailable):  # the network could not be made (another lab's): a run that could not start
+            if workdir is None:  # nor any log to keep (it said "logs kept" of a folder never made: an adversarial session)
+                shutil.rmtree(root, ignore_errors=True)
+            raise NetworkUnavailable(str(exc)) from None
         raise LabError(f"{exc}\nlogs kept in {root / 'logs'}") from None
     if workdir is None:
         shutil.rmtree(root, ignore_errors=True)
@@ -685,6 +694,14 @@ async def _guarded(lab: Lab, console: Console) -> dict:
         return lab.result(lab.net.name)
     except asyncio.CancelledError:
         raise Interrupted() from None
+    except Exception:
+        # a Ctrl-C that killed a command the setup ran (`ip … failed: exit status -2`) reaches our handler only once
+        # the loop turns: a moment for it, so that the run says "interrupted" (130), not "failed" (an adversarial session)
+        try:
+            await asyncio.sleep(SIGNAL_GRACE)
+        except asyncio.CancelledError:
+            raise Interrupted() from None
+        raise
 
 
 async def _status(http: aiohttp.ClientSession, url: str) -> dict | None:

@@ -222,7 +222,7 @@ def _shape(ns: str, dev: str, bps: float | None, delay_ms: float) -> None:
     if delay_ms > 0:
         cmd = ["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay", f"{delay_ms:g}ms"]
         cmd += ["limit", str(_netem_limit(bps, delay_ms))]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)
         if done.returncode != 0:
             raise NetnsUnavailable(
                 f"a delay needs tc's netem qdisc, which this kernel refuses (CONFIG_NET_SCH_NETEM); "
@@ -286,7 +286,7 @@ def _claim(tag: str) -> None:
     """Make tag ours: refuse a live owner's, clear a dead one's leftovers, record our pid."""
     owner = _owner(tag)
     if tag in _open or (owner not in (None, os.getpid()) and pid_alive(owner)):
-        raise NetnsUnavailable(f"network tag {tag!r} is in use (pid {owner or os.getpid()}): pick another tag")
+        raise NetnsUnavailable(f"network tag {tag!r} is in use (pid {owner or os.getpid()}): wait for that run to end, or stop it")
     _remove_tag(tag)
     STATE.mkdir(parents=True, exist_ok=True)
     (STATE / tag).write_text(f"{os.getpid()}\n")
@@ -345,8 +345,9 @@ def _check_free(network: ipaddress.IPv4Network) -> None:
             mine = ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}")
             if mine.network.overlaps(network) and (mine.network.prefixlen >= network.prefixlen or mine.ip in network):
                 raise NetnsUnavailable(
-                    f"{network} is already in use in the root namespace ({interface['ifname']} has {mine}): another lab, "
-                    f"a leftover (edgeswarm.measure.netns.cleanup_stale() removes those of dead runs) or a real network; pick another base"
+                    f"{network} is already in use in the root namespace ({interface['ifname']} has {mine}): another --netns run "
+                    f"(one at a time on a machine: wait for it to end, or stop it), a leftover (the next run removes those of dead "
+                    f"runs) or a real network on this machine"
                 )
 
 
@@ -362,7 +363,9 @@ def _privilege_reason() -> str | None:
 def _run(*cmd: str) -> str:
     """Run cmd; its output, or NetnsUnavailable naming the command and its stderr."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        # its own session: a Ctrl-C while the lab builds its network stops the lab, which undoes it, rather than
+        # killing this command and failing the run with "exit status -2" (an adversarial session)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, start_new_session=True)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise NetnsUnavailable(f"`{' '.join(cmd)}` could not run: {exc}") from None
     if done.returncode != 0:
@@ -373,6 +376,6 @@ def _run(*cmd: str) -> str:
 def _quiet(*cmd: str) -> str:
     """Run cmd for cleanup or a look: its output, or "" whatever goes wrong."""
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, start_new_session=True).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
