@@ -519,8 +519,12 @@ def test_a_bad_origin_key_file_stops_a_node_with_the_reason_and_nothing_else(tmp
     key.write_text("not a key")
     cmd = [sys.executable, "-m", "edgeswarm", *role, "http://127.0.0.1:9", "--cache", str(tmp_path / "c"), "--origin-key", str(key)]
     r = subprocess.run([*cmd, "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 2 and f"{key}: not a PEM Ed25519 key" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"argument --origin-key: {key}: not a PEM Ed25519 key" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    # read as the flags are: a missing key file said "[Errno 2] …" without the flag, after the cache was made
+    r = subprocess.run([*cmd[:-1], str(tmp_path / "none.pem"), "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "argument --origin-key: cannot read" in r.stderr and "No such file" in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()
 
 
 async def test_the_access_log_counts_a_cache_hit_s_body(tmp_path, nodes, origin, published, http):

@@ -295,7 +295,22 @@ def max_cache(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def origin_key(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--origin-key", type=path, metavar="FILE", help=help)
+    p.add_argument("--origin-key", type=origin_key_file, metavar="FILE", help=help)
+
+
+def origin_key_file(text: str) -> Path:
+    """An origin key file read now: a missing one, a folder or another file said ``[Errno 2] …`` without the flag's
+    name, once the edge had made its cache (an adversarial session)."""
+    from edgeswarm.trust.signing import KeyFileError, load_public_key
+
+    file = path(text)
+    try:
+        load_public_key(file.read_bytes(), text)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    except KeyFileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return file
 
 
 def upload_limit(p: argparse.ArgumentParser, help: str) -> None:
