@@ -32,7 +32,19 @@ def test_the_clis_defaults_are_the_configs():
     assert parsed_peer("--cache", "c", "--edge", "http://e:1") == PeerConfig(cache=Path("c"), edges=("http://e:1",), bind="0.0.0.0")
 
 
-def test_an_edge_config_with_every_field_set_survives_its_command_line():
+@pytest.fixture
+def origin_pub(tmp_path: Path, monkeypatch) -> Path:
+    """``origin.pub`` in the working folder: ``--origin-key`` reads its file as the flags are read."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate().public_key()
+    (tmp_path / "origin.pub").write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    monkeypatch.chdir(tmp_path)
+    return Path("origin.pub")
+
+
+def test_an_edge_config_with_every_field_set_survives_its_command_line(origin_pub: Path):
     config = EdgeConfig(
         cache=Path("/var/cache/es"),
         parent="https://mid:8080",
@@ -40,7 +52,7 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
         max_cache=50 * 10**9,
         only_origin=("cdn.example.com",),
         internal=("10.0.0.0/8", "fd00::/8"),
-        origin_key=Path("origin.pub"),
+        origin_key=origin_pub,
         timeout=2.5,
         revalidate=0.25,
         upload_limit=1_250_000,
@@ -75,7 +87,7 @@ def test_an_edge_config_with_every_field_set_survives_its_command_line():
     assert parsed_edge(*config.argv()) == config
 
 
-def test_a_peer_config_survives_its_command_line():
+def test_a_peer_config_survives_its_command_line(origin_pub: Path):
     config = PeerConfig(
         cache=Path("/tmp/p1"),
         edges=("http://e1:8080", "http://e2:8080"),
@@ -83,7 +95,7 @@ def test_a_peer_config_survives_its_command_line():
         download_limit=500_000,
         upload_slots=4,
         max_cache=512 * 2**20,
-        origin_key=Path("origin.pub"),
+        origin_key=origin_pub,
         read_timeout=5.0,
         startup_window=0,
         token="t0k3n",
@@ -148,8 +160,24 @@ def test_an_edge_refuses_the_trackers_flags_without_p2p(tmp_path: Path, capsys: 
     """``--regions`` without ``--p2p`` was neither read nor checked (a broken map too), with no word that it did nothing."""
     (tmp_path / "r.yaml").write_text("not: [a map")
     assert main(["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", "--regions", str(tmp_path / "r.yaml")]) == 2
-    assert "--regions is the tracker's: it needs --p2p" in capsys.readouterr().err
+    assert "--regions needs --p2p: without it, nothing reads it" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--announce-interval", "5"], "--announce-interval needs --p2p"),
+        (["--locality", "strict"], "--locality needs --p2p"),
+        (["--p2p", "--promote-upload", "1MB/s", "--relay-peers", "0"], "it needs relays (--relay-peers above 0)"),
+        (["--register-region", "east"], "--register-region needs --register-with"),
+    ],
+)
+def test_an_edge_refuses_flags_nothing_would_read(tmp_path: Path, flags: list[str], said: str, capsys):
+    """Each did nothing, without a word: the tracker's flags without --p2p, promotion without relays, a router's
+    registration details without a router (an adversarial session)."""
+    assert main(["edge", "--cache", str(tmp_path / "e"), "--parent", "http://o:1", *flags]) == 2
+    assert said in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_an_edge_refuses_far_more_workers_than_cores(tmp_path: Path, capsys: pytest.CaptureFixture[str]):

@@ -163,6 +163,7 @@ def add_parser(sub) -> None:
         metavar="SECONDS",
         help=f"how long a peer must have announced here before it may be promoted (default {d.promote_uptime:g})",
     )
+    _NEEDS["--p2p"] = _flags(p2p, "p2p")
     options.upload_limit(p, "cap on what this edge sends, such as 10MB/s or 100Mbit/s (default: none)")
     trust = p.add_argument_group("trust and accounting")
     trust.add_argument(
@@ -201,6 +202,7 @@ def add_parser(sub) -> None:
         "it listens on; for relayed peers, the address their announce reached)",
     )
     reg.add_argument("--register-secret-file", type=options.path, metavar="FILE", help="the routers' registration secret (its last line)")
+    _NEEDS["--register-with"] = _flags(reg, "register_with", "register_url")  # the URL is relayed peers' too
     p.add_argument(
         "--workers",
         type=options.count,
@@ -227,6 +229,29 @@ def tracker_store(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--tracker-store {text!r}: ")) from None
 
 
+# a flag that does nothing without another: that flag -> (each dependent flag, its dest, its default)
+_NEEDS: dict[str, list[tuple[str, str, object]]] = {}
+
+
+def _flags(group: argparse._ArgumentGroup, *but: str) -> list[tuple[str, str, object]]:
+    return [(a.option_strings[0], a.dest, a.default) for a in group._group_actions if a.dest not in but]
+
+
+def unused_flag(args: argparse.Namespace) -> str | None:
+    """A flag given that nothing would read: the tracker's without --p2p, promotion without relays, a router's
+    registration details without --register-with (each was taken without a word that it did nothing: adversarial
+    sessions)."""
+    for needed, dependents in _NEEDS.items():
+        if getattr(args, needed.removeprefix("--").replace("-", "_")):
+            continue
+        for flag, dest, default in dependents:
+            if getattr(args, dest) != default:
+                return f"{flag} needs {needed}: without it, nothing reads it"
+    if args.promote_upload is not None and args.relay_peers == 0:
+        return "--promote-upload promotes peers to relays and sub-trackers: it needs relays (--relay-peers above 0)"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from edgeswarm.node.daemon import setup_logging
     from edgeswarm.node.workers import MAX_PER_CORE, usable_cores
@@ -235,10 +260,10 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     config = EdgeConfig.from_options(args, token=options.token(args))  # a bad --cors-origin combination stops here
-    for flag, given in (("--tracker-store", config.tracker_store != "memory"), ("--regions", config.regions is not None)):
-        if given and not config.p2p:  # --regions alone was neither read nor checked, with no word that it did nothing
-            print(f"edgeswarm edge: {flag} is the tracker's: it needs --p2p", file=sys.stderr)
-            return 2
+    unused = unused_flag(args)
+    if unused is not None:
+        print(f"edgeswarm edge: {unused}", file=sys.stderr)
+        return 2
     cores = usable_cores()
     if (config.workers or 1) > MAX_PER_CORE * cores:
         print(
