@@ -101,6 +101,8 @@ def test_claims_on_the_wire():
         ("alice", "/", -5),
         ("alice", "/", float("nan")),
         ("alice", "/", float("inf")),
+        ("alice", "/films/../x", 60),  # a prefix no clean request path matches (an adversarial session)
+        ("alice", "/films//x/", 60),
     ],
 )
 def test_issue_refuses_bad_arguments(user, path, ttl):

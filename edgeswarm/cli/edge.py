@@ -210,7 +210,7 @@ def add_parser(sub) -> None:
         help="processes serving the port as one edge, as nginx's worker_processes (default: one per usable core; 1: a single "
         "process; at most 4 a usable core)",
     )
-    options.credentials(p, "this edge")
+    options.credentials(p, "this edge", "its parent and siblings")
     options.tls_server(p)
     options.connection_limits(p)
     options.daemon(p, "127.0.0.1:8080")

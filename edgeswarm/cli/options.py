@@ -240,9 +240,9 @@ def limits(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(args.header_timeout, args.idle_timeout, args.max_connections)
 
 
-def credentials(p: argparse.ArgumentParser, who: str) -> None:
+def credentials(p: argparse.ArgumentParser, who: str, to: str = "edges") -> None:
     g = p.add_argument_group("trust")
-    g.add_argument("--token", type=name, metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to edges")
+    g.add_argument("--token", type=name, metavar="TOKEN", help=f"access token (from `edgeswarm token issue`) that {who} sends to {to}")
     g.add_argument("--token-file", type=path, metavar="FILE", help="read the token from this file instead (kept out of ps)")
     g.add_argument("--ca", type=path, metavar="FILE", help="verify HTTPS edges and parents against this CA (PEM; default: the system's)")
 

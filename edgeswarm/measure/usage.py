@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         # "" is no date (an unset shell variable): refused, not read as every period
         since = parse_since(args.since) if args.since is not None else None
         until = parse_since(args.until, flag="--until") if args.until is not None else None
+        if since is not None and until is not None and since >= until:  # an empty report, exit 0, looked like no usage
+            raise ValueError(f"--since {args.since} is not before --until {args.until}: no period is in both")
         rows = report(args.ledger, since=since, by=args.by, until=until)
     except (LedgerError, ValueError) as exc:
         print(f"edgeswarm usage: {exc}", file=sys.stderr)

@@ -30,6 +30,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
+from edgeswarm.protocol.paths import path_problem
 from edgeswarm.protocol.units import parse_duration
 from edgeswarm.trust.signing import KeyFileError, load_private_key
 
@@ -125,6 +126,9 @@ def issue(
         raise ValueError(publish_prefix_problem(user))
     if not isinstance(path, str) or not path.startswith("/") or not path.isprintable():
         raise ValueError(f"path must be an absolute path prefix such as /films/, not {path!r}")
+    inner = path.strip("/")
+    if inner and path_problem(inner):  # /films/../x: no request path (clean, as nodes take them) ever matches it
+        raise ValueError(f"path {path!r} can match no file: {path_problem(inner)}")
     if region is not None and _name_problem(region, "region", MAX_USER_LENGTH):
         raise ValueError(_name_problem(region, "region", MAX_USER_LENGTH))
     iat = time.time() if now is None else now
