@@ -581,7 +581,8 @@ async def test_two_status_queries_of_a_whole_part_at_once_publish_it_once(publis
         url, alice = f"http://127.0.0.1:{port}/users/alice/whole.bin", token_for(publisher, "alice")
         query = {"Content-Range": f"bytes */{len(body)}"}
         got = await asyncio.gather(*(put(http, url, alice, b"", len(body), sha(body), query) for _ in range(2)))
-    assert sorted(code for code, _ in got) == [201, 202], got  # the other: all bytes held, being checked (ask again)
+    # the other: all bytes held, being checked (202: ask again), or published by then (201), never a 409
+    assert sorted(code for code, _ in got) in ([201, 202], [201, 201]), got
     assert (publisher.catalog.root / "users/alice/whole.bin").read_bytes() == body
 
 

@@ -114,10 +114,15 @@ def test_host_bits_are_cleared_and_repeats_in_one_region_are_fine():
     assert m.lookup("10.1.200.1") == Region("a", "x")
 
 
-def test_empty_map_maps_nothing():
-    m = RegionMap.from_doc({"regions": []})
-    assert m.regions == []
-    assert m.lookup("10.0.0.1") is None
+def test_an_empty_map_or_an_unknown_key_is_refused():
+    """An empty map left every client unmapped, and a key nothing reads was taken without a word (an adversarial
+    session); no map at all is one region for all."""
+    with pytest.raises(RegionMapError, match="'regions' is empty: list at least one, or give no map"):
+        RegionMap.from_doc({"regions": []})
+    with pytest.raises(RegionMapError, match="unknown key 'default'"):
+        RegionMap.from_doc({"regions": [{"name": "a", "isp": "x", "networks": ["10.0.0.0/8"]}], "default": "a"})
+    with pytest.raises(RegionMapError, match=r"region #1: unknown key 'asn' \(an entry has isp, name, networks\)"):
+        RegionMap.from_doc({"regions": [{"name": "a", "isp": "x", "networks": ["10.0.0.0/8"], "asn": 7018}]})
 
 
 def test_regions_property_is_a_copy():

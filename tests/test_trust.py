@@ -605,6 +605,12 @@ def test_origin_config_file_and_bad_options(tmp_path, published):
         timeout=30,
     )
     assert done.returncode == 2 and "unknown option" in done.stderr
+    # a name given twice (the second was dropped) and an empty glob (refused as --protect "") are refused too
+    for text, said in (("tls-cert: a.pem\ntls_cert: b.pem\n", "name one option: give it once"), ('protect: [""]\n', "none empty")):
+        bad.write_text(text)
+        cmd = [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--config", str(bad)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
     done = subprocess.run(
         [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(published), "--tls-cert", str(tmp_path / "none.pem")],
         capture_output=True,

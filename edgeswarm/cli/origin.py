@@ -162,14 +162,18 @@ def apply_config(args: argparse.Namespace) -> None:
         "protect": list,
         "scan_interval": options.positive,
     }
+    seen: dict[str, str] = {}
     for name, value in doc.items():
         option = str(name).replace("-", "_")
         kind = known.get(option)
         if kind is None:
             raise ValueError(f"{args.config}: unknown option {name!r} (known: {', '.join(sorted(known))})")
+        if option in seen:  # tls-cert and tls_cert: the second was dropped without a word
+            raise ValueError(f"{args.config}: {name!r} and {seen[option]!r} name one option: give it once")
+        seen[option] = str(name)
         if kind is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{args.config}: {name} must be a list of globs")
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ValueError(f"{args.config}: {name} must be a list of globs, none empty (as --protect)")
             args.protect = [*value, *args.protect]
         elif getattr(args, option) is None:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -61,6 +61,11 @@ class RegionMap:
     def from_doc(cls, doc: object, source: str = "<map>") -> RegionMap:
         if not isinstance(doc, dict) or not isinstance(doc.get("regions"), list):
             raise RegionMapError(f"{source}: expected a top-level 'regions' list")
+        if not doc["regions"]:  # every client unmapped, under any locality: no map at all says so (one region for all)
+            raise RegionMapError(f"{source}: 'regions' is empty: list at least one, or give no map (one region for all)")
+        extra = sorted(set(doc) - {"regions"}, key=str)
+        if extra:
+            raise RegionMapError(f"{source}: unknown key {extra[0]!r} (a map has 'regions' only)")
         entries: list[tuple[Region, list[Network]]] = []
         owner: dict[Network, str] = {}
         for n, item in enumerate(doc["regions"], 1):
@@ -123,10 +128,16 @@ def ipv4_value(text: str) -> int | None:
     return int.from_bytes(packed, "big") if socket.inet_ntoa(packed) == text else None
 
 
+ENTRY_KEYS = frozenset({"name", "isp", "networks"})
+
+
 def _entry(item: object, where: str) -> tuple[Region, list[Network]]:
     """One ``{name, isp, networks}`` entry, checked; errors name the entry."""
     if not isinstance(item, dict):
         raise RegionMapError(f"{where} is not a mapping with name, isp and networks")
+    extra = sorted(set(item) - ENTRY_KEYS, key=str)
+    if extra:  # a misspelt key (netwroks) was refused as missing; any other was read as nothing, without a word
+        raise RegionMapError(f"{where}: unknown key {extra[0]!r} (an entry has {', '.join(sorted(ENTRY_KEYS))})")
     name, isp, nets = item.get("name"), item.get("isp"), item.get("networks")
     if not isinstance(name, str) or not name:
         raise RegionMapError(f"{where}: 'name' is missing or not a non-empty string")

@@ -32,7 +32,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     for path in (cert, key):
         if not path.is_file():
-            raise ValueError(f"TLS: no such file {path}")
+            raise ValueError(f"TLS: {path} is a directory, not a PEM file" if path.is_dir() else f"TLS: no such file {path}")
     try:
         ctx.load_cert_chain(cert, key, password=_no_passphrase)
     except _Encrypted:
