@@ -292,6 +292,7 @@ def test_a_lab_run_checks_its_default_plots_folder_before_it_starts(tmp_path: Pa
         ("http://127.0.0.1:9/a%00b", "'http://127.0.0.1:9/a%00b' names no file: control character"),
         ("http://127.0.0.1:9/%ff", "names no file: percent-encoding is not UTF-8"),
         ("http://127.0.0.1:9//etc/passwd", "names no file: absolute path"),
+        ("http://127.0.0.1:99999/a.bin", "not an http(s) URL: 'http://127.0.0.1:99999/a.bin' (Port out of range"),
     ],
 )
 def test_a_get_of_a_url_that_can_name_no_file_stops_before_any_request(url: str, said: str, capsys: pytest.CaptureFixture[str]):

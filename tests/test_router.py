@@ -404,6 +404,8 @@ def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
 def test_router_refuses_bad_configuration(tmp_path):
     regions = tmp_path / "regions.yaml"
     regions.write_text(REGIONS)
+    twice = tmp_path / "edges.yaml"
+    twice.write_text("edges:\n  - {url: 'http://127.10.0.1:1', region: east, capacity: 2MB/s}\n")
     cases = [
         (["--regions", str(tmp_path / "missing.yaml")], "cannot read region map"),
         (["--regions", str(regions), "--edge", "http://127.10.0.1:1,north,1MB/s"], "unknown region 'north'"),
@@ -416,6 +418,8 @@ def test_router_refuses_bad_configuration(tmp_path):
         (["--regions", str(regions), "--dns-ttl", "-5"], "whole number"),
         (["--regions", str(regions), "--dns-name", ""], "not a DNS name"),
         (["--regions", str(regions), "--edge-list", "/dev/zero"], "larger than 16 MiB"),
+        # the --edge lost to the list's entry for the same URL without a word (an adversarial session)
+        (["--regions", str(regions), "--edge", "http://127.10.0.1:1,east,1MB/s", "--edge-list", str(twice)], "listed twice"),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for args, words in cases:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import time
 
 from edgeswarm.cli import options
@@ -137,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     specs = [registration.parse_edge_flag(text, names) for text in args.edge]
     if args.edge_list is not None:
         specs += registration.load_edge_list(args.edge_list, names)
+    twice = sorted(url for url, n in collections.Counter(s.url for s in specs).items() if n > 1)
+    if twice:  # the last one won without a word (an --edge lost to the --edge-list's entry)
+        raise ValueError(f"edge {twice[0]} is listed twice (--edge and --edge-list together): list it once")
     now = time.monotonic()
     for spec in specs:
         table.add(spec, now)

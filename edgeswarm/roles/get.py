@@ -53,8 +53,9 @@ def split_url(url: str) -> tuple[str, str]:
     """(edge base URL, published path) of a URL such as http://edge:8080/films/a.mp4."""
     try:
         parts = urlsplit(url)
-    except ValueError:  # a bracketed host left open: http://[::1/a.mp4
-        raise GetError(f"not an http(s) URL: {url!r}") from None
+        parts.port  # noqa: B018 - raises for a port that is not one (it was said later without the URL)
+    except ValueError as exc:  # a bracketed host left open: http://[::1/a.mp4; http://h:99999/a
+        raise GetError(f"not an http(s) URL: {url!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise GetError(f"not an http(s) URL: {url!r}")
     return f"{parts.scheme}://{parts.netloc}", _named(parts.path, url)
