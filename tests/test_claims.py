@@ -43,13 +43,18 @@ def test_uploaded_counts_the_peers_that_joined_since_its_last_announce_and_left_
     policy = ClaimPolicy()
     bound(policy, 0, {"uploaded": 0}, peer="seed", neighbours=1)
     for i, t in enumerate((10, 20, 30)):  # each joins, downloads from the seed, and stops before the seed's next announce
-        bound(policy, t, {"from_peers": 0}, peer=f"get{i}", neighbours=1)
-        bound(policy, t + 5, {"from_peers": SIZE}, peer=f"get{i}", neighbours=1)
+        link = f"10.0.1.{i}"
+        bound(policy, t, {"from_peers": 0}, peer=f"get{i}", link=link, neighbours=1)
+        bound(policy, t + 5, {"from_peers": SIZE}, peer=f"get{i}", link=link, neighbours=1)
         policy.forget(f"get{i}", "c")
     cut = bound(policy, 300, {"uploaded": 3 * SIZE}, peer="seed", neighbours=1)  # alone again: the swarm is itself
     assert cut.usage["uploaded"] == 3 * SIZE and cut.excess == 0
     cut = bound(policy, 600, {"uploaded": 2 * SIZE}, peer="seed", neighbours=1)  # nobody came since: one, who may have just left
     assert cut.usage["uploaded"] == SIZE and cut.excess == SIZE
+    for i in range(10):  # ids the claimant churns itself, behind its own link: they served it nobody
+        bound(policy, 700 + i, {}, peer=f"sybil{i}", neighbours=1)
+        policy.forget(f"sybil{i}", "c")
+    assert bound(policy, 900, {"uploaded": 5 * SIZE}, peer="seed", neighbours=1).usage["uploaded"] == SIZE
 
 
 def test_a_link_carries_at_most_max_rate_whatever_ids_it_uses():

@@ -14,7 +14,8 @@ Bounds (docs/security.md#claim-bounds):
 - ``uploaded``: per announce, at most the bytes the peer holds times the
   peers it may have served since its last one: the swarm's other peers now
   (the peers this edge tickets: each takes a held piece at most once), and
-  every peer that joined the swarm since, counting at least one.  The peers
+  every peer id of another owner that joined the swarm since (its own, an id
+  churned, served it nothing), counting at least one.  The peers
   now alone cut an honest seeder whose downloaders had left before it
   announced (three ``get`` one after another: 22 MB sent, 8 MB booked, and
   each downloader flagged for a download nobody backed: an adversarial
@@ -76,15 +77,16 @@ class Cut:
 
 
 # What one peer id claimed of one content over its life in the swarm: (from_peers booked, stats cut at its last
-# announce, its cumulative stats as booked by STAT_KINDS (none yet: empty), the content's joins then, when last seen).  This and _Copies are
+# announce, its cumulative stats as booked by STAT_KINDS (none yet: empty), the content's joins by other owners then,
+# when last seen).  This and _Copies are
 # plain tuples of numbers, replaced at each announce: the cyclic garbage collector stops tracking them (it never
 # does a mutable object, nor a tuple subclass), where an object per peer was one more for each full collection to
 # walk (at 100 000 peers, pauses of 0.4-0.7 s: README, bench tracker).
 _Tally = tuple[int, int, tuple[int, ...], int, float]
 # What one owner's peer ids together claimed of one content, copies of it whatever ids they used: (from_peers booked,
-# stats booked, when last seen).
-_Copies = tuple[int, int, float]
-_NO_COPIES: _Copies = (0, 0, 0.0)
+# stats booked, how many of its ids joined it, when last seen).
+_Copies = tuple[int, int, int, float]
+_NO_COPIES: _Copies = (0, 0, 0, 0.0)
 
 
 @dataclass
@@ -112,11 +114,12 @@ class ClaimPolicy:
     ) -> Cut:
         """Clamp one announce of ``peer`` (behind ``link``) for content ``cid`` of ``size`` bytes, of which it holds ``held``."""
         joins = self._joins.get(cid, (0, now))[0]
+        copied, copied_stats, own, _ = self._copies.get((link, cid), _NO_COPIES)
         tally = self._tallies.get((peer, cid))
         if tally is None:  # its first announce here (or its first since it stopped or fell silent): one more peer
-            joins += 1
-        from_peers, was_excess, was_stats, joins_then, _ = tally or (0, 0, (), joins, 0.0)
-        copied, copied_stats, _ = self._copies.get((link, cid), _NO_COPIES)
+            joins, own = joins + 1, own + 1
+        others = joins - own  # ids of other owners that joined: a claimant's own churned ids served it nobody
+        from_peers, was_excess, was_stats, others_then, _ = tally or (0, 0, (), others, 0.0)
         room = size * self.ids_per_link
         booked = dict(usage)
         if "from_peers" in usage:
@@ -124,15 +127,15 @@ class ClaimPolicy:
             booked["from_peers"] = got
             from_peers, copied = from_peers + got, copied + got
         if "uploaded" in usage:
-            served = neighbours + max(0, joins - joins_then)  # who is here, and who came since (and may have gone)
+            served = neighbours + max(0, others - others_then)  # who is here, and who came since (and may have gone)
             booked["uploaded"] = self._spend(now, (link, "up"), min(usage["uploaded"], held * served))
         excess = sum(usage.values()) - sum(booked.values())
         bounded, copied_stats = self._bounded_stats(was_stats, copied_stats, room, size, stats)
         stats_excess = sum(stats.values()) - sum(bounded.values())
         excess += max(0, stats_excess - was_excess)  # cumulative figures: only what is new is cut now
-        _renew(self._tallies, (peer, cid), (from_peers, stats_excess, tuple(bounded.values()), joins, now))
+        _renew(self._tallies, (peer, cid), (from_peers, stats_excess, tuple(bounded.values()), others, now))
         _renew(self._joins, cid, (joins, now))
-        _renew(self._copies, (link, cid), (copied, copied_stats, now))
+        _renew(self._copies, (link, cid), (copied, copied_stats, own, now))
         return Cut(booked, bounded, excess)
 
     @staticmethod
