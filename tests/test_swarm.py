@@ -461,6 +461,22 @@ def test_a_get_listening_on_ipv6_says_it_cannot_reach_an_ipv4_edge(tmp_path):
     assert got.stderr.count("cannot learn the origin key") == 0  # one try, said once: in the error line, got.stderr
 
 
+def test_a_get_listening_on_every_ipv4_address_says_it_cannot_use_an_ipv6_edge(tmp_path):
+    """With the default --listen 0.0.0.0 a peer reached an IPv6 edge over IPv6 and was handed out at an address
+    nothing listened on: its neighbours never reached it, 0 % P2P without a word (an adversarial session).  It keeps
+    to its listener's family and says so, as with an IPv6 --listen address and an IPv4 edge."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", "http://[::1]:9/a.bin", "-o", str(tmp_path / "a")]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1, got.stderr
+    assert "this node listens on IPv4 only (--listen 0.0.0.0:PORT)" in got.stderr and "listen on [::]:PORT" in got.stderr
+    assert "Traceback" not in got.stderr, got.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_get_stopped_by_sigterm_or_sighup_leaves_nothing_behind(tmp_path, nodes, origin, published, regions, sig):
     """As Ctrl-C: exit 128 + the signal, no partial output and no temporary cache.  The default action ended the

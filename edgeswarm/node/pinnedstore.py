@@ -66,10 +66,16 @@ class PinnedStore:
         while True:
             try:
                 await self.open(upstream, sources)
-            except OSError as exc:
-                reason = f"cannot open the piece store in {self.cache}: {exc.strerror or exc}"
+            # anything else is a bug: said with its traceback and tried again (the task ended without a word, and every
+            # request was told "still learning the origin key" for good: an adversarial session)
+            except Exception as exc:
+                disk = isinstance(exc, OSError)
+                if isinstance(exc, OSError):
+                    reason = f"cannot open the piece store in {self.cache}: {exc.strerror or exc}"
+                else:
+                    reason = f"learning the origin key failed: {exc.__class__.__name__}: {exc}"
                 if reason != self.problem:
-                    log.error("%s; retrying", reason)
+                    log.log(logging.ERROR, "%s; retrying", reason, exc_info=not disk)
                 self.problem = reason
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)

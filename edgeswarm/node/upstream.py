@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -116,6 +118,22 @@ def source_address(listen: str | None, reaches: Iterable[str | None]) -> str | N
     return listen
 
 
+def source_family(listen: str | None) -> int:
+    """The IP family a peer's connections keep to: its ``--listen`` host's, a wildcard's included (``0.0.0.0`` IPv4,
+    ``::`` IPv6, as asyncio binds them); 0 (either) for a host name or none.
+
+    Its edges hand it out at the address its announces come from: a peer
+    listening on 0.0.0.0 that reached its edge over IPv6 (an IPv6 literal,
+    or a name whose AAAA came first) was handed out where nothing listens,
+    and traded nothing, without a word (an adversarial session).
+    """
+    try:
+        version = ipaddress.ip_address((listen or "").strip("[]").split("%", 1)[0]).version
+    except ValueError:
+        return 0
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
 def _loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host.strip("[]").split("%", 1)[0]).is_loopback
@@ -124,10 +142,18 @@ def _loopback(host: str) -> bool:
 
 
 class Upstream:
-    def __init__(self, timeout: float, ssl: SSLContext | None = None, bind: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        timeout: float,
+        ssl: SSLContext | None = None,
+        bind: str | None = None,
+        headers: dict[str, str] | None = None,
+        family: int = 0,
+    ):
         self.timeout = timeout
         self.ssl = ssl  # an SSLContext with the configured CA, or None for the system's trust store
         self.bind = bind  # source address for outgoing connections: how peers appear in their region
+        self.family = family  # the only IP family connections use (source_family), 0: either
         self.headers = headers or {}  # sent with every request: an edge's own token for its parent and siblings
         self.session: aiohttp.ClientSession | None = None
 
@@ -137,20 +163,31 @@ class Upstream:
             limit_per_host=64,
             ssl=self.ssl if self.ssl is not None else True,
             local_addr=(self.bind, 0) if self.bind else None,
+            family=socket.AddressFamily(self.family),
         )
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, headers=self.headers)
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - per request to a wildcard-bound node; an Upstream lives as long as its node
     def _other_family(self, base: str) -> str | None:
         """Why ``base`` cannot be reached from ``bind``, when they are addresses of two IP families (aiohttp said only
         "Cannot connect to host ... [None]"); None otherwise, a host name included."""
         try:
-            source = ipaddress.ip_address((self.bind or "").strip("[]"))
             host = ipaddress.ip_address(urlsplit(base).hostname or "")
+            source = ipaddress.ip_address((self.bind or "").strip("[]")).version if self.bind else None
         except ValueError:
             return None
-        if source.version == host.version:
+        if source is None and self.family:  # a wildcard --listen: the upload server takes that family only
+            wildcard = {socket.AF_INET: (4, "0.0.0.0"), socket.AF_INET6: (6, "[::]")}[socket.AddressFamily(self.family)]
+            if wildcard[0] == host.version:
+                return None
+            other = "[::]" if wildcard[0] == 4 else "0.0.0.0"
+            return (
+                f"this node listens on IPv{wildcard[0]} only (--listen {wildcard[1]}:PORT), so neighbours could not reach it at "
+                f"the IPv{host.version} address the edge would hand out: listen on {other}:PORT to use IPv{host.version} edges"
+            )
+        if source is None or source == host.version:
             return None
-        return f"connections leave from {self.bind} (the --listen address), an IPv{source.version} one, which reaches no IPv{host.version} host"
+        return f"connections leave from {self.bind} (the --listen address), an IPv{source} one, which reaches no IPv{host.version} host"
 
     async def close(self) -> None:
         if self.session is not None:
@@ -193,6 +230,10 @@ class Upstream:
         The body has until ``timeout`` plus a second for each ``min_rate`` bytes of it received (module docstring).
         """
         assert self.session is not None
+        if self.family:  # aiohttp fails an address of the other family with an AssertionError
+            mismatch = self._other_family(base)
+            if mismatch is not None:
+                raise Hopeless(502, f"{base} is unreachable: {mismatch}")
         seconds = timeout or self.timeout
         url = node_url(base, path)
         loop = asyncio.get_running_loop()

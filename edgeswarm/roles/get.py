@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
 from edgeswarm.node.routerclient import find_edge
-from edgeswarm.node.upstream import Upstream, UpstreamError, source_address
+from edgeswarm.node.upstream import Upstream, UpstreamError, source_address, source_family
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import Manifest
@@ -202,7 +202,7 @@ async def _router_or_edge(
     # the token goes with the probe, to the host the file was asked of: a --require-token edge logged and counted a 401
     # for every download that then went through (an adversarial session)
     credential = {"Authorization": f"Bearer {token}"} if token else None
-    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]), headers=credential)
+    upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]), headers=credential, family=source_family(bind))
     await upstream.start()
     try:
         router, edge = await find_edge(upstream, base, path)

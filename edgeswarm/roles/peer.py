@@ -53,6 +53,7 @@ from edgeswarm.node.upstream import (
     read_bounded,
     says_busy,
     source_address,
+    source_family,
 )
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
@@ -312,7 +313,7 @@ class Peer:
         make_cache(cache)  # an unusable cache stops the peer here, with its reason
         self.peer_id = _peer_id(cache / "peer_id")
         source = source_address(bind, [*self.edges, config.router])
-        self.upstream = Upstream(config.timeout, ssl=tls.client_context(config.ca), bind=source)
+        self.upstream = Upstream(config.timeout, ssl=tls.client_context(config.ca), bind=source, family=source_family(bind))
         self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
         self._key_fetches: Collapser[bytes] = Collapser()
