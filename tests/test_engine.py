@@ -133,6 +133,23 @@ def test_a_corrupt_piece_bans_the_address_and_every_id_on_it():
     assert e.add_neighbour("a3", "http://10.0.0.2:7002", True) is None
 
 
+def test_a_corrupt_piece_bans_an_ipv6_senders_whole_64():
+    """A host gets a /64: a hostile seed on 16 of its addresses was banned 16 times, a corrupt piece each (an
+    adversarial session); the tracker's limits count a /64 as one address too."""
+    e, host = make()
+    e.want_whole()
+    a = e.add_neighbour("a", "http://[fd00:a6::11]:7000", True)
+    other = e.add_neighbour("b", "http://[fd00:a6:0:1::11]:7000", True)  # another /64
+    assert a is not None and other is not None
+    e.heard(a, "snapshot", range(8))
+    worker = next(w for w in peer_workers(host))
+    worker.send(None)
+    with pytest.raises(StopIteration):
+        worker.send(Result("corrupt"))
+    assert e.banned == {"fd00:a6::/64"} and list(e.neighbours) == [other.url]
+    assert e.add_neighbour("a2", "http://[fd00:a6::12]:7000", True) is None
+
+
 def test_the_edge_may_take_anything_only_when_peers_cannot_be_counted_on():
     now = [0.0]
     e, _ = make(count=16, now=now)

@@ -357,7 +357,7 @@ class Engine:
         than ``PER_ADDRESS`` neighbours, as no address gets more of a tracker
         answer.
         """
-        if peer_id == self.self_id or host_of(url) in self.banned:
+        if peer_id == self.self_id or ban_key(url) in self.banned:
             return None
         n = self.neighbours.get(url)
         if n is not None:
@@ -538,7 +538,7 @@ class Engine:
     def peer_worker(self, n: Neighbour) -> Worker:
         """One request at a time to ``n`` while it has something for us; ends (freeing the slot) when it has not."""
         try:
-            while not self.closed and host_of(n.url) not in self.banned and self.neighbours.get(n.url) is n:
+            while not self.closed and ban_key(n.url) not in self.banned and self.neighbours.get(n.url) is n:
                 if self._busy(but=n) >= MAX_PEERS:
                     return  # back from a pause, and others took its place meanwhile: at most MAX_PEERS requests at once
                 self._store_failing()
@@ -679,7 +679,7 @@ class Engine:
         seed took 8 x the bound, each getting every byte from the seed.
         """
         holders = sorted(
-            (n for n in self.neighbours.values() if host_of(n.url) not in self.banned and not self.picker.is_paused(n.peer_id)),
+            (n for n in self.neighbours.values() if ban_key(n.url) not in self.banned and not self.picker.is_paused(n.peer_id)),
             key=lambda n: (not n.same_region, n.working, -(self.ranking.rate(n.url) or 0)),
         )
         for n in holders:
@@ -865,12 +865,12 @@ class Engine:
             self.picker.unpause(peer.peer_id)
 
     def ban(self, peer: Neighbour, why: str) -> None:
-        """Ban the peer's address, and so every id it announces under: a new id must not buy a new chance."""
-        host = host_of(peer.url)
+        """Ban the peer's address (an IPv6 one's /64), and so every id it announces under: a new id must not buy a new chance."""
+        host = ban_key(peer.url)
         if host not in self.banned:
             log.warning("peer %s %s: its address %s is banned for this content", peer.url, why, host)
             self.banned.add(host)
-        for n in [n for n in self.neighbours.values() if host_of(n.url) == host]:
+        for n in [n for n in self.neighbours.values() if ban_key(n.url) == host]:
             self.drop(n)
 
     def drop(self, peer: Neighbour) -> None:
@@ -881,6 +881,13 @@ class Engine:
         self.staff()
 
 
+def ban_key(url: str) -> str:
+    """What a ban of the neighbour at ``url`` holds: its address group (an IPv6 address's /64, as the tracker's limits
+    count it: a host gets a whole /64, and a hostile seed on 16 addresses of one was banned 16 times, a corrupt piece
+    each: an adversarial session), or its relay and group (``host_of``)."""
+    return address_group(host_of(url))
+
+
 def refuse_neighbour(neighbours: Iterable[Neighbour], peer_id: str, url: str) -> str | None:
     """Why a peer at a new ``url`` may not become a neighbour, or None if it may.
 
@@ -888,11 +895,11 @@ def refuse_neighbour(neighbours: Iterable[Neighbour], peer_id: str, url: str) ->
     peer's.  Its address may have ``PER_ADDRESS`` neighbours, as it may have
     that many places in a tracker answer.
     """
-    group, crowd = address_group(host_of(url)), 0
+    group, crowd = ban_key(url), 0
     for m in neighbours:
         if m.peer_id == peer_id:
             return f"id already known at {m.url}"
-        crowd += address_group(host_of(m.url)) == group
+        crowd += ban_key(m.url) == group
     return f"its address has {PER_ADDRESS} neighbours already" if crowd >= PER_ADDRESS else None
 
 
