@@ -187,6 +187,13 @@ def test_parse_listen_rejects(text):
     assert "HOST:PORT" in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["::1", "fd00::1:8080", "[::1:80", "::1]:80"])
+def test_parse_listen_wants_an_ipv6_address_in_brackets(text):
+    """``::1`` was host ``:`` and port 1 ("Name or service not known"), ``fd00::1:8080`` silently [fd00::1]:8080."""
+    with pytest.raises(UnitError, match=r"an IPv6 address goes in brackets, e.g. \[::1\]:8080"):
+        parse_listen(text)
+
+
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30))
 def test_parse_listen_ascii_either_reads_a_valid_port_or_raises_unit_error(text):
     try:

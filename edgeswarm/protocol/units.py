@@ -84,6 +84,8 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     port = ascii_decimal(digits, 5)
     if not sep or port is None or port > 65535:
         raise UnitError(f"cannot read listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):  # ::1 was host ":" port 1; fd00::1:8080 a guess
+        raise UnitError(f"cannot read listen address {text!r}: an IPv6 address goes in brackets, e.g. [::1]:8080")
     return host.strip("[]") or default_host, port
 
 
