@@ -153,6 +153,8 @@ def _bad_entry(entry: object) -> str:
         (_bad_entry({"name": "west", "networks": ["11.0.0.0/8"]}), ["region #2", "(west)", "'isp'"]),
         (_bad_entry({"name": "west", "isp": "vz"}), ["region #2", "(west)", "'networks'"]),
         (_bad_entry({"name": "west", "isp": "vz", "networks": []}), ["region #2", "'networks'"]),
+        # loaded, and placed nobody: clients' IPv4-mapped addresses are looked up as IPv4 (an adversarial session)
+        (_bad_entry({"name": "west", "isp": "vz", "networks": ["::ffff:127.1.0.0/90"]}), ["IPv4-mapped network shorter than /96"]),
         (_bad_entry({"name": "west", "isp": "vz", "networks": "11.0.0.0/8"}), ["region #2", "'networks'"]),
         (_bad_entry({"name": "west", "isp": "vz", "networks": ["10.0.0.0/33"]}), ["region #2", "(west)", "'10.0.0.0/33'", "not a network"]),
         (_bad_entry({"name": "west", "isp": "vz", "networks": ["banana"]}), ["region #2", "'banana'"]),

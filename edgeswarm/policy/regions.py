@@ -157,6 +157,10 @@ def _network(net: object, where: str) -> Network:
     except ValueError:
         raise RegionMapError(f"{where}: {net!r} is not a network such as 10.0.0.0/8 or 2001:db8::/32") from None
     mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
-    if mapped is None or network.prefixlen < 96:
+    written = ipaddress.ip_interface(net).ip if isinstance(net, str) else None
+    if isinstance(written, ipaddress.IPv6Address) and written.ipv4_mapped is not None and network.prefixlen < 96:
+        # an IPv4 network meant, written mapped with a prefix too short for it: ::ffff:127.1.0.0/90 placed nobody
+        raise RegionMapError(f"{where}: {net!r} is an IPv4-mapped network shorter than /96: write it as IPv4 (such as 127.1.0.0/16)")
+    if mapped is None:
         return network
     return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
