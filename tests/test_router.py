@@ -420,6 +420,11 @@ def test_router_refuses_bad_configuration(tmp_path):
         (["--regions", str(regions), "--edge-list", "/dev/zero"], "larger than 16 MiB"),
         # the --edge lost to the list's entry for the same URL without a word (an adversarial session)
         (["--regions", str(regions), "--edge", "http://127.10.0.1:1,east,1MB/s", "--edge-list", str(twice)], "listed twice"),
+        # one machine in two spellings: twice the weight (an adversarial session)
+        (
+            ["--regions", str(regions), "--edge", "http://[fd00::11]:1,east,1MB/s", "--edge", "http://[FD00:0:0:0:0:0:0:11]:1/,east,1MB/s"],
+            "edge http://[fd00::11]:1 is listed twice",
+        ),
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for args, words in cases:
@@ -628,3 +633,15 @@ def test_an_edge_under_require_token_is_polled_with_the_status_token(nodes, tmp_
         assert time.monotonic() < deadline, [(r["state"], r["reason"]) for r in rows]
         time.sleep(POLL / 4)
     assert rows[0]["polled"] is None  # the blind router never read the edge's figures
+
+
+def test_an_edges_url_has_one_spelling_whatever_a_flag_list_or_registration_wrote():
+    from edgeswarm.policy.routing import RoutingError, RoutingTable
+    from edgeswarm.protocol.registration import edge_spec
+
+    table = RoutingTable()
+    table.add(edge_spec({"url": "http://[fd00::11]:8080", "region": "east", "capacity": "1MB/s"}, ["east"], True), 0.0)
+    spelt = {"url": "http://[FD00:0:0:0:0:0:0:11]:8080/", "region": "east", "capacity": "1MB/s"}
+    with pytest.raises(RoutingError, match="listed in the router's configuration"):  # was a second, unlisted edge
+        table.add(edge_spec(spelt, ["east"], False), 1.0)
+    assert edge_spec({"url": "https://Edge.Example:443", "region": "east", "capacity": 1e6}, ["east"], False).url == "https://edge.example"

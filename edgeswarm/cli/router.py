@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         specs += registration.load_edge_list(args.edge_list, names)
     twice = sorted(url for url, n in collections.Counter(s.url for s in specs).items() if n > 1)
     if twice:  # the last one won without a word (an --edge lost to the --edge-list's entry)
-        raise ValueError(f"edge {twice[0]} is listed twice (--edge and --edge-list together): list it once")
+        raise ValueError(f"edge {twice[0]} is listed twice (by --edge and --edge-list, in any spelling): list it once")
     now = time.monotonic()
     for spec in specs:
         table.add(spec, now)

@@ -6,6 +6,7 @@ The router's wire and configuration format; the policy that ranks the edges
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +29,23 @@ def edge_spec(doc: object, regions: Iterable[str], listed: bool, where: str = "r
     known = sorted(regions)
     if not isinstance(region, str) or region not in known:
         raise RoutingError(f"{where}: unknown region {str(region)[:100]!r} (the region map has: {', '.join(known)})")
-    return EdgeSpec(url.rstrip("/"), region, _capacity(capacity, where), listed)
+    return EdgeSpec(canonical_url(url), region, _capacity(capacity, where), listed)
+
+
+def canonical_url(url: str) -> str:
+    """One spelling of an edge's base URL (checked by base_url_problem): the scheme and host in lower case, an IP
+    address as ``ipaddress`` writes it, no default port, no trailing slash.  The router took [fd00::11] and
+    [FD00:0:0:0:0:0:0:11] for two edges, one machine given twice the weight, and a registration in one spelling of
+    an edge listed in the other for a second, unlisted edge (an adversarial session)."""
+    parts = urlsplit(url)
+    scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+    try:
+        ip = ipaddress.ip_address(host)
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    except ValueError:
+        pass
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
 
 
 def base_url_problem(url: object) -> str | None:
