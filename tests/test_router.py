@@ -645,3 +645,32 @@ def test_an_edges_url_has_one_spelling_whatever_a_flag_list_or_registration_wrot
     with pytest.raises(RoutingError, match="listed in the router's configuration"):  # was a second, unlisted edge
         table.add(edge_spec(spelt, ["east"], False), 1.0)
     assert edge_spec({"url": "https://Edge.Example:443", "region": "east", "capacity": 1e6}, ["east"], False).url == "https://edge.example"
+
+
+def test_a_dns_query_of_a_family_its_region_lacks_is_not_answered_with_another_regions_edge():
+    """East's only edge is IPv6: an A query from east got west's IPv4 edge, and west's AAAA east's edge, though both
+    regions had an edge up (an adversarial session).  Another region serves a region with no edge up only."""
+    from dnslib import RCODE, DNSRecord
+
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
+    from edgeswarm.roles.router import Router, RouterConfig
+
+    table = RoutingTable()
+    for url, region in (("http://[fd00::11]:8080", "east"), ("http://127.10.0.21:8080", "west")):
+        table.add(EdgeSpec(url, region, 1e6), 0.0)
+        table.health[url].succeeded(Sample(1.0, 0, 0, 0), table.thresholds)
+    doc = {
+        "regions": [{"name": "east", "isp": "a", "networks": ["127.1.0.0/16"]}, {"name": "west", "isp": "b", "networks": ["127.2.0.0/16"]}]
+    }
+    router = Router(RegionMap.from_doc(doc), table, RouterConfig(dns_name="cdn.test"))
+
+    def ask(qtype: str, client: str) -> tuple[list[str], int]:
+        answer = DNSRecord.parse(router.dns_answer(DNSRecord.question("cdn.test", qtype).pack(), client))
+        return [str(r.rdata) for r in answer.rr], answer.header.rcode
+
+    assert ask("AAAA", "127.1.0.9") == (["fd00::11"], RCODE.NOERROR)
+    assert ask("A", "127.1.0.9") == ([], RCODE.NOERROR)  # was west's 127.10.0.21
+    assert ask("AAAA", "127.2.0.9") == ([], RCODE.NOERROR)  # was east's fd00::11
+    table.health["http://127.10.0.21:8080"].failed(1.0, "killed", table.thresholds)
+    assert ask("AAAA", "127.2.0.9") == (["fd00::11"], RCODE.NOERROR)  # west has no edge up: east's serves it

@@ -460,9 +460,21 @@ class Router:
                 return  # edges are up, none with an address of this family: the name has no such record
             self._refuse(reply, *((RCODE.REFUSED, "region") if exc.status == 403 else (RCODE.SERVFAIL, "no_edge")))
             return
+        if decision.fallback and self._own_edge_up(address, qname):
+            return  # the client's region has an edge up of the other family: no record of this one, not another region's
         for c in decision.ranked[: self.config.dns_answers]:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
             reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
+
+    def _own_edge_up(self, address: str, qname: str) -> bool:
+        """An edge of the client's own region with an address is up.  An A query from east, whose only edge up is
+        IPv6, was answered with west's IPv4 edge, where other regions serve a region with no edge up (an adversarial
+        session)."""
+        region = self.region_of(address)
+        if region is None:
+            return False
+        own = self.table.decide(region, qname, lambda s: s.address is not None)
+        return bool(own.ranked) and not own.fallback and not own.blind
 
     def _dns_edges_up(self, address: str, qname: str) -> bool:
         """Some edge with an address is up for this client, of either family.  Then an AAAA query where only IPv4
