@@ -12,8 +12,10 @@ SIZE = 8 * MiB
 NO_STATS = {"edge": 0, "peer_same_region": 0, "peer_other_region": 0}
 
 
-def bound(policy: ClaimPolicy, now: float, usage: dict, *, peer="p", link="10.0.0.1", held=SIZE, neighbours=2, stats=NO_STATS):
-    return policy.bound(now, peer, link, "c", SIZE, held, neighbours, usage, stats)
+def bound(
+    policy: ClaimPolicy, now: float, usage: dict, *, peer="p", link="10.0.0.1", held=SIZE, neighbours=2, stats=NO_STATS, leaving=False
+):
+    return policy.bound(now, peer, link, "c", SIZE, held, neighbours, usage, stats, leaving=leaving)
 
 
 def test_honest_claims_pass_untouched():
@@ -157,3 +159,19 @@ def test_expire_keeps_what_was_used_since_whatever_order_it_came_in():
     assert bound(policy, 12, {"from_peers": SIZE}, peer="a", link="10.0.0.1").excess > 0, "a's tally was forgotten"
     policy.expire(30)
     assert policy.state_size() == {"claim_tallies": 0, "claim_links": 0, "claim_copies": 0, "claim_contents": 0}
+
+
+def test_stops_and_churned_ids_of_another_address_raise_no_seeders_bound_past_a_links_ids():
+    """100 stops of ids that never joined, or one id started and stopped 100 times, from a second address, let a
+    seeder alone in its swarm book 100 copies unflagged (a review)."""
+    policy = ClaimPolicy(ids_per_link=16)
+    bound(policy, 0, {"uploaded": 0}, peer="seed", neighbours=1)
+    for i in range(100):
+        bound(policy, 1 + i / 100, {}, peer=f"ghost{i}", link="10.0.0.9", neighbours=1, leaving=True)
+        policy.forget(f"ghost{i}", "c")
+    assert bound(policy, 2, {"uploaded": 100 * SIZE}, peer="seed", neighbours=1).usage["uploaded"] == SIZE
+    for _ in range(100):
+        bound(policy, 3, {}, peer="cycler", link="10.0.0.9", neighbours=1)
+        bound(policy, 3, {}, peer="cycler", link="10.0.0.9", neighbours=1, leaving=True)
+        policy.forget("cycler", "c")
+    assert bound(policy, 4, {"uploaded": 100 * SIZE}, peer="seed", neighbours=1).usage["uploaded"] == 17 * SIZE  # 1 + 16

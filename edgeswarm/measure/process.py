@@ -51,7 +51,6 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(self.env or {})},
-            start_new_session=True,  # a terminal's Ctrl-C reaches the run that started it, which stops it (not a crash)
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -15,7 +15,9 @@ Bounds (docs/security.md#claim-bounds):
   peers it may have served since its last one: the swarm's other peers now
   (the peers this edge tickets: each takes a held piece at most once), and
   every peer id of another owner that joined the swarm since (its own, an id
-  churned, served it nothing), counting at least one.  The peers
+  churned, served it nothing; each owner's ids count ``ids_per_link`` times
+  at most while it announces, and a ``stopped`` is no arrival), counting at
+  least one.  The peers
   now alone cut an honest seeder whose downloaders had left before it
   announced (three ``get`` one after another: 22 MB sent, 8 MB booked, and
   each downloader flagged for a download nobody backed: an adversarial
@@ -111,12 +113,17 @@ class ClaimPolicy:
         neighbours: int,
         usage: Mapping[str, int],
         stats: Mapping[str, int],
+        leaving: bool = False,
     ) -> Cut:
-        """Clamp one announce of ``peer`` (behind ``link``) for content ``cid`` of ``size`` bytes, of which it holds ``held``."""
+        """Clamp one announce of ``peer`` (behind ``link``) for content ``cid`` of ``size`` bytes, of which it holds ``held``;
+        ``leaving``: its ``stopped``."""
         joins = self._joins.get(cid, (0, now))[0]
         copied, copied_stats, own, _ = self._copies.get((link, cid), _NO_COPIES)
         tally = self._tallies.get((peer, cid))
-        if tally is None:  # its first announce here (or its first since it stopped or fell silent): one more peer
+        # its first announce here (or since it stopped or fell silent): one more peer, but a stop is no arrival, and a
+        # link's ids count ids_per_link times at most while it announces (100 stops of ids that never joined, or one
+        # id started and stopped 100 times, raised another address's bound 100 copies: a review)
+        if tally is None and not leaving and own < self.ids_per_link:
             joins, own = joins + 1, own + 1
         others = joins - own  # ids of other owners that joined: a claimant's own churned ids served it nobody
         from_peers, was_excess, was_stats, others_then, _ = tally or (0, 0, (), others, 0.0)

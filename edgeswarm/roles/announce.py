@@ -271,6 +271,7 @@ class TrackerService:
                 max(1, size - 1),  # one more than none: a neighbour may have just left
                 a.usage,
                 a.stats,
+                leaving=a.event == "stopped",
             )
             await self.store.report(now, a.cid, key, region.name if region else "unmapped", cut.stats, a.event == "stopped")
         if a.event == "stopped":
