@@ -114,11 +114,12 @@ async def test_slow_request_heads_are_closed_after_the_header_timeout_and_the_no
     assert "closed" in origin.log_text() and "Traceback" not in origin.log_text()
 
 
-async def test_an_idle_timeout_of_months_keeps_every_connection_under_the_header_timeout(nodes, published):
+@pytest.mark.parametrize("idle", ["3000000", "1e308"])  # past 24.8 days; and one whose milliseconds are no finite number
+async def test_an_idle_timeout_of_months_keeps_every_connection_under_the_header_timeout(nodes, published, idle):
     """The unacknowledged-data timeout derived from --idle-timeout overflowed the kernel's int past 24.8 days: a
     TypeError logged at every accept, before the connection was registered, so no header timeout nor cap applied
     to any connection (an adversarial session)."""
-    origin = nodes.start("origin", "--publish", str(published), "--header-timeout", "1", "--idle-timeout", "3000000")
+    origin = nodes.start("origin", "--publish", str(published), "--header-timeout", "1", "--idle-timeout", idle)
     reader, writer = await asyncio.open_connection(*address(origin.url))
     writer.write(b"GET /healthz HTTP/1.1\r\n")  # and nothing more
     try:

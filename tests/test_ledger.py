@@ -501,7 +501,9 @@ async def test_cli_until_ends_a_billing_period_and_an_empty_date_is_refused(tmp_
         rc, out, err = cli(["usage", "report", "--ledger", ledger, flag, ""], capsys)
         assert rc == 2 and f"cannot read {flag} ''" in err, err
     rc, out, err = cli(["usage", "report", "--ledger", ledger, "--since", "2026-12-01", "--until", "2026-11-01"], capsys)
-    assert rc == 2 and "--since 2026-12-01 is not before --until 2026-11-01" in err and not out, err  # was empty, exit 0
+    assert rc == 2 and "no hourly period starts from --since 2026-12-01 and before --until 2026-11-01" in err and not out, err
+    rc, out, err = cli(["usage", "report", "--ledger", ledger, "--since", "2026-11-30T23:01", "--until", "2026-11-30T23:59"], capsys)
+    assert rc == 2 and "the ledger keeps whole UTC hours" in err and not out, err  # nov's hour began before: empty, exit 0
 
 
 async def test_cli_shows_names_as_they_are_and_a_spreadsheet_runs_none(tmp_path: Path, capsys):

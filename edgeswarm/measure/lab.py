@@ -683,8 +683,14 @@ async def _guarded(lab: Lab, console: Console) -> dict:
     task = asyncio.current_task()
     assert task is not None, "called from a task"
     loop = asyncio.get_running_loop()
+    stopped: list[int] = []
+
+    def stop(sig: int) -> None:
+        stopped.append(sig)
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     try:
         with labreport.Progress(console, lab) as progress:
             progress.phase(f"starting an origin, {len(lab.s.regions)} edges and {lab.s.peers} peers")
@@ -695,11 +701,12 @@ async def _guarded(lab: Lab, console: Console) -> dict:
     except asyncio.CancelledError:
         raise Interrupted() from None
     except Exception:
-        # a Ctrl-C that killed a command the setup ran (`ip … failed: exit status -2`) reaches our handler only once
-        # the loop turns: a moment for it, so that the run says "interrupted" (130), not "failed" (an adversarial session)
-        try:
+        # a Ctrl-C that killed a command or daemon the setup started (`ip … failed: exit status -2`, `peer exited with
+        # 1`) reaches our handler only once the loop turns, or came while a cleanup took its cancellation: a moment
+        # for it, so that the run says "interrupted" (130), not "failed" (an adversarial session)
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(SIGNAL_GRACE)
-        except asyncio.CancelledError:
+        if stopped:
             raise Interrupted() from None
         raise
 

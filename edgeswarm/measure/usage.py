@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 import time
 from datetime import UTC, datetime
 
 from edgeswarm.protocol.units import UnitError, parse_duration
-from edgeswarm.store.ledger import BY, USAGE_COUNTERS, LedgerError, ReportRow, redact, report
+from edgeswarm.store.ledger import BY, PERIOD, USAGE_COUNTERS, LedgerError, ReportRow, redact, report
 
 EPILOG = """\
 examples:
@@ -102,8 +103,12 @@ def run(args: argparse.Namespace) -> int:
         # "" is no date (an unset shell variable): refused, not read as every period
         since = parse_since(args.since) if args.since is not None else None
         until = parse_since(args.until, flag="--until") if args.until is not None else None
-        if since is not None and until is not None and since >= until:  # an empty report, exit 0, looked like no usage
-            raise ValueError(f"--since {args.since} is not before --until {args.until}: no period is in both")
+        if since is not None and until is not None and math.ceil(since / PERIOD) * PERIOD >= until:
+            # an empty report, exit 0, looked like no usage: periods are whole hours, taken by their start (a review)
+            raise ValueError(
+                f"no hourly period starts from --since {args.since} and before --until {args.until}: the ledger keeps whole "
+                "UTC hours, each in a report when its start is in the window"
+            )
         rows = report(args.ledger, since=since, by=args.by, until=until)
     except (LedgerError, ValueError) as exc:
         print(f"edgeswarm usage: {exc}", file=sys.stderr)

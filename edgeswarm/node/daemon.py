@@ -576,7 +576,7 @@ def _give_up_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
     if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     with contextlib.suppress(OSError):  # milliseconds in a C int: an --idle-timeout over 24.8 days raised TypeError
-        sock.setsockopt(socket.IPPROTO_TCP, option, min(MAX_USER_TIMEOUT_MS, max(1, round(seconds * 1000))))
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(min(seconds, MAX_USER_TIMEOUT_MS / 1000) * 1000)))
 
 
 def _one_line(text: str) -> str:

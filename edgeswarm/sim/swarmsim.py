@@ -717,6 +717,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # as the edgeswarm command's: --o is not --out
         prog="python -m edgeswarm.sim.swarmsim",
         description="Sweep the download engine in virtual time over crowd sizes (edge 8 MB/s, peers 2 MB/s, "
         "32 MiB, 2 regions, strict locality, every other knob at its default) and write the table and plot of docs/engine.md.",

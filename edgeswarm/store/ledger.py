@@ -92,6 +92,7 @@ _UPSERT = (
     f"bytes = CASE WHEN usage.bytes > {{cap}} - excluded.bytes THEN {{cap}} ELSE usage.bytes + excluded.bytes END"
 )
 _SELECT = "SELECT period, edge, user_name, content, path, region, kind, bytes FROM usage WHERE period >= {p} AND period < {p}"
+PERIOD = 3600  # seconds of a ledger row's period: the edges book by the UTC hour
 ALL_PERIODS = (-(1 << 62), 1 << 62)  # since, until: every period there can be
 CAP = 1 << 62  # a count saturates here, in memory and in the table: one liar's huge claims must not overflow a
 # BIGINT, fail every write and so stop the ledger for everyone (its rows are flagged by the cross-checks anyway)
@@ -302,7 +303,7 @@ def _in_thread(work: Callable[..., Any], *args: Any) -> asyncio.Future:
 class Ledger:
     """One edge's usage counts, aggregated in memory and written in the background."""
 
-    def __init__(self, target: str, edge_id: str, period: int = 3600, flush_interval: float = 2.0):
+    def __init__(self, target: str, edge_id: str, period: int = PERIOD, flush_interval: float = 2.0):
         if period <= 0:
             raise ValueError(f"period must be positive, got {period}")
         self.target = target
