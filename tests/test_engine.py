@@ -117,17 +117,22 @@ def test_a_choked_request_pauses_the_peer_and_puts_its_piece_back():
     assert isinstance(worker.send(None), Fetch) and "b" not in e.picker.paused
 
 
+def corrupt_from(e, host, peer) -> None:
+    """``peer`` holds every piece, and the first one a worker asks of it is corrupt."""
+    e.heard(peer, "snapshot", range(8))
+    worker = next(w for w in peer_workers(host))
+    worker.send(None)
+    with pytest.raises(StopIteration):
+        worker.send(Result("corrupt"))
+
+
 def test_a_corrupt_piece_bans_the_address_and_every_id_on_it():
     e, host = make()
     e.want_whole()
     a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
     b = e.add_neighbour("a2", "http://10.0.0.2:7001", True)
     assert a is not None and b is not None
-    e.heard(a, "snapshot", range(8))
-    worker = next(w for w in peer_workers(host))
-    worker.send(None)
-    with pytest.raises(StopIteration):
-        worker.send(Result("corrupt"))
+    corrupt_from(e, host, a)
     assert e.banned == {"10.0.0.2"} and not e.neighbours
     assert sorted(host.dropped_urls) == [a.url, b.url]
     assert e.add_neighbour("a3", "http://10.0.0.2:7002", True) is None
@@ -141,11 +146,7 @@ def test_a_corrupt_piece_bans_an_ipv6_senders_whole_64():
     a = e.add_neighbour("a", "http://[fd00:a6::11]:7000", True)
     other = e.add_neighbour("b", "http://[fd00:a6:0:1::11]:7000", True)  # another /64
     assert a is not None and other is not None
-    e.heard(a, "snapshot", range(8))
-    worker = next(w for w in peer_workers(host))
-    worker.send(None)
-    with pytest.raises(StopIteration):
-        worker.send(Result("corrupt"))
+    corrupt_from(e, host, a)
     assert e.banned == {"fd00:a6::/64"} and list(e.neighbours) == [other.url]
     assert e.add_neighbour("a2", "http://[fd00:a6::12]:7000", True) is None
 
