@@ -69,13 +69,12 @@ class PinnedStore:
             # anything else is a bug: said with its traceback and tried again (the task ended without a word, and every
             # request was told "still learning the origin key" for good: an adversarial session)
             except Exception as exc:
-                disk = isinstance(exc, OSError)
                 if isinstance(exc, OSError):
-                    reason = f"cannot open the piece store in {self.cache}: {exc.strerror or exc}"
+                    reason, bug = f"cannot open the piece store in {self.cache}: {exc.strerror or exc}", False
                 else:
-                    reason = f"learning the origin key failed: {exc.__class__.__name__}: {exc}"
+                    reason, bug = f"learning the origin key failed: {exc.__class__.__name__}: {exc}", True
                 if reason != self.problem:
-                    log.log(logging.ERROR, "%s; retrying", reason, exc_info=not disk)
+                    log.error("%s; retrying", reason, exc_info=bug)
                 self.problem = reason
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_MAX)

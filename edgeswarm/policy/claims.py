@@ -17,11 +17,10 @@ Bounds (docs/security.md#claim-bounds):
   every peer id of another owner that joined the swarm since (its own, an id
   churned, served it nothing; each owner's ids count ``ids_per_link`` times
   at most while it announces, and a ``stopped`` is no arrival), counting at
-  least one.  The peers
-  now alone cut an honest seeder whose downloaders had left before it
-  announced (three ``get`` one after another: 22 MB sent, 8 MB booked, and
-  each downloader flagged for a download nobody backed: an adversarial
-  session);
+  least one.  The peers now alone cut an honest seeder whose downloaders had
+  left before it announced (three ``get`` one after another: 22 MB sent, 8 MB
+  booked, and each downloader flagged for a download nobody backed: an
+  adversarial session);
 - both: at most what the owner's link (the token's user, else the address)
   can carry, a byte bucket of ``max_rate`` bytes/s that fills for ``window``
   seconds (1.2 announce intervals: one interval at full rate, and a late
