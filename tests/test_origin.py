@@ -213,6 +213,22 @@ def test_origin_cli_errors_are_clear(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_a_port_in_use_on_ipv6_is_named_as_a_url_names_it(tmp_path):
+    """ "cannot listen on ::1:PORT" named no port a reader could tell (an adversarial session): [::1]:PORT."""
+    import socket
+
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError as exc:
+            pytest.skip(f"no IPv6 loopback here: {exc}")
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [sys.executable, "-m", "edgeswarm", "origin", "--publish", str(tmp_path), "--listen", f"[::1]:{port}"]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and f"cannot listen on [::1]:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     ("flags", "said"),
     [

@@ -46,6 +46,7 @@ from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import OTHER, Metrics, endpoint_class
 from edgeswarm.node.serving import SENT_ASIDE
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
+from edgeswarm.policy.regions import url_host
 from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
 
 log = logging.getLogger("edgeswarm")
@@ -784,11 +785,11 @@ class Servers:
                 )
                 await site.start()
             except OSError as exc:
-                raise SystemExit(f"edgeswarm {self.role}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                raise SystemExit(f"edgeswarm {self.role}: cannot listen on {url_host(host)}:{port}: {exc.strerror or exc}") from None
             server = site._server
             assert isinstance(server, asyncio.Server)  # TCPSite's, once started
             address = server.sockets[0].getsockname()  # port 0 -> the real one
-            shown = f"[{address[0]}]" if ":" in address[0] else address[0]
+            shown = url_host(address[0])
             if not self.reuse_port:
                 log.info(
                     "%s %slistening on %s://%s:%d", self.role, f"{label} " if label else "", "https" if tls else "http", shown, address[1]

@@ -112,6 +112,11 @@ class RegionMap:
         return None
 
 
+def url_host(host: str) -> str:
+    """A host as a URL or HOST:PORT writes it: an IPv6 address in brackets (``::1:53`` names no port)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def ipv4_value(text: str) -> int | None:
     """A plain dotted-quad IPv4 address as an integer, in a microsecond; None for anything else.
 

@@ -36,7 +36,7 @@ from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.candidates import Pool
 from edgeswarm.policy.heaviest import Heaviest
-from edgeswarm.policy.regions import Region, ipv4_value
+from edgeswarm.policy.regions import Region, ipv4_value, url_host
 
 if TYPE_CHECKING:
     from edgeswarm.policy.peerstore import PeerStore
@@ -285,8 +285,7 @@ PeerRecord.have = property(_get_have, _set_have)  # type: ignore[assignment]
 
 def peer_url(address: str, port: int) -> str:
     """A peer's upload URL: the address its connection came from and the port it names."""
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{port}"
+    return f"http://{url_host(address)}:{port}"
 
 
 def peer_url_problem(url: str) -> str | None:

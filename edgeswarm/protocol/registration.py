@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edgeswarm.policy.regions import url_host
 from edgeswarm.policy.routing import EdgeSpec, RoutingError
 from edgeswarm.protocol.units import UnitError, parse_rate
 from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
@@ -41,7 +42,7 @@ def canonical_url(url: str) -> str:
     scheme, host, port = parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
     try:
         ip = ipaddress.ip_address(host)
-        host = f"[{ip}]" if ip.version == 6 else str(ip)
+        host = url_host(str(ip))
     except ValueError:
         pass
     default = {"http": 80, "https": 443}[scheme]

@@ -56,6 +56,7 @@ from edgeswarm.node.metrics import Collected
 from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
+from edgeswarm.policy.regions import url_host
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.protocol.wire import json_response, status_limit
 from edgeswarm.roles import edge as edge_role
@@ -107,7 +108,7 @@ def run(
     try:
         keep = workers.reserve_port(*listen)
     except OSError as exc:
-        raise SystemExit(f"edgeswarm edge: cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
+        raise SystemExit(f"edgeswarm edge: cannot listen on {url_host(listen[0])}:{listen[1]}: {exc.strerror or exc}") from None
     rundir = workers.private_dir("edge")
     try:
         with keep:
@@ -124,7 +125,7 @@ def run(
                 return 0
 
             def listening() -> None:
-                shown = f"[{host}]" if ":" in host else host
+                shown = url_host(host)
                 scheme = "https" if ssl_context is not None else "http"
                 logging.getLogger("edgeswarm").info("edge listening on %s://%s:%d (%d workers)", scheme, shown, port, count)
 

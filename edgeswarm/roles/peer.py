@@ -59,6 +59,7 @@ from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.policy.regions import url_host
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.subtracking import AnnounceRoute
 from edgeswarm.policy.tracker import ANNOUNCE_INTERVAL, address_group, peer_url, peer_url_problem
@@ -530,7 +531,7 @@ class Peer:
     def loopback_host(self) -> str:
         """Where this process reaches its own upload server (the relay client's requests)."""
         bind = self.config.bind
-        return "127.0.0.1" if bind in (None, "", "0.0.0.0") else "::1" if bind == "::" else f"[{bind}]" if ":" in bind else bind
+        return "127.0.0.1" if bind in (None, "", "0.0.0.0") else "::1" if bind == "::" else url_host(bind)
 
     def swarm(self, signed: SignedManifest) -> Swarm:
         cid = signed.content_id

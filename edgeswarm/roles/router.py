@@ -42,7 +42,7 @@ from edgeswarm.node.daemon import BACKLOG, ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import UpstreamError, client_error_text, read_bounded
-from edgeswarm.policy.regions import RegionMap
+from edgeswarm.policy.regions import RegionMap, url_host
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol import jsondoc
@@ -515,8 +515,7 @@ class Router:
         assert self.dns_address is not None
         over = "udp and tcp" if self.dns_tcp is not None else "udp"
         host, port = self.dns_address
-        shown = f"[{host}]" if ":" in host else host  # as the HTTP line shows it: ::1:53 named no port
-        log.info("router dns listening on %s %s:%d for %s", over, shown, port, self.config.dns_name)
+        log.info("router dns listening on %s %s:%d for %s", over, url_host(host), port, self.config.dns_name)
 
     async def _dns_over_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One TCP connection: queries prefixed by their length, answered in turn; closed after DNS_TCP_IDLE s of
