@@ -153,7 +153,7 @@ class Upstream:
         self.timeout = timeout
         self.ssl = ssl  # an SSLContext with the configured CA, or None for the system's trust store
         self.bind = bind  # source address for outgoing connections: how peers appear in their region
-        self.family = family  # the only IP family connections use (source_family), 0: either
+        self.family = family or source_family(bind)  # the only IP family connections use, 0: either
         self.headers = headers or {}  # sent with every request: an edge's own token for its parent and siblings
         self.session: aiohttp.ClientSession | None = None
 
@@ -265,9 +265,6 @@ class Upstream:
                 raise OutOfDescriptorsHere(
                     503, f"out of file descriptors here: cannot connect to {base} now; retry", {"Retry-After": "1"}
                 ) from None
-            mismatch = self._other_family(base)
-            if mismatch is not None:
-                raise Hopeless(502, f"{base} is unreachable: {mismatch}") from None
             if exc.os_error.errno == errno.EINVAL and self.bind:  # the kernel's word for "not from that address"
                 raise Unreachable(502, f"{base} is unreachable from {self.bind}, the --listen address connections leave from") from None
             if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):

@@ -456,32 +456,29 @@ class Router:
         try:
             decision = self.decide(address, qname, "dns", lambda s: s.address is not None and s.address.version == version)
         except HttpError as exc:
-            if exc.status != 403 and self._dns_edges_up(address, qname):
+            if exc.status != 403 and self._addressed_up(address, qname):
                 return  # edges are up, none with an address of this family: the name has no such record
             self._refuse(reply, *((RCODE.REFUSED, "region") if exc.status == 403 else (RCODE.SERVFAIL, "no_edge")))
             return
-        if decision.fallback and self._own_edge_up(address, qname):
+        if decision.fallback and self._addressed_up(address, qname) == "own":
             return  # the client's region has an edge up of the other family: no record of this one, not another region's
         for c in decision.ranked[: self.config.dns_answers]:
             rdata = A(str(c.spec.address)) if version == 4 else AAAA(str(c.spec.address))
             reply.add_answer(RR(query.q.qname, QTYPE.A if version == 4 else QTYPE.AAAA, rdata=rdata, ttl=self.config.dns_ttl))
 
-    def _own_edge_up(self, address: str, qname: str) -> bool:
-        """An edge of the client's own region with an address is up.  An A query from east, whose only edge up is
-        IPv6, was answered with west's IPv4 edge, where other regions serve a region with no edge up (an adversarial
-        session)."""
+    def _addressed_up(self, address: str, qname: str) -> str | None:
+        """Whose edges with an address are up for this client: ``"own"`` (its region's), ``"other"`` (another's, none
+        of its own), or None.  Some up of either family: an AAAA query where only IPv4 edges are up gets an empty
+        NOERROR answer, not SERVFAIL (a resolver asked both for one name, as getaddrinfo does, fails the whole name on
+        a SERVFAIL).  Its own region's up: a query of a family it lacks is empty too, not another region's edge (an A
+        query from east, whose only edge up was IPv6, got west's IPv4 edge: an adversarial session)."""
         region = self.region_of(address)
         if region is None:
-            return False
-        own = self.table.decide(region, qname, lambda s: s.address is not None)
-        return bool(own.ranked) and not own.fallback and not own.blind
-
-    def _dns_edges_up(self, address: str, qname: str) -> bool:
-        """Some edge with an address is up for this client, of either family.  Then an AAAA query where only IPv4
-        edges are up gets an empty NOERROR answer, not SERVFAIL: a resolver asked both for one name (getaddrinfo
-        does) fails the whole name on a SERVFAIL."""
-        region = self.region_of(address)
-        return region is not None and bool(self.table.decide(region, qname, lambda s: s.address is not None).ranked)
+            return None
+        decision = self.table.decide(region, qname, lambda s: s.address is not None)
+        if not decision.ranked:
+            return None
+        return "other" if decision.fallback or decision.blind else "own"
 
     def safe_dns_answer(self, packet: bytes, address: str) -> bytes | None:
         """``dns_answer``, a bug in it logged (one line per kind) and answered with nothing: never a dead DNS server."""

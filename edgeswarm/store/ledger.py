@@ -436,8 +436,8 @@ class Ledger:
                     await _in_thread(self._disconnect)
         except TimeoutError:
             log.warning("ledger %s: the database did not answer within %g s", redact(self.target), CLOSE_WAIT)
-        if self._pending or self._writing:
-            log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), len(self._pending) + self._writing)
+        if self.pending():
+            log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), self.pending())
 
 
 @dataclass
