@@ -214,8 +214,9 @@ async def test_a_firewalled_peer_uploads_through_the_relay_in_namespaces(tmp_pat
         assert (await status(http, edge.url))["relay"]["bytes_out"] >= sum(row["bytes"] for row in from_peers)
 
 
-async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when_killed(tmp_path, nodes, origin, published, regions, http):
-    data = make_file(published / "p.bin", SIZE)
+async def _relaying_for_a_hidden_peer(tmp_path, nodes, origin, published, regions, http):
+    """An edge, two reachable peers of which one it promoted, and an unreachable peer holding its relay there."""
+    make_file(published / "p.bin", SIZE)
     edge = start_edge(
         nodes, tmp_path, origin.url, regions, "--upload-limit", "600KB/s", "--promote-upload", "20KB/s", "--promote-uptime", "1"
     )
@@ -232,6 +233,12 @@ async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when
     at = await until(lambda: _relay_at(http, hidden), 20, "the hidden peer's relay at a promoted peer")
     relay_peer = next(p for p in reachable if p.urls["upload"] == at)
     assert at in await _promoted(http, edge.url)
+    return edge, reachable, hidden, relay_peer
+
+
+async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when_killed(tmp_path, nodes, origin, published, regions, http):
+    edge, reachable, hidden, relay_peer = await _relaying_for_a_hidden_peer(tmp_path, nodes, origin, published, regions, http)
+    data = (published / "p.bin").read_bytes()
     for p in reachable:
         if p is not relay_peer:
             p.stop()  # the viewer's peers: the promoted one, and the hidden one through it
@@ -248,6 +255,17 @@ async def test_a_promoted_peer_relays_for_an_unreachable_one_and_is_demoted_when
     relay_peer.kill()
     await until(lambda: _demoted(http, edge.url, relay_peer.urls["upload"]), 20, "the demotion of the killed peer")
     await until(lambda: _holds_relay_at(http, hidden, None), 20, "the hidden peer back at the edge's relay only")
+
+
+async def test_a_promoted_peer_holding_a_relay_stops_at_once(tmp_path, nodes, origin, published, regions, http):
+    """A relayed peer's WebSocket never ends by itself: a promoted peer took the whole shutdown grace (4 s) to stop
+    while one was open, its port bound and the relayed peer unreachable meanwhile (a session's note)."""
+    *_, relay_peer = await _relaying_for_a_hidden_peer(tmp_path, nodes, origin, published, regions, http)
+    stopped = time.monotonic()
+    relay_peer.stop()
+    took = time.monotonic() - stopped
+    assert took < 3, f"the promoted peer took {took:.1f} s to stop"  # 0.1 s; the grace is 4 s
+    assert relay_peer.proc.returncode == 0
 
 
 async def _promoted(http: aiohttp.ClientSession, edge: str) -> list[str]:

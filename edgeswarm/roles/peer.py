@@ -1569,6 +1569,8 @@ class Peer:
 
     async def _end_streams(self) -> None:
         self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout
+        if self.hosting is not None:
+            await self.hosting.close()  # so do relayed peers' WebSockets, when an edge promoted us
 
     async def stop(self) -> None:
         for t in self._tasks:

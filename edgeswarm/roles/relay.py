@@ -395,7 +395,7 @@ class RelayHub:
 
     async def close(self) -> None:
         for link in list(self.links.values()):
-            await link.ws.close(message=b"edge shutting down")
+            await link.ws.close(message=b"relay shutting down")
 
 
 class RelayClient:
