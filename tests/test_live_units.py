@@ -460,6 +460,29 @@ async def test_the_watcher_publishes_while_the_full_scan_hashes_a_large_file(tmp
     assert catalog.by_path["live/live.m3u8"].signed.manifest.size == len(_playlist(0, 1)), "the scan kept the newest"
 
 
+@pytest.mark.integration  # no daemon, but seconds of hashing: not for the fast layer
+async def test_a_full_scan_publishes_small_files_and_smaller_large_ones_while_it_hashes_a_larger_one(tmp_path, caplog):
+    """A new small file waited 3 minutes behind a 100 GiB one being hashed, and a 100 MiB one as long, the walk's
+    order deciding (a stop's note): the large files are hashed smallest first, beside rounds that publish the rest."""
+    catalog = _catalog(tmp_path)
+    for name, size in (("film.bin", 1 << 30), ("clip.bin", 100 << 20)):
+        with open(catalog.root / name, "wb") as f:  # zeros, sparse: seconds of hashing for the film, no disk
+            f.truncate(size)
+    said: list[str] = []
+    caplog.set_level(logging.INFO, "edgeswarm.store.catalog")
+    scan = asyncio.create_task(catalog.scan(said.append, every=0.05))
+    while "hashing film.bin (1.0 GiB)" not in caplog.text:
+        await asyncio.sleep(0.01)
+    (catalog.root / "note.txt").write_bytes(b"new while the film is hashed")
+    while "note.txt" not in catalog.by_path:
+        assert not scan.done(), "the small file waited for the large one"
+        await asyncio.sleep(0.01)
+    assert "clip.bin" in catalog.by_path and "film.bin" not in catalog.by_path
+    assert sorted(said) == ["published clip.bin (104857600 bytes)", "published note.txt (28 bytes)"], "each said as it happens"
+    assert await scan == said and said[-1] == "published film.bin (1073741824 bytes)"
+    assert catalog.by_path["film.bin"].signed.manifest.size == 1 << 30
+
+
 async def test_a_file_over_512_gib_is_not_published_and_the_origin_says_why(tmp_path, caplog):
     """Its pieces (512 MiB) are over what any node reads: every edge answered 502 for it, blaming the origin, after the
     origin had hashed it for many minutes (an adversarial session)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -159,8 +160,7 @@ class Origin:
         return republishing(rel) if rel in self.catalog.republishing else HttpError(404, f"{rel} is not published")
 
     async def scan(self) -> None:
-        for line in await self.catalog.scan():
-            log.info("%s", line)
+        await self.catalog.scan(functools.partial(log.info, "%s"), self.scan_wait)
 
     async def _scan_loop(self) -> None:
         while True:

@@ -142,6 +142,7 @@ class Catalog:
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._skipped_now: set[str] = set()  # the paths the scan under way skipped: the others leave _skipped after it
+        self._tally = threading.Lock()  # the two above and the counters: a scan's rounds run beside prepare_large's thread
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self.journal_file = state_file.with_suffix(".journal")  # the changes since the snapshot (module docstring)
         self._journal: int | None = None  # the journal's number, as the snapshot names it; None: write a snapshot
@@ -397,10 +398,12 @@ class Catalog:
     def _skip(self, rel: str, reason: str) -> None:
         """Warn about a path not published once per reason, not at every scan (one a second, for ever); a path that is
         published again (``_publish``) is warned about again the next time it fails."""
-        self._skipped_now.add(rel)
-        if self._skipped.get(rel) != reason:
-            log.warning("not publishing %.300s: %s", rel, reason)
+        with self._tally:
+            self._skipped_now.add(rel)
+            if self._skipped.get(rel) == reason:
+                return
             self._skipped[rel] = reason
+        log.warning("not publishing %.300s: %s", rel, reason)
 
     def scan_changes(self, known: dict[str, Entry], hash_up_to: int | None = None) -> dict[str, Entry | None]:
         """What differs between the directory and ``known``: new entries, or None to withdraw.
@@ -411,7 +414,8 @@ class Catalog:
         the next scan, whose ``prepare`` hashes it without holding ``change``.
         """
         changes: dict[str, Entry | None] = {}
-        self._skipped_now = set()
+        with self._tally:
+            self._skipped_now = set()
         found = self._walk()
         for rel in known:
             if rel not in found:
@@ -420,7 +424,8 @@ class Catalog:
             self._refresh(rel, full, _stat_key(st), known, changes, hash_up_to)
         # names this scan did not skip are gone (or fixed): every name ever refused stayed, for good (an adversarial
         # session: 2 200 entries with one file on disk)
-        self._skipped = {rel: why for rel, why in self._skipped.items() if rel in self._skipped_now}
+        with self._tally:
+            self._skipped = {rel: why for rel, why in self._skipped.items() if rel in self._skipped_now}
         return changes
 
     def _refresh(
@@ -444,31 +449,63 @@ class Catalog:
         if fresh is not None:
             changes[rel] = fresh
 
-    def prepare(self, known: dict[str, Entry]) -> None:
-        """Hash the files that are new or changed against ``known``, for the next ``scan_changes`` to take up: blocking,
-        and run outside ``change``, so that the live watcher and uploads are not held behind the hash of a large file
-        (a 30 GiB file held a live playlist's next version 35 s, a 100 GiB one a new small file 3 minutes: an
-        adversarial session).  The scan under the lock walks again, and takes up only what still matches."""
+    def prepare(self, known: dict[str, Entry]) -> list[tuple[str, Path, os.stat_result, Manifest | None]]:
+        """Hash the files up to ``LOCKED_HASH`` that are new or changed against ``known``, for the next
+        ``scan_changes`` to take up, and return the larger ones, smallest first, for ``prepare_large``: blocking, and
+        run outside ``change``, so that the live watcher and uploads are not held behind the hash of a large file (a 30
+        GiB file held a live playlist's next version 35 s: an adversarial session).  The scan under the lock walks
+        again, and takes up only what still matches."""
         found = self._walk()
         self._hashing_said &= found.keys()
+        large = []
         for rel, (full, st) in found.items():
             entry, key = known.get(rel), _stat_key(st)
             if entry is None or entry.stat != key:
-                if HASH_NOTICE <= st.st_size <= MAX_FILE and rel not in self._hashing_said:  # else nothing said why it is not there
-                    log.info("hashing %.300s (%.1f GiB): published once hashed", rel, st.st_size / (1 << 30))
-                    self._hashing_said.add(rel)  # once: one still being copied in, or unreadable, is hashed at every scan
                 previous = entry.signed.manifest if entry else None
-                if (fresh := self._publish(rel, full, key, previous)) is not None:
+                if st.st_size > LOCKED_HASH:
+                    large.append((rel, full, st, previous))
+                elif (fresh := self._publish(rel, full, key, previous)) is not None:
                     self._prepared[rel] = (previous, fresh)
-                    self._hashing_said.discard(rel)
+        return sorted(large, key=lambda file: file[2].st_size)
 
-    async def scan(self) -> list[str]:
-        """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed."""
+    def prepare_large(self, files: list[tuple[str, Path, os.stat_result, Manifest | None]]) -> None:
+        """``prepare`` for the large files it returned, in its order: blocking, and run beside the rounds of ``scan``
+        that publish the rest (a new small file waited 3 minutes behind a 100 GiB one, another stop's note)."""
+        for rel, full, st, previous in files:
+            if self.stopping.is_set():
+                return
+            if HASH_NOTICE <= st.st_size <= MAX_FILE and rel not in self._hashing_said:  # else nothing said why it is not there
+                log.info("hashing %.300s (%.1f GiB): published once hashed", rel, st.st_size / (1 << 30))
+                self._hashing_said.add(rel)  # once: one still being copied in, or unreadable, is hashed at every scan
+            if (fresh := self._publish(rel, full, _stat_key(st), previous)) is not None:
+                self._prepared[rel] = (previous, fresh)
+                self._hashing_said.discard(rel)
+
+    async def scan(self, say: Callable[[str], None] | None = None, every: float = 1.0) -> list[str]:
+        """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed, each
+        also ``say``-d as it happens.  While large files are hashed (``prepare_large``), a round every ``every``
+        seconds publishes what else changed meanwhile and each large file once hashed; those it finds new then wait
+        for the next scan."""
         started = time.monotonic()
+        lines: list[str] = []
+        large: asyncio.Task | None = None
         try:
-            await asyncio.to_thread(self.prepare, dict(self.by_path))
-            _, lines = await self.change(functools.partial(self.scan_changes, hash_up_to=LOCKED_HASH))
+            while True:
+                found = await asyncio.to_thread(self.prepare, dict(self.by_path))
+                if large is None and found:
+                    large = asyncio.create_task(asyncio.to_thread(self.prepare_large, found))
+                hashing = large if large is not None and not large.done() else None  # once done: one more round takes them up
+                _, new = await self.change(functools.partial(self.scan_changes, hash_up_to=LOCKED_HASH))
+                for line in new:
+                    if say is not None:
+                        say(line)
+                lines += new
+                if hashing is None:
+                    break
+                await asyncio.wait({hashing}, timeout=every)
         finally:
+            if large is not None:
+                await _settled(large)
             self._prepared.clear()
         # withdrawn before this scan began and not published by it: gone, or unreadable (the walk said why)
         self.republishing = {rel: held for rel, held in self.republishing.items() if held[0] >= started}
@@ -539,7 +576,8 @@ class Catalog:
         try:
             return self._hash_and_sign(rel, full, key, previous)
         finally:
-            self.hashing_s += time.monotonic() - started
+            with self._tally:
+                self.hashing_s += time.monotonic() - started
 
     def _hash_and_sign(self, rel: str, full: Path, key: StatKey, previous: Manifest | None) -> Entry | None:
         piece_size = piece_size_for(key[0], segment=is_segment(rel))
@@ -560,8 +598,9 @@ class Catalog:
             return None
         if after != key:
             return None
-        self._skipped.pop(rel, None)
-        self.hashed_bytes += key[0]
+        with self._tally:
+            self._skipped.pop(rel, None)
+            self.hashed_bytes += key[0]
         manifest = Manifest(
             path=rel,
             size=key[0],
@@ -655,6 +694,16 @@ class Catalog:
         self._remove(rel)
         if old is not None and pending:
             self.republishing[rel] = (time.monotonic(), old.signed.content_id)
+
+
+async def _settled(task: asyncio.Task) -> None:
+    """Wait for ``task``'s end, even when cancelled meanwhile (a thread cannot be stopped: ``stopping`` makes it give
+    up), so that no hash outlives its scan; its error, if any, is raised."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
 
 
 def _unseen(rel: str) -> bool:
