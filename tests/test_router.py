@@ -674,3 +674,50 @@ def test_a_dns_query_of_a_family_its_region_lacks_is_not_answered_with_another_r
     assert ask("AAAA", "127.2.0.9") == ([], RCODE.NOERROR)  # was east's fd00::11
     table.health["http://127.10.0.21:8080"].failed(1.0, "killed", table.thresholds)
     assert ask("AAAA", "127.2.0.9") == (["fd00::11"], RCODE.NOERROR)  # west has no edge up: east's serves it
+
+
+async def test_edges_lists_a_peer_the_edges_of_its_ip_family_only():
+    """A router with IPv4 and IPv6 edges in a region listed all of them to every peer: a peer keeps to its listener's
+    family, and warned of the other family's edge at every try, for good (an adversarial session); with its
+    family's edges down, it is served by another region's, not by an edge it cannot reach."""
+    from unittest.mock import Mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from edgeswarm.errors import HttpError
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
+    from edgeswarm.roles.router import Router, RouterConfig
+
+    table = RoutingTable()
+    edges = (
+        ("http://[fd00::11]:8080", "east"),
+        ("http://127.10.0.11:8080", "east"),
+        ("http://edge.test", "east"),
+        ("http://[fd00::21]:8080", "west"),
+    )
+    for url, region in edges:
+        table.add(EdgeSpec(url, region, 1e6), 0.0)
+        table.health[url].succeeded(Sample(1.0, 0, 0, 0), table.thresholds)
+    doc = {
+        "regions": [
+            {"name": "east", "isp": "a", "networks": ["127.1.0.0/16", "fd00:1::/64"]},
+            {"name": "west", "isp": "b", "networks": ["127.2.0.0/16"]},
+        ]
+    }
+    router = Router(RegionMap.from_doc(doc), table, RouterConfig())
+
+    async def listed(client: str) -> list[str]:
+        transport = Mock(get_extra_info=lambda name, default=None: (client, 5000) if name == "peername" else default)
+        answer = await router.get_edges(make_mocked_request("GET", "/edges", transport=transport))
+        return sorted(e["url"] for e in json.loads(answer.body)["edges"])
+
+    assert await listed("fd00:1::5") == ["http://[fd00::11]:8080", "http://edge.test"]
+    assert await listed("127.1.0.5") == ["http://127.10.0.11:8080", "http://edge.test"]
+    assert await listed("::ffff:127.1.0.5") == ["http://127.10.0.11:8080", "http://edge.test"]  # IPv4, on a dual-stack socket
+    for url in ("http://[fd00::11]:8080", "http://edge.test"):
+        table.health[url].failed(1.0, "killed", table.thresholds)
+    assert await listed("fd00:1::5") == ["http://[fd00::21]:8080"]  # west's, not east's IPv4 one
+    table.remove("http://[fd00::21]:8080")
+    with pytest.raises(HttpError, match="no IPv6 edge serves region east"):
+        await listed("fd00:1::5")

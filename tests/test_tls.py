@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -403,3 +405,99 @@ async def test_a_get_of_an_https_url_does_not_follow_a_redirect_to_plain_http(tm
             await runner.cleanup()
     assert done.returncode == 1 and "plain HTTP, which a client of an https:// URL does not follow" in done.stderr, done.stderr
     assert plain.seen == []
+
+
+def _router_rows(router, ca: CA) -> dict[str, dict]:
+    got = curl("--cacert", str(ca.pem), router.url + "/status")
+    return {row["url"]: row for row in json.loads(got.stdout)["edges"]}
+
+
+async def test_a_router_takes_out_an_edge_whose_certificate_expires_while_it_runs(tmp_path, nodes, published, ca):
+    """The router kept one connection to each edge alive, verified at its handshake only: an edge whose certificate
+    expired while it ran stayed up at the router, which sent it every client to fail, and logged nothing (an
+    adversarial session)."""
+    origin = nodes.start("origin", "--publish", str(published), *tls_args(ca, "origin"))
+    cert, key = ca.issue("short", days=(0, LIFE_S / 86400))
+    edge = nodes.start(
+        "edge",
+        "--cache",
+        str(tmp_path / "edge"),
+        "--parent",
+        origin.url,
+        "--ca",
+        str(ca.pem),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
+    args = ("--regions", str(tmp_path / "regions.yaml"), "--edge", f"{edge.url},east,1Gbit/s", "--ca", str(ca.pem), "--poll-interval", "1")
+    router = nodes.start("router", *args)
+    assert _router_rows(router, ca)[edge.url]["state"] == "up", "the certificate expired before the test could begin"
+    deadline = time.monotonic() + LIFE_S + 20
+    while (row := _router_rows(router, ca)[edge.url])["state"] == "up":
+        assert time.monotonic() < deadline, "the edge stayed up with an expired certificate"
+        await asyncio.sleep(0.5)
+    assert "certificate has expired" in row["reason"], row
+
+
+LIFE_S = 15  # seconds the short certificate is valid for: time for the nodes to start, and for the router to see it up
+
+
+async def test_an_https_router_sends_https_clients_to_https_edges_only(tmp_path, nodes, published, ca):
+    """With an https:// and an http:// edge in a region, an HTTPS router sent half its clients to http://, with their
+    ?token=: curl -L followed, and the token and the decrypted file crossed the network in clear (an adversarial
+    session)."""
+    secure = https_deployment(tmp_path, nodes, published, ca)
+    plain = nodes.start("edge", "--cache", str(tmp_path / "plain"), "--parent", secure.url, "--ca", str(ca.pem), name="plain")
+    (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
+    edges = ("--edge", f"{secure.url},east,1Gbit/s", "--edge", f"{plain.url},east,1Gbit/s")
+    router = nodes.start("router", "--regions", str(tmp_path / "regions.yaml"), *edges, "--ca", str(ca.pem), *tls_args(ca, "router"))
+    rows = _router_rows(router, ca)
+    assert rows[secure.url]["state"] == rows[plain.url]["state"] == "up"
+    targets = set()
+    for n in range(16):  # the path's hash picks the edge: half of them went to the plain one
+        got = curl("--cacert", str(ca.pem), "-o", "/dev/null", "-w", "%{redirect_url}", f"{router.url}/films/f{n}.bin?token=t.o.k")
+        targets.add(got.stdout.decode().split("/films/")[0])
+    assert targets == {secure.url}
+
+
+async def test_the_routers_status_token_goes_to_listed_or_https_edges_and_a_plain_http_answer_is_named(tmp_path, nodes, ca):
+    """The router sent its status token (scope /: every file) to any URL it polled, in clear to http:// ones, and
+    any local process may register one (an adversarial session).  A listed http:// edge still gets it: the operator
+    named it.  An https:// edge that speaks plain HTTP was "[SSL: WRONG_VERSION_NUMBER] wrong version number"."""
+    (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
+    (tmp_path / "router.token").write_text("the.router.token\n")
+    async with _Collector() as listed, _Collector() as registered, _Collector() as mislabelled:
+        wrong = mislabelled.url.replace("http://", "https://")
+        args = ("--regions", str(tmp_path / "regions.yaml"), "--status-token-file", str(tmp_path / "router.token"), "--poll-interval", "1")
+        edges = ("--edge", f"{listed.url},east,1MB/s", "--edge", f"{wrong},east,1MB/s")
+        router = await asyncio.to_thread(nodes.start, "router", *args, *edges)
+        body = json.dumps({"url": registered.url, "region": "east", "capacity": "1MB/s"})
+        posted = await asyncio.to_thread(curl, "-H", "Content-Type: application/json", "--data", body, router.url + "/register")
+        assert b'"region": "east"' in posted.stdout or b'"region":"east"' in posted.stdout, posted.stdout
+        deadline = time.monotonic() + 20
+        while len(registered.seen) < 2:  # polled at registration, and by the loop
+            assert time.monotonic() < deadline, registered.seen
+            await asyncio.sleep(0.2)
+        rows = await asyncio.to_thread(_router_rows, router, ca)
+    assert all(seen.endswith(" None") for seen in registered.seen), registered.seen
+    assert listed.seen and all(seen.endswith(" Bearer the.router.token") for seen in listed.seen), listed.seen
+    assert rows[wrong]["reason"] == "it does not speak TLS: is it http://?", rows[wrong]
+
+
+async def test_a_get_through_a_router_whose_certificate_cannot_verify_stops_at_once(tmp_path, nodes, ca):
+    """`get --router https://…` with the wrong CA asked again once a second for 60 s, one warning each time, where
+    the same router given as the file's URL stopped at once (an adversarial session)."""
+    (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
+    router = nodes.start(
+        "router", "--regions", str(tmp_path / "regions.yaml"), "--edge", "http://127.0.0.1:9,east,1MB/s", *tls_args(ca, "router")
+    )
+    other = CA(tmp_path / "other", "another-ca")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", "--router", router.url, "/a.bin", "-o", str(tmp_path / "a"), "--ca", str(other.pem)]
+    started = time.monotonic()
+    done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode != 0 and "TLS certificate does not verify" in done.stderr, done.stderr
+    assert took < 30, f"{took:.0f} s"  # 60 s before; a start takes a few

@@ -17,7 +17,7 @@ import logging
 import time
 from urllib.parse import quote, urljoin
 
-from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.registration import base_url_problem
 
@@ -98,7 +98,8 @@ class RouterFollower:
                 if self.fixed:
                     log.warning("router %s: %s; starting with --edge %s", self.router, exc.message, ", ".join(self.fixed))
                     return list(self.fixed)
-                if time.monotonic() > deadline or exc.status == 403:  # a client of no region: asking again changes nothing
+                # a client of no region, a certificate that does not verify: asking again changes nothing (a 60 s wait
+                if time.monotonic() > deadline or exc.status == 403 or isinstance(exc, Hopeless):  # for the latter before)
                     raise SystemExit(f"no edge from router {self.router}: {exc.message}") from None
                 log.warning("router %s: %s; asking again", self.router, exc.message)
                 await asyncio.sleep(1.0)

@@ -267,7 +267,7 @@ class Upstream:
                 ) from None
             if exc.os_error.errno == errno.EINVAL and self.bind:  # the kernel's word for "not from that address"
                 raise Unreachable(502, f"{base} is unreachable from {self.bind}, the --listen address connections leave from") from None
-            if base.startswith("https://") and "WRONG_VERSION_NUMBER" in str(exc.os_error):
+            if speaks_no_tls(exc, base):
                 raise Hopeless(502, f"{base} does not speak TLS: is it http://? ({exc.os_error})") from None
             raise Unreachable(502, f"{base} is unreachable: {os_reason(exc.os_error)}") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -281,10 +281,17 @@ def os_reason(error: OSError) -> str:
     return error.strerror or str(error)  # a name not found (gaierror), TLS: their own
 
 
+def speaks_no_tls(exc: BaseException, base: str) -> bool:
+    """Whether ``base``, named ``https://``, answered a TLS handshake with something else (plain HTTP, most likely)."""
+    return base.startswith("https://") and isinstance(exc, aiohttp.ClientConnectorError) and "WRONG_VERSION_NUMBER" in str(exc.os_error)
+
+
 def client_error_text(exc: BaseException, base: str) -> str:
     """What an aiohttp client error says, for a log line or a 502: aiohttp's own words named the peer's fault as the
     user's (a 200 KB header: "ClientResponseError 400, message='Got more than 8190 bytes...'" with the bytes), named no
     scheme mix-up, and said "ssl:default" of plain-HTTP connections (adversarial sessions)."""
+    if speaks_no_tls(exc, base):  # the router said "[SSL: WRONG_VERSION_NUMBER] wrong version number" (an adversarial session)
+        return "it does not speak TLS: is it http://?"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed: not a status it sent

@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -154,14 +155,15 @@ class Router:
         region = self.regions.lookup(address)
         return region.name if region is not None else self.config.default_region
 
-    def decide(self, address: str, key: str, way: str, want=None) -> Decision:
-        """The ranked edges for a client address and key, counted by ``way``; HttpError when there is none to give."""
+    def decide(self, address: str, key: str, way: str, want=None, kind: str = "edge") -> Decision:
+        """The ranked edges for a client address and key, counted by ``way``; HttpError when there is none to give.
+        ``want``: which edges the client can use, of which ``kind`` (said when none can)."""
         region = self.region_of(address)
         if region is None:
             raise HttpError(403, f"no region for client address {address[:60]}: the region map does not cover it (and no --default-region)")
         decision = self.table.decide(region, key, want)
         if not decision.ranked:
-            raise HttpError(503, f"no edge serves region {region} (nor any other region)", {"Retry-After": str(self._retry_after())})
+            raise HttpError(503, f"no {kind} serves region {region} (nor any other region)", {"Retry-After": str(self._retry_after())})
         self.metrics.events[("decision", way)] += 1
         if decision.fallback:
             self.metrics.events[("fallback", way)] += 1
@@ -183,7 +185,10 @@ class Router:
         which a Location would start its fragment with (the client then asked the edge for the name's start: an
         adversarial session): escaped, it names what the nodes serve for it."""
         rel = clean_request_path(request.raw_path)
-        decision = self.decide(request.remote or "", rel, "http")
+        if request.secure:  # never https to http: a player's ?token= and the decrypted file crossed the network in clear
+            decision = self.decide(request.remote or "", rel, "http", _https, "HTTPS edge")  # (an adversarial session)
+        else:
+            decision = self.decide(request.remote or "", rel, "http")
         target = decision.ranked[0].spec.url + request.raw_path.replace("#", "%23")
         return web.Response(status=302, headers={"Location": target, "Cache-Control": "no-store"}, text=f"{target}\n")
 
@@ -195,7 +200,8 @@ class Router:
         key = clean_request_path("/" + quote(path.lstrip("/"), safe="/")) if path.strip("/") else ""
         if "region" in request.query:
             return self._region_edges(request.query["region"], key)
-        decision = self.decide(request.remote or "", key, "json")
+        version = _version(request.remote or "")  # a peer keeps to its listener's family: the other's edges it cannot use
+        decision = self.decide(request.remote or "", key, "json", _reachable_over(version), f"IPv{version} edge" if version else "edge")
         return json_response(
             {
                 "client": request.remote,
@@ -353,7 +359,7 @@ class Router:
         try:
             async with (
                 asyncio.timeout(self.config.timeout),
-                self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers) as resp,
+                self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers(url)) as resp,
             ):
                 if resp.status != 200:
                     raise UpstreamError(502, f"/status answered {resp.status}")  # the reason says which, as the log does
@@ -376,10 +382,14 @@ class Router:
             log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
             self.metrics.events[(f"edge_{health.state}", "")] += 1
 
-    @property
-    def _poll_headers(self) -> dict[str, str]:
-        token = self.config.status_token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def _poll_headers(self, url: str) -> dict[str, str]:
+        """The status token for an edge the operator listed, or one that answers over HTTPS: not for a registered
+        ``http://`` one (any local process may register without --register-secret-file), which got this token for
+        ``/`` in clear at every poll (an adversarial session)."""
+        token, spec = self.config.status_token, self.table.edges.get(url)
+        if token and (url.startswith("https://") or (spec is not None and spec.listed)):
+            return {"Authorization": f"Bearer {token}"}
+        return {}
 
     async def poll_all(self) -> None:
         urls = list(self.table.edges)
@@ -548,7 +558,9 @@ class Router:
         async def lifecycle(app: web.Application):
             self.session = aiohttp.ClientSession(
                 auto_decompress=False,
-                connector=aiohttp.TCPConnector(limit=256, force_close=False, ssl=self.config.ca or True),
+                # a connection per poll: a kept-alive one was verified at its handshake only, and an edge whose
+                # certificate expired while it ran stayed up, sent every client to fail (an adversarial session)
+                connector=aiohttp.TCPConnector(limit=256, force_close=True, ssl=self.config.ca or True),
                 headers={"User-Agent": "edgeswarm-router"},
             )
             if dns is not None:
@@ -565,6 +577,26 @@ class Router:
 
         app.cleanup_ctx.append(lifecycle)
         return app
+
+
+def _https(spec: EdgeSpec) -> bool:
+    return spec.url.startswith("https://")
+
+
+def _version(address: str) -> int | None:
+    """The IP version a client's address is of (an IPv4-mapped one is IPv4); None if it is no address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    return 4 if ip.version == 4 or ip.ipv4_mapped is not None else 6
+
+
+def _reachable_over(version: int | None) -> Callable[[EdgeSpec], bool] | None:
+    """The edges a client of this IP version can use: those named by a host name, or by an address of its version."""
+    if version is None:
+        return None
+    return lambda s: s.address is None or s.address.version == version
 
 
 class _DnsProtocol(asyncio.DatagramProtocol):
