@@ -10,7 +10,7 @@ from aiohttp.web_protocol import RequestHandler
 from conftest import exhaust, spare_descriptors
 
 from edgeswarm.node.connlimit import BODY_STEP, ConnectionPolicy, file_budget
-from edgeswarm.node.daemon import accept_one_pass
+from edgeswarm.node.daemon import TLS_READ, Servers, accept_one_pass
 from edgeswarm.store.piecestore import OPEN_FILES
 
 
@@ -227,3 +227,39 @@ def test_an_accept_pass_out_of_descriptors_stops_at_the_first_failure_and_retrie
             c.close()
         listener.close()
         loop.close()
+
+
+async def test_a_served_tls_connection_counts_from_its_handshake_and_reads_into_a_small_buffer(tmp_path):
+    """asyncio counts a TLS connection (connection_made) once its handshake is done, and gives each 256 KiB to read
+    into: 1 200 silent sockets escaped an HTTPS node's cap, and 2 000 idle clients took an edge to 615 MB (an
+    adversarial session).  The hooks are asyncio's private ones: an upgrade that moves them must fail here."""
+    import ssl
+
+    from aiohttp import web
+    from test_tls import CA
+
+    params = inspect.signature(asyncio.selector_events.BaseSelectorEventLoop._make_ssl_transport).parameters
+    assert list(params)[:5] == ["self", "rawsock", "protocol", "sslcontext", "waiter"] and "server_side" in params
+    cert, key = CA(tmp_path / "pki", "ca").issue("node")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    servers = Servers("test", ssl_context=context)
+    bound = await servers.start([(web.Application(), "127.0.0.1", 0, "")])
+    policy = servers._runners[0]._conns.policy
+    try:
+        _, silent = await asyncio.open_connection(*bound[""])  # sends no ClientHello
+        for _ in range(200):
+            if len(policy):
+                break
+            await asyncio.sleep(0.01)
+        (handler,) = policy._head  # counted, and waiting for its head, as its handshake begins
+        tls = handler.handshaking._ssl_protocol
+        assert tls.max_size == len(tls._ssl_buffer) == TLS_READ
+        silent.close()
+        for _ in range(200):
+            if not len(policy):
+                break
+            await asyncio.sleep(0.01)
+        assert len(policy) == 0, "a failed handshake is no connection any more"
+    finally:
+        await servers.close()

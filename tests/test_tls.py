@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -262,6 +263,30 @@ async def test_a_tls_handshake_that_never_comes_is_cut_after_the_header_timeout(
             assert sock.recv(100) == b""  # closed by the origin
     got = curl("--cacert", str(ca.pem), origin.url + "/healthz")
     assert got.returncode == 0, got.stderr
+
+
+async def test_silent_sockets_over_the_cap_of_an_https_node_make_room_for_real_clients(tmp_path, nodes, published, ca):
+    """A connection was counted once its TLS handshake was done: 1 200 sockets that sent nothing escaped a cap of 336,
+    and a real client of an HTTPS node waited 20 s for the handshake timeout, where plain HTTP closed the oldest
+    silent one for it (an adversarial session)."""
+    origin = nodes.start("origin", "--publish", str(published), "--max-connections", "8", *tls_args(ca, "origin"))
+    host, port = origin.url.removeprefix("https://").split(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(24)]
+    try:
+        started = time.monotonic()
+        got = await asyncio.to_thread(curl, "--cacert", str(ca.pem), "-m", "15", origin.url + "/healthz")
+        took = time.monotonic() - started
+        assert got.returncode == 0, got.stderr
+        assert took < 10, f"{took:.1f} s"  # the handshake timeout (--header-timeout) is 20 s
+        closed = 0
+        for sock in silent:
+            sock.settimeout(0.2)  # a closed one answers at once; the cap's own wait for the timeout
+            with contextlib.suppress(OSError):
+                closed += sock.recv(1) == b""
+        assert closed >= 16, f"{closed} of the silent sockets closed"  # all but the cap's, which the timeout closes
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 ROUTER_REGIONS = "regions:\n  - {name: east, isp: lo, networks: [127.0.0.0/8]}\n"
