@@ -368,3 +368,11 @@ def test_a_bad_region_map_stops_the_edge_before_it_makes_its_cache(tmp_path: Pat
         assert main(cmd) == 2
         assert "not-a-network" in capsys.readouterr().err
         assert not (tmp_path / "e").exists()
+
+
+def test_a_gets_default_listen_is_of_its_urls_ip_version():
+    from edgeswarm.cli.get import wildcard_for
+
+    assert wildcard_for("http://[::1]:8080/f") == ("::", 0)
+    assert wildcard_for("/f", "http://[fd00::1]:8080") == ("::", 0)  # a bare path (with --router: its URL comes first)
+    assert wildcard_for("http://127.0.0.1:8080/f") == wildcard_for("http://edge.test/f") == wildcard_for("/f") == ("0.0.0.0", 0)

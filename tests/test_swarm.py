@@ -470,11 +470,27 @@ def test_a_get_listening_on_every_ipv4_address_says_it_cannot_use_an_ipv6_edge(t
             s.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
-    cmd = [sys.executable, "-m", "edgeswarm", "get", "http://[::1]:9/a.bin", "-o", str(tmp_path / "a")]
+    cmd = [sys.executable, "-m", "edgeswarm", "get", "http://[::1]:9/a.bin", "-o", str(tmp_path / "a"), "--listen", "0.0.0.0:0"]
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert got.returncode == 1, got.stderr
     assert "this node listens on IPv4 only (--listen 0.0.0.0:PORT)" in got.stderr and "listen on [::]:PORT" in got.stderr
     assert "Traceback" not in got.stderr, got.stderr
+
+
+def test_a_get_of_an_ipv6_url_listens_on_ipv6_by_default(tmp_path, nodes, origin, published):
+    """`get http://[::1]:PORT/f` with the default --listen 0.0.0.0:0 refused to start, "this node listens on IPv4 only"
+    (an adversarial session): the default is the wildcard of the URL's IP version."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    data = make_file(published / "six.bin", SIZE)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, host="[::1]")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/six.bin", "-o", str(tmp_path / "six.bin")]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert sha((tmp_path / "six.bin").read_bytes()) == sha(data)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

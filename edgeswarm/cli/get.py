@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+from urllib.parse import urlsplit
 
 from edgeswarm.cli import options
 
@@ -28,7 +30,13 @@ def add_parser(sub) -> None:
     options.cache(p, "keep pieces here, so a rerun resumes (default: a temporary dir)", required=False)
     p.add_argument("--edge", type=options.url, action="append", default=[], metavar="URL", help="further edges to use (repeatable)")
     p.add_argument("--router", type=options.url, metavar="URL", help="the edges come from this router (URL may then be just the path)")
-    options.listen(p, "0.0.0.0:0", "upload server while downloading (default 0.0.0.0:0)")
+    p.add_argument(
+        "--listen",
+        type=options.listen_address,
+        metavar="HOST:PORT",
+        help="upload server while downloading (default 0.0.0.0:0, or [::]:0 when the file's, the router's or the first "
+        "edge's URL names an IPv6 address: connections leave from the listener's IP version)",
+    )
     options.upload_limit(p, "upload cap while downloading, such as 2MB/s (default: none)")
     p.add_argument(
         "--stall-timeout",
@@ -56,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         args.url,
         args.output,
         args.cache,
-        args.listen,
+        args.listen or wildcard_for(args.router or args.url, *args.edge),
         args.upload_limit,
         args.edge,
         args.stall_timeout,
@@ -65,3 +73,13 @@ def run(args: argparse.Namespace) -> int:
         args.router,
         args.origin_key,
     )
+
+
+def wildcard_for(*urls: str) -> tuple[str, int]:
+    """The default --listen: the wildcard of the first URL's IP version (a path has none), IPv4's for a host name.
+    ``get http://[::1]:8080/f`` refused to start, "this node listens on IPv4 only" (an adversarial session)."""
+    host = next((urlsplit(u).hostname for u in urls if "://" in u), None) or ""
+    try:
+        return ("::", 0) if ipaddress.ip_address(host).version == 6 else ("0.0.0.0", 0)
+    except ValueError:
+        return ("0.0.0.0", 0)
