@@ -8,7 +8,9 @@ the Redis store.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -102,6 +104,21 @@ async def test_no_file_a_foreign_file_and_an_unreadable_one(tmp_path: Path):
     path.write_text(json.dumps({"version": 99}) + "\n")
     assert trackersnapshot.load(store, path, 0.0, lambda address: None) == 0 and not path.exists()
     assert await store.contents() == []
+
+
+async def test_a_save_on_a_full_disk_leaves_no_file_behind(tmp_path: Path, monkeypatch):
+    """The writes of a full disk fail, or its flush: a stopping edge left a torn ``tracker.jsonl.tmp`` in its cache,
+    kept across restarts (an adversarial session)."""
+    store = await stocked(1_000_000.0)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        trackersnapshot.save(store, tmp_path / trackersnapshot.FILE, 1_000_000.0)
+    assert raised.value.strerror == "No space left on device"  # what the edge's warning says
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.integration

@@ -1114,7 +1114,7 @@ class Edge:
             try:
                 count = trackersnapshot.save(store, path, tracker.clock())
             except OSError as exc:  # a full or read-only disk: the next start rebuilds from announces, as without it
-                log.warning("tracker: cannot write %s (%s); the next start learns its swarms from announces", path, exc)
+                log.warning("tracker: cannot write %s (%s); the next start learns its swarms from announces", path, exc.strerror or exc)
             else:
                 log.info("tracker: %d peer records written to %s for the next start", count, path)
 
