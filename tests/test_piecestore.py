@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -354,6 +355,55 @@ def test_a_write_out_of_descriptors_closes_cached_ones_and_stores_the_piece(root
                 os.close(fd)
     assert store.has(c.cid, 2) and store.write_error is None and store.fd_shortages == 1
     assert store.read_piece(c.cid, 2) == c.piece(2) and files(store, c) == {"manifest.json", "0.piece", "1.piece", "2.piece"}
+
+
+class NearlyFull:
+    """A disk with room for ``room`` bytes a file: a file's short last piece fits, a full one does not."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def open(self, path: str, mode: str):
+        real = open(path, mode)  # noqa: SIM115 - closed by the store's with
+        room = self.room
+
+        class File:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                real.close()
+
+            def write(self, data: bytes) -> int:
+                if len(data) > room:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real.write(data)
+
+        return File()
+
+
+def test_a_short_piece_stored_on_a_nearly_full_disk_does_not_end_the_episode(root, monkeypatch, caplog):
+    """Four clients filling a disk: the warning and "writes succeed again" alternated 11 times in 2 s, and /status's
+    cache_error came and went with them, as a file's short last piece was stored between full ones that were not (an
+    adversarial session).  An episode ends with a write that succeeds once none has failed for WRITES_GOOD_S."""
+    store = open_store(root)
+    c = make_content()
+    stored(store, c)
+    monkeypatch.setattr(piecestore, "open", NearlyFull(MIN_PIECE - 1).open, raising=False)
+    with caplog.at_level(logging.INFO, logger=piecestore.__name__):
+        for i in (0, 2, 1):
+            with contextlib.suppress(PieceNotStored):
+                store.put_piece(c.cid, i, c.piece(i))
+        assert store.held(c.cid) == {2} and "cache_error" in store.write_problem()
+        monkeypatch.setattr(piecestore, "WRITES_GOOD_S", 0.0, raising=False)  # none failed for that long: the next write ends it
+        monkeypatch.delattr(piecestore, "open")
+        store.put_piece(c.cid, 1, c.piece(1))
+    said = [r.getMessage().split(": ", 1)[1] for r in caplog.records]
+    assert said == [
+        "cannot write (No space left on device); nothing is cached until writes succeed again",
+        "writes succeed again",
+    ], said
+    assert store.write_problem() == {} and store.write_error is None
 
 
 # -- dropping content ------------------------------------------------------------------------

@@ -82,6 +82,10 @@ from edgeswarm.protocol.units import ascii_decimal
 log = logging.getLogger(__name__)
 OPEN_FILES = 512  # piece descriptors kept open for hits, at most (fewer under a low open-file limit)
 WRITE_PROBLEM_S = 300.0  # seconds a failed write is reported in /status (write_problem) if none succeeds meanwhile
+# seconds without a failed write before one that succeeds ends an episode of failing writes: on a nearly full disk a
+# file's short last piece, or a piece in the room a failed write's temporary file gave back, is stored between two
+# that fail, and the warning and /status's cache_error came and went a few times a second (an adversarial session)
+WRITES_GOOD_S = 10.0
 UNLINKED_SWEEP_S = 1.0  # seconds between two closings of the descriptors of pieces another worker evicted
 GOOD_MTIME_NS = 1_000_000_000  # the mtime of a piece file whose bytes the store wrote or checked (module docstring)
 OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)  # the process's or the system's file table is full
@@ -181,7 +185,9 @@ class PieceStore:
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
-        self.write_error: str | None = None  # why writes fail, while they do (a full disk): logged once per episode
+        # why writes fail, while they do (a full disk): logged once per episode, which a write that succeeds ends
+        # WRITES_GOOD_S after the last that failed
+        self.write_error: str | None = None
         self._write_failed = 0.0  # when a write last failed (monotonic)
         self.write_failures = 0  # writes refused since start: /metrics says what /status's cache_error says
         self.evicted_pieces = 0
@@ -453,7 +459,7 @@ class PieceStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise self._not_stored(path, exc) from None
-        if self.write_error is not None:
+        if self.write_error is not None and time.monotonic() - self._write_failed >= WRITES_GOOD_S:
             log.info("piece store %s: writes succeed again", self.root)
             self.write_error = None
 
