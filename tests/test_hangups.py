@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from pathlib import Path
 
 import aiohttp
@@ -144,6 +145,45 @@ async def test_an_upstreams_connection_error_with_the_client_still_there_stays_a
             assert r.status == 500
     assert status_count(metrics, 500) == 1 and not any(e == HANGUP for e, _ in metrics.events)
     assert tracebacks(caplog)  # a bug of ours: it must be seen
+
+
+@pytest.mark.parametrize("started", [False, True])
+async def test_running_out_of_memory_is_a_503_to_retry_or_a_cut_with_one_line_not_a_500_and_a_traceback(started, caplog):
+    """An edge under prlimit --as: every request that found no memory was a 500 "internal error", or an answer cut with
+    a traceback, 27 tracebacks for 40 requests (an adversarial session).  A resource, as descriptors are: a 503 with
+    Retry-After before the answer starts, a cut after, and one line each."""
+    metrics = Metrics("test")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if started:
+            resp = web.StreamResponse(headers={"Content-Length": str(2 * CHUNK)})
+            await resp.prepare(request)
+            await resp.write(b"x" * CHUNK)
+        raise MemoryError
+
+    with caplog.at_level(logging.INFO):
+        async with serve_handler(handler, metrics) as port, aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/f") as r:
+            if started:
+                with pytest.raises(aiohttp.ClientPayloadError):  # cut: the client resumes with a range
+                    await r.read()
+            else:
+                assert (r.status, r.headers.get("Retry-After"), await r.text()) == (503, "1", "out of memory; retry\n")
+    assert status_count(metrics, 500) == 0 and not tracebacks(caplog), tracebacks(caplog)
+    said = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
+    assert len(said) == 1 and re.fullmatch(r"GET /f(: cut after \d+ bytes:| ->) 503 out of memory; retry", said[0]), said
+
+
+async def test_a_connections_read_that_finds_no_memory_is_a_line_without_a_traceback(caplog):
+    """The same session: an upstream connection's read found no memory, and asyncio's handler wrote a traceback each."""
+    from edgeswarm.node.connlimit import ConnectionPolicy
+    from edgeswarm.node.daemon import Connections
+
+    conns, loop = Connections(ConnectionPolicy(10, 5.0, 60.0)), asyncio.get_running_loop()
+    with caplog.at_level(logging.INFO):
+        for _ in range(8):
+            conns.loop_error(loop, {"message": "Fatal read error on socket transport", "exception": MemoryError()})
+    assert not tracebacks(caplog), tracebacks(caplog)
+    assert [r.getMessage() for r in caplog.records] == ["Fatal read error on socket transport: out of memory"] * 5  # then a count
 
 
 async def test_many_clients_gone_mid_answer_write_a_few_lines_not_one_each(caplog):

@@ -283,6 +283,15 @@ def hung_up(request: web.Request, msg: str, *args: object) -> None:
         conns.quiet.log(logging.INFO, "connections gone mid-request", msg, *args)
 
 
+class OutOfMemory(HttpError):
+    """A request that ran this process out of memory (an address-space limit: ulimit -v, prlimit --as): a resource, as
+    descriptors are, so a 503 the client retries (or a cut it resumes) and one line; it was a 500 and a traceback for
+    each request (an adversarial session: 27 at once under prlimit --as)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "out of memory; retry", {"Retry-After": "1"})
+
+
 @web.middleware
 async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
@@ -292,7 +301,10 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
     a traceback only for an internal error.
     """
     try:
-        return await handler(request)
+        try:
+            return await handler(request)
+        except MemoryError:  # a resource this node ran short of, as it may of descriptors: no bug, no traceback
+            raise OutOfMemory() from None
     except Exception as exc:
         started = request.get(_STARTED)
         if started is None or request.writer.output_size == 0:
@@ -395,7 +407,8 @@ class Connections:
 
     def loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """The event loop's error handler: out of descriptors in accept(), shed waiting connections and
-        say so once an interval (asyncio would log every failed accept); other errors, rate-limited."""
+        say so once an interval (asyncio would log every failed accept); out of memory, a line without a traceback;
+        other errors, rate-limited."""
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
             # asyncio retries accept() a second later, and closed sockets free their descriptors only on the
@@ -417,6 +430,8 @@ class Connections:
                 len(self.policy) + len(shed),
                 f"; closed the {len(shed)} longest waiting" if shed else "",
             )
+        elif isinstance(exc, MemoryError):  # a connection's read found no memory (ulimit -v): no bug, as OutOfMemory says
+            self.quiet.log(logging.WARNING, "out of memory", "%s: out of memory", context.get("message"))
         elif self.quiet.allow(logging.ERROR, f"event loop: {type(exc).__name__ if exc else 'error'}"):  # a kind per type, not per message
             loop.default_exception_handler(context)
 
