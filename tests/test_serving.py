@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +21,8 @@ from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.serving import BOOK_BYTES, LOOKAHEAD, LOOKAHEAD_BYTES, file_headers, serve_file
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
+from edgeswarm.store import piecestore
+from edgeswarm.store.piecestore import PieceNotStored, PieceStore
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -169,6 +174,81 @@ async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_
             s.close()
         for src in sources:
             src.close()
+
+
+class FullDiskEdge:
+    """Just what an EdgeSource asks of its edge, over a real piece store whose disk is full: ``fill`` serves what it
+    could not store from memory, as Edge.fill does."""
+
+    def __init__(self, store: PieceStore, data: bytes, piece: int):
+        self.pinned, self.metrics = SimpleNamespace(opened=store), Metrics("edge")
+        self.data, self.piece = data, piece
+        self.fetched: list[int] = []
+
+    async def fill(self, cid: str, index: int) -> bytes:
+        self.fetched.append(index)
+        data = self.data[index * self.piece : (index + 1) * self.piece]
+        with contextlib.suppress(PieceNotStored):
+            self.pinned.opened.put_piece(cid, index, data)
+        return data
+
+
+def no_space(path: str, mode: str):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that_stops_reading(tmp_path: Path, monkeypatch):
+    """A full cache disk: every slow reader held its piece and the 4 fetched ahead in memory, none of which could be
+    stored, until it read them (12 MiB a connection, 973 MiB of RSS for 80 readers: an adversarial session).  While
+    writes fail an edge fetches only the piece it sends, as a peer's swarm does; so does a peer's gateway (the twin)."""
+    import socket
+    import tracemalloc
+
+    from edgeswarm.roles.edge import EdgeSource
+    from edgeswarm.roles.peer import SwarmSource
+
+    piece, count, clients = 1 << 20, 12, 6
+    data = os.urandom(piece * count)
+    hashes = tuple(hashlib.sha256(data[i : i + piece]).hexdigest() for i in range(0, len(data), piece))
+    signed = SignedManifest.sign(Manifest("big.bin", len(data), "application/octet-stream", piece, hashes, 1_700_000_000), KEY)
+    store = PieceStore(tmp_path / "cache", KEY.public_key())
+    store.put_manifest(signed, signed.to_json())
+    monkeypatch.setattr(piecestore, "open", no_space, raising=False)
+    edge = FullDiskEdge(store, data, piece)
+    await edge.fill(signed.content_id, count - 1)  # the disk filled before these readers came
+    peer = SimpleNamespace(pinned=edge.pinned)
+    assert store.write_error and SwarmSource(peer, SimpleNamespace(engine=SimpleNamespace(window=16))).ahead == 0  # type: ignore[arg-type]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await serve_file(request, signed, EdgeSource(edge, signed.content_id, True), Metrics("edge"))  # type: ignore[arg-type]
+
+    app = make_app(Metrics("edge"))
+    app.router.add_get("/big.bin", handler)
+    socks = []
+    tracemalloc.start()
+    try:
+        async with serve_app(app) as port:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(clients):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.connect(("127.0.0.1", port))
+                s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+                socks.append(s)
+            deadline = asyncio.get_running_loop().time() + 5
+            while edge.fetched.count(0) < clients and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            held = tracemalloc.get_traced_memory()[0] - before
+            for s in socks:  # before the server stops: it waits for its handlers
+                s.close()
+            assert edge.fetched.count(0) == clients
+            assert held < clients * 2.5 * piece, f"{held / clients / piece:.1f} pieces a connection"
+    finally:
+        tracemalloc.stop()
+        for s in socks:
+            s.close()
+        store.close()
 
 
 def test_last_modified_is_never_after_now():

@@ -49,7 +49,10 @@ SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile 
 
 
 class PieceSource(Protocol):
-    ahead: int  # pieces fetched ahead of the one being sent, at most (LOOKAHEAD, or fewer for a small cache)
+    @property
+    def ahead(self) -> int:
+        """Pieces fetched ahead of the one being sent, at most: LOOKAHEAD, fewer for a small cache, none while the
+        cache cannot be written (PieceStore.read_ahead)."""
 
     def local(self, index: int) -> int | None:
         """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open.
@@ -260,7 +263,7 @@ async def _send_part(
 async def _ahead(source: PieceSource, index: int, stop: int) -> bytes | None:
     """A piece fetched ahead of the reader: its bytes only if the source could not keep it, else None (read from disk
     when its turn comes).  A connection that stops reading holds no piece fetched ahead in memory, however large, but
-    for those its source could not keep (a full cache)."""
+    for those its source could not keep as its disk filled: a source whose writes fail fetches none ahead."""
     data = await source.fetch(index, stop)
     return None if source.held(index) else data
 

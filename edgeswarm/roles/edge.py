@@ -119,8 +119,6 @@ NOT_INTERNAL = "this edge fetches uncached content only for its internal network
 class EdgeSource:
     """Pieces from this edge's cache, else fetched (collapsed) from siblings or parent."""
 
-    ahead = LOOKAHEAD
-
     def __init__(self, edge: Edge, cid: str, may_fetch: bool):
         self.edge, self.cid, self.may_fetch = edge, cid, may_fetch
         self._hit: int | None = None  # the piece last counted as a hit: serving asks again for it after an await
@@ -132,6 +130,10 @@ class EdgeSource:
             self.edge.metrics.cache["hit"] += 1  # a None goes on to fetch(): a miss or collapsed, counted by fill()
             self._hit = index
         return fd
+
+    @property
+    def ahead(self) -> int:
+        return self.edge.pinned.opened.read_ahead(LOOKAHEAD)
 
     def held(self, index: int) -> bool:
         return self.edge.pinned.opened.has(self.cid, index)  # has(): also a piece another worker stored

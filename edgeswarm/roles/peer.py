@@ -240,7 +240,11 @@ class SwarmSource:
         self._fetching = 0  # this read's fetches under way (its piece and those ahead of it)
         # a quarter of the swarm's read-ahead window (16 pieces: LOOKAHEAD), none under a small --max-cache: pieces
         # fetched ahead were evicted before their turn and fetched again (1.5 x a file read through a 2 MB cache)
-        self.ahead = min(LOOKAHEAD, swarm.engine.window // 4)
+        self._ahead = min(LOOKAHEAD, swarm.engine.window // 4)
+
+    @property
+    def ahead(self) -> int:
+        return self.peer.pinned.opened.read_ahead(self._ahead)
 
     def local(self, index: int) -> int | None:
         self.swarm.touch()  # a read served from the store still uses the swarm: not retired under it

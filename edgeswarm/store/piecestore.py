@@ -680,6 +680,13 @@ class PieceStore:
         self.adopt_all(cid)
         return bool(self._held.get(cid))
 
+    def read_ahead(self, pieces: int) -> int:
+        """How many of ``pieces`` a read fetches ahead of the one it sends: none while writes fail, as a peer's swarm
+        fetches only what readers wait for (policy/engine.py).  A piece fetched ahead that cannot be stored is held in
+        memory until its reader comes to it: an edge whose disk was full held 12 MiB for each slow reader (an
+        adversarial session), and a few hundred took a small VM to its OOM killer."""
+        return 0 if self.write_error is not None else pieces
+
     def write_problem(self) -> dict[str, str]:
         """What a node's /status says while writes fail (a full or read-only disk), else nothing: a node that caches
         nothing said so in one log line only, and looked healthy while every miss went upstream (adversarial sessions).
