@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from fractions import Fraction
 
 import pytest
@@ -192,6 +194,24 @@ def test_parse_listen_wants_an_ipv6_address_in_brackets(text):
     """``::1`` was host ``:`` and port 1 ("Name or service not known"), ``fd00::1:8080`` silently [fd00::1]:8080."""
     with pytest.raises(UnitError, match=r"an IPv6 address goes in brackets, e.g. \[::1\]:8080"):
         parse_listen(text)
+
+
+def test_a_link_local_address_is_refused_for_a_listener_or_a_nodes_url_saying_why():
+    """A peer on ``--listen '[fe80::b%v1]:0'`` reached no edge, its log blaming the network, and every node listening
+    on one logged a URL without its zone, which no client can use (an adversarial session)."""
+    from edgeswarm.cli import options
+    from edgeswarm.protocol.registration import base_url_problem
+
+    said = "a link-local address (fe80::/10) needs its zone in every URL"
+    for text in ("[fe80::b%v1]:0", "[FE80::b]:8080"):
+        with pytest.raises(UnitError, match=re.escape(said)):
+            parse_listen(text)
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(said)):
+        options.url("http://[fe80::a%25v1]:8080")
+    assert said in (base_url_problem("http://[fe80::a]:8080") or "")
+    assert (
+        parse_listen("[fd00::1]:0") == ("fd00::1", 0) and options.url("http://[fd00::1]:80") and base_url_problem("http://[::1]:80") is None
+    )
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30))

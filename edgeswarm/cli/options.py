@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from edgeswarm.node.daemon import ServerLimits
 from edgeswarm.protocol import httpspec, paths
 from edgeswarm.protocol.cors import parse_origin
-from edgeswarm.protocol.units import UnitError, ascii_decimal, parse_listen, parse_rate, parse_size
+from edgeswarm.protocol.units import UnitError, ascii_decimal, link_local_problem, parse_listen, parse_rate, parse_size
 
 FORMATTER = argparse.RawDescriptionHelpFormatter  # epilogs keep their line breaks
 
@@ -117,9 +117,12 @@ def url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r}")
     try:
-        urlsplit(text).port  # noqa: B018 - raises on a bracketed host left open, or a port that is not one
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bracketed host left open, or a port that is not one
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"not an http(s) URL: {text!r} ({exc})") from None
+    if (problem := link_local_problem(parts.hostname or "")) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return text
 
 
@@ -146,7 +149,10 @@ def host_name(text: str) -> str:
     a port given with it is dropped (the Host's port is never compared)."""
     name = httpspec.host_name(text)
     if not name or not httpspec.is_authority(text.strip().rstrip(".")):
-        raise argparse.ArgumentTypeError(f"not a host name: {text!r} (give the name, such as cdn.example.com: no scheme, user or path)")
+        raise argparse.ArgumentTypeError(
+            f"not a host name: {text!r} (give the name, such as cdn.example.com: no scheme, user or path; an IPv6 address "
+            "in brackets, such as [fd00::1])"
+        )
     return name
 
 

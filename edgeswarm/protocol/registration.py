@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from edgeswarm.policy.regions import url_host
 from edgeswarm.policy.routing import EdgeSpec, RoutingError
-from edgeswarm.protocol.units import UnitError, parse_rate
+from edgeswarm.protocol.units import UnitError, link_local_problem, parse_rate
 from edgeswarm.protocol.yamlfile import YamlFileError, read_yaml
 
 
@@ -67,6 +67,8 @@ def base_url_problem(url: object) -> str | None:
         return f"'url' must not carry a user or password ({parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}...): every client would see it"
     if not parts.hostname or " " in url or parts.path not in ("", "/") or parts.query or parts.fragment:
         return f"'url' must be an edge's base URL (scheme, host, port), not {url[:200]!r}"
+    if (problem := link_local_problem(parts.hostname)) is not None:
+        return f"{url[:200]!r}: {problem}"
     return None
 
 

@@ -7,6 +7,7 @@ plain integers so that nothing else in the code deals with strings.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 
@@ -86,7 +87,22 @@ def parse_listen(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
         raise UnitError(f"cannot read listen address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     if ":" in host and not (host.startswith("[") and host.endswith("]")):  # ::1 was host ":" port 1; fd00::1:8080 a guess
         raise UnitError(f"cannot read listen address {text!r}: an IPv6 address goes in brackets, e.g. [::1]:8080")
+    if (problem := link_local_problem(host.strip("[]"))) is not None:
+        raise UnitError(f"cannot listen on {text!r}: {problem}")
     return host.strip("[]") or default_host, port
+
+
+def link_local_problem(host: str) -> str | None:
+    """Why an IPv6 link-local address (``fe80::1%eth0``) cannot be a node's: its URLs need the zone, which HTTP
+    clients (aiohttp, browsers) do not take and the node's own URLs drop; a peer on one reached no edge, its log
+    blaming the network (an adversarial session).  None for any other host."""
+    try:
+        ip = ipaddress.ip_address(host.replace("%25", "%").split("%", 1)[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.is_link_local:
+        return "a link-local address (fe80::/10) needs its zone in every URL, which HTTP clients do not take: use a global or unique-local (fd00::/8) one"
+    return None
 
 
 def format_bytes(n: float) -> str:
