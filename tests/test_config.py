@@ -376,3 +376,12 @@ def test_a_gets_default_listen_is_of_its_urls_ip_version():
     assert wildcard_for("http://[::1]:8080/f") == ("::", 0)
     assert wildcard_for("/f", "http://[fd00::1]:8080") == ("::", 0)  # a bare path (with --router: its URL comes first)
     assert wildcard_for("http://127.0.0.1:8080/f") == wildcard_for("http://edge.test/f") == wildcard_for("/f") == ("0.0.0.0", 0)
+
+
+def test_a_get_names_standard_output_as_such():
+    """A get to ``-o -`` whose disk filled said "cannot write -" (an adversarial session)."""
+    from edgeswarm.protocol.manifest import Manifest
+    from edgeswarm.roles.get import OutputFile
+
+    manifest = Manifest("a.bin", 10, "application/octet-stream", 16384, ("0" * 64,), 0)
+    assert OutputFile(Path("-"), manifest).shown == "standard output" and OutputFile(Path("a.bin"), manifest).shown == "a.bin"

@@ -276,6 +276,8 @@ async def test_get_with_a_cache_that_fills_stops_at_once_and_says_so(tmp_path, t
     done = await getting
     assert done.returncode == 1 and f"cannot store pieces in the cache {tmpfs}" in done.stderr, done.stderr
     assert "No space left on device" in done.stderr and "Traceback" not in done.stderr
+    needs = re.search(r"big\.bin needs ([\d.]+) MiB more", done.stderr)  # what is missing: "needs 16.0 MiB" held or not
+    assert needs is not None and float(needs.group(1)) < 16, done.stderr
     assert time.monotonic() - filled < 30, "it waited for the stall timeout"
     assert not out.exists() and not list(out.parent.glob(".out.bin.*.part"))
 

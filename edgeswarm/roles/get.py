@@ -233,10 +233,13 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
         task = bar.add_task(m.path, total=m.size) if bar is not None else None
         while not swarm.completed.is_set():
             if out.error is not None:
-                raise GetError(f"cannot write {out.path}: {out.error.strerror or out.error}")
+                raise GetError(f"cannot write {out.shown}: {out.error.strerror or out.error}")
             failing = peer.pinned.opened.write_error
             if failing is not None:  # else every piece fetched would be thrown away and fetched again, until the stall timeout
-                raise GetError(f"cannot store pieces in the cache {peer.config.cache} ({failing}): {m.path} needs {format_bytes(m.size)}")
+                missing = m.size - sum(m.piece_span(i)[1] for i in swarm.picker.have)  # a rerun resumes with what is held
+                raise GetError(
+                    f"cannot store pieces in the cache {peer.config.cache} ({failing}): {m.path} needs {format_bytes(missing)} more"
+                )
             refusal = peer.token_refused()
             if refusal is not None:  # the token: retrying until the stall timeout changes nothing
                 raise GetError(refusal)
@@ -309,6 +312,11 @@ class OutputFile:
         self.error: OSError | None = None  # the first write that failed: the download stops with it
         self.fd: int | None = None
         self.done = False
+
+    @property
+    def shown(self) -> str:
+        """The output as a message names it: ``-`` is standard output ("cannot write -" said nothing)."""
+        return "standard output" if str(self.path) == "-" else str(self.path)
 
     def disk_place(self) -> Path | int | None:
         """Where the output's bytes land on a disk: the target's folder, standard output's descriptor, or a special
@@ -388,7 +396,7 @@ class OutputFile:
                 assert self.part is not None
                 os.replace(self.part, self.target)
         except OSError as exc:
-            raise GetError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise GetError(f"cannot write {self.shown}: {exc.strerror or exc}") from None
         self.done = True
 
     def _stream(self, peer: Peer, cid: str, decrypt) -> None:
