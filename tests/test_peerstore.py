@@ -159,6 +159,105 @@ async def test_counts_per_region_and_user(store):
     assert sorted(await store.contents()) == [CID, OTHER]
 
 
+def _status(c) -> tuple:
+    return c.identities, c.peers, c.memberships, c.users, c.swarms
+
+
+async def test_a_peer_that_stopped_is_no_longer_counted(store):
+    """/status counts a peer that sent ``stopped`` no more, at once: with Redis it stayed in ``peers``,
+    ``swarm_memberships``, ``swarms`` and ``users`` for a ttl (three announce intervals), a region's dashboard showing
+    its peak audience 15 minutes after it left, where the memory store showed none (an adversarial session)."""
+    now = time.time()
+    await store.put(now, CID, record(1, now, user="alice"), 10)
+    await store.put(now, OTHER, record(1, now, user="alice"), 10)
+    await store.put(now, CID, record(2, now), 10)
+    await store.remove(CID, record(2, now).key)
+    await store.remove(CID, record(1, now, user="alice").key)  # still in OTHER's swarm: still counted
+    assert _status(await store.counts(now)) == (
+        1,
+        Counter({"east": 1}),
+        Counter({"east": 1}),
+        Counter({"alice": 1}),
+        {"east": Counter({OTHER: 1})},
+    )
+    await store.remove(OTHER, record(1, now, user="alice").key)
+    assert _status(await store.counts(now)) == (0, Counter(), Counter(), Counter(), {})
+    assert await store.contents() == []
+
+
+async def test_a_peer_that_moved_regions_is_counted_where_it_announced_last(store):
+    """A token's user's peer that moved regions is counted in its new one only (with Redis: in both, for a ttl), and
+    stays there when its newest record leaves, until its last one does."""
+    now = time.time()
+    key = record(1, now, user="alice").key
+    await store.put(now - 10, CID, record(1, now - 10, user="alice"), 10)
+    await store.put(now - 10, OTHER, record(1, now - 10, user="alice"), 10)
+    await store.put(now, OTHER, record(1, now, region=WEST, user="alice"), 10)
+    assert _status(await store.counts(now)) == (
+        1,
+        Counter({"west": 1}),
+        Counter({"east": 1, "west": 1}),
+        Counter({"alice": 1}),
+        {"east": Counter({CID: 1}), "west": Counter({OTHER: 1})},
+    )
+    await store.remove(OTHER, key)
+    assert _status(await store.counts(now)) == (
+        1,
+        Counter({"west": 1}),
+        Counter({"east": 1}),
+        Counter({"alice": 1}),
+        {"east": Counter({CID: 1})},
+    )
+    await store.remove(CID, key)
+    assert _status(await store.counts(now)) == (0, Counter(), Counter(), Counter(), {})
+
+
+async def test_a_peer_whose_newest_record_left_is_counted_as_long_as_another_lives(store):
+    """Counted by its other records' times, not by the one that left: no longer than the memory store counts it."""
+    store.ttl = 2.0
+    now, key = time.time(), record(1, 0).key
+    await store.put(now - 1.9, CID, record(1, now - 1.9), 10)
+    await store.put(now, OTHER, record(1, now), 10)
+    await store.remove(OTHER, key)
+    assert _status(await store.counts(now)) == (
+        1,
+        Counter({"east": 1}),
+        Counter({"east": 1}),
+        Counter({"-": 1}),
+        {"east": Counter({CID: 1})},
+    )
+    await asyncio.sleep(0.5)  # its record in CID is silent for a ttl by now
+    later = time.time()
+    await store.expire(later)
+    assert _status(await store.counts(later)) == (0, Counter(), Counter(), Counter(), {})
+
+
+@pytest.mark.integration
+async def test_redis_counts_what_memory_counts_as_peers_come_go_and_move(redis_url):  # noqa: F811 - the fixture
+    """The two stores' /status counts agree after any puts and removals (expiry aside: memory's runs on a timer,
+    Redis's goes by the records' times)."""
+    import random
+
+    rng, now = random.Random(11), time.time()
+    memory, redis = MemoryPeerStore(TTL), RedisPeerStore(redis_url, TTL)
+    contents = [CID, OTHER, "c" * 64]
+    try:
+        for step in range(600):
+            n, cid, at = rng.randrange(30), rng.choice(contents), now - 20 + step / 100
+            user = f"u{n % 3}" if n % 4 == 0 else None  # a user's peer may move regions; an address's stays in one
+            region = rng.choice([EAST, WEST, None]) if user else [EAST, WEST, None][n % 3]
+            put = rng.random() < 0.7
+            for s in (memory, redis):
+                if put:
+                    await s.put(at, cid, record(n, at, region=region, user=user), 5)
+                else:
+                    await s.remove(cid, record(n, at, user=user).key)
+            if step % 20 == 0 or step == 599:
+                assert _status(await redis.counts(now)) == _status(await memory.counts(now)), step
+    finally:
+        await redis.close()
+
+
 def test_added():
     assert added(None, [5, 6]) == [5, 6]
     assert added([1, 2], [5, 6]) == [4, 4]

@@ -10,7 +10,8 @@ content's last announce, and of their last stats (``stats:CID``, each kept
 ``base_keep`` after its report, by ``bases:CID``); per region counters of
 bytes by source kind (``share:REGION``, never expiring); and for /status,
 sorted sets of live identities per region and user, and of live token users,
-trimmed by ``expire``.  One Lua script per announce does the write,
+trimmed by ``expire``, and per identity its contents (``of:MEMBER``), so that
+a ``stopped`` takes it out of them at once.  One Lua script per announce does the write,
 expires up to 32 silent peers of that swarm, and samples; script calls
 made at the same time go to Redis as one script run (store/redisbatch.py).
 """
@@ -24,6 +25,7 @@ from collections import Counter
 
 from edgeswarm.policy.peerstore import (
     NO_USER,
+    UNMAPPED,
     Counts,
     MemoryPeerStore,
     Placed,
@@ -48,18 +50,32 @@ ENTRYSEP = "\x1c"  # between the sample's entries
 _ALPHA = repr(ALPHA)
 _CONTROL = str.maketrans({c: "?" for c in (SEP, KEYSEP, PAIRSEP, ENTRYSEP)})
 
+# A stored record's region and user as the status indexes name them (region_name, NO_USER): its 7th, 12th and 13th fields.
+_FIELD, _NEXT = "([^\\31]*)", "\\31[^\\31]*"
+_PLACEMENT = f"""
+local function placement(raw)
+  local r, u, has = string.match(raw, '^[^\\31]*{_NEXT * 5}\\31{_FIELD}{_NEXT * 4}\\31{_FIELD}\\31{_FIELD}')
+  return r ~= '' and r or '{UNMAPPED}', has == '1' and u or '{NO_USER}'
+end
+"""
+
 # ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha draws
 # Silent peers are removed by the earlier of the edge's clock and Redis's (TIME): an edge whose clock ran 120 s ahead
 # removed the other edges' peers as silent at its first announce, without a word (an adversarial session).
-_PUT = """
+_PUT = (
+    _PLACEMENT
+    + """
 local p, cid, member = ARGV[1], ARGV[2], ARGV[3]
 local uploaded, now = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ttl, keep, sample = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13])
-local seen, recs = p .. 'seen:' .. cid, p .. 'rec:' .. cid
+-- of:MEMBER: the contents the peer is in, by last announce, and (score 0, below any announce) '\\31' .. the region
+-- it is counted in
+local seen, recs, of = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'of:' .. member
 -- at most 32 silent peers of the swarm removed an announce
 local clock = redis.call('TIME')
-local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. (math.min(now, clock[1] + clock[2] / 1000000) - ttl), 'LIMIT', 0, 32)
+local silent = '(' .. (math.min(now, clock[1] + clock[2] / 1000000) - ttl)
+local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', silent, 'LIMIT', 0, 32)
 if #gone > 0 then
   redis.call('ZREM', seen, unpack(gone))
   redis.call('HDEL', recs, unpack(gone))
@@ -75,11 +91,23 @@ if prev then
     if pr == 0 then rate = s else rate = alpha * s + (1 - alpha) * pr end
   end
 end
+-- a token's user's peer that moved regions is counted where it announced last (the memory store's _joined), and its
+-- record here in its new region only (its owner is the user: the user does not change)
+local placed = redis.call('ZRANGEBYSCORE', of, 0, 0, 'LIMIT', 0, 1)[1]
+if placed and placed ~= '\\31' .. region then
+  redis.call('ZREM', p .. 'peers:' .. string.sub(placed, 2), member)
+  redis.call('ZREM', of, placed)
+end
+if prev then
+  local r = placement(prev)
+  if r ~= region then redis.call('ZREM', p .. 'memb:' .. r, cid .. '\\30' .. member) end
+end
+redis.call('ZREMRANGEBYSCORE', of, '(0', silent)
 local rstr = string.format('%.17g', rate)
 redis.call('HSET', recs, member, ARGV[4] .. '\\31' .. ARGV[5] .. '\\31' .. rstr .. '\\31' .. ARGV[6])
 redis.call('ZADD', seen, now, member)
-redis.call('EXPIRE', seen, keep)
-redis.call('EXPIRE', recs, keep)
+redis.call('ZADD', of, now, cid, 0, '\\31' .. region)
+for _, k in ipairs({seen, recs, of}) do redis.call('EXPIRE', k, keep) end
 redis.call('ZADD', p .. 'contents', now, cid)
 redis.call('ZADD', p .. 'identities', now, member)
 redis.call('ZADD', p .. 'peers:' .. region, now, member)
@@ -100,17 +128,39 @@ if #picked > 0 then
 end
 return {n, rstr, table.concat(blob, '\\28'), clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))}
 """
+)
 
 # ARGV: prefix cid member
-_REMOVE = """
+# The peer leaves the status indexes as it leaves the memory store's tallies (its _left): its membership at once; and
+# when this record placed it (its newest), it stays where it is counted by its newest other record's time, or goes
+# (none left).  A stopped peer stayed counted in /status for a ttl: a region's dashboard showed its peak audience
+# a ttl after a live event ended (an adversarial session).
+_REMOVE = (
+    _PLACEMENT
+    + """
 local p, cid, member = ARGV[1], ARGV[2], ARGV[3]
-local recs = p .. 'rec:' .. cid
+local seen, recs, of = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'of:' .. member
 local prev = redis.call('HGET', recs, member)
 if not prev then return false end
 redis.call('HDEL', recs, member)
-redis.call('ZREM', p .. 'seen:' .. cid, member)
+redis.call('ZREM', seen, member)
+if redis.call('ZCARD', seen) == 0 then redis.call('ZREM', p .. 'contents', cid) end
+local region, user = placement(prev)
+redis.call('ZREM', p .. 'memb:' .. region, cid .. '\\30' .. member)
+local was = redis.call('ZSCORE', of, cid)
+if not was then return prev end  -- silent (trimmed), or put by an edge of an older version: left to expiry
+redis.call('ZREM', of, cid)
+local newest = redis.call('ZREVRANGEBYSCORE', of, '+inf', '(0', 'WITHSCORES', 'LIMIT', 0, 1)[2]
+if newest and tonumber(newest) >= tonumber(was) then return prev end  -- a newer record places the peer
+local placed = redis.call('ZRANGEBYSCORE', of, 0, 0, 'LIMIT', 0, 1)[1]
+local keys = {'identities', 'peers:' .. (placed and string.sub(placed, 2) or region), 'users:' .. user}
+for _, k in ipairs(keys) do
+  if newest then redis.call('ZADD', p .. k, 'XX', newest, member) else redis.call('ZREM', p .. k, member) end
+end
+if not newest then redis.call('DEL', of) end
 return prev
 """
+)
 
 # ARGV: prefix cid member region stopped keep now n kind1..kindn value1..valuen (keep: seconds a silent peer's base is kept)
 # A base's time is its writer's (now + keep), so an edge with a shorter ttl than the others drops none of theirs early.
