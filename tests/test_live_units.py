@@ -483,6 +483,44 @@ async def test_a_full_scan_publishes_small_files_and_smaller_large_ones_while_it
     assert catalog.by_path["film.bin"].signed.manifest.size == 1 << 30
 
 
+@pytest.mark.integration  # no daemon, but seconds of hashing: not for the fast layer
+async def test_a_large_file_deleted_during_its_hash_is_let_go_and_one_new_meanwhile_is_hashed_by_the_same_scan(tmp_path, caplog):
+    """A 6 GiB file deleted 1 s into its hash was read to its end, then said to be unreadable, the next file waiting;
+    and a large file new during a large hash waited for the next scan, the whole queue's time (an adversarial
+    session)."""
+    catalog = _catalog(tmp_path)
+    with open(catalog.root / "gone.bin", "wb") as f:  # zeros, sparse: seconds of hashing, no disk
+        f.truncate(8 << 30)
+    caplog.set_level(logging.INFO, "edgeswarm.store.catalog")
+    scan = asyncio.create_task(catalog.scan(every=0.05))
+    while "hashing gone.bin" not in caplog.text:
+        await asyncio.sleep(0.01)
+    with open(catalog.root / "later.bin", "wb") as f:
+        f.truncate(1 << 30)
+    await asyncio.sleep(0.3)  # a round queues it
+    (catalog.root / "gone.bin").unlink()
+    started = asyncio.get_running_loop().time()
+    assert await scan == ["published later.bin (1073741824 bytes)"]
+    assert asyncio.get_running_loop().time() - started < 20, "the deleted file was read to its end first"
+    assert "not publishing" not in caplog.text and catalog.hashed_bytes == 1 << 30
+
+
+def test_a_version_hashed_before_a_read_withdrew_the_old_one_is_taken_up_not_hashed_again(tmp_path):
+    """A file replaced by a rename and read meanwhile: the read withdrew the old version (``recheck``), and the scan
+    threw the new one's finished hash away, hashing it again: twice the reading, twice the 503s (an adversarial
+    session)."""
+    catalog = _catalog(tmp_path)
+    (catalog.root / "a.bin").write_bytes(b"one" * 1000)
+    catalog.apply(catalog.scan_changes({}))
+    (catalog.root / ".a.new").write_bytes(b"two" * 2000)
+    (catalog.root / ".a.new").rename(catalog.root / "a.bin")
+    catalog.prepare(dict(catalog.by_path))  # the scan's hash of the new version, outside the lock
+    catalog.recheck("a.bin")  # a read found the old one replaced
+    hashed = catalog.hashed_bytes
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert catalog.by_path["a.bin"].signed.manifest.size == 6000 and catalog.hashed_bytes == hashed
+
+
 async def test_a_file_over_512_gib_is_not_published_and_the_origin_says_why(tmp_path, caplog):
     """Its pieces (512 MiB) are over what any node reads: every edge answered 502 for it, blaming the origin, after the
     origin had hashed it for many minutes (an adversarial session)."""

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from edgeswarm.wholefile import write_whole
 log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int]  # size, mtime_ns, inode
+_Found = tuple[str, Path, os.stat_result, Manifest | None]  # a file to hash: path, full path, stat, the version it replaces
 KEPT_PLAYLIST = 1 << 20  # a playlist up to this size is kept in memory as signed, and its superseded versions a while
 SUPERSEDED_KEPT = 8  # superseded playlist versions still served by id: a node that was handed one can fetch its bytes
 FLOORS_KEPT = 100_000  # paths whose last version is remembered after it left the catalogue (see Catalog._floor)
@@ -51,6 +53,7 @@ JOURNAL = "/journal"  # the snapshot's row naming its journal, and that journal'
 JOURNAL_MIN = 1 << 20  # bytes of journal before the state is written whole again (or the snapshot's size, if larger)
 HASH_NOTICE = 1 << 30  # bytes from which a file's hashing is logged as it begins: it takes seconds a GiB
 LOCKED_HASH = 64 << 20  # bytes a full scan hashes at most while it holds the catalogue (a file new since its prepare)
+QUEUED_HASH = HASH_NOTICE  # bytes from which a file is hashed in a queue of its own, beside the scan's rounds (scan)
 
 
 @dataclass(frozen=True)
@@ -110,15 +113,25 @@ def _document(rows: list[str], floors: Mapping[str, float]) -> str:
 
 
 class _Stopped(EdgeswarmError):
-    """The origin is stopping: a hash under way gives up between two pieces (the next start hashes the file again)."""
+    """The origin is stopping, or the file is no longer the one being read: a hash under way gives up between two
+    pieces (the next start, or scan, hashes what is there then)."""
 
 
-def _watched(transform: Callable[[bytes, int], bytes] | None, stopping: threading.Event) -> Callable[[bytes, int], bytes]:
-    """``transform`` for hash_pieces (or none), checking ``stopping`` before each piece."""
+def _watched(
+    transform: Callable[[bytes, int], bytes] | None, stopping: threading.Event, full: Path, inode: int
+) -> Callable[[bytes, int], bytes]:
+    """``transform`` for hash_pieces (or none), checking before each piece that the origin is not ``stopping`` and
+    that ``full`` is still the file being read (its ``inode``): a file deleted or replaced 1 s into the hash of its 6
+    GiB was read to its end, the next file waiting 9-17 s (an adversarial session)."""
 
     def piece(data: bytes, offset: int) -> bytes:
         if stopping.is_set():
             raise _Stopped
+        try:
+            if os.stat(full).st_ino != inode:
+                raise _Stopped
+        except FileNotFoundError:
+            raise _Stopped from None
         return transform(data, offset) if transform is not None else data
 
     return piece
@@ -438,7 +451,9 @@ class Catalog:
             return
         previous = entry.signed.manifest if entry else None
         prepared = self._prepared.pop(rel, None)
-        if prepared is not None and prepared[0] is previous and prepared[1].stat == key:
+        # hashed against the version known now, or against one withdrawn since (a read found it replaced: ``recheck``),
+        # which it comes after all the same: that hash was thrown away, and the file read again (an adversarial session)
+        if prepared is not None and (prepared[0] is previous or previous is None) and prepared[1].stat == key:
             changes[rel] = prepared[1]
             return
         if hash_up_to is not None and key[0] > hash_up_to:  # the next scan's prepare hashes it (scan_changes)
@@ -449,32 +464,40 @@ class Catalog:
         if fresh is not None:
             changes[rel] = fresh
 
-    def prepare(self, known: dict[str, Entry]) -> list[tuple[str, Path, os.stat_result, Manifest | None]]:
-        """Hash the files up to ``LOCKED_HASH`` that are new or changed against ``known``, for the next
-        ``scan_changes`` to take up, and return the larger ones, smallest first, for ``prepare_large``: blocking, and
-        run outside ``change``, so that the live watcher and uploads are not held behind the hash of a large file (a 30
-        GiB file held a live playlist's next version 35 s: an adversarial session).  The scan under the lock walks
-        again, and takes up only what still matches."""
+    def prepare(self, known: dict[str, Entry]) -> list[_Found]:
+        """Hash the files under ``QUEUED_HASH`` that are new or changed against ``known``, smallest first, for the next
+        ``scan_changes`` to take up, and return the larger ones, for ``prepare_large``: blocking, and run outside
+        ``change``, so that the live watcher and uploads are not held behind the hash of a large file (a 30 GiB file
+        held a live playlist's next version 35 s: an adversarial session).  The scan under the lock walks again, and
+        takes up only what still matches."""
         found = self._walk()
         self._hashing_said &= found.keys()
-        large = []
+        small: list[_Found] = []
+        large: list[_Found] = []
         for rel, (full, st) in found.items():
             entry, key = known.get(rel), _stat_key(st)
             if entry is None or entry.stat != key:
-                previous = entry.signed.manifest if entry else None
-                if st.st_size > LOCKED_HASH:
-                    large.append((rel, full, st, previous))
-                elif (fresh := self._publish(rel, full, key, previous)) is not None:
-                    self._prepared[rel] = (previous, fresh)
-        return sorted(large, key=lambda file: file[2].st_size)
+                (large if st.st_size >= QUEUED_HASH else small).append((rel, full, st, entry.signed.manifest if entry else None))
+        for rel, full, st, previous in sorted(small, key=lambda file: file[2].st_size):
+            if (fresh := self._publish(rel, full, _stat_key(st), previous)) is not None:
+                self._prepared[rel] = (previous, fresh)
+        return large
 
-    def prepare_large(self, files: list[tuple[str, Path, os.stat_result, Manifest | None]]) -> None:
-        """``prepare`` for the large files it returned, in its order: blocking, and run beside the rounds of ``scan``
-        that publish the rest (a new small file waited 3 minutes behind a 100 GiB one, another stop's note)."""
-        for rel, full, st, previous in files:
-            if self.stopping.is_set():
-                return
-            if HASH_NOTICE <= st.st_size <= MAX_FILE and rel not in self._hashing_said:  # else nothing said why it is not there
+    def prepare_large(self, queue: _LargeFiles) -> None:
+        """``prepare`` for the large files ``queue`` holds, smallest first, until it is empty: blocking, and run beside
+        the rounds of ``scan`` that publish the rest and queue what else grew large (a new small file waited 3 minutes
+        behind a 100 GiB one, another stop's note).  Each is looked at again as its turn comes: replaced, it was read
+        whole against its old size, and thrown away; deleted, it was "unreadable"; a named pipe put in its place held
+        the scan for good (an adversarial session)."""
+        while not self.stopping.is_set() and (queued := queue.next()) is not None:
+            rel, full, previous = queued
+            try:
+                st = full.stat()
+            except OSError:
+                continue  # gone: the next walk says why, if it is there
+            if not stat.S_ISREG(st.st_mode) or st.st_size < QUEUED_HASH:
+                continue  # no file to hash, or the rounds' own now
+            if st.st_size <= MAX_FILE and rel not in self._hashing_said:  # else nothing said why it is not there
                 log.info("hashing %.300s (%.1f GiB): published once hashed", rel, st.st_size / (1 << 30))
                 self._hashing_said.add(rel)  # once: one still being copied in, or unreadable, is hashed at every scan
             if (fresh := self._publish(rel, full, _stat_key(st), previous)) is not None:
@@ -484,16 +507,19 @@ class Catalog:
     async def scan(self, say: Callable[[str], None] | None = None, every: float = 1.0) -> list[str]:
         """A full scan, its hashing done first outside ``change`` (``prepare``); the log lines of what changed, each
         also ``say``-d as it happens.  While large files are hashed (``prepare_large``), a round every ``every``
-        seconds publishes what else changed meanwhile and each large file once hashed; those it finds new then wait
-        for the next scan."""
+        seconds publishes what else changed meanwhile and each large file once hashed, and queues large files new
+        since (a 65 MiB file waited for the whole queue, a replaced film answered 503 as long: an adversarial
+        session)."""
         started = time.monotonic()
         lines: list[str] = []
-        large: asyncio.Task | None = None
+        queue, large = _LargeFiles(), None
         try:
             while True:
-                found = await asyncio.to_thread(self.prepare, dict(self.by_path))
-                if large is None and found:
-                    large = asyncio.create_task(asyncio.to_thread(self.prepare_large, found))
+                queue.add(await asyncio.to_thread(self.prepare, dict(self.by_path)))
+                if queue and (large is None or large.done()):
+                    if large is not None:
+                        await large  # its error, if any
+                    large = asyncio.create_task(asyncio.to_thread(self.prepare_large, queue))
                 hashing = large if large is not None and not large.done() else None  # once done: one more round takes them up
                 _, new = await self.change(functools.partial(self.scan_changes, hash_up_to=LOCKED_HASH))
                 for line in new:
@@ -589,8 +615,10 @@ class Catalog:
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
                 cipher = cipher_for(content_key, protection) if content_key is not None and protection is not None else None
-                pieces = hash_pieces(full, piece_size, _watched(cipher, self.stopping))
+                pieces = hash_pieces(full, piece_size, _watched(cipher, self.stopping, full, key[2]))
                 after = _stat_key(full.stat())
+        except FileNotFoundError:
+            return None  # deleted meanwhile: "cannot read it" said of a file no longer there
         except OSError as exc:  # unreadable (chmod 000): as any file not published, warned about once
             self._skip(rel, f"cannot read it: {exc.strerror or exc}")
             return None
@@ -694,6 +722,34 @@ class Catalog:
         self._remove(rel)
         if old is not None and pending:
             self.republishing[rel] = (time.monotonic(), old.signed.content_id)
+
+
+class _LargeFiles:
+    """The large files a scan has yet to hash, smallest first, each version once (its path and stat): what a round
+    finds that was queued, is being hashed, or was hashed and not yet taken up is not queued again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # rounds add on the event loop's thread; prepare_large takes on its own
+        self._waiting: dict[str, tuple[Path, int, Manifest | None]] = {}
+        self._queued: set[tuple[str, StatKey]] = set()
+
+    def add(self, files: list[_Found]) -> None:
+        with self._lock:
+            for rel, full, st, previous in files:
+                if (version := (rel, _stat_key(st))) not in self._queued:
+                    self._queued.add(version)
+                    self._waiting[rel] = (full, st.st_size, previous)
+
+    def next(self) -> tuple[str, Path, Manifest | None] | None:
+        with self._lock:
+            if not self._waiting:
+                return None
+            rel = min(self._waiting, key=lambda r: self._waiting[r][1])
+            full, _, previous = self._waiting.pop(rel)
+            return rel, full, previous
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
 
 
 async def _settled(task: asyncio.Task) -> None:
