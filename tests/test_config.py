@@ -385,3 +385,13 @@ def test_a_get_names_standard_output_as_such():
 
     manifest = Manifest("a.bin", 10, "application/octet-stream", 16384, ("0" * 64,), 0)
     assert OutputFile(Path("-"), manifest).shown == "standard output" and OutputFile(Path("a.bin"), manifest).shown == "a.bin"
+
+
+def test_a_gets_url_token_is_taken_as_its_token_and_cut_from_the_url():
+    from edgeswarm.roles.get import GetError, url_token
+
+    assert url_token("http://e/a.bin?token=T", None) == ("http://e/a.bin", "T")
+    assert url_token("http://e/a.bin?x=1&token=T", "T") == ("http://e/a.bin?x=1", "T")
+    assert url_token("http://e/a.bin", "T") == ("http://e/a.bin", "T") and url_token("/a.bin?token=", None) == ("/a.bin?token=", None)
+    with pytest.raises(GetError, match="two different tokens"):
+        url_token("http://e/a.bin?token=T", "U")

@@ -702,3 +702,42 @@ async def test_a_peer_whose_token_expires_ends_its_players_read_at_once(tmp_path
     assert len(got) < len(film) and film.startswith(got)
     assert time.monotonic() - started < 20, "the read waited for its timeout"
     assert "this peer's token is refused; renew it and restart the peer" in peer.log_text()
+
+
+def test_get_takes_a_urls_token_and_asks_a_protected_files_key_before_its_pieces(tmp_path, nodes, deployment):
+    """`get URL?token=T` dropped the token with the query: a --require-token edge said "send ... ?token=TOKEN", which
+    the user had, and printed it in the clear.  And a protected file without a token came down whole (30 MB) before its
+    key was refused (an adversarial session)."""
+    origin, key, secret, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)  # --require-token
+    alice = issue(key, "alice", "/films/")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", f"{edge.url}/films/secret.bin?token={alice}", "-o", str(tmp_path / "s.bin")]
+    got = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    assert sha((tmp_path / "s.bin").read_bytes()) == sha(secret) and alice not in got.stderr + got.stdout
+    twice = subprocess.run([*cmd, "--token", "another.one.here"], capture_output=True, text=True, timeout=60)
+    assert twice.returncode == 2 and "two different tokens" in twice.stderr and alice not in twice.stderr, twice.stderr
+    # a token for another path: the edge's reason, not its answer for the /edges a router would have (it said "not /edges")
+    bob = issue(key, "bob", "/pub/")
+    cmd = [sys.executable, "-m", "edgeswarm", "get", f"{edge.url}/films/secret.bin", "-o", str(tmp_path / "b.bin"), "--token", bob]
+    scoped = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert scoped.returncode == 1 and "/films/secret.bin" in scoped.stderr and "/edges" not in scoped.stderr, scoped.stderr
+
+    open_edge = nodes.start(
+        "edge", "--cache", str(tmp_path / "open"), "--parent", origin.url, "--token", issue(key, "node-open"), name="open"
+    )
+    cache = tmp_path / "get-cache"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeswarm",
+        "get",
+        f"{open_edge.url}/films/secret.bin",
+        "-o",
+        str(tmp_path / "t.bin"),
+        "--cache",
+        str(cache),
+    ]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "a token is required" in refused.stderr, refused.stderr
+    assert not list(cache.rglob("*.piece")), "the pieces came down before the key was refused"

@@ -143,7 +143,9 @@ async def _refused_by_router(upstream: Upstream, base: str) -> None:
         probe = await upstream.get(base, "/edges", timeout=5.0)
     except UpstreamError:
         return
-    if probe.status in ROUTER_REFUSALS:
+    # a router checks no token: a token's refusal is the edge's own, which checked the user's token against the path
+    # /edges ("token for user alice covers /music/, not /edges", an adversarial session)
+    if probe.status in ROUTER_REFUSALS and "WWW-Authenticate" not in probe.headers:
         raise UpstreamError(probe.status, f"{base} answered {probe.status}: {probe.body[:300].decode(errors='replace').strip()}")
 
 

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
@@ -59,6 +59,23 @@ def split_url(url: str) -> tuple[str, str]:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise GetError(f"not an http(s) URL: {url!r}")
     return f"{parts.scheme}://{parts.netloc}", _named(parts.path, url)
+
+
+def url_token(url: str, token: str | None) -> tuple[str, str | None]:
+    """(the URL without its ``?token=``, the token to use): a URL's token is taken as --token would be.  It was dropped
+    with the query: a --require-token edge said "send ... ?token=TOKEN", which the user had, and printed it in the
+    clear; an open edge booked the download to no user (an adversarial session)."""
+    if "?" not in url:
+        return url, token
+    base, _, query = url.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    given = [value for name, value in pairs if name == "token" and value]
+    if not given:
+        return url, token
+    if len(set(given)) > 1 or (token is not None and token != given[0]):
+        raise GetError("two different tokens: one in the URL's ?token= and another (or --token, --token-file): give one")
+    rest = urlencode([(name, value) for name, value in pairs if name != "token"])
+    return base + (f"?{rest}" if rest else ""), given[0]
 
 
 def _named(target: str, url: str) -> str:
@@ -125,18 +142,18 @@ async def download(
         problem = space_problem(out.disk_place(), cache, signed.manifest.size, cached)
         if problem is not None:
             raise GetError(f"{path}: {problem}")
+        try:  # before the download: a protected file came down whole, 30 MB, and then its key was refused (an adversarial session)
+            key = await peer.content_key(signed) if signed.manifest.protection else None
+        except HttpError as exc:
+            raise GetError(f"{url}: {exc.message}") from None
         swarm = peer.swarm(signed)
         try:
-            if not signed.manifest.protection:  # protected pieces are written once the key has come, after the download
+            if not signed.manifest.protection:  # protected pieces are written decrypted, once the download is whole
                 swarm.on_stored = out.put
             swarm.want_whole()
             started = time.monotonic()
             await _watch(peer, swarm, stall_timeout, out)
             elapsed = time.monotonic() - started
-            try:
-                key = await peer.content_key(signed) if signed.manifest.protection else None
-            except HttpError as exc:
-                raise GetError(f"{url}: {exc.message}") from None
             await asyncio.to_thread(out.finish, peer, signed.content_id, key)
         finally:
             swarm.on_stored = None
@@ -529,6 +546,7 @@ def run(
     origin_key: Path | None = None,
 ) -> int:
     try:
+        url, token = url_token(url, token)
         _, path = split_target(url, router)
     except GetError as exc:
         print(f"edgeswarm get: {exc}", file=sys.stderr)

@@ -108,6 +108,9 @@ def _shared_store(name: object) -> str | None:
     return name[:500] if isinstance(name, str) and name and name != "memory" else None
 
 
+MAX_REASON = 300  # bytes of an edge's refusal of a /status poll kept as the reason it is down
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     poll_interval: float = 2.0
@@ -361,6 +364,9 @@ class Router:
                 asyncio.timeout(self.config.timeout),
                 self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers(url)) as resp,
             ):
+                if resp.status in (401, 403):  # the edge's reason: an expired --status-token-file said only "401"
+                    why = (await resp.content.read(MAX_REASON)).decode(errors="replace").strip().split("\n")[0]
+                    raise UpstreamError(502, f"/status answered {resp.status}: {why}")  # (an adversarial session)
                 if resp.status != 200:
                     raise UpstreamError(502, f"/status answered {resp.status}")  # the reason says which, as the log does
                 body = await read_bounded(resp, MAX_STATUS, url, "/status")
