@@ -723,5 +723,39 @@ async def test_edges_lists_a_peer_the_edges_of_its_ip_family_only():
         table.health[url].failed(1.0, "killed", table.thresholds)
     assert await listed("fd00:1::5") == ["http://[fd00::21]:8080"]  # west's, not east's IPv4 one
     table.remove("http://[fd00::21]:8080")
+    assert await listed("fd00:1::5") == ["http://[fd00::11]:8080", "http://edge.test"]  # down, but its own: not a 503
+    table.remove("http://[fd00::11]:8080")
+    table.remove("http://edge.test")
     with pytest.raises(HttpError, match="no IPv6 edge serves region east"):
         await listed("fd00:1::5")
+
+
+async def test_an_https_request_goes_to_an_https_edge_even_one_that_missed_polls_never_to_http():
+    """An HTTPS client got 503 "no HTTPS edge" while its region's HTTPS edge had missed polls and an http:// one was
+    up, where with every edge down it got the HTTPS edge (a review): the edges it can use decide "none up"."""
+    from unittest.mock import Mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from edgeswarm.errors import HttpError
+    from edgeswarm.policy.regions import RegionMap
+    from edgeswarm.policy.routing import EdgeSpec, RoutingTable, Sample
+    from edgeswarm.roles.router import Router, RouterConfig
+
+    table = RoutingTable()
+    for url in ("https://127.10.0.1:8443", "http://127.10.0.2:8080"):
+        table.add(EdgeSpec(url, "east", 1e6), 0.0)
+        table.health[url].succeeded(Sample(1.0, 0, 0, 0), table.thresholds)
+    router = Router(RegionMap.from_doc({"regions": [{"name": "east", "isp": "a", "networks": ["127.1.0.0/16"]}]}), table, RouterConfig())
+
+    async def location(n: int) -> str:
+        transport = Mock(get_extra_info=lambda name, default=None: ("127.1.0.5", 5000) if name == "peername" else default)
+        answer = await router.redirect(make_mocked_request("GET", f"/f{n}.bin", transport=transport, sslcontext=Mock()))
+        return answer.headers["Location"].split("/f")[0]
+
+    assert {await location(n) for n in range(8)} == {"https://127.10.0.1:8443"}
+    table.health["https://127.10.0.1:8443"].failed(1.0, "missed a poll", table.thresholds)
+    assert {await location(n) for n in range(8)} == {"https://127.10.0.1:8443"}  # was a 503
+    table.remove("https://127.10.0.1:8443")
+    with pytest.raises(HttpError, match="no HTTPS edge serves region east"):
+        await location(0)

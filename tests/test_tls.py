@@ -488,10 +488,12 @@ async def test_an_https_router_sends_https_clients_to_https_edges_only(tmp_path,
     assert targets == {secure.url}
 
 
-async def test_the_routers_status_token_goes_to_listed_or_https_edges_and_a_plain_http_answer_is_named(tmp_path, nodes, ca):
+async def test_the_routers_status_token_goes_to_listed_edges_or_ones_registered_with_the_secret(tmp_path, nodes, ca):
     """The router sent its status token (scope /: every file) to any URL it polled, in clear to http:// ones, and
-    any local process may register one (an adversarial session).  A listed http:// edge still gets it: the operator
-    named it.  An https:// edge that speaks plain HTTP was "[SSL: WRONG_VERSION_NUMBER] wrong version number"."""
+    any local process may register one (an adversarial session); over HTTPS too, to a host with any public
+    certificate (a review).  A listed edge gets it, and one registered with the secret, whatever the scheme: the
+    operator named it, or gave it the secret.  An https:// edge that speaks plain HTTP was "[SSL:
+    WRONG_VERSION_NUMBER] wrong version number"."""
     (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
     (tmp_path / "router.token").write_text("the.router.token\n")
     async with _Collector() as listed, _Collector() as registered, _Collector() as mislabelled:
@@ -510,6 +512,17 @@ async def test_the_routers_status_token_goes_to_listed_or_https_edges_and_a_plai
     assert all(seen.endswith(" None") for seen in registered.seen), registered.seen
     assert listed.seen and all(seen.endswith(" Bearer the.router.token") for seen in listed.seen), listed.seen
     assert rows[wrong]["reason"] == "it does not speak TLS: is it http://?", rows[wrong]
+
+    (tmp_path / "secret").write_text("the-registration-secret\n")
+    async with _Collector() as member:
+        guarded = await asyncio.to_thread(nodes.start, "router", *args, "--register-secret-file", str(tmp_path / "secret"), name="guarded")
+        body = json.dumps({"url": member.url, "region": "east", "capacity": "1MB/s"})
+        auth = "Authorization: Bearer the-registration-secret"
+        posted = await asyncio.to_thread(
+            curl, "-H", "Content-Type: application/json", "-H", auth, "--data", body, guarded.url + "/register"
+        )
+        assert b"east" in posted.stdout, posted.stdout
+    assert member.seen and all(seen.endswith(" Bearer the.router.token") for seen in member.seen), member.seen
 
 
 async def test_a_get_through_a_router_whose_certificate_cannot_verify_stops_at_once(tmp_path, nodes, ca):

@@ -279,7 +279,7 @@ class RoutingTable:
     def up(self, region: str | None = None) -> list[EdgeSpec]:
         return [s for u, s in self.edges.items() if self.health[u].state == UP and (region is None or s.region == region)]
 
-    def decide(self, region: str, key: str, want: Callable[[EdgeSpec], bool] | None = None) -> Decision:
+    def decide(self, region: str, key: str, want: Callable[[EdgeSpec], bool] | None = None, only: bool = False) -> Decision:
         """Ranked up edges of ``region`` for ``key`` (only those ``want`` accepts); others' if none of the region is up.
 
         With none up anywhere, the region's edges whatever their state (else
@@ -287,6 +287,12 @@ class RoutingTable:
         unhealthy: a 503 fails every client for sure, and a region's only
         edge that missed one poll on a lossy path (down after 1, up after 2)
         was a 503 for 3 s while it served every file (an adversarial session).
+        ``only``: the client can use no edge ``want`` refuses (an HTTPS
+        request, a peer of one IP version), so none of those up is "none up"
+        for it (an HTTPS client got a 503 while its region's HTTPS edge missed
+        polls and an http:// one was up: a review); else edges of any kind up
+        leave it none (a DNS AAAA was answered with a down IPv6 edge while an
+        IPv4 one was up).
         """
         wanted = [s for s in self.edges.values() if want is None or want(s)]
         up = {s.url for s in self.up()}
@@ -294,7 +300,7 @@ class RoutingTable:
         fallback = not pool
         if fallback:
             pool = [s for s in wanted if s.url in up]
-        blind = not up  # none up of any kind: a DNS AAAA was answered with a down IPv6 edge while an IPv4 one was up
+        blind = not (pool if only else up)
         if blind:
             pool = [s for s in wanted if s.region == region] or wanted
         return Decision(region, key, self.rank(pool, key), fallback, blind)

@@ -109,6 +109,7 @@ def _shared_store(name: object) -> str | None:
 
 
 MAX_REASON = 300  # bytes of an edge's refusal of a /status poll kept as the reason it is down
+WITHHELD = " (the router sends its status token to listed edges, and to registered ones under --register-secret-file)"
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,14 @@ class Router:
         region = self.regions.lookup(address)
         return region.name if region is not None else self.config.default_region
 
-    def decide(self, address: str, key: str, way: str, want=None, kind: str = "edge") -> Decision:
+    def decide(self, address: str, key: str, way: str, want=None, kind: str = "edge", only: bool = False) -> Decision:
         """The ranked edges for a client address and key, counted by ``way``; HttpError when there is none to give.
-        ``want``: which edges the client can use, of which ``kind`` (said when none can)."""
+        ``want``: which edges the client can use, of which ``kind`` (said when none can); ``only``: it can use no
+        other (RoutingTable.decide)."""
         region = self.region_of(address)
         if region is None:
             raise HttpError(403, f"no region for client address {address[:60]}: the region map does not cover it (and no --default-region)")
-        decision = self.table.decide(region, key, want)
+        decision = self.table.decide(region, key, want, only)
         if not decision.ranked:
             raise HttpError(503, f"no {kind} serves region {region} (nor any other region)", {"Retry-After": str(self._retry_after())})
         self.metrics.events[("decision", way)] += 1
@@ -189,7 +191,7 @@ class Router:
         adversarial session): escaped, it names what the nodes serve for it."""
         rel = clean_request_path(request.raw_path)
         if request.secure:  # never https to http: a player's ?token= and the decrypted file crossed the network in clear
-            decision = self.decide(request.remote or "", rel, "http", _https, "HTTPS edge")  # (an adversarial session)
+            decision = self.decide(request.remote or "", rel, "http", _https, "HTTPS edge", only=True)  # (an adversarial session)
         else:
             decision = self.decide(request.remote or "", rel, "http")
         target = decision.ranked[0].spec.url + request.raw_path.replace("#", "%23")
@@ -204,7 +206,9 @@ class Router:
         if "region" in request.query:
             return self._region_edges(request.query["region"], key)
         version = _version(request.remote or "")  # a peer keeps to its listener's family: the other's edges it cannot use
-        decision = self.decide(request.remote or "", key, "json", _reachable_over(version), f"IPv{version} edge" if version else "edge")
+        decision = self.decide(
+            request.remote or "", key, "json", _reachable_over(version), f"IPv{version} edge" if version else "edge", only=True
+        )
         return json_response(
             {
                 "client": request.remote,
@@ -366,6 +370,8 @@ class Router:
             ):
                 if resp.status in (401, 403):  # the edge's reason: an expired --status-token-file said only "401"
                     why = (await resp.content.read(MAX_REASON)).decode(errors="replace").strip().split("\n")[0]
+                    if self.config.status_token and not self._trusted_with_token(url):
+                        why += WITHHELD
                     raise UpstreamError(502, f"/status answered {resp.status}: {why}")  # (an adversarial session)
                 if resp.status != 200:
                     raise UpstreamError(502, f"/status answered {resp.status}")  # the reason says which, as the log does
@@ -389,13 +395,14 @@ class Router:
             self.metrics.events[(f"edge_{health.state}", "")] += 1
 
     def _poll_headers(self, url: str) -> dict[str, str]:
-        """The status token for an edge the operator listed, or one that answers over HTTPS: not for a registered
-        ``http://`` one (any local process may register without --register-secret-file), which got this token for
-        ``/`` in clear at every poll (an adversarial session)."""
-        token, spec = self.config.status_token, self.table.edges.get(url)
-        if token and (url.startswith("https://") or (spec is not None and spec.listed)):
-            return {"Authorization": f"Bearer {token}"}
-        return {}
+        """The status token for an edge the operator listed, or one registered under --register-secret-file: not for
+        one any local process could register (no secret), which got this token for ``/`` at every poll, in clear to
+        an ``http://`` URL (an adversarial session; over HTTPS too, to a host with any public certificate: a review)."""
+        return {"Authorization": f"Bearer {self.config.status_token}"} if self._trusted_with_token(url) else {}
+
+    def _trusted_with_token(self, url: str) -> bool:
+        spec = self.table.edges.get(url)
+        return bool(self.config.status_token) and spec is not None and (spec.listed or self.config.register_secret is not None)
 
     async def poll_all(self) -> None:
         urls = list(self.table.edges)
