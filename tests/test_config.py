@@ -395,3 +395,11 @@ def test_a_gets_url_token_is_taken_as_its_token_and_cut_from_the_url():
     assert url_token("http://e/a.bin", "T") == ("http://e/a.bin", "T") and url_token("/a.bin?token=", None) == ("/a.bin?token=", None)
     with pytest.raises(GetError, match="two different tokens"):
         url_token("http://e/a.bin?token=T", "U")
+
+
+def test_a_gets_url_naming_a_link_local_address_is_refused_saying_why():
+    from edgeswarm.roles.get import GetError, split_url
+
+    for url in ("http://[fe80::1]:8080/f.bin", "http://[fe80::1%25lo]:8080/f.bin"):
+        with pytest.raises(GetError, match="a link-local address"):
+            split_url(url)

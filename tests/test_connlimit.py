@@ -10,7 +10,7 @@ from aiohttp.web_protocol import RequestHandler
 from conftest import exhaust, spare_descriptors
 
 from edgeswarm.node.connlimit import BODY_STEP, ConnectionPolicy, file_budget
-from edgeswarm.node.daemon import TLS_READ, Servers, accept_one_pass
+from edgeswarm.node.daemon import Servers, accept_one_pass
 from edgeswarm.store.piecestore import OPEN_FILES
 
 
@@ -252,9 +252,15 @@ async def test_a_served_tls_connection_counts_from_its_handshake_and_reads_into_
             if len(policy):
                 break
             await asyncio.sleep(0.01)
-        (handler,) = policy._head  # counted, and waiting for its head, as its handshake begins
-        tls = handler.handshaking._ssl_protocol
-        assert tls.max_size == len(tls._ssl_buffer) == TLS_READ
+        assert len(policy._head) == 1  # counted, and waiting for its head, as its handshake begins
+        _, second = await asyncio.open_connection(*bound[""])
+        for _ in range(200):
+            if len(policy) == 2:
+                break
+            await asyncio.sleep(0.01)
+        buffers = {id(h.handshaking._ssl_protocol._ssl_buffer) for h in policy._head}
+        assert len(buffers) == 1, "each connection read into a buffer of its own"
+        second.close()
         silent.close()
         for _ in range(200):
             if not len(policy):
@@ -263,3 +269,13 @@ async def test_a_served_tls_connection_counts_from_its_handshake_and_reads_into_
         assert len(policy) == 0, "a failed handshake is no connection any more"
     finally:
         await servers.close()
+
+
+def test_a_connection_opened_again_goes_to_the_back_of_the_queue():
+    """A TLS connection is opened at its handshake's start and again at its end: it kept its place, and those
+    behind it were closed up to a handshake late (a review)."""
+    policy: ConnectionPolicy[str] = ConnectionPolicy(cap=10, header_timeout=20, idle_timeout=75)
+    policy.opened("tls", 0.0)
+    policy.opened("plain", 1.0)
+    policy.opened("tls", 2.0)  # its handshake done
+    assert policy.oldest_waiting(1) == ["plain"]

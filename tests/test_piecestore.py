@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -852,3 +853,16 @@ def test_a_smaller_quota_at_start_says_what_it_evicted(root, caplog):
     small = open_store(root, 2 * MIN_PIECE)
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("piece store")]
     assert f"1 contents, 2 pieces, {small.used_bytes} bytes (evicted 1 pieces found at start to fit --max-cache)" in line
+
+
+def test_read_ahead_is_off_while_writes_fail_and_for_as_long_as_status_says_so(root, monkeypatch):
+    """Read-ahead stayed off for good after a full disk on a worker that stored nothing since (its siblings did),
+    where /status stops saying so WRITE_PROBLEM_S after the last failed write (a review)."""
+    from edgeswarm.store import piecestore
+
+    store = PieceStore(root, PUB)
+    assert store.read_ahead(4) == 4
+    store.write_error, store._write_failed = "No space left on device", time.monotonic()
+    assert store.read_ahead(4) == 0
+    monkeypatch.setattr(piecestore, "WRITE_PROBLEM_S", 0.0)
+    assert store.read_ahead(4) == 4

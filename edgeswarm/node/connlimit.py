@@ -116,7 +116,10 @@ class ConnectionPolicy(Generic[C]):
 
     def opened(self, conn: C, now: float, outside: bool = False) -> list[C]:
         """A new connection (``outside``: of a site the reserve is not for); returns those to close to stay within the
-        cap, and the outside ones within theirs (forgotten already)."""
+        cap, and the outside ones within theirs (forgotten already).  A TLS connection is opened at its handshake's
+        start and again at its end: it moves to the back of the queue (it kept its place, and those behind it were
+        closed up to a handshake late: a review)."""
+        self._head.pop(conn, None)
         self._head[conn] = now
         victims = []
         if outside:

@@ -30,6 +30,7 @@ import resource
 import signal
 import socket
 import time
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -489,30 +490,30 @@ def accept_one_pass(loop: asyncio.AbstractEventLoop) -> None:
     loop._accept_one_pass = True  # type: ignore[attr-defined]
 
 
-TLS_READ = 16 * 1024  # bytes a served TLS connection reads at once: one TLS record at most
-
-
 def tls_accepts_counted(loop: asyncio.AbstractEventLoop) -> None:
     """Make ``loop`` hand each accepted TLS connection to its handler as its handshake begins (``_Handler.shaking``),
-    with a read buffer of ``TLS_READ``; idempotent.
+    reading into a buffer all of them share; idempotent.
 
     asyncio calls a protocol's connection_made only once the handshake is
     done: sockets that sent nothing were no connection of the policy's, so a
     cap at 336 closed none of 1 200 of them, and real clients of an HTTPS node
     waited 20 s for the handshake timeout (an adversarial session).  Each
     served TLS connection read into 256 KiB of its own, idle or not: 2 000
-    kept-alive clients took an edge from 58 to 615 MB (the same session).
+    kept-alive clients took an edge from 58 to 615 MB (the same session); a
+    16 KiB one each doubled the CPU of an upload (a review).  A read's bytes
+    are copied out of the buffer before the loop reads another socket.
     """
     if not hasattr(loop, "_make_ssl_transport") or getattr(loop, "_tls_accepts_counted", False):
         return  # not a selector loop, or done already
     make = loop._make_ssl_transport  # private (typeshed lists it): test_connlimit checks it
+    shared = bytearray(sslproto.SSLProtocol.max_size)
+    view = memoryview(shared)
 
     def counted(rawsock, protocol, sslcontext, waiter=None, **kwargs):
         transport = make(rawsock, protocol, sslcontext, waiter, **kwargs)
         if isinstance(protocol, _Handler) and kwargs.get("server_side") and waiter is not None:
-            tls = transport._ssl_protocol  # its buffer was allocated as it was made: replaced by a smaller one
-            tls.max_size, tls._ssl_buffer = TLS_READ, bytearray(TLS_READ)
-            tls._ssl_buffer_view = memoryview(tls._ssl_buffer)
+            tls = transport._ssl_protocol  # its own buffer, allocated as it was made, goes with this
+            tls._ssl_buffer, tls._ssl_buffer_view = shared, view
             protocol.shaking(transport, waiter)
         return transport
 

@@ -34,7 +34,7 @@ from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import Manifest
 from edgeswarm.protocol.paths import decoded, path_problem
-from edgeswarm.protocol.units import format_bytes
+from edgeswarm.protocol.units import format_bytes, link_local_problem
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
 from edgeswarm.store import cachelock
@@ -58,6 +58,8 @@ def split_url(url: str) -> tuple[str, str]:
         raise GetError(f"not an http(s) URL: {url!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise GetError(f"not an http(s) URL: {url!r}")
+    if (problem := link_local_problem(parts.hostname or "")) is not None:  # as every URL flag says (a review)
+        raise GetError(f"{url!r}: {problem}")
     return f"{parts.scheme}://{parts.netloc}", _named(parts.path, url)
 
 

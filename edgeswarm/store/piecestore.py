@@ -685,7 +685,8 @@ class PieceStore:
         fetches only what readers wait for (policy/engine.py).  A piece fetched ahead that cannot be stored is held in
         memory until its reader comes to it: an edge whose disk was full held 12 MiB for each slow reader (an
         adversarial session), and a few hundred took a small VM to its OOM killer."""
-        return 0 if self.write_error is not None else pieces
+        return 0 if self.write_problem() else pieces  # as long as /status says so: a worker storing nothing meanwhile
+        # (its siblings did) kept read-ahead off for good after the disk recovered (a review)
 
     def write_problem(self) -> dict[str, str]:
         """What a node's /status says while writes fail (a full or read-only disk), else nothing: a node that caches

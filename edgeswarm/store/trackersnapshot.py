@@ -18,15 +18,16 @@ with it, and they announce again as they reconnect.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from edgeswarm.policy.peerstore import MemoryPeerStore
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerRecord
-from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger("edgeswarm.store.trackersnapshot")
 FILE = "tracker.jsonl"
@@ -34,15 +35,27 @@ VERSION = 1
 
 
 def save(store: MemoryPeerStore, path: Path, now: float) -> int:
-    """Write the store's live records and share totals to ``path`` (whole or not at all, no temporary file left
-    behind on a full disk: an adversarial session found a torn ``.tmp`` kept across restarts); how many records."""
-    rows = [json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()})]
-    for cid, rec, stats in store.records():
-        if now - rec.last_seen <= store.ttl and "/relay/" not in rec.url:
-            rows.append(json.dumps(_row(cid, rec, stats), separators=(",", ":")))
-    # readable by the edge's user only: it names peers' addresses and token users, as the ledger does
-    write_whole(path, "".join(row + "\n" for row in rows).encode(), mode=0o600)
-    return len(rows) - 1
+    """Write the store's live records and share totals to ``path``, a row at a time (whole in memory, 300 000 records
+    took 364 MiB more at stop: a review), whole or not at all, its temporary file removed if the write fails (a full
+    disk left a torn ``.tmp`` kept across restarts: an adversarial session); how many records."""
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    try:
+        # readable by the edge's user only: it names peers' addresses and token users, as the ledger does
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+            out.write(json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()}) + "\n")
+            for cid, rec, stats in store.records():
+                if now - rec.last_seen <= store.ttl and "/relay/" not in rec.url:
+                    out.write(json.dumps(_row(cid, rec, stats), separators=(",", ":")) + "\n")
+                    written += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return written
 
 
 def load(store: MemoryPeerStore, path: Path, now: float, region_of: Callable[[str], Region | None]) -> int | None:
