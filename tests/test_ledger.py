@@ -8,6 +8,7 @@ import csv
 import io
 import logging
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -240,6 +241,31 @@ async def test_consistent_reports_within_tolerance_are_not_flagged(target: str):
     assert strict["alice"] == [EDGE_MISMATCH]
     assert strict["bob"] == [EDGE_MISMATCH, P2P_MISMATCH]
     assert strict["erin"] == []
+
+
+async def test_a_flush_when_no_thread_can_start_keeps_its_rows_and_hangs_nothing(target: str, monkeypatch, caplog):
+    """Under an address-space limit a thread started for each write could not start: the batch was lost (flush had
+    taken it), and a thread that died before it ran hung the edge for good in Thread.start() (a review).  The ledger
+    writes from one thread started with it."""
+    ledger = Ledger(target, "edge-a", flush_interval=3600)
+    await ledger.start()
+
+    def no_memory(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_memory)
+    ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+    await asyncio.wait_for(ledger.flush(), 10)
+    assert ledger.pending() == 0  # written by the ledger's own thread
+    unstarted = Ledger(target, "edge-b", flush_interval=3600)
+    unstarted.add("bob", "c1", "/a", "east", "edge_sent", 7, when=T0)
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+        await asyncio.wait_for(unstarted.flush(), 10)
+    assert unstarted.pending() == 1 and "can't start new thread" in caplog.text  # kept, and said
+    monkeypatch.undo()
+    await ledger.close()
+    await unstarted.close()
+    assert [r[2] for r in stored(target)] == ["alice", "bob"]
 
 
 async def test_failed_flush_keeps_pending_and_recovers(target: str, caplog):

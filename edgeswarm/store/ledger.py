@@ -49,6 +49,7 @@ import contextlib
 import functools
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -278,26 +279,61 @@ def _connect(target: str, create: bool) -> _Backend:
     return backend
 
 
-def _in_thread(work: Callable[..., Any], *args: Any) -> asyncio.Future:
-    """``work(*args)`` in a daemon thread of its own: a write stuck on a database that never answers must not keep the
-    process from exiting (asyncio's executor threads are joined at exit)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future = loop.create_future()
+class _Writer:
+    """One daemon thread that runs the ledger's blocking calls in turn, started once (``start``).
 
-    def settle(result: Any, exc: BaseException | None) -> None:
-        if not done.done():
-            done.set_exception(exc) if exc is not None else done.set_result(result)
+    A thread of its own for each write: when memory ran short, one died
+    before it ran and ``Thread.start()`` waited for it for good, the edge
+    hung with it; a start that failed lost the batch (a review).  Daemon: a
+    write stuck on a database that never answers must not keep the process
+    from exiting (asyncio's executor threads are joined at exit).  The
+    ledger's calls take its connection's lock anyway: one thread loses no
+    concurrency.
+    """
 
-    def run() -> None:
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """The thread, if not running yet; an error (no memory for its stack) is the caller's."""
+        if self._thread is None:
+            thread = threading.Thread(target=self._run, name="ledger-write", daemon=True)
+            thread.start()
+            self._thread = thread
+
+    def submit(self, work: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """``work(*args)`` in the thread: its result, or its error (or the thread's, if it cannot start), in the future."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
         try:
-            result, exc = work(*args), None
-        except BaseException as e:  # handed to the awaiting side as is
-            result, exc = None, e
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the process is stopping)
-            loop.call_soon_threadsafe(settle, result, exc)
+            self.start()
+        except Exception as exc:  # RuntimeError: can't start new thread
+            done.set_exception(exc)
+            return done
+        self._jobs.put((loop, done, work, args))
+        return done
 
-    threading.Thread(target=run, name="ledger-write", daemon=True).start()
-    return done
+    def stop(self) -> None:
+        """The thread ends once the calls given before are done (a later ``submit`` starts another)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, done, work, args = job
+            try:
+                result, exc = work(*args), None
+            except BaseException as e:  # handed to the awaiting side as is
+                result, exc = None, e
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the process is stopping)
+                loop.call_soon_threadsafe(_settle, done, result, exc)
+
+
+def _settle(done: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if not done.done():
+        done.set_exception(exc) if exc is not None else done.set_result(result)
 
 
 class Ledger:
@@ -320,10 +356,12 @@ class Ledger:
         self._failing_since: float | None = None
         self._last_warning = 0.0
         self._writing = 0  # rows of the write under way
+        self._writer = _Writer()
 
     async def start(self) -> None:
         """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later."""
         self._backend = await asyncio.to_thread(_connect, self.target, True)
+        self._writer.start()  # now, while the edge starts: not at a flush, memory short perhaps
         self._stopping.clear()
         self._task = asyncio.create_task(self._loop(), name="ledger-flush")
 
@@ -357,7 +395,7 @@ class Ledger:
                 (period, self.edge_id, user, content, path, region, kind, nbytes)
                 for (period, user, content, region, kind), (nbytes, path) in batch.items()
             ]
-            write = _in_thread(self._write, rows)
+            write = self._writer.submit(self._write, rows)
             # The outcome is handled by a callback and the write is shielded: if whoever awaits this flush is
             # cancelled (an edge shutting down), the thread still finishes and a failed batch still goes back.
             write.add_done_callback(functools.partial(self._written, batch))
@@ -433,9 +471,10 @@ class Ledger:
                     self._task = None
                 await self.flush()
                 async with self._lock:
-                    await _in_thread(self._disconnect)
+                    await self._writer.submit(self._disconnect)
         except TimeoutError:
             log.warning("ledger %s: the database did not answer within %g s", redact(self.target), CLOSE_WAIT)
+        self._writer.stop()
         if self.pending():
             log.warning("ledger %s: closing with %d usage rows unwritten", redact(self.target), self.pending())
 
