@@ -796,6 +796,39 @@ def test_a_disk_that_stays_full_is_tried_again_less_and_less_often():
     assert isinstance(edge.send(None), Fetch)  # the pause is STORE_RETRY again
 
 
+def test_an_edge_that_refuses_our_token_is_left_alone_not_probed_each_second():
+    """A background download whose token had expired asked its only edge for a piece a second, for good (an adversarial
+    session): set aside as any failing edge, the one left was probed each second.  A hopeless failure leaves the edge
+    alone HOPELESS_RETRY seconds, doubled each time it fails so again; a piece it sends ends that."""
+    now = [0.0]
+    e, host = make(now=now)
+    e.want_whole()  # no neighbour: the edge worker takes everything
+    edge = spawned(host, "edge_worker")
+    assert isinstance(edge.send(None), Fetch)
+    pauses = []
+    for _ in range(7):
+        failed_at, got = now[0], edge.send(Result("hopeless", message="token expired 3 s ago"))
+        while not isinstance(got, Fetch):  # the next request, as soon as the edge may be asked
+            assert got == Wait(1.0)
+            now[0] += 1.0
+            got = edge.send(None)
+        pauses.append(now[0] - failed_at)
+    assert pauses == [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]  # HOPELESS_RETRY doubled up to HOPELESS_RETRY_MAX
+    assert isinstance(edge.send(Result("ok", nbytes=1000)), Fetch)
+    edge.send(Result("hopeless", message="token expired 3 s ago"))
+    now[0] += engine.HOPELESS_RETRY
+    assert isinstance(edge.send(None), Fetch)  # the pause is HOPELESS_RETRY again
+
+
+def test_an_edge_that_refuses_our_token_for_seed_is_left_alone_by_every_worker():
+    """The seeding worker's /seed refused for our token: neither it nor the edge worker asks that edge meanwhile."""
+    worker, e, _ = seeding_engine()
+    assert isinstance(worker.send(None), Seed)
+    assert worker.send(Result("hopeless", message="token expired 3 s ago")) == Wait(1.0)
+    assert e.seeder() is None and e.choose_edge(0) is None
+    assert e.ranking.available(e.edges[0], 0.0), "the shared ranking is not told: the peer's other files may ask it"
+
+
 def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
     """A peer that announces every piece and never answers held a download's last pieces three timeouts each
     (three of them: 34 s for a 4 MB get, ten: 71 s); a refusal still costs it one failure of MAX_FAILURES."""

@@ -190,3 +190,14 @@ def test_a_failure_is_news_as_its_episode_starts_as_its_back_off_grows_and_once_
     r.success("edge", 1000, 1.0)
     r.failure("edge", 300.0)
     assert r.news("edge", 300.0)  # a new episode is said at once
+
+
+def test_an_answer_to_a_request_sent_before_the_last_failure_revives_nothing():
+    """An edge's pieces asked before it refused our token, arriving after, each ended the download's pause, and it was
+    asked again at once, a few times a second (a review of the fix for an adversarial session's finding)."""
+    r = SourceRanking()
+    r.failure("edge", 5.0, began=4.0)
+    r.revive("edge", began=4.5)
+    assert not r.available("edge", 5.5)
+    r.revive("edge", began=5.5)
+    assert r.available("edge", 5.6)

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, curl, make_file, sha, status
+from conftest import DoubleServer, curl, make_file, sha, status, until
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401 - fixtures
 
 from edgeswarm.measure.process import ProcessGroup
@@ -741,3 +741,37 @@ def test_get_takes_a_urls_token_and_asks_a_protected_files_key_before_its_pieces
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and "a token is required" in refused.stderr, refused.stderr
     assert not list(cache.rglob("*.piece")), "the pieces came down before the key was refused"
+
+
+async def test_a_background_download_whose_token_expires_stops_asking_and_says_why(tmp_path, nodes, deployment, published, http):
+    """A POSTed download whose token expired asked its only edge for a piece a second, for good (each a line in the
+    edge's log), while a new POST answered 202 'complete: false' and /status said nothing (an adversarial session).
+    The edge is left alone for a while (engine._hopeless), and /status and the POST say why and what to do."""
+    origin, key, _, _ = deployment
+    make_file(published / "pub" / "film.bin", 24 * PIECE)
+    edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "400kB/s")  # 15 s for the film
+    soon = tokens.issue(load_private_key(key), "alice", "/", 60, now=time.time() - 60 - tokens.LEEWAY + 6)  # refused in 6 s
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "peer"), "--edge", edge.url, "--token", soon, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"),
+    )
+    gateway = peer.urls["gateway"]
+    async with http.post(gateway + "/pub/film.bin") as r:
+        assert r.status == 202
+
+    async def refused() -> dict | None:
+        st = await status(http, gateway)
+        return st if "token_error" in st else None
+
+    st = await until(refused, 30, "the peer's /status to say its token is refused")
+    assert "token expired" in st["token_error"] and st["token_error"].endswith("renew it and restart the peer")
+    assert not st["swarms"][0]["complete"]
+
+    def asked() -> int:
+        return sum("/piece/" in line and "-> 401" in line for line in edge.log_text().splitlines())
+
+    before = asked()
+    await asyncio.sleep(6)
+    assert asked() - before <= 1, "the edge was asked again and again"  # a second each before, for good
+    async with http.post(gateway + "/pub/film.bin") as r:  # 401 once the manifest is revalidated, else 202
+        assert "this peer's token is refused; renew it and restart the peer" in await r.text()

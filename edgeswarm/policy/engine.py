@@ -67,6 +67,9 @@ SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST 
 ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
 STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
 STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to this
+# an edge that failed as no retry soon changes (it refuses our token, its certificate does not verify: Hopeless) is
+# left alone as our full disk is: not asked again for so long, doubled each time it fails so again
+HOPELESS_RETRY, HOPELESS_RETRY_MAX = STORE_RETRY, STORE_RETRY_MAX
 SHORT_PAUSE = 1.0  # seconds a worker waits after our own process ran out of file descriptors
 RESTART_PAUSE = 1.0  # seconds before a download's edge, seeding or scout worker that failed on a bug runs again
 RESTART_MAX = 60.0  # the pause doubles with each failure up to this: a bug that recurs costs a log line a minute
@@ -140,9 +143,9 @@ class Result:
 
     ``kind``: "ok" (stored; for a Seed, ``index`` and ``data`` are the piece),
     "none" (a Seed answered 204), "unsupported" (a Seed answered 404),
-    "corrupt", "choked" (``seconds``: retry after), "not_held", "failed", "short" (our own process is out of
-    file descriptors: nobody's fault, tried again a second later)
-    (``message``), "stalled" (no answer within the timeout, ``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
+    "corrupt", "choked" (``seconds``: retry after), "not_held", "failed", "hopeless" (failed as no retry soon changes:
+    an edge refusing our token), "short" (our own process is out of file descriptors: nobody's fault, tried again a
+    second later) (``message``), "stalled" (no answer within the timeout, ``message``), "not_stored" (our disk; ``nbytes``: handed to a waiting reader all the same), "gone" (the content left the store),
     "abandoned" (stopped by ``Host.abandon``: another source's copy was stored first).
     ``seconds`` of an "ok" is how long the transfer took.
     """
@@ -224,6 +227,7 @@ class Engine:
         self.self_id = seed
         self.edges = edges  # the peer's list: edges it learns later are used too
         self.ranking = ranking
+        self.hopeless = SourceRanking(HOPELESS_RETRY, HOPELESS_RETRY_MAX)  # edges left alone after a hopeless failure
         self.clock = clock
         self.neighbours: dict[str, Neighbour] = {}
         self.banned: set[str] = set() if banned is None else banned
@@ -584,7 +588,7 @@ class Engine:
             if index is None:
                 yield Wait(self._idle(0.25))
                 continue
-            edge = self.choose_edge(picks) or self.ranking.probe(self.edges, now)  # every edge set aside: one asked a second
+            edge = self.choose_edge(picks) or self.ranking.probe(self._askable(), now)  # every edge set aside: one a second
             picks += 1
             if edge is None:
                 yield Wait(1.0)
@@ -651,6 +655,8 @@ class Engine:
                 self._no_seed.add(edge)
             elif got.kind == "short":
                 yield Sleep(SHORT_PAUSE)
+            elif got.kind == "hopeless":
+                self._hopeless(edge, got.message, began)
             elif got.kind == "failed":
                 backoff = self.ranking.failure(edge, self.clock(), began)
                 log.warning("edge %s failed on /seed (%s); set aside for %.0f s", edge, got.message, backoff)
@@ -752,7 +758,7 @@ class Engine:
 
     def choose_edge(self, picks: int, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
         """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
-        live = [e for e in self.ranking.ranked(self.edges, self.clock()) if e not in exclude]
+        live = [e for e in self.ranking.ranked(self._askable(), self.clock()) if e not in exclude]
         if not live:
             return None
         unmeasured = [e for e in live if self.ranking.rate(e) is None]
@@ -761,6 +767,11 @@ class Engine:
         if len(live) > 1 and picks % 8 == 7:
             return live[1 + picks // 8 % (len(live) - 1)]  # re-measure the others now and then: they may have recovered
         return live[0]
+
+    def _askable(self) -> list[str]:
+        """The edges that may be asked: not left alone after a failure no retry soon changes (``_hopeless``)."""
+        now = self.clock()
+        return [e for e in self.edges if self.hopeless.available(e, now)]
 
     def transfer(self, source: str, url: str, index: int, peer: Neighbour | None = None, urgent: bool = False, data: object = None) -> Step:
         """One piece from ``source``, and what its outcome costs; returns "ok", "retry" or "gone" (stop using this peer)."""
@@ -778,6 +789,8 @@ class Engine:
             self.picker.only_awaited, self._unstored_at, self._store_retry = False, -math.inf, STORE_RETRY
             if data is None:  # else /seed's answer, timed by the seeding worker
                 self.ranking.success(url, result.nbytes, result.seconds, self._edge_requests if peer is None else 1)
+            if peer is None:
+                self.hopeless.revive(url, began)
             if peer is not None:
                 peer.failures = 0
                 self.last_peer_delivery = self.clock()
@@ -793,6 +806,9 @@ class Engine:
             return kind
         if kind == "abandoned":  # another source was faster: no fault of this one
             return "retry"
+        if kind == "hopeless" and peer is None:
+            self._hopeless(url, result.message, began)
+            return "retry"
         if kind == "short":  # our own descriptors ran out: blaming the source set an edge aside for up to 32 s
             yield Sleep(SHORT_PAUSE)
             return "retry"
@@ -806,7 +822,7 @@ class Engine:
             yield from self._pause(peer, result.seconds)
         elif kind == "not_held" and peer is not None:
             self.picker.peer_has(peer.peer_id, self.held_by(peer) - {index})
-        elif kind in ("failed", "stalled"):
+        elif kind in ("failed", "stalled", "hopeless"):  # a peer's hopeless failure (one of another IP family) as any
             backoff = self.ranking.failure(url, self.clock(), began)
             if peer is None:
                 if self.ranking.news(url, self.clock()):
@@ -830,9 +846,20 @@ class Engine:
                 yield Sleep(1.0)
         return "retry"
 
+    def _hopeless(self, edge: str, why: str, began: float) -> None:
+        """``edge`` failed as no retry soon changes (it refuses our token): it is not asked for HOPELESS_RETRY seconds,
+        doubled each time it fails so again, and not probed meanwhile.  Set aside as any failing edge, it was the one
+        left, probed each second: a download whose token had expired asked its edge for a piece a second, for good,
+        each a line in the edge's log (an adversarial session).  Per download, as a token's scope is per file."""
+        now = self.clock()
+        pause = self.hopeless.failure(edge, now, began)
+        if self.hopeless.news(edge, now):
+            log.warning("edge %s: %s; not asked again for %.0f s", edge, why, pause)
+        self._no_edge_for_startup()
+
     def _probing(self) -> str:
         """What the set-aside line adds when no edge is left: one is asked again each second meanwhile (sources.probe)."""
-        if self.ranking.ranked(self.edges, self.clock()):
+        if self.ranking.ranked(self._askable(), self.clock()):
             return ""
         return f" (no other edge is left: it is asked again every {PROBE_EVERY:g} s, and said again in {SAY_EVERY:g} s)"
 

@@ -32,8 +32,10 @@ class _Source:
 
 
 class SourceRanking:
-    def __init__(self) -> None:
+    def __init__(self, backoff: float = BASE_BACKOFF, most: float = MAX_BACKOFF) -> None:
+        """``backoff``: a first failure's time aside, doubled with each repeat offence up to ``most``."""
         self._sources: dict[str, _Source] = {}
+        self.base_backoff, self.max_backoff = backoff, most
         self._probed = -PROBE_EVERY  # when ``probe`` last named a source
 
     def _get(self, source: str) -> _Source:
@@ -75,7 +77,7 @@ class SourceRanking:
         s = self._get(source)
         if began is None or began > s.failed or s.failures == 0:
             s.failures += 1
-            s.backoff = min(MAX_BACKOFF, BASE_BACKOFF * 2.0 ** (s.failures - 1))
+            s.backoff = min(self.max_backoff, self.base_backoff * 2.0 ** (s.failures - 1))
             s.failed = now  # the episode's start: a request sent after it that fails is a repeat offence
         s.until = max(s.until, now + s.backoff)
         return s.until - now
@@ -91,9 +93,13 @@ class SourceRanking:
         s.said = (now, s.backoff)
         return True
 
-    def revive(self, source: str) -> None:
-        """The source is known to answer again (a peer's edge answers announces): its back-off is over."""
+    def revive(self, source: str, began: float | None = None) -> None:
+        """The source is known to answer again (a peer's edge answers announces): its back-off is over.  ``began``: when
+        the request that shows it was sent; one sent before the source last failed shows nothing (an edge's pieces
+        asked before it refused our token, coming after, each ended the pause, and it was asked again at once)."""
         s = self._get(source)
+        if began is not None and began <= s.failed:
+            return
         s.failures = 0
         s.until = 0.0
         s.said = None

@@ -45,7 +45,9 @@ from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
 from edgeswarm.node.upstream import (
     MAX_ANNOUNCE,
     MAX_ANSWER,
+    Hopeless,
     OutOfDescriptorsHere,
+    Reply,
     Upstream,
     UpstreamError,
     client_error_text,
@@ -96,6 +98,10 @@ VOUCH_GAP = 2.0  # seconds between two such rounds for one content: subscription
 FIRST_RETRY = 1.0  # seconds before a failed announce is tried again; doubling, up to the interval
 MIN_INTERVAL, MAX_INTERVAL = 1.0, 3600.0  # an edge's announce interval, as this peer keeps it (_interval)
 REFUSAL_CHECK_S = 0.5  # seconds between two looks, while a read waits for a piece, at whether every edge refuses our token
+# what fixes an edge's refusal of this peer's token: the gateway sends its own token only, never one its player sends
+# (docs/security.md), so the edge's "send Authorization: Bearer TOKEN" is no help to a player (an adversarial session)
+TOKEN_REFUSED = "this peer's token is refused; renew it and restart the peer"
+NO_TOKEN = "this peer has no token: give it one with --token or --token-file"
 # at most this many announce rounds to one tracker within this many seconds, news or not: a live viewer's parts (a new
 # content, then its completion, every 0.5-1 s) need 4 a second; a review saw 4 in 2 s hold their announces 1.5 s
 NEWS_BURST, NEWS_WINDOW = 6, 1.0
@@ -285,7 +291,7 @@ class SwarmSource:
             while not task.done():
                 refusal = self.peer.token_refused()
                 if refusal is not None:
-                    raise HttpError(502, f"{refusal}: this peer's token is refused; renew it and restart the peer")
+                    raise HttpError(502, f"{refusal}: {self.peer.token_help()}")
                 if loop.time() >= deadline:
                     raise self._undelivered(index)
                 await asyncio.wait({task}, timeout=min(REFUSAL_CHECK_S, deadline - loop.time()))
@@ -530,7 +536,12 @@ class Peer:
         if cached is not None and self.manifests.fresh(path):
             return cached
         edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
-        return await self.manifests.revalidate(store, path, edges, self.edge_headers())
+        try:
+            return await self.manifests.revalidate(store, path, edges, self.edge_headers())
+        except HttpError as exc:
+            if exc.status in (401, 403):  # our token: what fixes it, as for a key (a new error: reads share this one)
+                raise HttpError(exc.status, f"{exc.message}: {self.token_help()}", exc.headers) from None
+            raise
 
     def loopback_host(self) -> str:
         """Where this process reaches its own upload server (the relay client's requests)."""
@@ -631,11 +642,8 @@ class Peer:
         if reply.status in (401, 403) and to_peer:  # our ticket is missing or stale: the next announce brings a fresh one,
             self._look_at_clocks()  # at once if it expired while the machine slept (a neighbour's word alone changes nothing)
             raise Choked(2.0)
-        if reply.status in (401, 403) and "WWW-Authenticate" in reply.headers:  # our token: no retry changes the edge's
-            # mind (an --internal edge's 403 for an uncached piece names no token: peers may still have it)
-            said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
-            self.refused[url] = f"{url} answered {reply.status} for piece {index} of {signed.manifest.path}: {said}"
-            raise UpstreamError(502, self.refused[url])
+        if refusal := self._refusal(url, reply, f"piece {index} of {signed.manifest.path}"):
+            raise refusal
         if reply.status == 429 or says_busy(reply.status, reply.headers):  # come back then: no failure
             retry = retry_after(reply.headers, 4)  # (a 503's: an edge passing on an origin that hashes a replaced file)
             raise Choked(min(max(1 if retry is None else retry, 0.2), 30))
@@ -690,6 +698,8 @@ class Peer:
             return None
         if reply.status in (404, 405):
             raise SeedUnsupported()
+        if refusal := self._refusal(edge, reply, f"/seed of {m.path}"):
+            raise refusal
         if 400 <= reply.status < 500:  # refused this asker (403 under --internal, 429...): wait, as on 204; the edge is fine
             log.info("%s answered %d to /seed for %s: waiting, as on 204", edge, reply.status, cid[:12])
             return None
@@ -702,6 +712,7 @@ class Peer:
             raise UpstreamError(502, f"{edge} sent piece {index} of a {m.piece_count}-piece file")
         await self.down_bucket.throttle(len(reply.body))
         self.from_edge.setdefault(cid, Counter())[edge] += len(reply.body)
+        self.refused.pop(edge, None)
         return index, reply.body
 
     async def have_stream(self, url: str, cid: str) -> AsyncGenerator[HaveEvent, None]:
@@ -810,10 +821,30 @@ class Peer:
         if new:
             self.announce_soon()
 
+    def _refusal(self, edge: str, reply: Reply, what: str) -> Hopeless | None:
+        """``edge``'s refusal of our token for ``what`` (a 401, or a 403 naming the token: an --internal edge's 403 for
+        an uncached piece names none, and peers may still have it), kept for token_refused; None for another answer.
+        Hopeless: no retry changes the edge's mind, so a download leaves that edge alone (engine._hopeless)."""
+        if reply.status not in (401, 403) or "WWW-Authenticate" not in reply.headers:
+            return None
+        said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
+        self.refused[edge] = f"{edge} answered {reply.status} for {what}: {said}"
+        return Hopeless(502, self.refused[edge])  # the edge's words: what to do is the gateway's and /status's to say
+
     def token_refused(self) -> str | None:
         """What an edge said, once every edge refuses this peer's token (a 401 or 403 naming it, for a piece), else None."""
         refusals = [self.refused[e] for e in self.edges if e in self.refused]
         return refusals[0] if refusals and len(refusals) == len(self.edges) else None
+
+    def token_help(self) -> str:
+        """What this peer's user does about an edge's refusal of its token (or of its request without one)."""
+        return TOKEN_REFUSED if self.token else NO_TOKEN
+
+    def token_problem(self) -> dict[str, str]:
+        """What /status and a download's POST say once every edge refuses this peer's token, else nothing: a background
+        download stops asking (engine._hopeless), and its POST answered 202 'complete: false' with no reason."""
+        refusal = self.token_refused()
+        return {} if refusal is None else {"token_error": f"{refusal}: {self.token_help()}"}
 
     def _edge_failed(self, edge: str, exc: UpstreamError) -> None:
         """A request to ``edge`` failed: it may be down, unless it was our own process out of descriptors."""
@@ -1341,7 +1372,8 @@ class Peer:
         rel = file_request_path(request.raw_path)
         swarm = self.swarm(await self.resolve(rel))
         swarm.want_whole()
-        return json_response({**swarm.status(), **(self.store.write_problem() if self.store else {})}, status=202)  # it waits for room
+        problems = {**(self.store.write_problem() if self.store else {}), **self.token_problem()}
+        return json_response({**swarm.status(), **problems}, status=202)  # it waits for room, or a token
 
     async def get_status(self, request: web.Request) -> web.Response:
         request[PRIVATE] = True  # what this user watches: for listed origins only, never "*"
@@ -1360,6 +1392,7 @@ class Peer:
                 "swarms": [s.status() for s in self.swarms.values()],
                 **(self.store.listed(status_limit(request)) if self.store is not None else {}),
                 **(self.store.write_problem() if self.store is not None else {}),
+                **self.token_problem(),
                 "unchoked": sorted(self.choker.unchoked(time.monotonic())),
                 "have_latency": self.have_latency.percentiles(),
                 "have_subscribers": self.havefeed.count(),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, TypeVar
 
 from edgeswarm.errors import EdgeswarmError, HttpError
-from edgeswarm.node.upstream import OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
+from edgeswarm.node.upstream import Hopeless, OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import engine
 from edgeswarm.policy.choker import neighbour
 from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
@@ -339,7 +339,7 @@ class Swarm:
             return self._short(exc)
         except (UpstreamError, HttpError) as exc:
             self._failed(f.index, exc.status if exc.status >= 500 else 502, str(exc))
-            return Result("failed", message=str(exc))
+            return Result("hopeless" if isinstance(exc, Hopeless) else "failed", message=str(exc))
         except Withdrawn:  # the readers waiting for it learn so now, not at their read timeout
             self.peer.manifests.withdraw(self.signed.manifest.path, self.cid)  # or a new version: the next read asks (edge.py's twin)
             self.withdrawn = (
@@ -406,7 +406,7 @@ class Swarm:
         except OutOfDescriptorsHere as exc:
             return self._short(exc)
         except UpstreamError as exc:
-            return Result("failed", message=exc.message)
+            return Result("hopeless" if isinstance(exc, Hopeless) else "failed", message=exc.message)
         except KeyError:
             return Result("gone")
         if got is None:
