@@ -743,6 +743,26 @@ def test_get_takes_a_urls_token_and_asks_a_protected_files_key_before_its_pieces
     assert not list(cache.rglob("*.piece")), "the pieces came down before the key was refused"
 
 
+async def test_a_peer_without_a_token_tells_its_player_what_fixes_a_refusal(tmp_path, nodes, deployment, http):
+    """A peer started without --token passed on the edge's 'send Authorization: Bearer TOKEN, or ?token=TOKEN', and a
+    player that then sent one got the same answer, since the gateway sends the peer's own token only (an adversarial
+    session).  It says what works: a token for the peer.  For the manifest (a --require-token edge) and for the key
+    of a protected file (an open edge)."""
+    origin, key, _, _ = deployment
+    closed, _ = start_edge(nodes, tmp_path, origin, key, "closed")
+    opened = nodes.start(
+        "edge", *("--cache", str(tmp_path / "open"), "--parent", origin.url, "--p2p", "--token", issue(key, "node-open")), name="open"
+    )
+    alice = issue(key, "alice")
+    for n, (edge, path) in enumerate(((closed, "/pub/readme.bin"), (opened, "/films/secret.bin"))):
+        cache = str(tmp_path / f"peer{n}")
+        peer = nodes.start("peer", "--cache", cache, "--edge", edge.url, "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0")
+        for headers, query in (({}, ""), (bearer(alice), ""), ({}, f"?token={alice}")):  # the player's token is not used
+            async with http.get(peer.urls["gateway"] + path + query, headers=headers) as r:
+                said = (await r.text()).strip()
+                assert r.status == 401 and said.endswith(": this peer has no token: give it one with --token or --token-file"), said
+
+
 async def test_a_background_download_whose_token_expires_stops_asking_and_says_why(tmp_path, nodes, deployment, published, http):
     """A POSTed download whose token expired asked its only edge for a piece a second, for good (each a line in the
     edge's log), while a new POST answered 202 'complete: false' and /status said nothing (an adversarial session).

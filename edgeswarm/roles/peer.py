@@ -518,7 +518,7 @@ class Peer:
                 return await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
             except access.KeyRefused as exc:
                 if exc.status in (401, 403):  # the user's token: another edge would say the same
-                    raise HttpError(exc.status, exc.message) from None
+                    raise HttpError(exc.status, f"{exc.message}: {self.token_help()}") from None
                 gone += exc.status == 404
                 problems.append(exc.message)
             except HttpError as exc:
