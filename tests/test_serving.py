@@ -7,6 +7,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import socket
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -73,6 +74,18 @@ class ClosingSource:
             os.close(fd)
 
 
+def never_reading(port: int, clients: int) -> list[socket.socket]:
+    """``clients`` connections that ask for /big.bin and never read (a small receive buffer: the node is held soon)."""
+    socks = []
+    for _ in range(clients):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    return socks
+
+
 async def test_a_descriptor_closed_while_the_head_goes_out_is_asked_for_again(tmp_path: Path):
     data = os.urandom(2 * MIN_PIECE + 1000)
     pieces = tuple(hashlib.sha256(data[i : i + MIN_PIECE]).hexdigest() for i in range(0, len(data), MIN_PIECE))
@@ -131,7 +144,6 @@ class FillingSource:
 async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_fetched_ahead(tmp_path: Path):
     """Each connection that asked for a cold file and read nothing held its piece and the 4 fetched ahead (a tester's
     60 sockets: 56 MB -> 832 MB of RSS for 75 s); pieces fetched ahead are on disk, and are read from there in turn."""
-    import socket
     import tracemalloc
 
     piece, count, clients = 1 << 20, 12, 6
@@ -153,12 +165,7 @@ async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_
     try:
         async with serve_app(app) as port:
             before = tracemalloc.get_traced_memory()[0]
-            for _ in range(clients):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                s.connect(("127.0.0.1", port))
-                s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
-                socks.append(s)
+            socks += never_reading(port, clients)
             deadline = asyncio.get_running_loop().time() + 5
             while any(len(s.fetched) < 5 for s in sources) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
@@ -201,7 +208,6 @@ async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that
     """A full cache disk: every slow reader held its piece and the 4 fetched ahead in memory, none of which could be
     stored, until it read them (12 MiB a connection, 973 MiB of RSS for 80 readers: an adversarial session).  While
     writes fail an edge fetches only the piece it sends, as a peer's swarm does; so does a peer's gateway (the twin)."""
-    import socket
     import tracemalloc
 
     from edgeswarm.roles.edge import EdgeSource
@@ -229,12 +235,7 @@ async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that
     try:
         async with serve_app(app) as port:
             before = tracemalloc.get_traced_memory()[0]
-            for _ in range(clients):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                s.connect(("127.0.0.1", port))
-                s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
-                socks.append(s)
+            socks += never_reading(port, clients)
             deadline = asyncio.get_running_loop().time() + 5
             while edge.fetched.count(0) < clients and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)

@@ -443,19 +443,8 @@ async def test_a_router_takes_out_an_edge_whose_certificate_expires_while_it_run
     adversarial session)."""
     origin = nodes.start("origin", "--publish", str(published), *tls_args(ca, "origin"))
     cert, key = ca.issue("short", days=(0, LIFE_S / 86400))
-    edge = nodes.start(
-        "edge",
-        "--cache",
-        str(tmp_path / "edge"),
-        "--parent",
-        origin.url,
-        "--ca",
-        str(ca.pem),
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-    )
+    tls = ("--ca", str(ca.pem), "--tls-cert", str(cert), "--tls-key", str(key))
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, *tls)
     (tmp_path / "regions.yaml").write_text(ROUTER_REGIONS)
     args = ("--regions", str(tmp_path / "regions.yaml"), "--edge", f"{edge.url},east,1Gbit/s", "--ca", str(ca.pem), "--poll-interval", "1")
     router = nodes.start("router", *args)
