@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -72,6 +73,33 @@ class ClosingSource:
     def close(self) -> None:
         for fd in [*self.fds.values(), *getattr(self, "forgotten", [])]:
             os.close(fd)
+
+
+async def held_by_never_reading(handler, clients: int, fetched: Callable[[], bool]) -> int:
+    """Bytes of Python memory held while ``clients`` connections ask ``handler`` for /big.bin and read nothing, measured
+    once ``fetched()`` says the pieces they wait on are in (or 5 s passed), and a moment more."""
+    import tracemalloc
+
+    app = make_app(Metrics("edge"))
+    app.router.add_get("/big.bin", handler)
+    socks: list[socket.socket] = []
+    tracemalloc.start()
+    try:
+        async with serve_app(app) as port:
+            before = tracemalloc.get_traced_memory()[0]
+            socks += never_reading(port, clients)
+            deadline = asyncio.get_running_loop().time() + 5
+            while not fetched() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            held = tracemalloc.get_traced_memory()[0] - before
+            for s in socks:  # before the server stops: it waits for its handlers
+                s.close()
+            return held
+    finally:
+        tracemalloc.stop()
+        for s in socks:
+            s.close()
 
 
 def never_reading(port: int, clients: int) -> list[socket.socket]:
@@ -144,7 +172,6 @@ class FillingSource:
 async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_fetched_ahead(tmp_path: Path):
     """Each connection that asked for a cold file and read nothing held its piece and the 4 fetched ahead (a tester's
     60 sockets: 56 MB -> 832 MB of RSS for 75 s); pieces fetched ahead are on disk, and are read from there in turn."""
-    import tracemalloc
 
     piece, count, clients = 1 << 20, 12, 6
     signed = SignedManifest.sign(
@@ -158,29 +185,13 @@ async def test_a_client_that_stops_reading_holds_about_one_piece_not_the_pieces_
     async def handler(request: web.Request) -> web.StreamResponse:
         return await serve_file(request, signed, next(served), Metrics("edge"))
 
-    app = make_app(Metrics("edge"))
-    app.router.add_get("/big.bin", handler)
-    socks = []
-    tracemalloc.start()
     try:
-        async with serve_app(app) as port:
-            before = tracemalloc.get_traced_memory()[0]
-            socks += never_reading(port, clients)
-            deadline = asyncio.get_running_loop().time() + 5
-            while any(len(s.fetched) < 5 for s in sources) and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            assert all(len(s.fetched) >= 5 for s in sources)  # each fetched its piece and the 4 ahead, as before
-            held = tracemalloc.get_traced_memory()[0] - before
-            for s in socks:  # before the server stops: it waits for its handlers
-                s.close()
-            assert held < clients * 2.5 * piece, f"{held / clients / piece:.1f} pieces a connection"
+        held = await held_by_never_reading(handler, clients, lambda: all(len(s.fetched) >= 5 for s in sources))
     finally:
-        tracemalloc.stop()
-        for s in socks:
-            s.close()
         for src in sources:
             src.close()
+    assert all(len(s.fetched) >= 5 for s in sources)  # each fetched its piece and the 4 ahead, as before
+    assert held < clients * 2.5 * piece, f"{held / clients / piece:.1f} pieces a connection"
 
 
 class FullDiskEdge:
@@ -208,7 +219,6 @@ async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that
     """A full cache disk: every slow reader held its piece and the 4 fetched ahead in memory, none of which could be
     stored, until it read them (12 MiB a connection, 973 MiB of RSS for 80 readers: an adversarial session).  While
     writes fail an edge fetches only the piece it sends, as a peer's swarm does; so does a peer's gateway (the twin)."""
-    import tracemalloc
 
     from edgeswarm.roles.edge import EdgeSource
     from edgeswarm.roles.peer import SwarmSource
@@ -228,28 +238,12 @@ async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that
     async def handler(request: web.Request) -> web.StreamResponse:
         return await serve_file(request, signed, EdgeSource(edge, signed.content_id, True), Metrics("edge"))  # type: ignore[arg-type]
 
-    app = make_app(Metrics("edge"))
-    app.router.add_get("/big.bin", handler)
-    socks = []
-    tracemalloc.start()
     try:
-        async with serve_app(app) as port:
-            before = tracemalloc.get_traced_memory()[0]
-            socks += never_reading(port, clients)
-            deadline = asyncio.get_running_loop().time() + 5
-            while edge.fetched.count(0) < clients and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            held = tracemalloc.get_traced_memory()[0] - before
-            for s in socks:  # before the server stops: it waits for its handlers
-                s.close()
-            assert edge.fetched.count(0) == clients
-            assert held < clients * 2.5 * piece, f"{held / clients / piece:.1f} pieces a connection"
+        held = await held_by_never_reading(handler, clients, lambda: edge.fetched.count(0) >= clients)
     finally:
-        tracemalloc.stop()
-        for s in socks:
-            s.close()
         store.close()
+    assert edge.fetched.count(0) == clients
+    assert held < clients * 2.5 * piece, f"{held / clients / piece:.1f} pieces a connection"
 
 
 def test_last_modified_is_never_after_now():

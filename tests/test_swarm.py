@@ -446,14 +446,19 @@ def test_a_get_from_a_server_that_is_no_edge_says_so_at_once(tmp_path, handler, 
     )  # one try, said once: in the error line and "still learning" not in got.stderr, got.stderr
 
 
-def test_a_get_listening_on_ipv6_says_it_cannot_reach_an_ipv4_edge(tmp_path):
-    """It retried for 10 s, then said "Cannot connect to host 127.0.0.1:PORT ssl:default [None]" (an adversarial
-    session): connections leave from the --listen address, and an IPv6 one reaches no IPv4 host."""
+def needs_ipv6_loopback() -> None:
+    """Skip the test where ::1 cannot be bound (a host or container without IPv6)."""
     try:
         with socket.socket(socket.AF_INET6) as s:
             s.bind(("::1", 0))
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback here: {exc}")
+
+
+def test_a_get_listening_on_ipv6_says_it_cannot_reach_an_ipv4_edge(tmp_path):
+    """It retried for 10 s, then said "Cannot connect to host 127.0.0.1:PORT ssl:default [None]" (an adversarial
+    session): connections leave from the --listen address, and an IPv6 one reaches no IPv4 host."""
+    needs_ipv6_loopback()
     cmd = [sys.executable, "-m", "edgeswarm", "get", "http://127.0.0.1:9/a.bin", "-o", str(tmp_path / "a"), "--listen", "[::1]:0"]
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert got.returncode == 1, got.stderr
@@ -465,11 +470,7 @@ def test_a_get_listening_on_every_ipv4_address_says_it_cannot_use_an_ipv6_edge(t
     """With the default --listen 0.0.0.0 a peer reached an IPv6 edge over IPv6 and was handed out at an address
     nothing listened on: its neighbours never reached it, 0 % P2P without a word (an adversarial session).  It keeps
     to its listener's family and says so, as with an IPv6 --listen address and an IPv4 edge."""
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
+    needs_ipv6_loopback()
     cmd = [sys.executable, "-m", "edgeswarm", "get", "http://[::1]:9/a.bin", "-o", str(tmp_path / "a"), "--listen", "0.0.0.0:0"]
     got = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert got.returncode == 1, got.stderr
@@ -480,11 +481,7 @@ def test_a_get_listening_on_every_ipv4_address_says_it_cannot_use_an_ipv6_edge(t
 def test_a_get_of_an_ipv6_url_listens_on_ipv6_by_default(tmp_path, nodes, origin, published):
     """`get http://[::1]:PORT/f` with the default --listen 0.0.0.0:0 refused to start, "this node listens on IPv4 only"
     (an adversarial session): the default is the wildcard of the URL's IP version."""
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError as exc:
-        pytest.skip(f"no IPv6 loopback here: {exc}")
+    needs_ipv6_loopback()
     data = make_file(published / "six.bin", SIZE)
     edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, host="[::1]")
     cmd = [sys.executable, "-m", "edgeswarm", "get", edge.url + "/six.bin", "-o", str(tmp_path / "six.bin")]
