@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import socket
 from urllib.parse import urlsplit
 
 from edgeswarm.cli import options
@@ -78,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def wildcard_for(*urls: str) -> tuple[str, int]:
     """The default --listen: the wildcard of the first URL's IP version (a path has none), IPv4's for a host name.
     ``get http://[::1]:8080/f`` refused to start, "this node listens on IPv4 only" (an adversarial session)."""
-    host = next((urlsplit(u).hostname for u in urls if "://" in u), None) or ""
-    try:
-        return ("::", 0) if ipaddress.ip_address(host).version == 6 else ("0.0.0.0", 0)
-    except ValueError:
-        return ("0.0.0.0", 0)
+    from edgeswarm.node.upstream import source_family  # run's: --help loads no aiohttp
+
+    host = next((urlsplit(u).hostname for u in urls if "://" in u), None)
+    return ("::", 0) if source_family(host) == socket.AF_INET6 else ("0.0.0.0", 0)
