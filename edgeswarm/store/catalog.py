@@ -88,6 +88,17 @@ def _stat_key(st: os.stat_result) -> StatKey:
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _modified(key: StatKey) -> int:
+    """A first version's ``modified``: the file's mtime in seconds (one before 1970 is no valid ``modified``: now)."""
+    return max(0, key[1] // 1_000_000_000) or int(time.time())
+
+
+def _moved(known: Mapping[str, Entry], found: Mapping[str, tuple[Path, os.stat_result]]) -> dict[StatKey, Entry]:
+    """The entries of ``known`` whose file is no longer at their path, by their stat: a file found under another path
+    with one of these stats (size, mtime and inode: a rename keeps them) is that file, moved."""
+    return {entry.stat: entry for rel, entry in known.items() if rel not in found or _stat_key(found[rel][1]) != entry.stat}
+
+
 def _read_whole(full: Path) -> tuple[bytes, StatKey]:
     """A small file's bytes and its stat key as read (one open, so the two belong together)."""
     with open(full, "rb") as f:
@@ -118,17 +129,18 @@ class _Stopped(EdgeswarmError):
 
 
 def _watched(
-    transform: Callable[[bytes, int], bytes] | None, stopping: threading.Event, full: Path, inode: int
+    transform: Callable[[bytes, int], bytes] | None, stopping: threading.Event, full: Path, key: StatKey
 ) -> Callable[[bytes, int], bytes]:
     """``transform`` for hash_pieces (or none), checking before each piece that the origin is not ``stopping`` and
-    that ``full`` is still the file being read (its ``inode``): a file deleted or replaced 1 s into the hash of its 6
-    GiB was read to its end, the next file waiting 9-17 s (an adversarial session)."""
+    that ``full`` is still the file being read, as it was (``key``): a file deleted or replaced 1 s into the hash of
+    its 6 GiB was read to its end, the next file waiting 9-17 s, and a file being copied in was read whole at every
+    scan, 6.9 GiB read for 768 MiB copied (adversarial sessions)."""
 
     def piece(data: bytes, offset: int) -> bytes:
         if stopping.is_set():
             raise _Stopped
         try:
-            if os.stat(full).st_ino != inode:
+            if _stat_key(os.stat(full)) != key:
                 raise _Stopped
         except FileNotFoundError:
             raise _Stopped from None
@@ -433,8 +445,9 @@ class Catalog:
         for rel in known:
             if rel not in found:
                 changes[rel] = None
+        moved = _moved(known, found)
         for rel, (full, st) in found.items():
-            self._refresh(rel, full, _stat_key(st), known, changes, hash_up_to)
+            self._refresh(rel, full, _stat_key(st), known, changes, hash_up_to, moved)
         # names this scan did not skip are gone (or fixed): every name ever refused stayed, for good (an adversarial
         # session: 2 200 entries with one file on disk)
         with self._tally:
@@ -442,10 +455,18 @@ class Catalog:
         return changes
 
     def _refresh(
-        self, rel: str, full: Path, key: StatKey, known: dict[str, Entry], changes: dict[str, Entry | None], hash_up_to: int | None = None
+        self,
+        rel: str,
+        full: Path,
+        key: StatKey,
+        known: dict[str, Entry],
+        changes: dict[str, Entry | None],
+        hash_up_to: int | None = None,
+        moved: Mapping[StatKey, Entry] | None = None,
     ) -> None:
         """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds; what
-        ``prepare`` hashed of it is taken up if it is this version of the file, replacing the same one."""
+        ``prepare`` hashed of it is taken up if it is this version of the file, replacing the same one; a file
+        ``moved`` here is not hashed at all (``_moved``)."""
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
@@ -456,11 +477,12 @@ class Catalog:
         if prepared is not None and (prepared[0] is previous or previous is None) and prepared[1].stat == key:
             changes[rel] = prepared[1]
             return
-        if hash_up_to is not None and key[0] > hash_up_to:  # the next scan's prepare hashes it (scan_changes)
+        was = moved.get(key) if moved else None
+        if hash_up_to is not None and key[0] > hash_up_to and was is None:  # the next scan's prepare hashes it (scan_changes)
             if rel in self._skipped:  # this scan's prepare could not read it either: still said, not said again (a review:
                 self._skipped_now.add(rel)  # an unreadable file over 64 MiB was warned about at every scan, once a second)
             return
-        fresh = self._publish(rel, full, key, previous)
+        fresh = self._publish(rel, full, key, previous, was)
         if fresh is not None:
             changes[rel] = fresh
 
@@ -474,10 +496,16 @@ class Catalog:
         self._hashing_said &= found.keys()
         small: list[_Found] = []
         large: list[_Found] = []
+        moved = _moved(known, found)
         for rel, (full, st) in found.items():
             entry, key = known.get(rel), _stat_key(st)
-            if entry is None or entry.stat != key:
-                (large if st.st_size >= QUEUED_HASH else small).append((rel, full, st, entry.signed.manifest if entry else None))
+            if entry is not None and entry.stat == key:
+                continue
+            previous = entry.signed.manifest if entry else None
+            if key in moved and (fresh := self._publish(rel, full, key, previous, moved[key])) is not None:
+                self._prepared[rel] = (previous, fresh)  # not hashed: neither queued behind large files nor 404 meanwhile
+            else:
+                (large if st.st_size >= QUEUED_HASH else small).append((rel, full, st, previous))
         for rel, full, st, previous in sorted(small, key=lambda file: file[2].st_size):
             if (fresh := self._publish(rel, full, _stat_key(st), previous)) is not None:
                 self._prepared[rel] = (previous, fresh)
@@ -587,17 +615,25 @@ class Catalog:
             self._save_state(changes)
         return lines
 
-    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None) -> Entry | None:
+    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None, moved: Entry | None = None) -> Entry | None:
         """Hash and sign one file; None if it changed while being read (next scan retries).
 
         ``previous`` is the version it replaces: a different new version gets
         a later ``modified`` even if the file's mtime is not later (a rewrite
         within the same second, an older file copied in), because nodes
         accept only manifests that move forward (manifestfetch.ManifestOrder).
+        ``moved``: the entry this file was published as under another path
+        (``_moved``), whose piece hashes it takes when they hold for this
+        path (``_moved_manifest``) rather than reading the file again.
         """
         if key[0] > MAX_FILE:  # no node would take its pieces: every edge answered 502 for it, blaming the origin
             self._skip(rel, f"its {key[0]} bytes are more than a file may have ({MAX_FILE} bytes, 512 GiB): split it")
             return None
+        manifest = self._moved_manifest(rel, moved) if moved is not None else None
+        if manifest is not None:
+            with self._tally:
+                self._skipped.pop(rel, None)
+            return self._signed(rel, full, key, manifest, previous)
         started = time.monotonic()
         try:
             return self._hash_and_sign(rel, full, key, previous)
@@ -615,7 +651,7 @@ class Catalog:
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
                 cipher = cipher_for(content_key, protection) if content_key is not None and protection is not None else None
-                pieces = hash_pieces(full, piece_size, _watched(cipher, self.stopping, full, key[2]))
+                pieces = hash_pieces(full, piece_size, _watched(cipher, self.stopping, full, key))
                 after = _stat_key(full.stat())
         except FileNotFoundError:
             return None  # deleted meanwhile: "cannot read it" said of a file no longer there
@@ -635,9 +671,35 @@ class Catalog:
             content_type=content_type(rel),
             piece_size=piece_size,
             pieces=pieces,
-            modified=max(0, key[1] // 1_000_000_000) or int(time.time()),  # an mtime before 1970 is no valid `modified`
+            modified=_modified(key),
             protection=protection,
         )
+        return self._signed(rel, full, key, manifest, previous, content_key, data)
+
+    def _moved_manifest(self, rel: str, moved: Entry) -> Manifest | None:
+        """``moved``'s manifest as ``rel``'s, if its piece hashes hold there: the same piece size at this path (a media
+        segment's are smaller), and neither path protected (a protected file's pieces are hashed encrypted under a key
+        of its own) nor a playlist kept in memory.  Reorganising a library re-hashed every file moved, 5 GiB for
+        one ``mv``, each new path 404 until its hash ended (an adversarial session)."""
+        old = moved.signed.manifest
+        if moved.key is not None or moved.data is not None or is_protected(rel, self.protect) or is_playlist(rel):
+            return None
+        if piece_size_for(old.size, segment=is_segment(rel)) != old.piece_size:
+            return None
+        return replace(old, path=rel, content_type=content_type(rel), modified=_modified(moved.stat))
+
+    def _signed(
+        self,
+        rel: str,
+        full: Path,
+        key: StatKey,
+        manifest: Manifest,
+        previous: Manifest | None,
+        content_key: bytes | None = None,
+        data: bytes | None = None,
+    ) -> Entry:
+        """``manifest`` of ``rel`` dated to move forward past what nodes may hold of the path, signed: its entry."""
+        protection = manifest.protection
         floor = self._floor_of(rel, protection is not None) if previous is None else None
         if floor is not None and manifest.modified <= floor:
             manifest = replace(manifest, modified=floor + 1)
