@@ -295,7 +295,7 @@ async def test_protected_content_travels_encrypted_and_only_to_token_holders(tmp
 
     # mallory has no token: no file, no key, no pieces from the edge or from alice
     async with http.get(mallory.urls["gateway"] + "/films/secret.bin") as r:
-        assert r.status == 401, await r.text()
+        assert r.status == 403, await r.text()  # the peer has no token: no token of the player changes that
     async with http.get(f"{edge.url}/key/{cid}") as r:
         assert r.status == 401
     async with http.get(f"{edge.url}/key/{cid}", headers=bearer(issue(key, "dave", "/pub/"))) as r:
@@ -746,8 +746,8 @@ def test_get_takes_a_urls_token_and_asks_a_protected_files_key_before_its_pieces
 async def test_a_peer_without_a_token_tells_its_player_what_fixes_a_refusal(tmp_path, nodes, deployment, http):
     """A peer started without --token passed on the edge's 'send Authorization: Bearer TOKEN, or ?token=TOKEN', and a
     player that then sent one got the same answer, since the gateway sends the peer's own token only (an adversarial
-    session).  It says what works: a token for the peer.  For the manifest (a --require-token edge) and for the key
-    of a protected file (an open edge)."""
+    session).  It says what works: a token for the peer, in a 403 (a 401 asks the player for credentials).  For the
+    manifest (a --require-token edge) and for the key of a protected file (an open edge)."""
     origin, key, _, _ = deployment
     closed, _ = start_edge(nodes, tmp_path, origin, key, "closed")
     opened = nodes.start(
@@ -760,7 +760,8 @@ async def test_a_peer_without_a_token_tells_its_player_what_fixes_a_refusal(tmp_
         for headers, query in (({}, ""), (bearer(alice), ""), ({}, f"?token={alice}")):  # the player's token is not used
             async with http.get(peer.urls["gateway"] + path + query, headers=headers) as r:
                 said = (await r.text()).strip()
-                assert r.status == 401 and said.endswith(": this peer has no token: give it one with --token or --token-file"), said
+                assert r.status == 403 and said.endswith(": this peer has no token: give it one with --token or --token-file"), said
+                assert "WWW-Authenticate" not in r.headers, "an invitation to send a token the gateway does not use"
 
 
 async def test_a_background_download_whose_token_expires_stops_asking_and_says_why(tmp_path, nodes, deployment, published, http):
@@ -793,5 +794,5 @@ async def test_a_background_download_whose_token_expires_stops_asking_and_says_w
     before = asked()
     await asyncio.sleep(6)
     assert asked() - before <= 1, "the edge was asked again and again"  # a second each before, for good
-    async with http.post(gateway + "/pub/film.bin") as r:  # 401 once the manifest is revalidated, else 202
+    async with http.post(gateway + "/pub/film.bin") as r:  # 403 once the manifest is revalidated, else 202
         assert "this peer's token is refused; renew it and restart the peer" in await r.text()

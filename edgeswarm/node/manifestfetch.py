@@ -79,9 +79,12 @@ class ManifestFetcher:
     """Fetches, checks and revalidates the manifests of one node.
 
     ``role`` names the sources in messages ("parent", "edge").  With
-    ``user_credential`` the headers carry the requesting user's token, so a
-    source's 401/403 is passed on to the user; otherwise it is the node's own
-    credential that was refused, which is the source's problem (502).
+    ``user_credential`` the headers carry a user's token (a peer's, its
+    user's), so a source's 401/403 is that user's to fix: a 403 saying so,
+    with no ``WWW-Authenticate``, as no credential the requester sends would
+    change it (a player that sent one got the same 401 again: an adversarial
+    session); otherwise it is the node's own credential that was refused,
+    which is the source's problem (502).
     """
 
     def __init__(
@@ -232,7 +235,7 @@ class ManifestFetcher:
             raise HttpError(404, f"no such file: {path} is not published")
         if reply.status in (401, 403) and self.user_credential:  # the user's token is missing, expired or too narrow
             why = reply.body[:200].decode(errors="replace").strip()
-            raise HttpError(reply.status, f"{source} refused /{path}: {why}", {"WWW-Authenticate": 'Bearer realm="edgeswarm"'})
+            raise HttpError(403, f"{source} refused /{path}: {why}")
         if reply.status != 200:
             why = f"{who} answered {reply.status} for {path}: {reply.body[:200].decode(errors='replace').strip()}"
             raise busy(reply.status, reply.headers, why) or UpstreamError(502, why)

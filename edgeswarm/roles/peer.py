@@ -517,8 +517,8 @@ class Peer:
             try:
                 return await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
             except access.KeyRefused as exc:
-                if exc.status in (401, 403):  # the user's token: another edge would say the same
-                    raise HttpError(exc.status, f"{exc.message}: {self.token_help()}") from None
+                if exc.status in (401, 403):  # the user's token: another edge would say the same (403: ManifestFetcher)
+                    raise HttpError(403, f"{exc.message}: {self.token_help()}") from None
                 gone += exc.status == 404
                 problems.append(exc.message)
             except HttpError as exc:
@@ -539,8 +539,8 @@ class Peer:
         try:
             return await self.manifests.revalidate(store, path, edges, self.edge_headers())
         except HttpError as exc:
-            if exc.status in (401, 403):  # our token: what fixes it, as for a key (a new error: reads share this one)
-                raise HttpError(exc.status, f"{exc.message}: {self.token_help()}", exc.headers) from None
+            if exc.status == 403:  # our token (ManifestFetcher): what fixes it, as for a key (a new error: reads share this one)
+                raise HttpError(403, f"{exc.message}: {self.token_help()}") from None
             raise
 
     def loopback_host(self) -> str:
