@@ -101,6 +101,18 @@ async def test_cache_stays_under_quota_and_keeps_popular_content(tmp_path, nodes
     assert on_disk == st["cache_bytes"]
 
 
+async def test_an_edge_under_a_small_quota_takes_a_file_from_its_parent_about_once(tmp_path, nodes, origin, published, http):
+    """Its read-ahead (4 pieces) outran a 1 MB quota: pieces fetched ahead were evicted before the reader came to them
+    and fetched again, 1.4-1.97 x the file from the origin for one reader (an adversarial session); the cache cost more
+    upstream than none.  Read-ahead is at most half of what the quota keeps (PieceStore.read_ahead)."""
+    data = make_file(published / "film.bin", 8 * MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--max-cache", "1MB", "--workers", "1")
+    assert await get(http, leaf.url + "/film.bin") == (200, data)
+    sent = (await status(http, origin.url))["bytes_sent"]["node"]
+    assert sent <= 1.15 * len(data), f"the origin sent {sent / len(data):.2f} x the file"
+
+
 async def test_sigkill_restart_keeps_the_cache_intact(tmp_path, nodes, origin, published, http):
     data = make_file(published / "keep.bin", 3 * MiB)
     await asyncio.sleep(0.5)

@@ -861,8 +861,19 @@ def test_read_ahead_is_off_while_writes_fail_and_for_as_long_as_status_says_so(r
     from edgeswarm.store import piecestore
 
     store = PieceStore(root, PUB)
-    assert store.read_ahead(4) == 4
+    assert store.read_ahead(4, 1024) == 4
     store.write_error, store._write_failed = "No space left on device", time.monotonic()
-    assert store.read_ahead(4) == 0
+    assert store.read_ahead(4, 1024) == 0
     monkeypatch.setattr(piecestore, "WRITE_PROBLEM_S", 0.0)
-    assert store.read_ahead(4) == 4
+    assert store.read_ahead(4, 1024) == 4
+
+
+def test_read_ahead_is_at_most_half_the_pieces_the_quota_keeps(root):
+    """An edge under --max-cache 1MB fetched 4 pieces ahead of its reader, evicted them before the reader came to them
+    and fetched them again: 1.4-1.97 x the file from its parent for one reader (an adversarial session).  As a peer's
+    window (engine.py, ``room``), read-ahead is at most half of what the quota keeps."""
+    assert PieceStore(root, PUB).read_ahead(4, 1 << 18) == 4
+    small = PieceStore(root, PUB, 1 << 20)  # 4 pieces of 256 KiB
+    assert small.read_ahead(4, 1 << 18) == 2
+    assert small.read_ahead(4, 1 << 16) == 4
+    assert small.read_ahead(4, 1 << 20) == 0, "a piece the size of the quota: none ahead"

@@ -37,7 +37,8 @@ class ClosingSource:
     point at other files (here, of zeros).
     """
 
-    ahead = LOOKAHEAD
+    def ahead(self, piece_size: int) -> int:
+        return LOOKAHEAD
 
     def __init__(self, root: Path, data: bytes):
         self.paths = []
@@ -143,7 +144,8 @@ async def test_a_descriptor_closed_while_the_head_goes_out_is_asked_for_again(tm
 class FillingSource:
     """An edge's pieces as it fills them: nothing held until fetched, then kept on disk (``local``) as the store keeps them."""
 
-    ahead = LOOKAHEAD
+    def ahead(self, piece_size: int) -> int:
+        return LOOKAHEAD
 
     def __init__(self, root: Path, piece: int, count: int):
         self.root, self.piece, self.count = root, piece, count
@@ -233,7 +235,7 @@ async def test_an_edge_whose_disk_is_full_fetches_nothing_ahead_of_a_reader_that
     edge = FullDiskEdge(store, data, piece)
     await edge.fill(signed.content_id, count - 1)  # the disk filled before these readers came
     peer = SimpleNamespace(pinned=edge.pinned)
-    assert store.write_error and SwarmSource(peer, SimpleNamespace(engine=SimpleNamespace(window=16))).ahead == 0  # type: ignore[arg-type]
+    assert store.write_error and SwarmSource(peer, SimpleNamespace(engine=SimpleNamespace(window=16))).ahead(MIN_PIECE) == 0  # type: ignore[arg-type]
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await serve_file(request, signed, EdgeSource(edge, signed.content_id, True), Metrics("edge"))  # type: ignore[arg-type]

@@ -49,10 +49,9 @@ SENT_ASIDE = web.RequestKey("edgeswarm.sent_aside", int)  # body bytes sendfile 
 
 
 class PieceSource(Protocol):
-    @property
-    def ahead(self) -> int:
-        """Pieces fetched ahead of the one being sent, at most: LOOKAHEAD, fewer for a small cache, none while the
-        cache cannot be written (PieceStore.read_ahead)."""
+    def ahead(self, piece_size: int) -> int:
+        """Pieces (of ``piece_size`` bytes) fetched ahead of the one being sent, at most: LOOKAHEAD, fewer for a small
+        cache, none while the cache cannot be written (PieceStore.read_ahead)."""
 
     def local(self, index: int) -> int | None:
         """A descriptor of the piece's file, if it can be sent straight from disk; the source keeps it open.
@@ -213,7 +212,7 @@ async def _send_span(
     had is still an answer with its status, not a cut connection.
     """
     indices = m.pieces_for(first, last)
-    reach = min(source.ahead, max(1, LOOKAHEAD_BYTES // m.piece_size))  # pieces fetched ahead, at most
+    reach = min(source.ahead(m.piece_size), max(1, LOOKAHEAD_BYTES // m.piece_size))  # pieces fetched ahead, at most
     for i in indices:
         piece: int | bytes | None = None if i in pending else source.local(i)
         if piece is None:

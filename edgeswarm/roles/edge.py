@@ -131,9 +131,8 @@ class EdgeSource:
             self._hit = index
         return fd
 
-    @property
-    def ahead(self) -> int:
-        return self.edge.pinned.opened.read_ahead(LOOKAHEAD)
+    def ahead(self, piece_size: int) -> int:
+        return self.edge.pinned.opened.read_ahead(LOOKAHEAD, piece_size)
 
     def held(self, index: int) -> bool:
         return self.edge.pinned.opened.has(self.cid, index)  # has(): also a piece another worker stored

@@ -40,10 +40,11 @@ log = logging.getLogger("edgeswarm.roles.livegateway")
 class EdgeSource:
     """A playlist's pieces: the store, else the fastest edge that gives a verified copy."""
 
-    ahead = LOOKAHEAD
-
     def __init__(self, peer: Peer, signed: SignedManifest):
         self.peer, self.signed = peer, signed
+
+    def ahead(self, piece_size: int) -> int:
+        return self.peer.pinned.opened.read_ahead(LOOKAHEAD, piece_size)
 
     def local(self, index: int) -> int | None:
         return self.peer.pinned.opened.piece_fd(self.signed.content_id, index)

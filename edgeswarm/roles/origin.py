@@ -69,11 +69,12 @@ def republishing(path: str) -> HttpError:
 class OriginSource:
     """Pieces read from the published file and checked against the manifest before they go out."""
 
-    ahead = LOOKAHEAD
-
     def __init__(self, origin: Origin, entry: Entry):
         self.origin = origin
         self.entry = entry
+
+    def ahead(self, piece_size: int) -> int:
+        return LOOKAHEAD  # read from the published file, held by no quota
 
     def local(self, index: int) -> None:
         return None  # always read and verify: the file may have changed under us

@@ -248,9 +248,8 @@ class SwarmSource:
         # fetched ahead were evicted before their turn and fetched again (1.5 x a file read through a 2 MB cache)
         self._ahead = min(LOOKAHEAD, swarm.engine.window // 4)
 
-    @property
-    def ahead(self) -> int:
-        return self.peer.pinned.opened.read_ahead(self._ahead)
+    def ahead(self, piece_size: int) -> int:
+        return self.peer.pinned.opened.read_ahead(self._ahead, piece_size)
 
     def local(self, index: int) -> int | None:
         self.swarm.touch()  # a read served from the store still uses the swarm: not retired under it

@@ -680,13 +680,23 @@ class PieceStore:
         self.adopt_all(cid)
         return bool(self._held.get(cid))
 
-    def read_ahead(self, pieces: int) -> int:
-        """How many of ``pieces`` a read fetches ahead of the one it sends: none while writes fail, as a peer's swarm
-        fetches only what readers wait for (policy/engine.py).  A piece fetched ahead that cannot be stored is held in
-        memory until its reader comes to it: an edge whose disk was full held 12 MiB for each slow reader (an
-        adversarial session), and a few hundred took a small VM to its OOM killer."""
-        return 0 if self.write_problem() else pieces  # as long as /status says so: a worker storing nothing meanwhile
-        # (its siblings did) kept read-ahead off for good after the disk recovered (a review)
+    def read_ahead(self, pieces: int, piece_size: int) -> int:
+        """How many of ``pieces`` (of ``piece_size`` bytes) a read fetches ahead of the one it sends.
+
+        None while writes fail, as a peer's swarm fetches only what readers
+        wait for (policy/engine.py).  A piece fetched ahead that cannot be
+        stored is held in memory until its reader comes to it: an edge whose
+        disk was full held 12 MiB for each slow reader (an adversarial
+        session), and a few hundred took a small VM to its OOM killer.  At
+        most half the pieces the quota keeps, as a peer's window (engine.py,
+        ``room``): an edge under a small --max-cache evicted pieces fetched
+        ahead before its reader came to them, and fetched them again, more
+        from its parent than it served (an adversarial session).
+        """
+        if self.write_problem():  # as long as /status says so: a worker storing nothing meanwhile (its siblings did)
+            return 0  # kept read-ahead off for good after the disk recovered (a review)
+        capacity = self.capacity
+        return pieces if capacity is None else min(pieces, capacity // piece_size // 2)
 
     def write_problem(self) -> dict[str, str]:
         """What a node's /status says while writes fail (a full or read-only disk), else nothing: a node that caches
