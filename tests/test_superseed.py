@@ -7,7 +7,7 @@ import json
 import pytest
 
 from edgeswarm.policy import bitfield
-from edgeswarm.policy.superseed import SEED_CARRIES, STALE_COPY_S, UNCONFIRMED_S, RegionStats, SuperSeeder
+from edgeswarm.policy.superseed import SEED_CARRIES, SENT_GRACE_S, STALE_COPY_S, UNCONFIRMED_S, RegionStats, SuperSeeder
 from edgeswarm.protocol.wire import parse_latency, parse_request
 
 CID = "c" * 64
@@ -52,6 +52,23 @@ def test_a_piece_no_neighbour_of_the_asker_holds_goes_again_once_its_copies_are_
     assert s.choose(2.0 + STALE_COPY_S, "east", CID, {1}, 0, 4, unseen={1, 2}) == 2
     assert s.choose(2.0 + STALE_COPY_S, "west", CID, set(), 0, 4, unseen={0}) == 0  # another region: no copy there anyway
     assert s.choose(2.0 + STALE_COPY_S, "east", CID, {1, 2}, 0, 4, unseen={1}) is None  # piece 1's newest copy is 1 s old
+
+
+def test_a_copy_its_recipient_announces_without_stops_counting_once_it_had_time_to_arrive():
+    """A peer with a small --max-cache evicted its copies at once and announced without them, and the edge counted them
+    for STALE_COPY_S all the same: the next reader of the region crawled on its urgent pieces meanwhile (an adversarial
+    session: 4.1 s for an 8 MiB file against 0.2 s).  An announce written before a copy arrived does not forget it."""
+    s = SuperSeeder()
+    for i in range(4):
+        s.record(1.0, "east", CID, i, "small-cache")
+    s.observe(1.0 + SENT_GRACE_S / 2, "east", CID, "small-cache", False, lambda: {3})  # sent, not yet arrived
+    assert s.choose(1.0 + SENT_GRACE_S, "east", CID, set(), 0, 4) is None
+    s.observe(2.0 + SENT_GRACE_S, "east", CID, "small-cache", False, lambda: {3})  # evicted 0-2, kept 3
+    assert s.choose(2.0 + SENT_GRACE_S, "east", CID, set(), 0, 4) == 0
+    assert s.choose(2.0 + SENT_GRACE_S, "east", CID, {0, 1, 2}, 0, 4) is None  # 3 still counts
+    assert s.live_copies("east", CID) == 1
+    s.observe(3.0 + SENT_GRACE_S, "east", CID, "small-cache", False, set)
+    assert s.live_copies("east", CID) == 0 and s.size() == 0, "the entry goes with its last copy"
 
 
 def test_a_seeds_copies_count_only_while_the_regions_seeds_can_carry_its_downloaders():

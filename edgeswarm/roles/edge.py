@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import ipaddress
 import logging
@@ -1012,7 +1013,8 @@ class Edge:
         if doc["event"] == "stopped":
             self.seeder.leave(region, cid, peer)
         else:
-            self.seeder.observe(time.monotonic(), region, cid, peer, self._placed_seed(cid, peer, doc["have"], signed))
+            have = functools.partial(bitfield.decode, doc["have"], signed.manifest.piece_count)  # the tracker checked it
+            self.seeder.observe(time.monotonic(), region, cid, peer, self._placed_seed(cid, peer, doc["have"], signed), have)
             if latency is not None:
                 self.seed_stats.report_latency(region, peer, latency)
             ttl = max(TICKET_MIN_S, 3 * self.tracker.interval)
