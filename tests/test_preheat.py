@@ -169,6 +169,8 @@ def test_a_managed_seeder_holds_content_nobody_asked_for_and_its_region_gets_pie
     assert gateway_status(seeder)["bytes_sent"].get("peer", 0) > 0, gateway_status(seeder)["bytes_sent"]
     pieces = gateway_status(seeder)["swarms"][0]["pieces"]
     assert len(list((tmp_path / "seeder").rglob("*.piece"))) == pieces  # all on disk: pinned, though over --max-cache
+    # and said: a seed over the quota was taken silently, the cache over it for good (an adversarial session)
+    assert "are more than --max-cache (1,000,000 bytes): they are kept whole, over the quota" in seeder.log_text()
 
 
 @pytest.mark.integration

@@ -238,6 +238,22 @@ class AnnounceSchedule:
 EVICTED_TRIES = 3  # fetches of a piece evicted between the look that found it held and its read, before a 503
 
 
+def _say_over_quota(store: PieceStore, path: str) -> None:
+    """Warn when what ``--seed`` pins is more than ``--max-cache``: it is held whole all the same, over the quota for
+    as long as it is seeded, and nothing said so (an adversarial session; --accept-preheat's room is checked at start,
+    but a seed's size is known only once its manifest is)."""
+    quota = store.capacity
+    sizes = [m.manifest.size for cid in store.pinned if (m := store.manifest(cid)) is not None]
+    if quota is not None and sum(sizes) > quota:
+        log.warning(
+            "seed %s: the files --seed holds (%s bytes in all) are more than --max-cache (%s bytes): they are kept whole, "
+            "over the quota, while seeded",
+            path,
+            f"{sum(sizes):,}",
+            f"{quota:,}",
+        )
+
+
 class SwarmSource:
     """What the gateway reads: the store, else the swarm (with a deadline, never a hang)."""
 
@@ -1591,6 +1607,7 @@ class Peer:
                 if pinned != signed.content_id:  # a new version: the old one's pieces may go
                     store.pinned.discard(pinned or "")
                     store.pinned.add(pinned := signed.content_id)
+                    _say_over_quota(store, path)
                 swarm = self.swarm(signed)
                 swarm.want_whole()
                 await swarm.completed.wait()
