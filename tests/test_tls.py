@@ -528,3 +528,28 @@ async def test_a_get_through_a_router_whose_certificate_cannot_verify_stops_at_o
     took = time.monotonic() - started
     assert done.returncode != 0 and "TLS certificate does not verify" in done.stderr, done.stderr
     assert took < 30, f"{took:.0f} s"  # 60 s before; a start takes a few
+
+
+async def test_a_running_node_says_when_the_certificate_it_serves_is_about_to_expire(ca, caplog):
+    """A node up for months passed its certificate's end in silence, every client then failing its handshake: it said
+    so at start only (an adversarial session).  It says it again as it runs, from CERT_WARN_DAYS before, naming what
+    to do: renew and restart, or only restart once the file on disk is renewed (it is read at start only)."""
+    from edgeswarm.trust import tls
+
+    cert, key = ca.issue("soon", (-30, 5))
+    served = tls.served_certificate(tls.server_context(cert, key))
+    assert served is not None
+    now = datetime.datetime.now(datetime.UTC)
+    assert served.problem(now) == f"certificate {cert} expires on {served.not_after}, in 5 days: renew it and restart"
+    assert served.problem(now - datetime.timedelta(days=20)) is None, "weeks ahead: nothing to say yet"
+    caplog.set_level("WARNING", "edgeswarm.trust.tls")
+    watch = asyncio.create_task(tls.watch_certificate(served, every=0.01))
+    await asyncio.sleep(0.1)
+    assert f"TLS: certificate {cert} expires on" in caplog.text
+    renewed, _ = ca.issue("renewed", (0, 90))
+    cert.write_bytes(renewed.read_bytes())  # renewed on disk; the node still serves the old one
+    caplog.clear()
+    await asyncio.sleep(0.1)
+    watch.cancel()
+    assert f"{cert} on disk is renewed (until " in caplog.text and "restart to serve it" in caplog.text
+    assert tls.served_certificate(tls.server_context(*ca.issue("long", (0, 90)))).problem(now) is None  # type: ignore[union-attr]

@@ -49,6 +49,7 @@ from edgeswarm.node.serving import SENT_ASIDE
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
 from edgeswarm.policy.regions import url_host
 from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
+from edgeswarm.trust import tls
 
 log = logging.getLogger("edgeswarm")
 
@@ -803,6 +804,7 @@ class Servers:
         self._runners: list[_Runner] = []
         self._sweeper: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None  # the throttled logs' summaries
+        self._cert_watch: asyncio.Task | None = None
 
     async def start(self, sites: list[tuple[web.Application, str, int, str]]) -> dict[str, tuple[str, int]]:
         """Serve apps (app, host, port, label), the first with TLS if any; returns label -> the bound (host, port)."""
@@ -820,6 +822,8 @@ class Servers:
         dump_tasks_on_sigusr1(loop, self.role)
         self._sweeper = asyncio.create_task(conns.sweep())
         self._flusher = asyncio.create_task(logthrottle.flushing())
+        if not self.reuse_port:  # an edge's workers: its first one says it (watch_certificate), not each
+            self.watch_certificate()
         bound = {}
         for n, (app, host, port, label) in enumerate(sites):
             tls = self.ssl_context if n == 0 else None
@@ -860,6 +864,12 @@ class Servers:
             bound[label] = (address[0], address[1])
         return bound
 
+    def watch_certificate(self) -> None:
+        """Say, while serving, when the HTTPS certificate is about to expire (tls.watch_certificate)."""
+        served = tls.served_certificate(self.ssl_context)
+        if served is not None and self._cert_watch is None:
+            self._cert_watch = asyncio.create_task(tls.watch_certificate(served))
+
     async def add_unix(self, path: str) -> None:
         """Serve the first app on a unix socket as well, under the same connection policy (a worker's private door)."""
         await web.UnixSite(self._runners[0], path, backlog=BACKLOG).start()
@@ -867,8 +877,9 @@ class Servers:
     async def close(self) -> None:
         """Stop serving: every site stops listening at once, then the servers' requests in flight get
         ``shutdown_timeout`` in all, and each app's cleanup hooks run (the last app's first)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._cert_watch):
+            if task is not None:
+                task.cancel()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()

@@ -8,14 +8,81 @@ content key in flight nor pose as a parent.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import ssl
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeswarm.errors import EdgeswarmError
 
 log = logging.getLogger("edgeswarm.trust.tls")
+CERT_WARN_DAYS = 14  # a served certificate this close to its end is warned about, at start and every CERT_CHECK_S
+CERT_CHECK_S = 12 * 3600.0  # how often a running node looks at the dates of the certificate it serves
+
+
+@dataclass(frozen=True)
+class Served:
+    """The certificate a server context was made with, as read at start: what its clients are shown until a restart."""
+
+    cert: Path
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+    def problem(self, now: datetime.datetime) -> str | None:
+        """Why clients refuse it (or soon will) at ``now``, with what to do; None while it is good for CERT_WARN_DAYS."""
+        if self.not_after < now:
+            return f"certificate {self.cert} expired on {self.not_after}: clients will refuse it; {self._renew()}"
+        if self.not_before > now:
+            return f"certificate {self.cert} is valid only from {self.not_before}: clients will refuse it until then"
+        left = self.not_after - now
+        if left < datetime.timedelta(days=CERT_WARN_DAYS):
+            return f"certificate {self.cert} expires on {self.not_after}, in {_days(left)}: {self._renew()}"
+        return None
+
+    def _renew(self) -> str:
+        """What to do: renew it and restart, or restart only, when the file on disk already holds a later one."""
+        renewed = _read(self.cert)
+        if renewed is not None and renewed.not_after > self.not_after:
+            return f"{self.cert} on disk is renewed (until {renewed.not_after}): restart to serve it"
+        return "renew it and restart"
+
+
+_served: weakref.WeakKeyDictionary[ssl.SSLContext, Served] = weakref.WeakKeyDictionary()
+
+
+def served_certificate(ctx: ssl.SSLContext | None) -> Served | None:
+    """The certificate ``ctx`` (from server_context) serves, if its dates could be read."""
+    return _served.get(ctx) if ctx is not None else None
+
+
+async def watch_certificate(served: Served, every: float = CERT_CHECK_S) -> None:
+    """Say, every ``every`` seconds, when the certificate a running node serves is about to expire or has: it was said
+    at start only, and a node up for months passed its certificate's end in silence, every client then failing its
+    handshake (an adversarial session)."""
+    while True:
+        await asyncio.sleep(every)
+        problem = served.problem(datetime.datetime.now(datetime.UTC))
+        if problem is not None:
+            log.warning("TLS: %s", problem)
+
+
+def _days(left: datetime.timedelta) -> str:
+    days = left.total_seconds() / 86400
+    return f"{days:.0f} days" if days >= 2 else f"{left.total_seconds() / 3600:.0f} hours"
+
+
+def _read(cert: Path) -> Served | None:
+    """The dates of the first certificate in ``cert``; None if it cannot be read (OpenSSL took it: a form not read here)."""
+    from cryptography import x509  # a server's only: get and peer start without loading it (tests/test_layers.py)
+
+    try:
+        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    except (ValueError, OSError):
+        return None
+    return Served(cert, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
 
 
 class _Encrypted(EdgeswarmError):
@@ -41,24 +108,14 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"TLS: cannot use certificate {cert} with key {key}: {exc}") from None
-    _warn_if_out_of_date(cert)
+    served = _read(cert)
+    if served is not None:
+        _served[ctx] = served
+        # said at start: the node serves it all the same (it may be renewed on disk, and is read again at the next
+        # start), but every client fails its handshake; a running node says it again (watch_certificate)
+        if (problem := served.problem(datetime.datetime.now(datetime.UTC))) is not None:
+            log.warning("TLS: %s", problem)
     return ctx
-
-
-def _warn_if_out_of_date(cert: Path) -> None:
-    """A certificate that clients refuse today (expired, or not valid yet) is said at start: the node serves it all the
-    same (it may be renewed on disk, and is read again at the next start), but every client fails its handshake."""
-    from cryptography import x509  # a server's only: get and peer start without loading it (tests/test_layers.py)
-
-    try:
-        leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-    except (ValueError, OSError):
-        return  # OpenSSL took it: a form this check does not read
-    now = datetime.datetime.now(datetime.UTC)
-    if leaf.not_valid_after_utc < now:
-        log.warning("TLS: certificate %s expired on %s: clients will refuse it; renew it and restart", cert, leaf.not_valid_after_utc)
-    elif leaf.not_valid_before_utc > now:
-        log.warning("TLS: certificate %s is valid only from %s: clients will refuse it until then", cert, leaf.not_valid_before_utc)
 
 
 def client_context(ca: Path | None) -> ssl.SSLContext | None:
