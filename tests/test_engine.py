@@ -26,6 +26,7 @@ class RecordingHost:
         self.spawned: list = []
         self.delivered_pieces: list[int] = []
         self.dropped_urls: list[str] = []
+        self.lonely_asks = 0
         self.crossed_bytes = 0
         self.abandoned: list[int] = []
 
@@ -46,6 +47,9 @@ class RecordingHost:
 
     def dropped(self, n: Neighbour) -> None:
         self.dropped_urls.append(n.url)
+
+    def lonely(self) -> None:
+        self.lonely_asks += 1
 
     def gone(self) -> bool:
         return False
@@ -943,3 +947,34 @@ def test_a_sub_trackers_answer_is_taken_within_the_bounds_a_tracker_keeps():
     assert "http://10.0.0.9:7000" in e.neighbours and "http://10.0.0.9:1" not in e.neighbours  # a review's variant
     e.tracker_answer([{**steal, "url": "http://10.0.0.9:7001"}])  # an edge checks addresses: the id moved (a restart)
     assert "http://10.0.0.9:7001" in e.neighbours and "http://10.0.0.9:7000" not in e.neighbours
+
+
+def test_a_download_left_with_no_useful_neighbour_asks_for_peers_and_one_that_needs_nothing_does_not(caplog):
+    """Its only seed restarted on a new port: the download never used it again, and took the rest of a 64 MiB file from
+    the edge (57 s against 17 s), until its next announce 300 s on (an adversarial session).  Dropping the last
+    neighbour that held what it lacks asks the tracker for peers (Host.lonely); a peer that is whole, or reads nothing,
+    asks nothing.  A neighbour dropped on one request is not dropped, nor said, again on another in flight."""
+    e, host = make()
+    e.want_whole()
+    seed = e.add_neighbour("seed", "http://10.0.0.2:7000", True)
+    leech = e.add_neighbour("leech", "http://10.0.0.3:7000", True)
+    assert seed is not None and leech is not None
+    e.heard(seed, "snapshot", range(8))
+    first = next(w for w in peer_workers(host) if w.gi_frame.f_locals.get("n") is seed)
+    assert isinstance(first.send(None), Fetch)
+    caplog.set_level("INFO", "edgeswarm.roles.swarm")  # the engine's log is its daemon's
+    with pytest.raises(StopIteration):
+        first.send(Result("stalled", message="did not answer within 10 s"))
+    assert host.dropped_urls == [seed.url] and host.lonely_asks == 1, "the leech has nothing we lack"
+    step = e.transfer(seed.url, seed.url, 3, seed)  # a reader's request to it, in flight when it was dropped
+    assert isinstance(next(step), Fetch)
+    with pytest.raises(StopIteration):
+        step.send(Result("stalled", message="did not answer within 10 s"))
+    assert caplog.text.count("dropping peer") == 1 and host.dropped_urls == [seed.url]
+    whole, host2 = make()  # a seed of the file: nothing to ask for
+    for i in range(8):
+        whole.picker.have.add(i)
+    n = whole.add_neighbour("x", "http://10.0.0.4:7000", True)
+    assert n is not None
+    whole.drop(n)
+    assert host2.lonely_asks == 0

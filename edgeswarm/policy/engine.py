@@ -65,6 +65,7 @@ LIVE_DEADLINE = 0.75
 LIVE_SEED_PATIENCE = 0.5
 SEED_SOURCE = "edge-seed"  # the picker's name for a piece the edge chose (POST /seed)
 ROTATE = 2.0  # seconds between two workers leaving a slow neighbour for one nobody of ours asks
+LONELY_ASK_S = 30.0  # seconds between two asks for peers of a download left with no useful neighbour (Engine.drop)
 STORE_RETRY = 10.0  # seconds after our store last failed to write before pieces nobody reads are fetched again
 STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to this
 # an edge that failed as no retry soon changes (it refuses our token, its certificate does not verify: Hopeless) is
@@ -183,6 +184,10 @@ class Host(Protocol):
 
     def dropped(self, neighbour: Neighbour) -> None:
         """A neighbour is forgotten: close its HAVE stream."""
+
+    def lonely(self) -> None:
+        """A download has no neighbour left holding a piece it lacks: ask the tracker for peers soon, not at the next
+        interval (at most once every ``LONELY_ASK_S``)."""
 
     def gone(self) -> bool:
         """The content left the store (evicted or dropped): nobody needs asking what they hold of it."""
@@ -831,6 +836,8 @@ class Engine:
                 return "retry"
             # a peer that held a request for the whole timeout is dropped at once: three such (a peer that announces
             # everything and never answers) held a download's last pieces 30 s each, and the edge does not race them
+            if self.neighbours.get(peer.url) is not peer:  # dropped meanwhile, on another of its requests: said once
+                return "gone"
             peer.failures += MAX_FAILURES if kind == "stalled" else 1
             if peer.failures >= MAX_FAILURES:
                 why = "a request it held past the timeout" if kind == "stalled" else f"{peer.failures} failures"
@@ -905,7 +912,17 @@ class Engine:
             del self.neighbours[peer.url]
         self.picker.peer_gone(peer.peer_id)
         self.host.dropped(peer)
+        if self._lonely():
+            self.host.lonely()
         self.staff()
+
+    def _lonely(self) -> bool:
+        """A download under way (a whole file, or a reader's window) that no neighbour left can help: its seed restarted
+        on a new port was never used again, the edge sending the rest, until the next announce 300 s on (an
+        adversarial session).  A live segment's swarm is short-lived and seeded by the edge: not asked for."""
+        picker = self.picker
+        wanting = picker.whole_file or bool(picker.wanted)
+        return wanting and not self.live and not picker.complete() and not any(self.useful(n) for n in self.neighbours.values())
 
 
 def ban_key(url: str) -> str:

@@ -1513,16 +1513,22 @@ class Peer:
             return
         if self.strict is not False:
             if url not in swarm.neighbours:
-                self._vouch.add(cid)
-                now = time.monotonic()
-                due = self._vouch_at.get(cid, -math.inf)
-                if due < now:  # else the round due for this content's earlier subscribers asks for this one too
-                    self._vouch_at[cid] = due = max(now + VOUCH_WITHIN, due + VOUCH_GAP)
-                    for edge in self._p2p_edges:
-                        self.schedule.hurry(edge, now, due - now)
-                    self._wake_announcer.set()
+                self.ask_for_peers(cid)
             return
         swarm.add_neighbour(peer_id, url, same_region=claimed == self.region, subscriber=True, claim=claimed)
+
+    def ask_for_peers(self, cid: str, gap: float = VOUCH_GAP) -> None:
+        """A round carrying ``cid`` within ``VOUCH_WITHIN``, at most one every ``gap`` seconds for it: its answers name
+        peers (a subscriber to vouch for, or neighbours for a download left with none: Engine.lonely).  A round already
+        due for it asks for these too."""
+        self._vouch.add(cid)
+        now = time.monotonic()
+        due = self._vouch_at.get(cid, -math.inf)
+        if due < now:
+            self._vouch_at[cid] = due = max(now + VOUCH_WITHIN, due + gap)
+            for edge in self._p2p_edges:
+                self.schedule.hurry(edge, now, due - now)
+            self._wake_announcer.set()
 
     # -- wiring -------------------------------------------------------------------------------
     def gateway_app(self) -> web.Application:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeswarm.policy.choker import SLOTS, Choker
-from edgeswarm.policy.engine import AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
+from edgeswarm.policy.engine import LONELY_ASK_S, AskHave, Command, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.policy.superseed import SuperSeeder
@@ -316,6 +316,7 @@ class SimPeer:
         self._parked: list[list] = []  # [worker, resumed?] waiting for a change
         self._readers: dict[int, Callable[[], None]] = {}
         self.announces = 0
+        self.asked_lonely = -math.inf  # when this peer last asked for peers between announces (lonely)
         self.left = False
         self._fetching = 0  # requests to peers in flight
         self._requests: defaultdict[int, list[Request]] = defaultdict(list)  # piece -> its Fetch and Seed in flight
@@ -397,6 +398,12 @@ class SimPeer:
         if other is not None:
             other.subscribers.pop(self.url, None)
         n.subscribed, n.stream = False, None
+
+    def lonely(self) -> None:
+        """An announce now, between intervals, as the daemon's (Peer.ask_for_peers), once every LONELY_ASK_S."""
+        if self.sim.loop.now - self.asked_lonely >= LONELY_ASK_S:
+            self.asked_lonely = self.sim.loop.now
+            self.announce(again=False)
 
     def gone(self) -> bool:
         return False
@@ -528,7 +535,8 @@ class SimPeer:
         else:
             self._read(0)
 
-    def announce(self) -> None:
+    def announce(self, again: bool = True) -> None:
+        """An announce and its answer's peers; ``again``: the next one an interval on."""
         if self.left:
             return
         answer = self.sim.edges[0].announce(self)
@@ -536,7 +544,8 @@ class SimPeer:
         if not self.hole:
             self.engine.tracker_answer(answer)
             self.subscribe()
-            self.sim.loop.after(ANNOUNCE_INTERVAL, self.announce)
+            if again:
+                self.sim.loop.after(ANNOUNCE_INTERVAL, self.announce)
 
     def _read(self, index: int) -> None:
         """A player reading in order, as fast as pieces come (curl through the gateway)."""
