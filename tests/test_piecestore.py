@@ -689,6 +689,22 @@ def test_a_restarted_worker_counts_its_share_of_the_pieces_found(root: Path):
     assert sum(s.used_bytes for s in shares) == c.signed.manifest.size  # and each piece is counted once
 
 
+def test_a_restarted_worker_comes_down_to_its_share_as_it_writes(root: Path):
+    """A restarted worker counted what it found against the whole --max-cache, and kept that quota for its new pieces for
+    as long as it lived: once every worker had restarted, the directory held N x --max-cache for good (an adversarial
+    session: 15.9 MB under a 4 MB quota with 4 workers).  What it found is kept at start; each byte written then takes
+    one off its quota, down to its share."""
+    found, new = make_content("a.mkv", 4 * MIN_PIECE), make_content("b.mkv", 4 * MIN_PIECE)
+    stored(open_store(root), found, 0, 1, 2, 3)
+    restarted = PieceStore(root, PUB, max_bytes=4 * MIN_PIECE, worker=(1, 2), counts_found=True)
+    assert restarted.held(found.cid) == {0, 1, 2, 3}  # nothing deleted at start
+    stored(restarted, new, 0)
+    assert restarted.used_bytes == 3 * MIN_PIECE  # one piece written, two found evicted for it
+    stored(restarted, new, 1, 2, 3)
+    assert restarted.policy.capacity == restarted.used_bytes == 2 * MIN_PIECE  # its share, and it stays there
+    assert len(list(root.glob("content/*/*.piece"))) == 2
+
+
 def test_a_content_directory_that_cannot_be_made_is_a_piece_not_stored_then_saved_once_it_can(root):
     """Out of inodes or with a file in the way, a new content is served, not a 500; its manifest is saved with a later piece."""
     store = open_store(root)

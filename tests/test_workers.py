@@ -341,6 +341,30 @@ async def test_a_stopped_worker_is_killed_and_restarted_so_no_connection_hangs(t
         seen.add(worker)
 
 
+def worker_pid(edge, index: int) -> int:
+    """The pid of the edge's worker ``index`` as it last started."""
+    return int(edge.log_text().rsplit(f"edge worker {index} of ", 1)[1].split("(pid ", 1)[1].split(")", 1)[0])
+
+
+async def kill_worker(edge, index: int) -> None:
+    """SIGKILL a worker (an OOM kill) and wait until it was restarted and is old enough to be restarted at once again."""
+    pid = worker_pid(edge, index)
+    os.kill(pid, signal.SIGKILL)
+    await until(lambda: worker_pid(edge, index) != pid)
+    await asyncio.sleep(YOUNG_S)
+
+
+async def on_worker(url: str, index: int) -> aiohttp.ClientSession:
+    """A session whose one kept-alive connection worker ``index`` took: what it asks, that worker fetches and stores."""
+    while True:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        async with session.get(url + "/status") as r:
+            await r.read()
+            if r.headers.get(WORKER_HEADER) == str(index):
+                return session
+        await session.close()
+
+
 @pytest.mark.integration
 async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed(tmp_path, nodes, origin, published, http):
     """A restarted worker counted only its hash share of the pieces it found: those its dead predecessor wrote that
@@ -354,12 +378,30 @@ async def test_the_cache_stays_within_max_cache_however_often_a_worker_is_killed
         while worker != "0":  # the file through worker 0 (and through worker 1 on the way, as it happens)
             code, body, worker = await fresh("GET", f"{edge.url}/{name}")
             assert (code, body) == (200, data)
-        pid = int(edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0])
-        os.kill(pid, signal.SIGKILL)
-        await until(lambda pid=pid: edge.log_text().rsplit("edge worker 0 of 2 (pid ", 1)[1].split(")", 1)[0] != str(pid))
-        await asyncio.sleep(YOUNG_S)  # one that dies younger is restarted after a back-off
+        await kill_worker(edge, 0)
     held = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").glob("*/*.piece"))
     assert held <= 3_000_000, f"{held} bytes of pieces under a 3 MB --max-cache"
+
+
+@pytest.mark.integration
+async def test_the_cache_comes_back_within_max_cache_once_restarted_workers_write(tmp_path, nodes, origin, published, http):
+    """A restarted worker kept the whole --max-cache as its quota for its own new pieces for as long as it lived: once
+    each worker had been killed once, the cache grew to N x --max-cache and stayed there (an adversarial session: 15.9 MB
+    under 4 MB with 4 workers).  Each worker here is killed once, then writes new files itself."""
+    files = {f"r{i}.bin": make_file(published / f"r{i}.bin", 1024 * 1024) for i in range(12)}
+    edge = start_edge(nodes, tmp_path, origin, "--max-cache", "2MB")
+    for name in list(files)[:4]:  # the cache full before the kills
+        await content_id(http, edge.url, name)
+        assert (await fresh("GET", f"{edge.url}/{name}"))[:2] == (200, files[name])
+    for index in (0, 1):
+        await kill_worker(edge, index)
+    for index, names in ((0, list(files)[4:8]), (1, list(files)[8:])):
+        async with await on_worker(edge.url, index) as session:
+            for name in names:
+                async with session.get(f"{edge.url}/{name}") as r:
+                    assert (r.status, await r.read(), r.headers[WORKER_HEADER]) == (200, files[name], str(index))
+    held = sum(f.stat().st_size for f in (tmp_path / "edge" / "content").glob("*/*.piece"))
+    assert held <= 2_000_000, f"{held} bytes of pieces under a 2 MB --max-cache once both workers had restarted"
 
 
 @pytest.mark.integration
@@ -406,9 +448,7 @@ async def test_a_worker_restarted_under_the_quota_deletes_nothing(tmp_path, node
     assert len(before) == 32
     edge = start_edge(nodes, tmp_path, origin, "--max-cache", "17MB", "--workers", "4")  # 8.4 MB held: over a worker's share
     await until(lambda: edge.log_text().count(" of 4 (pid ") >= 4)
-    pid = int(edge.log_text().rsplit("edge worker 0 of 4 (pid ", 1)[1].split(")", 1)[0])
-    os.kill(pid, signal.SIGKILL)
-    await until(lambda: edge.log_text().rsplit("edge worker 0 of 4 (pid ", 1)[1].split(")", 1)[0] != str(pid))
+    await kill_worker(edge, 0)
     assert (await fresh("GET", f"{edge.url}/u0.bin"))[:2] == (200, files["u0.bin"])
     assert sorted(str(f.relative_to(pieces)) for f in pieces.glob("*/*.piece")) == before
 

@@ -45,10 +45,14 @@ directory, each with a store of its own (``worker=(index, count)``):
   falls to a living worker were counted by nobody: each SIGKILL left about
   half of them over ``--max-cache`` for good; counted against its share, a
   restart deleted (N-1)/N of the cache at once: two adversarial sessions).
-  Every piece on disk is so counted by at least one worker: the directory
-  stays within ``max_bytes``, and after a worker's restart within twice it
-  at worst (what the others write meanwhile), until their evictions bring it
-  back.  A piece one worker evicts while
+  Every piece on disk is so counted by at least one worker.  The restarted
+  worker's quota is then what it found (within ``max_bytes``), and each byte
+  it writes takes one off it, down to its share: kept at ``max_bytes``, its
+  new pieces came on top of the others' shares, N x ``max_bytes`` once every
+  worker had restarted (an adversarial session).  So the directory stays
+  within ``max_bytes``, and after a worker's restart within twice it at
+  worst, until the restarted worker's evictions (two bytes for each it
+  writes) bring it back.  A piece one worker evicts while
   another serves it is read to the end through the open descriptor, and
   then dropped from the other's have-set when it is next looked up: a kept
   descriptor whose file has no link left is closed then, and the file
@@ -168,8 +172,10 @@ class PieceStore:
         self.worker = worker  # (index, count) when worker processes share the directory; None: this process alone
         self.counts_found = counts_found  # a restarted worker: its quota counts every piece found at start, not its share
         self.on_drop: Callable[[str], None] = lambda cid: None  # told each content dropped (the node's metrics forget it)
-        if worker is not None and max_bytes is not None and not counts_found:
-            max_bytes = max(1, max_bytes // worker[1])
+        # this worker's quota once what it found at start is gone (module docstring); None: its quota is max_bytes
+        self.share = max(1, max_bytes // worker[1]) if worker is not None and max_bytes is not None else None
+        if self.share is not None and not counts_found:
+            max_bytes = self.share
         self.content_dir = root / "content"
         self._content_prefix = f"{self.content_dir}/"
         self.public_key = public_key
@@ -238,6 +244,8 @@ class PieceStore:
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
         evicted = self.evicted_pieces - evicted  # a quota smaller than at the last start: what it took was not said
+        if self.share is not None and self.counts_found:  # what it found, and no more: put_piece takes it down to its share
+            self.policy.capacity = max(self.share, self.policy.used)
         log.info(
             "piece store %s: %d contents, %d pieces, %d bytes%s; up to %d piece files kept open",
             self.root,
@@ -418,8 +426,17 @@ class PieceStore:
             raise
         self._held[cid].add(index)
         self._bare.pop(cid, None)
+        self._shrink(len(data))
         for victim in self.policy.add((cid, index), len(data)):
             self._delete_piece(*victim)
+
+    def _shrink(self, written: int) -> None:
+        """A restarted worker's quota, above its share by what it found at start, loses as much as it writes, down to
+        its share: kept at the whole --max-cache, its new pieces came on top of the other workers' shares for good, N x
+        --max-cache on disk once every worker had restarted (an adversarial session)."""
+        capacity = self.policy.capacity
+        if self.share is not None and capacity is not None and capacity > self.share:
+            self.policy.capacity = max(self.share, capacity - written)
 
     def _save_manifest(self, cid: str, raw: bytes) -> None:
         """A content's directory and manifest on disk, before any of its pieces: without it they would be dropped at start.
