@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import tempfile
 import time
 import zlib
@@ -304,6 +305,25 @@ async def test_a_stop_signal_sent_again_stops_the_workers_at_once_and_leaves_not
     assert not any(d.exists() for d in rundirs)
     if len(signals) == 2:
         assert "SIGTERM again: killing the workers still stopping" in edge.log_text()
+
+
+@pytest.mark.integration
+async def test_a_closed_terminal_stops_the_workers_as_sigterm_does_and_books_every_byte(tmp_path, nodes, origin, published):
+    """A closed terminal sends SIGHUP to the whole process group: the workers took it with the default action, died at
+    once, and the ledger's last rows were lost (an adversarial session: 0 of 16 MB booked with 4 workers)."""
+    data = make_file(published / "h.bin", 500_000)
+    edge = start_edge(nodes, tmp_path, origin)
+    sent, seen = 0, set()
+    while seen != {"0", "1"}:  # both workers have rows to book
+        code, body, worker = await fresh("GET", edge.url + "/h.bin")
+        assert (code, body) == (200, data)
+        sent, seen = sent + len(body), seen | {worker}
+    for pid in [edge.pid, *children(edge.pid)]:  # as bash sends it to a job's process group
+        os.kill(pid, signal.SIGHUP)
+    await asyncio.to_thread(edge.proc.wait, 30)
+    assert edge.proc.returncode == 0 and "killed by SIGHUP" not in edge.log_text()
+    with contextlib.closing(sqlite3.connect(tmp_path / "edge" / "ledger.sqlite")) as db:
+        assert db.execute("SELECT sum(bytes) FROM usage WHERE kind = 'edge_sent'").fetchone()[0] == sent
 
 
 @pytest.mark.integration

@@ -758,7 +758,7 @@ async def serve_many(
     limits: ServerLimits | None = None,
     reserve: tuple[str, float] | None = None,
 ) -> None:
-    """Run apps (app, host, port, label) until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run).
+    """Run apps (app, host, port, label) until a stop signal (STOP_SIGNALS), then shut down cleanly (cleanup hooks run).
 
     With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``reserve``: see Servers.
     """
@@ -767,14 +767,21 @@ async def serve_many(
         for label, (host, port) in (await servers.start(sites)).items():
             if on_bound is not None:
                 on_bound(label, host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_signal()
         log.info("%s shutting down", role)
     finally:
         await servers.close()
+
+
+async def stop_signal() -> None:
+    """Until one of STOP_SIGNALS comes, for a node's process or an edge's worker: a worker's SIGHUP was the default
+    action, so a closed terminal (SIGHUP to the whole process group) killed the workers at once, losing their last
+    ledger rows and the swarms' tracker.jsonl (an adversarial session)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 class Servers:

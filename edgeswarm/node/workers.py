@@ -6,8 +6,10 @@ connections over their accept queues.  The supervisor itself serves nothing
 and runs no event loop (a fork from a process with a running loop or threads
 is unsafe); it waits for signals with ``sigwaitinfo``:
 
-- SIGTERM or SIGINT: every worker gets SIGTERM, and the supervisor exits once
-  they have (SIGKILL after ``STOP_GRACE`` seconds);
+- SIGTERM, SIGINT or SIGHUP (daemon.STOP_SIGNALS): every worker gets
+  SIGTERM, and the supervisor exits once they have (SIGKILL after
+  ``STOP_GRACE`` seconds).  A worker stops on any of them as on SIGTERM (the
+  whole process group gets a closed terminal's SIGHUP);
 - SIGCHLD: a worker that exits unasked is logged and forked again (after a
   back-off when it keeps dying young).  A first-generation worker that dies
   before it listens (a bad key file, say) ends the whole node, with its code:

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,7 +49,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node import workers
 from edgeswarm.node.carried import Carried
-from edgeswarm.node.daemon import BACKLOG, ServerLimits, Servers, client_gone, gone_how, shown, tag_log_lines, text_error
+from edgeswarm.node.daemon import (
+    BACKLOG,
+    ServerLimits,
+    Servers,
+    client_gone,
+    gone_how,
+    shown,
+    stop_signal,
+    tag_log_lines,
+    text_error,
+)
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Collected
 from edgeswarm.node.registrar import Registration
@@ -172,11 +181,7 @@ async def _worker(
         log.info("edge worker %d of %d (pid %d) serving", slot.index, slot.count, os.getpid())
         workers.ready()
         beating = asyncio.create_task(workers.heartbeat())  # kept until the worker ends, cancelled below
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_signal()
         beating.cancel()
     finally:
         await private.cleanup()
