@@ -31,6 +31,7 @@ from conftest import content_id, make_file, sha, status
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node.workers import WEDGED_S, YOUNG_S, Slot, private_dir
+from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.filllock import SLOTS
 from edgeswarm.store.piecestore import PieceStore
@@ -324,6 +325,43 @@ async def test_a_closed_terminal_stops_the_workers_as_sigterm_does_and_books_eve
     assert edge.proc.returncode == 0 and "killed by SIGHUP" not in edge.log_text()
     with contextlib.closing(sqlite3.connect(tmp_path / "edge" / "ledger.sqlite")) as db:
         assert db.execute("SELECT sum(bytes) FROM usage WHERE kind = 'edge_sent'").fetchone()[0] == sent
+
+
+def rss(pid: int) -> int:
+    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS")).split()[1]) * 1024
+
+
+def stalled_on(edge, index: int, path: str, headers: str) -> socket.socket:
+    """A connection worker ``index`` took, that asked for ``path`` and read no more than the answer's first bytes."""
+    while True:
+        host, port = edge.url.removeprefix("http://").rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: edge\r\n{headers}\r\n".encode())
+        if f"{WORKER_HEADER}: {index}".encode() in sock.recv(300):
+            return sock
+        sock.close()
+
+
+@pytest.mark.integration
+async def test_peers_that_stop_reading_pieces_passed_on_to_the_primary_hold_no_piece_each(tmp_path, nodes, origin, published, http):
+    """A worker read the primary's whole answer to a peer's /piece before it sent it, and held it for as long as the
+    peer did not read: 81 MB for 300 stalled peers (an adversarial session; pieces reach 64 MiB, and a single edge sends
+    them from the file).  The answer is now passed on as the peer takes it."""
+    make_file(published / "p.bin", 4 * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, "--p2p")
+    cid = await content_id(http, edge.url, "p.bin")
+    assert (await fresh("GET", edge.url + "/p.bin"))[0] == 200  # cached
+    worker = worker_pid(edge, 1)
+    before = rss(worker)
+    socks = [stalled_on(edge, 1, f"/piece/{cid}/{i % 4}", f"{PEER_HEADER}: {i:016x}\r\n") for i in range(40)]
+    try:
+        await asyncio.sleep(1)
+        held = rss(worker) - before
+    finally:
+        for sock in socks:
+            sock.close()
+    assert held < 10 * PIECE, f"{held / PIECE:.1f} pieces held for 40 stalled peers"
 
 
 @pytest.mark.integration

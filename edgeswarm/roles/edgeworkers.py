@@ -200,7 +200,10 @@ class WorkerLink:
         self.primary = slot.index == 0
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
-        self.timeout = aiohttp.ClientTimeout(total=max(60.0, 3 * node.config.timeout))
+        # the primary's silence, not the whole exchange: an answer is passed on as the client takes it, and a slow peer
+        # taking a 64 MiB piece would be cut at a total; while the client does not read, the primary is not read either
+        self.wait = max(60.0, 3 * node.config.timeout)
+        self.timeout = aiohttp.ClientTimeout(total=None, connect=self.wait, sock_read=self.wait)
         # 5 lines a minute of the primary's failures to answer: under a flood, 100 lines in a second (an adversarial session)
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
         self._carried: dict[str, Carried] | None = None  # the primary's: /metrics and /status counters across restarts
@@ -260,9 +263,9 @@ class WorkerLink:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """The request, as the primary answers it; 503 while the primary is restarting.
 
-        An answer of unknown length (a relayed peer's HAVE stream), and any
-        relayed answer, is passed on as it comes; a WebSocket (a relayed
-        peer's ``/relay``) is bridged.
+        The answer is passed on as it comes, as the client takes it (a peer's
+        piece, a relayed peer's HAVE stream), but /status and /metrics; a
+        WebSocket (a relayed peer's ``/relay``) is bridged.
         """
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers[FORWARDED_FOR] = request.remote or ""
@@ -274,7 +277,7 @@ class WorkerLink:
         body = await request.read() if request.body_exists and not encoded else None
         streamed: web.StreamResponse | None = None
         # a relayed HAVE stream lasts as long as its subscriber stays: only the connection is timed
-        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout.total) if request.path.startswith("/relay/") else self.timeout
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.wait) if request.path.startswith("/relay/") else self.timeout
         if request.path == "/status":
             timeout = aiohttp.ClientTimeout(total=PRIMARY_STATUS_WAIT_S)
         try:
@@ -283,12 +286,14 @@ class WorkerLink:
             ) as reply:
                 out = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
                 out[WORKER_HEADER] = str(self.slot.index)
-                # a relayed answer is passed on as it comes, whatever its length: read whole, one the relayed peer broke
-                # off became a 503 blaming the primary, and its bytes were held here beyond the relay's own cap (a review)
-                relayed = request.path.startswith("/relay/")
-                if (reply.content_length is not None and not relayed) or request.method == "HEAD":
+                # passed on as it comes: read whole, a relayed answer the relayed peer broke off became a 503 blaming the
+                # primary (a review), and each peer's piece was held here for as long as the peer took to read it, 81 MB
+                # for 300 peers that stopped reading (an adversarial session; a single edge sends it from the file).  What
+                # the edge answers from memory anyway is read whole, /status falling back to this worker's own
+                if request.method == "HEAD" or request.path in ("/status", "/metrics"):
                     return web.Response(status=reply.status, body=await reply.read(), headers=out)
                 streamed = web.StreamResponse(status=reply.status, headers=out)
+                streamed.content_length = reply.content_length  # None: chunked (a relayed peer's HAVE stream)
                 await streamed.prepare(request)
                 async for chunk in reply.content.iter_any():
                     await streamed.write(chunk)
