@@ -81,12 +81,14 @@ FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix 
 REACHED_AT = "X-Edgeswarm-Reached-At"  # the edge's address as the client reached it; trusted only on the private unix socket
 WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
 SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
-# seconds a worker waits for another's /status (the primary's whole answer, or a worker's own figures) before it answers
-# without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll, which took the edge
-# out of rotation while the other worker served every file (an adversarial session)
+# seconds a worker waits for another's /status or /metrics (the primary's whole answer, or a worker's own figures)
+# before it answers without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll,
+# which took the edge out of rotation while the other worker served every file, and /metrics 10 s, Prometheus' scrape
+# timeout (adversarial sessions)
 STATUS_WAIT_S = 0.5
-# ... and for the primary's whole /status, which itself waits up to STATUS_STORE_WAIT for the tracker store: at 0.5 s a
-# hung Redis's answer (its store_error) was cut, and the worker answered with its own figures that said nothing of it
+# ... and for the primary's whole /status or /metrics, which itself waits up to STATUS_STORE_WAIT for the tracker store:
+# at 0.5 s a hung Redis's answer (its store_error) was cut, and the worker answered with its own figures that said
+# nothing of it
 PRIMARY_STATUS_WAIT_S = STATUS_STORE_WAIT + 0.25
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", "proxy-connection"}
 # /metrics gauges merged by their largest value, not added up: those every worker reports alike, and its open files,
@@ -278,7 +280,7 @@ class WorkerLink:
         streamed: web.StreamResponse | None = None
         # a relayed HAVE stream lasts as long as its subscriber stays: only the connection is timed
         timeout = aiohttp.ClientTimeout(total=None, connect=self.wait) if request.path.startswith("/relay/") else self.timeout
-        if request.path == "/status":
+        if request.path in ("/status", "/metrics"):
             timeout = aiohttp.ClientTimeout(total=PRIMARY_STATUS_WAIT_S)
         try:
             async with self._primary().request(
@@ -304,7 +306,8 @@ class WorkerLink:
                 return self._cut(request, streamed, exc)
             if request.path == "/status" and request.method == "GET":
                 # this worker's own figures: a router polling while the primary restarted took the edge out of rotation
-                # (a 503 for 2 s) though this worker served every file meanwhile
+                # (a 503 for 2 s) though this worker served every file meanwhile.  Not for /metrics: Prometheus takes
+                # counters that fall to one worker's for a reset of the whole edge, so a scrape fails (the 503) instead
                 return await self._own_status(request)
             return self._unanswered(request, exc)
 
@@ -408,7 +411,7 @@ class WorkerLink:
         if session is None:
             connector = aiohttp.UnixConnector(self.slot.socket_path(index))
             session = self._private[index] = aiohttp.ClientSession(connector=connector)
-        wait = aiohttp.ClientTimeout(total=STATUS_WAIT_S if path.startswith("/status") else 5)
+        wait = aiohttp.ClientTimeout(total=STATUS_WAIT_S)
         try:
             async with session.get(f"http://worker{path}", timeout=wait) as reply:
                 return await reply.read() if reply.status == 200 else None
