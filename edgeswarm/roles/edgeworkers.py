@@ -176,6 +176,7 @@ async def _worker(
         bound = await servers.start([(app, slot.host, slot.port, "")])
         if slot.index == 0:
             await servers.add_unix(slot.primary_path)
+            servers.watch_certificate()  # said once for the edge, not by each worker
         await private.setup()
         await web.UnixSite(private, slot.socket_path(slot.index), backlog=BACKLOG).start()
         if registration is not None:
