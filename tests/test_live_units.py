@@ -283,11 +283,13 @@ def test_a_playlist_is_kept_as_signed_and_its_last_versions_stay_servable(tmp_pa
     """An edge handed version N just before the rewrite still gets N's bytes (the file now holds N+1)."""
     catalog = _catalog(tmp_path)
     root = catalog.root / "live"
+    _write(root / "seg00000.ts", b"0")
     _write(root / "live.m3u8", _playlist(0, 0))
     catalog.apply(catalog.scan_changes({}))
     first = catalog.by_path["live/live.m3u8"]
     assert first.data == _playlist(0, 0).encode() and first.signed.manifest.check_piece(0, first.data)
     for last in range(1, 12):
+        _write(root / f"seg{last:05d}.ts", b"s")  # a version names segments that are there (else it is held back)
         _write(root / "live.m3u8", _playlist(0, last))
         catalog.apply(catalog.changes_for(["live/live.m3u8"], dict(catalog.by_path)))
     assert first.signed.content_id not in catalog.superseded, "only the last few versions are kept"
@@ -602,3 +604,36 @@ def test_a_file_that_changes_during_its_hash_is_let_go_at_the_next_piece(tmp_pat
     catalog.apply(catalog.scan_changes({}))
     assert "copying.bin" not in catalog.by_path and catalog.hashed_bytes == 0
     assert len(read) == 1, f"{len(read)} pieces read of a file that kept changing"
+
+
+async def test_a_playlist_rewritten_in_place_is_not_published_half_written(tmp_path, caplog, monkeypatch):
+    """A packager that rewrites its playlist in place (no rename) had a version cut mid-line published, naming
+    ``seg0000`` for ``seg00001.ts``, or an empty one: every viewer's read-ahead got 404s for it (an adversarial
+    session).  Such a version is held back, the previous one served, until the writer is done; one that stays so
+    for UNFINISHED_GRACE is what its writer meant, published with a warning."""
+    catalog = _catalog(tmp_path)
+    root = catalog.root / "live"
+    _write(root / "seg00000.ts", b"a" * 100)
+    _write(root / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))
+    first = catalog.by_path["live/live.m3u8"].signed
+    watcher = LiveWatcher(catalog)
+    _write(root / "seg00001.ts", b"b" * 100)
+    playlist = root / "live.m3u8"
+    for cut in (_playlist(0, 1)[:-6], ""):  # the first write() of two, and a truncated file not yet written
+        playlist.write_text(cut)
+        await watcher.check()
+        assert catalog.by_path["live/live.m3u8"].signed == first, f"published half-written: {cut!r}"
+        catalog.apply(catalog.scan_changes(dict(catalog.by_path)))  # nor by the full scan
+        assert catalog.by_path["live/live.m3u8"].signed == first
+    playlist.write_text(_playlist(0, 1))  # the writer is done
+    await watcher.check()
+    assert catalog.by_path["live/live.m3u8"].data == _playlist(0, 1).encode() and "live/seg00001.ts" in catalog.by_path
+    caplog.set_level(logging.WARNING, "edgeswarm.store.catalog")
+    monkeypatch.setattr(catalog_module, "UNFINISHED_GRACE", 0.0)
+    playlist.write_text(_playlist(0, 2))  # names a segment that never comes
+    await watcher.check()
+    assert catalog.by_path["live/live.m3u8"].data == _playlist(0, 1).encode(), "held back once"
+    await watcher.check()
+    assert catalog.by_path["live/live.m3u8"].data == _playlist(0, 2).encode()
+    assert "publishing the new version of live/live.m3u8 though it names live/seg00002.ts, which is not there" in caplog.text

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edgeswarm.errors import EdgeswarmError
 from edgeswarm.policy.live import is_playlist, is_segment
 from edgeswarm.policy.recent import Recent
-from edgeswarm.protocol import jsondoc
+from edgeswarm.protocol import hls, jsondoc
 from edgeswarm.protocol.httpspec import content_type
 from edgeswarm.protocol.manifest import MAX_FILE, Manifest, ManifestError, SignedManifest, hash_pieces, piece_size_for
 from edgeswarm.protocol.paths import MAX_SEGMENTS, path_problem, publish_problem, reserved_segment
@@ -54,6 +54,7 @@ JOURNAL_MIN = 1 << 20  # bytes of journal before the state is written whole agai
 HASH_NOTICE = 1 << 30  # bytes from which a file's hashing is logged as it begins: it takes seconds a GiB
 LOCKED_HASH = 64 << 20  # bytes a full scan hashes at most while it holds the catalogue (a file new since its prepare)
 QUEUED_HASH = HASH_NOTICE  # bytes from which a file is hashed in a queue of its own, beside the scan's rounds (scan)
+UNFINISHED_GRACE = 2.0  # seconds a rewritten playlist that looks half-written is held back before it is published anyway
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class Catalog:
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._skipped_now: set[str] = set()  # the paths the scan under way skipped: the others leave _skipped after it
+        self._unfinished: dict[str, tuple[StatKey, float]] = {}  # playlist -> the version held back (_half_written), since
         self._tally = threading.Lock()  # the two above and the counters: a scan's rounds run beside prepare_large's thread
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self.journal_file = state_file.with_suffix(".journal")  # the changes since the snapshot (module docstring)
@@ -648,6 +650,8 @@ class Catalog:
         try:
             if protection is None and is_playlist(rel) and key[0] <= KEPT_PLAYLIST:
                 data, after = _read_whole(full)
+                if previous is not None and after == key and self._half_written(rel, data, key):
+                    return None  # the previous version is served meanwhile; the next poll or scan reads it again
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
                 cipher = cipher_for(content_key, protection) if content_key is not None and protection is not None else None
@@ -708,6 +712,29 @@ class Catalog:
             manifest = same if same == previous else replace(manifest, modified=previous.modified + 1)
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key, data)
+
+    def _half_written(self, rel: str, data: bytes, key: StatKey) -> bool:
+        """Whether this new version of a published playlist looks half-written (it does not parse, or names a file that is
+        not there), and is held back: a packager that rewrites its playlist in place had versions cut mid-line
+        published, an empty one or one naming ``s0003`` for ``s00031.ts``, 404s for every viewer's read-ahead (an
+        adversarial session; ffmpeg renames a whole playlist into place).  A version that stays so for
+        ``UNFINISHED_GRACE`` seconds is what its writer meant: published, with a warning."""
+        try:
+            named = hls.parse(data.decode("utf-8", "replace"), rel).media_paths
+            missing = next((p for p in named if p not in self.by_path and not (self.root / p).is_file()), None)
+            why = None if missing is None else f"it names {missing}, which is not there"
+        except hls.PlaylistError as exc:
+            why = f"it is not a playlist ({exc})"
+        now = time.monotonic()
+        with self._tally:
+            held = self._unfinished.pop(rel, None)
+            if why is None:
+                return False
+            if held is None or held[0] != key or now - held[1] < UNFINISHED_GRACE:
+                self._unfinished[rel] = (key, now) if held is None or held[0] != key else held
+                return True
+        log.warning("publishing the new version of %.300s though %s: it stayed so %g s", rel, why, UNFINISHED_GRACE)
+        return False
 
     def _floor_of(self, rel: str, protected: bool) -> int | None:
         """The ``modified`` a first version of ``rel`` in this catalogue must pass, if nodes may hold a version of it.
