@@ -637,3 +637,22 @@ async def test_a_playlist_rewritten_in_place_is_not_published_half_written(tmp_p
     await watcher.check()
     assert catalog.by_path["live/live.m3u8"].data == _playlist(0, 2).encode()
     assert "publishing the new version of live/live.m3u8 though it names live/seg00002.ts, which is not there" in caplog.text
+
+
+def test_a_large_file_moved_where_its_hashes_do_not_hold_is_queued_as_any_new_one(tmp_path, monkeypatch):
+    """Moved into a protected path (or to a playlist's name), a large file cannot keep its hashes: it was hashed on the
+    spot by the scan's prepare, 4-10 s for 4 GiB with every other change waiting, and whole under the catalogue's
+    lock past LOCKED_HASH (a review).  It goes to the large files' queue, as any new file of its size."""
+    monkeypatch.setattr(catalog_module, "QUEUED_HASH", 1 << 20)
+    monkeypatch.setattr(catalog_module, "LOCKED_HASH", 1 << 20)
+    catalog = _catalog(tmp_path)
+    catalog.protect = ["locked/*"]
+    (catalog.root / "locked").mkdir()
+    (catalog.root / "big.bin").write_bytes(os.urandom(2 << 20))
+    catalog.apply(catalog.scan_changes({}))
+    hashed = catalog.hashed_bytes
+    (catalog.root / "big.bin").rename(catalog.root / "locked" / "big.bin")
+    changes = catalog.scan_changes(dict(catalog.by_path), hash_up_to=catalog_module.LOCKED_HASH)
+    assert changes == {"big.bin": None} and catalog.hashed_bytes == hashed, "hashed under the lock"
+    assert [rel for rel, *_ in catalog.prepare(dict(catalog.by_path))] == ["locked/big.bin"]
+    assert catalog.hashed_bytes == hashed, "hashed by prepare, not queued"

@@ -468,7 +468,7 @@ class Catalog:
     ) -> None:
         """Hash and sign ``rel`` again into ``changes`` unless its stat says it is the version ``known`` holds; what
         ``prepare`` hashed of it is taken up if it is this version of the file, replacing the same one; a file
-        ``moved`` here is not hashed at all (``_moved``)."""
+        ``moved`` here is not hashed at all if its hashes hold here (``_reused``)."""
         entry = known.get(rel)
         if entry is not None and entry.stat == key:
             return
@@ -479,12 +479,15 @@ class Catalog:
         if prepared is not None and (prepared[0] is previous or previous is None) and prepared[1].stat == key:
             changes[rel] = prepared[1]
             return
-        was = moved.get(key) if moved else None
-        if hash_up_to is not None and key[0] > hash_up_to and was is None:  # the next scan's prepare hashes it (scan_changes)
+        reused = self._reused(rel, full, key, previous, moved.get(key)) if moved else None
+        if reused is not None:
+            changes[rel] = reused
+            return
+        if hash_up_to is not None and key[0] > hash_up_to:  # the next scan's prepare hashes it (scan_changes)
             if rel in self._skipped:  # this scan's prepare could not read it either: still said, not said again (a review:
                 self._skipped_now.add(rel)  # an unreadable file over 64 MiB was warned about at every scan, once a second)
             return
-        fresh = self._publish(rel, full, key, previous, was)
+        fresh = self._publish(rel, full, key, previous)
         if fresh is not None:
             changes[rel] = fresh
 
@@ -504,7 +507,7 @@ class Catalog:
             if entry is not None and entry.stat == key:
                 continue
             previous = entry.signed.manifest if entry else None
-            if key in moved and (fresh := self._publish(rel, full, key, previous, moved[key])) is not None:
+            if (fresh := self._reused(rel, full, key, previous, moved.get(key))) is not None:
                 self._prepared[rel] = (previous, fresh)  # not hashed: neither queued behind large files nor 404 meanwhile
             else:
                 (large if st.st_size >= QUEUED_HASH else small).append((rel, full, st, previous))
@@ -617,25 +620,28 @@ class Catalog:
             self._save_state(changes)
         return lines
 
-    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None, moved: Entry | None = None) -> Entry | None:
+    def _reused(self, rel: str, full: Path, key: StatKey, previous: Manifest | None, moved: Entry | None) -> Entry | None:
+        """``rel``'s entry made of the one its file was published as under another path (``moved``, from ``_moved``)
+        if its piece hashes hold here (``_moved_manifest``), with no read of the file; else None: hashed as any new
+        file, a large one in the queue (a moved 4 GiB file hashed on the spot held the scan 4-10 s: a review)."""
+        manifest = self._moved_manifest(rel, moved) if moved is not None else None
+        if manifest is None:
+            return None
+        with self._tally:
+            self._skipped.pop(rel, None)
+        return self._signed(rel, full, key, manifest, previous)
+
+    def _publish(self, rel: str, full: Path, key: StatKey, previous: Manifest | None = None) -> Entry | None:
         """Hash and sign one file; None if it changed while being read (next scan retries).
 
         ``previous`` is the version it replaces: a different new version gets
         a later ``modified`` even if the file's mtime is not later (a rewrite
         within the same second, an older file copied in), because nodes
         accept only manifests that move forward (manifestfetch.ManifestOrder).
-        ``moved``: the entry this file was published as under another path
-        (``_moved``), whose piece hashes it takes when they hold for this
-        path (``_moved_manifest``) rather than reading the file again.
         """
         if key[0] > MAX_FILE:  # no node would take its pieces: every edge answered 502 for it, blaming the origin
             self._skip(rel, f"its {key[0]} bytes are more than a file may have ({MAX_FILE} bytes, 512 GiB): split it")
             return None
-        manifest = self._moved_manifest(rel, moved) if moved is not None else None
-        if manifest is not None:
-            with self._tally:
-                self._skipped.pop(rel, None)
-            return self._signed(rel, full, key, manifest, previous)
         started = time.monotonic()
         try:
             return self._hash_and_sign(rel, full, key, previous)
