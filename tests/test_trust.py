@@ -684,7 +684,7 @@ async def test_the_ledger_counts_each_byte_once_across_an_edge_restart(tmp_path,
 async def test_a_peer_whose_token_expires_ends_its_players_read_at_once(tmp_path, nodes, deployment, published, http):
     """The player's read stalled for the whole read timeout (30 s) once the peer's token expired mid-film, while the
     peer asked the edges once a second (an adversarial session): once every edge refuses the token, the read ends (its
-    connection cut, the answer having begun), and the peer's log says why.  A new request was already a 401."""
+    connection cut, the answer having begun), and the peer's log says why.  A new request is a 403 saying so."""
     origin, key, _, _ = deployment
     film = make_file(published / "pub" / "film.bin", 12 * PIECE)
     edge, _ = start_edge(nodes, tmp_path, origin, key, "edge", "--upload-limit", "400kB/s")
@@ -702,6 +702,9 @@ async def test_a_peer_whose_token_expires_ends_its_players_read_at_once(tmp_path
     assert len(got) < len(film) and film.startswith(got)
     assert time.monotonic() - started < 20, "the read waited for its timeout"
     assert "this peer's token is refused; renew it and restart the peer" in peer.log_text()
+    async with http.get(peer.urls["gateway"] + "/pub/film.bin", headers={"Range": f"bytes={len(got)}-"}) as r:
+        assert r.status == 403, "the refusal of a new read, whether its manifest or its pieces are refused"
+        assert (await r.text()).strip().endswith("renew it and restart the peer") and "WWW-Authenticate" not in r.headers
 
 
 def test_get_takes_a_urls_token_and_asks_a_protected_files_key_before_its_pieces(tmp_path, nodes, deployment):

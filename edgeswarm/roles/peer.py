@@ -293,7 +293,7 @@ class SwarmSource:
         raise HttpError(503, f"piece {index} was evicted before it could be sent; retry", {"Retry-After": "1"})
 
     async def _piece(self, index: int, stop: int | None) -> bytes | None:
-        """The swarm's piece within --read-timeout; sooner a 502 once every edge refuses this peer's token.
+        """The swarm's piece within --read-timeout; sooner a 403 once every edge refuses this peer's token.
 
         No retry changes that: a player whose peer's token expired mid-film
         waited out every read timeout, and its new requests too, while the
@@ -305,8 +305,8 @@ class SwarmSource:
         try:
             while not task.done():
                 refusal = self.peer.token_refused()
-                if refusal is not None:
-                    raise HttpError(502, f"{refusal}: {self.peer.token_help()}")
+                if refusal is not None:  # a 403, as for a manifest or a key (ManifestFetcher): it was a 502 here alone
+                    raise HttpError(403, f"{refusal}: {self.peer.token_help()}")
                 if loop.time() >= deadline:
                     raise self._undelivered(index)
                 await asyncio.wait({task}, timeout=min(REFUSAL_CHECK_S, deadline - loop.time()))
