@@ -142,6 +142,9 @@ async def test_redis_down_files_are_served_announces_get_503_and_the_edge_recove
     st = await status(http, edge.url)  # the edge still answers, and says why the tracker does not
     assert "unreachable" in st["p2p"]["store_error"]
     assert edge.running
+    async with http.get(edge.url + "/metrics") as r:  # the region's peers read 0 meanwhile, a swarm gone (an adversarial
+        metrics = await r.text()  # session): no sample, and the store said down
+    assert "edgeswarm_tracker_store_up 0.0" in metrics and "edgeswarm_region_peers{" not in metrics, metrics
 
     redis_server.start()  # empty (nothing was saved): peers fill it again with their next announces
     deadline = time.monotonic() + 15
@@ -207,7 +210,17 @@ async def test_a_full_read_only_or_hung_redis_is_a_503_and_the_edge_stays_in_rot
         started = time.monotonic()
         st = await status(http, edge.url)
         assert time.monotonic() - started < 1.0 and "no answer within" in st["p2p"]["store_error"], st["p2p"]
+        # and not again while that ask is unanswered: a router polling every second (0.5 s timeout) found each /status
+        # 0.51 s late for as long as Redis hung, and sent the region's clients elsewhere (an adversarial session)
+        for _ in range(3):
+            started = time.monotonic()
+            st = await status(http, edge.url)
+            assert time.monotonic() - started < 0.25 and "no answer within" in st["p2p"]["store_error"], st["p2p"]
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "store_error" in (await status(http, edge.url))["p2p"]:  # the ask left waiting is answered: figures again
+        assert time.monotonic() < deadline, "the store's figures did not come back"
+        await asyncio.sleep(0.2)
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "Traceback" not in log and log.count("answering announces 503") == 2, "each outage logged once"

@@ -192,6 +192,8 @@ class TrackerService:
         self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
         self._down: str | None = None  # why the store is unreachable, while it is
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
+        self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
+        self._figures_asked = 0.0  # when (monotonic)
         # (content, complete record) -> whether the operator placed that seed (a preheat order): answers say so
         self.placed: Callable[[str, PeerRecord], bool] | None = None
 
@@ -301,6 +303,14 @@ class TrackerService:
         self.claims.forget((owner_of(address, user), a.peer_id), a.cid)
         return self._answer(self.region_of(address), [])
 
+    async def _store_figures(self) -> tuple[Counts, dict[str, Counter[str]], int]:
+        """What /status reads of the store: its counts (live peers only, whenever the expiry loop last ran), the
+        share totals by region and how many contents."""
+        await self.expire()
+        async with self._reaching(recovers=False):
+            counts = await self.store.counts(self.clock())
+            return counts, await self.store.shares(), len(await self.store.contents())
+
     @contextlib.asynccontextmanager
     async def _reaching(self, recovers: bool = True) -> AsyncIterator[None]:
         """Store calls: unreachable is a 503 with Retry-After, logged once per outage, and its end logged too.
@@ -345,19 +355,25 @@ class TrackerService:
     async def status(self) -> dict:
         """The tracker's figures per region; with the store down or slow (``STATUS_STORE_WAIT``), what this edge knows
         without it and the reason: a hung Redis held the edge's /status past a router's poll timeout, and the router
-        took the edge out of rotation while it served every file."""
+        took the edge out of rotation while it served every file.  While an earlier ask is unanswered, /status does
+        not wait again: a router polling every second (a 0.5 s timeout) found every /status 0.51 s late for as long
+        as Redis hung, and sent the region's clients to another (an adversarial session)."""
+        now = time.monotonic()
+        pending = self._figures
+        waited = pending is not None and not pending.done()
+        if not waited:
+            pending = self._figures = asyncio.ensure_future(self._store_figures())
+            pending.add_done_callback(_retrieved)  # answered after a /status gave up on it: nobody else reads its error
+            self._figures_asked = now
+        assert pending is not None
         try:
-            async with asyncio.timeout(STATUS_STORE_WAIT):
-                await self.expire()  # count live peers only, whenever the expiry loop last ran
-                async with self._reaching(recovers=False):
-                    counts = await self.store.counts(self.clock())
-                    by_region = await self.store.shares()
-                    contents = len(await self.store.contents())
+            async with asyncio.timeout(0 if waited else STATUS_STORE_WAIT):
+                counts, by_region, contents = await asyncio.shield(pending)
         except (HttpError, TimeoutError) as exc:
             why = (
                 exc.message
                 if isinstance(exc, HttpError)
-                else f"tracker store {self.store.describe()}: no answer within {STATUS_STORE_WAIT:g} s"
+                else f"tracker store {self.store.describe()}: no answer within {max(STATUS_STORE_WAIT, now - self._figures_asked):.2g} s"
             )
             return {"store": self.store.describe(), "store_error": why, "regions": {}, **self._room(), "state": self._state(None)}
         peers, memberships = counts.peers, counts.memberships
@@ -409,3 +425,9 @@ def load_region_map(path: Path) -> RegionMap:
         hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
         raise RegionMapError(f"{exc}{hint}") from None
     return RegionMap.from_doc(doc, str(path))
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    """Read a finished task's error, so that asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

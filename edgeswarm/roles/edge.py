@@ -878,7 +878,8 @@ class Edge:
         )
         for name, row in p2p["regions"].items():
             copies.add_metric([name], sum(row["live_copies"].values()))
-            peers.add_metric([name], row.get("peers", 0))
+            if "peers" in row:  # none while the store does not answer: a 0 read as the region's swarm gone (an adversarial
+                peers.add_metric([name], row["peers"])  # session: Redis hung, the swarm intact in it); store_up says why
             if row.get("p2p_share") is not None:
                 share.add_metric([name], row["p2p_share"])
             if row["have_latency"]:
@@ -892,7 +893,12 @@ class Edge:
             "edgeswarm_tracker_crowded_out", "Records dropped at --max-peer-records to make room for another sender's"
         )
         crowded.add_metric([], p2p.get("crowded_out", 0))
-        return [seed, asked, sent, copies, share, peers, latency, announces, contents, shed, records, crowded]
+        store_up = GaugeMetricFamily(
+            "edgeswarm_tracker_store_up", "1 if the tracker store answered this scrape's question, else 0 (/status: store_error)"
+        )
+        if not self.forwards_tracker:  # the primary's alone among workers (theirs is no store's): their sum is its value
+            store_up.add_metric([], 0 if "store_error" in p2p else 1)
+        return [seed, asked, sent, copies, share, peers, latency, announces, contents, shed, records, crowded, store_up]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.
