@@ -182,14 +182,19 @@ async def test_fetch_with_range_from_another_origin(deployment, page, artifacts,
     await screenshot(page, artifacts, f"fetch-{via}")
 
 
-async def test_a_page_published_on_the_cdn_runs_no_script_at_the_gateway(deployment, page):
-    """The gateway serves files sandboxed: a published HTML page opened there is a document of no origin, its script
-    blocked (it read the user's /status before); the same page through the edge is the edge's business, and runs."""
-    await page.goto(deployment["edge"] + "/v/page.html")
-    assert await page.title() != "untouched"  # the control: the page's script runs where nothing sandboxes it
-    await page.goto(deployment["gateway"] + "/v/page.html")
-    assert await page.title() == "untouched"
-    assert any("sandboxed" in e and "allow-scripts" in e for e in page.errors), page.errors
+async def test_a_page_published_on_the_cdn_runs_no_script_at_the_gateway_nor_at_the_edge(deployment, page, tmp_path):
+    """Files are served sandboxed: a published HTML page opened at the gateway is a document of no origin, its script
+    blocked (it read the user's /status before); at the edge too, where its script read the viewer's token from its own
+    ``?token=`` and sent it away, or placed preheat orders when the operator opened it (an adversarial session).  The
+    control: the same page served by a plain web server runs."""
+    for node in ("gateway", "edge"):
+        page.errors.clear()
+        await page.goto(deployment[node] + "/v/page.html")
+        assert await page.title() == "untouched", node
+        assert any("sandboxed" in e and "allow-scripts" in e for e in page.errors), (node, page.errors)
+    (tmp_path / "page.html").write_text(STEAL)
+    await page.goto((tmp_path / "page.html").as_uri())
+    assert await page.title() != "untouched", "the control: the page's script runs where nothing sandboxes it"
 
 
 async def test_a_film_opened_at_the_gateway_plays_by_itself(deployment, page):

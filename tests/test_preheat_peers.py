@@ -101,6 +101,9 @@ def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, 
     orders = f"{edge.url}/preheat/orders?peer_id=v1&room=100000000"
     first = get(orders)
     assert first["orders"] == [] and isinstance(first["version"], int)
+    # a page of any site volunteered its visitors with <img> tags, never fetching (an adversarial session)
+    crossed = curl("-H", "Sec-Fetch-Site: cross-site", "-w", "\n%{http_code}", orders.replace("v1", "phantom")).stdout
+    assert crossed.endswith(b"403") and b"not for pages of other sites" in crossed, crossed
     for bad in ("soon", "nan", "-5"):
         assert b"'wait' must be seconds" in curl(f"{orders}&since={first['version']}&wait={bad}").stdout, bad
     held = subprocess.Popen(

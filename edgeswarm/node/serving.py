@@ -26,6 +26,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import MIN_RATE  # what our readers must take is what we take from others
 from edgeswarm.policy.ratelimit import TokenBucket
+from edgeswarm.protocol.cors import NOSNIFF, SANDBOX, sandboxed
 from edgeswarm.protocol.httpspec import (
     Validators,
     byteranges,
@@ -70,14 +71,22 @@ class PieceSource(Protocol):
 
 
 def file_headers(signed: SignedManifest) -> dict[str, str]:
+    """A file answer's headers, on every node.  A file that could be a document (cors.sandboxed: HTML, SVG, PDF,
+    unknown types; not media) is one of no origin, running no script, wherever it is served: anyone with a publish
+    token can put a page on the CDN, and opened at an edge as ``URL?token=TOKEN`` (the form a browser can open under
+    --require-token) its script sent the viewer's token away, and opened by the operator it placed preheat orders
+    (an adversarial session; the gateway sandboxed already)."""
     m = signed.manifest
+    served = served_type(m.content_type)
     return {
         "ETag": signed.etag,
         # never after Date (RFC 9110 8.8.2.1): a playlist rewritten more than once a second is dated ahead of the clock
         "Last-Modified": http_date(min(m.modified, int(time.time()))),
         "Accept-Ranges": "bytes",
-        "Content-Type": served_type(m.content_type),
+        "Content-Type": served,
         "Cache-Control": "public, max-age=0, must-revalidate",
+        **NOSNIFF,
+        **(SANDBOX if sandboxed(served) else {}),
     }
 
 

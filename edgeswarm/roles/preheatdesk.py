@@ -250,6 +250,10 @@ class PreheatDesk:
         (up to ``wait`` seconds) for the next order, so volunteers hear of one
         at once; without, or with an older version, it comes at once.
         """
+        if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):  # a browser's, for a page
+            # elsewhere: twelve <img> tags on any site registered twelve volunteers that never fetch, at each visitor's
+            # address, and orders went to them (an adversarial session); peers send no Sec-Fetch-* (browsers always do)
+            raise HttpError(403, "preheat orders are for peer daemons, not for pages of other sites")
         peer_id = request.query.get("peer_id", "")
         if not 0 < len(peer_id) <= tokens.MAX_PEER_ID_LENGTH or not peer_id.isprintable():
             raise HttpError(400, "preheat orders: 'peer_id' must be 1-64 printable characters")
