@@ -122,5 +122,12 @@ def mount(app: web.Application, prefix: str = "/dashboard", status_url: str = "s
             raise HttpError(404, f"the dashboard has no file {name[:80]!r}")
         return assets[name].response(request)
 
+    async def slash(request: web.Request) -> web.Response:
+        """``prefix/``, as people type it and proxies write it: the page's own address (its links are relative to it).
+        It was a 400, "path segment '' is not allowed" (an adversarial session)."""
+        query = request.rel_url.raw_query_string
+        raise web.HTTPMovedPermanently(f"{prefix}?{query}" if query else prefix)
+
     app.router.add_get(prefix, serve_page)
+    app.router.add_get(prefix + "/", slash)
     app.router.add_get(prefix + "/{name}", asset)
