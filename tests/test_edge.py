@@ -113,6 +113,26 @@ async def test_an_edge_under_a_small_quota_takes_a_file_from_its_parent_about_on
     assert sent <= 1.15 * len(data), f"the origin sent {sent / len(data):.2f} x the file"
 
 
+async def test_a_head_of_a_piece_is_its_head_alone_and_the_connection_goes_on(tmp_path, nodes, origin, published, http):
+    """HEAD /piece sent the piece's body after its head: the connection's next answer was read from those bytes, and
+    with --workers a forwarding worker's pooled connection to the primary gave another client a 503 (a review)."""
+    data = make_file(published / "f.bin", 2 * MiB)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url, "--p2p", "--workers", "1")
+    async with http.get(leaf.url + "/manifest/f.bin") as r:
+        cid = (await r.json())["id"]
+    host, port = leaf.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    asked = f"/piece/{cid}/1 HTTP/1.1\r\nHost: x\r\nX-Edgeswarm-Peer: p\r\n\r\n"
+    writer.write(f"HEAD {asked}GET {asked}".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 262144" in head, head
+    second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert second.startswith(b"HTTP/1.1 200"), f"the HEAD's body came first: {second[:40]!r}"
+    assert await asyncio.wait_for(reader.readexactly(262144), 10) == data[262144:524288]
+    writer.close()
+
+
 async def test_sigkill_restart_keeps_the_cache_intact(tmp_path, nodes, origin, published, http):
     data = make_file(published / "keep.bin", 3 * MiB)
     await asyncio.sleep(0.5)

@@ -348,6 +348,9 @@ async def send_piece(
     """
     resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(data)), **(headers or {})})
     await resp.prepare(request)
+    if request.method == "HEAD":  # its head only: the body went out after it (a review), which broke the connection,
+        await resp.write_eof()  # and with --workers the next answer on the primary's pooled one, another client's
+        return resp
     if not bucket.rate:
         await write_watched(request, resp, data)
     elif line is None:
