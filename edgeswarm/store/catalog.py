@@ -168,7 +168,7 @@ class Catalog:
         self.hashing_s = 0.0  # seconds spent hashing since start: a scan's cost less this is its walk (scanpace.py)
         self._skipped: dict[str, str] = {}  # path -> why it is not published, as last warned (see _skip)
         self._skipped_now: set[str] = set()  # the paths the scan under way skipped: the others leave _skipped after it
-        self._unfinished: dict[str, tuple[StatKey, float]] = {}  # playlist -> the version held back (_half_written), since
+        self._unfinished: dict[str, float] = {}  # playlist -> since when its new versions look half-written (_half_written)
         self._tally = threading.Lock()  # the two above and the counters: a scan's rounds run beside prepare_large's thread
         self._unsaved = False  # the last write of the state file failed (and was warned about)
         self.journal_file = state_file.with_suffix(".journal")  # the changes since the snapshot (module docstring)
@@ -656,7 +656,7 @@ class Catalog:
         try:
             if protection is None and is_playlist(rel) and key[0] <= KEPT_PLAYLIST:
                 data, after = _read_whole(full)
-                if previous is not None and after == key and self._half_written(rel, data, key):
+                if previous is not None and after == key and self._half_written(rel, data):
                     return None  # the previous version is served meanwhile; the next poll or scan reads it again
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
@@ -719,28 +719,46 @@ class Catalog:
         signed = SignedManifest.sign(manifest, self.key)
         return Entry(full, key, signed, signed.to_json(), content_key, data)
 
-    def _half_written(self, rel: str, data: bytes, key: StatKey) -> bool:
-        """Whether this new version of a published playlist looks half-written (it does not parse, or names a file that is
-        not there), and is held back: a packager that rewrites its playlist in place had versions cut mid-line
-        published, an empty one or one naming ``s0003`` for ``s00031.ts``, 404s for every viewer's read-ahead (an
-        adversarial session; ffmpeg renames a whole playlist into place).  A version that stays so for
-        ``UNFINISHED_GRACE`` seconds is what its writer meant: published, with a warning."""
-        try:
-            named = hls.parse(data.decode("utf-8", "replace"), rel).media_paths
-            missing = next((p for p in named if p not in self.by_path and not (self.root / p).is_file()), None)
-            why = None if missing is None else f"it names {missing}, which is not there"
-        except hls.PlaylistError as exc:
-            why = f"it is not a playlist ({exc})"
+    def _half_written(self, rel: str, data: bytes) -> bool:
+        """Whether this new version of a published playlist looks half-written, and is held back (``_unfinished_why``).
+
+        A packager that rewrites its playlist in place had versions cut
+        mid-line published, an empty one or one naming ``s0003`` for
+        ``s00031.ts``, 404s for every viewer's read-ahead (an adversarial
+        session; ffmpeg renames a whole playlist into place).  Versions that
+        keep looking so for ``UNFINISHED_GRACE`` seconds, whichever they are,
+        are what their writer means: published, with a warning (counted per
+        version, a playlist rewritten every second naming a file a cleanup job
+        had deleted was held for good, the stream frozen: a review).
+        """
+        why = self._unfinished_why(rel, data)
         now = time.monotonic()
         with self._tally:
-            held = self._unfinished.pop(rel, None)
             if why is None:
+                self._unfinished.pop(rel, None)
                 return False
-            if held is None or held[0] != key or now - held[1] < UNFINISHED_GRACE:
-                self._unfinished[rel] = (key, now) if held is None or held[0] != key else held
+            since = self._unfinished.setdefault(rel, now)
+            if now - since < UNFINISHED_GRACE:
                 return True
         log.warning("publishing the new version of %.300s though %s: it stayed so %g s", rel, why, UNFINISHED_GRACE)
         return False
+
+    def _unfinished_why(self, rel: str, data: bytes) -> str | None:
+        """Why ``data`` looks like a playlist still being written: it does not end a line, does not parse, names a file
+        that is not there, or names no segment where the version published does (one cut after its header)."""
+        if not data.endswith(b"\n"):
+            return "it does not end with a line break"
+        try:
+            playlist = hls.parse(data.decode("utf-8", "replace"), rel)
+        except hls.PlaylistError as exc:
+            return f"it is not a playlist ({exc})"
+        missing = next((p for p in playlist.media_paths if p not in self.by_path and not (self.root / p).is_file()), None)
+        if missing is not None:
+            return f"it names {missing}, which is not there"
+        published = self.by_path.get(rel)
+        if not playlist.segments and published is not None and published.data and b"#EXTINF" in published.data:
+            return "it names no segment, where the version published does"
+        return None
 
     def _floor_of(self, rel: str, protected: bool) -> int | None:
         """The ``modified`` a first version of ``rel`` in this catalogue must pass, if nodes may hold a version of it.
