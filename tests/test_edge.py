@@ -133,6 +133,34 @@ async def test_a_head_of_a_piece_is_its_head_alone_and_the_connection_goes_on(tm
     writer.close()
 
 
+async def test_mirrors_started_as_readme_says_serve_the_same_etag_and_an_edge_moves_between_them(tmp_path, nodes, http):
+    """README's Scenario 2, as written: two origins over copies of one folder, one key.  A mirror that started from the
+    copied files and the key but no state took its files' history for lost and dated them at its own start: another
+    ETag, an edge moved to it fetched everything again, and a peer given both cut every read (an adversarial session,
+    since ef5d0cb).  The copy is made once the first mirror is up, its state (.edgeswarm/) with it."""
+    import shutil
+
+    a = tmp_path / "a"
+    data = make_file(a / "films" / "movie.mp4", 3 * MiB)
+    os.utime(a / "films" / "movie.mp4", (time.time() - 7200, time.time() - 7200))  # an hour or two old, as in a library
+    key = str(tmp_path / "origin.key")
+    first = nodes.start("origin", "--publish", str(a), "--key", key, name="a")
+    shutil.copytree(a, tmp_path / "b", copy_function=shutil.copy2)  # cp -a
+    second = nodes.start("origin", "--publish", str(tmp_path / "b"), "--key", key, name="b")
+    etags = []
+    for mirror in (first, second):
+        async with http.head(mirror.url + "/films/movie.mp4") as r:
+            etags.append(r.headers["ETag"])
+    assert etags[0] == etags[1], etags
+    leaf = edge(nodes, tmp_path, first.url)
+    assert await get(http, leaf.url + "/films/movie.mp4") == (200, data)
+    leaf.stop()
+    first.stop()
+    leaf = edge(nodes, tmp_path, second.url)
+    assert await get(http, leaf.url + "/films/movie.mp4") == (200, data)
+    assert not (await status(http, leaf.url))["bytes_received"], "fetched again from the second mirror"
+
+
 async def test_sigkill_restart_keeps_the_cache_intact(tmp_path, nodes, origin, published, http):
     data = make_file(published / "keep.bin", 3 * MiB)
     await asyncio.sleep(0.5)
