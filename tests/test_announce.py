@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 
@@ -225,3 +226,12 @@ async def test_peers_count_distinct_peers_everywhere_and_memberships_count_swarm
     for row in st["regions"].values():  # a region's swarms hold its memberships, content by content
         assert sum(row["swarms"].values()) == row["swarm_memberships"]
     assert st["users"] == {"alice": 2, "-": 1}
+
+
+async def test_status_callers_at_once_share_one_ask_of_the_store_and_each_gets_its_figures(service):
+    """/status does not wait for the store again while an ask is unanswered (a hung Redis); callers at the same moment
+    (a router's poll beside a dashboard's) share that ask and wait for it, rather than answer "no answer" at once (a
+    first version of that rule did, for a memory store that answers within a turn of the loop: a CI run)."""
+    await service.handle(doc(), "127.0.0.5", M)
+    answers = await asyncio.gather(*(service.status() for _ in range(5)))
+    assert all("store_error" not in a and a["peers"] == 1 for a in answers), answers

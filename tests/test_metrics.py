@@ -40,6 +40,7 @@ ROUTES = {
     "/announce": "announce",
     "/seed/{cid}": "seed",
     "/dashboard": "dashboard",
+    "/dashboard/": "dashboard",
     "/dashboard/{name}": "dashboard",
     "/torrent/{path}": "torrent",
     "/magnet/{path}": "torrent",

@@ -31,7 +31,7 @@ async def test_sigusr1_logs_every_task_stack_and_the_node_runs_on(origin, http):
         assert time.monotonic() < deadline and origin.running, origin.log_text()[-2000:]
         await asyncio.sleep(0.05)
     dump = origin.log_text().split("SIGUSR1", 1)[1]
-    assert "in serve_many\n    await stop.wait()" in dump  # the main task, down to the await it sleeps in
+    assert "in stop_signal\n    await stop.wait()" in dump  # the main task, down to the await it sleeps in
     assert "in sweep" in dump  # and the others: the connection sweeper's
     async with http.get(origin.url + "/healthz") as r:
         assert r.status == 200

@@ -360,14 +360,12 @@ class TrackerService:
         as Redis hung, and sent the region's clients to another (an adversarial session)."""
         now = time.monotonic()
         pending = self._figures
-        waited = pending is not None and not pending.done()
-        if not waited:
+        if pending is None or pending.done():
             pending = self._figures = asyncio.ensure_future(self._store_figures())
             pending.add_done_callback(_retrieved)  # answered after a /status gave up on it: nobody else reads its error
             self._figures_asked = now
-        assert pending is not None
-        try:
-            async with asyncio.timeout(0 if waited else STATUS_STORE_WAIT):
+        try:  # callers at once share one ask, each until STATUS_STORE_WAIT after it (a router's poll beside a dashboard's)
+            async with asyncio.timeout(max(0.0, STATUS_STORE_WAIT - (now - self._figures_asked))):
                 counts, by_region, contents = await asyncio.shield(pending)
         except (HttpError, TimeoutError) as exc:
             why = (
