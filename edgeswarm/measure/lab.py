@@ -24,6 +24,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -643,24 +644,63 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
         net = netns_network() if netns else Loopback()
     except RuntimeError as exc:
         raise NetworkUnavailable(str(exc)) from None
-    try:
-        with net, ProcessGroup(root / "logs") as group:
-            result = asyncio.run(_guarded(_lab(s, group, net, root, console), console))
-    except Interrupted:
+    with _whole_teardown() as pressed:
+        try:
+            with net, ProcessGroup(root / "logs") as group:
+                try:
+                    result = asyncio.run(_guarded(_lab(s, group, net, root, console), console))
+                finally:
+                    pressed.arm()
+        except Interrupted:
+            if workdir is None:
+                shutil.rmtree(root, ignore_errors=True)
+            raise
+        except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
+            from edgeswarm.measure.netns import NetnsUnavailable
+
+            if isinstance(exc, NetnsUnavailable):  # the network could not be made (another lab's): a run that could not start
+                if workdir is None:  # nor any log to keep (it said "logs kept" of a folder never made: an adversarial session)
+                    shutil.rmtree(root, ignore_errors=True)
+                raise NetworkUnavailable(str(exc)) from None
+            raise LabError(f"{exc}\nlogs kept in {root / 'logs'}") from None
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-        raise
-    except (LabError, RuntimeError, OSError, aiohttp.ClientError) as exc:
-        from edgeswarm.measure.netns import NetnsUnavailable
-
-        if isinstance(exc, NetnsUnavailable):  # the network could not be made (another lab's): a run that could not start
-            if workdir is None:  # nor any log to keep (it said "logs kept" of a folder never made: an adversarial session)
-                shutil.rmtree(root, ignore_errors=True)
-            raise NetworkUnavailable(str(exc)) from None
-        raise LabError(f"{exc}\nlogs kept in {root / 'logs'}") from None
-    if workdir is None:
-        shutil.rmtree(root, ignore_errors=True)
+    if pressed:
+        raise Interrupted()
     return result
+
+
+class _Teardown:
+    """Ctrl-C and SIGTERM while a run's daemons stop and its folder goes: remembered (``bool``), not acted on."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self._before: dict[int, Any] = {}
+
+    def arm(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's to set
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._before[sig] = signal.signal(sig, lambda signum, _: self.signals.append(signum))
+
+    def disarm(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.signals)
+
+
+@contextlib.contextmanager
+def _whole_teardown():
+    """The teardown after a run (its daemons stopped, its folder removed) runs whole: a Ctrl-C in it, or a second one
+    after the run's, cut it short, left 84-273 MB and daemons behind and exited with no word (an adversarial session);
+    it is raised as Interrupted once the teardown is done."""
+    teardown = _Teardown()
+    try:
+        yield teardown
+    finally:
+        teardown.disarm()
 
 
 def _lab(s: Scenario, *args) -> Lab:
