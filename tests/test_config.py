@@ -403,3 +403,15 @@ def test_a_gets_url_naming_a_link_local_address_is_refused_saying_why():
     for url in ("http://[fe80::1]:8080/f.bin", "http://[fe80::1%25lo]:8080/f.bin"):
         with pytest.raises(GetError, match="a link-local address"):
             split_url(url)
+
+
+def test_dev_says_what_its_jobs_do_and_refuses_an_unknown_one():
+    """`./dev --help` (a new user's first question) printed a one-line usage to stderr and exited 2 (an adversarial
+    session); it says each job, and an unknown job still gets the usage and exit 2, naming --help."""
+    import subprocess
+
+    dev = Path(__file__).resolve().parent.parent / "dev"
+    helped = subprocess.run([str(dev), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and all(f"./dev {job} [ARGS]" in helped.stdout for job in ("demo", "test", "bench", "fuzz"))
+    wrong = subprocess.run([str(dev), "frobnicate"], capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and "./dev --help" in wrong.stderr
