@@ -13,8 +13,11 @@ PATH = "films/release.bin"
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"
 
 
-def get(url: str) -> dict:
-    return json.loads(curl(url).stdout)
+def get(url: str, *extra: str) -> dict:
+    return json.loads(curl(*extra, url).stdout)
+
+
+V1 = ("-H", "X-Edgeswarm-Peer: v1")  # as a peer polls for orders (a page cannot send it)
 
 
 def start_peer(nodes, tmp_path, edge: str, n: int, *extra: str):
@@ -99,15 +102,16 @@ def test_a_volunteers_held_poll_is_answered_when_the_edge_takes_an_order(nodes, 
     regions.write_text(REGIONS)
     edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
     orders = f"{edge.url}/preheat/orders?peer_id=v1&room=100000000"
-    first = get(orders)
+    first = get(orders, *V1)
     assert first["orders"] == [] and isinstance(first["version"], int)
-    # a page of any site volunteered its visitors with <img> tags, never fetching (an adversarial session)
-    crossed = curl("-H", "Sec-Fetch-Site: cross-site", "-w", "\n%{http_code}", orders.replace("v1", "phantom")).stdout
-    assert crossed.endswith(b"403") and b"not for pages of other sites" in crossed, crossed
+    # a page of any site volunteered its visitors with <img> tags, never fetching, also at a plain-http edge whose
+    # browsers send no Sec-Fetch-Site (adversarial sessions): without the peer's header, a 403
+    crossed = curl("-w", "\n%{http_code}", orders).stdout
+    assert crossed.endswith(b"403") and b"preheat orders are for peer daemons" in crossed, crossed
     for bad in ("soon", "nan", "-5"):
-        assert b"'wait' must be seconds" in curl(f"{orders}&since={first['version']}&wait={bad}").stdout, bad
+        assert b"'wait' must be seconds" in curl(*V1, f"{orders}&since={first['version']}&wait={bad}").stdout, bad
     held = subprocess.Popen(
-        ["curl", "-sS", "--max-time", "25", f"{orders}&since={first['version']}&wait=20", "--interface", "127.1.0.7"],
+        ["curl", "-sS", *V1, "--max-time", "25", f"{orders}&since={first['version']}&wait=20", "--interface", "127.1.0.7"],
         stdout=subprocess.PIPE,
     )
     time.sleep(1.5)
@@ -139,7 +143,7 @@ def test_a_restarted_edge_keeps_its_preheat_orders(nodes, tmp_path, origin, publ
         == [(PATH, "east", 0.5)]
         == [(o["path"], o["region"], o["share"]) for o in before]
     )
-    polled = get(f"{edge.url}/preheat/orders?peer_id=v1&room=100000000")  # from 127.0.0.1: not east's
+    polled = get(f"{edge.url}/preheat/orders?peer_id=v1&room=100000000", *V1)  # from 127.0.0.1: not east's
     assert polled["orders"] == []
     assert "preheat: 1 orders kept from the last run" in edge.log_text()
     edge.kill()
@@ -166,7 +170,15 @@ def test_an_order_is_taken_whole_or_not_at_all_for_a_region_the_edge_knows(nodes
     said = curl("-d", json.dumps(doc), *post).stdout.decode()
     assert said.endswith("404") and "nope.bin" in said, said
     assert get(f"{edge.url}/preheat")["orders"] == []  # nothing of it was taken
-    garbage = curl("-H", "Authorization: Bearer garbage", "-w", "\n%{http_code}", f"{edge.url}/preheat/orders?peer_id=v&room=1000")
+    garbage = curl(
+        "-H",
+        "Authorization: Bearer garbage",
+        "-H",
+        "X-Edgeswarm-Peer: v",
+        "-w",
+        "\n%{http_code}",
+        f"{edge.url}/preheat/orders?peer_id=v&room=1000",
+    )
     assert garbage.stdout.decode().endswith("401"), garbage.stdout
     assert get(f"{edge.url}/preheat")["volunteers"] == {}
 

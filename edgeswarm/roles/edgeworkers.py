@@ -185,6 +185,7 @@ async def _worker(
         workers.ready()
         beating = asyncio.create_task(workers.heartbeat())  # kept until the worker ends, cancelled below
         await stop_signal()
+        link.stopping = True
         beating.cancel()
     finally:
         await private.cleanup()
@@ -201,6 +202,7 @@ class WorkerLink:
         self.node, self.slot = node, slot
         self.cap = cap  # --upload-limit, as /status shows it (every worker shares the one bucket: not a sum of theirs)
         self.primary = slot.index == 0
+        self.stopping = False  # the edge is stopping: the primary is expected not to answer
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
         # the primary's silence, not the whole exchange: an answer is passed on as the client takes it, and a slow peer
@@ -328,11 +330,12 @@ class WorkerLink:
         or too busy (a flood), or this worker out of descriptors; "restarting" was said of all three."""
         why = f"{type(exc).__name__} {exc}".strip()
         self.quiet.log(
-            logging.WARNING,
-            "primary unanswered",
-            "worker %d: the primary worker did not answer %s: %s",
+            logging.INFO if self.stopping else logging.WARNING,  # as the edge stops, its primary goes first: no fault (a
+            "primary unanswered",  # normal stop of an edge with peers logged 1-3 warnings: an adversarial session)
+            "worker %d: the primary worker did not answer %s%s: %s",
             self.slot.index,
             shown(request),
+            " (the edge is stopping)" if self.stopping else "",
             why,
         )
         return text_error(

@@ -32,7 +32,7 @@ from aiohttp import web
 from edgeswarm.errors import HttpError
 from edgeswarm.policy.preheatorders import MAX_DECLINED, Order, PreheatOrders
 from edgeswarm.protocol import jsondoc
-from edgeswarm.protocol.httpspec import check_json_body
+from edgeswarm.protocol.httpspec import PEER_HEADER, check_json_body
 from edgeswarm.protocol.manifest import is_content_id
 from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
@@ -250,13 +250,15 @@ class PreheatDesk:
         (up to ``wait`` seconds) for the next order, so volunteers hear of one
         at once; without, or with an older version, it comes at once.
         """
-        if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):  # a browser's, for a page
-            # elsewhere: twelve <img> tags on any site registered twelve volunteers that never fetch, at each visitor's
-            # address, and orders went to them (an adversarial session); peers send no Sec-Fetch-* (browsers always do)
-            raise HttpError(403, "preheat orders are for peer daemons, not for pages of other sites")
         peer_id = request.query.get("peer_id", "")
         if not 0 < len(peer_id) <= tokens.MAX_PEER_ID_LENGTH or not peer_id.isprintable():
             raise HttpError(400, "preheat orders: 'peer_id' must be 1-64 printable characters")
+        if request.headers.get(PEER_HEADER) != peer_id:  # a page cannot send it (CORS allows it no such header): twelve
+            # <img> tags on any site registered twelve volunteers that never fetch, at each visitor's address, and orders
+            # went to them (an adversarial session; Sec-Fetch-Site, tried first, is not sent to a plain-http edge)
+            raise HttpError(
+                403, f"preheat orders are for peer daemons: send {PEER_HEADER}: the peer_id (a peer from before 2026-12-07: upgrade it)"
+            )
         room = ascii_decimal(request.query.get("room", ""))
         if room is None:
             raise HttpError(400, "preheat orders: 'room' must be the bytes this peer gives to preheated content")

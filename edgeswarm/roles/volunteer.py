@@ -23,6 +23,7 @@ from urllib.parse import quote
 from edgeswarm.node.upstream import UpstreamError
 from edgeswarm.policy.preheatorders import MAX_DECLINED
 from edgeswarm.protocol import jsondoc
+from edgeswarm.protocol.httpspec import PEER_HEADER
 
 if TYPE_CHECKING:
     from edgeswarm.roles.peer import Peer
@@ -61,7 +62,8 @@ class Volunteer:
         if since is not None:
             target += f"&since={since}&wait={WAIT:g}"
         try:
-            reply = await peer.upstream.get(edge, target, peer.edge_headers(), timeout=WAIT + peer.upstream.timeout)
+            headers = {PEER_HEADER: peer.peer_id, **peer.edge_headers()}  # the edge takes orders' polls from peers only
+            reply = await peer.upstream.get(edge, target, headers, timeout=WAIT + peer.upstream.timeout)
         except UpstreamError as exc:
             log.info("preheat orders from %s: %s", edge, exc.message)
             return Answer(None)
