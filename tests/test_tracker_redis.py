@@ -210,12 +210,15 @@ async def test_a_full_read_only_or_hung_redis_is_a_503_and_the_edge_stays_in_rot
         started = time.monotonic()
         st = await status(http, edge.url)
         assert time.monotonic() - started < 1.0 and "no answer within" in st["p2p"]["store_error"], st["p2p"]
-        # and not again while that ask is unanswered: a router polling every second (0.5 s timeout) found each /status
-        # 0.51 s late for as long as Redis hung, and sent the region's clients elsewhere (an adversarial session)
-        for _ in range(3):
+        # and not again while that ask is unanswered, nor after it failed (the client's 2 s timeout): a router polling
+        # every second (0.5 s timeout) found each /status 0.51 s late for as long as Redis hung, and sent the region's
+        # clients elsewhere (an adversarial session; then 3 polls in 4, once the first ask had failed: a review)
+        until = time.monotonic() + 4
+        while time.monotonic() < until:
             started = time.monotonic()
             st = await status(http, edge.url)
-            assert time.monotonic() - started < 0.25 and "no answer within" in st["p2p"]["store_error"], st["p2p"]
+            assert time.monotonic() - started < 0.25 and "store_error" in st["p2p"], st["p2p"]
+            await asyncio.sleep(0.3)
     finally:
         os.kill(redis_server.proc.pid, signal.SIGCONT)
     deadline = time.monotonic() + 10
@@ -223,4 +226,4 @@ async def test_a_full_read_only_or_hung_redis_is_a_503_and_the_edge_stays_in_rot
         assert time.monotonic() < deadline, "the store's figures did not come back"
         await asyncio.sleep(0.2)
     log = (tmp_path / "logs" / "edge.log").read_text()
-    assert "Traceback" not in log and log.count("answering announces 503") == 2, "each outage logged once"
+    assert "Traceback" not in log and log.count("answering announces 503") == 3, "each outage logged once (full, read-only, hung)"

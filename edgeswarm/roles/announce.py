@@ -52,6 +52,7 @@ USAGE_KINDS = {"from_this_edge": "reported_from_edge", "from_peers": "reported_f
 log = logging.getLogger("edgeswarm.roles.announce")
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 STATUS_STORE_WAIT = 0.5  # seconds /status waits for the tracker store (a router polls it with a 1 s timeout by default)
+STORE_QUIET_S = 5.0  # seconds after the store failed a /status that the next ones do not wait for it (status)
 ROOM = 0.9  # of Limits.records: below it a full tracker says it has room again (not at each record that comes and goes)
 CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
@@ -194,6 +195,7 @@ class TrackerService:
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
         self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
         self._figures_asked = 0.0  # when (monotonic)
+        self._store_quiet_until = 0.0  # /status does not wait for the store before this (monotonic): it failed lately
         # (content, complete record) -> whether the operator placed that seed (a preheat order): answers say so
         self.placed: Callable[[str, PeerRecord], bool] | None = None
 
@@ -303,6 +305,12 @@ class TrackerService:
         self.claims.forget((owner_of(address, user), a.peer_id), a.cid)
         return self._answer(self.region_of(address), [])
 
+    def _answered(self, task: asyncio.Task) -> None:
+        """A /status ask of the store ended: an answer ends the quiet (the next /status waits for the store again); an
+        error is read here, as a /status may have given up on it (asyncio would log it as never retrieved)."""
+        if not task.cancelled() and task.exception() is None:
+            self._store_quiet_until = 0.0
+
     async def _store_figures(self) -> tuple[Counts, dict[str, Counter[str]], int]:
         """What /status reads of the store: its counts (live peers only, whenever the expiry loop last ran), the
         share totals by region and how many contents."""
@@ -355,19 +363,22 @@ class TrackerService:
     async def status(self) -> dict:
         """The tracker's figures per region; with the store down or slow (``STATUS_STORE_WAIT``), what this edge knows
         without it and the reason: a hung Redis held the edge's /status past a router's poll timeout, and the router
-        took the edge out of rotation while it served every file.  While an earlier ask is unanswered, /status does
-        not wait again: a router polling every second (a 0.5 s timeout) found every /status 0.51 s late for as long
-        as Redis hung, and sent the region's clients to another (an adversarial session)."""
+        took the edge out of rotation while it served every file.  While an earlier ask is unanswered, or within
+        ``STORE_QUIET_S`` of one that failed, /status does not wait again (a new ask goes on behind it): a router
+        polling every second (a 0.5 s timeout) found every /status 0.51 s late for as long as Redis hung, and sent the
+        region's clients to another (an adversarial session; then, with the first rule only, 3 polls in 4: a review)."""
         now = time.monotonic()
         pending = self._figures
         if pending is None or pending.done():
             pending = self._figures = asyncio.ensure_future(self._store_figures())
-            pending.add_done_callback(_retrieved)  # answered after a /status gave up on it: nobody else reads its error
+            pending.add_done_callback(self._answered)
             self._figures_asked = now
+        wait = 0.0 if now < self._store_quiet_until else max(0.0, STATUS_STORE_WAIT - (now - self._figures_asked))
         try:  # callers at once share one ask, each until STATUS_STORE_WAIT after it (a router's poll beside a dashboard's)
-            async with asyncio.timeout(max(0.0, STATUS_STORE_WAIT - (now - self._figures_asked))):
+            async with asyncio.timeout(wait):
                 counts, by_region, contents = await asyncio.shield(pending)
         except (HttpError, TimeoutError) as exc:
+            self._store_quiet_until = max(self._store_quiet_until, time.monotonic() + STORE_QUIET_S)
             why = (
                 exc.message
                 if isinstance(exc, HttpError)
@@ -423,9 +434,3 @@ def load_region_map(path: Path) -> RegionMap:
         hint = " (quote networks that start with ':', such as \"::1/128\")" if "found ':'" in str(exc) else ""
         raise RegionMapError(f"{exc}{hint}") from None
     return RegionMap.from_doc(doc, str(path))
-
-
-def _retrieved(task: asyncio.Task) -> None:
-    """Read a finished task's error, so that asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
