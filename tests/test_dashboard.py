@@ -92,9 +92,11 @@ async def test_the_page_and_every_file_it_loads_are_served_with_their_types_and_
         for missing in ("nope.js", "..%2fdashboard.py", "README.md", "dashboard.html"):
             async with s.get(f"{dash}/dashboard/{missing}") as r:
                 assert r.status == 404, missing
-        for typed, there in (("/dashboard/", "/dashboard"), ("/dashboard/?edge=a%20b", "/dashboard?edge=a%20b")):
+        for typed, there in (("/dashboard/", "../dashboard"), ("/dashboard/?edge=a%20b", "../dashboard?edge=a%20b")):
             async with s.get(dash + typed, allow_redirects=False) as r:  # a 400 "path segment ''" (an adversarial session)
                 assert r.status == 301 and r.headers["Location"] == there, (typed, r.status, r.headers.get("Location"))
+        async with s.get(dash + "/dashboard/?x=1") as r:  # relative, so that a proxy's prefix is kept (a review)
+            assert r.status == 200 and str(r.url).endswith("/dashboard?x=1"), r.url
 
 
 def test_a_mounted_page_points_at_its_status_url_and_its_assets_relative_to_itself_escaped():

@@ -161,6 +161,24 @@ async def test_mirrors_started_as_readme_says_serve_the_same_etag_and_an_edge_mo
     assert not (await status(http, leaf.url))["bytes_received"], "fetched again from the second mirror"
 
 
+async def test_a_page_published_on_the_cdn_is_sandboxed_also_in_a_304(tmp_path, nodes, origin, published, http):
+    """Files that could be documents are sandboxed at edges (a published page read the viewer's ?token= and sent it
+    away: an adversarial session), and so is a 304: a browser takes a 304's headers into what it stored, and a page
+    cached before the sandbox ran its script on while unchanged (a review).  Media are not sandboxed."""
+    (published / "page.html").write_text("<script>document.title = 'ran'</script>")
+    make_file(published / "film.mp4", 1000)
+    await asyncio.sleep(0.5)
+    leaf = edge(nodes, tmp_path, origin.url)
+    async with http.get(leaf.url + "/page.html") as r:
+        assert r.headers["Content-Security-Policy"] == "sandbox" and r.headers["X-Content-Type-Options"] == "nosniff"
+        etag = r.headers["ETag"]
+    async with http.get(leaf.url + "/page.html", headers={"If-None-Match": etag}) as r:
+        assert r.status == 304 and r.headers.get("Content-Security-Policy") == "sandbox", dict(r.headers)
+        assert r.headers.get("X-Content-Type-Options") == "nosniff"
+    async with http.get(leaf.url + "/film.mp4") as r:
+        assert r.status == 200 and "Content-Security-Policy" not in r.headers  # a film opened here plays by itself
+
+
 async def test_sigkill_restart_keeps_the_cache_intact(tmp_path, nodes, origin, published, http):
     data = make_file(published / "keep.bin", 3 * MiB)
     await asyncio.sleep(0.5)

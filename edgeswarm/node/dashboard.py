@@ -122,11 +122,14 @@ def mount(app: web.Application, prefix: str = "/dashboard", status_url: str = "s
             raise HttpError(404, f"the dashboard has no file {name[:80]!r}")
         return assets[name].response(request)
 
+    here = "../" + prefix.rstrip("/").rsplit("/", 1)[-1]  # relative: behind a proxy under a prefix, /dashboard left it
+
     async def slash(request: web.Request) -> web.Response:
         """``prefix/``, as people type it and proxies write it: the page's own address (its links are relative to it).
-        It was a 400, "path segment '' is not allowed" (an adversarial session)."""
+        It was a 400, "path segment '' is not allowed" (an adversarial session); an absolute redirect left a proxy's
+        prefix, or looped with a proxy that adds the slash (a review)."""
         query = request.rel_url.raw_query_string
-        raise web.HTTPMovedPermanently(f"{prefix}?{query}" if query else prefix)
+        raise web.HTTPMovedPermanently(f"{here}?{query}" if query else here)
 
     app.router.add_get(prefix, serve_page)
     app.router.add_get(prefix + "/", slash)
