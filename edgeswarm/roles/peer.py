@@ -59,6 +59,7 @@ from edgeswarm.node.upstream import (
 )
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
+from edgeswarm.policy.engine import LONELY_ASK_S
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.regions import url_host
@@ -383,6 +384,7 @@ class Peer:
         self.strict: bool | None = None
         self._vouch: set[str] = set()  # contents with subscribers no answer named yet: news for the next round (_met_subscriber)
         self._vouch_at: dict[str, float] = {}  # content -> when the last round asked for its subscribers was due
+        self._lonely_at: dict[str, float] = {}  # content -> when the last round asked for a lonely download's peers was due
         self.upload_port = 0
         self.schedule = AnnounceSchedule(ANNOUNCE_INTERVAL)
         self._clocks = sleepwatch.SleepWatch(time.time(), time.monotonic())
@@ -1163,6 +1165,7 @@ class Peer:
         self._completed.discard(cid)
         self._vouch.discard(cid)
         self._vouch_at.pop(cid, None)
+        self._lonely_at.pop(cid, None)
 
     def _promote(self, edge: str, promoted: bool) -> None:
         """An edge promoted us (a relay for its unreachable peers, a sub-tracker for others), or no longer does: both while any edge wants it."""
@@ -1517,15 +1520,17 @@ class Peer:
             return
         swarm.add_neighbour(peer_id, url, same_region=claimed == self.region, subscriber=True, claim=claimed)
 
-    def ask_for_peers(self, cid: str, gap: float = VOUCH_GAP) -> None:
-        """A round carrying ``cid`` within ``VOUCH_WITHIN``, at most one every ``gap`` seconds for it: its answers name
-        peers (a subscriber to vouch for, or neighbours for a download left with none: Engine.lonely).  A round already
-        due for it asks for these too."""
+    def ask_for_peers(self, cid: str, lonely: bool = False) -> None:
+        """A round carrying ``cid`` within ``VOUCH_WITHIN``: its answers name peers, a subscriber to vouch for (at most
+        one every ``VOUCH_GAP`` for a content), or neighbours for a download left with none (``lonely``: Engine.lonely,
+        one every ``LONELY_ASK_S``).  Each on a clock of its own: shared, a lonely ask put the next vouching 30 s away
+        (a review).  A round already due for it asks for these too."""
         self._vouch.add(cid)
         now = time.monotonic()
-        due = self._vouch_at.get(cid, -math.inf)
+        at, gap = (self._lonely_at, LONELY_ASK_S) if lonely else (self._vouch_at, VOUCH_GAP)
+        due = at.get(cid, -math.inf)
         if due < now:
-            self._vouch_at[cid] = due = max(now + VOUCH_WITHIN, due + gap)
+            at[cid] = due = max(now + VOUCH_WITHIN, due + gap)
             for edge in self._p2p_edges:
                 self.schedule.hurry(edge, now, due - now)
             self._wake_announcer.set()

@@ -24,7 +24,7 @@ from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.upstream import Hopeless, OutOfDescriptorsHere, UpstreamError, UpstreamTimeout
 from edgeswarm.policy import engine
 from edgeswarm.policy.choker import neighbour
-from edgeswarm.policy.engine import LONELY_ASK_S, AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
+from edgeswarm.policy.engine import AskHave, Command, Fetch, Neighbour, Result, Seed, Sleep, Wait, Worker
 from edgeswarm.policy.vocabulary import EDGE, peer_kind
 from edgeswarm.protocol import havefeed
 from edgeswarm.store.piecestore import CorruptPiece, PieceNotStored
@@ -254,7 +254,7 @@ class Swarm:
         self._unsubscribe(n)
 
     def lonely(self) -> None:
-        self.peer.ask_for_peers(self.cid, gap=LONELY_ASK_S)
+        self.peer.ask_for_peers(self.cid, lonely=True)
 
     def gone(self) -> bool:
         """Nothing more to fetch: the content left the store, or its edge no longer has it published (``withdrawn``: a
