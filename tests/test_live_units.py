@@ -662,3 +662,16 @@ def test_a_large_file_moved_where_its_hashes_do_not_hold_is_queued_as_any_new_on
     assert changes == {"big.bin": None} and catalog.hashed_bytes == hashed, "hashed under the lock"
     assert [rel for rel, *_ in catalog.prepare(dict(catalog.by_path))] == ["locked/big.bin"]
     assert catalog.hashed_bytes == hashed, "hashed by prepare, not queued"
+
+
+def test_an_uploaded_playlist_is_published_as_sent_whatever_it_names(tmp_path):
+    """The hold-back of a half-written playlist is for files written in place: an upload is staged whole, and held back
+    its publish failed ("changed while it was hashed"), a client uploading a playlist before its segments refused."""
+    catalog = _catalog(tmp_path)
+    _write(catalog.root / "live" / "seg00000.ts", b"a")
+    _write(catalog.root / "live" / "live.m3u8", _playlist(0, 0))
+    catalog.apply(catalog.scan_changes({}))
+    staged = tmp_path / "staged.m3u8"
+    staged.write_text(_playlist(0, 1))  # names seg00001.ts, not uploaded yet
+    entry = catalog.publish_staged("live/live.m3u8", staged)
+    assert entry.data == _playlist(0, 1).encode()

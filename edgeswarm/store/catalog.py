@@ -656,8 +656,10 @@ class Catalog:
         try:
             if protection is None and is_playlist(rel) and key[0] <= KEPT_PLAYLIST:
                 data, after = _read_whole(full)
-                if previous is not None and after == key and self._half_written(rel, data):
-                    return None  # the previous version is served meanwhile; the next poll or scan reads it again
+                # the previous version is served meanwhile, the next poll or scan reads it again (not an upload's: staged
+                # whole, and it would fail)
+                if previous is not None and after == key and full == self.root / rel and self._half_written(rel, data):
+                    return None
                 pieces = tuple(hashlib.sha256(data[i : i + piece_size]).hexdigest() for i in range(0, len(data), piece_size))
             else:
                 cipher = cipher_for(content_key, protection) if content_key is not None and protection is not None else None
