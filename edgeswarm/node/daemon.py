@@ -48,7 +48,7 @@ from edgeswarm.node.metrics import OTHER, Metrics, endpoint_class
 from edgeswarm.node.serving import SENT_ASIDE
 from edgeswarm.node.taskdump import dump_tasks_on_sigusr1
 from edgeswarm.policy.regions import url_host
-from edgeswarm.protocol.cors import SAFE_METHODS, CorsPolicy, merge_vary
+from edgeswarm.protocol.cors import NOSNIFF, SAFE_METHODS, CorsPolicy, merge_vary
 from edgeswarm.trust import tls
 
 log = logging.getLogger("edgeswarm")
@@ -84,7 +84,9 @@ def tag_log_lines(tag: str) -> None:
 
 
 def text_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=message.rstrip() + "\n", headers=headers)
+    """An error's answer: its message as text, never sniffed as a document (it may echo the request's path: an
+    adversarial session found edges', origins' and the router's without nosniff, only the gateway's had it)."""
+    return web.Response(status=status, text=message.rstrip() + "\n", headers={**NOSNIFF, **(headers or {})})
 
 
 _TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
