@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
-def write_whole(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool = False, flush: bool = True) -> bool:
-    """Put ``data`` at ``path`` in one step; ``exclusive``: only if nothing is there yet (False if another writer was
+def write_whole(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o644, exclusive: bool = False, flush: bool = True) -> bool:
+    """Put ``data`` at ``path`` in one step; ``data`` may come in chunks, written as they come (a large file never
+    whole in memory: the tracker's snapshot); ``exclusive``: only if nothing is there yet (False if another writer was
     first, whose file stays); ``flush``: on disk before it takes the name (not for a large file rewritten often that
     only spares work, such as the origin's catalogue state).  An OSError names ``path``; the temporary file never
     outlives the call."""
@@ -26,7 +28,10 @@ def write_whole(path: Path, data: bytes, *, mode: int = 0o644, exclusive: bool =
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                f.writelines(data)
             if flush:
                 f.flush()
                 os.fsync(f.fileno())

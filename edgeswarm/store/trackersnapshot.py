@@ -18,16 +18,15 @@ with it, and they announce again as they reconnect.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from edgeswarm.policy.peerstore import MemoryPeerStore
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import PeerRecord
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger("edgeswarm.store.trackersnapshot")
 FILE = "tracker.jsonl"
@@ -36,25 +35,19 @@ VERSION = 1
 
 def save(store: MemoryPeerStore, path: Path, now: float) -> int:
     """Write the store's live records and share totals to ``path``, a row at a time (whole in memory, 300 000 records
-    took 364 MiB more at stop: a review), whole or not at all, its temporary file removed if the write fails (a full
-    disk left a torn ``.tmp`` kept across restarts: an adversarial session); how many records."""
-    tmp = path.with_name(path.name + ".tmp")
+    took 364 MiB more at stop: a review), whole or not at all (write_whole: a full disk left a torn ``.tmp`` kept
+    across restarts, an adversarial session); how many records."""
     written = 0
-    try:
-        # readable by the edge's user only: it names peers' addresses and token users, as the ledger does
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
-            out.write(json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()}) + "\n")
-            for cid, rec, stats in store.records():
-                if now - rec.last_seen <= store.ttl and "/relay/" not in rec.url:
-                    out.write(json.dumps(_row(cid, rec, stats), separators=(",", ":")) + "\n")
-                    written += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    def rows() -> Iterator[bytes]:
+        nonlocal written
+        yield (json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()}) + "\n").encode()
+        for cid, rec, stats in store.records():
+            if now - rec.last_seen <= store.ttl and "/relay/" not in rec.url:
+                written += 1
+                yield (json.dumps(_row(cid, rec, stats), separators=(",", ":")) + "\n").encode()
+
+    write_whole(path, rows(), mode=0o600)  # the edge's user's only: it names peers' addresses and token users, as the ledger
     return written
 
 
