@@ -644,7 +644,7 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
         net = netns_network() if netns else Loopback()
     except RuntimeError as exc:
         raise NetworkUnavailable(str(exc)) from None
-    with _whole_teardown() as pressed:
+    with _Teardown() as pressed:
         try:
             with net, ProcessGroup(root / "logs") as group:
                 try:
@@ -671,11 +671,20 @@ def execute(s: Scenario, console: Console, *, netns: bool = False, workdir: Path
 
 
 class _Teardown:
-    """Ctrl-C and SIGTERM while a run's daemons stop and its folder goes: remembered (``bool``), not acted on."""
+    """Ctrl-C and SIGTERM while a run's daemons stop and its folder goes (from ``arm`` to the ``with``'s end):
+    remembered (``bool``), not acted on, so the teardown runs whole.  A Ctrl-C in it, or a second one after the run's,
+    cut it short, left 84-273 MB and daemons behind and exited with no word (an adversarial session); the caller
+    raises Interrupted once the teardown is done."""
 
     def __init__(self) -> None:
         self.signals: list[int] = []
         self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> _Teardown:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disarm()
 
     def arm(self) -> None:
         if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's to set
@@ -689,18 +698,6 @@ class _Teardown:
 
     def __bool__(self) -> bool:
         return bool(self.signals)
-
-
-@contextlib.contextmanager
-def _whole_teardown():
-    """The teardown after a run (its daemons stopped, its folder removed) runs whole: a Ctrl-C in it, or a second one
-    after the run's, cut it short, left 84-273 MB and daemons behind and exited with no word (an adversarial session);
-    it is raised as Interrupted once the teardown is done."""
-    teardown = _Teardown()
-    try:
-        yield teardown
-    finally:
-        teardown.disarm()
 
 
 def _lab(s: Scenario, *args) -> Lab:

@@ -42,6 +42,11 @@ class Served:
             return f"certificate {self.cert} expires on {self.not_after}, in {_days(left)}: {self._renew()}"
         return None
 
+    def warn(self) -> None:
+        """Log ``problem`` now, if there is one: at start (server_context) and as the node runs (watch_certificate)."""
+        if (problem := self.problem(datetime.datetime.now(datetime.UTC))) is not None:
+            log.warning("TLS: %s", problem)
+
     def _renew(self) -> str:
         """What to do: renew it and restart, or restart only, when the file on disk already holds a later one."""
         renewed = _read(self.cert)
@@ -64,9 +69,7 @@ async def watch_certificate(served: Served, every: float = CERT_CHECK_S) -> None
     handshake (an adversarial session)."""
     while True:
         await asyncio.sleep(every)
-        problem = served.problem(datetime.datetime.now(datetime.UTC))
-        if problem is not None:
-            log.warning("TLS: %s", problem)
+        served.warn()
 
 
 def _days(left: datetime.timedelta) -> str:
@@ -113,8 +116,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         _served[ctx] = served
         # said at start: the node serves it all the same (it may be renewed on disk, and is read again at the next
         # start), but every client fails its handshake; a running node says it again (watch_certificate)
-        if (problem := served.problem(datetime.datetime.now(datetime.UTC))) is not None:
-            log.warning("TLS: %s", problem)
+        served.warn()
     return ctx
 
 
