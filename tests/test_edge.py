@@ -177,6 +177,8 @@ async def test_a_page_published_on_the_cdn_is_sandboxed_also_in_a_304(tmp_path, 
         assert r.headers.get("X-Content-Type-Options") == "nosniff"
     async with http.get(leaf.url + "/film.mp4") as r:
         assert r.status == 200 and "Content-Security-Policy" not in r.headers  # a film opened here plays by itself
+    async with http.get(leaf.url + "/page.html", headers={"If-Match": '"another"'}) as r:  # its text names the path
+        assert r.status == 412 and r.headers.get("X-Content-Type-Options") == "nosniff", dict(r.headers)
     async with http.get(leaf.url + "/%3Cscript%3Ex%3C%2Fscript%3E.html") as r:  # an error that echoes the path
         assert r.status == 404 and r.headers.get("X-Content-Type-Options") == "nosniff", dict(r.headers)
     async with http.get(origin.url + "/nope") as r:

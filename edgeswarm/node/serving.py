@@ -116,13 +116,14 @@ async def serve_file(
     elif "Authorization" in request.headers or "token" in request.query:
         headers["Cache-Control"] = "private, max-age=0, must-revalidate"
     v = Validators(signed.etag, m.modified)
+    # a bodiless or text answer's headers: the validators, and the sandbox too, as a browser updates its stored headers
+    # from a 304's (RFC 9111 4.3.4): a page cached before edges sandboxed ran its script on while unchanged (a review);
+    # and nosniff, as on every error answer (the 412's text names the path)
+    kept = {k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control", *NOSNIFF, *SANDBOX) if k in headers}
     if precondition_failed(request.headers, v):
-        kept = {k: headers[k] for k in ("ETag", "Last-Modified", "Cache-Control")}
         return web.Response(status=412, headers=kept, text=f"precondition failed: {m.path} is now version {signed.etag}\n")
-    if not_modified(request.headers, v):  # with the sandbox: a browser updates its stored headers from a 304's (RFC
-        # 9111 4.3.4), and a page cached before edges sandboxed ran its script on for as long as it was unchanged (a review)
-        names = ("ETag", "Last-Modified", "Cache-Control", *NOSNIFF, *SANDBOX)
-        return web.Response(status=304, headers={k: headers[k] for k in names if k in headers})
+    if not_modified(request.headers, v):
+        return web.Response(status=304, headers=kept)
     spans = None
     if request.method == "GET" and range_applies(request.headers, v):
         spans = parse_ranges(request.headers.get("Range"), m.size)

@@ -244,13 +244,13 @@ def _say_over_quota(store: PieceStore, path: str) -> None:
     as long as it is seeded, and nothing said so (an adversarial session; --accept-preheat's room is checked at start,
     but a seed's size is known only once its manifest is)."""
     quota = store.capacity
-    sizes = [m.manifest.size for cid in store.pinned if (m := store.manifest(cid)) is not None]
-    if quota is not None and sum(sizes) > quota:
+    held = sum(m.manifest.size for cid in store.pinned if (m := store.manifest(cid)) is not None)
+    if quota is not None and held > quota:
         log.warning(
             "seed %s: the files --seed holds (%s bytes in all) are more than --max-cache (%s bytes): they are kept whole, "
             "over the quota, while seeded",
             path,
-            f"{sum(sizes):,}",
+            f"{held:,}",
             f"{quota:,}",
         )
 
