@@ -8,6 +8,7 @@ defaulted differently on either side would break this round trip.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -415,3 +416,16 @@ def test_dev_says_what_its_jobs_do_and_refuses_an_unknown_one():
     assert helped.returncode == 0 and all(f"./dev {job} [ARGS]" in helped.stdout for job in ("demo", "test", "bench", "fuzz"))
     wrong = subprocess.run([str(dev), "frobnicate"], capture_output=True, text=True, timeout=30)
     assert wrong.returncode == 2 and "./dev --help" in wrong.stderr
+
+
+@pytest.mark.integration  # runs the bench as a subprocess
+def test_dev_bench_writes_a_relative_path_where_the_user_typed_it(tmp_path):
+    """`dev` changes to the repository to set up, and ran demo and bench there: `cd ~/x && ~/edgeswarm/dev demo --out
+    results` wrote ~/edgeswarm/results (an adversarial session).  They run where the user typed them."""
+    import subprocess
+
+    dev = Path(__file__).resolve().parent.parent / "dev"
+    args = ["bench", "tracker", "--peers", "20", "--contents", "1", "--pieces", "8", "--duration", "0.2", "--stores", "memory"]
+    proc = subprocess.run([str(dev), *args, "--json", "figures.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "figures.json").read_text())["peers"] == 20

@@ -8,9 +8,28 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.integration  # starts daemons or tools as subprocesses
+from edgeswarm.measure import demo
 
 
+def test_a_new_demo_removes_what_the_last_one_wrote_and_nothing_else(tmp_path):
+    """An interrupted demo left its first run's plots beside the previous demo's plots and demo.json, which described
+    neither (an adversarial session): a demo starts by removing the previous demo.json and the plots it lists."""
+    out = tmp_path / "out"
+    out.mkdir()
+    listed = [out / "flash-crowd-share.png", out / "vod-startup.png"]
+    for path in [*listed, out / "mine.png"]:
+        path.write_bytes(b"png")
+    (out / "demo.json").write_text(json.dumps([{"plots": [str(p) for p in listed]}, {"plots": [str(tmp_path / "elsewhere.png")]}]))
+    (tmp_path / "elsewhere.png").write_bytes(b"png")
+    demo._clear_previous(out)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.png"]
+    assert (tmp_path / "elsewhere.png").exists()  # not in the demo's folder: not the demo's to remove
+    (out / "demo.json").write_text("not json")
+    demo._clear_previous(out)
+    assert (out / "demo.json").exists()  # not a demo's: left alone
+
+
+@pytest.mark.integration  # starts daemons as subprocesses
 @pytest.mark.timeout(300)  # the demo's own limit below is 240 s: the suite's 120 s default cut it first on a loaded machine
 def test_demo_exits_0_with_a_report(tmp_path):
     work = tmp_path / "work"

@@ -29,6 +29,7 @@ def scenarios(peers: int) -> list[scenario.Scenario]:
 def run(out: Path, peers: int = 12, workdir: Path | None = None) -> int:
     console = labreport.report_console()
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out)
     results = []
     for s in scenarios(peers):
         console.rule(f"{s.name}: {s.description}")
@@ -43,11 +44,27 @@ def run(out: Path, peers: int = 12, workdir: Path | None = None) -> int:
         result["plots"] = [str(p) for p in labreport.plot(result, out)]
         labreport.print_report(console, result)
         results.append(result)
-    (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")  # after each run: an interrupted demo's says what it did
     console.rule("summary")
     console.print(summary(results))
     console.print(f"plots and figures (demo.json) in {out.resolve()}/")
     return 0
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove what the last demo wrote in ``out`` (its demo.json and the plots it lists, nothing else): a demo
+    interrupted after its first run left that run's plots beside the previous demo's, and the previous demo.json,
+    which described neither (an adversarial session)."""
+    previous = out / "demo.json"
+    try:
+        runs = json.loads(previous.read_text())
+        plots = [Path(p) for r in runs for p in r.get("plots", [])]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # none, or not a demo's: left alone
+    for path in plots:
+        if path.parent.resolve() == out.resolve() and path.suffix == ".png":
+            path.unlink(missing_ok=True)
+    previous.unlink(missing_ok=True)
 
 
 def summary(results: list[dict]) -> Table:
