@@ -81,6 +81,6 @@ def summary(results: list[dict]) -> Table:
         else:
             pb = r["playback"]
             waited = f"startup median {pb['startup_median_s']:.2f} s, p95 {pb['startup_p95_s']:.2f} s, worst {pb['startup_max_s']:.2f} s"
-            rebuf = f"{pb['rebuffering']:.2%} ({pb['stalls']} stalls)"
+            rebuf = f"{pb['rebuffering']:.2%} ({pb['stalls']} stall{'' if pb['stalls'] == 1 else 's'})"
         table.add_row(r["scenario"]["name"], f"{r['p2p_share']:.1%}", f"{r['savings']:.1%}", str(len(users)), waited, rebuf)
     return table
