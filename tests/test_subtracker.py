@@ -17,7 +17,7 @@ from conftest import complete, content_id, make_file, post, sha, start_p2p_edge,
 
 from edgeswarm.policy import bitfield
 from edgeswarm.trust import tokens
-from edgeswarm.trust.signing import load_or_create_private_key
+from edgeswarm.trust.signing import load_or_create_private_key, load_private_key
 
 SIZE = 2 * 1024 * 1024  # 8 pieces of 256 KiB
 PIECES = 8
@@ -161,3 +161,46 @@ async def _demoted(http: aiohttp.ClientSession, edge: str) -> bool:
 
 async def _back_at_edge(http: aiohttp.ClientSession, peer) -> bool:
     return not (await status(http, peer.urls["gateway"]))["announce_route"]["named"]
+
+
+async def test_under_require_token_a_sub_tracker_keeps_the_rounds_of_contents_it_does_not_hold(
+    tmp_path, nodes, origin, published, regions, http
+):
+    """Under --require-token a sub-tracker looked up a content it does not hold with no token (the edge said 401), and
+    one refused content failed a peer's whole round: the sub-tracker was set aside for up to 48 intervals (an
+    adversarial session).  It asks with its own token; a content it still refuses (its user's token does not cover
+    the path) goes to the edge, and it keeps the rest of the round."""
+    for name, size in (("films/p.bin", SIZE), ("films/q.bin", SIZE // 2), ("music/m.bin", SIZE // 2)):
+        make_file(published / name, size)
+    key = load_private_key(published / ".edgeswarm" / "origin.key")
+    edge = start_p2p_edge(
+        nodes, tmp_path, origin.url, regions, "--require-token", "--announce-interval", "1", "--upload-limit", "600KB/s",
+        "--promote-upload", "50KB/s", "--promote-uptime", "1",
+    )  # fmt: skip
+
+    def peer(name: str, addr: str, upload: str, scope: str):
+        args = ("--cache", str(tmp_path / name), "--edge", edge.url, "--listen", f"{addr}:0", "--gateway", "127.0.0.1:0")
+        return nodes.start("peer", *args, "--upload-limit", upload, "--token", tokens.issue(key, name, scope, 3600), name=name)
+
+    fast = peer("alice", "127.1.0.1", "300KB/s", "/films/")  # the sub-tracker-to-be: its token covers films only
+    await post(http, fast, "/films/p.bin")
+    await until(lambda: complete(http, fast), 60, "the fast peer's download")
+    slow = peer("bob", "127.1.0.2", SLOW, "/")
+    await post(http, slow, "/films/p.bin")
+    await until(lambda: _promoted(http, edge.url), 60, "a promotion")
+    await until(lambda: complete(http, slow), 90, "the slow peer's download")
+    await until(lambda: sub_tracked(http, slow, fast.urls["upload"]), 30, "refreshes at the sub-tracker")
+
+    for path in ("/films/q.bin", "/music/m.bin"):  # not held by the sub-tracker; the second not in its token's scope
+        await post(http, slow, path)
+    await until(lambda: complete(http, slow), 90, "the slow peer's other downloads")
+    before = (await status(http, slow.urls["gateway"]))["announce_route"]["rounds_answered"]
+    await until(lambda: _answered_since(http, slow, before + 3), 30, "rounds with every content answered at the sub-tracker or the edge")
+    route = (await status(http, slow.urls["gateway"]))["announce_route"]
+    assert route["fallbacks"] == 0 and not route["set_aside"], route
+    refused = (await status(http, fast.urls["gateway"]))["subtracker"]["refused"]
+    assert set(refused) == {"502"}, refused  # music/m.bin alone: the edge refuses its manifest to alice's token
+
+
+async def _answered_since(http: aiohttp.ClientSession, peer, rounds: int) -> bool:
+    return (await status(http, peer.urls["gateway"]))["announce_route"]["rounds_answered"] >= rounds

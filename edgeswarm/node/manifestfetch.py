@@ -251,11 +251,11 @@ class ManifestFetcher:
         self._keep(store, signed, reply.body)
         return signed
 
-    async def by_id(self, store: PieceStore, source: str, cid: str) -> SignedManifest:
+    async def by_id(self, store: PieceStore, source: str, cid: str, headers: dict[str, str] | None = None) -> SignedManifest:
         """The manifest with content id ``cid`` from ``source`` (``/content/<id>``), checked and stored; else HttpError."""
         who = f"{self.role} {source}"
         try:
-            reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", None, self.timeout, limit=MAX_MANIFEST)
+            reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", headers, self.timeout, limit=MAX_MANIFEST)
         except UpstreamError as exc:
             raise HttpError(exc.status, exc.message) from None
         if reply.status != 200:

@@ -974,8 +974,10 @@ class Peer:
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
         self._vouch -= cids
-        if event == "update" and await self._to_subtracker(edge, cids, started, full):
-            return
+        if event == "update" and cids:  # an empty round goes on: it is what reschedules the edge's next one
+            cids = await self._to_subtracker(edge, cids, started, full)
+            if not cids:
+                return
         if event == "stopped":
             await asyncio.gather(self._announce_edge(edge, cids, event), self._stop_at_subtracker(edge, cids))
             return
@@ -1013,26 +1015,30 @@ class Peer:
             return "started"
         return "completed" if held == count and cid not in self._completed else "update"
 
-    async def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool) -> bool:
-        """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; False: announce to the edge.
+    async def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool) -> set[str]:
+        """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; what is left for the edge.
 
         policy/subtracking.py decides; any failure of the sub-tracker sends
         the round to the edge at once and forgets it until an edge answer
-        names one again.
+        names one again.  Contents it refused one by one (a ticket it does
+        not take, a content it cannot look up) go to the edge, and it keeps
+        the rest: under --require-token a sub-tracker asked for a content its
+        user's token does not cover was set aside for the whole round, for
+        up to 48 intervals (an adversarial session).
         """
         parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "update")) is not None}
         news = any(item["event"] != "update" or cid not in self.tickets for cid, (item, _, _) in parts.items())
         tracker = self.route.target(edge, time.monotonic(), self.schedule.interval_of(edge), news)
         if tracker is None or not parts:
-            return False
-        why = await self._announce_subtracker(tracker, parts, "update")
+            return cids
+        why, refused = await self._announce_subtracker(tracker, parts, "update")
         if why is not None:
             self.route.failed(edge, time.monotonic(), self.schedule.interval_of(edge))
             log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
-            return False
+            return cids
         self.route.answered(tracker)
         self.schedule.succeeded(edge, time.monotonic(), started, full)
-        return True
+        return refused
 
     async def _stop_at_subtracker(self, edge: str, cids: set[str]) -> None:
         """Shutting down: tell the sub-tracker ``edge`` named too, beside the edge, or it would hand us out for a ttl (best effort)."""
@@ -1041,9 +1047,11 @@ class Peer:
         if tracker is not None and parts:
             await self._announce_subtracker(tracker, parts, "stopped")
 
-    async def _announce_subtracker(self, tracker: str, parts: dict[str, tuple[dict, dict, int]], event: str) -> str | None:
-        """The items to a sub-tracker, with their edge tickets and without usage (the edge's alone); why it failed, if it did."""
+    async def _announce_subtracker(self, tracker: str, parts: dict[str, tuple[dict, dict, int]], event: str) -> tuple[str | None, set[str]]:
+        """The items to a sub-tracker, with their edge tickets and without usage (the edge's alone); why it failed, if it
+        did (a request that failed, or every item refused), and the contents it refused one by one."""
         ordered = list(parts.items())
+        refused: dict[str, str] = {}
         for i in range(0, len(ordered), BATCH):
             chunk = ordered[i : i + BATCH]
             items = [
@@ -1059,7 +1067,7 @@ class Peer:
                     "POST", tracker, "/announce", None, 5.0, {**self._head(), "contents": items}, MAX_ANNOUNCE * 4
                 )
                 if reply.status != 200:
-                    return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+                    return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}", set()
                 answers = jsondoc.loads(reply.body)["contents"]
                 if event == "stopped":
                     for cid, _ in chunk:
@@ -1068,14 +1076,17 @@ class Peer:
                 for cid, (_, _, count) in chunk:
                     one = answers[cid]
                     if "error" in one:
-                        return f"content {cid[:12]}: {one['error']}"
+                        refused[cid] = f"content {cid[:12]}: {one['error']}"
+                        continue
                     self.route.joined(tracker, cid)
                     self._take_answer(cid, count, {"peers": one["peers"]})
             except UpstreamError as exc:
-                return exc.message
+                return exc.message, set()
             except (ValueError, KeyError, TypeError) as exc:
-                return f"an answer that does not parse ({exc.__class__.__name__})"
-        return None
+                return f"an answer that does not parse ({exc.__class__.__name__})", set()
+        if refused and len(refused) == len(parts):
+            return next(iter(refused.values())), set()
+        return None, set(refused)
 
     def _item(self, edge: str, cid: str, event: str) -> tuple[dict, dict[str, tuple[str, int]], int] | None:
         """One content's part of an announce: its fields, the usage it reports (and to whom), its piece count.
@@ -1196,7 +1207,7 @@ class Peer:
         problems = []
         for edge in [] if signed is not None else self._promoting_edges():
             try:
-                signed = await self.manifests.by_id(store, edge, cid)
+                signed = await self.manifests.by_id(store, edge, cid, self.edge_headers())  # under --require-token: our token
                 break
             except HttpError as exc:
                 problems.append(exc)
