@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeswarm.node.workers import WEDGED_S, YOUNG_S, Slot, private_dir
 from edgeswarm.protocol.httpspec import PEER_HEADER
+from edgeswarm.roles.edge import TORRENT_TIMEOUT
 from edgeswarm.roles.edgeworkers import WORKER_HEADER, WorkerLink, merge_metrics, merge_status
 from edgeswarm.store.filllock import SLOTS
 from edgeswarm.store.piecestore import PieceStore
@@ -682,6 +683,15 @@ def test_status_of_workers_adds_counters_and_keeps_the_primarys_swarm():
     assert doc["responses_by_endpoint"] == {"file": {"200": 2}} and doc["cache_bytes"] == 6
     assert doc["bytes_received"] == [{"kind": "parent", "source": "o", "bytes": 14}]
     assert doc["contents"][0]["held"] == 3 and doc["p2p"] == {"peers": 2} and doc["uptime_s"] == 6.0
+
+
+def test_a_worker_waits_for_the_primary_as_long_as_the_primary_waits_for_a_parents_torrent(tmp_path):
+    """A worker cut the primary's silence at 60 s, while the primary waits up to TORRENT_TIMEOUT (120 s) for a torrent
+    the origin is still hashing: half of the /torrent requests got 503 blaming a healthy primary, which answered the
+    others 200 at 75 s (an adversarial session)."""
+    node = SimpleNamespace(config=SimpleNamespace(timeout=10.0), tracker=None, store=None)
+    link = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    assert link.wait > TORRENT_TIMEOUT and link.timeout.sock_read == link.wait
 
 
 async def test_a_worker_logs_a_long_request_path_cut_as_every_log_line_does(tmp_path, caplog):

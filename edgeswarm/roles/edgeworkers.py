@@ -206,8 +206,11 @@ class WorkerLink:
         self._session: aiohttp.ClientSession | None = None
         self._private: dict[int, aiohttp.ClientSession] = {}
         # the primary's silence, not the whole exchange: an answer is passed on as the client takes it, and a slow peer
-        # taking a 64 MiB piece would be cut at a total; while the client does not read, the primary is not read either
-        self.wait = max(60.0, 3 * node.config.timeout)
+        # taking a 64 MiB piece would be cut at a total; while the client does not read, the primary is not read either.
+        # No shorter than the primary's own longest wait upstream, a torrent the origin is still hashing: at 60 s, the
+        # other workers answered 503 blaming a healthy primary that answered 200 at 75 s (an adversarial session); a
+        # hung primary is the watchdog's to restart (node/workers.py), which ends the wait at once
+        self.wait = max(60.0, 3 * node.config.timeout, edge_role.TORRENT_TIMEOUT + SIBLING_WAIT_S)
         self.timeout = aiohttp.ClientTimeout(total=None, connect=self.wait, sock_read=self.wait)
         # 5 lines a minute of the primary's failures to answer: under a flood, 100 lines in a second (an adversarial session)
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
