@@ -53,6 +53,7 @@ log = logging.getLogger("edgeswarm.roles.announce")
 MAX_COUNT = 1 << 53  # byte counters beyond this are lies, and would overflow the ledger's 64-bit columns once summed
 STATUS_STORE_WAIT = 0.5  # seconds /status waits for the tracker store (a router polls it with a 1 s timeout by default)
 STORE_QUIET_S = 5.0  # seconds after the store failed a /status that the next ones do not wait for it (status)
+REFUSED_SHOWN_S = 60.0  # seconds /status says the store refused an announce's write (a full Redis still answers reads)
 ROOM = 0.9  # of Limits.records: below it a full tracker says it has room again (not at each record that comes and goes)
 CLAIM_WINDOW = 1.2  # announce intervals of link capacity a claim may draw on: one at full rate, and a late announce
 
@@ -192,6 +193,7 @@ class TrackerService:
         )
         self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
         self._down: str | None = None  # why the store is unreachable, while it is
+        self._refusal: tuple[str, float] | None = None  # why an announce's write last failed, and when (monotonic)
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
         self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
         self._figures_asked = 0.0  # when (monotonic)
@@ -329,10 +331,14 @@ class TrackerService:
             if self._down is None:
                 log.warning("%s: answering announces 503 until it is back (files are served as ever)", exc)
             self._down = str(exc)
+            if recovers:
+                self._refusal = (str(exc), time.monotonic())
             raise HttpError(503, f"{exc}; try again later", {"Retry-After": str(math.ceil(min(self.interval, 10)))}) from None
         if self._down is not None and recovers:
             log.warning("tracker store %s is reachable again", self.store.describe())
             self._down = None
+        if recovers:
+            self._refusal = None
 
     async def expire(self) -> int:
         """Forget silent peers, with every piece of state kept for them; how many records went."""
@@ -385,6 +391,7 @@ class TrackerService:
                 else f"tracker store {self.store.describe()}: no answer within {max(STATUS_STORE_WAIT, now - self._figures_asked):.2g} s"
             )
             return {"store": self.store.describe(), "store_error": why, "regions": {}, **self._room(), "state": self._state(None)}
+        refused = self._refused()
         peers, memberships = counts.peers, counts.memberships
         regions = {}
         for name in sorted(set(by_region) | set(memberships)):
@@ -405,7 +412,23 @@ class TrackerService:
             "users": dict(counts.users),
             **self._room(),
             "state": self._state(counts),
+            **({"store_error": refused} if refused else {}),
         }
+
+    def _refused(self) -> str | None:
+        """Why the store failed this edge's last announce, if that is recent and no announce got through since: a full
+        Redis (noeviction), or a read-only one after a failover, refuses every announce's write and still answers
+        /status's reads, which said the store was fine, and the metric read 1, while the P2P half was down (an
+        adversarial session).  Said for ``REFUSED_SHOWN_S`` after the last refusal: announces retry well within it."""
+        if self._refusal is None:
+            return None
+        why, when = self._refusal
+        ago = time.monotonic() - when
+        return (
+            None
+            if ago > REFUSED_SHOWN_S
+            else f"{why} (an announce {ago:.0f} s ago; announces are answered 503 until it takes writes again)"
+        )
 
     def _room(self) -> dict[str, int]:
         """The tracker's bound on records (Limits.records) and what it dropped to stay within it."""

@@ -894,7 +894,8 @@ class Edge:
         )
         crowded.add_metric([], p2p.get("crowded_out", 0))
         store_up = GaugeMetricFamily(
-            "edgeswarm_tracker_store_up", "1 if the tracker store answered this scrape's question, else 0 (/status: store_error)"
+            "edgeswarm_tracker_store_up",
+            "1 if the tracker store answered this scrape's question and took the last announce, else 0 (/status: store_error)",
         )
         if not self.forwards_tracker:  # the primary's alone among workers (theirs is no store's): their sum is its value
             store_up.add_metric([], 0 if "store_error" in p2p else 1)
