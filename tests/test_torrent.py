@@ -420,3 +420,34 @@ def test_a_torrent_is_saved_under_its_files_name():
     for name, plain in (("hash#x.bin.torrent", "hash#x.bin.torrent"), ('d"q\\x é.torrent', "d_q_x _.torrent")):
         head, exact = attachment(name).split("; filename*=UTF-8''")
         assert head == f'attachment; filename="{plain}"' and unquote(exact) == name and "%" not in plain
+
+
+@pytest.mark.integration  # starts daemons as subprocesses
+async def test_a_restarted_edge_still_takes_the_announces_of_the_torrents_it_handed_out(tmp_path, nodes, published, http):
+    """The hashes of the torrents an edge handed out lived in its memory only: after a restart (or its primary worker's)
+    every client that held a torrent was told "unknown torrent: get it from /torrent first", which a client never does
+    by itself, until somebody fetched that torrent again (an adversarial session).  They are kept in the cache."""
+    make_file(published / "c.bin", MiB)
+    origin = nodes.start("origin", "--publish", str(published), "--scan-interval", "0.2")
+    edge = nodes.start("edge", "--cache", str(tmp_path / "e"), "--parent", origin.url, "--p2p", name="edge")
+    await asyncio.sleep(0.5)
+    code, body, _ = await fetch(http, edge.url + "/torrent/c.bin")
+    assert code == 200
+    hashes = lt.torrent_info(body).info_hashes()
+
+    async def announce(info_hash: bytes, i: int) -> dict:
+        pid = f"-XX0001-{i:012d}".encode()
+        async with http.get(f"{edge.url}/announce?" + query(info_hash=info_hash, peer_id=pid, port=7000 + i, left=0)) as r:
+            return lt.bdecode(await r.read())
+
+    assert b"failure reason" not in await announce(hashes.v1.to_bytes(), 1)
+    edge.stop()
+    edge.start()
+    for i, info_hash in enumerate((hashes.v1.to_bytes(), hashes.v2.to_bytes()[:20]), 2):
+        answer = await announce(info_hash, i)
+        assert b"failure reason" not in answer, answer
+    (tmp_path / "e" / "bt-hashes.json").write_text("{not json")
+    edge.stop()
+    edge.start()
+    assert b"unknown torrent" in (await announce(hashes.v1.to_bytes(), 4))[b"failure reason"]  # a damaged file: said, set aside
+    assert "bt-hashes.json: cannot read it" in (tmp_path / "logs" / "edge.log").read_text()

@@ -20,12 +20,14 @@ import contextlib
 import functools
 import heapq
 import ipaddress
+import json
 import logging
 import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
@@ -94,6 +96,7 @@ from edgeswarm.store.redispeers import open_store
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
+from edgeswarm.wholefile import write_whole
 
 log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
@@ -109,6 +112,7 @@ TICKET_MIN_S = 60.0  # a swarm ticket outlives a few announce intervals, so peer
 TORRENT_MAX = 1 << 20  # a parent's torrent is refused beyond this (a full-size one is ~110 KB)
 TORRENT_TIMEOUT = 120.0  # the origin hashes a file it has no torrent of yet: large files take a while
 BT_COUNT_EVERY = 5.0  # seconds a BitTorrent swarm's count of seeds (its announces' "complete") is reused
+BT_HASHES = "bt-hashes.json"  # in the cache: the hashes BitTorrent clients announce the kept torrents under (_keep_bt_hashes)
 SHED_RETRY = {"Retry-After": "5"}  # a shed announce's: a flood is not over in a second, and peers back off anyway
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
 
@@ -194,7 +198,8 @@ class Edge:
         self.file_egress: Counter[Region] = Counter()  # p2p mode: file bytes sent to clients, by region (/metrics only)
         self._torrents: Recent[str, tuple[Torrent, list[str]]] = Recent(KEPT)  # cid -> (torrent, the origin's web seeds)
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
-        self._bt_hashes: dict[bytes, str] = {}  # the 20-byte hashes clients announce kept torrents under -> content id
+        # the 20-byte hashes clients announce kept torrents under -> content id; p2p mode: as a restart found them
+        self._bt_hashes: dict[bytes, str] = _kept_bt_hashes(cache / BT_HASHES) if config.p2p else {}
         self._bt_seed_counts: Recent[str, tuple[float, int]] = Recent(KEPT)  # info hash -> (when counted, its seeds)
         self._left_window: Recent[str, None] = Recent(LEFT_WINDOW_KEPT)  # live segments dropped here: their stops need no lookup
         self.live = livewindow.LiveFollow()  # the live playlists served: their segments dropped once left behind
@@ -584,7 +589,19 @@ class Edge:
             self._bt_hashes = announce_index((cid, kept) for cid, (kept, _) in self._torrents.items())
         for h in torrent.announce_hashes:
             self._bt_hashes[h] = signed.content_id
+        if self.tracker is not None:
+            self._keep_bt_hashes()
         return torrent, seeds
+
+    def _keep_bt_hashes(self) -> None:
+        """Write the torrents' announce hashes to the cache: a restarted edge (or primary worker) answered every client
+        that held a torrent "unknown torrent: get it from /torrent first" until someone fetched that torrent again,
+        which a client never does by itself (an adversarial session).  Its swarms refill from the next announces."""
+        doc = {h.hex(): cid for h, cid in self._bt_hashes.items()}
+        try:
+            write_whole(self.config.cache / BT_HASHES, json.dumps(doc, separators=(",", ":")).encode())
+        except OSError as exc:
+            log.warning("could not keep the torrents' hashes (%s): a restart forgets them until their torrents are asked again", exc)
 
     async def _handed_out(self, request: web.Request) -> tuple[SignedManifest, bytes]:
         """The torrent a ``/torrent/<path>`` or ``/magnet/<path>`` request gets: this edge first among its web seeds."""
@@ -1229,6 +1246,18 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
         return ipaddress.ip_address(request.remote or "")
     except ValueError:
         return None
+
+
+def _kept_bt_hashes(path: Path) -> dict[bytes, str]:
+    """The announce hashes ``_keep_bt_hashes`` wrote, or none (no file yet; a damaged one is said and set aside)."""
+    try:
+        doc = json.loads(path.read_bytes())
+        return {bytes.fromhex(h): cid for h, cid in doc.items() if len(h) == 40 and isinstance(cid, str)}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("%s: cannot read it (%s); BitTorrent clients of earlier torrents get them again first", path, exc)
+        return {}
 
 
 def _region_label(region: Region) -> str:
