@@ -183,6 +183,35 @@ def test_an_order_is_taken_whole_or_not_at_all_for_a_region_the_edge_knows(nodes
     assert get(f"{edge.url}/preheat")["volunteers"] == {}
 
 
+def test_a_volunteer_whose_token_expired_is_not_chosen_and_its_refused_poll_ends_its_places(nodes, tmp_path, origin, published):
+    """Under --require-token a volunteer whose token had expired was still chosen for new orders, and kept its places
+    until it had been silent three intervals, though it could fetch nothing (an adversarial session)."""
+    from edgeswarm.trust import tokens
+    from edgeswarm.trust.signing import load_private_key
+
+    make_file(published / PATH, 64 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions, "--require-token")
+    key = load_private_key(published / ".edgeswarm" / "origin.key")
+    wait(lambda: curl(f"{edge.url}/manifest/{PATH}").returncode == 0, "start")
+    short = tokens.issue(key, "eve", "/", 2)
+
+    def poll(peer_id: str, token: str) -> str:  # from an address of its own in region east (one volunteer an address is chosen)
+        url = f"{edge.url}/preheat/orders?peer_id={peer_id}&room=100000000"
+        args = ["--interface", f"127.1.0.{len(peer_id)}", "-H", f"Authorization: Bearer {token}", "-H", f"X-Edgeswarm-Peer: {peer_id}", url]
+        return curl(*args, "-w", "\n%{http_code}").stdout.decode()
+
+    assert poll("eve", short).endswith("200") and poll("robert", tokens.issue(key, "robert", "/", 3600)).endswith("200")
+    time.sleep(2.5)  # expired, within the leeway: its polls are still taken, but it is chosen for nothing
+    order = ["-X", "POST", "-H", "Content-Type: application/json", f"{edge.url}/preheat", "-w", "\n%{http_code}"]
+    said = curl("-d", json.dumps({"paths": [PATH], "share": 1, "ttl": 600, "region": "east"}), *order).stdout.decode()
+    assert said.endswith("200") and [o["chosen"] for o in get(f"{edge.url}/preheat")["orders"]] == [["robert"]], said
+    time.sleep(tokens.LEEWAY)
+    assert poll("eve", short).endswith("401")
+    assert get(f"{edge.url}/preheat")["volunteers"] == {"east": 1}  # robert's alone
+
+
 def test_a_volunteer_without_room_for_an_order_gives_its_place_to_another(nodes, tmp_path, origin, published):
     """A volunteer chosen for two files with room for one kept both places: the second order was never fulfilled while
     /preheat said it was placed (an adversarial session).  It names the one it declines, and the edge asks another."""

@@ -131,6 +131,18 @@ def test_a_volunteer_that_may_not_hold_a_path_is_not_chosen_for_it():
     assert {pid for _, pid in orders.chosen(o)} == {"p1", "p2", "p3"}
 
 
+def test_a_forgotten_volunteer_gives_its_place_to_the_next():
+    """A volunteer whose token expired kept its place until it had been silent three intervals, though its polls were
+    refused and it could fetch nothing (an adversarial session): the desk forgets it at its refused poll."""
+    orders = book(4)
+    o = order(0.25)  # one place
+    orders.add(o)
+    (first,) = orders.chosen(o)
+    orders.forget({first, ("10.9.9.9", "never-seen")})
+    (second,) = orders.chosen(o)
+    assert second != first and first not in orders.volunteers and orders.for_volunteer(1.0, first) == []
+
+
 def test_a_volunteer_that_declines_an_order_gives_its_place_to_the_next():
     """A chosen volunteer that could not hold an order (no room left, a full disk) kept its place for good: the order
     was never fulfilled while /preheat said it was (an adversarial session)."""

@@ -113,7 +113,11 @@ class PreheatOrders:
         if 0 <= now - self._swept < SWEEP_S:
             return
         self._swept = now
-        gone = {v for v, s in self.volunteers.items() if now - s.last > self.forget_after}
+        self.forget({v for v, s in self.volunteers.items() if now - s.last > self.forget_after})
+
+    def forget(self, gone: set[Volunteer]) -> None:
+        """These volunteers leave, with their assignments (silent too long, or refused: their token expired)."""
+        gone = gone & self.volunteers.keys()
         if not gone:
             return
         self._generation += 1

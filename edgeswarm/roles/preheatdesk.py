@@ -235,7 +235,7 @@ class PreheatDesk:
         if not self.edge.require_token:
             return True
         kept = self._grants.get(volunteer)
-        if kept is None:
+        if kept is None or kept[0].expires <= time.time():  # an expired token fetches nothing: chosen, it held a place
             return False
         try:
             access.authorize(kept[0], order.path, kept[1])  # the rule its polls' listing is filtered by (_covers)
@@ -262,11 +262,15 @@ class PreheatDesk:
         room = ascii_decimal(request.query.get("room", ""))
         if room is None:
             raise HttpError(400, "preheat orders: 'room' must be the bytes this peer gives to preheated content")
-        grant = None
-        if self.edge.require_token:  # verified, not only present: "Bearer garbage" volunteered and took places
-            grant = access.authenticated(request, (await self.edge._store()).public_key, required=True)
         address = request.remote or ""
         volunteer = (address, peer_id)
+        grant = None
+        if self.edge.require_token:  # verified, not only present: "Bearer garbage" volunteered and took places
+            try:
+                grant = access.authenticated(request, (await self.edge._store()).public_key, required=True)
+            except HttpError:  # its token expired: it can no longer fetch, its places go to others (an adversarial session)
+                self.orders.forget({volunteer})
+                raise
         now = time.monotonic()
         known = self.orders.volunteers
         if volunteer not in known:
