@@ -20,7 +20,7 @@ from ssl import SSLContext
 import aiohttp
 from aiohttp import web
 
-from edgeswarm.node.upstream import client_error_text
+from edgeswarm.node.upstream import answer_text, client_error_text
 
 log = logging.getLogger("edgeswarm.node.registrar")
 REREGISTER = 30.0  # seconds between two registrations with one router
@@ -48,7 +48,9 @@ class Registration:
         await self.bound.wait()
         headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
         connector = aiohttp.TCPConnector(ssl=self.ssl or True)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10), headers=headers) as session:
+        timeout = aiohttp.ClientTimeout(total=10)
+        # the answer is only quoted (answer_text), never decompressed: a router's gzip bomb stays the few bytes it sent
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers, auto_decompress=False) as session:
             while True:
                 delays = await asyncio.gather(*(self._register(session, r) for r in self.routers))
                 await asyncio.sleep(min(delays))
@@ -58,7 +60,7 @@ class Registration:
         doc = {"url": self.url, "region": self.region, "capacity": self.capacity}
         try:
             async with session.post(router.rstrip("/") + "/register", json=doc) as resp:
-                text = (await resp.text(errors="replace")).strip()[:300]
+                text = (await answer_text(resp))[:300]
                 ok = resp.status in (200, 201)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._say(router, logging.WARNING, f"cannot register with router {router}: {client_error_text(exc, router)}")

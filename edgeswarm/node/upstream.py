@@ -301,6 +301,22 @@ def client_error_text(exc: BaseException, base: str) -> str:
     return f"{exc.__class__.__name__} {exc}"[:300]
 
 
+ANSWER_TEXT = 4096  # bytes of an answer's body that an error line or a CLI message quotes, at most
+
+
+async def answer_text(resp: aiohttp.ClientResponse, limit: int = ANSWER_TEXT) -> str:
+    """The start of an answer's body, as text, for a log line or a message: at most ``limit`` bytes are read.  Read
+    whole, a hostile router's answer to an edge's registration (1.5 GiB, or a gzip bomb) took the edge to 4.2 GB,
+    again every 30 s (an adversarial session)."""
+    data = b""
+    while len(data) < limit and not resp.content.at_eof():
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(resp.get_encoding() if resp.charset else "utf-8", errors="replace").strip()
+
+
 async def read_bounded(
     resp: aiohttp.ClientResponse, limit: int, base: str, path: str, progress: Callable[[int], None] | None = None
 ) -> bytes:

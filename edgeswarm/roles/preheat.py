@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edgeswarm.errors import EdgeswarmError, said
+from edgeswarm.node.upstream import answer_text
 from edgeswarm.protocol.manifest import is_content_id
 from edgeswarm.trust import tls
 
@@ -74,7 +75,7 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(url, ssl=ssl_for(ca)) as reply:
             if reply.status == 404:
-                raise PreheatError(f"router {router}: {(await reply.text()).strip()[:300]}")
+                raise PreheatError(f"router {router}: {(await answer_text(reply))[:300]}")
             if reply.status != 200:
                 raise PreheatError(f"router {router} answered {reply.status} to /edges?region= (too old to list a region?)")
             doc = await reply.json()
@@ -121,7 +122,7 @@ async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan
     try:
         async with session.get(url, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
-                result.error = f"{reply.status} {(await reply.text())[:200].strip()}"
+                result.error = f"{reply.status} {(await answer_text(reply))[:200]}"
                 return result
             if not is_content_id(reply.headers.get("ETag", "").strip('"')):  # a web server on the wrong port was "fetched"
                 result.error = "not an edgeswarm edge: its answer names no signed content (its ETag is no content id)"
@@ -196,7 +197,7 @@ async def _refusal(r: aiohttp.ClientResponse) -> str:
     """Why an edge did not take peer orders.  Only a p2p edge has ``POST /preheat``: another answers 405 (its file
     route takes GET only: this said '405 405: Method Not Allowed') or, if it is no edge at all, 404.  A p2p edge's
     own 404 (a path it does not publish) says so, and is said as it is (it was taken for "takes no peer orders")."""
-    text = (await r.text()).strip()
+    text = await answer_text(r)
     if r.status == 405 or (r.status == 404 and text in ("", "404: Not Found")):
         return f"{r.status}: this edge takes no peer orders (it does not run --p2p, or is too old for them)"
     return f"{r.status} {text[:300]}"

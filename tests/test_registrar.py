@@ -1,0 +1,52 @@
+"""An edge's registrations with its routers (node/registrar.py), against a router double."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from conftest import DoubleServer
+
+from edgeswarm.node.registrar import Registration
+
+
+class FloodingRouter(DoubleServer):
+    """Refuses every registration with an endless body, and counts what it got to send."""
+
+    sent = 0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/register", self.register)
+
+    async def register(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=500)
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        try:
+            while self.sent < 1 << 30:
+                await resp.write(chunk)
+                self.sent += len(chunk)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+
+async def test_a_routers_answer_is_read_no_further_than_what_the_log_line_quotes(caplog):
+    """The edge read its router's answer to each registration whole (1.5 GiB, or a gzip bomb, took it to 4.2 GB, again
+    every 30 s: an adversarial session); it reads what its log line quotes and drops the connection."""
+    caplog.set_level(logging.INFO)
+    async with FloodingRouter() as router:
+        registration = Registration([router.url], "west", 1_000_000, url="http://127.0.0.1:9")
+        registration.bound.set()
+        task = asyncio.create_task(registration.loop())
+        for _ in range(100):
+            if any("refused the registration" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.2)  # the double's writes fail once the connection is gone
+        assert router.sent < 64 << 20, router.sent
+    [line] = [r.getMessage() for r in caplog.records if "refused the registration" in r.getMessage()]
+    assert line.endswith("500 " + "x" * 300), line[-80:]
