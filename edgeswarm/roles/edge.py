@@ -341,13 +341,17 @@ class Edge:
 
     # -- manifests ------------------------------------------------------------------
     async def resolve(self, path: str, may_fetch: bool) -> SignedManifest:
+        """The manifest a request for ``path`` is served by (marked used: PieceStore.used)."""
         store = await self._store()
         cached = store.manifest_for_path(path)
         if cached is not None and (self.manifests.fresh(path) or not may_fetch):
-            return cached
-        if not may_fetch:
+            signed = cached
+        elif not may_fetch:
             raise HttpError(403, NOT_INTERNAL)
-        return await self.manifests.revalidate(store, path, [self.parent])
+        else:
+            signed = await self.manifests.revalidate(store, path, [self.parent])
+        store.used(signed.content_id)
+        return signed
 
     async def content_for(
         self, request: web.Request, cid: str, may_fetch: bool, required: bool = False
@@ -367,6 +371,7 @@ class Edge:
         store = await self._store()
         signed = store.manifest(cid)
         if signed is not None:
+            store.used(cid)
             return signed
         if not is_content_id(cid):
             raise HttpError(404, f"{cid[:80]!r} is not a content id")

@@ -551,14 +551,17 @@ class Peer:
         store = await self._store()
         cached = store.manifest_for_path(path)
         if cached is not None and self.manifests.fresh(path):
+            store.used(cached.content_id)  # a read: not dropped as bare under it (PieceStore.used)
             return cached
         edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
         try:
-            return await self.manifests.revalidate(store, path, edges, self.edge_headers())
+            signed = await self.manifests.revalidate(store, path, edges, self.edge_headers())
         except HttpError as exc:
             if exc.status == 403:  # our token (ManifestFetcher): what fixes it, as for a key (a new error: reads share this one)
                 raise HttpError(403, f"{exc.message}: {self.token_help()}") from None
             raise
+        store.used(signed.content_id)
+        return signed
 
     def loopback_host(self) -> str:
         """Where this process reaches its own upload server (the relay client's requests)."""

@@ -104,6 +104,10 @@ BARE_DROPS = 8  # bare contents dropped at most each time another goes bare (a d
 T = TypeVar("T")
 
 
+class _DirectoryGone(EdgeswarmError):
+    """A piece's write found its content's directory gone (PieceStore._write)."""
+
+
 class CorruptPiece(EdgeswarmError, ValueError):
     """Bytes that do not match the manifest; they are never stored."""
 
@@ -418,8 +422,13 @@ class PieceStore:
             return
         if cid in self._unsaved:
             self._save_manifest(cid, self._raw[cid])
+        path = self.piece_path(cid, index)
         try:
-            self._write(self.piece_path(cid, index), data, marked=True)
+            try:
+                self._write(path, data, marked=True, gone_ok=True)
+            except _DirectoryGone:  # another worker dropped the content's directory (bare there): made again, as a disk
+                self._save_manifest(cid, self._raw[cid])  # that fails would not be (logged as one, it stopped read-ahead)
+                self._write(path, data, marked=True)
         except PieceNotStored as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # the content's directory went (or a file took its place)
                 self._unsaved.add(cid)  # made again, with its manifest, before the next piece
@@ -462,9 +471,9 @@ class PieceStore:
         self.write_failures += 1
         return PieceNotStored(exc.errno, f"cannot store {path}: {exc.strerror or exc}")
 
-    def _write(self, path: str | Path, data: bytes, marked: bool = False) -> None:
+    def _write(self, path: str | Path, data: bytes, marked: bool = False, gone_ok: bool = False) -> None:
         """Write to a temporary file (``marked``: with the mark of checked bytes) and rename it into place; on any
-        failure remove it and raise PieceNotStored."""
+        failure remove it and raise PieceNotStored (``gone_ok``: _DirectoryGone, uncounted, if its directory is gone)."""
         tmp = f"{path}.{os.getpid()}.tmp"  # one writer's own: another worker may be storing the same piece
         try:
             with self._retrying(lambda: open(tmp, "wb"), tmp) as f:
@@ -475,6 +484,8 @@ class PieceStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if gone_ok and exc.errno == errno.ENOENT:
+                raise _DirectoryGone from None
             raise self._not_stored(path, exc) from None
         if self.write_error is not None and time.monotonic() - self._write_failed >= WRITES_GOOD_S:
             log.info("piece store %s: writes succeed again", self.root)
@@ -673,6 +684,18 @@ class PieceStore:
             os.unlink(self.piece_path(cid, index))
         if held is not None and not held:
             self._bared(cid)
+
+    def used(self, cid: str) -> None:
+        """A request reads ``cid``: if it is bare, it is bare from now, the last in line for the bound (MAX_BARE).
+
+        A content read again was the longest bare one, and so the first
+        dropped: an edge past MAX_BARE under a small --max-cache dropped the
+        manifests of files being served, and answered 502 "withdrawn while
+        being fetched", after the 200's head for some (an adversarial
+        session)."""
+        if cid in self._bare:
+            self._bare[cid] = time.monotonic()
+            self._bare.move_to_end(cid)
 
     def _bared(self, cid: str) -> None:
         """``cid`` holds no piece now: at the end of the bare ones, and the longest bare past MAX_BARE go (not within
