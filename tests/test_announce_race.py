@@ -70,3 +70,24 @@ def test_a_subscriber_met_before_our_region_was_known_is_judged_by_its_claim_onc
     engine.tracker_answer([{"peer_id": "a", "url": east.url, "have": set(), "same_region": True}])
     peer._learn_region("west")  # moved: claims are judged again, but a tracker's word is not a claim
     assert (east.same_region, west.same_region) == (True, True)
+
+
+async def test_a_round_sends_its_batches_one_after_another(tmp_path: Path):
+    """A round's batches went to the edge all at once: 50 of them, for a peer holding 2 500 contents, made the edge's
+    loop run late past its flood guard, which shed a third of them, round after round (an adversarial session)."""
+    key = tmp_path / "origin.pub"
+    key.write_bytes(public_pem(load_or_create_private_key(tmp_path / "origin.key").public_key()))
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(EDGE,), origin_key=key))
+    flying, most, sent = 0, 0, []
+
+    async def batch(edge: str, cids: list[str], event: str) -> None:
+        nonlocal flying, most
+        flying += 1
+        most = max(most, flying)
+        await asyncio.sleep(0.01)
+        sent.append(len(cids))
+        flying -= 1
+
+    peer._announce_batch = batch  # type: ignore[method-assign]
+    await peer._announce_edge(EDGE, {f"{i:064x}" for i in range(120)}, "update")
+    assert most == 1 and sent == [50, 50, 20]
