@@ -214,6 +214,18 @@ def test_from_dict_ignores_unknown_fields():
     assert Manifest.from_dict(d).content_id == make_manifest().content_id
 
 
+def test_a_content_type_that_is_no_media_type_is_a_malformed_manifest():
+    """A manifest's content_type becomes every answer's Content-Type header: a hostile parent's (signed by the key it
+    serves) with CR/LF made each a 500 with a traceback, at the edge and the peer's gateway; 200 KB of it reached
+    players as a 200 with no body (an adversarial session)."""
+    d = make_manifest().to_dict()
+    for ok in ("application/vnd.openxmlformats-officedocument.wordprocessingml.document", "video/mp2t", "audio/x-flac"):
+        assert Manifest.from_dict(d | {"content_type": ok}).content_type == ok
+    for bad in ("text/html\r\nX-Evil: 1", "video/mp4; codecs=avc1", "x" * 200_000 + "/y", "vidéo/mp4", "mp4", "", "a/b/c"):
+        with pytest.raises(ManifestError, match="content_type must be a media type"):
+            Manifest.from_dict(d | {"content_type": bad})
+
+
 def test_empty_file_manifest_is_valid():
     m = Manifest.from_dict(make_manifest(size=0, pieces=()).to_dict())
     assert m.piece_count == 0

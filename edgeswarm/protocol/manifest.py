@@ -34,6 +34,9 @@ FORMAT = 1
 
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+# a media type as the manifest carries it: type/subtype, RFC 9110 tokens of at most 127 characters (RFC 6838), no
+# parameters; it becomes each answer's Content-Type header, and a hostile parent's CR/LF made every answer a 500
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,127}/[!#$%&'*+.^_`|~0-9A-Za-z-]{1,127}")
 
 
 class ManifestError(EdgeswarmError, ValueError):
@@ -148,6 +151,7 @@ class Manifest:
             raise ManifestError(f"malformed manifest: {exc}") from exc
         checks: list[tuple[Callable[[], bool], str]] = [
             (lambda: isinstance(m.path, str) and isinstance(m.content_type, str), "path and content_type must be strings"),
+            (lambda: _MEDIA_TYPE.fullmatch(m.content_type) is not None, "content_type must be a media type (type/subtype)"),
             (
                 lambda: all(type(v) is int and v >= 0 for v in (m.size, m.modified, m.piece_size)),
                 "size, modified, piece_size must be integers ≥ 0",
