@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer
 
-from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text, source_address
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text, said_in, source_address
 
 
 class Slow(DoubleServer):
@@ -119,6 +119,21 @@ async def test_what_an_upstream_did_wrong_is_said_as_its_fault():
     assert "does not speak TLS: is it http://?" in tls.value.message, tls.value.message
     closed = client_error_text(aiohttp.ServerDisconnectedError(), "http://edge:8443")
     assert "if the URL should be https://" in closed
+
+
+def test_a_broken_servers_bytes_stay_out_of_the_messages_that_quote_it():
+    """A garbage status line put the server's bytes, and a caret under them, on five lines of `get`'s last error; a
+    body cut short read "ContentLengthError: 400", a status nobody sent; a parent answering a piece 206 had 200 bytes
+    of the piece pasted in as its reason (an adversarial session)."""
+    message = "Bad status line:\n  Expected HTTP/, RTSP/ or ICE/:\n\n  b'\\x00\\xff garbage'\n    ^"  # llhttp's words
+    garbage = aiohttp.ClientResponseError(None, (), status=400, message=message)  # type: ignore[arg-type]
+    said = client_error_text(garbage, "http://edge:1")
+    assert said == "its answer is not valid HTTP: Bad status line", said
+    cut = aiohttp.ClientPayloadError("Response payload is not completed: <ContentLengthError: 400, message='Not enough data'>")
+    assert "400" not in client_error_text(cut, "http://edge:1") and "cut short" in client_error_text(cut, "http://edge:1")
+    assert said_in(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4) == "(1032 bytes that are not text)"
+    assert said_in(b"  too many\n requests,\tslow down  ") == "too many requests, slow down"
+    assert said_in("caf\u00e9 ".encode() * 100, 201) == " ".join(["caf\u00e9"] * 33) + " caf"  # cut mid-character: text
 
 
 def test_connections_leave_from_a_loopback_listen_address_only_when_every_node_to_reach_is_on_loopback():

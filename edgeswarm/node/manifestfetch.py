@@ -23,7 +23,7 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import answer_started
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import MAX_MANIFEST, Busy, OutOfDescriptorsHere, Upstream, UpstreamError, busy, passed_on
+from edgeswarm.node.upstream import MAX_MANIFEST, Busy, OutOfDescriptorsHere, Upstream, UpstreamError, busy, passed_on, said_in
 from edgeswarm.policy import live
 from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
@@ -234,10 +234,10 @@ class ManifestFetcher:
             store.forget_path(path)
             raise HttpError(404, f"no such file: {path} is not published")
         if reply.status in (401, 403) and self.user_credential:  # the user's token is missing, expired or too narrow
-            why = reply.body[:200].decode(errors="replace").strip()
+            why = said_in(reply.body)
             raise HttpError(403, f"{source} refused /{path}: {why}")
         if reply.status != 200:
-            why = f"{who} answered {reply.status} for {path}: {reply.body[:200].decode(errors='replace').strip()}"
+            why = f"{who} answered {reply.status} for {path}: {said_in(reply.body)}"
             raise busy(reply.status, reply.headers, why) or UpstreamError(502, why)
         try:
             signed = SignedManifest.parse(reply.body, store.public_key)

@@ -17,7 +17,7 @@ import logging
 import time
 from urllib.parse import quote, urljoin
 
-from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, said_in
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.registration import base_url_problem
 
@@ -32,7 +32,7 @@ async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[
     query = f"/edges?path={quote(path, safe='/')}" if path else "/edges"
     reply = await upstream.get(router, query, timeout=5.0)
     if reply.status != 200:
-        why = f"router {router} answered {reply.status}: {reply.body[:200].decode(errors='replace').strip()}"
+        why = f"router {router} answered {reply.status}: {said_in(reply.body)}"
         raise UpstreamError(403 if reply.status == 403 else 502, why)  # 403: this client is in no region, and will not be
     try:
         rows = jsondoc.loads(reply.body)["edges"]
@@ -146,7 +146,7 @@ async def _refused_by_router(upstream: Upstream, base: str) -> None:
     # a router checks no token: a token's refusal is the edge's own, which checked the user's token against the path
     # /edges ("token for user alice covers /music/, not /edges", an adversarial session)
     if probe.status in ROUTER_REFUSALS and "WWW-Authenticate" not in probe.headers:
-        raise UpstreamError(probe.status, f"{base} answered {probe.status}: {probe.body[:300].decode(errors='replace').strip()}")
+        raise UpstreamError(probe.status, f"{base} answered {probe.status}: {said_in(probe.body, 300)}")
 
 
 async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | None, str]:

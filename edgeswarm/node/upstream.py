@@ -295,26 +295,42 @@ def client_error_text(exc: BaseException, base: str) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect: {os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientResponseError):  # its answer could not be parsed: not a status it sent
-        return f"its answer is not valid HTTP: {str(exc.message).split(': b', 1)[0][:100]}"  # not the bytes it sent
+        # the parser's first line, without the bytes it sent (they come after ": b" or on the lines below, with a caret)
+        first = str(exc.message).split("\n", 1)[0].split(": b", 1)[0].rstrip(": ")
+        return f"its answer is not valid HTTP: {first[:100]}"
+    if isinstance(exc, aiohttp.ClientPayloadError):  # its "400" is the parser's code, not a status the server sent
+        return "its answer's body was cut short, or its framing (chunks, length, encoding) was broken"
     if isinstance(exc, aiohttp.ServerDisconnectedError) and base.startswith("http://"):
         return "it closed the connection without an answer (restarting; or an HTTPS server, if the URL should be https://)"
     return f"{exc.__class__.__name__} {exc}"[:300]
 
 
+def said_in(body: bytes, limit: int = 200) -> str:
+    """An answer's body as the one-line reason a message quotes: its start on one line, or what it is when it is no
+    text (a parent that answered a piece 206 had 200 bytes of the piece pasted into the 502 and the log: an
+    adversarial session)."""
+    text = " ".join(body[:limit].decode("utf-8", "replace").rstrip("\ufffd").split())
+    return text if text.isprintable() and "\ufffd" not in text else f"({len(body)} bytes that are not text)"
+
+
 ANSWER_TEXT = 4096  # bytes of an answer's body that an error line or a CLI message quotes, at most
 
 
-async def answer_text(resp: aiohttp.ClientResponse, limit: int = ANSWER_TEXT) -> str:
-    """The start of an answer's body, as text, for a log line or a message: at most ``limit`` bytes are read.  Read
-    whole, a hostile router's answer to an edge's registration (1.5 GiB, or a gzip bomb) took the edge to 4.2 GB,
-    again every 30 s (an adversarial session)."""
+async def answer_body(resp: aiohttp.ClientResponse, limit: int = ANSWER_TEXT) -> bytes:
+    """The start of an answer's body: at most ``limit`` bytes are read.  Read whole, a hostile router's answer to an
+    edge's registration (1.5 GiB, or a gzip bomb) took the edge to 4.2 GB, again every 30 s (an adversarial session)."""
     data = b""
     while len(data) < limit and not resp.content.at_eof():
         chunk = await resp.content.read(limit - len(data))
         if not chunk:
             break
         data += chunk
-    return data.decode(resp.get_encoding() if resp.charset else "utf-8", errors="replace").strip()
+    return data
+
+
+async def answer_text(resp: aiohttp.ClientResponse, limit: int = ANSWER_TEXT) -> str:
+    """The start of an answer's body as the one-line reason a log line or a message quotes (``said_in``)."""
+    return said_in(await answer_body(resp, limit), limit)
 
 
 async def read_bounded(

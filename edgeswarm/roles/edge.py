@@ -53,6 +53,7 @@ from edgeswarm.node.upstream import (
     UpstreamTimeout,
     busy,
     passed_on,
+    said_in,
 )
 from edgeswarm.policy import bitfield
 from edgeswarm.policy.live import is_playlist
@@ -449,7 +450,7 @@ class Edge:
                 raise self.manifests.withdraw(signed.manifest.path, cid)  # or a new version: the next read asks (not in --revalidate)
             if reply.status != 200:
                 if not sibling:
-                    said = reply.body[:200].decode(errors="replace").strip()  # its reason, as for a manifest or a key
+                    said = said_in(reply.body)  # its reason, as for a manifest or a key: not a piece's bytes
                     why = f"parent {source} answered {reply.status} for piece {index}: {said}"
                     problems.append(busy(reply.status, reply.headers, why) or UpstreamError(502, why))
                 continue  # a sibling that does not hold it says 504

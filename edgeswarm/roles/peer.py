@@ -53,6 +53,7 @@ from edgeswarm.node.upstream import (
     client_error_text,
     node_url,
     read_bounded,
+    said_in,
     says_busy,
     source_address,
     source_family,
@@ -847,7 +848,7 @@ class Peer:
         Hopeless: no retry changes the edge's mind, so a download leaves that edge alone (engine._hopeless)."""
         if reply.status not in (401, 403) or "WWW-Authenticate" not in reply.headers:
             return None
-        said = " ".join(reply.body[:300].decode("utf-8", "replace").split())  # one line, whatever the edge sent
+        said = said_in(reply.body, 300)  # one line, whatever the edge sent
         self.refused[edge] = f"{edge} answered {reply.status} for {what}: {said}"
         return Hopeless(502, self.refused[edge])  # the edge's words: what to do is the gateway's and /status's to say
 
@@ -1072,7 +1073,7 @@ class Peer:
                     "POST", tracker, "/announce", None, 5.0, {**self._head(), "contents": items}, MAX_ANNOUNCE * 4
                 )
                 if reply.status != 200:
-                    return f"{reply.status} {reply.body[:200].decode(errors='replace').strip()}", set()
+                    return f"{reply.status} {said_in(reply.body)}", set()
                 answers = jsondoc.loads(reply.body)["contents"]
                 if event == "stopped":
                     for cid, _ in chunk:
@@ -1262,7 +1263,7 @@ class Peer:
         if status in (404, 405):
             return None
         if status != 200:
-            why = f"{status} {body[:200].decode(errors='replace').strip()}"
+            why = f"{status} {said_in(body)}"
             if status >= 500:  # an edge starting up, one whose parent or tracker store is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)
@@ -1308,7 +1309,7 @@ class Peer:
         if status in (404, 405):
             return None
         if status != 200:
-            why = f"{status} {body[:200].decode(errors='replace').strip()}"
+            why = f"{status} {said_in(body)}"
             if status >= 500:  # an edge starting up, or one whose parent is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.node.upstream import UpstreamError, said_in
 from edgeswarm.policy.preheatorders import MAX_DECLINED
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.httpspec import PEER_HEADER
@@ -69,7 +69,7 @@ class Volunteer:
             return Answer(None)
         if reply.status != 200:
             if reply.status not in (404, 405):  # an edge without --p2p, or from before preheat orders, has none
-                log.info("preheat orders from %s: %d %s", edge, reply.status, reply.body[:200].decode(errors="replace").strip())
+                log.info("preheat orders from %s: %d %s", edge, reply.status, said_in(reply.body))
                 return Answer(None)
             return Answer([])
         try:
