@@ -978,3 +978,49 @@ def test_a_download_left_with_no_useful_neighbour_asks_for_peers_and_one_that_ne
     assert n is not None
     whole.drop(n)
     assert host2.lonely_asks == 0
+
+
+def two_edge_reader(now: list[float]):
+    """An engine with two edges measured, ``fast`` first, a reader waiting at piece 0, and its edge worker."""
+    e, host = make(count=8, now=now)
+    e.edges[:] = ["http://fast:8000", "http://slow:8000"]
+    e.ranking.success("http://fast:8000", 90_000_000, 1.0)
+    e.ranking.success("http://slow:8000", 40_000_000, 1.0)
+    e.reading(0)
+    return e, host, spawned(host, "edge_worker")
+
+
+def test_a_readers_piece_an_edge_is_late_with_is_raced_on_another_edge_and_the_late_one_set_aside():
+    """An edge that takes connections and never answers (SIGSTOP) held a player's piece for its whole timeout, 12 s,
+    with a second edge idle (an adversarial session).  Late by the deadline, the piece is asked of the other edge;
+    its copy lands, the late request is abandoned, and the late edge is set aside."""
+    now = [0.0]
+    e, host, worker = two_edge_reader(now)
+    first = worker.send(None)
+    assert isinstance(first, Fetch) and first.url == "http://fast:8000" and first.urgent
+    relief = spawned(host, "relief_worker")
+    assert isinstance(relief.send(None), Wait), "on time: nobody races it"
+    now[0] = e.picker.deadline
+    raced = relief.send(None)
+    assert isinstance(raced, Fetch) and raced.url == "http://slow:8000" and raced.index == first.index and raced.urgent
+    relief.send(Result("ok", 0.01, MIN_PIECE))
+    assert first.index in host.abandoned and not e.ranking.available("http://fast:8000", now[0])
+    worker.send(Result("abandoned"))
+    assert e.ranking.ranked(e.edges, now[0] + 60) == ["http://slow:8000", "http://fast:8000"], "last until it delivers"
+
+
+def test_an_edge_re_measured_is_asked_for_a_piece_no_reader_waits_for():
+    """The others are re-measured every 8th pick, with a piece nobody waits for: a wedged edge re-measured with a
+    player's piece held it for its timeout, on about every other new play (an adversarial session)."""
+    now = [0.0]
+    e, _, _ = two_edge_reader(now)
+    assert e.choose_edge(7) == "http://slow:8000"
+    assert e.choose_edge(7, urgent=True) == "http://fast:8000"
+
+
+def test_a_wedged_edge_among_two_costs_a_reader_the_deadline_not_its_timeout():
+    """The faster of two edges wedged (it takes requests and never answers them) while a player reads: every piece
+    came, at worst the deadline late, not the 10 s timeout late (an adversarial session: 12 s stalls on every other play)."""
+    o = simulate(Crowd(peers=1, regions=1, edge_rates=(16e6, 8e6), edge_down=(1.0, math.inf), edge_hangs=True))
+    assert o.finished == 1
+    assert o.read_wait_max < 3.0

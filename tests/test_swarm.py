@@ -666,6 +666,42 @@ async def test_several_edges_fastest_preferred_and_failed_one_replaced(tmp_path,
     assert after[slow.url] > before.get(slow.url, 0) and after[fast.url] <= before[fast.url] + 262144, (before, after)
 
 
+async def test_a_wedged_edge_among_two_does_not_stall_a_players_reads_for_its_timeout(tmp_path, nodes, origin, published, http):
+    """The faster of a peer's two edges frozen (SIGSTOP: the kernel takes its connections, nothing answers): a new
+    read through the gateway waited 12 s for the first byte, and about every other one after its back-off (an
+    adversarial session).  Now the late pieces are raced on the other edge after the deadline (2 s), and the wedged
+    edge comes last until it delivers again."""
+    files = {f"v{i}.bin": make_file(published / f"v{i}.bin", 1024 * 1024) for i in range(4)}
+    edges = [nodes.start("edge", "--cache", str(tmp_path / f"e{n}"), "--parent", origin.url, name=f"e{n}") for n in (1, 2)]
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--edge", edges[0].url, "--edge", edges[1].url, "--gateway", "127.0.0.1:0"),
+        name="p",
+    )
+    gateway = peer.urls["gateway"]
+    for name in files:  # every manifest known (a new file's manifest from a wedged edge is another matter)
+        async with http.head(f"{gateway}/{name}") as resp:
+            assert resp.status == 200
+    for name in ("v0.bin", "v1.bin"):  # both edges measured
+        assert await body_sha(http, f"{gateway}/{name}") == sha(files[name])
+    rates = {e["url"]: e["rate_Bps"] or 0 for e in (await status(http, gateway))["edges"]}
+    assert all(rates.values()), rates
+    wedged = max(edges, key=lambda e: rates[e.url])
+    assert wedged.proc is not None
+    pids = [wedged.proc.pid, *(int(p) for p in Path(f"/proc/{wedged.proc.pid}/task/{wedged.proc.pid}/children").read_text().split())]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        for name in ("v2.bin", "v3.bin"):
+            started = time.monotonic()
+            assert await body_sha(http, f"{gateway}/{name}") == sha(files[name])
+            assert time.monotonic() - started < 7.0, f"{name}: a read waited for the wedged edge's timeout"
+            await asyncio.sleep(4.5)  # its back-off over: it is not first again
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 async def edge_bytes(http: aiohttp.ClientSession, peer) -> dict[str, int]:
     st = await status(http, peer.urls["gateway"])
     return {row["source"]: row["bytes"] for row in st["bytes_received"] if row["kind"] == "edge"}

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -71,6 +71,7 @@ STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to thi
 # an edge that failed as no retry soon changes (it refuses our token, its certificate does not verify: Hopeless) is
 # left alone as our full disk is: not asked again for so long, doubled each time it fails so again
 HOPELESS_RETRY, HOPELESS_RETRY_MAX = STORE_RETRY, STORE_RETRY_MAX
+RELIEF_POLL = 0.25  # seconds between two looks of the relief worker at whether an edge request is late (relief_worker)
 SHORT_PAUSE = 1.0  # seconds a worker waits after our own process ran out of file descriptors
 RESTART_PAUSE = 1.0  # seconds before a download's edge, seeding or scout worker that failed on a bug runs again
 RESTART_MAX = 60.0  # the pause doubles with each failure up to this: a bug that recurs costs a log line a minute
@@ -227,7 +228,8 @@ class Engine:
             self.urgent = min(self.urgent, self.window)
         self.edge_pipeline = EDGE_PIPELINE * scale
         self.piece_size = piece_size
-        self._edge_requests = 0  # edge workers' requests in flight now
+        self._edge_flights: list[tuple[str, float]] = []  # edge workers' requests in flight now: (edge, since when)
+        self._relief = False  # the relief worker runs (relief_worker)
         self._pipelining: set[int] = set()  # slots of the edge workers beyond edge_workers running now (edge_depth)
         self.self_id = seed
         self.edges = edges  # the peer's list: edges it learns later are used too
@@ -593,18 +595,74 @@ class Engine:
             if index is None:
                 yield Wait(self._idle(0.25))
                 continue
-            edge = self.choose_edge(picks) or self.ranking.probe(self._askable(), now)  # every edge set aside: one a second
+            urgent = self.picker.is_urgent(index)
+            edge = self.choose_edge(picks, urgent=urgent) or self.ranking.probe(self._askable(), now)  # all set aside: one a second
             picks += 1
             if edge is None:
                 yield Wait(1.0)
                 continue
-            self._edge_requests += 1
-            try:
-                outcome = yield from self.transfer(source, edge, index, urgent=self.picker.is_urgent(index))
-            finally:
-                self._edge_requests -= 1
-            if outcome == "gone":
+            self._start_relief()
+            if (yield from self._edge_transfer(source, edge, index, urgent)) == "gone":
                 yield Sleep(1.0)  # the content left the store: do not spin
+
+    def _edge_transfer(self, source: str, edge: str, index: int, urgent: bool) -> Step:
+        """An edge worker's request, counted in flight (``edge_depth``'s measure, ``_late_edges``) while it runs."""
+        flight = (edge, self.clock())
+        self._edge_flights.append(flight)
+        try:
+            return (yield from self.transfer(source, edge, index, urgent=urgent))
+        finally:
+            self._edge_flights.remove(flight)
+
+    def _start_relief(self) -> None:
+        """The relief worker, once this download has a second edge to ask."""
+        if not self._relief and len(self._askable()) > 1:
+            self._relief = True
+            self.host.spawn(self._kept("relief worker", self.relief_worker))
+
+    def relief_worker(self) -> Worker:
+        """A reader's pieces from another edge while an edge request is late by the deadline: an edge that takes
+        connections and never answers (a wedged process) held the one edge worker, and every reader, for its whole
+        timeout (12 s) while a second edge sat idle (an adversarial session).  The late request goes on: a cold edge's
+        answer waits for its own fetch upstream, and whichever copy comes first is kept (``Host.abandon``).  An edge
+        that lost such a race is set aside as if it had failed (``_outraced``), its back-off doubling while it keeps
+        losing, so it is asked again with what nobody waits for (``choose_edge``)."""
+        source = "edge-relief"
+        while not self.closed and not self.host.gone():
+            now = self.clock()
+            late = self._late_edges(now)
+            edge = self.choose_edge(0, exclude=late.keys(), urgent=True) if late else None
+            seeding = not self._store_failing() and self.seeder() is not None  # what the edge worker would take
+            index = self.picker.pick_urgent(source, now, True, self.fallback(now), seeding, race=True) if edge else None
+            if edge is None or index is None:
+                yield Wait(self._idle(RELIEF_POLL))
+                continue
+            if (yield from self._edge_transfer(source, edge, index, urgent=True)) == "ok":
+                self._outraced(late, edge)
+
+    def _late_edges(self, now: float) -> dict[str, float]:
+        """The edges with a request in flight for longer than the deadline, and since when (the oldest)."""
+        late: dict[str, float] = {}
+        for edge, began in self._edge_flights:
+            if began <= now - self.picker.deadline:
+                late[edge] = min(began, late.get(edge, began))
+        return late
+
+    def _outraced(self, late: dict[str, float], winner: str) -> None:
+        """``winner`` delivered while these edges' requests were late: those still late are set aside (a request of
+        theirs sent before this failure that fails later is the same episode: ``SourceRanking.failure``)."""
+        now = self.clock()
+        for edge, began in late.items():
+            if edge in self._late_edges(now):
+                backoff = self.ranking.failure(edge, now, began)
+                if self.ranking.news(edge, now):
+                    log.warning(
+                        "edge %s has not answered within %g s; %s answered its reader; set aside for %.0f s",
+                        edge,
+                        self.picker.deadline,
+                        winner,
+                        backoff,
+                    )
 
     def _pipeline(self, picks: int) -> None:
         """Edge workers for the slots below ``edge_depth`` that have none: they leave when it falls, or peers deliver."""
@@ -761,15 +819,17 @@ class Engine:
         """The edge to ask /seed: chosen as any edge request is, among the live ones that have not refused it."""
         return self.choose_edge(picks, exclude=self._no_seed)
 
-    def choose_edge(self, picks: int, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
-        """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then."""
+    def choose_edge(self, picks: int, exclude: Collection[str] = frozenset(), urgent: bool = False) -> str | None:
+        """The fastest live edge; unmeasured ones are tried first and the others re-measured now and then, with a
+        piece no reader waits for (``urgent``: one does): a wedged edge re-measured with a player's piece held it
+        for the edge's whole timeout (an adversarial session)."""
         live = [e for e in self.ranking.ranked(self._askable(), self.clock()) if e not in exclude]
         if not live:
             return None
         unmeasured = [e for e in live if self.ranking.rate(e) is None]
         if unmeasured:
             return unmeasured[0]  # measure every edge once
-        if len(live) > 1 and picks % 8 == 7:
+        if len(live) > 1 and picks % 8 == 7 and not urgent:
             return live[1 + picks // 8 % (len(live) - 1)]  # re-measure the others now and then: they may have recovered
         return live[0]
 
@@ -793,7 +853,7 @@ class Engine:
         if ok:  # our store writes again
             self.picker.only_awaited, self._unstored_at, self._store_retry = False, -math.inf, STORE_RETRY
             if data is None:  # else /seed's answer, timed by the seeding worker
-                self.ranking.success(url, result.nbytes, result.seconds, self._edge_requests if peer is None else 1)
+                self.ranking.success(url, result.nbytes, result.seconds, len(self._edge_flights) if peer is None else 1)
             if peer is None:
                 self.hopeless.revive(url, began)
             if peer is not None:

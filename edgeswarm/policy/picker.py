@@ -345,7 +345,9 @@ class PiecePicker:
         free = [i for i in self.missing() if i in holds and i not in self._in_flight and not self.is_urgent(i)]
         return min(free, key=lambda i: (self.availability[i], self._tiebreak[i])) if free else None
 
-    def pick_urgent(self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False) -> int | None:
+    def pick_urgent(
+        self, source: str, now: float, edge: bool = False, fallback: bool = False, seeding: bool = False, race: bool = False
+    ) -> int | None:
         """A piece of the reader's urgent window for ``source``, or None.
 
         A peer takes any it holds; the edge one no peer holds, one a reader has
@@ -355,7 +357,8 @@ class PiecePicker:
         ``seeding``: the edge seeds the region, lowest lacked piece first, so a
         piece no peer holds yet is on its way to one (readers that start
         together all lack the same next pieces): the edge takes it only once a
-        reader has waited ``seed_patience`` for it.
+        reader has waited ``seed_patience`` for it.  ``race``: ``source`` is another edge relieving one that is late
+        (the engine's relief worker): it races a piece in flight for longer than the deadline, at an edge too.
         """
         if source in self.paused:
             return None
@@ -374,6 +377,8 @@ class PiecePicker:
                     return i
             elif edge and self._late_at_peers(flying, now - self.deadline):
                 return i  # a peer is late with an urgent piece: race it (an edge already sending it would only be slowed down)
+            elif race and min(flying.values()) <= now - self.deadline:
+                return i  # late, at an edge too: another edge races it
         return None
 
     def _patience(self, seeding: bool) -> float:

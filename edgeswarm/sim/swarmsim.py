@@ -65,6 +65,7 @@ class Crowd:
     seed_line: bool = True  # False: the edge sends whole-file askers' seed answers all at once, as streams' (before the line)
     upload_line: bool = True  # False: a peer sends background pieces all at once, as urgent ones (before its line)
     edge_down: tuple[float, float] | None = None  # (from, until): the first edge refuses everything meanwhile
+    edge_hangs: bool = False  # ... or, wedged, takes each request and never answers it (it times out, TIMEOUT)
     black_holes: int = 0  # extra peers per region that announce every piece and never answer (a fallback's test)
     # complete peers per region before the crowd (preheated volunteers): they upload and never read, and the edge's
     # super-seeder counts the one copy of each piece it sent them while they fetched it
@@ -225,7 +226,7 @@ class SimEdge:
         if request.answered:
             return
         if self.down():
-            self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
+            self._refuse(request)
             return
         if urgent:
             self.forced[asker.region.name] += self.sim.piece_len(index)
@@ -233,7 +234,7 @@ class SimEdge:
 
     def seed(self, asker: SimPeer, claimed: frozenset[int], start: int, whole: bool, unseen: frozenset[int], request: Request) -> None:
         if self.down():
-            self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
+            self._refuse(request)
             return
         if not self.sim.crowd.seeding:
             self.sim.loop.after(self.sim.rtt, request.reply, Result("unsupported"))
@@ -261,6 +262,13 @@ class SimEdge:
             request.stop = _also(request.stop, free)  # the line moves on when its answer is abandoned too
 
         self.seed_line.join(request, turn)
+
+    def _refuse(self, request: Request) -> None:
+        """Down: refused at once, or held until the asker's timeout (``Crowd.edge_hangs``)."""
+        if self.sim.crowd.edge_hangs:
+            self.sim.loop.after(TIMEOUT, request.reply, Result("stalled", message="timed out"))
+        else:
+            self.sim.loop.after(self.sim.rtt, request.reply, Result("failed", message="connection refused"))
 
     def _send(self, asker: SimPeer, index: int, request: Request, reply: Callable[[float, int], None]) -> None:
         """The piece counts as the region's copy from the moment it is sent (as the edge's ``_copy``); bytes as they go."""
@@ -574,6 +582,7 @@ class Outcome:
     forced_copies: dict[str, float]  # of which urgent (deadline-forced) requests
     cross_region: int  # bytes between regions
     read_wait_p95: float  # seconds a reader waited for a piece, 95th percentile
+    read_wait_max: float  # ... the longest
     finished: int
     events: dict = field(default_factory=dict)
     edge_sent: dict = field(default_factory=dict)  # edge URL -> bytes
@@ -659,6 +668,7 @@ class Simulation:
             forced_copies={r: forced[r] / c.size for r in sorted(forced)},
             cross_region=got[PEER_OTHER_REGION],
             read_wait_p95=waits[min(len(waits) - 1, int(0.95 * len(waits)))] if waits else 0.0,
+            read_wait_max=waits[-1] if waits else 0.0,
             finished=len(done),
             events=dict(self.events) | {"announces": sum(p.announces for p in ps)},
             edge_sent={e.url: sum(e.sent.values()) for e in self.edges},
