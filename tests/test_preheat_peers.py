@@ -210,6 +210,8 @@ def test_a_volunteer_whose_token_expired_is_not_chosen_and_its_refused_poll_ends
     time.sleep(tokens.LEEWAY)
     assert poll("eve", short).endswith("401")
     assert get(f"{edge.url}/preheat")["volunteers"] == {"east": 1}  # robert's alone
+    assert poll("robert", "garbage").endswith("401")  # anybody at his address, naming him: his place is his (a review)
+    assert get(f"{edge.url}/preheat")["volunteers"] == {"east": 1}
 
 
 def test_a_volunteer_without_room_for_an_order_gives_its_place_to_another(nodes, tmp_path, origin, published):

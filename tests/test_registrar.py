@@ -50,3 +50,37 @@ async def test_a_routers_answer_is_read_no_further_than_what_the_log_line_quotes
         assert router.sent < 64 << 20, router.sent
     [line] = [r.getMessage() for r in caplog.records if "refused the registration" in r.getMessage()]
     assert line.endswith("500 " + "x" * 300), line[-80:]
+
+
+class OddRouter(DoubleServer):
+    """Refuses with a charset nobody knows, and notes the Accept-Encoding the edge sent."""
+
+    def __init__(self) -> None:
+        self.encodings: list[str] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/register", self.register)
+
+    async def register(self, request: web.Request) -> web.Response:
+        self.encodings.append(request.headers.get("Accept-Encoding", ""))
+        return web.Response(status=403, body=b"wrong secret", headers={"Content-Type": "text/plain; charset=bogus"})
+
+
+async def test_a_refusal_in_an_unknown_charset_is_quoted_and_the_registrations_go_on(caplog):
+    """An answer naming an unknown charset raised out of the registrar, which stopped registering with every router,
+    saying nothing (a review); a gzipped refusal was logged as its compressed bytes: the edge asks for no encoding."""
+    caplog.set_level(logging.INFO)
+    async with OddRouter() as router:
+        registration = Registration([router.url], "west", 1_000_000, url="http://127.0.0.1:9")
+        registration.bound.set()
+        task = asyncio.create_task(registration.loop())
+        for _ in range(100):
+            if router.encodings:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert not task.done(), task
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert router.encodings[0] == "identity"
+    assert any(r.getMessage().endswith("refused the registration: 403 wrong secret") for r in caplog.records)

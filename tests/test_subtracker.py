@@ -200,6 +200,12 @@ async def test_under_require_token_a_sub_tracker_keeps_the_rounds_of_contents_it
     assert route["fallbacks"] == 0 and not route["set_aside"], route
     refused = (await status(http, fast.urls["gateway"]))["subtracker"]["refused"]
     assert set(refused) == {"502"}, refused  # music/m.bin alone: the edge refuses its manifest to alice's token
+    # and the edge still hears of every content of the slow peer: the refused one's round every round took the place
+    # of the round of all contents due every 1.5 intervals, and the edge forgot the others after a ttl (a review)
+    for _ in range(8):  # over two ttls (3 intervals of 1 s each)
+        regions = (await status(http, edge.url))["p2p"]["regions"]
+        assert sum(r.get("swarm_memberships", 0) for r in regions.values()) == 4, regions  # alice's 1, bob's 3
+        await asyncio.sleep(1)
 
 
 async def _answered_since(http: aiohttp.ClientSession, peer, rounds: int) -> bool:

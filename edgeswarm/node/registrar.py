@@ -46,7 +46,8 @@ class Registration:
 
     async def loop(self) -> None:
         await self.bound.wait()
-        headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+        # identity: the answer is quoted, never decompressed (a gzipped refusal was logged as its compressed bytes)
+        headers = {"Accept-Encoding": "identity"} | ({"Authorization": f"Bearer {self.secret}"} if self.secret else {})
         connector = aiohttp.TCPConnector(ssl=self.ssl or True)
         timeout = aiohttp.ClientTimeout(total=10)
         # the answer is only quoted (answer_text), never decompressed: a router's gzip bomb stays the few bytes it sent

@@ -60,6 +60,15 @@ class AnnounceRoute:
             self._named[edge] = tracker
         self._unused(before)
 
+    def heard(self, edge: str) -> float:
+        """When ``edge`` last took an announce of ours (-inf: never)."""
+        return self._heard.get(edge, -float("inf"))
+
+    def rewind(self, edge: str, when: float) -> None:
+        """``edge`` took only part of a round (what the sub-tracker refused): when it took a whole one stays ``when``,
+        so that the round every EDGE_EVERY intervals still brings it every content."""
+        self._heard[edge] = when
+
     def target(self, edge: str, now: float, interval: float, news: bool) -> str | None:
         """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
         tracker = self._named.get(edge)

@@ -978,14 +978,20 @@ class Peer:
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
         self._vouch -= cids
+        heard = None  # a round the sub-tracker took part of: when the edge last took a whole one of ours
         if event == "update" and cids:  # an empty round goes on: it is what reschedules the edge's next one
-            cids = await self._to_subtracker(edge, cids, started, full)
-            if not cids:
+            rest = await self._to_subtracker(edge, cids, started, full)
+            if not rest:
                 return
+            if rest != cids:
+                heard = self.route.heard(edge)
+            cids = rest
         if event == "stopped":
             await asyncio.gather(self._announce_edge(edge, cids, event), self._stop_at_subtracker(edge, cids))
             return
         failed = [why for why in await self._announce_edge(edge, cids, event) if why]
+        if heard is not None:  # the edge took the contents the sub-tracker refused, not the others: their turn stays due
+            self.route.rewind(edge, heard)  # (a review: refreshed, it never came, and the edge forgot them after a ttl)
         now = time.monotonic()
         if failed:
             delay = self.schedule.failed(edge, now)

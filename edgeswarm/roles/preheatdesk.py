@@ -268,8 +268,10 @@ class PreheatDesk:
         if self.edge.require_token:  # verified, not only present: "Bearer garbage" volunteered and took places
             try:
                 grant = access.authenticated(request, (await self.edge._store()).public_key, required=True)
-            except HttpError:  # its token expired: it can no longer fetch, its places go to others (an adversarial session)
-                self.orders.forget({volunteer})
+            except HttpError:  # refused, and the token it volunteered with has expired: it can no longer fetch, its
+                kept = self._grants.get(volunteer)  # places go to others (an adversarial session); a refused poll alone
+                if kept is not None and kept[0].expires + tokens.LEEWAY <= time.time():  # is anybody's at its address
+                    self.orders.forget({volunteer})
                 raise
         now = time.monotonic()
         known = self.orders.volunteers
