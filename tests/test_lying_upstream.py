@@ -46,6 +46,7 @@ class FakeParent(DoubleServer):
         self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
         self.hung = False  # /manifest never answers (a stalled edge)
+        self.slow = 0.0  # seconds /manifest takes to answer (a slow parent)
         self.manifest_asks = 0
 
     def publish(self, path: str, data: bytes, modified: int) -> SignedManifest:
@@ -66,6 +67,7 @@ class FakeParent(DoubleServer):
         self.manifest_asks += 1
         if self.hung:
             await asyncio.sleep(3600)
+        await asyncio.sleep(self.slow)
         if "manifest" in self.endless:
             return await self._endless(request)
         if self.oversized:

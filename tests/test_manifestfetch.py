@@ -83,6 +83,23 @@ async def test_a_hung_edge_costs_a_read_one_second_at_most_not_its_timeout(tmp_p
             await close(peer)
 
 
+async def test_a_version_a_source_withdrew_is_not_served_stale_while_a_slow_source_answers(tmp_path):
+    """A file replaced at the origin: a piece's 404 withdrew the version held, and the next read, its source slower
+    than STALE_WAIT, was handed that withdrawn version again, stale, and answered 404 "no longer published" for a
+    file the origin served (an adversarial session).  It waits for the source's answer: the new version."""
+    async with FakeParent(tmp_path) as parent:
+        a = parent.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+        peer = await started_peer(tmp_path, parent)
+        try:
+            assert (await peer.resolve("a.txt")).content_id == a.content_id
+            b = parent.publish("a.txt", b"b" * 300_000, 1_700_000_100)
+            parent.slow = 1.5
+            peer.manifests.withdraw("a.txt", a.content_id)  # what a piece's 404 does
+            assert (await peer.resolve("a.txt")).content_id == b.content_id
+        finally:
+            await close(peer)
+
+
 async def test_reads_of_an_uncached_path_at_once_ask_the_edge_once(tmp_path):
     """A player's connections open together (and a crowd's readers through one gateway): the peer collapsed only
     revalidations of a cached manifest, and asked its edge once per read for one it did not hold yet.  A read that

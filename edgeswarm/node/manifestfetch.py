@@ -150,7 +150,7 @@ class ManifestFetcher:
 
         Reads of a path that come while it is being asked wait for that ask
         (collapsed).  With a cached manifest (not a live playlist, whose
-        staleness is a stall), a read waits at most until ``STALE_WAIT`` after
+        staleness is a stall, nor a version withdrawn), a read waits at most until ``STALE_WAIT`` after
         the ask began: a hung edge's 10 s timeout was every read's (a peer
         holding the whole file served each seek 10 s late).  The ask goes on
         meanwhile and what it learns is kept (stale-while-revalidate, RFC
@@ -160,7 +160,10 @@ class ManifestFetcher:
         headers = headers or {}
         cached = store.manifest_for_path(path)
         asking = self._asking.join((path, frozenset(headers.items())), lambda: self._revalidate(store, path, sources, headers, cached))
-        if cached is None or live.is_playlist(path):
+        # a version a source withdrew is worth no early answer: served stale, its next piece was a 404 "no longer
+        # published" for a file the origin served, whenever the source took over STALE_WAIT (an adversarial session)
+        withdrawn = cached is not None and self._withdrawn.get(path) == cached.content_id
+        if cached is None or live.is_playlist(path) or withdrawn:
             return self._confirmed(path, *await asking.future)
         try:
             done, _ = await asyncio.wait({asking.future}, timeout=max(0.0, asking.began + STALE_WAIT - time.monotonic()))
