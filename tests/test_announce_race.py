@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,3 +92,26 @@ async def test_a_round_sends_its_batches_one_after_another(tmp_path: Path):
     peer._announce_batch = batch  # type: ignore[method-assign]
     await peer._announce_edge(EDGE, {f"{i:064x}" for i in range(120)}, "update")
     assert most == 1 and sent == [50, 50, 20]
+
+
+async def test_a_failed_round_keeps_its_ask_for_neighbours_and_a_round_of_nothing_is_no_answer(tmp_path: Path, caplog):
+    """A lonely swarm's ask for neighbours was cleared as its round went out; the round failed (the peer's link was
+    down), the retry carried nothing, and that round of nothing counted as the edge's answer: "EDGE answers announces
+    again" on a link still down, and the next round an interval away (an adversarial session)."""
+    key = tmp_path / "origin.pub"
+    key.write_bytes(public_pem(load_or_create_private_key(tmp_path / "origin.key").public_key()))
+    caplog.set_level(logging.INFO)
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(EDGE,), origin_key=key))
+    peer._p2p_edges.add(EDGE)
+    cid = "c" * 64
+    outcomes = [["Network is unreachable"], []]
+
+    async def rounds(edge: str, cids: set[str], event: str) -> list[str | None]:
+        return list(outcomes.pop(0))
+
+    peer._announce_edge = rounds  # type: ignore[method-assign]
+    peer._vouch.add(cid)
+    await peer._announce_to(EDGE, {cid}, "update", time.monotonic(), set())
+    assert cid in peer._vouch  # still asked for: the retry carries it
+    await peer._announce_to(EDGE, set(), "update", time.monotonic(), set())
+    assert not any("answers announces again" in r.getMessage() for r in caplog.records)

@@ -977,7 +977,7 @@ class Peer:
         full = event != "update" or self.schedule.full(edge, started)
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
-        self._vouch -= cids
+        vouched, self._vouch = self._vouch & cids, self._vouch - cids
         heard = None  # a round the sub-tracker took part of: when the edge last took a whole one of ours
         if event == "update" and cids:  # an empty round goes on: it is what reschedules the edge's next one
             rest = await self._to_subtracker(edge, cids, started, full)
@@ -994,9 +994,13 @@ class Peer:
             self.route.rewind(edge, heard)  # (a review: refreshed, it never came, and the edge forgot them after a ttl)
         now = time.monotonic()
         if failed:
+            # what this round asked for stays asked: a lonely swarm's ask for neighbours was cleared as the round went
+            # out, its retry carried nothing, and a round of nothing "succeeded" on a link still down (an adversarial
+            # session: "EDGE answers announces again", the next round an interval away)
+            self._vouch |= vouched
             delay = self.schedule.failed(edge, now)
             log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], delay)
-        elif self.schedule.succeeded(edge, now, started, full) and edge in self._p2p_edges:
+        elif self.schedule.succeeded(edge, now, started, full) and edge in self._p2p_edges and cids:  # a round of nothing heard nothing
             log.info("%s answers announces again", edge)
             self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
 
