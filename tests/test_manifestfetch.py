@@ -16,6 +16,7 @@ import pytest
 from test_lying_upstream import FakeParent
 
 from edgeswarm.errors import HttpError
+from edgeswarm.node import upstream
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
 
@@ -136,5 +137,48 @@ async def test_a_peer_serves_what_it_holds_when_its_edge_turns_to_another_paths_
             assert (await peer.resolve("a.txt")).content_id == a.content_id
             assert peer.metrics.events[("stale_manifest", "")] == 1
             assert peer.metrics.events[("bad_manifest", parent.url)] == 1
+        finally:
+            await close(peer)
+
+
+async def two_edge_peer(tmp_path, wedged: FakeParent, good: FakeParent) -> Peer:
+    """A peer gateway with two edges, ``wedged`` first (its /manifest never answers), signed by one origin key."""
+    good.workdir.mkdir()
+    good.key, wedged.hung = wedged.key, True
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(wedged.url, good.url), timeout=5.0))
+    await peer.upstream.start()
+    await peer.pinned.open(peer.upstream, peer.edges)
+    return peer
+
+
+async def test_a_new_files_manifest_is_asked_of_the_next_edge_too_when_the_first_is_slow_to_answer(tmp_path):
+    """A peer's first edge wedged (SIGSTOP: it takes connections and never answers): each edge was asked in turn
+    with the whole timeout, and a new file's first read (and `edgeswarm get`) waited 12 s for it, where the second
+    edge answered at once (an adversarial session).  Now the next edge is asked too after HEDGE_AFTER; the first
+    answer is kept, and the edge that had not answered yet is not set aside: slow (a cold edge asks its parent) is
+    not failed."""
+    async with FakeParent(tmp_path) as wedged, FakeParent(tmp_path / "good") as good:
+        peer = await two_edge_peer(tmp_path, wedged, good)
+        try:
+            a = good.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+            started = time.monotonic()
+            assert (await peer.resolve("a.txt")).content_id == a.content_id
+            assert time.monotonic() - started < upstream.HEDGE_AFTER + 1.5  # not the 5 s timeout
+            assert (wedged.manifest_asks, good.manifest_asks) == (1, 1)
+            assert peer.ranking.available(wedged.url, time.monotonic())
+        finally:
+            await close(peer)
+
+
+async def test_a_404_from_the_edge_asked_next_is_the_answer_as_before(tmp_path):
+    """A 404 (not published) from whichever edge answers first is the read's answer, as it was when the edges were
+    asked one after another and the first timed out (now without waiting for that)."""
+    async with FakeParent(tmp_path) as wedged, FakeParent(tmp_path / "good") as good:
+        peer = await two_edge_peer(tmp_path, wedged, good)
+        try:
+            started = time.monotonic()
+            with pytest.raises(HttpError) as err:
+                await peer.resolve("nothing.txt")
+            assert err.value.status == 404 and time.monotonic() - started < upstream.HEDGE_AFTER + 1.5
         finally:
             await close(peer)

@@ -10,6 +10,8 @@ import pytest
 from aiohttp import web
 from conftest import DoubleServer
 
+from edgeswarm.errors import HttpError
+from edgeswarm.node import upstream as upstream_module
 from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, UpstreamTimeout, client_error_text, said_in, source_address
 
 
@@ -158,3 +160,50 @@ async def test_a_node_the_listen_address_cannot_reach_is_named_with_that_address
         await upstream.close()
     said = str(caught.value)
     assert "unreachable from 127.0.0.1, the --listen address" in said or "Network is unreachable" in said, said
+
+
+async def asks_of(answers: dict[str, object], monkeypatch) -> tuple[list[object], list[str]]:
+    """``first_answer`` over ``answers`` (source -> its answer after a delay: (seconds, value or exception), or None:
+    never), HEDGE_AFTER 0.2 s: what it returned or raised, and the sources it asked, in order."""
+    monkeypatch.setattr(upstream_module, "HEDGE_AFTER", 0.2)
+    asked, cancelled = [], []
+
+    async def ask(source: str) -> str:
+        asked.append(source)
+        answer = answers[source]
+        try:
+            if answer is None:
+                await asyncio.sleep(3600)
+            assert isinstance(answer, tuple)
+            await asyncio.sleep(answer[0])
+        except asyncio.CancelledError:
+            cancelled.append(source)
+            raise
+        if isinstance(answer[1], Exception):
+            raise answer[1]
+        return answer[1]
+
+    problems: list[UpstreamError] = []
+    result = await upstream_module.first_answer(list(answers), ask, problems)
+    await asyncio.sleep(0)  # the cancellations land
+    return [result, *(p.message for p in problems)], asked + [f"cancelled {c}" for c in cancelled]
+
+
+async def test_first_answer_asks_the_next_source_too_when_one_is_slow_and_keeps_the_first_answer(monkeypatch):
+    """Sources were asked one after another with the whole timeout each: a wedged first edge (it takes connections and
+    never answers) held a peer's new file, or a protected file's key, for 12 s (an adversarial session)."""
+    got, asked = await asks_of({"wedged": None, "good": (0.0, "it"), "third": (0.0, "not asked")}, monkeypatch)
+    assert got == ["it"] and asked == ["wedged", "good", "cancelled wedged"]
+    got, asked = await asks_of({"cold": (0.3, "cold's"), "slower": (1.0, "slower's")}, monkeypatch)
+    assert got == ["cold's"] and asked == ["cold", "slower", "cancelled slower"], "the first answer, whoever was asked first"
+
+
+async def test_first_answer_asks_the_next_at_once_after_a_failure_and_passes_any_other_error_on(monkeypatch):
+    """A failure (UpstreamError) is kept and the next source asked; a 404 or a token refused is the answer, as before."""
+    got, asked = await asks_of({"down": (0.0, UpstreamError(502, "refused")), "good": (0.0, "it")}, monkeypatch)
+    assert got == ["it", "refused"] and asked == ["down", "good"]
+    got, _ = await asks_of({"a": (0.0, UpstreamError(502, "a down")), "b": (0.0, UpstreamError(504, "b hung"))}, monkeypatch)
+    assert got == [None, "a down", "b hung"]
+    with pytest.raises(HttpError) as err:
+        await asks_of({"wedged": None, "gone": (0.0, HttpError(404, "not published"))}, monkeypatch)
+    assert err.value.status == 404

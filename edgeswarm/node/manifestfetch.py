@@ -23,7 +23,17 @@ from edgeswarm.errors import HttpError
 from edgeswarm.node.collapse import Collapser
 from edgeswarm.node.daemon import answer_started
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import MAX_MANIFEST, Busy, OutOfDescriptorsHere, Upstream, UpstreamError, busy, passed_on, said_in
+from edgeswarm.node.upstream import (
+    MAX_MANIFEST,
+    Busy,
+    OutOfDescriptorsHere,
+    Upstream,
+    UpstreamError,
+    busy,
+    first_answer,
+    passed_on,
+    said_in,
+)
 from edgeswarm.policy import live
 from edgeswarm.policy.recent import Recent
 from edgeswarm.policy.sources import SourceRanking
@@ -181,7 +191,9 @@ class ManifestFetcher:
     async def _revalidate(
         self, store: PieceStore, path: str, sources: list[str], headers: dict[str, str], cached: SignedManifest | None
     ) -> tuple[SignedManifest, str | None]:
-        """(a source's manifest, None), or (``cached``, why no source gave one); HttpError with nothing cached."""
+        """(a source's manifest, None), or (``cached``, why no source gave one); HttpError with nothing cached.  The
+        sources are asked in turn, the next also when one has not answered within ``HEDGE_AFTER`` (``first_answer``);
+        a 404, a token refused, is the answer, as from the only source."""
         problems: list[UpstreamError] = []
         withdrawn = cached is not None and self._withdrawn.get(path) == cached.content_id
         if cached is not None and not live.is_playlist(path) and not withdrawn:  # a withdrawn one is worth nothing: ask
@@ -189,17 +201,10 @@ class ManifestFetcher:
             sources = [s for s in sources if self.ranking.available(s, now)]
             if not sources:
                 problems.append(UpstreamError(502, f"every {self.role} is set aside after failing"))
-        for source in sources:
-            began = time.monotonic()
-            try:
-                signed = await self._ask(store, source, path, cached, headers)
-            except UpstreamError as exc:
-                if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion, Busy)):  # not a failing source: it is not set aside
-                    self.ranking.failure(source, time.monotonic(), began)
-                    if self.on_failure is not None:
-                        self.on_failure(source)
-                problems.append(exc)
-                continue
+        # a wedged first source (it takes connections and never answers) held a new file's first read for its whole
+        # timeout, 12 s, where a second edge answered at once (an adversarial session): the next is asked meanwhile
+        signed = await first_answer(sources, lambda source: self._ask_source(store, source, path, cached, headers), problems)
+        if signed is not None:
             self._checked[path] = time.monotonic()
             self._stale_warned.discard(path)
             self._withdrawn.pop(path, None)
@@ -215,6 +220,20 @@ class ManifestFetcher:
                 after,
             )
         return cached, reasons
+
+    async def _ask_source(
+        self, store: PieceStore, source: str, path: str, cached: SignedManifest | None, headers: dict[str, str]
+    ) -> SignedManifest:
+        """``_ask``, and a source that failed set aside (``ranking``) and told of (``on_failure``)."""
+        began = time.monotonic()
+        try:
+            return await self._ask(store, source, path, cached, headers)
+        except UpstreamError as exc:
+            if not isinstance(exc, (OutOfDescriptorsHere, OlderVersion, Busy)):  # not a failing source: it is not set aside
+                self.ranking.failure(source, time.monotonic(), began)
+                if self.on_failure is not None:
+                    self.on_failure(source)
+            raise
 
     def _stale(self, cached: SignedManifest, path: str, reasons: str) -> SignedManifest:
         """The cached manifest, served without revalidation: logged once until a source confirms one again, counted always."""

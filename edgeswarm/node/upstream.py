@@ -25,9 +25,10 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -41,6 +42,8 @@ MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140
 MAX_ANNOUNCE = 1024 * 1024  # an announce answer: a few dozen peers with their bitfields
 MAX_ANSWER = 64 * 1024  # anything else: /have, keys, error pages
 CHUNK = 64 * 1024
+T = TypeVar("T")
+HEDGE_AFTER = 1.5  # seconds a source has to answer before the next one is asked too (first_answer)
 MIN_RATE = 16 * 1024  # bytes a second a body must keep up on average to outlast the timeout; a sender's floor for its readers too
 
 
@@ -87,6 +90,33 @@ def passed_on(problems: Sequence[UpstreamError]) -> tuple[int, dict[str, str] | 
     if problems and all(isinstance(p, Busy) for p in problems):
         return 503, problems[-1].headers
     return (504 if problems and all(p.status == 504 for p in problems) else 502), None
+
+
+async def first_answer(sources: Sequence[str], ask: Callable[[str], Awaitable[T]], problems: list[UpstreamError]) -> T | None:
+    """The first answer of ``ask`` to the ``sources`` asked in turn, the next one asked when one failed (UpstreamError,
+    kept in ``problems``) or has not answered within ``HEDGE_AFTER``; None if none answered.  The slower asks go on,
+    the first answer is kept and the others are cancelled, which is no failure of theirs (a cold edge asks its own
+    parent first).  Any other exception (a 404, a token refused) is the answer, as it was from the sources asked one
+    after another, each with the whole timeout: a wedged first one held a peer's new file, or a protected file's
+    key, for 12 s where a second edge answered at once (an adversarial session)."""
+    waiting = list(sources)
+    asks: list[asyncio.Future[T]] = []  # in the sources' order
+    try:
+        while waiting or asks:
+            if waiting:
+                asks.append(asyncio.ensure_future(ask(waiting.pop(0))))
+            done, _ = await asyncio.wait(asks, timeout=HEDGE_AFTER if waiting else None, return_when=asyncio.FIRST_COMPLETED)
+            for answered in [a for a in asks if a in done]:
+                asks.remove(answered)
+                try:
+                    return answered.result()
+                except UpstreamError as exc:
+                    problems.append(exc)
+        return None
+    finally:
+        for other in asks:  # slower, or answered in the same turn: their answers are nobody's
+            other.cancel()
+            other.add_done_callback(lambda ask: ask.cancelled() or ask.exception())  # not "never retrieved"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -51,6 +51,7 @@ from edgeswarm.node.upstream import (
     Upstream,
     UpstreamError,
     client_error_text,
+    first_answer,
     node_url,
     read_bounded,
     said_in,
@@ -526,25 +527,29 @@ class Peer:
         return self.content_keys[cid]
 
     async def _fetch_key(self, signed: SignedManifest) -> bytes:
-        """The key from the first edge that gives it; every edge's 404 is a version no longer published (as an edge's)."""
+        """The key from the first edge that gives it (``first_answer``: the next is asked too when one is slow to
+        answer); every edge's 404 is a version no longer published (as an edge's)."""
         from edgeswarm.trust import access  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
 
-        problems, gone = [], 0
-        edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
-        for edge in edges:
+        async def ask(edge: str) -> bytes:
             try:
                 return await access.fetch_key(self.upstream, edge, signed, self.edge_headers())
             except access.KeyRefused as exc:
                 if exc.status in (401, 403):  # the user's token: another edge would say the same (403: ManifestFetcher)
                     raise HttpError(403, f"{exc.message}: {self.token_help()}") from None
-                gone += exc.status == 404
-                problems.append(exc.message)
+                raise UpstreamError(exc.status, exc.message) from None
             except HttpError as exc:
-                problems.append(exc.message)
+                raise UpstreamError(exc.status, exc.message) from None
+
+        problems: list[UpstreamError] = []
+        edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
+        key = await first_answer(edges, ask, problems)
+        if key is not None:
+            return key
         path = signed.manifest.path
-        if edges and gone == len(edges):
+        if edges and all(p.status == 404 for p in problems):
             raise self.manifests.withdraw(path, signed.content_id)
-        raise HttpError(502, f"no edge gave the key of /{path}: {'; '.join(problems)}")
+        raise HttpError(502, f"no edge gave the key of /{path}: {'; '.join(p.message for p in problems)}")
 
     # -- manifests ---------------------------------------------------------------------
     async def resolve(self, path: str) -> SignedManifest:
