@@ -13,7 +13,7 @@ import math
 import pytest
 
 from edgeswarm.policy import engine
-from edgeswarm.policy.engine import MAX_ANSWER_PEERS, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
+from edgeswarm.policy.engine import MAX_ANSWER_PEERS, PIECE, Engine, Fetch, Neighbour, Result, Seed, Sleep, Wait
 from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import MIN_PIECE
 from edgeswarm.sim.swarmsim import Crowd, simulate
@@ -1024,3 +1024,55 @@ def test_a_wedged_edge_among_two_costs_a_reader_the_deadline_not_its_timeout():
     o = simulate(Crowd(peers=1, regions=1, edge_rates=(16e6, 8e6), edge_down=(1.0, math.inf), edge_hangs=True))
     assert o.finished == 1
     assert o.read_wait_max < 3.0
+
+
+def two_edge_download(now: list[float], rates: tuple[float, float] = (90e6, 40e6)):
+    """An engine with two edges measured at these ``rates``, ``fast`` first, downloading the whole file (nobody
+    reads), its edge worker asking ``fast`` a piece, and the relief worker."""
+    e, host = make(count=8, now=now)
+    e.edges[:] = ["http://fast:8000", "http://slow:8000"]
+    for edge, rate in zip(e.edges, rates, strict=True):
+        e.ranking.success(edge, round(rate), 1.0)
+    e.want_whole()
+    worker = spawned(host, "edge_worker")
+    first = worker.send(None)
+    assert isinstance(first, Fetch) and first.url == "http://fast:8000" and not first.urgent
+    return e, host, worker, first, spawned(host, "relief_worker")
+
+
+def test_a_whole_files_piece_an_edge_is_overdue_with_is_raced_on_another_edge_and_the_late_one_set_aside():
+    """`edgeswarm get` with two edges, the one it asked wedged (it takes connections and never answers): nobody reads,
+    so nothing raced its piece, and the download waited for the edge's whole timeout, 12 s (an adversarial session).
+    Overdue (several times its time at the edge's rate, OVERDUE_AFTER at least), the piece is asked of the other edge."""
+    now = [0.0]
+    e, host, worker, first, relief = two_edge_download(now)
+    now[0] = e.picker.deadline
+    assert isinstance(relief.send(None), Wait), "late by the deadline: a reader's, it would be raced; nobody's, not yet"
+    now[0] = engine.OVERDUE_AFTER
+    raced = relief.send(None)
+    assert isinstance(raced, Fetch) and raced.url == "http://slow:8000" and raced.index == first.index and not raced.urgent
+    relief.send(Result("ok", 0.01, MIN_PIECE))
+    assert first.index in host.abandoned and not e.ranking.available("http://fast:8000", now[0])
+    assert e.ranking.available("http://slow:8000", now[0])
+    assert isinstance(worker.send(Result("abandoned")), Fetch)
+
+
+def test_a_piece_is_overdue_at_an_edge_after_several_times_its_time_there_at_the_edges_rate():
+    """A slow edge is not raced, nor set aside, for being slow: its piece is raced only after OVERDUE_PIECES times a
+    piece's time at its measured rate (here 2 s a piece: 8 s)."""
+    now = [0.0]
+    e, _, _, first, relief = two_edge_download(now, (PIECE / 2.0, PIECE / 4.0))
+    bound = engine.OVERDUE_PIECES * 2.0
+    now[0] = bound - 0.1
+    assert isinstance(relief.send(None), Wait) and e.ranking.available("http://fast:8000", now[0])
+    now[0] = bound
+    raced = relief.send(None)
+    assert isinstance(raced, Fetch) and raced.url == "http://slow:8000" and raced.index == first.index
+
+
+def test_a_wedged_edge_among_two_holds_a_whole_file_download_for_seconds_not_its_timeouts():
+    """The faster of two edges wedged while `edgeswarm get` downloads: its requests were raced on the other edge only
+    for a reader, and the download waited out the edge's timeout twice, 23.8 s for 32 MiB (an adversarial session)."""
+    o = simulate(Crowd(peers=1, regions=1, mode="get", edge_rates=(16e6, 8e6), edge_down=(1.0, math.inf), edge_hangs=True))
+    assert o.finished == 1
+    assert o.last_done < 12.0

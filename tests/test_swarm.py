@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -666,6 +668,21 @@ async def test_several_edges_fastest_preferred_and_failed_one_replaced(tmp_path,
     assert after[slow.url] > before.get(slow.url, 0) and after[fast.url] <= before[fast.url] + 262144, (before, after)
 
 
+@contextlib.contextmanager
+def frozen(node) -> Iterator[None]:
+    """``node`` wedged meanwhile: SIGSTOP to its process and workers (the kernel still takes its connections, nothing
+    answers them), SIGCONT after, whatever happened."""
+    assert node.proc is not None
+    pids = [node.proc.pid, *(int(p) for p in Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split())]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
 async def test_a_wedged_edge_among_two_does_not_stall_a_players_reads_for_its_timeout(tmp_path, nodes, origin, published, http):
     """The faster of a peer's two edges frozen (SIGSTOP: the kernel takes its connections, nothing answers): a new
     read through the gateway waited 12 s for the first byte, and about every other one after its back-off (an
@@ -686,20 +703,41 @@ async def test_a_wedged_edge_among_two_does_not_stall_a_players_reads_for_its_ti
         assert await body_sha(http, f"{gateway}/{name}") == sha(files[name])
     rates = {e["url"]: e["rate_Bps"] or 0 for e in (await status(http, gateway))["edges"]}
     assert all(rates.values()), rates
-    wedged = max(edges, key=lambda e: rates[e.url])
-    assert wedged.proc is not None
-    pids = [wedged.proc.pid, *(int(p) for p in Path(f"/proc/{wedged.proc.pid}/task/{wedged.proc.pid}/children").read_text().split())]
-    try:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+    with frozen(max(edges, key=lambda e: rates[e.url])):
         for name in ("v2.bin", "v3.bin"):
             started = time.monotonic()
             assert await body_sha(http, f"{gateway}/{name}") == sha(files[name])
             assert time.monotonic() - started < 7.0, f"{name}: a read waited for the wedged edge's timeout"
             await asyncio.sleep(4.5)  # its back-off over: it is not first again
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_wedged_edge_among_two_holds_edgeswarm_get_for_seconds_not_its_timeout(tmp_path, nodes, origin, published):
+    """`edgeswarm get` with a second --edge that is wedged (SIGSTOP): once the first edge was measured, the unmeasured
+    one was asked a piece, and with nobody reading, nothing raced it: the download waited for its 12 s timeout (an
+    adversarial session).  Now a piece overdue at an edge (3 s at least) is raced on the other one."""
+    data = make_file(published / "w.bin", 2 * 1024 * 1024)
+    good, wedged = (nodes.start("edge", "--cache", str(tmp_path / f"e{n}"), "--parent", origin.url, name=f"e{n}") for n in (1, 2))
+    out = tmp_path / "w.out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeswarm",
+        "get",
+        f"{good.url}/w.bin",
+        "--edge",
+        wedged.url,
+        "-o",
+        str(out),
+        "--cache",
+        str(tmp_path / "g"),
+    ]
+    with frozen(wedged):
+        started = time.monotonic()
+        got = run_cli(cmd, timeout=60)
+        took = time.monotonic() - started
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == data
+    assert took < 9.0, f"get took {took:.1f} s: it waited for the wedged edge's timeout"
 
 
 async def edge_bytes(http: aiohttp.ClientSession, peer) -> dict[str, int]:

@@ -72,6 +72,9 @@ STORE_RETRY_MAX = 300.0  # ... doubled each time that try fails again, up to thi
 # left alone as our full disk is: not asked again for so long, doubled each time it fails so again
 HOPELESS_RETRY, HOPELESS_RETRY_MAX = STORE_RETRY, STORE_RETRY_MAX
 RELIEF_POLL = 0.25  # seconds between two looks of the relief worker at whether an edge request is late (relief_worker)
+# a piece no reader waits for (a whole file's) is raced on another edge once in flight at one for this many times its
+# expected time there (its measured rate), and this long at least: a cold edge's answer waits for its own parent
+OVERDUE_PIECES, OVERDUE_AFTER = 4, 3.0
 SHORT_PAUSE = 1.0  # seconds a worker waits after our own process ran out of file descriptors
 RESTART_PAUSE = 1.0  # seconds before a download's edge, seeding or scout worker that failed on a bug runs again
 RESTART_MAX = 60.0  # the pause doubles with each failure up to this: a bug that recurs costs a log line a minute
@@ -91,6 +94,15 @@ class Neighbour:
     subscribed: bool = False  # the driver keeps (or tries to keep) its HAVE stream open
     stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
     region_claim: str | None = None  # a subscriber's own word for its region, until a tracker answer names it
+
+
+@dataclass(frozen=True, eq=False)
+class _Flight:
+    """An edge worker's request in flight: of piece ``index`` to ``edge``, since ``began``."""
+
+    edge: str
+    index: int
+    began: float
 
 
 # -- what a worker asks its driver to do ------------------------------------------------------
@@ -228,7 +240,7 @@ class Engine:
             self.urgent = min(self.urgent, self.window)
         self.edge_pipeline = EDGE_PIPELINE * scale
         self.piece_size = piece_size
-        self._edge_flights: list[tuple[str, float]] = []  # edge workers' requests in flight now: (edge, since when)
+        self._edge_flights: list[_Flight] = []  # edge workers' requests in flight now
         self._relief = False  # the relief worker runs (relief_worker)
         self._pipelining: set[int] = set()  # slots of the edge workers beyond edge_workers running now (edge_depth)
         self.self_id = seed
@@ -606,8 +618,8 @@ class Engine:
                 yield Sleep(1.0)  # the content left the store: do not spin
 
     def _edge_transfer(self, source: str, edge: str, index: int, urgent: bool) -> Step:
-        """An edge worker's request, counted in flight (``edge_depth``'s measure, ``_late_edges``) while it runs."""
-        flight = (edge, self.clock())
+        """An edge worker's request, counted in flight (``edge_depth``'s measure, ``_late``) while it runs."""
+        flight = _Flight(edge, index, self.clock())
         self._edge_flights.append(flight)
         try:
             return (yield from self.transfer(source, edge, index, urgent=urgent))
@@ -623,46 +635,75 @@ class Engine:
     def relief_worker(self) -> Worker:
         """A reader's pieces from another edge while an edge request is late by the deadline: an edge that takes
         connections and never answers (a wedged process) held the one edge worker, and every reader, for its whole
-        timeout (12 s) while a second edge sat idle (an adversarial session).  The late request goes on: a cold edge's
-        answer waits for its own fetch upstream, and whichever copy comes first is kept (``Host.abandon``).  An edge
-        that lost such a race is set aside as if it had failed (``_outraced``), its back-off doubling while it keeps
-        losing, so it is asked again with what nobody waits for (``choose_edge``)."""
+        timeout (12 s) while a second edge sat idle (an adversarial session).  A piece nobody waits for (a whole file's)
+        is raced too once it is ``_overdue`` at its edge: `edgeswarm get` waited out that timeout, twice in the
+        simulator (24 s for 32 MiB).  The late request goes on: a cold edge's answer waits for its own fetch upstream,
+        and whichever copy comes first is kept (``Host.abandon``).  An edge that lost such a race is set aside as if it
+        had failed (``_outraced``), its back-off doubling while it keeps losing, so it is asked again with what nobody
+        waits for (``choose_edge``)."""
         source = "edge-relief"
         while not self.closed and not self.host.gone():
-            now = self.clock()
-            late = self._late_edges(now)
-            edge = self.choose_edge(0, exclude=late.keys(), urgent=True) if late else None
-            seeding = not self._store_failing() and self.seeder() is not None  # what the edge worker would take
-            index = self.picker.pick_urgent(source, now, True, self.fallback(now), seeding, race=True) if edge else None
-            if edge is None or index is None:
+            race = self._race(source, self.clock())
+            if race is None:
                 yield Wait(self._idle(RELIEF_POLL))
                 continue
-            if (yield from self._edge_transfer(source, edge, index, urgent=True)) == "ok":
-                self._outraced(late, edge)
+            edge, index, late, bound = race
+            if (yield from self._edge_transfer(source, edge, index, urgent=self.picker.is_urgent(index))) == "ok":
+                self._outraced({f.edge for f in late}, bound, edge)
 
-    def _late_edges(self, now: float) -> dict[str, float]:
-        """The edges with a request in flight for longer than the deadline, and since when (the oldest)."""
-        late: dict[str, float] = {}
-        for edge, began in self._edge_flights:
-            if began <= now - self.picker.deadline:
-                late[edge] = min(began, late.get(edge, began))
-        return late
+    def _race(self, source: str, now: float) -> tuple[str, int, list[_Flight], Callable[[_Flight], float]] | None:
+        """(another edge, a piece to race there, the late requests it relieves, the bound they are late by), or None:
+        a reader's piece while an edge is late by the deadline, else a piece in flight at an edge ``_overdue`` with it."""
+        late = self._late(self._by_deadline, now)
+        edge = self._reliever(late)
+        seeding = not self._store_failing() and self.seeder() is not None  # what the edge worker would take
+        if edge and (index := self.picker.pick_urgent(source, now, True, self.fallback(now), seeding, race=True)) is not None:
+            return edge, index, late, self._by_deadline
+        overdue = self._late(self._overdue, now)
+        edge = self._reliever(overdue)
+        if edge and (index := self.picker.pick_race(source, [f.index for f in overdue])) is not None:
+            return edge, index, overdue, self._overdue
+        return None
 
-    def _outraced(self, late: dict[str, float], winner: str) -> None:
-        """``winner`` delivered while these edges' requests were late: those still late are set aside (a request of
-        theirs sent before this failure that fails later is the same episode: ``SourceRanking.failure``)."""
+    def _late(self, bound: Callable[[_Flight], float], now: float) -> list[_Flight]:
+        """The edge requests in flight for longer than ``bound`` says, the oldest first."""
+        return sorted((f for f in self._edge_flights if f.began <= now - bound(f)), key=lambda f: f.began)
+
+    def _reliever(self, late: list[_Flight]) -> str | None:
+        """The edge to race these late requests on: the fastest of the others (none while none is late)."""
+        return self.choose_edge(0, exclude={f.edge for f in late}, urgent=True) if late else None
+
+    def _by_deadline(self, flight: _Flight) -> float:
+        """How long any request may be in flight at an edge before a reader's pieces go to another one."""
+        return self.picker.deadline
+
+    def _overdue(self, flight: _Flight) -> float:
+        """How long a request may be in flight at its edge before its piece is raced on another: ``OVERDUE_PIECES``
+        times a piece's time there at the edge's measured rate (each request's, so a deep pipeline's share of the edge
+        counts), ``OVERDUE_AFTER`` at least, and unmeasured, that; never less than the deadline."""
+        rate = self.ranking.rate(flight.edge)
+        expected = OVERDUE_PIECES * self.piece_size / rate if rate else 0.0
+        return max(OVERDUE_AFTER, self.picker.deadline, expected)
+
+    def _outraced(self, relieved: set[str], bound: Callable[[_Flight], float], winner: str) -> None:
+        """``winner`` delivered while the ``relieved`` edges' requests were late by ``bound``: those still late are set
+        aside, since their oldest late request was sent (one of theirs sent before this failure that fails later is the
+        same episode: ``SourceRanking.failure``)."""
         now = self.clock()
-        for edge, began in late.items():
-            if edge in self._late_edges(now):
-                backoff = self.ranking.failure(edge, now, began)
-                if self.ranking.news(edge, now):
-                    log.warning(
-                        "edge %s has not answered within %g s; %s answered its reader; set aside for %.0f s",
-                        edge,
-                        self.picker.deadline,
-                        winner,
-                        backoff,
-                    )
+        since: dict[str, float] = {}
+        for f in self._late(bound, now):
+            if f.edge in relieved:
+                since.setdefault(f.edge, f.began)
+        for edge, began in since.items():
+            backoff = self.ranking.failure(edge, now, began)
+            if self.ranking.news(edge, now):
+                log.warning(
+                    "edge %s has not answered within %.0f s; %s answered in its place; set aside for %.0f s",
+                    edge,
+                    now - began,
+                    winner,
+                    backoff,
+                )
 
     def _pipeline(self, picks: int) -> None:
         """Edge workers for the slots below ``edge_depth`` that have none: they leave when it falls, or peers deliver."""

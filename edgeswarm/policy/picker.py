@@ -381,6 +381,14 @@ class PiecePicker:
                 return i  # late, at an edge too: another edge races it
         return None
 
+    def pick_race(self, source: str, pieces: Iterable[int]) -> int | None:
+        """The first of ``pieces`` (in flight at an edge that is overdue with them: the engine's relief worker) that
+        the edge ``source`` may race, or None."""
+        if source in self.paused:
+            return None
+        usable = self._usable(source, edge=True)
+        return next((i for i in pieces if usable(i)), None)
+
     def _patience(self, seeding: bool) -> float:
         """How long a reader waits for a piece no idle holder can take before the edge may; a downloader's readers
         never make the edge step in by waiting (module docstring): they wait for what they asked of peers."""
