@@ -204,7 +204,11 @@ def fill_inodes(mnt: Path) -> int:
 async def test_an_edge_out_of_inodes_serves_a_new_file_and_caches_it_once_there_is_room(tmp_path, few_inodes, nodes, origin, published):
     """No directory can be made for a new content (inodes, read-only): its manifest and pieces are served, not a 500."""
     data = make_file(published / "new.bin", 3 * PIECE + 5)
+    make_file(published / "warm.bin", 5)
     e = edge(nodes, few_inodes, origin.url)
+    # its store open first (a probe file at start): filled before it, the cache was unusable, a 503 (a loaded CI run)
+    while (await asyncio.to_thread(curl, "-f", "-o", "/dev/null", e.url + "/warm.bin")).returncode != 0:
+        await asyncio.sleep(0.2)
     assert fill_inodes(few_inodes) > 0
     out = tmp_path / "out.bin"
     deadline = time.monotonic() + 60
