@@ -980,6 +980,34 @@ def test_a_download_left_with_no_useful_neighbour_asks_for_peers_and_one_that_ne
     assert host2.lonely_asks == 0
 
 
+def test_a_stall_drops_a_neighbour_that_never_delivered_and_counts_once_for_one_that_did():
+    """A neighbour that had delivered was dropped at its first stall: on a lossy long path TCP's retries took its 5 s
+    head timeout, and it was gone until the next tracker answer (an adversarial session).  One that never delivered (a
+    black hole announcing everything) is still dropped at once."""
+    e, host = make()
+    e.want_whole()
+    good = e.add_neighbour("good", "http://10.0.0.2:7000", True)
+    hole = e.add_neighbour("hole", "http://10.0.0.3:7000", True)
+    assert good is not None and hole is not None
+    e.heard(good, "snapshot", range(8))
+    e.heard(hole, "snapshot", range(8))
+    step = e.transfer(good.url, good.url, 0, good)
+    assert isinstance(next(step), Fetch)
+    with pytest.raises(StopIteration):
+        step.send(Result("ok", 0.01, MIN_PIECE))
+    for n, stalls in ((good, 2), (hole, 1)):
+        for i in range(stalls):
+            step = e.transfer(n.url, n.url, 1 + i, n)
+            assert isinstance(next(step), Fetch)
+            try:
+                step.send(Result("stalled", message="did not answer within 5 s"))
+                for _ in step:  # its pause
+                    pass
+            except StopIteration:
+                pass
+    assert host.dropped_urls == [hole.url] and good.failures == 2  # a third stall in a row drops it too
+
+
 def two_edge_reader(now: list[float]):
     """An engine with two edges measured, ``fast`` first, a reader waiting at piece 0, and its edge worker."""
     e, host = make(count=8, now=now)

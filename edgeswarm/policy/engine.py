@@ -94,6 +94,7 @@ class Neighbour:
     subscribed: bool = False  # the driver keeps (or tries to keep) its HAVE stream open
     stream: bool | None = None  # its HAVE stream: live (True), unsupported (False: polled), or not open now
     region_claim: str | None = None  # a subscriber's own word for its region, until a tracker answer names it
+    delivered: bool = False  # it has delivered a piece: a stall of its is one failure, not a drop (_after)
 
 
 @dataclass(frozen=True, eq=False)
@@ -898,7 +899,7 @@ class Engine:
             if peer is None:
                 self.hopeless.revive(url, began)
             if peer is not None:
-                peer.failures = 0
+                peer.failures, peer.delivered = 0, True
                 self.last_peer_delivery = self.clock()
             self.host.delivered(index, url, peer, result.nbytes)
             self.host.abandon(index)  # the edge raced a late peer, or a peer the edge: the loser's bytes are nobody's
@@ -936,10 +937,12 @@ class Engine:
                 self._no_edge_for_startup()
                 return "retry"
             # a peer that held a request for the whole timeout is dropped at once: three such (a peer that announces
-            # everything and never answers) held a download's last pieces 30 s each, and the edge does not race them
+            # everything and never answers) held a download's last pieces 30 s each, and the edge does not race them.
+            # One that has delivered counts it once: on a lossy long path (10 % loss, 300 ms) TCP's retries took a
+            # good neighbour's 5 s head timeout, and it was gone until the next tracker answer (an adversarial session)
             if self.neighbours.get(peer.url) is not peer:  # dropped meanwhile, on another of its requests: said once
                 return "gone"
-            peer.failures += MAX_FAILURES if kind == "stalled" else 1
+            peer.failures += MAX_FAILURES if kind == "stalled" and not peer.delivered else 1
             if peer.failures >= MAX_FAILURES:
                 why = "a request it held past the timeout" if kind == "stalled" else f"{peer.failures} failures"
                 log.info("dropping peer %s after %s (%s)", url, why, result.message)
