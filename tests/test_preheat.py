@@ -183,6 +183,8 @@ def test_bench_preheat_runs_small_and_the_preheated_crowd_takes_nothing_from_the
     cold, warm = json.loads(out.read_text())["runs"]
     assert cold["parent_bytes"] == 2 * 2**20  # each edge fetched the file once, while the crowd waited
     assert warm["parent_bytes"] == 0 and warm["preheat_parent_bytes"] == 2 * 2**20
+    bad = subprocess.run([*cmd[:5], "--parent-rate", "garbage"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "argument --parent-rate: cannot read rate 'garbage'" in bad.stderr, bad.stderr  # before anything
 
 
 @pytest.mark.integration

@@ -75,7 +75,9 @@ def add_parser(sub) -> None:
     )
     b.add_argument("--clients", type=options.count, metavar="N", help="readers at once (default 32; with --peers, 12 peers' gateways)")
     b.add_argument("--size", type=options.size, default=16 * 1024 * 1024, metavar="SIZE", help="the file (default 16MiB)")
-    b.add_argument("--parent-rate", default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)")
+    b.add_argument(
+        "--parent-rate", type=options.rate, default="20MB/s", metavar="RATE", help="the parent edge's --upload-limit (default 20MB/s)"
+    )
     b.add_argument("--json", type=options.output_file, metavar="FILE", help="also write the figures here")
     b.add_argument("--workdir", type=options.path, metavar="DIR", help="keep files and logs here (default: a temporary directory)")
     b.add_argument(

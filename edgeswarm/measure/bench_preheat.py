@@ -84,10 +84,10 @@ def _fresh(directory: Path) -> Path:
     return directory
 
 
-def _one_run(work: Path, mode: str, clients: int, size: int, parent_rate: str) -> Run:
+def _one_run(work: Path, mode: str, clients: int, size: int, parent_Bps: int) -> Run:
     with ProcessGroup(_fresh(work / mode) / "logs") as nodes:
         origin = nodes.start("origin", "--publish", str(work / "pub"), name="origin")
-        parent = nodes.start("edge", "--cache", str(work / mode / "parent"), "--parent", origin.url, "--upload-limit", parent_rate)
+        parent = nodes.start("edge", "--cache", str(work / mode / "parent"), "--parent", origin.url, "--upload-limit", f"{parent_Bps}B/s")
         edges = [nodes.start("edge", "--cache", str(work / mode / f"e{i}"), "--parent", parent.url, name=f"e{i}") for i in range(2)]
         took = 0.0
         if mode == "preheated":
@@ -113,21 +113,21 @@ def _one_run(work: Path, mode: str, clients: int, size: int, parent_rate: str) -
     return Run(mode, clients, size, parent_bytes, seconds, took, early)
 
 
-def run(clients: int, size: int, parent_rate: str, json_path: Path | None, workdir: Path | None) -> int:
+def run(clients: int, size: int, parent_Bps: int, json_path: Path | None, workdir: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeswarm-bench-preheat-") as tmp:
         work = workdir or Path(tmp)
         (work / "pub").mkdir(parents=True, exist_ok=True)
         (work / "pub" / FILE).write_bytes(os.urandom(size))
-        runs = [_one_run(work, mode, clients, size, parent_rate) for mode in ("cold", "preheated")]
+        runs = [_one_run(work, mode, clients, size, parent_Bps) for mode in ("cold", "preheated")]
     cold, warm = runs
-    print(f"flash crowd: {clients} clients, one {format_bytes(size)} file, 2 edges under a parent capped at {parent_rate}")
+    print(f"flash crowd: {clients} clients, one {format_bytes(size)} file, 2 edges under a parent capped at {format_bytes(parent_Bps)}/s")
     for r in runs:
         extra = f"  (the preheat before: {format_bytes(r.preheat_parent_bytes)}, {r.preheat_s:.2f} s)" if r.mode == "preheated" else ""
         print(f"  {r.mode:<9} edges took {format_bytes(r.parent_bytes):>10} from their parent; crowd done in {r.crowd_s:6.2f} s{extra}")
     egress = f"{cold.parent_bytes / warm.parent_bytes:.1f}x" if warm.parent_bytes else "n/a (none after preheat)"
     print(f"  cold/preheated: parent egress during the crowd {egress}, crowd time {cold.crowd_s / warm.crowd_s:.2f}x")
     if json_path is not None:
-        json_path.write_text(json.dumps({"runs": [asdict(r) for r in runs], "parent_rate": parent_rate}, indent=2) + "\n")
+        json_path.write_text(json.dumps({"runs": [asdict(r) for r in runs], "parent_Bps": parent_Bps}, indent=2) + "\n")
     return 0
 
 
