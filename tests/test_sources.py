@@ -109,23 +109,9 @@ def test_ranked_leaves_out_sources_that_are_set_aside():
     r.success("slow", 100, 1.0)
     r.failure("fast", 50.0)
     assert r.ranked(["fast", "slow", "new"], 51.0) == ["slow", "new"]
-    assert r.ranked(["fast", "slow", "new"], 52.0) == ["slow", "new", "fast"]  # back, after those that did not fail
-    r.success("fast", 10_000, 1.0)
-    assert r.ranked(["fast", "slow", "new"], 52.0) == ["fast", "slow", "new"]  # delivered again: at its old rank
-
-
-def test_a_source_whose_back_off_ended_is_ranked_last_until_it_delivers_again():
-    """A wedged edge (SIGSTOP: it takes connections and never answers) was measured the fastest before: each time its
-    back-off ended it was first again, and a player's piece or a new file's manifest waited for its timeout, 12 s,
-    on about every other new play (an adversarial session).  Now it comes after every source in good standing until
-    it delivers, and a caller re-measures it with what nobody waits for (engine.choose_edge)."""
-    r = SourceRanking()
-    r.success("wedged", 90_000_000, 1.0)
-    r.success("good", 40_000_000, 1.0)
-    r.failure("wedged", 0.0)
-    assert r.ranked(["wedged", "good"], 100.0) == ["good", "wedged"]
-    r.revive("wedged")  # it answers again (a peer's edge answers announces)
-    assert r.ranked(["wedged", "good"], 100.0) == ["wedged", "good"]
+    # back, at its old rank: ranked last until it delivered again, the fastest edge late once was never asked again by
+    # a player's reads, all urgent (a review)
+    assert r.ranked(["fast", "slow", "new"], 52.0) == ["fast", "slow", "new"]
 
 
 def test_ranked_only_returns_what_it_was_given():
@@ -154,7 +140,7 @@ def test_ranked_is_the_available_sources_sorted_by_rate(rates, failed, order):
     for x, y in itertools.pairwise(ranked):
         if (r.rate(x) or 0.0) == (r.rate(y) or 0.0):
             assert order.index(x) < order.index(y)
-    assert r.ranked(order, 1.0 + BASE_BACKOFF) == sorted(order, key=lambda s: (s in failed, -(r.rate(s) or 0.0)))
+    assert r.ranked(order, 1.0 + BASE_BACKOFF) == sorted(order, key=lambda s: -(r.rate(s) or 0.0))
 
 
 def test_revive_ends_the_back_off_and_keeps_the_rate():

@@ -130,9 +130,9 @@ class SourceRanking:
         return min(aside, key=lambda s: self._get(s).until)
 
     def ranked(self, sources: list[str], now: float) -> list[str]:
-        """Sources not set aside, fastest measured first, unmeasured ones after in the given order; last, those whose
-        back-off is over but that have not delivered since they failed.  A wedged edge (it takes connections and never
-        answers) kept the rate it was measured at before: each time its back-off ended it was first again, and a
-        player's piece or a new file's manifest waited its 12 s timeout again (an adversarial session)."""
+        """Sources not set aside, fastest measured first, unmeasured ones after in the given order.  One whose back-off
+        is over is back at its old rank: ranked last until it delivered again, the fastest edge late once (a cold file,
+        a 4 s stop) was never asked again by a player's reads, which are all urgent (a review); a wedged one costs a
+        reader the race's deadline (engine.relief_worker), and its back-off doubles."""
         live = [s for s in sources if self.available(s, now)]
-        return sorted(live, key=lambda s: (self._get(s).failures > 0, -(self._get(s).rate or 0.0)))
+        return sorted(live, key=lambda s: -(self._get(s).rate or 0.0))
