@@ -42,7 +42,7 @@ from edgeswarm.node import dashboard
 from edgeswarm.node.daemon import BACKLOG, ServerLimits, make_app, serve
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
-from edgeswarm.node.upstream import UpstreamError, client_error_text, read_bounded
+from edgeswarm.node.upstream import UpstreamError, answer_text, client_error_text, read_bounded
 from edgeswarm.policy.regions import RegionMap, url_host
 from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
 from edgeswarm.policy.vocabulary import reported_share
@@ -369,7 +369,7 @@ class Router:
                 self.session.get(url + "/status?brief=1", allow_redirects=False, headers=self._poll_headers(url)) as resp,
             ):
                 if resp.status in (401, 403):  # the edge's reason: an expired --status-token-file said only "401"
-                    why = (await resp.content.read(MAX_REASON)).decode(errors="replace").strip().split("\n")[0]
+                    why = await answer_text(resp, MAX_REASON)
                     if self.config.status_token and not self._trusted_with_token(url):
                         why += WITHHELD
                     raise UpstreamError(502, f"/status answered {resp.status}: {why}")  # (an adversarial session)

@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.upstream import Upstream, UpstreamError
+from edgeswarm.node.upstream import Upstream, UpstreamError, said_in
 from edgeswarm.policy.recent import Recent
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.manifest import SignedManifest
@@ -112,7 +112,7 @@ async def fetch_key(
         raise HttpError(exc.status, f"cannot get the key of {path}: {exc.message}") from None
     if reply.status != 200:
         raise KeyRefused(
-            reply.status, f"{base} refused the key of {path}: {reply.status} {reply.body[:200].decode(errors='replace').strip()}"
+            reply.status, f"{base} refused the key of {path}: {reply.status} {said_in(reply.body)}"
         )
     protection = signed.manifest.protection
     assert protection is not None, "only a protected file has a key to fetch"  # callers check; a bug otherwise
