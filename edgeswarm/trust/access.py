@@ -111,9 +111,7 @@ async def fetch_key(
     except UpstreamError as exc:
         raise HttpError(exc.status, f"cannot get the key of {path}: {exc.message}") from None
     if reply.status != 200:
-        raise KeyRefused(
-            reply.status, f"{base} refused the key of {path}: {reply.status} {said_in(reply.body)}"
-        )
+        raise KeyRefused(reply.status, f"{base} refused the key of {path}: {reply.status} {said_in(reply.body)}")
     protection = signed.manifest.protection
     assert protection is not None, "only a protected file has a key to fetch"  # callers check; a bug otherwise
     try:
