@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from conftest import DoubleServer
 
 from edgeswarm.node.registrar import Registration
+
+
+async def registering(router: str, done: Callable[[], bool]) -> bool:
+    """An edge's registrations with ``router`` until ``done()`` (5 s at most); whether they were still going on then."""
+    registration = Registration([router], "west", 1_000_000, url="http://127.0.0.1:9")
+    registration.bound.set()
+    task = asyncio.create_task(registration.loop())
+    for _ in range(100):
+        if done():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
+    going = not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return going
 
 
 class FloodingRouter(DoubleServer):
@@ -37,15 +54,7 @@ async def test_a_routers_answer_is_read_no_further_than_what_the_log_line_quotes
     every 30 s: an adversarial session); it reads what its log line quotes and drops the connection."""
     caplog.set_level(logging.INFO)
     async with FloodingRouter() as router:
-        registration = Registration([router.url], "west", 1_000_000, url="http://127.0.0.1:9")
-        registration.bound.set()
-        task = asyncio.create_task(registration.loop())
-        for _ in range(100):
-            if any("refused the registration" in r.getMessage() for r in caplog.records):
-                break
-            await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await registering(router.url, lambda: any("refused the registration" in r.getMessage() for r in caplog.records))
         await asyncio.sleep(0.2)  # the double's writes fail once the connection is gone
         assert router.sent < 64 << 20, router.sent
     [line] = [r.getMessage() for r in caplog.records if "refused the registration" in r.getMessage()]
@@ -71,16 +80,6 @@ async def test_a_refusal_in_an_unknown_charset_is_quoted_and_the_registrations_g
     saying nothing (a review); a gzipped refusal was logged as its compressed bytes: the edge asks for no encoding."""
     caplog.set_level(logging.INFO)
     async with OddRouter() as router:
-        registration = Registration([router.url], "west", 1_000_000, url="http://127.0.0.1:9")
-        registration.bound.set()
-        task = asyncio.create_task(registration.loop())
-        for _ in range(100):
-            if router.encodings:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.1)
-        assert not task.done(), task
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert await registering(router.url, lambda: bool(router.encodings)), "the registrar stopped"
     assert router.encodings[0] == "identity"
     assert any(r.getMessage().endswith("refused the registration: 403 wrong secret") for r in caplog.records)
