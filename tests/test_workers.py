@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import tempfile
 import time
 import zlib
@@ -684,6 +685,28 @@ def test_status_of_workers_adds_counters_and_keeps_the_primarys_swarm():
     assert doc["responses_by_endpoint"] == {"file": {"200": 2}} and doc["cache_bytes"] == 6
     assert doc["bytes_received"] == [{"kind": "parent", "source": "o", "bytes": 14}]
     assert doc["contents"][0]["held"] == 3 and doc["p2p"] == {"peers": 2} and doc["uptime_s"] == 6.0
+
+
+def test_a_supervisor_stopped_with_its_workers_does_not_kill_them_for_its_own_silence(tmp_path):
+    """An edge stopped whole (SIGSTOP to its processes, ^Z) and continued: the supervisor, woken first, found a worker
+    silent for 15 s and killed it, though that silence was its own (a CI run).  A worker silent while the supervisor
+    looked every second is still killed."""
+    from edgeswarm.node.workers import Supervisor
+
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        sup = Supervisor("edge", 1, "127.0.0.1", 0, str(tmp_path), lambda slot: 0, lambda: None)
+        sup.pids[worker.pid] = 0
+        now = time.monotonic()
+        sup.beats[worker.pid], sup._looked = now - 15, now - 15  # both were stopped
+        sup._watch_beats()
+        assert worker.poll() is None and sup.beats[worker.pid] >= now
+        sup.beats[worker.pid] = time.monotonic() - 15  # the worker alone
+        sup._watch_beats()
+        assert worker.wait(5) == -signal.SIGKILL
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_a_worker_waits_for_the_primary_as_long_as_the_primary_waits_for_a_parents_torrent(tmp_path):

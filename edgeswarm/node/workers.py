@@ -54,6 +54,7 @@ YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-
 MAX_BACKOFF_S = 30.0
 BEAT_S = 1.0  # a listening worker's heartbeat
 WEDGED_S = 10.0  # a worker whose heartbeat is this late is killed (and restarted)
+AWAY_S = 3 * BEAT_S  # the supervisor itself did not look at the beats this long: it was stopped too (_watch_beats)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _STOPS = set(STOP_SIGNALS)  # as a single process's (a closed terminal's SIGHUP too: it killed the workers at once)
 _WATCHED = {signal.SIGCHLD, signal.SIGUSR1, *_STOPS}
@@ -179,6 +180,7 @@ class Supervisor:
         os.set_blocking(self._beat_r, False)
         os.set_blocking(self._beat_w, False)  # a worker never waits on a beat
         self.beats: dict[int, float] = {}  # pid -> when it last beat (workers that beat at least once)
+        self._looked = time.monotonic()  # when the supervisor last read the beats
 
     def run(self) -> int:
         """Fork the workers and supervise them until a stop signal; the exit code for the node."""
@@ -246,6 +248,9 @@ class Supervisor:
     def _watch_beats(self) -> None:
         """Note the heartbeats that came; SIGKILL a worker whose last one is WEDGED_S old (``_reap`` restarts it)."""
         now = time.monotonic()
+        if now - self._looked > AWAY_S:  # stopped with its workers (a SIGSTOP to the group, ^Z): their silence was its
+            self.beats = dict.fromkeys(self.beats, now)  # own, and woken first it killed one still being continued (a CI run)
+        self._looked = now
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._beat_r, 4096):
                 for pid in _pids(data):
