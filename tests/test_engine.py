@@ -833,16 +833,23 @@ def test_an_edge_that_refuses_our_token_for_seed_is_left_alone_by_every_worker()
     assert e.ranking.available(e.edges[0], 0.0), "the shared ranking is not told: the peer's other files may ask it"
 
 
+def seeds(e, *names: str) -> list:
+    """Neighbours of ``e`` (a whole-file download), at 10.0.0.2 on, each holding every piece."""
+    e.want_whole()
+    out = []
+    for i, name in enumerate(names, 2):
+        n = e.add_neighbour(name, f"http://10.0.0.{i}:7000", True)
+        assert n is not None
+        e.heard(n, "snapshot", range(8))
+        out.append(n)
+    return out
+
+
 def test_a_peer_that_holds_a_request_past_the_timeout_is_dropped_at_once():
     """A peer that announces every piece and never answers held a download's last pieces three timeouts each
     (three of them: 34 s for a 4 MB get, ten: 71 s); a refusal still costs it one failure of MAX_FAILURES."""
     e, host = make()
-    e.want_whole()
-    a = e.add_neighbour("a", "http://10.0.0.2:7000", True)
-    b = e.add_neighbour("b", "http://10.0.0.3:7000", True)
-    assert a is not None and b is not None
-    e.heard(a, "snapshot", range(8))
-    e.heard(b, "snapshot", range(8))
+    a, b = seeds(e, "a", "b")
     wa, wb = peer_workers(host)[:2]
     assert isinstance(wa.send(None), Fetch) and isinstance(wb.send(None), Fetch)
     with pytest.raises(StopIteration):
@@ -985,12 +992,7 @@ def test_a_stall_drops_a_neighbour_that_never_delivered_and_counts_once_for_one_
     head timeout, and it was gone until the next tracker answer (an adversarial session).  One that never delivered (a
     black hole announcing everything) is still dropped at once."""
     e, host = make()
-    e.want_whole()
-    good = e.add_neighbour("good", "http://10.0.0.2:7000", True)
-    hole = e.add_neighbour("hole", "http://10.0.0.3:7000", True)
-    assert good is not None and hole is not None
-    e.heard(good, "snapshot", range(8))
-    e.heard(hole, "snapshot", range(8))
+    good, hole = seeds(e, "good", "hole")
     step = e.transfer(good.url, good.url, 0, good)
     assert isinstance(next(step), Fetch)
     with pytest.raises(StopIteration):

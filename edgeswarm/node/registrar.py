@@ -61,7 +61,7 @@ class Registration:
         doc = {"url": self.url, "region": self.region, "capacity": self.capacity}
         try:
             async with session.post(router.rstrip("/") + "/register", json=doc) as resp:
-                text = (await answer_text(resp))[:300]
+                text = await answer_text(resp, 300)
                 ok = resp.status in (200, 201)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._say(router, logging.WARNING, f"cannot register with router {router}: {client_error_text(exc, router)}")

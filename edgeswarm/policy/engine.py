@@ -657,9 +657,10 @@ class Engine:
         a reader's piece while an edge is late by the deadline, else a piece in flight at an edge ``_overdue`` with it."""
         late = self._late(self._by_deadline, now)
         edge = self._reliever(late)
-        seeding = not self._store_failing() and self.seeder() is not None  # what the edge worker would take
-        if edge and (index := self.picker.pick_urgent(source, now, True, self.fallback(now), seeding, race=True)) is not None:
-            return edge, index, late, self._by_deadline
+        if edge:
+            seeding = not self._store_failing() and self.seeder() is not None  # what the edge worker would take
+            if (index := self.picker.pick_urgent(source, now, True, self.fallback(now), seeding, race=True)) is not None:
+                return edge, index, late, self._by_deadline
         overdue = self._late(self._overdue, now)
         edge = self._reliever(overdue)
         if edge and (index := self.picker.pick_race(source, [f.index for f in overdue])) is not None:

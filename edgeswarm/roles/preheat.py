@@ -75,7 +75,7 @@ async def region_edges(router: str, region: str, ca: Path | None = None) -> tupl
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, session.get(url, ssl=ssl_for(ca)) as reply:
             if reply.status == 404:
-                raise PreheatError(f"router {router}: {(await answer_text(reply))[:300]}")
+                raise PreheatError(f"router {router}: {await answer_text(reply, 300)}")
             if reply.status != 200:
                 raise PreheatError(f"router {router} answered {reply.status} to /edges?region= (too old to list a region?)")
             doc = await reply.json()
@@ -122,7 +122,7 @@ async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan
     try:
         async with session.get(url, headers=_headers(plan.token), ssl=ssl_for(plan.ca)) as reply:
             if reply.status != 200:
-                result.error = f"{reply.status} {(await answer_text(reply))[:200]}"
+                result.error = f"{reply.status} {await answer_text(reply, 200)}"
                 return result
             if not is_content_id(reply.headers.get("ETag", "").strip('"')):  # a web server on the wrong port was "fetched"
                 result.error = "not an edgeswarm edge: its answer names no signed content (its ETag is no content id)"

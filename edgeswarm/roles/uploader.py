@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 
 from edgeswarm.errors import EdgeswarmError
-from edgeswarm.node.upstream import answer_body, client_error_text
+from edgeswarm.node.upstream import MAX_ANSWER, answer_body, client_error_text
 from edgeswarm.protocol import jsondoc, upload
 from edgeswarm.trust import tls
 
@@ -135,7 +135,7 @@ async def publish(
             body = _read(job.file, start, end, count) if end > start else None
             try:
                 async with session.put(url, headers={**base, **headers, "Content-Length": str(end - start)}, data=body, ssl=context) as r:
-                    text = (await answer_body(r, 64 * 1024)).decode("utf-8", "replace")  # a few hundred bytes of JSON, or an error
+                    text = (await answer_body(r, MAX_ANSWER)).decode("utf-8", "replace")  # a few hundred bytes of JSON, or an error
                     if r.content_type == "text/html":  # no edgeswarm node answers with a page (its markup was printed): no retry
                         raise PublishError(
                             f"{r.status} from {job.edge}, as an HTML page: no edgeswarm edge answers with one (is that the edge's URL?)"

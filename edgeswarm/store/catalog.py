@@ -358,7 +358,10 @@ class Catalog:
 
     # -- scanning (blocking: run in a thread) --------------------------------
     def _walk(self) -> dict[str, tuple[Path, os.stat_result]]:
-        """Every publishable regular file under root, by relative path (its CPU time counted in ``walk_cpu_s``)."""
+        """Every publishable regular file under root, by relative path (its CPU time counted in ``walk_cpu_s``); the
+        names it skips start this scan's ``_skipped_now`` afresh."""
+        with self._tally:
+            self._skipped_now = set()
         started = time.thread_time()
         try:
             return self._walked_now()
@@ -454,8 +457,6 @@ class Catalog:
         walked, self._walked = self._walked, None
         found = walked[1] if walked is not None and walked[0] == known else None  # nothing published between
         if found is None:
-            with self._tally:
-                self._skipped_now = set()
             found = self._walk()
         for rel in known:
             if rel not in found:
@@ -510,8 +511,6 @@ class Catalog:
         ``change``, so that the live watcher and uploads are not held behind the hash of a large file (a 30 GiB file
         held a live playlist's next version 35 s: an adversarial session).  The scan under the lock walks again, and
         takes up only what still matches."""
-        with self._tally:
-            self._skipped_now = set()
         found = self._walk()
         self._hashing_said &= found.keys()
         small: list[_Found] = []
