@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -64,3 +65,33 @@ async def test_run_cli_fails_a_hung_get_with_its_task_stacks(tmp_path):
     assert "get: SIGUSR1: the stacks of" in text, text
     assert "in download\n    signed = await peer.resolve(path)" in text  # where the main task waits
     assert "Current thread" in text or "Thread 0x" in text  # and faulthandler's threads, on SIGABRT
+
+
+SECOND_SIGNAL = """
+import asyncio, os, signal
+from edgeswarm.node.daemon import stop_signal
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+    await stop_signal()
+    close = loop._close_self_pipe
+
+    def close_then_signal():  # the window a worker's second SIGTERM (its group's, its supervisor's) once fell in
+        close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    loop._close_self_pipe = close_then_signal
+
+asyncio.run(main())
+print("exited")
+"""
+
+
+@integration
+def test_a_stop_signal_while_the_loop_closes_is_ignored_quietly():
+    """A second stop signal that came while asyncio's loop closed (its self-pipe gone, its handlers not yet) printed
+    "Exception ignored ... signal wakeup fd ... Bad file descriptor" at an edge worker's exit (an adversarial session)."""
+    done = subprocess.run([sys.executable, "-c", SECOND_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "exited"), done.stderr
+    assert "wakeup fd" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

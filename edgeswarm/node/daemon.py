@@ -778,12 +778,21 @@ async def serve_many(
 async def stop_signal() -> None:
     """Until one of STOP_SIGNALS comes, for a node's process or an edge's worker: a worker's SIGHUP was the default
     action, so a closed terminal (SIGHUP to the whole process group) killed the workers at once, losing their last
-    ledger rows and the swarms' tracker.jsonl (an adversarial session)."""
+    ledger rows and the swarms' tracker.jsonl (an adversarial session).
+
+    Once one has come, the others are ignored for the rest of the exit: asyncio's loop closes its self-pipe before it
+    removes its signal handlers, and a second signal in between (a worker gets its supervisor's SIGTERM and the process
+    group's) printed "Exception ignored ... signal wakeup fd ... Bad file descriptor" (an adversarial session, 1 exit
+    in 57).  The supervisor still kills workers that a repeated stop signal finds stopping (workers.FORCE_AFTER).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    for sig in STOP_SIGNALS:  # one more changes nothing now; left to the loop, it came through its self-pipe (below)
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class Servers:
