@@ -712,21 +712,25 @@ async def test_a_wedged_edge_among_two_does_not_stall_a_players_reads_for_its_ti
             await asyncio.sleep(4.5)  # its back-off over: it is not first again
 
 
-async def test_a_wedged_edge_among_two_holds_edgeswarm_get_for_seconds_not_its_timeout(tmp_path, nodes, origin, published):
+@pytest.mark.parametrize("wedged_is", ["--edge", "the URL's"])
+async def test_a_wedged_edge_among_two_holds_edgeswarm_get_for_seconds_not_its_timeout(tmp_path, nodes, origin, published, wedged_is):
     """`edgeswarm get` with a second --edge that is wedged (SIGSTOP): once the first edge was measured, the unmeasured
     one was asked a piece, and with nobody reading, nothing raced it: the download waited for its 12 s timeout (an
-    adversarial session).  Now a piece overdue at an edge (3 s at least) is raced on the other one."""
+    adversarial session).  Now a piece overdue at an edge (3 s at least) is raced on the other one.  With the URL's
+    edge wedged, `get` failed: its HEAD took 5 s and the origin key was asked of the edges in turn, the wedged one's
+    10 s timeout ending get's wait for the key (another one)."""
     data = make_file(published / "w.bin", 2 * 1024 * 1024)
     good, wedged = (nodes.start("edge", "--cache", str(tmp_path / f"e{n}"), "--parent", origin.url, name=f"e{n}") for n in (1, 2))
     out = tmp_path / "w.out"
+    first, other = (good, wedged) if wedged_is == "--edge" else (wedged, good)
     cmd = [
         sys.executable,
         "-m",
         "edgeswarm",
         "get",
-        f"{good.url}/w.bin",
+        f"{first.url}/w.bin",
         "--edge",
-        wedged.url,
+        other.url,
         "-o",
         str(out),
         "--cache",

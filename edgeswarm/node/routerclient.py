@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import NamedTuple
 from urllib.parse import quote, urljoin
 
 from edgeswarm.node.upstream import Hopeless, Upstream, UpstreamError, said_in
@@ -129,6 +130,7 @@ class RouterFollower:
 
 
 REDIRECTS = (301, 302, 303, 307, 308)
+PROBE_WAIT = 5.0  # seconds find_edge's HEAD may take: a router answers it at once, an edge from its cache or its parent's
 
 
 ROUTER_REFUSALS = (403, 503)  # a router's answer to a client of no region, or when no edge is up: its /edges says why
@@ -149,8 +151,16 @@ async def _refused_by_router(upstream: Upstream, base: str) -> None:
         raise UpstreamError(probe.status, f"{base} answered {probe.status}: {said_in(probe.body, 300)}")
 
 
-async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | None, str]:
-    """(router, edge) for a file named as ``base`` + ``path``: a router's URL is taken as ``--router``, an edge's as ``--edge``.
+class Found(NamedTuple):
+    """What ``find_edge`` found: the router (if ``base`` is one), the edge, and whether ``base`` answered the probe."""
+
+    router: str | None
+    edge: str
+    answered: bool = True
+
+
+async def find_edge(upstream: Upstream, base: str, path: str, wait: float = PROBE_WAIT) -> Found:
+    """The router and edge for a file named as ``base`` + ``path``: a router's URL is taken as ``--router``, an edge's as ``--edge``.
 
     One HEAD of the file, redirects not followed: an edge (or anything that
     is not a redirect, errors included: the download reports them) is the
@@ -158,27 +168,28 @@ async def find_edge(upstream: Upstream, base: str, path: str) -> tuple[str | Non
     its ``/edges`` list: then the client learns the region's edges and
     fails over like ``--router`` (the router may be given as the file's URL,
     ``http://router/path``).  Any other redirect to the same path on
-    another host is followed once, to that host as the edge.
+    another host is followed once, to that host as the edge.  ``wait``: how
+    long the HEAD may take (a caller with other edges to go to waits less).
     """
     target = "/" + quote(path, safe="/")
     try:
-        reply = await upstream.request("HEAD", base, target, None, 5.0)
+        reply = await upstream.request("HEAD", base, target, None, wait)
     except UpstreamError:
-        return None, base
+        return Found(None, base, answered=False)
     location = reply.headers.get("Location", "")
     if reply.status in ROUTER_REFUSALS:
         await _refused_by_router(upstream, base)
     if reply.status not in REDIRECTS or not location:
-        return None, base
+        return Found(None, base)
     try:
         await region_edges(upstream, base, path)
     except UpstreamError:
         pass
     else:
-        return base, base
+        return Found(base, base)
     moved = urljoin(base + target, location).split("?", 1)[0]
     if base.startswith("https://") and moved.startswith("http://"):  # its token would go in the clear (a review)
         raise UpstreamError(502, f"{base}{target} redirects to {location}: plain HTTP, which a client of an https:// URL does not follow")
     if moved.startswith(("http://", "https://")) and moved.endswith(target) and moved != base + target:
-        return None, moved[: -len(target)]
+        return Found(None, moved[: -len(target)])
     raise UpstreamError(502, f"{base}{target} redirects to {location}, which is neither a router nor the same file on another host")

@@ -28,8 +28,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.node.daemon import Servers
-from edgeswarm.node.routerclient import find_edge
-from edgeswarm.node.upstream import Upstream, UpstreamError, source_address, source_family
+from edgeswarm.node.routerclient import PROBE_WAIT, find_edge
+from edgeswarm.node.upstream import HEDGE_AFTER, Upstream, UpstreamError, source_address, source_family
 from edgeswarm.policy.vocabulary import p2p_share, peer_bytes
 from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import Manifest
@@ -117,9 +117,11 @@ async def download(
 ) -> dict:
     edge, path = split_target(url, router)
     learned = origin_key is None and not (cache / "origin.pub").exists()  # no key given nor pinned by an earlier run
+    answered = True
     if edge is not None and router is None:
-        router, edge = await _router_or_edge(edge, path, listen[0], ca, bool(extra_edges), token)
-    edges = tuple(e for e in (edge, *extra_edges) if e and (router is None or e.rstrip("/") != router.rstrip("/")))
+        router, edge, answered = await _router_or_edge(edge, path, listen[0], ca, bool(extra_edges), token)
+    ordered = (edge, *extra_edges) if answered else (*extra_edges, edge)  # first, each ask of it waited HEDGE_AFTER
+    edges = tuple(e for e in ordered if e and (router is None or e.rstrip("/") != router.rstrip("/")))
     config = PeerConfig(
         cache=cache, edges=edges, upload_limit=upload_limit, bind=listen[0], token=token, ca=ca, router=router, origin_key=origin_key
     )
@@ -211,12 +213,17 @@ def _disk(place: Path | int | None) -> tuple[int, int, str] | None:
 
 async def _router_or_edge(
     base: str, path: str, bind: str, ca: Path | None, others: bool, token: str | None = None
-) -> tuple[str | None, str | None]:
-    """(router, edge) for ``base``: a router's URL given as the file's (``http://router/path``) is used as ``--router``.
+) -> tuple[str | None, str | None, bool]:
+    """(router, edge, whether ``base`` answered) for ``base``: a router's URL given as the file's (``http://router/path``)
+    is used as ``--router``.
 
     A redirect that is neither (a captive portal, a login page, a broken
     edge) ends ``get``, unless ``others``: further ``--edge``s, which it goes
     on with, as a peer daemon does (it ended at once: an adversarial session).
+    With ``others`` a ``base`` that does not answer within HEDGE_AFTER is
+    asked after them: a wedged first edge (stopped, taking connections) held
+    `get` 5 s here and HEDGE_AFTER again at the key's, the manifest's and the
+    first pieces' asks (an adversarial session).
     """
     # the token goes with the probe, to the host the file was asked of: a --require-token edge logged and counted a 401
     # for every download that then went through (an adversarial session)
@@ -224,18 +231,20 @@ async def _router_or_edge(
     upstream = Upstream(10.0, ssl=tls.client_context(ca), bind=source_address(bind, [base]), headers=credential, family=source_family(bind))
     await upstream.start()
     try:
-        router, edge = await find_edge(upstream, base, path)
+        router, edge, answered = await find_edge(upstream, base, path, HEDGE_AFTER if others else PROBE_WAIT)
     except UpstreamError as exc:
         if not others:
             raise GetError(exc.message) from None
         log.warning("%s: going on with the other --edge", exc.message)
-        return None, None
+        return None, None, True
     finally:
         await upstream.close()
     if router is not None:
         log.info("%s is a router: the edges come from it", router)
-        return router, None
-    return None, edge
+        return router, None, True
+    if not answered and others:
+        log.info("%s did not answer within %g s: the other --edge first", base, HEDGE_AFTER)
+    return None, edge, answered
 
 
 async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeswarm.node.upstream import Hopeless, Unreachable, Upstream, UpstreamError
+from edgeswarm.node.upstream import Hopeless, Unreachable, Upstream, UpstreamError, first_answer
 from edgeswarm.trust.signing import KeyFileError, load_public_key, public_pem
 from edgeswarm.wholefile import write_whole
 
@@ -47,14 +47,26 @@ async def pin(
     return key
 
 
-async def _first_served(upstream: Upstream, sources: list[str]) -> tuple[str, bytes] | None:
-    """The first source that serves a key, with it (PEM); None if none does now."""
-    for source in sources:
+async def _first_served(
+    upstream: Upstream, sources: list[str], failures: list[tuple[str, UpstreamError]] | None = None
+) -> tuple[str, bytes] | None:
+    """The first source that serves a key, with it (PEM); None if none does now, each one's failure in ``failures``.
+
+    Asked as manifests are (``first_answer``): the next source also when one has not answered within ``HEDGE_AFTER``.
+    One after another, a wedged first source (stopped, taking connections) held `get` for its whole timeout and the
+    second was never asked before `get`'s wait for the key ended: "origin key unknown" with a healthy edge beside it
+    (an adversarial session).
+    """
+
+    async def ask(source: str) -> tuple[str, bytes]:
         try:
             return source, await _served(upstream, source)
-        except UpstreamError:
-            continue
-    return None
+        except UpstreamError as exc:
+            if failures is not None:
+                failures.append((source, exc))
+            raise
+
+    return await first_answer(sources, ask, [])
 
 
 async def _confirm(upstream: Upstream, sources: list[str], served: bytes, given: Path, pinned: Path) -> None:
@@ -106,7 +118,7 @@ async def check_pinned(upstream: Upstream, sources: list[str], key: Ed25519Publi
 async def learn(
     upstream: Upstream, sources: list[str], failed: Callable[[str, bool | None], None] | None = None, one_shot: bool = False
 ) -> bytes:
-    """Ask each source in turn until one serves a usable key, backing off up to 10 s between rounds.
+    """Ask the sources (``_first_served``) until one serves a usable key, backing off up to 10 s between rounds.
 
     ``failed`` is told why each try failed, so that what waits on the key can say why (an edge that cannot be reached),
     and at the end of each round whether every source failed in a way no retry changes (``Hopeless``: no edgeswarm
@@ -120,19 +132,16 @@ async def learn(
     """
     delay = 0.5
     while True:
-        hopeless = 0
-        for n, source in enumerate(sources, 1):
-            try:
-                pem = await _served(upstream, source)
-            except UpstreamError as exc:  # _served's every failure: a key that does not load is a NotANode
-                why = str(exc)
-                hopeless += isinstance(exc, Hopeless) or (one_shot and isinstance(exc, Unreachable))
-            else:
-                log.info("pinned the origin key served by %s", source)
-                return pem
-            log.log(logging.DEBUG if one_shot else logging.WARNING, "cannot learn the origin key from %s yet: %s; retrying", source, why)
+        failures: list[tuple[str, UpstreamError]] = []  # _served's every failure: a key that does not load is a NotANode
+        first = await _first_served(upstream, sources, failures)
+        if first is not None:
+            log.info("pinned the origin key served by %s", first[0])
+            return first[1]
+        hopeless = sum(isinstance(exc, Hopeless) or (one_shot and isinstance(exc, Unreachable)) for _, exc in failures)
+        for n, (source, exc) in enumerate(failures, 1):
+            log.log(logging.DEBUG if one_shot else logging.WARNING, "cannot learn the origin key from %s yet: %s; retrying", source, exc)
             if failed is not None:
-                failed(why, hopeless == len(sources) if n == len(sources) else None)
+                failed(str(exc), hopeless == len(failures) if n == len(failures) else None)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10)
 
