@@ -198,6 +198,7 @@ class TrackerService:
         self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
         self._figures_asked = 0.0  # when (monotonic)
         self._store_quiet_until = 0.0  # /status does not wait for the store before this (monotonic): it failed lately
+        self._figures_failed: str | None = None  # why the last /status ask of the store failed, until one answers
         # (content, complete record) -> whether the operator placed that seed (a preheat order): answers say so
         self.placed: Callable[[str, PeerRecord], bool] | None = None
 
@@ -310,7 +311,11 @@ class TrackerService:
     def _answered(self, task: asyncio.Task) -> None:
         """A /status ask of the store ended: an answer ends the quiet (the next /status waits for the store again); an
         error is read here, as a /status may have given up on it (asyncio would log it as never retrieved)."""
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        self._figures_failed = exc.message if isinstance(exc, HttpError) else None
+        if exc is None:
             self._store_quiet_until = 0.0
 
     async def _store_figures(self) -> tuple[Counts, dict[str, Counter[str]], int]:
@@ -385,11 +390,12 @@ class TrackerService:
                 counts, by_region, contents = await asyncio.shield(pending)
         except (HttpError, TimeoutError) as exc:
             self._store_quiet_until = max(self._store_quiet_until, time.monotonic() + STORE_QUIET_S)
-            why = (
-                exc.message
-                if isinstance(exc, HttpError)
-                else f"tracker store {self.store.describe()}: no answer within {max(STATUS_STORE_WAIT, now - self._figures_asked):.2g} s"
-            )
+            if isinstance(exc, HttpError):
+                why = exc.message
+            elif wait == 0 and self._figures_failed is not None:  # not waited for: the last ask's failure (a refusal), not a hang
+                why = self._figures_failed
+            else:
+                why = f"tracker store {self.store.describe()}: no answer within {max(STATUS_STORE_WAIT, now - self._figures_asked):.2g} s"
             return {"store": self.store.describe(), "store_error": why, "regions": {}, **self._room(), "state": self._state(None)}
         refused = self._refused()
         peers, memberships = counts.peers, counts.memberships
