@@ -25,6 +25,7 @@ from edgeswarm.protocol.registration import base_url_problem
 log = logging.getLogger("edgeswarm.node.routerclient")
 REFRESH = 5.0  # seconds between two asks of the router; an edge failure asks sooner
 SOON = 0.5  # seconds after an edge failure before the router is asked (its poll may need that long to see it)
+SAY_AGAIN = 60.0  # seconds between two lines saying the router fails the same way
 FIRST_PATIENCE = 60.0  # seconds a peer without --edge waits for a router that gives it edges, before giving up
 
 
@@ -66,6 +67,7 @@ class RouterFollower:
         self.wake = asyncio.Event()
         self.routed: list[str] = []
         self._refused: set[str] = set()  # plain-HTTP edges the router named and this client would not take (logged once)
+        self._failing: tuple[str, float] | None = None  # why the router fails lately, and when that was said (_failed)
 
     async def _ask(self, upstream: Upstream) -> list[str]:
         """The router's edges this client takes; UpstreamError if none."""
@@ -105,6 +107,16 @@ class RouterFollower:
                 log.warning("router %s: %s; asking again", self.router, exc.message)
                 await asyncio.sleep(1.0)
 
+    def _failed(self, why: str) -> None:
+        """A line when the router starts failing, and again only every SAY_AGAIN while it goes on failing the same way:
+        one every 5 s was 720 lines an hour on each peer for a router down for maintenance (an adversarial session)."""
+        now = time.monotonic()
+        if self._failing is not None and self._failing[0] == why and now - self._failing[1] < SAY_AGAIN:
+            return
+        self._failing = (why, now)
+        kept = ", ".join(self.routed or self.fixed)
+        log.info("router %s: %s; keeping edges %s (said again in %.0f s while it lasts)", self.router, why, kept, SAY_AGAIN)
+
     def edge_failed(self) -> None:
         """An edge did not answer: ask the router soon, for it may know."""
         self.wake.set()
@@ -120,8 +132,11 @@ class RouterFollower:
             try:
                 routed = await self._ask(upstream)
             except UpstreamError as exc:
-                log.info("router %s: %s; keeping edges %s", self.router, exc.message, ", ".join(self.routed or self.fixed))
+                self._failed(exc.message)
                 continue
+            if self._failing is not None:
+                log.info("router %s answers again", self.router)
+                self._failing = None
             if routed != self.routed:
                 gone = [u for u in self.routed if u not in routed]
                 log.info("router %s: edges now %s%s", self.router, ", ".join(routed), f" ({', '.join(gone)} left)" if gone else "")

@@ -1,0 +1,56 @@
+"""A peer's RouterFollower against a router double: what it logs while the router fails and when it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+from conftest import DoubleServer
+
+from edgeswarm.node import routerclient
+from edgeswarm.node.upstream import Upstream
+
+
+class FlakyRouter(DoubleServer):
+    """A router whose ``/edges`` answers 503 while ``down``, then one edge."""
+
+    down = True
+
+    def routes(self, app: web.Application) -> None:
+        async def edges(_: web.Request) -> web.Response:
+            if self.down:
+                return web.Response(status=503, text="no edge of your region is up")
+            return web.json_response({"edges": [{"url": "http://127.0.0.1:9/"}]})
+
+        app.router.add_get("/edges", edges)
+
+
+async def test_a_router_down_for_a_while_is_said_once_and_its_return_once(caplog, monkeypatch):
+    """One line every refresh (5 s) while the router failed: 720 lines an hour on each peer for a router down for
+    maintenance (an adversarial session).  Now the first failure, again a minute later, and its return."""
+    monkeypatch.setattr(routerclient, "SOON", 0.0)
+    caplog.set_level(logging.INFO, logger="edgeswarm.node.routerclient")
+    applied: list[list[str]] = []
+    async with FlakyRouter() as router:
+        follower = routerclient.RouterFollower(router.url, refresh=0.02)
+        follower.fixed = ["http://127.0.0.2:9"]
+        upstream = Upstream(5.0)
+        await upstream.start()
+        following = asyncio.create_task(follower.follow(upstream, applied.append))
+        try:
+            await asyncio.sleep(0.5)  # some 20 asks, each failed
+            router.down = False
+            while not applied:
+                await asyncio.sleep(0.02)
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await upstream.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "edgeswarm.node.routerclient"]
+    failed = [line for line in said if "answered 503" in line]
+    assert len(failed) == 1 and "said again in 60 s" in failed[0], said
+    assert said[1:] == [f"router {router.url} answers again", f"router {router.url}: edges now http://127.0.0.1:9"], said
+    assert applied == [["http://127.0.0.2:9", "http://127.0.0.1:9"]]
