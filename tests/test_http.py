@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
 import socket
+import time
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,6 +28,8 @@ def deployment(tmp_path_factory):
     data = make_file(root / "pub" / "dir" / "film.mp4", SIZE)
     (root / "pub" / "empty.txt").write_bytes(b"")
     (root / "pub" / "dir" / "notes.txt").write_bytes(NOTES)
+    make_file(root / "pub" / "dir" / "ahead.bin", 4096)
+    os.utime(root / "pub" / "dir" / "ahead.bin", (time.time() + 3600, time.time() + 3600))  # the origin host's clock ahead
     with ProcessGroup(root / "logs") as group:
         origin = group.start("origin", "--publish", str(root / "pub"))  # files present at start are published at once
         edge = group.start("edge", "--cache", str(root / "cache"), "--parent", origin.url)
@@ -213,6 +217,24 @@ async def test_if_match_and_if_unmodified_since_refuse_another_version_with_412(
     for kept in ({"If-Match": f'"other", {etag}'}, {"If-Match": "*"}, {"If-Unmodified-Since": modified}, {"If-Unmodified-Since": "soon"}):
         status, _, body = await fetch(http, url + "/dir/film.mp4", Range="bytes=10-19", **kept)
         assert (status, body) == (206, data[10:20]), (kept, status)
+
+
+async def test_a_file_dated_ahead_of_the_clock_has_no_date_to_validate_and_its_etag_does(served_anywhere, http):
+    """A file dated ahead of the node's clock (its host's clock ahead of the edge's) was sent the clock as its date,
+    a new one every second, and compared by its own: If-Modified-Since with the date sent was 200 whole, If-Unmodified-
+    Since 412 and a date If-Range the whole file (an adversarial session).  Now it has no date (RFC 9110 13.1.3-5)."""
+    url, _ = served_anywhere
+    status, headers, data = await fetch(http, url + "/dir/ahead.bin")
+    assert status == 200 and "Last-Modified" not in headers, dict(headers)
+    etag, date = headers["ETag"], headers["Date"]
+    assert (await fetch(http, url + "/dir/ahead.bin", "HEAD", **{"If-None-Match": etag}))[0] == 304
+    assert (await fetch(http, url + "/dir/ahead.bin", "HEAD", **{"If-Modified-Since": date}))[0] == 200  # no date: ignored
+    status, _, body = await fetch(http, url + "/dir/ahead.bin", Range="bytes=0-9", **{"If-Unmodified-Since": date})
+    assert (status, body) == (206, data[:10])
+    status, _, body = await fetch(http, url + "/dir/ahead.bin", Range="bytes=0-9", **{"If-Range": date})
+    assert (status, body) == (200, data)  # a date matches no file without one
+    status, _, body = await fetch(http, url + "/dir/ahead.bin", Range="bytes=0-9", **{"If-Range": etag})
+    assert (status, body) == (206, data[:10])
 
 
 async def test_curl_resume_and_ranges(served, tmp_path):

@@ -452,6 +452,15 @@ def test_range_applies(headers, expected):
     assert range_applies(headers, V) is expected
 
 
+def test_a_file_without_a_date_ignores_date_conditions_and_keeps_its_etag():
+    """A file dated ahead of the clock has no date (serving.file_date): RFC 9110 13.1.3-5 ignore date conditions."""
+    undated = Validators(ETAG, None)
+    date = {"If-Modified-Since": IMF_FIXDATE, "If-Unmodified-Since": http_date(RFC_INSTANT - 1)}
+    assert not not_modified(date, undated) and not precondition_failed(date, undated)
+    assert not range_applies({"If-Range": IMF_FIXDATE}, undated) and range_applies({"If-Range": ETAG}, undated)
+    assert not_modified({"If-None-Match": ETAG}, undated) and precondition_failed({"If-Match": '"other"'}, undated)
+
+
 def test_range_applies_reads_case_insensitive_request_headers():
     assert range_applies(CIMultiDict({"if-range": ETAG}), V) is True
     assert range_applies(CIMultiDict({"if-range": '"stale"'}), V) is False

@@ -78,16 +78,31 @@ def file_headers(signed: SignedManifest) -> dict[str, str]:
     (an adversarial session; the gateway sandboxed already)."""
     m = signed.manifest
     served = served_type(m.content_type)
+    modified = file_date(signed)
     return {
         "ETag": signed.etag,
-        # never after Date (RFC 9110 8.8.2.1): a playlist rewritten more than once a second is dated ahead of the clock
-        "Last-Modified": http_date(min(m.modified, int(time.time()))),
+        **({"Last-Modified": http_date(modified)} if modified is not None else {}),
         "Accept-Ranges": "bytes",
         "Content-Type": served,
         "Cache-Control": "public, max-age=0, must-revalidate",
         **NOSNIFF,
         **(SANDBOX if sandboxed(served) else {}),
     }
+
+
+def file_date(signed: SignedManifest) -> int | None:
+    """The file's date as a validator (``Last-Modified``), or None: none when it is ahead of this node's clock.
+
+    A date never goes after Date (RFC 9110 8.8.2.1), and one replaced by the
+    clock moves at every answer, so no client could name it back: a file
+    dated ahead (an origin host's clock ahead of the edge's, a playlist
+    rewritten more than once a second) answered If-Modified-Since with its
+    own date 200 whole, If-Unmodified-Since 412 and a date If-Range the
+    whole file (an adversarial session).  Without it, its ETag validates,
+    and date conditions are ignored as for a file with no date (13.1.3-5).
+    """
+    modified = signed.manifest.modified
+    return modified if modified <= time.time() else None
 
 
 Transform = Callable[[bytes | memoryview, int], bytes]  # (bytes, their offset in the file) -> bytes to send
@@ -115,7 +130,7 @@ async def serve_file(
         headers["Cache-Control"] = "private, no-store"
     elif "Authorization" in request.headers or "token" in request.query:
         headers["Cache-Control"] = "private, max-age=0, must-revalidate"
-    v = Validators(signed.etag, m.modified)
+    v = Validators(signed.etag, file_date(signed))
     # a bodiless or text answer's headers: the validators, and the sandbox too, as a browser updates its stored headers
     # from a 304's (RFC 9111 4.3.4): a page cached before edges sandboxed ran its script on while unchanged (a review);
     # and nosniff, as on every error answer (the 412's text names the path)

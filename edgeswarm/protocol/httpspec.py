@@ -212,7 +212,7 @@ def _same_date(value: str, modified: int) -> bool:
 @dataclass(frozen=True)
 class Validators:
     etag: str  # strong, quoted
-    modified: int  # epoch seconds
+    modified: int | None  # epoch seconds; None: no date (conditions on one are ignored, RFC 9110 13.1.3-5)
 
 
 def precondition_failed(headers: Mapping[str, str], v: Validators) -> bool:
@@ -227,7 +227,7 @@ def precondition_failed(headers: Mapping[str, str], v: Validators) -> bool:
     if im is not None:
         return im.strip() != "*" and not any(not weak and tag == v.etag for weak, tag in _etags(im))
     ius = headers.get("If-Unmodified-Since")
-    if ius is not None:
+    if ius is not None and v.modified is not None:
         try:
             return v.modified > _http_timestamp(ius)
         except (TypeError, ValueError, IndexError, OverflowError):
@@ -241,7 +241,7 @@ def not_modified(headers: Mapping[str, str], v: Validators) -> bool:
     if inm is not None:
         return inm.strip() == "*" or any(tag == v.etag for _, tag in _etags(inm))
     ims = headers.get("If-Modified-Since")
-    if ims is not None:
+    if ims is not None and v.modified is not None:
         try:
             return v.modified <= _http_timestamp(ims)
         except (TypeError, ValueError, IndexError, OverflowError):
@@ -258,4 +258,4 @@ def range_applies(headers: Mapping[str, str], v: Validators) -> bool:
     if value.startswith('"') or value.startswith("W/"):
         weak, tag = _etags(value)[0]
         return not weak and tag == v.etag
-    return _same_date(value, v.modified)
+    return v.modified is not None and _same_date(value, v.modified)
