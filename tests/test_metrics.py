@@ -202,3 +202,13 @@ async def test_promtool_accepts_every_nodes_metrics_after_traffic(tmp_path: Path
     assert re.search(r'edgeswarm_edge_region_sent_bytes_total\{endpoint="file",region="unmapped"\} [1-9]', edge_text)
     regional = [line for line in edge_text.splitlines() if "region=" in line]
     assert regional and not [line for line in regional if cid in line], "a content id in a per-region metric"
+
+
+def test_uptime_runs_on_the_monotonic_clock_whatever_the_wall_clock_does(monkeypatch):
+    """A wall clock stepped back an hour (NTP, a VM restored) made /status's uptime -3590 s, and the dashboards took it
+    for a restart and wiped their charts (an adversarial session)."""
+    m = Metrics("edge")
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall - 3600)
+    assert 0 <= m.status()["uptime_s"] < 60
+    assert m.status()["started"] == m.started  # still Unix time: a merge of workers' tells a restart by it

@@ -91,6 +91,7 @@ class Metrics:
     def __init__(self, role: str):
         self.role = role
         self.started = time.time()
+        self._began = time.monotonic()  # uptime: a wall clock stepped back an hour made it -3590 s, and dashboards wiped
         self.sent: Counter[str] = Counter()  # bytes, by who asked: client | node
         self.received: Counter[tuple[str, str]] = Counter()  # bytes, by (source kind, source url); see count_received
         self.events: Counter[tuple[str, str]] = Counter()  # (event, detail): fetch, collapsed, corrupt, ...
@@ -196,7 +197,7 @@ class Metrics:
             by_endpoint.setdefault(endpoint, {})[str(s)] = n
         return {
             "role": self.role,
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.monotonic() - self._began, 1),
             "started": self.started,  # Unix time: which process counted these (a merge tells a restart by it)
             "bytes_sent": dict(self.sent),
             "bytes_received": [{"kind": k, "source": s, "bytes": n} for (k, s), n in sorted(self.received.items())],
