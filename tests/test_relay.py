@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import complete, make_file, post, sha, status, until
+from redisserver import redis_url  # noqa: F401 - fixture
 
 from edgeswarm.measure.process import ProcessGroup
 from edgeswarm.protocol import havefeed, relay
@@ -383,13 +385,54 @@ async def test_a_restarted_edge_hands_its_relayed_peers_out_again_at_once(tmp_pa
     port = edge.url.rsplit(":", 1)[1]
     edge.stop()
     edge = nodes.start("edge", *args, "--listen", f"127.0.0.1:{port}", name="edge-again")
-
-    async def relayed() -> list[str]:
-        body = {"peer_id": "viewer", "port": 9000, "content": cid, "pieces": 8, "have": "AA==", "event": "started"}
-        body |= {"uploaded": 0, "downloaded": 0}
-        async with http.post(edge.url + "/announce", json=body) as r:
-            peers = (await r.json()).get("peers", []) if r.status == 200 else []
-        return [p["url"] for p in peers if "/relay/" in p["url"]]
-
-    handed = await until(relayed, 20, "the relayed seeder handed out by the restarted edge")
+    handed = await until(lambda: _relayed(http, edge.url, cid), 20, "the relayed seeder handed out by the restarted edge")
     assert handed[0].startswith(f"{edge.url}/relay/")
+
+
+async def _relayed(http: aiohttp.ClientSession, edge: str, cid: str) -> list[str]:
+    """The relay URLs ``edge``'s tracker hands a viewer of ``cid`` (8 pieces) out."""
+    body = {"peer_id": "viewer", "port": 9000, "content": cid, "pieces": 8, "have": "AA==", "event": "started"}
+    body |= {"uploaded": 0, "downloaded": 0}
+    async with http.post(edge + "/announce", json=body) as r:
+        peers = (await r.json()).get("peers", []) if r.status == 200 else []
+    return [p["url"] for p in peers if "/relay/" in p["url"]]
+
+
+async def test_edges_sharing_a_store_hand_a_relayed_peer_out_at_a_live_relay_once_one_dies(
+    tmp_path,
+    nodes,
+    origin,
+    published,
+    regions,
+    http,
+    redis_url,  # noqa: F811
+):
+    """Two edges share one Redis tracker store, whose one record of a relayed peer names the relay of the edge that took
+    its last announce.  That edge SIGKILLed, the other handed the peer out at the dead relay until the peer's next full
+    announce (300 s at the defaults here), though the peer held a live relay at it (an adversarial session): the peer
+    now announces again where its relay is open, as soon as it loses one."""
+    make_file(published / "f.bin", SIZE)
+    edges = {}
+    for name in ("edge-a", "edge-b"):
+        args = ("--cache", str(tmp_path / name), "--parent", origin.url, "--p2p", "--regions", str(regions))
+        edges[name] = nodes.start("edge", *args, "--tracker-store", redis_url, name=name)
+    a, b = edges["edge-a"], edges["edge-b"]
+    seeder = start_peer(nodes, tmp_path, a.url, "127.1.0.1", "hidden", "--edge", b.url, "--unreachable")
+    await post(http, seeder, "/f.bin")
+    st = await until(lambda: complete(http, seeder), 90, "the seeder's download")
+    cid = st["swarms"][0]["id"]
+    for url in (a.url, b.url):
+        await until(functools.partial(_relay_peers, http, url), 10, f"the seeder's relay at {url}")
+    await until(lambda: _relayed(http, a.url, cid), 20, "the relayed seeder handed out")
+    await asyncio.sleep(2)  # its "completed" announces to both edges have landed: the record names the last one's relay
+    named = (await _relayed(http, a.url, cid))[0]
+    dead, alive = (a, b) if named.startswith(f"{a.url}/relay/") else (b, a)
+
+    dead.kill()
+
+    async def at_a_live_relay() -> bool:
+        handed = await _relayed(http, alive.url, cid)
+        return bool(handed) and handed[0].startswith(f"{alive.url}/relay/")
+
+    await until(at_a_live_relay, 20, f"{alive.url} to hand the seeder out at its own relay, not at {named}")
+    assert f"relay at {dead.url} closed: announcing again to {alive.url}, where ours is open" in seeder.log_text()

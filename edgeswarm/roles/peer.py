@@ -829,7 +829,8 @@ class Peer:
         self._wake_announcer.set()
 
     def reintroduce(self, edge: str) -> None:
-        """``edge`` may have forgotten this peer (our relay there opened again: it restarted): every content, now."""
+        """``edge`` may have forgotten this peer (our relay there opened again: it restarted), or hands us out at a relay
+        we lost (one of another edge sharing its tracker store, RelayClient._lost): every content, now."""
         if edge in self._p2p_edges:
             self.schedule.forgotten(edge, time.monotonic())
             self._wake_announcer.set()

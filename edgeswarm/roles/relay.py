@@ -440,6 +440,7 @@ class RelayClient:
                     self.connected.pop(edge, None)
                 await asyncio.sleep(1.0)
         finally:
+            self.connected.clear()  # stopping: every relay closes, and none is a loss to announce around (_lost)
             for task in self._tasks.values():
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -487,10 +488,24 @@ class RelayClient:
                     task = tasks[frame.id] = asyncio.create_task(self._answer(ws, lock, frame))
                     task.add_done_callback(functools.partial(_forget, tasks, frame.id))
         finally:
+            self._lost(edge)
             for task in list(tasks.values()):
                 task.cancel()
             await ws.close()
         return True
+
+    def _lost(self, edge: str) -> None:
+        """Our relay at ``edge`` closed (the edge died, or left the router's list): every edge where ours is still open
+        hears every content now.  Edges sharing a tracker store keep one record of us, naming the relay of the edge that
+        took our last announce; that edge killed, the others handed us out at its dead relay until our next full
+        announce, 300 s later at the defaults, while we held a live relay at each of them (an adversarial session)."""
+        if edge in self.connected:  # not when run() dropped the edge: gone from status, not shown as down
+            self.connected[edge] = False  # before the announces it wakes: relay_at names no promoted peer we lost
+        others = [other for other, up in self.connected.items() if up and other in self.peer.edges]  # no promoted peer
+        if others:
+            log.info("relay at %s closed: announcing again to %s, where ours is open", edge, ", ".join(sorted(others)))
+        for other in others:
+            self.peer.reintroduce(other)
 
     async def _answer(self, ws: aiohttp.ClientWebSocketResponse, lock: asyncio.Lock, req: relay.Request) -> None:
         """One request, answered by our upload server over loopback, its answer streamed up the relay."""
