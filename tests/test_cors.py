@@ -396,8 +396,16 @@ def test_a_host_name_flag_may_carry_a_port_which_is_dropped():
 
 
 def test_only_what_could_be_a_document_is_sandboxed():
-    """A film opened at the gateway in a browser did not play by itself under the sandbox (an adversarial session)."""
-    for media in ("video/mp4", "audio/mpeg", "image/png", "image/jpeg; charset=binary"):
+    """A film opened at the gateway in a browser did not play by itself under the sandbox (an adversarial session), nor
+    an HLS playlist, which Chromium plays natively (another one)."""
+    for media in (
+        "video/mp4",
+        "audio/mpeg",
+        "image/png",
+        "image/jpeg; charset=binary",
+        "application/vnd.apple.mpegurl",
+        "application/x-mpegURL",
+    ):
         assert not sandboxed(media), media
     for document in ("text/html; charset=utf-8", "image/svg+xml", "application/xml", "application/pdf", "application/octet-stream", ""):
         assert sandboxed(document), document

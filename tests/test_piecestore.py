@@ -452,6 +452,18 @@ def test_a_newer_version_of_a_path_drops_the_older_content(root):
     assert [s.content_id for s in reopened.contents()] == [new.cid]
 
 
+@pytest.mark.parametrize(("path", "level"), [("films/a.mkv", logging.INFO), ("live/live.m3u8", logging.DEBUG)])
+def test_a_new_version_is_said_at_info_but_a_playlists_at_debug(root, caplog, path, level):
+    """A live playlist changes at every segment: its line was 30 a minute per node per stream (an adversarial session)."""
+    caplog.set_level(logging.DEBUG, logger="edgeswarm.store.piecestore")
+    store = open_store(root)
+    old, new = make_content(path, modified=1000), make_content(path, modified=2000)
+    store.put_manifest(old.signed, old.raw)
+    store.put_manifest(new.signed, new.raw)
+    said = [r.levelno for r in caplog.records if r.getMessage() == f"{path} changed: dropping cached version {old.cid[:12]}"]
+    assert said == [level]
+
+
 def test_a_same_second_change_still_replaces_the_content(root):
     """Same mtime, different bytes: the manifest that arrives later is the current one."""
     store = open_store(root)

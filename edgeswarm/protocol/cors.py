@@ -57,9 +57,14 @@ SANDBOX = {"Content-Security-Policy": "sandbox"}  # a document of an origin of i
 
 def sandboxed(content_type: str) -> bool:
     """Whether an answer of ``content_type`` could be a document that runs script (HTML, SVG, XML, PDF, anything
-    unknown): sandboxed.  Not media: a film opened in the browser plays by itself only outside a sandbox."""
+    unknown): sandboxed.  Not media: a film opened in the browser plays by itself only outside a sandbox; nor an HLS
+    playlist, which a browser plays as media or not at all (opened at a gateway, Chromium's player stayed at 0 s)."""
     kind = content_type.split(";", 1)[0].strip().lower()
-    return not (kind.startswith(("video/", "audio/")) or (kind.startswith("image/") and "svg" not in kind))
+    media = kind.startswith(("video/", "audio/")) or kind in PLAYLIST_TYPES
+    return not (media or (kind.startswith("image/") and "svg" not in kind))
+
+
+PLAYLIST_TYPES = ("application/vnd.apple.mpegurl", "application/x-mpegurl")  # HLS (RFC 8216 4; the older name)
 
 
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$", re.IGNORECASE)  # scheme://host[:port], nothing after

@@ -79,6 +79,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeswarm.errors import EdgeswarmError, HttpError
 from edgeswarm.policy.eviction import EvictionPolicy
+from edgeswarm.policy.live import is_playlist
 from edgeswarm.processes import pid_alive
 from edgeswarm.protocol.manifest import ManifestError, SignedManifest, is_content_id
 from edgeswarm.protocol.units import ascii_decimal
@@ -313,7 +314,9 @@ class PieceStore:
         previous = self._by_path.get(signed.manifest.path)
         self._remember(signed, raw)
         if previous is not None and previous != cid and self._by_path[signed.manifest.path] == cid:
-            log.info("%s changed: dropping cached version %s", signed.manifest.path, previous[:12])
+            # a playlist changes at every segment: a line each time was 30 a minute per node per live stream
+            level = logging.DEBUG if is_playlist(signed.manifest.path) else logging.INFO
+            log.log(level, "%s changed: dropping cached version %s", signed.manifest.path, previous[:12])
             self.drop_content(previous)
 
     def manifest(self, cid: str) -> SignedManifest | None:
