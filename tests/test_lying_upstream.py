@@ -46,6 +46,7 @@ class FakeParent(DoubleServer):
         self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
         self.hung = False  # /manifest never answers (a stalled edge)
+        self.hangs: set[str] = set()  # "piece": /piece never answers (an edge stalled after it gave the manifest)
         self.slow = 0.0  # seconds /manifest takes to answer (a slow parent)
         self.manifest_asks = 0
 
@@ -84,6 +85,8 @@ class FakeParent(DoubleServer):
         return manifest_response(request, signed.etag, signed.to_json())
 
     async def piece(self, request: web.Request) -> web.StreamResponse:
+        if "piece" in self.hangs:
+            await asyncio.sleep(3600)
         if "piece" in self.endless:
             return await self._endless(request)
         signed, data = self.by_id[request.match_info["cid"]]

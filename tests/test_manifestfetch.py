@@ -17,6 +17,7 @@ from test_lying_upstream import FakeParent
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node import upstream
+from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
 
@@ -155,17 +156,41 @@ async def test_a_new_files_manifest_is_asked_of_the_next_edge_too_when_the_first
     """A peer's first edge wedged (SIGSTOP: it takes connections and never answers): each edge was asked in turn
     with the whole timeout, and a new file's first read (and `edgeswarm get`) waited 12 s for it, where the second
     edge answered at once (an adversarial session).  Now the next edge is asked too after HEDGE_AFTER; the first
-    answer is kept, and the edge that had not answered yet is not set aside: slow (a cold edge asks its parent) is
-    not failed."""
+    answer is kept, and the edge that had not answered yet is set aside as a raced one is: left first, it cost the
+    next file HEDGE_AFTER again, the first piece the reader's deadline more, and a live player every playlist version
+    (another adversarial session)."""
     async with FakeParent(tmp_path) as wedged, FakeParent(tmp_path / "good") as good:
         peer = await two_edge_peer(tmp_path, wedged, good)
         try:
             a = good.publish("a.txt", b"a" * 300_000, 1_700_000_000)
+            b = good.publish("b.txt", b"b" * 300_000, 1_700_000_000)
             started = time.monotonic()
             assert (await peer.resolve("a.txt")).content_id == a.content_id
             assert time.monotonic() - started < upstream.HEDGE_AFTER + 1.5  # not the 5 s timeout
             assert (wedged.manifest_asks, good.manifest_asks) == (1, 1)
-            assert peer.ranking.available(wedged.url, time.monotonic())
+            assert not peer.ranking.available(wedged.url, time.monotonic())
+            assert (await peer.resolve("b.txt")).content_id == b.content_id  # the good edge first now
+            assert (wedged.manifest_asks, good.manifest_asks) == (1, 2)
+        finally:
+            await close(peer)
+
+
+async def test_a_live_playlists_piece_is_asked_of_the_next_edge_too_when_the_first_is_slow_to_answer(tmp_path):
+    """A live playlist's bytes come from the edges, not the swarm (livegateway.EdgeSource), and were asked of them in
+    turn: a wedged first edge held a live player's playlist for its whole timeout, then the version had been replaced
+    and the read was a 502 (an adversarial session, in Chromium with hls.js)."""
+    async with FakeParent(tmp_path) as wedged, FakeParent(tmp_path / "good") as good:
+        peer = await two_edge_peer(tmp_path, wedged, good)
+        wedged.hung, wedged.hangs = False, {"piece"}
+        try:
+            playlist = good.publish("live/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n", 1_700_000_000)
+            wedged.publish("live/live.m3u8", b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n", 1_700_000_000)
+            signed = await peer.resolve("live/live.m3u8")
+            assert signed.content_id == playlist.content_id
+            started = time.monotonic()
+            data = await livegateway.EdgeSource(peer, signed).fetch(0)
+            assert data.startswith(b"#EXTM3U") and time.monotonic() - started < upstream.HEDGE_AFTER + 1.5  # not 5 s
+            assert not peer.ranking.available(wedged.url, time.monotonic())  # set aside: the next version asks the other
         finally:
             await close(peer)
 

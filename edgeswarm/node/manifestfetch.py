@@ -203,7 +203,9 @@ class ManifestFetcher:
                 problems.append(UpstreamError(502, f"every {self.role} is set aside after failing"))
         # a wedged first source (it takes connections and never answers) held a new file's first read for its whole
         # timeout, 12 s, where a second edge answered at once (an adversarial session): the next is asked meanwhile
-        signed = await first_answer(sources, lambda source: self._ask_source(store, source, path, cached, headers), problems)
+        signed = await first_answer(
+            sources, lambda source: self._ask_source(store, source, path, cached, headers), problems, self.ranking, self.role
+        )
         if signed is not None:
             self._checked[path] = time.monotonic()
             self._stale_warned.discard(path)

@@ -25,6 +25,7 @@ import functools
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -36,6 +37,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from edgeswarm.errors import HttpError
+from edgeswarm.policy.sources import SourceRanking
 from edgeswarm.protocol.manifest import MAX_PIECE
 
 MAX_MANIFEST = 1024 * 1024  # /manifest, /content: the origin's are at most ~140 KB (2048 piece hashes)
@@ -92,26 +94,42 @@ def passed_on(problems: Sequence[UpstreamError]) -> tuple[int, dict[str, str] | 
     return (504 if problems and all(p.status == 504 for p in problems) else 502), None
 
 
-async def first_answer(sources: Sequence[str], ask: Callable[[str], Awaitable[T]], problems: list[UpstreamError]) -> T | None:
+async def first_answer(
+    sources: Sequence[str],
+    ask: Callable[[str], Awaitable[T]],
+    problems: list[UpstreamError],
+    ranking: SourceRanking | None = None,
+    kind: str = "edge",
+) -> T | None:
     """The first answer of ``ask`` to the ``sources`` asked in turn, the next one asked when one failed (UpstreamError,
     kept in ``problems``) or has not answered within ``HEDGE_AFTER``; None if none answered.  The slower asks go on,
-    the first answer is kept and the others are cancelled, which is no failure of theirs (a cold edge asks its own
-    parent first).  Any other exception (a 404, a token refused) is the answer, as it was from the sources asked one
-    after another, each with the whole timeout: a wedged first one held a peer's new file, or a protected file's
-    key, for 12 s where a second edge answered at once (an adversarial session)."""
+    the first answer is kept and the others are cancelled.  Any other exception (a 404, a token refused) is the
+    answer, as it was from the sources asked one after another, each with the whole timeout: a wedged first one held a
+    peer's new file, or a protected file's key, for 12 s where a second edge answered at once (an adversarial session).
+
+    With ``ranking``, a source (a ``kind``) silent for HEDGE_AFTER when another answered is set aside as the relief
+    worker sets aside an edge it raced (``SourceRanking.outraced``): left first, it cost each later ask HEDGE_AFTER again, a new file's first
+    piece the reader's deadline more, and a live player every new playlist version (another adversarial session).
+    """
     waiting = list(sources)
-    asks: list[asyncio.Future[T]] = []  # in the sources' order
+    asks: dict[asyncio.Future[T], tuple[str, float]] = {}  # in the sources' order: each one's source, when it was asked
     try:
         while waiting or asks:
             if waiting:
-                asks.append(asyncio.ensure_future(ask(waiting.pop(0))))
+                source = waiting.pop(0)
+                asks[asyncio.ensure_future(ask(source))] = (source, time.monotonic())
             done, _ = await asyncio.wait(asks, timeout=HEDGE_AFTER if waiting else None, return_when=asyncio.FIRST_COMPLETED)
             for answered in [a for a in asks if a in done]:
-                asks.remove(answered)
+                winner, _ = asks.pop(answered)
                 try:
-                    return answered.result()
+                    result = answered.result()
                 except UpstreamError as exc:
                     problems.append(exc)
+                    continue
+                if ranking is not None:
+                    now = time.monotonic()
+                    ranking.outraced([asked for asked in asks.values() if asked[1] <= now - HEDGE_AFTER], winner, now, kind)
+                return result
         return None
     finally:
         for other in asks:  # slower, or answered in the same turn: their answers are nobody's

@@ -696,16 +696,7 @@ class Engine:
         for f in self._late(bound, now):
             if f.edge in relieved:
                 since.setdefault(f.edge, f.began)
-        for edge, began in since.items():
-            backoff = self.ranking.failure(edge, now, began)
-            if self.ranking.news(edge, now):
-                log.warning(
-                    "edge %s has not answered within %.0f s; %s answered in its place; set aside for %.0f s",
-                    edge,
-                    now - began,
-                    winner,
-                    backoff,
-                )
+        self.ranking.outraced(since.items(), winner, now)
 
     def _pipeline(self, picks: int) -> None:
         """Edge workers for the slots below ``edge_depth`` that have none: they leave when it falls, or peers deliver."""

@@ -9,7 +9,11 @@ same way and tests need no sleeps.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+log = logging.getLogger("edgeswarm.roles.swarm")  # said beside the engine's other lines about edges
 
 ALPHA = 0.3  # weight of the newest throughput sample
 RISE = 0.05  # weight of a round trip longer than the one kept: a few slow heads (a busy server) barely move it
@@ -81,6 +85,22 @@ class SourceRanking:
             s.failed = now  # the episode's start: a request sent after it that fails is a repeat offence
         s.until = max(s.until, now + s.backoff)
         return s.until - now
+
+    def outraced(self, late: Iterable[tuple[str, float]], winner: str, now: float, kind: str = "edge") -> None:
+        """The ``late`` sources (each with when its request was sent) had not answered when ``winner`` did: set aside
+        as failed since then (``failure``: their back-off doubles while they keep losing), said when ``news``.  The
+        engine's raced pieces and the first answer of several sources (upstream.first_answer) both go by it."""
+        for source, began in late:
+            backoff = self.failure(source, now, began)
+            if self.news(source, now):
+                log.warning(
+                    "%s %s has not answered within %.0f s; %s answered in its place; set aside for %.0f s",
+                    kind,
+                    source,
+                    now - began,
+                    winner,
+                    backoff,
+                )
 
     def news(self, source: str, now: float) -> bool:
         """Whether the failure just counted is worth a log line: the first of an episode, one that lengthened the

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.serving import LOOKAHEAD
-from edgeswarm.node.upstream import UpstreamError
+from edgeswarm.node.upstream import UpstreamError, first_answer
 from edgeswarm.policy.live import LIVE_AHEAD
 from edgeswarm.policy.vocabulary import EDGE
 from edgeswarm.protocol import hls
@@ -53,20 +53,33 @@ class EdgeSource:
         return self.peer.pinned.opened.has(self.signed.content_id, index)
 
     async def fetch(self, index: int, stop: int | None = None) -> bytes:
-        cid = self.signed.content_id
-        problems = []
-        for edge in self.peer.ranking.ranked(self.peer.edges, time.monotonic()) or self.peer.edges:
-            try:
-                data = await self.peer.fetch_piece(edge, cid, index, to_peer=False, urgent=True)
-                self.peer.pinned.opened.put_piece(cid, index, data)
-            except (UpstreamError, CorruptPiece, KeyError) as exc:
-                problems.append(f"{edge}: {exc}")
-                continue
-            except PieceNotStored:
-                pass  # verified by put_piece before the disk refused it: served from memory
-            self.peer.count_received(cid, EDGE, edge, len(data))
-            return data
-        raise HttpError(502, f"no edge gave piece {index} of {self.signed.manifest.path}: {'; '.join(problems) or 'no edge'}")
+        """The piece from the edges asked as manifests are (``first_answer``): the next one too when one has not
+        answered within HEDGE_AFTER.  Asked in turn, a wedged first edge held a live player's playlist for its 12 s
+        timeout, and by then that version had been replaced: a 502 with the healthy edge's reason a bare content id
+        (hls.js gave up on the playlist after 10 s and the video stalled: an adversarial session)."""
+        edges = self.peer.ranking.ranked(self.peer.edges, time.monotonic()) or self.peer.edges
+        problems: list[UpstreamError] = []
+        got = await first_answer(edges, lambda edge: self._from(edge, index), problems, self.peer.ranking)
+        if got is None:
+            why = "; ".join(p.message for p in problems) or "no edge"
+            raise HttpError(502, f"no edge gave piece {index} of {self.signed.manifest.path}: {why}")
+        edge, data = got
+        self.peer.count_received(self.signed.content_id, EDGE, edge, len(data))
+        return data
+
+    async def _from(self, edge: str, index: int) -> tuple[str, bytes]:
+        """(edge, the piece) verified and stored; UpstreamError saying why not, so that ``first_answer`` moves on."""
+        cid, path = self.signed.content_id, self.signed.manifest.path
+        try:
+            data = await self.peer.fetch_piece(edge, cid, index, to_peer=False, urgent=True)
+            self.peer.pinned.opened.put_piece(cid, index, data)
+        except CorruptPiece as exc:
+            raise UpstreamError(502, f"{edge}: {exc}") from None
+        except KeyError:  # Withdrawn (a 404), or this version left the store: a newer one replaced it meanwhile
+            raise UpstreamError(502, f"{edge}: this version of {path} was withdrawn or replaced meanwhile") from None
+        except PieceNotStored:
+            pass  # verified by put_piece before the disk refused it: served from memory
+        return edge, data
 
 
 class LiveFollower:

@@ -543,7 +543,7 @@ class Peer:
 
         problems: list[UpstreamError] = []
         edges = self.ranking.ranked(self.edges, time.monotonic()) or self.edges
-        key = await first_answer(edges, ask, problems)
+        key = await first_answer(edges, ask, problems, self.ranking)
         if key is not None:
             return key
         path = signed.manifest.path
