@@ -401,6 +401,16 @@ def test_ticket_expired():
     assert "expired" in ticket_rejected(ticket, now=NOW + 200).message
 
 
+def test_a_tickets_issue_time_is_read_only_with_the_key_that_signed_it():
+    """What a peer reads its edge's clock off (policy/edgeclocks.py): a ticket with another key's signature reads nothing."""
+    ticket = tokens.issue_ticket(EDGE, "peer-1", "alice", CID, 120, now=NOW + 0.25)
+    assert tokens.issued_at(ticket, EDGE.public_key()) == NOW + 0.25
+    for bad, key in ((ticket, OTHER.public_key()), ("x.y", EDGE.public_key())):
+        with pytest.raises(TokenError) as err:
+            tokens.issued_at(bad, key)
+        assert err.value.status == 401
+
+
 def test_ticket_for_other_content():
     ticket = tokens.issue_ticket(EDGE, "peer-1", "alice", CID, 120, now=NOW)
     err = ticket_rejected(ticket, content=CID2, status=403)

@@ -499,6 +499,69 @@ async def test_a_peer_takes_tickets_of_its_edges_former_key_until_they_expire(tm
         assert r.status == 200, await r.text()  # 401 "not signed by any of this peer's edges" before
 
 
+class EdgeAnHourAhead(DoubleServer):
+    """An edge whose clock runs an hour ahead of its peers' (theirs an hour slow): a proxy to a real edge that signs the
+    tickets of its announce answers an hour later, with the edge's own key."""
+
+    HOP = frozenset({"connection", "content-length", "date", "keep-alive", "server", "transfer-encoding"})
+
+    def __init__(self, upstream: str, key: Path):
+        self.upstream, self.key = upstream, key
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    def later(self, ticket: str) -> str:
+        import jwt
+
+        claims = jwt.decode(ticket, options={"verify_signature": False})
+        claims |= {"iat": claims["iat"] + 3600, "exp": claims["exp"] + 3600}
+        return jwt.encode(claims, load_private_key(self.key), algorithm="EdDSA")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", *self.HOP}}
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as s,
+            s.request(request.method, self.upstream + request.raw_path, headers=headers, data=await request.read()) as r,
+        ):
+            body, status, keep = await r.read(), r.status, {k: v for k, v in r.headers.items() if k.lower() not in self.HOP}
+        if request.path == "/announce" and status == 200:
+            doc = json.loads(body)
+            for answer in doc.get("contents", {}).values():
+                if "ticket" in answer:
+                    answer["ticket"] = self.later(answer["ticket"])
+            body = json.dumps(doc).encode()
+        return web.Response(status=status, body=body, headers=keep)
+
+
+async def test_a_peer_whose_clock_is_slow_takes_its_neighbours_tickets_by_its_edges_clock(tmp_path, nodes, deployment, http):
+    """A peer whose clock ran more than 5 s behind its edge's refused every neighbour's swarm ticket, 401 "not valid
+    yet", and uploaded nothing, with no line in its log (an adversarial session: 10 s slow, or an hour).  It reads its
+    edge's clock off the tickets the edge issues to it, judges that edge's tickets by it, and says the gap once."""
+    origin, key, _, public = deployment
+    edge, cache = start_edge(nodes, tmp_path, origin, key)
+    async with EdgeAnHourAhead(edge.url, cache / "swarm.key") as ahead:
+        args = ("--cache", str(tmp_path / "alice"), "--edge", ahead.url, "--listen", "127.0.0.11:0", "--gateway", "127.0.0.1:0")
+        alice = nodes.start("peer", *args, "--token", issue(key, "alice"), name="alice")
+        async with http.post(alice.urls["gateway"] + "/pub/readme.bin") as r:
+            assert r.status == 202
+        await wait_complete(http, alice)
+        async with http.get(origin.url + "/manifest/pub/readme.bin") as r:
+            cid = (await r.json())["id"]
+        piece, swarm_key = f"{alice.urls['upload']}/piece/{cid}/0", load_private_key(cache / "swarm.key")
+
+        async def read() -> float | None:  # once alice has announced: none before the fix
+            return (await status(http, alice.urls["gateway"]))["edges"][0].get("clock_ahead_s")
+
+        assert abs(await until(read, 30, "alice to read its edge's clock") - 3600) < 5
+        log = tmp_path / "logs" / "alice.log"
+        said = [line for line in log.read_text().splitlines() if " WARNING " in line]
+        assert len(said) == 1 and "clock is 3600 s behind edge" in said[0] and "set the clock (NTP)" in said[0], said
+        fresh = tokens.issue_ticket(swarm_key, "b1", "bob", cid, 60, now=time.time() + 3600)  # what the edge gives bob
+        async with http.get(piece, headers={"X-Edgeswarm-Peer": "b1", **bearer(fresh)}) as r:
+            assert r.status == 200 and public.startswith(await r.read())  # 401 "not valid yet (issued 3600 s …" before
+
+
 async def test_get_with_origin_key_refuses_an_edge_that_signs_with_another_key(tmp_path, nodes, published, http):
     """`get` had no --origin-key: run without a --cache it trusted whatever key the edge served, and wrote a forging
     edge's bytes saying "every piece verified" (an adversarial session).  A forger here is an origin of its own with

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ from edgeswarm.node.upstream import (
 )
 from edgeswarm.policy import bitfield, uploadgate
 from edgeswarm.policy.choker import Choker, requester
+from edgeswarm.policy.edgeclocks import EdgeClocks
 from edgeswarm.policy.engine import LONELY_ASK_S
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -113,6 +115,7 @@ STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish bef
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
+Asked = tuple[float, float, float]  # an announce: monotonic when sent, when answered, and the wall clock then
 FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
 EDGE_SLACK = 2.0  # seconds an edge's answer (a piece, a manifest) gets over our timeout: its own fetch upstream has the same 10 s (its
 # --timeout), and its 504 naming a hung origin came in the millisecond our timeout fired: the edge was set aside and
@@ -349,6 +352,7 @@ class Peer:
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
+        self.edge_clocks = EdgeClocks()  # each edge's clock, read off its tickets to us: its tickets are judged by it
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
         self.refused: dict[str, str] = {}  # edge -> its last 401/403 for a piece, in its words (get gives up on it)
@@ -479,14 +483,14 @@ class Peer:
 
     async def check_ticket(self, request: web.Request, cid: str) -> float | None:
         """Managed mode: a requester must show a ticket from one of our edges, for this content and for itself (else
-        401/403); returns when the ticket expires (None: open mode, no ticket)."""
+        401/403); returns when the ticket expires, by this machine's clock (None: open mode, no ticket)."""
         if not self.token:
             return None
         from edgeswarm.trust import access, tokens  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
 
         try:
             ticket = await self.verify_ticket(tokens.from_request(request.headers, request.query), cid, request.headers.get(PEER_HEADER))
-            return ticket.expires
+            return ticket.expires  # by this machine's clock
         except tokens.TokenError as exc:
             self.metrics.events[("refused_ticket", "")] += 1
             raise access.denied(exc) from None
@@ -496,27 +500,45 @@ class Peer:
 
         A ticket signed by no known key makes us fetch our edges' keys again
         first (at most every 10 s): an edge's key changes when its cache is rebuilt.
+        Its times are judged by the clock of the edge that signed it, and its
+        ``expires`` given back by this machine's clock (_signed_ticket).
         """
         from edgeswarm.trust import tokens  # here: PyJWT costs an open-mode peer's (and get's) start-up ~25 ms of CPU
 
         if raw is None:
             raise tokens.TokenError(401, "a swarm ticket is required: announce to an edge of this swarm to get one")
-
-        def keys() -> list[Ed25519PublicKey]:
-            now = time.monotonic()
-            former = [(e, k) for e, (k, until) in self._former_ticket_keys.items() if now < until]
-            return [k for e, k in [*self.ticket_keys.items(), *former] if edges is None or e in edges]
-
         try:
-            ticket = tokens.verify_ticket(raw, keys(), cid)
+            edge, ticket = self._signed_ticket(raw, cid, edges)
         except tokens.TokenError as exc:
             if exc.status != 401 or "not signed" not in exc.message:
                 raise
             await self.learn_ticket_keys(again=True)  # perhaps an edge has a new key
-            ticket = tokens.verify_ticket(raw, keys(), cid)
+            edge, ticket = self._signed_ticket(raw, cid, edges)
         if ticket.peer_id != peer_id:
             raise tokens.TokenError(403, f"this ticket is peer {ticket.peer_id[:64]}'s, not yours")
-        return ticket
+        ahead = self.edge_clocks.ahead(edge, time.monotonic(), time.time()) or 0.0
+        return dataclasses.replace(ticket, expires=ticket.expires - ahead)  # a HAVE stream ends by our clock (havefeed.serve)
+
+    def _signed_ticket(self, raw: str, cid: str, edges: list[str] | None) -> tuple[str, tokens.Ticket]:
+        """The ticket and the edge whose key (current or former) signed it, its times judged by that edge's clock as
+        read off the edge's tickets to us (policy/edgeclocks.py).  Judged by ours, a peer whose clock ran more than the
+        5 s leeway slow refused every neighbour's ticket as not valid yet, and uploaded nothing, silently (an
+        adversarial session)."""
+        from edgeswarm.trust import tokens
+
+        mono, wall = time.monotonic(), time.time()
+        former = [(e, k) for e, (k, until) in self._former_ticket_keys.items() if mono < until]
+        unsigned = None
+        for edge, key in [(e, k) for e, k in [*self.ticket_keys.items(), *former] if edges is None or e in edges]:
+            try:
+                return edge, tokens.verify_ticket(raw, [key], cid, now=self.edge_clocks.now(edge, mono, wall))
+            except tokens.TokenError as exc:
+                if exc.status != 401 or "not signed" not in exc.message:
+                    raise
+                unsigned = exc  # "not signed by any of this peer's edges": true of them all once the loop ends
+        if unsigned is not None:
+            raise unsigned
+        return "", tokens.verify_ticket(raw, [], cid)  # raises: why the ticket is malformed, or that we have no key yet
 
     async def content_key(self, signed: SignedManifest) -> bytes:
         """A protected file's key from an edge (which checks our token); kept in memory, never on disk.  One fetch
@@ -922,6 +944,7 @@ class Peer:
         slept = self._clocks.slept(time.time(), time.monotonic())
         if slept:
             log.info("this machine slept for about %.0f s: announcing to every edge now, for fresh tickets and neighbours", slept)
+            self.edge_clocks.forget()  # read on the monotonic clock, which stood still: read again from those announces
             self.schedule.woke(time.monotonic())
             self._wake_announcer.set()
         return bool(slept)
@@ -1245,12 +1268,15 @@ class Peer:
             relayed["relay_at"] = at  # the promoted peer it named, whose relay we hold: it hands us out there
         return {"peer_id": self.peer_id, "port": self.upload_port, **relayed, **({"have_latency": latency} if latency else {})}
 
-    async def _post_announce(self, edge: str, doc: dict, limit: int) -> tuple[int, bytes] | str:
-        """POST /announce: (status, body), or why the tracker could not be reached; a non-tracker is dropped from the announce list."""
+    async def _post_announce(self, edge: str, doc: dict, limit: int) -> tuple[int, bytes, Asked] | str:
+        """POST /announce: (status, body, when it was asked and answered), or why the tracker could not be reached; a
+        non-tracker is dropped from the announce list."""
+        sent = time.monotonic()
         try:
             reply = await self.upstream.request("POST", edge, "/announce", self.edge_headers(), 5.0, doc, limit)
         except UpstreamError as exc:
             return exc.message
+        asked = (sent, time.monotonic(), time.time())
         if reply.status in (404, 405):
             log.info("%s is not a tracker (p2p mode off): not announcing there", edge)
             self._p2p_edges.discard(edge)
@@ -1259,7 +1285,29 @@ class Peer:
             # before its Retry-After, news or not (a shed one was asked again within the second for a completed content)
             wait = retry_after(reply.headers, 5)
             self.schedule.refused(edge, time.monotonic(), FIRST_RETRY if wait is None else wait)
-        return reply.status, reply.body
+        return reply.status, reply.body, asked
+
+    def _read_clock(self, edge: str, answers: Iterable[object], asked: Asked) -> None:
+        """Managed mode: ``edge``'s clock, read off the first ticket of its announce answer (its ``iat``, if signed with
+        the key we hold for it), to judge its tickets by (policy/edgeclocks.py); said when it parts from ours."""
+        key = self.ticket_keys.get(edge)
+        ticket = next((a["ticket"] for a in answers if isinstance(a, dict) and isinstance(a.get("ticket"), str)), None)
+        if not self.token or key is None or ticket is None:
+            return
+        from edgeswarm.trust import tokens
+
+        try:
+            ahead = self.edge_clocks.heard(edge, tokens.issued_at(ticket, key), *asked, tokens.LEEWAY)
+        except tokens.TokenError:
+            return  # signed with a key we have not learned yet (the edge's cache rebuilt): a later answer
+        if ahead is not None and abs(ahead) > tokens.LEEWAY:
+            log.warning(
+                "this machine's clock is %s edge %s's: neighbours' swarm tickets from it are judged by its clock; set the clock (NTP)",
+                _gap(ahead),
+                edge,
+            )
+        elif ahead is not None:
+            log.info("this machine's clock agrees with edge %s's again (within %.0f s)", edge, tokens.LEEWAY)
 
     async def _announce_batch(self, edge: str, cids: list[str], event: str) -> str | None:
         """One request for several contents (docs/protocol.md#announce); returns why the tracker could not be reached, if it could not."""
@@ -1270,7 +1318,7 @@ class Peer:
         got = await self._post_announce(edge, doc, MAX_ANNOUNCE * 4)
         if isinstance(got, str):
             return got
-        status, body = got
+        status, body, asked = got
         if status == 400 and b"'content'" in body:  # an edge from before batches: it asks for a single content
             log.info("%s takes one content per announce: announcing so from now on", edge)
             self._single.add(edge)
@@ -1291,6 +1339,8 @@ class Peer:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad announce answer from %s: %s", edge, exc)
             return None
+        if isinstance(answers, dict):
+            self._read_clock(edge, answers.values(), asked)
         unreachable = None
         for cid, (item, usage, count) in parts.items():
             one = answers.get(cid) if isinstance(answers, dict) else None
@@ -1321,7 +1371,7 @@ class Peer:
         got = await self._post_announce(edge, {**self._head(edge), **item}, MAX_ANNOUNCE)
         if isinstance(got, str):
             return got
-        status, body = got
+        status, body, asked = got
         if status in (404, 405):
             return None
         if status != 200:
@@ -1337,6 +1387,7 @@ class Peer:
         except ValueError as exc:
             log.warning("bad announce answer: %s", exc)
             return None
+        self._read_clock(edge, [answer], asked)
         self._took(edge, item, usage, count, answer)
         return None
 
@@ -1436,7 +1487,7 @@ class Peer:
                 **self.metrics.status(),
                 "peer_id": self.peer_id,
                 "region": self.region,
-                "edges": [{"url": e, "rate_Bps": self.ranking.rate(e), "tracker": e in self._p2p_edges} for e in self.edges],
+                "edges": [self._edge_status(e) for e in self.edges],
                 "received_by_kind": dict(totals),
                 "uploaded_to_peers": self._uploaded_before + sum(self.uploaded.values()),
                 "p2p_share": reported_share(peer_bytes(totals), sum(totals.values())),
@@ -1453,6 +1504,11 @@ class Peer:
                 "announce_route": self.route.status(time.monotonic()),
             }
         )
+
+    def _edge_status(self, edge: str) -> dict:
+        ahead = self.edge_clocks.ahead(edge, time.monotonic(), time.time())
+        clock = {} if ahead is None else {"clock_ahead_s": round(ahead, 1)}  # read off its tickets (managed mode only)
+        return {"url": edge, "rate_Bps": self.ranking.rate(edge), "tracker": edge in self._p2p_edges, **clock}
 
     # -- the upload server ---------------------------------------------------------------------
     async def get_piece(self, request: web.Request) -> web.StreamResponse:
@@ -1702,6 +1758,11 @@ class Peer:
             await asyncio.wait({self._round}, timeout=STOP_WAIT)
             self._round.cancel()
             await asyncio.gather(self._round, return_exceptions=True)
+
+
+def _gap(ahead: float) -> str:
+    """Where this machine's clock stands to an edge's that runs ``ahead`` seconds ahead of it: "N s behind" or "N s ahead of"."""
+    return f"{abs(ahead):.0f} s {'behind' if ahead > 0 else 'ahead of'}"
 
 
 def _interval(value: object) -> float:

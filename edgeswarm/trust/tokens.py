@@ -274,6 +274,16 @@ def verify_ticket(ticket: str, keys: Sequence[Ed25519PublicKey], content: str, n
     return Ticket(peer_id=peer_id, user=user, content=cid, expires=expires, region=region)
 
 
+def issued_at(ticket: str, key: Ed25519PublicKey) -> float:
+    """A ticket's ``iat``, its signer's clock as it signed it, if ``key`` signed it (else TokenError 401): how a peer
+    reads its edge's clock off the tickets the edge issues to it (policy/edgeclocks.py)."""
+    try:
+        claims = _decode(_precheck(ticket, "ticket"), key, "ticket")
+    except jwt.InvalidSignatureError:
+        raise TokenError(401, "ticket is not signed by this key") from None
+    return _number(claims, "iat", "ticket")
+
+
 # ----- using a grant ------------------------------------------------------------------------------------------------------
 
 
