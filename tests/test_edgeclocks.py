@@ -101,7 +101,7 @@ async def test_a_neighbours_ticket_is_judged_by_the_clock_of_the_edge_that_signe
     assert ticket.expires == pytest.approx(time.time() + 900, abs=2)  # by this machine's clock: a HAVE stream ends then
     assert peer._edge_status(EDGE)["clock_ahead_s"] == pytest.approx(ahead, abs=1)
     stale = tokens.issue_ticket(edge, "b1", "bob", CID, 900, now=time.time() + ahead - 1000)  # expired 100 s ago, by the edge
-    with pytest.raises(tokens.TokenError, match="expired 100 s ago"):
+    with pytest.raises(tokens.OutOfDateError, match="expired 100 s ago"):
         await peer.verify_ticket(stale, CID, "b1")
 
 
@@ -114,8 +114,22 @@ async def test_an_edges_clock_judges_only_its_own_tickets(managed):
     assert peer._edge_status(OTHER).get("clock_ahead_s") is None
     old = time.time() - HOUR - 60  # issued a minute ago by EDGE's clock, for two
     assert (await peer.verify_ticket(tokens.issue_ticket(edge, "b1", "bob", CID, 120, now=old), CID, "b1")).peer_id == "b1"
-    with pytest.raises(tokens.TokenError, match="expired"):  # OTHER's clock is ours: its hour-old ticket is one
+    with pytest.raises(tokens.OutOfDateError, match="expired"):  # OTHER's clock is ours: its hour-old ticket is one
         await peer.verify_ticket(tokens.issue_ticket(other, "b1", "bob", CID, 120, now=old), CID, "b1")
+
+
+async def test_a_ticket_refused_for_its_times_is_said_once_a_minute_with_the_clocks(managed, caplog):
+    """A refusal was only counted in /status: its user and the operator saw nothing."""
+    peer, _, other = managed
+    ahead = tokens.issue_ticket(other, "b1", "bob", CID, 900, now=time.time() + HOUR)  # OTHER's clock is not read yet
+    with caplog.at_level(logging.WARNING, "edgeswarm.roles.peer"):
+        for _ in range(3):
+            with pytest.raises(tokens.OutOfDateError, match="not valid yet"):
+                await peer.verify_ticket(ahead, CID, "b1")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert f"edge {OTHER}" in said[0] and "3600 s in the future" in said[0] and "this machine's clock" in said[0]
+    assert "set it (NTP)" in said[0]
 
 
 async def test_other_refusals_are_as_before(managed):

@@ -401,6 +401,15 @@ def test_ticket_expired():
     assert "expired" in ticket_rejected(ticket, now=NOW + 200).message
 
 
+def test_a_ticket_refused_for_its_times_says_so_by_its_type_and_nothing_else_does():
+    """A peer logs its neighbours' tickets refused for their times, with the clocks (roles/peer.py _out_of_date)."""
+    ticket = tokens.issue_ticket(EDGE, "peer-1", "alice", CID, 120, now=NOW)
+    for now in (NOW + 200, NOW - 60):  # expired; not valid yet
+        assert isinstance(ticket_rejected(ticket, now=now), tokens.OutOfDateError)
+    assert not isinstance(ticket_rejected(ticket, content=CID2, status=403), tokens.OutOfDateError)
+    assert not isinstance(ticket_rejected(ticket, keys=[OTHER.public_key()]), tokens.OutOfDateError)
+
+
 def test_a_tickets_issue_time_is_read_only_with_the_key_that_signed_it():
     """What a peer reads its edge's clock off (policy/edgeclocks.py): a ticket with another key's signature reads nothing."""
     ticket = tokens.issue_ticket(EDGE, "peer-1", "alice", CID, 120, now=NOW + 0.25)

@@ -560,6 +560,12 @@ async def test_a_peer_whose_clock_is_slow_takes_its_neighbours_tickets_by_its_ed
         fresh = tokens.issue_ticket(swarm_key, "b1", "bob", cid, 60, now=time.time() + 3600)  # what the edge gives bob
         async with http.get(piece, headers={"X-Edgeswarm-Peer": "b1", **bearer(fresh)}) as r:
             assert r.status == 200 and public.startswith(await r.read())  # 401 "not valid yet (issued 3600 s …" before
+        stale = tokens.issue_ticket(swarm_key, "b1", "bob", cid, 60, now=time.time())  # good by alice's clock, not the edge's
+        for _ in range(3):
+            async with http.get(piece, headers={"X-Edgeswarm-Peer": "b1", **bearer(stale)}) as r:
+                assert r.status == 401 and "expired" in await r.text()
+        said = [line for line in log.read_text().splitlines() if "refused a neighbour's swarm ticket" in line]
+        assert len(said) == 1 and "by that edge's clock (this machine's is 3600 s behind it)" in said[0], said
 
 
 async def test_get_with_origin_key_refuses_an_edge_that_signs_with_another_key(tmp_path, nodes, published, http):

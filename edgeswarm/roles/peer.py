@@ -353,6 +353,7 @@ class Peer:
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self.edge_clocks = EdgeClocks()  # each edge's clock, read off its tickets to us: its tickets are judged by it
+        self._clock_log = ThrottledLog(log, Throttle(burst=1, interval=60.0))  # neighbours' tickets refused for their times
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
         self.refused: dict[str, str] = {}  # edge -> its last 401/403 for a piece, in its words (get gives up on it)
@@ -523,7 +524,7 @@ class Peer:
         """The ticket and the edge whose key (current or former) signed it, its times judged by that edge's clock as
         read off the edge's tickets to us (policy/edgeclocks.py).  Judged by ours, a peer whose clock ran more than the
         5 s leeway slow refused every neighbour's ticket as not valid yet, and uploaded nothing, silently (an
-        adversarial session)."""
+        adversarial session); such a refusal is now said in the log (_out_of_date)."""
         from edgeswarm.trust import tokens
 
         mono, wall = time.monotonic(), time.time()
@@ -532,6 +533,9 @@ class Peer:
         for edge, key in [(e, k) for e, k in [*self.ticket_keys.items(), *former] if edges is None or e in edges]:
             try:
                 return edge, tokens.verify_ticket(raw, [key], cid, now=self.edge_clocks.now(edge, mono, wall))
+            except tokens.OutOfDateError as exc:
+                self._out_of_date(edge, exc)
+                raise
             except tokens.TokenError as exc:
                 if exc.status != 401 or "not signed" not in exc.message:
                     raise
@@ -539,6 +543,22 @@ class Peer:
         if unsigned is not None:
             raise unsigned
         return "", tokens.verify_ticket(raw, [], cid)  # raises: why the ticket is malformed, or that we have no key yet
+
+    def _out_of_date(self, edge: str, exc: tokens.OutOfDateError) -> None:
+        """Say (once a minute) that a neighbour's ticket was refused for its times, and by which clock: a clock that is off is the usual cause."""
+        ahead = self.edge_clocks.ahead(edge, time.monotonic(), time.time())
+        if ahead is None:
+            judged = "by this machine's clock, the edge's not read yet: if this machine's clock is off, set it (NTP)"
+        else:
+            judged = f"by that edge's clock (this machine's is {_gap(ahead)} it): if a clock is off, set it (NTP)"
+        self._clock_log.log(
+            logging.WARNING,
+            "neighbours' tickets refused for their times",
+            "refused a neighbour's swarm ticket from edge %s: %s, %s",
+            edge,
+            exc.message,
+            judged,
+        )
 
     async def content_key(self, signed: SignedManifest) -> bytes:
         """A protected file's key from an edge (which checks our token); kept in memory, never on disk.  One fetch

@@ -55,6 +55,14 @@ class TokenError(HttpError):
     """status is 401 (no/bad/expired token) or 403 (valid but not for this); message is a sentence for the client and the log."""
 
 
+class OutOfDateError(TokenError):
+    """401: expired, or not valid yet, by the clock it was judged by (beyond LEEWAY).  A peer says in its log when it
+    refuses a neighbour's ticket so: a clock that is off (its own, or an edge's) is the usual cause."""
+
+    def __init__(self, message: str):
+        super().__init__(401, message)
+
+
 @dataclass(frozen=True)
 class Grant:
     """A verified access token."""
@@ -220,13 +228,13 @@ def _check_claims(claims: dict[str, Any], use: str, what: str, now: float | None
     expires = _number(claims, "exp", what)
     now = time.time() if now is None else now
     if now > expires + LEEWAY:
-        raise TokenError(401, f"{what} expired {now - expires:.0f} s ago")
+        raise OutOfDateError(f"{what} expired {now - expires:.0f} s ago")
     if issued > now + LEEWAY:
-        raise TokenError(401, f"{what} is not valid yet (issued {issued - now:.0f} s in the future: check the clocks)")
+        raise OutOfDateError(f"{what} is not valid yet (issued {issued - now:.0f} s in the future: check the clocks)")
     if "nbf" in claims:
         not_before = _number(claims, "nbf", what)
         if not_before > now + LEEWAY:
-            raise TokenError(401, f"{what} is not valid for another {not_before - now:.0f} s (its nbf; or the clocks disagree)")
+            raise OutOfDateError(f"{what} is not valid for another {not_before - now:.0f} s (its nbf; or the clocks disagree)")
     return user, expires
 
 
