@@ -13,6 +13,7 @@ from edgeswarm.policy.peerstore import base_keep
 from edgeswarm.policy.regions import RegionMap
 from edgeswarm.policy.tracker import Limits
 from edgeswarm.protocol.manifest import Manifest
+from edgeswarm.roles import announce
 from edgeswarm.roles.announce import MAX_COUNT, TrackerService
 
 CID = "ab" * 32
@@ -149,7 +150,7 @@ async def test_every_per_peer_table_empties_when_peers_expire(service, monkeypat
     state = (await service.status())["state"]
     assert state["records"] == 10 and state["reports"] == 10 and state["claims"] == 10
     stats_before = (await service.status())["regions"]
-    later = time.time() + 10
+    later = time.monotonic() + 10
     service.clock = lambda: later
     st = await service.status()
     assert st["peers"] == 0 and st["state"] == {"records": 0, "identities": 0, "reports": 10, "claims": 0}, st["state"]
@@ -158,6 +159,39 @@ async def test_every_per_peer_table_empties_when_peers_expire(service, monkeypat
     st = await service.status()
     assert st["peers"] == 0 and set(st["state"].values()) == {0}, st["state"]
     assert st["regions"]["unmapped"]["bytes_from_edge"] == stats_before["unmapped"]["bytes_from_edge"] == 1000  # kept, per region
+
+
+class SteppedClocks:
+    """What announce.py reads of ``time``: a wall clock that NTP steps, and a monotonic one that only runs on."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = time.time(), time.monotonic()
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+async def test_a_step_of_the_wall_clock_neither_drops_live_peers_nor_keeps_dead_ones(monkeypatch):
+    """The tracker judged peers' silence by the wall clock: an edge's clock stepped an hour forward (NTP correcting a
+    slow clock, a VM restored) dropped every live peer at once, and stepped back kept a dead one an hour more, counted,
+    handed out and holding its address's ``--max-peer-ids`` place (429, Retry-After 3566) (an adversarial session)."""
+    clocks = SteppedClocks()
+    monkeypatch.setattr(announce, "time", clocks)
+    service = TrackerService(None, "prefer", 5.0, Limits(ids_per_address=1))  # a ttl of 15 s
+    await service.handle(doc("a", event="started"), "127.0.0.5", M)
+    clocks.wall += 3600
+    clocks.mono += 1
+    assert (await service.status())["peers"] == 1  # it announced a second ago
+    await service.handle(doc("a"), "127.0.0.5", M)
+    clocks.wall -= 3600
+    clocks.mono += 45  # it died without a word three ttls ago
+    assert (await service.status())["peers"] == 0
+    await service.handle(doc("b", event="started"), "127.0.0.5", M)  # its address's place is free
+    answer, _ = await service.handle(doc("c", event="started"), "127.0.0.6", M)
+    assert [p["peer_id"] for p in answer["peers"]] == ["b"]  # and it is handed out no more
 
 
 async def test_a_peer_costs_the_garbage_collector_one_object_its_record():

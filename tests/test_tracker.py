@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeswarm.policy import tracker
+from edgeswarm.policy.peerstore import MemoryPeerStore
 from edgeswarm.policy.regions import Region
 from edgeswarm.policy.tracker import (
     AnnounceRecord,
@@ -502,6 +503,42 @@ async def test_a_refusals_wait_is_until_the_oldest_ids_last_announce_in_any_swar
     with pytest.raises(Refused) as err:
         await at(t, 70, "c", "10.0.0.66")
     assert err.value.retry_after == pytest.approx(90 - (70 - 30))
+
+
+async def test_a_refusals_wait_is_at_most_a_ttl_whatever_the_callers_clock_did():
+    """The wait was the ttl less the oldest id's silence: an hour and a quarter from a wall clock stepped back an hour
+    (an adversarial session: ``Retry-After: 3567`` at a 15 s ttl), which the peer waited out one interval at a time."""
+    t = Tracker(ttl=90, limits=Limits(ids_per_address=1))
+    await at(t, 3600, "a", "10.0.0.66")
+    with pytest.raises(Refused) as err:
+        await at(t, 0, "b", "10.0.0.66")
+    assert err.value.retry_after == 90
+
+
+class _SteppedStore(MemoryPeerStore):
+    """A store on a clock of its own, as a shared one is on the wall clock (``PeerStore.at``), which a test steps."""
+
+    def __init__(self, wall: float):
+        super().__init__()
+        self.wall = wall
+
+    def at(self, now: float) -> float:
+        return self.wall
+
+
+async def test_a_store_on_another_clock_stamps_its_records_by_it_and_the_trackers_own_tables_run_on_the_trackers():
+    """A shared store's records carry the edges' wall-clock times; an edge's own tables (live ids per address, rate
+    buckets, pools) run on its monotonic clock, which no step of the wall clock moves: with them on the wall clock a
+    step back of an hour kept a dead peer's place under ``--max-peer-ids`` for the hour (an adversarial session)."""
+    store = _SteppedStore(1_000_000.0)
+    t = Tracker(ttl=15, limits=Limits(ids_per_address=1), store=store)
+    await at(t, 5, "a", "10.0.0.66")
+    assert [r.last_seen for r in await t.swarm(CID)] == [1_000_000.0]
+    store.wall -= 3600  # the wall clock steps back an hour; the tracker's runs on
+    await t.expire(25)  # a fell silent 20 s ago by the tracker's clock
+    assert t.state_size()["identities"] == 0
+    await at(t, 25, "b", "10.0.0.66")  # its address's place is free again
+    assert {r.peer_id: r.last_seen for r in await t.swarm(CID)}["b"] == 996_400.0
 
 
 async def test_an_id_is_in_at_most_its_share_of_swarms_the_least_recently_announced_leaving():

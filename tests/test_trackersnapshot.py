@@ -47,11 +47,11 @@ async def test_a_saved_store_is_taken_up_whole_placed_by_the_new_region_map_and_
     now = 1_000_000.0
     store = await stocked(now)
     path = tmp_path / trackersnapshot.FILE
-    assert trackersnapshot.save(store, path, now) == 6
+    assert trackersnapshot.save(store, path, now, now) == 6
     assert path.stat().st_mode & 0o777 == 0o600  # peers' addresses and token users
 
     again = MemoryPeerStore(ttl=90)
-    assert trackersnapshot.load(again, path, now + 5, lambda address: EAST) == 6
+    assert trackersnapshot.load(again, path, now + 5, now + 5, lambda address: EAST) == 6
     assert not path.exists()  # a later crash starts empty, not from this picture
     for cid in ("a" * 64, "b" * 64):
         before, after = await store.swarm(cid), await again.swarm(cid)
@@ -75,6 +75,24 @@ async def test_a_saved_store_is_taken_up_whole_placed_by_the_new_region_map_and_
     assert (await again.shares())["east"] == Counter(peer_same_region=5)  # a Counter: a kind that grew by 0 is 0
 
 
+async def test_ages_survive_the_restart_though_the_store_runs_on_a_monotonic_clock(tmp_path: Path, caplog):
+    """A memory store's times are the edge's monotonic clock, which starts again with the machine: the file holds wall
+    times, so a record is as old after the restart as it was at the stop plus the time the edge was down."""
+    store = MemoryPeerStore(ttl=90)
+    await store.put(1000, "a" * 64, record("old", 1000, address="10.0.0.7"), 50)  # 80 s before the stop
+    await store.put(1070, "a" * 64, record("live", 1070, address="10.0.0.8"), 50)  # 10 s before
+    path = tmp_path / trackersnapshot.FILE
+    assert trackersnapshot.save(store, path, 1080, 1_700_000_000.0) == 2
+    assert json.loads(path.read_text().splitlines()[2])["seen"] == 1_699_999_990.0  # the wall clock's time of it
+
+    again = MemoryPeerStore(ttl=90)  # the machine rebooted: its monotonic clock reads 20, the wall clock 30 s on
+    with caplog.at_level("INFO"):
+        assert trackersnapshot.load(again, path, 20, 1_700_000_030.0, lambda address: EAST) == 1
+    (live,) = await again.swarm("a" * 64)
+    assert (live.peer_id, live.last_seen, live.first_seen) == ("live", 20 - 40, 20 - 45)  # 40 s old, as it is
+    assert "saved 30 s ago (1 silent too long, 0 unreadable)" in caplog.text  # "old" is 110 s silent: past the ttl
+
+
 async def test_silent_records_relayed_peers_and_bad_lines_stay_out(tmp_path: Path, caplog):
     now = 1_000_000.0
     store = MemoryPeerStore(ttl=90)
@@ -82,7 +100,7 @@ async def test_silent_records_relayed_peers_and_bad_lines_stay_out(tmp_path: Pat
     await store.put(now, "a" * 64, record("relayed", now, url="http://edge:8080/relay/abc", address="10.0.0.7"), 50)
     await store.put(now, "a" * 64, record("live", now, address="10.0.0.8"), 50)
     path = tmp_path / trackersnapshot.FILE
-    assert trackersnapshot.save(store, path, now) == 2  # a relay ended with the edge: its peer announces as it reconnects
+    assert trackersnapshot.save(store, path, now, now) == 2  # a relay ended with the edge: its peer announces as it reconnects
     lines = path.read_text().splitlines()
     row = json.loads(lines[1])
     lines += [json.dumps({**row, "have": "ff" * 9}), json.dumps({**row, "pieces": "4"}), "{not json"]
@@ -90,7 +108,7 @@ async def test_silent_records_relayed_peers_and_bad_lines_stay_out(tmp_path: Pat
 
     again = MemoryPeerStore(ttl=90)
     with caplog.at_level("INFO"):
-        assert trackersnapshot.load(again, path, now + 20, lambda address: EAST) == 1  # "old" fell silent meanwhile
+        assert trackersnapshot.load(again, path, now + 20, now + 20, lambda address: EAST) == 1  # "old" fell silent meanwhile
     assert [r.peer_id for r in await again.swarm("a" * 64)] == ["live"]
     assert "1 peer records taken up" in caplog.text and "(1 silent too long, 3 unreadable)" in caplog.text
 
@@ -98,11 +116,11 @@ async def test_silent_records_relayed_peers_and_bad_lines_stay_out(tmp_path: Pat
 async def test_no_file_a_foreign_file_and_an_unreadable_one(tmp_path: Path):
     store = MemoryPeerStore(ttl=90)
     path = tmp_path / trackersnapshot.FILE
-    assert trackersnapshot.load(store, path, 0.0, lambda address: None) is None
+    assert trackersnapshot.load(store, path, 0.0, 0.0, lambda address: None) is None
     path.write_text("hello\n")
-    assert trackersnapshot.load(store, path, 0.0, lambda address: None) == 0 and not path.exists()
+    assert trackersnapshot.load(store, path, 0.0, 0.0, lambda address: None) == 0 and not path.exists()
     path.write_text(json.dumps({"version": 99}) + "\n")
-    assert trackersnapshot.load(store, path, 0.0, lambda address: None) == 0 and not path.exists()
+    assert trackersnapshot.load(store, path, 0.0, 0.0, lambda address: None) == 0 and not path.exists()
     assert await store.contents() == []
 
 
@@ -116,7 +134,7 @@ async def test_a_save_on_a_full_disk_leaves_no_file_behind(tmp_path: Path, monke
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError, match="No space left on device") as raised:
-        trackersnapshot.save(store, tmp_path / trackersnapshot.FILE, 1_000_000.0)
+        trackersnapshot.save(store, tmp_path / trackersnapshot.FILE, 1_000_000.0, 1_000_000.0)
     assert raised.value.strerror == "No space left on device"  # what the edge's warning says
     assert list(tmp_path.iterdir()) == []
 

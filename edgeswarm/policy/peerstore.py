@@ -66,6 +66,15 @@ class PeerStore(Protocol):
         """The store as logs and /status name it (never a password)."""
         ...
 
+    def at(self, now: float) -> float:
+        """The store's time at the tracker's ``now``: what every ``now`` given to it, and its records' ``last_seen``, count in.
+
+        The tracker's own tables run on its clock (an edge's monotonic one:
+        a step of the wall clock forgot or kept every peer at once); a store
+        shared by several edges needs a clock they share, the wall clock.
+        """
+        ...
+
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces) and read a sample of its swarm.
 
@@ -88,7 +97,7 @@ class PeerStore(Protocol):
     async def contents(self) -> list[str]: ...
 
     async def counts(self, now: float | None = None) -> Counts:
-        """Live by ``now`` (by default the wall clock: a shared store's records carry the edges' wall-clock times)."""
+        """Live by ``now`` (by default the store's time now: a shared store's records carry the edges' wall-clock times)."""
         ...
 
     async def expire(self, now: float) -> list[tuple[str, PeerRecord]]: ...
@@ -184,6 +193,10 @@ class MemoryPeerStore:
 
     def describe(self) -> str:
         return "memory"
+
+    def at(self, now: float) -> float:
+        """The tracker's own time: one process's store judges silence by the clock its tracker runs on."""
+        return now
 
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         swarm = self._swarms.setdefault(cid, _Swarm())

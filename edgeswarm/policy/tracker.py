@@ -514,6 +514,11 @@ class Tracker:
     larger.  That sample is a random window of the swarm's pool
     (candidates.py), twice its size, which each announce renews by ``draws``
     records read from the store.
+
+    Time: every ``now`` is the caller's clock, which this class's own tables
+    run on (an edge's monotonic clock); the store's records are stamped and
+    judged in the store's time for it (``PeerStore.at``): the same for the
+    memory store, the wall clock for a store shared by several edges.
     """
 
     def __init__(
@@ -577,8 +582,9 @@ class Tracker:
         self._left.pop((cid, key), None)
         if self.records >= self.limits.records and cid not in self._joined.get(key, ()):
             await self._make_room(sender_of(counted[-1]))
-        rec = asker_record(ann, now, key[0], group)
-        pool, size = await self._place(now, cid, rec)
+        at = self.store.at(now)
+        rec = asker_record(ann, at, key[0], group)
+        pool, size = await self._place(now, at, cid, rec)
         self._join(now, key, cid, counted, address)
         joined = self._joined[key]
         while len(joined) > self.limits.swarms_per_id:
@@ -593,15 +599,16 @@ class Tracker:
         self._stopped(now, cid, key)
         await self.drop(cid, key)
 
-    async def _place(self, now: float, cid: str, rec: PeerRecord) -> tuple[Pool, int]:
+    async def _place(self, now: float, at: float, cid: str, rec: PeerRecord) -> tuple[Pool, int]:
         """Store the asker's record and renew its swarm's pool (a few fresh draws, or a whole read when due); the pool, and the swarm's size.
 
-        The pool is looked up again after the store's answer: announces of
-        the same swarm run concurrently over a shared store.
+        ``at``: ``now`` in the store's time, which its records' ``last_seen``
+        count in.  The pool is looked up again after the store's answer:
+        announces of the same swarm run concurrently over a shared store.
         """
         pool = self._pools.get(cid)
         whole = pool is None or not 0 <= now - pool.filled <= self.refresh
-        placed = await self.store.put(now, cid, rec, self.pool_size - 1, None if whole else self.draws)
+        placed = await self.store.put(at, cid, rec, self.pool_size - 1, None if whole else self.draws)
         pool = self._pools.get(cid)
         if pool is None:
             pool = self._pools[cid] = Pool(self.pool_size, now, rank_part)
@@ -611,7 +618,7 @@ class Tracker:
             pool.add(placed.candidates)
         pool.update(rec)
         pool.used = now
-        pool.prune(now - self.ttl)
+        pool.prune(at - self.ttl)
         return pool, placed.size
 
     async def _make_room(self, sender: str) -> None:
@@ -666,7 +673,8 @@ class Tracker:
             ids = self._ids.get(limit_key, ())
             limit = self.limits.ids_per_user if limit_key.startswith("user:") else self.limits.ids_per_address
             if key not in ids and len(ids) >= limit:
-                wait = max(1.0, min(self.ttl - (now - self._last_seen(k)) for k in ids))  # expiry runs every interval
+                # expiry runs every interval; at most a ttl, should a caller's clock go back
+                wait = max(1.0, min(self.ttl - max(0.0, now - self._last_seen(k)) for k in ids))
                 raise Refused(f"{limit_key} already has {limit} live peer ids; the oldest expires in {wait:.0f} s", wait)
 
     def _take(self, now: float, rate_key: str) -> float:
@@ -760,7 +768,7 @@ class Tracker:
         any edge's (a peer that announces to another edge of the region stays
         in the store, and comes back here with its next announce).
         """
-        dropped = await self.store.expire(now)
+        dropped = await self.store.expire(self.store.at(now))
         for cid, rec in dropped:
             self._unpool(cid, rec.key)
         for cid in [cid for cid, pool in self._pools.items() if now - pool.used > self.ttl]:
@@ -788,7 +796,7 @@ class Tracker:
         return await self.store.contents()
 
     async def peer_count(self, now: float | None = None) -> int:
-        return (await self.store.counts(now)).identities
+        return (await self.store.counts(None if now is None else self.store.at(now))).identities
 
     def local(self, cid: str) -> set[tuple[str, str]]:
         """(address, peer id) of the peers of ``cid`` that announce to this edge: the super-seeder's live copies."""

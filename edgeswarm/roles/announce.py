@@ -191,7 +191,9 @@ class TrackerService:
             keep=self.tracker.ttl,
             ids_per_link=self.tracker.limits.ids_per_address,
         )
-        self.clock = time.time  # wall time: edges sharing a store compare each other's timestamps
+        # the tracker's and the claims' tables: monotonic, so a step of the wall clock neither forgets every live peer
+        # nor keeps dead ones for its size; a store shared by edges stamps its records by the wall clock (PeerStore.at)
+        self.clock = time.monotonic
         self._down: str | None = None  # why the store is unreachable, while it is
         self._refusal: tuple[str, float] | None = None  # why an announce's write last failed, and when (monotonic)
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
@@ -280,7 +282,8 @@ class TrackerService:
                 a.stats,
                 leaving=a.event == "stopped",
             )
-            await self.store.report(now, a.cid, key, region.name if region else "unmapped", cut.stats, a.event == "stopped")
+            at, stopped = self.store.at(now), a.event == "stopped"
+            await self.store.report(at, a.cid, key, region.name if region else "unmapped", cut.stats, stopped)
         if a.event == "stopped":
             self.claims.forget(key, a.cid)
         booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}
@@ -323,7 +326,7 @@ class TrackerService:
         share totals by region and how many contents."""
         await self.expire()
         async with self._reaching(recovers=False):
-            counts = await self.store.counts(self.clock())
+            counts = await self.store.counts(self.store.at(self.clock()))
             return counts, await self.store.shares(), len(await self.store.contents())
 
     @contextlib.asynccontextmanager

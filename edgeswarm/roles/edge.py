@@ -1141,11 +1141,12 @@ class Edge:
         if not isinstance(store, MemoryPeerStore) or self.forwards_tracker:
             return
         path = self.config.cache / trackersnapshot.FILE
-        trackersnapshot.load(store, path, tracker.clock(), tracker.region_of)
+        # a memory store's time is the tracker's clock (monotonic): the file's is the wall clock's
+        trackersnapshot.load(store, path, tracker.clock(), time.time(), tracker.region_of)
 
         async def save() -> None:
             try:
-                count = trackersnapshot.save(store, path, tracker.clock())
+                count = trackersnapshot.save(store, path, tracker.clock(), time.time())
             except OSError as exc:  # a full or read-only disk: the next start rebuilds from announces, as without it
                 log.warning("tracker: cannot write %s (%s); the next start learns its swarms from announces", path, exc.strerror or exc)
             else:

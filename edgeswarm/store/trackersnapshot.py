@@ -14,6 +14,11 @@ store (``--tracker-store redis://…``) loses nothing either way.
 
 Relayed peers (``/relay/`` URLs) are not kept: their relay at this edge ended
 with it, and they announce again as they reconnect.
+
+Times: the store's are the edge's monotonic clock, which means nothing to
+the next process (nor after a reboot), so the file holds wall-clock times,
+converted at the instant of the save and back at the load: a record's age
+across the restart is its age at the stop plus the time the edge was down.
 """
 
 from __future__ import annotations
@@ -33,29 +38,32 @@ FILE = "tracker.jsonl"
 VERSION = 1
 
 
-def save(store: MemoryPeerStore, path: Path, now: float) -> int:
+def save(store: MemoryPeerStore, path: Path, now: float, wall: float) -> int:
     """Write the store's live records and share totals to ``path``, a row at a time (whole in memory, 300 000 records
     took 364 MiB more at stop: a review), whole or not at all (write_whole: a full disk left a torn ``.tmp`` kept
-    across restarts, an adversarial session); how many records."""
-    written = 0
+    across restarts, an adversarial session); how many records.  ``now``: the store's time; ``wall``: the wall clock's
+    at that instant, which the file's times count in."""
+    written, shift = 0, wall - now
 
     def rows() -> Iterator[bytes]:
         nonlocal written
-        yield (json.dumps({"version": VERSION, "saved": now, "shares": store.share_totals()}) + "\n").encode()
+        yield (json.dumps({"version": VERSION, "saved": wall, "shares": store.share_totals()}) + "\n").encode()
         for cid, rec, stats in store.records():
             if now - rec.last_seen <= store.ttl and "/relay/" not in rec.url:
                 written += 1
-                yield (json.dumps(_row(cid, rec, stats), separators=(",", ":")) + "\n").encode()
+                yield (json.dumps(_row(cid, rec, stats, shift), separators=(",", ":")) + "\n").encode()
 
     write_whole(path, rows(), mode=0o600)  # the edge's user's only: it names peers' addresses and token users, as the ledger
     return written
 
 
-def load(store: MemoryPeerStore, path: Path, now: float, region_of: Callable[[str], Region | None]) -> int | None:
+def load(store: MemoryPeerStore, path: Path, now: float, wall: float, region_of: Callable[[str], Region | None]) -> int | None:
     """Take up what ``save`` wrote to ``path`` into the (empty) store, then delete it; how many records, None without a file.
 
-    A record silent for the store's ttl by ``now`` stays out; a line that
-    does not read is skipped and counted in the log line.
+    ``now``: the store's time; ``wall``: the wall clock's at that instant (the
+    file's times are taken back into the store's).  A record silent for the
+    store's ttl by then stays out; a line that does not read is skipped and
+    counted in the log line.
     """
     try:
         with open(path, encoding="utf-8") as lines:
@@ -66,7 +74,7 @@ def load(store: MemoryPeerStore, path: Path, now: float, region_of: Callable[[st
             taken = stale = bad = 0
             for line in lines:
                 try:
-                    cid, rec, stats = _record(json.loads(line), region_of)
+                    cid, rec, stats = _record(json.loads(line), region_of, now - wall)
                 except (ValueError, KeyError, TypeError, AttributeError):
                     bad += 1
                     continue
@@ -84,12 +92,13 @@ def load(store: MemoryPeerStore, path: Path, now: float, region_of: Callable[[st
     finally:
         path.unlink(missing_ok=True)
     saved = header.get("saved")
-    ago = f", saved {now - saved:.0f} s ago" if isinstance(saved, (int, float)) else ""
+    ago = f", saved {wall - saved:.0f} s ago" if isinstance(saved, (int, float)) else ""
     log.info("tracker: %d peer records taken up from %s%s (%d silent too long, %d unreadable)", taken, path.name, ago, stale, bad)
     return taken
 
 
-def _row(cid: str, rec: PeerRecord, stats: tuple[int, ...] | None) -> dict:
+def _row(cid: str, rec: PeerRecord, stats: tuple[int, ...] | None, shift: float) -> dict:
+    """A record as a row, its times moved by ``shift`` (from the store's clock to the wall clock)."""
     return {
         "content": cid,
         "peer_id": rec.peer_id,
@@ -103,14 +112,15 @@ def _row(cid: str, rec: PeerRecord, stats: tuple[int, ...] | None) -> dict:
         "uploaded": rec.uploaded,
         "downloaded": rec.downloaded,
         "rate": rec.upload_rate,
-        "seen": rec.last_seen,
-        "first_seen": rec.first_seen,
+        "seen": rec.last_seen + shift,
+        "first_seen": rec.first_seen + shift,
         "stats": None if stats is None else list(stats),
     }
 
 
-def _record(row: dict, region_of: Callable[[str], Region | None]) -> tuple[str, PeerRecord, tuple[int, ...] | None]:
-    """A row back as (content, record, report state); ValueError (or a KeyError, TypeError) for one that does not read."""
+def _record(row: dict, region_of: Callable[[str], Region | None], shift: float) -> tuple[str, PeerRecord, tuple[int, ...] | None]:
+    """A row back as (content, record, report state), its times moved by ``shift`` (from the wall clock to the store's);
+    ValueError (or a KeyError, TypeError) for one that does not read."""
     pieces = _int(row["pieces"])
     mask = int(row["have"], 16)
     if pieces < 1 or mask < 0 or mask.bit_length() > 8 * ((pieces + 7) // 8):
@@ -126,7 +136,7 @@ def _record(row: dict, region_of: Callable[[str], Region | None]) -> tuple[str, 
         piece_count=pieces,
     )
     rec.uploaded, rec.downloaded = _int(row["uploaded"]), _int(row["downloaded"])
-    rec.upload_rate, rec.last_seen, rec.first_seen = float(row["rate"]), float(row["seen"]), float(row["first_seen"])
+    rec.upload_rate, rec.last_seen, rec.first_seen = float(row["rate"]), float(row["seen"]) + shift, float(row["first_seen"]) + shift
     rec.owner, rec.group, rec.user = _text(row["owner"]), _text(row["group"]), None if user is None else _text(user)
     return _text(row["content"]), rec, None if stats is None else tuple(_int(v) for v in stats)
 
