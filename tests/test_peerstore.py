@@ -71,7 +71,7 @@ async def test_a_record_comes_back_as_it_was_put(store):
 
 
 async def test_the_upload_rate_comes_from_the_record_replaced(store):
-    now = time.time()
+    now = time.time() - 20  # the last announce now: a shared store stamps none after its own clock
     await store.put(now, CID, record(0, now, uploaded=1000), 10)
     later = record(0, now + 10, uploaded=11_000)
     await store.put(now + 10, CID, later, 10)
@@ -447,6 +447,24 @@ async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others
         assert sorted(r.peer_id for r in await ahead.swarm(CID)) == ["p1", "p2"]
         assert (await ahead.counts(now + 2 * TTL)).identities == 2 and await ahead.contents() == [CID]
         assert "this edge's clock runs 60 s ahead of tracker store" in caplog.text
+    finally:
+        await right.close()
+        await ahead.close()
+
+
+@pytest.mark.integration
+async def test_an_edge_whose_clock_runs_ahead_stamps_no_peer_into_the_future(redis_url):  # noqa: F811 - the fixture
+    """An edge whose clock ran an hour ahead stamped its peers an hour into the future: one that died without a word was
+    counted and handed out for the hour by every edge, those on the right clock too (an adversarial session).  Its
+    records are stamped by the earlier of its clock and Redis's, as silence is judged."""
+    right, ahead = RedisPeerStore(redis_url, TTL), RedisPeerStore(redis_url, TTL)
+    try:
+        now = time.time()
+        rec = record(1, now + 3600)
+        await ahead.put(now + 3600, CID, rec, 10)
+        assert rec.last_seen < now + 1  # Redis's clock (this host's)
+        assert [r.last_seen for r in await right.swarm(CID)] == [rec.last_seen]
+        assert (await right.counts(now + TTL + 1)).identities == 0  # silent for a ttl by the right clock: gone
     finally:
         await right.close()
         await ahead.close()

@@ -76,7 +76,8 @@ class PeerStore(Protocol):
         ...
 
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
-        """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces) and read a sample of its swarm.
+        """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces, and its ``last_seen`` to the time
+        stored: a shared store's, never after its own clock) and read a sample of its swarm.
 
         A swarm of at most ``sample + 1`` records is read whole; a larger
         one, ``draws`` random records (by default ``sample + 1``).

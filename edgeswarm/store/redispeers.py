@@ -61,7 +61,9 @@ end
 
 # ARGV: prefix cid member uploaded now rest ttl keep sample region user alpha draws
 # Silent peers are removed by the earlier of the edge's clock and Redis's (TIME): an edge whose clock ran 120 s ahead
-# removed the other edges' peers as silent at its first announce, without a word (an adversarial session).
+# removed the other edges' peers as silent at its first announce, without a word (an adversarial session).  The record
+# is stamped by the earlier too: an edge whose clock ran an hour ahead stamped its peers an hour into the future, and
+# every edge counted and handed them out for the hour after they died (an adversarial session).
 _PUT = (
     _PLACEMENT
     + """
@@ -74,7 +76,9 @@ local region, user, alpha, draws = ARGV[10], ARGV[11], tonumber(ARGV[12]), tonum
 local seen, recs, of = p .. 'seen:' .. cid, p .. 'rec:' .. cid, p .. 'of:' .. member
 -- at most 32 silent peers of the swarm removed an announce
 local clock = redis.call('TIME')
-local silent = '(' .. (math.min(now, clock[1] + clock[2] / 1000000) - ttl)
+local stamp = clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))
+if tonumber(stamp) < now then now = tonumber(stamp) else stamp = ARGV[5] end
+local silent = '(' .. (now - ttl)
 local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', silent, 'LIMIT', 0, 32)
 if #gone > 0 then
   redis.call('ZREM', seen, unpack(gone))
@@ -104,7 +108,7 @@ if prev then
 end
 redis.call('ZREMRANGEBYSCORE', of, '(0', silent)
 local rstr = string.format('%.17g', rate)
-redis.call('HSET', recs, member, ARGV[4] .. '\\31' .. ARGV[5] .. '\\31' .. rstr .. '\\31' .. ARGV[6])
+redis.call('HSET', recs, member, ARGV[4] .. '\\31' .. stamp .. '\\31' .. rstr .. '\\31' .. ARGV[6])
 redis.call('ZADD', seen, now, member)
 redis.call('ZADD', of, now, cid, 0, '\\31' .. region)
 for _, k in ipairs({seen, recs, of}) do redis.call('EXPIRE', k, keep) end
@@ -126,7 +130,7 @@ if #picked > 0 then
     if got[i] then blob[#blob + 1] = picked[i] .. '\\29' .. got[i] end
   end
 end
-return {n, rstr, table.concat(blob, '\\28'), clock[1] .. '.' .. string.format('%06d', tonumber(clock[2]))}
+return {n, rstr, table.concat(blob, '\\28'), stamp}
 """
 )
 
@@ -386,9 +390,10 @@ class RedisPeerStore:
             _ALPHA,
             str(draws or sample + 1),
         ]
-        size, rate, blob, clock = await self._batch.call(_PUT, args)  # one string for the sample: parsed here, not per field
-        self._saw_clock(now, float(clock))
-        rec.upload_rate = float(rate)
+        size, rate, blob, stamp = await self._batch.call(_PUT, args)  # one string for the sample: parsed here, not per field
+        stamped = float(stamp)  # the record's time: ours, or Redis's when ours runs ahead (_PUT)
+        self._saw_clock(now, stamped)
+        rec.upload_rate, rec.last_seen, seen = float(rate), stamped, stamp
         if exact:  # what the script stored is this record, field for field: a draw of it reuses it (decoding it would make its twin)
             self._keep_decoded(member, f"{uploaded}{SEP}{seen}{SEP}{rate}{SEP}{rest}", rec)
         cutoff = now - self._ahead - self.ttl  # by Redis's clock when ours runs ahead, as _PUT's removals
