@@ -112,6 +112,7 @@ NO_TOKEN = "this peer has no token: give it one with --token or --token-file"
 NEWS_BURST, NEWS_WINDOW = 6, 1.0
 BATCH = 50  # contents per announce request: an answer of 50 contents x 30 peers stays within a few hundred KB
 STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish before it says "stopped"
+LEAVE_WAIT = 2.0  # seconds the "stopped" to the edges a router replaced may take before the new edges hear from us
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
@@ -401,6 +402,7 @@ class Peer:
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: dict[str, set[str]] = {}  # cid -> the edges that had its "started" and not yet its "stopped"
+        self._leaving: set[str] = set()  # edges the router replaced, to hear "stopped" before the next round (use_edges)
         self._piece_counts: dict[str, int] = {}  # cid -> its piece count, for a "stopped" after its manifest went
         self._single: set[str] = set()  # edges that take one content per announce (from before batches)
         self._completed: set[str] = set()
@@ -878,12 +880,26 @@ class Peer:
             self._wake_announcer.set()
 
     def use_edges(self, urls: list[str]) -> None:
-        """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list."""
+        """The router's edges (and --edge's): changed in place, as the swarms' engines hold this very list.
+
+        When none of the router's edges stays (its fallback to another
+        region's edges, or the way back), the trackers left behind hear
+        ``stopped`` before the new ones hear from us (``_leave``): they counted
+        us for three intervals, and the router's region totals with them
+        (an adversarial session).  An edge that leaves while another stays gets no
+        ``stopped``: the two may share a tracker store, where it would take us
+        out of the swarm the staying edge hands out.
+        """
         new = [u for u in urls if u not in self.edges]
-        for gone in set(self.edges) - set(urls):
-            self.route.forget(gone)
+        gone = [u for u in self.edges if u not in urls]
+        for edge in gone:
+            self.route.forget(edge)
             for swarm in self.swarms.values():
-                swarm.source_gone(gone)
+                swarm.source_gone(edge)
+        fixed = set(self.router.fixed) if self.router is not None else set()
+        if gone and not set(self.edges) & (set(urls) - fixed):
+            self._leaving.update(e for e in gone if e in self._p2p_edges)
+        self._leaving.difference_update(urls)
         self.edges[:] = urls
         self._p2p_edges.intersection_update(urls)
         self._p2p_edges.update(new)
@@ -936,6 +952,8 @@ class Peer:
             if len(self.ticket_keys) < len(self.edges):
                 await self.learn_ticket_keys()
             self._wake_announcer.clear()
+            if self._leaving:
+                await self._leave()
             due = self.schedule.due(sorted(self._p2p_edges), time.monotonic())
             for edge in due:
                 self.schedule.began(edge, time.monotonic())
@@ -947,6 +965,20 @@ class Peer:
                     log.exception("an announce round failed; announcing goes on")
                     await asyncio.sleep(FIRST_RETRY)
             await self._until_due()
+
+    async def _leave(self) -> None:
+        """``stopped`` to the edges the router replaced (``use_edges``), for every content each had from us: best effort,
+        within ``LEAVE_WAIT`` (a dead edge refuses at once, a hung one is not waited for).  It goes before the round to
+        the new edges.  Whether or not it was heard, a left edge no longer has our contents: should it come back, it
+        hears ``started`` again."""
+        edges, self._leaving = self._leaving, set()
+        held = {edge: {cid for cid, at in self._announced.items() if edge in at} for edge in edges}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LEAVE_WAIT):
+                await asyncio.gather(*(self._announce_edge(edge, cids, "stopped") for edge, cids in held.items() if cids))
+        for edge, cids in held.items():
+            for cid in cids:
+                self._left(edge, cid)
 
     async def _until_due(self) -> None:
         """Until a tracker is due, news wakes the announcer, or the machine is found to have slept: the clocks are looked
