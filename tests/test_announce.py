@@ -104,6 +104,15 @@ async def test_stopped_from_a_stranger_adds_nothing_to_the_region(service):
     assert (await service.status())["regions"]["unmapped"]["bytes_from_peers_same_region"] == M.size  # a real peer's bytes stay
 
 
+async def test_a_started_books_only_the_stats_above_its_stats_base(service):
+    """A peer the router's fallback moved here says, with its ``started``, what another tracker took of its stats:
+    booked again here, a region's bytes counted up to twice, for good (an adversarial session)."""
+    stats = {"edge": M.size, "peer_same_region": 0, "peer_other_region": 0}
+    base = {"edge": M.size // 2, "peer_same_region": 0, "peer_other_region": 0}
+    await service.handle(doc(event="started", have=ALL, stats=stats, stats_base=base), "127.0.0.5", M)
+    assert (await service.status())["regions"]["unmapped"]["bytes_from_edge"] == M.size // 2
+
+
 async def test_an_announce_that_comes_after_its_peers_stopped_is_409_and_books_nothing(service):
     """Sent before the peer's ``stopped``, it arrived after it: taken, the gone peer was back in the swarm for a ttl."""
     stats = {"edge": M.size, "peer_same_region": 0, "peer_other_region": 0}
@@ -220,6 +229,8 @@ async def test_a_peer_costs_the_garbage_collector_one_object_its_record():
     [
         {"uploaded": MAX_COUNT + 1},
         {"stats": {"edge": MAX_COUNT + 1}},
+        {"stats_base": {"edge": -1}},
+        {"stats_base": [1, 2]},
         {"usage": {"uploaded": MAX_COUNT + 1}},
         {"usage": {"uploaded": True}},
         {"usage": {"stolen": 5}},

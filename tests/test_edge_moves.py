@@ -1,10 +1,12 @@
-"""A peer the router moves to other edges and back (no sockets): only the trackers it announces to count it.
+"""A peer the router moves to other edges and back (no sockets): only the trackers it announces to count it, and its
+bytes are booked once over all of them.
 
 The edges here are real trackers (``TrackerService``, each with its own
 memory store) behind a stand-in for the peer's POST /announce.  Before, the
 peer said nothing to the edges it left, so they counted it for three
-intervals beside the new ones, and the router's region totals counted one
-peer twice (an adversarial session).
+intervals beside the new ones, and each tracker it came to booked its whole
+counters again: the router's region totals counted one peer twice and its
+bytes up to twice, for good (an adversarial session).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeswarm.policy.vocabulary import EDGE, PEER_SAME_REGION
+from edgeswarm.policy.vocabulary import EDGE, PEER_OTHER_REGION, PEER_SAME_REGION, STAT_KEYS
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
 from edgeswarm.roles.announce import TrackerService
 from edgeswarm.roles.config import PeerConfig
@@ -35,10 +37,13 @@ class Edges:
 
     def __init__(self) -> None:
         self.live: dict[str, TrackerService] = {}
+        self.every: list[TrackerService] = []  # the dead ones too: what they booked was booked
         self.heard: list[tuple[str, str, str]] = []  # (edge, content, event)
+        self.bases: dict[tuple[str, str], dict | None] = {}  # (edge, content) -> the stats_base of its last "started"
 
     def start(self, url: str) -> None:
         self.live[url] = TrackerService(None, "prefer", 300.0)
+        self.every.append(self.live[url])
 
     async def post(self, peer: Peer, url: str, doc: dict) -> tuple[int, bytes] | str:
         tracker = self.live.get(url)
@@ -48,10 +53,17 @@ class Edges:
         answers = {}
         for item in doc["contents"]:
             self.heard.append((url, item["content"], item["event"]))
+            if item["event"] == "started":
+                self.bases[url, item["content"]] = item.get("stats_base")
             signed = peer.store.manifest(item["content"]) if peer.store else None
             assert signed is not None
             answers[item["content"]], _ = await tracker.handle({**head, **item}, ADDRESS, signed.manifest)
         return 200, json.dumps({"contents": answers}).encode()
+
+    async def booked(self) -> int:
+        """Bytes booked by every tracker that ever ran, over all kinds and regions."""
+        shares = [await t.store.shares() for t in self.every]
+        return sum(sum(c.values()) for by_region in shares for c in by_region.values())
 
     async def counted(self, url: str) -> int:
         """The peer's records at a live tracker (its swarms' sizes)."""
@@ -93,10 +105,12 @@ def got(peer: Peer, cid: str, edge: int, peers: int = 0) -> None:
 
 
 @pytest.mark.parametrize("w_dies", [False, True], ids=["flap", "killed"])
-async def test_a_peer_moved_to_another_regions_edge_and_back_is_counted_by_one_tracker(tmp_path: Path, w_dies: bool):
+async def test_a_peer_moved_to_another_regions_edge_and_back_is_counted_by_one_tracker_and_booked_once(tmp_path: Path, w_dies: bool):
     """Moved from W to E and back (the router's fallback while W is down, or a flap while it is not), the peer says
-    ``stopped`` to the edge it leaves, so only the tracker it announces to counts it; a W killed meanwhile restarts
-    knowing nothing, and hears ``started`` for everything."""
+    ``stopped`` to the edge it leaves, so only the tracker it announces to counts it; and its ``started`` at the next
+    one carries the stats a tracker took already (``stats_base``), which that one does not book again, so whatever it
+    received is booked once over all the trackers.  A W killed meanwhile restarts knowing nothing, hears ``started``
+    for everything, and does not book again what its first run booked."""
     key = Ed25519PrivateKey.generate()
     (tmp_path / "origin.pub").write_bytes(public_pem(key.public_key()))
     peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(W,), origin_key=tmp_path / "origin.pub"))
@@ -136,6 +150,11 @@ async def test_a_peer_moved_to_another_regions_edge_and_back_is_counted_by_one_t
 
         assert (W, one, "started") in edges.heard[-3:], "back at W, the peer joins its swarms afresh"
         assert (W, one, "stopped") in edges.heard or w_dies
+
+        received = sum(sum(c.values()) for c in peer.received.values())
+        assert await edges.booked() == received == 3 * SIZE, "bytes booked twice"
+        base = {STAT_KEYS[EDGE]: SIZE - MIN_PIECE, STAT_KEYS[PEER_SAME_REGION]: MIN_PIECE, STAT_KEYS[PEER_OTHER_REGION]: 0}
+        assert edges.bases[E, one] == edges.bases[W, one] == base and edges.bases[E, two] is None
     finally:
         assert peer.store is not None
         peer.store.close()

@@ -264,6 +264,27 @@ def test_added():
     assert added([1, 9], [5, 6]) == [5, 6]  # one counter went back: a restart
 
 
+def test_added_never_books_what_is_below_the_peers_stats_base():
+    """``stats_base``: what a tracker took already, which a peer's ``started`` carries; each tracker a router's fallback
+    moved the peer to booked its whole counters again, for good."""
+    assert added(None, [5, 6], [4, 6]) == [1, 0]  # first seen here: only what is above it
+    assert added(None, [5, 6], [9, 9]) == [0, 0]  # a base above the figures (a lie, or a lost run): nothing, never less
+    assert added([1, 2], [5, 6], [3, 1]) == [2, 4]  # its own last report or the base, whichever is higher
+    assert added([1, 9], [5, 6], [2, 2]) == [3, 4]  # a restarted peer: its new run, from the base of that run
+    assert added([1, 2], [5, 6], None) == added([1, 2], [5, 6], [0, 0]) == [4, 4]  # an older peer sends none
+
+
+async def test_a_stats_base_is_not_booked_again(store):
+    """A peer the router moved here from another region's edge carries, with its ``started``, the stats the other
+    tracker took: only what comes above them is booked here, and the next reports go from this tracker's own."""
+    key, now = record(1, 0).key, time.time()
+    await store.report(now, CID, key, "west", stats(100, 50), False, stats(100, 40))  # first seen here
+    assert await store.shares() == {"west": Counter(stats(0, 10))}
+    await store.report(now, CID, key, "west", stats(130, 50), False)  # an update: from its last report here
+    await store.report(now, CID, record(2, 0).key, "west", stats(7, 0), False)  # no base given: as ever, all of it
+    assert await store.shares() == {"west": Counter(stats(37, 10))}
+
+
 @pytest.mark.parametrize(
     ("url", "why"),
     [

@@ -254,6 +254,66 @@ def test_a_peer_with_router_drops_what_it_asked_of_edges_the_router_reports_down
     assert not any(f"edge {edge.url} failed" in log for edge in east), "a hung edge's request ran to its timeout"
 
 
+def test_a_peer_the_fallback_moved_and_back_is_one_peer_in_the_routers_totals_and_its_bytes_count_once(nodes, tmp_path, origin, published):
+    """West's only edge killed, the router hands its peers east's edge, and west's again once it is back: the peer
+    said nothing to the edge it left, so both trackers counted it (the router's west totals: 2 peers for one, for three
+    intervals), and each booked its whole counters, for good (bytes from edges above what it received); now it says
+    ``stopped`` to the edge it leaves, and its ``started`` at the next carries what the last one took (an adversarial session)."""
+    files = {name: make_file(published / name, 1024 * 1024) for name in ("one.bin", "two.bin", "three.bin")}
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+
+    def p2p_edge(name: str, host: str):
+        args = ("--cache", str(tmp_path / name), "--parent", origin.url, "--p2p", "--regions", str(regions), "--workers", "1")
+        return nodes.start("edge", *args, host=host, name=name)
+
+    east, west = p2p_edge("east", "127.10.0.1"), p2p_edge("west", "127.20.0.1")
+    router = start_router(nodes, tmp_path, (east, "east"), (west, "west"))
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--router", router.url, "--listen", f"{WEST_CLIENT}:0", "--gateway", "127.0.0.1:0"),
+        name="peer",
+    )
+
+    def edges() -> list[str]:
+        return [e["url"] for e in json.loads(curl(peer.urls["gateway"] + "/status").stdout)["edges"]]
+
+    def read(name: str) -> None:
+        deadline = time.monotonic() + 20
+        while (got := curl(peer.urls["gateway"] + "/" + name)).stdout != files[name]:  # the origin publishes within 0.2 s
+            assert time.monotonic() < deadline, got.stderr
+            time.sleep(0.2)
+
+    def until(what: str, done) -> None:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.25)
+
+    assert edges() == [west.url]
+    read("one.bin")
+    west.kill()
+    until("the peer did not fall back to east's edge", lambda: edges() == [east.url])
+    read("two.bin")
+    restart(west)
+    until("the peer did not come back to west's edge", lambda: edges() == [west.url])
+    read("three.bin")
+
+    def west_peers(st: dict) -> dict[str, int]:
+        """West's peers in each edge's last good poll, by edge (a restarted edge's first polls have none)."""
+        return {e["url"]: ((e["polled"] or {}).get("regions") or {}).get("west", {}).get("peers", 0) for e in st["edges"]}
+
+    until(
+        f"the edge the peer left still counts it: {west_peers(router_status(router))}",
+        lambda: west_peers(router_status(router)) == {west.url: 1, east.url: 0},
+    )
+    st = router_status(router)
+    totals = st["region_totals"]["west"]
+    received = sum(r["bytes"] for r in json.loads(curl(peer.urls["gateway"] + "/status").stdout)["bytes_received"])
+    assert west_peers(st) == {west.url: 1, east.url: 0} and totals["peers"] == 1, st
+    assert totals["bytes_from_edge"] + totals["bytes_from_peers"] <= received, (totals, received)
+
+
 def _processes(node) -> list[int]:
     """A daemon's process and its workers' (an edge runs one per core under a supervisor)."""
     assert node.proc is not None

@@ -86,9 +86,11 @@ class PeerStore(Protocol):
 
     async def remove(self, cid: str, key: PeerKey) -> PeerRecord | None: ...
 
-    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
+    async def report(
+        self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool, base: dict[str, int] | None = None
+    ) -> None:
         """A peer's cumulative received bytes by kind: what is new since its last report (kept ``base_keep(ttl)``) is
-        added to ``region``'s totals."""
+        added to ``region``'s totals, and never what ``base`` says a tracker took already (``added``)."""
         ...
 
     async def shares(self) -> dict[str, Counter[str]]: ...
@@ -122,11 +124,22 @@ def region_name(region: Region | None) -> str:
     return region.name if region else UNMAPPED
 
 
-def added(previous: Sequence[int] | None, stats: Sequence[int]) -> list[int]:
-    """What a report adds to its region's totals: the growth since the previous one, or all of it after a restart (a counter went back)."""
+def added(previous: Sequence[int] | None, stats: Sequence[int], base: Sequence[int] | None = None) -> list[int]:
+    """What a report adds to its region's totals: the growth since the previous one, or all of it after a restart (a
+    counter went back), but never what is below ``base``.
+
+    ``base`` is the announce's ``stats_base``: the highest stats a tracker
+    acknowledged for the content, which a peer sends with a ``started`` (its
+    first announce to an edge).  A tracker with no report of the peer took
+    its whole counters: one that a router's fallback moved to another
+    region's edge and back had them booked again by each tracker it came to,
+    for good (an adversarial session: the region's bytes 1.3 to 1.9 times
+    what its peers received).  ``base`` only ever lowers what is booked.
+    """
+    floor = [0] * len(stats) if base is None else [min(b, s) for b, s in zip(base, stats, strict=True)]
     if previous is None or any(s < p for s, p in zip(stats, previous, strict=True)):
-        return list(stats)
-    return [s - p for s, p in zip(stats, previous, strict=True)]
+        return [s - f for s, f in zip(stats, floor, strict=True)]
+    return [s - max(p, f) for s, p, f in zip(stats, previous, floor, strict=True)]
 
 
 class _Swarm:
@@ -269,13 +282,16 @@ class MemoryPeerStore:
             self._peers[placed[1]] += 1
             self._users[placed[2]] += 1
 
-    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
-        base = self._stats.pop((cid, key), None)  # put back last, if at all: the table stays in order of report
-        if base is None and stopped:
+    async def report(
+        self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool, base: dict[str, int] | None = None
+    ) -> None:
+        last = self._stats.pop((cid, key), None)  # put back last, if at all: the table stays in order of report
+        if last is None and stopped:
             return  # a peer the tracker never knew, or forgot: ids are free, so its word adds nothing
         values = tuple(stats.values())
         totals = self._shares.setdefault(region, Counter())
-        for kind, n in zip(stats, added(None if base is None else base[1], values), strict=True):
+        floor = None if base is None else [base.get(kind, 0) for kind in stats]
+        for kind, n in zip(stats, added(None if last is None else last[1], values, floor), strict=True):
             totals[kind] += n
         if not stopped:
             self._stats[(cid, key)] = (now, values)

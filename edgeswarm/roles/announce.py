@@ -70,6 +70,7 @@ class Announce:
     event: str
     stats: dict[str, int]
     usage: dict[str, int] = field(default_factory=dict)  # bytes since the peer's last acknowledged announce here (USAGE_KINDS)
+    stats_base: dict[str, int] | None = None  # the stats a tracker took already (with "started"): booked from there on
 
 
 def parse_announce(doc: object) -> Announce:
@@ -92,6 +93,9 @@ def parse_announce(doc: object) -> Announce:
     stats = doc.get("stats", {})
     if not isinstance(stats, dict) or not all(count(stats.get(k, 0)) for k in STAT_KINDS):
         raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+    base = doc.get("stats_base")
+    if base is not None and (not isinstance(base, dict) or not all(count(base.get(k, 0)) for k in STAT_KINDS)):
+        raise HttpError(400, f"announce field 'stats_base' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
     if not isinstance(doc.get("relay", False), bool):
         raise HttpError(400, "announce field 'relay' must be true or false")
     usage = doc.get("usage", {})
@@ -108,6 +112,7 @@ def parse_announce(doc: object) -> Announce:
         event=field("event", str, lambda v: v in EVENTS, "one of " + ", ".join(sorted(EVENTS))),
         stats={k: stats.get(k, 0) for k in STAT_KINDS},
         usage=dict(usage),
+        stats_base=None if base is None else {k: base.get(k, 0) for k in STAT_KINDS},
     )
 
 
@@ -244,6 +249,9 @@ class TrackerService:
         it against that rate (a batch is charged once).  ``relay_url``: the
         peer cannot be reached (``"relay": true``) and is handed out at this
         URL, its relay at this edge, instead of its address and port.
+        ``stats`` go to the region's P2P share from the peer's last report
+        here, or its ``stats_base`` (what a tracker took already) if higher
+        (peerstore.added).
         """
         a, have = check_announce(doc, manifest)
         piece_count = manifest.piece_count
@@ -283,7 +291,8 @@ class TrackerService:
                 leaving=a.event == "stopped",
             )
             at, stopped = self.store.at(now), a.event == "stopped"
-            await self.store.report(at, a.cid, key, region.name if region else "unmapped", cut.stats, stopped)
+            region_name = region.name if region else "unmapped"
+            await self.store.report(at, a.cid, key, region_name, cut.stats, stopped, a.stats_base)
         if a.event == "stopped":
             self.claims.forget(key, a.cid)
         booked = {USAGE_KINDS[k]: v for k, v in cut.usage.items() if v}

@@ -359,6 +359,7 @@ class Peer:
         self.from_edge: dict[str, Counter[str]] = {}  # cid -> edge -> bytes, for each edge's ledger
         self.refused: dict[str, str] = {}  # edge -> its last 401/403 for a piece, in its words (get gives up on it)
         self._booked: dict[str, Counter[tuple[str, str]]] = {}  # cid -> (edge or "", usage kind) -> bytes an edge acknowledged
+        self._stats_taken: dict[str, dict[str, int]] = {}  # cid -> the highest "stats" an edge acknowledged (_item's stats_base)
         self.ranking = SourceRanking()
         self.choker = Choker(slots=config.upload_slots)
         self.gate = uploadgate.UploadGate(config.upload_slots)  # pieces in flight: per requester, per address, overall
@@ -969,8 +970,8 @@ class Peer:
     async def _leave(self) -> None:
         """``stopped`` to the edges the router replaced (``use_edges``), for every content each had from us: best effort,
         within ``LEAVE_WAIT`` (a dead edge refuses at once, a hung one is not waited for).  It goes before the round to
-        the new edges.  Whether or not it was heard, a left edge no longer has our contents: should it come back, it
-        hears ``started`` again."""
+        the new edges, whose ``started`` then carries the stats the left ones took (``_item``).  Whether or not it was
+        heard, a left edge no longer has our contents: should it come back, it hears ``started`` again."""
         edges, self._leaving = self._leaving, set()
         held = {edge: {cid for cid, at in self._announced.items() if edge in at} for edge in edges}
         with contextlib.suppress(TimeoutError):
@@ -1190,6 +1191,10 @@ class Peer:
 
         A ``stopped`` needs no manifest: one whose pieces were all evicted
         may have been dropped since (store/piecestore.py, bare manifests).
+        A ``started`` carries ``stats_base``, the highest ``stats`` an edge
+        acknowledged for the content: the edge it goes to (another region's,
+        after the router's fallback) books only what is above them, as the
+        tracker that took them booked the rest (peerstore.added).
         """
         store = self.store
         signed = store.manifest(cid) if store else None
@@ -1218,6 +1223,9 @@ class Peer:
             "usage": {k: v - self._booked.get(cid, Counter())[where, k] for k, (where, v) in usage.items()},
             "stats": {STAT_KEYS[kind]: received[kind] for kind in SOURCE_KINDS},
         }
+        taken = self._stats_taken.get(cid)
+        if event == "started" and taken:  # booked already by the tracker that took them: not to be booked again here
+            item["stats_base"] = dict(taken)
         return item, usage, count
 
     def _took(self, edge: str, item: dict, usage: dict[str, tuple[str, int]], count: int, answer: dict) -> None:
@@ -1226,6 +1234,9 @@ class Peer:
         booked = self._booked.setdefault(cid, Counter())
         for k, (where, v) in usage.items():
             booked[where, k] = v  # acknowledged: the next announce reports only what comes after
+        taken = self._stats_taken.setdefault(cid, {})
+        for k, v in item["stats"].items():
+            taken[k] = max(taken.get(k, 0), v)  # answers to two edges may come in either order
         if item["event"] == "stopped":
             self._left(edge, cid)
             return
@@ -1268,7 +1279,7 @@ class Peer:
         """
         self._received_before.update(self.received.pop(cid, Counter()))
         self._uploaded_before += self.uploaded.pop(cid, 0)
-        for table in (self.from_edge, self._booked, self.tickets, self.content_keys, self._piece_counts):
+        for table in (self.from_edge, self._booked, self._stats_taken, self.tickets, self.content_keys, self._piece_counts):
             table.pop(cid, None)
         self._completed.discard(cid)
         self._vouch.discard(cid)

@@ -166,7 +166,8 @@ return prev
 """
 )
 
-# ARGV: prefix cid member region stopped keep now n kind1..kindn value1..valuen (keep: seconds a silent peer's base is kept)
+# ARGV: prefix cid member region stopped keep now n kind1..kindn value1..valuen floor1..floorn (keep: seconds a silent
+# peer's base is kept; floor: the announce's stats_base, 0 without one: peerstore.added)
 # A base's time is its writer's (now + keep), so an edge with a shorter ttl than the others drops none of theirs early.
 _REPORT = """
 local p, cid, member, region, stopped = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
@@ -190,8 +191,10 @@ for i = 1, n do
   if prev and tonumber(ARGV[8 + n + i]) < (old[i] or 0) then restart = true end
 end
 for i = 1, n do
-  local d = tonumber(ARGV[8 + n + i])
-  if prev and not restart then d = d - (old[i] or 0) end
+  local v = tonumber(ARGV[8 + n + i])
+  local floor = math.min(tonumber(ARGV[8 + 2 * n + i]), v)
+  local d = v - floor
+  if prev and not restart then d = v - math.max(old[i] or 0, floor) end
   if d ~= 0 then redis.call('HINCRBY', p .. 'share:' .. region, ARGV[8 + i], d) end
 end
 redis.call('SADD', p .. 'shareregions', region)
@@ -450,7 +453,9 @@ class RedisPeerStore:
         raw = await self._batch.call(_REMOVE, [self.prefix, cid, _member(key)])
         return self._decode(_member(key), raw) if raw else None
 
-    async def report(self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool) -> None:
+    async def report(
+        self, now: float, cid: str, key: PeerKey, region: str, stats: dict[str, int], stopped: bool, base: dict[str, int] | None = None
+    ) -> None:
         args = [
             self.prefix,
             cid,
@@ -462,6 +467,7 @@ class RedisPeerStore:
             str(len(stats)),
             *stats,
             *map(str, stats.values()),
+            *(str((base or {}).get(kind, 0)) for kind in stats),
         ]
         await self._batch.call(_REPORT, args)
 
