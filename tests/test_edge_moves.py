@@ -45,7 +45,7 @@ class Edges:
         self.live[url] = TrackerService(None, "prefer", 300.0)
         self.every.append(self.live[url])
 
-    async def post(self, peer: Peer, url: str, doc: dict) -> tuple[int, bytes] | str:
+    async def post(self, peer: Peer, url: str, doc: dict) -> tuple[int, bytes, tuple[float, float, float]] | str:
         tracker = self.live.get(url)
         if tracker is None:
             return f"{url} is unreachable: Connection refused"
@@ -58,7 +58,8 @@ class Edges:
             signed = peer.store.manifest(item["content"]) if peer.store else None
             assert signed is not None
             answers[item["content"]], _ = await tracker.handle({**head, **item}, ADDRESS, signed.manifest)
-        return 200, json.dumps({"contents": answers}).encode()
+        now = time.monotonic()
+        return 200, json.dumps({"contents": answers}).encode(), (now, now, time.time())  # asked, answered, the wall clock
 
     async def booked(self) -> int:
         """Bytes booked by every tracker that ever ran, over all kinds and regions."""

@@ -742,7 +742,8 @@ async def test_a_wedged_edge_among_two_holds_edgeswarm_get_for_seconds_not_its_t
         took = time.monotonic() - started
     assert got.returncode == 0, got.stderr
     assert out.read_bytes() == data
-    assert took < 9.0, f"get took {took:.1f} s: it waited for the wedged edge's timeout"
+    assert "answered in its place" in got.stderr, got.stderr  # raced on the other edge, not waited for
+    assert took < 12.0, f"get took {took:.1f} s: it waited for the wedged edge's timeout (12 s)"
 
 
 async def edge_bytes(http: aiohttp.ClientSession, peer) -> dict[str, int]:
