@@ -936,9 +936,9 @@ class Edge:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
         now = time.monotonic()
         self.announces["requests"].add(now)
-        if self.lag.late(clock := asyncio.get_running_loop().time()):
+        if self.lag.late(clock := asyncio.get_running_loop().time(), cpu := time.thread_time()):
             self.shed += 1
-            late = f"its event loop runs {self.lag.lateness(clock):.2f} s late"
+            late = f"its event loop runs {self.lag.lateness(clock, cpu):.2f} s late"
             raise HttpError(503, f"this edge is too busy to take announces ({late}); files are served as ever: retry", SHED_RETRY)
         check_json_body(request.headers)
         try:
