@@ -864,3 +864,24 @@ async def test_a_read_through_a_small_cache_fetches_the_file_about_once(tmp_path
 async def _posted(http: aiohttp.ClientSession, url: str) -> bool:
     async with http.post(url) as resp:
         return resp.status == 202
+
+
+async def test_an_edge_that_is_down_is_said_without_a_swarm_ticket_key_once(tmp_path, nodes, origin, published, regions, http):
+    """The announce loop asks an edge without a known swarm-ticket key for it at every round: while the edge was down,
+    each round logged "no swarm-ticket key from EDGE yet" (8 lines in 40 s, one per retry, for the whole outage)."""
+    make_file(published / "k.bin", 512 * 1024)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge")
+    with socket.socket() as s:  # a port nobody listens on: an edge that is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    peer = nodes.start(
+        "peer",
+        *("--cache", str(tmp_path / "p"), "--edge", edge.url, "--edge", dead, "--listen", "127.1.0.1:0", "--gateway", "127.0.0.1:0"),
+        name="p",
+    )
+    await post(http, peer, "/k.bin")
+    deadline = time.monotonic() + 60
+    while peer.log_text().count(f"announce to {dead} failed") < 3:  # rounds at 1, 2 and 4 s: each asked it for its key
+        assert time.monotonic() < deadline, peer.log_text()[-2000:]
+        await asyncio.sleep(0.2)
+    assert peer.log_text().count(f"no swarm-ticket key from {dead} yet") == 1, peer.log_text()[-3000:]

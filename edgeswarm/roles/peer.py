@@ -353,6 +353,7 @@ class Peer:
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
+        self._no_key_said: set[str] = set()  # edges whose missing swarm-ticket key was said, until it comes
         self.edge_clocks = EdgeClocks()  # each edge's clock, read off its tickets to us: its tickets are judged by it
         self._clock_log = ThrottledLog(log, Throttle(burst=1, interval=60.0))  # neighbours' tickets refused for their times
         self.content_keys: dict[str, bytes] = {}  # protected contents' keys, in memory only
@@ -472,17 +473,23 @@ class Peer:
         if again and time.monotonic() - self._keys_checked < 10:
             return
         self._keys_checked = time.monotonic()
-        for edge in self.edges:
-            if edge in self.ticket_keys and not again:
-                continue
-            try:
-                reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
-                if reply.status == 200:
-                    key, held = load_public_key(reply.body, f"{edge}/swarm-key"), self.ticket_keys.get(edge)
-                    if held is not None and held.public_bytes_raw() != key.public_bytes_raw():
-                        self._former_ticket_keys[edge] = (held, time.monotonic() + FORMER_KEY_S)
-                    self.ticket_keys[edge] = key
-            except (UpstreamError, KeyFileError) as exc:
+        # all at once: one after another, an edge that was down held the announce loop (and a neighbour's piece request
+        # waiting on a new key) up to 5 s per edge at every round
+        await asyncio.gather(*(self._learn_ticket_key(edge) for edge in self.edges if again or edge not in self.ticket_keys))
+
+    async def _learn_ticket_key(self, edge: str) -> None:
+        """``edge``'s swarm-ticket key, the one it replaces kept (``learn_ticket_keys``); a failure said once an outage."""
+        try:
+            reply = await self.upstream.get(edge, "/swarm-key", timeout=5.0)
+            if reply.status == 200:
+                key, held = load_public_key(reply.body, f"{edge}/swarm-key"), self.ticket_keys.get(edge)
+                if held is not None and held.public_bytes_raw() != key.public_bytes_raw():
+                    self._former_ticket_keys[edge] = (held, time.monotonic() + FORMER_KEY_S)
+                self.ticket_keys[edge] = key
+                self._no_key_said.discard(edge)
+        except (UpstreamError, KeyFileError) as exc:
+            if edge not in self._no_key_said:  # asked again at every announce round while it is down: said once
+                self._no_key_said.add(edge)
                 log.info("no swarm-ticket key from %s yet: %s", edge, exc)
 
     async def check_ticket(self, request: web.Request, cid: str) -> float | None:
