@@ -1319,13 +1319,16 @@ class Peer:
         """A content's manifest for the sub-tracker: ours, else from an edge that promoted us (checked and kept); else 404/502."""
         store = await self._store()
         signed = store.manifest(cid)
-        problems = []
-        for edge in [] if signed is not None else self._promoting_edges():
+        problems: list[UpstreamError] = []
+
+        async def ask(edge: str) -> SignedManifest:  # under --require-token: with our token
             try:
-                signed = await self.manifests.by_id(store, edge, cid, self.edge_headers())  # under --require-token: our token
-                break
-            except HttpError as exc:
-                problems.append(exc)
+                return await self.manifests.by_id(store, edge, cid, self.edge_headers())
+            except HttpError as exc:  # a 404 too: the next edge may know it
+                raise UpstreamError(exc.status, exc.message) from None
+
+        if signed is None:  # asked as manifests are: a wedged edge held the announce for its timeout (first_answer)
+            signed = await first_answer(self._promoting_edges(), ask, problems)
         if signed is None:
             status = 404 if all(p.status == 404 for p in problems) else 502
             raise HttpError(status, f"content {cid[:12]} is unknown here: {'; '.join(p.message for p in problems) or 'no edge to ask'}")
