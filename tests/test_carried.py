@@ -20,6 +20,15 @@ def test_a_restart_is_carried_over_and_a_silent_worker_counts_its_last():
     assert again.take(1, {"a": 0.0}, since=220.0) == {"a": 10.0, "b": 3.0}
 
 
+def test_a_worker_restarted_after_the_clock_was_stepped_back_is_a_restart():
+    """Its process started "earlier" than its predecessor: taken for the same process, what the predecessor had
+    counted was dropped and the edge's sums fell (/tmp/adv-clock 4: 17.4 MB sent where 20 were)."""
+    c = Carried()
+    assert c.take(1, {"a": 40.0}, since=5000.0) == {"a": 40.0}
+    assert c.take(1, {"a": 1.0}, since=5000.0 - 3600 + 30) == {"a": 41.0}  # stepped back an hour, restarted 30 s on
+    assert c.take(1, {"a": 2.0}, since=5000.0 - 3600 + 30.4) == {"a": 42.0}  # the same process (within RESTART_SLACK)
+
+
 @pytest.mark.parametrize("text", ["", "[]", '{"last": {}}', '{"last": {"1": {"a": "x"}}, "since": {}, "carry": {}}'])
 def test_a_state_that_is_not_one_is_refused(text):
     with pytest.raises(ValueError, match="not a carried-counters state"):

@@ -7,7 +7,7 @@ one that did not answer in time was left out: the edge's counters fell
 any fall for a restart of the whole target, reported 99.9 MB sent in a
 window where 30 MB were (an adversarial session).  So each worker's last
 report is kept: one that does not answer counts with it, and when a worker
-started again (its process's start time moved on), what it had reached is
+started again (its process's start time changed), what it had reached is
 added to its new counts from then on.  The state
 is a small JSON document the primary worker keeps in the workers' private
 directory, so that its own restart is carried over too.
@@ -32,12 +32,14 @@ class Carried:
 
     def take(self, worker: int, report: Mapping[str, float] | None, since: float = 0.0) -> dict[str, float]:
         """The worker's counts as they add up: its ``report`` (None: it did not answer, its last one) plus what its
-        restarts took.  ``since``: when the reporting process started; a later start is a restart, whose counts
-        began again at zero.  A report may hold some keys only (a brief /status): the others keep their last count."""
+        restarts took.  ``since``: when the reporting process started; another start is a restart, whose counts
+        began again at zero: an earlier one too, a worker restarted after the clock was stepped back (only a later one
+        was: its predecessor's counts were dropped and the sums fell).  A report may hold some keys only (a brief
+        /status): the others keep their last count."""
         name = str(worker)
         last, carry = self._last.setdefault(name, {}), self._carry.setdefault(name, {})
         if report is not None:
-            if since > self._since.get(name, since) + RESTART_SLACK:
+            if abs(since - self._since.get(name, since)) > RESTART_SLACK:
                 for key, before in last.items():
                     carry[key] = carry.get(key, 0.0) + before
                 last.clear()
