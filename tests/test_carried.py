@@ -48,10 +48,26 @@ def test_the_merged_metrics_never_go_back_when_a_worker_restarts_or_does_not_ans
     """They fell from 46 MB to 18 and back, and Prometheus counted 99.9 MB sent where 30 were (an adversarial session)."""
     c = Carried()
     sent = 'edgeswarm_bytes_sent_total{to="client"} '
-    assert sent + "46.0" in merge_metrics([metrics(18, 1000.0), metrics(28, 1000.5)], c).decode()
-    assert sent + "46.0" in merge_metrics([metrics(18, 1000.0), None], c).decode()  # worker 1 stalled
-    assert sent + "47.0" in merge_metrics([metrics(18, 1000.0), metrics(1, 1300.0)], c).decode()  # and was restarted
-    assert "process_start_time_seconds 1000.0" in merge_metrics([metrics(18, 1000.0), metrics(2, 1300.0)], c).decode()
+    assert sent + "46.0" in merge_metrics([metrics(18, 1000.0), metrics(28, 1000.5)], [1000.0, 1000.5], c).decode()
+    assert sent + "46.0" in merge_metrics([metrics(18, 1000.0), None], [1000.0, 0.0], c).decode()  # worker 1 stalled
+    restarted = merge_metrics([metrics(18, 1000.0), metrics(1, 1300.0)], [1000.0, 1300.0], c).decode()
+    assert sent + "47.0" in restarted  # and was restarted
+    assert "process_start_time_seconds 1000.0" in merge_metrics([metrics(18, 1000.0), metrics(2, 1300.0)], [1000.0, 1300.0], c).decode()
+
+
+def test_the_merged_metrics_tell_a_restart_by_the_workers_start_not_by_process_start_time_seconds():
+    """process_start_time_seconds is of /proc/stat btime, which a clock step moves: read again, the same workers would
+    all look restarted and their counts be added twice; without /proc it is missing and no restart was ever seen."""
+    c = Carried()
+    sent = 'edgeswarm_bytes_sent_total{to="client"} '
+    assert sent + "46.0" in merge_metrics([metrics(18, 1000.0), metrics(28, 1000.5)], [1000.2, 1000.7], c).decode()
+    stepped = [metrics(19, 1000.0 + 3600), metrics(29, 1000.5 + 3600)]  # the same processes, the clock stepped an hour on
+    assert sent + "48.0" in merge_metrics(stepped, [1000.2, 1000.7], c).decode()
+    unknown = [
+        metrics(20, 0.0).replace("process_start_time_seconds 0.0\n", ""),
+        metrics(1, 0.0).replace("process_start_time_seconds 0.0\n", ""),
+    ]
+    assert sent + "50.0" in merge_metrics(unknown, [1000.2, 1300.0], c).decode()  # no /proc: worker 1 restarted all the same
 
 
 def test_the_merged_status_never_goes_back_when_a_worker_restarts():

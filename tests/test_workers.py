@@ -655,7 +655,7 @@ def test_metrics_of_workers_add_up_and_alike_gauges_do_not():
     one += "# HELP process_open_fds f\n# TYPE process_open_fds gauge\nprocess_open_fds 40.0\n"
     two = one.replace("} 2.0", "} 3.0").replace("fds 40.0", "fds 70.0")
     two += '# TYPE edgeswarm_other_total counter\nedgeswarm_other_total{x="y"} 1.0\n'
-    text = merge_metrics([one, two]).decode()
+    text = merge_metrics([one, two], [1000.0, 1000.5]).decode()
     assert "process_open_fds 70.0" in text  # the fullest worker, against its own process_max_fds
     assert 'edgeswarm_events_total{event="a"} 5.0' in text
     assert "edgeswarm_cache_max_bytes 100.0" in text
@@ -746,3 +746,20 @@ async def test_a_worker_says_the_primary_did_not_answer_a_few_times_a_minute_not
     assert isinstance(answers[0], web.Response) and answers[0].text is not None
     assert "did not answer (restarting, or too busy" in answers[0].text
     assert sum("did not answer" in r.getMessage() for r in caplog.records) == 5
+
+
+async def test_a_workers_private_metrics_say_when_its_process_started_for_the_merge(tmp_path):
+    """The merge told a worker's restart by its process_start_time_seconds, of /proc/stat btime, which a clock step moves
+    and which there is none of without /proc: now by the start the worker says, as its /status does (/tmp/adv-clock 4)."""
+    metrics = SimpleNamespace(started=1234.567891, prometheus=lambda: b"# nothing\n")
+    node = SimpleNamespace(config=SimpleNamespace(timeout=1.0), tracker=None, store=None, metrics=metrics)
+    worker = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    primary = WorkerLink(node, Slot(0, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    runner = web.AppRunner(worker.private_app())
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, worker.slot.socket_path(1)).start()
+        assert await primary._ask(1, "/metrics") == (b"# nothing\n", 1234.567891)
+    finally:
+        await primary.close()
+        await runner.cleanup()

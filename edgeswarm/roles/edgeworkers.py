@@ -80,6 +80,11 @@ log = logging.getLogger("edgeswarm.roles.edge")
 FORWARDED_FOR = "X-Edgeswarm-Forwarded-For"  # trusted only on the private unix socket
 REACHED_AT = "X-Edgeswarm-Reached-At"  # the edge's address as the client reached it; trusted only on the private unix socket
 WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the client's connection
+# a worker's /metrics on its private socket: when its process started (Metrics.started, its /status "started"), for the
+# merge to tell its restart by, as /status does.  Not process_start_time_seconds: without /proc there is none, and no
+# restart was ever seen; and it is of /proc/stat btime, which a clock step moves: prometheus_client reads it once per
+# process, were it read at each scrape, every worker would look restarted at each step (its counts added twice)
+STARTED_HEADER = "X-Edgeswarm-Worker-Started"
 SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
 # seconds a worker waits for another's /status or /metrics (the primary's whole answer, or a worker's own figures)
 # before it answers without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll,
@@ -375,7 +380,8 @@ class WorkerLink:
         """The primary's own /status or /metrics with every other worker's figures added in (asked with the same query)."""
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         path, asked = request.path, request.path_qs
-        others = await asyncio.gather(*(self._ask(i, asked) for i in range(1, self.slot.count)))
+        answers = await asyncio.gather(*(self._ask(i, asked) for i in range(1, self.slot.count)))
+        others = [None if a is None else a[0] for a in answers]
         mine = response.body
         carried = self._carried_state()
         if path == "/status":
@@ -391,7 +397,8 @@ class WorkerLink:
             doc["upload_limit_Bps"] = self.cap
             return _status_response(doc, 0)
         texts = [mine.decode(), *(None if o is None else o.decode() for o in others)]
-        merged = merge_metrics(texts, carried["metrics"])
+        starts = [self.node.metrics.started, *(0.0 if a is None else a[1] for a in answers)]
+        merged = merge_metrics(texts, starts, carried["metrics"])
         self._keep(carried)
         return web.Response(body=merged, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, WORKER_HEADER: "0"})
 
@@ -412,8 +419,9 @@ class WorkerLink:
             path.with_suffix(".tmp").write_text(json.dumps({part: c.dumps() for part, c in carried.items()}))
             os.replace(path.with_suffix(".tmp"), path)
 
-    async def _ask(self, index: int, path: str) -> bytes | None:
-        """A worker's own /status or /metrics from its private socket; None if it does not answer (restarting)."""
+    async def _ask(self, index: int, path: str) -> tuple[bytes, float] | None:
+        """A worker's own /status or /metrics from its private socket, and when its process started (STARTED_HEADER, 0 if
+        not said); None if it does not answer (restarting)."""
         session = self._private.get(index)
         if session is None:
             connector = aiohttp.UnixConnector(self.slot.socket_path(index))
@@ -421,8 +429,8 @@ class WorkerLink:
         wait = aiohttp.ClientTimeout(total=STATUS_WAIT_S)
         try:
             async with session.get(f"http://worker{path}", timeout=wait) as reply:
-                return await reply.read() if reply.status == 200 else None
-        except (aiohttp.ClientError, OSError, TimeoutError):
+                return (await reply.read(), float(reply.headers.get(STARTED_HEADER, 0.0))) if reply.status == 200 else None
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
             return None
 
     def private_app(self) -> web.Application:
@@ -435,7 +443,10 @@ class WorkerLink:
         async def metrics(_: web.Request) -> web.Response:
             if self.node.tracker is not None:
                 self.node._p2p_last = await self.node._p2p_status()
-            return web.Response(body=self.node.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+            started = repr(self.node.metrics.started)
+            return web.Response(
+                body=self.node.metrics.prometheus(), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, STARTED_HEADER: started}
+            )
 
         app = web.Application()
         app.router.add_get("/status", status)
@@ -543,25 +554,23 @@ def _with_counts(doc: dict[str, Any], totals: dict[str, float]) -> dict[str, Any
     return doc
 
 
-def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> bytes:
-    """Several workers' /metrics as one (``texts[i]``: worker i's, None if it did not answer): counters and histograms
-    added up through ``carried`` (a worker's restart carried over, one that did not answer at its last counts), the
-    gauges of those that answered added too (but those all report alike, and start times, which are the earliest)."""
+def merge_metrics(texts: list[str | None], starts: list[float], carried: Carried | None = None) -> bytes:
+    """Several workers' /metrics as one (``texts[i]``: worker i's, None if it did not answer; ``starts[i]``: when its
+    process started, STARTED_HEADER): counters and histograms added up through ``carried`` (a worker's restart carried
+    over, one that did not answer at its last counts), the gauges of those that answered added too (but those all
+    report alike, and start times, which are the earliest)."""
     carried = carried or Carried()
     families: dict[str, Metric] = {}
     series: dict[str, dict[_Series, None]] = {}  # family -> its series, in the order they came
     values: dict[_Series, float] = {}
     for worker, text in enumerate(texts):
         counts: dict[str, float] = {}
-        since = 0.0
         for family in text_string_to_metric_families(text or ""):
             families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
             keys = series.setdefault(family.name, {})
             for sample in family.samples:
                 key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
                 keys[key] = None
-                if sample.name == "process_start_time_seconds":
-                    since = sample.value
                 if family.type in _COUNTING and not sample.name.endswith("_created"):
                     counts[json.dumps(key)] = sample.value
                     continue
@@ -574,7 +583,7 @@ def merge_metrics(texts: list[str | None], carried: Carried | None = None) -> by
                     values[key] = max(old, sample.value)
                 else:
                     values[key] = old + sample.value
-        for flat, n in carried.take(worker, None if text is None else counts, since).items():
+        for flat, n in carried.take(worker, None if text is None else counts, starts[worker]).items():
             name, sample_name, labels = json.loads(flat)
             key = (name, sample_name, tuple((k, v) for k, v in labels))
             series.setdefault(name, {})[key] = None  # also a series only a worker's last counts hold
