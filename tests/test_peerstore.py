@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from redisserver import redis_server, redis_url  # noqa: F401 - fixtures
@@ -584,3 +585,26 @@ async def test_a_wrong_password_and_a_paused_redis_say_so(redis_url):  # noqa: F
         await admin.redis.config_set("requirepass", "")
         await admin.close()
         await store.close()
+
+
+@pytest.mark.integration
+async def test_an_edge_whose_clock_runs_ahead_of_redis_still_hands_its_peers_out(redis_url, monkeypatch):  # noqa: F811
+    """Records are stamped by the earlier of the edge's clock and Redis's: the tracker's pool, pruned by the edge's own
+    clock, dropped every one of an edge an hour ahead, its askers' own too, and it handed out no peer at all (a review
+    of the fix that stamps so).  The pool judges silence as the store does (``behind``)."""
+    from edgeswarm.protocol.manifest import Manifest
+    from edgeswarm.roles.announce import TrackerService
+    from edgeswarm.store import redispeers
+
+    real = time.time
+    monkeypatch.setattr(redispeers, "time", SimpleNamespace(time=lambda: real() + 3600, monotonic=time.monotonic))
+    manifest = Manifest("a.bin", 4 * 262144, "application/octet-stream", 262144, ("0" * 64,) * 4, 0)
+    service = TrackerService(None, "prefer", 300.0, store=RedisPeerStore(redis_url, 900.0))
+    try:
+        for n in (1, 2):
+            body = {"peer_id": f"p{n}", "port": 7000, "content": CID, "pieces": 4, "have": "AA==", "uploaded": 0}
+            body |= {"downloaded": 0, "event": "started", "stats": {"edge": 0, "peer_same_region": 0, "peer_other_region": 0}}
+            answer, _ = await service.handle(body, f"127.0.0.{n}", manifest)
+        assert [p["peer_id"] for p in answer["peers"]] == ["p1"]
+    finally:
+        await service.store.close()

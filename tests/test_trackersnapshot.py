@@ -93,6 +93,20 @@ async def test_ages_survive_the_restart_though_the_store_runs_on_a_monotonic_clo
     assert "saved 30 s ago (1 silent too long, 0 unreadable)" in caplog.text  # "old" is 110 s silent: past the ttl
 
 
+async def test_a_file_saved_by_a_clock_ahead_of_this_one_keeps_its_records_a_ttl_at_most(tmp_path: Path):
+    """Saved, then taken up with the wall clock an hour behind the one that saved it (a host booted with a wrong clock):
+    a dead peer was counted and handed out for the hour too (a review).  Its records are seen now at the latest."""
+    store = MemoryPeerStore(ttl=90)
+    await store.put(1070, "a" * 64, record("p", 1070), 50)
+    path = tmp_path / trackersnapshot.FILE
+    trackersnapshot.save(store, path, 1080, 1_700_003_600.0)
+    again = MemoryPeerStore(ttl=90)
+    assert trackersnapshot.load(again, path, 20, 1_700_000_000.0, lambda address: EAST) == 1
+    (rec,) = await again.swarm("a" * 64)
+    assert rec.last_seen <= 20 and rec.first_seen <= 20
+    assert [r.peer_id for _, r in await again.expire(20 + 91)] == ["p"]  # silent a ttl after the restart: gone
+
+
 async def test_silent_records_relayed_peers_and_bad_lines_stay_out(tmp_path: Path, caplog):
     now = 1_000_000.0
     store = MemoryPeerStore(ttl=90)

@@ -75,6 +75,12 @@ class PeerStore(Protocol):
         """
         ...
 
+    def behind(self) -> float:
+        """How far the times the store stamps its records with run behind the ``now`` given to it: 0, or for a shared
+        store whose clock is behind this edge's, by that much (it stamps by the earlier of the two), so that what
+        judges a record's silence outside the store (the tracker's pool) judges it as the store does."""
+        ...
+
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         """Store ``rec`` (its ``upload_rate`` set here, from the record it replaces, and its ``last_seen`` to the time
         stored: a shared store's, never after its own clock) and read a sample of its swarm.
@@ -211,6 +217,9 @@ class MemoryPeerStore:
     def at(self, now: float) -> float:
         """The tracker's own time: one process's store judges silence by the clock its tracker runs on."""
         return now
+
+    def behind(self) -> float:
+        return 0.0
 
     async def put(self, now: float, cid: str, rec: PeerRecord, sample: int, draws: int | None = None) -> Placed:
         swarm = self._swarms.setdefault(cid, _Swarm())

@@ -618,7 +618,7 @@ class Tracker:
             pool.add(placed.candidates)
         pool.update(rec)
         pool.used = now
-        pool.prune(at - self.ttl)
+        pool.prune(at - self.store.behind() - self.ttl)  # as the store judges its records' silence
         return pool, placed.size
 
     async def _make_room(self, sender: str) -> None:

@@ -276,6 +276,11 @@ class RedisPeerStore:
         """The wall clock, whatever the tracker's: the edges sharing this store compare each other's times."""
         return time.time()
 
+    def behind(self) -> float:
+        """Redis's clock behind this edge's, which _PUT stamps by then: an edge an hour ahead pruned every record, its
+        askers' own too, from its tracker's pool by its own clock, and handed out no peer at all (a review)."""
+        return self._ahead
+
     @property
     def keep(self) -> int:
         return max(1, int(self.ttl * KEEP_TTLS))

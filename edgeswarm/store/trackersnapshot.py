@@ -81,6 +81,9 @@ def load(store: MemoryPeerStore, path: Path, now: float, wall: float, region_of:
                 if now - rec.last_seen > store.ttl:
                     stale += 1
                     continue
+                # saved by a clock ahead of this one (a host booted with a wrong clock, set right since): seen now at the
+                # latest, so kept a ttl at most, not the gap too (a review: a dead peer counted and handed out an hour)
+                rec.last_seen, rec.first_seen = min(rec.last_seen, now), min(rec.first_seen, now)
                 store.restore(cid, rec, stats)
                 taken += 1
             store.restore_shares(_shares(header.get("shares")))
