@@ -46,6 +46,7 @@ class FakeParent(DoubleServer):
         self.oversized = False  # /manifest answered with a 2 MiB body that says so in Content-Length
         self.endless_answers = 0
         self.hung = False  # /manifest never answers (a stalled edge)
+        self.content_asks = 0  # /content/<id> requests
         self.hangs: set[str] = set()  # "piece": /piece never answers (an edge stalled after it gave the manifest)
         self.slow = 0.0  # seconds /manifest takes to answer (a slow parent)
         self.manifest_asks = 0
@@ -79,6 +80,7 @@ class FakeParent(DoubleServer):
         return manifest_response(request, signed.etag, signed.to_json())
 
     async def content(self, request: web.Request) -> web.Response:
+        self.content_asks += 1
         if request.match_info["cid"] not in self.by_id:
             raise web.HTTPNotFound()
         signed, _ = self.by_id[request.match_info["cid"]]

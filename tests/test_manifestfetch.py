@@ -16,7 +16,7 @@ import pytest
 from test_lying_upstream import FakeParent
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node import upstream
+from edgeswarm.node import manifestfetch, upstream
 from edgeswarm.roles import livegateway
 from edgeswarm.roles.config import PeerConfig
 from edgeswarm.roles.peer import Peer
@@ -205,5 +205,26 @@ async def test_a_404_from_the_edge_asked_next_is_the_answer_as_before(tmp_path):
             with pytest.raises(HttpError) as err:
                 await peer.resolve("nothing.txt")
             assert err.value.status == 404 and time.monotonic() - started < upstream.HEDGE_AFTER + 1.5
+        finally:
+            await close(peer)
+
+
+async def test_a_content_id_a_source_answered_404_for_is_not_asked_again_at_once(tmp_path, monkeypatch):
+    """A version withdrawn while peers held it was asked of the origin by id at each of their announces (a refusal, so
+    announced again as new: 268 origin requests in 26 minutes for one file, an adversarial soak).  A 404 is kept a
+    while (``UNKNOWN_FOR``), as nginx keeps one."""
+    async with FakeParent(tmp_path) as parent:
+        peer = await started_peer(tmp_path, parent)
+        try:
+            store = await peer._store()
+            for _ in range(3):
+                with pytest.raises(HttpError) as err:
+                    await peer.manifests.by_id(store, parent.url, "c" * 64)
+                assert err.value.status == 404 and f"{parent.url} answered 404" in err.value.message
+            assert parent.content_asks == 1
+            monkeypatch.setattr(manifestfetch, "UNKNOWN_FOR", 0.0)  # once it is over, asked again
+            with pytest.raises(HttpError):
+                await peer.manifests.by_id(store, parent.url, "c" * 64)
+            assert parent.content_asks == 2
         finally:
             await close(peer)
