@@ -42,7 +42,8 @@ from edgeswarm.protocol.paths import manifest_url
 from edgeswarm.store.piecestore import PieceStore
 
 log = logging.getLogger("edgeswarm.node.manifestfetch")
-UNKNOWN_FOR = 60.0  # seconds a content id a source answered 404 for is not asked for again (by_id)
+UNKNOWN_FOR = 30.0  # seconds a content id a source answered 404 for is not asked again (by_id); below peer.REFUSED_QUIET
+UNKNOWN_KEPT = 4096  # such 404s remembered at most, the oldest forgotten first
 PATHS_KEPT = 100_000  # paths whose newest version and last check are remembered: live streams name new ones for ever
 
 
@@ -119,7 +120,7 @@ class ManifestFetcher:
         self._checked: Recent[str, float] = Recent(PATHS_KEPT)  # path -> when a source last confirmed its manifest
         self._stale_warned: set[str] = set()
         self._withdrawn: Recent[str, str] = Recent(PATHS_KEPT)  # path -> the content id a source no longer publishes (withdraw)
-        self._unknown: Recent[tuple[str, str], tuple[float, str]] = Recent(PATHS_KEPT)  # (source, id) -> when it 404ed, and why
+        self._unknown: Recent[tuple[str, str], float] = Recent(UNKNOWN_KEPT)  # (source, id) -> when it answered 404
         self._asking: Collapser[tuple[SignedManifest, str | None]] = Collapser()  # revalidations under way, by path and headers
 
     def fresh(self, path: str) -> bool:
@@ -285,18 +286,18 @@ class ManifestFetcher:
         refusal, so announced again as new: 268 origin requests in 26 minutes
         for one file, an adversarial soak), as nginx caches a 404 a while.
         """
-        said = self._unknown.get((source, cid))
-        if said is not None and time.monotonic() - said[0] < UNKNOWN_FOR:
-            raise HttpError(404, said[1])
         who = f"{self.role} {source}"
+        when = self._unknown.get((source, cid))
+        if when is not None and time.monotonic() - when < UNKNOWN_FOR:
+            raise HttpError(404, f"{who} answered 404 for content {cid[:80]}")
         try:
             reply = await self.upstream.get(source, f"/content/{quote(cid, safe='')}", headers, self.timeout, limit=MAX_MANIFEST)
         except UpstreamError as exc:
             raise HttpError(exc.status, exc.message) from None
         if reply.status != 200:
             why = f"{who} answered {reply.status} for content {cid[:80]}"
-            if reply.status == 404:
-                self._unknown[source, cid] = (time.monotonic(), why)
+            if reply.status == 404:  # a few thousand kept, the oldest dropped: made-up ids grew it by 0.55 kB each (a review)
+                self._unknown[source, cid] = time.monotonic()
             raise busy(reply.status, reply.headers, why) or HttpError(404 if reply.status == 404 else 502, why)
         try:
             signed = SignedManifest.parse(reply.body, store.public_key)

@@ -115,6 +115,7 @@ STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish bef
 LEAVE_WAIT = 2.0  # seconds the "stopped" to the edges a router replaced may take before the new edges hear from us
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
+REFUSED_QUIET = 60.0  # seconds a content an edge refused (a 4xx) is no news to it: its full rounds carry it still
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 Asked = tuple[float, float, float]  # an announce: monotonic when sent, when answered, and the wall clock then
 FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
@@ -404,7 +405,7 @@ class Peer:
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: dict[str, set[str]] = {}  # cid -> the edges that had its "started" and not yet its "stopped"
-        self._refused_items: set[tuple[str, str]] = set()  # (edge, cid) it refused (a 4xx): in its full rounds only
+        self._refused_items: dict[tuple[str, str], float] = {}  # (edge, cid) it refused (a 4xx) -> when: no news a while
         self._leaving: set[str] = set()  # edges the router replaced, to hear "stopped" before the next round (use_edges)
         self._piece_counts: dict[str, int] = {}  # cid -> its piece count, for a "stopped" after its manifest went
         self._single: set[str] = set()  # edges that take one content per announce (from before batches)
@@ -1109,8 +1110,10 @@ class Peer:
         or one with subscribers its answers have not named (``_met_subscriber``)."""
         if cid in self._vouch:
             return True
-        if (edge, cid) in self._refused_items:  # a withdrawn version held here: asked again at every round, it cost the
-            return False  # edge a request to the origin each time (268 in 26 minutes, an adversarial soak)
+        # a withdrawn version held here, asked again at every round, cost the edge a request to the origin each time (268
+        # in 26 minutes, an adversarial soak); a content its parent had not yet waited for the next full round (a review)
+        if time.monotonic() - self._refused_items.get((edge, cid), -math.inf) < REFUSED_QUIET:
+            return False
         store = self.store
         signed = store.manifest(cid) if store else None
         if store is None or signed is None:
@@ -1241,7 +1244,7 @@ class Peer:
     def _took(self, edge: str, item: dict, usage: dict[str, tuple[str, int]], count: int, answer: dict) -> None:
         """An edge accepted one content's announce: book what it acknowledged, and take its peers."""
         cid = item["content"]
-        self._refused_items.discard((edge, cid))
+        self._refused_items.pop((edge, cid), None)
         booked = self._booked.setdefault(cid, Counter())
         for k, (where, v) in usage.items():
             booked[where, k] = v  # acknowledged: the next announce reports only what comes after
@@ -1290,7 +1293,7 @@ class Peer:
         """
         self._received_before.update(self.received.pop(cid, Counter()))
         self._uploaded_before += self.uploaded.pop(cid, 0)
-        self._refused_items = {(edge, c) for edge, c in self._refused_items if c != cid}
+        self._refused_items = {(edge, c): t for (edge, c), t in self._refused_items.items() if c != cid}
         for table in (self.from_edge, self._booked, self._stats_taken, self.tickets, self.content_keys, self._piece_counts):
             table.pop(cid, None)
         self._completed.discard(cid)
@@ -1436,8 +1439,8 @@ class Peer:
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, said)  # not the dict of its answer
                     if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
                         self._left(edge, cid)
-                    else:  # no news for this edge until its next full round (_news)
-                        self._refused_items.add((edge, cid))
+                    else:  # no news for this edge a while (_news)
+                        self._refused_items[edge, cid] = time.monotonic()
                 continue
             self._took(edge, item, usage, count, {**one, **shared})
         return unreachable
