@@ -136,6 +136,25 @@ async def test_over_a_limit_is_429_with_retry_after():
     assert err.value.status == 429 and err.value.headers == {"Retry-After": "3"} and "live peer ids" in err.value.message
 
 
+async def test_token_users_behind_one_address_are_counted_apart():
+    """Carrier-grade NAT: docs say tokens' users are counted apart, but a token user's ids counted against the address
+    too: 24 users behind one address, each with a token, got 16 places between them, and one holding 16 ids locked the
+    others out (an adversarial session).  Each user has --max-peer-ids of their own; without tokens, the address has."""
+    service = TrackerService(None, "prefer", 1.0, Limits(ids_per_address=2, ids_per_user=2))
+    await service.handle(doc("a1"), "127.0.0.5", M, "alice")
+    await service.handle(doc("a2"), "127.0.0.5", M, "alice")
+    for user in ("bob", "carol", "dave"):  # behind the same address, past its 2
+        await service.handle(doc(f"{user}1"), "127.0.0.5", M, user)
+    with pytest.raises(HttpError) as err:  # alice's own limit holds
+        await service.handle(doc("a3"), "127.0.0.5", M, "alice")
+    assert err.value.status == 429 and "user:alice already has 2 live peer ids" in err.value.message
+    await service.handle(doc("x1"), "127.0.0.5", M)  # without a token: the address's limit, as before
+    await service.handle(doc("x2"), "127.0.0.5", M)
+    with pytest.raises(HttpError) as err:
+        await service.handle(doc("x3"), "127.0.0.5", M)
+    assert err.value.status == 429 and "127.0.0.5 already has 2 live peer ids" in err.value.message
+
+
 async def test_a_full_tracker_is_503_with_retry_after_and_says_so_once_each_way(caplog):
     service = TrackerService(None, "prefer", 2.0, Limits(records=2))
     await service.handle(doc("a"), "127.0.0.5", M)
