@@ -42,7 +42,7 @@ from edgeswarm.node.upstream import CHUNK
 from edgeswarm.policy.ratelimit import TokenBucket
 from edgeswarm.policy.tracker import address_group, owner_of
 from edgeswarm.protocol import havefeed, relay
-from edgeswarm.protocol.httpspec import PEER_HEADER
+from edgeswarm.protocol.httpspec import PEER_HEADER, retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -62,6 +62,7 @@ MAX_QUEUED = 4 * CHUNK
 HUB_QUEUED = 64 * 1024 * 1024
 WRITE_STALL = 15.0
 BACKOFF_MAX = 30.0
+RETRY_AFTER_MAX = 300.0  # seconds an edge's Retry-After for a refused relay is kept at most
 BAD_FRAMES = 10  # bad frames or refused answers a relayed peer may send before its WebSocket is closed
 
 
@@ -450,14 +451,20 @@ class RelayClient:
         """One edge's relay: open, serve, reopen after 1, 2, 4... s (up to 30) when it fails."""
         failures = 0
         while True:
+            wait = 0.0  # what the edge asked for (Retry-After), if it refused us
             try:
                 served = await self._serve(edge)
                 failures = 0 if served else failures + 1
+            except aiohttp.WSServerHandshakeError as exc:  # the edge refused: its status and wait, not aiohttp's words
+                failures += 1
+                wait = min(float(retry_after(exc.headers or {}, 4) or 0), RETRY_AFTER_MAX)
+                log.info("relay at %s refused: %s%s", edge, exc.status, f"; asked to wait {wait:g} s" if wait else "")
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 failures += 1
                 log.info("relay at %s: %s", edge, exc)
             self.connected[edge] = False
-            await asyncio.sleep(min(BACKOFF_MAX, 2 ** max(0, failures - 1)) if failures else 0.5)
+            # an edge's Retry-After is kept (a relay slot refused, 429: its 30 s were 1, 2, 4, 8 s: an adversarial session)
+            await asyncio.sleep(max(wait, min(BACKOFF_MAX, 2 ** max(0, failures - 1)) if failures else 0.5))
 
     async def _serve(self, edge: str) -> bool:
         """One WebSocket's life; True if it was open (the edge took us)."""
