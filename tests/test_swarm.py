@@ -885,3 +885,29 @@ async def test_an_edge_that_is_down_is_said_without_a_swarm_ticket_key_once(tmp_
         assert time.monotonic() < deadline, peer.log_text()[-2000:]
         await asyncio.sleep(0.2)
     assert peer.log_text().count(f"no swarm-ticket key from {dead} yet") == 1, peer.log_text()[-3000:]
+
+
+async def test_a_peer_the_tracker_refuses_says_why_in_its_status(tmp_path, nodes, origin, published, regions, http):
+    """A peer whose announces an edge refused (429: its address's --max-peer-ids) showed `tracker: true` and no
+    neighbour, the reason only in a log line (an adversarial session with many users behind one address)."""
+    make_file(published / "r.bin", 512 * 1024)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "edge", "--max-peer-ids", "1")
+
+    def start(name: str):
+        args = ("--cache", str(tmp_path / name), "--edge", edge.url, "--listen", "127.1.0.9:0", "--gateway", "127.0.0.1:0")
+        return nodes.start("peer", *args, name=name)
+
+    first = start("one")
+    await post(http, first, "/r.bin")
+    deadline = time.monotonic() + 30
+    while (await status(http, edge.url))["p2p"].get("peers") != 1:  # the address's one place is the first peer's
+        assert time.monotonic() < deadline, first.log_text()[-2000:]
+        await asyncio.sleep(0.3)
+    second = start("two")
+    await post(http, second, "/r.bin")
+    while not any("announce_refused" in e for e in (await status(http, second.urls["gateway"]))["edges"]):
+        assert time.monotonic() < deadline, second.log_text()[-2000:]
+        await asyncio.sleep(0.3)
+    (row,) = (await status(http, second.urls["gateway"]))["edges"]
+    assert row["announce_refused"].startswith("429") and "live peer ids" in row["announce_refused"], row
+    assert all("announce_refused" not in e for e in (await status(http, first.urls["gateway"]))["edges"])

@@ -405,6 +405,7 @@ class Peer:
         self.streams: aiohttp.ClientSession | None = None  # our subscriptions to neighbours' HAVE streams
         self._p2p_edges = set(self.edges)
         self._announced: dict[str, set[str]] = {}  # cid -> the edges that had its "started" and not yet its "stopped"
+        self._refusals: dict[str, str] = {}  # edge -> why it refused our last announce (a 4xx: a limit), for /status
         self._refused_items: dict[tuple[str, str], float] = {}  # (edge, cid) it refused (a 4xx) -> when: no news a while
         self._leaving: set[str] = set()  # edges the router replaced, to hear "stopped" before the next round (use_edges)
         self._piece_counts: dict[str, int] = {}  # cid -> its piece count, for a "stopped" after its manifest went
@@ -1412,7 +1413,9 @@ class Peer:
             if status >= 500:  # an edge starting up, one whose parent or tracker store is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)
+            self._refusals[edge] = why
             return None
+        self._refusals.pop(edge, None)
         try:
             answer = jsondoc.loads(body)
             answers = answer["contents"]
@@ -1462,9 +1465,11 @@ class Peer:
             if status >= 500:  # an edge starting up, or one whose parent is down: try again soon
                 return why
             log.warning("announce to %s refused: %s", edge, why)
+            self._refusals[edge] = why
             if event == "stopped":  # it will not take it later either: nothing more to tell it
                 self._left(edge, cid)
             return None
+        self._refusals.pop(edge, None)
         try:
             answer = jsondoc.loads(body)
         except ValueError as exc:
@@ -1591,7 +1596,8 @@ class Peer:
     def _edge_status(self, edge: str) -> dict:
         ahead = self.edge_clocks.ahead(edge, time.monotonic(), time.time())
         clock = {} if ahead is None else {"clock_ahead_s": round(ahead, 1)}  # read off its tickets (managed mode only)
-        return {"url": edge, "rate_Bps": self.ranking.rate(edge), "tracker": edge in self._p2p_edges, **clock}
+        refused = {"announce_refused": self._refusals[edge]} if edge in self._refusals else {}  # a 4xx, until it takes one
+        return {"url": edge, "rate_Bps": self.ranking.rate(edge), "tracker": edge in self._p2p_edges, **clock, **refused}
 
     # -- the upload server ---------------------------------------------------------------------
     async def get_piece(self, request: web.Request) -> web.StreamResponse:
