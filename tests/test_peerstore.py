@@ -474,6 +474,20 @@ async def test_an_edge_whose_clock_runs_ahead_removes_no_live_peer_of_the_others
         await ahead.close()
 
 
+async def test_an_edge_whose_clock_runs_behind_redis_says_so_once(redis_url, caplog):  # noqa: F811 - the fixture
+    """An edge behind the others stamps its peers by its own clock, and the others take them for silent that much
+    sooner; nothing said so (a review).  Its expiry round reads Redis's TIME: said once while so."""
+    behind = RedisPeerStore(redis_url, TTL)
+    try:
+        for _ in range(3):
+            await behind.expire(time.time() - 120)
+        await behind.expire(time.time())
+        await behind.expire(time.time() - 120)
+        assert caplog.text.count("this edge's clock runs 120 s behind tracker store") == 2, caplog.text
+    finally:
+        await behind.close()
+
+
 @pytest.mark.integration
 async def test_an_edge_whose_clock_runs_ahead_stamps_no_peer_into_the_future(redis_url):  # noqa: F811 - the fixture
     """An edge whose clock ran an hour ahead stamped its peers an hour into the future: one that died without a word was

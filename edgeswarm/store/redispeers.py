@@ -265,6 +265,7 @@ class RedisPeerStore:
         self._regions: dict[tuple[str, str], Region] = {}
         self._lifetimes_of, self._lifetimes_text = -1.0, ("", "")
         self._ahead = 0.0  # seconds this edge's clock runs ahead of Redis's (its TIME): reads judge silence by the earlier
+        self._behind = False  # this edge's clock was found behind Redis's by more than CLOCK_SAID (said once while so)
         self._texts: dict[str, str] = {}  # member -> its stored text, as last decoded or written here
         self._decoded: dict[str, PeerRecord] = {}  # member -> the record that text decodes to
 
@@ -425,6 +426,19 @@ class RedisPeerStore:
             )
         self._ahead = ahead
 
+    def _saw_behind(self, now: float, redis_now: float) -> None:
+        """Said once while so: this edge's clock behind Redis's.  Its records are stamped by its clock, so the other
+        edges take its live peers for silent that much sooner and remove them; nothing said it (a review)."""
+        behind = redis_now - now > CLOCK_SAID
+        if behind and not self._behind:
+            log.warning(
+                "this edge's clock runs %.0f s behind tracker store %s's: the other edges sharing it take this edge's "
+                "peers for silent that much sooner; keep the edges' clocks in step (NTP)",
+                redis_now - now,
+                self.describe(),
+            )
+        self._behind = behind
+
     def _cached(self, member: str, raw: str) -> PeerRecord:
         """The record stored as ``raw``: decoded once while that text stays the same (a record changes only when its peer announces).
 
@@ -535,6 +549,7 @@ class RedisPeerStore:
         """
         seconds, micros = await self._call(self.redis.time)
         self._saw_clock(now, seconds + micros / 1_000_000)
+        self._saw_behind(now, seconds + micros / 1_000_000)
         cutoff = "(" + repr(now - self._ahead - self.ttl)
         regions = await self._call(self.redis.smembers, self.prefix + "regions")
         users = await self._call(self.redis.zrangebyscore, self.prefix + "userseen", cutoff, "+inf")  # the silent ones' keys expire
