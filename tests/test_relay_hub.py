@@ -396,3 +396,31 @@ async def test_a_relayed_peer_that_sends_bad_frames_is_closed_after_ten_in_a_few
 
 async def _remote(request: web.Request) -> web.Response:
     return web.Response(text=request.remote or "")
+
+
+async def test_relayed_peers_are_counted_per_address_or_per_token_user():
+    """As the tracker counts live ids: without a token, an address's peers share its places; a token user's are its
+    own (token users behind one carrier-grade NAT address shared its 16 relay places: an adversarial session)."""
+    hub = RelayHub(RelayLimits(per_address=2, timeout=0.5), {}.get)
+    app = make_app(Metrics("edge"))
+
+    async def connect(request: web.Request) -> web.StreamResponse:
+        return await hub.connect(request, request.headers.get("X-Test-User"))
+
+    app.router.add_get("/relay", connect)
+    app.on_shutdown.append(lambda _: hub.close())
+    async with serve_app(app) as port, aiohttp.ClientSession() as session:
+        base, held = f"http://127.0.0.1:{port}/relay", []
+
+        async def join(peer: str, user: str | None = None) -> int:
+            headers = {"X-Edgeswarm-Peer": peer, **({"X-Test-User": user} if user else {})}
+            try:
+                held.append(await session.ws_connect(base, headers=headers))
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+            return 101
+
+        assert [await join(p) for p in ("a", "b", "c")] == [101, 101, 429]  # the address's two places
+        assert [await join(p, u) for p, u in (("d", "dora"), ("e", "dora"), ("f", "erin"), ("g", "dora"))] == [101, 101, 101, 429]
+        for ws in held:
+            await ws.close()

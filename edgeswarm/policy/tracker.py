@@ -111,13 +111,18 @@ class Refused(EdgeswarmError):
 
 
 def _counted(address: str, user: str | None) -> tuple[str, ...]:
-    """The limit keys an identity counts against: its token's user if it has one, else its address group.
+    """The limit keys an identity counts against (``limit_key``)."""
+    return (limit_key(address, user),)
+
+
+def limit_key(address: str, user: str | None) -> str:
+    """What per-address limits count an identity as: its token's user if it has one, else its address group.
 
     Token users are counted apart (Limits): counted against their address too, 24 users behind one carrier-grade NAT
     address, each with a token of their own, got 16 places between them, and one of them holding 16 ids locked the
-    others out (an adversarial session).
+    others out (an adversarial session).  The edge's relay counts its relayed peers so too.
     """
-    return (owner_of(address, user),) if user is not None else (address_group(address),)
+    return owner_of(address, user) if user is not None else address_group(address)
 
 
 def owner_of(address: str, user: str | None) -> str:

@@ -40,7 +40,7 @@ from edgeswarm.node.daemon import text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.upstream import CHUNK
 from edgeswarm.policy.ratelimit import TokenBucket
-from edgeswarm.policy.tracker import address_group, owner_of
+from edgeswarm.policy.tracker import address_group, limit_key, owner_of
 from edgeswarm.protocol import havefeed, relay
 from edgeswarm.protocol.httpspec import PEER_HEADER, retry_after
 
@@ -73,7 +73,7 @@ class RelayLimits:
     peers: int = 256  # relayed peers connected at once; 0: this edge relays nobody
     requests: int = 8  # piece (and plain /have) requests in flight per relayed peer
     streams: int = havefeed.MAX_SUBSCRIBERS  # HAVE streams open per relayed peer
-    per_address: int = 16  # relayed peers per address (an IPv6 /64), as live peer ids per address
+    per_address: int = 16  # relayed peers per address (an IPv6 /64) or token user, as live peer ids per address
     timeout: float = 10.0  # seconds for the relayed peer's answer to start
 
 
@@ -139,7 +139,9 @@ class RelayHub:
         if not 0 < len(peer_id) <= 64 or not peer_id.isprintable():
             raise HttpError(400, f"a relay needs the peer's id in {PEER_HEADER} (1-64 printable characters)")
         address = request.remote or ""
-        rid, group = self.relay_id(address, user, peer_id), address_group(address)
+        # counted as the tracker counts live ids: a token user apart from its address (token users behind one
+        # carrier-grade NAT address shared its 16 relay places: an adversarial session)
+        rid, group = self.relay_id(address, user, peer_id), limit_key(address, user)
         old = self.links.get(rid)
         if old is None:
             if len(self.links) >= self.limits.peers:
