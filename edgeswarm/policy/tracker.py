@@ -110,17 +110,13 @@ class Refused(EdgeswarmError):
         self.retry_after = retry_after
 
 
-def _counted(address: str, user: str | None) -> tuple[str, ...]:
-    """The limit keys an identity counts against (``limit_key``)."""
-    return (limit_key(address, user),)
-
-
 def limit_key(address: str, user: str | None) -> str:
     """What per-address limits count an identity as: its token's user if it has one, else its address group.
 
     Token users are counted apart (Limits): counted against their address too, 24 users behind one carrier-grade NAT
     address, each with a token of their own, got 16 places between them, and one of them holding 16 ids locked the
-    others out (an adversarial session).  The edge's relay counts its relayed peers so too.
+    others out (an adversarial session).  Its announce rate and its unknown contents are counted by it too, and
+    the edge's relay counts its relayed peers so.
     """
     return owner_of(address, user) if user is not None else address_group(address)
 
@@ -559,7 +555,7 @@ class Tracker:
         # one object per peer fewer for the garbage collector to walk; it does not track a dict of strings, nor a tuple
         # of them, see claims._Tally)
         self._joined: dict[PeerKey, dict[str, None]] = {}
-        self._counted: dict[PeerKey, tuple[str, ...]] = {}  # live identity -> the limit keys it counts against
+        self._counted: dict[PeerKey, str] = {}  # live identity -> the limit key it counts against (limit_key)
         self._ids: dict[str, tuple[PeerKey, ...]] = {}  # limit key (address group, "user:NAME") -> its live identities (a few)
         self._buckets: dict[str, tuple[float, float]] = {}  # rate key -> (announce tokens, when)
         self._left: dict[tuple[str, PeerKey], float] = {}  # (cid, identity) that said stopped here -> when, oldest first
@@ -584,13 +580,13 @@ class Tracker:
             await self.stop(now, cid, peer_id, address, user, charge)
             return [], 0
         key, group = (owner_of(address, user), peer_id), address_group(address)
-        counted = _counted(address, user)
+        counted = limit_key(address, user)
         self._admit(now, key, counted, False, charge)
         if event in ("update", "completed") and (cid, key) in self._left:  # after a "stopped": "started" joins again
             raise OutOfOrder(f"peer {peer_id} said stopped for content {cid[:12]}: announce 'started' to join again")
         self._left.pop((cid, key), None)
         if self.records >= self.limits.records and cid not in self._joined.get(key, ()):
-            await self._make_room(sender_of(counted[-1]))
+            await self._make_room(sender_of(counted))
         at = self.store.at(now)
         rec = asker_record(ann, at, key[0], group)
         pool, size = await self._place(now, at, cid, rec)
@@ -604,7 +600,7 @@ class Tracker:
     async def stop(self, now: float, cid: str, peer_id: str, address: str, user: str | None, charge: bool = True) -> None:
         """A ``stopped``: the record goes (a content the edge no longer knows included); charged as any announce."""
         key = (owner_of(address, user), peer_id)
-        self._admit(now, key, _counted(address, user), True, charge)
+        self._admit(now, key, limit_key(address, user), True, charge)
         self._stopped(now, cid, key)
         await self.drop(cid, key)
 
@@ -660,31 +656,25 @@ class Tracker:
         origin from one address).  Contents that exist cost nothing, so a
         peer holding thousands of them announces them all to a restarted edge.
         """
-        return self._wait(self._tokens(now, _UNKNOWN + self._rate_key(address, user)))
+        return self._wait(self._tokens(now, _UNKNOWN + limit_key(address, user)))
 
     def unknown_found(self, now: float, address: str, user: str | None) -> None:
         """A content the sender announced proved unknown upstream: one token of its bucket (``unknown_wait``)."""
-        self._take(now, _UNKNOWN + self._rate_key(address, user))
+        self._take(now, _UNKNOWN + limit_key(address, user))
 
-    @staticmethod
-    def _rate_key(address: str, user: str | None) -> str:
-        return owner_of(address, user) if user is not None else address_group(address)
-
-    def _admit(self, now: float, key: PeerKey, counted: tuple[str, ...], leaving: bool, charge: bool = True) -> None:
-        """The rate per user (tokens) or address, then the live ids of each limit key this identity would join."""
-        rate_key = counted[-1]
-        wait = self._take(now, rate_key) if charge else 0.0
+    def _admit(self, now: float, key: PeerKey, counted: str, leaving: bool, charge: bool = True) -> None:
+        """The rate of the identity's ``limit_key`` (a token's user, or its address), then its live ids there."""
+        wait = self._take(now, counted) if charge else 0.0
         if wait:
-            raise Refused(f"too many announces from {rate_key}: at most {self.limits.announces_per_s:g} a second", wait)
+            raise Refused(f"too many announces from {counted}: at most {self.limits.announces_per_s:g} a second", wait)
         if leaving:
             return
-        for limit_key in counted:
-            ids = self._ids.get(limit_key, ())
-            limit = self.limits.ids_per_user if limit_key.startswith("user:") else self.limits.ids_per_address
-            if key not in ids and len(ids) >= limit:
-                # expiry runs every interval; at most a ttl, should a caller's clock go back
-                wait = max(1.0, min(self.ttl - max(0.0, now - self._last_seen(k)) for k in ids))
-                raise Refused(f"{limit_key} already has {limit} live peer ids; the oldest expires in {wait:.0f} s", wait)
+        ids = self._ids.get(counted, ())
+        limit = self.limits.ids_per_user if counted.startswith("user:") else self.limits.ids_per_address
+        if key not in ids and len(ids) >= limit:
+            # expiry runs every interval; at most a ttl, should a caller's clock go back
+            wait = max(1.0, min(self.ttl - max(0.0, now - self._last_seen(k)) for k in ids))
+            raise Refused(f"{counted} already has {limit} live peer ids; the oldest expires in {wait:.0f} s", wait)
 
     def _take(self, now: float, rate_key: str) -> float:
         """One announce from the key's bucket: 0, or the seconds until one is there (refusals are not charged)."""
@@ -707,38 +697,36 @@ class Tracker:
         over its swarms cost 0.3 s of the edge's loop for 16 ids of 20 000 contents each (an adversarial session)."""
         return self._here[next(reversed(self._joined[key]))][key][0]
 
-    def _join(self, now: float, key: PeerKey, cid: str, counted: tuple[str, ...], address: str) -> None:
+    def _join(self, now: float, key: PeerKey, cid: str, counted: str, address: str) -> None:
         here = self._here.setdefault(cid, {})
         new = here.pop(key, None) is None  # re-inserted last: each swarm's table stays in order of last announce, for expiry
         here[key] = (now, address)
         joined = self._joined.setdefault(key, {})
         joined.pop(cid, None)  # re-inserted last, as in the swarm's table: _last_seen reads the last
         joined[cid] = None
-        old = self._counted.get(key, ())
-        if old != counted:  # new, or a token user's peer that moved address
+        if self._counted.get(key) != counted:  # new here
             self._uncount(key)
-            for limit_key in counted:
-                self._ids[limit_key] = (*self._ids.get(limit_key, ()), key)
+            self._ids[counted] = (*self._ids.get(counted, ()), key)
             self._counted[key] = counted
-            self._by_sender.setdefault(sender_of(counted[-1]), {})[key] = None
+            self._by_sender.setdefault(sender_of(counted), {})[key] = None
         if new:
             self.records += 1
-            self._held.add(sender_of(counted[-1]), 1)
+            self._held.add(sender_of(counted), 1)
 
     def _uncount(self, key: PeerKey) -> None:
-        counted = self._counted.pop(key, ())
-        if counted:
-            sender = sender_of(counted[-1])
-            identities = self._by_sender[sender]
-            del identities[key]
-            if not identities:
-                del self._by_sender[sender]
-        for limit_key in counted:
-            ids = tuple(k for k in self._ids[limit_key] if k != key)
-            if ids:
-                self._ids[limit_key] = ids
-            else:
-                del self._ids[limit_key]
+        counted = self._counted.pop(key, None)
+        if counted is None:
+            return
+        sender = sender_of(counted)
+        identities = self._by_sender[sender]
+        del identities[key]
+        if not identities:
+            del self._by_sender[sender]
+        ids = tuple(k for k in self._ids[counted] if k != key)
+        if ids:
+            self._ids[counted] = ids
+        else:
+            del self._ids[counted]
 
     def _leave(self, cid: str, key: PeerKey) -> None:
         """This edge forgets one membership; an identity in no swarm here any more stops counting against limits."""
@@ -747,7 +735,7 @@ class Tracker:
             return
         self.departures += 1
         self.records -= 1
-        self._held.add(sender_of(self._counted[key][-1]), -1)
+        self._held.add(sender_of(self._counted[key]), -1)
         if not here:
             del self._here[cid]
         joined = self._joined[key]
