@@ -90,12 +90,15 @@ def parse_announce(doc: object) -> Announce:
     def count(v: object) -> bool:
         return type(v) is int and 0 <= v <= MAX_COUNT
 
-    stats = doc.get("stats", {})
-    if not isinstance(stats, dict) or not all(count(stats.get(k, 0)) for k in STAT_KINDS):
-        raise HttpError(400, f"announce field 'stats' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+    def stat_counts(name: str, value: object) -> dict[str, int]:
+        """``stats`` or ``stats_base``: each of STAT_KINDS a byte count (0 if missing), else a 400 naming the field."""
+        if not isinstance(value, dict) or not all(count(value.get(k, 0)) for k in STAT_KINDS):
+            raise HttpError(400, f"announce field {name!r} must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+        return {k: value.get(k, 0) for k in STAT_KINDS}
+
+    stats = stat_counts("stats", doc.get("stats", {}))
     base = doc.get("stats_base")
-    if base is not None and (not isinstance(base, dict) or not all(count(base.get(k, 0)) for k in STAT_KINDS)):
-        raise HttpError(400, f"announce field 'stats_base' must map {'/'.join(STAT_KINDS)} to byte counts (0..2^53)")
+    stats_base = None if base is None else stat_counts("stats_base", base)
     if not isinstance(doc.get("relay", False), bool):
         raise HttpError(400, "announce field 'relay' must be true or false")
     usage = doc.get("usage", {})
@@ -110,9 +113,9 @@ def parse_announce(doc: object) -> Announce:
         uploaded=field("uploaded", int, lambda v: 0 <= v <= MAX_COUNT, "a byte count (0..2^53)"),
         downloaded=field("downloaded", int, lambda v: 0 <= v <= MAX_COUNT, "a byte count (0..2^53)"),
         event=field("event", str, lambda v: v in EVENTS, "one of " + ", ".join(sorted(EVENTS))),
-        stats={k: stats.get(k, 0) for k in STAT_KINDS},
+        stats=stats,
         usage=dict(usage),
-        stats_base=None if base is None else {k: base.get(k, 0) for k in STAT_KINDS},
+        stats_base=stats_base,
     )
 
 
