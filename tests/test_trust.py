@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -497,6 +498,36 @@ async def test_a_peer_takes_tickets_of_its_edges_former_key_until_they_expire(tm
         await asyncio.sleep(1)
     async with http.get(piece, headers={**headers, **bearer(old)}) as r:
         assert r.status == 200, await r.text()  # 401 "not signed by any of this peer's edges" before
+
+
+async def test_a_wedged_edge_never_holds_a_peers_announces_to_its_other_edge(tmp_path, nodes, deployment, http):
+    """A peer fetched the swarm-ticket key of each edge it held none of before every announce round, and waited: with
+    one of its two edges wedged (the kernel takes its connections, nothing answers), every round, a new content's first
+    announce among them, waited for that edge's 5 s timeout (a session's finding).  The keys are fetched beside the
+    announces: alice is handed out before the wedged edge's fetch has even failed."""
+    origin, key, _, _ = deployment
+    edge, _ = start_edge(nodes, tmp_path, origin, key)
+    async with http.get(origin.url + "/manifest/pub/readme.bin") as r:
+        cid = (await r.json())["id"]
+    with socket.create_server(("127.0.0.1", 0)) as wedged:
+        wedged_url = f"http://127.0.0.1:{wedged.getsockname()[1]}"
+        args = ("--cache", str(tmp_path / "alice"), "--edge", edge.url, "--edge", wedged_url, "--listen", "127.0.0.11:0")
+        alice = nodes.start("peer", *args, "--gateway", "127.0.0.1:0", "--token", issue(key, "alice"), name="alice")
+        alice_id = (await status(http, alice.urls["gateway"]))["peer_id"]
+        async with http.post(alice.urls["gateway"] + "/pub/readme.bin") as r:
+            assert r.status == 202
+        bob = bearer(issue(key, "bob"))
+        doc = {"peer_id": "b1", "port": 7000, "content": cid, "pieces": 4, "have": "AA=="}
+        doc |= {"uploaded": 0, "downloaded": 0, "event": "started"}
+
+        async def handed_out() -> bool:
+            async with http.post(edge.url + "/announce", headers=bob, json=doc) as r:
+                assert r.status == 200, await r.text()
+                return any(p["peer_id"] == alice_id for p in (await r.json())["peers"])
+
+        await until(handed_out, 30, "alice handed out by its edge")
+        assert f"no swarm-ticket key from {wedged_url}" not in alice.log_text()  # its announce waited for that before
+        await until(lambda: asyncio.sleep(0.2, f"from {wedged_url}" in alice.log_text()), 30, "the wedged edge's key fetch failed")
 
 
 class EdgeAnHourAhead(DoubleServer):

@@ -44,6 +44,7 @@ from edgeswarm.node.pinnedstore import PinnedStore
 from edgeswarm.node.routerclient import RouterFollower
 from edgeswarm.node.serving import LOOKAHEAD, send_piece, serve_file
 from edgeswarm.node.upstream import (
+    HEDGE_AFTER,
     MAX_ANNOUNCE,
     MAX_ANSWER,
     Hopeless,
@@ -354,6 +355,7 @@ class Peer:
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
+        self._keys_task: asyncio.Task | None = None  # missing ticket keys being fetched (_fetch_missing_keys)
         self._no_key_said: set[str] = set()  # edges whose missing swarm-ticket key was said, until it comes
         self.edge_clocks = EdgeClocks()  # each edge's clock, read off its tickets to us: its tickets are judged by it
         self._clock_log = ThrottledLog(log, Throttle(burst=1, interval=60.0))  # neighbours' tickets refused for their times
@@ -959,9 +961,10 @@ class Peer:
         await self._store()
         if self.relay is not None:  # handed out before our relay is up, we would cost neighbours failures: give it a moment
             await self.relay.wait_connected(5.0)
+        if (keys := self._fetch_missing_keys()) is not None:  # our first announce able to check neighbours' tickets
+            await asyncio.wait({keys}, timeout=HEDGE_AFTER)
         while True:
-            if len(self.ticket_keys) < len(self.edges):
-                await self.learn_ticket_keys()
+            self._fetch_missing_keys()
             self._wake_announcer.clear()
             if self._leaving:
                 await self._leave()
@@ -976,6 +979,14 @@ class Peer:
                     log.exception("an announce round failed; announcing goes on")
                     await asyncio.sleep(FIRST_RETRY)
             await self._until_due()
+
+    def _fetch_missing_keys(self) -> asyncio.Task | None:
+        """The swarm-ticket keys of edges we hold none of, asked for in the background (one fetch at a time): awaited in
+        the announce loop, a wedged edge's (its 5 s timeout) held every round's announces to the other edges, a new
+        content's first among them, while it lasted."""
+        if len(self.ticket_keys) < len(self.edges) and (self._keys_task is None or self._keys_task.done()):
+            self._keys_task = asyncio.create_task(self.learn_ticket_keys())
+        return self._keys_task
 
     async def _leave(self) -> None:
         """``stopped`` to the edges the router replaced (``use_edges``), for every content each had from us: best effort,
@@ -1815,9 +1826,10 @@ class Peer:
             await self.hosting.close()  # so do relayed peers' WebSockets, when an edge promoted us
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._keys_task] if self._keys_task else [])]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._finish_round()
         await self.live.close()
         for swarm in self.swarms.values():
