@@ -113,6 +113,32 @@ async def test_a_relayed_peer_that_leaves_is_a_503_not_a_hang(tmp_path, nodes, o
     assert time.monotonic() - started < 2
 
 
+async def test_a_peer_refused_a_relay_waits_as_long_as_the_edge_asks(tmp_path, nodes, origin, published, regions, http):
+    """A full relay's refusal says how long to wait (Retry-After: 30); the refused peer tried again after 1, 2, 4, 8 s
+    (an adversarial session, many peers behind one address): it keeps the edge's wait."""
+    make_file(published / "r.bin", 600_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--relay-peers", "1")
+    first = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "first", "--unreachable")
+    await post(http, first, "/r.bin")
+    await until(lambda: _relay_peers(http, edge.url), 30, "the first peer's relay")
+    second = start_peer(nodes, tmp_path, edge.url, "127.1.0.6", "second", "--unreachable")
+    await post(http, second, "/r.bin")
+    refused = f"relay at {edge.url} refused: 503; asked to wait 30 s"
+    await until(lambda: asyncio.sleep(0.2, refused in second.log_text()), 30, "the second peer's refusal")
+    await asyncio.sleep(8)  # 1, 2 and 4 s: three more tries before
+    assert second.log_text().count(f"relay at {edge.url} refused") == 1, second.log_text()
+    waits = {}  # worker -> the Retry-After of its refusal: a worker that is not the relays' passes the primary's on
+    for _ in range(60):  # a connection each: the kernel deals them to the workers (SO_REUSEPORT)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refusal:
+                await s.ws_connect(f"{edge.url}/relay", headers={"X-Edgeswarm-Peer": "third"})
+        assert refusal.value.headers is not None and refusal.value.status == 503
+        waits[refusal.value.headers["X-Edgeswarm-Worker"]] = refusal.value.headers.get("Retry-After")
+        if len(waits) == 2:
+            break
+    assert waits == {"0": "30", "1": "30"}, waits
+
+
 async def test_a_hostile_relayed_peer_cannot_answer_the_requesters_next_request(tmp_path, nodes, origin, published, regions, http):
     """A 204 (or 101, 304) with a whole forged answer in its body, or a header with a line break: a 502 to the requester,
     whose next request on its pooled connection (GET /swarm-key, the key managed peers check tickets with) is the edge's."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import http
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ from edgeswarm.node.registrar import Registration
 from edgeswarm.node.sharedbucket import SharedTokenBucket
 from edgeswarm.policy.live import is_playlist
 from edgeswarm.policy.regions import url_host
+from edgeswarm.protocol import relay
 from edgeswarm.protocol.httpspec import PEER_HEADER
 from edgeswarm.protocol.wire import json_response, status_limit
 from edgeswarm.roles import edge as edge_role
@@ -367,8 +369,10 @@ class WorkerLink:
             upstream = await self._primary().ws_connect(
                 f"http://edge{request.rel_url}", headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0
             )
-        except aiohttp.WSServerHandshakeError as exc:
-            return text_error(exc.status, f"the primary worker refused the WebSocket: {exc.message}")
+        except aiohttp.WSServerHandshakeError as exc:  # its wait and its challenge passed on (aiohttp keeps no body): a
+            # full relay's Retry-After lost here, the refused peer tried again after 1, 2, 4, 8 s instead of 30 (a session)
+            refusal = relay.pick(exc.headers or {}, ("Retry-After", "WWW-Authenticate"))
+            return text_error(exc.status, f"the primary worker refused the WebSocket: {exc.status} {_phrase(exc.status)}", refusal)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return self._unanswered(request, exc)
         client = web.WebSocketResponse(max_msg_size=0)
@@ -614,6 +618,14 @@ async def _pipe(
         pass
     finally:
         await dst.close()
+
+
+def _phrase(status: int) -> str:
+    """The reason phrase of an HTTP status (a primary's refusal passed on without its text), or nothing."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _status_response(doc: dict, worker: int) -> web.Response:
