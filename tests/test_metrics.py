@@ -38,6 +38,7 @@ ROUTES = {
     "/piece/{cid}/{index}": "piece",
     "/have/{cid}": "have",
     "/announce": "announce",
+    "/scrape": "announce",
     "/seed/{cid}": "seed",
     "/dashboard": "dashboard",
     "/dashboard/": "dashboard",

@@ -141,6 +141,26 @@ def test_announce_queries_carry_binary_hashes_and_bad_ones_say_which_parameter()
             bttracker.parse(bad, 30)
 
 
+def test_scrapes_name_the_torrents_they_ask_about_and_are_answered_by_bep_48s_files():
+    h, g = bytes(range(20)), bytes(range(1, 21))
+    assert bttracker.parse_scrape(query(info_hash=h) + "&" + query(info_hash=g)) == [h, g]
+    for bad, why in [
+        ("", "names the torrents"),
+        (query(info_hash=h[:19]), "20 bytes"),
+        ("&".join([query(info_hash=h)] * 65), "at most 64"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            bttracker.parse_scrape(bad)
+    assert lt.bdecode(bttracker.scrape_answer({h: (2, 3)})) == {b"files": {h: {b"complete": 2, b"incomplete": 3}}}
+
+
+def test_bittorrent_clients_are_kept_for_three_of_the_intervals_libtorrent_keeps():
+    """libtorrent announces every 300 s at the most often: kept for 3 x --announce-interval, its clients left the swarm
+    while they downloaded under an interval below 100 s (an adversarial session)."""
+    assert bttracker.ttl(1.0) == bttracker.ttl(300.0) == 900.0
+    assert bttracker.ttl(600.0) == 1800.0
+
+
 def test_two_contents_of_the_same_bytes_and_name_keep_their_hashes_while_either_is_kept(tmp_path):
     """They share their info hashes; when one torrent was forgotten its hashes went, and the other's clients were
     answered "unknown torrent" though the edge still handed that torrent out (an adversarial session)."""
@@ -408,6 +428,16 @@ async def test_the_edges_bittorrent_surfaces_take_no_forged_host_count_seeds_and
     assert (answers[0][b"complete"], answers[0][b"incomplete"]) == (1, 0)  # counted on the swarm's first announce
     for n, doc in enumerate(answers, 1):
         assert doc[b"complete"] + doc[b"incomplete"] == n and 0 <= doc[b"complete"] <= 3, doc
+    # a scrape (BEP 48) was taken for a file named "scrape": a 404, and a request to the origin each time
+    unknown = bytes(20)
+    async with http.get(f"{edge.url}/scrape?" + query(info_hash=v1) + "&" + query(info_hash=unknown)) as r:
+        files = lt.bdecode(await r.read())[b"files"]
+        assert r.status == 200 and list(files) == [v1] and 1 <= files[v1][b"complete"] <= 3, files  # counted at most 5 s ago
+    async with http.get(f"{edge.url}/scrape") as r:
+        assert r.status == 200 and b"names the torrents" in lt.bdecode(await r.read())[b"failure reason"]
+    async with http.get(f"{locked.url}/scrape?" + query(info_hash=v1)) as r:
+        assert b"requires access tokens" in lt.bdecode(await r.read())[b"failure reason"]
+    assert "scrape" not in origin.log_text()
 
 
 def test_a_torrent_is_saved_under_its_files_name():

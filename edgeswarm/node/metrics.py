@@ -49,6 +49,7 @@ _BY_FIRST_SEGMENT = {
     "content": "content",
     "have": "have",
     "announce": "announce",
+    "scrape": "announce",  # a BitTorrent client's scrape: the tracker's, as its announces
     "seed": "seed",
     "key": "key",
     "origin-key": "key",

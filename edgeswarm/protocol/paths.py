@@ -16,7 +16,7 @@ from edgeswarm.errors import HttpError
 RESERVED = frozenset(
     {"manifest", "content", "piece", "have", "announce", "key", "origin-key", "swarm-key", "healthz", "status", "metrics", "dashboard"}
 )
-RESERVED |= {"torrent", "magnet"}  # BitTorrent clients' endpoints (protocol/torrent.py)
+RESERVED |= {"torrent", "magnet", "scrape"}  # BitTorrent clients' endpoints (protocol/torrent.py, roles/bttracker.py)
 RESERVED |= {"preheat"}  # an edge's preheat orders (roles/preheatdesk.py)
 RESERVED |= {"relay"}  # the edge's relay for peers that cannot accept connections (protocol/relay.py)
 

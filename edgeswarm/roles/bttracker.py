@@ -23,6 +23,16 @@ from edgeswarm.protocol.units import ascii_decimal
 
 EVENTS = {"": "update", "started": "started", "completed": "completed", "stopped": "stopped", "paused": "update"}  # BEP 3, BEP 21
 MAX_COUNT = 1 << 62
+# seconds: libtorrent (so qBittorrent, Deluge) announces no more often than this, whatever interval a tracker asks for
+CLIENT_MIN_INTERVAL = 300.0
+MAX_SCRAPE = 64  # info hashes one scrape may ask about (BEP 48)
+
+
+def ttl(interval: float) -> float:
+    """How long a BitTorrent client is kept after its last announce: three of the intervals it keeps.  The peers'
+    ttl (three ``--announce-interval``) dropped libtorrent clients that were still downloading, under an interval
+    below 100 s (an adversarial session)."""
+    return 3 * max(interval, CLIENT_MIN_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,17 @@ class BtAnnounce:
     numwant: int
 
 
-def parse(query: str, max_answer: int) -> BtAnnounce:
-    """A GET /announce query string; ValueError naming the parameter that is missing or wrong."""
+def _params(query: str) -> dict[str, list[str]]:
+    """A query string's parameters, their values' bytes as latin-1 text (an info hash is 20 raw bytes)."""
     try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=False, encoding="latin-1", errors="strict")
+        return parse_qs(query, keep_blank_values=True, strict_parsing=False, encoding="latin-1", errors="strict")
     except ValueError:
         raise ValueError("the query string is not URL-encoded") from None
+
+
+def parse(query: str, max_answer: int) -> BtAnnounce:
+    """A GET /announce query string; ValueError naming the parameter that is missing or wrong."""
+    params = _params(query)
 
     def one(name: str, default: str | None = None) -> str:
         values = params.get(name)
@@ -76,6 +91,26 @@ def parse(query: str, max_answer: int) -> BtAnnounce:
         event=EVENTS[event],
         numwant=min(number("numwant", 0, 1 << 16, str(max_answer)), max_answer),
     )
+
+
+def parse_scrape(query: str) -> list[bytes]:
+    """A GET /scrape query's info hashes (BEP 48); ValueError if there are none (the whole tracker is never listed: it
+    names every torrent the edge keeps), more than MAX_SCRAPE, or one is not 20 bytes."""
+    hashes = [h.encode("latin-1") for h in _params(query).get("info_hash", [])]
+    if not hashes:
+        raise ValueError("a scrape names the torrents it asks about: parameter 'info_hash'")
+    if len(hashes) > MAX_SCRAPE:
+        raise ValueError(f"at most {MAX_SCRAPE} info hashes a scrape")
+    if any(len(h) != 20 for h in hashes):
+        raise ValueError("parameter 'info_hash' must be 20 bytes")
+    return hashes
+
+
+def scrape_answer(counts: dict[bytes, tuple[int, int]]) -> bytes:
+    """BEP 48's ``files``: ``complete`` (seeds) and ``incomplete`` (the others) of each torrent in ``counts``; the
+    torrents this edge does not know are left out, as BEP 48 has it.  No ``downloaded``: completions are not counted."""
+    files = {h: {b"complete": seeds, b"incomplete": others} for h, (seeds, others) in counts.items()}
+    return encode({b"files": files})
 
 
 def compact(records: list[PeerRecord]) -> tuple[bytes, bytes]:

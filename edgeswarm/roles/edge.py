@@ -201,11 +201,13 @@ class Edge:
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         # the 20-byte hashes clients announce kept torrents under -> content id; p2p mode: as a restart found them
         self._bt_hashes: dict[bytes, str] = _kept_bt_hashes(cache / BT_HASHES) if config.p2p else {}
-        self._bt_seed_counts: Recent[str, tuple[float, int]] = Recent(KEPT)  # info hash -> (when counted, its seeds)
+        self._bt_seed_counts: Recent[str, tuple[float, int, int]] = Recent(KEPT)  # info hash -> (when counted, seeds, others)
         self._left_window: Recent[str, None] = Recent(LEFT_WINDOW_KEPT)  # live segments dropped here: their stops need no lookup
         self.live = livewindow.LiveFollow()  # the live playlists served: their segments dropped once left behind
         self.bt_tracker = (  # p2p mode: BitTorrent clients' swarms, by info hash, ranked as the peers' are
-            Tracker(tracker.tracker.locality, tracker.tracker.ttl, limits=tracker.tracker.limits) if tracker is not None else None
+            Tracker(tracker.tracker.locality, bttracker.ttl(tracker.interval), limits=tracker.tracker.limits)
+            if tracker is not None
+            else None
         )
         self._p2p_last: dict = {"regions": {}}
         self.preheat = PreheatDesk(self) if tracker is not None else None  # p2p mode: preheat orders for the region's peers
@@ -636,18 +638,14 @@ class Edge:
         """p2p mode: a BitTorrent client's announce (BEP 3); it is handed BitTorrent clients of its own region."""
         if self.tracker is None or self.bt_tracker is None:
             raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
-
-        def bencoded(body: bytes) -> web.Response:
-            return web.Response(body=body, content_type="text/plain", headers={"Cache-Control": "no-cache"})
-
         if self.require_token:
-            return bencoded(bttracker.failure("this edge requires access tokens, which BitTorrent announces cannot carry"))
+            return _bencoded(bttracker.failure("this edge requires access tokens, which BitTorrent announces cannot carry"))
         try:
             a = bttracker.parse(request.rel_url.raw_query_string, self.bt_tracker.max_answer)
         except ValueError as exc:
-            return bencoded(bttracker.failure(str(exc)))
+            return _bencoded(bttracker.failure(str(exc)))
         if a.info_hash not in self._bt_hashes:
-            return bencoded(bttracker.failure("unknown torrent: get it from this edge's /torrent/<path> first"))
+            return _bencoded(bttracker.failure("unknown torrent: get it from this edge's /torrent/<path> first"))
         address = request.remote or ""
         have, key = ({0} if a.left == 0 else set()), a.info_hash.hex()
         try:
@@ -665,22 +663,38 @@ class Edge:
             )
             peers, size = await self.bt_tracker.announce_sized(time.monotonic(), heard)
         except Refused as exc:
-            return bencoded(bttracker.failure(exc.message, exc.retry_after))
+            return _bencoded(bttracker.failure(exc.message, exc.retry_after))
         except OutOfOrder as exc:
-            return bencoded(bttracker.failure(str(exc)))
-        seeds = min(size, await self._bt_seeds(key))
-        return bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, size - seeds))
+            return _bencoded(bttracker.failure(str(exc)))
+        seeds = min(size, (await self._bt_counts(key))[0])
+        return _bencoded(bttracker.answer(self.tracker.interval, peers[: a.numwant], seeds, size - seeds))
 
-    async def _bt_seeds(self, key: str) -> int:
-        """The seeds of a BitTorrent swarm, counted afresh at most every BT_COUNT_EVERY seconds: a count on every
-        announce read the whole swarm (1 ms of the edge's loop an announce at 16 000 clients; an adversarial session)."""
+    async def get_bt_scrape(self, request: web.Request) -> web.Response:
+        """p2p mode: a BitTorrent client's scrape (BEP 48), the seeds and the others of the torrents it names.  It was
+        taken for a file named "scrape": a 404, and a request to the origin for each one (an adversarial session)."""
+        if self.tracker is None or self.bt_tracker is None:
+            raise HttpError(404, "this edge is not a tracker (start it with --p2p)")
+        if self.require_token:
+            return _bencoded(bttracker.failure("this edge requires access tokens, which BitTorrent scrapes cannot carry"))
+        try:
+            hashes = bttracker.parse_scrape(request.rel_url.raw_query_string)
+        except ValueError as exc:
+            return _bencoded(bttracker.failure(str(exc)))
+        return _bencoded(bttracker.scrape_answer({h: await self._bt_counts(h.hex()) for h in hashes if h in self._bt_hashes}))
+
+    async def _bt_counts(self, key: str) -> tuple[int, int]:
+        """The seeds and the others of a BitTorrent swarm, counted afresh at most every BT_COUNT_EVERY seconds: a count
+        on every announce read the whole swarm (1 ms of the edge's loop an announce at 16 000 clients; an adversarial
+        session)."""
         assert self.bt_tracker is not None
         now = time.monotonic()
         counted = self._bt_seed_counts.get(key)
         if counted is None or not 0 <= now - counted[0] <= BT_COUNT_EVERY:
-            counted = (now, sum(1 for p in await self.bt_tracker.swarm(key) if p.complete))
+            swarm = await self.bt_tracker.swarm(key)
+            seeds = sum(1 for p in swarm if p.complete)
+            counted = (now, seeds, len(swarm) - seeds)
             self._bt_seed_counts.put(key, counted)
-        return counted[1]
+        return counted[1], counted[2]
 
     async def get_content(self, request: web.Request) -> web.Response:
         signed, _ = await self.content_for(request, request.match_info["cid"], self.may_fetch(request))
@@ -1200,6 +1214,7 @@ class Edge:
         r.add_get("/swarm-key", self.get_swarm_key)
         r.add_post("/announce", self.post_announce)
         r.add_get("/announce", self.get_bt_announce)  # BitTorrent clients' announce (BEP 3); peers POST theirs
+        r.add_get("/scrape", self.get_bt_scrape)  # BitTorrent clients' scrape (BEP 48)
         r.add_get("/torrent/" + PATH, self.get_torrent)
         r.add_get("/magnet/" + PATH, self.get_magnet)
         r.add_post("/seed/{cid}", self.post_seed)
@@ -1253,6 +1268,11 @@ def _client_address(request: web.Request) -> ipaddress.IPv4Address | ipaddress.I
         return ipaddress.ip_address(request.remote or "")
     except ValueError:
         return None
+
+
+def _bencoded(body: bytes) -> web.Response:
+    """A BitTorrent tracker's answer (an announce's, a scrape's, a refusal): bencoded, never cached."""
+    return web.Response(body=body, content_type="text/plain", headers={"Cache-Control": "no-cache"})
 
 
 def _kept_bt_hashes(path: Path) -> dict[bytes, str]:

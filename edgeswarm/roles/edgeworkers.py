@@ -238,7 +238,7 @@ class WorkerLink:
         if self.node.tracker is None:
             return False
         return (
-            path in ("/announce", "/relay", "/preheat")
+            path in ("/announce", "/scrape", "/relay", "/preheat")
             or path.startswith(("/seed/", "/torrent/", "/magnet/", "/relay/", "/preheat/"))
             or (path.startswith("/piece/") and PEER_HEADER in request.headers)
         )
