@@ -936,3 +936,90 @@ def test_read_ahead_is_at_most_half_the_pieces_the_quota_keeps(root):
     assert small.read_ahead(4, 1 << 18) == 2
     assert small.read_ahead(4, 1 << 16) == 4
     assert small.read_ahead(4, 1 << 20) == 0, "a piece the size of the quota: none ahead"
+
+
+# -- a full or read-only disk -------------------------------------------------------------
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 1 MiB tmpfs at tmp_path/disk, to be filled: a disk at 100 % that still makes a directory (it needs no block)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk is a 1 MiB tmpfs, and mounting one needs root and mount(8)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (a full disk): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """A file taking every free byte of ``disk``."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"f" * 4096)
+    return filler
+
+
+def test_contents_asked_for_on_a_full_disk_leave_no_empty_directory(full_disk: Path):
+    """The directory was made, its manifest refused, and it stayed: an empty CACHE/content/<id>/ for each content asked
+    for while the disk was full (202 of them), an inode each, that an edge with workers never removed and read again at
+    every scan (an adversarial session)."""
+    store = PieceStore(full_disk / "cache", PUB, worker=(0, 2))
+    filler = fill(full_disk)
+    contents = [make_content(f"f{i}.bin", 100) for i in range(5)]
+    for c in contents:
+        stored(store, c)  # known, and served from memory
+    assert store.write_failures == 5 and all(store.manifest(c.cid) for c in contents)
+    assert os.listdir(store.content_dir) == []
+    filler.unlink()
+    store.put_piece(contents[0].cid, 0, contents[0].piece(0))  # the disk has room again: saved with its first piece
+    assert files(store, contents[0]) == {"manifest.json", "0.piece"}
+
+
+def test_empty_content_directories_go_at_the_next_start_with_one_line(root: Path, caplog: pytest.LogCaptureFixture):
+    """Left by a full disk (the directory made, its manifest refused), each was "dropping cached content ...: it has no
+    manifest" at the next start, a warning of something never cached, and an edge with workers kept them for good (an
+    adversarial session).  A worker leaves a young one alone: another worker may be storing that content right now."""
+    content_dir = open_store(root).content_dir
+    old = [content_dir / f"{i:064x}" for i in range(3)]
+    young = content_dir / ("f" * 64)
+    for cdir in [*old, young]:
+        cdir.mkdir()
+    (old[0] / f"manifest.json.{2**22 + 1}.tmp").write_bytes(b"partial")  # its writer is gone
+    for cdir in old:
+        os.utime(cdir, (time.time() - 3600, time.time() - 3600))
+    with caplog.at_level(logging.INFO, logger="edgeswarm.store.piecestore"):
+        PieceStore(root, PUB, worker=(0, 2)).close()
+        assert os.listdir(content_dir) == [young.name]
+        open_store(root).close()  # alone: no other writer, the young one goes too
+    assert os.listdir(content_dir) == []
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "content" in r.getMessage() and "contents," not in r.getMessage()]
+    assert said == [
+        (logging.INFO, f"piece store {root}: removed 3 empty content directories (their manifests the disk refused)"),
+        (logging.INFO, f"piece store {root}: removed 1 empty content directories (their manifests the disk refused)"),
+    ]
+
+
+def test_a_worker_reads_a_directory_without_a_usable_manifest_again_once_it_changes(root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every miss of an unknown path had each worker read every such directory again (once a second at most): 20 000 of
+    them took a fifth of a core per worker (an adversarial session).  One made within the last two seconds is read again
+    whatever its mtime says (a coarse clock may not move for the manifest)."""
+    other, worker = PieceStore(root, PUB, worker=(0, 2)), PieceStore(root, PUB, worker=(1, 2))
+    c, fresh = make_content(), make_content("fresh.bin")
+    (worker.content_dir / c.cid).mkdir()
+    os.utime(worker.content_dir / c.cid, (time.time() - 60, time.time() - 60))
+    (worker.content_dir / fresh.cid).mkdir()
+    reads: list[str] = []
+    adopt = worker._adopt_manifest
+    monkeypatch.setattr(worker, "_adopt_manifest", lambda cid: (reads.append(cid), adopt(cid))[1])
+    for _ in range(3):
+        worker._next_scan = 0.0  # a second later
+        assert worker.manifest_for_path(c.signed.manifest.path) is None
+    assert sorted(reads) == sorted([c.cid] + 3 * [fresh.cid])
+    stored(other, c)  # another worker stores it: its directory changes
+    worker._next_scan = 0.0
+    assert worker.manifest_for_path(c.signed.manifest.path) == c.signed

@@ -102,6 +102,10 @@ FDS_LOG_INTERVAL = 60.0  # seconds between two lines about running out of descri
 MAX_BARE = 4096
 BARE_GRACE = 60.0  # seconds a bare manifest is kept whatever the bound: its first piece may be on its way
 BARE_DROPS = 8  # bare contents dropped at most each time another goes bare (a directory removed each)
+# seconds a content directory without a manifest is left alone at a worker's start: another worker may be storing it
+# right now (the directory first, then its manifest: _save_manifest); older and empty, a full disk left it (_no_manifest)
+LEFTOVER_AGE = 60.0
+SETTLED_NS = 2_000_000_000  # a directory changed less than this long ago may change again within its mtime's tick
 T = TypeVar("T")
 
 
@@ -195,6 +199,7 @@ class PieceStore:
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()  # open descriptors of held pieces, least recent first
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
+        self._unusable: dict[str, int] = {}  # worker mode: directories whose manifest did not load -> their mtime (_adopt_new)
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
         # why writes fail, while they do (a full disk): logged once per episode, which a write that succeeds ends
         # WRITES_GOOD_S after the last that failed
@@ -215,10 +220,15 @@ class PieceStore:
     def _load(self) -> None:
         """Rebuild the in-memory view from disk, dropping anything half-written or wrong."""
         found: list[tuple[float, str, int, int]] = []
+        leftovers = 0
         for cdir in sorted(self.content_dir.iterdir()):
             if not cdir.is_dir():
                 continue
-            signed = self._load_manifest(cdir)
+            try:
+                signed = self._load_manifest(cdir)
+            except FileNotFoundError:
+                leftovers += self._no_manifest(cdir)
+                continue
             if signed is None:
                 continue
             m = signed.manifest
@@ -249,6 +259,8 @@ class PieceStore:
             for victim in self.policy.add((cid, index), size):
                 self._delete_piece(*victim)
         evicted = self.evicted_pieces - evicted  # a quota smaller than at the last start: what it took was not said
+        if leftovers:
+            log.info("piece store %s: removed %d empty content directories (their manifests the disk refused)", self.root, leftovers)
         if self.share is not None and self.counts_found:  # what it found, and no more: put_piece takes it down to its share
             self.policy.capacity = max(self.share, self.policy.used)
         log.info(
@@ -275,23 +287,46 @@ class PieceStore:
         return self.worker is not None and pid is not None and pid != os.getpid() and pid_alive(pid)
 
     def _load_manifest(self, cdir: Path) -> SignedManifest | None:
+        """A content directory's checked manifest, or None (a bad one is said and its directory dropped);
+        FileNotFoundError if it has none (``_no_manifest``)."""
         try:
             raw = (cdir / "manifest.json").read_bytes()
             signed = SignedManifest.parse(raw, self.public_key)
             if signed.content_id != cdir.name:
                 raise ManifestError("content id does not match its directory")
         except FileNotFoundError:
-            if self.worker is not None:  # another worker is storing it right now (directory first, then its manifest)
-                return None
-            log.warning("dropping cached content %s: it has no manifest", cdir.name)
-            shutil.rmtree(cdir, ignore_errors=True)
-            return None
+            raise
         except (OSError, ManifestError) as exc:
             log.warning("dropping cached content %s: %s", cdir.name, exc)
             shutil.rmtree(cdir, ignore_errors=True)
             return None
         self._remember(signed, raw)
         return signed
+
+    def _no_manifest(self, cdir: Path) -> int:
+        """A content directory found at start without its manifest; 1 if it was an empty one, removed, else 0.
+
+        Empty (but for dead writers' temporary files), a full disk left it:
+        the directory was made, its manifest refused.  Such ones are removed
+        and counted for one line (``_load``): each was "dropping cached
+        content ...: it has no manifest", a warning of something never
+        cached, 202 at once (an adversarial session).  With workers, one
+        holding more, or younger than LEFTOVER_AGE, may be another worker's
+        being stored right now: left alone.  Alone, one holding pieces is
+        dropped with a warning (killed between its mkdir and its manifest).
+        """
+        try:
+            empty = all(name.endswith(".tmp") and not self._writer_alive(name) for name in os.listdir(cdir))
+            settled = self.worker is None or time.time() - cdir.stat().st_mtime >= LEFTOVER_AGE
+        except OSError:
+            return 0
+        if empty and settled:
+            shutil.rmtree(cdir, ignore_errors=True)
+            return 1
+        if self.worker is None:
+            log.warning("dropping cached content %s: it has no manifest", cdir.name)
+            shutil.rmtree(cdir, ignore_errors=True)
+        return 0
 
     def _remember(self, signed: SignedManifest, raw: bytes) -> None:
         cid = signed.content_id
@@ -352,10 +387,26 @@ class PieceStore:
             return False
         self._next_scan = now + 1.0
         with contextlib.suppress(OSError):
+            unusable: dict[str, int] = {}
             for name in os.listdir(self.content_dir):
                 if name not in self._manifests:
-                    self._adopt_manifest(name)
+                    self._adopt_unknown(name, unusable)
+            self._unusable = unusable
         return True
+
+    def _adopt_unknown(self, name: str, unusable: dict[str, int]) -> None:
+        """Take up the content of directory ``name``, unless its manifest did not load at the last scan and the
+        directory has not changed since (then, and if it fails now, it goes into ``unusable`` with its mtime).  Each scan
+        read every directory without a usable manifest again: a fifth of a core per worker for 20 000 of them (an
+        adversarial session).  One changed within SETTLED_NS is read again whatever its mtime says: its manifest may
+        come within the same tick of a coarse clock."""
+        try:
+            mtime = os.stat(f"{self._content_prefix}{name}").st_mtime_ns
+        except OSError:
+            return
+        unchanged = self._unusable.get(name) == mtime
+        if unchanged or (self._adopt_manifest(name) is None and time.time_ns() - mtime >= SETTLED_NS):
+            unusable[name] = mtime
 
     def drop_content(self, cid: str) -> None:
         self.on_drop(cid)
@@ -462,7 +513,14 @@ class PieceStore:
             cdir.mkdir(parents=True, exist_ok=True)  # parents: the contents directory itself may have been removed under us
         except OSError as exc:
             raise self._not_stored(cdir, exc) from None
-        self._write(cdir / "manifest.json", raw)
+        try:
+            self._write(cdir / "manifest.json", raw)
+        except PieceNotStored:
+            # left empty, it was an inode for good, for every content asked for while the disk was full, and every worker
+            # read it at each scan (an adversarial session); not empty (pieces, another's write): it stays
+            with contextlib.suppress(OSError):
+                cdir.rmdir()
+            raise
         self._unsaved.discard(cid)
 
     def _not_stored(self, path: str | Path, exc: OSError) -> PieceNotStored:
