@@ -199,6 +199,9 @@ class PieceStore:
         self._fds: OrderedDict[tuple[str, int], int] = OrderedDict()  # open descriptors of held pieces, least recent first
         self._unsaved: set[str] = set()  # contents whose manifest a failing disk would not take (yet)
         self._unverified: set[tuple[str, int]] = set()  # found on disk at start, not yet read back and checked
+        # bad pieces whose file could not be removed (a read-only disk) -> that file's (inode, ctime): not taken up
+        # again (adopt) until it changes (_remove_bad)
+        self._bad: dict[tuple[str, int], tuple[int, int]] = {}
         self._unusable: dict[str, int] = {}  # worker mode: directories whose manifest did not load -> their mtime (_adopt_new)
         self._bare: OrderedDict[str, float] = OrderedDict()  # contents holding no piece -> since when, oldest first
         # why writes fail, while they do (a full disk): logged once per episode, which a write that succeeds ends
@@ -437,16 +440,28 @@ class PieceStore:
         if self.worker is None or cid not in self._manifests or index in self._held[cid]:
             return False
         try:
-            size = os.stat(self.piece_path(cid, index)).st_size
+            st = os.stat(self.piece_path(cid, index))
         except OSError:
             return False
+        if self._bad and self._is_bad(cid, index, st):
+            return False
         m = self._manifests[cid].manifest
-        if index >= m.piece_count or size != m.piece_span(index)[1]:
+        if index >= m.piece_count or st.st_size != m.piece_span(index)[1]:
             return False
         self._held[cid].add(index)
         self._bare.pop(cid, None)
         self._unverified.add((cid, index))
         return True
+
+    def _is_bad(self, cid: str, index: int, st: os.stat_result) -> bool:
+        """Whether a piece file is the bad one this store could not remove (``_remove_bad``), not another worker's."""
+        key = (cid, index)
+        if key not in self._bad:
+            return False
+        if self._bad[key] == (st.st_ino, st.st_ctime_ns):
+            return True
+        del self._bad[key]  # changed since (written again, the disk writable again): another's to take up
+        return False
 
     def held(self, cid: str) -> set[int]:
         return self._held.get(cid, set())
@@ -693,8 +708,22 @@ class PieceStore:
         if problem:
             log.warning("piece %d of %s %s on disk: dropped, to be fetched again", index, self._manifests[cid].manifest.path, problem)
             self.corrupt_pieces += 1
+            self._remove_bad(cid, index)
+
+    def _remove_bad(self, cid: str, index: int) -> None:
+        """Delete a bad piece's file.  One that cannot be (a read-only disk) is a write that failed (said once per
+        episode), and is remembered by its inode and ctime: with workers, the next lookup took it up again as stored by
+        another worker, checked, dropped and warned about it, three times a request for good (an adversarial session)."""
+        path = self.piece_path(cid, index)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(self.piece_path(cid, index))
+                st = os.stat(path)
+                self._bad[(cid, index)] = (st.st_ino, st.st_ctime_ns)
+            self._not_stored(path, exc)
 
     def verify_held(self, cid: str) -> set[int]:
         """Check the held pieces of ``cid`` not yet checked since start, dropping bad ones; the pieces left."""
