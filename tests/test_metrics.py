@@ -9,6 +9,7 @@ import subprocess
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -143,6 +144,18 @@ def test_a_total_read_from_the_node_is_a_counter_and_a_level_a_gauge():
     assert "# TYPE edgeswarm_published_files gauge\nedgeswarm_published_files 2.0" in text
     status = metrics.status()
     assert (status["hashed_bytes"], status["published_files"]) == (3.0, 2.0)
+
+
+async def test_an_edges_and_a_peers_metrics_count_the_writes_their_cache_refused(tmp_path: Path):
+    """A seeder whose disk was full said so in its /status only (cache_error): its /metrics had nothing to alert on (an
+    adversarial session).  Both roles export the piece store's count."""
+    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0))
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=("http://127.0.0.1:9",)))
+    for node in (edge, peer):
+        assert "\nedgeswarm_cache_write_failures_total 0.0\n" in node.metrics.prometheus().decode()  # no store open yet
+        node.pinned.store = SimpleNamespace(write_failures=3, used_bytes=0)  # type: ignore[assignment]
+        assert "\nedgeswarm_cache_write_failures_total 3.0\n" in node.metrics.prometheus().decode(), node.metrics.role
+        assert node.metrics.status()["cache_write_failures"] == 3
 
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n"

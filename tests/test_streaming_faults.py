@@ -250,6 +250,9 @@ async def test_a_gateway_whose_disk_is_full_still_serves_the_whole_file(tmp_path
         assert "No space left on device" in (await resp.json()).get("cache_error", "")
     async with http.post(peer.urls["gateway"] + "/big.bin") as resp:
         assert resp.status == 202 and "No space left on device" in (await resp.json()).get("cache_error", "")
+    async with http.get(peer.urls["gateway"] + "/metrics") as resp:  # and Prometheus can alert on it (only /status said so)
+        refused = re.search(r"^edgeswarm_cache_write_failures_total (\S+)$", await resp.text(), re.M)
+    assert refused and float(refused[1]) > 0
 
 
 async def get_when_published(cmd: list[str]) -> subprocess.CompletedProcess:

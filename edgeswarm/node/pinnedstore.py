@@ -25,6 +25,7 @@ from pathlib import Path
 from edgeswarm.errors import HttpError
 from edgeswarm.node.connlimit import file_budget
 from edgeswarm.node.daemon import file_limit
+from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import Upstream
 from edgeswarm.store.piecestore import PieceStore
 from edgeswarm.trust import originkey
@@ -83,6 +84,16 @@ class PinnedStore:
                     log.info("piece store in %s open", self.cache)
                 self.problem = None
                 return
+
+    def count_write_failures(self, metrics: Metrics) -> None:
+        """``edgeswarm_cache_write_failures_total`` in ``metrics``: the writes the store refused (a full or read-only
+        disk), an edge's and a peer's alike.  A seeder whose disk was full said so in its /status only, with nothing in
+        its /metrics to alert on (an adversarial session)."""
+        metrics.counter(
+            "cache_write_failures",
+            "Writes the cache refused (a full or read-only disk): nothing new is cached while they fail",
+            lambda: self.store.write_failures if self.store else 0,
+        )
 
     def key_known(self) -> bool:
         """Given or pinned before: open at start-up, so that a bad key file stops the node instead of a background task."""

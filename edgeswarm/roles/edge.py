@@ -186,11 +186,7 @@ class Edge:
         self.fill_locks: FillLocks | None = None  # set when worker processes share the cache (edgeworkers.py)
         self.metrics.gauge("cache_bytes", "Bytes of pieces held", lambda: self.store.used_bytes if self.store else 0)
         self.metrics.gauge("cache_max_bytes", "Cache quota (0: none)", lambda: self.max_cache or 0)
-        self.metrics.counter(
-            "cache_write_failures",
-            "Writes the cache refused (a full or read-only disk): nothing new is cached while they fail",
-            lambda: self.store.write_failures if self.store else 0,
-        )
+        self.pinned.count_write_failures(self.metrics)
         self.metrics.gauge("ledger_pending_rows", "Usage rows not yet written", lambda: ledger.pending() if ledger else 0)
         self.seeder = SuperSeeder()  # p2p mode: which piece POST /seed hands out, per region
         self.seed_line = asyncio.Lock()  # seed answers to whole-file downloads: their bodies one at a time (serving.in_line)

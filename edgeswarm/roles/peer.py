@@ -384,6 +384,7 @@ class Peer:
         self.pinned = PinnedStore(cache, config.origin_key, config.max_cache, "peer is still learning the origin key from its edges")
         self.pinned.on_drop = self.metrics.forget_content
         self.pinned.keep_paths = frozenset(path.lstrip("/") for path in config.seeds)
+        self.pinned.count_write_failures(self.metrics)
         self.swarms: dict[str, Swarm] = {}
         self._closing: set[asyncio.Task] = set()  # swarms of a withdrawn version being closed (swarm())
         self._bans: dict[str, set[str]] = {}  # cid -> the addresses its retired swarm had banned, for its next swarm
