@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from conftest import curl, make_file, serve_app
 
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
+from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.roles.edge import Edge
 from edgeswarm.roles.preheat import Plan, order_peers
+from edgeswarm.roles.preheatdesk import PreheatDesk
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
 PATH = "films/a.bin"
@@ -216,6 +220,22 @@ async def test_peer_orders_to_an_edge_without_p2p_say_so_once():
         edge = f"http://127.0.0.1:{port}"
         [answer] = await order_peers(Plan(["films/a.mp4"], [edge]), "east", 0.5, 3600)
     assert answer.error == "405: this edge takes no peer orders (it does not run --p2p, or is too old for them)"
+
+
+async def test_preheat_orders_the_disk_refuses_are_one_warning_until_a_save_succeeds(tmp_path, caplog):
+    """As the edge's torrent hashes (a line per torrent on a full disk: an adversarial session), a line per order taken."""
+    desk = PreheatDesk(Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0, p2p=True)))
+    desk.path.mkdir()  # in the way: every save fails, as on a full disk
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.roles.preheatdesk"):
+        for _ in range(3):
+            desk._save()  # three orders taken
+        desk.path.rmdir()
+        desk._save()  # saved: the episode is over
+        desk.path.unlink()
+        desk.path.mkdir()
+        desk._save()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == 2 * [f"preheat orders not saved to {desk.path} (Is a directory): a restart will forget them"]
 
 
 def test_a_republished_path_is_preheated_again_not_said_cached(nodes, tmp_path, origin, published):

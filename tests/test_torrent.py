@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import time
@@ -23,6 +24,8 @@ from edgeswarm.protocol import torrent
 from edgeswarm.protocol.httpspec import is_authority
 from edgeswarm.protocol.manifest import Manifest, hash_pieces, piece_size_for
 from edgeswarm.roles import bttracker
+from edgeswarm.roles.config import EdgeConfig
+from edgeswarm.roles.edge import Edge
 from edgeswarm.trust.protect import new_protection
 
 MiB = 1024 * 1024
@@ -450,6 +453,26 @@ def test_a_torrent_is_saved_under_its_files_name():
     for name, plain in (("hash#x.bin.torrent", "hash#x.bin.torrent"), ('d"q\\x é.torrent', "d_q_x _.torrent")):
         head, exact = attachment(name).split("; filename*=UTF-8''")
         assert head == f'attachment; filename="{plain}"' and unquote(exact) == name and "%" not in plain
+
+
+async def test_torrent_hashes_the_disk_refuses_are_one_warning_until_a_save_succeeds(tmp_path, caplog):
+    """A full disk logged "could not keep the torrents' hashes ([Errno 28] ...)" for every torrent fetched, where the
+    piece store, the ledger and the tracker store say it once an episode (an adversarial session)."""
+    edge = Edge(EdgeConfig(cache=tmp_path / "edge", parent="http://127.0.0.1:9", timeout=5.0, p2p=True))
+    kept = tmp_path / "edge" / "bt-hashes.json"
+    kept.mkdir()  # in the way: every save fails, as on a full disk
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.roles.edge"):
+        for _ in range(3):
+            edge._keep_bt_hashes()  # three torrents fetched
+        kept.rmdir()
+        edge._keep_bt_hashes()  # saved: the episode is over
+        kept.unlink()
+        kept.mkdir()
+        edge._keep_bt_hashes()  # a new one
+    said = [r.getMessage() for r in caplog.records]
+    assert said == 2 * [
+        f"could not keep the torrents' hashes in {kept} (Is a directory): a restart forgets them until their torrents are asked again"
+    ]
 
 
 @pytest.mark.integration  # starts daemons as subprocesses

@@ -70,6 +70,7 @@ class PreheatDesk:
         self.orders.eligible = self._may_hold
         self._grants: dict[tuple[str, str], tuple[tokens.Grant, str | None]] = {}  # --require-token: a volunteer's token, region
         self.path = edge.cache / ORDERS_FILE
+        self._unsaved = False  # the last save failed (and was warned about)
         self._load()
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
         self._changed = asyncio.Event()
@@ -99,7 +100,8 @@ class PreheatDesk:
             log.info("preheat: %d orders kept from the last run", len(self.orders.orders))
 
     def _save(self) -> None:
-        """The orders on disk, whole or not at all (a temporary file renamed), for the next run of this edge."""
+        """The orders on disk, whole or not at all (a temporary file renamed), for the next run of this edge; a failure
+        (a full disk) is one warning until a save succeeds, not one per order taken."""
         now, wall = time.monotonic(), time.time()
         doc = [
             {
@@ -115,7 +117,11 @@ class PreheatDesk:
         try:
             write_whole(self.path, json.dumps(doc).encode())
         except OSError as exc:
-            log.warning("preheat orders not saved to %s (%s): a restart will forget them", self.path, exc.strerror or exc)
+            if not self._unsaved:
+                log.warning("preheat orders not saved to %s (%s): a restart will forget them", self.path, exc.strerror or exc)
+            self._unsaved = True
+        else:
+            self._unsaved = False
 
     def _bump(self) -> None:
         self.version += 1
