@@ -24,6 +24,37 @@ def test_a_peer_is_promoted_only_with_the_upload_and_the_uptime():
     assert p.status()["promoted"] == ["http://fast:1"] and p.promotions == 1
 
 
+def announce_batch(p: Promoter, key: str, now: float, counters: dict[str, int]) -> bool:
+    """One batch announce at ``now``: its items observed one after another, microseconds apart (as the edge does)."""
+    promoted = False
+    for i, (cid, uploaded) in enumerate(counters.items()):
+        promoted = p.observe(now + i * 1e-6, key, f"http://{key}:1", "east", cid, uploaded)
+    return promoted
+
+
+def test_a_peer_announcing_several_contents_in_a_batch_is_measured_over_real_time():
+    """Each item of a batch was a sample: the window spanned microseconds, and a peer uploading 50 B/s was measured at
+    MB/s and promoted at a 100 KB/s threshold (an adversarial session)."""
+    p = Promoter(PromotionRules(min_upload_Bps=100_000, min_uptime_s=2))
+    cids = [f"{i:064x}" for i in range(8)]
+    for rnd in range(8):  # 100 bytes more for one content every 2 s: 50 B/s
+        assert not announce_batch(p, "slow", 2.0 * rnd, {c: 100 * (rnd + 1) if c == cids[5] else 0 for c in cids})
+    assert 45 <= p.seen["slow"].best <= 55 and not p.promoted
+    for rnd in range(8):  # 300 KB more every 2 s over the eight contents: 150 KB/s, promoted
+        promoted = announce_batch(p, "fast", 2.0 * rnd, {c: 37_500 * rnd for c in cids})
+    assert promoted and 145_000 <= p.seen["fast"].best <= 155_000
+
+
+def test_readings_closer_than_a_second_replace_the_last_one():
+    """A news announce (a content started or completed) just after a round: one reading, not a rate over 0.3 s."""
+    p = Promoter(RULES)
+    for t in range(5):
+        p.observe(t, "a", "http://a:1", "east", CID, 100 * t)  # 100 B/s
+    p.observe(4.3, "a", "http://a:1", "east", "d" * 64, 5000)  # 5 KB in 0.3 s: over 4.3 s, 1.2 KB/s
+    assert len(p.seen["a"].samples) == 5 and p.seen["a"].samples[-1] == (4.3, 5400)
+    assert 1200 <= p.seen["a"].best <= 1300
+
+
 def test_at_most_per_region_are_promoted_and_other_regions_count_apart():
     p = Promoter(RULES)
     for key in ("a", "b", "c"):

@@ -8,7 +8,8 @@ unreachable peer should hold its relay at, and which one a reachable peer
 should send its neighbour-list refreshes to (its sub-tracker).
 
 - **Promotion**: a reachable peer whose measured upload (the bytes it reports
-  sending to peers, over the last ``WINDOW`` announces) has reached
+  sending to peers, over its last ``WINDOW`` readings, at least
+  ``SAMPLE_GAP_S`` apart) has reached
   ``min_upload_Bps`` and that has announced for at least ``min_uptime_s``;
   at most ``per_region`` promoted peers per region.
 - **Demotion**: a promoted peer that stops announcing (``expire``: the
@@ -32,7 +33,11 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-WINDOW = 5  # announces the upload rate is measured over
+WINDOW = 5  # readings of a peer's upload counters the upload rate is measured over
+# seconds between two readings at least: a later one replaces the last.  A batch's items each read the counters
+# microseconds apart, and the growth of one item's counter was divided by those microseconds: a peer holding several
+# contents that uploaded a few hundred bytes was measured at MB/s and promoted at any --promote-upload (a session)
+SAMPLE_GAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,17 @@ class _Seen:
     uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
     best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
 
+    def read(self, now: float) -> None:
+        """A reading of its total upload at ``now``: a new sample, or the last one replaced when taken less than
+        SAMPLE_GAP_S before (the items of one announce request), so that a rate is always over real time."""
+        reading = (now, sum(self.uploaded.values()))
+        if self.samples and now - self.samples[-1][0] < SAMPLE_GAP_S:
+            self.samples[-1] = reading
+        else:
+            self.samples.append(reading)
+
     def rate(self) -> float:
-        """Bytes a second uploaded over the window of announces (0 before two samples)."""
+        """Bytes a second uploaded over the window of readings (0 before two samples)."""
         if len(self.samples) < 2:
             return 0.0
         (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
@@ -85,7 +99,7 @@ class Promoter:
             self.forget(key)
             seen = self.seen[key] = _Seen(url, region, now, now)
         seen.uploaded[cid] = uploaded
-        seen.samples.append((now, sum(seen.uploaded.values())))
+        seen.read(now)
         seen.best = max(seen.best, seen.rate())
         rules = self.rules
         if key not in self.promoted and seen.best >= rules.min_upload_Bps and now - seen.first >= rules.min_uptime_s and self._room(region):
