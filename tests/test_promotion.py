@@ -84,8 +84,32 @@ def test_a_silent_or_stopped_peer_is_demoted_and_its_relayed_peers_go_elsewhere(
     assert sorted(p.expire(100, 30)) == ["a", "b"]
     assert p.relay_for("east", rids[0]) is None and p.demotions == 2
     assert announce_at_rate(p, "c", 5000, 200, 212)
-    p.observe(213, "c", "http://c:1", "east", CID, 0, stopped=True)
+    p.observe(213, "c", "http://c:1", "east", CID, 0, stopped=True)  # its only content: it left
     assert not p.promoted and p.demotions == 3
+    assert p.take_demoted() == [
+        ("a", "it stopped announcing"),
+        ("b", "it stopped announcing"),
+        ("c", "it said stopped for the last content it announced here"),
+    ]
+    assert p.take_demoted() == []  # each once
+
+
+def test_a_promoted_peer_that_drops_one_of_its_contents_stays_promoted_until_it_has_none_left():
+    """``stopped`` for one content (evicted, a live segment left behind) demoted the whole peer, silently: its relayed
+    and sub-tracked peers moved, and it served --promote-uptime again before it could be promoted again (a session)."""
+    p = Promoter(RULES)
+    other = "d" * 64
+    assert announce_at_rate(p, "a", 5000, 0, 12)
+    assert p.observe(12, "a", "http://a:1", "east", other, 40_000)
+    assert p.observe(13, "a", "http://a:1", "east", other, 40_000, stopped=True)  # the other one evicted
+    assert p.observe(14, "a", "http://a:1", "east", CID, 5000 * 14)
+    assert p.observe(20, "a", "http://a:1", "east", other, 0)  # fetched again: its counter from 0 is no restart
+    assert p.seen["a"].samples[-1] == (20, 5000 * 14 + 40_000)  # what it sent of the dropped one still counts
+    assert p.observe(21, "a", "http://a:1", "east", CID, 5000 * 14, stopped=True)
+    assert p.demotions == 0 and p.take_demoted() == []
+    assert not p.observe(22, "a", "http://a:1", "east", other, 0, stopped=True)  # none left here: it has left
+    assert p.demotions == 1 and p.take_demoted() == [("a", "it said stopped for the last content it announced here")]
+    assert "a" not in p.seen
 
 
 def test_a_restart_or_a_move_starts_the_measure_again():
@@ -96,6 +120,7 @@ def test_a_restart_or_a_move_starts_the_measure_again():
     assert announce_at_rate(p, "b", 5000, 0, 12)
     assert p.observe(13, "b", "http://b:1", "east", CID, 10) is False  # its counter went back: a restart
     assert p.demotions == 2
+    assert p.take_demoted() == [("a", "it moved to http://a:2"), ("b", f"it restarted (its upload counter for {CID[:12]} went back)")]
 
 
 def test_a_reachable_peer_is_assigned_a_sub_tracker_of_its_region_never_itself():

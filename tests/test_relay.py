@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import complete, make_file, post, sha, status, until
+from conftest import complete, content_id, make_file, post, sha, status, until
 from redisserver import redis_url  # noqa: F401 - fixture
 
 from edgeswarm.measure.process import ProcessGroup
@@ -294,6 +294,52 @@ async def test_a_promoted_peer_holding_a_relay_stops_at_once(tmp_path, nodes, or
     took = time.monotonic() - stopped
     assert took < 3, f"the promoted peer took {took:.1f} s to stop"  # 0.1 s; the grace is 4 s
     assert relay_peer.proc.returncode == 0
+
+
+@pytest.mark.integration
+async def test_a_promoted_peer_that_drops_one_content_stays_promoted_and_each_demotion_is_logged_once(
+    tmp_path, nodes, origin, published, regions, http
+):
+    """``stopped`` for one of a promoted peer's contents (evicted, a live segment left behind) demoted it whole, and
+    silently: only demotions of peers that stopped announcing were logged (an adversarial session)."""
+    for name in ("a.bin", "b.bin"):
+        make_file(published / name, 30_000)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--promote-upload", "50KB/s", "--promote-uptime", "1")
+    cid = {name: await content_id(http, edge.url, name) for name in ("a.bin", "b.bin")}
+    up = 0
+
+    def item(name: str, event: str) -> dict:
+        return {"content": cid[name], "pieces": 1, "have": "gA==", "uploaded": up, "downloaded": 30_000, "event": event}
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.1.0.9", 0))) as peer:
+
+        async def announce(*items: dict) -> dict:
+            body = {"peer_id": "fastpeer00000001", "port": 6881, "contents": list(items)}
+            async with peer.post(edge.url + "/announce", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                return (await resp.json())["contents"]
+
+        await announce(item("a.bin", "started"), item("b.bin", "started"))
+        for _ in range(30):  # 300 KB a round of 1.1 s (a.bin's counter): promoted after --promote-uptime
+            await asyncio.sleep(1.1)
+            up += 300_000
+            if (await announce(item("a.bin", "update"), item("b.bin", "update")))[cid["a.bin"]].get("promoted"):
+                break
+        assert await _promoted(http, edge.url) == ["http://127.1.0.9:6881"]
+        await announce(item("a.bin", "update"), item("b.bin", "stopped"))  # b.bin evicted
+        up += 300_000
+        assert (await announce(item("a.bin", "update")))[cid["a.bin"]].get("promoted") is True
+        assert (await status(http, edge.url))["promotion"]["demotions"] == 0
+        await announce(item("a.bin", "stopped"))  # its last content here: it has left
+    line = "demoted addr:127.1.0.9/fastpeer00000001: it said stopped for the last content it announced here"
+    await until(lambda: _logged(edge, line), 10, "the demotion's line")
+    promotion = (await status(http, edge.url))["promotion"]
+    assert promotion["promoted"] == [] and promotion["demotions"] == 1
+    assert edge.log_text().count("demoted ") == 1
+
+
+async def _logged(node, line: str) -> bool:
+    return line in node.log_text()
 
 
 async def _promoted(http: aiohttp.ClientSession, edge: str) -> list[str]:

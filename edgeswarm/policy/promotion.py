@@ -13,9 +13,12 @@ should send its neighbour-list refreshes to (its sub-tracker).
   ``min_upload_Bps`` and that has announced for at least ``min_uptime_s``;
   at most ``per_region`` promoted peers per region.
 - **Demotion**: a promoted peer that stops announcing (``expire``: the
-  tracker's ttl), says ``stopped``, moves address or restarts (its counters
-  go back).  Not for a fall of its measured upload: what a peer uploads
-  follows what its neighbours ask of it, and demoting on it made peers flap
+  tracker's ttl), says ``stopped`` for the last content it announced here
+  (``stopped`` for one of several is that content leaving, an eviction or a
+  live segment: it leaves the peer's counters, not its promotion), moves
+  address or restarts (a content's counter goes back).  Each is recorded
+  with its reason for the edge to log (``take_demoted``).  Not for a fall
+  of its measured upload: what a peer uploads follows what its neighbours ask of it, and demoting on it made peers flap
   between promoted and demoted as a crowd completed (lab ``relay-promoted``,
   docs/lab.md), dropping their relayed peers' connections each time.  Its relayed peers are sent back to the edge's relay by their
   next announce answer.
@@ -55,12 +58,13 @@ class _Seen:
     last: float
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
     uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
+    dropped: int = 0  # bytes reported for contents since dropped (``stopped``): what it sent stays in its total
     best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
 
     def read(self, now: float) -> None:
         """A reading of its total upload at ``now``: a new sample, or the last one replaced when taken less than
         SAMPLE_GAP_S before (the items of one announce request), so that a rate is always over real time."""
-        reading = (now, sum(self.uploaded.values()))
+        reading = (now, self.dropped + sum(self.uploaded.values()))
         if self.samples and now - self.samples[-1][0] < SAMPLE_GAP_S:
             self.samples[-1] = reading
         else:
@@ -84,19 +88,20 @@ class Promoter:
         self.assigned: dict[str, str] = {}  # peer key -> the sub-tracker its last answer named
         self.promotions = 0
         self.demotions = 0
+        self._demoted: list[tuple[str, str]] = []  # (peer key, why) of the demotions since take_demoted
 
     def observe(self, now: float, key: str, url: str, region: str | None, cid: str, uploaded: int, stopped: bool = False) -> bool:
         """A reachable peer's announce of ``cid`` (its ``uploaded`` counter for it); returns whether it is promoted now."""
         if stopped:
-            self.forget(key)
-            return False
+            self._stopped(key, cid)
+            return key in self.promoted
         seen = self.seen.get(key)
         if seen is None or seen.url != url:  # new, or moved: its uptime starts again
-            self.forget(key)
+            self.forget(key, f"it moved to {url}")
             seen = self.seen[key] = _Seen(url, region, now, now)
         seen.last, seen.region = now, region
         if uploaded < seen.uploaded.get(cid, 0):  # a restart: its counters start again, and so does its measure
-            self.forget(key)
+            self.forget(key, f"it restarted (its upload counter for {cid[:12]} went back)")
             seen = self.seen[key] = _Seen(url, region, now, now)
         seen.uploaded[cid] = uploaded
         seen.read(now)
@@ -107,6 +112,18 @@ class Promoter:
             self.promotions += 1
             self.assigned.pop(key, None)  # a sub-tracker has none: its answers say "promoted", never "tracker"
         return key in self.promoted
+
+    def _stopped(self, key: str, cid: str) -> None:
+        """``stopped`` for ``cid``: that content leaves the peer's counters (its bytes stay in its total; fetched again,
+        its counter starts at 0, which is no restart); a peer with no content left here has left, and is forgotten.
+        Demoted on any ``stopped`` before, a promoted peer lost its relayed and sub-tracked peers, and had to serve
+        --promote-uptime again, at every eviction and at every live segment it let go (an adversarial session)."""
+        seen = self.seen.get(key)
+        if seen is None:
+            return
+        seen.dropped += seen.uploaded.pop(cid, 0)
+        if not seen.uploaded:
+            self.forget(key, "it said stopped for the last content it announced here")
 
     def _room(self, region: str | None) -> bool:
         return sum(1 for k in self.promoted if self.seen[k].region == region) < self.rules.per_region
@@ -132,18 +149,26 @@ class Promoter:
         gone = [k for k, s in self.seen.items() if now - s.last > ttl]
         demoted = [k for k in gone if k in self.promoted]
         for key in gone:
-            self.forget(key)
+            self.forget(key, "it stopped announcing")
         return demoted
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str, why: str = "forgotten") -> None:
+        """Everything known of the peer ``key``; demoted, for ``why``, if it was promoted."""
         if key in self.promoted:
-            self._demote(key)
+            self._demote(key, why)
         self.seen.pop(key, None)
         self.assigned.pop(key, None)
 
-    def _demote(self, key: str) -> None:
+    def _demote(self, key: str, why: str) -> None:
         del self.promoted[key]
         self.demotions += 1
+        self._demoted.append((key, why))
+
+    def take_demoted(self) -> list[tuple[str, str]]:
+        """The demotions since the last call, (peer key, why) each: the edge logs each once (only those of ``expire``
+        were logged: a peer demoted for a ``stopped`` left no line)."""
+        taken, self._demoted = self._demoted, []
+        return taken
 
     def assignments(self) -> Counter[str]:
         """Peers assigned to each promoted peer as their sub-tracker (one demoted since counts no more: its peers move at their next answer)."""

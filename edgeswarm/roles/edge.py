@@ -494,8 +494,8 @@ class Edge:
                 await self.bt_tracker.expire(time.monotonic())
             self._forget_departed(whole=True)
             if self.promoter is not None:
-                for key in self.promoter.expire(time.monotonic(), 3 * self.tracker.interval):
-                    log.info("demoted %s: it stopped announcing", key)
+                self.promoter.expire(time.monotonic(), 3 * self.tracker.interval)
+                self._log_demotions()
             if dropped:
                 log.info("tracker: %d silent peers expired", dropped)
 
@@ -1039,8 +1039,10 @@ class Edge:
             store = await self._store()
             if store.manifest(cid) is None:
                 sender = access.authenticated(request, store.public_key, required=self.require_token)
-                answer = await self.tracker.stop_unknown(doc, request.remote or "", sender.user if sender else None, charge)
+                user = sender.user if sender else None
+                answer = await self.tracker.stop_unknown(doc, request.remote or "", user, charge)
                 self.seeder.leave(self.region_name(request), cid, (request.remote or "", doc["peer_id"]))
+                self._promoted(request, doc, user, cid)  # the segment leaves its counters: at its last, the peer has left
                 return answer
         signed, grant = await self._announced(request, cid)
         try:
@@ -1109,12 +1111,21 @@ class Edge:
 
     def _promoted(self, request: web.Request, doc: dict, user: str | None, cid: str) -> bool:
         """A reachable peer's announce, for the promoter; whether that peer is promoted (module policy/promotion.py)."""
-        if self.promoter is None or not isinstance(doc.get("port"), int):
+        if self.promoter is None or not isinstance(doc.get("port"), int) or doc.get("relay") is True:
             return False
         key, url = _promotion_key(request, doc, user)
-        return self.promoter.observe(
+        promoted = self.promoter.observe(
             time.monotonic(), key, url, self.region_name(request), cid, doc.get("uploaded", 0), doc["event"] == "stopped"
         )
+        self._log_demotions()
+        return promoted
+
+    def _log_demotions(self) -> None:
+        """A line for each demotion the promoter made, with its reason: only those of peers that stopped announcing had
+        one, and a peer demoted for a ``stopped``, a move or a restart left none (an adversarial session)."""
+        assert self.promoter is not None
+        for key, why in self.promoter.take_demoted():
+            log.info("demoted %s: %s", key, why)
 
     def _subtracker(self, request: web.Request, doc: dict, user: str | None) -> str | None:
         """The promoted peer of its region a reachable, unpromoted peer sends its refreshes to (``tracker``); None: us."""
