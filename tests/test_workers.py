@@ -589,9 +589,12 @@ async def test_status_and_metrics_answer_within_a_second_while_a_worker_hangs(tm
     while the other did; a router polling with a 1 s timeout took the edge out of rotation (an adversarial session).
     The other's own tracker is empty: its answer has no swarm figures (null), not zero peers that a graph would show.
     /metrics waited 10 s, Prometheus' scrape timeout, while the primary hung, and 5 s while the other did (another
-    adversarial session): it is a 503 at once without the primary (one worker's counters would read as a reset)."""
+    adversarial session): it is a 503 at once without the primary (one worker's counters would read as a reset).
+    Nor has it the relay's, the promoter's or the BitTorrent clients': its own, never used, said nobody promoted,
+    assigned or relayed while the primary had them (a session on a large region)."""
     make_file(published / "h.bin", 5000)
-    edge = start_edge(nodes, tmp_path, origin, "--p2p")
+    edge = start_edge(nodes, tmp_path, origin, "--p2p", "--promote-upload", "1MB/s")
+    primary_only = ("p2p", "announces", "bittorrent", "relay", "promotion", "subtracker_assignments", "relay_peers", "relay_sent_bytes")
     await content_id(http, edge.url, "h.bin")
     primary, other = sorted(children(edge.pid))  # started in order
     for hung in (primary, other):
@@ -601,6 +604,8 @@ async def test_status_and_metrics_answer_within_a_second_while_a_worker_hangs(tm
             doc = json.loads(body)
             assert code == 200 and doc["workers"]["answered"] == 1, body[:200]
             assert doc["p2p"] is None if hung == primary else doc["p2p"]["store"] == "memory", doc["p2p"]
+            said = {part: doc.get(part, "absent") for part in primary_only}
+            assert all(v is None for v in said.values()) if hung == primary else all(v is not None for v in said.values()), said
             code, body = await answered(edge.url + "/metrics")
             assert code == (503 if hung == primary else 200), body[:200]
             assert hung != primary or b"primary worker did not answer" in body

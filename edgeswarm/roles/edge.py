@@ -116,6 +116,10 @@ BT_COUNT_EVERY = 5.0  # seconds a BitTorrent swarm's count of seeds (its announc
 BT_HASHES = "bt-hashes.json"  # in the cache: the hashes BitTorrent clients announce the kept torrents under (_keep_bt_hashes)
 SHED_RETRY = {"Retry-After": "5"}  # a shed announce's: a flood is not over in a second, and peers back off anyway
 ANNOUNCE_WINDOW = 10.0  # seconds /status's announces a second are averaged over
+# /status's parts that the primary worker alone keeps (the swarm, its BitTorrent clients, the relay, the promoter):
+# another worker's own answer (edgeworkers) says null for each.  Every worker builds a relay hub and a promoter it never
+# uses, and their zeros in its answer read as nobody promoted, assigned or relayed (an adversarial session)
+PRIMARY_STATUS = ("p2p", "announces", "bittorrent", "relay", "promotion", "subtracker_assignments", "relay_peers", "relay_sent_bytes")
 
 
 # the 403 of --internal for an uncached file, piece or torrent

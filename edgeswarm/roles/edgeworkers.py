@@ -358,7 +358,7 @@ class WorkerLink:
         assert isinstance(response, web.Response) and isinstance(response.body, bytes)
         doc = json.loads(response.body)
         doc["workers"] = {"count": self.slot.count, "answered": 1, "primary": "unanswered"}  # restarting, or too busy
-        for part in ("p2p", "announces"):  # the primary's alone: this worker's own tracker is empty, not the swarm's figures
+        for part in edge_role.PRIMARY_STATUS:  # the primary's alone: this worker's own are empty, not the edge's figures
             if part in doc:
                 doc[part] = None
         return _status_response(doc, self.slot.index)
