@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from edgeswarm.measure.lab import _per_s
 from edgeswarm.policy.ratelimit import RateMeter
 from edgeswarm.policy.subtracking import AnnounceRoute
@@ -46,16 +48,49 @@ def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
 def test_a_failed_sub_tracker_is_set_aside_while_its_edge_may_still_name_it():
     r = AnnounceRoute()
     r.edge_answered(EDGE, 0, SUB)
-    r.failed(EDGE, 5, 10)  # killed: the edge demotes it only after three silent intervals
+    r.failed(EDGE, 5, 10)  # killed: the edge demotes it only after three silent intervals, at its next expiry run
     r.edge_answered(EDGE, 5, SUB)  # so its answers name it meanwhile
     assert r.target(EDGE, 14, 10, news=False) is None and r.status(14)["set_aside"] == [SUB]
-    r.edge_answered(EDGE, 34, SUB)  # named again after the set-aside: a restarted one, promoted again
-    assert r.target(EDGE, 44, 10, news=False) == SUB
+    r.edge_answered(EDGE, 50, SUB)  # named before its time aside ended: perhaps not demoted yet
+    assert r.target(EDGE, 56, 10, news=False) is None and r.status(56)["set_aside"] == []
+    r.edge_answered(EDGE, 56, SUB)  # named again after it: a restarted one, promoted again
+    assert r.target(EDGE, 66, 10, news=False) == SUB
+
+
+def test_a_killed_sub_tracker_costs_each_of_its_peers_one_failed_attempt_whenever_it_dies():
+    """Set aside for three intervals, a killed one was still named when that ended (its edge demotes it three to four
+    intervals after its last announce): its peers failed there twice, about one kill in two (an adversarial session).
+    Here every phase of the kill, the edge's expiry runs and the peer's rounds, one interval apart each."""
+    interval, worst = 10.0, 0
+    for kill, expiry, rounds in itertools.product(range(500, 700, 7), range(0, 100, 9), range(0, 100, 9)):
+        worst = max(worst, _failures(kill / 10, expiry / 10, rounds / 10, interval))
+    assert worst == 1
+
+
+def _failures(kill: float, expiry: float, rounds: float, interval: float) -> int:
+    """The failed rounds at a sub-tracker killed at ``kill``: it announced to its edge at every multiple of the interval
+    till then, the edge expires at ``expiry`` + each interval, the peer's rounds are at ``rounds`` + each interval."""
+    last = kill // interval * interval
+    demoted = next(e for e in (expiry + n * interval for n in itertools.count()) if e - last > 3 * interval)
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, rounds - interval, SUB)
+    failures = 0
+    for n in range(40):
+        now = rounds + n * interval
+        if r.target(EDGE, now, interval, news=False) == SUB:
+            if now < kill:
+                r.answered(SUB)
+                continue
+            r.failed(EDGE, now, interval)
+            failures += 1
+        r.edge_answered(EDGE, now, SUB if now < demoted else None)  # the round at the edge, which names it till then
+    return failures
 
 
 def test_a_sub_tracker_that_fails_again_after_its_time_aside_is_set_aside_twice_as_long_until_one_answers():
     """A broken one that still announces to its edge stays promoted: each of its peers paid a failed round every three
-    intervals for good (an adversarial session's note). Now 3, 6, 12 ... intervals, at most MAX_SET_ASIDE."""
+    intervals for good (an adversarial session's note). Now 5, 10, 20 ... intervals, at most MAX_SET_ASIDE, and asked
+    again after an edge answer since then names it."""
     r = AnnounceRoute()
     now, aside = 0.0, []
     for _ in range(6):
@@ -69,11 +104,15 @@ def test_a_sub_tracker_that_fails_again_after_its_time_aside_is_set_aside_twice_
             t += 10
         aside.append((t - now - 1) / 10)
         now = t
-    assert aside == [3.1, 6.1, 12.1, 24.1, 48.1, 48.1]  # intervals from the failure until it is asked again (rounds 10 s apart)
-    r.answered(SUB)  # it answered a round: the next failure sets it aside for three intervals again
+    # intervals from the failure until it is asked again (rounds 10 s apart: the one at the end of its time aside goes to
+    # the edge, whose answer names it)
+    assert aside == [6.1, 11.1, 21.1, 41.1, 49.1, 49.1]
+    r.answered(SUB)  # it answered a round: the next failure sets it aside for five intervals again
     r.failed(EDGE, now, 10)
-    r.edge_answered(EDGE, now + 25, SUB)
-    assert r.target(EDGE, now + 29, 10, news=False) is None and r.target(EDGE, now + 30, 10, news=False) == SUB
+    r.edge_answered(EDGE, now + 45, SUB)
+    assert r.target(EDGE, now + 49, 10, news=False) is None and r.target(EDGE, now + 50, 10, news=False) is None
+    r.edge_answered(EDGE, now + 50, SUB)
+    assert r.target(EDGE, now + 51, 10, news=False) == SUB
 
 
 def test_edges_are_routed_apart_and_a_dropped_edge_is_forgotten():

@@ -24,10 +24,11 @@ Any failure of the sub-tracker (no connection, a timeout, a 4xx or 5xx, an
 item refused, an answer that does not parse) forgets it: that round goes to
 the edge at once, and the edge's next answer names one again (the same or
 another).  The one that failed is set aside for ``SET_ASIDE`` intervals,
-the time its edge takes to demote a peer that stopped announcing: a killed
-sub-tracker would otherwise cost each of its peers a failed attempt (up to a
-timeout) every other round until then.  One that fails again after its time
-aside is set aside twice as long each time, up to ``MAX_SET_ASIDE``
+and used again only once an edge answer that came after that names it: by
+then its edge has demoted it if it stopped announcing, and a killed
+sub-tracker costs each of its peers one failed attempt (up to a timeout),
+not one every other round until its demotion.  One that fails again after
+its time aside is set aside twice as long each time, up to ``MAX_SET_ASIDE``
 intervals, until a round there is answered: a broken sub-tracker that keeps
 announcing to its edge stays promoted (its edge cannot see it fail), and cost
 each of its peers a failed round every three intervals for good.
@@ -36,7 +37,11 @@ each of its peers a failed round every three intervals for good.
 from __future__ import annotations
 
 EDGE_EVERY = 1.5  # intervals after the edge's last answer when the next round goes to the edge again
-SET_ASIDE = 3.0  # intervals a failed sub-tracker is not used, even when named: the edge's silence before it demotes
+# intervals a failed sub-tracker is not used, even when named: the edge demotes a peer silent for three intervals at its
+# expiry run, once an interval, so up to four after its last announce, which came before our failure; and one more for
+# an edge running late.  At three, its answers still named a killed one when the time aside ended, and each of its
+# peers failed there twice (then set it aside six intervals) about one kill in two (an adversarial session)
+SET_ASIDE = 5.0
 MAX_SET_ASIDE = 48.0  # intervals at most (4 h at the default 300 s), for one that failed again after each time aside
 
 
@@ -71,10 +76,11 @@ class AnnounceRoute:
 
     def target(self, edge: str, now: float, interval: float, news: bool) -> str | None:
         """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
-        tracker = self._named.get(edge)
-        if tracker is None or news or now < self._aside.get(tracker, -float("inf")):
+        tracker, heard = self._named.get(edge), self._heard.get(edge, -float("inf"))
+        # one set aside is asked again once an edge answer after its time aside names it: dead, it is demoted by then
+        if tracker is None or news or heard < self._aside.get(tracker, -float("inf")):
             return None
-        if now - self._heard.get(edge, -float("inf")) >= EDGE_EVERY * interval:
+        if now - heard >= EDGE_EVERY * interval:
             return None
         return tracker
 
