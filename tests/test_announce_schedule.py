@@ -76,6 +76,36 @@ def test_a_hurry_while_an_announce_is_in_flight_is_not_lost():
     assert s.due([A], 2.0) == [] and s.due([A], 302.0) == [A]
 
 
+def test_a_round_gone_on_to_a_sub_tracker_puts_the_next_one_an_interval_on_and_news_still_goes_at_once():
+    """The announce loop does not wait for a round at a sub-tracker: it must not find the edge due again meanwhile, nor
+    hold news until the round is answered (a slow one held a peer's news ceil(contents / 50) x its answer time)."""
+    s = AnnounceSchedule(30)
+    s.succeeded(A, 0.0, started=0.0, full=True)
+    s.elsewhere(A, 30.0, started=30.0, full=True)  # a full round, on its way to the sub-tracker A named
+    assert s.due([A], 30.0) == [] and s.due([A], 60.0) == [A]
+    assert s.full(A, 60.0), "a round due while that one is out carries every content (to the edge)"
+    s.hurry(A, 31.0)  # news meanwhile
+    assert s.due([A], 31.0) == [A] and not s.full(A, 31.0)
+    s.succeeded(A, 31.1, started=31.05, full=False)  # the news round, at the edge
+    s.succeeded(A, 40.0, started=30.0, full=True)  # the sub-tracker answers, late
+    assert s.due([A], 59.9) == [] and s.due([A], 60.0) == [A]
+    s.hurry(A, 80.0)
+    s.elsewhere(A, 80.1, started=79.0, full=False)  # hurried after the round began: its hurry stands
+    assert s.due([A], 80.1) == [A]
+
+
+def test_a_full_round_that_fails_at_the_sub_tracker_and_at_the_edge_is_tried_again_with_every_content():
+    s = AnnounceSchedule(30)
+    s.succeeded(A, 0.0, started=0.0, full=True)
+    s.elsewhere(A, 30.0, started=30.0, full=True)
+    assert not s.full(A, 31.0)
+    s.failed(A, 35.0)  # the sub-tracker failed, and so did the round's fallback to the edge
+    assert s.due([A], 36.0) == [A] and s.full(A, 36.0)
+    s.elsewhere(B, 0.0, started=0.0, full=True)  # a first round, likewise
+    s.failed(B, 5.0)
+    assert s.full(B, 6.0)
+
+
 def test_a_round_between_two_intervals_carries_only_news():
     """A peer that gains a content every half second (a live stream's parts) hurries a round each time: those
     rounds carry only the new contents, and every content is announced once an interval all the same."""

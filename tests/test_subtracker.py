@@ -6,14 +6,17 @@ edge only every other interval: the edge's announce load falls while the
 sub-tracker's counter rises, and downloads still complete byte-identical.
 The sub-tracker takes only the edge's tickets, for that content and peer.
 Killed, it is demoted; its peers go back to the edge and keep working.
+A slow one (a test double) holds no peer's news to its edge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
-from conftest import complete, content_id, make_file, post, sha, start_p2p_edge, start_peer, status, until
+from aiohttp import web
+from conftest import DoubleServer, complete, content_id, make_file, post, sha, start_p2p_edge, start_peer, status, until
 
 from edgeswarm.policy import bitfield
 from edgeswarm.trust import tokens
@@ -210,3 +213,96 @@ async def test_under_require_token_a_sub_tracker_keeps_the_rounds_of_contents_it
 
 async def _answered_since(http: aiohttp.ClientSession, peer, rounds: int) -> bool:
     return (await status(http, peer.urls["gateway"]))["announce_route"]["rounds_answered"] >= rounds
+
+
+class SlowSubTracker(DoubleServer):
+    """A promoted peer that answers each announce batch ``delay`` seconds late, under the peer's 5 s timeout: an
+    overloaded uplink, or a hostile peer. It logs each batch of a round (one ends with a batch of fewer than 50)."""
+
+    host = "127.1.0.99"
+
+    def __init__(self, asker: str, delay: float):
+        self.asker, self.delay = asker, delay
+        self.t0 = time.monotonic()
+        self.log: list[str] = []
+        self.in_round = False  # a round of the asker's is under way here
+        self.round_began = asyncio.Event()
+
+    def say(self, what: str) -> None:
+        self.log.append(f"{time.monotonic() - self.t0:6.1f} s {what}")
+
+    async def announce(self, request: web.Request) -> web.Response:
+        items = (await request.json())["contents"]
+        if request.remote == self.asker and not self.in_round:
+            self.in_round = True
+            self.round_began.set()
+        self.say(f"got a batch of {len(items)} from {request.remote}")
+        await asyncio.sleep(self.delay)
+        self.say(f"answered the batch of {len(items)}")
+        if request.remote == self.asker and len(items) < 50:  # BATCH: the round's last
+            self.in_round = False
+        return web.json_response({"interval": 2, "region": "east", "contents": {it["content"]: {"peers": []} for it in items}})
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/announce", self.announce)
+
+
+async def _claim_uploads(edge: str, double: SlowSubTracker, cid: str) -> None:
+    """The double announces itself to the edge as a seed of ``cid`` uploading 100 KB/s, which gets it promoted."""
+    uploaded = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(double.host, 0))) as s:
+        while True:
+            doc = {"peer_id": "slowsubtracker01", "port": double.port, "content": cid, "pieces": 1}
+            doc |= {"have": bitfield.encode({0}, 1), "uploaded": uploaded, "downloaded": 0, "event": "update" if uploaded else "started"}
+            async with s.post(edge + "/announce", json=doc) as r:
+                await r.read()
+            uploaded += 100_000
+            await asyncio.sleep(1)
+
+
+async def _lists(edge: str, cid: str, url: str) -> bool:
+    """Whether the edge's answer to another peer of the region (127.1.0.77) lists ``url`` for ``cid``."""
+    doc = {"peer_id": "asker00000000001", "port": 1, "content": cid, "pieces": 1, "have": bitfield.encode((), 1)}
+    doc |= {"uploaded": 0, "downloaded": 0, "event": "started"}
+    connector = aiohttp.TCPConnector(local_addr=("127.1.0.77", 0))
+    async with aiohttp.ClientSession(connector=connector) as s, s.post(edge + "/announce", json=doc) as r:
+        answer = await r.json() if r.status == 200 else {}
+    return any(p["url"] == url for p in answer.get("peers", []))
+
+
+async def test_a_slow_sub_tracker_holds_no_news_of_its_peers_to_their_edge(tmp_path, nodes, origin, published, regions, http):
+    """A promoted peer answering each batch of 50 in just under the peer's 5 s timeout held the whole round, and with
+    it the peer's news (a content completed) to its edge: ceil(contents / 50) x its answer time (an adversarial
+    session: 18 s in a big region). The edge hears the news while the sub-tracker still holds the round."""
+    names = [f"f{i:03d}.bin" for i in range(120)]  # three batches at the sub-tracker: 50, 50, 20
+    for name in [*names, "news.bin"]:
+        make_file(published / name, 1000)
+    edge = start_p2p_edge(
+        nodes, tmp_path, origin.url, regions, "--announce-interval", "2", "--promote-upload", "10KB/s", "--promote-uptime", "2"
+    )
+    peer = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "peer")
+    async with SlowSubTracker("127.1.0.5", 3.5) as double:
+        claims = asyncio.create_task(_claim_uploads(edge.url, double, await content_id(http, edge.url, "f000.bin")))
+        try:
+            await until(lambda: _promoted(http, edge.url), 30, "the double's promotion")
+            for name in names:
+                await post(http, peer, "/" + name)
+            await until(lambda: complete(http, peer), 60, "the peer's downloads")
+            news = await content_id(http, edge.url, "news.bin")
+            double.round_began.clear()
+            async with asyncio.timeout(60):
+                await double.round_began.wait()  # a round of the peer's begins at the sub-tracker
+            double.say("news.bin asked of the peer")
+            async with http.get(peer.urls["gateway"] + "/news.bin") as resp:
+                assert resp.status == 200 and len(await resp.read()) == 1000
+            url = peer.urls["upload"]
+            await until(lambda: _lists(edge.url, news, url), 60, "the edge's listing of the peer for news.bin")
+            double.say("the edge lists the peer for news.bin")
+            held = double.in_round
+            await until(lambda: _answered_since(http, peer, 1), 30, "a round answered at the sub-tracker")
+        finally:
+            claims.cancel()
+    # the log says when the news reached the edge: while the round was still held at the sub-tracker, not after it
+    assert held, "\n".join(double.log)
+    route = (await status(http, peer.urls["gateway"]))["announce_route"]
+    assert route["named"] and route["fallbacks"] == 0, route  # slow, not failed: it answers under the timeout

@@ -33,10 +33,29 @@ def test_news_goes_to_the_edge():
     assert r.target(EDGE, 1, 10, news=True) is None  # started, completed, or a content without a ticket
 
 
+def test_one_round_at_a_time_goes_to_a_sub_tracker_and_the_rounds_meanwhile_go_to_the_edge():
+    """The peer does not wait for a round at its sub-tracker: news, and the rounds due while a slow one holds it, go to
+    the edge. One that fails after the edge named another sets itself aside, and leaves the new one named."""
+    r = AnnounceRoute()
+    r.edge_answered(EDGE, 0, SUB)
+    assert r.target(EDGE, 10, 10, news=False) == SUB
+    r.sent(EDGE)
+    assert r.target(EDGE, 12, 10, news=False) is None and r.target("http://other", 12, 10, news=False) is None
+    r.edge_answered(EDGE, 12, "http://127.1.0.2:7000")  # the edge's answer to a round sent meanwhile names another
+    r.joined(SUB, "c1")  # the round out there answered after: what it was told is forgotten with it
+    r.failed(EDGE, SUB, 13, 10)
+    r.ended(EDGE)
+    assert r.named(EDGE) == "http://127.1.0.2:7000" and r.status(13)["set_aside"] == [SUB]
+    assert r.target(EDGE, 20, 10, news=False) == "http://127.1.0.2:7000"
+    r.edge_answered(EDGE, 40, SUB)
+    assert r.event(SUB, "c1") == "started"
+
+
 def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
     r = AnnounceRoute()
     r.edge_answered(EDGE, 0, SUB)
-    assert r.failed(EDGE, 5, 10) == SUB and r.named(EDGE) is None
+    r.failed(EDGE, SUB, 5, 10)
+    assert r.named(EDGE) is None
     assert r.target(EDGE, 10, 10, news=False) is None
     r.edge_answered(EDGE, 10, "http://127.1.0.2:7000")  # the edge's next answer may name another
     assert r.target(EDGE, 20, 10, news=False) == "http://127.1.0.2:7000"
@@ -48,7 +67,7 @@ def test_a_failed_sub_tracker_is_forgotten_until_the_edge_names_one_again():
 def test_a_failed_sub_tracker_is_set_aside_while_its_edge_may_still_name_it():
     r = AnnounceRoute()
     r.edge_answered(EDGE, 0, SUB)
-    r.failed(EDGE, 5, 10)  # killed: the edge demotes it only after three silent intervals, at its next expiry run
+    r.failed(EDGE, SUB, 5, 10)  # killed: the edge demotes it only after three silent intervals, at its next expiry run
     r.edge_answered(EDGE, 5, SUB)  # so its answers name it meanwhile
     assert r.target(EDGE, 14, 10, news=False) is None and r.status(14)["set_aside"] == [SUB]
     r.edge_answered(EDGE, 50, SUB)  # named before its time aside ended: perhaps not demoted yet
@@ -81,7 +100,7 @@ def _failures(kill: float, expiry: float, rounds: float, interval: float) -> int
             if now < kill:
                 r.answered(SUB)
                 continue
-            r.failed(EDGE, now, interval)
+            r.failed(EDGE, SUB, now, interval)
             failures += 1
         r.edge_answered(EDGE, now, SUB if now < demoted else None)  # the round at the edge, which names it till then
     return failures
@@ -96,7 +115,7 @@ def test_a_sub_tracker_that_fails_again_after_its_time_aside_is_set_aside_twice_
     for _ in range(6):
         r.edge_answered(EDGE, now, SUB)
         assert r.target(EDGE, now + 1, 10, news=False) == SUB
-        r.failed(EDGE, now + 1, 10)
+        r.failed(EDGE, SUB, now + 1, 10)
         r.edge_answered(EDGE, now + 2, SUB)  # still named: its edge cannot see it fail
         t = now + 2
         while r.target(EDGE, t, 10, news=False) is None:
@@ -108,7 +127,7 @@ def test_a_sub_tracker_that_fails_again_after_its_time_aside_is_set_aside_twice_
     # the edge, whose answer names it)
     assert aside == [6.1, 11.1, 21.1, 41.1, 49.1, 49.1]
     r.answered(SUB)  # it answered a round: the next failure sets it aside for five intervals again
-    r.failed(EDGE, now, 10)
+    r.failed(EDGE, SUB, now, 10)
     r.edge_answered(EDGE, now + 45, SUB)
     assert r.target(EDGE, now + 49, 10, news=False) is None and r.target(EDGE, now + 50, 10, news=False) is None
     r.edge_answered(EDGE, now + 50, SUB)
@@ -149,7 +168,7 @@ def test_a_contents_first_round_at_a_sub_tracker_says_started_and_again_after_it
     r.left(SUB, "c1")
     assert r.event(SUB, "c1") == "started"
     r.joined(SUB, "c1")
-    r.failed(EDGE, 5, 10)  # it may have restarted, and forgotten us
+    r.failed(EDGE, SUB, 5, 10)  # it may have restarted, and forgotten us
     assert r.event(SUB, "c1") == "started"
     r.edge_answered(EDGE, 40, SUB)
     r.joined(SUB, "c1")

@@ -14,6 +14,14 @@ the edge itself:
   accounting and tickets stay the edge's; the edge's update load from such
   a peer halves, which is what the record's lifetime allows.
 
+One round at a time goes to a sub-tracker, and the peer does not wait for
+it: until it is answered (or fails), that edge's rounds go to the edge
+itself, news among them.  Awaited, a slow sub-tracker (each batch of 50
+answered just under the timeout) held its peers' news, and their rounds to
+every other edge, for ceil(contents / 50) times its answer time: 18 s in a
+big region, minutes for an HLS viewer holding thousands of segments (an
+adversarial session).
+
 A content's first round at a sub-tracker says ``started`` (later ones
 ``update``): a peer that restarted told it ``stopped`` at its shutdown, and a
 sub-tracker, as an edge, refuses an ``update`` after a ``stopped`` (409, the
@@ -54,6 +62,7 @@ class AnnounceRoute:
         self._aside: dict[str, float] = {}  # sub-tracker that failed -> until when it is not used
         self._strikes: dict[str, int] = {}  # sub-tracker -> its failures since a round there was last answered
         self._joined: dict[str, set[str]] = {}  # sub-tracker -> contents it took our "started" for (an edge names it)
+        self._out: set[str] = set()  # edges with a round at their sub-tracker now: their other rounds go to the edge
         self.to_subtracker = 0  # rounds sent to a sub-tracker and answered
         self.fallbacks = 0  # rounds a sub-tracker failed, sent to the edge instead
 
@@ -78,11 +87,19 @@ class AnnounceRoute:
         """The sub-tracker to send this ``update`` round for ``edge`` to; None: the edge itself (module docstring)."""
         tracker, heard = self._named.get(edge), self._heard.get(edge, -float("inf"))
         # one set aside is asked again once an edge answer after its time aside names it: dead, it is demoted by then
-        if tracker is None or news or heard < self._aside.get(tracker, -float("inf")):
+        if tracker is None or news or edge in self._out or heard < self._aside.get(tracker, -float("inf")):
             return None
         if now - heard >= EDGE_EVERY * interval:
             return None
         return tracker
+
+    def sent(self, edge: str) -> None:
+        """A round for ``edge`` is on its way to its sub-tracker: until it has ``ended``, the others go to the edge."""
+        self._out.add(edge)
+
+    def ended(self, edge: str) -> None:
+        """That round is over: answered, failed (and sent to the edge), or cut off."""
+        self._out.discard(edge)
 
     def named(self, edge: str) -> str | None:
         """The sub-tracker ``edge`` last named, if it has not failed since."""
@@ -93,8 +110,10 @@ class AnnounceRoute:
         return "update" if cid in self._joined.get(tracker, ()) else "started"
 
     def joined(self, tracker: str, cid: str) -> None:
-        """``tracker`` took an announce of ``cid`` from us."""
-        self._joined.setdefault(tracker, set()).add(cid)
+        """``tracker`` took an announce of ``cid`` from us; not kept once no edge names it (a round there was still out
+        when an edge's answer dropped it), as ``_unused`` forgets it then."""
+        if tracker in self._named.values():
+            self._joined.setdefault(tracker, set()).add(cid)
 
     def left(self, tracker: str, cid: str) -> None:
         """We told ``tracker`` ``stopped`` for ``cid``."""
@@ -109,20 +128,20 @@ class AnnounceRoute:
         self.to_subtracker += 1
         self._strikes.pop(tracker, None)
 
-    def failed(self, edge: str, now: float, interval: float) -> str | None:
-        """The sub-tracker named by ``edge`` failed: forget it until the edge names one again, and set it aside
-        (SET_ASIDE intervals, doubled for each failure since a round there was answered); returns it."""
+    def failed(self, edge: str, tracker: str, now: float, interval: float) -> None:
+        """``tracker``, the sub-tracker ``edge`` named, failed: forget it until the edge names one again (unless its
+        answers to the rounds sent meanwhile named another), and set it aside (SET_ASIDE intervals, doubled for each
+        failure since a round there was answered)."""
         self.fallbacks += 1
-        tracker = self._named.pop(edge, None)
-        if tracker is not None:
-            self._joined.pop(tracker, None)  # it failed: it may have restarted, or may when it comes back
-            strikes = self._strikes[tracker] = self._strikes.get(tracker, 0) + 1
-            self._aside[tracker] = now + min(MAX_SET_ASIDE, SET_ASIDE * 2 ** (strikes - 1)) * interval
-            # a few at most: those whose time aside ended long ago (any failure since would have set them aside again) go
-            for t in [t for t, until in self._aside.items() if until + MAX_SET_ASIDE * interval <= now]:
-                del self._aside[t]
-                self._strikes.pop(t, None)
-        return tracker
+        if self._named.get(edge) == tracker:
+            del self._named[edge]
+        self._joined.pop(tracker, None)  # it failed: it may have restarted, or may when it comes back
+        strikes = self._strikes[tracker] = self._strikes.get(tracker, 0) + 1
+        self._aside[tracker] = now + min(MAX_SET_ASIDE, SET_ASIDE * 2 ** (strikes - 1)) * interval
+        # a few at most: those whose time aside ended long ago (any failure since would have set them aside again) go
+        for t in [t for t, until in self._aside.items() if until + MAX_SET_ASIDE * interval <= now]:
+            del self._aside[t]
+            self._strikes.pop(t, None)
 
     def forget(self, edge: str) -> None:
         """An edge we no longer use."""

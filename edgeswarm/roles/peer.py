@@ -157,6 +157,8 @@ class AnnounceSchedule:
         self._last_full: dict[str, float] = {}  # tracker -> when its last round carrying every content was answered; absent: never
         self._held: dict[str, float] = {}  # tracker -> no announce before this (its 429's Retry-After), news or not
         self._began: dict[str, deque[float]] = {}  # tracker -> when its last NEWS_BURST rounds began
+        # tracker -> its last full round's answer (None: never) before a full one went on to its sub-tracker (elsewhere)
+        self._full_out: dict[str, float | None] = {}
 
     def given(self, tracker: str, interval: float) -> None:
         """The tracker's answer gave this interval: its own rounds follow it, not another tracker's (an edge answering
@@ -192,12 +194,30 @@ class AnnounceSchedule:
         """
         if full:
             self._last_full[tracker] = now
+            self._full_out.pop(tracker, None)
         if started is None or self._hurried.get(tracker, -math.inf) < started:
             self._next[tracker] = self._last_full.get(tracker, now) + self.interval_of(tracker)  # as an answer just gave it, too
         return self._failures.pop(tracker, 0)
 
+    def elsewhere(self, tracker: str, now: float, started: float, full: bool) -> None:
+        """The round begun at ``started`` goes on at the sub-tracker this tracker named, which the announce loop does not
+        wait for: until it is answered it counts as answered now, so that the rounds hurried meanwhile (news, to the
+        tracker) carry news only, and the next full one comes an interval on (unless hurried since); should the round
+        fail there and at the tracker (``failed``), as never answered.  Its answer reschedules as ever."""
+        if full:
+            self._full_out.setdefault(tracker, self._last_full.get(tracker))
+            self._last_full[tracker] = now
+        if self._hurried.get(tracker, -math.inf) < started:
+            self._next[tracker] = self._last_full.get(tracker, now) + self.interval_of(tracker)
+
     def failed(self, tracker: str, now: float) -> float:
         """The tracker did not answer: returns the seconds until the next try."""
+        if tracker in self._full_out:  # a full round counted as answered (elsewhere): the next try carries every content
+            before = self._full_out.pop(tracker)
+            if before is None:
+                self._last_full.pop(tracker, None)
+            else:
+                self._last_full[tracker] = before
         failures = self._failures[tracker] = self._failures.get(tracker, 0) + 1
         delay = min(self.interval_of(tracker), FIRST_RETRY * 2 ** (failures - 1))
         self._next[tracker] = now + delay
@@ -230,6 +250,7 @@ class AnnounceSchedule:
             self._next[tracker] = max(now, self._held.get(tracker, -math.inf))
             self._hurried[tracker] = now
         self._last_full.clear()
+        self._full_out.clear()
 
     def forgotten(self, tracker: str, now: float) -> None:
         """The tracker may have forgotten this peer: a round now, with every content (a hurried round carries only news,
@@ -416,6 +437,7 @@ class Peer:
         self._completed: set[str] = set()
         self._wake_announcer = asyncio.Event()  # the schedule changed
         self._round: asyncio.Task | None = None  # the announces in flight (announce_loop's), which stop() lets finish
+        self._at_subtrackers: set[asyncio.Task] = set()  # rounds at sub-trackers, which nothing waits for but stop()
         self.bound = asyncio.Event()  # the upload server has its port
         self.relay = RelayClient(self) if config.unreachable else None  # --unreachable: neighbours reach us through our edges
         self.hosting: RelayHub | None = None  # promoted by an edge: we relay for our region's unreachable peers
@@ -1082,17 +1104,19 @@ class Peer:
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
         vouched, self._vouch = self._vouch & cids, self._vouch - cids
-        heard = None  # a round the sub-tracker took part of: when the edge last took a whole one of ours
-        if event == "update" and cids:  # an empty round goes on: it is what reschedules the edge's next one
-            rest = await self._to_subtracker(edge, cids, started, full)
-            if not rest:
-                return
-            if rest != cids:
-                heard = self.route.heard(edge)
-            cids = rest
+        # an empty round goes on: it is what reschedules the edge's next one
+        if event == "update" and cids and self._to_subtracker(edge, cids, started, full, vouched):
+            return
         if event == "stopped":
             await asyncio.gather(self._announce_edge(edge, cids, event), self._stop_at_subtracker(edge, cids))
             return
+        await self._at_edge(edge, cids, event, started, full, vouched)
+
+    async def _at_edge(
+        self, edge: str, cids: set[str], event: str, started: float, full: bool, vouched: set[str], heard: float | None = None
+    ) -> None:
+        """The round (not ``stopped``) to the edge itself, and the edge's next one as its answer puts it. ``heard``: the
+        round is what its sub-tracker refused of one, and this was when the edge last took a whole one of ours."""
         failed = [why for why in await self._announce_edge(edge, cids, event) if why]
         if heard is not None:  # the edge took the contents the sub-tracker refused, not the others: their turn stays due
             self.route.rewind(edge, heard)  # (a review: refreshed, it never came, and the edge forgot them after a ttl)
@@ -1139,30 +1163,62 @@ class Peer:
             return "started"
         return "completed" if held == count and cid not in self._completed else "update"
 
-    async def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool) -> set[str]:
-        """An ``update`` round for ``edge`` at the sub-tracker it named, when the rule says so; what is left for the edge.
+    def _to_subtracker(self, edge: str, cids: set[str], started: float, full: bool, vouched: set[str]) -> bool:
+        """An ``update`` round for ``edge`` sent on to the sub-tracker it named, when the rule says so (False: not).
 
-        policy/subtracking.py decides; any failure of the sub-tracker sends
-        the round to the edge at once and forgets it until an edge answer
-        names one again.  Contents it refused one by one (a ticket it does
-        not take, a content it cannot look up) go to the edge, and it keeps
-        the rest: under --require-token a sub-tracker asked for a content its
-        user's token does not cover was set aside for the whole round, for
-        up to 48 intervals (an adversarial session).
+        policy/subtracking.py decides.  The round goes on in the background
+        (``_round_at_subtracker``): awaited, a slow sub-tracker held the
+        announce loop, and with it the peer's news to its edges, for
+        ceil(contents / BATCH) times its answer time (an adversarial session).
         """
         parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "update")) is not None}
         news = any(item["event"] != "update" or cid not in self.tickets for cid, (item, _, _) in parts.items())
         tracker = self.route.target(edge, time.monotonic(), self.schedule.interval_of(edge), news)
         if tracker is None or not parts:
-            return cids
-        why, refused = await self._announce_subtracker(tracker, parts, "update")
-        if why is not None:
-            self.route.failed(edge, time.monotonic(), self.schedule.interval_of(edge))
-            log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
-            return cids
-        self.route.answered(tracker)
-        self.schedule.succeeded(edge, time.monotonic(), started, full)
-        return refused
+            return False
+        self.route.sent(edge)
+        self.schedule.elsewhere(edge, time.monotonic(), started, full)
+        task = asyncio.create_task(self._round_at_subtracker(edge, tracker, parts, cids, started, full, vouched))
+        self._at_subtrackers.add(task)
+        task.add_done_callback(self._at_subtrackers.discard)
+        return True
+
+    async def _round_at_subtracker(
+        self,
+        edge: str,
+        tracker: str,
+        parts: dict[str, tuple[dict, dict, int]],
+        cids: set[str],
+        started: float,
+        full: bool,
+        vouched: set[str],
+    ) -> None:
+        """The round at the sub-tracker; what it does not take goes to the edge.
+
+        Any failure of the sub-tracker sends the round to the edge at once
+        and forgets it until an edge answer names one again.  Contents it
+        refused one by one (a ticket it does not take, a content it cannot
+        look up) go to the edge, and it keeps the rest: under --require-token
+        a sub-tracker asked for a content its user's token does not cover was
+        set aside for the whole round, for up to 48 intervals (an adversarial
+        session).
+        """
+        try:
+            why, refused = await self._announce_subtracker(tracker, parts, "update")
+            if why is not None:
+                self.route.failed(edge, tracker, time.monotonic(), self.schedule.interval_of(edge))
+                log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
+            else:
+                self.route.answered(tracker)
+                self.schedule.succeeded(edge, time.monotonic(), started, full)
+            rest = cids if why is not None else refused
+            if rest:  # all of it after a failure; else what it refused, and the edge's turn for the others stays due
+                await self._at_edge(edge, rest, "update", started, full, vouched, None if rest == cids else self.route.heard(edge))
+        except Exception:  # a bug: said, and announcing goes on
+            log.exception("an announce round at sub-tracker %s failed; announcing goes on", tracker)
+        finally:
+            self.route.ended(edge)
+            self._wake_announcer.set()  # its answer, or its fallback's, moved the edge's next round
 
     async def _stop_at_subtracker(self, edge: str, cids: set[str]) -> None:
         """Shutting down: tell the sub-tracker ``edge`` named too, beside the edge, or it would hand us out for a ttl (best effort)."""
@@ -1856,10 +1912,12 @@ class Peer:
         the region's totals lost a ``get``'s bytes; a ``get`` stops right after
         the announce its last piece hurries).
         """
-        if self._round is not None and not self._round.done():
-            await asyncio.wait({self._round}, timeout=STOP_WAIT)
-            self._round.cancel()
-            await asyncio.gather(self._round, return_exceptions=True)
+        rounds = {r for r in (self._round, *self._at_subtrackers) if r is not None and not r.done()}
+        if rounds:
+            await asyncio.wait(rounds, timeout=STOP_WAIT)
+            for r in rounds:
+                r.cancel()
+            await asyncio.gather(*rounds, return_exceptions=True)
 
 
 def _gap(ahead: float) -> str:
