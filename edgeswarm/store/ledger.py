@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import math
+import os
 import queue
 import re
 import threading
@@ -109,6 +111,23 @@ CLOSE_WAIT = 5.0  # seconds a stopping edge waits for its last write (container 
 
 class LedgerError(EdgeswarmError):
     """A ledger target that cannot be used; the message names it (without a password) and says why."""
+
+
+class LedgerFull(LedgerError):
+    """An existing SQLite ledger that its full disk keeps from opening: no bad target, so it does not stop an edge.
+
+    SQLite must create the ``-shm`` and ``-wal`` files of a WAL database to open
+    it, and a clean stop deletes them: on a disk at 100 % (or out of inodes) the
+    file the edge wrote a moment ago would not open, and a restart failed
+    (exit 2, "disk I/O error") although the running edge had coped (an
+    adversarial session).  ``Ledger.start`` warns and keeps rows pending.
+    """
+
+
+# SQLite's primary result codes that a full disk gives when opening: SQLITE_IOERR (creating the -shm, its
+# IOERR_SHMSIZE), SQLITE_FULL, SQLITE_CANTOPEN (no inode for the -shm or -wal)
+_FULL_DISK_CODES = (10, 13, 14)
+_ROOM_NEEDED = 1 << 20  # free bytes below which a disk counts as full here: an open needs a 32 KiB -shm and a -wal
 
 
 def is_dsn(target: str) -> bool:
@@ -205,8 +224,10 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
     import sqlite3  # here: every command imports this module (cli/__init__.py names LedgerError); get and peer open no ledger
 
     p = Path(path).expanduser()
+    existed = False  # a full disk stops no edge whose ledger it keeps from opening; one it keeps from being made does
     try:
         if create:
+            existed = p.is_file()
             p.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(p, timeout=10.0, check_same_thread=False)
         else:
@@ -217,8 +238,33 @@ def _connect_sqlite(path: str, create: bool) -> _Backend:
             log.warning("ledger %s: journal mode is %s, not WAL; reports will wait for writes", path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough with WAL; a lost last flush is a few seconds of counts
     except (OSError, sqlite3.Error) as exc:
-        raise LedgerError(f"cannot open SQLite ledger {path}: {said(exc)}") from None
+        full = _full_disk(p, exc)
+        if full is None:
+            raise LedgerError(f"cannot open SQLite ledger {path}: {said(exc)}") from None
+        raise (LedgerFull if existed else LedgerError)(f"cannot open SQLite ledger {path}: {full}") from None
     return _Backend(conn)
+
+
+def _full_disk(p: Path, exc: BaseException) -> str | None:
+    """Why ``exc``, SQLite's error opening ``p``, is its disk being full ("No space left on device", and whether
+    inodes are what ran out); None when it is not (another error, or a disk with room).
+
+    SQLite says "disk I/O error" or "unable to open database file" where the
+    disk is only full: the file system's own figures tell them apart.
+    """
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.Error) or getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _FULL_DISK_CODES:
+        return None
+    try:
+        vfs = os.statvfs(p.parent)
+    except OSError:
+        return None
+    if vfs.f_files > 0 and vfs.f_favail < 2:  # f_files 0: a file system that counts no inodes (btrfs)
+        return f"{os.strerror(errno.ENOSPC)} (no inode left)"
+    if vfs.f_bavail * vfs.f_frsize < _ROOM_NEEDED:
+        return os.strerror(errno.ENOSPC)
+    return None
 
 
 def _read_sqlite(path: str, p: Path) -> _Backend:
@@ -230,22 +276,54 @@ def _read_sqlite(path: str, p: Path) -> _Backend:
     empty file into a SQLite database), and a file without the usage table,
     which an edge creates with the file, is no edge's ledger: it reported "no
     usage recorded" for another application's database.
+
+    On a full disk the -shm cannot be made (billing could not read the ledger
+    of a stopped edge, an adversarial session): the file is then read as it is
+    (immutable), which holds every row when no -wal holds some.
     """
     import sqlite3
 
     if not p.is_file():
         raise LedgerError(f"no ledger at {path}")
-    uri = "file:" + urllib.parse.quote(str(p.resolve())) + "?mode=rw"
     try:
-        backend = _Backend(sqlite3.connect(uri, uri=True, timeout=10.0, check_same_thread=False))
-        backend.conn.execute("PRAGMA busy_timeout = 10000")  # the edge may be writing
-        ledger = backend.has_table()
+        backend, ledger = _open_to_read(p, "mode=rw")
     except (OSError, sqlite3.Error) as exc:
-        raise LedgerError(f"cannot open SQLite ledger {path}: {said(exc)}") from None
+        full = _full_disk(p, exc)
+        if full is None or _has_wal(p):
+            raise LedgerError(f"cannot open SQLite ledger {path}: {full or said(exc)}") from None
+        try:
+            backend, ledger = _open_to_read(p, "mode=ro&immutable=1")
+        except (OSError, sqlite3.Error):
+            raise LedgerError(f"cannot open SQLite ledger {path}: {full}") from None
     if not ledger:
         backend.close()
         raise LedgerError(f"{path} is not an edgeswarm ledger: it has no usage table (another database, or a copy without its -wal file)")
     return backend
+
+
+def _has_wal(p: Path) -> bool:
+    """Whether the SQLite file ``p`` has a -wal holding anything (rows that a read of the file alone would miss)."""
+    try:
+        return os.stat(f"{p}-wal").st_size > 0
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unknown: as if it held rows
+
+
+def _open_to_read(p: Path, mode: str) -> tuple[_Backend, bool]:
+    """A connection to the SQLite file ``p`` opened with URI parameters ``mode``, and whether it has the usage table."""
+    import sqlite3
+
+    backend = _Backend(
+        sqlite3.connect(f"file:{urllib.parse.quote(str(p.resolve()))}?{mode}", uri=True, timeout=10.0, check_same_thread=False)
+    )
+    try:
+        backend.conn.execute("PRAGMA busy_timeout = 10000")  # the edge may be writing
+        return backend, backend.has_table()
+    except BaseException:
+        backend.close()
+        raise
 
 
 def _connect_postgres(dsn: str) -> _Backend:
@@ -359,8 +437,15 @@ class Ledger:
         self._writer = _Writer()
 
     async def start(self) -> None:
-        """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later."""
-        self._backend = await asyncio.to_thread(_connect, self.target, True)
+        """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later.
+
+        An existing SQLite ledger that a full disk keeps from opening (``LedgerFull``) is no bad target: the edge
+        starts, says so once as a write that fails, and keeps its rows pending until a write connects (``_write``).
+        """
+        try:
+            self._backend = await asyncio.to_thread(_connect, self.target, True)
+        except LedgerFull as exc:
+            self._warn(exc)
         self._writer.start()  # now, while the edge starts: not at a flush, memory short perhaps
         self._stopping.clear()
         self._task = asyncio.create_task(self._loop(), name="ledger-flush")
