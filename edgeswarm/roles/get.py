@@ -247,6 +247,16 @@ async def _router_or_edge(
     return None, edge, answered
 
 
+def _lacking(cache: Path, path: str, missing: int) -> str:
+    """What the cache's disk lacks for the rest of ``path``: inodes when none is left (it said "needs 4.8 MiB more" while
+    df showed 64 MiB free: an adversarial session), else bytes."""
+    with contextlib.suppress(OSError):
+        vfs = os.statvfs(cache)
+        if vfs.f_files > 0 and vfs.f_favail == 0:
+            return f"its disk has no inode left for the pieces of {path} (df -i)"
+    return f"{path} needs {format_bytes(missing)} more"
+
+
 async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> None:
     """Show progress until complete; give up when nothing arrives for ``stall_timeout`` seconds.
 
@@ -266,7 +276,7 @@ async def _watch(peer: Peer, swarm, stall_timeout: float, out: OutputFile) -> No
             if failing is not None:  # else every piece fetched would be thrown away and fetched again, until the stall timeout
                 missing = m.size - sum(m.piece_span(i)[1] for i in swarm.picker.have)  # a rerun resumes with what is held
                 raise GetError(
-                    f"cannot store pieces in the cache {peer.config.cache} ({failing}): {m.path} needs {format_bytes(missing)} more"
+                    f"cannot store pieces in the cache {peer.config.cache} ({failing}): {_lacking(peer.config.cache, m.path, missing)}"
                 )
             refusal = peer.token_refused()
             if refusal is not None:  # the token: retrying until the stall timeout changes nothing

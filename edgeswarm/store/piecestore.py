@@ -125,14 +125,33 @@ class CacheError(EdgeswarmError, OSError):
     """A cache directory that cannot be used at all (a file in the way, read-only, no permission): the node cannot start."""
 
 
+_FULL_SAID: set[Path] = set()  # caches that make_cache found full: said once
+
+
 def make_cache(root: Path) -> None:
-    """The store's directories under ``root``, and proof that files can be made there; CacheError with the reason if not."""
+    """The store's directories under ``root``, and proof that files can be made there; CacheError with the reason if not.
+
+    A probe refused for want of room (ENOSPC: no byte or no inode left; EDQUOT)
+    proves a full cache, not an unusable one: its pieces are read, and writes
+    fail as at runtime, where the store says so and serves from memory.  A
+    restart, or a worker's replacement, out of inodes stopped with "is
+    unusable" (exit 2) although the same node ran a moment before (an
+    adversarial session).  One warning a cache, for a process and its forks.
+    """
     content = root / "content"
     probe = root / f".probe.{os.getpid()}"
     try:
         content.mkdir(parents=True, exist_ok=True)
-        probe.touch()
-        probe.unlink()
+        try:
+            probe.touch()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if (said := root.resolve()) not in _FULL_SAID:
+                _FULL_SAID.add(said)
+                log.warning("cache %s is full (%s: not one more file fits): nothing new is cached until there is room", root, exc.strerror)
+        else:
+            probe.unlink()
     except OSError as exc:
         raise CacheError(f"cache {root} is unusable: {exc.filename or root}: {exc.strerror or exc}") from None
 
