@@ -1057,3 +1057,37 @@ def test_a_bad_piece_a_read_only_disk_keeps_is_dropped_once_until_its_file_chang
     Path(f"{path}.x").write_bytes(c.piece(1))
     os.replace(f"{path}.x", path)
     assert worker.read_piece(c.cid, 1) == c.piece(1)
+
+
+def test_a_piece_or_content_another_worker_evicts_while_a_worker_starts_is_skipped(root: Path, monkeypatch: pytest.MonkeyPatch):
+    """Workers of an edge restarted with a lower --max-cache evict at the same time: one found a piece file the other had
+    just removed, and its start failed (exit 2, "No such file or directory": one restart in six, a fixer session)."""
+    gone, kept = make_content("gone.mkv"), make_content("kept.mkv")
+    stored(open_store(root), gone, 0, 1, 2)
+    stored(open_store(root), kept, 0, 1, 2)
+    scandir = os.scandir
+
+    def racing(path):  # as the directory is read, the other worker evicts: one piece, and the whole of "gone"
+        if not isinstance(path, str | Path) or Path(path).name not in (kept.cid, gone.cid):
+            return scandir(path)
+        entries = list(scandir(path))
+        if Path(path).name == kept.cid:
+            os.unlink(Path(path) / "1.piece")
+        else:
+            shutil.rmtree(path)
+            raise FileNotFoundError(path)
+        return _Listing(entries)
+
+    monkeypatch.setattr(piecestore.os, "scandir", racing)
+    store = PieceStore(root, PUB, worker=(1, 2))
+    assert store.held(kept.cid) == {0, 2} and store.held(gone.cid) == set()
+
+
+class _Listing(list):
+    """What ``os.scandir`` gives: its entries, iterated directly or in a ``with``."""
+
+    def __enter__(self):
+        return iter(self)
+
+    def __exit__(self, *exc) -> None:
+        return None

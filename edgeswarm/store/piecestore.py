@@ -254,7 +254,7 @@ class PieceStore:
             if signed is None:
                 continue
             m = signed.manifest
-            for entry in os.scandir(cdir):
+            for entry in _entries(cdir):
                 name = entry.name
                 if name.endswith(".tmp"):
                     if not self._writer_alive(name):
@@ -264,7 +264,10 @@ class PieceStore:
                 index = ascii_decimal(name.removesuffix(".piece")) if name.endswith(".piece") else None
                 if index is None:
                     continue
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # another worker evicted it (its start, at a lowered --max-cache): exit 2 before
+                    continue
                 if index >= m.piece_count or not entry.is_file() or st.st_size != m.piece_span(index)[1]:
                     log.warning("dropping damaged piece %s", entry.path)
                     self.corrupt_pieces += 1
@@ -920,6 +923,15 @@ def main(argv: list[str] | None = None) -> int:
         f"checked in {checked - opened:.2f} s ({mb / max(checked - opened, 1e-9):.0f} MB/s)"
     )
     return 0
+
+
+def _entries(cdir: Path) -> list[os.DirEntry]:
+    """A content directory's entries at start; none if another worker removed it meanwhile (its last piece evicted)."""
+    try:
+        with os.scandir(cdir) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []
 
 
 def _remove(entry: os.DirEntry) -> None:
