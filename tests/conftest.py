@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import time
@@ -315,3 +316,29 @@ def exhaust() -> list[int]:
         while True:
             held.append(os.open(os.devnull, os.O_RDONLY))
     return held
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs at ``mnt`` (``mount -o options``: a disk that really fills, or runs out of inodes), or the test
+    skipped where one cannot be mounted (root and mount(8)); unmounted at the end, lazily if a daemon still holds it."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk here is a tmpfs of the test's own, and mounting one needs root and mount(8)")
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """A file taking every free byte of ``disk``, written until the file system says it is full."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return filler

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import curl, make_file, run_cli, start_peer
+from conftest import curl, fill, make_file, mounted_tmpfs, run_cli, start_peer
 
 from edgeswarm.roles.edgeworkers import WORKER_HEADER
 from edgeswarm.store.ledger import Ledger, LedgerError, report
@@ -31,22 +31,6 @@ from edgeswarm.store.ledger import Ledger, LedgerError, report
 MiB = 1 << 20
 PIECE = 256 * 1024
 T0 = 1_699_999_200
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(mnt: Path, options: str):
-    """A real tmpfs at ``mnt``, or the test skipped; unmounted (lazily if a daemon still holds it) at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("a full disk here is a tmpfs of our own, and mounting one needs root")
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.fixture
@@ -61,15 +45,6 @@ def few_inodes(tmp_path: Path):
     """A tmpfs of 64 inodes: room for bytes, none for one more file once its inodes are taken."""
     with mounted_tmpfs(tmp_path / "inodes", "size=20m,nr_inodes=64") as mnt:
         yield mnt
-
-
-def fill(mnt: Path) -> Path:
-    """A file taking every free byte of ``mnt``."""
-    filler = mnt / "filler"
-    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 4096)
-    return filler
 
 
 def fill_inodes(mnt: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import exhaust, spare_descriptors
+from conftest import exhaust, fill, mounted_tmpfs, spare_descriptors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.protocol.manifest import MIN_PIECE, Manifest, SignedManifest
@@ -942,26 +942,8 @@ def test_read_ahead_is_at_most_half_the_pieces_the_quota_keeps(root):
 @pytest.fixture
 def full_disk(tmp_path: Path):
     """A 1 MiB tmpfs at tmp_path/disk, to be filled: a disk at 100 % that still makes a directory (it needs no block)."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a full disk is a 1 MiB tmpfs, and mounting one needs root and mount(8)")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (a full disk): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", "size=1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
-def fill(disk: Path) -> Path:
-    """A file taking every free byte of ``disk``."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"f" * 4096)
-    return filler
 
 
 def test_contents_asked_for_on_a_full_disk_leave_no_empty_directory(full_disk: Path):

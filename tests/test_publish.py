@@ -10,7 +10,6 @@ import http.server
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, make_file, post, serve_app, sha, start_p2p_edge, start_peer, status, until
+from conftest import DoubleServer, fill, make_file, mounted_tmpfs, post, serve_app, sha, start_p2p_edge, start_peer, status, until
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeswarm.errors import HttpError
@@ -314,24 +313,8 @@ async def test_an_upload_is_placed_and_applied_with_no_scan_between(tmp_path, ca
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MiB file system (a tmpfs) at tmp_path/small, to be filled: a full disk."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a full disk is a 1 MiB tmpfs, and mounting one needs root and mount(8)")
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (a full disk): {mounted.stderr.strip()}")
-    yield small
-    subprocess.run(["umount", str(small)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    """A file taking every free byte of ``disk``."""
-    filler = disk / "filler"
-    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"f" * 4096)
-    return filler
+    with mounted_tmpfs(tmp_path / "small", "size=1m") as small:
+        yield small
 
 
 def files_under(root: Path) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import DoubleServer, Misbehaving, curl, make_file, run_cli, serve_handler, start_peer
+from conftest import DoubleServer, Misbehaving, curl, fill, make_file, mounted_tmpfs, run_cli, serve_handler, start_peer
 
 from edgeswarm.errors import HttpError
 from edgeswarm.node.metrics import Metrics
@@ -131,20 +131,6 @@ async def test_parent_failing_mid_file_gives_a_short_body_that_resumes(tmp_path,
 
 
 # -- disk full -------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(mnt: Path, options: str):
-    """A real tmpfs at ``mnt``; unmounted (lazily if a daemon still holds it) at the end."""
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip() or mounted.returncode}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.fixture
@@ -313,16 +299,6 @@ async def test_get_of_a_file_larger_than_the_free_space_fetches_nothing_and_says
     assert done.returncode == 1 and said in done.stderr and (tmpfs / "half.bin").stat().st_size == 0, done.stderr
     sent = json.loads((await asyncio.to_thread(curl, e.url + "/status")).stdout)["bytes_sent"]
     assert sum(sent.values()) < MiB, sent  # manifests only
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of ``disk``: a file written until the file system says it is full."""
-    filler = disk / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as f:
-        while True:
-            f.write(b"\0" * MiB)
-            f.flush()
-    return filler
 
 
 async def test_a_first_start_on_a_full_disk_leaves_no_torn_file_and_starts_once_there_is_room(tmp_path, tmpfs, nodes, origin, published):
