@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgeswarm.policy.promotion import WINDOW, Promoter, PromotionRules, rendezvous
 
 RULES = PromotionRules(min_upload_Bps=1000, min_uptime_s=10, per_region=2)
@@ -45,14 +47,34 @@ def test_a_peer_announcing_several_contents_in_a_batch_is_measured_over_real_tim
     assert promoted and 145_000 <= p.seen["fast"].best <= 155_000
 
 
-def test_readings_closer_than_a_second_replace_the_last_one():
-    """A news announce (a content started or completed) just after a round: one reading, not a rate over 0.3 s."""
+def test_a_reading_closer_than_a_second_to_the_last_sample_brings_it_up_to_date():
+    """A news announce (a content started or completed) just after a round: the round's sample, not a rate over 0.3 s."""
     p = Promoter(RULES)
     for t in range(5):
         p.observe(t, "a", "http://a:1", "east", CID, 100 * t)  # 100 B/s
     p.observe(4.3, "a", "http://a:1", "east", "d" * 64, 5000)  # 5 KB in 0.3 s: over 4.3 s, 1.2 KB/s
-    assert len(p.seen["a"].samples) == 5 and p.seen["a"].samples[-1] == (4.3, 5400)
+    assert list(p.seen["a"].samples) == [*((t, t, 100 * t) for t in range(4)), (4, 4.3, 5400)]
     assert 1200 <= p.seen["a"].best <= 1300
+
+
+def test_a_batch_that_straddles_a_samples_first_second_is_no_rate_over_microseconds():
+    p = Promoter(RULES)
+    p.observe(0.0, "a", "http://a:1", "east", CID, 0)
+    p.observe(0.9999995, "a", "http://a:1", "east", CID, 100)  # a batch's first item, in the first sample
+    p.observe(1.0000005, "a", "http://a:1", "east", "d" * 64, 100)  # its next, a sample of its own a microsecond later
+    assert p.seen["a"].best == 0.0
+
+
+@pytest.mark.parametrize("gap", [0.5, 0.8, 0.95, 1.2])
+def test_a_peer_announcing_more_than_once_a_second_is_measured(gap: float):
+    """A reading that took the last sample's place (its time too) kept such a peer at one sample for good: measured at
+    0 and never promoted (a review), where a peer that announces often is the busiest (a live viewer, a seeder)."""
+    p = Promoter(PromotionRules(min_upload_Bps=100_000, min_uptime_s=10))
+    t, up, promoted = 1000.0, 0, False
+    while t < 1030:
+        promoted = p.observe(t, "a", "http://a:1", "east", CID, up)
+        t, up = t + gap, up + int(1_000_000 * gap)  # 1 MB/s
+    assert promoted and 0.9e6 <= p.seen["a"].best <= 1.1e6
 
 
 def test_at_most_per_region_are_promoted_and_other_regions_count_apart():
@@ -104,7 +126,7 @@ def test_a_promoted_peer_that_drops_one_of_its_contents_stays_promoted_until_it_
     assert p.observe(13, "a", "http://a:1", "east", other, 40_000, stopped=True)  # the other one evicted
     assert p.observe(14, "a", "http://a:1", "east", CID, 5000 * 14)
     assert p.observe(20, "a", "http://a:1", "east", other, 0)  # fetched again: its counter from 0 is no restart
-    assert p.seen["a"].samples[-1] == (20, 5000 * 14 + 40_000)  # what it sent of the dropped one still counts
+    assert p.seen["a"].samples[-1] == (20, 20, 5000 * 14 + 40_000)  # what it sent of the dropped one still counts
     assert p.observe(21, "a", "http://a:1", "east", CID, 5000 * 14, stopped=True)
     assert p.demotions == 0 and p.take_demoted() == []
     assert not p.observe(22, "a", "http://a:1", "east", other, 0, stopped=True)  # none left here: it has left

@@ -37,9 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 WINDOW = 5  # readings of a peer's upload counters the upload rate is measured over
-# seconds between two readings at least: a later one replaces the last.  A batch's items each read the counters
-# microseconds apart, and the growth of one item's counter was divided by those microseconds: a peer holding several
-# contents that uploaded a few hundred bytes was measured at MB/s and promoted at any --promote-upload (a session)
+# seconds between two samples of the window at least (a reading closer to the last one brings it up to date): a
+# batch's items each read the counters microseconds apart, and the growth of one item's counter was divided by those
+# microseconds: a peer holding several contents that uploaded a few hundred bytes was measured at MB/s and promoted at
+# any --promote-upload (a session)
 SAMPLE_GAP_S = 1.0
 
 
@@ -56,26 +57,30 @@ class _Seen:
     region: str | None
     first: float
     last: float
-    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # (first taken, last brought up to date, total uploaded then), SAMPLE_GAP_S apart by when first taken (``read``)
+    samples: deque[tuple[float, float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
     uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
     dropped: int = 0  # bytes reported for contents since dropped (``stopped``): what it sent stays in its total
     best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
 
     def read(self, now: float) -> None:
-        """A reading of its total upload at ``now``: a new sample, or the last one replaced when taken less than
-        SAMPLE_GAP_S before (the items of one announce request), so that a rate is always over real time."""
-        reading = (now, self.dropped + sum(self.uploaded.values()))
+        """A reading of its total upload at ``now``: a new sample, or the last one brought up to date when that one was
+        first taken less than SAMPLE_GAP_S before (the items of one announce request are one sample).  Judged by when
+        the last sample was last brought up to date, a peer announcing more than once a second stayed at one sample for
+        good, measured at 0 and never promoted (a review)."""
+        total = self.dropped + sum(self.uploaded.values())
         if self.samples and now - self.samples[-1][0] < SAMPLE_GAP_S:
-            self.samples[-1] = reading
+            self.samples[-1] = (self.samples[-1][0], now, total)
         else:
-            self.samples.append(reading)
+            self.samples.append((now, now, total))
 
     def rate(self) -> float:
-        """Bytes a second uploaded over the window of readings (0 before two samples)."""
+        """Bytes a second uploaded over the window's samples, each as last brought up to date, at least SAMPLE_GAP_S
+        apart (0 before: two samples of a batch that came as the first turned a second old may be microseconds apart)."""
         if len(self.samples) < 2:
             return 0.0
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return max(0, b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        (_, t0, b0), (_, t1, b1) = self.samples[0], self.samples[-1]
+        return max(0, b1 - b0) / (t1 - t0) if t1 - t0 >= SAMPLE_GAP_S else 0.0
 
 
 class Promoter:
