@@ -65,6 +65,23 @@ def test_a_batch_that_straddles_a_samples_first_second_is_no_rate_over_microseco
     assert p.seen["a"].best == 0.0
 
 
+def test_a_content_announced_again_with_its_counter_kept_is_not_counted_twice():
+    """A peer still reading a content it said stopped for keeps its upload counter, and announces it again from there:
+    its bytes were in the total twice, and the measure jumped by them (a review)."""
+    p = Promoter(RULES)
+    other = "d" * 64
+    for t in range(4):
+        p.observe(t, "a", "http://a:1", "east", CID, 100 * t)
+        p.observe(t, "a", "http://a:1", "east", other, 1_000_000)  # sent once, long ago
+    p.observe(4, "a", "http://a:1", "east", other, 1_000_000, stopped=True)
+    p.observe(5, "a", "http://a:1", "east", other, 1_000_000)  # again, its counter kept
+    p.observe(5, "a", "http://a:1", "east", CID, 500)
+    assert p.seen["a"].samples[-1][2] == 1_000_500 and p.seen["a"].best == 100.0
+    p.observe(6, "a", "http://a:1", "east", other, 1_000_000, stopped=True)
+    p.observe(7, "a", "http://a:1", "east", other, 0)  # again from 0: what it sent before stays in its total
+    assert p.seen["a"].samples[-1][2] == 1_000_500
+
+
 @pytest.mark.parametrize("gap", [0.5, 0.8, 0.95, 1.2])
 def test_a_peer_announcing_more_than_once_a_second_is_measured(gap: float):
     """A reading that took the last sample's place (its time too) kept such a peer at one sample for good: measured at

@@ -42,6 +42,7 @@ WINDOW = 5  # readings of a peer's upload counters the upload rate is measured o
 # microseconds: a peer holding several contents that uploaded a few hundred bytes was measured at MB/s and promoted at
 # any --promote-upload (a session)
 SAMPLE_GAP_S = 1.0
+LEFT_KEPT = 64  # contents a peer said stopped for whose counters are kept (a live viewer stops one every segment)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class _Seen:
     samples: deque[tuple[float, float, int]] = field(default_factory=lambda: deque(maxlen=WINDOW))
     uploaded: dict[str, int] = field(default_factory=dict)  # content -> bytes sent to peers, as last reported
     dropped: int = 0  # bytes reported for contents since dropped (``stopped``): what it sent stays in its total
+    left: dict[str, int] = field(default_factory=dict)  # content dropped -> its counter then, the last LEFT_KEPT (_stopped)
     best: float = 0.0  # the highest upload rate measured over a window: what it has shown it can send
 
     def read(self, now: float) -> None:
@@ -105,6 +107,9 @@ class Promoter:
             self.forget(key, f"it moved to {url}")
             seen = self.seen[key] = _Seen(url, region, now, now)
         seen.last, seen.region = now, region
+        if cid in seen.left and uploaded >= seen.left[cid]:  # announced again with its counter kept: not counted twice
+            seen.dropped -= seen.left[cid]
+        seen.left.pop(cid, None)
         if uploaded < seen.uploaded.get(cid, 0):  # a restart: its counters start again, and so does its measure
             self.forget(key, f"it restarted (its upload counter for {cid[:12]} went back)")
             seen = self.seen[key] = _Seen(url, region, now, now)
@@ -126,7 +131,11 @@ class Promoter:
         seen = self.seen.get(key)
         if seen is None:
             return
-        seen.dropped += seen.uploaded.pop(cid, 0)
+        if cid in seen.uploaded:  # a peer still reading it keeps its counter: announced again, it goes on from there
+            seen.left[cid] = seen.uploaded[cid]  # (counted twice in the total, the measure jumped: a review)
+            while len(seen.left) > LEFT_KEPT:
+                del seen.left[next(iter(seen.left))]
+            seen.dropped += seen.uploaded.pop(cid)
         if not seen.uploaded:
             self.forget(key, "it said stopped for the last content it announced here")
 
