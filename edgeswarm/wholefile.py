@@ -13,6 +13,7 @@ name.  Pieces have a writer of their own
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,3 +51,23 @@ def write_whole(path: Path, data: bytes | Iterable[bytes], *, mode: int = 0o644,
     finally:
         with contextlib.suppress(FileNotFoundError):  # replaced: gone already
             os.unlink(tmp)
+
+
+class SaidOnce:
+    """A small state file written whole again and again, a failed write (a full disk) warned about once until one
+    succeeds: a line per write was a line per torrent handed out, per preheat order taken (an adversarial session).
+    ``warning`` is a logging format of the path and the reason."""
+
+    def __init__(self, path: Path, logger: logging.Logger, warning: str):
+        self.path, self._log, self._warning = path, logger, warning
+        self.failing = False  # the last write failed (and was warned about)
+
+    def write(self, data: bytes) -> None:
+        try:
+            write_whole(self.path, data)
+        except OSError as exc:
+            if not self.failing:
+                self._log.warning(self._warning, self.path, exc.strerror or exc)
+            self.failing = True
+        else:
+            self.failing = False

@@ -97,7 +97,7 @@ from edgeswarm.store.redispeers import open_store
 from edgeswarm.trust import access, tls, tokens
 from edgeswarm.trust.protect import cipher_for
 from edgeswarm.trust.signing import load_or_create_private_key, public_pem
-from edgeswarm.wholefile import write_whole
+from edgeswarm.wholefile import SaidOnce
 
 log = logging.getLogger("edgeswarm.roles.edge")
 SIBLING_TIMEOUT = 2.0
@@ -201,7 +201,11 @@ class Edge:
         self._torrent_fetches: Collapser[tuple[Torrent, list[str]]] = Collapser()
         # the 20-byte hashes clients announce kept torrents under -> content id; p2p mode: as a restart found them
         self._bt_hashes: dict[bytes, str] = _kept_bt_hashes(cache / BT_HASHES) if config.p2p else {}
-        self._bt_unsaved = False  # the last write of BT_HASHES failed (and was warned about)
+        self._bt_file = SaidOnce(
+            cache / BT_HASHES,
+            log,
+            "could not keep the torrents' hashes in %s (%s): a restart forgets them until their torrents are asked again",
+        )
         self._bt_seed_counts: Recent[str, tuple[float, int, int]] = Recent(KEPT)  # info hash -> (when counted, seeds, others)
         self._left_window: Recent[str, None] = Recent(LEFT_WINDOW_KEPT)  # live segments dropped here: their stops need no lookup
         self.live = livewindow.LiveFollow()  # the live playlists served: their segments dropped once left behind
@@ -608,19 +612,7 @@ class Edge:
         which a client never does by itself (an adversarial session).  Its swarms refill from the next announces.  A
         failure (a full disk) is one warning until a save succeeds, not one per torrent (an adversarial session)."""
         doc = {h.hex(): cid for h, cid in self._bt_hashes.items()}
-        path = self.config.cache / BT_HASHES
-        try:
-            write_whole(path, json.dumps(doc, separators=(",", ":")).encode())
-        except OSError as exc:
-            if not self._bt_unsaved:
-                log.warning(
-                    "could not keep the torrents' hashes in %s (%s): a restart forgets them until their torrents are asked again",
-                    path,
-                    exc.strerror or exc,
-                )
-            self._bt_unsaved = True
-        else:
-            self._bt_unsaved = False
+        self._bt_file.write(json.dumps(doc, separators=(",", ":")).encode())
 
     async def _handed_out(self, request: web.Request) -> tuple[SignedManifest, bytes]:
         """The torrent a ``/torrent/<path>`` or ``/magnet/<path>`` request gets: this edge first among its web seeds."""

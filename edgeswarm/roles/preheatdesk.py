@@ -38,7 +38,7 @@ from edgeswarm.protocol.paths import file_request_path
 from edgeswarm.protocol.units import ascii_decimal
 from edgeswarm.protocol.wire import json_response
 from edgeswarm.trust import access, tokens
-from edgeswarm.wholefile import write_whole
+from edgeswarm.wholefile import SaidOnce
 
 if TYPE_CHECKING:
     from edgeswarm.roles.edge import Edge
@@ -70,7 +70,7 @@ class PreheatDesk:
         self.orders.eligible = self._may_hold
         self._grants: dict[tuple[str, str], tuple[tokens.Grant, str | None]] = {}  # --require-token: a volunteer's token, region
         self.path = edge.cache / ORDERS_FILE
-        self._unsaved = False  # the last save failed (and was warned about)
+        self._file = SaidOnce(self.path, log, "preheat orders not saved to %s (%s): a restart will forget them")
         self._load()
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
         self._changed = asyncio.Event()
@@ -114,14 +114,7 @@ class PreheatDesk:
             }
             for o in self.orders.orders.values()
         ]
-        try:
-            write_whole(self.path, json.dumps(doc).encode())
-        except OSError as exc:
-            if not self._unsaved:
-                log.warning("preheat orders not saved to %s (%s): a restart will forget them", self.path, exc.strerror or exc)
-            self._unsaved = True
-        else:
-            self._unsaved = False
+        self._file.write(json.dumps(doc).encode())
 
     def _bump(self) -> None:
         self.version += 1
