@@ -42,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeswarm.measure.bench_serve import _cpu_ticks, _steal_pct
+from edgeswarm.node import collector
 from edgeswarm.policy.peerstore import MemoryPeerStore
 from edgeswarm.policy.regions import RegionMap
 from edgeswarm.protocol.manifest import Manifest
@@ -221,6 +222,7 @@ async def measure(
 
 
 def run(peers: int, contents: int, pieces: int, duration: float, concurrency: int, stores: list[str], json_path: Path | None) -> int:
+    collector.tune()  # the garbage collector as an edge runs it (node/collector.py)
     console = Console()
     if not console.is_terminal:
         console = Console(width=140)  # a log or a pipe: whole columns rather than 80 characters

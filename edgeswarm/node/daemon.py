@@ -41,7 +41,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node import logthrottle
+from edgeswarm.node import collector, logthrottle
 from edgeswarm.node.connlimit import FLOOR, ConnectionPolicy, file_budget
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import OTHER, Metrics, endpoint_class
@@ -764,6 +764,7 @@ async def serve_many(
 
     With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``reserve``: see Servers.
     """
+    collector.tune()  # a daemon's process, before its apps' start-up: what they load (a tracker's snapshot) is not frozen
     servers = Servers(role, access_log, ssl_context, limits, reserve=reserve)
     try:
         for label, (host, port) in (await servers.start(sites)).items():

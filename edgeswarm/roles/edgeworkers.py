@@ -48,7 +48,7 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgeswarm.node import workers
+from edgeswarm.node import collector, workers
 from edgeswarm.node.carried import Carried
 from edgeswarm.node.daemon import (
     BACKLOG,
@@ -177,6 +177,7 @@ async def _worker(
     link.install(app)
     if registration is not None:
         registration.attach(app)
+    collector.tune()  # as serve_many does for a daemon of one process
     servers = Servers("edge", access_log, ssl_context, limits, reuse_port=True)
     private = web.AppRunner(link.private_app(), handle_signals=False, access_log=None)
     try:
