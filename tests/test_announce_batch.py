@@ -118,3 +118,28 @@ async def test_a_user_opening_many_files_in_a_row_is_never_refused_announces(tmp
         await asyncio.sleep(0.2)
     # " 429": a refusal's status follows a space; a timestamp's milliseconds (",429 INFO") are not one (a CI run)
     assert " 429" not in peer.log_text() and "too many announces" not in edge.log_text()
+
+
+async def test_an_item_a_full_tracker_refuses_carries_its_retry_after(tmp_path: Path, nodes, origin, published, http):
+    """A batch's 200 has no Retry-After of its own for an item refused with one: the item's error carries it, and the
+    peer holds that edge as for a 429 (a full tracker's item was asked again after 1 s, 2 s...: an adversarial session)."""
+    for name in ("a.bin", "b.bin"):
+        make_file(published / name, 256 * 1024)
+    edge = nodes.start("edge", "--cache", str(tmp_path / "edge"), "--parent", origin.url, "--p2p", "--max-peer-records", "1", name="edge")
+    cids = []
+    for name in ("a.bin", "b.bin"):
+        deadline = time.monotonic() + 20
+        while True:
+            async with http.get(f"{edge.url}/manifest/{name}") as r:
+                if r.status == 200:
+                    cids.append((await r.json())["id"])
+                    break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    item = {"pieces": 1, "have": "gA==", "uploaded": 0, "downloaded": 0, "event": "started"}
+    batch = {"peer_id": "p", "port": 9000, "contents": [{"content": cid, **item} for cid in cids]}
+    async with http.post(edge.url + "/announce", json=batch) as r:
+        assert r.status == 200, await r.text()
+        answers = (await r.json())["contents"]
+    assert "peers" in answers[cids[0]]
+    assert answers[cids[1]]["error"]["status"] == 503 and answers[cids[1]]["error"]["retry_after"] == 300, answers

@@ -66,6 +66,16 @@ def test_a_refused_tracker_is_not_asked_again_before_its_retry_after_whatever_ne
     assert s.due([A], 399) == [] and s.due([A], 400) == [A]
 
 
+def test_a_refusal_that_also_fails_the_round_keeps_its_retry_after_over_the_back_off():
+    """A full tracker's 503 says Retry-After and fails the round: the back-off (1 s, 2 s...) asked it again sooner."""
+    s = AnnounceSchedule(300)
+    s.refused(A, 0, 5)
+    assert s.failed(A, 0) == 5 and s.due([A], 4.9) == [] and s.due([A], 5) == [A]
+    s.refused(A, 5, 5)
+    assert s.failed(A, 5) == 5  # the second failure's 2 s too
+    assert s.failed(A, 20) == 4  # a hold that is over changes nothing
+
+
 def test_a_hurry_while_an_announce_is_in_flight_is_not_lost():
     """A content created while an announce (without it) was in flight is announced at once, not an interval later."""
     s = AnnounceSchedule(300)

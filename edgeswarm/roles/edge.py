@@ -1009,11 +1009,14 @@ class Edge:
                     answer = await self._announce_one(request, single, not charged)
                     charged = True
                 except HttpError as exc:
+                    error: dict[str, object] = {"status": exc.status, "message": exc.message}
+                    if (wait := exc.headers.get("Retry-After", "")).isdigit():  # the batch's 200 carries no header of it
+                        error["retry_after"] = int(wait)
                     if exc.status in (429, 503):
                         if not charged:
                             raise
-                        stop = {"status": exc.status, "message": exc.message}
-                    answer = {"error": {"status": exc.status, "message": exc.message}}
+                        stop = error
+                    answer = {"error": error}
             if isinstance(cid, str) and is_content_id(cid):
                 for said_once in ("interval", "region", "locality"):  # the batch's, at its top
                     answer.pop(said_once, None)

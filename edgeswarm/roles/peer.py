@@ -211,7 +211,9 @@ class AnnounceSchedule:
             self._next[tracker] = self._last_full.get(tracker, now) + self.interval_of(tracker)
 
     def failed(self, tracker: str, now: float) -> float:
-        """The tracker did not answer: returns the seconds until the next try."""
+        """The tracker did not answer: returns the seconds until the next try, which a refusal's hold (``refused``: a
+        503's Retry-After, a full tracker's) makes no sooner: the back-off's 1 s, 2 s... overrode it (an adversarial
+        session: a full tracker saying Retry-After 5 was asked again after 2 s and 4 s)."""
         if tracker in self._full_out:  # a full round counted as answered (elsewhere): the next try carries every content
             before = self._full_out.pop(tracker)
             if before is None:
@@ -219,7 +221,7 @@ class AnnounceSchedule:
             else:
                 self._last_full[tracker] = before
         failures = self._failures[tracker] = self._failures.get(tracker, 0) + 1
-        delay = min(self.interval_of(tracker), FIRST_RETRY * 2 ** (failures - 1))
+        delay = max(min(self.interval_of(tracker), FIRST_RETRY * 2 ** (failures - 1)), self._held.get(tracker, now) - now)
         self._next[tracker] = now + delay
         return delay
 
@@ -263,6 +265,13 @@ class AnnounceSchedule:
         if tracker not in self._failures:
             self.hurry(tracker, now, FIRST_RETRY)
             self._last_full.pop(tracker, None)  # a round of news only, maybe of nothing, would ask it nothing
+
+
+def _error_said(error: object) -> str:
+    """A batch item's ``{"error": {"status", "message"}}`` as a log line says it: "403 why", not the dict."""
+    if not isinstance(error, dict):
+        return str(error)[:200]
+    return f"{error.get('status')} {str(error.get('message'))[:200]}"
 
 
 EVICTED_TRIES = 3  # fetches of a piece evicted between the look that found it held and its read, before a 503
@@ -1127,7 +1136,7 @@ class Peer:
             # session: "EDGE answers announces again", the next round an interval away)
             self._vouch |= vouched
             delay = self.schedule.failed(edge, now)
-            log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], delay)
+            log.info("announce to %s failed (%s); trying again in %g s", edge, failed[0], round(delay, 1))
         elif self.schedule.succeeded(edge, now, started, full) and edge in self._p2p_edges and cids:  # a round of nothing heard nothing
             log.info("%s answers announces again", edge)
             self.ranking.revive(edge)  # its pieces too, perhaps: no need to wait out the back-off of a dead edge
@@ -1256,7 +1265,7 @@ class Peer:
                 for cid, (_, _, count) in chunk:
                     one = answers[cid]
                     if "error" in one:
-                        refused[cid] = f"content {cid[:12]}: {one['error']}"
+                        refused[cid] = f"content {cid[:12]}: {_error_said(one['error'])}"
                         continue
                     self.route.joined(tracker, cid)
                     self._take_answer(cid, count, {"peers": one["peers"]})
@@ -1499,12 +1508,16 @@ class Peer:
             if not isinstance(one, dict) or "error" in one:
                 error = one.get("error") if isinstance(one, dict) else None
                 code = error.get("status") if isinstance(error, dict) else None
-                said = f"{code} {str(error.get('message'))[:200]}" if isinstance(error, dict) else "no answer"
+                said = _error_said(error) if isinstance(error, dict) else "no answer"
                 if isinstance(code, int) and (code >= 500 or code == 429):
                     # the rest of the batch (a store down, or the sender over its rate part-way): try again soon, the
-                    # stopped ones too (forgotten on a 429, they were handed out by the edge for a ttl: a review)
+                    # stopped ones too (forgotten on a 429, they were handed out by the edge for a ttl: a review);
+                    # not before the item's Retry-After (a full tracker's 503 was asked again after 1 s, 2 s...)
                     unreachable = said
-                    if code == 429:
+                    wait = error.get("retry_after") if isinstance(error, dict) else None
+                    if isinstance(wait, int) and not isinstance(wait, bool) and wait > 0:
+                        self.schedule.refused(edge, time.monotonic(), wait)
+                    elif code == 429:
                         self.schedule.refused(edge, time.monotonic(), FIRST_RETRY)
                 else:
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, said)  # not the dict of its answer
