@@ -254,9 +254,11 @@ class PreheatDesk:
             raise HttpError(400, "preheat orders: 'peer_id' must be 1-64 printable characters")
         if request.headers.get(PEER_HEADER) != peer_id:  # a page cannot send it (CORS allows it no such header): twelve
             # <img> tags on any site registered twelve volunteers that never fetch, at each visitor's address, and orders
-            # went to them (an adversarial session; Sec-Fetch-Site, tried first, is not sent to a plain-http edge)
+            # went to them (an adversarial session; Sec-Fetch-Site, tried first, is not sent to a plain-http edge).  A 404:
+            # peers from before 2026-12-07, which do not send it, take it for an edge with no orders and ask again an
+            # interval on; a 403 they retried every 5 s, for good, a line at each end each time (an adversarial session)
             raise HttpError(
-                403, f"preheat orders are for peer daemons: send {PEER_HEADER}: the peer_id (a peer from before 2026-12-07: upgrade it)"
+                404, f"preheat orders are for peer daemons: send {PEER_HEADER}: the peer_id (a peer from before 2026-12-07: upgrade it)"
             )
         room = ascii_decimal(request.query.get("room", ""))
         if room is None:
