@@ -525,7 +525,7 @@ def test_order_accepts_newer_and_the_same_version_refuses_older():
 
 def test_order_refuses_a_different_version_with_the_same_modified():
     a, b = versions(10, 10)
-    assert "older version" in ManifestOrder().problem(b, held=a)
+    assert "another version of 'a.txt' dated the same" in ManifestOrder().problem(b, held=a)  # not "older": the same date
 
 
 def test_order_counts_what_the_store_holds_and_outlives_it():
@@ -886,6 +886,26 @@ def test_a_save_appends_what_changed_and_a_restart_replays_it(tmp_path, monkeypa
     assert state.read_bytes() != snapshot and len(journal.read_text().splitlines()) < 8
     third = Catalog(root, state, KEY)
     assert {rel: e.raw for rel, e in third.by_path.items()} == {rel: e.raw for rel, e in again.by_path.items()}
+
+
+def test_a_clean_stop_folds_the_journal_into_the_state(tmp_path):
+    """An origin from before the journal reads the state file alone: rolled back after a clean stop, it signed a changed
+    protected file again dated as the version nodes held, and they refused it (an adversarial session)."""
+    root, state, journal, catalog = _saved_catalog(tmp_path, 3)
+    catalog.fold()  # nothing journalled: nothing written
+    snapshot = state.read_bytes()
+    catalog.fold()
+    assert state.read_bytes() == snapshot
+    (root / "f2.bin").write_bytes(b"new")
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    assert len(journal.read_text().splitlines()) == 2  # the change is in the journal only
+    catalog.fold()
+    assert len(journal.read_text().splitlines()) == 1  # a new journal, empty
+    rows = json.loads(state.read_text())
+    assert rows["f2.bin"] == json.loads(catalog.by_path["f2.bin"].row)
+    again = Catalog(root, state, KEY)
+    assert {rel: e.raw for rel, e in again.by_path.items()} == {rel: e.raw for rel, e in catalog.by_path.items()}
+    assert again.scan_changes(dict(again.by_path)) == {}
 
 
 def test_a_journal_the_state_does_not_name_or_a_cut_line_is_not_replayed(tmp_path):

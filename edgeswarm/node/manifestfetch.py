@@ -76,6 +76,8 @@ class ManifestOrder:
         modified, cid = max(known)
         if signed.content_id == cid or m.modified > modified:
             return None
+        if m.modified == modified:  # another version dated the same (an origin that lost its state re-signed it)
+            return f"it is another version of {m.path!r} dated the same as the version held (modified {modified})"
         return f"it is an older version of {m.path!r} (modified {m.modified}, not after {modified} of the version held)"
 
     def accept(self, signed: SignedManifest) -> None:

@@ -330,6 +330,8 @@ class Origin:
             self.catalog.stopping.set()  # a hash under way gives up: its thread would keep the process alive until its end
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.catalog.fold()  # the state file whole: what an older release, which reads no journal, would start from
 
         app.cleanup_ctx.append(start_scanning)
         return app

@@ -177,6 +177,7 @@ class Catalog:
         self.journal_file = state_file.with_suffix(".journal")  # the changes since the snapshot (module docstring)
         self._journal: int | None = None  # the journal's number, as the snapshot names it; None: write a snapshot
         self._journal_room = 0  # bytes the journal may still grow before the next snapshot
+        self._journaled = False  # the journal holds changes the snapshot lacks (fold)
         self._changing = asyncio.Lock()  # see change: one writer of the published folder's catalogue at a time
         # path -> (the manifest it replaces, its entry), hashed by ``scan`` before it takes the lock (``_refresh``)
         self._prepared: dict[str, tuple[Manifest | None, Entry]] = {}
@@ -260,6 +261,7 @@ class Catalog:
                     state[rel] = row
         # after a line cut by a crash the next append would continue it, and be lost with it: a snapshot starts afresh
         self._journal = None if cut else number
+        self._journaled = any(lines[1:])
         self._journal_room = max(JOURNAL_MIN, snapshot_bytes) - sum(len(line) + 1 for line in lines)
 
     def _load_row(self, rel: str, row: dict, public: Ed25519PublicKey) -> bool:
@@ -319,7 +321,20 @@ class Catalog:
         with os.fdopen(fd, "wb") as f:
             f.write(line)
         self._journal_room -= len(line)
+        self._journaled = True
         return True
+
+    def fold(self) -> None:
+        """A clean stop: the journal's changes go into a whole snapshot, so that the state file alone is the catalogue.
+
+        A release from before the journal, rolled back onto a state it had
+        changes in, read the older snapshot only: it signed a protected file
+        again under a new content key, dated as the version nodes held, which
+        they refused (502s until the file changed again: an adversarial
+        session).  Nothing is written when the journal holds nothing."""
+        if self._journaled:
+            self._journal = None
+            self._save_state({})
 
     def _write_state(self) -> None:
         """Every entry's row, and the floors still ahead of the clock (``AHEAD``): a playlist rewritten more than once
@@ -337,6 +352,7 @@ class Catalog:
         write_whole(self.state_file, snapshot, mode=0o600, flush=False)
         write_whole(self.journal_file, f'{{"{JOURNAL}":{number}}}\n'.encode(), mode=0o600, flush=False)
         self._journal, self._journal_room = number, max(JOURNAL_MIN, len(snapshot))
+        self._journaled = False
 
     def _add(self, rel: str, entry: Entry) -> None:
         old = self.by_path.get(rel)
