@@ -908,6 +908,35 @@ def test_a_clean_stop_folds_the_journal_into_the_state(tmp_path):
     assert again.scan_changes(dict(again.by_path)) == {}
 
 
+def test_a_clean_stop_after_a_failed_save_writes_the_state_whole(tmp_path, monkeypatch, caplog):
+    """A change saved while the disk was full is in neither file: the fold at stop writes it (a review); a fold that
+    fails says the journal keeps what changed, or that a restart hashes it again, whichever is true."""
+    root, state, _, catalog = _saved_catalog(tmp_path, 2)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(catalog_module, "write_whole", full)
+        m.setattr(Catalog, "_append", lambda self, changes: False)
+        (root / "f1.bin").write_bytes(b"new")
+        catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+        catalog.fold()
+    assert "a restart hashes again what changed since" in caplog.text
+    assert Catalog(root, state, KEY).scan_changes({}) != {}  # the change is in neither file yet
+    catalog.fold()  # room again
+    again = Catalog(root, state, KEY)
+    assert again.by_path["f1.bin"].raw == catalog.by_path["f1.bin"].raw
+    (root / "f0.bin").write_bytes(b"newer")  # journalled; then a fold that fails leaves the journal, and says so
+    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    caplog.clear()
+    with monkeypatch.context() as m:
+        m.setattr(catalog_module, "write_whole", full)
+        catalog.fold()
+    assert "the journal beside it keeps what changed" in caplog.text
+    assert Catalog(root, state, KEY).by_path["f0.bin"].raw == catalog.by_path["f0.bin"].raw
+
+
 def test_a_journal_the_state_does_not_name_or_a_cut_line_is_not_replayed(tmp_path):
     """A crash after a snapshot and before its new journal leaves the old journal, whose changes are in the snapshot:
     replaying it would undo later ones.  A line cut by a crash is skipped (its file is hashed again)."""

@@ -331,10 +331,18 @@ class Catalog:
         changes in, read the older snapshot only: it signed a protected file
         again under a new content key, dated as the version nodes held, which
         they refused (502s until the file changed again: an adversarial
-        session).  Nothing is written when the journal holds nothing."""
-        if self._journaled:
-            self._journal = None
-            self._save_state({})
+        session).  Nothing is written when the journal holds nothing and the
+        last save succeeded; after a failed one (a full disk since freed), the
+        state is written whole (a review)."""
+        if not (self._journaled or self._unsaved):
+            return
+        try:
+            self._write_state()
+        except OSError as exc:  # write_whole left the old state, and the journal as it was
+            kept = "the journal beside it keeps what changed" if not self._unsaved else "a restart hashes again what changed since"
+            log.warning("cannot write the catalogue state %s whole at stop: %s; %s", self.state_file, exc, kept)
+        else:
+            self._unsaved = False
 
     def _write_state(self) -> None:
         """Every entry's row, and the floors still ahead of the clock (``AHEAD``): a playlist rewritten more than once
