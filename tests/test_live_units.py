@@ -334,6 +334,22 @@ def test_live_windows_drop_what_fell_behind_and_the_orphans_of_an_earlier_run():
     assert gone == ["live/seg00010.ts"]  # 10 < 13 - 2: a player far behind had two segments' time to finish it
 
 
+def test_live_windows_look_for_orphans_again_as_the_window_moves():
+    """A segment stored while no version read here named it (fetched by peers by id, in a viewer's gap) was never named
+    and never dropped: an edge kept a fifth of a stream for good (an adversarial soak).  The look for orphans is taken
+    again each time the window has moved ``retire_after`` segments on."""
+    w = LiveWindows(retire_after=2)
+    assert w.due("live/a.m3u8", 10)
+    w.found("live/a.m3u8", {"live/seg00010.ts"}, [], 10)
+    assert not w.due("live/a.m3u8", 11) and w.due("live/a.m3u8", 12) and w.due("live/a.m3u8", 3)  # a restarted stream
+    w.found("live/a.m3u8", {"live/seg00012.ts"}, [("live/seg00011.ts", 102), ("live/seg00012.ts", 104)], 12)
+    assert w.behind("live/a.m3u8", oldest=104, target=2.0) == []  # 102 is not yet 2 segments behind
+    assert w.behind("live/a.m3u8", oldest=108, target=2.0) == ["live/seg00011.ts"]
+    w.asked("live/a.m3u8", 0.0)
+    w.idle(1000.0)
+    assert w.due("live/a.m3u8", 13)  # forgotten with its window
+
+
 def _store_of(tmp_path):
     """A piece store, and a function that puts one whole one-piece content in it (path, bytes, modified)."""
     key = Ed25519PrivateKey.generate()

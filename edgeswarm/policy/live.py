@@ -60,7 +60,11 @@ class LiveWindows:
     the playlists they serve with this.  What an earlier run held is named
     by no version this run sees: on first sight of a playlist, the segments
     of its folder it does not name are ``found`` as orphans, each dropped
-    once the window has left its date behind (``behind``).  A playlist no
+    once the window has left its date behind (``behind``).  That look is
+    taken again each time the window has moved ``retire_after`` segments on
+    (``due``): a segment stored while no version read here named it (fetched
+    by peers by id, or ahead, in a viewer's gap) was never named, and an edge
+    kept a fifth of a stream for good (an adversarial soak).  A playlist no
     one has asked for in ``IDLE_AFTER`` seconds (its viewers left, or the
     stream ended) gives its whole window up (``idle``).
     """
@@ -70,6 +74,7 @@ class LiveWindows:
         self.playlists = playlists
         self._named: Recent[str, dict[int, set[str]]] = Recent(playlists)
         self._orphans: Recent[str, dict[str, int]] = Recent(playlists)  # playlist -> its folder's unnamed segments' dates
+        self._looked: Recent[str, int] = Recent(playlists)  # playlist -> its media sequence at its last look for orphans
         self._asked: Recent[str, float] = Recent(playlists)  # playlist -> when it was last served
         self._next_idle = 0.0
 
@@ -96,9 +101,17 @@ class LiveWindows:
         """Whether ``playlist`` was followed since the start (and not forgotten among PLAYLISTS_FOLLOWED others)."""
         return playlist in self._named
 
-    def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]]) -> None:
-        """On first sight of ``playlist``: of the ``(path, modified)`` held, its folder's segments it does not name
-        (``named``: also those the folder's other playlists name, a recording's beside a live stream)."""
+    def due(self, playlist: str, first: int) -> bool:
+        """Whether to look for ``playlist``'s orphans (``found``) at the version whose media sequence is ``first``: on
+        first sight, and once the window has moved ``retire_after`` segments on since the last look."""
+        looked = self._looked.get(playlist)
+        return looked is None or not 0 <= first - looked < self.retire_after
+
+    def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]], first: int = 0) -> None:
+        """At a look (``due``; ``first``: the version's media sequence): of the ``(path, modified)`` held, its folder's
+        segments it does not name (``named``: also those the folder's other playlists name, a recording's beside a live
+        stream)."""
+        self._looked[playlist] = first
         folder = posixpath.dirname(playlist)
         self._orphans[playlist] = {
             path: modified for path, modified in held if is_segment(path) and path not in named and posixpath.dirname(path) == folder
@@ -135,4 +148,5 @@ class LiveWindows:
             playlist, _ = self._asked.popitem(last=False)
             gone += [path for paths in self._named.pop(playlist, {}).values() for path in paths]
             gone += list(self._orphans.pop(playlist, {}))
+            self._looked.pop(playlist, None)
         return gone

@@ -45,10 +45,10 @@ class LiveFollow:
         self._read[path] = (signed.content_id, playlist)
         if playlist.ended:  # video on demand, or a stream that ended: nothing leaves its window (nor are other
             return playlist, []  # renditions of its folder, encoded at other times, any playlist's orphans)
-        if not self.windows.seen(path):  # the first look since the start: what an earlier run held is named nowhere
+        if self.windows.due(path, playlist.media_sequence):  # what an earlier run held, or this one never read named
             held = list(store.contents())
             named = set(playlist.media_paths).union(*(_named_by(store, s, path) for s in held))
-            self.windows.found(path, named, ((s.manifest.path, s.manifest.modified) for s in held))
+            self.windows.found(path, named, ((s.manifest.path, s.manifest.modified) for s in held), playlist.media_sequence)
         gone = self.windows.named(path, ((m.sequence, m.path) for m in playlist.media), playlist.media_sequence)
         oldest = _oldest(store, playlist) if self.windows.orphaned(path) else None
         if oldest is not None:
