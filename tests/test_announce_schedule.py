@@ -218,3 +218,32 @@ def test_a_machine_that_slept_announces_to_every_tracker_at_once_with_every_cont
     assert s.due([A], 66) == [A] and s.full(A, 66)
     s.succeeded(A, 67, started=66)
     assert s.due([A], 68) == [] and s.due([A], 367) == [A]  # then every interval, as before
+
+
+async def test_a_sub_tracker_is_shown_the_ticket_of_the_edge_that_named_it(tmp_path):
+    """A peer of two edges showed the sub-tracker one edge named the other edge's ticket (the newest, whichever edge gave
+    it), which it refused (401) at every round (an adversarial soak)."""
+    import json
+
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from edgeswarm.node.upstream import Reply
+    from edgeswarm.roles.config import PeerConfig
+    from edgeswarm.roles.peer import Peer
+
+    peer = Peer(PeerConfig(cache=tmp_path / "peer", edges=(A, B)))
+    cid = "c" * 64
+    peer._take_answer(cid, 4, {"ticket": "from-a", "peers": []}, A)
+    peer._take_answer(cid, 4, {"ticket": "from-b", "peers": []}, B)  # the newest
+    sent = []
+
+    async def request(method, base, path, headers, timeout, doc, limit):
+        sent.append(doc)
+        body = json.dumps({"contents": {cid: {"peers": []}}}).encode()
+        return Reply(200, CIMultiDictProxy(CIMultiDict()), body)
+
+    peer.upstream.request = request  # the sub-tracker: a double
+    item = {"content": cid, "pieces": 4, "have": "", "event": "update"}
+    for edge, ticket in ((A, "from-a"), (B, "from-b")):
+        assert await peer._announce_subtracker(edge, "http://sub", {cid: (item, {}, 4)}, "update") == (None, set())
+        assert sent[-1]["contents"][0]["ticket"] == ticket

@@ -116,7 +116,8 @@ STOP_WAIT = 2.0  # seconds a stopping peer lets an announce in flight finish bef
 LEAVE_WAIT = 2.0  # seconds the "stopped" to the edges a router replaced may take before the new edges hear from us
 RETIRE_IDLE = 120.0  # seconds a swarm with nothing to do is kept before it is closed (Peer.retire_idle)
 BANS_KEPT = 1024  # contents whose banned addresses outlive their retired swarm (Peer.retire), the oldest forgotten first
-REFUSED_QUIET = 60.0  # seconds a content an edge refused (a 4xx) is no news to it: its full rounds carry it still
+REFUSED_QUIET = 60.0  # seconds a content an edge refused (a 4xx) is left out of its rounds, doubled by each refusal in a row
+REFUSED_QUIET_MAX = 3600.0  # ... up to this: a version withdrawn for good (a live segment, a file changed) is asked about hourly
 MAX_STREAMS = 1024  # HAVE subscriptions open at once, over all contents
 Asked = tuple[float, float, float]  # an announce: monotonic when sent, when answered, and the wall clock then
 FORMER_KEY_S = 900.0  # seconds an edge's replaced swarm key still checks tickets: three default announce intervals
@@ -381,6 +382,9 @@ class Peer:
         self.upstream = Upstream(config.timeout, ssl=tls.client_context(config.ca), bind=source, family=source_family(bind))
         self.token = config.token  # managed mode: sent to edges only; other peers see tickets, never the token
         self.tickets: dict[str, str] = {}  # cid -> the newest swarm ticket an edge gave us
+        # (edge, cid) -> that edge's newest ticket: a sub-tracker takes its own edge's only (a peer of two edges showed it
+        # the other's, refused 401 at every round: an adversarial soak)
+        self._edge_tickets: dict[tuple[str, str], str] = {}
         self._key_fetches: Collapser[bytes] = Collapser()
         self.ticket_keys: dict[str, Ed25519PublicKey] = {}  # edge -> its swarm-ticket public key
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
@@ -439,7 +443,8 @@ class Peer:
         self._p2p_edges = set(self.edges)
         self._announced: dict[str, set[str]] = {}  # cid -> the edges that had its "started" and not yet its "stopped"
         self._refusals: dict[str, str] = {}  # edge -> why it refused our last announce (a 4xx: a limit), for /status
-        self._refused_items: dict[tuple[str, str], float] = {}  # (edge, cid) it refused (a 4xx) -> when: no news a while
+        # (edge, cid) it refused (a 4xx) -> (when, for how long it is left out of that edge's rounds: _refused_now)
+        self._refused_items: dict[tuple[str, str], tuple[float, float]] = {}
         self._leaving: set[str] = set()  # edges the router replaced, to hear "stopped" before the next round (use_edges)
         self._piece_counts: dict[str, int] = {}  # cid -> its piece count, for a "stopped" after its manifest went
         self._single: set[str] = set()  # edges that take one content per announce (from before batches)
@@ -1112,6 +1117,8 @@ class Peer:
         full = event != "update" or self.schedule.full(edge, started)
         if not full:
             cids = {cid for cid in cids if self._news(edge, cid)}
+        if event != "stopped":
+            cids = {cid for cid in cids if not self._refused_now(edge, cid, started)}
         vouched, self._vouch = self._vouch & cids, self._vouch - cids
         # an empty round goes on: it is what reschedules the edge's next one
         if event == "update" and cids and self._to_subtracker(edge, cids, started, full, vouched):
@@ -1151,15 +1158,25 @@ class Peer:
         # 503s, round after round: the tracker knew 1 500 of the 2 500 (an adversarial session)
         return [await self._announce_batch(edge, ordered[i : i + BATCH], event) for i in range(0, len(ordered), BATCH)]
 
+    def _refused_now(self, edge: str, cid: str, now: float) -> bool:
+        """Whether ``edge`` refused ``cid`` (a 4xx) recently enough to leave it out of a round.
+
+        A withdrawn version held here (a file changed, a live segment gone from
+        its window) asked at every round cost the edge a request to the origin
+        each time (268 in 26 minutes, an adversarial soak), and, in its full
+        rounds, a log line each time: 33 000 in 25 minutes for 15 peers at a
+        2 s interval (another).  A content its parent had not published yet is
+        asked again after REFUSED_QUIET (a review), a refusal in a row doubling
+        that up to REFUSED_QUIET_MAX.
+        """
+        refused = self._refused_items.get((edge, cid))
+        return refused is not None and now - refused[0] < refused[1]
+
     def _news(self, edge: str, cid: str) -> bool:
         """What a round between two intervals carries: a content this edge has not heard of, or one completed since,
         or one with subscribers its answers have not named (``_met_subscriber``)."""
         if cid in self._vouch:
             return True
-        # a withdrawn version held here, asked again at every round, cost the edge a request to the origin each time (268
-        # in 26 minutes, an adversarial soak); a content its parent had not yet waited for the next full round (a review)
-        if time.monotonic() - self._refused_items.get((edge, cid), -math.inf) < REFUSED_QUIET:
-            return False
         store = self.store
         signed = store.manifest(cid) if store else None
         if store is None or signed is None:
@@ -1213,7 +1230,7 @@ class Peer:
         session).
         """
         try:
-            why, refused = await self._announce_subtracker(tracker, parts, "update")
+            why, refused = await self._announce_subtracker(edge, tracker, parts, "update")
             if why is not None:
                 self.route.failed(edge, tracker, time.monotonic(), self.schedule.interval_of(edge))
                 log.info("sub-tracker %s failed (%s): announcing to %s again", tracker, why, edge)
@@ -1234,11 +1251,13 @@ class Peer:
         tracker = self.route.named(edge)
         parts = {cid: part for cid in sorted(cids) if (part := self._item(edge, cid, "stopped")) is not None}
         if tracker is not None and parts:
-            await self._announce_subtracker(tracker, parts, "stopped")
+            await self._announce_subtracker(edge, tracker, parts, "stopped")
 
-    async def _announce_subtracker(self, tracker: str, parts: dict[str, tuple[dict, dict, int]], event: str) -> tuple[str | None, set[str]]:
-        """The items to a sub-tracker, with their edge tickets and without usage (the edge's alone); why it failed, if it
-        did (a request that failed, or every item refused), and the contents it refused one by one."""
+    async def _announce_subtracker(
+        self, edge: str, tracker: str, parts: dict[str, tuple[dict, dict, int]], event: str
+    ) -> tuple[str | None, set[str]]:
+        """The items to the sub-tracker ``edge`` named, with that edge's tickets and without usage (the edge's alone);
+        why it failed, if it did (a request that failed, or every item refused), and the contents it refused one by one."""
         ordered = list(parts.items())
         refused: dict[str, str] = {}
         for i in range(0, len(ordered), BATCH):
@@ -1247,7 +1266,7 @@ class Peer:
                 {
                     **{k: v for k, v in item.items() if k != "usage"},
                     "event": event if event == "stopped" else self.route.event(tracker, cid),
-                    "ticket": self.tickets.get(cid),
+                    "ticket": self._edge_tickets.get((edge, cid), self.tickets.get(cid)),
                 }
                 for cid, (item, _, _) in chunk
             ]
@@ -1372,6 +1391,7 @@ class Peer:
         self._received_before.update(self.received.pop(cid, Counter()))
         self._uploaded_before += self.uploaded.pop(cid, 0)
         self._refused_items = {(edge, c): t for (edge, c), t in self._refused_items.items() if c != cid}
+        self._edge_tickets = {(edge, c): t for (edge, c), t in self._edge_tickets.items() if c != cid}
         for table in (self.from_edge, self._booked, self._stats_taken, self.tickets, self.content_keys, self._piece_counts):
             table.pop(cid, None)
         self._completed.discard(cid)
@@ -1519,12 +1539,15 @@ class Peer:
                         self.schedule.refused(edge, time.monotonic(), wait)
                     elif code == 429:
                         self.schedule.refused(edge, time.monotonic(), FIRST_RETRY)
-                else:
+                elif item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
                     log.info("announce of %s to %s refused: %s", cid[:12], edge, said)  # not the dict of its answer
-                    if item["event"] == "stopped":  # it will not take it later either: nothing more to tell it
-                        self._left(edge, cid)
-                    else:  # no news for this edge a while (_news)
-                        self._refused_items[edge, cid] = time.monotonic()
+                    self._left(edge, cid)
+                else:  # left out of this edge's rounds a while (_refused_now), said once a streak
+                    before = self._refused_items.get((edge, cid))
+                    quiet = REFUSED_QUIET if before is None else min(2 * before[1], REFUSED_QUIET_MAX)
+                    self._refused_items[edge, cid] = (time.monotonic(), quiet)
+                    if before is None:
+                        log.info("announce of %s to %s refused: %s; asked again in %g s", cid[:12], edge, said, quiet)
                 continue
             self._took(edge, item, usage, count, {**one, **shared})
         return unreachable
@@ -1590,6 +1613,8 @@ class Peer:
                 self.strict = doc["locality"] == "strict"
             if isinstance(doc.get("ticket"), str):
                 self.tickets[cid] = doc["ticket"]
+                if edge is not None:
+                    self._edge_tickets[edge, cid] = doc["ticket"]
             peers = [
                 {
                     "peer_id": str(p["peer_id"]),
