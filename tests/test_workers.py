@@ -714,6 +714,28 @@ def test_a_supervisor_stopped_with_its_workers_does_not_kill_them_for_its_own_si
         worker.wait()
 
 
+def test_a_worker_stopped_before_its_first_heartbeat_is_killed_too(tmp_path):
+    """A worker that said it listens and was stopped before its first beat was never watched, so never killed: its
+    share of new connections hung for good (a CI run of test_a_stopped_worker_is_killed_and_restarted_so_no_connection_hangs)."""
+    from edgeswarm.node.workers import WEDGED_S, Supervisor
+
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        sup = Supervisor("edge", 1, "127.0.0.1", 0, str(tmp_path), lambda slot: 0, lambda: None)
+        sup.pids[worker.pid] = 0
+        os.write(sup._ready_w, worker.pid.to_bytes(4, "little"))  # it listens; no beat ever comes
+        sup._read_ready()
+        sup._watch_beats()
+        assert worker.poll() is None
+        sup.beats[worker.pid] -= WEDGED_S  # as if WEDGED_S passed, the supervisor looking every second
+        sup._looked = time.monotonic()
+        sup._watch_beats()
+        assert worker.wait(5) == -signal.SIGKILL
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_a_worker_waits_for_the_primary_as_long_as_the_primary_waits_for_a_parents_torrent(tmp_path):
     """A worker cut the primary's silence at 60 s, while the primary waits up to TORRENT_TIMEOUT (120 s) for a torrent
     the origin is still hashing: half of the /torrent requests got 503 blaming a healthy primary, which answered the

@@ -179,7 +179,7 @@ class Supervisor:
         self._beat_r, self._beat_w = os.pipe()
         os.set_blocking(self._beat_r, False)
         os.set_blocking(self._beat_w, False)  # a worker never waits on a beat
-        self.beats: dict[int, float] = {}  # pid -> when it last beat (workers that beat at least once)
+        self.beats: dict[int, float] = {}  # pid -> when it last beat (workers that said they listen, or beat)
         self._looked = time.monotonic()  # when the supervisor last read the beats
 
     def run(self) -> int:
@@ -272,16 +272,23 @@ class Supervisor:
                     os.kill(pid, signal.SIGKILL)
 
     def _read_ready(self) -> None:
-        """The pids of workers that now listen, from the pipe."""
+        """The pids of workers that now listen, from the pipe; each is watched for heartbeats from then on.
+
+        A worker stopped after it said it listens and before its first beat
+        was never watched, so never killed: its share of connections hung
+        for good (a CI run: the node said it listens, and a SIGSTOP came in
+        that window)."""
         try:
             data = os.read(self._ready_r, 4096)
         except BlockingIOError:
             return
         was = len(self.ever_ready)
+        now = time.monotonic()
         for pid in _pids(data):
             index = self.pids.get(pid)
             if index is not None:
                 self.ever_ready.add(index)
+                self.beats.setdefault(pid, now)
         if was < self.count == len(self.ever_ready):
             self.on_ready()
 
