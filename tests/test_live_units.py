@@ -323,7 +323,7 @@ def test_live_windows_drop_what_fell_behind_and_the_orphans_of_an_earlier_run():
     w = LiveWindows(retire_after=2)
     assert not w.seen("live/a.m3u8")
     held = [("live/seg00001.ts", 100), ("live/seg00002.ts", 102), ("other/seg00001.ts", 100), ("live/poster.jpg", 0)]
-    w.found("live/a.m3u8", {"live/seg00010.ts"}, held)
+    w.found("live/a.m3u8", {"live/seg00010.ts"}, held, 10)
     assert w.orphaned("live/a.m3u8")
     assert w.named("live/a.m3u8", [(10, "live/seg00010.ts")], 10) == []
     assert w.behind("live/a.m3u8", oldest=105, target=2.0) == ["live/seg00001.ts"]  # 100 < 105 - 4; 102 is not yet

@@ -107,7 +107,7 @@ class LiveWindows:
         looked = self._looked.get(playlist)
         return looked is None or not 0 <= first - looked < self.retire_after
 
-    def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]], first: int = 0) -> None:
+    def found(self, playlist: str, named: set[str], held: Iterable[tuple[str, int]], first: int) -> None:
         """At a look (``due``; ``first``: the version's media sequence): of the ``(path, modified)`` held, its folder's
         segments it does not name (``named``: also those the folder's other playlists name, a recording's beside a live
         stream)."""
