@@ -84,3 +84,70 @@ async def test_redis_down_is_the_stores_error_for_every_caller(redis_server):  #
         assert (await b.call(echo, ["back"])).startswith("back:")  # the batcher goes on once Redis is back
     finally:
         await r.aclose()
+
+
+async def test_a_connection_redis_closed_while_idle_is_replaced_not_failed(client):
+    """Redis closes clients idle past its ``timeout`` (managed ones often do), and CLIENT KILL does at once: the batch
+    after was a 503 and an outage in the edge's log, every quiet spell (an adversarial session)."""
+    b, echo = batcher(client), client.register_script(ECHO)
+    assert await b.call(echo, ["a"]) == "a:1"
+    assert await client.client_kill_filter(_type="normal", skipme=True) >= 1  # the batcher's own connection
+    await asyncio.sleep(0.2)  # the close reaches this side
+    assert await b.call(echo, ["b"]) == "b:2"
+
+
+async def test_a_hung_redis_fails_the_calls_queued_behind_a_batch_with_it_and_later_ones_at_once(redis_server):  # noqa: F811
+    """A hung Redis (SIGSTOP, a failover's pause): each batch waited out its timeout after the one before, so under
+    200 announces a second their 503s came 15 s, then 27 s late (an adversarial session).  The calls queued behind a
+    batch that fails fail with it, and while one is out to try the store again, a new call fails at once."""
+    import os
+    import signal
+
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=1.0)
+    try:
+        b, echo = batcher(r), r.register_script(ECHO)
+        assert await b.call(echo, ["up"]) == "up:1"  # the script loaded, the connection made
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(b.call(echo, ["first"]))
+            await asyncio.sleep(0.1)  # out, waiting for its answer
+            behind = [asyncio.ensure_future(b.call(echo, [str(i)])) for i in range(20)]
+            with pytest.raises(StoreUnavailable):
+                await first
+            await asyncio.sleep(0)  # their futures' callbacks
+            assert all(f.done() for f in behind), "calls queued behind the failed batch waited for a batch of their own"
+            assert all(isinstance(f.exception(), StoreUnavailable) for f in behind)
+
+            trial = asyncio.ensure_future(b.call(echo, ["trial"]))
+            await asyncio.sleep(0.1)
+            with pytest.raises(StoreUnavailable):  # at once, while the trial is out
+                await b.call(echo, ["meanwhile"])
+            assert not trial.done()
+            with pytest.raises(StoreUnavailable):
+                await trial
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert (await b.call(echo, ["back"])).startswith("back:")  # a batch gets through: calls wait for theirs again
+        assert (await asyncio.gather(b.call(echo, ["x"]), b.call(echo, ["y"])))[1].startswith("y:")
+    finally:
+        await r.aclose()
+
+
+async def test_a_full_redis_refuses_a_batch_whole_though_its_calls_free_before_they_write(client):
+    """Over ``maxmemory`` under noeviction, Redis refused a script's first write only, and each announce's first is a
+    removal, which a full Redis allows: records of announces answered 503 were written, Redis at 4.8 times its
+    ``maxmemory`` (an adversarial session).  The batch's script is refused whole, before it runs."""
+    b = batcher(client)
+    frees_then_writes = "redis.call('ZREMRANGEBYSCORE', 'nokey', '(0', 5) redis.call('HSET', 'written', ARGV[1], 'x') return 1"
+    await client.config_set("maxmemory-policy", "noeviction")
+    await client.config_set("maxmemory", "1")
+    try:
+        results = await asyncio.gather(*(b.call(frees_then_writes, [str(i)]) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(e, StoreUnavailable) and "maxmemory" in str(e) for e in results), results
+        assert await client.exists("written") == 0
+    finally:
+        await client.config_set("maxmemory", "0")
+    assert await b.call(frees_then_writes, ["room"]) == 1

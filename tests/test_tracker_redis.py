@@ -236,3 +236,38 @@ async def test_a_full_read_only_or_hung_redis_is_a_503_and_the_edge_stays_in_rot
         await asyncio.sleep(0.2)
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "Traceback" not in log and log.count("answering announces 503") == 3, "each outage logged once (full, read-only, hung)"
+
+
+async def test_an_outage_whose_cause_changes_is_said_again(
+    tmp_path,
+    nodes,
+    origin,
+    published,
+    regions,
+    http,
+    redis_server: RedisServer,  # noqa: F811
+):
+    """An outage was logged once, with its first cause: a password set on a running Redis logged "connection closed",
+    and the lasting "wrong password" was in no warning (an adversarial session).  A new cause is said again, once."""
+    import redis
+
+    make_file(published / "f.bin", PIECES * PIECE)
+    edge = start_edge(nodes, tmp_path, origin, regions, "edge", redis_server.url)
+    cid = await content_id(http, edge.url, "f.bin")
+    assert (await announce(edge.url, "127.1.0.1", doc(cid, "x", "started")))[0] == 200
+    admin = redis.Redis.from_url(redis_server.url)
+    try:
+        admin.execute_command("CONFIG", "SET", "maxmemory", "1")
+        for _ in range(2):
+            code, text, _ = await announce(edge.url, "127.1.0.2", doc(cid, "y", "started"))
+            assert code == 503 and "OutOfMemoryError" in str(text), (code, text)
+        admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+        for _ in range(2):
+            code, text, _ = await announce(edge.url, "127.1.0.2", doc(cid, "y", "started"))
+            assert code == 503 and "ReadOnlyError" in str(text), (code, text)
+    finally:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+        admin.execute_command("CONFIG", "SET", "maxmemory", "0")
+        admin.close()
+    warnings = [line for line in (tmp_path / "logs" / "edge.log").read_text().splitlines() if "answering announces 503" in line]
+    assert len(warnings) == 2 and "OutOfMemoryError" in warnings[0] and "ReadOnlyError" in warnings[1], warnings

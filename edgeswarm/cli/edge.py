@@ -127,7 +127,7 @@ def add_parser(sub) -> None:
         default=d.tracker_store,
         metavar="STORE",
         help="where the swarms and P2P-share totals live: memory (this edge only, the default) or redis://HOST:PORT/DB, "
-        "shared by the edges of a region and kept across restarts",
+        "shared by the edges of a region and kept across restarts (Redis 7.0 or later)",
     )
     p2p.add_argument(
         "--max-peer-rate",

@@ -34,7 +34,15 @@ BASE_KEEP = 3600.0
 
 
 class StoreUnavailable(EdgeswarmError):
-    """The shared store cannot be reached: the edge answers announces 503 and keeps serving files."""
+    """The shared store cannot be reached: the edge answers announces 503 and keeps serving files.
+
+    ``kind``: what fails, without what changes from one failure to the next
+    (an address, a count): an outage is logged again when its kind changes.
+    """
+
+    def __init__(self, message: str, kind: str = ""):
+        super().__init__(message)
+        self.kind = kind or message
 
 
 @dataclass

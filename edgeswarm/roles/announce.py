@@ -202,7 +202,7 @@ class TrackerService:
         # the tracker's and the claims' tables: monotonic, so a step of the wall clock neither forgets every live peer
         # nor keeps dead ones for its size; a store shared by edges stamps its records by the wall clock (PeerStore.at)
         self.clock = time.monotonic
-        self._down: str | None = None  # why the store is unreachable, while it is
+        self._down: str | None = None  # what fails (StoreUnavailable.kind) while the store is unreachable
         self._refusal: tuple[str, float] | None = None  # why an announce's write last failed, and when (monotonic)
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
         self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
@@ -350,7 +350,9 @@ class TrackerService:
         except StoreUnavailable as exc:
             if self._down is None:
                 log.warning("%s: answering announces 503 until it is back (files are served as ever)", exc)
-            self._down = str(exc)
+            elif exc.kind != self._down:  # said again as it changes: a blip's "connection closed" hid "wrong password"
+                log.warning("%s: still answering announces 503", exc)
+            self._down = exc.kind
             if recovers:
                 self._refusal = (str(exc), time.monotonic())
             raise HttpError(503, f"{exc}; try again later", {"Retry-After": str(math.ceil(min(self.interval, 10)))}) from None

@@ -1194,10 +1194,15 @@ class Edge:
             if ping is not None:
                 await ping()
             log.info("tracker store: %s", store.describe())
-            evicts = getattr(store, "evicts", None)
-            policy = None
+            evicts, too_old = getattr(store, "evicts", None), getattr(store, "too_old", None)
+            policy = version = None
             with contextlib.suppress(StoreUnavailable):  # a Redis that keeps INFO from its clients (managed ones may) says nothing
                 policy = None if evicts is None else await evicts()
+                version = None if too_old is None else await too_old()
+            if version is not None:
+                log.warning(
+                    "tracker store %s runs Redis %s, which refuses every announce: edgeswarm needs 7.0 or later", store.describe(), version
+                )
             if policy is not None:
                 log.warning(
                     "tracker store %s evicts keys when full (maxmemory-policy %s): swarms would lose peers and the P2P-share "

@@ -314,7 +314,7 @@ class RedisPeerStore:
                 said = f"no answer within {self.redis.connection_pool.connection_kwargs.get('socket_timeout')} s"
         else:
             how = "refuses"
-        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}")
+        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}", f"{how} {type(exc).__name__}")
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
@@ -332,6 +332,16 @@ class RedisPeerStore:
         memory = await self._call(self.redis.info, "memory")
         policy = str(memory.get("maxmemory_policy", "noeviction"))
         return policy if int(memory.get("maxmemory", 0) or 0) > 0 and policy != "noeviction" else None
+
+    async def too_old(self) -> str | None:
+        """The server's version when it is older than 7.0, which refuses the announce scripts (their shebang: redisbatch.py)."""
+        server = await self._call(self.redis.info, "server")
+        version = str(server.get("redis_version", ""))
+        try:
+            major = int(version.split(".", 1)[0])
+        except ValueError:
+            return None  # a server that says no version (a proxy): its announces tell
+        return version if major < 7 else None
 
     def _rest(self, rec: PeerRecord) -> tuple[str, bool]:
         """The record's stored fields after its counters, and whether they are its own (False: a separator was replaced, see _clean)."""
