@@ -266,7 +266,12 @@ def test_a_long_run_checks_where_it_writes_its_figures_before_it_starts(tmp_path
         (["peer", "--cache", ".", "--edge", "http://127.0.0.1:9", "--download-limit", "1bit/s"], "expected a rate of at least 1 byte/s"),
         # a prefix of a flag is not that flag: --origin was --origin-key, --rate was --rate-scale
         (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--origin", "http://127.0.0.1:9"], "unrecognized arguments: --origin"),
-        (["lab", "vod", "--rate", "4"], "unrecognized arguments: --rate 4"),
+        (["lab", "vod", "--rate", "4"], "edgeswarm lab: error: unrecognized arguments: --rate 4"),
+        # named in the subcommand's words and usage, with the flag meant: it was "edgeswarm: error:" under the
+        # top-level usage (a newcomer's walk through README)
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--max-cach", "1GB"], "edgeswarm edge: error: "),
+        (["edge", "--cache", ".", "--parent", "http://127.0.0.1:9", "--max-cach=1GB"], "--max-cach=1GB: did you mean --max-cache?"),
+        (["bench", "swarm", "--peerz", "3"], "usage: edgeswarm bench swarm"),
         (["token", "issue", "--use", "alice"], "required: --key, --user, --path"),  # --use was --user
     ],
 )

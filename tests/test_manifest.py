@@ -578,8 +578,9 @@ def test_a_republished_file_moves_forward_even_when_its_mtime_does_not(tmp_path)
     copy.write_bytes(b"two")
     os.utime(copy, (1_600_000_000, 1_600_000_000))
     os.replace(copy, f)  # a new inode, the same bytes and mtime: the same version, not a new one
-    catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
+    lines = catalog.apply(catalog.scan_changes(dict(catalog.by_path)))
     assert catalog.by_path["a.txt"].signed.manifest == second
+    assert lines == ["hashed again, unchanged: a.txt (3 bytes)"], lines  # not "republished": nothing changed for nodes
 
 
 def test_a_protection_change_across_a_restart_is_a_later_version(tmp_path):

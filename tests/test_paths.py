@@ -212,3 +212,18 @@ def test_clean_request_path_decodes_what_quote_encodes(segments):
 def test_clean_request_path_rejects_dot_dot_however_it_is_encoded(before, after, dots):
     raw = quote("/" + "/".join([*before, ""])) + "".join(dots) + quote("".join(["/" + s for s in after]))
     assert "'..'" in rejected(raw).message
+
+
+def test_the_reserved_names_origin_help_and_readme_list_are_the_ones_refused():
+    """`origin --help` and README listed the reserved names without ``scrape``, which the origin refuses to publish under
+    (a newcomer's walk through README)."""
+    import re
+    from pathlib import Path
+
+    from edgeswarm.cli.origin import EPILOG
+
+    said = re.search(r"reserved for node endpoints \(([^)]*)\)", " ".join(EPILOG.split()))
+    assert said is not None and set(said.group(1).split(", ")) == RESERVED
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    listed = re.search(r"the reserved top-level names \(([^)]*)\)", readme)
+    assert listed is not None and set(listed.group(1).split(", ")) == RESERVED

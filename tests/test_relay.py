@@ -435,6 +435,33 @@ async def test_a_relayed_have_stream_cut_by_its_peer_leaving_is_one_line_on_ever
     assert "Traceback" not in log and "Error handling request" not in log, log[-3000:]
 
 
+async def test_an_edge_stopping_cleanly_says_no_relayed_peer_disconnected(tmp_path, nodes, origin, published, regions):
+    """An edge stopped with SIGTERM (the README recipes' end) closes its relays: each neighbour's HAVE stream through
+    one was a WARNING "cut after N bytes: 502 … the relayed peer disconnected", counted as a cut answer, though the peer
+    never left (a newcomer's walk through README).  A stop is said as a stop, at INFO."""
+    make_file(published / "s.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", "1")
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "hidden", "--unreachable")
+    async with aiohttp.ClientSession() as http:
+        await post(http, seeder, "/s.bin")
+        await until(lambda: complete(http, seeder), 90, "the seeder's download")
+        await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
+        rid = RelayHub.relay_id("127.1.0.5", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
+        cid = (await status(http, edge.url))["contents"][0]["id"]
+        headers = {"Accept": havefeed.CONTENT_TYPE, "X-Edgeswarm-Peer": "sub"}
+        streams = []
+        for _ in range(3):
+            resp = await http.get(f"{edge.url}/relay/{rid}/have/{cid}", headers=headers)
+            assert resp.status == 200, await resp.text()
+            streams.append(asyncio.ensure_future(_drain(resp)))
+        await asyncio.sleep(0.5)
+        edge.stop()
+        await asyncio.wait_for(asyncio.gather(*streams), 20)
+    stop = edge.log_text().split("stopping", 1)[-1]
+    assert "WARNING" not in stop and "relayed peer disconnected" not in stop, stop[-3000:]
+    assert "this node is stopping" in stop, stop[-3000:]
+
+
 async def _drain(resp: aiohttp.ClientResponse) -> str | None:
     """Read a streamed answer to its end: None if it ended cleanly, else how it was cut."""
     try:

@@ -376,6 +376,48 @@ def test_get_from_a_client_of_no_region_says_so_at_once(deployment, tmp_path):
         assert "Traceback" not in run.stderr and time.monotonic() - started < 30, "asked again for the 60 s"
 
 
+@pytest.mark.integration
+def test_a_wrong_router_url_ends_get_and_the_peer_at_once_in_one_line(nodes, tmp_path, origin):
+    """An edge's URL (or a dead port) given as ``--router``: `get` and the peer asked again each second for 60 s, a
+    WARNING each time, then ended with a line naming no command, where `get` given a dead edge ends at once (a
+    newcomer's walk through README)."""
+    from ports import free_port
+
+    edge = start_edge(nodes, tmp_path, origin, "e1", "127.10.0.1")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    dead = f"http://127.0.0.1:{free_port()}"
+    runs = [
+        (["get", "--router", edge.url, "/a.bin", "-o", str(tmp_path / "a.bin")], "it is no edgeswarm router"),
+        (["get", "--router", dead, "/a.bin", "-o", str(tmp_path / "a.bin")], "unreachable"),
+        (
+            ["peer", "--router", edge.url, "--cache", str(tmp_path / "p"), "--listen", "127.0.0.1:0", "--gateway", "127.0.0.1:0"],
+            "it is no edgeswarm router",
+        ),
+    ]
+    for argv, why in runs:
+        started = time.monotonic()
+        run = subprocess.run([sys.executable, "-m", "edgeswarm", *argv], capture_output=True, text=True, timeout=90, env=env)
+        said = f"edgeswarm {argv[0]}: no edge from router"
+        assert run.returncode == 1 and said in run.stderr and why in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr and "asking again" not in run.stderr, run.stderr
+        assert time.monotonic() - started < 30, "asked again for 60 s"
+
+
+@pytest.mark.integration
+def test_a_peer_given_a_router_as_edge_says_to_give_it_with_router(nodes, tmp_path, origin, published):
+    """README names the mistake (`--edge` must name an edge, a router goes in `--router`), but a peer given a router as
+    ``--edge`` logged "answered 302 for /origin-key; retrying" for good, and its gateway's 503 said as little."""
+    make_file(published / "a.bin", 1000)
+    edge = start_edge(nodes, tmp_path, origin, "e1", "127.10.0.1")
+    router = start_router(nodes, tmp_path, (edge, "east"))
+    peer = nodes.start(
+        "peer", "--cache", str(tmp_path / "p"), "--edge", router.url, "--listen", f"{EAST_CLIENT}:0", "--gateway", "127.0.0.1:0"
+    )
+    said = curl("-w", "%{http_code}", peer.urls["gateway"] + "/a.bin").stdout.decode()
+    assert said.endswith("503") and "give it with --router" in said, said
+    assert "give it with --router" in peer.log_text()
+
+
 @needs_tools
 def test_registrations_without_a_secret_come_from_loopback_under_the_routers_address(deployment):
     """A page of a site whose name was rebound to 127.0.0.1 posts from loopback too, but under its own name."""

@@ -11,10 +11,12 @@ those load when their subcommand runs, so ``--help`` stays quick.
 from __future__ import annotations
 
 import argparse
+import difflib
 import faulthandler
 import importlib
 import signal
 import sys
+from typing import NoReturn
 
 from edgeswarm.store.ledger import LedgerError
 from edgeswarm.trust.signing import KeyFileError
@@ -63,12 +65,36 @@ def _whole_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand the command line named, whose flags those are."""
+    while True:
+        action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, action.dest, None) if action is not None else None
+        if action is None or name not in action.choices:
+            return parser
+        parser = action.choices[name]
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extra: list[str]) -> NoReturn:
+    """Refuse what no flag of ``parser`` takes, in its name and usage, with the flag meant where one is close: argparse
+    said "edgeswarm: error:" under the top-level usage, naming neither the subcommand nor its flags (a newcomer's walk)."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = []
+    for word in extra:
+        close = difflib.get_close_matches(word.split("=", 1)[0], flags, 1) if word.startswith("--") else []
+        hints += [f"{word}: did you mean {close[0]}?"] if close else []
+    parser.error("; ".join([f"unrecognized arguments: {' '.join(extra)}", *hints]))
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a process of its own (not a test's call): SIGUSR1 asks for stacks, never kills; the threads'
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # until a node's loop runs, then its tasks' (daemon.py)
     argv = sys.argv[1:] if argv is None else argv
     try:  # Ctrl-C while the subcommand's modules load or its flags are read: no traceback either
-        args = build_parser(argv[0] if argv and argv[0] in ALONE else None).parse_args(argv)
+        parser = build_parser(argv[0] if argv and argv[0] in ALONE else None)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            _unrecognized(_chosen(parser, args), extra)
         return args.run(args)
     except KeyboardInterrupt:
         return 130

@@ -18,7 +18,8 @@ Files appear at their relative path (/srv/media/films/a.mp4 -> /films/a.mp4)
 within about a second of being written, and disappear when deleted.  Hidden
 files and directories (.name) are not published, nor are top-level names
 reserved for node endpoints (manifest, content, piece, have, announce, key,
-origin-key, swarm-key, healthz, status, metrics, dashboard, torrent, magnet, preheat, relay).
+origin-key, swarm-key, healthz, status, metrics, dashboard, torrent, magnet, scrape, preheat,
+relay).
 
 Users whose token has the publish scope upload through their edge (PUT, or
 `edgeswarm publish FILE --edge URL`) into DIR/users/USER/, within

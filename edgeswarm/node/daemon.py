@@ -296,6 +296,15 @@ class OutOfMemory(HttpError):
         super().__init__(503, "out of memory; retry", {"Retry-After": "1"})
 
 
+class Stopping(HttpError):
+    """An answer this node gives up because it stops (a relayed peer's stream as the edge closes its relays): not the
+    other side's fault nor a failure, so said at INFO and not counted as a cut (a clean stop of an edge that relayed
+    a peer logged a WARNING blaming the peer for each neighbour's stream: a newcomer's walk through README)."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "this node is stopping", {"Retry-After": "1"})
+
+
 @web.middleware
 async def cut_after_start(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Once an answer's head is on the wire, a failure can only cut the connection: never a second answer in the body.
@@ -314,7 +323,9 @@ async def cut_after_start(request: web.Request, handler: Callable[[web.Request],
         if started is None or request.writer.output_size == 0:
             raise
         sent = request.writer.output_size + request.get(SENT_ASIDE, 0)
-        if isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
+        if isinstance(exc, Stopping):
+            log.info("%s %s: cut after %d bytes: %s", request.method, shown(request), sent, exc.message)
+        elif isinstance(exc, ConnectionError):  # reset, broken pipe, "Connection lost" while draining
             request[_HUNG_UP] = client_gone(request)
             hung_up(request, "%s %s: %s after %d bytes", request.method, shown(request), gone_how(request), sent)
         else:  # counted: http_responses_total has it under the status its head said (an adversarial session: 15 cut

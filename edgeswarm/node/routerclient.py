@@ -26,13 +26,15 @@ log = logging.getLogger("edgeswarm.node.routerclient")
 REFRESH = 5.0  # seconds between two asks of the router; an edge failure asks sooner
 SOON = 0.5  # seconds after an edge failure before the router is asked (its poll may need that long to see it)
 SAY_AGAIN = 60.0  # seconds between two lines saying the router fails the same way
-FIRST_PATIENCE = 60.0  # seconds a peer without --edge waits for a router that gives it edges, before giving up
+FIRST_PATIENCE = 60.0  # seconds a peer without --edge waits for a router that gives it edges, before giving up (get: none)
 
 
 async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[str]:
     """The router's ranked edges for this host's region (and ``path``, for its hash); UpstreamError if it gives none."""
     query = f"/edges?path={quote(path, safe='/')}" if path else "/edges"
     reply = await upstream.get(router, query, timeout=5.0)
+    if reply.status == 404:  # an edge's URL (/edges is a file there), or no edgeswarm node: asking again changes nothing
+        raise Hopeless(502, f"router {router} answered 404 for /edges: it is no edgeswarm router (an edge goes in --edge)")
     if reply.status != 200:
         why = f"router {router} answered {reply.status}: {said_in(reply.body)}"
         raise UpstreamError(403 if reply.status == 403 else 502, why)  # 403: this client is in no region, and will not be
@@ -68,6 +70,8 @@ class RouterFollower:
         self.routed: list[str] = []
         self._refused: set[str] = set()  # plain-HTTP edges the router named and this client would not take (logged once)
         self._failing: tuple[str, float] | None = None  # why the router fails lately, and when that was said (_failed)
+        self.patience = FIRST_PATIENCE  # how long ``first`` asks again: `get` sets none, as it tries its edges once
+        self.role = "peer"  # who says, when it gives up
 
     async def _ask(self, upstream: Upstream) -> list[str]:
         """The router's edges this client takes; UpstreamError if none."""
@@ -91,7 +95,8 @@ class RouterFollower:
     async def first(self, upstream: Upstream, fixed: list[str]) -> list[str]:
         """The edges to start with: the router's (and ``fixed``); without ``fixed``, waits for the router a while."""
         self.fixed = list(fixed)
-        deadline = time.monotonic() + FIRST_PATIENCE
+        deadline = time.monotonic() + self.patience
+        said = None
         while True:
             try:
                 self.routed = await self._ask(upstream)
@@ -102,9 +107,11 @@ class RouterFollower:
                     log.warning("router %s: %s; starting with --edge %s", self.router, exc.message, ", ".join(self.fixed))
                     return list(self.fixed)
                 # a client of no region, a certificate that does not verify: asking again changes nothing (a 60 s wait
-                if time.monotonic() > deadline or exc.status == 403 or isinstance(exc, Hopeless):  # for the latter before)
-                    raise SystemExit(f"no edge from router {self.router}: {exc.message}") from None
-                log.warning("router %s: %s; asking again", self.router, exc.message)
+                if time.monotonic() >= deadline or exc.status == 403 or isinstance(exc, Hopeless):  # for the latter before)
+                    raise SystemExit(f"edgeswarm {self.role}: no edge from router {self.router}: {exc.message}") from None
+                if exc.message != said:  # once, not each second (60 lines for a router down a minute: an adversarial session)
+                    log.warning("router %s: %s; asking again every second for up to %.0f s", self.router, exc.message, self.patience)
+                    said = exc.message
                 await asyncio.sleep(1.0)
 
     def _failed(self, why: str) -> None:

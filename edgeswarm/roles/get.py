@@ -129,6 +129,7 @@ async def download(
     peer.pinned.one_shot = True  # an unreachable edge ends the download at once (it waited 7.5 s for "still learning")
     if peer.router is not None:
         peer.router.path = path  # the router ranks this file's edges (its consistent hash)
+        peer.router.patience, peer.router.role = 0.0, "get"  # one ask, as of each edge: a wrong --router ends at once
     # the upload server faces other peers as a daemon's does, with the same limits; once the file is written, a peer
     # still reading from it gets SHUTDOWN_S, not aiohttp's 60 s (CI saw a finished get still running after 60 s)
     servers = Servers("get", shutdown_timeout=SHUTDOWN_S)

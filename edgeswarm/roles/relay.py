@@ -36,7 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from edgeswarm.errors import HttpError
-from edgeswarm.node.daemon import text_error
+from edgeswarm.node.daemon import Stopping, text_error
 from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.upstream import CHUNK
 from edgeswarm.policy.ratelimit import TokenBucket
@@ -123,6 +123,7 @@ class RelayHub:
         self.bytes: Counter[str] = Counter()  # "out" to requesters, "in" from relayed peers
         self.events: Counter[str] = Counter()  # requests, refusals and failures by kind
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))  # a hostile peer's bad frames: a few lines
+        self.stopping = False  # close() ran: the relays end because this edge stops, not because their peers left
 
     @staticmethod
     def relay_id(address: str, user: str | None, peer_id: str) -> str:
@@ -335,6 +336,8 @@ class RelayHub:
             raise HttpError(504, f"relayed peer {rid} did not answer within {self.limits.timeout:g} s") from None
         if isinstance(item, relay.Head):
             return item
+        if self.stopping:
+            raise Stopping()
         self.events["failed"] += 1
         why = item.error if isinstance(item, relay.End) and item.error else "no answer"
         raise HttpError(502, f"relayed peer {rid}: {why}")
@@ -359,6 +362,8 @@ class RelayHub:
                 self.events["timeout"] += 1
                 raise HttpError(504, f"cut: relayed peer {rid} went silent") from None
             if isinstance(item, relay.End):
+                if item.error and self.stopping:
+                    raise Stopping()
                 if item.error:
                     self.events["failed"] += 1
                     raise HttpError(502, f"cut: relayed peer {rid}: {item.error}")
@@ -397,6 +402,7 @@ class RelayHub:
         }
 
     async def close(self) -> None:
+        self.stopping = True
         for link in list(self.links.values()):
             await link.ws.close(message=b"relay shutting down")
 

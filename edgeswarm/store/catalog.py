@@ -57,6 +57,14 @@ QUEUED_HASH = HASH_NOTICE  # bytes from which a file is hashed in a queue of its
 UNFINISHED_GRACE = 2.0  # seconds a rewritten playlist that looks half-written is held back before it is published anyway
 
 
+def _published(before: Entry | None, entry: Entry) -> str:
+    """What a scan did to a path, as its log line says: a file hashed again to the same version (a mirror's copy made
+    with ``cp -a``, whose inodes differ) was logged "republished", as if it had changed (a newcomer's walk through README)."""
+    if before is None:
+        return "published"
+    return "republished" if before.signed.content_id != entry.signed.content_id else "hashed again, unchanged:"
+
+
 @dataclass(frozen=True)
 class Entry:
     file: Path
@@ -657,7 +665,7 @@ class Catalog:
                 self._remove(rel)
                 lines.append(f"withdrew {rel}")
             else:
-                lines.append(f"{'republished' if rel in self.by_path else 'published'} {rel} ({entry.signed.manifest.size} bytes)")
+                lines.append(f"{_published(self.by_path.get(rel), entry)} {rel} ({entry.signed.manifest.size} bytes)")
                 self._add(rel, entry)
         if changes:
             self._save_state(changes)

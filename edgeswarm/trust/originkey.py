@@ -155,6 +155,9 @@ async def _served(upstream: Upstream, source: str) -> bytes:
     reply = await upstream.get(source, "/origin-key")
     if reply.status == 404:  # every edgeswarm node serves it
         raise NotANode(502, f"{source} answered 404 for /origin-key: it is no edgeswarm edge nor origin")
+    if reply.status in (301, 302, 303, 307, 308):  # no node redirects it; a router does (peer --edge ROUTER, a mistake
+        to = reply.headers.get("Location", "")[:200]  # README names, was "answered 302 ...; retrying" for good)
+        raise NotANode(502, f"{source} answered {reply.status} for /origin-key (to {to}): a router? give it with --router")
     if reply.status != 200:
         raise UpstreamError(502, f"{source} answered {reply.status} for /origin-key")
     try:
