@@ -434,3 +434,19 @@ def test_dev_bench_writes_a_relative_path_where_the_user_typed_it(tmp_path):
     proc = subprocess.run([str(dev), *args, "--json", "figures.json"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "figures.json").read_text())["peers"] == 20
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("bad", [("--ledger", "/proc/nope/l.sqlite"), ("--ca", "/nope/ca.pem")])
+def test_a_bad_ledger_or_ca_is_said_once_before_the_workers_start(tmp_path: Path, bad: tuple[str, str]):
+    """With the default workers, each worker printed the refusal (as many times as it raced to), then their supervisor an
+    ERROR that worker 0 exited (a newcomer's walk through README): the flag is checked before they start, as --regions is."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = ["edge", "--cache", str(tmp_path / "c"), "--parent", "http://127.0.0.1:9", "--listen", "127.0.0.1:0", "--workers", "2"]
+    run = subprocess.run([sys.executable, "-m", "edgeswarm", *argv, *bad], capture_output=True, text=True, timeout=60, env=env)
+    said = [line for line in run.stderr.splitlines() if " INFO " not in line]
+    assert run.returncode == 2 and len(said) == 1 and said[0].startswith("edgeswarm edge: "), run.stderr

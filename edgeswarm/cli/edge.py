@@ -278,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
 
         load_region_map(config.regions)
     ssl_context = tls.server_options(args.tls_cert, args.tls_key)
+    tls.client_context(config.ca)  # as --regions: a bad --ca or --ledger said once, before the workers each say it
+    if config.ledger is not None:
+        from edgeswarm.store.ledger import check_target
+
+        check_target(config.ledger)
     return edgeworkers.run(config, args.listen, args.access_log, ssl_context, options.limits(args), registration)
 
 

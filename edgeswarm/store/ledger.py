@@ -342,6 +342,13 @@ def _connect_postgres(dsn: str) -> _Backend:
     return _Postgres(conn)
 
 
+def check_target(target: str) -> None:
+    """Open ``target`` (and make its table) as every worker of an edge then does, and close it: a bad ``--ledger``
+    is said once, before the workers start, not once by each and then by their supervisor (a newcomer's walk)."""
+    with contextlib.suppress(LedgerFull):  # an existing ledger a full disk keeps from opening starts the edge (Ledger.start)
+        _connect(target, True).close()
+
+
 def _connect(target: str, create: bool) -> _Backend:
     backend = _connect_postgres(target) if is_dsn(target) else _connect_sqlite(target, create)
     for attempt in range(2) if create else ():
