@@ -557,6 +557,21 @@ async def test_a_redis_that_evicts_keys_is_named_with_its_policy(redis_url):  # 
         await store.close()
 
 
+async def test_a_connection_redis_closed_while_idle_is_not_handed_out_again(redis_url):  # noqa: F811
+    """Redis closes clients idle for its ``timeout``: the client's pool handed such a connection out again (redis-py 8
+    checks it only without maintenance notifications), so a quiet edge's expiry or /status read failed, an outage and its
+    end logged each interval (a review)."""
+    store = RedisPeerStore(redis_url, TTL)
+    try:
+        assert await store.too_old() is None  # 7.0 or later (Debian's)
+        await store.ping()
+        await store.redis.client_kill_filter(_type="normal", skipme=False)  # every connection, the pool's own included
+        await asyncio.sleep(0.2)
+        await store.ping()
+    finally:
+        await store.close()
+
+
 async def test_token_users_who_went_silent_are_neither_kept_nor_walked(redis_url):  # noqa: F811
     """The set of users ever seen never shrank, and /status read it whole: 200 000 past users made a router's poll
     take seconds (an adversarial session).  Users are kept by last announce, and leave with their peers."""

@@ -151,3 +151,87 @@ async def test_a_full_redis_refuses_a_batch_whole_though_its_calls_free_before_t
     finally:
         await client.config_set("maxmemory", "0")
     assert await b.call(frees_then_writes, ["room"]) == 1
+
+
+async def test_a_failure_long_over_fails_no_call_of_the_next_burst(redis_server):  # noqa: F811 - the fixture
+    """The breaker outlived its outage: cleared only by a batch that got through, so seconds after Redis came back, of a
+    burst of 50 calls the first went out to try the store and the 49 others failed at once with the old error (a
+    review).  A call fails at once behind a trial only while the failure is recent."""
+    import os
+    import signal
+
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=1.0)
+    try:
+        b, echo = batcher(r), r.register_script(ECHO)
+        assert await b.call(echo, ["up"]) == "up:1"
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable):
+                await b.call(echo, ["hung"])
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(1.5)  # Redis answers again; nothing was asked of it meanwhile
+        results = await asyncio.gather(*(b.call(echo, [str(i)]) for i in range(20)), return_exceptions=True)
+        assert not [e for e in results if isinstance(e, BaseException)], results
+    finally:
+        await r.aclose()
+
+
+async def test_a_redis_far_away_reconnects_within_the_timeout_each_step_has(redis_url):  # noqa: F811 - the fixture
+    """A Redis 0.4 s away (a round trip) under a 1 s timeout: the connection's handshake and the batch's command were
+    timed together once it had to reconnect, so each try timed out and dropped it again, for good (a review, with a
+    Redis 0.8 s away and the edge's 2 s).  The handshake has a timeout of its own."""
+    from urllib.parse import urlsplit
+
+    import redis.asyncio as aioredis
+
+    target = urlsplit(redis_url)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def far(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(relay(cr, sw, 0.0), relay(sr, cw, 0.4))
+
+    proxy = await asyncio.start_server(far, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    r = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True, socket_timeout=1.0)
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        b, echo = batcher(r), r.register_script(ECHO)
+        assert await b.call(echo, ["a"]) == "a:1"
+        await admin.client_kill_filter(_type="normal", skipme=True)  # its connection closed: the next batch connects again
+        await asyncio.sleep(0.2)
+        assert await b.call(echo, ["b"]) == "b:2"
+    finally:
+        await r.aclose()
+        await admin.aclose()
+        proxy.close()
+
+
+async def test_a_batch_the_store_refuses_whole_is_the_stores_error_not_a_bug(client, redis_url):  # noqa: F811
+    """A script refused whole with an error reply Redis does not give for its state (an ACL without EVALSHA, a Redis
+    before 7.0 that cannot compile the batch's shebang) reached each caller as itself: every announce a 500 and a
+    traceback (a review).  It is the store's failure, as when it is unreachable: a 503 that says why."""
+    import redis.asyncio as aioredis
+
+    await client.execute_command("ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-script")
+    limited = aioredis.Redis.from_url(redis_url.replace("redis://", "redis://noscripts:pw@"), decode_responses=True)
+    try:
+        results = await asyncio.gather(*(batcher(limited).call(ECHO, [str(i)]) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(e, StoreUnavailable) and "permission" in str(e) for e in results), results
+    finally:
+        await limited.aclose()
+        await client.execute_command("ACL", "DELUSER", "noscripts")

@@ -24,6 +24,7 @@ from aiohttp import web
 from conftest import serve_app
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgeswarm.errors import HttpError
 from edgeswarm.node.daemon import make_app
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.policy.engine import host_of
@@ -424,3 +425,20 @@ async def test_relayed_peers_are_counted_per_address_or_per_token_user():
         assert [await join(p, u) for p, u in (("d", "dora"), ("e", "dora"), ("f", "erin"), ("g", "dora"))] == [101, 101, 101, 429]
         for ws in held:
             await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("stopping", "said"), [(False, "502 relayed peer 127.0.0.1/p: relay shutting down"), (True, "503 this node is stopping")]
+)
+async def test_a_relay_closed_by_a_demotion_is_no_stop_of_the_node(stopping: bool, said: str):
+    """A promoted peer that is demoted closes its relay and goes on running: a request through it then was answered "this
+    node is stopping" (a review), which only a node that stops says."""
+    from edgeswarm.roles.relay import _Pending
+
+    hub = RelayHub(RelayLimits(timeout=5.0), {}.get)
+    await hub.close(stopping=stopping)
+    pending = _Pending()
+    pending.queue.put_nowait(relay.End(1, "relay shutting down"))  # the relayed peer's WebSocket, closed by close()
+    with pytest.raises(HttpError) as refused:
+        await hub._head(pending, "127.0.0.1/p")
+    assert f"{refused.value.status} {refused.value.message}" == said

@@ -414,8 +414,8 @@ def test_a_peer_given_a_router_as_edge_says_to_give_it_with_router(nodes, tmp_pa
         "peer", "--cache", str(tmp_path / "p"), "--edge", router.url, "--listen", f"{EAST_CLIENT}:0", "--gateway", "127.0.0.1:0"
     )
     said = curl("-w", "%{http_code}", peer.urls["gateway"] + "/a.bin").stdout.decode()
-    assert said.endswith("503") and "give it with --router" in said, said
-    assert "give it with --router" in peer.log_text()
+    assert said.endswith("503") and "a router goes in --router" in said, said
+    assert "a router goes in --router" in peer.log_text()
 
 
 @needs_tools

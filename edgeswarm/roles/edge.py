@@ -1249,7 +1249,7 @@ class Edge:
         r.add_get("/relay", self.get_relay)
         if self.relay is not None:
             relay = self.relay
-            app.on_shutdown.append(lambda _: relay.close())  # relayed peers' WebSockets end now, not at the shutdown timeout
+            app.on_shutdown.append(lambda _: relay.close(stopping=True))  # relayed peers' WebSockets end now, not at the shutdown timeout
         r.add_get("/relay/{rid}/" + TAIL, self.get_relayed)
         r.add_get("/" + PATH, self.get_file)
         r.add_put("/" + PATH, self.put_file)

@@ -1918,7 +1918,7 @@ class Peer:
     async def _end_streams(self) -> None:
         self.havefeed.close()  # long-lived bodies end now, not at the server's shutdown timeout
         if self.hosting is not None:
-            await self.hosting.close()  # so do relayed peers' WebSockets, when an edge promoted us
+            await self.hosting.close(stopping=True)  # so do relayed peers' WebSockets, when an edge promoted us
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._keys_task] if self._keys_task else [])]

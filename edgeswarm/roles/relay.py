@@ -401,8 +401,10 @@ class RelayHub:
             "events": dict(self.events),
         }
 
-    async def close(self) -> None:
-        self.stopping = True
+    async def close(self, stopping: bool = False) -> None:
+        """End every relay; ``stopping``: because this node stops (its streams' ends are said so, not as failures), not
+        a peer's demotion, which goes on serving (a review: a demoted peer's relay answered "this node is stopping")."""
+        self.stopping = stopping
         for link in list(self.links.values()):
             await link.ws.close(message=b"relay shutting down")
 

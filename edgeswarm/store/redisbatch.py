@@ -44,9 +44,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
+FAIL_FAST_S = 2.0  # how long after a failure calls fail at once behind a trial, when the client sets no timeout
 MAX_BATCH = 256  # calls in one script run, at most: a bounded reply to read and parse at once, and a bounded pause of Redis
 # error replies that say the server cannot serve now (full with noeviction, a read-only replica after a failover, loading
 # its data, a busy script, a failing disk), not that a call was wrong: the store is unavailable, as when unreachable
@@ -99,9 +101,10 @@ class ScriptBatcher:
         self._script = ""  # the combined script of every text in _bodies
         self._sha = ""
         self._task: asyncio.Task[None] | None = None  # the flush under way (a reference: the loop keeps only weak ones)
-        self._conn: Any = None  # the connection batches are sent on (_evalsha)
+        self._conn: Any = None  # the connection batches are sent on (_command)
         self._timeout: float | None = None
         self._down: BaseException | None = None  # the last batch's failure at the connection, until one gets through
+        self._down_at = 0.0  # when (monotonic): calls fail fast behind a trial only while that failure is recent
         self.batches = 0  # script runs sent: calls / batches is the coalescing a test or bench can see
         self.calls = 0
 
@@ -110,8 +113,8 @@ class ScriptBatcher:
 
         Its reply, or the error Redis gave it.
         """
-        if self._down is not None and self._flushing:  # the store fails: a batch is out to try it, this call does not wait
-            raise self.failure(self._down)  # a new error each time: one raised again and again grows its traceback
+        if self._down is not None and self._flushing and self._recent():  # the store fails: a batch is out to try it,
+            raise self.failure(self._down)  # this call does not wait (a new error each time: one raised again grows its traceback)
         body = script if isinstance(script, str) else script.script
         number = self._bodies.get(body)
         if number is None:
@@ -125,6 +128,11 @@ class ScriptBatcher:
             # the task's first step runs after the callbacks already due (other announces resumed by the last reply): their calls join it
             self._task = asyncio.get_running_loop().create_task(self._flush())
         return await future
+
+    def _recent(self) -> bool:
+        """Whether the last failure is recent (within a batch's timeout): one long over, the store quiet since, failed
+        every call of a burst while the trial reconnected, with an error seconds old (a review)."""
+        return time.monotonic() - self._down_at < (self._timeout or FAIL_FAST_S)
 
     async def _flush(self) -> None:
         """Send what is queued, and what queues meanwhile, until the queue is empty."""
@@ -143,20 +151,20 @@ class ScriptBatcher:
         calls = json.dumps([(number, call_args) for number, call_args, _ in batch], separators=(",", ":"))
         try:
             try:
-                replies = await self._evalsha(calls)
+                replies = await self._command("EVALSHA", self._sha, "0", calls)
             except rex.NoScriptError:  # the first batch, or a Redis that restarted or was flushed: load the script, send again (once)
-                self._sha = await self.redis.script_load(self._script)
-                replies = await self._evalsha(calls)
+                self._sha = await self._command("SCRIPT", "LOAD", self._script)
+                replies = await self._command("EVALSHA", self._sha, "0", calls)
             if not isinstance(replies, list) or len(replies) != len(batch):
                 raise rex.ResponseError(f"a batch of {len(batch)} script calls got {replies!r:.100} back")
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-            self._down = exc
+            self._down, self._down_at = exc, time.monotonic()
             queued, self._queue = self._queue, []  # behind a batch that timed out, each would wait out its own timeout
             self._fail(batch + queued, self.failure(exc))
             return
-        except rex.ResponseError as exc:
-            self._down = None  # it answered
-            self._fail(batch, self.failure(exc) if unavailable_reply(exc) else exc)
+        except rex.ResponseError as exc:  # the batch's script refused whole (full, read-only, a Redis before 7.0, an ACL):
+            self._down = None  # it answered; the store does not serve the tracker, as if unreachable (each announce was a
+            self._fail(batch, self.failure(exc))  # 500 and a traceback for a refused script load: a review)
             return
         except Exception as exc:  # anything else: each caller sees it, the batcher goes on
             self._fail(batch, exc)
@@ -173,8 +181,9 @@ class ScriptBatcher:
             else:
                 future.set_result(reply)
 
-    async def _evalsha(self, calls: str) -> Any:
-        """The batch's EVALSHA on the batcher's own connection: one write, one read, within the client's command timeout.
+    async def _command(self, *args: str) -> Any:
+        """A command (the batch's EVALSHA, its script's load) on the batcher's own connection: one write, one read, within
+        the client's command timeout.
 
         Batches go one at a time, so one connection, taken from the client's
         pool and kept (the client's ``aclose`` closes it with the others),
@@ -200,10 +209,16 @@ class ScriptBatcher:
             conn = self._conn = await pool.get_connection()
             conn.socket_timeout = None  # bounded below, send and read together
         elif conn.is_connected and await conn.can_read():  # nothing is due between batches: Redis closed it meanwhile
-            await conn.disconnect(nowait=True)  # (its idle ``timeout``, CLIENT KILL, a proxy): the send connects again
+            await conn.disconnect(nowait=True)  # (its idle ``timeout``, CLIENT KILL, a proxy): connected again below
         try:
+            if not conn.is_connected:  # each step of the handshake (AUTH, SELECT, CLIENT SETINFO...) within the client's
+                conn.socket_timeout = self._timeout  # timeout, as the pool's first connect: under the batch's, a Redis 0.8 s
+                try:  # away timed out every batch after one failure, for good (a review)
+                    await conn.connect()
+                finally:
+                    conn.socket_timeout = None
             async with asyncio.timeout(self._timeout):
-                command: Any = ("EVALSHA", self._sha, "0", calls)  # Any: hiredis's stub types the tuple as one of a single item
+                command: Any = args  # Any: hiredis's stub types the tuple as one of a single item
                 await conn.send_packed_command(hiredis.pack_command(command), check_health=False)
                 return await conn.read_response()
         except rex.ResponseError:  # the reply was read whole: the connection is fine

@@ -254,12 +254,21 @@ class RedisPeerStore:
 
     def __init__(self, url: str, ttl: float = 90.0, prefix: str = "edgeswarm:"):
         import redis.asyncio as aioredis
+        from redis.maint_notifications import MaintNotificationsConfig
 
         self.url = check_url(url)
         self.ttl = ttl
         self.prefix = prefix
+        # without the maintenance notifications (Redis Enterprise's, "auto" by default), the pool checks that a connection
+        # it hands out was not closed by Redis meanwhile (its idle ``timeout``): it handed them out stale, and the read
+        # for /status, the expiry or a script's load failed, an outage logged each quiet interval (a review)
         self.redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0, retry_on_timeout=False
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            retry_on_timeout=False,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._batch = ScriptBatcher(self.redis, self._unavailable)
         self._regions: dict[tuple[str, str], Region] = {}
@@ -314,6 +323,8 @@ class RedisPeerStore:
                 said = f"no answer within {self.redis.connection_pool.connection_kwargs.get('socket_timeout')} s"
         else:
             how = "refuses"
+            if "compiling script" in said:  # the shebang of the batch's script (redisbatch.py): a Redis before 7.0
+                said = f"{said} (edgeswarm needs Redis 7.0 or later)"
         return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}", f"{how} {type(exc).__name__}")
 
     async def ping(self) -> None:

@@ -156,8 +156,12 @@ async def _served(upstream: Upstream, source: str) -> bytes:
     if reply.status == 404:  # every edgeswarm node serves it
         raise NotANode(502, f"{source} answered 404 for /origin-key: it is no edgeswarm edge nor origin")
     if reply.status in (301, 302, 303, 307, 308):  # no node redirects it; a router does (peer --edge ROUTER, a mistake
-        to = reply.headers.get("Location", "")[:200]  # README names, was "answered 302 ...; retrying" for good)
-        raise NotANode(502, f"{source} answered {reply.status} for /origin-key (to {to}): a router? give it with --router")
+        to = reply.headers.get("Location", "")[:200]  # README names, was "answered 302 ...; retrying" for good), and so
+        raise NotANode(  # does a proxy sending http to https (a review)
+            502,
+            f"{source} answered {reply.status} for /origin-key (to {to}): no edgeswarm node redirects it; a router "
+            "goes in --router, and a proxy's redirect means the URL it names",
+        )
     if reply.status != 200:
         raise UpstreamError(502, f"{source} answered {reply.status} for /origin-key")
     try:
