@@ -32,8 +32,9 @@ Redis grew to 4.8 times its ``maxmemory`` (an adversarial session).
 
 A store that stops answering (hung, its host gone) fails fast: when a batch
 fails at the connection (a timeout, a closed connection), the calls queued
-behind it fail with it, and until a batch gets through again, a call made
-while one is out fails at once instead of queueing.  One batch at a time
+behind it fail with it, and for a batch's timeout after such a failure, a
+call made while another batch is out to try the store fails at once instead
+of queueing behind it.  One batch at a time
 waited out its 2 s timeout, so a hung Redis under 200 announces a second
 answered them after 15 s, then 27 s, and their forwarded requests held 6 650
 descriptors (an adversarial session).
