@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 from redisserver import redis_server, redis_url  # noqa: F401 - fixtures
@@ -180,20 +183,15 @@ async def test_a_failure_long_over_fails_no_call_of_the_next_burst(redis_server)
         await r.aclose()
 
 
-async def test_a_redis_far_away_reconnects_within_the_timeout_each_step_has(redis_url):  # noqa: F811 - the fixture
-    """A Redis 0.4 s away (a round trip) under a 1 s timeout: the connection's handshake and the batch's command were
-    timed together once it had to reconnect, so each try timed out and dropped it again, for good (a review, with a
-    Redis 0.8 s away and the edge's 2 s).  The handshake has a timeout of its own."""
-    from urllib.parse import urlsplit
+@contextlib.asynccontextmanager
+async def far(url: str, delay: float) -> AsyncIterator[str]:
+    """The URL of a proxy in front of ``url``'s Redis whose answers come ``delay`` seconds late: a Redis far away."""
+    target = urlsplit(url)
 
-    import redis.asyncio as aioredis
-
-    target = urlsplit(redis_url)
-
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, late: float) -> None:
         try:
             while data := await reader.read(65536):
-                await asyncio.sleep(delay)
+                await asyncio.sleep(late)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
@@ -201,24 +199,56 @@ async def test_a_redis_far_away_reconnects_within_the_timeout_each_step_has(redi
         finally:
             writer.close()
 
-    async def far(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+    async def join(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         sr, sw = await asyncio.open_connection(target.hostname, target.port)
-        await asyncio.gather(relay(cr, sw, 0.0), relay(sr, cw, 0.4))
+        await asyncio.gather(relay(cr, sw, 0.0), relay(sr, cw, delay))
 
-    proxy = await asyncio.start_server(far, "127.0.0.1", 0)
-    port = proxy.sockets[0].getsockname()[1]
-    r = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True, socket_timeout=1.0)
-    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    proxy = await asyncio.start_server(join, "127.0.0.1", 0)
     try:
-        b, echo = batcher(r), r.register_script(ECHO)
-        assert await b.call(echo, ["a"]) == "a:1"
-        await admin.client_kill_filter(_type="normal", skipme=True)  # its connection closed: the next batch connects again
-        await asyncio.sleep(0.2)
-        assert await b.call(echo, ["b"]) == "b:2"
+        yield f"redis://127.0.0.1:{proxy.sockets[0].getsockname()[1]}/0"
     finally:
-        await r.aclose()
-        await admin.aclose()
         proxy.close()
+
+
+async def test_a_redis_far_away_reconnects_within_the_timeout_each_step_has(redis_url):  # noqa: F811 - the fixture
+    """A Redis 0.4 s away (a round trip) under a 1 s timeout: the connection's handshake and the batch's command were
+    timed together once it had to reconnect, so each try timed out and dropped it again, for good (a review, with a
+    Redis 0.8 s away and the edge's 2 s).  The handshake has a timeout of its own."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    async with far(redis_url, 0.4) as url:
+        r = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=1.0)
+        try:
+            b, echo = batcher(r), r.register_script(ECHO)
+            assert await b.call(echo, ["a"]) == "a:1"
+            await admin.client_kill_filter(_type="normal", skipme=True)  # its connection closed: the next batch connects again
+            await asyncio.sleep(0.2)
+            assert await b.call(echo, ["b"]) == "b:2"
+        finally:
+            await r.aclose()
+            await admin.aclose()
+
+
+async def test_a_script_first_used_while_the_batchers_script_loads_is_in_what_runs(redis_url):  # noqa: F811 - the fixture
+    """The load's answer was kept as the script's id: a script grown while it loaded (an edge's first report or stop
+    after a Redis restart) kept the older one's, and every call of the new body failed "attempt to call a nil value"
+    until Redis forgot its scripts (a review)."""
+    import redis.asyncio as aioredis
+
+    async with far(redis_url, 0.1) as url:
+        r = aioredis.Redis.from_url(url, decode_responses=True)
+        try:
+            b = batcher(r)
+            one, two = "return 'one:' .. ARGV[1]", "return 'two:' .. ARGV[1]"
+            assert await b.call(one, ["0"]) == "one:0"
+            await r.script_flush()  # as after a restart: the next batch loads the script again
+            first = asyncio.ensure_future(b.call(one, ["1"]))
+            await asyncio.sleep(0.15)  # its EVALSHA refused, the load out
+            assert await asyncio.gather(first, b.call(two, ["1"])) == ["one:1", "two:1"]
+            assert await asyncio.gather(*(b.call(two, [str(i)]) for i in range(3))) == ["two:0", "two:1", "two:2"]
+        finally:
+            await r.aclose()
 
 
 async def test_a_batch_the_store_refuses_whole_is_the_stores_error_not_a_bug(client, redis_url):  # noqa: F811

@@ -154,8 +154,12 @@ class ScriptBatcher:
             try:
                 replies = await self._command("EVALSHA", self._sha, "0", calls)
             except rex.NoScriptError:  # the first batch, or a Redis that restarted or was flushed: load the script, send again (once)
-                self._sha = await self._command("SCRIPT", "LOAD", self._script)
-                replies = await self._command("EVALSHA", self._sha, "0", calls)
+                # the script as it is now, which runs every call of this batch; not the load's answer kept as the script's
+                # id: a script grown while it loaded (a first report or stop) kept the older one's, and its new calls
+                # failed "attempt to call a nil value" until Redis restarted (a review)
+                script, sha = self._script, self._sha
+                await self._command("SCRIPT", "LOAD", script)
+                replies = await self._command("EVALSHA", sha, "0", calls)
             if not isinstance(replies, list) or len(replies) != len(batch):
                 raise rex.ResponseError(f"a batch of {len(batch)} script calls got {replies!r:.100} back")
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
