@@ -147,6 +147,9 @@ async def test_redis_down_files_are_served_announces_get_503_and_the_edge_recove
     async with http.get(edge.url + "/metrics") as r:  # the region's peers read 0 meanwhile, a swarm gone (an adversarial
         metrics = await r.text()  # session): no sample, and the store said down
     assert "edgeswarm_tracker_store_up 0.0" in metrics and "edgeswarm_region_peers{" not in metrics, metrics
+    # counted too, for an alert that a short flap between two scrapes of store_up would escape (an adversarial session)
+    assert 'edgeswarm_tracker_store_failures_total{how="unreachable"} 1.0' in metrics, metrics
+    assert 'edgeswarm_tracker_store_failures_total{how="refuses"} 0.0' in metrics, metrics
 
     redis_server.start()  # empty (nothing was saved): peers fill it again with their next announces
     deadline = time.monotonic() + 15

@@ -36,13 +36,16 @@ BASE_KEEP = 3600.0
 class StoreUnavailable(EdgeswarmError):
     """The shared store cannot be reached: the edge answers announces 503 and keeps serving files.
 
-    ``kind``: what fails, without what changes from one failure to the next
-    (an address, a count): an outage is logged again when its kind changes.
+    ``how``: "unreachable" or "refuses" (counted apart in /metrics);
+    ``kind``: that and the error's type, without what changes from one failure
+    to the next (an address, a count): an outage is logged again when its kind
+    changes.
     """
 
-    def __init__(self, message: str, kind: str = ""):
+    def __init__(self, message: str, how: str = "unreachable", error: str = ""):
         super().__init__(message)
-        self.kind = kind or message
+        self.how = how
+        self.kind = f"{how} {error}" if error else message
 
 
 @dataclass

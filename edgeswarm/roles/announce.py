@@ -203,6 +203,7 @@ class TrackerService:
         # nor keeps dead ones for its size; a store shared by edges stamps its records by the wall clock (PeerStore.at)
         self.clock = time.monotonic
         self._down: str | None = None  # what fails (StoreUnavailable.kind) while the store is unreachable
+        self.store_failures: Counter[str] = Counter()  # announces the store failed, by how ("unreachable", "refuses")
         self._refusal: tuple[str, float] | None = None  # why an announce's write last failed, and when (monotonic)
         self._full = False  # at Limits.records, until it is down to ROOM of it again: said once each way
         self._figures: asyncio.Task | None = None  # the store's figures for /status, asked and not yet answered (status)
@@ -348,6 +349,8 @@ class TrackerService:
         try:
             yield
         except StoreUnavailable as exc:
+            if recovers:  # an announce's: a flap that a scrape of store_up misses is counted (an adversarial session)
+                self.store_failures[exc.how] += 1
             if self._down is None:
                 log.warning("%s: answering announces 503 until it is back (files are served as ever)", exc)
             elif exc.kind != self._down:  # said again as it changes: a blip's "connection closed" hid "wrong password"
@@ -453,9 +456,14 @@ class TrackerService:
             else f"{why} (an announce {ago:.0f} s ago; announces are answered 503 until it takes writes again)"
         )
 
-    def _room(self) -> dict[str, int]:
-        """The tracker's bound on records (Limits.records) and what it dropped to stay within it."""
-        return {"max_records": self.tracker.limits.records, "crowded_out": self.tracker.crowded_out}
+    def _room(self) -> dict[str, object]:
+        """The tracker's bound on records (Limits.records) and what it dropped to stay within it; the announces its
+        store failed."""
+        return {
+            "max_records": self.tracker.limits.records,
+            "crowded_out": self.tracker.crowded_out,
+            "store_failures": dict(self.store_failures),
+        }
 
     def _state(self, counts: Counts | None) -> dict[str, int]:
         """Entries of the per-peer tables: bounded by the live peers, and empty once they expire (per-address buckets aside).

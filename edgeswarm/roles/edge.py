@@ -937,9 +937,16 @@ class Edge:
             "edgeswarm_tracker_store_up",
             "1 if the tracker store answered this scrape's question and took the last announce, else 0 (/status: store_error)",
         )
+        failures = CounterMetricFamily(
+            "edgeswarm_tracker_store_failures",
+            "Announces the tracker store failed (answered 503), by how: unreachable (down, hung) or refuses (full, read-only)",
+            labels=["how"],
+        )
         if not self.forwards_tracker:  # the primary's alone among workers (theirs is no store's): their sum is its value
             store_up.add_metric([], 0 if "store_error" in p2p else 1)
-        return [seed, asked, sent, copies, share, peers, latency, announces, contents, shed, records, crowded, store_up]
+            for how in ("unreachable", "refuses"):
+                failures.add_metric([how], p2p.get("store_failures", {}).get(how, 0))
+        return [seed, asked, sent, copies, share, peers, latency, announces, contents, shed, records, crowded, store_up, failures]
 
     async def post_announce(self, request: web.Request) -> web.Response:
         """p2p mode: a peer reports what it holds and gets peers of its region to trade with.

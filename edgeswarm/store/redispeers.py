@@ -325,7 +325,7 @@ class RedisPeerStore:
             how = "refuses"
             if "compiling script" in said:  # the shebang of the batch's script (redisbatch.py): a Redis before 7.0
                 said = f"{said} (edgeswarm needs Redis 7.0 or later)"
-        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}", f"{how} {type(exc).__name__}")
+        return StoreUnavailable(f"tracker store {self.describe()} {how}: {type(exc).__name__}: {said}", how, type(exc).__name__)
 
     async def ping(self) -> None:
         await self._call(self.redis.ping)
