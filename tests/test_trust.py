@@ -125,9 +125,16 @@ async def test_edge_demands_a_valid_token_for_the_path(tmp_path, nodes, deployme
         assert r.status == 401
     async with http.get(f"{edge.url}/piece/{cid}/0", headers=bearer(alice)) as r:
         assert r.status == 200
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        for _ in range(8):  # connections of their own, dealt to both workers: the second asks the first for /status
+            async with fresh.get(edge.url + "/status") as r:
+                assert r.status == 200
     log = (tmp_path / "logs" / "edge.log").read_text()
     assert "-> 401" in log and "-> 403" in log and "Traceback" not in log
     assert "token=***" in log and alice not in log  # credentials stay out of the logs
+    # one access line per client request: none for the workers' own requests on their unix socket, which had no client
+    # address (a line for each /status a router polled: an adversarial session)
+    assert ']:  "' not in log, [line for line in log.splitlines() if ']:  "' in line][:3]
 
 
 async def test_a_stranger_learns_nothing_by_content_id_and_makes_nothing_be_fetched(tmp_path, nodes, deployment, http):

@@ -108,6 +108,8 @@ class AccessLogger(AbstractAccessLogger):
     """aiohttp's access log, minus credentials: the client, the request (tokens cut), status, size and time."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not request.remote:  # a worker's request on the edge's private unix socket: that worker logs its client's
+            return  # (a line with no client for each /status the router polled: an adversarial session)
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3f',
             request.remote,
