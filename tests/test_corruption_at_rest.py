@@ -89,6 +89,23 @@ def test_checking_a_whole_cache_up_front_reports_its_cost(tmp_path, capsys):
     assert piecestore.main([str(tmp_path / "nowhere")]) == 1
 
 
+def test_the_cache_check_refuses_a_cache_a_node_runs_on(tmp_path, capsys):
+    """Run on a live edge's cache it went ahead, and deleted a worker's piece in flight (an adversarial session on
+    docs/operations.md): refused as a second node is, the cache untouched."""
+    from edgeswarm.store import cachelock
+
+    c = make_content()
+    store = open_store(tmp_path)
+    stored(store, c, 0, 1)
+    store.close()
+    (tmp_path / "origin.pub").write_bytes(public_pem(PUB))
+    flip(Path(store.piece_path(c.cid, 0)))
+    with cachelock.held(tmp_path, "edge"):
+        assert piecestore.main([str(tmp_path)]) == 2
+    assert "in use" in capsys.readouterr().err
+    assert Path(store.piece_path(c.cid, 0)).exists()  # not checked, not dropped
+
+
 @integration
 def test_the_cache_check_runs_as_operations_md_tells_and_drops_a_piece_cut_short(tmp_path):
     """Run as ``python -m`` it stopped at its first bad piece with a NameError: a helper it calls came after the

@@ -911,12 +911,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"piecestore: no pinned origin key in {root}: {exc}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    started = time.perf_counter()
-    store = PieceStore(root, key)
-    opened = time.perf_counter()
-    pieces = sum(len(store.verify_held(signed.content_id)) for signed in list(store.contents()))
-    checked = time.perf_counter()
-    store.close()
+    from edgeswarm.store import cachelock  # here: it imports this module
+
+    try:  # a running node's cache is refused, as a second node is: the check deleted a live worker's piece in flight
+        with cachelock.held(root, "piecestore check"):  # (docs/operations.md, run on a live edge: an adversarial session)
+            started = time.perf_counter()
+            store = PieceStore(root, key)
+            opened = time.perf_counter()
+            pieces = sum(len(store.verify_held(signed.content_id)) for signed in list(store.contents()))
+            checked = time.perf_counter()
+            store.close()
+    except CacheError as exc:
+        print(f"piecestore: {exc}", file=sys.stderr)
+        return 2
     mb = store.used_bytes / 1e6
     print(
         f"{root}: opened in {opened - started:.3f} s; {pieces} good pieces ({mb:.0f} MB), {store.corrupt_pieces} bad ones dropped, "
