@@ -406,15 +406,7 @@ async def test_a_relayed_have_stream_cut_by_its_peer_leaving_is_one_line_on_ever
     """A relayed peer's HAVE stream, subscribed to through either worker, ends when that peer leaves: the worker passing
     it on from the primary cut its client's connection by raising, and aiohttp logged "Error handling request" with a
     traceback for a relayed peer leaving, normal churn (a docs audit, on README's relay recipe)."""
-    make_file(published / "s.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", "2")
-    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "leaving", "--unreachable")
-    async with aiohttp.ClientSession() as http:
-        await post(http, seeder, "/s.bin")
-        await until(lambda: complete(http, seeder), 90, "the seeder's download")
-        await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
-        rid = RelayHub.relay_id("127.1.0.5", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
-        cid = (await status(http, edge.url))["contents"][0]["id"]
+    edge, seeder, rid, cid = await _relayed_seeder(tmp_path, nodes, origin, published, regions, "2")
     streams: list[tuple[str | None, asyncio.Task]] = []
     async with contextlib.AsyncExitStack() as stack:
         for k in range(64):  # connections from addresses of their own, each to a worker as the kernel hashes it, until
@@ -439,15 +431,8 @@ async def test_an_edge_stopping_cleanly_says_no_relayed_peer_disconnected(tmp_pa
     """An edge stopped with SIGTERM (the README recipes' end) closes its relays: each neighbour's HAVE stream through
     one was a WARNING "cut after N bytes: 502 … the relayed peer disconnected", counted as a cut answer, though the peer
     never left (a newcomer's walk through README).  A stop is said as a stop, at INFO."""
-    make_file(published / "s.bin", SIZE)
-    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", "1")
-    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "hidden", "--unreachable")
+    edge, _, rid, cid = await _relayed_seeder(tmp_path, nodes, origin, published, regions, "1")
     async with aiohttp.ClientSession() as http:
-        await post(http, seeder, "/s.bin")
-        await until(lambda: complete(http, seeder), 90, "the seeder's download")
-        await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
-        rid = RelayHub.relay_id("127.1.0.5", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
-        cid = (await status(http, edge.url))["contents"][0]["id"]
         headers = {"Accept": havefeed.CONTENT_TYPE, "X-Edgeswarm-Peer": "sub"}
         streams = []
         for _ in range(3):
@@ -460,6 +445,21 @@ async def test_an_edge_stopping_cleanly_says_no_relayed_peer_disconnected(tmp_pa
     stop = edge.log_text().split("stopping", 1)[-1]
     assert "WARNING" not in stop and "relayed peer disconnected" not in stop, stop[-3000:]
     assert "this node is stopping" in stop, stop[-3000:]
+
+
+async def _relayed_seeder(tmp_path, nodes, origin, published, regions, workers: str):
+    """An edge with ``workers``, and an --unreachable peer (127.1.0.5) seeding s.bin through its relay: (edge, the
+    peer, its relay id, the content's id)."""
+    make_file(published / "s.bin", SIZE)
+    edge = start_edge(nodes, tmp_path, origin.url, regions, "--workers", workers)
+    seeder = start_peer(nodes, tmp_path, edge.url, "127.1.0.5", "hidden", "--unreachable")
+    async with aiohttp.ClientSession() as http:
+        await post(http, seeder, "/s.bin")
+        await until(lambda: complete(http, seeder), 90, "the seeder's download")
+        await until(lambda: _relay_peers(http, edge.url), 10, "the relay")
+        rid = RelayHub.relay_id("127.1.0.5", None, (await status(http, seeder.urls["gateway"]))["peer_id"])
+        cid = (await status(http, edge.url))["contents"][0]["id"]
+    return edge, seeder, rid, cid
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> str | None:
