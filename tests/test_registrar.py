@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 from conftest import DoubleServer
 
-from edgeswarm.node.registrar import Registration
+from edgeswarm.node.registrar import MAX_DRAIN_S, Registration
 
 
 async def registering(router: str, done: Callable[[], bool]) -> bool:
@@ -83,3 +83,63 @@ async def test_a_refusal_in_an_unknown_charset_is_quoted_and_the_registrations_g
         assert await registering(router.url, lambda: bool(router.encodings)), "the registrar stopped"
     assert router.encodings[0] == "identity"
     assert any(r.getMessage().endswith("refused the registration: 403 wrong secret") for r in caplog.records)
+
+
+class LeavingRouter(DoubleServer):
+    """Answers an edge's leaving as ``answer`` says: a status, a body; counts the leavings and registrations."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body
+        self.docs: list[dict] = []
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/register", self.register)
+
+    async def register(self, request: web.Request) -> web.Response:
+        self.docs.append(await request.json())
+        return web.Response(status=self.status, body=self.body, content_type="application/json")
+
+
+async def draining(routers: list[str], monkeypatch) -> float:
+    """An edge's drain at its stop, with its registrations' loop running: the seconds it would have served on."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    registration = Registration(routers, "west", 1_000_000, url="http://127.0.0.1:9")
+    registration.bound.set()
+    registration._task = asyncio.create_task(real_sleep(3600))  # the registrations' loop, as attach starts it
+    monkeypatch.setattr("edgeswarm.node.registrar.asyncio.sleep", sleep)
+    await registration.drain()
+    assert registration._task.cancelled()
+    return sum(slept)
+
+
+async def test_a_stopping_edge_serves_on_for_the_longest_drain_its_routers_ask_and_no_longer_than_the_cap(monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    async with LeavingRouter(200, b'{"drain_s": 1}') as a, LeavingRouter(200, b'{"drain_s": 3}') as b:
+        assert await draining([a.url, b.url], monkeypatch) == 3
+        assert a.docs == [{"url": "http://127.0.0.1:9", "region": "west", "capacity": 1_000_000, "leaving": True}]
+    async with LeavingRouter(200, b'{"drain_s": 1e9}') as c:
+        assert await draining([c.url], monkeypatch) == MAX_DRAIN_S
+    assert sum("told router" in r.getMessage() for r in caplog.records) == 3
+
+
+async def test_a_router_that_cannot_take_the_leaving_costs_the_stop_no_drain_and_says_so(monkeypatch, caplog):
+    """A router from before leavings answers as to a registration; one refusing, one not JSON, one gone: each a
+    warning naming it, and the edge stops at once, as it did before."""
+    caplog.set_level(logging.INFO)
+    async with (
+        LeavingRouter(200, b'{"url": "http://127.0.0.1:9", "state": "up"}') as old,
+        LeavingRouter(404, b"not registered") as refusing,
+        LeavingRouter(200, b"<html>") as odd,
+    ):
+        gone = "http://127.0.0.1:9"
+        assert await draining([old.url, refusing.url, odd.url, gone], monkeypatch) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 4 and all("it sees the edge down at its next poll" in w for w in warned), warned
+    assert any(old.url in w and "does not take leavings" in w for w in warned)
+    assert any(refusing.url in w and "404 not registered" in w for w in warned)

@@ -461,6 +461,17 @@ def test_registration_secret_and_bad_input(nodes, tmp_path, origin):
     assert status == "201" and json.loads(text)["state"] == "up"  # polled before the answer
     assert location(router, "/films/x", WEST_CLIENT) == w1.url + "/films/x"
     assert register(good, auth)[0] == "200"  # again: an update
+    leaving = {"url": w1.url, "region": "west", "capacity": "10MB/s", "leaving": True}
+    for body, want in (
+        ({**leaving, "leaving": "yes"}, ("400", "'leaving' must be true or false")),
+        ({**leaving, "url": "http://127.20.0.9:1"}, ("404", "is not registered here")),
+    ):
+        status, text = register(json.dumps(body), auth)
+        assert (status, want[1] in text) == (want[0], True), (status, text)
+    assert register(json.dumps(leaving))[0] == "401"  # a leaving needs the secret as a registration does
+    status, text = register(json.dumps(leaving), auth)
+    assert status == "200" and json.loads(text)["state"] == "down" and json.loads(text)["drain_s"] == 5  # the DNS TTL
+    assert register(good, auth)[0] == "200" and up_edges(router, WEST_CLIENT) == [w1.url]  # registered again: back
 
     unmapped = ask(router, "/films/x", "127.0.0.1", "-w", " %{http_code}").stdout.decode()
     assert unmapped.endswith(" 403") and "region map does not cover" in unmapped
@@ -663,6 +674,42 @@ def test_an_edge_registers_itself_and_gets_its_regions_clients(nodes, tmp_path, 
     row = router_status(router)["edges"][0]
     assert (row["url"], row["region"], row["capacity_Bps"], row["listed"]) == (e1.url, "east", 10_000_000, False)
     assert "registered with router" in e1.log_text()
+
+
+@needs_tools
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_stopping_edge_leaves_its_router_at_once_serves_its_drain_and_is_back_when_restarted(nodes, tmp_path, origin, workers):
+    """SIGTERM: the router takes the edge out before any poll could (30 s apart), while the edge still serves for the
+    router's DNS TTL; restarted, it is up at its registration.  A restart between two polls went unseen and the clients
+    sent there meanwhile were refused (an adversarial session)."""
+    router = start_router(nodes, tmp_path, extra=("--poll-interval", "30", "--dns-ttl", "2"))
+    registered = ("--register-with", router.url, "--register-region", "east", "--register-capacity", "10MB/s", "--workers", workers)
+    e1, e2 = (
+        nodes.start("edge", "--cache", str(tmp_path / n), "--parent", origin.url, *registered, host=h, name=n)
+        for n, h in (("e1", "127.10.0.1"), ("e2", "127.10.0.2"))
+    )
+    wait_for(lambda: sorted(up_edges(router, EAST_CLIENT)) == sorted([e1.url, e2.url]), "both edges up", router)
+    assert e1.proc is not None
+    e1.proc.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    wait_for(lambda: up_edges(router, EAST_CLIENT) == [e2.url], "the stopping edge out", router, within=1.5)
+    row = next(e for e in router_status(router)["edges"] if e["url"] == e1.url)
+    assert (row["state"], row["reason"]) == ("down", "stopping (it told the router)")
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", e1.url + "/status").stdout == b"200"  # draining: still serves
+    assert e1.proc.wait(10) == 0
+    assert time.monotonic() - stopped >= 1.5  # the DNS TTL's 2 s, give or take the leaving's own time
+    assert "told router" in e1.log_text() and "serving 2 s more" in e1.log_text()
+    restart(e1)
+    wait_for(lambda: sorted(up_edges(router, EAST_CLIENT)) == sorted([e1.url, e2.url]), "the restarted edge up", router, within=5)
+    lines = router.log_text()
+    assert f"edge {e1.url} (east) is down: stopping" in lines and "WARNING" not in lines
+
+
+def wait_for(ok, what: str, router, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not ok():
+        assert time.monotonic() < deadline, f"{what}: not within {within} s; {router_status(router)['edges']}"
+        time.sleep(0.1)
 
 
 @needs_tools

@@ -13,6 +13,7 @@ from edgeswarm.policy.routing import (
     COMPARATORS,
     DOWN,
     MAX_EDGES,
+    STOPPING,
     UNKNOWN,
     UP,
     EdgeHealth,
@@ -64,6 +65,29 @@ def test_a_path_stays_on_its_edge_and_only_a_leaving_edges_paths_move():
     moved = {p for p in PATHS if before[p] != after[p]}
     assert moved == {p for p in PATHS if before[p] == edge(2).url}
     assert edge(2).url not in after.values()
+
+
+def test_an_edge_that_says_it_is_stopping_is_out_at_once_until_it_registers_again():
+    """A restart fitting between two polls was not seen; the edge's polls while it drains must not bring it back, and
+    the restarted one is taken at its first good poll, as a new one is."""
+    t = table(edge(1), edge(2))
+    h = t.health[edge(1).url]
+    assert h.leave(3.0) and (h.state, h.reason, h.since) == (DOWN, STOPPING, 3.0)
+    assert {c.spec.url for c in t.decide("east", "a").ranked} == {edge(2).url}
+    for at in (4.0, 5.0, 6.0):  # it still answers /status while it drains
+        assert not h.succeeded(Sample(at, 0, 0, 0), t.thresholds) and h.state == DOWN
+    assert not h.leave(6.5) and h.since == 3.0  # said again: no change
+    assert h.rejoin(7.0) and h.state == UNKNOWN
+    assert h.succeeded(Sample(7.1, 0, 0, 0), t.thresholds) and h.state == UP  # one poll, not up_after
+    assert not h.rejoin(8.0)  # a re-registration of an edge that never left changes nothing
+
+
+def test_a_down_edge_that_says_it_is_stopping_keeps_its_time_and_gives_the_reason():
+    t = table(edge(1))
+    h = t.health[edge(1).url]
+    h.failed(2.0, "connection refused", t.thresholds)
+    assert not h.leave(3.0) and (h.state, h.reason, h.since) == (DOWN, STOPPING, 2.0)
+    assert t.forgettable(2.0 + 601, 600) == []  # listed: stays, as any listed edge
 
 
 def test_insertion_order_does_not_matter():

@@ -772,10 +772,12 @@ async def serve_many(
     ssl_context=None,
     limits: ServerLimits | None = None,
     reserve: tuple[str, float] | None = None,
+    drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run apps (app, host, port, label) until a stop signal (STOP_SIGNALS), then shut down cleanly (cleanup hooks run).
 
-    With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``reserve``: see Servers.
+    With ``ssl_context`` the first site (the node's public one) serves HTTPS.  ``reserve``: see Servers.  ``drain``
+    is awaited after the stop signal, the ports still open (an edge leaving its routers: registrar.Registration).
     """
     collector.tune()  # a daemon's process, before its apps' start-up: what they load (a tracker's snapshot) is not frozen
     servers = Servers(role, access_log, ssl_context, limits, reserve=reserve)
@@ -785,6 +787,8 @@ async def serve_many(
                 on_bound(label, host, port)
         await stop_signal()
         log.info("%s shutting down", role)
+        if drain is not None:
+            await drain()
     finally:
         await servers.close()
 

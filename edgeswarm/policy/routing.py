@@ -19,7 +19,9 @@ Health: an edge is down after ``down_after`` failed polls in a row (no answer
 within the poll timeout, not 200, not a /status document, or more than
 ``max_error_rate`` of at least ``min_requests`` answers since the last poll
 were 5xx), and up again after ``up_after`` good polls in a row.  An edge not
-yet polled is neither: it gets no clients until its first poll says up.
+yet polled is neither: it gets no clients until its first poll says up.  An
+edge that says it is stopping (``leave``) is down at once, whatever its polls
+say while it drains, until it registers again: then it is as if new.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from urllib.parse import urlsplit
 from edgeswarm.errors import EdgeswarmError
 
 UP, DOWN, UNKNOWN = "up", "down", "unknown"
+STOPPING = "stopping (it told the router)"  # the reason of an edge that left (EdgeHealth.leave)
 # polls and scrapes are not what an edge is for; nor is its tracker when judging its files: a tracker store that is
 # down answers announces 503 while every file is served, and took every edge of every region out of rotation
 NOT_CLIENT_TRAFFIC = frozenset({"status", "metrics", "healthz", "announce"})
@@ -139,6 +142,25 @@ class EdgeHealth:
     reason: str = "not polled yet"
     since: float = 0.0  # when the state last changed
     last: Sample | None = None
+    leaving: bool = False  # it said it is stopping: down until it registers again, its polls notwithstanding
+
+    def leave(self, now: float) -> bool:
+        """The edge says it is stopping; returns whether the state changed.  It still answers while it drains, and a
+        poll then would have put it back in rotation."""
+        self.leaving = True
+        self.successes, self.last = 0, None
+        if self.state == DOWN:
+            self.reason = STOPPING
+            return False
+        return self._move(DOWN, now, STOPPING)
+
+    def rejoin(self, now: float) -> bool:
+        """A registration after ``leave``: a restarted edge, taken at its next good poll (as a new one is), not after
+        ``up_after`` of them; returns whether there was anything to undo."""
+        if not self.leaving:
+            return False
+        self.leaving = False
+        return self._move(UNKNOWN, now, "registered again after stopping")
 
     def succeeded(self, sample: Sample, t: Thresholds) -> bool:
         """A poll answered with /status; returns whether the state changed.
@@ -146,6 +168,8 @@ class EdgeHealth:
         Totals that lack a worker (``whole`` false: it did not answer in time) give no rate and are no baseline: the
         next whole ones counted its lifetime bytes as one interval's, an idle edge at 60 MB/s, shed as hot (a review).
         """
+        if self.leaving:
+            return False
         self.cap_Bps = sample.cap_Bps
         if sample.whole:  # else the rates and the baseline stay as the last whole totals left them
             prev, self.last = self.last, sample

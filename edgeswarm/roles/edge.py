@@ -1396,11 +1396,12 @@ async def run(
 ) -> None:
     app = edge.app()
     on_bound = None
-    if registration is not None:  # --register-with: the routers learn this edge once it listens
+    if registration is not None:  # --register-with: the routers learn this edge once it listens, and when it leaves
         registration.attach(app)
         scheme = "https" if ssl_context is not None else "http"
 
         def on_bound(_: str, host: str, port: int) -> None:
             registration.on_bound(scheme, host, port)
 
-    await serve_many([(app, *listen, "")], "edge", access_log, on_bound, ssl_context, limits)
+    drain = registration.drain if registration is not None else None
+    await serve_many([(app, *listen, "")], "edge", access_log, on_bound, ssl_context, limits, drain=drain)

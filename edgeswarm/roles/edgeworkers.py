@@ -194,6 +194,8 @@ async def _worker(
         beating = asyncio.create_task(workers.heartbeat())  # kept until the worker ends, cancelled below
         await stop_signal()
         link.stopping = True
+        if registration is not None:  # the primary: its routers take the edge out, the other workers' ports closing
+            await registration.drain()
         beating.cancel()
     finally:
         await private.cleanup()

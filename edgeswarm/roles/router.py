@@ -44,7 +44,7 @@ from edgeswarm.node.logthrottle import Throttle, ThrottledLog
 from edgeswarm.node.metrics import Metrics
 from edgeswarm.node.upstream import UpstreamError, answer_text, client_error_text, read_bounded
 from edgeswarm.policy.regions import RegionMap, url_host
-from edgeswarm.policy.routing import DOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
+from edgeswarm.policy.routing import DOWN, UNKNOWN, UP, Decision, EdgeSpec, RoutingError, RoutingTable, sample_from_status, status_number
 from edgeswarm.policy.vocabulary import reported_share
 from edgeswarm.protocol import jsondoc
 from edgeswarm.protocol.cors import PUBLIC, CorsPolicy, addressed_directly
@@ -108,6 +108,7 @@ def _shared_store(name: object) -> str | None:
     return name[:500] if isinstance(name, str) and name and name != "memory" else None
 
 
+REDIRECT_DRAIN_S = 1.0  # seconds a leaving edge is told to go on serving without DNS: a redirect's follow, at worst
 MAX_REASON = 300  # bytes of an edge's refusal of a /status poll kept as the reason it is down
 WITHHELD = " (the router sends its status token to listed edges, and to registered ones under --register-secret-file)"
 
@@ -240,21 +241,43 @@ class Router:
         )
 
     async def post_register(self, request: web.Request) -> web.Response:
-        """``POST /register`` ``{url, region, capacity}``: an edge joins (or updates itself); polled at once."""
+        """``POST /register`` ``{url, region, capacity}``: an edge joins (or updates itself); polled at once.  With
+        ``"leaving": true`` it says it is stopping: out of rotation at once (``leave``)."""
         self._check_registrar(request)
         check_json_body(request.headers)
         try:
             doc = jsondoc.loads(await request.read())
         except ValueError:
             raise HttpError(400, "registration body is not JSON") from None
+        leaving = doc.get("leaving", False) if isinstance(doc, dict) else False
+        if not isinstance(leaving, bool):
+            raise HttpError(400, "registration: 'leaving' must be true or false")
         try:
             spec = edge_spec(doc, self.region_names, listed=False)
+            if leaving:
+                return self._leave(spec)
             new = self.table.add(spec, time.monotonic())
         except RoutingError as exc:
             raise HttpError(409 if "listed" in str(exc) else 400, str(exc)) from None
         log.info("%s %s: region %s, capacity %.0f B/s", "registered" if new else "re-registered", spec.url, spec.region, spec.capacity)
+        if not new and self.table.health[spec.url].rejoin(time.monotonic()):
+            self._moved(spec.url)
         await self._poll(spec.url)
         return json_response(self._edge_row(spec), status=201 if new else 200)
+
+    def _leave(self, spec: EdgeSpec) -> web.Response:
+        """A registered edge stopping (SIGTERM): down now, not at the next poll, which a restart could fit between
+        (clients sent there meanwhile were refused: an adversarial session).  The answer's ``drain_s`` is how long
+        clients this router sent there may still arrive: a DNS answer's TTL, or a redirect's follow."""
+        old = self.table.edges.get(spec.url)
+        if old is None:
+            raise HttpError(404, f"{spec.url} is not registered here")
+        if old.listed:
+            raise HttpError(409, f"{spec.url} is listed in the router's configuration; a registration cannot change it")
+        if self.table.health[spec.url].leave(time.monotonic()):
+            self._moved(spec.url)
+        drain = self.config.dns_ttl if self.dns_transport is not None else REDIRECT_DRAIN_S
+        return json_response({**self._edge_row(old), "drain_s": drain})
 
     def _check_registrar(self, request: web.Request) -> None:
         secret = self.config.register_secret
@@ -390,8 +413,15 @@ class Router:
             if url in self.table.edges:
                 self.polled[url] = figures
         if changed and url in self.table.edges:
-            level = logging.WARNING if health.state == DOWN else logging.INFO
-            log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
+            self._moved(url)
+
+    def _moved(self, url: str) -> None:
+        """An edge's state changed: a line, and a count of ups and downs (down is a WARNING, unless the edge said it
+        was stopping)."""
+        health = self.table.health[url]
+        level = logging.WARNING if health.state == DOWN and not health.leaving else logging.INFO
+        log.log(level, "edge %s (%s) is %s: %s", url, self.table.edges[url].region, health.state, health.reason)
+        if health.state != UNKNOWN:
             self.metrics.events[(f"edge_{health.state}", "")] += 1
 
     def _poll_headers(self, url: str) -> dict[str, str]:
