@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
@@ -773,6 +774,38 @@ async def test_a_worker_says_the_primary_did_not_answer_a_few_times_a_minute_not
     assert isinstance(answers[0], web.Response) and answers[0].text is not None
     assert "did not answer (restarting, or too busy" in answers[0].text
     assert sum("did not answer" in r.getMessage() for r in caplog.records) == 5
+
+
+async def test_a_worker_told_of_the_stop_after_the_primary_went_says_so_at_info_a_worker_not_told_warns(tmp_path, caplog, monkeypatch):
+    """The primary goes first as the edge stops, and a worker whose own SIGTERM came a moment later warned of a fault, 1
+    clean stop in 3 (an adversarial session): the line waits UNANSWERED_SAID_AFTER, a stop says it at once at INFO."""
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr("edgeswarm.roles.edgeworkers.UNANSWERED_SAID_AFTER", 0.2)
+    node = SimpleNamespace(config=SimpleNamespace(timeout=1.0), tracker=None, store=None)
+
+    def said() -> list[tuple[int, str]]:
+        return [(r.levelno, r.getMessage()) for r in caplog.records if "did not answer" in r.getMessage()]
+
+    stopped = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    try:
+        assert (await stopped._forward(make_mocked_request("GET", "/live/a.m3u8"))).status == 503
+        assert said() == []  # not yet: the worker does not know whether the edge stops
+        stopped.stop()
+        [(level, line)] = said()
+        assert level == logging.INFO and "(the edge is stopping)" in line
+        await asyncio.sleep(0.3)
+        assert len(said()) == 1  # said once
+    finally:
+        await stopped.close()
+    caplog.clear()
+    running = WorkerLink(node, Slot(1, 2, "127.0.0.1", 0, str(tmp_path)), None)
+    try:
+        assert (await running._forward(make_mocked_request("GET", "/live/a.m3u8"))).status == 503
+        await asyncio.sleep(0.3)
+        [(level, line)] = said()
+        assert level == logging.WARNING and "stopping" not in line
+    finally:
+        await running.close()
 
 
 async def test_a_workers_private_metrics_say_when_its_process_started_for_the_merge(tmp_path):

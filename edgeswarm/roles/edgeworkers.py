@@ -87,6 +87,7 @@ WORKER_HEADER = "X-Edgeswarm-Worker"  # the index of the worker that took the cl
 # restart was ever seen; and it is of /proc/stat btime, which a clock step moves: prometheus_client reads it once per
 # process, were it read at each scrape, every worker would look restarted at each step (its counts added twice)
 STARTED_HEADER = "X-Edgeswarm-Worker-Started"
+UNANSWERED_SAID_AFTER = 1.0  # seconds before a worker says the primary did not answer: by then it knows if the edge stops
 SIBLING_WAIT_S = 5.0  # beyond the parent's timeout: the siblings asked first, and the write
 # seconds a worker waits for another's /status or /metrics (the primary's whole answer, or a worker's own figures)
 # before it answers without them: a worker hung by SIGSTOP (or swapping) held /status 60 s, past a router's 1 s poll,
@@ -193,7 +194,7 @@ async def _worker(
         workers.ready()
         beating = asyncio.create_task(workers.heartbeat())  # kept until the worker ends, cancelled below
         await stop_signal()
-        link.stopping = True
+        link.stop()
         if registration is not None:  # the primary: its routers take the edge out, the other workers' ports closing
             await registration.drain()
         beating.cancel()
@@ -225,6 +226,13 @@ class WorkerLink:
         # 5 lines a minute of the primary's failures to answer: under a flood, 100 lines in a second (an adversarial session)
         self.quiet = ThrottledLog(log, Throttle(burst=5, interval=60.0))
         self._carried: dict[str, Carried] | None = None  # the primary's: /metrics and /status counters across restarts
+        self._unsaid: list[tuple[str, str]] = []  # (request, why) the primary did not answer, to be said (_say_unanswered)
+        self._saying: asyncio.TimerHandle | None = None
+
+    def stop(self) -> None:
+        """The edge is stopping: the primary is expected not to answer, and what it did not answer is said at once."""
+        self.stopping = True
+        self._say_unanswered()
 
     def install(self, app: web.Application) -> None:
         app.middlewares.insert(0, self._middleware)
@@ -342,18 +350,33 @@ class WorkerLink:
         """The 503 for a request the primary did not answer, and a line (5 a minute) saying why: it may be restarting,
         or too busy (a flood), or this worker out of descriptors; "restarting" was said of all three."""
         why = f"{type(exc).__name__} {exc}".strip()
-        self.quiet.log(
-            logging.INFO if self.stopping else logging.WARNING,  # as the edge stops, its primary goes first: no fault (a
-            "primary unanswered",  # normal stop of an edge with peers logged 1-3 warnings: an adversarial session)
-            "worker %d: the primary worker did not answer %s%s: %s",
-            self.slot.index,
-            shown(request),
-            " (the edge is stopping)" if self.stopping else "",
-            why,
-        )
+        if self.quiet.allow(logging.INFO if self.stopping else logging.WARNING, "primary unanswered"):  # a few a minute
+            self._unsaid.append((shown(request), why))
+            if self.stopping:
+                self._say_unanswered()
+            elif self._saying is None:
+                self._saying = asyncio.get_running_loop().call_later(UNANSWERED_SAID_AFTER, self._say_unanswered)
         return text_error(
             503, f"this edge's primary worker did not answer (restarting, or too busy: {why[:120]}); retry", {"Retry-After": "1"}
         )
+
+    def _say_unanswered(self) -> None:
+        """The lines of ``_unanswered``, said UNANSWERED_SAID_AFTER late: as the edge stops its primary goes first, and
+        a worker not yet told of the stop (its own SIGTERM a moment behind) said a fault at WARNING, 1 in 3 clean stops
+        (an adversarial session); a stop (or the worker's close) says them at once, at INFO."""
+        if self._saying is not None:
+            self._saying.cancel()
+            self._saying = None
+        unsaid, self._unsaid = self._unsaid, []
+        for what, why in unsaid:
+            log.log(
+                logging.INFO if self.stopping else logging.WARNING,
+                "worker %d: the primary worker did not answer %s%s: %s",
+                self.slot.index,
+                what,
+                " (the edge is stopping)" if self.stopping else "",
+                why,
+            )
 
     async def _own_status(self, request: web.Request) -> web.StreamResponse:
         """This worker's /status alone, saying so (``workers.answered`` 1): the primary that adds the others' is away."""
@@ -461,6 +484,7 @@ class WorkerLink:
         return app
 
     async def close(self) -> None:
+        self._say_unanswered()
         for session in [*self._private.values(), *([self._session] if self._session else [])]:
             with contextlib.suppress(Exception):
                 await session.close()
