@@ -54,3 +54,43 @@ async def test_a_router_down_for_a_while_is_said_once_and_its_return_once(caplog
     assert len(failed) == 1 and "said again in 60 s" in failed[0], said
     assert said[1:] == [f"router {router.url} answers again", f"router {router.url}: edges now http://127.0.0.1:9"], said
     assert applied == [["http://127.0.0.2:9", "http://127.0.0.1:9"]]
+
+
+async def test_a_peer_waits_for_its_routers_first_edges_for_good_backing_off(caplog, monkeypatch):
+    """A peer without --edge gave up after 60 s of a router down: a laptop that started its daemon offline had none once
+    the network was back.  It asks again after 1 s, 2, 4 ... up to FIRST_RETRY_MAX, for as long as it takes (here 10
+    minutes of the clock), in one line; `get` (patience 0) asks once."""
+    caplog.set_level(logging.INFO, logger="edgeswarm.node.routerclient")
+    clock = [1000.0]
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+        if clock[0] > 1600:
+            router.down = False
+        await real_sleep(0)
+
+    monkeypatch.setattr(routerclient.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(routerclient.asyncio, "sleep", sleep)
+    async with FlakyRouter() as router:
+        upstream = Upstream(5.0)
+        await upstream.start()
+        try:
+            assert await routerclient.RouterFollower(router.url).first(upstream, []) == ["http://127.0.0.1:9"]
+            router.down = True
+            get = routerclient.RouterFollower(router.url)
+            get.patience, get.role = 0.0, "get"
+            try:
+                await get.first(upstream, [])
+                raise AssertionError("get waited")
+            except SystemExit as exc:
+                assert str(exc).startswith(f"edgeswarm get: no edge from router {router.url}: router {router.url} answered 503")
+        finally:
+            await upstream.close()
+    assert waits[:6] == [1, 2, 4, 8, 16, 30] and max(waits) == routerclient.FIRST_RETRY_MAX and sum(waits) > 600
+    said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    assert said == [
+        f"router {router.url}: router {router.url} answered 503: no edge of your region is up; asking again until it gives this peer edges"
+    ]

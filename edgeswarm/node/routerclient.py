@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import NamedTuple
 from urllib.parse import quote, urljoin
@@ -26,7 +27,7 @@ log = logging.getLogger("edgeswarm.node.routerclient")
 REFRESH = 5.0  # seconds between two asks of the router; an edge failure asks sooner
 SOON = 0.5  # seconds after an edge failure before the router is asked (its poll may need that long to see it)
 SAY_AGAIN = 60.0  # seconds between two lines saying the router fails the same way
-FIRST_PATIENCE = 60.0  # seconds a peer without --edge waits for a router that gives it edges, before giving up (get: none)
+FIRST_RETRY_MAX = 30.0  # seconds between two asks at most, while a peer without --edge waits for a router's first edges
 
 
 async def region_edges(upstream: Upstream, router: str, path: str = "") -> list[str]:
@@ -70,7 +71,7 @@ class RouterFollower:
         self.routed: list[str] = []
         self._refused: set[str] = set()  # plain-HTTP edges the router named and this client would not take (logged once)
         self._failing: tuple[str, float] | None = None  # why the router fails lately, and when that was said (_failed)
-        self.patience = FIRST_PATIENCE  # how long ``first`` asks again: `get` sets none, as it tries its edges once
+        self.patience = math.inf  # how long ``first`` asks again: `get` sets 0, as it tries its edges once
         self.role = "peer"  # who says, when it gives up
 
     async def _ask(self, upstream: Upstream) -> list[str]:
@@ -93,10 +94,16 @@ class RouterFollower:
         return [*self.fixed, *(u for u in routed if u not in self.fixed)]
 
     async def first(self, upstream: Upstream, fixed: list[str]) -> list[str]:
-        """The edges to start with: the router's (and ``fixed``); without ``fixed``, waits for the router a while."""
+        """The edges to start with: the router's (and ``fixed``); without ``fixed``, waits for the router, for ``patience``.
+
+        A peer waits for good, asking again after 1 s, then 2, up to
+        FIRST_RETRY_MAX: it gave up after 60 s, so a laptop that started its
+        daemon offline, or a router down a few minutes, left the user with no
+        daemon once the network was back (a peer with a dead ``--edge`` waits).
+        """
         self.fixed = list(fixed)
         deadline = time.monotonic() + self.patience
-        said = None
+        said, delay = None, 1.0
         while True:
             try:
                 self.routed = await self._ask(upstream)
@@ -110,9 +117,10 @@ class RouterFollower:
                 if time.monotonic() >= deadline or exc.status == 403 or isinstance(exc, Hopeless):  # for the latter before)
                     raise SystemExit(f"edgeswarm {self.role}: no edge from router {self.router}: {exc.message}") from None
                 if exc.message != said:  # once, not each second (60 lines for a router down a minute: an adversarial session)
-                    log.warning("router %s: %s; asking again every second for up to %.0f s", self.router, exc.message, self.patience)
+                    log.warning("router %s: %s; asking again until it gives this %s edges", self.router, exc.message, self.role)
                     said = exc.message
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(2 * delay, FIRST_RETRY_MAX)
 
     def _failed(self, why: str) -> None:
         """A line when the router starts failing, and again only every SAY_AGAIN while it goes on failing the same way:
