@@ -17,7 +17,18 @@ import pytest
 from pgserver import free_port, pg_database, pg_dsn  # noqa: F401  (fixtures; also proves a sibling module can import them)
 
 from edgeswarm.measure import usage
-from edgeswarm.store.ledger import _SCHEMA, ALL_PERIODS, EDGE_MISMATCH, OVER_BOUND, P2P_MISMATCH, Ledger, LedgerError, _connect, report
+from edgeswarm.store.ledger import (
+    _SCHEMA,
+    ALL_PERIODS,
+    EDGE_MISMATCH,
+    OVER_BOUND,
+    P2P_MISMATCH,
+    Ledger,
+    LedgerError,
+    _connect,
+    check_target,
+    report,
+)
 
 MiB = 1 << 20
 T0 = 1_699_999_200  # a period start for 3600-second periods
@@ -385,7 +396,6 @@ async def test_uncreatable_sqlite_path(tmp_path: Path):
     [
         ("postgresql://postgres@127.0.0.1:notaport/postgres", "port"),
         ("postgresql://[bad", "IPv6"),
-        ("postgres://postgres:s3cret@127.0.0.1:{port}/postgres", "refused"),
     ],
 )
 async def test_unusable_postgresql_targets(dsn: str, reason: str):
@@ -395,6 +405,27 @@ async def test_unusable_postgresql_targets(dsn: str, reason: str):
     assert "s3cret" not in str(info.value)
     assert "\n" not in str(info.value)
     with pytest.raises(LedgerError, match=reason):
+        report(dsn)
+
+
+@pytest.mark.parametrize("where", ["127.0.0.1:{port}", "nosuch.invalid"])
+async def test_a_postgresql_ledger_out_of_reach_at_start_starts_the_edge_with_its_rows_pending(where: str, caplog):
+    """An edge (re)started during its database's maintenance exited 2, and a worker restarted then died again and again,
+    where a running edge rides the same outage out: a server that takes no connection (refused, or a name that does not
+    resolve) is down for now, said at start and kept pending; the operator's report still says it cannot connect."""
+    dsn = f"postgres://postgres:s3cret@{where.format(port=free_port())}/postgres"
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+        check_target(dsn)  # the edge's check before its workers: a warning, no exit
+        ledger = Ledger(dsn, "edge-a", flush_interval=3600)
+        await ledger.start()
+        ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+        await ledger.flush()
+        assert ledger.pending() == 1
+        await ledger.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert "the edge starts, and keeps usage in memory until the database answers" in said[0] and "s3cret" not in said[0]
+    assert "cannot write usage" in said[1] and "s3cret" not in said[1]
+    with pytest.raises(LedgerError, match="cannot connect"):
         report(dsn)
 
 

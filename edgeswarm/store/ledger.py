@@ -53,6 +53,7 @@ import math
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -122,6 +123,19 @@ class LedgerFull(LedgerError):
     (exit 2, "disk I/O error") although the running edge had coped (an
     adversarial session).  ``Ledger.start`` warns and keeps rows pending.
     """
+
+
+class LedgerUnreachable(LedgerError):
+    """A PostgreSQL ledger whose server takes no connection at all (refused, silent, its host name unknown): down or out
+    of reach for now, which is no bad target either, so it does not stop an edge (``Ledger.start``, ``check_target``).
+
+    An edge (re)started during the database's maintenance exited 2, and a worker restarted then died again and again;
+    once running, an edge rides out the same outage with its rows pending.  A server that answers and refuses us (a
+    wrong user, password or database) is a bad target: the edge stops at start with its reason.
+    """
+
+
+PROBE_S = 3.0  # seconds a PostgreSQL server that refused a connection is given to take a bare one (_unreachable)
 
 
 # SQLite's primary result codes that a full disk gives when opening: SQLITE_IOERR (creating the -shm, its
@@ -336,17 +350,50 @@ def _connect_postgres(dsn: str) -> _Backend:
         ours: dict[str, Any] = {"connect_timeout": 10, **PG_OPTIONS}
         conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in ours.items() if k not in given}))
     except psycopg.Error as exc:
-        raise LedgerError(f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}") from None
+        why = f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}"
+        raise (LedgerUnreachable if _unreachable(dsn) else LedgerError)(why) from None
     except Exception as exc:  # an unparseable DSN can surface as other errors
         raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(said(exc))}") from None
     return _Postgres(conn)
 
 
+def _unreachable(dsn: str) -> bool:
+    """Whether no server ``dsn`` names takes even a bare connection (TCP, or its unix socket), or its host names do not
+    resolve: the database is down or out of reach, not refusing us, as it does a wrong user, password or database
+    (libpq's messages for both carry no SQLSTATE, and the server's words are in its own language).  A DSN that does
+    not parse is a bad target."""
+    import psycopg
+
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "/var/run/postgresql").split(",")
+        ports = [int(p or 5432) for p in str(params.get("port") or os.environ.get("PGPORT") or "").split(",")]
+    except (psycopg.Error, ValueError):
+        return False
+    for host, port in zip(hosts, ports * len(hosts) if len(ports) == 1 else ports, strict=False):
+        try:
+            if host.startswith("/"):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(PROBE_S)
+                    s.connect(f"{host}/.s.PGSQL.{port}")
+            else:
+                socket.create_connection((host, port), timeout=PROBE_S).close()
+        except OSError:  # refused, silent, or a name that does not resolve
+            continue
+        return False
+    return True
+
+
 def check_target(target: str) -> None:
     """Open ``target`` (and make its table) as every worker of an edge then does, and close it: a bad ``--ledger``
-    is said once, before the workers start, not once by each and then by their supervisor (a newcomer's walk)."""
-    with contextlib.suppress(LedgerFull):  # an existing ledger a full disk keeps from opening starts the edge (Ledger.start)
+    is said once, before the workers start, not once by each and then by their supervisor (a newcomer's walk).
+    A database out of reach for now (``LedgerUnreachable``) is said as a warning, and the edge starts."""
+    try:
         _connect(target, True).close()
+    except LedgerFull:  # an existing ledger a full disk keeps from opening starts the edge (Ledger.start)
+        pass
+    except LedgerUnreachable as exc:
+        log.warning("%s; the edge starts, and keeps usage in memory until the database answers", exc)
 
 
 def _connect(target: str, create: bool) -> _Backend:
@@ -446,12 +493,13 @@ class Ledger:
     async def start(self) -> None:
         """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later.
 
-        An existing SQLite ledger that a full disk keeps from opening (``LedgerFull``) is no bad target: the edge
-        starts, says so once as a write that fails, and keeps its rows pending until a write connects (``_write``).
+        An existing SQLite ledger that a full disk keeps from opening (``LedgerFull``), or a PostgreSQL server out of
+        reach (``LedgerUnreachable``), is no bad target: the edge starts, says so once as a write that fails, and
+        keeps its rows pending until a write connects (``_write``).
         """
         try:
             self._backend = await asyncio.to_thread(_connect, self.target, True)
-        except LedgerFull as exc:
+        except (LedgerFull, LedgerUnreachable) as exc:
             self._warn(exc)
         self._writer.start()  # now, while the edge starts: not at a flush, memory short perhaps
         self._stopping.clear()
