@@ -100,7 +100,7 @@ class LeavingRouter(DoubleServer):
         return web.Response(status=self.status, body=self.body, content_type="application/json")
 
 
-async def draining(routers: list[str], monkeypatch) -> float:
+async def draining(routers: list[str], monkeypatch, held: int | None = None) -> float:
     """An edge's drain at its stop, with its registrations' loop running: the seconds it would have served on."""
     slept: list[float] = []
     real_sleep = asyncio.sleep
@@ -111,6 +111,7 @@ async def draining(routers: list[str], monkeypatch) -> float:
 
     registration = Registration(routers, "west", 1_000_000, url="http://127.0.0.1:9")
     registration.bound.set()
+    registration._held = set(routers[:held] if held is not None else routers)  # those that took its registration
     registration._task = asyncio.create_task(real_sleep(3600))  # the registrations' loop, as attach starts it
     monkeypatch.setattr("edgeswarm.node.registrar.asyncio.sleep", sleep)
     await registration.drain()
@@ -130,16 +131,54 @@ async def test_a_stopping_edge_serves_on_for_the_longest_drain_its_routers_ask_a
 
 async def test_a_router_that_cannot_take_the_leaving_costs_the_stop_no_drain_and_says_so(monkeypatch, caplog):
     """A router from before leavings answers as to a registration; one refusing, one not JSON, one gone: each a
-    warning naming it, and the edge stops at once, as it did before."""
+    warning naming it, and the edge stops at once, as it did before.  One that restarted since (404) sends nobody here,
+    and one that never took the registration (a wrong secret) is not asked at all: neither is a warning (a review)."""
     caplog.set_level(logging.INFO)
     async with (
         LeavingRouter(200, b'{"url": "http://127.0.0.1:9", "state": "up"}') as old,
-        LeavingRouter(404, b"not registered") as refusing,
+        LeavingRouter(403, b"wrong registration secret") as refusing,
         LeavingRouter(200, b"<html>") as odd,
+        LeavingRouter(404, b"not registered here") as restarted,
+        LeavingRouter(403, b"wrong registration secret") as never,
     ):
         gone = "http://127.0.0.1:9"
-        assert await draining([old.url, refusing.url, odd.url, gone], monkeypatch) == 0
+        assert await draining([old.url, refusing.url, odd.url, gone, restarted.url, never.url], monkeypatch, held=5) == 0
+        assert never.docs == []
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 4 and all("it sees the edge down at its next poll" in w for w in warned), warned
     assert any(old.url in w and "does not take leavings" in w for w in warned)
-    assert any(refusing.url in w and "404 not registered" in w for w in warned)
+    assert any(refusing.url in w and "403 wrong registration secret" in w for w in warned)
+    assert any(restarted.url in r.getMessage() and "nothing to leave" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_edge_no_router_took_stops_without_leaving_or_draining(monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    async with LeavingRouter(200, b'{"drain_s": 5}') as router:
+        assert await draining([router.url], monkeypatch, held=0) == 0
+        assert router.docs == []
+    assert [r.getMessage() for r in caplog.records if "leav" in r.getMessage()] == []
+
+
+async def test_a_drain_is_taken_from_the_close_grace_and_a_second_stop_signal_cuts_it(monkeypatch):
+    """Leaving, draining and then the requests' whole grace took 11 s, past a supervisor's 10 s SIGKILL (a review): the
+    drain's time comes off the grace (MIN_CLOSE_GRACE at least); a stop signal a second or more in cuts the drain."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from edgeswarm.node import daemon
+
+    servers = SimpleNamespace(shutdown_timeout=4.0)
+    await daemon.drain_then(servers, lambda: asyncio.sleep(0.3))  # type: ignore[arg-type]
+    assert 3.5 <= servers.shutdown_timeout <= 3.75
+    servers.shutdown_timeout = 1.2
+    await daemon.drain_then(servers, lambda: asyncio.sleep(0.3))  # type: ignore[arg-type]
+    assert servers.shutdown_timeout == daemon.MIN_CLOSE_GRACE
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)  # the same stop sent twice: ignored
+    loop.call_later(1.3, os.kill, os.getpid(), signal.SIGTERM)  # the operator again: the drain ends
+    began = loop.time()
+    await daemon.drain_then(SimpleNamespace(shutdown_timeout=4.0), lambda: asyncio.sleep(30))  # type: ignore[arg-type]
+    assert 1.2 <= loop.time() - began < 3
+    for sig in daemon.STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)

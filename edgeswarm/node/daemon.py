@@ -96,6 +96,8 @@ _TOKEN_PARAM = re.compile(r"([?&]token=)[^&]*")
 # SIGTERM.  aiohttp waits its timeout twice (for the handler, then for it once cancelled) and each server in turn: a
 # node gave 8 s a server, 10 s in all with its cleanup (an adversarial session), so each gets half of what is left
 SHUTDOWN_GRACE = 4.0
+MIN_CLOSE_GRACE = 1.0  # seconds requests in flight get at least at the close, after a drain that took the rest (drain_then)
+FORCE_AFTER = 1.0  # seconds after a stop signal from which another one means "now" (workers.Supervisor, drain_then)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP (a closed terminal) too: killed, a node lost ledger rows
 
 
@@ -788,7 +790,7 @@ async def serve_many(
         await stop_signal()
         log.info("%s shutting down", role)
         if drain is not None:
-            await drain()
+            await drain_then(servers, drain)
     finally:
         await servers.close()
 
@@ -801,7 +803,7 @@ async def stop_signal() -> None:
     Once one has come, the others are ignored for the rest of the exit: asyncio's loop closes its self-pipe before it
     removes its signal handlers, and a second signal in between (a worker gets its supervisor's SIGTERM and the process
     group's) printed "Exception ignored ... signal wakeup fd ... Bad file descriptor" (an adversarial session, 1 exit
-    in 57).  The supervisor still kills workers that a repeated stop signal finds stopping (workers.FORCE_AFTER).
+    in 57).  The supervisor still kills workers that a repeated stop signal finds stopping (FORCE_AFTER).
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -811,6 +813,34 @@ async def stop_signal() -> None:
     for sig in STOP_SIGNALS:  # one more changes nothing now; left to the loop, it came through its self-pipe (below)
         loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
+
+
+async def drain_then(servers: Servers, drain: Callable[[], Awaitable[None]]) -> None:
+    """After the stop signal, ``drain`` with the ports open (an edge leaving its routers), its time taken from the grace
+    the requests in flight get at ``servers.close()``: they were served all the while, and the whole stop must fit a
+    supervisor's or container runtime's SIGKILL, 10 s after SIGTERM (leaving, draining and then the full grace took
+    11 s, and the supervisor killed the primary worker: a review).  A stop signal FORCE_AFTER or more after the drain
+    began cuts it short (an operator who means it; one sooner is the same stop sent twice, the process group's and a
+    supervisor's)."""
+    loop = asyncio.get_running_loop()
+    began = time.monotonic()
+    task = asyncio.ensure_future(drain())
+
+    def again() -> None:
+        if time.monotonic() - began >= FORCE_AFTER:
+            log.info("stop signal again: not draining any longer")
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, again)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in STOP_SIGNALS:  # as stop_signal: no signal through the loop's self-pipe as it closes
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    servers.shutdown_timeout = max(MIN_CLOSE_GRACE, servers.shutdown_timeout - (time.monotonic() - began))
 
 
 class Servers:

@@ -32,7 +32,7 @@ from edgeswarm.protocol import jsondoc
 log = logging.getLogger("edgeswarm.node.registrar")
 REREGISTER = 30.0  # seconds between two registrations with one router
 RETRY = 2.0  # seconds before trying a router that could not be reached
-LEAVE_TIMEOUT = 2.0  # seconds a stopping edge waits for a router to take its leaving
+LEAVE_TIMEOUT = 1.0  # seconds a stopping edge waits for a router to take its leaving (a hung one costs the stop that)
 MAX_ANSWER = 64 * 1024  # bytes of a router's answer to a leaving: its row of the edge
 MAX_DRAIN_S = 5.0  # seconds a stopping edge serves on at most for clients sent before it left (a router's DNS TTL)
 
@@ -48,6 +48,7 @@ class Registration:
     bound: asyncio.Event = field(default_factory=asyncio.Event)
     _said: dict[str, str] = field(default_factory=dict)  # router -> what was last logged, to log changes only
     _task: asyncio.Task | None = None  # the registrations' loop, while the app runs
+    _held: set[str] = field(default_factory=set)  # routers whose last answer took a registration: those a stop leaves
 
     def on_bound(self, scheme: str, host: str, port: int) -> None:
         """The edge listens: its URL is known (unless --register-url gave it)."""
@@ -83,8 +84,10 @@ class Registration:
                 await self._task
         if not self.bound.is_set():
             return
+        if not self._held:  # none took a registration: none sends clients here (a review: "leaving" a router that
+            return  # refused the secret warned that it "sees the edge down at its next poll")
         async with self._session(LEAVE_TIMEOUT) as session:
-            drains = await asyncio.gather(*(self._leave(session, r) for r in self.routers))
+            drains = await asyncio.gather(*(self._leave(session, r) for r in self.routers if r in self._held))
         wait = min(max(drains), MAX_DRAIN_S)
         if wait > 0:
             log.info("serving %g s more for the clients the routers sent here before it left", wait)
@@ -95,6 +98,9 @@ class Registration:
         unheard = "it sees the edge down at its next poll"
         try:
             async with session.post(router.rstrip("/") + "/register", json=self._doc() | {"leaving": True}) as resp:
+                if resp.status == 404:  # restarted since, and not yet registered again: it sends nobody here
+                    log.info("router %s does not hold this edge (restarted since?): nothing to leave", router)
+                    return 0.0
                 if resp.status != 200:
                     log.warning(
                         "router %s refused this edge's leaving: %d %s; %s", router, resp.status, await answer_text(resp, 300), unheard
@@ -129,8 +135,10 @@ class Registration:
             self._say(router, logging.WARNING, f"cannot register with router {router}: {client_error_text(exc, router)}")
             return RETRY
         if ok:
+            self._held.add(router)
             self._say(router, logging.INFO, f"registered with router {router} as {self.url} ({self.region})")
         else:
+            self._held.discard(router)
             self._say(router, logging.ERROR, f"router {router} refused the registration: {resp.status} {text}")
         return REREGISTER
 

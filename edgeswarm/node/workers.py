@@ -44,12 +44,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgeswarm.node.daemon import STOP_SIGNALS
+from edgeswarm.node.daemon import FORCE_AFTER, STOP_SIGNALS
 from edgeswarm.processes import pid_alive
 
 log = logging.getLogger("edgeswarm.workers")
 STOP_GRACE = 10.0  # seconds workers get to finish after SIGTERM before SIGKILL
-FORCE_AFTER = 1.0  # seconds after a stop signal from which another one kills the workers still stopping
 YOUNG_S = 2.0  # a worker that dies younger than this is restarted after a back-off
 MAX_BACKOFF_S = 30.0
 BEAT_S = 1.0  # a listening worker's heartbeat
@@ -341,6 +340,10 @@ class Supervisor:
                 self.pids.pop(pid, None)
                 continue
             if time.monotonic() > deadline:
+                if time.monotonic() - began >= STOP_GRACE:  # not asked to (a second stop signal says its own line)
+                    log.warning(
+                        "%s: %d workers still stopping after %g s: killed, their last cleanup undone", self.role, len(self.pids), STOP_GRACE
+                    )
                 for pid in self.pids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)

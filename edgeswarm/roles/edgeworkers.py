@@ -55,6 +55,7 @@ from edgeswarm.node.daemon import (
     ServerLimits,
     Servers,
     client_gone,
+    drain_then,
     gone_how,
     shown,
     stop_signal,
@@ -196,7 +197,7 @@ async def _worker(
         await stop_signal()
         link.stop()
         if registration is not None:  # the primary: its routers take the edge out, the other workers' ports closing
-            await registration.drain()
+            await drain_then(servers, registration.drain)
         beating.cancel()
     finally:
         await private.cleanup()

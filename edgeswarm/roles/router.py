@@ -276,7 +276,8 @@ class Router:
             raise HttpError(409, f"{spec.url} is listed in the router's configuration; a registration cannot change it")
         if self.table.health[spec.url].leave(time.monotonic()):
             self._moved(spec.url)
-        drain = self.config.dns_ttl if self.dns_transport is not None else REDIRECT_DRAIN_S
+        # redirects go on with DNS too: a TTL of 0 left a redirect's follow no time (a review)
+        drain = max(self.config.dns_ttl, REDIRECT_DRAIN_S) if self.dns_transport is not None else REDIRECT_DRAIN_S
         return json_response({**self._edge_row(old), "drain_s": drain})
 
     def _check_registrar(self, request: web.Request) -> None:
