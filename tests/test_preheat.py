@@ -21,6 +21,7 @@ from edgeswarm.node.metrics import Metrics
 from edgeswarm.roles.config import EdgeConfig
 from edgeswarm.roles.edge import Edge
 from edgeswarm.roles.preheat import Plan, order_peers
+from edgeswarm.roles.preheat import preheat as run_preheat
 from edgeswarm.roles.preheatdesk import PreheatDesk
 
 REGIONS = "regions:\n  - {name: east, isp: att, networks: [127.1.0.0/16]}\n  - {name: west, isp: verizon, networks: [127.2.0.0/16]}\n"
@@ -125,6 +126,28 @@ def test_preheat_says_why_a_silent_server_failed_and_that_a_plain_web_server_is_
     finally:
         web_server.shutdown()
         silent.close()
+
+
+async def test_a_transfer_the_edge_cuts_is_said_as_a_cut_not_as_an_unreachable_edge_and_a_400():
+    """An edge restarted, or the file published again, mid-read: "unreachable: Response payload is not completed:
+    <ContentLengthError: 400, ...>", where no 400 was sent and the edge was reachable (an adversarial session)."""
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        if request.path != "/films/a.mp4":
+            return web.Response(status=404)
+        resp = web.StreamResponse(headers={"ETag": '"' + "a" * 64 + '"', "Content-Length": str(1 << 20)})
+        await resp.prepare(request)
+        await resp.write(b"x" * 65536)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", cut)
+    async with serve_app(app) as port:
+        [result] = await run_preheat(Plan(["films/a.mp4"], [f"http://127.0.0.1:{port}"]))
+    assert result.error is not None and result.error.startswith("the edge cut the transfer after "), result.error
+    assert "of 1048576 bytes" in result.error and "400" not in result.error and "unreachable" not in result.error
 
 
 def gateway_status(peer) -> dict:

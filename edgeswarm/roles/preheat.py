@@ -132,6 +132,9 @@ async def _warm(session: aiohttp.ClientSession, edge: str, path: str, plan: Plan
                 result.nbytes += len(chunk)
                 on_bytes(0, len(chunk))
         result.outcome = FETCHED
+    except aiohttp.ClientPayloadError:  # the answer began, and stopped: aiohttp's words named a 400 nobody sent
+        total = f" of {reply.content_length}" if reply.content_length else ""
+        result.error = f"the edge cut the transfer after {result.nbytes}{total} bytes (it restarted, or the file was published again: run preheat again)"
     except (aiohttp.ClientError, TimeoutError) as exc:
         result.error = f"unreachable: {said(exc)}"
     finally:
