@@ -239,3 +239,55 @@ def test_a_volunteer_without_room_for_an_order_gives_its_place_to_another(nodes,
 
     wait(lambda: sum(holds(p, "a.bin") for p in (small, roomy)) == 1 and sum(holds(p, "b.bin") for p in (small, roomy)) == 1, "held")
     assert a and b
+
+
+def test_a_volunteer_stopped_cleanly_gives_its_place_to_another_at_once(nodes, tmp_path, origin, published):
+    """A chosen volunteer stopped with SIGTERM kept its place three announce intervals (15 minutes by default), the order
+    short meanwhile while another volunteer idled (an adversarial session): it says it leaves, and the other takes it."""
+    make_file(published / PATH, 512 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    peers = [start_peer(nodes, tmp_path, edge.url, n, "--accept-preheat", "100MB") for n in (1, 2)]
+    wait(lambda: get(edge.url + "/preheat")["volunteers"].get("east") == 2, "the volunteers never asked the edge for orders")
+    wait(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/{PATH}").stdout == b"200", "not published")
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "50%", "--no-progress"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    ids = {get(p.urls["gateway"] + "/status")["peer_id"]: p for p in peers}
+    (first,) = get(edge.url + "/preheat")["orders"][0]["chosen"]
+    ids[first].stop()
+    (other,) = set(ids) - {first}
+    wait(lambda: get(edge.url + "/preheat")["orders"][0]["chosen"] == [other], "the stopped volunteer kept its place", timeout=10)
+    assert get(edge.url + "/preheat")["volunteers"] == {"east": 1}
+    wait(lambda: whole(ids[other]), f"the volunteer that took the place never held {PATH} whole", timeout=15)
+
+
+def test_an_order_follows_its_path_published_again_and_ends_when_it_is_withdrawn(nodes, tmp_path, origin, published):
+    """Republished, the order stayed on the withdrawn version for its life (a month at most), pinned on the volunteers'
+    disks, and the new one was never preheated (an adversarial session): within FOLLOW_S it moves, and the volunteer
+    seeds the new version; a path withdrawn ends its order."""
+    from edgeswarm.roles.preheatdesk import FOLLOW_S
+
+    make_file(published / PATH, 512 * 1024)
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    peer = start_peer(nodes, tmp_path, edge.url, 1, "--accept-preheat", "100MB")
+    wait(lambda: get(edge.url + "/preheat")["volunteers"].get("east") == 1, "the volunteer never asked the edge for orders")
+    wait(lambda: curl("-o", "/dev/null", "-w", "%{http_code}", f"{origin.url}/{PATH}").stdout == b"200", "not published")
+    cmd = [sys.executable, "-m", "edgeswarm", "preheat", PATH, "--region", "east", "--edge", edge.url, "--peers", "100%", "--no-progress"]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    old = get(edge.url + "/preheat")["orders"][0]["content"]
+    wait(lambda: whole(peer), f"the volunteer never held {PATH} whole")
+    newer = make_file(published / PATH, 768 * 1024)
+    wait(
+        lambda: curl(f"{origin.url}/{PATH}", "-o", "/dev/null", "-w", "%{size_download}").stdout == str(len(newer)).encode(),
+        "no new version",
+    )
+    wait(lambda: get(edge.url + "/preheat")["orders"][0]["content"] != old, "the order stayed on the old version", timeout=2 * FOLLOW_S + 5)
+    new = get(edge.url + "/preheat")["orders"][0]["content"]
+    assert new == get(f"{edge.url}/manifest/{PATH}")["id"]
+    swarms = lambda: get(peer.urls["gateway"] + "/status")["swarms"]  # noqa: E731
+    wait(lambda: any(s["id"] == new and s["complete"] for s in swarms()), f"the volunteer never held the new {PATH} whole")
+    (published / PATH).unlink()
+    wait(lambda: get(edge.url + "/preheat")["orders"] == [], "the withdrawn path's order stood", timeout=2 * FOLLOW_S + 15)

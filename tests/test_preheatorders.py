@@ -154,3 +154,37 @@ def test_a_volunteer_that_declines_an_order_gives_its_place_to_the_next():
     (second,) = orders.chosen(o)
     assert second != first
     assert orders.for_volunteer(1.0, first) == []
+
+
+def test_a_volunteer_changing_its_room_at_every_poll_does_not_make_each_poll_rank_the_region():
+    """The room a poll gives changed what a top-up reads, so one client varying it made every later poll sort and rank
+    the whole region again: 17 ms a poll at 18 000 volunteers, and 2 000 newcomers cost 40 s of the primary's CPU (an
+    adversarial session).  A short order looks again at most once a TOPUP_S; the count it wants is kept, not counted."""
+    orders = book(3000, room=50)  # none has the room: the order stays short
+    o = order(0.5, size=100)
+    orders.add(o)
+    assert orders.chosen(o, 0.0) == set()
+    looked = []
+    real = orders.in_region
+    orders.in_region = lambda region: looked.append(region) or real(region)  # type: ignore[method-assign]
+    attacker = ("10.6.6.6", "x")
+    for i in range(200):  # 200 polls within a second, each with another room
+        now = i / 400
+        orders.seen(now, attacker, "east", i % 50)  # never the room for it
+        orders.for_volunteer(now, attacker)
+    assert looked == [] and orders.wanted(o) == 1501
+    orders.seen(1.5, ("10.0.9.9", "roomy"), "east", 1000)
+    assert orders.chosen(o, 1.5) == {("10.0.9.9", "roomy")} and looked == ["east"]  # a second on: looked again, once
+
+
+def test_a_lower_share_lets_the_worst_ranked_peers_go():
+    """`preheat --peers 100%` then `--peers 25%`: all four kept the file pinned for the order's life (an adversarial
+    session).  The best-ranked keep theirs; a higher share again only tops up."""
+    orders = book(4)
+    orders.add(order(1.0))
+    assert len(orders.chosen(order(1.0))) == 4
+    orders.add(order(0.25))
+    (kept,) = orders.chosen(order(0.25))
+    assert kept == min(orders.in_region("east"), key=lambda v: rank(CID, v))
+    orders.add(order(0.5))
+    assert kept in orders.chosen(order(0.5)) and len(orders.chosen(order(0.5))) == 2

@@ -1253,6 +1253,7 @@ class Edge:
             r.add_get("/preheat/orders", self.preheat.get_orders)
             desk = self.preheat
             app.on_shutdown.append(lambda _: desk.close())  # held polls answered now, not at the shutdown timeout
+            app.cleanup_ctx.append(desk.following)
         r.add_get("/relay", self.get_relay)
         if self.relay is not None:
             relay = self.relay

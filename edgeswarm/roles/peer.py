@@ -390,6 +390,7 @@ class Peer:
         self._former_ticket_keys: dict[str, tuple[Ed25519PublicKey, float]] = {}  # edge -> the key its current one replaced, until when
         self._keys_checked = 0.0  # when ticket keys were last fetched
         self._keys_task: asyncio.Task | None = None  # missing ticket keys being fetched (_fetch_missing_keys)
+        self.volunteer: Volunteer | None = None  # --accept-preheat: its orders' polls, run once the peer starts
         self._no_key_said: set[str] = set()  # edges whose missing swarm-ticket key was said, until it comes
         self.edge_clocks = EdgeClocks()  # each edge's clock, read off its tickets to us: its tickets are judged by it
         self._clock_log = ThrottledLog(log, Throttle(burst=1, interval=60.0))  # neighbours' tickets refused for their times
@@ -1884,7 +1885,8 @@ class Peer:
             self._tasks.append(asyncio.create_task(self.router.follow(self.upstream, self.use_edges)))
         self._tasks += [asyncio.create_task(self.keep_seeded(path)) for path in self.config.seeds]
         if self.config.accept_preheat:  # the user lets edges ask this peer to seed content for the region
-            self._tasks.append(asyncio.create_task(Volunteer(self, self.config.accept_preheat).run()))
+            self.volunteer = Volunteer(self, self.config.accept_preheat)
+            self._tasks.append(asyncio.create_task(self.volunteer.run()))
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(lambda: set(self._p2p_edges))))
 
@@ -1925,6 +1927,8 @@ class Peer:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.volunteer is not None:  # its places go to others now, not three announce intervals on; after its polls
+            await self.volunteer.leave(STOP_WAIT)  # end, or one answered meanwhile asked again, and volunteered anew
         await self._finish_round()
         await self.live.close()
         for swarm in self.swarms.values():

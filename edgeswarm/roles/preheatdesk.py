@@ -13,13 +13,15 @@ piece about once per region (docs/protocol.md#preheating-peers).
 The orders are kept in ``CACHE/preheat-orders.json`` (their expiry as a
 wall-clock time), so a restarted edge goes on handing them out; the peers
 chosen are not kept: rendezvous hashing chooses the same ones again as they
-volunteer.
+volunteer.  An order follows its path: a version published over it is
+ordered in its place within FOLLOW_S (``follow``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -48,6 +50,8 @@ MAX_VOLUNTEERS = 1 << 16  # volunteers an edge remembers at once: beyond, newcom
 MAX_TTL = 30 * 86400.0  # an order lasts at most a month
 ORDERS_FILE = "preheat-orders.json"
 log = logging.getLogger(__name__)
+LEFT_S = 5.0  # seconds a volunteer that said it leaves is not taken back by a poll (``_rejoins``)
+FOLLOW_S = 10.0  # seconds between two looks at whether the paths ordered were published again (``follow``)
 MAX_WAIT = 30.0  # seconds a volunteer's poll is held at most: under the worker forwarder's 60 s, and a volunteer re-registers with each
 
 
@@ -75,6 +79,8 @@ class PreheatDesk:
         self.version = time.time_ns() // 1_000_000  # bumped by every order taken; from the clock, so a restart does not reuse one
         self._changed = asyncio.Event()
         self._closing = False
+        self._unfollowed: dict[str, str] = {}  # path -> why ``follow`` could not look it up (said once)
+        self._left: dict[tuple[str, str], float] = {}  # volunteers that said they leave -> when (``_rejoins``)
 
     def _load(self) -> None:
         """The orders a previous run of this edge took, those not expired; a damaged file is one line, and no orders."""
@@ -120,6 +126,69 @@ class PreheatDesk:
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
+
+    async def following(self, _: web.Application):
+        """``follow`` for as long as the edge runs, in the worker that answers the orders (the primary, or the only)."""
+        task = None if self.edge.forwards_tracker else asyncio.create_task(self._follow_loop())
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                await self.follow()
+            except Exception:  # a bug must not end it: the orders would stay on withdrawn versions
+                log.exception("preheat: following the orders' paths failed")
+
+    async def follow(self) -> None:
+        """Orders of a path published again move to its new version: they stayed on the withdrawn one for their life (a
+        month at most), pinned on the volunteers' disks, and the new one was never preheated (an adversarial session).
+        A path withdrawn (404) ends its order; one this edge cannot look up now (its parent down) keeps it as it is."""
+        moved = 0
+        for order in list(self.orders.orders.values()):
+            try:
+                signed = await self.edge.resolve(order.path, True)
+            except HttpError as exc:
+                if exc.status == 404 and (order.content, order.region) in self.orders.orders:
+                    log.info("preheat %s: withdrawn (%s): its order ends", order.path, exc.message)
+                    self.orders.drop(order)
+                    moved += 1
+                else:
+                    self._unfollowable(order, exc.message)
+                continue
+            except Exception as exc:  # the parent down: asked again at the next look
+                self._unfollowable(order, str(exc))
+                continue
+            self._unfollowed.pop(order.path, None)
+            if signed.content_id != order.content and (order.content, order.region) in self.orders.orders:
+                log.info(
+                    "preheat %s: published again (%s): its order moves to it from %s",
+                    order.path,
+                    signed.content_id[:12],
+                    order.content[:12],
+                )
+                self.orders.add(dataclasses.replace(order, content=signed.content_id, size=signed.manifest.size))
+                moved += 1
+        if moved:
+            await asyncio.to_thread(self._save)
+            self._bump()
+
+    def _rejoins(self, volunteer: tuple[str, str]) -> bool:
+        """A poll of a volunteer that said it leaves volunteers it again only LEFT_S later: one in flight as it stopped
+        (or passed on by another worker) arrived after its leaving and made it a volunteer again, holding places."""
+        now = time.monotonic()
+        self._left = {v: at for v, at in self._left.items() if now - at < LEFT_S}
+        return volunteer not in self._left
+
+    def _unfollowable(self, order: Order, why: str) -> None:
+        """``follow`` could not look ``order``'s path up: said once while the reason lasts."""
+        if self._unfollowed.get(order.path) != why:
+            log.info("preheat %s: not looked up (%s); its order stays on %s", order.path, why, order.content[:12])
+        self._unfollowed[order.path] = why
 
     async def close(self) -> None:
         """Shutdown: held polls are answered now, not at the server's shutdown timeout."""
@@ -184,16 +253,16 @@ class PreheatDesk:
         self.orders.expire(now)
         await asyncio.to_thread(self._save)
         self._bump()
-        return json_response({"region": region, "volunteers": len(self.orders.in_region(region)), "orders": answer})
+        return json_response({"region": region, "volunteers": self.orders.count(region), "orders": answer})
 
     def _row(self, order: Order) -> dict:
-        chosen = self.orders.chosen(order)
+        chosen = self.orders.chosen(order, time.monotonic())
         return {
             "path": order.path,
             "content": order.content,
             "region": order.region,
             "share": order.share,
-            "volunteers": len(self.orders.in_region(order.region)),
+            "volunteers": self.orders.count(order.region),
             "wanted": self.orders.wanted(order),
             "chosen": sorted(pid for _, pid in chosen),
         }
@@ -281,6 +350,17 @@ class PreheatDesk:
                 raise HttpError(503, "this edge has all the preheat volunteers it can keep", {"Retry-After": "60"})
             if self.orders.at(address) >= self.edge.config.max_peer_ids:
                 raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
+        if request.query.get("leaving") == "1":  # the peer stops: its places go to others at once (Volunteer.leave)
+            placed = any(volunteer in peers for peers in self.orders.assigned.values())
+            self.orders.forget({volunteer})
+            self._rejoins(volunteer)  # the window's old ones go
+            if len(self._left) < MAX_VOLUNTEERS:  # leavings of made-up ids are no memory to keep
+                self._left[volunteer] = time.monotonic()
+            if placed:
+                self._bump()  # the held polls answer: the volunteers that take its places hear of it now
+            return json_response({"interval": self.tracker.interval, "version": self.version, "orders": []})
+        if volunteer in self._left and not self._rejoins(volunteer):  # a poll of a volunteer that left, late
+            return json_response({"interval": self.tracker.interval, "version": self.version, "orders": []})
         region = self.edge.region_name(request)
         if grant is not None:
             self._keep_grant(volunteer, grant, region)
@@ -288,7 +368,8 @@ class PreheatDesk:
         self.orders.seen(now, volunteer, region, room, declined)
         await self._held(request)
         now = time.monotonic()
-        self.orders.seen(now, volunteer, region, room, declined)  # still here: a held poll is a live volunteer
+        if volunteer in self.orders.volunteers:  # not if it left meanwhile: its poll, cut, ends here (Volunteer.leave)
+            self.orders.seen(now, volunteer, region, room, declined)  # still here: a held poll is a live volunteer
         orders = self.orders.for_volunteer(now, volunteer)
         if self.edge.require_token:  # only what the peer's token may fetch
             orders = [o for o in orders if await self._covers(request, o.path)]

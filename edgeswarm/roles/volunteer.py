@@ -15,6 +15,7 @@ the cache needs the room (docs/protocol.md#preheating-peers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -52,6 +53,18 @@ class Volunteer:
 
     def used(self) -> int:
         return sum(size for _, size in self.held.values())
+
+    async def leave(self, within: float) -> None:
+        """At the peer's stop: tell each p2p edge this volunteer leaves (``leaving=1``), so that its places go to others
+        now; a clean stop kept them three announce intervals, the orders short meanwhile (an adversarial session)."""
+        peer = self.peer
+        target = f"/preheat/orders?peer_id={quote(peer.peer_id, safe='')}&room=0&leaving=1"
+        headers = {PEER_HEADER: peer.peer_id, **peer.edge_headers()}
+        edges = [e for e in peer.edges if e in peer._p2p_edges]
+        log.info("preheat: leaving the orders of %d edges (the peer stops)", len(edges))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(*(peer.upstream.get(e, target, headers, timeout=within) for e in edges), return_exceptions=True)
 
     async def ask(self, edge: str, since: int | None = None) -> Answer:
         """The orders ``edge`` assigns this peer; with ``since``, held by the edge until it has a newer order (or WAIT)."""
