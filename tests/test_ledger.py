@@ -401,7 +401,7 @@ async def test_uncreatable_sqlite_path(tmp_path: Path):
 async def test_unusable_postgresql_targets(dsn: str, reason: str):
     dsn = dsn.format(port=free_port())
     with pytest.raises(LedgerError, match=reason) as info:
-        await Ledger(dsn, "edge-a").start()
+        check_target(dsn)  # the edge's check before its workers start
     assert "s3cret" not in str(info.value)
     assert "\n" not in str(info.value)
     with pytest.raises(LedgerError, match=reason):
@@ -429,9 +429,42 @@ async def test_a_postgresql_ledger_out_of_reach_at_start_starts_the_edge_with_it
         report(dsn)
 
 
-async def test_missing_database_on_a_live_server(pg_dsn: str):
-    with pytest.raises(LedgerError, match="does not exist"):
-        await Ledger(pg_dsn.rsplit("/", 1)[0] + "/no_such_db", "edge-a").start()
+async def test_a_server_that_refuses_us_stops_the_start_a_worker_starts_all_the_same(pg_dsn: str, caplog):
+    """A wrong database or role is the operator's to fix: the edge's check says so before its workers start.  A worker
+    that starts anyway (restarted after a crash, the database changed since) never exits over it: it exited 2, again and
+    again, while the database was down or refused (an adversarial session); it keeps its rows pending and says why."""
+    for wrong in (pg_dsn.rsplit("/", 1)[0] + "/no_such_db", pg_dsn.replace("postgres@", "nobody@", 1)):
+        with pytest.raises(LedgerError, match="does not exist"):
+            check_target(wrong)
+    ledger = Ledger(pg_dsn.rsplit("/", 1)[0] + "/no_such_db", "edge-a", flush_interval=3600)
+    with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+        await ledger.start()
+        ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+        await ledger.flush()
+    assert ledger.pending() == 1 and "does not exist" in caplog.records[0].getMessage()
+    await ledger.close()
+
+
+def test_a_database_behind_a_proxy_hung_or_stopping_is_an_outage_not_a_bad_target(caplog):
+    """A pooler or load balancer in front of a database that is down accepts and closes: taken for a refusal (the
+    bare TCP connect worked), the edge's start stopped with exit 2 (an adversarial session)."""
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+
+        def accept_and_close() -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                conn.close()
+
+        threading.Thread(target=accept_and_close, daemon=True).start()
+        dsn = f"postgresql://edge@127.0.0.1:{listener.getsockname()[1]}/usage?sslmode=disable"
+        with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+            check_target(dsn)
+    assert "the edge starts, and keeps usage in memory until the database answers" in caplog.records[0].getMessage()
 
 
 async def test_postgresql_role_that_cannot_create_tables(pg_database: str):  # noqa: F811

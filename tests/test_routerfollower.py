@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+import pytest
 from aiohttp import web
 from conftest import DoubleServer
 
@@ -91,6 +92,47 @@ async def test_a_peer_waits_for_its_routers_first_edges_for_good_backing_off(cap
             await upstream.close()
     assert waits[:6] == [1, 2, 4, 8, 16, 30] and max(waits) == routerclient.FIRST_RETRY_MAX and sum(waits) > 600
     said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
-    assert said == [
-        f"router {router.url}: router {router.url} answered 503: no edge of your region is up; asking again until it gives this peer edges"
-    ]
+    assert said == [f"router {router.url} answered 503: no edge of your region is up; asking again until it gives this peer edges"]
+
+
+class NamingRouter(DoubleServer):
+    """A router (or the proxy before it) whose 503 page names a request id: its words change at every ask."""
+
+    asked = 0
+
+    def routes(self, app: web.Application) -> None:
+        async def edges(_: web.Request) -> web.Response:
+            self.asked += 1
+            return web.Response(status=503, text=f"service unavailable (request {self.asked})")
+
+        app.router.add_get("/edges", edges)
+
+
+async def test_a_routers_refusal_in_changing_words_is_said_once_a_minute_not_at_every_ask(caplog, monkeypatch):
+    """One WARNING per reason was one per ask when the reason quoted a page naming a request id (a review)."""
+    caplog.set_level(logging.INFO, logger="edgeswarm.node.routerclient")
+    clock = [1000.0]
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        if clock[0] > 1300:
+            await real_sleep(seconds)  # five minutes of the clock were enough: others' sleeps are real again
+            return
+        clock[0] += seconds
+        if clock[0] > 1300:
+            raise TimeoutError
+        await real_sleep(0)
+
+    monkeypatch.setattr(routerclient.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(routerclient.asyncio, "sleep", sleep)
+    async with NamingRouter() as router:
+        upstream = Upstream(5.0)
+        await upstream.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await routerclient.RouterFollower(router.url).first(upstream, [])
+        finally:
+            await upstream.close()
+    said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    assert router.asked >= 12 and 1 < len(said) <= 300 / routerclient.SAY_AGAIN + 1, (router.asked, said)
+    assert said[0] == f"router {router.url} answered 503: service unavailable (request 1); asking again until it gives this peer edges"

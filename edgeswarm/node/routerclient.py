@@ -103,7 +103,7 @@ class RouterFollower:
         """
         self.fixed = list(fixed)
         deadline = time.monotonic() + self.patience
-        said, delay = None, 1.0
+        said, said_at, delay = None, -math.inf, 1.0
         while True:
             try:
                 self.routed = await self._ask(upstream)
@@ -116,9 +116,12 @@ class RouterFollower:
                 # a client of no region, a certificate that does not verify: asking again changes nothing (a 60 s wait
                 if time.monotonic() >= deadline or exc.status == 403 or isinstance(exc, Hopeless):  # for the latter before)
                     raise SystemExit(f"edgeswarm {self.role}: no edge from router {self.router}: {exc.message}") from None
-                if exc.message != said:  # once, not each second (60 lines for a router down a minute: an adversarial session)
-                    log.warning("router %s: %s; asking again until it gives this %s edges", self.router, exc.message, self.role)
-                    said = exc.message
+                # once, not each second (60 lines for a router down a minute: an adversarial session), and again only
+                # SAY_AGAIN on while its words change (a 503 page naming a request id was a line at every ask: a review)
+                why = exc.message if exc.message.startswith("router ") else f"router {self.router}: {exc.message}"
+                if said is None or (why != said and time.monotonic() - said_at >= SAY_AGAIN):
+                    log.warning("%s; asking again until it gives this %s edges", why, self.role)
+                    said, said_at = why, time.monotonic()
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(2 * delay, FIRST_RETRY_MAX)
 

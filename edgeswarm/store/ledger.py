@@ -53,7 +53,6 @@ import math
 import os
 import queue
 import re
-import socket
 import threading
 import time
 import urllib.parse
@@ -107,6 +106,7 @@ _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays
 # connection gives up on silence and on locks, and a stopping edge waits CLOSE_WAIT at most for its last write.
 PG_OPTIONS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
 # and each write bounds itself (``_Postgres.limits``): 30 s in all, 10 s waiting for a lock
+START_WAIT = 1.0  # seconds a starting edge waits for its PostgreSQL ledger's connection (Ledger.start)
 CLOSE_WAIT = 5.0  # seconds a stopping edge waits for its last write (container runtimes SIGKILL after 10 s)
 
 
@@ -126,16 +126,23 @@ class LedgerFull(LedgerError):
 
 
 class LedgerUnreachable(LedgerError):
-    """A PostgreSQL ledger whose server takes no connection at all (refused, silent, its host name unknown): down or out
-    of reach for now, which is no bad target either, so it does not stop an edge (``Ledger.start``, ``check_target``).
-
-    An edge (re)started during the database's maintenance exited 2, and a worker restarted then died again and again;
-    once running, an edge rides out the same outage with its rows pending.  A server that answers and refuses us (a
-    wrong user, password or database) is a bad target: the edge stops at start with its reason.
+    """A PostgreSQL ledger that cannot be connected to for any reason but a refusal of ours (``_REFUSED``): down, out of
+    reach, hung, starting or stopping, a proxy with nothing behind it.  No bad target, so it does not stop an edge
+    (``check_target``): an edge (re)started during the database's maintenance exited 2, and a worker restarted then
+    died again and again, where a running edge rides out the same outage with its rows pending.
     """
 
 
-PROBE_S = 3.0  # seconds a PostgreSQL server that refused a connection is given to take a bare one (_unreachable)
+# libpq's words (and the server's, in English) for a connection the server refused for what we sent: a wrong user,
+# password, database, pg_hba rule or TLS setting, or a DSN option libpq does not take.  check_target stops the edge's
+# start for them; anything else may pass, and is an outage (LedgerUnreachable).  A server speaking another language
+# is taken for an outage: the edge starts, and says each minute why it writes nothing.
+_REFUSED = re.compile(
+    r"authentication failed|does not exist|no pg_hba\.conf entry|permission denied|no password supplied|"
+    r"invalid (?:sslmode|connection option|integer value|port)|SSL was required|certificate verify failed|"
+    r"is not permitted to log in|definition of service",
+    re.IGNORECASE,
+)
 
 
 # SQLite's primary result codes that a full disk gives when opening: SQLITE_IOERR (creating the -shm, its
@@ -341,6 +348,7 @@ def _open_to_read(p: Path, mode: str) -> tuple[_Backend, bool]:
 
 
 def _connect_postgres(dsn: str) -> _Backend:
+    _dsn_problem(dsn)  # a DSN that does not parse is the operator's to fix, whatever the connection's words
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - a pinned dependency
@@ -351,43 +359,28 @@ def _connect_postgres(dsn: str) -> _Backend:
         conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in ours.items() if k not in given}))
     except psycopg.Error as exc:
         why = f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}"
-        raise (LedgerUnreachable if _unreachable(dsn) else LedgerError)(why) from None
+        raise (LedgerError if _REFUSED.search(str(exc)) else LedgerUnreachable)(why) from None
     except Exception as exc:  # an unparseable DSN can surface as other errors
         raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(said(exc))}") from None
     return _Postgres(conn)
 
 
-def _unreachable(dsn: str) -> bool:
-    """Whether no server ``dsn`` names takes even a bare connection (TCP, or its unix socket), or its host names do not
-    resolve: the database is down or out of reach, not refusing us, as it does a wrong user, password or database
-    (libpq's messages for both carry no SQLSTATE, and the server's words are in its own language).  A DSN that does
-    not parse is a bad target."""
-    import psycopg
-
+def _dsn_problem(dsn: str) -> None:
+    """LedgerError for a DSN that does not parse (read without connecting)."""
     try:
-        params = psycopg.conninfo.conninfo_to_dict(dsn)
-        hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "/var/run/postgresql").split(",")
-        ports = [int(p or 5432) for p in str(params.get("port") or os.environ.get("PGPORT") or "").split(",")]
-    except (psycopg.Error, ValueError):
-        return False
-    for host, port in zip(hosts, ports * len(hosts) if len(ports) == 1 else ports, strict=False):
-        try:
-            if host.startswith("/"):
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(PROBE_S)
-                    s.connect(f"{host}/.s.PGSQL.{port}")
-            else:
-                socket.create_connection((host, port), timeout=PROBE_S).close()
-        except OSError:  # refused, silent, or a name that does not resolve
-            continue
-        return False
-    return True
+        import psycopg
+
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except ImportError:  # pragma: no cover - a pinned dependency
+        return
+    except Exception as exc:
+        raise LedgerError(f"bad PostgreSQL DSN {redact(dsn)}: {redact(said(exc))}") from None
 
 
 def check_target(target: str) -> None:
-    """Open ``target`` (and make its table) as every worker of an edge then does, and close it: a bad ``--ledger``
-    is said once, before the workers start, not once by each and then by their supervisor (a newcomer's walk).
-    A database out of reach for now (``LedgerUnreachable``) is said as a warning, and the edge starts."""
+    """Open ``target`` (and make its table), and close it: a bad ``--ledger`` stops the edge's start, said once, before
+    its workers start, not once by each and then by their supervisor (a newcomer's walk).  A PostgreSQL database out
+    of reach for now (``LedgerUnreachable``) is said as a warning, and the edge starts."""
     try:
         _connect(target, True).close()
     except LedgerFull:  # an existing ledger a full disk keeps from opening starts the edge (Ledger.start)
@@ -491,17 +484,26 @@ class Ledger:
         self._writer = _Writer()
 
     async def start(self) -> None:
-        """Connect and create the table now, so a bad target stops the edge at startup rather than losing bills later.
+        """An SQLite ledger: opened and its table made now, so a bad path stops the edge at startup rather than losing
+        bills later; one that a full disk keeps from opening (``LedgerFull``) is no bad target: the edge starts, says
+        so once as a write that fails, and keeps its rows pending until a write connects (``_write``).
 
-        An existing SQLite ledger that a full disk keeps from opening (``LedgerFull``), or a PostgreSQL server out of
-        reach (``LedgerUnreachable``), is no bad target: the edge starts, says so once as a write that fails, and
-        keeps its rows pending until a write connects (``_write``).
+        A PostgreSQL ledger is connected to in the writer's thread, waited for START_WAIT at most, and never stops the
+        start: ``check_target`` judged it before the edge's workers started, and a worker that started while the
+        database was down or refused (restarted after a crash, say) exited 2, again and again, or waited out the
+        connection's timeout before it served (an adversarial session).  A failure is the first write's warning.
         """
-        try:
-            self._backend = await asyncio.to_thread(_connect, self.target, True)
-        except (LedgerFull, LedgerUnreachable) as exc:
-            self._warn(exc)
         self._writer.start()  # now, while the edge starts: not at a flush, memory short perhaps
+        if is_dsn(self.target):
+            _dsn_problem(self.target)
+            opening = self._writer.submit(self._open)
+            opening.add_done_callback(self._opened)
+            await asyncio.wait({opening}, timeout=START_WAIT)
+        else:
+            try:
+                self._backend = await asyncio.to_thread(_connect, self.target, True)
+            except LedgerFull as exc:
+                self._warn(exc)
         self._stopping.clear()
         self._task = asyncio.create_task(self._loop(), name="ledger-flush")
 
@@ -566,6 +568,16 @@ class Ledger:
                 raise
             finally:
                 self._writing = 0
+
+    def _opened(self, opening: asyncio.Future) -> None:
+        if not opening.cancelled() and (exc := opening.exception()) is not None:
+            self._warn(exc)  # as a write that fails: once, and once a minute while it lasts
+
+    def _open(self) -> None:
+        """In the writer's thread: connect (and make the table) unless connected."""
+        with self._db_lock:
+            if self._backend is None:
+                self._backend = _connect(self.target, True)
 
     def _disconnect(self) -> None:
         with self._db_lock:
