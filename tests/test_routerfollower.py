@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 import pytest
 from aiohttp import web
@@ -57,6 +58,18 @@ async def test_a_router_down_for_a_while_is_said_once_and_its_return_once(caplog
     assert applied == [["http://127.0.0.2:9", "http://127.0.0.1:9"]]
 
 
+async def first_edges(router: str, patience: float = math.inf, role: str = "peer") -> list[str]:
+    """What ``RouterFollower.first`` starts with, asking ``router`` as a peer (or, with ``patience`` 0, as `get`) does."""
+    upstream = Upstream(5.0)
+    await upstream.start()
+    try:
+        follower = routerclient.RouterFollower(router)
+        follower.patience, follower.role = patience, role
+        return await follower.first(upstream, [])
+    finally:
+        await upstream.close()
+
+
 async def test_a_peer_waits_for_its_routers_first_edges_for_good_backing_off(caplog, monkeypatch):
     """A peer without --edge gave up after 60 s of a router down: a laptop that started its daemon offline had none once
     the network was back.  It asks again after 1 s, 2, 4 ... up to FIRST_RETRY_MAX, for as long as it takes (here 10
@@ -76,20 +89,11 @@ async def test_a_peer_waits_for_its_routers_first_edges_for_good_backing_off(cap
     monkeypatch.setattr(routerclient.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(routerclient.asyncio, "sleep", sleep)
     async with FlakyRouter() as router:
-        upstream = Upstream(5.0)
-        await upstream.start()
-        try:
-            assert await routerclient.RouterFollower(router.url).first(upstream, []) == ["http://127.0.0.1:9"]
-            router.down = True
-            get = routerclient.RouterFollower(router.url)
-            get.patience, get.role = 0.0, "get"
-            try:
-                await get.first(upstream, [])
-                raise AssertionError("get waited")
-            except SystemExit as exc:
-                assert str(exc).startswith(f"edgeswarm get: no edge from router {router.url}: router {router.url} answered 503")
-        finally:
-            await upstream.close()
+        assert await first_edges(router.url) == ["http://127.0.0.1:9"]
+        router.down = True
+        with pytest.raises(SystemExit) as ended:
+            await first_edges(router.url, 0.0, "get")
+        assert str(ended.value).startswith(f"edgeswarm get: no edge from router {router.url}: router {router.url} answered 503")
     assert waits[:6] == [1, 2, 4, 8, 16, 30] and max(waits) == routerclient.FIRST_RETRY_MAX and sum(waits) > 600
     said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
     assert said == [f"router {router.url} answered 503: no edge of your region is up; asking again until it gives this peer edges"]
@@ -126,13 +130,8 @@ async def test_a_routers_refusal_in_changing_words_is_said_once_a_minute_not_at_
     monkeypatch.setattr(routerclient.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(routerclient.asyncio, "sleep", sleep)
     async with NamingRouter() as router:
-        upstream = Upstream(5.0)
-        await upstream.start()
-        try:
-            with pytest.raises(TimeoutError):
-                await routerclient.RouterFollower(router.url).first(upstream, [])
-        finally:
-            await upstream.close()
+        with pytest.raises(TimeoutError):
+            await first_edges(router.url)
     said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
     assert router.asked >= 12 and 1 < len(said) <= 300 / routerclient.SAY_AGAIN + 1, (router.asked, said)
     assert said[0] == f"router {router.url} answered 503: service unavailable (request 1); asking again until it gives this peer edges"
