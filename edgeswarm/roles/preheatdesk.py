@@ -181,7 +181,8 @@ class PreheatDesk:
         """A poll of a volunteer that said it leaves volunteers it again only LEFT_S later: one in flight as it stopped
         (or passed on by another worker) arrived after its leaving and made it a volunteer again, holding places."""
         now = time.monotonic()
-        self._left = {v: at for v, at in self._left.items() if now - at < LEFT_S}
+        while self._left and now - next(iter(self._left.values())) >= LEFT_S:  # the oldest first: amortized O(1)
+            del self._left[next(iter(self._left))]
         return volunteer not in self._left
 
     def _unfollowable(self, order: Order, why: str) -> None:
@@ -352,9 +353,9 @@ class PreheatDesk:
                 raise HttpError(429, f"at most {self.edge.config.max_peer_ids} volunteering peer ids per address")
         if request.query.get("leaving") == "1":  # the peer stops: its places go to others at once (Volunteer.leave)
             placed = any(volunteer in peers for peers in self.orders.assigned.values())
-            self.orders.forget({volunteer})
-            self._rejoins(volunteer)  # the window's old ones go
-            if len(self._left) < MAX_VOLUNTEERS:  # leavings of made-up ids are no memory to keep
+            if volunteer in self.orders.volunteers:  # a leaving of an id never seen is nothing to remember
+                self.orders.forget({volunteer})
+                self._left.pop(volunteer, None)  # kept in the order of their leavings, for _rejoins
                 self._left[volunteer] = time.monotonic()
             if placed:
                 self._bump()  # the held polls answer: the volunteers that take its places hear of it now
