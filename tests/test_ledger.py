@@ -445,6 +445,27 @@ async def test_a_server_that_refuses_us_stops_the_start_a_worker_starts_all_the_
     await ledger.close()
 
 
+async def test_rows_queued_behind_a_connect_that_hangs_are_pending_and_said_lost_at_the_stop(caplog):
+    """A database that takes the connection and never answers: the worker's first connect holds the writer's thread
+    10 s, and a write queued behind it read 0 pending, so a stop lost its rows without the line that counts them (a
+    review)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # takes connections, answers nothing
+        ledger = Ledger(f"postgresql://edge@127.0.0.1:{silent.getsockname()[1]}/usage?sslmode=disable", "edge-a", flush_interval=3600)
+        await ledger.start()  # waits START_WAIT, not the connect's 10 s
+        ledger.add("alice", "c1", "/a", "east", "edge_sent", 5, when=T0)
+        flushing = asyncio.create_task(ledger.flush())
+        await asyncio.sleep(0.2)
+        assert ledger.pending() == 1
+        with caplog.at_level(logging.WARNING, logger="edgeswarm.store.ledger"):
+            await ledger.close()
+        flushing.cancel()
+    assert "closing with 1 usage rows unwritten" in caplog.text, caplog.text
+
+
 def test_a_database_behind_a_proxy_hung_or_stopping_is_an_outage_not_a_bad_target(caplog):
     """A pooler or load balancer in front of a database that is down accepts and closes: taken for a refusal (the
     bare TCP connect worked), the edge's start stopped with exit 2 (an adversarial session)."""

@@ -291,3 +291,25 @@ def test_an_order_follows_its_path_published_again_and_ends_when_it_is_withdrawn
     wait(lambda: any(s["id"] == new and s["complete"] for s in swarms()), f"the volunteer never held the new {PATH} whole")
     (published / PATH).unlink()
     wait(lambda: get(edge.url + "/preheat")["orders"] == [], "the withdrawn path's order stood", timeout=2 * FOLLOW_S + 15)
+
+
+def test_a_volunteer_back_within_moments_of_leaving_waits_out_the_window_once_then_volunteers(nodes, tmp_path, origin, published):
+    """A poll of a volunteer that had just left was answered at once with the current version, and the restarted peer
+    asked again at once: 9 000 polls in 5 s (a review).  It waits out the window (LEFT_S), unregistered, and its answer
+    names an older version, so that its next poll, at once, volunteers it again."""
+    from edgeswarm.roles.preheatdesk import LEFT_S
+
+    regions = tmp_path / "regions.yaml"
+    regions.write_text(REGIONS)
+    edge = start_p2p_edge(nodes, tmp_path, origin.url, regions)
+    orders = f"{edge.url}/preheat/orders?peer_id=v1&room=100000000"
+    first = get(orders, *V1, "--interface", "127.1.0.7")
+    assert get(edge.url + "/preheat")["volunteers"] == {"east": 1}
+    assert get(orders + "&leaving=1", *V1, "--interface", "127.1.0.7")["orders"] == []
+    assert get(edge.url + "/preheat")["volunteers"] == {}
+    started = time.monotonic()
+    back = get(f"{orders}&since={first['version']}&wait=30", *V1, "--interface", "127.1.0.7")
+    assert LEFT_S - 1 <= time.monotonic() - started < LEFT_S + 3 and back["orders"] == [] and back["version"] < first["version"]
+    assert get(edge.url + "/preheat")["volunteers"] == {}  # that poll did not volunteer it: a late one of a stopped peer
+    again = get(f"{orders}&since={back['version']}&wait=30", *V1, "--interface", "127.1.0.7")
+    assert again["version"] == first["version"] and get(edge.url + "/preheat")["volunteers"] == {"east": 1}

@@ -106,6 +106,7 @@ _WARN_EVERY = 60.0  # seconds between repeated warnings while the database stays
 # connection gives up on silence and on locks, and a stopping edge waits CLOSE_WAIT at most for its last write.
 PG_OPTIONS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
 # and each write bounds itself (``_Postgres.limits``): 30 s in all, 10 s waiting for a lock
+CHECK_TIMEOUT = 3  # seconds check_target gives a PostgreSQL server: one silent longer is an outage, and the edge starts
 START_WAIT = 1.0  # seconds a starting edge waits for its PostgreSQL ledger's connection (Ledger.start)
 CLOSE_WAIT = 5.0  # seconds a stopping edge waits for its last write (container runtimes SIGKILL after 10 s)
 
@@ -347,7 +348,7 @@ def _open_to_read(p: Path, mode: str) -> tuple[_Backend, bool]:
         raise
 
 
-def _connect_postgres(dsn: str) -> _Backend:
+def _connect_postgres(dsn: str, timeout: int = 10) -> _Backend:
     _dsn_problem(dsn)  # a DSN that does not parse is the operator's to fix, whatever the connection's words
     try:
         import psycopg
@@ -355,7 +356,7 @@ def _connect_postgres(dsn: str) -> _Backend:
         raise LedgerError(f"PostgreSQL ledger {redact(dsn)} needs psycopg: {exc}") from None
     try:
         given = psycopg.conninfo.conninfo_to_dict(dsn)
-        ours: dict[str, Any] = {"connect_timeout": 10, **PG_OPTIONS}
+        ours: dict[str, Any] = {"connect_timeout": timeout, **PG_OPTIONS}
         conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in ours.items() if k not in given}))
     except psycopg.Error as exc:
         why = f"cannot connect to PostgreSQL ledger {redact(dsn)}: {redact(said(exc))}"
@@ -382,15 +383,16 @@ def check_target(target: str) -> None:
     its workers start, not once by each and then by their supervisor (a newcomer's walk).  A PostgreSQL database out
     of reach for now (``LedgerUnreachable``) is said as a warning, and the edge starts."""
     try:
-        _connect(target, True).close()
+        _connect(target, True, CHECK_TIMEOUT).close()
     except LedgerFull:  # an existing ledger a full disk keeps from opening starts the edge (Ledger.start)
         pass
     except LedgerUnreachable as exc:
         log.warning("%s; the edge starts, and keeps usage in memory until the database answers", exc)
 
 
-def _connect(target: str, create: bool) -> _Backend:
-    backend = _connect_postgres(target) if is_dsn(target) else _connect_sqlite(target, create)
+def _connect(target: str, create: bool, timeout: int = 10) -> _Backend:
+    """``target`` opened (its table made, with ``create``); ``timeout``: seconds a PostgreSQL server has to answer."""
+    backend = _connect_postgres(target, timeout) if is_dsn(target) else _connect_sqlite(target, create)
     for attempt in range(2) if create else ():
         try:
             backend.ensure_schema()
@@ -537,6 +539,7 @@ class Ledger:
                 (period, self.edge_id, user, content, path, region, kind, nbytes)
                 for (period, user, content, region, kind), (nbytes, path) in batch.items()
             ]
+            self._writing = len(rows)  # pending until its outcome: queued behind a connect that hangs, it read 0 (a review)
             write = self._writer.submit(self._write, rows)
             # The outcome is handled by a callback and the write is shielded: if whoever awaits this flush is
             # cancelled (an edge shutting down), the thread still finishes and a failed batch still goes back.
@@ -545,6 +548,7 @@ class Ledger:
                 await asyncio.shield(write)
 
     def _written(self, batch: dict, write: asyncio.Future) -> None:
+        self._writing = 0
         exc = write.exception() if not write.cancelled() else asyncio.CancelledError()
         if exc is not None:
             self._restore(batch)
@@ -556,7 +560,6 @@ class Ledger:
     def _write(self, rows: list[tuple]) -> None:
         """In a thread.  After a failure the connection is dropped and rebuilt, which also recreates a missing table."""
         with self._db_lock:  # a connection is not for two threads, and a cancelled flush's thread may still be running
-            self._writing = len(rows)
             try:
                 if self._backend is None:
                     self._backend = _connect(self.target, True)
@@ -566,8 +569,6 @@ class Ledger:
                     self._backend.close()
                 self._backend = None
                 raise
-            finally:
-                self._writing = 0
 
     def _opened(self, opening: asyncio.Future) -> None:
         if not opening.cancelled() and (exc := opening.exception()) is not None:
