@@ -86,5 +86,7 @@ async def test_a_peer_sends_background_pieces_one_at_a_time_and_urgent_ones_at_o
 
     *background, urgent = await asyncio.gather(*(fetch(i, "background") for i in range(4)), fetch(4, "urgent", after=0.05))
     background.sort()
-    assert background[1] < 0.6 * background[-1], f"background bodies shared the uplink at once: {background}"
+    # in line, the second body ends about halfway (0.5 of the last); sharing the uplink, all end together (about 1.0):
+    # the line is drawn between them (0.6 failed in CI at 0.62 on a slow hour)
+    assert background[1] < 0.75 * background[-1], f"background bodies shared the uplink at once: {background}"
     assert urgent < background[-1], f"the urgent piece waited in line: {urgent} against {background}"
