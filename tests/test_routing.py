@@ -339,3 +339,12 @@ def test_registered_edges_down_too_long_are_forgotten_listed_ones_never():
         t.health[url].failed(10.0, "refused", t.thresholds)
     assert t.forgettable(100.0, 600.0) == []
     assert t.forgettable(700.0, 600.0) == ["http://127.10.1.1:1"]
+
+
+def test_a_listed_edge_cannot_leave_by_registration_nor_an_unknown_one():
+    t = table(edge(1))  # listed, as the operator's --edge
+    with pytest.raises(RoutingError, match="listed in the router's configuration"):
+        t.leave(edge(1).url, 1.0)
+    with pytest.raises(KeyError):
+        t.leave(edge(2).url, 1.0)
+    assert t.health[edge(1).url].state == UP

@@ -210,6 +210,10 @@ class EdgeHealth:
         return self.egress_Bps / (capacity if self.cap_Bps is None else min(capacity, self.cap_Bps))
 
 
+def _listed(url: str) -> str:
+    return f"{url} is listed in the router's configuration; a registration cannot change it"
+
+
 def hrw_score(url: str, key: str, weight: float) -> float:
     """Weighted rendezvous score of an edge for a key: the highest wins; an edge's share of keys is its share of weight."""
     h = int.from_bytes(hashlib.blake2b(f"{url}\0{key}".encode(errors="surrogatepass"), digest_size=8).digest(), "big")
@@ -284,13 +288,20 @@ class RoutingTable:
         """Add or update an edge (a listed one is not changed by a registration); returns whether it is new."""
         old = self.edges.get(spec.url)
         if old is not None and old.listed and not spec.listed:
-            raise RoutingError(f"{spec.url} is listed in the router's configuration; a registration cannot change it")
+            raise RoutingError(_listed(spec.url))
         if old is None and len(self.edges) >= MAX_EDGES:
             raise RoutingError(f"the router holds {MAX_EDGES} edges already")
         self.edges[spec.url] = spec
         if old is None:
             self.health[spec.url] = EdgeHealth(since=now)
         return old is None
+
+    def leave(self, url: str, now: float) -> bool:
+        """A registered edge says it is stopping (``EdgeHealth.leave``); returns whether its state changed.  KeyError:
+        not known here; RoutingError: a listed one, which no registration changes."""
+        if self.edges[url].listed:
+            raise RoutingError(_listed(url))
+        return self.health[url].leave(now)
 
     def remove(self, url: str) -> None:
         self.edges.pop(url, None)

@@ -269,16 +269,14 @@ class Router:
         """A registered edge stopping (SIGTERM): down now, not at the next poll, which a restart could fit between
         (clients sent there meanwhile were refused: an adversarial session).  The answer's ``drain_s`` is how long
         clients this router sent there may still arrive: a DNS answer's TTL, or a redirect's follow."""
-        old = self.table.edges.get(spec.url)
-        if old is None:
-            raise HttpError(404, f"{spec.url} is not registered here")
-        if old.listed:
-            raise HttpError(409, f"{spec.url} is listed in the router's configuration; a registration cannot change it")
-        if self.table.health[spec.url].leave(time.monotonic()):
-            self._moved(spec.url)
+        try:
+            if self.table.leave(spec.url, time.monotonic()):
+                self._moved(spec.url)
+        except KeyError:
+            raise HttpError(404, f"{spec.url} is not registered here") from None
         # redirects go on with DNS too: a TTL of 0 left a redirect's follow no time (a review)
         drain = max(self.config.dns_ttl, REDIRECT_DRAIN_S) if self.dns_transport is not None else REDIRECT_DRAIN_S
-        return json_response({**self._edge_row(old), "drain_s": drain})
+        return json_response({**self._edge_row(self.table.edges[spec.url]), "drain_s": drain})
 
     def _check_registrar(self, request: web.Request) -> None:
         secret = self.config.register_secret
