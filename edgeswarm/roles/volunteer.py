@@ -57,26 +57,32 @@ class Volunteer:
     async def leave(self, within: float) -> None:
         """At the peer's stop: tell each p2p edge this volunteer leaves (``leaving=1``), so that its places go to others
         now; a clean stop kept them three announce intervals, the orders short meanwhile (an adversarial session)."""
-        peer = self.peer
-        target = f"/preheat/orders?peer_id={quote(peer.peer_id, safe='')}&room=0&leaving=1"
-        headers = {PEER_HEADER: peer.peer_id, **peer.edge_headers()}
-        edges = [e for e in peer.edges if e in peer._p2p_edges]
+        target, edges = self._target(0) + "&leaving=1", self._edges()
         log.info("preheat: leaving the orders of %d edges (the peer stops)", len(edges))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await asyncio.gather(*(peer.upstream.get(e, target, headers, timeout=within) for e in edges), return_exceptions=True)
+                asks = (self.peer.upstream.get(e, target, self._headers(), timeout=within) for e in edges)
+                await asyncio.gather(*asks, return_exceptions=True)
+
+    def _target(self, room: int) -> str:
+        return f"/preheat/orders?peer_id={quote(self.peer.peer_id, safe='')}&room={room}"
+
+    def _headers(self) -> dict[str, str]:
+        return {PEER_HEADER: self.peer.peer_id, **self.peer.edge_headers()}  # the edge takes orders' polls from peers only
+
+    def _edges(self) -> list[str]:
+        return [e for e in self.peer.edges if e in self.peer._p2p_edges]
 
     async def ask(self, edge: str, since: int | None = None) -> Answer:
         """The orders ``edge`` assigns this peer; with ``since``, held by the edge until it has a newer order (or WAIT)."""
         peer = self.peer
-        target = f"/preheat/orders?peer_id={quote(peer.peer_id, safe='')}&room={max(0, self.room - self.used())}"
+        target = self._target(max(0, self.room - self.used()))
         if self.refused:  # the orders it cannot hold: the edge gives their places to others (they were kept for good)
             target += "&declined=" + ",".join(sorted(self.refused)[:MAX_DECLINED])
         if since is not None:
             target += f"&since={since}&wait={WAIT:g}"
         try:
-            headers = {PEER_HEADER: peer.peer_id, **peer.edge_headers()}  # the edge takes orders' polls from peers only
-            reply = await peer.upstream.get(edge, target, headers, timeout=WAIT + peer.upstream.timeout)
+            reply = await peer.upstream.get(edge, target, self._headers(), timeout=WAIT + peer.upstream.timeout)
         except UpstreamError as exc:
             log.info("preheat orders from %s: %s", edge, exc.message)
             return Answer(None)
@@ -141,7 +147,7 @@ class Volunteer:
         answers: dict[str, Answer] = {}
         try:
             while True:
-                edges = [e for e in peer.edges if e in peer._p2p_edges]
+                edges = self._edges()
                 for edge in [e for e in polls if e not in edges]:
                     polls.pop(edge).cancel()
                     answers.pop(edge, None)
